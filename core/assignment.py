@@ -1,0 +1,91 @@
+"""What a runner needs to execute a job or a gate check: the command and its environment.
+
+User-supplied values (parameters, outputs of earlier jobs) only ever travel as environment
+variables; they are never pasted into a command string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.definition import env_key
+from core.model import Gate, Job, RunState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
+    run_id: str
+    job_id: str
+    attempt: int
+    pipeline: str
+    stage: str
+    name: str
+    command: str | tuple[str, ...]
+    env: dict[str, str]
+    timeout_s: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}/{self.name}"
+
+
+def base_env(state: RunState, stage_index: int) -> dict[str, str]:
+    run = state.run
+    stage = state.definition.stages[stage_index]
+    env = {
+        "SHIPYARD_RUN_ID": run.id,
+        "SHIPYARD_RUN_NUMBER": str(run.number),
+        "SHIPYARD_PIPELINE": run.pipeline,
+        "SHIPYARD_PIPELINE_VERSION": str(run.pipeline_version),
+        "SHIPYARD_STAGE": stage.name,
+        "SHIPYARD_ENVIRONMENT": stage.environment or "",
+        "SHIPYARD_SOURCE_REVISION": run.source_revision or "",
+        "SHIPYARD_TRIGGERED_BY": run.triggered_by,
+    }
+    for name, value in run.parameters.items():
+        env[f"SHIPYARD_PARAM_{env_key(name)}"] = value
+    for job in state.jobs:
+        if job.stage_index < stage_index:
+            prefix = f"SHIPYARD_OUTPUT_{env_key(state.definition.stages[job.stage_index].name)}_"
+            for key, value in job.outputs.items():
+                env[prefix + env_key(key)] = value
+    return env
+
+
+def for_job(state: RunState, job: Job) -> Assignment:
+    jdef = state.definition.stages[job.stage_index].jobs[job.index]
+    env = {**jdef.env, **base_env(state, job.stage_index)}
+    env["SHIPYARD_JOB"] = job.name
+    env["SHIPYARD_JOB_ID"] = job.id
+    env["SHIPYARD_ATTEMPT"] = str(job.attempt)
+    command = jdef.run if isinstance(jdef.run, str) else tuple(jdef.run)
+    return Assignment(
+        run_id=job.run_id,
+        job_id=job.id,
+        attempt=job.attempt,
+        pipeline=state.run.pipeline,
+        stage=state.definition.stages[job.stage_index].name,
+        name=job.name,
+        command=command,
+        env=env,
+        timeout_s=job.timeout_s,
+    )
+
+
+def for_gate_check(state: RunState, gate: Gate) -> Assignment:
+    gdef = state.definition.stages[gate.stage_index].gate
+    assert gdef is not None and gdef.run is not None
+    env = base_env(state, gate.stage_index)
+    env["SHIPYARD_GATE"] = gate.stage_name
+    command = gdef.run if isinstance(gdef.run, str) else tuple(gdef.run)
+    return Assignment(
+        run_id=gate.run_id,
+        job_id=gate.id,
+        attempt=0,
+        pipeline=state.run.pipeline,
+        stage=gate.stage_name,
+        name="gate",
+        command=command,
+        env=env,
+        timeout_s=max(1.0, min(gate.interval_s, gate.timeout_s or gate.interval_s)),
+    )

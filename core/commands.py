@@ -1,0 +1,158 @@
+"""Commands: requests to change a run, from people (Slack, REST, CLI), the clock, or runners.
+
+Every adapter builds one of these and hands it to ``Service.handle``; nothing else changes runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from core.model import Actor
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerRun:
+    """Start a new run of the pipeline's current version."""
+
+    pipeline: str
+    actor: Actor
+    parameters: Mapping[str, object] = field(default_factory=dict)
+    source_revision: str | None = None
+    #: a second trigger with the same key returns the first run instead of starting another
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRun:
+    """Stop a run; running jobs are killed."""
+
+    run_id: str
+    actor: Actor
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PauseRun:
+    """Let running jobs finish but start nothing new."""
+
+    run_id: str
+    actor: Actor
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeRun:
+    """Continue a paused run."""
+
+    run_id: str
+    actor: Actor
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApproveGate:
+    """Add one approval to an open manual gate (named by id or by its stage)."""
+
+    run_id: str
+    gate: str
+    actor: Actor
+    comment: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RejectGate:
+    """Refuse an open gate; the run fails."""
+
+    run_id: str
+    gate: str
+    actor: Actor
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryRun:
+    """Start a new run of a failed or canceled run's pipeline version and parameters,
+    from its first unfinished stage, reusing the outputs of the stages that succeeded."""
+
+    run_id: str
+    actor: Actor
+
+
+JobOutcome = Literal["succeeded", "failed", "timed_out"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompleteJob:
+    """A runner's report that a job attempt ended. Fenced by ``attempt``."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    runner: str
+    outcome: JobOutcome
+    exit_code: int | None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    detail: str = ""
+    actor: Actor = field(default_factory=lambda: Actor("runner", "runner"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterruptJob:
+    """The runner stopped a job because its server is shutting down: queue it again."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    runner: str
+    actor: Actor = field(default_factory=lambda: Actor("runner", "runner"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpireLease:
+    """A job's runner stopped renewing its lease: the job is lost."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeoutGate:
+    """A gate's deadline passed."""
+
+    run_id: str
+    gate: str
+    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordGateCheck:
+    """The result of one poll of an automated gate's command."""
+
+    run_id: str
+    gate: str
+    passed: bool
+    detail: str = ""
+    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+
+
+RunCommand = (
+    CancelRun
+    | PauseRun
+    | ResumeRun
+    | ApproveGate
+    | RejectGate
+    | CompleteJob
+    | InterruptJob
+    | ExpireLease
+    | TimeoutGate
+    | RecordGateCheck
+)
+Command = TriggerRun | RetryRun | RunCommand
+
+
+def command_name(command: Command) -> str:
+    """``ApproveGate`` → ``approve_gate``: the action name in the audit log."""
+    name = type(command).__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")

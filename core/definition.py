@@ -1,0 +1,316 @@
+"""Pipelines as code: the YAML format, its validation, and parameter resolution.
+
+A pipeline file is parsed into ``PipelineDef``. Problems are reported all at once as
+``file:line: field.path: what is wrong``, so ``shipyard validate`` can be fixed in one pass.
+A definition's *digest* identifies its content: the same digest is the same pipeline version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.duration import parse_duration
+from core.errors import CommandRefused, DefinitionError
+
+NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+TRUE, FALSE = frozenset({"true", "yes", "on", "1"}), frozenset({"false", "no", "off", "0"})
+
+
+def _seconds(value: Any) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_seconds)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParameterDef(_Strict):
+    """A value the person or system triggering a run supplies."""
+
+    name: str = Field(pattern=PARAM_NAME)
+    type: Literal["string", "boolean", "number", "choice"] = "string"
+    required: bool = False
+    default: str | bool | float | None = None
+    pattern: str | None = None
+    choices: list[str] | None = None
+    description: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParameterDef:
+        if self.type == "choice" and not self.choices:
+            raise ValueError("a choice parameter needs `choices`")
+        if self.choices and self.type != "choice":
+            raise ValueError("`choices` only applies to type: choice")
+        if self.required and self.default is not None:
+            raise ValueError("a required parameter cannot have a default")
+        if self.default is not None:
+            coerce_parameter(self, self.default)
+        return self
+
+
+class JobDef(_Strict):
+    """One command; the jobs of a stage run in parallel."""
+
+    name: str = Field(pattern=NAME)
+    run: str | list[str] = Field(min_length=1)
+    timeout: Duration = 3600.0
+    retries: int = Field(default=0, ge=0, le=10)
+    allow_failure: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(PARAM_NAME, key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key.startswith("SHIPYARD_"):
+                raise ValueError(f"{key!r}: names starting with SHIPYARD_ are reserved")
+        return value
+
+
+class GateDef(_Strict):
+    """A checkpoint before a stage: people approve it, or a command must pass."""
+
+    type: Literal["manual", "automated"] = "manual"
+    approvers: list[str] = Field(default_factory=list)
+    min_approvals: int = Field(default=1, ge=1, le=20)
+    timeout: Duration | None = None
+    run: str | list[str] | None = None
+    interval: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _by_type(self) -> GateDef:
+        if self.type == "manual":
+            if not self.approvers:
+                raise ValueError("a manual gate needs `approvers` (users or groups)")
+            if self.run is not None:
+                raise ValueError("`run` only applies to type: automated")
+        else:
+            if not self.run:
+                raise ValueError("an automated gate needs `run`: a command that exits 0 to pass")
+            if self.timeout is None:
+                raise ValueError("an automated gate needs `timeout` (how long to keep polling)")
+        return self
+
+
+class StageDef(_Strict):
+    """A phase of the pipeline; stages run one after another."""
+
+    name: str = Field(pattern=NAME)
+    environment: str | None = Field(default=None, pattern=NAME)
+    gate: GateDef | None = None
+    jobs: list[JobDef] = Field(min_length=1)
+
+    @field_validator("jobs")
+    @classmethod
+    def _unique_jobs(cls, jobs: list[JobDef]) -> list[JobDef]:
+        _no_duplicates("job", [j.name for j in jobs])
+        return jobs
+
+
+class PipelineDef(_Strict):
+    """A versioned blueprint for runs."""
+
+    name: str = Field(pattern=NAME)
+    description: str = ""
+    parameters: list[ParameterDef] = Field(default_factory=list)
+    stages: list[StageDef] = Field(min_length=1)
+
+    @field_validator("parameters")
+    @classmethod
+    def _unique_params(cls, params: list[ParameterDef]) -> list[ParameterDef]:
+        _no_duplicates("parameter", [p.name.upper() for p in params])
+        return params
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stages(cls, stages: list[StageDef]) -> list[StageDef]:
+        _no_duplicates("stage", [s.name for s in stages])
+        return stages
+
+    def digest(self) -> str:
+        """Content hash: equal definitions are the same pipeline version."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def parameter(self, name: str) -> ParameterDef | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+
+def _no_duplicates(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} name {name!r} is used twice")
+        seen.add(name)
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
+    """Parse YAML (or JSON) text into a definition, or raise ``DefinitionError``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DefinitionError([f"{where}: not valid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise DefinitionError([f"{source}: a pipeline must be a mapping with name and stages"])
+    try:
+        return PipelineDef.model_validate(data)
+    except ValidationError as exc:
+        raise DefinitionError(_describe(exc, text, source)) from None
+
+
+def load_pipeline_file(path: Path) -> PipelineDef:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DefinitionError([f"{path}: cannot read: {exc}"]) from None
+    return parse_pipeline(text, str(path))
+
+
+def _describe(exc: ValidationError, text: str, source: str) -> list[str]:
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        root = None
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        path = _format_path(loc)
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (check its spelling)"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        elif error["type"] == "string_pattern_mismatch":
+            message = f"{error['input']!r} is not allowed here: " + _PATTERN_HINTS.get(
+                str((error.get("ctx") or {}).get("pattern")), "see the format in the README"
+            )
+        problems.append(f"{where}: {path or '(top level)'}: {message}")
+    return problems
+
+
+_PATTERN_HINTS = {
+    NAME: "use lowercase letters, digits and '-', starting with a letter or digit",
+    PARAM_NAME: "use letters, digits and '_', not starting with a digit",
+}
+
+
+def _is_union_tag(part: int | str) -> bool:
+    return isinstance(part, str) and (
+        part in {"str", "list[str]", "bool", "float", "int"} or part.startswith(("function-", "constrained-"))
+    )
+
+
+def _format_path(loc: list[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: list[int | str]) -> int | None:
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if part < len(node.value) else None
+        if child is None:
+            break
+        node, line = child, child.start_mark.line + 1
+    return line
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+
+def coerce_parameter(param: ParameterDef, value: object) -> str:
+    """The canonical string form of ``value`` for ``param``, or ``ValueError`` saying why not."""
+    if param.type == "boolean":
+        text = str(value).lower()
+        if text in TRUE:
+            return "true"
+        if text in FALSE:
+            return "false"
+        raise ValueError(f"{param.name} must be true or false, got {value!r}")
+    if param.type == "number":
+        try:
+            number = float(str(value))
+        except ValueError:
+            raise ValueError(f"{param.name} must be a number, got {value!r}") from None
+        return str(int(number)) if number.is_integer() else str(number)
+    text = str(value)
+    if param.type == "choice" and text not in (param.choices or []):
+        raise ValueError(f"{param.name} must be one of {', '.join(param.choices or [])}, got {text!r}")
+    if param.pattern and not re.search(param.pattern, text):
+        raise ValueError(f"{param.name}={text!r} does not match {param.pattern}")
+    return text
+
+
+def resolve_parameters(pipeline: PipelineDef, given: Mapping[str, object]) -> dict[str, str]:
+    """Validate what a trigger supplied against the pipeline's parameters; fill defaults."""
+    problems = []
+    known = {p.name for p in pipeline.parameters}
+    for name in given:
+        if name not in known:
+            takes = ", ".join(sorted(known)) or "no parameters"
+            problems.append(f"unknown parameter {name!r} ({pipeline.name} takes: {takes})")
+    resolved: dict[str, str] = {}
+    for param in pipeline.parameters:
+        if param.name in given:
+            try:
+                resolved[param.name] = coerce_parameter(param, given[param.name])
+            except ValueError as exc:
+                problems.append(str(exc))
+        elif param.required:
+            problems.append(f"parameter {param.name} is required (-p {param.name}=…)")
+        elif param.default is not None:
+            resolved[param.name] = coerce_parameter(param, param.default)
+    if problems:
+        raise CommandRefused("; ".join(problems))
+    return resolved
+
+
+def env_key(text: str) -> str:
+    """``deploy-staging`` → ``DEPLOY_STAGING``: the form names take inside environment variables."""
+    return re.sub(r"[^A-Za-z0-9]", "_", text).upper()

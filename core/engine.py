@@ -1,0 +1,593 @@
+"""The functional core: given a run's state, a command and the time, decide what changes.
+
+``decide`` never reads a clock, a database or a random source. It returns a ``Decision``:
+either a refusal with a reason, or the list of conditional changes (each naming the status
+the row must still have) plus the events to append. The shell (``core.service``) applies
+the changes in one transaction, or retries the command if another writer got there first.
+
+After every accepted command ``_advance`` derives the next transitions from the state alone:
+finish a stage whose jobs are done, open the next gate, start the next stage, finish the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, assert_never
+
+from core.commands import (
+    ApproveGate,
+    CancelRun,
+    CompleteJob,
+    ExpireLease,
+    InterruptJob,
+    PauseRun,
+    RecordGateCheck,
+    RejectGate,
+    ResumeRun,
+    RunCommand,
+    TimeoutGate,
+)
+from core.duration import format_duration
+from core.errors import CommandRefused, IllegalTransition
+from core.events import Event
+from core.model import Actor, Approval, Entity, Gate, Job, Run, RunState, Stage
+from core.states import (
+    JOB_FAILURES,
+    RUN_TERMINAL,
+    STAGE_DONE,
+    GateStatus,
+    JobStatus,
+    RunStatus,
+    StageStatus,
+    check,
+)
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"  #: the changes were (or are to be) applied
+    REJECTED = "rejected"  #: nothing changed; ``reason`` says why
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One conditional update: set ``values`` on the row if its status is still ``expect``."""
+
+    kind: str
+    id: str
+    expect: str
+    values: dict[str, Any]
+    #: for jobs, the fencing token the row must still carry
+    expect_attempt: int | None = None
+    #: further columns that must still hold the values read (e.g. a lease being expired)
+    guard: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    reason: str = ""
+    state: RunState | None = None
+    changes: tuple[Change, ...] = ()
+    events: tuple[Event, ...] = ()
+    #: the state is a new run to insert rather than changes to an existing one
+    created: bool = False
+    #: an idempotent replay: the run already existed and nothing changed
+    duplicate: bool = False
+    #: version the run row must still have for the changes to apply
+    expect_version: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome is Outcome.ACCEPTED
+
+    @property
+    def jobs_to_stop(self) -> tuple[str, ...]:
+        """Jobs that were running and must now be killed by whichever runner holds them."""
+        return tuple(
+            e.subject_id
+            for e in self.events
+            if e.subject == "job" and e.from_status == JobStatus.RUNNING and e.to_status == JobStatus.CANCELED
+        )
+
+
+def reject(reason: str, state: RunState | None = None) -> Decision:
+    return Decision(Outcome.REJECTED, reason=reason, state=state)
+
+
+def _kind(entity: Entity) -> str:
+    return type(entity).__name__.lower()
+
+
+class _Plan:
+    """A working copy of one run that records each change as it is made."""
+
+    def __init__(self, state: RunState, now: datetime) -> None:
+        self.now = now
+        self.base = state
+        self.run = state.run
+        self.definition = state.definition
+        self.stages = list(state.stages)
+        self.jobs = list(state.jobs)
+        self.gates = list(state.gates)
+        self.changes: dict[tuple[str, str], Change] = {}
+        self.events: list[Event] = []
+
+    # -- recording ---------------------------------------------------------------------
+    def move(self, entity: Any, to: Any, **values: Any) -> Any:
+        """Transition ``entity`` to status ``to``, checked against its table."""
+        kind = _kind(entity)
+        check(kind, entity.id, entity.status, to)
+        new = self._put(entity, {"status": to, **values})
+        data: dict[str, Any] = {k: v for k, v in values.items() if k in _EVENT_FIELDS}
+        if isinstance(entity, Stage | Job | Gate):
+            data["stage"] = self.definition.stages[_stage_index(entity)].name
+        if isinstance(entity, Job):
+            data["job"] = entity.name
+            data["attempt"] = new.attempt
+        self.events.append(
+            Event(
+                name=f"{kind}.{to}",
+                run_id=self.run.id,
+                subject=kind,
+                subject_id=entity.id,
+                at=self.now,
+                from_status=str(entity.status),
+                to_status=str(to),
+                data=data,
+            )
+        )
+        return new
+
+    def set(self, entity: Any, **values: Any) -> Any:
+        """Change fields without a transition (still conditional on the current status)."""
+        return self._put(entity, values)
+
+    def guard(self, entity: Entity, **expected: Any) -> None:
+        """Make the change to ``entity`` conditional on more columns than its status."""
+        self.changes[(_kind(entity), entity.id)].guard.update(expected)
+
+    def note(self, name: str, entity: Entity, **data: Any) -> None:
+        self.events.append(
+            Event(
+                name=name,
+                run_id=self.run.id,
+                subject=_kind(entity),
+                subject_id=entity.id,
+                at=self.now,
+                data=data,
+            )
+        )
+
+    def _put(self, entity: Any, values: dict[str, Any]) -> Any:
+        new = replace(entity, **values)
+        key = (_kind(entity), entity.id)
+        previous = self.changes.get(key)
+        if previous is None:
+            attempt = entity.attempt if isinstance(entity, Job) else None
+            self.changes[key] = Change(key[0], entity.id, str(entity.status), dict(values), attempt)
+        else:
+            previous.values.update(values)
+        if isinstance(new, Run):
+            self.run = new
+        else:
+            items: list[Any] = {Stage: self.stages, Job: self.jobs, Gate: self.gates}[type(new)]
+            items[next(i for i, e in enumerate(items) if e.id == new.id)] = new
+        return new
+
+    # -- reading -----------------------------------------------------------------------
+    def jobs_of(self, stage: Stage) -> list[Job]:
+        return [j for j in self.jobs if j.stage_index == stage.index]
+
+    def gate_of(self, stage: Stage) -> Gate | None:
+        return next((g for g in self.gates if g.stage_index == stage.index), None)
+
+    def state(self) -> RunState:
+        return RunState(self.run, tuple(self.stages), tuple(self.jobs), tuple(self.gates), self.definition)
+
+    def accept(self, *, created: bool = False, **extra: Any) -> Decision:
+        return Decision(
+            Outcome.ACCEPTED,
+            state=self.state(),
+            changes=() if created else tuple(self.changes.values()),
+            events=tuple(self.events),
+            created=created,
+            expect_version=None if created else self.base.run.version,
+            extra=extra,
+        )
+
+
+_EVENT_FIELDS = frozenset({"reason", "exit_code", "outputs", "warnings", "decided_by"})
+
+
+def _stage_index(entity: Stage | Job | Gate) -> int:
+    return entity.index if isinstance(entity, Stage) else entity.stage_index
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+def start(fresh: RunState, now: datetime, *, reuse: RunState | None = None) -> Decision:
+    """Lay out a new run and take its first steps. ``reuse``: a run being retried, whose
+    finished stages are carried over (skipped here, their outputs kept) instead of run again."""
+    plan = _Plan(fresh, now)
+    plan.note(
+        "run.created",
+        fresh.run,
+        pipeline=fresh.run.pipeline,
+        version=fresh.run.pipeline_version,
+        parameters=dict(fresh.run.parameters),
+        triggered_by=fresh.run.triggered_by,
+        channel=fresh.run.trigger_channel,
+        retry_of=fresh.run.retry_of,
+    )
+    if reuse is not None:
+        _carry_over(plan, reuse)
+    plan.move(plan.run, RunStatus.RUNNING, started_at=now)
+    _advance(plan)
+    return plan.accept(created=True)
+
+
+def decide(state: RunState, command: RunCommand, now: datetime) -> Decision:
+    """Apply one command to one run. Pure: no I/O, no clock reads, no randomness."""
+    plan = _Plan(state, now)
+    try:
+        _apply(plan, command)
+        _advance(plan)
+    except (CommandRefused, IllegalTransition) as exc:
+        return reject(exc.message, state)
+    return plan.accept()
+
+
+def claim(job: Job, runner: str, now: datetime, lease_s: float) -> tuple[Change, Event]:
+    """A runner takes a queued job: the attempt number grows and becomes the fencing token."""
+    check("job", job.id, job.status, JobStatus.RUNNING)
+    values: dict[str, Any] = {
+        "status": JobStatus.RUNNING,
+        "attempt": job.attempt + 1,
+        "runner": runner,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        "started_at": now,
+        "finished_at": None,
+        "exit_code": None,
+        "reason": "",
+    }
+    event = Event(
+        name="job.running",
+        run_id=job.run_id,
+        subject="job",
+        subject_id=job.id,
+        at=now,
+        from_status=str(job.status),
+        to_status=JobStatus.RUNNING,
+        data={"job": job.name, "attempt": job.attempt + 1, "runner": runner},
+    )
+    return Change("job", job.id, str(job.status), values, job.attempt), event
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _apply(plan: _Plan, command: RunCommand) -> None:
+    run = plan.run
+    match command:
+        case CancelRun():
+            _require_active(run, "cancel")
+            why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
+            _finish(plan, RunStatus.CANCELED, why)
+        case PauseRun():
+            if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+                raise CommandRefused(f"{run.ref} is {run.status}; only running or waiting runs pause")
+            plan.move(run, RunStatus.PAUSED, reason=f"paused by {command.actor.name}")
+            for job in [j for j in plan.jobs if j.status is JobStatus.QUEUED]:
+                plan.move(job, JobStatus.PENDING, reason="run paused")
+        case ResumeRun():
+            if run.status is not RunStatus.PAUSED:
+                raise CommandRefused(f"{run.ref} is {run.status}, not paused")
+            plan.move(run, RunStatus.RUNNING, reason=f"resumed by {command.actor.name}")
+        case ApproveGate():
+            _approve(plan, _open_gate(plan, command.gate, "manual"), command.actor, command.comment)
+        case RejectGate():
+            gate = _open_gate(plan, command.gate, "manual")
+            why = f"rejected by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
+            plan.move(
+                gate, GateStatus.REJECTED, decided_by=command.actor.name, decided_at=plan.now, reason=why
+            )
+        case CompleteJob():
+            job = _fenced(plan, command.job_id, command.attempt, command.runner)
+            _complete(plan, job, command)
+        case InterruptJob():
+            job = _fenced(plan, command.job_id, command.attempt, command.runner)
+            job = plan.move(
+                job,
+                JobStatus.QUEUED,
+                runner=None,
+                lease_expires_at=None,
+                queued_at=plan.now,
+                reason=f"interrupted: runner {command.runner} shut down",
+            )
+            if run.status is RunStatus.PAUSED:
+                plan.move(job, JobStatus.PENDING, reason="run paused")
+        case ExpireLease():
+            job = _fenced(plan, command.job_id, command.attempt, None)
+            if job.lease_expires_at is not None and job.lease_expires_at > plan.now:
+                raise CommandRefused(f"job {job.name}'s lease is still valid")
+            _job_failed(
+                plan, job, JobStatus.LOST, reason=f"lost: runner {job.runner} stopped renewing its lease"
+            )
+            plan.guard(job, lease_expires_at=job.lease_expires_at)
+        case TimeoutGate():
+            gate = _open_gate(plan, command.gate, None)
+            if gate.deadline is None or gate.deadline > plan.now:
+                raise CommandRefused(f"gate {gate.stage_name} has not reached its deadline")
+            plan.move(
+                gate,
+                GateStatus.TIMED_OUT,
+                decided_at=plan.now,
+                decided_by="timeout",
+                reason=f"nobody cleared it within {format_duration(gate.timeout_s or 0)}",
+            )
+        case RecordGateCheck():
+            gate = _open_gate(plan, command.gate, "automated")
+            if command.passed:
+                plan.move(
+                    gate,
+                    GateStatus.APPROVED,
+                    decided_by="check",
+                    decided_at=plan.now,
+                    reason=command.detail or "check passed",
+                )
+            elif gate.deadline is not None and gate.deadline <= plan.now:
+                plan.move(
+                    gate,
+                    GateStatus.TIMED_OUT,
+                    decided_by="check",
+                    decided_at=plan.now,
+                    reason=f"check still failing after {format_duration(gate.timeout_s or 0)}"
+                    + (f": {command.detail}" if command.detail else ""),
+                )
+            else:
+                plan.set(
+                    gate, next_check_at=plan.now + timedelta(seconds=gate.interval_s), reason=command.detail
+                )
+        case _:
+            assert_never(command)
+
+
+def _require_active(run: Run, verb: str) -> None:
+    if run.status in RUN_TERMINAL:
+        raise CommandRefused(f"cannot {verb} {run.ref}: it already {run.status}")
+
+
+def _open_gate(plan: _Plan, name: str, kind: str | None) -> Gate:
+    gate = next((g for g in plan.gates if name in (g.id, g.stage_name)), None)
+    if gate is None:
+        names = ", ".join(g.stage_name for g in plan.gates) or "none"
+        raise CommandRefused(f"{plan.run.ref} has no gate {name!r} (gates: {names})")
+    if kind is not None and gate.kind != kind:
+        raise CommandRefused(f"gate {gate.stage_name} is {gate.kind}; it clears itself")
+    if gate.status is GateStatus.PENDING:
+        raise CommandRefused(f"gate {gate.stage_name} is not open yet: {plan.run.ref} has not reached it")
+    if gate.status is not GateStatus.OPEN:
+        raise CommandRefused(f"gate {gate.stage_name} is already {gate.status}")
+    return gate
+
+
+def _approve(plan: _Plan, gate: Gate, actor: Actor, comment: str) -> None:
+    if any(a.actor == actor.name for a in gate.approvals):
+        raise CommandRefused(f"{actor.name} has already approved gate {gate.stage_name}")
+    approvals = (*gate.approvals, Approval(actor.name, plan.now, comment))
+    plan.note(
+        "gate.approval_added",
+        gate,
+        stage=gate.stage_name,
+        by=actor.name,
+        comment=comment,
+        approvals=len(approvals),
+        needed=gate.min_approvals,
+    )
+    if len(approvals) >= gate.min_approvals:
+        plan.move(
+            gate,
+            GateStatus.APPROVED,
+            approvals=approvals,
+            decided_by=actor.name,
+            decided_at=plan.now,
+            reason="approved by " + ", ".join(a.actor for a in approvals),
+        )
+    else:
+        plan.set(gate, approvals=approvals)
+
+
+def _fenced(plan: _Plan, job_id: str, attempt: int, runner: str | None) -> Job:
+    job = next((j for j in plan.jobs if j.id == job_id), None)
+    if job is None:
+        raise CommandRefused(f"{plan.run.ref} has no job {job_id}")
+    if job.status is not JobStatus.RUNNING or job.attempt != attempt:
+        raise CommandRefused(
+            f"stale report for job {job.name} attempt {attempt}: "
+            f"the job is now {job.status} at attempt {job.attempt}"
+        )
+    if runner is not None and job.runner != runner:
+        raise CommandRefused(f"job {job.name} attempt {attempt} is held by {job.runner}, not {runner}")
+    return job
+
+
+def _complete(plan: _Plan, job: Job, report: CompleteJob) -> None:
+    common: dict[str, Any] = {
+        "exit_code": report.exit_code,
+        "lease_expires_at": None,
+        "finished_at": plan.now,
+    }
+    if report.outcome == "succeeded":
+        plan.move(job, JobStatus.SUCCEEDED, outputs=dict(report.outputs), reason="", **common)
+    elif report.outcome == "timed_out":
+        _job_failed(
+            plan,
+            job,
+            JobStatus.TIMED_OUT,
+            reason=f"timed out after {format_duration(job.timeout_s)}",
+            **common,
+        )
+    else:
+        detail = f": {report.detail}" if report.detail else ""
+        _job_failed(plan, job, JobStatus.FAILED, reason=f"exited with {report.exit_code}{detail}", **common)
+
+
+def _job_failed(plan: _Plan, job: Job, status: JobStatus, **values: Any) -> None:
+    values.setdefault("finished_at", plan.now)
+    values.setdefault("lease_expires_at", None)
+    job = plan.move(job, status, failures=job.failures + 1, **values)
+    if job.has_retries_left:
+        job = plan.move(
+            job,
+            JobStatus.QUEUED,
+            queued_at=plan.now,
+            runner=None,
+            reason=f"retry {job.failures} of {job.retries} after: {job.reason}",
+        )
+        if plan.run.status is RunStatus.PAUSED:
+            plan.move(job, JobStatus.PENDING, reason="run paused")
+
+
+# -- progress ----------------------------------------------------------------------------
+
+
+def _advance(plan: _Plan) -> None:
+    """Take every step the state now allows, in order, until none is left."""
+    while True:
+        run = plan.run
+        if run.status in RUN_TERMINAL or run.status in (RunStatus.PENDING, RunStatus.QUEUED):
+            return
+        stage = next((s for s in plan.stages if s.status not in STAGE_DONE), None)
+        if stage is None:
+            plan.move(
+                run,
+                RunStatus.SUCCEEDED,
+                finished_at=plan.now,
+                reason="succeeded with warnings" if run.warnings else "",
+                warnings=run.warnings,
+            )
+            return
+        if stage.status is StageStatus.RUNNING:
+            if not _settle_stage(plan, stage):
+                return
+            continue
+        if run.status is RunStatus.PAUSED:
+            return
+        gate = plan.gate_of(stage)
+        if stage.status is StageStatus.PENDING and gate is not None:
+            _open(plan, stage, gate)
+            return
+        if stage.status is StageStatus.WAITING:
+            assert gate is not None
+            if gate.status is GateStatus.OPEN:
+                if run.status is RunStatus.RUNNING:
+                    plan.move(run, RunStatus.WAITING, reason=f"gate {gate.stage_name} is open")
+                return
+            if gate.status is not GateStatus.APPROVED:
+                _finish(
+                    plan,
+                    RunStatus.FAILED,
+                    f"gate {gate.stage_name} {gate.status}: {gate.reason}",
+                    failed_stage=stage,
+                )
+                return
+        _start_stage(plan, stage)
+        return
+
+
+def _settle_stage(plan: _Plan, stage: Stage) -> bool:
+    """Finish ``stage`` if its jobs allow it; True when it finished and the run may go on."""
+    jobs = plan.jobs_of(stage)
+    broken = [j for j in jobs if j.status in JOB_FAILURES and not j.allow_failure]
+    if broken:
+        job = broken[0]
+        _finish(plan, RunStatus.FAILED, f"job {stage.name}/{job.name} {job.reason}", failed_stage=stage)
+        return False
+    if not all(j.is_done for j in jobs):
+        if plan.run.status is RunStatus.RUNNING:
+            for job in jobs:
+                if job.status is JobStatus.PENDING:
+                    plan.move(job, JobStatus.QUEUED, queued_at=plan.now, reason="")
+        return False
+    soft = [j for j in jobs if j.status in JOB_FAILURES]
+    if soft:
+        warnings = tuple(f"stage {stage.name}: job {j.name} {j.reason} (allowed to fail)" for j in soft)
+        plan.move(stage, StageStatus.PARTIAL, finished_at=plan.now, reason="; ".join(warnings))
+        plan.set(plan.run, warnings=(*plan.run.warnings, *warnings))
+    else:
+        plan.move(stage, StageStatus.SUCCEEDED, finished_at=plan.now)
+    return True
+
+
+def _open(plan: _Plan, stage: Stage, gate: Gate) -> None:
+    deadline = plan.now + timedelta(seconds=gate.timeout_s) if gate.timeout_s else None
+    plan.move(
+        gate,
+        GateStatus.OPEN,
+        opened_at=plan.now,
+        deadline=deadline,
+        next_check_at=plan.now if gate.kind == "automated" else None,
+    )
+    plan.move(stage, StageStatus.WAITING)
+    if plan.run.status is RunStatus.RUNNING:
+        plan.move(plan.run, RunStatus.WAITING, reason=f"gate {stage.name} is open")
+
+
+def _start_stage(plan: _Plan, stage: Stage) -> None:
+    if plan.run.status is RunStatus.WAITING:
+        plan.move(plan.run, RunStatus.RUNNING, reason="")
+    plan.move(stage, StageStatus.RUNNING, started_at=plan.now)
+    for job in plan.jobs_of(stage):
+        plan.move(job, JobStatus.QUEUED, queued_at=plan.now)
+
+
+def _finish(plan: _Plan, status: RunStatus, reason: str, *, failed_stage: Stage | None = None) -> None:
+    """End the run: stop what is active, skip what never started."""
+    now = plan.now
+    started = set()
+    for stage in list(plan.stages):
+        if stage.status in STAGE_DONE:
+            continue
+        if failed_stage is not None and stage.id == failed_stage.id:
+            plan.move(stage, StageStatus.FAILED, finished_at=now, reason=reason)
+            started.add(stage.index)
+        elif stage.status in (StageStatus.RUNNING, StageStatus.WAITING):
+            plan.move(stage, StageStatus.CANCELED, finished_at=now, reason=reason)
+            started.add(stage.index)
+        else:
+            plan.move(stage, StageStatus.SKIPPED)
+    for job in list(plan.jobs):
+        if job.status is JobStatus.PENDING and job.stage_index not in started:
+            plan.move(job, JobStatus.SKIPPED)
+        elif job.status in (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING):
+            plan.move(job, JobStatus.CANCELED, finished_at=now, lease_expires_at=None, reason=reason)
+    for gate in list(plan.gates):
+        if gate.status is GateStatus.PENDING:
+            plan.move(gate, GateStatus.SKIPPED)
+        elif gate.status is GateStatus.OPEN:
+            plan.move(gate, GateStatus.CANCELED, decided_at=now, reason=reason)
+    plan.move(plan.run, status, finished_at=now, reason=reason, warnings=plan.run.warnings)
+
+
+def _carry_over(plan: _Plan, old: RunState) -> None:
+    """Mark the stages that finished well in ``old`` as skipped here, keeping their outputs."""
+    for old_stage in old.stages:
+        if old_stage.status not in (StageStatus.SUCCEEDED, StageStatus.PARTIAL):
+            break
+        why = f"reused from {old.run.ref}"
+        stage = plan.stages[old_stage.index]
+        for job in plan.jobs_of(stage):
+            done = old.jobs[[j.id for j in old.jobs].index(_old_job_id(old, job))]
+            plan.move(job, JobStatus.SKIPPED, outputs=dict(done.outputs), reason=why)
+        gate = plan.gate_of(stage)
+        if gate is not None:
+            plan.move(gate, GateStatus.SKIPPED, reason=why)
+        plan.move(stage, StageStatus.SKIPPED, reason=why)
+
+
+def _old_job_id(old: RunState, job: Job) -> str:
+    return next(j.id for j in old.jobs if (j.stage_index, j.index) == (job.stage_index, job.index))

@@ -1,0 +1,274 @@
+"""The domain model: a run and the stages, jobs and gates it is made of.
+
+Entities are frozen dataclasses; a change is a new value. ``RunState`` is the aggregate the
+engine decides on: one run with all of its parts and the pipeline version it started from.
+Child ids are derived from the run id (``<run>.s1``, ``<run>.s1.j0``, ``<run>.g1``), so
+building a run needs no id generator and a gate can be named by its stage in URLs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from core.definition import PipelineDef
+from core.states import (
+    JOB_DONE,
+    JOB_FAILURES,
+    RUN_TERMINAL,
+    GateStatus,
+    JobStatus,
+    RunStatus,
+    StageStatus,
+)
+
+Channel = Literal["cli", "slack", "rest", "schedule", "webhook", "system", "runner"]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asked, and through which door."""
+
+    name: str
+    channel: Channel
+
+    def __str__(self) -> str:
+        return f"{self.name} via {self.channel}"
+
+
+SYSTEM = Actor("shipyard", "system")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    id: str
+    number: int
+    pipeline: str
+    pipeline_version: int
+    version_id: str
+    status: RunStatus
+    parameters: Mapping[str, str]
+    source_revision: str | None
+    triggered_by: str
+    trigger_channel: str
+    idempotency_key: str | None = None
+    retry_of: str | None = None
+    warnings: tuple[str, ...] = ()
+    reason: str = ""
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: optimistic-lock counter: every accepted command bumps it with a compare-and-set
+    version: int = 0
+
+    @property
+    def ref(self) -> str:
+        """The short name people use: ``web#42``."""
+        return f"{self.pipeline}#{self.number}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in RUN_TERMINAL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stage:
+    id: str
+    run_id: str
+    index: int
+    name: str
+    environment: str | None
+    status: StageStatus = StageStatus.PENDING
+    reason: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    id: str
+    run_id: str
+    stage_index: int
+    index: int
+    name: str
+    status: JobStatus = JobStatus.PENDING
+    #: claim counter and fencing token: a runner's writes must name the attempt it claimed
+    attempt: int = 0
+    #: failed attempts so far; retries remain while failures <= retries
+    failures: int = 0
+    retries: int = 0
+    allow_failure: bool = False
+    timeout_s: float = 3600.0
+    runner: str | None = None
+    lease_expires_at: datetime | None = None
+    exit_code: int | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in JOB_DONE
+
+    @property
+    def has_retries_left(self) -> bool:
+        return self.failures <= self.retries
+
+    @property
+    def failed(self) -> bool:
+        return self.status in JOB_FAILURES
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    actor: str
+    at: datetime
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gate:
+    id: str
+    run_id: str
+    stage_index: int
+    stage_name: str
+    kind: Literal["manual", "automated"]
+    status: GateStatus = GateStatus.PENDING
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    approvals: tuple[Approval, ...] = ()
+    timeout_s: float | None = None
+    interval_s: float = 30.0
+    deadline: datetime | None = None
+    next_check_at: datetime | None = None
+    decided_by: str | None = None
+    reason: str = ""
+    opened_at: datetime | None = None
+    decided_at: datetime | None = None
+
+
+Entity = Run | Stage | Job | Gate
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """A run with all its parts: the unit the engine decides on and the store saves."""
+
+    run: Run
+    stages: tuple[Stage, ...]
+    jobs: tuple[Job, ...]
+    gates: tuple[Gate, ...]
+    definition: PipelineDef
+
+    def jobs_of(self, stage_index: int) -> tuple[Job, ...]:
+        return tuple(j for j in self.jobs if j.stage_index == stage_index)
+
+    def gate_of(self, stage_index: int) -> Gate | None:
+        return next((g for g in self.gates if g.stage_index == stage_index), None)
+
+    def job(self, job_id: str) -> Job | None:
+        return next((j for j in self.jobs if j.id == job_id), None)
+
+    def find_gate(self, name: str) -> Gate | None:
+        """A gate by id or by its stage's name."""
+        return next((g for g in self.gates if name in (g.id, g.stage_name)), None)
+
+    @property
+    def current_stage(self) -> Stage | None:
+        """The first stage that has not finished."""
+        return next((s for s in self.stages if s.status not in _STAGE_FINISHED), None)
+
+
+_STAGE_FINISHED = frozenset(
+    {
+        StageStatus.SUCCEEDED,
+        StageStatus.PARTIAL,
+        StageStatus.FAILED,
+        StageStatus.CANCELED,
+        StageStatus.SKIPPED,
+    }
+)
+
+
+def stage_id(run_id: str, index: int) -> str:
+    return f"{run_id}.s{index}"
+
+
+def job_id(run_id: str, stage_index: int, index: int) -> str:
+    return f"{run_id}.s{stage_index}.j{index}"
+
+
+def gate_id(run_id: str, stage_index: int) -> str:
+    return f"{run_id}.g{stage_index}"
+
+
+def new_run_state(
+    *,
+    run_id: str,
+    number: int,
+    definition: PipelineDef,
+    pipeline_version: int,
+    version_id: str,
+    parameters: Mapping[str, str],
+    source_revision: str | None,
+    actor: Actor,
+    idempotency_key: str | None,
+    retry_of: str | None,
+    now: datetime,
+) -> RunState:
+    """Every part of a fresh run, all pending, laid out from its pipeline version."""
+    run = Run(
+        id=run_id,
+        number=number,
+        pipeline=definition.name,
+        pipeline_version=pipeline_version,
+        version_id=version_id,
+        status=RunStatus.PENDING,
+        parameters=dict(parameters),
+        source_revision=source_revision,
+        triggered_by=actor.name,
+        trigger_channel=actor.channel,
+        idempotency_key=idempotency_key,
+        retry_of=retry_of,
+        created_at=now,
+    )
+    stages, jobs, gates = [], [], []
+    for i, sdef in enumerate(definition.stages):
+        stages.append(
+            Stage(
+                id=stage_id(run_id, i), run_id=run_id, index=i, name=sdef.name, environment=sdef.environment
+            )
+        )
+        for k, jdef in enumerate(sdef.jobs):
+            jobs.append(
+                Job(
+                    id=job_id(run_id, i, k),
+                    run_id=run_id,
+                    stage_index=i,
+                    index=k,
+                    name=jdef.name,
+                    retries=jdef.retries,
+                    allow_failure=jdef.allow_failure,
+                    timeout_s=jdef.timeout,
+                )
+            )
+        if sdef.gate is not None:
+            g = sdef.gate
+            gates.append(
+                Gate(
+                    id=gate_id(run_id, i),
+                    run_id=run_id,
+                    stage_index=i,
+                    stage_name=sdef.name,
+                    kind=g.type,
+                    approvers=tuple(g.approvers),
+                    min_approvals=g.min_approvals,
+                    timeout_s=g.timeout,
+                    interval_s=g.interval,
+                )
+            )
+    return RunState(run, tuple(stages), tuple(jobs), tuple(gates), definition)

@@ -1,0 +1,99 @@
+"""The ports the engine needs from the outside world, as Protocols.
+
+``storage.store.SqlStore`` implements ``Store`` for SQLite and PostgreSQL. The methods are
+synchronous: the async shell runs them on a dedicated thread pool (one thread on SQLite,
+which is its single-writer path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from core.definition import PipelineDef
+from core.engine import Change
+from core.events import Event
+from core.model import Gate, Job, RunState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineVersion:
+    """One immutable content of a pipeline; runs point at the version they started from."""
+
+    id: str
+    pipeline: str
+    version: int
+    digest: str
+    definition: PipelineDef
+    source: str
+    source_path: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    at: datetime
+    actor: str
+    channel: str
+    action: str
+    target: str
+    outcome: str
+    reason: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    job_id: str
+    attempt: int
+    seq: int
+    stream: str
+    text: str
+
+
+class Tx(Protocol):
+    """One database transaction. Raising ``Conflict`` from any write rolls it back."""
+
+    def load_run(self, run_id: str) -> RunState | None: ...
+    def find_run(self, ref: str) -> RunState | None: ...
+    def run_by_idempotency_key(self, pipeline: str, key: str) -> RunState | None: ...
+    def next_run_number(self, pipeline: str) -> int: ...
+    def insert_run(self, state: RunState) -> None: ...
+    def apply(self, state: RunState, expect_version: int, changes: Sequence[Change]) -> None: ...
+    def apply_claims(self, changes: Sequence[Change]) -> list[Change]: ...
+    def append_events(self, events: Sequence[Event]) -> None: ...
+    def audit(self, entry: AuditEntry) -> None: ...
+    def claimable_jobs(self, limit: int) -> list[Job]: ...
+    def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], until: datetime) -> set[str]: ...
+    def expired_leases(self, now: datetime, limit: int) -> list[Job]: ...
+    def jobs_held_by(self, runner: str) -> list[Job]: ...
+    def due_gates(self, now: datetime, limit: int) -> list[Gate]: ...
+    def claim_gate_check(self, gate: Gate, until: datetime) -> bool: ...
+    def latest_version(self, pipeline: str) -> PipelineVersion | None: ...
+    def version_by_id(self, version_id: str) -> PipelineVersion | None: ...
+    def add_version(
+        self, definition: PipelineDef, source: str, source_path: str | None, now: datetime
+    ) -> tuple[PipelineVersion, bool]: ...
+    def pipeline_names(self) -> list[str]: ...
+
+
+class Store(Protocol):
+    """Where the truth lives."""
+
+    #: how many threads may use the store at once (1 on SQLite)
+    max_workers: int
+
+    def transaction(self) -> AbstractContextManager[Tx]: ...
+    def append_log(
+        self, job_id: str, attempt: int, runner: str, chunks: Sequence[tuple[str, str]]
+    ) -> bool: ...
+    def read_log(self, job_id: str, attempt: int | None = None) -> Iterator[LogChunk]: ...
+    def tail_log(self, job_id: str, lines: int = 20) -> list[str]: ...
+    def events_after(self, seq: int, limit: int = 500, run_id: str | None = None) -> list[Event]: ...
+    def last_event_seq(self) -> int: ...
+    def audit_entries(self, limit: int = 100) -> list[AuditEntry]: ...
+    def list_runs(self, pipeline: str | None = None, limit: int = 50) -> list[RunState]: ...
+    def dispose(self) -> None: ...

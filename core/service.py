@@ -1,0 +1,237 @@
+"""The one entry point for every change: ``Service.handle(command)``.
+
+Slack, the REST API, the CLI, the scheduler and runners all call it. Each call is one
+transaction: load the run, ``engine.decide``, apply the changes as conditional updates, append
+the events, write the audit entry. If another writer changed the run first (``Conflict``),
+the whole command is decided again on fresh state. Refused commands are audited too.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from core import engine
+from core.assignment import Assignment, for_gate_check, for_job
+from core.commands import Command, RetryRun, TriggerRun, command_name
+from core.definition import PipelineDef, resolve_parameters
+from core.engine import Decision
+from core.errors import CommandRefused, Conflict
+from core.model import RunState, new_run_state
+from core.ports import AuditEntry, PipelineVersion, Store, Tx
+from core.states import RUN_TERMINAL, RunStatus
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+#: how often a command is decided again after losing a compare-and-set race
+CONFLICT_RETRIES = 20
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """What the clock has made due: the orchestrator turns each into a command."""
+
+    expired: list[tuple[str, str, int]]  #: (run_id, job_id, attempt)
+    gate_deadlines: list[tuple[str, str]]  #: (run_id, gate_id)
+    gate_checks: list[Assignment]
+
+
+class Service:
+    def __init__(self, store: Store, clock: Clock = utcnow, audit_runner_reports: bool = True) -> None:
+        self.store = store
+        self.clock = clock
+        self.audit_runner_reports = audit_runner_reports
+
+    # -- commands -------------------------------------------------------------------------
+    def handle(self, command: Command) -> Decision:
+        """Decide and apply ``command`` atomically; retried on write conflicts."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                with self.store.transaction() as tx:
+                    now = self.clock()
+                    decision = self._decide(tx, command, now)
+                    if decision.accepted and not decision.duplicate:
+                        state = decision.state
+                        assert state is not None
+                        if decision.created:
+                            tx.insert_run(state)
+                        else:
+                            assert decision.expect_version is not None
+                            tx.apply(state, decision.expect_version, decision.changes)
+                        tx.append_events(decision.events)
+                    if self._audited(command, decision):
+                        tx.audit(_audit_entry(command, decision, now))
+                    return decision
+            except Conflict:
+                continue
+        raise Conflict(f"{command_name(command)} lost {CONFLICT_RETRIES} races in a row; try again")
+
+    def _decide(self, tx: Tx, command: Command, now: datetime) -> Decision:
+        if isinstance(command, TriggerRun):
+            return self._trigger(tx, command, now)
+        state = tx.find_run(command.run_id)
+        if state is None:
+            return engine.reject(f"no run {command.run_id!r}")
+        if isinstance(command, RetryRun):
+            return self._retry(tx, state, command, now)
+        return engine.decide(state, command, now)
+
+    def _trigger(self, tx: Tx, command: TriggerRun, now: datetime) -> Decision:
+        version = tx.latest_version(command.pipeline)
+        if version is None:
+            known = ", ".join(tx.pipeline_names()) or "none yet"
+            return engine.reject(f"unknown pipeline {command.pipeline!r} (known: {known})")
+        if command.idempotency_key:
+            existing = tx.run_by_idempotency_key(command.pipeline, command.idempotency_key)
+            if existing is not None:
+                return Decision(
+                    engine.Outcome.ACCEPTED,
+                    state=existing,
+                    duplicate=True,
+                    reason=f"already triggered as {existing.run.ref}",
+                )
+        try:
+            parameters = resolve_parameters(version.definition, command.parameters)
+        except CommandRefused as exc:
+            return engine.reject(exc.message)
+        fresh = new_run_state(
+            run_id=uuid.uuid4().hex,
+            number=tx.next_run_number(command.pipeline),
+            definition=version.definition,
+            pipeline_version=version.version,
+            version_id=version.id,
+            parameters=parameters,
+            source_revision=command.source_revision,
+            actor=command.actor,
+            idempotency_key=command.idempotency_key,
+            retry_of=None,
+            now=now,
+        )
+        return engine.start(fresh, now)
+
+    def _retry(self, tx: Tx, old: RunState, command: RetryRun, now: datetime) -> Decision:
+        if old.run.status not in (RunStatus.FAILED, RunStatus.CANCELED):
+            return engine.reject(
+                f"{old.run.ref} is {old.run.status}; only failed or canceled runs can be retried"
+            )
+        version = tx.version_by_id(old.run.version_id)
+        assert version is not None
+        fresh = new_run_state(
+            run_id=uuid.uuid4().hex,
+            number=tx.next_run_number(old.run.pipeline),
+            definition=version.definition,
+            pipeline_version=version.version,
+            version_id=version.id,
+            parameters=old.run.parameters,
+            source_revision=old.run.source_revision,
+            actor=command.actor,
+            idempotency_key=None,
+            retry_of=old.run.id,
+            now=now,
+        )
+        return engine.start(fresh, now, reuse=old)
+
+    def _audited(self, command: Command, decision: Decision) -> bool:
+        if command.actor.channel != "runner":
+            return True
+        return self.audit_runner_reports or not decision.accepted
+
+    # -- runners --------------------------------------------------------------------------
+    def claim_jobs(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
+        """Hand up to ``limit`` queued jobs to ``runner`` under a lease."""
+        if limit <= 0:
+            return []
+        with self.store.transaction() as tx:
+            now = self.clock()
+            offers = [engine.claim(job, runner, now, lease_s) for job in tx.claimable_jobs(limit)]
+            won = {c.id for c in tx.apply_claims([change for change, _ in offers])}
+            tx.append_events([event for change, event in offers if change.id in won])
+            claimed = [change.id for change, _ in offers if change.id in won]
+            assignments = []
+            states: dict[str, RunState] = {}
+            for job_id in claimed:
+                run_id = job_id.split(".", 1)[0]
+                if run_id not in states:
+                    loaded = tx.load_run(run_id)
+                    assert loaded is not None
+                    states[run_id] = loaded
+                job = states[run_id].job(job_id)
+                assert job is not None
+                assignments.append(for_job(states[run_id], job))
+            return assignments
+
+    def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
+        """Extend the leases ``runner`` still rightfully holds; the rest must be killed."""
+        if not held:
+            return set()
+        with self.store.transaction() as tx:
+            return tx.renew_leases(runner, held, self.clock() + timedelta(seconds=lease_s))
+
+    def jobs_held_by(self, runner: str) -> list[tuple[str, str, int]]:
+        with self.store.transaction() as tx:
+            return [(j.run_id, j.id, j.attempt) for j in tx.jobs_held_by(runner)]
+
+    # -- clocks ---------------------------------------------------------------------------
+    def due(self, check_lease_s: float, limit: int = 100) -> Timers:
+        """Leases that expired, gate deadlines that passed, automated gate checks now due
+        (each check is claimed by moving its next check time, so one process runs it)."""
+        with self.store.transaction() as tx:
+            now = self.clock()
+            expired = [(j.run_id, j.id, j.attempt) for j in tx.expired_leases(now, limit)]
+            deadlines, checks = [], []
+            for gate in tx.due_gates(now, limit):
+                if gate.deadline is not None and gate.deadline <= now and gate.kind == "manual":
+                    deadlines.append((gate.run_id, gate.id))
+                elif gate.kind == "automated" and tx.claim_gate_check(
+                    gate, now + timedelta(seconds=gate.interval_s + check_lease_s)
+                ):
+                    state = tx.load_run(gate.run_id)
+                    if state is not None and state.run.status not in RUN_TERMINAL:
+                        checks.append(for_gate_check(state, gate))
+            return Timers(expired, deadlines, checks)
+
+    # -- pipelines ------------------------------------------------------------------------
+    def register_pipeline(
+        self, definition: PipelineDef, source: str, source_path: str | None = None
+    ) -> tuple[PipelineVersion, bool]:
+        """Store ``definition`` as a new version unless that exact content is already the latest."""
+        with self.store.transaction() as tx:
+            return tx.add_version(definition, source, source_path, self.clock())
+
+    def find_run(self, ref: str) -> RunState | None:
+        with self.store.transaction() as tx:
+            return tx.find_run(ref)
+
+
+def _audit_entry(command: Command, decision: Decision, now: datetime) -> AuditEntry:
+    target = getattr(command, "run_id", None) or getattr(command, "pipeline", "")
+    if decision.state is not None:
+        target = decision.state.run.ref
+    detail: dict[str, object] = {}
+    if decision.state is not None:
+        detail["run_id"] = decision.state.run.id
+    for key in ("gate", "job_id", "attempt", "reason", "comment", "source_revision", "idempotency_key"):
+        value = getattr(command, key, None)
+        if value:
+            detail[key] = value
+    if isinstance(command, TriggerRun):
+        detail["parameters"] = {k: str(v) for k, v in command.parameters.items()}
+    outcome = "duplicate" if decision.duplicate else str(decision.outcome)
+    return AuditEntry(
+        at=now,
+        actor=command.actor.name,
+        channel=command.actor.channel,
+        action=command_name(command),
+        target=str(target),
+        outcome=outcome,
+        reason=decision.reason,
+        detail=detail,
+    )

@@ -1,0 +1,179 @@
+"""The state machines of runs, stages, jobs and gates: one transition table per resource.
+
+Every status change anywhere in Shipyard is checked here (``check``) and then written to the
+database as a conditional update on the expected old status, so the table is the single
+authority on what may happen. ``docs/states.md`` is rendered from these tables
+(``python -m core.states``) and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Final
+
+from core.errors import IllegalTransition
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"  #: created, not started yet
+    QUEUED = "queued"  #: waiting for an environment lock held by another run
+    RUNNING = "running"  #: a stage is executing
+    WAITING = "waiting"  #: a gate is open and must be cleared before the next stage
+    PAUSED = "paused"  #: running jobs finish, nothing new starts until resumed
+    SUCCEEDED = "succeeded"  #: every stage succeeded (possibly with warnings)
+    FAILED = "failed"  #: a required job failed, or a gate was rejected or timed out
+    CANCELED = "canceled"  #: stopped on request; running jobs were killed
+
+
+class StageStatus(StrEnum):
+    PENDING = "pending"  #: an earlier stage is still going
+    WAITING = "waiting"  #: its gate is open
+    RUNNING = "running"  #: its jobs are queued or running
+    SUCCEEDED = "succeeded"  #: every job succeeded
+    PARTIAL = "partial"  #: only ``allow_failure`` jobs failed; the run goes on with a warning
+    FAILED = "failed"  #: a required job failed after its retries, or its gate failed
+    CANCELED = "canceled"  #: the run was canceled while this stage was active
+    SKIPPED = "skipped"  #: never started because the run ended before it
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"  #: its stage has not started (or the run is paused)
+    QUEUED = "queued"  #: ready for a runner to claim
+    RUNNING = "running"  #: claimed by a runner under a lease
+    SUCCEEDED = "succeeded"  #: exited 0
+    FAILED = "failed"  #: exited non-zero (queued again while retries remain)
+    TIMED_OUT = "timed_out"  #: killed at its timeout (queued again while retries remain)
+    LOST = "lost"  #: its runner vanished with it (queued again while retries remain)
+    CANCELED = "canceled"  #: killed or dropped because the run was canceled or its stage failed
+    SKIPPED = "skipped"  #: never ran because the run ended before its stage
+
+
+class GateStatus(StrEnum):
+    PENDING = "pending"  #: its stage has not been reached
+    OPEN = "open"  #: collecting approvals, or polling its check
+    APPROVED = "approved"  #: cleared; the stage may start
+    REJECTED = "rejected"  #: refused by an approver; the run fails
+    TIMED_OUT = "timed_out"  #: nobody cleared it in time (or its check never passed)
+    CANCELED = "canceled"  #: the run ended while it was open
+    SKIPPED = "skipped"  #: never reached
+
+
+R, S, J, G = RunStatus, StageStatus, JobStatus, GateStatus
+
+RUN_TRANSITIONS: Final[Mapping[RunStatus, frozenset[RunStatus]]] = {
+    R.PENDING: frozenset({R.RUNNING, R.QUEUED, R.CANCELED}),
+    R.QUEUED: frozenset({R.RUNNING, R.CANCELED}),
+    R.RUNNING: frozenset({R.WAITING, R.PAUSED, R.QUEUED, R.SUCCEEDED, R.FAILED, R.CANCELED}),
+    R.WAITING: frozenset({R.RUNNING, R.PAUSED, R.FAILED, R.CANCELED}),
+    R.PAUSED: frozenset({R.RUNNING, R.SUCCEEDED, R.FAILED, R.CANCELED}),
+    R.SUCCEEDED: frozenset(),
+    R.FAILED: frozenset(),
+    R.CANCELED: frozenset(),
+}
+
+STAGE_TRANSITIONS: Final[Mapping[StageStatus, frozenset[StageStatus]]] = {
+    S.PENDING: frozenset({S.WAITING, S.RUNNING, S.CANCELED, S.SKIPPED}),
+    S.WAITING: frozenset({S.RUNNING, S.FAILED, S.CANCELED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.PARTIAL, S.FAILED, S.CANCELED}),
+    S.SUCCEEDED: frozenset(),
+    S.PARTIAL: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELED: frozenset(),
+    S.SKIPPED: frozenset(),
+}
+
+JOB_TRANSITIONS: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
+    J.PENDING: frozenset({J.QUEUED, J.CANCELED, J.SKIPPED}),
+    J.QUEUED: frozenset({J.RUNNING, J.PENDING, J.CANCELED}),
+    J.RUNNING: frozenset({J.SUCCEEDED, J.FAILED, J.TIMED_OUT, J.LOST, J.CANCELED, J.QUEUED}),
+    J.SUCCEEDED: frozenset(),
+    J.FAILED: frozenset({J.QUEUED}),
+    J.TIMED_OUT: frozenset({J.QUEUED}),
+    J.LOST: frozenset({J.QUEUED}),
+    J.CANCELED: frozenset(),
+    J.SKIPPED: frozenset(),
+}
+
+GATE_TRANSITIONS: Final[Mapping[GateStatus, frozenset[GateStatus]]] = {
+    G.PENDING: frozenset({G.OPEN, G.CANCELED, G.SKIPPED}),
+    G.OPEN: frozenset({G.APPROVED, G.REJECTED, G.TIMED_OUT, G.CANCELED}),
+    G.APPROVED: frozenset(),
+    G.REJECTED: frozenset(),
+    G.TIMED_OUT: frozenset(),
+    G.CANCELED: frozenset(),
+    G.SKIPPED: frozenset(),
+}
+
+#: Why some transitions exist at all, for the rendered document.
+NOTES: Final[Mapping[tuple[str, str, str], str]] = {
+    ("run", "pending", "queued"): "the first stage's environment is locked by another run",
+    ("run", "running", "queued"): "the next stage's environment is locked by another run",
+    ("run", "pending", "canceled"): "canceled before it started; nothing ran",
+    ("run", "paused", "succeeded"): "the last running jobs finished while paused",
+    ("run", "paused", "failed"): "a job that was still running failed while paused",
+    ("stage", "waiting", "failed"): "its gate was rejected or timed out",
+    ("job", "queued", "pending"): "the run was paused before a runner claimed the job",
+    ("job", "running", "queued"): "the server shut down cleanly; the job runs again on restart",
+    ("job", "running", "canceled"): "the run was canceled or a sibling required job failed",
+    ("job", "failed", "queued"): "a retry (retries remain)",
+    ("job", "timed_out", "queued"): "a retry (retries remain)",
+    ("job", "lost", "queued"): "a retry (retries remain)",
+}
+
+RUN_TERMINAL: Final = frozenset({R.SUCCEEDED, R.FAILED, R.CANCELED})
+RUN_ACTIVE: Final = frozenset(RunStatus) - RUN_TERMINAL
+STAGE_DONE: Final = frozenset(s for s, nxt in STAGE_TRANSITIONS.items() if not nxt)
+JOB_DONE: Final = frozenset({J.SUCCEEDED, J.FAILED, J.TIMED_OUT, J.LOST, J.CANCELED, J.SKIPPED})
+JOB_FAILURES: Final = frozenset({J.FAILED, J.TIMED_OUT, J.LOST})
+GATE_DONE: Final = frozenset(s for s, nxt in GATE_TRANSITIONS.items() if not nxt)
+
+TABLES: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {
+    "run": RUN_TRANSITIONS,
+    "stage": STAGE_TRANSITIONS,
+    "job": JOB_TRANSITIONS,
+    "gate": GATE_TRANSITIONS,
+}
+
+
+def can_transition(kind: str, old: str, new: str) -> bool:
+    """Whether the table for ``kind`` allows ``old → new``."""
+    return new in TABLES[kind].get(old, frozenset())
+
+
+def check(kind: str, ident: str, old: str, new: str) -> None:
+    """Raise ``IllegalTransition`` naming the transition and the reason it is refused."""
+    if can_transition(kind, old, new):
+        return
+    table = TABLES[kind]
+    if old not in table:
+        why = f"{old!r} is not a {kind} status"
+    elif new not in table:
+        why = f"{new!r} is not a {kind} status"
+    elif not table[old]:
+        why = f"{old} is final"
+    elif kind == "run" and old in (R.PENDING, R.QUEUED) and new in RUN_TERMINAL - {R.CANCELED}:
+        why = "a run cannot finish without having run"
+    else:
+        allowed = ", ".join(sorted(table[old]))
+        why = f"from {old} a {kind} may only go to {allowed}"
+    raise IllegalTransition(f"{kind} {ident}: {old} → {new} refused: {why}")
+
+
+def render_markdown() -> str:
+    """The transition tables as the Markdown that ``docs/states.md`` holds."""
+    lines = ["<!-- generated by `python -m core.states`; tests/core/test_states.py checks it -->"]
+    enums = {"run": RunStatus, "stage": StageStatus, "job": JobStatus, "gate": GateStatus}
+    for kind, table in TABLES.items():
+        lines += ["", f"### {kind.capitalize()}", "", "| from | to | note |", "|---|---|---|"]
+        for old in enums[kind]:
+            targets = sorted(table[old])
+            if not targets:
+                lines.append(f"| `{old}` | *(final)* | |")
+            for new in targets:
+                lines.append(f"| `{old}` | `{new}` | {NOTES.get((kind, old, new), '')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

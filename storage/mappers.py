@@ -1,0 +1,164 @@
+"""Rows to domain objects and back. Domain field names differ from columns only where a
+column name would be an SQL keyword (``index`` is stored as ``position``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from core.engine import Change
+from core.events import Event
+from core.model import Approval, Gate, Job, Run, Stage
+from core.states import GateStatus, JobStatus, RunStatus, StageStatus
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def run_from_row(r: Mapping[str, Any]) -> Run:
+    return Run(
+        id=r["id"],
+        number=r["number"],
+        pipeline=r["pipeline"],
+        pipeline_version=r["pipeline_version"],
+        version_id=r["version_id"],
+        status=RunStatus(r["status"]),
+        parameters=r["parameters"],
+        source_revision=r["source_revision"],
+        triggered_by=r["triggered_by"],
+        trigger_channel=r["trigger_channel"],
+        idempotency_key=r["idempotency_key"],
+        retry_of=r["retry_of"],
+        warnings=tuple(r["warnings"]),
+        reason=r["reason"],
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        version=r["version"],
+    )
+
+
+def stage_from_row(r: Mapping[str, Any]) -> Stage:
+    return Stage(
+        id=r["id"],
+        run_id=r["run_id"],
+        index=r["position"],
+        name=r["name"],
+        environment=r["environment"],
+        status=StageStatus(r["status"]),
+        reason=r["reason"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+    )
+
+
+def job_from_row(r: Mapping[str, Any]) -> Job:
+    return Job(
+        id=r["id"],
+        run_id=r["run_id"],
+        stage_index=r["stage_index"],
+        index=r["position"],
+        name=r["name"],
+        status=JobStatus(r["status"]),
+        attempt=r["attempt"],
+        failures=r["failures"],
+        retries=r["retries"],
+        allow_failure=r["allow_failure"],
+        timeout_s=r["timeout_s"],
+        runner=r["runner"],
+        lease_expires_at=r["lease_expires_at"],
+        exit_code=r["exit_code"],
+        outputs=r["outputs"],
+        reason=r["reason"],
+        queued_at=r["queued_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+    )
+
+
+def gate_from_row(r: Mapping[str, Any]) -> Gate:
+    return Gate(
+        id=r["id"],
+        run_id=r["run_id"],
+        stage_index=r["stage_index"],
+        stage_name=r["stage_name"],
+        kind=r["kind"],
+        status=GateStatus(r["status"]),
+        approvers=tuple(r["approvers"]),
+        min_approvals=r["min_approvals"],
+        approvals=tuple(_approval(a) for a in r["approvals"]),
+        timeout_s=r["timeout_s"],
+        interval_s=r["interval_s"],
+        deadline=r["deadline"],
+        next_check_at=r["next_check_at"],
+        decided_by=r["decided_by"],
+        reason=r["reason"],
+        opened_at=r["opened_at"],
+        decided_at=r["decided_at"],
+    )
+
+
+def _approval(a: Mapping[str, str]) -> Approval:
+    return Approval(
+        a["actor"], _aware(datetime.fromisoformat(a["at"])) or datetime.now(UTC), a.get("comment", "")
+    )
+
+
+def _value(key: str, value: Any) -> tuple[str, Any]:
+    """A domain field and value as a column and value."""
+    if key == "index":
+        return "position", value
+    if key == "approvals":
+        return key, [{"actor": a.actor, "at": a.at.isoformat(), "comment": a.comment} for a in value]
+    if key in ("warnings", "approvers"):
+        return key, list(value)
+    if key in ("outputs", "parameters"):
+        return key, dict(value)
+    return key, value
+
+
+def row_values(entity: Run | Stage | Job | Gate) -> dict[str, Any]:
+    return dict(_value(name, getattr(entity, name)) for name in entity.__dataclass_fields__)
+
+
+def change_values(change: Change) -> dict[str, Any]:
+    return dict(_value(k, v) for k, v in change.values.items())
+
+
+def event_values(e: Event) -> dict[str, Any]:
+    return {
+        "name": e.name,
+        "run_id": e.run_id,
+        "subject": e.subject,
+        "subject_id": e.subject_id,
+        "from_status": e.from_status,
+        "to_status": e.to_status,
+        "at": e.at,
+        "data": jsonable(e.data),
+    }
+
+
+def event_from_row(r: Mapping[str, Any]) -> Event:
+    return Event(
+        seq=r["seq"],
+        name=r["name"],
+        run_id=r["run_id"],
+        subject=r["subject"],
+        subject_id=r["subject_id"],
+        from_status=r["from_status"],
+        to_status=r["to_status"],
+        at=r["at"],
+        data=r["data"],
+    )
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -1,0 +1,151 @@
+"""Named statements, built once and reused.
+
+Building a SQLAlchemy statement costs several times more than executing it on SQLite, so
+everything on the hot path is prebuilt here with bind parameters (``Q.jobs_of``), and
+statements whose shape depends on the columns being set are built once per shape
+(``Q.update(kind, columns, …)``).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import sqlalchemy as sa
+from sqlalchemy.sql.dml import Update
+
+from storage.tables import T
+
+RUN, STAGE, JOB, GATE = T["run"], T["stage"], T["job"], T["gate"]
+EVENT, AUDIT, LOG, PIPELINE, VERSION = (
+    T["event"],
+    T["audit"],
+    T["log_chunk"],
+    T["pipeline"],
+    T["pipeline_version"],
+)
+TABLE_OF = {"run": RUN, "stage": STAGE, "job": JOB, "gate": GATE}
+b = sa.bindparam
+
+
+class Q:
+    run_version = sa.select(RUN.c.version).where(RUN.c.id == b("id"))
+    run_by_id = sa.select(RUN).where(RUN.c.id == b("id"))
+    stages_of = sa.select(STAGE).where(STAGE.c.run_id == b("id")).order_by(STAGE.c.position)
+    jobs_of = sa.select(JOB).where(JOB.c.run_id == b("id")).order_by(JOB.c.stage_index, JOB.c.position)
+    gates_of = sa.select(GATE).where(GATE.c.run_id == b("id")).order_by(GATE.c.stage_index)
+    run_by_number = sa.select(RUN.c.id).where(RUN.c.pipeline == b("p"), RUN.c.number == b("n"))
+    run_by_key = sa.select(RUN.c.id).where(RUN.c.pipeline == b("p"), RUN.c.idempotency_key == b("k"))
+    runs_by_prefix = sa.select(RUN.c.id).where(RUN.c.id.startswith(b("prefix"))).limit(2)
+    max_number = sa.select(sa.func.max(RUN.c.number)).where(RUN.c.pipeline == b("p"))
+    touch_run = (
+        sa.update(RUN).where(RUN.c.id == b("_id")).values(version=RUN.c.version + 1).returning(RUN.c.version)
+    )
+
+    insert_run = sa.insert(RUN)
+    insert_stage = sa.insert(STAGE)
+    insert_job = sa.insert(JOB)
+    insert_gate = sa.insert(GATE)
+    insert_event = sa.insert(EVENT)
+    insert_audit = sa.insert(AUDIT)
+    insert_log = sa.insert(LOG)
+
+    claimable = (
+        sa.select(JOB).where(JOB.c.status == "queued").order_by(JOB.c.queued_at, JOB.c.id).limit(b("limit"))
+    )
+    claimable_pg = claimable.with_for_update(skip_locked=True)
+    renew = (
+        sa.update(JOB)
+        .where(
+            JOB.c.id == b("_id"),
+            JOB.c.attempt == b("_attempt"),
+            JOB.c.runner == b("_runner"),
+            JOB.c.status == "running",
+        )
+        .values(lease_expires_at=b("until"))
+    )
+    held_job = sa.select(JOB.c.id).where(
+        JOB.c.id == b("id"),
+        JOB.c.attempt == b("attempt"),
+        JOB.c.runner == b("runner"),
+        JOB.c.status == "running",
+    )
+    expired = (
+        sa.select(JOB)
+        .where(JOB.c.status == "running", JOB.c.lease_expires_at <= b("now"))
+        .order_by(JOB.c.lease_expires_at)
+        .limit(b("limit"))
+    )
+    held_by = sa.select(JOB).where(JOB.c.status == "running", JOB.c.runner == b("runner"))
+    due_gates = (
+        sa.select(GATE)
+        .where(GATE.c.status == "open", sa.or_(GATE.c.deadline <= b("now"), GATE.c.next_check_at <= b("now")))
+        .limit(b("limit"))
+    )
+    due_gates_pg = due_gates.with_for_update(skip_locked=True)
+    claim_gate_check = (
+        sa.update(GATE)
+        .where(GATE.c.id == b("_id"), GATE.c.status == "open", GATE.c.next_check_at == b("_expect"))
+        .values(next_check_at=b("_until"))
+    )
+    job_attempt = sa.select(JOB.c.attempt).where(JOB.c.id == b("id"))
+    log_of = sa.select(LOG).where(LOG.c.job_id == b("id"), LOG.c.attempt == b("attempt")).order_by(LOG.c.id)
+    log_tail = (
+        sa.select(LOG.c.text)
+        .where(LOG.c.job_id == b("id"), LOG.c.attempt == b("attempt"))
+        .order_by(LOG.c.id.desc())
+    )
+    events_after = sa.select(EVENT).where(EVENT.c.seq > b("seq")).order_by(EVENT.c.seq).limit(b("limit"))
+    events_of_run_after = (
+        sa.select(EVENT)
+        .where(EVENT.c.seq > b("seq"), EVENT.c.run_id == b("run"))
+        .order_by(EVENT.c.seq)
+        .limit(b("limit"))
+    )
+    last_seq = sa.select(sa.func.max(EVENT.c.seq))
+    audit_latest = sa.select(AUDIT).order_by(AUDIT.c.id.desc()).limit(b("limit"))
+    recent_runs = sa.select(RUN.c.id).order_by(RUN.c.created_at.desc(), RUN.c.number.desc()).limit(b("limit"))
+    recent_runs_of = recent_runs.where(RUN.c.pipeline == b("p"))
+
+    version_by_id = sa.select(VERSION).where(VERSION.c.id == b("id"))
+    latest_version = (
+        sa.select(VERSION.c.id)
+        .join(PIPELINE, PIPELINE.c.name == VERSION.c.pipeline)
+        .where(VERSION.c.pipeline == b("p"), PIPELINE.c.archived.is_(False))
+        .order_by(VERSION.c.version.desc())
+        .limit(1)
+    )
+    latest_version_row = (
+        sa.select(VERSION).where(VERSION.c.pipeline == b("p")).order_by(VERSION.c.version.desc()).limit(1)
+    )
+    pipeline_exists = sa.select(PIPELINE.c.name).where(PIPELINE.c.name == b("p"))
+    insert_pipeline = sa.insert(PIPELINE)
+    unarchive = sa.update(PIPELINE).where(PIPELINE.c.name == b("p")).values(archived=False)
+    insert_version = sa.insert(VERSION)
+    pipeline_names = (
+        sa.select(PIPELINE.c.name).where(PIPELINE.c.archived.is_(False)).order_by(PIPELINE.c.name)
+    )
+
+    event_lock = sa.text("SELECT pg_advisory_xact_lock(:k)")
+    named_lock = sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))")
+
+    @staticmethod
+    @cache
+    def update(kind: str, columns: tuple[str, ...], fenced: bool, guards: tuple[str, ...]) -> Update:
+        """``UPDATE <kind> SET <columns> WHERE id AND status [AND attempt] [AND guards]``."""
+        table = TABLE_OF[kind]
+        query = sa.update(table).where(table.c.id == b("_id"), table.c.status == b("_status"))
+        if fenced:
+            query = query.where(table.c.attempt == b("_attempt"))
+        for column in guards:
+            query = query.where(table.c[column] == b(f"_guard_{column}"))
+        return query.values({c: b(c) for c in columns})
+
+    @staticmethod
+    @cache
+    def bump_run(columns: tuple[str, ...]) -> Update:
+        """Compare-and-set on the run's version, bumping it and setting ``columns``."""
+        return (
+            sa.update(RUN)
+            .where(RUN.c.id == b("_id"), RUN.c.version == b("_version"))
+            .values({"version": RUN.c.version + 1, **{c: b(c) for c in columns}})
+        )

@@ -1,0 +1,402 @@
+"""``SqlStore``: the engine's ``Store`` port on SQLAlchemy Core, for SQLite and PostgreSQL.
+
+Every write is conditional. Status changes carry the status the row must still have (and,
+for jobs, the attempt that fences a runner's writes); the run row carries a version that
+each accepted command bumps with a compare-and-set. A row that does not match raises
+``Conflict`` and the service decides again on fresh state.
+
+On PostgreSQL, work is claimed with ``FOR UPDATE SKIP LOCKED`` and events are appended under a
+transaction-level advisory lock, so sequence numbers become visible in commit order and a
+reader following the log by cursor never skips one. SQLite has a single writer
+(``BEGIN IMMEDIATE``), which gives both for free.
+
+Decoded runs are cached by id; a cached copy is used only after checking, inside the same
+transaction, that the row's version has not moved. Anything that changes a run's parts
+(commands, claims) bumps that version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from core.definition import PipelineDef
+from core.engine import Change
+from core.errors import Conflict
+from core.events import Event
+from core.model import Gate, Job, RunState
+from core.ports import AuditEntry, LogChunk, PipelineVersion
+from storage import mappers as m
+from storage.db import is_sqlite, make_engine
+from storage.queries import Q
+
+#: advisory lock key that orders event appends on PostgreSQL
+EVENT_LOCK = 0x5348_4950_4556
+
+
+class SqlStore:
+    def __init__(
+        self, url: str, *, engine: Engine | None = None, pool_size: int = 5, cache_size: int = 5000
+    ) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url, pool_size=pool_size)
+        self.sqlite = is_sqlite(url)
+        self.max_workers = 1 if self.sqlite else pool_size
+        self.cache_size = cache_size
+        self._versions: dict[str, PipelineVersion] = {}
+        self._runs: OrderedDict[str, RunState] = OrderedDict()
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTx]:
+        with self.engine.begin() as conn:
+            tx = SqlTx(self, conn)
+            yield tx
+        for hook in tx.on_commit:
+            hook()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(readonly=True)
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run from the cache (after a conflict its copy may be stale)."""
+        self._runs.pop(run_id, None)
+
+    def remember(self, state: RunState) -> None:
+        self._runs[state.run.id] = state
+        self._runs.move_to_end(state.run.id)
+        while len(self._runs) > self.cache_size:
+            self._runs.popitem(last=False)
+
+    def version(self, version_id: str, conn: Connection) -> PipelineVersion | None:
+        """A pipeline version; immutable, so cached forever once read."""
+        cached = self._versions.get(version_id)
+        if cached is None:
+            row = conn.execute(Q.version_by_id, {"id": version_id}).mappings().first()
+            if row is None:
+                return None
+            cached = self._versions[version_id] = _version_from_row(row)
+        return cached
+
+    # -- logs -------------------------------------------------------------------------------
+    def append_log(self, job_id: str, attempt: int, runner: str, chunks: Sequence[tuple[str, str]]) -> bool:
+        """Store output of a job attempt if ``runner`` still holds that attempt (fenced)."""
+        with self.engine.begin() as conn:
+            held = conn.execute(Q.held_job, {"id": job_id, "attempt": attempt, "runner": runner}).first()
+            if held is None:
+                return False
+            if chunks:
+                rows = [{"job_id": job_id, "attempt": attempt, "stream": s, "text": t} for s, t in chunks]
+                conn.execute(Q.insert_log, rows)
+            return True
+
+    def read_log(self, job_id: str, attempt: int | None = None) -> Iterator[LogChunk]:
+        with self._read() as conn:
+            if attempt is None:
+                attempt = conn.execute(Q.job_attempt, {"id": job_id}).scalar() or 0
+            rows = conn.execute(Q.log_of, {"id": job_id, "attempt": attempt}).mappings().all()
+        for r in rows:
+            yield LogChunk(r["job_id"], r["attempt"], r["id"], r["stream"], r["text"])
+
+    def tail_log(self, job_id: str, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of the job's latest attempt, reading only the last chunks."""
+        texts: list[str] = []
+        with self._read() as conn:
+            attempt = conn.execute(Q.job_attempt, {"id": job_id}).scalar() or 0
+            count = 0
+            for (text,) in conn.execute(Q.log_tail, {"id": job_id, "attempt": attempt}):
+                texts.append(text)
+                count += text.count("\n")
+                if count > lines:
+                    break
+        return "".join(reversed(texts)).splitlines()[-lines:]
+
+    # -- reading ----------------------------------------------------------------------------
+    def events_after(self, seq: int, limit: int = 500, run_id: str | None = None) -> list[Event]:
+        with self._read() as conn:
+            if run_id is None:
+                rows = conn.execute(Q.events_after, {"seq": seq, "limit": limit})
+            else:
+                rows = conn.execute(Q.events_of_run_after, {"seq": seq, "limit": limit, "run": run_id})
+            return [m.event_from_row(r) for r in rows.mappings()]
+
+    def last_event_seq(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(Q.last_seq).scalar() or 0)
+
+    def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
+        with self._read() as conn:
+            rows = conn.execute(Q.audit_latest, {"limit": limit}).mappings().all()
+        return [
+            AuditEntry(
+                at=r["at"],
+                actor=r["actor"],
+                channel=r["channel"],
+                action=r["action"],
+                target=r["target"],
+                outcome=r["outcome"],
+                reason=r["reason"],
+                detail=r["detail"],
+            )
+            for r in rows
+        ]
+
+    def list_runs(self, pipeline: str | None = None, limit: int = 50) -> list[RunState]:
+        with self._read() as conn:
+            if pipeline is None:
+                ids = conn.execute(Q.recent_runs, {"limit": limit}).scalars().all()
+            else:
+                ids = conn.execute(Q.recent_runs_of, {"limit": limit, "p": pipeline}).scalars().all()
+            tx = SqlTx(self, conn)
+            return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
+
+
+def _patch_jobs(state: RunState, changes: list[Change], version: int) -> RunState:
+    by_id = {c.id: c.values for c in changes}
+    jobs = tuple(replace(j, **by_id[j.id]) if j.id in by_id else j for j in state.jobs)
+    return replace(state, jobs=jobs, run=replace(state.run, version=version))
+
+
+def _version_from_row(r: Any) -> PipelineVersion:
+    return PipelineVersion(
+        id=r["id"],
+        pipeline=r["pipeline"],
+        version=r["version"],
+        digest=r["digest"],
+        definition=PipelineDef.model_validate(r["definition"]),
+        source=r["source"],
+        source_path=r["source_path"],
+        created_at=r["created_at"],
+    )
+
+
+class SqlTx:
+    """One transaction; writes that find a row changed raise ``Conflict``."""
+
+    def __init__(self, store: SqlStore, conn: Connection) -> None:
+        self.store = store
+        self.conn = conn
+        self._pg = not store.sqlite
+        self.on_commit: list[Callable[[], None]] = []
+
+    # -- runs -------------------------------------------------------------------------------
+    def load_run(self, run_id: str) -> RunState | None:
+        c = self.conn
+        cached = self.store._runs.get(run_id)
+        if cached is not None and c.execute(Q.run_version, {"id": run_id}).scalar() == cached.run.version:
+            return cached
+        row = c.execute(Q.run_by_id, {"id": run_id}).mappings().first()
+        if row is None:
+            return None
+        run = m.run_from_row(row)
+        version = self.store.version(run.version_id, c)
+        assert version is not None, f"run {run_id} points at a missing pipeline version"
+        stages = tuple(m.stage_from_row(r) for r in c.execute(Q.stages_of, {"id": run_id}).mappings())
+        jobs = tuple(m.job_from_row(r) for r in c.execute(Q.jobs_of, {"id": run_id}).mappings())
+        gates: tuple[Gate, ...] = ()
+        if any(s.gate is not None for s in version.definition.stages):
+            gates = tuple(m.gate_from_row(r) for r in c.execute(Q.gates_of, {"id": run_id}).mappings())
+        state = RunState(run, stages, jobs, gates, version.definition)
+        self.on_commit.append(lambda: self.store.remember(state))
+        return state
+
+    def find_run(self, ref: str) -> RunState | None:
+        """A run by id, by ``pipeline#number``, or by a unique id prefix of 6+ characters."""
+        ref = ref.strip()
+        if "#" in ref:
+            pipeline, _, number = ref.partition("#")
+            if not number.isdigit():
+                return None
+            run_id = self.conn.execute(Q.run_by_number, {"p": pipeline, "n": int(number)}).scalar()
+            return self.load_run(run_id) if run_id else None
+        state = self.load_run(ref)
+        if state is None and len(ref) >= 6 and ref.isalnum():
+            ids = self.conn.execute(Q.runs_by_prefix, {"prefix": ref}).scalars().all()
+            if len(ids) == 1:
+                return self.load_run(ids[0])
+        return state
+
+    def run_by_idempotency_key(self, pipeline: str, key: str) -> RunState | None:
+        run_id = self.conn.execute(Q.run_by_key, {"p": pipeline, "k": key}).scalar()
+        return self.load_run(run_id) if run_id else None
+
+    def next_run_number(self, pipeline: str) -> int:
+        if self._pg:
+            self.conn.execute(Q.named_lock, {"k": "run-number:" + pipeline})
+        return int(self.conn.execute(Q.max_number, {"p": pipeline}).scalar() or 0) + 1
+
+    def insert_run(self, state: RunState) -> None:
+        c = self.conn
+        c.execute(Q.insert_run, [m.row_values(state.run)])
+        c.execute(Q.insert_stage, [m.row_values(s) for s in state.stages])
+        c.execute(Q.insert_job, [m.row_values(j) for j in state.jobs])
+        if state.gates:
+            c.execute(Q.insert_gate, [m.row_values(g) for g in state.gates])
+        self.on_commit.append(lambda: self.store.remember(state))
+
+    def apply(self, state: RunState, expect_version: int, changes: Sequence[Change]) -> None:
+        """Write ``changes`` if the run is still at ``expect_version``; ``state`` is the result."""
+        run_id = state.run.id
+        run_values: dict[str, Any] = {}
+        others = []
+        for change in changes:
+            if change.kind == "run":
+                run_values = m.change_values(change)
+            else:
+                others.append(change)
+        stmt = Q.bump_run(tuple(sorted(run_values)))
+        if self.conn.execute(stmt, {"_id": run_id, "_version": expect_version, **run_values}).rowcount != 1:
+            self.store.forget(run_id)
+            raise Conflict(f"run {run_id} changed since it was read (version {expect_version})")
+        for change in others:
+            if not self._update(change):
+                self.store.forget(run_id)
+                raise Conflict(f"{change.kind} {change.id} is no longer {change.expect}")
+        saved = replace(state, run=replace(state.run, version=expect_version + 1))
+        self.on_commit.append(lambda: self.store.remember(saved))
+
+    def apply_claims(self, changes: Sequence[Change]) -> list[Change]:
+        """Apply the claims that still match; bump each touched run's version so that cached
+        copies and concurrent deciders see the jobs move."""
+        won = [change for change in changes if self._update(change)]
+        for run_id in sorted({change.id.split(".", 1)[0] for change in won}):
+            version = self.conn.execute(Q.touch_run, {"_id": run_id}).scalar_one()
+            cached = self.store._runs.get(run_id)
+            if cached is not None and cached.run.version == version - 1:
+                mine = [c for c in won if c.id.startswith(run_id + ".")]
+                patched = _patch_jobs(cached, mine, version)
+                self.on_commit.append(lambda p=patched: self.store.remember(p))  # type: ignore[misc]
+            else:
+                self.store.forget(run_id)
+        return won
+
+    def _update(self, change: Change) -> bool:
+        values = m.change_values(change)
+        stmt = Q.update(
+            change.kind, tuple(sorted(values)), change.expect_attempt is not None, tuple(sorted(change.guard))
+        )
+        params = {"_id": change.id, "_status": change.expect, "_attempt": change.expect_attempt, **values}
+        params.update({f"_guard_{k}": v for k, v in change.guard.items()})
+        return bool(self.conn.execute(stmt, params).rowcount == 1)
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        if self._pg:
+            self.conn.execute(Q.event_lock, {"k": EVENT_LOCK})
+        self.conn.execute(Q.insert_event, [m.event_values(e) for e in events])
+
+    def audit(self, entry: AuditEntry) -> None:
+        self.conn.execute(
+            Q.insert_audit,
+            [
+                {
+                    "at": entry.at,
+                    "actor": entry.actor,
+                    "channel": entry.channel,
+                    "action": entry.action,
+                    "target": entry.target,
+                    "outcome": entry.outcome,
+                    "reason": entry.reason,
+                    "detail": m.jsonable(entry.detail),
+                }
+            ],
+        )
+
+    # -- work -------------------------------------------------------------------------------
+    def claimable_jobs(self, limit: int) -> list[Job]:
+        query = Q.claimable_pg if self._pg else Q.claimable
+        return [m.job_from_row(r) for r in self.conn.execute(query, {"limit": limit}).mappings()]
+
+    def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], until: datetime) -> set[str]:
+        kept = set()
+        for job_id, attempt in held:
+            params = {"_id": job_id, "_attempt": attempt, "_runner": runner, "until": until}
+            if self.conn.execute(Q.renew, params).rowcount == 1:
+                kept.add(job_id)
+        return kept
+
+    def expired_leases(self, now: datetime, limit: int) -> list[Job]:
+        return [
+            m.job_from_row(r) for r in self.conn.execute(Q.expired, {"now": now, "limit": limit}).mappings()
+        ]
+
+    def jobs_held_by(self, runner: str) -> list[Job]:
+        return [m.job_from_row(r) for r in self.conn.execute(Q.held_by, {"runner": runner}).mappings()]
+
+    def due_gates(self, now: datetime, limit: int) -> list[Gate]:
+        query = Q.due_gates_pg if self._pg else Q.due_gates
+        return [m.gate_from_row(r) for r in self.conn.execute(query, {"now": now, "limit": limit}).mappings()]
+
+    def claim_gate_check(self, gate: Gate, until: datetime) -> bool:
+        """Take the next poll of an automated gate by moving its next check time (a CAS)."""
+        params = {"_id": gate.id, "_expect": gate.next_check_at, "_until": until}
+        return bool(self.conn.execute(Q.claim_gate_check, params).rowcount == 1)
+
+    # -- pipelines --------------------------------------------------------------------------
+    def latest_version(self, pipeline: str) -> PipelineVersion | None:
+        version_id = self.conn.execute(Q.latest_version, {"p": pipeline}).scalar()
+        return self.store.version(version_id, self.conn) if version_id else None
+
+    def version_by_id(self, version_id: str) -> PipelineVersion | None:
+        return self.store.version(version_id, self.conn)
+
+    def add_version(
+        self, definition: PipelineDef, source: str, source_path: str | None, now: datetime
+    ) -> tuple[PipelineVersion, bool]:
+        """Record ``definition`` as the pipeline's next version unless it equals the latest."""
+        c, name = self.conn, definition.name
+        if self._pg:
+            c.execute(Q.named_lock, {"k": "pipeline:" + name})
+        if c.execute(Q.pipeline_exists, {"p": name}).first() is None:
+            c.execute(Q.insert_pipeline, [{"name": name, "archived": False, "created_at": now}])
+        else:
+            c.execute(Q.unarchive, {"p": name})
+        latest = c.execute(Q.latest_version_row, {"p": name}).mappings().first()
+        digest = definition.digest()
+        if latest is not None and latest["digest"] == digest:
+            found = self.store.version(latest["id"], c)
+            assert found is not None
+            return found, False
+        version = PipelineVersion(
+            id=uuid.uuid4().hex,
+            pipeline=name,
+            version=(latest["version"] + 1) if latest else 1,
+            digest=digest,
+            definition=definition,
+            source=source,
+            source_path=source_path,
+            created_at=now,
+        )
+        c.execute(
+            Q.insert_version,
+            [
+                {
+                    "id": version.id,
+                    "pipeline": name,
+                    "version": version.version,
+                    "digest": digest,
+                    "definition": definition.model_dump(mode="json"),
+                    "source": source,
+                    "source_path": source_path,
+                    "created_at": now,
+                }
+            ],
+        )
+        return version, True
+
+    def pipeline_names(self) -> list[str]:
+        return list(self.conn.execute(Q.pipeline_names).scalars())
