@@ -114,6 +114,8 @@ class ExpireLease:
     run_id: str
     job_id: str
     attempt: int
+    #: the runner itself knows the job died (its server restarted): skip the lease check
+    force: bool = False
     actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
 
 

@@ -241,7 +241,7 @@ def decide(state: RunState, command: RunCommand, now: datetime) -> Decision:
     return plan.accept()
 
 
-def claim(job: Job, runner: str, now: datetime, lease_s: float) -> tuple[Change, Event]:
+def claim(job: Job, runner: str, now: datetime, lease_s: float) -> Change:
     """A runner takes a queued job: the attempt number grows and becomes the fencing token."""
     check("job", job.id, job.status, JobStatus.RUNNING)
     values: dict[str, Any] = {
@@ -254,17 +254,22 @@ def claim(job: Job, runner: str, now: datetime, lease_s: float) -> tuple[Change,
         "exit_code": None,
         "reason": "",
     }
-    event = Event(
+    return Change("job", job.id, str(job.status), values, job.attempt)
+
+
+def claimed(job: Job, stage: str) -> Event:
+    """The event for a claim that won (``job`` as it now stands)."""
+    assert job.started_at is not None
+    return Event(
         name="job.running",
         run_id=job.run_id,
         subject="job",
         subject_id=job.id,
-        at=now,
-        from_status=str(job.status),
+        at=job.started_at,
+        from_status=JobStatus.QUEUED,
         to_status=JobStatus.RUNNING,
-        data={"job": job.name, "attempt": job.attempt + 1, "runner": runner},
+        data={"stage": stage, "job": job.name, "attempt": job.attempt, "runner": job.runner},
     )
-    return Change("job", job.id, str(job.status), values, job.attempt), event
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -312,11 +317,10 @@ def _apply(plan: _Plan, command: RunCommand) -> None:
                 plan.move(job, JobStatus.PENDING, reason="run paused")
         case ExpireLease():
             job = _fenced(plan, command.job_id, command.attempt, None)
-            if job.lease_expires_at is not None and job.lease_expires_at > plan.now:
+            if not command.force and job.lease_expires_at is not None and job.lease_expires_at > plan.now:
                 raise CommandRefused(f"job {job.name}'s lease is still valid")
-            _job_failed(
-                plan, job, JobStatus.LOST, reason=f"lost: runner {job.runner} stopped renewing its lease"
-            )
+            why = "its server restarted" if command.force else "stopped renewing its lease"
+            _job_failed(plan, job, JobStatus.LOST, reason=f"lost: runner {job.runner} {why}")
             plan.guard(job, lease_expires_at=job.lease_expires_at)
         case TimeoutGate():
             gate = _open_gate(plan, command.gate, None)

@@ -56,23 +56,37 @@ class Service:
         for _ in range(CONFLICT_RETRIES):
             try:
                 with self.store.transaction() as tx:
-                    now = self.clock()
-                    decision = self._decide(tx, command, now)
-                    if decision.accepted and not decision.duplicate:
-                        state = decision.state
-                        assert state is not None
-                        if decision.created:
-                            tx.insert_run(state)
-                        else:
-                            assert decision.expect_version is not None
-                            tx.apply(state, decision.expect_version, decision.changes)
-                        tx.append_events(decision.events)
-                    if self._audited(command, decision):
-                        tx.audit(_audit_entry(command, decision, now))
-                    return decision
+                    return self._apply(tx, command, self.clock())
             except Conflict:
                 continue
         raise Conflict(f"{command_name(command)} lost {CONFLICT_RETRIES} races in a row; try again")
+
+    def handle_many(self, commands: Sequence[Command]) -> list[Decision]:
+        """Apply several commands in one transaction (group commit). If any of them loses a
+        race, the batch is rolled back and each command is applied on its own."""
+        if len(commands) == 1:
+            return [self.handle(commands[0])]
+        try:
+            with self.store.transaction() as tx:
+                now = self.clock()
+                return [self._apply(tx, command, now) for command in commands]
+        except Conflict:
+            return [self.handle(command) for command in commands]
+
+    def _apply(self, tx: Tx, command: Command, now: datetime) -> Decision:
+        decision = self._decide(tx, command, now)
+        if decision.accepted and not decision.duplicate:
+            state = decision.state
+            assert state is not None
+            if decision.created:
+                tx.insert_run(state)
+            else:
+                assert decision.expect_version is not None
+                tx.apply(state, decision.expect_version, decision.changes)
+            tx.append_events(decision.events)
+        if self._audited(command, decision):
+            tx.audit(_audit_entry(command, decision, now))
+        return decision
 
     def _decide(self, tx: Tx, command: Command, now: datetime) -> Decision:
         if isinstance(command, TriggerRun):
@@ -152,20 +166,16 @@ class Service:
         with self.store.transaction() as tx:
             now = self.clock()
             offers = [engine.claim(job, runner, now, lease_s) for job in tx.claimable_jobs(limit)]
-            won = {c.id for c in tx.apply_claims([change for change, _ in offers])}
-            tx.append_events([event for change, event in offers if change.id in won])
-            claimed = [change.id for change, _ in offers if change.id in won]
-            assignments = []
-            states: dict[str, RunState] = {}
-            for job_id in claimed:
-                run_id = job_id.split(".", 1)[0]
-                if run_id not in states:
-                    loaded = tx.load_run(run_id)
-                    assert loaded is not None
-                    states[run_id] = loaded
-                job = states[run_id].job(job_id)
-                assert job is not None
-                assignments.append(for_job(states[run_id], job))
+            won = tx.apply_claims(offers)
+            assignments, events = [], []
+            for change in won:
+                state = tx.load_run(change.id.split(".", 1)[0])
+                job = state.job(change.id) if state is not None else None
+                assert state is not None and job is not None
+                stage = state.definition.stages[job.stage_index].name
+                events.append(engine.claimed(job, stage))
+                assignments.append(for_job(state, job))
+            tx.append_events(events)
             return assignments
 
     def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:

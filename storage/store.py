@@ -71,6 +71,11 @@ class SqlStore:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """Raise if the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def forget(self, run_id: str) -> None:
         """Drop a run from the cache (after a conflict its copy may be stale)."""
         self._runs.pop(run_id, None)
@@ -191,10 +196,14 @@ class SqlTx:
         self.conn = conn
         self._pg = not store.sqlite
         self.on_commit: list[Callable[[], None]] = []
+        #: runs written in this transaction, as they now stand
+        self._written: dict[str, RunState] = {}
 
     # -- runs -------------------------------------------------------------------------------
     def load_run(self, run_id: str) -> RunState | None:
         c = self.conn
+        if run_id in self._written:
+            return self._written[run_id]
         cached = self.store._runs.get(run_id)
         if cached is not None and c.execute(Q.run_version, {"id": run_id}).scalar() == cached.run.version:
             return cached
@@ -245,6 +254,7 @@ class SqlTx:
         c.execute(Q.insert_job, [m.row_values(j) for j in state.jobs])
         if state.gates:
             c.execute(Q.insert_gate, [m.row_values(g) for g in state.gates])
+        self._written[state.run.id] = state
         self.on_commit.append(lambda: self.store.remember(state))
 
     def apply(self, state: RunState, expect_version: int, changes: Sequence[Change]) -> None:
@@ -266,6 +276,7 @@ class SqlTx:
                 self.store.forget(run_id)
                 raise Conflict(f"{change.kind} {change.id} is no longer {change.expect}")
         saved = replace(state, run=replace(state.run, version=expect_version + 1))
+        self._written[run_id] = saved
         self.on_commit.append(lambda: self.store.remember(saved))
 
     def apply_claims(self, changes: Sequence[Change]) -> list[Change]:
@@ -274,12 +285,14 @@ class SqlTx:
         won = [change for change in changes if self._update(change)]
         for run_id in sorted({change.id.split(".", 1)[0] for change in won}):
             version = self.conn.execute(Q.touch_run, {"_id": run_id}).scalar_one()
-            cached = self.store._runs.get(run_id)
+            cached = self._written.get(run_id) or self.store._runs.get(run_id)
             if cached is not None and cached.run.version == version - 1:
                 mine = [c for c in won if c.id.startswith(run_id + ".")]
                 patched = _patch_jobs(cached, mine, version)
+                self._written[run_id] = patched
                 self.on_commit.append(lambda p=patched: self.store.remember(p))  # type: ignore[misc]
             else:
+                self._written.pop(run_id, None)
                 self.store.forget(run_id)
         return won
 

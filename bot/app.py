@@ -1,0 +1,47 @@
+"""The aiohttp application that ``shipyard serve`` runs: health endpoints now; the REST API and
+the Slack endpoints mount here. Shipyard itself lives on the app under a typed key and is
+started and stopped by ``cleanup_ctx`` (no globals)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from bot.bootstrap import Shipyard, build
+from bot.config import Settings
+
+SHIPYARD = web.AppKey("shipyard", Shipyard)
+
+
+def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
+    app = web.Application()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        yard = shipyard or build(settings)
+        app[SHIPYARD] = yard
+        await yard.start()
+        yield
+        await yard.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and serving HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The database answers and the engine's loops are running."""
+    yard = request.app[SHIPYARD]
+    try:
+        await yard.orchestrator.db(yard.store.ping)
+    except Exception as exc:
+        return web.json_response({"status": "unavailable", "reason": f"database: {exc}"}, status=503)
+    if not yard.orchestrator.running:
+        return web.json_response({"status": "unavailable", "reason": "engine stopped"}, status=503)
+    return web.json_response({"status": "ready", "runner": yard.runner.name if yard.runner else None})

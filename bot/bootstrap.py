@@ -1,0 +1,71 @@
+"""The composition root: build the store, engine, orchestrator, catalog and built-in runner
+from ``Settings``. ``shipyard serve``, ``shipyard run``, tests and benchmarks all start here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bot.config import Settings
+from core.catalog import Catalog
+from core.executor import Executor, SubprocessExecutor
+from core.orchestrator import Orchestrator
+from core.runner import LocalLink, Runner
+from core.service import Service
+from storage.migrate import upgrade
+from storage.store import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Shipyard:
+    settings: Settings
+    store: SqlStore
+    service: Service
+    orchestrator: Orchestrator
+    catalog: Catalog
+    runner: Runner | None
+
+    async def start(self) -> None:
+        report = await self.orchestrator.db(self.catalog.refresh)
+        for added in report.added:
+            log.info("pipeline %s registered", added)
+        await self.orchestrator.start()
+        if self.runner is not None:
+            self.orchestrator.runners.append(self.runner)
+            await self.runner.start()
+
+    async def stop(self) -> None:
+        """Hand running jobs back to the queue, finish pending commits, close the database."""
+        if self.runner is not None:
+            await self.runner.shutdown()
+        await self.orchestrator.stop()
+        self.store.dispose()
+
+
+def build(
+    settings: Settings, *, executor: Executor | None = None, with_runner: bool = True, migrate: bool = True
+) -> Shipyard:
+    if migrate:
+        upgrade(settings.database_url)
+    store = SqlStore(settings.database_url)
+    service = Service(store)
+    executor = executor or SubprocessExecutor(kill_grace_s=settings.kill_grace_seconds)
+    workdir = settings.work_dir.resolve() / "runs"
+    orchestrator = Orchestrator(
+        service, workdir=workdir, gate_executor=executor, poll_interval=settings.poll_interval
+    )
+    runner = None
+    if with_runner and settings.runner_capacity > 0:
+        runner = Runner(
+            LocalLink(orchestrator),
+            executor,
+            name=settings.runner,
+            workdir=workdir,
+            capacity=settings.runner_capacity,
+            lease_s=settings.lease_seconds,
+            poll_interval=settings.poll_interval,
+            max_log_bytes=settings.max_log_bytes,
+        )
+    return Shipyard(settings, store, service, orchestrator, Catalog(service, settings.pipelines_dir), runner)

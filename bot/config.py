@@ -1,0 +1,103 @@
+"""Settings: environment variables ``SHIPYARD_*`` over an optional YAML file (``SHIPYARD_CONFIG``).
+
+Every bad value is reported by name with what was expected; nothing starts half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message lists every problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHIPYARD_", extra="forbid", validate_default=True)
+
+    database_url: str = Field("sqlite:///shipyard.db", description="SQLite file or postgresql+psycopg:// URL")
+    pipelines_dir: Path = Field(Path("examples/pipelines"), description="directory of pipeline YAML files")
+    work_dir: Path = Field(Path(".shipyard"), description="where runs get their working directories")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    runner_name: str | None = Field(None, description="default: <hostname>:<port>")
+    runner_capacity: int = Field(
+        4, ge=0, le=256, description="jobs the built-in runner runs at once; 0 disables it"
+    )
+    lease_seconds: float = Field(30.0, ge=1.0, le=3600.0)
+    poll_interval: float = Field(1.0, ge=0.05, le=60.0)
+    max_log_bytes: int = Field(1 << 20, ge=1024)
+    kill_grace_seconds: float = Field(5.0, ge=0.0, le=300.0)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql")):
+            raise ValueError("use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("use DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @property
+    def runner(self) -> str:
+        return self.runner_name or f"{socket.gethostname()}:{self.port}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("SHIPYARD_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, the config file and ``overrides``; ``ConfigError`` if bad."""
+    config_file = os.environ.get("SHIPYARD_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"SHIPYARD_CONFIG: no such file: {config_file}")
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(p) for p in error["loc"])
+            name = f"SHIPYARD_{field.upper()}" if field else "configuration"
+            got = (
+                f" (got {error['input']!r})"
+                if "input" in error and not isinstance(error["input"], dict)
+                else ""
+            )
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            lines.append(f"{name}: {message}{got}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except Exception as exc:  # a YAML file that does not parse
+        raise ConfigError(f"SHIPYARD_CONFIG: cannot read {config_file}: {exc}") from None

@@ -1,0 +1,200 @@
+"""Executors turn an ``Assignment`` into a finished process.
+
+``SubprocessExecutor`` runs the command as a real child process in its own process group in the
+run's working directory, streams its output, enforces the timeout by killing the whole group,
+and reads the ``key=value`` lines the job wrote to ``$SHIPYARD_OUTPUT``. ``NoopExecutor``
+succeeds at once; benchmarks use it to measure the engine alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from core.assignment import Assignment
+
+OutputSink = Callable[[str, str], None]
+#: environment variables of the server that jobs must not inherit
+PRIVATE_PREFIXES = ("SHIPYARD_", "SLACK_")
+OUTPUT_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    outcome: Literal["succeeded", "failed", "timed_out", "killed"]
+    exit_code: int | None
+    outputs: dict[str, str] = field(default_factory=dict)
+    detail: str = ""
+
+
+class Executor(Protocol):
+    async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult: ...
+    def kill(self, job_id: str) -> bool: ...
+
+
+class NoopExecutor:
+    """Succeeds immediately without starting a process."""
+
+    async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
+        return ExecResult("succeeded", 0)
+
+    def kill(self, job_id: str) -> bool:
+        return False
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL if the server dies, so no job outlives a crashed server."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def shell_argv(command: str | tuple[str, ...]) -> list[str]:
+    if isinstance(command, tuple):
+        return list(command)
+    if shutil.which("bash"):
+        return ["bash", "-eo", "pipefail", "-c", command]
+    return ["sh", "-ec", command]
+
+
+class SubprocessExecutor:
+    def __init__(self, kill_grace_s: float = 5.0) -> None:
+        self.kill_grace_s = kill_grace_s
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._killed: set[str] = set()
+
+    def kill(self, job_id: str) -> bool:
+        """Kill the job's whole process group (the run was canceled or the lease lost)."""
+        proc = self._procs.get(job_id)
+        if proc is None or proc.returncode is not None:
+            return False
+        self._killed.add(job_id)
+        _killpg(proc.pid, signal.SIGKILL)
+        return True
+
+    async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
+        workdir.mkdir(parents=True, exist_ok=True)
+        meta = workdir / ".shipyard"
+        meta.mkdir(exist_ok=True)
+        output_file = meta / f"{job.job_id}.{job.attempt}.out"
+        output_file.write_text("")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_PREFIXES)}
+        env.update(job.env)
+        env["SHIPYARD_OUTPUT"] = str(output_file)
+        env["SHIPYARD_WORKSPACE"] = str(workdir)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *shell_argv(job.command),
+                cwd=workdir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            sink("stderr", f"shipyard: cannot start {job.command!r}: {exc}\n")
+            return ExecResult("failed", 127, detail=f"cannot start: {exc.strerror}")
+        self._procs[job.job_id] = proc
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [
+            asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
+            asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
+        ]
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=job.timeout_s)
+            except TimeoutError:
+                timed_out = True
+                await self._terminate(proc)
+            await asyncio.gather(*pumps)
+        except asyncio.CancelledError:
+            _killpg(proc.pid, signal.SIGKILL)
+            raise
+        finally:
+            self._procs.pop(job.job_id, None)
+        code = proc.returncode
+        if job.job_id in self._killed:
+            self._killed.discard(job.job_id)
+            return ExecResult("killed", code, detail="killed")
+        if timed_out:
+            return ExecResult("timed_out", code)
+        if code == 0:
+            outputs, problems = read_outputs(output_file.read_text(errors="replace").splitlines())
+            for problem in problems:
+                sink("stderr", f"shipyard: {problem}\n")
+            return ExecResult("succeeded", 0, outputs)
+        detail = f"killed by signal {-code}" if code is not None and code < 0 else ""
+        return ExecResult("failed", code, detail=detail)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
+        _killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=self.kill_grace_s)
+        except TimeoutError:
+            pass
+        _killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, sink: OutputSink) -> None:
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return
+        sink(name, chunk.decode(errors="replace"))
+
+
+def read_outputs(lines: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """Parse ``key=value`` lines; blank lines and ``#`` comments are ignored."""
+    outputs: dict[str, str] = {}
+    problems = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = OUTPUT_LINE.match(line)
+        if match is None:
+            problems.append(f"$SHIPYARD_OUTPUT line {number} ignored: expected key=value, got {line[:80]!r}")
+        else:
+            outputs[match.group(1)] = match.group(2)
+    return outputs, problems
+
+
+def kill_orphans(job_ids: Iterable[str]) -> list[int]:
+    """Kill process groups left behind by a previous life of this server, found by the
+    ``SHIPYARD_JOB_ID`` in their environment. Returns the groups killed."""
+    wanted = {f"SHIPYARD_JOB_ID={j}".encode() for j in job_ids}
+    if not wanted:
+        return []
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted.intersection(environ):
+            pid = int(entry.name)
+            with contextlib.suppress(OSError):
+                pgid = os.getpgid(pid)
+                _killpg(pgid, signal.SIGKILL)
+                killed.append(pgid)
+    return killed

@@ -1,0 +1,201 @@
+"""The imperative shell around the engine: one per ``serve`` process.
+
+* ``handle`` queues a command and resolves when its transaction has committed. Commands that
+  arrive together are applied in one transaction (group commit); the engine is still asked
+  about each one separately.
+* Database work runs on a dedicated thread pool (a single thread on SQLite, its one writer).
+* After each commit it wakes whoever cares: local runners (new work, jobs to kill) and
+  readers of the event log (``wait_for_events``).
+* ``tick`` turns what the clock made due into commands: expired job leases, gate deadlines,
+  automated gate checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from core.assignment import Assignment
+from core.commands import Command, ExpireLease, RecordGateCheck, TimeoutGate
+from core.engine import Decision
+from core.executor import Executor
+from core.service import Service
+from core.states import JobStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LocalRunner(Protocol):
+    def wake(self) -> None: ...
+    def stop_jobs(self, job_ids: Sequence[str]) -> None: ...
+
+
+@dataclass
+class _Pending:
+    command: Command
+    future: asyncio.Future[Decision]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        service: Service,
+        *,
+        workdir: Path,
+        gate_executor: Executor | None = None,
+        poll_interval: float = 1.0,
+        check_lease_s: float = 60.0,
+        batch_size: int = 64,
+    ) -> None:
+        self.service = service
+        self.store = service.store
+        self.workdir = workdir
+        self.gate_executor = gate_executor
+        self.poll_interval = poll_interval
+        self.check_lease_s = check_lease_s
+        self.batch_size = batch_size
+        self.pool = ThreadPoolExecutor(max_workers=self.store.max_workers, thread_name_prefix="shipyard-db")
+        self.runners: list[LocalRunner] = []
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._events = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._checks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._commit_loop(), name="shipyard-commits"),
+            asyncio.create_task(self._timer_loop(), name="shipyard-timers"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._checks]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._checks, return_exceptions=True)
+        self._tasks = []
+        self.pool.shutdown(wait=True)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call on the database threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # -- commands -----------------------------------------------------------------------------
+    async def handle(self, command: Command) -> Decision:
+        """Apply ``command``; returns once it has been committed (or refused)."""
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(command, future))
+        return await future
+
+    async def _commit_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                decisions = await self.db(self.service.handle_many, [p.command for p in batch])
+            except Exception as exc:  # the store failed: fail these commands, keep serving
+                log.exception("could not apply %d command(s)", len(batch))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            for pending, decision in zip(batch, decisions, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(decision)
+            await self._after_commit(decisions)
+
+    async def _after_commit(self, decisions: Sequence[Decision]) -> None:
+        accepted = [d for d in decisions if d.accepted and d.events]
+        if not accepted:
+            return
+        stop = [job for d in accepted for job in d.jobs_to_stop]
+        queued = any(e.to_status == JobStatus.QUEUED for d in accepted for e in d.events)
+        for runner in self.runners:
+            if stop:
+                runner.stop_jobs(stop)
+            if queued:
+                runner.wake()
+        self.notify()
+
+    def notify(self) -> None:
+        """Tell readers of the event log that something was appended."""
+
+        async def _notify() -> None:
+            async with self._events:
+                self._events.notify_all()
+
+        asyncio.ensure_future(_notify())  # noqa: RUF006 - completes immediately
+
+    async def wait_for_events(self, timeout: float) -> None:
+        """Return when events were appended by this process, or after ``timeout``."""
+        async with self._events:
+            try:
+                await asyncio.wait_for(self._events.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    # -- timers -------------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("timer tick failed; trying again in %.1fs", self.poll_interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def tick(self) -> int:
+        """Act on everything the clock has made due; returns how many commands it issued."""
+        timers = await self.db(self.service.due, self.check_lease_s)
+        commands: list[Command] = [ExpireLease(run_id=r, job_id=j, attempt=a) for r, j, a in timers.expired]
+        commands += [TimeoutGate(run_id=r, gate=g) for r, g in timers.gate_deadlines]
+        if commands:
+            await asyncio.gather(*(self.handle(c) for c in commands))
+        for check in timers.gate_checks:
+            task = asyncio.create_task(self._check_gate(check))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+        return len(commands) + len(timers.gate_checks)
+
+    async def _check_gate(self, check: Assignment) -> None:
+        executor = self.gate_executor
+        if executor is None:
+            return
+        lines: list[str] = []
+        result = await executor.execute(
+            check, self.workdir / check.run_id, lambda _s, text: lines.append(text)
+        )
+        tail = "".join(lines).strip().splitlines()[-1:] or [""]
+        passed = result.outcome == "succeeded"
+        detail = tail[0][:200] if tail[0] else ("" if passed else f"check exited with {result.exit_code}")
+        await self.handle(
+            RecordGateCheck(run_id=check.run_id, gate=check.job_id, passed=passed, detail=detail)
+        )
+
+    async def run_until_idle(self, runners: Sequence[Any] = (), max_rounds: int = 10_000) -> None:
+        """Burst mode for tests and ``shipyard run``: tick and let runners work until nothing
+        is running, queued or due."""
+        for _ in range(max_rounds):
+            busy = await self.tick()
+            for runner in runners:
+                busy += await runner.run_once()
+            if not busy and not self._checks and all(not r.active for r in runners):
+                return
+            await asyncio.sleep(0)
