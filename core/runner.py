@@ -63,35 +63,46 @@ class LocalLink:
 
 class LogBuffer:
     """Output of one job attempt on its way to the store: flushed in chunks, bounded in size.
-    Past ``limit`` bytes only the last ``tail`` bytes are kept, behind an omission marker."""
+
+    The first ``limit`` characters are kept as they come; after that only the last ``tail``
+    characters are, behind a marker saying how much was left out."""
 
     def __init__(self, limit: int, tail: int = 65536) -> None:
         self.limit = limit
+        self.tail_limit = tail
         self.pending: list[tuple[str, str]] = []
-        self.stored = 0
+        self.kept = 0
         self.omitted = 0
         self.tail: deque[tuple[str, str]] = deque()
-        self.tail_bytes = 0
-        self.tail_limit = tail
+        self.tail_size = 0
 
     def add(self, stream: str, text: str) -> None:
-        size = len(text.encode())
-        if self.stored + size <= self.limit:
-            self.pending.append((stream, text))
-            self.stored += size
+        room = self.limit - self.kept
+        if room > 0:
+            head, text = text[:room], text[room:]
+            self.pending.append((stream, head))
+            self.kept += len(head)
+        if not text:
             return
         self.tail.append((stream, text))
-        self.tail_bytes += size
-        while self.tail_bytes > self.tail_limit and len(self.tail) > 1:
-            _, dropped = self.tail.popleft()
-            self.tail_bytes -= len(dropped.encode())
-            self.omitted += len(dropped.encode())
+        self.tail_size += len(text)
+        while self.tail_size > self.tail_limit:
+            first_stream, first = self.tail[0]
+            excess = self.tail_size - self.tail_limit
+            if len(first) <= excess:
+                self.tail.popleft()
+                cut = len(first)
+            else:
+                self.tail[0] = (first_stream, first[excess:])
+                cut = excess
+            self.tail_size -= cut
+            self.omitted += cut
 
     def take(self, final: bool = False) -> list[tuple[str, str]]:
         chunks, self.pending = self.pending, []
         if final and self.tail:
             if self.omitted:
-                chunks.append(("system", f"\n[shipyard: {self.omitted} bytes of output omitted]\n"))
+                chunks.append(("system", f"\n[shipyard: {self.omitted} characters of output omitted]\n"))
             chunks.extend(self.tail)
             self.tail.clear()
         return chunks

@@ -1,0 +1,344 @@
+"""Pipelines executed end to end by the built-in runner, with real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from core.commands import ApproveGate, CancelRun, PauseRun, RejectGate, ResumeRun, RetryRun
+from core.states import GateStatus, JobStatus, RunStatus, StageStatus
+from tests.engine.conftest import StartYard, send, trigger, wait_for
+from tests.helpers import ALICE, BOB
+
+ENV_PIPELINE = """
+name: envs
+parameters:
+  - {name: ref, required: true}
+  - {name: dry_run, type: boolean, default: false}
+stages:
+  - name: build
+    jobs:
+      - name: compile
+        run: |
+          echo "image=web:$SHIPYARD_PARAM_REF" >> "$SHIPYARD_OUTPUT"
+          echo "note=built by $SHIPYARD_JOB" >> "$SHIPYARD_OUTPUT"
+  - name: deploy-staging
+    environment: staging
+    jobs:
+      - name: deploy
+        run: |
+          env | grep -E '^(SHIPYARD_|SLACK_)' | sort > "$SHIPYARD_WORKSPACE/env.txt"
+"""
+
+
+async def test_parameters_and_outputs_reach_later_jobs_as_environment_variables(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    os.environ["SLACK_SIGNING_SECRET"] = "s3cret"  # a server secret jobs must not see
+    try:
+        yard = await start_yard(sqlite_url, {"envs": ENV_PIPELINE})
+        run = await trigger(yard, "envs", ref="abc; rm -rf /")
+        state = await wait_for(yard, run.run.id)
+    finally:
+        del os.environ["SLACK_SIGNING_SECRET"]
+    assert state.run.status is RunStatus.SUCCEEDED
+    env = dict(
+        line.split("=", 1)
+        for line in (tmp_path / "work" / "runs" / run.run.id / "env.txt").read_text().splitlines()
+    )
+    assert env["SHIPYARD_PARAM_REF"] == "abc; rm -rf /"  # passed verbatim, never through a shell string
+    assert env["SHIPYARD_PARAM_DRY_RUN"] == "false"
+    assert env["SHIPYARD_OUTPUT_BUILD_IMAGE"] == "web:abc; rm -rf /"
+    assert env["SHIPYARD_OUTPUT_BUILD_NOTE"] == "built by compile"
+    assert env["SHIPYARD_STAGE"] == "deploy-staging"
+    assert env["SHIPYARD_JOB"] == "deploy"
+    assert env["SHIPYARD_ENVIRONMENT"] == "staging"
+    assert env["SHIPYARD_PIPELINE"] == "envs"
+    assert env["SHIPYARD_RUN_ID"] == run.run.id
+    assert not any(key.startswith("SLACK_") for key in env)
+    assert state.jobs[0].outputs == {"image": "web:abc; rm -rf /", "note": "built by compile"}
+
+
+async def test_a_timed_out_job_has_its_whole_process_group_killed(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "child.pid"
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "slow": f"""
+        name: slow
+        stages:
+          - name: s
+            jobs:
+              - name: hang
+                timeout: 1s
+                run: "sleep 60 & echo $! > {pidfile}; wait"
+    """
+        },
+    )
+    run = await trigger(yard, "slow")
+    state = await wait_for(yard, run.run.id)
+    assert state.run.status is RunStatus.FAILED
+    assert state.jobs[0].status is JobStatus.TIMED_OUT
+    assert "timed out after 1.0s" in state.run.reason
+    child = int(pidfile.read_text())
+    await asyncio.sleep(0.1)
+    assert not _alive(child), "the job's background child outlived the timeout"
+
+
+async def test_cancel_kills_the_running_job_at_once(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "long": f"""
+        name: long
+        stages:
+          - name: s
+            jobs:
+              - {{name: sleep, run: "echo $$ > {started}; sleep 60"}}
+          - name: never
+            jobs:
+              - {{name: after, run: "touch {tmp_path}/after-ran"}}
+    """
+        },
+    )
+    run = await trigger(yard, "long")
+    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and started.exists())
+    await asyncio.sleep(0.05)
+    pid = int(started.read_text())
+    decision = await send(yard, CancelRun(run_id=run.run.id, actor=BOB, reason="wrong build"))
+    assert decision.accepted and decision.jobs_to_stop == (run.jobs[0].id,)
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(pid)
+    state = await wait_for(yard, run.run.id)
+    assert state.run.status is RunStatus.CANCELED
+    assert state.run.reason == "canceled by bob: wrong build"
+    assert [j.status for j in state.jobs] == [JobStatus.CANCELED, JobStatus.SKIPPED]
+    assert not (tmp_path / "after-ran").exists()
+
+
+async def test_a_failing_job_is_retried_then_succeeds(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    marker = tmp_path / "tried"
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "flaky": f"""
+        name: flaky
+        stages:
+          - name: s
+            jobs:
+              - name: flaky
+                retries: 1
+                run: "if [ -e {marker} ]; then echo second; else touch {marker}; echo first; exit 3; fi"
+    """
+        },
+    )
+    run = await trigger(yard, "flaky")
+    state = await wait_for(yard, run.run.id)
+    assert state.run.status is RunStatus.SUCCEEDED
+    job = state.jobs[0]
+    assert (job.attempt, job.failures, job.exit_code) == (2, 1, 0)
+    logs = {c.attempt: c.text for c in yard.store.read_log(job.id, 1)}
+    assert logs == {1: "first\n"}
+    assert yard.store.tail_log(job.id) == ["second"]
+    retry_events = [e for e in yard.store.events_after(0, 1000, run.run.id) if e.name == "job.queued"]
+    assert "retry 1 of 1 after: exited with 3" in str(retry_events[-1].data["reason"])
+
+
+async def test_a_required_failure_fails_the_run_and_an_allowed_one_only_warns(
+    sqlite_url: str, start_yard: StartYard
+) -> None:
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "warns": """
+            name: warns
+            stages:
+              - name: build
+                jobs: [{name: ok, run: "true"}, {name: lint, run: "exit 1", allow_failure: true}]
+              - {name: ship, jobs: [{name: ok, run: "true"}]}
+        """,
+            "breaks": """
+            name: breaks
+            stages:
+              - {name: build, jobs: [{name: ok, run: "true"}, {name: broken, run: "echo boom >&2; exit 2"}]}
+              - {name: ship, jobs: [{name: ok, run: "true"}]}
+        """,
+        },
+    )
+    warned = await wait_for(yard, (await trigger(yard, "warns")).run.id)
+    assert warned.run.status is RunStatus.SUCCEEDED
+    assert [s.status for s in warned.stages] == [StageStatus.PARTIAL, StageStatus.SUCCEEDED]
+    assert warned.run.warnings == ("stage build: job lint exited with 1 (allowed to fail)",)
+    broken = await wait_for(yard, (await trigger(yard, "breaks")).run.id)
+    assert broken.run.status is RunStatus.FAILED
+    assert broken.run.reason == "job build/broken exited with 2"
+    assert [s.status for s in broken.stages] == [StageStatus.FAILED, StageStatus.SKIPPED]
+    assert yard.store.tail_log(broken.jobs[1].id) == ["boom"]
+
+
+async def test_pause_lets_running_jobs_finish_and_starts_nothing_until_resumed(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "two": f"""
+        name: two
+        stages:
+          - {{name: first, jobs: [{{name: wait, run: "while [ ! -e {go} ]; do sleep 0.05; done"}}]}}
+          - {{name: second, jobs: [{{name: next, run: "true"}}]}}
+    """
+        },
+    )
+    run = await trigger(yard, "two")
+    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING)
+    assert (await send(yard, PauseRun(run_id=run.run.id, actor=ALICE))).accepted
+    go.touch()
+    paused = await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.SUCCEEDED)
+    await asyncio.sleep(0.3)  # several runner polls: nothing may start while paused
+    paused = await wait_for(yard, run.run.id, lambda s: True)
+    assert paused.run.status is RunStatus.PAUSED
+    assert paused.jobs[1].status is JobStatus.PENDING
+    assert (await send(yard, ResumeRun(run_id=run.run.id, actor=ALICE))).accepted
+    done = await wait_for(yard, run.run.id)
+    assert done.run.status is RunStatus.SUCCEEDED
+
+
+GATED = """
+name: gated
+stages:
+  - {name: build, jobs: [{name: compile, run: "echo v=1 >> $SHIPYARD_OUTPUT"}]}
+  - name: production
+    environment: production
+    gate: {approvers: [release-managers], min_approvals: 2}
+    jobs: [{name: deploy, run: "test $SHIPYARD_OUTPUT_BUILD_V = 1"}]
+"""
+
+
+async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: StartYard) -> None:
+    yard = await start_yard(sqlite_url, {"gated": GATED})
+    run = await trigger(yard, "gated")
+    waiting = await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    assert waiting.gates[0].status is GateStatus.OPEN
+    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=ALICE))).accepted
+    twice = await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=ALICE))
+    assert not twice.accepted and "already approved" in twice.reason
+    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=BOB))).accepted
+    done = await wait_for(yard, run.run.id)
+    assert done.run.status is RunStatus.SUCCEEDED
+    assert [a.actor for a in done.gates[0].approvals] == ["alice", "bob"]
+
+
+async def test_a_rejected_gate_fails_the_run_and_retry_resumes_from_the_failed_stage(
+    sqlite_url: str, start_yard: StartYard
+) -> None:
+    yard = await start_yard(sqlite_url, {"gated": GATED.replace("min_approvals: 2", "min_approvals: 1")})
+    run = await trigger(yard, "gated")
+    await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    await send(yard, RejectGate(run_id=run.run.id, gate="production", actor=BOB, reason="freeze"))
+    failed = await wait_for(yard, run.run.id)
+    assert failed.run.status is RunStatus.FAILED
+    assert failed.run.reason == "gate production rejected: rejected by bob: freeze"
+    retry = await send(yard, RetryRun(run_id=run.run.id, actor=ALICE))
+    assert retry.accepted and retry.state is not None
+    new = retry.state
+    assert new.run.retry_of == run.run.id and new.run.number == 2
+    assert new.stages[0].status is StageStatus.SKIPPED and new.jobs[0].outputs == {"v": "1"}
+    await wait_for(yard, new.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    await send(yard, ApproveGate(run_id=new.run.id, gate="production", actor=BOB))
+    done = await wait_for(yard, new.run.id)
+    assert done.run.status is RunStatus.SUCCEEDED  # the deploy read build's output carried over
+
+
+async def test_an_automated_gate_polls_its_check_until_it_passes(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    healthy = tmp_path / "healthy"
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "auto": f"""
+        name: auto
+        stages:
+          - name: prod
+            gate: {{type: automated, run: "test -e {healthy}", interval: 1s, timeout: 30s}}
+            jobs: [{{name: deploy, run: "true"}}]
+    """
+        },
+    )
+    run = await trigger(yard, "auto")
+    await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    await asyncio.sleep(0.3)
+    still = await wait_for(yard, run.run.id, lambda s: True)
+    assert still.gates[0].status is GateStatus.OPEN
+    healthy.touch()
+    done = await wait_for(yard, run.run.id)
+    assert done.run.status is RunStatus.SUCCEEDED
+    assert done.gates[0].decided_by == "check"
+
+
+async def test_output_beyond_the_log_limit_keeps_the_head_and_the_tail(
+    sqlite_url: str, start_yard: StartYard
+) -> None:
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "noisy": """
+        name: noisy
+        stages:
+          - {name: s, jobs: [{name: spam, run: "seq 1 20000; echo last-line"}]}
+    """
+        },
+        max_log_bytes=4096,
+    )
+    run = await trigger(yard, "noisy")
+    state = await wait_for(yard, run.run.id)
+    assert state.run.status is RunStatus.SUCCEEDED
+    text = "".join(c.text for c in yard.store.read_log(state.jobs[0].id))
+    assert text.startswith("1\n2\n3\n")
+    assert "characters of output omitted]" in text
+    assert text.endswith("20000\nlast-line\n")
+    assert len(text) < 4096 + 70000
+    assert yard.store.tail_log(state.jobs[0].id, 2) == ["20000", "last-line"]
+
+
+async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
+    sqlite_url: str, start_yard: StartYard
+) -> None:
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "argv": """
+        name: argv
+        stages:
+          - {name: s, jobs: [{name: missing, run: ["/nonexistent/tool", "--flag"]}]}
+    """
+        },
+    )
+    state = await wait_for(yard, (await trigger(yard, "argv")).run.id)
+    assert state.run.status is RunStatus.FAILED
+    assert "cannot start" in state.run.reason
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

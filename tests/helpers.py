@@ -1,0 +1,37 @@
+"""Small builders shared by tests: pipelines from YAML text, a service on a real database."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime, timedelta
+
+from core.definition import PipelineDef, parse_pipeline
+from core.model import Actor
+
+ALICE = Actor("alice", "cli")
+BOB = Actor("bob", "slack")
+
+THREE_BY_TWO = """
+name: three
+stages:
+  - {name: a, jobs: [{name: x, run: "true"}, {name: y, run: "true"}]}
+  - {name: b, jobs: [{name: x, run: "true"}, {name: y, run: "true"}]}
+  - {name: c, jobs: [{name: x, run: "true"}, {name: y, run: "true"}]}
+"""
+
+
+def pipeline(text: str) -> PipelineDef:
+    return parse_pipeline(textwrap.dedent(text))
+
+
+class Clock:
+    """A clock tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

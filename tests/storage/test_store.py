@@ -1,0 +1,217 @@
+"""The store on real SQLite and PostgreSQL: conditional writes, claims, the event log, audit,
+pipeline versions, logs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from core import engine
+from core.commands import ApproveGate, CancelRun, CompleteJob, ExpireLease, TriggerRun
+from core.errors import Conflict
+from core.service import Service
+from core.states import JobStatus, RunStatus
+from storage.tables import metadata
+from tests.helpers import ALICE, BOB, THREE_BY_TWO, Clock, pipeline
+
+MakeService = Callable[..., Service]
+
+GATED = """
+name: gated
+stages:
+  - {name: build, jobs: [{name: compile, run: "true"}]}
+  - name: prod
+    gate: {approvers: [release], min_approvals: 1}
+    jobs: [{name: deploy, run: "true"}]
+"""
+
+
+def test_migrations_create_exactly_the_declared_schema(db_url: str, make_service: MakeService) -> None:
+    db = sa.create_engine(db_url)
+    with db.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    db.dispose()
+    assert diff == []
+
+
+def test_two_writers_on_the_same_run_version_conflict(db_url: str, make_service: MakeService) -> None:
+    first = make_service(db_url, THREE_BY_TWO)
+    second = make_service(db_url)
+    run = first.handle(TriggerRun(pipeline="three", actor=ALICE)).state
+    assert run is not None
+    with first.store.transaction() as tx1:
+        state1 = tx1.load_run(run.run.id)
+        assert state1 is not None
+        decision = engine.decide(state1, CancelRun(run_id=run.run.id, actor=ALICE), first.clock())
+        tx1.apply(decision.state, decision.expect_version, decision.changes)  # type: ignore[arg-type]
+    # the second writer decided on the version it read before the first committed
+    with pytest.raises(Conflict), second.store.transaction() as tx2:
+        stale = engine.decide(state1, CancelRun(run_id=run.run.id, actor=BOB), second.clock())
+        tx2.apply(stale.state, stale.expect_version, stale.changes)  # type: ignore[arg-type]
+    assert first.find_run(run.run.id).run.status is RunStatus.CANCELED  # type: ignore[union-attr]
+
+
+def test_a_second_process_sees_changes_made_by_the_first(db_url: str, make_service: MakeService) -> None:
+    """Each process caches decoded runs; the version check must catch another process's writes."""
+    one = make_service(db_url, THREE_BY_TWO)
+    two = make_service(db_url)
+    run_id = one.handle(TriggerRun(pipeline="three", actor=ALICE)).state.run.id  # type: ignore[union-attr]
+    assert two.find_run(run_id).run.status is RunStatus.RUNNING  # type: ignore[union-attr]
+    assert one.handle(CancelRun(run_id=run_id, actor=ALICE)).accepted
+    assert two.find_run(run_id).run.status is RunStatus.CANCELED  # type: ignore[union-attr]
+    refused = two.handle(CancelRun(run_id=run_id, actor=BOB))
+    assert not refused.accepted and "already canceled" in refused.reason
+
+
+def test_each_queued_job_is_claimed_once_by_competing_claimers(
+    db_url: str, make_service: MakeService
+) -> None:
+    svc = make_service(db_url, THREE_BY_TWO)
+    for _ in range(10):
+        svc.handle(TriggerRun(pipeline="three", actor=ALICE))
+    services = [make_service(db_url) for _ in range(4)]
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim(s: Service, name: str) -> None:
+        while batch := s.claim_jobs(name, 3, 30):
+            with lock:
+                claimed.extend(a.job_id for a in batch)
+
+    threads = [threading.Thread(target=claim, args=(s, f"r{i}")) for i, s in enumerate(services)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == 20  # the first stage of 10 runs, two jobs each
+    assert len(set(claimed)) == 20
+
+
+@pytest.mark.postgres
+def test_skip_locked_hands_a_job_to_only_one_of_two_open_claims(
+    pg_url: str, make_service: MakeService
+) -> None:
+    svc = make_service(pg_url, "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]")
+    svc.handle(TriggerRun(pipeline="one", actor=ALICE))
+    other = make_service(pg_url).store
+    with svc.store.transaction() as tx1:
+        first = tx1.claimable_jobs(5)
+        with other.transaction() as tx2:
+            assert tx2.claimable_jobs(5) == []  # locked by the open claim, skipped, not waited on
+    assert len(first) == 1
+
+
+def test_runner_reports_are_fenced_by_attempt(db_url: str, make_service: MakeService) -> None:
+    svc = make_service(db_url, "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true', retries: 1}]}]")
+    svc.handle(TriggerRun(pipeline="one", actor=ALICE))
+    (job,) = svc.claim_jobs("r1", 5, 30)
+    assert svc.store.append_log(job.job_id, job.attempt, "r1", [("stdout", "hello\n")])
+    assert not svc.store.append_log(job.job_id, job.attempt + 1, "r1", [("stdout", "forged\n")])
+    assert not svc.store.append_log(job.job_id, job.attempt, "r2", [("stdout", "forged\n")])
+    stale = svc.handle(
+        CompleteJob(
+            run_id=job.run_id,
+            job_id=job.job_id,
+            attempt=job.attempt + 1,
+            runner="r1",
+            outcome="succeeded",
+            exit_code=0,
+        )
+    )
+    assert not stale.accepted and "stale report" in stale.reason
+    ok = svc.handle(
+        CompleteJob(
+            run_id=job.run_id,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            runner="r1",
+            outcome="succeeded",
+            exit_code=0,
+        )
+    )
+    assert ok.accepted and ok.state.run.status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert svc.store.tail_log(job.job_id) == ["hello"]
+    refused = [e for e in svc.store.audit_entries() if e.outcome == "rejected"]
+    assert refused and refused[0].action == "complete_job"
+
+
+def test_event_log_is_ordered_and_readable_by_cursor(db_url: str, make_service: MakeService) -> None:
+    svc = make_service(db_url, THREE_BY_TWO)
+    for _ in range(3):
+        svc.handle(TriggerRun(pipeline="three", actor=ALICE))
+    events = svc.store.events_after(0, 1000)
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    middle = seqs[len(seqs) // 2]
+    assert [e.seq for e in svc.store.events_after(middle, 1000)] == [s for s in seqs if s > middle]
+    assert svc.store.last_event_seq() == seqs[-1]
+    first = events[0]
+    assert first.name == "run.created" and first.data["pipeline"] == "three"
+
+
+def test_every_command_is_audited_accepted_or_refused(db_url: str, make_service: MakeService) -> None:
+    svc = make_service(db_url, GATED)
+    run = svc.handle(TriggerRun(pipeline="gated", actor=ALICE, parameters={})).state
+    assert run is not None
+    svc.handle(ApproveGate(run_id=run.run.id, gate="prod", actor=BOB))  # not open yet: refused
+    svc.handle(TriggerRun(pipeline="nope", actor=ALICE))
+    entries = svc.store.audit_entries()
+    assert [(e.action, e.outcome, e.actor, e.channel) for e in entries[:3]] == [
+        ("trigger_run", "rejected", "alice", "cli"),
+        ("approve_gate", "rejected", "bob", "slack"),
+        ("trigger_run", "accepted", "alice", "cli"),
+    ]
+    assert "not open yet" in entries[1].reason
+    assert "unknown pipeline 'nope'" in entries[0].reason
+
+
+def test_a_run_keeps_the_pipeline_version_it_started_from(db_url: str, make_service: MakeService) -> None:
+    svc = make_service(db_url, GATED)
+    old = svc.handle(TriggerRun(pipeline="gated", actor=ALICE)).state
+    assert old is not None
+    edited = GATED.replace("compile", "build-it")
+    version, created = svc.register_pipeline(pipeline(edited), edited)
+    assert created and version.version == 2
+    again, created_again = svc.register_pipeline(pipeline(edited), edited)
+    assert not created_again and again.id == version.id
+    assert svc.find_run(old.run.id).definition.stages[0].jobs[0].name == "compile"  # type: ignore[union-attr]
+    new = svc.handle(TriggerRun(pipeline="gated", actor=ALICE)).state
+    assert new is not None and new.run.pipeline_version == 2 and new.jobs[0].name == "build-it"
+
+
+def test_idempotency_key_returns_the_first_run(db_url: str, make_service: MakeService) -> None:
+    svc = make_service(db_url, GATED)
+    first = svc.handle(TriggerRun(pipeline="gated", actor=ALICE, idempotency_key="deploy-42"))
+    second = svc.handle(TriggerRun(pipeline="gated", actor=ALICE, idempotency_key="deploy-42"))
+    assert second.duplicate and second.state.run.id == first.state.run.id  # type: ignore[union-attr]
+    assert len(svc.store.list_runs("gated")) == 1
+
+
+def test_runs_are_found_by_id_prefix_and_by_number(db_url: str, make_service: MakeService) -> None:
+    svc = make_service(db_url, GATED)
+    run = svc.handle(TriggerRun(pipeline="gated", actor=ALICE)).state
+    assert run is not None
+    assert svc.find_run("gated#1").run.id == run.run.id  # type: ignore[union-attr]
+    assert svc.find_run(run.run.id[:8]).run.id == run.run.id  # type: ignore[union-attr]
+    assert svc.find_run("gated#2") is None
+
+
+def test_expired_leases_are_found_and_expire_only_once(db_url: str, make_service: MakeService) -> None:
+    clock = Clock()
+    svc = make_service(db_url, "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]", clock=clock)
+    svc.handle(TriggerRun(pipeline="one", actor=ALICE))
+    (job,) = svc.claim_jobs("r1", 1, 30)
+    assert svc.due(60).expired == []
+    clock.advance(31)
+    assert svc.due(60).expired == [(job.run_id, job.job_id, job.attempt)]
+    expire = ExpireLease(run_id=job.run_id, job_id=job.job_id, attempt=job.attempt)
+    assert svc.handle(expire).accepted
+    assert not svc.handle(expire).accepted
+    state = svc.find_run(job.run_id)
+    assert state is not None and state.jobs[0].status is JobStatus.LOST
+    assert state.run.status is RunStatus.FAILED
