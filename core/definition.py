@@ -51,6 +51,7 @@ class ParameterDef(_Strict):
     type: Literal["string", "boolean", "number", "choice"] = "string"
     required: bool = False
     default: str | bool | float | None = None
+    #: a regular expression the whole value must match
     pattern: str | None = None
     choices: list[str] | None = None
     description: str = ""
@@ -282,7 +283,7 @@ def coerce_parameter(param: ParameterDef, value: object) -> str:
     text = str(value)
     if param.type == "choice" and text not in (param.choices or []):
         raise ValueError(f"{param.name} must be one of {', '.join(param.choices or [])}, got {text!r}")
-    if param.pattern and not re.search(param.pattern, text):
+    if param.pattern and not re.fullmatch(param.pattern, text):
         raise ValueError(f"{param.name}={text!r} does not match {param.pattern}")
     return text
 

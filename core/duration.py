@@ -6,6 +6,8 @@ import re
 
 _PART = re.compile(r"(\d+)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: a year: longer waits are mistakes, and far larger ones overflow date arithmetic
+MAX_SECONDS = 365 * 86400
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -13,8 +15,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 4h)")
     if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError(f"duration must be positive, got {value!r}")
+        if not 0 < value <= MAX_SECONDS:  # also refuses NaN and infinity
+            raise ValueError(f"duration must be between 1s and 365d, got {value!r}")
         return float(value)
     text = str(value).strip().lower().replace(" ", "")
     if text.isdigit():
@@ -27,7 +29,7 @@ def parse_duration(value: str | int | float) -> float:
         pos = match.end()
     if pos != len(text) or not text or total <= 0:
         raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 4h, 1h30m)")
-    return float(total)
+    return parse_duration(total)
 
 
 def format_duration(seconds: float) -> str:

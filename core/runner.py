@@ -242,11 +242,11 @@ class Runner:
             await self.link.append_log(a.job_id, a.attempt, self.name, active.logs.take(final=True))
             if result.outcome == "killed" or active.stopping:
                 if self._closing:
-                    await self.link.report(
+                    await self._report(
                         InterruptJob(run_id=a.run_id, job_id=a.job_id, attempt=a.attempt, runner=self.name)
                     )
                 return
-            await self.link.report(
+            await self._report(
                 CompleteJob(
                     run_id=a.run_id,
                     job_id=a.job_id,
@@ -263,6 +263,20 @@ class Runner:
         finally:
             self.jobs.pop(a.job_id, None)
             self.wake()
+
+    async def _report(self, command: RunnerReport, tries: int = 5) -> Decision:
+        """Report a result, riding out brief database trouble; past that the lease expires."""
+        for attempt in range(1, tries + 1):
+            try:
+                return await self.link.report(command)
+            except Exception:
+                if attempt == tries:
+                    raise
+                log.warning(
+                    "runner %s: report of %s failed (try %d), retrying", self.name, command.job_id, attempt
+                )
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
 
     async def _flush_periodically(self, active: _Active) -> None:
         a = active.assignment

@@ -62,14 +62,18 @@ class Service:
         raise Conflict(f"{command_name(command)} lost {CONFLICT_RETRIES} races in a row; try again")
 
     def handle_many(self, commands: Sequence[Command]) -> list[Decision]:
-        """Apply several commands in one transaction (group commit). If any of them loses a
-        race, the batch is rolled back and each command is applied on its own."""
+        """Apply several commands in one transaction (group commit). Commands on existing runs
+        go first, in run-id order, then new runs: every transaction takes its locks in one
+        global order, so concurrent batches cannot deadlock. If any command loses a race, the
+        batch is rolled back and each command is applied on its own."""
         if len(commands) == 1:
             return [self.handle(commands[0])]
+        order = sorted(range(len(commands)), key=lambda i: _lock_order(commands[i]))
         try:
             with self.store.transaction() as tx:
                 now = self.clock()
-                return [self._apply(tx, command, now) for command in commands]
+                decided = {i: self._apply(tx, commands[i], now) for i in order}
+            return [decided[i] for i in range(len(commands))]
         except Conflict:
             return [self.handle(command) for command in commands]
 
@@ -179,11 +183,17 @@ class Service:
             return assignments
 
     def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
-        """Extend the leases ``runner`` still rightfully holds; the rest must be killed."""
-        if not held:
-            return set()
-        with self.store.transaction() as tx:
-            return tx.renew_leases(runner, held, self.clock() + timedelta(seconds=lease_s))
+        """Extend the leases ``runner`` still rightfully holds; the rest must be killed. One
+        short transaction per job, so a renewal never holds one row while waiting for another."""
+        kept = set()
+        for job_id, attempt in held:
+            try:
+                with self.store.transaction() as tx:
+                    if tx.renew_lease(runner, job_id, attempt, self.clock() + timedelta(seconds=lease_s)):
+                        kept.add(job_id)
+            except Conflict:
+                kept.add(job_id)  # undecided: keep running, the next heartbeat asks again
+        return kept
 
     def jobs_held_by(self, runner: str) -> list[tuple[str, str, int]]:
         with self.store.transaction() as tx:
@@ -219,6 +229,14 @@ class Service:
     def find_run(self, ref: str) -> RunState | None:
         with self.store.transaction() as tx:
             return tx.find_run(ref)
+
+
+def _lock_order(command: Command) -> tuple[int, str]:
+    if isinstance(command, TriggerRun):
+        return 1, command.pipeline
+    if isinstance(command, RetryRun):
+        return 1, command.run_id
+    return 0, command.run_id
 
 
 def _audit_entry(command: Command, decision: Decision, now: datetime) -> AuditEntry:

@@ -52,7 +52,16 @@ class Q:
     claimable = (
         sa.select(JOB).where(JOB.c.status == "queued").order_by(JOB.c.queued_at, JOB.c.id).limit(b("limit"))
     )
-    claimable_pg = claimable.with_for_update(skip_locked=True)
+    #: locks the job and its run without ever waiting: a run another transaction is changing is
+    #: skipped for now, so a claim never holds a lock while waiting for one (no deadlocks)
+    claimable_pg = (
+        sa.select(JOB)
+        .join(RUN, RUN.c.id == JOB.c.run_id)
+        .where(JOB.c.status == "queued")
+        .order_by(JOB.c.queued_at, JOB.c.id)
+        .limit(b("limit"))
+        .with_for_update(skip_locked=True, of=[JOB, RUN])
+    )
     renew = (
         sa.update(JOB)
         .where(

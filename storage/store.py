@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from core.definition import PipelineDef
 from core.engine import Change
@@ -55,9 +56,19 @@ class SqlStore:
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
-        with self.engine.begin() as conn:
-            tx = SqlTx(self, conn)
-            yield tx
+        """One transaction. Events are written last, so the event-log lock is always the last
+        lock taken. Deadlocks, serialization failures and a busy SQLite become ``Conflict``:
+        the caller decides again on fresh state."""
+        try:
+            with self.engine.begin() as conn:
+                tx = SqlTx(self, conn)
+                yield tx
+                tx.flush_events()
+        except DBAPIError as exc:
+            if _retryable(exc):
+                self._runs.clear()
+                raise Conflict(f"transaction lost a race: {exc.orig}") from exc
+            raise
         for hook in tx.on_commit:
             hook()
 
@@ -169,6 +180,13 @@ class SqlStore:
             return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
 
 
+def _retryable(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None)
+    if code in ("40P01", "40001", "55P03"):  # deadlock, serialization failure, lock not available
+        return True
+    return "database is locked" in str(exc.orig)
+
+
 def _patch_jobs(state: RunState, changes: list[Change], version: int) -> RunState:
     by_id = {c.id: c.values for c in changes}
     jobs = tuple(replace(j, **by_id[j.id]) if j.id in by_id else j for j in state.jobs)
@@ -198,6 +216,7 @@ class SqlTx:
         self.on_commit: list[Callable[[], None]] = []
         #: runs written in this transaction, as they now stand
         self._written: dict[str, RunState] = {}
+        self._events: list[Event] = []
 
     # -- runs -------------------------------------------------------------------------------
     def load_run(self, run_id: str) -> RunState | None:
@@ -306,11 +325,16 @@ class SqlTx:
         return bool(self.conn.execute(stmt, params).rowcount == 1)
 
     def append_events(self, events: Sequence[Event]) -> None:
-        if not events:
+        """Queue events; they are written when the transaction is about to commit."""
+        self._events.extend(events)
+
+    def flush_events(self) -> None:
+        if not self._events:
             return
         if self._pg:
             self.conn.execute(Q.event_lock, {"k": EVENT_LOCK})
-        self.conn.execute(Q.insert_event, [m.event_values(e) for e in events])
+        self.conn.execute(Q.insert_event, [m.event_values(e) for e in self._events])
+        self._events = []
 
     def audit(self, entry: AuditEntry) -> None:
         self.conn.execute(
@@ -334,13 +358,9 @@ class SqlTx:
         query = Q.claimable_pg if self._pg else Q.claimable
         return [m.job_from_row(r) for r in self.conn.execute(query, {"limit": limit}).mappings()]
 
-    def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], until: datetime) -> set[str]:
-        kept = set()
-        for job_id, attempt in held:
-            params = {"_id": job_id, "_attempt": attempt, "_runner": runner, "until": until}
-            if self.conn.execute(Q.renew, params).rowcount == 1:
-                kept.add(job_id)
-        return kept
+    def renew_lease(self, runner: str, job_id: str, attempt: int, until: datetime) -> bool:
+        params = {"_id": job_id, "_attempt": attempt, "_runner": runner, "until": until}
+        return bool(self.conn.execute(Q.renew, params).rowcount == 1)
 
     def expired_leases(self, now: datetime, limit: int) -> list[Job]:
         return [

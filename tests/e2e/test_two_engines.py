@@ -1,0 +1,61 @@
+"""Two ``shipyard serve`` processes on one PostgreSQL database: each job runs exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from core.commands import TriggerRun
+from core.service import Service
+from core.states import RUN_TERMINAL, RunStatus
+from tests.e2e.server import Server, wait_until
+from tests.helpers import ALICE
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+RUNS = 30
+FANOUT = """
+name: fanout
+stages:
+  - {{name: a, jobs: [{{name: x, run: "{cmd}"}}, {{name: y, run: "{cmd}"}}]}}
+  - {{name: b, jobs: [{{name: x, run: "{cmd}"}}, {{name: y, run: "{cmd}"}}]}}
+  - {{name: c, jobs: [{{name: x, run: "{cmd}"}}, {{name: y, run: "{cmd}"}}]}}
+"""
+
+
+def test_each_job_of_many_concurrent_runs_executes_exactly_once(
+    pg_url: str, make_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    cmd = f"echo $SHIPYARD_JOB_ID $SHIPYARD_ATTEMPT >> {ledger}; sleep 0.02"
+    servers = [Server(tmp_path, pg_url, runner=f"engine-{i}", capacity=4) for i in range(2)]
+    try:
+        servers[0].pipeline("fanout", FANOUT.format(cmd=cmd))
+        for server in servers:
+            server.start()
+        svc = make_service(pg_url)
+        run_ids = []
+        for _ in range(RUNS):
+            decision = svc.handle(TriggerRun(pipeline="fanout", actor=ALICE))
+            assert decision.state is not None
+            run_ids.append(decision.state.run.id)
+
+        def finished() -> bool:
+            return all(s.run.status in RUN_TERMINAL for s in svc.store.list_runs("fanout", RUNS))
+
+        wait_until(finished, timeout=120, interval=0.2, what="all runs to finish")
+    finally:
+        for server in servers:
+            server.stop()
+
+    states = svc.store.list_runs("fanout", RUNS)
+    assert {s.run.status for s in states} == {RunStatus.SUCCEEDED}, [s.run.reason for s in states if s.run.status != RunStatus.SUCCEEDED]
+    executions = Counter(line.split()[0] for line in ledger.read_text().splitlines())
+    expected = {job.id for s in states for job in s.jobs}
+    assert set(executions) == expected and len(expected) == RUNS * 6
+    assert max(executions.values()) == 1, executions.most_common(3)
+    runners = {e.data.get("runner") for e in svc.store.events_after(0, 10_000) if e.name == "job.running"}
+    assert runners == {"engine-0", "engine-1"}  # both engines did part of the work
