@@ -173,7 +173,9 @@ class _Plan:
         if isinstance(new, Run):
             self.run = new
         else:
-            items: list[Any] = {Stage: self.stages, Job: self.jobs, Gate: self.gates}[type(new)]
+            items: list[Any] = (
+                self.stages if isinstance(new, Stage) else self.jobs if isinstance(new, Job) else self.gates
+            )
             items[next(i for i, e in enumerate(items) if e.id == new.id)] = new
         return new
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from core.errors import IllegalTransition
 
@@ -128,7 +128,7 @@ JOB_DONE: Final = frozenset({J.SUCCEEDED, J.FAILED, J.TIMED_OUT, J.LOST, J.CANCE
 JOB_FAILURES: Final = frozenset({J.FAILED, J.TIMED_OUT, J.LOST})
 GATE_DONE: Final = frozenset(s for s, nxt in GATE_TRANSITIONS.items() if not nxt)
 
-TABLES: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {
+TABLES: Final[Mapping[str, Mapping[Any, frozenset[Any]]]] = {
     "run": RUN_TRANSITIONS,
     "stage": STAGE_TRANSITIONS,
     "job": JOB_TRANSITIONS,

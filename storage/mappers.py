@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.engine import RowMapping
+
 from core.engine import Change
 from core.events import Event
 from core.model import Approval, Gate, Job, Run, Stage
@@ -17,7 +19,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-def run_from_row(r: Mapping[str, Any]) -> Run:
+def run_from_row(r: RowMapping) -> Run:
     return Run(
         id=r["id"],
         number=r["number"],
@@ -40,7 +42,7 @@ def run_from_row(r: Mapping[str, Any]) -> Run:
     )
 
 
-def stage_from_row(r: Mapping[str, Any]) -> Stage:
+def stage_from_row(r: RowMapping) -> Stage:
     return Stage(
         id=r["id"],
         run_id=r["run_id"],
@@ -54,7 +56,7 @@ def stage_from_row(r: Mapping[str, Any]) -> Stage:
     )
 
 
-def job_from_row(r: Mapping[str, Any]) -> Job:
+def job_from_row(r: RowMapping) -> Job:
     return Job(
         id=r["id"],
         run_id=r["run_id"],
@@ -78,7 +80,7 @@ def job_from_row(r: Mapping[str, Any]) -> Job:
     )
 
 
-def gate_from_row(r: Mapping[str, Any]) -> Gate:
+def gate_from_row(r: RowMapping) -> Gate:
     return Gate(
         id=r["id"],
         run_id=r["run_id"],
@@ -140,7 +142,7 @@ def event_values(e: Event) -> dict[str, Any]:
     }
 
 
-def event_from_row(r: Mapping[str, Any]) -> Event:
+def event_from_row(r: RowMapping) -> Event:
     return Event(
         seq=r["seq"],
         name=r["name"],
