@@ -15,9 +15,7 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 4h)")
     if isinstance(value, int | float):
-        if not 0 < value <= MAX_SECONDS:  # also refuses NaN and infinity
-            raise ValueError(f"duration must be between 1s and 365d, got {value!r}")
-        return float(value)
+        return _in_range(float(value), value)
     text = str(value).strip().lower().replace(" ", "")
     if text.isdigit():
         return parse_duration(int(text))
@@ -29,7 +27,13 @@ def parse_duration(value: str | int | float) -> float:
         pos = match.end()
     if pos != len(text) or not text or total <= 0:
         raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 4h, 1h30m)")
-    return parse_duration(total)
+    return _in_range(float(total), value)
+
+
+def _in_range(seconds: float, written: object) -> float:
+    if not 0 < seconds <= MAX_SECONDS:  # also refuses NaN and infinity
+        raise ValueError(f"duration must be more than 0 and at most 365d, got {written!r}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

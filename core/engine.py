@@ -373,7 +373,8 @@ def _open_gate(plan: _Plan, name: str, kind: str | None) -> Gate:
         names = ", ".join(g.stage_name for g in plan.gates) or "none"
         raise CommandRefused(f"{plan.run.ref} has no gate {name!r} (gates: {names})")
     if kind is not None and gate.kind != kind:
-        raise CommandRefused(f"gate {gate.stage_name} is {gate.kind}; it clears itself")
+        how = "it clears itself when its check passes" if gate.kind == "automated" else "people approve it"
+        raise CommandRefused(f"gate {gate.stage_name} is {gate.kind}; {how}")
     if gate.status is GateStatus.PENDING:
         raise CommandRefused(f"gate {gate.stage_name} is not open yet: {plan.run.ref} has not reached it")
     if gate.status is not GateStatus.OPEN:
@@ -586,6 +587,8 @@ def _carry_over(plan: _Plan, old: RunState) -> None:
             break
         why = f"reused from {old.run.ref}"
         stage = plan.stages[old_stage.index]
+        if old_stage.status is StageStatus.PARTIAL:
+            plan.set(plan.run, warnings=(*plan.run.warnings, f"{why}: {old_stage.reason}"))
         for job in plan.jobs_of(stage):
             done = old.jobs[[j.id for j in old.jobs].index(_old_job_id(old, job))]
             plan.move(job, JobStatus.SKIPPED, outputs=dict(done.outputs), reason=why)
