@@ -1027,9 +1027,7 @@ def test_retry_reuses_a_partial_stage_and_a_passed_gate() -> None:
         },
     )
     # the warning of the reused partial stage is not lost with the retry
-    assert state.run.warnings == (
-        "reused from web#1: stage build: job lint exited with 1 (allowed to fail)",
-    )
+    assert state.run.warnings == ("reused from web#1: stage build: job lint exited with 1 (allowed to fail)",)
 
 
 # -- the contract with the store --------------------------------------------------------------
