@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -209,12 +210,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             if problems:
                 print("\n".join(problems), file=sys.stderr)
                 return EXIT_USAGE
-            overrides["pipelines_dir"] = target.parent
+            only = Path(tmp) / "pipelines"
+            only.mkdir()
+            shutil.copy(target, only / target.name)
+            overrides["pipelines_dir"] = only
             pipeline = good[0][1].name
         if not args.database_url:
             overrides["work_dir"] = Path(tmp) / "work"
         settings = load_settings(**overrides)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("core.catalog").setLevel(logging.ERROR)  # printed below, once
         return asyncio.run(_run_locally(settings, pipeline, params, args.revision, args.yes))
 
 
@@ -254,9 +259,10 @@ async def _follow(yard: Shipyard, run_id: str, yes: bool) -> RunState:
     seq = 0
     asked: set[str] = set()
     while True:
-        events = await yard.orchestrator.db(yard.store.events_after, seq, 500, run_id)
+        # read the state before the events, so a finished run's last events are always shown
         state = await yard.orchestrator.db(yard.service.find_run, run_id)
         assert state is not None
+        events = await yard.orchestrator.db(yard.store.events_after, seq, 500, run_id)
         for event in events:
             seq = event.seq
             line = describe_event(event, state)
@@ -265,6 +271,8 @@ async def _follow(yard: Shipyard, run_id: str, yes: bool) -> RunState:
             if event.subject == "job" and event.to_status in ("failed", "timed_out"):
                 for text in await yard.orchestrator.db(yard.store.tail_log, event.subject_id, 10):
                     print(f"      | {text}")
+        if len(events) == 500:
+            continue
         if state.run.status in RUN_TERMINAL:
             return state
         for gate in state.gates:

@@ -1,0 +1,161 @@
+"""The ``shipyard`` command as people use it: real processes, real exit codes, real output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shipyard(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=cwd,
+        env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_validate_accepts_the_examples(tmp_path: Path) -> None:
+    result = shipyard("validate", str(ROOT / "examples" / "pipelines"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok " in result.stdout and "web" in result.stdout
+
+
+def test_validate_names_file_line_field_and_problem(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path / "bad.yml",
+        """
+        name: bad
+        stages:
+          - name: build
+            jobs:
+              - {name: compile, run: make, timeout: ten minutes}
+    """,
+    )
+    result = shipyard("validate", str(bad), str(tmp_path / "missing.yml"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{bad}:6: stages[0].jobs[0].timeout: invalid duration 'ten minutes'" in result.stderr
+    assert "missing.yml: no such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_shows_progress_and_exits_with_the_result(tmp_path: Path) -> None:
+    ok = write(
+        tmp_path / "ok.yml",
+        """
+        name: ok
+        stages:
+          - {name: greet, jobs: [{name: hello, run: "echo hello there"}]}
+    """,
+    )
+    result = shipyard("run", str(ok), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✓ greet/hello succeeded" in result.stdout
+    assert "run succeeded" in result.stdout
+
+    broken = write(
+        tmp_path / "broken.yml",
+        """
+        name: broken
+        stages:
+          - {name: build, jobs: [{name: compile, run: "echo 'error: missing semicolon' >&2; exit 2"}]}
+    """,
+    )
+    result = shipyard("run", str(broken), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "✗ build/compile failed" in result.stdout
+    assert "| error: missing semicolon" in result.stdout  # the failing log tail, right away
+
+
+def test_run_refuses_bad_parameters_with_a_clear_message(tmp_path: Path) -> None:
+    result = shipyard(
+        "run",
+        "web",
+        "-p",
+        "ref=not-a-sha",
+        "-p",
+        "colour=blue",
+        cwd=ROOT,
+        env={"SHIPYARD_PIPELINES_DIR": str(ROOT / "examples" / "pipelines")},
+    )
+    assert result.returncode == 2
+    assert "ref='not-a-sha' does not match" in result.stderr
+    assert "unknown parameter 'colour' (web takes: dry_run, ref)" in result.stderr
+
+
+def test_run_without_a_terminal_does_not_approve_gates_unless_told(tmp_path: Path) -> None:
+    gated = write(
+        tmp_path / "gated.yml",
+        """
+        name: gated
+        stages:
+          - name: prod
+            gate: {approvers: [release-managers]}
+            jobs: [{name: deploy, run: "true"}]
+    """,
+    )
+    refused = shipyard("run", str(gated), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "rerun with --yes" in refused.stderr
+    approved = shipyard("run", str(gated), "--yes", cwd=tmp_path)
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+
+
+def test_bad_configuration_is_reported_by_name_without_starting(tmp_path: Path) -> None:
+    result = shipyard("serve", cwd=tmp_path, env={"SHIPYARD_PORT": "eighty", "SHIPYARD_LEASE_SECONDS": "0"})
+    assert result.returncode == 2
+    assert "SHIPYARD_PORT: Input should be a valid integer" in result.stderr
+    assert "SHIPYARD_LEASE_SECONDS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_yaml_config_file_configures_the_control_commands(tmp_path: Path) -> None:
+    write(
+        tmp_path / "pipes" / "hello.yml", "name: hello\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]\n"
+    )
+    config = write(
+        tmp_path / "shipyard.yml",
+        f"""
+        database_url: sqlite:///{tmp_path}/from-config.db
+        pipelines_dir: {tmp_path}/pipes
+    """,
+    )
+    env = {"SHIPYARD_CONFIG": str(config)}
+    triggered = shipyard("trigger", "hello", cwd=tmp_path, env=env)
+    assert triggered.returncode == 0, triggered.stderr
+    assert triggered.stdout.startswith("hello#1 running")
+    assert (tmp_path / "from-config.db").exists()
+    status = shipyard("status", "hello#1", cwd=tmp_path, env=env)
+    assert "hello#1  running" in status.stdout
+    canceled = shipyard("cancel", "hello#1", "--reason", "not today", cwd=tmp_path, env=env)
+    assert canceled.returncode == 0 and "hello#1 canceled" in canceled.stdout
+    again = shipyard("cancel", "hello#1", cwd=tmp_path, env=env)
+    assert again.returncode == 1 and "already canceled" in again.stderr
+
+
+@pytest.mark.parametrize("content", ["database_url: [unclosed", "no_such_setting: 1"])
+def test_a_broken_config_file_is_reported(tmp_path: Path, content: str) -> None:
+    config = write(tmp_path / "shipyard.yml", content)
+    result = shipyard("status", cwd=tmp_path, env={"SHIPYARD_CONFIG": str(config)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "SHIPYARD_" in result.stderr
