@@ -239,7 +239,9 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
         try:
-            await self.link.append_log(a.job_id, a.attempt, self.name, active.logs.take(final=True))
+            remaining = active.logs.take(final=True)
+            if remaining:
+                await self.link.append_log(a.job_id, a.attempt, self.name, remaining)
             if result.outcome == "killed" or active.stopping:
                 if self._closing:
                     await self._report(

@@ -169,8 +169,9 @@ class Service:
             return []
         with self.store.transaction() as tx:
             now = self.clock()
-            offers = [engine.claim(job, runner, now, lease_s) for job in tx.claimable_jobs(limit)]
-            won = tx.apply_claims(offers)
+            candidates = tx.claimable_jobs(limit)
+            won = [engine.claim(job, runner, now, lease_s) for job, _ in candidates]
+            tx.apply_claims(won, {job.run_id: version for job, version in candidates})
             assignments, events = [], []
             for change in won:
                 state = tx.load_run(change.id.split(".", 1)[0])

@@ -33,7 +33,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         )
         _sqlite_setup(engine)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=2, pool_pre_ping=True)
+    # no pre-ping (a round trip per transaction): a dropped connection surfaces as a retryable
+    # error instead, and connections are recycled before server-side idle timeouts
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=2, pool_recycle=1800)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -49,4 +51,6 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
+        # straight to the driver: this runs once per transaction, and is on the hot path
+        begin = "BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE"
+        conn.connection.driver_connection.execute(begin)  # type: ignore[union-attr]

@@ -37,9 +37,6 @@ class Q:
     run_by_key = sa.select(RUN.c.id).where(RUN.c.pipeline == b("p"), RUN.c.idempotency_key == b("k"))
     runs_by_prefix = sa.select(RUN.c.id).where(RUN.c.id.startswith(b("prefix"))).limit(2)
     max_number = sa.select(sa.func.max(RUN.c.number)).where(RUN.c.pipeline == b("p"))
-    touch_run = (
-        sa.update(RUN).where(RUN.c.id == b("_id")).values(version=RUN.c.version + 1).returning(RUN.c.version)
-    )
 
     insert_run = sa.insert(RUN)
     insert_stage = sa.insert(STAGE)
@@ -50,18 +47,15 @@ class Q:
     insert_log = sa.insert(LOG)
 
     claimable = (
-        sa.select(JOB).where(JOB.c.status == "queued").order_by(JOB.c.queued_at, JOB.c.id).limit(b("limit"))
-    )
-    #: locks the job and its run without ever waiting: a run another transaction is changing is
-    #: skipped for now, so a claim never holds a lock while waiting for one (no deadlocks)
-    claimable_pg = (
-        sa.select(JOB)
+        sa.select(JOB, RUN.c.version.label("run_version"))
         .join(RUN, RUN.c.id == JOB.c.run_id)
         .where(JOB.c.status == "queued")
         .order_by(JOB.c.queued_at, JOB.c.id)
         .limit(b("limit"))
-        .with_for_update(skip_locked=True, of=[JOB, RUN])
     )
+    #: locks the job and its run without ever waiting: a run another transaction is changing is
+    #: skipped for now, so a claim never holds a lock while waiting for one (no deadlocks)
+    claimable_pg = claimable.with_for_update(skip_locked=True, of=[JOB, RUN])
     renew = (
         sa.update(JOB)
         .where(
@@ -152,7 +146,7 @@ class Q:
     @staticmethod
     @cache
     def bump_run(columns: tuple[str, ...]) -> Update:
-        """Compare-and-set on the run's version, bumping it and setting ``columns``."""
+        """Compare-and-set on the run's version, moving it to ``_new_version`` and setting ``columns``."""
         return (
             sa.update(RUN)
             .where(RUN.c.id == b("_id"), RUN.c.version == b("_version"))

@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,7 @@ class SqlStore:
             with self.engine.begin() as conn:
                 tx = SqlTx(self, conn)
                 yield tx
+                tx.flush_writes()
                 tx.flush_events()
         except DBAPIError as exc:
             if _retryable(exc):
@@ -180,7 +181,30 @@ class SqlStore:
             return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
 
 
+@dataclass
+class _Bump:
+    """Pending compare-and-set of one run's version within a transaction."""
+
+    expect: int
+    count: int = 0
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _update_statement(change: Change) -> Any:
+    columns = tuple(sorted(change.values))
+    return Q.update(change.kind, columns, change.expect_attempt is not None, tuple(sorted(change.guard)))
+
+
+def _update_params(change: Change) -> dict[str, Any]:
+    params = {"_id": change.id, "_status": change.expect, "_attempt": change.expect_attempt}
+    params.update(m.change_values(change))
+    params.update({f"_guard_{k}": v for k, v in change.guard.items()})
+    return params
+
+
 def _retryable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
     code = getattr(exc.orig, "sqlstate", None)
     if code in ("40P01", "40001", "55P03"):  # deadlock, serialization failure, lock not available
         return True
@@ -217,6 +241,9 @@ class SqlTx:
         #: runs written in this transaction, as they now stand
         self._written: dict[str, RunState] = {}
         self._events: list[Event] = []
+        self._audit: list[dict[str, Any]] = []
+        self._bumps: dict[str, _Bump] = {}
+        self._rows: dict[tuple[str, str], Change] = {}
 
     # -- runs -------------------------------------------------------------------------------
     def load_run(self, run_id: str) -> RunState | None:
@@ -262,6 +289,7 @@ class SqlTx:
         return self.load_run(run_id) if run_id else None
 
     def next_run_number(self, pipeline: str) -> int:
+        self.flush_writes()
         if self._pg:
             self.conn.execute(Q.named_lock, {"k": "run-number:" + pipeline})
         return int(self.conn.execute(Q.max_number, {"p": pipeline}).scalar() or 0) + 1
@@ -277,58 +305,85 @@ class SqlTx:
         self.on_commit.append(lambda: self.store.remember(state))
 
     def apply(self, state: RunState, expect_version: int, changes: Sequence[Change]) -> None:
-        """Write ``changes`` if the run is still at ``expect_version``; ``state`` is the result."""
+        """Record ``changes`` to be written at commit, conditional on the run still being at
+        ``expect_version`` and each row still having the status it was read with; ``state`` is
+        the result. Writes are deferred so that a group commit sends one statement per shape
+        (``executemany``); a row that no longer matches raises ``Conflict`` at commit."""
         run_id = state.run.id
-        run_values: dict[str, Any] = {}
-        others = []
+        bump = self._bumps.get(run_id)
+        if bump is None:
+            bump = self._bumps[run_id] = _Bump(expect_version)
+        elif bump.expect + bump.count != expect_version:
+            raise Conflict(f"run {run_id} was decided on twice from version {expect_version}")
+        bump.count += 1
         for change in changes:
             if change.kind == "run":
-                run_values = m.change_values(change)
+                bump.values.update(m.change_values(change))
+                continue
+            pending = self._rows.get((change.kind, change.id))
+            if pending is None:
+                self._rows[(change.kind, change.id)] = replace(change, values=dict(change.values))
             else:
-                others.append(change)
-        stmt = Q.bump_run(tuple(sorted(run_values)))
-        if self.conn.execute(stmt, {"_id": run_id, "_version": expect_version, **run_values}).rowcount != 1:
-            self.store.forget(run_id)
-            raise Conflict(f"run {run_id} changed since it was read (version {expect_version})")
-        for change in others:
-            if not self._update(change):
-                self.store.forget(run_id)
-                raise Conflict(f"{change.kind} {change.id} is no longer {change.expect}")
-        saved = replace(state, run=replace(state.run, version=expect_version + 1))
+                pending.values.update(change.values)  # keeps the first expectation: the row as read
+        saved = replace(state, run=replace(state.run, version=bump.expect + bump.count))
         self._written[run_id] = saved
         self.on_commit.append(lambda: self.store.remember(saved))
 
-    def apply_claims(self, changes: Sequence[Change]) -> list[Change]:
-        """Apply the claims that still match; bump each touched run's version so that cached
-        copies and concurrent deciders see the jobs move."""
-        won = [change for change in changes if self._update(change)]
-        for run_id in sorted({change.id.split(".", 1)[0] for change in won}):
-            version = self.conn.execute(Q.touch_run, {"_id": run_id}).scalar_one()
+    def apply_claims(self, claims: Sequence[Change], run_versions: dict[str, int]) -> None:
+        """Apply claims on rows this transaction holds (SKIP LOCKED on PostgreSQL, the write lock
+        on SQLite) and bump each run's version, so cached copies and concurrent deciders see the
+        jobs move."""
+        if not claims:
+            return
+        self._execute_many([(_update_statement(c), _update_params(c)) for c in claims], what="claimed jobs")
+        runs = sorted({c.id.split(".", 1)[0] for c in claims})
+        bumps = [{"_id": r, "_version": run_versions[r], "_new_version": run_versions[r] + 1} for r in runs]
+        self._execute_many([(Q.bump_run(()), b) for b in bumps], what="claimed runs")
+        for run_id in runs:
             cached = self._written.get(run_id) or self.store._runs.get(run_id)
-            if cached is not None and cached.run.version == version - 1:
-                mine = [c for c in won if c.id.startswith(run_id + ".")]
-                patched = _patch_jobs(cached, mine, version)
+            if cached is not None and cached.run.version == run_versions[run_id]:
+                mine = [c for c in claims if c.id.startswith(run_id + ".")]
+                patched = _patch_jobs(cached, mine, run_versions[run_id] + 1)
                 self._written[run_id] = patched
                 self.on_commit.append(lambda p=patched: self.store.remember(p))  # type: ignore[misc]
             else:
                 self._written.pop(run_id, None)
                 self.store.forget(run_id)
-        return won
 
-    def _update(self, change: Change) -> bool:
-        values = m.change_values(change)
-        stmt = Q.update(
-            change.kind, tuple(sorted(values)), change.expect_attempt is not None, tuple(sorted(change.guard))
-        )
-        params = {"_id": change.id, "_status": change.expect, "_attempt": change.expect_attempt, **values}
-        params.update({f"_guard_{k}": v for k, v in change.guard.items()})
-        return bool(self.conn.execute(stmt, params).rowcount == 1)
+    def flush_writes(self) -> None:
+        """Send the deferred writes: run versions first (in id order, the global lock order),
+        then the rows, one ``executemany`` per statement shape."""
+        work: list[tuple[Any, dict[str, Any]]] = []
+        for run_id in sorted(self._bumps):
+            bump = self._bumps[run_id]
+            params = {"_id": run_id, "_version": bump.expect, "_new_version": bump.expect + bump.count}
+            work.append((Q.bump_run(tuple(sorted(bump.values))), {**params, **bump.values}))
+        for key in sorted(self._rows):
+            change = self._rows[key]
+            work.append((_update_statement(change), _update_params(change)))
+        self._bumps, self._rows = {}, {}
+        self._execute_many(work, what="decided changes")
+
+    def _execute_many(self, work: list[tuple[Any, dict[str, Any]]], what: str) -> None:
+        groups: dict[Any, list[dict[str, Any]]] = {}
+        for stmt, params in work:
+            groups.setdefault(stmt, []).append(params)
+        for stmt, rows in groups.items():
+            matched = self.conn.execute(stmt, rows).rowcount
+            if matched != len(rows):
+                for params in rows:
+                    self.store.forget(str(params["_id"]).split(".", 1)[0])
+                raise Conflict(f"{what}: {len(rows) - matched} row(s) changed since they were read")
 
     def append_events(self, events: Sequence[Event]) -> None:
         """Queue events; they are written when the transaction is about to commit."""
         self._events.extend(events)
 
     def flush_events(self) -> None:
+        """Write the queued audit entries and events: the last writes of the transaction."""
+        if self._audit:
+            self.conn.execute(Q.insert_audit, self._audit)
+            self._audit = []
         if not self._events:
             return
         if self._pg:
@@ -337,26 +392,26 @@ class SqlTx:
         self._events = []
 
     def audit(self, entry: AuditEntry) -> None:
-        self.conn.execute(
-            Q.insert_audit,
-            [
-                {
-                    "at": entry.at,
-                    "actor": entry.actor,
-                    "channel": entry.channel,
-                    "action": entry.action,
-                    "target": entry.target,
-                    "outcome": entry.outcome,
-                    "reason": entry.reason,
-                    "detail": m.jsonable(entry.detail),
-                }
-            ],
+        """Queue an audit entry; written with the events when the transaction commits."""
+        self._audit.append(
+            {
+                "at": entry.at,
+                "actor": entry.actor,
+                "channel": entry.channel,
+                "action": entry.action,
+                "target": entry.target,
+                "outcome": entry.outcome,
+                "reason": entry.reason,
+                "detail": m.jsonable(entry.detail),
+            }
         )
 
     # -- work -------------------------------------------------------------------------------
-    def claimable_jobs(self, limit: int) -> list[Job]:
+    def claimable_jobs(self, limit: int) -> list[tuple[Job, int]]:
+        """Queued jobs, oldest first, each with its run's current version."""
         query = Q.claimable_pg if self._pg else Q.claimable
-        return [m.job_from_row(r) for r in self.conn.execute(query, {"limit": limit}).mappings()]
+        rows = self.conn.execute(query, {"limit": limit}).mappings()
+        return [(m.job_from_row(r), r["run_version"]) for r in rows]
 
     def renew_lease(self, runner: str, job_id: str, attempt: int, until: datetime) -> bool:
         params = {"_id": job_id, "_attempt": attempt, "_runner": runner, "until": until}
