@@ -150,5 +150,5 @@ class Q:
         return (
             sa.update(RUN)
             .where(RUN.c.id == b("_id"), RUN.c.version == b("_version"))
-            .values({"version": RUN.c.version + 1, **{c: b(c) for c in columns}})
+            .values({"version": b("_new_version"), **{c: b(c) for c in columns}})
         )

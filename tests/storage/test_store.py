@@ -215,3 +215,33 @@ def test_expired_leases_are_found_and_expire_only_once(db_url: str, make_service
     state = svc.find_run(job.run_id)
     assert state is not None and state.jobs[0].status is JobStatus.LOST
     assert state.run.status is RunStatus.FAILED
+
+
+def test_a_group_commit_keeps_the_cached_run_equal_to_the_stored_one(
+    db_url: str, make_service: MakeService
+) -> None:
+    """Two commands on one run in one transaction: the version written must be the one cached,
+    or every later command would pay for a full reload."""
+    svc = make_service(db_url, THREE_BY_TWO)
+    run = svc.handle(TriggerRun(pipeline="three", actor=ALICE)).state
+    assert run is not None
+    jobs = svc.claim_jobs("r1", 2, 30)
+    decisions = svc.handle_many(
+        [
+            CompleteJob(
+                run_id=j.run_id,
+                job_id=j.job_id,
+                attempt=j.attempt,
+                runner="r1",
+                outcome="succeeded",
+                exit_code=0,
+            )
+            for j in jobs
+        ]
+    )
+    assert all(d.accepted for d in decisions)
+    cached = svc.store._runs[run.run.id]  # type: ignore[attr-defined]
+    fresh = make_service(db_url).find_run(run.run.id)
+    assert fresh is not None
+    assert cached.run.version == fresh.run.version
+    assert cached.stages[1].status == fresh.stages[1].status == "running"
