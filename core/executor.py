@@ -39,7 +39,7 @@ class ExecResult:
 
 class Executor(Protocol):
     async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult: ...
-    def kill(self, job_id: str) -> bool: ...
+    def kill(self, job_id: str, attempt: int) -> bool: ...
 
 
 class NoopExecutor:
@@ -48,7 +48,7 @@ class NoopExecutor:
     async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
         return ExecResult("succeeded", 0)
 
-    def kill(self, job_id: str) -> bool:
+    def kill(self, job_id: str, attempt: int) -> bool:
         return False
 
 
@@ -69,15 +69,16 @@ def shell_argv(command: str | tuple[str, ...]) -> list[str]:
 class SubprocessExecutor:
     def __init__(self, kill_grace_s: float = 5.0) -> None:
         self.kill_grace_s = kill_grace_s
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._killed: set[str] = set()
+        self._procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
+        self._killed: set[tuple[str, int]] = set()
 
-    def kill(self, job_id: str) -> bool:
-        """Kill the job's whole process group (the run was canceled or the lease lost)."""
-        proc = self._procs.get(job_id)
+    def kill(self, job_id: str, attempt: int) -> bool:
+        """Kill the attempt's whole process group (the run was canceled or the lease lost). An
+        attempt whose process is still starting is killed as soon as it exists, or never starts."""
+        self._killed.add((job_id, attempt))
+        proc = self._procs.get((job_id, attempt))
         if proc is None or proc.returncode is not None:
             return False
-        self._killed.add(job_id)
         _killpg(proc.pid, signal.SIGKILL)
         return True
 
@@ -91,6 +92,10 @@ class SubprocessExecutor:
         env.update(job.env)
         env["SHIPYARD_OUTPUT"] = str(output_file)
         env["SHIPYARD_WORKSPACE"] = str(workdir)
+        key = (job.job_id, job.attempt)
+        if key in self._killed:
+            self._killed.discard(key)
+            return ExecResult("killed", None, detail="killed before it started")
         try:
             proc = await asyncio.create_subprocess_exec(
                 *shell_argv(job.command),
@@ -105,7 +110,9 @@ class SubprocessExecutor:
         except OSError as exc:
             sink("stderr", f"shipyard: cannot start {job.command!r}: {exc}\n")
             return ExecResult("failed", 127, detail=f"cannot start: {exc.strerror}")
-        self._procs[job.job_id] = proc
+        self._procs[key] = proc
+        if key in self._killed:  # asked to stop while the process was starting
+            _killpg(proc.pid, signal.SIGKILL)
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [
             asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
@@ -123,10 +130,10 @@ class SubprocessExecutor:
             _killpg(proc.pid, signal.SIGKILL)
             raise
         finally:
-            self._procs.pop(job.job_id, None)
+            self._procs.pop(key, None)
         code = proc.returncode
-        if job.job_id in self._killed:
-            self._killed.discard(job.job_id)
+        if key in self._killed:
+            self._killed.discard(key)
             return ExecResult("killed", code, detail="killed")
         if timed_out:
             return ExecResult("timed_out", code)

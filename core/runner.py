@@ -171,7 +171,7 @@ class Runner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for active in list(self.jobs.values()):
             active.stopping = True
-            self.executor.kill(active.assignment.job_id)
+            self.executor.kill(active.assignment.job_id, active.assignment.attempt)
         await asyncio.gather(*(a.task for a in self.jobs.values() if a.task), return_exceptions=True)
 
     def wake(self) -> None:
@@ -183,7 +183,7 @@ class Runner:
             active = self.jobs.get(job_id)
             if active is not None:
                 active.stopping = True
-                self.executor.kill(job_id)
+                self.executor.kill(job_id, active.assignment.attempt)
 
     async def run_once(self) -> int:
         """Claim what fits and start it; returns the number of jobs started."""
@@ -287,5 +287,5 @@ class Runner:
             chunks = active.logs.take()
             if chunks and not await self.link.append_log(a.job_id, a.attempt, self.name, chunks):
                 active.stopping = True  # fenced out: someone else owns this attempt now
-                self.executor.kill(a.job_id)
+                self.executor.kill(a.job_id, a.attempt)
                 return

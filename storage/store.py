@@ -36,8 +36,11 @@ from core.model import Gate, Job, RunState
 from core.ports import AuditEntry, LogChunk, PipelineVersion
 from storage import mappers as m
 from storage.db import is_sqlite, make_engine
+from storage.fastpath import DriverStatements
 from storage.queries import Q
 
+EVENT_KEYS = ("name", "run_id", "subject", "subject_id", "from_status", "to_status", "at", "data")
+AUDIT_KEYS = ("at", "actor", "channel", "action", "target", "outcome", "reason", "detail")
 #: advisory lock key that orders event appends on PostgreSQL
 EVENT_LOCK = 0x5348_4950_4556
 
@@ -53,6 +56,7 @@ class SqlStore:
         self.cache_size = cache_size
         self._versions: dict[str, PipelineVersion] = {}
         self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self.driver = DriverStatements(self.engine.dialect)
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
@@ -369,7 +373,7 @@ class SqlTx:
         for stmt, params in work:
             groups.setdefault(stmt, []).append(params)
         for stmt, rows in groups.items():
-            matched = self.conn.execute(stmt, rows).rowcount
+            matched = self.store.driver.get(stmt).execute_many(self.conn, rows)
             if matched != len(rows):
                 for params in rows:
                     self.store.forget(str(params["_id"]).split(".", 1)[0])
@@ -382,13 +386,14 @@ class SqlTx:
     def flush_events(self) -> None:
         """Write the queued audit entries and events: the last writes of the transaction."""
         if self._audit:
-            self.conn.execute(Q.insert_audit, self._audit)
+            self.store.driver.get(Q.insert_audit, AUDIT_KEYS).execute_many(self.conn, self._audit)
             self._audit = []
         if not self._events:
             return
         if self._pg:
             self.conn.execute(Q.event_lock, {"k": EVENT_LOCK})
-        self.conn.execute(Q.insert_event, [m.event_values(e) for e in self._events])
+        rows = [m.event_values(e) for e in self._events]
+        self.store.driver.get(Q.insert_event, EVENT_KEYS).execute_many(self.conn, rows)
         self._events = []
 
     def audit(self, entry: AuditEntry) -> None:

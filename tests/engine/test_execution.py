@@ -108,8 +108,7 @@ async def test_cancel_kills_the_running_job_at_once(
         },
     )
     run = await trigger(yard, "long")
-    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and started.exists())
-    await asyncio.sleep(0.05)
+    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and _written(started))
     pid = int(started.read_text())
     decision = await send(yard, CancelRun(run_id=run.run.id, actor=BOB, reason="wrong build"))
     assert decision.accepted and decision.jobs_to_stop == (run.jobs[0].id,)
@@ -332,6 +331,11 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
     assert "cannot start" in state.run.reason
 
 
+def _written(path: Path) -> bool:
+    """The file exists and its first line is complete (a shell may have created it but not yet written)."""
+    return path.exists() and path.read_text().endswith("\n")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -340,5 +344,5 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # it exited while we looked
         return False

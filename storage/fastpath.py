@@ -1,0 +1,69 @@
+"""Writes on the hot path, sent straight to the database driver.
+
+Every command ends in a handful of ``executemany`` writes (run versions, rows, events, audit).
+Through SQLAlchemy's execution machinery each costs several times what the driver needs, so
+these statements are compiled once per dialect by SQLAlchemy (SQL text, parameter order and the
+column types' own bind processors, so values are converted exactly as SQLAlchemy would) and
+then executed on the transaction's own DB-API connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert, Update
+
+
+class DriverStatement:
+    def __init__(
+        self, statement: Insert | Update, dialect: Dialect, keys: Sequence[str] | None = None
+    ) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self.names: list[str] = list(compiled.positiontup or []) if compiled.positional else []
+        self.positional = compiled.positional
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                self.processors[compiled.bind_names.get(bind, name)] = processor
+        self.param_names = {compiled.bind_names.get(bind, name) for name, bind in compiled.binds.items()}
+
+    def _row(self, params: dict[str, Any]) -> Any:
+        processed = {
+            name: (self.processors[name](value) if name in self.processors else value)
+            for name, value in params.items()
+        }
+        if self.positional:
+            return tuple(processed.get(name) for name in self.names)
+        return processed
+
+    def execute_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Run for every row in the connection's current transaction; returns rows matched."""
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(self.sql, [self._row(r) for r in rows])
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+
+class DriverStatements:
+    """Compiled statements of one dialect, built on first use."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._cache: dict[tuple[Any, tuple[str, ...] | None], DriverStatement] = {}
+
+    def get(self, statement: Insert | Update, keys: Sequence[str] | None = None) -> DriverStatement:
+        key = (statement, tuple(keys) if keys is not None else None)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = DriverStatement(statement, self.dialect, keys)
+        return found

@@ -1,0 +1,61 @@
+"""The subprocess executor on its own: kills that race the start, outputs, argv commands."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from core.assignment import Assignment
+from core.executor import SubprocessExecutor, read_outputs
+
+
+def job(command: str | tuple[str, ...], attempt: int = 1, timeout: float = 30) -> Assignment:
+    return Assignment(
+        run_id="r",
+        job_id="r.s0.j0",
+        attempt=attempt,
+        pipeline="p",
+        stage="s",
+        name="j",
+        command=command,
+        env={},
+        timeout_s=timeout,
+    )
+
+
+async def test_a_job_stopped_before_its_process_starts_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    executor = SubprocessExecutor()
+    executor.kill("r.s0.j0", 1)
+    result = await executor.execute(job(f"touch {marker}"), tmp_path, lambda _s, _t: None)
+    assert result.outcome == "killed"
+    assert not marker.exists()
+    # the request was for attempt 1 only: a later attempt of the same job runs
+    again = await executor.execute(job(f"touch {marker}", attempt=2), tmp_path, lambda _s, _t: None)
+    assert again.outcome == "succeeded" and marker.exists()
+
+
+async def test_a_kill_while_running_stops_the_process_group(tmp_path: Path) -> None:
+    executor = SubprocessExecutor()
+    task = asyncio.create_task(
+        executor.execute(job("sleep 30 & sleep 30; wait"), tmp_path, lambda _s, _t: None)
+    )
+    await asyncio.sleep(0.2)
+    assert executor.kill("r.s0.j0", 1)
+    result = await asyncio.wait_for(task, 5)
+    assert result.outcome == "killed"
+
+
+async def test_argv_commands_take_arguments_literally(tmp_path: Path) -> None:
+    out: list[str] = []
+    result = await SubprocessExecutor().execute(
+        job(("echo", "$HOME; rm -rf /")), tmp_path, lambda _s, t: out.append(t)
+    )
+    assert result.outcome == "succeeded"
+    assert "".join(out) == "$HOME; rm -rf /\n"
+
+
+def test_outputs_are_key_value_lines_and_bad_lines_are_reported() -> None:
+    outputs, problems = read_outputs(["image=web:1", "", "# comment", "url=http://x?a=b", "not a pair"])
+    assert outputs == {"image": "web:1", "url": "http://x?a=b"}
+    assert problems == ["$SHIPYARD_OUTPUT line 5 ignored: expected key=value, got 'not a pair'"]
