@@ -299,12 +299,15 @@ class SqlTx:
         return int(self.conn.execute(Q.max_number, {"p": pipeline}).scalar() or 0) + 1
 
     def insert_run(self, state: RunState) -> None:
-        c = self.conn
-        c.execute(Q.insert_run, [m.row_values(state.run)])
-        c.execute(Q.insert_stage, [m.row_values(s) for s in state.stages])
-        c.execute(Q.insert_job, [m.row_values(j) for j in state.jobs])
-        if state.gates:
-            c.execute(Q.insert_gate, [m.row_values(g) for g in state.gates])
+        driver = self.store.driver
+        for statement, rows in (
+            (Q.insert_run, [m.row_values(state.run)]),
+            (Q.insert_stage, [m.row_values(s) for s in state.stages]),
+            (Q.insert_job, [m.row_values(j) for j in state.jobs]),
+            (Q.insert_gate, [m.row_values(g) for g in state.gates]),
+        ):
+            if rows:
+                driver.get(statement, tuple(rows[0])).execute_many(self.conn, rows)
         self._written[state.run.id] = state
         self.on_commit.append(lambda: self.store.remember(state))
 
