@@ -72,6 +72,7 @@ class Service:
         try:
             with self.store.transaction() as tx:
                 now = self.clock()
+                tx.read_versions([c.run_id for c in commands if not isinstance(c, TriggerRun)])
                 decided = {i: self._apply(tx, commands[i], now) for i in order}
             return [decided[i] for i in range(len(commands))]
         except Conflict:

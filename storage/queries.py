@@ -29,6 +29,7 @@ b = sa.bindparam
 
 class Q:
     run_version = sa.select(RUN.c.version).where(RUN.c.id == b("id"))
+    run_versions = sa.select(RUN.c.id, RUN.c.version).where(RUN.c.id.in_(b("ids", expanding=True)))
     run_by_id = sa.select(RUN).where(RUN.c.id == b("id"))
     stages_of = sa.select(STAGE).where(STAGE.c.run_id == b("id")).order_by(STAGE.c.position)
     jobs_of = sa.select(JOB).where(JOB.c.run_id == b("id")).order_by(JOB.c.stage_index, JOB.c.position)

@@ -247,6 +247,8 @@ class SqlTx:
         self._events: list[Event] = []
         self._audit: list[dict[str, Any]] = []
         self._bumps: dict[str, _Bump] = {}
+        #: current versions read ahead for a batch of commands (one query instead of one each)
+        self._versions: dict[str, int] = {}
         self._rows: dict[tuple[str, str], Change] = {}
 
     # -- runs -------------------------------------------------------------------------------
@@ -255,8 +257,12 @@ class SqlTx:
         if run_id in self._written:
             return self._written[run_id]
         cached = self.store._runs.get(run_id)
-        if cached is not None and c.execute(Q.run_version, {"id": run_id}).scalar() == cached.run.version:
-            return cached
+        if cached is not None:
+            current = self._versions.pop(run_id, None)
+            if current is None:
+                current = c.execute(Q.run_version, {"id": run_id}).scalar()
+            if current == cached.run.version:
+                return cached
         row = c.execute(Q.run_by_id, {"id": run_id}).mappings().first()
         if row is None:
             return None
@@ -271,6 +277,13 @@ class SqlTx:
         state = RunState(run, stages, jobs, gates, version.definition)
         self.on_commit.append(lambda: self.store.remember(state))
         return state
+
+    def read_versions(self, run_ids: Sequence[str]) -> None:
+        """Read the current versions of several runs at once, for the loads that follow."""
+        wanted = [r for r in run_ids if r in self.store._runs and r not in self._written]
+        if wanted:
+            rows = self.conn.execute(Q.run_versions, {"ids": wanted}).all()
+            self._versions.update((run_id, version) for run_id, version in rows)
 
     def find_run(self, ref: str) -> RunState | None:
         """A run by id, by ``pipeline#number``, or by a unique id prefix of 6+ characters."""
