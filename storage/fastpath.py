@@ -31,16 +31,19 @@ class DriverStatement:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self.processors[compiled.bind_names.get(bind, name)] = processor
-        self.param_names = {compiled.bind_names.get(bind, name) for name, bind in compiled.binds.items()}
+        #: (parameter, converter) in the order a positional driver wants them
+        self.plan = [(name, self.processors.get(name)) for name in self.names]
 
     def _row(self, params: dict[str, Any]) -> Any:
-        processed = {
-            name: (self.processors[name](value) if name in self.processors else value)
+        if self.positional:
+            return tuple(
+                value if (value := params.get(name)) is None or process is None else process(value)
+                for name, process in self.plan
+            )
+        return {
+            name: value if value is None or (process := self.processors.get(name)) is None else process(value)
             for name, value in params.items()
         }
-        if self.positional:
-            return tuple(processed.get(name) for name in self.names)
-        return processed
 
     def execute_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Run for every row in the connection's current transaction; returns rows matched."""
