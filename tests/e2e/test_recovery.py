@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from core.commands import ApproveGate, TriggerRun
 from core.service import Service
 from core.states import GateStatus, JobStatus, RunStatus
 from tests.e2e.server import Server, wait_until
-from tests.helpers import ALICE, BOB
+from tests.helpers import ALICE, BOB, alive
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +80,7 @@ def test_sigkill_at_any_moment_then_restart_resumes_every_run(
 
     first.signal(signal.SIGKILL)
     first.wait()
-    wait_until(lambda: not _alive(job_pid), timeout=5, what="the job process to die with its server")
+    wait_until(lambda: not alive(job_pid), timeout=5, what="the job process to die with its server")
 
     second = server()
     second.start()
@@ -122,7 +121,7 @@ def test_sigterm_hands_running_jobs_back_and_a_restart_finishes_them(
 
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=15) == 0
-    assert not _alive(job_pid)
+    assert not alive(job_pid)
     interrupted = _state(svc, run.run.id).jobs[1]
     assert interrupted.status is JobStatus.QUEUED
     assert interrupted.failures == 0 and "interrupted" in interrupted.reason
@@ -133,15 +132,3 @@ def test_sigterm_hands_running_jobs_back_and_a_restart_finishes_them(
         lambda: (s := _state(svc, run.run.id)).run.status is RunStatus.WAITING and s, what="the run to resume"
     )
     assert waiting.jobs[1].status is JobStatus.SUCCEEDED and waiting.jobs[1].attempt == 2
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # it exited while we looked
-        return False

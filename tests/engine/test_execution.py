@@ -9,7 +9,7 @@ from pathlib import Path
 from core.commands import ApproveGate, CancelRun, PauseRun, RejectGate, ResumeRun, RetryRun
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 from tests.engine.conftest import StartYard, send, trigger, wait_for
-from tests.helpers import ALICE, BOB
+from tests.helpers import ALICE, BOB, alive
 
 ENV_PIPELINE = """
 name: envs
@@ -85,7 +85,7 @@ async def test_a_timed_out_job_has_its_whole_process_group_killed(
     assert "timed out after 1.0s" in state.run.reason
     child = int(pidfile.read_text())
     await asyncio.sleep(0.1)
-    assert not _alive(child), "the job's background child outlived the timeout"
+    assert not alive(child), "the job's background child outlived the timeout"
 
 
 async def test_cancel_kills_the_running_job_at_once(
@@ -113,10 +113,10 @@ async def test_cancel_kills_the_running_job_at_once(
     decision = await send(yard, CancelRun(run_id=run.run.id, actor=BOB, reason="wrong build"))
     assert decision.accepted and decision.jobs_to_stop == (run.jobs[0].id,)
     for _ in range(50):
-        if not _alive(pid):
+        if not alive(pid):
             break
         await asyncio.sleep(0.05)
-    assert not _alive(pid)
+    assert not alive(pid)
     state = await wait_for(yard, run.run.id)
     assert state.run.status is RunStatus.CANCELED
     assert state.run.reason == "canceled by bob: wrong build"
@@ -334,15 +334,3 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
 def _written(path: Path) -> bool:
     """The file exists and its first line is complete (a shell may have created it but not yet written)."""
     return path.exists() and path.read_text().endswith("\n")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # it exited while we looked
-        return False
