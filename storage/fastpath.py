@@ -9,6 +9,7 @@ then executed on the transaction's own DB-API connection.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,19 +32,22 @@ class DriverStatement:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self.processors[compiled.bind_names.get(bind, name)] = processor
-        #: (parameter, converter) in the order a positional driver wants them
-        self.plan = [(name, self.processors.get(name)) for name in self.names]
+        #: the parameters in the order a positional driver wants them, and which need converting
+        self.pick = _picker(self.names)
+        self.converters = [(i, self.processors[n]) for i, n in enumerate(self.names) if n in self.processors]
 
     def _row(self, params: dict[str, Any]) -> Any:
         if self.positional:
-            return tuple(
-                value if (value := params.get(name)) is None or process is None else process(value)
-                for name, process in self.plan
-            )
-        return {
-            name: value if value is None or (process := self.processors.get(name)) is None else process(value)
-            for name, value in params.items()
-        }
+            values = list(self.pick(params))
+            for index, process in self.converters:
+                if values[index] is not None:
+                    values[index] = process(values[index])
+            return values
+        named = dict(params)
+        for name, convert in self.processors.items():
+            if named.get(name) is not None:
+                named[name] = convert(named[name])
+        return named
 
     def execute_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Run for every row in the connection's current transaction; returns rows matched."""
@@ -55,6 +59,13 @@ class DriverStatement:
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+
+def _picker(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(names) == 1:
+        only = names[0]
+        return lambda params: (params[only],)
+    return operator.itemgetter(*names) if names else (lambda params: ())
 
 
 class DriverStatements:
