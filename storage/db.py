@@ -29,8 +29,6 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             url,
             pool_size=pool_size,
             max_overflow=2,
-            # every use ends in an explicit COMMIT or ROLLBACK; a reset on return is a wasted call
-            pool_reset_on_return=None,
             connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
         )
         _sqlite_setup(engine)
