@@ -138,7 +138,7 @@ def event_values(e: Event) -> dict[str, Any]:
         "from_status": e.from_status,
         "to_status": e.to_status,
         "at": e.at,
-        "data": jsonable(e.data),
+        "data": e.data,  # plain JSON values by construction (core.events); the JSON column encodes it
     }
 
 
