@@ -67,5 +67,6 @@ def build(
             lease_s=settings.lease_seconds,
             poll_interval=settings.poll_interval,
             max_log_bytes=settings.max_log_bytes,
+            kill_grace_s=settings.kill_grace_seconds,
         )
     return Shipyard(settings, store, service, orchestrator, Catalog(service, settings.pipelines_dir), runner)

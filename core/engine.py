@@ -84,10 +84,10 @@ class Decision:
         return self.outcome is Outcome.ACCEPTED
 
     @property
-    def jobs_to_stop(self) -> tuple[str, ...]:
-        """Jobs that were running and must now be killed by whichever runner holds them."""
+    def jobs_to_stop(self) -> tuple[tuple[str, int], ...]:
+        """(job, attempt) pairs that were running and must now be killed by their runner."""
         return tuple(
-            e.subject_id
+            (e.subject_id, int(e.data["attempt"]))  # type: ignore[call-overload]
             for e in self.events
             if e.subject == "job" and e.from_status == JobStatus.RUNNING and e.to_status == JobStatus.CANCELED
         )

@@ -39,7 +39,7 @@ class ExecResult:
 
 class Executor(Protocol):
     async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult: ...
-    def kill(self, job_id: str, attempt: int) -> bool: ...
+    def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool: ...
 
 
 class NoopExecutor:
@@ -48,7 +48,7 @@ class NoopExecutor:
     async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
         return ExecResult("succeeded", 0)
 
-    def kill(self, job_id: str, attempt: int) -> bool:
+    def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
         return False
 
 
@@ -72,14 +72,20 @@ class SubprocessExecutor:
         self._procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
         self._killed: set[tuple[str, int]] = set()
 
-    def kill(self, job_id: str, attempt: int) -> bool:
-        """Kill the attempt's whole process group (the run was canceled or the lease lost). An
-        attempt whose process is still starting is killed as soon as it exists, or never starts."""
-        self._killed.add((job_id, attempt))
+    def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
+        """Kill the attempt's whole process group: at once, or with SIGTERM first and SIGKILL
+        after ``grace_s``. An attempt whose process is still starting never starts. Killing a
+        process that already exited only sweeps up what it left behind; its result stands."""
         proc = self._procs.get((job_id, attempt))
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.returncode is None:
+            self._killed.add((job_id, attempt))
+        if proc is None:
             return False
-        _killpg(proc.pid, signal.SIGKILL)
+        if grace_s > 0 and proc.returncode is None:
+            _killpg(proc.pid, signal.SIGTERM)
+            asyncio.get_running_loop().call_later(grace_s, _killpg, proc.pid, signal.SIGKILL)
+        else:
+            _killpg(proc.pid, signal.SIGKILL)
         return True
 
     async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
@@ -125,6 +131,8 @@ class SubprocessExecutor:
             except TimeoutError:
                 timed_out = True
                 await self._terminate(proc)
+            # background processes the job left behind would hold its output open: end them
+            _killpg(proc.pid, signal.SIGKILL)
             await asyncio.gather(*pumps)
         except asyncio.CancelledError:
             _killpg(proc.pid, signal.SIGKILL)
@@ -134,7 +142,8 @@ class SubprocessExecutor:
         code = proc.returncode
         if key in self._killed:
             self._killed.discard(key)
-            return ExecResult("killed", code, detail="killed")
+            if code != 0:  # it did not finish on its own before the kill landed
+                return ExecResult("killed", code, detail="killed")
         if timed_out:
             return ExecResult("timed_out", code)
         if code == 0:

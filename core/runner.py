@@ -10,7 +10,6 @@ the built-in runner of ``shipyard serve`` uses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ class RunnerLink(Protocol):
     ) -> bool: ...
     async def report(self, command: RunnerReport) -> Decision: ...
     async def held(self, runner: str) -> list[tuple[str, str, int]]: ...
+    async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]: ...
 
 
 class LocalLink:
@@ -59,6 +59,9 @@ class LocalLink:
 
     async def held(self, runner: str) -> list[tuple[str, str, int]]:
         return await self.orch.db(self.service.jobs_held_by, runner)
+
+    async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
+        return await self.orch.db(self.service.still_held, runner, held)
 
 
 class LogBuffer:
@@ -112,8 +115,10 @@ class LogBuffer:
 class _Active:
     assignment: Assignment
     task: asyncio.Task[Any] | None = None
+    #: the engine no longer wants this attempt (canceled, fenced out): do not report it
     stopping: bool = False
     logs: LogBuffer = field(default_factory=lambda: LogBuffer(1 << 20))
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Runner:
@@ -129,6 +134,7 @@ class Runner:
         poll_interval: float = 1.0,
         log_flush_s: float = 1.0,
         max_log_bytes: int = 1 << 20,
+        kill_grace_s: float = 5.0,
     ) -> None:
         self.link = link
         self.executor = executor
@@ -139,9 +145,13 @@ class Runner:
         self.poll_interval = poll_interval
         self.log_flush_s = log_flush_s
         self.max_log_bytes = max_log_bytes
+        self.kill_grace_s = kill_grace_s
         self.jobs: dict[str, _Active] = {}
+        #: stop requests for attempts this runner has not started yet (a claim was in flight)
+        self._stop_early: set[tuple[str, int]] = set()
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._claimer: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[Any] | None = None
         self._closing = False
 
     @property
@@ -150,10 +160,8 @@ class Runner:
 
     async def start(self) -> None:
         await self.recover()
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name=f"runner-{self.name}"),
-            asyncio.create_task(self._heartbeat_loop(), name=f"runner-{self.name}-heartbeat"),
-        ]
+        self._claimer = asyncio.create_task(self._claim_loop(), name=f"runner-{self.name}")
+        self._watcher = asyncio.create_task(self._watch_loop(), name=f"runner-{self.name}-leases")
 
     async def recover(self) -> int:
         """Jobs this runner held before a crash died with it: kill leftovers, report them lost."""
@@ -164,26 +172,34 @@ class Runner:
         return len(held)
 
     async def shutdown(self) -> None:
-        """Stop claiming, stop running jobs and hand them back to the queue."""
+        """Stop claiming (letting a claim in flight finish, so nothing it took is orphaned),
+        stop the running jobs gracefully and hand them back to the queue. Jobs that already
+        finished are reported as finished."""
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._wake.set()
+        if self._claimer is not None:
+            await asyncio.gather(self._claimer, return_exceptions=True)
         for active in list(self.jobs.values()):
-            active.stopping = True
-            self.executor.kill(active.assignment.job_id, active.assignment.attempt)
+            a = active.assignment
+            self.executor.kill(a.job_id, a.attempt, grace_s=self.kill_grace_s)
         await asyncio.gather(*(a.task for a in self.jobs.values() if a.task), return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
 
     def wake(self) -> None:
         self._wake.set()
 
-    def stop_jobs(self, job_ids: Sequence[str]) -> None:
-        """Kill jobs the engine no longer wants (the run was canceled, a sibling failed)."""
-        for job_id in job_ids:
+    def stop_jobs(self, attempts: Sequence[tuple[str, int]]) -> None:
+        """Kill attempts the engine no longer wants (the run was canceled, a sibling failed),
+        including ones whose claim is still on its way to this runner."""
+        for job_id, attempt in attempts:
             active = self.jobs.get(job_id)
-            if active is not None:
+            if active is not None and active.assignment.attempt == attempt:
                 active.stopping = True
-                self.executor.kill(job_id, active.assignment.attempt)
+                self.executor.kill(job_id, attempt)
+            elif active is None:
+                self._stop_early.add((job_id, attempt))
 
     async def run_once(self) -> int:
         """Claim what fits and start it; returns the number of jobs started."""
@@ -194,11 +210,16 @@ class Runner:
         for assignment in assignments:
             active = _Active(assignment, logs=LogBuffer(self.max_log_bytes))
             self.jobs[assignment.job_id] = active
+            key = (assignment.job_id, assignment.attempt)
+            if key in self._stop_early or self._closing:
+                self._stop_early.discard(key)
+                active.stopping = not self._closing
+                self.executor.kill(*key)
             active.task = asyncio.create_task(self._execute(active), name=f"job-{assignment.label}")
         return len(assignments)
 
     async def _claim_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 started = await self.run_once()
             except Exception:
@@ -212,18 +233,27 @@ class Runner:
                 pass
             self._wake.clear()
 
-    async def _heartbeat_loop(self) -> None:
+    async def _watch_loop(self) -> None:
+        """Every poll: kill attempts that are no longer ours (canceled from another process,
+        reclaimed). Every third of the lease: renew the leases of the rest."""
+        renewed = asyncio.get_running_loop().time()
         while True:
-            await asyncio.sleep(self.lease_s / 3)
-            held = [(a.assignment.job_id, a.assignment.attempt) for a in self.jobs.values()]
+            await asyncio.sleep(self.poll_interval)
+            held = [(a.assignment.job_id, a.assignment.attempt) for a in self.jobs.values() if not a.stopping]
             if not held:
                 continue
+            now = asyncio.get_running_loop().time()
+            renew = now - renewed >= self.lease_s / 3
             try:
-                kept = await self.link.renew(self.name, held, self.lease_s)
+                if renew:
+                    kept = await self.link.renew(self.name, held, self.lease_s)
+                    renewed = now
+                else:
+                    kept = await self.link.still_held(self.name, held)
             except Exception:
-                log.exception("runner %s could not renew leases", self.name)
+                log.warning("runner %s could not check its leases; trying again", self.name, exc_info=True)
                 continue
-            self.stop_jobs([job_id for job_id, _ in held if job_id not in kept])
+            self.stop_jobs([(job_id, attempt) for job_id, attempt in held if job_id not in kept])
 
     async def _execute(self, active: _Active) -> None:
         a = active.assignment
@@ -235,14 +265,15 @@ class Runner:
             active.logs.add("system", f"shipyard: the runner failed to execute this job: {exc}\n")
             result = ExecResult("failed", None, detail=f"runner error: {exc}")
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            active.finished.set()
+            await asyncio.gather(flusher, return_exceptions=True)  # lets a flush in progress land
         try:
             remaining = active.logs.take(final=True)
             if remaining:
                 await self.link.append_log(a.job_id, a.attempt, self.name, remaining)
-            if result.outcome == "killed" or active.stopping:
+            if active.stopping:
+                return  # the engine already moved this attempt on; a report would be refused
+            if result.outcome == "killed":
                 if self._closing:
                     await self._report(
                         InterruptJob(run_id=a.run_id, job_id=a.job_id, attempt=a.attempt, runner=self.name)
@@ -266,26 +297,47 @@ class Runner:
             self.jobs.pop(a.job_id, None)
             self.wake()
 
-    async def _report(self, command: RunnerReport, tries: int = 5) -> Decision:
-        """Report a result, riding out brief database trouble; past that the lease expires."""
-        for attempt in range(1, tries + 1):
+    async def _report(self, command: RunnerReport) -> Decision:
+        """Report a result, riding out database trouble. The job stays in ``self.jobs`` meanwhile,
+        so its lease keeps being renewed and nobody declares it lost. While shutting down,
+        give up after a few tries: the lease then expires and the job is retried."""
+        delay = 0.2
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return await self.link.report(command)
             except Exception:
-                if attempt == tries:
+                if self._closing and attempt >= 5:
                     raise
                 log.warning(
-                    "runner %s: report of %s failed (try %d), retrying", self.name, command.job_id, attempt
+                    "runner %s: reporting %s failed (try %d); retrying in %.1fs",
+                    self.name,
+                    command.job_id,
+                    attempt,
+                    delay,
+                    exc_info=attempt == 1,
                 )
-                await asyncio.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _flush_periodically(self, active: _Active) -> None:
         a = active.assignment
-        while True:
-            await asyncio.sleep(self.log_flush_s)
+        while not active.finished.is_set():
+            try:
+                await asyncio.wait_for(active.finished.wait(), self.log_flush_s)
+            except TimeoutError:
+                pass
             chunks = active.logs.take()
-            if chunks and not await self.link.append_log(a.job_id, a.attempt, self.name, chunks):
-                active.stopping = True  # fenced out: someone else owns this attempt now
+            if not chunks:
+                continue
+            try:
+                held = await self.link.append_log(a.job_id, a.attempt, self.name, chunks)
+            except Exception:
+                log.warning("runner %s could not store output of %s", self.name, a.label, exc_info=True)
+                active.logs.pending[:0] = chunks  # keep them for the next flush
+                continue
+            if not held:  # fenced out: someone else owns this attempt now
+                active.stopping = True
                 self.executor.kill(a.job_id, a.attempt)
                 return

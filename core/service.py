@@ -197,6 +197,13 @@ class Service:
                 kept.add(job_id)  # undecided: keep running, the next heartbeat asks again
         return kept
 
+    def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
+        """Which of these attempts ``runner`` still rightfully runs (a read; nothing changes)."""
+        if not held:
+            return set()
+        with self.store.transaction() as tx:
+            return tx.held_attempts(runner, held)
+
     def jobs_held_by(self, runner: str) -> list[tuple[str, str, int]]:
         with self.store.transaction() as tx:
             return [(j.run_id, j.id, j.attempt) for j in tx.jobs_held_by(runner)]

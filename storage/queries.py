@@ -79,6 +79,9 @@ class Q:
         .order_by(JOB.c.lease_expires_at)
         .limit(b("limit"))
     )
+    attempts_of = sa.select(JOB.c.id, JOB.c.attempt).where(
+        JOB.c.id.in_(b("ids", expanding=True)), JOB.c.runner == b("runner"), JOB.c.status == "running"
+    )
     held_by = sa.select(JOB).where(JOB.c.status == "running", JOB.c.runner == b("runner"))
     due_gates = (
         sa.select(GATE)

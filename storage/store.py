@@ -443,6 +443,11 @@ class SqlTx:
             m.job_from_row(r) for r in self.conn.execute(Q.expired, {"now": now, "limit": limit}).mappings()
         ]
 
+    def held_attempts(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
+        attempts = dict(held)
+        rows = self.conn.execute(Q.attempts_of, {"ids": list(attempts), "runner": runner}).all()
+        return {job_id for job_id, attempt in rows if attempts.get(job_id) == attempt}
+
     def jobs_held_by(self, runner: str) -> list[Job]:
         return [m.job_from_row(r) for r in self.conn.execute(Q.held_by, {"runner": runner}).mappings()]
 

@@ -373,7 +373,7 @@ def test_required_failure_fails_the_run_stops_siblings_and_skips_the_rest() -> N
     state = claim(state, "build/lint", runner="runner-2")  # build/docs stays queued
     decision = run_job(state, "build/compile", "failed", exit_code=2, detail="boom", now=at(30))
     state = after(decision)
-    assert decision.jobs_to_stop == (job(state, "build/lint").id,)  # running: must be killed
+    assert decision.jobs_to_stop == ((job(state, "build/lint").id, 1),)  # running: must be killed
     assert statuses(state) == {
         "run": "failed",
         "build": "failed",
@@ -515,7 +515,7 @@ def test_cancel_kills_running_jobs_and_drops_the_rest() -> None:
     state = claim(started(WEB), "build/compile")
     decision = ok(state, CancelRun(run_id=RUN, actor=ALICE, reason="wrong ref"), at(5))
     state = after(decision)
-    assert decision.jobs_to_stop == (job(state, "build/compile").id,)
+    assert decision.jobs_to_stop == ((job(state, "build/compile").id, 1),)
     assert statuses(state) == {
         "run": "canceled",
         "build": "canceled",

@@ -111,7 +111,7 @@ async def test_cancel_kills_the_running_job_at_once(
     await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and _written(started))
     pid = int(started.read_text())
     decision = await send(yard, CancelRun(run_id=run.run.id, actor=BOB, reason="wrong build"))
-    assert decision.accepted and decision.jobs_to_stop == (run.jobs[0].id,)
+    assert decision.accepted and decision.jobs_to_stop == ((run.jobs[0].id, 1),)
     for _ in range(50):
         if not alive(pid):
             break
