@@ -583,9 +583,10 @@ def _finish(plan: _Plan, status: RunStatus, reason: str, *, failed_stage: Stage 
 def _carry_over(plan: _Plan, old: RunState) -> None:
     """Mark the stages that finished well in ``old`` as skipped here, keeping their outputs."""
     for old_stage in old.stages:
-        if old_stage.status not in (StageStatus.SUCCEEDED, StageStatus.PARTIAL):
+        reused = old_stage.status is StageStatus.SKIPPED and old_stage.reason.startswith(REUSED)
+        if old_stage.status not in (StageStatus.SUCCEEDED, StageStatus.PARTIAL) and not reused:
             break
-        why = f"reused from {old.run.ref}"
+        why = old_stage.reason if reused else f"{REUSED}{old.run.ref}"
         stage = plan.stages[old_stage.index]
         if old_stage.status is StageStatus.PARTIAL:
             plan.set(plan.run, warnings=(*plan.run.warnings, f"{why}: {old_stage.reason}"))
@@ -596,6 +597,9 @@ def _carry_over(plan: _Plan, old: RunState) -> None:
         if gate is not None:
             plan.move(gate, GateStatus.SKIPPED, reason=why)
         plan.move(stage, StageStatus.SKIPPED, reason=why)
+
+
+REUSED = "reused from "
 
 
 def _old_job_id(old: RunState, job: Job) -> str:

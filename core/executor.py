@@ -127,12 +127,13 @@ class SubprocessExecutor:
         timed_out = False
         try:
             try:
-                await asyncio.wait_for(proc.wait(), timeout=job.timeout_s)
+                await asyncio.wait_for(_exited(proc), timeout=job.timeout_s)
             except TimeoutError:
                 timed_out = True
                 await self._terminate(proc)
             # background processes the job left behind would hold its output open: end them
             _killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
             await asyncio.gather(*pumps)
         except asyncio.CancelledError:
             _killpg(proc.pid, signal.SIGKILL)
@@ -163,6 +164,30 @@ class SubprocessExecutor:
             pass
         _killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Return when the process itself exits. ``Process.wait()`` also waits for its output pipes
+    to close, which a background child can hold open for as long as it likes."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (ProcessLookupError, AttributeError, OSError):  # gone already, or no pidfd here
+        if proc.returncode is None:
+            await proc.wait()
+        return
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -110,10 +110,14 @@ class Orchestrator:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
-            for pending, decision in zip(batch, decisions, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(decision)
-            await self._after_commit(decisions)
+            for pending, outcome in zip(batch, decisions, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+            await self._after_commit([d for d in decisions if isinstance(d, Decision)])
 
     async def _after_commit(self, decisions: Sequence[Decision]) -> None:
         accepted = [d for d in decisions if d.accepted and d.events]

@@ -61,13 +61,14 @@ class Service:
                 continue
         raise Conflict(f"{command_name(command)} lost {CONFLICT_RETRIES} races in a row; try again")
 
-    def handle_many(self, commands: Sequence[Command]) -> list[Decision]:
+    def handle_many(self, commands: Sequence[Command]) -> list[Decision | Exception]:
         """Apply several commands in one transaction (group commit). Commands on existing runs
         go first, in run-id order, then new runs: every transaction takes its locks in one
         global order, so concurrent batches cannot deadlock. If any command loses a race, the
-        batch is rolled back and each command is applied on its own."""
+        batch is rolled back and each command is applied on its own; a command that fails
+        outright gets its exception back instead of a decision."""
         if len(commands) == 1:
-            return [self.handle(commands[0])]
+            return [self._handle_alone(commands[0])]
         order = sorted(range(len(commands)), key=lambda i: _lock_order(commands[i]))
         try:
             with self.store.transaction() as tx:
@@ -75,8 +76,14 @@ class Service:
                 tx.read_versions([c.run_id for c in commands if not isinstance(c, TriggerRun)])
                 decided = {i: self._apply(tx, commands[i], now) for i in order}
             return [decided[i] for i in range(len(commands))]
-        except Conflict:
-            return [self.handle(command) for command in commands]
+        except Exception:  # one command's trouble must not sink the others
+            return [self._handle_alone(command) for command in commands]
+
+    def _handle_alone(self, command: Command) -> Decision | Exception:
+        try:
+            return self.handle(command)
+        except Exception as exc:  # handed to that command's caller
+            return exc
 
     def _apply(self, tx: Tx, command: Command, now: datetime) -> Decision:
         decision = self._decide(tx, command, now)
@@ -108,6 +115,7 @@ class Service:
         if version is None:
             known = ", ".join(tx.pipeline_names()) or "none yet"
             return engine.reject(f"unknown pipeline {command.pipeline!r} (known: {known})")
+        number = tx.next_run_number(command.pipeline)  # also serializes triggers of this pipeline
         if command.idempotency_key:
             existing = tx.run_by_idempotency_key(command.pipeline, command.idempotency_key)
             if existing is not None:
@@ -123,7 +131,7 @@ class Service:
             return engine.reject(exc.message)
         fresh = new_run_state(
             run_id=uuid.uuid4().hex,
-            number=tx.next_run_number(command.pipeline),
+            number=number,
             definition=version.definition,
             pipeline_version=version.version,
             version_id=version.id,

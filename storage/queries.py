@@ -83,9 +83,17 @@ class Q:
         JOB.c.id.in_(b("ids", expanding=True)), JOB.c.runner == b("runner"), JOB.c.status == "running"
     )
     held_by = sa.select(JOB).where(JOB.c.status == "running", JOB.c.runner == b("runner"))
+    #: manual gates past their deadline; automated gates whose next check is due (a check that
+    #: fails after the deadline times the gate out, so the deadline alone is not a reason to look)
     due_gates = (
         sa.select(GATE)
-        .where(GATE.c.status == "open", sa.or_(GATE.c.deadline <= b("now"), GATE.c.next_check_at <= b("now")))
+        .where(
+            GATE.c.status == "open",
+            sa.or_(
+                sa.and_(GATE.c.kind == "manual", GATE.c.deadline <= b("now")),
+                sa.and_(GATE.c.kind == "automated", GATE.c.next_check_at <= b("now")),
+            ),
+        )
         .limit(b("limit"))
     )
     due_gates_pg = due_gates.with_for_update(skip_locked=True)

@@ -290,12 +290,12 @@ class SqlTx:
         ref = ref.strip()
         if "#" in ref:
             pipeline, _, number = ref.partition("#")
-            if not number.isdigit():
+            if not (number.isascii() and number.isdigit()) or len(number) > 9:
                 return None
             run_id = self.conn.execute(Q.run_by_number, {"p": pipeline, "n": int(number)}).scalar()
             return self.load_run(run_id) if run_id else None
         state = self.load_run(ref)
-        if state is None and len(ref) >= 6 and ref.isalnum():
+        if state is None and len(ref) >= 6 and ref.isascii() and ref.isalnum():
             ids = self.conn.execute(Q.runs_by_prefix, {"prefix": ref}).scalars().all()
             if len(ids) == 1:
                 return self.load_run(ids[0])

@@ -59,3 +59,14 @@ def test_outputs_are_key_value_lines_and_bad_lines_are_reported() -> None:
     outputs, problems = read_outputs(["image=web:1", "", "# comment", "url=http://x?a=b", "not a pair"])
     assert outputs == {"image": "web:1", "url": "http://x?a=b"}
     assert problems == ["$SHIPYARD_OUTPUT line 5 ignored: expected key=value, got 'not a pair'"]
+
+
+async def test_a_kill_reaches_children_left_running_after_the_shell_exited(tmp_path: Path) -> None:
+    executor = SubprocessExecutor(kill_grace_s=0.5)
+    started = asyncio.get_running_loop().time()
+    result = await asyncio.wait_for(
+        executor.execute(job("sleep 30 & echo started"), tmp_path, lambda _s, _t: None), 5
+    )
+    # the shell exited at once; the background sleep is ended with it instead of holding the job
+    assert result.outcome == "succeeded"
+    assert asyncio.get_running_loop().time() - started < 3

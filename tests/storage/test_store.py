@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -12,10 +13,21 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from core import engine
-from core.commands import ApproveGate, CancelRun, CompleteJob, ExpireLease, TriggerRun
+from core.commands import (
+    ApproveGate,
+    CancelRun,
+    CompleteJob,
+    ExpireLease,
+    PauseRun,
+    RecordGateCheck,
+    RetryRun,
+    TriggerRun,
+)
+from core.engine import Decision
 from core.errors import Conflict
 from core.service import Service
 from core.states import JobStatus, RunStatus
+from storage.store import SqlTx
 from storage.tables import metadata
 from tests.helpers import ALICE, BOB, THREE_BY_TWO, Clock, pipeline
 
@@ -245,3 +257,121 @@ def test_a_group_commit_keeps_the_cached_run_equal_to_the_stored_one(
     assert fresh is not None
     assert cached.run.version == fresh.run.version
     assert cached.stages[1].status == fresh.stages[1].status == "running"
+
+
+ONE = "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
+
+
+@pytest.mark.parametrize("ref", ["one#99999999999999999999", "one#\u00b2", "one#", "#", "zz\u00e9zzzz", ""])
+def test_an_odd_run_reference_is_simply_not_found(db_url: str, make_service: MakeService, ref: str) -> None:
+    svc = make_service(db_url, ONE)
+    decision = svc.handle(CancelRun(run_id=ref, actor=ALICE))
+    assert not decision.accepted and decision.reason.startswith("no run")
+
+
+def test_one_failing_command_does_not_sink_the_others_in_its_group_commit(
+    db_url: str, make_service: MakeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service(db_url, ONE)
+    run = svc.handle(TriggerRun(pipeline="one", actor=ALICE)).state
+    assert run is not None
+    original = SqlTx.find_run
+
+    def broken_for_one_ref(self: SqlTx, ref: str) -> object:
+        if ref == "boom":
+            raise RuntimeError("the database said something unexpected")
+        return original(self, ref)
+
+    monkeypatch.setattr(SqlTx, "find_run", broken_for_one_ref)
+    outcomes = svc.handle_many(
+        [PauseRun(run_id=run.run.id, actor=BOB), CancelRun(run_id="boom", actor=ALICE)]
+    )
+    assert isinstance(outcomes[0], Decision) and outcomes[0].accepted
+    assert isinstance(outcomes[1], RuntimeError)
+
+
+def test_concurrent_triggers_with_one_idempotency_key_start_one_run(
+    db_url: str, make_service: MakeService
+) -> None:
+    services = [make_service(db_url, ONE)] + [make_service(db_url) for _ in range(3)]
+    command = TriggerRun(pipeline="one", actor=ALICE, idempotency_key="deploy-123")
+    with ThreadPoolExecutor(len(services)) as pool:
+        decisions = list(pool.map(lambda s: s.handle(command), services))
+    assert all(d.accepted for d in decisions)
+    assert len({d.state.run.id for d in decisions if d.state}) == 1
+    assert sum(not d.duplicate for d in decisions) == 1
+
+
+def test_an_automated_gate_is_checked_once_at_a_time_even_past_its_deadline(
+    db_url: str, make_service: MakeService
+) -> None:
+    clock = Clock()
+    svc = make_service(
+        db_url,
+        """
+        name: checked
+        stages:
+          - name: prod
+            gate: {type: automated, run: "./smoke-test", interval: 30s, timeout: 60s}
+            jobs: [{name: deploy, run: "true"}]
+    """,
+        clock=clock,
+    )
+    run = svc.handle(TriggerRun(pipeline="checked", actor=ALICE)).state
+    assert run is not None
+    assert len(svc.due(60).gate_checks) == 1  # the first check starts at once
+    assert svc.due(60).gate_checks == []  # and only once
+    clock.advance(61)  # past the deadline, the first check still running
+    assert [len(svc.due(60).gate_checks) for _ in range(3)] == [0, 0, 0]
+    clock.advance(30)  # its claim has run out (the checker died): one new check
+    assert [len(svc.due(60).gate_checks) for _ in range(3)] == [1, 0, 0]
+    failed = svc.handle(RecordGateCheck(run_id=run.run.id, gate="prod", passed=False, detail="503"))
+    assert failed.state is not None and failed.state.run.status is RunStatus.FAILED
+    assert "check still failing after 1m" in failed.state.run.reason
+
+
+def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
+    db_url: str, make_service: MakeService
+) -> None:
+    svc = make_service(
+        db_url,
+        """
+        name: web
+        stages:
+          - {name: build, jobs: [{name: compile, run: "echo artifact=a1 >> $SHIPYARD_OUTPUT"}]}
+          - {name: staging, jobs: [{name: deploy, run: "true"}]}
+          - {name: production, jobs: [{name: deploy, run: "true"}]}
+    """,
+    )
+
+    def run_everything(fail: str) -> None:
+        while jobs := svc.claim_jobs("r1", 10, 30):
+            for a in jobs:
+                ok = a.stage != fail
+                svc.handle(
+                    CompleteJob(
+                        run_id=a.run_id,
+                        job_id=a.job_id,
+                        attempt=a.attempt,
+                        runner="r1",
+                        outcome="succeeded" if ok else "failed",
+                        exit_code=0 if ok else 1,
+                        outputs={"artifact": "a1"} if a.stage == "build" else {},
+                    )
+                )
+
+    first = svc.handle(TriggerRun(pipeline="web", actor=ALICE)).state
+    assert first is not None
+    run_everything(fail="production")
+    second = svc.handle(RetryRun(run_id=first.run.id, actor=ALICE)).state
+    assert second is not None
+    run_everything(fail="production")
+    third = svc.handle(RetryRun(run_id=second.run.id, actor=ALICE)).state
+    assert third is not None
+    assert [(s.name, str(s.status)) for s in third.stages] == [
+        ("build", "skipped"),
+        ("staging", "skipped"),
+        ("production", "running"),
+    ]
+    assert third.stages[0].reason == "reused from web#1"
+    assert third.jobs[0].outputs == {"artifact": "a1"}

@@ -1,0 +1,199 @@
+"""Bad timing and bad luck: a slow or absent database, shutdowns at awkward moments, cancels from
+another process. Faults are injected by wrapping the real store and service calls."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy.exc
+
+from bot.bootstrap import Shipyard, build
+from bot.config import Settings
+from core.commands import CancelRun, Command, CompleteJob
+from core.engine import Decision
+from core.service import Service
+from core.states import JobStatus, RunStatus
+from tests.engine.conftest import trigger, wait_for
+from tests.helpers import BOB
+
+
+def yard_for(url: str, tmp: Path, pipeline: str, **overrides: Any) -> Shipyard:
+    pipes = tmp / "pipelines"
+    pipes.mkdir(exist_ok=True)
+    (pipes / "p.yml").write_text(textwrap.dedent(pipeline))
+    options: dict[str, Any] = {
+        "database_url": url,
+        "pipelines_dir": pipes,
+        "work_dir": tmp / "work",
+        "poll_interval": 0.05,
+        "lease_seconds": 3.0,
+        "kill_grace_seconds": 1.0,
+        "runner_name": "r1",
+    }
+    return build(Settings(**{**options, **overrides}), migrate=False)
+
+
+async def finish(url: str, tmp: Path, run_id: str) -> Any:
+    """Start a fresh server on the same database and let it finish the run."""
+    yard = yard_for(url, tmp, (tmp / "pipelines" / "p.yml").read_text())
+    await yard.start()
+    try:
+        return await wait_for(yard, run_id)
+    finally:
+        await yard.stop()
+
+
+async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops_meanwhile(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "deploys"
+    yard = yard_for(
+        sqlite_url,
+        tmp_path,
+        f"""
+        name: p
+        stages:
+          - {{name: deploy, jobs: [{{name: prod, run: "echo deployed >> {ledger}; echo done"}}]}}
+    """,
+    )
+    append_log = yard.store.append_log
+
+    def slow_append_log(*args: Any) -> bool:  # the database is busy: the last log chunk takes a while
+        time.sleep(0.5)
+        return append_log(*args)
+
+    yard.store.append_log = slow_append_log  # type: ignore[method-assign]
+    await yard.start()
+    run = await trigger(yard, "p")
+    while not ledger.exists():
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # the process exited 0; its output is on its way to the database
+    await yard.stop()  # SIGTERM now
+    done = await finish(sqlite_url, tmp_path, run.run.id)
+    assert done.run.status is RunStatus.SUCCEEDED
+    assert ledger.read_text() == "deployed\n"  # deployed once, not again after the restart
+
+
+async def test_a_success_survives_a_database_outage_while_it_is_reported(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    yard = yard_for(
+        sqlite_url,
+        tmp_path,
+        """
+        name: p
+        stages:
+          - {name: deploy, jobs: [{name: prod, run: "echo hi"}]}
+    """,
+    )
+    handle_many = yard.service.handle_many
+    outage: list[float] = []
+
+    def flaky(commands: list[Command]) -> list[Decision | Exception]:
+        if any(isinstance(c, CompleteJob) for c in commands):
+            outage[:] = outage or [time.monotonic() + 3.5]  # longer than the 3 s lease
+            if time.monotonic() < outage[0]:
+                raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return handle_many(commands)
+
+    yard.service.handle_many = flaky  # type: ignore[method-assign]
+    await yard.start()
+    try:
+        run = await trigger(yard, "p")
+        state = await wait_for(yard, run.run.id)
+    finally:
+        await yard.stop()
+    assert state.run.status is RunStatus.SUCCEEDED, state.run.reason
+    assert state.jobs[0].failures == 0  # never declared lost: its lease was kept alive
+
+
+async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(sqlite_url: str, tmp_path: Path) -> None:
+    yard = yard_for(
+        sqlite_url,
+        tmp_path,
+        """
+        name: p
+        stages:
+          - {name: deploy, jobs: [{name: prod, run: "echo hi"}]}
+    """,
+    )
+    claimed = threading.Event()
+    claim_jobs = yard.service.claim_jobs
+
+    def slow_claim(*args: Any) -> Any:
+        got = claim_jobs(*args)  # committed...
+        if got:
+            claimed.set()
+            time.sleep(0.3)  # ...and the answer is still on its way to the runner
+        return got
+
+    yard.service.claim_jobs = slow_claim  # type: ignore[method-assign]
+    await yard.start()
+    run = await trigger(yard, "p")
+    await asyncio.to_thread(claimed.wait, 5)
+    await yard.stop()
+    job = yard_for(sqlite_url, tmp_path, "name: p\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]")
+    after = job.service.find_run(run.run.id)
+    job.store.dispose()
+    assert after is not None and after.jobs[0].status in (JobStatus.QUEUED, JobStatus.SUCCEEDED)
+    done = await finish(sqlite_url, tmp_path, run.run.id)
+    assert done.run.status is RunStatus.SUCCEEDED and done.jobs[0].failures == 0
+
+
+async def test_a_cancel_from_another_process_stops_the_job_within_a_poll(
+    sqlite_url: str, tmp_path: Path, make_service: Any
+) -> None:
+    marker = tmp_path / "deployed"
+    yard = yard_for(
+        sqlite_url,
+        tmp_path,
+        f"""
+        name: p
+        stages:
+          - {{name: prod, jobs: [{{name: deploy, run: "sleep 2; touch {marker}"}}]}}
+    """,
+        poll_interval=0.1,
+        lease_seconds=30.0,
+    )
+    await yard.start()
+    try:
+        run = await trigger(yard, "p")
+        await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING)
+        cli: Service = make_service(sqlite_url)  # e.g. `shipyard cancel` in a terminal
+        canceled = await asyncio.to_thread(cli.handle, CancelRun(run_id=run.run.ref, actor=BOB))
+        assert canceled.accepted
+        await asyncio.sleep(2.5)
+    finally:
+        await yard.stop()
+    assert not marker.exists(), "the canceled deploy ran to the end"
+
+
+async def test_output_written_while_the_database_is_busy_is_all_stored(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    yard = yard_for(
+        sqlite_url,
+        tmp_path,
+        """
+        name: p
+        stages:
+          - {name: build, jobs: [{name: compile, run: "echo first; sleep 1.5; echo second"}]}
+    """,
+    )
+    await yard.start()
+    try:
+        run = await trigger(yard, "p")
+        await asyncio.sleep(0.7)
+        busy = asyncio.ensure_future(yard.orchestrator.db(time.sleep, 1.5))  # a long transaction
+        state = await wait_for(yard, run.run.id)
+        await busy
+        log = "".join(c.text for c in yard.store.read_log(state.jobs[0].id))
+    finally:
+        await yard.stop()
+    assert state.run.status is RunStatus.SUCCEEDED
+    assert log == "first\nsecond\n"
