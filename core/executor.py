@@ -52,18 +52,34 @@ class NoopExecutor:
         return False
 
 
+#: Every job runs under this small shell, the leader of the job's process group. It gets SIGHUP
+#: when the server dies (``PR_SET_PDEATHSIG``) and then kills the whole group, so no part of a
+#: job, however deeply nested, outlives a crashed server and runs beside its retry elsewhere.
+#: SIGTERM (a graceful stop) is left to the job's own processes; the shell waits on.
+SUPERVISOR = (
+    'trap "kill -KILL 0" HUP; trap : TERM; "$@" & child=$!; '
+    "while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || exit $status; done"
+)
+
+
+#: what the shell means by these exit codes
+_EXIT_MEANING = {126: "command not executable", 127: "command not found"}
+
+
 def _die_with_parent() -> None:
-    """In the child: get SIGKILL if the server dies, so no job outlives a crashed server."""
+    """In the child, before exec: SIGHUP when the server dies (the supervisor acts on it)."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
 
 
 def shell_argv(command: str | tuple[str, ...]) -> list[str]:
     if isinstance(command, tuple):
-        return list(command)
-    if shutil.which("bash"):
-        return ["bash", "-eo", "pipefail", "-c", command]
-    return ["sh", "-ec", command]
+        argv = list(command)
+    elif shutil.which("bash"):
+        argv = ["bash", "-eo", "pipefail", "-c", command]
+    else:
+        argv = ["sh", "-ec", command]
+    return ["sh", "-c", SUPERVISOR, "shipyard-job", *argv]
 
 
 class SubprocessExecutor:
@@ -152,7 +168,8 @@ class SubprocessExecutor:
             for problem in problems:
                 sink("stderr", f"shipyard: {problem}\n")
             return ExecResult("succeeded", 0, outputs)
-        detail = f"killed by signal {-code}" if code is not None and code < 0 else ""
+        signaled = -code if code is not None and code < 0 else (code - 128 if code and code > 128 else 0)
+        detail = f"killed by signal {signaled}" if signaled else _EXIT_MEANING.get(code or 0, "")
         return ExecResult("failed", code, detail=detail)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -132,3 +133,28 @@ def test_sigterm_hands_running_jobs_back_and_a_restart_finishes_them(
         lambda: (s := _state(svc, run.run.id)).run.status is RunStatus.WAITING and s, what="the run to resume"
     )
     assert waiting.jobs[1].status is JobStatus.SUCCEEDED and waiting.jobs[1].attempt == 2
+
+
+def test_no_part_of_a_job_outlives_a_killed_server(
+    server: Callable[[], Server], sqlite_url: str, make_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    """Not even a grandchild: otherwise it would deploy beside the retry on another replica."""
+    marker = tmp_path / "late-deploy"
+    first = server()
+    first.pipeline(
+        "nested",
+        f"""
+        name: nested
+        stages:
+          - name: s
+            jobs: [{{name: j, run: "touch {tmp_path}/began; sh -c 'sleep 2; touch {marker}'; echo done"}}]
+    """,
+    )
+    first.start()
+    svc = make_service(sqlite_url)
+    assert svc.handle(TriggerRun(pipeline="nested", actor=ALICE)).accepted
+    wait_until(lambda: (tmp_path / "began").exists(), what="the job to start")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    time.sleep(3)
+    assert not marker.exists(), "a process of the job went on deploying after its server died"

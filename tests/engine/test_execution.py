@@ -328,7 +328,8 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
     )
     state = await wait_for(yard, (await trigger(yard, "argv")).run.id)
     assert state.run.status is RunStatus.FAILED
-    assert "cannot start" in state.run.reason
+    assert state.run.reason == "job s/missing exited with 127: command not found"
+    assert "/nonexistent/tool" in "\n".join(yard.store.tail_log(state.jobs[0].id))
 
 
 def _written(path: Path) -> bool:
