@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from bot.bootstrap import Shipyard, build
 from bot.config import ConfigError, Settings, load_settings
 from bot.progress import describe_event, render_state
@@ -49,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DBAPIError as exc:
+        print(f"shipyard: the database is not usable: {str(exc.orig).strip()}", file=sys.stderr)
+        print("  (check SHIPYARD_DATABASE_URL and that the server is up)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_CANCELED

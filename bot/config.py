@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "postgresql")):
+        if not value.startswith(("sqlite:///", "postgresql")) or value in (
+            "sqlite:///",
+            "sqlite:///:memory:",
+        ):
             raise ValueError("use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db")
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")

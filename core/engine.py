@@ -482,26 +482,25 @@ def _advance(plan: _Plan) -> None:
             if not _settle_stage(plan, stage):
                 return
             continue
+        gate = plan.gate_of(stage)
+        if gate is not None and gate.status in (GateStatus.REJECTED, GateStatus.TIMED_OUT):
+            # a refused gate ends the run even while it is paused: nothing could resume it
+            _finish(
+                plan,
+                RunStatus.FAILED,
+                f"gate {gate.stage_name} {gate.status}: {gate.reason}",
+                failed_stage=stage,
+            )
+            return
         if run.status is RunStatus.PAUSED:
             return
-        gate = plan.gate_of(stage)
         if stage.status is StageStatus.PENDING and gate is not None:
             _open(plan, stage, gate)
             return
-        if stage.status is StageStatus.WAITING:
-            assert gate is not None
-            if gate.status is GateStatus.OPEN:
-                if run.status is RunStatus.RUNNING:
-                    plan.move(run, RunStatus.WAITING, reason=f"gate {gate.stage_name} is open")
-                return
-            if gate.status is not GateStatus.APPROVED:
-                _finish(
-                    plan,
-                    RunStatus.FAILED,
-                    f"gate {gate.stage_name} {gate.status}: {gate.reason}",
-                    failed_stage=stage,
-                )
-                return
+        if stage.status is StageStatus.WAITING and gate is not None and gate.status is GateStatus.OPEN:
+            if run.status is RunStatus.RUNNING:
+                plan.move(run, RunStatus.WAITING, reason=f"gate {gate.stage_name} is open")
+            return
         _start_stage(plan, stage)
         return
 

@@ -67,7 +67,7 @@ class LocalLink:
 class LogBuffer:
     """Output of one job attempt on its way to the store: flushed in chunks, bounded in size.
 
-    The first ``limit`` characters are kept as they come; after that only the last ``tail``
+    The first ``limit`` bytes are kept as they come; after that only the last ``tail``
     characters are, behind a marker saying how much was left out."""
 
     def __init__(self, limit: int, tail: int = 65536) -> None:
@@ -82,9 +82,10 @@ class LogBuffer:
     def add(self, stream: str, text: str) -> None:
         room = self.limit - self.kept
         if room > 0:
-            head, text = text[:room], text[room:]
+            head = text.encode()[:room].decode(errors="ignore")  # the limit is in bytes
+            text = text[len(head) :]
             self.pending.append((stream, head))
-            self.kept += len(head)
+            self.kept += len(head.encode())
         if not text:
             return
         self.tail.append((stream, text))

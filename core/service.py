@@ -9,6 +9,8 @@ the whole command is decided again on fresh state. Refused commands are audited 
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,11 +55,12 @@ class Service:
     # -- commands -------------------------------------------------------------------------
     def handle(self, command: Command) -> Decision:
         """Decide and apply ``command`` atomically; retried on write conflicts."""
-        for _ in range(CONFLICT_RETRIES):
+        for attempt in range(CONFLICT_RETRIES):
             try:
                 with self.store.transaction() as tx:
                     return self._apply(tx, command, self.clock())
             except Conflict:
+                time.sleep(min(0.002 * 2**attempt, 0.2) * random.random())  # let the winner finish
                 continue
         raise Conflict(f"{command_name(command)} lost {CONFLICT_RETRIES} races in a row; try again")
 

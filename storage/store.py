@@ -17,6 +17,7 @@ transaction, that the row's version has not moved. Anything that changes a run's
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core.definition import PipelineDef
 from core.engine import Change
-from core.errors import Conflict
+from core.errors import CommandRefused, Conflict
 from core.events import Event
 from core.model import Gate, Job, RunState
 from core.ports import AuditEntry, LogChunk, PipelineVersion
@@ -69,10 +70,12 @@ class SqlStore:
                 yield tx
                 tx.flush_writes()
                 tx.flush_events()
-        except DBAPIError as exc:
+        except (Conflict, CommandRefused):
+            raise
+        except Exception as exc:  # also raw driver errors: the fast path and BEGIN bypass SQLAlchemy
             if _retryable(exc):
                 self._runs.clear()
-                raise Conflict(f"transaction lost a race: {exc.orig}") from exc
+                raise Conflict(f"transaction lost a race: {getattr(exc, 'orig', exc)}") from exc
             raise
         for hook in tx.on_commit:
             hook()
@@ -206,13 +209,21 @@ def _update_params(change: Change) -> dict[str, Any]:
     return params
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
+#: deadlock, serialization failure, lock not available, unique violation (a concurrent insert)
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03", "23505"})
+
+
+def _retryable(exc: Exception) -> bool:
+    """Whether deciding the command again on fresh state may well succeed."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if isinstance(exc.orig, Exception) else exc
+    if getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return True
-    code = getattr(exc.orig, "sqlstate", None)
-    if code in ("40P01", "40001", "55P03"):  # deadlock, serialization failure, lock not available
-        return True
-    return "database is locked" in str(exc.orig)
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
 
 
 def _patch_jobs(state: RunState, changes: list[Change], version: int) -> RunState:

@@ -159,3 +159,13 @@ def test_a_broken_config_file_is_reported(tmp_path: Path, content: str) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "SHIPYARD_" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:////nonexistent-dir/shipyard.db", "postgresql+psycopg://nobody@127.0.0.1:1/x"]
+)
+def test_an_unusable_database_is_one_clear_line(tmp_path: Path, url: str) -> None:
+    result = shipyard("status", cwd=tmp_path, env={"SHIPYARD_DATABASE_URL": url})
+    assert result.returncode == 2
+    assert result.stderr.startswith("shipyard: the database is not usable: ")
+    assert "Traceback" not in result.stderr

@@ -827,6 +827,13 @@ def test_pause_while_waiting_then_approve_starts_the_stage_only_on_resume() -> N
     assert_statuses(state, {"run": "running", "production": "running", "production/deploy": "queued"})
 
 
+def test_a_gate_refused_while_the_run_is_paused_fails_the_run_at_once() -> None:
+    state = after(ok(at_production_gate(), PauseRun(run_id=RUN, actor=ALICE)))
+    state = after(ok(state, RejectGate(run_id=RUN, gate="production", actor=BOB, reason="freeze")))
+    assert_statuses(state, {"run": "failed", "gate:production": "rejected", "production": "failed"})
+    assert state.run.reason == "gate production rejected: rejected by bob: freeze"
+
+
 # -- automated gates --------------------------------------------------------------------------
 
 
