@@ -258,7 +258,11 @@ class Runner:
 
     async def _execute(self, active: _Active) -> None:
         a = active.assignment
-        flusher = asyncio.create_task(self._flush_periodically(active))
+        flusher: list[asyncio.Task[None]] = []
+        # jobs that end within a flush interval never need a flusher
+        start_flusher = asyncio.get_running_loop().call_later(
+            self.log_flush_s, lambda: flusher.append(asyncio.create_task(self._flush_periodically(active)))
+        )
         try:
             result = await self.executor.execute(a, self.workdir / a.run_id, active.logs.add)
         except Exception as exc:
@@ -266,8 +270,9 @@ class Runner:
             active.logs.add("system", f"shipyard: the runner failed to execute this job: {exc}\n")
             result = ExecResult("failed", None, detail=f"runner error: {exc}")
         finally:
+            start_flusher.cancel()
             active.finished.set()
-            await asyncio.gather(flusher, return_exceptions=True)  # lets a flush in progress land
+            await asyncio.gather(*flusher, return_exceptions=True)  # lets a flush in progress land
         try:
             remaining = active.logs.take(final=True)
             if remaining:
@@ -323,22 +328,22 @@ class Runner:
                 delay = min(delay * 2, 5.0)
 
     async def _flush_periodically(self, active: _Active) -> None:
+        """Store output every ``log_flush_s`` while the job runs (started once it has run that long)."""
         a = active.assignment
         while not active.finished.is_set():
+            chunks = active.logs.take()
+            if chunks:
+                try:
+                    held = await self.link.append_log(a.job_id, a.attempt, self.name, chunks)
+                except Exception:
+                    log.warning("runner %s could not store output of %s", self.name, a.label, exc_info=True)
+                    active.logs.pending[:0] = chunks  # keep them for the next flush
+                else:
+                    if not held:  # fenced out: someone else owns this attempt now
+                        active.stopping = True
+                        self.executor.kill(a.job_id, a.attempt)
+                        return
             try:
                 await asyncio.wait_for(active.finished.wait(), self.log_flush_s)
             except TimeoutError:
                 pass
-            chunks = active.logs.take()
-            if not chunks:
-                continue
-            try:
-                held = await self.link.append_log(a.job_id, a.attempt, self.name, chunks)
-            except Exception:
-                log.warning("runner %s could not store output of %s", self.name, a.label, exc_info=True)
-                active.logs.pending[:0] = chunks  # keep them for the next flush
-                continue
-            if not held:  # fenced out: someone else owns this attempt now
-                active.stopping = True
-                self.executor.kill(a.job_id, a.attempt)
-                return

@@ -181,16 +181,23 @@ class Service:
             return []
         with self.store.transaction() as tx:
             now = self.clock()
-            candidates = tx.claimable_jobs(limit)
-            won = [engine.claim(job, runner, now, lease_s) for job, _ in candidates]
-            tx.apply_claims(won, {job.run_id: version for job, version in candidates})
+            candidates = tx.claimable_jobs(limit)  # (job id, run id, run version), oldest first
+            states: dict[str, RunState] = {}
+            for _, run_id, _ in candidates:
+                if run_id not in states and (loaded := tx.load_run(run_id)) is not None:
+                    states[run_id] = loaded
+            won = []
+            for job_id, run_id, _ in candidates:
+                job = states[run_id].job(job_id) if run_id in states else None
+                if job is not None:
+                    won.append(engine.claim(job, runner, now, lease_s))
+            tx.apply_claims(won, {run_id: version for _, run_id, version in candidates})
             assignments, events = [], []
             for change in won:
                 state = tx.load_run(change.id.split(".", 1)[0])
                 job = state.job(change.id) if state is not None else None
                 assert state is not None and job is not None
-                stage = state.definition.stages[job.stage_index].name
-                events.append(engine.claimed(job, stage))
+                events.append(engine.claimed(job, state.definition.stages[job.stage_index].name))
                 assignments.append(for_job(state, job))
             tx.append_events(events)
             return assignments

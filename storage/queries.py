@@ -48,7 +48,7 @@ class Q:
     insert_log = sa.insert(LOG)
 
     claimable = (
-        sa.select(JOB, RUN.c.version.label("run_version"))
+        sa.select(JOB.c.id, JOB.c.run_id, RUN.c.version)
         .join(RUN, RUN.c.id == JOB.c.run_id)
         .where(JOB.c.status == "queued")
         .order_by(JOB.c.queued_at, JOB.c.id)

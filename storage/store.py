@@ -439,11 +439,13 @@ class SqlTx:
         )
 
     # -- work -------------------------------------------------------------------------------
-    def claimable_jobs(self, limit: int) -> list[tuple[Job, int]]:
-        """Queued jobs, oldest first, each with its run's current version."""
+    def claimable_jobs(self, limit: int) -> list[tuple[str, str, int]]:
+        """Queued jobs, oldest first, as (job id, run id, run version). The versions also serve
+        the loads that follow, so a cached run costs no further query."""
         query = Q.claimable_pg if self._pg else Q.claimable
-        rows = self.conn.execute(query, {"limit": limit}).mappings()
-        return [(m.job_from_row(r), r["run_version"]) for r in rows]
+        rows = self.conn.execute(query, {"limit": limit}).all()
+        self._versions.update((run_id, version) for _, run_id, version in rows)
+        return [(job_id, run_id, version) for job_id, run_id, version in rows]
 
     def renew_lease(self, runner: str, job_id: str, attempt: int, until: datetime) -> bool:
         params = {"_id": job_id, "_attempt": attempt, "_runner": runner, "until": until}
