@@ -11,7 +11,7 @@ finish a stage whose jobs are done, open the next gate, start the next stage, fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, assert_never
@@ -32,7 +32,7 @@ from core.commands import (
 from core.duration import format_duration
 from core.errors import CommandRefused, IllegalTransition
 from core.events import Event
-from core.model import Actor, Approval, Entity, Gate, Job, Run, RunState, Stage
+from core.model import Actor, Approval, Entity, Gate, Job, Run, RunState, Stage, evolve
 from core.states import (
     JOB_FAILURES,
     RUN_TERMINAL,
@@ -162,7 +162,7 @@ class _Plan:
         )
 
     def _put(self, entity: Any, values: dict[str, Any]) -> Any:
-        new = replace(entity, **values)
+        new = evolve(entity, **values)
         key = (_kind(entity), entity.id)
         previous = self.changes.get(key)
         if previous is None:

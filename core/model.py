@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from core.definition import PipelineDef
 from core.states import (
@@ -152,6 +152,16 @@ class Gate:
 
 
 Entity = Run | Stage | Job | Gate
+E = TypeVar("E", Run, Stage, Job, Gate, "RunState")
+
+
+def evolve(entity: E, **changes: Any) -> E:
+    """``dataclasses.replace`` for our slotted, frozen classes, without re-running ``__init__``:
+    the engine makes thousands of these per second."""
+    new = object.__new__(type(entity))
+    for name in type(entity).__slots__:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(entity, name))
+    return new
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ from core.definition import PipelineDef
 from core.engine import Change
 from core.errors import CommandRefused, Conflict
 from core.events import Event
-from core.model import Gate, Job, RunState
+from core.model import Gate, Job, RunState, evolve
 from core.ports import AuditEntry, LogChunk, PipelineVersion
 from storage import mappers as m
 from storage.db import is_sqlite, make_engine
@@ -228,8 +228,8 @@ def _retryable(exc: Exception) -> bool:
 
 def _patch_jobs(state: RunState, changes: list[Change], version: int) -> RunState:
     by_id = {c.id: c.values for c in changes}
-    jobs = tuple(replace(j, **by_id[j.id]) if j.id in by_id else j for j in state.jobs)
-    return replace(state, jobs=jobs, run=replace(state.run, version=version))
+    jobs = tuple(evolve(j, **by_id[j.id]) if j.id in by_id else j for j in state.jobs)
+    return evolve(state, jobs=jobs, run=evolve(state.run, version=version))
 
 
 def _version_from_row(r: Any) -> PipelineVersion:
@@ -353,10 +353,17 @@ class SqlTx:
                 continue
             pending = self._rows.get((change.kind, change.id))
             if pending is None:
-                self._rows[(change.kind, change.id)] = replace(change, values=dict(change.values))
+                self._rows[(change.kind, change.id)] = Change(
+                    change.kind,
+                    change.id,
+                    change.expect,
+                    dict(change.values),
+                    change.expect_attempt,
+                    change.guard,
+                )
             else:
                 pending.values.update(change.values)  # keeps the first expectation: the row as read
-        saved = replace(state, run=replace(state.run, version=bump.expect + bump.count))
+        saved = evolve(state, run=evolve(state.run, version=bump.expect + bump.count))
         self._written[run_id] = saved
         self.on_commit.append(lambda: self.store.remember(saved))
 
