@@ -9,9 +9,11 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
+from core.definition import PipelineDef
 from core.engine import Change
 from core.events import Event
 from core.model import Approval, Gate, Job, Run, Stage
+from core.ports import PipelineVersion
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 
 
@@ -164,3 +166,16 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+def version_from_row(r: RowMapping) -> PipelineVersion:
+    return PipelineVersion(
+        id=r["id"],
+        pipeline=r["pipeline"],
+        version=r["version"],
+        digest=r["digest"],
+        definition=PipelineDef.model_validate(r["definition"]),
+        source=r["source"],
+        source_path=r["source_path"],
+        created_at=r["created_at"],
+    )

@@ -112,7 +112,7 @@ class SqlStore:
             row = conn.execute(Q.version_by_id, {"id": version_id}).mappings().first()
             if row is None:
                 return None
-            cached = self._versions[version_id] = _version_from_row(row)
+            cached = self._versions[version_id] = m.version_from_row(row)
         return cached
 
     # -- logs -------------------------------------------------------------------------------
@@ -230,19 +230,6 @@ def _patch_jobs(state: RunState, changes: list[Change], version: int) -> RunStat
     by_id = {c.id: c.values for c in changes}
     jobs = tuple(evolve(j, **by_id[j.id]) if j.id in by_id else j for j in state.jobs)
     return evolve(state, jobs=jobs, run=evolve(state.run, version=version))
-
-
-def _version_from_row(r: Any) -> PipelineVersion:
-    return PipelineVersion(
-        id=r["id"],
-        pipeline=r["pipeline"],
-        version=r["version"],
-        digest=r["digest"],
-        definition=PipelineDef.model_validate(r["definition"]),
-        source=r["source"],
-        source_path=r["source_path"],
-        created_at=r["created_at"],
-    )
 
 
 class SqlTx:
