@@ -1,10 +1,11 @@
-"""Writes on the hot path, sent straight to the database driver.
+"""Statements on the hot path, sent straight to the database driver.
 
-Every command ends in a handful of ``executemany`` writes (run versions, rows, events, audit).
-Through SQLAlchemy's execution machinery each costs several times what the driver needs, so
-these statements are compiled once per dialect by SQLAlchemy (SQL text, parameter order and the
-column types' own bind processors, so values are converted exactly as SQLAlchemy would) and
-then executed on the transaction's own DB-API connection.
+Every command ends in a handful of ``executemany`` writes (run versions, rows, events, audit)
+and starts with a few small reads. Through SQLAlchemy's execution machinery each costs several
+times what the driver needs, so these statements are compiled once per dialect by SQLAlchemy
+(SQL text, parameter order and the column types' own bind processors, so values are converted
+exactly as SQLAlchemy would) and then executed on the transaction's own DB-API connection.
+Reads go this way only when their result columns need no conversion (ids, numbers).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Any
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.selectable import Select
 
 
 class DriverStatement:
     def __init__(
-        self, statement: Insert | Update, dialect: Dialect, keys: Sequence[str] | None = None
+        self, statement: Insert | Update | Select[Any], dialect: Dialect, keys: Sequence[str] | None = None
     ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
         assert isinstance(compiled, SQLCompiler)
+        self.compiled = compiled
         self.sql = compiled.string
         self.names: list[str] = list(compiled.positiontup or []) if compiled.positional else []
         self.positional = compiled.positional
@@ -48,6 +51,17 @@ class DriverStatement:
             if named.get(name) is not None:
                 named[name] = convert(named[name])
         return named
+
+    def fetch_all(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a read whose result columns need no conversion; rows as plain tuples."""
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(self.sql, self._row(dict(self.compiled.construct_params(params))))
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
 
     def execute_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Run for every row in the connection's current transaction; returns rows matched."""
@@ -75,7 +89,9 @@ class DriverStatements:
         self.dialect = dialect
         self._cache: dict[tuple[Any, tuple[str, ...] | None], DriverStatement] = {}
 
-    def get(self, statement: Insert | Update, keys: Sequence[str] | None = None) -> DriverStatement:
+    def get(
+        self, statement: Insert | Update | Select[Any], keys: Sequence[str] | None = None
+    ) -> DriverStatement:
         key = (statement, tuple(keys) if keys is not None else None)
         found = self._cache.get(key)
         if found is None:

@@ -9,9 +9,11 @@ statements whose shape depends on the columns being set are built once per shape
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.selectable import Select
 
 from storage.tables import T
 
@@ -29,7 +31,6 @@ b = sa.bindparam
 
 class Q:
     run_version = sa.select(RUN.c.version).where(RUN.c.id == b("id"))
-    run_versions = sa.select(RUN.c.id, RUN.c.version).where(RUN.c.id.in_(b("ids", expanding=True)))
     run_by_id = sa.select(RUN).where(RUN.c.id == b("id"))
     stages_of = sa.select(STAGE).where(STAGE.c.run_id == b("id")).order_by(STAGE.c.position)
     jobs_of = sa.select(JOB).where(JOB.c.run_id == b("id")).order_by(JOB.c.stage_index, JOB.c.position)
@@ -154,6 +155,12 @@ class Q:
         for column in guards:
             query = query.where(table.c[column] == b(f"_guard_{column}"))
         return query.values({c: b(c) for c in columns})
+
+    @staticmethod
+    @cache
+    def run_versions(count: int) -> Select[Any]:
+        """The versions of ``count`` runs (``id0`` … ``idN``): one statement per count, reused."""
+        return sa.select(RUN.c.id, RUN.c.version).where(RUN.c.id.in_([b(f"id{i}") for i in range(count)]))
 
     @staticmethod
     @cache

@@ -258,7 +258,8 @@ class SqlTx:
         if cached is not None:
             current = self._versions.pop(run_id, None)
             if current is None:
-                current = c.execute(Q.run_version, {"id": run_id}).scalar()
+                found = self.store.driver.get(Q.run_version).fetch_all(c, {"id": run_id})
+                current = found[0][0] if found else None
             if current == cached.run.version:
                 return cached
         row = c.execute(Q.run_by_id, {"id": run_id}).mappings().first()
@@ -280,7 +281,8 @@ class SqlTx:
         """Read the current versions of several runs at once, for the loads that follow."""
         wanted = [r for r in run_ids if r in self.store._runs and r not in self._written]
         if wanted:
-            rows = self.conn.execute(Q.run_versions, {"ids": wanted}).all()
+            params = {f"id{i}": run_id for i, run_id in enumerate(wanted)}
+            rows = self.store.driver.get(Q.run_versions(len(wanted))).fetch_all(self.conn, params)
             self._versions.update((run_id, version) for run_id, version in rows)
 
     def find_run(self, ref: str) -> RunState | None:
@@ -307,7 +309,8 @@ class SqlTx:
         self.flush_writes()
         if self._pg:
             self.conn.execute(Q.named_lock, {"k": "run-number:" + pipeline})
-        return int(self.conn.execute(Q.max_number, {"p": pipeline}).scalar() or 0) + 1
+        ((current,),) = self.store.driver.get(Q.max_number).fetch_all(self.conn, {"p": pipeline})
+        return int(current or 0) + 1
 
     def insert_run(self, state: RunState) -> None:
         driver = self.store.driver
@@ -437,7 +440,7 @@ class SqlTx:
         """Queued jobs, oldest first, as (job id, run id, run version). The versions also serve
         the loads that follow, so a cached run costs no further query."""
         query = Q.claimable_pg if self._pg else Q.claimable
-        rows = self.conn.execute(query, {"limit": limit}).all()
+        rows = self.store.driver.get(query).fetch_all(self.conn, {"limit": limit})
         self._versions.update((run_id, version) for _, run_id, version in rows)
         return [(job_id, run_id, version) for job_id, run_id, version in rows]
 
@@ -469,7 +472,8 @@ class SqlTx:
 
     # -- pipelines --------------------------------------------------------------------------
     def latest_version(self, pipeline: str) -> PipelineVersion | None:
-        version_id = self.conn.execute(Q.latest_version, {"p": pipeline}).scalar()
+        found = self.store.driver.get(Q.latest_version).fetch_all(self.conn, {"p": pipeline})
+        version_id = found[0][0] if found else None
         return self.store.version(version_id, self.conn) if version_id else None
 
     def version_by_id(self, version_id: str) -> PipelineVersion | None:
