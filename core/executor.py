@@ -9,12 +9,14 @@ succeeds at once; benchmarks use it to measure the engine alone.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import ctypes
 import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,17 +54,11 @@ class NoopExecutor:
         return False
 
 
-#: Every job runs under this small shell, the leader of the job's process group. It gets SIGHUP
-#: when the server dies (``PR_SET_PDEATHSIG``) and then kills the whole group, so no part of a
-#: job, however deeply nested, outlives a crashed server and runs beside its retry elsewhere.
-#: SIGTERM (a graceful stop) is left to the job's own processes; the shell waits on.
-SUPERVISOR = (
-    'trap "kill -KILL 0" HUP; trap : TERM; "$@" & child=$!; '
-    "while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || exit $status; done"
-)
+#: every job runs under this supervisor (see core/supervise.py)
+SUPERVISOR = [sys.executable, "-S", "-E", str(Path(__file__).with_name("supervise.py"))]
 
 
-#: what the shell means by these exit codes
+#: what these exit codes mean (the supervisor uses them too)
 _EXIT_MEANING = {126: "command not executable", 127: "command not found"}
 
 
@@ -79,27 +75,34 @@ def shell_argv(command: str | tuple[str, ...]) -> list[str]:
         argv = ["bash", "-eo", "pipefail", "-c", command]
     else:
         argv = ["sh", "-ec", command]
-    return ["sh", "-c", SUPERVISOR, "shipyard-job", *argv]
+    return [*SUPERVISOR, *argv]
 
 
 class SubprocessExecutor:
     def __init__(self, kill_grace_s: float = 5.0) -> None:
         self.kill_grace_s = kill_grace_s
         self._procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
+        #: attempts asked to stop while they had not exited: their result is "killed"
         self._killed: set[tuple[str, int]] = set()
+        #: attempts whose process has exited (a kill now only sweeps up what it left behind)
+        self._exited: set[tuple[str, int]] = set()
+        self._final_kill: dict[tuple[str, int], asyncio.TimerHandle] = {}
 
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
         """Kill the attempt's whole process group: at once, or with SIGTERM first and SIGKILL
-        after ``grace_s``. An attempt whose process is still starting never starts. Killing a
-        process that already exited only sweeps up what it left behind; its result stands."""
-        proc = self._procs.get((job_id, attempt))
-        if proc is None or proc.returncode is None:
-            self._killed.add((job_id, attempt))
+        after ``grace_s``. An attempt whose process is still starting never starts. An attempt
+        whose process already exited keeps its result; only what it left running is killed."""
+        key = (job_id, attempt)
+        proc = self._procs.get(key)
+        if key not in self._exited:
+            self._killed.add(key)
         if proc is None:
             return False
-        if grace_s > 0 and proc.returncode is None:
+        if grace_s > 0 and key not in self._exited:
             _killpg(proc.pid, signal.SIGTERM)
-            asyncio.get_running_loop().call_later(grace_s, _killpg, proc.pid, signal.SIGKILL)
+            self._final_kill[key] = asyncio.get_running_loop().call_later(
+                grace_s, _killpg, proc.pid, signal.SIGKILL
+            )
         else:
             _killpg(proc.pid, signal.SIGKILL)
         return True
@@ -147,6 +150,7 @@ class SubprocessExecutor:
             except TimeoutError:
                 timed_out = True
                 await self._terminate(proc)
+            self._exited.add(key)
             # background processes the job left behind would hold its output open: end them
             _killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
@@ -156,20 +160,25 @@ class SubprocessExecutor:
             raise
         finally:
             self._procs.pop(key, None)
+            self._exited.discard(key)
+            if (handle := self._final_kill.pop(key, None)) is not None:
+                handle.cancel()
         code = proc.returncode
         if key in self._killed:
             self._killed.discard(key)
-            if code != 0:  # it did not finish on its own before the kill landed
-                return ExecResult("killed", code, detail="killed")
+            return ExecResult("killed", code, detail="killed")
         if timed_out:
             return ExecResult("timed_out", code)
         if code == 0:
-            outputs, problems = read_outputs(output_file.read_text(errors="replace").splitlines())
+            text = output_file.read_text(errors="replace").replace("\x00", "\ufffd")
+            outputs, problems = read_outputs(text.splitlines())
             for problem in problems:
                 sink("stderr", f"shipyard: {problem}\n")
             return ExecResult("succeeded", 0, outputs)
-        signaled = -code if code is not None and code < 0 else (code - 128 if code and code > 128 else 0)
-        detail = f"killed by signal {signaled}" if signaled else _EXIT_MEANING.get(code or 0, "")
+        if code is not None and code < 0:
+            detail = f"killed by {signal.Signals(-code).name}"
+        else:
+            detail = _EXIT_MEANING.get(code or 0, "")
         return ExecResult("failed", code, detail=detail)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
@@ -213,11 +222,14 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 async def _pump(stream: asyncio.StreamReader, name: str, sink: OutputSink) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # keeps split characters whole
     while True:
         chunk = await stream.read(65536)
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            sink(name, text.replace("\x00", "\ufffd"))  # NUL cannot be stored (PostgreSQL text)
         if not chunk:
             return
-        sink(name, chunk.decode(errors="replace"))
 
 
 def read_outputs(lines: Iterable[str]) -> tuple[dict[str, str], list[str]]:

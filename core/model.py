@@ -158,8 +158,11 @@ E = TypeVar("E", Run, Stage, Job, Gate, "RunState")
 def evolve(entity: E, **changes: Any) -> E:
     """``dataclasses.replace`` for our slotted, frozen classes, without re-running ``__init__``:
     the engine makes thousands of these per second."""
+    fields = type(entity).__slots__
+    if not changes.keys() <= set(fields):
+        raise TypeError(f"{type(entity).__name__} has no field {sorted(changes.keys() - set(fields))}")
     new = object.__new__(type(entity))
-    for name in type(entity).__slots__:
+    for name in fields:
         object.__setattr__(new, name, changes[name] if name in changes else getattr(entity, name))
     return new
 

@@ -147,7 +147,8 @@ class Runner:
         self.log_flush_s = log_flush_s
         self.max_log_bytes = max_log_bytes
         self.kill_grace_s = kill_grace_s
-        self.jobs: dict[str, _Active] = {}
+        #: by (job id, attempt): an old attempt still reporting and its retry can both be here
+        self.jobs: dict[tuple[str, int], _Active] = {}
         #: stop requests for attempts this runner has not started yet (a claim was in flight)
         self._stop_early: set[tuple[str, int]] = set()
         self._wake = asyncio.Event()
@@ -194,13 +195,15 @@ class Runner:
     def stop_jobs(self, attempts: Sequence[tuple[str, int]]) -> None:
         """Kill attempts the engine no longer wants (the run was canceled, a sibling failed),
         including ones whose claim is still on its way to this runner."""
-        for job_id, attempt in attempts:
-            active = self.jobs.get(job_id)
-            if active is not None and active.assignment.attempt == attempt:
+        for key in attempts:
+            active = self.jobs.get(key)
+            if active is not None:
                 active.stopping = True
-                self.executor.kill(job_id, attempt)
-            elif active is None:
-                self._stop_early.add((job_id, attempt))
+                self.executor.kill(*key)
+            else:  # perhaps a claim of ours still on its way; remember a bounded number
+                self._stop_early.add(key)
+                if len(self._stop_early) > 10_000:
+                    self._stop_early.pop()
 
     async def run_once(self) -> int:
         """Claim what fits and start it; returns the number of jobs started."""
@@ -210,8 +213,8 @@ class Runner:
         assignments = await self.link.claim(self.name, free, self.lease_s)
         for assignment in assignments:
             active = _Active(assignment, logs=LogBuffer(self.max_log_bytes))
-            self.jobs[assignment.job_id] = active
             key = (assignment.job_id, assignment.attempt)
+            self.jobs[key] = active
             if key in self._stop_early or self._closing:
                 self._stop_early.discard(key)
                 active.stopping = not self._closing
@@ -240,7 +243,7 @@ class Runner:
         renewed = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self.poll_interval)
-            held = [(a.assignment.job_id, a.assignment.attempt) for a in self.jobs.values() if not a.stopping]
+            held = [key for key, a in self.jobs.items() if not a.stopping]
             if not held:
                 continue
             now = asyncio.get_running_loop().time()
@@ -276,7 +279,12 @@ class Runner:
         try:
             remaining = active.logs.take(final=True)
             if remaining:
-                await self.link.append_log(a.job_id, a.attempt, self.name, remaining)
+                try:
+                    await self.link.append_log(a.job_id, a.attempt, self.name, remaining)
+                except Exception:  # lost output must not cost the result
+                    log.warning(
+                        "runner %s could not store the last output of %s", self.name, a.label, exc_info=True
+                    )
             if active.stopping:
                 return  # the engine already moved this attempt on; a report would be refused
             if result.outcome == "killed":
@@ -300,7 +308,7 @@ class Runner:
         except Exception:
             log.exception("runner %s could not report job %s; its lease will expire", self.name, a.label)
         finally:
-            self.jobs.pop(a.job_id, None)
+            self.jobs.pop((a.job_id, a.attempt), None)
             self.wake()
 
     async def _report(self, command: RunnerReport) -> Decision:

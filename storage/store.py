@@ -365,6 +365,8 @@ class SqlTx:
             return
         self._execute_many([(_update_statement(c), _update_params(c)) for c in claims], what="claimed jobs")
         runs = sorted({c.id.split(".", 1)[0] for c in claims})
+        for run_id in runs:  # read before the bump: must not vouch for a cached copy any more
+            self._versions.pop(run_id, None)
         bumps = [{"_id": r, "_version": run_versions[r], "_new_version": run_versions[r] + 1} for r in runs]
         self._execute_many([(Q.bump_run(()), b) for b in bumps], what="claimed runs")
         for run_id in runs:

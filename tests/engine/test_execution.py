@@ -335,3 +335,20 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
 def _written(path: Path) -> bool:
     """The file exists and its first line is complete (a shell may have created it but not yet written)."""
     return path.exists() and path.read_text().endswith("\n")
+
+
+async def test_binary_output_is_stored_on_every_database(db_url: str, start_yard: StartYard) -> None:
+    yard = await start_yard(
+        db_url,
+        {
+            "binary": """
+        name: binary
+        stages:
+          - {name: s, jobs: [{name: j, run: "printf 'bin\\\\000ary\\\\n'; echo k=v >> $SHIPYARD_OUTPUT"}]}
+    """
+        },
+    )
+    state = await wait_for(yard, (await trigger(yard, "binary")).run.id)
+    assert state.run.status is RunStatus.SUCCEEDED
+    assert state.jobs[0].attempt == 1
+    assert yard.store.tail_log(state.jobs[0].id) == ["bin\ufffdary"]

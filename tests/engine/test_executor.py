@@ -70,3 +70,39 @@ async def test_a_kill_reaches_children_left_running_after_the_shell_exited(tmp_p
     # the shell exited at once; the background sleep is ended with it instead of holding the job
     assert result.outcome == "succeeded"
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_jobs_run_the_real_programs_with_default_signals(tmp_path: Path) -> None:
+    out: list[str] = []
+    executor = SubprocessExecutor()
+    echo = await executor.execute(job(("echo", "a\\tb")), tmp_path, lambda _s, t: out.append(t))
+    assert echo.outcome == "succeeded" and "".join(out) == "a\\tb\n"  # /bin/echo, not a shell builtin
+    out.clear()
+    script = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    await executor.execute(job(("python3", "-c", script)), tmp_path, lambda _s, t: out.append(t))
+    assert "".join(out) == "True\n"  # SIGINT reaches the job's programs
+
+
+async def test_exit_codes_and_signals_are_reported_as_they_happened(tmp_path: Path) -> None:
+    executor = SubprocessExecutor()
+    exited = await executor.execute(job("exit 200"), tmp_path, lambda _s, _t: None)
+    assert (exited.outcome, exited.exit_code, exited.detail) == ("failed", 200, "")
+    signaled = await executor.execute(job("kill -TERM $$"), tmp_path, lambda _s, _t: None)
+    assert (signaled.exit_code, signaled.detail) == (-15, "killed by SIGTERM")
+
+
+async def test_a_job_stopped_gracefully_counts_as_stopped_even_if_it_exits_0(tmp_path: Path) -> None:
+    executor = SubprocessExecutor()
+    task = asyncio.create_task(
+        executor.execute(job("trap 'exit 0' TERM; sleep 30 & wait"), tmp_path, lambda _s, _t: None)
+    )
+    await asyncio.sleep(0.3)
+    assert executor.kill("r.s0.j0", 1, grace_s=5)
+    result = await asyncio.wait_for(task, 5)
+    assert result.outcome == "killed"  # half a deploy is not a success
+
+
+async def test_nul_bytes_in_output_are_replaced(tmp_path: Path) -> None:
+    out: list[str] = []
+    await SubprocessExecutor().execute(job("printf 'a\\000b\\n'"), tmp_path, lambda _s, t: out.append(t))
+    assert "".join(out) == "a\ufffdb\n"
