@@ -192,14 +192,3 @@ class Orchestrator:
         await self.handle(
             RecordGateCheck(run_id=check.run_id, gate=check.job_id, passed=passed, detail=detail)
         )
-
-    async def run_until_idle(self, runners: Sequence[Any] = (), max_rounds: int = 10_000) -> None:
-        """Burst mode for tests and ``shipyard run``: tick and let runners work until nothing
-        is running, queued or due."""
-        for _ in range(max_rounds):
-            busy = await self.tick()
-            for runner in runners:
-                busy += await runner.run_once()
-            if not busy and not self._checks and all(not r.active for r in runners):
-                return
-            await asyncio.sleep(0)
