@@ -24,7 +24,7 @@ from core.assignment import Assignment
 from core.commands import Command, ExpireLease, RecordGateCheck, TimeoutGate
 from core.engine import Decision
 from core.executor import Executor
-from core.service import Service
+from core.service import ClaimJobs, Service
 from core.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class LocalRunner(Protocol):
 
 @dataclass
 class _Pending:
-    command: Command
-    future: asyncio.Future[Decision]
+    command: Command | ClaimJobs
+    future: asyncio.Future[Any]
 
 
 class Orchestrator:
@@ -97,20 +97,32 @@ class Orchestrator:
         await self._queue.put(_Pending(command, future))
         return await future
 
+    async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
+        """Claim jobs for a runner of this process; rides along with the next group commit."""
+        future: asyncio.Future[list[Assignment]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(ClaimJobs(runner=runner, limit=limit, lease_s=lease_s), future))
+        return await future
+
     async def _commit_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            commands = [p for p in batch if not isinstance(p.command, ClaimJobs)]
+            claims = [p for p in batch if isinstance(p.command, ClaimJobs)]
             try:
-                decisions = await self.db(self.service.handle_many, [p.command for p in batch])
-            except Exception as exc:  # the store failed: fail these commands, keep serving
-                log.exception("could not apply %d command(s)", len(batch))
+                decisions, taken = await self.db(
+                    self.service.commit,
+                    [p.command for p in commands],
+                    [p.command for p in claims],
+                )
+            except Exception as exc:  # the store failed: fail these requests, keep serving
+                log.exception("could not apply %d request(s)", len(batch))
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
-            for pending, outcome in zip(batch, decisions, strict=True):
+            for pending, outcome in zip([*commands, *claims], [*decisions, *taken], strict=True):
                 if pending.future.done():
                     continue
                 if isinstance(outcome, Exception):

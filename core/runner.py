@@ -46,7 +46,7 @@ class LocalLink:
         self.service = orchestrator.service
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
-        return await self.orch.db(self.service.claim_jobs, runner, limit, lease_s)
+        return await self.orch.claim(runner, limit, lease_s)
 
     async def renew(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
         return await self.orch.db(self.service.renew_leases, runner, held, lease_s)

@@ -37,6 +37,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimJobs:
+    """A runner asks for up to ``limit`` queued jobs under a lease of ``lease_s``."""
+
+    runner: str
+    limit: int
+    lease_s: float
+
+
 @dataclass(frozen=True, slots=True)
 class Timers:
     """What the clock has made due: the orchestrator turns each into a command."""
@@ -65,22 +74,35 @@ class Service:
         raise Conflict(f"{command_name(command)} lost {CONFLICT_RETRIES} races in a row; try again")
 
     def handle_many(self, commands: Sequence[Command]) -> list[Decision | Exception]:
-        """Apply several commands in one transaction (group commit). Commands on existing runs
-        go first, in run-id order, then new runs: every transaction takes its locks in one
-        global order, so concurrent batches cannot deadlock. If any command loses a race, the
-        batch is rolled back and each command is applied on its own; a command that fails
-        outright gets its exception back instead of a decision."""
-        if len(commands) == 1:
-            return [self._handle_alone(commands[0])]
+        """Apply several commands in one transaction (see ``commit``)."""
+        return self.commit(commands, ())[0]
+
+    def commit(
+        self, commands: Sequence[Command], claims: Sequence[ClaimJobs]
+    ) -> tuple[list[Decision | Exception], list[list[Assignment] | Exception]]:
+        """Apply commands and runners' claims in one transaction (group commit).
+
+        Commands on existing runs go first, in run-id order, then new runs, then the claims
+        (which see the jobs those commands queued): every transaction takes its locks in one
+        global order, so concurrent batches cannot deadlock. If anything fails, the batch is
+        rolled back and each command and claim is applied on its own; one that fails outright
+        gets its exception back instead of a result."""
+        if len(commands) + len(claims) == 1 and commands:
+            return [self._handle_alone(commands[0])], []
         order = sorted(range(len(commands)), key=lambda i: _lock_order(commands[i]))
         try:
             with self.store.transaction() as tx:
                 now = self.clock()
                 tx.read_versions([c.run_id for c in commands if not isinstance(c, TriggerRun)])
                 decided = {i: self._apply(tx, commands[i], now) for i in order}
-            return [decided[i] for i in range(len(commands))]
+                if claims:
+                    tx.flush_writes()
+                    taken = [self._claim(tx, claim, now) for claim in claims]
+            results: list[list[Assignment] | Exception] = list(taken) if claims else []
+            return [decided[i] for i in range(len(commands))], results
         except Exception:  # one command's trouble must not sink the others
-            return [self._handle_alone(command) for command in commands]
+            alone = [self._claim_alone(claim) for claim in claims]
+            return [self._handle_alone(command) for command in commands], alone
 
     def _handle_alone(self, command: Command) -> Decision | Exception:
         try:
@@ -180,27 +202,35 @@ class Service:
         if limit <= 0:
             return []
         with self.store.transaction() as tx:
-            now = self.clock()
-            candidates = tx.claimable_jobs(limit)  # (job id, run id, run version), oldest first
-            states: dict[str, RunState] = {}
-            for _, run_id, _ in candidates:
-                if run_id not in states and (loaded := tx.load_run(run_id)) is not None:
-                    states[run_id] = loaded
-            won = []
-            for job_id, run_id, _ in candidates:
-                job = states[run_id].job(job_id) if run_id in states else None
-                if job is not None:
-                    won.append(engine.claim(job, runner, now, lease_s))
-            tx.apply_claims(won, {run_id: version for _, run_id, version in candidates})
-            assignments, events = [], []
-            for change in won:
-                state = tx.load_run(change.id.split(".", 1)[0])
-                job = state.job(change.id) if state is not None else None
-                assert state is not None and job is not None
-                events.append(engine.claimed(job, state.definition.stages[job.stage_index].name))
-                assignments.append(for_job(state, job))
-            tx.append_events(events)
-            return assignments
+            return self._claim(tx, ClaimJobs(runner=runner, limit=limit, lease_s=lease_s), self.clock())
+
+    def _claim_alone(self, claim: ClaimJobs) -> list[Assignment] | Exception:
+        try:
+            return self.claim_jobs(claim.runner, claim.limit, claim.lease_s)
+        except Exception as exc:  # handed to that runner
+            return exc
+
+    def _claim(self, tx: Tx, claim: ClaimJobs, now: datetime) -> list[Assignment]:
+        candidates = tx.claimable_jobs(claim.limit)  # (job id, run id, run version), oldest first
+        states: dict[str, RunState] = {}
+        for _, run_id, _ in candidates:
+            if run_id not in states and (loaded := tx.load_run(run_id)) is not None:
+                states[run_id] = loaded
+        won = []
+        for job_id, run_id, _ in candidates:
+            job = states[run_id].job(job_id) if run_id in states else None
+            if job is not None:
+                won.append(engine.claim(job, claim.runner, now, claim.lease_s))
+        tx.apply_claims(won, {run_id: version for _, run_id, version in candidates})
+        assignments, events = [], []
+        for change in won:
+            state = tx.load_run(change.id.split(".", 1)[0])
+            claimed = state.job(change.id) if state is not None else None
+            assert state is not None and claimed is not None
+            events.append(engine.claimed(claimed, state.definition.stages[claimed.stage_index].name))
+            assignments.append(for_job(state, claimed))
+        tx.append_events(events)
+        return assignments
 
     def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
         """Extend the leases ``runner`` still rightfully holds; the rest must be killed. One
