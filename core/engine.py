@@ -589,8 +589,8 @@ def _carry_over(plan: _Plan, old: RunState) -> None:
         stage = plan.stages[old_stage.index]
         if old_stage.status is StageStatus.PARTIAL:
             plan.set(plan.run, warnings=(*plan.run.warnings, f"{why}: {old_stage.reason}"))
-        for job in plan.jobs_of(stage):
-            done = old.jobs[[j.id for j in old.jobs].index(_old_job_id(old, job))]
+        # same pipeline version, so the same jobs in the same order
+        for job, done in zip(plan.jobs_of(stage), old.jobs_of(old_stage.index), strict=True):
             plan.move(job, JobStatus.SKIPPED, outputs=dict(done.outputs), reason=why)
         gate = plan.gate_of(stage)
         if gate is not None:
@@ -599,7 +599,3 @@ def _carry_over(plan: _Plan, old: RunState) -> None:
 
 
 REUSED = "reused from "
-
-
-def _old_job_id(old: RunState, job: Job) -> str:
-    return next(j.id for j in old.jobs if (j.stage_index, j.index) == (job.stage_index, job.index))
