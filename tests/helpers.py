@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from core.definition import PipelineDef, parse_pipeline
 from core.model import Actor
@@ -46,3 +47,8 @@ def alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except (FileNotFoundError, ProcessLookupError):  # gone, or exited while we looked
         return False
+
+
+def written(path: Path) -> bool:
+    """The file exists and its first line is complete (a shell may have created it but not yet written)."""
+    return path.exists() and path.read_text().endswith("\n")

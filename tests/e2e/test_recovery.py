@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from core.commands import ApproveGate, TriggerRun
 from core.service import Service
 from core.states import GateStatus, JobStatus, RunStatus
 from tests.e2e.server import Server, wait_until
-from tests.helpers import ALICE, BOB, alive
+from tests.helpers import ALICE, BOB, alive, written
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +138,7 @@ def test_no_part_of_a_job_outlives_a_killed_server(
     server: Callable[[], Server], sqlite_url: str, make_service: Callable[..., Service], tmp_path: Path
 ) -> None:
     """Not even a grandchild: otherwise it would deploy beside the retry on another replica."""
-    marker = tmp_path / "late-deploy"
+    marker, grandchild = tmp_path / "late-deploy", tmp_path / "grandchild.pid"
     first = server()
     first.pipeline(
         "nested",
@@ -147,14 +146,15 @@ def test_no_part_of_a_job_outlives_a_killed_server(
         name: nested
         stages:
           - name: s
-            jobs: [{{name: j, run: "touch {tmp_path}/began; sh -c 'sleep 2; touch {marker}'; echo done"}}]
+            jobs: [{{name: j, run: "sh -c 'echo $$ > {grandchild}; sleep 2; touch {marker}'; echo done"}}]
     """,
     )
     first.start()
     svc = make_service(sqlite_url)
     assert svc.handle(TriggerRun(pipeline="nested", actor=ALICE)).accepted
-    wait_until(lambda: (tmp_path / "began").exists(), what="the job to start")
+    wait_until(lambda: written(grandchild), what="the job's grandchild to start")
+    pid = int(grandchild.read_text())
     first.signal(signal.SIGKILL)
     first.wait()
-    time.sleep(3)
-    assert not marker.exists(), "a process of the job went on deploying after its server died"
+    wait_until(lambda: not alive(pid), timeout=1.5, what="the grandchild to die with the server")
+    assert not marker.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from core.commands import ApproveGate, CancelRun, PauseRun, RejectGate, ResumeRun, RetryRun
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 from tests.engine.conftest import StartYard, send, trigger, wait_for
-from tests.helpers import ALICE, BOB, alive
+from tests.helpers import ALICE, BOB, alive, written
 
 ENV_PIPELINE = """
 name: envs
@@ -108,7 +108,7 @@ async def test_cancel_kills_the_running_job_at_once(
         },
     )
     run = await trigger(yard, "long")
-    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and _written(started))
+    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and written(started))
     pid = int(started.read_text())
     decision = await send(yard, CancelRun(run_id=run.run.id, actor=BOB, reason="wrong build"))
     assert decision.accepted and decision.jobs_to_stop == ((run.jobs[0].id, 1),)
@@ -330,11 +330,6 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
     assert state.run.status is RunStatus.FAILED
     assert state.run.reason == "job s/missing exited with 127: command not found"
     assert "/nonexistent/tool" in "\n".join(yard.store.tail_log(state.jobs[0].id))
-
-
-def _written(path: Path) -> bool:
-    """The file exists and its first line is complete (a shell may have created it but not yet written)."""
-    return path.exists() and path.read_text().endswith("\n")
 
 
 async def test_binary_output_is_stored_on_every_database(db_url: str, start_yard: StartYard) -> None:

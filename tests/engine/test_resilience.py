@@ -19,7 +19,7 @@ from core.engine import Decision
 from core.service import Service
 from core.states import JobStatus, RunStatus
 from tests.engine.conftest import trigger, wait_for
-from tests.helpers import BOB
+from tests.helpers import BOB, alive, written
 
 
 def yard_for(url: str, tmp: Path, pipeline: str, **overrides: Any) -> Shipyard:
@@ -148,14 +148,14 @@ async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(sqlite_url:
 async def test_a_cancel_from_another_process_stops_the_job_within_a_poll(
     sqlite_url: str, tmp_path: Path, make_service: Any
 ) -> None:
-    marker = tmp_path / "deployed"
+    marker, pidfile = tmp_path / "deployed", tmp_path / "job.pid"
     yard = yard_for(
         sqlite_url,
         tmp_path,
         f"""
         name: p
         stages:
-          - {{name: prod, jobs: [{{name: deploy, run: "sleep 2; touch {marker}"}}]}}
+          - {{name: prod, jobs: [{{name: deploy, run: "echo $$ > {pidfile}; sleep 2; touch {marker}"}}]}}
     """,
         poll_interval=0.1,
         lease_seconds=30.0,
@@ -163,11 +163,15 @@ async def test_a_cancel_from_another_process_stops_the_job_within_a_poll(
     await yard.start()
     try:
         run = await trigger(yard, "p")
-        await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING)
+        await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and written(pidfile))
+        pid = int(pidfile.read_text())
         cli: Service = make_service(sqlite_url)  # e.g. `shipyard cancel` in a terminal
         canceled = await asyncio.to_thread(cli.handle, CancelRun(run_id=run.run.ref, actor=BOB))
         assert canceled.accepted
-        await asyncio.sleep(2.5)
+        started = asyncio.get_running_loop().time()
+        while alive(pid) and asyncio.get_running_loop().time() - started < 1.5:  # well before the 2 s
+            await asyncio.sleep(0.02)
+        assert not alive(pid), "the canceled job was still running 1.5 s later"
     finally:
         await yard.stop()
     assert not marker.exists(), "the canceled deploy ran to the end"
