@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from core.duration import parse_duration
-from core.errors import CommandRefused, DefinitionError
+from core.errors import DefinitionError, InvalidInput
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -106,6 +106,8 @@ class GateDef(_Strict):
     type: Literal["manual", "automated"] = "manual"
     approvers: list[str] = Field(default_factory=list)
     min_approvals: int = Field(default=1, ge=1, le=20)
+    #: may the person who triggered the run approve it? (separation of duties says no)
+    allow_self_approval: bool = False
     timeout: Duration | None = None
     run: str | list[str] | None = None
     interval: Duration = 30.0
@@ -308,7 +310,7 @@ def resolve_parameters(pipeline: PipelineDef, given: Mapping[str, object]) -> di
         elif param.default is not None:
             resolved[param.name] = coerce_parameter(param, param.default)
     if problems:
-        raise CommandRefused("; ".join(problems))
+        raise InvalidInput("; ".join(problems))
     return resolved
 
 

@@ -30,7 +30,7 @@ from core.commands import (
     TimeoutGate,
 )
 from core.duration import format_duration
-from core.errors import CommandRefused, IllegalTransition
+from core.errors import CommandRefused, Forbidden, IllegalTransition, NotFound
 from core.events import Event
 from core.model import Actor, Approval, Entity, Gate, Job, Run, RunState, Stage, evolve
 from core.states import (
@@ -77,6 +77,8 @@ class Decision:
     duplicate: bool = False
     #: version the run row must still have for the changes to apply
     expect_version: int | None = None
+    #: for a refusal, what kind (``CommandRefused.kind``): conflict, not_found, forbidden, invalid
+    refusal: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,8 +95,8 @@ class Decision:
         )
 
 
-def reject(reason: str, state: RunState | None = None) -> Decision:
-    return Decision(Outcome.REJECTED, reason=reason, state=state)
+def reject(reason: str, state: RunState | None = None, kind: str = "conflict") -> Decision:
+    return Decision(Outcome.REJECTED, reason=reason, state=state, refusal=kind)
 
 
 def _kind(entity: Entity) -> str:
@@ -238,7 +240,9 @@ def decide(state: RunState, command: RunCommand, now: datetime) -> Decision:
     try:
         _apply(plan, command)
         _advance(plan)
-    except (CommandRefused, IllegalTransition) as exc:
+    except CommandRefused as exc:
+        return reject(exc.message, state, exc.kind)
+    except IllegalTransition as exc:
         return reject(exc.message, state)
     return plan.accept()
 
@@ -371,7 +375,7 @@ def _open_gate(plan: _Plan, name: str, kind: str | None) -> Gate:
     gate = next((g for g in plan.gates if name in (g.id, g.stage_name)), None)
     if gate is None:
         names = ", ".join(g.stage_name for g in plan.gates) or "none"
-        raise CommandRefused(f"{plan.run.ref} has no gate {name!r} (gates: {names})")
+        raise NotFound(f"{plan.run.ref} has no gate {name!r} (gates: {names})")
     if kind is not None and gate.kind != kind:
         how = "it clears itself when its check passes" if gate.kind == "automated" else "people approve it"
         raise CommandRefused(f"gate {gate.stage_name} is {gate.kind}; {how}")
@@ -383,6 +387,11 @@ def _open_gate(plan: _Plan, name: str, kind: str | None) -> Gate:
 
 
 def _approve(plan: _Plan, gate: Gate, actor: Actor, comment: str) -> None:
+    if actor.name == plan.run.triggered_by and not gate.allow_self_approval:
+        raise Forbidden(
+            f"{actor.name} triggered {plan.run.ref} and cannot approve its own gate {gate.stage_name} "
+            "(separation of duties; the gate would need allow_self_approval: true)"
+        )
     if any(a.actor == actor.name for a in gate.approvals):
         raise CommandRefused(f"{actor.name} has already approved gate {gate.stage_name}")
     approvals = (*gate.approvals, Approval(actor.name, plan.now, comment))
@@ -411,7 +420,7 @@ def _approve(plan: _Plan, gate: Gate, actor: Actor, comment: str) -> None:
 def _fenced(plan: _Plan, job_id: str, attempt: int, runner: str | None) -> Job:
     job = next((j for j in plan.jobs if j.id == job_id), None)
     if job is None:
-        raise CommandRefused(f"{plan.run.ref} has no job {job_id}")
+        raise NotFound(f"{plan.run.ref} has no job {job_id}")
     if job.status is not JobStatus.RUNNING or job.attempt != attempt:
         raise CommandRefused(
             f"stale report for job {job.name} attempt {attempt}: "

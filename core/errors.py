@@ -5,8 +5,10 @@ The hierarchy::
     ShipyardError
       + DefinitionError            a pipeline file is invalid (carries every problem found)
       + IllegalTransition          a state machine refused a transition
-      + CommandRefused             a command was understood but cannot be applied
+      + CommandRefused             a command was understood but the run's state does not allow it
         - NotFound                 the run, gate, pipeline or job does not exist
+        - Forbidden                the caller may not do this (role, separation of duties)
+        - InvalidInput             the request itself is wrong (parameters, names)
       + Conflict                   a concurrent writer changed the row first (retry the command)
 
 The class docstring is the default message (procrastinate's habit).
@@ -41,9 +43,26 @@ class IllegalTransition(ShipyardError):
 class CommandRefused(ShipyardError):
     """The command cannot be applied in the current state."""
 
+    #: why, for adapters that map refusals to their own codes (HTTP status, Slack wording)
+    kind = "conflict"
+
 
 class NotFound(CommandRefused):
     """No such resource."""
+
+    kind = "not_found"
+
+
+class Forbidden(CommandRefused):
+    """The caller may not do this."""
+
+    kind = "forbidden"
+
+
+class InvalidInput(CommandRefused):
+    """The request is invalid."""
+
+    kind = "invalid"
 
 
 class Conflict(ShipyardError):

@@ -140,6 +140,7 @@ class Gate:
     status: GateStatus = GateStatus.PENDING
     approvers: tuple[str, ...] = ()
     min_approvals: int = 1
+    allow_self_approval: bool = False
     approvals: tuple[Approval, ...] = ()
     timeout_s: float | None = None
     interval_s: float = 30.0
@@ -280,6 +281,7 @@ def new_run_state(
                     kind=g.type,
                     approvers=tuple(g.approvers),
                     min_approvals=g.min_approvals,
+                    allow_self_approval=g.allow_self_approval,
                     timeout_s=g.timeout,
                     interval_s=g.interval,
                 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from core.access import Grant
 from core.definition import PipelineDef
 from core.engine import Change
 from core.events import Event
@@ -43,6 +44,24 @@ class AuditEntry:
     outcome: str
     reason: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deployment:
+    """A deploy stage that finished: what went to which environment, and how it ended."""
+
+    environment: str
+    pipeline: str
+    run_id: str
+    run_number: int
+    stage: str
+    status: str
+    revision: str | None
+    parameters: dict[str, str]
+    triggered_by: str
+    started_at: datetime | None
+    finished_at: datetime
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,8 @@ class Tx(Protocol):
         self, definition: PipelineDef, source: str, source_path: str | None, now: datetime
     ) -> tuple[PipelineVersion, bool]: ...
     def pipeline_names(self) -> list[str]: ...
+    def grants_of(self, principal: str) -> list[Grant]: ...
+    def record_deployment(self, deployment: Deployment) -> None: ...
 
 
 class Store(Protocol):

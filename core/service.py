@@ -17,17 +17,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from core import engine
+from core.access import check_approver
 from core.assignment import Assignment, for_gate_check, for_job
-from core.commands import Command, RetryRun, TriggerRun, command_name
+from core.commands import ApproveGate, Command, RejectGate, RetryRun, TriggerRun, command_name
 from core.definition import PipelineDef, resolve_parameters
 from core.engine import Decision
-from core.errors import CommandRefused, Conflict
+from core.errors import CommandRefused, Conflict, Forbidden
 from core.model import RunState, new_run_state
-from core.ports import AuditEntry, PipelineVersion, Store, Tx
-from core.states import RUN_TERMINAL, RunStatus
+from core.ports import AuditEntry, Deployment, PipelineVersion, Store, Tx
+from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, RunStatus
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+
+#: channels whose actors are authenticated principals: their roles are checked here. The CLI
+#: runs with direct database access (an operator), the system and runners are Shipyard itself.
+AUTHENTICATED = frozenset({"rest", "slack", "webhook", "schedule"})
 
 #: how often a command is decided again after losing a compare-and-set race
 CONFLICT_RETRIES = 20
@@ -121,6 +126,8 @@ class Service:
                 assert decision.expect_version is not None
                 tx.apply(state, decision.expect_version, decision.changes)
             tx.append_events(decision.events)
+            for deployment in _deployments(decision):
+                tx.record_deployment(deployment)
         if self._audited(command, decision):
             tx.audit(_audit_entry(command, decision, now))
         return decision
@@ -133,6 +140,13 @@ class Service:
             return engine.reject(f"no run {command.run_id!r}")
         if isinstance(command, RetryRun):
             return self._retry(tx, state, command, now)
+        if isinstance(command, ApproveGate | RejectGate) and command.actor.channel in AUTHENTICATED:
+            gate = state.find_gate(command.gate)
+            if gate is not None and gate.status is GateStatus.OPEN and gate.kind == "manual":
+                try:
+                    check_approver(command.actor.name, tx.grants_of(command.actor.name), gate, state.run)
+                except Forbidden as exc:
+                    return engine.reject(exc.message, state, exc.kind)
         return engine.decide(state, command, now)
 
     def _trigger(self, tx: Tx, command: TriggerRun, now: datetime) -> Decision:
@@ -286,6 +300,37 @@ class Service:
     def find_run(self, ref: str) -> RunState | None:
         with self.store.transaction() as tx:
             return tx.find_run(ref)
+
+
+def _deployments(decision: Decision) -> list[Deployment]:
+    """Deploy stages this decision finished (only those that started: a stage canceled at its
+    gate deployed nothing)."""
+    state = decision.state
+    assert state is not None
+    found = []
+    for event in decision.events:
+        if event.subject != "stage" or event.to_status not in STAGE_DONE:
+            continue
+        stage = next((s for s in state.stages if s.id == event.subject_id), None)
+        if stage is None or stage.environment is None or stage.started_at is None:
+            continue
+        run = state.run
+        found.append(
+            Deployment(
+                environment=stage.environment,
+                pipeline=run.pipeline,
+                run_id=run.id,
+                run_number=run.number,
+                stage=stage.name,
+                status=str(stage.status),
+                revision=run.source_revision,
+                parameters=dict(run.parameters),
+                triggered_by=run.triggered_by,
+                started_at=stage.started_at,
+                finished_at=stage.finished_at or event.at,
+            )
+        )
+    return found
 
 
 def _lock_order(command: Command) -> tuple[int, str]:

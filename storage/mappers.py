@@ -92,6 +92,7 @@ def gate_from_row(r: RowMapping) -> Gate:
         status=GateStatus(r["status"]),
         approvers=tuple(r["approvers"]),
         min_approvals=r["min_approvals"],
+        allow_self_approval=r["allow_self_approval"],
         approvals=tuple(_approval(a) for a in r["approvals"]),
         timeout_s=r["timeout_s"],
         interval_s=r["interval_s"],

@@ -25,6 +25,7 @@ EVENT, AUDIT, LOG, PIPELINE, VERSION = (
     T["pipeline"],
     T["pipeline_version"],
 )
+DEPLOYMENT, TOKEN, GRANT, IDEMPOTENCY = T["deployment"], T["access_token"], T["grant"], T["idempotency"]
 TABLE_OF = {"run": RUN, "stage": STAGE, "job": JOB, "gate": GATE}
 b = sa.bindparam
 
@@ -119,6 +120,7 @@ class Q:
     )
     last_seq = sa.select(sa.func.max(EVENT.c.seq))
     audit_latest = sa.select(AUDIT).order_by(AUDIT.c.id.desc()).limit(b("limit"))
+    audit_last_hash = sa.select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
     recent_runs = sa.select(RUN.c.id).order_by(RUN.c.created_at.desc(), RUN.c.number.desc()).limit(b("limit"))
     recent_runs_of = recent_runs.where(RUN.c.pipeline == b("p"))
 
@@ -140,6 +142,9 @@ class Q:
     pipeline_names = (
         sa.select(PIPELINE.c.name).where(PIPELINE.c.archived.is_(False)).order_by(PIPELINE.c.name)
     )
+
+    grants_of = sa.select(GRANT).where(GRANT.c.principal == b("p")).order_by(GRANT.c.id)
+    insert_deployment = sa.insert(DEPLOYMENT)
 
     event_lock = sa.text("SELECT pg_advisory_xact_lock(:k)")
     named_lock = sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))")

@@ -22,26 +22,52 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from core.access import Grant
+from core.audit import entry_hash
 from core.definition import PipelineDef
 from core.engine import Change
 from core.errors import CommandRefused, Conflict
 from core.events import Event
 from core.model import Gate, Job, RunState, evolve
-from core.ports import AuditEntry, LogChunk, PipelineVersion
+from core.ports import AuditEntry, Deployment, LogChunk, PipelineVersion
 from storage import mappers as m
 from storage.db import is_sqlite, make_engine
 from storage.fastpath import DriverStatements
 from storage.queries import Q
 
 EVENT_KEYS = ("name", "run_id", "subject", "subject_id", "from_status", "to_status", "at", "data")
-AUDIT_KEYS = ("at", "actor", "channel", "action", "target", "outcome", "reason", "detail")
+AUDIT_KEYS = (
+    "at",
+    "actor",
+    "channel",
+    "action",
+    "target",
+    "outcome",
+    "reason",
+    "detail",
+    "prev_hash",
+    "hash",
+)
+DEPLOYMENT_KEYS = (
+    "environment",
+    "pipeline",
+    "run_id",
+    "run_number",
+    "stage",
+    "status",
+    "revision",
+    "parameters",
+    "triggered_by",
+    "started_at",
+    "finished_at",
+)
 #: advisory lock key that orders event appends on PostgreSQL
 EVENT_LOCK = 0x5348_4950_4556
 
@@ -86,6 +112,12 @@ class SqlStore:
             conn = conn.execution_options(readonly=True)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlTx]:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        with self._read() as conn:
+            yield SqlTx(self, conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -188,6 +220,19 @@ class SqlStore:
             return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
 
 
+def _audit_values(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": entry.at,
+        "actor": entry.actor,
+        "channel": entry.channel,
+        "action": entry.action,
+        "target": entry.target,
+        "outcome": entry.outcome,
+        "reason": entry.reason,
+        "detail": entry.detail,
+    }
+
+
 @dataclass
 class _Bump:
     """Pending compare-and-set of one run's version within a transaction."""
@@ -243,7 +288,7 @@ class SqlTx:
         #: runs written in this transaction, as they now stand
         self._written: dict[str, RunState] = {}
         self._events: list[Event] = []
-        self._audit: list[dict[str, Any]] = []
+        self._audit: list[AuditEntry] = []
         self._bumps: dict[str, _Bump] = {}
         #: current versions read ahead for a batch of commands (one query instead of one each)
         self._versions: dict[str, int] = {}
@@ -411,31 +456,28 @@ class SqlTx:
 
     def flush_events(self) -> None:
         """Write the queued audit entries and events: the last writes of the transaction."""
+        if not self._events and not self._audit:
+            return
+        if self._pg:  # orders event sequence numbers and the audit chain alike
+            self.conn.execute(Q.event_lock, {"k": EVENT_LOCK})
         if self._audit:
-            self.store.driver.get(Q.insert_audit, AUDIT_KEYS).execute_many(self.conn, self._audit)
+            prev = self.conn.execute(Q.audit_last_hash).scalar() or ""
+            rows = []
+            for entry in self._audit:
+                digest = entry_hash(prev, entry)
+                rows.append({**_audit_values(entry), "prev_hash": prev, "hash": digest})
+                prev = digest
+            self.store.driver.get(Q.insert_audit, AUDIT_KEYS).execute_many(self.conn, rows)
             self._audit = []
         if not self._events:
             return
-        if self._pg:
-            self.conn.execute(Q.event_lock, {"k": EVENT_LOCK})
         rows = [m.event_values(e) for e in self._events]
         self.store.driver.get(Q.insert_event, EVENT_KEYS).execute_many(self.conn, rows)
         self._events = []
 
     def audit(self, entry: AuditEntry) -> None:
         """Queue an audit entry; written with the events when the transaction commits."""
-        self._audit.append(
-            {
-                "at": entry.at,
-                "actor": entry.actor,
-                "channel": entry.channel,
-                "action": entry.action,
-                "target": entry.target,
-                "outcome": entry.outcome,
-                "reason": entry.reason,
-                "detail": m.jsonable(entry.detail),
-            }
-        )
+        self._audit.append(replace(entry, detail=m.jsonable(entry.detail)))
 
     # -- work -------------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[tuple[str, str, int]]:
@@ -527,3 +569,12 @@ class SqlTx:
 
     def pipeline_names(self) -> list[str]:
         return list(self.conn.execute(Q.pipeline_names).scalars())
+
+    # -- access and deployments -------------------------------------------------------------
+    def grants_of(self, principal: str) -> list[Grant]:
+        rows = self.conn.execute(Q.grants_of, {"p": principal}).mappings()
+        return [Grant(r["principal"], r["kind"], r["value"], r["granted_at"], r["revoked_at"]) for r in rows]
+
+    def record_deployment(self, deployment: Deployment) -> None:
+        values = {k: getattr(deployment, k) for k in DEPLOYMENT_KEYS}
+        self.conn.execute(Q.insert_deployment, [values])

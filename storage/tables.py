@@ -92,7 +92,7 @@ class StageRow(SQLModel, table=True):
     run_id: str = Field(foreign_key="run.id", index=True, max_length=64)
     position: int
     name: str = Field(max_length=63)
-    environment: str | None = Field(default=None, max_length=63)
+    environment: str | None = Field(default=None, max_length=63, index=True)
     status: str = Field(max_length=16)
     reason: str = _text()
     started_at: datetime | None = _ts()
@@ -136,6 +136,7 @@ class GateRow(SQLModel, table=True):
     status: str = Field(index=True, max_length=16)
     approvers: list[str] = _json([])
     min_approvals: int = 1
+    allow_self_approval: bool = False
     approvals: list[dict[str, str]] = _json([])
     timeout_s: float | None = None
     interval_s: float = 30.0
@@ -166,6 +167,9 @@ class EventRow(SQLModel, table=True):
 
 
 class AuditRow(SQLModel, table=True):
+    """The audit log, a hash chain: each entry's ``hash`` covers its fields and the previous
+    entry's hash, so altering or removing one breaks the chain (``shipyard audit verify``)."""
+
     __tablename__ = "audit"
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = _ts(nullable=False, index=True)
@@ -176,6 +180,69 @@ class AuditRow(SQLModel, table=True):
     outcome: str = Field(max_length=16)
     reason: str = _text()
     detail: dict[str, Any] = _json({})
+    prev_hash: str = Field(default="", max_length=64)
+    hash: str = Field(default="", max_length=64)
+
+
+class DeploymentRow(SQLModel, table=True):
+    """One deploy stage that finished: what went where, when, by whom, and how it ended."""
+
+    __tablename__ = "deployment"
+    __table_args__ = (sa.Index("ix_deployment_env_seq", "environment", "id"),)
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    environment: str = Field(max_length=63)
+    pipeline: str = Field(max_length=63)
+    run_id: str = Field(max_length=64, index=True)
+    run_number: int
+    stage: str = Field(max_length=63)
+    status: str = Field(max_length=16)
+    revision: str | None = None
+    parameters: dict[str, str] = _json({})
+    triggered_by: str = Field(max_length=200)
+    started_at: datetime | None = _ts()
+    finished_at: datetime = _ts(nullable=False)
+
+
+class AccessTokenRow(SQLModel, table=True):
+    """An API token: only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "access_token"
+    name: str = Field(primary_key=True, max_length=100)
+    token_hash: str = Field(max_length=64, unique=True)
+    principal: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)
+    created_by: str = Field(max_length=200)
+    revoked_at: datetime | None = _ts()
+
+
+class GrantRow(SQLModel, table=True):
+    """A role or group membership of a principal, valid from ``granted_at`` until revoked."""
+
+    __tablename__ = "grant"
+    id: int | None = Field(default=None, primary_key=True)
+    principal: str = Field(max_length=200, index=True)
+    kind: str = Field(max_length=8)
+    value: str = Field(max_length=100)
+    granted_at: datetime = _ts(nullable=False)
+    revoked_at: datetime | None = _ts()
+
+
+class IdempotencyRow(SQLModel, table=True):
+    """A remembered response to a request carrying an ``Idempotency-Key``, per caller."""
+
+    __tablename__ = "idempotency"
+    caller: str = Field(primary_key=True, max_length=200)
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)
+    state: str = Field(max_length=12)  # processing | done
+    status_code: int | None = None
+    response: dict[str, Any] = _json({})
+    created_at: datetime = _ts(nullable=False, index=True)
 
 
 class LogChunkRow(SQLModel, table=True):
@@ -191,5 +258,19 @@ class LogChunkRow(SQLModel, table=True):
 metadata = SQLModel.metadata
 T = {
     name: SQLModel.metadata.tables[name]
-    for name in ("pipeline", "pipeline_version", "run", "stage", "job", "gate", "event", "audit", "log_chunk")
+    for name in (
+        "pipeline",
+        "pipeline_version",
+        "run",
+        "stage",
+        "job",
+        "gate",
+        "event",
+        "audit",
+        "log_chunk",
+        "deployment",
+        "access_token",
+        "grant",
+        "idempotency",
+    )
 }

@@ -12,6 +12,8 @@ from core.model import Actor
 
 ALICE = Actor("alice", "cli")
 BOB = Actor("bob", "slack")
+CAROL = Actor("carol", "cli")
+DAVE = Actor("dave", "cli")
 
 THREE_BY_TWO = """
 name: three

@@ -41,6 +41,7 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 RUN = "r1"
 ALICE = Actor("alice", "slack")
 BOB = Actor("bob", "cli")
+CAROL = Actor("carol", "rest")
 RUNNER = "runner-1"
 
 THREE = """
@@ -355,7 +356,7 @@ def test_allowed_failure_makes_the_stage_partial_and_the_run_succeed_with_a_warn
     assert state.run.warnings == (warning,)
 
     state = after(run_job(state, "staging/deploy"))
-    state = after(ok(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE)))
+    state = after(ok(state, ApproveGate(run_id=RUN, gate="production", actor=CAROL)))
     state = after(ok(state, ApproveGate(run_id=RUN, gate="production", actor=BOB)))
     decision = run_job(state, "production/deploy")
     state = after(decision)
@@ -686,15 +687,15 @@ def test_reaching_a_gate_opens_it_and_the_run_waits() -> None:
 
 def test_gate_with_min_approvals_two_needs_two_distinct_approvers() -> None:
     state = at_production_gate()
-    first = ok(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE, comment="lgtm"), at(10))
+    first = ok(state, ApproveGate(run_id=RUN, gate="production", actor=CAROL, comment="lgtm"), at(10))
     state = after(first)
     assert trail(first) == ["gate.approval_added production"]
     assert first.events[0].data["approvals"] == 1 and first.events[0].data["needed"] == 2
     assert_statuses(state, {"run": "waiting", "gate:production": "open"})
-    assert [(a.actor, a.at, a.comment) for a in state.gates[0].approvals] == [("alice", at(10), "lgtm")]
+    assert [(a.actor, a.at, a.comment) for a in state.gates[0].approvals] == [("carol", at(10), "lgtm")]
 
-    again = ApproveGate(run_id=RUN, gate="production", actor=Actor("alice", "cli"))
-    assert refused(state, again) == "alice has already approved gate production"
+    again = ApproveGate(run_id=RUN, gate="production", actor=Actor("carol", "cli"))
+    assert refused(state, again) == "carol has already approved gate production"
 
     second = ok(state, ApproveGate(run_id=RUN, gate=state.gates[0].id, actor=BOB), at(20))  # by gate id
     state = after(second)
@@ -706,8 +707,34 @@ def test_gate_with_min_approvals_two_needs_two_distinct_approvers() -> None:
         "job.queued production/deploy",
     ]
     gate = state.gates[0]
-    assert (gate.decided_by, gate.decided_at, gate.reason) == ("bob", at(20), "approved by alice, bob")
+    assert (gate.decided_by, gate.decided_at, gate.reason) == ("bob", at(20), "approved by carol, bob")
     assert_statuses(state, {"run": "running", "production": "running", "production/deploy": "queued"})
+
+
+def test_the_person_who_triggered_a_run_cannot_approve_its_gate() -> None:
+    state = at_production_gate()  # triggered by alice
+    decision = engine.decide(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE), at(10))
+    assert not decision.accepted and decision.refusal == "forbidden"
+    assert "alice triggered web#1 and cannot approve its own gate production" in decision.reason
+    assert "allow_self_approval" in decision.reason
+    # the same person through another door is still the same person
+    other_door = Actor("alice", "rest")
+    assert engine.decide(
+        state, ApproveGate(run_id=RUN, gate="production", actor=other_door), at(10)
+    ).refusal == ("forbidden")
+
+
+def test_a_gate_that_allows_self_approval_takes_the_triggerers_approval() -> None:
+    text = """
+name: web
+stages:
+  - {name: build, jobs: [{name: go, run: x}]}
+  - {name: prod, gate: {approvers: [alice], allow_self_approval: true}, jobs: [{name: go, run: x}]}
+"""
+    state = after(run_job(started(text), "build/go"))
+    assert state.gates[0].status == "open", state.gates[0]
+    decision = ok(state, ApproveGate(run_id=RUN, gate="prod", actor=ALICE))
+    assert after(decision).gates[0].status == "approved"
 
 
 def test_reject_fails_the_run_naming_the_approver() -> None:
@@ -726,7 +753,7 @@ def test_reject_fails_the_run_naming_the_approver() -> None:
 
 def test_approving_a_gate_that_is_not_open_yet_is_refused() -> None:
     state = started(WEB)
-    reason = refused(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE))
+    reason = refused(state, ApproveGate(run_id=RUN, gate="production", actor=CAROL))
     assert reason == "gate production is not open yet: web#1 has not reached it"
     assert refused(state, RejectGate(run_id=RUN, gate="production", actor=ALICE)) == reason
 
@@ -735,7 +762,7 @@ def test_approving_a_gate_that_is_not_open_yet_is_refused() -> None:
     ("command", "reason"),
     [
         (
-            ApproveGate(run_id=RUN, gate="staging", actor=ALICE),
+            ApproveGate(run_id=RUN, gate="staging", actor=CAROL),
             "web#1 has no gate 'staging' (gates: production)",
         ),
         (TimeoutGate(run_id=RUN, gate="nope"), "web#1 has no gate 'nope' (gates: production)"),
@@ -748,7 +775,7 @@ def test_unknown_gate_is_refused_listing_the_gates(command: RunCommand, reason: 
 def test_a_decided_gate_cannot_be_decided_again() -> None:
     state = at_production_gate()
     state = after(ok(state, RejectGate(run_id=RUN, gate="production", actor=BOB)))
-    reason = refused(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE))
+    reason = refused(state, ApproveGate(run_id=RUN, gate="production", actor=CAROL))
     assert reason == "gate production is already rejected"
 
 
@@ -801,7 +828,7 @@ def test_a_gate_on_the_first_stage_opens_at_start() -> None:
         "stage.waiting prod",
         "run.waiting",
     ]
-    state = after(ok(after(decision), ApproveGate(run_id=RUN, gate="prod", actor=ALICE)))
+    state = after(ok(after(decision), ApproveGate(run_id=RUN, gate="prod", actor=CAROL)))
     assert_statuses(state, {"run": "running", "prod": "running", "prod/go": "queued"})
 
 
@@ -820,7 +847,7 @@ def test_the_longest_gate_timeout_allowed_gives_a_deadline(kind: str) -> None:
 def test_pause_while_waiting_then_approve_starts_the_stage_only_on_resume() -> None:
     state = at_production_gate()
     state = after(ok(state, PauseRun(run_id=RUN, actor=ALICE)))
-    state = after(ok(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE)))
+    state = after(ok(state, ApproveGate(run_id=RUN, gate="production", actor=CAROL)))
     state = after(ok(state, ApproveGate(run_id=RUN, gate="production", actor=BOB)))
     assert_statuses(state, {"run": "paused", "gate:production": "approved", "production/deploy": "pending"})
     state = after(ok(state, ResumeRun(run_id=RUN, actor=ALICE)))
@@ -879,7 +906,7 @@ def test_failing_check_after_the_deadline_times_the_gate_out() -> None:
 
 def test_people_cannot_approve_an_automated_gate() -> None:
     state = at_api_gate()
-    reason = refused(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE))
+    reason = refused(state, ApproveGate(run_id=RUN, gate="production", actor=CAROL))
     assert reason == "gate production is automated; it clears itself when its check passes"
 
 
@@ -1014,7 +1041,7 @@ def test_retry_reuses_a_partial_stage_and_a_passed_gate() -> None:
     old = after(run_job(old, "build/lint", "failed"))
     old = after(run_job(old, "build/docs"))
     old = after(run_job(old, "staging/deploy"))
-    old = after(ok(old, ApproveGate(run_id=RUN, gate="production", actor=ALICE)))
+    old = after(ok(old, ApproveGate(run_id=RUN, gate="production", actor=CAROL)))
     old = after(ok(old, ApproveGate(run_id=RUN, gate="production", actor=BOB)))
     old = after(run_job(old, "production/deploy", "failed"))
     assert_statuses(

@@ -12,7 +12,7 @@ from core.commands import ApproveGate, TriggerRun
 from core.service import Service
 from core.states import GateStatus, JobStatus, RunStatus
 from tests.e2e.server import Server, wait_until
-from tests.helpers import ALICE, BOB, alive, written
+from tests.helpers import ALICE, CAROL, alive, written
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_sigkill_at_any_moment_then_restart_resumes_every_run(
     assert still.run.status is RunStatus.WAITING and still.gates[0].status is GateStatus.OPEN
 
     for run_id, gate in ((crashy.run.id, "production"), (parked.run.id, "production")):
-        assert svc.handle(ApproveGate(run_id=run_id, gate=gate, actor=BOB)).accepted
+        assert svc.handle(ApproveGate(run_id=run_id, gate=gate, actor=CAROL)).accepted
     for run_id in (crashy.run.id, parked.run.id):
         wait_until(
             lambda r=run_id: _state(svc, r).run.status is RunStatus.SUCCEEDED, what=f"{run_id} to finish"

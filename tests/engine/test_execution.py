@@ -9,7 +9,7 @@ from pathlib import Path
 from core.commands import ApproveGate, CancelRun, PauseRun, RejectGate, ResumeRun, RetryRun
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 from tests.engine.conftest import StartYard, send, trigger, wait_for
-from tests.helpers import ALICE, BOB, alive, written
+from tests.helpers import ALICE, BOB, CAROL, DAVE, alive, written
 
 ENV_PIPELINE = """
 name: envs
@@ -231,13 +231,13 @@ async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: St
     run = await trigger(yard, "gated")
     waiting = await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
     assert waiting.gates[0].status is GateStatus.OPEN
-    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=ALICE))).accepted
-    twice = await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=ALICE))
+    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=CAROL))).accepted
+    twice = await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=CAROL))
     assert not twice.accepted and "already approved" in twice.reason
-    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=BOB))).accepted
+    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=DAVE))).accepted
     done = await wait_for(yard, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
-    assert [a.actor for a in done.gates[0].approvals] == ["alice", "bob"]
+    assert [a.actor for a in done.gates[0].approvals] == ["carol", "dave"]
 
 
 async def test_a_rejected_gate_fails_the_run_and_retry_resumes_from_the_failed_stage(
@@ -246,17 +246,17 @@ async def test_a_rejected_gate_fails_the_run_and_retry_resumes_from_the_failed_s
     yard = await start_yard(sqlite_url, {"gated": GATED.replace("min_approvals: 2", "min_approvals: 1")})
     run = await trigger(yard, "gated")
     await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
-    await send(yard, RejectGate(run_id=run.run.id, gate="production", actor=BOB, reason="freeze"))
+    await send(yard, RejectGate(run_id=run.run.id, gate="production", actor=DAVE, reason="freeze"))
     failed = await wait_for(yard, run.run.id)
     assert failed.run.status is RunStatus.FAILED
-    assert failed.run.reason == "gate production rejected: rejected by bob: freeze"
+    assert failed.run.reason == "gate production rejected: rejected by dave: freeze"
     retry = await send(yard, RetryRun(run_id=run.run.id, actor=ALICE))
     assert retry.accepted and retry.state is not None
     new = retry.state
     assert new.run.retry_of == run.run.id and new.run.number == 2
     assert new.stages[0].status is StageStatus.SKIPPED and new.jobs[0].outputs == {"v": "1"}
     await wait_for(yard, new.run.id, lambda s: s.run.status is RunStatus.WAITING)
-    await send(yard, ApproveGate(run_id=new.run.id, gate="production", actor=BOB))
+    await send(yard, ApproveGate(run_id=new.run.id, gate="production", actor=DAVE))
     done = await wait_for(yard, new.run.id)
     assert done.run.status is RunStatus.SUCCEEDED  # the deploy read build's output carried over
 
