@@ -1,6 +1,6 @@
-"""The aiohttp application that ``shipyard serve`` runs: health endpoints now; the REST API and
-the Slack endpoints mount here. Shipyard itself lives on the app under a typed key and is
-started and stopped by ``cleanup_ctx`` (no globals)."""
+"""The aiohttp application that ``shipyard serve`` runs: health endpoints, the REST API under
+``/api/v1`` (``bot.api``); the Slack endpoints mount here too. Shipyard itself lives on the
+app under a typed key and is started and stopped by ``cleanup_ctx`` (no globals)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bot import api
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
 
@@ -15,13 +16,17 @@ SHIPYARD = web.AppKey("shipyard", Shipyard)
 
 
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    gateway = api.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         yard = shipyard or build(settings)
         app[SHIPYARD] = yard
         await yard.start()
+        gateway.bind(yard)
+        await gateway.start()
         yield
+        gateway.close()
         await yard.stop()
 
     app.cleanup_ctx.append(lifecycle)

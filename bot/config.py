@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_log_bytes: int = Field(1 << 20, ge=1024)
     kill_grace_seconds: float = Field(5.0, ge=0.0, le=300.0)
     log_level: str = "INFO"
+    admin_token: SecretStr | None = Field(
+        None, description="bootstraps an admin API token (the principal `admin`) at start-up"
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
+    idempotency_hours: float = Field(24.0, ge=24.0, description="how long Idempotency-Key responses are kept")
 
     @field_validator("database_url")
     @classmethod

@@ -22,6 +22,8 @@ class TriggerRun:
     source_revision: str | None = None
     #: a second trigger with the same key returns the first run instead of starting another
     idempotency_key: str | None = None
+    #: run this version of the pipeline instead of the latest
+    pipeline_version: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

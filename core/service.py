@@ -137,7 +137,7 @@ class Service:
             return self._trigger(tx, command, now)
         state = tx.find_run(command.run_id)
         if state is None:
-            return engine.reject(f"no run {command.run_id!r}")
+            return engine.reject(f"no run {command.run_id!r}", kind="not_found")
         if isinstance(command, RetryRun):
             return self._retry(tx, state, command, now)
         if isinstance(command, ApproveGate | RejectGate) and command.actor.channel in AUTHENTICATED:
@@ -153,7 +153,16 @@ class Service:
         version = tx.latest_version(command.pipeline)
         if version is None:
             known = ", ".join(tx.pipeline_names()) or "none yet"
-            return engine.reject(f"unknown pipeline {command.pipeline!r} (known: {known})")
+            return engine.reject(f"unknown pipeline {command.pipeline!r} (known: {known})", kind="not_found")
+        if command.pipeline_version is not None and command.pipeline_version != version.version:
+            pinned = tx.version_by_number(command.pipeline, command.pipeline_version)
+            if pinned is None:
+                return engine.reject(
+                    f"{command.pipeline} has no version {command.pipeline_version} "
+                    f"(latest: {version.version})",
+                    kind="not_found",
+                )
+            version = pinned
         number = tx.next_run_number(command.pipeline)  # also serializes triggers of this pipeline
         if command.idempotency_key:
             existing = tx.run_by_idempotency_key(command.pipeline, command.idempotency_key)
@@ -167,7 +176,7 @@ class Service:
         try:
             parameters = resolve_parameters(version.definition, command.parameters)
         except CommandRefused as exc:
-            return engine.reject(exc.message)
+            return engine.reject(exc.message, kind=exc.kind)
         fresh = new_run_state(
             run_id=uuid.uuid4().hex,
             number=number,
@@ -296,6 +305,11 @@ class Service:
         """Store ``definition`` as a new version unless that exact content is already the latest."""
         with self.store.transaction() as tx:
             return tx.add_version(definition, source, source_path, self.clock())
+
+    def archive_pipeline(self, name: str) -> bool:
+        """No new runs of ``name``; its runs and versions stay readable. New content revives it."""
+        with self.store.transaction() as tx:
+            return tx.archive_pipeline(name)
 
     def find_run(self, ref: str) -> RunState | None:
         with self.store.transaction() as tx:

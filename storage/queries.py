@@ -137,6 +137,10 @@ class Q:
     )
     pipeline_exists = sa.select(PIPELINE.c.name).where(PIPELINE.c.name == b("p"))
     insert_pipeline = sa.insert(PIPELINE)
+    archive = sa.update(PIPELINE).where(PIPELINE.c.name == b("p")).values(archived=True)
+    version_by_number = sa.select(VERSION.c.id).where(
+        VERSION.c.pipeline == b("p"), VERSION.c.version == b("n")
+    )
     unarchive = sa.update(PIPELINE).where(PIPELINE.c.name == b("p")).values(archived=False)
     insert_version = sa.insert(VERSION)
     pipeline_names = (

@@ -119,6 +119,11 @@ class SqlStore:
         with self._read() as conn:
             yield SqlTx(self, conn)
 
+    def append_audit(self, entry: AuditEntry) -> None:
+        """An audit entry on its own (requests refused before they became a command)."""
+        with self.transaction() as tx:
+            tx.audit(entry)
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -523,6 +528,13 @@ class SqlTx:
     def version_by_id(self, version_id: str) -> PipelineVersion | None:
         return self.store.version(version_id, self.conn)
 
+    def version_by_number(self, pipeline: str, number: int) -> PipelineVersion | None:
+        found = self.conn.execute(Q.version_by_number, {"p": pipeline, "n": number}).scalar()
+        return self.store.version(found, self.conn) if found else None
+
+    def archive_pipeline(self, pipeline: str) -> bool:
+        return bool(self.conn.execute(Q.archive, {"p": pipeline}).rowcount == 1)
+
     def add_version(
         self, definition: PipelineDef, source: str, source_path: str | None, now: datetime
     ) -> tuple[PipelineVersion, bool]:
@@ -532,14 +544,13 @@ class SqlTx:
             c.execute(Q.named_lock, {"k": "pipeline:" + name})
         if c.execute(Q.pipeline_exists, {"p": name}).first() is None:
             c.execute(Q.insert_pipeline, [{"name": name, "archived": False, "created_at": now}])
-        else:
-            c.execute(Q.unarchive, {"p": name})
         latest = c.execute(Q.latest_version_row, {"p": name}).mappings().first()
         digest = definition.digest()
         if latest is not None and latest["digest"] == digest:
             found = self.store.version(latest["id"], c)
             assert found is not None
             return found, False
+        c.execute(Q.unarchive, {"p": name})  # new content brings an archived pipeline back
         version = PipelineVersion(
             id=uuid.uuid4().hex,
             pipeline=name,

@@ -1,0 +1,131 @@
+"""Environments and what was deployed to them; the audit log."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot.api.common import decode_cursor, encode_cursor, reply
+from bot.api.gateway import gw
+from bot.api.problems import Problem
+from bot.api.routing import Call
+from bot.api.schemas import (
+    AuditOut,
+    AuditPage,
+    AuditQuery,
+    DeploymentOut,
+    DeploymentPage,
+    EnvironmentList,
+    EnvironmentOut,
+    PageQuery,
+)
+from bot.api.spec import API
+from core.access import Action
+
+
+async def _environment(call: Call, name: str) -> EnvironmentOut:
+    g = gw(call)
+    current = await g.read(g.reads.current_deployment, name)
+    last = await g.read(g.reads.deployments, name, None, 1)
+    return EnvironmentOut(
+        id=name,
+        name=name,
+        current=DeploymentOut.of(current) if current else None,
+        last_deployment=DeploymentOut.of(last[0]) if last else None,
+    )
+
+
+async def _known(call: Call, name: str) -> None:
+    names = await gw(call).read(gw(call).reads.environment_names)
+    if name not in names:
+        raise Problem(404, f"no environment {name!r} (environments: {', '.join(names) or 'none yet'})")
+
+
+@API.op(
+    "GET",
+    "/environments",
+    summary="Environments and what runs in each",
+    action=Action.READ,
+    tag="environments",
+    responses={200: ("every environment a pipeline deploys to", EnvironmentList)},
+)
+async def list_environments(call: Call) -> web.Response:
+    names = await gw(call).read(gw(call).reads.environment_names)
+    return reply(EnvironmentList(items=[await _environment(call, n) for n in names]))
+
+
+@API.op(
+    "GET",
+    "/environments/{env_id}",
+    summary="An environment",
+    action=Action.READ,
+    tag="environments",
+    responses={200: ("the environment", EnvironmentOut)},
+)
+async def get_environment(call: Call) -> web.Response:
+    await _known(call, call.params["env_id"])
+    return reply(await _environment(call, call.params["env_id"]))
+
+
+@API.op(
+    "GET",
+    "/environments/{env_id}/deployments",
+    summary="What was deployed to an environment, newest first",
+    action=Action.READ,
+    tag="environments",
+    query=PageQuery,
+    responses={200: ("a page of deployments", DeploymentPage)},
+)
+async def list_deployments(call: Call) -> web.Response:
+    name = call.params["env_id"]
+    await _known(call, name)
+    q: PageQuery = call.query
+    before = decode_cursor(q.cursor, 1)
+    if before is not None and not isinstance(before[0], int):
+        raise Problem(400, "invalid cursor: pass back the next_cursor of the previous page unchanged")
+    found = await gw(call).read(gw(call).reads.deployments, name, before[0] if before else None, q.limit + 1)
+    more = len(found) > q.limit
+    found = found[: q.limit]
+    cursor = encode_cursor(found[-1].id) if more else None
+    return reply(DeploymentPage(items=[DeploymentOut.of(d) for d in found], next_cursor=cursor))
+
+
+@API.op(
+    "GET",
+    "/audit",
+    summary="The audit log, newest first",
+    action=Action.MANAGE,
+    tag="audit",
+    query=AuditQuery,
+    responses={200: ("a page of audit entries", AuditPage)},
+)
+async def list_audit(call: Call) -> web.Response:
+    """Every command and every mutating request, allowed or refused. Each entry carries the
+    SHA-256 of the one before it; `shipyard audit verify` checks the chain."""
+    q: AuditQuery = call.query
+    before = decode_cursor(q.cursor, 1)
+    if before is not None and not isinstance(before[0], int):
+        raise Problem(400, "invalid cursor: pass back the next_cursor of the previous page unchanged")
+    found = await gw(call).read(
+        lambda: gw(call).reads.audit(
+            before=before[0] if before else None, limit=q.limit + 1, actor=q.actor, action=q.action
+        )
+    )
+    more = len(found) > q.limit
+    found = found[: q.limit]
+    items = [
+        AuditOut(
+            id=c.id,
+            at=c.entry.at,
+            actor=c.entry.actor,
+            channel=c.entry.channel,
+            action=c.entry.action,
+            target=c.entry.target,
+            outcome=c.entry.outcome,
+            reason=c.entry.reason,
+            detail=c.entry.detail,
+            prev_hash=c.prev_hash,
+            hash=c.hash,
+        )
+        for c in found
+    ]
+    return reply(AuditPage(items=items, next_cursor=encode_cursor(found[-1].id) if more else None))

@@ -1,0 +1,404 @@
+"""A small declarative layer over aiohttp routes: each operation states its path, the role
+action it needs, its query and body models and its responses. From that one declaration the
+wrapper authenticates, authorizes, validates, applies ``Idempotency-Key``, audits refusals,
+and ``openapi()`` writes the OpenAPI 3.1 document."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from bot.api.problems import PROBLEM_TYPE, REFUSAL_STATUS, Problem, unauthorized
+from bot.api.schemas import ProblemOut
+from core.access import Action, Principal
+from core.errors import CommandRefused
+from core.ports import AuditEntry
+
+log = logging.getLogger(__name__)
+PREFIX = "/api/v1"
+Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
+#: an opaque key a client chooses: printable ASCII, as the IETF draft and Stripe have it
+MAX_KEY = 255
+
+
+@dataclass
+class Call:
+    """One request as a handler sees it: validated, authenticated, authorized."""
+
+    request: web.Request
+    gateway: Gateway
+    principal: Principal
+    params: dict[str, str]
+    query: Any
+    body: Any
+    #: set once the request became an engine command (the engine audits those itself)
+    audited: bool = False
+    idempotency_key: str | None = None
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    action: Action
+    tag: str
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    #: extra request media types (beyond JSON) the handler reads itself, e.g. YAML definitions
+    raw_body: tuple[str, ...] = ()
+    responses: dict[int, tuple[str, type[BaseModel] | str | None]] = field(default_factory=dict)
+    headers: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def mutating(self) -> bool:
+        return self.method != "GET"
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+#: the errors every authenticated operation can answer
+COMMON_ERRORS = {
+    400: "malformed request (bad JSON, unknown query parameter, bad cursor)",
+    401: "missing or unknown bearer token",
+    403: "the caller's role does not allow this",
+    404: "no such resource",
+    413: "request body too large",
+    422: "the request is well-formed but invalid",
+}
+MUTATING_ERRORS = {
+    409: "the resource's state does not allow this, or the same Idempotency-Key is still being processed",
+    415: "the body's media type is not accepted",
+}
+
+
+class Api:
+    def __init__(self, title: str, version: str, description: str) -> None:
+        self.title = title
+        self.version = version
+        self.description = description
+        self.operations: list[Operation] = []
+
+    def op(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        action: Action,
+        tag: str,
+        responses: dict[int, tuple[str, type[BaseModel] | str | None]],
+        query: type[BaseModel] | None = None,
+        body: type[BaseModel] | None = None,
+        raw_body: tuple[str, ...] = (),
+        headers: dict[int, dict[str, str]] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.operations.append(
+                Operation(
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    action,
+                    tag,
+                    query,
+                    body,
+                    raw_body,
+                    responses,
+                    headers or {},
+                )
+            )
+            return handler
+
+        return register
+
+    # -- serving ----------------------------------------------------------------------------
+    def mount(self, app: web.Application, gateway: Gateway) -> None:
+        for op in self.operations:
+            app.router.add_route(op.method, PREFIX + op.path, _wrap(op, gateway))
+
+    # -- documenting ------------------------------------------------------------------------
+    def openapi(self) -> dict[str, Any]:
+        models: list[type[BaseModel]] = [ProblemOut]
+        for op in self.operations:
+            models += [m for _, m in op.responses.values() if isinstance(m, type)]
+        inputs = [m for op in self.operations for m in (op.body,) if m is not None]
+        keyed = [(m, "serialization") for m in dict.fromkeys(models)] + [
+            (m, "validation") for m in dict.fromkeys(inputs)
+        ]
+        refs, defs = models_json_schema(keyed, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+        paths: dict[str, dict[str, Any]] = {}
+        for op in self.operations:
+            paths.setdefault(PREFIX + op.path, {})[op.method.lower()] = _operation(op, refs)
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": self.title, "version": self.version, "description": self.description},
+            "servers": [{"url": "/"}],
+            "paths": paths,
+            "components": {
+                "schemas": defs.get("$defs", {}),
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+            "security": [{"bearer": []}],
+        }
+
+
+def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "description": (op.handler.__doc__ or "").strip() + f"\n\nNeeds: `{op.action}`.",
+    }
+    params: list[dict[str, Any]] = []
+    for name in _path_names(op.path):
+        params.append(
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
+        )
+    if op.query is not None:
+        schema = op.query.model_json_schema()
+        for name, prop in schema.get("properties", {}).items():
+            prop = {k: v for k, v in prop.items() if k != "title"}
+            params.append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": name in schema.get("required", []),
+                    "schema": prop,
+                    "description": prop.get("description", ""),
+                }
+            )
+    if op.mutating:
+        params.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_KEY,
+                    "pattern": "^[\\x21-\\x7e]+$",
+                },
+                "description": "repeat a request safely: the same key and body return the first response",
+            }
+        )
+    if params:
+        doc["parameters"] = params
+    if op.body is not None:
+        content: dict[str, Any] = {"application/json": {"schema": refs[(op.body, "validation")]}}
+        for media in op.raw_body:
+            content[media] = {"schema": {"type": "string"}}
+        doc["requestBody"] = {
+            "required": op.body is not None and not _all_optional(op.body),
+            "content": content,
+        }
+    responses: dict[str, Any] = {}
+    for status, (description, model) in op.responses.items():
+        entry: dict[str, Any] = {"description": description}
+        if isinstance(model, type):
+            entry["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
+        elif isinstance(model, str):
+            entry["content"] = {model: {"schema": {"type": "string"}}}
+        if status in op.headers:
+            entry["headers"] = {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in op.headers[status].items()
+            }
+        responses[str(status)] = entry
+    problem = {PROBLEM_TYPE: {"schema": refs[(ProblemOut, "serialization")]}}
+    errors = {**COMMON_ERRORS, **(MUTATING_ERRORS if op.mutating else {})}
+    for status, description in errors.items():
+        responses.setdefault(str(status), {"description": description, "content": problem})
+    doc["responses"] = responses
+    return doc
+
+
+def _all_optional(model: type[BaseModel]) -> bool:
+    return all(not f.is_required() for f in model.model_fields.values())
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+# -- the request pipeline ----------------------------------------------------------------------
+class Gateway:
+    """What the wrapper needs from the running service (see ``bot.api.service``)."""
+
+    async def authenticate(self, token: str) -> Principal | None:
+        raise NotImplementedError
+
+    async def claim_key(self, caller: str, key: str, fingerprint: str) -> Any:
+        raise NotImplementedError
+
+    async def finish_key(self, caller: str, key: str, status: int, response: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def release_key(self, caller: str, key: str) -> None:
+        raise NotImplementedError
+
+    async def audit(self, entry: AuditEntry) -> None:
+        raise NotImplementedError
+
+
+def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        principal: Principal | None = None
+        call: Call | None = None
+        try:
+            principal = await _authenticate(request, gateway)
+            if not principal.may(op.action):
+                principal.require(op.action)  # raises Forbidden with the reason
+            query = _validate(op.query, dict(request.query), "query") if op.query else None
+            body = await _body(op, request)
+            call = Call(request, gateway, principal, dict(request.match_info), query, body)
+            key = request.headers.get("Idempotency-Key")
+            if op.mutating and key is not None:
+                return await _idempotent(op, call, key, gateway)
+            return await op.handler(call)
+        except Problem as problem:
+            response = problem.response(request.path)
+        except CommandRefused as exc:
+            response = Problem(REFUSAL_STATUS.get(exc.kind, 409), exc.message).response(request.path)
+        if op.mutating and not (call is not None and call.audited):
+            await _audit_refusal(op, request, principal, response, gateway)
+        return response
+
+    handle.__name__ = op.operation_id
+    return handle
+
+
+async def _authenticate(request: web.Request, gateway: Gateway) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise unauthorized("send Authorization: Bearer <token> (create one with `shipyard token create`)")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("use the Bearer scheme: Authorization: Bearer <token>")
+    principal = await gateway.authenticate(token.strip())
+    if principal is None:
+        raise unauthorized("unknown or revoked token")
+    return principal
+
+
+def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or where, "problem": e["msg"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        summary = "; ".join(f"{e['field']}: {e['problem']}" for e in errors[:5])
+        status = 400 if where == "query" else 422
+        raise Problem(status, f"invalid {where}: {summary}", errors=errors) from None
+
+
+async def _body(op: Operation, request: web.Request) -> Any:
+    if op.body is None:
+        return None
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise Problem(413, f"the body is larger than {exc.max_size} bytes") from None
+    media = request.content_type
+    if media in op.raw_body:
+        return raw
+    if not raw.strip():
+        if _all_optional(op.body):
+            return op.body()
+        raise Problem(422, "this request needs a JSON body")
+    if media != "application/json":
+        accepted = ", ".join(("application/json", *op.raw_body))
+        raise Problem(415, f"send the body as {accepted} (got {media or 'no Content-Type'})")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from None
+    return _validate(op.body, data, "body")
+
+
+async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> web.StreamResponse:
+    if not key or len(key) > MAX_KEY or not all(33 <= ord(c) <= 126 for c in key):
+        raise Problem(400, f"Idempotency-Key must be 1-{MAX_KEY} printable ASCII characters without spaces")
+    raw = await call.request.read() if op.body is not None else b""
+    fingerprint = hashlib.sha256(
+        b"\0".join([op.method.encode(), call.request.path.encode(), raw])
+    ).hexdigest()
+    caller = call.principal.name
+    claim = await gateway.claim_key(caller, key, fingerprint)
+    if claim.outcome == "mismatch":
+        raise Problem(
+            422,
+            "this Idempotency-Key was already used with a different request; use a new key for a new request",
+        )
+    if claim.outcome == "in_progress":
+        raise Problem(409, "a request with this Idempotency-Key is still being processed; retry shortly")
+    if claim.outcome == "replay":
+        stored = claim.response or {}
+        response = web.Response(
+            status=claim.status_code or 200,
+            text=stored.get("body", ""),
+            content_type=stored.get("content_type", "application/json"),
+            headers={**stored.get("headers", {}), "Idempotent-Replayed": "true"},
+        )
+        call.audited = True  # the first request was audited; a replay changes nothing
+        return response
+    call.idempotency_key = key
+    try:
+        response = await op.handler(call)
+    except Problem as problem:
+        response = problem.response(call.request.path)
+    except BaseException:
+        await gateway.release_key(caller, key)
+        raise
+    if not isinstance(response, web.Response) or response.status >= 500:
+        await gateway.release_key(caller, key)
+        return response
+    body = response.text or ""
+    keep = {h: response.headers[h] for h in ("Location", "ETag") if h in response.headers}
+    stored = {"body": body, "content_type": response.content_type, "headers": keep}
+    await gateway.finish_key(caller, key, response.status, stored)
+    return response
+
+
+async def _audit_refusal(
+    op: Operation,
+    request: web.Request,
+    principal: Principal | None,
+    response: web.StreamResponse,
+    gateway: Gateway,
+) -> None:
+    """Mutating requests that never became an engine command are audited here, allowed or not."""
+    detail: dict[str, Any] = {"method": op.method, "path": request.path, "status": response.status}
+    reason = ""
+    if isinstance(response, web.Response) and response.content_type == PROBLEM_TYPE and response.text:
+        reason = str(json.loads(response.text).get("detail", ""))
+    entry = AuditEntry(
+        at=datetime.now(UTC),
+        actor=principal.name if principal else "(unauthenticated)",
+        channel="rest",
+        action=op.operation_id,
+        target=request.path.removeprefix(PREFIX),
+        outcome="accepted" if response.status < 400 else "rejected",
+        reason=reason,
+        detail=detail,
+    )
+    try:
+        await gateway.audit(entry)
+    except Exception:  # the refusal stands even if the audit write fails; say so loudly
+        log.exception("could not audit %s %s", op.method, request.path)

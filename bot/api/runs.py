@@ -1,0 +1,350 @@
+"""Runs: trigger, read, follow, control, and clear their gates."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import datetime
+
+from aiohttp import web
+
+from bot.api.common import decode_cursor, encode_cursor, find_run, reply
+from bot.api.gateway import gw
+from bot.api.problems import Problem
+from bot.api.routing import Call
+from bot.api.schemas import (
+    ApproveIn,
+    CancelIn,
+    EmptyIn,
+    LogQuery,
+    RejectIn,
+    RunOut,
+    RunPage,
+    RunsQuery,
+    RunSummary,
+    TriggerIn,
+)
+from bot.api.spec import API
+from core.access import Action
+from core.commands import (
+    ApproveGate,
+    CancelRun,
+    Command,
+    PauseRun,
+    RejectGate,
+    ResumeRun,
+    RetryRun,
+    TriggerRun,
+)
+from core.model import Actor, RunState
+from core.states import RUN_TERMINAL
+from storage.reads import RunFilter
+
+RUN_CREATED = {"Location": "where the run can be read: /api/v1/runs/{run_id}"}
+#: how long an event stream stays quiet before a comment line keeps proxies from closing it
+KEEPALIVE_S = 15.0
+
+
+def actor(call: Call) -> Actor:
+    return Actor(call.principal.name, "rest")
+
+
+def _created(state: RunState, status: int) -> web.Response:
+    return reply(RunOut.of(state), status, {"Location": f"/api/v1/runs/{state.run.id}"})
+
+
+@API.op(
+    "POST",
+    "/pipelines/{pipeline_id}/runs",
+    summary="Trigger a run",
+    action=Action.TRIGGER,
+    tag="runs",
+    body=TriggerIn,
+    responses={202: ("accepted: the run is queued and proceeds on its own", RunOut)},
+    headers={202: RUN_CREATED},
+)
+async def trigger_run(call: Call) -> web.Response:
+    """Answers at once; follow the run with GET /runs/{run_id} or its event stream."""
+    body: TriggerIn = call.body
+    key = None
+    if call.idempotency_key is not None:
+        key = "api:" + _digest(call.principal.name, call.idempotency_key)
+    decision = await gw(call).command(
+        call,
+        TriggerRun(
+            pipeline=call.params["pipeline_id"],
+            actor=actor(call),
+            parameters=body.parameters,
+            source_revision=body.revision,
+            idempotency_key=key,
+            pipeline_version=body.pipeline_version,
+        ),
+    )
+    assert decision.state is not None
+    return _created(decision.state, 202)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
+
+
+@API.op(
+    "GET",
+    "/runs",
+    summary="List runs, newest first",
+    action=Action.READ,
+    tag="runs",
+    query=RunsQuery,
+    responses={200: ("a page of runs", RunPage)},
+)
+async def list_runs(call: Call) -> web.Response:
+    q: RunsQuery = call.query
+    after = decode_cursor(q.cursor, 2)
+    position = None
+    if after is not None:
+        try:
+            position = (datetime.fromisoformat(str(after[0])), str(after[1]))
+        except ValueError:
+            raise Problem(
+                400, "invalid cursor: pass back the next_cursor of the previous page unchanged"
+            ) from None
+    where = RunFilter(
+        pipeline=q.pipeline,
+        status=str(q.status) if q.status else None,
+        environment=q.environment,
+        triggered_by=q.triggered_by,
+    )
+    states = await gw(call).read(gw(call).reads.runs, where, position, q.limit + 1)
+    more = len(states) > q.limit
+    states = states[: q.limit]
+    cursor = encode_cursor(states[-1].run.created_at.isoformat(), states[-1].run.id) if more else None
+    return reply(RunPage(items=[RunSummary.of(s) for s in states], next_cursor=cursor))
+
+
+@API.op(
+    "GET",
+    "/runs/{run_id}",
+    summary="A run with its stages, jobs and gates",
+    action=Action.READ,
+    tag="runs",
+    responses={
+        200: ("the run", RunOut),
+        304: ("unchanged since the ETag sent in If-None-Match", None),
+    },
+    headers={200: {"ETag": "changes whenever the run or any of its parts changes"}},
+)
+async def get_run(call: Call) -> web.Response:
+    """`run_id` is the run's id or `pipeline#number` (URL-encoded: `web%2342`). Send the ETag
+    back in `If-None-Match` to poll cheaply."""
+    state = await find_run(call)
+    etag = f'"{state.run.id}.{state.run.version}"'
+    if etag in _etags(call.request.headers.get("If-None-Match", "")):
+        return web.Response(status=304, headers={"ETag": etag})
+    return reply(RunOut.of(state), headers={"ETag": etag})
+
+
+def _etags(header: str) -> set[str]:
+    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
+
+
+async def _control(call: Call, command: Command, state: RunState, status: int = 200) -> web.Response:
+    call.principal.require(Action.CONTROL, state.run)
+    decision = await gw(call).command(call, command)
+    assert decision.state is not None
+    return (
+        _created(decision.state, status)
+        if isinstance(command, RetryRun)
+        else reply(RunOut.of(decision.state))
+    )
+
+
+CONTROL_RESPONSES: dict[int, tuple[str, type[RunOut] | str | None]] = {
+    200: ("the run after the change", RunOut)
+}
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/cancel",
+    summary="Cancel a run",
+    action=Action.CONTROL,
+    tag="runs",
+    body=CancelIn,
+    responses=CONTROL_RESPONSES,
+)
+async def cancel_run(call: Call) -> web.Response:
+    """Running jobs are killed. Deployers may cancel their own runs; admins any."""
+    state = await find_run(call)
+    return await _control(
+        call, CancelRun(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
+    )
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/pause",
+    summary="Pause a run",
+    action=Action.CONTROL,
+    tag="runs",
+    body=EmptyIn,
+    responses=CONTROL_RESPONSES,
+)
+async def pause_run(call: Call) -> web.Response:
+    """Running jobs finish; nothing new starts until the run is resumed."""
+    state = await find_run(call)
+    return await _control(call, PauseRun(run_id=state.run.id, actor=actor(call)), state)
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/resume",
+    summary="Resume a paused run",
+    action=Action.CONTROL,
+    tag="runs",
+    body=EmptyIn,
+    responses=CONTROL_RESPONSES,
+)
+async def resume_run(call: Call) -> web.Response:
+    state = await find_run(call)
+    return await _control(call, ResumeRun(run_id=state.run.id, actor=actor(call)), state)
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/retry",
+    summary="Retry a failed or canceled run",
+    action=Action.CONTROL,
+    tag="runs",
+    body=EmptyIn,
+    responses={202: ("the new run, starting from the stage that failed", RunOut)},
+    headers={202: RUN_CREATED},
+)
+async def retry_run(call: Call) -> web.Response:
+    """A new run of the same pipeline version and parameters; finished stages are reused."""
+    state = await find_run(call)
+    return await _control(call, RetryRun(run_id=state.run.id, actor=actor(call)), state, 202)
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/gates/{gate_id}/approve",
+    summary="Approve a gate",
+    action=Action.APPROVE,
+    tag="gates",
+    body=ApproveIn,
+    responses={200: ("the run after the approval", RunOut)},
+)
+async def approve_gate(call: Call) -> web.Response:
+    """`gate_id` is the gate's id or its stage's name. Whoever triggered the run cannot approve
+    it unless the gate allows self-approval; who may approve is fixed when the gate opens."""
+    state = await find_run(call)
+    command = ApproveGate(
+        run_id=state.run.id, gate=call.params["gate_id"], actor=actor(call), comment=call.body.comment
+    )
+    decision = await gw(call).command(call, command)
+    assert decision.state is not None
+    return reply(RunOut.of(decision.state))
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/gates/{gate_id}/reject",
+    summary="Reject a gate (the run fails)",
+    action=Action.APPROVE,
+    tag="gates",
+    body=RejectIn,
+    responses={200: ("the run after the rejection", RunOut)},
+)
+async def reject_gate(call: Call) -> web.Response:
+    state = await find_run(call)
+    command = RejectGate(
+        run_id=state.run.id, gate=call.params["gate_id"], actor=actor(call), reason=call.body.comment
+    )
+    decision = await gw(call).command(call, command)
+    assert decision.state is not None
+    return reply(RunOut.of(decision.state))
+
+
+@API.op(
+    "GET",
+    "/runs/{run_id}/jobs/{job_id}/log",
+    summary="A job's output",
+    action=Action.READ,
+    tag="runs",
+    query=LogQuery,
+    responses={200: ("the output, as text", "text/plain")},
+)
+async def job_log(call: Call) -> web.Response:
+    """`job_id` is the job's id or `stage/job` (URL-encoded). The whole output of the latest
+    attempt, or its last `tail` lines."""
+    state = await find_run(call)
+    wanted = call.params["job_id"]
+    job = state.job(wanted) or next(
+        (j for j in state.jobs if f"{state.stages[j.stage_index].name}/{j.name}" == wanted), None
+    )
+    if job is None:
+        names = ", ".join(f"{state.stages[j.stage_index].name}/{j.name}" for j in state.jobs)
+        raise Problem(404, f"{state.run.ref} has no job {wanted!r} (jobs: {names})")
+    q: LogQuery = call.query
+    store = gw(call).yard.store
+    if q.tail is not None:
+        lines = await gw(call).read(store.tail_log, job.id, q.tail)
+        text = "".join(line + "\n" for line in lines)
+    else:
+        chunks = await gw(call).read(lambda: list(store.read_log(job.id, q.attempt)))
+        text = "".join(c.text for c in chunks)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+@API.op(
+    "GET",
+    "/runs/{run_id}/events",
+    summary="Follow a run as Server-Sent Events",
+    action=Action.READ,
+    tag="runs",
+    responses={
+        200: ("one SSE message per event; the stream ends when the run has finished", "text/event-stream")
+    },
+)
+async def run_events(call: Call) -> web.StreamResponse:
+    """Each message has `id` (the event's sequence number), `event` (e.g. `job.succeeded`) and
+    JSON `data`. Reconnect with `Last-Event-ID` to continue where the stream broke off."""
+    state = await find_run(call)
+    last = call.request.headers.get("Last-Event-ID", "0").strip() or "0"
+    if not last.isdigit() or len(last) > 18:
+        raise Problem(400, "Last-Event-ID must be the id of an event this stream sent")
+    seq = int(last)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(call.request)
+    g, run_id = gw(call), state.run.id
+    quiet = 0.0
+    while True:
+        finished = (await g.read(g.reads.run, run_id)).run.status in RUN_TERMINAL  # type: ignore[union-attr]
+        events = await g.read(g.yard.store.events_after, seq, 500, run_id)
+        for event in events:
+            seq = event.seq
+            data = {
+                "run_id": event.run_id,
+                "subject": event.subject,
+                "subject_id": event.subject_id,
+                "from": event.from_status,
+                "to": event.to_status,
+                "at": event.at.isoformat(),
+                "data": event.data,
+            }
+            await response.write(f"id: {seq}\nevent: {event.name}\ndata: {json.dumps(data)}\n\n".encode())
+        if events:
+            quiet = 0.0
+            continue
+        if finished:
+            break
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await g.yard.orchestrator.wait_for_events(g.yard.settings.poll_interval)
+        quiet += loop.time() - started
+        if quiet >= KEEPALIVE_S:
+            await response.write(b": keep-alive\n\n")
+            quiet = 0.0
+    await response.write_eof()
+    return response

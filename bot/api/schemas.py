@@ -1,0 +1,354 @@
+"""The API's request and response bodies as pydantic models; the OpenAPI document is generated
+from these, so what is documented is what is validated and sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.definition import PipelineDef
+from core.model import Gate, Job, RunState, Stage
+from core.ports import Deployment, PipelineVersion
+from core.states import GateStatus, JobStatus, RunStatus, StageStatus
+
+Name = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------------
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="each invalid field, for 400 and 422")
+
+
+# -- requests ----------------------------------------------------------------------------------
+ParamValue = str | int | float | bool
+
+
+class TriggerIn(Strict):
+    """Start a run of a pipeline's current version (or of ``pipeline_version``)."""
+
+    parameters: dict[str, ParamValue] = Field(default_factory=dict, max_length=100)
+    revision: str | None = Field(
+        None, min_length=1, max_length=200, description="the source revision (commit SHA) this run is for"
+    )
+    pipeline_version: int | None = Field(None, ge=1, le=2_000_000_000)
+
+
+class CancelIn(Strict):
+    reason: str = Field("", max_length=1000)
+
+
+class EmptyIn(Strict):
+    """No fields."""
+
+
+class ApproveIn(Strict):
+    comment: str = Field("", max_length=1000)
+
+
+class RejectIn(Strict):
+    comment: str = Field("", max_length=1000, description="why; shown on the run")
+
+
+class Page(BaseModel):
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
+
+
+# -- queries -----------------------------------------------------------------------------------
+class PageQuery(Strict):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200)
+
+
+class PipelinesQuery(PageQuery):
+    archived: bool = Field(False, description="include archived pipelines")
+
+
+class RunsQuery(PageQuery):
+    pipeline: str | None = Field(None, max_length=63)
+    status: RunStatus | None = None
+    environment: str | None = Field(None, max_length=63)
+    triggered_by: str | None = Field(None, max_length=200)
+
+
+class AuditQuery(PageQuery):
+    actor: str | None = Field(None, max_length=200)
+    action: str | None = Field(None, max_length=40)
+
+
+class LogQuery(Strict):
+    tail: int | None = Field(None, ge=1, le=10_000, description="only the last N lines")
+    attempt: int | None = Field(None, ge=0, le=1000, description="default: the latest attempt")
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+class VersionOut(BaseModel):
+    id: str
+    version: int
+    digest: str
+    created_at: datetime
+    source_path: str | None = Field(None, description="the file it was loaded from; null if sent by API")
+
+    @classmethod
+    def of(cls, v: PipelineVersion) -> VersionOut:
+        return cls(
+            id=v.id, version=v.version, digest=v.digest, created_at=v.created_at, source_path=v.source_path
+        )
+
+
+class PipelineOut(BaseModel):
+    id: str = Field(description="the pipeline's unique name")
+    name: str
+    description: str
+    archived: bool
+    created_at: datetime
+    latest_version: VersionOut
+    definition: PipelineDef
+
+
+class PipelinePage(Page):
+    items: list[PipelineOut]
+
+
+class VersionPage(Page):
+    items: list[VersionOut]
+
+
+# -- runs --------------------------------------------------------------------------------------
+class ApprovalOut(BaseModel):
+    by: str
+    at: datetime
+    comment: str
+
+
+class GateOut(BaseModel):
+    id: str
+    kind: Literal["manual", "automated"]
+    status: GateStatus
+    approvers: list[str]
+    min_approvals: int
+    allow_self_approval: bool
+    approvals: list[ApprovalOut]
+    deadline: datetime | None
+    decided_by: str | None
+    reason: str
+    opened_at: datetime | None
+    decided_at: datetime | None
+
+    @classmethod
+    def of(cls, g: Gate) -> GateOut:
+        return cls(
+            id=g.id,
+            kind=g.kind,
+            status=g.status,
+            approvers=list(g.approvers),
+            min_approvals=g.min_approvals,
+            allow_self_approval=g.allow_self_approval,
+            approvals=[ApprovalOut(by=a.actor, at=a.at, comment=a.comment) for a in g.approvals],
+            deadline=g.deadline,
+            decided_by=g.decided_by,
+            reason=g.reason,
+            opened_at=g.opened_at,
+            decided_at=g.decided_at,
+        )
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    status: JobStatus
+    attempt: int
+    retries: int
+    allow_failure: bool
+    exit_code: int | None
+    runner: str | None
+    outputs: dict[str, str]
+    reason: str
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, j: Job) -> JobOut:
+        return cls(
+            id=j.id,
+            name=j.name,
+            status=j.status,
+            attempt=j.attempt,
+            retries=j.retries,
+            allow_failure=j.allow_failure,
+            exit_code=j.exit_code,
+            runner=j.runner,
+            outputs=dict(j.outputs),
+            reason=j.reason,
+            started_at=j.started_at,
+            finished_at=j.finished_at,
+        )
+
+
+class StageOut(BaseModel):
+    id: str
+    name: str
+    index: int
+    environment: str | None
+    status: StageStatus
+    reason: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    gate: GateOut | None
+    jobs: list[JobOut]
+
+    @classmethod
+    def of(cls, s: Stage, state: RunState) -> StageOut:
+        gate = state.gate_of(s.index)
+        return cls(
+            id=s.id,
+            name=s.name,
+            index=s.index,
+            environment=s.environment,
+            status=s.status,
+            reason=s.reason,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            gate=GateOut.of(gate) if gate is not None else None,
+            jobs=[JobOut.of(j) for j in state.jobs_of(s.index)],
+        )
+
+
+class TriggeredBy(BaseModel):
+    principal: str
+    channel: str
+
+
+class RunSummary(BaseModel):
+    id: str
+    ref: str = Field(description="the per-pipeline name people type: web#42")
+    number: int
+    pipeline: str
+    pipeline_version: int
+    status: RunStatus
+    parameters: dict[str, str]
+    revision: str | None
+    triggered_by: TriggeredBy
+    retry_of: str | None
+    reason: str
+    warnings: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def fields_of(cls, state: RunState) -> dict[str, Any]:
+        r = state.run
+        return {
+            "id": r.id,
+            "ref": r.ref,
+            "number": r.number,
+            "pipeline": r.pipeline,
+            "pipeline_version": r.pipeline_version,
+            "status": r.status,
+            "parameters": dict(r.parameters),
+            "revision": r.source_revision,
+            "triggered_by": TriggeredBy(principal=r.triggered_by, channel=r.trigger_channel),
+            "retry_of": r.retry_of,
+            "reason": r.reason,
+            "warnings": list(r.warnings),
+            "created_at": r.created_at,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+        }
+
+    @classmethod
+    def of(cls, state: RunState) -> RunSummary:
+        return cls(**cls.fields_of(state))
+
+
+class RunOut(RunSummary):
+    stages: list[StageOut]
+
+    @classmethod
+    def of(cls, state: RunState) -> RunOut:
+        return cls(**cls.fields_of(state), stages=[StageOut.of(s, state) for s in state.stages])
+
+
+class RunPage(Page):
+    items: list[RunSummary]
+
+
+# -- environments ------------------------------------------------------------------------------
+class DeploymentOut(BaseModel):
+    id: int
+    environment: str
+    pipeline: str
+    run_id: str
+    run_ref: str
+    stage: str
+    status: str
+    revision: str | None
+    parameters: dict[str, str]
+    triggered_by: str
+    started_at: datetime | None
+    finished_at: datetime
+
+    @classmethod
+    def of(cls, d: Deployment) -> DeploymentOut:
+        assert d.id is not None
+        return cls(
+            id=d.id,
+            environment=d.environment,
+            pipeline=d.pipeline,
+            run_id=d.run_id,
+            run_ref=f"{d.pipeline}#{d.run_number}",
+            stage=d.stage,
+            status=d.status,
+            revision=d.revision,
+            parameters=dict(d.parameters),
+            triggered_by=d.triggered_by,
+            started_at=d.started_at,
+            finished_at=d.finished_at,
+        )
+
+
+class EnvironmentOut(BaseModel):
+    id: str = Field(description="the environment's name")
+    name: str
+    current: DeploymentOut | None = Field(description="the newest successful deployment: what runs there")
+    last_deployment: DeploymentOut | None
+
+
+class EnvironmentList(BaseModel):
+    items: list[EnvironmentOut]
+
+
+class DeploymentPage(Page):
+    items: list[DeploymentOut]
+
+
+# -- audit -------------------------------------------------------------------------------------
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    channel: str
+    action: str
+    target: str
+    outcome: str
+    reason: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(Page):
+    items: list[AuditOut]

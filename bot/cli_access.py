@@ -1,0 +1,178 @@
+"""``shipyard token …``, ``shipyard access …`` and ``shipyard audit …``: who may do what, and the
+record of what was done. These act on the database directly (an operator's tools), and
+every change they make is audited with the channel ``cli``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.config import load_settings
+from core.access import Role
+from core.audit import verify
+from core.errors import ShipyardError
+from core.ports import AuditEntry
+from storage.directory import Directory
+from storage.migrate import upgrade
+from storage.reads import Reads
+from storage.store import SqlStore
+
+ROLES = [str(r) for r in Role]
+
+
+def register(sub: Any) -> None:
+    token = sub.add_parser("token", help="API tokens: create, list, revoke")
+    tsub = token.add_subparsers(metavar="ACTION", required=True)
+    s = tsub.add_parser("create", help="create a token and print it once")
+    s.add_argument("name", help="the principal the token acts as, e.g. ci-deployer")
+    s.add_argument("--role", action="append", required=True, choices=ROLES, help="repeat for several")
+    s.add_argument("--group", action="append", default=[], help="a group, e.g. release-managers")
+    s.set_defaults(func=cmd_token_create)
+    s = tsub.add_parser("list", help="tokens and their roles (never the secrets)")
+    s.set_defaults(func=cmd_token_list)
+    s = tsub.add_parser("revoke", help="revoke a token; it stops working within seconds")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_token_revoke)
+
+    access = sub.add_parser("access", help="roles and groups of any principal (tokens, Slack users)")
+    asub = access.add_subparsers(metavar="ACTION", required=True)
+    for verb in ("grant", "revoke"):
+        s = asub.add_parser(verb, help=f"{verb} a role or a group membership")
+        s.add_argument("principal")
+        s.add_argument("what", metavar="ROLE|group:NAME", help=f"one of {', '.join(ROLES)}, or group:NAME")
+        s.set_defaults(func=cmd_access, verb=verb)
+    s = asub.add_parser("show", help="what a principal holds now")
+    s.add_argument("principal")
+    s.set_defaults(func=cmd_access_show)
+
+    audit = sub.add_parser("audit", help="the audit log")
+    ausub = audit.add_subparsers(metavar="ACTION", required=True)
+    s = ausub.add_parser("verify", help="check the hash chain; exits 1 at the first altered or removed entry")
+    s.set_defaults(func=cmd_audit_verify)
+    s = ausub.add_parser("list", help="the latest entries")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(func=cmd_audit_list)
+
+
+def _store() -> SqlStore:
+    settings = load_settings()
+    upgrade(settings.database_url)
+    return SqlStore(settings.database_url, pool_size=1)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _audit(
+    store: SqlStore, action: str, target: str, detail: dict[str, Any], outcome: str = "accepted"
+) -> None:
+    store.append_audit(
+        AuditEntry(
+            at=_now(),
+            actor=getpass.getuser(),
+            channel="cli",
+            action=action,
+            target=target,
+            outcome=outcome,
+            detail=detail,
+        )
+    )
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    store = _store()
+    try:
+        secret = Directory(store).create_token(
+            args.name, [Role(r) for r in args.role], _now(), by=getpass.getuser(), groups=args.group
+        )
+    except ShipyardError as exc:
+        _audit(store, "token_create", args.name, {"roles": args.role}, "rejected")
+        print(f"shipyard: {exc.message}", file=sys.stderr)
+        return 2
+    _audit(store, "token_create", args.name, {"roles": args.role, "groups": args.group})
+    print(secret)
+    print(
+        f"token for {args.name} ({', '.join(args.role)}); it is shown only now: "
+        "store it in your CI's secrets",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    tokens = Directory(_store()).tokens()
+    if not tokens:
+        print("no tokens yet (shipyard token create NAME --role ROLE)")
+    for t in tokens:
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
+        print(
+            f"{t.name:24} {','.join(t.roles) or '-':28} {state:24} "
+            f"created {t.created_at:%Y-%m-%d} by {t.created_by}"
+        )
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    store = _store()
+    try:
+        Directory(store).revoke_token(args.name, _now())
+    except ShipyardError as exc:
+        print(f"shipyard: {exc.message}", file=sys.stderr)
+        return 2
+    _audit(store, "token_revoke", args.name, {})
+    print(f"revoked {args.name}")
+    return 0
+
+
+def _parse_what(what: str) -> tuple[str, str]:
+    if what.startswith("group:") and len(what) > 6:
+        return "group", what[6:]
+    if what in ROLES:
+        return "role", what
+    raise SystemExit(f"shipyard: {what!r} is neither a role ({', '.join(ROLES)}) nor group:NAME")
+
+
+def cmd_access(args: argparse.Namespace) -> int:
+    kind, value = _parse_what(args.what)
+    store = _store()
+    directory = Directory(store)
+    if args.verb == "grant":
+        directory.grant(args.principal, kind, value, _now())
+    else:
+        directory.revoke_grant(args.principal, kind, value, _now())
+    _audit(store, f"access_{args.verb}", args.principal, {kind: value})
+    print(f"{args.principal}: {args.verb}ed {args.what} (gates already open keep the approvers they had)")
+    return 0
+
+
+def cmd_access_show(args: argparse.Namespace) -> int:
+    p = Directory(_store()).principal(args.principal, _now())
+    print(
+        f"{p.name}: roles {', '.join(sorted(p.roles)) or 'none'}; "
+        f"groups {', '.join(sorted(p.groups)) or 'none'}"
+    )
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    verdict = verify(Reads(_store()).audit_chain())
+    if verdict.ok:
+        print(f"audit log intact: {verdict.checked} entries verified")
+        return 0
+    print(f"audit log BROKEN after {verdict.checked} entries: {verdict.problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_audit_list(args: argparse.Namespace) -> int:
+    for c in reversed(Reads(_store()).audit(None, max(1, args.limit))):
+        e = c.entry
+        why = f" ({e.reason})" if e.reason else ""
+        print(
+            f"{c.id:6} {e.at:%Y-%m-%d %H:%M:%S} {e.actor} via {e.channel}: "
+            f"{e.action} {e.target} {e.outcome}{why}"
+        )
+    return 0

@@ -1,0 +1,166 @@
+"""Principals' credentials and grants: API tokens (only their SHA-256 is stored) and the roles
+and group memberships that ``core.access`` reasons about."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from core.access import Grant, Principal, Role
+from core.errors import Conflict, InvalidInput, NotFound
+from storage.store import SqlStore
+from storage.tables import T
+
+TOKEN, GRANT = T["access_token"], T["grant"]
+#: tokens carry a recognisable prefix, so a leaked one is easy to find in logs and scanners
+TOKEN_PREFIX = "shy_"
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    name: str
+    principal: str
+    roles: tuple[str, ...]
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+
+class Directory:
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+
+    # -- tokens -----------------------------------------------------------------------------
+    def create_token(
+        self, name: str, roles: list[Role], now: datetime, *, by: str, groups: list[str] | None = None
+    ) -> str:
+        """A new token for the principal ``name``; returns the secret, which is not kept."""
+        if not name or len(name) > 100 or not all(c.isalnum() or c in "-_.@" for c in name):
+            raise InvalidInput(f"token name {name!r}: use 1-100 letters, digits, '-', '_', '.', '@'")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.store.engine.begin() as conn:
+            if conn.execute(sa.select(TOKEN.c.name).where(TOKEN.c.name == name)).first():
+                raise Conflict(f"a token named {name!r} exists; revoke it first or pick another name")
+            conn.execute(
+                sa.insert(TOKEN).values(
+                    name=name,
+                    token_hash=token_hash(secret),
+                    principal=name,
+                    created_at=now,
+                    created_by=by,
+                )
+            )
+            self._grant(
+                conn, name, [("role", str(r)) for r in roles] + [("group", g) for g in groups or []], now
+            )
+        return secret
+
+    def revoke_token(self, name: str, now: datetime) -> None:
+        with self.store.engine.begin() as conn:
+            done = conn.execute(
+                sa.update(TOKEN)
+                .where(TOKEN.c.name == name, TOKEN.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            if done.rowcount != 1:
+                raise NotFound(f"no active token named {name!r}")
+
+    def tokens(self) -> list[TokenInfo]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(TOKEN).order_by(TOKEN.c.name)).mappings().all()
+            grants = conn.execute(sa.select(GRANT).where(GRANT.c.revoked_at.is_(None))).mappings().all()
+        roles: dict[str, list[str]] = {}
+        for g in grants:
+            if g["kind"] == "role":
+                roles.setdefault(g["principal"], []).append(g["value"])
+        return [
+            TokenInfo(
+                r["name"],
+                r["principal"],
+                tuple(sorted(roles.get(r["principal"], []))),
+                r["created_at"],
+                r["created_by"],
+                r["revoked_at"],
+            )
+            for r in rows
+        ]
+
+    def authenticate(self, secret: str, now: datetime) -> Principal | None:
+        """The principal an unrevoked token belongs to, with what it holds now."""
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(TOKEN.c.principal).where(
+                    TOKEN.c.token_hash == token_hash(secret), TOKEN.c.revoked_at.is_(None)
+                )
+            ).first()
+            if row is None:
+                return None
+            return Principal.from_grants(row[0], self._grants(conn, row[0]), now)
+
+    def ensure_admin_token(self, secret: str, now: datetime, name: str = "admin") -> None:
+        """Make ``secret`` (from ``SHIPYARD_ADMIN_TOKEN``) an admin's token, idempotently."""
+        digest = token_hash(secret)
+        with self.store.engine.begin() as conn:
+            found = conn.execute(sa.select(TOKEN.c.name).where(TOKEN.c.token_hash == digest)).first()
+            if found is not None:
+                return
+            conn.execute(sa.delete(TOKEN).where(TOKEN.c.name == name))
+            conn.execute(
+                sa.insert(TOKEN).values(
+                    name=name,
+                    token_hash=digest,
+                    principal=name,
+                    created_at=now,
+                    created_by="SHIPYARD_ADMIN_TOKEN",
+                )
+            )
+            held = Principal.from_grants(name, self._grants(conn, name), now)
+            if Role.ADMIN not in held.roles:
+                self._grant(conn, name, [("role", "admin")], now)
+
+    # -- grants -----------------------------------------------------------------------------
+    def grant(self, principal: str, kind: str, value: str, now: datetime) -> None:
+        with self.store.engine.begin() as conn:
+            self._grant(conn, principal, [(kind, value)], now)
+
+    def revoke_grant(self, principal: str, kind: str, value: str, now: datetime) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(
+                sa.update(GRANT)
+                .where(
+                    GRANT.c.principal == principal,
+                    GRANT.c.kind == kind,
+                    GRANT.c.value == value,
+                    GRANT.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+            )
+
+    def principal(self, name: str, now: datetime) -> Principal:
+        with self.store.engine.connect() as conn:
+            return Principal.from_grants(name, self._grants(conn, name), now)
+
+    def _grants(self, conn: sa.Connection, principal: str) -> list[Grant]:
+        rows = conn.execute(sa.select(GRANT).where(GRANT.c.principal == principal)).mappings()
+        return [Grant(r["principal"], r["kind"], r["value"], r["granted_at"], r["revoked_at"]) for r in rows]
+
+    def _grant(
+        self, conn: sa.Connection, principal: str, grants: list[tuple[str, str]], now: datetime
+    ) -> None:
+        held = {(g.kind, g.value) for g in self._grants(conn, principal) if g.revoked_at is None}
+        for kind, value in grants:
+            if kind == "role":
+                Role(value)  # raises ValueError for an unknown role
+            if (kind, value) not in held:
+                conn.execute(
+                    sa.insert(GRANT).values(principal=principal, kind=kind, value=value, granted_at=now)
+                )
+                held.add((kind, value))

@@ -1,0 +1,207 @@
+"""What the REST API and the console read: lists with filters and keyset pagination.
+
+Every list is ordered by a unique key and continued from the last key seen (never OFFSET),
+so a page costs the same on the millionth run as on the first, and rows written meanwhile
+never shift a page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from core.audit import ChainedEntry
+from core.model import RunState
+from core.ports import AuditEntry, Deployment, PipelineVersion
+from storage import mappers as m
+from storage.store import SqlStore
+from storage.tables import T
+
+RUN, STAGE, PIPELINE, VERSION = T["run"], T["stage"], T["pipeline"], T["pipeline_version"]
+DEPLOYMENT, AUDIT = T["deployment"], T["audit"]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineInfo:
+    name: str
+    archived: bool
+    created_at: datetime
+    latest: PipelineVersion
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    pipeline: str | None = None
+    status: str | None = None
+    environment: str | None = None
+    triggered_by: str | None = None
+
+
+class Reads:
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+
+    # -- pipelines ----------------------------------------------------------------------------
+    def pipelines(self, after: str | None, limit: int, archived: bool = False) -> list[PipelineInfo]:
+        query = sa.select(PIPELINE).order_by(PIPELINE.c.name).limit(limit)
+        if not archived:
+            query = query.where(PIPELINE.c.archived.is_(False))
+        if after is not None:
+            query = query.where(PIPELINE.c.name > after)
+        with self.store.reading() as tx:
+            rows = tx.conn.execute(query).mappings().all()
+            return [info for r in rows if (info := self._info(tx.conn, r)) is not None]
+
+    def pipeline(self, name: str) -> PipelineInfo | None:
+        with self.store.reading() as tx:
+            row = tx.conn.execute(sa.select(PIPELINE).where(PIPELINE.c.name == name)).mappings().first()
+            return self._info(tx.conn, row) if row is not None else None
+
+    def _info(self, conn: sa.Connection, row: Any) -> PipelineInfo | None:
+        latest = conn.execute(
+            sa.select(VERSION.c.id)
+            .where(VERSION.c.pipeline == row["name"])
+            .order_by(VERSION.c.version.desc())
+            .limit(1)
+        ).scalar()
+        version = self.store.version(latest, conn) if latest else None
+        if version is None:
+            return None
+        return PipelineInfo(row["name"], row["archived"], row["created_at"], version)
+
+    def versions(self, name: str, before: int | None, limit: int) -> list[PipelineVersion]:
+        query = (
+            sa.select(VERSION.c.id)
+            .where(VERSION.c.pipeline == name)
+            .order_by(VERSION.c.version.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            query = query.where(VERSION.c.version < before)
+        with self.store.reading() as tx:
+            ids = tx.conn.execute(query).scalars().all()
+            return [v for i in ids if (v := self.store.version(i, tx.conn)) is not None]
+
+    # -- runs ---------------------------------------------------------------------------------
+    def run(self, ref: str) -> RunState | None:
+        with self.store.reading() as tx:
+            return tx.find_run(ref)
+
+    def runs(self, where: RunFilter, after: tuple[datetime, str] | None, limit: int) -> list[RunState]:
+        """Newest first: ordered by (created_at, id) descending, continued after ``after``."""
+        query = sa.select(RUN.c.id).order_by(RUN.c.created_at.desc(), RUN.c.id.desc()).limit(limit)
+        if where.pipeline is not None:
+            query = query.where(RUN.c.pipeline == where.pipeline)
+        if where.status is not None:
+            query = query.where(RUN.c.status == where.status)
+        if where.triggered_by is not None:
+            query = query.where(RUN.c.triggered_by == where.triggered_by)
+        if where.environment is not None:
+            query = query.where(
+                RUN.c.id.in_(sa.select(STAGE.c.run_id).where(STAGE.c.environment == where.environment))
+            )
+        if after is not None:
+            at, run_id = after
+            query = query.where(
+                sa.or_(RUN.c.created_at < at, sa.and_(RUN.c.created_at == at, RUN.c.id < run_id))
+            )
+        with self.store.reading() as tx:
+            ids = tx.conn.execute(query).scalars().all()
+            return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
+
+    # -- environments -------------------------------------------------------------------------
+    def environment_names(self) -> list[str]:
+        """Every environment a pipeline version deploys to (versions are few; runs are many)."""
+        names: set[str] = set()
+        with self.store.reading() as tx:
+            for version_id in tx.conn.execute(sa.select(VERSION.c.id)).scalars():
+                version = self.store.version(version_id, tx.conn)
+                if version is not None:
+                    names.update(s.environment for s in version.definition.stages if s.environment)
+        return sorted(names)
+
+    def deployments(self, environment: str, before: int | None, limit: int) -> list[Deployment]:
+        query = (
+            sa.select(DEPLOYMENT)
+            .where(DEPLOYMENT.c.environment == environment)
+            .order_by(DEPLOYMENT.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            query = query.where(DEPLOYMENT.c.id < before)
+        with self.store.reading() as tx:
+            return [_deployment(r) for r in tx.conn.execute(query).mappings()]
+
+    def current_deployment(self, environment: str) -> Deployment | None:
+        """The newest deployment to ``environment`` that succeeded: what runs there now."""
+        query = (
+            sa.select(DEPLOYMENT)
+            .where(DEPLOYMENT.c.environment == environment, DEPLOYMENT.c.status.in_(("succeeded", "partial")))
+            .order_by(DEPLOYMENT.c.id.desc())
+            .limit(1)
+        )
+        with self.store.reading() as tx:
+            row = tx.conn.execute(query).mappings().first()
+        return _deployment(row) if row is not None else None
+
+    # -- audit --------------------------------------------------------------------------------
+    def audit(
+        self, before: int | None, limit: int, actor: str | None = None, action: str | None = None
+    ) -> list[ChainedEntry]:
+        query = sa.select(AUDIT).order_by(AUDIT.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(AUDIT.c.id < before)
+        if actor is not None:
+            query = query.where(AUDIT.c.actor == actor)
+        if action is not None:
+            query = query.where(AUDIT.c.action == action)
+        with self.store.reading() as tx:
+            return [_chained(r) for r in tx.conn.execute(query).mappings()]
+
+    def audit_chain(self, batch: int = 5000) -> Iterator[ChainedEntry]:
+        """Every audit entry in the order written, read in batches."""
+        last = 0
+        while True:
+            query = sa.select(AUDIT).where(AUDIT.c.id > last).order_by(AUDIT.c.id).limit(batch)
+            with self.store.reading() as tx:
+                rows: Sequence[Any] = tx.conn.execute(query).mappings().all()
+            if not rows:
+                return
+            for r in rows:
+                yield _chained(r)
+            last = rows[-1]["id"]
+
+
+def _deployment(r: Any) -> Deployment:
+    return Deployment(
+        id=r["id"],
+        environment=r["environment"],
+        pipeline=r["pipeline"],
+        run_id=r["run_id"],
+        run_number=r["run_number"],
+        stage=r["stage"],
+        status=r["status"],
+        revision=r["revision"],
+        parameters=r["parameters"],
+        triggered_by=r["triggered_by"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+    )
+
+
+def _chained(r: Any) -> ChainedEntry:
+    entry = AuditEntry(
+        at=r["at"],
+        actor=r["actor"],
+        channel=r["channel"],
+        action=r["action"],
+        target=r["target"],
+        outcome=r["outcome"],
+        reason=r["reason"],
+        detail=m.jsonable(r["detail"]),
+    )
+    return ChainedEntry(r["id"], entry, r["prev_hash"], r["hash"])
