@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -99,7 +99,7 @@ class Api:
         summary: str,
         action: Action,
         tag: str,
-        responses: dict[int, tuple[str, type[BaseModel] | str | None]],
+        responses: Mapping[int, tuple[str, type[BaseModel] | str | None]],
         query: type[BaseModel] | None = None,
         body: type[BaseModel] | None = None,
         raw_body: tuple[str, ...] = (),
@@ -117,7 +117,7 @@ class Api:
                     query,
                     body,
                     raw_body,
-                    responses,
+                    dict(responses),
                     headers or {},
                 )
             )
@@ -313,8 +313,8 @@ async def _body(op: Operation, request: web.Request) -> Any:
         return None
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise Problem(413, f"the body is larger than {exc.max_size} bytes") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise Problem(413, f"the body is larger than {request.client_max_size} bytes") from None
     media = request.content_type
     if media in op.raw_body:
         return raw
@@ -350,15 +350,15 @@ async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> 
         raise Problem(409, "a request with this Idempotency-Key is still being processed; retry shortly")
     if claim.outcome == "replay":
         stored = claim.response or {}
-        response = web.Response(
+        call.audited = True  # the first request was audited; a replay changes nothing
+        return web.Response(
             status=claim.status_code or 200,
             text=stored.get("body", ""),
             content_type=stored.get("content_type", "application/json"),
             headers={**stored.get("headers", {}), "Idempotent-Replayed": "true"},
         )
-        call.audited = True  # the first request was audited; a replay changes nothing
-        return response
     call.idempotency_key = key
+    response: web.StreamResponse
     try:
         response = await op.handler(call)
     except Problem as problem:
