@@ -275,7 +275,7 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
         except CommandRefused as exc:
             response = Problem(REFUSAL_STATUS.get(exc.kind, 409), exc.message).response(request.path)
         if op.mutating and not (call is not None and call.audited):
-            await _audit_refusal(op, request, principal, response, gateway)
+            await _audit_request(op, request, principal, response, gateway)
         return response
 
     handle.__name__ = op.operation_id
@@ -376,14 +376,15 @@ async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> 
     return response
 
 
-async def _audit_refusal(
+async def _audit_request(
     op: Operation,
     request: web.Request,
     principal: Principal | None,
     response: web.StreamResponse,
     gateway: Gateway,
 ) -> None:
-    """Mutating requests that never became an engine command are audited here, allowed or not."""
+    """Mutating requests that did not become an engine command are audited here, allowed or not
+    (the engine audits its commands itself)."""
     detail: dict[str, Any] = {"method": op.method, "path": request.path, "status": response.status}
     reason = ""
     if isinstance(response, web.Response) and response.content_type == PROBLEM_TYPE and response.text:
