@@ -1,10 +1,12 @@
-"""Helpers the endpoint modules share: JSON replies, opaque cursors, finding a run."""
+"""Helpers the endpoint modules share: JSON replies, list cursors, finding a run.
+
+A cursor is the sort key of the last item of a page: every value of the right shape is a
+valid place to continue from, so a cursor can never be "invalid", only well- or ill-formed
+(which its query model's pattern rejects with 400)."""
 
 from __future__ import annotations
 
-import base64
-import json
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -13,6 +15,8 @@ from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
 from core.model import RunState
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -24,22 +28,25 @@ def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
     )
 
 
-def encode_cursor(*values: Any) -> str:
-    raw = json.dumps(list(values), default=str, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def id_cursor(cursor: str | None) -> int | None:
+    """Lists ordered by a numeric key continue below the last key seen (any number is a place)."""
+    return int(cursor) if cursor else None
 
 
-def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
-    """The values a cursor carries, or ``None`` for the first page; 400 if it was tampered with."""
-    if cursor is None:
+def run_cursor(state: RunState) -> str:
+    """Runs are ordered by (created_at, id): the cursor is both, microseconds first."""
+    return f"{(state.run.created_at - EPOCH) // timedelta(microseconds=1)}.{state.run.id}"
+
+
+def run_position(cursor: str | None) -> tuple[datetime, str] | None:
+    if not cursor:
         return None
+    micros, _, run_id = cursor.partition(".")
     try:
-        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except ValueError:
-        values = None
-    if not isinstance(values, list) or len(values) != arity:
-        raise Problem(400, "invalid cursor: pass back the next_cursor of the previous page unchanged")
-    return values
+        at = EPOCH + timedelta(microseconds=int(micros))
+    except OverflowError:
+        at = datetime.max.replace(tzinfo=UTC)
+    return at, run_id
 
 
 async def find_run(call: Call, ref: str | None = None) -> RunState:

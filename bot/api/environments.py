@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.api.common import decode_cursor, encode_cursor, reply
+from bot.api.common import id_cursor, reply
 from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
@@ -79,13 +79,10 @@ async def list_deployments(call: Call) -> web.Response:
     name = call.params["env_id"]
     await _known(call, name)
     q: PageQuery = call.query
-    before = decode_cursor(q.cursor, 1)
-    if before is not None and not isinstance(before[0], int):
-        raise Problem(400, "invalid cursor: pass back the next_cursor of the previous page unchanged")
-    found = await gw(call).read(gw(call).reads.deployments, name, before[0] if before else None, q.limit + 1)
+    found = await gw(call).read(gw(call).reads.deployments, name, id_cursor(q.cursor), q.limit + 1)
     more = len(found) > q.limit
     found = found[: q.limit]
-    cursor = encode_cursor(found[-1].id) if more else None
+    cursor = str(found[-1].id) if more else None
     return reply(DeploymentPage(items=[DeploymentOut.of(d) for d in found], next_cursor=cursor))
 
 
@@ -102,14 +99,7 @@ async def list_audit(call: Call) -> web.Response:
     """Every command and every mutating request, allowed or refused. Each entry carries the
     SHA-256 of the one before it; `shipyard audit verify` checks the chain."""
     q: AuditQuery = call.query
-    before = decode_cursor(q.cursor, 1)
-    if before is not None and not isinstance(before[0], int):
-        raise Problem(400, "invalid cursor: pass back the next_cursor of the previous page unchanged")
-    found = await gw(call).read(
-        lambda: gw(call).reads.audit(
-            before=before[0] if before else None, limit=q.limit + 1, actor=q.actor, action=q.action
-        )
-    )
+    found = await gw(call).read(gw(call).reads.audit, id_cursor(q.cursor), q.limit + 1, q.actor, q.action)
     more = len(found) > q.limit
     found = found[: q.limit]
     items = [
@@ -128,4 +118,4 @@ async def list_audit(call: Call) -> web.Response:
         )
         for c in found
     ]
-    return reply(AuditPage(items=items, next_cursor=encode_cursor(found[-1].id) if more else None))
+    return reply(AuditPage(items=items, next_cursor=str(found[-1].id) if more else None))

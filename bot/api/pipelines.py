@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.api.common import decode_cursor, encode_cursor, reply
+from bot.api.common import id_cursor, reply
 from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
@@ -52,17 +52,10 @@ async def _info(call: Call, name: str) -> PipelineInfo:
 )
 async def list_pipelines(call: Call) -> web.Response:
     q: PipelinesQuery = call.query
-    after = decode_cursor(q.cursor, 1)
-    found = await gw(call).read(
-        gw(call).reads.pipelines, str(after[0]) if after else None, q.limit + 1, q.archived
-    )
+    found = await gw(call).read(gw(call).reads.pipelines, q.cursor or None, q.limit + 1, q.archived)
     more = len(found) > q.limit
     found = found[: q.limit]
-    return reply(
-        PipelinePage(
-            items=[_out(p) for p in found], next_cursor=encode_cursor(found[-1].name) if more else None
-        )
-    )
+    return reply(PipelinePage(items=[_out(p) for p in found], next_cursor=found[-1].name if more else None))
 
 
 @API.op(
@@ -89,15 +82,12 @@ async def get_pipeline(call: Call) -> web.Response:
 async def list_versions(call: Call) -> web.Response:
     info = await _info(call, call.params["pipeline_id"])
     q: PageQuery = call.query
-    before = decode_cursor(q.cursor, 1)
-    if before is not None and not isinstance(before[0], int):
-        raise Problem(400, "invalid cursor: pass back the next_cursor of the previous page unchanged")
     found: list[PipelineVersion] = await gw(call).read(
-        gw(call).reads.versions, info.name, before[0] if before else None, q.limit + 1
+        gw(call).reads.versions, info.name, id_cursor(q.cursor), q.limit + 1
     )
     more = len(found) > q.limit
     found = found[: q.limit]
-    cursor = encode_cursor(found[-1].version) if more else None
+    cursor = str(found[-1].version) if more else None
     return reply(VersionPage(items=[VersionOut.of(v) for v in found], next_cursor=cursor))
 
 

@@ -25,6 +25,7 @@ from core.ports import AuditEntry
 
 log = logging.getLogger(__name__)
 PREFIX = "/api/v1"
+REF = "#/components/schemas/{model}"
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
 #: an opaque key a client chooses: printable ASCII, as the IETF draft and Stripe have it
 MAX_KEY = 255
@@ -68,6 +69,16 @@ class Operation:
     def operation_id(self) -> str:
         return self.handler.__name__
 
+
+#: one Server-Sent Events message, as OpenAPI 3.1 tooling reads a ``text/event-stream`` schema
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 
 #: the errors every authenticated operation can answer
 COMMON_ERRORS = {
@@ -139,7 +150,11 @@ class Api:
         keyed = [(m, "serialization") for m in dict.fromkeys(models)] + [
             (m, "validation") for m in dict.fromkeys(inputs)
         ]
-        refs, defs = models_json_schema(keyed, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+        refs, defs = models_json_schema(keyed, ref_template=REF)  # type: ignore[arg-type]
+        schemas = defs.get("$defs", {})
+        for op in self.operations:  # enums and models the query parameters refer to
+            if op.query is not None:
+                schemas.update(op.query.model_json_schema(ref_template=REF).get("$defs", {}))
         paths: dict[str, dict[str, Any]] = {}
         for op in self.operations:
             paths.setdefault(PREFIX + op.path, {})[op.method.lower()] = _operation(op, refs)
@@ -149,7 +164,7 @@ class Api:
             "servers": [{"url": "/"}],
             "paths": paths,
             "components": {
-                "schemas": defs.get("$defs", {}),
+                "schemas": schemas,
                 "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             },
             "security": [{"bearer": []}],
@@ -169,7 +184,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
         )
     if op.query is not None:
-        schema = op.query.model_json_schema()
+        schema = op.query.model_json_schema(ref_template=REF)
         for name, prop in schema.get("properties", {}).items():
             prop = {k: v for k, v in prop.items() if k != "title"}
             params.append(
@@ -201,7 +216,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     if op.body is not None:
         content: dict[str, Any] = {"application/json": {"schema": refs[(op.body, "validation")]}}
         for media in op.raw_body:
-            content[media] = {"schema": {"type": "string"}}
+            content.setdefault(media, {"schema": {"type": "string"}})
         doc["requestBody"] = {
             "required": op.body is not None and not _all_optional(op.body),
             "content": content,
@@ -211,6 +226,8 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"description": description}
         if isinstance(model, type):
             entry["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
+        elif model == "text/event-stream":  # OpenAPI 3.1 reads this as the schema of one event
+            entry["content"] = {model: {"schema": SSE_EVENT}}
         elif isinstance(model, str):
             entry["content"] = {model: {"schema": {"type": "string"}}}
         if status in op.headers:
@@ -366,7 +383,9 @@ async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> 
     except BaseException:
         await gateway.release_key(caller, key)
         raise
-    if not isinstance(response, web.Response) or response.status >= 500:
+    if not isinstance(response, web.Response) or response.status >= 400:
+        # as Stripe does: a request that was refused (bad input, wrong state) did nothing, so its
+        # key stays free for the corrected request
         await gateway.release_key(caller, key)
         return response
     body = response.text or ""

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import datetime
 
 from aiohttp import web
 
-from bot.api.common import decode_cursor, encode_cursor, find_run, reply
+from bot.api.common import find_run, reply, run_cursor, run_position
 from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
@@ -100,15 +99,7 @@ def _digest(*parts: str) -> str:
 )
 async def list_runs(call: Call) -> web.Response:
     q: RunsQuery = call.query
-    after = decode_cursor(q.cursor, 2)
-    position = None
-    if after is not None:
-        try:
-            position = (datetime.fromisoformat(str(after[0])), str(after[1]))
-        except ValueError:
-            raise Problem(
-                400, "invalid cursor: pass back the next_cursor of the previous page unchanged"
-            ) from None
+    position = run_position(q.cursor)
     where = RunFilter(
         pipeline=q.pipeline,
         status=str(q.status) if q.status else None,
@@ -118,7 +109,7 @@ async def list_runs(call: Call) -> web.Response:
     states = await gw(call).read(gw(call).reads.runs, where, position, q.limit + 1)
     more = len(states) > q.limit
     states = states[: q.limit]
-    cursor = encode_cursor(states[-1].run.created_at.isoformat(), states[-1].run.id) if more else None
+    cursor = run_cursor(states[-1]) if more else None
     return reply(RunPage(items=[RunSummary.of(s) for s in states], next_cursor=cursor))
 
 

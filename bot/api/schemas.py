@@ -17,6 +17,16 @@ Name = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)
 
 
 class Strict(BaseModel):
+    """A request body: unknown fields are errors, and so are values of the wrong JSON type
+    (no ``true`` for a number, no ``"1"`` for an integer)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class QueryModel(BaseModel):
+    """Query parameters arrive as strings, so these convert (``?limit=5``) but still refuse
+    unknown names."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -67,16 +77,23 @@ class Page(BaseModel):
 
 
 # -- queries -----------------------------------------------------------------------------------
-class PageQuery(Strict):
+NEXT = "the next_cursor of the previous page"
+
+
+class PageQuery(QueryModel):
+    """A list ordered by a numeric key (deployments, audit entries, versions)."""
+
     limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = Field(None, max_length=200)
+    cursor: str | None = Field(None, pattern=r"^[0-9]{0,18}$", description=NEXT)
 
 
 class PipelinesQuery(PageQuery):
+    cursor: str | None = Field(None, pattern=r"^([a-z0-9][a-z0-9-]{0,62})?$", description=NEXT)
     archived: bool = Field(False, description="include archived pipelines")
 
 
 class RunsQuery(PageQuery):
+    cursor: str | None = Field(None, pattern=r"^([0-9]{1,18}\.[0-9a-f]{1,64})?$", description=NEXT)
     pipeline: str | None = Field(None, max_length=63)
     status: RunStatus | None = None
     environment: str | None = Field(None, max_length=63)
@@ -88,7 +105,7 @@ class AuditQuery(PageQuery):
     action: str | None = Field(None, max_length=40)
 
 
-class LogQuery(Strict):
+class LogQuery(QueryModel):
     tail: int | None = Field(None, ge=1, le=10_000, description="only the last N lines")
     attempt: int | None = Field(None, ge=0, le=1000, description="default: the latest attempt")
 
