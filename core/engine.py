@@ -387,9 +387,11 @@ def _open_gate(plan: _Plan, name: str, kind: str | None) -> Gate:
 
 
 def _approve(plan: _Plan, gate: Gate, actor: Actor, comment: str) -> None:
-    if actor.name == plan.run.triggered_by and not gate.allow_self_approval:
+    requested = plan.run.requested_by or (plan.run.triggered_by,)
+    if actor.name in requested and not gate.allow_self_approval:
+        how = "triggered" if actor.name == plan.run.triggered_by else "asked for (an earlier run retried as)"
         raise Forbidden(
-            f"{actor.name} triggered {plan.run.ref} and cannot approve its own gate {gate.stage_name} "
+            f"{actor.name} {how} {plan.run.ref} and cannot approve its own gate {gate.stage_name} "
             "(separation of duties; the gate would need allow_self_approval: true)"
         )
     if any(a.actor == actor.name for a in gate.approvals):

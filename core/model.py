@@ -55,6 +55,9 @@ class Run:
     trigger_channel: str
     idempotency_key: str | None = None
     retry_of: str | None = None
+    #: everyone who asked for this deployment: the trigger, and each retry back to the first
+    #: run (none of them may approve its gates unless a gate allows self-approval)
+    requested_by: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     reason: str = ""
     created_at: datetime
@@ -233,6 +236,7 @@ def new_run_state(
     idempotency_key: str | None,
     retry_of: str | None,
     now: datetime,
+    requested_by: tuple[str, ...] = (),
 ) -> RunState:
     """Every part of a fresh run, all pending, laid out from its pipeline version."""
     run = Run(
@@ -248,6 +252,7 @@ def new_run_state(
         trigger_channel=actor.channel,
         idempotency_key=idempotency_key,
         retry_of=retry_of,
+        requested_by=(*requested_by, *((actor.name,) if actor.name not in requested_by else ())),
         created_at=now,
     )
     stages, jobs, gates = [], [], []

@@ -211,6 +211,7 @@ class Service:
             idempotency_key=None,
             retry_of=old.run.id,
             now=now,
+            requested_by=old.run.requested_by or (old.run.triggered_by,),
         )
         return engine.start(fresh, now, reuse=old)
 

@@ -35,6 +35,7 @@ def run_from_row(r: RowMapping) -> Run:
         trigger_channel=r["trigger_channel"],
         idempotency_key=r["idempotency_key"],
         retry_of=r["retry_of"],
+        requested_by=tuple(r["requested_by"]),
         warnings=tuple(r["warnings"]),
         reason=r["reason"],
         created_at=r["created_at"],
@@ -117,7 +118,7 @@ def _value(key: str, value: Any) -> tuple[str, Any]:
         return "position", value
     if key == "approvals":
         return key, [{"actor": a.actor, "at": a.at.isoformat(), "comment": a.comment} for a in value]
-    if key in ("warnings", "approvers"):
+    if key in ("warnings", "approvers", "requested_by"):
         return key, list(value)
     if key in ("outputs", "parameters"):
         return key, dict(value)

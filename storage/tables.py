@@ -78,6 +78,7 @@ class RunRow(SQLModel, table=True):
     trigger_channel: str = Field(max_length=16)
     idempotency_key: str | None = Field(default=None, max_length=200)
     retry_of: str | None = Field(default=None, max_length=64)
+    requested_by: list[str] = _json([])
     warnings: list[str] = _json([])
     reason: str = _text()
     created_at: datetime = _ts(nullable=False, index=True)

@@ -258,6 +258,7 @@ class RunSummary(BaseModel):
     parameters: dict[str, str]
     revision: str | None
     triggered_by: TriggeredBy
+    requested_by: list[str] = Field(description="who asked for this deployment, through every retry")
     retry_of: str | None
     reason: str
     warnings: list[str]
@@ -278,6 +279,7 @@ class RunSummary(BaseModel):
             "parameters": dict(r.parameters),
             "revision": r.source_revision,
             "triggered_by": TriggeredBy(principal=r.triggered_by, channel=r.trigger_channel),
+            "requested_by": list(r.requested_by),
             "retry_of": r.retry_of,
             "reason": r.reason,
             "warnings": list(r.warnings),

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from core.access import Role
 from core.audit import verify
-from core.commands import ApproveGate, CompleteJob, TriggerRun
+from core.commands import ApproveGate, CancelRun, CompleteJob, RetryRun, TriggerRun
 from core.model import Actor
 from core.service import Service
 from storage.directory import Directory
@@ -142,3 +142,23 @@ def test_the_audit_chain_holds_under_concurrent_writers_and_catches_an_edit(
         conn.execute(sa.text("UPDATE audit SET actor = 'mallory' WHERE id = 7"))
     broken = verify(reads.audit_chain())
     assert not broken.ok and broken.entry_id == 7
+
+
+def test_whoever_asked_for_a_run_cannot_approve_its_retry_either(
+    db_url: str, make_service: MakeService
+) -> None:
+    svc = make_service(db_url, DEPLOY)
+    first = svc.handle(TriggerRun(pipeline="ship", actor=ALICE)).state
+    assert first is not None
+    finish_all(svc)
+    assert svc.handle(CancelRun(run_id=first.run.id, actor=ALICE)).accepted
+    retry = svc.handle(RetryRun(run_id=first.run.id, actor=Actor("bob", "cli"))).state
+    assert retry is not None and retry.run.requested_by == ("alice", "bob")
+    waiting = svc.find_run(retry.run.id)
+    assert waiting is not None and waiting.gates[0].status == "open"
+    for who in ("alice", "bob"):
+        refused = svc.handle(ApproveGate(run_id=retry.run.id, gate="production", actor=Actor(who, "cli")))
+        assert refused.refusal == "forbidden" and "cannot approve its own gate" in refused.reason
+    assert svc.handle(
+        ApproveGate(run_id=retry.run.id, gate="production", actor=Actor("carol", "cli"))
+    ).accepted
