@@ -186,6 +186,8 @@ def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
     """Parse YAML (or JSON) text into a definition, or raise ``DefinitionError``."""
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise DefinitionError([f"{source}: nested too deeply to be a pipeline"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

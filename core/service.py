@@ -34,6 +34,8 @@ Clock = Callable[[], datetime]
 #: runs with direct database access (an operator), the system and runners are Shipyard itself.
 AUTHENTICATED = frozenset({"rest", "slack", "webhook", "schedule"})
 
+MICROSECOND = timedelta(microseconds=1)
+
 #: how often a command is decided again after losing a compare-and-set race
 CONFLICT_RETRIES = 20
 
@@ -99,7 +101,10 @@ class Service:
             with self.store.transaction() as tx:
                 now = self.clock()
                 tx.read_versions([c.run_id for c in commands if not isinstance(c, TriggerRun)])
-                decided = {i: self._apply(tx, commands[i], now) for i in order}
+                # a microsecond apart, so runs started in one batch still sort by creation
+                decided = {
+                    i: self._apply(tx, commands[i], now + k * MICROSECOND) for k, i in enumerate(order)
+                }
                 if claims:
                     tx.flush_writes()
                     taken = [self._claim(tx, claim, now) for claim in claims]
@@ -152,6 +157,8 @@ class Service:
     def _trigger(self, tx: Tx, command: TriggerRun, now: datetime) -> Decision:
         version = tx.latest_version(command.pipeline)
         if version is None:
+            if tx.is_archived(command.pipeline):
+                return engine.reject(f"pipeline {command.pipeline!r} is archived; restore it to run it")
             known = ", ".join(tx.pipeline_names()) or "none yet"
             return engine.reject(f"unknown pipeline {command.pipeline!r} (known: {known})", kind="not_found")
         if command.pipeline_version is not None and command.pipeline_version != version.version:
@@ -307,10 +314,10 @@ class Service:
         with self.store.transaction() as tx:
             return tx.add_version(definition, source, source_path, self.clock())
 
-    def archive_pipeline(self, name: str) -> bool:
-        """No new runs of ``name``; its runs and versions stay readable. New content revives it."""
+    def set_archived(self, name: str, archived: bool) -> bool:
+        """Archived: no new runs of ``name``; its runs and versions stay readable."""
         with self.store.transaction() as tx:
-            return tx.archive_pipeline(name)
+            return tx.set_archived(name, archived)
 
     def find_run(self, ref: str) -> RunState | None:
         with self.store.transaction() as tx:

@@ -136,6 +136,7 @@ class Q:
         sa.select(VERSION).where(VERSION.c.pipeline == b("p")).order_by(VERSION.c.version.desc()).limit(1)
     )
     pipeline_exists = sa.select(PIPELINE.c.name).where(PIPELINE.c.name == b("p"))
+    pipeline_archived = sa.select(PIPELINE.c.archived).where(PIPELINE.c.name == b("p"))
     insert_pipeline = sa.insert(PIPELINE)
     archive = sa.update(PIPELINE).where(PIPELINE.c.name == b("p")).values(archived=True)
     version_by_number = sa.select(VERSION.c.id).where(

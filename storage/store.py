@@ -172,11 +172,13 @@ class SqlStore:
         for r in rows:
             yield LogChunk(r["job_id"], r["attempt"], r["id"], r["stream"], r["text"])
 
-    def tail_log(self, job_id: str, lines: int = 20) -> list[str]:
-        """The last ``lines`` lines of the job's latest attempt, reading only the last chunks."""
+    def tail_log(self, job_id: str, lines: int = 20, attempt: int | None = None) -> list[str]:
+        """The last ``lines`` lines of an attempt (the latest by default), reading only the
+        last chunks."""
         texts: list[str] = []
         with self._read() as conn:
-            attempt = conn.execute(Q.job_attempt, {"id": job_id}).scalar() or 0
+            if attempt is None:
+                attempt = conn.execute(Q.job_attempt, {"id": job_id}).scalar() or 0
             count = 0
             for (text,) in conn.execute(Q.log_tail, {"id": job_id, "attempt": attempt}):
                 texts.append(text)
@@ -532,8 +534,11 @@ class SqlTx:
         found = self.conn.execute(Q.version_by_number, {"p": pipeline, "n": number}).scalar()
         return self.store.version(found, self.conn) if found else None
 
-    def archive_pipeline(self, pipeline: str) -> bool:
-        return bool(self.conn.execute(Q.archive, {"p": pipeline}).rowcount == 1)
+    def set_archived(self, pipeline: str, archived: bool) -> bool:
+        return bool(self.conn.execute(Q.archive if archived else Q.unarchive, {"p": pipeline}).rowcount == 1)
+
+    def is_archived(self, pipeline: str) -> bool | None:
+        return self.conn.execute(Q.pipeline_archived, {"p": pipeline}).scalar()
 
     def add_version(
         self, definition: PipelineDef, source: str, source_path: str | None, now: datetime

@@ -28,9 +28,10 @@ def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
     )
 
 
-def id_cursor(cursor: str | None) -> int | None:
-    """Lists ordered by a numeric key continue below the last key seen (any number is a place)."""
-    return int(cursor) if cursor else None
+def id_cursor(cursor: str | None, largest: int = 2**31 - 1) -> int | None:
+    """Lists ordered by a numeric key continue below the last key seen (any number is a place;
+    one beyond the column's range means "from the top")."""
+    return min(int(cursor), largest) if cursor else None
 
 
 def run_cursor(state: RunState) -> str:

@@ -79,7 +79,7 @@ async def list_deployments(call: Call) -> web.Response:
     name = call.params["env_id"]
     await _known(call, name)
     q: PageQuery = call.query
-    found = await gw(call).read(gw(call).reads.deployments, name, id_cursor(q.cursor), q.limit + 1)
+    found = await gw(call).read(gw(call).reads.deployments, name, id_cursor(q.cursor, 2**63 - 1), q.limit + 1)
     more = len(found) > q.limit
     found = found[: q.limit]
     cursor = str(found[-1].id) if more else None

@@ -100,13 +100,16 @@ async def _definition(call: Call) -> tuple[PipelineDef, str]:
     if not text.strip():
         raise Problem(422, "send the pipeline definition (YAML or JSON) as the body")
     try:
-        return parse_pipeline(text, "body"), text
+        definition = parse_pipeline(text, "body")
     except DefinitionError as exc:
         raise Problem(
             422,
             "invalid pipeline definition: " + "; ".join(exc.problems),
             errors=[{"problem": p} for p in exc.problems],
         ) from None
+    if "\\u0000" in definition.model_dump_json():
+        raise Problem(422, "NUL characters are not allowed in a pipeline definition")
+    return definition, text
 
 
 async def _register(call: Call, definition: PipelineDef, text: str) -> tuple[PipelineOut, bool]:
@@ -139,6 +142,8 @@ async def create_pipeline(call: Call) -> web.Response:
         raise Problem(
             409, f"pipeline {definition.name!r} exists; PUT /api/v1/pipelines/{definition.name} to change it"
         )
+    if existing is not None:  # archived: posting it again restores it
+        await gw(call).write(gw(call).yard.service.set_archived, definition.name, False)
     out, _ = await _register(call, definition, text)
     return reply(out, 201, {"Location": f"/api/v1/pipelines/{out.name}"})
 
@@ -186,7 +191,7 @@ async def put_pipeline(call: Call) -> web.Response:
 async def archive_pipeline(call: Call) -> web.Response:
     info = await _info(call, call.params["pipeline_id"])
     g = gw(call)
-    await g.write(g.yard.service.archive_pipeline, info.name)
+    await g.write(g.yard.service.set_archived, info.name, True)
     archived = await g.read(g.reads.pipeline, info.name)
     assert archived is not None
     return reply(_out(archived))

@@ -276,7 +276,10 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
     async def handle(request: web.Request) -> web.StreamResponse:
         principal: Principal | None = None
         call: Call | None = None
+        response: web.StreamResponse
         try:
+            if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
+                raise Problem(400, "NUL characters are not allowed in paths or query parameters")
             principal = await _authenticate(request, gateway)
             if not principal.may(op.action):
                 principal.require(op.action)  # raises Forbidden with the reason
@@ -285,8 +288,9 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
             call = Call(request, gateway, principal, dict(request.match_info), query, body)
             key = request.headers.get("Idempotency-Key")
             if op.mutating and key is not None:
-                return await _idempotent(op, call, key, gateway)
-            return await op.handler(call)
+                response = await _idempotent(op, call, key, gateway)
+            else:
+                response = await op.handler(call)
         except Problem as problem:
             response = problem.response(request.path)
         except CommandRefused as exc:
@@ -334,6 +338,8 @@ async def _body(op: Operation, request: web.Request) -> Any:
         raise Problem(413, f"the body is larger than {request.client_max_size} bytes") from None
     media = request.content_type
     if media in op.raw_body:
+        if b"\x00" in raw or b"\\u0000" in raw:
+            raise Problem(422, "NUL characters are not allowed in the body")
         return raw
     if not raw.strip():
         if _all_optional(op.body):
@@ -342,10 +348,14 @@ async def _body(op: Operation, request: web.Request) -> Any:
     if media != "application/json":
         accepted = ", ".join(("application/json", *op.raw_body))
         raise Problem(415, f"send the body as {accepted} (got {media or 'no Content-Type'})")
+    if b"\\u0000" in raw or b"\x00" in raw:
+        raise Problem(422, "NUL characters are not allowed in the body")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Problem(400, "the body is nested too deeply") from None
     return _validate(op.body, data, "body")
 
 
@@ -367,7 +377,6 @@ async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> 
         raise Problem(409, "a request with this Idempotency-Key is still being processed; retry shortly")
     if claim.outcome == "replay":
         stored = claim.response or {}
-        call.audited = True  # the first request was audited; a replay changes nothing
         return web.Response(
             status=claim.status_code or 200,
             text=stored.get("body", ""),
@@ -414,7 +423,11 @@ async def _audit_request(
         channel="rest",
         action=op.operation_id,
         target=request.path.removeprefix(PREFIX),
-        outcome="accepted" if response.status < 400 else "rejected",
+        outcome="duplicate"
+        if "Idempotent-Replayed" in response.headers
+        else "accepted"
+        if response.status < 400
+        else "rejected",
         reason=reason,
         detail=detail,
     )

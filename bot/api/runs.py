@@ -130,7 +130,7 @@ async def get_run(call: Call) -> web.Response:
     back in `If-None-Match` to poll cheaply."""
     state = await find_run(call)
     etag = f'"{state.run.id}.{state.run.version}"'
-    if etag in _etags(call.request.headers.get("If-None-Match", "")):
+    if {etag, "*"} & _etags(call.request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers={"ETag": etag})
     return reply(RunOut.of(state), headers={"ETag": etag})
 
@@ -280,7 +280,7 @@ async def job_log(call: Call) -> web.Response:
     q: LogQuery = call.query
     store = gw(call).yard.store
     if q.tail is not None:
-        lines = await gw(call).read(store.tail_log, job.id, q.tail)
+        lines = await gw(call).read(store.tail_log, job.id, q.tail, q.attempt)
         text = "".join(line + "\n" for line in lines)
     else:
         chunks = await gw(call).read(lambda: list(store.read_log(job.id, q.attempt)))
@@ -303,7 +303,7 @@ async def run_events(call: Call) -> web.StreamResponse:
     JSON `data`. Reconnect with `Last-Event-ID` to continue where the stream broke off."""
     state = await find_run(call)
     last = call.request.headers.get("Last-Event-ID", "0").strip() or "0"
-    if not last.isdigit() or len(last) > 18:
+    if not (last.isascii() and last.isdigit()) or len(last) > 18:
         raise Problem(400, "Last-Event-ID must be the id of an event this stream sent")
     seq = int(last)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

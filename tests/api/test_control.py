@@ -1,0 +1,67 @@
+"""Cancel, pause, resume and retry: the happy paths, and 409 naming the state when the run's
+state does not allow the transition."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Api, assert_problem
+
+
+def job_status(run: dict[str, object]) -> str:
+    return run["stages"][0]["jobs"][0]["status"]  # type: ignore[index, no-any-return]
+
+
+async def test_cancel_kills_the_running_job_and_a_second_cancel_is_409_naming_the_state(api: Api) -> None:
+    run = await api.trigger("slow")
+    await api.wait(run["id"], lambda r: job_status(r) == "running")
+    reply = await api.post(f"/runs/{run['id']}/cancel", "deployer", json={"reason": "wrong branch"})
+    assert reply.status == 200, reply.text
+    assert reply.json["status"] == "canceled"
+    assert "wrong branch" in reply.json["reason"]
+    done = await api.wait(run["id"], lambda r: job_status(r) == "canceled")
+    assert done["status"] == "canceled"
+
+    again = await api.post(f"/runs/{run['id']}/cancel", "deployer")
+    assert_problem(again, 409, "canceled")
+
+
+async def test_pause_and_resume_and_their_invalid_transitions(lite: Api) -> None:
+    run = await lite.trigger("slow")
+    path = f"/runs/{run['id']}"
+    assert_problem(await lite.post(path + "/resume", "deployer"), 409, "running", "not paused")
+
+    paused = await lite.post(path + "/pause", "deployer")
+    assert paused.status == 200, paused.text
+    assert paused.json["status"] == "paused"
+    assert_problem(await lite.post(path + "/pause", "deployer"), 409, "paused")
+
+    resumed = await lite.post(path + "/resume", "deployer")
+    assert resumed.status == 200, resumed.text
+    assert resumed.json["status"] == "running"
+
+    assert (await lite.post(path + "/cancel", "deployer")).status == 200
+    assert_problem(await lite.post(path + "/pause", "deployer"), 409, "canceled")
+    assert_problem(await lite.post(path + "/resume", "deployer"), 409, "canceled")
+
+
+async def test_retry_starts_a_new_run_of_a_failed_one_and_refuses_a_succeeded_one(lite: Api) -> None:
+    failed = await lite.wait((await lite.trigger("broken"))["id"])
+    assert failed["status"] == "failed"
+    assert failed["stages"][0]["jobs"][0]["exit_code"] == 1
+
+    reply = await lite.post(f"/runs/{failed['id']}/retry", "deployer")
+    assert reply.status == 202, reply.text
+    retry = reply.json
+    assert reply.headers["Location"] == f"/api/v1/runs/{retry['id']}"
+    assert retry["id"] != failed["id"]
+    assert retry["retry_of"] == failed["id"]
+    assert retry["ref"] == "broken#2"
+    assert (await lite.wait(retry["id"]))["status"] == "failed"
+
+    ok = await lite.wait((await lite.trigger("quick"))["id"])
+    assert ok["status"] == "succeeded"
+    assert_problem(await lite.post(f"/runs/{ok['id']}/retry", "deployer"), 409, "succeeded")
+
+
+async def test_control_of_an_unknown_run_is_404(lite: Api) -> None:
+    for verb in ("cancel", "pause", "resume", "retry"):
+        assert_problem(await lite.post(f"/runs/nosuchrun/{verb}", "admin"), 404, "nosuchrun")

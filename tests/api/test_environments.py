@@ -1,0 +1,56 @@
+"""Environments: every environment a pipeline deploys to, what runs there now, and the history
+of deployments, newest first."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Api, assert_problem
+
+
+async def test_environments_and_their_deployments_after_deploy_stages_ran(lite: Api) -> None:
+    first = await lite.trigger("web", parameters={"ref": "aaaaaaa"}, revision="rev-1")
+    assert (await lite.wait(first["id"]))["status"] == "succeeded"
+    second = await lite.trigger("web", who="deployer2", parameters={"ref": "bbbbbbb"}, revision="rev-2")
+    assert (await lite.wait(second["id"]))["status"] == "succeeded"
+
+    listed = await lite.get("/environments")
+    assert listed.status == 200, listed.text
+    by_name = {e["name"]: e for e in listed.json["items"]}
+    assert set(by_name) == {"staging", "production"}
+    assert by_name["staging"]["current"]["run_ref"] == "web#2"
+    assert by_name["production"]["current"] is None
+    assert by_name["production"]["last_deployment"] is None
+
+    staging = await lite.get("/environments/staging")
+    assert staging.status == 200, staging.text
+    assert staging.json["id"] == staging.json["name"] == "staging"
+    current = staging.json["current"]
+    assert current["run_id"] == second["id"] and current["status"] == "succeeded"
+    assert current["revision"] == "rev-2" and current["parameters"]["ref"] == "bbbbbbb"
+    assert current["triggered_by"] == "deployer2" and current["stage"] == "staging"
+    assert staging.json["last_deployment"]["id"] == current["id"]
+
+    history = await lite.get("/environments/staging/deployments")
+    assert history.status == 200, history.text
+    items = history.json["items"]
+    assert [d["run_ref"] for d in items] == ["web#2", "web#1"]
+    assert [d["revision"] for d in items] == ["rev-2", "rev-1"]
+    assert items[0]["finished_at"] >= items[1]["finished_at"]
+    assert history.json["next_cursor"] is None
+
+    page = await lite.get("/environments/staging/deployments?limit=1")
+    rest = await lite.get(f"/environments/staging/deployments?limit=1&cursor={page.json['next_cursor']}")
+    assert [d["run_ref"] for d in page.json["items"] + rest.json["items"]] == ["web#2", "web#1"]
+    assert rest.json["next_cursor"] is None
+
+    empty = await lite.get("/environments/production/deployments")
+    assert empty.status == 200 and empty.json["items"] == []
+    assert_problem(await lite.get("/environments/moon"), 404, "moon", "staging")
+
+
+async def test_a_stage_that_never_started_deployed_nothing(lite: Api) -> None:
+    run = await lite.trigger("gated")
+    await lite.wait_status(run["id"], "waiting")
+    await lite.post(f"/runs/{run['id']}/gates/production/reject", "approver", json={"comment": "no"})
+    assert (await lite.wait(run["id"]))["status"] == "failed"
+    assert (await lite.get("/environments/production/deployments")).json["items"] == []
+    assert (await lite.get("/environments/production")).json["current"] is None

@@ -1,0 +1,166 @@
+"""Runs: trigger, read (by id and by ``pipeline#number``), ETags, lists with filters and cursors,
+job logs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.api.conftest import Api, assert_problem
+
+REF = "abc1234"
+
+
+async def test_trigger_answers_202_with_location_and_the_run_then_succeeds(api: Api) -> None:
+    reply = await api.post(
+        "/pipelines/web/runs", "deployer", json={"parameters": {"ref": REF}, "revision": "deadbeef"}
+    )
+    assert reply.status == 202, reply.text
+    run = reply.json
+    assert reply.headers["Location"] == f"/api/v1/runs/{run['id']}"
+    assert run["ref"] == "web#1" and run["number"] == 1 and run["pipeline"] == "web"
+    assert run["status"] in ("pending", "running")
+    assert run["parameters"] == {"ref": REF, "dry_run": "false"}
+    assert run["revision"] == "deadbeef"
+    assert run["pipeline_version"] == 1
+    assert run["triggered_by"] == {"principal": "deployer", "channel": "rest"}
+    assert [s["name"] for s in run["stages"]] == ["build", "staging"]
+
+    done = await api.wait(run["id"])
+    assert done["status"] == "succeeded", done
+    assert done["started_at"] and done["finished_at"] and done["created_at"]
+    assert [s["status"] for s in done["stages"]] == ["succeeded", "succeeded"]
+    job = done["stages"][0]["jobs"][0]
+    assert job["name"] == "compile" and job["status"] == "succeeded" and job["exit_code"] == 0
+
+
+async def test_a_run_is_found_by_id_and_by_its_pipeline_number(api: Api) -> None:
+    run = await api.trigger("web", parameters={"ref": REF})
+    by_id = await api.get(f"/runs/{run['id']}")
+    by_ref = await api.get("/runs/web%231")
+    assert by_id.status == by_ref.status == 200
+    assert by_id.json["id"] == by_ref.json["id"] == run["id"]
+    assert_problem(await api.get("/runs/web%232"), 404, "web#2")
+    assert_problem(await api.get("/runs/0123456789abcdef0123456789abcdef"), 404)
+
+
+async def test_a_pinned_pipeline_version_is_used_and_an_unknown_one_is_404(lite: Api) -> None:
+    run = await lite.trigger("quick", pipeline_version=1)
+    assert run["pipeline_version"] == 1
+    assert_problem(
+        await lite.post("/pipelines/quick/runs", "deployer", json={"pipeline_version": 7}), 404, "version 7"
+    )
+
+
+async def test_etag_and_if_none_match_make_polling_cheap(lite: Api) -> None:
+    run = await lite.trigger("slow")
+    first = await lite.get(f"/runs/{run['id']}")
+    etag = first.headers["ETag"]
+    assert etag
+    unchanged = await lite.get(f"/runs/{run['id']}", headers={"If-None-Match": etag})
+    assert unchanged.status == 304 and unchanged.text == ""
+    assert unchanged.headers["ETag"] == etag
+    weak = await lite.get(f"/runs/{run['id']}", headers={"If-None-Match": f'"other", W/{etag}'})
+    assert weak.status == 304
+
+    assert (await lite.post(f"/runs/{run['id']}/cancel", "deployer")).status == 200
+    changed = await lite.get(f"/runs/{run['id']}", headers={"If-None-Match": etag})
+    assert changed.status == 200
+    assert changed.json["status"] == "canceled"
+    assert changed.headers["ETag"] != etag
+
+
+async def test_runs_are_listed_newest_first_in_pages_that_do_not_overlap(api: Api) -> None:
+    ids = [(await api.trigger("quick"))["id"] for _ in range(5)]
+    for run_id in ids:
+        await api.wait(run_id)
+    seen: list[dict[str, object]] = []
+    cursor = None
+    pages = 0
+    while True:
+        query = "/runs?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        reply = await api.get(query)
+        assert reply.status == 200, reply.text
+        page = reply.json
+        assert len(page["items"]) <= 2
+        seen += page["items"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert [r["id"] for r in seen] == list(reversed(ids))
+    assert [r["number"] for r in seen] == [5, 4, 3, 2, 1]
+    assert "stages" not in seen[0]  # a summary: the run itself has the detail
+
+
+async def test_runs_are_filtered_by_pipeline_status_environment_and_who_triggered(api: Api) -> None:
+    web = await api.trigger("web", parameters={"ref": REF})
+    quick = await api.trigger("quick", who="deployer2")
+    broken = await api.trigger("broken")
+    for run in (web, quick, broken):
+        await api.wait(run["id"])
+
+    async def ids(query: str) -> set[str]:
+        reply = await api.get("/runs?" + query)
+        assert reply.status == 200, reply.text
+        return {r["id"] for r in reply.json["items"]}
+
+    assert await ids("pipeline=web") == {web["id"]}
+    assert await ids("status=failed") == {broken["id"]}
+    assert await ids("status=succeeded") == {web["id"], quick["id"]}
+    assert await ids("environment=staging") == {web["id"]}
+    assert await ids("triggered_by=deployer2") == {quick["id"]}
+    assert await ids("pipeline=quick&status=failed") == set()
+    assert await ids("pipeline=nothing-here") == set()
+
+
+async def test_a_job_log_is_served_whole_or_its_last_lines(lite: Api) -> None:
+    run = await lite.trigger("web", parameters={"ref": REF})
+    done = await lite.wait(run["id"])
+    job_id = done["stages"][0]["jobs"][0]["id"]
+
+    whole = await lite.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log")
+    assert whole.status == 200 and whole.content_type == "text/plain"
+    assert whole.text == "".join(f"line{i}\n" for i in range(1, 6))
+    by_id = await lite.get(f"/runs/web%231/jobs/{job_id}/log")
+    assert by_id.text == whole.text
+    tail = await lite.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log?tail=2")
+    assert tail.status == 200 and tail.text == "line4\nline5\n"
+    assert_problem(await lite.get(f"/runs/{run['id']}/jobs/build%2Fnope/log"), 404, "build/compile")
+    assert_problem(await lite.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log?tail=0"), 400, "tail")
+
+
+async def test_the_log_of_an_earlier_attempt_is_served_too(lite: Api) -> None:
+    run = await lite.trigger("flaky")
+    done = await lite.wait(run["id"])
+    assert done["status"] == "succeeded" and done["stages"][0]["jobs"][0]["attempt"] == 2
+    path = f"/runs/{run['id']}/jobs/s%2Fj/log"
+    assert (await lite.get(path)).text == "second\nagain\n"
+    assert (await lite.get(path + "?attempt=1")).text == "first\none\n"
+    assert (await lite.get(path + "?attempt=2&tail=1")).text == "again\n"
+
+
+async def test_the_tail_of_an_earlier_attempt(lite: Api) -> None:
+    run = await lite.trigger("flaky")
+    await lite.wait(run["id"])
+    assert (await lite.get(f"/runs/{run['id']}/jobs/s%2Fj/log?attempt=1&tail=1")).text == "one\n"
+
+
+async def test_runs_triggered_at_once_are_paged_without_overlap_or_gaps(api: Api) -> None:
+    runs = await asyncio.gather(*(api.trigger("quick") for _ in range(12)))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = (await api.get("/runs?limit=5" + (f"&cursor={cursor}" if cursor else ""))).json
+        seen += [r["id"] for r in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 12
+    assert set(seen) == {r["id"] for r in runs}
+
+
+async def test_runs_triggered_at_once_are_listed_newest_first(lite: Api) -> None:
+    await asyncio.gather(*(lite.trigger("quick") for _ in range(20)))
+    numbers = [r["number"] for r in (await lite.get("/runs?limit=50")).json["items"]]
+    assert numbers == sorted(numbers, reverse=True)
