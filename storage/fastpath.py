@@ -5,7 +5,9 @@ and starts with a few small reads. Through SQLAlchemy's execution machinery each
 times what the driver needs, so these statements are compiled once per dialect by SQLAlchemy
 (SQL text, parameter order and the column types' own bind processors, so values are converted
 exactly as SQLAlchemy would) and then executed on the transaction's own DB-API connection.
-Reads go this way only when their result columns need no conversion (ids, numbers).
+Reads come back as plain tuples (``fetch_all``, for ids and numbers) or as dicts whose values
+went through the columns' own result processors (``fetch_mappings``), again exactly as
+SQLAlchemy would convert them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class DriverStatement:
         #: the parameters in the order a positional driver wants them, and which need converting
         self.pick = _picker(self.names)
         self.converters = [(i, self.processors[n]) for i, n in enumerate(self.names) if n in self.processors]
+        self.statement = statement
+        self.dialect = dialect
+        self._results: tuple[list[str], list[tuple[int, Callable[[Any], Any]]]] | None = None
 
     def _row(self, params: dict[str, Any]) -> Any:
         if self.positional:
@@ -62,6 +67,41 @@ class DriverStatement:
             return [tuple(row) for row in cursor.fetchall()]
         finally:
             cursor.close()
+
+    def fetch_mappings(self, conn: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run a read; rows as dicts of converted values (what ``.mappings()`` would give)."""
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(self.sql, self._row(dict(self.compiled.construct_params(params))))
+            rows = cursor.fetchall()
+            keys, converters = self._results or self._result_processors(cursor.description)
+        finally:
+            cursor.close()
+        out = []
+        for row in rows:
+            values = list(row)
+            for index, process in converters:
+                values[index] = process(values[index])
+            out.append(dict(zip(keys, values, strict=True)))
+        return out
+
+    def _result_processors(
+        self, description: Sequence[Sequence[Any]]
+    ) -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
+        """The columns' result processors, for the driver's column types (``description``)."""
+        assert isinstance(self.statement, Select)
+        columns = list(self.statement.selected_columns)
+        converters: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, column in enumerate(columns):
+            coltype = description[index][1]
+            process = column.type.dialect_impl(self.dialect).result_processor(self.dialect, coltype)
+            if process is not None:
+                converters.append((index, process))
+        results = ([str(c.key) for c in columns], converters)
+        self._results = results
+        return results
 
     def execute_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Run for every row in the connection's current transaction; returns rows matched."""

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.engine import RowMapping
-
 from core.definition import PipelineDef
 from core.engine import Change
 from core.events import Event
@@ -21,7 +19,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-def run_from_row(r: RowMapping) -> Run:
+def run_from_row(r: Mapping[Any, Any]) -> Run:
     return Run(
         id=r["id"],
         number=r["number"],
@@ -45,7 +43,7 @@ def run_from_row(r: RowMapping) -> Run:
     )
 
 
-def stage_from_row(r: RowMapping) -> Stage:
+def stage_from_row(r: Mapping[Any, Any]) -> Stage:
     return Stage(
         id=r["id"],
         run_id=r["run_id"],
@@ -59,7 +57,7 @@ def stage_from_row(r: RowMapping) -> Stage:
     )
 
 
-def job_from_row(r: RowMapping) -> Job:
+def job_from_row(r: Mapping[Any, Any]) -> Job:
     return Job(
         id=r["id"],
         run_id=r["run_id"],
@@ -83,7 +81,7 @@ def job_from_row(r: RowMapping) -> Job:
     )
 
 
-def gate_from_row(r: RowMapping) -> Gate:
+def gate_from_row(r: Mapping[Any, Any]) -> Gate:
     return Gate(
         id=r["id"],
         run_id=r["run_id"],
@@ -146,7 +144,7 @@ def event_values(e: Event) -> dict[str, Any]:
     }
 
 
-def event_from_row(r: RowMapping) -> Event:
+def event_from_row(r: Mapping[Any, Any]) -> Event:
     return Event(
         seq=r["seq"],
         name=r["name"],
@@ -170,7 +168,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def version_from_row(r: RowMapping) -> PipelineVersion:
+def version_from_row(r: Mapping[Any, Any]) -> PipelineVersion:
     return PipelineVersion(
         id=r["id"],
         pipeline=r["pipeline"],

@@ -7,6 +7,7 @@ never shift a page.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,13 @@ from storage.tables import T
 
 RUN, STAGE, PIPELINE, VERSION = T["run"], T["stage"], T["pipeline"], T["pipeline_version"]
 DEPLOYMENT, AUDIT = T["deployment"], T["audit"]
+ALL_VERSION_IDS = sa.select(VERSION.c.id)
+DEPLOYMENTS = (
+    sa.select(DEPLOYMENT)
+    .where(DEPLOYMENT.c.environment == sa.bindparam("env"), DEPLOYMENT.c.id < sa.bindparam("before"))
+    .order_by(DEPLOYMENT.c.id.desc())
+    .limit(sa.bindparam("limit"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,9 @@ class RunFilter:
 class Reads:
     def __init__(self, store: SqlStore) -> None:
         self.store = store
+        self._seen: set[str] = set()
+        self._environments: set[str] = set()
+        self._lock = threading.Lock()
 
     # -- pipelines ----------------------------------------------------------------------------
     def pipelines(self, after: str | None, limit: int, archived: bool = False) -> list[PipelineInfo]:
@@ -115,26 +126,24 @@ class Reads:
 
     # -- environments -------------------------------------------------------------------------
     def environment_names(self) -> list[str]:
-        """Every environment a pipeline version deploys to (versions are few; runs are many)."""
-        names: set[str] = set()
+        """Every environment a pipeline version deploys to. Versions are few and immutable, so
+        only versions not seen before are decoded."""
         with self.store.reading() as tx:
-            for version_id in tx.conn.execute(sa.select(VERSION.c.id)).scalars():
-                version = self.store.version(version_id, tx.conn)
-                if version is not None:
-                    names.update(s.environment for s in version.definition.stages if s.environment)
-        return sorted(names)
+            ids = tx.conn.execute(ALL_VERSION_IDS).scalars().all()
+            for version_id in ids:
+                if version_id not in self._seen:
+                    version = self.store.version(version_id, tx.conn)
+                    if version is not None:
+                        self._environments.update(
+                            s.environment for s in version.definition.stages if s.environment
+                        )
+                    self._seen.add(version_id)
+        return sorted(self._environments)
 
     def deployments(self, environment: str, before: int | None, limit: int) -> list[Deployment]:
-        query = (
-            sa.select(DEPLOYMENT)
-            .where(DEPLOYMENT.c.environment == environment)
-            .order_by(DEPLOYMENT.c.id.desc())
-            .limit(limit)
-        )
-        if before is not None:
-            query = query.where(DEPLOYMENT.c.id < before)
+        params = {"env": environment, "before": before if before is not None else 2**63 - 1, "limit": limit}
         with self.store.reading() as tx:
-            return [_deployment(r) for r in tx.conn.execute(query).mappings()]
+            return [_deployment(r) for r in tx.conn.execute(DEPLOYMENTS, params).mappings()]
 
     def current_deployment(self, environment: str) -> Deployment | None:
         """The newest deployment to ``environment`` that succeeded: what runs there now."""

@@ -18,6 +18,7 @@ transaction, that the row's version has not moved. Anything that changes a run's
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -83,6 +84,7 @@ class SqlStore:
         self.cache_size = cache_size
         self._versions: dict[str, PipelineVersion] = {}
         self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self.driver = DriverStatements(self.engine.dialect)
 
     @contextmanager
@@ -115,9 +117,13 @@ class SqlStore:
 
     @contextmanager
     def reading(self) -> Iterator[SqlTx]:
-        """A read-only transaction (on SQLite it does not take the write lock)."""
+        """A read-only transaction (on SQLite it does not take the write lock). Runs it loads
+        go into the cache, so the next read of an unchanged run costs one version query."""
         with self._read() as conn:
-            yield SqlTx(self, conn)
+            tx = SqlTx(self, conn)
+            yield tx
+        for hook in tx.on_commit:
+            hook()
 
     def append_audit(self, entry: AuditEntry) -> None:
         """An audit entry on its own (requests refused before they became a command)."""
@@ -134,13 +140,20 @@ class SqlStore:
 
     def forget(self, run_id: str) -> None:
         """Drop a run from the cache (after a conflict its copy may be stale)."""
-        self._runs.pop(run_id, None)
+        with self._cache_lock:
+            self._runs.pop(run_id, None)
 
     def remember(self, state: RunState) -> None:
-        self._runs[state.run.id] = state
-        self._runs.move_to_end(state.run.id)
-        while len(self._runs) > self.cache_size:
-            self._runs.popitem(last=False)
+        """Cache a run as read or written. Readers on other threads call this too; an older
+        copy never replaces a newer one."""
+        with self._cache_lock:
+            cached = self._runs.get(state.run.id)
+            if cached is not None and cached.run.version > state.run.version:
+                return
+            self._runs[state.run.id] = state
+            self._runs.move_to_end(state.run.id)
+            while len(self._runs) > self.cache_size:
+                self._runs.popitem(last=False)
 
     def version(self, version_id: str, conn: Connection) -> PipelineVersion | None:
         """A pipeline version; immutable, so cached forever once read."""
@@ -314,17 +327,19 @@ class SqlTx:
                 current = found[0][0] if found else None
             if current == cached.run.version:
                 return cached
-        row = c.execute(Q.run_by_id, {"id": run_id}).mappings().first()
-        if row is None:
+        fetch = self.store.driver.get
+        rows = fetch(Q.run_by_id).fetch_mappings(c, {"id": run_id})
+        if not rows:
             return None
+        row = rows[0]
         run = m.run_from_row(row)
         version = self.store.version(run.version_id, c)
         assert version is not None, f"run {run_id} points at a missing pipeline version"
-        stages = tuple(m.stage_from_row(r) for r in c.execute(Q.stages_of, {"id": run_id}).mappings())
-        jobs = tuple(m.job_from_row(r) for r in c.execute(Q.jobs_of, {"id": run_id}).mappings())
+        stages = tuple(m.stage_from_row(r) for r in fetch(Q.stages_of).fetch_mappings(c, {"id": run_id}))
+        jobs = tuple(m.job_from_row(r) for r in fetch(Q.jobs_of).fetch_mappings(c, {"id": run_id}))
         gates: tuple[Gate, ...] = ()
         if any(s.gate is not None for s in version.definition.stages):
-            gates = tuple(m.gate_from_row(r) for r in c.execute(Q.gates_of, {"id": run_id}).mappings())
+            gates = tuple(m.gate_from_row(r) for r in fetch(Q.gates_of).fetch_mappings(c, {"id": run_id}))
         state = RunState(run, stages, jobs, gates, version.definition)
         self.on_commit.append(lambda: self.store.remember(state))
         return state

@@ -20,6 +20,7 @@ from bot.api.schemas import (
 )
 from bot.api.spec import API
 from core.access import Action
+from core.ports import Deployment
 
 
 async def _environment(call: Call, name: str) -> EnvironmentOut:
@@ -77,9 +78,17 @@ async def get_environment(call: Call) -> web.Response:
 )
 async def list_deployments(call: Call) -> web.Response:
     name = call.params["env_id"]
-    await _known(call, name)
     q: PageQuery = call.query
-    found = await gw(call).read(gw(call).reads.deployments, name, id_cursor(q.cursor, 2**63 - 1), q.limit + 1)
+    reads = gw(call).reads
+
+    def page() -> tuple[list[str], list[Deployment]]:  # one trip to the read pool
+        names = reads.environment_names()
+        found = reads.deployments(name, id_cursor(q.cursor, 2**63 - 1), q.limit + 1) if name in names else []
+        return names, found
+
+    names, found = await gw(call).read(page)
+    if name not in names:
+        raise Problem(404, f"no environment {name!r} (environments: {', '.join(names) or 'none yet'})")
     more = len(found) > q.limit
     found = found[: q.limit]
     cursor = str(found[-1].id) if more else None
