@@ -1,13 +1,16 @@
-"""The supervisor every job runs under: ``python -S -E supervise.py ARGV...``.
+"""The supervisor every job runs under: ``python -S -E supervise.py SERVER_PID ARGV...``.
 
-It leads the job's process group and starts the job with default signal dispositions. It gets
-SIGHUP when the server dies (the executor sets ``PR_SET_PDEATHSIG``) and then kills the whole
+It leads the job's process group and starts the job with default signal dispositions. It asks
+the kernel for SIGHUP when its parent, the server, dies (``PR_SET_PDEATHSIG``; if the server
+was already gone by then, its parent is no longer ``SERVER_PID``) and then kills the whole
 group, so no part of a job, however deeply nested, outlives a crashed server and runs beside its
 retry on another replica. SIGTERM (a graceful stop) is for the job's own processes; the supervisor
 waits on. It exits as the job did: the same code, or death by the same signal.
 
-It uses only built-in modules (``posix``, ``_signal``): importing ``os`` and ``signal`` would
-double its start-up time, which every job pays.
+It uses only built-in modules (``posix``, ``_signal``) and ``_ctypes`` for ``prctl``: importing
+``os`` and ``signal`` would double its start-up time, which every job pays. (The server could
+set the death signal in a ``preexec_fn`` instead, but that forces a full ``fork()`` of the
+server, blocking it for milliseconds per job.)
 """
 
 import _signal
@@ -29,11 +32,28 @@ def _kill_group(_signum, _frame):
     posix.killpg(0, _signal.SIGKILL)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(server_pid):
+    """SIGHUP when the server dies; if it already has, act as if the signal came."""
+    try:
+        import _ctypes
+
+        libc = _ctypes.dlopen(None)
+        prctl = _ctypes.dlsym(libc, "prctl")
+        _ctypes.call_function(prctl, (PR_SET_PDEATHSIG, _signal.SIGHUP))
+    except Exception:
+        pass
+    if posix.getppid() != server_pid:
+        _kill_group(0, None)
+
+
 def main(argv):
+    server_pid, argv = int(argv[0]), argv[1:]
     _signal.signal(_signal.SIGHUP, _kill_group)
     _signal.signal(_signal.SIGTERM, lambda _s, _f: None)  # a handler, not SIG_IGN: the job gets TERM
-    if posix.getppid() == 1:  # the server died before the handler was in place
-        _kill_group(0, None)
+    _die_with(server_pid)
     try:
         pid = posix.posix_spawnp(argv[0], argv, posix.environ, setsigdef=DEFAULTS)
     except OSError as exc:

@@ -52,7 +52,7 @@ def run_position(cursor: str | None) -> tuple[datetime, str] | None:
 
 async def find_run(call: Call, ref: str | None = None) -> RunState:
     ref = ref if ref is not None else call.params["run_id"]
-    state = await gw(call).read(gw(call).reads.run, ref)
+    state = await gw(call).read(gw(call).reads.run, ref, quick=True)
     if state is None:
         raise Problem(404, f"no run {ref!r} (use the run's id, or pipeline#number such as web#42)")
     return state
