@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot import api
+from bot import api, slack
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
 
@@ -19,6 +19,7 @@ SHIPYARD = web.AppKey("shipyard", Shipyard)
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     gateway = api.setup(app)
+    slack_lifecycle = slack.setup(app, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         yard = shipyard or build(settings)
@@ -26,11 +27,16 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         await yard.start()
         gateway.bind(yard)
         await gateway.start()
+        chat = slack_lifecycle(yard) if slack_lifecycle is not None else None
+        if chat is not None:
+            await anext(chat)
         # everything built so far lives as long as the process: keep the collector from
         # re-scanning it, or a full collection stalls every request for ~100 ms
         gc.collect()
         gc.freeze()
         yield
+        if chat is not None:
+            await anext(chat, None)
         gateway.close()
         await yard.stop()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from bot import cli_access
+from bot import cli_access, cli_slack
 from bot.bootstrap import Shipyard, build
 from bot.config import ConfigError, Settings, load_settings
 from bot.progress import describe_event, render_state
@@ -124,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("migrate", help="upgrade the database schema (serve does this too)")
     s.set_defaults(func=cmd_migrate)
     cli_access.register(sub)
+    cli_slack.register(sub)
     return p
 
 

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +46,31 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
     idempotency_hours: float = Field(24.0, ge=24.0, description="how long Idempotency-Key responses are kept")
 
+    # -- Slack (the platform's own variable names, without our prefix) ----------------------
+    slack_bot_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token")
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret")
+    )
+    slack_app_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token"),
+        description="xapp-… token: connect over Socket Mode instead of receiving HTTP",
+    )
+    slack_api_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"),
+        description="base URL of Slack's Web API (default https://slack.com/api/)",
+    )
+    slack_channel: str | None = Field(
+        None, description="channel for runs started outside Slack when their pipeline names none"
+    )
+    slack_roles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Slack user IDs (U…) and user-group IDs (S…) mapped to roles",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -64,6 +89,23 @@ class Settings(BaseSettings):
         if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None and (
+            self.slack_signing_secret is not None or self.slack_app_token is not None
+        )
+
+    @field_validator("slack_roles")
+    @classmethod
+    def _slack_roles(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        known = {"viewer", "deployer", "approver", "admin"}
+        for who, roles in value.items():
+            if who[:1] not in ("U", "W", "S"):
+                raise ValueError(f"{who!r}: use a Slack user ID (U…/W…) or user-group ID (S…)")
+            if unknown := set(roles) - known:
+                raise ValueError(f"{who}: unknown roles {sorted(unknown)} (roles: {sorted(known)})")
+        return value
 
     @property
     def runner(self) -> str:

@@ -147,6 +147,8 @@ class PipelineDef(_Strict):
 
     name: str = Field(pattern=NAME)
     description: str = ""
+    #: the Slack channel (ID) where runs started outside Slack (API, schedules) report
+    channel: str | None = Field(default=None, pattern=r"^[CGD][A-Z0-9]{2,20}$")
     parameters: list[ParameterDef] = Field(default_factory=list)
     stages: list[StageDef] = Field(min_length=1)
 

@@ -24,7 +24,7 @@ from core.states import (
     StageStatus,
 )
 
-Channel = Literal["cli", "slack", "rest", "schedule", "webhook", "system", "runner"]
+Channel = Literal["cli", "slack", "console", "rest", "schedule", "webhook", "system", "runner"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ Clock = Callable[[], datetime]
 
 #: channels whose actors are authenticated principals: their roles are checked here. The CLI
 #: runs with direct database access (an operator), the system and runners are Shipyard itself.
-AUTHENTICATED = frozenset({"rest", "slack", "webhook", "schedule"})
+AUTHENTICATED = frozenset({"rest", "slack", "console", "webhook", "schedule"})
 
 MICROSECOND = timedelta(microseconds=1)
 

@@ -246,6 +246,34 @@ class IdempotencyRow(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False, index=True)
 
 
+class SlackMessageRow(SQLModel, table=True):
+    """Where a run's Slack message lives (``ts`` once posted) and which thread posts it got."""
+
+    __tablename__ = "slack_message"
+    run_id: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(max_length=40)
+    ts: str | None = Field(default=None, max_length=40)
+    created_at: datetime = _ts(nullable=False)
+
+
+class SlackPostRow(SQLModel, table=True):
+    """A thread message about a run (a gate opened, a job failed, the result), claimed by
+    inserting its key before it is sent, so it is never sent twice."""
+
+    __tablename__ = "slack_post"
+    run_id: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=120)
+    ts: str | None = Field(default=None, max_length=40)
+
+
+class CursorRow(SQLModel, table=True):
+    """How far a follower of the event log (the Slack notifier) has got."""
+
+    __tablename__ = "cursor"
+    name: str = Field(primary_key=True, max_length=40)
+    seq: int = Field(default=0, sa_column=Column(sa.BigInteger(), nullable=False))
+
+
 class LogChunkRow(SQLModel, table=True):
     __tablename__ = "log_chunk"
     __table_args__ = (sa.Index("ix_log_chunk_job", "job_id", "attempt", "id"),)
@@ -273,5 +301,8 @@ T = {
         "access_token",
         "grant",
         "idempotency",
+        "slack_message",
+        "slack_post",
+        "cursor",
     )
 }

@@ -1,0 +1,56 @@
+"""What every face of Shipyard (REST, Slack, console) uses to reach the running service: reads
+on their own thread pool (or inline, for key lookups on SQLite), writes and engine commands
+through the orchestrator's database thread, and the directory of principals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from bot.bootstrap import Shipyard
+from core.commands import Command
+from core.engine import Decision
+from storage.directory import Directory
+from storage.reads import Reads
+
+T = TypeVar("T")
+
+
+class Backend:
+    """Bound to the running ``Shipyard`` when the application starts (``bind``)."""
+
+    yard: Shipyard
+    reads: Reads
+    directory: Directory
+    pool: ThreadPoolExecutor
+
+    def bind(self, yard: Shipyard) -> None:
+        self.yard = yard
+        self.reads = Reads(yard.store)
+        self.directory = Directory(yard.store)
+        workers = 4 if yard.store.sqlite else yard.store.max_workers
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shipyard-read")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def read(self, fn: Callable[..., T], *args: Any, quick: bool = False) -> T:
+        """Run a read on the read pool. A ``quick`` one (a lookup by key, well under a
+        millisecond on SQLite, which never waits for a writer in WAL mode) runs right here:
+        handing it to a thread would cost more than it takes."""
+        if quick and self.yard.store.sqlite:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.yard.orchestrator.db(fn, *args)
+
+    async def decide(self, command: Command) -> Decision:
+        return await self.yard.orchestrator.handle(command)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

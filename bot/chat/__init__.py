@@ -1,0 +1,3 @@
+"""The chat face of Shipyard, independent of Slack: the ``/deploy`` language (``parse``), the
+verbs and what they answer (``verbs``), and the Block Kit they answer with (``blocks``). Slack
+(``bot.slack``) and the terminal console render the same replies."""

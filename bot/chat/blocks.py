@@ -1,0 +1,209 @@
+"""Block Kit for everything the bot says: run messages, gate cards, lists, help. Plain dicts in
+Slack's documented shapes (within its limits: 50 blocks a message, 3000 characters a section),
+each with a ``text`` fallback; the console renders the same blocks as text."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from core.duration import format_duration
+from core.model import Gate, Job, RunState
+from core.ports import Deployment
+from core.states import RUN_TERMINAL, GateStatus, RunStatus
+
+Block = dict[str, Any]
+
+EMOJI = {
+    "pending": ":white_circle:",
+    "queued": ":hourglass_flowing_sand:",
+    "running": ":arrows_counterclockwise:",
+    "waiting": ":double_vertical_bar:",
+    "paused": ":double_vertical_bar:",
+    "succeeded": ":white_check_mark:",
+    "partial": ":warning:",
+    "failed": ":x:",
+    "timed_out": ":alarm_clock:",
+    "lost": ":grey_question:",
+    "canceled": ":no_entry_sign:",
+    "skipped": ":fast_forward:",
+    "open": ":raised_hand:",
+    "approved": ":white_check_mark:",
+    "rejected": ":x:",
+}
+SECTION_MAX = 3000
+
+# action ids: the Slack app listens for these
+APPROVE, REJECT, CANCEL, RETRY = "gate_approve", "gate_reject", "run_cancel", "run_retry"
+
+
+def text(markdown: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(markdown)}}
+
+
+def context(markdown: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(markdown)}]}
+
+
+def button(
+    label: str, action_id: str, value: str, style: str | None = None, confirm: Block | None = None
+) -> Block:
+    b: Block = {"type": "button", "text": {"type": "plain_text", "text": label[:75]}, "action_id": action_id}
+    b["value"] = value[:2000]
+    if style:
+        b["style"] = style
+    if confirm:
+        b["confirm"] = confirm
+    return b
+
+
+def actions(block_id: str, *elements: Block) -> Block:
+    return {"type": "actions", "block_id": block_id[:255], "elements": list(elements)}
+
+
+def confirm(title: str, body: str, yes: str, style: str = "danger") -> Block:
+    return {
+        "title": {"type": "plain_text", "text": title[:100]},
+        "text": {"type": "plain_text", "text": body[:300]},
+        "confirm": {"type": "plain_text", "text": yes[:30]},
+        "deny": {"type": "plain_text", "text": "Never mind"},
+        "style": style,
+    }
+
+
+def _clip(s: str, limit: int = SECTION_MAX) -> str:
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def who(name: str) -> str:
+    """A principal as Slack shows it: a mention for Slack user IDs."""
+    return f"<@{name}>" if name[:1] in ("U", "W") and name.isalnum() else name
+
+
+def took(start: datetime | None, end: datetime | None) -> str:
+    return format_duration((end - start).total_seconds()) if start and end else ""
+
+
+def ref_value(state: RunState, gate: Gate | None = None) -> str:
+    return json.dumps({"run": state.run.id, **({"gate": gate.id} if gate else {})})
+
+
+# -- the run message -----------------------------------------------------------------------------
+def run_summary(state: RunState) -> str:
+    run = state.run
+    return f"{EMOJI.get(run.status, '')} {run.ref} {run.status}"
+
+
+def run_message(state: RunState) -> tuple[str, list[Block]]:
+    """The one message per run, edited in place as it moves."""
+    run = state.run
+    head = f"{EMOJI.get(run.status, '')} *{run.ref}* — *{run.status}*"
+    if run.source_revision:
+        head += f" · `{run.source_revision[:12]}`"
+    lines = [head, f"triggered by {who(run.triggered_by)} via {run.trigger_channel}"]
+    if run.retry_of:
+        lines[-1] += " (a retry)"
+    blocks = [text("\n".join(lines))]
+    if run.parameters:
+        blocks.append(context(" ".join(f"`{k}={v}`" for k, v in run.parameters.items())))
+    stage_lines = []
+    for stage in state.stages:
+        env = f" → _{stage.environment}_" if stage.environment else ""
+        duration = took(stage.started_at, stage.finished_at)
+        gate = state.gate_of(stage.index)
+        gate_note = ""
+        if gate is not None and gate.status is GateStatus.OPEN:
+            gate_note = f" — gate waiting ({len(gate.approvals)} of {gate.min_approvals})"
+        line = f"{EMOJI.get(stage.status, '')} {stage.name}{env}{gate_note}"
+        stage_lines.append(line + (f" · {duration}" if duration else ""))
+    blocks.append(text("\n".join(stage_lines)))
+    if run.reason and run.status in RUN_TERMINAL and run.status is not RunStatus.SUCCEEDED:
+        blocks.append(context(run.reason))
+    for warning in run.warnings[:5]:
+        blocks.append(context(f":warning: {warning}"))
+    buttons = []
+    if run.status not in RUN_TERMINAL:
+        buttons.append(
+            button(
+                "Cancel",
+                CANCEL,
+                ref_value(state),
+                "danger",
+                confirm("Cancel this run?", f"{run.ref} stops; running jobs are killed.", "Cancel run"),
+            )
+        )
+    if run.status in (RunStatus.FAILED, RunStatus.CANCELED):
+        buttons.append(button("Retry", RETRY, ref_value(state), "primary"))
+    if buttons:
+        blocks.append(actions(f"run-{run.id}-{run.version}", *buttons))
+    return run_summary(state), blocks
+
+
+# -- gates ---------------------------------------------------------------------------------------
+def gate_card(state: RunState, gate: Gate, live: Deployment | None) -> tuple[str, list[Block]]:
+    """What the approvers see while a gate waits for them."""
+    run = state.run
+    stage = state.stages[gate.stage_index]
+    target = f" to *{stage.environment}*" if stage.environment else ""
+    lines = [
+        f":raised_hand: *{run.ref}* waits for approval before *{stage.name}*{target}",
+        f"asked by {who(run.triggered_by)}; approvers: {', '.join(who(a) for a in gate.approvers)}",
+    ]
+    if run.source_revision:
+        lines.append(f"deploys revision `{run.source_revision}`")
+    if live is not None:
+        now_there = f"`{live.revision}`" if live.revision else f"{live.pipeline}#{live.run_number}"
+        lines.append(
+            f"live in {live.environment} now: {now_there} (since {live.finished_at:%Y-%m-%d %H:%M} UTC)"
+        )
+    passed = [state.stages[g.stage_index].name for g in state.gates if g.status is GateStatus.APPROVED]
+    if passed:
+        lines.append("gates passed: " + ", ".join(passed))
+    if gate.min_approvals > 1:
+        lines.append(f"approvals: {len(gate.approvals)} of {gate.min_approvals}")
+    blocks = [text("\n".join(lines))]
+    if gate.status is GateStatus.OPEN:
+        value = ref_value(state, gate)
+        blocks.append(
+            actions(
+                f"gate-{gate.id}-{len(gate.approvals)}",
+                button("Approve", APPROVE, value, "primary"),
+                button("Reject", REJECT, value, "danger"),
+            )
+        )
+    else:
+        blocks.append(context(gate_outcome(gate)))
+    return f"{run.ref} waits for approval before {stage.name}", blocks
+
+
+def gate_outcome(gate: Gate) -> str:
+    when = f" at {gate.decided_at:%Y-%m-%d %H:%M} UTC" if gate.decided_at else ""
+    by = (
+        f" by {who(gate.decided_by)}"
+        if gate.decided_by and gate.decided_by not in ("timeout", "check")
+        else ""
+    )
+    reason = f": {gate.reason}" if gate.reason else ""
+    return f"{EMOJI.get(gate.status, '')} {gate.status}{by}{when}{reason}"
+
+
+def job_failed(state: RunState, job: Job, tail: list[str]) -> tuple[str, list[Block]]:
+    stage = state.stages[job.stage_index]
+    summary = f"{state.run.ref}: job {stage.name}/{job.name} {job.status}"
+    blocks = [
+        text(f":x: *{stage.name}/{job.name}* {job.status}" + (f" — {job.reason}" if job.reason else ""))
+    ]
+    if tail:
+        body = "\n".join(tail)[-(SECTION_MAX - 10) :].replace("```", "'''")
+        blocks.append(text(f"```{body}```"))
+    return summary, blocks
+
+
+def run_finished(state: RunState) -> tuple[str, list[Block]]:
+    run = state.run
+    duration = took(run.started_at, run.finished_at)
+    line = f"{EMOJI.get(run.status, '')} *{run.ref}* {run.status}" + (f" in {duration}" if duration else "")
+    if run.reason and run.status is not RunStatus.SUCCEEDED:
+        line += f" — {run.reason}"
+    return f"{run.ref} {run.status}", [text(line)]

@@ -1,0 +1,53 @@
+"""Reading a ``/deploy`` line: shell-like words, ``key=value`` parameters, and suggestions for
+words that are almost right."""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+from dataclasses import dataclass, field
+
+from core.errors import InvalidInput
+
+#: typographic quotes (phones type them) as the plain ones shlex understands
+SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    verb: str
+    words: list[str] = field(default_factory=list)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def parse(text: str) -> Line:
+    """``run web ref=abc "note=two words"`` → verb ``run``, words ``[web]``, params."""
+    # Slack sends typographic quotes when people type them on phones
+    text = text.translate(SMART_QUOTES)
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        raise InvalidInput(f"cannot read that: {exc} (close your quotes)") from None
+    if not tokens:
+        return Line("")
+    verb, rest = tokens[0].lower(), tokens[1:]
+    words, params = [], {}
+    for token in rest:
+        name, sep, value = token.partition("=")
+        if sep and name and name.replace("_", "").isalnum():
+            params[name] = value
+        else:
+            words.append(token)
+    return Line(verb, words, params)
+
+
+def closest(word: str, choices: list[str]) -> str | None:
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def did_you_mean(what: str, word: str, choices: list[str]) -> str:
+    guess = closest(word, choices)
+    hint = f" Did you mean `{guess}`?" if guess else ""
+    known = ", ".join(f"`{c}`" for c in sorted(choices)[:20]) or "none"
+    return f"Unknown {what} `{word}`.{hint} ({what}s: {known})"

@@ -1,0 +1,340 @@
+"""The ``/deploy`` verbs. Each takes who is asking and the parsed line and returns a ``Reply``;
+Slack and the console only deliver it. Roles are checked here for every verb, with the same
+``core.access`` rules the REST API uses; the engine adds its own (separation of duties)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.backend import Backend, now
+from bot.chat import blocks as bk
+from bot.chat.parse import Line, did_you_mean, parse
+from core.access import Action, Principal
+from core.commands import (
+    ApproveGate,
+    CancelRun,
+    Command,
+    PauseRun,
+    RejectGate,
+    ResumeRun,
+    RetryRun,
+    TriggerRun,
+)
+from core.engine import Decision
+from core.errors import ShipyardError
+from core.model import Actor, Channel, RunState
+from core.states import GateStatus
+from storage.reads import RunFilter
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """The person typing: a principal name (a Slack user ID, or the console's user), the
+    channel they typed in, and the door they came through."""
+
+    user: str
+    channel_id: str
+    door: Channel = "slack"
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.user, self.door)
+
+
+@dataclass
+class Reply:
+    text: str
+    blocks: list[bk.Block] = field(default_factory=list)
+    #: visible to the channel, not only to the person who asked
+    public: bool = False
+    #: a modal to open (Slack) instead of a message
+    modal: dict[str, Any] | None = None
+
+
+class Desk(Backend):
+    """The chat backend: a Backend plus who people are and where run messages go."""
+
+    #: called with (run id, channel id) when a chat command starts a run (the notifier routes it)
+    on_run_started: Callable[[str, str], Awaitable[None]] | None = None
+
+    async def principal(self, user: str) -> Principal:
+        return await self.read(self.directory.principal, user, now(), quick=True)
+
+    async def find(self, ref: str) -> RunState:
+        state = await self.read(self.reads.run, ref, quick=True)
+        if state is None:
+            raise Refusal(f"No run `{ref}`. Name it like `web#42` (see `/deploy runs`).")
+        return state
+
+
+class Refusal(Exception):
+    """A reply that says what was wrong; always ephemeral."""
+
+
+Handler = Callable[[Desk, Who, Line], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    name: str
+    usage: str
+    summary: str
+    action: Action
+    handler: Handler
+
+
+VERBS: dict[str, Verb] = {}
+
+
+def verb(name: str, usage: str, summary: str, action: Action = Action.READ) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        VERBS[name] = Verb(name, usage, summary, action, handler)
+        return handler
+
+    return register
+
+
+async def dispatch(desk: Desk, who: Who, text: str) -> Reply:
+    """Answer one ``/deploy`` line. Every failure is a Reply saying what to type instead."""
+    try:
+        line = parse(text)
+        if not line.verb:
+            return await open_trigger_modal(desk, who)
+        found = VERBS.get(line.verb)
+        if found is None:
+            raise Refusal(did_you_mean("command", line.verb, list(VERBS)) + " Try `/deploy help`.")
+        if line.words[:1] == ["help"]:
+            return Reply(f"`/deploy {found.usage}` — {found.summary}")
+        principal = await desk.principal(who.user)
+        if not principal.may(found.action):
+            principal.require(found.action)
+        return await found.handler(desk, who, line)
+    except Refusal as exc:
+        return Reply(f":warning: {exc}")
+    except ShipyardError as exc:
+        return Reply(f":warning: {exc.message}")
+
+
+def _usage(name: str) -> str:
+    return f"Usage: `/deploy {VERBS[name].usage}`"
+
+
+async def _decide(desk: Desk, command: Command) -> Decision:
+    decision = await desk.decide(command)
+    if not decision.accepted:
+        raise Refusal(decision.reason)
+    return decision
+
+
+# -- the verbs -------------------------------------------------------------------------------------
+@verb("help", "help [command]", "what you can say")
+async def help_(desk: Desk, who: Who, line: Line) -> Reply:
+    if line.words and line.words[0] in VERBS:
+        v = VERBS[line.words[0]]
+        return Reply(f"`/deploy {v.usage}` — {v.summary}")
+    rows = "\n".join(f"`/deploy {v.usage}` — {v.summary}" for v in VERBS.values())
+    return Reply("Shipyard commands:\n" + rows + "\n`/deploy` alone opens a form to start a run.")
+
+
+@verb("whoami", "whoami", "your roles and groups")
+async def whoami(desk: Desk, who: Who, line: Line) -> Reply:
+    p = await desk.principal(who.user)
+    roles = ", ".join(sorted(p.roles)) or "none (ask an admin: `shipyard access grant <your id> deployer`)"
+    groups = ", ".join(sorted(p.groups)) or "none"
+    return Reply(f"You are {bk.who(who.user)} (`{who.user}`). Roles: {roles}. Groups: {groups}.")
+
+
+@verb("list", "list", "the pipelines you can run")
+async def list_pipelines(desk: Desk, who: Who, line: Line) -> Reply:
+    found = await desk.read(desk.reads.pipelines, None, 100)
+    if not found:
+        return Reply("No pipelines yet.")
+    rows = []
+    for p in found:
+        params = " ".join(
+            f"{q.name}=…" if q.required else f"[{q.name}=…]" for q in p.latest.definition.parameters
+        )
+        rows.append(f"• *{p.name}* v{p.latest.version} — {p.latest.definition.description or ''} `{params}`")
+    return Reply("\n".join(rows))
+
+
+@verb("runs", "runs [pipeline]", "the latest runs")
+async def list_runs(desk: Desk, who: Who, line: Line) -> Reply:
+    pipeline = line.words[0] if line.words else None
+    states = await desk.read(desk.reads.runs, RunFilter(pipeline=pipeline), None, 10)
+    if not states:
+        return Reply("No runs yet." if pipeline is None else f"No runs of `{pipeline}` yet.")
+    rows = [
+        f"{bk.EMOJI.get(s.run.status, '')} *{s.run.ref}* {s.run.status} — {bk.who(s.run.triggered_by)}, "
+        f"{s.run.created_at:%Y-%m-%d %H:%M} UTC"
+        for s in states
+    ]
+    return Reply("\n".join(rows))
+
+
+@verb("run", "run <pipeline> [key=value…]", "start a run", Action.TRIGGER)
+async def run(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("run"))
+    pipeline = line.words[0]
+    names = [p.name for p in await desk.read(desk.reads.pipelines, None, 200)]
+    if pipeline not in names:
+        raise Refusal(did_you_mean("pipeline", pipeline, names))
+    if len(line.words) > 1:
+        raise Refusal(f"Parameters look like `key=value`; what is `{line.words[1]}`? {_usage('run')}")
+    revision = line.params.pop("revision", None)
+    decision = await _decide(
+        desk, TriggerRun(pipeline=pipeline, actor=who.actor, parameters=line.params, source_revision=revision)
+    )
+    assert decision.state is not None
+    if desk.on_run_started is not None:
+        await desk.on_run_started(decision.state.run.id, who.channel_id)
+    return Reply(f"Started *{decision.state.run.ref}*; its message follows in this channel.")
+
+
+@verb("status", "status <run>", "where a run is")
+async def status(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("status"))
+    state = await desk.find(line.words[0])
+    summary, blocks = bk.run_message(state)
+    return Reply(summary, blocks)
+
+
+@verb("logs", "logs <run> [stage/job]", "the last lines of a job's output")
+async def logs(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("logs"))
+    state = await desk.find(line.words[0])
+    names = {f"{state.stages[j.stage_index].name}/{j.name}": j for j in state.jobs}
+    if len(line.words) > 1:
+        job = names.get(line.words[1]) or next((j for j in state.jobs if j.name == line.words[1]), None)
+        if job is None:
+            raise Refusal(did_you_mean("job", line.words[1], list(names)))
+    else:  # the most interesting job: the last failed one, else the last that started
+        started = [j for j in state.jobs if j.started_at is not None]
+        failed = [j for j in started if j.failed]
+        if not started:
+            return Reply(f"No job of {state.run.ref} has started yet.")
+        job = (failed or started)[-1]
+    tail = await desk.read(desk.yard.store.tail_log, job.id, 30)
+    name = f"{state.stages[job.stage_index].name}/{job.name}"
+    body = "\n".join(tail) or "(no output)"
+    return Reply(f"{state.run.ref} {name} ({job.status}):\n```{body[-2900:]}```")
+
+
+def _control(name: str, make: Callable[[str, Actor, str], Command], done: str) -> None:
+    async def handler(desk: Desk, who: Who, line: Line) -> Reply:
+        if not line.words:
+            raise Refusal(_usage(name))
+        state = await desk.find(line.words[0])
+        (await desk.principal(who.user)).require(Action.CONTROL, state.run)
+        reason = " ".join(line.words[1:])
+        decision = await _decide(desk, make(state.run.id, who.actor, reason))
+        assert decision.state is not None
+        return Reply(done.format(ref=decision.state.run.ref), public=True)
+
+    handler.__name__ = name
+    summary = {"cancel": "stop a run", "pause": "finish running jobs, start nothing new"}.get(
+        name,
+        {"resume": "continue a paused run", "retry": "run a failed run again from where it failed"}.get(
+            name, ""
+        ),
+    )
+    verb(name, f"{name} <run>" + (" [reason]" if name == "cancel" else ""), summary, Action.CONTROL)(handler)
+
+
+_control("cancel", lambda run, a, why: CancelRun(run_id=run, actor=a, reason=why), "{ref} canceled.")
+_control("pause", lambda run, a, why: PauseRun(run_id=run, actor=a), "{ref} paused.")
+_control("resume", lambda run, a, why: ResumeRun(run_id=run, actor=a), "{ref} resumed.")
+_control("retry", lambda run, a, why: RetryRun(run_id=run, actor=a), "Retrying as {ref}.")
+
+
+async def _open_gate(desk: Desk, ref: str) -> tuple[RunState, str]:
+    state = await desk.find(ref)
+    gate = next((g for g in state.gates if g.status is GateStatus.OPEN and g.kind == "manual"), None)
+    if gate is None:
+        raise Refusal(f"{state.run.ref} has no gate waiting for people (it is {state.run.status}).")
+    return state, gate.id
+
+
+@verb("approve", "approve <run> [comment]", "approve the gate a run waits at", Action.APPROVE)
+async def approve(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("approve"))
+    state, gate = await _open_gate(desk, line.words[0])
+    comment = " ".join(line.words[1:])
+    await _decide(desk, ApproveGate(run_id=state.run.id, gate=gate, actor=who.actor, comment=comment))
+    return Reply(f"{bk.who(who.user)} approved {state.run.ref}.", public=True)
+
+
+@verb("reject", "reject <run> <reason>", "reject the gate a run waits at (the run fails)", Action.APPROVE)
+async def reject(desk: Desk, who: Who, line: Line) -> Reply:
+    if len(line.words) < 2:
+        raise Refusal("Say why: " + _usage("reject"))
+    state, gate = await _open_gate(desk, line.words[0])
+    reason = " ".join(line.words[1:])
+    await _decide(desk, RejectGate(run_id=state.run.id, gate=gate, actor=who.actor, reason=reason))
+    return Reply(f"{bk.who(who.user)} rejected {state.run.ref}: {reason}", public=True)
+
+
+# -- the trigger form ------------------------------------------------------------------------------
+TRIGGER_FORM = "trigger_form"
+
+
+async def open_trigger_modal(desk: Desk, who: Who) -> Reply:
+    """``/deploy`` alone: a form to pick a pipeline and fill its parameters."""
+    found = await desk.read(desk.reads.pipelines, None, 100)
+    if not found:
+        return Reply("No pipelines yet.")
+    fields: list[bk.Block] = [
+        {
+            "type": "input",
+            "block_id": "pipeline",
+            "label": {"type": "plain_text", "text": "Pipeline"},
+            "element": {
+                "type": "static_select",
+                "action_id": "value",
+                "options": [
+                    {"text": {"type": "plain_text", "text": p.name[:75]}, "value": p.name}
+                    for p in found[:100]
+                ],
+            },
+        },
+        {
+            "type": "input",
+            "block_id": "params",
+            "optional": True,
+            "label": {"type": "plain_text", "text": "Parameters"},
+            "hint": {"type": "plain_text", "text": "key=value, one per line or separated by spaces"},
+            "element": {"type": "plain_text_input", "action_id": "value", "multiline": True},
+        },
+    ]
+    view = {
+        "type": "modal",
+        "callback_id": TRIGGER_FORM,
+        "private_metadata": who.channel_id,
+        "title": {"type": "plain_text", "text": "Start a run"},
+        "submit": {"type": "plain_text", "text": "Start"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": fields,
+    }
+    return Reply("Start a run", modal=view)
+
+
+async def submit_trigger_form(desk: Desk, who: Who, pipeline: str, params_text: str) -> dict[str, str]:
+    """Start the run the form describes; returns errors per field (empty when it started)."""
+    try:
+        line = parse("run " + pipeline + " " + " ".join(params_text.split()))
+    except ShipyardError as exc:
+        return {"params": exc.message}
+    if line.words[1:]:
+        return {"params": f"parameters look like key=value; what is {line.words[1]!r}?"}
+    words = [pipeline, *(shlex.quote(f"{k}={v}") for k, v in line.params.items())]
+    reply = await dispatch(desk, who, "run " + " ".join(words))
+    if reply.text.startswith(":warning:"):
+        return {"params": reply.text.removeprefix(":warning: ")[:150]}
+    return {}

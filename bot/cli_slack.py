@@ -1,0 +1,45 @@
+"""``shipyard manifest``: print the Slack app manifest for this deployment (see ``bot.slack.manifest``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser(
+        "manifest",
+        help="print the Slack app manifest (paste it into Create New App → From an app manifest)",
+        description="Print the Slack app manifest (YAML) for Shipyard. Paste it into "
+        "https://api.slack.com/apps → Create New App → From an app manifest.",
+    )
+    s.add_argument(
+        "--url",
+        metavar="URL",
+        help="where Slack reaches Shipyard, e.g. https://shipyard.example.com (it posts to URL/slack/events)",
+    )
+    s.add_argument(
+        "--socket-mode",
+        action="store_true",
+        help="connect to Slack over a WebSocket (no public URL needed; needs an app-level token)",
+    )
+    s.add_argument("--name", default="Shipyard", help="the app's name in Slack (default: %(default)s)")
+    s.set_defaults(func=cmd_manifest)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from bot.slack.manifest import render
+
+    if args.url is None and not args.socket_mode:
+        print("shipyard: give --url https://your-host, or --socket-mode", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        text = render(args.url, socket_mode=args.socket_mode, name=args.name)
+    except ValueError as exc:
+        print(f"shipyard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(text)
+    return EXIT_OK

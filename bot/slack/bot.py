@@ -1,0 +1,192 @@
+"""The Bolt app: ``/deploy``, gate and run buttons, the trigger and reject forms, App Home.
+
+Every listener acknowledges first and works after (Slack's 3-second rule); replies to a
+command go to its ``response_url``, ephemeral unless the reply is meant for the channel.
+Requests are verified by Bolt with the signing secret (HTTP mode) or arrive pre-authenticated
+over Socket Mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.chat import blocks as bk
+from bot.chat.verbs import TRIGGER_FORM, Desk, Refusal, Reply, Who, dispatch, submit_trigger_form
+from bot.config import Settings
+from bot.slack.home import publish_home
+from bot.slack.manifest import COMMAND, EVENTS_PATH
+from core.commands import ApproveGate, CancelRun, RejectGate, RetryRun
+from core.errors import ShipyardError
+
+log = logging.getLogger(__name__)
+REJECT_FORM = "gate_reject_form"
+
+
+def make_client(settings: Settings) -> AsyncWebClient:
+    assert settings.slack_bot_token is not None
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url or AsyncWebClient.BASE_URL,
+        retry_handlers=[
+            AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+            AsyncConnectionErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncApp:
+    secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    app = AsyncApp(
+        client=client,
+        signing_secret=secret or "socket-mode-only",
+        request_verification_enabled=secret is not None,
+    )
+    seen_events: OrderedDict[str, None] = OrderedDict()
+
+    @app.command(COMMAND)
+    async def on_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        who = Who(body["user_id"], body.get("channel_id", ""))
+        reply = await dispatch(desk, who, body.get("text", ""))
+        if reply.modal is not None:
+            await client.views_open(trigger_id=body["trigger_id"], view=reply.modal)
+            return
+        await _respond(respond, reply)
+
+    @app.view(TRIGGER_FORM)
+    async def on_trigger_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        values = view["state"]["values"]
+        selected = (values.get("pipeline", {}).get("value") or {}).get("selected_option") or {}
+        params = (values.get("params", {}).get("value") or {}).get("value") or ""
+        if not selected:
+            await ack(response_action="errors", errors={"pipeline": "Pick a pipeline"})
+            return
+        who = Who(body["user"]["id"], view.get("private_metadata", ""))
+        errors = await submit_trigger_form(desk, who, selected["value"], params)
+        if errors:
+            await ack(response_action="errors", errors=errors)
+        else:
+            await ack()
+
+    @app.action(bk.APPROVE)
+    async def on_approve(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        ref = json.loads(body["actions"][0]["value"])
+        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
+        await _press(desk, respond, who, ApproveGate(run_id=ref["run"], gate=ref["gate"], actor=who.actor))
+
+    @app.action(bk.REJECT)
+    async def on_reject(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        ref = body["actions"][0]["value"]
+        await client.views_open(trigger_id=body["trigger_id"], view=_reject_form(ref))
+
+    @app.view(REJECT_FORM)
+    async def on_reject_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        reason = (view["state"]["values"].get("reason", {}).get("value") or {}).get("value") or ""
+        if not reason.strip():
+            await ack(response_action="errors", errors={"reason": "Say why, for the people who asked"})
+            return
+        ref = json.loads(view["private_metadata"])
+        who = Who(body["user"]["id"], "")
+        decision = await desk.decide(
+            RejectGate(run_id=ref["run"], gate=ref["gate"], actor=who.actor, reason=reason)
+        )
+        if decision.accepted:
+            await ack()
+        else:
+            await ack(response_action="errors", errors={"reason": decision.reason[:150]})
+
+    @app.action(bk.CANCEL)
+    async def on_cancel(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        ref = json.loads(body["actions"][0]["value"])
+        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
+        await _press(desk, respond, who, CancelRun(run_id=ref["run"], actor=who.actor, reason="from Slack"))
+
+    @app.action(bk.RETRY)
+    async def on_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        ref = json.loads(body["actions"][0]["value"])
+        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
+        await _press(desk, respond, who, RetryRun(run_id=ref["run"], actor=who.actor))
+
+    @app.event("app_home_opened")
+    async def on_home(event: dict[str, Any], body: dict[str, Any]) -> None:
+        event_id = body.get("event_id")
+        if event_id:  # Slack retries events it thinks were lost; Bolt does not deduplicate
+            if event_id in seen_events:
+                return
+            seen_events[event_id] = None
+            while len(seen_events) > 10_000:
+                seen_events.popitem(last=False)
+        if event.get("tab", "home") == "home":
+            await publish_home(desk, client, event["user"])
+
+    return app
+
+
+async def _respond(respond: AsyncRespond, reply: Reply) -> None:
+    await respond(
+        text=reply.text,
+        blocks=reply.blocks or None,
+        response_type="in_channel" if reply.public else "ephemeral",
+        replace_original=False,
+    )
+
+
+async def _press(desk: Desk, respond: AsyncRespond, who: Who, command: Any) -> None:
+    """A button press: the engine decides; a refusal (your own run, not an approver, the gate
+    already decided) is told to the presser alone, and the message is left as it is."""
+    try:
+        principal = await desk.principal(who.user)
+        from core.access import Action
+
+        action = Action.APPROVE if isinstance(command, ApproveGate | RejectGate) else Action.CONTROL
+        state = await desk.find(command.run_id)
+        principal.require(action, state.run if action is Action.CONTROL else None)
+        decision = await desk.decide(command)
+        if not decision.accepted:
+            raise Refusal(decision.reason)
+    except (Refusal, ShipyardError) as exc:
+        message = exc.message if isinstance(exc, ShipyardError) else str(exc)
+        await respond(text=f":warning: {message}", response_type="ephemeral", replace_original=False)
+
+
+def _reject_form(ref: str) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": REJECT_FORM,
+        "private_metadata": ref,
+        "title": {"type": "plain_text", "text": "Reject"},
+        "submit": {"type": "plain_text", "text": "Reject"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "reason",
+                "label": {"type": "plain_text", "text": "Why?"},
+                "element": {"type": "plain_text_input", "action_id": "value", "multiline": True},
+            }
+        ],
+    }
+
+
+def mount(web_app: web.Application, bolt: AsyncApp) -> None:
+    """HTTP mode: one URL for commands, interactivity and events."""
+
+    async def slack_events(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+
+    web_app.router.add_post(EVENTS_PATH, slack_events)

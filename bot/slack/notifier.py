@@ -1,0 +1,171 @@
+"""Run messages, driven by the engine's event log.
+
+Each run that reports to Slack gets one message, posted on its first event and edited in place
+as it moves (at most about once a second per run, however busy it is); notable events go to
+its thread: a gate waiting (the approval card, edited when decided), a failed job with its last
+log lines, the result. The position in the log and every message's ts are stored, and each
+thread post is claimed in the database before it is sent, so neither a restart nor a Slack
+outage loses or repeats one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.backend import now
+from bot.chat import blocks as bk
+from bot.chat.verbs import Desk
+from core.events import Event
+from core.model import RunState
+from core.states import JOB_FAILURES, RUN_TERMINAL
+from storage.slack import SlackState
+
+log = logging.getLogger(__name__)
+CURSOR = "slack"
+#: the least time between two edits of one run's message
+EDIT_EVERY_S = 1.0
+
+
+class Notifier:
+    def __init__(self, desk: Desk, client: AsyncWebClient, default_channel: str | None) -> None:
+        self.desk = desk
+        self.client = client
+        self.default_channel = default_channel
+        self.state = SlackState(desk.yard.store)
+        self._dirty: dict[str, float] = {}  # run id -> when its message may next be edited
+        self._edited: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="shipyard-slack-notifier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def route(self, run_id: str, channel: str) -> None:
+        """Report ``run_id`` in ``channel`` (where its /deploy was typed)."""
+        await self.desk.write(self.state.route, run_id, channel, now())
+
+    async def _loop(self) -> None:
+        orchestrator = self.desk.yard.orchestrator
+        interval = self.desk.yard.settings.poll_interval
+        while True:
+            try:
+                busy = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Slack or the database is down: try again shortly
+                log.exception("slack notifier step failed; retrying")
+                busy = False
+                await asyncio.sleep(min(5.0, interval * 5))
+            if not busy:
+                await orchestrator.wait_for_events(min(interval, EDIT_EVERY_S / 2))
+
+    async def step(self) -> bool:
+        """Read new events, post what they call for, edit messages that are due."""
+        cursor = await self.desk.read(self.state.cursor, CURSOR)
+        events = await self.desk.read(self.desk.yard.store.events_after, cursor, 500)
+        for event in events:
+            await self._on_event(event)
+        if events and not await self.desk.write(self.state.advance, CURSOR, cursor, events[-1].seq):
+            log.info("another process moved the slack cursor; following it")
+        await self._flush()
+        return len(events) == 500
+
+    async def _on_event(self, event: Event) -> None:
+        state = await self.desk.read(self.desk.reads.run, event.run_id, quick=True)
+        if state is None:
+            return
+        message = await self._message(state)
+        if message is None:
+            return
+        channel, ts = message
+        self._dirty.setdefault(state.run.id, self._edited.get(state.run.id, 0.0) + EDIT_EVERY_S)
+        if event.subject == "gate" and event.to_status == "open":
+            gate = next((g for g in state.gates if g.id == event.subject_id), None)
+            if gate is not None and gate.kind == "manual":
+                stage = state.stages[gate.stage_index]
+                live = await self.desk.read(self.desk.reads.current_deployment, stage.environment or "")
+                await self._thread(state, channel, ts, f"gate:{gate.id}", *bk.gate_card(state, gate, live))
+        elif event.subject == "gate" and event.from_status == "open" and event.to_status != "open":
+            await self._update_gate_card(state, channel, event.subject_id)
+        elif event.subject == "job" and event.to_status in {str(s) for s in JOB_FAILURES}:
+            job = state.job(event.subject_id)
+            if job is not None and not job.allow_failure:
+                tail = await self.desk.read(
+                    self.desk.yard.store.tail_log, job.id, 10, event.data.get("attempt")
+                )
+                key = f"job:{job.id}:{event.data.get('attempt', job.attempt)}"
+                await self._thread(state, channel, ts, key, *bk.job_failed(state, job, tail))
+        elif event.subject == "run" and event.to_status in {str(s) for s in RUN_TERMINAL}:
+            await self._thread(state, channel, ts, "result", *bk.run_finished(state))
+            self._dirty[state.run.id] = 0.0  # the final state shows at once
+
+    async def _message(self, state: RunState) -> tuple[str, str] | None:
+        """The run's (channel, ts), posting the message first if it has none yet."""
+        found = await self.desk.read(self.state.message, state.run.id, quick=True)
+        if found is None:
+            channel = state.definition.channel or self.default_channel
+            if channel is None:
+                return None  # a run nobody asked to hear about in Slack
+            await self.desk.write(self.state.route, state.run.id, channel, now())
+            found = await self.desk.read(self.state.message, state.run.id, quick=True)
+            assert found is not None
+        if found.ts is not None:
+            return found.channel, found.ts
+        summary, blocks = bk.run_message(state)
+        answer = await self.client.chat_postMessage(channel=found.channel, text=summary, blocks=blocks)
+        ts = str(answer["ts"])
+        if not await self.desk.write(self.state.posted, state.run.id, ts):
+            # another process posted it first: keep theirs, remove ours
+            await self.client.chat_delete(channel=found.channel, ts=ts)
+            again = await self.desk.read(self.state.message, state.run.id)
+            assert again is not None and again.ts is not None
+            return again.channel, again.ts
+        self._edited[state.run.id] = time.monotonic()
+        return found.channel, ts
+
+    async def _thread(
+        self, state: RunState, channel: str, ts: str, key: str, summary: str, blocks: Any
+    ) -> None:
+        if not await self.desk.write(self.state.claim_post, state.run.id, key):
+            return
+        answer = await self.client.chat_postMessage(
+            channel=channel, thread_ts=ts, text=summary, blocks=blocks
+        )
+        await self.desk.write(self.state.set_post_ts, state.run.id, key, str(answer["ts"]))
+
+    async def _update_gate_card(self, state: RunState, channel: str, gate_id: str) -> None:
+        gate = next((g for g in state.gates if g.id == gate_id), None)
+        post_ts = await self.desk.read(self.state.post_ts, state.run.id, f"gate:{gate_id}")
+        if gate is None or post_ts is None:
+            return
+        summary, blocks = bk.gate_card(state, gate, None)
+        await self._edit(channel, post_ts, summary, blocks)
+
+    async def _flush(self) -> None:
+        due = [run_id for run_id, at in self._dirty.items() if at <= time.monotonic()]
+        for run_id in due:
+            del self._dirty[run_id]
+            state = await self.desk.read(self.desk.reads.run, run_id, quick=True)
+            message = await self.desk.read(self.state.message, run_id, quick=True)
+            if state is None or message is None or message.ts is None:
+                continue
+            summary, blocks = bk.run_message(state)
+            await self._edit(message.channel, message.ts, summary, blocks)
+            self._edited[run_id] = time.monotonic()
+            if state.run.status in RUN_TERMINAL:
+                self._edited.pop(run_id, None)
+
+    async def _edit(self, channel: str, ts: str, summary: str, blocks: Any) -> None:
+        try:
+            await self.client.chat_update(channel=channel, ts=ts, text=summary, blocks=blocks)
+        except SlackApiError as exc:  # the message was deleted in Slack: nothing to edit
+            log.warning("could not edit Slack message %s in %s: %s", ts, channel, exc.response.get("error"))
