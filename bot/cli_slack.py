@@ -1,4 +1,5 @@
-"""``shipyard manifest``: print the Slack app manifest for this deployment (see ``bot.slack.manifest``)."""
+"""``shipyard manifest`` (the Slack app manifest for this deployment, see ``bot.slack.manifest``)
+and ``shipyard console`` (the bot's commands in a terminal, see ``bot.console``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--name", default="Shipyard", help="the app's name in Slack (default: %(default)s)")
     s.set_defaults(func=cmd_manifest)
+
+    s = sub.add_parser("console", help="talk to the bot in this terminal: /deploy … lines, buttons by number")
+    s.add_argument("--user", default="console", help="who you are (a principal; default: %(default)s)")
+    s.set_defaults(func=cmd_console)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    import logging
+
+    from bot.config import load_settings
+    from bot.console import main
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return main(load_settings(), args.user)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:

@@ -147,7 +147,13 @@ class Service:
             return self._retry(tx, state, command, now)
         if isinstance(command, ApproveGate | RejectGate) and command.actor.channel in AUTHENTICATED:
             gate = state.find_gate(command.gate)
-            if gate is not None and gate.status is GateStatus.OPEN and gate.kind == "manual":
+            requested = state.run.requested_by or (state.run.triggered_by,)
+            if (  # (asking for one's own run is refused by the engine, with its own reason)
+                gate is not None
+                and gate.status is GateStatus.OPEN
+                and gate.kind == "manual"
+                and command.actor.name not in requested
+            ):
                 try:
                     check_approver(command.actor.name, tx.grants_of(command.actor.name), gate, state.run)
                 except Forbidden as exc:

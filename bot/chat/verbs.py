@@ -4,6 +4,7 @@ Slack and the console only deliver it. Roles are checked here for every verb, wi
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -279,6 +280,47 @@ async def reject(desk: Desk, who: Who, line: Line) -> Reply:
     reason = " ".join(line.words[1:])
     await _decide(desk, RejectGate(run_id=state.run.id, gate=gate, actor=who.actor, reason=reason))
     return Reply(f"{bk.who(who.user)} rejected {state.run.ref}: {reason}", public=True)
+
+
+# -- buttons -------------------------------------------------------------------------------------
+async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = "") -> Reply | None:
+    """A button on a run message or gate card. The engine decides; a refusal (your own run,
+    not an approver, the gate already decided) is a Reply for the presser alone; None when
+    the press went through (the run's message shows the result)."""
+    try:
+        ref = json.loads(value)
+        run_id, gate = str(ref["run"]), str(ref.get("gate", ""))
+    except (ValueError, KeyError, TypeError):
+        return Reply(":warning: That button is not one of mine.")
+    command: Command
+    if action_id == bk.APPROVE:
+        action, command = Action.APPROVE, ApproveGate(run_id=run_id, gate=gate, actor=who.actor)
+    elif action_id == bk.REJECT:
+        if not reason.strip():
+            return Reply(":warning: Say why you reject it.")
+        action, command = Action.APPROVE, RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason)
+    elif action_id == bk.CANCEL:
+        action, command = (
+            Action.CONTROL,
+            CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat"),
+        )
+    elif action_id == bk.RETRY:
+        action, command = Action.CONTROL, RetryRun(run_id=run_id, actor=who.actor)
+    else:
+        return Reply(f":warning: Unknown button {action_id!r}.")
+    try:
+        state = await desk.find(run_id)
+        (await desk.principal(who.user)).require(action, state.run if action is Action.CONTROL else None)
+        decision = await desk.decide(command)
+        if not decision.accepted:
+            raise Refusal(decision.reason)
+    except Refusal as exc:
+        return Reply(f":warning: {exc}")
+    except ShipyardError as exc:
+        return Reply(f":warning: {exc.message}")
+    if isinstance(command, RetryRun) and decision.state is not None and desk.on_run_started is not None:
+        await desk.on_run_started(decision.state.run.id, who.channel_id)
+    return None
 
 
 # -- the trigger form ------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ over Socket Mode."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -22,12 +21,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import blocks as bk
-from bot.chat.verbs import TRIGGER_FORM, Desk, Refusal, Reply, Who, dispatch, submit_trigger_form
+from bot.chat.verbs import TRIGGER_FORM, Desk, Reply, Who, dispatch, press, submit_trigger_form
 from bot.config import Settings
 from bot.slack.home import publish_home
 from bot.slack.manifest import COMMAND, EVENTS_PATH
-from core.commands import ApproveGate, CancelRun, RejectGate, RetryRun
-from core.errors import ShipyardError
 
 log = logging.getLogger(__name__)
 REJECT_FORM = "gate_reject_form"
@@ -79,18 +76,21 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
         else:
             await ack()
 
-    @app.action(bk.APPROVE)
-    async def on_approve(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+    async def on_press(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        ref = json.loads(body["actions"][0]["value"])
+        action = body["actions"][0]
         who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
-        await _press(desk, respond, who, ApproveGate(run_id=ref["run"], gate=ref["gate"], actor=who.actor))
+        reply = await press(desk, who, action["action_id"], action.get("value", ""))
+        if reply is not None:
+            await _respond(respond, reply)
+
+    for action_id in (bk.APPROVE, bk.CANCEL, bk.RETRY):
+        app.action(action_id)(on_press)
 
     @app.action(bk.REJECT)
-    async def on_reject(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+    async def on_reject(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        ref = body["actions"][0]["value"]
-        await client.views_open(trigger_id=body["trigger_id"], view=_reject_form(ref))
+        await client.views_open(trigger_id=body["trigger_id"], view=_reject_form(body["actions"][0]["value"]))
 
     @app.view(REJECT_FORM)
     async def on_reject_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -98,29 +98,13 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
         if not reason.strip():
             await ack(response_action="errors", errors={"reason": "Say why, for the people who asked"})
             return
-        ref = json.loads(view["private_metadata"])
-        who = Who(body["user"]["id"], "")
-        decision = await desk.decide(
-            RejectGate(run_id=ref["run"], gate=ref["gate"], actor=who.actor, reason=reason)
-        )
-        if decision.accepted:
+        reply = await press(desk, Who(body["user"]["id"], ""), bk.REJECT, view["private_metadata"], reason)
+        if reply is None:
             await ack()
         else:
-            await ack(response_action="errors", errors={"reason": decision.reason[:150]})
-
-    @app.action(bk.CANCEL)
-    async def on_cancel(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        ref = json.loads(body["actions"][0]["value"])
-        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
-        await _press(desk, respond, who, CancelRun(run_id=ref["run"], actor=who.actor, reason="from Slack"))
-
-    @app.action(bk.RETRY)
-    async def on_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        ref = json.loads(body["actions"][0]["value"])
-        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
-        await _press(desk, respond, who, RetryRun(run_id=ref["run"], actor=who.actor))
+            await ack(
+                response_action="errors", errors={"reason": reply.text.removeprefix(":warning: ")[:150]}
+            )
 
     @app.event("app_home_opened")
     async def on_home(event: dict[str, Any], body: dict[str, Any]) -> None:
@@ -144,24 +128,6 @@ async def _respond(respond: AsyncRespond, reply: Reply) -> None:
         response_type="in_channel" if reply.public else "ephemeral",
         replace_original=False,
     )
-
-
-async def _press(desk: Desk, respond: AsyncRespond, who: Who, command: Any) -> None:
-    """A button press: the engine decides; a refusal (your own run, not an approver, the gate
-    already decided) is told to the presser alone, and the message is left as it is."""
-    try:
-        principal = await desk.principal(who.user)
-        from core.access import Action
-
-        action = Action.APPROVE if isinstance(command, ApproveGate | RejectGate) else Action.CONTROL
-        state = await desk.find(command.run_id)
-        principal.require(action, state.run if action is Action.CONTROL else None)
-        decision = await desk.decide(command)
-        if not decision.accepted:
-            raise Refusal(decision.reason)
-    except (Refusal, ShipyardError) as exc:
-        message = exc.message if isinstance(exc, ShipyardError) else str(exc)
-        await respond(text=f":warning: {message}", response_type="ephemeral", replace_original=False)
 
 
 def _reject_form(ref: str) -> dict[str, Any]:
