@@ -66,12 +66,16 @@ class Principal:
 
     @classmethod
     def from_grants(cls, name: str, grants: Iterable[Grant], at: datetime) -> Principal:
-        held = [g for g in grants if g.principal == name and g.held_at(at)]
-        return cls(
-            name,
-            frozenset(Role(g.value) for g in held if g.kind == "role"),
-            frozenset(g.value for g in held if g.kind == "group"),
+        """What ``name`` held at ``at``: its own roles, its groups, and the roles its groups
+        held then (a Slack user group mapped to a role gives that role to its members)."""
+        grants = list(grants)
+        own = [g for g in grants if g.principal == name and g.held_at(at)]
+        groups = frozenset(g.value for g in own if g.kind == "group")
+        roles = {Role(g.value) for g in own if g.kind == "role"}
+        roles.update(
+            Role(g.value) for g in grants if g.principal in groups and g.kind == "role" and g.held_at(at)
         )
+        return cls(name, frozenset(roles), groups)
 
     def may(self, action: Action) -> bool:
         return any(action in ALLOWED[role] for role in self.roles)

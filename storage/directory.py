@@ -149,8 +149,62 @@ class Directory:
             return Principal.from_grants(name, self._grants(conn, name), now)
 
     def _grants(self, conn: sa.Connection, principal: str) -> list[Grant]:
-        rows = conn.execute(sa.select(GRANT).where(GRANT.c.principal == principal)).mappings()
+        """The principal's grants and its groups' (whose roles it holds while a member)."""
+        rows = conn.execute(sa.select(GRANT).where(GRANT.c.principal == principal)).mappings().all()
+        groups = sorted({r["value"] for r in rows if r["kind"] == "group"})
+        if groups:
+            rows = [*rows, *conn.execute(sa.select(GRANT).where(GRANT.c.principal.in_(groups))).mappings()]
         return [Grant(r["principal"], r["kind"], r["value"], r["granted_at"], r["revoked_at"]) for r in rows]
+
+    def sync_members(self, group: str, members: set[str], now: datetime) -> tuple[int, int]:
+        """Make ``members`` exactly the principals in ``group`` from now on; returns (added,
+        removed). Membership is a grant, so what a member could do at a moment stays known."""
+        with self.store.engine.begin() as conn:
+            held = set(
+                conn.execute(
+                    sa.select(GRANT.c.principal).where(
+                        GRANT.c.kind == "group", GRANT.c.value == group, GRANT.c.revoked_at.is_(None)
+                    )
+                ).scalars()
+            )
+            for member in sorted(members - held):
+                conn.execute(
+                    sa.insert(GRANT).values(principal=member, kind="group", value=group, granted_at=now)
+                )
+            gone = sorted(held - members)
+            if gone:
+                conn.execute(
+                    sa.update(GRANT)
+                    .where(
+                        GRANT.c.kind == "group",
+                        GRANT.c.value == group,
+                        GRANT.c.principal.in_(gone),
+                        GRANT.c.revoked_at.is_(None),
+                    )
+                    .values(revoked_at=now)
+                )
+        return len(members - held), len(gone)
+
+    def sync_roles(self, principal: str, roles: set[str], now: datetime) -> None:
+        """Make ``roles`` exactly the roles ``principal`` holds from now on."""
+        with self.store.engine.begin() as conn:
+            held = {
+                g.value
+                for g in self._grants(conn, principal)
+                if g.principal == principal and g.kind == "role" and g.revoked_at is None
+            }
+            self._grant(conn, principal, [("role", r) for r in sorted(roles - held)], now)
+            for role in held - roles:
+                conn.execute(
+                    sa.update(GRANT)
+                    .where(
+                        GRANT.c.principal == principal,
+                        GRANT.c.kind == "role",
+                        GRANT.c.value == role,
+                        GRANT.c.revoked_at.is_(None),
+                    )
+                    .values(revoked_at=now)
+                )
 
     def _grant(
         self, conn: sa.Connection, principal: str, grants: list[tuple[str, str]], now: datetime

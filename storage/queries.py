@@ -149,6 +149,9 @@ class Q:
     )
 
     grants_of = sa.select(GRANT).where(GRANT.c.principal == b("p")).order_by(GRANT.c.id)
+    grants_of_all = (
+        sa.select(GRANT).where(GRANT.c.principal.in_(b("ps", expanding=True))).order_by(GRANT.c.id)
+    )
     insert_deployment = sa.insert(DEPLOYMENT)
 
     event_lock = sa.text("SELECT pg_advisory_xact_lock(:k)")

@@ -34,7 +34,15 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
         mount(app, bolt)
 
     async def lifecycle(yard: Any) -> AsyncIterator[None]:
+        import asyncio
+
+        from bot.slack import roles
+
         desk.bind(yard)
+        syncing = None
+        if settings.slack_roles:
+            await roles.sync(desk, client, settings.slack_roles)
+            syncing = asyncio.create_task(roles.keep_synced(desk, client, settings.slack_roles))
         notifier = Notifier(desk, client, settings.slack_channel)
         desk.on_run_started = notifier.route
         await notifier.start()
@@ -53,6 +61,9 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
             if socket is not None:
                 await socket.close_async()  # type: ignore[no-untyped-call]
             await notifier.stop()
+            if syncing is not None:
+                syncing.cancel()
+                await asyncio.gather(syncing, return_exceptions=True)
             desk.close()
 
     return lifecycle

@@ -228,3 +228,44 @@ async def test_commands_are_acknowledged_fast_even_when_many_arrive_at_once(bot:
     results = await asyncio.gather(*(bot.command(ALICE, "runs") for _ in range(20)))
     assert all(status == 200 for status, _, _ in results)
     assert max(took for _, _, took in results) < 3.0
+
+
+async def test_slack_roles_come_from_configuration_and_user_groups(sqlite_url: str, tmp_path: Path) -> None:
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "gated.yml").write_text(textwrap.dedent(GATED.replace("release-managers", "S0RELEASE")))
+    async with FakeSlack() as fake:
+        fake.usergroups["S0RELEASE"] = [BOB]
+        settings = load_settings(
+            database_url=sqlite_url,
+            pipelines_dir=pipes,
+            work_dir=tmp_path / "work",
+            poll_interval=0.05,
+            slack_bot_token="xoxb-test",
+            slack_signing_secret=SECRET,
+            slack_api_url=fake.base_url,
+            slack_roles={ALICE: ["deployer"], "S0RELEASE": ["approver"]},
+        )
+        client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+        await client.start_server()
+        try:
+            bot = Bot(client, fake)
+            assert "Roles: approver. Groups: S0RELEASE" in await bot.say(BOB, "whoami")
+            assert "Roles: deployer." in await bot.say(ALICE, "whoami")
+            assert "Started *gated#1*" in await bot.say(ALICE, "run gated ref=abc1234")
+            card = await fake.wait_for("chat.postMessage", lambda c: "approval" in c.args.get("text", ""))
+            blocks = card.args["blocks"]
+            blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+            value = next(
+                e["value"]
+                for b in blocks
+                if b["type"] == "actions"
+                for e in b["elements"]
+                if e["action_id"] == "gate_approve"
+            )
+            await bot.press(BOB, "gate_approve", value, card.args["thread_ts"])
+            await fake.wait_for(
+                "chat.postMessage", lambda c: "gated#1 succeeded" in c.args.get("text", ""), timeout=15
+            )
+        finally:
+            await client.close()

@@ -1,0 +1,42 @@
+"""Who may do what in Slack, from configuration (``slack_roles``): Slack user IDs and user-group
+IDs mapped to the same roles API tokens have. A user group's members are read from Slack
+(``usergroups.users.list``) at start and every few minutes, and kept as membership grants, so
+a gate still knows who was in the group when it opened."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.backend import Backend, now
+
+log = logging.getLogger(__name__)
+#: how often user-group membership is read again
+REFRESH_S = 300.0
+
+
+async def sync(backend: Backend, client: AsyncWebClient, roles: dict[str, list[str]]) -> None:
+    for who, granted in roles.items():
+        await backend.write(backend.directory.sync_roles, who, set(granted), now())
+        if who.startswith("S"):
+            try:
+                answer = await client.usergroups_users_list(usergroup=who)
+            except SlackApiError as exc:
+                log.warning("cannot read members of user group %s: %s", who, exc.response.get("error"))
+                continue
+            members = {str(m) for m in answer.get("users") or []}
+            added, removed = await backend.write(backend.directory.sync_members, who, members, now())
+            if added or removed:
+                log.info("user group %s: %d joined, %d left", who, added, removed)
+
+
+async def keep_synced(backend: Backend, client: AsyncWebClient, roles: dict[str, list[str]]) -> None:
+    while True:
+        try:
+            await sync(backend, client, roles)
+        except Exception:  # Slack or the database unavailable: next round
+            log.exception("syncing Slack roles failed")
+        await asyncio.sleep(REFRESH_S)
