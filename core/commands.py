@@ -78,6 +78,9 @@ class RetryRun:
 
     run_id: str
     actor: Actor
+    #: carry the failed stage over as if its failed jobs had been allowed to fail, and go on
+    #: from the next stage ("ignore and continue", recorded as a warning naming who)
+    ignore_failure: bool = False
 
 
 JobOutcome = Literal["succeeded", "failed", "timed_out"]

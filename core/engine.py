@@ -213,9 +213,13 @@ def _stage_index(entity: Stage | Job | Gate) -> int:
 # -- entry points ------------------------------------------------------------------------
 
 
-def start(fresh: RunState, now: datetime, *, reuse: RunState | None = None) -> Decision:
+def start(
+    fresh: RunState, now: datetime, *, reuse: RunState | None = None, ignored_by: str | None = None
+) -> Decision:
     """Lay out a new run and take its first steps. ``reuse``: a run being retried, whose
-    finished stages are carried over (skipped here, their outputs kept) instead of run again."""
+    finished stages are carried over (skipped here, their outputs kept) instead of run again;
+    with ``ignored_by``, the stage whose jobs failed is carried over too (it raises
+    ``CommandRefused`` if the run failed for another reason, such as a rejected gate)."""
     plan = _Plan(fresh, now)
     plan.note(
         "run.created",
@@ -228,7 +232,7 @@ def start(fresh: RunState, now: datetime, *, reuse: RunState | None = None) -> D
         retry_of=fresh.run.retry_of,
     )
     if reuse is not None:
-        _carry_over(plan, reuse)
+        _carry_over(plan, reuse, ignored_by)
     plan.move(plan.run, RunStatus.RUNNING, started_at=now)
     _advance(plan)
     return plan.accept(created=True)
@@ -590,12 +594,30 @@ def _finish(plan: _Plan, status: RunStatus, reason: str, *, failed_stage: Stage 
     plan.move(plan.run, status, finished_at=now, reason=reason, warnings=plan.run.warnings)
 
 
-def _carry_over(plan: _Plan, old: RunState) -> None:
-    """Mark the stages that finished well in ``old`` as skipped here, keeping their outputs."""
+def _carry_over(plan: _Plan, old: RunState, ignored_by: str | None = None) -> None:
+    """Mark the stages that finished well in ``old`` as skipped here, keeping their outputs;
+    with ``ignored_by``, also the stage whose jobs failed (then stop)."""
     for old_stage in old.stages:
         reused = old_stage.status is StageStatus.SKIPPED and old_stage.reason.startswith(REUSED)
+        ignoring = False
         if old_stage.status not in (StageStatus.SUCCEEDED, StageStatus.PARTIAL) and not reused:
-            break
+            if ignored_by is None:
+                break
+            failed = [j for j in old.jobs_of(old_stage.index) if j.status in JOB_FAILURES]
+            if old_stage.status is not StageStatus.FAILED or not failed:
+                raise CommandRefused(
+                    f"{old.run.ref} did not fail in a job (stage {old_stage.name} is {old_stage.status}: "
+                    f"{old_stage.reason or 'no reason'}); only job failures can be ignored"
+                )
+            names = ", ".join(j.name for j in failed)
+            plan.set(
+                plan.run,
+                warnings=(
+                    *plan.run.warnings,
+                    f"stage {old_stage.name}: failure of {names} ignored by {ignored_by}",
+                ),
+            )
+            ignoring = True
         why = old_stage.reason if reused else f"{REUSED}{old.run.ref}"
         stage = plan.stages[old_stage.index]
         if old_stage.status is StageStatus.PARTIAL:
@@ -607,6 +629,8 @@ def _carry_over(plan: _Plan, old: RunState) -> None:
         if gate is not None:
             plan.move(gate, GateStatus.SKIPPED, reason=why)
         plan.move(stage, StageStatus.SKIPPED, reason=why)
+        if ignoring:
+            break
 
 
 REUSED = "reused from "

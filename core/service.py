@@ -226,7 +226,12 @@ class Service:
             now=now,
             requested_by=old.run.requested_by or (old.run.triggered_by,),
         )
-        return engine.start(fresh, now, reuse=old)
+        try:
+            return engine.start(
+                fresh, now, reuse=old, ignored_by=command.actor.name if command.ignore_failure else None
+            )
+        except CommandRefused as exc:
+            return engine.reject(exc.message, old, exc.kind)
 
     def _audited(self, command: Command, decision: Decision) -> bool:
         if command.actor.channel != "runner":

@@ -36,6 +36,7 @@ SECTION_MAX = 3000
 
 # action ids: the Slack app listens for these
 APPROVE, REJECT, CANCEL, RETRY = "gate_approve", "gate_reject", "run_cancel", "run_retry"
+IGNORE = "run_ignore_failure"
 
 
 def text(markdown: str) -> Block:
@@ -198,6 +199,29 @@ def job_failed(state: RunState, job: Job, tail: list[str]) -> tuple[str, list[Bl
         body = "\n".join(tail)[-(SECTION_MAX - 10) :].replace("```", "'''")
         blocks.append(text(f"```{body}```"))
     return summary, blocks
+
+
+def settle_failure(state: RunState) -> list[Block]:
+    """Guided failure: settle a failed run here instead of re-triggering everything."""
+    value = ref_value(state)
+    buttons = [button("Retry failed jobs", RETRY, value, "primary")]
+    buttons.append(
+        button(
+            "Ignore and continue",
+            IGNORE,
+            value,
+            None,
+            confirm(
+                "Ignore this failure?",
+                f"A new run of {state.run.ref} goes on from the next stage; the failure is recorded "
+                "as ignored by you.",
+                "Ignore and continue",
+            ),
+        )
+    )
+    if state.run.status not in RUN_TERMINAL:
+        buttons.append(button("Cancel run", CANCEL, value, "danger"))
+    return [actions(f"settle-{state.run.id}", *buttons)]
 
 
 def run_finished(state: RunState) -> tuple[str, list[Block]]:

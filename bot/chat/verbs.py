@@ -306,6 +306,10 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
         )
     elif action_id == bk.RETRY:
         action, command = Action.CONTROL, RetryRun(run_id=run_id, actor=who.actor)
+    elif action_id == bk.IGNORE:  # a judgment call: only people who may also clear gates
+        if not (await desk.principal(who.user)).may(Action.APPROVE):
+            return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
+        action, command = Action.CONTROL, RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
     else:
         return Reply(f":warning: Unknown button {action_id!r}.")
     try:
@@ -319,6 +323,7 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
     except ShipyardError as exc:
         return Reply(f":warning: {exc.message}")
     if isinstance(command, RetryRun) and decision.state is not None and desk.on_run_started is not None:
+        # the new run reports where its predecessor did
         await desk.on_run_started(decision.state.run.id, who.channel_id)
     return None
 

@@ -84,7 +84,7 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
         if reply is not None:
             await _respond(respond, reply)
 
-    for action_id in (bk.APPROVE, bk.CANCEL, bk.RETRY):
+    for action_id in (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE):
         app.action(action_id)(on_press)
 
     @app.action(bk.REJECT)

@@ -98,12 +98,13 @@ class Notifier:
             await self._update_gate_card(state, channel, event.subject_id)
         elif event.subject == "job" and event.to_status in {str(s) for s in JOB_FAILURES}:
             job = state.job(event.subject_id)
-            if job is not None and not job.allow_failure:
+            if job is not None and not job.allow_failure and job.is_done:
                 tail = await self.desk.read(
                     self.desk.yard.store.tail_log, job.id, 10, event.data.get("attempt")
                 )
                 key = f"job:{job.id}:{event.data.get('attempt', job.attempt)}"
-                await self._thread(state, channel, ts, key, *bk.job_failed(state, job, tail))
+                summary, blocks = bk.job_failed(state, job, tail)
+                await self._thread(state, channel, ts, key, summary, blocks + bk.settle_failure(state))
         elif event.subject == "run" and event.to_status in {str(s) for s in RUN_TERMINAL}:
             await self._thread(state, channel, ts, "result", *bk.run_finished(state))
             self._dirty[state.run.id] = 0.0  # the final state shows at once

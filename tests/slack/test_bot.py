@@ -46,6 +46,8 @@ name: failing
 stages:
   - name: build
     jobs: [{name: compile, run: ["sh", "-c", "echo compiling; echo 'error: it broke' >&2; exit 3"]}]
+  - name: ship
+    jobs: [{name: upload, run: ["true"]}]
 """
 
 
@@ -269,3 +271,29 @@ async def test_slack_roles_come_from_configuration_and_user_groups(sqlite_url: s
             )
         finally:
             await client.close()
+
+
+async def test_a_failure_is_settled_in_the_thread_by_ignoring_it_and_going_on(bot: Bot) -> None:
+    await bot.say(ALICE, "run failing")
+    post = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "thread_ts" in c.args and "build/compile" in c.args["text"], timeout=15
+    )
+    blocks = post.args["blocks"]
+    blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+    buttons = {e["action_id"]: e for b in blocks if b["type"] == "actions" for e in b["elements"]}
+    assert {"run_retry", "run_ignore_failure"} <= set(buttons)
+    token = await bot.press(
+        CAROL, "run_ignore_failure", buttons["run_ignore_failure"]["value"], post.args["thread_ts"]
+    )
+    assert "approver role" in (await bot.fake.wait_response(token)).body["text"]
+    await bot.press(
+        ALICE, "run_ignore_failure", buttons["run_ignore_failure"]["value"], post.args["thread_ts"]
+    )
+    done = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "failing#2 succeeded" in c.args.get("text", ""), timeout=15
+    )
+    assert done.args["channel"] == CHANNEL
+    edited = await bot.fake.wait_for(
+        "chat.update", lambda c: "failing#2" in c.args.get("text", "") and "succeeded" in c.args["text"]
+    )
+    assert "failure of compile ignored by U0ALICE" in json.dumps(edited.args["blocks"])
