@@ -310,7 +310,7 @@ def resolve_parameters(pipeline: PipelineDef, given: Mapping[str, object]) -> di
             except ValueError as exc:
                 problems.append(str(exc))
         elif param.required:
-            problems.append(f"parameter {param.name} is required (-p {param.name}=…)")
+            problems.append(f"parameter {param.name} is required")
         elif param.default is not None:
             resolved[param.name] = coerce_parameter(param, param.default)
     if problems:

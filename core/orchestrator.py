@@ -63,7 +63,7 @@ class Orchestrator:
         self.pool = ThreadPoolExecutor(max_workers=self.store.max_workers, thread_name_prefix="shipyard-db")
         self.runners: list[LocalRunner] = []
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._events = asyncio.Condition()
+        self._listeners: list[asyncio.Event] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._checks: set[asyncio.Task[Any]] = set()
@@ -149,20 +149,26 @@ class Orchestrator:
 
     def notify(self) -> None:
         """Tell readers of the event log that something was appended."""
+        for flag in self._listeners:
+            flag.set()
 
-        async def _notify() -> None:
-            async with self._events:
-                self._events.notify_all()
-
-        asyncio.ensure_future(_notify())  # noqa: RUF006 - completes immediately
+    def listen(self) -> asyncio.Event:
+        """A flag set whenever this process appends events. A follower clears it before it
+        reads the log and waits on it after, so an append during its work is never missed."""
+        flag = asyncio.Event()
+        self._listeners.append(flag)
+        return flag
 
     async def wait_for_events(self, timeout: float) -> None:
-        """Return when events were appended by this process, or after ``timeout``."""
-        async with self._events:
-            try:
-                await asyncio.wait_for(self._events.wait(), timeout)
-            except TimeoutError:
-                pass
+        """Return when events are appended by this process, or after ``timeout`` (for a
+        one-off wait; a follower that loops should ``listen``)."""
+        flag = self.listen()
+        try:
+            await asyncio.wait_for(flag.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._listeners.remove(flag)
 
     # -- timers -------------------------------------------------------------------------------
     def wake(self) -> None:

@@ -83,14 +83,17 @@ class Verb:
     name: str
     usage: str
     summary: str
-    action: Action
+    #: what the verb needs to be allowed; None for verbs anyone may use (help, whoami)
+    action: Action | None
     handler: Handler
 
 
 VERBS: dict[str, Verb] = {}
 
 
-def verb(name: str, usage: str, summary: str, action: Action = Action.READ) -> Callable[[Handler], Handler]:
+def verb(
+    name: str, usage: str, summary: str, action: Action | None = Action.READ
+) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         VERBS[name] = Verb(name, usage, summary, action, handler)
         return handler
@@ -109,9 +112,10 @@ async def dispatch(desk: Desk, who: Who, text: str) -> Reply:
             raise Refusal(did_you_mean("command", line.verb, list(VERBS)) + " Try `/deploy help`.")
         if line.words[:1] == ["help"]:
             return Reply(f"`/deploy {found.usage}` — {found.summary}")
-        principal = await desk.principal(who.user)
-        if not principal.may(found.action):
-            principal.require(found.action)
+        if found.action is not None:
+            principal = await desk.principal(who.user)
+            if not principal.may(found.action):
+                principal.require(found.action)
         return await found.handler(desk, who, line)
     except Refusal as exc:
         return Reply(f":warning: {exc}")
@@ -131,7 +135,7 @@ async def _decide(desk: Desk, command: Command) -> Decision:
 
 
 # -- the verbs -------------------------------------------------------------------------------------
-@verb("help", "help [command]", "what you can say")
+@verb("help", "help [command]", "what you can say", None)
 async def help_(desk: Desk, who: Who, line: Line) -> Reply:
     if line.words and line.words[0] in VERBS:
         v = VERBS[line.words[0]]
@@ -140,7 +144,7 @@ async def help_(desk: Desk, who: Who, line: Line) -> Reply:
     return Reply("Shipyard commands:\n" + rows + "\n`/deploy` alone opens a form to start a run.")
 
 
-@verb("whoami", "whoami", "your roles and groups")
+@verb("whoami", "whoami", "your roles and groups", None)
 async def whoami(desk: Desk, who: Who, line: Line) -> Reply:
     p = await desk.principal(who.user)
     roles = ", ".join(sorted(p.roles)) or "none (ask an admin: `shipyard access grant <your id> deployer`)"
@@ -187,9 +191,18 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
     if len(line.words) > 1:
         raise Refusal(f"Parameters look like `key=value`; what is `{line.words[1]}`? {_usage('run')}")
     revision = line.params.pop("revision", None)
-    decision = await _decide(
-        desk, TriggerRun(pipeline=pipeline, actor=who.actor, parameters=line.params, source_revision=revision)
+    decision = await desk.decide(
+        TriggerRun(pipeline=pipeline, actor=who.actor, parameters=line.params, source_revision=revision)
     )
+    if not decision.accepted:
+        if decision.refusal != "invalid":
+            raise Refusal(decision.reason)
+        info = await desk.read(desk.reads.pipeline, pipeline)
+        form = " ".join(
+            f"{q.name}=…" if q.required else f"[{q.name}=…]"
+            for q in (info.latest.definition.parameters if info else [])
+        )
+        raise Refusal(f"{decision.reason}. Usage: `/deploy run {pipeline} {form}`")
     assert decision.state is not None
     if desk.on_run_started is not None:
         await desk.on_run_started(decision.state.run.id, who.channel_id)
@@ -314,6 +327,9 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
         return Reply(f":warning: Unknown button {action_id!r}.")
     try:
         state = await desk.find(run_id)
+        decided = state.find_gate(gate) if gate else None
+        if decided is not None and decided.status is not GateStatus.OPEN:
+            return Reply(f"{state.run.ref}, gate {decided.stage_name}: {bk.gate_outcome(decided)}")
         (await desk.principal(who.user)).require(action, state.run if action is Action.CONTROL else None)
         decision = await desk.decide(command)
         if not decision.accepted:

@@ -7,8 +7,11 @@ over Socket Mode."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections import OrderedDict
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -25,9 +28,31 @@ from bot.chat.verbs import TRIGGER_FORM, Desk, Reply, Who, dispatch, press, subm
 from bot.config import Settings
 from bot.slack.home import publish_home
 from bot.slack.manifest import COMMAND, EVENTS_PATH
+from core.states import GateStatus
 
 log = logging.getLogger(__name__)
 REJECT_FORM = "gate_reject_form"
+
+
+class Backlog:
+    """Work that follows an acknowledgement, a few at a time: a burst of commands then gets
+    all of its acks out first instead of each ack queueing behind the others' work."""
+
+    def __init__(self, at_once: int = 4) -> None:
+        self._limit = asyncio.Semaphore(at_once)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, work: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            async with self._limit:
+                try:
+                    await work
+                except Exception:
+                    log.exception("answering a Slack request failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def make_client(settings: Settings) -> AsyncWebClient:
@@ -51,15 +76,21 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
     )
     seen_events: OrderedDict[str, None] = OrderedDict()
 
+    work = Backlog()
+
     @app.command(COMMAND)
     async def on_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        who = Who(body["user_id"], body.get("channel_id", ""))
-        reply = await dispatch(desk, who, body.get("text", ""))
-        if reply.modal is not None:
-            await client.views_open(trigger_id=body["trigger_id"], view=reply.modal)
-            return
-        await _respond(respond, reply)
+
+        async def answer() -> None:
+            who = Who(body["user_id"], body.get("channel_id", ""))
+            reply = await dispatch(desk, who, body.get("text", ""))
+            if reply.modal is not None:
+                await client.views_open(trigger_id=body["trigger_id"], view=reply.modal)
+            else:
+                await _respond(respond, reply)
+
+        work.add(answer())
 
     @app.view(TRIGGER_FORM)
     async def on_trigger_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -78,19 +109,33 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
 
     async def on_press(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        action = body["actions"][0]
-        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
-        reply = await press(desk, who, action["action_id"], action.get("value", ""))
-        if reply is not None:
-            await _respond(respond, reply)
+
+        async def answer() -> None:
+            action = body["actions"][0]
+            who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
+            reply = await press(desk, who, action["action_id"], action.get("value", ""))
+            if reply is not None:
+                await _respond(respond, reply)
+
+        work.add(answer())
 
     for action_id in (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE):
         app.action(action_id)(on_press)
 
     @app.action(bk.REJECT)
-    async def on_reject(ack: AsyncAck, body: dict[str, Any]) -> None:
+    async def on_reject(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        await client.views_open(trigger_id=body["trigger_id"], view=_reject_form(body["actions"][0]["value"]))
+        value = body["actions"][0]["value"]
+        # a gate decided meanwhile: say so at once instead of asking for a reason first
+        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
+        state = await desk.read(desk.reads.run, str(json.loads(value).get("run", "")), quick=True)
+        gate = state.find_gate(str(json.loads(value).get("gate", ""))) if state else None
+        if state is not None and gate is not None and gate.status is not GateStatus.OPEN:
+            reply = await press(desk, who, bk.REJECT, value, "(decided)")
+            if reply is not None:
+                await _respond(respond, reply)
+            return
+        await client.views_open(trigger_id=body["trigger_id"], view=_reject_form(value))
 
     @app.view(REJECT_FORM)
     async def on_reject_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:

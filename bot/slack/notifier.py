@@ -27,6 +27,8 @@ from storage.slack import SlackState
 
 log = logging.getLogger(__name__)
 CURSOR = "slack"
+FAILED = frozenset(str(s) for s in JOB_FAILURES)
+FINISHED = frozenset(str(s) for s in RUN_TERMINAL)
 #: the least time between two edits of one run's message
 EDIT_EVERY_S = 1.0
 
@@ -56,7 +58,9 @@ class Notifier:
     async def _loop(self) -> None:
         orchestrator = self.desk.yard.orchestrator
         interval = self.desk.yard.settings.poll_interval
+        appended = orchestrator.listen()
         while True:
+            appended.clear()
             try:
                 busy = await self.step()
             except asyncio.CancelledError:
@@ -65,27 +69,48 @@ class Notifier:
                 log.exception("slack notifier step failed; retrying")
                 busy = False
                 await asyncio.sleep(min(5.0, interval * 5))
-            if not busy:
-                await orchestrator.wait_for_events(min(interval, EDIT_EVERY_S / 2))
+            if busy:
+                continue
+            wait = interval  # other processes' events are found by polling
+            if self._dirty:
+                wait = min(wait, max(0.01, min(self._dirty.values()) - time.monotonic()))
+            try:
+                await asyncio.wait_for(appended.wait(), wait)
+            except TimeoutError:
+                pass
 
     async def step(self) -> bool:
-        """Read new events, post what they call for, edit messages that are due."""
-        cursor = await self.desk.read(self.state.cursor, CURSOR)
+        """Read new events, post what they call for, edit messages that are due. Runs are
+        handled side by side (each run's events in order), so a burst of finishing runs does
+        not queue behind one slow Slack call."""
+        cursor = await self.desk.read(self.state.cursor, CURSOR, quick=True)
         events = await self.desk.read(self.desk.yard.store.events_after, cursor, 500)
+        by_run: dict[str, list[Event]] = {}
         for event in events:
-            await self._on_event(event)
+            by_run.setdefault(event.run_id, []).append(event)
+        limit = asyncio.Semaphore(8)
+
+        async def one(run_events: list[Event]) -> None:
+            async with limit:
+                await self._on_events(run_events)
+
+        await asyncio.gather(*(one(e) for e in by_run.values()))
         if events and not await self.desk.write(self.state.advance, CURSOR, cursor, events[-1].seq):
             log.info("another process moved the slack cursor; following it")
         await self._flush()
         return len(events) == 500
 
-    async def _on_event(self, event: Event) -> None:
-        state = await self.desk.read(self.desk.reads.run, event.run_id, quick=True)
+    async def _on_events(self, events: list[Event]) -> None:
+        state = await self.desk.read(self.desk.reads.run, events[0].run_id, quick=True)
         if state is None:
             return
         message = await self._message(state)
         if message is None:
             return
+        for event in events:
+            await self._on_event(state, message, event)
+
+    async def _on_event(self, state: RunState, message: tuple[str, str], event: Event) -> None:
         channel, ts = message
         self._dirty.setdefault(state.run.id, self._edited.get(state.run.id, 0.0) + EDIT_EVERY_S)
         if event.subject == "gate" and event.to_status == "open":
@@ -96,16 +121,15 @@ class Notifier:
                 await self._thread(state, channel, ts, f"gate:{gate.id}", *bk.gate_card(state, gate, live))
         elif event.subject == "gate" and event.from_status == "open" and event.to_status != "open":
             await self._update_gate_card(state, channel, event.subject_id)
-        elif event.subject == "job" and event.to_status in {str(s) for s in JOB_FAILURES}:
+        elif event.subject == "job" and event.to_status in FAILED:
             job = state.job(event.subject_id)
             if job is not None and not job.allow_failure and job.is_done:
-                tail = await self.desk.read(
-                    self.desk.yard.store.tail_log, job.id, 10, event.data.get("attempt")
-                )
-                key = f"job:{job.id}:{event.data.get('attempt', job.attempt)}"
+                attempt = event.data.get("attempt")
+                tail = await self.desk.read(self.desk.yard.store.tail_log, job.id, 10, attempt)
+                key = f"job:{job.id}:{attempt if attempt is not None else job.attempt}"
                 summary, blocks = bk.job_failed(state, job, tail)
                 await self._thread(state, channel, ts, key, summary, blocks + bk.settle_failure(state))
-        elif event.subject == "run" and event.to_status in {str(s) for s in RUN_TERMINAL}:
+        elif event.subject == "run" and event.to_status in FINISHED:
             await self._thread(state, channel, ts, "result", *bk.run_finished(state))
             self._dirty[state.run.id] = 0.0  # the final state shows at once
 

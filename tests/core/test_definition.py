@@ -365,8 +365,8 @@ def test_resolve_parameters_coerces_and_fills_defaults(
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({}, "parameter ref is required (-p ref=…)"),
-        ({"dry_run": "true"}, "parameter ref is required (-p ref=…)"),
+        ({}, "parameter ref is required"),
+        ({"dry_run": "true"}, "parameter ref is required"),
         ({"ref": "abc1234", "branch": "main"}, "unknown parameter 'branch' (web takes: dry_run, ref)"),
         ({"ref": "main"}, "ref='main' does not match ^[0-9a-f]{7,40}$"),
         ({"ref": "ABC1234"}, "ref='ABC1234' does not match ^[0-9a-f]{7,40}$"),

@@ -1,0 +1,627 @@
+"""More of the Slack bot end to end: every ``/deploy`` verb, the trigger and reject modals, N-of-M
+gates and simultaneous presses, 429s on edits, App Home and its retried events, Socket Mode, and a
+restart that must not repost. Requests are signed like Slack's (``tests.slack.signing``) and go to
+the real Bolt endpoint of ``create_app``; the bot's Web API calls go to the fake Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bot.app import SHIPYARD, create_app
+from bot.config import Settings, load_settings
+from core.access import Role
+from core.events import Event
+from core.model import Gate, RunState
+from storage.directory import Directory
+from storage.reads import Reads
+from storage.store import SqlStore
+from tests.slack import signing
+from tests.slack.fake_slack import Call, FakeSlack, settle_bolt_tasks
+
+SECRET = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+CHANNEL = "C0DEPLOYS"
+ALICE, BOB, CAROL = "U0ALICE", "U0BOB", "U0CAROL"  # deployer+approver; approver; nobody
+DAVE, ERIN = "U0DAVE", "U0ERIN"  # approvers, like Bob in release-managers
+T = TypeVar("T")
+
+GATED = """
+name: gated
+description: build, then production behind a gate
+parameters:
+  - {name: ref, required: true, pattern: "^[0-9a-f]{7,40}$"}
+stages:
+  - name: build
+    jobs: [{name: compile, run: ["sh", "-c", "echo built $SHIPYARD_PARAM_REF"]}]
+  - name: production
+    environment: production
+    gate: {approvers: [release-managers]}
+    jobs: [{name: deploy, run: ["true"]}]
+"""
+PAIR = """
+name: pair
+stages:
+  - name: build
+    jobs: [{name: compile, run: ["true"]}]
+  - name: production
+    environment: production
+    gate: {approvers: [release-managers], min_approvals: 2}
+    jobs: [{name: deploy, run: ["sh", "-c", "echo deploying"]}]
+"""
+FAILING = """
+name: failing
+stages:
+  - name: build
+    jobs: [{name: compile, run: ["sh", "-c", "sleep 0.2; echo 'error: it broke' >&2; exit 3"]}]
+"""
+
+
+def _blocks(call_or_message: Call | dict[str, Any]) -> list[dict[str, Any]]:
+    args = call_or_message.args if isinstance(call_or_message, Call) else call_or_message
+    blocks = args.get("blocks") or []
+    return json.loads(blocks) if isinstance(blocks, str) else list(blocks)
+
+
+def _button(call: Call, action_id: str) -> dict[str, Any]:
+    return next(
+        e
+        for b in _blocks(call)
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == action_id
+    )
+
+
+def _top_level_posts(fake: FakeSlack) -> list[Call]:
+    return [c for c in fake.calls_to("chat.postMessage") if "thread_ts" not in c.args and c.ok]
+
+
+async def until(check: Callable[[], T | None], timeout: float = 10, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Bot:
+    fake: FakeSlack
+    settings: Settings
+    client: TestClient | None = None
+
+    async def start(self) -> None:
+        self.client = TestClient(TestServer(create_app(self.settings), host="127.0.0.1"))
+        await self.client.start_server()
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await settle_bolt_tasks()
+            client, self.client = self.client, None
+            await client.close()
+
+    # -- the state of things ------------------------------------------------------------------
+    @property
+    def store(self) -> SqlStore:
+        assert self.client is not None
+        return self.client.server.app[SHIPYARD].store
+
+    def run(self, ref: str) -> RunState:
+        state = Reads(self.store).run(ref)
+        assert state is not None, ref
+        return state
+
+    def gate(self, ref: str) -> Gate:
+        return next(g for g in self.run(ref).gates if g.kind == "manual")
+
+    async def until_status(self, ref: str, *statuses: str, timeout: float = 10) -> RunState:
+        def check() -> RunState | None:
+            state = Reads(self.store).run(ref)
+            return state if state is not None and state.run.status in statuses else None
+
+        return await until(check, timeout, f"{ref} to be {'/'.join(statuses)}")
+
+    def events(self, ref: str) -> list[Event]:
+        return self.store.events_after(0, 10_000, self.run(ref).run.id)
+
+    # -- what Slack sends -----------------------------------------------------------------------
+    async def post(self, request: signing.SignedRequest) -> tuple[int, str, str]:
+        assert self.client is not None
+        body, headers = request
+        response = await self.client.post("/slack/events", data=body, headers=headers)
+        return response.status, response.content_type, await response.text()
+
+    async def command(self, user: str, text: str, trigger_id: str | None = None) -> str:
+        """``/deploy text`` as ``user``; returns the response_url token."""
+        token = f"cmd{time.monotonic_ns()}"
+        request = signing.slash_command(
+            SECRET,
+            text,
+            user_id=user,
+            channel_id=CHANNEL,
+            response_url=self.fake.response_url(token),
+            trigger_id=trigger_id,
+        )
+        status, _, _ = await self.post(request)
+        assert status == 200
+        return token
+
+    async def say(self, user: str, text: str) -> dict[str, Any]:
+        """The reply posted to the command's response_url."""
+        token = await self.command(user, text)
+        body = (await self.fake.wait_response(token)).body
+        assert isinstance(body, dict)
+        return body
+
+    async def press(
+        self, user: str, action_id: str, value: str, message_ts: str, trigger_id: str = ""
+    ) -> str:
+        token = f"act{time.monotonic_ns()}"
+        request = signing.block_actions(
+            SECRET,
+            user_id=user,
+            action_id=action_id,
+            value=value,
+            channel_id=CHANNEL,
+            message_ts=message_ts,
+            response_url=self.fake.response_url(token),
+            trigger_id=trigger_id or None,
+        )
+        status, _, text = await self.post(request)
+        assert status == 200, text
+        return token
+
+    async def submit(
+        self, user: str, callback_id: str, values: dict[str, dict[str, Any]], private_metadata: str
+    ) -> dict[str, Any] | None:
+        """A view_submission; returns Bolt's JSON answer (None for a plain ack)."""
+        request = signing.view_submission(
+            SECRET, user_id=user, callback_id=callback_id, values=values, private_metadata=private_metadata
+        )
+        status, _, text = await self.post(request)
+        assert status == 200, text
+        return json.loads(text) if text else None
+
+    async def gate_card(self, ref: str) -> Call:
+        return await self.fake.wait_for(
+            "chat.postMessage",
+            lambda c: "thread_ts" in c.args and f"{ref} waits for approval" in c.args.get("text", ""),
+            timeout=10,
+        )
+
+    def run_message(self, ts: str) -> dict[str, Any]:
+        return self.fake.messages[(CHANNEL, ts)]
+
+
+def _settings(tmp_path: Path, sqlite_url: str, fake: FakeSlack, **slack: Any) -> Settings:
+    pipes = tmp_path / "pipelines"
+    if not pipes.exists():
+        pipes.mkdir()
+        for name, text in (("gated", GATED), ("pair", PAIR), ("failing", FAILING)):
+            (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
+        store = SqlStore(sqlite_url)
+        directory = Directory(store)
+        now = datetime.now(UTC)
+        directory.grant(ALICE, "role", str(Role.DEPLOYER), now)
+        directory.grant(ALICE, "role", str(Role.APPROVER), now)
+        for user in (BOB, DAVE, ERIN):
+            directory.grant(user, "role", str(Role.APPROVER), now)
+            directory.grant(user, "group", "release-managers", now)
+        store.dispose()
+    return load_settings(
+        database_url=sqlite_url,
+        pipelines_dir=pipes,
+        work_dir=tmp_path / "work",
+        poll_interval=0.05,
+        runner_name="slack-test",
+        slack_bot_token="xoxb-test",
+        slack_api_url=fake.base_url,
+        **slack,
+    )
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def bot(sqlite_url: str, tmp_path: Path, fake: FakeSlack) -> AsyncIterator[Bot]:
+    harness = Bot(fake, _settings(tmp_path, sqlite_url, fake, slack_signing_secret=SECRET))
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+async def _started(bot: Bot, pipeline: str = "gated", params: str = "ref=abc1234") -> tuple[str, Call]:
+    """ALICE starts a run; returns its ref and its (top-level) run message."""
+    reply = await bot.say(ALICE, f"run {pipeline} {params}".strip())
+    assert reply["text"].startswith("Started *"), reply
+    ref = reply["text"].split("*")[1]
+    message = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "thread_ts" not in c.args and ref in c.args.get("text", ""), timeout=10
+    )
+    return ref, message
+
+
+# -- every verb ------------------------------------------------------------------------------------
+async def test_read_verbs_list_runs_status_logs_whoami_and_help(bot: Bot) -> None:
+    listed = await bot.say(ALICE, "list")
+    assert listed["response_type"] == "ephemeral"
+    assert "*gated*" in listed["text"] and "*pair*" in listed["text"] and "ref=…" in listed["text"]
+
+    assert "No runs yet" in (await bot.say(ALICE, "runs"))["text"]
+    ref, _ = await _started(bot)
+    await bot.until_status(ref, "waiting")
+
+    runs = await bot.say(ALICE, "runs gated")
+    assert runs["response_type"] == "ephemeral" and "gated#1" in runs["text"] and "waiting" in runs["text"]
+    assert "No runs of `pair` yet" in (await bot.say(ALICE, "runs pair"))["text"]
+
+    status = await bot.say(ALICE, f"status {ref}")
+    assert status["response_type"] == "ephemeral" and "gated#1 waiting" in status["text"]
+    shown = json.dumps(status["blocks"])
+    assert "build" in shown and "production" in shown and "gate waiting (0 of 1)" in shown
+
+    logs = await bot.say(ALICE, f"logs {ref} build/compile")
+    assert "build/compile" in logs["text"] and "built abc1234" in logs["text"]
+    assert "built abc1234" in (await bot.say(ALICE, f"logs {ref}"))["text"]  # the last job that ran
+    assert "Did you mean `build/compile`?" in (await bot.say(ALICE, f"logs {ref} build/compil"))["text"]
+
+    whoami = await bot.say(ALICE, "whoami")
+    assert f"`{ALICE}`" in whoami["text"] and "approver, deployer" in whoami["text"]
+    assert "release-managers" in (await bot.say(BOB, "whoami"))["text"]
+
+    run_help = await bot.say(CAROL, "run help")
+    assert run_help["response_type"] == "ephemeral"
+    assert run_help["text"].startswith("`/deploy run <pipeline> [key=value…]`")
+    assert "`/deploy status <run>`" in (await bot.say(ALICE, "help status"))["text"]
+
+
+async def test_help_and_whoami_answer_someone_without_a_role(bot: Bot) -> None:
+    assert "Shipyard commands:" in (await bot.say(CAROL, "help"))["text"]
+    assert "ask an admin" in (await bot.say(CAROL, "whoami"))["text"]
+
+
+async def test_control_verbs_pause_resume_cancel_retry(bot: Bot) -> None:
+    ref, _ = await _started(bot)
+    await bot.until_status(ref, "waiting")
+
+    paused = await bot.say(ALICE, f"pause {ref}")
+    assert paused == {**paused, "response_type": "in_channel", "text": f"{ref} paused."}
+    assert bot.run(ref).run.status == "paused"
+    resumed = await bot.say(ALICE, f"resume {ref}")
+    assert resumed["response_type"] == "in_channel" and resumed["text"] == f"{ref} resumed."
+    await bot.until_status(ref, "running", "waiting")
+
+    canceled = await bot.say(ALICE, f"cancel {ref} wrong ref")
+    assert canceled["response_type"] == "in_channel" and canceled["text"] == f"{ref} canceled."
+    state = await bot.until_status(ref, "canceled")
+    assert "wrong ref" in state.run.reason
+    again = await bot.say(ALICE, f"cancel {ref}")
+    assert again["response_type"] == "ephemeral" and "already canceled" in again["text"]
+
+    retried = await bot.say(ALICE, f"retry {ref}")
+    assert retried["response_type"] == "in_channel" and retried["text"] == "Retrying as gated#2."
+    assert bot.run("gated#2").run.retry_of == bot.run(ref).run.id
+
+
+async def test_approve_and_reject_by_command(bot: Bot) -> None:
+    first, _ = await _started(bot)
+    await bot.until_status(first, "waiting")
+    approved = await bot.say(BOB, f"approve {first} looks good")
+    assert approved["response_type"] == "in_channel" and approved["text"] == f"<@{BOB}> approved {first}."
+    await bot.until_status(first, "succeeded")
+    late = await bot.say(DAVE, f"approve {first}")
+    assert late["response_type"] == "ephemeral" and "has no gate waiting" in late["text"]
+
+    second, _ = await _started(bot)
+    await bot.until_status(second, "waiting")
+    needs_reason = await bot.say(BOB, f"reject {second}")
+    assert needs_reason["response_type"] == "ephemeral" and "Say why" in needs_reason["text"]
+    assert "`/deploy reject <run> <reason>`" in needs_reason["text"]
+    rejected = await bot.say(BOB, f'reject {second} "not on a Friday"')
+    assert rejected["response_type"] == "in_channel"
+    assert rejected["text"] == f"<@{BOB}> rejected {second}: not on a Friday"
+    state = await bot.until_status(second, "failed")
+    assert "not on a Friday" in state.run.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("status", ["Usage: `/deploy status <run>`"]),
+        ("status gated#99", ["No run `gated#99`", "web#42"]),
+        ("logs", ["Usage: `/deploy logs <run> [stage/job]`"]),
+        ("approve", ["Usage: `/deploy approve <run> [comment]`"]),
+        ("run", ["Usage: `/deploy run <pipeline> [key=value…]`"]),
+        ("run gated ref=NOT-HEX", ["ref", "^[0-9a-f]{7,40}$"]),
+        ('run gated "ref=abc1234', ["close your quotes"]),
+        ("run gated abc1234", ["key=value", "Usage: `/deploy run <pipeline> [key=value…]`"]),
+    ],
+)
+async def test_errors_are_ephemeral_and_show_the_right_form(bot: Bot, text: str, expected: list[str]) -> None:
+    reply = await bot.say(ALICE, text)
+    assert reply["response_type"] == "ephemeral"
+    assert reply["text"].startswith(":warning:")
+    for part in expected:
+        assert part in reply["text"], (part, reply["text"])
+    assert not _top_level_posts(bot.fake)  # nothing started, nothing said in the channel
+
+
+BAD_PARAMETER_FORM = (
+    "BUG: a parameter error from `/deploy run` is core's InvalidInput text as is: it tells a Slack user the "
+    "CLI form `-p ref=…` (core/definition.py resolve_parameters) and never shows `/deploy run <pipeline> "
+    "ref=…`; verbs.run should catch it and add the pipeline's own form"
+)
+
+
+@pytest.mark.parametrize("text", ["run gated", "run gated ref=NOT-HEX"])
+async def test_a_parameter_error_shows_the_slack_form_of_the_command(bot: Bot, text: str) -> None:
+    reply = await bot.say(ALICE, text)
+    assert reply["response_type"] == "ephemeral" and "ref" in reply["text"]
+    assert "-p ref" not in reply["text"]
+    assert "/deploy run gated ref=" in reply["text"]
+
+
+# -- the trigger modal -----------------------------------------------------------------------------
+async def test_deploy_alone_opens_the_trigger_modal_and_submitting_it_starts_a_run(bot: Bot) -> None:
+    trigger = signing.new_trigger_id()
+    await bot.command(ALICE, "", trigger_id=trigger)
+    opened = await bot.fake.wait_for("views.open")
+    assert opened.ok and opened.args["trigger_id"] == trigger
+    view = opened.args["view"]
+    assert view["callback_id"] == "trigger_form"
+    select = next(b for b in view["blocks"] if b["block_id"] == "pipeline")["element"]
+    assert select["type"] == "static_select"
+    assert {o["value"] for o in select["options"]} >= {"gated", "pair", "failing"}
+    assert not bot.fake.responses  # no message besides the modal
+
+    def values(params: str, pipeline: str = "gated") -> dict[str, dict[str, Any]]:
+        option = {"text": {"type": "plain_text", "text": pipeline}, "value": pipeline}
+        return {
+            "pipeline": {"value": {"type": "static_select", "selected_option": option}},
+            "params": {"value": {"type": "plain_text_input", "value": params}},
+        }
+
+    bad = await bot.submit(ALICE, "trigger_form", values("ref=zzz"), view["private_metadata"])
+    assert bad is not None and bad["response_action"] == "errors" and "params" in bad["errors"]
+    assert "ref" in bad["errors"]["params"]
+    missing = await bot.submit(ALICE, "trigger_form", values(""), view["private_metadata"])
+    assert missing is not None and missing["response_action"] == "errors"
+
+    assert await bot.submit(ALICE, "trigger_form", values("ref=abc1234\n"), view["private_metadata"]) is None
+    state = bot.run("gated#1")
+    assert state.run.triggered_by == ALICE and state.run.parameters["ref"] == "abc1234"
+    posted = await bot.fake.wait_for("chat.postMessage", lambda c: "gated#1" in c.args.get("text", ""))
+    assert posted.args["channel"] == CHANNEL and "thread_ts" not in posted.args
+
+
+# -- gates -----------------------------------------------------------------------------------------
+async def test_reject_button_opens_a_modal_and_its_reason_fails_the_run(bot: Bot) -> None:
+    ref, message = await _started(bot)
+    card = await bot.gate_card(ref)
+    value = _button(card, "gate_reject")["value"]
+    trigger = signing.new_trigger_id()
+    await bot.press(BOB, "gate_reject", value, card.args["thread_ts"], trigger_id=trigger)
+    opened = await bot.fake.wait_for("views.open")
+    assert opened.ok and opened.args["trigger_id"] == trigger
+    view = opened.args["view"]
+    assert view["callback_id"] == "gate_reject_form"
+    assert bot.gate(ref).status == "open"  # pressing Reject only asks why
+
+    def reason(text: str) -> dict[str, dict[str, Any]]:
+        return {"reason": {"value": {"type": "plain_text_input", "value": text}}}
+
+    empty = await bot.submit(BOB, "gate_reject_form", reason("  \n"), view["private_metadata"])
+    assert empty is not None and empty["response_action"] == "errors" and "reason" in empty["errors"]
+    assert bot.gate(ref).status == "open"
+
+    assert (
+        await bot.submit(BOB, "gate_reject_form", reason("migration not reviewed"), view["private_metadata"])
+        is None
+    )
+    state = await bot.until_status(ref, "failed")
+    gate = bot.gate(ref)
+    assert gate.status == "rejected" and gate.decided_by == BOB and "migration not reviewed" in gate.reason
+    assert "migration not reviewed" in state.run.reason
+
+    ts = message.response["ts"]
+    await until(
+        lambda: "migration not reviewed" in json.dumps(bot.run_message(ts)),
+        what="the reason in the run message",
+    )
+    assert "failed" in bot.run_message(ts)["text"]
+    await until(
+        lambda: "rejected by" in json.dumps(bot.fake.messages[(CHANNEL, card.response["ts"])]["blocks"]),
+        what="the gate card to show the decision",
+    )
+
+
+async def test_two_approvals_show_progress_count_once_each_and_decide_once(bot: Bot) -> None:
+    ref, message = await _started(bot, "pair", "")
+    ts = message.response["ts"]
+    card = await bot.gate_card(ref)
+    value, card_ts = _button(card, "gate_approve")["value"], card.args["thread_ts"]
+    assert "approvals: 0 of 2" in json.dumps(_blocks(card))
+
+    await bot.press(BOB, "gate_approve", value, card_ts)
+    await until(lambda: "(1 of 2)" in json.dumps(bot.run_message(ts)), what="1 of 2 in the run message")
+    assert [a.actor for a in bot.gate(ref).approvals] == [BOB]
+
+    token = await bot.press(BOB, "gate_approve", value, card_ts)
+    twice = (await bot.fake.wait_response(token)).body
+    assert twice["response_type"] == "ephemeral" and "already approved" in twice["text"]
+    assert [a.actor for a in bot.gate(ref).approvals] == [BOB] and bot.gate(ref).status == "open"
+
+    # Dave and Erin click at the same moment: one of them completes the gate, once
+    tokens = await asyncio.gather(
+        bot.press(DAVE, "gate_approve", value, card_ts), bot.press(ERIN, "gate_approve", value, card_ts)
+    )
+    await bot.until_status(ref, "succeeded")
+    await settle_bolt_tasks()
+    gate = bot.gate(ref)
+    assert gate.status == "approved" and len(gate.approvals) == 2 and gate.approvals[0].actor == BOB
+    assert gate.decided_by in (DAVE, ERIN)
+    events = bot.events(ref)
+    assert len([e for e in events if e.subject == "gate" and e.to_status == "approved"]) == 1
+    deploy = next(j for j in bot.run(ref).jobs if j.name == "deploy")
+    assert deploy.attempt == 1
+    assert len([e for e in events if e.subject_id == deploy.id and e.to_status == "running"]) == 1
+    answers = [r for t in tokens for r in bot.fake.responses_to(t)]
+    assert len(answers) == 1 and answers[0].body["response_type"] == "ephemeral"  # the loser is told
+    finished = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "thread_ts" in c.args and f"{ref} succeeded" in c.args["text"]
+    )
+    assert finished.args["thread_ts"] == ts
+    assert (
+        len([c for c in bot.fake.calls_to("chat.postMessage") if f"{ref} succeeded" in c.args["text"]]) == 1
+    )
+
+
+async def test_a_press_on_a_decided_gate_answers_with_its_state(bot: Bot) -> None:
+    ref, _ = await _started(bot)
+    card = await bot.gate_card(ref)
+    value, card_ts = _button(card, "gate_approve")["value"], card.args["thread_ts"]
+    await bot.press(BOB, "gate_approve", value, card_ts)
+    await bot.until_status(ref, "succeeded")
+
+    token = await bot.press(DAVE, "gate_approve", value, card_ts)
+    answer = await bot.fake.wait_response(token)
+    assert answer.status == 200 and answer.body["response_type"] == "ephemeral"
+    assert "approved by <@U0BOB>" in answer.body["text"]
+    assert [a.actor for a in bot.gate(ref).approvals] == [BOB]
+    assert bot.gate(ref).status == "approved" and bot.run(ref).run.status == "succeeded"
+
+
+async def test_reject_on_a_decided_gate_answers_with_its_state_instead_of_a_form(bot: Bot) -> None:
+    ref, _ = await _started(bot)
+    card = await bot.gate_card(ref)
+    value, card_ts = _button(card, "gate_reject")["value"], card.args["thread_ts"]
+    await bot.say(BOB, f"approve {ref}")
+    await bot.until_status(ref, "succeeded")
+    token = await bot.press(DAVE, "gate_reject", value, card_ts, trigger_id=signing.new_trigger_id())
+    await settle_bolt_tasks()
+    assert not bot.fake.calls_to("views.open")
+    answer = (await bot.fake.wait_response(token, timeout=1)).body
+    assert answer["response_type"] == "ephemeral" and "approved" in answer["text"]
+
+
+async def test_a_press_on_a_decided_gate_says_who_decided_it_not_a_warning(bot: Bot) -> None:
+    ref, _ = await _started(bot)
+    card = await bot.gate_card(ref)
+    value, card_ts = _button(card, "gate_approve")["value"], card.args["thread_ts"]
+    await bot.press(BOB, "gate_approve", value, card_ts)
+    await bot.until_status(ref, "succeeded")
+    token = await bot.press(DAVE, "gate_approve", value, card_ts)
+    answer = (await bot.fake.wait_response(token)).body
+    assert answer["response_type"] == "ephemeral"
+    assert not answer["text"].startswith(":warning:")
+    assert f"approved by <@{BOB}>" in answer["text"]
+
+
+# -- Slack pushing back ----------------------------------------------------------------------------
+async def test_a_rate_limited_edit_is_retried_and_the_message_ends_in_the_final_state(bot: Bot) -> None:
+    bot.fake.rate_limit_next("chat.update", retry_after=1)
+    ref, message = await _started(bot, "failing", "")
+    ts = message.response["ts"]
+    await bot.until_status(ref, "failed")
+    limited = await bot.fake.wait_for("chat.update", lambda c: c.status == 429, timeout=10)
+    assert limited.args["ts"] == ts
+    await until(lambda: "failed" in bot.run_message(ts)["text"], timeout=10, what="the final state shown")
+    assert any(c.ok and c.args["ts"] == ts for c in bot.fake.calls_to("chat.update"))
+    assert len(_top_level_posts(bot.fake)) == 1
+
+
+# -- App Home --------------------------------------------------------------------------------------
+async def test_app_home_shows_environments_and_the_waiting_gate_once_per_event(bot: Bot) -> None:
+    ref, _ = await _started(bot)
+    await bot.gate_card(ref)
+    event = {"type": "app_home_opened", "user": BOB, "channel": "D0BOB", "tab": "home"}
+
+    status, _, _ = await bot.post(signing.event_callback(SECRET, event, event_id="Ev0HOME1"))
+    assert status == 200
+    published = await bot.fake.wait_for("views.publish")
+    assert published.ok and published.args["user_id"] == BOB
+    home = json.dumps(bot.fake.home_views[BOB]["blocks"])
+    assert "Environments" in home and "*production*" in home
+    assert f"{ref}* waits for approval" in home and "gate_approve" in home
+
+    status, _, _ = await bot.post(signing.event_callback(SECRET, event, event_id="Ev0HOME1", retry_num=1))
+    assert status == 200
+    await settle_bolt_tasks()
+    assert len(bot.fake.calls_to("views.publish")) == 1
+
+    # a new opening (another event id) is a new publish
+    await bot.post(signing.event_callback(SECRET, event, event_id="Ev0HOME2"))
+    await bot.fake.wait_for_count("views.publish", 2)
+
+
+# -- Socket Mode -----------------------------------------------------------------------------------
+async def test_socket_mode_acks_a_command_and_replies_to_its_response_url(
+    sqlite_url: str, tmp_path: Path, fake: FakeSlack
+) -> None:
+    settings = _settings(tmp_path, sqlite_url, fake, slack_app_token="xapp-test")
+    assert settings.slack_signing_secret is None
+    harness = Bot(fake, settings)
+    await harness.start()
+    try:
+        await fake.wait_connected()
+        opened = await fake.wait_for("apps.connections.open")
+        assert opened.token == "xapp-test"
+        token = f"sock{time.monotonic_ns()}"
+        payload = signing.slash_command_payload(
+            "help", user_id=ALICE, channel_id=CHANNEL, response_url=fake.response_url(token)
+        )
+        envelope = await fake.send_envelope("slash_commands", payload)
+        ack = await fake.wait_ack(envelope)
+        assert ack["envelope_id"] == envelope
+        reply = (await fake.wait_response(token)).body
+        assert reply["response_type"] == "ephemeral" and "/deploy run <pipeline>" in reply["text"]
+        assert harness.client is not None
+        http = await harness.client.post("/slack/events", data=b"{}")  # no HTTP endpoint in this mode
+        assert http.status in (404, 405)
+    finally:
+        await harness.stop()
+    await until(lambda: not fake.socket_connected, timeout=5, what="the socket to close")
+
+
+# -- restarts --------------------------------------------------------------------------------------
+async def test_a_restart_does_not_repost_the_run_message(bot: Bot) -> None:
+    ref, message = await _started(bot)
+    ts = message.response["ts"]
+    await bot.gate_card(ref)
+    await bot.until_status(ref, "waiting")
+    await bot.stop()
+    posts_before = len(bot.fake.calls_to("chat.postMessage"))
+
+    await bot.start()
+    approved = await bot.say(BOB, f"approve {ref}")
+    assert approved["response_type"] == "in_channel"
+    await bot.until_status(ref, "succeeded")
+    await bot.fake.wait_for(
+        "chat.postMessage", lambda c: c.args.get("thread_ts") == ts and f"{ref} succeeded" in c.args["text"]
+    )
+    await until(lambda: "succeeded" in bot.run_message(ts)["text"], what="the first message edited")
+    assert [c.response["ts"] for c in _top_level_posts(bot.fake)] == [ts]
+    new_posts = bot.fake.calls_to("chat.postMessage")[posts_before:]
+    assert all(c.args.get("thread_ts") == ts for c in new_posts)
+    assert not [c for c in new_posts if "waits for approval" in c.args.get("text", "")]  # no second card
+    assert not bot.fake.calls_to("chat.delete")
