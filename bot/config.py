@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,15 @@ from pydantic_settings import (
 
 class ConfigError(Exception):
     """The configuration is invalid; the message lists every problem."""
+
+
+class EnvironmentSettings(BaseModel):
+    """What holds for every deployment to one environment, whichever pipeline asks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: a /deploy that would deploy here asks its author to confirm first
+    confirm: bool = False
 
 
 class Settings(BaseSettings):
@@ -66,6 +75,9 @@ class Settings(BaseSettings):
     slack_channel: str | None = Field(
         None, description="channel for runs started outside Slack when their pipeline names none"
     )
+    environments: dict[str, EnvironmentSettings] = Field(
+        default_factory=dict, description="per environment: confirm (ask before a /deploy deploys there)"
+    )
     slack_roles: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Slack user IDs (U…) and user-group IDs (S…) mapped to roles",
@@ -89,6 +101,9 @@ class Settings(BaseSettings):
         if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    def environment(self, name: str) -> EnvironmentSettings:
+        return self.environments.get(name) or EnvironmentSettings()
 
     @property
     def slack_enabled(self) -> bool:

@@ -37,6 +37,7 @@ SECTION_MAX = 3000
 # action ids: the Slack app listens for these
 APPROVE, REJECT, CANCEL, RETRY = "gate_approve", "gate_reject", "run_cancel", "run_retry"
 IGNORE = "run_ignore_failure"
+CONFIRM = "run_confirm"
 
 
 def text(markdown: str) -> Block:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,14 +186,27 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("run"))
     pipeline = line.words[0]
-    names = [p.name for p in await desk.read(desk.reads.pipelines, None, 200)]
-    if pipeline not in names:
-        raise Refusal(did_you_mean("pipeline", pipeline, names))
+    found = {p.name: p for p in await desk.read(desk.reads.pipelines, None, 200)}
+    if pipeline not in found:
+        raise Refusal(did_you_mean("pipeline", pipeline, list(found)))
     if len(line.words) > 1:
         raise Refusal(f"Parameters look like `key=value`; what is `{line.words[1]}`? {_usage('run')}")
     revision = line.params.pop("revision", None)
+    guarded = [
+        s.environment
+        for s in found[pipeline].latest.definition.stages
+        if s.environment and desk.yard.settings.environment(s.environment).confirm
+    ]
+    if guarded:
+        return await _ask_to_confirm(desk, pipeline, line.params, revision, guarded)
+    return await start_run(desk, who, pipeline, line.params, revision)
+
+
+async def start_run(
+    desk: Desk, who: Who, pipeline: str, params: dict[str, str], revision: str | None
+) -> Reply:
     decision = await desk.decide(
-        TriggerRun(pipeline=pipeline, actor=who.actor, parameters=line.params, source_revision=revision)
+        TriggerRun(pipeline=pipeline, actor=who.actor, parameters=params, source_revision=revision)
     )
     if not decision.accepted:
         if decision.refusal != "invalid":
@@ -207,6 +221,45 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
     if desk.on_run_started is not None:
         await desk.on_run_started(decision.state.run.id, who.channel_id)
     return Reply(f"Started *{decision.state.run.ref}*; its message follows in this channel.")
+
+
+#: how long a "Deploy to production?" question can be answered
+CONFIRM_WITHIN_S = 60
+
+
+async def _ask_to_confirm(
+    desk: Desk, pipeline: str, params: dict[str, str], revision: str | None, environments: list[str]
+) -> Reply:
+    """Show exactly what will go where, and what is live there now, before it starts."""
+    lines = [f":warning: *{pipeline}* deploys to *{', '.join(environments)}*. Start it?"]
+    lines.append(f"revision: `{revision}`" if revision else "revision: not given")
+    if params:
+        lines.append("parameters: " + " ".join(f"`{k}={v}`" for k, v in params.items()))
+    for env in environments:
+        live = await desk.read(desk.reads.current_deployment, env)
+        now_there = (
+            "nothing yet"
+            if live is None
+            else (
+                f"`{live.revision}` ({live.pipeline}#{live.run_number})"
+                if live.revision
+                else f"{live.pipeline}#{live.run_number}"
+            )
+        )
+        lines.append(f"live in {env} now: {now_there}")
+    lines.append(f"_This question expires in {CONFIRM_WITHIN_S} seconds._")
+    request = {
+        "pipeline": pipeline,
+        "params": params,
+        "revision": revision,
+        "until": time.time() + CONFIRM_WITHIN_S,
+    }
+    value = json.dumps(request)
+    blocks = [
+        bk.text("\n".join(lines)),
+        bk.actions("confirm", bk.button("Deploy", bk.CONFIRM, value, "danger")),
+    ]
+    return Reply(f"Deploy {pipeline} to {', '.join(environments)}?", blocks)
 
 
 @verb("status", "status <run>", "where a run is")
@@ -300,6 +353,8 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
     """A button on a run message or gate card. The engine decides; a refusal (your own run,
     not an approver, the gate already decided) is a Reply for the presser alone; None when
     the press went through (the run's message shows the result)."""
+    if action_id == bk.CONFIRM:
+        return await _confirmed(desk, who, value)
     try:
         ref = json.loads(value)
         run_id, gate = str(ref["run"]), str(ref.get("gate", ""))
@@ -342,6 +397,24 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
         # the new run reports where its predecessor did
         await desk.on_run_started(decision.state.run.id, who.channel_id)
     return None
+
+
+async def _confirmed(desk: Desk, who: Who, value: str) -> Reply:
+    try:
+        request = json.loads(value)
+        pipeline, params, until = str(request["pipeline"]), dict(request["params"]), float(request["until"])
+        revision = request.get("revision")
+    except (ValueError, KeyError, TypeError):
+        return Reply(":warning: That button is not one of mine.")
+    if time.time() > until:
+        return Reply(f":warning: That question expired; type `/deploy run {pipeline} …` again.")
+    try:
+        (await desk.principal(who.user)).require(Action.TRIGGER)
+        return await start_run(desk, who, pipeline, {str(k): str(v) for k, v in params.items()}, revision)
+    except Refusal as exc:
+        return Reply(f":warning: {exc}")
+    except ShipyardError as exc:
+        return Reply(f":warning: {exc.message}")
 
 
 # -- the trigger form ------------------------------------------------------------------------------

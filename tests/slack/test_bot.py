@@ -297,3 +297,49 @@ async def test_a_failure_is_settled_in_the_thread_by_ignoring_it_and_going_on(bo
         "chat.update", lambda c: "failing#2" in c.args.get("text", "") and "succeeded" in c.args["text"]
     )
     assert "failure of compile ignored by U0ALICE" in json.dumps(edited.args["blocks"])
+
+
+async def test_a_deploy_to_a_confirm_environment_asks_first_and_the_question_expires(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "gated.yml").write_text(textwrap.dedent(GATED))
+    store = SqlStore(sqlite_url)
+    Directory(store).grant(ALICE, "role", str(Role.DEPLOYER), datetime.now(UTC))
+    store.dispose()
+    async with FakeSlack() as fake:
+        settings = load_settings(
+            database_url=sqlite_url,
+            pipelines_dir=pipes,
+            work_dir=tmp_path / "work",
+            poll_interval=0.05,
+            slack_bot_token="xoxb-test",
+            slack_signing_secret=SECRET,
+            slack_api_url=fake.base_url,
+            environments={"production": {"confirm": True}},
+        )
+        client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+        await client.start_server()
+        try:
+            bot = Bot(client, fake)
+            status, token, _ = await bot.command(ALICE, "run gated ref=abc1234")
+            assert status == 200
+            question = (await fake.wait_response(token)).body
+            assert question["response_type"] == "ephemeral"
+            assert "deploys to *production*" in question["text"] or "production" in json.dumps(
+                question["blocks"]
+            )
+            assert "live in production now: nothing yet" in json.dumps(question["blocks"])
+            button = next(e for b in question["blocks"] if b["type"] == "actions" for e in b["elements"])
+            assert not [c for c in fake.calls_to("chat.postMessage") if c.args.get("channel") == CHANNEL]
+
+            stale = json.dumps({**json.loads(button["value"]), "until": time.time() - 1})
+            token = await bot.press(ALICE, "run_confirm", stale, "1.0")
+            assert "expired" in (await fake.wait_response(token)).body["text"]
+
+            token = await bot.press(ALICE, "run_confirm", button["value"], "1.0")
+            assert "Started *gated#1*" in (await fake.wait_response(token)).body["text"]
+            await fake.wait_for("chat.postMessage", lambda c: c.args.get("channel") == CHANNEL)
+        finally:
+            await client.close()
