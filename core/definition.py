@@ -30,6 +30,7 @@ from core.errors import DefinitionError, InvalidInput
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+COMPARE_URL = r"^https://\S*\{from\}\S*\{to\}\S*$"
 TRUE, FALSE = frozenset({"true", "yes", "on", "1"}), frozenset({"false", "no", "off", "0"})
 
 
@@ -149,6 +150,8 @@ class PipelineDef(_Strict):
     description: str = ""
     #: the Slack channel (ID) where runs started outside Slack (API, schedules) report
     channel: str | None = Field(default=None, pattern=r"^[CGD][A-Z0-9]{2,20}$")
+    #: a link comparing two revisions, e.g. https://github.com/acme/web/compare/{from}...{to}
+    compare_url: str | None = Field(default=None, pattern=COMPARE_URL)
     parameters: list[ParameterDef] = Field(default_factory=list)
     stages: list[StageDef] = Field(min_length=1)
 
@@ -236,6 +239,7 @@ def _describe(exc: ValidationError, text: str, source: str) -> list[str]:
 
 
 _PATTERN_HINTS = {
+    COMPARE_URL: "an https:// URL with {from} and {to} where the two revisions go",
     NAME: "use lowercase letters, digits and '-', starting with a letter or digit",
     PARAM_NAME: "use letters, digits and '_', not starting with a digit",
 }

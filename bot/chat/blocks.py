@@ -159,6 +159,10 @@ def gate_card(state: RunState, gate: Gate, live: Deployment | None) -> tuple[str
         lines.append(
             f"live in {live.environment} now: {now_there} (since {live.finished_at:%Y-%m-%d %H:%M} UTC)"
         )
+        template = state.definition.compare_url
+        if template and live.revision and run.source_revision and live.revision != run.source_revision:
+            link = template.replace("{from}", live.revision).replace("{to}", run.source_revision)
+            lines.append(f"<{link}|compare {live.revision[:7]}…{run.source_revision[:7]}>")
     passed = [state.stages[g.stage_index].name for g in state.gates if g.status is GateStatus.APPROVED]
     if passed:
         lines.append("gates passed: " + ", ".join(passed))

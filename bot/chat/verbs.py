@@ -62,6 +62,11 @@ class Desk(Backend):
     #: called with (run id, channel id) when a chat command starts a run (the notifier routes it)
     on_run_started: Callable[[str, str], Awaitable[None]] | None = None
 
+    def bind(self, yard: Any) -> None:
+        super().bind(yard)
+        #: people who opened App Home: their view is refreshed when what it shows changes
+        self.home_viewers: set[str] = set()
+
     async def principal(self, user: str) -> Principal:
         return await self.read(self.directory.principal, user, now(), quick=True)
 

@@ -161,6 +161,7 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
             while len(seen_events) > 10_000:
                 seen_events.popitem(last=False)
         if event.get("tab", "home") == "home":
+            desk.home_viewers.add(event["user"])
             await publish_home(desk, client, event["user"])
 
     return app

@@ -20,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.backend import now
 from bot.chat import blocks as bk
 from bot.chat.verbs import Desk
+from bot.slack.home import publish_home
 from core.events import Event
 from core.model import RunState
 from core.states import JOB_FAILURES, RUN_TERMINAL
@@ -27,6 +28,8 @@ from storage.slack import SlackState
 
 log = logging.getLogger(__name__)
 CURSOR = "slack"
+#: App Home views refreshed at most per batch of events (the rest refresh when next opened)
+HOME_REFRESH_MAX = 50
 FAILED = frozenset(str(s) for s in JOB_FAILURES)
 FINISHED = frozenset(str(s) for s in RUN_TERMINAL)
 #: the least time between two edits of one run's message
@@ -95,6 +98,9 @@ class Notifier:
                 await self._on_events(run_events)
 
         await asyncio.gather(*(one(e) for e in by_run.values()))
+        if any(_changes_home(e) for e in events):
+            viewers = sorted(self.desk.home_viewers)[:HOME_REFRESH_MAX]
+            await asyncio.gather(*(self._home(user) for user in viewers))
         if events and not await self.desk.write(self.state.advance, CURSOR, cursor, events[-1].seq):
             log.info("another process moved the slack cursor; following it")
         await self._flush()
@@ -175,6 +181,12 @@ class Notifier:
         summary, blocks = bk.gate_card(state, gate, None)
         await self._edit(channel, post_ts, summary, blocks)
 
+    async def _home(self, user: str) -> None:
+        try:
+            await publish_home(self.desk, self.client, user)
+        except SlackApiError as exc:
+            log.warning("could not refresh App Home of %s: %s", user, exc.response.get("error"))
+
     async def _flush(self) -> None:
         due = [run_id for run_id, at in self._dirty.items() if at <= time.monotonic()]
         for run_id in due:
@@ -194,3 +206,10 @@ class Notifier:
             await self.client.chat_update(channel=channel, ts=ts, text=summary, blocks=blocks)
         except SlackApiError as exc:  # the message was deleted in Slack: nothing to edit
             log.warning("could not edit Slack message %s in %s: %s", ts, channel, exc.response.get("error"))
+
+
+def _changes_home(event: Event) -> bool:
+    """Does App Home show what this event changed (gates waiting, what runs where, runs)?"""
+    if event.subject == "gate":
+        return event.to_status == "open" or event.from_status == "open"
+    return event.subject in ("stage", "run") and event.to_status in FINISHED | {"succeeded", "partial"}

@@ -343,3 +343,22 @@ async def test_a_deploy_to_a_confirm_environment_asks_first_and_the_question_exp
             await fake.wait_for("chat.postMessage", lambda c: c.args.get("channel") == CHANNEL)
         finally:
             await client.close()
+
+
+async def test_app_home_is_refreshed_when_a_gate_starts_waiting(bot: Bot) -> None:
+    from tests.slack.signing import event_callback
+
+    opened = event_callback(
+        SECRET, {"type": "app_home_opened", "user": BOB, "tab": "home", "event_ts": "1.0"}, event_id="Ev1"
+    )
+    response = await bot.client.post("/slack/events", data=opened.body, headers=opened.headers)
+    assert response.status == 200
+    first = await bot.fake.wait_for("views.publish", lambda c: c.args.get("user_id") == BOB)
+    assert "Nothing is waiting for you" in json.dumps(first.args["view"])
+    await bot.say(ALICE, "run gated ref=abc1234")
+    again = await bot.fake.wait_for(
+        "views.publish",
+        lambda c: c.args.get("user_id") == BOB and "gate_approve" in json.dumps(c.args["view"]),
+        15,
+    )
+    assert "*gated#1* waits for approval before *production*" in json.dumps(again.args["view"])
