@@ -200,10 +200,28 @@ def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
         raise DefinitionError([f"{where}: not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise DefinitionError([f"{source}: a pipeline must be a mapping with name and stages"])
+    if not _storable(data):
+        raise DefinitionError([f"{source}: text that is not valid Unicode (an unpaired surrogate escape)"])
     try:
         return PipelineDef.model_validate(data)
     except ValidationError as exc:
         raise DefinitionError(_describe(exc, text, source)) from None
+
+
+def _storable(value: object) -> bool:
+    """Every string in ``value`` encodes as UTF-8 (YAML and JSON escapes can make lone
+    surrogates, which no database stores)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
 
 
 def load_pipeline_file(path: Path) -> PipelineDef:

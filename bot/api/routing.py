@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -278,8 +279,10 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
         call: Call | None = None
         response: web.StreamResponse
         try:
-            if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
-                raise Problem(400, "NUL characters are not allowed in paths or query parameters")
+            if not _clean(request.path) or not all(_clean(k + v) for k, v in request.query.items()):
+                raise Problem(
+                    400, "paths and query parameters must be valid UTF-8 text without NUL characters"
+                )
             principal = await _authenticate(request, gateway)
             if not principal.may(op.action):
                 principal.require(op.action)  # raises Forbidden with the reason
@@ -316,6 +319,30 @@ async def _authenticate(request: web.Request, gateway: Gateway) -> Principal:
     return principal
 
 
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(data: Any) -> Any:
+    """JSON text as a database can store it: NUL and unpaired surrogate escapes (valid JSON,
+    but not text) become U+FFFD, as they do in job logs."""
+    if isinstance(data, str):
+        return UNSTORABLE.sub("\ufffd", data)
+    if isinstance(data, list):
+        return [_storable(v) for v in data]
+    if isinstance(data, dict):
+        return {_storable(k): _storable(v) for k, v in data.items()}
+    return data
+
+
+def _clean(text: str) -> bool:
+    """Text a database can store: encodable as UTF-8 (no lone surrogates), without NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
 def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
     try:
         return model.model_validate(data)
@@ -348,15 +375,13 @@ async def _body(op: Operation, request: web.Request) -> Any:
     if media != "application/json":
         accepted = ", ".join(("application/json", *op.raw_body))
         raise Problem(415, f"send the body as {accepted} (got {media or 'no Content-Type'})")
-    if b"\\u0000" in raw or b"\x00" in raw:
-        raise Problem(422, "NUL characters are not allowed in the body")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise Problem(400, "the body is nested too deeply") from None
-    return _validate(op.body, data, "body")
+    return _validate(op.body, _storable(data), "body")
 
 
 async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> web.StreamResponse:

@@ -307,3 +307,15 @@ async def run_nul_requests(api: Api) -> None:
         reply = await api.call(method, path, "admin", **options)  # type: ignore[arg-type]
         answers.append((method, path, reply.status))
     assert all(status < 500 for *_, status in answers), answers
+
+
+async def test_nul_and_unpaired_surrogate_escapes_are_stored_as_replacement_characters(api: Api) -> None:
+    run = await api.trigger("web", parameters={"ref": "abc1234"})
+    body = '{"reason": "bad\\u0000 char \\ud921 here"}'
+    reply = await api.post(f"/runs/{run['id']}/cancel", "deployer", data=body, headers=JSON)
+    assert reply.status == 200, reply.text
+    assert "bad\ufffd char \ufffd here" in (await api.run(run["id"]))["reason"]
+    stages = '[{"name": "s", "jobs": [{"name": "j", "run": "x"}]}]'
+    definition = '{"name": "web2", "description": "\\ud921", "stages": ' + stages + "}"
+    reply = await api.post("/pipelines", "admin", data=definition, headers=JSON)
+    assert_problem(reply, 422, "not valid Unicode")
