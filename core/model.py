@@ -159,15 +159,25 @@ Entity = Run | Stage | Job | Gate
 E = TypeVar("E", Run, Stage, Job, Gate, "RunState")
 
 
+_FIELDS: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+_set = object.__setattr__
+
+
 def evolve(entity: E, **changes: Any) -> E:
     """``dataclasses.replace`` for our slotted, frozen classes, without re-running ``__init__``:
     the engine makes thousands of these per second."""
-    fields = type(entity).__slots__
-    if not changes.keys() <= set(fields):
-        raise TypeError(f"{type(entity).__name__} has no field {sorted(changes.keys() - set(fields))}")
-    new = object.__new__(type(entity))
+    kind = type(entity)
+    known = _FIELDS.get(kind)
+    if known is None:
+        known = _FIELDS[kind] = (kind.__slots__, frozenset(kind.__slots__))
+    fields, names = known
+    if not changes.keys() <= names:
+        raise TypeError(f"{kind.__name__} has no field {sorted(changes.keys() - names)}")
+    new = object.__new__(kind)
     for name in fields:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(entity, name))
+        _set(new, name, getattr(entity, name))
+    for name, value in changes.items():
+        _set(new, name, value)
     return new
 
 

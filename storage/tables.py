@@ -21,7 +21,9 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
+            if value.tzinfo is not UTC:  # (our own timestamps are UTC already: the common case)
+                value = value.astimezone(UTC)
+            value = value.replace(tzinfo=None)
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
