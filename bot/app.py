@@ -12,8 +12,10 @@ from aiohttp import web
 from bot import api, slack
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
+from bot.scheduler import Clockwork
 
 SHIPYARD = web.AppKey("shipyard", Shipyard)
+CLOCK = web.AppKey("clock", Clockwork)
 
 
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
@@ -27,6 +29,9 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         await yard.start()
         gateway.bind(yard)
         await gateway.start()
+        clock = Clockwork(gateway, settings.schedule_owner)
+        app[CLOCK] = clock
+        await clock.start()
         chat = slack_lifecycle(yard) if slack_lifecycle is not None else None
         if chat is not None:
             await anext(chat)
@@ -37,6 +42,7 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         yield
         if chat is not None:
             await anext(chat, None)
+        await clock.stop()
         gateway.close()
         await yard.stop()
 

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     slack_channel: str | None = Field(
         None, description="channel for runs started outside Slack when their pipeline names none"
     )
+    schedule_owner: str = Field(
+        "scheduler", description="the principal that runs the schedules declared in pipeline files"
+    )
     environments: dict[str, EnvironmentSettings] = Field(
         default_factory=dict, description="per environment: confirm (ask before a /deploy deploys there)"
     )

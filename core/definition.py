@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 from core.duration import parse_duration
-from core.errors import DefinitionError, InvalidInput
+from core.errors import DefinitionError, InvalidInput, ShipyardError
+from core.schedule import check_cron, zone
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -143,6 +144,35 @@ class StageDef(_Strict):
         return jobs
 
 
+class ScheduleDef(_Strict):
+    """``triggers: - schedule: {cron: "0 2 * * 1-5", timezone: Europe/Berlin, parameters: {…}}``"""
+
+    cron: str
+    timezone: str = "UTC"
+    parameters: dict[str, str | bool | int | float] = Field(default_factory=dict)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        try:
+            return check_cron(value)
+        except ShipyardError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zone(value)
+        except ShipyardError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+
+class TriggerDef(_Strict):
+    schedule: ScheduleDef
+
+
 class PipelineDef(_Strict):
     """A versioned blueprint for runs."""
 
@@ -154,6 +184,8 @@ class PipelineDef(_Strict):
     compare_url: str | None = Field(default=None, pattern=COMPARE_URL)
     parameters: list[ParameterDef] = Field(default_factory=list)
     stages: list[StageDef] = Field(min_length=1)
+    #: runs the clock starts (by the owner named in configuration, ``schedule_owner``)
+    triggers: list[TriggerDef] = Field(default_factory=list)
 
     @field_validator("parameters")
     @classmethod

@@ -268,6 +268,24 @@ class SlackPostRow(SQLModel, table=True):
     ts: str | None = Field(default=None, max_length=40)
 
 
+class ScheduleRow(SQLModel, table=True):
+    """A schedule; ``next_fire_at`` is moved by a conditional update, which is how exactly one
+    process claims each occurrence."""
+
+    __tablename__ = "schedule"
+    id: str = Field(primary_key=True, max_length=64)
+    pipeline: str = Field(max_length=63, index=True)
+    cron: str = Field(max_length=120)
+    timezone: str = Field(max_length=64)
+    parameters: dict[str, str] = _json({})
+    owner: str = Field(max_length=200)
+    source: str = Field(max_length=8)
+    grace_s: float = 3600.0
+    next_fire_at: datetime = _ts(nullable=False, index=True)
+    created_at: datetime = _ts(nullable=False)
+    deleted_at: datetime | None = _ts()
+
+
 class CursorRow(SQLModel, table=True):
     """How far a follower of the event log (the Slack notifier) has got."""
 
@@ -305,6 +323,7 @@ T = {
         "idempotency",
         "slack_message",
         "slack_post",
+        "schedule",
         "cursor",
     )
 }

@@ -53,6 +53,11 @@ async def test_a_pinned_pipeline_version_is_used_and_an_unknown_one_is_404(lite:
 
 async def test_etag_and_if_none_match_make_polling_cheap(lite: Api) -> None:
     run = await lite.trigger("slow")
+    for _ in range(200):  # let the runner claim the job first: a claim changes the run (and its ETag)
+        current = await lite.run(run["id"])
+        if current["stages"][0]["jobs"][0]["status"] == "running":
+            break
+        await asyncio.sleep(0.02)
     first = await lite.get(f"/runs/{run['id']}")
     etag = first.headers["ETag"]
     assert etag

@@ -362,3 +362,16 @@ async def test_app_home_is_refreshed_when_a_gate_starts_waiting(bot: Bot) -> Non
         15,
     )
     assert "*gated#1* waits for approval before *production*" in json.dumps(again.args["view"])
+
+
+async def test_schedules_from_slack(bot: Bot, tmp_path: Path) -> None:
+    said = await bot.say(ALICE, 'schedule gated "0 2 * * 1-5" tz=Europe/Berlin ref=abc1234')
+    assert "Scheduled `" in said and "gated '0 2 * * 1-5' (Europe/Berlin) ref=abc1234" in said
+    assert "five fields" in await bot.say(ALICE, 'schedule gated "0 2 * *"')
+    assert "unknown time zone" in await bot.say(ALICE, 'schedule gated "0 2 * * *" tz=Mars/Base')
+    listing = await bot.say(ALICE, "schedules")
+    short = listing.split("`")[1]
+    assert "by <@U0ALICE>" in listing
+    assert "trigger needs one of" in await bot.say(BOB, f"unschedule {short}")
+    assert "Removed schedule" in await bot.say(ALICE, f"unschedule {short}")
+    assert "No schedules" in await bot.say(ALICE, "schedules")

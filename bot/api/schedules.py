@@ -1,0 +1,158 @@
+"""Schedules: runs the clock starts. Created by a principal who then owns them (the runs are
+theirs, for roles and audit); declared in pipeline files (owned by ``schedule_owner``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from bot.api.common import reply
+from bot.api.gateway import gw
+from bot.api.problems import Problem
+from bot.api.routing import Call
+from bot.api.schemas import ParamValue, Strict
+from bot.api.spec import API
+from bot.backend import now
+from core import schedule as timing
+from core.access import Action, Role
+from core.errors import ShipyardError
+from core.schedule import Schedule
+from storage.schedules import ScheduleBook
+
+
+class ScheduleIn(Strict):
+    pipeline: str = Field(max_length=63)
+    cron: str = Field(max_length=120, description='five fields, e.g. "0 2 * * 1-5"')
+    timezone: str = Field("UTC", max_length=64, description="an IANA name, e.g. Europe/Berlin")
+    parameters: dict[str, ParamValue] = Field(default_factory=dict, max_length=100)
+    grace_seconds: float = Field(
+        timing.DEFAULT_GRACE_S, ge=0, le=7 * 86400, description="a fire missed by less than this still runs"
+    )
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    pipeline: str
+    cron: str
+    timezone: str
+    parameters: dict[str, str]
+    owner: str
+    source: str
+    grace_seconds: float
+    next_fire_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def of(cls, s: Schedule) -> ScheduleOut:
+        return cls(
+            id=s.id,
+            pipeline=s.pipeline,
+            cron=s.cron,
+            timezone=s.timezone,
+            parameters=s.parameters,
+            owner=s.owner,
+            source=s.source,
+            grace_seconds=s.grace_s,
+            next_fire_at=s.next_fire_at,
+            created_at=s.created_at,
+        )
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleOut]
+
+
+def _book(call: Call) -> ScheduleBook:
+    return ScheduleBook(gw(call).yard.store)
+
+
+@API.op(
+    "GET",
+    "/schedules",
+    summary="List schedules, next to fire first",
+    action=Action.READ,
+    tag="schedules",
+    responses={200: ("every schedule with its next fire time", ScheduleList)},
+)
+async def list_schedules(call: Call) -> web.Response:
+    found = await gw(call).read(_book(call).all)
+    return reply(ScheduleList(items=[ScheduleOut.of(s) for s in found]))
+
+
+@API.op(
+    "POST",
+    "/schedules",
+    summary="Add a schedule",
+    action=Action.TRIGGER,
+    tag="schedules",
+    body=ScheduleIn,
+    responses={201: ("the schedule; you own it and its runs are yours", ScheduleOut)},
+    headers={201: {"Location": "/api/v1/schedules/{id}"}},
+)
+async def create_schedule(call: Call) -> web.Response:
+    body: ScheduleIn = call.body
+    try:
+        expression = timing.check_cron(body.cron)
+        timing.zone(body.timezone)
+    except ShipyardError as exc:
+        raise Problem(422, exc.message) from None
+    if await gw(call).read(gw(call).reads.pipeline, body.pipeline) is None:
+        raise Problem(404, f"no pipeline {body.pipeline!r}")
+    at = now()
+    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in body.parameters.items()}
+    created = await gw(call).write(
+        lambda: _book(call).new(
+            pipeline=body.pipeline,
+            cron=expression,
+            timezone=body.timezone,
+            parameters=params,
+            owner=call.principal.name,
+            source="api",
+            grace_s=body.grace_seconds,
+            next_fire_at=timing.next_fire(expression, body.timezone, at),
+            now=at,
+        )
+    )
+    return reply(ScheduleOut.of(created), 201, {"Location": f"/api/v1/schedules/{created.id}"})
+
+
+@API.op(
+    "GET",
+    "/schedules/{schedule_id}",
+    summary="A schedule",
+    action=Action.READ,
+    tag="schedules",
+    responses={200: ("the schedule", ScheduleOut)},
+)
+async def get_schedule(call: Call) -> web.Response:
+    found = await gw(call).read(_book(call).get, call.params["schedule_id"])
+    if found is None:
+        raise Problem(404, f"no schedule {call.params['schedule_id']!r}")
+    return reply(ScheduleOut.of(found))
+
+
+@API.op(
+    "DELETE",
+    "/schedules/{schedule_id}",
+    summary="Remove a schedule",
+    action=Action.TRIGGER,
+    tag="schedules",
+    responses={200: ("the schedule as it was", ScheduleOut)},
+)
+async def delete_schedule(call: Call) -> web.Response:
+    """Its owner or an admin. Schedules declared in a pipeline file are removed by editing it."""
+    found = await gw(call).read(_book(call).get, call.params["schedule_id"])
+    if found is None:
+        raise Problem(404, f"no schedule {call.params['schedule_id']!r}")
+    if found.source == "file":
+        raise Problem(
+            409, f"schedule {found.id} is declared in pipeline {found.pipeline}'s file; edit the file"
+        )
+    if found.owner != call.principal.name and Role.ADMIN not in call.principal.roles:
+        raise Problem(
+            403, f"schedule {found.id} belongs to {found.owner}; only they or an admin may remove it"
+        )
+    await gw(call).write(_book(call).remove, found.id, now())
+    return reply(ScheduleOut.of(found))

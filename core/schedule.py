@@ -1,0 +1,124 @@
+"""When schedules fire: cron expressions evaluated in their time zone, with one rule for the
+nights the clock changes, and what to do after downtime. Pure: the caller gives the times.
+
+Daylight-saving rules (the README repeats them):
+
+* A local time that does not exist that night (02:30 when clocks jump from 02:00 to 03:00)
+  fires once, at the first minute that does exist after it (03:00).
+* A local time that happens twice (02:30 when clocks fall back from 03:00 to 02:00) fires
+  once, at its first occurrence.
+
+So a daily 02:30 schedule makes exactly one run every night.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, croniter
+
+from core.errors import InvalidInput
+
+#: a missed fire still runs if the service comes back within this long after it was due
+DEFAULT_GRACE_S = 3600.0
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)"
+        ) from None
+
+
+def check_cron(expression: str) -> str:
+    """The expression, if it is a valid five-field cron expression; else ``InvalidInput``."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise InvalidInput(
+            f"cron {expression!r} must have five fields: minute hour day-of-month month day-of-week "
+            '(e.g. "0 2 * * 1-5" for 02:00 on weekdays)'
+        )
+    try:
+        croniter(expression)
+    except (CroniterBadCronError, ValueError, KeyError) as exc:
+        raise InvalidInput(f"cron {expression!r} is not valid: {exc}") from None
+    return " ".join(fields)
+
+
+def next_fire(expression: str, tz: str, after: datetime) -> datetime:
+    """The first fire strictly after ``after`` (aware), as an aware UTC datetime."""
+    local = zone(tz)
+    naive = after.astimezone(local).replace(tzinfo=None)
+    it = croniter(expression, naive)
+    while True:
+        candidate: datetime = it.get_next(datetime)
+        fire = _to_instant(candidate, local)
+        if fire > after:
+            return fire
+
+
+def _to_instant(naive: datetime, local: ZoneInfo) -> datetime:
+    """A local wall-clock time as an instant: the first occurrence of a repeated time; the
+    first existing minute after a time the clock skipped."""
+    probe = naive
+    for _ in range(24 * 60):
+        aware = probe.replace(tzinfo=local, fold=0)
+        if aware.astimezone(UTC).astimezone(local).replace(tzinfo=None) == probe:
+            return aware.astimezone(UTC)
+        probe += timedelta(minutes=1)
+    raise ValueError(f"{naive} has no valid local time within a day")  # no real zone does this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """A pipeline triggered by the clock, as a named principal (its owner)."""
+
+    id: str
+    pipeline: str
+    cron: str
+    timezone: str
+    parameters: dict[str, str]
+    owner: str
+    source: str  #: "file" (declared in the pipeline file) or "api"/"slack"
+    grace_s: float
+    next_fire_at: datetime
+    created_at: datetime
+
+    def describe(self) -> str:
+        params = " ".join(f"{k}={v}" for k, v in self.parameters.items())
+        return f"{self.pipeline} {self.cron!r} ({self.timezone})" + (f" {params}" if params else "")
+
+    def idempotency_key(self, fire_at: datetime) -> str:
+        """Every occurrence triggers with this key: two replicas can never both start it."""
+        return f"schedule:{self.id}:{fire_at.astimezone(UTC).isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """What to do with a schedule whose next fire time has come."""
+
+    fire_at: datetime | None  #: the occurrence to run now, or None if it was missed
+    missed: tuple[datetime, ...]  #: occurrences skipped (beyond the grace period)
+    next_fire: datetime  #: the next occurrence after now
+
+
+def due(expression: str, tz: str, next_at: datetime, now: datetime, grace_s: float) -> Due:
+    """Given a schedule's stored next fire time (``next_at`` ≤ ``now``): the newest occurrence
+    up to now runs if it is within the grace period; every other one is skipped. A backlog of
+    missed fires never runs."""
+    occurrences = [next_at]
+    while len(occurrences) < 10_000:
+        following = next_fire(expression, tz, occurrences[-1])
+        if following > now:
+            break
+        occurrences.append(following)
+    else:
+        following = next_fire(expression, tz, now)
+    latest = occurrences[-1]
+    if (now - latest).total_seconds() <= grace_s:
+        return Due(latest, tuple(occurrences[:-1]), following)
+    return Due(None, tuple(occurrences), following)

@@ -1,0 +1,170 @@
+"""Schedules through the REST API, fired by the clock at given times (no real minutes pass):
+CRUD, ownership, misfires, exactly-once with two replicas on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.app import CLOCK
+from bot.backend import Backend
+from bot.bootstrap import build
+from bot.config import load_settings
+from bot.scheduler import Clockwork
+from core.access import Role
+from storage.directory import Directory
+from storage.schedules import ScheduleBook
+from tests.api.conftest import Api, assert_problem
+
+
+async def test_a_schedule_is_created_listed_fired_once_per_occurrence_and_removed(api: Api) -> None:
+    made = await api.post(
+        "/schedules",
+        "deployer",
+        json={
+            "pipeline": "web",
+            "cron": "0 2 * * *",
+            "timezone": "Europe/Berlin",
+            "parameters": {"ref": "abc1234"},
+        },
+    )
+    assert made.status == 201, made.text
+    schedule = made.json
+    assert (
+        schedule["owner"] == "deployer" and made.headers["Location"] == f"/api/v1/schedules/{schedule['id']}"
+    )
+    listed = (await api.get("/schedules")).json["items"]
+    assert [s["id"] for s in listed] == [schedule["id"]]
+
+    clock = api.client.app[CLOCK]  # type: ignore[index]
+    due = datetime.fromisoformat(schedule["next_fire_at"])
+    assert await clock.tick(due - timedelta(seconds=1)) == []
+    fired = await clock.tick(due + timedelta(seconds=3))
+    assert [f.run_ref for f in fired] == ["web#1"]
+    assert await clock.tick(due + timedelta(seconds=4)) == []  # the occurrence is claimed
+    run = await api.run("web#1")
+    assert run["triggered_by"] == {"principal": "deployer", "channel": "schedule"}
+    assert run["parameters"]["ref"] == "abc1234"
+    after = (await api.get(f"/schedules/{schedule['id']}")).json
+    assert datetime.fromisoformat(after["next_fire_at"]) == due + timedelta(days=1)
+
+    assert_problem(
+        await api.call("DELETE", f"/schedules/{schedule['id']}", "deployer2"), 403, "belongs to deployer"
+    )
+    assert (await api.call("DELETE", f"/schedules/{schedule['id']}", "deployer")).status == 200
+    assert (await api.get("/schedules")).json["items"] == []
+
+
+async def test_bad_schedules_are_refused_with_what_to_fix(lite: Api) -> None:
+    bad_cron = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "0 2 * *"})
+    assert_problem(bad_cron, 422, "five fields")
+    bad_zone = await lite.post(
+        "/schedules", "deployer", json={"pipeline": "web", "cron": "0 2 * * *", "timezone": "X/Y"}
+    )
+    assert_problem(bad_zone, 422, "unknown time zone")
+    assert_problem(
+        await lite.post("/schedules", "deployer", json={"pipeline": "nope", "cron": "* * * * *"}), 404
+    )
+    assert_problem(
+        await lite.post("/schedules", "viewer", json={"pipeline": "web", "cron": "* * * * *"}), 403
+    )
+
+
+async def test_after_downtime_only_a_fire_within_grace_runs_and_older_ones_are_recorded_missed(
+    lite: Api,
+) -> None:
+    made = (
+        await lite.post(
+            "/schedules",
+            "deployer",
+            json={"pipeline": "quick", "cron": "0 * * * *", "grace_seconds": 600},
+        )
+    ).json
+    clock = lite.client.app[CLOCK]  # type: ignore[index]
+    due = datetime.fromisoformat(made["next_fire_at"])
+    late = await clock.tick(due + timedelta(hours=3, minutes=20))  # down for hours: all beyond grace
+    assert [(f.fire_at, len(f.missed)) for f in late] == [(None, 4)]
+    audit = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]
+    assert len(audit) == 4
+    runs = (await lite.get("/runs?pipeline=quick")).json["items"]
+    assert runs == []
+    nxt = datetime.fromisoformat((await lite.get(f"/schedules/{made['id']}")).json["next_fire_at"])
+    assert nxt == due + timedelta(hours=4)
+
+
+@pytest.mark.postgres
+async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "tick.yml").write_text(
+        "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']}]\n"
+    )
+    yards, clocks = [], []
+    for i in range(2):
+        settings = load_settings(
+            database_url=pg_url, pipelines_dir=pipes, work_dir=tmp_path / f"w{i}", runner_capacity=0
+        )
+        yard = build(settings, with_runner=False)
+        await yard.start()
+        backend = Backend()
+        backend.bind(yard)
+        yards.append((yard, backend))
+        clocks.append(Clockwork(backend, "scheduler"))
+    try:
+        store = yards[0][0].store
+        Directory(store).grant("scheduler", "role", str(Role.DEPLOYER), datetime.now(UTC))
+        book = ScheduleBook(store)
+        start = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+        for _ in range(50):
+            book.new(
+                pipeline="tick",
+                cron="*/5 * * * *",
+                timezone="UTC",
+                parameters={},
+                owner="scheduler",
+                source="api",
+                grace_s=3600,
+                next_fire_at=start,
+                now=start,
+            )
+        for occurrence in range(4):
+            at = start + timedelta(minutes=5 * occurrence, seconds=1)
+            results = await asyncio.gather(*(c.tick(at) for c in clocks), *(c.tick(at) for c in clocks))
+            fired = [f for r in results for f in r if f.run_ref]
+            assert len(fired) == 50, f"occurrence {occurrence}: {len(fired)} fires"
+        runs = yards[0][0].store.list_runs("tick", limit=1000)
+        assert len(runs) == 200
+        keys = {r.run.idempotency_key for r in runs}
+        assert len(keys) == 200 and all(k and k.startswith("schedule:") for k in keys)
+    finally:
+        for yard, backend in yards:
+            backend.close()
+            await yard.stop()
+
+
+async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api) -> None:
+    trigger = "triggers:\n  - schedule: {cron: '30 2 * * *', timezone: Europe/Berlin, "
+    trigger += "parameters: {dry_run: true}}\n"
+    text = "name: nightly\n" + trigger + "stages: [{name: s, jobs: [{name: j, run: ['true']}]}]\n"
+    yaml = {"Content-Type": "application/yaml"}
+    assert (await lite.post("/pipelines", "admin", data=text, headers=yaml)).status == 201
+    clock = lite.client.app[CLOCK]  # type: ignore[index]
+    await clock.sync_files()
+    (declared,) = [s for s in (await lite.get("/schedules")).json["items"] if s["pipeline"] == "nightly"]
+    assert (declared["source"], declared["owner"], declared["parameters"]) == (
+        "file",
+        "scheduler",
+        {"dry_run": "true"},
+    )
+    assert_problem(await lite.call("DELETE", f"/schedules/{declared['id']}", "admin"), 409, "edit the file")
+    await clock.sync_files()  # unchanged: the same schedule, not a new one
+    assert [s["id"] for s in (await lite.get("/schedules")).json["items"]] == [declared["id"]]
+    without = text.replace(trigger, "")
+    assert (await lite.call("PUT", "/pipelines/nightly", "admin", data=without, headers=yaml)).status == 200
+    await clock.sync_files()
+    assert (await lite.get("/schedules")).json["items"] == []
