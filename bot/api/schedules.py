@@ -24,8 +24,12 @@ from storage.schedules import ScheduleBook
 
 class ScheduleIn(Strict):
     pipeline: str = Field(max_length=63)
-    cron: str = Field(max_length=120, description='five fields, e.g. "0 2 * * 1-5"')
-    timezone: str = Field("UTC", max_length=64, description="an IANA name, e.g. Europe/Berlin")
+    cron: str = Field(
+        max_length=120, pattern=r"^\S+(\s+\S+){4}$", description='five fields, e.g. "0 2 * * 1-5"'
+    )
+    timezone: str = Field(
+        "UTC", max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$", description="an IANA name, e.g. Europe/Berlin"
+    )
     parameters: dict[str, ParamValue] = Field(default_factory=dict, max_length=100)
     grace_seconds: float = Field(
         timing.DEFAULT_GRACE_S, ge=0, le=7 * 86400, description="a fire missed by less than this still runs"
