@@ -14,6 +14,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.backend import Backend, now
 from core import schedule as cron
+from core.access import Action
 from core.commands import TriggerRun
 from core.model import Actor
 from core.ports import AuditEntry
@@ -77,6 +78,13 @@ class Clockwork:
                 "schedule %s missed %d fire(s); next at %s", schedule.id, len(plan.missed), plan.next_fire
             )
             return Fired(schedule, None, None, plan.missed)
+        if schedule.source != "file":  # a person's schedule runs with what that person may do now
+            owner = await self.backend.read(self.backend.directory.principal, schedule.owner, now())
+            if not owner.may(Action.TRIGGER):
+                roles = ", ".join(sorted(owner.roles)) or "none"
+                why = f"{schedule.owner} may no longer start runs (roles: {roles})"
+                await self._audit(schedule, "trigger_run", "rejected", why, at)
+                return Fired(schedule, plan.fire_at, None, plan.missed, why)
         decision = await self.backend.decide(
             TriggerRun(
                 pipeline=schedule.pipeline,

@@ -168,3 +168,13 @@ async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api)
     assert (await lite.call("PUT", "/pipelines/nightly", "admin", data=without, headers=yaml)).status == 200
     await clock.sync_files()
     assert (await lite.get("/schedules")).json["items"] == []
+
+
+async def test_a_schedule_whose_owner_lost_the_right_to_deploy_does_not_run(lite: Api) -> None:
+    made = (await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "* * * * *"})).json
+    directory = Directory(lite.store)
+    await lite.db(directory.revoke_grant, "deployer", "role", "deployer", datetime.now(UTC))
+    clock = lite.client.app[CLOCK]  # type: ignore[index]
+    (fired,) = await clock.tick(datetime.fromisoformat(made["next_fire_at"]) + timedelta(seconds=1))
+    assert fired.run_ref is None and "may no longer start runs" in fired.refused
+    assert (await lite.get("/runs?pipeline=quick")).json["items"] == []
