@@ -125,6 +125,14 @@ class ExpireLease:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TimeoutRun:
+    """A run's own deadline (the pipeline's ``timeout``) passed: it fails, its jobs are killed."""
+
+    run_id: str
+    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+
+
+@dataclass(frozen=True, kw_only=True)
 class TimeoutGate:
     """A gate's deadline passed."""
 
@@ -146,6 +154,7 @@ class RecordGateCheck:
 
 RunCommand = (
     CancelRun
+    | TimeoutRun
     | PauseRun
     | ResumeRun
     | ApproveGate

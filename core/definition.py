@@ -186,6 +186,8 @@ class PipelineDef(_Strict):
     stages: list[StageDef] = Field(min_length=1)
     #: runs the clock starts (by the owner named in configuration, ``schedule_owner``)
     triggers: list[TriggerDef] = Field(default_factory=list)
+    #: the most a whole run may take (gates included); then it fails and its jobs are killed
+    timeout: Duration | None = None
 
     @field_validator("parameters")
     @classmethod

@@ -28,6 +28,7 @@ from core.commands import (
     ResumeRun,
     RunCommand,
     TimeoutGate,
+    TimeoutRun,
 )
 from core.duration import format_duration
 from core.errors import CommandRefused, Forbidden, IllegalTransition, NotFound
@@ -233,7 +234,9 @@ def start(
     )
     if reuse is not None:
         _carry_over(plan, reuse, ignored_by)
-    plan.move(plan.run, RunStatus.RUNNING, started_at=now)
+    timeout = fresh.definition.timeout
+    deadline = now + timedelta(seconds=timeout) if timeout else None
+    plan.move(plan.run, RunStatus.RUNNING, started_at=now, deadline=deadline)
     _advance(plan)
     return plan.accept(created=True)
 
@@ -288,6 +291,12 @@ def claimed(job: Job, stage: str) -> Event:
 def _apply(plan: _Plan, command: RunCommand) -> None:
     run = plan.run
     match command:
+        case TimeoutRun():
+            _require_active(run, "time out")
+            if run.deadline is None or run.deadline > plan.now:
+                raise CommandRefused(f"{run.ref} has not reached its deadline")
+            took = format_duration(plan.definition.timeout or 0)
+            _finish(plan, RunStatus.FAILED, f"timed out: the run took longer than its timeout of {took}")
         case CancelRun():
             _require_active(run, "cancel")
             why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")

@@ -63,6 +63,8 @@ class Run:
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: when the run times out (the pipeline's ``timeout`` after it started), if it has one
+    deadline: datetime | None = None
     #: optimistic-lock counter: every accepted command bumps it with a compare-and-set
     version: int = 0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from core.assignment import Assignment
-from core.commands import Command, ExpireLease, RecordGateCheck, TimeoutGate
+from core.commands import Command, ExpireLease, RecordGateCheck, TimeoutGate, TimeoutRun
 from core.engine import Decision
 from core.executor import Executor
 from core.service import ClaimJobs, Service
@@ -191,6 +191,7 @@ class Orchestrator:
         timers = await self.db(self.service.due, self.check_lease_s)
         commands: list[Command] = [ExpireLease(run_id=r, job_id=j, attempt=a) for r, j, a in timers.expired]
         commands += [TimeoutGate(run_id=r, gate=g) for r, g in timers.gate_deadlines]
+        commands += [TimeoutRun(run_id=r) for r in timers.run_deadlines]
         if commands:
             await asyncio.gather(*(self.handle(c) for c in commands))
         for check in timers.gate_checks:

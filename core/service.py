@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from core import engine
@@ -60,6 +60,7 @@ class Timers:
     expired: list[tuple[str, str, int]]  #: (run_id, job_id, attempt)
     gate_deadlines: list[tuple[str, str]]  #: (run_id, gate_id)
     gate_checks: list[Assignment]
+    run_deadlines: list[str] = field(default_factory=list)  #: run ids past their timeout
 
 
 class Service:
@@ -315,7 +316,7 @@ class Service:
                     state = tx.load_run(gate.run_id)
                     if state is not None and state.run.status not in RUN_TERMINAL:
                         checks.append(for_gate_check(state, gate))
-            return Timers(expired, deadlines, checks)
+            return Timers(expired, deadlines, checks, tx.overdue_runs(now, limit))
 
     # -- pipelines ------------------------------------------------------------------------
     def register_pipeline(

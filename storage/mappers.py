@@ -39,6 +39,7 @@ def run_from_row(r: Mapping[Any, Any]) -> Run:
         created_at=r["created_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        deadline=r["deadline"],
         version=r["version"],
     )
 

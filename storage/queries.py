@@ -148,6 +148,12 @@ class Q:
         sa.select(PIPELINE.c.name).where(PIPELINE.c.archived.is_(False)).order_by(PIPELINE.c.name)
     )
 
+    overdue_runs = (
+        sa.select(RUN.c.id)
+        .where(RUN.c.deadline <= b("now"), RUN.c.status.in_(("running", "waiting", "paused", "queued")))
+        .order_by(RUN.c.deadline)
+        .limit(b("limit"))
+    )
     grants_of = sa.select(GRANT).where(GRANT.c.principal == b("p")).order_by(GRANT.c.id)
     grants_of_all = (
         sa.select(GRANT).where(GRANT.c.principal.in_(b("ps", expanding=True))).order_by(GRANT.c.id)

@@ -527,6 +527,9 @@ class SqlTx:
     def jobs_held_by(self, runner: str) -> list[Job]:
         return [m.job_from_row(r) for r in self.conn.execute(Q.held_by, {"runner": runner}).mappings()]
 
+    def overdue_runs(self, now: datetime, limit: int) -> list[str]:
+        return list(self.conn.execute(Q.overdue_runs, {"now": now, "limit": limit}).scalars())
+
     def due_gates(self, now: datetime, limit: int) -> list[Gate]:
         query = Q.due_gates_pg if self._pg else Q.due_gates
         return [m.gate_from_row(r) for r in self.conn.execute(query, {"now": now, "limit": limit}).mappings()]

@@ -86,6 +86,7 @@ class RunRow(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False, index=True)
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
+    deadline: datetime | None = _ts(index=True)
     version: int = 0
 
 

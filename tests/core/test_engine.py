@@ -31,6 +31,7 @@ from core.commands import (
     ResumeRun,
     RunCommand,
     TimeoutGate,
+    TimeoutRun,
 )
 from core.definition import parse_pipeline
 from core.engine import Decision, Outcome
@@ -1107,3 +1108,24 @@ def test_decide_never_mutates_the_state_it_is_given() -> None:
     ]:
         engine.decide(state, command, at(1))
         assert state == snapshot
+
+
+def test_a_run_past_its_own_timeout_fails_and_its_running_jobs_are_stopped() -> None:
+    text = """
+name: web
+timeout: 10m
+stages:
+  - {name: build, jobs: [{name: go, run: x}]}
+  - {name: ship, jobs: [{name: go, run: x}]}
+"""
+    state = started(text)
+    assert state.run.deadline == T0 + timedelta(minutes=10)
+    state = claim(state, "build/go")
+    early = engine.decide(state, TimeoutRun(run_id=RUN), T0 + timedelta(minutes=9))
+    assert not early.accepted and "has not reached its deadline" in early.reason
+    late = ok(state, TimeoutRun(run_id=RUN), T0 + timedelta(minutes=11))
+    after_state = after(late)
+    assert after_state.run.status == "failed"
+    assert after_state.run.reason == "timed out: the run took longer than its timeout of 10m"
+    assert [j for j, _ in late.jobs_to_stop] == [after_state.jobs[0].id]
+    assert [s.status for s in after_state.stages] == ["canceled", "skipped"]

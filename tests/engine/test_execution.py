@@ -347,3 +347,35 @@ async def test_binary_output_is_stored_on_every_database(db_url: str, start_yard
     assert state.run.status is RunStatus.SUCCEEDED
     assert state.jobs[0].attempt == 1
     assert yard.store.tail_log(state.jobs[0].id) == ["bin\ufffdary"]
+
+
+async def test_a_run_past_its_pipeline_timeout_fails_and_its_job_processes_die(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "job.pid"
+    yard = await start_yard(
+        sqlite_url,
+        {
+            "stuck": f"""
+        name: stuck
+        timeout: 1s
+        stages:
+          - name: s
+            jobs:
+              - name: hang
+                run: "sleep 60 & echo $! > {pidfile}; wait"
+    """
+        },
+        poll_interval=0.05,
+    )
+    run = await trigger(yard, "stuck")
+    state = await wait_for(yard, run.run.id)
+    assert state.run.status is RunStatus.FAILED
+    assert state.run.reason == "timed out: the run took longer than its timeout of 1.0s"
+    assert state.jobs[0].status is JobStatus.CANCELED
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        if not alive(child):
+            break
+        await asyncio.sleep(0.05)
+    assert not alive(child), "the job outlived its run's timeout"
