@@ -512,7 +512,7 @@ def _advance(plan: _Plan) -> None:
             _finish(
                 plan,
                 RunStatus.FAILED,
-                f"gate {gate.stage_name} {gate.status}: {gate.reason}",
+                f"gate {gate.stage_name} {str(gate.status).replace('_', ' ')}: {gate.reason}",
                 failed_stage=stage,
             )
             return

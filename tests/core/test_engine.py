@@ -794,7 +794,7 @@ def test_gate_timeout_is_refused_before_the_deadline_and_fails_the_run_after() -
         "nobody cleared it within 4h",
     )
     assert_statuses(state, {"run": "failed", "production": "failed"})
-    assert state.run.reason == "gate production timed_out: nobody cleared it within 4h"
+    assert state.run.reason == "gate production timed out: nobody cleared it within 4h"
 
 
 def test_a_gate_without_timeout_never_times_out() -> None:
