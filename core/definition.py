@@ -113,6 +113,8 @@ class GateDef(_Strict):
     timeout: Duration | None = None
     run: str | list[str] | None = None
     interval: Duration = 30.0
+    #: remind the approvers in the run's thread this often while the gate waits (manual gates)
+    remind_every: Duration | None = None
 
     @model_validator(mode="after")
     def _by_type(self) -> GateDef:

@@ -23,6 +23,7 @@ from storage.store import SqlStore
 from storage.tables import T
 
 RUN, STAGE, PIPELINE, VERSION = T["run"], T["stage"], T["pipeline"], T["pipeline_version"]
+GATE = T["gate"]
 DEPLOYMENT, AUDIT = T["deployment"], T["audit"]
 ALL_VERSION_IDS = sa.select(VERSION.c.id)
 DEPLOYMENTS = (
@@ -122,6 +123,18 @@ class Reads:
             )
         with self.store.reading() as tx:
             ids = tx.conn.execute(query).scalars().all()
+            return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
+
+    def waiting_for_people(self, limit: int = 500) -> list[RunState]:
+        """Runs with a manual gate open (few at any time: they wait for people)."""
+        query = (
+            sa.select(GATE.c.run_id)
+            .where(GATE.c.status == "open", GATE.c.kind == "manual")
+            .order_by(GATE.c.opened_at)
+            .limit(limit)
+        )
+        with self.store.reading() as tx:
+            ids = list(dict.fromkeys(tx.conn.execute(query).scalars()))
             return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
 
     # -- environments -------------------------------------------------------------------------

@@ -183,6 +183,18 @@ def gate_card(state: RunState, gate: Gate, live: Deployment | None) -> tuple[str
     return f"{run.ref} waits for approval before {stage.name}", blocks
 
 
+def gate_reminder(state: RunState, gate: Gate, waited_s: float) -> tuple[str, list[Block]]:
+    stage = state.stages[gate.stage_index]
+    approvers = ", ".join(who(a) for a in gate.approvers)
+    line = (
+        f":alarm_clock: *{state.run.ref}* still waits for approval before *{stage.name}* "
+        f"(for {format_duration(waited_s)}); approvers: {approvers}"
+    )
+    if gate.deadline is not None:
+        line += f"; it times out at {gate.deadline:%Y-%m-%d %H:%M} UTC"
+    return f"{state.run.ref} still waits for approval", [text(line)]
+
+
 def gate_outcome(gate: Gate) -> str:
     when = f" at {gate.decided_at:%Y-%m-%d %H:%M} UTC" if gate.decided_at else ""
     by = (

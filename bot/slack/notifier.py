@@ -28,6 +28,8 @@ from storage.slack import SlackState
 
 log = logging.getLogger(__name__)
 CURSOR = "slack"
+#: how often open gates are looked at for reminders due
+REMIND_CHECK_S = 1.0
 #: App Home views refreshed at most per batch of events (the rest refresh when next opened)
 HOME_REFRESH_MAX = 50
 FAILED = frozenset(str(s) for s in JOB_FAILURES)
@@ -45,6 +47,7 @@ class Notifier:
         self._dirty: dict[str, float] = {}  # run id -> when its message may next be edited
         self._edited: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._next_reminders = 0.0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="shipyard-slack-notifier")
@@ -104,6 +107,9 @@ class Notifier:
         if events and not await self.desk.write(self.state.advance, CURSOR, cursor, events[-1].seq):
             log.info("another process moved the slack cursor; following it")
         await self._flush()
+        if time.monotonic() >= self._next_reminders:
+            self._next_reminders = time.monotonic() + REMIND_CHECK_S
+            await self._remind()
         return len(events) == 500
 
     async def _on_events(self, events: list[Event]) -> None:
@@ -180,6 +186,26 @@ class Notifier:
             return
         summary, blocks = bk.gate_card(state, gate, None)
         await self._edit(channel, post_ts, summary, blocks)
+
+    async def _remind(self) -> None:
+        """Gates with ``remind_every`` get a reminder in the thread each time one is due; the
+        reminder's number is its key, so each is posted once whatever the restarts."""
+        at = now()
+        for state in await self.desk.read(self.desk.reads.waiting_for_people):
+            for gate in state.gates:
+                spec = state.definition.stages[gate.stage_index].gate
+                if gate.status != "open" or spec is None or not spec.remind_every or gate.opened_at is None:
+                    continue
+                waited = (at - gate.opened_at).total_seconds()
+                count = int(waited // spec.remind_every)
+                if count < 1:
+                    continue
+                message = await self._message(state)
+                if message is None:
+                    continue
+                channel, ts = message
+                key = f"remind:{gate.id}:{count}"
+                await self._thread(state, channel, ts, key, *bk.gate_reminder(state, gate, waited))
 
     async def _home(self, user: str) -> None:
         try:

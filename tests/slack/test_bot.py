@@ -41,6 +41,14 @@ stages:
     gate: {approvers: [release-managers]}
     jobs: [{name: deploy, run: ["true"]}]
 """
+REMINDED = """
+name: reminded
+stages:
+  - name: production
+    environment: production
+    gate: {approvers: [release-managers], remind_every: 1s, timeout: 1h}
+    jobs: [{name: deploy, run: ["true"]}]
+"""
 FAILING = """
 name: failing
 stages:
@@ -142,6 +150,7 @@ async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
     pipes.mkdir()
     (pipes / "gated.yml").write_text(textwrap.dedent(GATED))
     (pipes / "failing.yml").write_text(textwrap.dedent(FAILING))
+    (pipes / "reminded.yml").write_text(textwrap.dedent(REMINDED))
     store = SqlStore(sqlite_url)
     directory = Directory(store)
     now = datetime.now(UTC)
@@ -375,3 +384,14 @@ async def test_schedules_from_slack(bot: Bot, tmp_path: Path) -> None:
     assert "trigger needs one of" in await bot.say(BOB, f"unschedule {short}")
     assert "Removed schedule" in await bot.say(ALICE, f"unschedule {short}")
     assert "No schedules" in await bot.say(ALICE, "schedules")
+
+
+async def test_a_waiting_gate_reminds_its_approvers_in_the_thread(bot: Bot) -> None:
+    await bot.say(ALICE, "run reminded")
+    card = await bot.fake.wait_for("chat.postMessage", lambda c: "approval" in c.args.get("text", ""))
+    reminder = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "still waits for approval" in c.args.get("text", ""), timeout=10
+    )
+    assert reminder.args["thread_ts"] == card.args["thread_ts"]
+    body = json.dumps(reminder.args["blocks"])
+    assert "approvers: release-managers" in body and "it times out at" in body
