@@ -16,6 +16,7 @@ from bot.backend import Backend, now
 from core import schedule as cron
 from core.access import Action
 from core.commands import TriggerRun
+from core.definition import parameter_text
 from core.model import Actor
 from core.ports import AuditEntry
 from core.schedule import Schedule
@@ -106,9 +107,7 @@ class Clockwork:
             wanted = []
             for trigger in info.latest.definition.triggers:
                 spec = trigger.schedule
-                params = {
-                    k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.parameters.items()
-                }
+                params = parameter_text(spec.parameters)
                 wanted.append(
                     Schedule(
                         id=file_schedule_id(info.name, spec.cron, spec.timezone, params),

@@ -352,6 +352,12 @@ def coerce_parameter(param: ParameterDef, value: object) -> str:
     return text
 
 
+def parameter_text(values: Mapping[str, object]) -> dict[str, str]:
+    """Parameter values as the text triggers carry (``true``, not ``True``), before they are
+    checked against a pipeline with ``resolve_parameters``."""
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
+
+
 def resolve_parameters(pipeline: PipelineDef, given: Mapping[str, object]) -> dict[str, str]:
     """Validate what a trigger supplied against the pipeline's parameters; fill defaults."""
     problems = []

@@ -17,6 +17,7 @@ from bot.api.spec import API
 from bot.backend import now
 from core import schedule as timing
 from core.access import Action, Role
+from core.definition import parameter_text
 from core.errors import ShipyardError
 from core.schedule import Schedule
 from storage.schedules import ScheduleBook
@@ -105,7 +106,7 @@ async def create_schedule(call: Call) -> web.Response:
     if await gw(call).read(gw(call).reads.pipeline, body.pipeline) is None:
         raise Problem(404, f"no pipeline {body.pipeline!r}")
     at = now()
-    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in body.parameters.items()}
+    params = parameter_text(body.parameters)
     created = await gw(call).write(
         lambda: _book(call).new(
             pipeline=body.pipeline,

@@ -461,9 +461,8 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
         return Reply(f":warning: Unknown button {action_id!r}.")
     try:
         state = await desk.find(run_id)
-        decided = state.find_gate(gate) if gate else None
-        if decided is not None and decided.status is not GateStatus.OPEN:
-            return Reply(f"{state.run.ref}, gate {decided.stage_name}: {bk.gate_outcome(decided)}")
+        if (decided := _decided(state, gate)) is not None:
+            return decided
         (await desk.principal(who.user)).require(action, state.run if action is Action.CONTROL else None)
         decision = await desk.decide(command)
         if not decision.accepted:
@@ -476,6 +475,25 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
         # the new run reports where its predecessor did
         await desk.on_run_started(decision.state.run.id, who.channel_id)
     return None
+
+
+def _decided(state: RunState, gate: str) -> Reply | None:
+    """A gate that is no longer open, told as its card now shows it (who decided, when, why)."""
+    found = state.find_gate(gate) if gate else None
+    if found is None or found.status is GateStatus.OPEN:
+        return None
+    return Reply(f"{state.run.ref}, gate {found.stage_name}: {bk.gate_outcome(found)}")
+
+
+async def already_decided(desk: Desk, value: str) -> Reply | None:
+    """For a gate card's button: the gate's outcome if it was decided meanwhile, else None."""
+    try:
+        ref = json.loads(value)
+        run_id, gate = str(ref["run"]), str(ref.get("gate", ""))
+    except (ValueError, KeyError, TypeError):
+        return None
+    state = await desk.read(desk.reads.run, run_id, quick=True)
+    return _decided(state, gate) if state is not None else None
 
 
 async def _confirmed(desk: Desk, who: Who, value: str) -> Reply:

@@ -8,7 +8,6 @@ over Socket Mode."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -24,11 +23,19 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import blocks as bk
-from bot.chat.verbs import TRIGGER_FORM, Desk, Reply, Who, dispatch, press, submit_trigger_form
+from bot.chat.verbs import (
+    TRIGGER_FORM,
+    Desk,
+    Reply,
+    Who,
+    already_decided,
+    dispatch,
+    press,
+    submit_trigger_form,
+)
 from bot.config import Settings
 from bot.slack.home import publish_home
 from bot.slack.manifest import COMMAND, EVENTS_PATH
-from core.states import GateStatus
 
 log = logging.getLogger(__name__)
 REJECT_FORM = "gate_reject_form"
@@ -127,13 +134,9 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
         await ack()
         value = body["actions"][0]["value"]
         # a gate decided meanwhile: say so at once instead of asking for a reason first
-        who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
-        state = await desk.read(desk.reads.run, str(json.loads(value).get("run", "")), quick=True)
-        gate = state.find_gate(str(json.loads(value).get("gate", ""))) if state else None
-        if state is not None and gate is not None and gate.status is not GateStatus.OPEN:
-            reply = await press(desk, who, bk.REJECT, value, "(decided)")
-            if reply is not None:
-                await _respond(respond, reply)
+        decided = await already_decided(desk, value)
+        if decided is not None:
+            await _respond(respond, decided)
             return
         await client.views_open(trigger_id=body["trigger_id"], view=_reject_form(value))
 

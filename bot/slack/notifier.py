@@ -28,8 +28,9 @@ from storage.slack import SlackState
 
 log = logging.getLogger(__name__)
 CURSOR = "slack"
-#: how often open gates are looked at for reminders due
-REMIND_CHECK_S = 1.0
+#: the longest the notifier goes without looking for reminders due (a gate opening, which it
+#: sees as an event, makes it look at once)
+REMIND_IDLE_S = 300.0
 #: App Home views refreshed at most per batch of events (the rest refresh when next opened)
 HOME_REFRESH_MAX = 50
 FAILED = frozenset(str(s) for s in JOB_FAILURES)
@@ -108,8 +109,8 @@ class Notifier:
             log.info("another process moved the slack cursor; following it")
         await self._flush()
         if time.monotonic() >= self._next_reminders:
-            self._next_reminders = time.monotonic() + REMIND_CHECK_S
-            await self._remind()
+            wait = await self._remind()
+            self._next_reminders = time.monotonic() + min(max(wait, 0.5), REMIND_IDLE_S)
         return len(events) == 500
 
     async def _on_events(self, events: list[Event]) -> None:
@@ -126,6 +127,7 @@ class Notifier:
         channel, ts = message
         self._dirty.setdefault(state.run.id, self._edited.get(state.run.id, 0.0) + EDIT_EVERY_S)
         if event.subject == "gate" and event.to_status == "open":
+            self._next_reminders = 0.0  # its reminders are to be planned
             gate = next((g for g in state.gates if g.id == event.subject_id), None)
             if gate is not None and gate.kind == "manual":
                 stage = state.stages[gate.stage_index]
@@ -187,10 +189,12 @@ class Notifier:
         summary, blocks = bk.gate_card(state, gate, None)
         await self._edit(channel, post_ts, summary, blocks)
 
-    async def _remind(self) -> None:
+    async def _remind(self) -> float:
         """Gates with ``remind_every`` get a reminder in the thread each time one is due; the
-        reminder's number is its key, so each is posted once whatever the restarts."""
+        reminder's number is its key, so each is posted once whatever the restarts. Returns the
+        seconds until the next reminder is due, so waiting gates are not read every second."""
         at = now()
+        wait = REMIND_IDLE_S
         for state in await self.desk.read(self.desk.reads.waiting_for_people):
             for gate in state.gates:
                 spec = state.definition.stages[gate.stage_index].gate
@@ -198,6 +202,7 @@ class Notifier:
                     continue
                 waited = (at - gate.opened_at).total_seconds()
                 count = int(waited // spec.remind_every)
+                wait = min(wait, (count + 1) * spec.remind_every - waited)
                 if count < 1:
                     continue
                 message = await self._message(state)
@@ -206,6 +211,7 @@ class Notifier:
                 channel, ts = message
                 key = f"remind:{gate.id}:{count}"
                 await self._thread(state, channel, ts, key, *bk.gate_reminder(state, gate, waited))
+        return wait
 
     async def _home(self, user: str) -> None:
         try:

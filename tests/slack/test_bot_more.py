@@ -25,6 +25,7 @@ from core.events import Event
 from core.model import Gate, RunState
 from storage.directory import Directory
 from storage.reads import Reads
+from storage.slack import SlackState
 from storage.store import SqlStore
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack, settle_bolt_tasks
@@ -564,9 +565,13 @@ async def test_app_home_shows_environments_and_the_waiting_gate_once_per_event(b
     assert "Environments" in home and "*production*" in home
     assert f"{ref}* waits for approval" in home and "gate_approve" in home
 
-    # (the home is also refreshed when what it shows changes; the run is parked at its gate now)
+    # (the home is also refreshed when what it shows changes: let the notifier catch up with the
+    # log, after which nothing changes while the run is parked at its gate)
     await settle_bolt_tasks()
-    await asyncio.sleep(0.3)
+    store = bot.client.app[SHIPYARD].store  # type: ignore[union-attr]
+    slack = SlackState(store)
+    await until(lambda: slack.cursor("slack") == store.last_event_seq(), what="the notifier to catch up")
+    await settle_bolt_tasks()
     before = len(bot.fake.calls_to("views.publish"))
     status, _, _ = await bot.post(signing.event_callback(SECRET, event, event_id="Ev0HOME1", retry_num=1))
     assert status == 200
