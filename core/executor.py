@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from core.assignment import Assignment
+from core.waiting import within
 
 OutputSink = Callable[[str, str], None]
 #: environment variables of the server that jobs must not inherit
@@ -138,9 +139,8 @@ class SubprocessExecutor:
         ]
         timed_out = False
         try:
-            try:
-                await asyncio.wait_for(_exited(proc), timeout=job.timeout_s)
-            except TimeoutError:
+            exited, _ = await within(_exited(proc), job.timeout_s)
+            if not exited:
                 timed_out = True
                 await self._terminate(proc)
             self._exited.add(key)
@@ -177,10 +177,7 @@ class SubprocessExecutor:
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
         _killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=self.kill_grace_s)
-        except TimeoutError:
-            pass
+        await within(proc.wait(), self.kill_grace_s)
         _killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
 

@@ -26,6 +26,7 @@ from core.engine import Decision
 from core.executor import Executor
 from core.service import ClaimJobs, Service
 from core.states import JobStatus
+from core.waiting import wait_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,9 +165,7 @@ class Orchestrator:
         one-off wait; a follower that loops should ``listen``)."""
         flag = self.listen()
         try:
-            await asyncio.wait_for(flag.wait(), timeout)
-        except TimeoutError:
-            pass
+            await wait_event(flag, timeout)
         finally:
             self._listeners.remove(flag)
 
@@ -180,10 +179,7 @@ class Orchestrator:
                 await self.tick()
             except Exception:
                 log.exception("timer tick failed; trying again in %.1fs", self.poll_interval)
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.poll_interval)
             self._wake.clear()
 
     async def tick(self) -> int:

@@ -22,6 +22,7 @@ from core.commands import CompleteJob, ExpireLease, InterruptJob
 from core.engine import Decision
 from core.executor import ExecResult, Executor, kill_orphans
 from core.orchestrator import Orchestrator
+from core.waiting import wait_event
 
 log = logging.getLogger(__name__)
 RunnerReport = CompleteJob | InterruptJob | ExpireLease
@@ -231,10 +232,7 @@ class Runner:
                 started = 0
             if started and len(self.jobs) < self.capacity:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.poll_interval)
             self._wake.clear()
 
     async def _watch_loop(self) -> None:
@@ -351,7 +349,4 @@ class Runner:
                         active.stopping = True
                         self.executor.kill(a.job_id, a.attempt)
                         return
-            try:
-                await asyncio.wait_for(active.finished.wait(), self.log_flush_s)
-            except TimeoutError:
-                pass
+            await wait_event(active.finished, self.log_flush_s)

@@ -24,6 +24,7 @@ from bot.slack.home import publish_home
 from core.events import Event
 from core.model import RunState
 from core.states import JOB_FAILURES, RUN_TERMINAL
+from core.waiting import wait_event
 from storage.slack import SlackState
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,7 @@ class Notifier:
             wait = interval  # other processes' events are found by polling
             if self._dirty:
                 wait = min(wait, max(0.01, min(self._dirty.values()) - time.monotonic()))
-            try:
-                await asyncio.wait_for(appended.wait(), wait)
-            except TimeoutError:
-                pass
+            await wait_event(appended, wait)
 
     async def step(self) -> bool:
         """Read new events, post what they call for, edit messages that are due. Runs are
