@@ -111,6 +111,9 @@ class GateDef(_Strict):
     #: may the person who triggered the run approve it? (separation of duties says no)
     allow_self_approval: bool = False
     timeout: Duration | None = None
+    #: what the timeout means for a manual gate: `reject` (the run fails, saying so) or
+    #: `approve` (a soak gate: nobody objected in time, so the stage goes on)
+    on_timeout: Literal["reject", "approve"] = "reject"
     run: str | list[str] | None = None
     interval: Duration = 30.0
     #: remind the approvers in the run's thread this often while the gate waits (manual gates)
@@ -123,6 +126,8 @@ class GateDef(_Strict):
                 raise ValueError("a manual gate needs `approvers` (users or groups)")
             if self.run is not None:
                 raise ValueError("`run` only applies to type: automated")
+            if self.on_timeout == "approve" and self.timeout is None:
+                raise ValueError("`on_timeout: approve` needs a `timeout`")
         else:
             if not self.run:
                 raise ValueError("an automated gate needs `run`: a command that exits 0 to pass")

@@ -345,13 +345,23 @@ def _apply(plan: _Plan, command: RunCommand) -> None:
             gate = _open_gate(plan, command.gate, None)
             if gate.deadline is None or gate.deadline > plan.now:
                 raise CommandRefused(f"gate {gate.stage_name} has not reached its deadline")
-            plan.move(
-                gate,
-                GateStatus.TIMED_OUT,
-                decided_at=plan.now,
-                decided_by="timeout",
-                reason=f"nobody cleared it within {format_duration(gate.timeout_s or 0)}",
-            )
+            waited = format_duration(gate.timeout_s or 0)
+            if gate.on_timeout == "approve":
+                plan.move(
+                    gate,
+                    GateStatus.APPROVED,
+                    decided_at=plan.now,
+                    decided_by="timeout",
+                    reason=f"nobody objected within {waited} (on_timeout: approve)",
+                )
+            else:
+                plan.move(
+                    gate,
+                    GateStatus.TIMED_OUT,
+                    decided_at=plan.now,
+                    decided_by="timeout",
+                    reason=f"nobody cleared it within {waited}",
+                )
         case RecordGateCheck():
             gate = _open_gate(plan, command.gate, "automated")
             if command.passed:

@@ -148,6 +148,7 @@ class Gate:
     allow_self_approval: bool = False
     approvals: tuple[Approval, ...] = ()
     timeout_s: float | None = None
+    on_timeout: Literal["reject", "approve"] = "reject"
     interval_s: float = 30.0
     deadline: datetime | None = None
     next_check_at: datetime | None = None
@@ -300,6 +301,7 @@ def new_run_state(
                     min_approvals=g.min_approvals,
                     allow_self_approval=g.allow_self_approval,
                     timeout_s=g.timeout,
+                    on_timeout=g.on_timeout,
                     interval_s=g.interval,
                 )
             )

@@ -95,6 +95,7 @@ def gate_from_row(r: Mapping[Any, Any]) -> Gate:
         allow_self_approval=r["allow_self_approval"],
         approvals=tuple(_approval(a) for a in r["approvals"]),
         timeout_s=r["timeout_s"],
+        on_timeout=r["on_timeout"],
         interval_s=r["interval_s"],
         deadline=r["deadline"],
         next_check_at=r["next_check_at"],

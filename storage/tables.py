@@ -143,6 +143,7 @@ class GateRow(SQLModel, table=True):
     allow_self_approval: bool = False
     approvals: list[dict[str, str]] = _json([])
     timeout_s: float | None = None
+    on_timeout: str = Field(default="reject", max_length=16)
     interval_s: float = 30.0
     deadline: datetime | None = _ts()
     next_check_at: datetime | None = _ts()

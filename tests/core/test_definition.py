@@ -178,6 +178,18 @@ INVALID = [
         id="manual-gate-without-approvers",
     ),
     pytest.param(
+        "name: web\nstages:\n  - name: prod\n    gate: {approvers: [bob], on_timeout: approve}\n"
+        "    jobs: [{name: a, run: x}]\n",
+        "web.yml:4: stages[0].gate: `on_timeout: approve` needs a `timeout`",
+        id="approve-on-timeout-without-timeout",
+    ),
+    pytest.param(
+        "name: web\nstages:\n  - name: prod\n    gate: {approvers: [bob], timeout: 1h, on_timeout: skip}\n"
+        "    jobs: [{name: a, run: x}]\n",
+        "web.yml:4: stages[0].gate.on_timeout: Input should be 'reject' or 'approve'",
+        id="unknown-on-timeout",
+    ),
+    pytest.param(
         "name: web\nstages:\n  - name: prod\n    gate: {approvers: [bob], run: check}\n"
         "    jobs: [{name: a, run: x}]\n",
         "web.yml:4: stages[0].gate: `run` only applies to type: automated",

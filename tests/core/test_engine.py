@@ -797,6 +797,22 @@ def test_gate_timeout_is_refused_before_the_deadline_and_fails_the_run_after() -
     assert state.run.reason == "gate production timed out: nobody cleared it within 4h"
 
 
+def test_a_soak_gate_with_on_timeout_approve_lets_the_stage_go_on_when_nobody_objects() -> None:
+    text = WEB.replace("timeout: 4h}", "timeout: 4h, on_timeout: approve}")
+    state = started(text)
+    for path in ("build/compile", "build/lint", "build/docs", "staging/deploy"):
+        state = after(run_job(state, path))
+    deadline = state.gates[0].deadline
+    assert deadline is not None
+    decision = ok(state, TimeoutGate(run_id=RUN, gate="production"), deadline)
+    assert trail(decision)[:3] == ["gate.approved production", "run.running", "stage.running production"]
+    state = after(decision)
+    gate = state.gates[0]
+    assert (gate.status, gate.decided_by) == ("approved", "timeout")
+    assert gate.reason == "nobody objected within 4h (on_timeout: approve)"
+    assert_statuses(state, {"run": "running", "production/deploy": "queued"})
+
+
 def test_a_gate_without_timeout_never_times_out() -> None:
     text = WEB.replace(", timeout: 4h", "")
     state = started(text)
