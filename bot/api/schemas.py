@@ -159,6 +159,8 @@ class GateOut(BaseModel):
     allow_self_approval: bool
     approvals: list[ApprovalOut]
     deadline: datetime | None
+    #: what the deadline does: reject the gate (the run fails) or approve it (a soak gate)
+    on_timeout: Literal["reject", "approve"]
     decided_by: str | None
     reason: str
     opened_at: datetime | None
@@ -175,6 +177,7 @@ class GateOut(BaseModel):
             allow_self_approval=g.allow_self_approval,
             approvals=[ApprovalOut(by=a.actor, at=a.at, comment=a.comment) for a in g.approvals],
             deadline=g.deadline,
+            on_timeout=g.on_timeout,
             decided_by=g.decided_by,
             reason=g.reason,
             opened_at=g.opened_at,
