@@ -36,6 +36,16 @@ class CancelRun:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FailRun:
+    """Declare a run failed (a person's judgment, e.g. after a runner was lost mid-deploy):
+    like cancel, but the run ends ``failed`` so history and rollback treat it as a failure."""
+
+    run_id: str
+    actor: Actor
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class PauseRun:
     """Let running jobs finish but start nothing new."""
 
@@ -154,6 +164,7 @@ class RecordGateCheck:
 
 RunCommand = (
     CancelRun
+    | FailRun
     | TimeoutRun
     | PauseRun
     | ResumeRun

@@ -21,6 +21,7 @@ from core.commands import (
     CancelRun,
     CompleteJob,
     ExpireLease,
+    FailRun,
     InterruptJob,
     PauseRun,
     RecordGateCheck,
@@ -301,6 +302,10 @@ def _apply(plan: _Plan, command: RunCommand) -> None:
             _require_active(run, "cancel")
             why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
             _finish(plan, RunStatus.CANCELED, why)
+        case FailRun():
+            _require_active(run, "mark failed")
+            why = f"marked failed by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
+            _finish(plan, RunStatus.FAILED, why)
         case PauseRun():
             if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
                 raise CommandRefused(f"{run.ref} is {run.status}; only running or waiting runs pause")
@@ -363,15 +368,22 @@ def _apply(plan: _Plan, command: RunCommand) -> None:
                     reason=f"nobody cleared it within {waited}",
                 )
         case RecordGateCheck():
-            gate = _open_gate(plan, command.gate, "automated")
+            gate = _open_gate(plan, command.gate, None)
+            if gate.kind == "manual":
+                raise CommandRefused(f"gate {gate.stage_name} is manual; people approve it")
+            # an automated gate's check polls again; an external gate's callback is the verdict
+            by = "check" if gate.kind == "automated" else command.actor.name
             if command.passed:
                 plan.move(
                     gate,
                     GateStatus.APPROVED,
-                    decided_by="check",
+                    decided_by=by,
                     decided_at=plan.now,
                     reason=command.detail or "check passed",
                 )
+            elif gate.kind == "external":
+                why = command.detail or "the external check failed"
+                plan.move(gate, GateStatus.REJECTED, decided_by=by, decided_at=plan.now, reason=why)
             elif gate.deadline is not None and gate.deadline <= plan.now:
                 plan.move(
                     gate,

@@ -63,7 +63,7 @@ R, S, J, G = RunStatus, StageStatus, JobStatus, GateStatus
 
 RUN_TRANSITIONS: Final[Mapping[RunStatus, frozenset[RunStatus]]] = {
     R.PENDING: frozenset({R.RUNNING, R.QUEUED, R.CANCELED}),
-    R.QUEUED: frozenset({R.RUNNING, R.CANCELED}),
+    R.QUEUED: frozenset({R.RUNNING, R.FAILED, R.CANCELED}),
     R.RUNNING: frozenset({R.WAITING, R.PAUSED, R.QUEUED, R.SUCCEEDED, R.FAILED, R.CANCELED}),
     R.WAITING: frozenset({R.RUNNING, R.PAUSED, R.FAILED, R.CANCELED}),
     R.PAUSED: frozenset({R.RUNNING, R.SUCCEEDED, R.FAILED, R.CANCELED}),

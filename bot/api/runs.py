@@ -30,6 +30,7 @@ from core.commands import (
     ApproveGate,
     CancelRun,
     Command,
+    FailRun,
     PauseRun,
     RejectGate,
     ResumeRun,
@@ -169,6 +170,24 @@ async def cancel_run(call: Call) -> web.Response:
     state = await find_run(call)
     return await _control(
         call, CancelRun(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
+    )
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/fail",
+    summary="Mark a run failed",
+    action=Action.CONTROL,
+    tag="runs",
+    body=CancelIn,
+    responses=CONTROL_RESPONSES,
+)
+async def fail_run(call: Call) -> web.Response:
+    """Like cancel, but the run ends `failed` (e.g. a runner was lost mid-deploy and you judge
+    the deployment broken): history and rollback count it as a failure."""
+    state = await find_run(call)
+    return await _control(
+        call, FailRun(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
     )
 
 

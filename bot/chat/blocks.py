@@ -11,7 +11,7 @@ from typing import Any
 from core.duration import format_duration
 from core.model import Gate, Job, RunState
 from core.ports import Deployment
-from core.states import RUN_TERMINAL, GateStatus, RunStatus
+from core.states import RUN_TERMINAL, GateStatus, JobStatus, RunStatus
 
 Block = dict[str, Any]
 
@@ -36,7 +36,7 @@ SECTION_MAX = 3000
 
 # action ids: the Slack app listens for these
 APPROVE, REJECT, CANCEL, RETRY = "gate_approve", "gate_reject", "run_cancel", "run_retry"
-IGNORE = "run_ignore_failure"
+IGNORE, FAIL = "run_ignore_failure", "run_fail"
 CONFIRM = "run_confirm"
 
 
@@ -216,6 +216,38 @@ def job_failed(state: RunState, job: Job, tail: list[str]) -> tuple[str, list[Bl
         body = "\n".join(tail)[-(SECTION_MAX - 10) :].replace("```", "'''")
         blocks.append(text(f"```{body}```"))
     return summary, blocks
+
+
+def job_lost(state: RunState, job: Job, attempt: int, reason: str) -> tuple[str, list[Block]]:
+    """A runner stopped heartbeating a job: say what happened, what Shipyard did about it, and
+    offer what a person may want to do instead (retry, call the run failed, roll back)."""
+    stage = state.stages[job.stage_index]
+    retried = job.status is not JobStatus.LOST or job.attempt > attempt
+    why = reason.removeprefix("lost: ")
+    line = f":satellite_antenna: *{stage.name}/{job.name}* (attempt {attempt}) was lost — {why}."
+    if retried:
+        line += f" Shipyard runs it again (`retries: {job.retries}`)."
+    elif state.run.status in RUN_TERMINAL:
+        line += " It had no retries left, so the run failed."
+    where = f" A deployment to *{stage.environment}* may be half done." if stage.environment else ""
+    blocks = [text(line + where)]
+    value = ref_value(state)
+    if state.run.status in RUN_TERMINAL:
+        blocks += settle_failure(state)
+    else:
+        judged = confirm(
+            "Mark the run failed?",
+            f"{state.run.ref} stops now and counts as failed in history.",
+            "Mark failed",
+        )
+        blocks.append(
+            actions(
+                f"lost-{job.id}-{attempt}",
+                button("Mark run failed", FAIL, value, "danger", judged),
+                button("Cancel run", CANCEL, value),
+            )
+        )
+    return f"{state.run.ref}: job {stage.name}/{job.name} lost", blocks
 
 
 def settle_failure(state: RunState) -> list[Block]:

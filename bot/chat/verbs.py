@@ -20,6 +20,7 @@ from core.commands import (
     ApproveGate,
     CancelRun,
     Command,
+    FailRun,
     PauseRun,
     RejectGate,
     ResumeRun,
@@ -312,16 +313,22 @@ def _control(name: str, make: Callable[[str, Actor, str], Command], done: str) -
         return Reply(done.format(ref=decision.state.run.ref), public=True)
 
     handler.__name__ = name
-    summary = {"cancel": "stop a run", "pause": "finish running jobs, start nothing new"}.get(
-        name,
-        {"resume": "continue a paused run", "retry": "run a failed run again from where it failed"}.get(
-            name, ""
-        ),
-    )
-    verb(name, f"{name} <run>" + (" [reason]" if name == "cancel" else ""), summary, Action.CONTROL)(handler)
+    summary = CONTROL_SUMMARIES[name]
+    reason = " [reason]" if name in ("cancel", "fail") else ""
+    verb(name, f"{name} <run>{reason}", summary, Action.CONTROL)(handler)
+
+
+CONTROL_SUMMARIES = {
+    "cancel": "stop a run",
+    "fail": "stop a run and mark it failed (e.g. its runner was lost mid-deploy)",
+    "pause": "finish running jobs, start nothing new",
+    "resume": "continue a paused run",
+    "retry": "run a failed run again from where it failed",
+}
 
 
 _control("cancel", lambda run, a, why: CancelRun(run_id=run, actor=a, reason=why), "{ref} canceled.")
+_control("fail", lambda run, a, why: FailRun(run_id=run, actor=a, reason=why), "{ref} marked failed.")
 _control("pause", lambda run, a, why: PauseRun(run_id=run, actor=a), "{ref} paused.")
 _control("resume", lambda run, a, why: ResumeRun(run_id=run, actor=a), "{ref} resumed.")
 _control("retry", lambda run, a, why: RetryRun(run_id=run, actor=a), "Retrying as {ref}.")
@@ -450,6 +457,11 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
         action, command = (
             Action.CONTROL,
             CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat"),
+        )
+    elif action_id == bk.FAIL:
+        action, command = (
+            Action.CONTROL,
+            FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat"),
         )
     elif action_id == bk.RETRY:
         action, command = Action.CONTROL, RetryRun(run_id=run_id, actor=who.actor)

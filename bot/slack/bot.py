@@ -126,7 +126,7 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
 
         work.add(answer())
 
-    for action_id in (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.CONFIRM):
+    for action_id in (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, bk.CONFIRM):
         app.action(action_id)(on_press)
 
     @app.action(bk.REJECT)

@@ -23,7 +23,7 @@ from bot.chat.verbs import Desk
 from bot.slack.home import publish_home
 from core.events import Event
 from core.model import RunState
-from core.states import JOB_FAILURES, RUN_TERMINAL
+from core.states import JOB_FAILURES, RUN_TERMINAL, JobStatus
 from core.waiting import wait_event
 from storage.slack import SlackState
 
@@ -133,6 +133,13 @@ class Notifier:
                 await self._thread(state, channel, ts, f"gate:{gate.id}", *bk.gate_card(state, gate, live))
         elif event.subject == "gate" and event.from_status == "open" and event.to_status != "open":
             await self._update_gate_card(state, channel, event.subject_id)
+        elif event.subject == "job" and event.to_status == JobStatus.LOST:
+            job = state.job(event.subject_id)
+            if job is not None:
+                lost = int(str(event.data.get("attempt", job.attempt)))
+                reason = str(event.data.get("reason", ""))
+                summary, blocks = bk.job_lost(state, job, lost, reason)
+                await self._thread(state, channel, ts, f"lost:{job.id}:{lost}", summary, blocks)
         elif event.subject == "job" and event.to_status in FAILED:
             job = state.job(event.subject_id)
             if job is not None and not job.allow_failure and job.is_done:

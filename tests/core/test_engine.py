@@ -23,6 +23,7 @@ from core.commands import (
     CancelRun,
     CompleteJob,
     ExpireLease,
+    FailRun,
     InterruptJob,
     JobOutcome,
     PauseRun,
@@ -811,6 +812,17 @@ def test_a_soak_gate_with_on_timeout_approve_lets_the_stage_go_on_when_nobody_ob
     assert (gate.status, gate.decided_by) == ("approved", "timeout")
     assert gate.reason == "nobody objected within 4h (on_timeout: approve)"
     assert_statuses(state, {"run": "running", "production/deploy": "queued"})
+
+
+def test_marking_a_run_failed_ends_it_failed_with_who_and_why_and_stops_its_jobs() -> None:
+    state = staging_reached()
+    decision = ok(state, FailRun(run_id=RUN, actor=ALICE, reason="runner host is gone"))
+    state = after(decision)
+    assert state.run.status == "failed"
+    assert state.run.reason == f"marked failed by {ALICE.name}: runner host is gone"
+    assert all(j.status in ("succeeded", "canceled", "skipped") for j in state.jobs)
+    again = refused(state, FailRun(run_id=RUN, actor=ALICE))
+    assert again == "cannot mark failed web#1: it already failed"
 
 
 def test_a_gate_without_timeout_never_times_out() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from core.commands import TriggerRun
 from core.service import Service
 from core.states import RUN_TERMINAL, RunStatus
 from tests.e2e.server import Server, wait_until
-from tests.helpers import ALICE
+from tests.helpers import ALICE, alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -60,3 +61,56 @@ def test_each_job_of_many_concurrent_runs_executes_exactly_once(
     assert max(executions.values()) == 1, executions.most_common(3)
     runners = {e.data.get("runner") for e in svc.store.events_after(0, 10_000) if e.name == "job.running"}
     assert runners == {"engine-0", "engine-1"}  # both engines did part of the work
+
+
+ORPHAN = """
+name: orphan
+stages:
+  - name: deploy
+    jobs:
+      - name: slow
+        retries: 1
+        run: |
+          echo "$SHIPYARD_ATTEMPT" >> {d}/attempts
+          if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo $$ > {d}/slow.pid; sleep 60; fi
+"""
+
+
+def test_a_dead_runners_job_is_declared_lost_once_by_the_survivors_and_retried(
+    pg_url: str, make_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    """The server holding a job is SIGKILLed (its job process dies with it); two other replicas
+    see the lease expire: exactly one of them declares the job lost, and it runs again once."""
+    doomed = Server(tmp_path, pg_url, runner="doomed", capacity=1)
+    survivors = [Server(tmp_path, pg_url, runner=f"survivor-{i}", capacity=1) for i in range(2)]
+    try:
+        doomed.pipeline("orphan", ORPHAN.format(d=tmp_path))
+        doomed.start()
+        svc = make_service(pg_url)
+        decision = svc.handle(TriggerRun(pipeline="orphan", actor=ALICE))
+        assert decision.state is not None
+        run_id = decision.state.run.id
+        wait_until(lambda: (tmp_path / "slow.pid").exists(), what="the first attempt to start")
+        job_pid = int((tmp_path / "slow.pid").read_text())
+        for server in survivors:
+            server.start()
+        doomed.signal(signal.SIGKILL)
+        doomed.wait()
+        wait_until(lambda: not alive(job_pid), timeout=5, what="the job process to die with its server")
+
+        def done() -> bool:
+            state = svc.find_run(run_id)
+            return state is not None and state.run.status in RUN_TERMINAL
+
+        wait_until(done, timeout=30, interval=0.1, what="the run to finish after the lease expired")
+    finally:
+        for server in (doomed, *survivors):
+            server.stop()
+
+    state = svc.find_run(run_id)
+    assert state is not None and state.run.status is RunStatus.SUCCEEDED, state and state.run.reason
+    lost = [e for e in svc.store.events_after(0, 1000, run_id) if e.name == "job.lost"]
+    assert len(lost) == 1, lost
+    assert lost[0].data["reason"] == "lost: runner doomed stopped renewing its lease"
+    assert (tmp_path / "attempts").read_text() == "1\n2\n"
+    assert state.jobs[0].runner in ("survivor-0", "survivor-1")

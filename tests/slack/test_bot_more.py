@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bot.app import SHIPYARD, create_app
 from bot.config import Settings, load_settings
 from core.access import Role
+from core.commands import ExpireLease
 from core.events import Event
 from core.model import Gate, RunState
 from storage.directory import Directory
@@ -64,6 +65,14 @@ name: failing
 stages:
   - name: build
     jobs: [{name: compile, run: ["sh", "-c", "sleep 0.2; echo 'error: it broke' >&2; exit 3"]}]
+"""
+
+ORPHAN = """
+name: orphan
+stages:
+  - name: production
+    environment: production
+    jobs: [{name: deploy, run: ["sleep", "30"], retries: 1}]
 """
 
 
@@ -212,7 +221,7 @@ def _settings(tmp_path: Path, sqlite_url: str, fake: FakeSlack, **slack: Any) ->
     pipes = tmp_path / "pipelines"
     if not pipes.exists():
         pipes.mkdir()
-        for name, text in (("gated", GATED), ("pair", PAIR), ("failing", FAILING)):
+        for name, text in (("gated", GATED), ("pair", PAIR), ("failing", FAILING), ("orphan", ORPHAN)):
             (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
         store = SqlStore(sqlite_url)
         directory = Directory(store)
@@ -634,3 +643,62 @@ async def test_a_restart_does_not_repost_the_run_message(bot: Bot) -> None:
     assert all(c.args.get("thread_ts") == ts for c in new_posts)
     assert not [c for c in new_posts if "waits for approval" in c.args.get("text", "")]  # no second card
     assert not bot.fake.calls_to("chat.delete")
+
+
+async def _lose_the_job(bot: Bot, ref: str) -> None:
+    """The job's runner is declared gone (what a restart of its server reports)."""
+    state = await until(
+        lambda: (s := bot.run(ref)).jobs[0].status == "running" and s, what=f"{ref}'s job to run"
+    )
+    job = state.jobs[0]
+    decision = await bot.client.server.app[SHIPYARD].orchestrator.handle(  # type: ignore[union-attr]
+        ExpireLease(run_id=state.run.id, job_id=job.id, attempt=job.attempt, force=True)
+    )
+    assert decision.accepted, decision.reason
+
+
+async def test_a_lost_job_is_told_in_the_thread_with_a_button_to_mark_the_run_failed(bot: Bot) -> None:
+    ref, message = await _started(bot, "orphan", "")
+    await _lose_the_job(bot, ref)
+    lost = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "thread_ts" in c.args and "was lost" in json.dumps(c.args), timeout=10
+    )
+    assert lost.args["thread_ts"] == message.response["ts"]
+    said = _blocks(lost)[0]["text"]["text"]
+    assert "*production/deploy* (attempt 1) was lost — runner slack-test its server restarted." in said
+    assert "Shipyard runs it again (`retries: 1`)" in said
+    assert "A deployment to *production* may be half done." in said
+    fail = _button(lost, "run_fail")
+    assert fail["confirm"]["title"]["text"] == "Mark the run failed?"
+
+    await bot.press(ALICE, "run_fail", fail["value"], lost.response["ts"])
+    state = await bot.until_status(ref, "failed")
+    assert state.run.reason == f"marked failed by {ALICE}: marked failed from chat"
+    assert state.jobs[0].status == "canceled"  # its second attempt was stopped
+
+
+async def test_a_lost_job_without_retries_left_says_the_run_failed_and_offers_a_retry(bot: Bot) -> None:
+    ref, _ = await _started(bot, "orphan", "")
+    await _lose_the_job(bot, ref)
+    await until(lambda: bot.run(ref).jobs[0].status == "running" and bot.run(ref).jobs[0].attempt == 2)
+    await _lose_the_job(bot, ref)
+    state = await bot.until_status(ref, "failed")
+    assert state.run.reason.startswith("job production/deploy lost")
+
+    def second() -> Call | None:
+        return next(
+            (
+                c
+                for c in bot.fake.calls_to("chat.postMessage")
+                if "(attempt 2) was lost" in json.dumps(c.args)
+            ),
+            None,
+        )
+
+    lost = await until(second, what="the second loss in the thread")
+    assert "It had no retries left, so the run failed." in _blocks(lost)[0]["text"]["text"]
+    assert _button(lost, "run_retry")["text"]["text"] == "Retry failed jobs"
+    failed_posts = [
+        c for c in bot.fake.calls_to("chat.postMessage") if ":x: *production/deploy*" in json.dumps(c.args)
+    ]
+    assert failed_posts == []  # one message for the loss, not a second one for the failure
