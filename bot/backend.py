@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.bootstrap import Shipyard
 from core.commands import Command
 from core.engine import Decision
+from core.zombies import Stuck, diagnose
 from storage.directory import Directory
 from storage.reads import Reads
 
@@ -50,6 +51,13 @@ class Backend:
 
     async def decide(self, command: Command) -> Decision:
         return await self.yard.orchestrator.handle(command)
+
+    async def stuck(self, limit: int = 50) -> list[Stuck]:
+        """Zombie runs, oldest change first (``core.zombies``)."""
+        at = now()
+        after_s = self.yard.settings.stuck_after_seconds
+        found = await self.read(self.reads.unchanged_since, at - timedelta(seconds=after_s), limit)
+        return [s for state, since in found if (s := diagnose(state, since, at, after_s)) is not None]
 
 
 def now() -> datetime:

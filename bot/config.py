@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         4, ge=0, le=256, description="jobs the built-in runner runs at once; 0 disables it"
     )
     lease_seconds: float = Field(30.0, ge=1.0, le=3600.0)
+    stuck_after_seconds: float = Field(
+        3600.0, ge=1.0, description="an unfinished run unchanged this long is reported stuck (a zombie)"
+    )
     poll_interval: float = Field(1.0, ge=0.05, le=60.0)
     max_log_bytes: int = Field(1 << 20, ge=1024)
     kill_grace_seconds: float = Field(5.0, ge=0.0, le=300.0)

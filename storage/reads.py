@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,12 +18,13 @@ import sqlalchemy as sa
 from core.audit import ChainedEntry
 from core.model import RunState
 from core.ports import AuditEntry, Deployment, PipelineVersion
+from core.states import RUN_TERMINAL, RunStatus
 from storage import mappers as m
 from storage.store import SqlStore
 from storage.tables import T
 
 RUN, STAGE, PIPELINE, VERSION = T["run"], T["stage"], T["pipeline"], T["pipeline_version"]
-GATE = T["gate"]
+GATE, EVENT = T["gate"], T["event"]
 DEPLOYMENT, AUDIT = T["deployment"], T["audit"]
 ALL_VERSION_IDS = sa.select(VERSION.c.id)
 DEPLOYMENTS = (
@@ -124,6 +125,26 @@ class Reads:
         with self.store.reading() as tx:
             ids = tx.conn.execute(query).scalars().all()
             return [s for run_id in ids if (s := tx.load_run(run_id)) is not None]
+
+    def unchanged_since(self, before: datetime, limit: int = 500) -> list[tuple[RunState, datetime]]:
+        """Unfinished runs whose latest event is older than ``before``, with that event's time,
+        oldest first: the candidates for ``core.zombies.diagnose``."""
+        last = sa.func.max(EVENT.c.at)
+        query = (
+            sa.select(EVENT.c.run_id, last)
+            .join(RUN, RUN.c.id == EVENT.c.run_id)
+            .where(RUN.c.status.in_([str(s) for s in RunStatus if s not in RUN_TERMINAL]))
+            .group_by(EVENT.c.run_id)
+            .having(last < before)
+            .order_by(last)
+            .limit(limit)
+        )
+        with self.store.reading() as tx:
+            rows = tx.conn.execute(query).all()
+            found = [
+                (tx.load_run(run_id), at if at.tzinfo else at.replace(tzinfo=UTC)) for run_id, at in rows
+            ]
+            return [(state, at) for state, at in found if state is not None]
 
     def waiting_for_people(self, limit: int = 500) -> list[RunState]:
         """Runs with a manual gate open (few at any time: they wait for people)."""

@@ -22,6 +22,8 @@ from bot.api.schemas import (
     RunPage,
     RunsQuery,
     RunSummary,
+    StuckOut,
+    StuckRunSummary,
     TriggerIn,
 )
 from bot.api.spec import API
@@ -99,7 +101,16 @@ def _digest(*parts: str) -> str:
     responses={200: ("a page of runs", RunPage)},
 )
 async def list_runs(call: Call) -> web.Response:
+    """`?stuck=true` lists zombies instead: unfinished runs that nothing moved for longer than
+    `SHIPYARD_STUCK_AFTER_SECONDS`, each with what it waits for (cancel them to clear them)."""
     q: RunsQuery = call.query
+    if q.stuck:
+        found = await gw(call).stuck(q.limit)
+        items: list[RunSummary | StuckRunSummary] = [
+            StuckRunSummary(**RunSummary.fields_of(s.state), stuck=StuckOut(since=s.since, reason=s.reason))
+            for s in found
+        ]
+        return reply(RunPage(items=items, next_cursor=None))
     position = run_position(q.cursor)
     where = RunFilter(
         pipeline=q.pipeline,

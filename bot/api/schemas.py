@@ -98,6 +98,9 @@ class RunsQuery(PageQuery):
     status: RunStatus | None = None
     environment: str | None = Field(None, max_length=63)
     triggered_by: str | None = Field(None, max_length=200)
+    stuck: bool = Field(
+        False, description="only zombies: unfinished runs unchanged longer than the stuck limit, oldest first"
+    )
 
 
 class AuditQuery(PageQuery):
@@ -296,6 +299,15 @@ class RunSummary(BaseModel):
         return cls(**cls.fields_of(state))
 
 
+class StuckOut(BaseModel):
+    since: datetime = Field(description="when the run last changed")
+    reason: str = Field(description="what it waits for")
+
+
+class StuckRunSummary(RunSummary):
+    stuck: StuckOut
+
+
 class RunOut(RunSummary):
     stages: list[StageOut]
 
@@ -305,7 +317,9 @@ class RunOut(RunSummary):
 
 
 class RunPage(Page):
-    items: list[RunSummary]
+    items: list[RunSummary | StuckRunSummary] = Field(
+        description="with ?stuck=true each item says why it is stuck"
+    )
 
 
 # -- environments ------------------------------------------------------------------------------

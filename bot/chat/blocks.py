@@ -12,6 +12,7 @@ from core.duration import format_duration
 from core.model import Gate, Job, RunState
 from core.ports import Deployment
 from core.states import RUN_TERMINAL, GateStatus, JobStatus, RunStatus
+from core.zombies import Stuck
 
 Block = dict[str, Any]
 
@@ -248,6 +249,21 @@ def job_lost(state: RunState, job: Job, attempt: int, reason: str) -> tuple[str,
             )
         )
     return f"{state.run.ref}: job {stage.name}/{job.name} lost", blocks
+
+
+def stuck_run(stuck: Stuck) -> list[Block]:
+    """One zombie in ``/deploy runs --stuck``: what it waits for, and a way to end it."""
+    run = stuck.state.run
+    line = f"{EMOJI.get(run.status, '')} *{run.ref}* {run.status} — {stuck.reason}"
+    line += f" (last change {stuck.since:%Y-%m-%d %H:%M} UTC)"
+    sure = confirm("Cancel this run?", f"{run.ref} stops now; its running jobs are killed.", "Cancel run")
+    return [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": _clip(line)},
+            "accessory": button("Cancel", CANCEL, ref_value(stuck.state), "danger", sure),
+        }
+    ]
 
 
 def settle_failure(state: RunState) -> list[Block]:

@@ -27,6 +27,7 @@ from core.commands import (
     RetryRun,
     TriggerRun,
 )
+from core.duration import format_duration
 from core.engine import Decision
 from core.errors import ShipyardError
 from core.model import Actor, Channel, RunState
@@ -175,8 +176,10 @@ async def list_pipelines(desk: Desk, who: Who, line: Line) -> Reply:
     return Reply("\n".join(rows))
 
 
-@verb("runs", "runs [pipeline]", "the latest runs")
+@verb("runs", "runs [pipeline] [--stuck]", "the latest runs; --stuck: the zombies, with a Cancel button each")
 async def list_runs(desk: Desk, who: Who, line: Line) -> Reply:
+    if "--stuck" in line.words:
+        return await _stuck_runs(desk)
     pipeline = line.words[0] if line.words else None
     states = await desk.read(desk.reads.runs, RunFilter(pipeline=pipeline), None, 10)
     if not states:
@@ -187,6 +190,15 @@ async def list_runs(desk: Desk, who: Who, line: Line) -> Reply:
         for s in states
     ]
     return Reply("\n".join(rows))
+
+
+async def _stuck_runs(desk: Desk) -> Reply:
+    found = await desk.stuck(20)
+    limit = format_duration(desk.yard.settings.stuck_after_seconds)
+    if not found:
+        return Reply(f"No stuck runs: every unfinished run changed within the last {limit}.")
+    summary = f"{len(found)} run(s) unchanged for over {limit}:"
+    return Reply(summary, [bk.text(summary), *(b for s in found for b in bk.stuck_run(s))])
 
 
 @verb("run", "run <pipeline> [key=value…]", "start a run", Action.TRIGGER)

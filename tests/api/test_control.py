@@ -3,7 +3,10 @@ state does not allow the transition."""
 
 from __future__ import annotations
 
-from tests.api.conftest import Api, assert_problem
+import asyncio
+import re
+
+from tests.api.conftest import Api, StartApi, assert_problem
 
 
 def job_status(run: dict[str, object]) -> str:
@@ -65,3 +68,35 @@ async def test_retry_starts_a_new_run_of_a_failed_one_and_refuses_a_succeeded_on
 async def test_control_of_an_unknown_run_is_404(lite: Api) -> None:
     for verb in ("cancel", "pause", "resume", "retry"):
         assert_problem(await lite.post(f"/runs/nosuchrun/{verb}", "admin"), 404, "nosuchrun")
+
+
+async def test_stuck_runs_are_listed_with_what_they_wait_for_and_go_away_when_canceled(
+    db_url: str, start_api: StartApi
+) -> None:
+    api = await start_api(db_url, runner_capacity=0, stuck_after_seconds=1.0)  # nobody claims jobs
+    run = await api.trigger("slow")
+    fresh = await api.get("/runs?stuck=true")
+    assert fresh.status == 200 and fresh.json["items"] == []
+
+    await asyncio.sleep(1.1)
+    stuck = await api.get("/runs?stuck=true")
+    assert stuck.status == 200, stuck.text
+    [item] = stuck.json["items"]
+    assert item["id"] == run["id"] and item["status"] == "running"
+    assert re.fullmatch(
+        r"job wait/sleep queued for 1(\.\d)?s: no runner has claimed it", item["stuck"]["reason"]
+    )
+    assert item["stuck"]["since"] >= run["created_at"]
+
+    canceled = await api.post(f"/runs/{run['id']}/cancel", "deployer", json={"reason": "zombie"})
+    assert canceled.status == 200, canceled.text
+    assert (await api.get("/runs?stuck=true")).json["items"] == []
+
+
+async def test_fail_marks_a_run_failed_with_who_and_why(lite: Api) -> None:
+    run = await lite.trigger("slow")
+    failed = await lite.post(f"/runs/{run['id']}/fail", "deployer", json={"reason": "runner host gone"})
+    assert failed.status == 200, failed.text
+    assert failed.json["status"] == "failed"
+    assert failed.json["reason"] == "marked failed by deployer: runner host gone"
+    assert_problem(await lite.post(f"/runs/{run['id']}/fail", "deployer"), 409, "already failed")

@@ -702,3 +702,34 @@ async def test_a_lost_job_without_retries_left_says_the_run_failed_and_offers_a_
         c for c in bot.fake.calls_to("chat.postMessage") if ":x: *production/deploy*" in json.dumps(c.args)
     ]
     assert failed_posts == []  # one message for the loss, not a second one for the failure
+
+
+async def test_runs_stuck_lists_zombies_with_a_cancel_button(
+    sqlite_url: str, tmp_path: Path, fake: FakeSlack
+) -> None:
+    settings = _settings(
+        tmp_path, sqlite_url, fake, slack_signing_secret=SECRET, runner_capacity=0, stuck_after_seconds=1.0
+    )
+    bot = Bot(fake, settings)
+    await bot.start()
+    try:
+        none = await bot.say(ALICE, "runs --stuck")
+        assert none["text"] == "No stuck runs: every unfinished run changed within the last 1.0s."
+        ref, _ = await _started(bot, "failing", "")  # no runner: its job is never claimed
+        await asyncio.sleep(1.1)
+        reply = await bot.say(ALICE, "runs --stuck")
+        assert reply["response_type"] == "ephemeral"
+        assert reply["text"] == "1 run(s) unchanged for over 1.0s:"
+        row = reply["blocks"][1]
+        assert f"*{ref}* running — job build/compile queued for" in row["text"]["text"]
+        assert "no runner has claimed it" in row["text"]["text"]
+        cancel = row["accessory"]
+        assert (
+            cancel["action_id"] == "run_cancel" and cancel["confirm"]["title"]["text"] == "Cancel this run?"
+        )
+        await bot.press(ALICE, "run_cancel", cancel["value"], "0")
+        await bot.until_status(ref, "canceled")
+        after = await bot.say(ALICE, "runs --stuck")
+        assert after["text"].startswith("No stuck runs")
+    finally:
+        await bot.stop()
