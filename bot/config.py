@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,18 +18,11 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from core.environments import EnvironmentPolicy, Environments
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message lists every problem."""
-
-
-class EnvironmentSettings(BaseModel):
-    """What holds for every deployment to one environment, whichever pipeline asks."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: a /deploy that would deploy here asks its author to confirm first
-    confirm: bool = False
 
 
 class Settings(BaseSettings):
@@ -81,8 +74,10 @@ class Settings(BaseSettings):
     schedule_owner: str = Field(
         "scheduler", description="the principal that runs the schedules declared in pipeline files"
     )
-    environments: dict[str, EnvironmentSettings] = Field(
-        default_factory=dict, description="per environment: confirm (ask before a /deploy deploys there)"
+    environments: Environments = Field(
+        default_factory=Environments,
+        description="the promotion path in order, each environment with its protection rules "
+        "(core/environments.py): confirm, approvals, pipelines, branches, freezes, concurrency, …",
     )
     slack_roles: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -108,8 +103,8 @@ class Settings(BaseSettings):
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return value.upper()
 
-    def environment(self, name: str) -> EnvironmentSettings:
-        return self.environments.get(name) or EnvironmentSettings()
+    def environment(self, name: str) -> EnvironmentPolicy:
+        return self.environments.policy(name)
 
     @property
     def slack_enabled(self) -> bool:
@@ -158,8 +153,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
-            field = ".".join(str(p) for p in error["loc"])
-            name = f"SHIPYARD_{field.upper()}" if field else "configuration"
+            # the setting as its variable; inside it (environments.production…) as the file spells it
+            setting, *inside = [str(p) for p in error["loc"]] or [""]
+            name = ".".join([f"SHIPYARD_{setting.upper()}", *inside]) if setting else "configuration"
             got = (
                 f" (got {error['input']!r})"
                 if "input" in error and not isinstance(error["input"], dict)

@@ -61,6 +61,26 @@ def next_fire(expression: str, tz: str, after: datetime) -> datetime:
             return fire
 
 
+def previous_fire(expression: str, tz: str, at: datetime) -> datetime:
+    """The latest fire at or before ``at`` (aware), as an aware UTC datetime: ``next_fire``
+    looking back, by the same daylight-saving rules (freeze windows ask "when did it start?")."""
+    local = zone(tz)
+    # In a repeated hour the local clock reads earlier than a fire that already happened, so
+    # start a few hours later and compare instants, not wall-clock times.
+    naive = (at + timedelta(hours=3)).astimezone(local).replace(tzinfo=None)
+    it = croniter(expression, naive)
+    while True:
+        candidate: datetime = it.get_prev(datetime)
+        fire = _to_instant(candidate, local)
+        if fire <= at:
+            return fire
+
+
+def local_instant(naive: datetime, tz: str) -> datetime:
+    """A wall-clock time in ``tz`` as an aware UTC datetime, by the daylight-saving rules above."""
+    return _to_instant(naive, zone(tz))
+
+
 def _to_instant(naive: datetime, local: ZoneInfo) -> datetime:
     """A local wall-clock time as an instant: the first occurrence of a repeated time; the
     first existing minute after a time the clock skipped."""
