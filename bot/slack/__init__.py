@@ -24,12 +24,13 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
         )
         return None
     from bot.chat.verbs import Desk
-    from bot.slack.bot import build_bolt, make_client, mount
+    from bot.slack.bot import Backlog, build_bolt, make_client, mount
     from bot.slack.notifier import Notifier
 
     desk = Desk()
     client = make_client(settings)
-    bolt = build_bolt(settings, desk, client)
+    work = Backlog()
+    bolt = build_bolt(settings, desk, client, work)
     if settings.slack_signing_secret is not None:
         mount(app, bolt)
 
@@ -60,6 +61,7 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
         finally:
             if socket is not None:
                 await socket.close_async()  # type: ignore[no-untyped-call]
+            await work.drain()
             await notifier.stop()
             if syncing is not None:
                 syncing.cancel()

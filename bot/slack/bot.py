@@ -51,15 +51,26 @@ class Backlog:
 
     def add(self, work: Coroutine[Any, Any, None]) -> None:
         async def run() -> None:
-            async with self._limit:
-                try:
+            try:
+                async with self._limit:
                     await work
-                except Exception:
-                    log.exception("answering a Slack request failed")
+            except Exception:
+                log.exception("answering a Slack request failed")
+            finally:
+                work.close()  # cancelled while it queued: it never started, and that is fine
 
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """At shutdown: let acknowledged work finish (people were told it is coming), then
+        cancel what is still left after ``timeout``, before the backend it uses goes away."""
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 def make_client(settings: Settings) -> AsyncWebClient:
@@ -74,7 +85,7 @@ def make_client(settings: Settings) -> AsyncWebClient:
     )
 
 
-def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncApp:
+def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Backlog) -> AsyncApp:
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     app = AsyncApp(
         client=client,
@@ -82,8 +93,6 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient) -> AsyncA
         request_verification_enabled=secret is not None,
     )
     seen_events: OrderedDict[str, None] = OrderedDict()
-
-    work = Backlog()
 
     @app.command(COMMAND)
     async def on_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
