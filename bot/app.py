@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from bot import api, slack
+from bot.api import hooks
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
+from bot.locks_keeper import KEEPER, LockKeeper
 from bot.scheduler import Clockwork
+from bot.webhooks.service import WEBHOOKS, Config, Webhooks
 
 SHIPYARD = web.AppKey("shipyard", Shipyard)
 CLOCK = web.AppKey("clock", Clockwork)
@@ -21,6 +24,7 @@ CLOCK = web.AppKey("clock", Clockwork)
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     gateway = api.setup(app)
+    hooks.setup(app, gateway)
     slack_lifecycle = slack.setup(app, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -32,6 +36,12 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         clock = Clockwork(gateway, settings.schedule_owner)
         app[CLOCK] = clock
         await clock.start()
+        keeper = LockKeeper(gateway, settings)
+        app[KEEPER] = keeper
+        await keeper.start()
+        webhooks = Webhooks(gateway, Config.of(settings))
+        app[WEBHOOKS] = webhooks
+        await webhooks.start(run=settings.webhook_deliver)
         chat = slack_lifecycle(yard) if slack_lifecycle is not None else None
         if chat is not None:
             await anext(chat)
@@ -42,6 +52,8 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         yield
         if chat is not None:
             await anext(chat, None)
+        await webhooks.stop()
+        await keeper.stop()
         await clock.stop()
         gateway.close()
         await yard.stop()

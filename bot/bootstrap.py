@@ -50,7 +50,7 @@ def build(
     if migrate:
         upgrade(settings.database_url)
     store = SqlStore(settings.database_url)
-    service = Service(store)
+    service = Service(store, environments=settings.environments)
     executor = executor or SubprocessExecutor(kill_grace_s=settings.kill_grace_seconds)
     workdir = settings.work_dir.resolve() / "runs"
     orchestrator = Orchestrator(

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -83,6 +84,54 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Slack user IDs (U…) and user-group IDs (S…) mapped to roles",
     )
+
+    # -- webhooks (docs/webhooks.md) -------------------------------------------------------
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="the URL receivers reach this server at, for links and gate callbacks "
+        "(default http://<host>:<port>)",
+    )
+    webhook_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs and host names webhooks may reach although they are private, loopback "
+        "or link-local (comma-separated); nothing by default",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=120, description="per delivery attempt")
+    webhook_retry_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 28800.0],
+        description="the longest wait before each retry (the wait is random below it: full jitter); "
+        "after the last one a delivery is given up",
+    )
+    webhook_disable_after_failures: int = Field(
+        100, ge=1, description="a subscription is disabled after this many failed attempts in a row"
+    )
+    webhook_disable_after_hours: float = Field(
+        24.0, gt=0, description="…or when every attempt failed for this long"
+    )
+    webhook_deliver: bool = Field(True, description="run the webhook outbox and deliveries in this process")
+
+    @field_validator("webhook_allow", "webhook_retry_seconds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _allow_list(cls, value: list[str]) -> list[str]:
+        from bot.webhooks.policy import AllowList
+
+        AllowList.parse(value)  # names the entry that is neither an address, a CIDR nor a host
+        return value
+
+    @field_validator("webhook_retry_seconds")
+    @classmethod
+    def _retries(cls, value: list[float]) -> list[float]:
+        if len(value) > 30 or any(not 0 < v <= 7 * 86400 for v in value):
+            raise ValueError("at most 30 waits, each more than 0 and at most a week (in seconds)")
+        return value
 
     @field_validator("database_url")
     @classmethod

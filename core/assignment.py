@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.artifacts import ArtifactSpec, parse_artifact_output
 from core.definition import env_key
+from core.errors import CommandRefused
 from core.model import Gate, Job, RunState
+from core.states import JobStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,9 +55,28 @@ def base_env(state: RunState, stage_index: int) -> dict[str, str]:
     return env
 
 
-def for_job(state: RunState, job: Job) -> Assignment:
+def run_artifact(state: RunState) -> ArtifactSpec | None:
+    """The artifact this run built: the latest ``artifact`` output of its finished jobs."""
+    found = None
+    for job in state.jobs:
+        if "artifact" in job.outputs and job.status is JobStatus.SUCCEEDED:
+            try:
+                found = parse_artifact_output(job.outputs["artifact"])
+            except CommandRefused:
+                continue  # (the job was failed for it when it reported)
+    return found
+
+
+def for_job(state: RunState, job: Job, artifact: ArtifactSpec | None = None) -> Assignment:
+    """``artifact``: what a deploy stage deploys (the run's promoted artifact, or the one it
+    built), passed as ``SHIPYARD_ARTIFACT_*``."""
     jdef = state.definition.stages[job.stage_index].jobs[job.index]
     env = {**jdef.env, **base_env(state, job.stage_index)}
+    if artifact is not None and state.stages[job.stage_index].environment is not None:
+        env["SHIPYARD_ARTIFACT_NAME"] = artifact.name
+        env["SHIPYARD_ARTIFACT_VERSION"] = artifact.version
+        env["SHIPYARD_ARTIFACT_DIGEST"] = artifact.digest
+        env["SHIPYARD_ARTIFACT_URI"] = artifact.uri
     env["SHIPYARD_JOB"] = job.name
     env["SHIPYARD_JOB_ID"] = job.id
     env["SHIPYARD_ATTEMPT"] = str(job.attempt)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from core.model import Actor
@@ -24,6 +25,14 @@ class TriggerRun:
     idempotency_key: str | None = None
     #: run this version of the pipeline instead of the latest
     pipeline_version: int | None = None
+    #: the branch the revision comes from (environments may allow only some)
+    branch: str | None = None
+    #: ``promotion`` / ``rollback``: deploy ``artifact_id`` with only the stages of ``deploy_to``
+    kind: str = "deploy"
+    artifact_id: str | None = None
+    deploy_to: str | None = None
+    #: an admin's reason to push through freezes and required approvals
+    break_glass: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,8 +171,29 @@ class RecordGateCheck:
     actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
 
 
+@dataclass(frozen=True, kw_only=True)
+class AdmitRun:
+    """Try again to start a queued run's deploy stage (its environment may have come free)."""
+
+    run_id: str
+    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MoveToFront:
+    """An admin puts a queued run first in its environment's queue (audited, with a reason)."""
+
+    run_id: str
+    actor: Actor
+    reason: str
+    #: the queue position it takes: just before the current head's (the service reads it)
+    before: datetime | None = None
+
+
 RunCommand = (
     CancelRun
+    | AdmitRun
+    | MoveToFront
     | FailRun
     | TimeoutRun
     | PauseRun

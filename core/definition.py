@@ -103,9 +103,10 @@ class JobDef(_Strict):
 
 
 class GateDef(_Strict):
-    """A checkpoint before a stage: people approve it, or a command must pass."""
+    """A checkpoint before a stage: people approve it, a command must pass, or (external) a
+    webhook subscriber calls back with the verdict."""
 
-    type: Literal["manual", "automated"] = "manual"
+    type: Literal["manual", "automated", "external"] = "manual"
     approvers: list[str] = Field(default_factory=list)
     min_approvals: int = Field(default=1, ge=1, le=20)
     #: may the person who triggered the run approve it? (separation of duties says no)
@@ -128,6 +129,11 @@ class GateDef(_Strict):
                 raise ValueError("`run` only applies to type: automated")
             if self.on_timeout == "approve" and self.timeout is None:
                 raise ValueError("`on_timeout: approve` needs a `timeout`")
+        elif self.type == "external":
+            if self.run is not None or self.approvers:
+                raise ValueError("an external gate takes no `run` or `approvers`: a webhook calls back")
+            if self.timeout is None:
+                raise ValueError("an external gate needs `timeout` (how long to wait for the callback)")
         else:
             if not self.run:
                 raise ValueError("an automated gate needs `run`: a command that exits 0 to pass")
@@ -180,6 +186,17 @@ class TriggerDef(_Strict):
     schedule: ScheduleDef
 
 
+class PushDef(_Strict):
+    """``triggers: - push: {branches: [main, "release/*"]}``: a signed GitHub ``push`` to a
+    matching branch (glob patterns) starts a run of the pushed commit (its ``revision``)."""
+
+    branches: list[str] = Field(min_length=1)
+    parameters: dict[str, str | bool | int | float] = Field(default_factory=dict)
+    #: parameters that receive the pushed commit's SHA and the branch name, if the pipeline wants them
+    revision_parameter: str | None = Field(default=None, pattern=PARAM_NAME)
+    branch_parameter: str | None = Field(default=None, pattern=PARAM_NAME)
+
+
 class PipelineDef(_Strict):
     """A versioned blueprint for runs."""
 
@@ -193,8 +210,33 @@ class PipelineDef(_Strict):
     stages: list[StageDef] = Field(min_length=1)
     #: runs the clock starts (by the owner named in configuration, ``schedule_owner``)
     triggers: list[TriggerDef] = Field(default_factory=list)
+    #: runs source-control pushes start; written among ``triggers`` as ``- push: {…}``
+    push: list[PushDef] = Field(default_factory=list)
     #: the most a whole run may take (gates included); then it fails and its jobs are killed
     timeout: Duration | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _push_triggers(cls, data: Any) -> Any:
+        """A file lists both kinds of trigger under ``triggers``; pushes move to ``push``, so
+        what reads schedules never meets a push."""
+        if isinstance(data, dict) and isinstance(data.get("triggers"), list):
+            pushes = [t["push"] for t in data["triggers"] if isinstance(t, dict) and set(t) == {"push"}]
+            if pushes:
+                rest = [t for t in data["triggers"] if not (isinstance(t, dict) and set(t) == {"push"})]
+                before = data.get("push")
+                pushes = [*(before if isinstance(before, list) else []), *pushes]
+                data = {**data, "triggers": rest, "push": pushes}
+        return data
+
+    @model_validator(mode="after")
+    def _push_parameters(self) -> PipelineDef:
+        known = {p.name for p in self.parameters}
+        for rule in self.push:
+            for name in (rule.revision_parameter, rule.branch_parameter, *rule.parameters):
+                if name is not None and name not in known:
+                    raise ValueError(f"push trigger: {name!r} is not a parameter of this pipeline")
+        return self
 
     @field_validator("parameters")
     @classmethod

@@ -16,13 +16,16 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, assert_never
 
+from core.admission import Views, admit
 from core.commands import (
+    AdmitRun,
     ApproveGate,
     CancelRun,
     CompleteJob,
     ExpireLease,
     FailRun,
     InterruptJob,
+    MoveToFront,
     PauseRun,
     RecordGateCheck,
     RejectGate,
@@ -108,8 +111,10 @@ def _kind(entity: Entity) -> str:
 class _Plan:
     """A working copy of one run that records each change as it is made."""
 
-    def __init__(self, state: RunState, now: datetime) -> None:
+    def __init__(self, state: RunState, now: datetime, environments: Views | None = None) -> None:
         self.now = now
+        #: what stands between this run and each environment (None: nothing, as in unit tests)
+        self.environments = environments
         self.base = state
         self.run = state.run
         self.definition = state.definition
@@ -216,13 +221,18 @@ def _stage_index(entity: Stage | Job | Gate) -> int:
 
 
 def start(
-    fresh: RunState, now: datetime, *, reuse: RunState | None = None, ignored_by: str | None = None
+    fresh: RunState,
+    now: datetime,
+    *,
+    reuse: RunState | None = None,
+    ignored_by: str | None = None,
+    environments: Views | None = None,
 ) -> Decision:
     """Lay out a new run and take its first steps. ``reuse``: a run being retried, whose
     finished stages are carried over (skipped here, their outputs kept) instead of run again;
     with ``ignored_by``, the stage whose jobs failed is carried over too (it raises
     ``CommandRefused`` if the run failed for another reason, such as a rejected gate)."""
-    plan = _Plan(fresh, now)
+    plan = _Plan(fresh, now, environments)
     plan.note(
         "run.created",
         fresh.run,
@@ -242,9 +252,12 @@ def start(
     return plan.accept(created=True)
 
 
-def decide(state: RunState, command: RunCommand, now: datetime) -> Decision:
-    """Apply one command to one run. Pure: no I/O, no clock reads, no randomness."""
-    plan = _Plan(state, now)
+def decide(
+    state: RunState, command: RunCommand, now: datetime, environments: Views | None = None
+) -> Decision:
+    """Apply one command to one run. Pure: no I/O, no clock reads, no randomness (what the
+    environments look like is an input, read by the caller in the same transaction)."""
+    plan = _Plan(state, now, environments)
     try:
         _apply(plan, command)
         _advance(plan)
@@ -302,6 +315,23 @@ def _apply(plan: _Plan, command: RunCommand) -> None:
             _require_active(run, "cancel")
             why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
             _finish(plan, RunStatus.CANCELED, why)
+        case AdmitRun():
+            stage = next((s for s in plan.stages if s.status is StageStatus.QUEUED), None)
+            if run.status is not RunStatus.QUEUED or stage is None:
+                raise CommandRefused(f"{run.ref} is {run.status}, not queued for an environment")
+            if _admitted(plan, stage):
+                _start_stage(plan, stage)
+            elif plan.run.status is RunStatus.QUEUED and plan.run.reason == run.reason:
+                raise CommandRefused(f"{run.ref} still waits: {run.reason}")
+        case MoveToFront():
+            stage = next((s for s in plan.stages if s.status is StageStatus.QUEUED), None)
+            if stage is None:
+                raise CommandRefused(f"{run.ref} is {run.status}, not waiting in a queue")
+            before = command.before or plan.now
+            if stage.queued_at is not None and stage.queued_at <= before:
+                raise CommandRefused(f"{run.ref} is already first in {stage.environment}'s queue")
+            plan.set(stage, queued_at=before - timedelta(microseconds=1))
+            plan.note("stage.moved_to_front", stage, by=command.actor.name, reason=command.reason)
         case FailRun():
             _require_active(run, "mark failed")
             why = f"marked failed by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
@@ -547,8 +577,29 @@ def _advance(plan: _Plan) -> None:
             if run.status is RunStatus.RUNNING:
                 plan.move(run, RunStatus.WAITING, reason=f"gate {gate.stage_name} is open")
             return
-        _start_stage(plan, stage)
+        if stage.environment is None or _admitted(plan, stage):
+            _start_stage(plan, stage)
         return
+
+
+def _admitted(plan: _Plan, stage: Stage) -> bool:
+    """May ``stage`` start in its environment now? If not, the stage and the run wait in
+    ``queued`` (saying why), or the run fails when a freeze says so."""
+    assert stage.environment is not None
+    views = plan.environments
+    verdict = admit(views.get(stage.environment) if views is not None else None, plan.run)
+    if verdict.outcome == "admit":
+        return True
+    if verdict.outcome == "fail":
+        _finish(plan, RunStatus.FAILED, verdict.reason)
+        return False
+    if stage.status is not StageStatus.QUEUED:
+        plan.move(stage, StageStatus.QUEUED, queued_at=plan.now, reason=verdict.reason)
+        plan.move(plan.run, RunStatus.QUEUED, reason=verdict.reason)
+    elif plan.run.reason != verdict.reason:
+        plan.set(stage, reason=verdict.reason)
+        plan.set(plan.run, reason=verdict.reason)
+    return False
 
 
 def _settle_stage(plan: _Plan, stage: Stage) -> bool:
@@ -590,9 +641,9 @@ def _open(plan: _Plan, stage: Stage, gate: Gate) -> None:
 
 
 def _start_stage(plan: _Plan, stage: Stage) -> None:
-    if plan.run.status is RunStatus.WAITING:
+    if plan.run.status in (RunStatus.WAITING, RunStatus.QUEUED):
         plan.move(plan.run, RunStatus.RUNNING, reason="")
-    plan.move(stage, StageStatus.RUNNING, started_at=plan.now)
+    plan.move(stage, StageStatus.RUNNING, started_at=plan.now, reason="")
     for job in plan.jobs_of(stage):
         plan.move(job, JobStatus.QUEUED, queued_at=plan.now)
 
@@ -607,7 +658,7 @@ def _finish(plan: _Plan, status: RunStatus, reason: str, *, failed_stage: Stage 
         if failed_stage is not None and stage.id == failed_stage.id:
             plan.move(stage, StageStatus.FAILED, finished_at=now, reason=reason)
             started.add(stage.index)
-        elif stage.status in (StageStatus.RUNNING, StageStatus.WAITING):
+        elif stage.status in (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED):
             plan.move(stage, StageStatus.CANCELED, finished_at=now, reason=reason)
             started.add(stage.index)
         else:

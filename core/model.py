@@ -65,6 +65,14 @@ class Run:
     finished_at: datetime | None = None
     #: when the run times out (the pipeline's ``timeout`` after it started), if it has one
     deadline: datetime | None = None
+    #: the source branch the revision comes from (environments may allow only some branches)
+    branch: str | None = None
+    #: ``deploy`` (a run of the pipeline), ``promotion`` or ``rollback`` (deploy a known artifact)
+    kind: str = "deploy"
+    #: the artifact it deploys, when it was given one (promotion, rollback)
+    artifact_id: str | None = None
+    #: an admin pushed it through freezes and required approvals: why (None: no break glass)
+    break_glass: str | None = None
     #: optimistic-lock counter: every accepted command bumps it with a compare-and-set
     version: int = 0
 
@@ -87,6 +95,8 @@ class Stage:
     environment: str | None
     status: StageStatus = StageStatus.PENDING
     reason: str = ""
+    #: when it joined its environment's queue: the order runs are admitted in
+    queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -141,7 +151,7 @@ class Gate:
     run_id: str
     stage_index: int
     stage_name: str
-    kind: Literal["manual", "automated"]
+    kind: Literal["manual", "automated", "external"]
     status: GateStatus = GateStatus.PENDING
     approvers: tuple[str, ...] = ()
     min_approvals: int = 1
@@ -250,6 +260,10 @@ def new_run_state(
     retry_of: str | None,
     now: datetime,
     requested_by: tuple[str, ...] = (),
+    branch: str | None = None,
+    kind: str = "deploy",
+    artifact_id: str | None = None,
+    break_glass: str | None = None,
 ) -> RunState:
     """Every part of a fresh run, all pending, laid out from its pipeline version."""
     run = Run(
@@ -267,6 +281,10 @@ def new_run_state(
         retry_of=retry_of,
         requested_by=(*requested_by, *((actor.name,) if actor.name not in requested_by else ())),
         created_at=now,
+        branch=branch,
+        kind=kind,
+        artifact_id=artifact_id,
+        break_glass=break_glass,
     )
     stages, jobs, gates = [], [], []
     for i, sdef in enumerate(definition.stages):

@@ -21,9 +21,18 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from core.assignment import Assignment
-from core.commands import Command, ExpireLease, RecordGateCheck, TimeoutGate, TimeoutRun
+from core.commands import (
+    AdmitRun,
+    CancelRun,
+    Command,
+    ExpireLease,
+    RecordGateCheck,
+    TimeoutGate,
+    TimeoutRun,
+)
 from core.engine import Decision
 from core.executor import Executor
+from core.model import SYSTEM
 from core.service import ClaimJobs, Service
 from core.states import JobStatus
 from core.waiting import wait_event
@@ -188,6 +197,10 @@ class Orchestrator:
         commands: list[Command] = [ExpireLease(run_id=r, job_id=j, attempt=a) for r, j, a in timers.expired]
         commands += [TimeoutGate(run_id=r, gate=g) for r, g in timers.gate_deadlines]
         commands += [TimeoutRun(run_id=r) for r in timers.run_deadlines]
+        commands += [
+            CancelRun(run_id=r, actor=SYSTEM, reason=f"superseded by {by}") for r, by in timers.superseded
+        ]
+        commands += [AdmitRun(run_id=r) for r in timers.admissions]
         if commands:
             await asyncio.gather(*(self.handle(c) for c in commands))
         for check in timers.gate_checks:

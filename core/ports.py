@@ -14,10 +14,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from core.access import Grant
+from core.artifacts import Artifact, ArtifactSpec
 from core.definition import PipelineDef
 from core.engine import Change
 from core.events import Event
-from core.model import Gate, Job, RunState
+from core.model import Gate, Job, Run, RunState
+from core.review import Review
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +64,11 @@ class Deployment:
     started_at: datetime | None
     finished_at: datetime
     id: int | None = None
+    #: what it deployed (``web@1.4.2``) when the run built or was given an artifact
+    artifact_id: str | None = None
+    artifact: str | None = None
+    #: ``deploy``, ``promotion`` or ``rollback``
+    kind: str = "deploy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,34 @@ class Tx(Protocol):
     def held_attempts(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]: ...
     def due_gates(self, now: datetime, limit: int) -> list[Gate]: ...
     def overdue_runs(self, now: datetime, limit: int) -> list[str]: ...
+    def environment_queue(self, env: str) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+        """(id, ref) of the run deploying to ``env`` now, if any, and of those queued for it,
+        in queue order."""
+        ...
+
+    def queued_environments(self) -> list[str]: ...
+    def queue_head_at(self, state: RunState) -> datetime | None:
+        """When the first run in the queue ``state``'s queued stage waits in joined it."""
+        ...
+
+    def register_artifact(self, spec: ArtifactSpec, run: Run, now: datetime) -> Artifact:
+        """Register what a job of ``run`` built (``DigestConflict`` if the version is taken)."""
+        ...
+
+    def artifact(self, ref: str) -> Artifact | None: ...
+    def deployments_to(self, env: str, limit: int) -> list[Deployment]:
+        """Newest first."""
+        ...
+
+    def deployed_ok(self, artifact_id: str, env: str) -> bool: ...
+    def newest_artifact_of(self, pipeline: str) -> Artifact | None: ...
+    def artifacts_of_run(self, run_id: str) -> list[Artifact]: ...
+    def lock_after_rollback(self, env: str, reason: str, now: datetime) -> bool: ...
+    def open_review(self, review: Review) -> None: ...
+    def environment_lock(self, env: str, now: datetime) -> str | None:
+        """Who holds ``env``'s lock, since when and why, for people; None when it is free."""
+        ...
+
     def claim_gate_check(self, gate: Gate, until: datetime) -> bool: ...
     def latest_version(self, pipeline: str) -> PipelineVersion | None: ...
     def version_by_id(self, version_id: str) -> PipelineVersion | None: ...
@@ -115,6 +150,10 @@ class Store(Protocol):
     max_workers: int
 
     def transaction(self) -> AbstractContextManager[Tx]: ...
+    def reading(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction (it never takes SQLite's write lock)."""
+        ...
+
     def append_log(
         self, job_id: str, attempt: int, runner: str, chunks: Sequence[tuple[str, str]]
     ) -> bool: ...

@@ -12,20 +12,37 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from core import engine
 from core.access import check_approver
-from core.assignment import Assignment, for_gate_check, for_job
-from core.commands import ApproveGate, Command, RejectGate, RetryRun, TriggerRun, command_name
+from core.admission import EnvironmentView, Queue, QueueEntry, Views, admit, estimate_start
+from core.artifacts import ArtifactSpec, check_deployable, parse_artifact_output, to_spec
+from core.assignment import Assignment, for_gate_check, for_job, run_artifact
+from core.blockers import Blocker, Facts, blockers
+from core.commands import (
+    ApproveGate,
+    Command,
+    CompleteJob,
+    MoveToFront,
+    RejectGate,
+    RetryRun,
+    TriggerRun,
+    command_name,
+)
 from core.definition import PipelineDef, resolve_parameters
 from core.engine import Decision
-from core.errors import CommandRefused, Conflict, Forbidden
+from core.environments import Environments
+from core.errors import CommandRefused, Conflict, Forbidden, InvalidInput, NotFound
+from core.freeze import active_freeze
 from core.model import RunState, new_run_state
 from core.ports import AuditEntry, Deployment, PipelineVersion, Store, Tx
-from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, RunStatus
+from core.protection import only_deploy_to, protect
+from core.review import open_review
+from core.rollback import RollbackPlan, plan_rollback
+from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, JobStatus, RunStatus
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -35,6 +52,9 @@ Clock = Callable[[], datetime]
 AUTHENTICATED = frozenset({"rest", "slack", "console", "webhook", "schedule"})
 
 MICROSECOND = timedelta(microseconds=1)
+
+#: how far down an environment's queue the timer looks for a run that may go (break glass)
+QUEUE_SCAN = 20
 
 #: how often a command is decided again after losing a compare-and-set race
 CONFLICT_RETRIES = 20
@@ -61,13 +81,25 @@ class Timers:
     gate_deadlines: list[tuple[str, str]]  #: (run_id, gate_id)
     gate_checks: list[Assignment]
     run_deadlines: list[str] = field(default_factory=list)  #: run ids past their timeout
+    #: queued runs that may now enter their environment (the head of a free one's queue)
+    admissions: list[str] = field(default_factory=list)
+    #: (run id, ref of the newer run) for queued runs a newer one supersedes
+    superseded: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Service:
-    def __init__(self, store: Store, clock: Clock = utcnow, audit_runner_reports: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock = utcnow,
+        audit_runner_reports: bool = True,
+        environments: Environments | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.audit_runner_reports = audit_runner_reports
+        #: the environments' rules (configuration, not pipeline files)
+        self.environments = environments or Environments()
 
     # -- commands -------------------------------------------------------------------------
     def handle(self, command: Command) -> Decision:
@@ -128,12 +160,45 @@ class Service:
             assert state is not None
             if decision.created:
                 tx.insert_run(state)
+                if state.run.break_glass is not None:
+                    envs = {s.environment for s in state.stages if s.environment}
+                    within = min(
+                        (self.environments.policy(e).break_glass_review for e in envs), default=86400.0
+                    )
+                    tx.open_review(
+                        open_review(state.run.id, state.run.triggered_by, state.run.break_glass, now, within)
+                    )
             else:
                 assert decision.expect_version is not None
                 tx.apply(state, decision.expect_version, decision.changes)
             tx.append_events(decision.events)
             for deployment in _deployments(decision):
+                built = self.artifact_for(tx, state) if state is not None else None
+                if built is not None:
+                    found = tx.artifact(built.ref)
+                    deployment = replace(
+                        deployment, artifact=built.ref, artifact_id=found.id if found is not None else None
+                    )
                 tx.record_deployment(deployment)
+                if deployment.kind == "rollback" and deployment.status == "succeeded":
+                    why = (
+                        f"rolled back to {deployment.artifact or 'an earlier artifact'} by "
+                        f"{deployment.triggered_by} ({state.run.ref if state else ''}); acknowledge "
+                        "before deploying again"
+                    )
+                    if tx.lock_after_rollback(deployment.environment, why, now):
+                        tx.audit(
+                            AuditEntry(
+                                at=now,
+                                actor="shipyard",
+                                channel="system",
+                                action="lock_environment",
+                                target=deployment.environment,
+                                outcome="accepted",
+                                reason=why,
+                                detail={"kind": "rollback", "run_id": deployment.run_id},
+                            )
+                        )
         if self._audited(command, decision):
             tx.audit(_audit_entry(command, decision, now))
         return decision
@@ -146,6 +211,14 @@ class Service:
             return engine.reject(f"no run {command.run_id!r}", kind="not_found")
         if isinstance(command, RetryRun):
             return self._retry(tx, state, command, now)
+        if isinstance(command, MoveToFront) and command.before is None:
+            command = replace(command, before=tx.queue_head_at(state))
+        if (
+            isinstance(command, CompleteJob)
+            and command.outcome == "succeeded"
+            and "artifact" in command.outputs
+        ):
+            command = self._register_artifact(tx, state, command, now)
         if isinstance(command, ApproveGate | RejectGate) and command.actor.channel in AUTHENTICATED:
             gate = state.find_gate(command.gate)
             requested = state.run.requested_by or (state.run.triggered_by,)
@@ -159,9 +232,127 @@ class Service:
                     check_approver(command.actor.name, tx.grants_of(command.actor.name), gate, state.run)
                 except Forbidden as exc:
                     return engine.reject(exc.message, state, exc.kind)
-        return engine.decide(state, command, now)
+        return engine.decide(state, command, now, self._views(tx, state.run.id, now))
+
+    def _deploy_artifact(self, tx: Tx, command: TriggerRun) -> TriggerRun:
+        """A promotion or rollback: the artifact must be registered and not marked bad, and a
+        promotion must have passed the environment before its target on the path."""
+        artifact = tx.artifact(command.artifact_id or "")
+        if artifact is None:
+            raise NotFound(f"no artifact {command.artifact_id!r} is registered")
+        check_deployable(artifact)
+        env = command.deploy_to
+        if env is None:
+            raise InvalidInput(f"say which environment to deploy {artifact.ref} to")
+        previous = self.environments.required_previous(env)
+        if command.kind == "promotion" and previous is not None and not tx.deployed_ok(artifact.id, previous):
+            raise Forbidden(
+                f"{artifact.ref} has not been deployed successfully to {previous} yet; "
+                f"promote it to {previous} first (the path is {' → '.join(self.environments.path)})"
+            )
+        built_by = tx.load_run(artifact.run_id) if artifact.run_id else None
+        parameters = {**(built_by.run.parameters if built_by else {}), **command.parameters}
+        return replace(command, artifact_id=artifact.id, parameters=parameters)
+
+    def why(self, env: str, pipeline: str | None = None) -> list[Blocker]:
+        """Every reason a deployment of ``pipeline`` to ``env`` would wait or be refused now."""
+        with self.store.reading() as tx:
+            now = self.clock()
+            policy = self.environments.policy(env)
+            _, queued = tx.environment_queue(env)
+            freeze = active_freeze(policy.freezes, now)
+            unpromoted = None
+            previous = self.environments.required_previous(env)
+            newest = tx.newest_artifact_of(pipeline) if pipeline and previous else None
+            if newest is not None and previous is not None and not tx.deployed_ok(newest.id, previous):
+                unpromoted = (newest.ref, previous)
+            facts = Facts(
+                environment=env,
+                view=self.view(tx, env, None, now),
+                policy=policy,
+                queued=len(queued),
+                freeze_until=freeze.until if freeze is not None else None,
+                pipeline=pipeline,
+                archived=bool(pipeline and tx.is_archived(pipeline)),
+                unpromoted=unpromoted,
+            )
+            return blockers(facts)
+
+    def queue(self, env: str) -> Queue:
+        """What deploys to ``env`` now and what waits, in order, with estimated starts."""
+        with self.store.reading() as tx:
+            now = self.clock()
+            busy, queued = tx.environment_queue(env)
+            took = [
+                (d.finished_at - d.started_at).total_seconds()
+                for d in tx.deployments_to(env, 20)
+                if d.started_at is not None and d.status == "succeeded"
+            ]
+            typical = sum(took) / len(took) if took else None
+            since = None
+            if busy is not None:
+                state = tx.load_run(busy[0])
+                stage = (
+                    next((s for s in state.stages if s.environment == env and s.started_at), None)
+                    if state
+                    else None
+                )
+                since = stage.started_at if stage else None
+            entries = [
+                QueueEntry(run_id, ref, i + 1, estimate_start(i + 1, typical, since, now))
+                for i, (run_id, ref) in enumerate(queued)
+            ]
+            return Queue(env, busy, since, entries, typical)
+
+    def rollback_plan(self, env: str, to: str | None = None) -> RollbackPlan:
+        """What ``rollback`` of ``env`` would deploy (for the confirmation people see first)."""
+        with self.store.reading() as tx:
+            return plan_rollback(env, tx.deployments_to(env, 200), tx.artifact, to)
+
+    def _register_artifact(self, tx: Tx, state: RunState, report: CompleteJob, now: datetime) -> CompleteJob:
+        """A job that built an artifact registers it with its report; if the registry refuses
+        it (a mutable version, a digest that differs from the one registered), the job fails
+        saying why instead of deploying something that is not what it claims."""
+        job = state.job(report.job_id)
+        if job is None or job.status is not JobStatus.RUNNING or job.attempt != report.attempt:
+            return report  # a stale report: the engine refuses it
+        try:
+            tx.register_artifact(parse_artifact_output(report.outputs["artifact"]), state.run, now)
+        except CommandRefused as exc:
+            return replace(report, outcome="failed", detail=f"artifact refused: {exc.message}")
+        return report
+
+    def artifact_for(self, tx: Tx, state: RunState) -> ArtifactSpec | None:
+        """What the run's deploy stages deploy: the artifact it was given, or the one it built."""
+        if state.run.artifact_id is not None:
+            found = tx.artifact(state.run.artifact_id)
+            return to_spec(found) if found is not None else None
+        return run_artifact(state)
+
+    def _views(self, tx: Tx, run_id: str, now: datetime) -> Views:
+        return _LazyViews(lambda env: self.view(tx, env, run_id, now))
+
+    def view(self, tx: Tx, env: str, run_id: str | None, now: datetime) -> EnvironmentView:
+        """What stands between ``run_id`` and ``env`` now (read in this transaction)."""
+        busy, queued = tx.environment_queue(env)
+        head = next(((i, ref) for i, ref in queued), (None, None))
+        freeze = active_freeze(self.environments.policy(env).freezes, now)
+        return EnvironmentView(
+            name=env,
+            busy_with=busy[1] if busy is not None and busy[0] != run_id else None,
+            queue_head=head[0],
+            queue_head_ref=head[1],
+            lock=tx.environment_lock(env, now),
+            freeze=freeze.describe() if freeze is not None else None,
+            freeze_fails=self.environments.policy(env).on_freeze == "fail",
+        )
 
     def _trigger(self, tx: Tx, command: TriggerRun, now: datetime) -> Decision:
+        if command.artifact_id is not None:
+            try:
+                command = self._deploy_artifact(tx, command)
+            except CommandRefused as exc:
+                return engine.reject(exc.message, kind=exc.kind)
         version = tx.latest_version(command.pipeline)
         if version is None:
             if tx.is_archived(command.pipeline):
@@ -191,8 +382,9 @@ class Service:
             parameters = resolve_parameters(version.definition, command.parameters)
         except CommandRefused as exc:
             return engine.reject(exc.message, kind=exc.kind)
+        run_id = uuid.uuid4().hex
         fresh = new_run_state(
-            run_id=uuid.uuid4().hex,
+            run_id=run_id,
             number=number,
             definition=version.definition,
             pipeline_version=version.version,
@@ -203,8 +395,18 @@ class Service:
             idempotency_key=command.idempotency_key,
             retry_of=None,
             now=now,
+            branch=command.branch,
+            kind=command.kind,
+            artifact_id=command.artifact_id,
+            break_glass=command.break_glass,
         )
-        return engine.start(fresh, now)
+        try:
+            if command.deploy_to is not None:
+                fresh = only_deploy_to(fresh, command.deploy_to, f"{command.kind} to {command.deploy_to}")
+            fresh = protect(fresh, self.environments)
+        except CommandRefused as exc:
+            return engine.reject(exc.message, kind=exc.kind)
+        return engine.start(fresh, now, environments=self._views(tx, run_id, now))
 
     def _retry(self, tx: Tx, old: RunState, command: RetryRun, now: datetime) -> Decision:
         if old.run.status not in (RunStatus.FAILED, RunStatus.CANCELED):
@@ -226,10 +428,18 @@ class Service:
             retry_of=old.run.id,
             now=now,
             requested_by=old.run.requested_by or (old.run.triggered_by,),
+            branch=old.run.branch,
+            kind=old.run.kind,
+            artifact_id=old.run.artifact_id,
         )
         try:
+            fresh = protect(fresh, self.environments)
             return engine.start(
-                fresh, now, reuse=old, ignored_by=command.actor.name if command.ignore_failure else None
+                fresh,
+                now,
+                reuse=old,
+                ignored_by=command.actor.name if command.ignore_failure else None,
+                environments=self._views(tx, fresh.run.id, now),
             )
         except CommandRefused as exc:
             return engine.reject(exc.message, old, exc.kind)
@@ -271,7 +481,7 @@ class Service:
             claimed = state.job(change.id) if state is not None else None
             assert state is not None and claimed is not None
             events.append(engine.claimed(claimed, state.definition.stages[claimed.stage_index].name))
-            assignments.append(for_job(state, claimed))
+            assignments.append(for_job(state, claimed, self.artifact_for(tx, state)))
         tx.append_events(events)
         return assignments
 
@@ -316,7 +526,32 @@ class Service:
                     state = tx.load_run(gate.run_id)
                     if state is not None and state.run.status not in RUN_TERMINAL:
                         checks.append(for_gate_check(state, gate))
-            return Timers(expired, deadlines, checks, tx.overdue_runs(now, limit))
+            admissions, superseded = self._queues(tx, now)
+            return Timers(expired, deadlines, checks, tx.overdue_runs(now, limit), admissions, superseded)
+
+    def _queues(self, tx: Tx, now: datetime) -> tuple[list[str], list[tuple[str, str]]]:
+        """For each environment with runs waiting: under ``supersede``, all but the newest run
+        of each pipeline give way; the head of the queue is admitted if nothing is in its way."""
+        admissions: list[str] = []
+        superseded: list[tuple[str, str]] = []
+        for env in tx.queued_environments():
+            _, queued = tx.environment_queue(env)
+            if self.environments.policy(env).concurrency == "supersede":
+                newest: dict[str, str] = {}
+                for run_id, ref in reversed(queued):  # newest first
+                    pipeline = ref.rsplit("#", 1)[0]
+                    if pipeline in newest:
+                        superseded.append((run_id, newest[pipeline]))
+                    else:
+                        newest[pipeline] = ref
+                gone = {r for r, _ in superseded}
+                queued = [q for q in queued if q[0] not in gone]
+            for run_id, _ in queued[:QUEUE_SCAN]:  # the head, or one breaking the glass behind it
+                state = tx.load_run(run_id)
+                if state is not None and admit(self.view(tx, env, run_id, now), state.run).outcome != "wait":
+                    admissions.append(run_id)  # (a freeze that fails runs fails it on admission)
+                    break
+        return admissions, superseded
 
     # -- pipelines ------------------------------------------------------------------------
     def register_pipeline(
@@ -334,6 +569,25 @@ class Service:
     def find_run(self, ref: str) -> RunState | None:
         with self.store.transaction() as tx:
             return tx.find_run(ref)
+
+
+class _LazyViews(Mapping[str, EnvironmentView]):
+    """Environment views read on first use: most decisions never reach a deploy stage."""
+
+    def __init__(self, load: Callable[[str], EnvironmentView]) -> None:
+        self._load = load
+        self._seen: dict[str, EnvironmentView] = {}
+
+    def __getitem__(self, env: str) -> EnvironmentView:
+        if env not in self._seen:
+            self._seen[env] = self._load(env)
+        return self._seen[env]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._seen)
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 def _deployments(decision: Decision) -> list[Deployment]:
@@ -362,6 +616,7 @@ def _deployments(decision: Decision) -> list[Deployment]:
                 triggered_by=run.triggered_by,
                 started_at=stage.started_at,
                 finished_at=stage.finished_at or event.at,
+                kind=run.kind,
             )
         )
     return found
@@ -382,12 +637,26 @@ def _audit_entry(command: Command, decision: Decision, now: datetime) -> AuditEn
     detail: dict[str, object] = {}
     if decision.state is not None:
         detail["run_id"] = decision.state.run.id
-    for key in ("gate", "job_id", "attempt", "reason", "comment", "source_revision", "idempotency_key"):
+    for key in (
+        "gate",
+        "job_id",
+        "attempt",
+        "reason",
+        "comment",
+        "source_revision",
+        "idempotency_key",
+        "branch",
+        "artifact_id",
+        "deploy_to",
+        "break_glass",
+    ):
         value = getattr(command, key, None)
         if value:
             detail[key] = value
     if isinstance(command, TriggerRun):
         detail["parameters"] = {k: str(v) for k, v in command.parameters.items()}
+        if command.kind != "deploy":
+            detail["kind"] = command.kind
     outcome = "duplicate" if decision.duplicate else str(decision.outcome)
     return AuditEntry(
         at=now,

@@ -17,7 +17,7 @@ from core.errors import IllegalTransition
 
 class RunStatus(StrEnum):
     PENDING = "pending"  #: created, not started yet
-    QUEUED = "queued"  #: waiting for an environment lock held by another run
+    QUEUED = "queued"  #: its next stage waits for its environment (busy, locked, frozen, or others first)
     RUNNING = "running"  #: a stage is executing
     WAITING = "waiting"  #: a gate is open and must be cleared before the next stage
     PAUSED = "paused"  #: running jobs finish, nothing new starts until resumed
@@ -29,6 +29,7 @@ class RunStatus(StrEnum):
 class StageStatus(StrEnum):
     PENDING = "pending"  #: an earlier stage is still going
     WAITING = "waiting"  #: its gate is open
+    QUEUED = "queued"  #: waits for its environment: a deployment there, a lock, a freeze, the queue
     RUNNING = "running"  #: its jobs are queued or running
     SUCCEEDED = "succeeded"  #: every job succeeded
     PARTIAL = "partial"  #: only ``allow_failure`` jobs failed; the run goes on with a warning
@@ -65,7 +66,7 @@ RUN_TRANSITIONS: Final[Mapping[RunStatus, frozenset[RunStatus]]] = {
     R.PENDING: frozenset({R.RUNNING, R.QUEUED, R.CANCELED}),
     R.QUEUED: frozenset({R.RUNNING, R.FAILED, R.CANCELED}),
     R.RUNNING: frozenset({R.WAITING, R.PAUSED, R.QUEUED, R.SUCCEEDED, R.FAILED, R.CANCELED}),
-    R.WAITING: frozenset({R.RUNNING, R.PAUSED, R.FAILED, R.CANCELED}),
+    R.WAITING: frozenset({R.RUNNING, R.QUEUED, R.PAUSED, R.FAILED, R.CANCELED}),
     R.PAUSED: frozenset({R.RUNNING, R.SUCCEEDED, R.FAILED, R.CANCELED}),
     R.SUCCEEDED: frozenset(),
     R.FAILED: frozenset(),
@@ -73,8 +74,9 @@ RUN_TRANSITIONS: Final[Mapping[RunStatus, frozenset[RunStatus]]] = {
 }
 
 STAGE_TRANSITIONS: Final[Mapping[StageStatus, frozenset[StageStatus]]] = {
-    S.PENDING: frozenset({S.WAITING, S.RUNNING, S.CANCELED, S.SKIPPED}),
-    S.WAITING: frozenset({S.RUNNING, S.FAILED, S.CANCELED}),
+    S.PENDING: frozenset({S.WAITING, S.QUEUED, S.RUNNING, S.CANCELED, S.SKIPPED}),
+    S.WAITING: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.PARTIAL, S.FAILED, S.CANCELED}),
     S.SUCCEEDED: frozenset(),
     S.PARTIAL: frozenset(),
@@ -107,8 +109,11 @@ GATE_TRANSITIONS: Final[Mapping[GateStatus, frozenset[GateStatus]]] = {
 
 #: Why some transitions exist at all, for the rendered document.
 NOTES: Final[Mapping[tuple[str, str, str], str]] = {
-    ("run", "pending", "queued"): "the first stage's environment is locked by another run",
-    ("run", "running", "queued"): "the next stage's environment is locked by another run",
+    ("run", "pending", "queued"): "the first stage's environment is not free (busy, locked, frozen)",
+    ("run", "running", "queued"): "the next stage's environment is not free (busy, locked, frozen)",
+    ("run", "waiting", "queued"): "its gate was cleared; now the environment must be free",
+    ("run", "queued", "running"): "admitted: the environment is free and the run is first in its queue",
+    ("stage", "queued", "running"): "admitted into its environment (at most one deployment at a time)",
     ("run", "pending", "canceled"): "canceled before it started; nothing ran",
     ("run", "paused", "succeeded"): "the last running jobs finished while paused",
     ("run", "paused", "failed"): "a job that was still running failed while paused",

@@ -40,6 +40,10 @@ def run_from_row(r: Mapping[Any, Any]) -> Run:
         started_at=r["started_at"],
         finished_at=r["finished_at"],
         deadline=r["deadline"],
+        branch=r["branch"],
+        kind=r["kind"],
+        artifact_id=r["artifact_id"],
+        break_glass=r["break_glass"],
         version=r["version"],
     )
 
@@ -53,6 +57,7 @@ def stage_from_row(r: Mapping[Any, Any]) -> Stage:
         environment=r["environment"],
         status=StageStatus(r["status"]),
         reason=r["reason"],
+        queued_at=r["queued_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
     )

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.selectable import Select
 
-from storage.tables import T
+from storage.tables import T, metadata
 
 RUN, STAGE, JOB, GATE = T["run"], T["stage"], T["job"], T["gate"]
 EVENT, AUDIT, LOG, PIPELINE, VERSION = (
@@ -26,6 +26,7 @@ EVENT, AUDIT, LOG, PIPELINE, VERSION = (
     T["pipeline_version"],
 )
 DEPLOYMENT, TOKEN, GRANT, IDEMPOTENCY = T["deployment"], T["access_token"], T["grant"], T["idempotency"]
+LOCK = metadata.tables["environment_lock"]
 TABLE_OF = {"run": RUN, "stage": STAGE, "job": JOB, "gate": GATE}
 b = sa.bindparam
 
@@ -148,6 +149,39 @@ class Q:
         sa.select(PIPELINE.c.name).where(PIPELINE.c.archived.is_(False)).order_by(PIPELINE.c.name)
     )
 
+    delete_lock = sa.delete(LOCK).where(LOCK.c.environment == b("env"))
+    insert_lock = sa.insert(LOCK)
+    deployments_to = (
+        sa.select(DEPLOYMENT)
+        .where(DEPLOYMENT.c.environment == b("env"))
+        .order_by(DEPLOYMENT.c.id.desc())
+        .limit(b("limit"))
+    )
+    deployed_ok = (
+        sa.select(DEPLOYMENT.c.id)
+        .where(
+            DEPLOYMENT.c.artifact_id == b("a"),
+            DEPLOYMENT.c.environment == b("env"),
+            DEPLOYMENT.c.status == "succeeded",
+        )
+        .limit(1)
+    )
+    #: the deploy stage running in an environment (the unique index allows one) and the queue
+    environment_queue = (
+        sa.select(STAGE.c.run_id, RUN.c.pipeline, RUN.c.number, STAGE.c.status)
+        .join(RUN, RUN.c.id == STAGE.c.run_id)
+        .where(STAGE.c.environment == b("env"), STAGE.c.status.in_(("running", "queued")))
+        .order_by(STAGE.c.queued_at, STAGE.c.run_id)
+    )
+    queue_head_at = sa.select(sa.func.min(STAGE.c.queued_at)).where(
+        STAGE.c.environment == b("env"), STAGE.c.status == "queued"
+    )
+    queued_environments = (
+        sa.select(STAGE.c.environment)
+        .where(STAGE.c.status == "queued")
+        .distinct()
+        .order_by(STAGE.c.environment)
+    )
     overdue_runs = (
         sa.select(RUN.c.id)
         .where(RUN.c.deadline <= b("now"), RUN.c.status.in_(("running", "waiting", "paused", "queued")))

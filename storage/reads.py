@@ -177,7 +177,7 @@ class Reads:
     def deployments(self, environment: str, before: int | None, limit: int) -> list[Deployment]:
         params = {"env": environment, "before": before if before is not None else 2**63 - 1, "limit": limit}
         with self.store.reading() as tx:
-            return [_deployment(r) for r in tx.conn.execute(DEPLOYMENTS, params).mappings()]
+            return [deployment_from_row(r) for r in tx.conn.execute(DEPLOYMENTS, params).mappings()]
 
     def current_deployment(self, environment: str) -> Deployment | None:
         """The newest deployment to ``environment`` that succeeded: what runs there now."""
@@ -189,7 +189,7 @@ class Reads:
         )
         with self.store.reading() as tx:
             row = tx.conn.execute(query).mappings().first()
-        return _deployment(row) if row is not None else None
+        return deployment_from_row(row) if row is not None else None
 
     # -- audit --------------------------------------------------------------------------------
     def audit(
@@ -219,7 +219,7 @@ class Reads:
             last = rows[-1]["id"]
 
 
-def _deployment(r: Any) -> Deployment:
+def deployment_from_row(r: Any) -> Deployment:
     return Deployment(
         id=r["id"],
         environment=r["environment"],
@@ -233,6 +233,9 @@ def _deployment(r: Any) -> Deployment:
         triggered_by=r["triggered_by"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        artifact_id=r["artifact_id"],
+        artifact=r["artifact"],
+        kind=r["kind"],
     )
 
 

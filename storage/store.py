@@ -31,13 +31,17 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core.access import Grant
+from core.artifacts import Artifact, ArtifactSpec
 from core.audit import entry_hash
 from core.definition import PipelineDef
 from core.engine import Change
 from core.errors import CommandRefused, Conflict
 from core.events import Event
-from core.model import Gate, Job, RunState, evolve
+from core.locks import Lock
+from core.locks import describe as describe_lock
+from core.model import Gate, Job, Run, RunState, evolve
 from core.ports import AuditEntry, Deployment, LogChunk, PipelineVersion
+from core.review import Review
 from storage import mappers as m
 from storage.db import is_sqlite, make_engine
 from storage.fastpath import DriverStatements
@@ -68,6 +72,9 @@ DEPLOYMENT_KEYS = (
     "triggered_by",
     "started_at",
     "finished_at",
+    "artifact_id",
+    "artifact",
+    "kind",
 )
 #: advisory lock key that orders event appends on PostgreSQL
 EVENT_LOCK = 0x5348_4950_4556
@@ -338,7 +345,8 @@ class SqlTx:
         stages = tuple(m.stage_from_row(r) for r in fetch(Q.stages_of).fetch_mappings(c, {"id": run_id}))
         jobs = tuple(m.job_from_row(r) for r in fetch(Q.jobs_of).fetch_mappings(c, {"id": run_id}))
         gates: tuple[Gate, ...] = ()
-        if any(s.gate is not None for s in version.definition.stages):
+        # (environments' rules add gates to deploy stages, so those may have one too)
+        if any(s.gate is not None or s.environment is not None for s in version.definition.stages):
             gates = tuple(m.gate_from_row(r) for r in fetch(Q.gates_of).fetch_mappings(c, {"id": run_id}))
         state = RunState(run, stages, jobs, gates, version.definition)
         self.on_commit.append(lambda: self.store.remember(state))
@@ -529,6 +537,82 @@ class SqlTx:
 
     def overdue_runs(self, now: datetime, limit: int) -> list[str]:
         return list(self.conn.execute(Q.overdue_runs, {"now": now, "limit": limit}).scalars())
+
+    def environment_queue(self, env: str) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+        busy: tuple[str, str] | None = None
+        queued: list[tuple[str, str]] = []
+        for run_id, pipeline, number, status in self.conn.execute(Q.environment_queue, {"env": env}):
+            if status == "running":
+                busy = (run_id, f"{pipeline}#{number}")
+            else:
+                queued.append((run_id, f"{pipeline}#{number}"))
+        return busy, queued
+
+    def queue_head_at(self, state: RunState) -> datetime | None:
+        env = next((s.environment for s in state.stages if s.status == "queued"), None)
+        if env is None:
+            return None
+        found: datetime | None = self.conn.execute(Q.queue_head_at, {"env": env}).scalar()
+        return found
+
+    def queued_environments(self) -> list[str]:
+        return list(self.conn.execute(Q.queued_environments).scalars())
+
+    def environment_lock(self, env: str, now: datetime) -> str | None:
+        from storage.locks import current_lock
+
+        lock = current_lock(self.conn, env, now)
+        return describe_lock(lock, now) if lock is not None else None
+
+    def open_review(self, review: Review) -> None:
+        from storage import reviews
+
+        reviews.insert(self.conn, review)
+
+    def lock_after_rollback(self, env: str, reason: str, now: datetime) -> bool:
+        """Hold ``env`` after a rollback until someone acknowledges it; False if it is already
+        locked (that lock stays)."""
+        from storage.locks import _values as lock_values
+        from storage.locks import current_lock
+
+        if current_lock(self.conn, env, now) is not None:
+            return False
+        self.conn.execute(Q.delete_lock, {"env": env})  # an expired one
+        lock = Lock(environment=env, holder="shipyard", reason=reason, since=now, kind="rollback")
+        self.conn.execute(Q.insert_lock, [lock_values(lock)])
+        return True
+
+    def register_artifact(self, spec: ArtifactSpec, run: Run, now: datetime) -> Artifact:
+        from storage import artifacts  # (it builds on this module)
+
+        artifact, _ = artifacts.register(
+            self.conn, spec, run_id=run.id, pipeline=run.pipeline, by=run.triggered_by, now=now
+        )
+        return artifact
+
+    def artifact(self, ref: str) -> Artifact | None:
+        from storage import artifacts
+
+        return artifacts.find(self.conn, ref)
+
+    def deployments_to(self, env: str, limit: int) -> list[Deployment]:
+        from storage.reads import deployment_from_row
+
+        rows = self.conn.execute(Q.deployments_to, {"env": env, "limit": limit}).mappings()
+        return [deployment_from_row(r) for r in rows]
+
+    def deployed_ok(self, artifact_id: str, env: str) -> bool:
+        return self.conn.execute(Q.deployed_ok, {"a": artifact_id, "env": env}).first() is not None
+
+    def newest_artifact_of(self, pipeline: str) -> Artifact | None:
+        from storage import artifacts
+
+        return artifacts.newest_of(self.conn, pipeline)
+
+    def artifacts_of_run(self, run_id: str) -> list[Artifact]:
+        from storage import artifacts
+
+        return artifacts.of_run(self.conn, run_id)
 
     def due_gates(self, now: datetime, limit: int) -> list[Gate]:
         query = Q.due_gates_pg if self._pg else Q.due_gates

@@ -87,11 +87,27 @@ class RunRow(SQLModel, table=True):
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     deadline: datetime | None = _ts(index=True)
+    branch: str | None = Field(default=None, max_length=255)
+    kind: str = Field(default="deploy", max_length=16)
+    artifact_id: str | None = Field(default=None, max_length=64, index=True)
+    break_glass: str | None = None
     version: int = 0
 
 
 class StageRow(SQLModel, table=True):
     __tablename__ = "stage"
+    __table_args__ = (
+        # at most one deployment at a time per environment: a second stage moving to running
+        # there breaks this index, so two processes can never both admit a run
+        sa.Index(
+            "ux_stage_environment_running",
+            "environment",
+            unique=True,
+            sqlite_where=sa.text("status = 'running'"),
+            postgresql_where=sa.text("status = 'running'"),
+        ),
+        sa.Index("ix_stage_status_queued_at", "status", "queued_at"),
+    )
     id: str = Field(primary_key=True, max_length=80)
     run_id: str = Field(foreign_key="run.id", index=True, max_length=64)
     position: int
@@ -99,6 +115,7 @@ class StageRow(SQLModel, table=True):
     environment: str | None = Field(default=None, max_length=63, index=True)
     status: str = Field(max_length=16)
     reason: str = _text()
+    queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
 
@@ -211,6 +228,9 @@ class DeploymentRow(SQLModel, table=True):
     triggered_by: str = Field(max_length=200)
     started_at: datetime | None = _ts()
     finished_at: datetime = _ts(nullable=False)
+    artifact_id: str | None = Field(default=None, max_length=64)
+    artifact: str | None = Field(default=None, max_length=200)
+    kind: str = Field(default="deploy", max_length=16)
 
 
 class AccessTokenRow(SQLModel, table=True):
@@ -329,3 +349,163 @@ T = {
         "cursor",
     )
 }
+
+
+class ArtifactRow(SQLModel, table=True):
+    """A registered artifact. (name, version) is unique: the constraint is what refuses a second
+    digest for a version, even between two registrations at the same instant."""
+
+    __tablename__ = "artifact"
+    __table_args__ = (
+        sa.UniqueConstraint("name", "version", name="uq_artifact_name_version"),
+        sa.Index("ix_artifact_name_created", "name", "created_at"),
+        sa.Index("ix_artifact_created", "created_at"),
+    )
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=63)
+    version: str = Field(max_length=128)
+    digest: str = Field(max_length=140)
+    uri: str = Field(sa_column=Column(sa.Text(), nullable=False))
+    meta: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", sa.JSON(), nullable=False)
+    )
+    run_id: str | None = Field(default=None, max_length=64, index=True)
+    pipeline: str | None = Field(default=None, max_length=63)
+    created_by: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)
+    bad: bool = False
+    bad_reason: str | None = Field(default=None, sa_column=Column(sa.Text(), nullable=True))
+    bad_by: str | None = Field(default=None, max_length=200)
+    bad_at: datetime | None = _ts()
+
+
+def _bigint(default: int | None = 0, primary_key: bool = False) -> Any:
+    kind = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    if primary_key:
+        return Field(default=None, sa_column=Column(kind, primary_key=True, autoincrement=True))
+    return Field(default=default, sa_column=Column(kind, nullable=default is None))
+
+
+class WebhookRow(SQLModel, table=True):
+    """An outgoing webhook subscription. Its secret signs every delivery (Standard Webhooks), so it
+    is kept as given, like any HMAC key; ``status`` moves by conditional updates only."""
+
+    __tablename__ = "webhook"
+    id: str = Field(primary_key=True, max_length=40)
+    url: str = _text()
+    events: list[str] = _json([])
+    pipeline: str | None = Field(default=None, max_length=63)
+    environment: str | None = Field(default=None, max_length=63)
+    description: str = _text()
+    secret: str = Field(max_length=100)
+    status: str = Field(max_length=12, index=True)
+    status_reason: str = _text()
+    owner: str = Field(max_length=200)
+    #: events up to this sequence number happened before the subscription existed
+    from_seq: int = _bigint()
+    consecutive_failures: int = 0
+    failing_since: datetime | None = _ts()
+    created_at: datetime = _ts(nullable=False)
+    changed_at: datetime | None = _ts()
+
+
+class WebhookDeliveryRow(SQLModel, table=True):
+    """One message for one subscription: the outbox. ``key`` makes the outbox idempotent;
+    ``position`` orders a run's messages; ``next_attempt_at`` is when it is due (while it is
+    being sent, when its sender's lease runs out)."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.UniqueConstraint("webhook_id", "key", name="uq_webhook_delivery_key"),
+        sa.Index("ix_webhook_delivery_due", "state", "next_attempt_at"),
+        sa.Index("ix_webhook_delivery_order", "webhook_id", "run_id", "position"),
+    )
+    id: int | None = _bigint(None, primary_key=True)
+    webhook_id: str = Field(foreign_key="webhook.id", max_length=40)
+    key: str = Field(max_length=160)
+    msg_id: str = Field(max_length=160)
+    event_type: str = Field(max_length=24)
+    event_seq: int = _bigint()
+    position: int = _bigint()
+    run_id: str = Field(max_length=64)
+    subject_id: str = Field(max_length=90)
+    body: str = _text()
+    state: str = Field(max_length=12)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts(nullable=False)
+    last_status: int | None = None
+    last_error: str = _text()
+    created_at: datetime = _ts(nullable=False)
+    finished_at: datetime | None = _ts()
+    redelivery_of: int | None = _bigint(None)
+
+
+class WebhookAttemptRow(SQLModel, table=True):
+    """One HTTP request of a delivery: what was sent, what came back, how long it took."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (sa.UniqueConstraint("delivery_id", "number", name="uq_webhook_attempt_number"),)
+    id: int | None = _bigint(None, primary_key=True)
+    delivery_id: int = Field(
+        sa_column=Column(
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.ForeignKey("webhook_delivery.id"),
+            nullable=False,
+        )
+    )
+    number: int
+    at: datetime = _ts(nullable=False)
+    duration_ms: float = 0.0
+    status: int | None = None
+    error: str = _text()
+    request_headers: dict[str, str] = _json({})
+    response: str = _text()
+
+
+class HookTriggerRow(SQLModel, table=True):
+    """An incoming trigger: ``POST /api/v1/hooks/{id}`` signed with its secret starts a run."""
+
+    __tablename__ = "hook_trigger"
+    id: str = Field(primary_key=True, max_length=40)
+    pipeline: str = Field(max_length=63, index=True)
+    kind: str = Field(max_length=12)
+    secret: str = Field(max_length=100)
+    description: str = _text()
+    owner: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)
+    deleted_at: datetime | None = _ts()
+
+
+class EnvironmentLockRow(SQLModel, table=True):
+    """An environment's lock (``core.locks``). The environment is the primary key, so at most
+    one lock exists per environment: of two people locking at once, the insert that commits
+    first wins and the other meets the key. Every later change is a conditional update on the
+    holder and ``since`` read, which is how an expired lock is taken over, and how the keeper
+    claims each expiry, reminder and handover message once."""
+
+    __tablename__ = "environment_lock"
+    environment: str = Field(primary_key=True, max_length=63)
+    holder: str = Field(max_length=200)
+    reason: str = _text()
+    kind: str = Field(max_length=12)
+    since: datetime = _ts(nullable=False)
+    expires_at: datetime | None = _ts(index=True)
+    handover_requested_by: str | None = Field(default=None, max_length=200)
+    #: the request the holder was told about (a new request differs, and is told again)
+    handover_told: str | None = Field(default=None, max_length=200)
+    reminded_at: datetime | None = _ts()
+
+
+class ReviewRow(SQLModel, table=True):
+    """The follow-up review a break-glass run owes: someone other than the admin who broke the
+    glass acknowledges it (``core.review``). Acknowledging is a conditional update, so two
+    people never both do it; reminders are claimed like every thread post (``storage.slack``)."""
+
+    __tablename__ = "review"
+    run_id: str = Field(primary_key=True, max_length=64)
+    admin: str = Field(max_length=200)
+    reason: str = _text()
+    opened_at: datetime = _ts(nullable=False)
+    due_at: datetime = _ts(nullable=False, index=True)
+    acknowledged_by: str | None = Field(default=None, max_length=200)
+    acknowledged_at: datetime | None = _ts()

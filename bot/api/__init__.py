@@ -10,7 +10,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from bot.api import environments, pipelines, runs, schedules  # noqa: F401  (they register their operations)
+from bot.api import artifacts, deploys, environments, locks, pipelines, runs, schedules, webhooks  # noqa: F401  (they register their operations)
 from bot.api.gateway import ApiGateway
 from bot.api.problems import Problem
 from bot.api.routing import PREFIX

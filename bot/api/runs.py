@@ -69,6 +69,10 @@ def _created(state: RunState, status: int) -> web.Response:
 async def trigger_run(call: Call) -> web.Response:
     """Answers at once; follow the run with GET /runs/{run_id} or its event stream."""
     body: TriggerIn = call.body
+    if body.break_glass is not None and not call.principal.may(Action.MANAGE):
+        raise Problem(
+            403, "only admins may break the glass (push a run through freezes and required approvals)"
+        )
     key = None
     if call.idempotency_key is not None:
         key = "api:" + _digest(call.principal.name, call.idempotency_key)
@@ -81,6 +85,8 @@ async def trigger_run(call: Call) -> web.Response:
             source_revision=body.revision,
             idempotency_key=key,
             pipeline_version=body.pipeline_version,
+            branch=body.branch,
+            break_glass=body.break_glass,
         ),
     )
     assert decision.state is not None

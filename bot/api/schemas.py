@@ -54,6 +54,18 @@ class TriggerIn(Strict):
         None, min_length=1, max_length=200, description="the source revision (commit SHA) this run is for"
     )
     pipeline_version: int | None = Field(None, ge=1, le=2_000_000_000)
+    branch: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="the branch the revision is on (environments may allow only some)",
+    )
+    break_glass: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="admins: why this run goes through freezes and required approvals (audited, announced)",
+    )
 
 
 class CancelIn(Strict):
@@ -155,7 +167,7 @@ class ApprovalOut(BaseModel):
 
 class GateOut(BaseModel):
     id: str
-    kind: Literal["manual", "automated"]
+    kind: Literal["manual", "automated", "external"]
     status: GateStatus
     approvers: list[str]
     min_approvals: int
@@ -271,6 +283,12 @@ class RunSummary(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    kind: Literal["deploy", "promotion", "rollback"] = Field(
+        description="a rollback or promotion deploys a known artifact"
+    )
+    branch: str | None
+    artifact_id: str | None = Field(description="the artifact a promotion or rollback deploys")
+    break_glass: str | None = Field(description="an admin pushed it through freezes and approvals: why")
 
     @classmethod
     def fields_of(cls, state: RunState) -> dict[str, Any]:
@@ -292,6 +310,10 @@ class RunSummary(BaseModel):
             "created_at": r.created_at,
             "started_at": r.started_at,
             "finished_at": r.finished_at,
+            "kind": r.kind,  # (deploy, promotion or rollback by construction)
+            "branch": r.branch,
+            "artifact_id": r.artifact_id,
+            "break_glass": r.break_glass,
         }
 
     @classmethod
@@ -336,6 +358,8 @@ class DeploymentOut(BaseModel):
     triggered_by: str
     started_at: datetime | None
     finished_at: datetime
+    artifact: str | None = Field(description="what it deployed (name@version), when known")
+    kind: Literal["deploy", "promotion", "rollback"]
 
     @classmethod
     def of(cls, d: Deployment) -> DeploymentOut:
@@ -353,6 +377,8 @@ class DeploymentOut(BaseModel):
             triggered_by=d.triggered_by,
             started_at=d.started_at,
             finished_at=d.finished_at,
+            artifact=d.artifact,
+            kind=d.kind,
         )
 
 

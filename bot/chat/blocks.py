@@ -8,6 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from core.admission import QueueEntry
 from core.duration import format_duration
 from core.model import Gate, Job, RunState
 from core.ports import Deployment
@@ -38,6 +39,8 @@ SECTION_MAX = 3000
 # action ids: the Slack app listens for these
 APPROVE, REJECT, CANCEL, RETRY = "gate_approve", "gate_reject", "run_cancel", "run_retry"
 IGNORE, FAIL = "run_ignore_failure", "run_fail"
+#: "Roll back <env>": asks first (``bot.chat.environments``), then rolls back
+ROLLBACK_ASK = "env_rollback_ask"
 CONFIRM = "run_confirm"
 
 
@@ -88,6 +91,11 @@ def took(start: datetime | None, end: datetime | None) -> str:
     return format_duration((end - start).total_seconds()) if start and end else ""
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def ref_value(state: RunState, gate: Gate | None = None) -> str:
     return json.dumps({"run": state.run.id, **({"gate": gate.id} if gate else {})})
 
@@ -98,16 +106,28 @@ def run_summary(state: RunState) -> str:
     return f"{EMOJI.get(run.status, '')} {run.ref} {run.status}"
 
 
-def run_message(state: RunState) -> tuple[str, list[Block]]:
-    """The one message per run, edited in place as it moves."""
+def run_message(state: RunState, place: QueueEntry | None = None) -> tuple[str, list[Block]]:
+    """The one message per run, edited in place as it moves. ``place``: where it waits in its
+    environment's queue, when it waits in one."""
     run = state.run
     head = f"{EMOJI.get(run.status, '')} *{run.ref}* — *{run.status}*"
+    if run.kind != "deploy":
+        head += f" · {run.kind}"
     if run.source_revision:
         head += f" · `{run.source_revision[:12]}`"
     lines = [head, f"triggered by {who(run.triggered_by)} via {run.trigger_channel}"]
     if run.retry_of:
         lines[-1] += " (a retry)"
     blocks = [text("\n".join(lines))]
+    if run.break_glass:
+        blocks.append(context(f":rotating_light: break glass: {run.break_glass}"))
+    if run.status is RunStatus.QUEUED:
+        waits = f":hourglass_flowing_sand: {run.reason}"
+        if place is not None:
+            waits += f" · {_ordinal(place.position)} in line"
+            if place.eta is not None:
+                waits += f", expected to start around {place.eta:%H:%M} UTC"
+        blocks.append(context(waits))
     if run.parameters:
         blocks.append(context(" ".join(f"`{k}={v}`" for k, v in run.parameters.items())))
     stage_lines = []
@@ -246,6 +266,17 @@ def job_lost(state: RunState, job: Job, attempt: int, reason: str) -> tuple[str,
                 f"lost-{job.id}-{attempt}",
                 button("Mark run failed", FAIL, value, "danger", judged),
                 button("Cancel run", CANCEL, value),
+                *(
+                    [
+                        button(
+                            f"Roll back {stage.environment}"[:75],
+                            ROLLBACK_ASK,
+                            json.dumps({"env": stage.environment}),
+                        )
+                    ]
+                    if stage.environment
+                    else []
+                ),
             )
         )
     return f"{state.run.ref}: job {stage.name}/{job.name} lost", blocks
@@ -295,4 +326,13 @@ def run_finished(state: RunState) -> tuple[str, list[Block]]:
     line = f"{EMOJI.get(run.status, '')} *{run.ref}* {run.status}" + (f" in {duration}" if duration else "")
     if run.reason and run.status is not RunStatus.SUCCEEDED:
         line += f" — {run.reason}"
-    return f"{run.ref} {run.status}", [text(line)]
+    blocks = [text(line)]
+    if run.kind != "rollback" and (rollbacks := rollback_buttons(state)):
+        blocks.append(actions(f"rollback-{run.id}", *rollbacks))
+    return f"{run.ref} {run.status}", blocks
+
+
+def rollback_buttons(state: RunState) -> list[Block]:
+    """A "Roll back" button per environment this run deployed to (or began to): it asks first."""
+    envs = dict.fromkeys(s.environment for s in state.stages if s.environment and s.started_at)
+    return [button(f"Roll back {env}"[:75], ROLLBACK_ASK, json.dumps({"env": env})) for env in envs if env]

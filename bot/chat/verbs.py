@@ -99,6 +99,9 @@ class Verb:
 
 
 VERBS: dict[str, Verb] = {}
+#: buttons other chat modules answer (action id → handler of the button's value)
+Button = Callable[[Desk, Who, str], Awaitable[Reply]]
+BUTTONS: dict[str, Button] = {}
 
 
 def verb(
@@ -201,7 +204,12 @@ async def _stuck_runs(desk: Desk) -> Reply:
     return Reply(summary, [bk.text(summary), *(b for s in found for b in bk.stuck_run(s))])
 
 
-@verb("run", "run <pipeline> [key=value…]", "start a run", Action.TRIGGER)
+@verb(
+    "run",
+    'run <pipeline> [key=value…] [branch=…] [--break-glass "reason"]',
+    "start a run (admins: --break-glass passes freezes and required approvals)",
+    Action.TRIGGER,
+)
 async def run(desk: Desk, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("run"))
@@ -209,9 +217,21 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
     found = {p.name: p for p in await desk.read(desk.reads.pipelines, None, 200)}
     if pipeline not in found:
         raise Refusal(did_you_mean("pipeline", pipeline, list(found)))
-    if len(line.words) > 1:
-        raise Refusal(f"Parameters look like `key=value`; what is `{line.words[1]}`? {_usage('run')}")
+    words = line.words[1:]
+    glass = None
+    if "--break-glass" in words:
+        at = words.index("--break-glass")
+        if at + 1 >= len(words) or not words[at + 1].strip():
+            raise Refusal('Say why you break the glass: `/deploy run <pipeline> … --break-glass "reason"`')
+        glass = words[at + 1]
+        del words[at : at + 2]
+        (await desk.principal(who.user)).require(Action.MANAGE)
+    if words:
+        raise Refusal(f"Parameters look like `key=value`; what is `{words[0]}`? {_usage('run')}")
     revision = line.params.pop("revision", None)
+    branch = line.params.pop("branch", None)
+    if glass is not None:  # no second question: the admin said why already
+        return await start_run(desk, who, pipeline, line.params, revision, branch=branch, break_glass=glass)
     guarded = [
         s.environment
         for s in found[pipeline].latest.definition.stages
@@ -219,14 +239,28 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
     ]
     if guarded:
         return await _ask_to_confirm(desk, pipeline, line.params, revision, guarded)
-    return await start_run(desk, who, pipeline, line.params, revision)
+    return await start_run(desk, who, pipeline, line.params, revision, branch=branch)
 
 
 async def start_run(
-    desk: Desk, who: Who, pipeline: str, params: dict[str, str], revision: str | None
+    desk: Desk,
+    who: Who,
+    pipeline: str,
+    params: dict[str, str],
+    revision: str | None,
+    *,
+    branch: str | None = None,
+    break_glass: str | None = None,
 ) -> Reply:
     decision = await desk.decide(
-        TriggerRun(pipeline=pipeline, actor=who.actor, parameters=params, source_revision=revision)
+        TriggerRun(
+            pipeline=pipeline,
+            actor=who.actor,
+            parameters=params,
+            source_revision=revision,
+            branch=branch,
+            break_glass=break_glass,
+        )
     )
     if not decision.accepted:
         if decision.refusal != "invalid":
@@ -240,6 +274,12 @@ async def start_run(
     assert decision.state is not None
     if desk.on_run_started is not None:
         await desk.on_run_started(decision.state.run.id, who.channel_id)
+    if break_glass is not None:  # the channel is told, not only the admin
+        return Reply(
+            f":rotating_light: {bk.who(who.user)} broke the glass: *{decision.state.run.ref}* goes through "
+            f"freezes and required approvals. Reason: {break_glass}",
+            public=True,
+        )
     return Reply(f"Started *{decision.state.run.ref}*; its message follows in this channel.")
 
 
@@ -453,6 +493,13 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
     the press went through (the run's message shows the result)."""
     if action_id == bk.CONFIRM:
         return await _confirmed(desk, who, value)
+    if action_id in BUTTONS:
+        try:
+            return await BUTTONS[action_id](desk, who, value)
+        except Refusal as exc:
+            return Reply(f":warning: {exc}")
+        except ShipyardError as exc:
+            return Reply(f":warning: {exc.message}")
     try:
         ref = json.loads(value)
         run_id, gate = str(ref["run"]), str(ref.get("gate", ""))

@@ -19,12 +19,18 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
 from bot.chat import blocks as bk
+from bot.chat import lock_blocks as lb
+from bot.chat.environments import review_reminder
 from bot.chat.verbs import Desk
 from bot.slack.home import publish_home
+from core.admission import QueueEntry
 from core.events import Event
 from core.model import RunState
+from core.review import REMIND_EVERY_S, reminder_number
 from core.states import JOB_FAILURES, RUN_TERMINAL, JobStatus
 from core.waiting import wait_event
+from storage.locks import LockBook
+from storage.reviews import ReviewBook
 from storage.slack import SlackState
 
 log = logging.getLogger(__name__)
@@ -124,6 +130,12 @@ class Notifier:
     async def _on_event(self, state: RunState, message: tuple[str, str], event: Event) -> None:
         channel, ts = message
         self._dirty.setdefault(state.run.id, self._edited.get(state.run.id, 0.0) + EDIT_EVERY_S)
+        if event.subject == "stage" and event.to_status in ("running", "queued", "canceled"):
+            stage = next((s for s in state.stages if s.id == event.subject_id), None)
+            if stage is not None and stage.environment is not None:  # the others' places moved
+                queue = await self.desk.read(self.desk.yard.service.queue, stage.environment)
+                for entry in queue.waiting:
+                    self._dirty.setdefault(entry.run_id, self._edited.get(entry.run_id, 0.0) + EDIT_EVERY_S)
         if event.subject == "gate" and event.to_status == "open":
             self._next_reminders = 0.0  # its reminders are to be planned
             gate = next((g for g in state.gates if g.id == event.subject_id), None)
@@ -150,6 +162,8 @@ class Notifier:
                 await self._thread(state, channel, ts, key, summary, blocks + bk.settle_failure(state))
         elif event.subject == "run" and event.to_status in FINISHED:
             await self._thread(state, channel, ts, "result", *bk.run_finished(state))
+            if state.run.kind == "rollback" and event.to_status == "succeeded":
+                await self._rollback_locked(state, channel, ts)
             self._dirty[state.run.id] = 0.0  # the final state shows at once
 
     async def _message(self, state: RunState) -> tuple[str, str] | None:
@@ -216,6 +230,16 @@ class Notifier:
                 channel, ts = message
                 key = f"remind:{gate.id}:{count}"
                 await self._thread(state, channel, ts, key, *bk.gate_reminder(state, gate, waited))
+        for review in await self.desk.read(ReviewBook(self.desk.yard.store).pending):
+            number = reminder_number(review, at)
+            wait = min(wait, (number + 1) * REMIND_EVERY_S - (at - review.opened_at).total_seconds())
+            owing = await self.desk.read(self.desk.reads.run, review.run_id, quick=True)
+            message = await self._message(owing) if owing is not None else None
+            if owing is None or message is None:
+                continue
+            channel, ts = message
+            key = f"review:{review.run_id}:{number}"
+            await self._thread(owing, channel, ts, key, *review_reminder(owing, review, at))
         return wait
 
     async def _home(self, user: str) -> None:
@@ -232,11 +256,26 @@ class Notifier:
             message = await self.desk.read(self.state.message, run_id, quick=True)
             if state is None or message is None or message.ts is None:
                 continue
-            summary, blocks = bk.run_message(state)
+            summary, blocks = bk.run_message(state, await self._place(state))
             await self._edit(message.channel, message.ts, summary, blocks)
             self._edited[run_id] = time.monotonic()
             if state.run.status in RUN_TERMINAL:
                 self._edited.pop(run_id, None)
+
+    async def _rollback_locked(self, state: RunState, channel: str, ts: str) -> None:
+        """After a rollback its environment stays locked: say so, with the Acknowledge button."""
+        env = next((s.environment for s in state.stages if s.environment and s.status == "succeeded"), None)
+        lock = await self.desk.read(LockBook(self.desk.yard.store).current, env, now()) if env else None
+        if lock is not None and lock.kind == "rollback":
+            await self._thread(state, channel, ts, "rollback-lock", *lb.rollback_locked(lock, now()))
+
+    async def _place(self, state: RunState) -> QueueEntry | None:
+        """Where a queued run waits in its environment's queue."""
+        env = next((s.environment for s in state.stages if s.status == "queued"), None)
+        if env is None:
+            return None
+        queue = await self.desk.read(self.desk.yard.service.queue, env)
+        return next((e for e in queue.waiting if e.run_id == state.run.id), None)
 
     async def _edit(self, channel: str, ts: str, summary: str, blocks: Any) -> None:
         try:

@@ -301,7 +301,7 @@ async def test_read_verbs_list_runs_status_logs_whoami_and_help(bot: Bot) -> Non
 
     run_help = await bot.say(CAROL, "run help")
     assert run_help["response_type"] == "ephemeral"
-    assert run_help["text"].startswith("`/deploy run <pipeline> [key=value…]`")
+    assert run_help["text"].startswith("`/deploy run <pipeline> [key=value…] [branch=…] [--break-glass")
     assert "`/deploy status <run>`" in (await bot.say(ALICE, "help status"))["text"]
 
 
@@ -361,10 +361,10 @@ async def test_approve_and_reject_by_command(bot: Bot) -> None:
         ("status gated#99", ["No run `gated#99`", "web#42"]),
         ("logs", ["Usage: `/deploy logs <run> [stage/job]`"]),
         ("approve", ["Usage: `/deploy approve <run> [comment]`"]),
-        ("run", ["Usage: `/deploy run <pipeline> [key=value…]`"]),
+        ("run", ["Usage: `/deploy run <pipeline> [key=value…] [branch=…]"]),
         ("run gated ref=NOT-HEX", ["ref", "^[0-9a-f]{7,40}$"]),
         ('run gated "ref=abc1234', ["close your quotes"]),
-        ("run gated abc1234", ["key=value", "Usage: `/deploy run <pipeline> [key=value…]`"]),
+        ("run gated abc1234", ["key=value", "Usage: `/deploy run <pipeline> [key=value…] [branch=…]"]),
     ],
 )
 async def test_errors_are_ephemeral_and_show_the_right_form(bot: Bot, text: str, expected: list[str]) -> None:

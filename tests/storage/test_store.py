@@ -338,7 +338,7 @@ def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
         """
         name: web
         stages:
-          - {name: build, jobs: [{name: compile, run: "echo artifact=a1 >> $SHIPYARD_OUTPUT"}]}
+          - {name: build, jobs: [{name: compile, run: "echo image=a1 >> $SHIPYARD_OUTPUT"}]}
           - {name: staging, jobs: [{name: deploy, run: "true"}]}
           - {name: production, jobs: [{name: deploy, run: "true"}]}
     """,
@@ -356,7 +356,7 @@ def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
                         runner="r1",
                         outcome="succeeded" if ok else "failed",
                         exit_code=0 if ok else 1,
-                        outputs={"artifact": "a1"} if a.stage == "build" else {},
+                        outputs={"image": "a1"} if a.stage == "build" else {},
                     )
                 )
 
@@ -374,4 +374,4 @@ def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
         ("production", "running"),
     ]
     assert third.stages[0].reason == "reused from web#1"
-    assert third.jobs[0].outputs == {"artifact": "a1"}
+    assert third.jobs[0].outputs == {"image": "a1"}

@@ -1,0 +1,278 @@
+"""The two doors that take no bearer token, because the signature is the authentication:
+
+* ``POST /api/v1/hooks/{trigger_id}`` starts a run from an external event: a GitHub ``push``
+  (``X-Hub-Signature-256``; its ``X-GitHub-Delivery`` is the idempotency key, so a redelivered
+  event never starts a second run) or a generic JSON ``{"parameters", "revision"}`` signed the
+  Standard Webhooks way (``webhook-id`` is the key; a timestamp more than five minutes off is a
+  replay and refused).
+* ``POST /api/v1/runs/{run}/gates/{gate}/callback?webhook=<id>`` clears (``"passed": true``) or
+  fails an external gate; it is signed with the secret of the subscription that was sent the
+  gate's ``gate.waiting``.
+
+Every refusal (unknown trigger, unsigned, badly signed, stale, malformed) is a 4xx problem
+document and an audit entry; accepted requests become engine commands, which audit themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
+
+from bot.api.gateway import ApiGateway
+from bot.api.problems import REFUSAL_STATUS, Problem
+from bot.api.routing import PREFIX, _clean, _storable
+from bot.api.schemas import RunOut, Strict, TriggerIn
+from bot.webhooks import signing
+from bot.webhooks.incoming import Ignored, NotAPush, match_push
+from core.commands import RecordGateCheck, TriggerRun
+from core.model import Actor, RunState
+from core.ports import AuditEntry
+from storage.webhooks import Trigger, WebhookBook
+
+HOOK_PATH = PREFIX + "/hooks/{trigger_id}"
+CALLBACK_PATH = PREFIX + "/runs/{run_id}/gates/{gate_id}/callback"
+#: an idempotency key from a header: printable ASCII, as long as the engine stores
+KEY_CHARS = frozenset(chr(c) for c in range(33, 127))
+
+
+class HookOut(BaseModel):
+    outcome: Literal["started", "duplicate", "ignored", "pong"]
+    reason: str = ""
+    run: RunOut | None = None
+
+
+class CallbackIn(Strict):
+    passed: bool
+    detail: str = Field("", max_length=1000, description="what the check found; shown on the gate")
+
+
+class _Refused(Exception):
+    """A request refused before it became a command: answered, and audited."""
+
+    def __init__(self, status: int, detail: str, who: str = "(unauthenticated)") -> None:
+        super().__init__(detail)
+        self.problem = Problem(status, detail)
+        self.who = who
+
+
+Handler = Callable[[ApiGateway, web.Request], Awaitable[web.Response]]
+
+
+def setup(app: web.Application, gateway: ApiGateway) -> None:
+    app.router.add_post(HOOK_PATH, _audited(gateway, "hook_trigger", receive_hook))
+    app.router.add_post(CALLBACK_PATH, _audited(gateway, "gate_callback", gate_callback))
+
+
+def _audited(
+    gateway: ApiGateway, action: str, handler: Handler
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    @functools.wraps(handler)
+    async def handle(request: web.Request) -> web.Response:
+        if not _clean(request.path) or not all(_clean(k + v) for k, v in request.query.items()):
+            detail = "paths and query parameters must be valid UTF-8 text without NUL characters"
+            return Problem(400, detail).response()
+        try:
+            return await handler(gateway, request)
+        except Problem as problem:  # a refused command: the engine audited it
+            return problem.response(request.path)
+        except _Refused as refused:
+            await gateway.audit(
+                AuditEntry(
+                    at=datetime.now(UTC),
+                    actor=refused.who,
+                    channel="webhook",
+                    action=action,
+                    target=request.path.removeprefix(PREFIX)[:200],
+                    outcome="rejected",
+                    reason=refused.problem.detail,
+                    detail={
+                        "status": refused.problem.status,
+                        "delivery": _header(request, "X-GitHub-Delivery") or _header(request, "webhook-id"),
+                        "event": _header(request, "X-GitHub-Event"),
+                    },
+                )
+            )
+            return refused.problem.response(request.path)
+
+    return handle
+
+
+def _header(request: web.Request, name: str) -> str:
+    return request.headers.get(name, "")[:200]
+
+
+async def _body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _Refused(413, f"the body is larger than {request.client_max_size} bytes") from None
+
+
+def _json(raw: bytes, who: str) -> Any:
+    try:
+        return _storable(json.loads(raw))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise _Refused(400, f"the body is not valid JSON: {exc}", who) from None
+
+
+def _key(value: str, header: str, who: str) -> str:
+    if not value or len(value) > 150 or not set(value) <= KEY_CHARS:
+        raise _Refused(400, f"{header} must be 1-150 printable characters", who)
+    return value
+
+
+# -- incoming triggers -------------------------------------------------------------------------
+async def receive_hook(gateway: ApiGateway, request: web.Request) -> web.Response:
+    raw = await _body(request)
+    book = WebhookBook(gateway.yard.store)
+    trigger = await gateway.read(book.trigger, request.match_info["trigger_id"], quick=True)
+    if trigger is None:
+        raise _Refused(404, f"no trigger {request.match_info['trigger_id']!r}")
+    if trigger.kind == "github":
+        return await _github(gateway, request, trigger, raw)
+    return await _generic(gateway, request, trigger, raw)
+
+
+def _trigger_actor(trigger: Trigger) -> Actor:
+    return Actor(f"trigger:{trigger.id}", "webhook")
+
+
+async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, raw: bytes) -> web.Response:
+    try:
+        signing.verify_github(trigger.secret, request.headers.get("X-Hub-Signature-256"), raw)
+    except signing.BadSignature as exc:
+        raise _Refused(401, str(exc)) from None
+    who = _trigger_actor(trigger).name
+    event = request.headers.get("X-GitHub-Event", "")
+    if event == "ping":
+        return _answer(HookOut(outcome="pong", reason="the webhook reaches Shipyard"), 200)
+    if event != "push":
+        return _answer(HookOut(outcome="ignored", reason=f"only push events start runs (got {event!r})"), 200)
+    if request.content_type != "application/json":
+        raise _Refused(415, "set the GitHub webhook's content type to application/json", who)
+    delivery = _key(request.headers.get("X-GitHub-Delivery", ""), "X-GitHub-Delivery", who)
+    payload = _json(raw, who)
+    info = await gateway.read(gateway.reads.pipeline, trigger.pipeline)
+    if info is None:
+        raise _Refused(404, f"trigger {trigger.id}'s pipeline {trigger.pipeline!r} is gone", who)
+    try:
+        push = match_push(info.latest.definition, payload)
+    except NotAPush as exc:
+        raise _Refused(422, str(exc), who) from None
+    if isinstance(push, Ignored):
+        return _answer(HookOut(outcome="ignored", reason=push.reason), 200)
+    command = TriggerRun(
+        pipeline=trigger.pipeline,
+        actor=_trigger_actor(trigger),
+        parameters=push.parameters,
+        source_revision=push.revision,
+        idempotency_key=f"github:{delivery}",
+    )
+    return await _start(gateway, command)
+
+
+async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, raw: bytes) -> web.Response:
+    try:
+        msg_id = signing.verify(trigger.secret, _lower(request.headers), raw, time.time())
+    except signing.BadSignature as exc:
+        raise _Refused(401, str(exc)) from None
+    who = _trigger_actor(trigger).name
+    key = _key(msg_id, "webhook-id", who)
+    data = _json(raw, who) if raw.strip() else {}
+    try:
+        body = TriggerIn.model_validate(data)
+    except ValidationError as exc:
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in exc.errors(include_url=False)[:5]
+        )
+        raise _Refused(422, f"invalid body: {summary}", who) from None
+    command = TriggerRun(
+        pipeline=trigger.pipeline,
+        actor=_trigger_actor(trigger),
+        parameters=body.parameters,
+        source_revision=body.revision,
+        idempotency_key=f"hook:{trigger.id}:{key}",
+        pipeline_version=body.pipeline_version,
+    )
+    return await _start(gateway, command)
+
+
+async def _start(gateway: ApiGateway, command: TriggerRun) -> web.Response:
+    decision = await gateway.decide(command)
+    if not decision.accepted or decision.state is None:
+        raise Problem(REFUSAL_STATUS.get(decision.refusal, 409), decision.reason)  # audited by the engine
+    state = decision.state
+    if decision.duplicate:
+        out = HookOut(outcome="duplicate", reason=decision.reason, run=RunOut.of(state))
+        return _answer(out, 200, {"Idempotent-Replayed": "true", "Location": _location(state)})
+    return _answer(HookOut(outcome="started", run=RunOut.of(state)), 202, {"Location": _location(state)})
+
+
+def _location(state: RunState) -> str:
+    return f"{PREFIX}/runs/{state.run.id}"
+
+
+def _answer(out: BaseModel, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, text=out.model_dump_json(), content_type="application/json", headers=headers
+    )
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+# -- external gates ----------------------------------------------------------------------------
+async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Response:
+    raw = await _body(request)
+    webhook_id = request.query.get("webhook", "")
+    if not webhook_id:
+        raise _Refused(400, "use the callback URL from the gate.waiting message: it names ?webhook=")
+    book = WebhookBook(gateway.yard.store)
+    hook = await gateway.read(book.get, webhook_id[:40], quick=True)
+    if hook is None:
+        raise _Refused(401, f"no webhook subscription {webhook_id[:40]!r}")
+    try:
+        signing.verify(hook.secret, _lower(request.headers), raw, time.time())
+    except signing.BadSignature as exc:
+        raise _Refused(401, f"{exc} (sign with the subscription's secret)") from None
+    who = f"webhook:{hook.id}"
+    if hook.status != "active":
+        raise _Refused(403, f"webhook {hook.id} is {hook.status}", who)
+    try:
+        body = CallbackIn.model_validate(_json(raw, who))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise _Refused(422, f"invalid body: {where}: {first['msg']}", who) from None
+    ref = request.match_info["run_id"]
+    state = await gateway.read(gateway.reads.run, ref, quick=True)
+    if state is None:
+        raise _Refused(404, f"no run {ref!r}", who)
+    gate = state.find_gate(request.match_info["gate_id"])
+    if gate is None:
+        raise _Refused(404, f"{state.run.ref} has no gate {request.match_info['gate_id']!r}", who)
+    if gate.kind != "external":
+        raise _Refused(409, f"gate {gate.stage_name} is {gate.kind}; only external gates take callbacks", who)
+    if not await gateway.read(book.was_told, hook.id, state.run.id, gate.id):
+        raise _Refused(403, f"webhook {hook.id} was not sent gate {gate.stage_name}'s gate.waiting", who)
+    decision = await gateway.decide(
+        RecordGateCheck(
+            run_id=state.run.id,
+            gate=gate.id,
+            passed=body.passed,
+            detail=body.detail,
+            actor=Actor(who, "webhook"),
+        )
+    )
+    if not decision.accepted or decision.state is None:
+        raise Problem(REFUSAL_STATUS.get(decision.refusal, 409), decision.reason)  # audited by the engine
+    return _answer(RunOut.of(decision.state), 200)

@@ -1,0 +1,294 @@
+"""Environment verbs: what runs where (``envs``, ``history``), who waits (``queue``, ``front``),
+what is in the way (``why``), and deploying known artifacts (``promote``, ``rollback``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from functools import partial
+
+from bot.backend import now
+from bot.chat import blocks as bk
+from bot.chat.parse import Line
+from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who, _usage, verb
+from core.access import Action
+from core.commands import MoveToFront, TriggerRun
+from core.errors import CommandRefused
+from core.model import RunState
+from core.review import Review
+from core.rollback import RollbackPlan
+from storage.artifacts import ArtifactBook
+from storage.reviews import ReviewBook
+
+ROLLBACK = "env_rollback"
+CONFIRM_WITHIN_S = 120
+
+
+def _at(when: datetime | None) -> str:
+    return f"{when:%Y-%m-%d %H:%M} UTC" if when else "?"
+
+
+async def _environments(desk: Desk) -> list[str]:
+    known = await desk.read(desk.reads.environment_names)
+    declared = desk.yard.settings.environments.path
+    return declared + sorted(set(known) - set(declared))
+
+
+@verb("envs", "envs", "what runs where, and what holds each environment")
+async def envs(desk: Desk, who: Who, line: Line) -> Reply:
+    names = await _environments(desk)
+    if not names:
+        return Reply("No environments yet: a pipeline stage with `environment:` makes one.")
+    rows = []
+    for env in names:
+        live = await desk.read(desk.reads.current_deployment, env)
+        what = (
+            "nothing yet"
+            if live is None
+            else f"*{live.artifact or live.revision or '?'}* "
+            f"({live.pipeline}#{live.run_number}, {_at(live.finished_at)})"
+        )
+        blockers = await desk.read(desk.yard.service.why, env, None)
+        held = [b.what for b in blockers if b.kind in ("lock", "freeze", "busy", "queue")]
+        rows.append(f"• *{env}*: {what}" + (f" — {'; '.join(held)}" if held else ""))
+    return Reply("\n".join(rows))
+
+
+@verb("history", "history <environment>", "recent deployments to an environment")
+async def history(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("history"))
+    env = line.words[0]
+    found = await desk.read(desk.reads.deployments, env, 2**63 - 1, 10)
+    if not found:
+        raise Refusal(
+            f"Nothing was deployed to `{env}` yet (environments: {', '.join(await _environments(desk))})."
+        )
+    rows = [
+        f"{'✅' if d.status == 'succeeded' else '❌'} {d.artifact or d.revision or '?'} — {d.kind}, "
+        f"{d.pipeline}#{d.run_number} by {bk.who(d.triggered_by)}, {_at(d.finished_at)} ({d.status})"
+        for d in found
+    ]
+    return Reply(f"*{env}*, newest first:\n" + "\n".join(rows))
+
+
+@verb("queue", "queue <environment>", "what deploys to an environment now and what waits, with estimates")
+async def queue(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("queue"))
+    q = await desk.read(desk.yard.service.queue, line.words[0])
+    head = f"*{q.environment}*: " + (
+        f"{q.running[1]} is deploying (since {_at(q.running_since)})" if q.running else "nothing deploying"
+    )
+    rows = [head]
+    for e in q.waiting:
+        eta = f", expected to start around {e.eta:%H:%M} UTC" if e.eta else ""
+        rows.append(f"{e.position}. {e.ref}{eta}")
+    if not q.waiting:
+        rows.append("Nobody waits.")
+    return Reply("\n".join(rows))
+
+
+@verb(
+    "front",
+    "front <run> <reason>",
+    "move a queued run to the front of its environment's queue (admins)",
+    Action.MANAGE,
+)
+async def front(desk: Desk, who: Who, line: Line) -> Reply:
+    if len(line.words) < 2:
+        raise Refusal(_usage("front"))
+    state = await desk.find(line.words[0])
+    decision = await desk.decide(
+        MoveToFront(run_id=state.run.id, actor=who.actor, reason=" ".join(line.words[1:]))
+    )
+    if not decision.accepted:
+        raise Refusal(decision.reason)
+    return Reply(
+        f"{bk.who(who.user)} moved *{state.run.ref}* to the front of the queue: {' '.join(line.words[1:])}",
+        public=True,
+    )
+
+
+@verb("why", "why <environment> [pipeline]", "every reason a deployment there would wait or be refused now")
+async def why(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("why"))
+    env, pipeline = line.words[0], (line.words[1] if len(line.words) > 1 else None)
+    found = await desk.read(desk.yard.service.why, env, pipeline)
+    if not found:
+        return Reply(
+            f"Nothing stands in the way: a deployment{' of ' + pipeline if pipeline else ''} "
+            f"to *{env}* would start now."
+        )
+    rows = [f"• *{b.kind}*: {b.what} — clears: {b.clears}" for b in found]
+    return Reply(f"A deployment to *{env}* would wait or be refused:\n" + "\n".join(rows))
+
+
+@verb(
+    "promote",
+    "promote <name@version> to <environment>",
+    "deploy a known artifact there, without rebuilding",
+    Action.TRIGGER,
+)
+async def promote(desk: Desk, who: Who, line: Line) -> Reply:
+    words = line.words
+    if len(words) != 3 or words[1] != "to":
+        raise Refusal(_usage("promote"))
+    artifact = await desk.read(ArtifactBook(desk.yard.store).get, words[0])
+    if artifact is None:
+        raise Refusal(f"No artifact `{words[0]}` (see `/deploy artifacts`).")
+    if artifact.pipeline is None:
+        raise Refusal(
+            f"{artifact.ref} was registered over the API; promote it with the REST API naming its pipeline."
+        )
+    decision = await desk.decide(
+        TriggerRun(
+            pipeline=artifact.pipeline,
+            actor=who.actor,
+            kind="promotion",
+            artifact_id=artifact.id,
+            deploy_to=words[2],
+        )
+    )
+    if not decision.accepted:
+        raise Refusal(decision.reason)
+    assert decision.state is not None
+    if desk.on_run_started is not None:
+        await desk.on_run_started(decision.state.run.id, who.channel_id)
+    return Reply(f"Promoting *{artifact.ref}* to *{words[2]}* as *{decision.state.run.ref}*.", public=True)
+
+
+@verb(
+    "rollback",
+    "rollback <environment> [to <version>]",
+    "deploy the last good artifact there again (asks first)",
+    Action.TRIGGER,
+)
+async def rollback(desk: Desk, who: Who, line: Line) -> Reply:
+    words = line.words
+    if not words or len(words) not in (1, 3) or (len(words) == 3 and words[1] != "to"):
+        raise Refusal(_usage("rollback"))
+    plan = await _plan(desk, words[0], words[2] if len(words) == 3 else None)
+    value = json.dumps(
+        {
+            "env": plan.environment,
+            "artifact": plan.target.id,
+            "pipeline": plan.pipeline,
+            "until": time.time() + CONFIRM_WITHIN_S,
+        }
+    )
+    text = f":rewind: This will {plan.describe()} (a new run of {plan.pipeline}; nothing is rebuilt)."
+    sure = bk.confirm("Roll back?", f"{plan.describe()}.", "Roll back")
+    return Reply(
+        text, [bk.text(text), bk.actions("rollback", bk.button("Roll back", ROLLBACK, value, "danger", sure))]
+    )
+
+
+async def _plan(desk: Desk, env: str, to: str | None) -> RollbackPlan:
+    try:
+        return await desk.read(desk.yard.service.rollback_plan, env, to)
+    except CommandRefused as exc:
+        raise Refusal(exc.message) from None
+
+
+async def _confirmed_rollback(desk: Desk, who: Who, value: str) -> Reply:
+    try:
+        asked = json.loads(value)
+        env, artifact, pipeline, until = (
+            str(asked["env"]),
+            str(asked["artifact"]),
+            str(asked["pipeline"]),
+            float(asked["until"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return Reply(":warning: That button is not one of mine.")
+    if time.time() > until:
+        return Reply(f":warning: That question expired; type `/deploy rollback {env}` again.")
+    (await desk.principal(who.user)).require(Action.TRIGGER)
+    decision = await desk.decide(
+        TriggerRun(pipeline=pipeline, actor=who.actor, kind="rollback", artifact_id=artifact, deploy_to=env)
+    )
+    if not decision.accepted:
+        raise Refusal(decision.reason)
+    assert decision.state is not None
+    if desk.on_run_started is not None:
+        await desk.on_run_started(decision.state.run.id, who.channel_id)
+    return Reply(
+        f":rewind: {bk.who(who.user)} is rolling *{env}* back as *{decision.state.run.ref}* "
+        f"({now():%H:%M} UTC).",
+        public=True,
+    )
+
+
+async def _asked_to_roll_back(desk: Desk, who: Who, value: str) -> Reply:
+    try:
+        env = str(json.loads(value)["env"])
+    except (ValueError, KeyError, TypeError):
+        return Reply(":warning: That button is not one of mine.")
+    (await desk.principal(who.user)).require(Action.TRIGGER)
+    return await rollback(desk, who, Line("rollback", [env]))
+
+
+BUTTONS[ROLLBACK] = _confirmed_rollback
+BUTTONS[bk.ROLLBACK_ASK] = _asked_to_roll_back
+
+
+# -- break-glass reviews ---------------------------------------------------------------------------
+REVIEW_ACK = "review_ack"
+
+
+async def acknowledge(desk: Desk, who: Who, ref: str) -> Reply:
+    state = await desk.find(ref)
+    (await desk.principal(who.user)).require(Action.APPROVE)
+    requested = state.run.requested_by or (state.run.triggered_by,)
+    book = ReviewBook(desk.yard.store)
+    await desk.write(
+        partial(book.acknowledge, channel=who.actor.channel, ref=state.run.ref),
+        state.run.id,
+        who.user,
+        tuple(requested),
+        now(),
+    )
+    return Reply(
+        f":white_check_mark: {bk.who(who.user)} acknowledged the break-glass review of *{state.run.ref}*.",
+        public=True,
+    )
+
+
+@verb(
+    "ack",
+    "ack <run>",
+    "acknowledge the follow-up review of a break-glass run (not its admin)",
+    Action.APPROVE,
+)
+async def ack(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("ack"))
+    return await acknowledge(desk, who, line.words[0])
+
+
+async def _pressed_ack(desk: Desk, who: Who, value: str) -> Reply:
+    try:
+        run_id = str(json.loads(value)["run"])
+    except (ValueError, KeyError, TypeError):
+        return Reply(":warning: That button is not one of mine.")
+    return await acknowledge(desk, who, run_id)
+
+
+def review_reminder(state: RunState, review: Review, at: datetime) -> tuple[str, list[bk.Block]]:
+    """The thread's notice (then hourly reminders) that a break-glass run awaits its review."""
+    late = " *It is overdue.*" if review.overdue(at) else f" Due by {review.due_at:%Y-%m-%d %H:%M} UTC."
+    line = (
+        f":rotating_light: {bk.who(review.admin)} broke the glass for *{state.run.ref}*: {review.reason}. "
+        f"Someone else must review what was done and acknowledge it.{late}"
+    )
+    button = bk.button("Acknowledge review", REVIEW_ACK, json.dumps({"run": state.run.id}), "primary")
+    return f"{state.run.ref}: break-glass review needed", [
+        bk.text(line),
+        bk.actions(f"review-{state.run.id}", button),
+    ]
+
+
+BUTTONS[REVIEW_ACK] = _pressed_ack

@@ -1,0 +1,66 @@
+"""Incoming GitHub ``push`` events: which pipeline rule a push matches and what run it asks for.
+
+A push names its branch in ``ref`` (``refs/heads/main``) and its commit in ``after``; the
+pipeline's ``triggers: - push: {branches: [...]}`` rules (glob patterns, first match wins)
+decide whether it starts a run. Tag pushes and branch deletions start nothing, and neither does
+a branch no rule names: those are answered 200 with the reason, so GitHub does not count them as
+failed deliveries.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from core.definition import PipelineDef, parameter_text
+
+SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+ZERO = re.compile(r"^0+$")
+
+
+class NotAPush(ValueError):
+    """The body is not a GitHub push payload; the message says what is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A push that starts a run."""
+
+    branch: str
+    revision: str
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    reason: str
+
+
+def match_push(definition: PipelineDef, payload: object) -> Push | Ignored:
+    """What a GitHub push payload asks of ``definition``; ``NotAPush`` if it is not one."""
+    if not isinstance(payload, Mapping):
+        raise NotAPush("a push payload is a JSON object with ref and after")
+    ref, after = payload.get("ref"), payload.get("after")
+    if not isinstance(ref, str) or not isinstance(after, str) or not SHA.match(after):
+        raise NotAPush("a push payload has ref (refs/heads/<branch>) and after (the commit SHA)")
+    if payload.get("deleted") is True or ZERO.match(after):
+        return Ignored(f"{ref} was deleted; a deletion starts nothing")
+    if not ref.startswith("refs/heads/"):
+        return Ignored(f"{ref} is not a branch; only branch pushes start runs")
+    if not definition.push:
+        raise NotAPush(
+            f"pipeline {definition.name} has no push trigger; add `triggers: - push: {{branches: [main]}}`"
+        )
+    branch = ref.removeprefix("refs/heads/")
+    for rule in definition.push:
+        if any(fnmatch.fnmatchcase(branch, pattern) for pattern in rule.branches):
+            parameters = parameter_text(rule.parameters)
+            if rule.revision_parameter:
+                parameters[rule.revision_parameter] = after
+            if rule.branch_parameter:
+                parameters[rule.branch_parameter] = branch
+            return Push(branch, after, parameters)
+    patterns = ", ".join(p for rule in definition.push for p in rule.branches)
+    return Ignored(f"branch {branch} matches no push trigger of {definition.name} (branches: {patterns})")

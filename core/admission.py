@@ -1,0 +1,94 @@
+"""Admission: may a run's deploy stage start in its environment now?
+
+At most one deployment runs per environment at a time; the others wait in ``queued``, in
+arrival order. A lock held by a person and a freeze window also keep runs waiting (a freeze
+can be configured to fail them instead, and break glass pushes through freezes). The engine
+asks this when a deploy stage is next; the service reads the ``EnvironmentView`` inside the
+same transaction, and the database's unique index on running deploy stages settles any race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from core.model import Run
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentView:
+    """What stands between a run and one environment right now."""
+
+    name: str
+    #: the ref of another run whose deploy stage is running there
+    busy_with: str | None = None
+    #: the first run waiting in its queue (id and ref), if any
+    queue_head: str | None = None
+    queue_head_ref: str | None = None
+    #: who holds its lock, since when and why (``core.locks.describe``), if it is locked
+    lock: str | None = None
+    #: "frozen until … (reason)" while a freeze window is in force
+    freeze: str | None = None
+    freeze_fails: bool = False
+
+
+#: the views a decision may consult, by environment name (a missing one counts as free)
+Views = Mapping[str, EnvironmentView]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    run_id: str
+    ref: str
+    position: int
+    #: when it should start, from how long recent deployments there took (None: no history)
+    eta: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    environment: str
+    #: (id, ref) of the run deploying there now
+    running: tuple[str, str] | None
+    running_since: datetime | None
+    waiting: list[QueueEntry]
+    #: how long a deployment there usually takes, in seconds
+    typical_s: float | None
+
+
+def estimate_start(
+    position: int, typical_s: float | None, running_since: datetime | None, now: datetime
+) -> datetime | None:
+    """The ``position``-th in the queue starts after what runs now and those ahead of it."""
+    if typical_s is None:
+        return None
+    left = max(0.0, typical_s - (now - running_since).total_seconds()) if running_since else 0.0
+    return now + timedelta(seconds=left + (position - 1) * typical_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Literal["admit", "wait", "fail"]
+    reason: str = ""
+
+
+def admit(view: EnvironmentView | None, run: Run) -> Verdict:
+    """The rules in order: a freeze (unless break glass), a lock, a deployment already running,
+    runs ahead in the queue. The reason names the first thing in the way."""
+    if view is None:
+        return Verdict("admit")
+    env = view.name
+    if view.freeze and run.break_glass is None:
+        if view.freeze_fails:
+            return Verdict("fail", f"{env} is frozen: {view.freeze}")
+        return Verdict("wait", f"waiting for {env}: {view.freeze}")
+    if view.lock:
+        return Verdict("wait", f"waiting for {env}: {view.lock}")
+    if view.busy_with:
+        return Verdict("wait", f"waiting for {env}: {view.busy_with} is deploying there")
+    if view.queue_head not in (None, run.id) and not (view.freeze and run.break_glass is not None):
+        # (runs ahead that wait out a freeze do not hold back one that breaks the glass)
+        return Verdict("wait", f"waiting for {env}: {view.queue_head_ref} is ahead in the queue")
+    return Verdict("admit")

@@ -1,0 +1,89 @@
+"""Why can't I deploy? Every reason a deployment to an environment would wait or be refused
+right now, all at once, each with what (or when) clears it. Pure: the service gathers the facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from core.admission import EnvironmentView
+from core.environments import EnvironmentPolicy, branch_refusal, pipeline_refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Blocker:
+    kind: str  #: lock, freeze, busy, queue, approvals, promotion, pipeline, archived
+    what: str
+    clears: str
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the service read for one environment (and optionally one pipeline)."""
+
+    environment: str
+    view: EnvironmentView
+    policy: EnvironmentPolicy
+    queued: int = 0
+    freeze_until: datetime | None = None
+    pipeline: str | None = None
+    archived: bool = False
+    #: the pipeline's newest artifact and the environment it has yet to pass, if any
+    unpromoted: tuple[str, str] | None = None
+
+
+def blockers(f: Facts) -> list[Blocker]:
+    env, view, found = f.environment, f.view, []
+    if view.lock:
+        found.append(
+            Blocker("lock", view.lock, f"its holder or an admin unlocks it (`/deploy unlock {env}`)")
+        )
+    if view.freeze:
+        until = f"{f.freeze_until:%a %d %b %H:%M} UTC" if f.freeze_until else "the window ends"
+        clears = f"at {until}" + ("" if f.policy.on_freeze == "wait" else "; runs meeting it fail meanwhile")
+        found.append(Blocker("freeze", view.freeze, clears + " (or an admin's --break-glass)"))
+    if view.busy_with:
+        found.append(Blocker("busy", f"{view.busy_with} is deploying to {env}", "when it finishes"))
+    if f.queued:
+        found.append(
+            Blocker(
+                "queue",
+                f"{f.queued} run(s) wait in {env}'s queue",
+                "after they deploy (first come, first served)",
+            )
+        )
+    if f.policy.approvals is not None:
+        rule = f.policy.approvals
+        who = ", ".join(rule.approvers)
+        found.append(
+            Blocker(
+                "approvals", f"needs {rule.count} approval(s) from {who}", "when they approve the run's gate"
+            )
+        )
+    if f.pipeline is not None:
+        if f.archived:
+            found.append(
+                Blocker("archived", f"pipeline {f.pipeline} is archived", "when an admin restores it")
+            )
+        refusal = pipeline_refusal(f.policy, env, f.pipeline)
+        if refusal:
+            found.append(Blocker("pipeline", refusal, "only an admin's configuration change"))
+        branches = f.policy.branches
+        if branches and branch_refusal(f.policy, env, None):
+            found.append(
+                Blocker(
+                    "branch",
+                    f"only branches {', '.join(branches)} may deploy to {env}",
+                    "deploy from one of them",
+                )
+            )
+        if f.unpromoted is not None:
+            artifact, previous = f.unpromoted
+            found.append(
+                Blocker(
+                    "promotion",
+                    f"{artifact} has not been deployed successfully to {previous}",
+                    f"when it succeeds in {previous} (`/deploy promote {artifact} to {previous}`)",
+                )
+            )
+    return found

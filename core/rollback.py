@@ -1,0 +1,66 @@
+"""Rollback: a new run that deploys a known-good artifact again (never an undo of the last run).
+
+The target is the artifact of the most recent successful deployment to the environment whose
+artifact differs from the latest deployment's (so a rollback after a failed deploy goes back to
+what last worked, and after a suspicious success to what came before it), skipping artifacts
+marked bad. ``to`` picks a version by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from core.artifacts import Artifact
+from core.errors import InvalidInput, NotFound
+from core.ports import Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackPlan:
+    environment: str
+    pipeline: str
+    #: what is there now (the latest deployment), if anything was deployed
+    current: Deployment | None
+    target: Artifact
+
+    def describe(self) -> str:
+        now = self.current.artifact if self.current is not None and self.current.artifact else "what runs now"
+        return f"roll {self.environment} back from {now} to {self.target.ref}"
+
+
+def plan_rollback(
+    environment: str,
+    history: Sequence[Deployment],
+    artifact: Callable[[str], Artifact | None],
+    to: str | None = None,
+) -> RollbackPlan:
+    """``history``: the environment's deployments, newest first. ``artifact`` finds one by id or
+    ``name@version``. Raises ``NotFound``/``InvalidInput`` with what is missing."""
+    with_artifacts = [d for d in history if d.artifact_id]
+    if not with_artifacts:
+        raise NotFound(
+            f"nothing with an artifact was ever deployed to {environment}: nothing to roll back to"
+        )
+    current = history[0] if history else None
+    latest = with_artifacts[0]
+    if to is not None:
+        ref = to if "@" in to else f"{(latest.artifact or '').split('@')[0]}@{to}"
+        target = artifact(ref)
+        if target is None:
+            raise NotFound(f"no artifact {ref} is registered: it cannot be deployed again")
+        if target.bad:
+            raise InvalidInput(f"{target.ref} is marked bad ({target.bad_reason}); pick another version")
+        pipeline = next((d.pipeline for d in with_artifacts if d.artifact_id == target.id), latest.pipeline)
+        return RollbackPlan(environment, target.pipeline or pipeline, current, target)
+    skipped = []
+    for deployment in with_artifacts:
+        if deployment.status != "succeeded" or deployment.artifact_id == latest.artifact_id:
+            continue
+        found = artifact(deployment.artifact_id or "")
+        if found is None or found.bad:
+            skipped.append(deployment.artifact or "?")
+            continue
+        return RollbackPlan(environment, deployment.pipeline, current, found)
+    also = f" (passed over, no longer deployable: {', '.join(skipped)})" if skipped else ""
+    raise NotFound(f"no earlier good deployment to {environment} to roll back to{also}")

@@ -1,0 +1,177 @@
+"""What an artifact may be called, and how a job's output line becomes one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from core.artifacts import (
+    AlreadyBad,
+    Artifact,
+    ArtifactStatus,
+    check_deployable,
+    check_digest,
+    check_mark_bad,
+    check_name,
+    check_uri,
+    check_version,
+    make_spec,
+    parse_artifact_output,
+    split_ref,
+)
+from core.errors import CommandRefused, InvalidInput
+from core.executor import read_outputs
+
+SHA256 = "sha256:" + "3f2a9c1b" * 8
+SHA512 = "sha512:" + "ab" * 64
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["latest", "stable", "edge", "nightly", "head", "main", "master", "develop", "dev", "trunk", "LATEST"],
+)
+def test_moving_tags_are_refused_as_versions_saying_why(version: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        check_version(version)
+    message = refused.value.message
+    assert "mutable" in message and "rolled back" in message and "commit sha" in message
+
+
+@pytest.mark.parametrize("version", ["feature/login", "release/1.4", "hotfix/2"])
+def test_branch_names_with_a_slash_are_refused(version: str) -> None:
+    with pytest.raises(InvalidInput, match=r"looks like a branch name.*rolled back to"):
+        check_version(version)
+
+
+@pytest.mark.parametrize("version", ["release", "production", "my-branch", "v"])
+def test_versions_without_a_digit_are_refused_as_branch_like(version: str) -> None:
+    with pytest.raises(InvalidInput, match=r"has no digit.*commit sha"):
+        check_version(version)
+
+
+@pytest.mark.parametrize(
+    "version", ["1.4.2", "v1.4.2", "1.0.0-rc.1", "1.0.0+build.5", "2026.11.27-abc1234", "3f2a9c1b7d4e", "7"]
+)
+def test_immutable_identifiers_are_accepted(version: str) -> None:
+    assert check_version(version) == version
+
+
+@pytest.mark.parametrize("version", ["", "1.4 2", "-1.4.2", "1.4.2;rm", "1" * 129])
+def test_malformed_versions_are_refused(version: str) -> None:
+    with pytest.raises(InvalidInput):
+        check_version(version)
+
+
+def test_digests_have_a_known_algorithm_and_exactly_its_hex_length() -> None:
+    assert check_digest(SHA256) == SHA256
+    assert check_digest(SHA512) == SHA512
+    assert check_digest(SHA256.upper()) == SHA256  # one content, one spelling
+    for bad, why in [
+        (SHA256[:-1], "exactly 64 hex digits"),
+        (SHA256 + "0", "exactly 64 hex digits"),
+        ("sha256:" + "g" * 64, "exactly 64 hex digits"),
+        ("sha512:" + "ab" * 32, "exactly 128 hex digits"),
+        ("md5:" + "a" * 32, "sha256:<64 hex digits>"),
+        ("3f2a9c1b" * 8, "sha256:<64 hex digits>"),
+    ]:
+        with pytest.raises(InvalidInput, match=why):
+            check_digest(bad)
+
+
+def test_uris_need_a_scheme_and_no_spaces() -> None:
+    for good in ["oci://registry.example.com/web@" + SHA256, "s3://bucket/web-1.4.2.tgz", "https://x/y"]:
+        assert check_uri(good) == good
+    for bad in ["", "registry.example.com/web:1.4.2", "oci://a b", "://x", "x" * 3000]:
+        with pytest.raises(InvalidInput, match="scheme"):
+            check_uri(bad)
+
+
+def test_names_follow_the_pipeline_name_rule() -> None:
+    assert check_name("web-api2") == "web-api2"
+    for bad in ["Web", "web_api", "-web", "", "w" * 64]:
+        with pytest.raises(InvalidInput, match="lowercase"):
+            check_name(bad)
+
+
+def test_a_job_output_line_becomes_an_artifact_spec() -> None:
+    """The whole line as a job writes it, through the executor's own output reader."""
+    typed = SHA256.upper().replace("SHA256", "sha256")
+    line = f'artifact=web@1.4.2 digest={typed} uri=oci://r/web@{SHA256} commit=abc1234 note="hot fix"'
+    outputs, problems = read_outputs([line])
+    assert problems == [] and set(outputs) == {"artifact"}
+    spec = parse_artifact_output(outputs["artifact"])
+    assert (spec.name, spec.version, spec.digest, spec.uri) == (
+        "web",
+        "1.4.2",
+        SHA256,
+        f"oci://r/web@{SHA256}",
+    )
+    assert spec.metadata == {"commit": "abc1234", "note": "hot fix"}
+    assert spec.ref == "web@1.4.2"
+    # trailing spaces and another order read the same
+    assert parse_artifact_output(f"  uri=s3://b/k digest={SHA256} web@1.4.2  ").uri == "s3://b/k"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (f"web@latest digest={SHA256} uri=s3://b/k", "mutable reference"),
+        (f"web@feature/x digest={SHA256} uri=s3://b/k", "branch name"),
+        (f"web digest={SHA256} uri=s3://b/k", "name@version"),
+        (f"digest={SHA256} uri=s3://b/k", "exactly one name@version"),
+        (f"web@1 api@2 digest={SHA256} uri=s3://b/k", "exactly one name@version"),
+        ("web@1.4.2 uri=s3://b/k", "has no digest"),
+        (f"web@1.4.2 digest={SHA256}", "has no uri"),
+        (f"web@1.4.2 digest={SHA256} uri=", "has no uri"),
+        (f"web@1.4.2 digest={SHA256} uri=s3://b/k a=1 a=2", "names a twice"),
+        (f'web@1.4.2 digest={SHA256} uri=s3://b/k note="unclosed', "cannot be read"),
+        (f"web@1.4.2 digest=sha1:{'a' * 40} uri=s3://b/k", "not valid"),
+        (f"web@1.4.2 digest={SHA256} uri=s3://b/k 9x=1", "metadata key"),
+    ],
+)
+def test_bad_artifact_outputs_are_refused_saying_what_to_write(value: str, why: str) -> None:
+    with pytest.raises(InvalidInput, match=why):
+        parse_artifact_output(value)
+
+
+def test_refs_split_at_the_at_sign() -> None:
+    assert split_ref("web@1.4.2") == ("web", "1.4.2")
+    for bad in ["web", "@1.4.2", "web@"]:
+        with pytest.raises(InvalidInput, match="name@version"):
+            split_ref(bad)
+
+
+def _artifact(bad: bool) -> Artifact:
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    spec = make_spec("web", "1.4.2", SHA256, "s3://b/k")
+    return Artifact(
+        id="0" * 32,
+        name=spec.name,
+        version=spec.version,
+        digest=spec.digest,
+        uri=spec.uri,
+        metadata={},
+        run_id=None,
+        pipeline=None,
+        created_by="ci",
+        created_at=at,
+        bad=bad,
+        bad_reason="crashes on start" if bad else None,
+        bad_by="bob" if bad else None,
+        bad_at=at if bad else None,
+    )
+
+
+def test_marking_bad_is_a_one_way_transition() -> None:
+    good, bad = _artifact(False), _artifact(True)
+    assert (good.status, bad.status) == (ArtifactStatus.REGISTERED, ArtifactStatus.BAD)
+    check_mark_bad(good)
+    with pytest.raises(
+        AlreadyBad, match="already marked bad by bob at 2026-11-27 10:00 UTC: crashes on start"
+    ):
+        check_mark_bad(bad)
+    check_deployable(good)
+    with pytest.raises(CommandRefused, match=r"marked bad .*cannot be deployed or promoted"):
+        check_deployable(bad)
+    assert good.short_digest == "sha256:3f2a9c1b3f2a"

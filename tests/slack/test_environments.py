@@ -1,0 +1,161 @@
+"""Environment verbs end to end through the real Bolt endpoint (signed requests, fake Slack):
+`why` lists every blocker at once, `queue` shows places, `rollback` asks first and its button
+starts the rollback, `history` tells what went where."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_settings
+from core.access import Role
+from storage.directory import Directory
+from storage.locks import LockBook
+from storage.store import SqlStore
+from tests.slack.fake_slack import FakeSlack
+from tests.slack.test_bot_more import ALICE, SECRET, Bot, _blocks, until
+
+SHOP = """
+name: shop
+parameters:
+  - {name: version, required: true}
+stages:
+  - name: build
+    jobs:
+      - name: image
+        run: |
+          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
+          echo "artifact=shop@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/shop" >> "$SHIPYARD_OUTPUT"
+  - name: staging
+    environment: staging
+    jobs: [{name: deploy, run: "true"}]
+  - name: production
+    environment: production
+    jobs: [{name: deploy, run: "true"}]
+"""
+ENVIRONMENTS = {
+    "staging": {},
+    "production": {
+        "approvals": {"from": ["release-managers"], "count": 2},
+        "freezes": [{"every": "* * * * *", "until": "0 0 1 1 *", "reason": "year-end freeze"}],
+    },
+}
+
+
+@pytest.fixture
+async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "shop.yml").write_text(textwrap.dedent(SHOP))
+    store = SqlStore(sqlite_url)
+    directory = Directory(store)
+    for role in (Role.ADMIN,):
+        directory.grant(ALICE, "role", str(role), datetime.now(UTC))
+    store.dispose()
+    async with FakeSlack() as fake:
+        settings = load_settings(
+            database_url=sqlite_url,
+            pipelines_dir=pipes,
+            work_dir=tmp_path / "work",
+            poll_interval=0.05,
+            runner_name="slack-env-test",
+            slack_bot_token="xoxb-test",
+            slack_api_url=fake.base_url,
+            slack_signing_secret=SECRET,
+            environments=ENVIRONMENTS,
+        )
+        harness = Bot(fake, settings)
+        await harness.start()
+        try:
+            yield harness
+        finally:
+            await harness.stop()
+
+
+async def _released(bot: Bot, version: str) -> str:
+    reply = await bot.say(ALICE, f"run shop version={version}")
+    ref = reply["text"].split("*")[1]
+    await bot.until_status(ref, "queued", "waiting", "succeeded", "failed")
+    return ref
+
+
+async def test_why_lists_every_blocker_at_once_and_queue_shows_places(bot: Bot) -> None:
+    LockBook(bot.store).acquire("production", ALICE, "incident 4711", 7200, datetime.now(UTC))
+    ref = await _released(bot, "1.0.0")
+    state = await bot.until_status(ref, "waiting", "queued")
+    assert state.run.status == "waiting", state.run.reason  # the production gate comes first
+
+    reply = await bot.say(ALICE, "why production shop")
+    text = reply["text"]
+    assert text.startswith("A deployment to *production* would wait or be refused:")
+    for kind in ("lock", "freeze", "approvals"):
+        assert f"• *{kind}*:" in text, kind
+    assert "incident 4711" in text and "year-end freeze" in text and "release-managers" in text
+    assert "`/deploy unlock production`" in text
+    clear = await bot.say(ALICE, "why staging")
+    assert clear["text"] == "Nothing stands in the way: a deployment to *staging* would start now."
+
+    queue = await bot.say(ALICE, "queue production")
+    assert queue["text"].startswith("*production*: nothing deploying")
+
+
+async def test_rollback_asks_first_then_its_button_rolls_back(bot: Bot) -> None:
+    for version in ("1.0.0", "2.0.0"):
+        ref = await _released(bot, version)
+        await until(lambda r=ref: bot.run(r).stages[1].status == "succeeded", what=f"{ref} in staging")
+    # a finished run's thread offers "Roll back staging", which asks the same question
+    await bot.say(ALICE, "cancel shop#1")  # (it waits at production's gate)
+    result = await bot.fake.wait_for(
+        "chat.postMessage",
+        lambda c: "thread_ts" in c.args and "Roll back staging" in json.dumps(c.args),
+        timeout=10,
+    )
+    offer = next(e for b in _blocks(result) if b["type"] == "actions" for e in b["elements"])
+    token = await bot.press(ALICE, offer["action_id"], offer["value"], result.response["ts"])
+    question = (await bot.fake.wait_response(token)).body
+    assert isinstance(question, dict) and "This will roll staging back from shop@" in question["text"]
+
+    asked = await bot.say(ALICE, "rollback staging")
+    assert asked["text"] == (
+        ":rewind: This will roll staging back from shop@2.0.0 to shop@1.0.0 "
+        "(a new run of shop; nothing is rebuilt)."
+    )
+    button = asked["blocks"][1]["elements"][0]
+    assert button["action_id"] == "env_rollback" and button["confirm"]["title"]["text"] == "Roll back?"
+
+    token = await bot.press(ALICE, "env_rollback", button["value"], "0")
+    said = (await bot.fake.wait_response(token)).body
+    assert isinstance(said, dict) and said["response_type"] == "in_channel"
+    ref = said["text"].split("*")[3]
+    done = await bot.until_status(ref, "succeeded")
+    assert done.run.kind == "rollback"
+    history = await bot.say(ALICE, "history staging")
+    assert "shop@1.0.0 — rollback" in history["text"].splitlines()[1]
+
+    held = await bot.fake.wait_for(
+        "chat.postMessage",
+        lambda c: "thread_ts" in c.args and "acknowledge" in json.dumps(c.args).lower(),
+        timeout=10,
+    )
+    ack = next(
+        e
+        for b in _blocks(held)
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["text"]["text"] == "Acknowledge"
+    )
+    assert LockBook(bot.store).current("staging", datetime.now(UTC)) is not None
+    await bot.press(ALICE, ack["action_id"], ack["value"], held.response["ts"])
+    await until(
+        lambda: LockBook(bot.store).current("staging", datetime.now(UTC)) is None, what="the lock to go"
+    )
+
+    expired = json.loads(button["value"]) | {"until": 0}
+    token = await bot.press(ALICE, "env_rollback", json.dumps(expired), "0")
+    late = (await bot.fake.wait_response(token)).body
+    assert isinstance(late, dict) and "expired" in late["text"]

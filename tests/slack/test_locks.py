@@ -1,0 +1,259 @@
+"""Locks in Slack end to end: ``/deploy lock``, ``unlock`` and ``locks`` through the real Bolt
+endpoint with signed requests, and the keeper's messages driven by ``tick(now)`` with the times
+a test chooses: the reminder with Extend 1h and Release, the expiry told to the channel, and a
+handover asked for, declined and granted with buttons; on SQLite and PostgreSQL. The bot's Web API
+calls go to the fake."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.chat import lock_blocks as lb
+from bot.config import Settings, load_settings
+from bot.locks_keeper import KEEPER, LockKeeper
+from core.access import Role
+from core.locks import Lock
+from storage.directory import Directory
+from storage.locks import LockBook
+from storage.store import SqlStore
+from tests.slack.fake_slack import Call, FakeSlack
+from tests.slack.test_bot_more import CHANNEL, SECRET, Bot
+
+ALICE, BOB, CAROL, ROOT = "U0ALICE", "U0BOB", "U0CAROL", "U0ROOT"  # deployers; nobody; admin
+
+
+def _settings(tmp_path: Path, url: str, fake: FakeSlack) -> Settings:
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    store = SqlStore(url)
+    directory = Directory(store)
+    now = datetime.now(UTC)
+    for user in (ALICE, BOB):
+        directory.grant(user, "role", str(Role.DEPLOYER), now)
+    directory.grant(ROOT, "role", str(Role.ADMIN), now)
+    store.dispose()
+    return load_settings(
+        database_url=url,
+        pipelines_dir=pipes,
+        work_dir=tmp_path / "work",
+        poll_interval=0.05,
+        runner_name="slack-locks",
+        slack_bot_token="xoxb-test",
+        slack_api_url=fake.base_url,
+        slack_signing_secret=SECRET,
+        slack_channel=CHANNEL,
+        environments={"staging": None, "production": {"lock_reminder": "10m"}},
+    )
+
+
+@pytest.fixture
+async def bot(db_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
+    async with FakeSlack() as fake:
+        harness = Bot(fake, _settings(tmp_path, db_url, fake))
+        await harness.start()
+        try:
+            yield harness
+        finally:
+            await harness.stop()
+
+
+def keeper(bot: Bot) -> LockKeeper:
+    assert bot.client is not None
+    return bot.client.server.app[KEEPER]
+
+
+def current(bot: Bot, env: str = "production") -> Lock | None:
+    return LockBook(bot.store).current(env, datetime.now(UTC))
+
+
+def posts_to(bot: Bot, channel: str) -> list[Call]:
+    return [c for c in bot.fake.calls_to("chat.postMessage") if c.args.get("channel") == channel]
+
+
+def buttons(call_or_body: Call | dict[str, Any]) -> dict[str, dict[str, Any]]:
+    args = call_or_body.args if isinstance(call_or_body, Call) else call_or_body
+    blocks = args.get("blocks") or []
+    blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+    return {e["action_id"]: e for b in blocks if b["type"] == "actions" for e in b["elements"]}
+
+
+async def press(bot: Bot, user: str, button: dict[str, Any]) -> dict[str, Any]:
+    token = await bot.press(user, button["action_id"], button["value"], "1700000000.000100")
+    body = (await bot.fake.wait_response(token)).body
+    assert isinstance(body, dict)
+    return body
+
+
+# -- the verbs -------------------------------------------------------------------------------------
+async def test_lock_unlock_and_locks_in_the_channel(bot: Bot) -> None:
+    assert (await bot.say(ALICE, "locks"))["text"].startswith("No environment is locked.")
+    locked = await bot.say(ALICE, 'lock production "incident 4711" for 2h')
+    assert locked["response_type"] == "in_channel"
+    assert locked["text"].startswith(f":lock: production is locked by <@{ALICE}> since ")
+    assert "(just now): incident 4711; expires " in locked["text"]
+    held = current(bot)
+    assert held is not None and held.holder == ALICE and held.expires_at is not None
+    assert held.expires_at - held.since == timedelta(hours=2)
+
+    refused = await bot.say(BOB, "lock production hotfix")
+    assert refused["response_type"] == "ephemeral"
+    assert f"production is locked by <@{ALICE}>" in refused["text"] and "incident 4711" in refused["text"]
+    assert lb.ASK in buttons(refused)
+
+    listed = await bot.say(BOB, "locks")
+    assert listed["response_type"] == "ephemeral" and "incident 4711" in listed["text"]
+
+    not_yours = await bot.say(BOB, "unlock production")
+    assert not_yours["response_type"] == "ephemeral"
+    assert f"Only {ALICE} or an admin may unlock it" in not_yours["text"]
+    assert f"locked by <@{ALICE}>" in not_yours["text"]
+    assert "deployer" in (await bot.say(CAROL, 'lock staging "x"'))["text"]  # no role, no lock
+    assert "Did you mean `production`?" in (await bot.say(ALICE, 'lock prodution "x"'))["text"]
+    assert "Say which environment and why" in (await bot.say(BOB, "lock staging"))["text"]
+    assert "give '2' a unit" in (await bot.say(BOB, 'lock staging "load test" for 2'))["text"]
+    assert current(bot, "staging") is None
+
+    unlocked = await bot.say(ALICE, "unlock production")
+    assert unlocked == {**unlocked, "response_type": "in_channel"}
+    assert unlocked["text"] == f":unlock: <@{ALICE}> unlocked *production*: incident 4711."
+    assert current(bot) is None
+
+    await bot.say(BOB, 'lock staging "load test"')
+    by_admin = await bot.say(ROOT, "unlock staging")
+    assert by_admin["text"] == f":unlock: <@{ROOT}> unlocked *staging* (locked by <@{BOB}>): load test."
+
+    audit = [
+        (e.action, e.actor, e.outcome) for e in reversed(bot.store.audit_entries(100)) if e.channel == "slack"
+    ]
+    assert audit == [
+        ("lock_environment", ALICE, "accepted"),
+        ("lock_environment", BOB, "rejected"),
+        ("unlock_environment", BOB, "rejected"),
+        ("unlock_environment", ALICE, "accepted"),
+        ("lock_environment", BOB, "accepted"),
+        ("unlock_environment", ROOT, "accepted"),
+    ]
+
+
+# -- the keeper ------------------------------------------------------------------------------------
+async def test_the_holder_is_reminded_once_and_extends_then_releases_with_buttons(bot: Bot) -> None:
+    await bot.say(ALICE, 'lock production "incident 4711" for 2h')
+    held = current(bot)
+    assert held is not None and held.expires_at is not None
+    expiry = held.expires_at
+
+    early = await keeper(bot).tick(expiry - timedelta(minutes=11))  # production reminds 10m ahead
+    assert early.reminded == [] and posts_to(bot, ALICE) == []
+    due = await keeper(bot).tick(expiry - timedelta(minutes=9))
+    assert [lock.environment for lock in due.reminded] == ["production"]
+    assert (await keeper(bot).tick(expiry - timedelta(minutes=8))).reminded == []  # once
+    [reminder] = posts_to(bot, ALICE)  # a direct message to the holder
+    assert f"<@{ALICE}>, your lock on *production* expires" in reminder.args["text"]
+    assert "incident 4711" in reminder.args["text"]
+    assert set(buttons(reminder)) == {lb.EXTEND, lb.RELEASE}
+
+    refused = await press(bot, BOB, buttons(reminder)[lb.EXTEND])
+    assert f"Only {ALICE} may extend it" in refused["text"]
+    extended = await press(bot, ALICE, buttons(reminder)[lb.EXTEND])
+    assert extended["text"].startswith(":lock: production is locked by")
+    later = current(bot)
+    assert later is not None and later.expires_at == expiry + timedelta(hours=1)
+
+    assert (await keeper(bot).tick(expiry)).expired == []  # the old expiry passes: still locked
+    again = await keeper(bot).tick(expiry + timedelta(minutes=51))
+    assert [lock.expires_at for lock in again.reminded] == [expiry + timedelta(hours=1)]
+    second = posts_to(bot, ALICE)[-1]
+    released = await press(bot, ALICE, buttons(second)[lb.RELEASE])
+    assert released["response_type"] == "in_channel"
+    assert released["text"] == f":unlock: <@{ALICE}> unlocked *production*: incident 4711."
+    assert current(bot) is None
+    stale = await press(bot, ALICE, buttons(reminder)[lb.RELEASE])  # the first reminder's button
+    assert "That button is for an earlier lock; production is not locked any more." == stale["text"]
+
+
+async def test_an_expired_lock_is_told_to_the_channel_once(bot: Bot) -> None:
+    await bot.say(BOB, 'lock staging "load test" for 1h')
+    held = current(bot, "staging")
+    assert held is not None and held.expires_at is not None
+    assert (await keeper(bot).tick(held.expires_at - timedelta(seconds=1))).expired == []
+    done = await keeper(bot).tick(held.expires_at)
+    assert [lock.holder for lock in done.expired] == [BOB]
+    told = [c for c in posts_to(bot, CHANNEL) if "expired" in c.args["text"]]
+    assert [c.args["text"] for c in told] == [f":unlock: staging's lock by <@{BOB}> expired (load test)."]
+    assert (await keeper(bot).tick(held.expires_at + timedelta(minutes=1))).expired == []
+    assert len([c for c in posts_to(bot, CHANNEL) if "expired" in c.args["text"]]) == 1
+    assert "No environment is locked" in (await bot.say(BOB, "locks"))["text"]
+
+
+async def test_a_holder_outside_slack_is_reminded_in_the_channel(bot: Bot) -> None:
+    at = datetime.now(UTC)
+    LockBook(bot.store).acquire("staging", "ci-bot", "load test", 3600, at, channel="rest")
+    done = await keeper(bot).tick(at + timedelta(minutes=50))  # staging: the default 15m ahead
+    assert [lock.holder for lock in done.reminded] == ["ci-bot"]
+    [reminder] = [c for c in posts_to(bot, CHANNEL) if "your lock" in c.args["text"]]
+    assert reminder.args["text"].startswith(":hourglass_flowing_sand: ci-bot, your lock on *staging* expires")
+
+
+async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bot) -> None:
+    await bot.say(ALICE, 'lock production "incident 4711"')
+    refused = await bot.say(BOB, 'lock production "release 1.4"')
+    ask = buttons(refused)[lb.ASK]
+    assert "Asking for a lock needs the deployer role" in (await press(bot, CAROL, ask))["text"]
+    asked = await press(bot, BOB, ask)
+    assert asked["text"].startswith(f"Asked <@{ALICE}> to hand over the lock on *production*")
+
+    first = await keeper(bot).tick()
+    assert [lock.handover_requested_by for lock in first.asked] == [BOB]
+    assert (await keeper(bot).tick()).asked == []  # asked once
+    [prompt] = posts_to(bot, ALICE)
+    assert f"<@{BOB}> asks for your lock on *production*" in prompt.args["text"]
+    assert set(buttons(prompt)) == {lb.HAND_OVER, lb.KEEP}
+
+    assert f"Only {ALICE} may answer" in (await press(bot, BOB, buttons(prompt)[lb.KEEP]))["text"]
+    kept = await press(bot, ALICE, buttons(prompt)[lb.KEEP])
+    assert kept["text"] == f"You keep the lock on *production*; <@{BOB}> was told."
+    [answer] = posts_to(bot, BOB)
+    assert f"<@{ALICE}> keeps the lock for now" in answer.args["text"]
+
+    await press(bot, BOB, ask)  # asks again: asked again
+    await keeper(bot).tick()
+    second = posts_to(bot, ALICE)[-1]
+    assert second is not prompt and lb.HAND_OVER in buttons(second)
+    handed = await press(bot, ALICE, buttons(second)[lb.HAND_OVER])
+    assert handed["text"] == f"You handed the lock on *production* to <@{BOB}>."
+    held = current(bot)
+    assert held is not None and (held.holder, held.reason) == (BOB, "incident 4711")
+    assert f"<@{ALICE}> handed you the lock" in posts_to(bot, BOB)[-1].args["text"]
+    stale = await press(bot, ALICE, buttons(second)[lb.KEEP])
+    assert stale["text"].startswith("That button is for an earlier lock; production changed")
+    assert f"locked by <@{BOB}>" in stale["text"]
+
+
+async def test_a_rollback_lock_is_acknowledged_by_a_deployer(bot: Bot) -> None:
+    book = LockBook(bot.store)
+    rollback = book.acquire(
+        "production", ROOT, "rolled back web 1.4.2 to 1.4.1", None, datetime.now(UTC), "rollback"
+    )
+    summary, blocks = lb.rollback_locked(rollback, datetime.now(UTC))
+    assert "until someone acknowledges the rollback" in summary
+    acknowledge = buttons({"blocks": blocks})[lb.ACKNOWLEDGE]
+    assert acknowledge["confirm"]["confirm"]["text"] == "Acknowledge"
+
+    refused = await bot.say(BOB, 'lock production "mine"')
+    assert "until someone acknowledges the rollback" in refused["text"]
+    assert set(buttons(refused)) == {lb.ACKNOWLEDGE}  # not "ask for it": acknowledge it
+    nobody = await press(bot, CAROL, acknowledge)
+    assert nobody["response_type"] == "ephemeral" and current(bot) is not None
+    assert "a deployer or an admin may acknowledge a rollback" in nobody["text"]
+    done = await press(bot, BOB, acknowledge)
+    assert done["response_type"] == "in_channel"
+    assert done["text"].startswith(f":white_check_mark: <@{BOB}> acknowledged the rollback of *production*")
+    assert current(bot) is None
+    entry = next(e for e in bot.store.audit_entries(20) if e.action == "acknowledge_rollback")
+    assert (entry.actor, entry.channel, entry.detail["holder"]) == (BOB, "slack", ROOT)

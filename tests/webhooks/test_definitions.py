@@ -1,0 +1,128 @@
+"""What pipeline files say about webhooks: push triggers and external gates, and which engine
+events become which webhook event types."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+
+import pytest
+
+from bot.webhooks.incoming import Ignored, NotAPush, Push, match_push
+from bot.webhooks.messages import types_of
+from core.definition import PipelineDef, parse_pipeline
+from core.errors import DefinitionError
+from core.events import Event
+
+PUSHED = """
+name: web
+parameters:
+  - {name: sha, default: ""}
+  - {name: where, default: ""}
+  - {name: dry_run, type: boolean, default: false}
+triggers:
+  - schedule: {cron: "0 2 * * *"}
+  - push: {branches: [main], revision_parameter: sha, parameters: {dry_run: true}}
+  - push: {branches: ["release/*"], branch_parameter: where}
+stages:
+  - name: scan
+    gate: {type: external, timeout: 2h}
+    jobs: [{name: ship, run: "true"}]
+"""
+
+
+def parse(text: str) -> PipelineDef:
+    return parse_pipeline(textwrap.dedent(text))
+
+
+def test_push_triggers_sit_beside_schedules_in_the_file() -> None:
+    web = parse(PUSHED)
+    assert [t.schedule.cron for t in web.triggers] == ["0 2 * * *"]  # what the scheduler reads
+    assert [p.branches for p in web.push] == [["main"], ["release/*"]]
+    again = PipelineDef.model_validate(web.model_dump(mode="json"))  # as stored and read back
+    assert again == web and again.digest() == web.digest()
+    assert web.stages[0].gate is not None and web.stages[0].gate.type == "external"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ("gate: {type: external}", "an external gate needs `timeout`"),
+        ("gate: {type: external, timeout: 1h, run: scan}", "takes no `run` or `approvers`"),
+        ("gate: {type: external, timeout: 1h, approvers: [bob]}", "takes no `run` or `approvers`"),
+    ],
+)
+def test_external_gates_need_a_timeout_and_nothing_else(change: str, problem: str) -> None:
+    text = PUSHED.replace("gate: {type: external, timeout: 2h}", change)
+    with pytest.raises(DefinitionError) as caught:
+        parse(text)
+    assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ("{branches: []}", "branches"),
+        ("{branches: [main], revision_parameter: commit}", "'commit' is not a parameter"),
+        ("{branches: [main], parameters: {colour: red}}", "'colour' is not a parameter"),
+        ("{branches: [main], tags: [v1]}", "unknown field"),
+    ],
+)
+def test_bad_push_rules_are_named(rule: str, problem: str) -> None:
+    text = PUSHED.replace('{branches: ["release/*"], branch_parameter: where}', rule)
+    with pytest.raises(DefinitionError) as caught:
+        parse(text)
+    assert problem in str(caught.value)
+
+
+def test_a_push_matches_the_first_rule_naming_its_branch() -> None:
+    web = parse(PUSHED)
+    sha = "f" * 40
+    assert match_push(web, {"ref": "refs/heads/main", "after": sha}) == Push(
+        "main", sha, {"dry_run": "true", "sha": sha}
+    )
+    assert match_push(web, {"ref": "refs/heads/release/2.0", "after": sha}) == Push(
+        "release/2.0", sha, {"where": "release/2.0"}
+    )
+    ignored = match_push(web, {"ref": "refs/heads/mainline", "after": sha})
+    assert isinstance(ignored, Ignored) and "branches: main, release/*" in ignored.reason
+    with pytest.raises(NotAPush):
+        match_push(web, {"ref": "refs/heads/main", "after": "HEAD"})
+    with pytest.raises(NotAPush):
+        match_push(web, ["not", "an", "object"])
+
+
+def _event(subject: str, before: str | None, to: str | None, name: str = "") -> Event:
+    return Event(
+        name=name or f"{subject}.{to}",
+        run_id="r",
+        subject=subject,
+        subject_id="r.x",
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        from_status=before,
+        to_status=to,
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "types"),
+    [
+        (_event("run", "pending", "running"), ["run.started"]),
+        (_event("run", "queued", "running"), ["run.started"]),
+        (_event("run", "waiting", "running"), []),
+        (_event("run", "running", "succeeded"), ["run.finished"]),
+        (_event("run", "pending", "canceled"), ["run.finished"]),
+        (_event("stage", "running", "succeeded"), ["stage.finished", "deployment.finished"]),
+        (_event("stage", "running", "partial"), ["stage.finished", "deployment.finished"]),
+        (_event("stage", "waiting", "failed"), ["stage.finished"]),  # failed at its gate: nothing deployed
+        (_event("stage", "pending", "skipped"), []),
+        (_event("gate", "pending", "open"), ["gate.waiting"]),
+        (_event("gate", "open", "approved"), ["gate.decided"]),
+        (_event("gate", "open", "timed_out"), ["gate.decided"]),
+        (_event("gate", "pending", "skipped"), []),
+        (_event("gate", None, None, "gate.approval_added"), []),
+        (_event("job", "running", "failed"), []),
+    ],
+)
+def test_engine_events_map_to_webhook_event_types(event: Event, types: list[str]) -> None:
+    assert types_of(event) == types

@@ -1,0 +1,263 @@
+"""Incoming triggers over real HTTP: GitHub push events in GitHub's documented shape, signed as
+GitHub signs them (HMAC-SHA256 of the body, computed here from GitHub's description), and generic
+JSON signed with the ``standardwebhooks`` package. Accepted, filtered by branch, deduplicated,
+and refused (with an audit entry) when unsigned, badly signed, stale or unknown."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import standardwebhooks
+
+from tests.api.conftest import Api, Reply, assert_problem
+from tests.webhooks.conftest import StartHooks
+
+SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+
+
+def push_payload(ref: str = "refs/heads/main", after: str = SHA, **changes: Any) -> dict[str, Any]:
+    """A push event as GitHub documents it (trimmed to what a push always carries)."""
+    commit = {
+        "id": after,
+        "tree_id": "f9d2a07e9488b91af2641b26b9407fe22a451433",
+        "distinct": True,
+        "message": "Fix the frobnicator",
+        "timestamp": "2026-11-26T12:00:00-08:00",
+        "url": f"https://github.com/acme/web/commit/{after}",
+        "author": {"name": "Mona Octocat", "email": "mona@github.com", "username": "octocat"},
+        "committer": {"name": "GitHub", "email": "noreply@github.com", "username": "web-flow"},
+        "added": [],
+        "removed": [],
+        "modified": ["README.md"],
+    }
+    payload: dict[str, Any] = {
+        "ref": ref,
+        "before": "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c",
+        "after": after,
+        "created": False,
+        "deleted": False,
+        "forced": False,
+        "base_ref": None,
+        "compare": "https://github.com/acme/web/compare/0d1a26e67d8f...6dcb09b5b578",
+        "commits": [commit],
+        "head_commit": commit,
+        "repository": {
+            "id": 1296269,
+            "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5",
+            "name": "web",
+            "full_name": "acme/web",
+            "private": False,
+            "owner": {"name": "acme", "login": "acme", "id": 1, "type": "Organization"},
+            "html_url": "https://github.com/acme/web",
+            "default_branch": "main",
+        },
+        "pusher": {"name": "octocat", "email": "mona@github.com"},
+        "sender": {"login": "octocat", "id": 583231, "type": "User"},
+    }
+    payload.update(changes)
+    return payload
+
+
+async def github(
+    api: Api,
+    trigger: dict[str, Any],
+    payload: Any,
+    *,
+    delivery: str | None = None,
+    event: str = "push",
+    secret: str | None = None,
+    signature: str | None = None,
+) -> Reply:
+    body = json.dumps(payload).encode()
+    digest = hmac.new((secret or trigger["secret"]).encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "GitHub-Hookshot/044aadd",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-GitHub-Hook-ID": "292430182",
+        "X-Hub-Signature-256": signature if signature is not None else f"sha256={digest}",
+    }
+    if signature == "":
+        del headers["X-Hub-Signature-256"]
+    return await api.call("POST", f"/hooks/{trigger['id']}", None, data=body, headers=headers)
+
+
+async def generic(
+    api: Api, trigger: dict[str, Any], payload: Any, *, msg_id: str | None = None, at: datetime | None = None
+) -> Reply:
+    text = json.dumps(payload)
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    at = at or datetime.now(UTC)
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": standardwebhooks.Webhook(trigger["secret"]).sign(msg_id, at, text),
+    }
+    return await api.call("POST", f"/hooks/{trigger['id']}", None, data=text, headers=headers)
+
+
+async def make_trigger(api: Api, pipeline: str, kind: str) -> dict[str, Any]:
+    made = await api.post("/triggers", json={"pipeline": pipeline, "kind": kind})
+    assert made.status == 201, made.text
+    return made.json  # type: ignore[no-any-return]
+
+
+async def runs_of(api: Api, pipeline: str) -> list[dict[str, Any]]:
+    return (await api.get(f"/runs?pipeline={pipeline}")).json["items"]  # type: ignore[no-any-return]
+
+
+async def rejected(api: Api, action: str) -> list[dict[str, Any]]:
+    items = (await api.get(f"/audit?action={action}", "admin")).json["items"]
+    return [a for a in items if a["outcome"] == "rejected"]
+
+
+async def test_a_signed_push_starts_one_run_of_the_pushed_commit_however_often_it_is_delivered(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(db_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    assert trigger["url"].endswith(f"/api/v1/hooks/{trigger['id']}") and trigger["secret"]
+
+    delivery = str(uuid.uuid4())
+    first = await github(api, trigger, push_payload(), delivery=delivery)
+    assert first.status == 202, first.text
+    assert first.json["outcome"] == "started"
+    run = first.json["run"]
+    assert run["revision"] == SHA and run["parameters"] == {"sha": SHA, "branch": "main"}
+    assert run["triggered_by"] == {"principal": f"trigger:{trigger['id']}", "channel": "webhook"}
+    assert first.headers["Location"] == f"/api/v1/runs/{run['id']}"
+
+    again = await github(api, trigger, push_payload(), delivery=delivery)  # GitHub's "Redeliver"
+    assert again.status == 200 and again.json["outcome"] == "duplicate"
+    assert again.json["run"]["id"] == run["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert [r["id"] for r in await runs_of(api, "pushed")] == [run["id"]]
+    assert (await api.wait(run["id"]))["status"] == "succeeded"
+
+
+async def test_pushes_are_filtered_by_branch_and_tags_and_deletions_start_nothing(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(sqlite_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    other = "a" * 40
+    cases = [
+        (
+            push_payload("refs/heads/feature/login"),
+            "matches no push trigger of pushed (branches: main, release/*)",
+        ),
+        (push_payload("refs/tags/v1.2.0"), "is not a branch"),
+        (push_payload(after="0" * 40, deleted=True), "deletion starts nothing"),
+    ]
+    for payload, why in cases:
+        reply = await github(api, trigger, payload)
+        assert reply.status == 200 and reply.json["outcome"] == "ignored", reply.text
+        assert why in reply.json["reason"]
+    assert await runs_of(api, "pushed") == []
+    started = await github(api, trigger, push_payload("refs/heads/release/1.2", after=other))
+    assert started.status == 202 and started.json["run"]["parameters"]["branch"] == "release/1.2"
+    pong = await github(api, trigger, {"zen": "Keep it logically awesome.", "hook_id": 1}, event="ping")
+    assert pong.status == 200 and pong.json["outcome"] == "pong"
+    issue = await github(api, trigger, {"action": "opened"}, event="issues")
+    assert issue.status == 200 and issue.json["outcome"] == "ignored"
+
+
+async def test_unsigned_badly_signed_and_unknown_pushes_are_refused_and_audited(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(db_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    assert_problem(await github(api, trigger, push_payload(), signature=""), 401, "unsigned")
+    assert_problem(await github(api, trigger, push_payload(), secret="not the secret"), 401, "does not match")
+    tampered = await github(api, trigger, push_payload(), signature="sha256=" + "0" * 64)
+    assert_problem(tampered, 401, "X-Hub-Signature-256 does not match")
+    unknown = {**trigger, "id": "tr_nope"}
+    assert_problem(await github(api, unknown, push_payload()), 404, "no trigger 'tr_nope'")
+    assert_problem(await github(api, trigger, {"ref": "refs/heads/main"}), 422, "after")
+    form = await api.call(
+        "POST",
+        f"/hooks/{trigger['id']}",
+        None,
+        data=b"payload=%7B%7D",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": "d1",
+            "X-Hub-Signature-256": "sha256="
+            + hmac.new(trigger["secret"].encode(), b"payload=%7B%7D", hashlib.sha256).hexdigest(),
+        },
+    )
+    assert_problem(form, 415, "application/json")
+    assert await runs_of(api, "pushed") == []
+    audit = await rejected(api, "hook_trigger")
+    assert len(audit) == 6
+    reasons = " | ".join(a["reason"] for a in audit)
+    assert "unsigned" in reasons and "does not match" in reasons and "no trigger" in reasons
+    assert {a["channel"] for a in audit} == {"webhook"}
+
+
+async def test_a_trigger_for_a_pipeline_without_push_rules_says_what_to_add(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(sqlite_url)
+    trigger = await make_trigger(api, "quick", "github")
+    assert_problem(await github(api, trigger, push_payload()), 422, "no push trigger")
+
+
+async def test_a_generic_trigger_is_signed_the_standard_webhooks_way_and_replays_are_refused(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(db_url)
+    trigger = await make_trigger(api, "web", "generic")
+    assert trigger["secret"].startswith("whsec_")
+    body = {"parameters": {"ref": "abc1234"}, "revision": SHA}
+
+    first = await generic(api, trigger, body, msg_id="msg_one")
+    assert first.status == 202, first.text
+    assert first.json["run"]["parameters"]["ref"] == "abc1234" and first.json["run"]["revision"] == SHA
+    replayed = await generic(api, trigger, body, msg_id="msg_one")  # the same request again, in time
+    assert replayed.status == 200 and replayed.json["outcome"] == "duplicate"
+    assert replayed.json["run"]["id"] == first.json["run"]["id"]
+
+    stale = datetime.now(UTC) - timedelta(minutes=10)
+    assert_problem(await generic(api, trigger, body, msg_id="msg_two", at=stale), 401, "stale or replayed")
+    assert_problem(
+        await generic(api, {**trigger, "secret": "whsec_" + "B" * 44}, body), 401, "does not match"
+    )
+    unsigned = await api.call("POST", f"/hooks/{trigger['id']}", None, json=body)
+    assert_problem(unsigned, 401, "unsigned")
+    assert_problem(await generic(api, trigger, {"parameters": {}, "colour": "red"}), 422, "colour")
+    assert_problem(await generic(api, trigger, {"parameters": {"ref": "not-a-sha"}}), 422, "ref")
+    assert len(await runs_of(api, "web")) == 1
+    assert len(await rejected(api, "hook_trigger")) == 4  # the engine audits the refused trigger itself
+
+
+async def test_triggers_are_managed_by_admins_and_their_secret_is_shown_once(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(sqlite_url)
+    assert_problem(await api.post("/triggers", "deployer", json={"pipeline": "web", "kind": "github"}), 403)
+    assert_problem(await api.post("/triggers", json={"pipeline": "nope", "kind": "github"}), 404)
+    assert_problem(await api.post("/triggers", json={"pipeline": "web", "kind": "svn"}), 422)
+    trigger = await make_trigger(api, "pushed", "github")
+    listed = (await api.get("/triggers", "admin")).json["items"]
+    assert [t["id"] for t in listed] == [trigger["id"]] and "secret" not in listed[0]
+    assert "secret" not in (await api.get(f"/triggers/{trigger['id']}", "admin")).json
+    assert (await api.call("DELETE", f"/triggers/{trigger['id']}")).status == 200
+    assert_problem(await github(api, trigger, push_payload()), 404, "no trigger")
+    assert_problem(await api.get(f"/triggers/{trigger['id']}", "admin"), 404)
+
+
+async def test_text_a_database_cannot_store_is_refused_not_a_500(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(db_url)
+    assert_problem(await api.call("POST", "/hooks/tr_%00x", None, json={}), 400, "NUL")
+    callback = "/runs/web%231/gates/production/callback?webhook=wh_%00"
+    assert_problem(await api.call("POST", callback, None, json={}), 400, "NUL")
