@@ -334,8 +334,8 @@ class Service:
 
     def view(self, tx: Tx, env: str, run_id: str | None, now: datetime) -> EnvironmentView:
         """What stands between ``run_id`` and ``env`` now (read in this transaction)."""
-        busy, queued = tx.environment_queue(env)
-        head = next(((i, ref) for i, ref in queued), (None, None))
+        busy, first = tx.environment_queue(env, limit=1)
+        head = first[0] if first else (None, None)
         freeze = active_freeze(self.environments.policy(env).freezes, now)
         return EnvironmentView(
             name=env,

@@ -167,10 +167,16 @@ class Q:
         .limit(1)
     )
     #: the deploy stage running in an environment (the unique index allows one) and the queue
-    environment_queue = (
-        sa.select(STAGE.c.run_id, RUN.c.pipeline, RUN.c.number, STAGE.c.status)
+    environment_running = (
+        sa.select(STAGE.c.run_id, RUN.c.pipeline, RUN.c.number)
         .join(RUN, RUN.c.id == STAGE.c.run_id)
-        .where(STAGE.c.environment == b("env"), STAGE.c.status.in_(("running", "queued")))
+        .where(STAGE.c.environment == b("env"), STAGE.c.status == "running")
+        .limit(1)
+    )
+    environment_queued = (
+        sa.select(STAGE.c.run_id, RUN.c.pipeline, RUN.c.number)
+        .join(RUN, RUN.c.id == STAGE.c.run_id)
+        .where(STAGE.c.environment == b("env"), STAGE.c.status == "queued")
         .order_by(STAGE.c.queued_at, STAGE.c.run_id)
     )
     queue_head_at = sa.select(sa.func.min(STAGE.c.queued_at)).where(

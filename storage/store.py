@@ -538,14 +538,13 @@ class SqlTx:
     def overdue_runs(self, now: datetime, limit: int) -> list[str]:
         return list(self.conn.execute(Q.overdue_runs, {"now": now, "limit": limit}).scalars())
 
-    def environment_queue(self, env: str) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
-        busy: tuple[str, str] | None = None
-        queued: list[tuple[str, str]] = []
-        for run_id, pipeline, number, status in self.conn.execute(Q.environment_queue, {"env": env}):
-            if status == "running":
-                busy = (run_id, f"{pipeline}#{number}")
-            else:
-                queued.append((run_id, f"{pipeline}#{number}"))
+    def environment_queue(
+        self, env: str, limit: int | None = None
+    ) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+        running = self.conn.execute(Q.environment_running, {"env": env}).first()
+        busy = (running[0], f"{running[1]}#{running[2]}") if running is not None else None
+        query = Q.environment_queued if limit is None else Q.environment_queued.limit(limit)
+        queued = [(r, f"{p}#{n}") for r, p, n in self.conn.execute(query, {"env": env})]
         return busy, queued
 
     def queue_head_at(self, state: RunState) -> datetime | None:
