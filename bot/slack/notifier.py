@@ -40,6 +40,8 @@ CURSOR = "slack"
 REMIND_IDLE_S = 300.0
 #: App Home views refreshed at most per batch of events (the rest refresh when next opened)
 HOME_REFRESH_MAX = 50
+#: how long a run started from Slack may take to be routed to its channel
+ROUTE_WAIT_S = 2.0
 FAILED = frozenset(str(s) for s in JOB_FAILURES)
 FINISHED = frozenset(str(s) for s in RUN_TERMINAL)
 #: the least time between two edits of one run's message
@@ -169,6 +171,13 @@ class Notifier:
     async def _message(self, state: RunState) -> tuple[str, str] | None:
         """The run's (channel, ts), posting the message first if it has none yet."""
         found = await self.desk.read(self.state.message, state.run.id, quick=True)
+        if found is None and state.run.trigger_channel == "slack":
+            # /deploy routes its run to where it was typed right after the trigger commits: the
+            # run's first events can get here first, and must not be dropped or sent elsewhere
+            deadline = time.monotonic() + ROUTE_WAIT_S
+            while found is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                found = await self.desk.read(self.state.message, state.run.id, quick=True)
         if found is None:
             channel = state.definition.channel or self.default_channel
             if channel is None:
