@@ -32,6 +32,8 @@ class EnvironmentView:
     #: "frozen until … (reason)" while a freeze window is in force
     freeze: str | None = None
     freeze_fails: bool = False
+    #: the run's own artifact was marked bad after it was triggered: it must not deploy it
+    bad_artifact: str | None = None
 
 
 #: the views a decision may consult, by environment name (a missing one counts as free)
@@ -80,6 +82,8 @@ def admit(view: EnvironmentView | None, run: Run) -> Verdict:
     if view is None:
         return Verdict("admit")
     env = view.name
+    if view.bad_artifact:
+        return Verdict("fail", view.bad_artifact)
     if view.freeze and run.break_glass is None:
         if view.freeze_fails:
             return Verdict("fail", f"{env} is frozen: {view.freeze}")

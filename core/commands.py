@@ -42,6 +42,9 @@ class CancelRun:
     run_id: str
     actor: Actor
     reason: str = ""
+    #: supersede: cancel it only if it still waits in a queue (another process may have let
+    #: it in meanwhile, and a running deployment is not to be killed for being superseded)
+    only_if_queued: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -313,6 +313,8 @@ def _apply(plan: _Plan, command: RunCommand) -> None:
             _finish(plan, RunStatus.FAILED, f"timed out: the run took longer than its timeout of {took}")
         case CancelRun():
             _require_active(run, "cancel")
+            if command.only_if_queued and run.status is not RunStatus.QUEUED:
+                raise CommandRefused(f"{run.ref} is {run.status}, no longer queued")
             why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
             _finish(plan, RunStatus.CANCELED, why)
         case AdmitRun():

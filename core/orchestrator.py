@@ -198,7 +198,8 @@ class Orchestrator:
         commands += [TimeoutGate(run_id=r, gate=g) for r, g in timers.gate_deadlines]
         commands += [TimeoutRun(run_id=r) for r in timers.run_deadlines]
         commands += [
-            CancelRun(run_id=r, actor=SYSTEM, reason=f"superseded by {by}") for r, by in timers.superseded
+            CancelRun(run_id=r, actor=SYSTEM, reason=f"superseded by {by}", only_if_queued=True)
+            for r, by in timers.superseded
         ]
         commands += [AdmitRun(run_id=r) for r in timers.admissions]
         if commands:

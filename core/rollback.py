@@ -3,7 +3,8 @@
 The target is the artifact of the most recent successful deployment to the environment whose
 artifact differs from the latest deployment's (so a rollback after a failed deploy goes back to
 what last worked, and after a suspicious success to what came before it), skipping artifacts
-marked bad. ``to`` picks a version by hand.
+marked bad. After a rollback that failed, it is that rollback's target again (not the version
+people were escaping). ``to`` picks a version by hand.
 """
 
 from __future__ import annotations
@@ -53,9 +54,14 @@ def plan_rollback(
             raise InvalidInput(f"{target.ref} is marked bad ({target.bad_reason}); pick another version")
         pipeline = next((d.pipeline for d in with_artifacts if d.artifact_id == target.id), latest.pipeline)
         return RollbackPlan(environment, target.pipeline or pipeline, current, target)
+    if current is not None and current.kind == "rollback" and current.status != "succeeded":
+        again = artifact(current.artifact_id or "")  # a rollback that failed: its target again
+        if again is not None and not again.bad:
+            return RollbackPlan(environment, current.pipeline, current, again)
+    avoid = current.artifact_id if current is not None else None  # what is there now
     skipped = []
     for deployment in with_artifacts:
-        if deployment.status != "succeeded" or deployment.artifact_id == latest.artifact_id:
+        if deployment.status != "succeeded" or deployment.artifact_id == avoid:
             continue
         found = artifact(deployment.artifact_id or "")
         if found is None or found.bad:

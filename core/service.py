@@ -42,7 +42,7 @@ from core.ports import AuditEntry, Deployment, PipelineVersion, Store, Tx
 from core.protection import only_deploy_to, protect
 from core.review import open_review
 from core.rollback import RollbackPlan, plan_rollback
-from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, JobStatus, RunStatus
+from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, JobStatus, RunStatus, StageStatus
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -250,9 +250,15 @@ class Service:
                 f"{artifact.ref} has not been deployed successfully to {previous} yet; "
                 f"promote it to {previous} first (the path is {' → '.join(self.environments.path)})"
             )
-        built_by = tx.load_run(artifact.run_id) if artifact.run_id else None
-        parameters = {**(built_by.run.parameters if built_by else {}), **command.parameters}
-        return replace(command, artifact_id=artifact.id, parameters=parameters)
+        building = tx.load_run(artifact.run_id) if artifact.run_id else None
+        built = building.run if building is not None else None
+        return replace(
+            command,
+            artifact_id=artifact.id,
+            parameters={**(built.parameters if built else {}), **command.parameters},
+            branch=command.branch or (built.branch if built else None),
+            source_revision=command.source_revision or (built.source_revision if built else None),
+        )
 
     def why(self, env: str, pipeline: str | None = None) -> list[Blocker]:
         """Every reason a deployment of ``pipeline`` to ``env`` would wait or be refused now."""
@@ -337,6 +343,12 @@ class Service:
         busy, first = tx.environment_queue(env, limit=1)
         head = first[0] if first else (None, None)
         freeze = active_freeze(self.environments.policy(env).freezes, now)
+        bad = None
+        state = tx.load_run(run_id) if run_id is not None else None
+        spec = self.artifact_for(tx, state) if state is not None else None
+        artifact = tx.artifact(spec.ref) if spec is not None else None
+        if artifact is not None and artifact.bad:
+            bad = f"{artifact.ref} was marked bad by {artifact.bad_by} ({artifact.bad_reason})"
         return EnvironmentView(
             name=env,
             busy_with=busy[1] if busy is not None and busy[0] != run_id else None,
@@ -345,6 +357,7 @@ class Service:
             lock=tx.environment_lock(env, now),
             freeze=freeze.describe() if freeze is not None else None,
             freeze_fails=self.environments.policy(env).on_freeze == "fail",
+            bad_artifact=bad,
         )
 
     def _trigger(self, tx: Tx, command: TriggerRun, now: datetime) -> Decision:
@@ -433,6 +446,13 @@ class Service:
             artifact_id=old.run.artifact_id,
         )
         try:
+            if old.run.kind != "deploy":  # a promotion or rollback stays one: its target only
+                artifact = tx.artifact(old.run.artifact_id or "")
+                if artifact is None:
+                    raise NotFound(f"the artifact {old.run.ref} deployed is no longer registered")
+                check_deployable(artifact)
+                target = _deploy_target(old)
+                fresh = only_deploy_to(fresh, target, f"{old.run.kind} to {target}")
             fresh = protect(fresh, self.environments)
             return engine.start(
                 fresh,
@@ -537,20 +557,27 @@ class Service:
         for env in tx.queued_environments():
             _, queued = tx.environment_queue(env)
             if self.environments.policy(env).concurrency == "supersede":
-                newest: dict[str, str] = {}
-                for run_id, ref in reversed(queued):  # newest first
-                    pipeline = ref.rsplit("#", 1)[0]
-                    if pipeline in newest:
-                        superseded.append((run_id, newest[pipeline]))
-                    else:
-                        newest[pipeline] = ref
+                newest: dict[str, tuple[int, str]] = {}  # pipeline -> (number, ref) of its newest run
+                for _, ref in queued:
+                    pipeline, number = ref.rsplit("#", 1)
+                    newest[pipeline] = max(newest.get(pipeline, (0, "")), (int(number), ref))
+                for run_id, ref in queued:
+                    keep = newest[ref.rsplit("#", 1)[0]][1]
+                    if ref != keep:
+                        superseded.append((run_id, keep))
                 gone = {r for r, _ in superseded}
                 queued = [q for q in queued if q[0] not in gone]
-            for run_id, _ in queued[:QUEUE_SCAN]:  # the head, or one breaking the glass behind it
+            admitted = False
+            for run_id, _ in queued[:QUEUE_SCAN]:
                 state = tx.load_run(run_id)
-                if state is not None and admit(self.view(tx, env, run_id, now), state.run).outcome != "wait":
-                    admissions.append(run_id)  # (a freeze that fails runs fails it on admission)
-                    break
+                if state is None:
+                    continue
+                verdict = admit(self.view(tx, env, run_id, now), state.run)
+                if verdict.outcome != "wait" and not admitted:
+                    admissions.append(run_id)  # the head, or one breaking the glass behind it
+                    admitted = True  # (a freeze that fails runs fails it on admission)
+                elif verdict.outcome == "wait" and verdict.reason != state.run.reason:
+                    admissions.append(run_id)  # what it waits for changed: its message must say so
         return admissions, superseded
 
     # -- pipelines ------------------------------------------------------------------------
@@ -569,6 +596,16 @@ class Service:
     def find_run(self, ref: str) -> RunState | None:
         with self.store.transaction() as tx:
             return tx.find_run(ref)
+
+
+def _deploy_target(state: RunState) -> str:
+    """The environment a promotion or rollback deployed to (its other stages were skipped
+    saying ``<kind> to <env>``)."""
+    prefix = f"{state.run.kind} to "
+    for stage in state.stages:
+        if stage.status is StageStatus.SKIPPED and stage.reason.startswith(prefix):
+            return stage.reason.removeprefix(prefix)
+    return next(s.environment for s in state.stages if s.environment)
 
 
 class _LazyViews(Mapping[str, EnvironmentView]):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,8 +21,10 @@ from core.artifacts import (
     parse_artifact_output,
     split_ref,
 )
-from core.errors import CommandRefused, InvalidInput
+from core.errors import CommandRefused, InvalidInput, NotFound
 from core.executor import read_outputs
+from core.ports import Deployment
+from core.rollback import plan_rollback
 
 SHA256 = "sha256:" + "3f2a9c1b" * 8
 SHA512 = "sha512:" + "ab" * 64
@@ -175,3 +178,78 @@ def test_marking_bad_is_a_one_way_transition() -> None:
     with pytest.raises(CommandRefused, match=r"marked bad .*cannot be deployed or promoted"):
         check_deployable(bad)
     assert good.short_digest == "sha256:3f2a9c1b3f2a"
+
+
+# -- rollback targets (core.rollback) --------------------------------------------------------------
+def _deployment(
+    version: str | None, status: str = "succeeded", kind: str = "deploy", i: int = 0
+) -> Deployment:
+    at = datetime(2026, 11, 27, tzinfo=UTC) + timedelta(minutes=i)
+    return Deployment(
+        environment="production",
+        pipeline="web",
+        run_id=f"r{i}",
+        run_number=i,
+        stage="production",
+        status=status,
+        revision=None,
+        parameters={},
+        triggered_by="alice",
+        started_at=at,
+        finished_at=at,
+        id=i,
+        artifact_id=f"id-{version}" if version else None,
+        artifact=f"web@{version}" if version else None,
+        kind=kind,
+    )
+
+
+def _registry(*bad: str) -> Callable[[str], Artifact | None]:
+    def find(ref: str) -> Artifact | None:
+        version = ref.removeprefix("id-").removeprefix("web@")
+        return Artifact(
+            id=f"id-{version}",
+            name="web",
+            version=version,
+            digest="sha256:" + "0" * 64,
+            uri="oci://r/web",
+            metadata={},
+            run_id=None,
+            pipeline="web",
+            created_by="ci",
+            created_at=datetime(2026, 11, 1, tzinfo=UTC),
+            bad=version in bad,
+            bad_reason="broken" if version in bad else None,
+        )
+
+    return find
+
+
+@pytest.mark.parametrize(
+    ("history", "bad", "expected"),
+    [
+        pytest.param(["1.0.0", "1.1.0"], (), "1.0.0", id="after-a-suspicious-success-the-one-before"),
+        pytest.param(["1.0.0", "1.1.0", "1.2.0!"], (), "1.1.0", id="after-a-failed-deploy-what-last-worked"),
+        pytest.param(["1.0.0", "1.1.0", "1.2.0!", "1.2.0!"], (), "1.1.0", id="failures-in-a-row"),
+        pytest.param(["1.0.0", "1.1.0", "1.2.0"], ("1.1.0",), "1.0.0", id="skips-bad-artifacts"),
+        pytest.param(
+            ["1.0.1", "1.0.2", "<1.0.1!"], (), "1.0.1", id="a-failed-rollback-is-retried-not-reversed"
+        ),
+        pytest.param(["1.0.0", "1.1.0", "-"], (), "1.1.0", id="latest-without-artifact"),
+    ],
+)
+def test_rollback_chooses_the_right_artifact(history: list[str], bad: tuple[str, ...], expected: str) -> None:
+    deployments = []
+    for i, item in enumerate(history):
+        kind = "rollback" if item.startswith("<") else "deploy"
+        version = item.strip("<!") if item != "-" else None
+        deployments.append(_deployment(version, "failed" if item.endswith("!") else "succeeded", kind, i))
+    plan = plan_rollback("production", list(reversed(deployments)), _registry(*bad))
+    assert plan.target.version == expected
+
+
+def test_rollback_with_nothing_to_go_back_to_says_so() -> None:
+    with pytest.raises(NotFound, match="no earlier good deployment to production"):
+        plan_rollback("production", [_deployment("1.0.0")], _registry())
+    with pytest.raises(NotFound, match="nothing with an artifact was ever deployed"):
+        plan_rollback("production", [], _registry())

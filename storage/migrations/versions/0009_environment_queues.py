@@ -20,6 +20,22 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Until now two runs could deploy to one environment at once; the index below forbids it.
+    # Say which runs are in the way instead of failing on a bare constraint error.
+    both = op.get_bind().execute(
+        sa.text(
+            "SELECT s.environment, r.pipeline, r.number FROM stage s JOIN run r ON r.id = s.run_id "
+            "WHERE s.status = 'running' AND s.environment IN (SELECT environment FROM stage "
+            "WHERE status = 'running' AND environment IS NOT NULL GROUP BY environment HAVING COUNT(*) > 1)"
+        )
+    ).all()
+    if both:
+        busy = ", ".join(f"{p}#{n} ({e})" for e, p, n in both)
+        raise RuntimeError(
+            f"these runs deploy to the same environment at once: {busy}. Let them finish (or cancel "
+            "them) with the previous version of Shipyard, then upgrade: from now on an environment "
+            "takes one deployment at a time."
+        )
     with op.batch_alter_table('stage', schema=None) as batch_op:
         batch_op.add_column(sa.Column('queued_at', storage.tables.UTCDateTime(), nullable=True))
         batch_op.create_index('ix_stage_status_queued_at', ['status', 'queued_at'], unique=False)
