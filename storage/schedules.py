@@ -6,18 +6,22 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from core.schedule import Schedule
+from core.ports import AuditEntry
+from core.schedule import Schedule, next_fire
 from storage.store import SqlStore
 from storage.tables import T
 
 SCHEDULE = T["schedule"]
 LIVE = SCHEDULE.c.deleted_at.is_(None)
+#: schedules claimed per statement (at most three bound values each: far below SQLite's limit)
+CLAIM_CHUNK = 500
 
 
 def _schedule(r: Any) -> Schedule:
@@ -47,9 +51,14 @@ class ScheduleBook:
         self.store = store
 
     def add(self, schedule: Schedule) -> Schedule:
-        with self.store.engine.begin() as conn:
-            conn.execute(sa.insert(SCHEDULE).values(**_values(schedule)))
+        self.add_many([schedule])
         return schedule
+
+    def add_many(self, schedules: Sequence[Schedule]) -> None:
+        """Store several schedules in one transaction (one statement)."""
+        if schedules:
+            with self.store.engine.begin() as conn:
+                conn.execute(sa.insert(SCHEDULE), [_values(s) for s in schedules])
 
     def new(
         self,
@@ -80,9 +89,11 @@ class ScheduleBook:
         )
 
     def get(self, schedule_id: str) -> Schedule | None:
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as tx:
             row = (
-                conn.execute(sa.select(SCHEDULE).where(SCHEDULE.c.id == schedule_id, LIVE)).mappings().first()
+                tx.conn.execute(sa.select(SCHEDULE).where(SCHEDULE.c.id == schedule_id, LIVE))
+                .mappings()
+                .first()
             )
         return _schedule(row) if row else None
 
@@ -90,8 +101,8 @@ class ScheduleBook:
         query = sa.select(SCHEDULE).where(LIVE).order_by(SCHEDULE.c.next_fire_at, SCHEDULE.c.id)
         if pipeline is not None:
             query = query.where(SCHEDULE.c.pipeline == pipeline)
-        with self.store.engine.connect() as conn:
-            return [_schedule(r) for r in conn.execute(query).mappings()]
+        with self.store.reading() as tx:
+            return [_schedule(r) for r in tx.conn.execute(query).mappings()]
 
     def remove(self, schedule_id: str, now: datetime) -> bool:
         with self.store.engine.begin() as conn:
@@ -104,28 +115,81 @@ class ScheduleBook:
         query = (
             sa.select(SCHEDULE)
             .where(LIVE, SCHEDULE.c.next_fire_at <= now)
-            .order_by(SCHEDULE.c.next_fire_at)
+            .order_by(SCHEDULE.c.next_fire_at, SCHEDULE.c.id)
             .limit(limit)
         )
-        with self.store.engine.connect() as conn:
-            return [_schedule(r) for r in conn.execute(query).mappings()]
+        with self.store.reading() as tx:
+            return [_schedule(r) for r in tx.conn.execute(query).mappings()]
 
     def next_due_at(self) -> datetime | None:
-        with self.store.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.min(SCHEDULE.c.next_fire_at)).where(LIVE)).scalar()
+        with self.store.reading() as tx:
+            return tx.conn.execute(sa.select(sa.func.min(SCHEDULE.c.next_fire_at)).where(LIVE)).scalar()
 
-    def claim(self, schedule: Schedule, next_fire_at: datetime) -> bool:
-        """Move the schedule past its due occurrence; False if another process did first."""
-        with self.store.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(SCHEDULE)
-                .where(SCHEDULE.c.id == schedule.id, LIVE, SCHEDULE.c.next_fire_at == schedule.next_fire_at)
-                .values(next_fire_at=next_fire_at)
-            )
-            return bool(done.rowcount == 1)
+    def claim(
+        self,
+        claims: Sequence[tuple[Schedule, datetime]],
+        audits: Mapping[str, Sequence[AuditEntry]] | None = None,
+    ) -> set[str]:
+        """Move each schedule past its due occurrence (to the paired next fire time), in one
+        transaction; returns the ids this process won. A schedule is won only if it still has
+        the next fire time it was read with (the occurrence's compare-and-set); another process
+        that got there first, or on PostgreSQL holds the row right now (``SKIP LOCKED``), keeps
+        it. The audit entries of the schedules won (missed and refused fires) are written in the
+        same transaction: recorded exactly when the occurrence is taken."""
+        won: set[str] = set()
+        if not claims:
+            return won
+        by_due: dict[datetime, list[tuple[str, datetime]]] = defaultdict(list)
+        for schedule, next_fire_at in claims:
+            by_due[schedule.next_fire_at].append((schedule.id, next_fire_at))
+        kind = SCHEDULE.c.next_fire_at.type
+        with self.store.transaction() as tx:
+            for due_at, moves in by_due.items():
+                for i in range(0, len(moves), CLAIM_CHUNK):
+                    chunk = dict(moves[i : i + CLAIM_CHUNK])
+                    taken = sa.and_(SCHEDULE.c.id.in_(list(chunk)), LIVE, SCHEDULE.c.next_fire_at == due_at)
+                    if not self.store.sqlite:  # rows another claimer holds are its: skip them
+                        locked = sa.select(SCHEDULE.c.id).where(taken).with_for_update(skip_locked=True)
+                        taken = SCHEDULE.c.id.in_(locked.scalar_subquery())
+                    distinct = set(chunk.values())
+                    value: Any = (  # (a burst of one cron moves every schedule to the same time)
+                        sa.literal(distinct.pop(), kind)
+                        if len(distinct) == 1
+                        else sa.case(
+                            {sid: sa.literal(n, kind) for sid, n in chunk.items()}, value=SCHEDULE.c.id
+                        )
+                    )
+                    statement = (
+                        sa.update(SCHEDULE).where(taken).values(next_fire_at=value).returning(SCHEDULE.c.id)
+                    )
+                    won.update(tx.conn.execute(statement).scalars())
+            for schedule_id in sorted(won):
+                for entry in (audits or {}).get(schedule_id, ()):
+                    tx.audit(entry)
+        return won
+
+    def file_schedule_ids(self) -> dict[str, set[str]]:
+        """The live schedules declared in pipeline files, by pipeline."""
+        query = sa.select(SCHEDULE.c.pipeline, SCHEDULE.c.id).where(SCHEDULE.c.source == "file", LIVE)
+        found: dict[str, set[str]] = defaultdict(set)
+        with self.store.reading() as tx:
+            for pipeline, schedule_id in tx.conn.execute(query):
+                found[pipeline].add(schedule_id)
+        return dict(found)
 
     def sync_file(self, pipeline: str, wanted: Sequence[Schedule], now: datetime) -> None:
-        """Make the file-declared schedules of ``pipeline`` exactly ``wanted`` (by id)."""
+        """Make the file-declared schedules of ``pipeline`` exactly ``wanted`` (by id). The ones
+        it stores (new, or declared again after being removed) start from ``now``: their next
+        fire times are worked out here, inside the transaction that decides they are stored
+        (``wanted``'s own are ignored), so one already stored never has its next fire moved."""
+        firsts: dict[tuple[str, str], datetime] = {}
+
+        def first(s: Schedule) -> datetime:
+            key = (s.cron, s.timezone)
+            if key not in firsts:
+                firsts[key] = next_fire(s.cron, s.timezone, now)
+            return firsts[key]
+
         with self.store.engine.begin() as conn:
             have = set(
                 conn.execute(
@@ -134,18 +198,22 @@ class ScheduleBook:
                     )
                 ).scalars()
             )
-            for schedule in wanted:
-                if schedule.id not in have:
-                    existing = conn.execute(
-                        sa.select(SCHEDULE.c.id).where(SCHEDULE.c.id == schedule.id)
-                    ).first()
-                    if existing is None:
-                        conn.execute(sa.insert(SCHEDULE).values(**_values(schedule)))
-                    else:  # declared again after being removed: back, from now on
+            missing = [s for s in wanted if s.id not in have]
+            if missing:
+                removed = set(
+                    conn.execute(
+                        sa.select(SCHEDULE.c.id).where(SCHEDULE.c.id.in_([s.id for s in missing]))
+                    ).scalars()
+                )
+                new = [{**_values(s), "next_fire_at": first(s)} for s in missing if s.id not in removed]
+                if new:
+                    conn.execute(sa.insert(SCHEDULE), new)
+                for schedule in missing:
+                    if schedule.id in removed:  # declared again after being removed: back, from now on
                         conn.execute(
                             sa.update(SCHEDULE)
                             .where(SCHEDULE.c.id == schedule.id)
-                            .values(deleted_at=None, next_fire_at=schedule.next_fire_at)
+                            .values(deleted_at=None, next_fire_at=first(schedule))
                         )
             gone = have - {s.id for s in wanted}
             if gone:

@@ -1,0 +1,179 @@
+"""Schedules in bulk: a burst bigger than one batch fires every occurrence exactly once in one
+tick, claims made at the same moment split the occurrences between the claimers (and record a
+missed fire once), the clock ticks on the whole second, and declarations in pipeline files keep
+their next fire time when they are synced again. Fire times are given (no real minutes pass)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bot.backend import Backend
+from bot.bootstrap import Shipyard, build
+from bot.config import load_settings
+from bot.scheduler import Clockwork
+from core.access import Role
+from core.ports import AuditEntry
+from core.schedule import Schedule, next_fire
+from storage.directory import Directory
+from storage.schedules import ScheduleBook
+from storage.tables import T
+
+DUE = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # a Monday, 02:00 UTC
+NIGHTLY = "0 2 * * *"
+PIPELINE = "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']}]\n"
+
+
+@dataclass
+class Clock:
+    yard: Shipyard
+    backend: Backend
+    book: ScheduleBook
+
+    def clockwork(self, batch: int = 1000) -> Clockwork:
+        return Clockwork(self.backend, "scheduler", batch=batch)
+
+    def add(
+        self, count: int, owner: str = "alice", due: datetime = DUE, cron: str = NIGHTLY
+    ) -> list[Schedule]:
+        made = [
+            Schedule(
+                id=f"{owner}-{due:%H%M%S}-{i:04}",
+                pipeline="tick",
+                cron=cron,
+                timezone="UTC",
+                parameters={},
+                owner=owner,
+                source="api",
+                grace_s=600,
+                next_fire_at=due,
+                created_at=due - timedelta(days=1),
+            )
+            for i in range(count)
+        ]
+        self.book.add_many(made)
+        return made
+
+    def scheduled_runs(self) -> list[tuple[str, datetime]]:
+        run = T["run"]
+        query = sa.select(run.c.idempotency_key, run.c.created_at).where(
+            run.c.idempotency_key.like("schedule:%")
+        )
+        with self.yard.store.engine.connect() as conn:
+            return [(key, created) for key, created in conn.execute(query)]
+
+    def audited(self, action: str) -> list[str]:
+        audit = T["audit"]
+        query = sa.select(audit.c.target).where(audit.c.action == action)
+        with self.yard.store.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+
+@pytest.fixture
+async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "tick.yml").write_text(PIPELINE)
+    settings = load_settings(
+        database_url=db_url, pipelines_dir=pipes, work_dir=tmp_path / "w", runner_capacity=0
+    )
+    yard = build(settings, with_runner=False)
+    await yard.start()
+    backend = Backend()
+    backend.bind(yard)
+    Directory(yard.store).grant("alice", "role", str(Role.DEPLOYER), datetime.now(UTC))
+    try:
+        yield Clock(yard, backend, ScheduleBook(yard.store))
+    finally:
+        backend.close()
+        await yard.stop()
+
+
+async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tick(clock: Clock) -> None:
+    burst = clock.add(130)
+    gone = clock.add(1, owner="alice", due=DUE - timedelta(minutes=1))[0]
+    clock.book.remove(gone.id, DUE)
+    refused = clock.add(2, owner="mallory")  # holds no role: refused, and the refusal audited
+    ticking = clock.clockwork(batch=50)
+
+    fired = await ticking.tick(DUE + timedelta(milliseconds=5))
+
+    started = [f for f in fired if f.run_ref]
+    assert len(started) == 130 and len({f.run_ref for f in started}) == 130
+    assert {f.schedule.id for f in started} == {s.id for s in burst}
+    assert sorted(f.refused for f in fired if not f.run_ref) == 2 * [
+        "mallory may no longer start runs (roles: none)"
+    ]
+    assert await ticking.tick(DUE + timedelta(seconds=1)) == []  # every occurrence was claimed
+    runs = clock.scheduled_runs()
+    assert sorted(key for key, _ in runs) == sorted(s.idempotency_key(DUE) for s in burst)
+    assert all(created >= DUE for _, created in runs)  # never before the occurrence was due
+    rejected = [t for t in clock.audited("trigger_run") if t.startswith("schedule ")]
+    assert sorted(rejected) == sorted(f"schedule {s.id}" for s in refused)
+    following = {s.next_fire_at for s in clock.book.all() if s.id.startswith("alice")}
+    assert following == {DUE + timedelta(days=1)}
+
+
+async def test_claims_made_at_once_split_the_occurrences_and_record_a_missed_fire_once(clock: Clock) -> None:
+    late = DUE + timedelta(minutes=30)  # beyond the 10-minute grace: missed, recorded, not run
+    clock.add(60)
+    due = clock.book.due(late, 1000)
+    claims = [(s, next_fire(s.cron, s.timezone, late)) for s in due]
+    audits = {s.id: [_missed(s.id, late)] for s in due}
+
+    won = await asyncio.gather(*(asyncio.to_thread(clock.book.claim, claims, audits) for _ in range(3)))
+
+    assert sum(len(w) for w in won) == 60 and set().union(*won) == {s.id for s in due}
+    assert sorted(clock.audited("schedule_missed")) == sorted(f"schedule {s.id}" for s in due)
+    assert clock.book.claim(claims, audits) == set()  # the occurrences moved on: nothing left
+
+
+async def test_the_clock_ticks_on_the_whole_second_and_its_fires_outlive_a_stop(clock: Clock) -> None:
+    due = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    clock.add(40, due=due, cron="* * * * *")
+    ticking = clock.clockwork(batch=25)
+    await ticking.start()
+    job = ticking.scheduler.get_job("tick") if ticking.scheduler else None
+    assert job is not None and job.next_run_time.microsecond == 0
+
+    await ticking._beat()  # the clock's own job: claims and starts the triggers, does not wait
+    await ticking.stop()  # ... but a stop waits for the runs it claimed
+
+    keys = sorted(key for key, _ in clock.scheduled_runs())
+    assert len(keys) == 40 and all(key.endswith(due.isoformat()) for key in keys)
+
+
+async def test_declarations_in_files_keep_their_next_fire_when_synced_again(
+    clock: Clock, tmp_path: Path
+) -> None:
+    text = PIPELINE.replace(
+        "stages:", f"triggers:\n  - schedule: {{cron: '{NIGHTLY}', timezone: UTC}}\nstages:"
+    )
+    (tmp_path / "pipelines" / "tick.yml").write_text(text)
+    await clock.backend.write(clock.yard.catalog.refresh)
+    ticking = clock.clockwork()
+    await ticking.sync_files()
+    (first,) = clock.book.all("tick")
+    assert first.source == "file" and first.next_fire_at == next_fire(NIGHTLY, "UTC", first.created_at)
+
+    await ticking.sync_files()  # nothing changed: the stored schedule, its next fire untouched
+    assert clock.book.all("tick") == [first]
+
+
+def _missed(schedule_id: str, at: datetime) -> AuditEntry:
+    return AuditEntry(
+        at=at,
+        actor="alice",
+        channel="schedule",
+        action="schedule_missed",
+        target=f"schedule {schedule_id}",
+        outcome="skipped",
+        reason=f"missed {DUE.isoformat()}",
+        detail={},
+    )
