@@ -3,6 +3,7 @@ environment's queue (and moving a run to its front), and why a deployment would 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
@@ -99,6 +100,14 @@ class ToQuery(Strict):
     to: str | None = Field(None, min_length=1, max_length=200)
 
 
+def _env(call: Call) -> str:
+    """The environment named in the path, refused with ``404`` when it cannot be a name."""
+    name = call.params["env_id"]
+    if not re.fullmatch(NAME, name):
+        raise Problem(404, f"no environment {name[:80]!r} (names are like production: [a-z0-9-], ≤ 63)")
+    return name
+
+
 def _plan_out(plan: RollbackPlan) -> RollbackOut:
     current = plan.current.artifact if plan.current is not None else None
     return RollbackOut(
@@ -114,7 +123,7 @@ def _plan_out(plan: RollbackPlan) -> RollbackOut:
 async def _plan(call: Call, to: str | None) -> RollbackPlan:
     g = gw(call)
     try:
-        return await g.read(g.yard.service.rollback_plan, call.params["env_id"], to)
+        return await g.read(g.yard.service.rollback_plan, _env(call), to)
     except CommandRefused as exc:
         raise Problem(404 if exc.kind == "not_found" else 422, exc.message) from None
 
@@ -206,7 +215,7 @@ async def rollback(call: Call) -> web.Response:
     responses={200: ("every reason at once, each with what clears it", BlockersOut)},
 )
 async def list_blockers(call: Call) -> web.Response:
-    g, env, pipeline = gw(call), call.params["env_id"], call.query.pipeline
+    g, env, pipeline = gw(call), _env(call), call.query.pipeline
     found = await g.read(g.yard.service.why, env, pipeline)
     items = [BlockerOut(kind=b.kind, what=b.what, clears=b.clears) for b in found]
     return reply(BlockersOut(environment=env, pipeline=pipeline, clear=not items, blockers=items))
@@ -222,7 +231,7 @@ async def list_blockers(call: Call) -> web.Response:
 )
 async def get_queue(call: Call) -> web.Response:
     g = gw(call)
-    q = await g.read(g.yard.service.queue, call.params["env_id"])
+    q = await g.read(g.yard.service.queue, _env(call))
     waiting = [
         QueuedOut(run_id=e.run_id, ref=e.ref, position=e.position, estimated_start=e.eta) for e in q.waiting
     ]
@@ -248,7 +257,7 @@ async def get_queue(call: Call) -> web.Response:
 async def move_to_front(call: Call) -> web.Response:
     g = gw(call)
     state = await find_run(call)
-    q = await g.read(g.yard.service.queue, call.params["env_id"])
+    q = await g.read(g.yard.service.queue, _env(call))
     if not any(e.run_id == state.run.id for e in q.waiting):
         raise Problem(409, f"{state.run.ref} is not waiting in {q.environment}'s queue")
     decision = await g.command(

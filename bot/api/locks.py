@@ -173,6 +173,8 @@ async def lock_environment(call: Call) -> web.Response:
     `since`, `expires_at`, `kind`)."""
     body: LockIn = call.body
     env = call.params["env_id"]
+    if body.duration is not None and not body.duration.strip():
+        raise Problem(422, f"duration is empty: {HOW_LONG}, or null for a lock without expiry")
     seconds = lk.lock_duration(body.duration)
     await _known(call, env)
     book, at = _book(call), now()

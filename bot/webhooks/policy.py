@@ -195,6 +195,8 @@ async def check_name(policy: Policy, host: str, resolver: AbstractResolver | Non
         found: list[Any] = await resolver.resolve(host, 0, socket.AF_UNSPEC)
     except OSError as exc:
         return f"{host} does not resolve ({exc.strerror or exc})"
+    except (UnicodeError, ValueError):  # e.g. a label over 63 characters (IDNA refuses it)
+        return f"{host[:80]} is not a valid host name"
     finally:
         if own:
             await resolver.close()

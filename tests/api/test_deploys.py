@@ -193,3 +193,14 @@ async def test_break_glass_goes_through_a_freeze_and_someone_else_must_review_it
     assert_problem(await api.post(path, "approver2", json={}), 409, "already acknowledged by approver")
     audit = (await api.get("/audit?action=acknowledge_review", "admin")).json["items"]
     assert [a["outcome"] for a in audit] == ["rejected", "accepted", "rejected"][::-1]
+
+
+async def test_environment_paths_refuse_what_cannot_be_an_environment_name(lite: Api) -> None:
+    long = "0" * 200
+    for path in (
+        f"/environments/{long}/blockers",
+        f"/environments/{long}/queue",
+        "/environments/Prod!/rollback",
+    ):
+        assert_problem(await lite.get(path), 404, "no environment")
+    assert (await lite.get("/environments/nowhere/queue")).json["waiting"] == []

@@ -164,3 +164,8 @@ async def test_the_lock_endpoints_are_documented(lite: Api) -> None:
     assert "post" in paths["/api/v1/environments/{env_id}/lock/extend"]
     assert "post" in paths["/api/v1/environments/{env_id}/lock/handover"]
     assert "get" in paths["/api/v1/locks"]
+
+
+async def test_an_empty_duration_is_refused_not_taken_for_no_expiry(lite: Api) -> None:
+    reply = await lite.post("/environments/staging/lock", "deployer", json={"reason": "x", "duration": ""})
+    assert_problem(reply, 422, "duration is empty")

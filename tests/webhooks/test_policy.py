@@ -120,3 +120,9 @@ async def test_registration_resolves_the_name_and_checks_it() -> None:
     assert "does not resolve" in (await check_name(Policy(), "nowhere.example", table) or "")
     assert "metadata" in (await check_name(Policy(), "169.254.169.254", table) or "")
     assert await check_name(Policy(AllowList.parse(["internal.example"])), "internal.example", table) is None
+
+
+async def test_a_host_name_no_resolver_accepts_is_refused_not_a_crash() -> None:
+    """IDNA refuses a label over 63 characters; that is a bad URL, not a server error."""
+    why = await check_name(Policy(), "a" * 300 + ".example")
+    assert why is not None and "is not a valid host name" in why
