@@ -1,15 +1,15 @@
 """The clock: an APScheduler (3.x, asyncio) job ticks at every whole second and fires the
 schedules that are due. APScheduler keeps no job store of ours (its maintainer advises against
-sharing one between processes): schedules live in Shipyard's tables, each occurrence is claimed
-by a conditional update, and the run is triggered with the idempotency key
-``schedule:<id>:<fire time>``, so two replicas never both start it.
+sharing one between processes): schedules live in Shipyard's tables, each occurrence's run is
+triggered with the idempotency key ``schedule:<id>:<fire time>`` (so two replicas, or a retry
+after a crash, never start a second one) and then claimed by a conditional update of the
+schedule's next fire time (so nothing claimed can have been left unstarted).
 
 Bursts are the normal case (a thousand nightly deploys at 02:00), so the clock works in
-batches: one query reads up to ``BATCH`` due schedules, one transaction claims them all (and
-records the missed and refused ones with the claim), and their triggers go to the orchestrator
-together, which commits them in groups. The next batch is claimed while those commit, but not
-the one after: at most two batches are ever claimed and not yet triggered. A tick does not wait
-for its last triggers, and a tick still busy with a burst takes what comes due meanwhile."""
+batches: one query reads up to ``BATCH`` due schedules, their triggers go to the orchestrator
+together (which commits them in groups), and one transaction then claims them all, recording
+the missed and refused ones with the claim so only its winner does. A tick still busy with a
+burst takes what comes due meanwhile."""
 
 from __future__ import annotations
 
@@ -123,14 +123,12 @@ class Clockwork:
         task.add_done_callback(self._busy.discard)
 
     async def _claim_due(self, at: datetime | None) -> list[_Claimed]:
-        """Claim every occurrence due at ``at`` (live: due at each moment this asks), a batch at
-        a time. Each batch's triggers start as soon as it is claimed and the next batch is
-        claimed while they commit, but not the one after: at most two batches are ever claimed
-        and not yet triggered, which bounds what a crash at that moment can lose (a claimed
-        occurrence is not claimed again)."""
+        """Fire and claim every occurrence due at ``at`` (live: due at each moment this asks), a
+        batch at a time. Each batch is triggered first and claimed after its runs exist, so a
+        crash in between loses nothing: the occurrence is still due, and triggering it again
+        finds the run its idempotency key already made."""
         claimed: list[_Claimed] = []
         seen: set[str] = set()
-        previous: list[_Claimed] = []
         try:
             while True:
                 moment = at or now()
@@ -139,11 +137,7 @@ class Clockwork:
                 if not fresh:
                     break
                 seen.update(s.id for s in fresh)
-                batch = await self._claim(fresh, moment)
-                claimed += batch
-                if triggers := [e.trigger for e in previous if e.trigger is not None]:
-                    await asyncio.wait(triggers)
-                previous = batch
+                claimed += await self._claim(fresh, moment)
                 if len(due) < self.batch:
                     break
         except BaseException:
@@ -154,14 +148,10 @@ class Clockwork:
 
     async def _claim(self, due: Sequence[Schedule], at: datetime) -> list[_Claimed]:
         entries = [_Claimed(s, p) for s, p in _plans(due, at)]
-        mine = await self.backend.write(self._take, entries, at)
-        for entry in mine:
+        await self.backend.read(self._judge, entries)
+        for entry in entries:
             schedule, plan = entry.schedule, entry.plan
-            if plan.fire_at is None:
-                log.warning(
-                    "schedule %s missed %d fire(s); next at %s", schedule.id, len(plan.missed), plan.next_fire
-                )
-            elif not entry.refused:
+            if plan.fire_at is not None and not entry.refused:
                 command = TriggerRun(
                     pipeline=schedule.pipeline,
                     actor=Actor(schedule.owner, "schedule"),
@@ -169,28 +159,49 @@ class Clockwork:
                     idempotency_key=schedule.idempotency_key(plan.fire_at),
                 )
                 entry.trigger = asyncio.create_task(self.backend.decide(command))
+        if triggers := [e.trigger for e in entries if e.trigger is not None]:
+            await asyncio.wait(triggers)  # the runs exist before their occurrences are marked done
+        broken = {
+            e.schedule.id: e.trigger.exception() for e in entries if e.trigger and e.trigger.exception()
+        }
+        for schedule_id, error in broken.items():  # (the database went away, say): still due
+            log.warning("schedule %s did not fire (%s); the next tick tries again", schedule_id, error)
+        entries = [e for e in entries if e.schedule.id not in broken]
+        mine = await self.backend.write(self._take, entries, at)
+        for entry in mine:
+            if entry.plan.fire_at is None:
+                log.warning(
+                    "schedule %s missed %d fire(s); next at %s",
+                    entry.schedule.id,
+                    len(entry.plan.missed),
+                    entry.plan.next_fire,
+                )
         return mine
 
-    def _take(self, entries: Sequence[_Claimed], at: datetime) -> list[_Claimed]:
-        """On the database thread: ask what the owners of people's schedules may do now (each
-        owner once), then claim every occurrence, recording missed and refused ones with the
-        claim. Returns the entries this process won; the rest another process was first to."""
+    def _judge(self, entries: Sequence[_Claimed]) -> None:
+        """A person's schedule runs with what that person may do now: read each owner once."""
         owners = {
             e.schedule.owner for e in entries if e.schedule.source != "file" and e.plan.fire_at is not None
         }
         when = now()
         principals = {name: self.backend.directory.principal(name, when) for name in owners}
+        for entry in entries:
+            if entry.plan.fire_at is not None and entry.schedule.source != "file":
+                owner = principals[entry.schedule.owner]
+                if not owner.may(Action.TRIGGER):
+                    roles = ", ".join(sorted(owner.roles)) or "none"
+                    entry.refused = f"{entry.schedule.owner} may no longer start runs (roles: {roles})"
+
+    def _take(self, entries: Sequence[_Claimed], at: datetime) -> list[_Claimed]:
+        """On the database thread: claim every occurrence (their runs were triggered already),
+        recording missed and refused ones with the claim, so only the process that wins a claim
+        records it. Returns the entries this process won."""
         audits = {}
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
             records = [_missed(schedule, at, missed) for missed in plan.missed]
-            if plan.fire_at is not None and schedule.source != "file":
-                # a person's schedule runs with what that person may do now
-                owner = principals[schedule.owner]
-                if not owner.may(Action.TRIGGER):
-                    roles = ", ".join(sorted(owner.roles)) or "none"
-                    entry.refused = f"{schedule.owner} may no longer start runs (roles: {roles})"
-                    records.append(_audit(schedule, "trigger_run", "rejected", entry.refused, at))
+            if entry.refused:
+                records.append(_audit(schedule, "trigger_run", "rejected", entry.refused, at))
             audits[schedule.id] = records
         won = self.book.claim([(e.schedule, e.plan.next_fire) for e in entries], audits)
         return [e for e in entries if e.schedule.id in won]

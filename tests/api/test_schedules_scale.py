@@ -19,6 +19,9 @@ from bot.bootstrap import Shipyard, build
 from bot.config import load_settings
 from bot.scheduler import Clockwork
 from core.access import Role
+from core.commands import Command, TriggerRun
+from core.engine import Decision
+from core.model import Actor
 from core.ports import AuditEntry
 from core.schedule import Schedule, next_fire
 from storage.directory import Directory
@@ -180,3 +183,53 @@ def _missed(schedule_id: str, at: datetime) -> AuditEntry:
         reason=f"missed {DUE.isoformat()}",
         detail={},
     )
+
+
+async def test_a_process_that_died_after_triggering_loses_nothing_and_doubles_nothing(clock: Clock) -> None:
+    """Runs are triggered before their occurrences are claimed: if the process that triggered
+    them died before claiming, the occurrences are still due, and the next tick finds the runs
+    their idempotency keys already made instead of starting second ones."""
+    made = clock.add(5)
+    died = made[:3]  # the dead process had triggered these three, and claimed nothing
+    for schedule in died:
+        decision = await clock.yard.orchestrator.handle(
+            TriggerRun(
+                pipeline="tick",
+                actor=Actor(schedule.owner, "schedule"),
+                idempotency_key=schedule.idempotency_key(DUE),
+            )
+        )
+        assert decision.accepted and decision.state is not None
+    assert {s.next_fire_at for s in clock.book.all()} == {DUE}  # still due
+
+    fired = await clock.clockwork().tick(DUE + timedelta(seconds=1))
+
+    assert len([f for f in fired if f.run_ref]) == 5
+    runs = clock.scheduled_runs()
+    assert sorted(key for key, _ in runs) == sorted(s.idempotency_key(DUE) for s in made)  # one each
+    assert {s.next_fire_at for s in clock.book.all()} == {DUE + timedelta(days=1)}
+
+
+async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_next_tick(clock: Clock) -> None:
+    """A trigger that raises (the database went away mid-burst) leaves its occurrence unclaimed:
+    it is not lost, the next tick fires it, and once."""
+    made = clock.add(4)
+    flaky = made[0].idempotency_key(DUE)
+    real = clock.backend.decide
+    failures = []
+
+    async def outage_once(command: Command) -> Decision:
+        if isinstance(command, TriggerRun) and command.idempotency_key == flaky and not failures:
+            failures.append(command)
+            raise ConnectionError("database went away")
+        return await real(command)
+
+    clock.backend.decide = outage_once  # type: ignore[method-assign]
+    ticking = clock.clockwork()
+    first = await ticking.tick(DUE + timedelta(seconds=1))
+    assert sorted(f.schedule.id for f in first if f.run_ref) == sorted(s.id for s in made[1:])
+    assert clock.book.get(made[0].id).next_fire_at == DUE  # type: ignore[union-attr]  # still due
+
+    second = await ticking.tick(DUE + timedelta(seconds=2))
+    assert [f.schedule.id for f in second if f.run_ref] == [made[0].id]
+    assert sorted(key for key, _ in clock.scheduled_runs()) == sorted(s.idempotency_key(DUE) for s in made)
