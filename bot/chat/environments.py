@@ -143,21 +143,15 @@ async def promote(desk: Desk, who: Who, line: Line) -> Reply:
         raise Refusal(
             f"{artifact.ref} was registered over the API; promote it with the REST API naming its pipeline."
         )
-    decision = await desk.decide(
-        TriggerRun(
-            pipeline=artifact.pipeline,
-            actor=who.actor,
-            kind="promotion",
-            artifact_id=artifact.id,
-            deploy_to=words[2],
-        )
+    command = TriggerRun(
+        pipeline=artifact.pipeline,
+        actor=who.actor,
+        kind="promotion",
+        artifact_id=artifact.id,
+        deploy_to=words[2],
     )
-    if not decision.accepted:
-        raise Refusal(decision.reason)
-    assert decision.state is not None
-    if desk.on_run_started is not None:
-        await desk.on_run_started(decision.state.run.id, who.channel_id)
-    return Reply(f"Promoting *{artifact.ref}* to *{words[2]}* as *{decision.state.run.ref}*.", public=True)
+    state = await desk.start(command, who.channel_id)
+    return Reply(f"Promoting *{artifact.ref}* to *{words[2]}* as *{state.run.ref}*.", public=True)
 
 
 @verb(
@@ -207,17 +201,12 @@ async def _confirmed_rollback(desk: Desk, who: Who, value: str) -> Reply:
     if time.time() > until:
         return Reply(f":warning: That question expired; type `/deploy rollback {env}` again.")
     (await desk.principal(who.user)).require(Action.TRIGGER)
-    decision = await desk.decide(
-        TriggerRun(pipeline=pipeline, actor=who.actor, kind="rollback", artifact_id=artifact, deploy_to=env)
+    command = TriggerRun(
+        pipeline=pipeline, actor=who.actor, kind="rollback", artifact_id=artifact, deploy_to=env
     )
-    if not decision.accepted:
-        raise Refusal(decision.reason)
-    assert decision.state is not None
-    if desk.on_run_started is not None:
-        await desk.on_run_started(decision.state.run.id, who.channel_id)
+    state = await desk.start(command, who.channel_id)
     return Reply(
-        f":rewind: {bk.who(who.user)} is rolling *{env}* back as *{decision.state.run.ref}* "
-        f"({now():%H:%M} UTC).",
+        f":rewind: {bk.who(who.user)} is rolling *{env}* back as *{state.run.ref}* ({now():%H:%M} UTC).",
         public=True,
     )
 

@@ -74,6 +74,16 @@ class Desk(Backend):
     async def principal(self, user: str) -> Principal:
         return await self.read(self.directory.principal, user, now(), quick=True)
 
+    async def start(self, command: TriggerRun, channel_id: str) -> RunState:
+        """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason; a
+        started one is routed to the channel it was asked for in."""
+        decision = await self.decide(command)
+        if not decision.accepted or decision.state is None:
+            raise Refusal(decision.reason)
+        if self.on_run_started is not None:
+            await self.on_run_started(decision.state.run.id, channel_id)
+        return decision.state
+
     async def find(self, ref: str) -> RunState:
         state = await self.read(self.reads.run, ref, quick=True)
         if state is None:
