@@ -161,8 +161,8 @@ def libpq(url: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(database_url: str | None, tmp: Path) -> Iterator[str]:
-    """A new empty database: a SQLite file under ``tmp``, or ``bench_api_<random>`` on the
+def fresh_database(database_url: str | None, tmp: Path, prefix: str = "api") -> Iterator[str]:
+    """A new empty database: a SQLite file under ``tmp``, or ``bench_<prefix>_<random>`` on the
     PostgreSQL server of ``database_url`` (created through its ``postgres`` database, dropped
     afterwards; the database named in the URL is never touched)."""
     if database_url is None:
@@ -171,7 +171,7 @@ def fresh_database(database_url: str | None, tmp: Path) -> Iterator[str]:
     url = make_url(normalize_pg_url(database_url))
     if not url.drivername.startswith("postgresql"):
         raise SystemExit("--database-url must be a postgresql+psycopg:// URL (SQLite is the default)")
-    name = f"bench_api_{uuid.uuid4().hex[:12]}"
+    name = f"bench_{prefix}_{uuid.uuid4().hex[:12]}"
     admin_url = url.set(database="postgres")
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:

@@ -64,17 +64,15 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from bench.api import percentile
-from bench.engine import cpu_model, cpu_seconds, normalize_pg_url, nproc, rss_mb
+from bench.api import fresh_database, percentile
+from bench.engine import cpu_model, cpu_seconds, nproc, rss_mb
 
 RESULT_PREFIX = "BENCH-RESULT "
 TARGET_STARTUP_S = 5.0
@@ -86,30 +84,6 @@ IDLE_GAP = timedelta(minutes=15)
 
 
 # -- the database ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_database(database_url: str | None, tmp: Path) -> Iterator[str]:
-    """A new empty database: a SQLite file under ``tmp``, or ``bench_sched_<random>`` on the
-    PostgreSQL server of ``database_url``, created and dropped through the database it names."""
-    if database_url is None:
-        yield f"sqlite:///{tmp / 'schedules.db'}"
-        return
-    url = make_url(normalize_pg_url(database_url))
-    if not url.drivername.startswith("postgresql"):
-        raise SystemExit("--database-url must be a postgresql+psycopg:// URL (SQLite is the default)")
-    name = f"bench_sched_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            yield url.set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 def pipeline_text(name: str, crons: list[tuple[str, str]]) -> str:
@@ -538,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="shipyard-bench-sched-"))
     ok = False
     try:
-        with fresh_database(args.database_url, tmp) as url:
+        with fresh_database(args.database_url, tmp, prefix="sched") as url:
             plan = prepare(args, url, tmp)
             c = plan.counts
             print(
