@@ -134,10 +134,14 @@ class Service:
             with self.store.transaction() as tx:
                 now = self.clock()
                 tx.read_versions([c.run_id for c in commands if not isinstance(c, TriggerRun)])
-                # a microsecond apart, so runs started in one batch still sort by creation
-                decided = {
-                    i: self._apply(tx, commands[i], now + k * MICROSECOND) for k, i in enumerate(order)
-                }
+                triggers = [(c.pipeline, c.idempotency_key) for c in commands if isinstance(c, TriggerRun)]
+                decided: dict[int, Decision] = {}
+                for k, i in enumerate(order):
+                    if len(triggers) > 1 and isinstance(commands[i], TriggerRun):
+                        tx.prepare_triggers(triggers)  # once, after the commands on existing runs
+                        triggers = []
+                    # a microsecond apart, so runs started in one batch still sort by creation
+                    decided[i] = self._apply(tx, commands[i], now + k * MICROSECOND)
                 if claims:
                     tx.flush_writes()
                     taken = [self._claim(tx, claim, now) for claim in claims]

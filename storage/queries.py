@@ -41,6 +41,21 @@ class Q:
     run_by_key = sa.select(RUN.c.id).where(RUN.c.pipeline == b("p"), RUN.c.idempotency_key == b("k"))
     runs_by_prefix = sa.select(RUN.c.id).where(RUN.c.id.startswith(b("prefix"))).limit(2)
     max_number = sa.select(sa.func.max(RUN.c.number)).where(RUN.c.pipeline == b("p"))
+    #: for a batch of triggers (``ps``: pipeline names): each pipeline's last run number and
+    #: latest version (None when archived), each by its index
+    pipelines_ahead = sa.select(
+        PIPELINE.c.name,
+        sa.select(sa.func.max(RUN.c.number)).where(RUN.c.pipeline == PIPELINE.c.name).scalar_subquery(),
+        sa.select(VERSION.c.id)
+        .where(VERSION.c.pipeline == PIPELINE.c.name, PIPELINE.c.archived.is_(False))
+        .order_by(VERSION.c.version.desc())
+        .limit(1)
+        .scalar_subquery(),
+    ).where(PIPELINE.c.name.in_(sa.bindparam("ps", expanding=True)))
+    #: the runs that idempotency keys made (``pk``: (pipeline, key) pairs)
+    runs_by_keys = sa.select(RUN.c.pipeline, RUN.c.idempotency_key, RUN.c.id).where(
+        sa.tuple_(RUN.c.pipeline, RUN.c.idempotency_key).in_(sa.bindparam("pk", expanding=True))
+    )
 
     insert_run = sa.insert(RUN)
     insert_stage = sa.insert(STAGE)
@@ -202,6 +217,8 @@ class Q:
 
     event_lock = sa.text("SELECT pg_advisory_xact_lock(:k)")
     named_lock = sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))")
+    #: several named locks, in the order given (unnest keeps the array's order)
+    named_locks = sa.text("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:ks AS text[])) AS k")
 
     @staticmethod
     @cache

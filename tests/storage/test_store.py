@@ -23,6 +23,7 @@ from core.commands import (
     RetryRun,
     TriggerRun,
 )
+from core.definition import parse_pipeline
 from core.engine import Decision
 from core.errors import Conflict
 from core.service import Service
@@ -375,3 +376,65 @@ def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
     ]
     assert third.stages[0].reason == "reused from web#1"
     assert third.jobs[0].outputs == {"image": "a1"}
+
+
+TWO = "name: two\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
+
+
+def test_a_batch_of_triggers_numbers_each_pipeline_on_and_honours_every_idempotency_key(
+    db_url: str, make_service: MakeService
+) -> None:
+    """A group commit of triggers reads numbers, versions and keys ahead in a few statements;
+    it must still answer exactly as one trigger at a time would."""
+    svc = make_service(db_url, ONE, TWO)
+    before = svc.handle(TriggerRun(pipeline="one", actor=ALICE, idempotency_key="old"))
+    assert before.state is not None and before.state.run.number == 1
+    svc.set_archived("two", True)
+    svc.register_pipeline(parse_pipeline(ONE.replace("name: s", "name: t")), ONE)  # one's version 2
+    batch = [
+        TriggerRun(pipeline="one", actor=ALICE, idempotency_key="k1"),
+        TriggerRun(pipeline="one", actor=ALICE, idempotency_key="old"),  # made before the batch
+        TriggerRun(pipeline="two", actor=ALICE),  # archived
+        TriggerRun(pipeline="one", actor=ALICE, idempotency_key="k1"),  # made earlier in the batch
+        TriggerRun(pipeline="nope", actor=ALICE),
+        TriggerRun(pipeline="one", actor=ALICE),
+    ]
+    d = svc.handle_many(batch)
+    assert all(isinstance(x, Decision) for x in d)
+    first, old, archived, again, unknown, plain = d  # type: ignore[misc]
+    assert first.accepted and not first.duplicate and first.state.run.number == 2
+    assert first.state.run.pipeline_version == 2
+    assert old.duplicate and old.state.run.id == before.state.run.id
+    assert not archived.accepted and "archived" in archived.reason
+    assert again.duplicate and again.state.run.id == first.state.run.id
+    assert not unknown.accepted and unknown.refusal == "not_found"
+    assert plain.accepted and plain.state.run.number == 3
+    fresh = make_service(db_url)
+    assert [fresh.find_run(f"one#{n}") is not None for n in (1, 2, 3, 4)] == [True, True, True, False]
+    after = svc.handle(TriggerRun(pipeline="one", actor=ALICE))
+    assert after.state is not None and after.state.run.number == 4
+
+
+def test_concurrent_batches_of_triggers_never_share_a_run_number_or_a_key(
+    db_url: str, make_service: MakeService
+) -> None:
+    services = [make_service(db_url, ONE, TWO)] + [make_service(db_url) for _ in range(3)]
+
+    def batch(svc: Service) -> list[Decision | Exception]:
+        return svc.handle_many(
+            [
+                TriggerRun(pipeline=p, actor=ALICE, idempotency_key=f"{p}-{i % 10}")
+                for i in range(20)
+                for p in ("one", "two")
+            ]
+        )
+
+    with ThreadPoolExecutor(len(services)) as pool:
+        outcomes = [x for xs in pool.map(batch, services) for x in xs]
+    decided = [x for x in outcomes if isinstance(x, Decision)]
+    assert len(decided) == len(outcomes) and all(x.accepted for x in decided)
+    made = {x.state.run.id: x.state.run for x in decided if x.state and not x.duplicate}
+    assert len(made) == 20  # ten keys per pipeline
+    for p in ("one", "two"):
+        numbers = sorted(r.number for r in made.values() if r.pipeline == p)
+        assert numbers == list(range(1, 11))
