@@ -63,6 +63,7 @@ from typing import Any
 
 import aiohttp
 import sqlalchemy as sa
+from pydantic_core import PydanticUndefined
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,28 +285,61 @@ class Server:
 SEED_TABLES = ("run", "stage", "job", "deployment")
 
 
-def check_columns(table: str, values: dict[str, str]) -> list[str]:
-    """The columns of ``table`` to write, in ``values``' order. Fails loudly if the schema moved
-    away from what the seeder writes: a column it writes is gone, or a new column needs a value
-    (NOT NULL without a server default); any other new column is left to its default."""
-    from storage.tables import T
+def model_default(table: sa.Table, column: sa.Column[Any]) -> tuple[bool, Any]:
+    """(found, value): what the application writes into ``column`` when it is given no value,
+    from the column's own default or its SQLModel field's default (or default factory)."""
+    from sqlmodel import SQLModel
 
-    columns = T[table].columns
+    default = column.default
+    if isinstance(default, sa.ColumnDefault) and default.is_scalar:
+        return True, default.arg
+    pending = list(SQLModel.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        if getattr(model, "__table__", None) is table and column.key in model.model_fields:
+            value = model.model_fields[column.key].get_default(call_default_factory=True)
+            if value is not PydanticUndefined:
+                return True, value
+    return False, None
+
+
+def insert_select(table: sa.Table, values: dict[str, str], source: str) -> sa.TextClause:
+    """``INSERT INTO table (...) SELECT ... source`` writing ``values`` (column -> SQL expression)
+    and, for every other column that needs a value (NOT NULL, no server default, not an
+    autoincrement key), the application's own default for it as a bound parameter: a column
+    added to storage/tables.py is seeded the way the application would write it. Fails loudly
+    when a column the seeder writes is gone, or a new column needs a value and has no default."""
+    columns = table.columns
     unknown = sorted(set(values) - set(columns.keys()))
-    needed = sorted(
-        c.name
-        for c in columns
-        if c.name not in values
-        and not c.nullable
-        and c.server_default is None
-        and not (c.primary_key and c.autoincrement is not False and isinstance(c.type, sa.Integer))
-    )
-    if unknown or needed:
+    names = list(values)
+    exprs = [values[c] for c in names]
+    binds = []
+    lacking = []
+    for c in columns:
+        if (
+            c.name in values
+            or c.nullable
+            or c.server_default is not None
+            or (c.primary_key and c.autoincrement is not False and isinstance(c.type, sa.Integer))
+        ):
+            continue
+        found, value = model_default(table, c)
+        if not found:
+            lacking.append(c.name)
+            continue
+        names.append(c.name)
+        exprs.append(f":default_{c.name}")
+        binds.append(sa.bindparam(f"default_{c.name}", value, type_=c.type))
+    if unknown or lacking:
+        problems = [f"it writes {unknown}, which are gone"] if unknown else []
+        problems += [f"{lacking} need a value and have no default"] if lacking else []
         raise SystemExit(
-            f"bench.api seeds table {table} with columns that no longer match storage/tables.py: "
-            f"it writes unknown {unknown} and leaves out required {needed}"
+            f"bench.api seeds table {table.name} with columns that no longer match storage/tables.py: "
+            + "; ".join(problems)
         )
-    return [c for c in values if c in columns]
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(exprs)} {source}"
+    return sa.text(sql).bindparams(*binds)
 
 
 @dataclass
@@ -420,7 +454,7 @@ def seed_values(d: Dialect) -> dict[str, dict[str, str]]:
     return {"run": run, "stage": stage, "job": job, "deployment": deployment}
 
 
-def seed_statements(d: Dialect) -> list[tuple[str, str]]:
+def seed_statements(d: Dialect) -> list[tuple[str, sa.TextClause]]:
     """(table, INSERT ... SELECT): the runs from a series, the rest from the runs."""
     source = {
         "run": f"FROM {d.series()}",
@@ -428,14 +462,9 @@ def seed_statements(d: Dialect) -> list[tuple[str, str]]:
         "job": "FROM run WHERE pipeline = :p",
         "deployment": "FROM run WHERE pipeline = :p ORDER BY number",
     }
-    statements = []
-    for table, values in seed_values(d).items():
-        columns = check_columns(table, values)
-        select = ", ".join(values[c] for c in columns)
-        statements.append(
-            (table, f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} {source[table]}")
-        )
-    return statements
+    from storage.tables import T
+
+    return [(name, insert_select(T[name], values, source[name])) for name, values in seed_values(d).items()]
 
 
 def seed(url: str, n: int, sample: int, analyze: bool) -> Seeded:
@@ -497,7 +526,7 @@ def seed(url: str, n: int, sample: int, analyze: bool) -> Seeded:
                     conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
             for table, statement in statements:
                 t = time.perf_counter()
-                conn.execute(sa.text(statement), params)
+                conn.execute(statement, params)
                 timings[table] = time.perf_counter() - t
             t = time.perf_counter()
             for _name, sql in indexes:

@@ -1,0 +1,63 @@
+"""``bench/api.py``'s seeding, small: the full bench takes minutes and runs by hand, but the
+rows it writes must keep fitting the schema, or the bench fails before it measures anything
+(as it did when ``run.kind`` and ``deployment.kind`` arrived without a server default)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from bench.api import ENVIRONMENT, PIPELINE, PIPELINE_NAME, Dialect, insert_select, seed, seed_statements
+from core.definition import parse_pipeline
+from core.service import Service
+from core.states import RunStatus
+from storage.reads import Reads
+from storage.store import SqlStore
+
+
+def test_seeding_writes_runs_the_application_reads(sqlite_url: str) -> None:
+    store = SqlStore(sqlite_url)
+    Service(store).register_pipeline(parse_pipeline(PIPELINE), PIPELINE)
+    store.dispose()  # the seeder wants the database to itself, as after the bench stops the server
+
+    seeded = seed(sqlite_url, 1_000, sample=50, analyze=False)
+    assert seeded.runs == 1_000 and seeded.rows == 4_000 and len(seeded.sample_ids) == 50
+
+    store = SqlStore(sqlite_url)
+    try:
+        reads = Reads(store)
+        for run_id in seeded.sample_ids[:5]:
+            state = reads.run(run_id)
+            assert state is not None and state.run.pipeline == PIPELINE_NAME
+            assert state.run.status in (RunStatus.SUCCEEDED, RunStatus.FAILED)
+            assert state.run.kind == "deploy" and state.run.requested_by == ("seed",)
+            assert [s.environment for s in state.stages] == [ENVIRONMENT]
+        newest = reads.deployments(ENVIRONMENT, None, 50)
+        assert [d.run_number for d in newest[:3]] == [1_000, 999, 998]
+        assert {d.kind for d in newest} == {"deploy"}
+    finally:
+        store.dispose()
+
+
+def test_columns_the_seeder_does_not_name_get_the_applications_default() -> None:
+    statements = dict(seed_statements(Dialect(sqlite=True)))
+    for table in ("run", "deployment"):
+        compiled = statements[table].compile()
+        assert compiled.params["default_kind"] == "deploy", table
+
+
+def test_a_new_column_without_any_default_stops_the_bench_by_name() -> None:
+    table = sa.Table(
+        "probe",
+        sa.MetaData(),
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("kind", sa.Text, nullable=False, default="deploy"),
+        sa.Column("note", sa.Text, nullable=True),
+        sa.Column("needed", sa.Integer, nullable=False),
+    )
+    with pytest.raises(SystemExit, match=r"table probe .*\['needed'\] need a value and have no default"):
+        insert_select(table, {"id": "'x'"}, "")
+    statement = insert_select(table, {"id": "'x'", "needed": "1"}, "")
+    assert str(statement) == "INSERT INTO probe (id, needed, kind) SELECT 'x', 1, :default_kind "
+    with pytest.raises(SystemExit, match=r"it writes \['gone'\], which are gone"):
+        insert_select(table, {"id": "'x'", "needed": "1", "gone": "2"}, "")
