@@ -226,11 +226,12 @@ class Service:
         if isinstance(command, ApproveGate | RejectGate) and command.actor.channel in AUTHENTICATED:
             gate = state.find_gate(command.gate)
             requested = state.run.requested_by or (state.run.triggered_by,)
-            if (  # (asking for one's own run is refused by the engine, with its own reason)
+            own = command.actor.name in requested
+            if (  # (approving one's own run is refused by the engine, with its own reason)
                 gate is not None
                 and gate.status is GateStatus.OPEN
                 and gate.kind == "manual"
-                and command.actor.name not in requested
+                and not (own and isinstance(command, ApproveGate) and not gate.allow_self_approval)
             ):
                 try:
                     check_approver(command.actor.name, tx.grants_of(command.actor.name), gate, state.run)

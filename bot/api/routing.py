@@ -61,6 +61,9 @@ class Operation:
     raw_body: tuple[str, ...] = ()
     responses: dict[int, tuple[str, type[BaseModel] | str | None]] = field(default_factory=dict)
     headers: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: who may is asked of the roles the caller held when the gate opened, not of today's: the
+    #: wrapper only authenticates and the engine decides (``core.access.check_approver``)
+    at_gate_open: bool = False
 
     @property
     def mutating(self) -> bool:
@@ -116,6 +119,7 @@ class Api:
         body: type[BaseModel] | None = None,
         raw_body: tuple[str, ...] = (),
         headers: dict[int, dict[str, str]] | None = None,
+        at_gate_open: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -131,6 +135,7 @@ class Api:
                     raw_body,
                     dict(responses),
                     headers or {},
+                    at_gate_open,
                 )
             )
             return handler
@@ -177,7 +182,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         "operationId": op.operation_id,
         "summary": op.summary,
         "tags": [op.tag],
-        "description": (op.handler.__doc__ or "").strip() + f"\n\nNeeds: `{op.action}`.",
+        "description": (op.handler.__doc__ or "").strip() + f"\n\n{_needs(op)}",
     }
     params: list[dict[str, Any]] = []
     for name in _path_names(op.path):
@@ -245,6 +250,12 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     return doc
 
 
+def _needs(op: Operation) -> str:
+    if op.at_gate_open:
+        return f"Needs: `{op.action}`, held when the gate opened (later grants and revocations do not count)."
+    return f"Needs: `{op.action}`."
+
+
 def _all_optional(model: type[BaseModel]) -> bool:
     return all(not f.is_required() for f in model.model_fields.values())
 
@@ -284,7 +295,7 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
                     400, "paths and query parameters must be valid UTF-8 text without NUL characters"
                 )
             principal = await _authenticate(request, gateway)
-            if not principal.may(op.action):
+            if not op.at_gate_open and not principal.may(op.action):
                 principal.require(op.action)  # raises Forbidden with the reason
             query = _validate(op.query, dict(request.query), "query") if op.query else None
             body = await _body(op, request)

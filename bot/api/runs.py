@@ -260,6 +260,7 @@ async def retry_run(call: Call) -> web.Response:
     action=Action.APPROVE,
     tag="gates",
     body=ApproveIn,
+    at_gate_open=True,
     responses={200: ("the run after the approval", RunOut)},
 )
 async def approve_gate(call: Call) -> web.Response:
@@ -281,6 +282,7 @@ async def approve_gate(call: Call) -> web.Response:
     action=Action.APPROVE,
     tag="gates",
     body=RejectIn,
+    at_gate_open=True,
     responses={200: ("the run after the rejection", RunOut)},
 )
 async def reject_gate(call: Call) -> web.Response:

@@ -106,3 +106,47 @@ async def test_unknown_gate_and_a_gate_not_open_yet(lite: Api) -> None:
     slow = await lite.trigger("slow")
     assert_problem(await lite.post(f"/runs/{slow['id']}/gates/wait/approve", "approver"), 404)
     await lite.post(f"/runs/{slow['id']}/cancel", "deployer")
+
+
+async def test_an_approver_whose_role_was_revoked_after_the_gate_opened_still_clears_it(api: Api) -> None:
+    """Who may clear a gate is the gate's question, answered when it opened; the caller's role
+    today does not enter into it."""
+    first, second = await waiting(api), await waiting(api)
+    directory = Directory(api.store)
+    await api.db(directory.revoke_grant, "approver", "role", "approver", datetime.now(UTC))
+    assert "approver" not in (await api.db(directory.principal, "approver", datetime.now(UTC))).roles
+
+    reply = await api.post(f"/runs/{first['id']}/gates/production/approve", "approver")
+    assert reply.status == 200, reply.text
+    assert gate(reply.json)["decided_by"] == "approver"
+    rejected = await api.post(f"/runs/{second['id']}/gates/production/reject", "approver")
+    assert rejected.status == 200, rejected.text
+    assert gate(rejected.json)["status"] == "rejected"
+
+    later = await waiting(api)  # a gate that opened after the revocation: no longer
+    refused = await api.post(f"/runs/{later['id']}/gates/production/approve", "approver")
+    assert_problem(refused, 403, "approver", "when gate production", "opened")
+    assert gate(await api.run(later["id"]))["status"] == "open"
+
+
+async def test_a_role_granted_after_the_gate_opened_does_not_let_one_clear_it(api: Api) -> None:
+    run = await waiting(api)
+    directory = Directory(api.store)
+    at = datetime.now(UTC)
+    await api.db(directory.grant, "viewer", "role", "approver", at)
+    await api.db(directory.grant, "viewer", "group", GROUP, at)
+    for verb in ("approve", "reject"):
+        reply = await api.post(f"/runs/{run['id']}/gates/production/{verb}", "viewer")
+        assert_problem(reply, 403, "viewer did not hold the approver role", "when gate production")
+    assert gate(await api.run(run["id"]))["status"] == "open"
+
+    later = await waiting(api)
+    assert (await api.post(f"/runs/{later['id']}/gates/production/approve", "viewer")).status == 200
+
+
+async def test_who_triggered_a_self_approvable_gate_still_needs_the_approver_role(lite: Api) -> None:
+    run = await waiting(lite, "selfok", who="deployer")
+    for verb in ("approve", "reject"):
+        reply = await lite.post(f"/runs/{run['id']}/gates/production/{verb}", "deployer")
+        assert_problem(reply, 403, "deployer did not hold the approver role")
+    assert gate(await lite.run(run["id"]))["status"] == "open"
