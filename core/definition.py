@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -387,9 +388,16 @@ def coerce_parameter(param: ParameterDef, value: object) -> str:
         raise ValueError(f"{param.name} must be true or false, got {value!r}")
     if param.type == "number":
         try:
-            number = float(str(value))
+            text = str(value)
+        except ValueError:  # an int with more digits than Python turns into text
+            raise ValueError(f"{param.name} must be a finite number; this one has too many digits") from None
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        try:
+            number = float(text)
         except ValueError:
-            raise ValueError(f"{param.name} must be a number, got {value!r}") from None
+            raise ValueError(f"{param.name} must be a number, got {shown!r}") from None
+        if not math.isfinite(number):  # NaN, infinities, and numbers too large for a float
+            raise ValueError(f"{param.name} must be a finite number, got {shown!r}")
         return str(int(number)) if number.is_integer() else str(number)
     text = str(value)
     if param.type == "choice" and text not in (param.choices or []):

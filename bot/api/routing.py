@@ -367,6 +367,10 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
         raise Problem(status, f"invalid {where}: {summary}", errors=errors) from None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259 has no NaN or Infinity)")
+
+
 async def _body(op: Operation, request: web.Request) -> Any:
     if op.body is None:
         return None
@@ -387,7 +391,7 @@ async def _body(op: Operation, request: web.Request) -> Any:
         accepted = ", ".join(("application/json", *op.raw_body))
         raise Problem(415, f"send the body as {accepted} (got {media or 'no Content-Type'})")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
     except RecursionError:

@@ -35,6 +35,36 @@ async def test_malformed_json_is_400(lite: Api) -> None:
         assert_problem(reply, 400, "not valid JSON")
 
 
+async def test_nan_and_infinity_are_not_json_and_are_400(lite: Api) -> None:
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        body = '{"parameters": {"n": ' + constant + "}}"
+        reply = await lite.post("/pipelines/quick/runs", "deployer", data=body, headers=JSON)
+        assert_problem(reply, 400, "not valid JSON", constant)
+    assert (await lite.get("/runs")).json["items"] == []
+
+
+NUMBERED = """
+name: numbered
+parameters: [{name: n, type: number}]
+stages: [{name: s, jobs: [{name: j, run: ["true"]}]}]
+"""
+
+
+async def test_a_number_parameter_must_be_finite(lite: Api) -> None:
+    created = await lite.post(
+        "/pipelines", "admin", data=NUMBERED, headers={"Content-Type": "application/yaml"}
+    )
+    assert created.status == 201, created.text
+    for value in ("1" * 4000, "-" + "9" * 400, "1e400", '"nan"', '"inf"', '"-Infinity"', '"1e999"'):
+        body = '{"parameters": {"n": ' + value + "}}"
+        reply = await lite.post("/pipelines/numbered/runs", "deployer", data=body, headers=JSON)
+        assert_problem(reply, 422, "n must be a finite number")
+    assert (await lite.get("/runs")).json["items"] == []
+    for value, text in (("12.5", "12.5"), ('"-3"', "-3"), ("1e300", str(int(1e300)))):
+        run = await lite.trigger("numbered", parameters={"n": json.loads(value)})
+        assert run["parameters"]["n"] == text
+
+
 async def test_wrong_types_and_unknown_fields_are_422_naming_the_field(lite: Api) -> None:
     cases = [
         ({"parameters": "ref=abc"}, "parameters"),
