@@ -30,6 +30,10 @@ REF = "#/components/schemas/{model}"
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
 #: an opaque key a client chooses: printable ASCII, as the IETF draft and Stripe have it
 MAX_KEY = 255
+#: refusals a repeat of the same request may not get again, so a key does not keep them: who
+#: the caller is and what it may do can change (401, 403), and a timeout or a rate limit passes
+#: (408, 429); 5xx and lost races are never kept either (see ``_idempotent``)
+PASSING_REFUSALS = frozenset({401, 403, 408, 425, 429})
 
 
 @dataclass
@@ -298,23 +302,27 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
             if not op.at_gate_open and not principal.may(op.action):
                 principal.require(op.action)  # raises Forbidden with the reason
             query = _validate(op.query, dict(request.query), "query") if op.query else None
-            body = await _body(op, request)
+            body, document = await _body(op, request)
             call = Call(request, gateway, principal, dict(request.match_info), query, body)
             key = request.headers.get("Idempotency-Key")
             if op.mutating and key is not None:
-                response = await _idempotent(op, call, key, gateway)
+                response = await _idempotent(op, call, key, document, gateway)
             else:
                 response = await op.handler(call)
         except Problem as problem:
             response = problem.response(request.path)
         except CommandRefused as exc:
-            response = Problem(REFUSAL_STATUS.get(exc.kind, 409), exc.message).response(request.path)
+            response = _refusal(exc, request)
         if op.mutating and not (call is not None and call.audited):
             await _audit_request(op, request, principal, response, gateway)
         return response
 
     handle.__name__ = op.operation_id
     return handle
+
+
+def _refusal(exc: CommandRefused, request: web.Request) -> web.Response:
+    return Problem(REFUSAL_STATUS.get(exc.kind, 409), exc.message).response(request.path)
 
 
 async def _authenticate(request: web.Request, gateway: Gateway) -> Principal:
@@ -371,9 +379,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (RFC 8259 has no NaN or Infinity)")
 
 
-async def _body(op: Operation, request: web.Request) -> Any:
+async def _body(op: Operation, request: web.Request) -> tuple[Any, bytes]:
+    """The validated body, and what identifies it for ``Idempotency-Key``: the JSON document
+    in canonical form (so whitespace and key order do not make another request), or the raw
+    bytes of a body the handler reads itself."""
     if op.body is None:
-        return None
+        return None, b""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -382,32 +393,48 @@ async def _body(op: Operation, request: web.Request) -> Any:
     if media in op.raw_body:
         if b"\x00" in raw or b"\\u0000" in raw:
             raise Problem(422, "NUL characters are not allowed in the body")
-        return raw
+        return raw, media.encode() + b"\0" + raw
     if not raw.strip():
         if _all_optional(op.body):
-            return op.body()
+            return op.body(), b"{}"
         raise Problem(422, "this request needs a JSON body")
     if media != "application/json":
         accepted = ", ".join(("application/json", *op.raw_body))
         raise Problem(415, f"send the body as {accepted} (got {media or 'no Content-Type'})")
     try:
-        data = json.loads(raw, parse_constant=_no_constant)
+        data = _storable(json.loads(raw, parse_constant=_no_constant))
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise Problem(400, "the body is nested too deeply") from None
-    return _validate(op.body, _storable(data), "body")
+    return _validate(op.body, data, "body"), canonical.encode()
 
 
-async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> web.StreamResponse:
+def fingerprint(method: str, path: str, document: bytes) -> str:
+    """What makes two requests with one ``Idempotency-Key`` the same request: method, path and
+    the body as ``_body`` identifies it."""
+    return hashlib.sha256(b"\0".join([method.encode(), path.encode(), document])).hexdigest()
+
+
+async def _idempotent(
+    op: Operation, call: Call, key: str, document: bytes, gateway: Gateway
+) -> web.StreamResponse:
+    """Run ``op`` once per key and caller, and answer repeats with what the first one answered.
+
+    Which answers a key keeps (the IETF Idempotency-Key draft leaves it to the server): every
+    final answer the handler gave, success or refusal, as Stripe does once a request began
+    executing: a 404, 409 or 422 from the handler depends on this request and the state it met,
+    so a repeat gets it again rather than doing something else later (a trigger refused because
+    the pipeline was archived stays refused when the pipeline comes back; send a new key to try
+    again). Not kept, so the same key may be retried: answers given before the handler ran
+    (malformed or invalid input, which is the same every time anyway), refusals that pass
+    (``PASSING_REFUSALS``: authentication and authorization, rate limits), 5xx, and errors that
+    escape the handler (a lost race against concurrent writers)."""
     if not key or len(key) > MAX_KEY or not all(33 <= ord(c) <= 126 for c in key):
         raise Problem(400, f"Idempotency-Key must be 1-{MAX_KEY} printable ASCII characters without spaces")
-    raw = await call.request.read() if op.body is not None else b""
-    fingerprint = hashlib.sha256(
-        b"\0".join([op.method.encode(), call.request.path.encode(), raw])
-    ).hexdigest()
     caller = call.principal.name
-    claim = await gateway.claim_key(caller, key, fingerprint)
+    claim = await gateway.claim_key(caller, key, fingerprint(op.method, call.request.path, document))
     if claim.outcome == "mismatch":
         raise Problem(
             422,
@@ -429,12 +456,12 @@ async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> 
         response = await op.handler(call)
     except Problem as problem:
         response = problem.response(call.request.path)
+    except CommandRefused as exc:
+        response = _refusal(exc, call.request)
     except BaseException:
         await gateway.release_key(caller, key)
         raise
-    if not isinstance(response, web.Response) or response.status >= 400:
-        # as Stripe does: a request that was refused (bad input, wrong state) did nothing, so its
-        # key stays free for the corrected request
+    if not isinstance(response, web.Response) or not kept(response.status):
         await gateway.release_key(caller, key)
         return response
     body = response.text or ""
@@ -442,6 +469,11 @@ async def _idempotent(op: Operation, call: Call, key: str, gateway: Gateway) -> 
     stored = {"body": body, "content_type": response.content_type, "headers": keep}
     await gateway.finish_key(caller, key, response.status, stored)
     return response
+
+
+def kept(status: int) -> bool:
+    """Whether an ``Idempotency-Key`` keeps an answer with ``status`` (see ``_idempotent``)."""
+    return status < 500 and status not in PASSING_REFUSALS
 
 
 async def _audit_request(

@@ -1,14 +1,15 @@
-"""``Idempotency-Key``: a repeat returns the first response, a different body with the same key
-is 422, keys are scoped to the caller, a repeat while the first is in flight is 409, and a
-hundred concurrent identical triggers make exactly one run."""
+"""``Idempotency-Key``: a repeat returns the first response (a final refusal too), a different
+body with the same key is 422 (the same JSON written differently is the same body), keys are
+scoped to the caller, a repeat while the first is in flight is 409, refusals that may pass are
+not kept, and a hundred concurrent identical triggers make exactly one run."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
+from bot.api.routing import fingerprint
 from storage.idempotency import IdempotencyStore
 from tests.api.conftest import Api, Reply, assert_problem
 
@@ -63,9 +64,9 @@ async def test_keys_are_scoped_to_the_caller(api: Api) -> None:
 async def test_a_repeat_while_the_first_is_still_processing_is_409(api: Api) -> None:
     raw = json.dumps({"revision": "abc"}).encode()
     path = "/api/v1/pipelines/quick/runs"
-    fingerprint = hashlib.sha256(b"\0".join([b"POST", path.encode(), raw])).hexdigest()
     keys = IdempotencyStore(api.store, timedelta(hours=24))
-    claim = await api.db(keys.claim, "deployer", "busy", fingerprint, datetime.now(UTC))
+    same = fingerprint("POST", path, b'{"revision":"abc"}')
+    claim = await api.db(keys.claim, "deployer", "busy", same, datetime.now(UTC))
     assert claim.outcome == "new"
 
     reply = await api.post(path, "deployer", data=raw, headers=keyed("busy"))
@@ -107,13 +108,67 @@ async def test_idempotency_applies_to_other_mutations_too(lite: Api) -> None:
     assert_problem(await lite.post(path, "deployer", json={"reason": "x"}), 409, "canceled")
 
 
-async def test_a_refusal_is_remembered_like_any_response(lite: Api) -> None:
-    headers = {"Idempotency-Key": "bad-ref"}
+async def test_the_same_json_written_differently_is_the_same_request(api: Api) -> None:
+    first = await trigger(api, "spaced", {"revision": "abc", "parameters": {}})
+    assert first.status == 202, first.text
+    for text in (
+        '{"parameters":{},"revision":"abc"}',
+        '{\n  "revision" : "abc",\n  "parameters" : { }\n}\n',
+        '{"revision": "\\u0061bc", "parameters": {}}',
+    ):
+        again = await api.post("/pipelines/quick/runs", "deployer", data=text, headers=keyed("spaced"))
+        assert again.status == 202, (text, again.text)
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json["id"] == first.json["id"]
+    assert_problem(await trigger(api, "spaced", {"revision": "abd", "parameters": {}}), 422)
+    assert await runs_of(api, "quick") == [first.json["id"]]
+
+
+DEFINITION = 'name: quick\nstages:\n  - {name: only, jobs: [{name: ok, run: ["true"]}]}\n'
+
+
+async def test_a_final_refusal_is_remembered_like_any_response(api: Api) -> None:
+    """A trigger refused because the pipeline is archived stays refused for its key, even once
+    the pipeline is back: the key names that request, and it was answered (as Stripe does once
+    a request began executing). A new key is a new request."""
+    assert (await api.call("DELETE", "/pipelines/quick", "admin")).status == 200
+    first = await trigger(api, "archived", {})
+    assert_problem(first, 409, "archived")
+    assert "Idempotent-Replayed" not in first.headers
+
+    restored = await api.post("/pipelines", "admin", data=DEFINITION, headers={"Content-Type": "text/yaml"})
+    assert restored.status == 201, restored.text
+    again = await trigger(api, "archived", {})
+    assert again.status == 409 and again.json == first.json
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await runs_of(api, "quick") == []
+    fresh = await trigger(api, "restored", {})
+    assert fresh.status == 202 and await runs_of(api, "quick") == [fresh.json["id"]]
+
+    # a refusal the engine gives for the request itself is the same: kept
     body = {"parameters": {"ref": "nope"}}
-    first = await lite.post("/pipelines/web/runs", "deployer", json=body, headers=headers)
-    again = await lite.post("/pipelines/web/runs", "deployer", json=body, headers=headers)
-    assert_problem(first, 422, "ref")
-    assert again.status == 422 and again.json == first.json
+    headers = {"Idempotency-Key": "bad-ref"}
+    bad = await api.post("/pipelines/web/runs", "deployer", json=body, headers=headers)
+    assert_problem(bad, 422, "ref")
+    repeat = await api.post("/pipelines/web/runs", "deployer", json=body, headers=headers)
+    assert repeat.status == 422 and repeat.json == bad.json
+    assert repeat.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_a_refusal_of_who_is_asking_is_not_kept(api: Api) -> None:
+    """403 depends on who the caller is and what it may do, which can change: the key stays
+    free, so a repeat is asked again and another body with it is not a misuse of the key."""
+    run = await api.trigger("gated")
+    await api.wait_status(run["id"], "waiting")
+    path = f"/runs/{run['id']}/gates/production/approve"
+    headers = {"Idempotency-Key": "not-mine"}
+    for comment in ("lgtm", "lgtm", "something else"):
+        reply = await api.post(path, "approver2", json={"comment": comment}, headers=headers)
+        assert_problem(reply, 403, "approver2")
+        assert "Idempotent-Replayed" not in reply.headers
+    # the engine audited each attempt: none was answered from the key
+    entries = (await api.get("/audit?actor=approver2&limit=50", "admin")).json["items"]
+    assert [e["outcome"] for e in entries] == ["rejected"] * 3
 
 
 async def test_an_invalid_idempotency_key_is_400(lite: Api) -> None:
