@@ -15,6 +15,7 @@ from core.access import Role
 from core.audit import verify
 from core.errors import ShipyardError
 from core.ports import AuditEntry
+from storage.audit_head import checkpoint
 from storage.directory import Directory
 from storage.migrate import upgrade
 from storage.reads import Reads
@@ -159,7 +160,12 @@ def cmd_access_show(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    verdict = verify(Reads(_store()).audit_chain())
+    store = _store()
+    head = checkpoint(store)  # first: entries appended while the chain is read come after it
+    if head is None:
+        print("audit log BROKEN: its checkpoint (the audit_head row) was deleted", file=sys.stderr)
+        return 1
+    verdict = verify(Reads(store).audit_chain(), head)
     if verdict.ok:
         print(f"audit log intact: {verdict.checked} entries verified")
         return 0

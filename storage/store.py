@@ -545,13 +545,19 @@ class SqlTx:
         if self._pg:  # orders event sequence numbers and the audit chain alike
             self.conn.execute(Q.event_lock, {"k": EVENT_LOCK})
         if self._audit:
-            prev = self.conn.execute(Q.audit_last_hash).scalar() or ""
+            from storage import audit_head as head
+
+            found = self.store.driver.get(head.read).fetch_all(self.conn, {})
+            prev = found[0][0] if found else (self.conn.execute(Q.audit_last_hash).scalar() or "")
             rows = []
             for entry in self._audit:
                 digest = entry_hash(prev, entry)
                 rows.append({**_audit_values(entry), "prev_hash": prev, "hash": digest})
                 prev = digest
             self.store.driver.get(Q.insert_audit, AUDIT_KEYS).execute_many(self.conn, rows)
+            moved = {"h": prev, "n": len(rows)}
+            if not self.store.driver.get(head.move).execute_many(self.conn, [moved]):
+                self.store.driver.get(head.start).execute_many(self.conn, [moved])
             self._audit = []
         if not self._events:
             return

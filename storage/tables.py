@@ -206,6 +206,18 @@ class AuditRow(SQLModel, table=True):
     hash: str = Field(default="", max_length=64)
 
 
+class AuditHeadRow(SQLModel, table=True):
+    """Where the audit chain ends, kept apart from it (one row, ``id`` 1, moved in the same
+    transaction as every append): removing the newest entries leaves a chain that still links,
+    only shorter, and this row is what still says how long it was and which hash it ended on."""
+
+    __tablename__ = "audit_head"
+    id: int = Field(default=1, primary_key=True)
+    last_id: int = 0  #: the newest chained entry's id (0: none yet)
+    hash: str = Field(default="", max_length=64)  #: its hash, which the next entry links to
+    entries: int = 0  #: how many chained entries were written
+
+
 class DeploymentRow(SQLModel, table=True):
     """One deploy stage that finished: what went where, when, by whom, and how it ended."""
 
