@@ -1,6 +1,6 @@
 """``shipyard token …``, ``shipyard access …`` and ``shipyard audit …``: who may do what, and the
 record of what was done. These act on the database directly (an operator's tools), and
-every change they make is audited with the channel ``cli``."""
+every change they make, or refuse to make, is audited with the channel ``cli``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
     tsub = token.add_subparsers(metavar="ACTION", required=True)
     s = tsub.add_parser("create", help="create a token and print it once")
     s.add_argument("name", help="the principal the token acts as, e.g. ci-deployer")
-    s.add_argument("--role", action="append", required=True, choices=ROLES, help="repeat for several")
+    # (roles are checked by the command, not by choices=, so that a refused one is audited)
+    s.add_argument("--role", action="append", required=True, help=f"{', '.join(ROLES)}; repeat for several")
     s.add_argument("--group", action="append", default=[], help="a group, e.g. release-managers")
     s.set_defaults(func=cmd_token_create)
     s = tsub.add_parser("list", help="tokens and their roles (never the secrets)")
@@ -69,7 +70,12 @@ def _now() -> datetime:
 
 
 def _audit(
-    store: SqlStore, action: str, target: str, detail: dict[str, Any], outcome: str = "accepted"
+    store: SqlStore,
+    action: str,
+    target: str,
+    detail: dict[str, Any],
+    outcome: str = "accepted",
+    reason: str = "",
 ) -> None:
     store.append_audit(
         AuditEntry(
@@ -79,22 +85,33 @@ def _audit(
             action=action,
             target=target,
             outcome=outcome,
+            reason=reason,
             detail=detail,
         )
     )
 
 
+def _refuse(store: SqlStore, action: str, target: str, detail: dict[str, Any], reason: str) -> int:
+    """Audit a refused command, tell the operator why, and exit 2."""
+    _audit(store, action, target, detail, "rejected", reason)
+    print(f"shipyard: {reason}", file=sys.stderr)
+    return 2
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     store = _store()
+    detail = {"roles": args.role, "groups": args.group}
+    unknown = [r for r in args.role if r not in ROLES]
+    if unknown:
+        reason = f"unknown role {', '.join(map(repr, unknown))} (roles: {', '.join(ROLES)})"
+        return _refuse(store, "token_create", args.name, detail, reason)
     try:
         secret = Directory(store).create_token(
             args.name, [Role(r) for r in args.role], _now(), by=getpass.getuser(), groups=args.group
         )
     except ShipyardError as exc:
-        _audit(store, "token_create", args.name, {"roles": args.role}, "rejected")
-        print(f"shipyard: {exc.message}", file=sys.stderr)
-        return 2
-    _audit(store, "token_create", args.name, {"roles": args.role, "groups": args.group})
+        return _refuse(store, "token_create", args.name, detail, exc.message)
+    _audit(store, "token_create", args.name, detail)
     print(secret)
     print(
         f"token for {args.name} ({', '.join(args.role)}); it is shown only now: "
@@ -122,24 +139,27 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     try:
         Directory(store).revoke_token(args.name, _now())
     except ShipyardError as exc:
-        print(f"shipyard: {exc.message}", file=sys.stderr)
-        return 2
+        return _refuse(store, "token_revoke", args.name, {}, exc.message)
     _audit(store, "token_revoke", args.name, {})
     print(f"revoked {args.name}")
     return 0
 
 
-def _parse_what(what: str) -> tuple[str, str]:
+def _parse_what(what: str) -> tuple[str, str] | None:
     if what.startswith("group:") and len(what) > 6:
         return "group", what[6:]
     if what in ROLES:
         return "role", what
-    raise SystemExit(f"shipyard: {what!r} is neither a role ({', '.join(ROLES)}) nor group:NAME")
+    return None
 
 
 def cmd_access(args: argparse.Namespace) -> int:
-    kind, value = _parse_what(args.what)
     store = _store()
+    parsed = _parse_what(args.what)
+    if parsed is None:
+        reason = f"{args.what!r} is neither a role ({', '.join(ROLES)}) nor group:NAME"
+        return _refuse(store, f"access_{args.verb}", args.principal, {"what": args.what}, reason)
+    kind, value = parsed
     directory = Directory(store)
     if args.verb == "grant":
         directory.grant(args.principal, kind, value, _now())

@@ -1,5 +1,7 @@
 """``/deploy lock production "incident 4711" [for 2h]``, ``/deploy unlock production``,
-``/deploy locks``, and the lock buttons (``lock_blocks``). Registered on import (``bot.chat``).
+``/deploy locks``, and the lock buttons (``lock_blocks``). Registered on import (``bot.chat``):
+the verbs in ``VERBS`` and the buttons in ``BUTTONS``, so Slack and the console answer them
+through the same ``verbs.press``.
 
 Locking and unlocking answer in the channel, so everyone sees the environment change hands;
 refusals answer the person alone, saying who holds the lock, since when, why and until when."""
@@ -8,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from weakref import WeakKeyDictionary
 
 from bot.backend import now
 from bot.chat import blocks as bk
 from bot.chat import lock_blocks as lb
 from bot.chat.parse import Line, did_you_mean
-from bot.chat.verbs import VERBS, Desk, Refusal, Reply, Who, verb
+from bot.chat.verbs import BUTTONS, VERBS, Button, Desk, Refusal, Reply, Who, verb
 from core.access import Action, Role
 from core.errors import ShipyardError
 from core.locks import EnvironmentLocked, Lock, NotLockHolder, split_for
@@ -22,6 +25,15 @@ from storage.locks import LockBook
 log = logging.getLogger(__name__)
 #: post ``text`` to a channel or a Slack user (a direct message); Slack passes one to buttons
 Tell = Callable[[str, str], Awaitable[object]]
+#: how each face reaches people other than the presser (``tell_with``); a desk without one
+#: tells nobody (the change is made and audited all the same)
+_tellers: WeakKeyDictionary[Desk, Tell] = WeakKeyDictionary()
+
+
+def tell_with(desk: Desk, tell: Tell) -> None:
+    """Lock buttons pressed on ``desk`` tell the new holder, the asker and the deploy channel
+    through ``tell`` (Slack: ``chat.postMessage``; the console: a line in the terminal)."""
+    _tellers[desk] = tell
 
 
 def _book(desk: Desk) -> LockBook:
@@ -177,3 +189,16 @@ async def _tell(tell: Tell | None, to: str, text: str) -> None:
         await tell(to, text)
     except Exception:
         log.warning("could not tell %s about a lock", to, exc_info=True)
+
+
+def _button(action_id: str) -> Button:
+    """``press_lock`` for one action id, in the shape ``BUTTONS`` holds (desk, who, value)."""
+
+    async def pressed(desk: Desk, who: Who, value: str) -> Reply:
+        return await press_lock(desk, who, action_id, value, _tellers.get(desk))
+
+    return pressed
+
+
+for _action in lb.ACTIONS:
+    BUTTONS[_action] = _button(_action)

@@ -23,8 +23,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import blocks as bk
-from bot.chat import lock_blocks as lb
-from bot.chat.locks import press_lock
+from bot.chat.locks import tell_with
 from bot.chat.verbs import (
     BUTTONS,
     TRIGGER_FORM,
@@ -42,6 +41,13 @@ from bot.slack.manifest import COMMAND, EVENTS_PATH
 
 log = logging.getLogger(__name__)
 REJECT_FORM = "gate_reject_form"
+
+
+def pressable() -> tuple[str, ...]:
+    """The buttons answered by ``verbs.press``, as the console answers them too: the run and
+    gate buttons and every button another chat module registered (``BUTTONS``: locks,
+    rollbacks, reviews). Reject is the one more, since Slack asks for its reason in a form."""
+    return (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, bk.CONFIRM, *BUTTONS)
 
 
 class Backlog:
@@ -138,26 +144,12 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
 
         work.add(answer())
 
-    for action_id in (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, bk.CONFIRM, *BUTTONS):
+    async def tell(channel: str, text: str) -> object:
+        return await client.chat_postMessage(channel=channel, text=text)
+
+    tell_with(desk, tell)
+    for action_id in pressable():
         app.action(action_id)(on_press)
-
-    async def on_lock_press(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-
-        async def answer() -> None:
-            action = body["actions"][0]
-            who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
-
-            async def tell(channel: str, text: str) -> object:
-                return await client.chat_postMessage(channel=channel, text=text)
-
-            reply = await press_lock(desk, who, action["action_id"], action.get("value", ""), tell)
-            await _respond(respond, reply)
-
-        work.add(answer())
-
-    for action_id in lb.ACTIONS:
-        app.action(action_id)(on_lock_press)
 
     @app.action(bk.REJECT)
     async def on_reject(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:

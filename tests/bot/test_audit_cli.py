@@ -1,0 +1,202 @@
+"""``shipyard audit verify`` and ``audit list`` as an operator runs them: real processes on a
+throwaway SQLite file, whose audit log is written by real ``shipyard token``/``access``
+commands (refused ones too) and then tampered with through sqlite3, as someone with the file
+would."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from core.audit import entry_hash
+from core.ports import AuditEntry
+from storage.migrate import alembic_config
+
+ROOT = Path(__file__).resolve().parents[2]
+#: what the log holds, in order: (command, accepted); the refused ones are audited too
+WRITTEN = [
+    (("token", "create", "ci-deployer", "--role", "deployer"), True),
+    (("token", "create", "ci-deployer", "--role", "deployer"), False),  # exists
+    (("token", "revoke", "nosuch"), False),
+    (("access", "grant", "bob", "group:release-managers"), True),
+    (("access", "grant", "bob", "wizard"), False),  # neither a role nor a group
+    (("token", "create", "ci-viewer", "--role", "bogus"), False),
+    (("token", "revoke", "ci-deployer"), True),
+]
+
+
+def shipyard(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=db.parent,
+        env={**clean, "PYTHONPATH": str(ROOT), "SHIPYARD_DATABASE_URL": f"sqlite:///{db}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database whose audit log the commands in ``WRITTEN`` wrote (entries 1 to 7)."""
+    db = tmp_path_factory.mktemp("audit") / "shipyard.db"
+    for args, accepted in WRITTEN:
+        result = shipyard(db, *args)
+        assert (result.returncode == 0) is accepted, (args, result.stderr)
+    return db
+
+
+@pytest.fixture
+def db(written: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "shipyard.db"
+    shutil.copy(written, copy)
+    return copy
+
+
+@pytest.fixture
+def sql(db: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(db, isolation_level=None)
+    yield conn
+    conn.close()
+
+
+def verify(db: Path) -> tuple[int, str]:
+    result = shipyard(db, "audit", "verify")
+    assert "Traceback" not in result.stderr
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def test_refused_access_commands_are_audited_with_their_reason(db: Path) -> None:
+    result = shipyard(db, "audit", "list", "--limit", "20")
+    lines = result.stdout.splitlines()
+    me = getpass.getuser()
+    assert len(lines) == len(WRITTEN)
+    assert all(f" {me} via cli: " in line for line in lines)
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "token_create ci-deployer accepted",
+        "token_create ci-deployer rejected "
+        "(a token named 'ci-deployer' exists; revoke it first or pick another name)",
+        "token_revoke nosuch rejected (no active token named 'nosuch')",
+        "access_grant bob accepted",
+        "access_grant bob rejected "
+        "('wizard' is neither a role (viewer, deployer, approver, admin) nor group:NAME)",
+        "token_create ci-viewer rejected (unknown role 'bogus' (roles: viewer, deployer, approver, admin))",
+        "token_revoke ci-deployer accepted",
+    ]
+
+
+def test_an_intact_log_verifies(db: Path) -> None:
+    assert verify(db) == (0, "audit log intact: 7 entries verified")
+
+
+def test_an_edited_middle_entry_is_named(db: Path, sql: sqlite3.Connection) -> None:
+    sql.execute("UPDATE audit SET outcome = 'accepted' WHERE id = 3")
+    code, out = verify(db)
+    assert code == 1 and "entry 3 was altered after it was written" in out
+
+
+def test_a_deleted_first_entry_is_noticed_at_the_new_first(db: Path, sql: sqlite3.Connection) -> None:
+    sql.execute("DELETE FROM audit WHERE id = 1")
+    code, out = verify(db)
+    assert code == 1
+    assert (
+        "entry 2 is the oldest entry but links to an earlier one: the entries before it were removed" in out
+    )
+
+
+def test_deleted_last_entries_are_noticed_by_the_checkpoint(db: Path, sql: sqlite3.Connection) -> None:
+    sql.execute("DELETE FROM audit WHERE id > 4")
+    code, out = verify(db)
+    assert code == 1
+    assert "the newest entries were removed: the log ends at entry 4, but the checkpoint counts 3 more" in out
+
+    # the next entry links to where the chain really ended, so the gap stays visible
+    assert shipyard(db, "token", "revoke", "nosuch").returncode == 2
+    code, out = verify(db)
+    assert code == 1 and "entry 5 does not link to entry 4: an entry between them was removed" in out
+
+
+def test_a_deleted_checkpoint_is_reported(db: Path, sql: sqlite3.Connection) -> None:
+    sql.execute("DELETE FROM audit_head")
+    assert verify(db) == (1, "audit log BROKEN: its checkpoint (the audit_head row) was deleted")
+
+    # the next append starts a new one, counting from there: the two still disagree
+    assert shipyard(db, "token", "revoke", "nosuch").returncode == 2
+    code, out = verify(db)
+    assert code == 1
+    assert "entry 8 is where the checkpoint says the chain ended, but not as it recorded it" in out
+
+
+def test_a_blanked_hash_is_named(db: Path, sql: sqlite3.Connection) -> None:
+    sql.execute("UPDATE audit SET hash = '' WHERE id = 5")
+    code, out = verify(db)
+    assert code == 1 and "entry 5 has no hash, though the chain started before it" in out
+
+
+def test_the_first_entry_altered_and_its_hash_blanked_is_named(db: Path, sql: sqlite3.Connection) -> None:
+    """Blanking its hash would make entry 1 pass for one written before the chain existed."""
+    sql.execute("UPDATE audit SET hash = '', outcome = 'rejected' WHERE id = 1")
+    code, out = verify(db)
+    assert code == 1
+    assert "entry 1 has no hash: entry 2 links to an earlier chained entry, so entry 1 was altered" in out
+
+    sql.execute("UPDATE audit SET outcome = 'accepted' WHERE id = 1")  # only the hash blanked
+    code, out = verify(db)
+    assert code == 1 and "entry 1 has no hash: its hash was blanked (entry 2 links to it)" in out
+
+
+def test_a_log_written_before_the_checkpoint_existed_verifies_after_the_upgrade(tmp_path: Path) -> None:
+    """Upgrading records where an existing chain ends, after entries from before the chain."""
+    db = tmp_path / "old.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    try:
+        config = alembic_config(engine)
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0010")
+        rows, prev = [], ""
+        for i in range(4):
+            entry = AuditEntry(
+                at=datetime(2026, 11, 26, 12, i, tzinfo=UTC),
+                actor="alice",
+                channel="rest",
+                action="approve_gate",
+                target=f"web#{i}",
+                outcome="accepted",
+            )
+            chained = i >= 1  # the first was written before the chain existed
+            digest = entry_hash(prev, entry) if chained else ""
+            rows.append(
+                {
+                    "at": f"2026-11-26 12:0{i}:00.000000",
+                    **{k: getattr(entry, k) for k in ("actor", "channel", "action", "target", "outcome")},
+                    "reason": "",
+                    "detail": "{}",
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+        with engine.begin() as conn:
+            conn.execute(sa.insert(sa.table("audit", *(sa.column(k) for k in rows[0]))), rows)
+    finally:
+        engine.dispose()
+
+    assert verify(db) == (0, "audit log intact: 3 entries verified")
+    with sqlite3.connect(db) as sql:
+        sql.execute("DELETE FROM audit WHERE id = 4")
+    code, out = verify(db)
+    assert code == 1 and "the log ends at entry 3, but the checkpoint counts 1 more, up to entry 4" in out
