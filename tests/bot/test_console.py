@@ -1,13 +1,25 @@
 """``shipyard console`` as a person without Slack uses it: a whole approve-and-deploy
-conversation through the same verbs and buttons the Slack bot has, scripted on stdin."""
+conversation through the same verbs and buttons the Slack bot has, scripted on stdin; the lock
+buttons; run messages printed while the console waits for input; the end of the input waiting
+for the session's runs to settle; and who may do what (nothing granted behind anyone's back)."""
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
+
+from bot.chat import blocks as bk
+from bot.chat import lock_blocks as lb
+from bot.chat.environments import REVIEW_ACK, ROLLBACK
+from bot.chat.verbs import BUTTONS
+from bot.console import SETTLE_S
+from bot.slack.bot import pressable
 
 GATED = """
 name: gated
@@ -21,39 +33,71 @@ stages:
 """
 
 
-def shipyard(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
+QUICK = """
+name: quick
+stages:
+  - name: build
+    jobs: [{name: compile, run: ["sh", "-c", "sleep 0.5; echo built"]}]
+"""
+FOREVER = """
+name: forever
+stages:
+  - name: build
+    jobs: [{name: compile, run: ["sleep", "60"]}]
+"""
+ROOT = Path(__file__).parents[2]
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    config = tmp_path / "shipyard.yml"
+    if not config.exists():
+        config.write_text("environments:\n  production: {lock_reminder: 10m}\n")
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")},
+        "SHIPYARD_CONFIG": str(config),
         "SHIPYARD_DATABASE_URL": f"sqlite:///{tmp_path}/shipyard.db",
         "SHIPYARD_PIPELINES_DIR": str(tmp_path / "pipelines"),
         "SHIPYARD_WORK_DIR": str(tmp_path / "work"),
         "SHIPYARD_POLL_INTERVAL": "0.05",
     }
+
+
+def shipyard(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=env,
+        env=environment(tmp_path),
         timeout=60,
-        cwd=Path(__file__).parents[2],
+        cwd=ROOT,
     )
 
 
+def pipelines(tmp_path: Path, **texts: str) -> None:
+    (tmp_path / "pipelines").mkdir(exist_ok=True)
+    for name, text in texts.items():
+        (tmp_path / "pipelines" / f"{name}.yml").write_text(textwrap.dedent(text))
+
+
+def grant(tmp_path: Path, *grants: tuple[str, str]) -> None:
+    for who, what in grants:
+        done = shipyard(tmp_path, "access", "grant", who, what)
+        assert done.returncode == 0, done.stderr
+
+
 def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tmp_path: Path) -> None:
-    (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "gated.yml").write_text(textwrap.dedent(GATED))
-    for who, what in [("alice", "deployer"), ("alice", "approver"), ("bob", "approver")]:
-        assert shipyard(tmp_path, "access", "grant", who, what).returncode == 0
-    assert shipyard(tmp_path, "access", "grant", "bob", "group:release-managers").returncode == 0
+    pipelines(tmp_path, gated=GATED)
+    grant(tmp_path, ("alice", "deployer"), ("alice", "approver"), ("bob", "approver"))
+    grant(tmp_path, ("bob", "group:release-managers"))
     script = textwrap.dedent(
         """\
         /deploy lsit
         /deploy run gated
         wait gated#1 waiting
-        press 3
+        press 2
         as bob
-        press 3
+        press 2
         wait gated#1
         /deploy status gated#1
         """
@@ -63,7 +107,167 @@ def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tm
     assert done.returncode == 0, done.stderr
     assert "Did you mean `list`?" in out
     assert "Started gated#1" in out
-    assert "gated#1 waits for approval before production" in out and "[3] Approve" in out
+    # a button keeps its number however often its message is printed again (Cancel is [1])
+    assert "gated#1 waits for approval before production" in out and "[2] Approve  [3] Reject" in out
+    assert "[1] Cancel" in out and "[4] Cancel" not in out
     assert "alice triggered gated#1 and cannot approve its own gate production" in out
     assert "gated#1 — succeeded" in out.split("(you are now bob)")[1]
-    assert "alice has deployer" not in out
+    assert out.rstrip().endswith("gated#1: succeeded")
+    assert "alice has deployer" not in out and "has no role" not in out
+
+
+def test_the_lock_buttons_work_in_the_console(tmp_path: Path) -> None:
+    pipelines(tmp_path)
+    grant(tmp_path, ("alice", "deployer"), ("bob", "deployer"))
+    script = textwrap.dedent(
+        """\
+        /deploy lock production "incident 4711" for 5m
+        press 1
+        as bob
+        /deploy lock production hotfix
+        press 3
+        as alice
+        press 5
+        as bob
+        press 3
+        as alice
+        press 4
+        /deploy locks
+        """
+    )
+    done = shipyard(tmp_path, "console", "--user", "alice", stdin=script)
+    out = done.stdout
+    assert done.returncode == 0, done.stderr
+    assert "not one of mine" not in out
+    # the reminder the keeper would send (the lock expires within production's lock_reminder)
+    reminder, rest = out.split("[1] Extend 1h  [2] Release", 1)
+    assert "alice, your lock on production expires " in reminder and "incident 4711" in reminder
+    extended, rest = rest.split("(you are now bob)", 1)
+    assert "🔒 production is locked by alice" in extended and "incident 4711" in extended
+    asked, rest = rest.split("(you are now alice)", 1)
+    assert "[3] Ask alice to hand it over" in asked
+    assert "Asked alice to hand over the lock on production; their answer comes here." in asked
+    kept, rest = rest.split("(you are now bob)", 1)
+    assert "✋ alice, bob asks for your lock on production (incident 4711)." in kept
+    assert "[4] Hand over  [5] Keep it" in kept and "You keep the lock on production." in kept
+    handed = rest.split("(you are now alice)", 1)[1]
+    assert "[4] Hand over  [5] Keep it" in handed  # asked again: the same question, the same buttons
+    assert "You handed the lock on production to bob." in handed
+    assert "🔒 production is locked by bob" in handed.split("You handed", 1)[1]
+
+
+def test_every_button_the_slack_app_answers_goes_through_the_shared_press() -> None:
+    # the Slack app listens for exactly these (and Reject, which asks for a reason in a form);
+    # the console presses them through the same verbs.press
+    answered_by_press = {bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, bk.CONFIRM, *BUTTONS}
+    assert set(pressable()) == answered_by_press
+    assert {*lb.ACTIONS, ROLLBACK, bk.ROLLBACK_ASK, REVIEW_ACK} <= set(BUTTONS)
+
+
+def test_run_messages_are_printed_as_they_happen_while_the_console_waits_for_input(
+    tmp_path: Path,
+) -> None:
+    pipelines(tmp_path, quick=QUICK)
+    grant(tmp_path, ("alice", "deployer"))
+    errors = (tmp_path / "stderr.txt").open("w")
+    with (
+        errors,
+        subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "console", "--user", "alice"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=environment(tmp_path),
+            cwd=ROOT,
+        ) as console,
+    ):
+        assert console.stdin is not None and console.stdout is not None
+        out = console.stdout
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            try:
+                for line in out:
+                    lines.put(line)
+            except ValueError:  # closed when the test ends early
+                pass
+
+        threading.Thread(target=read, daemon=True).start()
+
+        def until(text: str, timeout: float = 20) -> list[str]:
+            seen: list[str] = []
+            deadline = time.monotonic() + timeout
+            while not any(text in line for line in seen):
+                try:
+                    seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    raise AssertionError(f"no {text!r} in {seen}") from None
+            return seen
+
+        try:
+            console.stdin.write("/deploy run quick\n")
+            console.stdin.flush()
+            until("Started quick#1")
+            # nothing more is typed: the run's progress still shows, up to its end
+            shown = "".join(until("quick#1 succeeded in"))  # the result, as in Slack's thread
+            assert "quick#1 — succeeded" in shown
+            console.stdin.write("/deploy whoami\n")
+            console.stdin.close()
+            assert console.wait(timeout=30) == 0, (tmp_path / "stderr.txt").read_text()
+            rest = "".join(until("quick#1: succeeded"))
+            assert "You are alice" in rest
+        finally:
+            if console.poll() is None:
+                console.kill()
+
+
+def test_the_end_of_the_input_waits_for_the_sessions_runs_and_says_where_each_is(tmp_path: Path) -> None:
+    pipelines(tmp_path, quick=QUICK, gated=GATED, forever=FOREVER)
+    script = "/deploy run quick\n/deploy run gated\n/deploy run forever\n"
+    started = time.monotonic()
+    done = shipyard(tmp_path, "console", stdin=script)  # the console's own user
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    end = done.stdout.rstrip().splitlines()[-3:]
+    assert end == [
+        "quick#1: succeeded",
+        "gated#1: waiting (gate production is open)",
+        "forever#1: still running; it goes on the next time Shipyard runs against this database "
+        "(`shipyard serve` or `shipyard console`)",
+    ]
+    assert SETTLE_S <= took < SETTLE_S + 20  # it waited for quick#1, and no longer than it says
+
+
+def test_the_consoles_own_user_may_deploy_for_the_session_only(tmp_path: Path) -> None:
+    pipelines(tmp_path, quick=QUICK)
+    done = shipyard(tmp_path, "console", stdin="/deploy whoami\n/deploy run quick\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(
+        "(you are `console`: you may deploy in this console session; nothing is granted in the "
+        "database. For a lasting role: `shipyard access grant NAME deployer`)"
+    )
+    assert "Roles: deployer" in done.stdout and "Started quick#1" in done.stdout
+    assert (
+        shipyard(tmp_path, "access", "show", "console").stdout.strip() == "console: roles none; groups none"
+    )
+    audit = shipyard(tmp_path, "audit", "list")
+    assert "grant" not in audit.stdout, audit.stdout
+
+
+def test_a_named_user_without_a_role_is_refused_and_told_how_to_get_one(tmp_path: Path) -> None:
+    pipelines(tmp_path, quick=QUICK)
+    done = shipyard(tmp_path, "console", "--user", "carol", stdin="/deploy run quick\nas dave\n")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == (
+        "(carol has no role here, so only what anyone may do works; an admin grants one with "
+        "`shipyard access grant carol deployer`)"
+    )
+    assert lines[1] == "! carol has no role; trigger needs one of: admin, deployer"
+    assert lines[2:] == [
+        "(you are now dave)",
+        "(dave has no role here, so only what anyone may do works; an admin grants one with "
+        "`shipyard access grant dave deployer`)",
+    ]
+    assert shipyard(tmp_path, "access", "show", "carol").stdout.strip() == "carol: roles none; groups none"
