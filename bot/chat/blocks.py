@@ -5,6 +5,8 @@ each with a ``text`` fallback; the console renders the same blocks as text."""
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -82,9 +84,36 @@ def _clip(s: str, limit: int = SECTION_MAX) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+#: a Slack user-group ID (``S0614TZR7``): upper-case letters and digits, at least one digit
+_SUBTEAM = re.compile(r"S(?=[A-Z0-9]*[0-9])[A-Z0-9]{2,}")
+
+
 def who(name: str) -> str:
-    """A principal as Slack shows it: a mention for Slack user IDs."""
-    return f"<@{name}>" if name[:1] in ("U", "W") and name.isalnum() else name
+    """A principal as Slack shows it: a mention for Slack user and user-group IDs."""
+    if name[:1] in ("U", "W") and name.isalnum():
+        return f"<@{name}>"
+    return f"<!subteam^{name}>" if _SUBTEAM.fullmatch(name) else name
+
+
+def role_groups(slack_roles: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Role → the Slack user groups configuration gives it (``slack_roles`` read backwards)."""
+    groups: dict[str, list[str]] = {}
+    for principal, roles in slack_roles.items():
+        if _SUBTEAM.fullmatch(principal):
+            for role in roles:
+                groups.setdefault(role, []).append(principal)
+    return groups
+
+
+def approvers_line(approvers: Iterable[str], groups: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Who may clear a gate, as mentions: users and user groups by ID, and a role by the Slack
+    user groups mapped to it (``groups``, from ``role_groups``); anything else (a role or a
+    group with no Slack mapping) stays plain text. Each mention appears once."""
+    shown: dict[str, None] = {}
+    for name in approvers:
+        for shown_as in [who(g) for g in (groups or {}).get(name, ())] or [who(name)]:
+            shown.setdefault(shown_as)
+    return ", ".join(shown) or "anyone with the approver role"
 
 
 def took(start: datetime | None, end: datetime | None) -> str:
@@ -164,31 +193,48 @@ def run_message(state: RunState, place: QueueEntry | None = None) -> tuple[str, 
 
 
 # -- gates ---------------------------------------------------------------------------------------
-def gate_card(state: RunState, gate: Gate, live: Deployment | None) -> tuple[str, list[Block]]:
-    """What the approvers see while a gate waits for them."""
+def gate_card(
+    state: RunState,
+    gate: Gate,
+    live: Deployment | None,
+    *,
+    artifact: str | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[str, list[Block]]:
+    """What the approvers see while a gate waits for them: what will be deployed (``artifact``,
+    the run's, when known, and its revision), what is ``live`` in the environment now (and a
+    compare link between the two), the gates already passed and the approvals so far. Once
+    decided it keeps all of that and shows who decided, when and why instead of the buttons.
+    ``groups``: role → Slack user groups, so approvers can be mentioned (``approvers_line``)."""
     run = state.run
     stage = state.stages[gate.stage_index]
     target = f" to *{stage.environment}*" if stage.environment else ""
-    lines = [
-        f":raised_hand: *{run.ref}* waits for approval before *{stage.name}*{target}",
-        f"asked by {who(run.triggered_by)}; approvers: {', '.join(who(a) for a in gate.approvers)}",
-    ]
-    if run.source_revision:
-        lines.append(f"deploys revision `{run.source_revision}`")
-    if live is not None:
-        now_there = f"`{live.revision}`" if live.revision else f"{live.pipeline}#{live.run_number}"
-        lines.append(
-            f"live in {live.environment} now: {now_there} (since {live.finished_at:%Y-%m-%d %H:%M} UTC)"
+    if gate.status is GateStatus.OPEN:
+        head = f":raised_hand: *{run.ref}* waits for approval before *{stage.name}*{target}"
+        summary = f"{run.ref} waits for approval before {stage.name}"
+    else:
+        head = (
+            f"{EMOJI.get(gate.status, '')} *{run.ref}*: the gate before *{stage.name}*{target} {gate.status}"
         )
-        template = state.definition.compare_url
-        if template and live.revision and run.source_revision and live.revision != run.source_revision:
-            link = template.replace("{from}", live.revision).replace("{to}", run.source_revision)
-            lines.append(f"<{link}|compare {live.revision[:7]}…{run.source_revision[:7]}>")
+        summary = f"{run.ref}: gate {stage.name} {gate.status}"
+    lines = [head, f"asked by {who(run.triggered_by)}; approvers: {approvers_line(gate.approvers, groups)}"]
+    lines.append("deploys " + version(artifact, run.source_revision, f"what {run.ref} builds"))
+    if stage.environment:
+        if live is None:
+            lines.append(f"live in {stage.environment} now: nothing yet")
+        else:
+            lines.append(f"live in {live.environment} now: {live_line(live)}")
+            if (link := compare_link(state, live)) is not None:
+                lines.append(link)
     passed = [state.stages[g.stage_index].name for g in state.gates if g.status is GateStatus.APPROVED]
+    passed = [name for name in passed if name != stage.name]
     if passed:
         lines.append("gates passed: " + ", ".join(passed))
     if gate.min_approvals > 1:
-        lines.append(f"approvals: {len(gate.approvals)} of {gate.min_approvals}")
+        line = f"approvals: {len(gate.approvals)} of {gate.min_approvals}"
+        if gate.approvals and gate.status is GateStatus.OPEN:
+            line += " — so far " + ", ".join(who(a.actor) for a in gate.approvals)
+        lines.append(line)
     blocks = [text("\n".join(lines))]
     if gate.status is GateStatus.OPEN:
         value = ref_value(state, gate)
@@ -201,15 +247,46 @@ def gate_card(state: RunState, gate: Gate, live: Deployment | None) -> tuple[str
         )
     else:
         blocks.append(context(gate_outcome(gate)))
-    return f"{run.ref} waits for approval before {stage.name}", blocks
+    return summary, blocks
 
 
-def gate_reminder(state: RunState, gate: Gate, waited_s: float) -> tuple[str, list[Block]]:
+def version(artifact: str | None, revision: str | None, otherwise: str) -> str:
+    """What a deployment is, by what is known of it: ```web@1.4.2` (revision `abc1234`)``, one
+    of the two, or ``otherwise``."""
+    if artifact and revision:
+        return f"`{artifact}` (revision `{revision}`)"
+    if artifact or revision:
+        return f"`{artifact}`" if artifact else f"revision `{revision}`"
+    return otherwise
+
+
+def live_line(live: Deployment) -> str:
+    """``web@1.4.2` (revision `abc1234`) · web#41 since … by …``: what runs there, from where."""
+    what = version(live.artifact, live.revision, "")
+    kind = f" (a {live.kind})" if live.kind != "deploy" else ""
+    return (
+        (f"{what} · " if what else "")
+        + f"{live.pipeline}#{live.run_number}{kind} since {live.finished_at:%Y-%m-%d %H:%M} UTC"
+        + f" by {who(live.triggered_by)}"
+    )
+
+
+def compare_link(state: RunState, live: Deployment) -> str | None:
+    """The pipeline's ``compare_url`` between the live revision and the run's, when they differ."""
+    template, to = state.definition.compare_url, state.run.source_revision
+    if not template or not live.revision or not to or live.revision == to:
+        return None
+    link = template.replace("{from}", live.revision).replace("{to}", to)
+    return f"<{link}|compare {live.revision[:7]}…{to[:7]}>"
+
+
+def gate_reminder(
+    state: RunState, gate: Gate, waited_s: float, groups: Mapping[str, Sequence[str]] | None = None
+) -> tuple[str, list[Block]]:
     stage = state.stages[gate.stage_index]
-    approvers = ", ".join(who(a) for a in gate.approvers)
     line = (
         f":alarm_clock: *{state.run.ref}* still waits for approval before *{stage.name}* "
-        f"(for {format_duration(waited_s)}); approvers: {approvers}"
+        f"(for {format_duration(waited_s)}); approvers: {approvers_line(gate.approvers, groups)}"
     )
     if gate.deadline is not None:
         line += f"; it times out at {gate.deadline:%Y-%m-%d %H:%M} UTC"
@@ -217,7 +294,12 @@ def gate_reminder(state: RunState, gate: Gate, waited_s: float) -> tuple[str, li
 
 
 def gate_outcome(gate: Gate) -> str:
+    """Who decided, when, and why (an approval's comments are its why)."""
     when = f" at {gate.decided_at:%Y-%m-%d %H:%M} UTC" if gate.decided_at else ""
+    if gate.status is GateStatus.APPROVED and gate.approvals:
+        by = " by " + ", ".join(who(a.actor) for a in gate.approvals)
+        said = "; ".join(f"{who(a.actor)}: {a.comment}" for a in gate.approvals if a.comment)
+        return f"{EMOJI.get(gate.status, '')} {gate.status}{by}{when}" + (f" — {said}" if said else "")
     by = (
         f" by {who(gate.decided_by)}"
         if gate.decided_by and gate.decided_by not in ("timeout", "check")
@@ -227,12 +309,29 @@ def gate_outcome(gate: Gate) -> str:
     return f"{EMOJI.get(gate.status, '')} {gate.status}{by}{when}{reason}"
 
 
-def job_failed(state: RunState, job: Job, tail: list[str]) -> tuple[str, list[Block]]:
+def job_failed(
+    state: RunState,
+    job: Job,
+    tail: list[str],
+    attempt: int | None = None,
+    status: str | None = None,
+    reason: str | None = None,
+) -> tuple[str, list[Block]]:
+    """A job failed (``attempt``, with the ``status`` and ``reason`` it failed with; the job's
+    own by default): its last log lines and whether the run goes on (the job may fail, or is
+    run again). ``settle_failure`` has the buttons to go with it."""
     stage = state.stages[job.stage_index]
-    summary = f"{state.run.ref}: job {stage.name}/{job.name} {job.status}"
-    blocks = [
-        text(f":x: *{stage.name}/{job.name}* {job.status}" + (f" — {job.reason}" if job.reason else ""))
-    ]
+    attempt = job.attempt if attempt is None else attempt
+    status = status or str(job.status)
+    reason = job.reason if reason is None else reason
+    summary = f"{state.run.ref}: job {stage.name}/{job.name} {status}"
+    line = f":x: *{stage.name}/{job.name}* {status}" + (f" — {reason}" if reason else "")
+    if job.attempt > attempt or not job.is_done:
+        line += f". Shipyard runs it again (`retries: {job.retries}`)."
+    elif job.allow_failure:
+        line = ":warning:" + line.removeprefix(":x:") + ". It may fail (`allow_failure`)"
+        line += "." if state.run.status in RUN_TERMINAL else ": the run goes on."
+    blocks = [text(line)]
     if tail:
         body = "\n".join(tail)[-(SECTION_MAX - 10) :].replace("```", "'''")
         blocks.append(text(f"```{body}```"))
@@ -298,26 +397,34 @@ def stuck_run(stuck: Stuck) -> list[Block]:
 
 
 def settle_failure(state: RunState) -> list[Block]:
-    """Guided failure: settle a failed run here instead of re-triggering everything."""
+    """Guided failure, truthful about where the run is: while it still goes on (the failed job
+    may fail, or is run again) it can be canceled; once it failed, its failed jobs can be
+    retried or the failure ignored (a new run goes on from the next stage), settled here
+    instead of by re-triggering everything. A run that succeeded or was canceled offers nothing."""
     value = ref_value(state)
-    buttons = [button("Retry failed jobs", RETRY, value, "primary")]
-    buttons.append(
-        button(
-            "Ignore and continue",
-            IGNORE,
-            value,
-            None,
-            confirm(
-                "Ignore this failure?",
-                f"A new run of {state.run.ref} goes on from the next stage; the failure is recorded "
-                "as ignored by you.",
-                "Ignore and continue",
-            ),
-        )
-    )
     if state.run.status not in RUN_TERMINAL:
-        buttons.append(button("Cancel run", CANCEL, value, "danger"))
-    return [actions(f"settle-{state.run.id}", *buttons)]
+        sure = confirm("Cancel this run?", f"{state.run.ref} stops; running jobs are killed.", "Cancel run")
+        return [
+            actions(
+                f"settle-{state.run.id}-{state.run.version}",
+                button("Cancel run", CANCEL, value, "danger", sure),
+            )
+        ]
+    if state.run.status is not RunStatus.FAILED:
+        return []
+    ignore = confirm(
+        "Ignore this failure?",
+        f"A new run of {state.run.ref} goes on from the next stage; the failure is recorded "
+        "as ignored by you.",
+        "Ignore and continue",
+    )
+    return [
+        actions(
+            f"settle-{state.run.id}",
+            button("Retry failed jobs", RETRY, value, "primary"),
+            button("Ignore and continue", IGNORE, value, None, ignore),
+        )
+    ]
 
 
 def run_finished(state: RunState) -> tuple[str, list[Block]]:

@@ -1,47 +1,121 @@
-"""App Home: what runs where, the gates waiting for the viewer, the viewer's recent runs."""
+"""App Home: what runs where (and whether it is locked), the gates waiting for the viewer, the
+viewer's recent runs. Published when the viewer opens it and again when something it shows
+changes (the notifier: runs, gates, deployments and locks).
+
+"Waiting for you" lists only gates the viewer could clear: the engine's own rule
+(``core.access.check_approver``: the approver role and, when the gate names approvers, one
+of them by name, group or role, as held when the gate opened), minus the viewer's own runs
+(separation of duties, unless the gate allows self-approval) and gates they already approved.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.backend import now
 from bot.chat import blocks as bk
+from bot.chat import lock_blocks as lb
 from bot.chat.verbs import Desk
+from core.access import Grant, check_approver
+from core.assignment import run_artifact
+from core.errors import Forbidden
+from core.model import Gate, RunState
+from core.ports import Deployment
 from core.states import GateStatus
+from storage.artifacts import ArtifactBook
+from storage.locks import LockBook
 from storage.reads import RunFilter
+
+#: gates and runs shown at most (a home view holds 100 blocks)
+GATES_SHOWN, RUNS_SHOWN = 10, 10
 
 
 async def publish_home(desk: Desk, client: AsyncWebClient, user: str) -> None:
-    reads = desk.reads
-    blocks: list[bk.Block] = [{"type": "header", "text": {"type": "plain_text", "text": "Environments"}}]
-    for name in await desk.read(reads.environment_names):
-        live = await desk.read(reads.current_deployment, name)
-        if live is None:
-            blocks.append(bk.text(f"*{name}*: nothing deployed yet"))
-        else:
-            what = f"`{live.revision}`" if live.revision else f"{live.pipeline}#{live.run_number}"
-            blocks.append(
-                bk.text(
-                    f"*{name}*: {what} since {live.finished_at:%Y-%m-%d %H:%M} UTC "
-                    f"by {bk.who(live.triggered_by)} ({live.pipeline}#{live.run_number})"
-                )
-            )
-    waiting = await desk.read(reads.runs, RunFilter(status="waiting"), None, 20)
-    gates = [
-        (state, gate)
-        for state in waiting
-        for gate in state.gates
-        if gate.status is GateStatus.OPEN and gate.kind == "manual" and user not in state.run.requested_by
-    ]
-    blocks.append({"type": "header", "text": {"type": "plain_text", "text": "Waiting for approval"}})
+    await client.views_publish(user_id=user, view=await home_view(desk, user))
+
+
+async def home_view(desk: Desk, user: str) -> dict[str, object]:
+    at = now()
+    blocks = [_header("Environments"), *await _environments(desk, at)]
+    blocks.append(_header("Waiting for your approval"))
+    grants = await _grants(desk, user)
+    gates = [(s, g) for s, g in await _waiting(desk) if may_approve(grants, user, s, g)]
     if not gates:
         blocks.append(bk.context("Nothing is waiting for you."))
-    for state, gate in gates[:10]:
-        _, card = bk.gate_card(state, gate, None)
-        blocks.extend(card)
-    mine = await desk.read(reads.runs, RunFilter(triggered_by=user), None, 10)
-    blocks.append({"type": "header", "text": {"type": "plain_text", "text": "Your recent runs"}})
+    for state, gate in gates[:GATES_SHOWN]:
+        stage = state.stages[gate.stage_index]
+        live = (
+            await desk.read(desk.reads.current_deployment, stage.environment) if stage.environment else None
+        )
+        blocks.extend((await gate_card(desk, state, gate, live))[1])
+    blocks.append(_header("Your recent runs"))
+    mine = await desk.read(desk.reads.runs, RunFilter(triggered_by=user), None, RUNS_SHOWN)
     if not mine:
         blocks.append(bk.context("You have not started a run yet. Try `/deploy help`."))
     for state in mine:
         blocks.append(bk.context(bk.run_summary(state) + f" · {state.run.created_at:%Y-%m-%d %H:%M} UTC"))
-    await client.views_publish(user_id=user, view={"type": "home", "blocks": blocks[:100]})
+    return {"type": "home", "blocks": blocks[:100]}
+
+
+async def gate_card(
+    desk: Desk, state: RunState, gate: Gate, live: Deployment | None
+) -> tuple[str, list[bk.Block]]:
+    """``blocks.gate_card`` with what it shows read: the run's artifact and the Slack user
+    groups its approvers' roles map to."""
+    groups = bk.role_groups(desk.yard.settings.slack_roles)
+    return bk.gate_card(state, gate, live, artifact=await artifact_of(desk, state), groups=groups)
+
+
+async def artifact_of(desk: Desk, state: RunState) -> str | None:
+    """What the run deploys, when known: the artifact it was given, or the one it built."""
+    if state.run.artifact_id is not None:
+        given = await desk.read(ArtifactBook(desk.yard.store).get, state.run.artifact_id)
+        return given.ref if given is not None else None
+    built = run_artifact(state)
+    return built.ref if built is not None else None
+
+
+def may_approve(grants: list[Grant], user: str, state: RunState, gate: Gate) -> bool:
+    if gate.status is not GateStatus.OPEN or gate.kind != "manual":
+        return False
+    if user in (state.run.requested_by or (state.run.triggered_by,)) and not gate.allow_self_approval:
+        return False
+    if any(a.actor == user for a in gate.approvals):
+        return False
+    try:
+        check_approver(user, grants, gate, state.run)
+    except Forbidden:
+        return False
+    return True
+
+
+async def _environments(desk: Desk, at: datetime) -> list[bk.Block]:
+    locks = {lock.environment: lock for lock in await desk.read(LockBook(desk.yard.store).all, at)}
+    names = sorted(set(await desk.read(desk.reads.environment_names)) | set(locks))
+    blocks = []
+    for name in names:
+        live = await desk.read(desk.reads.current_deployment, name)
+        line = f"*{name}*: " + (bk.live_line(live) if live is not None else "nothing deployed yet")
+        lock = locks.get(name)
+        line += f"\n:lock: {lb.told(lock, at)}" if lock is not None else "\n:unlock: not locked"
+        blocks.append(bk.text(line))
+    return blocks
+
+
+async def _waiting(desk: Desk) -> list[tuple[RunState, Gate]]:
+    states = await desk.read(desk.reads.waiting_for_people, 100)
+    return [(s, g) for s in states for g in s.gates if g.status is GateStatus.OPEN and g.kind == "manual"]
+
+
+async def _grants(desk: Desk, user: str) -> list[Grant]:
+    def read() -> list[Grant]:
+        with desk.yard.store.reading() as tx:
+            return tx.grants_of(user)
+
+    return await desk.read(read)
+
+
+def _header(title: str) -> bk.Block:
+    return {"type": "header", "text": {"type": "plain_text", "text": title}}

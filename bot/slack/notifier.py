@@ -5,16 +5,25 @@ as it moves (at most about once a second per run, however busy it is); notable e
 its thread: a gate waiting (the approval card, edited when decided), a failed job with its last
 log lines, the result. The position in the log and every message's ts are stored, and each
 thread post is claimed in the database before it is sent, so neither a restart nor a Slack
-outage loses or repeats one."""
+outage loses or repeats one: a send that fails is tried again later, with a growing wait
+(``POST_BACKOFF``), by handling the event that called for it again (``storage.slack`` keeps
+where each post is, so a restart carries on). Gate cards are edited like run messages (with
+the run's, at most about once a second): approvals so far, then who decided.
+
+App Home views of the people who opened them are published again when what they show
+changes: runs, gates and deployments (events), and environment locks (the audit log, where
+every lock change lands whichever door it came through)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
-from slack_sdk.errors import SlackApiError
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
@@ -22,16 +31,17 @@ from bot.chat import blocks as bk
 from bot.chat import lock_blocks as lb
 from bot.chat.environments import review_reminder
 from bot.chat.verbs import Desk
-from bot.slack.home import publish_home
+from bot.slack.home import gate_card, publish_home
 from core.admission import QueueEntry
 from core.events import Event
-from core.model import RunState
+from core.model import Gate, RunState
+from core.ports import Deployment
 from core.review import REMIND_EVERY_S, reminder_number
 from core.states import JOB_FAILURES, RUN_TERMINAL, JobStatus
 from core.waiting import wait_event
 from storage.locks import LockBook
 from storage.reviews import ReviewBook
-from storage.slack import SlackState
+from storage.slack import PendingPost, SlackState
 
 log = logging.getLogger(__name__)
 CURSOR = "slack"
@@ -46,6 +56,23 @@ FAILED = frozenset(str(s) for s in JOB_FAILURES)
 FINISHED = frozenset(str(s) for s in RUN_TERMINAL)
 #: the least time between two edits of one run's message
 EDIT_EVERY_S = 1.0
+#: the waits before each new try of a thread post whose send failed (about an hour in all),
+#: after which it is given up
+POST_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0] + [300.0] * 11
+#: how often posts waiting for a retry are looked for in the database (another replica's, or
+#: this process's before a restart); this process's own are tried when due
+PENDING_LOOK_S = 30.0
+#: the waits before each new try of a run message's edit that failed (kept in memory: after a
+#: restart the message is edited again on the run's next event)
+EDIT_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
+#: errors after which an edit is not tried again (the message or channel is gone, or refused it)
+EDIT_FINAL = frozenset(
+    {"message_not_found", "channel_not_found", "cant_update_message", "edit_window_closed", "is_archived"}
+)
+#: how often the audit log is read for lock changes (App Home shows each environment's lock)
+LOCKS_LOOK_S = 1.0
+#: what a failed send to Slack raises: Slack answered an error, or could not be reached
+SEND_FAILED = (SlackClientError, aiohttp.ClientError, TimeoutError, OSError)
 
 
 class Notifier:
@@ -56,8 +83,16 @@ class Notifier:
         self.state = SlackState(desk.yard.store)
         self._dirty: dict[str, float] = {}  # run id -> when its message may next be edited
         self._edited: dict[str, float] = {}
+        self._cards: dict[str, set[str]] = {}  # run id -> gates whose cards to edit with it
+        self._edit_failures: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._next_reminders = 0.0
+        self._pending_due = 0.0  # epoch seconds: the soonest retry of a post known here
+        self._pending_look = 0.0  # monotonic: when to look for other processes' again
+        self._audit_id: int | None = None
+        self._locks_look = 0.0
+        #: role -> Slack user groups, to mention a gate's approvers
+        self.groups = bk.role_groups(desk.yard.settings.slack_roles)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="shipyard-slack-notifier")
@@ -90,6 +125,7 @@ class Notifier:
             wait = interval  # other processes' events are found by polling
             if self._dirty:
                 wait = min(wait, max(0.01, min(self._dirty.values()) - time.monotonic()))
+            wait = min(wait, max(0.01, self._pending_due - time.time()))
             await wait_event(appended, wait)
 
     async def step(self) -> bool:
@@ -108,12 +144,14 @@ class Notifier:
                 await self._on_events(run_events)
 
         await asyncio.gather(*(one(e) for e in by_run.values()))
-        if any(_changes_home(e) for e in events):
+        locks_changed = await self._locks_changed()
+        if any(_changes_home(e) for e in events) or locks_changed:
             viewers = sorted(self.desk.home_viewers)[:HOME_REFRESH_MAX]
             await asyncio.gather(*(self._home(user) for user in viewers))
         if events and not await self.desk.write(self.state.advance, CURSOR, cursor, events[-1].seq):
             log.info("another process moved the slack cursor; following it")
         await self._flush()
+        await self._retry_posts()
         if time.monotonic() >= self._next_reminders:
             wait = await self._remind()
             self._next_reminders = time.monotonic() + min(max(wait, 0.5), REMIND_IDLE_S)
@@ -131,7 +169,8 @@ class Notifier:
 
     async def _on_event(self, state: RunState, message: tuple[str, str], event: Event) -> None:
         channel, ts = message
-        self._dirty.setdefault(state.run.id, self._edited.get(state.run.id, 0.0) + EDIT_EVERY_S)
+        run_id = state.run.id
+        self._dirty.setdefault(run_id, self._edited.get(run_id, 0.0) + EDIT_EVERY_S)
         if event.subject == "stage" and event.to_status in ("running", "queued", "canceled"):
             stage = next((s for s in state.stages if s.id == event.subject_id), None)
             if stage is not None and stage.environment is not None:  # the others' places moved
@@ -142,31 +181,41 @@ class Notifier:
             self._next_reminders = 0.0  # its reminders are to be planned
             gate = next((g for g in state.gates if g.id == event.subject_id), None)
             if gate is not None and gate.kind == "manual":
-                stage = state.stages[gate.stage_index]
-                live = await self.desk.read(self.desk.reads.current_deployment, stage.environment or "")
-                await self._thread(state, channel, ts, f"gate:{gate.id}", *bk.gate_card(state, gate, live))
-        elif event.subject == "gate" and event.from_status == "open" and event.to_status != "open":
-            await self._update_gate_card(state, channel, event.subject_id)
+                card = await gate_card(self.desk, state, gate, await self._live(state, gate))
+                await self._thread(state, channel, ts, f"gate:{gate.id}", *card, seq=event.seq)
+        elif event.subject == "gate" and (
+            event.name == "gate.approval_added" or (event.from_status == "open" and event.to_status != "open")
+        ):
+            self._cards.setdefault(run_id, set()).add(event.subject_id)  # edited with the run message
         elif event.subject == "job" and event.to_status == JobStatus.LOST:
             job = state.job(event.subject_id)
             if job is not None:
                 lost = int(str(event.data.get("attempt", job.attempt)))
                 reason = str(event.data.get("reason", ""))
                 summary, blocks = bk.job_lost(state, job, lost, reason)
-                await self._thread(state, channel, ts, f"lost:{job.id}:{lost}", summary, blocks)
+                await self._thread(
+                    state, channel, ts, f"lost:{job.id}:{lost}", summary, blocks, seq=event.seq
+                )
         elif event.subject == "job" and event.to_status in FAILED:
+            # every failure is told: one that fails the run offers to settle it, one the run
+            # goes on after (allow_failure, or retried) offers to cancel the run
             job = state.job(event.subject_id)
-            if job is not None and not job.allow_failure and job.is_done:
-                attempt = event.data.get("attempt")
+            if job is not None:
+                attempt = int(str(event.data.get("attempt", job.attempt)))
                 tail = await self.desk.read(self.desk.yard.store.tail_log, job.id, 10, attempt)
-                key = f"job:{job.id}:{attempt if attempt is not None else job.attempt}"
-                summary, blocks = bk.job_failed(state, job, tail)
-                await self._thread(state, channel, ts, key, summary, blocks + bk.settle_failure(state))
+                why = event.data.get("reason")
+                summary, blocks = bk.job_failed(
+                    state, job, tail, attempt, event.to_status, None if why is None else str(why)
+                )
+                blocks += bk.settle_failure(state)
+                await self._thread(
+                    state, channel, ts, f"job:{job.id}:{attempt}", summary, blocks, seq=event.seq
+                )
         elif event.subject == "run" and event.to_status in FINISHED:
-            await self._thread(state, channel, ts, "result", *bk.run_finished(state))
+            await self._thread(state, channel, ts, "result", *bk.run_finished(state), seq=event.seq)
             if state.run.kind == "rollback" and event.to_status == "succeeded":
-                await self._rollback_locked(state, channel, ts)
-            self._dirty[state.run.id] = 0.0  # the final state shows at once
+                await self._rollback_locked(state, channel, ts, event.seq)
+            self._dirty[run_id] = 0.0  # the final state shows at once
 
     async def _message(self, state: RunState) -> tuple[str, str] | None:
         """The run's (channel, ts), posting the message first if it has none yet."""
@@ -200,22 +249,91 @@ class Notifier:
         return found.channel, ts
 
     async def _thread(
-        self, state: RunState, channel: str, ts: str, key: str, summary: str, blocks: Any
+        self, state: RunState, channel: str, ts: str, key: str, summary: str, blocks: Any, *, seq: int = 0
     ) -> None:
-        if not await self.desk.write(self.state.claim_post, state.run.id, key):
+        """Post ``key`` in the run's thread once. ``seq``: the event that calls for it, handled
+        again when the send fails and its retry is due (0: a reminder, made again by the
+        reminder pass)."""
+        if not await self.desk.write(self.state.claim_post, state.run.id, key, time.time()):
             return
-        answer = await self.client.chat_postMessage(
-            channel=channel, thread_ts=ts, text=summary, blocks=blocks
-        )
+        try:
+            answer = await self.client.chat_postMessage(
+                channel=channel, thread_ts=ts, text=summary, blocks=blocks
+            )
+        except SEND_FAILED as exc:
+            error = exc.response.get("error") if isinstance(exc, SlackApiError) else repr(exc)
+            due = await self.desk.write(
+                self.state.post_failed, state.run.id, key, seq, POST_BACKOFF, time.time()
+            )
+            if due is None:
+                log.error("gave up posting %s of %s to Slack: %s", key, state.run.ref, error)
+            else:
+                log.warning(
+                    "could not post %s of %s to Slack (%s); trying again later", key, state.run.ref, error
+                )
+                self._pending_due = min(self._pending_due, due)
+            return
         await self.desk.write(self.state.set_post_ts, state.run.id, key, str(answer["ts"]))
 
-    async def _update_gate_card(self, state: RunState, channel: str, gate_id: str) -> None:
+    async def _retry_posts(self) -> None:
+        """Send again the thread posts whose retry is due, by doing again what called for them:
+        their event is handled anew (its post, rendered from the run as it is now, then goes
+        through the claim, which takes the due retry over), or the reminder pass runs. A post
+        that is no longer called for (the run moved on so that it would not be said) is given up."""
+        clock = time.time()
+        if clock < self._pending_due and time.monotonic() < self._pending_look:
+            return
+        self._pending_look = time.monotonic() + PENDING_LOOK_S
+        self._pending_due = math.inf
+        due: list[PendingPost] = []
+        for post in await self.desk.read(self.state.pending_posts):
+            if post.due <= clock:
+                due.append(post)
+            else:
+                self._pending_due = min(self._pending_due, post.due)
+        try:
+            if any(p.seq == 0 for p in due):
+                await self._remind()
+            for post in due:
+                if post.seq != 0:
+                    await self._handle_again(post)
+                await self.desk.write(self.state.give_up_post, post)  # (a no-op if it was taken over)
+        except Exception:
+            self._pending_due = 0.0  # (Slack or the database failed us: look again next step)
+            raise
+
+    async def _handle_again(self, post: PendingPost) -> None:
+        found = await self.desk.read(self.desk.yard.store.events_after, post.seq - 1, 1, post.run_id)
+        state = await self.desk.read(self.desk.reads.run, post.run_id)
+        if not found or found[0].seq != post.seq or state is None:
+            return
+        message = await self._message(state)
+        if message is not None:
+            await self._on_event(state, message, found[0])
+
+    async def _live(self, state: RunState, gate: Gate) -> Deployment | None:
+        """What was live in the gate's environment apart from this run: now while the gate is
+        open, and when it was decided once it is (so a decided card keeps what it compared)."""
+        env = state.stages[gate.stage_index].environment
+        if env is None:
+            return None
+        cutoff = gate.decided_at if gate.status != "open" else None
+        for deployment in await self.desk.read(self.desk.reads.deployments, env, None, 20):
+            if (
+                deployment.status in ("succeeded", "partial")
+                and deployment.run_id != state.run.id
+                and (cutoff is None or deployment.finished_at <= cutoff)
+            ):
+                return deployment
+        return None
+
+    async def _update_gate_card(self, state: RunState, channel: str, gate_id: str) -> bool:
         gate = next((g for g in state.gates if g.id == gate_id), None)
         post_ts = await self.desk.read(self.state.post_ts, state.run.id, f"gate:{gate_id}")
         if gate is None or post_ts is None:
-            return
-        summary, blocks = bk.gate_card(state, gate, None)
-        await self._edit(channel, post_ts, summary, blocks)
+            return True  # (a card still to be posted shows the gate as it is then)
+        summary, blocks = await gate_card(self.desk, state, gate, await self._live(state, gate))
+        return await self._edit(channel, post_ts, summary, blocks)
 
     async def _remind(self) -> float:
         """Gates with ``remind_every`` get a reminder in the thread each time one is due; the
@@ -238,7 +356,9 @@ class Notifier:
                     continue
                 channel, ts = message
                 key = f"remind:{gate.id}:{count}"
-                await self._thread(state, channel, ts, key, *bk.gate_reminder(state, gate, waited))
+                await self._thread(
+                    state, channel, ts, key, *bk.gate_reminder(state, gate, waited, self.groups)
+                )
         for review in await self.desk.read(ReviewBook(self.desk.yard.store).pending):
             number = reminder_number(review, at)
             wait = min(wait, (number + 1) * REMIND_EVERY_S - (at - review.opened_at).total_seconds())
@@ -257,26 +377,51 @@ class Notifier:
         except SlackApiError as exc:
             log.warning("could not refresh App Home of %s: %s", user, exc.response.get("error"))
 
+    async def _locks_changed(self) -> bool:
+        """Whether an environment lock changed since last asked (read at most every
+        ``LOCKS_LOOK_S`` from the audit log)."""
+        if time.monotonic() < self._locks_look:
+            return False
+        self._locks_look = time.monotonic() + LOCKS_LOOK_S
+        if self._audit_id is None:
+            self._audit_id = await self.desk.read(self.state.last_audit_id)
+            return False
+        self._audit_id, changed = await self.desk.read(self.state.lock_changes_after, self._audit_id)
+        return changed
+
     async def _flush(self) -> None:
+        """Edit the messages that are due: each run's message and its gate cards that changed."""
         due = [run_id for run_id, at in self._dirty.items() if at <= time.monotonic()]
         for run_id in due:
             del self._dirty[run_id]
+            cards = self._cards.pop(run_id, set())
             state = await self.desk.read(self.desk.reads.run, run_id, quick=True)
             message = await self.desk.read(self.state.message, run_id, quick=True)
             if state is None or message is None or message.ts is None:
                 continue
             summary, blocks = bk.run_message(state, await self._place(state))
-            await self._edit(message.channel, message.ts, summary, blocks)
+            done = await self._edit(message.channel, message.ts, summary, blocks)
+            failed_cards = {g for g in cards if not await self._update_gate_card(state, message.channel, g)}
             self._edited[run_id] = time.monotonic()
+            if done and not failed_cards:
+                self._edit_failures.pop(run_id, None)
+            else:  # Slack is down or pushing back: try again a little later
+                failures = self._edit_failures[run_id] = self._edit_failures.get(run_id, 0) + 1
+                if failures <= len(EDIT_BACKOFF):
+                    self._dirty[run_id] = time.monotonic() + EDIT_BACKOFF[failures - 1]
+                    if failed_cards:
+                        self._cards.setdefault(run_id, set()).update(failed_cards)
+                    continue
+                self._edit_failures.pop(run_id, None)
             if state.run.status in RUN_TERMINAL:
                 self._edited.pop(run_id, None)
 
-    async def _rollback_locked(self, state: RunState, channel: str, ts: str) -> None:
+    async def _rollback_locked(self, state: RunState, channel: str, ts: str, seq: int) -> None:
         """After a rollback its environment stays locked: say so, with the Acknowledge button."""
         env = next((s.environment for s in state.stages if s.environment and s.status == "succeeded"), None)
         lock = await self.desk.read(LockBook(self.desk.yard.store).current, env, now()) if env else None
         if lock is not None and lock.kind == "rollback":
-            await self._thread(state, channel, ts, "rollback-lock", *lb.rollback_locked(lock, now()))
+            await self._thread(state, channel, ts, "rollback-lock", *lb.rollback_locked(lock, now()), seq=seq)
 
     async def _place(self, state: RunState) -> QueueEntry | None:
         """Where a queued run waits in its environment's queue."""
@@ -286,15 +431,25 @@ class Notifier:
         queue = await self.desk.read(self.desk.yard.service.queue, env)
         return next((e for e in queue.waiting if e.run_id == state.run.id), None)
 
-    async def _edit(self, channel: str, ts: str, summary: str, blocks: Any) -> None:
+    async def _edit(self, channel: str, ts: str, summary: str, blocks: Any) -> bool:
+        """Edit a message; False when it is worth trying again (Slack down or failing)."""
         try:
             await self.client.chat_update(channel=channel, ts=ts, text=summary, blocks=blocks)
-        except SlackApiError as exc:  # the message was deleted in Slack: nothing to edit
-            log.warning("could not edit Slack message %s in %s: %s", ts, channel, exc.response.get("error"))
+            return True
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            log.warning("could not edit Slack message %s in %s: %s", ts, channel, error)
+            return error in EDIT_FINAL  # (a deleted message has nothing to edit)
+        except SEND_FAILED as exc:
+            log.warning("could not edit Slack message %s in %s: %r", ts, channel, exc)
+            return False
 
 
 def _changes_home(event: Event) -> bool:
-    """Does App Home show what this event changed (gates waiting, what runs where, runs)?"""
+    """Does App Home show what this event changed (gates waiting and their approvals, what runs
+    where, the viewer's runs)?"""
     if event.subject == "gate":
-        return event.to_status == "open" or event.from_status == "open"
-    return event.subject in ("stage", "run") and event.to_status in FINISHED | {"succeeded", "partial"}
+        return event.to_status == "open" or event.from_status == "open" or event.name == "gate.approval_added"
+    if event.subject == "run":
+        return event.to_status is not None
+    return event.subject == "stage" and event.to_status in FINISHED | {"succeeded", "partial"}

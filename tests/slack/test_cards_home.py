@@ -1,0 +1,280 @@
+"""Gate cards and App Home end to end (signed requests to the real Bolt endpoint, the fake Slack):
+a card mentions its approvers' Slack user groups, shows what it deploys, what is live now and
+the compare link between them, the gates passed and the approvals so far (edited after each),
+and keeps all of that once decided; App Home shows each environment's deployment and lock
+(refreshed when a lock is taken or released over the REST API), only the gates the viewer may
+clear, and the viewer's runs; a failure the run goes on after offers Cancel run."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import load_settings
+from core.access import Role
+from storage.directory import Directory
+from storage.store import SqlStore
+from tests.slack import signing
+from tests.slack.fake_slack import Call, FakeSlack
+from tests.slack.test_bot_more import (
+    ALICE,
+    BOB,
+    CAROL,
+    CHANNEL,
+    DAVE,
+    SECRET,
+    Bot,
+    _blocks,
+    _button,
+    until,
+)
+
+OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
+SHIP = """
+name: ship
+compare_url: https://git.example/acme/ship/compare/{from}...{to}
+parameters:
+  - {name: version, required: true}
+stages:
+  - name: build
+    jobs:
+      - name: image
+        run: |
+          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
+          echo "artifact=ship@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/ship" >> "$SHIPYARD_OUTPUT"
+  - name: staging
+    environment: staging
+    gate: {approvers: [release-managers]}
+    jobs: [{name: deploy, run: "true"}]
+  - name: production
+    environment: production
+    gate: {approvers: [release-managers, S0RELEASE, admin], min_approvals: 2}
+    jobs: [{name: deploy, run: "true"}]
+"""
+GOING_ON = """
+name: going-on
+stages:
+  - name: build
+    jobs:
+      - {name: lint, run: "echo 'lint: 3 warnings' >&2; exit 1", allow_failure: true}
+      - {name: compile, run: "sleep 30"}
+"""
+RETRIED = """
+name: retried
+stages:
+  - name: build
+    jobs:
+      - name: flaky
+        retries: 1
+        run: 'if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo "network blip" >&2; exit 1; fi; sleep 30'
+"""
+MAPPED = "<!subteam^S0RELEASE>, <!subteam^S0ADMINS>"
+
+
+@pytest.fixture
+async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    for name, text in (("ship", SHIP), ("going-on", GOING_ON), ("retried", RETRIED)):
+        (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
+    store = SqlStore(sqlite_url)
+    directory = Directory(store)
+    now = datetime.now(UTC)
+    for role in (Role.DEPLOYER, Role.APPROVER):
+        directory.grant(ALICE, "role", str(role), now)
+    directory.grant(BOB, "role", str(Role.APPROVER), now)
+    directory.grant(BOB, "group", "release-managers", now)
+    store.dispose()
+    async with FakeSlack() as fake:
+        fake.usergroups["S0RELEASE"] = [DAVE]  # Dave approves through the Slack user group
+        fake.usergroups["S0ADMINS"] = []
+        settings = load_settings(
+            database_url=sqlite_url,
+            pipelines_dir=pipes,
+            work_dir=tmp_path / "work",
+            poll_interval=0.05,
+            runner_name="slack-cards-test",
+            slack_bot_token="xoxb-test",
+            slack_api_url=fake.base_url,
+            slack_signing_secret=SECRET,
+            slack_roles={"S0RELEASE": ["approver"], "S0ADMINS": ["admin"]},
+        )
+        harness = Bot(fake, settings)
+        await harness.start()
+        try:
+            yield harness
+        finally:
+            await harness.stop()
+
+
+def _dump(blocks: Any) -> str:
+    return json.dumps(blocks, ensure_ascii=False)
+
+
+def _card_text(blocks: list[dict[str, Any]]) -> str:
+    return str(blocks[0]["text"]["text"])
+
+
+def _card_now(bot: Bot, card: Call) -> list[dict[str, Any]]:
+    """The card as Slack shows it now (after its edits)."""
+    return list(bot.fake.messages[(CHANNEL, card.response["ts"])]["blocks"])
+
+
+async def _through_staging(bot: Bot, version: str, revision: str) -> tuple[str, Call]:
+    """Alice starts ship; Bob clears staging's gate; returns the run and its production card."""
+    reply = await bot.say(ALICE, f"run ship version={version} revision={revision}")
+    ref = reply["text"].split("*")[1]
+    staging = await bot.gate_card(ref)
+    await bot.press(BOB, "gate_approve", _button(staging, "gate_approve")["value"], staging.response["ts"])
+    card = await bot.fake.wait_for(
+        "chat.postMessage",
+        lambda c: f"{ref} waits for approval before production" in c.args.get("text", ""),
+        timeout=15,
+    )
+    return ref, card
+
+
+async def _approve(bot: Bot, user: str, card: Call) -> None:
+    await bot.press(user, "gate_approve", _button(card, "gate_approve")["value"], card.response["ts"])
+
+
+async def test_a_gate_card_shows_what_goes_where_and_keeps_it_once_decided(bot: Bot) -> None:
+    first, card = await _through_staging(bot, "1.0.0", OLD)
+    shown = _card_text(_blocks(card))
+    assert f"approvers: release-managers, {MAPPED}" in shown  # a group with no Slack mapping is text
+    assert f"deploys `ship@1.0.0` (revision `{OLD}`)" in shown
+    assert "live in production now: nothing yet" in shown and "compare" not in shown
+    await _approve(bot, BOB, card)
+    await _approve(bot, DAVE, card)
+    await bot.until_status(first, "succeeded", timeout=15)
+
+    second, card = await _through_staging(bot, "2.0.0", NEW)
+    shown = _card_text(_blocks(card))
+    assert shown.startswith(
+        f":raised_hand: *{second}* waits for approval before *production* to *production*"
+    )
+    assert f"asked by <@{ALICE}>; approvers: release-managers, {MAPPED}" in shown
+    assert f"deploys `ship@2.0.0` (revision `{NEW}`)" in shown
+    live = f"live in production now: `ship@1.0.0` (revision `{OLD}`) · {first} since "
+    assert live in shown and f"by <@{ALICE}>" in shown
+    link = f"<https://git.example/acme/ship/compare/{OLD}...{NEW}|compare aaaaaaa…bbbbbbb>"
+    assert link in shown
+    assert "gates passed: staging" in shown and "approvals: 0 of 2" in shown
+
+    # the first approval edits the card (not only the run message): 1 of 2, and by whom
+    await _approve(bot, BOB, card)
+    await until(
+        lambda: f"approvals: 1 of 2 — so far <@{BOB}>" in _card_text(_card_now(bot, card)),
+        what="1 of 2 on the card",
+    )
+    assert _button(card, "gate_approve")  # still open: the buttons stay
+    assert any(b["type"] == "actions" for b in _card_now(bot, card))
+
+    await _approve(bot, DAVE, card)
+    await bot.until_status(second, "succeeded", timeout=15)
+    await until(lambda: "approved by" in _dump(_card_now(bot, card)), what="the decision on the card")
+    decided = _card_now(bot, card)
+    assert not [b for b in decided if b["type"] == "actions"]  # the buttons gave way to the decision
+    outcome = decided[-1]["elements"][0]["text"]
+    assert outcome.startswith(f":white_check_mark: approved by <@{BOB}>, <@{DAVE}> at ") and "UTC" in outcome
+    kept = _card_text(decided)
+    # what was live when it was decided, not the run's own deployment since
+    assert live in kept and link in kept and "gates passed: staging" in kept
+    assert f"deploys `ship@2.0.0` (revision `{NEW}`)" in kept
+
+
+async def test_a_failure_the_run_goes_on_after_offers_cancel_and_cancel_ends_it(bot: Bot) -> None:
+    reply = await bot.say(ALICE, "run going-on")
+    ref = reply["text"].split("*")[1]
+    post = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "thread_ts" in c.args and "build/lint" in c.args["text"], timeout=15
+    )
+    said = _blocks(post)[0]["text"]["text"]
+    assert said.startswith(":warning: *build/lint* failed") and "the run goes on" in said
+    assert "lint: 3 warnings" in _dump(_blocks(post))
+    buttons = {e["action_id"] for b in _blocks(post) if b["type"] == "actions" for e in b["elements"]}
+    assert buttons == {"run_cancel"}  # nothing to retry or ignore: the run has not failed
+    cancel = _button(post, "run_cancel")
+    assert cancel["confirm"]["title"]["text"] == "Cancel this run?"
+    assert bot.run(ref).run.status == "running"
+
+    await bot.press(ALICE, "run_cancel", cancel["value"], post.response["ts"])
+    state = await bot.until_status(ref, "canceled")
+    assert next(j for j in state.jobs if j.name == "compile").status == "canceled"
+
+
+async def test_a_failed_attempt_that_is_retried_says_so_and_offers_cancel(bot: Bot) -> None:
+    reply = await bot.say(ALICE, "run retried")
+    ref = reply["text"].split("*")[1]
+    post = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "thread_ts" in c.args and "build/flaky" in c.args["text"], timeout=15
+    )
+    said = _blocks(post)[0]["text"]["text"]
+    assert said.startswith(":x: *build/flaky* failed") and "Shipyard runs it again (`retries: 1`)" in said
+    assert "network blip" in _dump(_blocks(post))
+    assert _button(post, "run_cancel")
+    await bot.press(ALICE, "run_cancel", _button(post, "run_cancel")["value"], post.response["ts"])
+    await bot.until_status(ref, "canceled")
+
+
+async def _open_home(bot: Bot, user: str) -> dict[str, Any]:
+    event = {"type": "app_home_opened", "user": user, "channel": f"D{user}", "tab": "home"}
+
+    def published() -> int:
+        return len([c for c in bot.fake.calls_to("views.publish") if c.args.get("user_id") == user])
+
+    before = published()
+    status, _, _ = await bot.post(signing.event_callback(SECRET, event, event_id=f"Ev{user}{before}"))
+    assert status == 200
+    await until(lambda: published() > before, what=f"{user}'s App Home")
+    return bot.fake.home_views[user]
+
+
+def _home(bot: Bot, user: str) -> str:
+    return _dump(bot.fake.home_views[user]["blocks"])
+
+
+async def test_app_home_shows_deployments_locks_gates_for_their_approvers_and_own_runs(bot: Bot) -> None:
+    first, card = await _through_staging(bot, "1.0.0", OLD)
+    await until(lambda: bot.run(first).stages[2].status == "waiting", what="the production gate")
+
+    bob = _dump((await _open_home(bot, BOB))["blocks"])
+    assert f"*staging*: `ship@1.0.0` (revision `{OLD}`) · {first} since " in bob
+    assert f"by <@{ALICE}>" in bob and ":unlock: not locked" in bob
+    assert "*production*: nothing deployed yet" in bob
+    assert f"*{first}* waits for approval before *production*" in bob and "gate_approve" in bob
+    assert f"approvers: release-managers, {MAPPED}" in bob
+    assert "You have not started a run yet" in bob
+
+    dave = _dump((await _open_home(bot, DAVE))["blocks"])  # an approver by his Slack group
+    assert f"*{first}* waits for approval" in dave and "gate_approve" in dave
+    for nobody in (CAROL, ALICE):  # no approver role; the run's own trigger
+        home = _dump((await _open_home(bot, nobody))["blocks"])
+        assert "Nothing is waiting for you." in home and "gate_approve" not in home
+    assert f"{first} waiting" in _home(bot, ALICE)  # her recent runs
+
+    # a lock taken over the REST API shows (who, why, until when) without anyone reopening it
+    secret = Directory(bot.store).create_token("ops", [Role.DEPLOYER], datetime.now(UTC), by="test")
+    assert bot.client is not None
+    auth = {"Authorization": f"Bearer {secret}"}
+    locked = await bot.client.post(
+        "/api/v1/environments/staging/lock", json={"reason": "incident 4711", "duration": "2h"}, headers=auth
+    )
+    assert locked.status == 201, await locked.text()
+    await until(lambda: "incident 4711" in _home(bot, BOB), what="the lock on Bob's home")
+    assert ":lock: staging is locked by ops since " in _home(bot, BOB) and "; expires " in _home(bot, BOB)
+    freed = await bot.client.delete("/api/v1/environments/staging/lock", headers=auth)
+    assert freed.status == 200, await freed.text()
+    await until(lambda: "incident 4711" not in _home(bot, BOB), what="the lock gone from Bob's home")
+
+    # once Bob approved, the gate no longer waits for him (it still waits for one more)
+    await _approve(bot, BOB, card)
+    await until(lambda: "gate_approve" not in _home(bot, BOB), what="the gate gone from Bob's home")
+    assert "Nothing is waiting for you." in _home(bot, BOB)
+    await until(lambda: "1 of 2" in _home(bot, DAVE), what="the progress on Dave's home")
