@@ -28,22 +28,24 @@ EVENTS_PATH = "/slack/events"
 #: the Events API events the bot subscribes to
 BOT_EVENTS: tuple[str, ...] = ("app_home_opened",)
 
-#: every Slack Web API method the bot calls, and the bot-token scope it needs (None: none needed)
+#: every Slack Web API method Shipyard's own code calls, and the bot-token scope it needs (None:
+#: none needed); tests/slack_manifest scans ``bot/`` and keeps this equal to what it finds
 METHOD_SCOPES: dict[str, str | None] = {
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
-    "chat.postEphemeral": "chat:write",
     "chat.delete": "chat:write",  # a bot token deletes only its own messages
     "views.open": None,
-    "views.update": None,
-    "views.push": None,
     "views.publish": None,
     "usergroups.users.list": "usergroups:read",
-    "users.info": "users:read",
-    "conversations.info": "channels:read",
-    "auth.test": None,
-    # called with the app-level token (scope connections:write, which is not a bot scope)
-    "apps.connections.open": None,
+}
+
+#: methods the Slack libraries call for the bot, with the module that calls them; none needs a
+#: bot scope: Bolt's single-workspace authorization asks ``auth.test`` who the token is, and the
+#: Socket Mode client opens its connection with the app-level token (``connections:write``,
+#: which is not a bot scope)
+LIBRARY_METHODS: dict[str, str] = {
+    "auth.test": "slack_bolt.middleware.authorization.async_single_team_authorization",
+    "apps.connections.open": "slack_sdk.socket_mode.async_client",
 }
 
 #: scopes needed for something other than a Web API call

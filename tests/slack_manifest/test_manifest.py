@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -27,7 +28,9 @@ from bot.slack.manifest import (
     BOT_EVENTS,
     COMMAND,
     COMMAND_DESCRIPTION,
+    LIBRARY_METHODS,
     METHOD_SCOPES,
+    OTHER_SCOPES,
     SCOPES,
     USAGE_HINT,
     build,
@@ -201,10 +204,10 @@ def test_render_needs_a_base_url_unless_socket_mode() -> None:
 def test_scopes_are_exactly_what_the_methods_and_the_command_need() -> None:
     needed = {scope for scope in METHOD_SCOPES.values() if scope} | {"commands"}
     assert list(SCOPES) == sorted(needed)
-    assert SCOPES == ("channels:read", "chat:write", "commands", "usergroups:read", "users:read")
+    assert SCOPES == ("chat:write", "commands", "usergroups:read")
     assert METHOD_SCOPES["chat.postMessage"] == "chat:write"
     assert METHOD_SCOPES["views.publish"] is None
-    assert METHOD_SCOPES["apps.connections.open"] is None  # app-level token, connections:write
+    assert OTHER_SCOPES == ("commands",)
 
 
 def _web_api_methods_called_in(path: Path) -> set[str]:
@@ -230,16 +233,63 @@ def _web_api_methods_called_in(path: Path) -> set[str]:
     return found
 
 
+def _called_by_shipyard() -> dict[str, set[str]]:
+    """Web API method → the modules under ``bot/`` that call it. ``bot/slack/manifest.py`` only
+    names the methods (it declares them), so it is not read as calling them."""
+    declaring = Path(manifest.__file__).resolve()
+    called: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "bot").rglob("*.py")):
+        if path.resolve() != declaring:
+            for method in _web_api_methods_called_in(path):
+                called.setdefault(method, set()).add(str(path.relative_to(ROOT)))
+    return called
+
+
+def test_the_scan_finds_calls_of_both_shapes(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text('await client.users_info(user=u)\nawait client.api_call("conversations.info")\n')
+    assert _web_api_methods_called_in(module) == {"users.info", "conversations.info"}
+
+
 def test_every_web_api_method_the_code_calls_has_its_scope_declared() -> None:
     # METHOD_SCOPES is the single source of truth: a new Slack call must be added there (and so
     # its scope to the manifest), or the installed app gets `missing_scope` at run time
     undeclared = {
-        f"{path.relative_to(ROOT)}: {method}"
-        for path in sorted((ROOT / "bot").rglob("*.py"))
-        for method in _web_api_methods_called_in(path)
+        f"{where}: {method}"
+        for method, modules in _called_by_shipyard().items()
+        for where in modules
         if method not in METHOD_SCOPES
     }
     assert not undeclared, f"add these to METHOD_SCOPES in {manifest.__name__}: {sorted(undeclared)}"
+
+
+def test_every_declared_method_is_called_by_the_code() -> None:
+    # the other direction: a method nobody calls any more must go, with the scope it asked for
+    unused = set(METHOD_SCOPES) - set(_called_by_shipyard())
+    assert not unused, f"nothing under bot/ calls {sorted(unused)}: remove them from METHOD_SCOPES"
+
+
+@pytest.mark.parametrize("method", sorted(LIBRARY_METHODS))
+def test_the_methods_the_libraries_call_are_theirs_and_need_no_bot_scope(method: str) -> None:
+    spec = importlib.util.find_spec(LIBRARY_METHODS[method])
+    assert spec is not None and spec.origin is not None
+    assert method in _web_api_methods_called_in(Path(spec.origin))
+    assert method not in METHOD_SCOPES  # (so they cannot bring a scope in)
+
+
+def test_the_manifest_asks_for_exactly_the_scopes_the_code_needs() -> None:
+    # derived from the code, not from METHOD_SCOPES' keys: every scope asked for is needed by a
+    # Web API method some module under bot/ calls (or by the slash command), and every such
+    # method's scope is asked for
+    data = yaml.safe_load(MANIFEST_YML.read_text(encoding="utf-8"))
+    asked = set(data["oauth_config"]["scopes"]["bot"])
+    assert [c["command"] for c in data["features"]["slash_commands"]] == [COMMAND]
+    needed = {"commands"} | {
+        scope for method in _called_by_shipyard() if (scope := METHOD_SCOPES.get(method)) is not None
+    }
+    assert asked == needed
+    assert asked == set(build("https://x.example")["oauth_config"]["scopes"]["bot"])
+    assert not asked & {"users:read", "channels:read"}  # users.info / conversations.info: never called
 
 
 # -- the schema catches mistakes (so the tests above can fail) -------------------------------
