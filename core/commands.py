@@ -33,6 +33,9 @@ class TriggerRun:
     deploy_to: str | None = None
     #: an admin's reason to push through freezes and required approvals
     break_glass: str | None = None
+    #: who asks for the run through the actor (the owner of the trigger that fires it): they
+    #: count as having asked for it, so they cannot approve its gates either
+    requested_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

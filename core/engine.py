@@ -456,9 +456,14 @@ def _open_gate(plan: _Plan, name: str, kind: str | None) -> Gate:
 def _approve(plan: _Plan, gate: Gate, actor: Actor, comment: str) -> None:
     requested = plan.run.requested_by or (plan.run.triggered_by,)
     if actor.name in requested and not gate.allow_self_approval:
-        how = "triggered" if actor.name == plan.run.triggered_by else "asked for (an earlier run retried as)"
+        if actor.name == plan.run.triggered_by:
+            how = f"triggered {plan.run.ref}"
+        elif plan.run.retry_of is not None:
+            how = f"asked for (an earlier run retried as) {plan.run.ref}"
+        else:
+            how = f"asked for {plan.run.ref} through {plan.run.triggered_by}"
         raise Forbidden(
-            f"{actor.name} {how} {plan.run.ref} and cannot approve its own gate {gate.stage_name} "
+            f"{actor.name} {how} and cannot approve its own gate {gate.stage_name} "
             "(separation of duties; the gate would need allow_self_approval: true)"
         )
     if any(a.actor == actor.name for a in gate.approvals):

@@ -413,6 +413,7 @@ class Service:
             idempotency_key=command.idempotency_key,
             retry_of=None,
             now=now,
+            requested_by=command.requested_by,
             branch=command.branch,
             kind=command.kind,
             artifact_id=command.artifact_id,

@@ -4,7 +4,8 @@
   (``X-Hub-Signature-256``; its ``X-GitHub-Delivery`` is the idempotency key, so a redelivered
   event never starts a second run) or a generic JSON ``{"parameters", "revision"}`` signed the
   Standard Webhooks way (``webhook-id`` is the key; a timestamp more than five minutes off is a
-  replay and refused).
+  replay and refused). The run is triggered by ``trigger:<id>`` on behalf of the trigger's
+  owner, who therefore cannot approve its gates (unless a gate allows self-approval).
 * ``POST /api/v1/runs/{run}/gates/{gate}/callback?webhook=<id>`` clears (``"passed": true``) or
   fails an external gate; it is signed with the secret of the subscription that was sent the
   gate's ``gate.waiting``.
@@ -144,6 +145,12 @@ def _trigger_actor(trigger: Trigger) -> Actor:
     return Actor(f"trigger:{trigger.id}", "webhook")
 
 
+def _owner(trigger: Trigger) -> tuple[str, ...]:
+    """Who asks for the runs a trigger starts: the principal who created it, acting through it,
+    is still that person when the run's gates are approved (separation of duties)."""
+    return (trigger.owner,)
+
+
 async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, raw: bytes) -> web.Response:
     try:
         signing.verify_github(trigger.secret, request.headers.get("X-Hub-Signature-256"), raw)
@@ -171,6 +178,7 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
     command = TriggerRun(
         pipeline=trigger.pipeline,
         actor=_trigger_actor(trigger),
+        requested_by=_owner(trigger),
         parameters=push.parameters,
         source_revision=push.revision,
         idempotency_key=f"github:{delivery}",
@@ -197,6 +205,7 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
     command = TriggerRun(
         pipeline=trigger.pipeline,
         actor=_trigger_actor(trigger),
+        requested_by=_owner(trigger),
         parameters=body.parameters,
         source_revision=body.revision,
         idempotency_key=f"hook:{trigger.id}:{key}",
