@@ -30,6 +30,8 @@ REF = "#/components/schemas/{model}"
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
 #: an opaque key a client chooses: printable ASCII, as the IETF draft and Stripe have it
 MAX_KEY = 255
+#: methods that change nothing: not audited, no Idempotency-Key
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: refusals a repeat of the same request may not get again, so a key does not keep them: who
 #: the caller is and what it may do can change (401, 403), and a timeout or a rate limit passes
 #: (408, 429); 5xx and lost races are never kept either (see ``_idempotent``)
@@ -71,7 +73,7 @@ class Operation:
 
     @property
     def mutating(self) -> bool:
-        return self.method != "GET"
+        return self.method not in SAFE_METHODS
 
     @property
     def operation_id(self) -> str:
@@ -314,7 +316,7 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
         except CommandRefused as exc:
             response = _refusal(exc, request)
         if op.mutating and not (call is not None and call.audited):
-            await _audit_request(op, request, principal, response, gateway)
+            await audit_request(gateway, op.operation_id, request, principal, response)
         return response
 
     handle.__name__ = op.operation_id
@@ -476,16 +478,16 @@ def kept(status: int) -> bool:
     return status < 500 and status not in PASSING_REFUSALS
 
 
-async def _audit_request(
-    op: Operation,
+async def audit_request(
+    gateway: Gateway,
+    action: str,
     request: web.Request,
     principal: Principal | None,
     response: web.StreamResponse,
-    gateway: Gateway,
 ) -> None:
     """Mutating requests that did not become an engine command are audited here, allowed or not
     (the engine audits its commands itself)."""
-    detail: dict[str, Any] = {"method": op.method, "path": request.path, "status": response.status}
+    detail: dict[str, Any] = {"method": request.method, "path": request.path, "status": response.status}
     reason = ""
     if isinstance(response, web.Response) and response.content_type == PROBLEM_TYPE and response.text:
         reason = str(json.loads(response.text).get("detail", ""))
@@ -493,7 +495,7 @@ async def _audit_request(
         at=datetime.now(UTC),
         actor=principal.name if principal else "(unauthenticated)",
         channel="rest",
-        action=op.operation_id,
+        action=action,
         target=request.path.removeprefix(PREFIX),
         outcome="duplicate"
         if "Idempotent-Replayed" in response.headers
@@ -506,4 +508,4 @@ async def _audit_request(
     try:
         await gateway.audit(entry)
     except Exception:  # the refusal stands even if the audit write fails; say so loudly
-        log.exception("could not audit %s %s", op.method, request.path)
+        log.exception("could not audit %s %s", request.method, request.path)

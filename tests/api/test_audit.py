@@ -112,3 +112,32 @@ async def test_the_same_refusal_with_an_idempotency_key_is_audited_too(lite: Api
     assert [(e["action"], e["outcome"]) for e in await audit(lite, "&actor=deployer")] == [
         ("cancel_run", "rejected")
     ]
+
+
+async def test_a_mutating_request_no_operation_answers_is_audited_too(api: Api) -> None:
+    """No such endpoint (404) or a wrong method (405): aiohttp answers before any operation
+    runs, and the request is audited all the same; reads are not."""
+    assert (await api.post("/nowhere", "deployer")).status == 404
+    assert (await api.call("DELETE", "/runs", "deployer")).status == 405
+    assert (await api.call("PUT", "/runs/x/cancel", None)).status == 405
+    wrong = {"Authorization": "Bearer shy_not-a-real-token"}
+    assert (await api.call("PATCH", "/api/elsewhere", None, headers=wrong)).status == 404
+    assert (await api.get("/nowhere", "deployer")).status == 404
+    assert (await api.call("HEAD", "/nowhere", "deployer")).status == 404
+
+    entries = await audit(api)
+    seen = [(e["actor"], e["action"], e["outcome"], e["target"], e["detail"]) for e in reversed(entries)]
+    assert [s[:4] for s in seen] == [
+        ("deployer", "no_such_endpoint", "rejected", "/nowhere"),
+        ("deployer", "method_not_allowed", "rejected", "/runs"),
+        ("(unauthenticated)", "method_not_allowed", "rejected", "/runs/x/cancel"),
+        ("(unauthenticated)", "no_such_endpoint", "rejected", "/api/elsewhere"),
+    ]
+    assert [(d["method"], d["status"]) for *_, d in seen] == [
+        ("POST", 404),
+        ("DELETE", 405),
+        ("PUT", 405),
+        ("PATCH", 404),
+    ]
+    assert "no such endpoint" in str(entries[-1]["reason"])
+    assert "DELETE is not allowed" in str(entries[-2]["reason"])
