@@ -303,7 +303,7 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
             principal = await _authenticate(request, gateway)
             if not op.at_gate_open and not principal.may(op.action):
                 principal.require(op.action)  # raises Forbidden with the reason
-            query = _validate(op.query, dict(request.query), "query") if op.query else None
+            query = _query(op, request)
             body, document = await _body(op, request)
             call = Call(request, gateway, principal, dict(request.match_info), query, body)
             key = request.headers.get("Idempotency-Key")
@@ -325,6 +325,20 @@ def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[
 
 def _refusal(exc: CommandRefused, request: web.Request) -> web.Response:
     return Problem(REFUSAL_STATUS.get(exc.kind, 409), exc.message).response(request.path)
+
+
+def _query(op: Operation, request: web.Request) -> BaseModel | None:
+    if op.query is not None:
+        return _validate(op.query, dict(request.query), "query")
+    if request.query:
+        names = list(dict.fromkeys(request.query))
+        listed = ", ".join(repr(n) for n in names[:5])
+        raise Problem(
+            400,
+            f"unknown query parameter {listed}: {op.method} {op.path} takes no query parameters",
+            errors=[{"field": n, "problem": "unknown query parameter"} for n in names[:20]],
+        )
+    return None
 
 
 async def _authenticate(request: web.Request, gateway: Gateway) -> Principal:

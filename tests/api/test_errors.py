@@ -179,6 +179,12 @@ async def test_a_bad_query_is_400_naming_the_parameter(lite: Api) -> None:
     assert_problem(await lite.get("/runs?limit=201"), 400, "limit")
     assert_problem(await lite.get("/runs?status=exploded"), 400, "status")
     assert_problem(await lite.get("/runs?colour=red"), 400, "colour")
+    # operations without query parameters refuse unknown ones too, rather than ignore them
+    for path in ("/environments", "/environments/staging", "/runs/web%231", "/pipelines/web"):
+        problem = assert_problem(await lite.get(f"{path}?foo=1&bar="), 400, "'foo'", "'bar'")
+        assert [e["field"] for e in problem["errors"]] == ["foo", "bar"]
+    cancel = await lite.post("/runs/web%231/cancel?force=1", "deployer", json={})
+    assert_problem(cancel, 400, "'force'", "takes no query parameters")
     lists = ("/runs", "/pipelines", "/pipelines/web/versions", "/environments/staging/deployments", "/audit")
     for path in lists:
         for bad in ("!!!", "-1", "x" * 300):
