@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -169,3 +174,93 @@ def test_an_unusable_database_is_one_clear_line(tmp_path: Path, url: str) -> Non
     assert result.returncode == 2
     assert result.stderr.startswith("shipyard: the database is not usable: ")
     assert "Traceback" not in result.stderr
+
+
+SLACK_OFF = (
+    "Slack is off: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (HTTP) or SLACK_APP_TOKEN "
+    "(Socket Mode) to turn it on; `shipyard console` speaks the same commands"
+)
+
+
+def _serve_until_ready(tmp_path: Path, slack: dict[str, str]) -> tuple[str, int]:
+    """Start ``shipyard serve`` with only ``slack``'s Slack settings, wait until it is ready, ask
+    its Slack endpoint once, stop it; its log and what ``POST /slack/events`` answered."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    (tmp_path / "pipes").mkdir(exist_ok=True)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "SLACK_"))}
+    env = {
+        **clean,
+        "PYTHONPATH": str(ROOT),
+        "SHIPYARD_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
+        "SHIPYARD_PIPELINES_DIR": str(tmp_path / "pipes"),
+        "SHIPYARD_WORK_DIR": str(tmp_path / "work"),
+        "SHIPYARD_LOG_LEVEL": "INFO",
+        **slack,
+    }
+    log = tmp_path / "serve.log"
+    with (
+        log.open("w") as out,
+        subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ) as server,
+    ):
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                assert server.poll() is None, log.read_text()
+                try:
+                    with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
+                        if ready.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
+                time.sleep(0.05)
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(f"{base}/slack/events", b"", method="POST")
+                ) as r:
+                    slack_status = r.status
+            except urllib.error.HTTPError as exc:
+                slack_status = exc.code
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    return log.read_text(), slack_status
+
+
+@pytest.mark.parametrize(
+    "slack",
+    [{}, {"SLACK_BOT_TOKEN": "xoxb-1"}, {"SLACK_SIGNING_SECRET": "s3cret"}],
+    ids=["nothing", "a-token-without-a-way-in", "a-secret-without-a-token"],
+)
+def test_serve_without_slack_settings_says_once_clearly_that_slack_is_off(
+    tmp_path: Path, slack: dict[str, str]
+) -> None:
+    log, slack_status = _serve_until_ready(tmp_path, slack)
+    said = [line for line in log.splitlines() if "Slack is off" in line]
+    assert len(said) == 1, log
+    assert said[0].endswith(f"INFO bot.slack: {SLACK_OFF}")
+    assert slack_status == 404  # nothing listens at /slack/events
+    assert "Traceback" not in log and "shipyard serving on" in log
+
+
+def test_serve_with_slack_settings_does_not_say_slack_is_off(tmp_path: Path) -> None:
+    # (the test above can fail: configured, the same server says where Slack reaches it instead)
+    slack = {
+        "SLACK_BOT_TOKEN": "xoxb-1",
+        "SLACK_SIGNING_SECRET": "s3cret",
+        "SLACK_API_URL": "http://127.0.0.1:9/api/",  # never called: nothing is posted here
+    }
+    log, slack_status = _serve_until_ready(tmp_path, slack)
+    assert "Slack is off" not in log
+    assert "Slack: receiving commands and events at /slack/events" in log
+    assert slack_status == 401  # the endpoint is there, and an unsigned request is refused
