@@ -26,15 +26,15 @@ async def test_only_admins_read_the_audit_log(lite: Api) -> None:
     assert (await lite.get("/audit", "admin")).status == 200
 
 
-async def test_the_log_holds_accepted_and_refused_requests_newest_first(lite: Api) -> None:
-    run = await lite.trigger("gated", who="admin")
-    await lite.wait_status(run["id"], "waiting")
-    await lite.post("/pipelines/quick/runs", "viewer")  # refused by role
-    await lite.post("/pipelines/quick/runs", None)  # refused: no token
-    await lite.post(f"/runs/{run['id']}/gates/production/approve", "admin")  # refused: self-approval
-    await lite.get("/runs", "viewer")  # reads are not audited
+async def test_the_log_holds_accepted_and_refused_requests_newest_first(api: Api) -> None:
+    run = await api.trigger("gated", who="admin")
+    await api.wait_status(run["id"], "waiting")
+    await api.post("/pipelines/quick/runs", "viewer")  # refused by role
+    await api.post("/pipelines/quick/runs", None)  # refused: no token
+    await api.post(f"/runs/{run['id']}/gates/production/approve", "admin")  # refused: self-approval
+    await api.get("/runs", "viewer")  # reads are not audited
 
-    entries = await audit(lite)
+    entries = await audit(api)
     ids = [e["id"] for e in entries]
     assert ids == sorted(ids, reverse=True)
 
@@ -53,10 +53,10 @@ async def test_the_log_holds_accepted_and_refused_requests_newest_first(lite: Ap
     assert "own gate" in str(self_approval["reason"])
     assert not any(e["actor"] == "viewer" and e["outcome"] == "accepted" for e in entries)
 
-    only_viewer = await audit(lite, "&actor=viewer")
+    only_viewer = await audit(api, "&actor=viewer")
     assert only_viewer and {e["actor"] for e in only_viewer} == {"viewer"}
-    first = await lite.get("/audit?limit=2", "admin")
-    second = await lite.get(f"/audit?limit=2&cursor={first.json['next_cursor']}", "admin")
+    first = await api.get("/audit?limit=2", "admin")
+    second = await api.get(f"/audit?limit=2&cursor={first.json['next_cursor']}", "admin")
     assert [e["id"] for e in first.json["items"] + second.json["items"]] == ids[:4]
 
 
@@ -92,24 +92,24 @@ BUG_KEYED_AUDIT = (
 )
 
 
-async def test_accepted_pipeline_changes_are_audited(lite: Api) -> None:
-    assert (await lite.post("/pipelines", "admin", data=DEFINITION, headers=YAML)).status == 201
-    assert (await lite.call("DELETE", "/pipelines/audited", "admin")).status == 200
-    actions = {(e["action"], e["outcome"]) for e in await audit(lite, "&actor=admin")}
+async def test_accepted_pipeline_changes_are_audited(api: Api) -> None:
+    assert (await api.post("/pipelines", "admin", data=DEFINITION, headers=YAML)).status == 201
+    assert (await api.call("DELETE", "/pipelines/audited", "admin")).status == 200
+    actions = {(e["action"], e["outcome"]) for e in await audit(api, "&actor=admin")}
     assert {("create_pipeline", "accepted"), ("archive_pipeline", "accepted")} <= actions
 
 
-async def test_a_request_refused_before_it_became_a_command_is_audited(lite: Api) -> None:
-    assert (await lite.post("/runs/nosuchrun/cancel", "deployer")).status == 404
-    assert [(e["action"], e["outcome"]) for e in await audit(lite, "&actor=deployer")] == [
+async def test_a_request_refused_before_it_became_a_command_is_audited(api: Api) -> None:
+    assert (await api.post("/runs/nosuchrun/cancel", "deployer")).status == 404
+    assert [(e["action"], e["outcome"]) for e in await audit(api, "&actor=deployer")] == [
         ("cancel_run", "rejected")
     ]
 
 
-async def test_the_same_refusal_with_an_idempotency_key_is_audited_too(lite: Api) -> None:
+async def test_the_same_refusal_with_an_idempotency_key_is_audited_too(api: Api) -> None:
     keyed = {"Idempotency-Key": "c1"}
-    assert (await lite.post("/runs/nosuchrun/cancel", "deployer", headers=keyed)).status == 404
-    assert [(e["action"], e["outcome"]) for e in await audit(lite, "&actor=deployer")] == [
+    assert (await api.post("/runs/nosuchrun/cancel", "deployer", headers=keyed)).status == 404
+    assert [(e["action"], e["outcome"]) for e in await audit(api, "&actor=deployer")] == [
         ("cancel_run", "rejected")
     ]
 

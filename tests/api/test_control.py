@@ -27,47 +27,47 @@ async def test_cancel_kills_the_running_job_and_a_second_cancel_is_409_naming_th
     assert_problem(again, 409, "canceled")
 
 
-async def test_pause_and_resume_and_their_invalid_transitions(lite: Api) -> None:
-    run = await lite.trigger("slow")
+async def test_pause_and_resume_and_their_invalid_transitions(api: Api) -> None:
+    run = await api.trigger("slow")
     path = f"/runs/{run['id']}"
-    assert_problem(await lite.post(path + "/resume", "deployer"), 409, "running", "not paused")
+    assert_problem(await api.post(path + "/resume", "deployer"), 409, "running", "not paused")
 
-    paused = await lite.post(path + "/pause", "deployer")
+    paused = await api.post(path + "/pause", "deployer")
     assert paused.status == 200, paused.text
     assert paused.json["status"] == "paused"
-    assert_problem(await lite.post(path + "/pause", "deployer"), 409, "paused")
+    assert_problem(await api.post(path + "/pause", "deployer"), 409, "paused")
 
-    resumed = await lite.post(path + "/resume", "deployer")
+    resumed = await api.post(path + "/resume", "deployer")
     assert resumed.status == 200, resumed.text
     assert resumed.json["status"] == "running"
 
-    assert (await lite.post(path + "/cancel", "deployer")).status == 200
-    assert_problem(await lite.post(path + "/pause", "deployer"), 409, "canceled")
-    assert_problem(await lite.post(path + "/resume", "deployer"), 409, "canceled")
+    assert (await api.post(path + "/cancel", "deployer")).status == 200
+    assert_problem(await api.post(path + "/pause", "deployer"), 409, "canceled")
+    assert_problem(await api.post(path + "/resume", "deployer"), 409, "canceled")
 
 
-async def test_retry_starts_a_new_run_of_a_failed_one_and_refuses_a_succeeded_one(lite: Api) -> None:
-    failed = await lite.wait((await lite.trigger("broken"))["id"])
+async def test_retry_starts_a_new_run_of_a_failed_one_and_refuses_a_succeeded_one(api: Api) -> None:
+    failed = await api.wait((await api.trigger("broken"))["id"])
     assert failed["status"] == "failed"
     assert failed["stages"][0]["jobs"][0]["exit_code"] == 1
 
-    reply = await lite.post(f"/runs/{failed['id']}/retry", "deployer")
+    reply = await api.post(f"/runs/{failed['id']}/retry", "deployer")
     assert reply.status == 202, reply.text
     retry = reply.json
     assert reply.headers["Location"] == f"/api/v1/runs/{retry['id']}"
     assert retry["id"] != failed["id"]
     assert retry["retry_of"] == failed["id"]
     assert retry["ref"] == "broken#2"
-    assert (await lite.wait(retry["id"]))["status"] == "failed"
+    assert (await api.wait(retry["id"]))["status"] == "failed"
 
-    ok = await lite.wait((await lite.trigger("quick"))["id"])
+    ok = await api.wait((await api.trigger("quick"))["id"])
     assert ok["status"] == "succeeded"
-    assert_problem(await lite.post(f"/runs/{ok['id']}/retry", "deployer"), 409, "succeeded")
+    assert_problem(await api.post(f"/runs/{ok['id']}/retry", "deployer"), 409, "succeeded")
 
 
-async def test_control_of_an_unknown_run_is_404(lite: Api) -> None:
+async def test_control_of_an_unknown_run_is_404(api: Api) -> None:
     for verb in ("cancel", "pause", "resume", "retry"):
-        assert_problem(await lite.post(f"/runs/nosuchrun/{verb}", "admin"), 404, "nosuchrun")
+        assert_problem(await api.post(f"/runs/nosuchrun/{verb}", "admin"), 404, "nosuchrun")
 
 
 async def test_stuck_runs_are_listed_with_what_they_wait_for_and_go_away_when_canceled(
@@ -93,10 +93,10 @@ async def test_stuck_runs_are_listed_with_what_they_wait_for_and_go_away_when_ca
     assert (await api.get("/runs?stuck=true")).json["items"] == []
 
 
-async def test_fail_marks_a_run_failed_with_who_and_why(lite: Api) -> None:
-    run = await lite.trigger("slow")
-    failed = await lite.post(f"/runs/{run['id']}/fail", "deployer", json={"reason": "runner host gone"})
+async def test_fail_marks_a_run_failed_with_who_and_why(api: Api) -> None:
+    run = await api.trigger("slow")
+    failed = await api.post(f"/runs/{run['id']}/fail", "deployer", json={"reason": "runner host gone"})
     assert failed.status == 200, failed.text
     assert failed.json["status"] == "failed"
     assert failed.json["reason"] == "marked failed by deployer: runner host gone"
-    assert_problem(await lite.post(f"/runs/{run['id']}/fail", "deployer"), 409, "already failed")
+    assert_problem(await api.post(f"/runs/{run['id']}/fail", "deployer"), 409, "already failed")

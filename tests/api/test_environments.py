@@ -6,13 +6,13 @@ from __future__ import annotations
 from tests.api.conftest import Api, assert_problem
 
 
-async def test_environments_and_their_deployments_after_deploy_stages_ran(lite: Api) -> None:
-    first = await lite.trigger("web", parameters={"ref": "aaaaaaa"}, revision="rev-1")
-    assert (await lite.wait(first["id"]))["status"] == "succeeded"
-    second = await lite.trigger("web", who="deployer2", parameters={"ref": "bbbbbbb"}, revision="rev-2")
-    assert (await lite.wait(second["id"]))["status"] == "succeeded"
+async def test_environments_and_their_deployments_after_deploy_stages_ran(api: Api) -> None:
+    first = await api.trigger("web", parameters={"ref": "aaaaaaa"}, revision="rev-1")
+    assert (await api.wait(first["id"]))["status"] == "succeeded"
+    second = await api.trigger("web", who="deployer2", parameters={"ref": "bbbbbbb"}, revision="rev-2")
+    assert (await api.wait(second["id"]))["status"] == "succeeded"
 
-    listed = await lite.get("/environments")
+    listed = await api.get("/environments")
     assert listed.status == 200, listed.text
     by_name = {e["name"]: e for e in listed.json["items"]}
     assert set(by_name) == {"staging", "production"}
@@ -20,7 +20,7 @@ async def test_environments_and_their_deployments_after_deploy_stages_ran(lite: 
     assert by_name["production"]["current"] is None
     assert by_name["production"]["last_deployment"] is None
 
-    staging = await lite.get("/environments/staging")
+    staging = await api.get("/environments/staging")
     assert staging.status == 200, staging.text
     assert staging.json["id"] == staging.json["name"] == "staging"
     current = staging.json["current"]
@@ -29,7 +29,7 @@ async def test_environments_and_their_deployments_after_deploy_stages_ran(lite: 
     assert current["triggered_by"] == "deployer2" and current["stage"] == "staging"
     assert staging.json["last_deployment"]["id"] == current["id"]
 
-    history = await lite.get("/environments/staging/deployments")
+    history = await api.get("/environments/staging/deployments")
     assert history.status == 200, history.text
     items = history.json["items"]
     assert [d["run_ref"] for d in items] == ["web#2", "web#1"]
@@ -37,20 +37,20 @@ async def test_environments_and_their_deployments_after_deploy_stages_ran(lite: 
     assert items[0]["finished_at"] >= items[1]["finished_at"]
     assert history.json["next_cursor"] is None
 
-    page = await lite.get("/environments/staging/deployments?limit=1")
-    rest = await lite.get(f"/environments/staging/deployments?limit=1&cursor={page.json['next_cursor']}")
+    page = await api.get("/environments/staging/deployments?limit=1")
+    rest = await api.get(f"/environments/staging/deployments?limit=1&cursor={page.json['next_cursor']}")
     assert [d["run_ref"] for d in page.json["items"] + rest.json["items"]] == ["web#2", "web#1"]
     assert rest.json["next_cursor"] is None
 
-    empty = await lite.get("/environments/production/deployments")
+    empty = await api.get("/environments/production/deployments")
     assert empty.status == 200 and empty.json["items"] == []
-    assert_problem(await lite.get("/environments/moon"), 404, "moon", "staging")
+    assert_problem(await api.get("/environments/moon"), 404, "moon", "staging")
 
 
-async def test_a_stage_that_never_started_deployed_nothing(lite: Api) -> None:
-    run = await lite.trigger("gated")
-    await lite.wait_status(run["id"], "waiting")
-    await lite.post(f"/runs/{run['id']}/gates/production/reject", "approver", json={"comment": "no"})
-    assert (await lite.wait(run["id"]))["status"] == "failed"
-    assert (await lite.get("/environments/production/deployments")).json["items"] == []
-    assert (await lite.get("/environments/production")).json["current"] is None
+async def test_a_stage_that_never_started_deployed_nothing(api: Api) -> None:
+    run = await api.trigger("gated")
+    await api.wait_status(run["id"], "waiting")
+    await api.post(f"/runs/{run['id']}/gates/production/reject", "approver", json={"comment": "no"})
+    assert (await api.wait(run["id"]))["status"] == "failed"
+    assert (await api.get("/environments/production/deployments")).json["items"] == []
+    assert (await api.get("/environments/production")).json["current"] is None

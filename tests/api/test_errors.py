@@ -102,18 +102,18 @@ async def test_a_missing_required_parameter_and_one_failing_its_pattern_are_422(
     assert (await lite.get("/runs")).json["items"] == []
 
 
-async def test_unknown_run_pipeline_gate_job_and_environment_are_404(lite: Api) -> None:
-    assert_problem(await lite.get("/runs/no-such-run"), 404, "no-such-run")
-    assert_problem(await lite.get("/runs/web%2399"), 404, "web#99")
-    assert_problem(await lite.get("/runs/no-such-run/events"), 404)
-    assert_problem(await lite.get("/runs/no-such-run/jobs/a%2Fb/log"), 404)
-    assert_problem(await lite.get("/pipelines/no-such"), 404, "no-such")
-    assert_problem(await lite.get("/pipelines/no-such/versions"), 404, "no-such")
-    assert_problem(await lite.post("/pipelines/no-such/runs", "deployer"), 404, "no-such")
-    assert_problem(await lite.get("/environments/no-such"), 404, "no-such")
-    assert_problem(await lite.get("/environments/no-such/deployments"), 404, "no-such")
-    run = await lite.trigger("quick")
-    assert_problem(await lite.post(f"/runs/{run['id']}/gates/no-such/approve", "approver"), 404, "no-such")
+async def test_unknown_run_pipeline_gate_job_and_environment_are_404(api: Api) -> None:
+    assert_problem(await api.get("/runs/no-such-run"), 404, "no-such-run")
+    assert_problem(await api.get("/runs/web%2399"), 404, "web#99")
+    assert_problem(await api.get("/runs/no-such-run/events"), 404)
+    assert_problem(await api.get("/runs/no-such-run/jobs/a%2Fb/log"), 404)
+    assert_problem(await api.get("/pipelines/no-such"), 404, "no-such")
+    assert_problem(await api.get("/pipelines/no-such/versions"), 404, "no-such")
+    assert_problem(await api.post("/pipelines/no-such/runs", "deployer"), 404, "no-such")
+    assert_problem(await api.get("/environments/no-such"), 404, "no-such")
+    assert_problem(await api.get("/environments/no-such/deployments"), 404, "no-such")
+    run = await api.trigger("quick")
+    assert_problem(await api.post(f"/runs/{run['id']}/gates/no-such/approve", "approver"), 404, "no-such")
 
 
 async def test_an_oversized_body_is_413(lite: Api) -> None:
@@ -137,26 +137,24 @@ async def test_a_wrong_content_type_is_415(lite: Api) -> None:
     assert_problem(reply, 415, "application/yaml")
 
 
-async def test_a_missing_or_invalid_token_is_401_with_www_authenticate(lite: Api) -> None:
-    directory = Directory(lite.store)
+async def test_a_missing_or_invalid_token_is_401_with_www_authenticate(api: Api) -> None:
+    directory = Directory(api.store)
     create = partial(directory.create_token, by="tests")
-    revoked = await lite.db(create, "gone", [Role.VIEWER], datetime.now(UTC))
-    await lite.db(directory.revoke_token, "gone", datetime.now(UTC))
+    revoked = await api.db(create, "gone", [Role.VIEWER], datetime.now(UTC))
+    await api.db(directory.revoke_token, "gone", datetime.now(UTC))
     attempts = [
         {},
-        {"Authorization": f"Basic {lite.tokens['admin']}"},
+        {"Authorization": f"Basic {api.tokens['admin']}"},
         {"Authorization": "Bearer "},
         {"Authorization": "Bearer shy_not-a-real-token"},
         {"Authorization": f"Bearer {revoked}"},
     ]
     for headers in attempts:
         for method, path in (("GET", "/runs"), ("POST", "/pipelines/quick/runs"), ("GET", "/audit")):
-            reply = await lite.call(
-                method, path, None, headers=headers, json={} if method == "POST" else None
-            )
+            reply = await api.call(method, path, None, headers=headers, json={} if method == "POST" else None)
             assert_problem(reply, 401)
             assert reply.headers["WWW-Authenticate"].startswith("Bearer")
-    assert (await lite.get("/runs", "admin")).json["items"] == []
+    assert (await api.get("/runs", "admin")).json["items"] == []
 
 
 async def test_an_unknown_endpoint_is_404_and_a_wrong_method_405(lite: Api) -> None:

@@ -8,14 +8,14 @@ import asyncio
 from tests.api.conftest import Api, parse_sse
 
 
-async def test_a_client_follows_a_run_until_it_finishes(lite: Api) -> None:
-    run = await lite.trigger("gated")
-    following = asyncio.create_task(lite.stream(f"/runs/{run['id']}/events"))
-    await lite.wait_status(run["id"], "waiting")
+async def test_a_client_follows_a_run_until_it_finishes(api: Api) -> None:
+    run = await api.trigger("gated")
+    following = asyncio.create_task(api.stream(f"/runs/{run['id']}/events"))
+    await api.wait_status(run["id"], "waiting")
     await asyncio.sleep(0.2)  # a few of the stream's wake-ups: it must stay open while the gate waits
     assert not following.done()
 
-    approved = await lite.post(f"/runs/{run['id']}/gates/production/approve", "approver")
+    approved = await api.post(f"/runs/{run['id']}/gates/production/approve", "approver")
     assert approved.status == 200, approved.text
     reply = await asyncio.wait_for(following, 15)
     assert reply.status == 200
@@ -35,26 +35,26 @@ async def test_a_client_follows_a_run_until_it_finishes(lite: Api) -> None:
     assert approved_event["data"]["from"] == "open" and approved_event["data"]["to"] == "approved"
 
 
-async def test_resuming_with_last_event_id_sends_only_what_followed(lite: Api) -> None:
-    run = await lite.trigger("web", parameters={"ref": "abc1234"})
-    await lite.wait(run["id"])
-    whole = parse_sse((await lite.stream(f"/runs/{run['id']}/events")).text)
+async def test_resuming_with_last_event_id_sends_only_what_followed(api: Api) -> None:
+    run = await api.trigger("web", parameters={"ref": "abc1234"})
+    await api.wait(run["id"])
+    whole = parse_sse((await api.stream(f"/runs/{run['id']}/events")).text)
     assert len(whole) > 5 and whole[-1]["event"] == "run.succeeded"
 
     cut = whole[3]["id"]
-    resumed = await lite.stream(f"/runs/{run['id']}/events", headers={"Last-Event-ID": str(cut)})
+    resumed = await api.stream(f"/runs/{run['id']}/events", headers={"Last-Event-ID": str(cut)})
     rest = parse_sse(resumed.text)
     assert [e["id"] for e in rest] == [e["id"] for e in whole[4:]]
     assert rest == whole[4:]
 
-    done = await lite.stream(f"/runs/{run['id']}/events", headers={"Last-Event-ID": str(whole[-1]["id"])})
+    done = await api.stream(f"/runs/{run['id']}/events", headers={"Last-Event-ID": str(whole[-1]["id"])})
     assert done.status == 200 and parse_sse(done.text) == []
 
 
-async def test_the_stream_carries_only_its_own_runs_events(lite: Api) -> None:
-    mine = await lite.trigger("quick")
-    other = await lite.trigger("quick")
-    await lite.wait(mine["id"])
-    await lite.wait(other["id"])
-    events = parse_sse((await lite.stream("/runs/quick%231/events")).text)
+async def test_the_stream_carries_only_its_own_runs_events(api: Api) -> None:
+    mine = await api.trigger("quick")
+    other = await api.trigger("quick")
+    await api.wait(mine["id"])
+    await api.wait(other["id"])
+    events = parse_sse((await api.stream("/runs/quick%231/events")).text)
     assert events and {e["data"]["run_id"] for e in events} == {mine["id"]}

@@ -22,9 +22,9 @@ async def waiting(api: Api, pipeline: str = "gated", who: str = "deployer") -> d
     return waited
 
 
-async def test_an_approver_of_the_gate_group_approves_and_the_run_finishes(lite: Api) -> None:
-    run = await waiting(lite)
-    reply = await lite.post(
+async def test_an_approver_of_the_gate_group_approves_and_the_run_finishes(api: Api) -> None:
+    run = await waiting(api)
+    reply = await api.post(
         f"/runs/{run['id']}/gates/production/approve", "approver", json={"comment": "ship it"}
     )
     assert reply.status == 200, reply.text
@@ -32,27 +32,27 @@ async def test_an_approver_of_the_gate_group_approves_and_the_run_finishes(lite:
     assert approved["status"] == "approved"
     assert approved["decided_by"] == "approver"
     assert [(a["by"], a["comment"]) for a in approved["approvals"]] == [("approver", "ship it")]
-    done = await lite.wait(run["id"])
+    done = await api.wait(run["id"])
     assert done["status"] == "succeeded"
 
-    again = await lite.post(f"/runs/{run['id']}/gates/production/approve", "admin")
+    again = await api.post(f"/runs/{run['id']}/gates/production/approve", "admin")
     assert_problem(again, 409, "approved")
 
 
-async def test_a_gate_is_found_by_its_id_too(lite: Api) -> None:
-    run = await waiting(lite)
+async def test_a_gate_is_found_by_its_id_too(api: Api) -> None:
+    run = await waiting(api)
     gate_id = gate(run)["id"]
-    reply = await lite.post(f"/runs/{run['ref'].replace('#', '%23')}/gates/{gate_id}/approve", "approver")
+    reply = await api.post(f"/runs/{run['ref'].replace('#', '%23')}/gates/{gate_id}/approve", "approver")
     assert reply.status == 200, reply.text
 
 
-async def test_reject_fails_the_run_and_its_comment_is_shown_on_the_run(lite: Api) -> None:
-    run = await waiting(lite)
-    reply = await lite.post(
+async def test_reject_fails_the_run_and_its_comment_is_shown_on_the_run(api: Api) -> None:
+    run = await waiting(api)
+    reply = await api.post(
         f"/runs/{run['id']}/gates/production/reject", "approver", json={"comment": "tests are red"}
     )
     assert reply.status == 200, reply.text
-    done = await lite.wait(run["id"])
+    done = await api.wait(run["id"])
     assert done["status"] == "failed"
     rejected = gate(done)
     assert rejected["status"] == "rejected"
@@ -70,11 +70,11 @@ async def test_self_approval_is_refused_with_the_reason(api: Api) -> None:
     assert (await api.post(f"/runs/{run['id']}/gates/production/approve", "approver")).status == 200
 
 
-async def test_a_gate_that_allows_self_approval_can_be_approved_by_who_triggered(lite: Api) -> None:
-    run = await waiting(lite, "selfok", who="admin")
-    reply = await lite.post(f"/runs/{run['id']}/gates/production/approve", "admin")
+async def test_a_gate_that_allows_self_approval_can_be_approved_by_who_triggered(api: Api) -> None:
+    run = await waiting(api, "selfok", who="admin")
+    reply = await api.post(f"/runs/{run['id']}/gates/production/approve", "admin")
     assert reply.status == 200, reply.text
-    assert (await lite.wait(run["id"]))["status"] == "succeeded"
+    assert (await api.wait(run["id"]))["status"] == "succeeded"
 
 
 async def test_an_approver_outside_the_gate_group_is_refused(api: Api) -> None:
@@ -97,15 +97,15 @@ async def test_joining_the_group_after_the_gate_opened_does_not_let_one_approve_
     assert (await api.post(f"/runs/{later['id']}/gates/production/approve", "approver2")).status == 200
 
 
-async def test_unknown_gate_and_a_gate_not_open_yet(lite: Api) -> None:
-    run = await waiting(lite)
-    assert_problem(await lite.post(f"/runs/{run['id']}/gates/nope/approve", "approver"), 404, "nope")
-    assert_problem(await lite.post(f"/runs/{run['id']}/gates/nope/reject", "approver"), 404, "nope")
-    assert_problem(await lite.post("/runs/nosuchrun/gates/production/approve", "approver"), 404)
+async def test_unknown_gate_and_a_gate_not_open_yet(api: Api) -> None:
+    run = await waiting(api)
+    assert_problem(await api.post(f"/runs/{run['id']}/gates/nope/approve", "approver"), 404, "nope")
+    assert_problem(await api.post(f"/runs/{run['id']}/gates/nope/reject", "approver"), 404, "nope")
+    assert_problem(await api.post("/runs/nosuchrun/gates/production/approve", "approver"), 404)
 
-    slow = await lite.trigger("slow")
-    assert_problem(await lite.post(f"/runs/{slow['id']}/gates/wait/approve", "approver"), 404)
-    await lite.post(f"/runs/{slow['id']}/cancel", "deployer")
+    slow = await api.trigger("slow")
+    assert_problem(await api.post(f"/runs/{slow['id']}/gates/wait/approve", "approver"), 404)
+    await api.post(f"/runs/{slow['id']}/cancel", "deployer")
 
 
 async def test_an_approver_whose_role_was_revoked_after_the_gate_opened_still_clears_it(api: Api) -> None:
@@ -144,9 +144,9 @@ async def test_a_role_granted_after_the_gate_opened_does_not_let_one_clear_it(ap
     assert (await api.post(f"/runs/{later['id']}/gates/production/approve", "viewer")).status == 200
 
 
-async def test_who_triggered_a_self_approvable_gate_still_needs_the_approver_role(lite: Api) -> None:
-    run = await waiting(lite, "selfok", who="deployer")
+async def test_who_triggered_a_self_approvable_gate_still_needs_the_approver_role(api: Api) -> None:
+    run = await waiting(api, "selfok", who="deployer")
     for verb in ("approve", "reject"):
-        reply = await lite.post(f"/runs/{run['id']}/gates/production/{verb}", "deployer")
+        reply = await api.post(f"/runs/{run['id']}/gates/production/{verb}", "deployer")
         assert_problem(reply, 403, "deployer did not hold the approver role")
-    assert gate(await lite.run(run["id"]))["status"] == "open"
+    assert gate(await api.run(run["id"]))["status"] == "open"

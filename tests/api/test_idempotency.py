@@ -96,16 +96,16 @@ async def test_a_hundred_concurrent_identical_triggers_with_one_key_make_one_run
     assert later.json["id"] == accepted[0].json["id"]
 
 
-async def test_idempotency_applies_to_other_mutations_too(lite: Api) -> None:
-    run = await lite.trigger("slow")
+async def test_idempotency_applies_to_other_mutations_too(api: Api) -> None:
+    run = await api.trigger("slow")
     path = f"/runs/{run['id']}/cancel"
-    first = await lite.post(path, "deployer", json={"reason": "x"}, headers={"Idempotency-Key": "stop"})
-    again = await lite.post(path, "deployer", json={"reason": "x"}, headers={"Idempotency-Key": "stop"})
+    first = await api.post(path, "deployer", json={"reason": "x"}, headers={"Idempotency-Key": "stop"})
+    again = await api.post(path, "deployer", json={"reason": "x"}, headers={"Idempotency-Key": "stop"})
     assert first.status == again.status == 200
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json == first.json
     # without the key, the second cancel is refused as the state does not allow it
-    assert_problem(await lite.post(path, "deployer", json={"reason": "x"}), 409, "canceled")
+    assert_problem(await api.post(path, "deployer", json={"reason": "x"}), 409, "canceled")
 
 
 async def test_the_same_json_written_differently_is_the_same_request(api: Api) -> None:

@@ -43,32 +43,32 @@ async def test_a_run_is_found_by_id_and_by_its_pipeline_number(api: Api) -> None
     assert_problem(await api.get("/runs/0123456789abcdef0123456789abcdef"), 404)
 
 
-async def test_a_pinned_pipeline_version_is_used_and_an_unknown_one_is_404(lite: Api) -> None:
-    run = await lite.trigger("quick", pipeline_version=1)
+async def test_a_pinned_pipeline_version_is_used_and_an_unknown_one_is_404(api: Api) -> None:
+    run = await api.trigger("quick", pipeline_version=1)
     assert run["pipeline_version"] == 1
     assert_problem(
-        await lite.post("/pipelines/quick/runs", "deployer", json={"pipeline_version": 7}), 404, "version 7"
+        await api.post("/pipelines/quick/runs", "deployer", json={"pipeline_version": 7}), 404, "version 7"
     )
 
 
-async def test_etag_and_if_none_match_make_polling_cheap(lite: Api) -> None:
-    run = await lite.trigger("slow")
+async def test_etag_and_if_none_match_make_polling_cheap(api: Api) -> None:
+    run = await api.trigger("slow")
     for _ in range(200):  # let the runner claim the job first: a claim changes the run (and its ETag)
-        current = await lite.run(run["id"])
+        current = await api.run(run["id"])
         if current["stages"][0]["jobs"][0]["status"] == "running":
             break
         await asyncio.sleep(0.02)
-    first = await lite.get(f"/runs/{run['id']}")
+    first = await api.get(f"/runs/{run['id']}")
     etag = first.headers["ETag"]
     assert etag
-    unchanged = await lite.get(f"/runs/{run['id']}", headers={"If-None-Match": etag})
+    unchanged = await api.get(f"/runs/{run['id']}", headers={"If-None-Match": etag})
     assert unchanged.status == 304 and unchanged.text == ""
     assert unchanged.headers["ETag"] == etag
-    weak = await lite.get(f"/runs/{run['id']}", headers={"If-None-Match": f'"other", W/{etag}'})
+    weak = await api.get(f"/runs/{run['id']}", headers={"If-None-Match": f'"other", W/{etag}'})
     assert weak.status == 304
 
-    assert (await lite.post(f"/runs/{run['id']}/cancel", "deployer")).status == 200
-    changed = await lite.get(f"/runs/{run['id']}", headers={"If-None-Match": etag})
+    assert (await api.post(f"/runs/{run['id']}/cancel", "deployer")).status == 200
+    changed = await api.get(f"/runs/{run['id']}", headers={"If-None-Match": etag})
     assert changed.status == 200
     assert changed.json["status"] == "canceled"
     assert changed.headers["ETag"] != etag
@@ -119,36 +119,36 @@ async def test_runs_are_filtered_by_pipeline_status_environment_and_who_triggere
     assert await ids("pipeline=nothing-here") == set()
 
 
-async def test_a_job_log_is_served_whole_or_its_last_lines(lite: Api) -> None:
-    run = await lite.trigger("web", parameters={"ref": REF})
-    done = await lite.wait(run["id"])
+async def test_a_job_log_is_served_whole_or_its_last_lines(api: Api) -> None:
+    run = await api.trigger("web", parameters={"ref": REF})
+    done = await api.wait(run["id"])
     job_id = done["stages"][0]["jobs"][0]["id"]
 
-    whole = await lite.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log")
+    whole = await api.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log")
     assert whole.status == 200 and whole.content_type == "text/plain"
     assert whole.text == "".join(f"line{i}\n" for i in range(1, 6))
-    by_id = await lite.get(f"/runs/web%231/jobs/{job_id}/log")
+    by_id = await api.get(f"/runs/web%231/jobs/{job_id}/log")
     assert by_id.text == whole.text
-    tail = await lite.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log?tail=2")
+    tail = await api.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log?tail=2")
     assert tail.status == 200 and tail.text == "line4\nline5\n"
-    assert_problem(await lite.get(f"/runs/{run['id']}/jobs/build%2Fnope/log"), 404, "build/compile")
-    assert_problem(await lite.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log?tail=0"), 400, "tail")
+    assert_problem(await api.get(f"/runs/{run['id']}/jobs/build%2Fnope/log"), 404, "build/compile")
+    assert_problem(await api.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log?tail=0"), 400, "tail")
 
 
-async def test_the_log_of_an_earlier_attempt_is_served_too(lite: Api) -> None:
-    run = await lite.trigger("flaky")
-    done = await lite.wait(run["id"])
+async def test_the_log_of_an_earlier_attempt_is_served_too(api: Api) -> None:
+    run = await api.trigger("flaky")
+    done = await api.wait(run["id"])
     assert done["status"] == "succeeded" and done["stages"][0]["jobs"][0]["attempt"] == 2
     path = f"/runs/{run['id']}/jobs/s%2Fj/log"
-    assert (await lite.get(path)).text == "second\nagain\n"
-    assert (await lite.get(path + "?attempt=1")).text == "first\none\n"
-    assert (await lite.get(path + "?attempt=2&tail=1")).text == "again\n"
+    assert (await api.get(path)).text == "second\nagain\n"
+    assert (await api.get(path + "?attempt=1")).text == "first\none\n"
+    assert (await api.get(path + "?attempt=2&tail=1")).text == "again\n"
 
 
-async def test_the_tail_of_an_earlier_attempt(lite: Api) -> None:
-    run = await lite.trigger("flaky")
-    await lite.wait(run["id"])
-    assert (await lite.get(f"/runs/{run['id']}/jobs/s%2Fj/log?attempt=1&tail=1")).text == "one\n"
+async def test_the_tail_of_an_earlier_attempt(api: Api) -> None:
+    run = await api.trigger("flaky")
+    await api.wait(run["id"])
+    assert (await api.get(f"/runs/{run['id']}/jobs/s%2Fj/log?attempt=1&tail=1")).text == "one\n"
 
 
 async def test_runs_triggered_at_once_are_paged_without_overlap_or_gaps(api: Api) -> None:
@@ -165,7 +165,7 @@ async def test_runs_triggered_at_once_are_paged_without_overlap_or_gaps(api: Api
     assert set(seen) == {r["id"] for r in runs}
 
 
-async def test_runs_triggered_at_once_are_listed_newest_first(lite: Api) -> None:
-    await asyncio.gather(*(lite.trigger("quick") for _ in range(20)))
-    numbers = [r["number"] for r in (await lite.get("/runs?limit=50")).json["items"]]
+async def test_runs_triggered_at_once_are_listed_newest_first(api: Api) -> None:
+    await asyncio.gather(*(api.trigger("quick") for _ in range(20)))
+    numbers = [r["number"] for r in (await api.get("/runs?limit=50")).json["items"]]
     assert numbers == sorted(numbers, reverse=True)
