@@ -13,6 +13,7 @@ from typing import Any
 
 from bot.backend import Backend, now
 from bot.chat import blocks as bk
+from bot.chat import forms
 from bot.chat.parse import Line, did_you_mean, parse
 from core import schedule as timing
 from core.access import Action, Principal, Role
@@ -27,11 +28,13 @@ from core.commands import (
     RetryRun,
     TriggerRun,
 )
+from core.definition import PipelineDef, resolve_parameters
 from core.duration import format_duration
 from core.engine import Decision
-from core.errors import ShipyardError
+from core.errors import InvalidInput, ShipyardError
 from core.model import Actor, Channel, RunState
 from core.states import GateStatus
+from storage.artifacts import ArtifactBook
 from storage.reads import RunFilter
 from storage.schedules import ScheduleBook
 
@@ -58,6 +61,8 @@ class Reply:
     public: bool = False
     #: a modal to open (Slack) instead of a message
     modal: dict[str, Any] | None = None
+    #: for a button's answer: take the place of the message the button was on (its buttons go)
+    replace: bool = False
 
 
 class Desk(Backend):
@@ -195,6 +200,10 @@ async def list_runs(desk: Desk, who: Who, line: Line) -> Reply:
         return await _stuck_runs(desk)
     pipeline = line.words[0] if line.words else None
     states = await desk.read(desk.reads.runs, RunFilter(pipeline=pipeline), None, 10)
+    if not states and pipeline is not None:
+        names = [p.name for p in await desk.read(desk.reads.pipelines, None, 200, True)]
+        if pipeline not in names:
+            raise Refusal(did_you_mean("pipeline", pipeline, names))
     if not states:
         return Reply("No runs yet." if pipeline is None else f"No runs of `{pipeline}` yet.")
     rows = [
@@ -238,98 +247,118 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
         (await desk.principal(who.user)).require(Action.MANAGE)
     if words:
         raise Refusal(f"Parameters look like `key=value`; what is `{words[0]}`? {_usage('run')}")
-    revision = line.params.pop("revision", None)
-    branch = line.params.pop("branch", None)
-    if glass is not None:  # no second question: the admin said why already
-        return await start_run(desk, who, pipeline, line.params, revision, branch=branch, break_glass=glass)
-    guarded = [
-        s.environment
-        for s in found[pipeline].latest.definition.stages
-        if s.environment and desk.yard.settings.environment(s.environment).confirm
-    ]
-    if guarded:
-        return await _ask_to_confirm(desk, pipeline, line.params, revision, guarded)
-    return await start_run(desk, who, pipeline, line.params, revision, branch=branch)
+    latest = found[pipeline].latest
+    declared = {p.name for p in latest.definition.parameters}
+    # `revision=` and `branch=` are the run's own, unless the pipeline has parameters so named
+    revision = None if "revision" in declared else line.params.pop("revision", None)
+    branch = None if "branch" in declared else line.params.pop("branch", None)
+    command = TriggerRun(
+        pipeline=pipeline,
+        actor=who.actor,
+        parameters=dict(line.params),
+        source_revision=revision,
+        branch=branch,
+        break_glass=glass,
+    )
+    guarded = _guarded(desk, latest.definition, command.deploy_to)
+    if guarded and glass is None:  # break-glass asks no second question: the admin said why
+        return await ask_to_confirm(desk, who, command, latest.definition, latest.version, guarded)
+    return await start_run(desk, who, command)
+
+
+def _form_of(definition: PipelineDef | None) -> str:
+    """``ref=… [region=…]``: how a pipeline's parameters are typed."""
+    params = definition.parameters if definition is not None else []
+    return " ".join(f"{q.name}=…" if q.required else f"[{q.name}=…]" for q in params)
+
+
+def _guarded(desk: Desk, definition: PipelineDef, deploy_to: str | None) -> list[str]:
+    """The environments a run would deploy to (all of the pipeline's, or only ``deploy_to``
+    for a promotion or rollback) that ask before a deploy starts."""
+    if deploy_to is not None:
+        targets = [deploy_to]
+    else:
+        targets = [s.environment for s in definition.stages if s.environment]
+    return [env for env in dict.fromkeys(targets) if desk.yard.settings.environment(env).confirm]
 
 
 async def start_run(
-    desk: Desk,
-    who: Who,
-    pipeline: str,
-    params: dict[str, str],
-    revision: str | None,
-    *,
-    branch: str | None = None,
-    break_glass: str | None = None,
+    desk: Desk, who: Who, command: TriggerRun, *, channel: str | None = None, answered: bool = False
 ) -> Reply:
-    decision = await desk.decide(
-        TriggerRun(
-            pipeline=pipeline,
-            actor=who.actor,
-            parameters=params,
-            source_revision=revision,
-            branch=branch,
-            break_glass=break_glass,
-        )
-    )
+    """Trigger ``command``; its run reports to ``channel`` (default: where ``who`` typed).
+    ``answered``: it answers a deploy question, whose place the reply takes; its idempotency
+    key is the question's, so a second answer finds the run the first one started."""
+    decision = await desk.decide(command)
     if not decision.accepted:
         if decision.refusal != "invalid":
             raise Refusal(decision.reason)
-        info = await desk.read(desk.reads.pipeline, pipeline)
-        form = " ".join(
-            f"{q.name}=…" if q.required else f"[{q.name}=…]"
-            for q in (info.latest.definition.parameters if info else [])
-        )
-        raise Refusal(f"{decision.reason}. Usage: `/deploy run {pipeline} {form}`")
+        info = await desk.read(desk.reads.pipeline, command.pipeline)
+        form = _form_of(info.latest.definition if info else None)
+        raise Refusal(f"{decision.reason}. Usage: `/deploy run {command.pipeline} {form}`")
     assert decision.state is not None
+    ref = decision.state.run.ref
+    if decision.duplicate:
+        return Reply(f"Already started as *{ref}*: this question was answered.", replace=answered)
     if desk.on_run_started is not None:
-        await desk.on_run_started(decision.state.run.id, who.channel_id)
-    if break_glass is not None:  # the channel is told, not only the admin
+        await desk.on_run_started(decision.state.run.id, channel or who.channel_id)
+    if command.break_glass is not None:  # the channel is told, not only the admin
         return Reply(
-            f":rotating_light: {bk.who(who.user)} broke the glass: *{decision.state.run.ref}* goes through "
-            f"freezes and required approvals. Reason: {break_glass}",
+            f":rotating_light: {bk.who(who.user)} broke the glass: *{ref}* goes through "
+            f"freezes and required approvals. Reason: {command.break_glass}",
             public=True,
         )
-    return Reply(f"Started *{decision.state.run.ref}*; its message follows in this channel.")
-
-
-#: how long a "Deploy to production?" question can be answered
-CONFIRM_WITHIN_S = 60
-
-
-async def _ask_to_confirm(
-    desk: Desk, pipeline: str, params: dict[str, str], revision: str | None, environments: list[str]
-) -> Reply:
-    """Show exactly what will go where, and what is live there now, before it starts."""
-    lines = [f":warning: *{pipeline}* deploys to *{', '.join(environments)}*. Start it?"]
-    lines.append(f"revision: `{revision}`" if revision else "revision: not given")
-    if params:
-        lines.append("parameters: " + " ".join(f"`{k}={v}`" for k, v in params.items()))
-    for env in environments:
-        live = await desk.read(desk.reads.current_deployment, env)
-        now_there = (
-            "nothing yet"
-            if live is None
-            else (
-                f"`{live.revision}` ({live.pipeline}#{live.run_number})"
-                if live.revision
-                else f"{live.pipeline}#{live.run_number}"
-            )
+    if answered:
+        return Reply(
+            f"Started *{ref}*, confirmed by {bk.who(who.user)} at {now():%H:%M:%S} UTC; "
+            "its message follows in this channel.",
+            replace=True,
         )
-        lines.append(f"live in {env} now: {now_there}")
-    lines.append(f"_This question expires in {CONFIRM_WITHIN_S} seconds._")
-    request = {
-        "pipeline": pipeline,
-        "params": params,
-        "revision": revision,
-        "until": time.time() + CONFIRM_WITHIN_S,
-    }
-    value = json.dumps(request)
-    blocks = [
-        bk.text("\n".join(lines)),
-        bk.actions("confirm", bk.button("Deploy", bk.CONFIRM, value, "danger")),
-    ]
-    return Reply(f"Deploy {pipeline} to {', '.join(environments)}?", blocks)
+    return Reply(f"Started *{ref}*; its message follows in this channel.")
+
+
+async def ask_to_confirm(
+    desk: Desk,
+    who: Who,
+    command: TriggerRun,
+    definition: PipelineDef,
+    version: int,
+    environments: list[str],
+) -> Reply:
+    """Show exactly what will go where, and what is live there now, before it starts: a
+    question for ``who`` alone with a Deploy button that answers it within a minute."""
+    try:
+        params = resolve_parameters(definition, command.parameters)
+    except InvalidInput as exc:  # say it now, not after the press
+        form = _form_of(definition)
+        raise Refusal(f"{exc.message}. Usage: `/deploy run {command.pipeline} {form}`") from None
+    artifact = artifact_revision = None
+    if command.artifact_id is not None:
+        found = await desk.read(ArtifactBook(desk.yard.store).get, command.artifact_id)
+        if found is not None:
+            artifact = found.ref
+            built = await desk.read(desk.reads.run, found.run_id) if found.run_id else None
+            artifact_revision = built.run.source_revision if built is not None else None
+    live = tuple([(env, await desk.read(desk.reads.current_deployment, env)) for env in environments])
+    asked = forms.Question.new(
+        time.time(),
+        pipeline=command.pipeline,
+        params=params,
+        revision=command.source_revision,
+        branch=command.branch,
+        kind=command.kind,
+        artifact=command.artifact_id,
+        deploy_to=command.deploy_to,
+        channel=who.channel_id,
+        asker=who.user,
+    )
+    if len(asked.value()) > forms.MAX_VALUE:
+        raise Refusal(
+            "These parameters are too long to carry in a Deploy button (Slack keeps 2000 characters); "
+            "start this run over the REST API."
+        )
+    facts = forms.Facts(definition, version, live, artifact, artifact_revision)
+    text, blocks = forms.question(asked, facts)
+    return Reply(text, blocks)
 
 
 @verb("status", "status <run>", "where a run is")
@@ -578,17 +607,29 @@ async def already_decided(desk: Desk, value: str) -> Reply | None:
 
 
 async def _confirmed(desk: Desk, who: Who, value: str) -> Reply:
+    """The Deploy button under a deploy question."""
     try:
-        request = json.loads(value)
-        pipeline, params, until = str(request["pipeline"]), dict(request["params"]), float(request["until"])
-        revision = request.get("revision")
+        asked = forms.Question.read(value)
     except (ValueError, KeyError, TypeError):
         return Reply(":warning: That button is not one of mine.")
-    if time.time() > until:
-        return Reply(f":warning: That question expired; type `/deploy run {pipeline} …` again.")
+    if asked.asker and asked.asker != who.user:
+        return Reply(f":warning: That question was for {bk.who(asked.asker)}; ask yours: `{asked.again()}`")
+    if time.time() > asked.until:
+        return Reply(f":warning: That question expired; type `{asked.again()}` again.", replace=True)
+    command = TriggerRun(
+        pipeline=asked.pipeline,
+        actor=who.actor,
+        parameters=asked.params,
+        source_revision=asked.revision,
+        branch=asked.branch,
+        kind=asked.kind,
+        artifact_id=asked.artifact,
+        deploy_to=asked.deploy_to,
+        idempotency_key=asked.idempotency_key if asked.id else None,
+    )
     try:
         (await desk.principal(who.user)).require(Action.TRIGGER)
-        return await start_run(desk, who, pipeline, {str(k): str(v) for k, v in params.items()}, revision)
+        return await start_run(desk, who, command, channel=asked.channel or None, answered=True)
     except Refusal as exc:
         return Reply(f":warning: {exc}")
     except ShipyardError as exc:
@@ -596,51 +637,97 @@ async def _confirmed(desk: Desk, who: Who, value: str) -> Reply:
 
 
 # -- the trigger form ------------------------------------------------------------------------------
-TRIGGER_FORM = "trigger_form"
+TRIGGER_FORM = forms.TRIGGER_FORM
+#: the form's pipeline picker: its block_actions is answered with ``trigger_form_picked``
+TRIGGER_PICK = forms.PICK
+
+
+@dataclass(frozen=True)
+class FormOutcome:
+    """What a submitted trigger form comes to."""
+
+    #: what is wrong, by input block (Slack's ``response_action: errors``); empty: it went through
+    errors: dict[str, str] = field(default_factory=dict)
+    #: for the person once the form has closed: the deploy question, ephemeral in the channel
+    #: the form was opened from (a direct message when there is none, or the bot is not in it)
+    reply: Reply | None = None
 
 
 async def open_trigger_modal(desk: Desk, who: Who) -> Reply:
-    """``/deploy`` alone: a form to pick a pipeline and fill its parameters."""
-    found = await desk.read(desk.reads.pipelines, None, 100)
-    if not found:
+    """``/deploy`` alone: a form to pick a pipeline; picking one shows its parameters."""
+    names = [p.name for p in await desk.read(desk.reads.pipelines, None, forms.MAX_OPTIONS)]
+    if not names:
         return Reply("No pipelines yet.")
-    fields: list[bk.Block] = [
-        {
-            "type": "input",
-            "block_id": "pipeline",
-            "label": {"type": "plain_text", "text": "Pipeline"},
-            "element": {
-                "type": "static_select",
-                "action_id": "value",
-                "options": [
-                    {"text": {"type": "plain_text", "text": p.name[:75]}, "value": p.name}
-                    for p in found[:100]
-                ],
-            },
-        },
-        {
-            "type": "input",
-            "block_id": "params",
-            "optional": True,
-            "label": {"type": "plain_text", "text": "Parameters"},
-            "hint": {"type": "plain_text", "text": "key=value, one per line or separated by spaces"},
-            "element": {"type": "plain_text_input", "action_id": "value", "multiline": True},
-        },
-    ]
-    view = {
-        "type": "modal",
-        "callback_id": TRIGGER_FORM,
-        "private_metadata": who.channel_id,
-        "title": {"type": "plain_text", "text": "Start a run"},
-        "submit": {"type": "plain_text", "text": "Start"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": fields,
-    }
-    return Reply("Start a run", modal=view)
+    return Reply(
+        "Start a run: pick a pipeline and fill in its parameters "
+        "(or type `/deploy run <pipeline> key=value…`).",
+        modal=forms.trigger_view(names, who.channel_id, None),
+    )
+
+
+async def trigger_form_picked(desk: Desk, view: dict[str, Any], picked: str) -> dict[str, Any]:
+    """``view`` rebuilt for the pipeline just picked in it, to put in its place (``views.update``)."""
+    names = [p.name for p in await desk.read(desk.reads.pipelines, None, forms.MAX_OPTIONS)]
+    channel = str(view.get("private_metadata") or "")
+    return forms.trigger_view(names, channel, await _chosen(desk, picked))
+
+
+async def _chosen(desk: Desk, name: str) -> forms.Chosen | None:
+    info = await desk.read(desk.reads.pipeline, name)
+    if info is None:
+        return None
+    definition = info.latest.definition
+    targets = tuple(dict.fromkeys(s.environment for s in definition.stages if s.environment))
+    branches = (b for env in targets for b in desk.yard.settings.environment(env).branches)
+    return forms.Chosen(
+        definition,
+        info.latest.version,
+        guarded=tuple(_guarded(desk, definition, None)),
+        branches=tuple(dict.fromkeys(branches)),
+        environments=targets,
+    )
+
+
+async def submit_trigger_view(desk: Desk, who: Who, view: dict[str, Any]) -> FormOutcome:
+    """Start the run the submitted form describes, or ask first (as ``/deploy run`` does), or
+    say what is wrong, field by field. ``who.channel_id``: the form's ``private_metadata``."""
+    values = forms.form_values(view)
+    picked = values.get(forms.PIPELINE)
+    if picked is None:
+        return FormOutcome({forms.PIPELINE: "Pick a pipeline"})
+    chosen = await _chosen(desk, picked)
+    if chosen is None:
+        return FormOutcome({forms.PIPELINE: f"There is no pipeline {picked} any more"})
+    if forms.built_for(view) != picked:  # submitted before the pick's update landed
+        return FormOutcome({forms.PIPELINE: f"These are not {picked}'s fields yet; look again and submit"})
+    params, errors = forms.check_fields(chosen.definition, values)
+    if errors:
+        return FormOutcome(errors)
+    command = TriggerRun(
+        pipeline=picked,
+        actor=who.actor,
+        parameters=params,
+        source_revision=values.get(forms.REVISION),
+        branch=values.get(forms.BRANCH),
+    )
+    try:
+        (await desk.principal(who.user)).require(Action.TRIGGER)
+        if chosen.guarded:
+            question = await ask_to_confirm(
+                desk, who, command, chosen.definition, chosen.version, list(chosen.guarded)
+            )
+            return FormOutcome(reply=question)
+        await start_run(desk, who, command)
+    except Refusal as exc:
+        return FormOutcome({forms.PIPELINE: str(exc)[:150]})
+    except ShipyardError as exc:
+        return FormOutcome({forms.PIPELINE: exc.message[:150]})
+    return FormOutcome()
 
 
 async def submit_trigger_form(desk: Desk, who: Who, pipeline: str, params_text: str) -> dict[str, str]:
-    """Start the run the form describes; returns errors per field (empty when it started)."""
+    """The earlier form's submission: a pipeline and one text box of ``key=value`` parameters.
+    Only until the Slack app hands whole views to ``submit_trigger_view``."""
     try:
         line = parse("run " + pipeline + " " + " ".join(params_text.split()))
     except ShipyardError as exc:
