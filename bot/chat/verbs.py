@@ -5,7 +5,6 @@ Slack and the console only deliver it. Roles are checked here for every verb, wi
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -723,19 +722,3 @@ async def submit_trigger_view(desk: Desk, who: Who, view: dict[str, Any]) -> For
     except ShipyardError as exc:
         return FormOutcome({forms.PIPELINE: exc.message[:150]})
     return FormOutcome()
-
-
-async def submit_trigger_form(desk: Desk, who: Who, pipeline: str, params_text: str) -> dict[str, str]:
-    """The earlier form's submission: a pipeline and one text box of ``key=value`` parameters.
-    Only until the Slack app hands whole views to ``submit_trigger_view``."""
-    try:
-        line = parse("run " + pipeline + " " + " ".join(params_text.split()))
-    except ShipyardError as exc:
-        return {"params": exc.message}
-    if line.words[1:]:
-        return {"params": f"parameters look like key=value; what is {line.words[1]!r}?"}
-    words = [pipeline, *(shlex.quote(f"{k}={v}") for k, v in line.params.items())]
-    reply = await dispatch(desk, who, "run " + " ".join(words))
-    if reply.text.startswith(":warning:"):
-        return {"params": reply.text.removeprefix(":warning: ")[:150]}
-    return {}

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -27,13 +28,15 @@ from bot.chat.locks import tell_with
 from bot.chat.verbs import (
     BUTTONS,
     TRIGGER_FORM,
+    TRIGGER_PICK,
     Desk,
     Reply,
     Who,
     already_decided,
     dispatch,
     press,
-    submit_trigger_form,
+    submit_trigger_view,
+    trigger_form_picked,
 )
 from bot.config import Settings
 from bot.slack.home import publish_home
@@ -119,18 +122,30 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
 
     @app.view(TRIGGER_FORM)
     async def on_trigger_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
-        values = view["state"]["values"]
-        selected = (values.get("pipeline", {}).get("value") or {}).get("selected_option") or {}
-        params = (values.get("params", {}).get("value") or {}).get("value") or ""
-        if not selected:
-            await ack(response_action="errors", errors={"pipeline": "Pick a pipeline"})
-            return
         who = Who(body["user"]["id"], view.get("private_metadata", ""))
-        errors = await submit_trigger_form(desk, who, selected["value"], params)
-        if errors:
-            await ack(response_action="errors", errors=errors)
-        else:
-            await ack()
+        outcome = await submit_trigger_view(desk, who, view)
+        if outcome.errors:
+            await ack(response_action="errors", errors=outcome.errors)
+            return
+        await ack()
+        if outcome.reply is not None:  # the deploy question, now that the form has closed
+            work.add(_tell(client, who, outcome.reply))
+
+    @app.action(TRIGGER_PICK)
+    async def on_trigger_pick(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        view = body["view"]
+        picked = (body["actions"][0].get("selected_option") or {}).get("value", "")
+
+        async def answer() -> None:
+            form = await trigger_form_picked(desk, view, picked)
+            try:
+                await client.views_update(view_id=view["id"], hash=view["hash"], view=form)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "hash_conflict":  # else a later pick won
+                    raise
+
+        work.add(answer())
 
     async def on_press(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
@@ -197,8 +212,23 @@ async def _respond(respond: AsyncRespond, reply: Reply) -> None:
         text=reply.text,
         blocks=reply.blocks or None,
         response_type="in_channel" if reply.public else "ephemeral",
-        replace_original=False,
+        replace_original=reply.replace,
     )
+
+
+async def _tell(client: AsyncWebClient, who: Who, reply: Reply) -> None:
+    """A reply with no response_url to answer through: ephemeral in ``who``'s channel, or a
+    direct message when there is no channel or the bot cannot post in it."""
+    if who.channel_id:
+        try:
+            await client.chat_postEphemeral(
+                channel=who.channel_id, user=who.user, text=reply.text, blocks=reply.blocks or None
+            )
+            return
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            log.info("cannot post in %s (%s); telling %s directly", who.channel_id, error, who.user)
+    await client.chat_postMessage(channel=who.user, text=reply.text, blocks=reply.blocks or None)
 
 
 def _reject_form(ref: str) -> dict[str, Any]:

@@ -391,39 +391,6 @@ async def test_a_parameter_error_shows_the_slack_form_of_the_command(bot: Bot, t
     assert "/deploy run gated ref=" in reply["text"]
 
 
-# -- the trigger modal -----------------------------------------------------------------------------
-async def test_deploy_alone_opens_the_trigger_modal_and_submitting_it_starts_a_run(bot: Bot) -> None:
-    trigger = signing.new_trigger_id()
-    await bot.command(ALICE, "", trigger_id=trigger)
-    opened = await bot.fake.wait_for("views.open")
-    assert opened.ok and opened.args["trigger_id"] == trigger
-    view = opened.args["view"]
-    assert view["callback_id"] == "trigger_form"
-    select = next(b for b in view["blocks"] if b["block_id"] == "pipeline")["element"]
-    assert select["type"] == "static_select"
-    assert {o["value"] for o in select["options"]} >= {"gated", "pair", "failing"}
-    assert not bot.fake.responses  # no message besides the modal
-
-    def values(params: str, pipeline: str = "gated") -> dict[str, dict[str, Any]]:
-        option = {"text": {"type": "plain_text", "text": pipeline}, "value": pipeline}
-        return {
-            "pipeline": {"value": {"type": "static_select", "selected_option": option}},
-            "params": {"value": {"type": "plain_text_input", "value": params}},
-        }
-
-    bad = await bot.submit(ALICE, "trigger_form", values("ref=zzz"), view["private_metadata"])
-    assert bad is not None and bad["response_action"] == "errors" and "params" in bad["errors"]
-    assert "ref" in bad["errors"]["params"]
-    missing = await bot.submit(ALICE, "trigger_form", values(""), view["private_metadata"])
-    assert missing is not None and missing["response_action"] == "errors"
-
-    assert await bot.submit(ALICE, "trigger_form", values("ref=abc1234\n"), view["private_metadata"]) is None
-    state = bot.run("gated#1")
-    assert state.run.triggered_by == ALICE and state.run.parameters["ref"] == "abc1234"
-    posted = await bot.fake.wait_for("chat.postMessage", lambda c: "gated#1" in c.args.get("text", ""))
-    assert posted.args["channel"] == CHANNEL and "thread_ts" not in posted.args
-
-
 # -- gates -----------------------------------------------------------------------------------------
 async def test_reject_button_opens_a_modal_and_its_reason_fails_the_run(bot: Bot) -> None:
     ref, message = await _started(bot)

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from bot.config import load_settings
-from bot.slack import bot as slack_app
 from core.access import Role
 from storage.directory import Directory
 from storage.reads import Reads, RunFilter
@@ -60,15 +59,6 @@ stages:
     jobs: [{name: upload, run: "true"}]
 """
 ENVIRONMENTS = {"production": {"confirm": True, "branches": ["main"]}}
-
-#: the Slack app hands submitted forms and picks to the verbs (bot/slack/bot.py); until it does,
-#: the tests of the form's second half are expected to fail, and strictly so
-WIRED = hasattr(slack_app, "submit_trigger_view") and hasattr(slack_app, "trigger_form_picked")
-needs_wiring = pytest.mark.xfail(
-    not WIRED,
-    strict=True,
-    reason="bot/slack/bot.py does not yet answer the picker or hand whole views to submit_trigger_view",
-)
 
 
 @pytest.fixture
@@ -200,7 +190,6 @@ async def test_deploy_alone_opens_a_picker_that_asks_slack_to_tell_when_it_chang
     assert not bot.fake.responses  # the modal is the whole answer
 
 
-@needs_wiring
 async def test_picking_a_pipeline_rebuilds_the_form_with_a_field_per_parameter(bot: Bot) -> None:
     view = await _pick(bot, await _open_form(bot), "web")
     assert _field(view, "pipeline")["element"]["initial_option"]["value"] == "web"
@@ -233,7 +222,6 @@ async def test_picking_a_pipeline_rebuilds_the_form_with_a_field_per_parameter(b
     assert not [b for b in view["blocks"] if b.get("block_id") == "branch"]
 
 
-@needs_wiring
 async def test_a_submitted_form_says_which_field_is_wrong_or_starts_the_run(bot: Bot) -> None:
     web = await _pick(bot, await _open_form(bot), "web")
     wrong = await _submit(bot, web, "web", {"param:web:ref": _text("zzz"), "branch": _text("main")})
@@ -255,7 +243,6 @@ async def test_a_submitted_form_says_which_field_is_wrong_or_starts_the_run(bot:
     assert _refs(bot) == ["docs#1"]
 
 
-@needs_wiring
 async def test_a_form_for_production_asks_in_the_channel_like_the_command_then_deploys(bot: Bot) -> None:
     web = await _pick(bot, await _open_form(bot), "web")
     fields = {"param:web:ref": _text("abc1234"), "param:web:region": _menu("us"), "branch": _text("main")}
@@ -313,8 +300,8 @@ async def test_the_question_shows_what_goes_where_and_two_presses_start_one_run(
     answers = sorted([first["text"], second["text"]])
     assert answers[0].startswith("Already started as *web#1*"), answers
     assert answers[1].startswith("Started *web#1*, confirmed by <@U0ALICE>"), answers
-    # the answer takes the question's place, so its button is gone (once the app honours it)
-    assert {first.get("replace_original"), second.get("replace_original")} == {WIRED}
+    # the answer takes the question's place, so its button is gone
+    assert {first.get("replace_original"), second.get("replace_original")} == {True}
     state = await bot.until_status("web#1", "succeeded")
     assert state.run.branch == "main"  # kept from the command: production takes only main
     assert _refs(bot) == ["web#1"]
