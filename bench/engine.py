@@ -329,6 +329,8 @@ async def scenario_throughput(
         yard.store.engine, by_text=statements > 0
     )  # before start: adding a listener races with its dispatch
     await yard.start()
+    gc.collect()  # as ``shipyard serve`` does once started (bot/app.py)
+    gc.freeze()
     watcher = reader(url)
 
     def terminal_runs() -> int:

@@ -121,6 +121,8 @@ class _Active:
     stopping: bool = False
     logs: LogBuffer = field(default_factory=lambda: LogBuffer(1 << 20))
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    #: its process has ended and only the report is on its way: the slot is free again
+    reporting: bool = False
 
 
 class Runner:
@@ -208,7 +210,7 @@ class Runner:
 
     async def run_once(self) -> int:
         """Claim what fits and start it; returns the number of jobs started."""
-        free = self.capacity - len(self.jobs)
+        free = self.capacity - self._busy()
         if free <= 0 or self._closing:
             return 0
         assignments = await self.link.claim(self.name, free, self.lease_s)
@@ -223,6 +225,10 @@ class Runner:
             active.task = asyncio.create_task(self._execute(active), name=f"job-{assignment.label}")
         return len(assignments)
 
+    def _busy(self) -> int:
+        """Slots taken: jobs whose process has not ended yet."""
+        return sum(not a.reporting for a in self.jobs.values())
+
     async def _claim_loop(self) -> None:
         while not self._closing:
             try:
@@ -230,7 +236,7 @@ class Runner:
             except Exception:
                 log.exception("runner %s could not claim jobs", self.name)
                 started = 0
-            if started and len(self.jobs) < self.capacity:
+            if started and self._busy() < self.capacity:
                 continue
             await wait_event(self._wake, self.poll_interval)
             self._wake.clear()
@@ -291,6 +297,10 @@ class Runner:
                         InterruptJob(run_id=a.run_id, job_id=a.job_id, attempt=a.attempt, runner=self.name)
                     )
                 return
+            # claim for the freed slot now: the claim rides in the same group commit as this
+            # report and sees the jobs it queues (the next stage), instead of a commit later
+            active.reporting = True
+            self.wake()
             await self._report(
                 CompleteJob(
                     run_id=a.run_id,

@@ -379,3 +379,35 @@ async def test_a_run_past_its_pipeline_timeout_fails_and_its_job_processes_die(
             break
         await asyncio.sleep(0.05)
     assert not alive(child), "the job outlived its run's timeout"
+
+
+WIDE = """
+name: wide
+stages:
+  - name: fan
+    jobs:
+{jobs}
+  - name: after
+    jobs: [{{name: last, run: "{step}"}}]
+"""
+
+
+async def test_a_runner_never_runs_more_jobs_at_once_than_its_capacity(
+    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+) -> None:
+    """A finished job's slot is handed on while its report is still on its way (the next claim
+    rides in the same commit), but its process has ended: processes alive never exceed it."""
+    ledger = tmp_path / "ledger.txt"
+    step = f"echo start $(date +%s%N) >> {ledger}; sleep 0.2; echo end $(date +%s%N) >> {ledger}"
+    jobs = "\n".join(f'      - {{name: j{i}, run: "{step}"}}' for i in range(6))
+    yard = await start_yard(sqlite_url, {"wide": WIDE.format(jobs=jobs, step=step)}, runner_capacity=2)
+    runs = [await trigger(yard, "wide") for _ in range(2)]
+    for run in runs:
+        assert (await wait_for(yard, run.run.id)).run.status is RunStatus.SUCCEEDED
+    marks = sorted((int(t), kind) for kind, t in (line.split() for line in ledger.read_text().splitlines()))
+    assert len(marks) == 2 * 2 * 7  # every job of both runs started and ended once
+    alive_now, most = 0, 0
+    for _, kind in marks:  # (an end and a start at the same nanosecond: the end sorts first)
+        alive_now += 1 if kind == "start" else -1
+        most = max(most, alive_now)
+    assert most == 2
