@@ -126,24 +126,29 @@ class Clockwork:
         """Fire and claim every occurrence due at ``at`` (live: due at each moment this asks), a
         batch at a time. Each batch is triggered first and claimed after its runs exist, so a
         crash in between loses nothing: the occurrence is still due, and triggering it again
-        finds the run its idempotency key already made."""
-        claimed: list[_Claimed] = []
-        seen: set[str] = set()
+        finds the run its idempotency key already made. The next batch is read (past the last
+        one read) while the one before is still being triggered, so a burst keeps the engine's
+        group commits full. A batch that fails stays due for the next tick."""
+        batches: list[asyncio.Task[list[_Claimed]]] = []
         try:
+            after: tuple[datetime, str] | None = None
             while True:
                 moment = at or now()
-                due = await self.backend.read(self.book.due, moment, self.batch)
-                fresh = [s for s in due if s.id not in seen]
-                if not fresh:
+                due = await self.backend.read(self.book.due, moment, self.batch, after)
+                if not due:
                     break
-                seen.update(s.id for s in fresh)
-                claimed += await self._claim(fresh, moment)
+                after = (due[-1].next_fire_at, due[-1].id)
+                batches.append(asyncio.create_task(self._claim(due, moment)))
                 if len(due) < self.batch:
                     break
-        except BaseException:
-            if claimed:  # what was claimed still fires
-                self._finish_later(claimed)
-            raise
+        finally:  # (also when stopped half-way: what was triggered is still claimed)
+            outcomes = await asyncio.gather(*batches, return_exceptions=True)
+        claimed: list[_Claimed] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.warning("a batch of due schedules did not fire (%s); the next tick tries again", outcome)
+            else:
+                claimed += outcome
         return claimed
 
     async def _claim(self, due: Sequence[Schedule], at: datetime) -> list[_Claimed]:

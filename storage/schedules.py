@@ -111,13 +111,24 @@ class ScheduleBook:
             )
             return bool(done.rowcount == 1)
 
-    def due(self, now: datetime, limit: int = 500) -> list[Schedule]:
+    def due(
+        self, now: datetime, limit: int = 500, after: tuple[datetime, str] | None = None
+    ) -> list[Schedule]:
+        """Live schedules due at ``now``, soonest first; ``after``: past this (fire time, id)."""
         query = (
             sa.select(SCHEDULE)
             .where(LIVE, SCHEDULE.c.next_fire_at <= now)
             .order_by(SCHEDULE.c.next_fire_at, SCHEDULE.c.id)
             .limit(limit)
         )
+        if after is not None:
+            fire, last = after
+            query = query.where(
+                sa.or_(
+                    SCHEDULE.c.next_fire_at > fire,
+                    sa.and_(SCHEDULE.c.next_fire_at == fire, SCHEDULE.c.id > last),
+                )
+            )
         with self.store.reading() as tx:
             return [_schedule(r) for r in tx.conn.execute(query).mappings()]
 
