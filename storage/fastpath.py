@@ -13,6 +13,7 @@ SQLAlchemy would convert them.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,10 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import Select
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+#: from this many rows a PostgreSQL insert goes by ``COPY`` instead of ``executemany``
+COPY_FROM_ROWS = 16
 
 
 class DriverStatement:
@@ -43,6 +48,13 @@ class DriverStatement:
         self.statement = statement
         self.dialect = dialect
         self._results: tuple[list[str], list[tuple[int, Callable[[Any], Any]]]] | None = None
+        #: many rows into PostgreSQL go by ``COPY … FROM STDIN`` (the server parses and executes
+        #: once, not once a row): the statement and the parameter of each column, in order
+        self._copy: tuple[str, list[str]] | None = None
+        if isinstance(statement, Insert) and dialect.name == "postgresql" and not self.positional:
+            head, _, tail = self.sql.partition(" VALUES ")
+            names = _NAMED.findall(tail.partition(" RETURNING ")[0])
+            self._copy = (head.replace("INSERT INTO", "COPY", 1) + " FROM STDIN", names)
 
     def _row(self, params: dict[str, Any]) -> Any:
         if self.positional:
@@ -109,6 +121,13 @@ class DriverStatement:
         assert dbapi is not None
         cursor = dbapi.cursor()
         try:
+            if self._copy is not None and len(rows) >= COPY_FROM_ROWS:
+                sql, names = self._copy
+                with cursor.copy(sql) as copy:
+                    for r in rows:
+                        row = self._row(r)
+                        copy.write_row([row[name] for name in names])
+                return len(rows)
             cursor.executemany(self.sql, [self._row(r) for r in rows])
             return int(cursor.rowcount)
         finally:

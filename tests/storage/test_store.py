@@ -438,3 +438,24 @@ def test_concurrent_batches_of_triggers_never_share_a_run_number_or_a_key(
     for p in ("one", "two"):
         numbers = sorted(r.number for r in made.values() if r.pipeline == p)
         assert numbers == list(range(1, 11))
+
+
+ODD = "name: odd\nparameters: [{name: note}]\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
+
+
+def test_many_rows_written_at_once_read_back_exactly(db_url: str, make_service: MakeService) -> None:
+    """A batch big enough to go by COPY on PostgreSQL: values with tabs, newlines,
+    backslashes, quotes, NUL-free control characters and non-ASCII text come back unchanged."""
+    svc = make_service(db_url, ODD)
+    notes = [f'n{i}\t"q"\\N\\\\ \r\n {{"x": [1]}} \u00e9\u4e2d\U0001f680 \x07' for i in range(40)]
+    decided = svc.handle_many(
+        [TriggerRun(pipeline="odd", actor=ALICE, parameters={"note": n}) for n in notes]
+    )
+    assert all(isinstance(d, Decision) and d.accepted for d in decided)
+    fresh = make_service(db_url)
+    for number, note in enumerate(notes, start=1):
+        run = fresh.find_run(f"odd#{number}")
+        assert run is not None and run.run.parameters == {"note": note}
+        assert run.run.triggered_by == ALICE.name
+    events = fresh.store.events_after(0, limit=1000)
+    assert sum(e.name == "run.running" for e in events) == len(notes)
