@@ -148,6 +148,18 @@ class Directory:
         with self.store.engine.connect() as conn:
             return Principal.from_grants(name, self._grants(conn, name), now)
 
+    def standing(self, name: str, now: datetime) -> Principal | None:
+        """What ``name`` may do now through something it set up earlier (an incoming trigger):
+        what ``principal`` says, or None when ``name`` had API tokens and all of them were
+        revoked. A principal that never had a token (a Slack user) stands on its grants."""
+        with self.store.engine.connect() as conn:
+            revoked = list(
+                conn.execute(sa.select(TOKEN.c.revoked_at).where(TOKEN.c.principal == name)).scalars()
+            )
+            if revoked and None not in revoked:
+                return None
+            return Principal.from_grants(name, self._grants(conn, name), now)
+
     def _grants(self, conn: sa.Connection, principal: str) -> list[Grant]:
         """The principal's grants and its groups' (whose roles it holds while a member)."""
         rows = conn.execute(sa.select(GRANT).where(GRANT.c.principal == principal)).mappings().all()

@@ -5,13 +5,17 @@
   event never starts a second run) or a generic JSON ``{"parameters", "revision"}`` signed the
   Standard Webhooks way (``webhook-id`` is the key; a timestamp more than five minutes off is a
   replay and refused). The run is triggered by ``trigger:<id>`` on behalf of the trigger's
-  owner, who therefore cannot approve its gates (unless a gate allows self-approval).
+  owner, who therefore cannot approve its gates (unless a gate allows self-approval). The
+  owner's standing is asked each time a trigger fires, as a schedule's is: a trigger whose owner
+  may no longer start runs (the role revoked, every API token revoked) answers every signed
+  request ``403`` naming the owner, until an admin re-creates it under someone who may.
 * ``POST /api/v1/runs/{run}/gates/{gate}/callback?webhook=<id>`` clears (``"passed": true``) or
   fails an external gate; it is signed with the secret of the subscription that was sent the
   gate's ``gate.waiting``.
 
-Every refusal (unknown trigger, unsigned, badly signed, stale, malformed) is a 4xx problem
-document and an audit entry; accepted requests become engine commands, which audit themselves.
+Every refusal (unknown trigger, unsigned, badly signed, stale, malformed, an owner without the
+standing) is a 4xx problem document and an audit entry; accepted requests become engine
+commands, which audit themselves.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from bot.api.gateway import ApiGateway
 from bot.api.problems import REFUSAL_STATUS, Problem
 from bot.api.routing import PREFIX, _clean, _storable
 from bot.api.schemas import RunOut, Strict, TriggerIn
+from bot.backend import now
 from bot.webhooks import signing
 from bot.webhooks.incoming import Ignored, NotAPush, match_push
+from core.access import Action
 from core.commands import RecordGateCheck, TriggerRun
 from core.model import Actor, RunState
 from core.ports import AuditEntry
@@ -57,10 +63,12 @@ class CallbackIn(Strict):
 class _Refused(Exception):
     """A request refused before it became a command: answered, and audited."""
 
-    def __init__(self, status: int, detail: str, who: str = "(unauthenticated)") -> None:
+    def __init__(self, status: int, detail: str, who: str = "(unauthenticated)", **extra: str) -> None:
         super().__init__(detail)
-        self.problem = Problem(status, detail)
+        self.problem = Problem(status, detail, **extra)
         self.who = who
+        #: told to the sender (problem extension members) and recorded in the audit entry
+        self.extra = extra
 
 
 Handler = Callable[[ApiGateway, web.Request], Awaitable[web.Response]]
@@ -97,6 +105,7 @@ def _audited(
                         "status": refused.problem.status,
                         "delivery": _header(request, "X-GitHub-Delivery") or _header(request, "webhook-id"),
                         "event": _header(request, "X-GitHub-Event"),
+                        **refused.extra,
                     },
                 )
             )
@@ -145,6 +154,27 @@ def _trigger_actor(trigger: Trigger) -> Actor:
     return Actor(f"trigger:{trigger.id}", "webhook")
 
 
+async def _check_owner(gateway: ApiGateway, trigger: Trigger) -> None:
+    """A trigger fires with what its owner may do now, not what they could when they created
+    it (a schedule's owner is asked the same in ``bot.scheduler``). Asked after the signature
+    checks out, so only a sender holding the secret learns who the owner is."""
+    owner = await gateway.read(gateway.directory.standing, trigger.owner, now(), quick=True)
+    if owner is None:
+        why = f"{trigger.owner}'s API token was revoked"
+    elif not owner.may(Action.TRIGGER):
+        why = f"{trigger.owner} holds {', '.join(sorted(owner.roles)) or 'no role'}"
+    else:
+        return
+    raise _Refused(
+        403,
+        f"trigger {trigger.id} starts runs on behalf of {trigger.owner}, who may no longer start "
+        f"runs ({why}); an admin must re-create the trigger under a principal who may",
+        _trigger_actor(trigger).name,
+        trigger=trigger.id,
+        owner=trigger.owner,
+    )
+
+
 def _owner(trigger: Trigger) -> tuple[str, ...]:
     """Who asks for the runs a trigger starts: the principal who created it, acting through it,
     is still that person when the run's gates are approved (separation of duties)."""
@@ -156,6 +186,7 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         signing.verify_github(trigger.secret, request.headers.get("X-Hub-Signature-256"), raw)
     except signing.BadSignature as exc:
         raise _Refused(401, str(exc)) from None
+    await _check_owner(gateway, trigger)
     who = _trigger_actor(trigger).name
     event = request.headers.get("X-GitHub-Event", "")
     if event == "ping":
@@ -191,6 +222,7 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
         msg_id = signing.verify(trigger.secret, _lower(request.headers), raw, time.time())
     except signing.BadSignature as exc:
         raise _Refused(401, str(exc)) from None
+    await _check_owner(gateway, trigger)
     who = _trigger_actor(trigger).name
     key = _key(msg_id, "webhook-id", who)
     data = _json(raw, who) if raw.strip() else {}
