@@ -30,8 +30,16 @@ def register(sub: Any) -> None:
     s.add_argument("--name", default="Shipyard", help="the app's name in Slack (default: %(default)s)")
     s.set_defaults(func=cmd_manifest)
 
+    from bot.console import DEFAULT_USER
+
     s = sub.add_parser("console", help="talk to the bot in this terminal: /deploy … lines, buttons by number")
-    s.add_argument("--user", default="console", help="who you are (a principal; default: %(default)s)")
+    s.add_argument(
+        "--user",
+        default=DEFAULT_USER,
+        help="who you are: a named user has exactly the roles the database gives them "
+        "(shipyard access grant), as a Slack user does; the default user, %(default)s, may also "
+        "deploy, for this session only, when the database gives it no role (nothing is granted)",
+    )
     s.set_defaults(func=cmd_console)
 
 

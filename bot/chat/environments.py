@@ -4,14 +4,13 @@ what is in the way (``why``), and deploying known artifacts (``promote``, ``roll
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from functools import partial
 
 from bot.backend import now
 from bot.chat import blocks as bk
 from bot.chat.parse import Line
-from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who, _usage, verb
+from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who, _usage, ask_first, verb
 from core.access import Action
 from core.commands import MoveToFront, TriggerRun
 from core.errors import CommandRefused
@@ -21,8 +20,8 @@ from core.rollback import RollbackPlan
 from storage.artifacts import ArtifactBook
 from storage.reviews import ReviewBook
 
+#: the button of rollback questions before they became deploy questions (``forms.question``)
 ROLLBACK = "env_rollback"
-CONFIRM_WITHIN_S = 120
 
 
 def _at(when: datetime | None) -> str:
@@ -143,15 +142,15 @@ async def promote(desk: Desk, who: Who, line: Line) -> Reply:
         raise Refusal(
             f"{artifact.ref} was registered over the API; promote it with the REST API naming its pipeline."
         )
+    env = words[2]
     command = TriggerRun(
-        pipeline=artifact.pipeline,
-        actor=who.actor,
-        kind="promotion",
-        artifact_id=artifact.id,
-        deploy_to=words[2],
+        pipeline=artifact.pipeline, actor=who.actor, kind="promotion", artifact_id=artifact.ref, deploy_to=env
     )
+    question = await ask_first(desk, who, command)
+    if question is not None:  # a confirm: true environment: the same question as /deploy run
+        return question
     state = await desk.start(command, who.channel_id)
-    return Reply(f"Promoting *{artifact.ref}* to *{words[2]}* as *{state.run.ref}*.", public=True)
+    return Reply(f"Promoting *{artifact.ref}* to *{env}* as *{state.run.ref}*.", public=True)
 
 
 @verb(
@@ -161,23 +160,23 @@ async def promote(desk: Desk, who: Who, line: Line) -> Reply:
     Action.TRIGGER,
 )
 async def rollback(desk: Desk, who: Who, line: Line) -> Reply:
+    """Always asks, wherever it goes: the deploy question, showing the artifact it goes back to
+    and what is live there now; its Deploy button starts one rollback however often pressed."""
     words = line.words
     if not words or len(words) not in (1, 3) or (len(words) == 3 and words[1] != "to"):
         raise Refusal(_usage("rollback"))
     plan = await _plan(desk, words[0], words[2] if len(words) == 3 else None)
-    value = json.dumps(
-        {
-            "env": plan.environment,
-            "artifact": plan.target.id,
-            "pipeline": plan.pipeline,
-            "until": time.time() + CONFIRM_WITHIN_S,
-        }
+    command = TriggerRun(
+        pipeline=plan.pipeline,
+        actor=who.actor,
+        kind="rollback",
+        artifact_id=plan.target.ref,
+        deploy_to=plan.environment,
     )
-    text = f":rewind: This will {plan.describe()} (a new run of {plan.pipeline}; nothing is rebuilt)."
-    sure = bk.confirm("Roll back?", f"{plan.describe()}.", "Roll back")
-    return Reply(
-        text, [bk.text(text), bk.actions("rollback", bk.button("Roll back", ROLLBACK, value, "danger", sure))]
-    )
+    question = await ask_first(desk, who, command, always=True)
+    if question is None:
+        raise Refusal(f"{plan.pipeline}, which deployed {plan.target.ref}, is not a pipeline any more.")
+    return question
 
 
 async def _plan(desk: Desk, env: str, to: str | None) -> RollbackPlan:
@@ -187,28 +186,14 @@ async def _plan(desk: Desk, env: str, to: str | None) -> RollbackPlan:
         raise Refusal(exc.message) from None
 
 
-async def _confirmed_rollback(desk: Desk, who: Who, value: str) -> Reply:
+async def _expired_rollback(desk: Desk, who: Who, value: str) -> Reply:
+    """A Roll back button from before rollbacks asked the deploy question: those asked for two
+    minutes at most, so it has expired."""
     try:
-        asked = json.loads(value)
-        env, artifact, pipeline, until = (
-            str(asked["env"]),
-            str(asked["artifact"]),
-            str(asked["pipeline"]),
-            float(asked["until"]),
-        )
+        env = str(json.loads(value)["env"])
     except (ValueError, KeyError, TypeError):
         return Reply(":warning: That button is not one of mine.")
-    if time.time() > until:
-        return Reply(f":warning: That question expired; type `/deploy rollback {env}` again.")
-    (await desk.principal(who.user)).require(Action.TRIGGER)
-    command = TriggerRun(
-        pipeline=pipeline, actor=who.actor, kind="rollback", artifact_id=artifact, deploy_to=env
-    )
-    state = await desk.start(command, who.channel_id)
-    return Reply(
-        f":rewind: {bk.who(who.user)} is rolling *{env}* back as *{state.run.ref}* ({now():%H:%M} UTC).",
-        public=True,
-    )
+    return Reply(f":warning: That question expired; type `/deploy rollback {env}` again.")
 
 
 async def _asked_to_roll_back(desk: Desk, who: Who, value: str) -> Reply:
@@ -220,7 +205,7 @@ async def _asked_to_roll_back(desk: Desk, who: Who, value: str) -> Reply:
     return await rollback(desk, who, Line("rollback", [env]))
 
 
-BUTTONS[ROLLBACK] = _confirmed_rollback
+BUTTONS[ROLLBACK] = _expired_rollback
 BUTTONS[bk.ROLLBACK_ASK] = _asked_to_roll_back
 
 

@@ -372,14 +372,14 @@ def question(asked: Question, facts: Facts) -> tuple[str, list[bk.Block]]:
     """The question and its Deploy button: exactly what will go where."""
     environments = ", ".join(env for env, _ in facts.live)
     revision, carrier = shown_revision(facts.definition, asked.revision, asked.params)
-    lines = [f":warning: *{asked.pipeline}* deploys to *{environments}*. Start it?"]
+    lines = [_headline(asked, facts, environments)]
     lines.append(f"pipeline: *{asked.pipeline}* v{facts.version}" + _kind(asked))
     if revision is not None:
         lines.append(f"revision: `{revision}`" + (f" (parameter `{carrier}`)" if carrier else ""))
     elif facts.artifact_revision:
         revision = facts.artifact_revision
         lines.append(f"revision: `{revision}` (the artifact's build)")
-    else:
+    elif not facts.artifact:  # (an artifact deploys what it was built from)
         lines.append("revision: not given (the pipeline decides)")
     if asked.branch:
         lines.append(f"branch: `{asked.branch}`")
@@ -395,9 +395,23 @@ def question(asked: Question, facts: Facts) -> tuple[str, list[bk.Block]]:
             link = template.replace("{from}", was).replace("{to}", revision)
             lines.append(f"<{link}|compare {was[:7]}…{revision[:7]}>")
     lines.append(f"_This question expires in {CONFIRM_WITHIN_S} seconds._")
-    text = f"Deploy {asked.pipeline} to {environments}?"
-    button = bk.button("Deploy", bk.CONFIRM, asked.value(), "danger")
+    if asked.kind == "rollback":
+        text, press = f"Roll {environments} back to {facts.artifact or 'an earlier artifact'}?", "Roll back"
+    else:
+        text, press = f"Deploy {asked.pipeline} to {environments}?", "Deploy"
+    button = bk.button(press, bk.CONFIRM, asked.value(), "danger")
     return text, [bk.text("\n".join(lines)), bk.actions(f"confirm-{asked.id}", button)]
+
+
+def _headline(asked: Question, facts: Facts, environments: str) -> str:
+    if asked.kind == "rollback" and facts.artifact:
+        return (
+            f":rewind: *{asked.pipeline}* rolls *{environments}* back to `{facts.artifact}` "
+            "(a new run; nothing is rebuilt). Start it?"
+        )
+    if asked.kind == "promotion" and facts.artifact:
+        return f":warning: *{asked.pipeline}* promotes `{facts.artifact}` to *{environments}*. Start it?"
+    return f":warning: *{asked.pipeline}* deploys to *{environments}*. Start it?"
 
 
 def _kind(asked: Question) -> str:

@@ -9,31 +9,24 @@ refusals answer the person alone, saying who holds the lock, since when, why and
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from weakref import WeakKeyDictionary
 
 from bot.backend import now
 from bot.chat import blocks as bk
 from bot.chat import lock_blocks as lb
 from bot.chat.parse import Line, did_you_mean
-from bot.chat.verbs import BUTTONS, VERBS, Button, Desk, Refusal, Reply, Who, verb
+from bot.chat.verbs import BUTTONS, VERBS, Button, Desk, Refusal, Reply, Tell, Who, verb
 from core.access import Action, Role
 from core.errors import ShipyardError
 from core.locks import EnvironmentLocked, Lock, NotLockHolder, split_for
 from storage.locks import LockBook
 
 log = logging.getLogger(__name__)
-#: post ``text`` to a channel or a Slack user (a direct message); Slack passes one to buttons
-Tell = Callable[[str, str], Awaitable[object]]
-#: how each face reaches people other than the presser (``tell_with``); a desk without one
-#: tells nobody (the change is made and audited all the same)
-_tellers: WeakKeyDictionary[Desk, Tell] = WeakKeyDictionary()
 
 
 def tell_with(desk: Desk, tell: Tell) -> None:
     """Lock buttons pressed on ``desk`` tell the new holder, the asker and the deploy channel
-    through ``tell`` (Slack: ``chat.postMessage``; the console: a line in the terminal)."""
-    _tellers[desk] = tell
+    through ``tell``; the same as setting ``desk.tell``."""
+    desk.tell = tell
 
 
 def _book(desk: Desk) -> LockBook:
@@ -118,7 +111,7 @@ async def locks(desk: Desk, who: Who, line: Line) -> Reply:
 
 
 # -- buttons -------------------------------------------------------------------------------------
-async def press_lock(desk: Desk, who: Who, action_id: str, value: str, tell: Tell | None = None) -> Reply:
+async def press_lock(desk: Desk, who: Who, action_id: str, value: str) -> Reply:
     """A lock button: Extend 1h and Release on a reminder, Hand over and Keep it on a handover
     question, Ask on a refusal, Acknowledge on a rollback lock. A button made for a lock that
     has since gone or changed hands answers with the environment as it is now."""
@@ -131,7 +124,7 @@ async def press_lock(desk: Desk, who: Who, action_id: str, value: str, tell: Tel
         if action_id != lb.ASK and (current is None or current.since.isoformat() != ref.get("since")):
             state = "is not locked any more" if current is None else f"changed: {lb.told(current, at)}"
             return Reply(f"That button is for an earlier lock; {env} {state}.")
-        return await _pressed(desk, who, action_id, env, ref, tell)
+        return await _pressed(desk, who, action_id, env, ref)
     except (NotLockHolder, EnvironmentLocked) as exc:
         return Reply(f":warning: {exc.told(bk.who)}")
     except Refusal as exc:
@@ -140,13 +133,11 @@ async def press_lock(desk: Desk, who: Who, action_id: str, value: str, tell: Tel
         return Reply(f":warning: {exc.message}")
 
 
-async def _pressed(
-    desk: Desk, who: Who, action_id: str, env: str, ref: dict[str, str], tell: Tell | None
-) -> Reply:
+async def _pressed(desk: Desk, who: Who, action_id: str, env: str, ref: dict[str, str]) -> Reply:
     book, at = _book(desk), now()
     if action_id in (lb.RELEASE, lb.ACKNOWLEDGE):
         reply = await _release(desk, who, env)
-        await _announce(desk, who, tell, reply.text)
+        await _announce(desk, who, reply.text)
         return reply
     if action_id == lb.EXTEND:
         longer = await desk.write(lambda: book.extend(env, who.user, lb.EXTEND_S, at, channel=who.door))
@@ -162,31 +153,29 @@ async def _pressed(
         to = ref.get("to", "")
         moved = await desk.write(lambda: book.hand_over(env, who.user, to, at, channel=who.door))
         if lb.slack_user(to):
-            await _tell(tell, to, f":lock: {bk.who(who.user)} handed you the lock: {lb.told(moved, at)}.")
-        await _announce(
-            desk, who, tell, f":lock: {bk.who(who.user)} handed the lock on *{env}* to {bk.who(to)}."
-        )
+            await _tell(desk, to, f":lock: {bk.who(who.user)} handed you the lock: {lb.told(moved, at)}.")
+        await _announce(desk, who, f":lock: {bk.who(who.user)} handed the lock on *{env}* to {bk.who(to)}.")
         return Reply(f"You handed the lock on *{env}* to {bk.who(to)}.")
     kept, asker = await desk.write(lambda: book.keep(env, who.user, at, channel=who.door))
     if not lb.slack_user(asker):  # asked over the API: the lock shows the answer there
         return Reply(f"You keep the lock on *{env}*.")
-    await _tell(tell, asker, f":lock: {bk.who(who.user)} keeps the lock for now: {lb.told(kept, at)}.")
+    await _tell(desk, asker, f":lock: {bk.who(who.user)} keeps the lock for now: {lb.told(kept, at)}.")
     return Reply(f"You keep the lock on *{env}*; {bk.who(asker)} was told.")
 
 
-async def _announce(desk: Desk, who: Who, tell: Tell | None, text: str) -> None:
+async def _announce(desk: Desk, who: Who, text: str) -> None:
     """Tell the deploy channel, unless the press was there (its reply is public already)."""
     channel = desk.yard.settings.slack_channel
     if channel and channel != who.channel_id:
-        await _tell(tell, channel, text)
+        await _tell(desk, channel, text)
 
 
-async def _tell(tell: Tell | None, to: str, text: str) -> None:
+async def _tell(desk: Desk, to: str, text: str) -> None:
     """Best effort: the change is made and audited whether or not Slack takes the message."""
-    if tell is None:
+    if desk.tell is None:
         return
     try:
-        await tell(to, text)
+        await desk.tell(to, text)
     except Exception:
         log.warning("could not tell %s about a lock", to, exc_info=True)
 
@@ -195,7 +184,7 @@ def _button(action_id: str) -> Button:
     """``press_lock`` for one action id, in the shape ``BUTTONS`` holds (desk, who, value)."""
 
     async def pressed(desk: Desk, who: Who, value: str) -> Reply:
-        return await press_lock(desk, who, action_id, value, _tellers.get(desk))
+        return await press_lock(desk, who, action_id, value)
 
     return pressed
 

@@ -1,6 +1,8 @@
 """The ``/deploy`` verbs. Each takes who is asking and the parsed line and returns a ``Reply``;
 Slack and the console only deliver it. Roles are checked here for every verb, with the same
-``core.access`` rules the REST API uses; the engine adds its own (separation of duties)."""
+``core.access`` rules the REST API uses, except approving and rejecting a gate: as over REST,
+the engine alone decides those, by what the caller held when the gate opened, and its refusal
+says why. The engine adds its own rules (separation of duties)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from bot.chat import forms
 from bot.chat.parse import Line, did_you_mean, parse
 from core import schedule as timing
 from core.access import Action, Principal, Role
+from core.artifacts import check_deployable
 from core.commands import (
     ApproveGate,
     CancelRun,
@@ -64,11 +67,19 @@ class Reply:
     replace: bool = False
 
 
+#: post ``text`` (second) to a channel or a Slack user (first)
+Tell = Callable[[str, str], Awaitable[object]]
+
+
 class Desk(Backend):
     """The chat backend: a Backend plus who people are and where run messages go."""
 
     #: called with (run id, channel id) when a chat command starts a run (the notifier routes it)
     on_run_started: Callable[[str, str], Awaitable[None]] | None = None
+    #: posts text to a channel or a person (Slack: ``chat.postMessage``; the console: a line in
+    #: the terminal), for those a button's press concerns besides the presser; None: nobody is
+    #: told (the change is made and audited all the same)
+    tell: Tell | None = None
 
     def bind(self, yard: Any) -> None:
         super().bind(yard)
@@ -107,7 +118,8 @@ class Verb:
     name: str
     usage: str
     summary: str
-    #: what the verb needs to be allowed; None for verbs anyone may use (help, whoami)
+    #: what the verb needs to be allowed; None for verbs anyone may use (help, whoami) and for
+    #: approve and reject, which the engine decides by what the caller held when the gate opened
     action: Action | None
     handler: Handler
 
@@ -274,11 +286,12 @@ def _form_of(definition: PipelineDef | None) -> str:
 def _guarded(desk: Desk, definition: PipelineDef, deploy_to: str | None) -> list[str]:
     """The environments a run would deploy to (all of the pipeline's, or only ``deploy_to``
     for a promotion or rollback) that ask before a deploy starts."""
-    if deploy_to is not None:
-        targets = [deploy_to]
-    else:
-        targets = [s.environment for s in definition.stages if s.environment]
-    return [env for env in dict.fromkeys(targets) if desk.yard.settings.environment(env).confirm]
+    targets = [deploy_to] if deploy_to is not None else _targets(definition)
+    return [env for env in targets if desk.yard.settings.environment(env).confirm]
+
+
+def _targets(definition: PipelineDef) -> list[str]:
+    return list(dict.fromkeys(s.environment for s in definition.stages if s.environment))
 
 
 async def start_run(
@@ -315,6 +328,21 @@ async def start_run(
     return Reply(f"Started *{ref}*; its message follows in this channel.")
 
 
+async def ask_first(desk: Desk, who: Who, command: TriggerRun, *, always: bool = False) -> Reply | None:
+    """The deploy question for ``command`` if where it deploys asks first (``confirm: true``),
+    or ``always``; None: it may start now."""
+    info = await desk.read(desk.reads.pipeline, command.pipeline)
+    if info is None:  # the engine says why it cannot start
+        return None
+    definition = info.latest.definition
+    guarded = _guarded(desk, definition, command.deploy_to)
+    if always and not guarded:
+        guarded = [command.deploy_to] if command.deploy_to else _targets(definition)
+    if not guarded:
+        return None
+    return await ask_to_confirm(desk, who, command, definition, info.latest.version, guarded)
+
+
 async def ask_to_confirm(
     desk: Desk,
     who: Who,
@@ -324,26 +352,35 @@ async def ask_to_confirm(
     environments: list[str],
 ) -> Reply:
     """Show exactly what will go where, and what is live there now, before it starts: a
-    question for ``who`` alone with a Deploy button that answers it within a minute."""
+    question for ``who`` alone with a Deploy button that answers it within a minute. For a
+    promotion or rollback, the artifact and what it was built from (its run's parameters and
+    branch, as the engine will fill them in)."""
+    artifact = artifact_revision = None
+    built_params: dict[str, str] = {}
+    branch = command.branch
+    if command.artifact_id is not None:
+        found = await desk.read(ArtifactBook(desk.yard.store).get, command.artifact_id)
+        if found is None:
+            raise Refusal(f"No artifact `{command.artifact_id}` (see `/deploy artifacts`).")
+        check_deployable(found)  # a bad one is refused now, not after the press
+        artifact = found.ref
+        built = await desk.read(desk.reads.run, found.run_id) if found.run_id else None
+        if built is not None:
+            artifact_revision = built.run.source_revision
+            built_params = dict(built.run.parameters)
+            branch = branch or built.run.branch
     try:
-        params = resolve_parameters(definition, command.parameters)
+        params = resolve_parameters(definition, {**built_params, **command.parameters})
     except InvalidInput as exc:  # say it now, not after the press
         form = _form_of(definition)
         raise Refusal(f"{exc.message}. Usage: `/deploy run {command.pipeline} {form}`") from None
-    artifact = artifact_revision = None
-    if command.artifact_id is not None:
-        found = await desk.read(ArtifactBook(desk.yard.store).get, command.artifact_id)
-        if found is not None:
-            artifact = found.ref
-            built = await desk.read(desk.reads.run, found.run_id) if found.run_id else None
-            artifact_revision = built.run.source_revision if built is not None else None
     live = tuple([(env, await desk.read(desk.reads.current_deployment, env)) for env in environments])
     asked = forms.Question.new(
         time.time(),
         pipeline=command.pipeline,
         params=params,
         revision=command.source_revision,
-        branch=command.branch,
+        branch=branch,
         kind=command.kind,
         artifact=command.artifact_id,
         deploy_to=command.deploy_to,
@@ -432,7 +469,9 @@ async def _open_gate(desk: Desk, ref: str) -> tuple[RunState, str]:
     return state, gate.id
 
 
-@verb("approve", "approve <run> [comment]", "approve the gate a run waits at", Action.APPROVE)
+# who may clear a gate is fixed when it opens: the engine checks the roles and groups held then
+# (core.access.check_approver), so a role revoked since still counts and one granted since does not
+@verb("approve", "approve <run> [comment]", "approve the gate a run waits at", None)
 async def approve(desk: Desk, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("approve"))
@@ -442,7 +481,7 @@ async def approve(desk: Desk, who: Who, line: Line) -> Reply:
     return Reply(f"{bk.who(who.user)} approved {state.run.ref}.", public=True)
 
 
-@verb("reject", "reject <run> <reason>", "reject the gate a run waits at (the run fails)", Action.APPROVE)
+@verb("reject", "reject <run> <reason>", "reject the gate a run waits at (the run fails)", None)
 async def reject(desk: Desk, who: Who, line: Line) -> Reply:
     if len(line.words) < 2:
         raise Refusal("Say why: " + _usage("reject"))
@@ -544,35 +583,32 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
     except (ValueError, KeyError, TypeError):
         return Reply(":warning: That button is not one of mine.")
     command: Command
+    # Approve and Reject: the engine decides by what the presser held when the gate opened
+    control = True
     if action_id == bk.APPROVE:
-        action, command = Action.APPROVE, ApproveGate(run_id=run_id, gate=gate, actor=who.actor)
+        control, command = False, ApproveGate(run_id=run_id, gate=gate, actor=who.actor)
     elif action_id == bk.REJECT:
         if not reason.strip():
             return Reply(":warning: Say why you reject it.")
-        action, command = Action.APPROVE, RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason)
+        control, command = False, RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason)
     elif action_id == bk.CANCEL:
-        action, command = (
-            Action.CONTROL,
-            CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat"),
-        )
+        command = CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat")
     elif action_id == bk.FAIL:
-        action, command = (
-            Action.CONTROL,
-            FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat"),
-        )
+        command = FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
     elif action_id == bk.RETRY:
-        action, command = Action.CONTROL, RetryRun(run_id=run_id, actor=who.actor)
+        command = RetryRun(run_id=run_id, actor=who.actor)
     elif action_id == bk.IGNORE:  # a judgment call: only people who may also clear gates
         if not (await desk.principal(who.user)).may(Action.APPROVE):
             return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
-        action, command = Action.CONTROL, RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
+        command = RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
     else:
         return Reply(f":warning: Unknown button {action_id!r}.")
     try:
         state = await desk.find(run_id)
         if (decided := _decided(state, gate)) is not None:
             return decided
-        (await desk.principal(who.user)).require(action, state.run if action is Action.CONTROL else None)
+        if control:
+            (await desk.principal(who.user)).require(Action.CONTROL, state.run)
         decision = await desk.decide(command)
         if not decision.accepted:
             raise Refusal(decision.reason)
@@ -676,7 +712,7 @@ async def _chosen(desk: Desk, name: str) -> forms.Chosen | None:
     if info is None:
         return None
     definition = info.latest.definition
-    targets = tuple(dict.fromkeys(s.environment for s in definition.stages if s.environment))
+    targets = tuple(_targets(definition))
     branches = (b for env in targets for b in desk.yard.settings.environment(env).branches)
     return forms.Chosen(
         definition,

@@ -210,7 +210,7 @@ async def test_a_run_from_slack_gets_one_message_edited_in_place_and_a_gate_card
     assert refusal["response_type"] == "ephemeral" and "cannot approve its own gate" in refusal["text"]
 
     token = await bot.press(CAROL, "gate_approve", approve["value"], card.args["thread_ts"])
-    assert "approve needs one of" in (await bot.fake.wait_response(token)).body["text"]
+    assert "did not hold the approver role when gate" in (await bot.fake.wait_response(token)).body["text"]
 
     await bot.press(BOB, "gate_approve", approve["value"], card.args["thread_ts"])
     result = await bot.fake.wait_for(

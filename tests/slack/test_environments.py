@@ -1,9 +1,11 @@
 """Environment verbs end to end through the real Bolt endpoint (signed requests, fake Slack):
-`why` lists every blocker at once, `queue` shows places, `rollback` asks first and its button
-starts the rollback, `history` tells what went where."""
+`why` lists every blocker at once, `queue` shows places, `rollback` asks the deploy question
+(the artifact it goes back to, what is live now) and its button starts one rollback however
+often it is pressed, `history` tells what went where."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 from collections.abc import AsyncIterator
@@ -16,6 +18,7 @@ from bot.config import load_settings
 from core.access import Role
 from storage.directory import Directory
 from storage.locks import LockBook
+from storage.reads import Reads, RunFilter
 from storage.store import SqlStore
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.test_bot_more import ALICE, SECRET, Bot, _blocks, until
@@ -118,22 +121,31 @@ async def test_rollback_asks_first_then_its_button_rolls_back(bot: Bot) -> None:
     offer = next(e for b in _blocks(result) if b["type"] == "actions" for e in b["elements"])
     token = await bot.press(ALICE, offer["action_id"], offer["value"], result.response["ts"])
     question = (await bot.fake.wait_response(token)).body
-    assert isinstance(question, dict) and "This will roll staging back from shop@" in question["text"]
+    assert isinstance(question, dict) and question["text"] == "Roll staging back to shop@1.0.0?"
 
+    # the deploy question, as before a confirm: true environment, wherever a rollback goes
     asked = await bot.say(ALICE, "rollback staging")
-    assert asked["text"] == (
-        ":rewind: This will roll staging back from shop@2.0.0 to shop@1.0.0 "
-        "(a new run of shop; nothing is rebuilt)."
-    )
+    assert asked["response_type"] == "ephemeral" and asked["text"] == "Roll staging back to shop@1.0.0?"
+    text = asked["blocks"][0]["text"]["text"]
+    for line in (
+        ":rewind: *shop* rolls *staging* back to `shop@1.0.0` (a new run; nothing is rebuilt). Start it?",
+        "pipeline: *shop* v1 · rollback",
+        "artifact: `shop@1.0.0`",
+        "parameters: `version=1.0.0`",  # the artifact's build's, as the engine fills them in
+        "live in staging now: artifact `shop@2.0.0` (shop#2, since ",
+    ):
+        assert line in text, line
+    assert "revision: not given" not in text  # the artifact says what is deployed
     button = asked["blocks"][1]["elements"][0]
-    assert button["action_id"] == "env_rollback" and button["confirm"]["title"]["text"] == "Roll back?"
+    assert button["action_id"] == "run_confirm" and button["text"]["text"] == "Roll back"
 
-    token = await bot.press(ALICE, "env_rollback", button["value"], "0")
-    said = (await bot.fake.wait_response(token)).body
-    assert isinstance(said, dict) and said["response_type"] == "in_channel"
-    ref = said["text"].split("*")[3]
-    done = await bot.until_status(ref, "succeeded")
-    assert done.run.kind == "rollback"
+    tokens = await asyncio.gather(*(bot.press(ALICE, "run_confirm", button["value"], "0") for _ in range(2)))
+    answers = sorted([(await bot.fake.wait_response(t)).body["text"] for t in tokens])
+    assert answers[0].startswith("Already started as *shop#3*"), answers
+    assert answers[1].startswith(f"Started *shop#3*, confirmed by <@{ALICE}>"), answers
+    done = await bot.until_status("shop#3", "succeeded")
+    assert done.run.kind == "rollback" and done.run.parameters == {"version": "1.0.0"}
+    assert len(Reads(bot.store).runs(RunFilter(pipeline="shop"), None, 10)) == 3  # one rollback
     history = await bot.say(ALICE, "history staging")
     assert "shop@1.0.0 — rollback" in history["text"].splitlines()[1]
 
@@ -156,6 +168,11 @@ async def test_rollback_asks_first_then_its_button_rolls_back(bot: Bot) -> None:
     )
 
     expired = json.loads(button["value"]) | {"until": 0}
-    token = await bot.press(ALICE, "env_rollback", json.dumps(expired), "0")
+    token = await bot.press(ALICE, "run_confirm", json.dumps(expired), "0")
     late = (await bot.fake.wait_response(token)).body
-    assert isinstance(late, dict) and "expired" in late["text"]
+    assert late["text"] == ":warning: That question expired; type `/deploy rollback staging` again."
+    # a Roll back button posted before rollbacks asked the deploy question
+    token = await bot.press(ALICE, "env_rollback", json.dumps({"env": "staging", "until": 0}), "0")
+    old = (await bot.fake.wait_response(token)).body
+    assert old["text"] == ":warning: That question expired; type `/deploy rollback staging` again."
+    assert len(Reads(bot.store).runs(RunFilter(pipeline="shop"), None, 10)) == 3

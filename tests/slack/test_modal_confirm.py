@@ -5,7 +5,8 @@ calls go to the fake Slack.
 `/deploy` alone opens a picker; picking a pipeline rebuilds the form with one field per
 parameter (views.update); a submit reports what is wrong field by field, starts the run, or,
 for an environment marked ``confirm: true``, asks in the channel exactly as `/deploy run` does.
-The question shows what goes where and what is live there now; two presses start one run."""
+The question shows what goes where and what is live there now; two presses start one run.
+`/deploy promote` to such an environment asks the same question, showing the artifact."""
 
 from __future__ import annotations
 
@@ -326,3 +327,40 @@ async def test_runs_of_a_mistyped_pipeline_name_the_closest_one(bot: Bot) -> Non
     reply = await bot.say(ALICE, "runs wbe")
     assert reply["text"].startswith(":warning: Unknown pipeline `wbe`. Did you mean `web`?")
     assert (await bot.say(ALICE, "runs docs"))["text"] == "No runs of `docs` yet."
+
+
+# -- promotion asks the same question ----------------------------------------------------------------
+async def test_promote_to_production_asks_what_goes_and_what_is_live_then_starts_one_run(bot: Bot) -> None:
+    for number, ref in ((1, "abc1234"), (2, "def5678")):
+        question = await bot.say(ALICE, f"run web ref={ref} branch=main")
+        assert (await _press(bot, ALICE, _deploy_button(question["blocks"])["value"]))["text"].startswith(
+            f"Started *web#{number}*"
+        )
+        await bot.until_status(f"web#{number}", "succeeded")
+
+    asked = await bot.say(ALICE, "promote web@1.0.1 to production")
+    assert asked["response_type"] == "ephemeral" and asked["text"] == "Deploy web to production?"
+    text = _question_text(asked["blocks"])
+    for line in (
+        ":warning: *web* promotes `web@1.0.1` to *production*. Start it?",
+        "pipeline: *web* v1 · promotion",
+        "revision: `abc1234` (parameter `ref`)",  # the artifact's build, as the engine fills it in
+        "branch: `main`",
+        "artifact: `web@1.0.1`",
+        "live in production now: artifact `web@1.0.2`, revision `def5678` (web#2, since ",
+        "<https://git.example/web/compare/def5678...abc1234|compare def5678…abc1234>",
+    ):
+        assert line in text, line
+    assert _refs(bot) == ["web#1", "web#2"]  # nothing starts before the answer
+
+    value = _deploy_button(asked["blocks"])["value"]
+    first, second = await asyncio.gather(_press(bot, ALICE, value), _press(bot, ALICE, value))
+    answers = sorted([first["text"], second["text"]])
+    assert answers[0].startswith("Already started as *web#3*"), answers
+    assert answers[1].startswith("Started *web#3*, confirmed by <@U0ALICE>"), answers
+    state = await bot.until_status("web#3", "succeeded")
+    assert state.run.kind == "promotion" and state.run.parameters["ref"] == "abc1234"
+    assert _refs(bot) == ["web#1", "web#2", "web#3"]
+    assert "live in production now: artifact `web@1.0.1`" in _question_text(
+        (await bot.say(ALICE, "promote web@1.0.2 to production"))["blocks"]
+    )
