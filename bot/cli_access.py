@@ -163,11 +163,30 @@ def cmd_access(args: argparse.Namespace) -> int:
     directory = Directory(store)
     if args.verb == "grant":
         directory.grant(args.principal, kind, value, _now())
-    else:
-        directory.revoke_grant(args.principal, kind, value, _now())
+    elif not directory.revoke_grant(args.principal, kind, value, _now()):
+        reason = _not_held(directory, args.principal, kind, value)
+        return _refuse(store, "access_revoke", args.principal, {kind: value}, reason)
     _audit(store, f"access_{args.verb}", args.principal, {kind: value})
-    print(f"{args.principal}: {args.verb}ed {args.what} (gates already open keep the approvers they had)")
+    done = "granted" if args.verb == "grant" else "revoked"
+    print(f"{args.principal}: {done} {args.what} (gates already open keep the approvers they had)")
     return 0
+
+
+def _not_held(directory: Directory, name: str, kind: str, value: str) -> str:
+    """Why there is nothing to revoke, and what to revoke instead when the role comes with a group."""
+    at = _now()
+    held = directory.principal(name, at)
+    if kind == "group":
+        groups = ", ".join(sorted(held.groups)) or "none"
+        return f"{name} is not in group {value}, so there is nothing to revoke (groups: {groups})"
+    via = sorted(g for g in held.groups if value in directory.principal(g, at).roles)
+    if via:
+        return (
+            f"{name} holds {value} only through group {', '.join(via)}: revoke group:{via[0]} "
+            f"from {name}, or {value} from {via[0]}"
+        )
+    roles = ", ".join(sorted(held.roles)) or "none"
+    return f"{name} does not hold {value}, so there is nothing to revoke (roles: {roles})"
 
 
 def cmd_access_show(args: argparse.Namespace) -> int:

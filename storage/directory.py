@@ -131,9 +131,10 @@ class Directory:
         with self.store.engine.begin() as conn:
             self._grant(conn, principal, [(kind, value)], now)
 
-    def revoke_grant(self, principal: str, kind: str, value: str, now: datetime) -> None:
+    def revoke_grant(self, principal: str, kind: str, value: str, now: datetime) -> bool:
+        """Whether ``principal`` held the grant itself (one held through a group is not revoked)."""
         with self.store.engine.begin() as conn:
-            conn.execute(
+            done = conn.execute(
                 sa.update(GRANT)
                 .where(
                     GRANT.c.principal == principal,
@@ -143,6 +144,7 @@ class Directory:
                 )
                 .values(revoked_at=now)
             )
+            return done.rowcount > 0
 
     def principal(self, name: str, now: datetime) -> Principal:
         with self.store.engine.connect() as conn:

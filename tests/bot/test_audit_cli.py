@@ -200,3 +200,47 @@ def test_a_log_written_before_the_checkpoint_existed_verifies_after_the_upgrade(
         sql.execute("DELETE FROM audit WHERE id = 4")
     code, out = verify(db)
     assert code == 1 and "the log ends at entry 3, but the checkpoint counts 1 more, up to entry 4" in out
+
+
+def test_revoking_what_a_principal_does_not_hold_is_refused_and_audited(tmp_path: Path) -> None:
+    db = tmp_path / "shipyard.db"
+    for args in (
+        ("access", "grant", "bob", "viewer"),
+        ("access", "grant", "bob", "group:release-managers"),
+        ("access", "grant", "release-managers", "approver"),
+    ):
+        assert shipyard(db, *args).returncode == 0, args
+
+    refusals = [
+        (("admin",), "bob does not hold admin, so there is nothing to revoke (roles: approver, viewer)"),
+        (
+            ("approver",),
+            "bob holds approver only through group release-managers: "
+            "revoke group:release-managers from bob, or approver from release-managers",
+        ),
+        (("group:ops",), "bob is not in group ops, so there is nothing to revoke (groups: release-managers)"),
+    ]
+    for (what,), reason in refusals:
+        result = shipyard(db, "access", "revoke", "bob", what)
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", f"shipyard: {reason}\n")
+    assert shipyard(db, "access", "show", "bob").stdout == (
+        "bob: roles approver, viewer; groups release-managers\n"
+    )
+
+    done = shipyard(db, "access", "revoke", "bob", "group:release-managers")
+    assert (done.returncode, done.stdout) == (
+        0,
+        "bob: revoked group:release-managers (gates already open keep the approvers they had)\n",
+    )
+    again = shipyard(db, "access", "revoke", "bob", "group:release-managers")
+    assert again.returncode == 2 and "bob is not in group release-managers" in again.stderr
+    assert shipyard(db, "access", "show", "bob").stdout == "bob: roles viewer; groups none\n"
+
+    lines = shipyard(db, "audit", "list").stdout.splitlines()
+    assert [line.split(" via cli: ", 1)[1] for line in lines[3:]] == [
+        *(f"access_revoke bob rejected ({reason})" for _, reason in refusals),
+        "access_revoke bob accepted",
+        "access_revoke bob rejected (bob is not in group release-managers, so there is nothing to revoke "
+        "(groups: none))",
+    ]
+    assert shipyard(db, "audit", "verify").returncode == 0
