@@ -7,10 +7,12 @@ each run's message as it changes, while it waits for the next line too. A few wo
 help scripting: ``as USER`` switches who is typing, ``wait RUN [STATUS]`` waits until a run
 reaches a status (default: finished), ``quit``.
 
-What Slack would post in a run's thread (the approval card, a failed job with its settle
-buttons, the result with its Roll back buttons, a rollback's lock) and what the lock keeper
-would tell a holder (a handover request, an expiry reminder) is printed here too, for the
-person typing; so every button the Slack app answers can be pressed here.
+What Slack would post in a run's thread is printed here too, decided and drawn by the same
+``bot.chat.threads`` from the run's events (the approval card, printed again when it changes as
+Slack edits it; every failed job with its last log lines and buttons, Cancel run while the run
+goes on; a lost job; the result with its Roll back buttons; a rollback's lock), and so is what
+the lock keeper would tell a holder (a handover request, an expiry reminder), for the person
+typing; so every button the Slack app answers can be pressed here.
 
 A button keeps its number for as long as the console runs, however often its message is
 printed again, so a script's ``press 2`` means the same button whatever the timing.
@@ -38,14 +40,16 @@ from typing import Any, TextIO
 from bot.backend import now
 from bot.bootstrap import build
 from bot.chat import blocks as bk
+from bot.chat import cards, threads
 from bot.chat import lock_blocks as lb
 from bot.chat.locks import tell_with
 from bot.chat.verbs import Desk, Reply, Who, dispatch, press
 from bot.config import Settings
 from core.access import Principal, Role
+from core.events import Event
 from core.locks import Lock
 from core.model import RunState
-from core.states import JOB_FAILURES, RUN_TERMINAL, JobStatus, RunStatus
+from core.states import RUN_TERMINAL, RunStatus
 from storage.locks import LockBook
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,10 @@ class Console:
     started: list[str] = field(default_factory=list)
     #: what was printed once and is not to be printed again (thread posts, lock questions)
     told: set[str] = field(default_factory=set)
+    #: run id -> the last of its events whose thread posts were printed
+    seen: dict[str, int] = field(default_factory=dict)
+    #: (run id, gate id) -> its approval card as last printed (printed again when it changes)
+    cards: dict[tuple[str, str], str] = field(default_factory=dict)
     #: one speaker at a time: a command and its reply are never cut by an update
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -167,43 +175,51 @@ class Console:
         """Print what changed: followed runs' messages and thread posts, and lock questions
         for the person typing."""
         for run_id, shown in list(self.following.items()):
+            events = await self._new_events(run_id)  # (before the run: it is at least as new)
             state = await self.desk.read(self.desk.reads.run, run_id)
             if state is None:
                 continue
-            _, blocks = bk.run_message(state)
-            for gate in state.gates:
-                if gate.status == "open" and gate.kind == "manual":
-                    blocks = blocks + bk.gate_card(state, gate, None)[1]
-            text = render(blocks, self.number)
+            text = render(bk.run_message(state)[1], self.number)
             if text != shown:
                 self.following[run_id] = text
                 self.say(text)
-            await self._thread(state)
+            await self._thread(state, events)
             if state.run.status in RUN_TERMINAL:
                 del self.following[run_id]
         await self._lock_questions()
 
-    async def _thread(self, state: RunState) -> None:
-        """What the Slack notifier posts in a run's thread, with the same blocks."""
-        run = state.run
-        for job in state.jobs:
-            if job.allow_failure or not job.is_done:
+    async def _new_events(self, run_id: str) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            after = events[-1].seq if events else self.seen.get(run_id, 0)
+            page = await self.desk.read(self.desk.yard.store.events_after, after, 500, run_id)
+            events += page
+            if len(page) < 500:
+                return events
+
+    async def _thread(self, state: RunState, events: list[Event]) -> None:
+        """What the Slack notifier posts in a run's thread for its new ``events``, with the same
+        blocks; and its approval cards again where they changed (Slack edits them)."""
+        run_id = state.run.id
+        for event in events:
+            self.seen[run_id] = event.seq
+            for post in threads.posts_for(state, event):
+                said = await cards.compose(self.desk, state, post)
+                if said is None:
+                    continue
+                if not isinstance(post, threads.GateCard):
+                    self.once(f"{run_id}:{post.key}", said[1])
+                elif (run_id, post.gate.id) not in self.cards:
+                    self.cards[(run_id, post.gate.id)] = text = render(said[1], self.number)
+                    self.say(text)
+        for gate in state.gates if events else ():  # (a card changes with an event of its run)
+            shown = self.cards.get((run_id, gate.id))
+            if shown is None:
                 continue
-            key = f"{run.id}:job:{job.id}:{job.attempt}"
-            if job.status is JobStatus.LOST:
-                self.once(key, bk.job_lost(state, job, job.attempt, job.reason)[1])
-            elif job.status in JOB_FAILURES:
-                tail = await self.desk.read(self.desk.yard.store.tail_log, job.id, 10, job.attempt)
-                self.once(key, bk.job_failed(state, job, tail)[1] + bk.settle_failure(state))
-        if run.status in RUN_TERMINAL:
-            self.once(f"{run.id}:result", bk.run_finished(state)[1])
-        if run.kind == "rollback" and run.status is RunStatus.SUCCEEDED:
-            env = next(
-                (s.environment for s in state.stages if s.environment and s.status == "succeeded"), None
-            )
-            lock = await self.desk.read(LockBook(self.desk.yard.store).current, env, now()) if env else None
-            if lock is not None and lock.kind == "rollback":
-                self.once(f"{run.id}:rollback-lock", lb.rollback_locked(lock, now())[1])
+            text = render((await cards.gate_card(self.desk, state, gate))[1], self.number)
+            if text != shown:
+                self.cards[(run_id, gate.id)] = text
+                self.say(text)
 
     async def _lock_questions(self) -> None:
         """What the lock keeper asks a holder, for the person typing: a handover request (Hand

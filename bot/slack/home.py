@@ -17,14 +17,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.backend import now
 from bot.chat import blocks as bk
 from bot.chat import lock_blocks as lb
+from bot.chat.cards import gate_card
 from bot.chat.verbs import Desk
 from core.access import Grant, check_approver
-from core.assignment import run_artifact
 from core.errors import Forbidden
 from core.model import Gate, RunState
-from core.ports import Deployment
 from core.states import GateStatus
-from storage.artifacts import ArtifactBook
 from storage.locks import LockBook
 from storage.reads import RunFilter
 
@@ -45,11 +43,7 @@ async def home_view(desk: Desk, user: str) -> dict[str, object]:
     if not gates:
         blocks.append(bk.context("Nothing is waiting for you."))
     for state, gate in gates[:GATES_SHOWN]:
-        stage = state.stages[gate.stage_index]
-        live = (
-            await desk.read(desk.reads.current_deployment, stage.environment) if stage.environment else None
-        )
-        blocks.extend((await gate_card(desk, state, gate, live))[1])
+        blocks.extend((await gate_card(desk, state, gate))[1])  # (the card the thread shows)
     blocks.append(_header("Your recent runs"))
     mine = await desk.read(desk.reads.runs, RunFilter(triggered_by=user), None, RUNS_SHOWN)
     if not mine:
@@ -57,24 +51,6 @@ async def home_view(desk: Desk, user: str) -> dict[str, object]:
     for state in mine:
         blocks.append(bk.context(bk.run_summary(state) + f" · {state.run.created_at:%Y-%m-%d %H:%M} UTC"))
     return {"type": "home", "blocks": blocks[:100]}
-
-
-async def gate_card(
-    desk: Desk, state: RunState, gate: Gate, live: Deployment | None
-) -> tuple[str, list[bk.Block]]:
-    """``blocks.gate_card`` with what it shows read: the run's artifact and the Slack user
-    groups its approvers' roles map to."""
-    groups = bk.role_groups(desk.yard.settings.slack_roles)
-    return bk.gate_card(state, gate, live, artifact=await artifact_of(desk, state), groups=groups)
-
-
-async def artifact_of(desk: Desk, state: RunState) -> str | None:
-    """What the run deploys, when known: the artifact it was given, or the one it built."""
-    if state.run.artifact_id is not None:
-        given = await desk.read(ArtifactBook(desk.yard.store).get, state.run.artifact_id)
-        return given.ref if given is not None else None
-    built = run_artifact(state)
-    return built.ref if built is not None else None
 
 
 def may_approve(grants: list[Grant], user: str, state: RunState, gate: Gate) -> bool:

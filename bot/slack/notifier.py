@@ -8,7 +8,8 @@ thread post is claimed in the database before it is sent, so neither a restart n
 outage loses or repeats one: a send that fails is tried again later, with a growing wait
 (``POST_BACKOFF``), by handling the event that called for it again (``storage.slack`` keeps
 where each post is, so a restart carries on). Gate cards are edited like run messages (with
-the run's, at most about once a second): approvals so far, then who decided.
+the run's, at most about once a second): approvals so far, then who decided. Which event
+becomes which thread post, and what it says, is ``bot.chat.threads`` (the console tells the same).
 
 App Home views of the people who opened them are published again when what they show
 changes: runs, gates and deployments (events), and environment locks (the audit log, where
@@ -28,18 +29,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
 from bot.chat import blocks as bk
-from bot.chat import lock_blocks as lb
+from bot.chat import cards, threads
 from bot.chat.environments import review_reminder
 from bot.chat.verbs import Desk
-from bot.slack.home import gate_card, publish_home
+from bot.slack.home import publish_home
 from core.admission import QueueEntry
 from core.events import Event
-from core.model import Gate, RunState
-from core.ports import Deployment
+from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
-from core.states import JOB_FAILURES, RUN_TERMINAL, JobStatus
+from core.states import RUN_TERMINAL
 from core.waiting import wait_event
-from storage.locks import LockBook
 from storage.reviews import ReviewBook
 from storage.slack import PendingPost, SlackState
 
@@ -52,8 +51,7 @@ REMIND_IDLE_S = 300.0
 HOME_REFRESH_MAX = 50
 #: how long a run started from Slack may take to be routed to its channel
 ROUTE_WAIT_S = 2.0
-FAILED = frozenset(str(s) for s in JOB_FAILURES)
-FINISHED = frozenset(str(s) for s in RUN_TERMINAL)
+FINISHED = threads.FINISHED
 #: the least time between two edits of one run's message
 EDIT_EVERY_S = 1.0
 #: the waits before each new try of a thread post whose send failed (about an hour in all),
@@ -179,43 +177,16 @@ class Notifier:
                     self._dirty.setdefault(entry.run_id, self._edited.get(entry.run_id, 0.0) + EDIT_EVERY_S)
         if event.subject == "gate" and event.to_status == "open":
             self._next_reminders = 0.0  # its reminders are to be planned
-            gate = next((g for g in state.gates if g.id == event.subject_id), None)
-            if gate is not None and gate.kind == "manual":
-                card = await gate_card(self.desk, state, gate, await self._live(state, gate))
-                await self._thread(state, channel, ts, f"gate:{gate.id}", *card, seq=event.seq)
         elif event.subject == "gate" and (
             event.name == "gate.approval_added" or (event.from_status == "open" and event.to_status != "open")
         ):
             self._cards.setdefault(run_id, set()).add(event.subject_id)  # edited with the run message
-        elif event.subject == "job" and event.to_status == JobStatus.LOST:
-            job = state.job(event.subject_id)
-            if job is not None:
-                lost = int(str(event.data.get("attempt", job.attempt)))
-                reason = str(event.data.get("reason", ""))
-                summary, blocks = bk.job_lost(state, job, lost, reason)
-                await self._thread(
-                    state, channel, ts, f"lost:{job.id}:{lost}", summary, blocks, seq=event.seq
-                )
-        elif event.subject == "job" and event.to_status in FAILED:
-            # every failure is told: one that fails the run offers to settle it, one the run
-            # goes on after (allow_failure, or retried) offers to cancel the run
-            job = state.job(event.subject_id)
-            if job is not None:
-                attempt = int(str(event.data.get("attempt", job.attempt)))
-                tail = await self.desk.read(self.desk.yard.store.tail_log, job.id, 10, attempt)
-                why = event.data.get("reason")
-                summary, blocks = bk.job_failed(
-                    state, job, tail, attempt, event.to_status, None if why is None else str(why)
-                )
-                blocks += bk.settle_failure(state)
-                await self._thread(
-                    state, channel, ts, f"job:{job.id}:{attempt}", summary, blocks, seq=event.seq
-                )
         elif event.subject == "run" and event.to_status in FINISHED:
-            await self._thread(state, channel, ts, "result", *bk.run_finished(state), seq=event.seq)
-            if state.run.kind == "rollback" and event.to_status == "succeeded":
-                await self._rollback_locked(state, channel, ts, event.seq)
             self._dirty[run_id] = 0.0  # the final state shows at once
+        for post in threads.posts_for(state, event):
+            said = await cards.compose(self.desk, state, post)
+            if said is not None:
+                await self._thread(state, channel, ts, post.key, *said, seq=event.seq)
 
     async def _message(self, state: RunState) -> tuple[str, str] | None:
         """The run's (channel, ts), posting the message first if it has none yet."""
@@ -311,28 +282,12 @@ class Notifier:
         if message is not None:
             await self._on_event(state, message, found[0])
 
-    async def _live(self, state: RunState, gate: Gate) -> Deployment | None:
-        """What was live in the gate's environment apart from this run: now while the gate is
-        open, and when it was decided once it is (so a decided card keeps what it compared)."""
-        env = state.stages[gate.stage_index].environment
-        if env is None:
-            return None
-        cutoff = gate.decided_at if gate.status != "open" else None
-        for deployment in await self.desk.read(self.desk.reads.deployments, env, None, 20):
-            if (
-                deployment.status in ("succeeded", "partial")
-                and deployment.run_id != state.run.id
-                and (cutoff is None or deployment.finished_at <= cutoff)
-            ):
-                return deployment
-        return None
-
     async def _update_gate_card(self, state: RunState, channel: str, gate_id: str) -> bool:
         gate = next((g for g in state.gates if g.id == gate_id), None)
         post_ts = await self.desk.read(self.state.post_ts, state.run.id, f"gate:{gate_id}")
         if gate is None or post_ts is None:
             return True  # (a card still to be posted shows the gate as it is then)
-        summary, blocks = await gate_card(self.desk, state, gate, await self._live(state, gate))
+        summary, blocks = await cards.gate_card(self.desk, state, gate)
         return await self._edit(channel, post_ts, summary, blocks)
 
     async def _remind(self) -> float:
@@ -415,13 +370,6 @@ class Notifier:
                 self._edit_failures.pop(run_id, None)
             if state.run.status in RUN_TERMINAL:
                 self._edited.pop(run_id, None)
-
-    async def _rollback_locked(self, state: RunState, channel: str, ts: str, seq: int) -> None:
-        """After a rollback its environment stays locked: say so, with the Acknowledge button."""
-        env = next((s.environment for s in state.stages if s.environment and s.status == "succeeded"), None)
-        lock = await self.desk.read(LockBook(self.desk.yard.store).current, env, now()) if env else None
-        if lock is not None and lock.kind == "rollback":
-            await self._thread(state, channel, ts, "rollback-lock", *lb.rollback_locked(lock, now()), seq=seq)
 
     async def _place(self, state: RunState) -> QueueEntry | None:
         """Where a queued run waits in its environment's queue."""

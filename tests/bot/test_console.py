@@ -1,7 +1,9 @@
 """``shipyard console`` as a person without Slack uses it: a whole approve-and-deploy
-conversation through the same verbs and buttons the Slack bot has, scripted on stdin; the lock
-buttons; run messages printed while the console waits for input; the end of the input waiting
-for the session's runs to settle; and who may do what (nothing granted behind anyone's back)."""
+conversation through the same verbs and buttons the Slack bot has, scripted on stdin; the same
+thread posts as Slack (the gate card with what it deploys, what is live and the compare link;
+a failure the run goes on after, with Cancel run); the lock buttons; run messages printed while
+the console waits for input; the end of the input waiting for the session's runs to settle;
+and who may do what (nothing granted behind anyone's back)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,32 @@ stages:
   - name: build
     jobs: [{name: compile, run: ["sleep", "60"]}]
 """
+SHIP = """
+name: ship
+compare_url: https://git.example/acme/ship/compare/{from}...{to}
+parameters:
+  - {name: version, required: true}
+stages:
+  - name: build
+    jobs:
+      - name: image
+        run: |
+          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
+          echo "artifact=ship@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/ship" >> "$SHIPYARD_OUTPUT"
+  - name: production
+    environment: production
+    gate: {approvers: [release-managers]}
+    jobs: [{name: deploy, run: "true"}]
+"""
+GOING_ON = """
+name: going-on
+stages:
+  - name: build
+    jobs:
+      - {name: lint, run: "echo 'lint: 3 warnings' >&2; exit 1", allow_failure: true}
+      - {name: compile, run: "sleep 30"}
+"""
+OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
 ROOT = Path(__file__).parents[2]
 
 
@@ -86,6 +114,68 @@ def grant(tmp_path: Path, *grants: tuple[str, str]) -> None:
         assert done.returncode == 0, done.stderr
 
 
+class Console:
+    """``shipyard console`` in a subprocess, typed into line by line while its output is read."""
+
+    def __init__(self, tmp_path: Path, user: str) -> None:
+        self.errors = (tmp_path / "stderr.txt").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "console", "--user", user],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            text=True,
+            env=environment(tmp_path),
+            cwd=ROOT,
+        )
+        self.stderr = tmp_path / "stderr.txt"
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        try:
+            for line in self.process.stdout:
+                self.lines.put(line)
+        except ValueError:  # closed when the test ends early
+            pass
+
+    def type(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def until(self, text: str, timeout: float = 20) -> list[str]:
+        """The lines printed up to the first one holding ``text``."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in seen):
+            try:
+                seen.append(self.lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} in {seen}") from None
+        return seen
+
+    def close(self) -> None:
+        """End the input and wait for the console to exit."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        assert self.process.wait(timeout=30) == 0, self.stderr.read_text()
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        self.errors.close()
+
+
 def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tmp_path: Path) -> None:
     pipelines(tmp_path, gated=GATED)
     grant(tmp_path, ("alice", "deployer"), ("alice", "approver"), ("bob", "approver"))
@@ -114,6 +204,55 @@ def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tm
     assert "gated#1 — succeeded" in out.split("(you are now bob)")[1]
     assert out.rstrip().endswith("gated#1: succeeded")
     assert "alice has deployer" not in out and "has no role" not in out
+
+
+def test_the_console_shows_the_gate_card_slack_posts(tmp_path: Path) -> None:
+    pipelines(tmp_path, ship=SHIP)
+    grant(tmp_path, ("alice", "deployer"), ("bob", "approver"), ("bob", "group:release-managers"))
+    script = textwrap.dedent(
+        f"""\
+        /deploy run ship version=1.0.0 revision={OLD}
+        wait ship#1 waiting
+        as bob
+        press 2
+        wait ship#1
+        as alice
+        /deploy run ship version=2.0.0 revision={NEW}
+        wait ship#2 waiting
+        """
+    )
+    done = shipyard(tmp_path, "console", "--user", "alice", stdin=script)
+    out = done.stdout
+    assert done.returncode == 0, done.stderr
+    first, second = out.split("Started ship#2", 1)
+    assert f"deploys `ship@1.0.0` (revision `{OLD}`)" in first
+    assert "live in production now: nothing yet" in first
+    # once decided, the card is shown again as Slack edits it: who approved, no buttons
+    decided = first.split("(you are now bob)", 1)[1]
+    assert "production to production approved" in decided and "✓ approved by bob at " in decided
+    # the second card: what it deploys, what is live beside it and the compare link, as in Slack
+    card = second.split("ship#2 waits for approval before production to production", 1)[1]
+    assert "asked by alice; approvers: release-managers" in card
+    assert f"deploys `ship@2.0.0` (revision `{NEW}`)" in card
+    assert f"live in production now: `ship@1.0.0` (revision `{OLD}`) · ship#1 since " in card
+    assert f"<https://git.example/acme/ship/compare/{OLD}...{NEW}|compare aaaaaaa…bbbbbbb>" in card
+    assert out.count("ship#2 waits for approval before production") == 1
+
+
+def test_a_failure_the_run_goes_on_after_offers_cancel_run_in_the_console(tmp_path: Path) -> None:
+    pipelines(tmp_path, **{"going-on": GOING_ON})
+    grant(tmp_path, ("alice", "deployer"))
+    with Console(tmp_path, "alice") as console:
+        console.type("/deploy run going-on")
+        told = "".join(console.until("] Cancel run"))
+        failure = told.split("build/lint failed", 1)[1]
+        assert "It may fail (`allow_failure`): the run goes on." in failure and "lint: 3 warnings" in failure
+        # the same button as the run message's Cancel, so the same number
+        assert "[1] Cancel run" in failure and "Retry failed jobs" not in failure
+        console.type("press 1")
+        console.until("going-on#1 canceled")
+        console.close()
+        assert "going-on#1: canceled" in "".join(console.until("going-on#1: canceled"))
 
 
 def test_the_lock_buttons_work_in_the_console(tmp_path: Path) -> None:
