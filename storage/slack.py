@@ -2,27 +2,28 @@
 claimed, and its cursor into the event log. All writes are conditional, so a restart (or a
 second replica) never posts a run's message or a thread post twice.
 
-A thread post is claimed (its row inserted) before it is sent; its ``ts`` column then says
-where the post is:
+A run's message is routed (its row inserted) before it is posted; ``ts`` is set once it is.
+When Slack refuses it for good (the channel is gone, the bot is not in it …), ``gave_up_at``
+and ``last_error`` say so, and the run is not reported there.
 
-* ``NULL`` — the first send is under way;
-* ``sending:<n>`` — a retry is under way, after ``n`` failed sends;
-* ``retry:<n>:<due>:<seq>`` — ``n`` sends failed (Slack answered an error, or could not be
-  reached); try again from ``due`` (epoch seconds) by handling event ``seq`` again (0: a
-  reminder, which the reminder pass makes again);
-* ``gave-up:<n>`` — given up after ``n`` failed sends, or no longer called for;
-* anything else — the posted message's ts.
+A thread post is claimed (its row inserted) before it is sent; its ``status`` says where its
+sending is (``PostStatus``), ``attempts`` counts the failed sends, ``last_error`` keeps the
+latest failure, and ``ts`` is the posted message's once it is sent. A post ``waiting`` for a
+retry is tried again from ``next_try_at`` by handling event ``seq`` again (0: a reminder, which
+the reminder pass makes again).
 
-Taking a due retry over is a compare-and-set on the row's value, so of several replicas one
-sends it, and a restart finds it. A process that dies while a send is under way leaves the
-row as it was (``NULL``/``sending``): whether Slack got that post cannot be known, so it is
-not sent again (at most once there, rather than twice).
+Taking a due retry over is a compare-and-set on (``status``, ``attempts``), so of several
+replicas one sends it, and a restart finds it. A process that dies while a send is under way
+leaves the row ``sending``: whether Slack got that post cannot be known, so it is not sent
+again (at most once there, rather than twice).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Final
 
 import sqlalchemy as sa
@@ -32,7 +33,8 @@ from storage.store import SqlStore
 from storage.tables import T
 
 MESSAGE, POST, CURSOR, AUDIT = T["slack_message"], T["slack_post"], T["cursor"], T["audit"]
-SENDING, RETRY, GAVE_UP = "sending:", "retry:", "gave-up:"
+#: the longest error kept (the column's size)
+ERROR_MAX = 200
 #: audited actions that change an environment's lock (``storage.locks``, the engine's rollback lock)
 LOCK_ACTIONS: Final = frozenset(
     {
@@ -49,11 +51,21 @@ LOCK_ACTIONS: Final = frozenset(
 )
 
 
+class PostStatus(StrEnum):
+    SENDING = "sending"  #: claimed, and a send is under way (or its process died during it)
+    WAITING = "waiting"  #: a send failed; tried again from ``next_try_at``
+    SENT = "sent"  #: posted; ``ts`` is where
+    GAVE_UP = "gave_up"  #: not sent: Slack refused it for good, retries ran out, or no longer called for
+
+
 @dataclass(frozen=True, slots=True)
 class RunMessage:
     run_id: str
     channel: str
     ts: str | None
+    #: when Slack refused it for good (then it is never posted)
+    gave_up_at: datetime | None = None
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,25 +76,15 @@ class PendingPost:
     key: str
     #: failed sends so far
     attempts: int
-    #: when to try again (epoch seconds)
-    due: float
+    #: when to try again
+    due: datetime
     #: the event that called for it; 0 for a reminder
     seq: int
-    #: the row's value, for the compare-and-set that takes it over
-    mark: str
-
-    @classmethod
-    def parse(cls, run_id: str, key: str, mark: str) -> PendingPost | None:
-        try:
-            _, attempts, due, seq = mark.split(":")
-            return cls(run_id, key, int(attempts), float(due), int(seq), mark)
-        except ValueError:
-            return None
+    last_error: str | None = None
 
 
-def is_ts(value: str | None) -> bool:
-    """Whether a post's ``ts`` column holds a posted message's ts (not a send's state)."""
-    return value is not None and not value.startswith((SENDING, RETRY, GAVE_UP))
+def _message(row: sa.RowMapping) -> RunMessage:
+    return RunMessage(row["run_id"], row["channel"], row["ts"], row["gave_up_at"], row["last_error"])
 
 
 class SlackState:
@@ -101,88 +103,129 @@ class SlackState:
     def message(self, run_id: str) -> RunMessage | None:
         with self.store.engine.connect() as conn:
             row = conn.execute(sa.select(MESSAGE).where(MESSAGE.c.run_id == run_id)).mappings().first()
-        return RunMessage(row["run_id"], row["channel"], row["ts"]) if row else None
+        return _message(row) if row else None
 
     def messages(self, run_ids: list[str]) -> dict[str, RunMessage]:
         if not run_ids:
             return {}
         with self.store.engine.connect() as conn:
             rows = conn.execute(sa.select(MESSAGE).where(MESSAGE.c.run_id.in_(run_ids))).mappings().all()
-        return {r["run_id"]: RunMessage(r["run_id"], r["channel"], r["ts"]) for r in rows}
+        return {r["run_id"]: _message(r) for r in rows}
 
     def posted(self, run_id: str, ts: str) -> bool:
         """Record the message's ts, unless one was recorded already (then it is not ours)."""
         with self.store.engine.begin() as conn:
             done = conn.execute(
-                sa.update(MESSAGE).where(MESSAGE.c.run_id == run_id, MESSAGE.c.ts.is_(None)).values(ts=ts)
+                sa.update(MESSAGE)
+                .where(MESSAGE.c.run_id == run_id, MESSAGE.c.ts.is_(None))
+                .values(ts=ts, last_error=None)
             )
             return bool(done.rowcount == 1)
 
-    def claim_post(self, run_id: str, key: str, now: float = 0.0) -> bool:
+    def message_failed(self, run_id: str, error: str, now: datetime, final: bool) -> bool:
+        """Posting the run's message failed with ``error``; ``final``: Slack refused it for good,
+        so give it up. True when this call gave it up (it was not given up, nor posted, before)."""
+        where = (MESSAGE.c.run_id == run_id, MESSAGE.c.ts.is_(None), MESSAGE.c.gave_up_at.is_(None))
+        values: dict[str, object] = {"last_error": error[:ERROR_MAX]}
+        if final:
+            values["gave_up_at"] = now
+        with self.store.engine.begin() as conn:
+            return (
+                bool(conn.execute(sa.update(MESSAGE).where(*where).values(**values)).rowcount == 1) and final
+            )
+
+    def claim_post(self, run_id: str, key: str, now: datetime) -> bool:
         """Claim the thread post ``key`` of a run; False if it was claimed before, unless it
-        waits for a retry that is due at ``now`` (epoch seconds): then this caller takes it."""
+        waits for a retry that is due at ``now``: then this caller takes it."""
         with self.store.engine.begin() as conn:
             try:
                 with conn.begin_nested():
-                    conn.execute(sa.insert(POST).values(run_id=run_id, key=key))
+                    conn.execute(sa.insert(POST).values(run_id=run_id, key=key, status=PostStatus.SENDING))
                 return True
             except IntegrityError:
                 pass
-            mark = conn.execute(
-                sa.select(POST.c.ts).where(POST.c.run_id == run_id, POST.c.key == key)
-            ).scalar()
-            pending = PendingPost.parse(run_id, key, mark) if mark and mark.startswith(RETRY) else None
-            if pending is None or pending.due > now:
-                return False
-            return _swap(conn, pending, f"{SENDING}{pending.attempts}")
+            taken = conn.execute(
+                sa.update(POST)
+                .where(
+                    POST.c.run_id == run_id,
+                    POST.c.key == key,
+                    POST.c.status == PostStatus.WAITING,
+                    POST.c.next_try_at <= now,
+                )
+                .values(status=PostStatus.SENDING, next_try_at=None)
+            )
+            return bool(taken.rowcount == 1)
 
     def post_ts(self, run_id: str, key: str) -> str | None:
         """The posted message's ts; None while it is not posted (or never will be)."""
         with self.store.engine.connect() as conn:
             ts = conn.execute(sa.select(POST.c.ts).where(POST.c.run_id == run_id, POST.c.key == key)).scalar()
-        return ts if is_ts(ts) else None
+        return str(ts) if ts is not None else None
 
-    def set_post_ts(self, run_id: str, key: str, ts: str) -> None:
+    def post_sent(self, run_id: str, key: str, ts: str) -> None:
         with self.store.engine.begin() as conn:
-            conn.execute(sa.update(POST).where(POST.c.run_id == run_id, POST.c.key == key).values(ts=ts))
+            conn.execute(
+                sa.update(POST)
+                .where(POST.c.run_id == run_id, POST.c.key == key)
+                .values(ts=ts, status=PostStatus.SENT, next_try_at=None)
+            )
 
-    def post_failed(self, run_id: str, key: str, seq: int, backoff: list[float], now: float) -> float | None:
-        """A send of a claimed post failed: plan its next try after ``backoff[n - 1]`` seconds
-        (``n``: failed sends so far), or give it up when ``backoff`` has no more waits.
-        Returns when it is due (epoch seconds), None when given up."""
+    def post_failed(
+        self,
+        run_id: str,
+        key: str,
+        seq: int,
+        backoff: Sequence[float],
+        now: datetime,
+        error: str,
+        final: bool = False,
+    ) -> datetime | None:
+        """A send of a claimed post failed with ``error``: plan its next try after
+        ``backoff[n - 1]`` seconds (``n``: failed sends so far), or give it up when ``backoff``
+        has no more waits or the failure is ``final`` (retrying cannot help). Returns when it is
+        due, None when given up."""
         with self.store.engine.begin() as conn:
-            where = (POST.c.run_id == run_id, POST.c.key == key)
-            mark = conn.execute(sa.select(POST.c.ts).where(*where)).scalar()
-            if mark is not None and not mark.startswith(SENDING):
+            where = (POST.c.run_id == run_id, POST.c.key == key, POST.c.status == PostStatus.SENDING)
+            attempts = conn.execute(sa.select(POST.c.attempts).where(*where)).scalar()
+            if attempts is None:
                 return None  # (not a send of ours under way: nothing to plan)
-            attempts = 1 + (int(mark.removeprefix(SENDING)) if mark else 0)
-            if attempts > len(backoff):
-                new, due = f"{GAVE_UP}{attempts}", None
+            attempts += 1
+            values: dict[str, object] = {"attempts": attempts, "last_error": error[:ERROR_MAX], "seq": seq}
+            due = None
+            if final or attempts > len(backoff):
+                values["status"] = PostStatus.GAVE_UP
             else:
-                due = now + backoff[attempts - 1]
-                new = f"{RETRY}{attempts}:{due:.3f}:{seq}"
-            conn.execute(sa.update(POST).where(*where, _is(POST.c.ts, mark)).values(ts=new))
+                due = now + timedelta(seconds=backoff[attempts - 1])
+                values.update(status=PostStatus.WAITING, next_try_at=due)
+            conn.execute(sa.update(POST).where(*where, POST.c.attempts == attempts - 1).values(**values))
             return due
 
     def pending_posts(self) -> list[PendingPost]:
         """Every post waiting for a retry, the soonest first."""
+        query = (
+            sa.select(
+                POST.c.run_id, POST.c.key, POST.c.attempts, POST.c.next_try_at, POST.c.seq, POST.c.last_error
+            )
+            .where(POST.c.status == PostStatus.WAITING)
+            .order_by(POST.c.next_try_at)
+        )
         with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(POST.c.run_id, POST.c.key, POST.c.ts).where(POST.c.ts.like(f"{RETRY}%"))
-            ).all()
-        found = [p for r in rows if (p := PendingPost.parse(r[0], r[1], r[2])) is not None]
-        return sorted(found, key=lambda p: p.due)
+            rows = conn.execute(query).all()
+        return [PendingPost(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5]) for r in rows]
 
     def give_up_post(self, pending: PendingPost) -> bool:
         """The post is no longer called for: stop retrying it (False: someone took it first)."""
+        where = (
+            POST.c.run_id == pending.run_id,
+            POST.c.key == pending.key,
+            POST.c.status == PostStatus.WAITING,
+            POST.c.attempts == pending.attempts,
+        )
         with self.store.engine.begin() as conn:
-            return _swap(conn, pending, f"{GAVE_UP}{pending.attempts}")
-
-    def release_post(self, pending: PendingPost) -> bool:
-        """Unclaim a waiting post, so whoever makes it again (a reminder pass) claims it anew."""
-        with self.store.engine.begin() as conn:
-            where = (POST.c.run_id == pending.run_id, POST.c.key == pending.key, POST.c.ts == pending.mark)
-            return bool(conn.execute(sa.delete(POST).where(*where)).rowcount == 1)
+            done = conn.execute(
+                sa.update(POST).where(*where).values(status=PostStatus.GAVE_UP, next_try_at=None)
+            )
+            return bool(done.rowcount == 1)
 
     # -- what App Home shows that the event log does not: environment locks ----------------------
     def last_audit_id(self) -> int:
@@ -226,12 +269,3 @@ class SlackState:
                 sa.update(CURSOR).where(CURSOR.c.name == name, CURSOR.c.seq == old).values(seq=new)
             )
             return bool(done.rowcount == 1)
-
-
-def _is(column: sa.ColumnElement[str | None], value: str | None) -> sa.ColumnElement[bool]:
-    return column.is_(None) if value is None else column == value
-
-
-def _swap(conn: sa.Connection, pending: PendingPost, new: str) -> bool:
-    where = (POST.c.run_id == pending.run_id, POST.c.key == pending.key, POST.c.ts == pending.mark)
-    return bool(conn.execute(sa.update(POST).where(*where).values(ts=new)).rowcount == 1)

@@ -283,23 +283,36 @@ class IdempotencyRow(SQLModel, table=True):
 
 
 class SlackMessageRow(SQLModel, table=True):
-    """Where a run's Slack message lives (``ts`` once posted) and which thread posts it got."""
+    """Where a run's Slack message lives (``ts`` once posted). ``gave_up_at``: Slack refused it
+    for good (``last_error``: why), so the run is not reported there."""
 
     __tablename__ = "slack_message"
     run_id: str = Field(primary_key=True, max_length=64)
     channel: str = Field(max_length=40)
     ts: str | None = Field(default=None, max_length=40)
     created_at: datetime = _ts(nullable=False)
+    last_error: str | None = Field(default=None, max_length=200)
+    gave_up_at: datetime | None = _ts()
 
 
 class SlackPostRow(SQLModel, table=True):
     """A thread message about a run (a gate opened, a job failed, the result), claimed by
-    inserting its key before it is sent, so it is never sent twice."""
+    inserting its key before it is sent, so it is never sent twice. ``ts`` is the posted
+    message's; the rest is where its sending is (``storage.slack.PostStatus``)."""
 
     __tablename__ = "slack_post"
+    #: the notifier looks for retries that are due
+    __table_args__ = (sa.Index("ix_slack_post_due", "status", "next_try_at"),)
     run_id: str = Field(primary_key=True, max_length=64)
     key: str = Field(primary_key=True, max_length=120)
     ts: str | None = Field(default=None, max_length=40)
+    status: str = Field(default="sending", max_length=12, sa_column_kwargs={"server_default": "sending"})
+    #: failed sends so far
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_try_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=200)
+    #: the event that called for it, handled again to retry it (0: a reminder)
+    seq: int = Field(default=0, sa_column=Column(sa.BigInteger(), nullable=False, server_default="0"))
 
 
 class ScheduleRow(SQLModel, table=True):

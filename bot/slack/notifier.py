@@ -11,6 +11,13 @@ where each post is, so a restart carries on). Gate cards are edited like run mes
 the run's, at most about once a second): approvals so far, then who decided. Which event
 becomes which thread post, and what it says, is ``bot.chat.threads`` (the console tells the same).
 
+Slack errors are of two kinds. Transient ones (rate limits, 5xx, timeouts, Slack unreachable)
+are tried again: a thread post with the backoff above, a run message by the next step. Final
+ones (``channel_not_found``, ``not_in_channel``, ``is_archived``, ``invalid_auth`` …: Slack
+understood and refused, see ``is_final``) are not: the post, or the run's message, is recorded
+as given up (``storage.slack``) and logged once at WARNING with the run, the channel and the
+error, and the notifier goes on with the next events, so one bad channel holds up no other run.
+
 App Home views of the people who opened them are published again when what they show
 changes: runs, gates and deployments (events), and environment locks (the audit log, where
 every lock change lands whichever door it came through)."""
@@ -21,6 +28,7 @@ import asyncio
 import logging
 import math
 import time
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -71,6 +79,25 @@ EDIT_FINAL = frozenset(
 LOCKS_LOOK_S = 1.0
 #: what a failed send to Slack raises: Slack answered an error, or could not be reached
 SEND_FAILED = (SlackClientError, aiohttp.ClientError, TimeoutError, OSError)
+#: errors Slack answers about its own state, not the request: worth trying again
+TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+
+
+def is_final(exc: BaseException) -> bool:
+    """Whether trying the send again cannot help: Slack was reached and refused the request
+    itself (``channel_not_found``, ``not_in_channel``, ``is_archived``, ``invalid_auth``,
+    ``invalid_blocks`` …). Rate limits, 5xx answers, errors about Slack's own state, timeouts
+    and unreachable Slack are worth another try."""
+    if not isinstance(exc, SlackApiError):
+        return False
+    status = exc.response.status_code
+    return status != 429 and status < 500 and str(exc.response.get("error")) not in TRANSIENT_ERRORS
+
+
+def _error(exc: BaseException) -> str:
+    return str(exc.response.get("error")) if isinstance(exc, SlackApiError) else repr(exc)
 
 
 class Notifier:
@@ -141,7 +168,11 @@ class Notifier:
             async with limit:
                 await self._on_events(run_events)
 
-        await asyncio.gather(*(one(e) for e in by_run.values()))
+        # every run is handled before a failure (Slack down) ends the step: the step is done
+        # again, each post claimed once, and no run's handling is left running behind it
+        done = await asyncio.gather(*(one(e) for e in by_run.values()), return_exceptions=True)
+        if failures := [e for e in done if isinstance(e, BaseException)]:
+            raise failures[0]
         locks_changed = await self._locks_changed()
         if any(_changes_home(e) for e in events) or locks_changed:
             viewers = sorted(self.desk.home_viewers)[:HOME_REFRESH_MAX]
@@ -207,8 +238,23 @@ class Notifier:
             assert found is not None
         if found.ts is not None:
             return found.channel, found.ts
+        if found.gave_up_at is not None:
+            return None  # (Slack refused it for good: the run is not reported there)
         summary, blocks = bk.run_message(state)
-        answer = await self.client.chat_postMessage(channel=found.channel, text=summary, blocks=blocks)
+        try:
+            answer = await self.client.chat_postMessage(channel=found.channel, text=summary, blocks=blocks)
+        except SEND_FAILED as exc:
+            final = is_final(exc)
+            if await self.desk.write(self.state.message_failed, state.run.id, _error(exc), now(), final):
+                log.warning(
+                    "gave up posting the message of %s to Slack channel %s: %s (it is not reported there)",
+                    state.run.ref,
+                    found.channel,
+                    _error(exc),
+                )
+            if final:
+                return None
+            raise  # (tried again with the step)
         ts = str(answer["ts"])
         if not await self.desk.write(self.state.posted, state.run.id, ts):
             # another process posted it first: keep theirs, remove ours
@@ -225,34 +271,42 @@ class Notifier:
         """Post ``key`` in the run's thread once. ``seq``: the event that calls for it, handled
         again when the send fails and its retry is due (0: a reminder, made again by the
         reminder pass)."""
-        if not await self.desk.write(self.state.claim_post, state.run.id, key, time.time()):
+        if not await self.desk.write(self.state.claim_post, state.run.id, key, now()):
             return
         try:
             answer = await self.client.chat_postMessage(
                 channel=channel, thread_ts=ts, text=summary, blocks=blocks
             )
         except SEND_FAILED as exc:
-            error = exc.response.get("error") if isinstance(exc, SlackApiError) else repr(exc)
-            due = await self.desk.write(
-                self.state.post_failed, state.run.id, key, seq, POST_BACKOFF, time.time()
+            error, final = _error(exc), is_final(exc)
+            due: datetime | None = await self.desk.write(
+                self.state.post_failed, state.run.id, key, seq, POST_BACKOFF, now(), error, final
             )
             if due is None:
-                log.error("gave up posting %s of %s to Slack: %s", key, state.run.ref, error)
+                why = "Slack refuses it" if final else "no tries left"
+                log.warning(
+                    "gave up posting %s of %s to Slack channel %s: %s (%s)",
+                    key,
+                    state.run.ref,
+                    channel,
+                    error,
+                    why,
+                )
             else:
                 log.warning(
                     "could not post %s of %s to Slack (%s); trying again later", key, state.run.ref, error
                 )
-                self._pending_due = min(self._pending_due, due)
+                self._pending_due = min(self._pending_due, due.timestamp())
             return
-        await self.desk.write(self.state.set_post_ts, state.run.id, key, str(answer["ts"]))
+        await self.desk.write(self.state.post_sent, state.run.id, key, str(answer["ts"]))
 
     async def _retry_posts(self) -> None:
         """Send again the thread posts whose retry is due, by doing again what called for them:
         their event is handled anew (its post, rendered from the run as it is now, then goes
         through the claim, which takes the due retry over), or the reminder pass runs. A post
         that is no longer called for (the run moved on so that it would not be said) is given up."""
-        clock = time.time()
-        if clock < self._pending_due and time.monotonic() < self._pending_look:
+        clock = now()
+        if clock.timestamp() < self._pending_due and time.monotonic() < self._pending_look:
             return
         self._pending_look = time.monotonic() + PENDING_LOOK_S
         self._pending_due = math.inf
@@ -261,7 +315,7 @@ class Notifier:
             if post.due <= clock:
                 due.append(post)
             else:
-                self._pending_due = min(self._pending_due, post.due)
+                self._pending_due = min(self._pending_due, post.due.timestamp())
         try:
             if any(p.seq == 0 for p in due):
                 await self._remind()

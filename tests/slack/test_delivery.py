@@ -1,12 +1,16 @@
 """Delivery to Slack end to end (signed requests to the real Bolt endpoint, the fake Slack): a
 thread post whose send fails during a Slack outage arrives later, once, also across a restart;
-a busy run's message is edited at most about once a second; runs started outside Slack (REST
-API, schedules) report in their pipeline's channel."""
+one Slack refuses for good is given up at once; a run whose channel Slack refuses
+(``channel_not_found``) is given up and logged once, and the runs after it report as usual,
+while a run message lost to an outage is posted once Slack is back; a busy run's message is
+edited at most about once a second; runs started outside Slack (REST API, schedules) report in
+their pipeline's channel."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from bot.app import SHIPYARD
 from bot.config import load_settings
@@ -21,12 +26,13 @@ from core.access import Role
 from core.commands import TriggerRun
 from core.model import Actor
 from storage.directory import Directory
-from storage.slack import SlackState
+from storage.slack import PostStatus, RunMessage, SlackState
 from storage.store import SqlStore
-from tests.slack.fake_slack import Call, FakeSlack
+from storage.tables import T
+from tests.slack.fake_slack import JSON, Call, FakeSlack, SlackApiFailure
 from tests.slack.test_bot_more import ALICE, BOB, CHANNEL, SECRET, Bot, _button, until
 
-PIPELINE_CHANNEL, DEFAULT_CHANNEL = "C0PIPELINE", "C0DEFAULT"
+PIPELINE_CHANNEL, DEFAULT_CHANNEL, GONE_CHANNEL = "C0PIPELINE", "C0DEFAULT", "C0GONE"
 GATED = """
 name: gated
 stages:
@@ -53,13 +59,31 @@ stages:
   - name: build
     jobs: [{name: compile, run: "true"}]
 """
+LOST_CHANNEL = f"""
+name: lost-channel
+channel: {GONE_CHANNEL}
+stages:
+  - name: build
+    jobs: [{{name: compile, run: "echo 'it broke' >&2; exit 1"}}]
+"""
+
+
+class ChannelsSlack(FakeSlack):
+    """The fake Slack, where a channel set to None in ``channels`` is unknown to
+    ``chat.postMessage`` too (``channel_not_found``), as it is to ``conversations.info``."""
+
+    def _chat_post_message(self, call: Call) -> JSON:
+        if call.args.get("channel") in self.channels and self.channels[call.args["channel"]] is None:
+            raise SlackApiFailure("channel_not_found")
+        return super()._chat_post_message(call)
 
 
 @pytest.fixture
 async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
     pipes = tmp_path / "pipelines"
     pipes.mkdir()
-    for name, text in (("gated", GATED), ("busy", BUSY), ("routed", ROUTED), ("unrouted", UNROUTED)):
+    pipelines = (("gated", GATED), ("busy", BUSY), ("routed", ROUTED), ("unrouted", UNROUTED))
+    for name, text in (*pipelines, ("lost-channel", LOST_CHANNEL)):
         (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
     store = SqlStore(sqlite_url)
     directory = Directory(store)
@@ -68,7 +92,7 @@ async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
     directory.grant(BOB, "role", str(Role.APPROVER), now)
     directory.grant(BOB, "group", "release-managers", now)
     store.dispose()
-    async with FakeSlack() as fake:
+    async with ChannelsSlack() as fake:
         settings = load_settings(
             database_url=sqlite_url,
             pipelines_dir=pipes,
@@ -238,3 +262,86 @@ async def test_runs_started_outside_slack_report_in_their_pipelines_channel(bot:
     fallback = await bot.fake.wait_for("chat.postMessage", lambda c: "unrouted#1" in c.args.get("text", ""))
     assert fallback.args["channel"] == DEFAULT_CHANNEL
     assert not [c for c in bot.fake.calls_to("chat.postMessage") if c.args.get("channel") == CHANNEL]
+
+
+async def test_a_post_slack_refuses_for_good_is_given_up_at_once(bot: Bot) -> None:
+    # (the channel was archived after the run's message was posted: no wait makes a retry work)
+    ref, _ = await _run_message_then_outage(bot, times=0)
+    bot.fake.fail_next("chat.postMessage", "is_archived")
+    await until(lambda: _cards(bot.fake, ref), what="the refused card")
+    key = f"gate:{bot.gate(ref).id}"
+    post = T["slack_post"]
+
+    def row() -> tuple[str, int, str | None] | None:
+        with bot.store.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(post.c.status, post.c.attempts, post.c.last_error).where(
+                    post.c.run_id == bot.run(ref).run.id, post.c.key == key
+                )
+            ).first()
+        return None if found is None else (found[0], found[1], found[2])
+
+    await until(lambda: row() == (PostStatus.GAVE_UP, 1, "is_archived"), what="the card given up")
+    assert SlackState(bot.store).pending_posts() == []
+    await asyncio.sleep(1.5)  # (a retry would be due after 1 s)
+    assert len(_cards(bot.fake, ref)) == 1
+
+
+async def test_a_run_whose_channel_slack_refuses_holds_up_no_other_run(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bot.slack.notifier")
+    bot.fake.channels[GONE_CHANNEL] = None  # (deleted, or the bot was never invited)
+    assert bot.client is not None
+    secret = Directory(bot.store).create_token("ci", [Role.DEPLOYER], datetime.now(UTC), by="test")
+    auth = {"Authorization": f"Bearer {secret}"}
+
+    lost = await bot.client.post("/api/v1/pipelines/lost-channel/runs", json={}, headers=auth)
+    assert lost.status == 202, await lost.text()
+    refused = await bot.fake.wait_for("chat.postMessage", lambda c: c.args.get("channel") == GONE_CHANNEL)
+    assert (refused.status, refused.response) == (200, {"ok": False, "error": "channel_not_found"})
+    await bot.until_status("lost-channel#1", "failed")
+
+    after = await bot.client.post("/api/v1/pipelines/routed/runs", json={}, headers=auth)
+    assert after.status == 202, await after.text()
+    message = await bot.fake.wait_for(
+        "chat.postMessage",
+        lambda c: c.ok and "routed#1" in c.args.get("text", "") and "thread_ts" not in c.args,
+    )
+    assert message.args["channel"] == PIPELINE_CHANNEL
+    result = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: c.ok and "routed#1 succeeded" in c.args.get("text", ""), timeout=10
+    )
+    assert result.args["thread_ts"] == message.response["ts"]
+
+    # the refused run was tried once, its failure and result were not sent to the same refusal,
+    # and saying so took one warning naming the run, the channel and the error
+    assert [c.args["channel"] for c in bot.fake.calls_to("chat.postMessage")].count(GONE_CHANNEL) == 1
+    given_up = SlackState(bot.store).message(bot.run("lost-channel#1").run.id)
+    assert given_up is not None and given_up.ts is None and given_up.gave_up_at is not None
+    assert given_up.last_error == "channel_not_found"
+    warned = [r.getMessage() for r in caplog.records if "lost-channel#1" in r.getMessage()]
+    assert warned == [
+        f"gave up posting the message of lost-channel#1 to Slack channel {GONE_CHANNEL}: "
+        "channel_not_found (it is not reported there)"
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if "lost-channel#1" in r.getMessage())
+
+
+async def test_a_run_message_lost_to_an_outage_is_posted_once_slack_is_back(bot: Bot) -> None:
+    bot.fake.fail_next("chat.postMessage", "internal_error", status=500, times=2)
+    assert bot.client is not None
+    secret = Directory(bot.store).create_token("ci", [Role.DEPLOYER], datetime.now(UTC), by="test")
+    posted = await bot.client.post(
+        "/api/v1/pipelines/routed/runs", json={}, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert posted.status == 202, await posted.text()
+    message = await bot.fake.wait_for(
+        "chat.postMessage",
+        lambda c: c.ok and "routed#1" in c.args.get("text", "") and "thread_ts" not in c.args,
+    )
+    tries = [c for c in bot.fake.calls_to("chat.postMessage") if "thread_ts" not in c.args]
+    assert [c.status for c in tries] == [500, 500, 200] and tries[-1] is message
+    run_id, state = bot.run("routed#1").run.id, SlackState(bot.store)
+    await until(lambda: (m := state.message(run_id)) and m.ts == message.response["ts"], what="its ts")
+    assert state.message(run_id) == RunMessage(run_id, PIPELINE_CHANNEL, message.response["ts"])
