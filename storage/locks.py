@@ -167,18 +167,21 @@ class LockBook:
         """Lock ``environment`` for ``duration_s`` (None: until unlocked). The holder locking again
         changes the reason and expiry; anyone else is refused with ``EnvironmentLocked``, whose
         message says who holds it, since when, why and until when."""
-        reason = check_reason(reason)
-        expires_at = now + timedelta(seconds=check_seconds(duration_s)) if duration_s is not None else None
-        if kind == "rollback":
-            expires_at = None  # a rollback holds until someone acknowledges it
 
         def change(conn: Connection, audits: builtins.list[AuditEntry]) -> Lock:
+            # checked in here, so a refused reason or duration is audited like any refusal
+            why = check_reason(reason)
+            expires_at = (
+                now + timedelta(seconds=check_seconds(duration_s)) if duration_s is not None else None
+            )
+            if kind == "rollback":
+                expires_at = None  # a rollback holds until someone acknowledges it
             current = _get(conn, environment)
             plan = plan_acquire(current, holder, kind, now)
             fresh = Lock(
                 environment=environment,
                 holder=holder,
-                reason=reason,
+                reason=why,
                 since=now,
                 expires_at=expires_at,
                 kind=kind,
@@ -190,8 +193,8 @@ class LockBook:
                 except IntegrityError:  # locked at the same moment, and committed first
                     raise _Lost from None
             elif plan is LockAction.RELOCK:
-                fresh = replace(current, reason=reason, expires_at=expires_at, kind=kind, reminded_at=None)
-                _update(conn, current, reason=reason, expires_at=expires_at, kind=kind, reminded_at=None)
+                fresh = replace(current, reason=why, expires_at=expires_at, kind=kind, reminded_at=None)
+                _update(conn, current, reason=why, expires_at=expires_at, kind=kind, reminded_at=None)
             else:  # expired, not swept yet: take it over, and record that it ran out
                 _update(conn, current, C.expires_at <= now, **_values(fresh), handover_told=None)
                 audits.append(_audit("expire_lock", environment, KEEPER, "system", now, current))

@@ -69,10 +69,10 @@ class ReviewBook:
         refusal: CommandRefused | None = None
         with self.store.transaction() as tx:
             row = tx.conn.execute(sa.select(REVIEW).where(C.run_id == run_id)).mappings().first()
-            if row is None:
-                raise NotFound(f"{ref} did not break the glass: there is no review to acknowledge")
-            review = _review(row)
             try:
+                if row is None:
+                    raise NotFound(f"{ref} did not break the glass: there is no review to acknowledge")
+                review = _review(row)
                 check_acknowledge(review, by, requested_by)
                 done = tx.conn.execute(
                     sa.update(REVIEW)

@@ -3,8 +3,11 @@ chain verifies and exposes an entry altered behind Shipyard's back."""
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 
+from bot.api.spec import API
 from core.audit import verify
 from storage.reads import Reads
 from tests.api.conftest import Api, assert_problem
@@ -86,12 +89,6 @@ async def test_the_chain_verifies_and_detects_an_entry_altered_with_raw_sql(api:
     assert str(victim) in verdict.problem
 
 
-BUG_KEYED_AUDIT = (
-    "BUG: a mutating request carrying Idempotency-Key that does not become an engine command "
-    "(create_pipeline, or a 404 before the command) is never audited"
-)
-
-
 async def test_accepted_pipeline_changes_are_audited(api: Api) -> None:
     assert (await api.post("/pipelines", "admin", data=DEFINITION, headers=YAML)).status == 201
     assert (await api.call("DELETE", "/pipelines/audited", "admin")).status == 200
@@ -141,3 +138,80 @@ async def test_a_mutating_request_no_operation_answers_is_audited_too(api: Api) 
     ]
     assert "no such endpoint" in str(entries[-1]["reason"])
     assert "DELETE is not allowed" in str(entries[-2]["reason"])
+
+
+#: a body each mutating operation accepts as well-formed, so the request reaches the handler
+#: (an empty one is refused by validation before, and audited there: that proves less)
+SWEEP_BODIES: dict[str, object] = {
+    "register_artifact": {
+        "name": "web",
+        "version": "1.0.0",
+        "digest": "sha256:" + "0" * 64,
+        "uri": "s3://b/k",
+    },
+    "mark_artifact_bad": {"reason": "corrupt"},
+    "promote": {"environment": "staging"},
+    "move_to_front": {"reason": "hotfix"},
+    "lock_environment": {"reason": "incident 4711"},
+    "extend_lock": {"duration": "1h"},
+    "create_pipeline": {"name": "web", "stages": [{"name": "s", "jobs": [{"name": "j", "run": ["true"]}]}]},
+    "put_pipeline": {"name": "nosuch", "stages": [{"name": "s", "jobs": [{"name": "j", "run": ["true"]}]}]},
+    "create_schedule": {"pipeline": "nosuch", "cron": "0 * * * *"},
+    "create_webhook": {"url": "http://127.0.0.1:9/hook", "events": ["run.started"]},
+    "create_trigger": {"pipeline": "nosuch", "kind": "github"},
+}
+#: what else an operation's entry may be called (locking what you hold already relocks it)
+SWEEP_ALIASES = {"lock_environment": ("relock_environment",)}
+#: path parameters: environments that exist (so lock operations get past the lookup), and
+#: otherwise things that do not
+SWEEP_PARAMS = {"env_id": "staging"}
+
+
+async def test_every_mutating_operation_leaves_an_audit_entry_whatever_it_answers(lite: Api) -> None:
+    """Each mutating operation of the API, asked by an admin about things that mostly do not
+    exist, without and with an Idempotency-Key: whatever it answers, the log holds it under the
+    operation's name, accepted or rejected."""
+    missing = []
+    for op in (o for o in API.operations if o.mutating):
+        path = re.sub(r"\{(\w+)\}", lambda m: SWEEP_PARAMS.get(m[1], "nosuch"), op.path)
+        body = SWEEP_BODIES.get(op.operation_id, {}) if op.body is not None else None
+        for keyed in ({}, {"Idempotency-Key": f"sweep-{op.operation_id}"}):
+            before = max((int(str(e["id"])) for e in await audit(lite)), default=0)
+            reply = await lite.call(op.method, path, "admin", json=body, headers=keyed)
+            entries = [e for e in await audit(lite) if int(str(e["id"])) > before]
+            outcome = "rejected" if reply.status >= 400 else "accepted"
+            names = {op.operation_id, *SWEEP_ALIASES.get(op.operation_id, ())}
+            if not any(
+                (e["actor"], e["outcome"]) == ("admin", outcome) and e["action"] in names for e in entries
+            ):
+                got = [(e["action"], e["outcome"]) for e in entries]
+                missing.append(f"{op.method} {path} {keyed} -> {reply.status}: {got}")
+    assert missing == []
+
+
+async def test_acknowledging_a_review_a_run_never_opened_is_audited(api: Api) -> None:
+    run = await api.trigger("quick")
+    await api.wait(run["id"])
+    refused = await api.post(f"/runs/{run['id']}/review/acknowledge", "approver")
+    assert_problem(refused, 404, "did not break the glass")
+    assert [
+        (e["action"], e["target"], e["outcome"], e["reason"]) for e in await audit(api, "&actor=approver")
+    ] == [
+        (
+            "acknowledge_review",
+            "quick#1",
+            "rejected",
+            "quick#1 did not break the glass: there is no review to acknowledge",
+        )
+    ]
+
+
+async def test_a_lock_reason_of_nothing_but_wide_spaces_is_refused_and_audited(api: Api) -> None:
+    """The API's pattern lets through spaces beyond ASCII (U+3000); the lock book finds nothing
+    in them, and its refusal is audited like its others."""
+    refused = await api.post("/environments/staging/lock", "deployer", json={"reason": "\u3000\u2003"})
+    assert_problem(refused, 422, "say why the environment is locked")
+    assert [(e["action"], e["target"], e["outcome"]) for e in await audit(api, "&actor=deployer")] == [
+        ("lock_environment", "environment staging", "rejected")
+    ]
+    assert (await api.get("/environments/staging/lock")).status == 404
