@@ -184,16 +184,20 @@ class Clockwork:
         return mine
 
     def _judge(self, entries: Sequence[_Claimed]) -> None:
-        """A person's schedule runs with what that person may do now: read each owner once."""
+        """A person's schedule runs with what that person may do now (as an incoming trigger
+        does: ``Directory.standing``): read each owner once."""
         owners = {
             e.schedule.owner for e in entries if e.schedule.source != "file" and e.plan.fire_at is not None
         }
         when = now()
-        principals = {name: self.backend.directory.principal(name, when) for name in owners}
+        principals = {name: self.backend.directory.standing(name, when) for name in owners}
         for entry in entries:
             if entry.plan.fire_at is not None and entry.schedule.source != "file":
                 owner = principals[entry.schedule.owner]
-                if not owner.may(Action.TRIGGER):
+                if owner is None:
+                    revoked = "every API token revoked"
+                    entry.refused = f"{entry.schedule.owner} may no longer start runs ({revoked})"
+                elif not owner.may(Action.TRIGGER):
                     roles = ", ".join(sorted(owner.roles)) or "none"
                     entry.refused = f"{entry.schedule.owner} may no longer start runs (roles: {roles})"
 

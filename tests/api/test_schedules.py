@@ -178,3 +178,14 @@ async def test_a_schedule_whose_owner_lost_the_right_to_deploy_does_not_run(lite
     (fired,) = await clock.tick(datetime.fromisoformat(made["next_fire_at"]) + timedelta(seconds=1))
     assert fired.run_ref is None and "may no longer start runs" in fired.refused
     assert (await lite.get("/runs?pipeline=quick")).json["items"] == []
+
+
+async def test_a_schedule_whose_owner_has_every_token_revoked_does_not_run(lite: Api) -> None:
+    """Roles still granted, but the owner cannot act any more: as for an incoming trigger."""
+    made = (await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "* * * * *"})).json
+    directory = Directory(lite.store)
+    await lite.db(directory.revoke_token, "deployer", datetime.now(UTC))
+    clock = lite.client.app[CLOCK]  # type: ignore[index]
+    (fired,) = await clock.tick(datetime.fromisoformat(made["next_fire_at"]) + timedelta(seconds=1))
+    assert fired.run_ref is None and "every API token revoked" in fired.refused
+    assert (await lite.get("/runs?pipeline=quick", "admin")).json["items"] == []
