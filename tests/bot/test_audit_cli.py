@@ -79,6 +79,18 @@ def verify(db: Path) -> tuple[int, str]:
     return result.returncode, (result.stdout + result.stderr).strip()
 
 
+def broken(db: Path) -> str:
+    """What ``audit verify`` says of a log that does not verify (it exits 1)."""
+    code, out = verify(db)
+    assert code == 1, out
+    return out
+
+
+def append_one(db: Path) -> None:
+    """One more entry, as any command writes it (a refused token revoke)."""
+    assert shipyard(db, "token", "revoke", "nosuch").returncode == 2
+
+
 def test_refused_access_commands_are_audited_with_their_reason(db: Path) -> None:
     result = shipyard(db, "audit", "list", "--limit", "20")
     lines = result.stdout.splitlines()
@@ -104,14 +116,12 @@ def test_an_intact_log_verifies(db: Path) -> None:
 
 def test_an_edited_middle_entry_is_named(db: Path, sql: sqlite3.Connection) -> None:
     sql.execute("UPDATE audit SET outcome = 'accepted' WHERE id = 3")
-    code, out = verify(db)
-    assert code == 1 and "entry 3 was altered after it was written" in out
+    assert "entry 3 was altered after it was written" in broken(db)
 
 
 def test_a_deleted_first_entry_is_noticed_at_the_new_first(db: Path, sql: sqlite3.Connection) -> None:
     sql.execute("DELETE FROM audit WHERE id = 1")
-    code, out = verify(db)
-    assert code == 1
+    out = broken(db)
     assert (
         "entry 2 is the oldest entry but links to an earlier one: the entries before it were removed" in out
     )
@@ -119,14 +129,12 @@ def test_a_deleted_first_entry_is_noticed_at_the_new_first(db: Path, sql: sqlite
 
 def test_deleted_last_entries_are_noticed_by_the_checkpoint(db: Path, sql: sqlite3.Connection) -> None:
     sql.execute("DELETE FROM audit WHERE id > 4")
-    code, out = verify(db)
-    assert code == 1
+    out = broken(db)
     assert "the newest entries were removed: the log ends at entry 4, but the checkpoint counts 3 more" in out
 
     # the next entry links to where the chain really ended, so the gap stays visible
-    assert shipyard(db, "token", "revoke", "nosuch").returncode == 2
-    code, out = verify(db)
-    assert code == 1 and "entry 5 does not link to entry 4: an entry between them was removed" in out
+    append_one(db)
+    assert "entry 5 does not link to entry 4: an entry between them was removed" in broken(db)
 
 
 def test_a_deleted_checkpoint_is_reported(db: Path, sql: sqlite3.Connection) -> None:
@@ -134,28 +142,23 @@ def test_a_deleted_checkpoint_is_reported(db: Path, sql: sqlite3.Connection) -> 
     assert verify(db) == (1, "audit log BROKEN: its checkpoint (the audit_head row) was deleted")
 
     # the next append starts a new one, counting from there: the two still disagree
-    assert shipyard(db, "token", "revoke", "nosuch").returncode == 2
-    code, out = verify(db)
-    assert code == 1
-    assert "entry 8 is where the checkpoint says the chain ended, but not as it recorded it" in out
+    append_one(db)
+    assert "entry 8 is where the checkpoint says the chain ended, but not as it recorded it" in broken(db)
 
 
 def test_a_blanked_hash_is_named(db: Path, sql: sqlite3.Connection) -> None:
     sql.execute("UPDATE audit SET hash = '' WHERE id = 5")
-    code, out = verify(db)
-    assert code == 1 and "entry 5 has no hash, though the chain started before it" in out
+    assert "entry 5 has no hash, though the chain started before it" in broken(db)
 
 
 def test_the_first_entry_altered_and_its_hash_blanked_is_named(db: Path, sql: sqlite3.Connection) -> None:
     """Blanking its hash would make entry 1 pass for one written before the chain existed."""
     sql.execute("UPDATE audit SET hash = '', outcome = 'rejected' WHERE id = 1")
-    code, out = verify(db)
-    assert code == 1
+    out = broken(db)
     assert "entry 1 has no hash: entry 2 links to an earlier chained entry, so entry 1 was altered" in out
 
     sql.execute("UPDATE audit SET outcome = 'accepted' WHERE id = 1")  # only the hash blanked
-    code, out = verify(db)
-    assert code == 1 and "entry 1 has no hash: its hash was blanked (entry 2 links to it)" in out
+    assert "entry 1 has no hash: its hash was blanked (entry 2 links to it)" in broken(db)
 
 
 def test_a_log_written_before_the_checkpoint_existed_verifies_after_the_upgrade(tmp_path: Path) -> None:
@@ -198,8 +201,7 @@ def test_a_log_written_before_the_checkpoint_existed_verifies_after_the_upgrade(
     assert verify(db) == (0, "audit log intact: 3 entries verified")
     with sqlite3.connect(db) as sql:
         sql.execute("DELETE FROM audit WHERE id = 4")
-    code, out = verify(db)
-    assert code == 1 and "the log ends at entry 3, but the checkpoint counts 1 more, up to entry 4" in out
+    assert "the log ends at entry 3, but the checkpoint counts 1 more, up to entry 4" in broken(db)
 
 
 def test_revoking_what_a_principal_does_not_hold_is_refused_and_audited(tmp_path: Path) -> None:

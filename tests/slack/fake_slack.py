@@ -22,7 +22,9 @@ parameters for the rest; all three are merged into ``Call.args``.
 Modelled state: posted messages (``messages``, keyed by ``(channel, ts)``; ``chat.update``/``chat.delete``
 on an unknown one answer ``message_not_found``), views (``views``, ``home_views``; a stale ``hash`` answers
 ``hash_conflict``), single-use ``trigger_id`` (``trigger_exchanged``), usergroup members, users and
-channels (synthesised on demand unless set to ``None``, which makes them unknown).
+channels (synthesised on demand unless set to ``None``, which makes them unknown: ``conversations.info``
+and every ``chat.*`` call in such a channel answer ``channel_not_found``, as for a channel deleted or
+one the bot was never invited to).
 
 ``response_url`` sink: ``POST /response/{token}`` (see :meth:`FakeSlack.response_url`), JSON only, 5 uses
 per URL like Slack (then 404 ``used_url``).
@@ -486,13 +488,13 @@ class FakeSlack:
         return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link?ticket={uuid.uuid4()}&app_id={APP_ID}"}
 
     def _chat_post_message(self, call: Call) -> JSON:
-        channel = _require(call, "channel", "channel_not_found")
+        channel = self._channel(call)
         message = self._message(call, ts=self._next_ts())
         self.messages[(channel, message["ts"])] = message
         return {"ok": True, "channel": channel, "ts": message["ts"], "message": message}
 
     def _chat_update(self, call: Call) -> JSON:
-        channel = _require(call, "channel", "channel_not_found")
+        channel = self._channel(call)
         ts = _require(call, "ts", "message_not_found")
         old = self.messages.get((channel, ts))
         if old is None:
@@ -503,17 +505,24 @@ class FakeSlack:
         return {"ok": True, "channel": channel, "ts": ts, "text": new.get("text", ""), "message": new}
 
     def _chat_delete(self, call: Call) -> JSON:
-        channel = _require(call, "channel", "channel_not_found")
+        channel = self._channel(call)
         ts = _require(call, "ts", "message_not_found")
         if self.messages.pop((channel, ts), None) is None:
             raise SlackApiFailure("message_not_found")
         return {"ok": True, "channel": channel, "ts": ts}
 
     def _chat_post_ephemeral(self, call: Call) -> JSON:
-        _require(call, "channel", "channel_not_found")
+        self._channel(call)
         _require(call, "user", "user_not_in_channel")
         self._message(call, ts="")  # same validation as a message
         return {"ok": True, "message_ts": self._next_ts()}
+
+    def _channel(self, call: Call) -> str:
+        """The channel a ``chat.*`` call names; ``channel_not_found`` for none or one set to None."""
+        channel = _require(call, "channel", "channel_not_found")
+        if channel in self.channels and self.channels[channel] is None:
+            raise SlackApiFailure("channel_not_found")
+        return channel
 
     def _message(self, call: Call, *, ts: str, base: JSON | None = None) -> JSON:
         args = call.args

@@ -10,24 +10,18 @@ afterwards: she is refused both ways, and told why, by the engine's own words.""
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import SHIPYARD
 from bot.backend import Backend
-from bot.config import load_settings
 from bot.slack import roles
 from core.access import Role
 from storage.directory import Directory
-from storage.store import SqlStore
 from tests.slack.fake_slack import FakeSlack
-from tests.slack.test_bot_more import ALICE, BOB, CAROL, DAVE, ERIN, SECRET, Bot, _button, until
+from tests.slack.harness import ALICE, BOB, CAROL, DAVE, ERIN, Bot, StartBot, button, until
 
 GROUP = "S0RELEASE"
 SLACK_ROLES = {GROUP: [str(Role.APPROVER)]}
@@ -46,44 +40,17 @@ stages:
 
 
 @pytest.fixture
-async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "gated.yml").write_text(textwrap.dedent(GATED))
-    store = SqlStore(sqlite_url)
-    directory = Directory(store)
-    at = datetime.now(UTC)
-    directory.grant(ALICE, "role", str(Role.DEPLOYER), at)
-    for user in (BOB, ERIN):
-        directory.grant(user, "role", str(Role.APPROVER), at)
-    store.dispose()
-    async with FakeSlack() as fake:
-        fake.usergroups[GROUP] = [DAVE]
-        settings = load_settings(
-            database_url=sqlite_url,
-            pipelines_dir=pipes,
-            work_dir=tmp_path / "work",
-            poll_interval=0.05,
-            runner_name="slack-snapshot-test",
-            slack_bot_token="xoxb-test",
-            slack_api_url=fake.base_url,
-            slack_signing_secret=SECRET,
-            slack_roles=SLACK_ROLES,
-        )
-        harness = Bot(fake, settings)
-        await harness.start()
-        try:
-            yield harness
-        finally:
-            await harness.stop()
+async def bot(start_bot: StartBot, fake: FakeSlack) -> Bot:
+    fake.usergroups[GROUP] = [DAVE]
+    grants = {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER], ERIN: [Role.APPROVER]}
+    return await start_bot({"gated": GATED}, grants, slack_roles=SLACK_ROLES)
 
 
 async def _waiting(bot: Bot, ref: str) -> str:
     """ALICE starts gated; the Approve button's value on its gate card once the gate is open."""
-    said = await bot.say(ALICE, f"run gated ref={ref}")
-    run = said["text"].split("*")[1]
+    run = await bot.trigger(ALICE, f"run gated ref={ref}")
     await bot.until_status(run, "waiting")
-    return str(_button(await bot.gate_card(run), "gate_approve")["value"])
+    return str(button(await bot.gate_card(run), "gate_approve")["value"])
 
 
 async def _edit_roles_after_the_gate_opened(bot: Bot) -> None:
@@ -95,8 +62,7 @@ async def _edit_roles_after_the_gate_opened(bot: Bot) -> None:
     directory.grant(CAROL, "role", str(Role.APPROVER), at)
     bot.fake.usergroups[GROUP] = []
     backend = Backend()
-    assert bot.client is not None
-    backend.bind(bot.client.server.app[SHIPYARD])
+    backend.bind(bot.yard)
     try:
         await roles.sync(backend, AsyncWebClient(token="xoxb-test", base_url=bot.fake.base_url), SLACK_ROLES)
     finally:
@@ -104,14 +70,6 @@ async def _edit_roles_after_the_gate_opened(bot: Bot) -> None:
     for user in (BOB, DAVE, ERIN):
         assert "Roles: none" in (await bot.say(user, "whoami"))["text"], user
     assert "Roles: approver." in (await bot.say(CAROL, "whoami"))["text"]
-
-
-async def _refused_press(bot: Bot, user: str, value: str) -> dict[str, Any]:
-    """Approve pressed on the card by someone the engine refuses: the answer for them alone."""
-    token = await bot.press(user, "gate_approve", value, "1.0")
-    body = (await bot.fake.wait_response(token)).body
-    assert isinstance(body, dict)
-    return body
 
 
 def _told_why(reply: dict[str, Any], ref: str) -> None:
@@ -129,7 +87,7 @@ async def test_approvers_when_the_gate_opened_clear_it_and_one_granted_later_is_
     value = await _waiting(bot, "abc1234")
     await _edit_roles_after_the_gate_opened(bot)
 
-    _told_why(await _refused_press(bot, CAROL, value), "gated#1")
+    _told_why(await bot.answer(CAROL, "gate_approve", value), "gated#1")  # for her alone
     _told_why(await bot.say(CAROL, "approve gated#1 looks fine"), "gated#1")
     assert bot.gate("gated#1").approvals == ()
 

@@ -7,35 +7,34 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from bot.app import SHIPYARD, create_app
-from bot.config import Settings, load_settings
 from core.access import Role
 from core.commands import ExpireLease
-from core.events import Event
-from core.model import Gate, RunState
-from storage.directory import Directory
-from storage.reads import Reads
 from storage.slack import SlackState
-from storage.store import SqlStore
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack, settle_bolt_tasks
-
-SECRET = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
-CHANNEL = "C0DEPLOYS"
-ALICE, BOB, CAROL = "U0ALICE", "U0BOB", "U0CAROL"  # deployer+approver; approver; nobody
-DAVE, ERIN = "U0DAVE", "U0ERIN"  # approvers, like Bob in release-managers
-T = TypeVar("T")
+from tests.slack.harness import (
+    ALICE,
+    BOB,
+    CAROL,
+    CHANNEL,
+    DAVE,
+    ERIN,
+    RELEASE_MANAGERS,
+    SECRET,
+    Bot,
+    Grants,
+    StartBot,
+    blocks_of,
+    button,
+    run_named,
+    top_level_posts,
+    until,
+)
 
 GATED = """
 name: gated
@@ -76,199 +75,25 @@ stages:
 """
 
 
-def _blocks(call_or_message: Call | dict[str, Any]) -> list[dict[str, Any]]:
-    args = call_or_message.args if isinstance(call_or_message, Call) else call_or_message
-    blocks = args.get("blocks") or []
-    return json.loads(blocks) if isinstance(blocks, str) else list(blocks)
-
-
-def _button(call: Call, action_id: str) -> dict[str, Any]:
-    return next(
-        e
-        for b in _blocks(call)
-        if b["type"] == "actions"
-        for e in b["elements"]
-        if e["action_id"] == action_id
-    )
-
-
-def _top_level_posts(fake: FakeSlack) -> list[Call]:
-    return [c for c in fake.calls_to("chat.postMessage") if "thread_ts" not in c.args and c.ok]
-
-
-async def until(check: Callable[[], T | None], timeout: float = 10, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@dataclass
-class Bot:
-    fake: FakeSlack
-    settings: Settings
-    client: TestClient | None = None
-
-    async def start(self) -> None:
-        self.client = TestClient(TestServer(create_app(self.settings), host="127.0.0.1"))
-        await self.client.start_server()
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            await settle_bolt_tasks()
-            client, self.client = self.client, None
-            await client.close()
-
-    # -- the state of things ------------------------------------------------------------------
-    @property
-    def store(self) -> SqlStore:
-        assert self.client is not None
-        return self.client.server.app[SHIPYARD].store
-
-    def run(self, ref: str) -> RunState:
-        state = Reads(self.store).run(ref)
-        assert state is not None, ref
-        return state
-
-    def gate(self, ref: str) -> Gate:
-        return next(g for g in self.run(ref).gates if g.kind == "manual")
-
-    async def until_status(self, ref: str, *statuses: str, timeout: float = 10) -> RunState:
-        def check() -> RunState | None:
-            state = Reads(self.store).run(ref)
-            return state if state is not None and state.run.status in statuses else None
-
-        return await until(check, timeout, f"{ref} to be {'/'.join(statuses)}")
-
-    def events(self, ref: str) -> list[Event]:
-        return self.store.events_after(0, 10_000, self.run(ref).run.id)
-
-    # -- what Slack sends -----------------------------------------------------------------------
-    async def post(self, request: signing.SignedRequest) -> tuple[int, str, str]:
-        assert self.client is not None
-        body, headers = request
-        response = await self.client.post("/slack/events", data=body, headers=headers)
-        return response.status, response.content_type, await response.text()
-
-    async def command(self, user: str, text: str, trigger_id: str | None = None) -> str:
-        """``/deploy text`` as ``user``; returns the response_url token."""
-        token = f"cmd{time.monotonic_ns()}"
-        request = signing.slash_command(
-            SECRET,
-            text,
-            user_id=user,
-            channel_id=CHANNEL,
-            response_url=self.fake.response_url(token),
-            trigger_id=trigger_id,
-        )
-        status, _, _ = await self.post(request)
-        assert status == 200
-        return token
-
-    async def say(self, user: str, text: str) -> dict[str, Any]:
-        """The reply posted to the command's response_url."""
-        token = await self.command(user, text)
-        body = (await self.fake.wait_response(token)).body
-        assert isinstance(body, dict)
-        return body
-
-    async def press(
-        self, user: str, action_id: str, value: str, message_ts: str, trigger_id: str = ""
-    ) -> str:
-        token = f"act{time.monotonic_ns()}"
-        request = signing.block_actions(
-            SECRET,
-            user_id=user,
-            action_id=action_id,
-            value=value,
-            channel_id=CHANNEL,
-            message_ts=message_ts,
-            response_url=self.fake.response_url(token),
-            trigger_id=trigger_id or None,
-        )
-        status, _, text = await self.post(request)
-        assert status == 200, text
-        return token
-
-    async def submit(
-        self, user: str, callback_id: str, values: dict[str, dict[str, Any]], private_metadata: str
-    ) -> dict[str, Any] | None:
-        """A view_submission; returns Bolt's JSON answer (None for a plain ack)."""
-        request = signing.view_submission(
-            SECRET, user_id=user, callback_id=callback_id, values=values, private_metadata=private_metadata
-        )
-        status, _, text = await self.post(request)
-        assert status == 200, text
-        return json.loads(text) if text else None
-
-    async def gate_card(self, ref: str) -> Call:
-        return await self.fake.wait_for(
-            "chat.postMessage",
-            lambda c: "thread_ts" in c.args and f"{ref} waits for approval" in c.args.get("text", ""),
-            timeout=10,
-        )
-
-    def run_message(self, ts: str) -> dict[str, Any]:
-        return self.fake.messages[(CHANNEL, ts)]
-
-
-def _settings(tmp_path: Path, sqlite_url: str, fake: FakeSlack, **slack: Any) -> Settings:
-    pipes = tmp_path / "pipelines"
-    if not pipes.exists():
-        pipes.mkdir()
-        for name, text in (("gated", GATED), ("pair", PAIR), ("failing", FAILING), ("orphan", ORPHAN)):
-            (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
-        store = SqlStore(sqlite_url)
-        directory = Directory(store)
-        now = datetime.now(UTC)
-        directory.grant(ALICE, "role", str(Role.DEPLOYER), now)
-        directory.grant(ALICE, "role", str(Role.APPROVER), now)
-        for user in (BOB, DAVE, ERIN):
-            directory.grant(user, "role", str(Role.APPROVER), now)
-            directory.grant(user, "group", "release-managers", now)
-        store.dispose()
-    return load_settings(
-        database_url=sqlite_url,
-        pipelines_dir=pipes,
-        work_dir=tmp_path / "work",
-        poll_interval=0.05,
-        runner_name="slack-test",
-        slack_bot_token="xoxb-test",
-        slack_api_url=fake.base_url,
-        **slack,
-    )
+#: Alice deploys and approves; Bob, Dave and Erin approve, in release-managers; Carol holds nothing
+GRANTS: Grants = {
+    ALICE: [Role.DEPLOYER, Role.APPROVER],
+    **{user: [Role.APPROVER, RELEASE_MANAGERS] for user in (BOB, DAVE, ERIN)},
+}
+PIPELINES = {"gated": GATED, "pair": PAIR, "failing": FAILING, "orphan": ORPHAN}
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def bot(sqlite_url: str, tmp_path: Path, fake: FakeSlack) -> AsyncIterator[Bot]:
-    harness = Bot(fake, _settings(tmp_path, sqlite_url, fake, slack_signing_secret=SECRET))
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.stop()
+async def bot(start_bot: StartBot) -> Bot:
+    return await start_bot(PIPELINES, GRANTS)
 
 
 async def _started(bot: Bot, pipeline: str = "gated", params: str = "ref=abc1234") -> tuple[str, Call]:
     """ALICE starts a run; returns its ref and its (top-level) run message."""
     reply = await bot.say(ALICE, f"run {pipeline} {params}".strip())
     assert reply["text"].startswith("Started *"), reply
-    ref = reply["text"].split("*")[1]
-    message = await bot.fake.wait_for(
-        "chat.postMessage", lambda c: "thread_ts" not in c.args and ref in c.args.get("text", ""), timeout=10
-    )
-    return ref, message
+    ref = run_named(reply)
+    return ref, await bot.run_post(ref)
 
 
 # -- every verb ------------------------------------------------------------------------------------
@@ -373,7 +198,7 @@ async def test_errors_are_ephemeral_and_show_the_right_form(bot: Bot, text: str,
     assert reply["text"].startswith(":warning:")
     for part in expected:
         assert part in reply["text"], (part, reply["text"])
-    assert not _top_level_posts(bot.fake)  # nothing started, nothing said in the channel
+    assert not top_level_posts(bot.fake)  # nothing started, nothing said in the channel
 
 
 BAD_PARAMETER_FORM = (
@@ -395,7 +220,7 @@ async def test_a_parameter_error_shows_the_slack_form_of_the_command(bot: Bot, t
 async def test_reject_button_opens_a_modal_and_its_reason_fails_the_run(bot: Bot) -> None:
     ref, message = await _started(bot)
     card = await bot.gate_card(ref)
-    value = _button(card, "gate_reject")["value"]
+    value = button(card, "gate_reject")["value"]
     trigger = signing.new_trigger_id()
     await bot.press(BOB, "gate_reject", value, card.args["thread_ts"], trigger_id=trigger)
     opened = await bot.fake.wait_for("views.open")
@@ -436,8 +261,8 @@ async def test_two_approvals_show_progress_count_once_each_and_decide_once(bot: 
     ref, message = await _started(bot, "pair", "")
     ts = message.response["ts"]
     card = await bot.gate_card(ref)
-    value, card_ts = _button(card, "gate_approve")["value"], card.args["thread_ts"]
-    assert "approvals: 0 of 2" in json.dumps(_blocks(card))
+    value, card_ts = button(card, "gate_approve")["value"], card.args["thread_ts"]
+    assert "approvals: 0 of 2" in json.dumps(blocks_of(card))
 
     await bot.press(BOB, "gate_approve", value, card_ts)
     await until(lambda: "(1 of 2)" in json.dumps(bot.run_message(ts)), what="1 of 2 in the run message")
@@ -464,9 +289,7 @@ async def test_two_approvals_show_progress_count_once_each_and_decide_once(bot: 
     assert len([e for e in events if e.subject_id == deploy.id and e.to_status == "running"]) == 1
     answers = [r for t in tokens for r in bot.fake.responses_to(t)]
     assert len(answers) == 1 and answers[0].body["response_type"] == "ephemeral"  # the loser is told
-    finished = await bot.fake.wait_for(
-        "chat.postMessage", lambda c: "thread_ts" in c.args and f"{ref} succeeded" in c.args["text"]
-    )
+    finished = await bot.thread_post(f"{ref} succeeded")
     assert finished.args["thread_ts"] == ts
     assert (
         len([c for c in bot.fake.calls_to("chat.postMessage") if f"{ref} succeeded" in c.args["text"]]) == 1
@@ -476,7 +299,7 @@ async def test_two_approvals_show_progress_count_once_each_and_decide_once(bot: 
 async def test_a_press_on_a_decided_gate_answers_with_its_state(bot: Bot) -> None:
     ref, _ = await _started(bot)
     card = await bot.gate_card(ref)
-    value, card_ts = _button(card, "gate_approve")["value"], card.args["thread_ts"]
+    value, card_ts = button(card, "gate_approve")["value"], card.args["thread_ts"]
     await bot.press(BOB, "gate_approve", value, card_ts)
     await bot.until_status(ref, "succeeded")
 
@@ -491,7 +314,7 @@ async def test_a_press_on_a_decided_gate_answers_with_its_state(bot: Bot) -> Non
 async def test_reject_on_a_decided_gate_answers_with_its_state_instead_of_a_form(bot: Bot) -> None:
     ref, _ = await _started(bot)
     card = await bot.gate_card(ref)
-    value, card_ts = _button(card, "gate_reject")["value"], card.args["thread_ts"]
+    value, card_ts = button(card, "gate_reject")["value"], card.args["thread_ts"]
     await bot.say(BOB, f"approve {ref}")
     await bot.until_status(ref, "succeeded")
     token = await bot.press(DAVE, "gate_reject", value, card_ts, trigger_id=signing.new_trigger_id())
@@ -504,7 +327,7 @@ async def test_reject_on_a_decided_gate_answers_with_its_state_instead_of_a_form
 async def test_a_press_on_a_decided_gate_says_who_decided_it_not_a_warning(bot: Bot) -> None:
     ref, _ = await _started(bot)
     card = await bot.gate_card(ref)
-    value, card_ts = _button(card, "gate_approve")["value"], card.args["thread_ts"]
+    value, card_ts = button(card, "gate_approve")["value"], card.args["thread_ts"]
     await bot.press(BOB, "gate_approve", value, card_ts)
     await bot.until_status(ref, "succeeded")
     token = await bot.press(DAVE, "gate_approve", value, card_ts)
@@ -524,7 +347,7 @@ async def test_a_rate_limited_edit_is_retried_and_the_message_ends_in_the_final_
     assert limited.args["ts"] == ts
     await until(lambda: "failed" in bot.run_message(ts)["text"], timeout=10, what="the final state shown")
     assert any(c.ok and c.args["ts"] == ts for c in bot.fake.calls_to("chat.update"))
-    assert len(_top_level_posts(bot.fake)) == 1
+    assert len(top_level_posts(bot.fake)) == 1
 
 
 # -- App Home --------------------------------------------------------------------------------------
@@ -544,7 +367,7 @@ async def test_app_home_shows_environments_and_the_waiting_gate_once_per_event(b
     # (the home is also refreshed when what it shows changes: let the notifier catch up with the
     # log, after which nothing changes while the run is parked at its gate)
     await settle_bolt_tasks()
-    store = bot.client.app[SHIPYARD].store  # type: ignore[union-attr]
+    store = bot.store
     slack = SlackState(store)
     await until(lambda: slack.cursor("slack") == store.last_event_seq(), what="the notifier to catch up")
     await settle_bolt_tasks()
@@ -561,30 +384,26 @@ async def test_app_home_shows_environments_and_the_waiting_gate_once_per_event(b
 
 # -- Socket Mode -----------------------------------------------------------------------------------
 async def test_socket_mode_acks_a_command_and_replies_to_its_response_url(
-    sqlite_url: str, tmp_path: Path, fake: FakeSlack
+    start_bot: StartBot, fake: FakeSlack
 ) -> None:
-    settings = _settings(tmp_path, sqlite_url, fake, slack_app_token="xapp-test")
-    assert settings.slack_signing_secret is None
-    harness = Bot(fake, settings)
-    await harness.start()
-    try:
-        await fake.wait_connected()
-        opened = await fake.wait_for("apps.connections.open")
-        assert opened.token == "xapp-test"
-        token = f"sock{time.monotonic_ns()}"
-        payload = signing.slash_command_payload(
-            "help", user_id=ALICE, channel_id=CHANNEL, response_url=fake.response_url(token)
-        )
-        envelope = await fake.send_envelope("slash_commands", payload)
-        ack = await fake.wait_ack(envelope)
-        assert ack["envelope_id"] == envelope
-        reply = (await fake.wait_response(token)).body
-        assert reply["response_type"] == "ephemeral" and "/deploy run <pipeline>" in reply["text"]
-        assert harness.client is not None
-        http = await harness.client.post("/slack/events", data=b"{}")  # no HTTP endpoint in this mode
-        assert http.status in (404, 405)
-    finally:
-        await harness.stop()
+    harness = await start_bot(PIPELINES, GRANTS, slack_app_token="xapp-test", slack_signing_secret=None)
+    assert harness.settings.slack_signing_secret is None
+    await fake.wait_connected()
+    opened = await fake.wait_for("apps.connections.open")
+    assert opened.token == "xapp-test"
+    token = f"sock{time.monotonic_ns()}"
+    payload = signing.slash_command_payload(
+        "help", user_id=ALICE, channel_id=CHANNEL, response_url=fake.response_url(token)
+    )
+    envelope = await fake.send_envelope("slash_commands", payload)
+    ack = await fake.wait_ack(envelope)
+    assert ack["envelope_id"] == envelope
+    reply = (await fake.wait_response(token)).body
+    assert reply["response_type"] == "ephemeral" and "/deploy run <pipeline>" in reply["text"]
+    assert harness.client is not None
+    http = await harness.client.post("/slack/events", data=b"{}")  # no HTTP endpoint in this mode
+    assert http.status in (404, 405)
+    await harness.stop()
     await until(lambda: not fake.socket_connected, timeout=5, what="the socket to close")
 
 
@@ -605,7 +424,7 @@ async def test_a_restart_does_not_repost_the_run_message(bot: Bot) -> None:
         "chat.postMessage", lambda c: c.args.get("thread_ts") == ts and f"{ref} succeeded" in c.args["text"]
     )
     await until(lambda: "succeeded" in bot.run_message(ts)["text"], what="the first message edited")
-    assert [c.response["ts"] for c in _top_level_posts(bot.fake)] == [ts]
+    assert [c.response["ts"] for c in top_level_posts(bot.fake)] == [ts]
     new_posts = bot.fake.calls_to("chat.postMessage")[posts_before:]
     assert all(c.args.get("thread_ts") == ts for c in new_posts)
     assert not [c for c in new_posts if "waits for approval" in c.args.get("text", "")]  # no second card
@@ -618,7 +437,7 @@ async def _lose_the_job(bot: Bot, ref: str) -> None:
         lambda: (s := bot.run(ref)).jobs[0].status == "running" and s, what=f"{ref}'s job to run"
     )
     job = state.jobs[0]
-    decision = await bot.client.server.app[SHIPYARD].orchestrator.handle(  # type: ignore[union-attr]
+    decision = await bot.yard.orchestrator.handle(
         ExpireLease(run_id=state.run.id, job_id=job.id, attempt=job.attempt, force=True)
     )
     assert decision.accepted, decision.reason
@@ -631,11 +450,11 @@ async def test_a_lost_job_is_told_in_the_thread_with_a_button_to_mark_the_run_fa
         "chat.postMessage", lambda c: "thread_ts" in c.args and "was lost" in json.dumps(c.args), timeout=10
     )
     assert lost.args["thread_ts"] == message.response["ts"]
-    said = _blocks(lost)[0]["text"]["text"]
+    said = blocks_of(lost)[0]["text"]["text"]
     assert "*production/deploy* (attempt 1) was lost — runner slack-test its server restarted." in said
     assert "Shipyard runs it again (`retries: 1`)" in said
     assert "A deployment to *production* may be half done." in said
-    fail = _button(lost, "run_fail")
+    fail = button(lost, "run_fail")
     assert fail["confirm"]["title"]["text"] == "Mark the run failed?"
 
     await bot.press(ALICE, "run_fail", fail["value"], lost.response["ts"])
@@ -663,40 +482,29 @@ async def test_a_lost_job_without_retries_left_says_the_run_failed_and_offers_a_
         )
 
     lost = await until(second, what="the second loss in the thread")
-    assert "It had no retries left, so the run failed." in _blocks(lost)[0]["text"]["text"]
-    assert _button(lost, "run_retry")["text"]["text"] == "Retry failed jobs"
+    assert "It had no retries left, so the run failed." in blocks_of(lost)[0]["text"]["text"]
+    assert button(lost, "run_retry")["text"]["text"] == "Retry failed jobs"
     failed_posts = [
         c for c in bot.fake.calls_to("chat.postMessage") if ":x: *production/deploy*" in json.dumps(c.args)
     ]
     assert failed_posts == []  # one message for the loss, not a second one for the failure
 
 
-async def test_runs_stuck_lists_zombies_with_a_cancel_button(
-    sqlite_url: str, tmp_path: Path, fake: FakeSlack
-) -> None:
-    settings = _settings(
-        tmp_path, sqlite_url, fake, slack_signing_secret=SECRET, runner_capacity=0, stuck_after_seconds=1.0
-    )
-    bot = Bot(fake, settings)
-    await bot.start()
-    try:
-        none = await bot.say(ALICE, "runs --stuck")
-        assert none["text"] == "No stuck runs: every unfinished run changed within the last 1.0s."
-        ref, _ = await _started(bot, "failing", "")  # no runner: its job is never claimed
-        await asyncio.sleep(1.1)
-        reply = await bot.say(ALICE, "runs --stuck")
-        assert reply["response_type"] == "ephemeral"
-        assert reply["text"] == "1 run(s) unchanged for over 1.0s:"
-        row = reply["blocks"][1]
-        assert f"*{ref}* running — job build/compile queued for" in row["text"]["text"]
-        assert "no runner has claimed it" in row["text"]["text"]
-        cancel = row["accessory"]
-        assert (
-            cancel["action_id"] == "run_cancel" and cancel["confirm"]["title"]["text"] == "Cancel this run?"
-        )
-        await bot.press(ALICE, "run_cancel", cancel["value"], "0")
-        await bot.until_status(ref, "canceled")
-        after = await bot.say(ALICE, "runs --stuck")
-        assert after["text"].startswith("No stuck runs")
-    finally:
-        await bot.stop()
+async def test_runs_stuck_lists_zombies_with_a_cancel_button(start_bot: StartBot) -> None:
+    bot = await start_bot(PIPELINES, GRANTS, runner_capacity=0, stuck_after_seconds=1.0)
+    none = await bot.say(ALICE, "runs --stuck")
+    assert none["text"] == "No stuck runs: every unfinished run changed within the last 1.0s."
+    ref, _ = await _started(bot, "failing", "")  # no runner: its job is never claimed
+    await asyncio.sleep(1.1)
+    reply = await bot.say(ALICE, "runs --stuck")
+    assert reply["response_type"] == "ephemeral"
+    assert reply["text"] == "1 run(s) unchanged for over 1.0s:"
+    row = reply["blocks"][1]
+    assert f"*{ref}* running — job build/compile queued for" in row["text"]["text"]
+    assert "no runner has claimed it" in row["text"]["text"]
+    cancel = row["accessory"]
+    assert cancel["action_id"] == "run_cancel" and cancel["confirm"]["title"]["text"] == "Cancel this run?"
+    await bot.press(ALICE, "run_cancel", cancel["value"], "0")
+    await bot.until_status(ref, "canceled")
+    after = await bot.say(ALICE, "runs --stuck")
+    assert after["text"].startswith("No stuck runs")

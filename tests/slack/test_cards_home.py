@@ -8,30 +8,26 @@ clear, and the viewer's runs; a failure the run goes on after offers Cancel run.
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.config import load_settings
 from core.access import Role
-from storage.directory import Directory
-from storage.store import SqlStore
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack
-from tests.slack.test_bot_more import (
+from tests.slack.harness import (
     ALICE,
     BOB,
     CAROL,
     CHANNEL,
     DAVE,
+    RELEASE_MANAGERS,
     SECRET,
     Bot,
-    _blocks,
-    _button,
+    StartBot,
+    blocks_of,
+    button,
+    buttons_of,
     until,
 )
 
@@ -78,39 +74,14 @@ MAPPED = "<!subteam^S0RELEASE>, <!subteam^S0ADMINS>"
 
 
 @pytest.fixture
-async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    for name, text in (("ship", SHIP), ("going-on", GOING_ON), ("retried", RETRIED)):
-        (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
-    store = SqlStore(sqlite_url)
-    directory = Directory(store)
-    now = datetime.now(UTC)
-    for role in (Role.DEPLOYER, Role.APPROVER):
-        directory.grant(ALICE, "role", str(role), now)
-    directory.grant(BOB, "role", str(Role.APPROVER), now)
-    directory.grant(BOB, "group", "release-managers", now)
-    store.dispose()
-    async with FakeSlack() as fake:
-        fake.usergroups["S0RELEASE"] = [DAVE]  # Dave approves through the Slack user group
-        fake.usergroups["S0ADMINS"] = []
-        settings = load_settings(
-            database_url=sqlite_url,
-            pipelines_dir=pipes,
-            work_dir=tmp_path / "work",
-            poll_interval=0.05,
-            runner_name="slack-cards-test",
-            slack_bot_token="xoxb-test",
-            slack_api_url=fake.base_url,
-            slack_signing_secret=SECRET,
-            slack_roles={"S0RELEASE": ["approver"], "S0ADMINS": ["admin"]},
-        )
-        harness = Bot(fake, settings)
-        await harness.start()
-        try:
-            yield harness
-        finally:
-            await harness.stop()
+async def bot(start_bot: StartBot, fake: FakeSlack) -> Bot:
+    fake.usergroups["S0RELEASE"] = [DAVE]  # Dave approves through the Slack user group
+    fake.usergroups["S0ADMINS"] = []
+    return await start_bot(
+        {"ship": SHIP, "going-on": GOING_ON, "retried": RETRIED},
+        {ALICE: [Role.DEPLOYER, Role.APPROVER], BOB: [Role.APPROVER, RELEASE_MANAGERS]},
+        slack_roles={"S0RELEASE": ["approver"], "S0ADMINS": ["admin"]},
+    )
 
 
 def _dump(blocks: Any) -> str:
@@ -128,10 +99,9 @@ def _card_now(bot: Bot, card: Call) -> list[dict[str, Any]]:
 
 async def _through_staging(bot: Bot, version: str, revision: str) -> tuple[str, Call]:
     """Alice starts ship; Bob clears staging's gate; returns the run and its production card."""
-    reply = await bot.say(ALICE, f"run ship version={version} revision={revision}")
-    ref = reply["text"].split("*")[1]
+    ref = await bot.trigger(ALICE, f"run ship version={version} revision={revision}")
     staging = await bot.gate_card(ref)
-    await bot.press(BOB, "gate_approve", _button(staging, "gate_approve")["value"], staging.response["ts"])
+    await bot.press(BOB, "gate_approve", button(staging, "gate_approve")["value"], staging.response["ts"])
     card = await bot.fake.wait_for(
         "chat.postMessage",
         lambda c: f"{ref} waits for approval before production" in c.args.get("text", ""),
@@ -141,12 +111,12 @@ async def _through_staging(bot: Bot, version: str, revision: str) -> tuple[str, 
 
 
 async def _approve(bot: Bot, user: str, card: Call) -> None:
-    await bot.press(user, "gate_approve", _button(card, "gate_approve")["value"], card.response["ts"])
+    await bot.press(user, "gate_approve", button(card, "gate_approve")["value"], card.response["ts"])
 
 
 async def test_a_gate_card_shows_what_goes_where_and_keeps_it_once_decided(bot: Bot) -> None:
     first, card = await _through_staging(bot, "1.0.0", OLD)
-    shown = _card_text(_blocks(card))
+    shown = _card_text(blocks_of(card))
     assert f"approvers: release-managers, {MAPPED}" in shown  # a group with no Slack mapping is text
     assert f"deploys `ship@1.0.0` (revision `{OLD}`)" in shown
     assert "live in production now: nothing yet" in shown and "compare" not in shown
@@ -155,7 +125,7 @@ async def test_a_gate_card_shows_what_goes_where_and_keeps_it_once_decided(bot: 
     await bot.until_status(first, "succeeded", timeout=15)
 
     second, card = await _through_staging(bot, "2.0.0", NEW)
-    shown = _card_text(_blocks(card))
+    shown = _card_text(blocks_of(card))
     assert shown.startswith(
         f":raised_hand: *{second}* waits for approval before *production* to *production*"
     )
@@ -173,7 +143,7 @@ async def test_a_gate_card_shows_what_goes_where_and_keeps_it_once_decided(bot: 
         lambda: f"approvals: 1 of 2 — so far <@{BOB}>" in _card_text(_card_now(bot, card)),
         what="1 of 2 on the card",
     )
-    assert _button(card, "gate_approve")  # still open: the buttons stay
+    assert button(card, "gate_approve")  # still open: the buttons stay
     assert any(b["type"] == "actions" for b in _card_now(bot, card))
 
     await _approve(bot, DAVE, card)
@@ -189,18 +159,19 @@ async def test_a_gate_card_shows_what_goes_where_and_keeps_it_once_decided(bot: 
     assert f"deploys `ship@2.0.0` (revision `{NEW}`)" in kept
 
 
+async def _failure(bot: Bot, pipeline: str, job: str) -> tuple[str, Call, str]:
+    """Alice runs ``pipeline``: the run, the post in its thread about ``job`` failing, and its text."""
+    ref = await bot.trigger(ALICE, f"run {pipeline}")
+    post = await bot.thread_post(job, timeout=15)
+    return ref, post, blocks_of(post)[0]["text"]["text"]
+
+
 async def test_a_failure_the_run_goes_on_after_offers_cancel_and_cancel_ends_it(bot: Bot) -> None:
-    reply = await bot.say(ALICE, "run going-on")
-    ref = reply["text"].split("*")[1]
-    post = await bot.fake.wait_for(
-        "chat.postMessage", lambda c: "thread_ts" in c.args and "build/lint" in c.args["text"], timeout=15
-    )
-    said = _blocks(post)[0]["text"]["text"]
+    ref, post, said = await _failure(bot, "going-on", "build/lint")
     assert said.startswith(":warning: *build/lint* failed") and "the run goes on" in said
-    assert "lint: 3 warnings" in _dump(_blocks(post))
-    buttons = {e["action_id"] for b in _blocks(post) if b["type"] == "actions" for e in b["elements"]}
-    assert buttons == {"run_cancel"}  # nothing to retry or ignore: the run has not failed
-    cancel = _button(post, "run_cancel")
+    assert "lint: 3 warnings" in _dump(blocks_of(post))
+    assert set(buttons_of(post)) == {"run_cancel"}  # nothing to retry or ignore: the run has not failed
+    cancel = button(post, "run_cancel")
     assert cancel["confirm"]["title"]["text"] == "Cancel this run?"
     assert bot.run(ref).run.status == "running"
 
@@ -210,16 +181,11 @@ async def test_a_failure_the_run_goes_on_after_offers_cancel_and_cancel_ends_it(
 
 
 async def test_a_failed_attempt_that_is_retried_says_so_and_offers_cancel(bot: Bot) -> None:
-    reply = await bot.say(ALICE, "run retried")
-    ref = reply["text"].split("*")[1]
-    post = await bot.fake.wait_for(
-        "chat.postMessage", lambda c: "thread_ts" in c.args and "build/flaky" in c.args["text"], timeout=15
-    )
-    said = _blocks(post)[0]["text"]["text"]
+    ref, post, said = await _failure(bot, "retried", "build/flaky")
     assert said.startswith(":x: *build/flaky* failed") and "Shipyard runs it again (`retries: 1`)" in said
-    assert "network blip" in _dump(_blocks(post))
-    assert _button(post, "run_cancel")
-    await bot.press(ALICE, "run_cancel", _button(post, "run_cancel")["value"], post.response["ts"])
+    assert "network blip" in _dump(blocks_of(post))
+    assert button(post, "run_cancel")
+    await bot.press(ALICE, "run_cancel", button(post, "run_cancel")["value"], post.response["ts"])
     await bot.until_status(ref, "canceled")
 
 
@@ -260,9 +226,8 @@ async def test_app_home_shows_deployments_locks_gates_for_their_approvers_and_ow
     assert f"{first} waiting" in _home(bot, ALICE)  # her recent runs
 
     # a lock taken over the REST API shows (who, why, until when) without anyone reopening it
-    secret = Directory(bot.store).create_token("ops", [Role.DEPLOYER], datetime.now(UTC), by="test")
+    auth = bot.api_auth("ops")
     assert bot.client is not None
-    auth = {"Authorization": f"Bearer {secret}"}
     locked = await bot.client.post(
         "/api/v1/environments/staging/lock", json={"reason": "incident 4711", "duration": "2h"}, headers=auth
     )

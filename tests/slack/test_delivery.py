@@ -11,26 +11,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import textwrap
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from bot.app import SHIPYARD
-from bot.config import load_settings
 from core.access import Role
 from core.commands import TriggerRun
 from core.model import Actor
-from storage.directory import Directory
 from storage.slack import PostStatus, RunMessage, SlackState
 from storage.store import SqlStore
 from storage.tables import T
-from tests.slack.fake_slack import JSON, Call, FakeSlack, SlackApiFailure
-from tests.slack.test_bot_more import ALICE, BOB, CHANNEL, SECRET, Bot, _button, until
+from tests.slack.fake_slack import Call, FakeSlack
+from tests.slack.harness import ALICE, BOB, CHANNEL, RELEASE_MANAGERS, Bot, Grants, StartBot, button, until
 
 PIPELINE_CHANNEL, DEFAULT_CHANNEL, GONE_CHANNEL = "C0PIPELINE", "C0DEFAULT", "C0GONE"
 GATED = """
@@ -68,48 +61,19 @@ stages:
 """
 
 
-class ChannelsSlack(FakeSlack):
-    """The fake Slack, where a channel set to None in ``channels`` is unknown to
-    ``chat.postMessage`` too (``channel_not_found``), as it is to ``conversations.info``."""
-
-    def _chat_post_message(self, call: Call) -> JSON:
-        if call.args.get("channel") in self.channels and self.channels[call.args["channel"]] is None:
-            raise SlackApiFailure("channel_not_found")
-        return super()._chat_post_message(call)
+PIPELINES = {
+    "gated": GATED,
+    "busy": BUSY,
+    "routed": ROUTED,
+    "unrouted": UNROUTED,
+    "lost-channel": LOST_CHANNEL,
+}
 
 
 @pytest.fixture
-async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    pipelines = (("gated", GATED), ("busy", BUSY), ("routed", ROUTED), ("unrouted", UNROUTED))
-    for name, text in (*pipelines, ("lost-channel", LOST_CHANNEL)):
-        (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
-    store = SqlStore(sqlite_url)
-    directory = Directory(store)
-    now = datetime.now(UTC)
-    directory.grant(ALICE, "role", str(Role.DEPLOYER), now)
-    directory.grant(BOB, "role", str(Role.APPROVER), now)
-    directory.grant(BOB, "group", "release-managers", now)
-    store.dispose()
-    async with ChannelsSlack() as fake:
-        settings = load_settings(
-            database_url=sqlite_url,
-            pipelines_dir=pipes,
-            work_dir=tmp_path / "work",
-            poll_interval=0.05,
-            runner_name="slack-delivery-test",
-            slack_bot_token="xoxb-test",
-            slack_api_url=fake.base_url,
-            slack_signing_secret=SECRET,
-            slack_channel=DEFAULT_CHANNEL,
-        )
-        harness = Bot(fake, settings)
-        await harness.start()
-        try:
-            yield harness
-        finally:
-            await harness.stop()
+async def bot(start_bot: StartBot) -> Bot:
+    grants: Grants = {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER, RELEASE_MANAGERS]}
+    return await start_bot(PIPELINES, grants, slack_channel=DEFAULT_CHANNEL)
 
 
 def _cards(fake: FakeSlack, ref: str) -> list[Call]:
@@ -123,11 +87,8 @@ def _cards(fake: FakeSlack, ref: str) -> list[Call]:
 
 async def _run_message_then_outage(bot: Bot, times: int) -> tuple[str, Call]:
     """Alice starts gated; once its message is up, Slack fails the next ``times`` posts."""
-    reply = await bot.say(ALICE, "run gated")
-    ref = reply["text"].split("*")[1]
-    message = await bot.fake.wait_for(
-        "chat.postMessage", lambda c: "thread_ts" not in c.args and ref in c.args.get("text", "")
-    )
+    ref = await bot.trigger(ALICE, "run gated")
+    message = await bot.run_post(ref)
     assert bot.run(ref).run.status == "running"  # (its build takes half a second: no card yet)
     bot.fake.fail_next("chat.postMessage", "internal_error", status=500, times=times)
     return ref, message
@@ -150,7 +111,7 @@ async def test_a_gate_card_lost_to_a_slack_outage_arrives_later_once(bot: Bot) -
     )
 
     # the card that made it works like any other, and nothing is posted twice
-    await bot.press(BOB, "gate_approve", _button(card, "gate_approve")["value"], card.response["ts"])
+    await bot.press(BOB, "gate_approve", button(card, "gate_approve")["value"], card.response["ts"])
     await bot.until_status(ref, "succeeded")
     await bot.fake.wait_for("chat.postMessage", lambda c: f"{ref} succeeded" in c.args.get("text", ""))
     await asyncio.sleep(1.5)  # (time for a wrong second try)
@@ -205,11 +166,8 @@ async def test_a_busy_run_edits_its_message_at_most_about_once_a_second(bot: Bot
 
     watcher = asyncio.create_task(stamp())
     try:
-        reply = await bot.say(ALICE, "run busy")
-        ref = reply["text"].split("*")[1]
-        message = await bot.fake.wait_for(
-            "chat.postMessage", lambda c: "thread_ts" not in c.args and ref in c.args.get("text", "")
-        )
+        ref = await bot.trigger(ALICE, "run busy")
+        message = await bot.run_post(ref)
         await bot.until_status(ref, "succeeded", timeout=30)
         ts = message.response["ts"]
         await until(lambda: "succeeded" in bot.run_message(ts)["text"], what="the final edit")
@@ -229,8 +187,7 @@ async def test_a_busy_run_edits_its_message_at_most_about_once_a_second(bot: Bot
 
 async def test_runs_started_outside_slack_report_in_their_pipelines_channel(bot: Bot) -> None:
     assert bot.client is not None
-    secret = Directory(bot.store).create_token("ci", [Role.DEPLOYER], datetime.now(UTC), by="test")
-    auth = {"Authorization": f"Bearer {secret}"}
+    auth = bot.api_auth("ci")
 
     over_rest = await bot.client.post("/api/v1/pipelines/routed/runs", json={}, headers=auth)
     assert over_rest.status == 202, await over_rest.text()
@@ -241,8 +198,7 @@ async def test_runs_started_outside_slack_report_in_their_pipelines_channel(bot:
     assert "triggered by ci via rest" in str(posted.args["blocks"])
 
     # the scheduler triggers through the same service, as its schedule's owner
-    yard = bot.client.server.app[SHIPYARD]
-    decision = await yard.orchestrator.handle(
+    decision = await bot.yard.orchestrator.handle(
         TriggerRun(pipeline="routed", actor=Actor("nightly", "schedule"))
     )
     assert decision.accepted, decision.reason
@@ -293,8 +249,7 @@ async def test_a_run_whose_channel_slack_refuses_holds_up_no_other_run(
     caplog.set_level(logging.WARNING, logger="bot.slack.notifier")
     bot.fake.channels[GONE_CHANNEL] = None  # (deleted, or the bot was never invited)
     assert bot.client is not None
-    secret = Directory(bot.store).create_token("ci", [Role.DEPLOYER], datetime.now(UTC), by="test")
-    auth = {"Authorization": f"Bearer {secret}"}
+    auth = bot.api_auth("ci")
 
     lost = await bot.client.post("/api/v1/pipelines/lost-channel/runs", json={}, headers=auth)
     assert lost.status == 202, await lost.text()
@@ -331,10 +286,7 @@ async def test_a_run_whose_channel_slack_refuses_holds_up_no_other_run(
 async def test_a_run_message_lost_to_an_outage_is_posted_once_slack_is_back(bot: Bot) -> None:
     bot.fake.fail_next("chat.postMessage", "internal_error", status=500, times=2)
     assert bot.client is not None
-    secret = Directory(bot.store).create_token("ci", [Role.DEPLOYER], datetime.now(UTC), by="test")
-    posted = await bot.client.post(
-        "/api/v1/pipelines/routed/runs", json={}, headers={"Authorization": f"Bearer {secret}"}
-    )
+    posted = await bot.client.post("/api/v1/pipelines/routed/runs", json={}, headers=bot.api_auth("ci"))
     assert posted.status == 202, await posted.text()
     message = await bot.fake.wait_for(
         "chat.postMessage",

@@ -7,40 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from bot.config import load_settings
 from core.access import Role
-from storage.directory import Directory
 from storage.locks import LockBook
 from storage.reads import Reads, RunFilter
-from storage.store import SqlStore
-from tests.slack.fake_slack import FakeSlack
-from tests.slack.test_bot_more import ALICE, SECRET, Bot, _blocks, until
+from tests.slack.harness import ALICE, SHOP, Bot, StartBot, blocks_of, until
 
-SHOP = """
-name: shop
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          echo "artifact=shop@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/shop" >> "$SHIPYARD_OUTPUT"
-  - name: staging
-    environment: staging
-    jobs: [{name: deploy, run: "true"}]
-  - name: production
-    environment: production
-    jobs: [{name: deploy, run: "true"}]
-"""
 ENVIRONMENTS = {
     "staging": {},
     "production": {
@@ -51,38 +26,12 @@ ENVIRONMENTS = {
 
 
 @pytest.fixture
-async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "shop.yml").write_text(textwrap.dedent(SHOP))
-    store = SqlStore(sqlite_url)
-    directory = Directory(store)
-    for role in (Role.ADMIN,):
-        directory.grant(ALICE, "role", str(role), datetime.now(UTC))
-    store.dispose()
-    async with FakeSlack() as fake:
-        settings = load_settings(
-            database_url=sqlite_url,
-            pipelines_dir=pipes,
-            work_dir=tmp_path / "work",
-            poll_interval=0.05,
-            runner_name="slack-env-test",
-            slack_bot_token="xoxb-test",
-            slack_api_url=fake.base_url,
-            slack_signing_secret=SECRET,
-            environments=ENVIRONMENTS,
-        )
-        harness = Bot(fake, settings)
-        await harness.start()
-        try:
-            yield harness
-        finally:
-            await harness.stop()
+async def bot(start_bot: StartBot) -> Bot:
+    return await start_bot({"shop": SHOP}, {ALICE: [Role.ADMIN]}, environments=ENVIRONMENTS)
 
 
 async def _released(bot: Bot, version: str) -> str:
-    reply = await bot.say(ALICE, f"run shop version={version}")
-    ref = reply["text"].split("*")[1]
+    ref = await bot.trigger(ALICE, f"run shop version={version}")
     await bot.until_status(ref, "queued", "waiting", "succeeded", "failed")
     return ref
 
@@ -118,7 +67,7 @@ async def test_rollback_asks_first_then_its_button_rolls_back(bot: Bot) -> None:
         lambda c: "thread_ts" in c.args and "Roll back staging" in json.dumps(c.args),
         timeout=10,
     )
-    offer = next(e for b in _blocks(result) if b["type"] == "actions" for e in b["elements"])
+    offer = next(e for b in blocks_of(result) if b["type"] == "actions" for e in b["elements"])
     token = await bot.press(ALICE, offer["action_id"], offer["value"], result.response["ts"])
     question = (await bot.fake.wait_response(token)).body
     assert isinstance(question, dict) and question["text"] == "Roll staging back to shop@1.0.0?"
@@ -156,7 +105,7 @@ async def test_rollback_asks_first_then_its_button_rolls_back(bot: Bot) -> None:
     )
     ack = next(
         e
-        for b in _blocks(held)
+        for b in blocks_of(held)
         if b["type"] == "actions"
         for e in b["elements"]
         if e["text"]["text"] == "Acknowledge"

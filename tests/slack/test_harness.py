@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from tests.slack import signing
 from tests.slack.fake_slack import FakeSlack, settle_bolt_tasks
@@ -45,12 +46,6 @@ def web_client(fake: FakeSlack) -> AsyncWebClient:
         base_url=fake.base_url,
         retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
     )
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -342,6 +337,24 @@ async def test_fake_web_api_rules(fake: FakeSlack) -> None:
     fake.fail_next("chat.postMessage", "channel_not_found")
     with pytest.raises(SlackApiError, match="channel_not_found"):
         await client.chat_postMessage(channel="C404", text="x")
+
+
+async def test_fake_channel_set_to_none_refuses_every_chat_call(fake: FakeSlack) -> None:
+    client = web_client(fake)
+    posted = await client.chat_postMessage(channel="C0GONE", text="before")
+    fake.channels["C0GONE"] = None  # deleted, or the bot was removed from it
+    refused: list[Callable[[], Awaitable[AsyncSlackResponse]]] = [
+        lambda: client.chat_postMessage(channel="C0GONE", text="x"),
+        lambda: client.chat_postEphemeral(channel="C0GONE", user="U1", text="x"),
+        lambda: client.chat_update(channel="C0GONE", ts=posted["ts"], text="x"),
+        lambda: client.chat_delete(channel="C0GONE", ts=posted["ts"]),
+        lambda: client.conversations_info(channel="C0GONE"),
+    ]
+    for call in refused:
+        with pytest.raises(SlackApiError, match="channel_not_found"):
+            await call()
+    assert [c.response for c in fake.calls[-5:]] == [{"ok": False, "error": "channel_not_found"}] * 5
+    assert (await client.chat_postMessage(channel="C0HERE", text="y"))["ok"]  # other channels are known
 
 
 async def test_fake_views_and_triggers(fake: FakeSlack) -> None:

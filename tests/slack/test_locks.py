@@ -6,66 +6,36 @@ calls go to the fake."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.chat import lock_blocks as lb
-from bot.config import Settings, load_settings
 from bot.locks_keeper import KEEPER, LockKeeper
 from core.access import Role
 from core.locks import Lock
-from storage.directory import Directory
 from storage.locks import LockBook
-from storage.store import SqlStore
-from tests.slack.fake_slack import Call, FakeSlack
-from tests.slack.test_bot_more import CHANNEL, SECRET, Bot
+from tests.slack.fake_slack import Call
+from tests.slack.harness import ALICE, BOB, CAROL, CHANNEL, ROOT, Bot, StartBot, buttons_of
 
-ALICE, BOB, CAROL, ROOT = "U0ALICE", "U0BOB", "U0CAROL", "U0ROOT"  # deployers; nobody; admin
+#: Alice and Bob deploy, Root administers; Carol holds nothing
+GRANTS = {ALICE: [Role.DEPLOYER], BOB: [Role.DEPLOYER], ROOT: [Role.ADMIN]}
 
 
-def _settings(tmp_path: Path, url: str, fake: FakeSlack) -> Settings:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    store = SqlStore(url)
-    directory = Directory(store)
-    now = datetime.now(UTC)
-    for user in (ALICE, BOB):
-        directory.grant(user, "role", str(Role.DEPLOYER), now)
-    directory.grant(ROOT, "role", str(Role.ADMIN), now)
-    store.dispose()
-    return load_settings(
-        database_url=url,
-        pipelines_dir=pipes,
-        work_dir=tmp_path / "work",
-        poll_interval=0.05,
-        runner_name="slack-locks",
-        slack_bot_token="xoxb-test",
-        slack_api_url=fake.base_url,
-        slack_signing_secret=SECRET,
+@pytest.fixture
+async def bot(start_bot: StartBot, db_url: str) -> Bot:
+    return await start_bot(
+        {},
+        GRANTS,
+        database_url=db_url,
         slack_channel=CHANNEL,
         environments={"staging": None, "production": {"lock_reminder": "10m"}},
     )
 
 
-@pytest.fixture
-async def bot(db_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
-    async with FakeSlack() as fake:
-        harness = Bot(fake, _settings(tmp_path, db_url, fake))
-        await harness.start()
-        try:
-            yield harness
-        finally:
-            await harness.stop()
-
-
 def keeper(bot: Bot) -> LockKeeper:
-    assert bot.client is not None
-    return bot.client.server.app[KEEPER]
+    return bot.app[KEEPER]
 
 
 def current(bot: Bot, env: str = "production") -> Lock | None:
@@ -76,18 +46,8 @@ def posts_to(bot: Bot, channel: str) -> list[Call]:
     return [c for c in bot.fake.calls_to("chat.postMessage") if c.args.get("channel") == channel]
 
 
-def buttons(call_or_body: Call | dict[str, Any]) -> dict[str, dict[str, Any]]:
-    args = call_or_body.args if isinstance(call_or_body, Call) else call_or_body
-    blocks = args.get("blocks") or []
-    blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
-    return {e["action_id"]: e for b in blocks if b["type"] == "actions" for e in b["elements"]}
-
-
 async def press(bot: Bot, user: str, button: dict[str, Any]) -> dict[str, Any]:
-    token = await bot.press(user, button["action_id"], button["value"], "1700000000.000100")
-    body = (await bot.fake.wait_response(token)).body
-    assert isinstance(body, dict)
-    return body
+    return await bot.answer(user, button["action_id"], button["value"], "1700000000.000100")
 
 
 # -- the verbs -------------------------------------------------------------------------------------
@@ -104,7 +64,7 @@ async def test_lock_unlock_and_locks_in_the_channel(bot: Bot) -> None:
     refused = await bot.say(BOB, "lock production hotfix")
     assert refused["response_type"] == "ephemeral"
     assert f"production is locked by <@{ALICE}>" in refused["text"] and "incident 4711" in refused["text"]
-    assert lb.ASK in buttons(refused)
+    assert lb.ASK in buttons_of(refused)
 
     listed = await bot.say(BOB, "locks")
     assert listed["response_type"] == "ephemeral" and "incident 4711" in listed["text"]
@@ -156,11 +116,11 @@ async def test_the_holder_is_reminded_once_and_extends_then_releases_with_button
     [reminder] = posts_to(bot, ALICE)  # a direct message to the holder
     assert f"<@{ALICE}>, your lock on *production* expires" in reminder.args["text"]
     assert "incident 4711" in reminder.args["text"]
-    assert set(buttons(reminder)) == {lb.EXTEND, lb.RELEASE}
+    assert set(buttons_of(reminder)) == {lb.EXTEND, lb.RELEASE}
 
-    refused = await press(bot, BOB, buttons(reminder)[lb.EXTEND])
+    refused = await press(bot, BOB, buttons_of(reminder)[lb.EXTEND])
     assert f"Only {ALICE} may extend it" in refused["text"]
-    extended = await press(bot, ALICE, buttons(reminder)[lb.EXTEND])
+    extended = await press(bot, ALICE, buttons_of(reminder)[lb.EXTEND])
     assert extended["text"].startswith(":lock: production is locked by")
     later = current(bot)
     assert later is not None and later.expires_at == expiry + timedelta(hours=1)
@@ -169,11 +129,11 @@ async def test_the_holder_is_reminded_once_and_extends_then_releases_with_button
     again = await keeper(bot).tick(expiry + timedelta(minutes=51))
     assert [lock.expires_at for lock in again.reminded] == [expiry + timedelta(hours=1)]
     second = posts_to(bot, ALICE)[-1]
-    released = await press(bot, ALICE, buttons(second)[lb.RELEASE])
+    released = await press(bot, ALICE, buttons_of(second)[lb.RELEASE])
     assert released["response_type"] == "in_channel"
     assert released["text"] == f":unlock: <@{ALICE}> unlocked *production*: incident 4711."
     assert current(bot) is None
-    stale = await press(bot, ALICE, buttons(reminder)[lb.RELEASE])  # the first reminder's button
+    stale = await press(bot, ALICE, buttons_of(reminder)[lb.RELEASE])  # the first reminder's button
     assert "That button is for an earlier lock; production is not locked any more." == stale["text"]
 
 
@@ -203,7 +163,7 @@ async def test_a_holder_outside_slack_is_reminded_in_the_channel(bot: Bot) -> No
 async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bot) -> None:
     await bot.say(ALICE, 'lock production "incident 4711"')
     refused = await bot.say(BOB, 'lock production "release 1.4"')
-    ask = buttons(refused)[lb.ASK]
+    ask = buttons_of(refused)[lb.ASK]
     assert "Asking for a lock needs the deployer role" in (await press(bot, CAROL, ask))["text"]
     asked = await press(bot, BOB, ask)
     assert asked["text"].startswith(f"Asked <@{ALICE}> to hand over the lock on *production*")
@@ -213,10 +173,10 @@ async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bo
     assert (await keeper(bot).tick()).asked == []  # asked once
     [prompt] = posts_to(bot, ALICE)
     assert f"<@{BOB}> asks for your lock on *production*" in prompt.args["text"]
-    assert set(buttons(prompt)) == {lb.HAND_OVER, lb.KEEP}
+    assert set(buttons_of(prompt)) == {lb.HAND_OVER, lb.KEEP}
 
-    assert f"Only {ALICE} may answer" in (await press(bot, BOB, buttons(prompt)[lb.KEEP]))["text"]
-    kept = await press(bot, ALICE, buttons(prompt)[lb.KEEP])
+    assert f"Only {ALICE} may answer" in (await press(bot, BOB, buttons_of(prompt)[lb.KEEP]))["text"]
+    kept = await press(bot, ALICE, buttons_of(prompt)[lb.KEEP])
     assert kept["text"] == f"You keep the lock on *production*; <@{BOB}> was told."
     [answer] = posts_to(bot, BOB)
     assert f"<@{ALICE}> keeps the lock for now" in answer.args["text"]
@@ -224,13 +184,13 @@ async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bo
     await press(bot, BOB, ask)  # asks again: asked again
     await keeper(bot).tick()
     second = posts_to(bot, ALICE)[-1]
-    assert second is not prompt and lb.HAND_OVER in buttons(second)
-    handed = await press(bot, ALICE, buttons(second)[lb.HAND_OVER])
+    assert second is not prompt and lb.HAND_OVER in buttons_of(second)
+    handed = await press(bot, ALICE, buttons_of(second)[lb.HAND_OVER])
     assert handed["text"] == f"You handed the lock on *production* to <@{BOB}>."
     held = current(bot)
     assert held is not None and (held.holder, held.reason) == (BOB, "incident 4711")
     assert f"<@{ALICE}> handed you the lock" in posts_to(bot, BOB)[-1].args["text"]
-    stale = await press(bot, ALICE, buttons(second)[lb.KEEP])
+    stale = await press(bot, ALICE, buttons_of(second)[lb.KEEP])
     assert stale["text"].startswith("That button is for an earlier lock; production changed")
     assert f"locked by <@{BOB}>" in stale["text"]
 
@@ -242,12 +202,12 @@ async def test_a_rollback_lock_is_acknowledged_by_a_deployer(bot: Bot) -> None:
     )
     summary, blocks = lb.rollback_locked(rollback, datetime.now(UTC))
     assert "until someone acknowledges the rollback" in summary
-    acknowledge = buttons({"blocks": blocks})[lb.ACKNOWLEDGE]
+    acknowledge = buttons_of({"blocks": blocks})[lb.ACKNOWLEDGE]
     assert acknowledge["confirm"]["confirm"]["text"] == "Acknowledge"
 
     refused = await bot.say(BOB, 'lock production "mine"')
     assert "until someone acknowledges the rollback" in refused["text"]
-    assert set(buttons(refused)) == {lb.ACKNOWLEDGE}  # not "ask for it": acknowledge it
+    assert set(buttons_of(refused)) == {lb.ACKNOWLEDGE}  # not "ask for it": acknowledge it
     nobody = await press(bot, CAROL, acknowledge)
     assert nobody["response_type"] == "ephemeral" and current(bot) is not None
     assert "a deployer or an admin may acknowledge a rollback" in nobody["text"]

@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.config import load_settings
 from core.access import Role
-from storage.directory import Directory
 from storage.reads import Reads, RunFilter
-from storage.store import SqlStore
 from tests.slack import signing
-from tests.slack.fake_slack import FakeSlack
-from tests.slack.test_bot_more import ALICE, BOB, CHANNEL, SECRET, Bot, _blocks
+from tests.slack.harness import ALICE, BOB, CHANNEL, SECRET, Bot, StartBot, blocks_of, button
 
 WEB = """
 name: web
@@ -63,44 +55,13 @@ ENVIRONMENTS = {"production": {"confirm": True, "branches": ["main"]}}
 
 
 @pytest.fixture
-async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "web.yml").write_text(textwrap.dedent(WEB))
-    (pipes / "docs.yml").write_text(textwrap.dedent(DOCS))
-    store = SqlStore(sqlite_url)
-    directory = Directory(store)
-    for user in (ALICE, BOB):
-        directory.grant(user, "role", str(Role.DEPLOYER), datetime.now(UTC))
-    store.dispose()
-    async with FakeSlack() as fake:
-        settings = load_settings(
-            database_url=sqlite_url,
-            pipelines_dir=pipes,
-            work_dir=tmp_path / "work",
-            poll_interval=0.05,
-            runner_name="slack-form-test",
-            slack_bot_token="xoxb-test",
-            slack_api_url=fake.base_url,
-            slack_signing_secret=SECRET,
-            environments=ENVIRONMENTS,
-        )
-        harness = Bot(fake, settings)
-        await harness.start()
-        try:
-            yield harness
-        finally:
-            await harness.stop()
+async def bot(start_bot: StartBot) -> Bot:
+    grants = {ALICE: [Role.DEPLOYER], BOB: [Role.DEPLOYER]}
+    return await start_bot({"web": WEB, "docs": DOCS}, grants, environments=ENVIRONMENTS)
 
 
 def _refs(bot: Bot) -> list[str]:
     return sorted(s.run.ref for s in Reads(bot.store).runs(RunFilter(), None, 50))
-
-
-def _deploy_button(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    return next(
-        e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["action_id"] == "run_confirm"
-    )
 
 
 def _question_text(blocks: list[dict[str, Any]]) -> str:
@@ -250,14 +211,14 @@ async def test_a_form_for_production_asks_in_the_channel_like_the_command_then_d
     assert await _submit(bot, web, "web", fields) is None
     asked = await bot.fake.wait_for("chat.postEphemeral")
     assert asked.ok and asked.args["channel"] == CHANNEL and asked.args["user"] == ALICE
-    text = _question_text(_blocks(asked))
+    text = _question_text(blocks_of(asked))
     assert "*web* deploys to *production*" in text and "revision: `abc1234` (parameter `ref`)" in text
     assert "branch: `main`" in text and "`region=us`" in text
     assert "live in production now: nothing yet" in text
     assert _refs(bot) == []  # nothing starts before the answer
 
-    button = _deploy_button(_blocks(asked))
-    token = await bot.press(ALICE, button["action_id"], button["value"], asked.response["message_ts"])
+    deploy = button(asked, "run_confirm")
+    token = await bot.press(ALICE, deploy["action_id"], deploy["value"], asked.response["message_ts"])
     answer = (await bot.fake.wait_response(token)).body
     assert "Started *web#1*" in answer["text"] and answer["replace_original"] is True
     state = await bot.until_status("web#1", "succeeded")
@@ -268,15 +229,12 @@ async def test_a_form_for_production_asks_in_the_channel_like_the_command_then_d
     bot.fake.fail_next("chat.postEphemeral", "not_in_channel")
     assert await _submit(bot, web, "web", fields) is None
     direct = await bot.fake.wait_for("chat.postMessage", lambda c: c.args.get("channel") == ALICE)
-    assert "live in production now: artifact `web@1.0.1`" in _question_text(_blocks(direct))
+    assert "live in production now: artifact `web@1.0.1`" in _question_text(blocks_of(direct))
 
 
 # -- the question before production ----------------------------------------------------------------
 async def _press(bot: Bot, user: str, value: str) -> dict[str, Any]:
-    token = await bot.press(user, "run_confirm", value, "1.0")
-    body = (await bot.fake.wait_response(token)).body
-    assert isinstance(body, dict)
-    return body
+    return await bot.answer(user, "run_confirm", value)
 
 
 async def test_the_question_shows_what_goes_where_and_two_presses_start_one_run(bot: Bot) -> None:
@@ -294,7 +252,7 @@ async def test_the_question_shows_what_goes_where_and_two_presses_start_one_run(
     ):
         assert line in text, line
     assert _refs(bot) == []
-    value = _deploy_button(question["blocks"])["value"]
+    value = button(question, "run_confirm")["value"]
 
     assert "was for <@U0ALICE>" in (await _press(bot, BOB, value))["text"]
     first, second = await asyncio.gather(_press(bot, ALICE, value), _press(bot, ALICE, value))
@@ -311,7 +269,7 @@ async def test_the_question_shows_what_goes_where_and_two_presses_start_one_run(
     text = _question_text(again["blocks"])
     assert "live in production now: artifact `web@1.0.1`, revision `abc1234` (web#1, since " in text
     assert "<https://git.example/web/compare/abc1234...def5678|compare abc1234…def5678>" in text
-    stale = json.loads(_deploy_button(again["blocks"])["value"]) | {"until": time.time() - 1}
+    stale = json.loads(button(again, "run_confirm")["value"]) | {"until": time.time() - 1}
     late = await _press(bot, ALICE, json.dumps(stale))
     assert "That question expired; type `/deploy run web …` again." in late["text"]
     assert _refs(bot) == ["web#1"]
@@ -333,7 +291,7 @@ async def test_runs_of_a_mistyped_pipeline_name_the_closest_one(bot: Bot) -> Non
 async def test_promote_to_production_asks_what_goes_and_what_is_live_then_starts_one_run(bot: Bot) -> None:
     for number, ref in ((1, "abc1234"), (2, "def5678")):
         question = await bot.say(ALICE, f"run web ref={ref} branch=main")
-        assert (await _press(bot, ALICE, _deploy_button(question["blocks"])["value"]))["text"].startswith(
+        assert (await _press(bot, ALICE, button(question, "run_confirm")["value"]))["text"].startswith(
             f"Started *web#{number}*"
         )
         await bot.until_status(f"web#{number}", "succeeded")
@@ -353,7 +311,7 @@ async def test_promote_to_production_asks_what_goes_and_what_is_live_then_starts
         assert line in text, line
     assert _refs(bot) == ["web#1", "web#2"]  # nothing starts before the answer
 
-    value = _deploy_button(asked["blocks"])["value"]
+    value = button(asked, "run_confirm")["value"]
     first, second = await asyncio.gather(_press(bot, ALICE, value), _press(bot, ALICE, value))
     answers = sorted([first["text"], second["text"]])
     assert answers[0].startswith("Already started as *web#3*"), answers

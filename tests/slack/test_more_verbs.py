@@ -7,7 +7,6 @@ the person sees: the reply posted to the command's ``response_url``, who else se
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,33 +14,12 @@ from typing import Any
 
 import pytest
 
-from bot.config import load_settings
 from core.access import Role
-from storage.directory import Directory
-from storage.store import SqlStore
-from tests.slack.fake_slack import FakeSlack
-from tests.slack.test_bot_more import CHANNEL, SECRET, Bot, until
+from tests.slack.harness import ALICE, BOB, CAROL, CHANNEL, ROOT, SHOP, Bot, StartBot, run_named, until
 
-ALICE, BOB, ROOT, CAROL = "U0ALICE", "U0BOB", "U0ROOT", "U0CAROL"  # deployer; approver; admin; nobody
+#: Alice deploys, Bob approves, Root administers; Carol holds nothing
+GRANTS = {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER], ROOT: [Role.ADMIN]}
 
-SHOP = """
-name: shop
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          echo "artifact=shop@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/shop" >> "$SHIPYARD_OUTPUT"
-  - name: staging
-    environment: staging
-    jobs: [{name: deploy, run: "true"}]
-  - name: production
-    environment: production
-    jobs: [{name: deploy, run: "true"}]
-"""
 #: deploys to qa and holds it until the test creates the file ``go``
 HOLD = """
 name: hold
@@ -53,42 +31,16 @@ stages:
 
 
 @pytest.fixture
-async def bot(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Bot]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "shop.yml").write_text(textwrap.dedent(SHOP))
-    (pipes / "hold.yml").write_text(textwrap.dedent(HOLD.format(go=tmp_path / "go")))
-    store = SqlStore(sqlite_url)
-    directory = Directory(store)
-    at = datetime.now(UTC)
-    for who, role in ((ALICE, Role.DEPLOYER), (BOB, Role.APPROVER), (ROOT, Role.ADMIN)):
-        directory.grant(who, "role", str(role), at)
-    store.dispose()
-    async with FakeSlack() as fake:
-        settings = load_settings(
-            database_url=sqlite_url,
-            pipelines_dir=pipes,
-            work_dir=tmp_path / "work",
-            poll_interval=0.05,
-            runner_name="slack-more-verbs",
-            slack_bot_token="xoxb-test",
-            slack_api_url=fake.base_url,
-            slack_signing_secret=SECRET,
-            environments={"staging": {}, "production": {}, "qa": {}},
-        )
-        harness = Bot(fake, settings)
-        await harness.start()
-        try:
-            yield harness
-        finally:
-            (tmp_path / "go").touch()  # let a held run end before the app stops
-            await harness.stop()
+async def bot(start_bot: StartBot, tmp_path: Path) -> AsyncIterator[Bot]:
+    pipelines = {"shop": SHOP, "hold": HOLD.format(go=tmp_path / "go")}
+    yield await start_bot(pipelines, GRANTS, environments={"staging": {}, "production": {}, "qa": {}})
+    (tmp_path / "go").touch()  # let a held run end before the app stops
 
 
 async def _released(bot: Bot, version: str, user: str = ALICE) -> str:
     reply = await bot.say(user, f"run shop version={version}")
     assert reply["text"].startswith("Started *shop#"), reply
-    ref = reply["text"].split("*")[1]
+    ref = run_named(reply)
     await bot.until_status(ref, "succeeded")
     return ref
 
@@ -177,8 +129,7 @@ async def test_artifacts_lists_versions_and_mark_bad_keeps_one_from_being_deploy
 
 
 async def test_fail_ends_a_run_failed_and_its_message_shows_it(bot: Bot) -> None:
-    reply = await bot.say(ALICE, "run hold")
-    ref = reply["text"].split("*")[1]
+    ref = await bot.trigger(ALICE, "run hold")
     await bot.until_status(ref, "running")
 
     assert "control needs one of" in _ephemeral(await bot.say(CAROL, f"fail {ref}"))
@@ -195,7 +146,7 @@ async def test_fail_ends_a_run_failed_and_its_message_shows_it(bot: Bot) -> None
 async def test_front_moves_a_queued_run_first_for_admins_only(bot: Bot, tmp_path: Path) -> None:
     refs = []
     for _ in range(3):
-        refs.append((await bot.say(ALICE, "run hold"))["text"].split("*")[1])
+        refs.append(await bot.trigger(ALICE, "run hold"))
     first, second, third = refs
     await bot.until_status(first, "running")
     for ref in (second, third):
