@@ -33,8 +33,10 @@ BOT_EVENTS: tuple[str, ...] = ("app_home_opened",)
 METHOD_SCOPES: dict[str, str | None] = {
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
+    "chat.postEphemeral": "chat:write",
     "chat.delete": "chat:write",  # a bot token deletes only its own messages
     "views.open": None,
+    "views.update": None,
     "views.publish": None,
     "usergroups.users.list": "usergroups:read",
 }
