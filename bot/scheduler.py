@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 SYNC_EVERY_S = 60
 #: due schedules read and claimed per transaction; a larger burst takes several
 BATCH = 250
+#: while a burst is still firing, how often the busy beat looks for what has come due since
+RECHECK_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +137,17 @@ class Clockwork:
             while True:
                 moment = at or now()
                 due = await self.backend.read(self.book.due, moment, self.batch, after)
-                if not due:
+                if due:
+                    after = (due[-1].next_fire_at, due[-1].id)
+                    batches.append(asyncio.create_task(self._claim(due, moment)))
+                    if len(due) == self.batch:
+                        continue  # more may be due already
+                firing = [b for b in batches if not b.done()]
+                if at is not None or not firing:
                     break
-                after = (due[-1].next_fire_at, due[-1].id)
-                batches.append(asyncio.create_task(self._claim(due, moment)))
-                if len(due) < self.batch:
-                    break
+                # live, with a burst still firing: the beats meanwhile return at once, so what
+                # comes due now is this beat's to read
+                await asyncio.wait(firing, timeout=RECHECK_S)
         finally:  # (also when stopped half-way: what was triggered is still claimed)
             outcomes = await asyncio.gather(*batches, return_exceptions=True)
         claimed: list[_Claimed] = []

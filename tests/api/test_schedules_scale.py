@@ -233,3 +233,33 @@ async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_nex
     second = await ticking.tick(DUE + timedelta(seconds=2))
     assert [f.schedule.id for f in second if f.run_ref] == [made[0].id]
     assert sorted(key for key, _ in clock.scheduled_runs()) == sorted(s.idempotency_key(DUE) for s in made)
+
+
+async def test_a_beat_busy_with_a_burst_fires_what_comes_due_meanwhile(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a burst is still firing, the next beats return at once; the busy beat itself looks
+    again for what has come due since, instead of leaving it to the beat after the burst."""
+    # (the owner's roles are read at the fake moments too: they must come after the grant)
+    due = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    every_minute = "* * * * *"
+    first = clock.add(3, due=due, cron=every_minute)
+    later = clock.add(2, due=due + timedelta(minutes=1), cron=every_minute)
+    moment = [due + timedelta(milliseconds=100)]
+    monkeypatch.setattr("bot.scheduler.now", lambda: moment[0])
+    real = clock.backend.decide
+
+    async def slow_burst(command: Command) -> Decision:
+        if isinstance(command, TriggerRun) and moment[0] < due + timedelta(minutes=1):
+            moment[0] = due + timedelta(minutes=1, milliseconds=100)  # the next one comes due
+            await asyncio.sleep(0.5)
+        return await real(command)
+
+    clock.backend.decide = slow_burst  # type: ignore[method-assign]
+    claimed = await clock.clockwork()._claim_due(None)
+
+    assert sorted(c.schedule.id for c in claimed) == sorted(s.id for s in first + later)
+    assert sorted(key for key, _ in clock.scheduled_runs()) == sorted(
+        [s.idempotency_key(due) for s in first]
+        + [s.idempotency_key(due + timedelta(minutes=1)) for s in later]
+    )
