@@ -61,7 +61,7 @@ class Orchestrator:
         gate_executor: Executor | None = None,
         poll_interval: float = 1.0,
         check_lease_s: float = 60.0,
-        batch_size: int = 64,
+        batch_size: int = 256,
     ) -> None:
         self.service = service
         self.store = service.store
@@ -69,6 +69,8 @@ class Orchestrator:
         self.gate_executor = gate_executor
         self.poll_interval = poll_interval
         self.check_lease_s = check_lease_s
+        #: requests applied in one transaction at most: a burst (a second's schedules, a flood
+        #: of API triggers) pays per-transaction costs once per this many
         self.batch_size = batch_size
         self.pool = ThreadPoolExecutor(max_workers=self.store.max_workers, thread_name_prefix="shipyard-db")
         self.runners: list[LocalRunner] = []
