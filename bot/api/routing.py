@@ -502,6 +502,8 @@ async def audit_request(
     """Mutating requests that did not become an engine command are audited here, allowed or not
     (the engine audits its commands itself)."""
     detail: dict[str, Any] = {"method": request.method, "path": request.path, "status": response.status}
+    if response.status < 400 and "Location" in response.headers:  # what the request made
+        detail["location"] = response.headers["Location"].removeprefix(PREFIX)
     reason = ""
     if isinstance(response, web.Response) and response.content_type == PROBLEM_TYPE and response.text:
         reason = str(json.loads(response.text).get("detail", ""))

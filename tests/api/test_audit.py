@@ -215,3 +215,11 @@ async def test_a_lock_reason_of_nothing_but_wide_spaces_is_refused_and_audited(a
         ("lock_environment", "environment staging", "rejected")
     ]
     assert (await api.get("/environments/staging/lock")).status == 404
+
+
+async def test_an_entry_for_a_request_that_made_something_names_what_it_made(api: Api) -> None:
+    made = await api.post("/schedules", "admin", json={"pipeline": "quick", "cron": "0 2 * * *"})
+    assert made.status == 201, made.text
+    (entry,) = [e for e in await audit(api) if e["action"] == "create_schedule"]
+    assert entry["target"] == "/schedules" and entry["outcome"] == "accepted"
+    assert entry["detail"]["location"] == f"/schedules/{made.json['id']}"  # type: ignore[index]
