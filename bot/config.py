@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         24.0, gt=0, description="…or when every attempt failed for this long"
     )
     webhook_deliver: bool = Field(True, description="run the webhook outbox and deliveries in this process")
+    webhook_keep_days: float = Field(
+        30.0, gt=0, description="finished deliveries (and their attempts) older than this are deleted"
+    )
 
     @field_validator("webhook_allow", "webhook_retry_seconds", mode="before")
     @classmethod

@@ -736,6 +736,23 @@ class WebhookBook:
             return [(r.run_id, r.id) for r in rows]
 
     # -- incoming triggers --------------------------------------------------------------------
+    def prune(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` deliveries that finished (delivered or given up) before
+        ``before``, with their attempts; returns how many. Open ones are never touched."""
+        with self.store.engine.begin() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(DELIVERY.c.id)
+                    .where(DELIVERY.c.state.in_(("delivered", "failed")), DELIVERY.c.finished_at < before)
+                    .order_by(DELIVERY.c.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            if ids:
+                conn.execute(sa.delete(ATTEMPT).where(ATTEMPT.c.delivery_id.in_(ids)))
+                conn.execute(sa.delete(DELIVERY).where(DELIVERY.c.id.in_(ids)))
+            return len(ids)
+
     def create_trigger(
         self, *, pipeline: str, kind: str, description: str, secret: str, owner: str, now: datetime
     ) -> Trigger:

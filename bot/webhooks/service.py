@@ -46,6 +46,9 @@ PER_WEBHOOK = 16
 BATCH = 500
 #: how often overdue external gates are looked for
 GATE_SWEEP_S = 1.0
+#: how often finished deliveries past their keeping time are deleted, and how many at a time
+PRUNE_EVERY_S = 3600.0
+PRUNE_BATCH = 1000
 
 
 def retry_delay(failed_attempt: int, schedule: Sequence[float], rng: random.Random) -> float | None:
@@ -65,6 +68,8 @@ class Config:
     max_failures: int = 100
     failing_for: timedelta = timedelta(hours=24)
     poll_interval: float = 1.0
+    #: finished deliveries are kept this long (the deliveries API shows them), then deleted
+    keep: timedelta = timedelta(days=30)
     concurrency: int = CONCURRENCY
     per_webhook: int = PER_WEBHOOK
 
@@ -79,6 +84,7 @@ class Config:
             max_failures=settings.webhook_disable_after_failures,
             failing_for=timedelta(hours=settings.webhook_disable_after_hours),
             poll_interval=settings.poll_interval,
+            keep=timedelta(days=settings.webhook_keep_days),
         )
 
     @property
@@ -116,6 +122,7 @@ class Webhooks:
         self._done: list[Outcome] = []
         self._wake = asyncio.Event()
         self._swept = 0.0
+        self._pruned = 0.0
         self._moved = -1  #: the outbox cursor as this process last saw it
         self._listening = False  #: whether any subscription is active (looked up once a second)
         self._listening_checked = 0.0
@@ -180,6 +187,17 @@ class Webhooks:
             queued += added
             if read < BATCH:
                 return queued
+
+    async def prune(self, at: datetime | None = None) -> int:
+        """Delete finished deliveries older than ``Config.keep``, a batch at a time (each its own
+        short transaction); returns how many went."""
+        before = (at or self.clock()) - self.config.keep
+        gone = 0
+        while True:
+            deleted = await self.backend.write(self.book.prune, before, PRUNE_BATCH)
+            gone += deleted
+            if deleted < PRUNE_BATCH:
+                return gone
 
     async def step(self, at: datetime | None = None) -> list[Outcome]:
         """Fill the outbox, send everything due at ``at`` (each run's next message), record it."""
@@ -278,6 +296,9 @@ class Webhooks:
                 if time.monotonic() - self._swept >= GATE_SWEEP_S:
                     self._swept = time.monotonic()
                     await self.expire_gates(at)
+                if time.monotonic() - self._pruned >= PRUNE_EVERY_S:
+                    self._pruned = time.monotonic()
+                    await self.prune(at)
                 full = await self._launch(at)
                 await self._record(at)
             except asyncio.CancelledError:

@@ -382,3 +382,27 @@ async def test_a_new_subscription_hears_from_then_on_not_history(
     await drain(api)
     assert [r.payload["data"]["run"]["id"] for r in early.delivered] == [before["id"], after["id"]]
     assert [r.payload["data"]["run"]["id"] for r in late.delivered] == [after["id"]]
+
+
+async def test_finished_deliveries_are_deleted_after_their_keeping_time_open_ones_never(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    api = await start_hooks(db_url, webhook_keep_days=30)
+    good, bad = await receivers(), await receivers()
+    delivered_hook = await subscribe(api, good, ["run.started", "run.finished"])
+    pending_hook = await subscribe(api, bad, ["run.finished"])
+    bad.rule = lambda p: 500  # never takes it: the delivery stays open, retried for days
+    await settle(api, (await api.trigger("quick"))["id"])
+    at = utc()
+    await drain(api, at)
+    assert {d["state"] for d in await _deliveries(api, delivered_hook)} == {"delivered"}
+    (open_one,) = await _deliveries(api, pending_hook)
+    assert open_one["state"] == "pending"
+
+    assert await worker(api).prune(at + timedelta(days=29)) == 0  # not old enough yet
+    assert len(await _deliveries(api, delivered_hook)) == 2
+    assert await worker(api).prune(at + timedelta(days=31)) == 2
+    assert await _deliveries(api, delivered_hook) == []
+    assert [d["id"] for d in await _deliveries(api, pending_hook)] == [open_one["id"]]  # kept, attempts too
+    detail = (await api.get(f"/webhooks/{pending_hook['id']}/deliveries/{open_one['id']}", "admin")).json
+    assert [a["status"] for a in detail["attempt_log"]] == [500]
