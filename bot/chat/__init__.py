@@ -4,4 +4,8 @@ verbs and what they answer (``verbs``), and the Block Kit they answer with (``bl
 
 from __future__ import annotations
 
-from bot.chat import artifacts, environments, locks  # noqa: F401  (register their verbs)
+# each family registers its verbs and buttons on import; ``/deploy help`` lists the verbs in the
+# order they were registered (``verbs`` itself first: help, whoami), so keep this order
+# isort: off
+from bot.chat import runs, gates, schedules, confirm, artifacts, environments, locks  # noqa: F401
+# isort: on

@@ -9,8 +9,9 @@ from functools import partial
 
 from bot.backend import now
 from bot.chat import blocks as bk
+from bot.chat.confirm import ask_first
 from bot.chat.parse import Line
-from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who, _usage, ask_first, verb
+from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who, _usage, verb
 from core.access import Action
 from core.commands import MoveToFront, TriggerRun
 from core.errors import CommandRefused

@@ -16,8 +16,8 @@ revision, the artifact when it is known (promotion, rollback), the environment a
 there now. The question travels in the button's value (``Question``) and expires after a minute;
 its id is the trigger's idempotency key, so a second press finds the run the first one started.
 
-Everything here is plain data in and Block Kit out; ``bot.chat.verbs`` reads the database and
-decides."""
+Everything here is plain data in and Block Kit out; ``bot.chat.trigger_form`` and
+``bot.chat.confirm`` read the database and decide."""
 
 from __future__ import annotations
 

@@ -25,19 +25,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import blocks as bk
 from bot.chat.locks import tell_with
-from bot.chat.verbs import (
-    BUTTONS,
-    TRIGGER_FORM,
-    TRIGGER_PICK,
-    Desk,
-    Reply,
-    Who,
-    already_decided,
-    dispatch,
-    press,
-    submit_trigger_view,
-    trigger_form_picked,
-)
+from bot.chat.trigger_form import TRIGGER_FORM, TRIGGER_PICK, submit_trigger_view, trigger_form_picked
+from bot.chat.verbs import BUTTONS, Desk, Reply, Who, already_decided, dispatch, press
 from bot.config import Settings
 from bot.slack.home import publish_home
 from bot.slack.manifest import COMMAND, EVENTS_PATH
@@ -48,9 +37,10 @@ REJECT_FORM = "gate_reject_form"
 
 def pressable() -> tuple[str, ...]:
     """The buttons answered by ``verbs.press``, as the console answers them too: the run and
-    gate buttons and every button another chat module registered (``BUTTONS``: locks,
-    rollbacks, reviews). Reject is the one more, since Slack asks for its reason in a form."""
-    return (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, bk.CONFIRM, *BUTTONS)
+    gate buttons and every button another chat module registered (``BUTTONS``: the deploy
+    question, locks, rollbacks, reviews). Reject is the one more, since Slack asks for its
+    reason in a form."""
+    return (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, *BUTTONS)
 
 
 class Backlog:

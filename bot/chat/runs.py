@@ -1,0 +1,169 @@
+"""The run verbs: what can run (``list``), what ran (``runs``, ``runs --stuck``), starting one
+(``run``), looking at one (``status``, ``logs``), and steering one (``cancel``, ``fail``,
+``pause``, ``resume``, ``retry``, each needing the control role on that run). Registered on
+import (``bot.chat``). A run whose environment asks first (``confirm: true``) is started by
+the deploy question's button instead (``confirm``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bot.chat import blocks as bk
+from bot.chat.confirm import ask_to_confirm, guarded_environments, start_run
+from bot.chat.parse import Line, did_you_mean
+from bot.chat.verbs import Desk, Refusal, Reply, Who, _decide, _usage, verb
+from core.access import Action
+from core.commands import CancelRun, Command, FailRun, PauseRun, ResumeRun, RetryRun, TriggerRun
+from core.duration import format_duration
+from core.model import Actor
+from storage.reads import RunFilter
+
+
+@verb("list", "list", "the pipelines you can run")
+async def list_pipelines(desk: Desk, who: Who, line: Line) -> Reply:
+    found = await desk.read(desk.reads.pipelines, None, 100)
+    if not found:
+        return Reply("No pipelines yet.")
+    rows = []
+    for p in found:
+        params = " ".join(
+            f"{q.name}=…" if q.required else f"[{q.name}=…]" for q in p.latest.definition.parameters
+        )
+        rows.append(f"• *{p.name}* v{p.latest.version} — {p.latest.definition.description or ''} `{params}`")
+    return Reply("\n".join(rows))
+
+
+@verb("runs", "runs [pipeline] [--stuck]", "the latest runs; --stuck: the zombies, with a Cancel button each")
+async def list_runs(desk: Desk, who: Who, line: Line) -> Reply:
+    if "--stuck" in line.words:
+        return await _stuck_runs(desk)
+    pipeline = line.words[0] if line.words else None
+    states = await desk.read(desk.reads.runs, RunFilter(pipeline=pipeline), None, 10)
+    if not states and pipeline is not None:
+        names = [p.name for p in await desk.read(desk.reads.pipelines, None, 200, True)]
+        if pipeline not in names:
+            raise Refusal(did_you_mean("pipeline", pipeline, names))
+    if not states:
+        return Reply("No runs yet." if pipeline is None else f"No runs of `{pipeline}` yet.")
+    rows = [
+        f"{bk.EMOJI.get(s.run.status, '')} *{s.run.ref}* {s.run.status} — {bk.who(s.run.triggered_by)}, "
+        f"{s.run.created_at:%Y-%m-%d %H:%M} UTC"
+        for s in states
+    ]
+    return Reply("\n".join(rows))
+
+
+async def _stuck_runs(desk: Desk) -> Reply:
+    found = await desk.stuck(20)
+    limit = format_duration(desk.yard.settings.stuck_after_seconds)
+    if not found:
+        return Reply(f"No stuck runs: every unfinished run changed within the last {limit}.")
+    summary = f"{len(found)} run(s) unchanged for over {limit}:"
+    return Reply(summary, [bk.text(summary), *(b for s in found for b in bk.stuck_run(s))])
+
+
+@verb(
+    "run",
+    'run <pipeline> [key=value…] [branch=…] [--break-glass "reason"]',
+    "start a run (admins: --break-glass passes freezes and required approvals)",
+    Action.TRIGGER,
+)
+async def run(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("run"))
+    pipeline = line.words[0]
+    found = {p.name: p for p in await desk.read(desk.reads.pipelines, None, 200)}
+    if pipeline not in found:
+        raise Refusal(did_you_mean("pipeline", pipeline, list(found)))
+    words = line.words[1:]
+    glass = None
+    if "--break-glass" in words:
+        at = words.index("--break-glass")
+        if at + 1 >= len(words) or not words[at + 1].strip():
+            raise Refusal('Say why you break the glass: `/deploy run <pipeline> … --break-glass "reason"`')
+        glass = words[at + 1]
+        del words[at : at + 2]
+        (await desk.principal(who.user)).require(Action.MANAGE)
+    if words:
+        raise Refusal(f"Parameters look like `key=value`; what is `{words[0]}`? {_usage('run')}")
+    latest = found[pipeline].latest
+    declared = {p.name for p in latest.definition.parameters}
+    # `revision=` and `branch=` are the run's own, unless the pipeline has parameters so named
+    revision = None if "revision" in declared else line.params.pop("revision", None)
+    branch = None if "branch" in declared else line.params.pop("branch", None)
+    command = TriggerRun(
+        pipeline=pipeline,
+        actor=who.actor,
+        parameters=dict(line.params),
+        source_revision=revision,
+        branch=branch,
+        break_glass=glass,
+    )
+    guarded = guarded_environments(desk, latest.definition, command.deploy_to)
+    if guarded and glass is None:  # break-glass asks no second question: the admin said why
+        return await ask_to_confirm(desk, who, command, latest.definition, latest.version, guarded)
+    return await start_run(desk, who, command)
+
+
+@verb("status", "status <run>", "where a run is")
+async def status(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("status"))
+    state = await desk.find(line.words[0])
+    summary, blocks = bk.run_message(state)
+    return Reply(summary, blocks)
+
+
+@verb("logs", "logs <run> [stage/job]", "the last lines of a job's output")
+async def logs(desk: Desk, who: Who, line: Line) -> Reply:
+    if not line.words:
+        raise Refusal(_usage("logs"))
+    state = await desk.find(line.words[0])
+    names = {f"{state.stages[j.stage_index].name}/{j.name}": j for j in state.jobs}
+    if len(line.words) > 1:
+        job = names.get(line.words[1]) or next((j for j in state.jobs if j.name == line.words[1]), None)
+        if job is None:
+            raise Refusal(did_you_mean("job", line.words[1], list(names)))
+    else:  # the most interesting job: the last failed one, else the last that started
+        started = [j for j in state.jobs if j.started_at is not None]
+        failed = [j for j in started if j.failed]
+        if not started:
+            return Reply(f"No job of {state.run.ref} has started yet.")
+        job = (failed or started)[-1]
+    tail = await desk.read(desk.yard.store.tail_log, job.id, 30)
+    name = f"{state.stages[job.stage_index].name}/{job.name}"
+    body = "\n".join(tail) or "(no output)"
+    return Reply(f"{state.run.ref} {name} ({job.status}):\n```{body[-2900:]}```")
+
+
+def _control(name: str, make: Callable[[str, Actor, str], Command], done: str) -> None:
+    async def handler(desk: Desk, who: Who, line: Line) -> Reply:
+        if not line.words:
+            raise Refusal(_usage(name))
+        state = await desk.find(line.words[0])
+        (await desk.principal(who.user)).require(Action.CONTROL, state.run)
+        reason = " ".join(line.words[1:])
+        decision = await _decide(desk, make(state.run.id, who.actor, reason))
+        assert decision.state is not None
+        return Reply(done.format(ref=decision.state.run.ref), public=True)
+
+    handler.__name__ = name
+    summary = CONTROL_SUMMARIES[name]
+    reason = " [reason]" if name in ("cancel", "fail") else ""
+    verb(name, f"{name} <run>{reason}", summary, Action.CONTROL)(handler)
+
+
+CONTROL_SUMMARIES = {
+    "cancel": "stop a run",
+    "fail": "stop a run and mark it failed (e.g. its runner was lost mid-deploy)",
+    "pause": "finish running jobs, start nothing new",
+    "resume": "continue a paused run",
+    "retry": "run a failed run again from where it failed",
+}
+
+
+_control("cancel", lambda run, a, why: CancelRun(run_id=run, actor=a, reason=why), "{ref} canceled.")
+_control("fail", lambda run, a, why: FailRun(run_id=run, actor=a, reason=why), "{ref} marked failed.")
+_control("pause", lambda run, a, why: PauseRun(run_id=run, actor=a), "{ref} paused.")
+_control("resume", lambda run, a, why: ResumeRun(run_id=run, actor=a), "{ref} resumed.")
+_control("retry", lambda run, a, why: RetryRun(run_id=run, actor=a), "Retrying as {ref}.")
