@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from core.model import Actor
+from core.model import SYSTEM, Actor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +146,7 @@ class ExpireLease:
     attempt: int
     #: the runner itself knows the job died (its server restarted): skip the lease check
     force: bool = False
-    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+    actor: Actor = SYSTEM
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +154,7 @@ class TimeoutRun:
     """A run's own deadline (the pipeline's ``timeout``) passed: it fails, its jobs are killed."""
 
     run_id: str
-    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+    actor: Actor = SYSTEM
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +163,7 @@ class TimeoutGate:
 
     run_id: str
     gate: str
-    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+    actor: Actor = SYSTEM
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +174,7 @@ class RecordGateCheck:
     gate: str
     passed: bool
     detail: str = ""
-    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+    actor: Actor = SYSTEM
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,7 +182,7 @@ class AdmitRun:
     """Try again to start a queued run's deploy stage (its environment may have come free)."""
 
     run_id: str
-    actor: Actor = field(default_factory=lambda: Actor("shipyard", "system"))
+    actor: Actor = SYSTEM
 
 
 @dataclass(frozen=True, kw_only=True)

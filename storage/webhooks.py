@@ -211,6 +211,11 @@ def _delivery(r: Any) -> Delivery:
     return Delivery(**{k: r[k] for k in Delivery.__slots__})
 
 
+def _delivery_row(conn: Connection, webhook_id: str, delivery_id: int) -> Any:
+    query = sa.select(DELIVERY).where(DELIVERY.c.id == delivery_id, DELIVERY.c.webhook_id == webhook_id)
+    return conn.execute(query).mappings().first()
+
+
 def _trigger(r: Any) -> Trigger:
     return Trigger(**{k: r[k] for k in Trigger.__slots__})
 
@@ -634,15 +639,7 @@ class WebhookBook:
 
     def delivery(self, webhook_id: str, delivery_id: int) -> tuple[Delivery, list[Attempt]] | None:
         with self.store.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(DELIVERY).where(
-                        DELIVERY.c.id == delivery_id, DELIVERY.c.webhook_id == webhook_id
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            row = _delivery_row(conn, webhook_id, delivery_id)
             if row is None:
                 return None
             attempts = conn.execute(
@@ -665,15 +662,7 @@ class WebhookBook:
         """Queue a finished delivery again (same message id and body); a reason if it cannot be."""
         with self.store.transaction() as tx:
             conn = tx.conn
-            row = (
-                conn.execute(
-                    sa.select(DELIVERY).where(
-                        DELIVERY.c.id == delivery_id, DELIVERY.c.webhook_id == webhook_id
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            row = _delivery_row(conn, webhook_id, delivery_id)
             if row is None:
                 return "no such delivery"
             if row["state"] in OPEN:

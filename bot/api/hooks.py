@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from bot.api.gateway import ApiGateway
 from bot.api.problems import REFUSAL_STATUS, Problem
-from bot.api.routing import PREFIX, _clean, _storable
+from bot.api.routing import PREFIX, _clean, _storable, field_errors
 from bot.api.schemas import RunOut, Strict, TriggerIn
 from bot.backend import now
 from bot.webhooks import signing
@@ -229,11 +229,7 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
     try:
         body = TriggerIn.model_validate(data)
     except ValidationError as exc:
-        summary = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in exc.errors(include_url=False)[:5]
-        )
-        raise _Refused(422, f"invalid body: {summary}", who) from None
+        raise _Refused(422, f"invalid body: {field_errors(exc, 'body')[1]}", who) from None
     command = TriggerRun(
         pipeline=trigger.pipeline,
         actor=_trigger_actor(trigger),
@@ -291,9 +287,7 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
     try:
         body = CallbackIn.model_validate(_json(raw, who))
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise _Refused(422, f"invalid body: {where}: {first['msg']}", who) from None
+        raise _Refused(422, f"invalid body: {field_errors(exc, 'body')[1]}", who) from None
     ref = request.match_info["run_id"]
     state = await gateway.read(gateway.reads.run, ref, quick=True)
     if state is None:

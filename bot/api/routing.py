@@ -382,13 +382,18 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or where, "problem": e["msg"]}
-            for e in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        summary = "; ".join(f"{e['field']}: {e['problem']}" for e in errors[:5])
+        errors, summary = field_errors(exc, where)
         status = 400 if where == "query" else 422
         raise Problem(status, f"invalid {where}: {summary}", errors=errors) from None
+
+
+def field_errors(exc: ValidationError, where: str) -> tuple[list[dict[str, str]], str]:
+    """A validation failure per field, and the first five of them in one line."""
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"]) or where, "problem": e["msg"]}
+        for e in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+    return errors, "; ".join(f"{e['field']}: {e['problem']}" for e in errors[:5])
 
 
 def _no_constant(name: str) -> Any:
