@@ -24,13 +24,15 @@ import re
 import shlex
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
+from core.commands import TriggerRun
 from core.definition import NAME
 from core.errors import CommandRefused, InvalidInput, NotFound
+from core.model import Run
 
 #: the output key a job writes its artifact under
 OUTPUT_KEY: Final = "artifact"
@@ -332,3 +334,17 @@ def check_deployable(artifact: Artifact) -> None:
 
 def not_found(ref: str) -> NotFound:
     return NotFound(f"no artifact {ref!r} (name one by its id or as name@version, e.g. web@1.4.2)")
+
+
+def as_built(command: TriggerRun, artifact: Artifact, built: Run | None) -> TriggerRun:
+    """A promotion or rollback deploys what a run built: what the command leaves out (parameters,
+    branch, revision) comes from that run, so the deploy stages see what the build saw."""
+    if built is None:
+        return replace(command, artifact_id=artifact.id)
+    return replace(
+        command,
+        artifact_id=artifact.id,
+        parameters={**built.parameters, **command.parameters},
+        branch=command.branch or built.branch,
+        source_revision=command.source_revision or built.source_revision,
+    )

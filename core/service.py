@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from core import engine
 from core.access import check_approver
 from core.admission import EnvironmentView, Queue, QueueEntry, Views, admit, estimate_start
-from core.artifacts import ArtifactSpec, check_deployable, parse_artifact_output, to_spec
+from core.artifacts import ArtifactSpec, as_built, check_deployable, parse_artifact_output, to_spec
 from core.assignment import Assignment, for_gate_check, for_job, run_artifact
 from core.blockers import Blocker, Facts, blockers
 from core.commands import (
@@ -256,14 +256,7 @@ class Service:
                 f"promote it to {previous} first (the path is {' → '.join(self.environments.path)})"
             )
         building = tx.load_run(artifact.run_id) if artifact.run_id else None
-        built = building.run if building is not None else None
-        return replace(
-            command,
-            artifact_id=artifact.id,
-            parameters={**(built.parameters if built else {}), **command.parameters},
-            branch=command.branch or (built.branch if built else None),
-            source_revision=command.source_revision or (built.source_revision if built else None),
-        )
+        return as_built(command, artifact, building.run if building is not None else None)
 
     def why(self, env: str, pipeline: str | None = None) -> list[Blocker]:
         """Every reason a deployment of ``pipeline`` to ``env`` would wait or be refused now."""

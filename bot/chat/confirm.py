@@ -13,7 +13,7 @@ from bot.chat import blocks as bk
 from bot.chat import forms
 from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who
 from core.access import Action
-from core.artifacts import check_deployable
+from core.artifacts import as_built, check_deployable
 from core.commands import TriggerRun
 from core.definition import PipelineDef, resolve_parameters
 from core.errors import InvalidInput
@@ -100,8 +100,7 @@ async def ask_to_confirm(
     promotion or rollback, the artifact and what it was built from (its run's parameters and
     branch, as the engine will fill them in)."""
     artifact = artifact_revision = None
-    built_params: dict[str, str] = {}
-    branch = command.branch
+    filled = command
     if command.artifact_id is not None:
         found = await desk.read(ArtifactBook(desk.yard.store).get, command.artifact_id)
         if found is None:
@@ -109,12 +108,11 @@ async def ask_to_confirm(
         check_deployable(found)  # a bad one is refused now, not after the press
         artifact = found.ref
         built = await desk.read(desk.reads.run, found.run_id) if found.run_id else None
-        if built is not None:
-            artifact_revision = built.run.source_revision
-            built_params = dict(built.run.parameters)
-            branch = branch or built.run.branch
+        filled = as_built(command, found, built.run if built is not None else None)
+        artifact_revision = built.run.source_revision if built is not None else None
+    branch = filled.branch
     try:
-        params = resolve_parameters(definition, {**built_params, **command.parameters})
+        params = resolve_parameters(definition, dict(filled.parameters))
     except InvalidInput as exc:  # say it now, not after the press
         form = _form_of(definition)
         raise Refusal(f"{exc.message}. Usage: `/deploy run {command.pipeline} {form}`") from None
