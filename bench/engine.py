@@ -666,10 +666,20 @@ def run_child(args: argparse.Namespace, scenario: str, url: str) -> dict | None:
         argv += ["--profile", "--profile-dir", args.profile_dir]
     if args.statements:
         argv += ["--statements", str(args.statements)]
+    result, code = child_result(argv, Path(__file__).resolve().parent.parent)
+    if result is None:
+        print(f"  ERROR: scenario {scenario} failed (exit code {code})")
+    return result
+
+
+def child_result(argv: list[str], cwd: Path) -> tuple[dict | None, int]:
+    """Run a bench child process (this checkout first on its path), pass its output through,
+    and return the result it printed after ``RESULT_PREFIX`` (None if it printed none or
+    failed) with its exit code."""
     root = Path(__file__).resolve().parent.parent
     path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
     assert proc.stdout is not None
     result = None
     for line in proc.stdout:
@@ -677,10 +687,8 @@ def run_child(args: argparse.Namespace, scenario: str, url: str) -> dict | None:
             result = json.loads(line.removeprefix(RESULT_PREFIX))
         else:
             print(line, end="", flush=True)
-    if proc.wait() != 0 or result is None:
-        print(f"  ERROR: scenario {scenario} failed (exit code {proc.returncode})")
-        return None
-    return dict(result)
+    code = proc.wait()
+    return (dict(result) if code == 0 and result is not None else None), code
 
 
 def fmt(value: float, digits: int = 0) -> str:

@@ -52,12 +52,10 @@ import contextlib
 import gc
 import json
 import math
-import os
 import platform
 import random
 import shlex
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,9 +70,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench.api import fresh_database, percentile
-from bench.engine import cpu_model, cpu_seconds, nproc, rss_mb
+from bench.engine import RESULT_PREFIX, child_result, cpu_model, cpu_seconds, nproc, rss_mb
 
-RESULT_PREFIX = "BENCH-RESULT "
 TARGET_STARTUP_S = 5.0
 TARGET_RSS_GROWTH_MB = 100.0
 TARGET_P99_S = 1.0
@@ -318,7 +315,6 @@ def _get_status(url: str) -> int:
 
 
 def run_child(args: argparse.Namespace, plan: Plan, tmp: Path) -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
     argv = [
         sys.executable,
         "-m",
@@ -341,22 +337,11 @@ def run_child(args: argparse.Namespace, plan: Plan, tmp: Path) -> dict[str, Any]
         "--timeout",
         str(args.timeout),
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
-    }
     argv += ["--spawned-at", repr(time.time())]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=tmp, env=env)
-    assert proc.stdout is not None
-    result = None
-    for line in proc.stdout:
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line.removeprefix(RESULT_PREFIX))
-        else:
-            print(line, end="", flush=True)
-    if proc.wait() != 0 or result is None:
-        raise SystemExit(f"the service process failed (exit code {proc.returncode})")
-    return dict(result)
+    result, code = child_result(argv, tmp)
+    if result is None:
+        raise SystemExit(f"the service process failed (exit code {code})")
+    return result
 
 
 # -- the figures -----------------------------------------------------------------------------------
