@@ -319,16 +319,16 @@ async def scenario_throughput(
 ) -> dict:
     """``profile``: a directory to save cProfile stats in (profiling is off when it is None)."""
     from bot.bootstrap import build
-    from core.executor import NoopExecutor, SubprocessExecutor
+    from core.runtime.executor import NoopExecutor, SubprocessExecutor
     from storage.migrate import upgrade
 
     upgrade(url)
     executor = NoopExecutor() if executor_name == "noop" else SubprocessExecutor()
-    yard = build(_settings(url, work, PIPELINE, capacity), executor=executor, migrate=False)
+    shipyard = build(_settings(url, work, PIPELINE, capacity), executor=executor, migrate=False)
     counter = SqlCounter(
-        yard.store.engine, by_text=statements > 0
+        shipyard.store.engine, by_text=statements > 0
     )  # before start: adding a listener races with its dispatch
-    await yard.start()
+    await shipyard.start()
     gc.collect()  # as ``shipyard serve`` does once started (bot/app.py)
     gc.freeze()
     watcher = reader(url)
@@ -340,18 +340,18 @@ async def scenario_throughput(
 
     loop_prof, db_prof = cProfile.Profile(), ThreadProfiles()
     if profile is not None:
-        original_db = yard.orchestrator.db
+        original_db = shipyard.orchestrator.db
 
         async def profiled_db(fn: Callable[..., Any], *args: Any) -> Any:
             return await original_db(db_prof.wrap(fn), *args)
 
-        yard.orchestrator.db = profiled_db  # type: ignore[method-assign]
+        shipyard.orchestrator.db = profiled_db  # type: ignore[method-assign]
         loop_prof.enable()
 
     counter.reset()
     started_at = datetime.now(UTC)
     t0, cpu0 = time.perf_counter(), cpu_seconds()
-    await _trigger(yard.orchestrator.handle, "bench", runs)
+    await _trigger(shipyard.orchestrator.handle, "bench", runs)
     t_triggered = time.perf_counter() - t0
     timeout = 60 + runs * (1.0 if executor_name == "subprocess" else 0.2)
     done = await _wait_until(terminal_runs, runs, timeout)
@@ -362,7 +362,7 @@ async def scenario_throughput(
     transactions, statement_count = counter.transactions, counter.statements
     rollbacks = counter.rollbacks
     top_statements = counter.texts.most_common(statements)
-    await yard.stop()
+    await shipyard.stop()
     counter.close()  # only once nothing runs: removing a listener races with its dispatch
 
     with watcher.connect() as conn:
@@ -486,16 +486,16 @@ async def scenario_parked(url: str, work: Path, runs: int) -> dict:
     gc.collect()
     rss_start = rss_mb()
     upgrade(url)
-    yard = build(_settings(url, work, PARKED_PIPELINE, 0), with_runner=False, migrate=False)
-    await yard.start()
+    shipyard = build(_settings(url, work, PARKED_PIPELINE, 0), with_runner=False, migrate=False)
+    await shipyard.start()
     gc.collect()
     rss_ready = rss_mb()
     t0 = time.perf_counter()
-    await _trigger(yard.orchestrator.handle, "parked", runs)
+    await _trigger(shipyard.orchestrator.handle, "parked", runs)
     elapsed = time.perf_counter() - t0
     gc.collect()
     rss_parked, rss_peak = rss_mb(), rss_mb("VmHWM")
-    await yard.stop()
+    await shipyard.stop()
     watcher = reader(url)
     with watcher.connect() as conn:
         waiting = int(conn.exec_driver_sql("SELECT count(*) FROM run WHERE status = 'waiting'").scalar() or 0)
@@ -525,15 +525,15 @@ async def scenario_parked(url: str, work: Path, runs: int) -> dict:
 
 async def scenario_idle(url: str, work: Path, seconds: float, capacity: int) -> dict:
     from bot.bootstrap import build
-    from core.executor import SubprocessExecutor
+    from core.runtime.executor import SubprocessExecutor
     from storage.migrate import upgrade
 
     upgrade(url)
-    yard = build(_settings(url, work, PIPELINE, capacity), executor=SubprocessExecutor(), migrate=False)
+    shipyard = build(_settings(url, work, PIPELINE, capacity), executor=SubprocessExecutor(), migrate=False)
     counter = SqlCounter(
-        yard.store.engine, by_text=True
+        shipyard.store.engine, by_text=True
     )  # before start: adding a listener races with its dispatch
-    await yard.start()
+    await shipyard.start()
     await asyncio.sleep(1.5)  # let start-up settle
     counter.reset()
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
@@ -542,7 +542,7 @@ async def scenario_idle(url: str, work: Path, seconds: float, capacity: int) -> 
     transactions, statements = counter.transactions, counter.statements
     busiest, busiest_n = counter.texts.most_common(1)[0] if counter.texts else ("-", 0)
     counter.close()
-    await yard.stop()
+    await shipyard.stop()
     result = {
         "scenario": "idle",
         "seconds": wall,

@@ -219,7 +219,7 @@ async def serve_and_watch(args: argparse.Namespace, rss_imports: float) -> dict[
     from bot.app import create_app
     from bot.bootstrap import build
     from bot.config import Settings
-    from core.executor import NoopExecutor, SubprocessExecutor
+    from core.runtime.executor import NoopExecutor, SubprocessExecutor
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     skipped = 0

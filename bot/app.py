@@ -14,11 +14,11 @@ from bot.api import hooks
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
 from bot.locks_keeper import KEEPER, LockKeeper
-from bot.scheduler import Clockwork
+from bot.scheduler import ScheduleLoop
 from bot.webhooks.service import WEBHOOKS, Config, Webhooks
 
 SHIPYARD = web.AppKey("shipyard", Shipyard)
-CLOCK = web.AppKey("clock", Clockwork)
+CLOCK = web.AppKey("clock", ScheduleLoop)
 
 
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
@@ -28,12 +28,12 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
     slack_lifecycle = slack.setup(app, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        yard = shipyard or build(settings)
-        app[SHIPYARD] = yard
-        await yard.start()
-        gateway.bind(yard)
+        running = shipyard or build(settings)
+        app[SHIPYARD] = running
+        await running.start()
+        gateway.bind(running)
         await gateway.start()
-        clock = Clockwork(gateway, settings.schedule_owner)
+        clock = ScheduleLoop(gateway, settings.schedule_owner)
         app[CLOCK] = clock
         await clock.start()
         keeper = LockKeeper(gateway, settings)
@@ -42,7 +42,7 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         webhooks = Webhooks(gateway, Config.of(settings))
         app[WEBHOOKS] = webhooks
         await webhooks.start(run=settings.webhook_deliver)
-        chat = slack_lifecycle(yard) if slack_lifecycle is not None else None
+        chat = slack_lifecycle(running) if slack_lifecycle is not None else None
         if chat is not None:
             await anext(chat)
         # everything built so far lives as long as the process: keep the collector from
@@ -56,7 +56,7 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         await keeper.stop()
         await clock.stop()
         gateway.close()
-        await yard.stop()
+        await running.stop()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
@@ -71,11 +71,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """The database answers and the engine's loops are running."""
-    yard = request.app[SHIPYARD]
+    running = request.app[SHIPYARD]
     try:
-        await yard.orchestrator.db(yard.store.ping)
+        await running.orchestrator.db(running.store.ping)
     except Exception as exc:
         return web.json_response({"status": "unavailable", "reason": f"database: {exc}"}, status=503)
-    if not yard.orchestrator.running:
+    if not running.orchestrator.running:
         return web.json_response({"status": "unavailable", "reason": "engine stopped"}, status=503)
-    return web.json_response({"status": "ready", "runner": yard.runner.name if yard.runner else None})
+    return web.json_response({"status": "ready", "runner": running.runner.name if running.runner else None})

@@ -23,16 +23,16 @@ T = TypeVar("T")
 class Backend:
     """Bound to the running ``Shipyard`` when the application starts (``bind``)."""
 
-    yard: Shipyard
+    shipyard: Shipyard
     reads: Reads
     directory: Directory
     pool: ThreadPoolExecutor
 
-    def bind(self, yard: Shipyard) -> None:
-        self.yard = yard
-        self.reads = Reads(yard.store)
-        self.directory = Directory(yard.store)
-        workers = 4 if yard.store.sqlite else yard.store.max_workers
+    def bind(self, shipyard: Shipyard) -> None:
+        self.shipyard = shipyard
+        self.reads = Reads(shipyard.store)
+        self.directory = Directory(shipyard.store)
+        workers = 4 if shipyard.store.sqlite else shipyard.store.max_workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shipyard-read")
 
     def close(self) -> None:
@@ -42,20 +42,20 @@ class Backend:
         """Run a read on the read pool. A ``quick`` one (a lookup by key, well under a
         millisecond on SQLite, which never waits for a writer in WAL mode) runs right here:
         handing it to a thread would cost more than it takes."""
-        if quick and self.yard.store.sqlite:
+        if quick and self.shipyard.store.sqlite:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self.yard.orchestrator.db(fn, *args)
+        return await self.shipyard.orchestrator.db(fn, *args)
 
     async def decide(self, command: Command) -> Decision:
-        return await self.yard.orchestrator.handle(command)
+        return await self.shipyard.orchestrator.handle(command)
 
     async def stuck(self, limit: int = 50) -> list[Stuck]:
         """Zombie runs, oldest change first (``core.zombies``)."""
         at = now()
-        after_s = self.yard.settings.stuck_after_seconds
+        after_s = self.shipyard.settings.stuck_after_seconds
         found = await self.read(self.reads.unchanged_since, at - timedelta(seconds=after_s), limit)
         return [s for state, since in found if (s := diagnose(state, since, at, after_s)) is not None]
 

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from core.catalog import Catalog
-from core.executor import Executor, SubprocessExecutor
-from core.orchestrator import Orchestrator
-from core.runner import LocalLink, Runner
-from core.service import Service
+from core.runtime.catalog import Catalog
+from core.runtime.executor import Executor, SubprocessExecutor
+from core.runtime.orchestrator import Orchestrator
+from core.runtime.runner import LocalLink, Runner
+from core.runtime.service import Service
 from storage.migrate import upgrade
 from storage.store import SqlStore
 

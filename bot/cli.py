@@ -23,7 +23,6 @@ from bot import cli_access, cli_slack
 from bot.bootstrap import Shipyard, build
 from bot.config import ConfigError, Settings, load_settings
 from bot.progress import describe_event, render_state
-from core.catalog import check_files, pipeline_files
 from core.commands import (
     ApproveGate,
     CancelRun,
@@ -36,7 +35,8 @@ from core.commands import (
 )
 from core.engine import Decision
 from core.model import Actor, RunState
-from core.service import Service
+from core.runtime.catalog import check_files, pipeline_files
+from core.runtime.service import Service
 from core.states import RUN_TERMINAL, GateStatus, RunStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELED = 0, 1, 2, 130
@@ -232,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides["work_dir"] = Path(tmp) / "work"
         settings = load_settings(**overrides)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        logging.getLogger("core.catalog").setLevel(logging.ERROR)  # printed below, once
+        logging.getLogger("core.runtime.catalog").setLevel(logging.ERROR)  # printed below, once
         # on a throwaway database nobody else is there to approve: gates are cleared by a
         # stand-in approver, so separation of duties still holds for the recorded approvals
         approver = _me() if args.database_url else Actor(STAND_IN, "cli")
@@ -247,13 +247,13 @@ async def _run_locally(
     yes: bool,
     approver: Actor,
 ) -> int:
-    yard = build(settings)
-    await yard.start()
+    shipyard = build(settings)
+    await shipyard.start()
     try:
-        report = await yard.orchestrator.db(yard.catalog.refresh)
+        report = await shipyard.orchestrator.db(shipyard.catalog.refresh)
         for problem in report.problems:
             print(f"warning: {problem}", file=sys.stderr)
-        decision = await yard.orchestrator.handle(
+        decision = await shipyard.orchestrator.handle(
             TriggerRun(pipeline=pipeline, actor=_me(), parameters=params, source_revision=revision)
         )
         if not decision.accepted or decision.state is None:
@@ -262,35 +262,35 @@ async def _run_locally(
         run_id = decision.state.run.id
         print(f"{decision.state.run.ref} started (run id {run_id})")
         try:
-            state = await _follow(yard, run_id, yes, approver)
+            state = await _follow(shipyard, run_id, yes, approver)
         except (KeyboardInterrupt, asyncio.CancelledError):
-            await yard.orchestrator.handle(CancelRun(run_id=run_id, actor=_me(), reason="interrupted"))
+            await shipyard.orchestrator.handle(CancelRun(run_id=run_id, actor=_me(), reason="interrupted"))
             print("canceled")
             return EXIT_CANCELED
         print()
-        print(render_state(state, tail=lambda job: yard.store.tail_log(job.id, 15)))
+        print(render_state(state, tail=lambda job: shipyard.store.tail_log(job.id, 15)))
         if state.run.status is RunStatus.SUCCEEDED:
             return EXIT_OK
         return EXIT_CANCELED if state.run.status is RunStatus.CANCELED else EXIT_FAILED
     finally:
-        await yard.stop()
+        await shipyard.stop()
 
 
-async def _follow(yard: Shipyard, run_id: str, yes: bool, approver: Actor) -> RunState:
+async def _follow(shipyard: Shipyard, run_id: str, yes: bool, approver: Actor) -> RunState:
     seq = 0
     asked: set[str] = set()
     while True:
         # read the state before the events, so a finished run's last events are always shown
-        state = await yard.orchestrator.db(yard.service.find_run, run_id)
+        state = await shipyard.orchestrator.db(shipyard.service.find_run, run_id)
         assert state is not None
-        events = await yard.orchestrator.db(yard.store.events_after, seq, 500, run_id)
+        events = await shipyard.orchestrator.db(shipyard.store.events_after, seq, 500, run_id)
         for event in events:
             seq = event.seq
             line = describe_event(event, state)
             if line:
                 print(line, flush=True)
             if event.subject == "job" and event.to_status in ("failed", "timed_out"):
-                for text in await yard.orchestrator.db(yard.store.tail_log, event.subject_id, 10):
+                for text in await shipyard.orchestrator.db(shipyard.store.tail_log, event.subject_id, 10):
                     print(f"      | {text}")
         if len(events) == 500:
             continue
@@ -299,13 +299,13 @@ async def _follow(yard: Shipyard, run_id: str, yes: bool, approver: Actor) -> Ru
         for gate in state.gates:
             if gate.status is GateStatus.OPEN and gate.kind == "manual" and gate.id not in asked:
                 asked.add(gate.id)
-                await _decide_gate(yard, run_id, gate.stage_name, gate.approvers, yes, approver)
+                await _decide_gate(shipyard, run_id, gate.stage_name, gate.approvers, yes, approver)
         if not events:
-            await yard.orchestrator.wait_for_events(1.0)
+            await shipyard.orchestrator.wait_for_events(1.0)
 
 
 async def _decide_gate(
-    yard: Shipyard, run_id: str, stage: str, approvers: tuple[str, ...], yes: bool, approver: Actor
+    shipyard: Shipyard, run_id: str, stage: str, approvers: tuple[str, ...], yes: bool, approver: Actor
 ) -> None:
     who = ", ".join(approvers)
     if yes:
@@ -321,10 +321,10 @@ async def _decide_gate(
         if approve
         else RejectGate(run_id=run_id, gate=stage, actor=approver, reason="not approved")
     )
-    decision = await yard.orchestrator.handle(command)
+    decision = await shipyard.orchestrator.handle(command)
     if not decision.accepted:
         print(f"gate {stage}: {decision.reason}; canceling", file=sys.stderr)
-        await yard.orchestrator.handle(CancelRun(run_id=run_id, actor=_me(), reason=decision.reason))
+        await shipyard.orchestrator.handle(CancelRun(run_id=run_id, actor=_me(), reason=decision.reason))
 
 
 # -- control commands (against the configured database) ------------------------------------
@@ -351,7 +351,7 @@ def _report(decision: Decision) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    from core.catalog import Catalog
+    from core.runtime.catalog import Catalog
 
     service, settings = _service()
     report = Catalog(service, settings.pipelines_dir).refresh()

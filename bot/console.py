@@ -39,11 +39,9 @@ from typing import Any, TextIO
 
 from bot.backend import now
 from bot.bootstrap import build
-from bot.chat import blocks as bk
-from bot.chat import cards, threads
-from bot.chat import lock_blocks as lb
+from bot.chat import block_kit, cards, lock_blocks, threads
 from bot.chat.locks import tell_with
-from bot.chat.verbs import Desk, Reply, Who, dispatch, press
+from bot.chat.verbs import ChatBackend, Reply, Who, dispatch, press
 from bot.config import Settings
 from core.access import Principal, Role
 from core.events import Event
@@ -85,7 +83,7 @@ EMOJI_TEXT = {
 Number = Callable[[str, str], int]
 
 
-def render(blocks: list[bk.Block], number: Number) -> str:
+def render(blocks: list[block_kit.Block], number: Number) -> str:
     """Block Kit as terminal text; each button is shown with ``number(action_id, value)``."""
     lines = []
     for block in blocks:
@@ -111,7 +109,7 @@ def plain(mrkdwn: str) -> str:
     return text.replace("*", "").replace("```", "\n")
 
 
-class ConsoleDesk(Desk):
+class ConsoleDesk(ChatBackend):
     """The chat backend with one difference: the console's own user may deploy for the
     session when the database gives it no role (nothing is granted, nothing is audited)."""
 
@@ -124,7 +122,7 @@ class ConsoleDesk(Desk):
 
 @dataclass
 class Console:
-    desk: Desk
+    backend: ChatBackend
     out: TextIO
     user: str
     #: the buttons shown so far, by number (1-based); a button keeps its number
@@ -156,14 +154,14 @@ class Console:
     def show(self, reply: Reply) -> None:
         self.say(render(reply.blocks, self.number) if reply.blocks else plain(reply.text))
 
-    def once(self, key: str, blocks: list[bk.Block]) -> None:
+    def once(self, key: str, blocks: list[block_kit.Block]) -> None:
         if key not in self.told:
             self.told.add(key)
             self.say(render(blocks, self.number))
 
     async def tell(self, to: str, text: str) -> object:
         """What Slack would send someone else (a direct message, the deploy channel)."""
-        self.say(f"(to {plain(bk.who(to))}) {plain(text)}")
+        self.say(f"(to {plain(block_kit.who(to))}) {plain(text)}")
         return None
 
     async def follow(self, run_id: str, channel: str) -> None:
@@ -176,10 +174,10 @@ class Console:
         for the person typing."""
         for run_id, shown in list(self.following.items()):
             events = await self._new_events(run_id)  # (before the run: it is at least as new)
-            state = await self.desk.read(self.desk.reads.run, run_id)
+            state = await self.backend.read(self.backend.reads.run, run_id)
             if state is None:
                 continue
-            text = render(bk.run_message(state)[1], self.number)
+            text = render(block_kit.run_message(state)[1], self.number)
             if text != shown:
                 self.following[run_id] = text
                 self.say(text)
@@ -192,7 +190,7 @@ class Console:
         events: list[Event] = []
         while True:
             after = events[-1].seq if events else self.seen.get(run_id, 0)
-            page = await self.desk.read(self.desk.yard.store.events_after, after, 500, run_id)
+            page = await self.backend.read(self.backend.shipyard.store.events_after, after, 500, run_id)
             events += page
             if len(page) < 500:
                 return events
@@ -204,7 +202,7 @@ class Console:
         for event in events:
             self.seen[run_id] = event.seq
             for post in threads.posts_for(state, event):
-                said = await cards.compose(self.desk, state, post)
+                said = await cards.compose(self.backend, state, post)
                 if said is None:
                     continue
                 if not isinstance(post, threads.GateCard):
@@ -216,7 +214,7 @@ class Console:
             shown = self.cards.get((run_id, gate.id))
             if shown is None:
                 continue
-            text = render((await cards.gate_card(self.desk, state, gate))[1], self.number)
+            text = render((await cards.gate_card(self.backend, state, gate))[1], self.number)
             if text != shown:
                 self.cards[(run_id, gate.id)] = text
                 self.say(text)
@@ -226,7 +224,7 @@ class Console:
         over / Keep it) and, ahead of expiry, a reminder (Extend 1h / Release). Read only, so a
         server's keeper on the same database still tells its Slack users."""
         at = now()
-        locks = await self.desk.read(LockBook(self.desk.yard.store).all, at)
+        locks = await self.backend.read(LockBook(self.backend.shipyard.store).all, at)
         asked: set[str] = set()
         for lock in (lock for lock in locks if lock.holder == self.user):
             since = lock.since.isoformat()
@@ -234,15 +232,18 @@ class Console:
                 key = f"handover:{lock.environment}:{since}:{lock.handover_requested_by}"
                 asked.add(key)
                 if key not in self.told:  # (asked again after "Keep it": asked again here)
-                    self.say(render(lb.handover_prompt(lock, at)[1], self.number))
+                    self.say(render(lock_blocks.handover_prompt(lock, at)[1], self.number))
             if self._expires_soon(lock, at):
-                self.once(f"reminder:{lock.environment}:{since}:{lock.expires_at}", lb.reminder(lock, at)[1])
+                self.once(
+                    f"reminder:{lock.environment}:{since}:{lock.expires_at}",
+                    lock_blocks.reminder(lock, at)[1],
+                )
         self.told = {key for key in self.told if not key.startswith("handover:")} | asked
 
     def _expires_soon(self, lock: Lock, at: datetime) -> bool:
         if lock.expires_at is None:
             return False
-        lead = self.desk.yard.settings.environment(lock.environment).lock_reminder
+        lead = self.backend.shipyard.settings.environment(lock.environment).lock_reminder
         return lock.expires_at - at <= timedelta(seconds=lead)
 
     async def line(self, text: str) -> bool:
@@ -271,18 +272,18 @@ class Console:
                 self.say(f"no button {index}")
             else:
                 action, value = self.buttons[index - 1]
-                reply = await press(self.desk, who, action, value, words[2] if len(words) > 2 else "")
+                reply = await press(self.backend, who, action, value, words[2] if len(words) > 2 else "")
                 self.show(reply or Reply("ok"))
         elif head == "wait" and len(words) > 1:
             await self.wait(words[1], words[2] if len(words) > 2 else None)
         elif head.startswith("/deploy") or head == "deploy":
-            self.show(await dispatch(self.desk, who, text.strip().partition(" ")[2]))
+            self.show(await dispatch(self.backend, who, text.strip().partition(" ")[2]))
         else:
             self.say("say `/deploy help`, `press N [reason]`, `as USER`, `wait RUN [STATUS]` or `quit`")
 
     async def introduce(self) -> None:
         """Say what the person typing may do when the database gives them no role."""
-        found = await self.desk.read(self.desk.directory.principal, self.user, now())
+        found = await self.backend.read(self.backend.directory.principal, self.user, now())
         if found.roles:
             return
         if self.user == DEFAULT_USER:
@@ -300,19 +301,19 @@ class Console:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            state = await self.desk.read(self.desk.reads.run, ref)
+            state = await self.backend.read(self.backend.reads.run, ref)
             await self.refresh()
             if state is not None and (
                 state.run.status == status or (status is None and state.run.status in RUN_TERMINAL)
             ):
                 return
-            await self.desk.yard.orchestrator.wait_for_events(LOOK_EVERY_S)
+            await self.backend.shipyard.orchestrator.wait_for_events(LOOK_EVERY_S)
         self.say(f"(gave up waiting for {ref})")
 
     async def watch(self) -> None:
         """While the person types (or the script is read): print updates as they happen."""
-        orchestrator = self.desk.yard.orchestrator
-        every = max(self.desk.yard.settings.poll_interval, LOOK_EVERY_S)
+        orchestrator = self.backend.shipyard.orchestrator
+        every = max(self.backend.shipyard.settings.poll_interval, LOOK_EVERY_S)
         while True:
             await orchestrator.wait_for_events(every)  # (this engine's events wake it at once)
             try:
@@ -328,12 +329,14 @@ class Console:
         deadline = loop.time() + timeout
         async with self.turn:
             while True:
-                states = [s for r in self.started if (s := await self.desk.read(self.desk.reads.run, r))]
+                states = [
+                    s for r in self.started if (s := await self.backend.read(self.backend.reads.run, r))
+                ]
                 moving = [s for s in states if s.run.status not in RESTING]
                 left = deadline - loop.time()
                 if not moving or left <= 0:
                     break
-                await self.desk.yard.orchestrator.wait_for_events(min(LOOK_EVERY_S, left))
+                await self.backend.shipyard.orchestrator.wait_for_events(min(LOOK_EVERY_S, left))
                 await self.refresh()
             await self.refresh()
             for state in states:
@@ -355,15 +358,15 @@ def _where(state: RunState) -> str:
 async def run_console(
     settings: Settings, user: str, lines: TextIO, out: TextIO, *, settle_s: float = SETTLE_S
 ) -> int:
-    yard = build(settings)
-    await yard.start()
-    desk = ConsoleDesk()
-    desk.bind(yard)
+    shipyard = build(settings)
+    await shipyard.start()
+    backend = ConsoleDesk()
+    backend.bind(shipyard)
     watching: asyncio.Task[None] | None = None
     try:
-        console = Console(desk, out, user)
-        desk.on_run_started = console.follow
-        tell_with(desk, console.tell)
+        console = Console(backend, out, user)
+        backend.on_run_started = console.follow
+        tell_with(backend, console.tell)
         await console.introduce()
         watching = asyncio.create_task(console.watch(), name="shipyard-console-watch")
         reader = _reader(lines)
@@ -379,8 +382,8 @@ async def run_console(
         if watching is not None and not watching.done():
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
-        desk.close()
-        await yard.stop()
+        backend.close()
+        await shipyard.stop()
 
 
 def _reader(lines: TextIO) -> Callable[[], Any]:

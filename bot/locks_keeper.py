@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.backend import Backend, now
-from bot.chat import blocks as bk
-from bot.chat import lock_blocks as lb
+from bot.chat import block_kit, lock_blocks
 from bot.config import Settings
 from core.locks import Lock
 from storage.locks import LockBook
@@ -62,7 +61,7 @@ class LockKeeper:
 
     @property
     def book(self) -> LockBook:
-        return LockBook(self.backend.yard.store)
+        return LockBook(self.backend.shipyard.store)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="shipyard-lock-keeper")
@@ -94,11 +93,11 @@ class LockKeeper:
         channel = self.settings.slack_channel
         for lock in done.expired:
             if channel:
-                await self._post(channel, lb.expired(lock), [])
+                await self._post(channel, lock_blocks.expired(lock), [])
         for lock in done.reminded:
-            await self._post(self._holder(lock), *lb.reminder(lock, at))
+            await self._post(self._holder(lock), *lock_blocks.reminder(lock, at))
         for lock in done.asked:
-            await self._post(self._holder(lock), *lb.handover_prompt(lock, at))
+            await self._post(self._holder(lock), *lock_blocks.handover_prompt(lock, at))
         return done
 
     async def _remind(self, book: LockBook, at: datetime) -> list[Lock]:
@@ -119,9 +118,9 @@ class LockKeeper:
 
     def _holder(self, lock: Lock) -> str | None:
         """Where to reach the holder: a Slack user directly, anyone else in the deploy channel."""
-        return lock.holder if lb.slack_user(lock.holder) else self.settings.slack_channel
+        return lock.holder if lock_blocks.slack_user(lock.holder) else self.settings.slack_channel
 
-    async def _post(self, channel: str | None, text: str, blocks: list[bk.Block]) -> None:
+    async def _post(self, channel: str | None, text: str, blocks: list[block_kit.Block]) -> None:
         if self.client is None or not channel:
             return
         try:

@@ -61,12 +61,12 @@ class _Claimed:
     refused: str = ""
 
 
-class Clockwork:
+class ScheduleLoop:
     def __init__(self, backend: Backend, owner: str, batch: int = BATCH) -> None:
         self.backend = backend
         self.owner = owner  #: who runs the schedules declared in pipeline files
         self.batch = batch  #: due schedules read and claimed at a time
-        self.book = ScheduleBook(backend.yard.store)
+        self.book = ScheduleBook(backend.shipyard.store)
         self.scheduler: AsyncIOScheduler | None = None
         self._busy: set[asyncio.Future[Any]] = set()  #: beats and the fires they started
         self._beating: asyncio.Future[None] | None = None

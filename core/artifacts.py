@@ -12,7 +12,7 @@ A job registers one by writing a line to ``$SHIPYARD_OUTPUT``::
 
     artifact=web@1.4.2 digest=sha256:<64 hex> uri=oci://registry/web@sha256:<hex> commit=abc1234
 
-``core.executor.read_outputs`` splits at the first ``=``, so the job's outputs carry the key
+``core.runtime.executor.read_outputs`` splits at the first ``=``, so the job's outputs carry the key
 ``artifact`` with the rest of the line as its value; ``parse_artifact_output`` reads that value.
 
 Pure: no I/O, no clock. The store (``storage.artifacts``) keeps the rows.

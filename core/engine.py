@@ -2,7 +2,7 @@
 
 ``decide`` never reads a clock, a database or a random source. It returns a ``Decision``:
 either a refusal with a reason, or the list of conditional changes (each naming the status
-the row must still have) plus the events to append. The shell (``core.service``) applies
+the row must still have) plus the events to append. The shell (``core.runtime.service``) applies
 the changes in one transaction, or retries the command if another writer got there first.
 
 After every accepted command ``_advance`` derives the next transitions from the state alone:

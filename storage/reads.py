@@ -19,7 +19,7 @@ from core.audit import ChainedEntry
 from core.model import RunState
 from core.ports import AuditEntry, Deployment, PipelineVersion
 from core.states import RUN_TERMINAL, RunStatus
-from storage import mappers as m
+from storage import mappers
 from storage.store import SqlStore
 from storage.tables import T
 
@@ -248,6 +248,6 @@ def _chained(r: Any) -> ChainedEntry:
         target=r["target"],
         outcome=r["outcome"],
         reason=r["reason"],
-        detail=m.jsonable(r["detail"]),
+        detail=mappers.jsonable(r["detail"]),
     )
     return ChainedEntry(r["id"], entry, r["prev_hash"], r["hash"])

@@ -42,7 +42,7 @@ from core.locks import describe as describe_lock
 from core.model import Gate, Job, Run, RunState, evolve
 from core.ports import AuditEntry, Deployment, LogChunk, PipelineVersion
 from core.review import Review
-from storage import mappers as m
+from storage import mappers
 from storage.db import is_sqlite, make_engine
 from storage.fastpath import DriverStatements
 from storage.queries import Q
@@ -169,7 +169,7 @@ class SqlStore:
             row = conn.execute(Q.version_by_id, {"id": version_id}).mappings().first()
             if row is None:
                 return None
-            cached = self._versions[version_id] = m.version_from_row(row)
+            cached = self._versions[version_id] = mappers.version_from_row(row)
         return cached
 
     # -- logs -------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ class SqlStore:
                 rows = conn.execute(Q.events_after, {"seq": seq, "limit": limit})
             else:
                 rows = conn.execute(Q.events_of_run_after, {"seq": seq, "limit": limit, "run": run_id})
-            return [m.event_from_row(r) for r in rows.mappings()]
+            return [mappers.event_from_row(r) for r in rows.mappings()]
 
     def last_event_seq(self) -> int:
         with self._read() as conn:
@@ -276,7 +276,7 @@ def _update_statement(change: Change) -> Any:
 
 def _update_params(change: Change) -> dict[str, Any]:
     params = {"_id": change.id, "_status": change.expect, "_attempt": change.expect_attempt}
-    params.update(m.change_values(change))
+    params.update(mappers.change_values(change))
     params.update({f"_guard_{k}": v for k, v in change.guard.items()})
     return params
 
@@ -383,15 +383,19 @@ class SqlTx:
         if not rows:
             return None
         row = rows[0]
-        run = m.run_from_row(row)
+        run = mappers.run_from_row(row)
         version = self.store.version(run.version_id, c)
         assert version is not None, f"run {run_id} points at a missing pipeline version"
-        stages = tuple(m.stage_from_row(r) for r in fetch(Q.stages_of).fetch_mappings(c, {"id": run_id}))
-        jobs = tuple(m.job_from_row(r) for r in fetch(Q.jobs_of).fetch_mappings(c, {"id": run_id}))
+        stages = tuple(
+            mappers.stage_from_row(r) for r in fetch(Q.stages_of).fetch_mappings(c, {"id": run_id})
+        )
+        jobs = tuple(mappers.job_from_row(r) for r in fetch(Q.jobs_of).fetch_mappings(c, {"id": run_id}))
         gates: tuple[Gate, ...] = ()
         # (environments' rules add gates to deploy stages, so those may have one too)
         if any(s.gate is not None or s.environment is not None for s in version.definition.stages):
-            gates = tuple(m.gate_from_row(r) for r in fetch(Q.gates_of).fetch_mappings(c, {"id": run_id}))
+            gates = tuple(
+                mappers.gate_from_row(r) for r in fetch(Q.gates_of).fetch_mappings(c, {"id": run_id})
+            )
         state = RunState(run, stages, jobs, gates, version.definition)
         self.on_commit.append(lambda: self.store.remember(state))
         return state
@@ -438,10 +442,10 @@ class SqlTx:
 
     def insert_run(self, state: RunState) -> None:
         for statement, rows in (
-            (Q.insert_run, [m.row_values(state.run)]),
-            (Q.insert_stage, [m.row_values(s) for s in state.stages]),
-            (Q.insert_job, [m.row_values(j) for j in state.jobs]),
-            (Q.insert_gate, [m.row_values(g) for g in state.gates]),
+            (Q.insert_run, [mappers.row_values(state.run)]),
+            (Q.insert_stage, [mappers.row_values(s) for s in state.stages]),
+            (Q.insert_job, [mappers.row_values(j) for j in state.jobs]),
+            (Q.insert_gate, [mappers.row_values(g) for g in state.gates]),
         ):
             if rows:
                 self._inserts.setdefault((statement, tuple(rows[0])), []).extend(rows)
@@ -467,7 +471,7 @@ class SqlTx:
         bump.count += 1
         for change in changes:
             if change.kind == "run":
-                bump.values.update(m.change_values(change))
+                bump.values.update(mappers.change_values(change))
                 continue
             pending = self._rows.get((change.kind, change.id))
             if pending is None:
@@ -561,13 +565,13 @@ class SqlTx:
             self._audit = []
         if not self._events:
             return
-        rows = [m.event_values(e) for e in self._events]
+        rows = [mappers.event_values(e) for e in self._events]
         self.store.driver.get(Q.insert_event, EVENT_KEYS).execute_many(self.conn, rows)
         self._events = []
 
     def audit(self, entry: AuditEntry) -> None:
         """Queue an audit entry; written with the events when the transaction commits."""
-        self._audit.append(replace(entry, detail=m.jsonable(entry.detail)))
+        self._audit.append(replace(entry, detail=mappers.jsonable(entry.detail)))
 
     # -- work -------------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[tuple[str, str, int]]:
@@ -584,7 +588,8 @@ class SqlTx:
 
     def expired_leases(self, now: datetime, limit: int) -> list[Job]:
         return [
-            m.job_from_row(r) for r in self.conn.execute(Q.expired, {"now": now, "limit": limit}).mappings()
+            mappers.job_from_row(r)
+            for r in self.conn.execute(Q.expired, {"now": now, "limit": limit}).mappings()
         ]
 
     def held_attempts(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
@@ -593,7 +598,7 @@ class SqlTx:
         return {job_id for job_id, attempt in rows if attempts.get(job_id) == attempt}
 
     def jobs_held_by(self, runner: str) -> list[Job]:
-        return [m.job_from_row(r) for r in self.conn.execute(Q.held_by, {"runner": runner}).mappings()]
+        return [mappers.job_from_row(r) for r in self.conn.execute(Q.held_by, {"runner": runner}).mappings()]
 
     def overdue_runs(self, now: datetime, limit: int) -> list[str]:
         return list(self.conn.execute(Q.overdue_runs, {"now": now, "limit": limit}).scalars())
@@ -675,7 +680,10 @@ class SqlTx:
 
     def due_gates(self, now: datetime, limit: int) -> list[Gate]:
         query = Q.due_gates_pg if self._pg else Q.due_gates
-        return [m.gate_from_row(r) for r in self.conn.execute(query, {"now": now, "limit": limit}).mappings()]
+        return [
+            mappers.gate_from_row(r)
+            for r in self.conn.execute(query, {"now": now, "limit": limit}).mappings()
+        ]
 
     def claim_gate_check(self, gate: Gate, until: datetime) -> bool:
         """Take the next poll of an automated gate by moving its next check time (a CAS)."""

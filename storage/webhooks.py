@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from core.events import Event
 from core.model import RunState
 from core.ports import AuditEntry
-from storage import mappers as m
+from storage import mappers
 from storage.queries import Q
 from storage.store import SqlStore, SqlTx
 from storage.tables import T, metadata
@@ -351,7 +351,7 @@ class WebhookBook:
                 if seq != start:
                     conn.execute(sa.update(CURSOR).where(CURSOR.c.name == CURSOR_NAME).values(seq=seq))
                 return 0, 0, seq
-            events = [m.event_from_row(r) for r in rows]
+            events = [mappers.event_from_row(r) for r in rows]
             queued = 0
             if webhooks:
                 useful = [e for e in events if wanted(e)]

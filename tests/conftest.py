@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.definition import parse_pipeline
-from core.service import Service
+from core.runtime.service import Service
 from storage.migrate import upgrade
 from storage.store import SqlStore
 

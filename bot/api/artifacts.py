@@ -121,7 +121,7 @@ class ArtifactsQuery(QueryModel):
 
 
 def _book(call: Call) -> ArtifactBook:
-    return ArtifactBook(gw(call).yard.store)
+    return ArtifactBook(gw(call).shipyard.store)
 
 
 def _location(a: Artifact) -> dict[str, str]:

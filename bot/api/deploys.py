@@ -123,7 +123,7 @@ def _plan_out(plan: RollbackPlan) -> RollbackOut:
 async def _plan(call: Call, to: str | None) -> RollbackPlan:
     g = gw(call)
     try:
-        return await g.read(g.yard.service.rollback_plan, _env(call), to)
+        return await g.read(g.shipyard.service.rollback_plan, _env(call), to)
     except CommandRefused as exc:
         raise Problem(404 if exc.kind == "not_found" else 422, exc.message) from None
 
@@ -143,7 +143,7 @@ async def promote(call: Call) -> web.Response:
     names it); a bad artifact is refused."""
     body: PromoteIn = call.body
     g = gw(call)
-    found = await g.read(ArtifactBook(g.yard.store).get, call.params["artifact_id"])
+    found = await g.read(ArtifactBook(g.shipyard.store).get, call.params["artifact_id"])
     if found is None:
         raise Problem(404, f"no artifact {call.params['artifact_id']!r}")
     pipeline = body.pipeline or found.pipeline
@@ -216,7 +216,7 @@ async def rollback(call: Call) -> web.Response:
 )
 async def list_blockers(call: Call) -> web.Response:
     g, env, pipeline = gw(call), _env(call), call.query.pipeline
-    found = await g.read(g.yard.service.why, env, pipeline)
+    found = await g.read(g.shipyard.service.why, env, pipeline)
     items = [BlockerOut(kind=b.kind, what=b.what, clears=b.clears) for b in found]
     return reply(BlockersOut(environment=env, pipeline=pipeline, clear=not items, blockers=items))
 
@@ -231,7 +231,7 @@ async def list_blockers(call: Call) -> web.Response:
 )
 async def get_queue(call: Call) -> web.Response:
     g = gw(call)
-    q = await g.read(g.yard.service.queue, _env(call))
+    q = await g.read(g.shipyard.service.queue, _env(call))
     waiting = [
         QueuedOut(run_id=e.run_id, ref=e.ref, position=e.position, estimated_start=e.eta) for e in q.waiting
     ]
@@ -257,7 +257,7 @@ async def get_queue(call: Call) -> web.Response:
 async def move_to_front(call: Call) -> web.Response:
     g = gw(call)
     state = await find_run(call)
-    q = await g.read(g.yard.service.queue, _env(call))
+    q = await g.read(g.shipyard.service.queue, _env(call))
     if not any(e.run_id == state.run.id for e in q.waiting):
         raise Problem(409, f"{state.run.ref} is not waiting in {q.environment}'s queue")
     decision = await g.command(
@@ -291,7 +291,7 @@ async def acknowledge_review(call: Call) -> web.Response:
     what was done and says so; until then the run's Slack thread is reminded hourly."""
     g = gw(call)
     state = await find_run(call)
-    book = ReviewBook(g.yard.store)
+    book = ReviewBook(g.shipyard.store)
     requested = tuple(state.run.requested_by or (state.run.triggered_by,))
     call.audited = True
     try:

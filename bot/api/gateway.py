@@ -27,13 +27,13 @@ AUTH_CACHE_S = 5.0
 class ApiGateway(Backend, Gateway):
     """The REST API's backend: problems for refusals, authentication with a short cache."""
 
-    def bind(self, yard: Shipyard) -> None:
-        super().bind(yard)
-        self.keys = IdempotencyStore(yard.store, timedelta(hours=yard.settings.idempotency_hours))
+    def bind(self, shipyard: Shipyard) -> None:
+        super().bind(shipyard)
+        self.keys = IdempotencyStore(shipyard.store, timedelta(hours=shipyard.settings.idempotency_hours))
         self._auth: dict[str, tuple[float, Principal | None]] = {}
 
     async def start(self) -> None:
-        token = self.yard.settings.admin_token
+        token = self.shipyard.settings.admin_token
         if token is not None:
             await self.write(self.directory.ensure_admin_token, token.get_secret_value(), now())
 
@@ -67,7 +67,7 @@ class ApiGateway(Backend, Gateway):
         await self.write(self.keys.release, caller, key)
 
     async def audit(self, entry: AuditEntry) -> None:
-        await self.write(self.yard.store.append_audit, entry)
+        await self.write(self.shipyard.store.append_audit, entry)
 
 
 def gw(call: Call) -> ApiGateway:

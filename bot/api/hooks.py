@@ -141,7 +141,7 @@ def _key(value: str, header: str, who: str) -> str:
 # -- incoming triggers -------------------------------------------------------------------------
 async def receive_hook(gateway: ApiGateway, request: web.Request) -> web.Response:
     raw = await _body(request)
-    book = WebhookBook(gateway.yard.store)
+    book = WebhookBook(gateway.shipyard.store)
     trigger = await gateway.read(book.trigger, request.match_info["trigger_id"], quick=True)
     if trigger is None:
         raise _Refused(404, f"no trigger {request.match_info['trigger_id']!r}")
@@ -273,7 +273,7 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
     webhook_id = request.query.get("webhook", "")
     if not webhook_id:
         raise _Refused(400, "use the callback URL from the gate.waiting message: it names ?webhook=")
-    book = WebhookBook(gateway.yard.store)
+    book = WebhookBook(gateway.shipyard.store)
     hook = await gateway.read(book.get, webhook_id[:40], quick=True)
     if hook is None:
         raise _Refused(401, f"no webhook subscription {webhook_id[:40]!r}")

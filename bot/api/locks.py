@@ -21,7 +21,7 @@ from bot.api.routing import PREFIX, Call
 from bot.api.schemas import Strict
 from bot.api.spec import API
 from bot.backend import now
-from core import locks as lk
+from core import locks as lock_rules
 from core.access import Action, Role
 from core.errors import InvalidInput
 from core.locks import EnvironmentLocked, Lock
@@ -36,7 +36,7 @@ HOW_LONG = "how long: 30m, 2h, 1h30m, 1d (at least 1m, at most 365d)"
 class LockIn(Strict):
     reason: str = Field(
         min_length=1,
-        max_length=lk.REASON_MAX,
+        max_length=lock_rules.REASON_MAX,
         pattern=r"[^\x00-\x20\x7f]",
         description="why; shown to everyone who is refused",
     )
@@ -76,7 +76,7 @@ class LockOut(BaseModel):
             since=lock.since,
             expires_at=lock.expires_at,
             handover_requested_by=lock.handover_requested_by,
-            description=lk.describe(lock, at),
+            description=lock_rules.describe(lock, at),
         )
 
 
@@ -85,7 +85,7 @@ class LockList(BaseModel):
 
 
 def _book(call: Call) -> LockBook:
-    return LockBook(gw(call).yard.store)
+    return LockBook(gw(call).shipyard.store)
 
 
 def _location(env: str) -> dict[str, str]:
@@ -107,7 +107,7 @@ def _locked(exc: EnvironmentLocked) -> Problem:
 
 async def _known(call: Call, env: str) -> None:
     """Only an environment that exists may be locked: a typo must not lock nothing."""
-    declared = gw(call).yard.settings.environments.path
+    declared = gw(call).shipyard.settings.environments.path
     if env in declared:
         return
     deployed = await gw(call).read(gw(call).reads.environment_names)
@@ -117,7 +117,7 @@ async def _known(call: Call, env: str) -> None:
 
 
 def _seconds(text: str) -> float:
-    seconds = lk.lock_duration(text)
+    seconds = lock_rules.lock_duration(text)
     if seconds is None:
         raise InvalidInput(f"say how long to extend the lock: {HOW_LONG}")
     return seconds
@@ -149,7 +149,7 @@ async def get_lock(call: Call) -> web.Response:
     env, at = call.params["env_id"], now()
     found = await gw(call).read(_book(call).current, env, at)
     if found is None:
-        raise lk.not_locked(env)
+        raise lock_rules.not_locked(env)
     return reply(LockOut.of(found, at))
 
 
@@ -175,7 +175,7 @@ async def lock_environment(call: Call) -> web.Response:
     env = call.params["env_id"]
     if body.duration is not None and not body.duration.strip():
         raise Problem(422, f"duration is empty: {HOW_LONG}, or null for a lock without expiry")
-    seconds = lk.lock_duration(body.duration)
+    seconds = lock_rules.lock_duration(body.duration)
     await _known(call, env)
     book, at = _book(call), now()
     call.audited = True  # the book audits the outcome, accepted or refused

@@ -114,7 +114,7 @@ async def _definition(call: Call) -> tuple[PipelineDef, str]:
 
 async def _register(call: Call, definition: PipelineDef, text: str) -> tuple[PipelineOut, bool]:
     g = gw(call)
-    _, created = await g.write(g.yard.service.register_pipeline, definition, text, None)
+    _, created = await g.write(g.shipyard.service.register_pipeline, definition, text, None)
     info = await g.read(g.reads.pipeline, definition.name)
     assert info is not None
     return _out(info), created
@@ -143,7 +143,7 @@ async def create_pipeline(call: Call) -> web.Response:
             409, f"pipeline {definition.name!r} exists; PUT /api/v1/pipelines/{definition.name} to change it"
         )
     if existing is not None:  # archived: posting it again restores it
-        await gw(call).write(gw(call).yard.service.set_archived, definition.name, False)
+        await gw(call).write(gw(call).shipyard.service.set_archived, definition.name, False)
     out, _ = await _register(call, definition, text)
     return reply(out, 201, {"Location": f"/api/v1/pipelines/{out.name}"})
 
@@ -191,7 +191,7 @@ async def put_pipeline(call: Call) -> web.Response:
 async def archive_pipeline(call: Call) -> web.Response:
     info = await _info(call, call.params["pipeline_id"])
     g = gw(call)
-    await g.write(g.yard.service.set_archived, info.name, True)
+    await g.write(g.shipyard.service.set_archived, info.name, True)
     archived = await g.read(g.reads.pipeline, info.name)
     assert archived is not None
     return reply(_out(archived))

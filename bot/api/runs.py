@@ -316,7 +316,7 @@ async def job_log(call: Call) -> web.Response:
         names = ", ".join(f"{state.stages[j.stage_index].name}/{j.name}" for j in state.jobs)
         raise Problem(404, f"{state.run.ref} has no job {wanted!r} (jobs: {names})")
     q: LogQuery = call.query
-    store = gw(call).yard.store
+    store = gw(call).shipyard.store
     if q.tail is not None:
         lines = await gw(call).read(store.tail_log, job.id, q.tail, q.attempt)
         text = "".join(line + "\n" for line in lines)
@@ -350,7 +350,7 @@ async def run_events(call: Call) -> web.StreamResponse:
     quiet = 0.0
     while True:
         finished = (await g.read(g.reads.run, run_id)).run.status in RUN_TERMINAL  # type: ignore[union-attr]
-        events = await g.read(g.yard.store.events_after, seq, 500, run_id)
+        events = await g.read(g.shipyard.store.events_after, seq, 500, run_id)
         for event in events:
             seq = event.seq
             data = {
@@ -370,7 +370,7 @@ async def run_events(call: Call) -> web.StreamResponse:
             break
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await g.yard.orchestrator.wait_for_events(g.yard.settings.poll_interval)
+        await g.shipyard.orchestrator.wait_for_events(g.shipyard.settings.poll_interval)
         quiet += loop.time() - started
         if quiet >= KEEPALIVE_S:
             await response.write(b": keep-alive\n\n")

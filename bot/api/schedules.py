@@ -70,7 +70,7 @@ class ScheduleList(BaseModel):
 
 
 def _book(call: Call) -> ScheduleBook:
-    return ScheduleBook(gw(call).yard.store)
+    return ScheduleBook(gw(call).shipyard.store)
 
 
 @API.op(

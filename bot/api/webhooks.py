@@ -197,7 +197,7 @@ class IncomingTriggerList(BaseModel):
 
 
 def _book(call: Call) -> WebhookBook:
-    return WebhookBook(gw(call).yard.store)
+    return WebhookBook(gw(call).shipyard.store)
 
 
 def _config(call: Call) -> Config:

@@ -1,14 +1,13 @@
 """What the chat shows that it has to read beyond a run: the gate card's artifact and what is
 live beside it, a failed job's last log lines, a rollback's lock. Read here once for every face
-(Slack's thread posts and App Home, the console), through the ``Desk``; drawn by the pure
-``bot.chat.blocks`` and ``bot.chat.threads``."""
+(Slack's thread posts and App Home, the console), through the ``ChatBackend``; drawn by the pure
+``bot.chat.block_kit`` and ``bot.chat.threads``."""
 
 from __future__ import annotations
 
 from bot.backend import now
-from bot.chat import blocks as bk
-from bot.chat import threads
-from bot.chat.verbs import Desk
+from bot.chat import block_kit, threads
+from bot.chat.verbs import ChatBackend
 from core.assignment import run_artifact
 from core.model import Gate, RunState
 from core.ports import Deployment
@@ -21,35 +20,37 @@ LIVE_LOOK = 20
 TAIL_LINES = 10
 
 
-async def gate_card(desk: Desk, state: RunState, gate: Gate) -> tuple[str, list[bk.Block]]:
+async def gate_card(backend: ChatBackend, state: RunState, gate: Gate) -> tuple[str, list[block_kit.Block]]:
     """``blocks.gate_card`` with what it shows read: the run's artifact, what is live beside it
     and the Slack user groups its approvers' roles map to."""
-    shown = await _shown(desk, state, threads.GateCard(gate))
-    return bk.gate_card(state, gate, shown.live, artifact=shown.artifact, groups=shown.groups)
+    shown = await _shown(backend, state, threads.GateCard(gate))
+    return block_kit.gate_card(state, gate, shown.live, artifact=shown.artifact, groups=shown.groups)
 
 
-async def compose(desk: Desk, state: RunState, post: threads.ThreadPost) -> tuple[str, list[bk.Block]] | None:
+async def compose(
+    backend: ChatBackend, state: RunState, post: threads.ThreadPost
+) -> tuple[str, list[block_kit.Block]] | None:
     """A thread post as it is to be said now (None: it has nothing to say any more)."""
-    return threads.render(state, post, await _shown(desk, state, post))
+    return threads.render(state, post, await _shown(backend, state, post))
 
 
-async def artifact_of(desk: Desk, state: RunState) -> str | None:
+async def artifact_of(backend: ChatBackend, state: RunState) -> str | None:
     """What the run deploys, when known: the artifact it was given, or the one it built."""
     if state.run.artifact_id is not None:
-        given = await desk.read(ArtifactBook(desk.yard.store).get, state.run.artifact_id)
+        given = await backend.read(ArtifactBook(backend.shipyard.store).get, state.run.artifact_id)
         return given.ref if given is not None else None
     built = run_artifact(state)
     return built.ref if built is not None else None
 
 
-async def live_beside(desk: Desk, state: RunState, gate: Gate) -> Deployment | None:
+async def live_beside(backend: ChatBackend, state: RunState, gate: Gate) -> Deployment | None:
     """What was live in the gate's environment apart from this run: now while the gate is
     open, and when it was decided once it is (so a decided card keeps what it compared)."""
     env = state.stages[gate.stage_index].environment
     if env is None:
         return None
     cutoff = gate.decided_at if gate.status != "open" else None
-    for deployment in await desk.read(desk.reads.deployments, env, None, LIVE_LOOK):
+    for deployment in await backend.read(backend.reads.deployments, env, None, LIVE_LOOK):
         if (
             deployment.status in ("succeeded", "partial")
             and deployment.run_id != state.run.id
@@ -59,20 +60,22 @@ async def live_beside(desk: Desk, state: RunState, gate: Gate) -> Deployment | N
     return None
 
 
-async def _shown(desk: Desk, state: RunState, post: threads.ThreadPost) -> threads.Shown:
+async def _shown(backend: ChatBackend, state: RunState, post: threads.ThreadPost) -> threads.Shown:
     at = now()
     match post:
         case threads.GateCard(gate=gate):
             return threads.Shown(
                 at,
-                live=await live_beside(desk, state, gate),
-                artifact=await artifact_of(desk, state),
-                groups=bk.role_groups(desk.yard.settings.slack_roles),
+                live=await live_beside(backend, state, gate),
+                artifact=await artifact_of(backend, state),
+                groups=block_kit.role_groups(backend.shipyard.settings.slack_roles),
             )
         case threads.JobFailed(job=job, attempt=attempt):
-            tail = await desk.read(desk.yard.store.tail_log, job.id, TAIL_LINES, attempt)
+            tail = await backend.read(backend.shipyard.store.tail_log, job.id, TAIL_LINES, attempt)
             return threads.Shown(at, tail=tail)
         case threads.RollbackLocked(environment=env):
-            return threads.Shown(at, lock=await desk.read(LockBook(desk.yard.store).current, env, at))
+            return threads.Shown(
+                at, lock=await backend.read(LockBook(backend.shipyard.store).current, env, at)
+            )
         case _:
             return threads.Shown(at)

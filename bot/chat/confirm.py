@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 
 from bot.backend import now
-from bot.chat import blocks as bk
-from bot.chat import forms
-from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who
+from bot.chat import block_kit, forms
+from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who
 from core.access import Action
 from core.artifacts import as_built, check_deployable
 from core.commands import TriggerRun
@@ -26,11 +25,11 @@ def _form_of(definition: PipelineDef | None) -> str:
     return " ".join(f"{q.name}=…" if q.required else f"[{q.name}=…]" for q in params)
 
 
-def guarded_environments(desk: Desk, definition: PipelineDef, deploy_to: str | None) -> list[str]:
+def guarded_environments(backend: ChatBackend, definition: PipelineDef, deploy_to: str | None) -> list[str]:
     """The environments a run would deploy to (all of the pipeline's, or only ``deploy_to``
     for a promotion or rollback) that ask before a deploy starts."""
     targets = [deploy_to] if deploy_to is not None else environments_of(definition)
-    return [env for env in targets if desk.yard.settings.environment(env).confirm]
+    return [env for env in targets if backend.shipyard.settings.environment(env).confirm]
 
 
 def environments_of(definition: PipelineDef) -> list[str]:
@@ -39,56 +38,58 @@ def environments_of(definition: PipelineDef) -> list[str]:
 
 
 async def start_run(
-    desk: Desk, who: Who, command: TriggerRun, *, channel: str | None = None, answered: bool = False
+    backend: ChatBackend, who: Who, command: TriggerRun, *, channel: str | None = None, answered: bool = False
 ) -> Reply:
     """Trigger ``command``; its run reports to ``channel`` (default: where ``who`` typed).
     ``answered``: it answers a deploy question, whose place the reply takes; its idempotency
     key is the question's, so a second answer finds the run the first one started."""
-    decision = await desk.decide(command)
+    decision = await backend.decide(command)
     if not decision.accepted:
         if decision.refusal != "invalid":
             raise Refusal(decision.reason)
-        info = await desk.read(desk.reads.pipeline, command.pipeline)
+        info = await backend.read(backend.reads.pipeline, command.pipeline)
         form = _form_of(info.latest.definition if info else None)
         raise Refusal(f"{decision.reason}. Usage: `/deploy run {command.pipeline} {form}`")
     assert decision.state is not None
     ref = decision.state.run.ref
     if decision.duplicate:
         return Reply(f"Already started as *{ref}*: this question was answered.", replace=answered)
-    if desk.on_run_started is not None:
-        await desk.on_run_started(decision.state.run.id, channel or who.channel_id)
+    if backend.on_run_started is not None:
+        await backend.on_run_started(decision.state.run.id, channel or who.slack_channel)
     if command.break_glass is not None:  # the channel is told, not only the admin
         return Reply(
-            f":rotating_light: {bk.who(who.user)} broke the glass: *{ref}* goes through "
+            f":rotating_light: {block_kit.who(who.user)} broke the glass: *{ref}* goes through "
             f"freezes and required approvals. Reason: {command.break_glass}",
             public=True,
         )
     if answered:
         return Reply(
-            f"Started *{ref}*, confirmed by {bk.who(who.user)} at {now():%H:%M:%S} UTC; "
+            f"Started *{ref}*, confirmed by {block_kit.who(who.user)} at {now():%H:%M:%S} UTC; "
             "its message follows in this channel.",
             replace=True,
         )
     return Reply(f"Started *{ref}*; its message follows in this channel.")
 
 
-async def ask_first(desk: Desk, who: Who, command: TriggerRun, *, always: bool = False) -> Reply | None:
+async def ask_first(
+    backend: ChatBackend, who: Who, command: TriggerRun, *, always: bool = False
+) -> Reply | None:
     """The deploy question for ``command`` if where it deploys asks first (``confirm: true``),
     or ``always``; None: it may start now."""
-    info = await desk.read(desk.reads.pipeline, command.pipeline)
+    info = await backend.read(backend.reads.pipeline, command.pipeline)
     if info is None:  # the engine says why it cannot start
         return None
     definition = info.latest.definition
-    guarded = guarded_environments(desk, definition, command.deploy_to)
+    guarded = guarded_environments(backend, definition, command.deploy_to)
     if always and not guarded:
         guarded = [command.deploy_to] if command.deploy_to else environments_of(definition)
     if not guarded:
         return None
-    return await ask_to_confirm(desk, who, command, definition, info.latest.version, guarded)
+    return await ask_to_confirm(backend, who, command, definition, info.latest.version, guarded)
 
 
 async def ask_to_confirm(
-    desk: Desk,
+    backend: ChatBackend,
     who: Who,
     command: TriggerRun,
     definition: PipelineDef,
@@ -102,12 +103,12 @@ async def ask_to_confirm(
     artifact = artifact_revision = None
     filled = command
     if command.artifact_id is not None:
-        found = await desk.read(ArtifactBook(desk.yard.store).get, command.artifact_id)
+        found = await backend.read(ArtifactBook(backend.shipyard.store).get, command.artifact_id)
         if found is None:
             raise Refusal(f"No artifact `{command.artifact_id}` (see `/deploy artifacts`).")
         check_deployable(found)  # a bad one is refused now, not after the press
         artifact = found.ref
-        built = await desk.read(desk.reads.run, found.run_id) if found.run_id else None
+        built = await backend.read(backend.reads.run, found.run_id) if found.run_id else None
         filled = as_built(command, found, built.run if built is not None else None)
         artifact_revision = built.run.source_revision if built is not None else None
     branch = filled.branch
@@ -116,7 +117,7 @@ async def ask_to_confirm(
     except InvalidInput as exc:  # say it now, not after the press
         form = _form_of(definition)
         raise Refusal(f"{exc.message}. Usage: `/deploy run {command.pipeline} {form}`") from None
-    live = tuple([(env, await desk.read(desk.reads.current_deployment, env)) for env in environments])
+    live = tuple([(env, await backend.read(backend.reads.current_deployment, env)) for env in environments])
     asked = forms.Question.new(
         time.time(),
         pipeline=command.pipeline,
@@ -126,7 +127,7 @@ async def ask_to_confirm(
         kind=command.kind,
         artifact=command.artifact_id,
         deploy_to=command.deploy_to,
-        channel=who.channel_id,
+        channel=who.slack_channel,
         asker=who.user,
     )
     if len(asked.value()) > forms.MAX_VALUE:
@@ -139,14 +140,16 @@ async def ask_to_confirm(
     return Reply(text, blocks)
 
 
-async def _confirmed(desk: Desk, who: Who, value: str) -> Reply:
+async def _confirmed(backend: ChatBackend, who: Who, value: str) -> Reply:
     """The Deploy button under a deploy question (``press`` says what a refusal was)."""
     try:
         asked = forms.Question.read(value)
     except (ValueError, KeyError, TypeError):
         return Reply(":warning: That button is not one of mine.")
     if asked.asker and asked.asker != who.user:
-        return Reply(f":warning: That question was for {bk.who(asked.asker)}; ask yours: `{asked.again()}`")
+        return Reply(
+            f":warning: That question was for {block_kit.who(asked.asker)}; ask yours: `{asked.again()}`"
+        )
     if time.time() > asked.until:
         return Reply(f":warning: That question expired; type `{asked.again()}` again.", replace=True)
     command = TriggerRun(
@@ -160,8 +163,8 @@ async def _confirmed(desk: Desk, who: Who, value: str) -> Reply:
         deploy_to=asked.deploy_to,
         idempotency_key=asked.idempotency_key if asked.id else None,
     )
-    (await desk.principal(who.user)).require(Action.TRIGGER)
-    return await start_run(desk, who, command, channel=asked.channel or None, answered=True)
+    (await backend.principal(who.user)).require(Action.TRIGGER)
+    return await start_run(backend, who, command, channel=asked.channel or None, answered=True)
 
 
-BUTTONS[bk.CONFIRM] = _confirmed
+BUTTONS[block_kit.CONFIRM] = _confirmed

@@ -8,10 +8,10 @@ from datetime import datetime
 from functools import partial
 
 from bot.backend import now
-from bot.chat import blocks as bk
+from bot.chat import block_kit
 from bot.chat.confirm import ask_first
 from bot.chat.parse import Line
-from bot.chat.verbs import BUTTONS, Desk, Refusal, Reply, Who, _usage, verb
+from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who, _usage, verb
 from core.access import Action
 from core.commands import MoveToFront, TriggerRun
 from core.errors import CommandRefused
@@ -29,55 +29,55 @@ def _at(when: datetime | None) -> str:
     return f"{when:%Y-%m-%d %H:%M} UTC" if when else "?"
 
 
-async def _environments(desk: Desk) -> list[str]:
-    known = await desk.read(desk.reads.environment_names)
-    declared = desk.yard.settings.environments.path
+async def _environments(backend: ChatBackend) -> list[str]:
+    known = await backend.read(backend.reads.environment_names)
+    declared = backend.shipyard.settings.environments.path
     return declared + sorted(set(known) - set(declared))
 
 
 @verb("envs", "envs", "what runs where, and what holds each environment")
-async def envs(desk: Desk, who: Who, line: Line) -> Reply:
-    names = await _environments(desk)
+async def envs(backend: ChatBackend, who: Who, line: Line) -> Reply:
+    names = await _environments(backend)
     if not names:
         return Reply("No environments yet: a pipeline stage with `environment:` makes one.")
     rows = []
     for env in names:
-        live = await desk.read(desk.reads.current_deployment, env)
+        live = await backend.read(backend.reads.current_deployment, env)
         what = (
             "nothing yet"
             if live is None
             else f"*{live.artifact or live.revision or '?'}* "
             f"({live.pipeline}#{live.run_number}, {_at(live.finished_at)})"
         )
-        blockers = await desk.read(desk.yard.service.why, env, None)
+        blockers = await backend.read(backend.shipyard.service.why, env, None)
         held = [b.what for b in blockers if b.kind in ("lock", "freeze", "busy", "queue")]
         rows.append(f"• *{env}*: {what}" + (f" — {'; '.join(held)}" if held else ""))
     return Reply("\n".join(rows))
 
 
 @verb("history", "history <environment>", "recent deployments to an environment")
-async def history(desk: Desk, who: Who, line: Line) -> Reply:
+async def history(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("history"))
     env = line.words[0]
-    found = await desk.read(desk.reads.deployments, env, 2**63 - 1, 10)
+    found = await backend.read(backend.reads.deployments, env, 2**63 - 1, 10)
     if not found:
         raise Refusal(
-            f"Nothing was deployed to `{env}` yet (environments: {', '.join(await _environments(desk))})."
+            f"Nothing was deployed to `{env}` yet (environments: {', '.join(await _environments(backend))})."
         )
     rows = [
         f"{'✅' if d.status == 'succeeded' else '❌'} {d.artifact or d.revision or '?'} — {d.kind}, "
-        f"{d.pipeline}#{d.run_number} by {bk.who(d.triggered_by)}, {_at(d.finished_at)} ({d.status})"
+        f"{d.pipeline}#{d.run_number} by {block_kit.who(d.triggered_by)}, {_at(d.finished_at)} ({d.status})"
         for d in found
     ]
     return Reply(f"*{env}*, newest first:\n" + "\n".join(rows))
 
 
 @verb("queue", "queue <environment>", "what deploys to an environment now and what waits, with estimates")
-async def queue(desk: Desk, who: Who, line: Line) -> Reply:
+async def queue(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("queue"))
-    q = await desk.read(desk.yard.service.queue, line.words[0])
+    q = await backend.read(backend.shipyard.service.queue, line.words[0])
     head = f"*{q.environment}*: " + (
         f"{q.running[1]} is deploying (since {_at(q.running_since)})" if q.running else "nothing deploying"
     )
@@ -96,27 +96,28 @@ async def queue(desk: Desk, who: Who, line: Line) -> Reply:
     "move a queued run to the front of its environment's queue (admins)",
     Action.MANAGE,
 )
-async def front(desk: Desk, who: Who, line: Line) -> Reply:
+async def front(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if len(line.words) < 2:
         raise Refusal(_usage("front"))
-    state = await desk.find(line.words[0])
-    decision = await desk.decide(
+    state = await backend.find(line.words[0])
+    decision = await backend.decide(
         MoveToFront(run_id=state.run.id, actor=who.actor, reason=" ".join(line.words[1:]))
     )
     if not decision.accepted:
         raise Refusal(decision.reason)
     return Reply(
-        f"{bk.who(who.user)} moved *{state.run.ref}* to the front of the queue: {' '.join(line.words[1:])}",
+        f"{block_kit.who(who.user)} moved *{state.run.ref}* to the front of the queue: "
+        f"{' '.join(line.words[1:])}",
         public=True,
     )
 
 
 @verb("why", "why <environment> [pipeline]", "every reason a deployment there would wait or be refused now")
-async def why(desk: Desk, who: Who, line: Line) -> Reply:
+async def why(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("why"))
     env, pipeline = line.words[0], (line.words[1] if len(line.words) > 1 else None)
-    found = await desk.read(desk.yard.service.why, env, pipeline)
+    found = await backend.read(backend.shipyard.service.why, env, pipeline)
     if not found:
         return Reply(
             f"Nothing stands in the way: a deployment{' of ' + pipeline if pipeline else ''} "
@@ -132,11 +133,11 @@ async def why(desk: Desk, who: Who, line: Line) -> Reply:
     "deploy a known artifact there, without rebuilding",
     Action.TRIGGER,
 )
-async def promote(desk: Desk, who: Who, line: Line) -> Reply:
+async def promote(backend: ChatBackend, who: Who, line: Line) -> Reply:
     words = line.words
     if len(words) != 3 or words[1] != "to":
         raise Refusal(_usage("promote"))
-    artifact = await desk.read(ArtifactBook(desk.yard.store).get, words[0])
+    artifact = await backend.read(ArtifactBook(backend.shipyard.store).get, words[0])
     if artifact is None:
         raise Refusal(f"No artifact `{words[0]}` (see `/deploy artifacts`).")
     if artifact.pipeline is None:
@@ -147,10 +148,10 @@ async def promote(desk: Desk, who: Who, line: Line) -> Reply:
     command = TriggerRun(
         pipeline=artifact.pipeline, actor=who.actor, kind="promotion", artifact_id=artifact.ref, deploy_to=env
     )
-    question = await ask_first(desk, who, command)
+    question = await ask_first(backend, who, command)
     if question is not None:  # a confirm: true environment: the same question as /deploy run
         return question
-    state = await desk.start(command, who.channel_id)
+    state = await backend.start(command, who.slack_channel)
     return Reply(f"Promoting *{artifact.ref}* to *{env}* as *{state.run.ref}*.", public=True)
 
 
@@ -160,13 +161,13 @@ async def promote(desk: Desk, who: Who, line: Line) -> Reply:
     "deploy the last good artifact there again (asks first)",
     Action.TRIGGER,
 )
-async def rollback(desk: Desk, who: Who, line: Line) -> Reply:
+async def rollback(backend: ChatBackend, who: Who, line: Line) -> Reply:
     """Always asks, wherever it goes: the deploy question, showing the artifact it goes back to
     and what is live there now; its Deploy button starts one rollback however often pressed."""
     words = line.words
     if not words or len(words) not in (1, 3) or (len(words) == 3 and words[1] != "to"):
         raise Refusal(_usage("rollback"))
-    plan = await _plan(desk, words[0], words[2] if len(words) == 3 else None)
+    plan = await _plan(backend, words[0], words[2] if len(words) == 3 else None)
     command = TriggerRun(
         pipeline=plan.pipeline,
         actor=who.actor,
@@ -174,20 +175,20 @@ async def rollback(desk: Desk, who: Who, line: Line) -> Reply:
         artifact_id=plan.target.ref,
         deploy_to=plan.environment,
     )
-    question = await ask_first(desk, who, command, always=True)
+    question = await ask_first(backend, who, command, always=True)
     if question is None:
         raise Refusal(f"{plan.pipeline}, which deployed {plan.target.ref}, is not a pipeline any more.")
     return question
 
 
-async def _plan(desk: Desk, env: str, to: str | None) -> RollbackPlan:
+async def _plan(backend: ChatBackend, env: str, to: str | None) -> RollbackPlan:
     try:
-        return await desk.read(desk.yard.service.rollback_plan, env, to)
+        return await backend.read(backend.shipyard.service.rollback_plan, env, to)
     except CommandRefused as exc:
         raise Refusal(exc.message) from None
 
 
-async def _expired_rollback(desk: Desk, who: Who, value: str) -> Reply:
+async def _expired_rollback(backend: ChatBackend, who: Who, value: str) -> Reply:
     """A Roll back button from before rollbacks asked the deploy question: those asked for two
     minutes at most, so it has expired."""
     try:
@@ -197,29 +198,29 @@ async def _expired_rollback(desk: Desk, who: Who, value: str) -> Reply:
     return Reply(f":warning: That question expired; type `/deploy rollback {env}` again.")
 
 
-async def _asked_to_roll_back(desk: Desk, who: Who, value: str) -> Reply:
+async def _asked_to_roll_back(backend: ChatBackend, who: Who, value: str) -> Reply:
     try:
         env = str(json.loads(value)["env"])
     except (ValueError, KeyError, TypeError):
         return Reply(":warning: That button is not one of mine.")
-    (await desk.principal(who.user)).require(Action.TRIGGER)
-    return await rollback(desk, who, Line("rollback", [env]))
+    (await backend.principal(who.user)).require(Action.TRIGGER)
+    return await rollback(backend, who, Line("rollback", [env]))
 
 
 BUTTONS[ROLLBACK] = _expired_rollback
-BUTTONS[bk.ROLLBACK_ASK] = _asked_to_roll_back
+BUTTONS[block_kit.ROLLBACK_ASK] = _asked_to_roll_back
 
 
 # -- break-glass reviews ---------------------------------------------------------------------------
 REVIEW_ACK = "review_ack"
 
 
-async def acknowledge(desk: Desk, who: Who, ref: str) -> Reply:
-    state = await desk.find(ref)
-    (await desk.principal(who.user)).require(Action.APPROVE)
+async def acknowledge(backend: ChatBackend, who: Who, ref: str) -> Reply:
+    state = await backend.find(ref)
+    (await backend.principal(who.user)).require(Action.APPROVE)
     requested = state.run.requested_by or (state.run.triggered_by,)
-    book = ReviewBook(desk.yard.store)
-    await desk.write(
+    book = ReviewBook(backend.shipyard.store)
+    await backend.write(
         partial(book.acknowledge, channel=who.actor.channel, ref=state.run.ref),
         state.run.id,
         who.user,
@@ -227,7 +228,8 @@ async def acknowledge(desk: Desk, who: Who, ref: str) -> Reply:
         now(),
     )
     return Reply(
-        f":white_check_mark: {bk.who(who.user)} acknowledged the break-glass review of *{state.run.ref}*.",
+        f":white_check_mark: {block_kit.who(who.user)} acknowledged the break-glass review of "
+        f"*{state.run.ref}*.",
         public=True,
     )
 
@@ -238,31 +240,32 @@ async def acknowledge(desk: Desk, who: Who, ref: str) -> Reply:
     "acknowledge the follow-up review of a break-glass run (not its admin)",
     Action.APPROVE,
 )
-async def ack(desk: Desk, who: Who, line: Line) -> Reply:
+async def ack(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("ack"))
-    return await acknowledge(desk, who, line.words[0])
+    return await acknowledge(backend, who, line.words[0])
 
 
-async def _pressed_ack(desk: Desk, who: Who, value: str) -> Reply:
+async def _pressed_ack(backend: ChatBackend, who: Who, value: str) -> Reply:
     try:
         run_id = str(json.loads(value)["run"])
     except (ValueError, KeyError, TypeError):
         return Reply(":warning: That button is not one of mine.")
-    return await acknowledge(desk, who, run_id)
+    return await acknowledge(backend, who, run_id)
 
 
-def review_reminder(state: RunState, review: Review, at: datetime) -> tuple[str, list[bk.Block]]:
+def review_reminder(state: RunState, review: Review, at: datetime) -> tuple[str, list[block_kit.Block]]:
     """The thread's notice (then hourly reminders) that a break-glass run awaits its review."""
     late = " *It is overdue.*" if review.overdue(at) else f" Due by {review.due_at:%Y-%m-%d %H:%M} UTC."
     line = (
-        f":rotating_light: {bk.who(review.admin)} broke the glass for *{state.run.ref}*: {review.reason}. "
+        f":rotating_light: {block_kit.who(review.admin)} broke the glass for *{state.run.ref}*: "
+        f"{review.reason}. "
         f"Someone else must review what was done and acknowledge it.{late}"
     )
-    button = bk.button("Acknowledge review", REVIEW_ACK, json.dumps({"run": state.run.id}), "primary")
+    button = block_kit.button("Acknowledge review", REVIEW_ACK, json.dumps({"run": state.run.id}), "primary")
     return f"{state.run.ref}: break-glass review needed", [
-        bk.text(line),
-        bk.actions(f"review-{state.run.id}", button),
+        block_kit.text(line),
+        block_kit.actions(f"review-{state.run.id}", button),
     ]
 
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bot.chat import blocks as bk
+from bot.chat import block_kit
 from core.definition import ParameterDef, PipelineDef, coerce_parameter
 from core.ports import Deployment
 
@@ -92,9 +92,9 @@ def trigger_view(names: list[str], channel: str, chosen: Chosen | None) -> dict[
 
     ``private_metadata`` is the channel the form was opened from (where the run reports); the
     picker's ``initial_option`` records which pipeline the fields below it belong to."""
-    fields: list[bk.Block] = [_picker(names, chosen.definition.name if chosen else None)]
+    fields: list[block_kit.Block] = [_picker(names, chosen.definition.name if chosen else None)]
     if chosen is None:
-        fields.append(bk.context("Pick a pipeline: its parameters appear here."))
+        fields.append(block_kit.context("Pick a pipeline: its parameters appear here."))
         submit = "Start"
     else:
         fields.extend(_fields(chosen))
@@ -161,9 +161,9 @@ def check_fields(
     return params, errors
 
 
-def _picker(names: list[str], chosen: str | None) -> bk.Block:
+def _picker(names: list[str], chosen: str | None) -> block_kit.Block:
     options = [_option(name, name) for name in names[:MAX_OPTIONS]]
-    element: bk.Block = {
+    element: block_kit.Block = {
         "type": "static_select",
         "action_id": PICK,
         "placeholder": _plain("Which pipeline?"),
@@ -181,7 +181,7 @@ def _picker(names: list[str], chosen: str | None) -> bk.Block:
     }
 
 
-def _fields(chosen: Chosen) -> list[bk.Block]:
+def _fields(chosen: Chosen) -> list[block_kit.Block]:
     definition = chosen.definition
     about = [f"*{definition.name}* v{chosen.version}"]
     if definition.description:
@@ -190,7 +190,7 @@ def _fields(chosen: Chosen) -> list[bk.Block]:
         about.append("deploys to " + " → ".join(chosen.environments))
     if chosen.guarded:
         about.append(f"{', '.join(chosen.guarded)} asks first: you confirm what goes where before it starts")
-    blocks = [bk.context(" · ".join(about))]
+    blocks = [block_kit.context(" · ".join(about))]
     carrier = revision_parameter(definition)
     if carrier is None:
         blocks.append(
@@ -215,12 +215,12 @@ def _fields(chosen: Chosen) -> list[bk.Block]:
     return blocks
 
 
-def _parameter_field(pipeline: str, param: ParameterDef, *, is_revision: bool) -> bk.Block:
+def _parameter_field(pipeline: str, param: ParameterDef, *, is_revision: bool) -> block_kit.Block:
     default = coerce_parameter(param, param.default) if param.default is not None else None
     hints = [param.description] if param.description else []
     if is_revision:
         hints.append("The revision to deploy.")
-    element: bk.Block
+    element: block_kit.Block
     if param.type == "boolean":
         element = _select([("yes", "true"), ("no", "false")], default)
     elif param.type == "choice":
@@ -235,7 +235,7 @@ def _parameter_field(pipeline: str, param: ParameterDef, *, is_revision: bool) -
             element["initial_value"] = default
         if param.pattern:
             hints.append(f"Must match {param.pattern}")
-    block: bk.Block = {
+    block: block_kit.Block = {
         "type": "input",
         "block_id": field_id(pipeline, param.name),
         "optional": not param.required,
@@ -247,7 +247,7 @@ def _parameter_field(pipeline: str, param: ParameterDef, *, is_revision: bool) -
     return block
 
 
-def _text_input(block_id: str, label: str, *, optional: bool, hint: str) -> bk.Block:
+def _text_input(block_id: str, label: str, *, optional: bool, hint: str) -> block_kit.Block:
     return {
         "type": "input",
         "block_id": block_id,
@@ -258,8 +258,8 @@ def _text_input(block_id: str, label: str, *, optional: bool, hint: str) -> bk.B
     }
 
 
-def _select(options: list[tuple[str, str]], initial: str | None) -> bk.Block:
-    element: bk.Block = {
+def _select(options: list[tuple[str, str]], initial: str | None) -> block_kit.Block:
+    element: block_kit.Block = {
         "type": "static_select",
         "action_id": VALUE,
         "options": [_option(text, value) for text, value in options[:MAX_OPTIONS]],
@@ -270,11 +270,11 @@ def _select(options: list[tuple[str, str]], initial: str | None) -> bk.Block:
     return element
 
 
-def _option(text: str, value: str) -> bk.Block:
+def _option(text: str, value: str) -> block_kit.Block:
     return {"text": _plain(text[:75]), "value": value[:150]}
 
 
-def _plain(text: str) -> bk.Block:
+def _plain(text: str) -> block_kit.Block:
     return {"type": "plain_text", "text": text}
 
 
@@ -368,7 +368,7 @@ class Facts:
     artifact_revision: str | None = None
 
 
-def question(asked: Question, facts: Facts) -> tuple[str, list[bk.Block]]:
+def question(asked: Question, facts: Facts) -> tuple[str, list[block_kit.Block]]:
     """The question and its Deploy button: exactly what will go where."""
     environments = ", ".join(env for env, _ in facts.live)
     revision, carrier = shown_revision(facts.definition, asked.revision, asked.params)
@@ -399,8 +399,8 @@ def question(asked: Question, facts: Facts) -> tuple[str, list[bk.Block]]:
         text, press = f"Roll {environments} back to {facts.artifact or 'an earlier artifact'}?", "Roll back"
     else:
         text, press = f"Deploy {asked.pipeline} to {environments}?", "Deploy"
-    button = bk.button(press, bk.CONFIRM, asked.value(), "danger")
-    return text, [bk.text("\n".join(lines)), bk.actions(f"confirm-{asked.id}", button)]
+    button = block_kit.button(press, block_kit.CONFIRM, asked.value(), "danger")
+    return text, [block_kit.text("\n".join(lines)), block_kit.actions(f"confirm-{asked.id}", button)]
 
 
 def _headline(asked: Question, facts: Facts, environments: str) -> str:

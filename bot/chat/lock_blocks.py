@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from bot.chat import blocks as bk
+from bot.chat import block_kit
 from core.locks import Lock, describe, expiry_in
 
 # action ids: the Slack app listens for these
@@ -27,7 +27,7 @@ def slack_user(name: str) -> bool:
 
 def told(lock: Lock, now: datetime) -> str:
     """``describe`` with the holder as a Slack mention."""
-    return describe(lock, now, bk.who)
+    return describe(lock, now, block_kit.who)
 
 
 def value(lock: Lock, **extra: str) -> str:
@@ -44,62 +44,62 @@ def read_value(text: str) -> dict[str, str] | None:
     return found if found.get("env") else None
 
 
-def refused(lock: Lock, now: datetime) -> tuple[str, list[bk.Block]]:
+def refused(lock: Lock, now: datetime) -> tuple[str, list[block_kit.Block]]:
     """Someone tried to lock a locked environment: who holds it, and a button to ask for it."""
     summary = f":lock: {told(lock, now)}"
     if lock.kind == "rollback":
-        return summary, [bk.text(summary), _acknowledge(lock)]
-    ask = bk.button(f"Ask {_plain(lock.holder)} to hand it over", ASK, value(lock))
-    return summary, [bk.text(summary), bk.actions(f"lock:{lock.environment}", ask)]
+        return summary, [block_kit.text(summary), _acknowledge(lock)]
+    ask = block_kit.button(f"Ask {_plain(lock.holder)} to hand it over", ASK, value(lock))
+    return summary, [block_kit.text(summary), block_kit.actions(f"lock:{lock.environment}", ask)]
 
 
-def reminder(lock: Lock, now: datetime) -> tuple[str, list[bk.Block]]:
+def reminder(lock: Lock, now: datetime) -> tuple[str, list[block_kit.Block]]:
     summary = (
-        f":hourglass_flowing_sand: {bk.who(lock.holder)}, your lock on *{lock.environment}* expires "
+        f":hourglass_flowing_sand: {block_kit.who(lock.holder)}, your lock on *{lock.environment}* expires "
         f"{expiry_in(lock, now)}: {lock.reason}"
     )
-    buttons = bk.actions(
+    buttons = block_kit.actions(
         f"lock:{lock.environment}",
-        bk.button("Extend 1h", EXTEND, value(lock), "primary"),
-        bk.button("Release", RELEASE, value(lock)),
+        block_kit.button("Extend 1h", EXTEND, value(lock), "primary"),
+        block_kit.button("Release", RELEASE, value(lock)),
     )
-    return summary, [bk.text(summary), buttons]
+    return summary, [block_kit.text(summary), buttons]
 
 
-def handover_prompt(lock: Lock, now: datetime) -> tuple[str, list[bk.Block]]:
+def handover_prompt(lock: Lock, now: datetime) -> tuple[str, list[block_kit.Block]]:
     asker = lock.handover_requested_by or "?"
     summary = (
-        f":raising_hand: {bk.who(lock.holder)}, {bk.who(asker)} asks for your lock on "
+        f":raising_hand: {block_kit.who(lock.holder)}, {block_kit.who(asker)} asks for your lock on "
         f"*{lock.environment}* ({lock.reason})."
     )
-    buttons = bk.actions(
+    buttons = block_kit.actions(
         f"lock:{lock.environment}",
-        bk.button("Hand over", HAND_OVER, value(lock, to=asker), "primary"),
-        bk.button("Keep it", KEEP, value(lock)),
+        block_kit.button("Hand over", HAND_OVER, value(lock, to=asker), "primary"),
+        block_kit.button("Keep it", KEEP, value(lock)),
     )
-    return summary, [bk.text(summary), bk.context(told(lock, now)), buttons]
+    return summary, [block_kit.text(summary), block_kit.context(told(lock, now)), buttons]
 
 
-def rollback_locked(lock: Lock, now: datetime) -> tuple[str, list[bk.Block]]:
+def rollback_locked(lock: Lock, now: datetime) -> tuple[str, list[block_kit.Block]]:
     """For the rollback's message: the environment stays locked until someone acknowledges."""
     summary = f":rewind: {told(lock, now)}"
-    return summary, [bk.text(summary), _acknowledge(lock)]
+    return summary, [block_kit.text(summary), _acknowledge(lock)]
 
 
-def _acknowledge(lock: Lock) -> bk.Block:
-    sure = bk.confirm(
+def _acknowledge(lock: Lock) -> block_kit.Block:
+    sure = block_kit.confirm(
         "Acknowledge the rollback?",
         f"{lock.environment} takes deployments again, including the next run in its queue.",
         "Acknowledge",
         "primary",
     )
-    return bk.actions(
-        f"lock:{lock.environment}", bk.button("Acknowledge", ACKNOWLEDGE, value(lock), "primary", sure)
+    return block_kit.actions(
+        f"lock:{lock.environment}", block_kit.button("Acknowledge", ACKNOWLEDGE, value(lock), "primary", sure)
     )
 
 
 def expired(lock: Lock) -> str:
-    return f":unlock: {lock.environment}'s lock by {bk.who(lock.holder)} expired ({lock.reason})."
+    return f":unlock: {lock.environment}'s lock by {block_kit.who(lock.holder)} expired ({lock.reason})."
 
 
 def _plain(name: str) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bot.chat import blocks as bk
+from bot.chat import block_kit
 from bot.chat.confirm import ask_to_confirm, guarded_environments, start_run
 from bot.chat.parse import Line, did_you_mean
-from bot.chat.verbs import Desk, Refusal, Reply, Who, _decide, _usage, verb
+from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _decide, _usage, verb
 from core.access import Action
 from core.commands import CancelRun, Command, FailRun, PauseRun, ResumeRun, RetryRun, TriggerRun
 from core.duration import format_duration
@@ -20,8 +20,8 @@ from storage.reads import RunFilter
 
 
 @verb("list", "list", "the pipelines you can run")
-async def list_pipelines(desk: Desk, who: Who, line: Line) -> Reply:
-    found = await desk.read(desk.reads.pipelines, None, 100)
+async def list_pipelines(backend: ChatBackend, who: Who, line: Line) -> Reply:
+    found = await backend.read(backend.reads.pipelines, None, 100)
     if not found:
         return Reply("No pipelines yet.")
     rows = []
@@ -34,32 +34,33 @@ async def list_pipelines(desk: Desk, who: Who, line: Line) -> Reply:
 
 
 @verb("runs", "runs [pipeline] [--stuck]", "the latest runs; --stuck: the zombies, with a Cancel button each")
-async def list_runs(desk: Desk, who: Who, line: Line) -> Reply:
+async def list_runs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if "--stuck" in line.words:
-        return await _stuck_runs(desk)
+        return await _stuck_runs(backend)
     pipeline = line.words[0] if line.words else None
-    states = await desk.read(desk.reads.runs, RunFilter(pipeline=pipeline), None, 10)
+    states = await backend.read(backend.reads.runs, RunFilter(pipeline=pipeline), None, 10)
     if not states and pipeline is not None:
-        names = [p.name for p in await desk.read(desk.reads.pipelines, None, 200, True)]
+        names = [p.name for p in await backend.read(backend.reads.pipelines, None, 200, True)]
         if pipeline not in names:
             raise Refusal(did_you_mean("pipeline", pipeline, names))
     if not states:
         return Reply("No runs yet." if pipeline is None else f"No runs of `{pipeline}` yet.")
     rows = [
-        f"{bk.EMOJI.get(s.run.status, '')} *{s.run.ref}* {s.run.status} — {bk.who(s.run.triggered_by)}, "
+        f"{block_kit.EMOJI.get(s.run.status, '')} *{s.run.ref}* {s.run.status} — "
+        f"{block_kit.who(s.run.triggered_by)}, "
         f"{s.run.created_at:%Y-%m-%d %H:%M} UTC"
         for s in states
     ]
     return Reply("\n".join(rows))
 
 
-async def _stuck_runs(desk: Desk) -> Reply:
-    found = await desk.stuck(20)
-    limit = format_duration(desk.yard.settings.stuck_after_seconds)
+async def _stuck_runs(backend: ChatBackend) -> Reply:
+    found = await backend.stuck(20)
+    limit = format_duration(backend.shipyard.settings.stuck_after_seconds)
     if not found:
         return Reply(f"No stuck runs: every unfinished run changed within the last {limit}.")
     summary = f"{len(found)} run(s) unchanged for over {limit}:"
-    return Reply(summary, [bk.text(summary), *(b for s in found for b in bk.stuck_run(s))])
+    return Reply(summary, [block_kit.text(summary), *(b for s in found for b in block_kit.stuck_run(s))])
 
 
 @verb(
@@ -68,11 +69,11 @@ async def _stuck_runs(desk: Desk) -> Reply:
     "start a run (admins: --break-glass passes freezes and required approvals)",
     Action.TRIGGER,
 )
-async def run(desk: Desk, who: Who, line: Line) -> Reply:
+async def run(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("run"))
     pipeline = line.words[0]
-    found = {p.name: p for p in await desk.read(desk.reads.pipelines, None, 200)}
+    found = {p.name: p for p in await backend.read(backend.reads.pipelines, None, 200)}
     if pipeline not in found:
         raise Refusal(did_you_mean("pipeline", pipeline, list(found)))
     words = line.words[1:]
@@ -83,7 +84,7 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
             raise Refusal('Say why you break the glass: `/deploy run <pipeline> … --break-glass "reason"`')
         glass = words[at + 1]
         del words[at : at + 2]
-        (await desk.principal(who.user)).require(Action.MANAGE)
+        (await backend.principal(who.user)).require(Action.MANAGE)
     if words:
         raise Refusal(f"Parameters look like `key=value`; what is `{words[0]}`? {_usage('run')}")
     latest = found[pipeline].latest
@@ -99,26 +100,26 @@ async def run(desk: Desk, who: Who, line: Line) -> Reply:
         branch=branch,
         break_glass=glass,
     )
-    guarded = guarded_environments(desk, latest.definition, command.deploy_to)
+    guarded = guarded_environments(backend, latest.definition, command.deploy_to)
     if guarded and glass is None:  # break-glass asks no second question: the admin said why
-        return await ask_to_confirm(desk, who, command, latest.definition, latest.version, guarded)
-    return await start_run(desk, who, command)
+        return await ask_to_confirm(backend, who, command, latest.definition, latest.version, guarded)
+    return await start_run(backend, who, command)
 
 
 @verb("status", "status <run>", "where a run is")
-async def status(desk: Desk, who: Who, line: Line) -> Reply:
+async def status(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("status"))
-    state = await desk.find(line.words[0])
-    summary, blocks = bk.run_message(state)
+    state = await backend.find(line.words[0])
+    summary, blocks = block_kit.run_message(state)
     return Reply(summary, blocks)
 
 
 @verb("logs", "logs <run> [stage/job]", "the last lines of a job's output")
-async def logs(desk: Desk, who: Who, line: Line) -> Reply:
+async def logs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("logs"))
-    state = await desk.find(line.words[0])
+    state = await backend.find(line.words[0])
     names = {f"{state.stages[j.stage_index].name}/{j.name}": j for j in state.jobs}
     if len(line.words) > 1:
         job = names.get(line.words[1]) or next((j for j in state.jobs if j.name == line.words[1]), None)
@@ -130,20 +131,20 @@ async def logs(desk: Desk, who: Who, line: Line) -> Reply:
         if not started:
             return Reply(f"No job of {state.run.ref} has started yet.")
         job = (failed or started)[-1]
-    tail = await desk.read(desk.yard.store.tail_log, job.id, 30)
+    tail = await backend.read(backend.shipyard.store.tail_log, job.id, 30)
     name = f"{state.stages[job.stage_index].name}/{job.name}"
     body = "\n".join(tail) or "(no output)"
     return Reply(f"{state.run.ref} {name} ({job.status}):\n```{body[-2900:]}```")
 
 
 def _control(name: str, make: Callable[[str, Actor, str], Command], done: str) -> None:
-    async def handler(desk: Desk, who: Who, line: Line) -> Reply:
+    async def handler(backend: ChatBackend, who: Who, line: Line) -> Reply:
         if not line.words:
             raise Refusal(_usage(name))
-        state = await desk.find(line.words[0])
-        (await desk.principal(who.user)).require(Action.CONTROL, state.run)
+        state = await backend.find(line.words[0])
+        (await backend.principal(who.user)).require(Action.CONTROL, state.run)
         reason = " ".join(line.words[1:])
-        decision = await _decide(desk, make(state.run.id, who.actor, reason))
+        decision = await _decide(backend, make(state.run.id, who.actor, reason))
         assert decision.state is not None
         return Reply(done.format(ref=decision.state.run.ref), public=True)
 

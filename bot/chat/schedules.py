@@ -6,9 +6,9 @@ runs are theirs; one declared in a pipeline file is changed in the file. Registe
 from __future__ import annotations
 
 from bot.backend import now
-from bot.chat import blocks as bk
+from bot.chat import block_kit
 from bot.chat.parse import Line, did_you_mean
-from bot.chat.verbs import Desk, Refusal, Reply, Who, _usage, verb
+from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _usage, verb
 from core import schedule as timing
 from core.access import Action, Role
 from storage.schedules import ScheduleBook
@@ -20,21 +20,21 @@ from storage.schedules import ScheduleBook
     "run a pipeline on a schedule (you own it; its runs are yours)",
     Action.TRIGGER,
 )
-async def schedule(desk: Desk, who: Who, line: Line) -> Reply:
+async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if len(line.words) != 2:
         raise Refusal(
             'Put the cron expression in quotes: `/deploy schedule web "0 2 * * 1-5" tz=Europe/Berlin`'
         )
     pipeline, expression = line.words
-    names = [p.name for p in await desk.read(desk.reads.pipelines, None, 200)]
+    names = [p.name for p in await backend.read(backend.reads.pipelines, None, 200)]
     if pipeline not in names:
         raise Refusal(did_you_mean("pipeline", pipeline, names))
     tz = line.params.pop("tz", "UTC")
     expression = timing.check_cron(expression)
     timing.zone(tz)
     at = now()
-    book = ScheduleBook(desk.yard.store)
-    created = await desk.write(
+    book = ScheduleBook(backend.shipyard.store)
+    created = await backend.write(
         lambda: book.new(
             pipeline=pipeline,
             cron=expression,
@@ -55,12 +55,14 @@ async def schedule(desk: Desk, who: Who, line: Line) -> Reply:
 
 
 @verb("schedules", "schedules [pipeline]", "the schedules and when each fires next")
-async def schedules(desk: Desk, who: Who, line: Line) -> Reply:
-    found = await desk.read(ScheduleBook(desk.yard.store).all, line.words[0] if line.words else None)
+async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
+    found = await backend.read(
+        ScheduleBook(backend.shipyard.store).all, line.words[0] if line.words else None
+    )
     if not found:
         return Reply('No schedules. Add one: `/deploy schedule web "0 2 * * 1-5" tz=Europe/Berlin`')
     rows = [
-        f"`{s.id[:8]}` {s.describe()} — next {s.next_fire_at:%Y-%m-%d %H:%M} UTC, by {bk.who(s.owner)}"
+        f"`{s.id[:8]}` {s.describe()} — next {s.next_fire_at:%Y-%m-%d %H:%M} UTC, by {block_kit.who(s.owner)}"
         + (" (pipeline file)" if s.source == "file" else "")
         for s in found[:40]
     ]
@@ -68,18 +70,20 @@ async def schedules(desk: Desk, who: Who, line: Line) -> Reply:
 
 
 @verb("unschedule", "unschedule <id>", "remove a schedule you own", Action.TRIGGER)
-async def unschedule(desk: Desk, who: Who, line: Line) -> Reply:
+async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("unschedule"))
-    book = ScheduleBook(desk.yard.store)
-    matches = [s for s in await desk.read(book.all, None) if s.id.startswith(line.words[0])]
+    book = ScheduleBook(backend.shipyard.store)
+    matches = [s for s in await backend.read(book.all, None) if s.id.startswith(line.words[0])]
     if len(matches) != 1:
         raise Refusal(f"No single schedule starts with `{line.words[0]}`; see `/deploy schedules`.")
     found = matches[0]
     if found.source == "file":
         raise Refusal(f"That schedule is declared in {found.pipeline}'s pipeline file; change the file.")
-    principal = await desk.principal(who.user)
+    principal = await backend.principal(who.user)
     if found.owner != who.user and Role.ADMIN not in principal.roles:
-        raise Refusal(f"That schedule belongs to {bk.who(found.owner)}; only they or an admin may remove it.")
-    await desk.write(book.remove, found.id, now())
+        raise Refusal(
+            f"That schedule belongs to {block_kit.who(found.owner)}; only they or an admin may remove it."
+        )
+    await backend.write(book.remove, found.id, now())
     return Reply(f"Removed schedule `{found.id[:8]}` ({found.describe()}).", public=True)

@@ -23,8 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bot.chat import blocks as bk
-from bot.chat import lock_blocks as lb
+from bot.chat import block_kit, lock_blocks
 from core.events import Event
 from core.locks import Lock
 from core.model import Gate, Job, RunState
@@ -133,21 +132,21 @@ def posts_for(state: RunState, event: Event) -> list[ThreadPost]:
     return []
 
 
-def render(state: RunState, post: ThreadPost, shown: Shown) -> tuple[str, list[bk.Block]] | None:
+def render(state: RunState, post: ThreadPost, shown: Shown) -> tuple[str, list[block_kit.Block]] | None:
     """The post's text and blocks; None when it has nothing to say any more (a rollback's lock
     that is gone)."""
     match post:
         case GateCard(gate=gate):
-            return bk.gate_card(state, gate, shown.live, artifact=shown.artifact, groups=shown.groups)
+            return block_kit.gate_card(state, gate, shown.live, artifact=shown.artifact, groups=shown.groups)
         case JobFailed(job=job, attempt=attempt, status=status, reason=reason):
-            summary, blocks = bk.job_failed(state, job, list(shown.tail), attempt, status, reason)
-            return summary, blocks + bk.settle_failure(state)
+            summary, blocks = block_kit.job_failed(state, job, list(shown.tail), attempt, status, reason)
+            return summary, blocks + block_kit.settle_failure(state)
         case JobLost(job=job, attempt=attempt, reason=reason):
-            return bk.job_lost(state, job, attempt, reason)
+            return block_kit.job_lost(state, job, attempt, reason)
         case RunFinished():
-            return bk.run_finished(state)
+            return block_kit.run_finished(state)
         case RollbackLocked():
             lock = shown.lock
             if lock is None or lock.kind != "rollback" or lock.environment != post.environment:
                 return None
-            return lb.rollback_locked(lock, shown.at)
+            return lock_blocks.rollback_locked(lock, shown.at)

@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.chat import forms
 from bot.chat.confirm import ask_to_confirm, environments_of, guarded_environments, start_run
-from bot.chat.verbs import Desk, Refusal, Reply, Who
+from bot.chat.verbs import ChatBackend, Refusal, Reply, Who
 from core.access import Action
 from core.commands import TriggerRun
 from core.errors import ShipyardError
@@ -32,37 +32,37 @@ class FormOutcome:
     reply: Reply | None = None
 
 
-async def trigger_form_picked(desk: Desk, view: dict[str, Any], picked: str) -> dict[str, Any]:
+async def trigger_form_picked(backend: ChatBackend, view: dict[str, Any], picked: str) -> dict[str, Any]:
     """``view`` rebuilt for the pipeline just picked in it, to put in its place (``views.update``)."""
-    names = [p.name for p in await desk.read(desk.reads.pipelines, None, forms.MAX_OPTIONS)]
+    names = [p.name for p in await backend.read(backend.reads.pipelines, None, forms.MAX_OPTIONS)]
     channel = str(view.get("private_metadata") or "")
-    return forms.trigger_view(names, channel, await _chosen(desk, picked))
+    return forms.trigger_view(names, channel, await _chosen(backend, picked))
 
 
-async def _chosen(desk: Desk, name: str) -> forms.Chosen | None:
-    info = await desk.read(desk.reads.pipeline, name)
+async def _chosen(backend: ChatBackend, name: str) -> forms.Chosen | None:
+    info = await backend.read(backend.reads.pipeline, name)
     if info is None:
         return None
     definition = info.latest.definition
     targets = tuple(environments_of(definition))
-    branches = (b for env in targets for b in desk.yard.settings.environment(env).branches)
+    branches = (b for env in targets for b in backend.shipyard.settings.environment(env).branches)
     return forms.Chosen(
         definition,
         info.latest.version,
-        guarded=tuple(guarded_environments(desk, definition, None)),
+        guarded=tuple(guarded_environments(backend, definition, None)),
         branches=tuple(dict.fromkeys(branches)),
         environments=targets,
     )
 
 
-async def submit_trigger_view(desk: Desk, who: Who, view: dict[str, Any]) -> FormOutcome:
+async def submit_trigger_view(backend: ChatBackend, who: Who, view: dict[str, Any]) -> FormOutcome:
     """Start the run the submitted form describes, or ask first (as ``/deploy run`` does), or
-    say what is wrong, field by field. ``who.channel_id``: the form's ``private_metadata``."""
+    say what is wrong, field by field. ``who.slack_channel``: the form's ``private_metadata``."""
     values = forms.form_values(view)
     picked = values.get(forms.PIPELINE)
     if picked is None:
         return FormOutcome({forms.PIPELINE: "Pick a pipeline"})
-    chosen = await _chosen(desk, picked)
+    chosen = await _chosen(backend, picked)
     if chosen is None:
         return FormOutcome({forms.PIPELINE: f"There is no pipeline {picked} any more"})
     if forms.built_for(view) != picked:  # submitted before the pick's update landed
@@ -78,13 +78,13 @@ async def submit_trigger_view(desk: Desk, who: Who, view: dict[str, Any]) -> For
         branch=values.get(forms.BRANCH),
     )
     try:
-        (await desk.principal(who.user)).require(Action.TRIGGER)
+        (await backend.principal(who.user)).require(Action.TRIGGER)
         if chosen.guarded:
             question = await ask_to_confirm(
-                desk, who, command, chosen.definition, chosen.version, list(chosen.guarded)
+                backend, who, command, chosen.definition, chosen.version, list(chosen.guarded)
             )
             return FormOutcome(reply=question)
-        await start_run(desk, who, command)
+        await start_run(backend, who, command)
     except Refusal as exc:
         return FormOutcome({forms.PIPELINE: str(exc)[:150]})
     except ShipyardError as exc:

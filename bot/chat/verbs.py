@@ -1,5 +1,5 @@
 """The ``/deploy`` language's registry: who is asking (``Who``), what they are answered
-(``Reply``), the chat backend (``Desk``), and the verbs and buttons every chat module registers
+(``Reply``), the chat backend (``ChatBackend``), and the verbs and buttons every chat module registers
 on import (``VERBS`` with ``@verb``, ``BUTTONS``), answered here by ``dispatch`` and ``press``.
 Slack and the console only deliver the replies.
 
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.backend import Backend, now
-from bot.chat import blocks as bk
-from bot.chat import forms
+from bot.chat import block_kit, forms
 from bot.chat.parse import Line, did_you_mean, parse
 from core.access import Action, Principal
 from core.commands import ApproveGate, CancelRun, Command, FailRun, RejectGate, RetryRun, TriggerRun
@@ -33,21 +32,22 @@ from core.states import GateStatus
 @dataclass(frozen=True, slots=True)
 class Who:
     """The person typing: a principal name (a Slack user ID, or the console's user), the
-    channel they typed in, and the door they came through."""
+    Slack channel they typed in (``slack_channel``), and the channel of Shipyard they came
+    through (``channel``: slack, console, …)."""
 
     user: str
-    channel_id: str
-    door: Channel = "slack"
+    slack_channel: str
+    channel: Channel = "slack"
 
     @property
     def actor(self) -> Actor:
-        return Actor(self.user, self.door)
+        return Actor(self.user, self.channel)
 
 
 @dataclass
 class Reply:
     text: str
-    blocks: list[bk.Block] = field(default_factory=list)
+    blocks: list[block_kit.Block] = field(default_factory=list)
     #: visible to the channel, not only to the person who asked
     public: bool = False
     #: a modal to open (Slack) instead of a message
@@ -60,7 +60,7 @@ class Reply:
 Tell = Callable[[str, str], Awaitable[object]]
 
 
-class Desk(Backend):
+class ChatBackend(Backend):
     """The chat backend: a Backend plus who people are and where run messages go."""
 
     #: called with (run id, channel id) when a chat command starts a run (the notifier routes it)
@@ -70,8 +70,8 @@ class Desk(Backend):
     #: told (the change is made and audited all the same)
     tell: Tell | None = None
 
-    def bind(self, yard: Any) -> None:
-        super().bind(yard)
+    def bind(self, shipyard: Any) -> None:
+        super().bind(shipyard)
         #: people who opened App Home: their view is refreshed when what it shows changes
         self.home_viewers: set[str] = set()
 
@@ -99,7 +99,7 @@ class Refusal(Exception):
     """A reply that says what was wrong; always ephemeral."""
 
 
-Handler = Callable[[Desk, Who, Line], Awaitable[Reply]]
+Handler = Callable[[ChatBackend, Who, Line], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class Verb:
 
 VERBS: dict[str, Verb] = {}
 #: buttons other chat modules answer (action id → handler of the button's value)
-Button = Callable[[Desk, Who, str], Awaitable[Reply]]
+Button = Callable[[ChatBackend, Who, str], Awaitable[Reply]]
 BUTTONS: dict[str, Button] = {}
 
 
@@ -129,22 +129,22 @@ def verb(
     return register
 
 
-async def dispatch(desk: Desk, who: Who, text: str) -> Reply:
+async def dispatch(backend: ChatBackend, who: Who, text: str) -> Reply:
     """Answer one ``/deploy`` line. Every failure is a Reply saying what to type instead."""
     try:
         line = parse(text)
         if not line.verb:
-            return await open_trigger_modal(desk, who)
+            return await open_trigger_modal(backend, who)
         found = VERBS.get(line.verb)
         if found is None:
             raise Refusal(did_you_mean("command", line.verb, list(VERBS)) + " Try `/deploy help`.")
         if line.words[:1] == ["help"]:
             return Reply(f"`/deploy {found.usage}` — {found.summary}")
         if found.action is not None:
-            principal = await desk.principal(who.user)
+            principal = await backend.principal(who.user)
             if not principal.may(found.action):
                 principal.require(found.action)
-        return await found.handler(desk, who, line)
+        return await found.handler(backend, who, line)
     except Refusal as exc:
         return Reply(f":warning: {exc}")
     except ShipyardError as exc:
@@ -155,8 +155,8 @@ def _usage(name: str) -> str:
     return f"Usage: `/deploy {VERBS[name].usage}`"
 
 
-async def _decide(desk: Desk, command: Command) -> Decision:
-    decision = await desk.decide(command)
+async def _decide(backend: ChatBackend, command: Command) -> Decision:
+    decision = await backend.decide(command)
     if not decision.accepted:
         raise Refusal(decision.reason)
     return decision
@@ -164,7 +164,7 @@ async def _decide(desk: Desk, command: Command) -> Decision:
 
 # -- the verbs -------------------------------------------------------------------------------------
 @verb("help", "help [command]", "what you can say", None)
-async def help_(desk: Desk, who: Who, line: Line) -> Reply:
+async def help_(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if line.words and line.words[0] in VERBS:
         v = VERBS[line.words[0]]
         return Reply(f"`/deploy {v.usage}` — {v.summary}")
@@ -173,34 +173,34 @@ async def help_(desk: Desk, who: Who, line: Line) -> Reply:
 
 
 @verb("whoami", "whoami", "your roles and groups", None)
-async def whoami(desk: Desk, who: Who, line: Line) -> Reply:
-    p = await desk.principal(who.user)
+async def whoami(backend: ChatBackend, who: Who, line: Line) -> Reply:
+    p = await backend.principal(who.user)
     roles = ", ".join(sorted(p.roles)) or "none (ask an admin: `shipyard access grant <your id> deployer`)"
     groups = ", ".join(sorted(p.groups)) or "none"
-    return Reply(f"You are {bk.who(who.user)} (`{who.user}`). Roles: {roles}. Groups: {groups}.")
+    return Reply(f"You are {block_kit.who(who.user)} (`{who.user}`). Roles: {roles}. Groups: {groups}.")
 
 
 # -- ``/deploy`` alone -----------------------------------------------------------------------------
-async def open_trigger_modal(desk: Desk, who: Who) -> Reply:
+async def open_trigger_modal(backend: ChatBackend, who: Who) -> Reply:
     """``/deploy`` alone: a form to pick a pipeline; picking one shows its parameters."""
-    names = [p.name for p in await desk.read(desk.reads.pipelines, None, forms.MAX_OPTIONS)]
+    names = [p.name for p in await backend.read(backend.reads.pipelines, None, forms.MAX_OPTIONS)]
     if not names:
         return Reply("No pipelines yet.")
     return Reply(
         "Start a run: pick a pipeline and fill in its parameters "
         "(or type `/deploy run <pipeline> key=value…`).",
-        modal=forms.trigger_view(names, who.channel_id, None),
+        modal=forms.trigger_view(names, who.slack_channel, None),
     )
 
 
 # -- buttons -------------------------------------------------------------------------------------
-async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = "") -> Reply | None:
+async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reason: str = "") -> Reply | None:
     """A button on a run message or gate card. The engine decides; a refusal (your own run,
     not an approver, the gate already decided) is a Reply for the presser alone; None when
     the press went through (the run's message shows the result)."""
     if action_id in BUTTONS:
         try:
-            return await BUTTONS[action_id](desk, who, value)
+            return await BUTTONS[action_id](backend, who, value)
         except Refusal as exc:
             return Reply(f":warning: {exc}")
         except ShipyardError as exc:
@@ -213,40 +213,40 @@ async def press(desk: Desk, who: Who, action_id: str, value: str, reason: str = 
     command: Command
     # Approve and Reject: the engine decides by what the presser held when the gate opened
     control = True
-    if action_id == bk.APPROVE:
+    if action_id == block_kit.APPROVE:
         control, command = False, ApproveGate(run_id=run_id, gate=gate, actor=who.actor)
-    elif action_id == bk.REJECT:
+    elif action_id == block_kit.REJECT:
         if not reason.strip():
             return Reply(":warning: Say why you reject it.")
         control, command = False, RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason)
-    elif action_id == bk.CANCEL:
+    elif action_id == block_kit.CANCEL:
         command = CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat")
-    elif action_id == bk.FAIL:
+    elif action_id == block_kit.FAIL:
         command = FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
-    elif action_id == bk.RETRY:
+    elif action_id == block_kit.RETRY:
         command = RetryRun(run_id=run_id, actor=who.actor)
-    elif action_id == bk.IGNORE:  # a judgment call: only people who may also clear gates
-        if not (await desk.principal(who.user)).may(Action.APPROVE):
+    elif action_id == block_kit.IGNORE:  # a judgment call: only people who may also clear gates
+        if not (await backend.principal(who.user)).may(Action.APPROVE):
             return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
         command = RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
     else:
         return Reply(f":warning: Unknown button {action_id!r}.")
     try:
-        state = await desk.find(run_id)
+        state = await backend.find(run_id)
         if (decided := _decided(state, gate)) is not None:
             return decided
         if control:
-            (await desk.principal(who.user)).require(Action.CONTROL, state.run)
-        decision = await desk.decide(command)
+            (await backend.principal(who.user)).require(Action.CONTROL, state.run)
+        decision = await backend.decide(command)
         if not decision.accepted:
             raise Refusal(decision.reason)
     except Refusal as exc:
         return Reply(f":warning: {exc}")
     except ShipyardError as exc:
         return Reply(f":warning: {exc.message}")
-    if isinstance(command, RetryRun) and decision.state is not None and desk.on_run_started is not None:
+    if isinstance(command, RetryRun) and decision.state is not None and backend.on_run_started is not None:
         # the new run reports where its predecessor did
-        await desk.on_run_started(decision.state.run.id, who.channel_id)
+        await backend.on_run_started(decision.state.run.id, who.slack_channel)
     return None
 
 
@@ -255,15 +255,15 @@ def _decided(state: RunState, gate: str) -> Reply | None:
     found = state.find_gate(gate) if gate else None
     if found is None or found.status is GateStatus.OPEN:
         return None
-    return Reply(f"{state.run.ref}, gate {found.stage_name}: {bk.gate_outcome(found)}")
+    return Reply(f"{state.run.ref}, gate {found.stage_name}: {block_kit.gate_outcome(found)}")
 
 
-async def already_decided(desk: Desk, value: str) -> Reply | None:
+async def already_decided(backend: ChatBackend, value: str) -> Reply | None:
     """For a gate card's button: the gate's outcome if it was decided meanwhile, else None."""
     try:
         ref = json.loads(value)
         run_id, gate = str(ref["run"]), str(ref.get("gate", ""))
     except (ValueError, KeyError, TypeError):
         return None
-    state = await desk.read(desk.reads.run, run_id, quick=True)
+    state = await backend.read(backend.reads.run, run_id, quick=True)
     return _decided(state, gate) if state is not None else None

@@ -23,29 +23,29 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
             "(Socket Mode) to turn it on; `shipyard console` speaks the same commands"
         )
         return None
-    from bot.chat.verbs import Desk
+    from bot.chat.verbs import ChatBackend
     from bot.slack.bot import Backlog, build_bolt, make_client, mount
     from bot.slack.notifier import Notifier
 
-    desk = Desk()
+    backend = ChatBackend()
     client = make_client(settings)
     work = Backlog()
-    bolt = build_bolt(settings, desk, client, work)
+    bolt = build_bolt(settings, backend, client, work)
     if settings.slack_signing_secret is not None:
         mount(app, bolt)
 
-    async def lifecycle(yard: Any) -> AsyncIterator[None]:
+    async def lifecycle(shipyard: Any) -> AsyncIterator[None]:
         import asyncio
 
         from bot.slack import roles
 
-        desk.bind(yard)
+        backend.bind(shipyard)
         syncing = None
         if settings.slack_roles:
-            await roles.sync(desk, client, settings.slack_roles)
-            syncing = asyncio.create_task(roles.keep_synced(desk, client, settings.slack_roles))
-        notifier = Notifier(desk, client, settings.slack_channel)
-        desk.on_run_started = notifier.route
+            await roles.sync(backend, client, settings.slack_roles)
+            syncing = asyncio.create_task(roles.keep_synced(backend, client, settings.slack_roles))
+        notifier = Notifier(backend, client, settings.slack_channel)
+        backend.on_run_started = notifier.route
         await notifier.start()
         socket = None
         if settings.slack_app_token is not None:
@@ -66,6 +66,6 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
             if syncing is not None:
                 syncing.cancel()
                 await asyncio.gather(syncing, return_exceptions=True)
-            desk.close()
+            backend.close()
 
     return lifecycle

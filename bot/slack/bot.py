@@ -23,10 +23,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.chat import blocks as bk
+from bot.chat import block_kit
 from bot.chat.locks import tell_with
 from bot.chat.trigger_form import TRIGGER_FORM, TRIGGER_PICK, submit_trigger_view, trigger_form_picked
-from bot.chat.verbs import BUTTONS, Desk, Reply, Who, already_decided, dispatch, press
+from bot.chat.verbs import BUTTONS, ChatBackend, Reply, Who, already_decided, dispatch, press
 from bot.config import Settings
 from bot.slack.home import publish_home
 from bot.slack.manifest import COMMAND, EVENTS_PATH
@@ -40,7 +40,7 @@ def pressable() -> tuple[str, ...]:
     gate buttons and every button another chat module registered (``BUTTONS``: the deploy
     question, locks, rollbacks, reviews). Reject is the one more, since Slack asks for its
     reason in a form."""
-    return (bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, *BUTTONS)
+    return (block_kit.APPROVE, block_kit.CANCEL, block_kit.RETRY, block_kit.IGNORE, block_kit.FAIL, *BUTTONS)
 
 
 class Backlog:
@@ -87,7 +87,7 @@ def make_client(settings: Settings) -> AsyncWebClient:
     )
 
 
-def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Backlog) -> AsyncApp:
+def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient, work: Backlog) -> AsyncApp:
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     app = AsyncApp(
         client=client,
@@ -102,7 +102,7 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
 
         async def answer() -> None:
             who = Who(body["user_id"], body.get("channel_id", ""))
-            reply = await dispatch(desk, who, body.get("text", ""))
+            reply = await dispatch(backend, who, body.get("text", ""))
             if reply.modal is not None:
                 await client.views_open(trigger_id=body["trigger_id"], view=reply.modal)
             else:
@@ -113,7 +113,7 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
     @app.view(TRIGGER_FORM)
     async def on_trigger_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         who = Who(body["user"]["id"], view.get("private_metadata", ""))
-        outcome = await submit_trigger_view(desk, who, view)
+        outcome = await submit_trigger_view(backend, who, view)
         if outcome.errors:
             await ack(response_action="errors", errors=outcome.errors)
             return
@@ -128,7 +128,7 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
         picked = (body["actions"][0].get("selected_option") or {}).get("value", "")
 
         async def answer() -> None:
-            form = await trigger_form_picked(desk, view, picked)
+            form = await trigger_form_picked(backend, view, picked)
             try:
                 await client.views_update(view_id=view["id"], hash=view["hash"], view=form)
             except SlackApiError as exc:
@@ -143,7 +143,7 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
         async def answer() -> None:
             action = body["actions"][0]
             who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
-            reply = await press(desk, who, action["action_id"], action.get("value", ""))
+            reply = await press(backend, who, action["action_id"], action.get("value", ""))
             if reply is not None:
                 await _respond(respond, reply)
 
@@ -152,16 +152,16 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
     async def tell(channel: str, text: str) -> object:
         return await client.chat_postMessage(channel=channel, text=text)
 
-    tell_with(desk, tell)
+    tell_with(backend, tell)
     for action_id in pressable():
         app.action(action_id)(on_press)
 
-    @app.action(bk.REJECT)
+    @app.action(block_kit.REJECT)
     async def on_reject(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         value = body["actions"][0]["value"]
         # a gate decided meanwhile: say so at once instead of asking for a reason first
-        decided = await already_decided(desk, value)
+        decided = await already_decided(backend, value)
         if decided is not None:
             await _respond(respond, decided)
             return
@@ -173,7 +173,9 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
         if not reason.strip():
             await ack(response_action="errors", errors={"reason": "Say why, for the people who asked"})
             return
-        reply = await press(desk, Who(body["user"]["id"], ""), bk.REJECT, view["private_metadata"], reason)
+        reply = await press(
+            backend, Who(body["user"]["id"], ""), block_kit.REJECT, view["private_metadata"], reason
+        )
         if reply is None:
             await ack()
         else:
@@ -191,8 +193,8 @@ def build_bolt(settings: Settings, desk: Desk, client: AsyncWebClient, work: Bac
             while len(seen_events) > 10_000:
                 seen_events.popitem(last=False)
         if event.get("tab", "home") == "home":
-            desk.home_viewers.add(event["user"])
-            await publish_home(desk, client, event["user"])
+            backend.home_viewers.add(event["user"])
+            await publish_home(backend, client, event["user"])
 
     return app
 
@@ -209,15 +211,15 @@ async def _respond(respond: AsyncRespond, reply: Reply) -> None:
 async def _tell(client: AsyncWebClient, who: Who, reply: Reply) -> None:
     """A reply with no response_url to answer through: ephemeral in ``who``'s channel, or a
     direct message when there is no channel or the bot cannot post in it."""
-    if who.channel_id:
+    if who.slack_channel:
         try:
             await client.chat_postEphemeral(
-                channel=who.channel_id, user=who.user, text=reply.text, blocks=reply.blocks or None
+                channel=who.slack_channel, user=who.user, text=reply.text, blocks=reply.blocks or None
             )
             return
         except SlackApiError as exc:
             error = exc.response.get("error")
-            log.info("cannot post in %s (%s); telling %s directly", who.channel_id, error, who.user)
+            log.info("cannot post in %s (%s); telling %s directly", who.slack_channel, error, who.user)
     await client.chat_postMessage(channel=who.user, text=reply.text, blocks=reply.blocks or None)
 
 

@@ -15,10 +15,9 @@ from datetime import datetime
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
-from bot.chat import blocks as bk
-from bot.chat import lock_blocks as lb
+from bot.chat import block_kit, lock_blocks
 from bot.chat.cards import gate_card
-from bot.chat.verbs import Desk
+from bot.chat.verbs import ChatBackend
 from core.access import Grant, check_approver
 from core.errors import Forbidden
 from core.model import Gate, RunState
@@ -30,26 +29,28 @@ from storage.reads import RunFilter
 GATES_SHOWN, RUNS_SHOWN = 10, 10
 
 
-async def publish_home(desk: Desk, client: AsyncWebClient, user: str) -> None:
-    await client.views_publish(user_id=user, view=await home_view(desk, user))
+async def publish_home(backend: ChatBackend, client: AsyncWebClient, user: str) -> None:
+    await client.views_publish(user_id=user, view=await home_view(backend, user))
 
 
-async def home_view(desk: Desk, user: str) -> dict[str, object]:
+async def home_view(backend: ChatBackend, user: str) -> dict[str, object]:
     at = now()
-    blocks = [_header("Environments"), *await _environments(desk, at)]
+    blocks = [_header("Environments"), *await _environments(backend, at)]
     blocks.append(_header("Waiting for your approval"))
-    grants = await _grants(desk, user)
-    gates = [(s, g) for s, g in await _waiting(desk) if may_approve(grants, user, s, g)]
+    grants = await _grants(backend, user)
+    gates = [(s, g) for s, g in await _waiting(backend) if may_approve(grants, user, s, g)]
     if not gates:
-        blocks.append(bk.context("Nothing is waiting for you."))
+        blocks.append(block_kit.context("Nothing is waiting for you."))
     for state, gate in gates[:GATES_SHOWN]:
-        blocks.extend((await gate_card(desk, state, gate))[1])  # (the card the thread shows)
+        blocks.extend((await gate_card(backend, state, gate))[1])  # (the card the thread shows)
     blocks.append(_header("Your recent runs"))
-    mine = await desk.read(desk.reads.runs, RunFilter(triggered_by=user), None, RUNS_SHOWN)
+    mine = await backend.read(backend.reads.runs, RunFilter(triggered_by=user), None, RUNS_SHOWN)
     if not mine:
-        blocks.append(bk.context("You have not started a run yet. Try `/deploy help`."))
+        blocks.append(block_kit.context("You have not started a run yet. Try `/deploy help`."))
     for state in mine:
-        blocks.append(bk.context(bk.run_summary(state) + f" · {state.run.created_at:%Y-%m-%d %H:%M} UTC"))
+        blocks.append(
+            block_kit.context(block_kit.run_summary(state) + f" · {state.run.created_at:%Y-%m-%d %H:%M} UTC")
+        )
     return {"type": "home", "blocks": blocks[:100]}
 
 
@@ -67,31 +68,31 @@ def may_approve(grants: list[Grant], user: str, state: RunState, gate: Gate) -> 
     return True
 
 
-async def _environments(desk: Desk, at: datetime) -> list[bk.Block]:
-    locks = {lock.environment: lock for lock in await desk.read(LockBook(desk.yard.store).all, at)}
-    names = sorted(set(await desk.read(desk.reads.environment_names)) | set(locks))
+async def _environments(backend: ChatBackend, at: datetime) -> list[block_kit.Block]:
+    locks = {lock.environment: lock for lock in await backend.read(LockBook(backend.shipyard.store).all, at)}
+    names = sorted(set(await backend.read(backend.reads.environment_names)) | set(locks))
     blocks = []
     for name in names:
-        live = await desk.read(desk.reads.current_deployment, name)
-        line = f"*{name}*: " + (bk.live_line(live) if live is not None else "nothing deployed yet")
+        live = await backend.read(backend.reads.current_deployment, name)
+        line = f"*{name}*: " + (block_kit.live_line(live) if live is not None else "nothing deployed yet")
         lock = locks.get(name)
-        line += f"\n:lock: {lb.told(lock, at)}" if lock is not None else "\n:unlock: not locked"
-        blocks.append(bk.text(line))
+        line += f"\n:lock: {lock_blocks.told(lock, at)}" if lock is not None else "\n:unlock: not locked"
+        blocks.append(block_kit.text(line))
     return blocks
 
 
-async def _waiting(desk: Desk) -> list[tuple[RunState, Gate]]:
-    states = await desk.read(desk.reads.waiting_for_people, 100)
+async def _waiting(backend: ChatBackend) -> list[tuple[RunState, Gate]]:
+    states = await backend.read(backend.reads.waiting_for_people, 100)
     return [(s, g) for s in states for g in s.gates if g.status is GateStatus.OPEN and g.kind == "manual"]
 
 
-async def _grants(desk: Desk, user: str) -> list[Grant]:
+async def _grants(backend: ChatBackend, user: str) -> list[Grant]:
     def read() -> list[Grant]:
-        with desk.yard.store.reading() as tx:
+        with backend.shipyard.store.reading() as tx:
             return tx.grants_of(user)
 
-    return await desk.read(read)
+    return await backend.read(read)
 
 
-def _header(title: str) -> bk.Block:
+def _header(title: str) -> block_kit.Block:
     return {"type": "header", "text": {"type": "plain_text", "text": title}}

@@ -36,17 +36,16 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
-from bot.chat import blocks as bk
-from bot.chat import cards, threads
+from bot.chat import block_kit, cards, threads
 from bot.chat.environments import review_reminder
-from bot.chat.verbs import Desk
+from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
 from core.events import Event
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
+from core.runtime.waiting import wait_event
 from core.states import RUN_TERMINAL
-from core.waiting import wait_event
 from storage.reviews import ReviewBook
 from storage.slack import PendingPost, SlackState
 
@@ -101,11 +100,11 @@ def _error(exc: BaseException) -> str:
 
 
 class Notifier:
-    def __init__(self, desk: Desk, client: AsyncWebClient, default_channel: str | None) -> None:
-        self.desk = desk
+    def __init__(self, backend: ChatBackend, client: AsyncWebClient, default_channel: str | None) -> None:
+        self.backend = backend
         self.client = client
         self.default_channel = default_channel
-        self.state = SlackState(desk.yard.store)
+        self.state = SlackState(backend.shipyard.store)
         self._dirty: dict[str, float] = {}  # run id -> when its message may next be edited
         self._edited: dict[str, float] = {}
         self._cards: dict[str, set[str]] = {}  # run id -> gates whose cards to edit with it
@@ -117,7 +116,7 @@ class Notifier:
         self._audit_id: int | None = None
         self._locks_look = 0.0
         #: role -> Slack user groups, to mention a gate's approvers
-        self.groups = bk.role_groups(desk.yard.settings.slack_roles)
+        self.groups = block_kit.role_groups(backend.shipyard.settings.slack_roles)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="shipyard-slack-notifier")
@@ -129,11 +128,11 @@ class Notifier:
 
     async def route(self, run_id: str, channel: str) -> None:
         """Report ``run_id`` in ``channel`` (where its /deploy was typed)."""
-        await self.desk.write(self.state.route, run_id, channel, now())
+        await self.backend.write(self.state.route, run_id, channel, now())
 
     async def _loop(self) -> None:
-        orchestrator = self.desk.yard.orchestrator
-        interval = self.desk.yard.settings.poll_interval
+        orchestrator = self.backend.shipyard.orchestrator
+        interval = self.backend.shipyard.settings.poll_interval
         appended = orchestrator.listen()
         while True:
             appended.clear()
@@ -157,8 +156,8 @@ class Notifier:
         """Read new events, post what they call for, edit messages that are due. Runs are
         handled side by side (each run's events in order), so a burst of finishing runs does
         not queue behind one slow Slack call."""
-        cursor = await self.desk.read(self.state.cursor, CURSOR, quick=True)
-        events = await self.desk.read(self.desk.yard.store.events_after, cursor, 500)
+        cursor = await self.backend.read(self.state.cursor, CURSOR, quick=True)
+        events = await self.backend.read(self.backend.shipyard.store.events_after, cursor, 500)
         by_run: dict[str, list[Event]] = {}
         for event in events:
             by_run.setdefault(event.run_id, []).append(event)
@@ -175,9 +174,9 @@ class Notifier:
             raise failures[0]
         locks_changed = await self._locks_changed()
         if any(_changes_home(e) for e in events) or locks_changed:
-            viewers = sorted(self.desk.home_viewers)[:HOME_REFRESH_MAX]
+            viewers = sorted(self.backend.home_viewers)[:HOME_REFRESH_MAX]
             await asyncio.gather(*(self._home(user) for user in viewers))
-        if events and not await self.desk.write(self.state.advance, CURSOR, cursor, events[-1].seq):
+        if events and not await self.backend.write(self.state.advance, CURSOR, cursor, events[-1].seq):
             log.info("another process moved the slack cursor; following it")
         await self._flush()
         await self._retry_posts()
@@ -187,7 +186,7 @@ class Notifier:
         return len(events) == 500
 
     async def _on_events(self, events: list[Event]) -> None:
-        state = await self.desk.read(self.desk.reads.run, events[0].run_id, quick=True)
+        state = await self.backend.read(self.backend.reads.run, events[0].run_id, quick=True)
         if state is None:
             return
         message = await self._message(state)
@@ -203,7 +202,7 @@ class Notifier:
         if event.subject == "stage" and event.to_status in ("running", "queued", "canceled"):
             stage = next((s for s in state.stages if s.id == event.subject_id), None)
             if stage is not None and stage.environment is not None:  # the others' places moved
-                queue = await self.desk.read(self.desk.yard.service.queue, stage.environment)
+                queue = await self.backend.read(self.backend.shipyard.service.queue, stage.environment)
                 for entry in queue.waiting:
                     self._dirty.setdefault(entry.run_id, self._edited.get(entry.run_id, 0.0) + EDIT_EVERY_S)
         if event.subject == "gate" and event.to_status == "open":
@@ -215,37 +214,37 @@ class Notifier:
         elif event.subject == "run" and event.to_status in FINISHED:
             self._dirty[run_id] = 0.0  # the final state shows at once
         for post in threads.posts_for(state, event):
-            said = await cards.compose(self.desk, state, post)
+            said = await cards.compose(self.backend, state, post)
             if said is not None:
                 await self._thread(state, channel, ts, post.key, *said, seq=event.seq)
 
     async def _message(self, state: RunState) -> tuple[str, str] | None:
         """The run's (channel, ts), posting the message first if it has none yet."""
-        found = await self.desk.read(self.state.message, state.run.id, quick=True)
+        found = await self.backend.read(self.state.message, state.run.id, quick=True)
         if found is None and state.run.trigger_channel == "slack":
             # /deploy routes its run to where it was typed right after the trigger commits: the
             # run's first events can get here first, and must not be dropped or sent elsewhere
             deadline = time.monotonic() + ROUTE_WAIT_S
             while found is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-                found = await self.desk.read(self.state.message, state.run.id, quick=True)
+                found = await self.backend.read(self.state.message, state.run.id, quick=True)
         if found is None:
             channel = state.definition.channel or self.default_channel
             if channel is None:
                 return None  # a run nobody asked to hear about in Slack
-            await self.desk.write(self.state.route, state.run.id, channel, now())
-            found = await self.desk.read(self.state.message, state.run.id, quick=True)
+            await self.backend.write(self.state.route, state.run.id, channel, now())
+            found = await self.backend.read(self.state.message, state.run.id, quick=True)
             assert found is not None
         if found.ts is not None:
             return found.channel, found.ts
         if found.gave_up_at is not None:
             return None  # (Slack refused it for good: the run is not reported there)
-        summary, blocks = bk.run_message(state)
+        summary, blocks = block_kit.run_message(state)
         try:
             answer = await self.client.chat_postMessage(channel=found.channel, text=summary, blocks=blocks)
         except SEND_FAILED as exc:
             final = is_final(exc)
-            if await self.desk.write(self.state.message_failed, state.run.id, _error(exc), now(), final):
+            if await self.backend.write(self.state.message_failed, state.run.id, _error(exc), now(), final):
                 log.warning(
                     "gave up posting the message of %s to Slack channel %s: %s (it is not reported there)",
                     state.run.ref,
@@ -256,10 +255,10 @@ class Notifier:
                 return None
             raise  # (tried again with the step)
         ts = str(answer["ts"])
-        if not await self.desk.write(self.state.posted, state.run.id, ts):
+        if not await self.backend.write(self.state.posted, state.run.id, ts):
             # another process posted it first: keep theirs, remove ours
             await self.client.chat_delete(channel=found.channel, ts=ts)
-            again = await self.desk.read(self.state.message, state.run.id)
+            again = await self.backend.read(self.state.message, state.run.id)
             assert again is not None and again.ts is not None
             return again.channel, again.ts
         self._edited[state.run.id] = time.monotonic()
@@ -271,7 +270,7 @@ class Notifier:
         """Post ``key`` in the run's thread once. ``seq``: the event that calls for it, handled
         again when the send fails and its retry is due (0: a reminder, made again by the
         reminder pass)."""
-        if not await self.desk.write(self.state.claim_post, state.run.id, key, now()):
+        if not await self.backend.write(self.state.claim_post, state.run.id, key, now()):
             return
         try:
             answer = await self.client.chat_postMessage(
@@ -279,7 +278,7 @@ class Notifier:
             )
         except SEND_FAILED as exc:
             error, final = _error(exc), is_final(exc)
-            due: datetime | None = await self.desk.write(
+            due: datetime | None = await self.backend.write(
                 self.state.post_failed, state.run.id, key, seq, POST_BACKOFF, now(), error, final
             )
             if due is None:
@@ -298,7 +297,7 @@ class Notifier:
                 )
                 self._pending_due = min(self._pending_due, due.timestamp())
             return
-        await self.desk.write(self.state.post_sent, state.run.id, key, str(answer["ts"]))
+        await self.backend.write(self.state.post_sent, state.run.id, key, str(answer["ts"]))
 
     async def _retry_posts(self) -> None:
         """Send again the thread posts whose retry is due, by doing again what called for them:
@@ -311,7 +310,7 @@ class Notifier:
         self._pending_look = time.monotonic() + PENDING_LOOK_S
         self._pending_due = math.inf
         due: list[PendingPost] = []
-        for post in await self.desk.read(self.state.pending_posts):
+        for post in await self.backend.read(self.state.pending_posts):
             if post.due <= clock:
                 due.append(post)
             else:
@@ -322,14 +321,16 @@ class Notifier:
             for post in due:
                 if post.seq != 0:
                     await self._handle_again(post)
-                await self.desk.write(self.state.give_up_post, post)  # (a no-op if it was taken over)
+                await self.backend.write(self.state.give_up_post, post)  # (a no-op if it was taken over)
         except Exception:
             self._pending_due = 0.0  # (Slack or the database failed us: look again next step)
             raise
 
     async def _handle_again(self, post: PendingPost) -> None:
-        found = await self.desk.read(self.desk.yard.store.events_after, post.seq - 1, 1, post.run_id)
-        state = await self.desk.read(self.desk.reads.run, post.run_id)
+        found = await self.backend.read(
+            self.backend.shipyard.store.events_after, post.seq - 1, 1, post.run_id
+        )
+        state = await self.backend.read(self.backend.reads.run, post.run_id)
         if not found or found[0].seq != post.seq or state is None:
             return
         message = await self._message(state)
@@ -338,10 +339,10 @@ class Notifier:
 
     async def _update_gate_card(self, state: RunState, channel: str, gate_id: str) -> bool:
         gate = next((g for g in state.gates if g.id == gate_id), None)
-        post_ts = await self.desk.read(self.state.post_ts, state.run.id, f"gate:{gate_id}")
+        post_ts = await self.backend.read(self.state.post_ts, state.run.id, f"gate:{gate_id}")
         if gate is None or post_ts is None:
             return True  # (a card still to be posted shows the gate as it is then)
-        summary, blocks = await cards.gate_card(self.desk, state, gate)
+        summary, blocks = await cards.gate_card(self.backend, state, gate)
         return await self._edit(channel, post_ts, summary, blocks)
 
     async def _remind(self) -> float:
@@ -350,7 +351,7 @@ class Notifier:
         seconds until the next reminder is due, so waiting gates are not read every second."""
         at = now()
         wait = REMIND_IDLE_S
-        for state in await self.desk.read(self.desk.reads.waiting_for_people):
+        for state in await self.backend.read(self.backend.reads.waiting_for_people):
             for gate in state.gates:
                 spec = state.definition.stages[gate.stage_index].gate
                 if gate.status != "open" or spec is None or not spec.remind_every or gate.opened_at is None:
@@ -366,12 +367,12 @@ class Notifier:
                 channel, ts = message
                 key = f"remind:{gate.id}:{count}"
                 await self._thread(
-                    state, channel, ts, key, *bk.gate_reminder(state, gate, waited, self.groups)
+                    state, channel, ts, key, *block_kit.gate_reminder(state, gate, waited, self.groups)
                 )
-        for review in await self.desk.read(ReviewBook(self.desk.yard.store).pending):
+        for review in await self.backend.read(ReviewBook(self.backend.shipyard.store).pending):
             number = reminder_number(review, at)
             wait = min(wait, (number + 1) * REMIND_EVERY_S - (at - review.opened_at).total_seconds())
-            owing = await self.desk.read(self.desk.reads.run, review.run_id, quick=True)
+            owing = await self.backend.read(self.backend.reads.run, review.run_id, quick=True)
             message = await self._message(owing) if owing is not None else None
             if owing is None or message is None:
                 continue
@@ -382,7 +383,7 @@ class Notifier:
 
     async def _home(self, user: str) -> None:
         try:
-            await publish_home(self.desk, self.client, user)
+            await publish_home(self.backend, self.client, user)
         except SlackApiError as exc:
             log.warning("could not refresh App Home of %s: %s", user, exc.response.get("error"))
 
@@ -393,9 +394,9 @@ class Notifier:
             return False
         self._locks_look = time.monotonic() + LOCKS_LOOK_S
         if self._audit_id is None:
-            self._audit_id = await self.desk.read(self.state.last_audit_id)
+            self._audit_id = await self.backend.read(self.state.last_audit_id)
             return False
-        self._audit_id, changed = await self.desk.read(self.state.lock_changes_after, self._audit_id)
+        self._audit_id, changed = await self.backend.read(self.state.lock_changes_after, self._audit_id)
         return changed
 
     async def _flush(self) -> None:
@@ -404,11 +405,11 @@ class Notifier:
         for run_id in due:
             del self._dirty[run_id]
             cards = self._cards.pop(run_id, set())
-            state = await self.desk.read(self.desk.reads.run, run_id, quick=True)
-            message = await self.desk.read(self.state.message, run_id, quick=True)
+            state = await self.backend.read(self.backend.reads.run, run_id, quick=True)
+            message = await self.backend.read(self.state.message, run_id, quick=True)
             if state is None or message is None or message.ts is None:
                 continue
-            summary, blocks = bk.run_message(state, await self._place(state))
+            summary, blocks = block_kit.run_message(state, await self._place(state))
             done = await self._edit(message.channel, message.ts, summary, blocks)
             failed_cards = {g for g in cards if not await self._update_gate_card(state, message.channel, g)}
             self._edited[run_id] = time.monotonic()
@@ -430,7 +431,7 @@ class Notifier:
         env = next((s.environment for s in state.stages if s.status == "queued"), None)
         if env is None:
             return None
-        queue = await self.desk.read(self.desk.yard.service.queue, env)
+        queue = await self.backend.read(self.backend.shipyard.service.queue, env)
         return next((e for e in queue.waiting if e.run_id == state.run.id), None)
 
     async def _edit(self, channel: str, ts: str, summary: str, blocks: Any) -> bool:

@@ -112,7 +112,7 @@ class Webhooks:
     ) -> None:
         self.backend = backend
         self.config = config
-        self.book = WebhookBook(backend.yard.store)
+        self.book = WebhookBook(backend.shipyard.store)
         self.clock = clock  #: decides what is due (tests pass their own time to ``step``)
         self.rng = rng or random.Random()
         self.wall = wall  #: signs: receivers check signatures against their own clocks
@@ -136,7 +136,7 @@ class Webhooks:
         )
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False)
         if run:
-            self._wake = self.backend.yard.orchestrator.listen()
+            self._wake = self.backend.shipyard.orchestrator.listen()
             self._task = asyncio.create_task(self._loop(), name="shipyard-webhooks")
 
     async def stop(self) -> None:
@@ -176,7 +176,7 @@ class Webhooks:
             self._listening_checked = time.monotonic()
         if not self._listening:
             return 0
-        last = await self.backend.read(self.backend.yard.store.last_event_seq, quick=True)
+        last = await self.backend.read(self.backend.shipyard.store.last_event_seq, quick=True)
         if last <= self._moved:
             return 0
         queued = 0

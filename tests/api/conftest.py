@@ -140,12 +140,12 @@ class Api:
         self.url = url
 
     @property
-    def yard(self) -> Any:
+    def shipyard(self) -> Any:
         return self.client.app[SHIPYARD]  # type: ignore[index]
 
     @property
     def store(self) -> SqlStore:
-        return self.yard.store  # type: ignore[no-any-return]
+        return self.shipyard.store  # type: ignore[no-any-return]
 
     def auth(self, who: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
@@ -205,7 +205,7 @@ class Api:
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the service's database thread (serialized with the engine's writes)."""
-        return await self.yard.orchestrator.db(fn, *args)
+        return await self.shipyard.orchestrator.db(fn, *args)
 
     async def stream(self, path: str, who: str = "viewer", headers: dict[str, str] | None = None) -> Reply:
         async with self.client.get(

@@ -13,7 +13,7 @@ from bot.app import CLOCK
 from bot.backend import Backend
 from bot.bootstrap import build
 from bot.config import load_settings
-from bot.scheduler import Clockwork
+from bot.scheduler import ScheduleLoop
 from core.access import Role
 from storage.directory import Directory
 from storage.schedules import ScheduleBook
@@ -109,12 +109,12 @@ async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
         settings = load_settings(
             database_url=pg_url, pipelines_dir=pipes, work_dir=tmp_path / f"w{i}", runner_capacity=0
         )
-        yard = build(settings, with_runner=False)
-        await yard.start()
+        shipyard = build(settings, with_runner=False)
+        await shipyard.start()
         backend = Backend()
-        backend.bind(yard)
-        yards.append((yard, backend))
-        clocks.append(Clockwork(backend, "scheduler"))
+        backend.bind(shipyard)
+        yards.append((shipyard, backend))
+        clocks.append(ScheduleLoop(backend, "scheduler"))
     try:
         store = yards[0][0].store
         Directory(store).grant("scheduler", "role", str(Role.DEPLOYER), datetime.now(UTC))
@@ -142,9 +142,9 @@ async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
         keys = {r.run.idempotency_key for r in runs}
         assert len(keys) == 200 and all(k and k.startswith("schedule:") for k in keys)
     finally:
-        for yard, backend in yards:
+        for shipyard, backend in yards:
             backend.close()
-            await yard.stop()
+            await shipyard.stop()
 
 
 async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api) -> None:

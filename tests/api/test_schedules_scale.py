@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from bot.backend import Backend
 from bot.bootstrap import Shipyard, build
 from bot.config import load_settings
-from bot.scheduler import Clockwork
+from bot.scheduler import ScheduleLoop
 from core.access import Role
 from core.commands import Command, TriggerRun
 from core.engine import Decision
@@ -35,12 +35,12 @@ PIPELINE = "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']
 
 @dataclass
 class Clock:
-    yard: Shipyard
+    shipyard: Shipyard
     backend: Backend
     book: ScheduleBook
 
-    def clockwork(self, batch: int = 1000) -> Clockwork:
-        return Clockwork(self.backend, "scheduler", batch=batch)
+    def clockwork(self, batch: int = 1000) -> ScheduleLoop:
+        return ScheduleLoop(self.backend, "scheduler", batch=batch)
 
     def add(
         self, count: int, owner: str = "alice", due: datetime = DUE, cron: str = NIGHTLY
@@ -68,13 +68,13 @@ class Clock:
         query = sa.select(run.c.idempotency_key, run.c.created_at).where(
             run.c.idempotency_key.like("schedule:%")
         )
-        with self.yard.store.engine.connect() as conn:
+        with self.shipyard.store.engine.connect() as conn:
             return [(key, created) for key, created in conn.execute(query)]
 
     def audited(self, action: str) -> list[str]:
         audit = T["audit"]
         query = sa.select(audit.c.target).where(audit.c.action == action)
-        with self.yard.store.engine.connect() as conn:
+        with self.shipyard.store.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
 
@@ -86,16 +86,16 @@ async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
     settings = load_settings(
         database_url=db_url, pipelines_dir=pipes, work_dir=tmp_path / "w", runner_capacity=0
     )
-    yard = build(settings, with_runner=False)
-    await yard.start()
+    shipyard = build(settings, with_runner=False)
+    await shipyard.start()
     backend = Backend()
-    backend.bind(yard)
-    Directory(yard.store).grant("alice", "role", str(Role.DEPLOYER), datetime.now(UTC))
+    backend.bind(shipyard)
+    Directory(shipyard.store).grant("alice", "role", str(Role.DEPLOYER), datetime.now(UTC))
     try:
-        yield Clock(yard, backend, ScheduleBook(yard.store))
+        yield Clock(shipyard, backend, ScheduleBook(shipyard.store))
     finally:
         backend.close()
-        await yard.stop()
+        await shipyard.stop()
 
 
 async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tick(clock: Clock) -> None:
@@ -162,7 +162,7 @@ async def test_declarations_in_files_keep_their_next_fire_when_synced_again(
         "stages:", f"triggers:\n  - schedule: {{cron: '{NIGHTLY}', timezone: UTC}}\nstages:"
     )
     (tmp_path / "pipelines" / "tick.yml").write_text(text)
-    await clock.backend.write(clock.yard.catalog.refresh)
+    await clock.backend.write(clock.shipyard.catalog.refresh)
     ticking = clock.clockwork()
     await ticking.sync_files()
     (first,) = clock.book.all("tick")
@@ -192,7 +192,7 @@ async def test_a_process_that_died_after_triggering_loses_nothing_and_doubles_no
     made = clock.add(5)
     died = made[:3]  # the dead process had triggered these three, and claimed nothing
     for schedule in died:
-        decision = await clock.yard.orchestrator.handle(
+        decision = await clock.shipyard.orchestrator.handle(
             TriggerRun(
                 pipeline="tick",
                 actor=Actor(schedule.owner, "schedule"),

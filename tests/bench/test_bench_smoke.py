@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from bench.api import ENVIRONMENT, PIPELINE, PIPELINE_NAME, Dialect, insert_select, seed, seed_statements
 from core.definition import parse_pipeline
-from core.service import Service
+from core.runtime.service import Service
 from core.states import RunStatus
 from storage.reads import Reads
 from storage.store import SqlStore

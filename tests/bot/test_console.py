@@ -16,8 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from bot.chat import blocks as bk
-from bot.chat import lock_blocks as lb
+from bot.chat import block_kit, lock_blocks
 from bot.chat.environments import REVIEW_ACK, ROLLBACK
 from bot.chat.verbs import BUTTONS
 from bot.console import SETTLE_S
@@ -298,9 +297,17 @@ def test_the_lock_buttons_work_in_the_console(tmp_path: Path) -> None:
 def test_every_button_the_slack_app_answers_goes_through_the_shared_press() -> None:
     # the Slack app listens for exactly these (and Reject, which asks for a reason in a form);
     # the console presses them through the same verbs.press
-    answered_by_press = {bk.APPROVE, bk.CANCEL, bk.RETRY, bk.IGNORE, bk.FAIL, bk.CONFIRM, *BUTTONS}
+    answered_by_press = {
+        block_kit.APPROVE,
+        block_kit.CANCEL,
+        block_kit.RETRY,
+        block_kit.IGNORE,
+        block_kit.FAIL,
+        block_kit.CONFIRM,
+        *BUTTONS,
+    }
     assert set(pressable()) == answered_by_press
-    assert {*lb.ACTIONS, ROLLBACK, bk.ROLLBACK_ASK, REVIEW_ACK} <= set(BUTTONS)
+    assert {*lock_blocks.ACTIONS, ROLLBACK, block_kit.ROLLBACK_ASK, REVIEW_ACK} <= set(BUTTONS)
 
 
 def test_run_messages_are_printed_as_they_happen_while_the_console_waits_for_input(

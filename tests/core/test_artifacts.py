@@ -22,9 +22,9 @@ from core.artifacts import (
     split_ref,
 )
 from core.errors import CommandRefused, InvalidInput, NotFound
-from core.executor import read_outputs
 from core.ports import Deployment
 from core.rollback import plan_rollback
+from core.runtime.executor import read_outputs
 
 SHA256 = "sha256:" + "3f2a9c1b" * 8
 SHA512 = "sha512:" + "ab" * 64

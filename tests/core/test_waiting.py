@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from core.waiting import wait_event, within
+from core.runtime.waiting import wait_event, within
 
 
 async def _loop(event: asyncio.Event) -> None:

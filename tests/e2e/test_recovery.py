@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.commands import ApproveGate, TriggerRun
-from core.service import Service
+from core.runtime.service import Service
 from core.states import GateStatus, JobStatus, RunStatus
 from tests.e2e.server import Server, wait_until
 from tests.helpers import ALICE, CAROL, alive, written

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.commands import TriggerRun
-from core.service import Service
+from core.runtime.service import Service
 from core.states import RUN_TERMINAL, RunStatus
 from tests.e2e.server import Server, wait_until
 from tests.helpers import ALICE, alive

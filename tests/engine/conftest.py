@@ -42,29 +42,31 @@ async def start_yard(tmp_path: Path) -> AsyncIterator[StartYard]:
             "runner_name": "test-runner",
         }
         options.update(overrides)
-        yard = build(Settings(**options), migrate=False)
-        await yard.start()
-        started.append(yard)
-        return yard
+        shipyard = build(Settings(**options), migrate=False)
+        await shipyard.start()
+        started.append(shipyard)
+        return shipyard
 
     yield start
-    for yard in reversed(started):
-        await yard.stop()
+    for shipyard in reversed(started):
+        await shipyard.stop()
 
 
-async def trigger(yard: Shipyard, pipeline: str, **params: str) -> RunState:
-    decision = await yard.orchestrator.handle(TriggerRun(pipeline=pipeline, actor=ALICE, parameters=params))
+async def trigger(shipyard: Shipyard, pipeline: str, **params: str) -> RunState:
+    decision = await shipyard.orchestrator.handle(
+        TriggerRun(pipeline=pipeline, actor=ALICE, parameters=params)
+    )
     assert decision.accepted, decision.reason
     assert decision.state is not None
     return decision.state
 
 
-async def send(yard: Shipyard, command: Command) -> Decision:
-    return await yard.orchestrator.handle(command)
+async def send(shipyard: Shipyard, command: Command) -> Decision:
+    return await shipyard.orchestrator.handle(command)
 
 
 async def wait_for(
-    yard: Shipyard,
+    shipyard: Shipyard,
     run_id: str,
     predicate: Callable[[RunState], bool] = lambda s: s.run.status in RUN_TERMINAL,
     timeout: float = 20.0,
@@ -73,10 +75,10 @@ async def wait_for(
 
     async def poll() -> RunState:
         while True:
-            state = await yard.orchestrator.db(yard.service.find_run, run_id)
+            state = await shipyard.orchestrator.db(shipyard.service.find_run, run_id)
             assert state is not None
             if predicate(state):
                 return state
-            await yard.orchestrator.wait_for_events(0.1)
+            await shipyard.orchestrator.wait_for_events(0.1)
 
     return await asyncio.wait_for(poll(), timeout)

@@ -37,9 +37,9 @@ async def test_parameters_and_outputs_reach_later_jobs_as_environment_variables(
 ) -> None:
     os.environ["SLACK_SIGNING_SECRET"] = "s3cret"  # a server secret jobs must not see
     try:
-        yard = await start_yard(sqlite_url, {"envs": ENV_PIPELINE})
-        run = await trigger(yard, "envs", ref="abc; rm -rf /")
-        state = await wait_for(yard, run.run.id)
+        shipyard = await start_yard(sqlite_url, {"envs": ENV_PIPELINE})
+        run = await trigger(shipyard, "envs", ref="abc; rm -rf /")
+        state = await wait_for(shipyard, run.run.id)
     finally:
         del os.environ["SLACK_SIGNING_SECRET"]
     assert state.run.status is RunStatus.SUCCEEDED
@@ -64,7 +64,7 @@ async def test_a_timed_out_job_has_its_whole_process_group_killed(
     sqlite_url: str, start_yard: StartYard, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "child.pid"
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "slow": f"""
@@ -78,8 +78,8 @@ async def test_a_timed_out_job_has_its_whole_process_group_killed(
     """
         },
     )
-    run = await trigger(yard, "slow")
-    state = await wait_for(yard, run.run.id)
+    run = await trigger(shipyard, "slow")
+    state = await wait_for(shipyard, run.run.id)
     assert state.run.status is RunStatus.FAILED
     assert state.jobs[0].status is JobStatus.TIMED_OUT
     assert "timed out after 1.0s" in state.run.reason
@@ -92,7 +92,7 @@ async def test_cancel_kills_the_running_job_at_once(
     sqlite_url: str, start_yard: StartYard, tmp_path: Path
 ) -> None:
     started = tmp_path / "started"
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "long": f"""
@@ -107,17 +107,17 @@ async def test_cancel_kills_the_running_job_at_once(
     """
         },
     )
-    run = await trigger(yard, "long")
-    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and written(started))
+    run = await trigger(shipyard, "long")
+    await wait_for(shipyard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and written(started))
     pid = int(started.read_text())
-    decision = await send(yard, CancelRun(run_id=run.run.id, actor=BOB, reason="wrong build"))
+    decision = await send(shipyard, CancelRun(run_id=run.run.id, actor=BOB, reason="wrong build"))
     assert decision.accepted and decision.jobs_to_stop == ((run.jobs[0].id, 1),)
     for _ in range(50):
         if not alive(pid):
             break
         await asyncio.sleep(0.05)
     assert not alive(pid)
-    state = await wait_for(yard, run.run.id)
+    state = await wait_for(shipyard, run.run.id)
     assert state.run.status is RunStatus.CANCELED
     assert state.run.reason == "canceled by bob: wrong build"
     assert [j.status for j in state.jobs] == [JobStatus.CANCELED, JobStatus.SKIPPED]
@@ -128,7 +128,7 @@ async def test_a_failing_job_is_retried_then_succeeds(
     sqlite_url: str, start_yard: StartYard, tmp_path: Path
 ) -> None:
     marker = tmp_path / "tried"
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "flaky": f"""
@@ -142,22 +142,22 @@ async def test_a_failing_job_is_retried_then_succeeds(
     """
         },
     )
-    run = await trigger(yard, "flaky")
-    state = await wait_for(yard, run.run.id)
+    run = await trigger(shipyard, "flaky")
+    state = await wait_for(shipyard, run.run.id)
     assert state.run.status is RunStatus.SUCCEEDED
     job = state.jobs[0]
     assert (job.attempt, job.failures, job.exit_code) == (2, 1, 0)
-    logs = {c.attempt: c.text for c in yard.store.read_log(job.id, 1)}
+    logs = {c.attempt: c.text for c in shipyard.store.read_log(job.id, 1)}
     assert logs == {1: "first\n"}
-    assert yard.store.tail_log(job.id) == ["second"]
-    retry_events = [e for e in yard.store.events_after(0, 1000, run.run.id) if e.name == "job.queued"]
+    assert shipyard.store.tail_log(job.id) == ["second"]
+    retry_events = [e for e in shipyard.store.events_after(0, 1000, run.run.id) if e.name == "job.queued"]
     assert "retry 1 of 1 after: exited with 3" in str(retry_events[-1].data["reason"])
 
 
 async def test_a_required_failure_fails_the_run_and_an_allowed_one_only_warns(
     sqlite_url: str, start_yard: StartYard
 ) -> None:
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "warns": """
@@ -175,22 +175,22 @@ async def test_a_required_failure_fails_the_run_and_an_allowed_one_only_warns(
         """,
         },
     )
-    warned = await wait_for(yard, (await trigger(yard, "warns")).run.id)
+    warned = await wait_for(shipyard, (await trigger(shipyard, "warns")).run.id)
     assert warned.run.status is RunStatus.SUCCEEDED
     assert [s.status for s in warned.stages] == [StageStatus.PARTIAL, StageStatus.SUCCEEDED]
     assert warned.run.warnings == ("stage build: job lint exited with 1 (allowed to fail)",)
-    broken = await wait_for(yard, (await trigger(yard, "breaks")).run.id)
+    broken = await wait_for(shipyard, (await trigger(shipyard, "breaks")).run.id)
     assert broken.run.status is RunStatus.FAILED
     assert broken.run.reason == "job build/broken exited with 2"
     assert [s.status for s in broken.stages] == [StageStatus.FAILED, StageStatus.SKIPPED]
-    assert yard.store.tail_log(broken.jobs[1].id) == ["boom"]
+    assert shipyard.store.tail_log(broken.jobs[1].id) == ["boom"]
 
 
 async def test_pause_lets_running_jobs_finish_and_starts_nothing_until_resumed(
     sqlite_url: str, start_yard: StartYard, tmp_path: Path
 ) -> None:
     go = tmp_path / "go"
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "two": f"""
@@ -201,17 +201,17 @@ async def test_pause_lets_running_jobs_finish_and_starts_nothing_until_resumed(
     """
         },
     )
-    run = await trigger(yard, "two")
-    await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING)
-    assert (await send(yard, PauseRun(run_id=run.run.id, actor=ALICE))).accepted
+    run = await trigger(shipyard, "two")
+    await wait_for(shipyard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING)
+    assert (await send(shipyard, PauseRun(run_id=run.run.id, actor=ALICE))).accepted
     go.touch()
-    paused = await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.SUCCEEDED)
+    paused = await wait_for(shipyard, run.run.id, lambda s: s.jobs[0].status is JobStatus.SUCCEEDED)
     await asyncio.sleep(0.3)  # several runner polls: nothing may start while paused
-    paused = await wait_for(yard, run.run.id, lambda s: True)
+    paused = await wait_for(shipyard, run.run.id, lambda s: True)
     assert paused.run.status is RunStatus.PAUSED
     assert paused.jobs[1].status is JobStatus.PENDING
-    assert (await send(yard, ResumeRun(run_id=run.run.id, actor=ALICE))).accepted
-    done = await wait_for(yard, run.run.id)
+    assert (await send(shipyard, ResumeRun(run_id=run.run.id, actor=ALICE))).accepted
+    done = await wait_for(shipyard, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
 
 
@@ -227,15 +227,15 @@ stages:
 
 
 async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: StartYard) -> None:
-    yard = await start_yard(sqlite_url, {"gated": GATED})
-    run = await trigger(yard, "gated")
-    waiting = await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    shipyard = await start_yard(sqlite_url, {"gated": GATED})
+    run = await trigger(shipyard, "gated")
+    waiting = await wait_for(shipyard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
     assert waiting.gates[0].status is GateStatus.OPEN
-    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=CAROL))).accepted
-    twice = await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=CAROL))
+    assert (await send(shipyard, ApproveGate(run_id=run.run.id, gate="production", actor=CAROL))).accepted
+    twice = await send(shipyard, ApproveGate(run_id=run.run.id, gate="production", actor=CAROL))
     assert not twice.accepted and "already approved" in twice.reason
-    assert (await send(yard, ApproveGate(run_id=run.run.id, gate="production", actor=DAVE))).accepted
-    done = await wait_for(yard, run.run.id)
+    assert (await send(shipyard, ApproveGate(run_id=run.run.id, gate="production", actor=DAVE))).accepted
+    done = await wait_for(shipyard, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
     assert [a.actor for a in done.gates[0].approvals] == ["carol", "dave"]
 
@@ -243,21 +243,21 @@ async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: St
 async def test_a_rejected_gate_fails_the_run_and_retry_resumes_from_the_failed_stage(
     sqlite_url: str, start_yard: StartYard
 ) -> None:
-    yard = await start_yard(sqlite_url, {"gated": GATED.replace("min_approvals: 2", "min_approvals: 1")})
-    run = await trigger(yard, "gated")
-    await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
-    await send(yard, RejectGate(run_id=run.run.id, gate="production", actor=DAVE, reason="freeze"))
-    failed = await wait_for(yard, run.run.id)
+    shipyard = await start_yard(sqlite_url, {"gated": GATED.replace("min_approvals: 2", "min_approvals: 1")})
+    run = await trigger(shipyard, "gated")
+    await wait_for(shipyard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    await send(shipyard, RejectGate(run_id=run.run.id, gate="production", actor=DAVE, reason="freeze"))
+    failed = await wait_for(shipyard, run.run.id)
     assert failed.run.status is RunStatus.FAILED
     assert failed.run.reason == "gate production rejected: rejected by dave: freeze"
-    retry = await send(yard, RetryRun(run_id=run.run.id, actor=ALICE))
+    retry = await send(shipyard, RetryRun(run_id=run.run.id, actor=ALICE))
     assert retry.accepted and retry.state is not None
     new = retry.state
     assert new.run.retry_of == run.run.id and new.run.number == 2
     assert new.stages[0].status is StageStatus.SKIPPED and new.jobs[0].outputs == {"v": "1"}
-    await wait_for(yard, new.run.id, lambda s: s.run.status is RunStatus.WAITING)
-    await send(yard, ApproveGate(run_id=new.run.id, gate="production", actor=DAVE))
-    done = await wait_for(yard, new.run.id)
+    await wait_for(shipyard, new.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    await send(shipyard, ApproveGate(run_id=new.run.id, gate="production", actor=DAVE))
+    done = await wait_for(shipyard, new.run.id)
     assert done.run.status is RunStatus.SUCCEEDED  # the deploy read build's output carried over
 
 
@@ -265,7 +265,7 @@ async def test_an_automated_gate_polls_its_check_until_it_passes(
     sqlite_url: str, start_yard: StartYard, tmp_path: Path
 ) -> None:
     healthy = tmp_path / "healthy"
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "auto": f"""
@@ -277,13 +277,13 @@ async def test_an_automated_gate_polls_its_check_until_it_passes(
     """
         },
     )
-    run = await trigger(yard, "auto")
-    await wait_for(yard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
+    run = await trigger(shipyard, "auto")
+    await wait_for(shipyard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
     await asyncio.sleep(0.3)
-    still = await wait_for(yard, run.run.id, lambda s: True)
+    still = await wait_for(shipyard, run.run.id, lambda s: True)
     assert still.gates[0].status is GateStatus.OPEN
     healthy.touch()
-    done = await wait_for(yard, run.run.id)
+    done = await wait_for(shipyard, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
     assert done.gates[0].decided_by == "check"
 
@@ -291,7 +291,7 @@ async def test_an_automated_gate_polls_its_check_until_it_passes(
 async def test_output_beyond_the_log_limit_keeps_the_head_and_the_tail(
     sqlite_url: str, start_yard: StartYard
 ) -> None:
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "noisy": """
@@ -302,21 +302,21 @@ async def test_output_beyond_the_log_limit_keeps_the_head_and_the_tail(
         },
         max_log_bytes=4096,
     )
-    run = await trigger(yard, "noisy")
-    state = await wait_for(yard, run.run.id)
+    run = await trigger(shipyard, "noisy")
+    state = await wait_for(shipyard, run.run.id)
     assert state.run.status is RunStatus.SUCCEEDED
-    text = "".join(c.text for c in yard.store.read_log(state.jobs[0].id))
+    text = "".join(c.text for c in shipyard.store.read_log(state.jobs[0].id))
     assert text.startswith("1\n2\n3\n")
     assert "characters of output omitted]" in text
     assert text.endswith("20000\nlast-line\n")
     assert len(text) < 4096 + 70000
-    assert yard.store.tail_log(state.jobs[0].id, 2) == ["20000", "last-line"]
+    assert shipyard.store.tail_log(state.jobs[0].id, 2) == ["20000", "last-line"]
 
 
 async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
     sqlite_url: str, start_yard: StartYard
 ) -> None:
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "argv": """
@@ -326,14 +326,14 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
     """
         },
     )
-    state = await wait_for(yard, (await trigger(yard, "argv")).run.id)
+    state = await wait_for(shipyard, (await trigger(shipyard, "argv")).run.id)
     assert state.run.status is RunStatus.FAILED
     assert state.run.reason == "job s/missing exited with 127: command not found"
-    assert "/nonexistent/tool" in "\n".join(yard.store.tail_log(state.jobs[0].id))
+    assert "/nonexistent/tool" in "\n".join(shipyard.store.tail_log(state.jobs[0].id))
 
 
 async def test_binary_output_is_stored_on_every_database(db_url: str, start_yard: StartYard) -> None:
-    yard = await start_yard(
+    shipyard = await start_yard(
         db_url,
         {
             "binary": """
@@ -343,17 +343,17 @@ async def test_binary_output_is_stored_on_every_database(db_url: str, start_yard
     """
         },
     )
-    state = await wait_for(yard, (await trigger(yard, "binary")).run.id)
+    state = await wait_for(shipyard, (await trigger(shipyard, "binary")).run.id)
     assert state.run.status is RunStatus.SUCCEEDED
     assert state.jobs[0].attempt == 1
-    assert yard.store.tail_log(state.jobs[0].id) == ["bin\ufffdary"]
+    assert shipyard.store.tail_log(state.jobs[0].id) == ["bin\ufffdary"]
 
 
 async def test_a_run_past_its_pipeline_timeout_fails_and_its_job_processes_die(
     sqlite_url: str, start_yard: StartYard, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "job.pid"
-    yard = await start_yard(
+    shipyard = await start_yard(
         sqlite_url,
         {
             "stuck": f"""
@@ -368,8 +368,8 @@ async def test_a_run_past_its_pipeline_timeout_fails_and_its_job_processes_die(
         },
         poll_interval=0.05,
     )
-    run = await trigger(yard, "stuck")
-    state = await wait_for(yard, run.run.id)
+    run = await trigger(shipyard, "stuck")
+    state = await wait_for(shipyard, run.run.id)
     assert state.run.status is RunStatus.FAILED
     assert state.run.reason == "timed out: the run took longer than its timeout of 1.0s"
     assert state.jobs[0].status is JobStatus.CANCELED
@@ -400,10 +400,10 @@ async def test_a_runner_never_runs_more_jobs_at_once_than_its_capacity(
     ledger = tmp_path / "ledger.txt"
     step = f"echo start $(date +%s%N) >> {ledger}; sleep 0.2; echo end $(date +%s%N) >> {ledger}"
     jobs = "\n".join(f'      - {{name: j{i}, run: "{step}"}}' for i in range(6))
-    yard = await start_yard(sqlite_url, {"wide": WIDE.format(jobs=jobs, step=step)}, runner_capacity=2)
-    runs = [await trigger(yard, "wide") for _ in range(2)]
+    shipyard = await start_yard(sqlite_url, {"wide": WIDE.format(jobs=jobs, step=step)}, runner_capacity=2)
+    runs = [await trigger(shipyard, "wide") for _ in range(2)]
     for run in runs:
-        assert (await wait_for(yard, run.run.id)).run.status is RunStatus.SUCCEEDED
+        assert (await wait_for(shipyard, run.run.id)).run.status is RunStatus.SUCCEEDED
     marks = sorted((int(t), kind) for kind, t in (line.split() for line in ledger.read_text().splitlines()))
     assert len(marks) == 2 * 2 * 7  # every job of both runs started and ended once
     alive_now, most = 0, 0

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from core.assignment import Assignment
-from core.executor import SubprocessExecutor, read_outputs
+from core.runtime.executor import SubprocessExecutor, read_outputs
 
 
 def job(command: str | tuple[str, ...], attempt: int = 1, timeout: float = 30) -> Assignment:

@@ -16,7 +16,7 @@ from bot.bootstrap import Shipyard, build
 from bot.config import Settings
 from core.commands import CancelRun, Command, CompleteJob
 from core.engine import Decision
-from core.service import Service
+from core.runtime.service import Service
 from core.states import JobStatus, RunStatus
 from tests.engine.conftest import trigger, wait_for
 from tests.helpers import BOB, alive, written
@@ -40,19 +40,19 @@ def yard_for(url: str, tmp: Path, pipeline: str, **overrides: Any) -> Shipyard:
 
 async def finish(url: str, tmp: Path, run_id: str) -> Any:
     """Start a fresh server on the same database and let it finish the run."""
-    yard = yard_for(url, tmp, (tmp / "pipelines" / "p.yml").read_text())
-    await yard.start()
+    shipyard = yard_for(url, tmp, (tmp / "pipelines" / "p.yml").read_text())
+    await shipyard.start()
     try:
-        return await wait_for(yard, run_id)
+        return await wait_for(shipyard, run_id)
     finally:
-        await yard.stop()
+        await shipyard.stop()
 
 
 async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops_meanwhile(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "deploys"
-    yard = yard_for(
+    shipyard = yard_for(
         sqlite_url,
         tmp_path,
         f"""
@@ -61,19 +61,19 @@ async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops
           - {{name: deploy, jobs: [{{name: prod, run: "echo deployed >> {ledger}; echo done"}}]}}
     """,
     )
-    append_log = yard.store.append_log
+    append_log = shipyard.store.append_log
 
     def slow_append_log(*args: Any) -> bool:  # the database is busy: the last log chunk takes a while
         time.sleep(0.5)
         return append_log(*args)
 
-    yard.store.append_log = slow_append_log  # type: ignore[method-assign]
-    await yard.start()
-    run = await trigger(yard, "p")
+    shipyard.store.append_log = slow_append_log  # type: ignore[method-assign]
+    await shipyard.start()
+    run = await trigger(shipyard, "p")
     while not ledger.exists():
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.1)  # the process exited 0; its output is on its way to the database
-    await yard.stop()  # SIGTERM now
+    await shipyard.stop()  # SIGTERM now
     done = await finish(sqlite_url, tmp_path, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
     assert ledger.read_text() == "deployed\n"  # deployed once, not again after the restart
@@ -82,7 +82,7 @@ async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops
 async def test_a_success_survives_a_database_outage_while_it_is_reported(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    yard = yard_for(
+    shipyard = yard_for(
         sqlite_url,
         tmp_path,
         """
@@ -91,7 +91,7 @@ async def test_a_success_survives_a_database_outage_while_it_is_reported(
           - {name: deploy, jobs: [{name: prod, run: "echo hi"}]}
     """,
     )
-    handle_many = yard.service.handle_many
+    handle_many = shipyard.service.handle_many
     outage: list[float] = []
 
     def flaky(commands: list[Command]) -> list[Decision | Exception]:
@@ -101,19 +101,19 @@ async def test_a_success_survives_a_database_outage_while_it_is_reported(
                 raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
         return handle_many(commands)
 
-    yard.service.handle_many = flaky  # type: ignore[method-assign]
-    await yard.start()
+    shipyard.service.handle_many = flaky  # type: ignore[method-assign]
+    await shipyard.start()
     try:
-        run = await trigger(yard, "p")
-        state = await wait_for(yard, run.run.id)
+        run = await trigger(shipyard, "p")
+        state = await wait_for(shipyard, run.run.id)
     finally:
-        await yard.stop()
+        await shipyard.stop()
     assert state.run.status is RunStatus.SUCCEEDED, state.run.reason
     assert state.jobs[0].failures == 0  # never declared lost: its lease was kept alive
 
 
 async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(sqlite_url: str, tmp_path: Path) -> None:
-    yard = yard_for(
+    shipyard = yard_for(
         sqlite_url,
         tmp_path,
         """
@@ -123,7 +123,7 @@ async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(sqlite_url:
     """,
     )
     claimed = threading.Event()
-    claim_jobs = yard.service.claim_jobs
+    claim_jobs = shipyard.service.claim_jobs
 
     def slow_claim(*args: Any) -> Any:
         got = claim_jobs(*args)  # committed...
@@ -132,11 +132,11 @@ async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(sqlite_url:
             time.sleep(0.3)  # ...and the answer is still on its way to the runner
         return got
 
-    yard.service.claim_jobs = slow_claim  # type: ignore[method-assign]
-    await yard.start()
-    run = await trigger(yard, "p")
+    shipyard.service.claim_jobs = slow_claim  # type: ignore[method-assign]
+    await shipyard.start()
+    run = await trigger(shipyard, "p")
     await asyncio.to_thread(claimed.wait, 5)
-    await yard.stop()
+    await shipyard.stop()
     job = yard_for(sqlite_url, tmp_path, "name: p\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]")
     after = job.service.find_run(run.run.id)
     job.store.dispose()
@@ -149,7 +149,7 @@ async def test_a_cancel_from_another_process_stops_the_job_within_a_poll(
     sqlite_url: str, tmp_path: Path, make_service: Any
 ) -> None:
     marker, pidfile = tmp_path / "deployed", tmp_path / "job.pid"
-    yard = yard_for(
+    shipyard = yard_for(
         sqlite_url,
         tmp_path,
         f"""
@@ -160,10 +160,12 @@ async def test_a_cancel_from_another_process_stops_the_job_within_a_poll(
         poll_interval=0.1,
         lease_seconds=30.0,
     )
-    await yard.start()
+    await shipyard.start()
     try:
-        run = await trigger(yard, "p")
-        await wait_for(yard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and written(pidfile))
+        run = await trigger(shipyard, "p")
+        await wait_for(
+            shipyard, run.run.id, lambda s: s.jobs[0].status is JobStatus.RUNNING and written(pidfile)
+        )
         pid = int(pidfile.read_text())
         cli: Service = make_service(sqlite_url)  # e.g. `shipyard cancel` in a terminal
         canceled = await asyncio.to_thread(cli.handle, CancelRun(run_id=run.run.ref, actor=BOB))
@@ -173,14 +175,14 @@ async def test_a_cancel_from_another_process_stops_the_job_within_a_poll(
             await asyncio.sleep(0.02)
         assert not alive(pid), "the canceled job was still running 1.5 s later"
     finally:
-        await yard.stop()
+        await shipyard.stop()
     assert not marker.exists(), "the canceled deploy ran to the end"
 
 
 async def test_output_written_while_the_database_is_busy_is_all_stored(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    yard = yard_for(
+    shipyard = yard_for(
         sqlite_url,
         tmp_path,
         """
@@ -189,15 +191,15 @@ async def test_output_written_while_the_database_is_busy_is_all_stored(
           - {name: build, jobs: [{name: compile, run: "echo first; sleep 1.5; echo second"}]}
     """,
     )
-    await yard.start()
+    await shipyard.start()
     try:
-        run = await trigger(yard, "p")
+        run = await trigger(shipyard, "p")
         await asyncio.sleep(0.7)
-        busy = asyncio.ensure_future(yard.orchestrator.db(time.sleep, 1.5))  # a long transaction
-        state = await wait_for(yard, run.run.id)
+        busy = asyncio.ensure_future(shipyard.orchestrator.db(time.sleep, 1.5))  # a long transaction
+        state = await wait_for(shipyard, run.run.id)
         await busy
-        log = "".join(c.text for c in yard.store.read_log(state.jobs[0].id))
+        log = "".join(c.text for c in shipyard.store.read_log(state.jobs[0].id))
     finally:
-        await yard.stop()
+        await shipyard.stop()
     assert state.run.status is RunStatus.SUCCEEDED
     assert log == "first\nsecond\n"

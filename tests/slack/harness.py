@@ -194,12 +194,12 @@ class Bot:
         return self.client.app
 
     @property
-    def yard(self) -> Shipyard:
+    def shipyard(self) -> Shipyard:
         return self.app[SHIPYARD]
 
     @property
     def store(self) -> SqlStore:
-        return self.yard.store
+        return self.shipyard.store
 
     def run(self, ref: str) -> RunState:
         state = Reads(self.store).run(ref)

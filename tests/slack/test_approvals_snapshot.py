@@ -62,7 +62,7 @@ async def _edit_roles_after_the_gate_opened(bot: Bot) -> None:
     directory.grant(CAROL, "role", str(Role.APPROVER), at)
     bot.fake.usergroups[GROUP] = []
     backend = Backend()
-    backend.bind(bot.yard)
+    backend.bind(bot.shipyard)
     try:
         await roles.sync(backend, AsyncWebClient(token="xoxb-test", base_url=bot.fake.base_url), SLACK_ROLES)
     finally:

@@ -437,7 +437,7 @@ async def _lose_the_job(bot: Bot, ref: str) -> None:
         lambda: (s := bot.run(ref)).jobs[0].status == "running" and s, what=f"{ref}'s job to run"
     )
     job = state.jobs[0]
-    decision = await bot.yard.orchestrator.handle(
+    decision = await bot.shipyard.orchestrator.handle(
         ExpireLease(run_id=state.run.id, job_id=job.id, attempt=job.attempt, force=True)
     )
     assert decision.accepted, decision.reason

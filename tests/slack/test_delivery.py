@@ -198,7 +198,7 @@ async def test_runs_started_outside_slack_report_in_their_pipelines_channel(bot:
     assert "triggered by ci via rest" in str(posted.args["blocks"])
 
     # the scheduler triggers through the same service, as its schedule's owner
-    decision = await bot.yard.orchestrator.handle(
+    decision = await bot.shipyard.orchestrator.handle(
         TriggerRun(pipeline="routed", actor=Actor("nightly", "schedule"))
     )
     assert decision.accepted, decision.reason

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.chat import lock_blocks as lb
+from bot.chat import lock_blocks
 from bot.locks_keeper import KEEPER, LockKeeper
 from core.access import Role
 from core.locks import Lock
@@ -64,7 +64,7 @@ async def test_lock_unlock_and_locks_in_the_channel(bot: Bot) -> None:
     refused = await bot.say(BOB, "lock production hotfix")
     assert refused["response_type"] == "ephemeral"
     assert f"production is locked by <@{ALICE}>" in refused["text"] and "incident 4711" in refused["text"]
-    assert lb.ASK in buttons_of(refused)
+    assert lock_blocks.ASK in buttons_of(refused)
 
     listed = await bot.say(BOB, "locks")
     assert listed["response_type"] == "ephemeral" and "incident 4711" in listed["text"]
@@ -116,11 +116,11 @@ async def test_the_holder_is_reminded_once_and_extends_then_releases_with_button
     [reminder] = posts_to(bot, ALICE)  # a direct message to the holder
     assert f"<@{ALICE}>, your lock on *production* expires" in reminder.args["text"]
     assert "incident 4711" in reminder.args["text"]
-    assert set(buttons_of(reminder)) == {lb.EXTEND, lb.RELEASE}
+    assert set(buttons_of(reminder)) == {lock_blocks.EXTEND, lock_blocks.RELEASE}
 
-    refused = await press(bot, BOB, buttons_of(reminder)[lb.EXTEND])
+    refused = await press(bot, BOB, buttons_of(reminder)[lock_blocks.EXTEND])
     assert f"Only {ALICE} may extend it" in refused["text"]
-    extended = await press(bot, ALICE, buttons_of(reminder)[lb.EXTEND])
+    extended = await press(bot, ALICE, buttons_of(reminder)[lock_blocks.EXTEND])
     assert extended["text"].startswith(":lock: production is locked by")
     later = current(bot)
     assert later is not None and later.expires_at == expiry + timedelta(hours=1)
@@ -129,11 +129,11 @@ async def test_the_holder_is_reminded_once_and_extends_then_releases_with_button
     again = await keeper(bot).tick(expiry + timedelta(minutes=51))
     assert [lock.expires_at for lock in again.reminded] == [expiry + timedelta(hours=1)]
     second = posts_to(bot, ALICE)[-1]
-    released = await press(bot, ALICE, buttons_of(second)[lb.RELEASE])
+    released = await press(bot, ALICE, buttons_of(second)[lock_blocks.RELEASE])
     assert released["response_type"] == "in_channel"
     assert released["text"] == f":unlock: <@{ALICE}> unlocked *production*: incident 4711."
     assert current(bot) is None
-    stale = await press(bot, ALICE, buttons_of(reminder)[lb.RELEASE])  # the first reminder's button
+    stale = await press(bot, ALICE, buttons_of(reminder)[lock_blocks.RELEASE])  # the first reminder's button
     assert "That button is for an earlier lock; production is not locked any more." == stale["text"]
 
 
@@ -163,7 +163,7 @@ async def test_a_holder_outside_slack_is_reminded_in_the_channel(bot: Bot) -> No
 async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bot) -> None:
     await bot.say(ALICE, 'lock production "incident 4711"')
     refused = await bot.say(BOB, 'lock production "release 1.4"')
-    ask = buttons_of(refused)[lb.ASK]
+    ask = buttons_of(refused)[lock_blocks.ASK]
     assert "Asking for a lock needs the deployer role" in (await press(bot, CAROL, ask))["text"]
     asked = await press(bot, BOB, ask)
     assert asked["text"].startswith(f"Asked <@{ALICE}> to hand over the lock on *production*")
@@ -173,10 +173,10 @@ async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bo
     assert (await keeper(bot).tick()).asked == []  # asked once
     [prompt] = posts_to(bot, ALICE)
     assert f"<@{BOB}> asks for your lock on *production*" in prompt.args["text"]
-    assert set(buttons_of(prompt)) == {lb.HAND_OVER, lb.KEEP}
+    assert set(buttons_of(prompt)) == {lock_blocks.HAND_OVER, lock_blocks.KEEP}
 
-    assert f"Only {ALICE} may answer" in (await press(bot, BOB, buttons_of(prompt)[lb.KEEP]))["text"]
-    kept = await press(bot, ALICE, buttons_of(prompt)[lb.KEEP])
+    assert f"Only {ALICE} may answer" in (await press(bot, BOB, buttons_of(prompt)[lock_blocks.KEEP]))["text"]
+    kept = await press(bot, ALICE, buttons_of(prompt)[lock_blocks.KEEP])
     assert kept["text"] == f"You keep the lock on *production*; <@{BOB}> was told."
     [answer] = posts_to(bot, BOB)
     assert f"<@{ALICE}> keeps the lock for now" in answer.args["text"]
@@ -184,13 +184,13 @@ async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bo
     await press(bot, BOB, ask)  # asks again: asked again
     await keeper(bot).tick()
     second = posts_to(bot, ALICE)[-1]
-    assert second is not prompt and lb.HAND_OVER in buttons_of(second)
-    handed = await press(bot, ALICE, buttons_of(second)[lb.HAND_OVER])
+    assert second is not prompt and lock_blocks.HAND_OVER in buttons_of(second)
+    handed = await press(bot, ALICE, buttons_of(second)[lock_blocks.HAND_OVER])
     assert handed["text"] == f"You handed the lock on *production* to <@{BOB}>."
     held = current(bot)
     assert held is not None and (held.holder, held.reason) == (BOB, "incident 4711")
     assert f"<@{ALICE}> handed you the lock" in posts_to(bot, BOB)[-1].args["text"]
-    stale = await press(bot, ALICE, buttons_of(second)[lb.KEEP])
+    stale = await press(bot, ALICE, buttons_of(second)[lock_blocks.KEEP])
     assert stale["text"].startswith("That button is for an earlier lock; production changed")
     assert f"locked by <@{BOB}>" in stale["text"]
 
@@ -200,14 +200,14 @@ async def test_a_rollback_lock_is_acknowledged_by_a_deployer(bot: Bot) -> None:
     rollback = book.acquire(
         "production", ROOT, "rolled back web 1.4.2 to 1.4.1", None, datetime.now(UTC), "rollback"
     )
-    summary, blocks = lb.rollback_locked(rollback, datetime.now(UTC))
+    summary, blocks = lock_blocks.rollback_locked(rollback, datetime.now(UTC))
     assert "until someone acknowledges the rollback" in summary
-    acknowledge = buttons_of({"blocks": blocks})[lb.ACKNOWLEDGE]
+    acknowledge = buttons_of({"blocks": blocks})[lock_blocks.ACKNOWLEDGE]
     assert acknowledge["confirm"]["confirm"]["text"] == "Acknowledge"
 
     refused = await bot.say(BOB, 'lock production "mine"')
     assert "until someone acknowledges the rollback" in refused["text"]
-    assert set(buttons_of(refused)) == {lb.ACKNOWLEDGE}  # not "ask for it": acknowledge it
+    assert set(buttons_of(refused)) == {lock_blocks.ACKNOWLEDGE}  # not "ask for it": acknowledge it
     nobody = await press(bot, CAROL, acknowledge)
     assert nobody["response_type"] == "ephemeral" and current(bot) is not None
     assert "a deployer or an admin may acknowledge a rollback" in nobody["text"]

@@ -13,7 +13,7 @@ from core.access import Role
 from core.audit import verify
 from core.commands import ApproveGate, CancelRun, CompleteJob, RetryRun, TriggerRun
 from core.model import Actor
-from core.service import Service
+from core.runtime.service import Service
 from storage.directory import Directory
 from storage.idempotency import IdempotencyStore
 from storage.reads import Reads

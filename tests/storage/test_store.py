@@ -26,7 +26,7 @@ from core.commands import (
 from core.definition import parse_pipeline
 from core.engine import Decision
 from core.errors import Conflict
-from core.service import Service
+from core.runtime.service import Service
 from core.states import JobStatus, RunStatus
 from storage.store import SqlTx
 from storage.tables import metadata

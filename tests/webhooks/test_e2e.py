@@ -16,7 +16,7 @@ import pytest
 from bot.webhooks import signing
 from bot.webhooks.messages import types_of
 from core.commands import TriggerRun
-from core.service import Service
+from core.runtime.service import Service
 from core.states import RUN_TERMINAL
 from storage.webhooks import WebhookBook
 from tests.e2e.server import Server

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from core.assignment import Assignment
-from core.waiting import within
+from core.runtime.waiting import within
 
 OutputSink = Callable[[str, str], None]
 #: environment variables of the server that jobs must not inherit
@@ -53,7 +53,7 @@ class NoopExecutor:
         return False
 
 
-#: every job runs under this supervisor (see core/supervise.py)
+#: every job runs under this supervisor (see core/runtime/supervise.py)
 SUPERVISOR = [sys.executable, "-S", "-E", str(Path(__file__).with_name("supervise.py"))]
 
 

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob
 from core.engine import Decision
-from core.executor import ExecResult, Executor, kill_orphans
-from core.orchestrator import Orchestrator
-from core.waiting import wait_event
+from core.runtime.executor import ExecResult, Executor, kill_orphans
+from core.runtime.orchestrator import Orchestrator
+from core.runtime.waiting import wait_event
 
 log = logging.getLogger(__name__)
 RunnerReport = CompleteJob | InterruptJob | ExpireLease

@@ -31,11 +31,11 @@ from core.commands import (
     TimeoutRun,
 )
 from core.engine import Decision
-from core.executor import Executor
 from core.model import SYSTEM
-from core.service import ClaimJobs, Service
+from core.runtime.executor import Executor
+from core.runtime.service import ClaimJobs, Service
+from core.runtime.waiting import wait_event
 from core.states import JobStatus
-from core.waiting import wait_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

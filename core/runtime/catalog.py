@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.definition import PipelineDef, parse_pipeline
 from core.errors import DefinitionError
-from core.service import Service
+from core.runtime.service import Service
 
 log = logging.getLogger(__name__)
 PATTERNS = ("*.yml", "*.yaml")
