@@ -909,7 +909,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     print("== summary")
     print_table(rows)
-    print("\n== for the README\n")
+    print("\n== for docs/benchmarks.md\n")
     print_markdown(rows, command, machine, args.capacity)
 
 

@@ -334,7 +334,7 @@ def _describe(exc: ValidationError, text: str, source: str) -> list[str]:
             message = "required field is missing"
         elif error["type"] == "string_pattern_mismatch":
             message = f"{error['input']!r} is not allowed here: " + _PATTERN_HINTS.get(
-                str((error.get("ctx") or {}).get("pattern")), "see the format in the README"
+                str((error.get("ctx") or {}).get("pattern")), "see the format in docs/pipelines.md"
             )
         problems.append(f"{where}: {path or '(top level)'}: {message}")
     return problems

@@ -1,7 +1,7 @@
 """When schedules fire: cron expressions evaluated in their time zone, with one rule for the
 nights the clock changes, and what to do after downtime. Pure: the caller gives the times.
 
-Daylight-saving rules (the README repeats them):
+Daylight-saving rules (docs/schedules.md repeats them):
 
 * A local time that does not exist that night (02:30 when clocks jump from 02:00 to 03:00)
   fires once, at the first minute that does exist after it (03:00).
