@@ -480,24 +480,7 @@ def seed(url: str, n: int, sample: int, analyze: bool) -> Seeded:
     # leave the DROP INDEX statements outside the transaction
     connect_args = {"isolation_level": None} if sqlite else {}
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.text("SELECT id, version FROM pipeline_version WHERE pipeline = :p ORDER BY version DESC"),
-            {"p": PIPELINE_NAME},
-        ).first()
-        existing = conn.execute(sa.text("SELECT count(*) FROM run")).scalar()
-    if row is None:
-        raise SystemExit(f"the server did not register pipeline {PIPELINE_NAME!r}")
-    if existing:
-        raise SystemExit(f"the database already holds {existing} runs; seeding wants an empty one")
-    start = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(minutes=n + 60)
-    params = {
-        "n": n,
-        "p": PIPELINE_NAME,
-        "version": int(row[1]),
-        "version_id": str(row[0]),
-        "start": start.isoformat(sep=" ") if sqlite else start,
-    }
+    params = _seed_params(engine, n, sqlite)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with engine.connect() as conn:
@@ -507,20 +490,9 @@ def seed(url: str, n: int, sample: int, analyze: bool) -> Seeded:
             conn.exec_driver_sql("PRAGMA cache_size=-524288")  # 512 MB, also for sorting index keys
             conn.commit()  # ends SQLAlchemy's autobegun transaction (no-op for the driver)
         with conn.begin():
-            indexes: list[Any] = []
             if sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-            tables = ", ".join(f"'{t}'" for t in SEED_TABLES)
-            if n >= 10_000:  # indexes that back no constraint: (name, the statement that made it)
-                indexes = conn.exec_driver_sql(
-                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-                    f"AND tbl_name IN ({tables})"
-                    if sqlite
-                    else "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
-                    f"AND tablename IN ({tables}) AND indexname NOT IN (SELECT conname FROM pg_constraint)"
-                ).all()
-                for name, _sql in indexes:
-                    conn.exec_driver_sql(f'DROP INDEX "{name}"')
+            indexes = _drop_unconstrained_indexes(conn, sqlite) if n >= 10_000 else []
             if not sqlite:  # skip the per-row foreign-key triggers (the rows are valid by construction)
                 with contextlib.suppress(sa.exc.DBAPIError), conn.begin_nested():
                     conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
@@ -562,6 +534,46 @@ def seed(url: str, n: int, sample: int, analyze: bool) -> Seeded:
         raise SystemExit(f"seeding went wrong: {counts}")
     random.Random(7).shuffle(ids)
     return Seeded(n, seconds, ids, sum(counts.values()), timings)
+
+
+def _seed_params(engine: sa.Engine, n: int, sqlite: bool) -> dict[str, Any]:
+    """The seeding statements' parameters: the pipeline's version the server registered and
+    a start time that puts the ``n`` runs, a minute apart, in the past. Refuses a database that
+    already holds runs."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT id, version FROM pipeline_version WHERE pipeline = :p ORDER BY version DESC"),
+            {"p": PIPELINE_NAME},
+        ).first()
+        existing = conn.execute(sa.text("SELECT count(*) FROM run")).scalar()
+    if row is None:
+        raise SystemExit(f"the server did not register pipeline {PIPELINE_NAME!r}")
+    if existing:
+        raise SystemExit(f"the database already holds {existing} runs; seeding wants an empty one")
+    start = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(minutes=n + 60)
+    return {
+        "n": n,
+        "p": PIPELINE_NAME,
+        "version": int(row[1]),
+        "version_id": str(row[0]),
+        "start": start.isoformat(sep=" ") if sqlite else start,
+    }
+
+
+def _drop_unconstrained_indexes(conn: sa.Connection, sqlite: bool) -> list[Any]:
+    """Drop the seeded tables' indexes that back no constraint; (name, the statement that made
+    it) for each, to build them again once the rows are in."""
+    tables = ", ".join(f"'{t}'" for t in SEED_TABLES)
+    indexes = conn.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+        f"AND tbl_name IN ({tables})"
+        if sqlite
+        else "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+        f"AND tablename IN ({tables}) AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+    ).all()
+    for name, _sql in indexes:
+        conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    return list(indexes)
 
 
 def database_size(url: str) -> str:

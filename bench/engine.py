@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import gc
 import io
 import json
@@ -797,7 +798,7 @@ def print_markdown(rows: list[list[str]], command: str, machine: str, capacity: 
         print("| " + " | ".join(c.replace("us/", "µs/") for c in row) + " |")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=500, help="runs per no-op scenario (default 500)")
     parser.add_argument(
@@ -842,20 +843,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.subprocess_runs is None:
-        args.subprocess_runs = min(100, args.runs)
-    if args.child:
-        child_main(args)
-        return
+    return parser
 
-    command = "python -m bench.engine" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+
+def _backends(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, pg_url: str
+) -> tuple[list[str], list[str], str]:
+    """The backends and executors asked for (PostgreSQL dropped when it does not answer) and
+    the machine line that heads the report."""
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     unknown = set(backends) - {"sqlite", "postgres"} | set(executors) - {"noop", "subprocess"}
     if unknown:
         parser.error(f"unknown backend/executor: {', '.join(sorted(unknown))}")
-    pg_url = normalize_pg_url(args.postgres_url)
     versions = {"sqlite": f"SQLite {sqlite3.sqlite_version}"}
     if "postgres" in backends:
         version = pg_version(pg_url)
@@ -867,31 +867,57 @@ def main(argv: list[str] | None = None) -> None:
         f"{cpu_model()}, nproc {nproc()}, Python {platform.python_version()}, "
         f"SQLAlchemy {sa.__version__}, " + ", ".join(versions[b] for b in backends or ["sqlite"])
     )
+    return backends, executors, machine
+
+
+def _run_scenario(
+    args: argparse.Namespace,
+    pg_url: str,
+    tmp: Path,
+    outcomes: list[Outcome],
+    backend: str,
+    name: str,
+    title: str,
+    repeat: int = 1,
+) -> None:
+    """Run one scenario ``repeat`` times, each in a fresh database, and keep the median by
+    throughput in ``outcomes``."""
+    results = []
+    for attempt in range(1, repeat + 1):
+        print(f"== {title} on {backend}" + (f" (repeat {attempt}/{repeat})" if repeat > 1 else ""))
+        with fresh_database(backend, pg_url, tmp) as url:
+            result = run_child(args, name, url)
+        if result is not None:
+            results.append(result)
+        print()
+    if not results:
+        return
+    results.sort(key=lambda r: float(r.get("runs_per_s", 0.0)))
+    median = results[(len(results) - 1) // 2]
+    if len(results) > 1:
+        spread = ", ".join(f"{r['runs_per_s']:.0f}" for r in results)
+        print(f"   median of {len(results)}: {median['runs_per_s']:.0f} runs/s (all: {spread})\n")
+        median["repeats"] = [r["runs_per_s"] for r in results]
+    outcomes.append(Outcome(backend, median))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.subprocess_runs is None:
+        args.subprocess_runs = min(100, args.runs)
+    if args.child:
+        child_main(args)
+        return
+
+    command = "python -m bench.engine" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    pg_url = normalize_pg_url(args.postgres_url)
+    backends, executors, machine = _backends(parser, args, pg_url)
     print(f"{command}\n{machine}\n")
 
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-
-        def scenario(backend: str, name: str, title: str, repeat: int = 1) -> None:
-            results = []
-            for attempt in range(1, repeat + 1):
-                print(f"== {title} on {backend}" + (f" (repeat {attempt}/{repeat})" if repeat > 1 else ""))
-                with fresh_database(backend, pg_url, tmp) as url:
-                    result = run_child(args, name, url)
-                if result is not None:
-                    results.append(result)
-                print()
-            if not results:
-                return
-            results.sort(key=lambda r: float(r.get("runs_per_s", 0.0)))
-            median = results[(len(results) - 1) // 2]
-            if len(results) > 1:
-                spread = ", ".join(f"{r['runs_per_s']:.0f}" for r in results)
-                print(f"   median of {len(results)}: {median['runs_per_s']:.0f} runs/s (all: {spread})\n")
-                median["repeats"] = [r["runs_per_s"] for r in results]
-            outcomes.append(Outcome(backend, median))
-
+        scenario = functools.partial(_run_scenario, args, pg_url, Path(tmpdir), outcomes)
         for backend in backends:
             for executor in executors:
                 runs = args.runs if executor == "noop" else args.subprocess_runs

@@ -190,6 +190,16 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         "tags": [op.tag],
         "description": (op.handler.__doc__ or "").strip() + f"\n\n{_needs(op)}",
     }
+    if params := _parameters(op):
+        doc["parameters"] = params
+    if op.body is not None:
+        doc["requestBody"] = _request_body(op, op.body, refs)
+    doc["responses"] = _responses(op, refs)
+    return doc
+
+
+def _parameters(op: Operation) -> list[dict[str, Any]]:
+    """Path names, the query model's fields and, on a mutating operation, Idempotency-Key."""
     params: list[dict[str, Any]] = []
     for name in _path_names(op.path):
         params.append(
@@ -223,16 +233,20 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
                 "description": "repeat a request safely: the same key and body return the first response",
             }
         )
-    if params:
-        doc["parameters"] = params
-    if op.body is not None:
-        content: dict[str, Any] = {"application/json": {"schema": refs[(op.body, "validation")]}}
-        for media in op.raw_body:
-            content.setdefault(media, {"schema": {"type": "string"}})
-        doc["requestBody"] = {
-            "required": op.body is not None and not _all_optional(op.body),
-            "content": content,
-        }
+    return params
+
+
+def _request_body(op: Operation, body: type[BaseModel], refs: dict[Any, Any]) -> dict[str, Any]:
+    """The JSON body and any raw media types the operation also accepts."""
+    content: dict[str, Any] = {"application/json": {"schema": refs[(body, "validation")]}}
+    for media in op.raw_body:
+        content.setdefault(media, {"schema": {"type": "string"}})
+    return {"required": not _all_optional(body), "content": content}
+
+
+def _responses(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    """The documented answers, then the problem responses every operation (or every mutating
+    one) may give."""
     responses: dict[str, Any] = {}
     for status, (description, model) in op.responses.items():
         entry: dict[str, Any] = {"description": description}
@@ -252,8 +266,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     errors = {**COMMON_ERRORS, **(MUTATING_ERRORS if op.mutating else {})}
     for status, description in errors.items():
         responses.setdefault(str(status), {"description": description, "content": problem})
-    doc["responses"] = responses
-    return doc
+    return responses
 
 
 def _needs(op: Operation) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from core.admission import QueueEntry
 from core.duration import format_duration
-from core.model import Gate, Job, RunState
+from core.model import Gate, Job, Run, RunState, Stage
 from core.ports import Deployment
 from core.states import RUN_TERMINAL, GateStatus, JobStatus, RunStatus
 from core.zombies import Stuck
@@ -139,41 +139,60 @@ def run_message(state: RunState, place: QueueEntry | None = None) -> tuple[str, 
     """The one message per run, edited in place as it moves. ``place``: where it waits in its
     environment's queue, when it waits in one."""
     run = state.run
+    blocks = [text(_run_head(run))]
+    if run.break_glass:
+        blocks.append(context(f":rotating_light: break glass: {run.break_glass}"))
+    if run.status is RunStatus.QUEUED:
+        blocks.append(context(_queue_note(run, place)))
+    if run.parameters:
+        blocks.append(context(" ".join(f"`{k}={v}`" for k, v in run.parameters.items())))
+    blocks.append(text("\n".join(_stage_line(state, stage) for stage in state.stages)))
+    if run.reason and run.status in RUN_TERMINAL and run.status is not RunStatus.SUCCEEDED:
+        blocks.append(context(run.reason))
+    for warning in run.warnings[:5]:
+        blocks.append(context(f":warning: {warning}"))
+    buttons = _run_buttons(state)
+    if buttons:
+        blocks.append(actions(f"run-{run.id}-{run.version}", *buttons))
+    return run_summary(state), blocks
+
+
+def _run_head(run: Run) -> str:
+    """The run's status line and who triggered it, through which door."""
     head = f"{EMOJI.get(run.status, '')} *{run.ref}* — *{run.status}*"
     if run.kind != "deploy":
         head += f" · {run.kind}"
     if run.source_revision:
         head += f" · `{run.source_revision[:12]}`"
-    lines = [head, f"triggered by {who(run.triggered_by)} via {run.trigger_channel}"]
-    if run.retry_of:
-        lines[-1] += " (a retry)"
-    blocks = [text("\n".join(lines))]
-    if run.break_glass:
-        blocks.append(context(f":rotating_light: break glass: {run.break_glass}"))
-    if run.status is RunStatus.QUEUED:
-        waits = f":hourglass_flowing_sand: {run.reason}"
-        if place is not None:
-            waits += f" · {_ordinal(place.position)} in line"
-            if place.eta is not None:
-                waits += f", expected to start around {place.eta:%H:%M} UTC"
-        blocks.append(context(waits))
-    if run.parameters:
-        blocks.append(context(" ".join(f"`{k}={v}`" for k, v in run.parameters.items())))
-    stage_lines = []
-    for stage in state.stages:
-        env = f" → _{stage.environment}_" if stage.environment else ""
-        duration = took(stage.started_at, stage.finished_at)
-        gate = state.gate_of(stage.index)
-        gate_note = ""
-        if gate is not None and gate.status is GateStatus.OPEN:
-            gate_note = f" — gate waiting ({len(gate.approvals)} of {gate.min_approvals})"
-        line = f"{EMOJI.get(stage.status, '')} {stage.name}{env}{gate_note}"
-        stage_lines.append(line + (f" · {duration}" if duration else ""))
-    blocks.append(text("\n".join(stage_lines)))
-    if run.reason and run.status in RUN_TERMINAL and run.status is not RunStatus.SUCCEEDED:
-        blocks.append(context(run.reason))
-    for warning in run.warnings[:5]:
-        blocks.append(context(f":warning: {warning}"))
+    trigger = f"triggered by {who(run.triggered_by)} via {run.trigger_channel}"
+    return f"{head}\n{trigger}" + (" (a retry)" if run.retry_of else "")
+
+
+def _queue_note(run: Run, place: QueueEntry | None) -> str:
+    """Why a queued run waits and, when known, its place in line and expected start."""
+    waits = f":hourglass_flowing_sand: {run.reason}"
+    if place is not None:
+        waits += f" · {_ordinal(place.position)} in line"
+        if place.eta is not None:
+            waits += f", expected to start around {place.eta:%H:%M} UTC"
+    return waits
+
+
+def _stage_line(state: RunState, stage: Stage) -> str:
+    """One stage: its status, environment, a waiting gate's approvals so far and how long it took."""
+    env = f" → _{stage.environment}_" if stage.environment else ""
+    duration = took(stage.started_at, stage.finished_at)
+    gate = state.gate_of(stage.index)
+    gate_note = ""
+    if gate is not None and gate.status is GateStatus.OPEN:
+        gate_note = f" — gate waiting ({len(gate.approvals)} of {gate.min_approvals})"
+    line = f"{EMOJI.get(stage.status, '')} {stage.name}{env}{gate_note}"
+    return line + (f" · {duration}" if duration else "")
+
+
+def _run_buttons(state: RunState) -> list[Block]:
+    """Cancel while the run is live, Retry once it failed or was canceled."""
+    run = state.run
     buttons = []
     if run.status not in RUN_TERMINAL:
         buttons.append(
@@ -187,9 +206,7 @@ def run_message(state: RunState, place: QueueEntry | None = None) -> tuple[str, 
         )
     if run.status in (RunStatus.FAILED, RunStatus.CANCELED):
         buttons.append(button("Retry", RETRY, ref_value(state), "primary"))
-    if buttons:
-        blocks.append(actions(f"run-{run.id}-{run.version}", *buttons))
-    return run_summary(state), blocks
+    return buttons
 
 
 # -- gates ---------------------------------------------------------------------------------------

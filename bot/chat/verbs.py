@@ -201,36 +201,16 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     if action_id in BUTTONS:
         try:
             return await BUTTONS[action_id](backend, who, value)
-        except Refusal as exc:
-            return Reply(f":warning: {exc}")
-        except ShipyardError as exc:
-            return Reply(f":warning: {exc.message}")
-    try:
-        ref = json.loads(value)
-        run_id, gate = str(ref["run"]), str(ref.get("gate", ""))
-    except (ValueError, KeyError, TypeError):
+        except (Refusal, ShipyardError) as exc:
+            return _warning(exc)
+    ref = _run_ref(value)
+    if ref is None:
         return Reply(":warning: That button is not one of mine.")
-    command: Command
-    # Approve and Reject: the engine decides by what the presser held when the gate opened
-    control = True
-    if action_id == block_kit.APPROVE:
-        control, command = False, ApproveGate(run_id=run_id, gate=gate, actor=who.actor)
-    elif action_id == block_kit.REJECT:
-        if not reason.strip():
-            return Reply(":warning: Say why you reject it.")
-        control, command = False, RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason)
-    elif action_id == block_kit.CANCEL:
-        command = CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat")
-    elif action_id == block_kit.FAIL:
-        command = FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
-    elif action_id == block_kit.RETRY:
-        command = RetryRun(run_id=run_id, actor=who.actor)
-    elif action_id == block_kit.IGNORE:  # a judgment call: only people who may also clear gates
-        if not (await backend.principal(who.user)).may(Action.APPROVE):
-            return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
-        command = RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
-    else:
-        return Reply(f":warning: Unknown button {action_id!r}.")
+    run_id, gate = ref
+    built = await _button_command(backend, who, action_id, run_id, gate, reason)
+    if isinstance(built, Reply):
+        return built
+    command, control = built
     try:
         state = await backend.find(run_id)
         if (decided := _decided(state, gate)) is not None:
@@ -240,14 +220,52 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
         decision = await backend.decide(command)
         if not decision.accepted:
             raise Refusal(decision.reason)
-    except Refusal as exc:
-        return Reply(f":warning: {exc}")
-    except ShipyardError as exc:
-        return Reply(f":warning: {exc.message}")
+    except (Refusal, ShipyardError) as exc:
+        return _warning(exc)
     if isinstance(command, RetryRun) and decision.state is not None and backend.on_run_started is not None:
         # the new run reports where its predecessor did
         await backend.on_run_started(decision.state.run.id, who.slack_channel)
     return None
+
+
+async def _button_command(
+    backend: ChatBackend, who: Who, action_id: str, run_id: str, gate: str, reason: str
+) -> tuple[Command, bool] | Reply:
+    """The command a run or gate button stands for, and whether the presser must control the
+    run (Approve and Reject need not: the engine decides by what the presser held when the gate
+    opened); a Reply when the press cannot become a command."""
+    if action_id == block_kit.APPROVE:
+        return ApproveGate(run_id=run_id, gate=gate, actor=who.actor), False
+    if action_id == block_kit.REJECT:
+        if not reason.strip():
+            return Reply(":warning: Say why you reject it.")
+        return RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason), False
+    if action_id == block_kit.CANCEL:
+        return CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat"), True
+    if action_id == block_kit.FAIL:
+        return FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat"), True
+    if action_id == block_kit.RETRY:
+        return RetryRun(run_id=run_id, actor=who.actor), True
+    if action_id == block_kit.IGNORE:  # a judgment call: only people who may also clear gates
+        if not (await backend.principal(who.user)).may(Action.APPROVE):
+            return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
+        return RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True), True
+    return Reply(f":warning: Unknown button {action_id!r}.")
+
+
+def _run_ref(value: str) -> tuple[str, str] | None:
+    """The run id and gate id ("" for none) a run or gate button carries; None when the value
+    is not one of ours."""
+    try:
+        ref = json.loads(value)
+        return str(ref["run"]), str(ref.get("gate", ""))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _warning(exc: Refusal | ShipyardError) -> Reply:
+    """A refusal, told to the presser alone."""
+    return Reply(f":warning: {exc.message if isinstance(exc, ShipyardError) else exc}")
 
 
 def _decided(state: RunState, gate: str) -> Reply | None:
@@ -260,10 +278,9 @@ def _decided(state: RunState, gate: str) -> Reply | None:
 
 async def already_decided(backend: ChatBackend, value: str) -> Reply | None:
     """For a gate card's button: the gate's outcome if it was decided meanwhile, else None."""
-    try:
-        ref = json.loads(value)
-        run_id, gate = str(ref["run"]), str(ref.get("gate", ""))
-    except (ValueError, KeyError, TypeError):
+    ref = _run_ref(value)
+    if ref is None:
         return None
+    run_id, gate = ref
     state = await backend.read(backend.reads.run, run_id, quick=True)
     return _decided(state, gate) if state is not None else None

@@ -94,7 +94,16 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
         signing_secret=secret or "socket-mode-only",
         request_verification_enabled=secret is not None,
     )
-    seen_events: OrderedDict[str, None] = OrderedDict()
+    _listen_to_command(app, backend, client, work)
+    _listen_to_trigger_form(app, backend, client, work)
+    _listen_to_buttons(app, backend, client, work)
+    _listen_to_reject(app, backend, client)
+    _listen_to_home(app, backend, client)
+    return app
+
+
+def _listen_to_command(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient, work: Backlog) -> None:
+    """``/deploy``: a reply through its response_url, or the modal it opens."""
 
     @app.command(COMMAND)
     async def on_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
@@ -109,6 +118,12 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
                 await _respond(respond, reply)
 
         work.add(answer())
+
+
+def _listen_to_trigger_form(
+    app: AsyncApp, backend: ChatBackend, client: AsyncWebClient, work: Backlog
+) -> None:
+    """The trigger form: its submission, and the pipeline pick that redraws it."""
 
     @app.view(TRIGGER_FORM)
     async def on_trigger_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -137,6 +152,10 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
 
         work.add(answer())
 
+
+def _listen_to_buttons(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient, work: Backlog) -> None:
+    """The run, gate and other chat modules' buttons, all answered by ``verbs.press``."""
+
     async def on_press(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
 
@@ -155,6 +174,10 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
     tell_with(backend, tell)
     for action_id in pressable():
         app.action(action_id)(on_press)
+
+
+def _listen_to_reject(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient) -> None:
+    """Reject asks for a reason in a form before it goes to ``verbs.press``."""
 
     @app.action(block_kit.REJECT)
     async def on_reject(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
@@ -183,6 +206,11 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
                 response_action="errors", errors={"reason": reply.text.removeprefix(":warning: ")[:150]}
             )
 
+
+def _listen_to_home(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient) -> None:
+    """App Home: published for whoever opens it, once per event Slack may deliver twice."""
+    seen_events: OrderedDict[str, None] = OrderedDict()
+
     @app.event("app_home_opened")
     async def on_home(event: dict[str, Any], body: dict[str, Any]) -> None:
         event_id = body.get("event_id")
@@ -195,8 +223,6 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
         if event.get("tab", "home") == "home":
             backend.home_viewers.add(event["user"])
             await publish_home(backend, client, event["user"])
-
-    return app
 
 
 async def _respond(respond: AsyncRespond, reply: Reply) -> None:

@@ -37,6 +37,7 @@ the acks. Close the Socket Mode client before stopping the fake: it reconnects w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import secrets
@@ -430,27 +431,9 @@ class FakeSlack:
         return web.json_response(body, status=call.status, headers={**headers, **extra_headers})
 
     async def _dispatch(self, request: web.Request, call: Call) -> tuple[JSON, int, dict[str, str]]:
-        method, args = call.method, call.args
-        if request.method == "POST" and request.can_read_body:
-            raw = await request.read()
-            if request.content_type == "application/json":
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    return {"ok": False, "error": "invalid_json"}, 200, {}
-                if isinstance(body, dict):
-                    args.update(body)
-            elif request.content_type in _FORM_TYPES:
-                form = await request.post()
-                for key, item in form.items():
-                    args[key] = item if isinstance(item, str) else getattr(item, "filename", "")
-        for key in _JSON_FIELDS:
-            value = args.get(key)
-            if isinstance(value, str) and value[:1] in ("[", "{"):
-                try:
-                    args[key] = json.loads(value)
-                except ValueError:
-                    pass
+        method = call.method
+        if not await _read_args(request, call.args):
+            return {"ok": False, "error": "invalid_json"}, 200, {}
 
         token = call.token
         wants = "xapp-" if method == "apps.connections.open" else "xoxb-"
@@ -746,3 +729,27 @@ def _require(call: Call, key: str, error: str) -> str:
 
 def _invalid(*messages: str, error: str = "invalid_arguments") -> SlackApiFailure:
     return SlackApiFailure(error, response_metadata={"messages": list(messages)})
+
+
+async def _read_args(request: web.Request, args: dict[str, Any]) -> bool:
+    """Merge a POST's JSON or form body into ``args`` (the query's), then decode the fields
+    Slack takes as JSON in a string, as Slack does; False when a JSON body does not parse."""
+    if request.method == "POST" and request.can_read_body:
+        raw = await request.read()
+        if request.content_type == "application/json":
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                return False
+            if isinstance(body, dict):
+                args.update(body)
+        elif request.content_type in _FORM_TYPES:
+            form = await request.post()
+            for key, item in form.items():
+                args[key] = item if isinstance(item, str) else getattr(item, "filename", "")
+    for key in _JSON_FIELDS:
+        value = args.get(key)
+        if isinstance(value, str) and value[:1] in ("[", "{"):
+            with contextlib.suppress(ValueError):
+                args[key] = json.loads(value)
+    return True
