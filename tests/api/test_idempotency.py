@@ -217,8 +217,8 @@ async def test_the_hourly_housekeeping_purges_expired_keys_and_keeps_live_ones(a
 async def test_a_housekeeping_pass_deletes_a_bounded_number_of_keys(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(housekeeping, "BATCH", 2)
-    monkeypatch.setattr(housekeeping, "MAX_BATCHES", 2)
+    monkeypatch.setattr(housekeeping, "BATCH", 2, raising=True)
+    monkeypatch.setattr(housekeeping, "MAX_BATCHES", 2, raising=True)
     keys = IdempotencyStore(api.store, timedelta(hours=24))
     long_ago = datetime.now(UTC) - timedelta(hours=25)
     for n in range(5):
