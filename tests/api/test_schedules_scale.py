@@ -15,8 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.backend import Backend
-from bot.bootstrap import Shipyard, build
-from bot.config import load_settings
+from bot.bootstrap import Shipyard
 from bot.scheduler import ScheduleLoop
 from core.access import Role
 from core.commands import Command, TriggerRun
@@ -27,6 +26,7 @@ from core.schedule import Schedule, next_fire
 from storage.directory import Directory
 from storage.schedules import ScheduleBook
 from storage.tables import T
+from tests.factory import make_shipyard
 
 DUE = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # a Monday, 02:00 UTC
 NIGHTLY = "0 2 * * *"
@@ -80,13 +80,9 @@ class Clock:
 
 @pytest.fixture
 async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "tick.yml").write_text(PIPELINE)
-    settings = load_settings(
-        database_url=db_url, pipelines_dir=pipes, work_dir=tmp_path / "w", runner_capacity=0
+    shipyard = make_shipyard(
+        db_url, tmp_path, {"tick": PIPELINE}, with_runner=False, work_dir=tmp_path / "w", runner_capacity=0
     )
-    shipyard = build(settings, with_runner=False)
     await shipyard.start()
     backend = Backend()
     backend.bind(shipyard)
