@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from core.access import Role
+from tests.pipelines import GOING_ON
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack
 from tests.slack.harness import (
@@ -52,14 +53,6 @@ stages:
     environment: production
     gate: {approvers: [release-managers, S0RELEASE, admin], min_approvals: 2}
     jobs: [{name: deploy, run: "true"}]
-"""
-GOING_ON = """
-name: going-on
-stages:
-  - name: build
-    jobs:
-      - {name: lint, run: "echo 'lint: 3 warnings' >&2; exit 1", allow_failure: true}
-      - {name: compile, run: "sleep 30"}
 """
 RETRIED = """
 name: retried

@@ -30,7 +30,8 @@ from core.runtime.service import Service
 from core.states import JobStatus, RunStatus
 from storage.store import SqlTx
 from storage.tables import metadata
-from tests.helpers import ALICE, BOB, THREE_BY_TWO, Clock, pipeline
+from tests.helpers import ALICE, BOB, Clock, pipeline
+from tests.pipelines import THREE_BY_TWO
 
 MakeService = Callable[..., Service]
 
