@@ -59,3 +59,36 @@ def gated(
 
 #: ``gated`` as the chat tests start it: for a commit, whose build echoes it
 GATED_ON_REF = gated(compile='["sh", "-c", "echo built $SHIPYARD_PARAM_REF"]', ref=COMMIT_REF)
+
+
+def ship(*, staging: bool = False, approvers: str = "release-managers", min_approvals: int = 1) -> str:
+    """``ship``: builds the ``version`` parameter's artifact, (with ``staging``, deploys it to
+    staging behind a release-managers gate,) then to production behind a gate of ``approvers``
+    needing ``min_approvals``; its ``compare_url`` links two versions."""
+    staged = (
+        """\
+  - name: staging
+    environment: staging
+    gate: {approvers: [release-managers]}
+    jobs: [{name: deploy, run: "true"}]"""
+        if staging
+        else ""
+    )
+    return f"""
+name: ship
+compare_url: https://git.example/acme/ship/compare/{{from}}...{{to}}
+parameters:
+  - {{name: version, required: true}}
+stages:
+  - name: build
+    jobs:
+      - name: image
+        run: |
+          digest="sha256:$(printf %064d "${{SHIPYARD_PARAM_VERSION//./}}")"
+          echo "artifact=ship@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/ship" >> "$SHIPYARD_OUTPUT"
+{staged}
+  - name: production
+    environment: production
+    gate: {{approvers: [{approvers}], min_approvals: {min_approvals}}}
+    jobs: [{{name: deploy, run: "true"}}]
+"""

@@ -21,7 +21,7 @@ from bot.chat.environments import REVIEW_ACK, ROLLBACK
 from bot.chat.verbs import BUTTONS
 from bot.console import SETTLE_S
 from bot.slack.bot import pressable
-from tests.pipelines import GOING_ON, gated
+from tests.pipelines import GOING_ON, gated, ship
 
 CONSOLE_GATED = gated(compile='["sh", "-c", "echo built"]')
 QUICK = """
@@ -35,23 +35,6 @@ name: forever
 stages:
   - name: build
     jobs: [{name: compile, run: ["sleep", "60"]}]
-"""
-SHIP = """
-name: ship
-compare_url: https://git.example/acme/ship/compare/{from}...{to}
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          echo "artifact=ship@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/ship" >> "$SHIPYARD_OUTPUT"
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
 """
 OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
 ROOT = Path(__file__).parents[2]
@@ -188,7 +171,7 @@ def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tm
 
 
 def test_the_console_shows_the_gate_card_slack_posts(tmp_path: Path) -> None:
-    pipelines(tmp_path, ship=SHIP)
+    pipelines(tmp_path, ship=ship())
     grant(tmp_path, ("alice", "deployer"), ("bob", "approver"), ("bob", "group:release-managers"))
     script = textwrap.dedent(
         f"""\
