@@ -13,6 +13,7 @@ from bot import api, slack
 from bot.api import hooks
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
+from bot.housekeeping import HOUSEKEEPING, Housekeeping
 from bot.locks_keeper import KEEPER, LockKeeper
 from bot.scheduler import ScheduleLoop
 from bot.webhooks.service import WEBHOOKS, Config, Webhooks
@@ -42,6 +43,9 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         webhooks = Webhooks(gateway, Config.of(settings))
         app[WEBHOOKS] = webhooks
         await webhooks.start(run=settings.webhook_deliver)
+        housekeeping = Housekeeping(gateway, settings)
+        app[HOUSEKEEPING] = housekeeping
+        await housekeeping.start()
         chat = slack_lifecycle(running) if slack_lifecycle is not None else None
         if chat is not None:
             await anext(chat)
@@ -52,6 +56,7 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         yield
         if chat is not None:
             await anext(chat, None)
+        await housekeeping.stop()
         await webhooks.stop()
         await keeper.stop()
         await clock.stop()

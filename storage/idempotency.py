@@ -90,10 +90,21 @@ class IdempotencyStore:
                 sa.delete(IDEMPOTENCY).where(IDEMPOTENCY.c.caller == caller, IDEMPOTENCY.c.key == key)
             )
 
-    def purge(self, now: datetime) -> int:
+    def purge(self, now: datetime, limit: int) -> int:
+        """Delete up to ``limit`` keys past their keeping time; returns how many (the hourly
+        housekeeping calls it until fewer come back)."""
+        expired = IDEMPOTENCY.c.created_at < now - self.keep
         with self.store.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(IDEMPOTENCY.c.caller, IDEMPOTENCY.c.key).where(expired).limit(limit)
+            ).all()
+            if not rows:
+                return 0
             return int(
                 conn.execute(
-                    sa.delete(IDEMPOTENCY).where(IDEMPOTENCY.c.created_at < now - self.keep)
+                    sa.delete(IDEMPOTENCY).where(
+                        sa.tuple_(IDEMPOTENCY.c.caller, IDEMPOTENCY.c.key).in_([tuple(r) for r in rows]),
+                        expired,
+                    )
                 ).rowcount
             )

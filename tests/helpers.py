@@ -15,14 +15,6 @@ BOB = Actor("bob", "slack")
 CAROL = Actor("carol", "cli")
 DAVE = Actor("dave", "cli")
 
-THREE_BY_TWO = """
-name: three
-stages:
-  - {name: a, jobs: [{name: x, run: "true"}, {name: y, run: "true"}]}
-  - {name: b, jobs: [{name: x, run: "true"}, {name: y, run: "true"}]}
-  - {name: c, jobs: [{name: x, run: "true"}, {name: y, run: "true"}]}
-"""
-
 
 def pipeline(text: str) -> PipelineDef:
     return parse_pipeline(textwrap.dedent(text))

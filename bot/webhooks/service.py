@@ -46,9 +46,6 @@ PER_WEBHOOK = 16
 BATCH = 500
 #: how often overdue external gates are looked for
 GATE_SWEEP_S = 1.0
-#: how often finished deliveries past their keeping time are deleted, and how many at a time
-PRUNE_EVERY_S = 3600.0
-PRUNE_BATCH = 1000
 
 
 def retry_delay(failed_attempt: int, schedule: Sequence[float], rng: random.Random) -> float | None:
@@ -122,7 +119,6 @@ class Webhooks:
         self._done: list[Outcome] = []
         self._wake = asyncio.Event()
         self._swept = 0.0
-        self._pruned = 0.0
         self._moved = -1  #: the outbox cursor as this process last saw it
         self._listening = False  #: whether any subscription is active (looked up once a second)
         self._listening_checked = 0.0
@@ -187,17 +183,6 @@ class Webhooks:
             queued += added
             if read < BATCH:
                 return queued
-
-    async def prune(self, at: datetime | None = None) -> int:
-        """Delete finished deliveries older than ``Config.keep``, a batch at a time (each its own
-        short transaction); returns how many went."""
-        before = (at or self.clock()) - self.config.keep
-        gone = 0
-        while True:
-            deleted = await self.backend.write(self.book.prune, before, PRUNE_BATCH)
-            gone += deleted
-            if deleted < PRUNE_BATCH:
-                return gone
 
     async def step(self, at: datetime | None = None) -> list[Outcome]:
         """Fill the outbox, send everything due at ``at`` (each run's next message), record it."""
@@ -296,9 +281,6 @@ class Webhooks:
                 if time.monotonic() - self._swept >= GATE_SWEEP_S:
                     self._swept = time.monotonic()
                     await self.expire_gates(at)
-                if time.monotonic() - self._pruned >= PRUNE_EVERY_S:
-                    self._pruned = time.monotonic()
-                    await self.prune(at)
                 full = await self._launch(at)
                 await self._record(at)
             except asyncio.CancelledError:

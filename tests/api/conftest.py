@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -21,14 +20,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiohttp import ClientTimeout
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
-from bot.app import SHIPYARD, create_app
-from bot.config import load_settings
+from bot.app import SHIPYARD
 from core.access import Role
 from storage.directory import Directory
 from storage.store import SqlStore
+from tests.factory import make_settings, serve
 
 PREFIX = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -300,24 +299,15 @@ async def start_api(tmp_path: Path) -> AsyncIterator[StartApi]:
     clients: list[TestClient] = []
 
     async def start(url: str, **overrides: Any) -> Api:
-        pipes = tmp_path / "pipelines"
-        if not pipes.exists():
-            pipes.mkdir()
-            for name, text in PIPELINES.items():
-                (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
         options: dict[str, Any] = {
-            "database_url": url,
-            "pipelines_dir": pipes,
-            "work_dir": tmp_path / "work",
-            "poll_interval": 0.05,
             "lease_seconds": 5.0,
             "kill_grace_seconds": 1.0,
             "runner_name": "api-test",
             "runner_capacity": 8,
             "max_body_bytes": MAX_BODY,
+            **overrides,
         }
-        options.update(overrides)
-        settings = load_settings(**options)
+        settings = make_settings(url, tmp_path, PIPELINES, **options)
         store = SqlStore(url)
         try:
             directory = Directory(store)
@@ -328,8 +318,7 @@ async def start_api(tmp_path: Path) -> AsyncIterator[StartApi]:
             }
         finally:
             store.dispose()
-        client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
-        await client.start_server()
+        client = await serve(settings)
         clients.append(client)
         return Api(client, tokens, url)
 

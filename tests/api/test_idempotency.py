@@ -9,8 +9,13 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+import sqlalchemy as sa
+
+from bot import housekeeping
 from bot.api.routing import fingerprint
-from storage.idempotency import IdempotencyStore
+from bot.housekeeping import HOUSEKEEPING
+from storage.idempotency import IDEMPOTENCY, IdempotencyStore
 from tests.api.conftest import Api, Reply, assert_problem
 
 
@@ -181,3 +186,46 @@ async def test_an_invalid_idempotency_key_is_400(lite: Api) -> None:
         )
         assert_problem(reply, 400, "Idempotency-Key")
     assert await runs_of(lite, "quick") == []
+
+
+async def _stored_keys(api: Api) -> set[str]:
+    def read() -> set[str]:
+        with api.store.engine.connect() as conn:
+            return set(conn.execute(sa.select(IDEMPOTENCY.c.key)).scalars())
+
+    return set(await api.db(read))
+
+
+async def test_the_hourly_housekeeping_purges_expired_keys_and_keeps_live_ones(api: Api) -> None:
+    live = await trigger(api, "live", {"revision": "abc"})
+    assert live.status == 202
+    keys = IdempotencyStore(api.store, timedelta(hours=24))
+    long_ago = datetime.now(UTC) - timedelta(hours=25)
+    claim = await api.db(keys.claim, "deployer", "expired", "f" * 64, long_ago)
+    assert claim.outcome == "new"
+    assert await _stored_keys(api) == {"live", "expired"}
+
+    swept = await api.client.app[HOUSEKEEPING].sweep()
+
+    assert swept.idempotency_keys == 1
+    assert await _stored_keys(api) == {"live"}
+    again = await trigger(api, "live", {"revision": "abc"})
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json["id"] == live.json["id"]
+
+
+async def test_a_housekeeping_pass_deletes_a_bounded_number_of_keys(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(housekeeping, "BATCH", 2, raising=True)
+    monkeypatch.setattr(housekeeping, "MAX_BATCHES", 2, raising=True)
+    keys = IdempotencyStore(api.store, timedelta(hours=24))
+    long_ago = datetime.now(UTC) - timedelta(hours=25)
+    for n in range(5):
+        await api.db(keys.claim, "deployer", f"old-{n}", "f" * 64, long_ago)
+
+    first = await api.client.app[HOUSEKEEPING].sweep()
+    second = await api.client.app[HOUSEKEEPING].sweep()
+
+    assert (first.idempotency_keys, second.idempotency_keys) == (4, 1)
+    assert await _stored_keys(api) == set()

@@ -11,13 +11,12 @@ import pytest
 
 from bot.app import CLOCK
 from bot.backend import Backend
-from bot.bootstrap import build
-from bot.config import load_settings
 from bot.scheduler import ScheduleLoop
 from core.access import Role
 from storage.directory import Directory
 from storage.schedules import ScheduleBook
 from tests.api.conftest import Api, assert_problem
+from tests.factory import make_shipyard
 
 
 async def test_a_schedule_is_created_listed_fired_once_per_occurrence_and_removed(api: Api) -> None:
@@ -99,17 +98,17 @@ async def test_after_downtime_only_a_fire_within_grace_runs_and_older_ones_are_r
 async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
     pg_url: str, tmp_path: Path
 ) -> None:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "tick.yml").write_text(
-        "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']}]\n"
-    )
+    tick = "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']}]\n"
     yards, clocks = [], []
     for i in range(2):
-        settings = load_settings(
-            database_url=pg_url, pipelines_dir=pipes, work_dir=tmp_path / f"w{i}", runner_capacity=0
+        shipyard = make_shipyard(
+            pg_url,
+            tmp_path,
+            {"tick": tick},
+            with_runner=False,
+            work_dir=tmp_path / f"w{i}",
+            runner_capacity=0,
         )
-        shipyard = build(settings, with_runner=False)
         await shipyard.start()
         backend = Backend()
         backend.bind(shipyard)

@@ -15,8 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.backend import Backend
-from bot.bootstrap import Shipyard, build
-from bot.config import load_settings
+from bot.bootstrap import Shipyard
 from bot.scheduler import ScheduleLoop
 from core.access import Role
 from core.commands import Command, TriggerRun
@@ -27,6 +26,7 @@ from core.schedule import Schedule, next_fire
 from storage.directory import Directory
 from storage.schedules import ScheduleBook
 from storage.tables import T
+from tests.factory import make_shipyard
 
 DUE = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # a Monday, 02:00 UTC
 NIGHTLY = "0 2 * * *"
@@ -80,13 +80,9 @@ class Clock:
 
 @pytest.fixture
 async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "tick.yml").write_text(PIPELINE)
-    settings = load_settings(
-        database_url=db_url, pipelines_dir=pipes, work_dir=tmp_path / "w", runner_capacity=0
+    shipyard = make_shipyard(
+        db_url, tmp_path, {"tick": PIPELINE}, with_runner=False, work_dir=tmp_path / "w", runner_capacity=0
     )
-    shipyard = build(settings, with_runner=False)
     await shipyard.start()
     backend = Backend()
     backend.bind(shipyard)
@@ -210,13 +206,15 @@ async def test_a_process_that_died_after_triggering_loses_nothing_and_doubles_no
     assert {s.next_fire_at for s in clock.book.all()} == {DUE + timedelta(days=1)}
 
 
-async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_next_tick(clock: Clock) -> None:
+async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_next_tick(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A trigger that raises (the database went away mid-burst) leaves its occurrence unclaimed:
     it is not lost, the next tick fires it, and once."""
     made = clock.add(4)
     flaky = made[0].idempotency_key(DUE)
     real = clock.backend.decide
-    failures = []
+    failures: list[TriggerRun] = []
 
     async def outage_once(command: Command) -> Decision:
         if isinstance(command, TriggerRun) and command.idempotency_key == flaky and not failures:
@@ -224,9 +222,10 @@ async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_nex
             raise ConnectionError("database went away")
         return await real(command)
 
-    clock.backend.decide = outage_once  # type: ignore[method-assign]
+    monkeypatch.setattr(clock.backend, "decide", outage_once, raising=True)
     ticking = clock.clockwork()
     first = await ticking.tick(DUE + timedelta(seconds=1))
+    assert [c.idempotency_key for c in failures] == [flaky]  # the outage happened
     assert sorted(f.schedule.id for f in first if f.run_ref) == sorted(s.id for s in made[1:])
     assert clock.book.get(made[0].id).next_fire_at == DUE  # type: ignore[union-attr]  # still due
 
@@ -246,17 +245,21 @@ async def test_a_beat_busy_with_a_burst_fires_what_comes_due_meanwhile(
     first = clock.add(3, due=due, cron=every_minute)
     later = clock.add(2, due=due + timedelta(minutes=1), cron=every_minute)
     moment = [due + timedelta(milliseconds=100)]
-    monkeypatch.setattr("bot.scheduler.now", lambda: moment[0])
+    monkeypatch.setattr("bot.scheduler.now", lambda: moment[0], raising=True)
     real = clock.backend.decide
+    slowed: list[Command] = []
 
     async def slow_burst(command: Command) -> Decision:
         if isinstance(command, TriggerRun) and moment[0] < due + timedelta(minutes=1):
+            slowed.append(command)
             moment[0] = due + timedelta(minutes=1, milliseconds=100)  # the next one comes due
             await asyncio.sleep(0.5)
         return await real(command)
 
-    clock.backend.decide = slow_burst  # type: ignore[method-assign]
+    monkeypatch.setattr(clock.backend, "decide", slow_burst, raising=True)
     claimed = await clock.clockwork()._claim_due(None)
+
+    assert len(slowed) == 1  # the burst was slow, and the next occurrence came due during it
 
     assert sorted(c.schedule.id for c in claimed) == sorted(s.id for s in first + later)
     assert sorted(key for key, _ in clock.scheduled_runs()) == sorted(

@@ -21,19 +21,9 @@ from bot.chat.environments import REVIEW_ACK, ROLLBACK
 from bot.chat.verbs import BUTTONS
 from bot.console import SETTLE_S
 from bot.slack.bot import pressable
+from tests.pipelines import GOING_ON, gated, ship
 
-GATED = """
-name: gated
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "echo built"]}]
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: ["true"]}]
-"""
-
-
+CONSOLE_GATED = gated(compile='["sh", "-c", "echo built"]')
 QUICK = """
 name: quick
 stages:
@@ -45,31 +35,6 @@ name: forever
 stages:
   - name: build
     jobs: [{name: compile, run: ["sleep", "60"]}]
-"""
-SHIP = """
-name: ship
-compare_url: https://git.example/acme/ship/compare/{from}...{to}
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          echo "artifact=ship@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/ship" >> "$SHIPYARD_OUTPUT"
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
-"""
-GOING_ON = """
-name: going-on
-stages:
-  - name: build
-    jobs:
-      - {name: lint, run: "echo 'lint: 3 warnings' >&2; exit 1", allow_failure: true}
-      - {name: compile, run: "sleep 30"}
 """
 OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
 ROOT = Path(__file__).parents[2]
@@ -176,7 +141,7 @@ class Console:
 
 
 def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tmp_path: Path) -> None:
-    pipelines(tmp_path, gated=GATED)
+    pipelines(tmp_path, gated=CONSOLE_GATED)
     grant(tmp_path, ("alice", "deployer"), ("alice", "approver"), ("bob", "approver"))
     grant(tmp_path, ("bob", "group:release-managers"))
     script = textwrap.dedent(
@@ -206,7 +171,7 @@ def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tm
 
 
 def test_the_console_shows_the_gate_card_slack_posts(tmp_path: Path) -> None:
-    pipelines(tmp_path, ship=SHIP)
+    pipelines(tmp_path, ship=ship())
     grant(tmp_path, ("alice", "deployer"), ("bob", "approver"), ("bob", "group:release-managers"))
     script = textwrap.dedent(
         f"""\
@@ -369,7 +334,7 @@ def test_run_messages_are_printed_as_they_happen_while_the_console_waits_for_inp
 
 
 def test_the_end_of_the_input_waits_for_the_sessions_runs_and_says_where_each_is(tmp_path: Path) -> None:
-    pipelines(tmp_path, quick=QUICK, gated=GATED, forever=FOREVER)
+    pipelines(tmp_path, quick=QUICK, gated=CONSOLE_GATED, forever=FOREVER)
     script = "/deploy run quick\n/deploy run gated\n/deploy run forever\n"
     started = time.monotonic()
     done = shipyard(tmp_path, "console", stdin=script)  # the console's own user

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.bootstrap import Shipyard, build
-from bot.config import Settings
+from bot.bootstrap import Shipyard
 from core.commands import Command, TriggerRun
 from core.engine import Decision
 from core.model import RunState
 from core.states import RUN_TERMINAL
+from tests.factory import QUICK_LEASE, make_shipyard
 from tests.helpers import ALICE
 
 StartYard = Callable[..., Awaitable[Shipyard]]
@@ -28,21 +27,8 @@ async def start_yard(tmp_path: Path) -> AsyncIterator[StartYard]:
     started: list[Shipyard] = []
 
     async def start(url: str, pipelines: dict[str, str] | None = None, **overrides: Any) -> Shipyard:
-        pipes = tmp_path / "pipelines"
-        pipes.mkdir(exist_ok=True)
-        for name, text in (pipelines or {}).items():
-            (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
-        options: dict[str, Any] = {
-            "database_url": url,
-            "pipelines_dir": pipes,
-            "work_dir": tmp_path / "work",
-            "poll_interval": 0.05,
-            "lease_seconds": 3.0,
-            "kill_grace_seconds": 1.0,
-            "runner_name": "test-runner",
-        }
-        options.update(overrides)
-        shipyard = build(Settings(**options), migrate=False)
+        options = {**QUICK_LEASE, "runner_name": "test-runner", **overrides}
+        shipyard = make_shipyard(url, tmp_path, pipelines, migrate=False, **options)
         await shipyard.start()
         started.append(shipyard)
         return shipyard

@@ -4,7 +4,6 @@ another process. Faults are injected by wrapping the real store and service call
 from __future__ import annotations
 
 import asyncio
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -12,30 +11,19 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from bot.bootstrap import Shipyard, build
-from bot.config import Settings
+from bot.bootstrap import Shipyard
 from core.commands import CancelRun, Command, CompleteJob
 from core.engine import Decision
 from core.runtime.service import Service
 from core.states import JobStatus, RunStatus
 from tests.engine.conftest import trigger, wait_for
+from tests.factory import QUICK_LEASE, make_shipyard
 from tests.helpers import BOB, alive, written
 
 
 def yard_for(url: str, tmp: Path, pipeline: str, **overrides: Any) -> Shipyard:
-    pipes = tmp / "pipelines"
-    pipes.mkdir(exist_ok=True)
-    (pipes / "p.yml").write_text(textwrap.dedent(pipeline))
-    options: dict[str, Any] = {
-        "database_url": url,
-        "pipelines_dir": pipes,
-        "work_dir": tmp / "work",
-        "poll_interval": 0.05,
-        "lease_seconds": 3.0,
-        "kill_grace_seconds": 1.0,
-        "runner_name": "r1",
-    }
-    return build(Settings(**{**options, **overrides}), migrate=False)
+    options = {**QUICK_LEASE, "runner_name": "r1", **overrides}
+    return make_shipyard(url, tmp, {"p": pipeline}, migrate=False, **options)
 
 
 async def finish(url: str, tmp: Path, run_id: str) -> Any:

@@ -2,7 +2,7 @@
 
 Point a bot at it with ``AsyncWebClient(token="xoxb-...", base_url=fake.base_url)``. Every Web API call is
 recorded as a :class:`Call`; answers follow the shapes of Slack's documented examples
-(``/work/shared/slack/fixtures/webapi.*.ok.*.json``).
+(the ``webapi.*.ok.*.json`` examples of Slack's OpenAPI spec, slackapi/slack-api-specs).
 
     async with FakeSlack() as fake:
         fake.usergroups["S123"] = ["U1", "U2"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,17 +23,18 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from bot.app import SHIPYARD, create_app
+from bot.app import SHIPYARD
 from bot.bootstrap import Shipyard
-from bot.config import Settings, load_settings
+from bot.config import Settings
 from core.access import Role
 from core.events import Event
 from core.model import Gate, RunState
 from storage.directory import Directory
 from storage.reads import Reads
 from storage.store import SqlStore
+from tests.factory import make_settings, serve
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack, settle_bolt_tasks
 
@@ -142,10 +142,6 @@ def bot_settings(
 ) -> Settings:
     """Writes ``pipelines`` (name → YAML) and ``grants`` into the database; the settings of a bot on
     them that talks to ``fake``, signed with ``SECRET`` (``settings`` add to or override these)."""
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    for name, text in pipelines.items():
-        (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
     store = SqlStore(database_url)
     directory, now = Directory(store), datetime.now(UTC)
     for principal, held in grants.items():
@@ -155,18 +151,17 @@ def bot_settings(
             else:
                 directory.grant(principal, "role", str(grant), now)
     store.dispose()
-    return load_settings(
+    return make_settings(
+        database_url,
+        tmp_path,
+        pipelines,
         **{
-            "database_url": database_url,
-            "pipelines_dir": pipes,
-            "work_dir": tmp_path / "work",
-            "poll_interval": 0.05,
             "runner_name": "slack-test",
             "slack_bot_token": "xoxb-test",
             "slack_api_url": fake.base_url,
             "slack_signing_secret": SECRET,
             **settings,
-        }
+        },
     )
 
 
@@ -178,8 +173,7 @@ class Bot:
     client: TestClient[web.Request, web.Application] | None = None
 
     async def start(self) -> None:
-        self.client = TestClient(TestServer(create_app(self.settings), host="127.0.0.1"))
-        await self.client.start_server()
+        self.client = await serve(self.settings)
 
     async def stop(self) -> None:
         if self.client is not None:

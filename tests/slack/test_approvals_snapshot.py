@@ -20,30 +20,21 @@ from bot.backend import Backend
 from bot.slack import roles
 from core.access import Role
 from storage.directory import Directory
+from tests.pipelines import gated
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.harness import ALICE, BOB, CAROL, DAVE, ERIN, Bot, StartBot, button, until
 
 GROUP = "S0RELEASE"
 SLACK_ROLES = {GROUP: [str(Role.APPROVER)]}
-GATED = """
-name: gated
-parameters:
-  - {name: ref, required: true}
-stages:
-  - name: build
-    jobs: [{name: compile, run: "true"}]
-  - name: production
-    environment: production
-    gate: {approvers: [approver], min_approvals: 2}
-    jobs: [{name: deploy, run: "true"}]
-"""
 
 
 @pytest.fixture
 async def bot(start_bot: StartBot, fake: FakeSlack) -> Bot:
     fake.usergroups[GROUP] = [DAVE]
     grants = {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER], ERIN: [Role.APPROVER]}
-    return await start_bot({"gated": GATED}, grants, slack_roles=SLACK_ROLES)
+    return await start_bot(
+        {"gated": gated(approvers="approver", min_approvals=2, ref="")}, grants, slack_roles=SLACK_ROLES
+    )
 
 
 async def _waiting(bot: Bot, ref: str) -> str:

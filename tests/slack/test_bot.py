@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.access import Role
+from tests.pipelines import COMMIT_REF, GATED_ON_REF, gated
 from tests.slack import signing
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.harness import (
@@ -27,18 +28,6 @@ from tests.slack.harness import (
     buttons_of,
 )
 
-GATED = """
-name: gated
-parameters:
-  - {name: ref, required: true, pattern: "^[0-9a-f]{7,40}$"}
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "echo built $SHIPYARD_PARAM_REF"]}]
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: ["true"]}]
-"""
 REMINDED = """
 name: reminded
 stages:
@@ -60,7 +49,7 @@ stages:
 @pytest.fixture
 async def bot(start_bot: StartBot) -> Bot:
     return await start_bot(
-        {"gated": GATED, "failing": FAILING, "reminded": REMINDED},
+        {"gated": GATED_ON_REF, "failing": FAILING, "reminded": REMINDED},
         # Alice also approves, so that self-approval is what stops her
         {ALICE: [Role.DEPLOYER, Role.APPROVER], BOB: [Role.APPROVER, RELEASE_MANAGERS]},
     )
@@ -143,7 +132,13 @@ async def test_slack_roles_come_from_configuration_and_user_groups(
 ) -> None:
     fake.usergroups["S0RELEASE"] = [BOB]
     bot = await start_bot(
-        {"gated": GATED.replace("release-managers", "S0RELEASE")},
+        {
+            "gated": gated(
+                compile='["sh", "-c", "echo built $SHIPYARD_PARAM_REF"]',
+                ref=COMMIT_REF,
+                approvers="S0RELEASE",
+            )
+        },
         slack_roles={ALICE: ["deployer"], "S0RELEASE": ["approver"]},
     )
     assert "Roles: approver. Groups: S0RELEASE" in await _said(bot, BOB, "whoami")
@@ -182,7 +177,7 @@ async def test_a_deploy_to_a_confirm_environment_asks_first_and_the_question_exp
     start_bot: StartBot, fake: FakeSlack
 ) -> None:
     bot = await start_bot(
-        {"gated": GATED}, {ALICE: [Role.DEPLOYER]}, environments={"production": {"confirm": True}}
+        {"gated": GATED_ON_REF}, {ALICE: [Role.DEPLOYER]}, environments={"production": {"confirm": True}}
     )
     status, token, _ = await _command(bot, ALICE, "run gated ref=abc1234")
     assert status == 200

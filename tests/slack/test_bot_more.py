@@ -15,6 +15,7 @@ import pytest
 from core.access import Role
 from core.commands import ExpireLease
 from storage.slack import SlackState
+from tests.pipelines import GATED_ON_REF
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack, settle_bolt_tasks
 from tests.slack.harness import (
@@ -36,19 +37,6 @@ from tests.slack.harness import (
     until,
 )
 
-GATED = """
-name: gated
-description: build, then production behind a gate
-parameters:
-  - {name: ref, required: true, pattern: "^[0-9a-f]{7,40}$"}
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "echo built $SHIPYARD_PARAM_REF"]}]
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: ["true"]}]
-"""
 PAIR = """
 name: pair
 stages:
@@ -80,7 +68,7 @@ GRANTS: Grants = {
     ALICE: [Role.DEPLOYER, Role.APPROVER],
     **{user: [Role.APPROVER, RELEASE_MANAGERS] for user in (BOB, DAVE, ERIN)},
 }
-PIPELINES = {"gated": GATED, "pair": PAIR, "failing": FAILING, "orphan": ORPHAN}
+PIPELINES = {"gated": GATED_ON_REF, "pair": PAIR, "failing": FAILING, "orphan": ORPHAN}
 
 
 @pytest.fixture

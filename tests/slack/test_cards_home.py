@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from core.access import Role
+from tests.pipelines import GOING_ON, ship
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack
 from tests.slack.harness import (
@@ -32,35 +33,6 @@ from tests.slack.harness import (
 )
 
 OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
-SHIP = """
-name: ship
-compare_url: https://git.example/acme/ship/compare/{from}...{to}
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          echo "artifact=ship@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/ship" >> "$SHIPYARD_OUTPUT"
-  - name: staging
-    environment: staging
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers, S0RELEASE, admin], min_approvals: 2}
-    jobs: [{name: deploy, run: "true"}]
-"""
-GOING_ON = """
-name: going-on
-stages:
-  - name: build
-    jobs:
-      - {name: lint, run: "echo 'lint: 3 warnings' >&2; exit 1", allow_failure: true}
-      - {name: compile, run: "sleep 30"}
-"""
 RETRIED = """
 name: retried
 stages:
@@ -78,7 +50,11 @@ async def bot(start_bot: StartBot, fake: FakeSlack) -> Bot:
     fake.usergroups["S0RELEASE"] = [DAVE]  # Dave approves through the Slack user group
     fake.usergroups["S0ADMINS"] = []
     return await start_bot(
-        {"ship": SHIP, "going-on": GOING_ON, "retried": RETRIED},
+        {
+            "ship": ship(staging=True, approvers="release-managers, S0RELEASE, admin", min_approvals=2),
+            "going-on": GOING_ON,
+            "retried": RETRIED,
+        },
         {ALICE: [Role.DEPLOYER, Role.APPROVER], BOB: [Role.APPROVER, RELEASE_MANAGERS]},
         slack_roles={"S0RELEASE": ["approver"], "S0ADMINS": ["admin"]},
     )

@@ -22,20 +22,11 @@ from core.model import Actor
 from storage.slack import PostStatus, RunMessage, SlackState
 from storage.store import SqlStore
 from storage.tables import T
+from tests.pipelines import gated
 from tests.slack.fake_slack import Call, FakeSlack
 from tests.slack.harness import ALICE, BOB, CHANNEL, RELEASE_MANAGERS, Bot, Grants, StartBot, button, until
 
 PIPELINE_CHANNEL, DEFAULT_CHANNEL, GONE_CHANNEL = "C0PIPELINE", "C0DEFAULT", "C0GONE"
-GATED = """
-name: gated
-stages:
-  - name: build
-    jobs: [{name: compile, run: "sleep 0.5"}]
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
-"""
 BUSY = "name: busy\nstages:\n" + "".join(
     f"  - {{name: s{n}, jobs: [{{name: j, run: 'sleep 0.25'}}]}}\n" for n in range(12)
 )
@@ -62,7 +53,7 @@ stages:
 
 
 PIPELINES = {
-    "gated": GATED,
+    "gated": gated(compile='"sleep 0.5"'),
     "busy": BUSY,
     "routed": ROUTED,
     "unrouted": UNROUTED,

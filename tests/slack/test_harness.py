@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from tests.slack import signing
 from tests.slack.fake_slack import FakeSlack, settle_bolt_tasks
 
 SECRET = "shipyard-test-signing-secret"
-FIXTURES = "/work/shared/slack/fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @dataclass
@@ -110,8 +111,7 @@ def test_slash_command_body_is_encoded_like_slack() -> None:
 
 
 def test_signature_matches_slacks_known_answer() -> None:
-    with open(f"{FIXTURES}/signing.known_answer.json") as f:
-        vector = json.load(f)
+    vector = json.loads((FIXTURES / "signing.known_answer.json").read_text())
     headers = signing.sign(
         vector["signing_secret"], vector["body"].encode(), signing.FORM, timestamp=vector["timestamp"]
     )

@@ -3,7 +3,7 @@
 Manifests are validated against Slack's own JSON Schema for v1 manifests, kept next to this file:
 ``slack-manifest.schema.json`` is a verbatim copy of ``schemas/manifest.schema.1.0.0.json`` from
 https://github.com/slackapi/manifest-schema (MIT; the root ``manifest.schema.json`` there ``$ref``s it
-at tag v0.5.0), taken from /work/shared/slack/slack-manifest.schema.json (sha256 below). It is
+at tag v0.5.0), at commit c50cfa8508ff1017344550a5e5fb29a1416e5b98 (sha256 below). It is
 self-contained (only local ``#/definitions`` refs), so the tests run offline.
 """
 

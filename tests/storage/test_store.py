@@ -30,7 +30,8 @@ from core.runtime.service import Service
 from core.states import JobStatus, RunStatus
 from storage.store import SqlTx
 from storage.tables import metadata
-from tests.helpers import ALICE, BOB, THREE_BY_TWO, Clock, pipeline
+from tests.helpers import ALICE, BOB, Clock, pipeline
+from tests.pipelines import THREE_BY_TWO
 
 MakeService = Callable[..., Service]
 
@@ -277,18 +278,21 @@ def test_one_failing_command_does_not_sink_the_others_in_its_group_commit(
     run = svc.handle(TriggerRun(pipeline="one", actor=ALICE)).state
     assert run is not None
     original = SqlTx.find_run
+    broken: list[str] = []
 
     def broken_for_one_ref(self: SqlTx, ref: str) -> object:
         if ref == "boom":
+            broken.append(ref)
             raise RuntimeError("the database said something unexpected")
         return original(self, ref)
 
-    monkeypatch.setattr(SqlTx, "find_run", broken_for_one_ref)
+    monkeypatch.setattr(SqlTx, "find_run", broken_for_one_ref, raising=True)
     outcomes = svc.handle_many(
         [PauseRun(run_id=run.run.id, actor=BOB), CancelRun(run_id="boom", actor=ALICE)]
     )
     assert isinstance(outcomes[0], Decision) and outcomes[0].accepted
     assert isinstance(outcomes[1], RuntimeError)
+    assert broken == ["boom", "boom"]  # the fault happened: in the group, then applied alone
 
 
 def test_concurrent_triggers_with_one_idempotency_key_start_one_run(

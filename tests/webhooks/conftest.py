@@ -23,6 +23,7 @@ import standardwebhooks
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bot.housekeeping import HOUSEKEEPING, Housekeeping
 from bot.webhooks.service import WEBHOOKS, Webhooks
 from storage.webhooks import Outcome
 from tests.api.conftest import (  # noqa: F401  (fixtures, used by name)
@@ -195,6 +196,10 @@ def start_hooks(start_api: StartApi, tmp_path: Any) -> StartHooks:  # noqa: F811
         return await start_api(url, **options)
 
     return start
+
+
+def housekeeping(api: Api) -> Housekeeping:
+    return api.client.app[HOUSEKEEPING]  # type: ignore[index,no-any-return]
 
 
 def worker(api: Api) -> Webhooks:

@@ -13,7 +13,16 @@ from typing import Any
 from bot.webhooks.service import retry_delay
 from storage.webhooks import WebhookBook
 from tests.api.conftest import Api, assert_problem
-from tests.webhooks.conftest import Receiver, StartHooks, drain, settle, subscribe, utc, worker
+from tests.webhooks.conftest import (
+    Receiver,
+    StartHooks,
+    drain,
+    housekeeping,
+    settle,
+    subscribe,
+    utc,
+    worker,
+)
 
 Receivers = Callable[[], Awaitable[Receiver]]
 ALL = ["run.started", "stage.finished", "deployment.finished", "gate.waiting", "gate.decided", "run.finished"]
@@ -399,9 +408,10 @@ async def test_finished_deliveries_are_deleted_after_their_keeping_time_open_one
     (open_one,) = await _deliveries(api, pending_hook)
     assert open_one["state"] == "pending"
 
-    assert await worker(api).prune(at + timedelta(days=29)) == 0  # not old enough yet
+    not_yet = await housekeeping(api).sweep(at + timedelta(days=29))
+    assert not_yet.webhook_deliveries == 0  # not old enough yet
     assert len(await _deliveries(api, delivered_hook)) == 2
-    assert await worker(api).prune(at + timedelta(days=31)) == 2
+    assert (await housekeeping(api).sweep(at + timedelta(days=31))).webhook_deliveries == 2
     assert await _deliveries(api, delivered_hook) == []
     assert [d["id"] for d in await _deliveries(api, pending_hook)] == [open_one["id"]]  # kept, attempts too
     detail = (await api.get(f"/webhooks/{pending_hook['id']}/deliveries/{open_one['id']}", "admin")).json

@@ -1,0 +1,90 @@
+"""The hourly housekeeping pass: deletes what has outlived its keeping time, so the tables
+that grow with use stay bounded (``docs/operations.md`` lists every such table and what bounds
+it). Every periodic clean-up lives here, on one APScheduler job.
+
+Each kind goes a batch at a time, each batch its own short transaction, and at most
+``MAX_BATCHES`` batches a pass: a backlog (the first pass after a long outage) is worked off
+over several passes instead of holding the database in one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.backend import Backend, now
+from bot.config import Settings
+from bot.webhooks.service import Config
+from storage.idempotency import IdempotencyStore
+from storage.webhooks import WebhookBook
+
+log = logging.getLogger(__name__)
+#: how often the pass runs (the first one right at start, so short-lived processes clean too)
+EVERY_S = 3600.0
+#: rows deleted per transaction
+BATCH = 1000
+#: transactions per kind and pass: at most ``BATCH * MAX_BATCHES`` rows of a kind go at once
+MAX_BATCHES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """How many rows of each kind one pass deleted."""
+
+    idempotency_keys: int
+    webhook_deliveries: int
+
+
+class Housekeeping:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        store = backend.shipyard.store
+        self.backend = backend
+        self.keys = IdempotencyStore(store, timedelta(hours=settings.idempotency_hours))
+        self.deliveries = WebhookBook(store)
+        self.delivery_keep = Config.of(settings).keep
+        self.scheduler: AsyncIOScheduler | None = None
+
+    async def start(self) -> None:
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.add_job(
+            self._pass, "interval", seconds=EVERY_S, next_run_time=now(), max_instances=1, coalesce=True
+        )
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+
+    async def sweep(self, at: datetime | None = None) -> Swept:
+        """One pass at ``at`` (now by default): what the hourly job runs; tests call it with a time."""
+        at = at or now()
+        keys = await self._drain(lambda: self.backend.write(self.keys.purge, at, BATCH))
+        before = at - self.delivery_keep
+        deliveries = await self._drain(lambda: self.backend.write(self.deliveries.prune, before, BATCH))
+        return Swept(idempotency_keys=keys, webhook_deliveries=deliveries)
+
+    async def _pass(self) -> None:
+        try:
+            swept = await self.sweep()
+        except Exception:  # the database is away: the next pass tries again
+            log.exception("housekeeping pass failed")
+            return
+        log.info("housekeeping: %s", swept)
+
+    @staticmethod
+    async def _drain(batch: Callable[[], Awaitable[int]]) -> int:
+        """Run ``batch`` until it deletes fewer than ``BATCH`` rows, at most ``MAX_BATCHES`` times."""
+        gone = 0
+        for _ in range(MAX_BATCHES):
+            deleted = await batch()
+            gone += deleted
+            if deleted < BATCH:
+                break
+        return gone
+
+
+HOUSEKEEPING = web.AppKey("housekeeping", Housekeeping)
