@@ -376,6 +376,11 @@ def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
     ]
     assert third.stages[0].reason == "reused from web#1"
     assert third.jobs[0].outputs == {"image": "a1"}
+    stored = svc.find_run(third.run.id)
+    assert stored is not None
+    # the run that did the work, not the retry in between
+    assert [s.reused_from for s in stored.stages] == [first.run.id, first.run.id, None]
+    assert [j.reused_from for j in stored.jobs] == [first.run.id, first.run.id, None]
 
 
 TWO = "name: two\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
