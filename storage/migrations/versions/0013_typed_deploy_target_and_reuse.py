@@ -63,7 +63,9 @@ def upgrade() -> None:
 def _fill_deploy_to(conn: sa.Connection) -> None:
     """A promotion or rollback skipped every stage but its target's, saying ``<kind> to <env>``;
     when every stage deploys there, nothing was skipped and its first environment is the target."""
-    runs = conn.execute(sa.select(RUN.c.id, RUN.c.kind).where(RUN.c.kind.in_(("promotion", "rollback")))).all()
+    runs = conn.execute(
+        sa.select(RUN.c.id, RUN.c.kind).where(RUN.c.kind.in_(("promotion", "rollback")))
+    ).all()
     for run_id, kind in runs:
         stages = conn.execute(
             sa.select(STAGE.c.environment, STAGE.c.status, STAGE.c.reason)
@@ -78,7 +80,9 @@ def _fill_deploy_to(conn: sa.Connection) -> None:
 
 def _fill_reused_from(conn: sa.Connection, table: sa.TableClause) -> None:
     """``reused from <pipeline>#<number>`` names the run that did the work: store its id."""
-    skipped_as_reused = sa.and_(table.c.status == "skipped", table.c.reason.startswith(REUSED, autoescape=True))
+    skipped_as_reused = sa.and_(
+        table.c.status == "skipped", table.c.reason.startswith(REUSED, autoescape=True)
+    )
     reasons = conn.execute(sa.select(table.c.reason).where(skipped_as_reused).distinct()).scalars().all()
     for reason in reasons:
         pipeline, _, number = reason.removeprefix(REUSED).rpartition("#")
