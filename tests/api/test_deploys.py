@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from tests.api.conftest import Api, StartApi, assert_problem
 
 SHOP = """
@@ -141,6 +143,15 @@ async def test_a_retry_of_a_failed_promotion_deploys_to_the_same_environment_aga
     assert [s["status"] for s in retry["stages"]] == ["skipped", "skipped", "failed"]  # production only
     assert (tmp_path / "ledger.production").read_text().split() == ["3.0.0", "3.0.0", "3.0.0"]
     assert len((tmp_path / "ledger.staging").read_text().splitlines()) == 1  # staged once, by the release
+    engine = sa.create_engine(db_url)  # written to its column, not only kept in the process
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT id, deploy_to FROM run WHERE kind = 'promotion'")).all()
+    finally:
+        engine.dispose()
+    assert sorted(map(tuple, stored)) == sorted(
+        [(promotion["id"], "production"), (retry["id"], "production")]
+    )
 
 
 async def test_a_retry_names_the_run_whose_work_it_reused_through_a_chain_of_retries(
