@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from core.artifacts import ArtifactSpec, parse_artifact_output
 from core.definition import env_key
-from core.engine import REUSED
 from core.errors import CommandRefused
 from core.model import Gate, Job, RunState
 from core.states import JobStatus
@@ -60,7 +59,7 @@ def run_artifact(state: RunState) -> ArtifactSpec | None:
     """The artifact this run built: the latest ``artifact`` output of its finished jobs."""
     found = None
     for job in state.jobs:
-        reused = job.status is JobStatus.SKIPPED and job.reason.startswith(REUSED)  # a retry's
+        reused = job.status is JobStatus.SKIPPED and job.reused_from is not None  # a retry's
         if "artifact" in job.outputs and (job.status is JobStatus.SUCCEEDED or reused):
             try:
                 found = parse_artifact_output(job.outputs["artifact"])

@@ -687,7 +687,7 @@ def _carry_over(plan: _Plan, old: RunState, ignored_by: str | None = None) -> No
     """Mark the stages that finished well in ``old`` as skipped here, keeping their outputs;
     with ``ignored_by``, also the stage whose jobs failed (then stop)."""
     for old_stage in old.stages:
-        reused = old_stage.status is StageStatus.SKIPPED and old_stage.reason.startswith(REUSED)
+        reused = old_stage.status is StageStatus.SKIPPED and old_stage.reused_from is not None
         ignoring = False
         if old_stage.status not in (StageStatus.SUCCEEDED, StageStatus.PARTIAL) and not reused:
             if ignored_by is None:
@@ -707,19 +707,18 @@ def _carry_over(plan: _Plan, old: RunState, ignored_by: str | None = None) -> No
                 ),
             )
             ignoring = True
-        why = old_stage.reason if reused else f"{REUSED}{old.run.ref}"
+        # a chain of retries names the run that did the work, not the one retried last
+        source = old_stage.reused_from if reused else old.run.id
+        why = old_stage.reason if reused else f"reused from {old.run.ref}"
         stage = plan.stages[old_stage.index]
         if old_stage.status is StageStatus.PARTIAL:
             plan.set(plan.run, warnings=(*plan.run.warnings, f"{why}: {old_stage.reason}"))
         # same pipeline version, so the same jobs in the same order
         for job, done in zip(plan.jobs_of(stage), old.jobs_of(old_stage.index), strict=True):
-            plan.move(job, JobStatus.SKIPPED, outputs=dict(done.outputs), reason=why)
+            plan.move(job, JobStatus.SKIPPED, outputs=dict(done.outputs), reason=why, reused_from=source)
         gate = plan.gate_of(stage)
         if gate is not None:
             plan.move(gate, GateStatus.SKIPPED, reason=why)
-        plan.move(stage, StageStatus.SKIPPED, reason=why)
+        plan.move(stage, StageStatus.SKIPPED, reason=why, reused_from=source)
         if ignoring:
             break
-
-
-REUSED = "reused from "

@@ -73,6 +73,9 @@ class Run:
     artifact_id: str | None = None
     #: an admin pushed it through freezes and required approvals: why (None: no break glass)
     break_glass: str | None = None
+    #: the one environment a promotion or rollback deploys to (its other stages are skipped);
+    #: a retry deploys there again (None: a deploy, which runs every stage)
+    deploy_to: str | None = None
     #: optimistic-lock counter: every accepted command bumps it with a compare-and-set
     version: int = 0
 
@@ -95,6 +98,8 @@ class Stage:
     environment: str | None
     status: StageStatus = StageStatus.PENDING
     reason: str = ""
+    #: skipped by a retry that reused the work: the id of the run that did it
+    reused_from: str | None = None
     #: when it joined its environment's queue: the order runs are admitted in
     queued_at: datetime | None = None
     started_at: datetime | None = None
@@ -121,6 +126,8 @@ class Job:
     exit_code: int | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     reason: str = ""
+    #: skipped by a retry that reused its outputs: the id of the run that made them
+    reused_from: str | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -57,7 +57,8 @@ def protect(state: RunState, config: Environments) -> RunState:
 
 def only_deploy_to(state: RunState, environment: str, why: str) -> RunState:
     """A promotion or rollback: every stage that does not deploy to ``environment`` is skipped
-    from the start (nothing is rebuilt), saying ``why``."""
+    from the start (nothing is rebuilt), saying ``why``; the run keeps ``environment`` as its
+    ``deploy_to``."""
     if not any(s.environment == environment for s in state.stages):
         raise InvalidInput(f"pipeline {state.run.pipeline} has no stage that deploys to {environment}")
     keep = {s.index for s in state.stages if s.environment == environment}
@@ -70,4 +71,5 @@ def only_deploy_to(state: RunState, environment: str, why: str) -> RunState:
     gates = tuple(
         g if g.stage_index in keep else evolve(g, status=GateStatus.SKIPPED, reason=why) for g in state.gates
     )
-    return evolve(state, stages=stages, jobs=jobs, gates=gates)
+    run = evolve(state.run, deploy_to=environment)
+    return evolve(state, run=run, stages=stages, jobs=jobs, gates=gates)

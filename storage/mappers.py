@@ -44,6 +44,7 @@ def run_from_row(r: Mapping[Any, Any]) -> Run:
         kind=r["kind"],
         artifact_id=r["artifact_id"],
         break_glass=r["break_glass"],
+        deploy_to=r["deploy_to"],
         version=r["version"],
     )
 
@@ -57,6 +58,7 @@ def stage_from_row(r: Mapping[Any, Any]) -> Stage:
         environment=r["environment"],
         status=StageStatus(r["status"]),
         reason=r["reason"],
+        reused_from=r["reused_from"],
         queued_at=r["queued_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
@@ -81,6 +83,7 @@ def job_from_row(r: Mapping[Any, Any]) -> Job:
         exit_code=r["exit_code"],
         outputs=r["outputs"],
         reason=r["reason"],
+        reused_from=r["reused_from"],
         queued_at=r["queued_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],

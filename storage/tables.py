@@ -91,6 +91,7 @@ class RunRow(SQLModel, table=True):
     kind: str = Field(default="deploy", max_length=16)
     artifact_id: str | None = Field(default=None, max_length=64, index=True)
     break_glass: str | None = None
+    deploy_to: str | None = Field(default=None, max_length=63)
     version: int = 0
 
 
@@ -115,6 +116,7 @@ class StageRow(SQLModel, table=True):
     environment: str | None = Field(default=None, max_length=63, index=True)
     status: str = Field(max_length=16)
     reason: str = _text()
+    reused_from: str | None = Field(default=None, max_length=64)
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
@@ -142,6 +144,7 @@ class JobRow(SQLModel, table=True):
     exit_code: int | None = None
     outputs: dict[str, str] = _json({})
     reason: str = _text()
+    reused_from: str | None = Field(default=None, max_length=64)
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()

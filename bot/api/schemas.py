@@ -211,6 +211,9 @@ class JobOut(BaseModel):
     runner: str | None
     outputs: dict[str, str]
     reason: str
+    reused_from: str | None = Field(
+        description="skipped by a retry that reused its outputs: the id of the run that made them"
+    )
     started_at: datetime | None
     finished_at: datetime | None
 
@@ -227,6 +230,7 @@ class JobOut(BaseModel):
             runner=j.runner,
             outputs=dict(j.outputs),
             reason=j.reason,
+            reused_from=j.reused_from,
             started_at=j.started_at,
             finished_at=j.finished_at,
         )
@@ -239,6 +243,9 @@ class StageOut(BaseModel):
     environment: str | None
     status: StageStatus
     reason: str
+    reused_from: str | None = Field(
+        description="skipped by a retry that reused the work: the id of the run that did it"
+    )
     started_at: datetime | None
     finished_at: datetime | None
     gate: GateOut | None
@@ -254,6 +261,7 @@ class StageOut(BaseModel):
             environment=s.environment,
             status=s.status,
             reason=s.reason,
+            reused_from=s.reused_from,
             started_at=s.started_at,
             finished_at=s.finished_at,
             gate=GateOut.of(gate) if gate is not None else None,
@@ -289,6 +297,9 @@ class RunSummary(BaseModel):
     branch: str | None
     artifact_id: str | None = Field(description="the artifact a promotion or rollback deploys")
     break_glass: str | None = Field(description="an admin pushed it through freezes and approvals: why")
+    deploy_to: str | None = Field(
+        description="the one environment a promotion or rollback deploys to (a retry deploys there again)"
+    )
 
     @classmethod
     def fields_of(cls, state: RunState) -> dict[str, Any]:
@@ -314,6 +325,7 @@ class RunSummary(BaseModel):
             "branch": r.branch,
             "artifact_id": r.artifact_id,
             "break_glass": r.break_glass,
+            "deploy_to": r.deploy_to,
         }
 
     @classmethod

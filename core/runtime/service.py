@@ -42,7 +42,7 @@ from core.ports import AuditEntry, Deployment, PipelineVersion, Store, Tx
 from core.protection import only_deploy_to, protect
 from core.review import open_review
 from core.rollback import RollbackPlan, plan_rollback
-from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, JobStatus, RunStatus, StageStatus
+from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, JobStatus, RunStatus
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -450,7 +450,9 @@ class Service:
                 if artifact is None:
                     raise NotFound(f"the artifact {old.run.ref} deployed is no longer registered")
                 check_deployable(artifact)
-                target = _deploy_target(old)
+                target = old.run.deploy_to
+                if target is None:
+                    raise InvalidInput(f"{old.run.ref} is a {old.run.kind} that names no environment")
                 fresh = only_deploy_to(fresh, target, f"{old.run.kind} to {target}")
             fresh = protect(fresh, self.environments)
             return engine.start(
@@ -595,16 +597,6 @@ class Service:
     def find_run(self, ref: str) -> RunState | None:
         with self.store.transaction() as tx:
             return tx.find_run(ref)
-
-
-def _deploy_target(state: RunState) -> str:
-    """The environment a promotion or rollback deployed to (its other stages were skipped
-    saying ``<kind> to <env>``)."""
-    prefix = f"{state.run.kind} to "
-    for stage in state.stages:
-        if stage.status is StageStatus.SKIPPED and stage.reason.startswith(prefix):
-            return stage.reason.removeprefix(prefix)
-    return next(s.environment for s in state.stages if s.environment)
 
 
 class _LazyViews(Mapping[str, EnvironmentView]):

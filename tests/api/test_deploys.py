@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from tests.api.conftest import Api, StartApi, assert_problem
 
 SHOP = """
@@ -120,6 +122,56 @@ async def test_promotion_follows_the_path_and_never_rebuilds(
         json={"environment": "staging", "pipeline": "shop", "parameters": {"version": "2.0.0"}},
     )
     assert_problem(again, 409, "marked bad", "leaks memory")
+
+
+async def test_a_retry_of_a_failed_promotion_deploys_to_the_same_environment_again(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await _shop(start_api, db_url, tmp_path)
+    await _release(api, "3.0.0", status="failed")  # built and staged; production refuses 3.0.0
+    promote = {"environment": "production", "pipeline": "shop", "parameters": {"version": "3.0.0"}}
+    started = await api.post("/artifacts/shop@3.0.0/promote", "deployer", json=promote)
+    assert started.status == 202, started.text
+    promotion = await api.wait(started.json["id"])
+    assert (promotion["status"], promotion["deploy_to"]) == ("failed", "production")
+
+    retried = await api.post(f"/runs/{promotion['id']}/retry", "deployer")
+    assert retried.status == 202, retried.text
+    retry = await api.wait(retried.json["id"])
+    assert (retry["kind"], retry["deploy_to"]) == ("promotion", "production")
+    assert retry["retry_of"] == promotion["id"]
+    assert [s["status"] for s in retry["stages"]] == ["skipped", "skipped", "failed"]  # production only
+    assert (tmp_path / "ledger.production").read_text().split() == ["3.0.0", "3.0.0", "3.0.0"]
+    assert len((tmp_path / "ledger.staging").read_text().splitlines()) == 1  # staged once, by the release
+    engine = sa.create_engine(db_url)  # written to its column, not only kept in the process
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT id, deploy_to FROM run WHERE kind = 'promotion'")).all()
+    finally:
+        engine.dispose()
+    assert sorted(map(tuple, stored)) == sorted(
+        [(promotion["id"], "production"), (retry["id"], "production")]
+    )
+
+
+async def test_a_retry_names_the_run_whose_work_it_reused_through_a_chain_of_retries(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await _shop(start_api, db_url, tmp_path)
+    release = await _release(api, "3.0.0", status="failed")
+    assert release["deploy_to"] is None  # a deploy runs every stage
+    ref = release
+    for _ in range(2):
+        retried = await api.post(f"/runs/{ref['id']}/retry", "deployer")
+        assert retried.status == 202, retried.text
+        ref = await api.wait(retried.json["id"])
+        reused = [(s["name"], s["reused_from"], [j["reused_from"] for j in s["jobs"]]) for s in ref["stages"]]
+        assert reused == [
+            ("build", release["id"], [release["id"]]),
+            ("staging", release["id"], [release["id"]]),
+            ("production", None, [None]),
+        ]
+        assert ref["stages"][0]["reason"] == "reused from shop#1"
 
 
 async def test_rollback_picks_the_last_good_artifact_and_locks_the_environment(

@@ -1048,6 +1048,14 @@ def test_retry_reuses_the_stages_that_succeeded_and_runs_the_failed_one_again() 
     assert job(state, "build/compile").outputs == {"image": "web:abc1234"}
     assert job(state, "build/lint").outputs == {"warnings": "0"}
     assert state.stages[0].reason == "reused from three#1"
+    reused = [(s.name, s.reused_from) for s in state.stages]
+    assert reused == [("build", RUN), ("test", None), ("deploy", None)]
+    assert [(j.name, j.reused_from) for j in state.jobs] == [
+        ("compile", RUN),
+        ("lint", RUN),
+        ("unit", None),
+        ("ship", None),
+    ]
     assert state.run.retry_of == RUN
     assert decision.events[0].data["retry_of"] == RUN
     assert all(j.run_id == "r2" for j in state.jobs)

@@ -28,7 +28,7 @@ from core.engine import Decision
 from core.errors import Conflict
 from core.runtime.service import Service
 from core.states import JobStatus, RunStatus
-from storage.store import SqlTx
+from storage.store import SqlStore, SqlTx
 from storage.tables import metadata
 from tests.helpers import ALICE, BOB, Clock, pipeline
 from tests.pipelines import THREE_BY_TWO
@@ -380,6 +380,16 @@ def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
     ]
     assert third.stages[0].reason == "reused from web#1"
     assert third.jobs[0].outputs == {"image": "a1"}
+    fresh = SqlStore(db_url)  # no cached copy: what the columns hold
+    try:
+        with fresh.transaction() as tx:
+            stored = tx.load_run(third.run.id)
+    finally:
+        fresh.dispose()
+    assert stored is not None
+    # the run that did the work, not the retry in between
+    assert [s.reused_from for s in stored.stages] == [first.run.id, first.run.id, None]
+    assert [j.reused_from for j in stored.jobs] == [first.run.id, first.run.id, None]
 
 
 TWO = "name: two\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
