@@ -6,17 +6,51 @@ owner of a schedule. All of them get the same rules, whichever door they come th
 Roles and group memberships are *grants* with a validity interval, so the question "could
 this principal approve when the gate opened?" has an answer that later edits cannot change:
 who may clear a waiting gate is fixed at the moment it opened.
+
+``authorize`` is the one place a command's access is decided: every door (REST, Slack, the
+console, the CLI, the scheduler, webhooks) puts the principal it resolved on the command's
+``Actor``, and ``Service.handle`` calls ``authorize`` before the engine decides. The rules:
+
+==========================  ========================================================
+command                     who may
+==========================  ========================================================
+TriggerRun                  trigger (deployer, admin); break glass: admin only
+Cancel/Fail/Pause/Resume    control: a deployer their own runs, an admin any
+RetryRun                    control, as above
+RetryRun(ignore_failure)    approve (approver, admin) and control, on every door
+ApproveGate, RejectGate     the approver role held when the gate opened, one of the gate's
+                            approvers if it names some (authenticated doors); never whoever
+                            triggered or asked for the run, unless the gate allows it (all)
+==========================  ========================================================
+
+A viewer holds only ``read``, so every command above is refused to them. A door that
+resolves no principal (the CLI with database access, the system, runners, schedules and
+webhooks, which act as their owner) is trusted with the role rules; the gate rules hold there
+too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Final
 
+from core.commands import (
+    ApproveGate,
+    CancelRun,
+    Command,
+    FailRun,
+    PauseRun,
+    RejectGate,
+    ResumeRun,
+    RetryRun,
+    TriggerRun,
+)
 from core.errors import Forbidden
-from core.model import Gate, Run
+from core.model import Gate, Run, RunState
+from core.states import GateStatus
 
 
 class Role(StrEnum):
@@ -102,8 +136,7 @@ def check_approver(name: str, grants: Iterable[Grant], gate: Gate, run: Run) -> 
     """Raise ``Forbidden`` unless ``name`` could clear ``gate`` when it opened.
 
     The principal must have held the approver (or admin) role then, and if the gate names
-    approvers, be one of them by name, group or role. Self-approval is the engine's rule
-    (``core.engine``), so it holds on every channel, trusted ones included."""
+    approvers, be one of them by name, group or role."""
     at = gate.opened_at or run.created_at
     then = Principal.from_grants(name, grants, at)
     if not then.may(Action.APPROVE):
@@ -116,3 +149,68 @@ def check_approver(name: str, grants: Iterable[Grant], gate: Gate, run: Run) -> 
             f"gate {gate.stage_name} of {run.ref} is cleared by {', '.join(gate.approvers)}; "
             f"{name} was not one of them when it opened"
         )
+
+
+#: doors whose callers are authenticated principals: the gate's approver rule is checked for
+#: them. The CLI runs with direct database access (an operator); the system and runners are
+#: Shipyard itself.
+AUTHENTICATED: Final = frozenset({"rest", "slack", "console", "webhook", "schedule"})
+
+#: the action each command needs of the principal its door resolved
+NEEDS: Final[Mapping[type[Command], Action]] = {
+    TriggerRun: Action.TRIGGER,
+    CancelRun: Action.CONTROL,
+    FailRun: Action.CONTROL,
+    PauseRun: Action.CONTROL,
+    ResumeRun: Action.CONTROL,
+    RetryRun: Action.CONTROL,
+}
+
+
+def authorize(state: RunState | None, command: Command, grants: Iterable[Grant] = ()) -> None:
+    """Raise ``Forbidden`` unless ``command.actor`` may apply ``command`` to ``state``.
+
+    ``grants`` are the actor's grants over time, needed for gates only (who may clear one is
+    fixed when it opened). Commands this table does not name pass: the engine decides them."""
+    if isinstance(command, ApproveGate | RejectGate):
+        if state is not None:
+            _check_gate(state, command, grants)
+        return
+    principal = command.actor.principal
+    action = NEEDS.get(type(command))
+    if principal is None or action is None:
+        return
+    glass = isinstance(command, TriggerRun) and command.break_glass is not None
+    if glass and not principal.may(Action.MANAGE):
+        raise Forbidden("only admins may break the glass (push a run through freezes and required approvals)")
+    if isinstance(command, RetryRun) and command.ignore_failure and not principal.may(Action.APPROVE):
+        raise Forbidden("Ignoring a failure needs the approver role, like clearing a gate.")
+    principal.require(action, state.run if state is not None and action is Action.CONTROL else None)
+
+
+def _check_gate(state: RunState, command: ApproveGate | RejectGate, grants: Iterable[Grant]) -> None:
+    gate = state.find_gate(command.gate)
+    if gate is None or gate.status is not GateStatus.OPEN or gate.kind != "manual":
+        return  # the engine says what is wrong with the gate itself
+    name = command.actor.name
+    if isinstance(command, ApproveGate):
+        check_not_self_approval(state.run, gate, name)
+    if command.actor.channel in AUTHENTICATED:
+        check_approver(name, grants, gate, state.run)
+
+
+def check_not_self_approval(run: Run, gate: Gate, name: str) -> None:
+    """Separation of duties: whoever triggered or asked for ``run`` (a retry's requesters
+    included) may not approve its gate, unless the gate allows self-approval."""
+    if name not in (run.requested_by or (run.triggered_by,)) or gate.allow_self_approval:
+        return
+    if name == run.triggered_by:
+        how = f"triggered {run.ref}"
+    elif run.retry_of is not None:
+        how = f"asked for (an earlier run retried as) {run.ref}"
+    else:
+        how = f"asked for {run.ref} through {run.triggered_by}"
+    raise Forbidden(
+        f"{name} {how} and cannot approve its own gate {gate.stage_name} "
+        "(separation of duties; the gate would need allow_self_approval: true)"
+    )

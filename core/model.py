@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from core.definition import PipelineDef
 from core.states import (
@@ -24,15 +24,23 @@ from core.states import (
     StageStatus,
 )
 
+if TYPE_CHECKING:  # core.access reads the model, so the model names Principal for typing only
+    from core.access import Principal
+
 Channel = Literal["cli", "slack", "console", "rest", "schedule", "webhook", "system", "runner"]
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who asked, and through which door."""
+    """Who asked, and through which door.
+
+    ``principal`` is what the door resolved the caller to hold (roles, groups), which
+    ``core.access.authorize`` checks; None on the doors that act for an operator or for
+    Shipyard itself (the CLI with database access, the system, runners, schedules, webhooks)."""
 
     name: str
     channel: Channel
+    principal: Principal | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.name} via {self.channel}"

@@ -68,7 +68,7 @@ class Operation:
     responses: dict[int, tuple[str, type[BaseModel] | str | None]] = field(default_factory=dict)
     headers: dict[int, dict[str, str]] = field(default_factory=dict)
     #: who may is asked of the roles the caller held when the gate opened, not of today's: the
-    #: wrapper only authenticates and the engine decides (``core.access.check_approver``)
+    #: wrapper only authenticates and ``core.access.authorize`` decides
     at_gate_open: bool = False
 
     @property

@@ -11,7 +11,6 @@ import time
 from bot.backend import now
 from bot.chat import block_kit, forms
 from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who
-from core.access import Action
 from core.artifacts import as_built, check_deployable
 from core.commands import TriggerRun
 from core.definition import PipelineDef, resolve_parameters
@@ -163,7 +162,6 @@ async def _confirmed(backend: ChatBackend, who: Who, value: str) -> Reply:
         deploy_to=asked.deploy_to,
         idempotency_key=asked.idempotency_key if asked.id else None,
     )
-    (await backend.principal(who.user)).require(Action.TRIGGER)
     return await start_run(backend, who, command, channel=asked.channel or None, answered=True)
 
 

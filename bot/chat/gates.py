@@ -21,8 +21,8 @@ async def _open_gate(backend: ChatBackend, ref: str) -> tuple[RunState, str]:
     return state, gate.id
 
 
-# who may clear a gate is fixed when it opens: the engine checks the roles and groups held then
-# (core.access.check_approver), so a role revoked since still counts and one granted since does not
+# who may clear a gate is fixed when it opens: core.access.authorize checks the roles and groups
+# held then, so a role revoked since still counts and one granted since does not
 @verb("approve", "approve <run> [comment]", "approve the gate a run waits at", None)
 async def approve(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:

@@ -6,16 +6,15 @@ Slack and the console only deliver the replies.
 The families live beside this module and register themselves when ``bot.chat`` imports them:
 runs (``runs``), gates (``gates``), schedules (``schedules``), the deploy question
 (``confirm``), artifacts, environments and locks; the trigger form's glue is in
-``trigger_form``. Roles are checked here for every verb, with the same ``core.access`` rules
-the REST API uses, except approving and rejecting a gate: as over REST, the engine alone
-decides those, by what the caller held when the gate opened, and its refusal says why. The
-engine adds its own rules (separation of duties)."""
+``trigger_form``. A verb's role is checked here before it asks or reads anything; every
+command it then hands over carries the caller's principal (``ChatBackend.decide``), and
+``core.access.authorize`` decides it as it does for every other door, gates included."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.backend import Backend, now
@@ -77,6 +76,14 @@ class ChatBackend(Backend):
 
     async def principal(self, user: str) -> Principal:
         return await self.read(self.directory.principal, user, now(), quick=True)
+
+    async def decide(self, command: Command) -> Decision:
+        """Every command typed or pressed here carries what its user holds now, for
+        ``core.access.authorize``."""
+        actor = command.actor
+        if actor.principal is None and actor.channel in ("slack", "console"):
+            command = replace(command, actor=replace(actor, principal=await self.principal(actor.name)))
+        return await super().decide(command)
 
     async def start(self, command: TriggerRun, channel_id: str) -> RunState:
         """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason; a
@@ -207,16 +214,13 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     if ref is None:
         return Reply(":warning: That button is not one of mine.")
     run_id, gate = ref
-    built = await _button_command(backend, who, action_id, run_id, gate, reason)
-    if isinstance(built, Reply):
-        return built
-    command, control = built
+    command = _button_command(who, action_id, run_id, gate, reason)
+    if isinstance(command, Reply):
+        return command
     try:
         state = await backend.find(run_id)
         if (decided := _decided(state, gate)) is not None:
             return decided
-        if control:
-            (await backend.principal(who.user)).require(Action.CONTROL, state.run)
         decision = await backend.decide(command)
         if not decision.accepted:
             raise Refusal(decision.reason)
@@ -228,28 +232,23 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     return None
 
 
-async def _button_command(
-    backend: ChatBackend, who: Who, action_id: str, run_id: str, gate: str, reason: str
-) -> tuple[Command, bool] | Reply:
-    """The command a run or gate button stands for, and whether the presser must control the
-    run (Approve and Reject need not: the engine decides by what the presser held when the gate
-    opened); a Reply when the press cannot become a command."""
+def _button_command(who: Who, action_id: str, run_id: str, gate: str, reason: str) -> Command | Reply:
+    """The command a run or gate button stands for (who may press it is core.access.authorize's
+    to say); a Reply when the press cannot become a command."""
     if action_id == block_kit.APPROVE:
-        return ApproveGate(run_id=run_id, gate=gate, actor=who.actor), False
+        return ApproveGate(run_id=run_id, gate=gate, actor=who.actor)
     if action_id == block_kit.REJECT:
         if not reason.strip():
             return Reply(":warning: Say why you reject it.")
-        return RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason), False
+        return RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason)
     if action_id == block_kit.CANCEL:
-        return CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat"), True
+        return CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat")
     if action_id == block_kit.FAIL:
-        return FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat"), True
+        return FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
     if action_id == block_kit.RETRY:
-        return RetryRun(run_id=run_id, actor=who.actor), True
-    if action_id == block_kit.IGNORE:  # a judgment call: only people who may also clear gates
-        if not (await backend.principal(who.user)).may(Action.APPROVE):
-            return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
-        return RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True), True
+        return RetryRun(run_id=run_id, actor=who.actor)
+    if action_id == block_kit.IGNORE:
+        return RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
     return Reply(f":warning: Unknown button {action_id!r}.")
 
 

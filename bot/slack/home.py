@@ -2,10 +2,10 @@
 viewer's recent runs. Published when the viewer opens it and again when something it shows
 changes (the notifier: runs, gates, deployments and locks).
 
-"Waiting for you" lists only gates the viewer could clear: the engine's own rule
-(``core.access.check_approver``: the approver role and, when the gate names approvers, one
-of them by name, group or role, as held when the gate opened), minus the viewer's own runs
-(separation of duties, unless the gate allows self-approval) and gates they already approved.
+"Waiting for you" lists only gates the viewer could clear (``core.access.authorize``: the
+approver role and, when the gate names approvers, one of them by name, group or role, as held
+when the gate opened; not the viewer's own runs unless the gate allows self-approval), minus
+gates they already approved.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from bot.backend import now
 from bot.chat import block_kit, lock_blocks
 from bot.chat.cards import gate_card
 from bot.chat.verbs import ChatBackend
-from core.access import Grant, check_approver
+from core.access import Grant, authorize
+from core.commands import ApproveGate
 from core.errors import Forbidden
-from core.model import Gate, RunState
+from core.model import Actor, Gate, RunState
 from core.states import GateStatus
 from storage.locks import LockBook
 from storage.reads import RunFilter
@@ -57,12 +58,10 @@ async def home_view(backend: ChatBackend, user: str) -> dict[str, object]:
 def may_approve(grants: list[Grant], user: str, state: RunState, gate: Gate) -> bool:
     if gate.status is not GateStatus.OPEN or gate.kind != "manual":
         return False
-    if user in (state.run.requested_by or (state.run.triggered_by,)) and not gate.allow_self_approval:
-        return False
     if any(a.actor == user for a in gate.approvals):
         return False
-    try:
-        check_approver(user, grants, gate, state.run)
+    try:  # the question Slack's Approve button would ask
+        authorize(state, ApproveGate(run_id=state.run.id, gate=gate.id, actor=Actor(user, "slack")), grants)
     except Forbidden:
         return False
     return True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from core import engine
-from core.access import check_approver
+from core.access import authorize
 from core.admission import EnvironmentView, Queue, QueueEntry, Views, admit, estimate_start
 from core.artifacts import ArtifactSpec, as_built, check_deployable, parse_artifact_output, to_spec
 from core.assignment import Assignment, for_gate_check, for_job, run_artifact
@@ -42,14 +42,10 @@ from core.ports import AuditEntry, Deployment, PipelineVersion, Store, Tx
 from core.protection import only_deploy_to, protect
 from core.review import open_review
 from core.rollback import RollbackPlan, plan_rollback
-from core.states import RUN_TERMINAL, STAGE_DONE, GateStatus, JobStatus, RunStatus
+from core.states import RUN_TERMINAL, STAGE_DONE, JobStatus, RunStatus
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-
-#: channels whose actors are authenticated principals: their roles are checked here. The CLI
-#: runs with direct database access (an operator), the system and runners are Shipyard itself.
-AUTHENTICATED = frozenset({"rest", "slack", "console", "webhook", "schedule"})
 
 MICROSECOND = timedelta(microseconds=1)
 
@@ -208,11 +204,17 @@ class Service:
         return decision
 
     def _decide(self, tx: Tx, command: Command, now: datetime) -> Decision:
+        state = None if isinstance(command, TriggerRun) else tx.find_run(command.run_id)
+        if state is None and not isinstance(command, TriggerRun):
+            return engine.reject(f"no run {command.run_id!r}", kind="not_found")
+        try:  # the one access check, whichever door the command came through
+            gated = isinstance(command, ApproveGate | RejectGate)
+            authorize(state, command, tx.grants_of(command.actor.name) if gated else ())
+        except Forbidden as exc:
+            return engine.reject(exc.message, state, exc.kind)
         if isinstance(command, TriggerRun):
             return self._trigger(tx, command, now)
-        state = tx.find_run(command.run_id)
-        if state is None:
-            return engine.reject(f"no run {command.run_id!r}", kind="not_found")
+        assert state is not None
         if isinstance(command, RetryRun):
             return self._retry(tx, state, command, now)
         if isinstance(command, MoveToFront) and command.before is None:
@@ -223,20 +225,6 @@ class Service:
             and "artifact" in command.outputs
         ):
             command = self._register_artifact(tx, state, command, now)
-        if isinstance(command, ApproveGate | RejectGate) and command.actor.channel in AUTHENTICATED:
-            gate = state.find_gate(command.gate)
-            requested = state.run.requested_by or (state.run.triggered_by,)
-            own = command.actor.name in requested
-            if (  # (approving one's own run is refused by the engine, with its own reason)
-                gate is not None
-                and gate.status is GateStatus.OPEN
-                and gate.kind == "manual"
-                and not (own and isinstance(command, ApproveGate) and not gate.allow_self_approval)
-            ):
-                try:
-                    check_approver(command.actor.name, tx.grants_of(command.actor.name), gate, state.run)
-                except Forbidden as exc:
-                    return engine.reject(exc.message, state, exc.kind)
         return engine.decide(state, command, now, self._views(tx, state.run.id, now))
 
     def _deploy_artifact(self, tx: Tx, command: TriggerRun) -> TriggerRun:

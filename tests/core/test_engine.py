@@ -713,19 +713,6 @@ def test_gate_with_min_approvals_two_needs_two_distinct_approvers() -> None:
     assert_statuses(state, {"run": "running", "production": "running", "production/deploy": "queued"})
 
 
-def test_the_person_who_triggered_a_run_cannot_approve_its_gate() -> None:
-    state = at_production_gate()  # triggered by alice
-    decision = engine.decide(state, ApproveGate(run_id=RUN, gate="production", actor=ALICE), at(10))
-    assert not decision.accepted and decision.refusal == "forbidden"
-    assert "alice triggered web#1 and cannot approve its own gate production" in decision.reason
-    assert "allow_self_approval" in decision.reason
-    # the same person through another door is still the same person
-    other_door = Actor("alice", "rest")
-    assert engine.decide(
-        state, ApproveGate(run_id=RUN, gate="production", actor=other_door), at(10)
-    ).refusal == ("forbidden")
-
-
 def test_a_gate_that_allows_self_approval_takes_the_triggerers_approval() -> None:
     text = """
 name: web
