@@ -22,7 +22,16 @@ from bot.backend import Backend, now
 from bot.chat import block_kit, forms
 from bot.chat.parse import Line, did_you_mean, parse
 from core.access import Action, Principal
-from core.commands import ApproveGate, CancelRun, Command, FailRun, RejectGate, RetryRun, TriggerRun
+from core.commands import (
+    ApproveGate,
+    CancelRun,
+    Command,
+    FailRun,
+    RejectGate,
+    ReportTarget,
+    RetryRun,
+    TriggerRun,
+)
 from core.engine import Decision
 from core.errors import ShipyardError
 from core.model import Actor, Channel, RunState
@@ -32,16 +41,25 @@ from core.states import GateStatus
 @dataclass(frozen=True, slots=True)
 class Who:
     """The person typing: a principal name (a Slack user ID, or the console's user), the
-    Slack channel they typed in (``slack_channel``), and the channel of Shipyard they came
-    through (``channel``: slack, console, …)."""
+    Slack channel they typed in (``slack_channel``) and the thread there (``slack_thread``, for
+    a button pressed in one), and the channel of Shipyard they came through (``channel``:
+    slack, console, …)."""
 
     user: str
     slack_channel: str
     channel: Channel = "slack"
+    slack_thread: str | None = None
 
     @property
     def actor(self) -> Actor:
         return Actor(self.user, self.channel)
+
+    @property
+    def report_to(self) -> ReportTarget | None:
+        """Where a run they start reports in Slack: where they asked (None: not in Slack)."""
+        if self.channel != "slack" or not self.slack_channel:
+            return None
+        return ReportTarget(self.slack_channel, self.slack_thread)
 
 
 @dataclass
@@ -63,8 +81,9 @@ Tell = Callable[[str, str], Awaitable[object]]
 class ChatBackend(Backend):
     """The chat backend: a Backend plus who people are and where run messages go."""
 
-    #: called with (run id, channel id) when a chat command starts a run (the notifier routes it)
-    on_run_started: Callable[[str, str], Awaitable[None]] | None = None
+    #: called with the run id when a chat command starts a run (the console follows it; a run
+    #: started from Slack carries where it reports on its command instead)
+    on_run_started: Callable[[str], Awaitable[None]] | None = None
     #: posts text to a channel or a person (Slack: ``chat.postMessage``; the console: a line in
     #: the terminal), for those a button's press concerns besides the presser; None: nobody is
     #: told (the change is made and audited all the same)
@@ -78,14 +97,13 @@ class ChatBackend(Backend):
     async def principal(self, user: str) -> Principal:
         return await self.read(self.directory.principal, user, now(), quick=True)
 
-    async def start(self, command: TriggerRun, channel_id: str) -> RunState:
-        """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason; a
-        started one is routed to the channel it was asked for in."""
+    async def start(self, command: TriggerRun) -> RunState:
+        """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason."""
         decision = await self.decide(command)
         if not decision.accepted or decision.state is None:
             raise Refusal(decision.reason)
         if self.on_run_started is not None:
-            await self.on_run_started(decision.state.run.id, channel_id)
+            await self.on_run_started(decision.state.run.id)
         return decision.state
 
     async def find(self, ref: str) -> RunState:
@@ -224,11 +242,12 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     elif action_id == block_kit.FAIL:
         command = FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
     elif action_id == block_kit.RETRY:
-        command = RetryRun(run_id=run_id, actor=who.actor)
+        # the new run reports where the button was pressed: where its predecessor did
+        command = RetryRun(run_id=run_id, actor=who.actor, report_to=who.report_to)
     elif action_id == block_kit.IGNORE:  # a judgment call: only people who may also clear gates
         if not (await backend.principal(who.user)).may(Action.APPROVE):
             return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
-        command = RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
+        command = RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True, report_to=who.report_to)
     else:
         return Reply(f":warning: Unknown button {action_id!r}.")
     try:
@@ -245,8 +264,7 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     except ShipyardError as exc:
         return Reply(f":warning: {exc.message}")
     if isinstance(command, RetryRun) and decision.state is not None and backend.on_run_started is not None:
-        # the new run reports where its predecessor did
-        await backend.on_run_started(decision.state.run.id, who.slack_channel)
+        await backend.on_run_started(decision.state.run.id)
     return None
 
 
