@@ -36,19 +36,18 @@ from core.engine import Decision
 from core.errors import ShipyardError
 from core.model import Actor, Channel, RunState
 from core.states import GateStatus
+from storage.slack import SlackState
 
 
 @dataclass(frozen=True, slots=True)
 class Who:
     """The person typing: a principal name (a Slack user ID, or the console's user), the
-    Slack channel they typed in (``slack_channel``) and the thread there (``slack_thread``, for
-    a button pressed in one), and the channel of Shipyard they came through (``channel``:
-    slack, console, …)."""
+    Slack channel they typed in (``slack_channel``), and the channel of Shipyard they came
+    through (``channel``: slack, console, …)."""
 
     user: str
     slack_channel: str
     channel: Channel = "slack"
-    slack_thread: str | None = None
 
     @property
     def actor(self) -> Actor:
@@ -59,7 +58,7 @@ class Who:
         """Where a run they start reports in Slack: where they asked (None: not in Slack)."""
         if self.channel != "slack" or not self.slack_channel:
             return None
-        return ReportTarget(self.slack_channel, self.slack_thread)
+        return ReportTarget(self.slack_channel)
 
 
 @dataclass
@@ -242,12 +241,12 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     elif action_id == block_kit.FAIL:
         command = FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
     elif action_id == block_kit.RETRY:
-        # the new run reports where the button was pressed: where its predecessor did
-        command = RetryRun(run_id=run_id, actor=who.actor, report_to=who.report_to)
+        command = RetryRun(run_id=run_id, actor=who.actor, report_to=await _reported(backend, who, run_id))
     elif action_id == block_kit.IGNORE:  # a judgment call: only people who may also clear gates
         if not (await backend.principal(who.user)).may(Action.APPROVE):
             return Reply(":warning: Ignoring a failure needs the approver role, like clearing a gate.")
-        command = RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True, report_to=who.report_to)
+        report_to = await _reported(backend, who, run_id)
+        command = RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True, report_to=report_to)
     else:
         return Reply(f":warning: Unknown button {action_id!r}.")
     try:
@@ -266,6 +265,15 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     if isinstance(command, RetryRun) and decision.state is not None and backend.on_run_started is not None:
         await backend.on_run_started(decision.state.run.id)
     return None
+
+
+async def _reported(backend: ChatBackend, who: Who, run_id: str) -> ReportTarget | None:
+    """Where a run retried by a button in its Slack message or thread reports: where the run
+    did (its channel, and the thread it was in, if any)."""
+    if who.report_to is None:
+        return None
+    found = await backend.read(SlackState(backend.shipyard.store).message, run_id, quick=True)
+    return ReportTarget(found.channel, found.thread) if found is not None else who.report_to
 
 
 def _decided(state: RunState, gate: str) -> Reply | None:

@@ -142,8 +142,7 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
 
         async def answer() -> None:
             action = body["actions"][0]
-            channel = (body.get("channel") or {}).get("id", "")
-            who = Who(body["user"]["id"], channel, slack_thread=_thread_of(body.get("container") or {}))
+            who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
             reply = await press(backend, who, action["action_id"], action.get("value", ""))
             if reply is not None:
                 await _respond(respond, reply)
@@ -198,13 +197,6 @@ def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient,
             await publish_home(backend, client, event["user"])
 
     return app
-
-
-def _thread_of(container: dict[str, Any]) -> str | None:
-    """The thread a button was pressed in: its message's parent (None for a message at the
-    channel's top level, whose own ts Slack gives as ``thread_ts`` once it has replies)."""
-    thread = container.get("thread_ts")
-    return str(thread) if thread and thread != container.get("message_ts") else None
 
 
 async def _respond(respond: AsyncRespond, reply: Reply) -> None:
