@@ -65,7 +65,7 @@ async def test_a_crash_between_commit_and_post_still_reports_where_deploy_was_ty
     server: Server, fake: FakeSlack
 ) -> None:
     server.env[CRASH_BEFORE_POST] = "1"
-    await asyncio.to_thread(server.start)
+    await asyncio.to_thread(server.start, 60.0)
     body, headers = signing.slash_command(
         SECRET, "run quick", user_id=ALICE, channel_id=TYPED, response_url=fake.response_url("typed")
     )
@@ -75,19 +75,19 @@ async def test_a_crash_between_commit_and_post_still_reports_where_deploy_was_ty
             assert response.status == 200, await response.text()
 
     # it died right before posting the run's message, after the run was committed
-    assert await asyncio.to_thread(server.wait) == CRASH_EXIT_CODE
+    assert await asyncio.to_thread(server.wait, 60.0) == CRASH_EXIT_CODE
     assert [c for c in fake.calls_to("chat.postMessage") if "quick#1" in c.args.get("text", "")] == []
 
     del server.env[CRASH_BEFORE_POST]
-    await asyncio.to_thread(server.start)
+    await asyncio.to_thread(server.start, 60.0)
     message = await fake.wait_for(
         "chat.postMessage",
         lambda c: c.ok and "quick#1" in c.args.get("text", "") and "thread_ts" not in c.args,
-        timeout=30,
+        timeout=60,
     )
     assert message.args["channel"] == TYPED
     result = await fake.wait_for(
-        "chat.postMessage", lambda c: c.ok and "quick#1 succeeded" in c.args.get("text", ""), timeout=30
+        "chat.postMessage", lambda c: c.ok and "quick#1 succeeded" in c.args.get("text", ""), timeout=60
     )
     assert (result.args["channel"], result.args["thread_ts"]) == (TYPED, message.response["ts"])
     posts = fake.calls_to("chat.postMessage")
