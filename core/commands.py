@@ -15,9 +15,9 @@ from core.model import SYSTEM, Actor
 
 @dataclass(frozen=True, slots=True)
 class ReportTarget:
-    """Where a run started from chat reports in Slack: a channel, and the thread there it was
-    asked from (None: the channel itself). It travels on the command and is written in the
-    run's own transaction, so no crash between the commit and the first post can lose it."""
+    """Where a run started from chat reports in Slack: a channel, and a thread there (None: the
+    channel itself). It travels on the command and is written in the run's own transaction, so
+    no crash between the commit and the first post can lose it or send the message elsewhere."""
 
     channel: str
     thread: str | None = None
