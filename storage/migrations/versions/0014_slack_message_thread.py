@@ -5,7 +5,7 @@ trigger command carries it), with the thread it was asked from, if any. Existing
 reporting in their channel (``thread`` NULL).
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0012
 Create Date: 2026-12-05 13:00:00
 """
 
@@ -16,7 +16,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0014"
-down_revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
