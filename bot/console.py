@@ -164,7 +164,7 @@ class Console:
         self.say(f"(to {plain(block_kit.who(to))}) {plain(text)}")
         return None
 
-    async def follow(self, run_id: str, channel: str) -> None:
+    async def follow(self, run_id: str) -> None:
         self.following.setdefault(run_id, "")
         if run_id not in self.started:
             self.started.append(run_id)

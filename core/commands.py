@@ -13,6 +13,16 @@ from typing import Literal
 from core.model import SYSTEM, Actor
 
 
+@dataclass(frozen=True, slots=True)
+class ReportTarget:
+    """Where a run started from chat reports in Slack: a channel, and a thread there (None: the
+    channel itself). It travels on the command and is written in the run's own transaction, so
+    no crash between the commit and the first post can lose it or send the message elsewhere."""
+
+    channel: str
+    thread: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class TriggerRun:
     """Start a new run of the pipeline's current version."""
@@ -36,6 +46,8 @@ class TriggerRun:
     #: who asks for the run through the actor (the owner of the trigger that fires it): they
     #: count as having asked for it, so they cannot approve its gates either
     requested_by: tuple[str, ...] = ()
+    #: where the run reports in Slack (None: the pipeline's channel, else the default one)
+    report_to: ReportTarget | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +118,8 @@ class RetryRun:
     #: carry the failed stage over as if its failed jobs had been allowed to fail, and go on
     #: from the next stage ("ignore and continue", recorded as a warning naming who)
     ignore_failure: bool = False
+    #: where the new run reports in Slack (None: the pipeline's channel, else the default one)
+    report_to: ReportTarget | None = None
 
 
 JobOutcome = Literal["succeeded", "failed", "timed_out"]

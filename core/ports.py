@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from core.access import Grant
 from core.artifacts import Artifact, ArtifactSpec
+from core.commands import ReportTarget
 from core.definition import PipelineDef
 from core.engine import Change
 from core.events import Event
@@ -92,7 +93,10 @@ class Tx(Protocol):
         """Read ahead for a batch of triggers, each (pipeline, idempotency key)."""
         ...
 
-    def insert_run(self, state: RunState) -> None: ...
+    def insert_run(self, state: RunState, report_to: ReportTarget | None = None) -> None:
+        """Insert a new run and, with ``report_to``, where it reports in Slack."""
+        ...
+
     def apply(self, state: RunState, expect_version: int, changes: Sequence[Change]) -> None: ...
     def apply_claims(self, claims: Sequence[Change], run_versions: dict[str, int]) -> None: ...
     def flush_writes(self) -> None: ...

@@ -26,6 +26,7 @@ EVENT, AUDIT, LOG, PIPELINE, VERSION = (
     T["pipeline_version"],
 )
 DEPLOYMENT, TOKEN, GRANT, IDEMPOTENCY = T["deployment"], T["access_token"], T["grant"], T["idempotency"]
+SLACK_MESSAGE = T["slack_message"]
 LOCK = metadata.tables["environment_lock"]
 TABLE_OF = {"run": RUN, "stage": STAGE, "job": JOB, "gate": GATE}
 b = sa.bindparam
@@ -61,6 +62,7 @@ class Q:
     insert_stage = sa.insert(STAGE)
     insert_job = sa.insert(JOB)
     insert_gate = sa.insert(GATE)
+    insert_slack_message = sa.insert(SLACK_MESSAGE)
     insert_event = sa.insert(EVENT)
     insert_audit = sa.insert(AUDIT)
     insert_log = sa.insert(LOG)

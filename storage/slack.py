@@ -2,7 +2,9 @@
 claimed, and its cursor into the event log. All writes are conditional, so a restart (or a
 second replica) never posts a run's message or a thread post twice.
 
-A run's message is routed (its row inserted) before it is posted; ``ts`` is set once it is.
+A run's message is routed (its row inserted) before it is posted: a run started from chat in
+its own transaction (``ReportTarget``), any other by the notifier to the pipeline's or the
+default channel; ``ts`` is set once it is posted, in ``thread`` when it was asked for in one.
 When Slack refuses it for good (the channel is gone, the bot is not in it …), ``gave_up_at``
 and ``last_error`` say so, and the run is not reported there.
 
@@ -66,6 +68,8 @@ class RunMessage:
     #: when Slack refused it for good (then it is never posted)
     gave_up_at: datetime | None = None
     last_error: str | None = None
+    #: the thread it was asked for in (None: the channel itself)
+    thread: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,9 @@ class PendingPost:
 
 
 def _message(row: sa.RowMapping) -> RunMessage:
-    return RunMessage(row["run_id"], row["channel"], row["ts"], row["gave_up_at"], row["last_error"])
+    return RunMessage(
+        row["run_id"], row["channel"], row["ts"], row["gave_up_at"], row["last_error"], row["thread"]
+    )
 
 
 class SlackState:

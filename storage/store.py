@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from core.access import Grant
 from core.artifacts import Artifact, ArtifactSpec
 from core.audit import entry_hash
+from core.commands import ReportTarget
 from core.definition import PipelineDef
 from core.engine import Change
 from core.errors import CommandRefused, Conflict
@@ -440,12 +441,25 @@ class SqlTx:
         ((current,),) = self.store.driver.get(Q.max_number).fetch_all(self.conn, {"p": pipeline})
         return int(current or 0) + 1
 
-    def insert_run(self, state: RunState) -> None:
+    def insert_run(self, state: RunState, report_to: ReportTarget | None = None) -> None:
+        """Insert a new run; ``report_to``: where it reports in Slack, written with it so that
+        the notifier never finds the run without knowing where it goes."""
+        routed: list[dict[str, Any]] = []
+        if report_to is not None:
+            routed.append(
+                {
+                    "run_id": state.run.id,
+                    "channel": report_to.channel,
+                    "thread": report_to.thread,
+                    "created_at": state.run.created_at,
+                }
+            )
         for statement, rows in (
             (Q.insert_run, [mappers.row_values(state.run)]),
             (Q.insert_stage, [mappers.row_values(s) for s in state.stages]),
             (Q.insert_job, [mappers.row_values(j) for j in state.jobs]),
             (Q.insert_gate, [mappers.row_values(g) for g in state.gates]),
+            (Q.insert_slack_message, routed),
         ):
             if rows:
                 self._inserts.setdefault((statement, tuple(rows[0])), []).extend(rows)

@@ -286,12 +286,14 @@ class IdempotencyRow(SQLModel, table=True):
 
 
 class SlackMessageRow(SQLModel, table=True):
-    """Where a run's Slack message lives (``ts`` once posted). ``gave_up_at``: Slack refused it
-    for good (``last_error``: why), so the run is not reported there."""
+    """Where a run's Slack message lives (``ts`` once posted; in ``thread`` when it was asked
+    for in one). ``gave_up_at``: Slack refused it for good (``last_error``: why), so the run is
+    not reported there."""
 
     __tablename__ = "slack_message"
     run_id: str = Field(primary_key=True, max_length=64)
     channel: str = Field(max_length=40)
+    thread: str | None = Field(default=None, max_length=40)
     ts: str | None = Field(default=None, max_length=40)
     created_at: datetime = _ts(nullable=False)
     last_error: str | None = Field(default=None, max_length=200)

@@ -12,7 +12,7 @@ from bot.backend import now
 from bot.chat import block_kit, forms
 from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who
 from core.artifacts import as_built, check_deployable
-from core.commands import TriggerRun
+from core.commands import ReportTarget, TriggerRun
 from core.definition import PipelineDef, resolve_parameters
 from core.errors import InvalidInput
 from storage.artifacts import ArtifactBook
@@ -36,12 +36,10 @@ def environments_of(definition: PipelineDef) -> list[str]:
     return list(dict.fromkeys(s.environment for s in definition.stages if s.environment))
 
 
-async def start_run(
-    backend: ChatBackend, who: Who, command: TriggerRun, *, channel: str | None = None, answered: bool = False
-) -> Reply:
-    """Trigger ``command``; its run reports to ``channel`` (default: where ``who`` typed).
-    ``answered``: it answers a deploy question, whose place the reply takes; its idempotency
-    key is the question's, so a second answer finds the run the first one started."""
+async def start_run(backend: ChatBackend, who: Who, command: TriggerRun, *, answered: bool = False) -> Reply:
+    """Trigger ``command`` (its ``report_to`` says where it reports in Slack). ``answered``: it
+    answers a deploy question, whose place the reply takes; its idempotency key is the
+    question's, so a second answer finds the run the first one started."""
     decision = await backend.decide(command)
     if not decision.accepted:
         if decision.refusal != "invalid":
@@ -54,7 +52,7 @@ async def start_run(
     if decision.duplicate:
         return Reply(f"Already started as *{ref}*: this question was answered.", replace=answered)
     if backend.on_run_started is not None:
-        await backend.on_run_started(decision.state.run.id, channel or who.slack_channel)
+        await backend.on_run_started(decision.state.run.id)
     if command.break_glass is not None:  # the channel is told, not only the admin
         return Reply(
             f":rotating_light: {block_kit.who(who.user)} broke the glass: *{ref}* goes through "
@@ -161,8 +159,10 @@ async def _confirmed(backend: ChatBackend, who: Who, value: str) -> Reply:
         artifact_id=asked.artifact,
         deploy_to=asked.deploy_to,
         idempotency_key=asked.idempotency_key if asked.id else None,
+        # where the question was asked
+        report_to=ReportTarget(asked.channel) if asked.channel else who.report_to,
     )
-    return await start_run(backend, who, command, channel=asked.channel or None, answered=True)
+    return await start_run(backend, who, command, answered=True)
 
 
 BUTTONS[block_kit.CONFIRM] = _confirmed

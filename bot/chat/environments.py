@@ -146,12 +146,17 @@ async def promote(backend: ChatBackend, who: Who, line: Line) -> Reply:
         )
     env = words[2]
     command = TriggerRun(
-        pipeline=artifact.pipeline, actor=who.actor, kind="promotion", artifact_id=artifact.ref, deploy_to=env
+        pipeline=artifact.pipeline,
+        actor=who.actor,
+        kind="promotion",
+        artifact_id=artifact.ref,
+        deploy_to=env,
+        report_to=who.report_to,
     )
     question = await ask_first(backend, who, command)
     if question is not None:  # a confirm: true environment: the same question as /deploy run
         return question
-    state = await backend.start(command, who.slack_channel)
+    state = await backend.start(command)
     return Reply(f"Promoting *{artifact.ref}* to *{env}* as *{state.run.ref}*.", public=True)
 
 

@@ -15,7 +15,6 @@ from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _decide, _usage, ve
 from core.access import Action
 from core.commands import CancelRun, Command, FailRun, PauseRun, ResumeRun, RetryRun, TriggerRun
 from core.duration import format_duration
-from core.model import Actor
 from storage.reads import RunFilter
 
 
@@ -98,6 +97,7 @@ async def run(backend: ChatBackend, who: Who, line: Line) -> Reply:
         source_revision=revision,
         branch=branch,
         break_glass=glass,
+        report_to=who.report_to,
     )
     guarded = guarded_environments(backend, latest.definition, command.deploy_to)
     if guarded and glass is None:  # break-glass asks no second question: the admin said why
@@ -136,13 +136,13 @@ async def logs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return Reply(f"{state.run.ref} {name} ({job.status}):\n```{body[-2900:]}```")
 
 
-def _control(name: str, make: Callable[[str, Actor, str], Command], done: str) -> None:
+def _control(name: str, make: Callable[[str, Who, str], Command], done: str) -> None:
     async def handler(backend: ChatBackend, who: Who, line: Line) -> Reply:
         if not line.words:
             raise Refusal(_usage(name))
         state = await backend.find(line.words[0])
         reason = " ".join(line.words[1:])
-        decision = await _decide(backend, make(state.run.id, who.actor, reason))
+        decision = await _decide(backend, make(state.run.id, who, reason))
         assert decision.state is not None
         return Reply(done.format(ref=decision.state.run.ref), public=True)
 
@@ -161,8 +161,13 @@ CONTROL_SUMMARIES = {
 }
 
 
-_control("cancel", lambda run, a, why: CancelRun(run_id=run, actor=a, reason=why), "{ref} canceled.")
-_control("fail", lambda run, a, why: FailRun(run_id=run, actor=a, reason=why), "{ref} marked failed.")
-_control("pause", lambda run, a, why: PauseRun(run_id=run, actor=a), "{ref} paused.")
-_control("resume", lambda run, a, why: ResumeRun(run_id=run, actor=a), "{ref} resumed.")
-_control("retry", lambda run, a, why: RetryRun(run_id=run, actor=a), "Retrying as {ref}.")
+_control("cancel", lambda run, w, why: CancelRun(run_id=run, actor=w.actor, reason=why), "{ref} canceled.")
+_control("fail", lambda run, w, why: FailRun(run_id=run, actor=w.actor, reason=why), "{ref} marked failed.")
+_control("pause", lambda run, w, why: PauseRun(run_id=run, actor=w.actor), "{ref} paused.")
+_control("resume", lambda run, w, why: ResumeRun(run_id=run, actor=w.actor), "{ref} resumed.")
+# the new run reports where the retry was typed
+_control(
+    "retry",
+    lambda run, w, why: RetryRun(run_id=run, actor=w.actor, report_to=w.report_to),
+    "Retrying as {ref}.",
+)

@@ -76,6 +76,7 @@ async def submit_trigger_view(backend: ChatBackend, who: Who, view: dict[str, An
         parameters=params,
         source_revision=values.get(forms.REVISION),
         branch=values.get(forms.BRANCH),
+        report_to=who.report_to,
     )
     try:
         (await backend.principal(who.user)).require(Action.TRIGGER)

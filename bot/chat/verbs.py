@@ -21,11 +21,21 @@ from bot.backend import Backend, now
 from bot.chat import block_kit, forms
 from bot.chat.parse import Line, did_you_mean, parse
 from core.access import Action, Principal
-from core.commands import ApproveGate, CancelRun, Command, FailRun, RejectGate, RetryRun, TriggerRun
+from core.commands import (
+    ApproveGate,
+    CancelRun,
+    Command,
+    FailRun,
+    RejectGate,
+    ReportTarget,
+    RetryRun,
+    TriggerRun,
+)
 from core.engine import Decision
 from core.errors import ShipyardError
 from core.model import Actor, Channel, RunState
 from core.states import GateStatus
+from storage.slack import SlackState
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +51,13 @@ class Who:
     @property
     def actor(self) -> Actor:
         return Actor(self.user, self.channel)
+
+    @property
+    def report_to(self) -> ReportTarget | None:
+        """Where a run they start reports in Slack: where they asked (None: not in Slack)."""
+        if self.channel != "slack" or not self.slack_channel:
+            return None
+        return ReportTarget(self.slack_channel)
 
 
 @dataclass
@@ -62,8 +79,9 @@ Tell = Callable[[str, str], Awaitable[object]]
 class ChatBackend(Backend):
     """The chat backend: a Backend plus who people are and where run messages go."""
 
-    #: called with (run id, channel id) when a chat command starts a run (the notifier routes it)
-    on_run_started: Callable[[str, str], Awaitable[None]] | None = None
+    #: called with the run id when a chat command starts a run (the console follows it; a run
+    #: started from Slack carries where it reports on its command instead)
+    on_run_started: Callable[[str], Awaitable[None]] | None = None
     #: posts text to a channel or a person (Slack: ``chat.postMessage``; the console: a line in
     #: the terminal), for those a button's press concerns besides the presser; None: nobody is
     #: told (the change is made and audited all the same)
@@ -85,14 +103,13 @@ class ChatBackend(Backend):
             command = replace(command, actor=replace(actor, principal=await self.principal(actor.name)))
         return await super().decide(command)
 
-    async def start(self, command: TriggerRun, channel_id: str) -> RunState:
-        """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason; a
-        started one is routed to the channel it was asked for in."""
+    async def start(self, command: TriggerRun) -> RunState:
+        """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason."""
         decision = await self.decide(command)
         if not decision.accepted or decision.state is None:
             raise Refusal(decision.reason)
         if self.on_run_started is not None:
-            await self.on_run_started(decision.state.run.id, channel_id)
+            await self.on_run_started(decision.state.run.id)
         return decision.state
 
     async def find(self, ref: str) -> RunState:
@@ -214,7 +231,7 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     if ref is None:
         return Reply(":warning: That button is not one of mine.")
     run_id, gate = ref
-    command = _button_command(who, action_id, run_id, gate, reason)
+    command = await _button_command(backend, who, action_id, run_id, gate, reason)
     if isinstance(command, Reply):
         return command
     try:
@@ -227,12 +244,13 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     except (Refusal, ShipyardError) as exc:
         return _warning(exc)
     if isinstance(command, RetryRun) and decision.state is not None and backend.on_run_started is not None:
-        # the new run reports where its predecessor did
-        await backend.on_run_started(decision.state.run.id, who.slack_channel)
+        await backend.on_run_started(decision.state.run.id)
     return None
 
 
-def _button_command(who: Who, action_id: str, run_id: str, gate: str, reason: str) -> Command | Reply:
+async def _button_command(
+    backend: ChatBackend, who: Who, action_id: str, run_id: str, gate: str, reason: str
+) -> Command | Reply:
     """The command a run or gate button stands for (who may press it is core.access.authorize's
     to say); a Reply when the press cannot become a command."""
     if action_id == block_kit.APPROVE:
@@ -246,9 +264,10 @@ def _button_command(who: Who, action_id: str, run_id: str, gate: str, reason: st
     if action_id == block_kit.FAIL:
         return FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
     if action_id == block_kit.RETRY:
-        return RetryRun(run_id=run_id, actor=who.actor)
+        return RetryRun(run_id=run_id, actor=who.actor, report_to=await _reported(backend, who, run_id))
     if action_id == block_kit.IGNORE:
-        return RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True)
+        report_to = await _reported(backend, who, run_id)
+        return RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True, report_to=report_to)
     return Reply(f":warning: Unknown button {action_id!r}.")
 
 
@@ -265,6 +284,15 @@ def _run_ref(value: str) -> tuple[str, str] | None:
 def _warning(exc: Refusal | ShipyardError) -> Reply:
     """A refusal, told to the presser alone."""
     return Reply(f":warning: {exc.message if isinstance(exc, ShipyardError) else exc}")
+
+
+async def _reported(backend: ChatBackend, who: Who, run_id: str) -> ReportTarget | None:
+    """Where a run retried by a button in its Slack message or thread reports: where the run
+    did (its channel, and the thread it was in, if any)."""
+    if who.report_to is None:
+        return None
+    found = await backend.read(SlackState(backend.shipyard.store).message, run_id, quick=True)
+    return ReportTarget(found.channel, found.thread) if found is not None else who.report_to
 
 
 def _decided(state: RunState, gate: str) -> Reply | None:

@@ -45,7 +45,6 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
             await roles.sync(backend, client, settings.slack_roles)
             syncing = asyncio.create_task(roles.keep_synced(backend, client, settings.slack_roles))
         notifier = Notifier(backend, client, settings.slack_channel)
-        backend.on_run_started = notifier.route
         await notifier.start()
         socket = None
         if settings.slack_app_token is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from datetime import datetime
 from typing import Any
@@ -56,8 +57,10 @@ CURSOR = "slack"
 REMIND_IDLE_S = 300.0
 #: App Home views refreshed at most per batch of events (the rest refresh when next opened)
 HOME_REFRESH_MAX = 50
-#: how long a run started from Slack may take to be routed to its channel
-ROUTE_WAIT_S = 2.0
+#: set in tests only: the process exits with this code right before posting a run's message
+#: (after the run's commit), as a crash there would
+CRASH_BEFORE_POST = "SHIPYARD_TEST_CRASH_BEFORE_POST"
+CRASH_EXIT_CODE = 86
 FINISHED = threads.FINISHED
 #: the least time between two edits of one run's message
 EDIT_EVERY_S = 1.0
@@ -125,10 +128,6 @@ class Notifier:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-    async def route(self, run_id: str, channel: str) -> None:
-        """Report ``run_id`` in ``channel`` (where its /deploy was typed)."""
-        await self.backend.write(self.state.route, run_id, channel, now())
 
     async def _loop(self) -> None:
         orchestrator = self.backend.shipyard.orchestrator
@@ -219,15 +218,10 @@ class Notifier:
                 await self._thread(state, channel, ts, post.key, *said, seq=event.seq)
 
     async def _message(self, state: RunState) -> tuple[str, str] | None:
-        """The run's (channel, ts), posting the message first if it has none yet."""
+        """The run's (channel, thread its posts go to), posting its message first if it has
+        none yet. A run started from chat was routed in its own transaction; any other goes to
+        its pipeline's channel, else the default one."""
         found = await self.backend.read(self.state.message, state.run.id, quick=True)
-        if found is None and state.run.trigger_channel == "slack":
-            # /deploy routes its run to where it was typed right after the trigger commits: the
-            # run's first events can get here first, and must not be dropped or sent elsewhere
-            deadline = time.monotonic() + ROUTE_WAIT_S
-            while found is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-                found = await self.backend.read(self.state.message, state.run.id, quick=True)
         if found is None:
             channel = state.definition.channel or self.default_channel
             if channel is None:
@@ -236,12 +230,16 @@ class Notifier:
             found = await self.backend.read(self.state.message, state.run.id, quick=True)
             assert found is not None
         if found.ts is not None:
-            return found.channel, found.ts
+            return found.channel, found.thread or found.ts
         if found.gave_up_at is not None:
             return None  # (Slack refused it for good: the run is not reported there)
         summary, blocks = block_kit.run_message(state)
+        if os.environ.get(CRASH_BEFORE_POST):
+            os._exit(CRASH_EXIT_CODE)
         try:
-            answer = await self.client.chat_postMessage(channel=found.channel, text=summary, blocks=blocks)
+            answer = await self.client.chat_postMessage(
+                channel=found.channel, thread_ts=found.thread, text=summary, blocks=blocks
+            )
         except SEND_FAILED as exc:
             final = is_final(exc)
             if await self.backend.write(self.state.message_failed, state.run.id, _error(exc), now(), final):
@@ -260,9 +258,9 @@ class Notifier:
             await self.client.chat_delete(channel=found.channel, ts=ts)
             again = await self.backend.read(self.state.message, state.run.id)
             assert again is not None and again.ts is not None
-            return again.channel, again.ts
+            return again.channel, again.thread or again.ts
         self._edited[state.run.id] = time.monotonic()
-        return found.channel, ts
+        return found.channel, found.thread or ts
 
     async def _thread(
         self, state: RunState, channel: str, ts: str, key: str, summary: str, blocks: Any, *, seq: int = 0

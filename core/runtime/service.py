@@ -159,7 +159,8 @@ class Service:
             state = decision.state
             assert state is not None
             if decision.created:
-                tx.insert_run(state)
+                assert isinstance(command, TriggerRun | RetryRun)
+                tx.insert_run(state, command.report_to)
                 if state.run.break_glass is not None:
                     envs = {s.environment for s in state.stages if s.environment}
                     within = min(
