@@ -25,7 +25,7 @@ conditional update, so two people or two replicas never both make it::
     remind            held            held   the keeper, once per expiry
 
 Pure: no I/O, no clock. ``storage.locks`` keeps the rows; the engine's admission asks
-``LockBook.current`` and refuses a locked environment with ``EnvironmentLocked``.
+``EnvironmentLocks.current`` and refuses a locked environment with ``EnvironmentLocked``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Final, Literal
 
 from core.duration import MAX_SECONDS, format_duration, parse_duration
 from core.errors import CommandRefused, Forbidden, InvalidInput, NotFound
+from core.states import LockState, check
 
 LockKind = Literal["manual", "rollback"]
 #: how a principal is written in a message (Slack passes one that makes mentions)
@@ -48,12 +49,6 @@ REASON_MAX: Final = 500
 _INVISIBLE: Final = re.compile(r"[\x00-\x20\x7f]+")
 #: the shortest lease: anything shorter is a typo (``for 2`` meant hours, not seconds)
 MIN_SECONDS: Final = 60.0
-
-
-class LockState(StrEnum):
-    FREE = "free"  #: no lock
-    HELD = "held"  #: locked, and its time (if any) has not run out
-    EXPIRED = "expired"  #: its time ran out; counts as free until the keeper sweeps it
 
 
 class LockAction(StrEnum):
@@ -71,7 +66,8 @@ class LockAction(StrEnum):
 _FREE = frozenset({LockState.FREE, LockState.EXPIRED})
 _HELD = frozenset({LockState.HELD})
 
-#: action -> (the states it may start from, the state it leads to)
+#: action -> (the states it may start from, the state it leads to); every move is one that
+#: ``core.states.LOCK_TRANSITIONS`` allows (a test keeps them so)
 TRANSITIONS: Final[dict[LockAction, tuple[frozenset[LockState], LockState]]] = {
     LockAction.ACQUIRE: (_FREE, LockState.HELD),
     LockAction.RELOCK: (_HELD, LockState.HELD),
@@ -147,9 +143,10 @@ def not_locked(environment: str) -> NotFound:
 # -- the rules -------------------------------------------------------------------------------------
 def require(action: LockAction, environment: str, lock: Lock | None, now: datetime) -> None:
     """Refuse ``action`` unless the lock's state allows it (the table above)."""
-    allowed, _ = TRANSITIONS[action]
+    allowed, to = TRANSITIONS[action]
     state = state_of(lock, now)
     if state in allowed:
+        check("lock", environment, state, to)
         return
     if state is not LockState.HELD:
         raise not_locked(environment)
