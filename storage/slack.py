@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -34,23 +33,9 @@ from storage.store import SqlStore
 from storage.tables import T
 from storage.transition import move
 
-MESSAGE, POST, CURSOR, AUDIT = T["slack_message"], T["slack_post"], T["cursor"], T["audit"]
+MESSAGE, POST, CURSOR = T["slack_message"], T["slack_post"], T["cursor"]
 #: the longest error kept (the column's size)
 ERROR_MAX = 200
-#: audited actions that change an environment's lock (``storage.locks``, the engine's rollback lock)
-LOCK_ACTIONS: Final = frozenset(
-    {
-        "lock_environment",
-        "relock_environment",
-        "unlock_environment",
-        "acknowledge_rollback",
-        "expire_lock",
-        "extend_lock",
-        "hand_over_lock",
-        "request_lock_handover",
-        "keep_lock",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,28 +219,6 @@ class SlackState:
                 move(conn, "slack_post", pending.key, row, PostStatus.WAITING, PostStatus.GAVE_UP, values)
                 == 1
             )
-
-    # -- what App Home shows that the event log does not: environment locks ----------------------
-    def last_audit_id(self) -> int:
-        with self.store.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.max(AUDIT.c.id))).scalar() or 0)
-
-    def lock_changes_after(self, audit_id: int, limit: int = 1000) -> tuple[int, bool]:
-        """Audit entries after ``audit_id``: (the last one's id, whether any changed a lock).
-        Every lock change is audited in its own transaction, whichever door it came through
-        (Slack, REST, CLI, the lock keeper, a rollback)."""
-        query = (
-            sa.select(AUDIT.c.id, AUDIT.c.action, AUDIT.c.outcome)
-            .where(AUDIT.c.id > audit_id)
-            .order_by(AUDIT.c.id)
-            .limit(limit)
-        )
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        if not rows:
-            return audit_id, False
-        changed = any(action in LOCK_ACTIONS and outcome == "accepted" for _, action, outcome in rows)
-        return int(rows[-1][0]), changed
 
     # -- the event-log cursor --------------------------------------------------------------------
     def cursor(self, name: str) -> int:
