@@ -40,8 +40,13 @@ class StatusColumn:
     encode: Callable[[str], Any] = _same
 
 
-#: every resource whose status is a column, by its table's name in ``core.states.TABLES``
+#: every resource whose status is a column, by its table's name in ``core.states.TABLES`` (a
+#: lock has none: its state is the row's presence and expiry, written on holder and ``since``)
 COLUMNS: Final[Mapping[str, StatusColumn]] = {
+    "run": StatusColumn(metadata.tables["run"], "status"),
+    "stage": StatusColumn(metadata.tables["stage"], "status"),
+    "job": StatusColumn(metadata.tables["job"], "status"),
+    "gate": StatusColumn(metadata.tables["gate"], "status"),
     "artifact": StatusColumn(metadata.tables["artifact"], "bad", _is_bad),
     "webhook": StatusColumn(metadata.tables["webhook"], "status"),
     "delivery": StatusColumn(metadata.tables["webhook_delivery"], "state"),
