@@ -330,3 +330,17 @@ def test_every_lock_change_appends_its_event_which_readers_follow_by_cursor(lock
     assert {(e.subject, e.run_id) for e in events} == {("lock", NO_RUN)}
     assert events[3].data["holder"] == "bob" and events[3].data["by"] == "alice"
     assert locks.store.events_after(events[-1].seq) == []
+
+
+def test_the_rollback_lock_appends_its_event_in_the_engines_transaction(locks: LockStore) -> None:
+    cursor = locks.store.last_event_seq()
+    locks.acquire("production", "alice", "load test", 60.0, NOW)
+    with locks.store.transaction() as tx:  # the expired lock is swept, the rollback lock holds
+        assert tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(120))
+    with locks.store.transaction() as tx:  # held already: that lock stays, nothing is appended
+        assert not tx.lock_after_rollback("production", "rolled back again", at(180))
+    events = locks.store.events_after(cursor)
+    assert [(e.name, e.from_status, e.to_status, e.data["kind"]) for e in events] == [
+        ("lock.acquired", "free", "held", "manual"),
+        ("lock.acquired", "expired", "held", "rollback"),
+    ]
