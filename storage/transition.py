@@ -4,9 +4,10 @@ the status read.
 ``move`` asks ``core.states.check`` (an illegal move raises ``IllegalTransition`` before
 anything is written) and then sends ``UPDATE … SET status = <new> WHERE <row> AND status =
 <old>``. Of two writers that read the same status, exactly one matches the row; the other gets
-False and decides again on what it finds. A run's stages, jobs and gates are checked the same
-way by the engine when it makes a ``Change``, and written in batches by ``SqlTx`` with the
-same ``WHERE status = <expected>`` (``storage.queries.Q.update``).
+0 and decides again on what it finds. What a command changes in a run is checked the same way
+by the engine when it makes a ``Change``, and written in batches by ``SqlTx``: stages, jobs
+and gates with the same ``WHERE status = <expected>`` (``storage.queries.Q.update``), the run
+row on its version.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from core import states
 from storage.tables import metadata
 
 
-def _same(status: str) -> Any:
+def _as_is(status: str) -> Any:
     return status
 
 
@@ -37,7 +38,7 @@ class StatusColumn:
     table: sa.Table
     column: str
     #: the column's value for a status (artifacts keep a ``bad`` flag rather than a word)
-    encode: Callable[[str], Any] = _same
+    encode: Callable[[str], Any] = _as_is
 
 
 #: every resource whose status is a column, by its table's name in ``core.states.TABLES`` (a
