@@ -48,7 +48,7 @@ from core.events import Event
 from core.locks import Lock
 from core.model import RunState
 from core.states import RUN_TERMINAL, RunStatus
-from storage.locks import LockBook
+from storage.locks import LockStore
 
 log = logging.getLogger(__name__)
 CHANNEL = "console"
@@ -224,7 +224,7 @@ class Console:
         over / Keep it) and, ahead of expiry, a reminder (Extend 1h / Release). Read only, so a
         server's keeper on the same database still tells its Slack users."""
         at = now()
-        locks = await self.backend.read(LockBook(self.backend.shipyard.store).all, at)
+        locks = await self.backend.read(LockStore(self.backend.shipyard.store).all, at)
         asked: set[str] = set()
         for lock in (lock for lock in locks if lock.holder == self.user):
             since = lock.since.isoformat()

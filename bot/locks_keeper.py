@@ -21,7 +21,7 @@ from bot.backend import Backend, now
 from bot.chat import block_kit, lock_blocks
 from bot.config import Settings
 from core.locks import Lock
-from storage.locks import LockBook
+from storage.locks import LockStore
 
 if TYPE_CHECKING:
     from slack_sdk.web.async_client import AsyncWebClient
@@ -60,8 +60,8 @@ class LockKeeper:
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def book(self) -> LockBook:
-        return LockBook(self.backend.shipyard.store)
+    def locks(self) -> LockStore:
+        return LockStore(self.backend.shipyard.store)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="shipyard-lock-keeper")
@@ -85,11 +85,11 @@ class LockKeeper:
     async def tick(self, at: datetime | None = None) -> Round:
         """Expire, remind and ask what is due at ``at`` (now by default)."""
         at = at or now()
-        book = self.book
-        done = Round(expired=await self.backend.write(book.expire_due, at))
+        locks = self.locks
+        done = Round(expired=await self.backend.write(locks.expire_due, at))
         if self.client is not None:
-            done.reminded.extend(await self._remind(book, at))
-            done.asked.extend(await self.backend.write(book.due_handovers, at))
+            done.reminded.extend(await self._remind(locks, at))
+            done.asked.extend(await self.backend.write(locks.due_handovers, at))
         channel = self.settings.slack_channel
         for lock in done.expired:
             if channel:
@@ -100,11 +100,11 @@ class LockKeeper:
             await self._post(self._holder(lock), *lock_blocks.handover_prompt(lock, at))
         return done
 
-    async def _remind(self, book: LockBook, at: datetime) -> list[Lock]:
+    async def _remind(self, locks: LockStore, at: datetime) -> list[Lock]:
         """Claim the reminders due; each environment reminds its own ``lock_reminder`` ahead."""
         waiting = [
             lock
-            for lock in await self.backend.read(book.all, at)
+            for lock in await self.backend.read(locks.all, at)
             if lock.expires_at is not None and lock.reminded_at is None
         ]
         by_lead: dict[float, list[str]] = {}
@@ -113,7 +113,7 @@ class LockKeeper:
             by_lead.setdefault(lead, []).append(lock.environment)
         claimed: list[Lock] = []
         for lead, environments in by_lead.items():
-            claimed += await self.backend.write(book.due_reminders, at, lead, environments)
+            claimed += await self.backend.write(locks.due_reminders, at, lead, environments)
         return claimed
 
     def _holder(self, lock: Lock) -> str | None:

@@ -26,13 +26,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Final
 
 from core.commands import TriggerRun
 from core.definition import NAME
 from core.errors import CommandRefused, InvalidInput, NotFound
 from core.model import Run
+from core.states import ArtifactStatus, can_transition
 
 #: the output key a job writes its artifact under
 OUTPUT_KEY: Final = "artifact"
@@ -61,18 +61,6 @@ _WHY_IMMUTABLE = (
     "a tag that moves names other content tomorrow, so what was deployed could not be deployed "
     "again or rolled back to; use the version (e.g. 1.4.2) or the commit sha"
 )
-
-
-class ArtifactStatus(StrEnum):
-    REGISTERED = "registered"  #: may be deployed and promoted
-    BAD = "bad"  #: marked bad by a person: never deployed or promoted again
-
-
-#: the artifact's state machine: marking bad is the only change, and it is final
-ARTIFACT_TRANSITIONS: Final[Mapping[ArtifactStatus, frozenset[ArtifactStatus]]] = {
-    ArtifactStatus.REGISTERED: frozenset({ArtifactStatus.BAD}),
-    ArtifactStatus.BAD: frozenset(),
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,7 +305,7 @@ def parse_artifact_output(value: str) -> ArtifactSpec:
 # -- the state machine ------------------------------------------------------------------------
 def check_mark_bad(artifact: Artifact) -> None:
     """Raise ``AlreadyBad`` unless the transition table lets ``artifact`` become bad."""
-    if ArtifactStatus.BAD not in ARTIFACT_TRANSITIONS[artifact.status]:
+    if not can_transition("artifact", artifact.status, ArtifactStatus.BAD):
         raise AlreadyBad(artifact)
 
 

@@ -25,7 +25,7 @@ conditional update, so two people or two replicas never both make it::
     remind            held            held   the keeper, once per expiry
 
 Pure: no I/O, no clock. ``storage.locks`` keeps the rows; the engine's admission asks
-``LockBook.current`` and refuses a locked environment with ``EnvironmentLocked``.
+``LockStore.current`` and refuses a locked environment with ``EnvironmentLocked``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from typing import Final, Literal
 
 from core.duration import MAX_SECONDS, format_duration, parse_duration
 from core.errors import CommandRefused, Forbidden, InvalidInput, NotFound
+from core.events import NO_RUN, Event
+from core.states import LockState, check
 
 LockKind = Literal["manual", "rollback"]
 #: how a principal is written in a message (Slack passes one that makes mentions)
@@ -48,12 +50,6 @@ REASON_MAX: Final = 500
 _INVISIBLE: Final = re.compile(r"[\x00-\x20\x7f]+")
 #: the shortest lease: anything shorter is a typo (``for 2`` meant hours, not seconds)
 MIN_SECONDS: Final = 60.0
-
-
-class LockState(StrEnum):
-    FREE = "free"  #: no lock
-    HELD = "held"  #: locked, and its time (if any) has not run out
-    EXPIRED = "expired"  #: its time ran out; counts as free until the keeper sweeps it
 
 
 class LockAction(StrEnum):
@@ -71,7 +67,8 @@ class LockAction(StrEnum):
 _FREE = frozenset({LockState.FREE, LockState.EXPIRED})
 _HELD = frozenset({LockState.HELD})
 
-#: action -> (the states it may start from, the state it leads to)
+#: action -> (the states it may start from, the state it leads to); every move is one that
+#: ``core.states.LOCK_TRANSITIONS`` allows (a test keeps them so)
 TRANSITIONS: Final[dict[LockAction, tuple[frozenset[LockState], LockState]]] = {
     LockAction.ACQUIRE: (_FREE, LockState.HELD),
     LockAction.RELOCK: (_HELD, LockState.HELD),
@@ -111,6 +108,43 @@ def state_of(lock: Lock | None, now: datetime) -> LockState:
     return LockState.FREE if lock is None else lock.state(now)
 
 
+#: the event each change appends to the log (a reminder changes nothing anyone is shown)
+EVENT_NAMES: Final[dict[LockAction, str]] = {
+    LockAction.ACQUIRE: "lock.acquired",
+    LockAction.RELOCK: "lock.relocked",
+    LockAction.RELEASE: "lock.released",
+    LockAction.EXTEND: "lock.extended",
+    LockAction.REQUEST_HANDOVER: "lock.handover_requested",
+    LockAction.HAND_OVER: "lock.handed_over",
+    LockAction.KEEP: "lock.kept",
+    LockAction.EXPIRE: "lock.expired",
+}
+
+
+def changed(action: LockAction, lock: Lock, by: str, now: datetime, was: LockState) -> Event:
+    """The event a change of ``lock`` (as it now is, or as it was when it is gone) appends in
+    its transaction, so readers that follow the log by cursor (the Slack notifier's App Home)
+    learn of it like of any run's change. A lock is no run's: ``run_id`` is ``NO_RUN``."""
+    _, to = TRANSITIONS[action]
+    expires = lock.expires_at.isoformat() if lock.expires_at is not None else None
+    return Event(
+        name=EVENT_NAMES[action],
+        run_id=NO_RUN,
+        subject="lock",
+        subject_id=lock.environment,
+        at=now,
+        from_status=was,
+        to_status=to,
+        data={
+            "by": by,
+            "holder": lock.holder,
+            "kind": lock.kind,
+            "reason": lock.reason,
+            "expires_at": expires,
+        },
+    )
+
+
 # -- errors ----------------------------------------------------------------------------------------
 class EnvironmentLocked(CommandRefused):
     """The environment is locked."""
@@ -147,9 +181,10 @@ def not_locked(environment: str) -> NotFound:
 # -- the rules -------------------------------------------------------------------------------------
 def require(action: LockAction, environment: str, lock: Lock | None, now: datetime) -> None:
     """Refuse ``action`` unless the lock's state allows it (the table above)."""
-    allowed, _ = TRANSITIONS[action]
+    allowed, to = TRANSITIONS[action]
     state = state_of(lock, now)
     if state in allowed:
+        check("lock", environment, state, to)
         return
     if state is not LockState.HELD:
         raise not_locked(environment)

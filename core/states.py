@@ -1,8 +1,12 @@
-"""The state machines of runs, stages, jobs and gates: one transition table per resource.
+"""Every state machine in Shipyard: one transition table per resource that has states.
 
-Every status change anywhere in Shipyard is checked here (``check``) and then written to the
-database as a conditional update on the expected old status, so the table is the single
-authority on what may happen. ``docs/states.md`` is rendered from these tables
+Runs, stages, jobs and gates, and beside them environment locks, artifacts, webhook
+subscriptions and deliveries, and the Slack notifier's thread posts. Each table has the same
+shape (a status enum mapped to the statuses it may move to). Every status change is checked
+here (``check``, raising ``IllegalTransition``) and then written to the database as a
+conditional update on the expected old status (``storage.transition.move`` for single rows,
+the store's batched updates for a run's parts), so the table is the single authority on what
+may happen. ``docs/states.md`` is rendered from these tables
 (``python -m core.states``) and a test keeps the two equal.
 """
 
@@ -60,7 +64,39 @@ class GateStatus(StrEnum):
     SKIPPED = "skipped"  #: never reached
 
 
+class LockState(StrEnum):
+    FREE = "free"  #: no lock
+    HELD = "held"  #: locked, and its time (if any) has not run out
+    EXPIRED = "expired"  #: its time ran out; counts as free until the keeper sweeps it
+
+
+class ArtifactStatus(StrEnum):
+    REGISTERED = "registered"  #: may be deployed and promoted
+    BAD = "bad"  #: marked bad by a person: never deployed or promoted again
+
+
+class WebhookStatus(StrEnum):
+    ACTIVE = "active"  #: receives deliveries
+    DISABLED = "disabled"  #: paused by its owner or after failing for too long
+    DELETED = "deleted"  #: gone; kept for its deliveries' history
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  #: queued in the outbox, due at its next attempt
+    SENDING = "sending"  #: claimed by a sender under a lease
+    DELIVERED = "delivered"  #: the subscriber answered 2xx
+    FAILED = "failed"  #: retries ran out, or the subscription went away
+
+
+class PostStatus(StrEnum):
+    SENDING = "sending"  #: claimed, and a send is under way (or its process died during it)
+    WAITING = "waiting"  #: a send failed; tried again from ``next_try_at``
+    SENT = "sent"  #: posted; ``ts`` is where
+    GAVE_UP = "gave_up"  #: not sent: Slack refused it for good, retries ran out, or no longer called for
+
+
 R, S, J, G = RunStatus, StageStatus, JobStatus, GateStatus
+L, A, W, D, P = LockState, ArtifactStatus, WebhookStatus, DeliveryStatus, PostStatus
 
 RUN_TRANSITIONS: Final[Mapping[RunStatus, frozenset[RunStatus]]] = {
     R.PENDING: frozenset({R.RUNNING, R.QUEUED, R.CANCELED}),
@@ -107,6 +143,38 @@ GATE_TRANSITIONS: Final[Mapping[GateStatus, frozenset[GateStatus]]] = {
     G.SKIPPED: frozenset(),
 }
 
+LOCK_TRANSITIONS: Final[Mapping[LockState, frozenset[LockState]]] = {
+    L.FREE: frozenset({L.HELD}),
+    L.HELD: frozenset({L.HELD, L.EXPIRED, L.FREE}),
+    L.EXPIRED: frozenset({L.HELD, L.FREE}),
+}
+
+#: marking bad is the only change, and it is final
+ARTIFACT_TRANSITIONS: Final[Mapping[ArtifactStatus, frozenset[ArtifactStatus]]] = {
+    A.REGISTERED: frozenset({A.BAD}),
+    A.BAD: frozenset(),
+}
+
+WEBHOOK_TRANSITIONS: Final[Mapping[WebhookStatus, frozenset[WebhookStatus]]] = {
+    W.ACTIVE: frozenset({W.DISABLED, W.DELETED}),
+    W.DISABLED: frozenset({W.ACTIVE, W.DELETED}),
+    W.DELETED: frozenset(),
+}
+
+DELIVERY_TRANSITIONS: Final[Mapping[DeliveryStatus, frozenset[DeliveryStatus]]] = {
+    D.PENDING: frozenset({D.SENDING}),
+    D.SENDING: frozenset({D.DELIVERED, D.PENDING, D.FAILED, D.SENDING}),
+    D.DELIVERED: frozenset(),
+    D.FAILED: frozenset(),
+}
+
+POST_TRANSITIONS: Final[Mapping[PostStatus, frozenset[PostStatus]]] = {
+    P.SENDING: frozenset({P.SENT, P.WAITING, P.GAVE_UP}),
+    P.WAITING: frozenset({P.SENDING, P.GAVE_UP}),
+    P.SENT: frozenset(),
+    P.GAVE_UP: frozenset(),
+}
+
 #: Why some transitions exist at all, for the rendered document.
 NOTES: Final[Mapping[tuple[str, str, str], str]] = {
     ("run", "pending", "queued"): "the first stage's environment is not free (busy, locked, frozen)",
@@ -124,6 +192,21 @@ NOTES: Final[Mapping[tuple[str, str, str], str]] = {
     ("job", "failed", "queued"): "a retry (retries remain)",
     ("job", "timed_out", "queued"): "a retry (retries remain)",
     ("job", "lost", "queued"): "a retry (retries remain)",
+    ("lock", "free", "held"): "acquired by a deployer or an admin",
+    ("lock", "held", "held"): "relocked, extended, handed over, a handover asked for or declined, a reminder",
+    ("lock", "held", "expired"): "its time ran out (nothing is written: the clock moves it)",
+    ("lock", "held", "free"): "released by its holder or an admin, or a rollback acknowledged",
+    ("lock", "expired", "held"): "taken over by someone acquiring it before the keeper swept it",
+    ("lock", "expired", "free"): "swept by the lock keeper, once",
+    ("artifact", "registered", "bad"): "marked bad by a person",
+    ("webhook", "active", "disabled"): "by its owner, or after failing for too long",
+    ("delivery", "sending", "sending"): "another sender takes over after the first one's lease ran out",
+    ("delivery", "sending", "pending"): "the attempt failed; tried again later",
+    ("delivery", "sending", "failed"): "retries ran out, or the subscription went away",
+    ("slack_post", "sending", "waiting"): "the send failed; tried again from its due time",
+    ("slack_post", "waiting", "sending"): "a retry that came due is taken over by one replica",
+    ("slack_post", "waiting", "gave_up"): "no longer called for",
+    ("slack_post", "sending", "gave_up"): "Slack refused it for good, or retries ran out",
 }
 
 RUN_TERMINAL: Final = frozenset({R.SUCCEEDED, R.FAILED, R.CANCELED})
@@ -138,6 +221,35 @@ TABLES: Final[Mapping[str, Mapping[Any, frozenset[Any]]]] = {
     "stage": STAGE_TRANSITIONS,
     "job": JOB_TRANSITIONS,
     "gate": GATE_TRANSITIONS,
+    "lock": LOCK_TRANSITIONS,
+    "artifact": ARTIFACT_TRANSITIONS,
+    "webhook": WEBHOOK_TRANSITIONS,
+    "delivery": DELIVERY_TRANSITIONS,
+    "slack_post": POST_TRANSITIONS,
+}
+#: each table's statuses, in the order the document lists them
+ENUMS: Final[Mapping[str, type[StrEnum]]] = {
+    "run": RunStatus,
+    "stage": StageStatus,
+    "job": JobStatus,
+    "gate": GateStatus,
+    "lock": LockState,
+    "artifact": ArtifactStatus,
+    "webhook": WebhookStatus,
+    "delivery": DeliveryStatus,
+    "slack_post": PostStatus,
+}
+#: the heading each table has in ``docs/states.md``
+TITLES: Final[Mapping[str, str]] = {
+    "run": "Run",
+    "stage": "Stage",
+    "job": "Job",
+    "gate": "Gate",
+    "lock": "Environment lock",
+    "artifact": "Artifact",
+    "webhook": "Webhook subscription",
+    "delivery": "Webhook delivery",
+    "slack_post": "Slack thread post",
 }
 
 
@@ -168,10 +280,9 @@ def check(kind: str, ident: str, old: str, new: str) -> None:
 def render_markdown() -> str:
     """The transition tables as the Markdown that ``docs/states.md`` holds."""
     lines = ["<!-- generated by `python -m core.states`; tests/core/test_states.py checks it -->"]
-    enums = {"run": RunStatus, "stage": StageStatus, "job": JobStatus, "gate": GateStatus}
     for kind, table in TABLES.items():
-        lines += ["", f"### {kind.capitalize()}", "", "| from | to | note |", "|---|---|---|"]
-        for old in enums[kind]:
+        lines += ["", f"### {TITLES[kind]}", "", "| from | to | note |", "|---|---|---|"]
+        for old in ENUMS[kind]:
             targets = sorted(table[old])
             if not targets:
                 lines.append(f"| `{old}` | *(final)* | |")

@@ -7,7 +7,8 @@ winner and is either the same content (an idempotent repeat) or refused (``Diges
 On PostgreSQL the loser's insert waits for the winner's commit, so exactly one of any number of
 concurrent registrations of one version succeeds; on SQLite the single writer orders them.
 
-Marking bad is a conditional update (``WHERE NOT bad``), so two people marking at once get one
+Marking bad is the artifact's one transition (``storage.transition.move``: a conditional
+update on ``NOT bad``), so two people marking at once get one
 success and one clear "already marked bad by …". ``ArtifactBook`` wraps both in their own
 transactions for the API and chat, and writes the audit entry in the same transaction.
 """
@@ -35,8 +36,10 @@ from core.artifacts import (
 )
 from core.errors import CommandRefused, InvalidInput
 from core.ports import AuditEntry
+from core.states import ArtifactStatus
 from storage.store import SqlStore
 from storage.tables import metadata
+from storage.transition import move
 
 ARTIFACT = metadata.tables["artifact"]
 C = ARTIFACT.c
@@ -163,12 +166,9 @@ def mark_bad(conn: Connection, ref: str, reason: str, *, by: str, now: datetime)
     if found is None:
         raise not_found(ref)
     check_mark_bad(found)
-    done = conn.execute(
-        sa.update(ARTIFACT)
-        .where(C.id == found.id, C.bad.is_(False))
-        .values(bad=True, bad_reason=reason, bad_by=by, bad_at=now)
-    )
-    if done.rowcount != 1:  # someone marked it between our read and our update
+    values = {"bad_reason": reason, "bad_by": by, "bad_at": now}
+    if not move(conn, "artifact", found.ref, C.id == found.id, found.status, ArtifactStatus.BAD, values):
+        # someone marked it between our read and our update
         now_found = find(conn, ref)
         assert now_found is not None  # artifacts are never deleted
         check_mark_bad(now_found)

@@ -10,8 +10,12 @@ taken over the same way.
 
 The keeper's claims (``expire_due``, ``due_reminders``, ``due_handovers``) read the candidates
 without the write lock, then take each with a conditional update (or delete) on what they read,
-so of two replicas exactly one expires, reminds or tells about each lock. Every
-change is audited in its own transaction; a refusal is audited after it, then raised.
+so of two replicas exactly one expires, reminds or tells about each lock.
+
+Every change runs in the store's unit of work (``SqlStore.transaction``, the ``SqlTx`` that
+commands use), where it is audited and appends its event (``core.locks.changed``) to the event
+log, which readers follow by cursor like a run's events. A refusal is audited after it, then
+raised.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from core.locks import (
     Lock,
     LockAction,
     LockKind,
+    changed,
     check_hand_over,
     check_keep,
     check_reason,
@@ -41,9 +46,11 @@ from core.locks import (
     is_reminder_due,
     plan_acquire,
     require,
+    state_of,
 )
 from core.ports import AuditEntry
-from storage.store import SqlStore
+from core.states import LockState
+from storage.store import SqlStore, SqlTx
 from storage.tables import metadata
 
 LOCK = metadata.tables["environment_lock"]
@@ -91,7 +98,7 @@ def _get(conn: Connection, environment: str) -> Lock | None:
 
 
 def current_lock(conn: Connection, environment: str, now: datetime) -> Lock | None:
-    """``LockBook.current`` inside a transaction someone else holds (the engine's admission)."""
+    """``LockStore.current`` inside a transaction someone else holds (the engine's admission)."""
     found = _get(conn, environment)
     return found if found is not None and not found.is_expired(now) else None
 
@@ -134,8 +141,9 @@ def _audit(
     )
 
 
-class LockBook:
-    """Environment locks with their own transactions, for the engine, the API, chat and the keeper."""
+class LockStore:
+    """Every environment's lock: read, changed by people (the API, chat, the CLI) and by the
+    keeper, each change a transaction of the store's unit of work."""
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
@@ -168,7 +176,8 @@ class LockBook:
         changes the reason and expiry; anyone else is refused with ``EnvironmentLocked``, whose
         message says who holds it, since when, why and until when."""
 
-        def change(conn: Connection, audits: builtins.list[AuditEntry]) -> Lock:
+        def change(tx: SqlTx) -> Lock:
+            conn = tx.conn
             # checked in here, so a refused reason or duration is audited like any refusal
             why = check_reason(reason)
             expires_at = (
@@ -177,6 +186,7 @@ class LockBook:
             if kind == "rollback":
                 expires_at = None  # a rollback holds until someone acknowledges it
             current = _get(conn, environment)
+            was = state_of(current, now)
             plan = plan_acquire(current, holder, kind, now)
             fresh = Lock(
                 environment=environment,
@@ -197,9 +207,10 @@ class LockBook:
                 _update(conn, current, reason=why, expires_at=expires_at, kind=kind, reminded_at=None)
             else:  # expired, not swept yet: take it over, and record that it ran out
                 _update(conn, current, C.expires_at <= now, **_values(fresh), handover_told=None)
-                audits.append(_audit("expire_lock", environment, KEEPER, "system", now, current))
+                tx.audit(_audit("expire_lock", environment, KEEPER, "system", now, current))
             action = "relock_environment" if plan is LockAction.RELOCK else "lock_environment"
-            audits.append(_audit(action, environment, holder, channel, now, fresh))
+            tx.audit(_audit(action, environment, holder, channel, now, fresh))
+            tx.append_events([changed(plan, fresh, holder, now, was)])
             return fresh
 
         return self._change("lock_environment", environment, holder, channel, now, change)
@@ -218,14 +229,15 @@ class LockBook:
         anyone who may deploy (``deployer``: the caller holds that role; adapters check it).
         Returns the lock as it was."""
 
-        def change(conn: Connection, audits: builtins.list[AuditEntry]) -> Lock:
-            current = _get(conn, environment)
+        def change(tx: SqlTx) -> Lock:
+            current = _get(tx.conn, environment)
             check_release(current, environment, by, now, admin=admin, deployer=deployer)
             assert current is not None
-            if conn.execute(sa.delete(LOCK).where(_same(current), _live(now))).rowcount != 1:
+            if tx.conn.execute(sa.delete(LOCK).where(_same(current), _live(now))).rowcount != 1:
                 raise _Lost
             action = "acknowledge_rollback" if current.kind == "rollback" else "unlock_environment"
-            audits.append(_audit(action, environment, by, channel, now, current))
+            tx.audit(_audit(action, environment, by, channel, now, current))
+            tx.append_events([changed(LockAction.RELEASE, current, by, now, LockState.HELD)])
             return current
 
         return self._change("unlock_environment", environment, by, channel, now, change)
@@ -236,15 +248,16 @@ class LockBook:
         """The holder moves the expiry ``duration_s`` later (from now, if it is already close);
         the holder is reminded again before the new expiry."""
 
-        def change(conn: Connection, audits: builtins.list[AuditEntry]) -> Lock:
-            current = _get(conn, environment)
+        def change(tx: SqlTx) -> Lock:
+            current = _get(tx.conn, environment)
             new_expiry = extended_until(current, environment, by, duration_s, now)
             assert current is not None
             _update(
-                conn, current, C.expires_at == current.expires_at, expires_at=new_expiry, reminded_at=None
+                tx.conn, current, C.expires_at == current.expires_at, expires_at=new_expiry, reminded_at=None
             )
             extended = replace(current, expires_at=new_expiry, reminded_at=None)
-            audits.append(_audit("extend_lock", environment, by, channel, now, extended))
+            tx.audit(_audit("extend_lock", environment, by, channel, now, extended))
+            tx.append_events([changed(LockAction.EXTEND, extended, by, now, LockState.HELD)])
             return extended
 
         return self._change("extend_lock", environment, by, channel, now, change)
@@ -252,15 +265,16 @@ class LockBook:
     def request_handover(self, environment: str, by: str, now: datetime, *, channel: str = "system") -> Lock:
         """``by`` asks the holder to hand the lock over; the keeper tells the holder once."""
 
-        def change(conn: Connection, audits: builtins.list[AuditEntry]) -> Lock:
-            current = _get(conn, environment)
+        def change(tx: SqlTx) -> Lock:
+            current = _get(tx.conn, environment)
             check_request_handover(current, environment, by, now)
             assert current is not None
             if current.handover_requested_by == by:
                 return current  # asked already: the holder is told once
-            _update(conn, current, _live(now), handover_requested_by=by)
+            _update(tx.conn, current, _live(now), handover_requested_by=by)
             asked = replace(current, handover_requested_by=by)
-            audits.append(_audit("request_lock_handover", environment, by, channel, now, asked))
+            tx.audit(_audit("request_lock_handover", environment, by, channel, now, asked))
+            tx.append_events([changed(LockAction.REQUEST_HANDOVER, asked, by, now, LockState.HELD)])
             return asked
 
         return self._change("request_lock_handover", environment, by, channel, now, change)
@@ -271,15 +285,15 @@ class LockBook:
         """The holder gives the lock to ``to``, who holds it from now with the same reason and
         expiry (and is reminded before it)."""
 
-        def change(conn: Connection, audits: builtins.list[AuditEntry]) -> Lock:
-            current = _get(conn, environment)
+        def change(tx: SqlTx) -> Lock:
+            current = _get(tx.conn, environment)
             check_hand_over(current, environment, by_holder, to, now)
             assert current is not None
             moved = replace(current, holder=to, since=now, handover_requested_by=None, reminded_at=None)
-            _update(conn, current, _live(now), **_values(moved), handover_told=None)
-            audits.append(
-                _audit("hand_over_lock", environment, by_holder, channel, now, moved, previous=by_holder)
-            )
+            _update(tx.conn, current, _live(now), **_values(moved), handover_told=None)
+            entry = _audit("hand_over_lock", environment, by_holder, channel, now, moved, previous=by_holder)
+            tx.audit(entry)
+            tx.append_events([changed(LockAction.HAND_OVER, moved, by_holder, now, LockState.HELD)])
             return moved
 
         return self._change("hand_over_lock", environment, by_holder, channel, now, change)
@@ -287,19 +301,20 @@ class LockBook:
     def keep(self, environment: str, by: str, now: datetime, *, channel: str = "system") -> tuple[Lock, str]:
         """The holder declines a handover request; returns the lock and who had asked."""
 
-        def change(conn: Connection, audits: builtins.list[AuditEntry]) -> tuple[Lock, str]:
-            current = _get(conn, environment)
+        def change(tx: SqlTx) -> tuple[Lock, str]:
+            current = _get(tx.conn, environment)
             asker = check_keep(current, environment, by, now)
             assert current is not None
             _update(
-                conn,
+                tx.conn,
                 current,
                 sa.and_(_live(now), C.handover_requested_by == asker),
                 handover_requested_by=None,
                 handover_told=None,
             )
             kept = replace(current, handover_requested_by=None)
-            audits.append(_audit("keep_lock", environment, by, channel, now, kept, asked_by=asker))
+            tx.audit(_audit("keep_lock", environment, by, channel, now, kept, asked_by=asker))
+            tx.append_events([changed(LockAction.KEEP, kept, by, now, LockState.HELD)])
             return kept, asker
 
         return self._change("keep_lock", environment, by, channel, now, change)
@@ -311,18 +326,15 @@ class LockBook:
         actor: str,
         channel: str,
         now: datetime,
-        change: Callable[[Connection, builtins.list[AuditEntry]], T],
+        change: Callable[[SqlTx], T],
     ) -> T:
-        """Run ``change`` in a transaction with its audit entries, deciding again when it lost a
-        race; a refusal is audited, then raised."""
+        """Run ``change`` in a transaction (its audit entries and events commit with it, or
+        not at all), deciding again when it lost a race; a refusal is audited, then raised."""
         try:
             for _ in range(ATTEMPTS):
-                audits: list[AuditEntry] = []
                 try:
                     with self.store.transaction() as tx:
-                        result = change(tx.conn, audits)
-                        for entry in audits:
-                            tx.audit(entry)
+                        result = change(tx)
                     return result
                 except _Lost:
                     continue
@@ -348,6 +360,7 @@ class LockBook:
                 if gone.rowcount == 1:
                     expired.append(lock)
                     tx.audit(_audit("expire_lock", lock.environment, KEEPER, "system", now, lock))
+                    tx.append_events([changed(LockAction.EXPIRE, lock, KEEPER, now, LockState.EXPIRED)])
         return expired
 
     def due_reminders(

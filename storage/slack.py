@@ -9,10 +9,11 @@ When Slack refuses it for good (the channel is gone, the bot is not in it …), 
 and ``last_error`` say so, and the run is not reported there.
 
 A thread post is claimed (its row inserted) before it is sent; its ``status`` says where its
-sending is (``PostStatus``), ``attempts`` counts the failed sends, ``last_error`` keeps the
-latest failure, and ``ts`` is the posted message's once it is sent. A post ``waiting`` for a
-retry is tried again from ``next_try_at`` by handling event ``seq`` again (0: a reminder, which
-the reminder pass makes again).
+sending is (``core.states.PostStatus``; every change is ``storage.transition.move``),
+``attempts`` counts the failed sends, ``last_error`` keeps the latest failure, and ``ts`` is
+the posted message's once it is sent. A post ``waiting`` for a retry is tried again from
+``next_try_at`` by handling event ``seq`` again (0: a reminder, which the reminder pass makes
+again).
 
 Taking a due retry over is a compare-and-set on (``status``, ``attempts``), so of several
 replicas one sends it, and a restart finds it. A process that dies while a send is under way
@@ -25,39 +26,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from core.states import PostStatus
 from storage.store import SqlStore
 from storage.tables import T
+from storage.transition import move
 
-MESSAGE, POST, CURSOR, AUDIT = T["slack_message"], T["slack_post"], T["cursor"], T["audit"]
+MESSAGE, POST, CURSOR = T["slack_message"], T["slack_post"], T["cursor"]
 #: the longest error kept (the column's size)
 ERROR_MAX = 200
-#: audited actions that change an environment's lock (``storage.locks``, the engine's rollback lock)
-LOCK_ACTIONS: Final = frozenset(
-    {
-        "lock_environment",
-        "relock_environment",
-        "unlock_environment",
-        "acknowledge_rollback",
-        "expire_lock",
-        "extend_lock",
-        "hand_over_lock",
-        "request_lock_handover",
-        "keep_lock",
-    }
-)
-
-
-class PostStatus(StrEnum):
-    SENDING = "sending"  #: claimed, and a send is under way (or its process died during it)
-    WAITING = "waiting"  #: a send failed; tried again from ``next_try_at``
-    SENT = "sent"  #: posted; ``ts`` is where
-    GAVE_UP = "gave_up"  #: not sent: Slack refused it for good, retries ran out, or no longer called for
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,17 +130,19 @@ class SlackState:
                 return True
             except IntegrityError:
                 pass
-            taken = conn.execute(
-                sa.update(POST)
-                .where(
-                    POST.c.run_id == run_id,
-                    POST.c.key == key,
-                    POST.c.status == PostStatus.WAITING,
-                    POST.c.next_try_at <= now,
+            due = sa.and_(POST.c.run_id == run_id, POST.c.key == key, POST.c.next_try_at <= now)
+            return (
+                move(
+                    conn,
+                    "slack_post",
+                    key,
+                    due,
+                    PostStatus.WAITING,
+                    PostStatus.SENDING,
+                    {"next_try_at": None},
                 )
-                .values(status=PostStatus.SENDING, next_try_at=None)
+                == 1
             )
-            return bool(taken.rowcount == 1)
 
     def post_ts(self, run_id: str, key: str) -> str | None:
         """The posted message's ts; None while it is not posted (or never will be)."""
@@ -170,10 +152,15 @@ class SlackState:
 
     def post_sent(self, run_id: str, key: str, ts: str) -> None:
         with self.store.engine.begin() as conn:
-            conn.execute(
-                sa.update(POST)
-                .where(POST.c.run_id == run_id, POST.c.key == key)
-                .values(ts=ts, status=PostStatus.SENT, next_try_at=None)
+            row = sa.and_(POST.c.run_id == run_id, POST.c.key == key)
+            move(
+                conn,
+                "slack_post",
+                key,
+                row,
+                PostStatus.SENDING,
+                PostStatus.SENT,
+                {"ts": ts, "next_try_at": None},
             )
 
     def post_failed(
@@ -191,19 +178,27 @@ class SlackState:
         has no more waits or the failure is ``final`` (retrying cannot help). Returns when it is
         due, None when given up."""
         with self.store.engine.begin() as conn:
-            where = (POST.c.run_id == run_id, POST.c.key == key, POST.c.status == PostStatus.SENDING)
-            attempts = conn.execute(sa.select(POST.c.attempts).where(*where)).scalar()
+            row = sa.and_(POST.c.run_id == run_id, POST.c.key == key)
+            sending = sa.and_(row, POST.c.status == PostStatus.SENDING)
+            attempts = conn.execute(sa.select(POST.c.attempts).where(sending)).scalar()
             if attempts is None:
                 return None  # (not a send of ours under way: nothing to plan)
             attempts += 1
             values: dict[str, object] = {"attempts": attempts, "last_error": error[:ERROR_MAX], "seq": seq}
             due = None
-            if final or attempts > len(backoff):
-                values["status"] = PostStatus.GAVE_UP
-            else:
+            to = PostStatus.GAVE_UP
+            if not final and attempts <= len(backoff):
                 due = now + timedelta(seconds=backoff[attempts - 1])
-                values.update(status=PostStatus.WAITING, next_try_at=due)
-            conn.execute(sa.update(POST).where(*where, POST.c.attempts == attempts - 1).values(**values))
+                to, values["next_try_at"] = PostStatus.WAITING, due
+            move(
+                conn,
+                "slack_post",
+                key,
+                sa.and_(row, POST.c.attempts == attempts - 1),
+                PostStatus.SENDING,
+                to,
+                values,
+            )
             return due
 
     def pending_posts(self) -> list[PendingPost]:
@@ -221,39 +216,15 @@ class SlackState:
 
     def give_up_post(self, pending: PendingPost) -> bool:
         """The post is no longer called for: stop retrying it (False: someone took it first)."""
-        where = (
-            POST.c.run_id == pending.run_id,
-            POST.c.key == pending.key,
-            POST.c.status == PostStatus.WAITING,
-            POST.c.attempts == pending.attempts,
+        row = sa.and_(
+            POST.c.run_id == pending.run_id, POST.c.key == pending.key, POST.c.attempts == pending.attempts
         )
         with self.store.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(POST).where(*where).values(status=PostStatus.GAVE_UP, next_try_at=None)
+            values = {"next_try_at": None}
+            return (
+                move(conn, "slack_post", pending.key, row, PostStatus.WAITING, PostStatus.GAVE_UP, values)
+                == 1
             )
-            return bool(done.rowcount == 1)
-
-    # -- what App Home shows that the event log does not: environment locks ----------------------
-    def last_audit_id(self) -> int:
-        with self.store.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.max(AUDIT.c.id))).scalar() or 0)
-
-    def lock_changes_after(self, audit_id: int, limit: int = 1000) -> tuple[int, bool]:
-        """Audit entries after ``audit_id``: (the last one's id, whether any changed a lock).
-        Every lock change is audited in its own transaction, whichever door it came through
-        (Slack, REST, CLI, the lock keeper, a rollback)."""
-        query = (
-            sa.select(AUDIT.c.id, AUDIT.c.action, AUDIT.c.outcome)
-            .where(AUDIT.c.id > audit_id)
-            .order_by(AUDIT.c.id)
-            .limit(limit)
-        )
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        if not rows:
-            return audit_id, False
-        changed = any(action in LOCK_ACTIONS and outcome == "accepted" for _, action, outcome in rows)
-        return int(rows[-1][0]), changed
 
     # -- the event-log cursor --------------------------------------------------------------------
     def cursor(self, name: str) -> int:

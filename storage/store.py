@@ -38,11 +38,13 @@ from core.definition import PipelineDef
 from core.engine import Change
 from core.errors import CommandRefused, Conflict
 from core.events import Event
-from core.locks import Lock
+from core.locks import Lock, LockAction
+from core.locks import changed as lock_changed
 from core.locks import describe as describe_lock
 from core.model import Gate, Job, Run, RunState, evolve
 from core.ports import AuditEntry, Deployment, LogChunk, PipelineVersion
 from core.review import Review
+from core.states import LockState
 from storage import mappers
 from storage.db import is_sqlite, make_engine
 from storage.fastpath import DriverStatements
@@ -655,9 +657,11 @@ class SqlTx:
 
         if current_lock(self.conn, env, now) is not None:
             return False
-        self.conn.execute(Q.delete_lock, {"env": env})  # an expired one
+        swept = self.conn.execute(Q.delete_lock, {"env": env}).rowcount  # an expired one
         lock = Lock(environment=env, holder="shipyard", reason=reason, since=now, kind="rollback")
         self.conn.execute(Q.insert_lock, [lock_values(lock)])
+        was = LockState.EXPIRED if swept else LockState.FREE
+        self.append_events([lock_changed(LockAction.ACQUIRE, lock, "shipyard", now, was)])
         return True
 
     def register_artifact(self, spec: ArtifactSpec, run: Run, now: datetime) -> Artifact:

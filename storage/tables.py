@@ -303,7 +303,7 @@ class SlackMessageRow(SQLModel, table=True):
 class SlackPostRow(SQLModel, table=True):
     """A thread message about a run (a gate opened, a job failed, the result), claimed by
     inserting its key before it is sent, so it is never sent twice. ``ts`` is the posted
-    message's; the rest is where its sending is (``storage.slack.PostStatus``)."""
+    message's; the rest is where its sending is (``core.states.PostStatus``)."""
 
     __tablename__ = "slack_post"
     #: the notifier looks for retries that are due

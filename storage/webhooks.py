@@ -13,8 +13,8 @@ run for the same subscriber is still open, which keeps a run's messages in order
 written only while the sender still holds its claim (the attempt number fences them); a sender
 that died leaves its claim to run out, and the delivery is sent again (at least once).
 
-Subscriptions and deliveries change status only along the transition tables below, each
-change a conditional update on the status read.
+Subscriptions and deliveries change status only along their tables in ``core.states``, each
+change a conditional update on the status read (``storage.transition.move``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from storage import mappers
 from storage.queries import Q
 from storage.store import SqlStore, SqlTx
 from storage.tables import T, metadata
+from storage.transition import move
 
 WEBHOOK = metadata.tables["webhook"]
 DELIVERY = metadata.tables["webhook_delivery"]
@@ -45,30 +46,7 @@ TRIGGER = metadata.tables["hook_trigger"]
 GATE, EVENT, CURSOR = T["gate"], T["event"], T["cursor"]
 CURSOR_NAME = "webhooks"
 
-SUBSCRIPTION_TRANSITIONS: dict[str, frozenset[str]] = {
-    "active": frozenset({"disabled", "deleted"}),
-    "disabled": frozenset({"active", "deleted"}),
-    "deleted": frozenset(),
-}
-DELIVERY_TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"sending"}),
-    #: sending → sending: another sender takes over after the first one's lease ran out
-    "sending": frozenset({"delivered", "pending", "failed", "sending"}),
-    "delivered": frozenset(),
-    "failed": frozenset(),
-}
 OPEN = ("pending", "sending")
-
-
-class IllegalChange(ValueError):
-    """A status change the transition table does not allow."""
-
-
-def check(kind: str, old: str, new: str) -> None:
-    table = SUBSCRIPTION_TRANSITIONS if kind == "webhook" else DELIVERY_TRANSITIONS
-    if new not in table.get(old, frozenset()):
-        allowed = ", ".join(sorted(table.get(old, ()))) or "nothing (final)"
-        raise IllegalChange(f"a {kind} that is {old} cannot become {new} (it may become: {allowed})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,22 +266,17 @@ class WebhookBook:
 
     def change_status(self, webhook_id: str, to: str, reason: str, now: datetime) -> Webhook | None:
         """Move a subscription to ``to`` (checked against the table, applied on the status read);
-        None if there is no such subscription. ``IllegalChange`` if the table forbids it.
+        None if there is no such subscription. ``IllegalTransition`` if the table forbids it.
         Enabling starts afresh: failures are forgotten and waiting deliveries are due now."""
         with self.store.transaction() as tx:
             row = tx.conn.execute(sa.select(WEBHOOK.c.status).where(WEBHOOK.c.id == webhook_id, LIVE)).first()
             if row is None:
                 return None
-            check("webhook", row.status, to)
-            values: dict[str, Any] = {"status": to, "status_reason": reason, "changed_at": now}
+            values: dict[str, Any] = {"status_reason": reason, "changed_at": now}
             if to == "active":
                 values.update(consecutive_failures=0, failing_since=None)
-            done = tx.conn.execute(
-                sa.update(WEBHOOK)
-                .where(WEBHOOK.c.id == webhook_id, WEBHOOK.c.status == row.status)
-                .values(**values)
-            )
-            if done.rowcount != 1:  # changed meanwhile: report it as it now is
+            if not move(tx.conn, "webhook", webhook_id, WEBHOOK.c.id == webhook_id, row.status, to, values):
+                # changed meanwhile: report it as it now is
                 return self._any(tx.conn, webhook_id)
             if to == "active":
                 tx.conn.execute(
@@ -445,11 +418,13 @@ class WebhookBook:
             if not ids:
                 return []
             lease_until = max(now, clock() if clock is not None else now) + lease
-            tx.conn.execute(
-                sa.update(DELIVERY)
-                .where(DELIVERY.c.id.in_(ids), DELIVERY.c.state.in_(OPEN))
-                .values(state="sending", attempts=DELIVERY.c.attempts + 1, next_attempt_at=lease_until)
-            )
+            taken = {"attempts": DELIVERY.c.attempts + 1, "next_attempt_at": lease_until}
+            # sending → sending (the first sender's lease ran out) before pending → sending, so
+            # no row is taken twice
+            for old in ("sending", "pending"):
+                move(
+                    tx.conn, "delivery", f"{len(ids)} claimed", DELIVERY.c.id.in_(ids), old, "sending", taken
+                )
             rows = tx.conn.execute(
                 sa.select(
                     DELIVERY.c.id,
@@ -507,9 +482,7 @@ class WebhookBook:
             kept: list[Outcome] = []
             for o in sorted(outcomes, key=lambda o: o.delivery_id):
                 state = "delivered" if o.ok else "pending" if o.retry_at is not None else "failed"
-                check("delivery", "sending", state)
                 values: dict[str, Any] = {
-                    "state": state,
                     "last_status": o.status,
                     "last_error": o.error[:1000],
                 }
@@ -517,16 +490,8 @@ class WebhookBook:
                     values["next_attempt_at"] = o.retry_at
                 else:
                     values["finished_at"] = now
-                done = conn.execute(
-                    sa.update(DELIVERY)
-                    .where(
-                        DELIVERY.c.id == o.delivery_id,
-                        DELIVERY.c.state == "sending",
-                        DELIVERY.c.attempts == o.attempt,
-                    )
-                    .values(**values)
-                )
-                if done.rowcount != 1:
+                fenced = sa.and_(DELIVERY.c.id == o.delivery_id, DELIVERY.c.attempts == o.attempt)
+                if not move(conn, "delivery", str(o.delivery_id), fenced, "sending", state, values):
                     continue  # the claim ran out and another sender took over: its result counts
                 kept.append(o)
             if not kept:
@@ -597,13 +562,8 @@ class WebhookBook:
             reason = f"every delivery failed for {hours:.0f} h (last: {_last_error(failures)})"
         else:
             return None
-        check("webhook", "active", "disabled")
-        done = conn.execute(
-            sa.update(WEBHOOK)
-            .where(w.id == webhook_id, w.status == "active")
-            .values(status="disabled", status_reason=reason, changed_at=now)
-        )
-        if done.rowcount != 1:
+        values = {"status_reason": reason, "changed_at": now}
+        if not move(conn, "webhook", webhook_id, w.id == webhook_id, "active", "disabled", values):
             return None
         tx.audit(
             AuditEntry(

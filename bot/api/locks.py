@@ -4,7 +4,7 @@ it too, is told who holds it, since when, why and until when.
 
 Deployers and admins lock; the holder or an admin unlocks (anyone who may deploy acknowledges a
 rollback lock); only the holder extends; anyone else may ask the holder to hand it over, which
-Slack puts to them with buttons. Every change and every refusal is audited by the lock book."""
+Slack puts to them with buttons. Every change and every refusal is audited by the lock locks."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from core import locks as lock_rules
 from core.access import Action, Role
 from core.errors import InvalidInput
 from core.locks import EnvironmentLocked, Lock
-from storage.locks import LockBook
+from storage.locks import LockStore
 
 #: what ``core.locks.lock_duration`` accepts, as a documented JSON Schema pattern (the handler
 #: applies the rule itself, so a refusal explains itself instead of quoting a regular expression)
@@ -84,8 +84,8 @@ class LockList(BaseModel):
     items: list[LockOut]
 
 
-def _book(call: Call) -> LockBook:
-    return LockBook(gw(call).shipyard.store)
+def _locks(call: Call) -> LockStore:
+    return LockStore(gw(call).shipyard.store)
 
 
 def _location(env: str) -> dict[str, str]:
@@ -133,7 +133,7 @@ def _seconds(text: str) -> float:
 )
 async def list_locks(call: Call) -> web.Response:
     at = now()
-    found = await gw(call).read(_book(call).all, at)
+    found = await gw(call).read(_locks(call).all, at)
     return reply(LockList(items=[LockOut.of(lock, at) for lock in found]))
 
 
@@ -147,7 +147,7 @@ async def list_locks(call: Call) -> web.Response:
 )
 async def get_lock(call: Call) -> web.Response:
     env, at = call.params["env_id"], now()
-    found = await gw(call).read(_book(call).current, env, at)
+    found = await gw(call).read(_locks(call).current, env, at)
     if found is None:
         raise lock_rules.not_locked(env)
     return reply(LockOut.of(found, at))
@@ -177,11 +177,11 @@ async def lock_environment(call: Call) -> web.Response:
         raise Problem(422, f"duration is empty: {HOW_LONG}, or null for a lock without expiry")
     seconds = lock_rules.lock_duration(body.duration)
     await _known(call, env)
-    book, at = _book(call), now()
-    call.audited = True  # the book audits the outcome, accepted or refused
+    locks, at = _locks(call), now()
+    call.audited = True  # the locks audits the outcome, accepted or refused
     try:
         lock = await gw(call).write(
-            lambda: book.acquire(env, call.principal.name, body.reason, seconds, at, channel="rest")
+            lambda: locks.acquire(env, call.principal.name, body.reason, seconds, at, channel="rest")
         )
     except EnvironmentLocked as exc:
         raise _locked(exc) from None
@@ -200,11 +200,11 @@ async def lock_environment(call: Call) -> web.Response:
 async def unlock_environment(call: Call) -> web.Response:
     """The holder or an admin; anyone else is refused with `403` naming the holder. A rollback
     lock is acknowledged by any deployer or admin."""
-    env, book, at = call.params["env_id"], _book(call), now()
+    env, locks, at = call.params["env_id"], _locks(call), now()
     admin = Role.ADMIN in call.principal.roles
     call.audited = True
     lock = await gw(call).write(
-        lambda: book.release(env, call.principal.name, at, admin=admin, deployer=True, channel="rest")
+        lambda: locks.release(env, call.principal.name, at, admin=admin, deployer=True, channel="rest")
     )
     return reply(LockOut.of(lock, at))
 
@@ -221,10 +221,10 @@ async def unlock_environment(call: Call) -> web.Response:
 async def extend_lock(call: Call) -> web.Response:
     """The holder only; the expiry moves `duration` later (from now, if it is sooner)."""
     body: ExtendIn = call.body
-    env, book, at = call.params["env_id"], _book(call), now()
+    env, locks, at = call.params["env_id"], _locks(call), now()
     seconds = _seconds(body.duration)
     call.audited = True
-    lock = await gw(call).write(lambda: book.extend(env, call.principal.name, seconds, at, channel="rest"))
+    lock = await gw(call).write(lambda: locks.extend(env, call.principal.name, seconds, at, channel="rest"))
     return reply(LockOut.of(lock, at))
 
 
@@ -240,7 +240,7 @@ async def extend_lock(call: Call) -> web.Response:
 )
 async def request_lock_handover(call: Call) -> web.Response:
     """Anyone who may lock, except the holder. Asking again is harmless (the holder is asked once)."""
-    env, book, at = call.params["env_id"], _book(call), now()
+    env, locks, at = call.params["env_id"], _locks(call), now()
     call.audited = True
-    lock = await gw(call).write(lambda: book.request_handover(env, call.principal.name, at, channel="rest"))
+    lock = await gw(call).write(lambda: locks.request_handover(env, call.principal.name, at, channel="rest"))
     return reply(LockOut.of(lock, at), 202)

@@ -24,7 +24,8 @@ from bot.webhooks.messages import EVENT_TYPES
 from bot.webhooks.policy import check_name
 from bot.webhooks.service import WEBHOOKS, Config
 from core.access import Action
-from storage.webhooks import Attempt, Delivery, IllegalChange, Trigger, Webhook, WebhookBook
+from core.errors import IllegalTransition
+from storage.webhooks import Attempt, Delivery, Trigger, Webhook, WebhookBook
 
 EventType = Literal[
     "run.started", "run.finished", "stage.finished", "gate.waiting", "gate.decided", "deployment.finished"
@@ -305,8 +306,8 @@ async def _change(call: Call, to: str, reason: str) -> web.Response:
     found = await _webhook(call)
     try:
         changed = await gw(call).write(_book(call).change_status, found.id, to, reason, now())
-    except IllegalChange as exc:
-        raise Problem(409, f"webhook {found.id}: {exc}") from None
+    except IllegalTransition as exc:
+        raise Problem(409, exc.message) from None
     if changed is None:
         raise Problem(404, f"no webhook {found.id!r}")
     call.request.app[WEBHOOKS].poke()

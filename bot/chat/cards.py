@@ -12,7 +12,7 @@ from core.assignment import run_artifact
 from core.model import Gate, RunState
 from core.ports import Deployment
 from storage.artifacts import ArtifactBook
-from storage.locks import LockBook
+from storage.locks import LockStore
 
 #: how many of an environment's latest deployments are looked through for what is live
 LIVE_LOOK = 20
@@ -75,7 +75,7 @@ async def _shown(backend: ChatBackend, state: RunState, post: threads.ThreadPost
             return threads.Shown(at, tail=tail)
         case threads.RollbackLocked(environment=env):
             return threads.Shown(
-                at, lock=await backend.read(LockBook(backend.shipyard.store).current, env, at)
+                at, lock=await backend.read(LockStore(backend.shipyard.store).current, env, at)
             )
         case _:
             return threads.Shown(at)

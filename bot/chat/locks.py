@@ -17,7 +17,7 @@ from bot.chat.verbs import BUTTONS, VERBS, Button, ChatBackend, Refusal, Reply, 
 from core.access import Action, Role
 from core.errors import ShipyardError
 from core.locks import EnvironmentLocked, Lock, NotLockHolder, split_for
-from storage.locks import LockBook
+from storage.locks import LockStore
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def tell_with(backend: ChatBackend, tell: Tell) -> None:
     backend.tell = tell
 
 
-def _book(backend: ChatBackend) -> LockBook:
-    return LockBook(backend.shipyard.store)
+def _locks(backend: ChatBackend) -> LockStore:
+    return LockStore(backend.shipyard.store)
 
 
 async def _known(backend: ChatBackend, env: str) -> None:
@@ -54,13 +54,13 @@ async def lock(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words or not reason:
         raise Refusal(f"Say which environment and why: `/deploy {VERBS['lock'].usage}`")
     env = line.words[0]
-    if await backend.read(_book(backend).current, env, now()) is None:  # (a held one is refused by name)
+    if await backend.read(_locks(backend).current, env, now()) is None:  # (a held one is refused by name)
         await _known(backend, env)
     at = now()
-    book = _book(backend)
+    store = _locks(backend)
     try:
         locked = await backend.write(
-            lambda: book.acquire(env, who.user, reason, seconds, at, channel=who.channel)
+            lambda: store.acquire(env, who.user, reason, seconds, at, channel=who.channel)
         )
     except EnvironmentLocked as exc:
         return Reply(*lock_blocks.refused(exc.lock, at))
@@ -82,10 +82,10 @@ async def _release(backend: ChatBackend, who: Who, env: str) -> Reply:
     principal = await backend.principal(who.user)
     admin = Role.ADMIN in principal.roles
     deployer = principal.may(Action.CONTROL)
-    book, at = _book(backend), now()
+    store, at = _locks(backend), now()
     try:
         gone = await backend.write(
-            lambda: book.release(env, who.user, at, admin=admin, deployer=deployer, channel=who.channel)
+            lambda: store.release(env, who.user, at, admin=admin, deployer=deployer, channel=who.channel)
         )
     except NotLockHolder as exc:
         raise Refusal(exc.told(block_kit.who)) from None
@@ -105,7 +105,7 @@ def released(lock: Lock, by: str) -> str:
 @verb("locks", "locks", "the locked environments: who holds each, why and until when")
 async def locks(backend: ChatBackend, who: Who, line: Line) -> Reply:
     at = now()
-    found = await backend.read(_book(backend).all, at)
+    found = await backend.read(_locks(backend).all, at)
     if not found:
         return Reply(f"No environment is locked. Lock one: `/deploy {VERBS['lock'].usage}`")
     return Reply("\n".join(f":lock: {lock_blocks.told(lock, at)}" for lock in found))
@@ -119,9 +119,9 @@ async def press_lock(backend: ChatBackend, who: Who, action_id: str, value: str)
     ref = lock_blocks.read_value(value)
     if ref is None or action_id not in lock_blocks.ACTIONS:
         return Reply(":warning: That button is not one of mine.")
-    env, at, book = ref["env"], now(), _book(backend)
+    env, at, store = ref["env"], now(), _locks(backend)
     try:
-        current = await backend.read(book.current, env, at)
+        current = await backend.read(store.current, env, at)
         if action_id != lock_blocks.ASK and (
             current is None or current.since.isoformat() != ref.get("since")
         ):
@@ -139,26 +139,26 @@ async def press_lock(backend: ChatBackend, who: Who, action_id: str, value: str)
 
 
 async def _pressed(backend: ChatBackend, who: Who, action_id: str, env: str, ref: dict[str, str]) -> Reply:
-    book, at = _book(backend), now()
+    store, at = _locks(backend), now()
     if action_id in (lock_blocks.RELEASE, lock_blocks.ACKNOWLEDGE):
         reply = await _release(backend, who, env)
         await _announce(backend, who, reply.text)
         return reply
     if action_id == lock_blocks.EXTEND:
         longer = await backend.write(
-            lambda: book.extend(env, who.user, lock_blocks.EXTEND_S, at, channel=who.channel)
+            lambda: store.extend(env, who.user, lock_blocks.EXTEND_S, at, channel=who.channel)
         )
         return Reply(f":lock: {lock_blocks.told(longer, at)}.")
     if action_id == lock_blocks.ASK:
         if not (await backend.principal(who.user)).may(Action.CONTROL):
             return Reply(":warning: Asking for a lock needs the deployer role, like locking.")
-        asked = await backend.write(lambda: book.request_handover(env, who.user, at, channel=who.channel))
+        asked = await backend.write(lambda: store.request_handover(env, who.user, at, channel=who.channel))
         return Reply(
             f"Asked {block_kit.who(asked.holder)} to hand over the lock on *{env}*; their answer comes here."
         )
     if action_id == lock_blocks.HAND_OVER:
         to = ref.get("to", "")
-        moved = await backend.write(lambda: book.hand_over(env, who.user, to, at, channel=who.channel))
+        moved = await backend.write(lambda: store.hand_over(env, who.user, to, at, channel=who.channel))
         if lock_blocks.slack_user(to):
             await _tell(
                 backend,
@@ -171,7 +171,7 @@ async def _pressed(backend: ChatBackend, who: Who, action_id: str, env: str, ref
             f":lock: {block_kit.who(who.user)} handed the lock on *{env}* to {block_kit.who(to)}.",
         )
         return Reply(f"You handed the lock on *{env}* to {block_kit.who(to)}.")
-    kept, asker = await backend.write(lambda: book.keep(env, who.user, at, channel=who.channel))
+    kept, asker = await backend.write(lambda: store.keep(env, who.user, at, channel=who.channel))
     if not lock_blocks.slack_user(asker):  # asked over the API: the lock shows the answer there
         return Reply(f"You keep the lock on *{env}*.")
     await _tell(

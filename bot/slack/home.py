@@ -23,7 +23,7 @@ from core.commands import ApproveGate
 from core.errors import Forbidden
 from core.model import Actor, Gate, RunState
 from core.states import GateStatus
-from storage.locks import LockBook
+from storage.locks import LockStore
 from storage.reads import RunFilter
 
 #: gates and runs shown at most (a home view holds 100 blocks)
@@ -68,7 +68,7 @@ def may_approve(grants: list[Grant], user: str, state: RunState, gate: Gate) -> 
 
 
 async def _environments(backend: ChatBackend, at: datetime) -> list[block_kit.Block]:
-    locks = {lock.environment: lock for lock in await backend.read(LockBook(backend.shipyard.store).all, at)}
+    locks = {lock.environment: lock for lock in await backend.read(LockStore(backend.shipyard.store).all, at)}
     names = sorted(set(await backend.read(backend.reads.environment_names)) | set(locks))
     blocks = []
     for name in names:

@@ -19,8 +19,8 @@ as given up (``storage.slack``) and logged once at WARNING with the run, the cha
 error, and the notifier goes on with the next events, so one bad channel holds up no other run.
 
 App Home views of the people who opened them are published again when what they show
-changes: runs, gates and deployments (events), and environment locks (the audit log, where
-every lock change lands whichever door it came through)."""
+changes: runs, gates, deployments and environment locks, all read from the event log (every
+lock change appends its event, whichever door it came through)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from bot.chat.environments import review_reminder
 from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
-from core.events import Event
+from core.events import NO_RUN, Event
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
@@ -77,8 +77,6 @@ EDIT_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
 EDIT_FINAL = frozenset(
     {"message_not_found", "channel_not_found", "cant_update_message", "edit_window_closed", "is_archived"}
 )
-#: how often the audit log is read for lock changes (App Home shows each environment's lock)
-LOCKS_LOOK_S = 1.0
 #: what a failed send to Slack raises: Slack answered an error, or could not be reached
 SEND_FAILED = (SlackClientError, aiohttp.ClientError, TimeoutError, OSError)
 #: errors Slack answers about its own state, not the request: worth trying again
@@ -116,8 +114,6 @@ class Notifier:
         self._next_reminders = 0.0
         self._pending_due = 0.0  # epoch seconds: the soonest retry of a post known here
         self._pending_look = 0.0  # monotonic: when to look for other processes' again
-        self._audit_id: int | None = None
-        self._locks_look = 0.0
         #: role -> Slack user groups, to mention a gate's approvers
         self.groups = block_kit.role_groups(backend.shipyard.settings.slack_roles)
 
@@ -159,7 +155,8 @@ class Notifier:
         events = await self.backend.read(self.backend.shipyard.store.events_after, cursor, 500)
         by_run: dict[str, list[Event]] = {}
         for event in events:
-            by_run.setdefault(event.run_id, []).append(event)
+            if event.run_id != NO_RUN:  # a lock's: nothing to say in a run's thread (App Home below)
+                by_run.setdefault(event.run_id, []).append(event)
         limit = asyncio.Semaphore(8)
 
         async def one(run_events: list[Event]) -> None:
@@ -171,8 +168,7 @@ class Notifier:
         done = await asyncio.gather(*(one(e) for e in by_run.values()), return_exceptions=True)
         if failures := [e for e in done if isinstance(e, BaseException)]:
             raise failures[0]
-        locks_changed = await self._locks_changed()
-        if any(_changes_home(e) for e in events) or locks_changed:
+        if any(_changes_home(e) for e in events):
             viewers = sorted(self.backend.home_viewers)[:HOME_REFRESH_MAX]
             await asyncio.gather(*(self._home(user) for user in viewers))
         if events and not await self.backend.write(self.state.advance, CURSOR, cursor, events[-1].seq):
@@ -385,18 +381,6 @@ class Notifier:
         except SlackApiError as exc:
             log.warning("could not refresh App Home of %s: %s", user, exc.response.get("error"))
 
-    async def _locks_changed(self) -> bool:
-        """Whether an environment lock changed since last asked (read at most every
-        ``LOCKS_LOOK_S`` from the audit log)."""
-        if time.monotonic() < self._locks_look:
-            return False
-        self._locks_look = time.monotonic() + LOCKS_LOOK_S
-        if self._audit_id is None:
-            self._audit_id = await self.backend.read(self.state.last_audit_id)
-            return False
-        self._audit_id, changed = await self.backend.read(self.state.lock_changes_after, self._audit_id)
-        return changed
-
     async def _flush(self) -> None:
         """Edit the messages that are due: each run's message and its gate cards that changed."""
         due = [run_id for run_id, at in self._dirty.items() if at <= time.monotonic()]
@@ -448,7 +432,9 @@ class Notifier:
 
 def _changes_home(event: Event) -> bool:
     """Does App Home show what this event changed (gates waiting and their approvals, what runs
-    where, the viewer's runs)?"""
+    where, the viewer's runs, environment locks)?"""
+    if event.subject == "lock":
+        return True
     if event.subject == "gate":
         return event.to_status == "open" or event.from_status == "open" or event.name == "gate.approval_added"
     if event.subject == "run":

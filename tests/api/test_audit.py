@@ -207,7 +207,7 @@ async def test_acknowledging_a_review_a_run_never_opened_is_audited(api: Api) ->
 
 
 async def test_a_lock_reason_of_nothing_but_wide_spaces_is_refused_and_audited(api: Api) -> None:
-    """The API's pattern lets through spaces beyond ASCII (U+3000); the lock book finds nothing
+    """The API's pattern lets through spaces beyond ASCII (U+3000); the lock store finds nothing
     in them, and its refusal is audited like its others."""
     refused = await api.post("/environments/staging/lock", "deployer", json={"reason": "\u3000\u2003"})
     assert_problem(refused, 422, "say why the environment is locked")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from storage.locks import LockBook
+from storage.locks import LockStore
 from tests.api.conftest import Api, assert_problem
 
 LOCK = "/environments/production/lock"
@@ -81,7 +81,7 @@ async def test_one_holder_the_others_are_told_who_and_only_the_holder_or_an_admi
         ("lock_environment", "deployer2", "rejected"),
         ("relock_environment", "deployer", "accepted"),
         ("unlock_environment", "deployer2", "rejected"),
-        ("unlock_environment", "viewer", "rejected"),  # refused by role, before the lock book
+        ("unlock_environment", "viewer", "rejected"),  # refused by role, before the lock store
         ("lock_environment", "approver", "rejected"),
         ("unlock_environment", "deployer", "accepted"),
         ("unlock_environment", "deployer", "rejected"),
@@ -119,8 +119,8 @@ async def test_extend_and_handover(api: Api) -> None:
 
 async def test_an_expired_lock_is_free_and_taken_over(lite: Api) -> None:
     past = datetime.now(UTC) - timedelta(hours=2)
-    book = LockBook(lite.store)
-    await lite.db(lambda: book.acquire("production", "deployer", "forgotten", 3600, past))
+    locks = LockStore(lite.store)
+    await lite.db(lambda: locks.acquire("production", "deployer", "forgotten", 3600, past))
     assert_problem(await lite.get(LOCK), 404, "not locked")
     taken = await lite.post(LOCK, "deployer2", json={"reason": "release 1.4"})
     assert taken.status == 201 and taken.json["holder"] == "deployer2"

@@ -1,4 +1,4 @@
-"""The four transition tables: what ``check`` allows, how it explains a refusal, and the docs."""
+"""Every transition table: what ``check`` allows, how it explains a refusal, and the docs."""
 
 from __future__ import annotations
 
@@ -9,15 +9,23 @@ import pytest
 
 from core import states
 from core.errors import IllegalTransition
-from core.states import GateStatus, JobStatus, RunStatus, StageStatus, check
+from core.locks import TRANSITIONS as LOCK_ACTIONS
+from core.states import JobStatus, RunStatus, check
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "states.md"
 
-ENUMS: dict[str, type[StrEnum]] = {
-    "run": RunStatus,
-    "stage": StageStatus,
-    "job": JobStatus,
-    "gate": GateStatus,
+ENUMS: dict[str, type[StrEnum]] = dict(states.ENUMS)
+#: where each resource starts (the status its row is inserted with)
+INITIAL = {
+    "run": "pending",
+    "stage": "pending",
+    "job": "pending",
+    "gate": "pending",
+    "lock": "free",
+    "artifact": "registered",
+    "webhook": "active",
+    "delivery": "pending",
+    "slack_post": "sending",
 }
 
 ALL_PAIRS = [(kind, old, new) for kind, enum in ENUMS.items() for old in enum for new in enum]
@@ -41,6 +49,7 @@ def refusal(kind: str, old: str, new: str, ident: str = "x1") -> str:
 
 @pytest.mark.parametrize("kind", ENUMS)
 def test_every_status_has_a_row_and_every_target_is_a_status(kind: str) -> None:
+    assert set(states.TABLES) == set(ENUMS) == set(INITIAL) == set(states.TITLES)
     table = states.TABLES[kind]
     assert set(table) == set(ENUMS[kind])
     for targets in table.values():
@@ -48,9 +57,9 @@ def test_every_status_has_a_row_and_every_target_is_a_status(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ENUMS)
-def test_every_status_is_reachable_from_pending(kind: str) -> None:
+def test_every_status_is_reachable_from_the_initial_one(kind: str) -> None:
     table = states.TABLES[kind]
-    seen, todo = {"pending"}, ["pending"]
+    seen, todo = {INITIAL[kind]}, [INITIAL[kind]]
     while todo:
         for new in table[todo.pop()]:
             if new not in seen:
@@ -63,7 +72,7 @@ def test_every_status_is_reachable_from_pending(kind: str) -> None:
 
 
 def test_the_pair_lists_cover_every_pair_of_every_table() -> None:
-    assert len(ALL_PAIRS) == 8 * 8 + 9 * 9 + 9 * 9 + 7 * 7
+    assert len(ALL_PAIRS) == 8 * 8 + 9 * 9 + 9 * 9 + 7 * 7 + 3 * 3 + 2 * 2 + 3 * 3 + 4 * 4 + 4 * 4
     assert len(ALLOWED) + len(REFUSED) == len(ALL_PAIRS)
     assert len(ALLOWED) == sum(len(t) for table in states.TABLES.values() for t in table.values())
 
@@ -101,6 +110,11 @@ FINAL = {
     "stage": {"succeeded", "partial", "failed", "canceled", "skipped"},
     "job": {"succeeded", "canceled", "skipped"},
     "gate": {"approved", "rejected", "timed_out", "canceled", "skipped"},
+    "lock": set(),
+    "artifact": {"bad"},
+    "webhook": {"deleted"},
+    "delivery": {"delivered", "failed"},
+    "slack_post": {"sent", "gave_up"},
 }
 
 
@@ -173,6 +187,12 @@ def test_unknown_status_is_refused_with_a_reason(old: str, new: str, reason: str
     assert refusal("run", old, new, ident="r9") == f"run r9: {old} → {new} refused: {reason}"
 
 
+def test_every_lock_action_moves_along_the_lock_table() -> None:
+    for allowed, to in LOCK_ACTIONS.values():
+        for old in allowed:
+            assert states.can_transition("lock", old, to), (old, to)
+
+
 # -- the document -----------------------------------------------------------------------------
 
 
@@ -181,7 +201,7 @@ def test_render_lists_every_transition_and_every_final_status() -> None:
     for kind, old, new in ALLOWED:
         assert f"| `{old}` | `{new}` |" in text, (kind, old, new)
     for kind, finals in FINAL.items():
-        assert f"### {kind.capitalize()}" in text
+        assert f"### {states.TITLES[kind]}" in text
         for old in finals:
             assert f"| `{old}` | *(final)* | |" in text
     assert "| `queued` | `pending` | the run was paused before a runner claimed the job |" in text

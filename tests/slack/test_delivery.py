@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from core.access import Role
 from core.commands import TriggerRun
 from core.model import Actor
-from storage.slack import PostStatus, RunMessage, SlackState
+from core.states import PostStatus
+from storage.slack import RunMessage, SlackState
 from storage.store import SqlStore
 from storage.tables import T
 from tests.pipelines import gated

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from core.access import Role
-from storage.locks import LockBook
+from storage.locks import LockStore
 from storage.reads import Reads, RunFilter
 from tests.slack.harness import ALICE, SHOP, Bot, StartBot, blocks_of, until
 
@@ -37,7 +37,7 @@ async def _released(bot: Bot, version: str) -> str:
 
 
 async def test_why_lists_every_blocker_at_once_and_queue_shows_places(bot: Bot) -> None:
-    LockBook(bot.store).acquire("production", ALICE, "incident 4711", 7200, datetime.now(UTC))
+    LockStore(bot.store).acquire("production", ALICE, "incident 4711", 7200, datetime.now(UTC))
     ref = await _released(bot, "1.0.0")
     state = await bot.until_status(ref, "waiting", "queued")
     assert state.run.status == "waiting", state.run.reason  # the production gate comes first
@@ -110,10 +110,11 @@ async def test_rollback_asks_first_then_its_button_rolls_back(bot: Bot) -> None:
         for e in b["elements"]
         if e["text"]["text"] == "Acknowledge"
     )
-    assert LockBook(bot.store).current("staging", datetime.now(UTC)) is not None
+    assert LockStore(bot.store).current("staging", datetime.now(UTC)) is not None
     await bot.press(ALICE, ack["action_id"], ack["value"], held.response["ts"])
     await until(
-        lambda: LockBook(bot.store).current("staging", datetime.now(UTC)) is None, what="the lock to go"
+        lambda: LockStore(bot.store).current("staging", datetime.now(UTC)) is None,
+        what="the lock to go",
     )
 
     expired = json.loads(button["value"]) | {"until": 0}

@@ -15,7 +15,7 @@ from bot.chat import lock_blocks
 from bot.locks_keeper import KEEPER, LockKeeper
 from core.access import Role
 from core.locks import Lock
-from storage.locks import LockBook
+from storage.locks import LockStore
 from tests.slack.fake_slack import Call
 from tests.slack.harness import ALICE, BOB, CAROL, CHANNEL, ROOT, Bot, StartBot, buttons_of
 
@@ -39,7 +39,7 @@ def keeper(bot: Bot) -> LockKeeper:
 
 
 def current(bot: Bot, env: str = "production") -> Lock | None:
-    return LockBook(bot.store).current(env, datetime.now(UTC))
+    return LockStore(bot.store).current(env, datetime.now(UTC))
 
 
 def posts_to(bot: Bot, channel: str) -> list[Call]:
@@ -153,7 +153,7 @@ async def test_an_expired_lock_is_told_to_the_channel_once(bot: Bot) -> None:
 
 async def test_a_holder_outside_slack_is_reminded_in_the_channel(bot: Bot) -> None:
     at = datetime.now(UTC)
-    LockBook(bot.store).acquire("staging", "ci-bot", "load test", 3600, at, channel="rest")
+    LockStore(bot.store).acquire("staging", "ci-bot", "load test", 3600, at, channel="rest")
     done = await keeper(bot).tick(at + timedelta(minutes=50))  # staging: the default 15m ahead
     assert [lock.holder for lock in done.reminded] == ["ci-bot"]
     [reminder] = [c for c in posts_to(bot, CHANNEL) if "your lock" in c.args["text"]]
@@ -196,8 +196,8 @@ async def test_a_handover_is_asked_for_declined_and_granted_with_buttons(bot: Bo
 
 
 async def test_a_rollback_lock_is_acknowledged_by_a_deployer(bot: Bot) -> None:
-    book = LockBook(bot.store)
-    rollback = book.acquire(
+    locks = LockStore(bot.store)
+    rollback = locks.acquire(
         "production", ROOT, "rolled back web 1.4.2 to 1.4.1", None, datetime.now(UTC), "rollback"
     )
     summary, blocks = lock_blocks.rollback_locked(rollback, datetime.now(UTC))

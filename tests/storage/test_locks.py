@@ -13,9 +13,10 @@ from typing import TypeVar
 import pytest
 
 from core.errors import InvalidInput, NotFound
+from core.events import NO_RUN
 from core.locks import EnvironmentLocked, Lock, NotLockHolder, describe
 from core.ports import AuditEntry
-from storage.locks import LockBook
+from storage.locks import LockStore
 from storage.store import SqlStore
 
 T = TypeVar("T")
@@ -28,19 +29,21 @@ def at(seconds: float) -> datetime:
 
 
 @pytest.fixture
-def book(db_url: str, stores: list[SqlStore]) -> LockBook:
+def locks(db_url: str, stores: list[SqlStore]) -> LockStore:
     store = SqlStore(db_url)
     stores.append(store)
-    return LockBook(store)
+    return LockStore(store)
 
 
-def audit(book: LockBook) -> list[AuditEntry]:
+def audit(locks: LockStore) -> list[AuditEntry]:
     """Oldest first."""
-    return list(reversed(book.store.audit_entries(200)))
+    return list(reversed(locks.store.audit_entries(200)))
 
 
-def test_one_holder_at_a_time_and_the_refusal_says_who_since_when_why_until_when(book: LockBook) -> None:
-    held = book.acquire("production", "alice", "incident 4711", 2 * H, NOW, channel="rest")
+def test_one_holder_at_a_time_and_the_refusal_says_who_since_when_why_until_when(
+    locks: LockStore,
+) -> None:
+    held = locks.acquire("production", "alice", "incident 4711", 2 * H, NOW, channel="rest")
     assert held == Lock(
         environment="production",
         holder="alice",
@@ -49,17 +52,17 @@ def test_one_holder_at_a_time_and_the_refusal_says_who_since_when_why_until_when
         expires_at=at(2 * H),
     )
     with pytest.raises(EnvironmentLocked) as refused:
-        book.acquire("production", "bob", "deploy hotfix", None, at(H), channel="slack")
+        locks.acquire("production", "bob", "deploy hotfix", None, at(H), channel="slack")
     assert refused.value.message == (
         "production is locked by alice since 10:02 UTC (1h ago): incident 4711; expires 12:02 UTC"
     )
-    assert book.current("production", at(H)) == held
-    assert book.all(at(H)) == [held]
-    assert book.current("staging", at(H)) is None  # other environments are not affected
-    book.acquire("staging", "bob", "load test", None, at(H))
-    assert [lock.environment for lock in book.all(at(H))] == ["production", "staging"]
+    assert locks.current("production", at(H)) == held
+    assert locks.all(at(H)) == [held]
+    assert locks.current("staging", at(H)) is None  # other environments are not affected
+    locks.acquire("staging", "bob", "load test", None, at(H))
+    assert [lock.environment for lock in locks.all(at(H))] == ["production", "staging"]
 
-    entries = audit(book)
+    entries = audit(locks)
     assert [(e.action, e.actor, e.channel, e.outcome) for e in entries] == [
         ("lock_environment", "alice", "rest", "accepted"),
         ("lock_environment", "bob", "slack", "rejected"),
@@ -70,43 +73,43 @@ def test_one_holder_at_a_time_and_the_refusal_says_who_since_when_why_until_when
     assert entries[1].reason == refused.value.message
 
 
-def test_the_holder_locking_again_changes_reason_and_expiry_but_not_since(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", 2 * H, NOW)
-    again = book.acquire("production", "alice", "incident 4711, still", None, at(H))
+def test_the_holder_locking_again_changes_reason_and_expiry_but_not_since(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", 2 * H, NOW)
+    again = locks.acquire("production", "alice", "incident 4711, still", None, at(H))
     assert (again.since, again.reason, again.expires_at) == (NOW, "incident 4711, still", None)
-    assert book.current("production", at(100 * H)) == again  # no expiry any more
-    assert [e.action for e in audit(book)] == ["lock_environment", "relock_environment"]
+    assert locks.current("production", at(100 * H)) == again  # no expiry any more
+    assert [e.action for e in audit(locks)] == ["lock_environment", "relock_environment"]
 
 
-def test_an_expired_lock_is_free_and_is_taken_over_by_a_conditional_update(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", H, NOW)
-    assert book.current("production", at(H - 1)) is not None
-    assert book.current("production", at(H)) is None  # expired, not swept: free
-    assert book.all(at(H)) == []
-    taken = book.acquire("production", "bob", "release 1.4", None, at(2 * H))
+def test_an_expired_lock_is_free_and_is_taken_over_by_a_conditional_update(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", H, NOW)
+    assert locks.current("production", at(H - 1)) is not None
+    assert locks.current("production", at(H)) is None  # expired, not swept: free
+    assert locks.all(at(H)) == []
+    taken = locks.acquire("production", "bob", "release 1.4", None, at(2 * H))
     assert (taken.holder, taken.since, taken.expires_at) == ("bob", at(2 * H), None)
-    assert book.expire_due(at(3 * H)) == []  # nothing left to expire: it was taken over
-    assert [(e.action, e.actor) for e in audit(book)] == [
+    assert locks.expire_due(at(3 * H)) == []  # nothing left to expire: it was taken over
+    assert [(e.action, e.actor) for e in audit(locks)] == [
         ("lock_environment", "alice"),
         ("expire_lock", "shipyard"),
         ("lock_environment", "bob"),
     ]
 
 
-def test_release_rules(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", None, NOW)
+def test_release_rules(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", None, NOW)
     with pytest.raises(NotLockHolder, match=r"locked by alice .* Only alice or an admin may unlock it"):
-        book.release("production", "bob", at(60), admin=False)
-    assert book.current("production", at(60)) is not None
-    gone = book.release("production", "alice", at(60), admin=False, channel="slack")
-    assert gone.holder == "alice" and book.current("production", at(60)) is None
+        locks.release("production", "bob", at(60), admin=False)
+    assert locks.current("production", at(60)) is not None
+    gone = locks.release("production", "alice", at(60), admin=False, channel="slack")
+    assert gone.holder == "alice" and locks.current("production", at(60)) is None
     with pytest.raises(NotFound, match="production is not locked"):
-        book.release("production", "alice", at(61), admin=False)
+        locks.release("production", "alice", at(61), admin=False)
 
-    book.acquire("production", "alice", "incident 4712", None, at(120))
-    assert book.release("production", "root", at(180), admin=True).holder == "alice"  # an admin may
+    locks.acquire("production", "alice", "incident 4712", None, at(120))
+    assert locks.release("production", "root", at(180), admin=True).holder == "alice"  # an admin may
 
-    assert [(e.action, e.actor, e.outcome) for e in audit(book)] == [
+    assert [(e.action, e.actor, e.outcome) for e in audit(locks)] == [
         ("lock_environment", "alice", "accepted"),
         ("unlock_environment", "bob", "rejected"),
         ("unlock_environment", "alice", "accepted"),
@@ -116,73 +119,73 @@ def test_release_rules(book: LockBook) -> None:
     ]
 
 
-def test_a_rollback_lock_holds_until_any_deployer_acknowledges_it(book: LockBook) -> None:
-    rollback = book.acquire(
+def test_a_rollback_lock_holds_until_any_deployer_acknowledges_it(locks: LockStore) -> None:
+    rollback = locks.acquire(
         "production", "carol", "rolled back web 1.4.2 to 1.4.1", 2 * H, NOW, kind="rollback"
     )
     assert (rollback.kind, rollback.expires_at) == ("rollback", None)  # no expiry: until acknowledged
     assert describe(rollback, NOW).endswith("until someone acknowledges the rollback")
-    assert book.expire_due(at(1000 * H)) == []
+    assert locks.expire_due(at(1000 * H)) == []
     with pytest.raises(EnvironmentLocked, match="acknowledges the rollback"):
-        book.acquire("production", "carol", "back to normal", None, at(60))  # not relocked away
+        locks.acquire("production", "carol", "back to normal", None, at(60))  # not relocked away
     with pytest.raises(NotLockHolder, match="a deployer or an admin may acknowledge"):
-        book.release("production", "viewer", at(60), admin=False, deployer=False)
-    gone = book.release("production", "bob", at(120), admin=False, deployer=True)
-    assert gone.kind == "rollback" and book.current("production", at(120)) is None
-    assert [(e.action, e.outcome) for e in audit(book)][-2:] == [
+        locks.release("production", "viewer", at(60), admin=False, deployer=False)
+    gone = locks.release("production", "bob", at(120), admin=False, deployer=True)
+    assert gone.kind == "rollback" and locks.current("production", at(120)) is None
+    assert [(e.action, e.outcome) for e in audit(locks)][-2:] == [
         ("unlock_environment", "rejected"),
         ("acknowledge_rollback", "accepted"),
     ]
 
 
-def test_the_holders_manual_lock_becomes_the_rollback_lock(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", H, NOW)
-    rollback = book.acquire("production", "alice", "rolled back to 1.4.1", None, at(60), kind="rollback")
+def test_the_holders_manual_lock_becomes_the_rollback_lock(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", H, NOW)
+    rollback = locks.acquire("production", "alice", "rolled back to 1.4.1", None, at(60), kind="rollback")
     assert (rollback.kind, rollback.expires_at, rollback.since) == ("rollback", None, NOW)
 
 
-def test_extend_by_the_holder_only_and_it_is_reminded_again(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", H, NOW)
-    assert [lock.environment for lock in book.due_reminders(at(50 * 60), 15 * 60)] == ["production"]
+def test_extend_by_the_holder_only_and_it_is_reminded_again(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", H, NOW)
+    assert [lock.environment for lock in locks.due_reminders(at(50 * 60), 15 * 60)] == ["production"]
     with pytest.raises(NotLockHolder, match="Only alice may extend it"):
-        book.extend("production", "bob", H, at(50 * 60))
-    longer = book.extend("production", "alice", H, at(50 * 60))
+        locks.extend("production", "bob", H, at(50 * 60))
+    longer = locks.extend("production", "alice", H, at(50 * 60))
     assert longer.expires_at == at(2 * H) and longer.reminded_at is None
-    assert book.due_reminders(at(H), 15 * 60) == []
-    assert [lock.expires_at for lock in book.due_reminders(at(2 * H - 600), 15 * 60)] == [at(2 * H)]
-    assert book.current("production", at(2 * H - 1)) is not None
+    assert locks.due_reminders(at(H), 15 * 60) == []
+    assert [lock.expires_at for lock in locks.due_reminders(at(2 * H - 600), 15 * 60)] == [at(2 * H)]
+    assert locks.current("production", at(2 * H - 1)) is not None
     with pytest.raises(NotFound):
-        book.extend("production", "alice", H, at(2 * H))  # too late: it expired
+        locks.extend("production", "alice", H, at(2 * H))  # too late: it expired
 
 
-def test_a_handover_moves_the_lock_and_keep_declines(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", 2 * H, NOW)
+def test_a_handover_moves_the_lock_and_keep_declines(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", 2 * H, NOW)
     with pytest.raises(InvalidInput, match="you hold the lock"):
-        book.request_handover("production", "alice", at(60))
-    asked = book.request_handover("production", "bob", at(60))
+        locks.request_handover("production", "alice", at(60))
+    asked = locks.request_handover("production", "bob", at(60))
     assert asked.handover_requested_by == "bob"
-    assert book.request_handover("production", "bob", at(70)) == asked  # asking twice: one request
-    assert [lock.handover_requested_by for lock in book.due_handovers(at(80))] == ["bob"]
-    assert book.due_handovers(at(90)) == []  # told once
+    assert locks.request_handover("production", "bob", at(70)) == asked  # asking twice: one request
+    assert [lock.handover_requested_by for lock in locks.due_handovers(at(80))] == ["bob"]
+    assert locks.due_handovers(at(90)) == []  # told once
 
-    kept, asker = book.keep("production", "alice", at(100))
+    kept, asker = locks.keep("production", "alice", at(100))
     assert (kept.handover_requested_by, asker) == (None, "bob")
-    book.request_handover("production", "bob", at(110))  # asked again: told again
-    assert len(book.due_handovers(at(120))) == 1
+    locks.request_handover("production", "bob", at(110))  # asked again: told again
+    assert len(locks.due_handovers(at(120))) == 1
 
     with pytest.raises(NotLockHolder, match="Only alice may hand it over"):
-        book.hand_over("production", "bob", "bob", at(130))
-    moved = book.hand_over("production", "alice", "bob", at(130))
+        locks.hand_over("production", "bob", "bob", at(130))
+    moved = locks.hand_over("production", "alice", "bob", at(130))
     assert (moved.holder, moved.since, moved.expires_at, moved.handover_requested_by) == (
         "bob",
         at(130),
         at(2 * H),
         None,
     )
-    assert book.current("production", at(140)) == moved
+    assert locks.current("production", at(140)) == moved
     with pytest.raises(NotLockHolder):
-        book.release("production", "alice", at(150), admin=False)
-    actions = [e.action for e in audit(book) if e.outcome == "accepted"]
+        locks.release("production", "alice", at(150), admin=False)
+    actions = [e.action for e in audit(locks) if e.outcome == "accepted"]
     assert actions == [
         "lock_environment",
         "request_lock_handover",
@@ -194,38 +197,38 @@ def test_a_handover_moves_the_lock_and_keep_declines(book: LockBook) -> None:
     ]
 
 
-def test_expire_due_expires_each_lock_once_and_audits_it(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", H, NOW)
-    book.acquire("staging", "bob", "load test", 2 * H, NOW)
-    book.acquire("dev", "carol", "poking around", None, NOW)
-    assert book.expire_due(at(H - 1)) == []
-    assert [lock.environment for lock in book.expire_due(at(H))] == ["production"]
-    assert book.expire_due(at(H)) == []
-    assert [lock.environment for lock in book.expire_due(at(10 * H))] == ["staging"]
-    assert [lock.environment for lock in book.all(at(10 * H))] == ["dev"]
-    expired = [e for e in audit(book) if e.action == "expire_lock"]
+def test_expire_due_expires_each_lock_once_and_audits_it(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", H, NOW)
+    locks.acquire("staging", "bob", "load test", 2 * H, NOW)
+    locks.acquire("dev", "carol", "poking around", None, NOW)
+    assert locks.expire_due(at(H - 1)) == []
+    assert [lock.environment for lock in locks.expire_due(at(H))] == ["production"]
+    assert locks.expire_due(at(H)) == []
+    assert [lock.environment for lock in locks.expire_due(at(10 * H))] == ["staging"]
+    assert [lock.environment for lock in locks.all(at(10 * H))] == ["dev"]
+    expired = [e for e in audit(locks) if e.action == "expire_lock"]
     assert [(e.actor, e.channel, e.detail["holder"]) for e in expired] == [
         ("shipyard", "system", "alice"),
         ("shipyard", "system", "bob"),
     ]
 
 
-def test_reminders_respect_each_environments_lead_and_skip_short_locks(book: LockBook) -> None:
-    book.acquire("production", "alice", "incident 4711", H, NOW)
-    book.acquire("staging", "bob", "load test", H, NOW)
-    book.acquire("dev", "carol", "a quick look", 10 * 60, at(45 * 60))  # shorter than the lead
-    due = book.due_reminders(at(46 * 60), 15 * 60, ["production"])
+def test_reminders_respect_each_environments_lead_and_skip_short_locks(locks: LockStore) -> None:
+    locks.acquire("production", "alice", "incident 4711", H, NOW)
+    locks.acquire("staging", "bob", "load test", H, NOW)
+    locks.acquire("dev", "carol", "a quick look", 10 * 60, at(45 * 60))  # shorter than the lead
+    due = locks.due_reminders(at(46 * 60), 15 * 60, ["production"])
     assert [(lock.environment, lock.reminded_at) for lock in due] == [("production", at(46 * 60))]
-    assert book.due_reminders(at(46 * 60), 15 * 60, ["dev"]) == []
-    assert [lock.environment for lock in book.due_reminders(at(55 * 60), 5 * 60)] == ["staging"]
+    assert locks.due_reminders(at(46 * 60), 15 * 60, ["dev"]) == []
+    assert [lock.environment for lock in locks.due_reminders(at(55 * 60), 5 * 60)] == ["staging"]
 
 
-def test_bad_input_is_refused_before_anything_is_stored(book: LockBook) -> None:
+def test_bad_input_is_refused_before_anything_is_stored(locks: LockStore) -> None:
     with pytest.raises(InvalidInput, match="say why"):
-        book.acquire("production", "alice", "  ", None, NOW)
+        locks.acquire("production", "alice", "  ", None, NOW)
     with pytest.raises(InvalidInput, match="from 1m to 365d"):
-        book.acquire("production", "alice", "x", 5, NOW)
-    assert book.all(NOW) == []
+        locks.acquire("production", "alice", "x", 5, NOW)
+    assert locks.all(NOW) == []
 
 
 # -- concurrency ---------------------------------------------------------------------------------
@@ -247,10 +250,10 @@ def _race(count: int, fn: Callable[[int], T]) -> list[T | BaseException]:
 @pytest.mark.postgres
 def test_concurrent_acquires_on_postgres_exactly_one_wins(pg_url: str, stores: list[SqlStore]) -> None:
     people = 12
-    books = [LockBook(SqlStore(pg_url, pool_size=1)) for _ in range(people)]
-    stores.extend(book.store for book in books)
-    for book in books:  # connected first, so they race on the insert, not on connecting
-        assert book.current("production", NOW) is None
+    books = [LockStore(SqlStore(pg_url, pool_size=1)) for _ in range(people)]
+    stores.extend(locks.store for locks in books)
+    for locks in books:  # connected first, so they race on the insert, not on connecting
+        assert locks.current("production", NOW) is None
     for round_, moment in enumerate((NOW, at(2 * H))):  # free, then expired and not swept
 
         def lock(i: int, when: datetime = moment) -> Lock:
@@ -270,15 +273,15 @@ def test_concurrent_acquires_on_postgres_exactly_one_wins(pg_url: str, stores: l
 def test_two_replicas_claim_each_expiry_reminder_and_handover_once(
     pg_url: str, stores: list[SqlStore]
 ) -> None:
-    replicas = [LockBook(SqlStore(pg_url)) for _ in range(2)]
-    stores.extend(book.store for book in replicas)
+    replicas = [LockStore(SqlStore(pg_url)) for _ in range(2)]
+    stores.extend(locks.store for locks in replicas)
     setup = replicas[0]
     envs = [f"env-{i}" for i in range(30)]
     for env in envs:
         setup.acquire(env, "alice", "maintenance", H, NOW)
         setup.request_handover(env, "bob", NOW)
 
-    def claimed(fn: Callable[[LockBook], list[Lock]]) -> list[str]:
+    def claimed(fn: Callable[[LockStore], list[Lock]]) -> list[str]:
         results = _race(2, lambda i: fn(replicas[i]))
         assert not [r for r in results if isinstance(r, BaseException)], results
         return sorted(lock.environment for r in results for lock in r)  # type: ignore[union-attr]
@@ -294,8 +297,50 @@ def test_two_replicas_claim_each_expiry_reminder_and_handover_once(
 
 
 def test_claims_are_made_once_by_two_books_on_sqlite_too(sqlite_url: str, stores: list[SqlStore]) -> None:
-    first, second = LockBook(SqlStore(sqlite_url)), LockBook(SqlStore(sqlite_url))
+    first, second = LockStore(SqlStore(sqlite_url)), LockStore(SqlStore(sqlite_url))
     stores.extend([first.store, second.store])
     first.acquire("production", "alice", "incident 4711", H, NOW)
     results = _race(2, lambda i: (first, second)[i].expire_due(at(H)))
     assert sorted(len(r) for r in results if isinstance(r, list)) == [0, 1]
+
+
+def test_every_lock_change_appends_its_event_which_readers_follow_by_cursor(locks: LockStore) -> None:
+    cursor = locks.store.last_event_seq()
+    locks.acquire("production", "alice", "incident 4711", H, NOW, channel="rest")
+    locks.extend("production", "alice", 2 * H, at(60))
+    with pytest.raises(EnvironmentLocked):  # a refusal changes nothing, so appends nothing
+        locks.acquire("production", "bob", "deploy hotfix", None, at(120))
+    locks.request_handover("production", "bob", at(180))
+    locks.hand_over("production", "alice", "bob", at(240))
+    locks.release("production", "bob", at(300), admin=False)
+    locks.acquire("staging", "carol", "load test", 60.0, at(300))
+    assert [lock.environment for lock in locks.expire_due(at(360))] == ["staging"]
+
+    events = locks.store.events_after(cursor)
+    assert [(e.name, e.subject_id, e.from_status, e.to_status) for e in events] == [
+        ("lock.acquired", "production", "free", "held"),
+        ("lock.extended", "production", "held", "held"),
+        ("lock.handover_requested", "production", "held", "held"),
+        ("lock.handed_over", "production", "held", "held"),
+        ("lock.released", "production", "held", "free"),
+        ("lock.acquired", "staging", "free", "held"),
+        ("lock.expired", "staging", "expired", "free"),
+    ]
+    assert [e.seq for e in events] == sorted({e.seq for e in events})  # strictly increasing
+    assert {(e.subject, e.run_id) for e in events} == {("lock", NO_RUN)}
+    assert events[3].data["holder"] == "bob" and events[3].data["by"] == "alice"
+    assert locks.store.events_after(events[-1].seq) == []
+
+
+def test_the_rollback_lock_appends_its_event_in_the_engines_transaction(locks: LockStore) -> None:
+    cursor = locks.store.last_event_seq()
+    locks.acquire("production", "alice", "load test", 60.0, NOW)
+    with locks.store.transaction() as tx:  # the expired lock is swept, the rollback lock holds
+        assert tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(120))
+    with locks.store.transaction() as tx:  # held already: that lock stays, nothing is appended
+        assert not tx.lock_after_rollback("production", "rolled back again", at(180))
+    events = locks.store.events_after(cursor)
+    assert [(e.name, e.from_status, e.to_status, e.data["kind"]) for e in events] == [
+        ("lock.acquired", "free", "held", "manual"),
+        ("lock.acquired", "expired", "held", "rollback"),
+    ]

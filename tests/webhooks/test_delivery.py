@@ -196,7 +196,7 @@ async def test_a_subscription_that_keeps_failing_is_disabled_and_its_owner_told(
     await drain(api)
     assert len(receiver.delivered) == 3
     assert_problem(
-        await api.post(f"/webhooks/{hook['id']}/enable", "admin"), 409, "active cannot become active"
+        await api.post(f"/webhooks/{hook['id']}/enable", "admin"), 409, "active → active refused"
     )
 
 
