@@ -41,12 +41,12 @@ from bot.chat.environments import review_reminder
 from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
-from core.events import Event
+from core.events import NO_RUN, Event
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
 from core.states import RUN_TERMINAL
-from storage.reviews import ReviewBook
+from storage.reviews import ReviewStore
 from storage.slack import PendingPost, SlackState
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ class Notifier:
         events = await self.backend.read(self.backend.shipyard.store.events_after, cursor, 500)
         by_run: dict[str, list[Event]] = {}
         for event in events:
-            by_run.setdefault(event.run_id, []).append(event)
+            if event.run_id != NO_RUN:  # artifacts, schedules, ...: nothing to say in a run's thread
+                by_run.setdefault(event.run_id, []).append(event)
         limit = asyncio.Semaphore(8)
 
         async def one(run_events: list[Event]) -> None:
@@ -369,7 +370,7 @@ class Notifier:
                 await self._thread(
                     state, channel, ts, key, *block_kit.gate_reminder(state, gate, waited, self.groups)
                 )
-        for review in await self.backend.read(ReviewBook(self.backend.shipyard.store).pending):
+        for review in await self.backend.read(ReviewStore(self.backend.shipyard.store).pending):
             number = reminder_number(review, at)
             wait = min(wait, (number + 1) * REMIND_EVERY_S - (at - review.opened_at).total_seconds())
             owing = await self.backend.read(self.backend.reads.run, review.run_id, quick=True)

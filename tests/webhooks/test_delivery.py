@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.webhooks.service import retry_delay
-from storage.webhooks import WebhookBook
+from storage.webhooks import WebhookStore
 from tests.api.conftest import Api, assert_problem
 from tests.webhooks.conftest import Receiver, StartHooks, drain, settle, subscribe, utc, worker
 
@@ -311,11 +311,11 @@ async def test_the_policy_holds_at_connect_time_too(
     name resolved somewhere else) are refused when the worker connects."""
     api = await start_hooks(sqlite_url, webhook_allow=[])
     receiver = await receivers()
-    book = WebhookBook(api.store)
+    webhook_store = WebhookStore(api.store)
     assert receiver.server is not None
     for url in (receiver.url, f"http://localhost:{receiver.server.port}/hook"):
         await api.db(
-            lambda u=url: book.create(
+            lambda u=url: webhook_store.create(
                 url=u,
                 events=["run.finished"],
                 pipeline=None,
