@@ -21,7 +21,7 @@ from storage.artifacts import ArtifactStore
 from storage.reviews import ReviewStore
 from storage.schedules import ScheduleStore, file_schedule_id
 from storage.store import SqlStore
-from storage.webhooks import DELIVERY, WebhookStore
+from storage.webhooks import DELIVERY, Outcome, WebhookStore
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 LATER = T0 + timedelta(minutes=5)
@@ -151,9 +151,7 @@ def _status_change(
     return setup
 
 
-def _redelivery_queued(store: SqlStore) -> tuple[Callable[[], object], Callable[[], bool]]:
-    webhooks = WebhookStore(store)
-    webhook_id = _subscribe(webhooks, T0)
+def _delivery(store: SqlStore, webhook_id: str, state: str) -> int:
     row = {
         "webhook_id": webhook_id,
         "key": "k1",
@@ -164,15 +162,37 @@ def _redelivery_queued(store: SqlStore) -> tuple[Callable[[], object], Callable[
         "run_id": "r1",
         "subject_id": "r1",
         "body": "{}",
-        "state": "failed",
-        "attempts": 3,
+        "state": state,
+        "attempts": 0,
         "next_attempt_at": T0,
-        "last_error": "HTTP 500",
+        "last_error": "",
         "created_at": T0,
-        "finished_at": T0,
+        "finished_at": T0 if state == "failed" else None,
     }
     with store.transaction() as tx:
-        first = tx.conn.execute(sa.insert(DELIVERY).values(row).returning(DELIVERY.c.id)).scalar_one()
+        return int(tx.conn.execute(sa.insert(DELIVERY).values(row).returning(DELIVERY.c.id)).scalar_one())
+
+
+def _disabled_after_failures(store: SqlStore) -> tuple[Callable[[], object], Callable[[], bool]]:
+    webhooks = WebhookStore(store)
+    webhook_id = _subscribe(webhooks, T0)
+    _delivery(store, webhook_id, "pending")
+    (claimed,) = webhooks.claim(T0, 10, timedelta(minutes=1))
+
+    def record() -> str:
+        gone = Outcome(
+            claimed.delivery_id, claimed.attempt, webhook_id, LATER, 5.0, ok=False, status=410, gone=True
+        )
+        (disabled,) = webhooks.record([gone], LATER, max_failures=10, failing_for=timedelta(days=1))
+        return disabled.webhook_id
+
+    return record, lambda: getattr(webhooks.get(webhook_id), "status", None) == "disabled"
+
+
+def _redelivery_queued(store: SqlStore) -> tuple[Callable[[], object], Callable[[], bool]]:
+    webhooks = WebhookStore(store)
+    webhook_id = _subscribe(webhooks, T0)
+    first = _delivery(store, webhook_id, "failed")
 
     def redeliver() -> str:
         again = webhooks.redeliver(webhook_id, first, LATER)
@@ -245,6 +265,7 @@ CASES = [
     Case("webhook.disabled", _status_change("disabled")),
     Case("webhook.enabled", _status_change("active", "disabled")),
     Case("webhook.unsubscribed", _status_change("deleted")),
+    Case("webhook.disabled", _disabled_after_failures),
     Case("webhook.redelivery_queued", _redelivery_queued),
     Case("trigger.created", _trigger_created),
     Case("trigger.deleted", _trigger_deleted),
