@@ -120,7 +120,7 @@ def prepare(args: argparse.Namespace, url: str, tmp: Path) -> Plan:
     from core.schedule import Schedule, next_fire
     from storage.directory import Directory
     from storage.migrate import upgrade
-    from storage.schedules import SCHEDULE, ScheduleBook
+    from storage.schedules import SCHEDULE, ScheduleStore
     from storage.store import SqlStore
 
     t0 = time.perf_counter()
@@ -169,9 +169,9 @@ def prepare(args: argparse.Namespace, url: str, tmp: Path) -> Plan:
         schedules.append(schedule)
     store = SqlStore(url)
     try:
-        book = ScheduleBook(store)
+        schedule_store = ScheduleStore(store)
         for i in range(0, len(schedules), 1000):
-            book.add_many(schedules[i : i + 1000])
+            schedule_store.add_many(schedules[i : i + 1000])
         directory = Directory(store)
         for owner in OWNERS:
             directory.grant(owner, "role", str(Role.DEPLOYER), now)

@@ -20,7 +20,7 @@ from bot.backend import Backend, now
 from bot.config import Settings
 from bot.webhooks.service import Config
 from storage.idempotency import IdempotencyStore
-from storage.webhooks import WebhookBook
+from storage.webhooks import WebhookStore
 
 log = logging.getLogger(__name__)
 #: how often the pass runs (the first one right at start, so short-lived processes clean too)
@@ -44,7 +44,7 @@ class Housekeeping:
         store = backend.shipyard.store
         self.backend = backend
         self.keys = IdempotencyStore(store, timedelta(hours=settings.idempotency_hours))
-        self.deliveries = WebhookBook(store)
+        self.deliveries = WebhookStore(store)
         self.delivery_keep = Config.of(settings).keep
         self.scheduler: AsyncIOScheduler | None = None
 

@@ -31,7 +31,7 @@ from core.engine import Decision
 from core.model import Actor
 from core.ports import AuditEntry
 from core.schedule import Due, Schedule
-from storage.schedules import ScheduleBook, file_schedule_id
+from storage.schedules import ScheduleStore, file_schedule_id
 
 log = logging.getLogger(__name__)
 #: how often the declarations in pipeline files are compared with the stored schedules
@@ -66,7 +66,7 @@ class ScheduleLoop:
         self.backend = backend
         self.owner = owner  #: who runs the schedules declared in pipeline files
         self.batch = batch  #: due schedules read and claimed at a time
-        self.book = ScheduleBook(backend.shipyard.store)
+        self.schedule_store = ScheduleStore(backend.shipyard.store)
         self.scheduler: AsyncIOScheduler | None = None
         self._busy: set[asyncio.Future[Any]] = set()  #: beats and the fires they started
         self._beating: asyncio.Future[None] | None = None
@@ -136,7 +136,7 @@ class ScheduleLoop:
             after: tuple[datetime, str] | None = None
             while True:
                 moment = at or now()
-                due = await self.backend.read(self.book.due, moment, self.batch, after)
+                due = await self.backend.read(self.schedule_store.due, moment, self.batch, after)
                 if due:
                     after = (due[-1].next_fire_at, due[-1].id)
                     batches.append(asyncio.create_task(self._claim(due, moment)))
@@ -219,7 +219,7 @@ class ScheduleLoop:
             if entry.refused:
                 records.append(_audit(schedule, "trigger_run", "rejected", entry.refused, at))
             audits[schedule.id] = records
-        won = self.book.claim([(e.schedule, e.plan.next_fire) for e in entries], audits)
+        won = self.schedule_store.claim([(e.schedule, e.plan.next_fire) for e in entries], audits)
         return [e for e in entries if e.schedule.id in won]
 
     async def _finish(self, claimed: Sequence[_Claimed]) -> list[Fired]:
@@ -245,10 +245,10 @@ class ScheduleLoop:
 
     async def sync_files(self) -> None:
         """Store the schedules pipeline files declare (new ones start from now; see
-        ``ScheduleBook.sync_file``). Only pipelines whose declarations changed are written."""
+        ``ScheduleStore.sync_file``). Only pipelines whose declarations changed are written."""
         reads = self.backend.reads
         at = now()
-        stored = await self.backend.read(self.book.file_schedule_ids)
+        stored = await self.backend.read(self.schedule_store.file_schedule_ids)
         for info in await self.backend.read(reads.pipelines, None, 10_000, False):
             have = stored.get(info.name, set())
             wanted = []
@@ -270,7 +270,7 @@ class ScheduleLoop:
                     )
                 )
             if {s.id for s in wanted} != have:
-                await self.backend.write(self.book.sync_file, info.name, wanted, at)
+                await self.backend.write(self.schedule_store.sync_file, info.name, wanted, at)
 
 
 def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:

@@ -8,9 +8,11 @@ On PostgreSQL the loser's insert waits for the winner's commit, so exactly one o
 concurrent registrations of one version succeeds; on SQLite the single writer orders them.
 
 Marking bad is the artifact's one transition (``storage.transition.move``: a conditional
-update on ``NOT bad``), so two people marking at once get one
-success and one clear "already marked bad by …". ``ArtifactBook`` wraps both in their own
-transactions for the API and chat, and writes the audit entry in the same transaction.
+update on ``NOT bad``), so two people marking at once get one success and one clear "already
+marked bad by …". Each change appends its event (``artifact.registered``,
+``artifact.marked_bad``) to the caller's unit of work, so the change and its event commit
+together or not at all. ``ArtifactStore`` runs both in a unit of work of their own for the API
+and chat, and writes the audit entry in the same transaction.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from core.artifacts import (
     not_found,
 )
 from core.errors import CommandRefused, InvalidInput
+from core.events import Event, resource_event
 from core.ports import AuditEntry
 from core.states import ArtifactStatus
-from storage.store import SqlStore
+from storage.store import SqlStore, SqlTx
 from storage.tables import metadata
 from storage.transition import move
 
@@ -101,7 +104,7 @@ def newest_of(conn: Connection, pipeline: str) -> Artifact | None:
 
 
 def register(
-    conn: Connection,
+    tx: SqlTx,
     spec: ArtifactSpec,
     *,
     run_id: str | None,
@@ -112,6 +115,7 @@ def register(
     """Register ``spec`` in the caller's transaction: ``(artifact, True)`` when new,
     ``(existing, False)`` when this version is registered with the same digest already.
     Raises ``DigestConflict`` when it is registered with another digest."""
+    conn = tx.conn
     ref = f"{spec.name}@{spec.version}"
     existing = find(conn, ref)
     if existing is None:
@@ -130,6 +134,7 @@ def register(
         try:
             with conn.begin_nested():
                 conn.execute(sa.insert(ARTIFACT).values(**_values(artifact)))
+            tx.append_events([_event("registered", artifact, now, ref=artifact.ref, by=by, run_id=run_id)])
             return artifact, True
         except IntegrityError:  # registered concurrently (we waited for its commit): read it
             existing = find(conn, ref)
@@ -159,8 +164,9 @@ def _values(a: Artifact) -> dict[str, Any]:
     }
 
 
-def mark_bad(conn: Connection, ref: str, reason: str, *, by: str, now: datetime) -> Artifact:
+def mark_bad(tx: SqlTx, ref: str, reason: str, *, by: str, now: datetime) -> Artifact:
     """Mark the artifact bad in the caller's transaction; ``NotFound``, ``AlreadyBad``."""
+    conn = tx.conn
     reason = check_reason(reason)
     found = find(conn, ref)
     if found is None:
@@ -172,7 +178,12 @@ def mark_bad(conn: Connection, ref: str, reason: str, *, by: str, now: datetime)
         now_found = find(conn, ref)
         assert now_found is not None  # artifacts are never deleted
         check_mark_bad(now_found)
+    tx.append_events([_event("marked_bad", found, now, ref=found.ref, by=by, reason=reason)])
     return replace(found, bad=True, bad_reason=reason, bad_by=by, bad_at=now)
+
+
+def _event(happened: str, artifact: Artifact, at: datetime, **data: object) -> Event:
+    return resource_event("artifact", happened, artifact.id, at, **data)
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -201,8 +212,8 @@ class ArtifactPage:
     next_cursor: str | None
 
 
-class ArtifactBook:
-    """The registry with its own transactions, for the REST API and chat."""
+class ArtifactStore:
+    """The registry, each call in a unit of work of its own, for the REST API and chat."""
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
@@ -217,7 +228,7 @@ class ArtifactBook:
         pipeline: str | None = None,
     ) -> tuple[Artifact, bool]:
         with self.store.transaction() as tx:
-            return register(tx.conn, spec, run_id=run_id, pipeline=pipeline, by=by, now=now)
+            return register(tx, spec, run_id=run_id, pipeline=pipeline, by=by, now=now)
 
     def get(self, ref: str) -> Artifact | None:
         with self.store.reading() as tx:
@@ -251,7 +262,7 @@ class ArtifactBook:
         """Mark bad and audit it in one transaction; a refusal is audited too, then raised."""
         try:
             with self.store.transaction() as tx:
-                artifact = mark_bad(tx.conn, ref, reason, by=by, now=now)
+                artifact = mark_bad(tx, ref, reason, by=by, now=now)
                 tx.audit(_audit(by, channel, ref, "accepted", artifact.bad_reason or "", now, artifact))
             return artifact
         except CommandRefused as exc:

@@ -1,4 +1,7 @@
-"""Break-glass reviews in the database (``core.review``)."""
+"""Break-glass reviews in the database (``core.review``).
+
+Opening a review (in the transaction that creates its run) and acknowledging it each append
+their event (``review.opened``, ``review.acknowledged``) to the same unit of work."""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from core.errors import CommandRefused, NotFound
+from core.events import resource_event
 from core.ports import AuditEntry
 from core.review import Review, check_acknowledge
-from storage.store import SqlStore
+from storage.store import SqlStore, SqlTx
 from storage.tables import metadata
 
 REVIEW = metadata.tables["review"]
@@ -31,9 +34,9 @@ def _review(r: Any) -> Review:
     )
 
 
-def insert(conn: Connection, review: Review) -> None:
+def insert(tx: SqlTx, review: Review) -> None:
     """Open ``review`` in the caller's transaction (the one that creates its run)."""
-    conn.execute(
+    tx.conn.execute(
         sa.insert(REVIEW).values(
             run_id=review.run_id,
             admin=review.admin,
@@ -42,9 +45,15 @@ def insert(conn: Connection, review: Review) -> None:
             due_at=review.due_at,
         )
     )
+    event = resource_event(
+        "review", "opened", review.run_id, review.opened_at, run_id=review.run_id, admin=review.admin
+    )
+    tx.append_events([event])
 
 
-class ReviewBook:
+class ReviewStore:
+    """Break-glass reviews, each call in a unit of work of its own."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
 
@@ -81,6 +90,9 @@ class ReviewBook:
                 )
                 if done.rowcount != 1:
                     raise CommandRefused(f"the review of {ref} was acknowledged by someone else a moment ago")
+                tx.append_events(
+                    [resource_event("review", "acknowledged", run_id, now, run_id=run_id, by=by)]
+                )
             except CommandRefused as exc:
                 refusal = exc
                 entry = replace(entry, outcome="rejected", reason=exc.message)

@@ -1,5 +1,9 @@
 """Schedules in the database: they survive restarts, every replica sees the same ones, and each
-occurrence is claimed by a conditional update of ``next_fire_at`` (one process wins)."""
+occurrence is claimed by a conditional update of ``next_fire_at`` (one process wins).
+
+Creating and deleting a schedule (by hand, or by loading a pipeline file) append
+``schedule.created`` and ``schedule.deleted`` to the same unit of work. Claiming an occurrence
+appends nothing: it only moves the next fire time, and the run it starts has events of its own."""
 
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from core.events import Event, resource_event
 from core.ports import AuditEntry
 from core.schedule import Schedule, next_fire
-from storage.store import SqlStore
+from storage.store import SqlStore, SqlTx
 from storage.tables import T
 
 SCHEDULE = T["schedule"]
@@ -46,7 +51,39 @@ def file_schedule_id(pipeline: str, cron: str, tz: str, parameters: dict[str, st
     return "f" + hashlib.sha256(text.encode()).hexdigest()[:31]
 
 
-class ScheduleBook:
+def _created(s: Schedule, at: datetime) -> Event:
+    return resource_event("schedule", "created", s.id, at, pipeline=s.pipeline, source=s.source)
+
+
+def _deleted(schedule_id: str, pipeline: str, at: datetime) -> Event:
+    return resource_event("schedule", "deleted", schedule_id, at, pipeline=pipeline)
+
+
+def insert(tx: SqlTx, schedules: Sequence[Schedule]) -> None:
+    """Store ``schedules`` in the caller's transaction (one statement), with their events."""
+    if schedules:
+        tx.conn.execute(sa.insert(SCHEDULE), [_values(s) for s in schedules])
+        tx.append_events([_created(s, s.created_at) for s in schedules])
+
+
+def delete(tx: SqlTx, schedule_id: str, now: datetime) -> bool:
+    """Delete a live schedule in the caller's transaction; False if there is none."""
+    done = tx.conn.execute(
+        sa.update(SCHEDULE)
+        .where(SCHEDULE.c.id == schedule_id, LIVE)
+        .values(deleted_at=now)
+        .returning(SCHEDULE.c.pipeline)
+    )
+    pipeline = done.scalar()
+    if pipeline is None:
+        return False
+    tx.append_events([_deleted(schedule_id, pipeline, now)])
+    return True
+
+
+class ScheduleStore:
+    """Schedules, each call in a unit of work of its own."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
 
@@ -57,8 +94,8 @@ class ScheduleBook:
     def add_many(self, schedules: Sequence[Schedule]) -> None:
         """Store several schedules in one transaction (one statement)."""
         if schedules:
-            with self.store.engine.begin() as conn:
-                conn.execute(sa.insert(SCHEDULE), [_values(s) for s in schedules])
+            with self.store.transaction() as tx:
+                insert(tx, schedules)
 
     def new(
         self,
@@ -105,11 +142,8 @@ class ScheduleBook:
             return [_schedule(r) for r in tx.conn.execute(query).mappings()]
 
     def remove(self, schedule_id: str, now: datetime) -> bool:
-        with self.store.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(SCHEDULE).where(SCHEDULE.c.id == schedule_id, LIVE).values(deleted_at=now)
-            )
-            return bool(done.rowcount == 1)
+        with self.store.transaction() as tx:
+            return delete(tx, schedule_id, now)
 
     def due(
         self, now: datetime, limit: int = 500, after: tuple[datetime, str] | None = None
@@ -201,7 +235,8 @@ class ScheduleBook:
                 firsts[key] = next_fire(s.cron, s.timezone, now)
             return firsts[key]
 
-        with self.store.engine.begin() as conn:
+        with self.store.transaction() as tx:
+            conn = tx.conn
             have = set(
                 conn.execute(
                     sa.select(SCHEDULE.c.id).where(
@@ -226,9 +261,11 @@ class ScheduleBook:
                             .where(SCHEDULE.c.id == schedule.id)
                             .values(deleted_at=None, next_fire_at=first(schedule))
                         )
+                tx.append_events([_created(s, now) for s in missing])
             gone = have - {s.id for s in wanted}
             if gone:
                 conn.execute(sa.update(SCHEDULE).where(SCHEDULE.c.id.in_(gone)).values(deleted_at=now))
+                tx.append_events([_deleted(schedule_id, pipeline, now) for schedule_id in sorted(gone)])
 
 
 def _values(s: Schedule) -> dict[str, Any]:

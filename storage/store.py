@@ -647,7 +647,7 @@ class SqlTx:
     def open_review(self, review: Review) -> None:
         from storage import reviews
 
-        reviews.insert(self.conn, review)
+        reviews.insert(self, review)
 
     def lock_after_rollback(self, env: str, reason: str, now: datetime) -> bool:
         """Hold ``env`` after a rollback until someone acknowledges it; False if it is already
@@ -668,7 +668,7 @@ class SqlTx:
         from storage import artifacts  # (it builds on this module)
 
         artifact, _ = artifacts.register(
-            self.conn, spec, run_id=run.id, pipeline=run.pipeline, by=run.triggered_by, now=now
+            self, spec, run_id=run.id, pipeline=run.pipeline, by=run.triggered_by, now=now
         )
         return artifact
 

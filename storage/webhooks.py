@@ -15,6 +15,12 @@ that died leaves its claim to run out, and the delivery is sent again (at least 
 
 Subscriptions and deliveries change status only along their tables in ``core.states``, each
 change a conditional update on the status read (``storage.transition.move``).
+
+Every change goes through the unit of work runs use (``SqlStore.transaction``). What people
+change appends its event there too: ``webhook.subscribed``, ``webhook.disabled`` (by hand or
+after failures), ``webhook.enabled``, ``webhook.unsubscribed``, ``webhook.redelivery_queued``,
+``trigger.created``, ``trigger.deleted``. The outbox's own work (queueing, sending, pruning
+deliveries) appends none: it follows the log, and events about it would only feed it back.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from core.events import Event
+from core.events import Event, resource_event
 from core.model import RunState
 from core.ports import AuditEntry
 from storage import mappers
@@ -47,6 +53,8 @@ GATE, EVENT, CURSOR = T["gate"], T["event"], T["cursor"]
 CURSOR_NAME = "webhooks"
 
 OPEN = ("pending", "sending")
+#: what a subscription's event calls each status it moves to
+STATUS_EVENTS = {"active": "enabled", "disabled": "disabled", "deleted": "unsubscribed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +218,9 @@ HEAD_OF_RUN = ~sa.exists().where(
 CLAIMABLE = sa.and_(DELIVERY.c.state.in_(OPEN), WEBHOOK.c.status == "active", HEAD_OF_RUN)
 
 
-class WebhookBook:
+class WebhookStore:
+    """Subscriptions, the outbox and incoming triggers, each call in a unit of work of its own."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
         self._pg = not store.sqlite
@@ -230,7 +240,8 @@ class WebhookBook:
     ) -> Webhook:
         """A new active subscription; it hears about events from now on."""
         webhook_id = "wh_" + uuid.uuid4().hex[:24]
-        with self.store.engine.begin() as conn:
+        with self.store.transaction() as tx:
+            conn = tx.conn
             from_seq = int(conn.execute(Q.last_seq).scalar() or 0)
             conn.execute(
                 sa.insert(WEBHOOK).values(
@@ -250,6 +261,7 @@ class WebhookBook:
                     changed_at=now,
                 )
             )
+            tx.append_events([resource_event("webhook", "subscribed", webhook_id, now, owner=owner)])
         found = self.get(webhook_id)
         assert found is not None
         return found
@@ -278,6 +290,8 @@ class WebhookBook:
             if not move(tx.conn, "webhook", webhook_id, WEBHOOK.c.id == webhook_id, row.status, to, values):
                 # changed meanwhile: report it as it now is
                 return self._any(tx.conn, webhook_id)
+            happened = STATUS_EVENTS[to]
+            tx.append_events([resource_event("webhook", happened, webhook_id, now, reason=reason)])
             if to == "active":
                 tx.conn.execute(
                     sa.update(DELIVERY)
@@ -565,6 +579,7 @@ class WebhookBook:
         values = {"status_reason": reason, "changed_at": now}
         if not move(conn, "webhook", webhook_id, w.id == webhook_id, "active", "disabled", values):
             return None
+        tx.append_events([resource_event("webhook", "disabled", webhook_id, now, reason=reason)])
         tx.audit(
             AuditEntry(
                 at=now,
@@ -656,6 +671,10 @@ class WebhookBook:
                 .returning(DELIVERY.c.id)
             ).scalar_one()
             new = conn.execute(sa.select(DELIVERY).where(DELIVERY.c.id == new_id)).mappings().one()
+            queued = resource_event(
+                "webhook", "redelivery_queued", webhook_id, now, delivery_id=new_id, redelivery_of=delivery_id
+            )
+            tx.append_events([queued])
             return _delivery(new)
 
     def was_told(self, webhook_id: str, run_id: str, gate_id: str) -> bool:
@@ -688,7 +707,8 @@ class WebhookBook:
     def prune(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` deliveries that finished (delivered or given up) before
         ``before``, with their attempts; returns how many. Open ones are never touched."""
-        with self.store.engine.begin() as conn:
+        with self.store.transaction() as tx:
+            conn = tx.conn
             ids = list(
                 conn.execute(
                     sa.select(DELIVERY.c.id)
@@ -714,8 +734,10 @@ class WebhookBook:
             created_at=now,
             secret=secret,
         )
-        with self.store.engine.begin() as conn:
-            conn.execute(sa.insert(TRIGGER).values(**{k: getattr(trigger, k) for k in Trigger.__slots__}))
+        with self.store.transaction() as tx:
+            tx.conn.execute(sa.insert(TRIGGER).values(**{k: getattr(trigger, k) for k in Trigger.__slots__}))
+            event = resource_event("trigger", "created", trigger.id, now, pipeline=pipeline, owner=owner)
+            tx.append_events([event])
         return trigger
 
     def trigger(self, trigger_id: str) -> Trigger | None:
@@ -739,13 +761,16 @@ class WebhookBook:
             return [_trigger(r) for r in rows]
 
     def delete_trigger(self, trigger_id: str, now: datetime) -> bool:
-        with self.store.engine.begin() as conn:
-            done = conn.execute(
+        with self.store.transaction() as tx:
+            done = tx.conn.execute(
                 sa.update(TRIGGER)
                 .where(TRIGGER.c.id == trigger_id, TRIGGER.c.deleted_at.is_(None))
                 .values(deleted_at=now)
             )
-            return bool(done.rowcount == 1)
+            if done.rowcount != 1:
+                return False
+            tx.append_events([resource_event("trigger", "deleted", trigger_id, now)])
+            return True
 
 
 def _last_error(failures: list[Outcome]) -> str:

@@ -24,7 +24,7 @@ from bot.backend import now
 from core import artifacts as art
 from core.access import Action
 from core.artifacts import Artifact, DigestConflict
-from storage.artifacts import ArtifactBook
+from storage.artifacts import ArtifactStore
 
 #: what ``core.artifacts`` accepts, as JSON Schema patterns (documented, checked by the handler)
 VERSION_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._+-]*)?[0-9][A-Za-z0-9._+-]*$"
@@ -120,8 +120,8 @@ class ArtifactsQuery(QueryModel):
     cursor: str | None = Field(None, pattern=r"^([0-9]{1,18}\.[0-9a-f-]{1,36})?$", description=NEXT)
 
 
-def _book(call: Call) -> ArtifactBook:
-    return ArtifactBook(gw(call).shipyard.store)
+def _artifact_store(call: Call) -> ArtifactStore:
+    return ArtifactStore(gw(call).shipyard.store)
 
 
 def _location(a: Artifact) -> dict[str, str]:
@@ -147,10 +147,10 @@ async def register_artifact(call: Call) -> web.Response:
     ``latest`` or a branch name as the version is 422."""
     body: ArtifactIn = call.body
     spec = art.make_spec(body.name, body.version, body.digest, body.uri, body.metadata)
-    book = _book(call)
+    artifact_store = _artifact_store(call)
     try:
         artifact, created = await gw(call).write(
-            lambda: book.register(spec, by=call.principal.name, now=now())
+            lambda: artifact_store.register(spec, by=call.principal.name, now=now())
         )
     except DigestConflict as exc:
         raise Problem(
@@ -170,7 +170,7 @@ async def register_artifact(call: Call) -> web.Response:
 )
 async def list_artifacts(call: Call) -> web.Response:
     q: ArtifactsQuery = call.query
-    page = await gw(call).read(_book(call).list, q.name, q.cursor or None, q.limit)
+    page = await gw(call).read(_artifact_store(call).list, q.name, q.cursor or None, q.limit)
     return reply(ArtifactPage(items=[ArtifactOut.of(a) for a in page.items], next_cursor=page.next_cursor))
 
 
@@ -184,7 +184,7 @@ async def list_artifacts(call: Call) -> web.Response:
 )
 async def get_artifact(call: Call) -> web.Response:
     ref = call.params["artifact_id"]
-    found = await gw(call).read(_book(call).get, ref, quick=True)
+    found = await gw(call).read(_artifact_store(call).get, ref, quick=True)
     if found is None:
         raise art.not_found(ref)
     return reply(ArtifactOut.of(found))
@@ -203,10 +203,10 @@ async def mark_artifact_bad(call: Call) -> web.Response:
     """Approvers and admins. Final: an artifact marked bad stays bad; marking it again is 409
     saying who marked it, when and why. Audited with the reason."""
     body: MarkBadIn = call.body
-    book = _book(call)
-    call.audited = True  # the book audits this, accepted or refused, with the reason
+    artifact_store = _artifact_store(call)
+    call.audited = True  # the registry audits this, accepted or refused, with the reason
     marked = await gw(call).write(
-        lambda: book.mark_bad(
+        lambda: artifact_store.mark_bad(
             call.params["artifact_id"], body.reason, by=call.principal.name, now=now(), channel="rest"
         )
     )

@@ -22,8 +22,8 @@ from core.access import Action
 from core.commands import MoveToFront, TriggerRun
 from core.errors import CommandRefused
 from core.rollback import RollbackPlan
-from storage.artifacts import ArtifactBook
-from storage.reviews import ReviewBook
+from storage.artifacts import ArtifactStore
+from storage.reviews import ReviewStore
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -143,7 +143,7 @@ async def promote(call: Call) -> web.Response:
     names it); a bad artifact is refused."""
     body: PromoteIn = call.body
     g = gw(call)
-    found = await g.read(ArtifactBook(g.shipyard.store).get, call.params["artifact_id"])
+    found = await g.read(ArtifactStore(g.shipyard.store).get, call.params["artifact_id"])
     if found is None:
         raise Problem(404, f"no artifact {call.params['artifact_id']!r}")
     pipeline = body.pipeline or found.pipeline
@@ -291,12 +291,12 @@ async def acknowledge_review(call: Call) -> web.Response:
     what was done and says so; until then the run's Slack thread is reminded hourly."""
     g = gw(call)
     state = await find_run(call)
-    book = ReviewBook(g.shipyard.store)
+    review_store = ReviewStore(g.shipyard.store)
     requested = tuple(state.run.requested_by or (state.run.triggered_by,))
     call.audited = True
     try:
         review = await g.write(
-            partial(book.acknowledge, channel="rest", ref=state.run.ref),
+            partial(review_store.acknowledge, channel="rest", ref=state.run.ref),
             state.run.id,
             call.principal.name,
             requested,

@@ -41,7 +41,7 @@ from core.access import Action
 from core.commands import RecordGateCheck, TriggerRun
 from core.model import Actor, RunState
 from core.ports import AuditEntry
-from storage.webhooks import Trigger, WebhookBook
+from storage.webhooks import Trigger, WebhookStore
 
 HOOK_PATH = PREFIX + "/hooks/{trigger_id}"
 CALLBACK_PATH = PREFIX + "/runs/{run_id}/gates/{gate_id}/callback"
@@ -141,8 +141,8 @@ def _key(value: str, header: str, who: str) -> str:
 # -- incoming triggers -------------------------------------------------------------------------
 async def receive_hook(gateway: ApiGateway, request: web.Request) -> web.Response:
     raw = await _body(request)
-    book = WebhookBook(gateway.shipyard.store)
-    trigger = await gateway.read(book.trigger, request.match_info["trigger_id"], quick=True)
+    webhook_store = WebhookStore(gateway.shipyard.store)
+    trigger = await gateway.read(webhook_store.trigger, request.match_info["trigger_id"], quick=True)
     if trigger is None:
         raise _Refused(404, f"no trigger {request.match_info['trigger_id']!r}")
     if trigger.kind == "github":
@@ -273,8 +273,8 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
     webhook_id = request.query.get("webhook", "")
     if not webhook_id:
         raise _Refused(400, "use the callback URL from the gate.waiting message: it names ?webhook=")
-    book = WebhookBook(gateway.shipyard.store)
-    hook = await gateway.read(book.get, webhook_id[:40], quick=True)
+    webhook_store = WebhookStore(gateway.shipyard.store)
+    hook = await gateway.read(webhook_store.get, webhook_id[:40], quick=True)
     if hook is None:
         raise _Refused(401, f"no webhook subscription {webhook_id[:40]!r}")
     try:
@@ -297,7 +297,7 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
         raise _Refused(404, f"{state.run.ref} has no gate {request.match_info['gate_id']!r}", who)
     if gate.kind != "external":
         raise _Refused(409, f"gate {gate.stage_name} is {gate.kind}; only external gates take callbacks", who)
-    if not await gateway.read(book.was_told, hook.id, state.run.id, gate.id):
+    if not await gateway.read(webhook_store.was_told, hook.id, state.run.id, gate.id):
         raise _Refused(403, f"webhook {hook.id} was not sent gate {gate.stage_name}'s gate.waiting", who)
     decision = await gateway.decide(
         RecordGateCheck(

@@ -20,7 +20,7 @@ from core.access import Action, Role
 from core.definition import parameter_text
 from core.errors import ShipyardError
 from core.schedule import Schedule
-from storage.schedules import ScheduleBook
+from storage.schedules import ScheduleStore
 
 
 class ScheduleIn(Strict):
@@ -69,8 +69,8 @@ class ScheduleList(BaseModel):
     items: list[ScheduleOut]
 
 
-def _book(call: Call) -> ScheduleBook:
-    return ScheduleBook(gw(call).shipyard.store)
+def _schedule_store(call: Call) -> ScheduleStore:
+    return ScheduleStore(gw(call).shipyard.store)
 
 
 @API.op(
@@ -82,7 +82,7 @@ def _book(call: Call) -> ScheduleBook:
     responses={200: ("every schedule with its next fire time", ScheduleList)},
 )
 async def list_schedules(call: Call) -> web.Response:
-    found = await gw(call).read(_book(call).all)
+    found = await gw(call).read(_schedule_store(call).all)
     return reply(ScheduleList(items=[ScheduleOut.of(s) for s in found]))
 
 
@@ -108,7 +108,7 @@ async def create_schedule(call: Call) -> web.Response:
     at = now()
     params = parameter_text(body.parameters)
     created = await gw(call).write(
-        lambda: _book(call).new(
+        lambda: _schedule_store(call).new(
             pipeline=body.pipeline,
             cron=expression,
             timezone=body.timezone,
@@ -132,7 +132,7 @@ async def create_schedule(call: Call) -> web.Response:
     responses={200: ("the schedule", ScheduleOut)},
 )
 async def get_schedule(call: Call) -> web.Response:
-    found = await gw(call).read(_book(call).get, call.params["schedule_id"])
+    found = await gw(call).read(_schedule_store(call).get, call.params["schedule_id"])
     if found is None:
         raise Problem(404, f"no schedule {call.params['schedule_id']!r}")
     return reply(ScheduleOut.of(found))
@@ -148,7 +148,7 @@ async def get_schedule(call: Call) -> web.Response:
 )
 async def delete_schedule(call: Call) -> web.Response:
     """Its owner or an admin. Schedules declared in a pipeline file are removed by editing it."""
-    found = await gw(call).read(_book(call).get, call.params["schedule_id"])
+    found = await gw(call).read(_schedule_store(call).get, call.params["schedule_id"])
     if found is None:
         raise Problem(404, f"no schedule {call.params['schedule_id']!r}")
     if found.source == "file":
@@ -159,5 +159,5 @@ async def delete_schedule(call: Call) -> web.Response:
         raise Problem(
             403, f"schedule {found.id} belongs to {found.owner}; only they or an admin may remove it"
         )
-    await gw(call).write(_book(call).remove, found.id, now())
+    await gw(call).write(_schedule_store(call).remove, found.id, now())
     return reply(ScheduleOut.of(found))

@@ -25,7 +25,7 @@ from bot.webhooks.policy import check_name
 from bot.webhooks.service import WEBHOOKS, Config
 from core.access import Action
 from core.errors import IllegalTransition
-from storage.webhooks import Attempt, Delivery, Trigger, Webhook, WebhookBook
+from storage.webhooks import Attempt, Delivery, Trigger, Webhook, WebhookStore
 
 EventType = Literal[
     "run.started", "run.finished", "stage.finished", "gate.waiting", "gate.decided", "deployment.finished"
@@ -197,8 +197,8 @@ class IncomingTriggerList(BaseModel):
     items: list[IncomingTriggerOut]
 
 
-def _book(call: Call) -> WebhookBook:
-    return WebhookBook(gw(call).shipyard.store)
+def _webhook_store(call: Call) -> WebhookStore:
+    return WebhookStore(gw(call).shipyard.store)
 
 
 def _config(call: Call) -> Config:
@@ -218,7 +218,7 @@ def _trigger_out(call: Call, t: Trigger) -> IncomingTriggerOut:
 
 
 async def _webhook(call: Call) -> Webhook:
-    found = await gw(call).read(_book(call).get, call.params["webhook_id"], quick=True)
+    found = await gw(call).read(_webhook_store(call).get, call.params["webhook_id"], quick=True)
     if found is None:
         raise Problem(404, f"no webhook {call.params['webhook_id']!r}")
     return found
@@ -250,7 +250,7 @@ async def _check_url(call: Call, text: str) -> str:
     responses={200: ("every subscription that was not deleted", WebhookList)},
 )
 async def list_webhooks(call: Call) -> web.Response:
-    found = await gw(call).read(_book(call).all)
+    found = await gw(call).read(_webhook_store(call).all)
     return reply(WebhookList(items=[WebhookOut.of(w) for w in found]))
 
 
@@ -274,7 +274,7 @@ async def create_webhook(call: Call) -> web.Response:
         raise Problem(404, f"no pipeline {body.pipeline!r}")
     secret = signing.new_secret()
     created = await gw(call).write(
-        lambda: _book(call).create(
+        lambda: _webhook_store(call).create(
             url=url,
             events=body.events,
             pipeline=body.pipeline,
@@ -305,7 +305,7 @@ async def get_webhook(call: Call) -> web.Response:
 async def _change(call: Call, to: str, reason: str) -> web.Response:
     found = await _webhook(call)
     try:
-        changed = await gw(call).write(_book(call).change_status, found.id, to, reason, now())
+        changed = await gw(call).write(_webhook_store(call).change_status, found.id, to, reason, now())
     except IllegalTransition as exc:
         raise Problem(409, exc.message) from None
     if changed is None:
@@ -353,7 +353,7 @@ async def list_deliveries(call: Call) -> web.Response:
     found = await _webhook(call)
     q: DeliveriesQuery = call.query
     before = id_cursor(q.cursor, 2**62)
-    rows = await gw(call).read(_book(call).deliveries, found.id, before, q.limit + 1, q.state)
+    rows = await gw(call).read(_webhook_store(call).deliveries, found.id, before, q.limit + 1, q.state)
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     cursor = str(rows[-1].id) if more else None
@@ -378,7 +378,7 @@ async def _delivery_id(call: Call) -> tuple[Webhook, int]:
 )
 async def get_delivery(call: Call) -> web.Response:
     hook, delivery_id = await _delivery_id(call)
-    found = await gw(call).read(_book(call).delivery, hook.id, delivery_id)
+    found = await gw(call).read(_webhook_store(call).delivery, hook.id, delivery_id)
     if found is None:
         raise Problem(404, f"no delivery {delivery_id} of webhook {hook.id}")
     delivery, attempts = found
@@ -402,7 +402,7 @@ async def get_delivery(call: Call) -> web.Response:
 async def redeliver(call: Call) -> web.Response:
     """For a delivered or failed delivery (a pending one is sent without asking)."""
     hook, delivery_id = await _delivery_id(call)
-    result = await gw(call).write(_book(call).redeliver, hook.id, delivery_id, now())
+    result = await gw(call).write(_webhook_store(call).redeliver, hook.id, delivery_id, now())
     if isinstance(result, str):
         status = 404 if result == "no such delivery" else 409
         raise Problem(status, f"delivery {delivery_id} of webhook {hook.id}: {result}")
@@ -418,7 +418,7 @@ async def redeliver(call: Call) -> web.Response:
     responses={200: ("every trigger that was not deleted", IncomingTriggerList)},
 )
 async def list_triggers(call: Call) -> web.Response:
-    found = await gw(call).read(_book(call).triggers)
+    found = await gw(call).read(_webhook_store(call).triggers)
     return reply(IncomingTriggerList(items=[_trigger_out(call, t) for t in found]))
 
 
@@ -440,7 +440,7 @@ async def create_trigger(call: Call) -> web.Response:
         raise Problem(404, f"no pipeline {body.pipeline!r}")
     secret = signing.new_github_secret() if body.kind == "github" else signing.new_secret()
     created = await gw(call).write(
-        lambda: _book(call).create_trigger(
+        lambda: _webhook_store(call).create_trigger(
             pipeline=body.pipeline,
             kind=body.kind,
             description=body.description,
@@ -454,7 +454,7 @@ async def create_trigger(call: Call) -> web.Response:
 
 
 async def _trigger(call: Call) -> Trigger:
-    found = await gw(call).read(_book(call).trigger, call.params["trigger_id"], quick=True)
+    found = await gw(call).read(_webhook_store(call).trigger, call.params["trigger_id"], quick=True)
     if found is None:
         raise Problem(404, f"no trigger {call.params['trigger_id']!r}")
     return found
@@ -482,5 +482,5 @@ async def get_trigger(call: Call) -> web.Response:
 )
 async def delete_trigger(call: Call) -> web.Response:
     found = await _trigger(call)
-    await gw(call).write(_book(call).delete_trigger, found.id, now())
+    await gw(call).write(_webhook_store(call).delete_trigger, found.id, now())
     return reply(_trigger_out(call, found))

@@ -10,7 +10,7 @@ from bot.chat.verbs import VERBS, ChatBackend, Refusal, Reply, Who, verb
 from core.access import Action
 from core.artifacts import Artifact
 from core.errors import NotFound
-from storage.artifacts import ArtifactBook
+from storage.artifacts import ArtifactStore
 
 #: how many versions ``/deploy artifacts`` shows
 SHOWN = 15
@@ -32,15 +32,15 @@ def artifact_line(a: Artifact) -> str:
 
 @verb("artifacts", "artifacts [name]", "recent artifact versions: digest, who registered them, bad marks")
 async def artifacts(backend: ChatBackend, who: Who, line: Line) -> Reply:
-    book = ArtifactBook(backend.shipyard.store)
+    artifact_store = ArtifactStore(backend.shipyard.store)
     name = line.words[0] if line.words else None
     if name is not None and "@" in name:  # one version, with its uri and metadata
-        found = await backend.read(book.get, name, quick=True)
+        found = await backend.read(artifact_store.get, name, quick=True)
         if found is None:
             raise Refusal(f"No artifact `{name}`; see `/deploy artifacts {name.partition('@')[0]}`.")
         extra = "".join(f"\n    {k}: {v}" for k, v in found.metadata.items())
         return Reply(f"{artifact_line(found)}\n    `{found.digest}`\n    {found.uri}{extra}")
-    page = await backend.read(book.list, name, None, SHOWN)
+    page = await backend.read(artifact_store.list, name, None, SHOWN)
     if page.items:
         more = f"\n_…older versions: `GET /api/v1/artifacts?name={name or ''}`_" if page.next_cursor else ""
         return Reply("\n".join(artifact_line(a) for a in page.items) + more)
@@ -49,7 +49,7 @@ async def artifacts(backend: ChatBackend, who: Who, line: Line) -> Reply:
             "No artifacts yet. CI registers them with `POST /api/v1/artifacts`; a job by writing "
             "`artifact=web@1.4.2 digest=sha256:… uri=…` to `$SHIPYARD_OUTPUT`."
         )
-    raise Refusal(did_you_mean("artifact", name, await backend.read(book.names)))
+    raise Refusal(did_you_mean("artifact", name, await backend.read(artifact_store.names)))
 
 
 @verb(
@@ -63,10 +63,10 @@ async def mark_bad(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words or not reason:
         raise Refusal(f"Say which artifact and why: `/deploy {VERBS['mark-bad'].usage}`")
     ref = line.words[0]
-    book = ArtifactBook(backend.shipyard.store)
+    artifact_store = ArtifactStore(backend.shipyard.store)
     try:
         marked = await backend.write(
-            lambda: book.mark_bad(ref, reason, by=who.user, now=now(), channel=who.channel)
+            lambda: artifact_store.mark_bad(ref, reason, by=who.user, now=now(), channel=who.channel)
         )
     except NotFound:
         raise Refusal(f"No artifact `{ref}`. Name it like `web@1.4.2` (see `/deploy artifacts`).") from None

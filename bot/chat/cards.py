@@ -11,7 +11,7 @@ from bot.chat.verbs import ChatBackend
 from core.assignment import run_artifact
 from core.model import Gate, RunState
 from core.ports import Deployment
-from storage.artifacts import ArtifactBook
+from storage.artifacts import ArtifactStore
 from storage.locks import LockStore
 
 #: how many of an environment's latest deployments are looked through for what is live
@@ -37,7 +37,7 @@ async def compose(
 async def artifact_of(backend: ChatBackend, state: RunState) -> str | None:
     """What the run deploys, when known: the artifact it was given, or the one it built."""
     if state.run.artifact_id is not None:
-        given = await backend.read(ArtifactBook(backend.shipyard.store).get, state.run.artifact_id)
+        given = await backend.read(ArtifactStore(backend.shipyard.store).get, state.run.artifact_id)
         return given.ref if given is not None else None
     built = run_artifact(state)
     return built.ref if built is not None else None

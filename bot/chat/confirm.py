@@ -15,7 +15,7 @@ from core.artifacts import as_built, check_deployable
 from core.commands import ReportTarget, TriggerRun
 from core.definition import PipelineDef, resolve_parameters
 from core.errors import InvalidInput
-from storage.artifacts import ArtifactBook
+from storage.artifacts import ArtifactStore
 
 
 def _form_of(definition: PipelineDef | None) -> str:
@@ -100,7 +100,7 @@ async def ask_to_confirm(
     artifact = artifact_revision = None
     filled = command
     if command.artifact_id is not None:
-        found = await backend.read(ArtifactBook(backend.shipyard.store).get, command.artifact_id)
+        found = await backend.read(ArtifactStore(backend.shipyard.store).get, command.artifact_id)
         if found is None:
             raise Refusal(f"No artifact `{command.artifact_id}` (see `/deploy artifacts`).")
         check_deployable(found)  # a bad one is refused now, not after the press

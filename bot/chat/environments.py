@@ -18,8 +18,8 @@ from core.errors import CommandRefused
 from core.model import RunState
 from core.review import Review
 from core.rollback import RollbackPlan
-from storage.artifacts import ArtifactBook
-from storage.reviews import ReviewBook
+from storage.artifacts import ArtifactStore
+from storage.reviews import ReviewStore
 
 #: the button of rollback questions before they became deploy questions (``forms.question``)
 ROLLBACK = "env_rollback"
@@ -137,7 +137,7 @@ async def promote(backend: ChatBackend, who: Who, line: Line) -> Reply:
     words = line.words
     if len(words) != 3 or words[1] != "to":
         raise Refusal(_usage("promote"))
-    artifact = await backend.read(ArtifactBook(backend.shipyard.store).get, words[0])
+    artifact = await backend.read(ArtifactStore(backend.shipyard.store).get, words[0])
     if artifact is None:
         raise Refusal(f"No artifact `{words[0]}` (see `/deploy artifacts`).")
     if artifact.pipeline is None:
@@ -224,9 +224,9 @@ async def acknowledge(backend: ChatBackend, who: Who, ref: str) -> Reply:
     state = await backend.find(ref)
     (await backend.principal(who.user)).require(Action.APPROVE)
     requested = state.run.requested_by or (state.run.triggered_by,)
-    book = ReviewBook(backend.shipyard.store)
+    review_store = ReviewStore(backend.shipyard.store)
     await backend.write(
-        partial(book.acknowledge, channel=who.actor.channel, ref=state.run.ref),
+        partial(review_store.acknowledge, channel=who.actor.channel, ref=state.run.ref),
         state.run.id,
         who.user,
         tuple(requested),

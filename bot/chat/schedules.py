@@ -11,7 +11,7 @@ from bot.chat.parse import Line, did_you_mean
 from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _usage, verb
 from core import schedule as timing
 from core.access import Action, Role
-from storage.schedules import ScheduleBook
+from storage.schedules import ScheduleStore
 
 
 @verb(
@@ -33,9 +33,9 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     expression = timing.check_cron(expression)
     timing.zone(tz)
     at = now()
-    book = ScheduleBook(backend.shipyard.store)
+    schedule_store = ScheduleStore(backend.shipyard.store)
     created = await backend.write(
-        lambda: book.new(
+        lambda: schedule_store.new(
             pipeline=pipeline,
             cron=expression,
             timezone=tz,
@@ -57,7 +57,7 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
 @verb("schedules", "schedules [pipeline]", "the schedules and when each fires next")
 async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await backend.read(
-        ScheduleBook(backend.shipyard.store).all, line.words[0] if line.words else None
+        ScheduleStore(backend.shipyard.store).all, line.words[0] if line.words else None
     )
     if not found:
         return Reply('No schedules. Add one: `/deploy schedule web "0 2 * * 1-5" tz=Europe/Berlin`')
@@ -73,8 +73,8 @@ async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
 async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("unschedule"))
-    book = ScheduleBook(backend.shipyard.store)
-    matches = [s for s in await backend.read(book.all, None) if s.id.startswith(line.words[0])]
+    schedule_store = ScheduleStore(backend.shipyard.store)
+    matches = [s for s in await backend.read(schedule_store.all, None) if s.id.startswith(line.words[0])]
     if len(matches) != 1:
         raise Refusal(f"No single schedule starts with `{line.words[0]}`; see `/deploy schedules`.")
     found = matches[0]
@@ -85,5 +85,5 @@ async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
         raise Refusal(
             f"That schedule belongs to {block_kit.who(found.owner)}; only they or an admin may remove it."
         )
-    await backend.write(book.remove, found.id, now())
+    await backend.write(schedule_store.remove, found.id, now())
     return Reply(f"Removed schedule `{found.id[:8]}` ({found.describe()}).", public=True)

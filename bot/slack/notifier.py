@@ -47,7 +47,7 @@ from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
 from core.states import RUN_TERMINAL
-from storage.reviews import ReviewBook
+from storage.reviews import ReviewStore
 from storage.slack import PendingPost, SlackState
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class Notifier:
         events = await self.backend.read(self.backend.shipyard.store.events_after, cursor, 500)
         by_run: dict[str, list[Event]] = {}
         for event in events:
-            if event.run_id != NO_RUN:  # a lock's: nothing to say in a run's thread (App Home below)
+            if event.run_id != NO_RUN:  # locks, artifacts, ...: nothing for a run's thread (App Home below)
                 by_run.setdefault(event.run_id, []).append(event)
         limit = asyncio.Semaphore(8)
 
@@ -363,7 +363,7 @@ class Notifier:
                 await self._thread(
                     state, channel, ts, key, *block_kit.gate_reminder(state, gate, waited, self.groups)
                 )
-        for review in await self.backend.read(ReviewBook(self.backend.shipyard.store).pending):
+        for review in await self.backend.read(ReviewStore(self.backend.shipyard.store).pending):
             number = reminder_number(review, at)
             wait = min(wait, (number + 1) * REMIND_EVERY_S - (at - review.opened_at).total_seconds())
             owing = await self.backend.read(self.backend.reads.run, review.run_id, quick=True)

@@ -35,7 +35,7 @@ from bot.webhooks.policy import AddressRefused, AllowList, GuardedResolver, Poli
 from core.commands import TimeoutGate
 from core.events import Event
 from core.model import RunState
-from storage.webhooks import Claimed, Disabled, NewDelivery, Outcome, Webhook, WebhookBook
+from storage.webhooks import Claimed, Disabled, NewDelivery, Outcome, Webhook, WebhookStore
 
 log = logging.getLogger(__name__)
 USER_AGENT = "Shipyard-Webhooks/1"
@@ -109,7 +109,7 @@ class Webhooks:
     ) -> None:
         self.backend = backend
         self.config = config
-        self.book = WebhookBook(backend.shipyard.store)
+        self.webhook_store = WebhookStore(backend.shipyard.store)
         self.clock = clock  #: decides what is due (tests pass their own time to ``step``)
         self.rng = rng or random.Random()
         self.wall = wall  #: signs: receivers check signatures against their own clocks
@@ -159,7 +159,7 @@ class Webhooks:
     # -- one round, at a given time -----------------------------------------------------------
     def poke(self) -> None:
         """Subscriptions changed: look again at once (another replica's changes are seen within
-        a second; the cursor catching up later loses nothing, see ``WebhookBook.move``)."""
+        a second; the cursor catching up later loses nothing, see ``WebhookStore.move``)."""
         self._listening_checked = 0.0
         self._wake.set()
 
@@ -168,7 +168,7 @@ class Webhooks:
         reads first: with no active subscription, or no new event, nothing takes a write lock."""
         at = at or self.clock()
         if time.monotonic() - self._listening_checked >= 1.0:
-            self._listening = await self.backend.read(self.book.listening, quick=True)
+            self._listening = await self.backend.read(self.webhook_store.listening, quick=True)
             self._listening_checked = time.monotonic()
         if not self._listening:
             return 0
@@ -178,7 +178,7 @@ class Webhooks:
         queued = 0
         while True:
             read, added, self._moved = await self.backend.write(
-                self.book.move, _wanted, self._plan, at, BATCH
+                self.webhook_store.move, _wanted, self._plan, at, BATCH
             )
             queued += added
             if read < BATCH:
@@ -189,14 +189,16 @@ class Webhooks:
         at = at or self.clock()
         await self.pump(at)
         await self.expire_gates(at)
-        claimed = await self.backend.write(self.book.claim, at, 10_000, self.config.lease, (), self.clock)
+        claimed = await self.backend.write(
+            self.webhook_store.claim, at, 10_000, self.config.lease, (), self.clock
+        )
         outcomes = list(await asyncio.gather(*(self.send(c, at) for c in claimed)))
         self.disabled += await self.backend.write(self._write_outcomes, outcomes, at)
         return outcomes
 
     def _write_outcomes(self, outcomes: list[Outcome], at: datetime) -> list[Disabled]:
         config = self.config
-        return self.book.record(
+        return self.webhook_store.record(
             outcomes, at, max_failures=config.max_failures, failing_for=config.failing_for
         )
 
@@ -265,7 +267,7 @@ class Webhooks:
     async def expire_gates(self, at: datetime) -> int:
         """Time out external gates nobody called back (the engine checks the deadline itself,
         against its own clock, and a second replica's try is refused)."""
-        overdue = await self.backend.read(self.book.overdue_external_gates, at)
+        overdue = await self.backend.read(self.webhook_store.overdue_external_gates, at)
         for run_id, gate_id in overdue:
             await self.backend.decide(TimeoutGate(run_id=run_id, gate=gate_id))
         return len(overdue)
@@ -295,7 +297,7 @@ class Webhooks:
             if self._done:
                 wait = 0.0
             elif self._listening and len(self._flights) < self.config.concurrency:
-                due = await self.backend.read(self.book.next_due)
+                due = await self.backend.read(self.webhook_store.next_due)
                 if due is not None:
                     wait = min(wait, max(0.02, (due - self.clock()).total_seconds()))
             if wait > 0:
@@ -312,7 +314,9 @@ class Webhooks:
             return False
         per = Counter(f.claimed.webhook_id for f in self._flights.values())
         busy = sorted(w for w, n in per.items() if n >= self.config.per_webhook)
-        claimed = await self.backend.write(self.book.claim, at, free, self.config.lease, busy, self.clock)
+        claimed = await self.backend.write(
+            self.webhook_store.claim, at, free, self.config.lease, busy, self.clock
+        )
         for c in claimed:
             task = asyncio.create_task(self.send(c, at))
             self._flights[c.delivery_id] = _Flight(c, task)

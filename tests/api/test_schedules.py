@@ -14,7 +14,7 @@ from bot.backend import Backend
 from bot.scheduler import ScheduleLoop
 from core.access import Role
 from storage.directory import Directory
-from storage.schedules import ScheduleBook
+from storage.schedules import ScheduleStore
 from tests.api.conftest import Api, assert_problem
 from tests.factory import make_shipyard
 
@@ -117,10 +117,10 @@ async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
     try:
         store = yards[0][0].store
         Directory(store).grant("scheduler", "role", str(Role.DEPLOYER), datetime.now(UTC))
-        book = ScheduleBook(store)
+        schedule_store = ScheduleStore(store)
         start = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
         for _ in range(50):
-            book.new(
+            schedule_store.new(
                 pipeline="tick",
                 cron="*/5 * * * *",
                 timezone="UTC",

@@ -24,7 +24,7 @@ from core.model import Actor
 from core.ports import AuditEntry
 from core.schedule import Schedule, next_fire
 from storage.directory import Directory
-from storage.schedules import ScheduleBook
+from storage.schedules import ScheduleStore
 from storage.tables import T
 from tests.factory import make_shipyard
 
@@ -37,7 +37,7 @@ PIPELINE = "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']
 class Clock:
     shipyard: Shipyard
     backend: Backend
-    book: ScheduleBook
+    schedule_store: ScheduleStore
 
     def clockwork(self, batch: int = 1000) -> ScheduleLoop:
         return ScheduleLoop(self.backend, "scheduler", batch=batch)
@@ -60,7 +60,7 @@ class Clock:
             )
             for i in range(count)
         ]
-        self.book.add_many(made)
+        self.schedule_store.add_many(made)
         return made
 
     def scheduled_runs(self) -> list[tuple[str, datetime]]:
@@ -88,7 +88,7 @@ async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
     backend.bind(shipyard)
     Directory(shipyard.store).grant("alice", "role", str(Role.DEPLOYER), datetime.now(UTC))
     try:
-        yield Clock(shipyard, backend, ScheduleBook(shipyard.store))
+        yield Clock(shipyard, backend, ScheduleStore(shipyard.store))
     finally:
         backend.close()
         await shipyard.stop()
@@ -97,7 +97,7 @@ async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
 async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tick(clock: Clock) -> None:
     burst = clock.add(130)
     gone = clock.add(1, owner="alice", due=DUE - timedelta(minutes=1))[0]
-    clock.book.remove(gone.id, DUE)
+    clock.schedule_store.remove(gone.id, DUE)
     refused = clock.add(2, owner="mallory")  # holds no role: refused, and the refusal audited
     ticking = clock.clockwork(batch=50)
 
@@ -115,22 +115,24 @@ async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tic
     assert all(created >= DUE for _, created in runs)  # never before the occurrence was due
     rejected = [t for t in clock.audited("trigger_run") if t.startswith("schedule ")]
     assert sorted(rejected) == sorted(f"schedule {s.id}" for s in refused)
-    following = {s.next_fire_at for s in clock.book.all() if s.id.startswith("alice")}
+    following = {s.next_fire_at for s in clock.schedule_store.all() if s.id.startswith("alice")}
     assert following == {DUE + timedelta(days=1)}
 
 
 async def test_claims_made_at_once_split_the_occurrences_and_record_a_missed_fire_once(clock: Clock) -> None:
     late = DUE + timedelta(minutes=30)  # beyond the 10-minute grace: missed, recorded, not run
     clock.add(60)
-    due = clock.book.due(late, 1000)
+    due = clock.schedule_store.due(late, 1000)
     claims = [(s, next_fire(s.cron, s.timezone, late)) for s in due]
     audits = {s.id: [_missed(s.id, late)] for s in due}
 
-    won = await asyncio.gather(*(asyncio.to_thread(clock.book.claim, claims, audits) for _ in range(3)))
+    won = await asyncio.gather(
+        *(asyncio.to_thread(clock.schedule_store.claim, claims, audits) for _ in range(3))
+    )
 
     assert sum(len(w) for w in won) == 60 and set().union(*won) == {s.id for s in due}
     assert sorted(clock.audited("schedule_missed")) == sorted(f"schedule {s.id}" for s in due)
-    assert clock.book.claim(claims, audits) == set()  # the occurrences moved on: nothing left
+    assert clock.schedule_store.claim(claims, audits) == set()  # the occurrences moved on: nothing left
 
 
 async def test_the_clock_ticks_on_the_whole_second_and_its_fires_outlive_a_stop(clock: Clock) -> None:
@@ -161,11 +163,11 @@ async def test_declarations_in_files_keep_their_next_fire_when_synced_again(
     await clock.backend.write(clock.shipyard.catalog.refresh)
     ticking = clock.clockwork()
     await ticking.sync_files()
-    (first,) = clock.book.all("tick")
+    (first,) = clock.schedule_store.all("tick")
     assert first.source == "file" and first.next_fire_at == next_fire(NIGHTLY, "UTC", first.created_at)
 
     await ticking.sync_files()  # nothing changed: the stored schedule, its next fire untouched
-    assert clock.book.all("tick") == [first]
+    assert clock.schedule_store.all("tick") == [first]
 
 
 def _missed(schedule_id: str, at: datetime) -> AuditEntry:
@@ -196,14 +198,14 @@ async def test_a_process_that_died_after_triggering_loses_nothing_and_doubles_no
             )
         )
         assert decision.accepted and decision.state is not None
-    assert {s.next_fire_at for s in clock.book.all()} == {DUE}  # still due
+    assert {s.next_fire_at for s in clock.schedule_store.all()} == {DUE}  # still due
 
     fired = await clock.clockwork().tick(DUE + timedelta(seconds=1))
 
     assert len([f for f in fired if f.run_ref]) == 5
     runs = clock.scheduled_runs()
     assert sorted(key for key, _ in runs) == sorted(s.idempotency_key(DUE) for s in made)  # one each
-    assert {s.next_fire_at for s in clock.book.all()} == {DUE + timedelta(days=1)}
+    assert {s.next_fire_at for s in clock.schedule_store.all()} == {DUE + timedelta(days=1)}
 
 
 async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_next_tick(
@@ -227,7 +229,7 @@ async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_nex
     first = await ticking.tick(DUE + timedelta(seconds=1))
     assert [c.idempotency_key for c in failures] == [flaky]  # the outage happened
     assert sorted(f.schedule.id for f in first if f.run_ref) == sorted(s.id for s in made[1:])
-    assert clock.book.get(made[0].id).next_fire_at == DUE  # type: ignore[union-attr]  # still due
+    assert clock.schedule_store.get(made[0].id).next_fire_at == DUE  # type: ignore[union-attr]  # still due
 
     second = await ticking.tick(DUE + timedelta(seconds=2))
     assert [f.schedule.id for f in second if f.run_ref] == [made[0].id]

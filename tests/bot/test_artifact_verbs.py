@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.artifacts import make_spec
-from storage.artifacts import ArtifactBook
+from storage.artifacts import ArtifactStore
 from storage.store import SqlStore
 from tests.bot.test_console import shipyard
 
@@ -20,7 +20,7 @@ def test_listing_artifacts_and_marking_one_bad_from_chat(tmp_path: Path) -> None
     assert shipyard(tmp_path, "migrate").returncode == 0
     store = SqlStore(f"sqlite:///{tmp_path}/shipyard.db")
     try:
-        book = ArtifactBook(store)
+        artifact_store = ArtifactStore(store)
         for i, ref in enumerate(["web@1.4.1", "api@2.0.0", "web@1.4.2"]):
             name, _, version = ref.partition("@")
             spec = make_spec(
@@ -30,7 +30,7 @@ def test_listing_artifacts_and_marking_one_bad_from_chat(tmp_path: Path) -> None
                 f"oci://r.example/{name}:{version}",
                 {"commit": f"c0ffee{i}"},
             )
-            book.register(spec, by="ci", now=T0 + timedelta(minutes=i), pipeline=name)
+            artifact_store.register(spec, by="ci", now=T0 + timedelta(minutes=i), pipeline=name)
     finally:
         store.dispose()
     for who, role in [("alice", "deployer"), ("bob", "approver")]:

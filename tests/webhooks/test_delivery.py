@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.webhooks.service import retry_delay
-from storage.webhooks import WebhookBook
+from storage.webhooks import WebhookStore
 from tests.api.conftest import Api, assert_problem
 from tests.webhooks.conftest import (
     Receiver,
@@ -195,9 +195,7 @@ async def test_a_subscription_that_keeps_failing_is_disabled_and_its_owner_told(
     assert enabled.json["consecutive_failures"] == 0
     await drain(api)
     assert len(receiver.delivered) == 3
-    assert_problem(
-        await api.post(f"/webhooks/{hook['id']}/enable", "admin"), 409, "active → active refused"
-    )
+    assert_problem(await api.post(f"/webhooks/{hook['id']}/enable", "admin"), 409, "active → active refused")
 
 
 async def test_a_day_of_failures_disables_a_subscription_even_below_the_count(
@@ -320,11 +318,11 @@ async def test_the_policy_holds_at_connect_time_too(
     name resolved somewhere else) are refused when the worker connects."""
     api = await start_hooks(sqlite_url, webhook_allow=[])
     receiver = await receivers()
-    book = WebhookBook(api.store)
+    webhook_store = WebhookStore(api.store)
     assert receiver.server is not None
     for url in (receiver.url, f"http://localhost:{receiver.server.port}/hook"):
         await api.db(
-            lambda u=url: book.create(
+            lambda u=url: webhook_store.create(
                 url=u,
                 events=["run.finished"],
                 pipeline=None,

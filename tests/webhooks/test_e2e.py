@@ -18,7 +18,7 @@ from bot.webhooks.messages import types_of
 from core.commands import TriggerRun
 from core.runtime.service import Service
 from core.states import RUN_TERMINAL
-from storage.webhooks import WebhookBook
+from storage.webhooks import WebhookStore
 from tests.e2e.server import Server
 from tests.helpers import ALICE
 from tests.webhooks.conftest import Receiver
@@ -50,7 +50,7 @@ def _server(root: Path, url: str, runner: str, timeout: float) -> Server:
 def _subscribe(svc: Service, receiver: Receiver) -> str:
     secret = signing.new_secret()
     receiver.secret = secret
-    WebhookBook(svc.store).create(
+    WebhookStore(svc.store).create(
         url=receiver.url,
         events=EVENTS,
         pipeline=None,
@@ -139,13 +139,13 @@ async def test_a_sigkill_in_the_middle_of_delivering_loses_nothing(
     assert sent_before < len(receiver.received)  # the restarted server sent the rest
     held_id = receiver.received[[r.answered for r in receiver.received].index(0)].msg_id
     assert held_id in got  # what was in flight at the kill was sent again
-    deliveries = [d for w in WebhookBook(svc.store).all() for d in _all(svc, w.id)]
+    deliveries = [d for w in WebhookStore(svc.store).all() for d in _all(svc, w.id)]
     assert Counter(d.state for d in deliveries) == {"delivered": len(expected)}
     assert [d.attempts for d in deliveries if d.msg_id == held_id] == [2]  # claimed again after its lease
 
 
 def _all(svc: Service, webhook_id: str) -> list:  # type: ignore[type-arg]
-    return WebhookBook(svc.store).deliveries(webhook_id, None, 10_000)
+    return WebhookStore(svc.store).deliveries(webhook_id, None, 10_000)
 
 
 @pytest.mark.postgres
@@ -173,6 +173,6 @@ async def test_two_replicas_never_both_send_a_message(
     sent = Counter(r.msg_id for r in receiver.received)
     assert set(sent) == expected and len(expected) == runs * 4
     assert sent.most_common(1)[0][1] == 1, sent.most_common(3)
-    (webhook,) = WebhookBook(svc.store).all()
+    (webhook,) = WebhookStore(svc.store).all()
     deliveries = _all(svc, webhook.id)
     assert {(d.state, d.attempts) for d in deliveries} == {("delivered", 1)}
