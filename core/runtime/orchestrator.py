@@ -32,8 +32,9 @@ from core.commands import (
 )
 from core.engine import Decision
 from core.model import SYSTEM
+from core.runtime.claims import ClaimJobs
 from core.runtime.executor import Executor
-from core.runtime.service import ClaimJobs, Service
+from core.runtime.service import Service
 from core.runtime.waiting import wait_event
 from core.states import JobStatus
 

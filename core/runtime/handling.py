@@ -1,0 +1,104 @@
+"""Handling one command inside a transaction: read what it needs, decide, write.
+
+One handler per kind of command: ``trigger`` and ``retry`` lay out a new run
+(``core.runtime.starts``), every other command acts on an existing run (``on_run``). Each reads
+what the engine will consult (``engine.needs`` → ``reading.known``), then calls the pure
+``engine.decide`` (or ``engine.start``); ``apply`` writes the decision (``writes.write``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from core import engine
+from core.access import check_approver
+from core.artifacts import parse_artifact_output
+from core.commands import (
+    ApproveGate,
+    Command,
+    CompleteJob,
+    MoveToFront,
+    RejectGate,
+    RetryRun,
+    RunCommand,
+    TriggerRun,
+)
+from core.engine import Decision
+from core.environments import Environments
+from core.errors import CommandRefused, Forbidden
+from core.model import RunState
+from core.ports import Tx
+from core.runtime import starts
+from core.runtime.reading import known
+from core.runtime.writes import write
+from core.states import GateStatus, JobStatus
+
+#: channels whose actors are authenticated principals: their roles are checked here. The CLI
+#: runs with direct database access (an operator), the system and runners are Shipyard itself.
+AUTHENTICATED = frozenset({"rest", "slack", "console", "webhook", "schedule"})
+
+
+def apply(
+    tx: Tx, command: Command, now: datetime, environments: Environments, audit_runner_reports: bool
+) -> Decision:
+    """Decide ``command`` and write the decision, in ``tx``."""
+    if isinstance(command, TriggerRun):
+        decision = starts.trigger(tx, command, now, environments)
+    elif (state := tx.find_run(command.run_id)) is None:
+        decision = engine.reject(f"no run {command.run_id!r}", kind="not_found")
+    elif isinstance(command, RetryRun):
+        decision = starts.retry(tx, state, command, now, environments)
+    else:
+        decision = on_run(tx, state, command, now, environments)
+    write(tx, command, decision, now, environments, audit_runner_reports)
+    return decision
+
+
+def on_run(
+    tx: Tx, state: RunState, command: RunCommand, now: datetime, environments: Environments
+) -> Decision:
+    """Any command on an existing run: complete what the command leaves to the database, read
+    the environments it may enter, decide."""
+    if isinstance(command, MoveToFront) and command.before is None:
+        command = replace(command, before=tx.queue_head_at(state))
+    if isinstance(command, CompleteJob) and command.outcome == "succeeded" and "artifact" in command.outputs:
+        command = _register_artifact(tx, state, command, now)
+    if isinstance(command, ApproveGate | RejectGate) and command.actor.channel in AUTHENTICATED:
+        refused = _approver_refusal(tx, state, command)
+        if refused is not None:
+            return refused
+    return engine.decide(
+        state, command, now, known(tx, environments, engine.needs(state, command), state.run.id, now)
+    )
+
+
+def _approver_refusal(tx: Tx, state: RunState, command: ApproveGate | RejectGate) -> Decision | None:
+    gate = state.find_gate(command.gate)
+    requested = state.run.requested_by or (state.run.triggered_by,)
+    own = command.actor.name in requested
+    if (  # (approving one's own run is refused by the engine, with its own reason)
+        gate is not None
+        and gate.status is GateStatus.OPEN
+        and gate.kind == "manual"
+        and not (own and isinstance(command, ApproveGate) and not gate.allow_self_approval)
+    ):
+        try:
+            check_approver(command.actor.name, tx.grants_of(command.actor.name), gate, state.run)
+        except Forbidden as exc:
+            return engine.reject(exc.message, state, exc.kind)
+    return None
+
+
+def _register_artifact(tx: Tx, state: RunState, report: CompleteJob, now: datetime) -> CompleteJob:
+    """A job that built an artifact registers it with its report; if the registry refuses
+    it (a mutable version, a digest that differs from the one registered), the job fails
+    saying why instead of deploying something that is not what it claims."""
+    job = state.job(report.job_id)
+    if job is None or job.status is not JobStatus.RUNNING or job.attempt != report.attempt:
+        return report  # a stale report: the engine refuses it
+    try:
+        tx.register_artifact(parse_artifact_output(report.outputs["artifact"]), state.run, now)
+    except CommandRefused as exc:
+        return replace(report, outcome="failed", detail=f"artifact refused: {exc.message}")
+    return report
