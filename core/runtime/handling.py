@@ -1,15 +1,17 @@
 """Handling one command inside a transaction: read what it needs, decide, write.
 
-One handler per kind of command: ``trigger`` and ``retry`` lay out a new run
+One handler per kind of command (``handler_for``): ``trigger`` and ``retry`` lay out a new run
 (``core.runtime.starts``), every other command acts on an existing run (``on_run``). Each reads
 what the engine will consult (``engine.needs`` → ``reading.known``), then calls the pure
-``engine.decide`` (or ``engine.start``); ``apply`` writes the decision (``writes.write``).
+``engine.decide`` (or ``engine.start``); the service writes the decision (``writes.write``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
+from typing import Any, Final
 
 from core import engine
 from core.access import check_approver
@@ -31,7 +33,6 @@ from core.model import RunState
 from core.ports import Tx
 from core.runtime import starts
 from core.runtime.reading import known
-from core.runtime.writes import write
 from core.states import GateStatus, JobStatus
 
 #: channels whose actors are authenticated principals: their roles are checked here. The CLI
@@ -39,27 +40,12 @@ from core.states import GateStatus, JobStatus
 AUTHENTICATED = frozenset({"rest", "slack", "console", "webhook", "schedule"})
 
 
-def apply(
-    tx: Tx, command: Command, now: datetime, environments: Environments, audit_runner_reports: bool
-) -> Decision:
-    """Decide ``command`` and write the decision, in ``tx``."""
-    if isinstance(command, TriggerRun):
-        decision = starts.trigger(tx, command, now, environments)
-    elif (state := tx.find_run(command.run_id)) is None:
-        decision = engine.reject(f"no run {command.run_id!r}", kind="not_found")
-    elif isinstance(command, RetryRun):
-        decision = starts.retry(tx, state, command, now, environments)
-    else:
-        decision = on_run(tx, state, command, now, environments)
-    write(tx, command, decision, now, environments, audit_runner_reports)
-    return decision
-
-
-def on_run(
-    tx: Tx, state: RunState, command: RunCommand, now: datetime, environments: Environments
-) -> Decision:
+def on_run(tx: Tx, command: RunCommand, now: datetime, environments: Environments) -> Decision:
     """Any command on an existing run: complete what the command leaves to the database, read
     the environments it may enter, decide."""
+    state = tx.find_run(command.run_id)
+    if state is None:
+        return engine.reject(f"no run {command.run_id!r}", kind="not_found")
     if isinstance(command, MoveToFront) and command.before is None:
         command = replace(command, before=tx.queue_head_at(state))
     if isinstance(command, CompleteJob) and command.outcome == "succeeded" and "artifact" in command.outputs:
@@ -71,6 +57,16 @@ def on_run(
     return engine.decide(
         state, command, now, known(tx, environments, engine.needs(state, command), state.run.id, now)
     )
+
+
+Handler = Callable[[Tx, Any, datetime, Environments], Decision]
+
+#: one handler per kind of command; every other command acts on an existing run (``on_run``)
+HANDLERS: Final[Mapping[type[Command], Handler]] = {TriggerRun: starts.trigger, RetryRun: starts.retry}
+
+
+def handler_for(command: Command) -> Handler:
+    return HANDLERS.get(type(command), on_run)
 
 
 def _approver_refusal(tx: Tx, state: RunState, command: ApproveGate | RejectGate) -> Decision | None:

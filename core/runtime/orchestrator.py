@@ -106,17 +106,14 @@ class Orchestrator:
     # -- commands -----------------------------------------------------------------------------
     async def handle(self, command: Command) -> Decision:
         """Apply ``command``; returns once it has been committed (or refused)."""
-        decision: Decision = await self._submit(command)
-        return decision
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(command, future))
+        return await future
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
         """Claim jobs for a runner of this process; rides along with the next group commit."""
-        taken: list[Assignment] = await self._submit(ClaimJobs(runner=runner, limit=limit, lease_s=lease_s))
-        return taken
-
-    async def _submit(self, request: Command | ClaimJobs) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(request, future))
+        future: asyncio.Future[list[Assignment]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(ClaimJobs(runner=runner, limit=limit, lease_s=lease_s), future))
         return await future
 
     async def _commit_loop(self) -> None:

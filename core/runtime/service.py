@@ -31,9 +31,10 @@ from core.rollback import RollbackPlan
 from core.runtime import timers
 from core.runtime.claims import ClaimJobs, Claims, claim
 from core.runtime.clock import Clock, utcnow
-from core.runtime.handling import apply
+from core.runtime.handling import handler_for
 from core.runtime.queries import Queries
 from core.runtime.timers import Timers
+from core.runtime.writes import write
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ class Service:
                         tx.prepare_triggers(triggers)  # once, after the commands on existing runs
                         triggers = []
                     # a microsecond apart, so runs started in one batch still sort by creation
-                    at = now + k * MICROSECOND
-                    decided[i] = apply(tx, commands[i], at, self.environments, self.audit_runner_reports)
+                    command, at = commands[i], now + k * MICROSECOND
+                    decided[i] = handler_for(command)(tx, command, at, self.environments)
+                    write(tx, command, decided[i], at, self.environments, self.audit_runner_reports)
                 if claims:
                     tx.flush_writes()
                     taken = [claim(tx, request, now) for request in claims]
@@ -109,7 +111,10 @@ class Service:
             for attempt in range(CONFLICT_RETRIES):
                 try:
                     with self.store.transaction() as tx:
-                        return apply(tx, command, self.clock(), self.environments, self.audit_runner_reports)
+                        now = self.clock()
+                        decision = handler_for(command)(tx, command, now, self.environments)
+                        write(tx, command, decision, now, self.environments, self.audit_runner_reports)
+                        return decision
                 except Conflict:
                     time.sleep(min(0.002 * 2**attempt, 0.2) * random.random())  # let the winner finish
             raise Conflict(f"{command_name(command)} lost {CONFLICT_RETRIES} races in a row; try again")

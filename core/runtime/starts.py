@@ -108,7 +108,10 @@ def _deploy_artifact(tx: Tx, command: TriggerRun, environments: Environments) ->
     return as_built(command, artifact, building.run if building is not None else None)
 
 
-def retry(tx: Tx, old: RunState, command: RetryRun, now: datetime, environments: Environments) -> Decision:
+def retry(tx: Tx, command: RetryRun, now: datetime, environments: Environments) -> Decision:
+    old = tx.find_run(command.run_id)
+    if old is None:
+        return engine.reject(f"no run {command.run_id!r}", kind="not_found")
     if old.run.status not in (RunStatus.FAILED, RunStatus.CANCELED):
         return engine.reject(
             f"{old.run.ref} is {old.run.status}; only failed or canceled runs can be retried"
