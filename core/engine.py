@@ -1,9 +1,12 @@
 """The functional core: given a run's state, a command and the time, decide what changes.
 
-``decide`` never reads a clock, a database or a random source. It returns a ``Decision``:
-either a refusal with a reason, or the list of conditional changes (each naming the status
-the row must still have) plus the events to append. The shell (``core.runtime.service``) applies
-the changes in one transaction, or retries the command if another writer got there first.
+``needs`` first names what a command may need to know beyond the run (the environments it
+may enter next); the shell reads exactly that into a ``Known`` of plain values. ``decide``
+then never reads a clock, a database or a random source; each command has one handler
+(``HANDLERS``). It returns a ``Decision``: either a refusal with a reason, or the list of
+conditional changes (each naming the status the row must still have) plus the events to
+append. The shell (``core.runtime.service``) applies the changes in one transaction, or
+retries the command if another writer got there first.
 
 After every accepted command ``_advance`` derives the next transitions from the state alone:
 finish a stage whose jobs are done, open the next gate, start the next stage, finish the run.
