@@ -39,7 +39,7 @@ async def finish(url: str, tmp: Path, run_id: str) -> Any:
 
 
 async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops_meanwhile(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = tmp_path / "deploys"
     shipyard = yard_for(
@@ -52,18 +52,21 @@ async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops
     """,
     )
     append_log = shipyard.store.append_log
+    slowed: list[str] = []
 
     def slow_append_log(*args: Any) -> bool:  # the database is busy: the last log chunk takes a while
+        slowed.append(args[0])
         time.sleep(0.5)
         return append_log(*args)
 
-    shipyard.store.append_log = slow_append_log  # type: ignore[method-assign]
+    monkeypatch.setattr(shipyard.store, "append_log", slow_append_log, raising=True)
     await shipyard.start()
     run = await trigger(shipyard, "p")
     while not ledger.exists():
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.1)  # the process exited 0; its output is on its way to the database
     await shipyard.stop()  # SIGTERM now
+    assert slowed  # the runner's log went through the slow store
     done = await finish(sqlite_url, tmp_path, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
     assert ledger.read_text() == "deployed\n"  # deployed once, not again after the restart
