@@ -18,7 +18,7 @@ from core.definition import resolve_parameters
 from core.engine import Decision
 from core.environments import Environments
 from core.errors import CommandRefused, Forbidden, InvalidInput, NotFound
-from core.model import RunState, new_run_state
+from core.model import new_run_state
 from core.ports import PipelineVersion, Tx
 from core.protection import only_deploy_to, protect
 from core.runtime.reading import known

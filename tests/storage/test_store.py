@@ -297,7 +297,6 @@ def test_one_failing_command_does_not_sink_the_others_in_its_group_commit(
     outcomes = group_commit(
         svc, [PauseRun(run_id=run.run.id, actor=BOB), CancelRun(run_id="boom", actor=ALICE)]
     )
-    assert broken == ["boom", "boom"]  # in the batch, then alone
     assert isinstance(outcomes[0], Decision) and outcomes[0].accepted
     assert isinstance(outcomes[1], RuntimeError)
     assert broken == ["boom", "boom"]  # the fault happened: in the group, then applied alone
