@@ -3,13 +3,14 @@
 At most one deployment runs per environment at a time; the others wait in ``queued``, in
 arrival order. A lock held by a person and a freeze window also keep runs waiting (a freeze
 can be configured to fail them instead, and break glass pushes through freezes). The engine
-asks this when a deploy stage is next; the service reads the ``EnvironmentView`` inside the
-same transaction, and the database's unique index on running deploy stages settles any race.
+asks this when a deploy stage is next. What it may consult is read beforehand: ``engine.needs``
+names the environments a command may take a run into, the service reads their
+``EnvironmentView``s into one ``Known`` inside the command's transaction, and the database's
+unique index on running deploy stages settles any race.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -36,8 +37,24 @@ class EnvironmentView:
     bad_artifact: str | None = None
 
 
-#: the views a decision may consult, by environment name (a missing one counts as free)
-Views = Mapping[str, EnvironmentView]
+class NotRead(LookupError):
+    """The decision reached an environment that was not read before deciding (``engine.needs``
+    left it out): a bug, refused loudly rather than admitting blind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """Everything a decision may consult beyond the run itself, read before deciding: plain
+    values, so deciding cannot reach the database."""
+
+    #: what stands between the run and each environment it may enter next
+    views: tuple[EnvironmentView, ...] = ()
+
+    def view(self, env: str) -> EnvironmentView:
+        found = next((v for v in self.views if v.name == env), None)
+        if found is None:
+            raise NotRead(f"{env} was not read before deciding")
+        return found
 
 
 @dataclass(frozen=True, slots=True)

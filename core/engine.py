@@ -1,9 +1,12 @@
 """The functional core: given a run's state, a command and the time, decide what changes.
 
-``decide`` never reads a clock, a database or a random source. It returns a ``Decision``:
-either a refusal with a reason, or the list of conditional changes (each naming the status
-the row must still have) plus the events to append. The shell (``core.runtime.service``) applies
-the changes in one transaction, or retries the command if another writer got there first.
+``needs`` first names what a command may need to know beyond the run (the environments it
+may enter next); the shell reads exactly that into a ``Known`` of plain values. ``decide``
+then never reads a clock, a database or a random source; each command has one handler
+(``HANDLERS``). It returns a ``Decision``: either a refusal with a reason, or the list of
+conditional changes (each naming the status the row must still have) plus the events to
+append. The shell (``core.runtime.service``) applies the changes in one transaction, or
+retries the command if another writer got there first.
 
 After every accepted command ``_advance`` derives the next transitions from the state alone:
 finish a stage whose jobs are done, open the next gate, start the next stage, finish the run.
@@ -11,12 +14,13 @@ finish a stage whose jobs are done, open the next gate, start the next stage, fi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, assert_never
+from typing import Any, Final
 
-from core.admission import Views, admit
+from core.admission import Known, admit
 from core.commands import (
     AdmitRun,
     ApproveGate,
@@ -111,10 +115,11 @@ def _kind(entity: Entity) -> str:
 class _Plan:
     """A working copy of one run that records each change as it is made."""
 
-    def __init__(self, state: RunState, now: datetime, environments: Views | None = None) -> None:
+    def __init__(self, state: RunState, now: datetime, known: Known | None = None) -> None:
         self.now = now
-        #: what stands between this run and each environment (None: nothing, as in unit tests)
-        self.environments = environments
+        #: what stands between this run and the environments it may enter (None: nothing, as in
+        #: unit tests)
+        self.known = known
         self.base = state
         self.run = state.run
         self.definition = state.definition
@@ -226,13 +231,13 @@ def start(
     *,
     reuse: RunState | None = None,
     ignored_by: str | None = None,
-    environments: Views | None = None,
+    known: Known | None = None,
 ) -> Decision:
     """Lay out a new run and take its first steps. ``reuse``: a run being retried, whose
     finished stages are carried over (skipped here, their outputs kept) instead of run again;
     with ``ignored_by``, the stage whose jobs failed is carried over too (it raises
     ``CommandRefused`` if the run failed for another reason, such as a rejected gate)."""
-    plan = _Plan(fresh, now, environments)
+    plan = _Plan(fresh, now, known)
     plan.note(
         "run.created",
         fresh.run,
@@ -252,20 +257,65 @@ def start(
     return plan.accept(created=True)
 
 
-def decide(
-    state: RunState, command: RunCommand, now: datetime, environments: Views | None = None
-) -> Decision:
-    """Apply one command to one run. Pure: no I/O, no clock reads, no randomness (what the
-    environments look like is an input, read by the caller in the same transaction)."""
-    plan = _Plan(state, now, environments)
+def decide(state: RunState, command: RunCommand, now: datetime, known: Known | None = None) -> Decision:
+    """Apply one command to one run. Pure: no I/O, no clock reads, no randomness. What the
+    environments look like is ``known``, plain values the caller read beforehand (see ``needs``)."""
+    plan = _Plan(state, now, known)
     try:
-        _apply(plan, command)
+        HANDLERS[type(command)](plan, command)
         _advance(plan)
     except CommandRefused as exc:
         return reject(exc.message, state, exc.kind)
     except IllegalTransition as exc:
         return reject(exc.message, state)
     return plan.accept()
+
+
+#: commands that only stop, refuse or reorder a run: none of them starts a stage
+_STOPPING = (CancelRun, FailRun, TimeoutRun, PauseRun, RejectGate, MoveToFront)
+
+
+def needs(state: RunState, command: RunCommand) -> frozenset[str]:
+    """The environments ``command`` may take the run into: the caller reads their views into
+    the ``Known`` it hands to ``decide``, and only those (most commands need none)."""
+    if isinstance(command, _STOPPING):
+        return frozenset()
+    reported = command.job_id if isinstance(command, CompleteJob | InterruptJob | ExpireLease) else None
+    return _next_environments(state, reported)
+
+
+def needs_to_start(
+    fresh: RunState, reuse: RunState | None = None, ignored_by: str | None = None
+) -> frozenset[str]:
+    """``needs`` for ``start``: the environments the new run may enter once the stages it
+    carries over from ``reuse`` are skipped."""
+    plan = _Plan(fresh, fresh.run.created_at)
+    if reuse is not None:
+        try:
+            _carry_over(plan, reuse, ignored_by)
+        except CommandRefused:
+            return frozenset()  # ``start`` refuses it too
+    return _next_environments(plan.state(), None)
+
+
+def _next_environments(state: RunState, reported: str | None) -> frozenset[str]:
+    """Walk the stages not yet done, in order, as far as one decision can advance: past a
+    running stage only if its jobs may all be done now (``reported`` is the job a command
+    reports on), stopping at a gate that must open first or at a stage whose jobs must run."""
+    found: set[str] = set()
+    for stage in (s for s in state.stages if s.status not in STAGE_DONE):
+        jobs = state.jobs_of(stage.index)
+        if stage.status is StageStatus.RUNNING:
+            if any(not j.is_done and j.id != reported for j in jobs):
+                break
+            continue
+        if stage.status is StageStatus.PENDING and state.gate_of(stage.index) is not None:
+            break
+        if stage.environment is not None:
+            found.add(stage.environment)
+        if jobs:
+            break
+    return frozenset(found)
 
 
 def claim(job: Job, runner: str, now: datetime, lease_s: float) -> Change:
@@ -302,135 +352,166 @@ def claimed(job: Job, stage: str) -> Event:
 # -- commands ----------------------------------------------------------------------------
 
 
-def _apply(plan: _Plan, command: RunCommand) -> None:
+def _timeout_run(plan: _Plan, command: TimeoutRun) -> None:
     run = plan.run
-    match command:
-        case TimeoutRun():
-            _require_active(run, "time out")
-            if run.deadline is None or run.deadline > plan.now:
-                raise CommandRefused(f"{run.ref} has not reached its deadline")
-            took = format_duration(plan.definition.timeout or 0)
-            _finish(plan, RunStatus.FAILED, f"timed out: the run took longer than its timeout of {took}")
-        case CancelRun():
-            _require_active(run, "cancel")
-            if command.only_if_queued and run.status is not RunStatus.QUEUED:
-                raise CommandRefused(f"{run.ref} is {run.status}, no longer queued")
-            why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
-            _finish(plan, RunStatus.CANCELED, why)
-        case AdmitRun():
-            stage = next((s for s in plan.stages if s.status is StageStatus.QUEUED), None)
-            if run.status is not RunStatus.QUEUED or stage is None:
-                raise CommandRefused(f"{run.ref} is {run.status}, not queued for an environment")
-            if _admitted(plan, stage):
-                _start_stage(plan, stage)
-            elif plan.run.status is RunStatus.QUEUED and plan.run.reason == run.reason:
-                raise CommandRefused(f"{run.ref} still waits: {run.reason}")
-        case MoveToFront():
-            stage = next((s for s in plan.stages if s.status is StageStatus.QUEUED), None)
-            if stage is None:
-                raise CommandRefused(f"{run.ref} is {run.status}, not waiting in a queue")
-            before = command.before or plan.now
-            if stage.queued_at is not None and stage.queued_at <= before:
-                raise CommandRefused(f"{run.ref} is already first in {stage.environment}'s queue")
-            plan.set(stage, queued_at=before - timedelta(microseconds=1))
-            plan.note("stage.moved_to_front", stage, by=command.actor.name, reason=command.reason)
-        case FailRun():
-            _require_active(run, "mark failed")
-            why = f"marked failed by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
-            _finish(plan, RunStatus.FAILED, why)
-        case PauseRun():
-            if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
-                raise CommandRefused(f"{run.ref} is {run.status}; only running or waiting runs pause")
-            plan.move(run, RunStatus.PAUSED, reason=f"paused by {command.actor.name}")
-            for job in [j for j in plan.jobs if j.status is JobStatus.QUEUED]:
-                plan.move(job, JobStatus.PENDING, reason="run paused")
-        case ResumeRun():
-            if run.status is not RunStatus.PAUSED:
-                raise CommandRefused(f"{run.ref} is {run.status}, not paused")
-            plan.move(run, RunStatus.RUNNING, reason=f"resumed by {command.actor.name}")
-        case ApproveGate():
-            _approve(plan, _open_gate(plan, command.gate, "manual"), command.actor, command.comment)
-        case RejectGate():
-            gate = _open_gate(plan, command.gate, "manual")
-            why = f"rejected by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
-            plan.move(
-                gate, GateStatus.REJECTED, decided_by=command.actor.name, decided_at=plan.now, reason=why
-            )
-        case CompleteJob():
-            job = _fenced(plan, command.job_id, command.attempt, command.runner)
-            _complete(plan, job, command)
-        case InterruptJob():
-            job = _fenced(plan, command.job_id, command.attempt, command.runner)
-            job = plan.move(
-                job,
-                JobStatus.QUEUED,
-                runner=None,
-                lease_expires_at=None,
-                queued_at=plan.now,
-                reason=f"interrupted: runner {command.runner} shut down",
-            )
-            if run.status is RunStatus.PAUSED:
-                plan.move(job, JobStatus.PENDING, reason="run paused")
-        case ExpireLease():
-            job = _fenced(plan, command.job_id, command.attempt, None)
-            if not command.force and job.lease_expires_at is not None and job.lease_expires_at > plan.now:
-                raise CommandRefused(f"job {job.name}'s lease is still valid")
-            why = "its server restarted" if command.force else "stopped renewing its lease"
-            _job_failed(plan, job, JobStatus.LOST, reason=f"lost: runner {job.runner} {why}")
-            plan.guard(job, lease_expires_at=job.lease_expires_at)
-        case TimeoutGate():
-            gate = _open_gate(plan, command.gate, None)
-            if gate.deadline is None or gate.deadline > plan.now:
-                raise CommandRefused(f"gate {gate.stage_name} has not reached its deadline")
-            waited = format_duration(gate.timeout_s or 0)
-            if gate.on_timeout == "approve":
-                plan.move(
-                    gate,
-                    GateStatus.APPROVED,
-                    decided_at=plan.now,
-                    decided_by="timeout",
-                    reason=f"nobody objected within {waited} (on_timeout: approve)",
-                )
-            else:
-                plan.move(
-                    gate,
-                    GateStatus.TIMED_OUT,
-                    decided_at=plan.now,
-                    decided_by="timeout",
-                    reason=f"nobody cleared it within {waited}",
-                )
-        case RecordGateCheck():
-            gate = _open_gate(plan, command.gate, None)
-            if gate.kind == "manual":
-                raise CommandRefused(f"gate {gate.stage_name} is manual; people approve it")
-            # an automated gate's check polls again; an external gate's callback is the verdict
-            by = "check" if gate.kind == "automated" else command.actor.name
-            if command.passed:
-                plan.move(
-                    gate,
-                    GateStatus.APPROVED,
-                    decided_by=by,
-                    decided_at=plan.now,
-                    reason=command.detail or "check passed",
-                )
-            elif gate.kind == "external":
-                why = command.detail or "the external check failed"
-                plan.move(gate, GateStatus.REJECTED, decided_by=by, decided_at=plan.now, reason=why)
-            elif gate.deadline is not None and gate.deadline <= plan.now:
-                plan.move(
-                    gate,
-                    GateStatus.TIMED_OUT,
-                    decided_by="check",
-                    decided_at=plan.now,
-                    reason=f"check still failing after {format_duration(gate.timeout_s or 0)}"
-                    + (f": {command.detail}" if command.detail else ""),
-                )
-            else:
-                plan.set(
-                    gate, next_check_at=plan.now + timedelta(seconds=gate.interval_s), reason=command.detail
-                )
-        case _:
-            assert_never(command)
+    _require_active(run, "time out")
+    if run.deadline is None or run.deadline > plan.now:
+        raise CommandRefused(f"{run.ref} has not reached its deadline")
+    took = format_duration(plan.definition.timeout or 0)
+    _finish(plan, RunStatus.FAILED, f"timed out: the run took longer than its timeout of {took}")
+
+
+def _cancel_run(plan: _Plan, command: CancelRun) -> None:
+    run = plan.run
+    _require_active(run, "cancel")
+    if command.only_if_queued and run.status is not RunStatus.QUEUED:
+        raise CommandRefused(f"{run.ref} is {run.status}, no longer queued")
+    why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
+    _finish(plan, RunStatus.CANCELED, why)
+
+
+def _admit_run(plan: _Plan, command: AdmitRun) -> None:
+    run = plan.run
+    stage = next((s for s in plan.stages if s.status is StageStatus.QUEUED), None)
+    if run.status is not RunStatus.QUEUED or stage is None:
+        raise CommandRefused(f"{run.ref} is {run.status}, not queued for an environment")
+    if _admitted(plan, stage):
+        _start_stage(plan, stage)
+    elif plan.run.status is RunStatus.QUEUED and plan.run.reason == run.reason:
+        raise CommandRefused(f"{run.ref} still waits: {run.reason}")
+
+
+def _move_to_front(plan: _Plan, command: MoveToFront) -> None:
+    run = plan.run
+    stage = next((s for s in plan.stages if s.status is StageStatus.QUEUED), None)
+    if stage is None:
+        raise CommandRefused(f"{run.ref} is {run.status}, not waiting in a queue")
+    before = command.before or plan.now
+    if stage.queued_at is not None and stage.queued_at <= before:
+        raise CommandRefused(f"{run.ref} is already first in {stage.environment}'s queue")
+    plan.set(stage, queued_at=before - timedelta(microseconds=1))
+    plan.note("stage.moved_to_front", stage, by=command.actor.name, reason=command.reason)
+
+
+def _fail_run(plan: _Plan, command: FailRun) -> None:
+    _require_active(plan.run, "mark failed")
+    why = f"marked failed by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
+    _finish(plan, RunStatus.FAILED, why)
+
+
+def _pause_run(plan: _Plan, command: PauseRun) -> None:
+    run = plan.run
+    if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+        raise CommandRefused(f"{run.ref} is {run.status}; only running or waiting runs pause")
+    plan.move(run, RunStatus.PAUSED, reason=f"paused by {command.actor.name}")
+    for job in [j for j in plan.jobs if j.status is JobStatus.QUEUED]:
+        plan.move(job, JobStatus.PENDING, reason="run paused")
+
+
+def _resume_run(plan: _Plan, command: ResumeRun) -> None:
+    run = plan.run
+    if run.status is not RunStatus.PAUSED:
+        raise CommandRefused(f"{run.ref} is {run.status}, not paused")
+    plan.move(run, RunStatus.RUNNING, reason=f"resumed by {command.actor.name}")
+
+
+def _approve_gate(plan: _Plan, command: ApproveGate) -> None:
+    _approve(plan, _open_gate(plan, command.gate, "manual"), command.actor, command.comment)
+
+
+def _reject_gate(plan: _Plan, command: RejectGate) -> None:
+    gate = _open_gate(plan, command.gate, "manual")
+    why = f"rejected by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
+    plan.move(gate, GateStatus.REJECTED, decided_by=command.actor.name, decided_at=plan.now, reason=why)
+
+
+def _complete_job(plan: _Plan, command: CompleteJob) -> None:
+    job = _fenced(plan, command.job_id, command.attempt, command.runner)
+    _complete(plan, job, command)
+
+
+def _interrupt_job(plan: _Plan, command: InterruptJob) -> None:
+    job = _fenced(plan, command.job_id, command.attempt, command.runner)
+    job = plan.move(
+        job,
+        JobStatus.QUEUED,
+        runner=None,
+        lease_expires_at=None,
+        queued_at=plan.now,
+        reason=f"interrupted: runner {command.runner} shut down",
+    )
+    if plan.run.status is RunStatus.PAUSED:
+        plan.move(job, JobStatus.PENDING, reason="run paused")
+
+
+def _expire_lease(plan: _Plan, command: ExpireLease) -> None:
+    job = _fenced(plan, command.job_id, command.attempt, None)
+    if not command.force and job.lease_expires_at is not None and job.lease_expires_at > plan.now:
+        raise CommandRefused(f"job {job.name}'s lease is still valid")
+    why = "its server restarted" if command.force else "stopped renewing its lease"
+    _job_failed(plan, job, JobStatus.LOST, reason=f"lost: runner {job.runner} {why}")
+    plan.guard(job, lease_expires_at=job.lease_expires_at)
+
+
+def _timeout_gate(plan: _Plan, command: TimeoutGate) -> None:
+    gate = _open_gate(plan, command.gate, None)
+    if gate.deadline is None or gate.deadline > plan.now:
+        raise CommandRefused(f"gate {gate.stage_name} has not reached its deadline")
+    waited = format_duration(gate.timeout_s or 0)
+    if gate.on_timeout == "approve":
+        status, why = GateStatus.APPROVED, f"nobody objected within {waited} (on_timeout: approve)"
+    else:
+        status, why = GateStatus.TIMED_OUT, f"nobody cleared it within {waited}"
+    plan.move(gate, status, decided_at=plan.now, decided_by="timeout", reason=why)
+
+
+def _record_gate_check(plan: _Plan, command: RecordGateCheck) -> None:
+    gate = _open_gate(plan, command.gate, None)
+    if gate.kind == "manual":
+        raise CommandRefused(f"gate {gate.stage_name} is manual; people approve it")
+    # an automated gate's check polls again; an external gate's callback is the verdict
+    by = "check" if gate.kind == "automated" else command.actor.name
+    if command.passed:
+        plan.move(
+            gate,
+            GateStatus.APPROVED,
+            decided_by=by,
+            decided_at=plan.now,
+            reason=command.detail or "check passed",
+        )
+    elif gate.kind == "external":
+        why = command.detail or "the external check failed"
+        plan.move(gate, GateStatus.REJECTED, decided_by=by, decided_at=plan.now, reason=why)
+    elif gate.deadline is not None and gate.deadline <= plan.now:
+        plan.move(
+            gate,
+            GateStatus.TIMED_OUT,
+            decided_by="check",
+            decided_at=plan.now,
+            reason=f"check still failing after {format_duration(gate.timeout_s or 0)}"
+            + (f": {command.detail}" if command.detail else ""),
+        )
+    else:
+        plan.set(gate, next_check_at=plan.now + timedelta(seconds=gate.interval_s), reason=command.detail)
+
+
+#: one handler per command: each checks that the command may apply and records its changes
+HANDLERS: Final[Mapping[type[RunCommand], Callable[[_Plan, Any], None]]] = {
+    TimeoutRun: _timeout_run,
+    CancelRun: _cancel_run,
+    AdmitRun: _admit_run,
+    MoveToFront: _move_to_front,
+    FailRun: _fail_run,
+    PauseRun: _pause_run,
+    ResumeRun: _resume_run,
+    ApproveGate: _approve_gate,
+    RejectGate: _reject_gate,
+    CompleteJob: _complete_job,
+    InterruptJob: _interrupt_job,
+    ExpireLease: _expire_lease,
+    TimeoutGate: _timeout_gate,
+    RecordGateCheck: _record_gate_check,
+}
 
 
 def _require_active(run: Run, verb: str) -> None:
@@ -581,8 +662,8 @@ def _admitted(plan: _Plan, stage: Stage) -> bool:
     """May ``stage`` start in its environment now? If not, the stage and the run wait in
     ``queued`` (saying why), or the run fails when a freeze says so."""
     assert stage.environment is not None
-    views = plan.environments
-    verdict = admit(views.get(stage.environment) if views is not None else None, plan.run)
+    known = plan.known
+    verdict = admit(known.view(stage.environment) if known is not None else None, plan.run)
     if verdict.outcome == "admit":
         return True
     if verdict.outcome == "fail":

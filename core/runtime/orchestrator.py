@@ -32,8 +32,9 @@ from core.commands import (
 )
 from core.engine import Decision
 from core.model import SYSTEM
+from core.runtime.claims import ClaimJobs
 from core.runtime.executor import Executor
-from core.runtime.service import ClaimJobs, Service
+from core.runtime.service import Service
 from core.runtime.waiting import wait_event
 from core.states import JobStatus
 
@@ -105,17 +106,14 @@ class Orchestrator:
     # -- commands -----------------------------------------------------------------------------
     async def handle(self, command: Command) -> Decision:
         """Apply ``command``; returns once it has been committed (or refused)."""
-        decision: Decision = await self._submit(command)
-        return decision
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(command, future))
+        return await future
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
         """Claim jobs for a runner of this process; rides along with the next group commit."""
-        taken: list[Assignment] = await self._submit(ClaimJobs(runner=runner, limit=limit, lease_s=lease_s))
-        return taken
-
-    async def _submit(self, request: Command | ClaimJobs) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(request, future))
+        future: asyncio.Future[list[Assignment]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(ClaimJobs(runner=runner, limit=limit, lease_s=lease_s), future))
         return await future
 
     async def _commit_loop(self) -> None:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy.exc
 
 from bot.bootstrap import Shipyard
 from core.commands import CancelRun, Command, CompleteJob
-from core.engine import Decision
-from core.runtime.service import Service
+from core.runtime.claims import ClaimJobs
+from core.runtime.service import Outcomes, Service
 from core.states import JobStatus, RunStatus
 from tests.engine.conftest import trigger, wait_for
 from tests.factory import QUICK_LEASE, make_shipyard
@@ -37,7 +39,7 @@ async def finish(url: str, tmp: Path, run_id: str) -> Any:
 
 
 async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops_meanwhile(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = tmp_path / "deploys"
     shipyard = yard_for(
@@ -50,25 +52,28 @@ async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops
     """,
     )
     append_log = shipyard.store.append_log
+    slowed: list[str] = []
 
     def slow_append_log(*args: Any) -> bool:  # the database is busy: the last log chunk takes a while
+        slowed.append(args[0])
         time.sleep(0.5)
         return append_log(*args)
 
-    shipyard.store.append_log = slow_append_log  # type: ignore[method-assign]
+    monkeypatch.setattr(shipyard.store, "append_log", slow_append_log, raising=True)
     await shipyard.start()
     run = await trigger(shipyard, "p")
     while not ledger.exists():
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.1)  # the process exited 0; its output is on its way to the database
     await shipyard.stop()  # SIGTERM now
+    assert slowed  # the runner's log went through the slow store
     done = await finish(sqlite_url, tmp_path, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
     assert ledger.read_text() == "deployed\n"  # deployed once, not again after the restart
 
 
 async def test_a_success_survives_a_database_outage_while_it_is_reported(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shipyard = yard_for(
         sqlite_url,
@@ -79,28 +84,34 @@ async def test_a_success_survives_a_database_outage_while_it_is_reported(
           - {name: deploy, jobs: [{name: prod, run: "echo hi"}]}
     """,
     )
-    handle_many = shipyard.service.handle_many
+    commit = shipyard.service.commit
     outage: list[float] = []
+    faults: list[int] = []
 
-    def flaky(commands: list[Command]) -> list[Decision | Exception]:
+    def flaky(commands: Sequence[Command], claims: Sequence[ClaimJobs]) -> Outcomes:
         if any(isinstance(c, CompleteJob) for c in commands):
             outage[:] = outage or [time.monotonic() + 3.5]  # longer than the 3 s lease
             if time.monotonic() < outage[0]:
+                faults.append(len(commands))
                 raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
-        return handle_many(commands)
+        return commit(commands, claims)
 
-    shipyard.service.handle_many = flaky  # type: ignore[method-assign]
+    # the orchestrator's group commit is the one way a runner's report reaches the database
+    monkeypatch.setattr(shipyard.service, "commit", flaky, raising=True)
     await shipyard.start()
     try:
         run = await trigger(shipyard, "p")
         state = await wait_for(shipyard, run.run.id)
     finally:
         await shipyard.stop()
+    assert len(faults) >= 2  # the report failed, and was tried again during the outage
     assert state.run.status is RunStatus.SUCCEEDED, state.run.reason
     assert state.jobs[0].failures == 0  # never declared lost: its lease was kept alive
 
 
-async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(sqlite_url: str, tmp_path: Path) -> None:
+async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shipyard = yard_for(
         sqlite_url,
         tmp_path,
@@ -111,20 +122,21 @@ async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(sqlite_url:
     """,
     )
     claimed = threading.Event()
-    claim_jobs = shipyard.service.claim_jobs
+    commit = shipyard.service.commit
 
-    def slow_claim(*args: Any) -> Any:
-        got = claim_jobs(*args)  # committed...
-        if got:
+    def slow_commit(commands: Sequence[Command], claims: Sequence[ClaimJobs]) -> Outcomes:
+        outcomes = commit(commands, claims)  # committed...
+        if any(isinstance(taken, list) and taken for taken in outcomes[1]):
             claimed.set()
             time.sleep(0.3)  # ...and the answer is still on its way to the runner
-        return got
+        return outcomes
 
-    shipyard.service.claim_jobs = slow_claim  # type: ignore[method-assign]
+    # runners' claims ride along with the orchestrator's group commit
+    monkeypatch.setattr(shipyard.service, "commit", slow_commit, raising=True)
     await shipyard.start()
     run = await trigger(shipyard, "p")
-    await asyncio.to_thread(claimed.wait, 5)
-    await shipyard.stop()
+    assert await asyncio.to_thread(claimed.wait, 5)  # a claim is in flight...
+    await shipyard.stop()  # ...when the server stops
     job = yard_for(sqlite_url, tmp_path, "name: p\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]")
     after = job.service.find_run(run.run.id)
     job.store.dispose()

@@ -4,7 +4,7 @@ pipeline versions, logs."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,6 +16,7 @@ from core import engine
 from core.commands import (
     ApproveGate,
     CancelRun,
+    Command,
     CompleteJob,
     ExpireLease,
     PauseRun,
@@ -43,6 +44,11 @@ stages:
     gate: {approvers: [release], min_approvals: 1}
     jobs: [{name: deploy, run: "true"}]
 """
+
+
+def group_commit(svc: Service, commands: Sequence[Command]) -> list[Decision | Exception]:
+    """Commands applied in one transaction, as the orchestrator's group commit does."""
+    return svc.commit(commands, ())[0]
 
 
 def test_migrations_create_exactly_the_declared_schema(db_url: str, make_service: MakeService) -> None:
@@ -240,7 +246,8 @@ def test_a_group_commit_keeps_the_cached_run_equal_to_the_stored_one(
     run = svc.handle(TriggerRun(pipeline="three", actor=ALICE)).state
     assert run is not None
     jobs = svc.claim_jobs("r1", 2, 30)
-    decisions = svc.handle_many(
+    decisions = group_commit(
+        svc,
         [
             CompleteJob(
                 run_id=j.run_id,
@@ -251,7 +258,7 @@ def test_a_group_commit_keeps_the_cached_run_equal_to_the_stored_one(
                 exit_code=0,
             )
             for j in jobs
-        ]
+        ],
     )
     assert all(d.accepted for d in decisions)
     cached = svc.store._runs[run.run.id]  # type: ignore[attr-defined]
@@ -287,8 +294,8 @@ def test_one_failing_command_does_not_sink_the_others_in_its_group_commit(
         return original(self, ref)
 
     monkeypatch.setattr(SqlTx, "find_run", broken_for_one_ref, raising=True)
-    outcomes = svc.handle_many(
-        [PauseRun(run_id=run.run.id, actor=BOB), CancelRun(run_id="boom", actor=ALICE)]
+    outcomes = group_commit(
+        svc, [PauseRun(run_id=run.run.id, actor=BOB), CancelRun(run_id="boom", actor=ALICE)]
     )
     assert isinstance(outcomes[0], Decision) and outcomes[0].accepted
     assert isinstance(outcomes[1], RuntimeError)
@@ -413,7 +420,7 @@ def test_a_batch_of_triggers_numbers_each_pipeline_on_and_honours_every_idempote
         TriggerRun(pipeline="nope", actor=ALICE),
         TriggerRun(pipeline="one", actor=ALICE),
     ]
-    d = svc.handle_many(batch)
+    d = group_commit(svc, batch)
     assert all(isinstance(x, Decision) for x in d)
     first, old, archived, again, unknown, plain = d  # type: ignore[misc]
     assert first.accepted and not first.duplicate and first.state.run.number == 2
@@ -435,12 +442,13 @@ def test_concurrent_batches_of_triggers_never_share_a_run_number_or_a_key(
     services = [make_service(db_url, ONE, TWO)] + [make_service(db_url) for _ in range(3)]
 
     def batch(svc: Service) -> list[Decision | Exception]:
-        return svc.handle_many(
+        return group_commit(
+            svc,
             [
                 TriggerRun(pipeline=p, actor=ALICE, idempotency_key=f"{p}-{i % 10}")
                 for i in range(20)
                 for p in ("one", "two")
-            ]
+            ],
         )
 
     with ThreadPoolExecutor(len(services)) as pool:
@@ -462,8 +470,8 @@ def test_many_rows_written_at_once_read_back_exactly(db_url: str, make_service: 
     backslashes, quotes, NUL-free control characters and non-ASCII text come back unchanged."""
     svc = make_service(db_url, ODD)
     notes = [f'n{i}\t"q"\\N\\\\ \r\n {{"x": [1]}} \u00e9\u4e2d\U0001f680 \x07' for i in range(40)]
-    decided = svc.handle_many(
-        [TriggerRun(pipeline="odd", actor=ALICE, parameters={"note": n}) for n in notes]
+    decided = group_commit(
+        svc, [TriggerRun(pipeline="odd", actor=ALICE, parameters={"note": n}) for n in notes]
     )
     assert all(isinstance(d, Decision) and d.accepted for d in decided)
     fresh = make_service(db_url)

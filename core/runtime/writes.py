@@ -1,0 +1,161 @@
+"""Writing a decision: the only place a command's outcome reaches the database.
+
+An accepted decision becomes a new run or conditional updates on the run's rows (each naming
+the status it must still have, the run row its version), then its events, the deployments it
+finished (a rollback that succeeded locks its environment until someone acknowledges it) and
+the audit entry. Refusals are audited too. All of it in the command's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from core.commands import Command, ReportTarget, RetryRun, TriggerRun, command_name
+from core.engine import Decision
+from core.environments import Environments
+from core.model import RunState
+from core.ports import AuditEntry, Deployment, Tx
+from core.review import open_review
+from core.runtime.reading import artifact_for
+from core.states import STAGE_DONE
+
+#: how long a break-glass run's review stays open when no environment says otherwise (a day)
+DEFAULT_REVIEW_S = 86400.0
+
+
+def write(
+    tx: Tx,
+    command: Command,
+    decision: Decision,
+    now: datetime,
+    environments: Environments,
+    audit_runner_reports: bool,
+) -> None:
+    """Apply ``decision`` to ``tx`` (a refusal or an idempotent replay changes nothing but
+    the audit log)."""
+    if decision.accepted and not decision.duplicate:
+        state = decision.state
+        assert state is not None
+        if decision.created:
+            assert isinstance(command, TriggerRun | RetryRun)  # only they create runs
+            _insert(tx, state, command.report_to, environments, now)
+        else:
+            assert decision.expect_version is not None
+            tx.apply(state, decision.expect_version, decision.changes)
+        tx.append_events(decision.events)
+        for deployment in _deployments(decision, state):
+            _record_deployment(tx, state, deployment, now)
+    if command.actor.channel != "runner" or audit_runner_reports or not decision.accepted:
+        tx.audit(_audit_entry(command, decision, now))
+
+
+def _insert(
+    tx: Tx, state: RunState, report_to: ReportTarget | None, environments: Environments, now: datetime
+) -> None:
+    tx.insert_run(state, report_to)
+    if state.run.break_glass is not None:
+        envs = {s.environment for s in state.stages if s.environment}
+        within = min((environments.policy(e).break_glass_review for e in envs), default=DEFAULT_REVIEW_S)
+        tx.open_review(open_review(state.run.id, state.run.triggered_by, state.run.break_glass, now, within))
+
+
+def _record_deployment(tx: Tx, state: RunState, deployment: Deployment, now: datetime) -> None:
+    built = artifact_for(tx, state)
+    if built is not None:
+        found = tx.artifact(built.ref)
+        deployment = replace(
+            deployment, artifact=built.ref, artifact_id=found.id if found is not None else None
+        )
+    tx.record_deployment(deployment)
+    if deployment.kind != "rollback" or deployment.status != "succeeded":
+        return
+    why = (
+        f"rolled back to {deployment.artifact or 'an earlier artifact'} by "
+        f"{deployment.triggered_by} ({state.run.ref}); acknowledge before deploying again"
+    )
+    if tx.lock_after_rollback(deployment.environment, why, now):
+        tx.audit(
+            AuditEntry(
+                at=now,
+                actor="shipyard",
+                channel="system",
+                action="lock_environment",
+                target=deployment.environment,
+                outcome="accepted",
+                reason=why,
+                detail={"kind": "rollback", "run_id": deployment.run_id},
+            )
+        )
+
+
+def _deployments(decision: Decision, state: RunState) -> list[Deployment]:
+    """Deploy stages this decision finished (only those that started: a stage canceled at its
+    gate deployed nothing)."""
+    found = []
+    for event in decision.events:
+        if event.subject != "stage" or event.to_status not in STAGE_DONE:
+            continue
+        stage = next((s for s in state.stages if s.id == event.subject_id), None)
+        if stage is None or stage.environment is None or stage.started_at is None:
+            continue
+        run = state.run
+        found.append(
+            Deployment(
+                environment=stage.environment,
+                pipeline=run.pipeline,
+                run_id=run.id,
+                run_number=run.number,
+                stage=stage.name,
+                status=str(stage.status),
+                revision=run.source_revision,
+                parameters=dict(run.parameters),
+                triggered_by=run.triggered_by,
+                started_at=stage.started_at,
+                finished_at=stage.finished_at or event.at,
+                kind=run.kind,
+            )
+        )
+    return found
+
+
+#: the command's fields copied into its audit entry's detail when set
+_AUDITED_FIELDS = (
+    "gate",
+    "job_id",
+    "attempt",
+    "reason",
+    "comment",
+    "source_revision",
+    "idempotency_key",
+    "branch",
+    "artifact_id",
+    "deploy_to",
+    "break_glass",
+)
+
+
+def _audit_entry(command: Command, decision: Decision, now: datetime) -> AuditEntry:
+    target = getattr(command, "run_id", None) or getattr(command, "pipeline", "")
+    detail: dict[str, object] = {}
+    if decision.state is not None:
+        target = decision.state.run.ref
+        detail["run_id"] = decision.state.run.id
+    for key in _AUDITED_FIELDS:
+        value = getattr(command, key, None)
+        if value:
+            detail[key] = value
+    if isinstance(command, TriggerRun):
+        detail["parameters"] = {k: str(v) for k, v in command.parameters.items()}
+        if command.kind != "deploy":
+            detail["kind"] = command.kind
+    return AuditEntry(
+        at=now,
+        actor=command.actor.name,
+        channel=command.actor.channel,
+        action=command_name(command),
+        target=str(target),
+        outcome="duplicate" if decision.duplicate else str(decision.outcome),
+        reason=decision.reason,
+        detail=detail,
+    )
