@@ -101,7 +101,7 @@ class ChatBackend(Backend):
         actor = command.actor
         if actor.principal is None and actor.channel in ("slack", "console"):
             command = replace(command, actor=replace(actor, principal=await self.principal(actor.name)))
-        return await super().decide(command)
+        return await self.shipyard.orchestrator.handle(command)
 
     async def start(self, command: TriggerRun) -> RunState:
         """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason."""

@@ -77,9 +77,8 @@ class Service:
         (which see the jobs those commands queued): every transaction takes its locks in one
         global order, so concurrent batches cannot deadlock. If anything fails, the batch is
         rolled back and each command and claim is applied on its own; one that fails outright
-        gets its exception back instead of a result."""
-        if len(commands) + len(claims) == 1 and commands:
-            return [self._alone(commands[0])], []
+        gets its exception back instead of a result. A lone command takes this path too: the
+        one way a command is applied."""
         order = sorted(range(len(commands)), key=lambda i: _lock_order(commands[i]))
         try:
             with self.store.transaction() as tx:
