@@ -70,6 +70,8 @@ POST_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0] + [300.0] * 
 #: how often posts waiting for a retry are looked for in the database (another replica's, or
 #: this process's before a restart); this process's own are tried when due
 PENDING_LOOK_S = 30.0
+#: how long a stop waits for the step under way (Slack calls time out after their own limit)
+STOP_GRACE_S = 5.0
 #: the waits before each new try of a run message's edit that failed (kept in memory: after a
 #: restart the message is edited again on the run's next event)
 EDIT_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
@@ -111,6 +113,8 @@ class Notifier:
         self._cards: dict[str, set[str]] = {}  # run id -> gates whose cards to edit with it
         self._edit_failures: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
         self._next_reminders = 0.0
         self._pending_due = 0.0  # epoch seconds: the soonest retry of a post known here
         self._pending_look = 0.0  # monotonic: when to look for other processes' again
@@ -121,15 +125,23 @@ class Notifier:
         self._task = asyncio.create_task(self._loop(), name="shipyard-slack-notifier")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Let the step under way finish (a send whose answer came back is recorded, so a
+        failed post is retried after a restart instead of left ``sending``), then end; a step
+        stuck on Slack for longer than ``STOP_GRACE_S`` is cancelled."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE_S)
+        if not done:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(self._task, return_exceptions=True)
 
     async def _loop(self) -> None:
         orchestrator = self.backend.shipyard.orchestrator
         interval = self.backend.shipyard.settings.poll_interval
-        appended = orchestrator.listen()
-        while True:
+        self._wake = appended = orchestrator.listen()
+        while not self._stopping:
             appended.clear()
             try:
                 busy = await self.step()
@@ -139,7 +151,7 @@ class Notifier:
                 log.exception("slack notifier step failed; retrying")
                 busy = False
                 await asyncio.sleep(min(5.0, interval * 5))
-            if busy:
+            if busy or self._stopping:
                 continue
             wait = interval  # other processes' events are found by polling
             if self._dirty:
