@@ -152,6 +152,20 @@ class InterruptJob:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportLateResult:
+    """A runner found, after its server restarted, that an attempt declared lost had in fact
+    finished: the result is recorded beside the attempt (the job itself has moved on)."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    runner: str
+    outcome: JobOutcome
+    exit_code: int | None
+    actor: Actor = field(default_factory=lambda: Actor("runner", "runner"))
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExpireLease:
     """A job's runner stopped renewing its lease: the job is lost."""
 
@@ -223,6 +237,7 @@ RunCommand = (
     | CompleteJob
     | InterruptJob
     | ExpireLease
+    | ReportLateResult
     | TimeoutGate
     | RecordGateCheck
 )

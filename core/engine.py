@@ -15,7 +15,7 @@ finish a stage whose jobs are done, open the next gate, start the next stage, fi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
@@ -33,6 +33,7 @@ from core.commands import (
     PauseRun,
     RecordGateCheck,
     RejectGate,
+    ReportLateResult,
     ResumeRun,
     RunCommand,
     TimeoutGate,
@@ -41,7 +42,7 @@ from core.commands import (
 from core.duration import format_duration
 from core.errors import CommandRefused, IllegalTransition, NotFound
 from core.events import Event
-from core.model import Actor, Approval, Entity, Gate, Job, Run, RunState, Stage, evolve
+from core.model import Actor, Approval, Entity, Gate, Job, LostAttempt, Run, RunState, Stage, evolve
 from core.states import (
     JOB_FAILURES,
     RUN_TERMINAL,
@@ -449,8 +450,36 @@ def _expire_lease(plan: _Plan, command: ExpireLease) -> None:
     if not command.force and job.lease_expires_at is not None and job.lease_expires_at > plan.now:
         raise CommandRefused(f"job {job.name}'s lease is still valid")
     why = "its server restarted" if command.force else "stopped renewing its lease"
-    _job_failed(plan, job, JobStatus.LOST, reason=f"lost: runner {job.runner} {why}")
+    reason = f"lost: runner {job.runner} {why}"
+    lost = (*job.lost, LostAttempt(job.attempt, job.runner, reason))
+    _job_failed(plan, job, JobStatus.LOST, reason=reason, lost=lost)
     plan.guard(job, lease_expires_at=job.lease_expires_at)
+
+
+def _report_late_result(plan: _Plan, command: ReportLateResult) -> None:
+    """An attempt declared lost had finished after all: keep how it ended beside it, and say
+    so in the run's events (the retry, or the run's failure, stands)."""
+    job = next((j for j in plan.jobs if j.id == command.job_id), None)
+    if job is None:
+        raise NotFound(f"{plan.run.ref} has no job {command.job_id}")
+    lost = next((a for a in job.lost if a.attempt == command.attempt), None)
+    if lost is None or lost.late_outcome is not None:
+        raise CommandRefused(
+            f"job {job.name} attempt {command.attempt} was not declared lost, or its result is recorded"
+        )
+    late = replace(lost, late_outcome=command.outcome, late_exit_code=command.exit_code)
+    plan.set(job, lost=tuple(late if a is lost else a for a in job.lost))
+    plan.note(
+        "job.late_result",
+        job,
+        stage=plan.definition.stages[job.stage_index].name,
+        job=job.name,
+        attempt=command.attempt,
+        runner=command.runner,
+        outcome=command.outcome,
+        exit_code=command.exit_code,
+        latest_attempt=job.attempt,
+    )
 
 
 def _timeout_gate(plan: _Plan, command: TimeoutGate) -> None:
@@ -509,6 +538,7 @@ HANDLERS: Final[Mapping[type[RunCommand], Callable[[_Plan, Any], None]]] = {
     CompleteJob: _complete_job,
     InterruptJob: _interrupt_job,
     ExpireLease: _expire_lease,
+    ReportLateResult: _report_late_result,
     TimeoutGate: _timeout_gate,
     RecordGateCheck: _record_gate_check,
 }

@@ -114,6 +114,21 @@ class Stage:
     finished_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LostAttempt:
+    """An attempt declared lost because its runner vanished (its server restarted, or it
+    stopped renewing the lease), and the job was retried. Execution is at least once: if the
+    attempt had in fact finished before its server died, its runner reports that late, and
+    ``late_outcome`` and ``late_exit_code`` say how it ended, so a person can check the target
+    the retry deployed to as well."""
+
+    attempt: int
+    runner: str | None
+    reason: str
+    late_outcome: str | None = None
+    late_exit_code: int | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     id: str
@@ -136,6 +151,8 @@ class Job:
     reason: str = ""
     #: skipped by a retry that reused its outputs: the id of the run that made them
     reused_from: str | None = None
+    #: attempts declared lost, oldest first, with a late result if one came
+    lost: tuple[LostAttempt, ...] = ()
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

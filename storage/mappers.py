@@ -4,13 +4,14 @@ column name would be an SQL keyword (``index`` is stored as ``position``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from core.definition import PipelineDef
 from core.engine import Change
 from core.events import Event
-from core.model import Approval, Gate, Job, Run, Stage
+from core.model import Approval, Gate, Job, LostAttempt, Run, Stage
 from core.ports import PipelineVersion
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 
@@ -84,6 +85,7 @@ def job_from_row(r: Mapping[Any, Any]) -> Job:
         outputs=r["outputs"],
         reason=r["reason"],
         reused_from=r["reused_from"],
+        lost=tuple(LostAttempt(**a) for a in r["lost"] or ()),
         queued_at=r["queued_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
@@ -130,6 +132,8 @@ def _value(key: str, value: Any) -> tuple[str, Any]:
         return key, list(value)
     if key in ("outputs", "parameters"):
         return key, dict(value)
+    if key == "lost":
+        return key, [asdict(a) for a in value]
     return key, value
 
 

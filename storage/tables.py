@@ -145,6 +145,8 @@ class JobRow(SQLModel, table=True):
     outputs: dict[str, str] = _json({})
     reason: str = _text()
     reused_from: str | None = Field(default=None, max_length=64)
+    #: attempts declared lost, with their late results (``core.model.LostAttempt``)
+    lost: list[dict[str, Any]] = _json([])
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()

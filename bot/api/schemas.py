@@ -3,6 +3,7 @@ from these, so what is documented is what is validated and sent."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 
@@ -200,6 +201,17 @@ class GateOut(BaseModel):
         )
 
 
+class LostAttemptOut(BaseModel):
+    attempt: int
+    runner: str | None
+    reason: str = Field(description="why it was declared lost")
+    late_outcome: str | None = Field(
+        description="how the attempt in fact ended, reported by its runner after its server "
+        "restarted: it finished and the retry ran as well (check the target); null: no late result"
+    )
+    late_exit_code: int | None
+
+
 class JobOut(BaseModel):
     id: str
     name: str
@@ -213,6 +225,9 @@ class JobOut(BaseModel):
     reason: str
     reused_from: str | None = Field(
         description="skipped by a retry that reused its outputs: the id of the run that made them"
+    )
+    lost_attempts: list[LostAttemptOut] = Field(
+        description="attempts declared lost because their runner vanished (the job was retried)"
     )
     started_at: datetime | None
     finished_at: datetime | None
@@ -231,6 +246,7 @@ class JobOut(BaseModel):
             outputs=dict(j.outputs),
             reason=j.reason,
             reused_from=j.reused_from,
+            lost_attempts=[LostAttemptOut(**asdict(a)) for a in j.lost],
             started_at=j.started_at,
             finished_at=j.finished_at,
         )

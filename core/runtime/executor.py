@@ -38,9 +38,33 @@ class ExecResult:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A job attempt whose end was recorded on this machine (``workdir``: the runner's)."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    exit_code: int
+    outputs: dict[str, str]
+    detail: str
+
+    @property
+    def outcome(self) -> Literal["succeeded", "failed"]:
+        return "succeeded" if self.exit_code == 0 else "failed"
+
+
 class Executor(Protocol):
     async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult: ...
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool: ...
+    def finished(self, workdir: Path) -> list[Finished]:
+        """Attempts that ended and whose record was not forgotten: after a restart, the ones
+        whose result may never have been reported."""
+        ...
+
+    def forget(self, workdir: Path, run_id: str, job_id: str, attempt: int) -> None:
+        """The attempt's result is reported (or no longer wanted): drop its record."""
+        ...
 
 
 class NoopExecutor:
@@ -52,6 +76,12 @@ class NoopExecutor:
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
         return False
 
+    def finished(self, workdir: Path) -> list[Finished]:
+        return []
+
+    def forget(self, workdir: Path, run_id: str, job_id: str, attempt: int) -> None:
+        pass
+
 
 #: every job runs under this supervisor (see core/runtime/supervise.py)
 SUPERVISOR = [sys.executable, "-S", "-E", str(Path(__file__).with_name("supervise.py"))]
@@ -61,14 +91,24 @@ SUPERVISOR = [sys.executable, "-S", "-E", str(Path(__file__).with_name("supervis
 _EXIT_MEANING = {126: "command not executable", 127: "command not found"}
 
 
-def shell_argv(command: str | tuple[str, ...]) -> list[str]:
+def shell_argv(command: str | tuple[str, ...], record: Path) -> list[str]:
+    """The supervisor's command line: it writes the job's exit code to ``record``."""
     if isinstance(command, tuple):
         argv = list(command)
     elif shutil.which("bash"):
         argv = ["bash", "-eo", "pipefail", "-c", command]
     else:
         argv = ["sh", "-ec", command]
-    return [*SUPERVISOR, str(os.getpid()), *argv]
+    return [*SUPERVISOR, str(os.getpid()), str(record), *argv]
+
+
+#: where a job's files live in its run's directory: ``<job id>.<attempt>.out`` (its outputs)
+#: and ``.exit`` (its exit code, written by the supervisor)
+META_DIR = ".shipyard"
+
+
+def _meta(workdir: Path, job_id: str, attempt: int, kind: str) -> Path:
+    return workdir / META_DIR / f"{job_id}.{attempt}.{kind}"
 
 
 class SubprocessExecutor:
@@ -102,9 +142,8 @@ class SubprocessExecutor:
 
     async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
         workdir.mkdir(parents=True, exist_ok=True)
-        meta = workdir / ".shipyard"
-        meta.mkdir(exist_ok=True)
-        output_file = meta / f"{job.job_id}.{job.attempt}.out"
+        (workdir / META_DIR).mkdir(exist_ok=True)
+        output_file = _meta(workdir, job.job_id, job.attempt, "out")
         output_file.write_text("")
         env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_PREFIXES)}
         env.update(job.env)
@@ -116,7 +155,7 @@ class SubprocessExecutor:
             return ExecResult("killed", None, detail="killed before it started")
         try:
             proc = await asyncio.create_subprocess_exec(
-                *shell_argv(job.command),
+                *shell_argv(job.command, _meta(workdir, job.job_id, job.attempt, "exit")),
                 cwd=workdir,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -162,17 +201,25 @@ class SubprocessExecutor:
             return ExecResult("killed", code, detail="killed")
         if timed_out:
             return ExecResult("timed_out", code)
-        if code == 0:
-            text = output_file.read_text(errors="replace").replace("\x00", "\ufffd")
-            outputs, problems = read_outputs(text.splitlines())
-            for problem in problems:
-                sink("stderr", f"shipyard: {problem}\n")
-            return ExecResult("succeeded", 0, outputs)
-        if code is not None and code < 0:
-            detail = f"killed by {signal.Signals(-code).name}"
-        else:
-            detail = _EXIT_MEANING.get(code or 0, "")
-        return ExecResult("failed", code, detail=detail)
+        return _exited_with(code, output_file, sink)
+
+    def finished(self, workdir: Path) -> list[Finished]:
+        found = []
+        for record in workdir.glob(f"*/{META_DIR}/*.exit"):
+            job_id, attempt, _ = record.name.rsplit(".", 2)
+            try:
+                code = int(record.read_text())
+            except (OSError, ValueError):
+                continue  # (not whole: the supervisor renames a record into place when written)
+            output_file = record.with_suffix(".out")
+            result = _exited_with(code, output_file, lambda _stream, _text: None)
+            run_id = record.parent.parent.name
+            found.append(Finished(run_id, job_id, int(attempt), code, result.outputs, result.detail))
+        return found
+
+    def forget(self, workdir: Path, run_id: str, job_id: str, attempt: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            _meta(workdir / run_id, job_id, attempt, "exit").unlink()
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
@@ -180,6 +227,24 @@ class SubprocessExecutor:
         await within(proc.wait(), self.kill_grace_s)
         _killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+
+
+def _exited_with(code: int | None, output_file: Path, sink: OutputSink) -> ExecResult:
+    """The result of a process that exited by itself with ``code``."""
+    if code == 0:
+        try:
+            text = output_file.read_text(errors="replace").replace("\x00", "\ufffd")
+        except FileNotFoundError:
+            text = ""
+        outputs, problems = read_outputs(text.splitlines())
+        for problem in problems:
+            sink("stderr", f"shipyard: {problem}\n")
+        return ExecResult("succeeded", 0, outputs)
+    if code is not None and code < 0:
+        detail = f"killed by {signal.Signals(-code).name}"
+    else:
+        detail = _EXIT_MEANING.get(code or 0, "")
+    return ExecResult("failed", code, detail=detail)
 
 
 async def _exited(proc: asyncio.subprocess.Process) -> None:

@@ -194,7 +194,8 @@ class Orchestrator:
     async def tick(self) -> int:
         """Act on everything the clock has made due; returns how many commands it issued."""
         timers = await self.db(self.service.due, self.check_lease_s)
-        commands: list[Command] = [ExpireLease(run_id=r, job_id=j, attempt=a) for r, j, a in timers.expired]
+        expired = [ExpireLease(run_id=r, job_id=j, attempt=a) for r, j, a in timers.expired]
+        commands: list[Command] = list(expired)
         commands += [TimeoutGate(run_id=r, gate=g) for r, g in timers.gate_deadlines]
         commands += [TimeoutRun(run_id=r) for r in timers.run_deadlines]
         commands += [
@@ -203,7 +204,12 @@ class Orchestrator:
         ]
         commands += [AdmitRun(run_id=r) for r in timers.admissions]
         if commands:
-            await asyncio.gather(*(self.handle(c) for c in commands))
+            decisions = await asyncio.gather(*(self.handle(c) for c in commands))
+            for command, decision in zip(expired, decisions, strict=False):
+                why = [e.data.get("reason") for e in decision.events if e.to_status == "lost"]
+                if decision.accepted and why:
+                    run, job, attempt = command.run_id, command.job_id, command.attempt
+                    log.warning("run %s job %s attempt %d declared %s", run, job, attempt, why[0])
         for check in timers.gate_checks:
             task = asyncio.create_task(self._check_gate(check))
             self._checks.add(task)

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.assignment import Assignment
-from core.commands import CompleteJob, ExpireLease, InterruptJob
+from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.engine import Decision
-from core.runtime.executor import ExecResult, Executor, kill_orphans
+from core.runtime.executor import ExecResult, Executor, Finished, kill_orphans
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.waiting import wait_event
 
 log = logging.getLogger(__name__)
-RunnerReport = CompleteJob | InterruptJob | ExpireLease
+#: said in a job's log when its end was found in its record after the server restarted
+RESTARTED_NOTE = "\n[shipyard: the server restarted after this job ended; its last output may be missing]\n"
+RunnerReport = CompleteJob | InterruptJob | ExpireLease | ReportLateResult
 
 
 class RunnerLink(Protocol):
@@ -169,12 +171,83 @@ class Runner:
         self._watcher = asyncio.create_task(self._watch_loop(), name=f"runner-{self.name}-leases")
 
     async def recover(self) -> int:
-        """Jobs this runner held before a crash died with it: kill leftovers, report them lost."""
+        """What this runner held before its server restarted: a job whose end was recorded
+        (``Executor.finished``) is reported as it ended, not run again; the others died with
+        the server (leftovers are killed) and are reported lost. Recorded ends of attempts
+        declared lost meanwhile (another replica expired the lease) are reported late, so the
+        run says that the attempt finished and its retry ran as well."""
         held = await self.link.held(self.name)
+        ended = {(f.job_id, f.attempt): f for f in self.executor.finished(self.workdir)}
         kill_orphans(job_id for _, job_id, _ in held)
         for run_id, job_id, attempt in held:
+            finished = ended.pop((job_id, attempt), None)
+            if finished is not None:
+                await self._report_recorded(finished)
+                continue
+            log.warning(
+                "run %s job %s attempt %d declared lost: runner %s restarted while it ran",
+                run_id,
+                job_id,
+                attempt,
+                self.name,
+            )
             await self.link.report(ExpireLease(run_id=run_id, job_id=job_id, attempt=attempt, force=True))
+        for finished in ended.values():
+            await self._report_late(finished)
         return len(held)
+
+    async def _report_recorded(self, f: Finished) -> None:
+        log.warning(
+            "run %s job %s attempt %d finished (%s, exit %s) before runner %s restarted; reporting it",
+            f.run_id,
+            f.job_id,
+            f.attempt,
+            f.outcome,
+            f.exit_code,
+            self.name,
+        )
+        detail = "; ".join(x for x in (f.detail, "reported after its server restarted") if x)
+        report = CompleteJob(
+            run_id=f.run_id,
+            job_id=f.job_id,
+            attempt=f.attempt,
+            runner=self.name,
+            outcome=f.outcome,
+            exit_code=f.exit_code,
+            outputs=f.outputs,
+            detail=detail,
+        )
+        await self.link.append_log(
+            f.job_id,
+            f.attempt,
+            self.name,
+            [("system", RESTARTED_NOTE)],
+        )
+        await self.link.report(report)
+        self.executor.forget(self.workdir, f.run_id, f.job_id, f.attempt)
+
+    async def _report_late(self, f: Finished) -> None:
+        report = ReportLateResult(
+            run_id=f.run_id,
+            job_id=f.job_id,
+            attempt=f.attempt,
+            runner=self.name,
+            outcome=f.outcome,
+            exit_code=f.exit_code,
+        )
+        decision = await self.link.report(report)
+        if decision.accepted:
+            log.warning(
+                "late result: run %s job %s attempt %d, declared lost, had finished (%s, exit %s) "
+                "on runner %s; its retry ran as well",
+                f.run_id,
+                f.job_id,
+                f.attempt,
+                f.outcome,
+                f.exit_code,
+                self.name,
+            )
+        self.executor.forget(self.workdir, f.run_id, f.job_id, f.attempt)
 
     async def shutdown(self) -> None:
         """Stop claiming (letting a claim in flight finish, so nothing it took is orphaned),
@@ -290,12 +363,14 @@ class Runner:
                         "runner %s could not store the last output of %s", self.name, a.label, exc_info=True
                     )
             if active.stopping:
+                self.executor.forget(self.workdir, a.run_id, a.job_id, a.attempt)
                 return  # the engine already moved this attempt on; a report would be refused
             if result.outcome == "killed":
                 if self._closing:
                     await self._report(
                         InterruptJob(run_id=a.run_id, job_id=a.job_id, attempt=a.attempt, runner=self.name)
                     )
+                self.executor.forget(self.workdir, a.run_id, a.job_id, a.attempt)
                 return
             # claim for the freed slot now: the claim rides in the same group commit as this
             # report and sees the jobs it queues (the next stage), instead of a commit later
@@ -313,6 +388,9 @@ class Runner:
                     detail=result.detail,
                 )
             )
+            # (until here a restart finds the record and reports it; a crash between the
+            # commit and this line makes that report a refused duplicate, nothing more)
+            self.executor.forget(self.workdir, a.run_id, a.job_id, a.attempt)
         except Exception:
             log.exception("runner %s could not report job %s; its lease will expire", self.name, a.label)
         finally:

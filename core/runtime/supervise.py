@@ -1,4 +1,4 @@
-"""The supervisor every job runs under: ``python -S -E supervise.py SERVER_PID ARGV...``.
+"""The supervisor every job runs under: ``python -S -E supervise.py SERVER_PID RECORD ARGV...``.
 
 It leads the job's process group and starts the job with default signal dispositions. It asks
 the kernel for SIGHUP when its parent, the server, dies (``PR_SET_PDEATHSIG``; if the server
@@ -49,8 +49,22 @@ def _die_with(server_pid):
         _kill_group(0, None)
 
 
+def _record(path, code):
+    """Write ``code`` to ``path`` durably: a partial record is never seen (write, sync, rename)."""
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGHUP})
+    partial = path + ".part"
+    fd = posix.open(partial, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC, 0o600)
+    try:
+        posix.write(fd, b"%d\n" % code)
+        posix.fsync(fd)
+    finally:
+        posix.close(fd)
+    posix.rename(partial, path)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGHUP})
+
+
 def main(argv):
-    server_pid, argv = int(argv[0]), argv[1:]
+    server_pid, record, argv = int(argv[0]), argv[1], argv[2:]
     _signal.signal(_signal.SIGHUP, _kill_group)
     _signal.signal(_signal.SIGTERM, lambda _s, _f: None)  # a handler, not SIG_IGN: the job gets TERM
     _die_with(server_pid)
@@ -66,6 +80,10 @@ def main(argv):
         except InterruptedError:
             continue
     code = posix.waitstatus_to_exitcode(status)
+    try:
+        _record(record, code)
+    except OSError as exc:
+        sys.stderr.write(f"shipyard: cannot record the exit code in {record}: {exc.strerror}\n")
     if code < 0:
         _signal.signal(-code, _signal.SIG_DFL)
         posix.kill(posix.getpid(), -code)
