@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -15,17 +14,16 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factory import ROOT, cli_environment, write_pipelines
 
 
 def shipyard(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
         cwd=cwd,
-        env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**cli_environment(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -188,17 +186,13 @@ def _serve_until_ready(tmp_path: Path, slack: dict[str, str]) -> tuple[str, int]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    (tmp_path / "pipes").mkdir(exist_ok=True)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "SLACK_"))}
-    env = {
-        **clean,
-        "PYTHONPATH": str(ROOT),
-        "SHIPYARD_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
-        "SHIPYARD_PIPELINES_DIR": str(tmp_path / "pipes"),
-        "SHIPYARD_WORK_DIR": str(tmp_path / "work"),
-        "SHIPYARD_LOG_LEVEL": "INFO",
-        **slack,
-    }
+    env = cli_environment(
+        database_url=f"sqlite:///{tmp_path}/serve.db",
+        pipelines_dir=write_pipelines(tmp_path, {}),
+        work_dir=tmp_path / "work",
+        log_level="INFO",
+    )
+    env.update(slack)
     log = tmp_path / "serve.log"
     with (
         log.open("w") as out,

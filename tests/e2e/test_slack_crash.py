@@ -56,7 +56,6 @@ def server(tmp_path: Path, db_url: str, fake: FakeSlack) -> Iterator[Server]:
             "SHIPYARD_SLACK_CHANNEL": DEFAULT,
         }
     )
-    s.env.pop("SLACK_APP_TOKEN", None)
     yield s
     s.stop()
 
