@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -295,10 +295,11 @@ def pg_url(api_pg_database: str) -> str:
 
 @pytest.fixture
 async def start_api(tmp_path: Path) -> AsyncIterator[StartApi]:
-    """``await start_api(url, **settings)``: the application served on loopback, with tokens."""
+    """``await start_api(url, pipelines=None, **settings)``: the application served on loopback,
+    with tokens, on ``PIPELINES`` and ``pipelines`` (name → YAML) besides."""
     clients: list[TestClient] = []
 
-    async def start(url: str, **overrides: Any) -> Api:
+    async def start(url: str, pipelines: Mapping[str, str] | None = None, **overrides: Any) -> Api:
         options: dict[str, Any] = {
             "lease_seconds": 5.0,
             "kill_grace_seconds": 1.0,
@@ -307,7 +308,7 @@ async def start_api(tmp_path: Path) -> AsyncIterator[StartApi]:
             "max_body_bytes": MAX_BODY,
             **overrides,
         }
-        settings = make_settings(url, tmp_path, PIPELINES, **options)
+        settings = make_settings(url, tmp_path, {**PIPELINES, **(pipelines or {})}, **options)
         store = SqlStore(url)
         try:
             directory = Directory(store)
