@@ -32,48 +32,7 @@ from tests.api.conftest import (  # noqa: F401  (fixtures, used by name)
     pg_url,
     start_api,
 )
-
-HOOK_PIPELINES = {
-    "deploy": """
-        name: deploy
-        parameters:
-          - {name: ref, default: main}
-        stages:
-          - name: build
-            jobs: [{name: compile, run: ["true"]}]
-          - name: staging
-            environment: staging
-            jobs: [{name: ship, run: ["true"]}]
-    """,
-    "scanned": """
-        name: scanned
-        stages:
-          - name: build
-            jobs: [{name: compile, run: ["true"]}]
-          - name: production
-            environment: production
-            gate: {type: external, timeout: 1h}
-            jobs: [{name: ship, run: ["true"]}]
-    """,
-    "hurried": """
-        name: hurried
-        stages:
-          - name: production
-            gate: {type: external, timeout: 1s}
-            jobs: [{name: ship, run: ["true"]}]
-    """,
-    "pushed": """
-        name: pushed
-        parameters:
-          - {name: sha, default: ""}
-          - {name: branch, default: ""}
-        triggers:
-          - push: {branches: [main, "release/*"], revision_parameter: sha, branch_parameter: branch}
-        stages:
-          - name: build
-            jobs: [{name: compile, run: ["true"]}]
-    """,
-}
+from tests.pipelines import WEBHOOK_PIPELINES
 
 
 @dataclass
@@ -187,7 +146,7 @@ def start_hooks(start_api: StartApi) -> StartHooks:  # noqa: F811
             "webhook_timeout_seconds": 2.0,
         }
         options.update(overrides)
-        return await start_api(url, HOOK_PIPELINES, **options)
+        return await start_api(url, WEBHOOK_PIPELINES, **options)
 
     return start
 
