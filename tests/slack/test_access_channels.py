@@ -27,23 +27,9 @@ from core.commands import TriggerRun
 from core.model import Actor
 from storage.directory import Directory
 from tests.factory import ROOT, cli_environment
+from tests.pipelines import gated, one_build
 from tests.slack.harness import ALICE, BOB, CAROL, DAVE, RELEASE_MANAGERS, Bot, StartBot, until
 
-GATED = """
-name: gated
-stages:
-  - name: build
-    jobs: [{name: compile, run: "true"}]
-  - name: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
-"""
-BROKEN = """
-name: broken
-stages:
-  - name: build
-    jobs: [{name: compile, run: "false"}]
-"""
 GRANTS = {
     ALICE: [Role.DEPLOYER, Role.APPROVER, RELEASE_MANAGERS],  # triggers, and could approve
     BOB: [Role.APPROVER, RELEASE_MANAGERS],
@@ -64,7 +50,9 @@ Ask = Callable[[str, str, str], Awaitable[Answer]]
 
 @pytest.fixture
 async def bot(start_bot: StartBot) -> Bot:
-    return await start_bot({"gated": GATED, "broken": BROKEN}, GRANTS)
+    return await start_bot(
+        {"gated": gated(environment=None), "broken": one_build("broken", '"false"')}, GRANTS
+    )
 
 
 async def started(bot: Bot, pipeline: str, by: str, status: str) -> tuple[str, str]:
