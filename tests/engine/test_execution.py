@@ -10,6 +10,7 @@ from core.commands import ApproveGate, CancelRun, PauseRun, RejectGate, ResumeRu
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 from tests.engine.conftest import StartYard, send, trigger, wait_for
 from tests.helpers import ALICE, BOB, CAROL, DAVE, alive, written
+from tests.pipelines import gated
 
 ENV_PIPELINE = """
 name: envs
@@ -215,15 +216,10 @@ async def test_pause_lets_running_jobs_finish_and_starts_nothing_until_resumed(
     assert done.run.status is RunStatus.SUCCEEDED
 
 
-GATED = """
-name: gated
-stages:
-  - {name: build, jobs: [{name: compile, run: "echo v=1 >> $SHIPYARD_OUTPUT"}]}
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers], min_approvals: 2}
-    jobs: [{name: deploy, run: "test $SHIPYARD_OUTPUT_BUILD_V = 1"}]
-"""
+#: the build hands ``v=1`` on to the deploy, which checks it
+GATED = gated(
+    compile='"echo v=1 >> $SHIPYARD_OUTPUT"', deploy='"test $SHIPYARD_OUTPUT_BUILD_V = 1"', min_approvals=2
+)
 
 
 async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: StartYard) -> None:
