@@ -134,6 +134,15 @@ def three_by_two(name: str = "three", run: str = '"true"') -> str:
     return _pipeline(name, "", [f"  - {{name: {s}, jobs: {pair}}}" for s in "abc"], "")
 
 
+def stalls_first_attempt(directory: object, ledger: str) -> str:
+    """A job's ``run`` (YAML) that appends its attempt number to ``directory/ledger``; its first
+    attempt writes its pid to ``directory/slow.pid`` and sleeps a minute (for a test to kill it
+    or its server), a later one ends at once."""
+    d = directory
+    attempt = f'echo "$SHIPYARD_ATTEMPT" >> {d}/{ledger}'
+    return f"""'{attempt}; if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo $$ > {d}/slow.pid; sleep 60; fi'"""
+
+
 #: three stages of two jobs each, all succeeding at once
 THREE_BY_TWO = three_by_two()
 

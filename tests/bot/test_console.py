@@ -21,21 +21,11 @@ from bot.chat.verbs import BUTTONS
 from bot.console import SETTLE_S
 from bot.slack.bot import pressable
 from tests.factory import ROOT, cli_environment, write_pipelines
-from tests.pipelines import GOING_ON, gated, ship
+from tests.pipelines import GOING_ON, gated, one_build, ship
 
 CONSOLE_GATED = gated(compile='["sh", "-c", "echo built"]')
-QUICK = """
-name: quick
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "sleep 0.5; echo built"]}]
-"""
-FOREVER = """
-name: forever
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sleep", "60"]}]
-"""
+QUICK = one_build("quick", '["sh", "-c", "sleep 0.5; echo built"]')
+FOREVER = one_build("forever", '["sleep", "60"]')
 OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
 
 
