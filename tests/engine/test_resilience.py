@@ -23,6 +23,9 @@ from tests.factory import QUICK_LEASE, make_shipyard
 from tests.helpers import BOB, alive, written
 from tests.pipelines import one_build, one_job
 
+#: one job that prints a line and succeeds
+SAYS_HI = one_job("p", '"echo hi"', stage="deploy", job="prod")
+
 
 def yard_for(url: str, tmp: Path, pipeline: str, **overrides: Any) -> Shipyard:
     options = {**QUICK_LEASE, "runner_name": "r1", **overrides}
@@ -72,11 +75,7 @@ async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops
 async def test_a_success_survives_a_database_outage_while_it_is_reported(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shipyard = yard_for(
-        sqlite_url,
-        tmp_path,
-        one_job("p", '"echo hi"', stage="deploy", job="prod"),
-    )
+    shipyard = yard_for(sqlite_url, tmp_path, SAYS_HI)
     commit = shipyard.service.commit
     outage: list[float] = []
     faults: list[int] = []
@@ -105,11 +104,7 @@ async def test_a_success_survives_a_database_outage_while_it_is_reported(
 async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shipyard = yard_for(
-        sqlite_url,
-        tmp_path,
-        one_job("p", '"echo hi"', stage="deploy", job="prod"),
-    )
+    shipyard = yard_for(sqlite_url, tmp_path, SAYS_HI)
     claimed = threading.Event()
     commit = shipyard.service.commit
 
