@@ -28,20 +28,24 @@ class Server:
         runner: str = "e2e-runner",
         capacity: int = 4,
         port: int | None = None,
+        **settings: object,
     ) -> None:
+        """``shipyard serve`` on ``database_url``, its files under ``root``; ``settings`` add to
+        or replace the ones it is given here (as ``cli_environment`` takes them)."""
         self.root = root
         self.port = port or free_port()
-        self.env = cli_environment(
-            database_url=database_url,
-            pipelines_dir=write_pipelines(root, {}),
-            work_dir=root / "work",
-            runner_name=runner,
-            runner_capacity=capacity,
-            poll_interval=0.1,
-            lease_seconds=3,
-            kill_grace_seconds=1,
-            log_level="INFO",
-        )
+        defaults: dict[str, object] = {
+            "database_url": database_url,
+            "pipelines_dir": write_pipelines(root, {}),
+            "work_dir": root / "work",
+            "runner_name": runner,
+            "runner_capacity": capacity,
+            "poll_interval": 0.1,
+            "lease_seconds": 3,
+            "kill_grace_seconds": 1,
+            "log_level": "INFO",
+        }
+        self.env = cli_environment(**{**defaults, **settings})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / f"server-{self.port}.log"
 

@@ -41,14 +41,13 @@ def server(tmp_path: Path, db_url: str, fake: FakeSlack) -> Iterator[Server]:
         Directory(store).grant(ALICE, "role", str(Role.DEPLOYER), datetime.now(UTC))
     finally:
         store.dispose()
-    s = Server(tmp_path, db_url)
+    s = Server(tmp_path, db_url, slack_channel=DEFAULT)
     s.pipeline("quick", one_build("quick", retries=2))  # (a job the crash cut short runs again)
     s.env.update(
         {
             "SLACK_API_URL": fake.base_url,
             "SLACK_BOT_TOKEN": "xoxb-test",
             "SLACK_SIGNING_SECRET": SECRET,
-            "SHIPYARD_SLACK_CHANNEL": DEFAULT,
         }
     )
     yield s
