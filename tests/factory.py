@@ -1,8 +1,10 @@
 """The one way tests build Shipyard: settings on a real database (with the pipeline files
-written out), the service itself, and the whole application served on loopback."""
+written out), the service itself, the whole application served on loopback, and the environment
+of a ``shipyard`` process (the CLI, the console, ``shipyard serve``)."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from bot.app import create_app
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings, load_settings
+
+#: the repository, importable by a ``shipyard`` process started from anywhere
+ROOT = Path(__file__).resolve().parents[1]
 
 #: what the engine tests run with: a lease short enough that a lost runner shows within seconds
 QUICK_LEASE: Mapping[str, Any] = {"lease_seconds": 3.0, "kill_grace_seconds": 1.0}
@@ -66,3 +71,15 @@ async def serve(settings: Settings) -> TestClient[web.Request, web.Application]:
     )
     await client.start_server()
     return client
+
+
+def cli_environment(**settings: object) -> dict[str, str]:
+    """The environment of a ``shipyard`` process: this one's, less any ``SHIPYARD_``/``SLACK_``
+    variable (so the machine's own configuration never leaks in), the repository importable, and
+    ``settings`` as the ``SHIPYARD_<NAME>`` variables the process reads them from."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "SLACK_"))}
+    return {
+        **inherited,
+        "PYTHONPATH": str(ROOT),
+        **{f"SHIPYARD_{name.upper()}": str(value) for name, value in settings.items()},
+    }

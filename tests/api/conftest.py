@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from core.access import Role
 from storage.directory import Directory
 from storage.store import SqlStore
 from tests.factory import make_settings, serve
+from tests.pipelines import API_PIPELINES
 
 PREFIX = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -35,76 +36,6 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 #: the smallest body limit the settings allow is 1 KiB; this leaves room for pipeline definitions
 MAX_BODY = 16 * 1024
 GROUP = "release-managers"
-
-PIPELINES = {
-    "web": """
-        name: web
-        description: Build and ship the web frontend
-        parameters:
-          - {name: ref, required: true, pattern: "^[0-9a-f]{7,40}$"}
-          - {name: dry_run, type: boolean, default: false}
-        stages:
-          - name: build
-            jobs:
-              - {name: compile, run: ["sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done"]}
-          - name: staging
-            environment: staging
-            jobs:
-              - {name: deploy, run: ["true"]}
-    """,
-    "quick": """
-        name: quick
-        stages:
-          - name: only
-            jobs: [{name: ok, run: ["true"]}]
-    """,
-    "slow": """
-        name: slow
-        stages:
-          - name: wait
-            jobs: [{name: sleep, run: ["sleep", "30"]}]
-    """,
-    "broken": """
-        name: broken
-        stages:
-          - name: build
-            jobs: [{name: fail, run: ["sh", "-c", "exit 1"]}]
-    """,
-    "flaky": """
-        name: flaky
-        stages:
-          - name: s
-            jobs:
-              - name: j
-                retries: 1
-                run:
-                  - sh
-                  - -c
-                  - |
-                    if [ -f "$SHIPYARD_WORKSPACE/once" ]; then echo second; echo again; exit 0; fi
-                    touch "$SHIPYARD_WORKSPACE/once"; echo first; echo one; exit 1
-    """,
-    "gated": f"""
-        name: gated
-        stages:
-          - name: build
-            jobs: [{{name: compile, run: ["true"]}}]
-          - name: production
-            environment: production
-            gate: {{approvers: [{GROUP}]}}
-            jobs: [{{name: deploy, run: ["true"]}}]
-    """,
-    "selfok": f"""
-        name: selfok
-        stages:
-          - name: build
-            jobs: [{{name: compile, run: ["true"]}}]
-          - name: production
-            environment: production
-            gate: {{approvers: [{GROUP}], allow_self_approval: true}}
-            jobs: [{{name: deploy, run: ["true"]}}]
-    """,
-}
 
 #: principal -> (roles, groups)
 PRINCIPALS: dict[str, tuple[list[Role], list[str]]] = {
@@ -295,10 +226,11 @@ def pg_url(api_pg_database: str) -> str:
 
 @pytest.fixture
 async def start_api(tmp_path: Path) -> AsyncIterator[StartApi]:
-    """``await start_api(url, **settings)``: the application served on loopback, with tokens."""
+    """``await start_api(url, pipelines=None, **settings)``: the application served on loopback,
+    with tokens, on ``API_PIPELINES`` and ``pipelines`` (name → YAML) besides."""
     clients: list[TestClient] = []
 
-    async def start(url: str, **overrides: Any) -> Api:
+    async def start(url: str, pipelines: Mapping[str, str] | None = None, **overrides: Any) -> Api:
         options: dict[str, Any] = {
             "lease_seconds": 5.0,
             "kill_grace_seconds": 1.0,
@@ -307,7 +239,7 @@ async def start_api(tmp_path: Path) -> AsyncIterator[StartApi]:
             "max_body_bytes": MAX_BODY,
             **overrides,
         }
-        settings = make_settings(url, tmp_path, PIPELINES, **options)
+        settings = make_settings(url, tmp_path, {**API_PIPELINES, **(pipelines or {})}, **options)
         store = SqlStore(url)
         try:
             directory = Directory(store)

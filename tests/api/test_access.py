@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from tests.api.conftest import Api, assert_problem
+from tests.pipelines import one_job
 
-DEFINITION = 'name: by-role\nstages:\n  - {name: s, jobs: [{name: j, run: ["true"]}]}\n'
+DEFINITION = one_job("by-role")
 YAML = {"Content-Type": "application/yaml"}
 
 

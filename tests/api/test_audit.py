@@ -11,9 +11,9 @@ from bot.api.spec import API
 from core.audit import verify
 from storage.reads import Reads
 from tests.api.conftest import Api, assert_problem
+from tests.pipelines import one_job
 
 YAML = {"Content-Type": "application/yaml"}
-DEFINITION = 'name: audited\nstages:\n  - {name: s, jobs: [{name: j, run: ["true"]}]}\n'
 
 
 async def audit(api: Api, query: str = "") -> list[dict[str, object]]:
@@ -90,7 +90,7 @@ async def test_the_chain_verifies_and_detects_an_entry_altered_with_raw_sql(api:
 
 
 async def test_accepted_pipeline_changes_are_audited(api: Api) -> None:
-    assert (await api.post("/pipelines", "admin", data=DEFINITION, headers=YAML)).status == 201
+    assert (await api.post("/pipelines", "admin", data=one_job("audited"), headers=YAML)).status == 201
     assert (await api.call("DELETE", "/pipelines/audited", "admin")).status == 200
     actions = {(e["action"], e["outcome"]) for e in await audit(api, "&actor=admin")}
     assert {("create_pipeline", "accepted"), ("archive_pipeline", "accepted")} <= actions

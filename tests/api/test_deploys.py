@@ -4,7 +4,7 @@ a series of successes and failures, and the lock a rollback leaves behind."""
 
 from __future__ import annotations
 
-import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,11 @@ stages:
 ENVIRONMENTS = {"staging": {}, "production": {}}
 
 
-async def _shop(start_api: StartApi, db_url: str, tmp_path: Path) -> Api:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "shop.yml").write_text(textwrap.dedent(SHOP).replace("{ledger}", str(tmp_path / "ledger")))
-    return await start_api(db_url, environments=ENVIRONMENTS)
+async def _shop(
+    start_api: StartApi, db_url: str, tmp_path: Path, environments: Mapping[str, Any] = ENVIRONMENTS
+) -> Api:
+    shop = SHOP.replace("{ledger}", str(tmp_path / "ledger"))
+    return await start_api(db_url, {"shop": shop}, environments=environments)
 
 
 async def _release(api: Api, version: str, status: str = "succeeded") -> dict[str, Any]:
@@ -214,9 +214,6 @@ async def test_rollback_picks_the_last_good_artifact_and_locks_the_environment(
 async def test_break_glass_goes_through_a_freeze_and_someone_else_must_review_it(
     sqlite_url: str, start_api: StartApi, tmp_path: Path
 ) -> None:
-    pipes = tmp_path / "pipelines"
-    pipes.mkdir()
-    (pipes / "shop.yml").write_text(textwrap.dedent(SHOP).replace("{ledger}", str(tmp_path / "ledger")))
     frozen = {
         "staging": {},
         "production": {
@@ -225,7 +222,7 @@ async def test_break_glass_goes_through_a_freeze_and_someone_else_must_review_it
             "break_glass_review": "2h",
         },
     }
-    api = await start_api(sqlite_url, environments=frozen)
+    api = await _shop(start_api, sqlite_url, tmp_path, frozen)
     body = {"parameters": {"version": "1.0.0"}, "break_glass": "checkout is down"}
     refused = await api.post("/pipelines/shop/runs", "deployer", json=body)
     assert_problem(refused, 403, "only admins may break the glass")

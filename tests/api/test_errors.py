@@ -15,6 +15,7 @@ import pytest
 from core.access import Role
 from storage.directory import Directory
 from tests.api.conftest import MAX_BODY, Api, StartApi, assert_problem
+from tests.pipelines import one_job
 
 JSON = {"Content-Type": "application/json"}
 
@@ -43,16 +44,10 @@ async def test_nan_and_infinity_are_not_json_and_are_400(lite: Api) -> None:
     assert (await lite.get("/runs")).json["items"] == []
 
 
-NUMBERED = """
-name: numbered
-parameters: [{name: n, type: number}]
-stages: [{name: s, jobs: [{name: j, run: ["true"]}]}]
-"""
-
-
 async def test_a_number_parameter_must_be_finite(lite: Api) -> None:
+    numbered = one_job("numbered", head="parameters: [{name: n, type: number}]")
     created = await lite.post(
-        "/pipelines", "admin", data=NUMBERED, headers={"Content-Type": "application/yaml"}
+        "/pipelines", "admin", data=numbered, headers={"Content-Type": "application/yaml"}
     )
     assert created.status == 201, created.text
     for value in ("1" * 4000, "-" + "9" * 400, "1e400", '"nan"', '"inf"', '"-Infinity"', '"1e999"'):

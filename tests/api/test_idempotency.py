@@ -17,6 +17,7 @@ from bot.api.routing import fingerprint
 from bot.housekeeping import HOUSEKEEPING
 from storage.idempotency import IDEMPOTENCY, IdempotencyStore
 from tests.api.conftest import Api, Reply, assert_problem
+from tests.pipelines import API_PIPELINES
 
 
 def keyed(key: str) -> dict[str, str]:
@@ -129,9 +130,6 @@ async def test_the_same_json_written_differently_is_the_same_request(api: Api) -
     assert await runs_of(api, "quick") == [first.json["id"]]
 
 
-DEFINITION = 'name: quick\nstages:\n  - {name: only, jobs: [{name: ok, run: ["true"]}]}\n'
-
-
 async def test_a_final_refusal_is_remembered_like_any_response(api: Api) -> None:
     """A trigger refused because the pipeline is archived stays refused for its key, even once
     the pipeline is back: the key names that request, and it was answered (as Stripe does once
@@ -141,7 +139,9 @@ async def test_a_final_refusal_is_remembered_like_any_response(api: Api) -> None
     assert_problem(first, 409, "archived")
     assert "Idempotent-Replayed" not in first.headers
 
-    restored = await api.post("/pipelines", "admin", data=DEFINITION, headers={"Content-Type": "text/yaml"})
+    restored = await api.post(
+        "/pipelines", "admin", data=API_PIPELINES["quick"], headers={"Content-Type": "text/yaml"}
+    )
     assert restored.status == 201, restored.text
     again = await trigger(api, "archived", {})
     assert again.status == 409 and again.json == first.json

@@ -7,7 +7,8 @@ import json
 
 import yaml
 
-from tests.api.conftest import PIPELINES, Api, assert_problem
+from tests.api.conftest import Api, assert_problem
+from tests.pipelines import API_PIPELINES
 
 API_PIPELINE = """\
 name: api-made
@@ -35,7 +36,7 @@ async def test_pipelines_are_listed_by_name_in_pages_and_read_one_by_one(api: Ap
         cursor = reply.json["next_cursor"]
         if cursor is None:
             break
-    assert names == sorted(PIPELINES)
+    assert names == sorted(API_PIPELINES)
 
     web = await api.get("/pipelines/web")
     assert web.status == 200, web.text
@@ -111,7 +112,7 @@ async def test_invalid_definitions_are_422_with_every_problem(lite: Api) -> None
 
 
 async def test_a_file_defined_pipeline_refuses_put(api: Api) -> None:
-    definition = as_json(PIPELINES["quick"].replace("\n        ", "\n"))
+    definition = as_json(API_PIPELINES["quick"])
     definition["description"] = "edited"
     reply = await api.call("PUT", "/pipelines/quick", "admin", json=definition)
     assert_problem(reply, 409, "quick.yml")

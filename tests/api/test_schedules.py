@@ -17,6 +17,7 @@ from storage.directory import Directory
 from storage.schedules import ScheduleStore
 from tests.api.conftest import Api, assert_problem
 from tests.factory import make_shipyard
+from tests.pipelines import one_job
 
 
 async def test_a_schedule_is_created_listed_fired_once_per_occurrence_and_removed(api: Api) -> None:
@@ -98,13 +99,12 @@ async def test_after_downtime_only_a_fire_within_grace_runs_and_older_ones_are_r
 async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
     pg_url: str, tmp_path: Path
 ) -> None:
-    tick = "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']}]\n"
     yards, clocks = [], []
     for i in range(2):
         shipyard = make_shipyard(
             pg_url,
             tmp_path,
-            {"tick": tick},
+            {"tick": one_job("tick")},
             with_runner=False,
             work_dir=tmp_path / f"w{i}",
             runner_capacity=0,
@@ -149,7 +149,7 @@ async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
 async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api) -> None:
     trigger = "triggers:\n  - schedule: {cron: '30 2 * * *', timezone: Europe/Berlin, "
     trigger += "parameters: {dry_run: true}}\n"
-    text = "name: nightly\n" + trigger + "stages: [{name: s, jobs: [{name: j, run: ['true']}]}]\n"
+    text = one_job("nightly", head=trigger)
     yaml = {"Content-Type": "application/yaml"}
     assert (await lite.post("/pipelines", "admin", data=text, headers=yaml)).status == 201
     clock = lite.client.app[CLOCK]  # type: ignore[index]

@@ -26,11 +26,11 @@ from core.schedule import Schedule, next_fire
 from storage.directory import Directory
 from storage.schedules import ScheduleStore
 from storage.tables import T
-from tests.factory import make_shipyard
+from tests.factory import make_shipyard, write_pipelines
+from tests.pipelines import one_job
 
 DUE = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # a Monday, 02:00 UTC
 NIGHTLY = "0 2 * * *"
-PIPELINE = "name: tick\nstages:\n  - name: s\n    jobs: [{name: j, run: ['true']}]\n"
 
 
 @dataclass
@@ -81,7 +81,12 @@ class Clock:
 @pytest.fixture
 async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
     shipyard = make_shipyard(
-        db_url, tmp_path, {"tick": PIPELINE}, with_runner=False, work_dir=tmp_path / "w", runner_capacity=0
+        db_url,
+        tmp_path,
+        {"tick": one_job("tick")},
+        with_runner=False,
+        work_dir=tmp_path / "w",
+        runner_capacity=0,
     )
     await shipyard.start()
     backend = Backend()
@@ -156,10 +161,8 @@ async def test_the_clock_ticks_on_the_whole_second_and_its_fires_outlive_a_stop(
 async def test_declarations_in_files_keep_their_next_fire_when_synced_again(
     clock: Clock, tmp_path: Path
 ) -> None:
-    text = PIPELINE.replace(
-        "stages:", f"triggers:\n  - schedule: {{cron: '{NIGHTLY}', timezone: UTC}}\nstages:"
-    )
-    (tmp_path / "pipelines" / "tick.yml").write_text(text)
+    nightly = f"triggers:\n  - schedule: {{cron: '{NIGHTLY}', timezone: UTC}}"
+    write_pipelines(tmp_path, {"tick": one_job("tick", head=nightly)})
     await clock.backend.write(clock.shipyard.catalog.refresh)
     ticking = clock.clockwork()
     await ticking.sync_files()

@@ -6,7 +6,6 @@ would."""
 from __future__ import annotations
 
 import getpass
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -22,8 +21,8 @@ from alembic import command
 from core.audit import entry_hash
 from core.ports import AuditEntry
 from storage.migrate import alembic_config
+from tests.factory import cli_environment
 
-ROOT = Path(__file__).resolve().parents[2]
 #: what the log holds, in order: (command, accepted); the refused ones are audited too
 WRITTEN = [
     (("token", "create", "ci-deployer", "--role", "deployer"), True),
@@ -37,11 +36,10 @@ WRITTEN = [
 
 
 def shipyard(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
         cwd=db.parent,
-        env={**clean, "PYTHONPATH": str(ROOT), "SHIPYARD_DATABASE_URL": f"sqlite:///{db}"},
+        env=cli_environment(database_url=f"sqlite:///{db}"),
         capture_output=True,
         text=True,
         timeout=60,

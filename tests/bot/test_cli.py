@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -15,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factory import ROOT, cli_environment, write_pipelines
+from tests.pipelines import one_build, one_job
 
 
 def shipyard(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
         cwd=cwd,
-        env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**cli_environment(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -64,26 +63,14 @@ def test_validate_names_file_line_field_and_problem(tmp_path: Path) -> None:
 
 
 def test_run_shows_progress_and_exits_with_the_result(tmp_path: Path) -> None:
-    ok = write(
-        tmp_path / "ok.yml",
-        """
-        name: ok
-        stages:
-          - {name: greet, jobs: [{name: hello, run: "echo hello there"}]}
-    """,
-    )
+    ok = write(tmp_path / "ok.yml", one_job("ok", '"echo hello there"', stage="greet", job="hello"))
     result = shipyard("run", str(ok), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "✓ greet/hello succeeded" in result.stdout
     assert "run succeeded" in result.stdout
 
     broken = write(
-        tmp_path / "broken.yml",
-        """
-        name: broken
-        stages:
-          - {name: build, jobs: [{name: compile, run: "echo 'error: missing semicolon' >&2; exit 2"}]}
-    """,
+        tmp_path / "broken.yml", one_build("broken", "\"echo 'error: missing semicolon' >&2; exit 2\"")
     )
     result = shipyard("run", str(broken), cwd=tmp_path)
     assert result.returncode == 1
@@ -108,16 +95,8 @@ def test_run_refuses_bad_parameters_with_a_clear_message(tmp_path: Path) -> None
 
 
 def test_run_without_a_terminal_does_not_approve_gates_unless_told(tmp_path: Path) -> None:
-    gated = write(
-        tmp_path / "gated.yml",
-        """
-        name: gated
-        stages:
-          - name: prod
-            gate: {approvers: [release-managers]}
-            jobs: [{name: deploy, run: "true"}]
-    """,
-    )
+    gate = "{approvers: [release-managers]}"
+    gated = write(tmp_path / "gated.yml", one_job("gated", stage="prod", job="deploy", gate=gate))
     refused = shipyard("run", str(gated), cwd=tmp_path)
     assert refused.returncode == 1
     assert "rerun with --yes" in refused.stderr
@@ -134,9 +113,7 @@ def test_bad_configuration_is_reported_by_name_without_starting(tmp_path: Path) 
 
 
 def test_a_yaml_config_file_configures_the_control_commands(tmp_path: Path) -> None:
-    write(
-        tmp_path / "pipes" / "hello.yml", "name: hello\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]\n"
-    )
+    write(tmp_path / "pipes" / "hello.yml", one_job("hello"))
     config = write(
         tmp_path / "shipyard.yml",
         f"""
@@ -188,17 +165,13 @@ def _serve_until_ready(tmp_path: Path, slack: dict[str, str]) -> tuple[str, int]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    (tmp_path / "pipes").mkdir(exist_ok=True)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPYARD_", "SLACK_"))}
-    env = {
-        **clean,
-        "PYTHONPATH": str(ROOT),
-        "SHIPYARD_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
-        "SHIPYARD_PIPELINES_DIR": str(tmp_path / "pipes"),
-        "SHIPYARD_WORK_DIR": str(tmp_path / "work"),
-        "SHIPYARD_LOG_LEVEL": "INFO",
-        **slack,
-    }
+    env = cli_environment(
+        database_url=f"sqlite:///{tmp_path}/serve.db",
+        pipelines_dir=write_pipelines(tmp_path, {}),
+        work_dir=tmp_path / "work",
+        log_level="INFO",
+    )
+    env.update(slack)
     log = tmp_path / "serve.log"
     with (
         log.open("w") as out,

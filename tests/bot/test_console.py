@@ -7,7 +7,6 @@ and who may do what (nothing granted behind anyone's back)."""
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
@@ -21,37 +20,26 @@ from bot.chat.environments import REVIEW_ACK, ROLLBACK
 from bot.chat.verbs import BUTTONS
 from bot.console import SETTLE_S
 from bot.slack.bot import pressable
-from tests.pipelines import GOING_ON, gated, ship
+from tests.factory import ROOT, cli_environment, write_pipelines
+from tests.pipelines import GOING_ON, gated, one_build, ship
 
 CONSOLE_GATED = gated(compile='["sh", "-c", "echo built"]')
-QUICK = """
-name: quick
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "sleep 0.5; echo built"]}]
-"""
-FOREVER = """
-name: forever
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sleep", "60"]}]
-"""
+QUICK = one_build("quick", '["sh", "-c", "sleep 0.5; echo built"]')
+FOREVER = one_build("forever", '["sleep", "60"]')
 OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
-ROOT = Path(__file__).parents[2]
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "shipyard.yml"
     if not config.exists():
         config.write_text("environments:\n  production: {lock_reminder: 10m}\n")
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")},
-        "SHIPYARD_CONFIG": str(config),
-        "SHIPYARD_DATABASE_URL": f"sqlite:///{tmp_path}/shipyard.db",
-        "SHIPYARD_PIPELINES_DIR": str(tmp_path / "pipelines"),
-        "SHIPYARD_WORK_DIR": str(tmp_path / "work"),
-        "SHIPYARD_POLL_INTERVAL": "0.05",
-    }
+    return cli_environment(
+        config=config,
+        database_url=f"sqlite:///{tmp_path}/shipyard.db",
+        pipelines_dir=tmp_path / "pipelines",
+        work_dir=tmp_path / "work",
+        poll_interval=0.05,
+    )
 
 
 def shipyard(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -64,12 +52,6 @@ def shipyard(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.Complete
         timeout=60,
         cwd=ROOT,
     )
-
-
-def pipelines(tmp_path: Path, **texts: str) -> None:
-    (tmp_path / "pipelines").mkdir(exist_ok=True)
-    for name, text in texts.items():
-        (tmp_path / "pipelines" / f"{name}.yml").write_text(textwrap.dedent(text))
 
 
 def grant(tmp_path: Path, *grants: tuple[str, str]) -> None:
@@ -141,7 +123,7 @@ class Console:
 
 
 def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tmp_path: Path) -> None:
-    pipelines(tmp_path, gated=CONSOLE_GATED)
+    write_pipelines(tmp_path, {"gated": CONSOLE_GATED})
     grant(tmp_path, ("alice", "deployer"), ("alice", "approver"), ("bob", "approver"))
     grant(tmp_path, ("bob", "group:release-managers"))
     script = textwrap.dedent(
@@ -171,7 +153,7 @@ def test_a_console_conversation_triggers_is_refused_self_approval_and_deploys(tm
 
 
 def test_the_console_shows_the_gate_card_slack_posts(tmp_path: Path) -> None:
-    pipelines(tmp_path, ship=ship())
+    write_pipelines(tmp_path, {"ship": ship()})
     grant(tmp_path, ("alice", "deployer"), ("bob", "approver"), ("bob", "group:release-managers"))
     script = textwrap.dedent(
         f"""\
@@ -204,7 +186,7 @@ def test_the_console_shows_the_gate_card_slack_posts(tmp_path: Path) -> None:
 
 
 def test_a_failure_the_run_goes_on_after_offers_cancel_run_in_the_console(tmp_path: Path) -> None:
-    pipelines(tmp_path, **{"going-on": GOING_ON})
+    write_pipelines(tmp_path, {"going-on": GOING_ON})
     grant(tmp_path, ("alice", "deployer"))
     with Console(tmp_path, "alice") as console:
         console.type("/deploy run going-on")
@@ -220,7 +202,7 @@ def test_a_failure_the_run_goes_on_after_offers_cancel_run_in_the_console(tmp_pa
 
 
 def test_the_lock_buttons_work_in_the_console(tmp_path: Path) -> None:
-    pipelines(tmp_path)
+    write_pipelines(tmp_path, {})
     grant(tmp_path, ("alice", "deployer"), ("bob", "deployer"))
     script = textwrap.dedent(
         """\
@@ -278,7 +260,7 @@ def test_every_button_the_slack_app_answers_goes_through_the_shared_press() -> N
 def test_run_messages_are_printed_as_they_happen_while_the_console_waits_for_input(
     tmp_path: Path,
 ) -> None:
-    pipelines(tmp_path, quick=QUICK)
+    write_pipelines(tmp_path, {"quick": QUICK})
     grant(tmp_path, ("alice", "deployer"))
     errors = (tmp_path / "stderr.txt").open("w")
     with (
@@ -334,7 +316,7 @@ def test_run_messages_are_printed_as_they_happen_while_the_console_waits_for_inp
 
 
 def test_the_end_of_the_input_waits_for_the_sessions_runs_and_says_where_each_is(tmp_path: Path) -> None:
-    pipelines(tmp_path, quick=QUICK, gated=CONSOLE_GATED, forever=FOREVER)
+    write_pipelines(tmp_path, {"quick": QUICK, "gated": CONSOLE_GATED, "forever": FOREVER})
     script = "/deploy run quick\n/deploy run gated\n/deploy run forever\n"
     started = time.monotonic()
     done = shipyard(tmp_path, "console", stdin=script)  # the console's own user
@@ -351,7 +333,7 @@ def test_the_end_of_the_input_waits_for_the_sessions_runs_and_says_where_each_is
 
 
 def test_the_consoles_own_user_may_deploy_for_the_session_only(tmp_path: Path) -> None:
-    pipelines(tmp_path, quick=QUICK)
+    write_pipelines(tmp_path, {"quick": QUICK})
     done = shipyard(tmp_path, "console", stdin="/deploy whoami\n/deploy run quick\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(
@@ -367,7 +349,7 @@ def test_the_consoles_own_user_may_deploy_for_the_session_only(tmp_path: Path) -
 
 
 def test_a_named_user_without_a_role_is_refused_and_told_how_to_get_one(tmp_path: Path) -> None:
-    pipelines(tmp_path, quick=QUICK)
+    write_pipelines(tmp_path, {"quick": QUICK})
     done = shipyard(tmp_path, "console", "--user", "carol", stdin="/deploy run quick\nas dave\n")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
+
+from tests.factory import cli_environment, write_pipelines
 
 
 def free_port() -> int:
@@ -28,27 +28,29 @@ class Server:
         runner: str = "e2e-runner",
         capacity: int = 4,
         port: int | None = None,
+        **settings: object,
     ) -> None:
+        """``shipyard serve`` on ``database_url``, its files under ``root``; ``settings`` add to
+        or replace the ones it is given here (as ``cli_environment`` takes them)."""
         self.root = root
         self.port = port or free_port()
-        self.env = {
-            **os.environ,
-            "SHIPYARD_DATABASE_URL": database_url,
-            "SHIPYARD_PIPELINES_DIR": str(root / "pipelines"),
-            "SHIPYARD_WORK_DIR": str(root / "work"),
-            "SHIPYARD_RUNNER_NAME": runner,
-            "SHIPYARD_RUNNER_CAPACITY": str(capacity),
-            "SHIPYARD_POLL_INTERVAL": "0.1",
-            "SHIPYARD_LEASE_SECONDS": "3",
-            "SHIPYARD_KILL_GRACE_SECONDS": "1",
-            "SHIPYARD_LOG_LEVEL": "INFO",
+        defaults: dict[str, object] = {
+            "database_url": database_url,
+            "pipelines_dir": write_pipelines(root, {}),
+            "work_dir": root / "work",
+            "runner_name": runner,
+            "runner_capacity": capacity,
+            "poll_interval": 0.1,
+            "lease_seconds": 3,
+            "kill_grace_seconds": 1,
+            "log_level": "INFO",
         }
+        self.env = cli_environment(**{**defaults, **settings})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / f"server-{self.port}.log"
-        (root / "pipelines").mkdir(parents=True, exist_ok=True)
 
     def pipeline(self, name: str, text: str) -> None:
-        (self.root / "pipelines" / f"{name}.yml").write_text(textwrap.dedent(text))
+        write_pipelines(self.root, {name: text})
 
     def start(self, timeout: float = 20.0) -> None:
         with self.log.open("ab") as out:

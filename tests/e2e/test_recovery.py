@@ -13,34 +13,24 @@ from core.runtime.service import Service
 from core.states import GateStatus, JobStatus, RunStatus
 from tests.e2e.server import Server, wait_until
 from tests.helpers import ALICE, CAROL, alive, written
+from tests.pipelines import one_deploy, stalls_first_attempt
 
 pytestmark = pytest.mark.slow
 
-CRASHY = """
+
+def crashy(d: Path) -> str:
+    """Each stage leaves a trace in ``d``: ``compile`` and ``final`` run once, the deploy stage's
+    ``slow`` job stalls on its first attempt (see ``stalls_first_attempt``)."""
+    return f"""
 name: crashy
 stages:
   - name: build
-    jobs:
-      - {{name: compile, run: "echo once >> {d}/compile"}}
+    jobs: [{{name: compile, run: "echo once >> {d}/compile"}}]
   - name: deploy
-    jobs:
-      - name: slow
-        retries: 1
-        run: |
-          echo "$SHIPYARD_ATTEMPT" >> {d}/slow
-          if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo $$ > {d}/slow.pid; sleep 60; fi
+    jobs: [{{name: slow, retries: 1, run: {stalls_first_attempt(d, "slow")}}}]
   - name: production
     gate: {{approvers: [release-managers]}}
-    jobs:
-      - {{name: final, run: "echo once >> {d}/final"}}
-"""
-
-PARKED = """
-name: parked
-stages:
-  - name: production
-    gate: {approvers: [release-managers], timeout: 1h}
-    jobs: [{name: deploy, run: "true"}]
+    jobs: [{{name: final, run: "echo once >> {d}/final"}}]
 """
 
 
@@ -50,8 +40,11 @@ def server(tmp_path: Path, sqlite_url: str) -> Iterator[Callable[[], Server]]:
 
     def make() -> Server:
         s = Server(tmp_path, sqlite_url)
-        s.pipeline("crashy", CRASHY.format(d=tmp_path))
-        s.pipeline("parked", PARKED)
+        s.pipeline("crashy", crashy(tmp_path))
+        s.pipeline(
+            "parked",
+            one_deploy("parked", gate="{approvers: [release-managers], timeout: 1h}", environment=None),
+        )
         servers.append(s)
         return s
 

@@ -16,6 +16,7 @@ from core.access import Role
 from storage.directory import Directory
 from storage.store import SqlStore
 from tests.e2e.server import Server
+from tests.pipelines import one_build
 from tests.slack import signing
 from tests.slack.fake_slack import FakeSlack
 
@@ -25,12 +26,6 @@ SECRET = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 ALICE = "U0ALICE"
 #: where /deploy is typed, and the default channel a run nobody routed would go to instead
 TYPED, DEFAULT = "C0TYPED", "C0DEFAULT"
-QUICK = """
-name: quick
-stages:
-  - name: build
-    jobs: [{name: compile, run: "true", retries: 2}]  # (a job the crash cut short runs again)
-"""
 
 
 @pytest.fixture
@@ -46,17 +41,15 @@ def server(tmp_path: Path, db_url: str, fake: FakeSlack) -> Iterator[Server]:
         Directory(store).grant(ALICE, "role", str(Role.DEPLOYER), datetime.now(UTC))
     finally:
         store.dispose()
-    s = Server(tmp_path, db_url)
-    s.pipeline("quick", QUICK)
+    s = Server(tmp_path, db_url, slack_channel=DEFAULT)
+    s.pipeline("quick", one_build("quick", retries=2))  # (a job the crash cut short runs again)
     s.env.update(
         {
             "SLACK_API_URL": fake.base_url,
             "SLACK_BOT_TOKEN": "xoxb-test",
             "SLACK_SIGNING_SECRET": SECRET,
-            "SHIPYARD_SLACK_CHANNEL": DEFAULT,
         }
     )
-    s.env.pop("SLACK_APP_TOKEN", None)
     yield s
     s.stop()
 

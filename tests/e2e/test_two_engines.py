@@ -14,17 +14,11 @@ from core.runtime.service import Service
 from core.states import RUN_TERMINAL, RunStatus
 from tests.e2e.server import Server, wait_until
 from tests.helpers import ALICE, alive
+from tests.pipelines import one_job, stalls_first_attempt, three_by_two
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 RUNS = 30
-FANOUT = """
-name: fanout
-stages:
-  - {{name: a, jobs: [{{name: x, run: "{cmd}"}}, {{name: y, run: "{cmd}"}}]}}
-  - {{name: b, jobs: [{{name: x, run: "{cmd}"}}, {{name: y, run: "{cmd}"}}]}}
-  - {{name: c, jobs: [{{name: x, run: "{cmd}"}}, {{name: y, run: "{cmd}"}}]}}
-"""
 
 
 def test_each_job_of_many_concurrent_runs_executes_exactly_once(
@@ -34,7 +28,7 @@ def test_each_job_of_many_concurrent_runs_executes_exactly_once(
     cmd = f"echo $SHIPYARD_JOB_ID $SHIPYARD_ATTEMPT >> {ledger}; sleep 0.02"
     servers = [Server(tmp_path, pg_url, runner=f"engine-{i}", capacity=4) for i in range(2)]
     try:
-        servers[0].pipeline("fanout", FANOUT.format(cmd=cmd))
+        servers[0].pipeline("fanout", three_by_two("fanout", f'"{cmd}"'))
         for server in servers:
             server.start()
         svc = make_service(pg_url)
@@ -63,19 +57,6 @@ def test_each_job_of_many_concurrent_runs_executes_exactly_once(
     assert runners == {"engine-0", "engine-1"}  # both engines did part of the work
 
 
-ORPHAN = """
-name: orphan
-stages:
-  - name: deploy
-    jobs:
-      - name: slow
-        retries: 1
-        run: |
-          echo "$SHIPYARD_ATTEMPT" >> {d}/attempts
-          if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo $$ > {d}/slow.pid; sleep 60; fi
-"""
-
-
 def test_a_dead_runners_job_is_declared_lost_once_by_the_survivors_and_retried(
     pg_url: str, make_service: Callable[..., Service], tmp_path: Path
 ) -> None:
@@ -84,7 +65,8 @@ def test_a_dead_runners_job_is_declared_lost_once_by_the_survivors_and_retried(
     doomed = Server(tmp_path, pg_url, runner="doomed", capacity=1)
     survivors = [Server(tmp_path, pg_url, runner=f"survivor-{i}", capacity=1) for i in range(2)]
     try:
-        doomed.pipeline("orphan", ORPHAN.format(d=tmp_path))
+        slow = stalls_first_attempt(tmp_path, "attempts")
+        doomed.pipeline("orphan", one_job("orphan", slow, stage="deploy", job="slow", retries=1))
         doomed.start()
         svc = make_service(pg_url)
         decision = svc.handle(TriggerRun(pipeline="orphan", actor=ALICE))

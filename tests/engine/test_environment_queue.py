@@ -19,6 +19,7 @@ from core.states import RunStatus
 from storage.store import SqlStore
 from tests.engine.conftest import StartYard, send, wait_for
 from tests.helpers import ALICE, CAROL
+from tests.pipelines import one_deploy
 
 ADMIN = Actor("admin", "rest")
 
@@ -175,15 +176,6 @@ async def test_a_freeze_that_fails_runs_fails_them_saying_until_when(
     assert "year-end" in state.run.reason
 
 
-GUARDED = """
-name: {name}
-stages:
-  - name: production
-    environment: production
-    jobs: [{{name: deploy, run: "true"}}]
-"""
-
-
 async def test_environment_rules_hold_whatever_the_pipeline_file_says(
     sqlite_url: str, start_yard: StartYard
 ) -> None:
@@ -196,7 +188,7 @@ async def test_environment_rules_hold_whatever_the_pipeline_file_says(
             }
         }
     )
-    pipelines = {n: GUARDED.format(name=n) for n in ("web", "batch")}
+    pipelines = {n: one_deploy(n) for n in ("web", "batch")}
     shipyard = await start_yard(sqlite_url, pipelines, environments=config)
 
     other = await send(shipyard, TriggerRun(pipeline="batch", actor=ALICE, branch="main"))
@@ -227,10 +219,7 @@ async def test_an_automated_gate_cannot_stand_in_for_required_approvals(
     sqlite_url: str, start_yard: StartYard, gate: str
 ) -> None:
     config = Environments.model_validate({"production": {"approvals": {"from": ["release-managers"]}}})
-    text = GUARDED.format(name="web").replace(
-        "    environment: production\n", f"    environment: production\n    gate: {gate}\n"
-    )
-    shipyard = await start_yard(sqlite_url, {"web": text}, environments=config)
+    shipyard = await start_yard(sqlite_url, {"web": one_deploy("web", gate=gate)}, environments=config)
     refused = await send(shipyard, TriggerRun(pipeline="web", actor=ALICE))
     assert not refused.accepted and refused.refusal == "invalid"
     assert "requires approvals" in refused.reason and "move that check to a stage before it" in refused.reason

@@ -10,6 +10,7 @@ from core.commands import ApproveGate, CancelRun, PauseRun, RejectGate, ResumeRu
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 from tests.engine.conftest import StartYard, send, trigger, wait_for
 from tests.helpers import ALICE, BOB, CAROL, DAVE, alive, written
+from tests.pipelines import gated, one_job
 
 ENV_PIPELINE = """
 name: envs
@@ -215,15 +216,10 @@ async def test_pause_lets_running_jobs_finish_and_starts_nothing_until_resumed(
     assert done.run.status is RunStatus.SUCCEEDED
 
 
-GATED = """
-name: gated
-stages:
-  - {name: build, jobs: [{name: compile, run: "echo v=1 >> $SHIPYARD_OUTPUT"}]}
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers], min_approvals: 2}
-    jobs: [{name: deploy, run: "test $SHIPYARD_OUTPUT_BUILD_V = 1"}]
-"""
+#: the build hands ``v=1`` on to the deploy, which checks it
+GATED = gated(
+    compile='"echo v=1 >> $SHIPYARD_OUTPUT"', deploy='"test $SHIPYARD_OUTPUT_BUILD_V = 1"', min_approvals=2
+)
 
 
 async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: StartYard) -> None:
@@ -293,13 +289,7 @@ async def test_output_beyond_the_log_limit_keeps_the_head_and_the_tail(
 ) -> None:
     shipyard = await start_yard(
         sqlite_url,
-        {
-            "noisy": """
-        name: noisy
-        stages:
-          - {name: s, jobs: [{name: spam, run: "seq 1 20000; echo last-line"}]}
-    """
-        },
+        {"noisy": one_job("noisy", '"seq 1 20000; echo last-line"', job="spam")},
         max_log_bytes=4096,
     )
     run = await trigger(shipyard, "noisy")
@@ -318,13 +308,7 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
 ) -> None:
     shipyard = await start_yard(
         sqlite_url,
-        {
-            "argv": """
-        name: argv
-        stages:
-          - {name: s, jobs: [{name: missing, run: ["/nonexistent/tool", "--flag"]}]}
-    """
-        },
+        {"argv": one_job("argv", '["/nonexistent/tool", "--flag"]', job="missing")},
     )
     state = await wait_for(shipyard, (await trigger(shipyard, "argv")).run.id)
     assert state.run.status is RunStatus.FAILED

@@ -39,20 +39,12 @@ from core.states import JobStatus, RunStatus, StageStatus
 from storage.locks import LockStore
 from storage.store import SqlStore
 from tests.helpers import ALICE, Clock
+from tests.pipelines import gated
 
 CAROL = Actor("carol", "cli")
 
 #: build, then production behind a gate, then a check
-GATED = """
-name: gated
-stages:
-  - {name: build, jobs: [{name: compile, run: "true"}]}
-  - name: production
-    environment: production
-    gate: {approvers: [release], min_approvals: 1}
-    jobs: [{name: deploy, run: "true"}]
-  - {name: verify, jobs: [{name: smoke, run: "true"}]}
-"""
+GATED = gated(approvers="release", then='  - {name: verify, jobs: [{name: smoke, run: "true"}]}\n')
 
 #: build with two jobs, then straight into production
 DIRECT = """

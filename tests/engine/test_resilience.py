@@ -21,6 +21,10 @@ from core.states import JobStatus, RunStatus
 from tests.engine.conftest import trigger, wait_for
 from tests.factory import QUICK_LEASE, make_shipyard
 from tests.helpers import BOB, alive, written
+from tests.pipelines import one_build, one_job
+
+#: one job that prints a line and succeeds
+SAYS_HI = one_job("p", '"echo hi"', stage="deploy", job="prod")
 
 
 def yard_for(url: str, tmp: Path, pipeline: str, **overrides: Any) -> Shipyard:
@@ -45,11 +49,7 @@ async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops
     shipyard = yard_for(
         sqlite_url,
         tmp_path,
-        f"""
-        name: p
-        stages:
-          - {{name: deploy, jobs: [{{name: prod, run: "echo deployed >> {ledger}; echo done"}}]}}
-    """,
+        one_job("p", f'"echo deployed >> {ledger}; echo done"', stage="deploy", job="prod"),
     )
     append_log = shipyard.store.append_log
     slowed: list[str] = []
@@ -75,15 +75,7 @@ async def test_a_job_that_finished_is_reported_finished_even_if_the_server_stops
 async def test_a_success_survives_a_database_outage_while_it_is_reported(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shipyard = yard_for(
-        sqlite_url,
-        tmp_path,
-        """
-        name: p
-        stages:
-          - {name: deploy, jobs: [{name: prod, run: "echo hi"}]}
-    """,
-    )
+    shipyard = yard_for(sqlite_url, tmp_path, SAYS_HI)
     commit = shipyard.service.commit
     outage: list[float] = []
     faults: list[int] = []
@@ -112,15 +104,7 @@ async def test_a_success_survives_a_database_outage_while_it_is_reported(
 async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shipyard = yard_for(
-        sqlite_url,
-        tmp_path,
-        """
-        name: p
-        stages:
-          - {name: deploy, jobs: [{name: prod, run: "echo hi"}]}
-    """,
-    )
+    shipyard = yard_for(sqlite_url, tmp_path, SAYS_HI)
     claimed = threading.Event()
     commit = shipyard.service.commit
 
@@ -137,7 +121,7 @@ async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(
     run = await trigger(shipyard, "p")
     assert await asyncio.to_thread(claimed.wait, 5)  # a claim is in flight...
     await shipyard.stop()  # ...when the server stops
-    job = yard_for(sqlite_url, tmp_path, "name: p\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]")
+    job = yard_for(sqlite_url, tmp_path, one_job("p"))
     after = job.service.find_run(run.run.id)
     job.store.dispose()
     assert after is not None and after.jobs[0].status in (JobStatus.QUEUED, JobStatus.SUCCEEDED)
@@ -152,11 +136,7 @@ async def test_a_cancel_from_another_process_stops_the_job_within_a_poll(
     shipyard = yard_for(
         sqlite_url,
         tmp_path,
-        f"""
-        name: p
-        stages:
-          - {{name: prod, jobs: [{{name: deploy, run: "echo $$ > {pidfile}; sleep 2; touch {marker}"}}]}}
-    """,
+        one_job("p", f'"echo $$ > {pidfile}; sleep 2; touch {marker}"', stage="prod", job="deploy"),
         poll_interval=0.1,
         lease_seconds=30.0,
     )
@@ -185,11 +165,7 @@ async def test_output_written_while_the_database_is_busy_is_all_stored(
     shipyard = yard_for(
         sqlite_url,
         tmp_path,
-        """
-        name: p
-        stages:
-          - {name: build, jobs: [{name: compile, run: "echo first; sleep 1.5; echo second"}]}
-    """,
+        one_build("p", '"echo first; sleep 1.5; echo second"'),
     )
     await shipyard.start()
     try:

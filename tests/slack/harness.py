@@ -8,7 +8,7 @@ differs between test files: the pipelines, who holds which role, and the setting
 
     @pytest.fixture
     async def bot(start_bot: StartBot) -> Bot:
-        return await start_bot({"gated": GATED}, {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER]})
+        return await start_bot({"gated": gated()}, {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER]})
 """
 
 from __future__ import annotations
@@ -44,27 +44,6 @@ ALICE, BOB, CAROL = "U0ALICE", "U0BOB", "U0CAROL"
 DAVE, ERIN, ROOT = "U0DAVE", "U0ERIN", "U0ROOT"
 RELEASE_MANAGERS = "group:release-managers"
 T = TypeVar("T")
-
-#: builds the artifact ``shop@<version>`` (a digest made of the version's digits), then deploys it to
-#: staging and production, where the environments' settings decide what stands in the way
-SHOP = """
-name: shop
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          echo "artifact=shop@$SHIPYARD_PARAM_VERSION digest=$digest uri=oci://r/shop" >> "$SHIPYARD_OUTPUT"
-  - name: staging
-    environment: staging
-    jobs: [{name: deploy, run: "true"}]
-  - name: production
-    environment: production
-    jobs: [{name: deploy, run: "true"}]
-"""
 
 #: who holds what: a ``Role``, or ``"group:NAME"`` for membership of a Shipyard group
 Grants = Mapping[str, Sequence[Role | str]]

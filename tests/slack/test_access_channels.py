@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -28,25 +26,10 @@ from core.access import Role
 from core.commands import TriggerRun
 from core.model import Actor
 from storage.directory import Directory
+from tests.factory import ROOT, cli_environment
+from tests.pipelines import gated, one_build
 from tests.slack.harness import ALICE, BOB, CAROL, DAVE, RELEASE_MANAGERS, Bot, StartBot, until
 
-ROOT = Path(__file__).resolve().parents[2]
-
-GATED = """
-name: gated
-stages:
-  - name: build
-    jobs: [{name: compile, run: "true"}]
-  - name: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
-"""
-BROKEN = """
-name: broken
-stages:
-  - name: build
-    jobs: [{name: compile, run: "false"}]
-"""
 GRANTS = {
     ALICE: [Role.DEPLOYER, Role.APPROVER, RELEASE_MANAGERS],  # triggers, and could approve
     BOB: [Role.APPROVER, RELEASE_MANAGERS],
@@ -67,7 +50,9 @@ Ask = Callable[[str, str, str], Awaitable[Answer]]
 
 @pytest.fixture
 async def bot(start_bot: StartBot) -> Bot:
-    return await start_bot({"gated": GATED, "broken": BROKEN}, GRANTS)
+    return await start_bot(
+        {"gated": gated(environment=None), "broken": one_build("broken", '"false"')}, GRANTS
+    )
 
 
 async def started(bot: Bot, pipeline: str, by: str, status: str) -> tuple[str, str]:
@@ -119,13 +104,8 @@ async def via_console(bot: Bot, user: str, verb: str, ref: str) -> Answer:
 
 
 async def via_cli(bot: Bot, user: str, verb: str, run_id: str) -> Answer:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
-    env |= {
-        "PYTHONPATH": str(ROOT),
-        "SHIPYARD_DATABASE_URL": bot.settings.database_url,
-        "USER": user,  # the CLI acts as the operator's login name
-        "LOGNAME": user,
-    }
+    env = cli_environment(database_url=bot.settings.database_url)
+    env |= {"USER": user, "LOGNAME": user}  # the CLI acts as the operator's login name
     args = {"approve": ["approve", run_id, "production"], "cancel": ["cancel", run_id]}[verb]
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", *args, env=env, cwd=ROOT, stdout=-1, stderr=-1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.access import Role
-from tests.pipelines import COMMIT_REF, GATED_ON_REF, gated
+from tests.pipelines import COMMIT_REF, GATED_ON_REF, failing, gated, one_deploy
 from tests.slack import signing
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.harness import (
@@ -28,28 +28,20 @@ from tests.slack.harness import (
     buttons_of,
 )
 
-REMINDED = """
-name: reminded
-stages:
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers], remind_every: 1s, timeout: 1h}
-    jobs: [{name: deploy, run: ["true"]}]
-"""
-FAILING = """
-name: failing
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "echo compiling; echo 'error: it broke' >&2; exit 3"]}]
-  - name: ship
-    jobs: [{name: upload, run: ["true"]}]
-"""
-
 
 @pytest.fixture
 async def bot(start_bot: StartBot) -> Bot:
     return await start_bot(
-        {"gated": GATED_ON_REF, "failing": FAILING, "reminded": REMINDED},
+        {
+            "gated": GATED_ON_REF,
+            # a failure the run can go on after, to ``ship``
+            "failing": failing(
+                first="echo compiling; ", then='  - {name: ship, jobs: [{name: upload, run: "true"}]}\n'
+            ),
+            "reminded": one_deploy(
+                "reminded", gate="{approvers: [release-managers], remind_every: 1s, timeout: 1h}"
+            ),
+        },
         # Alice also approves, so that self-approval is what stops her
         {ALICE: [Role.DEPLOYER, Role.APPROVER], BOB: [Role.APPROVER, RELEASE_MANAGERS]},
     )

@@ -15,7 +15,7 @@ import pytest
 from core.access import Role
 from core.commands import ExpireLease
 from storage.slack import SlackState
-from tests.pipelines import GATED_ON_REF
+from tests.pipelines import GATED_ON_REF, failing, gated, one_deploy
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack, settle_bolt_tasks
 from tests.slack.harness import (
@@ -37,38 +37,17 @@ from tests.slack.harness import (
     until,
 )
 
-PAIR = """
-name: pair
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["true"]}]
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers], min_approvals: 2}
-    jobs: [{name: deploy, run: ["sh", "-c", "echo deploying"]}]
-"""
-FAILING = """
-name: failing
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "sleep 0.2; echo 'error: it broke' >&2; exit 3"]}]
-"""
-
-ORPHAN = """
-name: orphan
-stages:
-  - name: production
-    environment: production
-    jobs: [{name: deploy, run: ["sleep", "30"], retries: 1}]
-"""
-
-
 #: Alice deploys and approves; Bob, Dave and Erin approve, in release-managers; Carol holds nothing
 GRANTS: Grants = {
     ALICE: [Role.DEPLOYER, Role.APPROVER],
     **{user: [Role.APPROVER, RELEASE_MANAGERS] for user in (BOB, DAVE, ERIN)},
 }
-PIPELINES = {"gated": GATED_ON_REF, "pair": PAIR, "failing": FAILING, "orphan": ORPHAN}
+PIPELINES = {
+    "gated": GATED_ON_REF,
+    "pair": gated(name="pair", min_approvals=2, deploy='["sh", "-c", "echo deploying"]'),
+    "failing": failing(first="sleep 0.2; "),
+    "orphan": one_deploy("orphan", '["sleep", "30"]', retries=1),
+}
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from core.access import Role
-from tests.pipelines import GOING_ON, ship
+from tests.pipelines import GOING_ON, one_job, ship
 from tests.slack import signing
 from tests.slack.fake_slack import Call, FakeSlack
 from tests.slack.harness import (
@@ -33,15 +33,8 @@ from tests.slack.harness import (
 )
 
 OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
-RETRIED = """
-name: retried
-stages:
-  - name: build
-    jobs:
-      - name: flaky
-        retries: 1
-        run: 'if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo "network blip" >&2; exit 1; fi; sleep 30'
-"""
+#: its first attempt fails (a network blip), the second runs on
+BLIP = """'if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo "network blip" >&2; exit 1; fi; sleep 30'"""
 MAPPED = "<!subteam^S0RELEASE>, <!subteam^S0ADMINS>"
 
 
@@ -53,7 +46,7 @@ async def bot(start_bot: StartBot, fake: FakeSlack) -> Bot:
         {
             "ship": ship(staging=True, approvers="release-managers, S0RELEASE, admin", min_approvals=2),
             "going-on": GOING_ON,
-            "retried": RETRIED,
+            "retried": one_job("retried", BLIP, stage="build", job="flaky", retries=1),
         },
         {ALICE: [Role.DEPLOYER, Role.APPROVER], BOB: [Role.APPROVER, RELEASE_MANAGERS]},
         slack_roles={"S0RELEASE": ["approver"], "S0ADMINS": ["admin"]},

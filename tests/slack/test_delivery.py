@@ -23,7 +23,7 @@ from core.states import PostStatus
 from storage.slack import RunMessage, SlackState
 from storage.store import SqlStore
 from storage.tables import T
-from tests.pipelines import gated
+from tests.pipelines import gated, one_build
 from tests.slack.fake_slack import Call, FakeSlack
 from tests.slack.harness import ALICE, BOB, CHANNEL, RELEASE_MANAGERS, Bot, Grants, StartBot, button, until
 
@@ -31,34 +31,16 @@ PIPELINE_CHANNEL, DEFAULT_CHANNEL, GONE_CHANNEL = "C0PIPELINE", "C0DEFAULT", "C0
 BUSY = "name: busy\nstages:\n" + "".join(
     f"  - {{name: s{n}, jobs: [{{name: j, run: 'sleep 0.25'}}]}}\n" for n in range(12)
 )
-ROUTED = f"""
-name: routed
-channel: {PIPELINE_CHANNEL}
-stages:
-  - name: build
-    jobs: [{{name: compile, run: "true"}}]
-"""
-UNROUTED = """
-name: unrouted
-stages:
-  - name: build
-    jobs: [{name: compile, run: "true"}]
-"""
-LOST_CHANNEL = f"""
-name: lost-channel
-channel: {GONE_CHANNEL}
-stages:
-  - name: build
-    jobs: [{{name: compile, run: "echo 'it broke' >&2; exit 1"}}]
-"""
 
 
 PIPELINES = {
     "gated": gated(compile='"sleep 0.5"'),
     "busy": BUSY,
-    "routed": ROUTED,
-    "unrouted": UNROUTED,
-    "lost-channel": LOST_CHANNEL,
+    "routed": one_build("routed", head=f"channel: {PIPELINE_CHANNEL}"),
+    "unrouted": one_build("unrouted"),
+    "lost-channel": one_build(
+        "lost-channel", "\"echo 'it broke' >&2; exit 1\"", head=f"channel: {GONE_CHANNEL}"
+    ),
 }
 
 

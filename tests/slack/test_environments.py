@@ -14,7 +14,8 @@ import pytest
 from core.access import Role
 from storage.locks import LockStore
 from storage.reads import Reads, RunFilter
-from tests.slack.harness import ALICE, SHOP, Bot, StartBot, blocks_of, until
+from tests.pipelines import SHOP
+from tests.slack.harness import ALICE, Bot, StartBot, blocks_of, until
 
 ENVIRONMENTS = {
     "staging": {},

@@ -19,6 +19,7 @@ import pytest
 
 from core.access import Role
 from storage.reads import Reads, RunFilter
+from tests.pipelines import one_job
 from tests.slack import signing
 from tests.slack.harness import ALICE, BOB, CHANNEL, SECRET, Bot, StartBot, blocks_of, button
 
@@ -43,21 +44,14 @@ stages:
     environment: production
     jobs: [{name: deploy, run: "true"}]
 """
-DOCS = """
-name: docs
-parameters:
-  - {name: verbose, type: boolean}
-stages:
-  - name: publish
-    jobs: [{name: upload, run: "true"}]
-"""
 ENVIRONMENTS = {"production": {"confirm": True, "branches": ["main"]}}
 
 
 @pytest.fixture
 async def bot(start_bot: StartBot) -> Bot:
     grants = {ALICE: [Role.DEPLOYER], BOB: [Role.DEPLOYER]}
-    return await start_bot({"web": WEB, "docs": DOCS}, grants, environments=ENVIRONMENTS)
+    docs = one_job("docs", stage="publish", job="upload", head="parameters: [{name: verbose, type: boolean}]")
+    return await start_bot({"web": WEB, "docs": docs}, grants, environments=ENVIRONMENTS)
 
 
 def _refs(bot: Bot) -> list[str]:

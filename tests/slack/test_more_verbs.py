@@ -15,26 +15,21 @@ from typing import Any
 import pytest
 
 from core.access import Role
-from tests.slack.harness import ALICE, BOB, CAROL, CHANNEL, ROOT, SHOP, Bot, StartBot, run_named, until
+from tests.pipelines import SHOP, one_job
+from tests.slack.harness import ALICE, BOB, CAROL, CHANNEL, ROOT, Bot, StartBot, run_named, until
 
 #: Alice deploys, Bob approves, Root administers; Carol holds nothing
 GRANTS = {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER], ROOT: [Role.ADMIN]}
 
-#: deploys to qa and holds it until the test creates the file ``go``
-HOLD = """
-name: hold
-stages:
-  - name: qa
-    environment: qa
-    jobs: [{{name: deploy, run: ["sh", "-c", "while [ ! -f {go} ]; do sleep 0.05; done"]}}]
-"""
-
 
 @pytest.fixture
 async def bot(start_bot: StartBot, tmp_path: Path) -> AsyncIterator[Bot]:
-    pipelines = {"shop": SHOP, "hold": HOLD.format(go=tmp_path / "go")}
+    # "hold" deploys to qa and stays there until the test creates the file ``go``
+    go = tmp_path / "go"
+    hold = f'["sh", "-c", "while [ ! -f {go} ]; do sleep 0.05; done"]'
+    pipelines = {"shop": SHOP, "hold": one_job("hold", hold, stage="qa", job="deploy", environment="qa")}
     yield await start_bot(pipelines, GRANTS, environments={"staging": {}, "production": {}, "qa": {}})
-    (tmp_path / "go").touch()  # let a held run end before the app stops
+    go.touch()  # let a held run end before the app stops
 
 
 async def _released(bot: Bot, version: str, user: str = ALICE) -> str:

@@ -11,22 +11,17 @@ import pytest
 from core.access import Role
 from core.commands import ReportTarget, TriggerRun
 from core.model import Actor
+from tests.pipelines import failing
 from tests.slack import signing
 from tests.slack.harness import ALICE, CHANNEL, SECRET, Bot, StartBot, buttons_of
 
-FAILING = """
-name: failing
-stages:
-  - name: build
-    jobs: [{name: compile, run: ["sh", "-c", "echo 'error: it broke' >&2; exit 3"]}]
-"""
 ELSEWHERE = "C0ELSEWHERE"
 THREAD = "1700000000.000100"
 
 
 @pytest.fixture
 async def bot(start_bot: StartBot) -> Bot:
-    return await start_bot({"failing": FAILING}, {ALICE: [Role.DEPLOYER]}, slack_channel="C0DEFAULT")
+    return await start_bot({"failing": failing()}, {ALICE: [Role.DEPLOYER]}, slack_channel="C0DEFAULT")
 
 
 async def test_a_typed_retry_reports_where_it_was_typed(bot: Bot) -> None:

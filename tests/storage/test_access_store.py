@@ -18,18 +18,9 @@ from storage.directory import Directory
 from storage.idempotency import IdempotencyStore
 from storage.reads import Reads
 from tests.helpers import ALICE
+from tests.pipelines import gated
 
 MakeService = Callable[..., Service]
-
-DEPLOY = """
-name: ship
-stages:
-  - {name: build, jobs: [{name: compile, run: "true"}]}
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
-"""
 
 
 def now() -> datetime:
@@ -70,7 +61,7 @@ def test_a_token_authenticates_until_revoked_and_only_its_hash_is_stored(
 def test_an_approver_through_slack_must_have_held_the_role_and_group_when_the_gate_opened(
     db_url: str, make_service: MakeService
 ) -> None:
-    svc = make_service(db_url, DEPLOY)
+    svc = make_service(db_url, gated(name="ship"))
     directory = Directory(svc.store)  # type: ignore[arg-type]
     early = now() - timedelta(minutes=1)
     directory.grant("bob", "role", "approver", early)
@@ -89,7 +80,7 @@ def test_an_approver_through_slack_must_have_held_the_role_and_group_when_the_ga
 
 
 def test_a_finished_deploy_stage_is_recorded_as_a_deployment(db_url: str, make_service: MakeService) -> None:
-    svc = make_service(db_url, DEPLOY)
+    svc = make_service(db_url, gated(name="ship"))
     run = svc.handle(TriggerRun(pipeline="ship", actor=ALICE, source_revision="abc1234")).state
     assert run is not None
     finish_all(svc)
@@ -127,7 +118,7 @@ def test_one_of_many_concurrent_claims_of_an_idempotency_key_wins(
 def test_the_audit_chain_holds_under_concurrent_writers_and_catches_an_edit(
     db_url: str, make_service: MakeService
 ) -> None:
-    one = make_service(db_url, DEPLOY)
+    one = make_service(db_url, gated(name="ship"))
     two = make_service(db_url)
     with ThreadPoolExecutor(4) as pool:
         list(
@@ -147,7 +138,7 @@ def test_the_audit_chain_holds_under_concurrent_writers_and_catches_an_edit(
 def test_whoever_asked_for_a_run_cannot_approve_its_retry_either(
     db_url: str, make_service: MakeService
 ) -> None:
-    svc = make_service(db_url, DEPLOY)
+    svc = make_service(db_url, gated(name="ship"))
     first = svc.handle(TriggerRun(pipeline="ship", actor=ALICE)).state
     assert first is not None
     finish_all(svc)

@@ -14,20 +14,9 @@ from alembic import command
 from core.runtime.service import Service
 from storage.migrate import alembic_config
 from storage.store import SqlStore
+from tests.pipelines import build_and_deploy, one_deploy
 
 MakeService = Callable[..., Service]
-
-WEB = """
-name: web
-stages:
-  - {name: build, jobs: [{name: compile, run: "true"}]}
-  - {name: production, environment: production, jobs: [{name: deploy, run: "true"}]}
-"""
-ONE = """
-name: one
-stages:
-  - {name: production, environment: production, jobs: [{name: deploy, run: "true"}]}
-"""
 
 #: run id -> (pipeline, number, kind, retry_of)
 RUNS = {
@@ -137,7 +126,8 @@ def _insert(conn: sa.Connection, table: str, values: dict[str, object]) -> None:
 def test_the_deploy_target_and_reused_work_are_filled_from_the_old_text(
     db_url: str, make_service: MakeService
 ) -> None:
-    make_service(db_url, WEB, ONE)  # the pipeline versions the runs were made from
+    # the pipeline versions the runs were made from
+    make_service(db_url, build_and_deploy("web"), one_deploy("one"))
     _migrate(db_url, "0012", down=True)
     _write_rows_at_0012(db_url)
 

@@ -16,13 +16,7 @@ from core.runtime.service import Service
 from storage.migrate import alembic_config
 from storage.slack import RunMessage, SlackState
 from storage.store import SqlStore
-
-QUICK = """
-name: quick
-stages:
-  - name: build
-    jobs: [{name: compile, run: "true"}]
-"""
+from tests.pipelines import one_build
 
 
 def _migrate(url: str, to: str, *, down: bool = False) -> str:
@@ -72,7 +66,8 @@ def test_routes_keep_their_channel_and_gain_a_thread(db_url: str) -> None:
         assert slack.message("r2") == RunMessage("r2", "C2", None)
         # a run started from a thread is routed there in its own transaction
         service = Service(store)
-        service.register_pipeline(parse_pipeline(QUICK), QUICK)
+        quick = one_build("quick")
+        service.register_pipeline(parse_pipeline(quick), quick)
         asked = ReportTarget("C3", "1700000000.000200")
         started = service.handle(TriggerRun(pipeline="quick", actor=Actor("U1", "slack"), report_to=asked))
         assert started.state is not None

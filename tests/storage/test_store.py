@@ -32,18 +32,11 @@ from core.states import JobStatus, RunStatus
 from storage.store import SqlStore, SqlTx
 from storage.tables import metadata
 from tests.helpers import ALICE, BOB, Clock, pipeline
-from tests.pipelines import THREE_BY_TWO
+from tests.pipelines import THREE_BY_TWO, gated, one_job
 
 MakeService = Callable[..., Service]
 
-GATED = """
-name: gated
-stages:
-  - {name: build, jobs: [{name: compile, run: "true"}]}
-  - name: prod
-    gate: {approvers: [release], min_approvals: 1}
-    jobs: [{name: deploy, run: "true"}]
-"""
+GATED = gated(stage="prod", approvers="release", environment=None)
 
 
 def group_commit(svc: Service, commands: Sequence[Command]) -> list[Decision | Exception]:
@@ -116,7 +109,7 @@ def test_each_queued_job_is_claimed_once_by_competing_claimers(
 def test_skip_locked_hands_a_job_to_only_one_of_two_open_claims(
     pg_url: str, make_service: MakeService
 ) -> None:
-    svc = make_service(pg_url, "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]")
+    svc = make_service(pg_url, one_job("one"))
     svc.handle(TriggerRun(pipeline="one", actor=ALICE))
     other = make_service(pg_url).store
     with svc.store.transaction() as tx1:
@@ -127,7 +120,7 @@ def test_skip_locked_hands_a_job_to_only_one_of_two_open_claims(
 
 
 def test_runner_reports_are_fenced_by_attempt(db_url: str, make_service: MakeService) -> None:
-    svc = make_service(db_url, "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true', retries: 1}]}]")
+    svc = make_service(db_url, one_job("one", retries=1))
     svc.handle(TriggerRun(pipeline="one", actor=ALICE))
     (job,) = svc.claim_jobs("r1", 5, 30)
     assert svc.store.append_log(job.job_id, job.attempt, "r1", [("stdout", "hello\n")])
@@ -223,7 +216,7 @@ def test_runs_are_found_by_id_prefix_and_by_number(db_url: str, make_service: Ma
 
 def test_expired_leases_are_found_and_expire_only_once(db_url: str, make_service: MakeService) -> None:
     clock = Clock()
-    svc = make_service(db_url, "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]", clock=clock)
+    svc = make_service(db_url, one_job("one"), clock=clock)
     svc.handle(TriggerRun(pipeline="one", actor=ALICE))
     (job,) = svc.claim_jobs("r1", 1, 30)
     assert svc.due(60).expired == []
@@ -268,12 +261,9 @@ def test_a_group_commit_keeps_the_cached_run_equal_to_the_stored_one(
     assert cached.stages[1].status == fresh.stages[1].status == "running"
 
 
-ONE = "name: one\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
-
-
 @pytest.mark.parametrize("ref", ["one#99999999999999999999", "one#\u00b2", "one#", "#", "zz\u00e9zzzz", ""])
 def test_an_odd_run_reference_is_simply_not_found(db_url: str, make_service: MakeService, ref: str) -> None:
-    svc = make_service(db_url, ONE)
+    svc = make_service(db_url, one_job("one"))
     decision = svc.handle(CancelRun(run_id=ref, actor=ALICE))
     assert not decision.accepted and decision.reason.startswith("no run")
 
@@ -281,7 +271,7 @@ def test_an_odd_run_reference_is_simply_not_found(db_url: str, make_service: Mak
 def test_one_failing_command_does_not_sink_the_others_in_its_group_commit(
     db_url: str, make_service: MakeService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    svc = make_service(db_url, ONE)
+    svc = make_service(db_url, one_job("one"))
     run = svc.handle(TriggerRun(pipeline="one", actor=ALICE)).state
     assert run is not None
     original = SqlTx.find_run
@@ -305,7 +295,7 @@ def test_one_failing_command_does_not_sink_the_others_in_its_group_commit(
 def test_concurrent_triggers_with_one_idempotency_key_start_one_run(
     db_url: str, make_service: MakeService
 ) -> None:
-    services = [make_service(db_url, ONE)] + [make_service(db_url) for _ in range(3)]
+    services = [make_service(db_url, one_job("one"))] + [make_service(db_url) for _ in range(3)]
     command = TriggerRun(pipeline="one", actor=ALICE, idempotency_key="deploy-123")
     with ThreadPoolExecutor(len(services)) as pool:
         decisions = list(pool.map(lambda s: s.handle(command), services))
@@ -399,19 +389,16 @@ def test_a_retry_of_a_retry_still_starts_from_the_stage_that_failed(
     assert [j.reused_from for j in stored.jobs] == [first.run.id, first.run.id, None]
 
 
-TWO = "name: two\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
-
-
 def test_a_batch_of_triggers_numbers_each_pipeline_on_and_honours_every_idempotency_key(
     db_url: str, make_service: MakeService
 ) -> None:
     """A group commit of triggers reads numbers, versions and keys ahead in a few statements;
     it must still answer exactly as one trigger at a time would."""
-    svc = make_service(db_url, ONE, TWO)
+    svc = make_service(db_url, one_job("one"), one_job("two"))
     before = svc.handle(TriggerRun(pipeline="one", actor=ALICE, idempotency_key="old"))
     assert before.state is not None and before.state.run.number == 1
     svc.set_archived("two", True)
-    svc.register_pipeline(parse_pipeline(ONE.replace("name: s", "name: t")), ONE)  # one's version 2
+    svc.register_pipeline(parse_pipeline(one_job("one", stage="t")), one_job("one"))  # one's version 2
     batch = [
         TriggerRun(pipeline="one", actor=ALICE, idempotency_key="k1"),
         TriggerRun(pipeline="one", actor=ALICE, idempotency_key="old"),  # made before the batch
@@ -439,7 +426,8 @@ def test_a_batch_of_triggers_numbers_each_pipeline_on_and_honours_every_idempote
 def test_concurrent_batches_of_triggers_never_share_a_run_number_or_a_key(
     db_url: str, make_service: MakeService
 ) -> None:
-    services = [make_service(db_url, ONE, TWO)] + [make_service(db_url) for _ in range(3)]
+    first = make_service(db_url, one_job("one"), one_job("two"))
+    services = [first] + [make_service(db_url) for _ in range(3)]
 
     def batch(svc: Service) -> list[Decision | Exception]:
         return group_commit(
@@ -462,13 +450,10 @@ def test_concurrent_batches_of_triggers_never_share_a_run_number_or_a_key(
         assert numbers == list(range(1, 11))
 
 
-ODD = "name: odd\nparameters: [{name: note}]\nstages: [{name: s, jobs: [{name: j, run: 'true'}]}]"
-
-
 def test_many_rows_written_at_once_read_back_exactly(db_url: str, make_service: MakeService) -> None:
     """A batch big enough to go by COPY on PostgreSQL: values with tabs, newlines,
     backslashes, quotes, NUL-free control characters and non-ASCII text come back unchanged."""
-    svc = make_service(db_url, ODD)
+    svc = make_service(db_url, one_job("odd", head="parameters: [{name: note}]"))
     notes = [f'n{i}\t"q"\\N\\\\ \r\n {{"x": [1]}} \u00e9\u4e2d\U0001f680 \x07' for i in range(40)]
     decided = group_commit(
         svc, [TriggerRun(pipeline="odd", actor=ALICE, parameters={"note": n}) for n in notes]

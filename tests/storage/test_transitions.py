@@ -20,19 +20,10 @@ from core.runtime.service import Service
 from storage.store import SqlStore
 from storage.transition import COLUMNS, move
 from tests.helpers import ALICE
+from tests.pipelines import gated
 
 NOW = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
 WEBHOOK = "wh_0123456789abcdef01234567"
-#: a run whose rows (a run, two stages, two jobs, a gate) the service writes
-DEPLOY = """
-name: ship
-stages:
-  - {name: build, jobs: [{name: compile, run: "true"}]}
-  - name: production
-    environment: production
-    gate: {approvers: [release-managers]}
-    jobs: [{name: deploy, run: "true"}]
-"""
 RUN_PARTS = ("run", "stage", "job", "gate")
 
 
@@ -109,7 +100,7 @@ ROWS: dict[str, tuple[Callable[[str], dict[str, Any]], str, Any, tuple[str, str]
 @pytest.fixture
 def store(db_url: str, make_service: Callable[..., Service]) -> SqlStore:
     """A store holding one triggered run, whose rows ``ROWS`` finds by name (one of each)."""
-    service = make_service(db_url, DEPLOY)
+    service = make_service(db_url, gated(name="ship"))  # a run, two stages, two jobs, a gate
     started = service.handle(TriggerRun(pipeline="ship", actor=ALICE)).state
     assert started is not None
     with service.store.engine.connect() as conn:

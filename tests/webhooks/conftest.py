@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,55 +26,13 @@ from bot.housekeeping import HOUSEKEEPING, Housekeeping
 from bot.webhooks.service import WEBHOOKS, Webhooks
 from storage.webhooks import Outcome
 from tests.api.conftest import (  # noqa: F401  (fixtures, used by name)
-    PIPELINES,
     Api,
     StartApi,
     api_pg_database,
     pg_url,
     start_api,
 )
-
-HOOK_PIPELINES = {
-    "deploy": """
-        name: deploy
-        parameters:
-          - {name: ref, default: main}
-        stages:
-          - name: build
-            jobs: [{name: compile, run: ["true"]}]
-          - name: staging
-            environment: staging
-            jobs: [{name: ship, run: ["true"]}]
-    """,
-    "scanned": """
-        name: scanned
-        stages:
-          - name: build
-            jobs: [{name: compile, run: ["true"]}]
-          - name: production
-            environment: production
-            gate: {type: external, timeout: 1h}
-            jobs: [{name: ship, run: ["true"]}]
-    """,
-    "hurried": """
-        name: hurried
-        stages:
-          - name: production
-            gate: {type: external, timeout: 1s}
-            jobs: [{name: ship, run: ["true"]}]
-    """,
-    "pushed": """
-        name: pushed
-        parameters:
-          - {name: sha, default: ""}
-          - {name: branch, default: ""}
-        triggers:
-          - push: {branches: [main, "release/*"], revision_parameter: sha, branch_parameter: branch}
-        stages:
-          - name: build
-            jobs: [{name: compile, run: ["true"]}]
-    """,
-}
+from tests.pipelines import WEBHOOK_PIPELINES
 
 
 @dataclass
@@ -178,22 +135,18 @@ StartHooks = Callable[..., Awaitable[Api]]
 
 
 @pytest.fixture
-def start_hooks(start_api: StartApi, tmp_path: Any) -> StartHooks:  # noqa: F811
+def start_hooks(start_api: StartApi) -> StartHooks:  # noqa: F811
     """``await start_hooks(url, **settings)``: the API with the webhook pipelines, loopback
     allow-listed and the deliverer off (the test steps it) unless ``webhook_deliver=True``."""
 
     async def start(url: str, **overrides: Any) -> Api:
-        pipes = tmp_path / "pipelines"
-        pipes.mkdir(exist_ok=True)
-        for name, text in {**PIPELINES, **HOOK_PIPELINES}.items():
-            (pipes / f"{name}.yml").write_text(textwrap.dedent(text))
         options: dict[str, Any] = {
             "webhook_allow": ["127.0.0.1"],
             "webhook_deliver": False,
             "webhook_timeout_seconds": 2.0,
         }
         options.update(overrides)
-        return await start_api(url, **options)
+        return await start_api(url, WEBHOOK_PIPELINES, **options)
 
     return start
 

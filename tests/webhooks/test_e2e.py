@@ -35,13 +35,14 @@ stages:
 
 
 def _server(root: Path, url: str, runner: str, timeout: float) -> Server:
-    server = Server(root, url, runner=runner, capacity=4)
-    server.env.update(
-        {
-            "SHIPYARD_WEBHOOK_ALLOW": "127.0.0.1",
-            "SHIPYARD_WEBHOOK_TIMEOUT_SECONDS": str(timeout),
-            "SHIPYARD_WEBHOOK_RETRY_SECONDS": "0.5,1,1,1,1,1",
-        }
+    server = Server(
+        root,
+        url,
+        runner=runner,
+        capacity=4,
+        webhook_allow="127.0.0.1",
+        webhook_timeout_seconds=timeout,
+        webhook_retry_seconds="0.5,1,1,1,1,1",
     )
     server.pipeline("chain", CHAIN)
     return server
