@@ -11,12 +11,14 @@ from aiohttp import web
 
 from bot import api, slack
 from bot.api import hooks
+from bot.api.problems import RETRY_AFTER_S
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
 from bot.housekeeping import HOUSEKEEPING, Housekeeping
 from bot.locks_keeper import KEEPER, LockKeeper
 from bot.scheduler import ScheduleLoop
 from bot.webhooks.service import WEBHOOKS, Config, Webhooks
+from core.errors import DatabaseUnreachable
 
 SHIPYARD = web.AppKey("shipyard", Shipyard)
 CLOCK = web.AppKey("clock", ScheduleLoop)
@@ -75,12 +77,24 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers and the engine's loops are running."""
+    """The database answers and the engine's loops are running. The ping reports to the same
+    ``health`` as everything else, so an outage it finds is the one the log speaks of."""
     running = request.app[SHIPYARD]
+    health = running.orchestrator.health
     try:
         await running.orchestrator.db(running.store.ping)
+    except DatabaseUnreachable:
+        return _unready(f"database unreachable for {health.down_for:.1f} s: {health.error}")
     except Exception as exc:
-        return web.json_response({"status": "unavailable", "reason": f"database: {exc}"}, status=503)
+        return _unready(f"database: {exc}")
     if not running.orchestrator.running:
-        return web.json_response({"status": "unavailable", "reason": "engine stopped"}, status=503)
+        return _unready("engine stopped")
     return web.json_response({"status": "ready", "runner": running.runner.name if running.runner else None})
+
+
+def _unready(reason: str) -> web.Response:
+    return web.json_response(
+        {"status": "unavailable", "reason": reason},
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )

@@ -41,10 +41,18 @@ class Backend:
     async def read(self, fn: Callable[..., T], *args: Any, quick: bool = False) -> T:
         """Run a read on the read pool. A ``quick`` one (a lookup by key, well under a
         millisecond on SQLite, which never waits for a writer in WAL mode) runs right here:
-        handing it to a thread would cost more than it takes."""
-        if quick and self.shipyard.store.sqlite:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        handing it to a thread would cost more than it takes. Failing to reach the database
+        raises ``DatabaseUnreachable`` and tells the orchestrator's ``health``; a read that got
+        through does not end an outage, though: SQLite serves readers while another process
+        holds its write lock, so only a write (the engine's timers try one every poll) does."""
+        try:
+            if quick and self.shipyard.store.sqlite:
+                return fn(*args)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except Exception as exc:
+            if (down := self.shipyard.orchestrator.health.failed(exc)) is None:
+                raise
+            raise down from exc
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.shipyard.orchestrator.db(fn, *args)

@@ -44,6 +44,7 @@ from bot.chat.locks import tell_with
 from bot.chat.verbs import ChatBackend, Reply, Who, dispatch, press
 from bot.config import Settings
 from core.access import Principal, Role
+from core.errors import DatabaseUnreachable
 from core.events import Event
 from core.locks import Lock
 from core.model import RunState
@@ -319,7 +320,9 @@ class Console:
             try:
                 async with self.turn:
                     await self.refresh()
-            except Exception:  # the database is away for a moment: look again next time
+            except DatabaseUnreachable:  # (said once by the engine's health): look again next time
+                log.debug("the console waits for the database")
+            except Exception:
                 log.warning("could not refresh the console", exc_info=True)
 
     async def settle(self, timeout: float) -> None:

@@ -19,6 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bot.backend import Backend, now
 from bot.config import Settings
 from bot.webhooks.service import Config
+from core.errors import DatabaseUnreachable
 from storage.idempotency import IdempotencyStore
 from storage.webhooks import WebhookStore
 
@@ -70,7 +71,10 @@ class Housekeeping:
     async def _pass(self) -> None:
         try:
             swept = await self.sweep()
-        except Exception:  # the database is away: the next pass tries again
+        except DatabaseUnreachable:  # (said once by the engine's health): the next pass
+            log.info("housekeeping pass skipped: the database is unreachable")
+            return
+        except Exception:
             log.exception("housekeeping pass failed")
             return
         log.info("housekeeping: %s", swept)

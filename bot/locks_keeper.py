@@ -20,6 +20,7 @@ from aiohttp import web
 from bot.backend import Backend, now
 from bot.chat import block_kit, lock_blocks
 from bot.config import Settings
+from core.errors import DatabaseUnreachable
 from core.locks import Lock
 from storage.locks import LockStore
 
@@ -78,7 +79,9 @@ class LockKeeper:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database or Slack is away: look again next time
+            except DatabaseUnreachable:  # (said once by the engine's health): look again next time
+                log.debug("lock keeper waits for the database")
+            except Exception:  # Slack is away: look again next time
                 log.exception("lock keeper round failed; retrying")
             await asyncio.sleep(self.every_s)
 

@@ -28,6 +28,7 @@ from core.access import Action
 from core.commands import TriggerRun
 from core.definition import parameter_text
 from core.engine import Decision
+from core.errors import DatabaseUnreachable
 from core.model import Actor
 from core.ports import AuditEntry
 from core.schedule import Due, Schedule
@@ -87,7 +88,7 @@ class ScheduleLoop:
             coalesce=True,
             id="tick",
         )
-        self.scheduler.add_job(self.sync_files, "interval", seconds=SYNC_EVERY_S, max_instances=1, id="sync")
+        self.scheduler.add_job(self._sync, "interval", seconds=SYNC_EVERY_S, max_instances=1, id="sync")
         self.scheduler.start()
 
     async def stop(self) -> None:
@@ -114,6 +115,8 @@ class ScheduleLoop:
             claimed = await self._claim_due(None)
             if claimed:
                 self._finish_later(claimed)
+        except DatabaseUnreachable as exc:  # (said once by the engine's health): the next beat
+            log.debug("schedules not read: %s", exc.__cause__ or exc)
         finally:
             beating.set_result(None)
             self._busy.discard(beating)
@@ -152,7 +155,9 @@ class ScheduleLoop:
             outcomes = await asyncio.gather(*batches, return_exceptions=True)
         claimed: list[_Claimed] = []
         for outcome in outcomes:
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, DatabaseUnreachable):
+                log.debug("a batch of due schedules waits for the database")
+            elif isinstance(outcome, BaseException):
                 log.warning("a batch of due schedules did not fire (%s); the next tick tries again", outcome)
             else:
                 claimed += outcome
@@ -177,7 +182,8 @@ class ScheduleLoop:
             e.schedule.id: e.trigger.exception() for e in entries if e.trigger and e.trigger.exception()
         }
         for schedule_id, error in broken.items():  # (the database went away, say): still due
-            log.warning("schedule %s did not fire (%s); the next tick tries again", schedule_id, error)
+            level = logging.DEBUG if isinstance(error, DatabaseUnreachable) else logging.WARNING
+            log.log(level, "schedule %s did not fire (%s); the next tick tries again", schedule_id, error)
         entries = [e for e in entries if e.schedule.id not in broken]
         mine = await self.backend.write(self._take, entries, at)
         for entry in mine:
@@ -242,6 +248,12 @@ class ScheduleLoop:
             else:
                 fired.append(Fired(schedule, plan.fire_at, decision.state.run.ref, plan.missed))
         return fired
+
+    async def _sync(self) -> None:
+        try:
+            await self.sync_files()
+        except DatabaseUnreachable as exc:  # (said once by the engine's health): the next sync
+            log.debug("pipeline files' schedules not synced: %s", exc.__cause__ or exc)
 
     async def sync_files(self) -> None:
         """Store the schedules pipeline files declare (new ones start from now; see

@@ -10,6 +10,7 @@ The hierarchy::
         - Forbidden                the caller may not do this (role, separation of duties)
         - InvalidInput             the request itself is wrong (parameters, names)
       + Conflict                   a concurrent writer changed the row first (retry the command)
+      + DatabaseUnreachable        the database cannot be reached (retry after a while)
 
 The class docstring is the default message (procrastinate's habit).
 """
@@ -67,3 +68,7 @@ class InvalidInput(CommandRefused):
 
 class Conflict(ShipyardError):
     """Another writer changed this resource first; load it again and retry."""
+
+
+class DatabaseUnreachable(ShipyardError):
+    """The database is unreachable; try again shortly."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -45,8 +46,8 @@ from core.model import Gate, Job, Run, RunState, evolve
 from core.ports import AuditEntry, Deployment, LogChunk, PipelineVersion
 from core.review import Review
 from core.states import LockState
-from storage import mappers
-from storage.db import is_sqlite, make_engine
+from storage import db, mappers
+from storage.db import is_sqlite, make_engine, unreachable
 from storage.fastpath import DriverStatements
 from storage.queries import Q
 
@@ -90,6 +91,8 @@ class SqlStore:
         self.url = url
         self.engine = engine or make_engine(url, pool_size=pool_size)
         self.sqlite = is_sqlite(url)
+        #: how long a SQLite transaction waits for another process's write lock (``storage.db``)
+        self.busy_timeout_s = db.BUSY_TIMEOUT_MS / 1000 if self.sqlite else None
         self.max_workers = 1 if self.sqlite else pool_size
         self.cache_size = cache_size
         self._versions: dict[str, PipelineVersion] = {}
@@ -101,7 +104,10 @@ class SqlStore:
     def transaction(self) -> Iterator[SqlTx]:
         """One transaction. Events are written last, so the event-log lock is always the last
         lock taken. Deadlocks, serialization failures and a busy SQLite become ``Conflict``:
-        the caller decides again on fresh state."""
+        the caller decides again on fresh state. A SQLite that stayed busy for its whole busy
+        timeout is not a race but another process holding the database: that error stands
+        (``unreachable`` says so)."""
+        started = time.monotonic()
         try:
             with self.engine.begin() as conn:
                 tx = SqlTx(self, conn)
@@ -111,12 +117,15 @@ class SqlStore:
         except (Conflict, CommandRefused):
             raise
         except Exception as exc:  # also raw driver errors: the fast path and BEGIN bypass SQLAlchemy
-            if _retryable(exc):
+            if _retryable(exc) and not self._waited_out(started):
                 self._runs.clear()
                 raise Conflict(f"transaction lost a race: {getattr(exc, 'orig', exc)}") from exc
             raise
         for hook in tx.on_commit:
             hook()
+
+    def _waited_out(self, started: float) -> bool:
+        return self.busy_timeout_s is not None and time.monotonic() - started >= self.busy_timeout_s
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -147,6 +156,10 @@ class SqlStore:
         """Raise if the database does not answer."""
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
+
+    def unreachable(self, exc: BaseException) -> str | None:
+        """Why ``exc`` means the database could not be reached, or None (``storage.db.unreachable``)."""
+        return unreachable(exc)
 
     def forget(self, run_id: str) -> None:
         """Drop a run from the cache (after a conflict its copy may be stale)."""

@@ -24,6 +24,8 @@ from core.definition import parse_pipeline
 from core.runtime.service import Service
 from storage.migrate import upgrade
 from storage.store import SqlStore
+from tests.outage import Outage
+from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN_URL = os.environ.get(
     "SHIPYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -117,3 +119,15 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """Each test using this runs once on SQLite and once on PostgreSQL."""
     fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def outage(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Outage]:
+    """``db_url`` made so a test can take it away from a running server (``tests.outage``): start
+    the server on ``outage.url``. On PostgreSQL that goes through a TCP proxy on loopback."""
+    if db_url.startswith("sqlite"):
+        yield Outage(db_url, monkeypatch)
+        return
+    url = sa.engine.make_url(db_url)
+    with TcpProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        yield Outage(db_url, monkeypatch, proxy)

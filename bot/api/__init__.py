@@ -13,11 +13,11 @@ from aiohttp.typedefs import Middleware
 
 from bot.api import artifacts, deploys, environments, locks, pipelines, runs, schedules, webhooks  # noqa: F401  (they register their operations)
 from bot.api.gateway import ApiGateway
-from bot.api.problems import Problem
+from bot.api.problems import Problem, unavailable
 from bot.api.routing import PREFIX, SAFE_METHODS, audit_request
 from bot.api.spec import API
 from core.access import Principal
-from core.errors import Conflict
+from core.errors import Conflict, DatabaseUnreachable
 
 log = logging.getLogger(__name__)
 GATEWAY = web.AppKey("api_gateway", ApiGateway)
@@ -54,6 +54,7 @@ def problems(gateway: ApiGateway) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/api/"):
             return await handler(request)
+        outage = False
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -70,10 +71,15 @@ def problems(gateway: ApiGateway) -> Middleware:
             response = problem.response(request.path)
         except Conflict as exc:  # lost every retry against concurrent writers
             response = Problem(409, f"{exc.message}", title="Busy").response(request.path)
+        except DatabaseUnreachable as exc:  # (the outage is logged once, by the engine's health)
+            response = unavailable(exc.message).response(request.path)
+            outage = True
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
             response = Problem(500, "an unexpected error; it has been logged").response(request.path)
-        if request.method not in SAFE_METHODS:
+        # an answer the database could not be reached for is not audited: there is nowhere to
+        # write it, and nothing was done
+        if request.method not in SAFE_METHODS and not outage:
             await audit_request(gateway, _action(request), request, await _caller(request, gateway), response)
         return response
 
@@ -95,6 +101,8 @@ async def _caller(request: web.Request, gateway: ApiGateway) -> Principal | None
         return None
     try:
         return await gateway.authenticate(token.strip())
+    except DatabaseUnreachable:
+        return None  # (and the audit entry cannot be written either; ``audit_request`` says so)
     except Exception:  # the answer stands without a name; the entry says "(unauthenticated)"
         log.exception("could not authenticate %s %s for the audit log", request.method, request.path)
         return None

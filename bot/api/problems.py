@@ -25,6 +25,8 @@ TITLES = {
     503: "Service unavailable",
 }
 
+#: how long a client is asked to wait (``Retry-After``, seconds) while the database is unreachable
+RETRY_AFTER_S = 5
 #: an engine refusal's kind (``CommandRefused.kind``) as an HTTP status
 REFUSAL_STATUS = {"not_found": 404, "forbidden": 403, "invalid": 422, "conflict": 409}
 
@@ -57,4 +59,12 @@ class Problem(Exception):
 def unauthorized(detail: str) -> Problem:
     problem = Problem(401, detail)
     problem.headers["WWW-Authenticate"] = 'Bearer realm="shipyard"'
+    return problem
+
+
+def unavailable(detail: str) -> Problem:
+    """503 while the database cannot be reached: nothing was done, the same request may be sent
+    again after ``Retry-After``."""
+    problem = Problem(503, detail)
+    problem.headers["Retry-After"] = str(RETRY_AFTER_S)
     return problem

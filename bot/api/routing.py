@@ -21,7 +21,7 @@ from pydantic.json_schema import models_json_schema
 from bot.api.problems import PROBLEM_TYPE, REFUSAL_STATUS, Problem, unauthorized
 from bot.api.schemas import ProblemOut
 from core.access import Action, Principal
-from core.errors import CommandRefused
+from core.errors import CommandRefused, DatabaseUnreachable
 from core.ports import AuditEntry
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ COMMON_ERRORS = {
     404: "no such resource",
     413: "request body too large",
     422: "the request is well-formed but invalid",
+    503: "the database is unreachable: nothing was done; send the request again after `Retry-After` seconds",
 }
 MUTATING_ERRORS = {
     409: "the resource's state does not allow this, or the same Idempotency-Key is still being processed",
@@ -541,5 +542,7 @@ async def audit_request(
     )
     try:
         await gateway.audit(entry)
+    except DatabaseUnreachable:  # (the outage is logged once, by the engine's health)
+        log.warning("could not audit %s %s: the database is unreachable", request.method, request.path)
     except Exception:  # the refusal stands even if the audit write fails; say so loudly
         log.exception("could not audit %s %s", request.method, request.path)

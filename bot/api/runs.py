@@ -39,6 +39,7 @@ from core.commands import (
     RetryRun,
     TriggerRun,
 )
+from core.errors import DatabaseUnreachable
 from core.model import Actor, RunState
 from core.states import RUN_TERMINAL
 from storage.reads import RunFilter
@@ -344,8 +345,11 @@ async def run_events(call: Call) -> web.StreamResponse:
     g, run_id = gw(call), state.run.id
     quiet = 0.0
     while True:
-        finished = (await g.read(g.reads.run, run_id)).run.status in RUN_TERMINAL  # type: ignore[union-attr]
-        events = await g.read(g.shipyard.store.events_after, seq, 500, run_id)
+        try:
+            finished = (await g.read(g.reads.run, run_id)).run.status in RUN_TERMINAL  # type: ignore[union-attr]
+            events = await g.read(g.shipyard.store.events_after, seq, 500, run_id)
+        except DatabaseUnreachable:  # the stream waits it out (keep-alives go on)
+            finished, events = False, []
         for event in events:
             seq = event.seq
             data = {

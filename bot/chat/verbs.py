@@ -231,10 +231,10 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     if ref is None:
         return Reply(":warning: That button is not one of mine.")
     run_id, gate = ref
-    command = await _button_command(backend, who, action_id, run_id, gate, reason)
-    if isinstance(command, Reply):
-        return command
     try:
+        command = await _button_command(backend, who, action_id, run_id, gate, reason)
+        if isinstance(command, Reply):
+            return command
         state = await backend.find(run_id)
         if (decided := _decided(state, gate)) is not None:
             return decided

@@ -30,6 +30,7 @@ from bot.chat.verbs import BUTTONS, ChatBackend, Reply, Who, already_decided, di
 from bot.config import Settings
 from bot.slack.home import publish_home
 from bot.slack.manifest import COMMAND, EVENTS_PATH
+from core.errors import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
 REJECT_FORM = "gate_reject_form"
@@ -56,6 +57,8 @@ class Backlog:
             try:
                 async with self._limit:
                     await work
+            except DatabaseUnreachable:  # (said once by the engine's health)
+                log.debug("a Slack request went unanswered: the database is unreachable")
             except Exception:
                 log.exception("answering a Slack request failed")
             finally:
@@ -184,7 +187,10 @@ def _listen_to_reject(app: AsyncApp, backend: ChatBackend, client: AsyncWebClien
         await ack()
         value = body["actions"][0]["value"]
         # a gate decided meanwhile: say so at once instead of asking for a reason first
-        decided = await already_decided(backend, value)
+        try:
+            decided = await already_decided(backend, value)
+        except DatabaseUnreachable as exc:
+            decided = Reply(f":warning: {exc.message}")
         if decided is not None:
             await _respond(respond, decided)
             return
@@ -222,7 +228,10 @@ def _listen_to_home(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient)
                 seen_events.popitem(last=False)
         if event.get("tab", "home") == "home":
             backend.home_viewers.add(event["user"])
-            await publish_home(backend, client, event["user"])
+            try:
+                await publish_home(backend, client, event["user"])
+            except DatabaseUnreachable:  # (said once by the engine's health): the next opening
+                log.debug("App Home of %s not published: the database is unreachable", event["user"])
 
 
 async def _respond(respond: AsyncRespond, reply: Reply) -> None:

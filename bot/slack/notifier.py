@@ -42,6 +42,7 @@ from bot.chat.environments import review_reminder
 from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
+from core.errors import DatabaseUnreachable
 from core.events import NO_RUN, Event
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
@@ -147,8 +148,11 @@ class Notifier:
                 busy = await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Slack or the database is down: try again shortly
-                log.exception("slack notifier step failed; retrying")
+            except Exception as exc:  # Slack or the database is down: try again shortly
+                if isinstance(exc, DatabaseUnreachable):  # (said once by the engine's health)
+                    log.debug("slack notifier waits for the database")
+                else:
+                    log.exception("slack notifier step failed; retrying")
                 busy = False
                 await asyncio.sleep(min(5.0, interval * 5))
             if busy or self._stopping:

@@ -12,6 +12,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import Backend, now
+from core.errors import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
 #: how often user-group membership is read again
@@ -37,6 +38,8 @@ async def keep_synced(backend: Backend, client: AsyncWebClient, roles: dict[str,
     while True:
         try:
             await sync(backend, client, roles)
-        except Exception:  # Slack or the database unavailable: next round
+        except DatabaseUnreachable:  # (said once by the engine's health): next round
+            log.debug("syncing Slack roles waits for the database")
+        except Exception:  # Slack unavailable: next round
             log.exception("syncing Slack roles failed")
         await asyncio.sleep(REFRESH_S)

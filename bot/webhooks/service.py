@@ -33,6 +33,7 @@ from bot.config import Settings
 from bot.webhooks import messages, signing
 from bot.webhooks.policy import AddressRefused, AllowList, GuardedResolver, Policy
 from core.commands import TimeoutGate
+from core.errors import DatabaseUnreachable
 from core.events import Event
 from core.model import RunState
 from storage.webhooks import Claimed, Disabled, NewDelivery, Outcome, Webhook, WebhookStore
@@ -150,6 +151,8 @@ class Webhooks:
             await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self._record(self.clock())
+        except DatabaseUnreachable:  # sent again after their lease
+            log.warning("could not record the last webhook attempts: the database is unreachable")
         except Exception:
             log.exception("could not record the last webhook attempts")
         if self.session is not None:
@@ -287,25 +290,36 @@ class Webhooks:
                 await self._record(at)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database is away: try again shortly
+            except DatabaseUnreachable:  # (said once by the engine's health): try again shortly
+                log.debug("webhook round waits for the database")
+                await asyncio.sleep(min(5.0, self.config.poll_interval * 5))
+                continue
+            except Exception:
                 log.exception("webhook round failed; retrying")
                 await asyncio.sleep(min(5.0, self.config.poll_interval * 5))
                 continue
             if full:
                 continue
-            wait = self.config.poll_interval
-            if self._done:
-                wait = 0.0
-            elif self._listening and len(self._flights) < self.config.concurrency:
-                due = await self.backend.read(self.webhook_store.next_due)
-                if due is not None:
-                    wait = min(wait, max(0.02, (due - self.clock()).total_seconds()))
+            wait = await self._wait(self.config.poll_interval)
             if wait > 0:
                 try:
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+
+    async def _wait(self, wait: float) -> float:
+        """How long the loop may rest: ``wait`` at most, less when a delivery is due sooner."""
+        if self._done:
+            return 0.0
+        if self._listening and len(self._flights) < self.config.concurrency:
+            try:
+                due = await self.backend.read(self.webhook_store.next_due)
+            except DatabaseUnreachable:
+                return wait
+            if due is not None:
+                wait = min(wait, max(0.02, (due - self.clock()).total_seconds()))
+        return wait
 
     async def _launch(self, at: datetime) -> bool:
         """Claim what is due into the free slots; True if every slot asked for was filled."""

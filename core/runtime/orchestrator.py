@@ -8,6 +8,8 @@
   readers of the event log (``wait_for_events``).
 * ``tick`` turns what the clock made due into commands: expired job leases, gate deadlines,
   automated gate checks.
+* Every trip to the database reports to ``health`` (``core.runtime.health``): a failure to
+  reach the database reaches its caller as ``DatabaseUnreachable`` and is logged once per outage.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from core.commands import (
     TimeoutRun,
 )
 from core.engine import Decision
+from core.errors import DatabaseUnreachable
 from core.model import SYSTEM
 from core.runtime.claims import ClaimJobs
 from core.runtime.executor import Executor
+from core.runtime.health import DatabaseHealth
 from core.runtime.service import Service
 from core.runtime.waiting import wait_event
 from core.states import JobStatus
@@ -74,6 +78,8 @@ class Orchestrator:
         #: of API triggers) pays per-transaction costs once per this many
         self.batch_size = batch_size
         self.pool = ThreadPoolExecutor(max_workers=self.store.max_workers, thread_name_prefix="shipyard-db")
+        #: whether the database answers: shared by everything in this process that uses it
+        self.health = DatabaseHealth(self.store.unreachable)
         self.runners: list[LocalRunner] = []
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._listeners: list[asyncio.Event] = []
@@ -100,8 +106,17 @@ class Orchestrator:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store call on the database threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        """Run a blocking store call on the database threads; a failure to reach the database
+        raises ``DatabaseUnreachable``."""
+        started = self.health.now()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except Exception as exc:
+            if (down := self.health.failed(exc)) is None:
+                raise
+            raise down from exc
+        self.health.succeeded(started)
+        return result
 
     # -- commands -----------------------------------------------------------------------------
     async def handle(self, command: Command) -> Decision:
@@ -123,26 +138,38 @@ class Orchestrator:
                 batch.append(self._queue.get_nowait())
             commands = [p for p in batch if not isinstance(p.command, ClaimJobs)]
             claims = [p for p in batch if isinstance(p.command, ClaimJobs)]
-            try:
-                decisions, taken = await self.db(
-                    self.service.commit,
-                    [p.command for p in commands],
-                    [p.command for p in claims],
+            requests: list[Any] = [[p.command for p in commands], [p.command for p in claims]]
+            started = self.health.now()
+            try:  # (not ``db``: a commit hands each request its failure rather than raising)
+                decisions, taken = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.service.commit, *requests
                 )
             except Exception as exc:  # the store failed: fail these requests, keep serving
-                log.exception("could not apply %d request(s)", len(batch))
+                if (down := self.health.failed(exc)) is None:
+                    log.exception("could not apply %d request(s)", len(batch))
                 for pending in batch:
                     if not pending.future.done():
-                        pending.future.set_exception(exc)
+                        pending.future.set_exception(down or exc)
                 continue
-            for pending, outcome in zip([*commands, *claims], [*decisions, *taken], strict=True):
+            outcomes = [*decisions, *taken]
+            self._report_health(outcomes, started)
+            for pending, outcome in zip([*commands, *claims], outcomes, strict=True):
                 if pending.future.done():
                     continue
                 if isinstance(outcome, Exception):
-                    pending.future.set_exception(outcome)
+                    pending.future.set_exception(self.health.classify(outcome) or outcome)
                 else:
                     pending.future.set_result(outcome)
             await self._after_commit([d for d in decisions if isinstance(d, Decision)])
+
+    def _report_health(self, outcomes: Sequence[object], started: float) -> None:
+        """One commit's word on the database: it answered if any request went through, and it
+        could not be reached if every one failed to reach it."""
+        failures = [o for o in outcomes if isinstance(o, Exception)]
+        if len(failures) < len(outcomes):
+            self.health.succeeded(started)
+        elif unreached := [f for f in failures if self.health.classify(f) is not None]:
+            self.health.failed(unreached[0])
 
     async def _after_commit(self, decisions: Sequence[Decision]) -> None:
         accepted = [d for d in decisions if d.accepted and d.events]
@@ -186,6 +213,8 @@ class Orchestrator:
         while True:
             try:
                 await self.tick()
+            except DatabaseUnreachable as exc:  # (said once by ``health``)
+                log.debug("timer tick skipped: %s", exc.__cause__ or exc)
             except Exception:
                 log.exception("timer tick failed; trying again in %.1fs", self.poll_interval)
             await wait_event(self._wake, self.poll_interval)
@@ -227,6 +256,9 @@ class Orchestrator:
         tail = "".join(lines).strip().splitlines()[-1:] or [""]
         passed = result.outcome == "succeeded"
         detail = tail[0][:200] if tail[0] else ("" if passed else f"check exited with {result.exit_code}")
-        await self.handle(
-            RecordGateCheck(run_id=check.run_id, gate=check.job_id, passed=passed, detail=detail)
-        )
+        try:
+            await self.handle(
+                RecordGateCheck(run_id=check.run_id, gate=check.job_id, passed=passed, detail=detail)
+            )
+        except DatabaseUnreachable:  # its claim runs out and the check is run again
+            log.debug("the result of gate check %s waits for the database", check.label)

@@ -12,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.engine import Decision
+from core.errors import DatabaseUnreachable
 from core.runtime.executor import ExecResult, Executor, Finished, kill_orphans
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.waiting import wait_event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: said in a job's log when its end was found in its record after the server restarted
 RESTARTED_NOTE = "\n[shipyard: the server restarted after this job ended; its last output may be missing]\n"
 RunnerReport = CompleteJob | InterruptJob | ExpireLease | ReportLateResult
@@ -306,6 +308,9 @@ class Runner:
         while not self._closing:
             try:
                 started = await self.run_once()
+            except DatabaseUnreachable:  # (said once by the orchestrator's ``health``)
+                log.debug("runner %s: no claims while the database is unreachable", self.name)
+                started = 0
             except Exception:
                 log.exception("runner %s could not claim jobs", self.name)
                 started = 0
@@ -331,8 +336,8 @@ class Runner:
                     renewed = now
                 else:
                     kept = await self.link.still_held(self.name, held)
-            except Exception:
-                log.warning("runner %s could not check its leases; trying again", self.name, exc_info=True)
+            except Exception as exc:
+                _trouble(exc, "runner %s could not check its leases; trying again", self.name)
                 continue
             self.stop_jobs([(job_id, attempt) for job_id, attempt in held if job_id not in kept])
 
@@ -357,7 +362,11 @@ class Runner:
             remaining = active.logs.take(final=True)
             if remaining:
                 try:
-                    await self.link.append_log(a.job_id, a.attempt, self.name, remaining)
+                    await self._persist(  # through an outage; any other failure loses it
+                        f"the last output of {a.label}",
+                        lambda: self.link.append_log(a.job_id, a.attempt, self.name, remaining),
+                        only_outages=True,
+                    )
                 except Exception:  # lost output must not cost the result
                     log.warning(
                         "runner %s could not store the last output of %s", self.name, a.label, exc_info=True
@@ -399,25 +408,34 @@ class Runner:
 
     async def _report(self, command: RunnerReport) -> Decision:
         """Report a result, riding out database trouble. The job stays in ``self.jobs`` meanwhile,
-        so its lease keeps being renewed and nobody declares it lost. While shutting down,
-        give up after a few tries: the lease then expires and the job is retried."""
+        so its lease keeps being renewed and nobody declares it lost."""
+        return await self._persist(f"reporting {command.job_id}", lambda: self.link.report(command))
+
+    async def _persist(self, what: str, call: Callable[[], Awaitable[T]], only_outages: bool = False) -> T:
+        """``call`` until it goes through, waiting longer after each failure (up to 5 s); with
+        ``only_outages``, only while the database is unreachable. While shutting down, give up
+        after a few tries: the lease then expires and the job is retried."""
         delay = 0.2
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self.link.report(command)
-            except Exception:
-                if self._closing and attempt >= 5:
+                return await call()
+            except Exception as exc:
+                outage = isinstance(exc, DatabaseUnreachable)
+                if (self._closing and attempt >= 5) or (only_outages and not outage):
                     raise
-                log.warning(
-                    "runner %s: reporting %s failed (try %d); retrying in %.1fs",
-                    self.name,
-                    command.job_id,
-                    attempt,
-                    delay,
-                    exc_info=attempt == 1,
-                )
+                if outage:  # (said once by ``health``)
+                    log.debug("runner %s: %s waits for the database (try %d)", self.name, what, attempt)
+                else:
+                    log.warning(
+                        "runner %s: %s failed (try %d); retrying in %.1fs",
+                        self.name,
+                        what,
+                        attempt,
+                        delay,
+                        exc_info=attempt == 1,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -429,8 +447,8 @@ class Runner:
             if chunks:
                 try:
                     held = await self.link.append_log(a.job_id, a.attempt, self.name, chunks)
-                except Exception:
-                    log.warning("runner %s could not store output of %s", self.name, a.label, exc_info=True)
+                except Exception as exc:
+                    _trouble(exc, "runner %s could not store output of %s", self.name, a.label)
                     active.logs.pending[:0] = chunks  # keep them for the next flush
                 else:
                     if not held:  # fenced out: someone else owns this attempt now
@@ -438,3 +456,12 @@ class Runner:
                         self.executor.kill(a.job_id, a.attempt)
                         return
             await wait_event(active.finished, self.log_flush_s)
+
+
+def _trouble(exc: Exception, message: str, *args: object) -> None:
+    """A failure a loop tries again after: at DEBUG while the database is unreachable (the
+    orchestrator's ``health`` says that once), else a warning with its traceback."""
+    if isinstance(exc, DatabaseUnreachable):
+        log.debug(message + ": %s", *args, exc.__cause__ or exc)
+    else:
+        log.warning(message, *args, exc_info=exc)

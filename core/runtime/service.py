@@ -99,7 +99,10 @@ class Service:
                     taken = [claim(tx, request, now) for request in claims]
             results: list[list[Assignment] | Exception] = list(taken) if claims else []
             return [decided[i] for i in range(len(commands))], results
-        except Exception:  # one command's trouble must not sink the others
+        except Exception as exc:  # one command's trouble must not sink the others
+            if not isinstance(exc, Conflict) and self.store.unreachable(exc) is not None:
+                # nor is trying each alone any use: every one would fail (or wait) the same way
+                return [exc] * len(commands), [exc] * len(claims)
             alone = [self._claim_alone(request) for request in claims]
             return [self._alone(command) for command in commands], alone
 
