@@ -38,49 +38,33 @@ class ExecResult:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """A job attempt whose end was recorded on this machine (``workdir``: the runner's)."""
-
-    run_id: str
-    job_id: str
-    attempt: int
-    exit_code: int
-    outputs: dict[str, str]
-    detail: str
-
-    @property
-    def outcome(self) -> Literal["succeeded", "failed"]:
-        return "succeeded" if self.exit_code == 0 else "failed"
-
-
 class Executor(Protocol):
-    async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult: ...
-    def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool: ...
-    def finished(self, workdir: Path) -> list[Finished]:
-        """Attempts that ended and whose record was not forgotten: after a restart, the ones
-        whose result may never have been reported."""
+    async def execute(
+        self, job: Assignment, workdir: Path, sink: OutputSink, record: Path | None = None
+    ) -> ExecResult:
+        """Run ``job``; its supervisor writes the exit code to ``record`` before it exits."""
         ...
 
-    def forget(self, workdir: Path, run_id: str, job_id: str, attempt: int) -> None:
-        """The attempt's result is reported (or no longer wanted): drop its record."""
+    def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool: ...
+
+    def ended(self, workdir: Path, job_id: str, attempt: int, exit_code: int) -> ExecResult:
+        """The result of an attempt that exited with ``exit_code`` (read after a restart)."""
         ...
 
 
 class NoopExecutor:
     """Succeeds immediately without starting a process."""
 
-    async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
+    async def execute(
+        self, job: Assignment, workdir: Path, sink: OutputSink, record: Path | None = None
+    ) -> ExecResult:
         return ExecResult("succeeded", 0)
 
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
         return False
 
-    def finished(self, workdir: Path) -> list[Finished]:
-        return []
-
-    def forget(self, workdir: Path, run_id: str, job_id: str, attempt: int) -> None:
-        pass
+    def ended(self, workdir: Path, job_id: str, attempt: int, exit_code: int) -> ExecResult:
+        return ExecResult("succeeded" if exit_code == 0 else "failed", exit_code)
 
 
 #: every job runs under this supervisor (see core/runtime/supervise.py)
@@ -91,19 +75,18 @@ SUPERVISOR = [sys.executable, "-S", "-E", str(Path(__file__).with_name("supervis
 _EXIT_MEANING = {126: "command not executable", 127: "command not found"}
 
 
-def shell_argv(command: str | tuple[str, ...], record: Path) -> list[str]:
-    """The supervisor's command line: it writes the job's exit code to ``record``."""
+def shell_argv(command: str | tuple[str, ...], record: Path | None = None) -> list[str]:
+    """The supervisor's command line: it writes the job's exit code to ``record`` (if any)."""
     if isinstance(command, tuple):
         argv = list(command)
     elif shutil.which("bash"):
         argv = ["bash", "-eo", "pipefail", "-c", command]
     else:
         argv = ["sh", "-ec", command]
-    return [*SUPERVISOR, str(os.getpid()), str(record), *argv]
+    return [*SUPERVISOR, str(os.getpid()), str(record or ""), *argv]
 
 
-#: where a job's files live in its run's directory: ``<job id>.<attempt>.out`` (its outputs)
-#: and ``.exit`` (its exit code, written by the supervisor)
+#: where a job's outputs file lives in its run's directory: ``<job id>.<attempt>.out``
 META_DIR = ".shipyard"
 
 
@@ -140,7 +123,9 @@ class SubprocessExecutor:
             _killpg(proc.pid, signal.SIGKILL)
         return True
 
-    async def execute(self, job: Assignment, workdir: Path, sink: OutputSink) -> ExecResult:
+    async def execute(
+        self, job: Assignment, workdir: Path, sink: OutputSink, record: Path | None = None
+    ) -> ExecResult:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / META_DIR).mkdir(exist_ok=True)
         output_file = _meta(workdir, job.job_id, job.attempt, "out")
@@ -155,7 +140,7 @@ class SubprocessExecutor:
             return ExecResult("killed", None, detail="killed before it started")
         try:
             proc = await asyncio.create_subprocess_exec(
-                *shell_argv(job.command, _meta(workdir, job.job_id, job.attempt, "exit")),
+                *shell_argv(job.command, record),
                 cwd=workdir,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -203,23 +188,8 @@ class SubprocessExecutor:
             return ExecResult("timed_out", code)
         return _exited_with(code, output_file, sink)
 
-    def finished(self, workdir: Path) -> list[Finished]:
-        found = []
-        for record in workdir.glob(f"*/{META_DIR}/*.exit"):
-            job_id, attempt, _ = record.name.rsplit(".", 2)
-            try:
-                code = int(record.read_text())
-            except (OSError, ValueError):
-                continue  # (not whole: the supervisor renames a record into place when written)
-            output_file = record.with_suffix(".out")
-            result = _exited_with(code, output_file, lambda _stream, _text: None)
-            run_id = record.parent.parent.name
-            found.append(Finished(run_id, job_id, int(attempt), code, result.outputs, result.detail))
-        return found
-
-    def forget(self, workdir: Path, run_id: str, job_id: str, attempt: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            _meta(workdir / run_id, job_id, attempt, "exit").unlink()
+    def ended(self, workdir: Path, job_id: str, attempt: int, exit_code: int) -> ExecResult:
+        return _exited_with(exit_code, _meta(workdir, job_id, attempt, "out"), lambda _stream, _text: None)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the group, then SIGKILL whatever is left after the grace period."""

@@ -21,8 +21,9 @@ from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.engine import Decision
 from core.errors import DatabaseUnreachable
-from core.runtime.executor import ExecResult, Executor, Finished, kill_orphans
+from core.runtime.executor import ExecResult, Executor, kill_orphans
 from core.runtime.orchestrator import Orchestrator
+from core.runtime.records import JobRecords, Recorded
 from core.runtime.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class Runner:
         self.executor = executor
         self.name = name
         self.workdir = workdir
+        self.records = JobRecords(workdir, name)
         self.capacity = capacity
         self.lease_s = lease_s
         self.poll_interval = poll_interval
@@ -179,7 +181,7 @@ class Runner:
         declared lost meanwhile (another replica expired the lease) are reported late, so the
         run says that the attempt finished and its retry ran as well."""
         held = await self.link.held(self.name)
-        ended = {(f.job_id, f.attempt): f for f in self.executor.finished(self.workdir)}
+        ended = {(r.job_id, r.attempt): r for r in self.records.found()}
         kill_orphans(job_id for _, job_id, _ in held)
         for run_id, job_id, attempt in held:
             finished = ended.pop((job_id, attempt), None)
@@ -194,62 +196,55 @@ class Runner:
                 self.name,
             )
             await self.link.report(ExpireLease(run_id=run_id, job_id=job_id, attempt=attempt, force=True))
-        for finished in ended.values():
-            await self._report_late(finished)
+        for late in ended.values():
+            await self._report_late(late)
         return len(held)
 
-    async def _report_recorded(self, f: Finished) -> None:
+    async def _report_recorded(self, r: Recorded) -> None:
         log.warning(
-            "run %s job %s attempt %d finished (%s, exit %s) before runner %s restarted; reporting it",
-            f.run_id,
-            f.job_id,
-            f.attempt,
-            f.outcome,
-            f.exit_code,
+            "run %s job %s attempt %d finished (exit %d) before runner %s restarted; reporting it",
+            r.run_id,
+            r.job_id,
+            r.attempt,
+            r.exit_code,
             self.name,
         )
-        detail = "; ".join(x for x in (f.detail, "reported after its server restarted") if x)
-        report = CompleteJob(
-            run_id=f.run_id,
-            job_id=f.job_id,
-            attempt=f.attempt,
-            runner=self.name,
-            outcome=f.outcome,
-            exit_code=f.exit_code,
-            outputs=f.outputs,
-            detail=detail,
+        ended = self.executor.ended(self.workdir / r.run_id, r.job_id, r.attempt, r.exit_code)
+        await self.link.append_log(r.job_id, r.attempt, self.name, [("system", RESTARTED_NOTE)])
+        await self.link.report(
+            CompleteJob(
+                run_id=r.run_id,
+                job_id=r.job_id,
+                attempt=r.attempt,
+                runner=self.name,
+                outcome=r.outcome,
+                exit_code=r.exit_code,
+                outputs=ended.outputs,
+                detail="; ".join(x for x in (ended.detail, "reported after its server restarted") if x),
+            )
         )
-        await self.link.append_log(
-            f.job_id,
-            f.attempt,
-            self.name,
-            [("system", RESTARTED_NOTE)],
-        )
-        await self.link.report(report)
-        self.executor.forget(self.workdir, f.run_id, f.job_id, f.attempt)
+        self.records.forget(r.run_id, r.job_id, r.attempt)
 
-    async def _report_late(self, f: Finished) -> None:
-        report = ReportLateResult(
-            run_id=f.run_id,
-            job_id=f.job_id,
-            attempt=f.attempt,
+    async def _report_late(self, r: Recorded) -> None:
+        late = ReportLateResult(
+            run_id=r.run_id,
+            job_id=r.job_id,
+            attempt=r.attempt,
             runner=self.name,
-            outcome=f.outcome,
-            exit_code=f.exit_code,
+            outcome=r.outcome,
+            exit_code=r.exit_code,
         )
-        decision = await self.link.report(report)
-        if decision.accepted:
+        if (await self.link.report(late)).accepted:
             log.warning(
-                "late result: run %s job %s attempt %d, declared lost, had finished (%s, exit %s) "
-                "on runner %s; its retry ran as well",
-                f.run_id,
-                f.job_id,
-                f.attempt,
-                f.outcome,
-                f.exit_code,
+                "late result: run %s job %s attempt %d, declared lost, had finished (exit %d) on runner %s; "
+                "its retry ran as well",
+                r.run_id,
+                r.job_id,
+                r.attempt,
+                r.exit_code,
                 self.name,
             )
-        self.executor.forget(self.workdir, f.run_id, f.job_id, f.attempt)
+        self.records.forget(r.run_id, r.job_id, r.attempt)
 
     async def shutdown(self) -> None:
         """Stop claiming (letting a claim in flight finish, so nothing it took is orphaned),
@@ -349,7 +344,8 @@ class Runner:
             self.log_flush_s, lambda: flusher.append(asyncio.create_task(self._flush_periodically(active)))
         )
         try:
-            result = await self.executor.execute(a, self.workdir / a.run_id, active.logs.add)
+            record = self.records.path(a.run_id, a.job_id, a.attempt)
+            result = await self.executor.execute(a, self.workdir / a.run_id, active.logs.add, record)
         except Exception as exc:
             log.exception("job %s could not be executed", a.label)
             active.logs.add("system", f"shipyard: the runner failed to execute this job: {exc}\n")
@@ -372,14 +368,14 @@ class Runner:
                         "runner %s could not store the last output of %s", self.name, a.label, exc_info=True
                     )
             if active.stopping:
-                self.executor.forget(self.workdir, a.run_id, a.job_id, a.attempt)
+                self.records.forget(a.run_id, a.job_id, a.attempt)
                 return  # the engine already moved this attempt on; a report would be refused
             if result.outcome == "killed":
                 if self._closing:
                     await self._report(
                         InterruptJob(run_id=a.run_id, job_id=a.job_id, attempt=a.attempt, runner=self.name)
                     )
-                self.executor.forget(self.workdir, a.run_id, a.job_id, a.attempt)
+                self.records.forget(a.run_id, a.job_id, a.attempt)
                 return
             # claim for the freed slot now: the claim rides in the same group commit as this
             # report and sees the jobs it queues (the next stage), instead of a commit later
@@ -399,7 +395,7 @@ class Runner:
             )
             # (until here a restart finds the record and reports it; a crash between the
             # commit and this line makes that report a refused duplicate, nothing more)
-            self.executor.forget(self.workdir, a.run_id, a.job_id, a.attempt)
+            self.records.forget(a.run_id, a.job_id, a.attempt)
         except Exception:
             log.exception("runner %s could not report job %s; its lease will expire", self.name, a.label)
         finally:

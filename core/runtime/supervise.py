@@ -81,7 +81,8 @@ def main(argv):
             continue
     code = posix.waitstatus_to_exitcode(status)
     try:
-        _record(record, code)
+        if record:
+            _record(record, code)
     except OSError as exc:
         sys.stderr.write(f"shipyard: cannot record the exit code in {record}: {exc.strerror}\n")
     if code < 0:
