@@ -34,7 +34,7 @@ from core.engine import Decision
 from core.model import SYSTEM
 from core.runtime.claims import ClaimJobs
 from core.runtime.executor import Executor
-from core.runtime.service import Service
+from core.runtime.service import Service, Then
 from core.runtime.waiting import wait_event
 from core.states import JobStatus
 
@@ -51,6 +51,7 @@ class LocalRunner(Protocol):
 class _Pending:
     command: Command | ClaimJobs
     future: asyncio.Future[Any]
+    then: Then | None = None
 
 
 class Orchestrator:
@@ -104,10 +105,11 @@ class Orchestrator:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # -- commands -----------------------------------------------------------------------------
-    async def handle(self, command: Command) -> Decision:
-        """Apply ``command``; returns once it has been committed (or refused)."""
+    async def handle(self, command: Command, then: Then | None = None) -> Decision:
+        """Apply ``command``; returns once it has been committed (or refused). ``then`` runs in
+        the command's transaction, on a database thread (``Service.commit``)."""
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(command, future))
+        await self._queue.put(_Pending(command, future, then))
         return await future
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
@@ -128,6 +130,7 @@ class Orchestrator:
                     self.service.commit,
                     [p.command for p in commands],
                     [p.command for p in claims],
+                    [p.then for p in commands],
                 )
             except Exception as exc:  # the store failed: fail these requests, keep serving
                 log.exception("could not apply %d request(s)", len(batch))
