@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
     idempotency_hours: float = Field(24.0, ge=24.0, description="how long Idempotency-Key responses are kept")
+    idempotency_lease_seconds: float = Field(
+        10.0,
+        ge=1.0,
+        le=300.0,
+        description="a request's claim on its Idempotency-Key lapses this long after its process dies",
+    )
 
     # -- Slack (the platform's own variable names, without our prefix) ----------------------
     slack_bot_token: SecretStr | None = Field(

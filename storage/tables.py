@@ -275,7 +275,8 @@ class GrantRow(SQLModel, table=True):
 
 
 class IdempotencyRow(SQLModel, table=True):
-    """A remembered response to a request carrying an ``Idempotency-Key``, per caller."""
+    """A remembered response to a request carrying an ``Idempotency-Key``, per caller, or the
+    claim of the request still processing it."""
 
     __tablename__ = "idempotency"
     caller: str = Field(primary_key=True, max_length=200)
@@ -285,6 +286,10 @@ class IdempotencyRow(SQLModel, table=True):
     status_code: int | None = None
     response: dict[str, Any] = _json({})
     created_at: datetime = _ts(nullable=False, index=True)
+    #: who is processing it (host:pid:claim), and until when unless that process renews it: a
+    #: claim past its lease belongs to a process that is gone, and the key is free again
+    holder: str | None = Field(default=None, max_length=200)
+    expires_at: datetime | None = _ts()
 
 
 class SlackMessageRow(SQLModel, table=True):

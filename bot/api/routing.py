@@ -5,6 +5,8 @@ and ``openapi()`` writes the OpenAPI 3.1 document."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,6 +53,11 @@ class Call:
     #: set once the request became an engine command (the engine audits those itself)
     audited: bool = False
     idempotency_key: str | None = None
+    #: the claim on ``idempotency_key`` this request holds (``Gateway.claim_key``)
+    key_holder: str | None = None
+    #: set once the answer was stored under the key in the work's own transaction
+    #: (``ApiGateway.respond``), so the wrapper stores nothing more
+    settled: bool = False
 
 
 @dataclass
@@ -291,13 +298,21 @@ class Gateway:
     async def authenticate(self, token: str) -> Principal | None:
         raise NotImplementedError
 
+    #: how often a request still working renews the lease of its key's claim
+    renew_key_every: float = 3.0
+
     async def claim_key(self, caller: str, key: str, fingerprint: str) -> Any:
         raise NotImplementedError
 
-    async def finish_key(self, caller: str, key: str, status: int, response: dict[str, Any]) -> None:
+    async def renew_key(self, caller: str, key: str, holder: str) -> bool:
         raise NotImplementedError
 
-    async def release_key(self, caller: str, key: str) -> None:
+    async def finish_key(
+        self, caller: str, key: str, holder: str, status: int, response: dict[str, Any]
+    ) -> None:
+        raise NotImplementedError
+
+    async def release_key(self, caller: str, key: str, holder: str) -> None:
         raise NotImplementedError
 
     async def audit(self, entry: AuditEntry) -> None:
@@ -465,7 +480,12 @@ async def _idempotent(
     again). Not kept, so the same key may be retried: answers given before the handler ran
     (malformed or invalid input, which is the same every time anyway), refusals that pass
     (``PASSING_REFUSALS``: authentication and authorization, rate limits), 5xx, and errors that
-    escape the handler (a lost race against concurrent writers)."""
+    escape the handler (a lost race against concurrent writers).
+
+    The claim is held with a lease this process renews while the handler works, so a claim
+    left by a killed process frees the key within the lease. Run commands store their answer
+    in their own transaction (``ApiGateway.respond``): after a crash a retry gets either that
+    answer or, if the work never committed, executes afresh."""
     if not key or len(key) > MAX_KEY or not all(33 <= ord(c) <= 126 for c in key):
         raise Problem(400, f"Idempotency-Key must be 1-{MAX_KEY} printable ASCII characters without spaces")
     caller = call.principal.name
@@ -478,15 +498,16 @@ async def _idempotent(
     if claim.outcome == "in_progress":
         raise Problem(409, "a request with this Idempotency-Key is still being processed; retry shortly")
     if claim.outcome == "replay":
-        stored = claim.response or {}
+        answer = claim.response or {}
         return web.Response(
             status=claim.status_code or 200,
-            text=stored.get("body", ""),
-            content_type=stored.get("content_type", "application/json"),
-            headers={**stored.get("headers", {}), "Idempotent-Replayed": "true"},
+            text=answer.get("body", ""),
+            content_type=answer.get("content_type", "application/json"),
+            headers={**answer.get("headers", {}), "Idempotent-Replayed": "true"},
         )
-    call.idempotency_key = key
+    call.idempotency_key, call.key_holder = key, claim.holder
     response: web.StreamResponse
+    renewing = asyncio.create_task(_renew(gateway, caller, key, claim.holder))
     try:
         response = await op.handler(call)
     except Problem as problem:
@@ -494,16 +515,38 @@ async def _idempotent(
     except CommandRefused as exc:
         response = _refusal(exc, call.request)
     except BaseException:
-        await gateway.release_key(caller, key)
+        await gateway.release_key(caller, key, claim.holder)
         raise
-    if not isinstance(response, web.Response) or not kept(response.status):
-        await gateway.release_key(caller, key)
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+    if call.settled:  # the answer was stored with the work it answers for
         return response
-    body = response.text or ""
-    keep = {h: response.headers[h] for h in ("Location", "ETag") if h in response.headers}
-    stored = {"body": body, "content_type": response.content_type, "headers": keep}
-    await gateway.finish_key(caller, key, response.status, stored)
+    if not isinstance(response, web.Response) or not kept(response.status):
+        await gateway.release_key(caller, key, claim.holder)
+        return response
+    await gateway.finish_key(caller, key, claim.holder, response.status, stored(response))
     return response
+
+
+async def _renew(gateway: Gateway, caller: str, key: str, holder: str) -> None:
+    """Keep a request's claim on its key alive while it works: a process that dies stops
+    renewing, and its claim frees the key within the lease."""
+    while True:
+        await asyncio.sleep(gateway.renew_key_every)
+        try:
+            if not await gateway.renew_key(caller, key, holder):
+                log.warning("the claim on Idempotency-Key %r lapsed while its request was working", key)
+                return
+        except Exception:  # the database is away: try again at the next turn
+            log.exception("could not renew the claim on Idempotency-Key %r", key)
+
+
+def stored(response: web.Response) -> dict[str, Any]:
+    """What a key keeps of an answer to replay it: body, media type, Location and ETag."""
+    keep = {h: response.headers[h] for h in ("Location", "ETag") if h in response.headers}
+    return {"body": response.text or "", "content_type": response.content_type, "headers": keep}
 
 
 def kept(status: int) -> bool:

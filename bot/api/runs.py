@@ -39,6 +39,7 @@ from core.commands import (
     RetryRun,
     TriggerRun,
 )
+from core.engine import Decision
 from core.errors import DatabaseUnreachable
 from core.model import Actor, RunState
 from core.states import RUN_TERMINAL
@@ -57,6 +58,15 @@ def _created(state: RunState, status: int) -> web.Response:
     return reply(RunOut.of(state), status, {"Location": f"/api/v1/runs/{state.run.id}"})
 
 
+def _state(decision: Decision) -> RunState:
+    assert decision.state is not None
+    return decision.state
+
+
+def _run(decision: Decision) -> web.Response:
+    return reply(RunOut.of(_state(decision)))
+
+
 @API.op(
     "POST",
     "/pipelines/{pipeline_id}/runs",
@@ -73,7 +83,7 @@ async def trigger_run(call: Call) -> web.Response:
     key = None
     if call.idempotency_key is not None:
         key = "api:" + _digest(call.principal.name, call.idempotency_key)
-    decision = await gw(call).command(
+    return await gw(call).respond(
         call,
         TriggerRun(
             pipeline=call.params["pipeline_id"],
@@ -85,9 +95,8 @@ async def trigger_run(call: Call) -> web.Response:
             branch=body.branch,
             break_glass=body.break_glass,
         ),
+        lambda decision: _created(_state(decision), 202),
     )
-    assert decision.state is not None
-    return _created(decision.state, 202)
 
 
 def _digest(*parts: str) -> str:
@@ -155,13 +164,9 @@ def _etags(header: str) -> set[str]:
 
 
 async def _control(call: Call, command: Command, state: RunState, status: int = 200) -> web.Response:
-    decision = await gw(call).command(call, command)
-    assert decision.state is not None
-    return (
-        _created(decision.state, status)
-        if isinstance(command, RetryRun)
-        else reply(RunOut.of(decision.state))
-    )
+    if isinstance(command, RetryRun):
+        return await gw(call).respond(call, command, lambda decision: _created(_state(decision), status))
+    return await gw(call).respond(call, command, _run)
 
 
 CONTROL_RESPONSES: dict[int, tuple[str, type[RunOut] | str | None]] = {
@@ -266,9 +271,7 @@ async def approve_gate(call: Call) -> web.Response:
     command = ApproveGate(
         run_id=state.run.id, gate=call.params["gate_id"], actor=actor(call), comment=call.body.comment
     )
-    decision = await gw(call).command(call, command)
-    assert decision.state is not None
-    return reply(RunOut.of(decision.state))
+    return await gw(call).respond(call, command, _run)
 
 
 @API.op(
@@ -286,9 +289,7 @@ async def reject_gate(call: Call) -> web.Response:
     command = RejectGate(
         run_id=state.run.id, gate=call.params["gate_id"], actor=actor(call), reason=call.body.comment
     )
-    decision = await gw(call).command(call, command)
-    assert decision.state is not None
-    return reply(RunOut.of(decision.state))
+    return await gw(call).respond(call, command, _run)
 
 
 @API.op(

@@ -38,7 +38,7 @@ from core.model import SYSTEM
 from core.runtime.claims import ClaimJobs
 from core.runtime.executor import Executor
 from core.runtime.health import DatabaseHealth
-from core.runtime.service import Service
+from core.runtime.service import Service, Then
 from core.runtime.waiting import wait_event
 from core.states import JobStatus
 
@@ -55,6 +55,7 @@ class LocalRunner(Protocol):
 class _Pending:
     command: Command | ClaimJobs
     future: asyncio.Future[Any]
+    then: Then | None = None
 
 
 class Orchestrator:
@@ -119,10 +120,11 @@ class Orchestrator:
         return result
 
     # -- commands -----------------------------------------------------------------------------
-    async def handle(self, command: Command) -> Decision:
-        """Apply ``command``; returns once it has been committed (or refused)."""
+    async def handle(self, command: Command, then: Then | None = None) -> Decision:
+        """Apply ``command``; returns once it has been committed (or refused). ``then`` runs in
+        the command's transaction, on a database thread (``Service.commit``)."""
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(command, future))
+        await self._queue.put(_Pending(command, future, then))
         return await future
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
@@ -138,7 +140,11 @@ class Orchestrator:
                 batch.append(self._queue.get_nowait())
             commands = [p for p in batch if not isinstance(p.command, ClaimJobs)]
             claims = [p for p in batch if isinstance(p.command, ClaimJobs)]
-            requests: list[Any] = [[p.command for p in commands], [p.command for p in claims]]
+            requests: list[Any] = [
+                [p.command for p in commands],
+                [p.command for p in claims],
+                [p.then for p in commands],
+            ]
             started = self.health.now()
             try:  # (not ``db``: a commit hands each request its failure rather than raising)
                 decisions, taken = await asyncio.get_running_loop().run_in_executor(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from core.admission import Queue
@@ -26,7 +26,7 @@ from core.engine import Decision
 from core.environments import Environments
 from core.errors import Conflict
 from core.model import RunState
-from core.ports import PipelineVersion, Store
+from core.ports import PipelineVersion, Store, Tx
 from core.rollback import RollbackPlan
 from core.runtime import timers
 from core.runtime.claims import ClaimJobs, Claims, claim
@@ -44,6 +44,10 @@ MICROSECOND = timedelta(microseconds=1)
 CONFLICT_RETRIES = 20
 
 Outcomes = tuple[list[Decision | Exception], list[list[Assignment] | Exception]]
+#: what the caller of a command writes in the command's own transaction, right after the
+#: decision (the REST API stores an ``Idempotency-Key``'s answer there); raising rolls the
+#: command back and hands the exception to that caller
+Then = Callable[[Tx, Decision], None]
 
 
 class Service:
@@ -63,14 +67,19 @@ class Service:
         self.queries = Queries(store, clock, self.environments)
 
     # -- commands -------------------------------------------------------------------------
-    def handle(self, command: Command) -> Decision:
+    def handle(self, command: Command, then: Then | None = None) -> Decision:
         """Decide and apply ``command`` atomically; retried on write conflicts."""
-        outcome = self._alone(command)
+        outcome = self._alone(command, then)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    def commit(self, commands: Sequence[Command], claims: Sequence[ClaimJobs]) -> Outcomes:
+    def commit(
+        self,
+        commands: Sequence[Command],
+        claims: Sequence[ClaimJobs],
+        thens: Sequence[Then | None] = (),
+    ) -> Outcomes:
         """Apply commands and runners' claims in one transaction (group commit).
 
         Commands on existing runs go first, in run-id order, then new runs, then the claims
@@ -78,7 +87,9 @@ class Service:
         global order, so concurrent batches cannot deadlock. If anything fails, the batch is
         rolled back and each command and claim is applied on its own; one that fails outright
         gets its exception back instead of a result. A lone command takes this path too: the
-        one way a command is applied."""
+        one way a command is applied. ``thens[i]``, if any, runs in the transaction right after
+        ``commands[i]`` is written."""
+        thens = list(thens) or [None] * len(commands)
         order = sorted(range(len(commands)), key=lambda i: _lock_order(commands[i]))
         try:
             with self.store.transaction() as tx:
@@ -94,6 +105,8 @@ class Service:
                     command, at = commands[i], now + k * MICROSECOND
                     decided[i] = handle(tx, command, at, self.environments)
                     write(tx, command, decided[i], at, self.environments, self.audit_runner_reports)
+                    if (then := thens[i]) is not None:
+                        then(tx, decided[i])
                 if claims:
                     tx.flush_writes()
                     taken = [claim(tx, request, now) for request in claims]
@@ -104,9 +117,9 @@ class Service:
                 # nor is trying each alone any use: every one would fail (or wait) the same way
                 return [exc] * len(commands), [exc] * len(claims)
             alone = [self._claim_alone(request) for request in claims]
-            return [self._alone(command) for command in commands], alone
+            return [self._alone(c, then) for c, then in zip(commands, thens, strict=True)], alone
 
-    def _alone(self, command: Command) -> Decision | Exception:
+    def _alone(self, command: Command, then: Then | None = None) -> Decision | Exception:
         """``command`` in a transaction of its own, decided again after a lost race; a
         failure is returned, to be handed to that command's caller."""
         try:
@@ -116,6 +129,8 @@ class Service:
                         now = self.clock()
                         decision = handle(tx, command, now, self.environments)
                         write(tx, command, decision, now, self.environments, self.audit_runner_reports)
+                        if then is not None:
+                            then(tx, decision)
                         return decision
                 except Conflict:
                     time.sleep(min(0.002 * 2**attempt, 0.2) * random.random())  # let the winner finish

@@ -1,7 +1,8 @@
 """``Idempotency-Key``: a repeat returns the first response (a final refusal too), a different
 body with the same key is 422 (the same JSON written differently is the same body), keys are
 scoped to the caller, a repeat while the first is in flight is 409, refusals that may pass are
-not kept, and a hundred concurrent identical triggers make exactly one run."""
+not kept, a hundred concurrent identical triggers make exactly one run, and a request whose
+claim lapsed and was taken over cannot run its command a second time."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from bot import housekeeping
+from bot.api import GATEWAY
+from bot.api.gateway import HOLD_KEYED_COMMAND
 from bot.api.routing import fingerprint
 from bot.housekeeping import HOUSEKEEPING
 from storage.idempotency import IDEMPOTENCY, IdempotencyStore
-from tests.api.conftest import Api, Reply, assert_problem
+from tests.api.conftest import Api, Reply, StartApi, assert_problem
 from tests.pipelines import API_PIPELINES
 
 
@@ -100,6 +103,39 @@ async def test_a_hundred_concurrent_identical_triggers_with_one_key_make_one_run
     later = await trigger(api, "one-deploy", body)
     assert later.status == 202 and later.headers["Idempotent-Replayed"] == "true"
     assert later.json["id"] == accepted[0].json["id"]
+
+
+async def test_a_request_whose_claim_lapsed_and_was_taken_over_does_not_run_a_second_time(
+    db_url: str, start_api: StartApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that stops renewing (its database stalled for a whole lease) loses its claim to
+    a retry, which runs the trigger; the first request, when it gets through, is fenced out."""
+    api = await start_api(db_url, idempotency_lease_seconds=1.0)
+    gateway = api.client.app[GATEWAY]
+    stalled: list[str] = []
+
+    async def stalled_renewal(caller: str, key: str, holder: str) -> bool:
+        stalled.append(holder)
+        return True  # as if renewed, but nothing reached the database
+
+    monkeypatch.setattr(gateway, "renew_key", stalled_renewal, raising=True)
+    monkeypatch.setenv(HOLD_KEYED_COMMAND, "6")  # the first request works well past its lease
+    body = {"revision": "abc"}
+    first = asyncio.ensure_future(trigger(api, "lapsed", body))
+    while not stalled:  # it claimed the key and tried to renew it
+        await asyncio.sleep(0.05)
+    monkeypatch.delenv(HOLD_KEYED_COMMAND)
+
+    retry = await trigger(api, "lapsed", body)
+    while retry.status == 409 and not first.done():  # until the first claim's lease ran out
+        await asyncio.sleep(0.1)
+        retry = await trigger(api, "lapsed", body)
+    assert not first.done()
+    assert retry.status == 202 and "Idempotent-Replayed" not in retry.headers
+    assert_problem(await first, 409, "still being processed")
+    assert await runs_of(api, "quick") == [retry.json["id"]]
+    again = await trigger(api, "lapsed", body)
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json["id"] == retry.json["id"]
 
 
 async def test_idempotency_applies_to_other_mutations_too(api: Api) -> None:

@@ -16,7 +16,7 @@ import sqlalchemy.exc
 from bot.bootstrap import Shipyard
 from core.commands import CancelRun, Command, CompleteJob
 from core.runtime.claims import ClaimJobs
-from core.runtime.service import Outcomes, Service
+from core.runtime.service import Outcomes, Service, Then
 from core.states import JobStatus, RunStatus
 from tests.engine.conftest import trigger, wait_for
 from tests.factory import QUICK_LEASE, make_shipyard
@@ -80,13 +80,15 @@ async def test_a_success_survives_a_database_outage_while_it_is_reported(
     outage: list[float] = []
     faults: list[int] = []
 
-    def flaky(commands: Sequence[Command], claims: Sequence[ClaimJobs]) -> Outcomes:
+    def flaky(
+        commands: Sequence[Command], claims: Sequence[ClaimJobs], thens: Sequence[Then | None]
+    ) -> Outcomes:
         if any(isinstance(c, CompleteJob) for c in commands):
             outage[:] = outage or [time.monotonic() + 3.5]  # longer than the 3 s lease
             if time.monotonic() < outage[0]:
                 faults.append(len(commands))
                 raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
-        return commit(commands, claims)
+        return commit(commands, claims, thens)
 
     # the orchestrator's group commit is the one way a runner's report reaches the database
     monkeypatch.setattr(shipyard.service, "commit", flaky, raising=True)
@@ -108,8 +110,10 @@ async def test_a_claim_in_flight_at_shutdown_is_handed_back_not_lost(
     claimed = threading.Event()
     commit = shipyard.service.commit
 
-    def slow_commit(commands: Sequence[Command], claims: Sequence[ClaimJobs]) -> Outcomes:
-        outcomes = commit(commands, claims)  # committed...
+    def slow_commit(
+        commands: Sequence[Command], claims: Sequence[ClaimJobs], thens: Sequence[Then | None]
+    ) -> Outcomes:
+        outcomes = commit(commands, claims, thens)  # committed...
         if any(isinstance(taken, list) and taken for taken in outcomes[1]):
             claimed.set()
             time.sleep(0.3)  # ...and the answer is still on its way to the runner

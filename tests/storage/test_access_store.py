@@ -105,11 +105,14 @@ def test_one_of_many_concurrent_claims_of_an_idempotency_key_wins(
     svc = make_service(db_url)
     keys = IdempotencyStore(svc.store, timedelta(hours=24))  # type: ignore[arg-type]
     with ThreadPoolExecutor(8) as pool:
-        claims = list(pool.map(lambda _: keys.claim("ci", "k1", "fp", now()).outcome, range(16)))
-    assert claims.count("new") == 1 and set(claims) <= {"new", "in_progress"}
+        claims = list(pool.map(lambda _: keys.claim("ci", "k1", "fp", now()), range(16)))
+    outcomes = [c.outcome for c in claims]
+    assert outcomes.count("new") == 1 and set(outcomes) <= {"new", "in_progress"}
+    (won,) = [c for c in claims if c.outcome == "new"]
     assert keys.claim("ci", "k1", "other", now()).outcome == "mismatch"
     assert keys.claim("someone-else", "k1", "other", now()).outcome == "new"
-    keys.finish("ci", "k1", 202, {"body": "{}"})
+    assert not keys.finish("ci", "k1", "not-the-holder", 500, {"body": "no"})
+    assert keys.finish("ci", "k1", won.holder, 202, {"body": "{}"})
     replay = keys.claim("ci", "k1", "fp", now())
     assert (replay.outcome, replay.status_code, replay.response) == ("replay", 202, {"body": "{}"})
     assert keys.claim("ci", "k1", "fp", now() + timedelta(hours=25)).outcome == "new"  # expired

@@ -4,8 +4,8 @@ A job attempt declared lost (its server restarted, or it stopped renewing its le
 on the job with the runner and reason; if that attempt had in fact finished, its runner
 reports the result late and it is kept beside the attempt. Existing rows have none.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-05 20:00:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
