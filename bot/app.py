@@ -75,7 +75,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers and the engine's loops are running."""
+    """The database answers and the engine's loops are running. Slack is reported (``slack``:
+    its mode, and in Socket Mode the connection's state) but never makes the service unready:
+    runs, schedules and the REST API go on without it."""
     running = request.app[SHIPYARD]
     try:
         await running.orchestrator.db(running.store.ping)
@@ -83,4 +85,10 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "reason": f"database: {exc}"}, status=503)
     if not running.orchestrator.running:
         return web.json_response({"status": "unavailable", "reason": "engine stopped"}, status=503)
-    return web.json_response({"status": "ready", "runner": running.runner.name if running.runner else None})
+    return web.json_response(
+        {
+            "status": "ready",
+            "runner": running.runner.name if running.runner else None,
+            "slack": request.app[slack.SLACK].detail(),
+        }
+    )
