@@ -78,7 +78,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """The database answers and the engine's loops are running. The ping reports to the same
-    ``health`` as everything else, so an outage it finds is the one the log speaks of."""
+    ``health`` as everything else, so an outage it finds is the one the log speaks of. Slack is
+    reported (``slack``: its mode, and in Socket Mode the connection's state) but never makes
+    the service unready: runs, schedules and the REST API go on without it."""
     running = request.app[SHIPYARD]
     health = running.orchestrator.health
     try:
@@ -89,7 +91,13 @@ async def readyz(request: web.Request) -> web.Response:
         return _unready(f"database: {exc}")
     if not running.orchestrator.running:
         return _unready("engine stopped")
-    return web.json_response({"status": "ready", "runner": running.runner.name if running.runner else None})
+    return web.json_response(
+        {
+            "status": "ready",
+            "runner": running.runner.name if running.runner else None,
+            "slack": request.app[slack.SLACK].detail(),
+        }
+    )
 
 
 def _unready(reason: str) -> web.Response:

@@ -80,23 +80,33 @@ class Backlog:
 
 def make_client(settings: Settings) -> AsyncWebClient:
     assert settings.slack_bot_token is not None
-    return AsyncWebClient(
-        token=settings.slack_bot_token.get_secret_value(),
-        base_url=settings.slack_api_url or AsyncWebClient.BASE_URL,
-        retry_handlers=[
-            AsyncRateLimitErrorRetryHandler(max_retry_count=5),
-            AsyncConnectionErrorRetryHandler(max_retry_count=3),
-        ],
-    )
+    return configure(AsyncWebClient(token=settings.slack_bot_token.get_secret_value()), settings)
 
 
-def build_bolt(settings: Settings, backend: ChatBackend, client: AsyncWebClient, work: Backlog) -> AsyncApp:
+def configure(client: AsyncWebClient, settings: Settings) -> AsyncWebClient:
+    """Point a Web API client at ``SLACK_API_URL`` (Slack's own by default) and retry what is
+    worth retrying: rate limits (after ``Retry-After``) and connection errors."""
+    client.base_url = settings.slack_api_url or AsyncWebClient.BASE_URL
+    client.retry_handlers = [
+        AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+        AsyncConnectionErrorRetryHandler(max_retry_count=3),
+    ]
+    return client
+
+
+def build_bolt(settings: Settings, backend: ChatBackend, work: Backlog) -> AsyncApp:
+    """The Bolt app and its listeners; its Web API client (``app.client``) is the one every
+    Slack call of Shipyard's goes through. Bolt is given the bot token rather than a client:
+    given a client it warns, at every start, that the token it reads from ``SLACK_BOT_TOKEN``
+    itself will be unused; its own client is configured instead (``configure``)."""
+    assert settings.slack_bot_token is not None
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     app = AsyncApp(
-        client=client,
+        token=settings.slack_bot_token.get_secret_value(),
         signing_secret=secret or "socket-mode-only",
         request_verification_enabled=secret is not None,
     )
+    client = configure(app.client, settings)
     _listen_to_command(app, backend, client, work)
     _listen_to_trigger_form(app, backend, client, work)
     _listen_to_buttons(app, backend, client, work)

@@ -39,15 +39,15 @@ METHOD_SCOPES: dict[str, str | None] = {
     "views.update": None,
     "views.publish": None,
     "usergroups.users.list": "usergroups:read",
+    # Socket Mode (bot/slack/socket.py) opens its connection with the app-level token, whose
+    # ``connections:write`` is not a bot scope
+    "apps.connections.open": None,
 }
 
 #: methods the Slack libraries call for the bot, with the module that calls them; none needs a
-#: bot scope: Bolt's single-workspace authorization asks ``auth.test`` who the token is, and the
-#: Socket Mode client opens its connection with the app-level token (``connections:write``,
-#: which is not a bot scope)
+#: bot scope: Bolt's single-workspace authorization asks ``auth.test`` who the token is
 LIBRARY_METHODS: dict[str, str] = {
     "auth.test": "slack_bolt.middleware.authorization.async_single_team_authorization",
-    "apps.connections.open": "slack_sdk.socket_mode.async_client",
 }
 
 #: scopes needed for something other than a Web API call

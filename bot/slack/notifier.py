@@ -17,6 +17,9 @@ ones (``channel_not_found``, ``not_in_channel``, ``is_archived``, ``invalid_auth
 understood and refused, see ``is_final``) are not: the post, or the run's message, is recorded
 as given up (``storage.slack``) and logged once at WARNING with the run, the channel and the
 error, and the notifier goes on with the next events, so one bad channel holds up no other run.
+An outage is one WARNING line (no traceback) and one line when Slack answers again; then, or
+when the Socket Mode connection is made (``slack_is_back``), it catches up at once: the thread
+posts waiting for a retry are due now, and run messages whose edits were given up are edited.
 
 App Home views of the people who opened them are published again when what they show
 changes: runs, gates, deployments and environment locks, all read from the event log (every
@@ -119,6 +122,10 @@ class Notifier:
         self._next_reminders = 0.0
         self._pending_due = 0.0  # epoch seconds: the soonest retry of a post known here
         self._pending_look = 0.0  # monotonic: when to look for other processes' again
+        self._stale: set[str] = set()  # runs whose message's edit was given up (Slack was down)
+        self._unreachable: str | None = None  # why the last step could not reach Slack
+        self._back = False  # Slack answers again: catch up (``slack_is_back``)
+        self._nudge = asyncio.Event()  # ends the pause after a failed step
         #: role -> Slack user groups, to mention a gate's approvers
         self.groups = block_kit.role_groups(backend.shipyard.settings.slack_roles)
 
@@ -133,10 +140,19 @@ class Notifier:
             return
         self._stopping = True
         self._wake.set()
+        self._nudge.set()
         done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE_S)
         if not done:
             self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+
+    def slack_is_back(self) -> None:
+        """Slack answers again (the Socket Mode connection is up): what waits for it is tried
+        now rather than at the end of its backoff: the step, the thread posts waiting for a
+        retry (this process's and others'), and the edits of run messages given up meanwhile."""
+        self._back = True
+        self._nudge.set()
+        self._wake.set()
 
     async def _loop(self) -> None:
         orchestrator = self.backend.shipyard.orchestrator
@@ -144,17 +160,17 @@ class Notifier:
         self._wake = appended = orchestrator.listen()
         while not self._stopping:
             appended.clear()
+            self._nudge.clear()
             try:
                 busy = await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Slack or the database is down: try again shortly
-                if isinstance(exc, DatabaseUnreachable):  # (said once by the engine's health)
-                    log.debug("slack notifier waits for the database")
-                else:
-                    log.exception("slack notifier step failed; retrying")
+                self._failed(exc)
                 busy = False
-                await asyncio.sleep(min(5.0, interval * 5))
+                await wait_event(self._nudge, min(5.0, interval * 5))  # (or once Slack is back)
+            else:
+                self._answered()
             if busy or self._stopping:
                 continue
             wait = interval  # other processes' events are found by polling
@@ -163,10 +179,44 @@ class Notifier:
             wait = min(wait, max(0.01, self._pending_due - time.time()))
             await wait_event(appended, wait)
 
+    def _failed(self, exc: Exception) -> None:
+        """A failed step, logged once while Slack stays unreachable or failing (no traceback:
+        an outage is not a bug); anything else with its traceback."""
+        if isinstance(exc, DatabaseUnreachable):  # (said once by the engine's health)
+            log.debug("slack notifier waits for the database")
+        elif not isinstance(exc, SEND_FAILED) or is_final(exc):
+            log.exception("slack notifier step failed; retrying")
+        elif self._unreachable is None:
+            self._unreachable = (
+                _error(exc) if isinstance(exc, SlackApiError) else f"{type(exc).__name__}: {exc}"
+            )
+            log.warning(
+                "Slack: cannot post run messages (%s); they wait and are posted once Slack answers",
+                self._unreachable,
+            )
+
+    def _answered(self) -> None:
+        if self._unreachable is not None:
+            self._unreachable = None
+            self._back = True  # (the edits given up meanwhile are made next step)
+            log.info("Slack: posting run messages again")
+
+    async def _catch_up(self) -> None:
+        """After an outage: the thread posts waiting for a retry are due now, and the run
+        messages whose edits were given up are edited again."""
+        self._back = False
+        await self.backend.write(self.state.retry_now, now())
+        self._pending_due = 0.0
+        for run_id in self._stale:
+            self._dirty.setdefault(run_id, 0.0)
+        self._stale.clear()
+
     async def step(self) -> bool:
         """Read new events, post what they call for, edit messages that are due. Runs are
         handled side by side (each run's events in order), so a burst of finishing runs does
         not queue behind one slow Slack call."""
+        if self._back:
+            await self._catch_up()
         cursor = await self.backend.read(self.state.cursor, CURSOR, quick=True)
         events = await self.backend.read(self.backend.shipyard.store.events_after, cursor, 500)
         by_run: dict[str, list[Event]] = {}
@@ -421,6 +471,8 @@ class Notifier:
                         self._cards.setdefault(run_id, set()).update(failed_cards)
                     continue
                 self._edit_failures.pop(run_id, None)
+                self._stale.add(run_id)  # (edited again when Slack is back, its cards with it)
+                self._cards.setdefault(run_id, set()).update(failed_cards)
             if state.run.status in RUN_TERMINAL:
                 self._edited.pop(run_id, None)
 

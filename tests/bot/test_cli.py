@@ -236,4 +236,5 @@ def test_serve_with_slack_settings_does_not_say_slack_is_off(tmp_path: Path) -> 
     log, slack_status = _serve_until_ready(tmp_path, slack)
     assert "Slack is off" not in log
     assert "Slack: receiving commands and events at /slack/events" in log
+    assert "token will be unused" not in log  # (Bolt, given a client, warned so at every start)
     assert slack_status == 401  # the endpoint is there, and an unsigned request is refused

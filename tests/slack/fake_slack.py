@@ -108,9 +108,10 @@ Handler = Callable[[Call], JSON]
 
 
 class FakeSlack:
-    """Slack's Web API, response_url and Socket Mode endpoints for one bot, on 127.0.0.1 (random port)."""
+    """Slack's Web API, response_url and Socket Mode endpoints for one bot, on 127.0.0.1 (``port``; 0: a
+    free one). It may be stopped and started again (on the port it had): what it recorded stays."""
 
-    def __init__(self, *, team_id: str = TEAM_ID, bot_user_id: str = BOT_USER_ID) -> None:
+    def __init__(self, *, team_id: str = TEAM_ID, bot_user_id: str = BOT_USER_ID, port: int = 0) -> None:
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.calls: list[Call] = []
@@ -164,7 +165,7 @@ class FakeSlack:
         self._sockets: list[web.WebSocketResponse] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
-        self._port: int | None = None
+        self._port: int | None = port or None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,7 +177,7 @@ class FakeSlack:
         app.router.add_get("/link/", self._link)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port or 0)
         await site.start()
         self._port = self._runner.addresses[0][1]
 
@@ -243,6 +244,11 @@ class FakeSlack:
     def fail_next(self, method: str, error: str, *, times: int = 1, status: int = 200, **extra: Any) -> None:
         """The next ``times`` calls to ``method`` answer ``{"ok": false, "error": error, **extra}``."""
         self._failures[method].extend([(error, status, extra)] * times)
+
+    def heal(self, method: str) -> None:
+        """Forget the failures and rate limits still planned for ``method``: it answers again."""
+        self._failures.pop(method, None)
+        self._rate_limits.pop(method, None)
 
     def set_handler(self, method: str, handler: Handler) -> None:
         """Answer ``method`` with ``handler(call) -> dict`` (it may raise :class:`SlackApiFailure`)."""

@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestClient
 from bot.app import SHIPYARD
 from bot.bootstrap import Shipyard
 from bot.config import Settings
+from bot.slack import SLACK
 from core.access import Role
 from core.events import Event
 from core.model import Gate, RunState
@@ -152,7 +153,11 @@ class Bot:
     client: TestClient[web.Request, web.Application] | None = None
 
     async def start(self) -> None:
+        """Serve, and wait for the first reading of the user groups (``slack_roles``), which
+        the service does in the background."""
         self.client = await serve(self.settings)
+        async with asyncio.timeout(10):
+            await self.app[SLACK].roles_read.wait()
 
     async def stop(self) -> None:
         if self.client is not None:
