@@ -355,6 +355,25 @@ def job_failed(
     return summary, blocks
 
 
+def late_result(
+    state: RunState, job: Job, attempt: int, outcome: str, exit_code: int | None
+) -> tuple[str, list[Block]]:
+    """An attempt declared lost had in fact finished before its server died, and the job was
+    run again: both ran, so a person should look at what they did to the target."""
+    stage = state.stages[job.stage_index]
+    line = (
+        f":warning: *{stage.name}/{job.name}* attempt {attempt} had finished ({outcome}, exit "
+        f"{exit_code}) before its server died, though it was counted as lost"
+    )
+    if job.attempt > attempt:
+        line += f"; attempt {job.attempt} ran as well."
+        where = f" Check *{stage.environment}*: it was deployed to twice." if stage.environment else ""
+    else:
+        line += "."
+        where = ""
+    return f"{state.run.ref}: job {stage.name}/{job.name} ran twice", [text(line + where)]
+
+
 def job_lost(state: RunState, job: Job, attempt: int, reason: str) -> tuple[str, list[Block]]:
     """A runner stopped heartbeating a job: say what happened, what Shipyard did about it, and
     offer what a person may want to do instead (retry, call the run failed, roll back)."""

@@ -60,6 +60,20 @@ class JobFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class LateResult:
+    """An attempt declared lost had finished after all: it and its retry both ran."""
+
+    job: Job
+    attempt: int
+    outcome: str
+    exit_code: int | None
+
+    @property
+    def key(self) -> str:
+        return f"late:{self.job.id}:{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
 class JobLost:
     """A runner stopped heartbeating an attempt of a job."""
 
@@ -86,7 +100,7 @@ class RollbackLocked:
     key = "rollback-lock"
 
 
-ThreadPost = GateCard | JobFailed | JobLost | RunFinished | RollbackLocked
+ThreadPost = GateCard | JobFailed | JobLost | LateResult | RunFinished | RollbackLocked
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +125,12 @@ def posts_for(state: RunState, event: Event) -> list[ThreadPost]:
     if event.subject == "gate" and event.to_status == "open":
         gate = next((g for g in state.gates if g.id == event.subject_id), None)
         return [GateCard(gate)] if gate is not None and gate.kind == "manual" else []
+    if event.name == "job.late_result":
+        job = state.job(event.subject_id)
+        code = event.data.get("exit_code")
+        exit_code = None if code is None else int(str(code))
+        attempt, outcome = int(str(event.data["attempt"])), str(event.data["outcome"])
+        return [] if job is None else [LateResult(job, attempt, outcome, exit_code)]
     if event.subject == "job" and (event.to_status == JobStatus.LOST or event.to_status in FAILED):
         job = state.job(event.subject_id)
         if job is None:
@@ -143,6 +163,8 @@ def render(state: RunState, post: ThreadPost, shown: Shown) -> tuple[str, list[b
             return summary, blocks + block_kit.settle_failure(state)
         case JobLost(job=job, attempt=attempt, reason=reason):
             return block_kit.job_lost(state, job, attempt, reason)
+        case LateResult(job=job, attempt=attempt, outcome=outcome, exit_code=code):
+            return block_kit.late_result(state, job, attempt, outcome, code)
         case RunFinished():
             return block_kit.run_finished(state)
         case RollbackLocked():

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from core.access import Role
-from core.commands import ExpireLease
+from core.commands import ExpireLease, ReportLateResult
 from storage.slack import SlackState
 from tests.pipelines import GATED_ON_REF, failing, gated, one_deploy
 from tests.slack import signing
@@ -428,6 +428,27 @@ async def test_a_lost_job_is_told_in_the_thread_with_a_button_to_mark_the_run_fa
     state = await bot.until_status(ref, "failed")
     assert state.run.reason == f"marked failed by {ALICE}: marked failed from chat"
     assert state.jobs[0].status == "canceled"  # its second attempt was stopped
+
+
+async def test_a_lost_attempt_that_had_finished_after_all_is_told_in_the_thread(bot: Bot) -> None:
+    ref, message = await _started(bot, "orphan", "")
+    await _lose_the_job(bot, ref)
+    state = await until(lambda: (s := bot.run(ref)).jobs[0].attempt == 2 and s, what="the retry to run")
+    job = state.jobs[0]
+    late = ReportLateResult(
+        run_id=state.run.id, job_id=job.id, attempt=1, runner="slack-test", outcome="succeeded", exit_code=0
+    )
+    assert (await bot.shipyard.orchestrator.handle(late)).accepted
+    said = await bot.fake.wait_for(
+        "chat.postMessage", lambda c: "thread_ts" in c.args and "ran twice" in c.args["text"], timeout=10
+    )
+    assert said.args["thread_ts"] == message.response["ts"]
+    assert blocks_of(said)[0]["text"]["text"] == (
+        ":warning: *production/deploy* attempt 1 had finished (succeeded, exit 0) before its server died, "
+        "though it was counted as lost; attempt 2 ran as well. Check *production*: it was deployed to twice."
+    )
+    again = await bot.shipyard.orchestrator.handle(late)  # (told once: a second report is refused)
+    assert not again.accepted and "recorded" in again.reason
 
 
 async def test_a_lost_job_without_retries_left_says_the_run_failed_and_offers_a_retry(bot: Bot) -> None:
