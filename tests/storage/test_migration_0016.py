@@ -71,7 +71,7 @@ def test_jobs_keep_their_lost_attempts_across_the_upgrade_and_lose_them_on_downg
             attempt=1,
             runner="r1",
             outcome="failed",
-            exit_code=3,
+            exit_code=9,
         )
         assert service.handle(late).accepted
         (retry,) = service.claim_jobs("r2", 1, 30)
