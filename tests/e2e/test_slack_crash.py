@@ -64,8 +64,11 @@ async def test_a_crash_between_commit_and_post_still_reports_where_deploy_was_ty
     )
     async with aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{server.port}/slack/events"
-        async with http.post(url, data=body, headers=headers) as response:
-            assert response.status == 200, await response.text()
+        try:
+            async with http.post(url, data=body, headers=headers) as response:
+                assert response.status == 200, await response.text()
+        except aiohttp.ServerDisconnectedError:
+            pass  # (the run committed and the process died before the ack was written: fine too)
 
     # it died right before posting the run's message, after the run was committed
     assert await asyncio.to_thread(server.wait, 60.0) == CRASH_EXIT_CODE
