@@ -82,8 +82,10 @@ async def test_a_crash_between_commit_and_post_still_reports_where_deploy_was_ty
         timeout=60,
     )
     assert message.args["channel"] == TYPED
-    result = await fake.wait_for(
-        "chat.postMessage", lambda c: c.ok and "quick#1 succeeded" in c.args.get("text", ""), timeout=60
+    result = await fake.wait_for(  # (the run message itself may say so too, if the run was done by then)
+        "chat.postMessage",
+        lambda c: c.ok and "quick#1 succeeded" in c.args.get("text", "") and "thread_ts" in c.args,
+        timeout=60,
     )
     assert (result.args["channel"], result.args["thread_ts"]) == (TYPED, message.response["ts"])
     posts = fake.calls_to("chat.postMessage")
