@@ -42,13 +42,15 @@ class Executor(Protocol):
     async def execute(
         self, job: Assignment, workdir: Path, sink: OutputSink, record: Path | None = None
     ) -> ExecResult:
-        """Run ``job``; its supervisor writes the exit code to ``record`` before it exits."""
+        """Run ``job``; when it exits, its supervisor moves its outputs file to
+        ``<record>~<exit code>`` (``core/runtime/records.py``)."""
         ...
 
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool: ...
 
-    def ended(self, workdir: Path, job_id: str, attempt: int, exit_code: int) -> ExecResult:
-        """The result of an attempt that exited with ``exit_code`` (read after a restart)."""
+    def ended(self, outputs: Path, exit_code: int) -> ExecResult:
+        """The result of an attempt that exited with ``exit_code``, its outputs file at
+        ``outputs`` (read after a restart)."""
         ...
 
 
@@ -63,7 +65,7 @@ class NoopExecutor:
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
         return False
 
-    def ended(self, workdir: Path, job_id: str, attempt: int, exit_code: int) -> ExecResult:
+    def ended(self, outputs: Path, exit_code: int) -> ExecResult:
         return ExecResult("succeeded" if exit_code == 0 else "failed", exit_code)
 
 
@@ -76,7 +78,7 @@ _EXIT_MEANING = {126: "command not executable", 127: "command not found"}
 
 
 def shell_argv(command: str | tuple[str, ...], record: Path | None = None) -> list[str]:
-    """The supervisor's command line: it writes the job's exit code to ``record`` (if any)."""
+    """The supervisor's command line: it records the job's end beside ``record`` (if any)."""
     if isinstance(command, tuple):
         argv = list(command)
     elif shutil.which("bash"):
@@ -186,10 +188,12 @@ class SubprocessExecutor:
             return ExecResult("killed", code, detail="killed")
         if timed_out:
             return ExecResult("timed_out", code)
+        if record is not None:  # (the supervisor moved the outputs file there)
+            output_file = record.with_name(f"{record.name}~{code}")
         return _exited_with(code, output_file, sink)
 
-    def ended(self, workdir: Path, job_id: str, attempt: int, exit_code: int) -> ExecResult:
-        return _exited_with(exit_code, _meta(workdir, job_id, attempt, "out"), lambda _stream, _text: None)
+    def ended(self, outputs: Path, exit_code: int) -> ExecResult:
+        return _exited_with(exit_code, outputs, lambda _stream, _text: None)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the group, then SIGKILL whatever is left after the grace period."""

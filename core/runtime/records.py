@@ -1,11 +1,12 @@
 """Where a runner keeps how its jobs ended until the results are committed.
 
-Each job's supervisor (``core/runtime/supervise.py``) writes the job's exit code to
-``<work dir>/.runners/<runner>/<run id>/<job id>.<attempt>.exit`` (whole, synced, renamed into
-place) before it exits; the runner removes the record once the result is reported. A runner
-that starts again under the same name reads what is left: an attempt it still holds is
-reported as it ended, not run again; an attempt declared lost meanwhile is reported late. The
-records are per runner, so replicas that share a work directory never report each other's.
+When a job exits, its supervisor (``core/runtime/supervise.py``) moves the job's outputs file
+to ``<work dir>/.runners/<runner>/<run id>~<job id>~<attempt>~<exit code>`` (a rename: whole
+or not at all, and no new file to create); the runner reads the outputs from there and removes
+the record once the result is reported. A runner that starts again under the same name reads
+what is left: an attempt it still holds is reported as it ended, not run again; an attempt
+declared lost meanwhile is reported late. The records are per runner, so replicas that share a
+work directory never report each other's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Recorded:
     job_id: str
     attempt: int
     exit_code: int
+    #: the record: the job's outputs file, moved
+    path: Path
 
     @property
     def outcome(self) -> Literal["succeeded", "failed"]:
@@ -32,28 +35,23 @@ class Recorded:
 class JobRecords:
     def __init__(self, work_dir: Path, runner: str) -> None:
         self.dir = work_dir / ".runners" / quote(runner, safe="")
+        self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, run_id: str, job_id: str, attempt: int) -> Path:
-        """Where the supervisor of this attempt writes its end (the folder is made here)."""
-        folder = self.dir / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{job_id}.{attempt}.exit"
+        """What the supervisor of this attempt names its record after (``~<exit code>`` added)."""
+        return self.dir / f"{run_id}~{job_id}~{attempt}"
 
     def found(self) -> list[Recorded]:
         """Every attempt whose end is recorded and not yet forgotten."""
         found = []
-        for record in self.dir.glob("*/*.exit"):
-            job_id, attempt, _ = record.name.rsplit(".", 2)
-            try:
-                code = int(record.read_text())
-            except (OSError, ValueError):
-                continue  # (never partial: a record is renamed into place once written)
-            found.append(Recorded(record.parent.name, job_id, int(attempt), code))
+        for record in self.dir.glob("*~*~*~*"):
+            run_id, job_id, attempt, code = record.name.split("~")
+            with contextlib.suppress(ValueError):
+                found.append(Recorded(run_id, job_id, int(attempt), int(code), record))
         return found
 
     def forget(self, run_id: str, job_id: str, attempt: int) -> None:
         """The attempt's result is committed (or no longer wanted): drop its record."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / run_id / f"{job_id}.{attempt}.exit").unlink()
-        with contextlib.suppress(OSError):
-            (self.dir / run_id).rmdir()  # (only once it is empty)
+        for record in self.dir.glob(f"{run_id}~{job_id}~{attempt}~*"):
+            with contextlib.suppress(FileNotFoundError):
+                record.unlink()

@@ -209,7 +209,7 @@ class Runner:
             r.exit_code,
             self.name,
         )
-        ended = self.executor.ended(self.workdir / r.run_id, r.job_id, r.attempt, r.exit_code)
+        ended = self.executor.ended(r.path, r.exit_code)
         await self.link.append_log(r.job_id, r.attempt, self.name, [("system", RESTARTED_NOTE)])
         await self.link.report(
             CompleteJob(

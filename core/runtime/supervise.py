@@ -49,17 +49,18 @@ def _die_with(server_pid):
         _kill_group(0, None)
 
 
-def _record(path, code):
-    """Write ``code`` to ``path`` durably: a partial record is never seen (write, sync, rename)."""
+def _record(record, code):
+    """Record that the job exited with ``code``: its outputs file (``$SHIPYARD_OUTPUT``) is
+    moved to ``RECORD~<code>``. A rename is whole or not at all and creates no file (creating
+    one costs more than half a millisecond on some disks). Not synced: the record is for the
+    server's death, which leaves the page cache to the kernel; after the machine's, a job whose
+    record is lost is run again (at least once)."""
     _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGHUP})
-    partial = path + ".part"
-    fd = posix.open(partial, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC, 0o600)
+    done = f"{record}~{code}"
     try:
-        posix.write(fd, b"%d\n" % code)
-        posix.fsync(fd)
-    finally:
-        posix.close(fd)
-    posix.rename(partial, path)
+        posix.rename(posix.environ[b"SHIPYARD_OUTPUT"], done)
+    except (KeyError, OSError):  # (the job removed its outputs file: record an empty one)
+        posix.close(posix.open(done, posix.O_WRONLY | posix.O_CREAT, 0o600))
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGHUP})
 
 

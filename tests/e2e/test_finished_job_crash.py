@@ -65,7 +65,7 @@ def _kill_after_the_job_ends(server: Server, url: str, run_id: str, ledger: Path
         wait_until(lambda: f"done {attempt}" in _lines(ledger), what="the job to finish")
         record = server.root / "work" / "runs" / ".runners"
         wait_until(
-            lambda: list(record.glob(f"*/{run_id}/*.{attempt}.exit")), what="the job's end to be recorded"
+            lambda: list(record.glob(f"*/{run_id}~*~{attempt}~*")), what="the job's end to be recorded"
         )
         server.signal(signal.SIGKILL)
         server.wait()
