@@ -32,6 +32,30 @@ def _kill_group(_signum, _frame):
     posix.killpg(0, _signal.SIGKILL)
 
 
+class _Job:
+    """The job's process and whether the server died while it ran."""
+
+    pid = 0
+    #: the wait status, when the SIGHUP handler reaped the job
+    status = None
+    server_gone = False
+
+
+def _server_died(_signum, _frame):
+    """Kill the group, unless the job has already exited: then its end is recorded first (the
+    server may die a moment after the job's last line, before this process got to record it)."""
+    _Job.server_gone = True
+    if not _Job.pid:
+        _kill_group(0, None)
+    try:
+        pid, status = posix.waitpid(_Job.pid, posix.WNOHANG)
+    except ChildProcessError:
+        return  # (reaped already: main() records it, then kills what is left)
+    if pid == 0:
+        _kill_group(0, None)
+    _Job.status = status
+
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -55,37 +79,37 @@ def _record(record, code):
     one costs more than half a millisecond on some disks). Not synced: the record is for the
     server's death, which leaves the page cache to the kernel; after the machine's, a job whose
     record is lost is run again (at least once)."""
-    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGHUP})
     done = f"{record}~{code}"
     try:
         posix.rename(posix.environ[b"SHIPYARD_OUTPUT"], done)
     except (KeyError, OSError):  # (the job removed its outputs file: record an empty one)
         posix.close(posix.open(done, posix.O_WRONLY | posix.O_CREAT, 0o600))
-    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGHUP})
 
 
 def main(argv):
     server_pid, record, argv = int(argv[0]), argv[1], argv[2:]
-    _signal.signal(_signal.SIGHUP, _kill_group)
+    _signal.signal(_signal.SIGHUP, _server_died)
     _signal.signal(_signal.SIGTERM, lambda _s, _f: None)  # a handler, not SIG_IGN: the job gets TERM
     _die_with(server_pid)
     try:
-        pid = posix.posix_spawnp(argv[0], argv, posix.environ, setsigdef=DEFAULTS)
+        _Job.pid = posix.posix_spawnp(argv[0], argv, posix.environ, setsigdef=DEFAULTS)
     except OSError as exc:
         sys.stderr.write(f"shipyard: cannot run {argv[0]!r}: {exc.strerror}\n")
         return 127 if isinstance(exc, FileNotFoundError) else 126
-    while True:
+    status = _Job.status
+    while status is None:
         try:
-            _, status = posix.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+            _, status = posix.waitpid(_Job.pid, 0)
+        except ChildProcessError:  # (the SIGHUP handler reaped it)
+            status = _Job.status
     code = posix.waitstatus_to_exitcode(status)
     try:
         if record:
             _record(record, code)
     except OSError as exc:
         sys.stderr.write(f"shipyard: cannot record the exit code in {record}: {exc.strerror}\n")
+    if _Job.server_gone:
+        _kill_group(0, None)  # (what the job left running in its group goes with its server)
     if code < 0:
         _signal.signal(-code, _signal.SIG_DFL)
         posix.kill(posix.getpid(), -code)
