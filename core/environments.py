@@ -20,6 +20,10 @@ whose order is the promotion path: here ``staging → production``::
         requires_previous: true        # promote only what succeeded in staging first
         break_glass_review: 24h        # how long the follow-up review of a break-glass may wait
         lock_reminder: 15m             # remind a lock's holder this long before it expires
+        checks:                        # health and verification: see core/checks.py
+          smoke: {http: {url: "http://127.0.0.1:8080/healthz", status: 200}, interval: 30s}
+        health: [smoke]                # watched all the time
+        verify: {checks: [smoke], for: 10m, failure_limit: 2, on_failure: rollback}
 
 An environment a stage names but the configuration does not declare gets the default policy
 and stands outside the promotion path. Approvers (``from``) are principals or Slack users
@@ -36,6 +40,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, RootModel, field_validator
 
 from core.access import Role
+from core.checks import EnvironmentChecks
 from core.definition import NAME, Duration, _Strict
 from core.freeze import Freeze
 
@@ -71,8 +76,9 @@ class ApprovalRule(_Strict):
         return tuple(who.removeprefix(_ROLE_PREFIX) for who in self.approvers)
 
 
-class EnvironmentPolicy(_Strict):
-    """What holds for every deployment to one environment, whichever pipeline asks."""
+class EnvironmentPolicy(EnvironmentChecks):
+    """What holds for every deployment to one environment, whichever pipeline asks (its checks,
+    health and verification: ``core/checks.py``)."""
 
     #: a /deploy that would deploy here asks its author to confirm first
     confirm: bool = False
