@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from core.checks import CheckDef, CheckResult, Measurement
@@ -367,3 +368,14 @@ async def test_command_that_cannot_start_is_an_error(tmp_path: Path) -> None:
         "cannot start './probe.sh': Permission denied",
     )
     assert os.getpid()  # the test process is unharmed
+
+
+async def test_a_shared_session_serves_many_measurements(
+    prometheus: Prometheus, web_service: WebService, tmp_path: Path
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            http = await run(healthz(web_service), tmp_path, session=session)
+            query = await run(promql(prometheus, "1", pass_if="== 1"), tmp_path, session=session)
+            assert (http.result, query.result) == (CheckResult.PASSED, CheckResult.PASSED)
+        assert not session.closed
