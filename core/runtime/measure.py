@@ -206,11 +206,10 @@ async def _prometheus(name: str, check: CheckDef, session: aiohttp.ClientSession
     number = await _query(probe, check.timeout, session)
     if number is None:
         return CheckResult.INCONCLUSIVE, None, "no data: the query returned an empty result"
-    value = f"{number:.6g}" if not math.isnan(number) else "NaN"
     if math.isnan(number):
-        return CheckResult.INCONCLUSIVE, value, f"{name} = NaN (no data, e.g. a rate divided by zero)"
-    result, detail = _judge(number, check.fail_if, check.pass_if)
-    return result, _number_text(number), f"{name} = {value} {detail}"
+        return CheckResult.INCONCLUSIVE, "NaN", f"{name} = NaN (no data, e.g. a rate divided by zero)"
+    result, comparison = _judge(number, check.fail_if, check.pass_if)
+    return result, _number_text(number), f"{name} = {number:.6g} {comparison}"
 
 
 def _judge(number: float, fail_if: Condition | None, pass_if: Condition | None) -> tuple[CheckResult, str]:
