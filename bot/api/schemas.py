@@ -396,6 +396,9 @@ class DeploymentOut(BaseModel):
     finished_at: datetime
     artifact: str | None = Field(description="what it deployed (name@version), when known")
     kind: Literal["deploy", "promotion", "rollback"]
+    verification: Literal["verified", "failed", "canceled"] | None = Field(
+        description="how its environment's verification ended; null where it is not verified"
+    )
 
     @classmethod
     def of(cls, d: Deployment) -> DeploymentOut:
@@ -415,6 +418,7 @@ class DeploymentOut(BaseModel):
             finished_at=d.finished_at,
             artifact=d.artifact,
             kind=d.kind,
+            verification=d.verification,
         )
 
 

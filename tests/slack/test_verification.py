@@ -1,0 +1,39 @@
+"""A deployment being verified, in Slack: its run message says so and offers approvers "Looks
+good" and "Roll back"; who triggered the run is told privately that someone else must pass it."""
+
+from __future__ import annotations
+
+from core.access import Role
+from tests.pipelines import one_deploy
+from tests.slack.harness import ALICE, BOB, StartBot, button, until
+
+VERIFIED = {
+    "production": {
+        "checks": {"smoke": {"command": ["true"], "interval": "1s"}},
+        "verify": {"checks": ["smoke"], "for": "10m"},
+    }
+}
+
+
+async def test_approvers_end_verification_from_the_run_message(start_bot: StartBot) -> None:
+    grants = {ALICE: [Role.DEPLOYER, Role.APPROVER], BOB: [Role.APPROVER]}
+    bot = await start_bot({"web": one_deploy("web")}, grants, environments=VERIFIED)
+    ref = await bot.trigger(ALICE, "run web")
+    await bot.until_status(ref, "verifying")
+    post = await bot.run_post(ref)
+    ts = post.response["ts"]
+    message = await until(
+        lambda: (m := bot.run_message(ts)) and "verify_looks_good" in str(m) and m, what="the verify buttons"
+    )
+    assert ":mag:" in str(message) and "verifying" in str(message)
+    looks_good, roll_back = button(message, "verify_looks_good"), button(message, "verify_roll_back")
+    assert roll_back["text"]["text"] == "Roll back production"
+    assert roll_back["confirm"]["title"]["text"] == "Roll production back?"
+
+    refused = await bot.answer(ALICE, "verify_looks_good", looks_good["value"], ts)
+    assert refused["response_type"] == "ephemeral" and "separation of duties" in refused["text"], refused
+    assert bot.run(ref).run.status == "verifying"
+
+    await bot.press(BOB, "verify_roll_back", roll_back["value"], ts)
+    state = await bot.until_status(ref, "failed")
+    assert state.run.reason == f"verification of production failed by {BOB}"
