@@ -250,6 +250,8 @@ def test_every_button_the_slack_app_answers_goes_through_the_shared_press() -> N
         block_kit.RETRY,
         block_kit.IGNORE,
         block_kit.FAIL,
+        block_kit.LOOKS_GOOD,
+        block_kit.VERIFY_ROLLBACK,
         block_kit.CONFIRM,
         *BUTTONS,
     }
