@@ -45,7 +45,7 @@ from core.analysis import (
     tally,
 )
 from core.checks import CheckResult, HealthWatch, Measurement, VerifyPolicy
-from core.events import resource_event
+from core.events import NO_RUN, Event
 from storage.store import SqlStore, SqlTx
 from storage.tables import metadata
 
@@ -256,20 +256,28 @@ def _rehealth(tx: SqlTx, environment: str, watch: HealthWatch | None, now: datet
         "reason": reason,
     }
     change_id = conn.execute(sa.insert(CHANGE).values(**values).returning(CHANGE.c.id)).scalar_one()
-    tx.append_events(
-        [
-            resource_event(
-                "environment",
-                "health_changed",
-                environment,
-                now,
-                from_state=was.value,
-                to_state=state.value,
-                reason=reason,
-            )
-        ]
-    )
+    tx.append_events([health_changed(environment, was, state, reason, now)])
     return HealthChange(change_id, environment, now, was, state, reason)
+
+
+def health_changed(environment: str, was: Health, now_is: Health, reason: str, at: datetime) -> Event:
+    """``environment.health_changed``: a transition of the environment's health (its subject is
+    ``env``, the event log's subjects being short)."""
+    return Event(
+        name="environment.health_changed",
+        run_id=NO_RUN,
+        subject="env",
+        subject_id=environment,
+        at=at,
+        from_status=was.value,
+        to_status=now_is.value,
+        data={
+            "environment": environment,
+            "from_state": was.value,
+            "to_state": now_is.value,
+            "reason": reason,
+        },
+    )
 
 
 def _insert_health(conn: Connection, environment: str, now: datetime) -> None:
