@@ -520,6 +520,32 @@ class AnalysisStore:
         with self.store.reading() as tx:
             return recent(tx.conn, environment, checks, per_check, health_analysis_id(environment))
 
+    def health_page(
+        self, environment: str, before: int | None = None, limit: int = 50
+    ) -> tuple[EnvironmentHealth | None, list[HealthChange]]:
+        """``environment``'s health and a page of its changes (``history``), read in one
+        statement so the two agree."""
+        changes = sa.select(CHANGE).where(CHANGE.c.environment == environment)
+        if before is not None:
+            changes = changes.where(CHANGE.c.id < before)
+        page = changes.order_by(CHANGE.c.id.desc()).limit(limit).subquery()
+        query = (
+            sa.select(HEALTH, *[c.label(f"c_{c.name}") for c in page.c])
+            .select_from(HEALTH.outerjoin(page, sa.true()))
+            .where(HEALTH.c.environment == environment)
+            .order_by(page.c.id.desc())
+        )
+        with self.store.reading() as tx:
+            rows = tx.conn.execute(query).mappings().all()
+        if not rows:
+            return None, []
+        found = [
+            _change({k.removeprefix("c_"): v for k, v in r.items() if k.startswith("c_")})
+            for r in rows
+            if r["c_id"] is not None
+        ]
+        return _health(rows[0]), found
+
     def history(self, environment: str, before: int | None = None, limit: int = 50) -> list[HealthChange]:
         """``environment``'s health changes, newest first; ``before``: older than this change id."""
         query = (

@@ -4,7 +4,7 @@ checks (subprocesses; ``shell`` writes what the check's script exits with)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,43 +12,14 @@ from typing import Any
 import pytest
 
 from core.analysis import AnalysisStatus, Health, health_analysis_id
-from core.checks import CheckDef, CheckResult, Measurement
+from core.checks import CheckResult
 from core.environments import Environments
 from core.runtime.analyses import AnalysisLoop
 from storage.analyses import AnalysisStore
 from storage.store import SqlStore
+from tests.probe import Probe
 
 T0 = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
-
-
-class Probe:
-    """A command check's stand-in for ``core.runtime.measure``: runs the argv in ``workdir``
-    (exit 0 passes, 2 is inconclusive, others fail; the last output line is the value) and
-    counts what it measured."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def __call__(
-        self,
-        name: str,
-        check: CheckDef,
-        *,
-        now: datetime,
-        workdir: Path,
-        env: Mapping[str, str] | None = None,
-        session: Any = None,
-    ) -> Measurement:
-        self.calls.append(name)
-        assert check.command is not None
-        proc = await asyncio.create_subprocess_exec(
-            *check.command, cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), check.timeout)
-        code = proc.returncode
-        lines = out.decode().strip().splitlines()
-        result = {0: CheckResult.PASSED, 2: CheckResult.INCONCLUSIVE}.get(code or 0, CheckResult.FAILED)
-        return Measurement(name, now, result, lines[-1] if lines else None, f"{name}: exit {code}")
 
 
 class Clock:
