@@ -41,6 +41,7 @@ from core.commands import (
     ApproveGate,
     CancelRun,
     Command,
+    EndVerification,
     FailRun,
     PauseRun,
     RejectGate,
@@ -164,6 +165,7 @@ NEEDS: Final[Mapping[type[Command], Action]] = {
     PauseRun: Action.CONTROL,
     ResumeRun: Action.CONTROL,
     RetryRun: Action.CONTROL,
+    EndVerification: Action.APPROVE,
 }
 
 
@@ -176,6 +178,9 @@ def authorize(state: RunState | None, command: Command, grants: Iterable[Grant] 
         if state is not None:
             _check_gate(state, command, grants)
         return
+    if isinstance(command, EndVerification) and command.verdict == "passed" and state is not None:
+        if command.actor.channel != "system":  # (separation of duties holds on every channel)
+            _check_not_own_release(state.run, command.actor.name)
     principal = command.actor.principal
     action = NEEDS.get(type(command))
     if principal is None or action is None:
@@ -186,6 +191,15 @@ def authorize(state: RunState | None, command: Command, grants: Iterable[Grant] 
     if isinstance(command, RetryRun) and command.ignore_failure and not principal.may(Action.APPROVE):
         raise Forbidden("Ignoring a failure needs the approver role, like clearing a gate.")
     principal.require(action, state.run if state is not None and action is Action.CONTROL else None)
+
+
+def _check_not_own_release(run: Run, name: str) -> None:
+    """Separation of duties: who triggered a run does not declare its release good."""
+    if name in (run.requested_by or (run.triggered_by,)):
+        raise Forbidden(
+            f"{name} triggered {run.ref}: someone else must say its release looks good "
+            "(separation of duties); you may still roll it back"
+        )
 
 
 def _check_gate(state: RunState, command: ApproveGate | RejectGate, grants: Iterable[Grant]) -> None:

@@ -35,6 +35,10 @@ class EnvironmentView:
     freeze_fails: bool = False
     #: the run's own artifact was marked bad after it was triggered: it must not deploy it
     bad_artifact: str | None = None
+    #: the environment's ``verify``: how long a deployment is verified (None: it is not), and
+    #: whether a failed verification rolls back
+    verify_for: float | None = None
+    verify_rollback: bool = False
 
 
 class NotRead(LookupError):

@@ -117,7 +117,18 @@ class CheckDef(_Strict):
     fail_if: ConditionField | None = None
     pass_if: ConditionField | None = None
     interval: Duration = 30.0
+    #: how long one measurement may take (default: 10s, or the interval if shorter)
     timeout: Duration = 10.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timeout_within_interval(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "timeout" not in data and "interval" in data:
+            try:
+                return {**data, "timeout": min(10.0, parse_duration(data["interval"]))}
+            except ValueError:
+                return data  # (the interval's own error says what is wrong)
+        return data
 
     @model_validator(mode="after")
     def _one_kind(self) -> CheckDef:

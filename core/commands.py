@@ -224,6 +224,20 @@ class MoveToFront:
     before: datetime | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class EndVerification:
+    """A deploy stage's verification reached a verdict: its analysis (``SYSTEM``) or a person
+    (an approver: "Looks good" passes it, "Roll back" fails it and rolls back). An
+    ``inconclusive`` verdict keeps the stage verifying and asks people to decide."""
+
+    run_id: str
+    verdict: Literal["passed", "failed", "inconclusive"]
+    reason: str = ""
+    #: a failure rolls the environment back (a person's "Roll back" always does)
+    rollback: bool | None = None
+    actor: Actor = SYSTEM
+
+
 RunCommand = (
     CancelRun
     | AdmitRun
@@ -240,6 +254,7 @@ RunCommand = (
     | ReportLateResult
     | TimeoutGate
     | RecordGateCheck
+    | EndVerification
 )
 Command = TriggerRun | RetryRun | RunCommand
 

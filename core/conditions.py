@@ -9,7 +9,8 @@
 
 ``> 0.01``, ``>= 200 and < 300``, ``== "ok"``, ``== true``, ``< 0.5 or > 2``. The value compared
 is on the left: ``> 0.01`` holds for 0.02. A number compares with numbers only (text that reads
-as a number counts), text and booleans with ``==``/``!=`` only; anything else does not hold.
+as a number counts), text and booleans with ``==``/``!=`` only (``> "a"`` is refused); anything
+else does not hold.
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ class Comparison:
         return _OPS[self.op](None if value is None else str(value), self.literal)
 
     def __str__(self) -> str:
-        literal = self.literal
-        if isinstance(literal, bool):
-            shown = "true" if literal else "false"
-        elif isinstance(literal, float):
-            shown = f"{literal:g}"
-        else:
-            shown = f'"{literal}"'
-        return f"{self.op} {shown}"
+        return f"{self.op} {_written(self.literal)}"
+
+
+def _written(literal: Literal) -> str:
+    """A literal as a condition spells it."""
+    if isinstance(literal, bool):
+        return "true" if literal else "false"
+    return f"{literal:g}" if isinstance(literal, float) else f'"{literal}"'
 
 
 def _number(value: object) -> float | None:
@@ -90,9 +91,13 @@ class Condition:
         conjunct: list[Comparison] = []
         i = 0
         while True:
+            kind = tokens[i][0] if i < len(tokens) else None  # None: it ended after and/or
             operand = tokens[i + 1][0] if i + 1 < len(tokens) else None
-            if tokens[i][0] != "op" or operand not in ("num", "text", "bool"):
+            if kind != "op" or operand not in ("num", "text", "bool"):
                 raise _invalid(text, 'expected a comparison such as > 0.01 or == "ok"')
+            if operand != "num" and tokens[i][1] not in ("==", "!="):
+                literal = _written(tokens[i + 1][1])
+                raise _invalid(text, f"{tokens[i][1]} compares numbers; {literal} takes == or !=")
             conjunct.append(Comparison(str(tokens[i][1]), tokens[i + 1][1]))
             i += 2
             if i == len(tokens):

@@ -26,6 +26,7 @@ from core.commands import (
     ApproveGate,
     CancelRun,
     CompleteJob,
+    EndVerification,
     ExpireLease,
     FailRun,
     InterruptJob,
@@ -282,7 +283,7 @@ def needs(state: RunState, command: RunCommand) -> frozenset[str]:
     if isinstance(command, _STOPPING):
         return frozenset()
     reported = command.job_id if isinstance(command, CompleteJob | InterruptJob | ExpireLease) else None
-    return _next_environments(state, reported)
+    return _next_environments(state, reported, isinstance(command, EndVerification))
 
 
 def needs_to_start(
@@ -299,13 +300,18 @@ def needs_to_start(
     return _next_environments(plan.state(), None)
 
 
-def _next_environments(state: RunState, reported: str | None) -> frozenset[str]:
+def _next_environments(state: RunState, reported: str | None, verified: bool = False) -> frozenset[str]:
     """Walk the stages not yet done, in order, as far as one decision can advance: past a
     running stage only if its jobs may all be done now (``reported`` is the job a command
-    reports on), stopping at a gate that must open first or at a stage whose jobs must run."""
+    reports on), past a verifying one only if the command ends its verification (``verified``),
+    stopping at a gate that must open first or at a stage whose jobs must run."""
     found: set[str] = set()
     for stage in (s for s in state.stages if s.status not in STAGE_DONE):
         jobs = state.jobs_of(stage.index)
+        if stage.status is StageStatus.VERIFYING:
+            if not verified:
+                break
+            continue
         if stage.status is StageStatus.RUNNING:
             if any(not j.is_done and j.id != reported for j in jobs):
                 break
@@ -524,6 +530,31 @@ def _record_gate_check(plan: _Plan, command: RecordGateCheck) -> None:
         plan.set(gate, next_check_at=plan.now + timedelta(seconds=gate.interval_s), reason=command.detail)
 
 
+def _end_verification(plan: _Plan, command: EndVerification) -> None:
+    stage = next((s for s in plan.stages if s.status is StageStatus.VERIFYING), None)
+    if stage is None:
+        raise CommandRefused(f"{plan.run.ref} is {plan.run.status}: nothing is being verified")
+    person = command.actor.channel != "system"
+    who = f" by {command.actor.name}" if person else ""
+    if command.verdict == "inconclusive":
+        why = f"verification of {stage.environment} inconclusive: {command.reason}; an approver decides"
+        plan.set(stage, reason=why)
+        plan.set(plan.run, reason=why)
+        plan.note("stage.verification_inconclusive", stage, stage=stage.name, reason=command.reason)
+        return
+    if command.verdict == "passed":
+        why = f"verified{who}" + (f": {command.reason}" if command.reason else "")
+        plan.move(stage, StageStatus.SUCCEEDED, finished_at=plan.now, reason=why)
+        if plan.run.status is RunStatus.VERIFYING:
+            plan.move(plan.run, RunStatus.RUNNING, reason="")
+        return
+    rollback = stage.verify_rollback if command.rollback is None else command.rollback
+    why = f"verification of {stage.environment} failed{who}"
+    why += f": {command.reason}" if command.reason else ""
+    plan.note("stage.verification_failed", stage, stage=stage.name, reason=why, rollback=rollback)
+    _finish(plan, RunStatus.FAILED, why, failed_stage=stage)
+
+
 #: one handler per command: each checks that the command may apply and records its changes
 HANDLERS: Final[Mapping[type[RunCommand], Callable[[_Plan, Any], None]]] = {
     TimeoutRun: _timeout_run,
@@ -541,6 +572,7 @@ HANDLERS: Final[Mapping[type[RunCommand], Callable[[_Plan, Any], None]]] = {
     ReportLateResult: _report_late_result,
     TimeoutGate: _timeout_gate,
     RecordGateCheck: _record_gate_check,
+    EndVerification: _end_verification,
 }
 
 
@@ -660,9 +692,9 @@ def _advance(plan: _Plan) -> None:
                 warnings=run.warnings,
             )
             return
-        if stage.status is StageStatus.RUNNING:
-            if not _settle_stage(plan, stage):
-                return
+        if stage.status in (StageStatus.RUNNING, StageStatus.VERIFYING):
+            if stage.status is StageStatus.VERIFYING or not _settle_stage(plan, stage):
+                return  # (a stage being verified waits for its verdict: ``EndVerification``)
             continue
         gate = plan.gate_of(stage)
         if gate is not None and gate.status in (GateStatus.REJECTED, GateStatus.TIMED_OUT):
@@ -727,6 +759,13 @@ def _settle_stage(plan: _Plan, stage: Stage) -> bool:
         warnings = tuple(f"stage {stage.name}: job {j.name} {j.reason} (allowed to fail)" for j in soft)
         plan.move(stage, StageStatus.PARTIAL, finished_at=plan.now, reason="; ".join(warnings))
         plan.set(plan.run, warnings=(*plan.run.warnings, *warnings))
+    elif stage.verify_for is not None:
+        until = plan.now + timedelta(seconds=stage.verify_for)
+        why = f"verifying {stage.environment} for {format_duration(stage.verify_for)}"
+        plan.move(stage, StageStatus.VERIFYING, verify_until=until, reason=why)
+        if plan.run.status is RunStatus.RUNNING:
+            plan.move(plan.run, RunStatus.VERIFYING, reason=why)
+        return False
     else:
         plan.move(stage, StageStatus.SUCCEEDED, finished_at=plan.now)
     return True
@@ -749,9 +788,17 @@ def _open(plan: _Plan, stage: Stage, gate: Gate) -> None:
 def _start_stage(plan: _Plan, stage: Stage) -> None:
     if plan.run.status in (RunStatus.WAITING, RunStatus.QUEUED):
         plan.move(plan.run, RunStatus.RUNNING, reason="")
-    plan.move(stage, StageStatus.RUNNING, started_at=plan.now, reason="")
+    verify: dict[str, Any] = {}
+    if stage.environment is not None and plan.known is not None:
+        view = plan.known.view(stage.environment)
+        verify = {"verify_for": view.verify_for, "verify_rollback": view.verify_rollback}
+    plan.move(stage, StageStatus.RUNNING, started_at=plan.now, reason="", **verify)
     for job in plan.jobs_of(stage):
         plan.move(job, JobStatus.QUEUED, queued_at=plan.now)
+
+
+#: stage statuses a run that ends cancels (they started, or wait in a gate or a queue)
+_HOLDING = frozenset({StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED, StageStatus.VERIFYING})
 
 
 def _finish(plan: _Plan, status: RunStatus, reason: str, *, failed_stage: Stage | None = None) -> None:
@@ -764,7 +811,7 @@ def _finish(plan: _Plan, status: RunStatus, reason: str, *, failed_stage: Stage 
         if failed_stage is not None and stage.id == failed_stage.id:
             plan.move(stage, StageStatus.FAILED, finished_at=now, reason=reason)
             started.add(stage.index)
-        elif stage.status in (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED):
+        elif stage.status in _HOLDING:
             plan.move(stage, StageStatus.CANCELED, finished_at=now, reason=reason)
             started.add(stage.index)
         else:

@@ -112,6 +112,12 @@ class Stage:
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: the environment's ``verify`` when the stage started (how long, and whether a failure
+    #: rolls back), kept so the rule a deployment began under is the one it ends under
+    verify_for: float | None = None
+    verify_rollback: bool = False
+    #: when its verification passes if nothing failed (set on entering ``verifying``)
+    verify_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

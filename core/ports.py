@@ -72,6 +72,8 @@ class Deployment:
     artifact: str | None = None
     #: ``deploy``, ``promotion`` or ``rollback``
     kind: str = "deploy"
+    #: ``verified`` or ``failed`` when its environment verified it (``verify``); None: not verified
+    verification: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ class RunStatus(StrEnum):
     RUNNING = "running"  #: a stage is executing
     WAITING = "waiting"  #: a gate is open and must be cleared before the next stage
     PAUSED = "paused"  #: running jobs finish, nothing new starts until resumed
+    VERIFYING = "verifying"  #: a deploy stage succeeded; its environment's checks are measured
     SUCCEEDED = "succeeded"  #: every stage succeeded (possibly with warnings)
     FAILED = "failed"  #: a required job failed, or a gate was rejected or timed out
     CANCELED = "canceled"  #: stopped on request; running jobs were killed
@@ -35,7 +36,8 @@ class StageStatus(StrEnum):
     WAITING = "waiting"  #: its gate is open
     QUEUED = "queued"  #: waits for its environment: a deployment there, a lock, a freeze, the queue
     RUNNING = "running"  #: its jobs are queued or running
-    SUCCEEDED = "succeeded"  #: every job succeeded
+    VERIFYING = "verifying"  #: its jobs succeeded; its environment's checks are measured (``verify``)
+    SUCCEEDED = "succeeded"  #: every job succeeded (and, where it is verified, verification passed)
     PARTIAL = "partial"  #: only ``allow_failure`` jobs failed; the run goes on with a warning
     FAILED = "failed"  #: a required job failed after its retries, or its gate failed
     CANCELED = "canceled"  #: the run was canceled while this stage was active
@@ -101,9 +103,10 @@ L, A, W, D, P = LockState, ArtifactStatus, WebhookStatus, DeliveryStatus, PostSt
 RUN_TRANSITIONS: Final[Mapping[RunStatus, frozenset[RunStatus]]] = {
     R.PENDING: frozenset({R.RUNNING, R.QUEUED, R.CANCELED}),
     R.QUEUED: frozenset({R.RUNNING, R.FAILED, R.CANCELED}),
-    R.RUNNING: frozenset({R.WAITING, R.PAUSED, R.QUEUED, R.SUCCEEDED, R.FAILED, R.CANCELED}),
+    R.RUNNING: frozenset({R.WAITING, R.PAUSED, R.QUEUED, R.VERIFYING, R.SUCCEEDED, R.FAILED, R.CANCELED}),
     R.WAITING: frozenset({R.RUNNING, R.QUEUED, R.PAUSED, R.FAILED, R.CANCELED}),
     R.PAUSED: frozenset({R.RUNNING, R.SUCCEEDED, R.FAILED, R.CANCELED}),
+    R.VERIFYING: frozenset({R.RUNNING, R.SUCCEEDED, R.FAILED, R.CANCELED}),
     R.SUCCEEDED: frozenset(),
     R.FAILED: frozenset(),
     R.CANCELED: frozenset(),
@@ -113,7 +116,8 @@ STAGE_TRANSITIONS: Final[Mapping[StageStatus, frozenset[StageStatus]]] = {
     S.PENDING: frozenset({S.WAITING, S.QUEUED, S.RUNNING, S.CANCELED, S.SKIPPED}),
     S.WAITING: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELED}),
     S.QUEUED: frozenset({S.RUNNING, S.CANCELED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.PARTIAL, S.FAILED, S.CANCELED}),
+    S.RUNNING: frozenset({S.VERIFYING, S.SUCCEEDED, S.PARTIAL, S.FAILED, S.CANCELED}),
+    S.VERIFYING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED}),
     S.SUCCEEDED: frozenset(),
     S.PARTIAL: frozenset(),
     S.FAILED: frozenset(),
@@ -182,6 +186,11 @@ NOTES: Final[Mapping[tuple[str, str, str], str]] = {
     ("run", "waiting", "queued"): "its gate was cleared; now the environment must be free",
     ("run", "queued", "running"): "admitted: the environment is free and the run is first in its queue",
     ("stage", "queued", "running"): "admitted into its environment (at most one deployment at a time)",
+    ("stage", "running", "verifying"): "its jobs succeeded and its environment declares `verify`",
+    ("stage", "verifying", "succeeded"): "verification passed, or a person said it looks good",
+    ("stage", "verifying", "failed"): "verification failed, or a person chose to roll back",
+    ("run", "running", "verifying"): "a deploy stage is being verified (it keeps its environment)",
+    ("run", "verifying", "running"): "verification passed; the next stage goes on",
     ("run", "pending", "canceled"): "canceled before it started; nothing ran",
     ("run", "paused", "succeeded"): "the last running jobs finished while paused",
     ("run", "paused", "failed"): "a job that was still running failed while paused",

@@ -63,6 +63,9 @@ def stage_from_row(r: Mapping[Any, Any]) -> Stage:
         queued_at=r["queued_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        verify_for=r["verify_for"],
+        verify_rollback=r["verify_rollback"],
+        verify_until=r["verify_until"],
     )
 
 

@@ -236,6 +236,7 @@ def deployment_from_row(r: Any) -> Deployment:
         artifact_id=r["artifact_id"],
         artifact=r["artifact"],
         kind=r["kind"],
+        verification=r["verification"],
     )
 
 

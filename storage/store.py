@@ -81,6 +81,7 @@ DEPLOYMENT_KEYS = (
     "artifact_id",
     "artifact",
     "kind",
+    "verification",
 )
 #: advisory lock key that orders event appends on PostgreSQL
 EVENT_LOCK = 0x5348_4950_4556

@@ -95,17 +95,22 @@ class RunRow(SQLModel, table=True):
     version: int = 0
 
 
+#: the stage statuses that hold an environment
+DEPLOYING = "status IN ('running', 'verifying')"
+
+
 class StageRow(SQLModel, table=True):
     __tablename__ = "stage"
     __table_args__ = (
-        # at most one deployment at a time per environment: a second stage moving to running
-        # there breaks this index, so two processes can never both admit a run
+        # at most one deployment at a time per environment (being verified counts): a second
+        # stage moving to running there breaks this index, so two processes can never both
+        # admit a run
         sa.Index(
             "ux_stage_environment_running",
             "environment",
             unique=True,
-            sqlite_where=sa.text("status = 'running'"),
-            postgresql_where=sa.text("status = 'running'"),
+            sqlite_where=sa.text(DEPLOYING),
+            postgresql_where=sa.text(DEPLOYING),
         ),
         sa.Index("ix_stage_status_queued_at", "status", "queued_at"),
     )
@@ -120,6 +125,9 @@ class StageRow(SQLModel, table=True):
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
+    verify_for: float | None = None
+    verify_rollback: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    verify_until: datetime | None = _ts()
 
 
 class JobRow(SQLModel, table=True):
@@ -248,6 +256,8 @@ class DeploymentRow(SQLModel, table=True):
     artifact_id: str | None = Field(default=None, max_length=64)
     artifact: str | None = Field(default=None, max_length=200)
     kind: str = Field(default="deploy", max_length=16)
+    #: ``verified`` or ``failed`` when its environment verified it; None: not verified
+    verification: str | None = Field(default=None, max_length=16)
 
 
 class AccessTokenRow(SQLModel, table=True):

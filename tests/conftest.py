@@ -24,7 +24,9 @@ from core.definition import parse_pipeline
 from core.runtime.service import Service
 from storage.migrate import upgrade
 from storage.store import SqlStore
+from tests.checks.services import WebService
 from tests.outage import Outage
+from tests.prometheus import Prometheus
 from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN_URL = os.environ.get(
@@ -131,3 +133,20 @@ def outage(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Outage]:
     url = sa.engine.make_url(db_url)
     with TcpProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
         yield Outage(db_url, monkeypatch, proxy)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    """A real Prometheus (``tests/prometheus.py``), started, scraping every second; add targets
+    with ``prometheus.scrape(service.target)``. Skipped without ``/usr/bin/prometheus`` unless
+    ``SHIPYARD_REQUIRE_PROMETHEUS=1``."""
+    with Prometheus(tmp_path / "prometheus") as server:
+        yield server
+
+
+@pytest.fixture
+def web_service() -> Iterator[WebService]:
+    """A service for checks to measure (``tests/checks/services.py``): ``/healthz``, and
+    ``/metrics`` with ``http_requests_total{code}`` that rises by itself; ``fail(ratio)``."""
+    with WebService() as service:
+        yield service

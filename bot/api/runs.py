@@ -25,6 +25,7 @@ from bot.api.schemas import (
     StuckOut,
     StuckRunSummary,
     TriggerIn,
+    VerificationIn,
 )
 from bot.api.spec import API
 from core.access import Action
@@ -32,6 +33,7 @@ from core.commands import (
     ApproveGate,
     CancelRun,
     Command,
+    EndVerification,
     FailRun,
     PauseRun,
     RejectGate,
@@ -207,6 +209,32 @@ async def fail_run(call: Call) -> web.Response:
     return await _control(
         call, FailRun(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
     )
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/verification",
+    summary="End a deployment's verification early",
+    action=Action.APPROVE,
+    tag="runs",
+    body=VerificationIn,
+    responses=CONTROL_RESPONSES,
+)
+async def end_verification(call: Call) -> web.Response:
+    """For a run that is `verifying`: `passed` ("looks good") ends verification and the run goes
+    on; `failed` ("roll back") fails the run and starts the rollback run at once, whatever the
+    environment's `on_failure`. Approvers only; who triggered the run may roll it back but not
+    pass it (separation of duties). Answers 409 when nothing is being verified."""
+    state = await find_run(call)
+    verdict = call.body.verdict
+    command = EndVerification(
+        run_id=state.run.id,
+        verdict=verdict,
+        reason=call.body.reason,
+        rollback=True if verdict == "failed" else None,
+        actor=actor(call),
+    )
+    return await _control(call, command, state)
 
 
 @API.op(

@@ -75,6 +75,14 @@ class CancelIn(Strict):
     reason: str = Field("", max_length=1000)
 
 
+class VerificationIn(Strict):
+    """A person's verdict on a deployment being verified."""
+
+    #: ``passed``: it looks good (not by who triggered the run); ``failed``: roll it back
+    verdict: Literal["passed", "failed"]
+    reason: str = Field("", max_length=1000)
+
+
 class EmptyIn(Strict):
     """No fields."""
 

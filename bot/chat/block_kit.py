@@ -14,7 +14,7 @@ from core.admission import QueueEntry
 from core.duration import format_duration
 from core.model import Gate, Job, Run, RunState, Stage
 from core.ports import Deployment
-from core.states import RUN_TERMINAL, GateStatus, JobStatus, RunStatus
+from core.states import RUN_TERMINAL, GateStatus, JobStatus, RunStatus, StageStatus
 from core.zombies import Stuck
 
 Block = dict[str, Any]
@@ -24,6 +24,7 @@ EMOJI = {
     "queued": ":hourglass_flowing_sand:",
     "running": ":arrows_counterclockwise:",
     "waiting": ":double_vertical_bar:",
+    "verifying": ":mag:",
     "paused": ":double_vertical_bar:",
     "succeeded": ":white_check_mark:",
     "partial": ":warning:",
@@ -41,6 +42,8 @@ SECTION_MAX = 3000
 # action ids: the Slack app listens for these
 APPROVE, REJECT, CANCEL, RETRY = "gate_approve", "gate_reject", "run_cancel", "run_retry"
 IGNORE, FAIL = "run_ignore_failure", "run_fail"
+#: an approver's verdict on a deployment being verified
+LOOKS_GOOD, VERIFY_ROLLBACK = "verify_looks_good", "verify_roll_back"
 #: "Roll back <env>": asks first (``bot.chat.environments``), then rolls back
 ROLLBACK_ASK = "env_rollback_ask"
 CONFIRM = "run_confirm"
@@ -204,9 +207,26 @@ def _run_buttons(state: RunState) -> list[Block]:
                 confirm("Cancel this run?", f"{run.ref} stops; running jobs are killed.", "Cancel run"),
             )
         )
+    if run.status is RunStatus.VERIFYING:
+        buttons += _verify_buttons(state)
     if run.status in (RunStatus.FAILED, RunStatus.CANCELED):
         buttons.append(button("Retry", RETRY, ref_value(state), "primary"))
     return buttons
+
+
+def _verify_buttons(state: RunState) -> list[Block]:
+    """While a deployment is verified, approvers may end it early: it looks good, or roll back."""
+    stage = next((s for s in state.stages if s.status is StageStatus.VERIFYING), None)
+    env = stage.environment if stage is not None else "the environment"
+    back = confirm(
+        f"Roll {env} back?",
+        f"{state.run.ref} fails and a rollback run deploys the last known-good artifact to {env}.",
+        "Roll back",
+    )
+    return [
+        button("Looks good", LOOKS_GOOD, ref_value(state), "primary"),
+        button(f"Roll back {env}"[:75], VERIFY_ROLLBACK, ref_value(state), "danger", back),
+    ]
 
 
 # -- gates ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from core.commands import (
     ApproveGate,
     CancelRun,
     Command,
+    EndVerification,
     FailRun,
     RejectGate,
     ReportTarget,
@@ -263,6 +264,10 @@ async def _button_command(
         return CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat")
     if action_id == block_kit.FAIL:
         return FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
+    if action_id == block_kit.LOOKS_GOOD:
+        return EndVerification(run_id=run_id, verdict="passed", actor=who.actor)
+    if action_id == block_kit.VERIFY_ROLLBACK:
+        return EndVerification(run_id=run_id, verdict="failed", rollback=True, actor=who.actor)
     if action_id == block_kit.RETRY:
         return RetryRun(run_id=run_id, actor=who.actor, report_to=await _reported(backend, who, run_id))
     if action_id == block_kit.IGNORE:

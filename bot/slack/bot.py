@@ -41,7 +41,16 @@ def pressable() -> tuple[str, ...]:
     gate buttons and every button another chat module registered (``BUTTONS``: the deploy
     question, locks, rollbacks, reviews). Reject is the one more, since Slack asks for its
     reason in a form."""
-    return (block_kit.APPROVE, block_kit.CANCEL, block_kit.RETRY, block_kit.IGNORE, block_kit.FAIL, *BUTTONS)
+    return (
+        block_kit.APPROVE,
+        block_kit.CANCEL,
+        block_kit.RETRY,
+        block_kit.IGNORE,
+        block_kit.FAIL,
+        block_kit.LOOKS_GOOD,
+        block_kit.VERIFY_ROLLBACK,
+        *BUTTONS,
+    )
 
 
 class Backlog:

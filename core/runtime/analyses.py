@@ -22,7 +22,6 @@ loop (a restart, another replica) resumes each verification with its deadline an
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import os
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+import aiohttp
 
 from core.analysis import (
     Analysis,
@@ -48,6 +49,7 @@ from core.checks import CheckDef, CheckResult, HealthWatch, Measurement
 from core.environments import Environments
 from core.errors import DatabaseUnreachable
 from core.runtime.clock import Clock, utcnow
+from core.runtime.measure import measure as measure_once
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,10 +71,10 @@ class Measure(Protocol):
         name: str,
         check: CheckDef,
         *,
-        now: datetime,
+        now: Callable[[], datetime],
         workdir: Path,
         env: Mapping[str, str] | None = None,
-        session: Any = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> Awaitable[Measurement]: ...
 
 
@@ -114,12 +116,6 @@ OnVerdict = Callable[[Analysis, AnalysisStatus, str], Awaitable[None]]
 OnHealthChange = Callable[[HealthChange], Awaitable[None]]
 
 
-def _real_measure() -> Measure:
-    """``core.runtime.measure.measure``, imported when first needed."""
-    module: Any = importlib.import_module("core.runtime.measure")
-    return module.measure  # type: ignore[no-any-return]
-
-
 def holder_name() -> str:
     """This process's name on the leases it takes (unique per loop)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -154,7 +150,7 @@ class AnalysisLoop:
         measure: Measure | None = None,
         on_verdict: OnVerdict | None = None,
         on_health_change: OnHealthChange | None = None,
-        session: Any = None,
+        session: aiohttp.ClientSession | None = None,
         holder: str | None = None,
         every_s: float = EVERY_S,
         concurrency: int = CONCURRENCY,
@@ -164,10 +160,12 @@ class AnalysisLoop:
         self.environments = environments
         self.db = db
         self.workdir = workdir
-        self.measure = measure or _real_measure()
+        self.measure: Measure = measure or measure_once
         self.on_verdict = on_verdict
         self.on_health_change = on_health_change
+        #: shared by the http and Prometheus checks (made at start when not given)
         self.session = session
+        self._own_session = False
         self.holder = holder or holder_name()
         self.every_s = every_s
         self.concurrency = concurrency
@@ -187,6 +185,8 @@ class AnalysisLoop:
     async def start(self) -> None:
         """Make the configured health watches exist, then start measuring."""
         await self.db(self.analyses.ensure_health, self.watched, self.clock())
+        if self.session is None:
+            self.session, self._own_session = aiohttp.ClientSession(), True
         self._task = asyncio.create_task(self._loop(), name="shipyard-analyses")
 
     async def stop(self) -> None:
@@ -197,6 +197,9 @@ class AnalysisLoop:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+        if self._own_session and self.session is not None:
+            await self.session.close()
+            self.session, self._own_session = None, False
         try:
             await self.db(self.analyses.release, self.holder)
         except Exception:  # (the leases lapse on their own)
@@ -257,7 +260,9 @@ class AnalysisLoop:
             )
         else:
             interval = check.interval
-            m = await self.measure(due.check, check, now=now, workdir=self.workdir, session=self.session)
+            m = await self.measure(
+                due.check, check, now=self.clock, workdir=self.workdir, session=self.session
+            )
         watch = policy.health if due.kind is AnalysisKind.HEALTH else None
         next_at = next_due(due.due_at, interval, self.clock())
         recorded = await self.db(

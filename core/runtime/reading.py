@@ -47,6 +47,8 @@ def view(tx: Tx, environments: Environments, env: str, run_id: str | None, now: 
         freeze=freeze.describe() if freeze is not None else None,
         freeze_fails=policy.on_freeze == "fail",
         bad_artifact=bad,
+        verify_for=policy.verify.duration if policy.verify is not None else None,
+        verify_rollback=policy.verify is not None and policy.verify.on_failure == "rollback",
     )
 
 

@@ -15,12 +15,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from core.admission import Queue
 from core.assignment import Assignment
 from core.blockers import Blocker
-from core.commands import Command, RetryRun, TriggerRun, command_name
+from core.commands import Command, EndVerification, RetryRun, TriggerRun, command_name
 from core.definition import PipelineDef
 from core.engine import Decision
 from core.environments import Environments
@@ -34,6 +34,7 @@ from core.runtime.clock import Clock, utcnow
 from core.runtime.handling import handle
 from core.runtime.queries import Queries
 from core.runtime.timers import Timers
+from core.runtime.verification import rollback_after
 from core.runtime.writes import write
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,7 @@ class Service:
                         triggers = []
                     # a microsecond apart, so runs started in one batch still sort by creation
                     command, at = commands[i], now + k * MICROSECOND
-                    decided[i] = handle(tx, command, at, self.environments)
-                    write(tx, command, decided[i], at, self.environments, self.audit_runner_reports)
+                    decided[i] = self._apply(tx, command, at)
                     if (then := thens[i]) is not None:
                         then(tx, decided[i])
                 if claims:
@@ -119,6 +119,17 @@ class Service:
             alone = [self._claim_alone(request) for request in claims]
             return [self._alone(c, then) for c, then in zip(commands, thens, strict=True)], alone
 
+    def _apply(self, tx: Tx, command: Command, now: datetime) -> Decision:
+        """Decide and write one command; a failed verification that rolls back starts its
+        rollback run here, in the same transaction (``core.runtime.verification``)."""
+        decision = handle(tx, command, now, self.environments)
+        write(tx, command, decision, now, self.environments, self.audit_runner_reports)
+        if isinstance(command, EndVerification):
+            rolled = rollback_after(tx, decision, now, self.environments)
+            if rolled is not None:
+                decision.extra["rollback"] = rolled
+        return decision
+
     def _alone(self, command: Command, then: Then | None = None) -> Decision | Exception:
         """``command`` in a transaction of its own, decided again after a lost race; a
         failure is returned, to be handed to that command's caller."""
@@ -127,8 +138,7 @@ class Service:
                 try:
                     with self.store.transaction() as tx:
                         now = self.clock()
-                        decision = handle(tx, command, now, self.environments)
-                        write(tx, command, decision, now, self.environments, self.audit_runner_reports)
+                        decision = self._apply(tx, command, now)
                         if then is not None:
                             then(tx, decision)
                         return decision

@@ -14,11 +14,12 @@ from datetime import datetime
 from core.commands import Command, ReportTarget, RetryRun, TriggerRun, command_name
 from core.engine import Decision
 from core.environments import Environments
+from core.events import Event
 from core.model import RunState
 from core.ports import AuditEntry, Deployment, Tx
 from core.review import open_review
 from core.runtime.reading import artifact_for
-from core.states import STAGE_DONE
+from core.states import STAGE_DONE, StageStatus
 
 #: how long a break-glass run's review stays open when no environment says otherwise (a day)
 DEFAULT_REVIEW_S = 86400.0
@@ -114,9 +115,19 @@ def _deployments(decision: Decision, state: RunState) -> list[Deployment]:
                 started_at=stage.started_at,
                 finished_at=stage.finished_at or event.at,
                 kind=run.kind,
+                verification=_verification(event),
             )
         )
     return found
+
+
+def _verification(event: Event) -> str | None:
+    """How verification ended for a stage that leaves ``verifying`` (None: never verified)."""
+    if event.from_status != StageStatus.VERIFYING:
+        return None
+    return {StageStatus.SUCCEEDED: "verified", StageStatus.FAILED: "failed"}.get(
+        StageStatus(event.to_status or ""), "canceled"
+    )
 
 
 #: the command's fields copied into its audit entry's detail when set

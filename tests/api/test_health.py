@@ -1,6 +1,6 @@
 """Environment health over REST: an environment's health with its checks' latest measurements,
 and the history of its changes, from the analysis loop the server runs (command checks, real
-processes)."""
+processes, measured by the real ``measure``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-import core.runtime.analyses
 from tests.api.conftest import Api, StartApi, assert_problem
-from tests.probe import Probe
 
 
 async def until(
@@ -29,8 +27,7 @@ async def until(
 
 
 @pytest.fixture
-async def watched(db_url: str, start_api: StartApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
-    monkeypatch.setattr(core.runtime.analyses, "_real_measure", Probe)
+async def watched(db_url: str, start_api: StartApi, tmp_path: Path) -> Api:
     (tmp_path / "smoke").write_text("0")
     smoke = {"command": ["sh", "-c", f"exit $(cat {tmp_path / 'smoke'})"], "interval": "1s", "timeout": "1s"}
     environments = {
@@ -67,7 +64,7 @@ async def test_an_environments_health_and_its_history(watched: Api, tmp_path: Pa
     (check,) = current["checks"]
     assert check["name"] == "smoke" and check["kind"] == "command"
     assert [m["result"] for m in check["last"][:2]] == ["failed", "failed"]
-    assert check["last"][0]["detail"] == "smoke: exit 1" and check["last"][0]["at"] > check["last"][1]["at"]
+    assert check["last"][0]["detail"] == "exit 1" and check["last"][0]["at"] > check["last"][1]["at"]
 
     staging = await watched.get("/environments/staging")
     assert staging.json["health"] == {

@@ -1,5 +1,5 @@
 """Analyses on a real database (SQLite and PostgreSQL), measured by the loop with real command
-checks (subprocesses; ``shell`` writes what the check's script exits with)."""
+checks (subprocesses, exiting with what the test wrote in the file ``smoke``)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,25 @@ from typing import Any
 import pytest
 
 from core.analysis import AnalysisStatus, Health, health_analysis_id
-from core.checks import CheckResult
+from core.checks import CheckDef, CheckResult, Measurement
 from core.environments import Environments
 from core.runtime.analyses import AnalysisLoop
+from core.runtime.measure import measure
 from storage.analyses import AnalysisStore
 from storage.store import SqlStore
-from tests.probe import Probe
 
 T0 = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
+
+
+class Probe:
+    """The real ``measure``, counting the checks it measured."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def __call__(self, name: str, check: CheckDef, **kw: Any) -> Measurement:
+        self.calls.append(name)
+        return await measure(name, check, **kw)
 
 
 class Clock:
@@ -31,7 +42,7 @@ class Clock:
 
 
 def environments(verify: dict[str, Any] | None = None, health: bool = True) -> Environments:
-    smoke = {"command": ["sh", "-c", "v=$(cat smoke); echo $v; exit $v"], "interval": "10s", "timeout": "5s"}
+    smoke = {"command": ["sh", "-c", "exit $(cat smoke)"], "interval": "10s", "timeout": "5s"}
     prod: dict[str, Any] = {"checks": {"smoke": smoke}}
     if health:
         prod["health"] = {"checks": ["smoke"], "failure_limit": 2}

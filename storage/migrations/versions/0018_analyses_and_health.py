@@ -3,8 +3,8 @@ every measurement, each environment's health and its changes
 
 New tables only; existing rows are untouched.
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-06 01:20:00
 """
 
@@ -16,8 +16,8 @@ from alembic import op
 
 import storage.tables
 
-revision = '0017'
-down_revision = '0016'
+revision = '0018'
+down_revision = '0017'
 branch_labels = None
 depends_on = None
 

@@ -44,7 +44,7 @@ def _tables(url: str) -> set[str]:
 
 
 def test_analyses_tables_come_with_the_upgrade_and_go_with_the_downgrade(db_url: str) -> None:
-    _migrate(db_url, "0016", down=True)
+    _migrate(db_url, "0017", down=True)
     assert not TABLES & _tables(db_url)
     store = SqlStore(db_url)
     try:
@@ -71,6 +71,6 @@ def test_analyses_tables_come_with_the_upgrade_and_go_with_the_downgrade(db_url:
     finally:
         store.dispose()
 
-    _migrate(db_url, "0016", down=True)
+    _migrate(db_url, "0017", down=True)
     assert not TABLES & _tables(db_url) and "run" in _tables(db_url)
     _migrate(db_url, "head")
