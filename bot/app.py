@@ -19,9 +19,26 @@ from bot.locks_keeper import KEEPER, LockKeeper
 from bot.scheduler import ScheduleLoop
 from bot.webhooks.service import WEBHOOKS, Config, Webhooks
 from core.errors import DatabaseUnreachable
+from core.runtime.analyses import AnalysisLoop
+from storage.analyses import AnalysisStore
 
 SHIPYARD = web.AppKey("shipyard", Shipyard)
 CLOCK = web.AppKey("clock", ScheduleLoop)
+#: the analysis loop, when an environment declares checks
+ANALYSES = web.AppKey("analyses", AnalysisLoop)
+
+
+def analysis_loop(running: Shipyard) -> AnalysisLoop | None:
+    """The loop that measures the environments' checks (``core.runtime.analyses``), or None when
+    no environment declares any."""
+    settings = running.settings
+    if not any(policy.checks for policy in settings.environments.root.values()):
+        return None
+    workdir = settings.work_dir.resolve() / "checks"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return AnalysisLoop(
+        AnalysisStore(running.store), settings.environments, db=running.orchestrator.db, workdir=workdir
+    )
 
 
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
@@ -48,6 +65,10 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         housekeeping = Housekeeping(gateway, settings)
         app[HOUSEKEEPING] = housekeeping
         await housekeeping.start()
+        analyses = analysis_loop(running)
+        if analyses is not None:
+            app[ANALYSES] = analyses
+            await analyses.start()
         chat = slack_lifecycle(running) if slack_lifecycle is not None else None
         if chat is not None:
             await anext(chat)
@@ -58,6 +79,8 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         yield
         if chat is not None:
             await anext(chat, None)
+        if analyses is not None:
+            await analyses.stop()
         await housekeeping.stop()
         await webhooks.stop()
         await keeper.stop()

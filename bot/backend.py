@@ -14,6 +14,7 @@ from bot.bootstrap import Shipyard
 from core.commands import Command
 from core.engine import Decision
 from core.zombies import Stuck, diagnose
+from storage.analyses import AnalysisStore
 from storage.directory import Directory
 from storage.reads import Reads
 
@@ -26,12 +27,14 @@ class Backend:
     shipyard: Shipyard
     reads: Reads
     directory: Directory
+    analyses: AnalysisStore
     pool: ThreadPoolExecutor
 
     def bind(self, shipyard: Shipyard) -> None:
         self.shipyard = shipyard
         self.reads = Reads(shipyard.store)
         self.directory = Directory(shipyard.store)
+        self.analyses = AnalysisStore(shipyard.store)
         workers = 4 if shipyard.store.sqlite else shipyard.store.max_workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shipyard-read")
 

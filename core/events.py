@@ -10,7 +10,8 @@ Resources outside runs append to the same log in the transaction that changes th
 ``artifact.registered``, ``artifact.marked_bad``, ``schedule.created``, ``schedule.deleted``,
 ``webhook.subscribed``, ``webhook.disabled``, ``webhook.enabled``, ``webhook.unsubscribed``,
 ``webhook.redelivery_queued``, ``trigger.created``, ``trigger.deleted``, ``review.opened``,
-``review.acknowledged``. They carry ``NO_RUN`` as their run (a review names its run in
+``review.acknowledged``, and an environment's ``environment.health_changed`` (subject ``env``,
+its from/to statuses the health states). They carry ``NO_RUN`` as their run (a review names its run in
 ``subject_id`` and ``data``), so whatever follows a run's events (its Slack thread, its event
 stream, ``shipyard run``) sees only those.
 """

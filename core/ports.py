@@ -14,7 +14,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from core.access import Grant
+from core.analysis import Analysis, AnalysisStatus
 from core.artifacts import Artifact, ArtifactSpec
+from core.checks import VerifyPolicy
 from core.commands import ReportTarget
 from core.definition import PipelineDef
 from core.engine import Change
@@ -136,6 +138,25 @@ class Tx(Protocol):
     def newest_artifact_of(self, pipeline: str) -> Artifact | None: ...
     def artifacts_of_run(self, run_id: str) -> list[Artifact]: ...
     def lock_after_rollback(self, env: str, reason: str, now: datetime) -> bool: ...
+    def start_analysis(
+        self,
+        analysis_id: str,
+        environment: str,
+        run_id: str,
+        stage_index: int,
+        policy: VerifyPolicy,
+        now: datetime,
+    ) -> Analysis:
+        """Start verifying a run's deployment (``core.analysis``): its checks due at once, its
+        deadline ``now + policy.for``."""
+        ...
+
+    def end_analysis(
+        self, analysis_id: str, status: AnalysisStatus, reason: str, by: str, now: datetime
+    ) -> bool:
+        """End a running analysis; False if it had ended already (someone else acts on it)."""
+        ...
+
     def open_review(self, review: Review) -> None: ...
     def environment_lock(self, env: str, now: datetime) -> str | None:
         """Who holds ``env``'s lock, since when and why, for people; None when it is free."""

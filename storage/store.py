@@ -32,8 +32,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core.access import Grant
+from core.analysis import Analysis, AnalysisStatus
 from core.artifacts import Artifact, ArtifactSpec
 from core.audit import entry_hash
+from core.checks import VerifyPolicy
 from core.commands import ReportTarget
 from core.definition import PipelineDef
 from core.engine import Change
@@ -662,6 +664,36 @@ class SqlTx:
         from storage import reviews
 
         reviews.insert(self, review)
+
+    def start_analysis(
+        self,
+        analysis_id: str,
+        environment: str,
+        run_id: str,
+        stage_index: int,
+        policy: VerifyPolicy,
+        now: datetime,
+    ) -> Analysis:
+        """Start verifying a run's deployment in this transaction (``storage.analyses.start``)."""
+        from storage import analyses
+
+        return analyses.start(
+            self,
+            analysis_id=analysis_id,
+            environment=environment,
+            run_id=run_id,
+            stage_index=stage_index,
+            policy=policy,
+            now=now,
+        )
+
+    def end_analysis(
+        self, analysis_id: str, status: AnalysisStatus, reason: str, by: str, now: datetime
+    ) -> bool:
+        """End a running analysis in this transaction; False if it had ended already."""
+        from storage import analyses
+
+        return analyses.end(self.conn, analysis_id, status, reason, by, now)
 
     def lock_after_rollback(self, env: str, reason: str, now: datetime) -> bool:
         """Hold ``env`` after a rollback until someone acknowledges it; False if it is already

@@ -556,3 +556,89 @@ class ReviewRow(SQLModel, table=True):
     due_at: datetime = _ts(nullable=False, index=True)
     acknowledged_by: str | None = Field(default=None, max_length=200)
     acknowledged_at: datetime | None = _ts()
+
+
+class AnalysisRow(SQLModel, table=True):
+    """An analysis (``core.analysis``): a deployment's verification, or an environment's health
+    watch, whose id is ``health:<environment>`` so there is one. Ending one is a conditional
+    update on ``status = 'running'``: one process ends it."""
+
+    __tablename__ = "analysis"
+    id: str = Field(primary_key=True, max_length=80)
+    environment: str = Field(max_length=63, index=True)
+    kind: str = Field(max_length=8)
+    run_id: str | None = Field(default=None, max_length=64, index=True)
+    stage_index: int | None = None
+    checks: list[str] = _json([])
+    started_at: datetime = _ts(nullable=False)
+    deadline: datetime | None = _ts()
+    status: str = Field(max_length=16)
+    reason: str = _text()
+    ended_at: datetime | None = _ts()
+    ended_by: str | None = Field(default=None, max_length=200)
+    version: int = 1
+
+
+class AnalysisCheckRow(SQLModel, table=True):
+    """One check of one analysis: when it is next due, who is measuring it (a lease, claimed by
+    a conditional update, so two processes never both measure it) and its tally so far (a
+    restart resumes it). ``next_at`` is null once the analysis ended."""
+
+    __tablename__ = "analysis_check"
+    analysis_id: str = Field(primary_key=True, foreign_key="analysis.id", max_length=80)
+    check: str = Field(primary_key=True, max_length=63)
+    environment: str = Field(max_length=63)
+    kind: str = Field(max_length=8)
+    next_at: datetime | None = _ts(index=True)
+    holder: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = _ts()
+    measured: int = 0
+    passed: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    errors: int = 0
+    consecutive_errors: int = 0
+    last_result: str | None = Field(default=None, max_length=16)
+    last_value: str | None = Field(default=None, sa_column=Column(sa.Text(), nullable=True))
+    last_at: datetime | None = _ts()
+    #: the measurements kept for reasons (``CheckTally.failures``, ``last_error``, ...)
+    recent: dict[str, Any] = _json({})
+
+
+class MeasurementRow(SQLModel, table=True):
+    """Every measurement taken, readable by environment and check or by analysis."""
+
+    __tablename__ = "measurement"
+    __table_args__ = (sa.Index("ix_measurement_environment_check_at", "environment", "check", "at"),)
+    id: int | None = _bigint(None, primary_key=True)
+    analysis_id: str = Field(max_length=80, index=True)
+    environment: str = Field(max_length=63)
+    check: str = Field(max_length=63)
+    at: datetime = _ts(nullable=False)
+    result: str = Field(max_length=16)
+    value: str | None = Field(default=None, sa_column=Column(sa.Text(), nullable=True))
+    detail: str = _text()
+    took: float = 0.0
+
+
+class EnvironmentHealthRow(SQLModel, table=True):
+    """An environment's health now (``core.analysis.Health``) and since when."""
+
+    __tablename__ = "environment_health"
+    environment: str = Field(primary_key=True, max_length=63)
+    state: str = Field(max_length=12)
+    since: datetime = _ts(nullable=False)
+    reason: str = _text()
+    version: int = 1
+
+
+class HealthChangeRow(SQLModel, table=True):
+    """Each change of an environment's health, written with the change."""
+
+    __tablename__ = "health_change"
+    id: int | None = _bigint(None, primary_key=True)
+    environment: str = Field(max_length=63, index=True)
+    at: datetime = _ts(nullable=False)
+    from_state: str = Field(max_length=12)
+    to_state: str = Field(max_length=12)
+    reason: str = _text()

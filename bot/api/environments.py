@@ -12,15 +12,26 @@ from bot.api.schemas import (
     AuditOut,
     AuditPage,
     AuditQuery,
+    CheckHealthOut,
     DeploymentOut,
     DeploymentPage,
     EnvironmentList,
     EnvironmentOut,
+    HealthChangeOut,
+    HealthOut,
+    HealthPage,
+    MeasurementOut,
     PageQuery,
 )
 from bot.api.spec import API
 from core.access import Action
+from core.analysis import EnvironmentHealth, Health, HealthChange
+from core.checks import Measurement
+from core.environments import EnvironmentPolicy
 from core.ports import Deployment
+
+#: measurements of each check shown with an environment
+LAST_MEASUREMENTS = 5
 
 
 async def _environment(call: Call, name: str) -> EnvironmentOut:
@@ -33,6 +44,39 @@ async def _environment(call: Call, name: str) -> EnvironmentOut:
         current=DeploymentOut.of(current) if current else None,
         last_deployment=DeploymentOut.of(last[0]) if last else None,
     )
+
+
+def _health_out(
+    policy: EnvironmentPolicy, health: EnvironmentHealth | None, last: dict[str, list[Measurement]]
+) -> HealthOut:
+    watched = policy.health.checks if policy.health is not None else []
+    checks = [
+        CheckHealthOut(
+            name=c, kind=policy.checks[c].kind, last=[MeasurementOut.of(m) for m in last.get(c, [])]
+        )
+        for c in watched
+    ]
+    if health is None or not watched:
+        reason = "no health checks" if not watched else "no measurement yet"
+        return HealthOut(state=Health.UNKNOWN, since=None, reason=reason, checks=checks)
+    return HealthOut(state=health.state, since=health.since, reason=health.reason, checks=checks)
+
+
+async def _health(
+    call: Call, name: str, before: int | None = None, limit: int = 0
+) -> tuple[HealthOut, list[HealthChange]]:
+    """``name``'s health now, with each watched check's latest measurements, and a page of its
+    changes (``limit`` of them, older than ``before``), in one trip to the read pool."""
+    g = gw(call)
+    policy = g.shipyard.settings.environments.policy(name)
+    watched = policy.health.checks if policy.health is not None else []
+
+    def read() -> tuple[HealthOut, list[HealthChange]]:
+        health, changes = g.analyses.health_page(name, before, limit)
+        last = g.analyses.recent(name, watched, LAST_MEASUREMENTS) if watched else {}
+        return _health_out(policy, health, last), changes
+
+    return await g.read(read)
 
 
 async def _known(call: Call, name: str) -> None:
@@ -63,8 +107,37 @@ async def list_environments(call: Call) -> web.Response:
     responses={200: ("the environment", EnvironmentOut)},
 )
 async def get_environment(call: Call) -> web.Response:
-    await _known(call, call.params["env_id"])
-    return reply(await _environment(call, call.params["env_id"]))
+    name = call.params["env_id"]
+    await _known(call, name)
+    found = await _environment(call, name)
+    health, _ = await _health(call, name)
+    return reply(found.model_copy(update={"health": health}))
+
+
+@API.op(
+    "GET",
+    "/environments/{env_id}/health",
+    summary="An environment's health and its changes, newest first",
+    action=Action.READ,
+    tag="environments",
+    query=PageQuery,
+    responses={200: ("its health now and a page of its changes", HealthPage)},
+)
+async def get_health(call: Call) -> web.Response:
+    """Healthy, degraded (a check failing under its limit, or not measured yet), unhealthy (a
+    check failed its last `failure_limit` measurements) or unknown (no checks, no data)."""
+    name = call.params["env_id"]
+    q: PageQuery = call.query
+    await _known(call, name)
+    current, found = await _health(call, name, id_cursor(q.cursor, 2**63 - 1), q.limit + 1)
+    more = len(found) > q.limit
+    found = found[: q.limit]
+    items = [
+        HealthChangeOut(id=c.id, at=c.at, from_state=c.from_state, to_state=c.to_state, reason=c.reason)
+        for c in found
+    ]
+    cursor = str(found[-1].id) if more else None
+    return reply(HealthPage(current=current, items=items, next_cursor=cursor))
 
 
 @API.op(

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.analysis import Health
+from core.checks import CheckResult, Measurement
 from core.definition import PipelineDef
 from core.model import Gate, Job, RunState, Stage
 from core.ports import Deployment, PipelineVersion
@@ -422,11 +424,51 @@ class DeploymentOut(BaseModel):
         )
 
 
+class MeasurementOut(BaseModel):
+    check: str
+    at: datetime
+    result: CheckResult
+    value: str | None = Field(description="what was measured, as text; null: nothing")
+    detail: str = Field(description="for people: `error-rate = 0.034 > 0.01`, `status 503, expected 200`")
+    took: float = Field(description="seconds the measurement took")
+
+    @classmethod
+    def of(cls, m: Measurement) -> MeasurementOut:
+        return cls(check=m.check, at=m.at, result=m.result, value=m.value, detail=m.detail, took=m.took)
+
+
+class CheckHealthOut(BaseModel):
+    name: str
+    kind: Literal["http", "prometheus", "command"]
+    last: list[MeasurementOut] = Field(description="its latest measurements, newest first")
+
+
+class HealthOut(BaseModel):
+    state: Health
+    since: datetime | None = Field(description="when it entered this state; null: never measured")
+    reason: str
+    checks: list[CheckHealthOut] = Field(description="the checks watched all the time")
+
+
 class EnvironmentOut(BaseModel):
     id: str = Field(description="the environment's name")
     name: str
     current: DeploymentOut | None = Field(description="the newest successful deployment: what runs there")
     last_deployment: DeploymentOut | None
+    health: HealthOut | None = Field(None, description="its health (`GET /environments/{env}` only)")
+
+
+class HealthChangeOut(BaseModel):
+    id: int
+    at: datetime
+    from_state: Health
+    to_state: Health
+    reason: str
+
+
+class HealthPage(Page):
+    current: HealthOut
+    items: list[HealthChangeOut] = Field(description="changes of its health, newest first")
 
 
 class EnvironmentList(BaseModel):

@@ -1,0 +1,232 @@
+"""Analyses on a real database (SQLite and PostgreSQL), measured by the loop with real command
+checks (subprocesses, exiting with what the test wrote in the file ``smoke``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.analysis import AnalysisStatus, Health, health_analysis_id
+from core.checks import CheckDef, CheckResult, Measurement
+from core.environments import Environments
+from core.runtime.analyses import AnalysisLoop
+from core.runtime.measure import measure
+from storage.analyses import AnalysisStore
+from storage.store import SqlStore
+
+T0 = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
+
+
+class Probe:
+    """The real ``measure``, counting the checks it measured."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def __call__(self, name: str, check: CheckDef, **kw: Any) -> Measurement:
+        self.calls.append(name)
+        return await measure(name, check, **kw)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def environments(verify: dict[str, Any] | None = None, health: bool = True) -> Environments:
+    smoke = {"command": ["sh", "-c", "exit $(cat smoke)"], "interval": "10s", "timeout": "5s"}
+    prod: dict[str, Any] = {"checks": {"smoke": smoke}}
+    if health:
+        prod["health"] = {"checks": ["smoke"], "failure_limit": 2}
+    if verify:
+        prod["verify"] = verify
+    return Environments.model_validate({"staging": {}, "production": prod})
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "smoke").write_text("0")
+    return tmp_path
+
+
+@pytest.fixture
+def open_stores(db_url: str) -> Iterator[Callable[[], AnalysisStore]]:
+    opened: list[SqlStore] = []
+
+    def make() -> AnalysisStore:
+        store = SqlStore(db_url)
+        opened.append(store)
+        return AnalysisStore(store)
+
+    yield make
+    for store in opened:
+        store.dispose()
+
+
+def loop(
+    store: AnalysisStore, envs: Environments, workdir: Path, clock: Clock, probe: Probe, **kw: Any
+) -> AnalysisLoop:
+    return AnalysisLoop(store, envs, db=in_thread, workdir=workdir, measure=probe, clock=clock, **kw)
+
+
+async def test_two_loops_racing_on_the_same_due_check_measure_it_once(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    envs, clock, probe = environments(), Clock(), Probe()
+    one, two = (
+        loop(open_stores(), envs, workdir, clock, probe),
+        loop(open_stores(), envs, workdir, clock, probe),
+    )
+    await one.db(one.analyses.ensure_health, one.watched, T0)
+    await two.db(two.analyses.ensure_health, two.watched, T0)  # (both start: one watch)
+    for step in range(3):
+        clock.now = T0 + timedelta(seconds=10 * step)
+        rounds = await asyncio.gather(one.tick(), two.tick())
+        assert sum(len(r.measured) for r in rounds) == 1
+    assert probe.calls == ["smoke"] * 3
+    assert len(one.analyses.recent("production", ["smoke"], 10)["smoke"]) == 3
+
+
+async def test_a_failing_health_check_moves_the_environment_to_degraded_unhealthy_and_back(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    envs, clock, probe = environments(), Clock(), Probe()
+    store = open_stores()
+    watcher = loop(store, envs, workdir, clock, probe)
+    await watcher.db(store.ensure_health, watcher.watched, T0)
+    assert store.health("production") is not None and store.health("production").state is Health.UNKNOWN  # type: ignore[union-attr]
+    seen = []
+    for step, code in enumerate(["0", "1", "1", "1", "0"]):
+        (workdir / "smoke").write_text(code)
+        clock.now = T0 + timedelta(seconds=10 * step, milliseconds=300)
+        await watcher.tick()
+        health = store.health("production")
+        assert health is not None
+        seen.append(health.state)
+    assert seen == [Health.HEALTHY, Health.DEGRADED, Health.UNHEALTHY, Health.UNHEALTHY, Health.HEALTHY]
+    history = store.history("production")
+    assert [(c.from_state, c.to_state) for c in history] == [
+        (Health.UNHEALTHY, Health.HEALTHY),
+        (Health.DEGRADED, Health.UNHEALTHY),
+        (Health.HEALTHY, Health.DEGRADED),
+        (Health.UNKNOWN, Health.HEALTHY),
+    ]
+    assert history[1].reason == "smoke: exit 1 (2 in a row)"
+    assert [c.id for c in store.history("production", before=history[1].id, limit=1)] == [history[2].id]
+    events = [e for e in store.store.events_after(0) if e.name == "environment.health_changed"]
+    assert [(e.subject_id, e.data["to_state"]) for e in events] == [
+        ("production", "healthy"),
+        ("production", "degraded"),
+        ("production", "unhealthy"),
+        ("production", "healthy"),
+    ]
+    # each measurement was due on the check's own schedule (every 10 s from T0), 0.3 s late
+    assert list(watcher.lateness) == [pytest.approx(0.3)] * 5
+    assert store.health("staging") is None  # (no checks: no health row)
+
+
+async def test_a_claim_of_a_dead_process_lapses_and_another_measures_the_check(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    envs, clock, probe = environments(), Clock(), Probe()
+    store = open_stores()
+    await in_thread(store.ensure_health, {"production": envs.policy("production").health}, T0)
+    (claimed,) = store.claim_due(T0, "dead", 35, 10)  # ... and the process died
+    survivor = loop(open_stores(), envs, workdir, clock, probe)
+    clock.now = T0 + timedelta(seconds=30)
+    assert (await survivor.tick()).measured == []
+    clock.now = T0 + timedelta(seconds=36)
+    done = await survivor.tick()
+    assert [m.check for m in done.measured] == ["smoke"]
+    assert store.record(claimed.analysis_id, "smoke", "dead", done.measured[0], T0) is None  # too late
+
+
+VERIFY = {"checks": ["smoke"], "for": "60s", "failure_limit": 2}
+
+
+def start_verification(store: AnalysisStore, envs: Environments, at: datetime) -> str:
+    """As the engine does: inside a run's transaction."""
+    policy = envs.policy("production").verify
+    assert policy is not None
+    with store.store.transaction() as tx:
+        return tx.start_analysis("v-1", "production", "run-1", 0, policy, at).id
+
+
+async def test_a_restart_resumes_a_verification_with_its_tallies_and_deadline_and_fails_it(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    envs, clock, probe = environments(VERIFY, health=False), Clock(), Probe()
+    first = open_stores()
+    analysis_id = start_verification(first, envs, T0)
+    (workdir / "smoke").write_text("1")
+    verdicts: list[tuple[str, AnalysisStatus, str]] = []
+
+    async def on_verdict(analysis: Any, status: AnalysisStatus, reason: str) -> None:
+        verdicts.append((analysis.id, status, reason))
+
+    before = loop(first, envs, workdir, clock, probe, on_verdict=on_verdict)
+    clock.now = T0 + timedelta(milliseconds=200)
+    assert len((await before.tick()).measured) == 1
+    await before.stop()
+
+    after_store = open_stores()  # a new process on the same database
+    after = loop(after_store, envs, workdir, clock, probe, on_verdict=on_verdict)
+    found = after_store.analysis(analysis_id)
+    assert found is not None
+    analysis, tallies = found
+    assert analysis.deadline == T0 + timedelta(seconds=60) and tallies["smoke"].failed == 1
+    clock.now = T0 + timedelta(seconds=10, milliseconds=500)
+    done = await after.tick()
+    assert verdicts == [(analysis_id, AnalysisStatus.FAILED, "smoke: exit 1 at 12:00:10, twice")]
+    assert [(a.id, s) for a, s, _ in done.verdicts] == [(analysis_id, AnalysisStatus.FAILED)]
+    ended = after_store.analysis(analysis_id)
+    assert ended is not None and ended[0].status is AnalysisStatus.FAILED and ended[0].ended_by == "shipyard"
+    assert [m.result for m in after_store.measurements(analysis_id)] == [CheckResult.FAILED] * 2
+    clock.now = T0 + timedelta(seconds=20)
+    assert (await after.tick()).measured == []  # an ended analysis is measured no more
+    assert not after_store.end(analysis_id, AnalysisStatus.CANCELED, "too late", "alice", clock.now)
+
+
+async def test_a_healthy_verification_passes_at_its_deadline(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    envs, clock, probe = environments({**VERIFY, "for": "25s"}, health=False), Clock(), Probe()
+    store = open_stores()
+    analysis_id = start_verification(store, envs, T0)
+    verifier = loop(store, envs, workdir, clock, probe)
+    for seconds in (0, 10, 20):
+        clock.now = T0 + timedelta(seconds=seconds)
+        assert (await verifier.tick()).verdicts == []
+    clock.now = T0 + timedelta(seconds=25)
+    done = await verifier.tick()  # nothing due: the deadline alone decides
+    assert done.measured == []
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.PASSED, "every check passed: smoke 3 times")
+    ]
+
+
+async def test_health_watches_follow_the_configuration(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    store = open_stores()
+    watched = environments().policy("production").health
+    store.ensure_health({"production": watched}, T0)
+    store.ensure_health({"production": watched}, T0)  # (again: nothing new)
+    assert [d.check for d in store.claim_due(T0, "me", 30, 10)] == ["smoke"]
+    store.release("me")
+    store.ensure_health({"production": None}, T0)  # the watch was removed
+    assert store.claim_due(T0 + timedelta(hours=1), "me", 30, 10) == []
+    found = store.analysis(health_analysis_id("production"))
+    assert found is not None and found[1] == {}
