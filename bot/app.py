@@ -18,8 +18,10 @@ from bot.housekeeping import HOUSEKEEPING, Housekeeping
 from bot.locks_keeper import KEEPER, LockKeeper
 from bot.scheduler import ScheduleLoop
 from bot.webhooks.service import WEBHOOKS, Config, Webhooks
+from core.analysis import AnalysisStatus
 from core.errors import DatabaseUnreachable
 from core.runtime.analyses import AnalysisLoop
+from core.runtime.verification import verdicts_to
 from storage.analyses import AnalysisStore
 
 SHIPYARD = web.AppKey("shipyard", Shipyard)
@@ -36,8 +38,20 @@ def analysis_loop(running: Shipyard) -> AnalysisLoop | None:
         return None
     workdir = settings.work_dir.resolve() / "checks"
     workdir.mkdir(parents=True, exist_ok=True)
+    analyses = AnalysisStore(running.store)
+    orchestrator = running.orchestrator
+
+    async def end(analysis_id: str, status: AnalysisStatus, reason: str) -> bool:
+        return await orchestrator.db(
+            analyses.end, analysis_id, status, reason, "shipyard", running.service.clock()
+        )
+
     return AnalysisLoop(
-        AnalysisStore(running.store), settings.environments, db=running.orchestrator.db, workdir=workdir
+        analyses,
+        settings.environments,
+        db=orchestrator.db,
+        workdir=workdir,
+        on_verdict=verdicts_to(orchestrator.handle, end),
     )
 
 

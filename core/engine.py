@@ -537,6 +537,8 @@ def _end_verification(plan: _Plan, command: EndVerification) -> None:
     person = command.actor.channel != "system"
     who = f" by {command.actor.name}" if person else ""
     if command.verdict == "inconclusive":
+        if plan.run.reason.startswith(f"verification of {stage.environment} inconclusive"):
+            raise CommandRefused(f"{plan.run.ref} already waits for an approver to decide its verification")
         why = f"verification of {stage.environment} inconclusive: {command.reason}; an approver decides"
         plan.set(stage, reason=why)
         plan.set(plan.run, reason=why)

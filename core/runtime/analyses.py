@@ -7,10 +7,11 @@ most ``concurrency`` at once; it claims no more than it has room for), and recor
 
 * a health watch's measurement recomputes its environment's health in the same transaction; a
   change is handed to ``on_health_change`` (Slack, webhooks);
-* a verification's measurement is judged (``verdict``); one that is no longer ``running`` is
-  ended with a conditional update, and whoever ended it calls ``on_verdict`` (the engine ends
-  the run, or rolls back). Verifications whose deadline has come are judged every round too,
-  with no measurement needed.
+* a verification's measurement is judged (``verdict``); a verdict is handed to ``on_verdict``
+  (``core.runtime.verification``: the engine ends the stage's verification, the analysis with
+  it, and rolls back, in one transaction; of two replicas judging at once one wins, the other
+  is refused). Without ``on_verdict`` the loop ends the analysis itself. Verifications whose
+  deadline has come are judged every round too, with no measurement needed.
 
 A check's next measurement is due ``interval`` after the previous one was due (not after it
 was taken), so lateness does not drift; a check later than a whole interval skips the missed
@@ -303,12 +304,16 @@ class AnalysisLoop:
             status, reason = verdict(policy, tallies, now, analysis.deadline)
         if status is AnalysisStatus.RUNNING:
             return
+        if self.on_verdict is not None:
+            # the engine ends the analysis in the transaction that ends the stage's verification
+            # (``core.runtime.writes``): a verdict it refuses is judged again next round
+            done.verdicts.append((analysis, status, reason))
+            await self.on_verdict(analysis, status, reason)
+            return
         if not await self.db(self.analyses.end, analysis.id, status, reason, BY, now):
-            return  # another process (or a person) ended it, and acts on it
+            return  # another process (or a person) ended it
         log.info("verification of %s in %s %s: %s", analysis.run_id, analysis.environment, status, reason)
         done.verdicts.append((analysis, status, reason))
-        if self.on_verdict is not None:
-            await self.on_verdict(analysis, status, reason)
 
     # -- figures ------------------------------------------------------------------------------
     def lateness_quantile(self, q: float) -> float | None:

@@ -11,9 +11,12 @@ and two replicas cannot start two.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Literal
 
-from core.commands import TriggerRun
+from core.analysis import Analysis, AnalysisStatus
+from core.commands import EndVerification, TriggerRun
 from core.engine import Decision
 from core.environments import Environments
 from core.errors import InvalidInput, NotFound
@@ -22,8 +25,42 @@ from core.ports import AuditEntry, Tx
 from core.rollback import plan_rollback
 from core.runtime.handling import handle
 from core.runtime.writes import write
+from core.states import RunStatus
 
 log = logging.getLogger(__name__)
+
+
+#: the engine's verdict for an analysis' status
+_VERDICTS: dict[AnalysisStatus, Literal["passed", "failed", "inconclusive"]] = {
+    AnalysisStatus.PASSED: "passed",
+    AnalysisStatus.FAILED: "failed",
+    AnalysisStatus.INCONCLUSIVE: "inconclusive",
+}
+
+
+def verdicts_to(
+    handle_command: Callable[[EndVerification], Awaitable[Decision]],
+    end: Callable[[str, AnalysisStatus, str], Awaitable[bool]],
+) -> Callable[[Analysis, AnalysisStatus, str], Awaitable[None]]:
+    """The analysis loop's ``on_verdict``: the verdict as ``EndVerification`` to the engine. A
+    verdict the engine refuses because the run no longer verifies (it was canceled meanwhile)
+    ends the analysis, so it is not judged again."""
+
+    async def on_verdict(analysis: Analysis, status: AnalysisStatus, reason: str) -> None:
+        verdict = _VERDICTS.get(status)
+        if analysis.run_id is None or verdict is None:
+            return
+        decision = await handle_command(
+            EndVerification(run_id=analysis.run_id, verdict=verdict, reason=reason)
+        )
+        if decision.accepted:
+            log.info(
+                "verification of %s in %s %s: %s", analysis.run_id, analysis.environment, verdict, reason
+            )
+        elif decision.state is None or decision.state.run.status is not RunStatus.VERIFYING:
+            await end(analysis.id, AnalysisStatus.CANCELED, f"the run no longer verifies: {decision.reason}")
+
+    return on_verdict
 
 
 def rollback_key(run_id: str) -> str:

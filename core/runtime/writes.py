@@ -8,9 +8,11 @@ the audit entry. Refusals are audited too. All of it in the command's transactio
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import datetime
 
+from core.analysis import AnalysisStatus
 from core.commands import Command, ReportTarget, RetryRun, TriggerRun, command_name
 from core.engine import Decision
 from core.environments import Environments
@@ -20,6 +22,8 @@ from core.ports import AuditEntry, Deployment, Tx
 from core.review import open_review
 from core.runtime.reading import artifact_for
 from core.states import STAGE_DONE, StageStatus
+
+log = logging.getLogger(__name__)
 
 #: how long a break-glass run's review stays open when no environment says otherwise (a day)
 DEFAULT_REVIEW_S = 86400.0
@@ -47,8 +51,48 @@ def write(
         tx.append_events(decision.events)
         for deployment in _deployments(decision, state):
             _record_deployment(tx, state, deployment, now)
+        _verifications(tx, decision, state, environments, command.actor.name, now)
     if command.actor.channel != "runner" or audit_runner_reports or not decision.accepted:
         tx.audit(_audit_entry(command, decision, now))
+
+
+def analysis_id(run_id: str, stage_index: int) -> str:
+    """The analysis that verifies a run's deploy stage (one per stage: a retry hits the key)."""
+    return f"verify:{run_id}:{stage_index}"
+
+
+#: how the analysis of a stage leaving ``verifying`` ends
+_ENDED = {
+    StageStatus.SUCCEEDED: AnalysisStatus.PASSED,
+    StageStatus.FAILED: AnalysisStatus.FAILED,
+    StageStatus.CANCELED: AnalysisStatus.CANCELED,
+}
+
+
+def _verifications(
+    tx: Tx, decision: Decision, state: RunState, environments: Environments, by: str, now: datetime
+) -> None:
+    """Start the analysis of a stage that began verifying, and end it, in the same transaction,
+    when the stage leaves ``verifying`` or its verdict is inconclusive (a person decides): the
+    analysis loop measures only what the engine still verifies."""
+    for event in decision.events:
+        if event.subject != "stage":
+            continue
+        stage = next(s for s in state.stages if s.id == event.subject_id)
+        if stage.environment is None:
+            continue
+        ident = analysis_id(state.run.id, stage.index)
+        if event.to_status == StageStatus.VERIFYING:
+            policy = environments.policy(stage.environment).verify
+            if policy is None:  # (removed from the configuration since the stage started)
+                log.warning("%s: %s has no verify now; an approver decides", state.run.ref, stage.environment)
+                continue
+            tx.start_analysis(ident, stage.environment, state.run.id, stage.index, policy, now)
+        elif event.from_status == StageStatus.VERIFYING:
+            ended = _ENDED[StageStatus(event.to_status or "")]
+            tx.end_analysis(ident, ended, stage.reason, by, now)
+        elif event.name == "stage.verification_inconclusive":
+            tx.end_analysis(ident, AnalysisStatus.INCONCLUSIVE, str(event.data.get("reason", "")), by, now)
 
 
 def _insert(

@@ -173,8 +173,12 @@ async def test_a_restart_resumes_a_verification_with_its_tallies_and_deadline_an
     (workdir / "smoke").write_text("1")
     verdicts: list[tuple[str, AnalysisStatus, str]] = []
 
+    current = [first]
+
     async def on_verdict(analysis: Any, status: AnalysisStatus, reason: str) -> None:
+        """As the engine does: the verdict ends the analysis in the run's transaction."""
         verdicts.append((analysis.id, status, reason))
+        assert current[-1].end(analysis.id, status, reason, "shipyard", clock.now)
 
     before = loop(first, envs, workdir, clock, probe, on_verdict=on_verdict)
     clock.now = T0 + timedelta(milliseconds=200)
@@ -182,6 +186,7 @@ async def test_a_restart_resumes_a_verification_with_its_tallies_and_deadline_an
     await before.stop()
 
     after_store = open_stores()  # a new process on the same database
+    current.append(after_store)
     after = loop(after_store, envs, workdir, clock, probe, on_verdict=on_verdict)
     found = after_store.analysis(analysis_id)
     assert found is not None
