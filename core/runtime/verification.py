@@ -80,6 +80,8 @@ def rollback_after(tx: Tx, decision: Decision, now: datetime, environments: Envi
     assert env is not None
     tx.flush_writes()  # (the failed deployment is now in the history the plan reads)
     try:
+        if state.run.kind == "rollback":  # rolling a rollback back could go on for ever
+            raise InvalidInput(f"{state.run.ref} is itself a rollback: people decide what runs there now")
         plan = plan_rollback(env, tx.deployments_to(env, 200), tx.artifact)
     except (NotFound, InvalidInput) as exc:
         log.warning("verification of %s failed in %s; no rollback: %s", env, state.run.ref, exc.message)
@@ -91,7 +93,7 @@ def rollback_after(tx: Tx, decision: Decision, now: datetime, environments: Envi
                 action="rollback",
                 target=env,
                 outcome="rejected",
-                reason=f"verification of {state.run.ref} failed; nothing to roll back to: {exc.message}",
+                reason=f"verification of {state.run.ref} failed; no rollback: {exc.message}",
                 detail={"run_id": state.run.id},
             )
         )

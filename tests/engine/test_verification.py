@@ -172,4 +172,5 @@ async def test_the_first_deployment_failing_verification_has_nothing_to_roll_bac
     assert decision.accepted and "rollback" not in decision.extra
     entries = await yard.orchestrator.db(yard.service.store.audit_entries, 20)
     refused = [e for e in entries if e.action == "rollback"]
-    assert refused and refused[0].outcome == "rejected" and "nothing to roll back to" in refused[0].reason
+    assert refused and refused[0].outcome == "rejected"
+    assert refused[0].reason.endswith("no rollback: no earlier good deployment to production to roll back to")
