@@ -1,6 +1,6 @@
 """Verification measured for real: a served Shipyard whose analysis loop asks a real Prometheus
 about a real test service. A healthy release ends verified; a release whose service starts
-answering 5xx during verification is rolled back automatically, within ``interval ×
+answering 5xx during verification is rolled back automatically, within ``interval *
 failure_limit`` plus 2 s of Prometheus seeing the errors, to the release verified before it."""
 
 from __future__ import annotations
