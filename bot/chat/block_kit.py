@@ -152,6 +152,8 @@ def run_message(state: RunState, place: QueueEntry | None = None) -> tuple[str, 
     blocks.append(text("\n".join(_stage_line(state, stage) for stage in state.stages)))
     if run.reason and run.status in RUN_TERMINAL and run.status is not RunStatus.SUCCEEDED:
         blocks.append(context(run.reason))
+    elif run.reason and run.status is RunStatus.VERIFYING:
+        blocks.append(context(f":mag: {run.reason}"))
     for warning in run.warnings[:5]:
         blocks.append(context(f":warning: {warning}"))
     buttons = _run_buttons(state)

@@ -37,3 +37,40 @@ async def test_approvers_end_verification_from_the_run_message(start_bot: StartB
     await bot.press(BOB, "verify_roll_back", roll_back["value"], ts)
     state = await bot.until_status(ref, "failed")
     assert state.run.reason == f"verification of production failed by {BOB}"
+
+
+async def test_an_inconclusive_verification_waits_for_a_person_in_slack(
+    start_bot: StartBot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    probe = tmp_path / "probe.sh"
+    probe.write_text("#!/bin/sh\necho 'p99 unknown: no traffic yet'\nexit 2\n")
+    probe.chmod(0o755)
+    inconclusive = {
+        "production": {
+            "checks": {"traffic": {"command": [str(probe)], "interval": "1s"}},
+            "verify": {"checks": ["traffic"], "for": "10m"},
+        }
+    }
+    grants = {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER]}
+    bot = await start_bot({"web": one_deploy("web")}, grants, environments=inconclusive)
+    ref = await bot.trigger(ALICE, "run web")
+    state = await until(
+        lambda: "inconclusive" in (s := bot.run(ref)).run.reason and s,
+        what="an inconclusive verdict",
+        timeout=15,
+    )
+    assert state.run.status == "verifying"
+    assert state.run.reason.startswith(
+        "verification of production inconclusive: traffic: exit 2: p99 unknown: no traffic yet at "
+    )
+    assert state.run.reason.endswith("; an approver decides")
+    post = await bot.run_post(ref)
+    message = await until(
+        lambda: (m := bot.run_message(post.response["ts"])) and "an approver decides" in str(m) and m,
+        what="the run message to say who decides",
+    )
+    await bot.press(
+        BOB, "verify_looks_good", button(message, "verify_looks_good")["value"], post.response["ts"]
+    )
+    done = await bot.until_status(ref, "succeeded")
+    assert done.stages[0].reason == f"verified by {BOB}"
