@@ -25,6 +25,7 @@ from core.runtime.measure import measure
 from tests.e2e.server import free_port, wait_until
 from tests.factory import ROOT, cli_environment
 from tests.prometheus import Prometheus
+from tests.test_docs import broken_links
 
 EXAMPLE = ROOT / "examples" / "health"
 #: ten times the example's traffic, so that counts add up within a second
@@ -276,3 +277,7 @@ async def test_the_error_rate_check_passes_then_fails_a_bad_release(
         await asyncio.sleep(0.2)
         failed = await error_rate()
     assert float(failed.value or 0) > 0.05 and failed.detail.startswith("error-rate = ")
+
+
+def test_the_walkthrough_links_land() -> None:
+    assert broken_links(EXAMPLE / "README.md") == []
