@@ -120,7 +120,14 @@ def admit(view: EnvironmentView | None, run: Run) -> Verdict:
         return Verdict("wait", f"waiting for {env}: {view.unhealthy}")
     if view.busy_with:
         return Verdict("wait", f"waiting for {env}: {view.busy_with} is deploying there")
-    if view.queue_head not in (None, run.id) and not (view.freeze and run.break_glass is not None):
-        # (runs ahead that wait out a freeze do not hold back one that breaks the glass)
+    if view.queue_head not in (None, run.id) and not _passes_queue(view, run):
         return Verdict("wait", f"waiting for {env}: {view.queue_head_ref} is ahead in the queue")
     return Verdict("admit")
+
+
+def _passes_queue(view: EnvironmentView, run: Run) -> bool:
+    """Runs ahead that wait out a freeze do not hold back one that breaks the glass, nor do
+    those waiting for an unhealthy environment hold back a rollback (which may fix it)."""
+    if view.freeze and run.break_glass is not None:
+        return True
+    return bool(view.unhealthy) and (run.kind == "rollback" or run.break_glass is not None)
