@@ -18,7 +18,7 @@ from bot.housekeeping import HOUSEKEEPING, Housekeeping
 from bot.locks_keeper import KEEPER, LockKeeper
 from bot.scheduler import ScheduleLoop
 from bot.webhooks.service import WEBHOOKS, Config, Webhooks
-from core.analysis import AnalysisStatus
+from core.analysis import AnalysisStatus, HealthChange
 from core.errors import DatabaseUnreachable
 from core.runtime.analyses import AnalysisLoop
 from core.runtime.verification import verdicts_to
@@ -46,12 +46,20 @@ def analysis_loop(running: Shipyard) -> AnalysisLoop | None:
             analyses.end, analysis_id, status, reason, "shipyard", running.service.clock()
         )
 
+    async def health_changed(change: HealthChange) -> None:
+        # the change is in the event log already (its transaction appended it): the Slack
+        # notifier and the webhook outbox follow the log, so wake them rather than post from
+        # here; the engine's timers look again at queues an unhealthy environment held back
+        orchestrator.notify()
+        orchestrator.wake()
+
     return AnalysisLoop(
         analyses,
         settings.environments,
         db=orchestrator.db,
         workdir=workdir,
         on_verdict=verdicts_to(orchestrator.handle, end),
+        on_health_change=health_changed,
     )
 
 

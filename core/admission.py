@@ -39,6 +39,9 @@ class EnvironmentView:
     #: whether a failed verification rolls back
     verify_for: float | None = None
     verify_rollback: bool = False
+    #: "production is unhealthy since 12:03: …" while it is unhealthy and declares
+    #: ``block_when_unhealthy``
+    unhealthy: str | None = None
 
 
 class NotRead(LookupError):
@@ -98,8 +101,9 @@ class Verdict:
 
 
 def admit(view: EnvironmentView | None, run: Run) -> Verdict:
-    """The rules in order: a freeze (unless break glass), a lock, a deployment already running,
-    runs ahead in the queue. The reason names the first thing in the way."""
+    """The rules in order: a freeze (unless break glass), a lock, an unhealthy environment that
+    blocks (unless a rollback or break glass), a deployment already running, runs ahead in the
+    queue. The reason names the first thing in the way."""
     if view is None:
         return Verdict("admit")
     env = view.name
@@ -111,9 +115,19 @@ def admit(view: EnvironmentView | None, run: Run) -> Verdict:
         return Verdict("wait", f"waiting for {env}: {view.freeze}")
     if view.lock:
         return Verdict("wait", f"waiting for {env}: {view.lock}")
+    if view.unhealthy and run.kind != "rollback" and run.break_glass is None:
+        # (a rollback is how an unhealthy environment gets fixed)
+        return Verdict("wait", f"waiting for {env}: {view.unhealthy}")
     if view.busy_with:
         return Verdict("wait", f"waiting for {env}: {view.busy_with} is deploying there")
-    if view.queue_head not in (None, run.id) and not (view.freeze and run.break_glass is not None):
-        # (runs ahead that wait out a freeze do not hold back one that breaks the glass)
+    if view.queue_head not in (None, run.id) and not _passes_queue(view, run):
         return Verdict("wait", f"waiting for {env}: {view.queue_head_ref} is ahead in the queue")
     return Verdict("admit")
+
+
+def _passes_queue(view: EnvironmentView, run: Run) -> bool:
+    """Runs ahead that wait out a freeze do not hold back one that breaks the glass, nor do
+    those waiting for an unhealthy environment hold back a rollback (which may fix it)."""
+    if view.freeze and run.break_glass is not None:
+        return True
+    return bool(view.unhealthy) and (run.kind == "rollback" or run.break_glass is not None)

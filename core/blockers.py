@@ -12,7 +12,7 @@ from core.environments import EnvironmentPolicy, branch_refusal, pipeline_refusa
 
 @dataclass(frozen=True, slots=True)
 class Blocker:
-    kind: str  #: lock, freeze, busy, queue, approvals, promotion, pipeline, archived
+    kind: str  #: lock, freeze, health, busy, queue, approvals, promotion, pipeline, archived
     what: str
     clears: str
 
@@ -42,6 +42,15 @@ def blockers(f: Facts) -> list[Blocker]:
         until = f"{f.freeze_until:%a %d %b %H:%M} UTC" if f.freeze_until else "the window ends"
         clears = f"at {until}" + ("" if f.policy.on_freeze == "wait" else "; runs meeting it fail meanwhile")
         found.append(Blocker("freeze", view.freeze, clears + " (or an admin's --break-glass)"))
+    if view.unhealthy:
+        found.append(
+            Blocker(
+                "health",
+                view.unhealthy,
+                "when its health checks pass again (a rollback, `/deploy rollback "
+                f"{env}`, or an admin's --break-glass goes on meanwhile)",
+            )
+        )
     if view.busy_with:
         found.append(Blocker("busy", f"{view.busy_with} is deploying to {env}", "when it finishes"))
     if f.queued:

@@ -184,6 +184,9 @@ class EnvironmentChecks(_Strict):
     checks: dict[str, CheckDef] = Field(default_factory=dict)
     health: Annotated[HealthWatch | None, BeforeValidator(_health)] = None
     verify: VerifyPolicy | None = None
+    #: an ``unhealthy`` environment holds deployments back (rollbacks and break glass go on)
+    #: and is a blocker in ``/deploy why``
+    block_when_unhealthy: bool = False
 
     @field_validator("checks")
     @classmethod
@@ -202,4 +205,6 @@ class EnvironmentChecks(_Strict):
                 if name not in self.checks:
                     known = ", ".join(self.checks) or "none are declared"
                     raise ValueError(f"{where}: unknown check {name!r} (checks: {known})")
+        if self.block_when_unhealthy and self.health is None:
+            raise ValueError("block_when_unhealthy: the environment watches no health checks (add health)")
         return self

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from core.access import Grant
-from core.analysis import Analysis, AnalysisStatus
+from core.analysis import Analysis, AnalysisStatus, EnvironmentHealth
 from core.artifacts import Artifact, ArtifactSpec
 from core.checks import VerifyPolicy
 from core.commands import ReportTarget
@@ -160,6 +160,10 @@ class Tx(Protocol):
     def open_review(self, review: Review) -> None: ...
     def environment_lock(self, env: str, now: datetime) -> str | None:
         """Who holds ``env``'s lock, since when and why, for people; None when it is free."""
+        ...
+
+    def environment_health(self, env: str) -> EnvironmentHealth | None:
+        """``env``'s health now (``storage.analyses`` keeps it); None before it has any."""
         ...
 
     def claim_gate_check(self, gate: Gate, until: datetime) -> bool: ...

@@ -221,6 +221,12 @@ def recent(
     return found
 
 
+def health_now(conn: Connection, environment: str) -> EnvironmentHealth | None:
+    """``environment``'s health in the caller's transaction (admission, ``/deploy why``)."""
+    row = conn.execute(sa.select(HEALTH).where(HEALTH.c.environment == environment)).mappings().first()
+    return None if row is None else _health(row)
+
+
 def _rehealth(tx: SqlTx, environment: str, watch: HealthWatch | None, now: datetime) -> HealthChange | None:
     """Recompute ``environment``'s health with its row locked; write the change, if any."""
     conn = tx.conn
@@ -501,12 +507,7 @@ class AnalysisStore:
 
     def health(self, environment: str) -> EnvironmentHealth | None:
         with self.store.reading() as tx:
-            row = (
-                tx.conn.execute(sa.select(HEALTH).where(HEALTH.c.environment == environment))
-                .mappings()
-                .first()
-            )
-            return None if row is None else _health(row)
+            return health_now(tx.conn, environment)
 
     def healths(self) -> dict[str, EnvironmentHealth]:
         """Every environment's health (``/deploy envs``, the App Home)."""

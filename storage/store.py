@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core.access import Grant
-from core.analysis import Analysis, AnalysisStatus
+from core.analysis import Analysis, AnalysisStatus, EnvironmentHealth
 from core.artifacts import Artifact, ArtifactSpec
 from core.audit import entry_hash
 from core.checks import VerifyPolicy
@@ -659,6 +659,11 @@ class SqlTx:
 
         lock = current_lock(self.conn, env, now)
         return describe_lock(lock, now) if lock is not None else None
+
+    def environment_health(self, env: str) -> EnvironmentHealth | None:
+        from storage import analyses
+
+        return analyses.health_now(self.conn, env)
 
     def open_review(self, review: Review) -> None:
         from storage import reviews

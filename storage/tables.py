@@ -471,7 +471,7 @@ class WebhookDeliveryRow(SQLModel, table=True):
     webhook_id: str = Field(foreign_key="webhook.id", max_length=40)
     key: str = Field(max_length=160)
     msg_id: str = Field(max_length=160)
-    event_type: str = Field(max_length=24)
+    event_type: str = Field(max_length=40)
     event_seq: int = _bigint()
     position: int = _bigint()
     run_id: str = Field(max_length=64)

@@ -64,7 +64,16 @@ class RollbackOut(BaseModel):
 
 class BlockerOut(BaseModel):
     kind: Literal[
-        "lock", "freeze", "busy", "queue", "approvals", "promotion", "pipeline", "branch", "archived"
+        "lock",
+        "freeze",
+        "health",
+        "busy",
+        "queue",
+        "approvals",
+        "promotion",
+        "pipeline",
+        "branch",
+        "archived",
     ]
     what: str
     clears: str = Field(description="what or when clears it")

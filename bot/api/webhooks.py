@@ -28,7 +28,13 @@ from core.errors import IllegalTransition
 from storage.webhooks import Attempt, Delivery, Trigger, Webhook, WebhookStore
 
 EventType = Literal[
-    "run.started", "run.finished", "stage.finished", "gate.waiting", "gate.decided", "deployment.finished"
+    "run.started",
+    "run.finished",
+    "stage.finished",
+    "gate.waiting",
+    "gate.decided",
+    "deployment.finished",
+    "environment.health_changed",
 ]
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: how long registration waits for the URL's host name to resolve
@@ -43,10 +49,13 @@ class WebhookIn(Strict):
         pattern=r"^https?://[^\s/?#@]+(/\S*)?$",
         description="where deliveries are POSTed; http(s), no credentials in it",
     )
-    events: list[EventType] = Field(min_length=1, max_length=6)
+    events: list[EventType] = Field(min_length=1, max_length=7)
     pipeline: str | None = Field(None, pattern=NAME, max_length=63, description="only this pipeline's runs")
     environment: str | None = Field(
-        None, pattern=NAME, max_length=63, description="only stages deploying here (and runs with one)"
+        None,
+        pattern=NAME,
+        max_length=63,
+        description="only stages deploying here (and runs with one), and this environment's health changes",
     )
     description: str = Field("", max_length=500)
 

@@ -10,7 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from bot.chat.health import line as health_line
 from core.admission import QueueEntry
+from core.analysis import EnvironmentHealth
 from core.duration import format_duration
 from core.model import Gate, Job, Run, RunState, Stage
 from core.ports import Deployment
@@ -239,12 +241,14 @@ def gate_card(
     *,
     artifact: str | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
+    health: EnvironmentHealth | None = None,
 ) -> tuple[str, list[Block]]:
     """What the approvers see while a gate waits for them: what will be deployed (``artifact``,
     the run's, when known, and its revision), what is ``live`` in the environment now (and a
     compare link between the two), the gates already passed and the approvals so far. Once
     decided it keeps all of that and shows who decided, when and why instead of the buttons.
-    ``groups``: role → Slack user groups, so approvers can be mentioned (``approvers_line``)."""
+    ``groups``: role → Slack user groups, so approvers can be mentioned (``approvers_line``);
+    ``health``: the environment's health now, shown under it while the gate is open."""
     run = state.run
     stage = state.stages[gate.stage_index]
     target = f" to *{stage.environment}*" if stage.environment else ""
@@ -275,6 +279,8 @@ def gate_card(
             line += " — so far " + ", ".join(who(a.actor) for a in gate.approvals)
         lines.append(line)
     blocks = [text("\n".join(lines))]
+    if health is not None and gate.status is GateStatus.OPEN:
+        blocks.append(context(health_line(health)))
     if gate.status is GateStatus.OPEN:
         value = ref_value(state, gate)
         blocks.append(

@@ -1,16 +1,18 @@
 """What the chat shows that it has to read beyond a run: the gate card's artifact and what is
-live beside it, a failed job's last log lines, a rollback's lock. Read here once for every face
-(Slack's thread posts and App Home, the console), through the ``ChatBackend``; drawn by the pure
-``bot.chat.block_kit`` and ``bot.chat.threads``."""
+live beside it, a failed job's last log lines, a rollback's lock, an environment's health. Read
+here once for every face (Slack's thread posts and App Home, the console), through the
+``ChatBackend``; drawn by the pure ``bot.chat.block_kit`` and ``bot.chat.threads``."""
 
 from __future__ import annotations
 
 from bot.backend import now
 from bot.chat import block_kit, threads
 from bot.chat.verbs import ChatBackend
+from core.analysis import EnvironmentHealth, Health
 from core.assignment import run_artifact
 from core.model import Gate, RunState
 from core.ports import Deployment
+from storage.analyses import AnalysisStore
 from storage.artifacts import ArtifactStore
 from storage.locks import LockStore
 
@@ -24,7 +26,9 @@ async def gate_card(backend: ChatBackend, state: RunState, gate: Gate) -> tuple[
     """``blocks.gate_card`` with what it shows read: the run's artifact, what is live beside it
     and the Slack user groups its approvers' roles map to."""
     shown = await _shown(backend, state, threads.GateCard(gate))
-    return block_kit.gate_card(state, gate, shown.live, artifact=shown.artifact, groups=shown.groups)
+    return block_kit.gate_card(
+        state, gate, shown.live, artifact=shown.artifact, groups=shown.groups, health=shown.health
+    )
 
 
 async def compose(
@@ -69,6 +73,7 @@ async def _shown(backend: ChatBackend, state: RunState, post: threads.ThreadPost
                 live=await live_beside(backend, state, gate),
                 artifact=await artifact_of(backend, state),
                 groups=block_kit.role_groups(backend.shipyard.settings.slack_roles),
+                health=await _gate_health(backend, state, gate),
             )
         case threads.JobFailed(job=job, attempt=attempt):
             tail = await backend.read(backend.shipyard.store.tail_log, job.id, TAIL_LINES, attempt)
@@ -79,3 +84,37 @@ async def _shown(backend: ChatBackend, state: RunState, post: threads.ThreadPost
             )
         case _:
             return threads.Shown(at)
+
+
+def watched(backend: ChatBackend, env: str) -> bool:
+    """Whether ``env`` watches health checks (only then does it show a health)."""
+    return backend.shipyard.settings.environment(env).health is not None
+
+
+async def health_of(backend: ChatBackend, env: str) -> EnvironmentHealth | None:
+    """``env``'s health, when it watches health checks (``unknown`` before any measurement)."""
+    if not watched(backend, env):
+        return None
+    found = await backend.read(AnalysisStore(backend.shipyard.store).health, env, quick=True)
+    return found or EnvironmentHealth(
+        env, Health.UNKNOWN, backend.shipyard.service.clock(), "no measurement yet"
+    )
+
+
+async def healths(backend: ChatBackend, envs: list[str]) -> dict[str, EnvironmentHealth]:
+    """The health of each of ``envs`` that watches health checks, read at once."""
+    if not any(watched(backend, env) for env in envs):
+        return {}
+    every = await backend.read(AnalysisStore(backend.shipyard.store).healths, quick=True)
+    clock = backend.shipyard.service.clock()
+    return {
+        env: every.get(env) or EnvironmentHealth(env, Health.UNKNOWN, clock, "no measurement yet")
+        for env in envs
+        if watched(backend, env)
+    }
+
+
+async def _gate_health(backend: ChatBackend, state: RunState, gate: Gate) -> EnvironmentHealth | None:
+    """The health of an open gate's environment (a decided card shows none: it would be now's)."""
+    env = state.stages[gate.stage_index].environment
+    return await health_of(backend, env) if env is not None and gate.status == "open" else None

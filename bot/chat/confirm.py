@@ -10,6 +10,7 @@ import time
 
 from bot.backend import now
 from bot.chat import block_kit, forms
+from bot.chat.cards import health_of
 from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who
 from core.artifacts import as_built, check_deployable
 from core.commands import ReportTarget, TriggerRun
@@ -132,7 +133,8 @@ async def ask_to_confirm(
             "These parameters are too long to carry in a Deploy button (Slack keeps 2000 characters); "
             "start this run over the REST API."
         )
-    facts = forms.Facts(definition, version, live, artifact, artifact_revision)
+    health = tuple([h for env in environments if (h := await health_of(backend, env)) is not None])
+    facts = forms.Facts(definition, version, live, artifact, artifact_revision, health)
     text, blocks = forms.question(asked, facts)
     return Reply(text, blocks)
 

@@ -9,7 +9,9 @@ from functools import partial
 
 from bot.backend import now
 from bot.chat import block_kit
+from bot.chat.cards import healths
 from bot.chat.confirm import ask_first
+from bot.chat.health import EMOJI, said
 from bot.chat.parse import Line
 from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who, _usage, verb
 from core.access import Action
@@ -35,12 +37,13 @@ async def _environments(backend: ChatBackend) -> list[str]:
     return declared + sorted(set(known) - set(declared))
 
 
-@verb("envs", "envs", "what runs where, and what holds each environment")
+@verb("envs", "envs", "what runs where, how healthy it is, and what holds each environment")
 async def envs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     names = await _environments(backend)
     if not names:
         return Reply("No environments yet: a pipeline stage with `environment:` makes one.")
     rows = []
+    health = await healths(backend, names)
     for env in names:
         live = await backend.read(backend.reads.current_deployment, env)
         what = (
@@ -51,7 +54,9 @@ async def envs(backend: ChatBackend, who: Who, line: Line) -> Reply:
         )
         blockers = await backend.read(backend.shipyard.service.why, env, None)
         held = [b.what for b in blockers if b.kind in ("lock", "freeze", "busy", "queue")]
-        rows.append(f"• *{env}*: {what}" + (f" — {'; '.join(held)}" if held else ""))
+        shown = health.get(env)
+        state = f" · {EMOJI[shown.state]} {said(shown).removeprefix(env + ' is ')}" if shown else ""
+        rows.append(f"• *{env}*: {what}{state}" + (f" — {'; '.join(held)}" if held else ""))
     return Reply("\n".join(rows))
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.chat import block_kit
+from bot.chat.health import line as health_line
+from core.analysis import EnvironmentHealth
 from core.definition import ParameterDef, PipelineDef, coerce_parameter
 from core.ports import Deployment
 
@@ -366,6 +368,8 @@ class Facts:
     artifact: str | None = None
     #: the artifact's own revision (the run that built it), when the run is given none
     artifact_revision: str | None = None
+    #: the health of those environments that watch health checks
+    health: tuple[EnvironmentHealth, ...] = ()
 
 
 def question(asked: Question, facts: Facts) -> tuple[str, list[block_kit.Block]]:
@@ -400,7 +404,9 @@ def question(asked: Question, facts: Facts) -> tuple[str, list[block_kit.Block]]
     else:
         text, press = f"Deploy {asked.pipeline} to {environments}?", "Deploy"
     button = block_kit.button(press, block_kit.CONFIRM, asked.value(), "danger")
-    return text, [block_kit.text("\n".join(lines)), block_kit.actions(f"confirm-{asked.id}", button)]
+    blocks = [block_kit.text("\n".join(lines))]
+    blocks += [block_kit.context(health_line(h)) for h in facts.health]
+    return text, [*blocks, block_kit.actions(f"confirm-{asked.id}", button)]
 
 
 def _headline(asked: Question, facts: Facts, environments: str) -> str:

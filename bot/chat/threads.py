@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot.chat import block_kit, lock_blocks
+from core.analysis import EnvironmentHealth
 from core.events import Event
 from core.locks import Lock
 from core.model import Gate, Job, RunState
@@ -118,6 +119,8 @@ class Shown:
     tail: Sequence[str] = ()
     #: a succeeded rollback: its environment's lock now
     lock: Lock | None = None
+    #: a gate card: its environment's health now (when it watches health checks)
+    health: EnvironmentHealth | None = None
 
 
 def posts_for(state: RunState, event: Event) -> list[ThreadPost]:
@@ -157,7 +160,9 @@ def render(state: RunState, post: ThreadPost, shown: Shown) -> tuple[str, list[b
     that is gone)."""
     match post:
         case GateCard(gate=gate):
-            return block_kit.gate_card(state, gate, shown.live, artifact=shown.artifact, groups=shown.groups)
+            return block_kit.gate_card(
+                state, gate, shown.live, artifact=shown.artifact, groups=shown.groups, health=shown.health
+            )
         case JobFailed(job=job, attempt=attempt, status=status, reason=reason):
             summary, blocks = block_kit.job_failed(state, job, list(shown.tail), attempt, status, reason)
             return summary, blocks + block_kit.settle_failure(state)

@@ -1,4 +1,4 @@
-"""App Home: what runs where (and whether it is locked), the gates waiting for the viewer, the
+"""App Home: what runs where (whether it is locked, how healthy it is), the gates waiting for the viewer, the
 viewer's recent runs. Published when the viewer opens it and again when something it shows
 changes (the notifier: runs, gates, deployments and locks).
 
@@ -16,7 +16,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
 from bot.chat import block_kit, lock_blocks
-from bot.chat.cards import gate_card
+from bot.chat.cards import gate_card, healths, watched
+from bot.chat.health import line as health_line
 from bot.chat.verbs import ChatBackend
 from core.access import Grant, authorize
 from core.commands import ApproveGate
@@ -70,12 +71,18 @@ def may_approve(grants: list[Grant], user: str, state: RunState, gate: Gate) -> 
 async def _environments(backend: ChatBackend, at: datetime) -> list[block_kit.Block]:
     locks = {lock.environment: lock for lock in await backend.read(LockStore(backend.shipyard.store).all, at)}
     names = sorted(set(await backend.read(backend.reads.environment_names)) | set(locks))
+    names = sorted(
+        set(names) | {n for n in backend.shipyard.settings.environments.root if watched(backend, n)}
+    )
+    health = await healths(backend, names)
     blocks = []
     for name in names:
         live = await backend.read(backend.reads.current_deployment, name)
         line = f"*{name}*: " + (block_kit.live_line(live) if live is not None else "nothing deployed yet")
         lock = locks.get(name)
         line += f"\n:lock: {lock_blocks.told(lock, at)}" if lock is not None else "\n:unlock: not locked"
+        if name in health:
+            line += f"\n{health_line(health[name])}"
         blocks.append(block_kit.text(line))
     return blocks
 

@@ -21,9 +21,13 @@ An outage is one WARNING line (no traceback) and one line when Slack answers aga
 when the Socket Mode connection is made (``slack_is_back``), it catches up at once: the thread
 posts waiting for a retry are due now, and run messages whose edits were given up are edited.
 
+A change of an environment's health (``environment.health_changed`` in the event log) is posted
+in the default channel (``slack_channel``; environments name no channel of their own), claimed
+and retried like a thread post (its key: ``health:<env>:<event seq>``, of no run).
+
 App Home views of the people who opened them are published again when what they show
-changes: runs, gates, deployments and environment locks, all read from the event log (every
-lock change appends its event, whichever door it came through)."""
+changes: runs, gates, deployments, environment locks and health, all read from the event log
+(every lock change appends its event, whichever door it came through)."""
 
 from __future__ import annotations
 
@@ -41,10 +45,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
 from bot.chat import block_kit, cards, threads
+from bot.chat import health as health_words
 from bot.chat.environments import review_reminder
 from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
+from core.analysis import Health, HealthChange
 from core.errors import DatabaseUnreachable
 from core.events import NO_RUN, Event
 from core.model import RunState
@@ -56,6 +62,8 @@ from storage.slack import PendingPost, SlackState
 
 log = logging.getLogger(__name__)
 CURSOR = "slack"
+#: the event of an environment's health changing, posted in its channel
+HEALTH_CHANGED = "environment.health_changed"
 #: the longest the notifier goes without looking for reminders due (a gate opening, which it
 #: sees as an event, makes it look at once)
 REMIND_IDLE_S = 300.0
@@ -232,6 +240,9 @@ class Notifier:
         # every run is handled before a failure (Slack down) ends the step: the step is done
         # again, each post claimed once, and no run's handling is left running behind it
         done = await asyncio.gather(*(one(e) for e in by_run.values()), return_exceptions=True)
+        for event in events:
+            if event.name == HEALTH_CHANGED:
+                await self._on_health(event)
         if failures := [e for e in done if isinstance(e, BaseException)]:
             raise failures[0]
         if any(_changes_home(e) for e in events):
@@ -330,34 +341,63 @@ class Notifier:
         """Post ``key`` in the run's thread once. ``seq``: the event that calls for it, handled
         again when the send fails and its retry is due (0: a reminder, made again by the
         reminder pass)."""
-        if not await self.backend.write(self.state.claim_post, state.run.id, key, now()):
+        await self._post(state.run.id, state.run.ref, channel, ts, key, summary, blocks, seq)
+
+    async def _post(
+        self,
+        run_id: str,
+        about: str,
+        channel: str,
+        thread: str | None,
+        key: str,
+        summary: str,
+        blocks: Any,
+        seq: int,
+    ) -> None:
+        """Send post ``key`` (of ``run_id``; ``NO_RUN`` for one about no run) once, claimed in
+        the database first; a failed send is planned again with ``POST_BACKOFF``."""
+        if not await self.backend.write(self.state.claim_post, run_id, key, now()):
             return
         try:
             answer = await self.client.chat_postMessage(
-                channel=channel, thread_ts=ts, text=summary, blocks=blocks
+                channel=channel, thread_ts=thread, text=summary, blocks=blocks
             )
         except SEND_FAILED as exc:
             error, final = _error(exc), is_final(exc)
             due: datetime | None = await self.backend.write(
-                self.state.post_failed, state.run.id, key, seq, POST_BACKOFF, now(), error, final
+                self.state.post_failed, run_id, key, seq, POST_BACKOFF, now(), error, final
             )
             if due is None:
                 why = "Slack refuses it" if final else "no tries left"
                 log.warning(
-                    "gave up posting %s of %s to Slack channel %s: %s (%s)",
-                    key,
-                    state.run.ref,
-                    channel,
-                    error,
-                    why,
+                    "gave up posting %s of %s to Slack channel %s: %s (%s)", key, about, channel, error, why
                 )
             else:
-                log.warning(
-                    "could not post %s of %s to Slack (%s); trying again later", key, state.run.ref, error
-                )
+                log.warning("could not post %s of %s to Slack (%s); trying again later", key, about, error)
                 self._pending_due = min(self._pending_due, due.timestamp())
             return
-        await self.backend.write(self.state.post_sent, state.run.id, key, str(answer["ts"]))
+        await self.backend.write(self.state.post_sent, run_id, key, str(answer["ts"]))
+
+    async def _on_health(self, event: Event) -> None:
+        """An environment's health changed: say so in its channel (the default one: environments
+        name none), once, whatever the restarts and replicas (the post is claimed by the event's
+        number); nothing when there is no channel."""
+        channel = self.default_channel
+        if channel is None or event.name != HEALTH_CHANGED:
+            return
+        change = HealthChange(
+            0,
+            event.subject_id,
+            event.at,
+            Health(event.from_status or Health.UNKNOWN),
+            Health(event.to_status or Health.UNKNOWN),
+            str(event.data.get("reason", "")),
+        )
+        said = health_words.changed(change)
+        blocks = [block_kit.text(said)]
+        summary = f"{change.environment} is {change.to_state} (was {change.from_state})"
+        key = f"health:{change.environment}:{event.seq}"
+        await self._post(NO_RUN, change.environment, channel, None, key, summary, blocks, event.seq)
 
     async def _retry_posts(self) -> None:
         """Send again the thread posts whose retry is due, by doing again what called for them:
@@ -390,6 +430,10 @@ class Notifier:
         found = await self.backend.read(
             self.backend.shipyard.store.events_after, post.seq - 1, 1, post.run_id
         )
+        if post.run_id == NO_RUN:  # a post about no run: an environment's health
+            if found and found[0].seq == post.seq:
+                await self._on_health(found[0])
+            return
         state = await self.backend.read(self.backend.reads.run, post.run_id)
         if not found or found[0].seq != post.seq or state is None:
             return
@@ -501,7 +545,7 @@ class Notifier:
 def _changes_home(event: Event) -> bool:
     """Does App Home show what this event changed (gates waiting and their approvals, what runs
     where, the viewer's runs, environment locks)?"""
-    if event.subject == "lock":
+    if event.subject in ("lock", "env"):  # (locks, environment health)
         return True
     if event.subject == "gate":
         return event.to_status == "open" or event.from_status == "open" or event.name == "gate.approval_added"

@@ -10,9 +10,11 @@ transaction that moves its cursor.
 | ``deployment.finished`` | the same, for a stage with an ``environment`` that ran |
 | ``gate.waiting`` | a gate opened |
 | ``gate.decided`` | an open gate was approved, rejected, timed out or canceled |
+| ``environment.health_changed`` | an environment's health changed (``storage.analyses``) |
 
 A message's ``position`` (the event's sequence number, then a rank for the two messages one
-stage event can make) orders a run's messages for one subscriber.
+stage event can make) orders a run's messages for one subscriber. Health changes belong to no
+run: their deliveries are ordered per environment (their ``run_id`` is ``env:<name>``).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ EVENT_TYPES = (
     "gate.waiting",
     "gate.decided",
     "run.finished",
+    "environment.health_changed",
 )
 RANK = {name: i for i, name in enumerate(EVENT_TYPES)}
 FINISHED_RUN = frozenset(str(s) for s in RUN_TERMINAL)
 FINISHED_STAGE = frozenset(str(s) for s in STAGE_DONE) - {"skipped"}
+HEALTH_CHANGED = "environment.health_changed"
 
 
 def types_of(event: Event) -> list[str]:
@@ -51,6 +55,8 @@ def types_of(event: Event) -> list[str]:
     elif event.subject == "stage" and to in FINISHED_STAGE:
         ran = before == "running"  # a stage that failed or was canceled at its gate deployed nothing
         return ["stage.finished", "deployment.finished"] if ran else ["stage.finished"]
+    elif event.subject == "env" and event.name == HEALTH_CHANGED:
+        return [HEALTH_CHANGED]
     elif event.subject == "gate":
         if to == "open":
             return ["gate.waiting"]
@@ -68,6 +74,9 @@ def plan(
     """Every message the ``events`` make for the ``subscriptions`` that want them."""
     out: list[NewDelivery] = []
     for event in events:
+        if event.name == HEALTH_CHANGED and event.subject == "env":
+            out += _health_changed(event, subscriptions)
+            continue
         state = runs.get(event.run_id)
         if state is None:
             continue
@@ -105,6 +114,49 @@ def plan(
                     )
                 )
     return out
+
+
+def _health_changed(event: Event, subscriptions: Sequence[Webhook]) -> list[NewDelivery]:
+    """``environment.health_changed`` for the subscriptions that want it: those without a
+    pipeline (a health belongs to no pipeline) and whose environment, if any, is this one."""
+    env = event.subject_id
+    wanting = [
+        s
+        for s in subscriptions
+        if event.seq > s.from_seq
+        and HEALTH_CHANGED in s.events
+        and s.pipeline is None
+        and s.environment in (None, env)
+    ]
+    if not wanting:
+        return []
+    payload = {
+        "type": HEALTH_CHANGED,
+        "timestamp": event.at,
+        "data": {
+            "environment": env,
+            "from": event.from_status,
+            "to": event.to_status,
+            "reason": str(event.data.get("reason", "")),
+            "at": event.at,
+            "event": {"seq": event.seq, "name": event.name},
+        },
+    }
+    body, msg_id = encode(payload), f"msg_{event.seq}.{HEALTH_CHANGED}"
+    return [
+        NewDelivery(
+            webhook_id=sub.id,
+            key=msg_id,
+            msg_id=msg_id,
+            event_type=HEALTH_CHANGED,
+            event_seq=event.seq,
+            position=event.seq * 8 + RANK[HEALTH_CHANGED],
+            run_id=f"env:{env}"[:64],  # (the column's size)
+            subject_id=env,
+            body=body,
+        )
+        for sub in wanting
+    ]
 
 
 def encode(payload: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from core.admission import EnvironmentView, Known
+from core.analysis import Health
 from core.artifacts import ArtifactSpec, to_spec
 from core.assignment import run_artifact
 from core.environments import Environments
@@ -49,7 +50,19 @@ def view(tx: Tx, environments: Environments, env: str, run_id: str | None, now: 
         bad_artifact=bad,
         verify_for=policy.verify.duration if policy.verify is not None else None,
         verify_rollback=policy.verify is not None and policy.verify.on_failure == "rollback",
+        unhealthy=unhealthy(tx, environments, env),
     )
+
+
+def unhealthy(tx: Tx, environments: Environments, env: str) -> str | None:
+    """Why ``env`` holds deployments back for its health ("production is unhealthy since
+    12:03: …"), when it is unhealthy and declares ``block_when_unhealthy``."""
+    if not environments.policy(env).block_when_unhealthy:
+        return None
+    health = tx.environment_health(env)
+    if health is None or health.state is not Health.UNHEALTHY:
+        return None
+    return f"{env} is unhealthy since {health.since:%H:%M}: {health.reason}"
 
 
 def artifact_for(tx: Tx, state: RunState) -> ArtifactSpec | None:

@@ -117,6 +117,10 @@ def test_invalid_check_names_the_problem(spec: dict[str, Any], message: str) -> 
             {"checks": {"smoke": SMOKE}, "verify": {"checks": ["smoke"], "for": "1m", "on_failure": "pray"}},
             "verify.on_failure\n  Input should be 'fail' or 'rollback'",
         ),
+        (
+            {"checks": {"smoke": SMOKE}, "block_when_unhealthy": True},
+            "block_when_unhealthy: the environment watches no health checks (add health)",
+        ),
     ],
 )
 def test_invalid_environment_checks_name_the_problem(config: dict[str, Any], message: str) -> None:

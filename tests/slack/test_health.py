@@ -1,0 +1,84 @@
+"""Environment health in Slack, end to end through the real Bolt endpoint (signed requests, the
+fake Slack) with health measured for real by the server's own loop (a command check reading a
+file): each change is posted once in the default channel (a failed send is tried again),
+`/deploy envs`, `/deploy why`, App Home, the deploy question and the approval card show it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from core.access import Role
+from core.model import RunState
+from storage.reads import Reads, RunFilter
+from tests.pipelines import ship
+from tests.slack.fake_slack import FakeSlack
+from tests.slack.harness import ALICE, CHANNEL, RELEASE_MANAGERS, Bot, StartBot, blocks_of, button, until
+from tests.slack.test_cards_home import _open_home
+
+GREEN = ":large_green_circle: *production* is healthy (was unknown): the check passes"
+RED = ":red_circle: *production* is unhealthy (was healthy): smoke: exit 1 (1 in a row)"
+
+
+def _health_posts(fake: FakeSlack) -> list[Any]:
+    return [c for c in fake.calls_to("chat.postMessage") if "*production* is " in c.args.get("text", "") or
+            "production is " in c.args.get("text", "")]  # fmt: skip
+
+
+def _said(fake: FakeSlack, words: str) -> Any:
+    return next((c for c in _health_posts(fake) if c.ok and words in json.dumps(c.args.get("blocks"))), None)
+
+
+async def test_health_shows_where_people_look(start_bot: StartBot, fake: FakeSlack, tmp_path: Path) -> None:
+    (tmp_path / "smoke").write_text("0")
+    smoke = {"command": ["sh", "-c", f"exit $(cat {tmp_path / 'smoke'})"], "interval": "1s", "timeout": "1s"}
+    environments = {
+        "production": {
+            "confirm": True,
+            "checks": {"smoke": smoke},
+            "health": {"checks": ["smoke"], "failure_limit": 1},
+            "block_when_unhealthy": True,
+        }
+    }
+    fake.fail_next("chat.postMessage", "internal_error")  # the first post (the first change) fails once
+    bot = await start_bot(
+        {"shop": ship(name="shop", compare=False)},
+        {ALICE: [Role.ADMIN, RELEASE_MANAGERS]},
+        environments=environments,
+        slack_channel=CHANNEL,
+    )
+    green = await until(lambda: _said(fake, GREEN), what="the healthy post")
+    assert green.args["channel"] == CHANNEL and "thread_ts" not in green.args
+    tries = [c for c in _health_posts(fake) if GREEN in json.dumps(c.args.get("blocks"))]
+    assert [c.ok for c in tries] == [False, True]  # tried again after the failure, posted once
+    envs = await bot.say(ALICE, "envs")
+    assert "• *production*: nothing yet · :large_green_circle: healthy" in envs["text"]
+
+    (tmp_path / "smoke").write_text("1")
+    red = await until(lambda: _said(fake, RED), what="the unhealthy post")
+    assert red.args["text"] == "production is unhealthy (was healthy)"
+    envs = await bot.say(ALICE, "envs")
+    assert "· :red_circle: unhealthy: smoke: exit 1 (1 in a row)" in envs["text"]
+    why = (await bot.say(ALICE, "why production"))["text"]
+    assert (
+        "• *health*: production is unhealthy since " in why
+        and ": smoke: exit 1 (1 in a row) — clears:" in why
+    )
+    home = json.dumps((await _open_home(bot, ALICE))["blocks"])
+    assert ":red_circle: production is unhealthy: smoke: exit 1 (1 in a row)" in home
+
+    # the deploy question, then the approval card, say it too
+    asked = await bot.say(ALICE, "run shop version=1.0.0")
+    assert "production is unhealthy: smoke: exit 1 (1 in a row)" in json.dumps(asked["blocks"])
+    deploy = button(asked, "run_confirm")
+    await bot.press(ALICE, deploy["action_id"], deploy["value"], "1.0")
+    ref = await until(lambda: next((s.run.ref for s in _runs(bot)), None), what="the run")
+    card = await bot.gate_card(ref)
+    contexts = [b for b in blocks_of(card) if b["type"] == "context"]
+    assert ":red_circle: production is unhealthy: smoke: exit 1 (1 in a row)" in json.dumps(contexts)
+    assert len([c for c in _health_posts(fake) if c.ok]) == 2  # each change posted once
+
+
+def _runs(bot: Bot) -> list[RunState]:
+    return Reads(bot.store).runs(RunFilter(pipeline="shop"), None, 5)
