@@ -193,10 +193,14 @@ def fresh_database(database_url: str | None, tmp: Path, prefix: str = "api") -> 
 class Server:
     """``shipyard serve`` in a subprocess, its output in a log file."""
 
-    def __init__(self, work: Path, database_url: str, capacity: int) -> None:
+    def __init__(
+        self, work: Path, database_url: str, capacity: int, env: dict[str, str] | None = None
+    ) -> None:
         self.work = work
         self.database_url = database_url
         self.capacity = capacity
+        #: more variables for the server (``SHIPYARD_CONFIG``, ...)
+        self.env = env or {}
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = work / "server.log"
@@ -227,6 +231,7 @@ class Server:
             "SHIPYARD_RUNNER_NAME": "bench-runner",
             "SHIPYARD_RUNNER_CAPACITY": str(self.capacity),
             "SHIPYARD_LOG_LEVEL": "WARNING",
+            **self.env,
         }
         t0 = time.perf_counter()
         with self.log.open("ab") as out:

@@ -357,7 +357,9 @@ class AnalysisStore:
                 if gone:
                     conn.execute(sa.delete(CHECK).where(C.analysis_id == aid, C.check.in_(sorted(gone))))
                 _insert_health(conn, env, now)
-                if gone or watch is None:
+                if current != set(wanted) or watch is None or aid in stored:
+                    # the watch may have changed (checks, failure_limit): ``record`` recomputes
+                    # health only when a measurement can change it, so recompute it here
                     _rehealth(tx, env, watch, now)
 
     def start(
@@ -451,7 +453,11 @@ class AnalysisStore:
             found = conn.execute(sa.select(ANALYSIS).where(A.id == analysis_id)).mappings().one()
             analysis = _analysis(found)
             change = None
-            if analysis.kind is AnalysisKind.HEALTH:
+            # a check that passed and had passed before leaves its environment's health as it was
+            # (a passing check adds nothing to the state or its reason, and the other checks are
+            # as they were): most health measurements need no recomputation
+            unchanged = measurement.result is CheckResult.PASSED and row["last_result"] == "passed"
+            if analysis.kind is AnalysisKind.HEALTH and not unchanged:
                 change = _rehealth(tx, analysis.environment, watch, measurement.at)
             return Recorded(analysis, tallies(conn, analysis_id), change)
 

@@ -208,15 +208,34 @@ class AnalysisLoop:
 
     async def _loop(self) -> None:
         while True:
+            full = False
             try:
-                await self._round(self.clock(), Round())
+                room = self.concurrency - len(self._measuring)
+                started = await self._round(self.clock(), Round())
+                full = room > 0 and len(started) >= room
             except asyncio.CancelledError:
                 raise
             except DatabaseUnreachable:  # (said once by the engine's health): look again next time
                 log.debug("analysis loop waits for the database")
             except Exception:
                 log.exception("analysis round failed; retrying")
-            await asyncio.sleep(self.every_s)
+            if full:
+                # the claim took all the room there was, so more checks may be due now: claim
+                # again once a quarter of the room is free rather than a whole round later
+                # (many checks due at once would otherwise wait rounds for their turn)
+                await self._until_room(max(1, self.concurrency // 4))
+            else:
+                await asyncio.sleep(self.every_s)
+
+    async def _until_room(self, wanted: int) -> None:
+        """Wait until ``wanted`` measurements could start, for ``every_s`` at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.every_s
+        while self.concurrency - len(self._measuring) < wanted and self._measuring:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            await asyncio.wait(set(self._measuring), timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
     # -- rounds -------------------------------------------------------------------------------
     async def tick(self, at: datetime | None = None) -> Round:

@@ -235,3 +235,48 @@ async def test_health_watches_follow_the_configuration(
     assert store.claim_due(T0 + timedelta(hours=1), "me", 30, 10) == []
     found = store.analysis(health_analysis_id("production"))
     assert found is not None and found[1] == {}
+
+
+async def test_a_check_added_to_the_watch_makes_a_healthy_environment_degraded_until_measured(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """A passing check's measurement does not recompute health (it cannot change it), so a
+    watch changed at start-up is recomputed there: the new check shows at once."""
+    envs, clock, probe = environments(), Clock(), Probe()
+    store = open_stores()
+    watcher = loop(store, envs, workdir, clock, probe)
+    await watcher.db(store.ensure_health, watcher.watched, T0)
+    for step in range(2):
+        clock.now = T0 + timedelta(seconds=10 * step)
+        await watcher.tick()
+    assert store.health("production").state is Health.HEALTHY  # type: ignore[union-attr]
+    smoke = envs.policy("production").checks["smoke"].model_dump(mode="json")
+    more = Environments.model_validate(
+        {"production": {"checks": {"smoke": smoke, "again": smoke}, "health": ["smoke", "again"]}}
+    )
+    store.ensure_health({"production": more.policy("production").health}, T0 + timedelta(seconds=15))
+    health = store.health("production")
+    assert health is not None and health.state is Health.DEGRADED
+    assert health.reason == "again: not measured yet"
+
+
+async def test_many_checks_due_at_once_are_claimed_as_room_frees_not_a_round_later(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """20 checks due together, 4 measured at a time, rounds 2 s apart: all are measured well
+    before the 10 s that claiming 4 per round would take."""
+    smoke = {"command": ["true"], "interval": "60s", "timeout": "5s"}
+    envs = Environments.model_validate(
+        {f"env-{i}": {"checks": {"smoke": smoke}, "health": ["smoke"]} for i in range(20)}
+    )
+    store = open_stores()
+    watcher = AnalysisLoop(store, envs, db=in_thread, workdir=workdir, every_s=2.0, concurrency=4)
+    started = asyncio.get_running_loop().time()
+    await watcher.start()
+    try:
+        while len([h for h in store.healths().values() if h.state is Health.HEALTHY]) < 20:
+            assert asyncio.get_running_loop().time() - started < 4.0, "not measured in time"
+            await asyncio.sleep(0.05)
+    finally:
+        await watcher.stop()
+    assert len(watcher.lateness) == 20 and max(watcher.lateness) < 2.0
