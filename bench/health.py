@@ -18,9 +18,10 @@ database on ``--database-url``; runner off) and measures them over loopback. Aft
   CPU        the server process's user + system time (``/proc/<pid>/stat``, all its threads)
              over the window, as a percentage of one core
   lateness   read back from the database after the server has stopped. A health watch's checks
-             are all first due when its analysis starts (``analysis.started_at``) and then every
-             interval after that *due* time (``core.runtime.analyses.next_due``), so the k-th
-             occurrence of a check is due at ``started_at + k * interval``; a measurement's
+             are first due at their spot within the interval after the analysis starts
+             (``analysis.started_at + core.analysis.spread(...)``) and then every interval after
+             that *due* time (``core.runtime.analyses.next_due``), so the k-th occurrence of a
+             check is due at ``started_at + spread + k * interval``; a measurement's
              lateness is its ``at`` (when it started) minus the due time of the occurrence it
              belongs to. Occurrences due in the window that got no measurement (skipped because
              the check was more than an interval late) are counted as missed. Beside it, the
@@ -63,6 +64,7 @@ import sqlalchemy as sa
 import yaml
 
 from bench.api import ROOT, Server, cpu_model, fresh_database, nproc, percentile, process_cpu
+from core.analysis import spread
 
 TARGET_CPU_PCT = 10.0
 TARGET_P99_S = 1.0
@@ -210,7 +212,9 @@ def figures(url: str, interval: float, checks: int, w0: datetime, w1: datetime) 
     results: Counter[str] = Counter()
     details: Counter[str] = Counter()
     for aid, check, at, result, detail in rows:
-        start, key = started[aid], (aid, check)
+        # (each check's first due time is spread within its interval: ``core.analysis.spread``)
+        offset = timedelta(seconds=spread(aid.removeprefix("health:"), check, interval))
+        start, key = started[aid] + offset, (aid, check)
         k = math.floor((at - start) / step)
         due = start + k * step
         if key in last and w0 <= at < w1:
@@ -227,10 +231,13 @@ def figures(url: str, interval: float, checks: int, w0: datetime, w1: datetime) 
         if result != "passed":
             details[detail[:100]] += 1
     due_count = 0
-    for start in started.values():
-        first = max(0, math.ceil((w0 - start) / step))
-        last_k = math.ceil((w1 - start) / step) - 1  # the last k with start + k*step < w1
-        due_count += max(0, last_k - first + 1) * checks
+    names = {c for _, c in last} or {f"check-{i}" for i in range(checks)}
+    for aid, begun in started.items():
+        for check in names:
+            start = begun + timedelta(seconds=spread(aid.removeprefix("health:"), check, interval))
+            first = max(0, math.ceil((w0 - start) / step))
+            last_k = math.ceil((w1 - start) / step) - 1  # the last k with start + k*step < w1
+            due_count += max(0, last_k - first + 1)
     measured = len(late)
     return Figures(
         due=due_count,

@@ -13,6 +13,7 @@ An analysis measures its checks (``core/checks.py``) every ``interval``. Two kin
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -252,3 +253,10 @@ class HealthChange:
     from_state: Health
     to_state: Health
     reason: str
+
+
+def spread(environment: str, check: str, interval_s: float) -> float:
+    """Seconds after a health watch starts that ``check`` is first due: a stable spot within its
+    interval, from its names (as Prometheus spreads its scrapes), so many environments' checks
+    come due evenly over the interval instead of all at one instant."""
+    return (zlib.crc32(f"{environment}/{check}".encode()) % 1000) / 1000 * interval_s

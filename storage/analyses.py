@@ -42,6 +42,7 @@ from core.analysis import (
     Seen,
     health_analysis_id,
     health_of,
+    spread,
     tally,
 )
 from core.checks import CheckResult, HealthWatch, Measurement, VerifyPolicy
@@ -308,11 +309,18 @@ class AnalysisStore:
     def __init__(self, store: SqlStore) -> None:
         self.store = store
 
-    def ensure_health(self, watched: Mapping[str, HealthWatch | None], now: datetime) -> None:
+    def ensure_health(
+        self,
+        watched: Mapping[str, HealthWatch | None],
+        now: datetime,
+        intervals: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
         """Make the health watches those configured: for each environment in ``watched``, its
-        ``health:<env>`` analysis with exactly the checks it watches (new ones due at once,
-        dropped ones deleted) and a health row; environments whose watch is gone (None, or
-        missing from ``watched`` while stored) lose their checks and go ``unknown``. Safe to
+        ``health:<env>`` analysis with exactly the checks it watches (new ones first due at
+        their ``spread`` within their interval, from ``intervals``: env → check → seconds, or at
+        once where it gives none; dropped ones deleted) and a health row; environments whose
+        watch is gone (None, or missing from ``watched`` while stored) lose their checks and go
+        ``unknown``. Safe to
         run on several replicas at once (an insert another made first is skipped)."""
         with self.store.transaction() as tx:
             conn = tx.conn
@@ -350,7 +358,9 @@ class AnalysisStore:
                     if check not in current:
                         try:
                             with conn.begin_nested():
-                                conn.execute(sa.insert(CHECK).values(**_check_row(a, check, now)))
+                                offset = spread(env, check, (intervals or {}).get(env, {}).get(check, 0.0))
+                                first = now + timedelta(seconds=offset)
+                                conn.execute(sa.insert(CHECK).values(**_check_row(a, check, first)))
                         except IntegrityError:
                             pass
                 gone = current - set(wanted)

@@ -82,7 +82,12 @@ class Measure(Protocol):
 class AnalysisPort(Protocol):
     """What the loop needs from the store (``storage.analyses.AnalysisStore``)."""
 
-    def ensure_health(self, watched: Mapping[str, HealthWatch | None], now: datetime) -> None: ...
+    def ensure_health(
+        self,
+        watched: Mapping[str, HealthWatch | None],
+        now: datetime,
+        intervals: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None: ...
     def claim_due(self, now: datetime, holder: str, lease_s: float, limit: int) -> list[DueCheck]: ...
     def record(
         self,
@@ -185,7 +190,11 @@ class AnalysisLoop:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Make the configured health watches exist, then start measuring."""
-        await self.db(self.analyses.ensure_health, self.watched, self.clock())
+        intervals = {
+            env: {name: check.interval for name, check in policy.checks.items()}
+            for env, policy in self.environments.root.items()
+        }
+        await self.db(self.analyses.ensure_health, self.watched, self.clock(), intervals)
         if self.session is None:
             self.session, self._own_session = aiohttp.ClientSession(), True
         self._task = asyncio.create_task(self._loop(), name="shipyard-analyses")

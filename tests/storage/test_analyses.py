@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from core.analysis import AnalysisStatus, Health, health_analysis_id
-from core.checks import CheckDef, CheckResult, Measurement
+from core.analysis import AnalysisStatus, Health, health_analysis_id, spread
+from core.checks import CheckDef, CheckResult, HealthWatch, Measurement
 from core.environments import Environments
 from core.runtime.analyses import AnalysisLoop
+from core.runtime.clock import utcnow
 from core.runtime.measure import measure
 from storage.analyses import AnalysisStore
 from storage.store import SqlStore
@@ -270,6 +271,8 @@ async def test_many_checks_due_at_once_are_claimed_as_room_frees_not_a_round_lat
         {f"env-{i}": {"checks": {"smoke": smoke}, "health": ["smoke"]} for i in range(20)}
     )
     store = open_stores()
+    # all due at once (as a verification's checks are; health watches are spread: see below)
+    store.ensure_health({env: policy.health for env, policy in envs.root.items()}, utcnow())
     watcher = AnalysisLoop(store, envs, db=in_thread, workdir=workdir, every_s=2.0, concurrency=4)
     started = asyncio.get_running_loop().time()
     await watcher.start()
@@ -280,3 +283,21 @@ async def test_many_checks_due_at_once_are_claimed_as_room_frees_not_a_round_lat
     finally:
         await watcher.stop()
     assert len(watcher.lateness) == 20 and max(watcher.lateness) < 2.0
+
+
+def test_health_watches_start_spread_over_their_interval_not_all_at_once(
+    open_stores: Callable[[], AnalysisStore],
+) -> None:
+    """200 environments' checks every 10 s come due evenly over the 10 s, each at a spot of its
+    own that a restart keeps, so a server measures a steady trickle instead of bursts."""
+    watched = {f"env-{i}": HealthWatch(checks=["smoke"]) for i in range(200)}
+    intervals = {env: {"smoke": 10.0} for env in watched}
+    store = open_stores()
+    store.ensure_health(watched, T0, intervals)
+    firsts = sorted(
+        (d.due_at - T0).total_seconds() for d in store.claim_due(T0 + timedelta(seconds=10), "me", 30, 1000)
+    )
+    assert len(firsts) == 200 and 0 <= firsts[0] and firsts[-1] < 10
+    per_second = [sum(1 for f in firsts if k <= f < k + 1) for k in range(10)]
+    assert max(per_second) <= 40, per_second  # about 20 a second, never most of them at once
+    assert spread("env-7", "smoke", 10.0) == spread("env-7", "smoke", 10.0)  # the same spot every time
