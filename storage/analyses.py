@@ -61,8 +61,9 @@ COUNTS = ("measured", "passed", "failed", "inconclusive", "errors", "consecutive
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What ``record`` stored: the analysis, every check's tally, and the environment's health
-    change the measurement made (health watches only)."""
+    """What ``record`` stored: the analysis, every check's tally (verifications only: a health
+    watch is not judged on them), and the environment's health change the measurement made
+    (health watches only)."""
 
     analysis: Analysis
     tallies: dict[str, CheckTally]
@@ -469,7 +470,9 @@ class AnalysisStore:
             unchanged = measurement.result is CheckResult.PASSED and row["last_result"] == "passed"
             if analysis.kind is AnalysisKind.HEALTH and not unchanged:
                 change = _rehealth(tx, analysis.environment, watch, measurement.at)
-            return Recorded(analysis, tallies(conn, analysis_id), change)
+            # (only a verification is judged on its tallies; a health watch's are not read)
+            counts = tallies(conn, analysis_id) if analysis.kind is AnalysisKind.VERIFY else {}
+            return Recorded(analysis, counts, change)
 
     def release(self, holder: str) -> int:
         """Let go of every check ``holder`` holds (a clean stop), so others need not wait for
