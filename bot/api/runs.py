@@ -17,6 +17,7 @@ from bot.api.schemas import (
     CancelIn,
     EmptyIn,
     LogQuery,
+    MeasurementOut,
     RejectIn,
     RunOut,
     RunPage,
@@ -26,6 +27,8 @@ from bot.api.schemas import (
     StuckRunSummary,
     TriggerIn,
     VerificationIn,
+    VerificationOut,
+    VerificationsOut,
 )
 from bot.api.spec import API
 from core.access import Action
@@ -209,6 +212,43 @@ async def fail_run(call: Call) -> web.Response:
     return await _control(
         call, FailRun(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
     )
+
+
+@API.op(
+    "GET",
+    "/runs/{run_id}/verification",
+    summary="A run's verifications, with every measurement",
+    action=Action.READ,
+    tag="runs",
+    responses={200: ("each verified deploy stage's analysis, oldest first", VerificationsOut)},
+)
+async def get_verification(call: Call) -> web.Response:
+    """What was measured after each of the run's deployments to an environment that verifies
+    (time, value, result of every measurement) and how each verification ended. Empty for a
+    run that deployed nowhere verified."""
+    state = await find_run(call)
+    g = gw(call)
+
+    def read() -> list[VerificationOut]:
+        found = []
+        for a in g.analyses.of_run(state.run.id):
+            found.append(
+                VerificationOut(
+                    environment=a.environment,
+                    stage_index=a.stage_index,
+                    checks=list(a.checks),
+                    started_at=a.started_at,
+                    deadline=a.deadline,
+                    status=a.status.value,
+                    reason=a.reason,
+                    ended_at=a.ended_at,
+                    ended_by=a.ended_by,
+                    measurements=[MeasurementOut.of(m) for m in g.analyses.measurements(a.id)],
+                )
+            )
+        return found
+
+    return reply(VerificationsOut(run_id=state.run.id, items=await g.read(read)))
 
 
 @API.op(

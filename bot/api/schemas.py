@@ -437,6 +437,26 @@ class MeasurementOut(BaseModel):
         return cls(check=m.check, at=m.at, result=m.result, value=m.value, detail=m.detail, took=m.took)
 
 
+class VerificationOut(BaseModel):
+    """One deploy stage's verification: its checks, deadline, how it ended, every measurement."""
+
+    environment: str
+    stage_index: int | None
+    checks: list[str]
+    started_at: datetime
+    deadline: datetime | None
+    status: str = Field(description="running, passed, failed, inconclusive or canceled")
+    reason: str
+    ended_at: datetime | None
+    ended_by: str | None
+    measurements: list[MeasurementOut] = Field(description="oldest first")
+
+
+class VerificationsOut(BaseModel):
+    run_id: str
+    items: list[VerificationOut]
+
+
 class CheckHealthOut(BaseModel):
     name: str
     kind: Literal["http", "prometheus", "command"]

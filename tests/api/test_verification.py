@@ -43,3 +43,6 @@ async def test_approvers_end_verification_early_and_the_triggerer_may_not_pass_i
     assert again.status == 409 and "nothing is being verified" in again.json["detail"], again.text
     history = (await api.get("/environments/production/deployments")).json["items"]
     assert history[0]["verification"] == "verified"
+    ended = (await api.get(f"/runs/{run['id']}/verification")).json["items"]
+    assert [(v["status"], v["ended_by"]) for v in ended] == [("passed", "approver")]
+    assert (await api.get("/runs/nope/verification")).status == 404

@@ -96,6 +96,12 @@ async def test_a_healthy_release_is_verified_and_a_failing_one_rolled_back_at_on
     assert failed["reason"].startswith("verification of production failed: error-rate = ")
     assert "> 0.05" in failed["reason"] and "twice" in failed["reason"], failed["reason"]
     assert took <= INTERVAL_S * FAILURE_LIMIT + 2, took
+    verification = (await api.get(f"/runs/{bad['id']}/verification")).json["items"]
+    assert [(v["environment"], v["status"]) for v in verification] == [("production", "failed")]
+    measured = verification[0]["measurements"]
+    failing = [m for m in measured if m["check"] == "error-rate" and m["result"] == "failed"]
+    assert len(failing) == FAILURE_LIMIT and all(float(m["value"]) > 0.05 for m in failing), measured
+    assert verification[0]["reason"] in failed["reason"]
 
     runs = (await api.get("/runs?pipeline=shop")).json["items"]
     rollbacks = [r for r in runs if r["kind"] == "rollback"]
