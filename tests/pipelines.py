@@ -276,3 +276,25 @@ WEBHOOK_PIPELINES = {
             jobs: [{name: compile, run: ["true"]}]
     """,
 }
+
+
+def built_and_deployed(name: str = "shop", deploy: str = '"true"') -> str:
+    """``name``: a ``build`` stage whose ``image`` job registers the artifact
+    ``<name>@<version>`` (the required ``version`` parameter, with a digest made from it), then a
+    ``production`` stage whose ``deploy`` job runs ``deploy``: for rollbacks to a known-good
+    artifact."""
+    return f"""name: {name}
+parameters:
+  - {{name: version, required: true}}
+stages:
+  - name: build
+    jobs:
+      - name: image
+        run: |
+          digest="sha256:$(printf %064d "${{SHIPYARD_PARAM_VERSION//./}}")"
+          uri="oci://registry.example/{name}:$SHIPYARD_PARAM_VERSION"
+          echo "artifact={name}@$SHIPYARD_PARAM_VERSION digest=$digest uri=$uri" >> "$SHIPYARD_OUTPUT"
+  - name: production
+    environment: production
+    jobs: [{{name: deploy, run: {deploy}}}]
+"""

@@ -11,27 +11,13 @@ from typing import Any
 
 from tests.api.conftest import Api, StartApi
 from tests.checks.services import WebService
+from tests.pipelines import built_and_deployed
 from tests.prometheus import Prometheus
 
 ERRORS = 'sum(rate(http_requests_total{code=~"5.."}[5s])) / sum(rate(http_requests_total[5s]))'
 INTERVAL_S, FAILURE_LIMIT = 1, 2
 
-SHOP = """
-name: shop
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          uri="oci://registry.example/shop:$SHIPYARD_PARAM_VERSION"
-          echo "artifact=shop@$SHIPYARD_PARAM_VERSION digest=$digest uri=$uri" >> "$SHIPYARD_OUTPUT"
-  - name: production
-    environment: production
-    jobs: [{name: deploy, run: "true"}]
-"""
+SHOP = built_and_deployed()
 
 
 def _environments(prometheus: Prometheus, service: WebService, verify_for: str) -> dict[str, Any]:

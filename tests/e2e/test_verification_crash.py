@@ -20,24 +20,9 @@ from core.runtime.writes import analysis_id
 from core.states import RunStatus
 from storage.analyses import AnalysisStore
 from tests.e2e.server import Server, wait_until
-from tests.pipelines import one_deploy
+from tests.pipelines import built_and_deployed, one_deploy
 
-SHOP = """
-name: shop
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          uri="oci://registry.example/shop:$SHIPYARD_PARAM_VERSION"
-          echo "artifact=shop@$SHIPYARD_PARAM_VERSION digest=$digest uri=$uri" >> "$SHIPYARD_OUTPUT"
-  - name: production
-    environment: production
-    jobs: [{name: deploy, run: "true"}]
-"""
+SHOP = built_and_deployed()
 
 
 TOKEN = "verify-admin-token"

@@ -16,23 +16,9 @@ from core.runtime.verification import rollback_key
 from core.states import RunStatus, StageStatus
 from tests.engine.conftest import StartYard, send, trigger, wait_for
 from tests.helpers import ALICE, CAROL
+from tests.pipelines import built_and_deployed
 
-SHOP = """
-name: shop
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: build
-    jobs:
-      - name: image
-        run: |
-          digest="sha256:$(printf %064d "${SHIPYARD_PARAM_VERSION//./}")"
-          uri="oci://registry.example/shop:$SHIPYARD_PARAM_VERSION"
-          echo "artifact=shop@$SHIPYARD_PARAM_VERSION digest=$digest uri=$uri" >> "$SHIPYARD_OUTPUT"
-  - name: production
-    environment: production
-    jobs: [{name: deploy, run: "true"}]
-"""
+SHOP = built_and_deployed()
 
 
 def _environments(on_failure: str = "rollback") -> dict[str, Any]:
