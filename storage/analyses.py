@@ -397,8 +397,14 @@ class AnalysisStore:
 
     def claim_due(self, now: datetime, holder: str, lease_s: float, limit: int) -> list[DueCheck]:
         """Take up to ``limit`` checks due at ``now`` that nobody holds (or whose holder's lease
-        ran out) for ``holder`` until ``now + lease_s``, soonest due first; returns those won."""
-        free = sa.and_(C.next_at <= now, sa.or_(C.holder.is_(None), C.lease_until < now))
+        ran out) for ``holder`` until ``now + lease_s``, soonest due first; returns those won.
+        A verification's check due at or after its deadline is not taken: the deadline alone
+        decides then, and a measurement taken beside that verdict would count in neither it
+        nor the tally (and hand the engine a second verdict it refuses)."""
+        past_deadline = sa.exists().where(
+            A.id == C.analysis_id, A.deadline.is_not(None), A.deadline <= C.next_at
+        )
+        free = sa.and_(C.next_at <= now, sa.or_(C.holder.is_(None), C.lease_until < now), ~past_deadline)
         candidates = sa.select(C.analysis_id, C.check).where(free).order_by(C.next_at).limit(limit)
         if not self.store.sqlite:  # rows another claimer holds right now are its
             candidates = candidates.with_for_update(skip_locked=True)

@@ -223,6 +223,26 @@ async def test_a_healthy_verification_passes_at_its_deadline(
     ]
 
 
+async def test_a_check_due_at_the_deadline_is_not_measured_and_the_verdict_counts_every_measurement(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    # the example's for: 2m with interval 30s: the last due time is the deadline itself
+    envs, clock, probe = environments({**VERIFY, "for": "30s"}, health=False), Clock(), Probe()
+    store = open_stores()
+    analysis_id = start_verification(store, envs, T0)
+    verifier = loop(store, envs, workdir, clock, probe)
+    for seconds in (0, 10, 20):
+        clock.now = T0 + timedelta(seconds=seconds)
+        assert (await verifier.tick()).verdicts == []
+    clock.now = T0 + timedelta(seconds=30)
+    done = await verifier.tick()
+    assert done.measured == [] and probe.calls == ["smoke"] * 3
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.PASSED, "every check passed: smoke 3 times")
+    ]
+    assert len(store.measurements(analysis_id)) == 3
+
+
 async def test_health_watches_follow_the_configuration(
     open_stores: Callable[[], AnalysisStore], workdir: Path
 ) -> None:
