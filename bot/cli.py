@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -59,7 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_CANCELED
+    except BrokenPipeError:
+        # the reader went away (`shipyard status | head -1`): nothing more to say, and nothing
+        # left to flush at exit either (Python would print a second error then)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
+
+#: how a command ends whose output nobody reads any more (128 + SIGPIPE, as a shell reports it)
+EXIT_BROKEN_PIPE = 141
 
 #: who clears gates in ``shipyard run`` on a throwaway database
 STAND_IN = "local-approver"

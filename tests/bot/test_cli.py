@@ -238,3 +238,21 @@ def test_serve_with_slack_settings_does_not_say_slack_is_off(tmp_path: Path) -> 
     assert "Slack: receiving commands and events at /slack/events" in log
     assert "token will be unused" not in log  # (Bolt, given a client, warned so at every start)
     assert slack_status == 401  # the endpoint is there, and an unsigned request is refused
+
+
+def test_output_piped_to_a_reader_that_went_away_ends_quietly(tmp_path: Path) -> None:
+    # (`shipyard validate … | head -1`: the reader is gone before shipyard writes)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "validate", str(ROOT / "examples" / "pipelines")],
+        cwd=tmp_path,
+        env=cli_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(30) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
