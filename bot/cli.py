@@ -160,6 +160,8 @@ def _me() -> Actor:
 
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler logs every run of every job at INFO: two lines a second from an idle server
+    logging.getLogger("apscheduler.executors.default").setLevel(max(logging.WARNING, logging.root.level))
 
 
 # -- serve / validate / migrate ------------------------------------------------------------

@@ -256,3 +256,17 @@ def test_output_piped_to_a_reader_that_went_away_ends_quietly(tmp_path: Path) ->
     proc.stderr.close()
     assert proc.wait(30) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_an_idle_server_does_not_log_its_scheduler_ticks(tmp_path: Path) -> None:
+    from tests.e2e.server import Server
+
+    server = Server(tmp_path, f"sqlite:///{tmp_path / 'idle.db'}")
+    server.start()
+    try:
+        time.sleep(2.5)  # (the schedule loop ticks every second)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "shipyard serving on" in log
+    assert "apscheduler.executors" not in log, log[-2000:]
