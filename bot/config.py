@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
     idempotency_hours: float = Field(24.0, ge=24.0, description="how long Idempotency-Key responses are kept")
+    measurement_keep_days: float = Field(
+        14.0,
+        gt=0,
+        le=3650,
+        description="how long health-watch measurements are kept (verifications' stay with their runs)",
+    )
     idempotency_lease_seconds: float = Field(
         10.0,
         ge=1.0,

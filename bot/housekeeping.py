@@ -20,6 +20,7 @@ from bot.backend import Backend, now
 from bot.config import Settings
 from bot.webhooks.service import Config
 from core.errors import DatabaseUnreachable
+from storage.analyses import AnalysisStore
 from storage.idempotency import IdempotencyStore
 from storage.webhooks import WebhookStore
 
@@ -38,6 +39,7 @@ class Swept:
 
     idempotency_keys: int
     webhook_deliveries: int
+    health_measurements: int = 0
 
 
 class Housekeeping:
@@ -47,6 +49,8 @@ class Housekeeping:
         self.keys = IdempotencyStore(store, timedelta(hours=settings.idempotency_hours))
         self.deliveries = WebhookStore(store)
         self.delivery_keep = Config.of(settings).keep
+        self.analyses = AnalysisStore(store)
+        self.measurement_keep = timedelta(days=settings.measurement_keep_days)
         self.scheduler: AsyncIOScheduler | None = None
 
     async def start(self) -> None:
@@ -66,7 +70,9 @@ class Housekeeping:
         keys = await self._drain(lambda: self.backend.write(self.keys.purge, at, BATCH))
         before = at - self.delivery_keep
         deliveries = await self._drain(lambda: self.backend.write(self.deliveries.prune, before, BATCH))
-        return Swept(idempotency_keys=keys, webhook_deliveries=deliveries)
+        old = at - self.measurement_keep
+        measured = await self._drain(lambda: self.backend.write(self.analyses.prune_health, old, BATCH))
+        return Swept(idempotency_keys=keys, webhook_deliveries=deliveries, health_measurements=measured)
 
     async def _pass(self) -> None:
         try:

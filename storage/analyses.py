@@ -480,6 +480,24 @@ class AnalysisStore:
             counts = tallies(conn, analysis_id) if analysis.kind is AnalysisKind.VERIFY else {}
             return Recorded(analysis, counts, change)
 
+    def prune_health(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` health-watch measurements taken before ``before``; returns how
+        many. A verification's measurements stay with their run (they are its evidence), and a
+        check's latest state and reasons live on its own row, not in these."""
+        with self.store.transaction() as tx:
+            conn = tx.conn
+            ids = list(
+                conn.execute(
+                    sa.select(M.id)
+                    .where(M.analysis_id.like("health:%"), M.at < before)
+                    .order_by(M.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            if ids:
+                conn.execute(sa.delete(MEASUREMENT).where(M.id.in_(ids)))
+            return len(ids)
+
     def release(self, holder: str) -> int:
         """Let go of every check ``holder`` holds (a clean stop), so others need not wait for
         its leases to run out; returns how many."""

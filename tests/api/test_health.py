@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.housekeeping import HOUSEKEEPING
 from tests.api.conftest import Api, StartApi, assert_problem
 
 
@@ -74,3 +76,23 @@ async def test_an_environments_health_and_its_history(watched: Api, tmp_path: Pa
         "checks": [],
     }
     assert_problem(await watched.get("/environments/nowhere/health"), 404, "no environment 'nowhere'")
+
+
+async def test_the_hourly_housekeeping_drops_old_health_measurements_and_keeps_health(
+    watched: Api,
+) -> None:
+    async def health() -> dict[str, Any]:
+        return (await watched.get("/environments/production")).json["health"]  # type: ignore[no-any-return]
+
+    await until(health, lambda h: h["state"] == "healthy" and len(h["checks"][0]["last"]) >= 2)
+    keeping = watched.client.app[HOUSEKEEPING]
+    assert (await keeping.sweep()).health_measurements == 0  # (all are fresh)
+
+    later = datetime.now(UTC) + timedelta(days=15)  # past SHIPYARD_MEASUREMENT_KEEP_DAYS (14)
+    swept = await keeping.sweep(later)
+    assert swept.health_measurements >= 2
+    after = await health()
+    assert after["state"] == "healthy"  # the state and its history are not measurements
+    assert all(
+        datetime.fromisoformat(m["at"]) > later - timedelta(days=15) for m in after["checks"][0]["last"]
+    )

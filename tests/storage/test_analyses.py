@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from core.analysis import AnalysisStatus, Health, health_analysis_id, spread
 from core.checks import CheckDef, CheckResult, HealthWatch, Measurement
@@ -17,7 +18,7 @@ from core.environments import Environments
 from core.runtime.analyses import AnalysisLoop
 from core.runtime.clock import utcnow
 from core.runtime.measure import measure
-from storage.analyses import AnalysisStore
+from storage.analyses import MEASUREMENT, AnalysisStore
 from storage.store import SqlStore
 
 T0 = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
@@ -321,3 +322,29 @@ def test_health_watches_start_spread_over_their_interval_not_all_at_once(
     per_second = [sum(1 for f in firsts if k <= f < k + 1) for k in range(10)]
     assert max(per_second) <= 40, per_second  # about 20 a second, never most of them at once
     assert spread("env-7", "smoke", 10.0) == spread("env-7", "smoke", 10.0)  # the same spot every time
+
+
+def test_pruning_drops_old_health_measurements_and_keeps_every_verifications(
+    open_stores: Callable[[], AnalysisStore],
+) -> None:
+    store = open_stores()
+    old = T0 - timedelta(days=30)
+    with store.store.transaction() as tx:
+        for analysis in ("health:production", "verify:run-1:0"):
+            for at in (old, T0):
+                tx.conn.execute(
+                    sa.insert(MEASUREMENT).values(
+                        analysis_id=analysis,
+                        environment="production",
+                        check="smoke",
+                        at=at,
+                        result="passed",
+                        value="1",
+                        detail="",
+                        took=0.0,
+                    )
+                )
+    assert store.prune_health(T0 - timedelta(days=14), 1000) == 1
+    assert [m.at for m in store.measurements("health:production")] == [T0]
+    assert [m.at for m in store.measurements("verify:run-1:0")] == [old, T0]  # the run's evidence
+    assert store.prune_health(T0 - timedelta(days=14), 1000) == 0
