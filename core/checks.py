@@ -164,6 +164,9 @@ class VerifyPolicy(_Strict):
     checks: list[str] = Field(min_length=1)
     #: how long the run stays ``verifying`` after its deploy stage succeeded
     duration: Duration = Field(alias="for")
+    #: instead of ``for``: this many measurements of each check (Argo's ``count``); ``for`` is
+    #: then ``count`` times the longest interval among the checks
+    count: int | None = Field(default=None, ge=1, le=10_000)
     #: this many failed measurements (of any one check) fail the verification
     failure_limit: int = Field(default=1, ge=1, le=100)
     #: this many inconclusive ones pause it for a person to decide
@@ -187,6 +190,28 @@ class EnvironmentChecks(_Strict):
     #: an ``unhealthy`` environment holds deployments back (rollbacks and break glass go on)
     #: and is a blocker in ``/deploy why``
     block_when_unhealthy: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_as_duration(cls, data: Any) -> Any:
+        """``verify: {count: 5}`` verifies for five of its checks' longest interval."""
+        verify = data.get("verify") if isinstance(data, dict) else None
+        if not isinstance(verify, dict) or "count" not in verify:
+            return data
+        if "for" in verify:
+            raise ValueError("verify: give for or count, not both")
+        checks = data.get("checks") or {}
+        try:
+            count = int(verify["count"])
+            longest = max(
+                parse_duration(checks[name].get("interval", 30))
+                if isinstance(checks.get(name), dict)
+                else 30.0
+                for name in verify.get("checks") or [None]
+            )
+        except (TypeError, ValueError):
+            return data  # (the fields' own errors say what is wrong)
+        return {**data, "verify": {**verify, "for": count * longest}}
 
     @field_validator("checks")
     @classmethod

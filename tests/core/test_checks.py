@@ -127,3 +127,18 @@ def test_invalid_environment_checks_name_the_problem(config: dict[str, Any], mes
     with pytest.raises(ValidationError) as raised:
         EnvironmentChecks.model_validate(config)
     assert message in str(raised.value)
+
+
+def test_verify_count_is_that_many_of_the_longest_interval_and_excludes_for() -> None:
+    checks = {
+        "fast": {"command": ["true"], "interval": "30s"},
+        "slow": {"command": ["true"], "interval": "1m"},
+    }
+    counted = EnvironmentChecks.model_validate(
+        {"checks": checks, "verify": {"checks": ["fast", "slow"], "count": 5}}
+    )
+    assert counted.verify is not None and (counted.verify.count, counted.verify.duration) == (5, 300.0)
+    with pytest.raises(ValidationError, match="give for or count, not both"):
+        EnvironmentChecks.model_validate(
+            {"checks": checks, "verify": {"checks": ["fast"], "count": 5, "for": "10m"}}
+        )
