@@ -80,6 +80,10 @@ async def _health(
 
 
 async def _known(call: Call, name: str) -> None:
+    """404 unless a pipeline deploys to ``name`` or the configuration declares it (its health
+    is watched before anything was deployed there)."""
+    if name in gw(call).shipyard.settings.environments:
+        return
     names = await gw(call).read(gw(call).reads.environment_names)
     if name not in names:
         raise Problem(404, f"no environment {name!r} (environments: {', '.join(names) or 'none yet'})")

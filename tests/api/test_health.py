@@ -34,6 +34,7 @@ async def watched(db_url: str, start_api: StartApi, tmp_path: Path) -> Api:
     smoke = {"command": ["sh", "-c", f"exit $(cat {tmp_path / 'smoke'})"], "interval": "1s", "timeout": "1s"}
     environments = {
         "staging": {},
+        "disaster-recovery": {},  # declared, and no pipeline deploys there
         "production": {"checks": {"smoke": smoke}, "health": {"checks": ["smoke"], "failure_limit": 2}},
     }
     return await start_api(db_url, environments=environments)
@@ -76,6 +77,8 @@ async def test_an_environments_health_and_its_history(watched: Api, tmp_path: Pa
         "checks": [],
     }
     assert_problem(await watched.get("/environments/nowhere/health"), 404, "no environment 'nowhere'")
+    declared = await watched.get("/environments/disaster-recovery/health")  # (declaring it is enough)
+    assert declared.status == 200 and declared.json["current"]["state"] == "unknown", declared.text
 
 
 async def test_the_hourly_housekeeping_drops_old_health_measurements_and_keeps_health(
