@@ -206,36 +206,26 @@ async def test_a_restart_resumes_a_verification_with_its_tallies_and_deadline_an
     assert not after_store.end(analysis_id, AnalysisStatus.CANCELED, "too late", "alice", clock.now)
 
 
-async def test_a_healthy_verification_passes_at_its_deadline(
-    open_stores: Callable[[], AnalysisStore], workdir: Path
+@pytest.mark.parametrize(
+    "verify_for",
+    [
+        25,  # between two measurements
+        30,  # the example's for: 2m with interval 30s: the last due time is the deadline itself
+    ],
+)
+async def test_a_healthy_verification_passes_at_its_deadline_counting_every_measurement(
+    open_stores: Callable[[], AnalysisStore], workdir: Path, verify_for: int
 ) -> None:
-    envs, clock, probe = environments({**VERIFY, "for": "25s"}, health=False), Clock(), Probe()
+    """The deadline alone decides (nothing is measured at it), and the verdict counts every
+    measurement stored."""
+    envs, clock, probe = environments({**VERIFY, "for": f"{verify_for}s"}, health=False), Clock(), Probe()
     store = open_stores()
     analysis_id = start_verification(store, envs, T0)
     verifier = loop(store, envs, workdir, clock, probe)
     for seconds in (0, 10, 20):
         clock.now = T0 + timedelta(seconds=seconds)
         assert (await verifier.tick()).verdicts == []
-    clock.now = T0 + timedelta(seconds=25)
-    done = await verifier.tick()  # nothing due: the deadline alone decides
-    assert done.measured == []
-    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
-        (analysis_id, AnalysisStatus.PASSED, "every check passed: smoke 3 times")
-    ]
-
-
-async def test_a_check_due_at_the_deadline_is_not_measured_and_the_verdict_counts_every_measurement(
-    open_stores: Callable[[], AnalysisStore], workdir: Path
-) -> None:
-    # the example's for: 2m with interval 30s: the last due time is the deadline itself
-    envs, clock, probe = environments({**VERIFY, "for": "30s"}, health=False), Clock(), Probe()
-    store = open_stores()
-    analysis_id = start_verification(store, envs, T0)
-    verifier = loop(store, envs, workdir, clock, probe)
-    for seconds in (0, 10, 20):
-        clock.now = T0 + timedelta(seconds=seconds)
-        assert (await verifier.tick()).verdicts == []
-    clock.now = T0 + timedelta(seconds=30)
+    clock.now = T0 + timedelta(seconds=verify_for)
     done = await verifier.tick()
     assert done.measured == [] and probe.calls == ["smoke"] * 3
     assert [(a.id, s, r) for a, s, r in done.verdicts] == [
