@@ -39,6 +39,10 @@ class EnvironmentView:
     #: whether a failed verification rolls back
     verify_for: float | None = None
     verify_rollback: bool = False
+    #: the environment's approval rule (who may promote a rollout past an open-ended pause)
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    allow_self_approval: bool = False
     #: "production is unhealthy since 12:03: …" while it is unhealthy and declares
     #: ``block_when_unhealthy``
     unhealthy: str | None = None

@@ -71,7 +71,7 @@ def run_artifact(state: RunState) -> ArtifactSpec | None:
 def for_job(state: RunState, job: Job, artifact: ArtifactSpec | None = None) -> Assignment:
     """``artifact``: what a deploy stage deploys (the run's promoted artifact, or the one it
     built), passed as ``SHIPYARD_ARTIFACT_*``."""
-    jdef = state.definition.stages[job.stage_index].jobs[job.index]
+    jdef = state.definition.stages[job.stage_index].all_jobs[job.index]
     env = {**jdef.env, **base_env(state, job.stage_index)}
     if artifact is not None and state.stages[job.stage_index].environment is not None:
         env["SHIPYARD_ARTIFACT_NAME"] = artifact.name

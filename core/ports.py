@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from core.access import Grant
-from core.analysis import Analysis, AnalysisStatus, EnvironmentHealth
+from core.analysis import Analysis, AnalysisKind, AnalysisStatus, EnvironmentHealth
 from core.artifacts import Artifact, ArtifactSpec
 from core.checks import VerifyPolicy
 from core.commands import ReportTarget
@@ -146,9 +146,10 @@ class Tx(Protocol):
         stage_index: int,
         policy: VerifyPolicy,
         now: datetime,
+        kind: AnalysisKind = AnalysisKind.VERIFY,
     ) -> Analysis:
-        """Start verifying a run's deployment (``core.analysis``): its checks due at once, its
-        deadline ``now + policy.for``."""
+        """Start verifying a run's deployment, or measuring a canary step (``kind``;
+        ``core.analysis``): its checks due at once, its deadline ``now + policy.for``."""
         ...
 
     def end_analysis(

@@ -86,6 +86,7 @@ def _analysis(r: Any) -> Analysis:
         ended_at=r["ended_at"],
         ended_by=r["ended_by"],
         version=r["version"],
+        limits=r["limits"],
     )
 
 
@@ -147,6 +148,7 @@ def _check_row(a: Analysis, check: str, next_at: datetime) -> dict[str, Any]:
 def _analysis_row(a: Analysis) -> dict[str, Any]:
     values = {f.name: getattr(a, f.name) for f in fields(a)}
     values.update(kind=a.kind.value, status=a.status.value, checks=list(a.checks))
+    values["limits"] = dict(a.limits) if a.limits is not None else None
     return values
 
 
@@ -160,14 +162,24 @@ def start(
     stage_index: int | None,
     policy: VerifyPolicy,
     now: datetime,
+    kind: AnalysisKind = AnalysisKind.VERIFY,
 ) -> Analysis:
-    """Start verifying a deployment in the caller's transaction (a run's, so the run enters
-    ``verifying`` exactly when its verification exists). Every check is due at once; the
-    deadline is ``now + policy.for``."""
+    """Start verifying a deployment (or measuring a canary step: ``kind``, with the policy's
+    limits kept) in the caller's transaction (a run's, so the run enters ``verifying`` exactly
+    when its verification exists). Every check is due at once; the deadline is
+    ``now + policy.for``."""
+    limits = None
+    if kind is AnalysisKind.ROLLOUT:
+        limits = {
+            "failure_limit": policy.failure_limit,
+            "inconclusive_limit": policy.inconclusive_limit,
+            "consecutive_error_limit": policy.consecutive_error_limit,
+        }
     a = Analysis(
         id=analysis_id,
         environment=environment,
-        kind=AnalysisKind.VERIFY,
+        kind=kind,
+        limits=limits,
         checks=tuple(policy.checks),
         started_at=now,
         run_id=run_id,

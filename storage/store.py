@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core.access import Grant
-from core.analysis import Analysis, AnalysisStatus, EnvironmentHealth
+from core.analysis import Analysis, AnalysisKind, AnalysisStatus, EnvironmentHealth
 from core.artifacts import Artifact, ArtifactSpec
 from core.audit import entry_hash
 from core.checks import VerifyPolicy
@@ -678,8 +678,10 @@ class SqlTx:
         stage_index: int,
         policy: VerifyPolicy,
         now: datetime,
+        kind: AnalysisKind = AnalysisKind.VERIFY,
     ) -> Analysis:
-        """Start verifying a run's deployment in this transaction (``storage.analyses.start``)."""
+        """Start verifying a run's deployment (or measuring a canary step) in this transaction
+        (``storage.analyses.start``)."""
         from storage import analyses
 
         return analyses.start(
@@ -690,6 +692,7 @@ class SqlTx:
             stage_index=stage_index,
             policy=policy,
             now=now,
+            kind=kind,
         )
 
     def end_analysis(

@@ -46,7 +46,7 @@ from core.analysis import (
     HealthChange,
     verdict,
 )
-from core.checks import CheckDef, CheckResult, HealthWatch, Measurement
+from core.checks import CheckDef, CheckResult, HealthWatch, Measurement, VerifyPolicy
 from core.environments import Environments
 from core.errors import DatabaseUnreachable
 from core.runtime.clock import Clock, utcnow
@@ -312,7 +312,7 @@ class AnalysisLoop:
             )
             if self.on_health_change is not None:
                 await self.on_health_change(recorded.health_change)
-        if recorded.analysis.kind is AnalysisKind.VERIFY:
+        if recorded.analysis.kind in (AnalysisKind.VERIFY, AnalysisKind.ROLLOUT):
             await self._judge(recorded.analysis, recorded.tallies, m.at, done)
 
     async def _judge(
@@ -321,14 +321,13 @@ class AnalysisLoop:
         """End a verification the tallies decide, and act on it if this process ended it."""
         if analysis.status is not AnalysisStatus.RUNNING or analysis.deadline is None:
             return
-        policy = self.environments.policy(analysis.environment).verify
+        policy = self._policy(analysis)
         if policy is None:
             status, reason = (
                 AnalysisStatus.INCONCLUSIVE,
                 f"{analysis.environment} has no verification configured now",
             )
         else:
-            policy = policy.model_copy(update={"checks": list(analysis.checks)})
             status, reason = verdict(policy, tallies, now, analysis.deadline)
         if status is AnalysisStatus.RUNNING:
             return
@@ -342,6 +341,14 @@ class AnalysisLoop:
             return  # another process (or a person) ended it
         log.info("verification of %s in %s %s: %s", analysis.run_id, analysis.environment, status, reason)
         done.verdicts.append((analysis, status, reason))
+
+    def _policy(self, analysis: Analysis) -> VerifyPolicy | None:
+        """The limits an analysis is judged by: a canary step's own, or its environment's
+        ``verify`` (None: removed from the configuration since)."""
+        if analysis.limits is not None:
+            return VerifyPolicy.model_validate({"checks": list(analysis.checks), "for": 1, **analysis.limits})
+        policy = self.environments.policy(analysis.environment).verify
+        return policy.model_copy(update={"checks": list(analysis.checks)}) if policy is not None else None
 
     # -- figures ------------------------------------------------------------------------------
     def lateness_quantile(self, q: float) -> float | None:

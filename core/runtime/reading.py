@@ -50,6 +50,9 @@ def view(tx: Tx, environments: Environments, env: str, run_id: str | None, now: 
         bad_artifact=bad,
         verify_for=policy.verify.duration if policy.verify is not None else None,
         verify_rollback=policy.verify is not None and policy.verify.on_failure == "rollback",
+        approvers=policy.approvals.gate_approvers if policy.approvals is not None else (),
+        min_approvals=policy.approvals.count if policy.approvals is not None else 1,
+        allow_self_approval=policy.approvals is not None and policy.approvals.allow_self_approval,
         unhealthy=unhealthy(tx, environments, env),
     )
 
