@@ -14,8 +14,9 @@ moment with every server at 0. The socket needs ``level admin``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from core.routing import (
     HAPROXY_MAX_WEIGHT,
@@ -45,7 +46,7 @@ class HaproxyBackend:
         wanted = server_weights(
             self.definition.pools, check_weights(self.definition, weights), HAPROXY_MAX_WEIGHT
         )
-        async with asyncio.timeout(self.definition.timeout):
+        async with self._within_timeout():
             for server, weight in sorted(wanted.items(), key=lambda item: -item[1]):
                 answer = await self._ask(f"set server {self.haproxy.backend}/{server} weight {weight}")
                 if answer:
@@ -54,7 +55,7 @@ class HaproxyBackend:
 
     async def read(self) -> dict[str, int]:
         servers: dict[str, int] = {}
-        async with asyncio.timeout(self.definition.timeout):
+        async with self._within_timeout():
             for members in self.definition.pools.values():
                 for server in members:
                     answer = await self._ask(f"get weight {self.haproxy.backend}/{server}")
@@ -65,6 +66,16 @@ class HaproxyBackend:
                         )
                     servers[server] = int(match.group(1))
         return pool_weights(self.definition.pools, servers)
+
+    @contextlib.asynccontextmanager
+    async def _within_timeout(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.definition.timeout):
+                yield
+        except TimeoutError:
+            raise RouterError(
+                f"haproxy at {self.haproxy.socket} did not answer within {self.definition.timeout:g}s"
+            ) from None
 
     def _where(self, server: str) -> str:
         return f"server {server} of backend {self.haproxy.backend} (at {self.haproxy.socket})"

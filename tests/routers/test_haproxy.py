@@ -3,10 +3,12 @@ switching it under load fails no request, and haproxy's refusals come back in it
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from core.routing import RouterDef
 from core.runtime.routers import RouterError, router_for
 from tests.routing import Haproxy, Load, send
 
@@ -71,3 +73,20 @@ async def test_an_unknown_backend_is_refused_in_haproxys_words(haproxy: Haproxy)
     router = router_for("web", haproxy.router(backend="api"))
     with pytest.raises(RouterError, match=r"No such backend\."):
         await router.apply({"stable": 90, "canary": 10})
+
+
+async def test_a_socket_that_never_answers_is_given_up_at_the_timeout(tmp_path: Path) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the command, answers nothing, never closes
+
+    path = tmp_path / "silent.sock"
+    server = await asyncio.start_unix_server(silent, path)
+    definition = RouterDef.model_validate(
+        {"haproxy": {"socket": str(path), "backend": "web"}, "stable": ["a"], "canary": ["b"], "timeout": 1}
+    )
+    try:
+        with pytest.raises(RouterError) as gave_up:
+            await router_for("web", definition).read()
+    finally:
+        server.close()
+    assert gave_up.value.message == f"haproxy at {path} did not answer within 1s"
