@@ -218,7 +218,9 @@ def _check_pause(state: RunState, command: PromoteRollout, grants: Iterable[Gran
         stage_index=stage.index,
         stage_name=f"{stage.name} (canary pause)",
         kind="manual",
-        approvers=tuple(own.approvers) if own is not None else rollout.approvers,
+        approvers=tuple(a.removeprefix("role:") for a in own.approvers)
+        if own is not None
+        else rollout.approvers,
         min_approvals=1,
         allow_self_approval=own.allow_self_approval if own is not None else rollout.allow_self_approval,
         opened_at=rollout.step_started_at,

@@ -65,6 +65,10 @@ class NginxRouter(_Strict):
     server_options: str = ""
     #: ``keepalive N`` in the upstream: idle connections kept open to the servers
     keepalive: int | None = Field(default=None, ge=1, le=100_000)
+    #: nginx reloads asynchronously (new workers start, old ones stop accepting): how long the
+    #: router waits after a reload before it reads back, so confirmed weights are the ones new
+    #: connections get
+    settle: Duration = 0.5
 
     @field_validator("include")
     @classmethod

@@ -351,7 +351,8 @@ async def resume_rollout(call: Call) -> web.Response:
     "POST",
     "/runs/{run_id}/rollout/abort",
     summary="Abort a rollout",
-    action=Action.CONTROL,
+    # (deployers their own runs, approvers any: the command's own rule, ``core.access``)
+    action=Action.READ,
     tag="runs",
     body=AbortIn,
     responses=_ROLLOUT_RESPONSES,

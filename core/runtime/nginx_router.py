@@ -9,11 +9,13 @@ back the same way and ``RouterError`` carries nginx's own words.
 nginx open source has no API to read the weights it runs with (that is NGINX Plus), so *read
 back* parses the include file: the file ``nginx -t`` accepted and nginx reloaded is the truth.
 nginx refuses ``weight=0``; a server with no share is written ``down``. The reload returns once
-nginx has been told: the old worker may serve the connections it holds for a little longer.
+nginx has been told, so the router waits ``settle`` (half a second) before reading back: by then
+new connections go to the new workers; the old ones only finish what they hold.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -110,6 +112,7 @@ class NginxUpstream:
         except RouterError:
             self._restore(previous)
             raise
+        await asyncio.sleep(self.nginx.settle)
         return await self.read()
 
     async def read(self) -> dict[str, int]:
