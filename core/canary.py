@@ -267,10 +267,12 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
         why = command.error or (
             f"it applies {describe_weights(applied)} instead of {describe_weights(rollout.desired)}"
         )
-        reason = (
-            f"router {rollout.router} failed: {why}; traffic stays at "
-            f"{describe_weights(rollout.applied)} (last confirmed)"
+        where = (
+            f"traffic stays at {describe_weights(rollout.applied)} (last confirmed)"
+            if rollout.applied is not None
+            else "traffic stays where the router had it (no weights confirmed yet)"
         )
+        reason = f"router {rollout.router} failed: {why}; {where}"
         if rollout.status is RO.ABORTING:
             reason = f"{rollout.reason}; then {reason}"
         stage = plan.set(

@@ -488,8 +488,9 @@ class AnalysisStore:
             unchanged = measurement.result is CheckResult.PASSED and row["last_result"] == "passed"
             if analysis.kind is AnalysisKind.HEALTH and not unchanged:
                 change = _rehealth(tx, analysis.environment, watch, measurement.at)
-            # (only a verification is judged on its tallies; a health watch's are not read)
-            counts = tallies(conn, analysis_id) if analysis.kind is AnalysisKind.VERIFY else {}
+            # (verifications and canary steps are judged on their tallies; a health watch's are
+            # not read)
+            counts = tallies(conn, analysis_id) if analysis.kind is not AnalysisKind.HEALTH else {}
             return Recorded(analysis, counts, change)
 
     def prune_health(self, before: datetime, limit: int) -> int:
@@ -525,13 +526,13 @@ class AnalysisStore:
             return end(tx.conn, analysis_id, status, reason, by, now)
 
     def past_deadline(self, now: datetime, limit: int = 100) -> list[tuple[Analysis, dict[str, CheckTally]]]:
-        """Running verifications whose deadline has come, with their tallies: their verdict is
-        due even if no measurement comes to trigger it."""
+        """Running verifications (and canary steps' analyses) whose deadline has come, with their
+        tallies: their verdict is due even if no measurement comes to trigger it."""
         query = (
             sa.select(ANALYSIS)
             .where(
                 A.status == AnalysisStatus.RUNNING.value,
-                A.kind == AnalysisKind.VERIFY.value,
+                A.kind != AnalysisKind.HEALTH.value,
                 A.deadline <= now,
             )
             .order_by(A.deadline)
