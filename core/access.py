@@ -209,7 +209,7 @@ def _check_pause(state: RunState, command: PromoteRollout, grants: Iterable[Gran
     if stage is None or rollout is None or rollout.status is not RolloutStatus.WAITING:
         return  # (the engine says what is wrong)
     strategy = state.definition.stages[stage.index].strategy
-    steps = strategy.canary.steps if strategy is not None else []
+    steps = strategy.steps if strategy is not None else []
     pause = steps[rollout.step].pause if 0 <= rollout.step < len(steps) else None
     own = pause if pause is not None and pause.approvers else None
     gate = Gate(

@@ -78,6 +78,9 @@ def for_job(state: RunState, job: Job, artifact: ArtifactSpec | None = None) -> 
         env["SHIPYARD_ARTIFACT_VERSION"] = artifact.version
         env["SHIPYARD_ARTIFACT_DIGEST"] = artifact.digest
         env["SHIPYARD_ARTIFACT_URI"] = artifact.uri
+    rollout = state.stages[job.stage_index].rollout
+    if rollout is not None:  # the pool the new version goes on, and the one serving before it
+        env["SHIPYARD_ROLLOUT_POOL"], env["SHIPYARD_ROLLOUT_RETIRED"] = rollout.pools[1], rollout.pools[0]
     env["SHIPYARD_JOB"] = job.name
     env["SHIPYARD_JOB_ID"] = job.id
     env["SHIPYARD_ATTEMPT"] = str(job.attempt)

@@ -16,16 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from core.admission import EnvironmentView
 from core.commands import AbortRollout, AdvanceRollout, ConfirmWeights, EndStepAnalysis, PromoteRollout
-from core.definition import CanaryDef, StageDef
+from core.definition import StageDef, StrategyDef
 from core.errors import CommandRefused
 from core.model import Job, Stage
 from core.rollout import (
-    ALL_STABLE,
     CANARY,
     ROLLOUT_DONE,
+    STABLE,
     Rollout,
     analysis_id,
-    canary_weights,
     describe_step,
     describe_weights,
     moved,
@@ -47,22 +46,29 @@ _ABORTABLE = frozenset({RO.PROGRESSING, RO.WAITING, RO.PROMOTING})
 
 
 def prepare(definition: StageDef, view: EnvironmentView | None) -> Rollout | None:
-    """The rollout a stage with a strategy starts with (when the stage starts), keeping who
-    may promote past an open-ended pause as the environment said then."""
-    if definition.strategy is None:
+    """The rollout a stage with a strategy starts with (when the stage starts): which pool serves
+    now and which takes the new version (blue/green: the idle colour), and who may promote past
+    an open-ended pause, as the environment said then."""
+    strategy = definition.strategy
+    if strategy is None:
         return None
+    pools = (STABLE, CANARY)
+    if strategy.kind == "blue_green" and view is not None and strategy.router in view.router_pools:
+        pools = view.router_pools[strategy.router]
     return Rollout(
-        router=definition.strategy.canary.router,
+        router=strategy.router,
+        kind=strategy.kind,
+        pools=pools,
         approvers=view.approvers if view is not None else (),
         min_approvals=view.min_approvals if view is not None else 1,
         allow_self_approval=view.allow_self_approval if view is not None else False,
     )
 
 
-def canary_of(plan: _Plan, stage: Stage) -> CanaryDef:
+def strategy_of(plan: _Plan, stage: Stage) -> StrategyDef:
     strategy = plan.definition.stages[stage.index].strategy
     assert strategy is not None
-    return strategy.canary
+    return strategy
 
 
 def phase_jobs(plan: _Plan, stage: Stage, phase: str) -> list[Job]:
@@ -84,11 +90,11 @@ def rolling(plan: _Plan) -> tuple[Stage, Rollout]:
 
 def enter(plan: _Plan, stage: Stage) -> None:
     """The stage's own jobs put the new version on the canary servers: take the first step."""
-    canary = canary_of(plan, stage)
-    rollout = stage.rollout or Rollout(router=canary.router)
+    strategy = strategy_of(plan, stage)
+    rollout = stage.rollout or Rollout(router=strategy.router, kind=strategy.kind)
     rollout = moved(rollout, RO.PROGRESSING, stage.id)
     stage = plan.move(
-        stage, StageStatus.ROLLING_OUT, rollout=rollout, reason=f"rolling out through {canary.router}"
+        stage, StageStatus.ROLLING_OUT, rollout=rollout, reason=f"rolling out through {strategy.router}"
     )
     _begin(plan, stage, 0)
 
@@ -96,11 +102,11 @@ def enter(plan: _Plan, stage: Stage) -> None:
 def _begin(plan: _Plan, stage: Stage, index: int, how: str = "passed") -> None:
     """Take step ``index`` (and the ones after it that need nothing to wait for); ``how``: how
     the step left ended its analysis, if it had one."""
-    canary = canary_of(plan, stage)
+    strategy = strategy_of(plan, stage)
     assert stage.rollout is not None
     rollout = _leave_step(plan, stage, stage.rollout, how)
-    while index < len(canary.steps):
-        step = canary.steps[index]
+    while index < len(strategy.steps):
+        step = strategy.steps[index]
         rollout = replace(
             rollout,
             step=index,
@@ -113,20 +119,20 @@ def _begin(plan: _Plan, stage: Stage, index: int, how: str = "passed") -> None:
         if rollout.status is RO.WAITING:
             rollout = moved(rollout, RO.PROGRESSING, stage.id)
         if step.set_weight is not None:
-            rollout = replace(rollout, desired=canary_weights(step.set_weight))
+            rollout = replace(rollout, desired=rollout.weights(step.set_weight))
         elif step.pause is not None and step.pause.duration is not None:
             rollout = replace(rollout, step_until=plan.now + timedelta(seconds=step.pause.duration))
         elif step.pause is not None:
-            rollout = moved(rollout, RO.WAITING, stage.id, reason=f"paused at {step_words(canary, index)}")
+            rollout = moved(rollout, RO.WAITING, stage.id, reason=f"paused at {step_words(strategy, index)}")
         else:
             assert step.analysis is not None
             until = plan.now + timedelta(seconds=step.analysis.duration)
             rollout = replace(
                 rollout, analysis=analysis_id(plan.run.id, stage.index, index), step_until=until
             )
-        stage = plan.set(stage, rollout=rollout, reason=step_words(canary, index))
+        stage = plan.set(stage, rollout=rollout, reason=step_words(strategy, index))
         _note(
-            plan, "rollout.step", stage, step=index + 1, steps=len(canary.steps), action=describe_step(step)
+            plan, "rollout.step", stage, step=index + 1, steps=len(strategy.steps), action=describe_step(step)
         )
         if step.set_weight is None or rollout.router_pending:
             break
@@ -156,12 +162,21 @@ def _run_follows(plan: _Plan, rollout: Rollout) -> None:
 
 
 def _promote(plan: _Plan, stage: Stage, rollout: Rollout) -> None:
-    canary = canary_of(plan, stage)
+    strategy = strategy_of(plan, stage)
     rollout = _leave_step(plan, stage, rollout, "canceled")
     rollout = moved(
-        rollout, RO.PROMOTING, stage.id, step=len(canary.steps), step_until=None, paused_left=None, reason=""
+        rollout,
+        RO.PROMOTING,
+        stage.id,
+        step=len(strategy.steps),
+        step_until=None,
+        paused_left=None,
+        reason="",
     )
-    stage = plan.set(stage, rollout=rollout, reason="promoting: the new version goes on the stable servers")
+    why = "promoting: the new version goes on the stable servers"
+    if rollout.kind == "blue_green":
+        why = f"promoted: {rollout.pools[1]} serves all traffic"
+    stage = plan.set(stage, rollout=rollout, reason=why)
     _note(plan, "rollout.promoting", stage, weight=rollout.canary_weight)
     _run_follows(plan, rollout)
 
@@ -173,7 +188,7 @@ def _abort(plan: _Plan, stage: Stage, rollout: Rollout, outcome: str, reason: st
         rollout,
         RO.ABORTING,
         stage.id,
-        desired=dict(ALL_STABLE),
+        desired=rollout.at_rest,
         outcome=outcome,
         reason=reason,
         step_until=None,
@@ -212,22 +227,45 @@ def settle(plan: _Plan, stage: Stage, finish: Finish, succeed: Succeed) -> bool:
 
 
 def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succeed) -> bool:
+    """A canary: the promote jobs put the new version on stable, then all traffic returns to
+    stable. Blue/green: traffic is on the new colour already; the scale-down jobs retire the
+    old one ``scale_down_after`` the switch."""
     jobs = phase_jobs(plan, stage, "promote")
     broken = next((j for j in jobs if j.status in JOB_FAILURES and not j.allow_failure), None)
     if broken is not None:
         _abort(plan, stage, rollout, "failed", f"promote job {stage.name}/{broken.name} {broken.reason}")
         return False
+    if rollout.kind == "blue_green" and not _retired(plan, stage, rollout, jobs):
+        return False
     if not _jobs_done(plan, jobs):
         return False
-    if dict(rollout.desired) != dict(ALL_STABLE):
-        stage = plan.set(stage, rollout=replace(rollout, desired=dict(ALL_STABLE)))
+    if dict(rollout.desired) != rollout.final:
+        stage = plan.set(stage, rollout=replace(rollout, desired=rollout.final))
         _note(plan, "rollout.step", stage, action="all traffic to the stable servers, now the new version")
         return False
     if rollout.router_pending:
         return False
     stage = plan.set(stage, rollout=moved(rollout, RO.PROMOTED, stage.id))
-    _note(plan, "rollout.promoted", stage)
+    _note(plan, "rollout.promoted", stage, live=rollout.pools[1] if rollout.kind == "blue_green" else None)
     return succeed(plan, stage)
+
+
+def _retired(plan: _Plan, stage: Stage, rollout: Rollout, jobs: list[Job]) -> bool:
+    """Blue/green: True once the scale-down jobs may run (``scale_down_after`` the switch; the
+    clock's ``AdvanceRollout`` says when)."""
+    if any(j.status is not JobStatus.PENDING for j in jobs):
+        return True
+    blue_green = strategy_of(plan, stage).blue_green
+    assert blue_green is not None
+    if rollout.retire_at is None and blue_green.scale_down_after > 0 and jobs:
+        until = plan.now + timedelta(seconds=blue_green.scale_down_after)
+        plan.set(
+            stage,
+            rollout=replace(rollout, retire_at=until),
+            reason=f"retiring {rollout.pools[0]} at {until:%H:%M:%S}",
+        )
+        return False
+    return rollout.retire_at is None or rollout.retire_at <= plan.now
 
 
 def _jobs_done(plan: _Plan, jobs: list[Job]) -> bool:
@@ -285,18 +323,23 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
     rollout = replace(rollout, applied=applied)
     stage = plan.set(stage, rollout=rollout)
     _note(plan, "rollout.weights_applied", stage, weights=applied)
-    canary = canary_of(plan, stage)
-    if rollout.status is RO.PROGRESSING and canary.steps[rollout.step].set_weight is not None:
+    strategy = strategy_of(plan, stage)
+    if rollout.status is RO.PROGRESSING and strategy.steps[rollout.step].set_weight is not None:
         _begin(plan, stage, rollout.step + 1)
 
 
 def advance_rollout(plan: _Plan, command: AdvanceRollout) -> None:
     stage, rollout = rolling(plan)
-    canary = canary_of(plan, stage)
+    strategy = strategy_of(plan, stage)
+    if rollout.status is RO.PROMOTING and rollout.retire_at is not None:
+        if rollout.retire_at > plan.now:
+            raise CommandRefused(f"{plan.run.ref} retires {rollout.pools[0]} at {rollout.retire_at:%H:%M:%S}")
+        plan.set(stage, rollout=replace(rollout, retire_at=None), reason="retiring the old colour")
+        return  # (``settle`` queues the scale-down jobs)
     timed = (
         rollout.status is RO.PROGRESSING
-        and 0 <= rollout.step < len(canary.steps)
-        and canary.steps[rollout.step].pause is not None
+        and 0 <= rollout.step < len(strategy.steps)
+        and strategy.steps[rollout.step].pause is not None
         and rollout.step_until is not None
     )
     if not timed or plan.run.status is RunStatus.PAUSED:
@@ -311,26 +354,27 @@ def end_step_analysis(plan: _Plan, command: EndStepAnalysis) -> None:
     stage, rollout = rolling(plan)
     if rollout.analysis != command.analysis_id or rollout.status is not RO.PROGRESSING:
         raise CommandRefused(f"{plan.run.ref} no longer measures {command.analysis_id}")
-    canary = canary_of(plan, stage)
-    where = f"step {rollout.step + 1} (canary at {rollout.canary_weight}%)"
+    strategy = strategy_of(plan, stage)
+    new = "canary" if rollout.kind == "canary" else rollout.pools[1]
+    where = f"step {rollout.step + 1} ({new} at {rollout.canary_weight}%)"
     if command.verdict == "passed":
         _begin(plan, stage, rollout.step + 1)
     elif command.verdict == "failed":
         rollout = _leave_step(plan, stage, rollout, "failed")
-        _abort(plan, stage, rollout, "failed", f"canary analysis at {where} failed: {command.reason}")
+        _abort(plan, stage, rollout, "failed", f"analysis at {where} failed: {command.reason}")
     else:
-        reason = f"canary analysis at {where} inconclusive: {command.reason}; promote or abort"
+        reason = f"analysis at {where} inconclusive: {command.reason}; promote or abort"
         rollout = moved(
             _leave_step(plan, stage, rollout, "inconclusive"), RO.WAITING, stage.id, reason=reason
         )
         stage = plan.set(stage, rollout=rollout, reason=reason)
-        _note(plan, "rollout.waiting", stage, reason=reason, step=step_words(canary, rollout.step))
+        _note(plan, "rollout.waiting", stage, reason=reason, step=step_words(strategy, rollout.step))
         _run_follows(plan, rollout)
 
 
 def promote_rollout(plan: _Plan, command: PromoteRollout) -> None:
     stage, rollout = rolling(plan)
-    canary = canary_of(plan, stage)
+    strategy = strategy_of(plan, stage)
     if rollout.status not in (RO.PROGRESSING, RO.WAITING):
         raise CommandRefused(f"{plan.run.ref}'s rollout is {rollout.status}: there is nothing to promote")
     who = command.actor.name
@@ -338,7 +382,7 @@ def promote_rollout(plan: _Plan, command: PromoteRollout) -> None:
     if command.full:
         _promote(plan, stage, rollout)
         return
-    if rollout.status is RO.PROGRESSING and canary.steps[rollout.step].set_weight is not None:
+    if rollout.status is RO.PROGRESSING and strategy.steps[rollout.step].set_weight is not None:
         raise CommandRefused(
             f"the router is being set to {describe_weights(rollout.desired)}; promote once it is"
         )
@@ -376,7 +420,8 @@ def _note(plan: _Plan, name: str, stage: Stage, **data: Any) -> None:
         "status": str(rollout.status),
         "desired": dict(rollout.desired),
         "applied": dict(rollout.applied) if rollout.applied is not None else None,
-        "canary": rollout.canary_weight if CANARY in rollout.desired else 0,
+        "kind": rollout.kind,
+        "canary": rollout.canary_weight,
         "analysis": rollout.analysis,
     }
     plan.note(name, stage, **{**facts, **data})

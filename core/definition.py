@@ -221,10 +221,88 @@ class CanaryDef(_Strict):
         return steps
 
 
-class StrategyDef(_Strict):
-    """How a deploy stage moves traffic to the new version (none: all at once)."""
+class BlueGreenDef(_Strict):
+    """Two colours behind ``router`` (pools such as ``blue`` and ``green``): the stage's jobs put
+    the new version on the idle colour (``SHIPYARD_ROLLOUT_POOL`` names it); ``preview_checks``
+    measure it for ``preview_for``; the switch moves all traffic in one router change, after
+    ``auto_promote`` or when a person promotes; ``post_checks`` measure it for ``post_for`` and a
+    failure switches back; ``scale_down`` jobs retire the old colour ``scale_down_after`` the
+    switch (``SHIPYARD_ROLLOUT_RETIRED`` names it)."""
 
-    canary: CanaryDef
+    router: str = Field(pattern=NAME)
+    preview_checks: list[str] = Field(default_factory=list)
+    preview_for: Duration = 60.0
+    #: switch this long after the preview passed; none: a person promotes (a gate)
+    auto_promote: Duration | None = None
+    post_checks: list[str] = Field(default_factory=list)
+    post_for: Duration = 300.0
+    scale_down_after: Duration = 0.0
+    scale_down: list[JobDef] = Field(default_factory=list)
+    #: who may promote when nothing promotes automatically (default: the environment's rule)
+    approvers: list[str] = Field(default_factory=list)
+    allow_self_approval: bool = False
+
+    def steps(self) -> list[CanaryStepDef]:
+        """The rollout's steps: the canary's machinery with the new colour as the canary."""
+        steps: list[CanaryStepDef] = []
+        if self.preview_checks:
+            steps.append(
+                CanaryStepDef(analysis=AnalysisStepDef(checks=self.preview_checks, duration=self.preview_for))
+            )
+        if self.auto_promote is not None:
+            steps.append(CanaryStepDef(pause=PauseDef(duration=self.auto_promote)))
+        else:
+            pause = PauseDef(approvers=self.approvers, allow_self_approval=self.allow_self_approval)
+            steps.append(CanaryStepDef(pause=pause))
+        steps.append(CanaryStepDef(set_weight=100))
+        if self.post_checks:
+            steps.append(
+                CanaryStepDef(analysis=AnalysisStepDef(checks=self.post_checks, duration=self.post_for))
+            )
+        return steps
+
+
+class StrategyDef(_Strict):
+    """How a deploy stage moves traffic to the new version (none: all at once): exactly one of
+    ``canary`` or ``blue_green``."""
+
+    canary: CanaryDef | None = None
+    blue_green: BlueGreenDef | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StrategyDef:
+        if (self.canary is None) == (self.blue_green is None):
+            raise ValueError("a strategy is exactly one of canary or blue_green")
+        return self
+
+    @property
+    def kind(self) -> Literal["canary", "blue_green"]:
+        return "canary" if self.canary is not None else "blue_green"
+
+    @property
+    def router(self) -> str:
+        chosen = self.canary or self.blue_green
+        assert chosen is not None
+        return chosen.router
+
+    @property
+    def steps(self) -> list[CanaryStepDef]:
+        if self.canary is not None:
+            return self.canary.steps
+        assert self.blue_green is not None
+        return self.blue_green.steps()
+
+    @property
+    def promote_jobs(self) -> list[JobDef]:
+        """Run once every step passed: the canary's ``promote``, blue/green's ``scale_down``."""
+        if self.canary is not None:
+            return self.canary.promote
+        assert self.blue_green is not None
+        return self.blue_green.scale_down
+
+    @property
+    def abort_jobs(self) -> list[JobDef]:
+        return self.canary.abort if self.canary is not None else []
 
 
 class StageDef(_Strict):
@@ -253,16 +331,17 @@ class StageDef(_Strict):
 
     @property
     def all_jobs(self) -> list[JobDef]:
-        """The stage's jobs, then its canary's ``promote`` and ``abort`` jobs, as runs lay
-        them out (``core.model.new_run_state``: a job's index points in here)."""
-        canary = self.strategy.canary if self.strategy is not None else None
-        return [*self.jobs, *(canary.promote if canary else ()), *(canary.abort if canary else ())]
+        """The stage's jobs, then its strategy's ``promote`` (or ``scale_down``) and ``abort``
+        jobs, as runs lay them out (``core.model.new_run_state``: a job's index points in here)."""
+        if self.strategy is None:
+            return self.jobs
+        return [*self.jobs, *self.strategy.promote_jobs, *self.strategy.abort_jobs]
 
     def phase_of(self, index: int) -> Literal["", "promote", "abort"]:
         """Which part of the stage job ``index`` belongs to ("": its own jobs)."""
         if index < len(self.jobs) or self.strategy is None:
             return ""
-        return "promote" if index < len(self.jobs) + len(self.strategy.canary.promote) else "abort"
+        return "promote" if index < len(self.jobs) + len(self.strategy.promote_jobs) else "abort"
 
 
 class ScheduleDef(_Strict):

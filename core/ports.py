@@ -163,6 +163,15 @@ class Tx(Protocol):
         """Who holds ``env``'s lock, since when and why, for people; None when it is free."""
         ...
 
+    def live_pools(self, env: str) -> dict[str, str]:
+        """Router name → the pool a blue/green promotion left serving in ``env`` (routers never
+        switched are not named)."""
+        ...
+
+    def set_live_pool(self, env: str, router: str, pool: str, now: datetime) -> None:
+        """Record that ``pool`` of ``env``'s ``router`` serves now (a blue/green promotion)."""
+        ...
+
     def environment_health(self, env: str) -> EnvironmentHealth | None:
         """``env``'s health now (``storage.analyses`` keeps it); None before it has any."""
         ...

@@ -24,27 +24,22 @@ from datetime import datetime
 from typing import Any
 
 from core.checks import VerifyPolicy
-from core.definition import AnalysisStepDef, CanaryDef, CanaryStepDef
+from core.definition import AnalysisStepDef, CanaryStepDef, StrategyDef
 from core.duration import format_duration
 from core.states import RolloutStatus, check
 
 STABLE, CANARY = "stable", "canary"
-#: all traffic on the stable servers: where a rollout starts and where an abort returns
+#: all traffic on the stable servers: where a canary starts and where an abort returns
 ALL_STABLE: Mapping[str, int] = {STABLE: 100, CANARY: 0}
 #: rollout statuses after which the router is not driven any more
 ROLLOUT_DONE = frozenset({RolloutStatus.PROMOTED, RolloutStatus.ABORTED, RolloutStatus.FAILED})
-
-
-def canary_weights(weight: int) -> dict[str, int]:
-    """The router's weights for a canary taking ``weight`` percent of the traffic."""
-    return {STABLE: 100 - weight, CANARY: weight}
 
 
 def describe_weights(weights: Mapping[str, int] | None) -> str:
     """``stable 90 / canary 10``."""
     if weights is None:
         return "not confirmed yet"
-    return " / ".join(f"{pool} {weights.get(pool, 0)}" for pool in (STABLE, CANARY))
+    return " / ".join(f"{pool} {weight}" for pool, weight in weights.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +47,11 @@ class Rollout:
     """Where a stage's rollout stands (stored as JSON on the stage)."""
 
     router: str
+    #: ``canary`` or ``blue_green``
+    kind: str = "canary"
+    #: the router's pools: the one serving now (``stable``, or the live colour), then the one
+    #: the new version goes on (``canary``, or the idle colour)
+    pools: tuple[str, str] = (STABLE, CANARY)
     status: RolloutStatus = RolloutStatus.PENDING
     #: the step being taken (0-based; ``len(steps)`` once they are all done)
     step: int = -1
@@ -66,6 +66,8 @@ class Rollout:
     paused_left: float | None = None
     #: the analysis measuring the current step (``core.analysis``), if it is one
     analysis: str | None = None
+    #: blue/green, once switched: when the scale-down jobs retire the old colour
+    retire_at: datetime | None = None
     #: how the run ends once an abort has put traffic back: ``failed`` or ``canceled``
     outcome: str = ""
     #: why it waits, aborted or failed (with the measured values)
@@ -83,13 +85,30 @@ class Rollout:
 
     @property
     def canary_weight(self) -> int:
-        return int(self.desired.get(CANARY, 0))
+        """The new version's share of the traffic wanted now."""
+        return int(self.desired.get(self.pools[1], 0))
+
+    def weights(self, weight: int) -> dict[str, int]:
+        """The router's weights for the new version taking ``weight`` percent of the traffic."""
+        return {self.pools[0]: 100 - weight, self.pools[1]: weight}
+
+    @property
+    def at_rest(self) -> dict[str, int]:
+        """All traffic where it was before the rollout: where an abort returns."""
+        return self.weights(0)
+
+    @property
+    def final(self) -> dict[str, int]:
+        """Where traffic ends once promoted: back on stable (now the new version) for a canary,
+        on the new colour for blue/green."""
+        return self.weights(0 if self.kind == "canary" else 100)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = str(self.status)
         data["approvers"] = list(self.approvers)
-        for key in ("step_started_at", "step_until"):
+        data["pools"] = list(self.pools)
+        for key in ("step_started_at", "step_until", "retire_at"):
             value = getattr(self, key)
             data[key] = value.isoformat() if value is not None else None
         return data
@@ -99,7 +118,8 @@ class Rollout:
         values = dict(data)
         values["status"] = RolloutStatus(values["status"])
         values["approvers"] = tuple(values.get("approvers") or ())
-        for key in ("step_started_at", "step_until"):
+        values["pools"] = tuple(values.get("pools") or (STABLE, CANARY))
+        for key in ("step_started_at", "step_until", "retire_at"):
             if values.get(key) is not None:
                 values[key] = datetime.fromisoformat(values[key])
         return cls(**values)
@@ -111,15 +131,18 @@ def moved(rollout: Rollout, to: RolloutStatus, ident: str, **values: Any) -> Rol
     return replace(rollout, status=to, **values)
 
 
-def step_words(canary: CanaryDef, index: int) -> str:
+def step_words(strategy: StrategyDef, index: int) -> str:
     """``step 3 of 6: analysis of error-rate for 5m``."""
-    if index >= len(canary.steps):
+    steps = strategy.steps
+    if index >= len(steps):
         return "promoting"
-    return f"step {index + 1} of {len(canary.steps)}: {describe_step(canary.steps[index])}"
+    return f"step {index + 1} of {len(steps)}: {describe_step(steps[index], strategy.kind)}"
 
 
-def describe_step(step: CanaryStepDef) -> str:
+def describe_step(step: CanaryStepDef, kind: str = "canary") -> str:
     if step.set_weight is not None:
+        if kind == "blue_green":
+            return "switch all traffic to the new colour"
         return f"set the canary's weight to {step.set_weight}%"
     if step.pause is not None:
         if step.pause.duration is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from core.rollout import Rollout
@@ -15,6 +16,20 @@ from storage.store import SqlStore
 from storage.tables import metadata
 
 STAGE, RUN, LEASE = metadata.tables["stage"], metadata.tables["run"], metadata.tables["router_lease"]
+STATE = metadata.tables["router_state"]
+
+
+def live_pools(conn: Connection, env: str) -> dict[str, str]:
+    """Router → its serving pool in ``env``, for the routers a blue/green promotion switched."""
+    rows = conn.execute(sa.select(STATE.c.key, STATE.c.live_pool).where(STATE.c.key.startswith(f"{env}/")))
+    return {key.split("/", 1)[1]: pool for key, pool in rows}
+
+
+def set_live_pool(conn: Connection, env: str, router: str, pool: str, now: datetime) -> None:
+    key = f"{env}/{router}"
+    done = conn.execute(sa.update(STATE).where(STATE.c.key == key).values(live_pool=pool, updated_at=now))
+    if done.rowcount == 0:
+        conn.execute(sa.insert(STATE).values(key=key, live_pool=pool, updated_at=now))
 
 
 @dataclass(frozen=True, slots=True)

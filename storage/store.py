@@ -660,6 +660,16 @@ class SqlTx:
         lock = current_lock(self.conn, env, now)
         return describe_lock(lock, now) if lock is not None else None
 
+    def live_pools(self, env: str) -> dict[str, str]:
+        from storage.rollouts import live_pools
+
+        return live_pools(self.conn, env)
+
+    def set_live_pool(self, env: str, router: str, pool: str, now: datetime) -> None:
+        from storage.rollouts import set_live_pool
+
+        set_live_pool(self.conn, env, router, pool, now)
+
     def environment_health(self, env: str) -> EnvironmentHealth | None:
         from storage import analyses
 

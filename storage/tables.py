@@ -648,6 +648,17 @@ class HealthChangeRow(SQLModel, table=True):
     reason: str = _text()
 
 
+class RouterStateRow(SQLModel, table=True):
+    """Which pool of a blue/green router serves now: written in the transaction that promotes
+    the rollout, read when the next one starts (it deploys to the other)."""
+
+    __tablename__ = "router_state"
+    #: ``<environment>/<router>``
+    key: str = Field(primary_key=True, max_length=130)
+    live_pool: str = Field(max_length=63)
+    updated_at: datetime = _ts(nullable=False)
+
+
 class RouterLeaseRow(SQLModel, table=True):
     """Who drives an environment's router now (``core.runtime.rollouts``): taken by a
     conditional update when free or lapsed, so two replicas never set one router at once."""

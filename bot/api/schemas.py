@@ -279,7 +279,8 @@ class RolloutOut(BaseModel):
     """Where a stage's canary rollout stands (``docs/rollouts.md``)."""
 
     stage: str
-    strategy: Literal["canary"] = "canary"
+    strategy: Literal["canary", "blue_green"]
+    pools: list[str] = Field(description="the pool serving before the rollout, then the one it moves to")
     router: str
     status: RolloutStatus
     step: int | None = Field(
@@ -305,15 +306,17 @@ class RolloutOut(BaseModel):
         strategy = state.definition.stages[s.index].strategy
         if r is None or strategy is None:
             return None
-        steps = strategy.canary.steps
+        steps = strategy.steps
         current = 0 <= r.step < len(steps)
         return cls(
             stage=s.name,
+            strategy=strategy.kind,
+            pools=list(r.pools),
             router=r.router,
             status=r.status,
             step=r.step + 1 if current else None,
             steps=len(steps),
-            action=step_words(strategy.canary, r.step) if r.step >= 0 else "waiting for the stage's jobs",
+            action=step_words(strategy, r.step) if r.step >= 0 else "waiting for the stage's jobs",
             step_until=r.step_until,
             desired=dict(r.desired),
             applied=dict(r.applied) if r.applied is not None else None,

@@ -96,6 +96,8 @@ def _verifications(
             tx.end_analysis(ident, AnalysisStatus.INCONCLUSIVE, str(event.data.get("reason", "")), by, now)
         elif event.name in ("rollout.step", "rollout.analysis_ended"):
             _step_analysis(tx, event, state, stage.index, stage.environment, by, now)
+        elif event.name == "rollout.promoted" and isinstance(live := event.data.get("live"), str):
+            tx.set_live_pool(stage.environment, str(event.data["router"]), live, now)
 
 
 def _step_analysis(
@@ -112,7 +114,7 @@ def _step_analysis(
     strategy = state.definition.stages[stage_index].strategy
     step = int(event.data.get("step", 0)) - 1  # type: ignore[call-overload]
     assert strategy is not None and step >= 0
-    measured = strategy.canary.steps[step].analysis
+    measured = strategy.steps[step].analysis
     assert measured is not None
     tx.start_analysis(
         ident, env, state.run.id, stage_index, step_policy(measured), now, kind=AnalysisKind.ROLLOUT

@@ -165,7 +165,7 @@ async def test_a_canary_whose_service_fails_is_aborted_by_its_analysis(
     done = await api.wait(run["id"], timeout=20)
     took = time.monotonic() - seen
     assert done["status"] == "failed"
-    assert done["reason"].startswith("canary analysis at step 2 (canary at 20%) failed: error-rate = "), done
+    assert done["reason"].startswith("analysis at step 2 (canary at 20%) failed: error-rate = "), done
     assert "twice" in done["reason"], done["reason"]
     assert _rollout(done)["applied"] == {"stable": 100, "canary": 0}
     assert took <= 1 * 2 + 2, took  # interval x failure_limit + 2 s

@@ -4,7 +4,8 @@ A deploy stage with a ``strategy`` keeps its rollout (``core.rollout.Rollout``: 
 desired and applied router weights, the pause's deadline) as JSON on the stage, and while it
 rolls out it holds its environment like a running stage, so the unique index on deploying
 stages covers ``rolling_out`` too. A canary step's analysis carries its own limits. Who drives
-an environment's router is a lease row (``router_lease``), so two replicas never set it at once.
+an environment's router is a lease row (``router_lease``), so two replicas never set it at once;
+which colour of a blue/green router serves is ``router_state``.
 
 Revision ID: 0020
 Revises: 0019
@@ -46,6 +47,12 @@ def upgrade() -> None:
     with op.batch_alter_table("analysis") as batch:
         batch.add_column(sa.Column("limits", sa.JSON(), nullable=True))
     op.create_table(
+        "router_state",
+        sa.Column("key", sa.String(length=130), primary_key=True),
+        sa.Column("live_pool", sa.String(length=63), nullable=False),
+        sa.Column("updated_at", storage.tables.UTCDateTime(), nullable=False),
+    )
+    op.create_table(
         "router_lease",
         sa.Column("key", sa.String(length=130), primary_key=True),
         sa.Column("holder", sa.String(length=200), nullable=False),
@@ -62,6 +69,7 @@ def downgrade() -> None:
             "downgrading: the older version knows no rollouts"
         )
     op.drop_table("router_lease")
+    op.drop_table("router_state")
     with op.batch_alter_table("analysis") as batch:
         batch.drop_column("limits")
     op.drop_index("ux_stage_environment_running", table_name="stage")
