@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def _slow(root: Path, include: Path, delay: float) -> tuple[Path, Path]:
     marker = root / "changes"
     marker.touch()
     wrapper = root / "slow.sh"
-    wrapper.write_text(f"#!/bin/sh\nhead -n 1 {include} >> {marker}\nsleep {delay}\nexec \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\nhead -n 1 {include} >> {marker}\nsleep {delay}\nexec "$@"\n')
     wrapper.chmod(0o755)
     return wrapper, marker
 
@@ -197,3 +198,167 @@ def test_a_kill_during_a_weight_change_ends_at_the_recorded_weights_and_finishes
     _finished_once(svc, run_id, count)
     assert _applied(svc, run_id) == [20, 60, 0]  # each change confirmed once, none skipped
     assert _share(nginx) == 0  # promoted: the new version is stable, the canary takes nothing
+
+
+_PAUSE = """\
+          - set_weight: 30
+          - pause: {duration: 6s}
+          - set_weight: 70
+"""
+
+
+def _paused(svc: Service, run_id: str) -> Rollout:
+    return _rollout(
+        svc, run_id, lambda r: r.step == 1 and r.step_until is not None, "the rollout to pause at 30"
+    )
+
+
+def test_a_kill_during_a_pause_keeps_its_deadline_and_the_router_its_weights(
+    db_url: str, make_service: Callable[..., Service], tmp_path: Path, nginx: Nginx, servers: list[Server]
+) -> None:
+    config = _environments(_nginx_router(nginx))
+    count = tmp_path / "promoted"
+    server = _server(tmp_path, db_url, config)
+    server.pipeline("web", _canary(_PAUSE, count))
+    servers.append(server)
+    server.start()
+    svc = make_service(db_url)
+    run_id = _trigger(server, "web")
+    until = _paused(svc, run_id).step_until
+    assert until is not None
+    shown = _run_json(server, run_id)["rollout"]["step_until"]
+
+    time.sleep(1)
+    _kill(server)
+    time.sleep(2)  # down for a while: the deadline does not move for it
+    server = _restart(server, tmp_path, db_url, config, servers)
+    assert _run_json(server, run_id)["rollout"]["step_until"] == shown
+    assert datetime.now(until.tzinfo) < until  # still in the pause...
+    assert abs(_share(nginx) - 30) <= 5  # ...and the router still at its weights
+
+    _finished_once(svc, run_id, count)
+    assert _applied(svc, run_id) == [30, 70, 0]
+    # the step after the pause was taken at the original deadline: not later by the time the
+    # server was down, nor a whole pause after the restart
+    after = [e for e in _events(svc, run_id, "rollout.step") if e.data.get("step") == 3]
+    assert len(after) == 1
+    late = (after[0].at - until).total_seconds()
+    assert 0 <= late < 1.5, late
+
+
+def test_a_router_changed_by_hand_while_down_is_set_back_before_the_rollout_goes_on(
+    db_url: str, make_service: Callable[..., Service], tmp_path: Path, nginx: Nginx, servers: list[Server]
+) -> None:
+    config = _environments(_nginx_router(nginx))
+    count = tmp_path / "promoted"
+    server = _server(tmp_path, db_url, config)
+    server.pipeline("web", _canary(_PAUSE, count))
+    servers.append(server)
+    server.start()
+    svc = make_service(db_url)
+    run_id = _trigger(server, "web")
+    until = _paused(svc, run_id).step_until
+    assert until is not None
+    _kill(server)
+
+    # someone puts all traffic back on stable by hand while Shipyard is down
+    by_hand = router_for("web", nginx.router())
+    assert asyncio.run(by_hand.apply({"stable": 100, "canary": 0})) == {"stable": 100, "canary": 0}
+    assert _share(nginx, 300) == 0
+
+    _restart(server, tmp_path, db_url, config, servers)
+    wait_until(
+        lambda: asyncio.run(by_hand.read()) == {"stable": 70, "canary": 30},
+        timeout=10,
+        what="the router to be set back to the recorded weights",
+    )
+    assert abs(_share(nginx) - 30) <= 5
+    rollout = _rollout(svc, run_id, lambda r: True, "the rollout")
+    assert rollout.step == 1 and datetime.now(until.tzinfo) < until  # before the rollout went on
+
+    _finished_once(svc, run_id, count)
+    assert _applied(svc, run_id) == [30, 70, 0]
+
+
+def _logging_router(root: Path) -> tuple[Path, Path]:
+    """A command router that takes 0.3 s per change and adds a line per call to ``calls``:
+    when it started and ended (epoch seconds), and the weights it was given."""
+    calls = root / "calls"
+    calls.touch()
+    script = root / "router.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        "start=$(date +%s.%N)\n"
+        "sleep 0.3\n"
+        f'echo "$start $(date +%s.%N) $SHIPYARD_ROUTER_WEIGHTS $PPID" >> {calls}\n'
+    )
+    script.chmod(0o755)
+    return script, calls
+
+
+@pytest.mark.postgres
+def test_two_replicas_set_each_weight_once_one_change_at_a_time(
+    pg_url: str, make_service: Callable[..., Service], tmp_path: Path, servers: list[Server]
+) -> None:
+    script, calls = _logging_router(tmp_path)
+    router = {"command": [str(script)], "pools": {"stable": ["old"], "canary": ["new"]}, "timeout": "4s"}
+    config = _environments(router)
+    count = tmp_path / "promoted"
+    steps = """\
+          - set_weight: 10
+          - pause: {duration: 1s}
+          - set_weight: 50
+          - set_weight: 100
+"""
+    for name in ("east", "west"):
+        servers.append(_server(tmp_path, pg_url, config, runner=name))
+    servers[0].pipeline("web", _canary(steps, count))
+    for server in servers:
+        server.start()
+    svc = make_service(pg_url)
+    run_id = _trigger(servers[0], "web")
+    _finished_once(svc, run_id, count)
+
+    made = [line.split() for line in calls.read_text().splitlines()]
+    assert [weights for _, _, weights, _ in made] == [
+        "stable=90,canary=10",
+        "stable=50,canary=50",
+        "stable=0,canary=100",
+        "stable=100,canary=0",
+    ]
+    spans = sorted((float(start), float(end)) for start, end, _, _ in made)
+    for (_, ended), (started, _) in pairwise(spans):
+        assert ended <= started, spans  # never two at once
+    assert _applied(svc, run_id) == [10, 50, 100, 0]
+
+
+def test_a_router_that_cannot_be_reached_fails_the_run_with_its_words_and_where_traffic_stays(
+    db_url: str, make_service: Callable[..., Service], tmp_path: Path, haproxy: Haproxy, servers: list[Server]
+) -> None:
+    router = {**haproxy.router().model_dump(mode="json", exclude_none=True), "timeout": "2s"}
+    config = _environments(router)
+    count = tmp_path / "promoted"
+    steps = """\
+          - set_weight: 10
+          - pause: {duration: 2s}
+          - set_weight: 50
+"""
+    server = _server(tmp_path, db_url, config)
+    server.pipeline("web", _canary(steps, count))
+    servers.append(server)
+    server.start()
+    svc = make_service(db_url)
+    run_id = _trigger(server, "web")
+    _rollout(svc, run_id, lambda r: r.step == 1, "the canary at 10")
+    assert abs(_share(haproxy) - 10) <= 5
+    haproxy.stop()  # the router goes away during the pause
+
+    failed = _ended(svc, run_id)
+    assert failed.run.status is RunStatus.FAILED
+    reason = failed.run.reason
+    assert reason.startswith(f"router web failed: cannot connect to haproxy at {haproxy.socket}: "), reason
+    assert reason.endswith("traffic stays at stable 90 / canary 10 (last confirmed)"), reason
+    rollout = failed.stages[0].rollout
+    assert rollout is not None and dict(rollout.applied or {}) == {"stable": 90, "canary": 10}
+    assert not count.exists()  # nothing promoted
+    assert _run_json(server, run_id)["rollout"]["status"] == "failed"
