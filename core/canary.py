@@ -267,10 +267,7 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
         why = command.error or (
             f"it applies {describe_weights(applied)} instead of {describe_weights(rollout.desired)}"
         )
-        reason = (
-            f"router {rollout.router} failed: {why}; traffic stays at "
-            f"{describe_weights(rollout.applied)} (last confirmed)"
-        )
+        reason = f"router {rollout.router} failed: {why}; {_traffic_stays(rollout)}"
         if rollout.status is RO.ABORTING:
             reason = f"{rollout.reason}; then {reason}"
         stage = plan.set(
@@ -286,6 +283,13 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
     canary = canary_of(plan, stage)
     if rollout.status is RO.PROGRESSING and canary.steps[rollout.step].set_weight is not None:
         _begin(plan, stage, rollout.step + 1)
+
+
+def _traffic_stays(rollout: Rollout) -> str:
+    """Where a failed change leaves traffic, for the reason."""
+    if rollout.applied is None:
+        return "no weights were confirmed yet: traffic stays as the router had it"
+    return f"traffic stays at {describe_weights(rollout.applied)} (last confirmed)"
 
 
 def advance_rollout(plan: _Plan, command: AdvanceRollout) -> None:
