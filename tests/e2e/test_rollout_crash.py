@@ -362,3 +362,27 @@ def test_a_router_that_cannot_be_reached_fails_the_run_with_its_words_and_where_
     assert rollout is not None and dict(rollout.applied or {}) == {"stable": 90, "canary": 10}
     assert not count.exists()  # nothing promoted
     assert _run_json(server, run_id)["rollout"]["status"] == "failed"
+
+
+def test_a_router_that_fails_its_first_change_fails_the_run_with_its_words(
+    db_url: str, make_service: Callable[..., Service], tmp_path: Path, servers: list[Server]
+) -> None:
+    script = tmp_path / "router.sh"
+    script.write_text("#!/bin/sh\necho 'lb-api: 503 Service Unavailable' >&2\nexit 1\n")
+    script.chmod(0o755)
+    router = {"command": [str(script)], "pools": {"stable": ["old"], "canary": ["new"]}}
+    count = tmp_path / "promoted"
+    server = _server(tmp_path, db_url, _environments(router))
+    server.pipeline("web", _canary("          - set_weight: 10\n", count))
+    servers.append(server)
+    server.start()
+    svc = make_service(db_url)
+    run_id = _trigger(server, "web")
+
+    failed = _ended(svc, run_id)
+    assert failed.run.status is RunStatus.FAILED
+    assert failed.run.reason == (
+        f"router web failed: {script} exited with 1: lb-api: 503 Service Unavailable; "
+        "no weights were confirmed yet: traffic stays as the router had it"
+    ), failed.run.reason
+    assert not count.exists()
