@@ -202,7 +202,7 @@ def test_a_kill_during_a_weight_change_ends_at_the_recorded_weights_and_finishes
 
 _PAUSE = """\
           - set_weight: 30
-          - pause: {duration: 6s}
+          - pause: {duration: 7s}
           - set_weight: 70
 """
 
@@ -243,7 +243,7 @@ def test_a_kill_during_a_pause_keeps_its_deadline_and_the_router_its_weights(
     after = [e for e in _events(svc, run_id, "rollout.step") if e.data.get("step") == 3]
     assert len(after) == 1
     late = (after[0].at - until).total_seconds()
-    assert 0 <= late < 1.5, late
+    assert 0 <= late < 2, late
 
 
 def test_a_router_changed_by_hand_while_down_is_set_back_before_the_rollout_goes_on(
@@ -265,6 +265,7 @@ def test_a_router_changed_by_hand_while_down_is_set_back_before_the_rollout_goes
     by_hand = router_for("web", nginx.router())
     assert asyncio.run(by_hand.apply({"stable": 100, "canary": 0})) == {"stable": 100, "canary": 0}
     assert _share(nginx, 300) == 0
+    workers = nginx.workers()
 
     _restart(server, tmp_path, db_url, config, servers)
     wait_until(
@@ -272,6 +273,7 @@ def test_a_router_changed_by_hand_while_down_is_set_back_before_the_rollout_goes
         timeout=10,
         what="the router to be set back to the recorded weights",
     )
+    asyncio.run(nginx.settled(workers))  # and nginx reloaded with them
     assert abs(_share(nginx) - 30) <= 5
     rollout = _rollout(svc, run_id, lambda r: True, "the rollout")
     assert rollout.step == 1 and datetime.now(until.tzinfo) < until  # before the rollout went on
