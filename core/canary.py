@@ -305,12 +305,7 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
         why = command.error or (
             f"it applies {describe_weights(applied)} instead of {describe_weights(rollout.desired)}"
         )
-        where = (
-            f"traffic stays at {describe_weights(rollout.applied)} (last confirmed)"
-            if rollout.applied is not None
-            else "traffic stays where the router had it (no weights confirmed yet)"
-        )
-        reason = f"router {rollout.router} failed: {why}; {where}"
+        reason = f"router {rollout.router} failed: {why}; {_traffic_stays(rollout)}"
         if rollout.status is RO.ABORTING:
             reason = f"{rollout.reason}; then {reason}"
         stage = plan.set(
@@ -326,6 +321,13 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
     strategy = strategy_of(plan, stage)
     if rollout.status is RO.PROGRESSING and strategy.steps[rollout.step].set_weight is not None:
         _begin(plan, stage, rollout.step + 1)
+
+
+def _traffic_stays(rollout: Rollout) -> str:
+    """Where a failed change leaves traffic, for the reason."""
+    if rollout.applied is None:
+        return "no weights were confirmed yet: traffic stays as the router had it"
+    return f"traffic stays at {describe_weights(rollout.applied)} (last confirmed)"
 
 
 def advance_rollout(plan: _Plan, command: AdvanceRollout) -> None:

@@ -103,8 +103,11 @@ class RolloutDriver:
         self.every_s = every_s
         self.routers: Routers = routers or (lambda name, d: router_for(name, d, workdir=workdir))
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        #: rollouts whose router this process has put right since it started (by run id)
-        self._reconciled: set[str] = set()
+        #: rollouts under way when this process started whose router it has not put right
+        #: yet (by run id); None until it has read them. Rollouts that start later need no
+        #: reconciling: their routers are set as their weights change (a replica that did not
+        #: set them would only set them again)
+        self._unreconciled: set[str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -140,17 +143,23 @@ class RolloutDriver:
     async def tick(self) -> Round:
         """One round: drive the routers that need it, fire the pauses that ended."""
         done = Round()
-        for active in await self.db(self.rollouts.active):
+        actives = await self.db(self.rollouts.active)
+        if self._unreconciled is None:
+            self._unreconciled = {a.run_id for a in actives}
+        for active in actives:
             rollout: Rollout = active.rollout
             if rollout.status in (RolloutStatus.PENDING,):
                 continue
-            if rollout.router_pending or active.run_id not in self._reconciled:
+            if self._needs_router(active):
                 await self._drive(active, done)
             elif self._pause_over(active):
                 decision = await self.handle(AdvanceRollout(run_id=active.run_id))
                 if decision.accepted:
                     done.advanced.append(active.run_id)
         return done
+
+    def _needs_router(self, active: Active) -> bool:
+        return active.rollout.router_pending or active.run_id in (self._unreconciled or ())
 
     def _pause_over(self, active: Active) -> bool:
         rollout = active.rollout
@@ -171,7 +180,11 @@ class RolloutDriver:
         if not await self.db(self.rollouts.hold, active.router_key, self.holder, now, until):
             return  # another replica drives this router now
         try:
-            await self._set(active, definition, done)
+            # read again under the lease: the replica that held it may have moved the rollout
+            # on meanwhile, and setting the weights read before would undo its change
+            fresh = next((a for a in await self.db(self.rollouts.active) if a.run_id == active.run_id), None)
+            if fresh is not None and self._needs_router(fresh):
+                await self._set(fresh, definition, done)
         finally:
             await self.db(self.rollouts.release, active.router_key, self.holder)
 
@@ -189,7 +202,7 @@ class RolloutDriver:
             except RouterError as exc:
                 error = exc.message
         if not rollout.router_pending and not error:
-            self._reconciled.add(active.run_id)
+            self._put_right(active.run_id)
             done.reconciled.append(active.run_id)
             if applied != dict(rollout.applied or {}):
                 log.warning("router %s was not at %s; set it back", rollout.router, desired)
@@ -197,9 +210,13 @@ class RolloutDriver:
         command = ConfirmWeights(run_id=active.run_id, desired=desired, applied=applied, error=error)
         decision = await self.handle(command)
         if decision.accepted:
-            self._reconciled.add(active.run_id)
+            self._put_right(active.run_id)
             done.confirmed.append(command)
             if error:
                 log.warning("router %s of %s failed: %s", rollout.router, active.environment, error)
         else:
             log.info("router report for %s refused: %s", active.run_id, decision.reason)
+
+    def _put_right(self, run_id: str) -> None:
+        if self._unreconciled is not None:
+            self._unreconciled.discard(run_id)

@@ -207,7 +207,7 @@ async def test_a_change_nginx_refuses_fails_the_rollout_with_nginx_words_and_tra
     assert done["status"] == "failed"
     assert done["reason"].startswith("router web failed: "), done["reason"]
     assert 'invalid port in upstream "127.0.0.1:99999"' in done["reason"]
-    assert done["reason"].endswith("traffic stays where the router had it (no weights confirmed yet)")
+    assert done["reason"].endswith("no weights were confirmed yet: traffic stays as the router had it")
     assert _rollout(done)["status"] == "failed"
     assert await _share(nginx) == 0  # still all on stable, as nginx had it
 
