@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from bot.slack import notifier
 from core.access import Role
 from tests.slack import signing
 from tests.slack.harness import ALICE, BOB, Bot, StartBot, button, buttons_of, until
@@ -152,3 +155,43 @@ async def test_promote_and_abort_verbs(start_bot: StartBot) -> None:
     state = await bot.until_status(ref, "canceled")
     assert state.run.reason == f"rollout aborted by {ALICE}: latency is off"
     assert "abort <run> [reason]" in (await bot.say(BOB, "help"))["text"]
+
+
+ANALYSED = """name: web
+stages:
+  - name: production
+    environment: production
+    strategy:
+      canary:
+        router: web
+        steps:
+          - set_weight: 20
+          - analysis: {checks: [error-rate], duration: 10m}
+        promote: [{name: promote, run: "true"}]
+        abort: [{name: remove-canary, run: "true"}]
+    jobs:
+      - {name: deploy-canary, run: "true"}
+"""
+
+
+async def test_an_analysis_step_shows_its_newest_measurements(
+    start_bot: StartBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the message of a timed step is edited with no event every ROLLOUT_REFRESH_S (15 s)
+    monkeypatch.setattr(notifier, "ROLLOUT_REFRESH_S", 0.2)
+    check = {"command": ["sh", "-c", "echo 0.002"], "interval": "1s"}
+    environments = {"production": {**ROUTED["production"], "checks": {"error-rate": check}}}
+    bot = await start_bot({"web": ANALYSED}, GRANTS, environments=environments)
+    ref = await bot.trigger(ALICE, "run web")
+    ts = (await bot.run_post(ref)).response["ts"]
+    message = await _shows(
+        bot, ts, "stable ▮▮▮▮▮▮▮▮▯▯ canary", "step 2 of 2: analysis of error-rate for 10m", "left (until "
+    )
+    measured = await _shows(bot, ts, "last measured: error-rate passed (", ") at ")
+    assert "0.002" in _text(measured)
+    assert "run_pause" in buttons_of(message)
+
+    # an analysis may be cut short by an approver: the rollout goes on to promotion
+    await bot.press(BOB, "rollout_promote", button(measured, "rollout_promote")["value"], ts)
+    state = await bot.until_status(ref, "succeeded")
+    assert state.stages[0].rollout is not None and state.stages[0].rollout.status == "promoted"
