@@ -59,6 +59,7 @@ def prepare(definition: StageDef, view: EnvironmentView | None) -> Rollout | Non
         router=strategy.router,
         kind=strategy.kind,
         pools=pools,
+        desired={pools[0]: 100, pools[1]: 0},
         approvers=view.approvers if view is not None else (),
         min_approvals=view.min_approvals if view is not None else 1,
         allow_self_approval=view.allow_self_approval if view is not None else False,
@@ -257,7 +258,9 @@ def _retired(plan: _Plan, stage: Stage, rollout: Rollout, jobs: list[Job]) -> bo
         return True
     blue_green = strategy_of(plan, stage).blue_green
     assert blue_green is not None
-    if rollout.retire_at is None and blue_green.scale_down_after > 0 and jobs:
+    if rollout.retire_at is None:
+        if blue_green.scale_down_after <= 0 or not jobs:
+            return True
         until = plan.now + timedelta(seconds=blue_green.scale_down_after)
         plan.set(
             stage,
@@ -265,7 +268,7 @@ def _retired(plan: _Plan, stage: Stage, rollout: Rollout, jobs: list[Job]) -> bo
             reason=f"retiring {rollout.pools[0]} at {until:%H:%M:%S}",
         )
         return False
-    return rollout.retire_at is None or rollout.retire_at <= plan.now
+    return rollout.retire_at <= plan.now
 
 
 def _jobs_done(plan: _Plan, jobs: list[Job]) -> bool:
@@ -334,10 +337,8 @@ def advance_rollout(plan: _Plan, command: AdvanceRollout) -> None:
     stage, rollout = rolling(plan)
     strategy = strategy_of(plan, stage)
     if rollout.status is RO.PROMOTING and rollout.retire_at is not None:
-        if rollout.retire_at > plan.now:
-            raise CommandRefused(f"{plan.run.ref} retires {rollout.pools[0]} at {rollout.retire_at:%H:%M:%S}")
-        plan.set(stage, rollout=replace(rollout, retire_at=None), reason="retiring the old colour")
-        return  # (``settle`` queues the scale-down jobs)
+        _retire(plan, stage, rollout)
+        return
     timed = (
         rollout.status is RO.PROGRESSING
         and 0 <= rollout.step < len(strategy.steps)
@@ -350,6 +351,18 @@ def advance_rollout(plan: _Plan, command: AdvanceRollout) -> None:
     if rollout.step_until > plan.now:
         raise CommandRefused(f"{plan.run.ref}'s pause lasts until {rollout.step_until:%H:%M:%S}")
     _begin(plan, stage, rollout.step + 1)
+
+
+def _retire(plan: _Plan, stage: Stage, rollout: Rollout) -> None:
+    """Blue/green's ``scale_down_after`` ended: queue the scale-down jobs now."""
+    assert rollout.retire_at is not None
+    old = rollout.pools[0]
+    if rollout.retire_at > plan.now:
+        raise CommandRefused(f"{plan.run.ref} retires {old} at {rollout.retire_at:%H:%M:%S}")
+    if plan.run.status is not RunStatus.RUNNING:
+        raise CommandRefused(f"{plan.run.ref} is {plan.run.status}: {old} is retired once it runs")
+    stage = plan.set(stage, rollout=replace(rollout, retire_at=None), reason=f"retiring {old}")
+    _jobs_done(plan, phase_jobs(plan, stage, "promote"))  # (queued now: the clock is done)
 
 
 def end_step_analysis(plan: _Plan, command: EndStepAnalysis) -> None:
@@ -400,7 +413,8 @@ def abort_rollout(plan: _Plan, command: AbortRollout) -> None:
 
 
 def pause_clock(plan: _Plan, paused: bool) -> None:
-    """A paused run stops its timed pause's clock (the time left is kept); resuming restarts it."""
+    """A paused run stops its timed pause's clock (the time left is kept); resuming restarts it,
+    and a run whose rollout waits for a person goes back to waiting."""
     stage = next((s for s in plan.stages if s.status is StageStatus.ROLLING_OUT), None)
     if stage is None or stage.rollout is None:
         return
@@ -411,6 +425,8 @@ def pause_clock(plan: _Plan, paused: bool) -> None:
     elif not paused and rollout.paused_left is not None:
         until = plan.now + timedelta(seconds=rollout.paused_left)
         plan.set(stage, rollout=replace(rollout, step_until=until, paused_left=None))
+    if not paused:
+        _run_follows(plan, rollout)  # (a rollout that waits for a person keeps its run waiting)
 
 
 def _note(plan: _Plan, name: str, stage: Stage, **data: Any) -> None:

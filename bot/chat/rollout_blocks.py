@@ -31,16 +31,17 @@ def rolling_stage(state: RunState) -> Stage | None:
     return shown[-1] if shown else None
 
 
-def weight_bar(weights: Mapping[str, int]) -> str:
+def weight_bar(weights: Mapping[str, int], pools: tuple[str, str] = (STABLE, CANARY)) -> str:
     """``stable ▮▮▮▮▮▮▮▮▮▯ canary``: a cell per ten points; a canary with any traffic shows at
-    least one cell, and so does a stable pool with any."""
-    canary = int(weights.get(CANARY, 0))
+    least one cell, and so does a stable pool with any (``pools``: serving, then new)."""
+    old, new = pools
+    canary = int(weights.get(new, 0))
     cells = round(canary * CELLS / 100)
     if canary > 0:
         cells = max(cells, 1)
     if canary < 100:
         cells = min(cells, CELLS - 1)
-    return f"{STABLE} {STABLE_CELL * (CELLS - cells)}{CANARY_CELL * cells} {CANARY}"
+    return f"{old} {STABLE_CELL * (CELLS - cells)}{CANARY_CELL * cells} {new}"
 
 
 def time_left(rollout: Rollout, now: datetime | None) -> str:
@@ -68,18 +69,21 @@ def rollout_lines(
     assert rollout is not None
     sdef = state.definition.stages[stage.index]
     assert sdef.strategy is not None
-    canary = sdef.strategy.canary
+    strategy = sdef.strategy
     shown = rollout.applied if rollout.applied is not None else rollout.desired
+    kind = "canary" if strategy.kind == "canary" else "blue/green"
     lines = [
-        f"*canary* of _{stage.name}_ through router `{rollout.router}` — {rollout.status}",
-        f"`{weight_bar(shown)}`  {describe_weights(shown)}",
+        f"*{kind}* of _{stage.name}_ through router `{rollout.router}` — {rollout.status}",
+        f"`{weight_bar(shown, rollout.pools)}`  {describe_weights(shown)}",
     ]
     if rollout.router_pending:
         lines.append(f":hourglass_flowing_sand: setting router… to {describe_weights(rollout.desired)}")
-    if rollout.status in STEERABLE and 0 <= rollout.step < len(canary.steps):
-        lines.append(step_words(canary, rollout.step) + time_left(rollout, now))
-    elif rollout.status is RolloutStatus.PROMOTING:
+    if rollout.status in STEERABLE and 0 <= rollout.step < len(strategy.steps):
+        lines.append(step_words(strategy, rollout.step) + time_left(rollout, now))
+    elif rollout.status is RolloutStatus.PROMOTING and strategy.kind == "canary":
         lines.append("every step passed: the promote jobs put the new version on the stable servers")
+    elif rollout.status is RolloutStatus.PROMOTING:
+        lines.append(f"switched: {rollout.pools[1]} serves; {rollout.pools[0]} is retired next")
     if rollout.analysis is not None and measured:
         lines.append("last measured: " + "; ".join(_measurement(m) for m in measured))
     elif rollout.analysis is not None and measured is not None:
@@ -96,7 +100,7 @@ def _measurement(m: Measurement) -> str:
 def step_checks(state: RunState, stage: Stage, step: int) -> list[str]:
     """The checks canary step ``step`` of ``stage`` measures (none unless it is an analysis)."""
     sdef = state.definition.stages[stage.index]
-    steps = sdef.strategy.canary.steps if sdef.strategy is not None else []
+    steps = sdef.strategy.steps if sdef.strategy is not None else []
     analysis = steps[step].analysis if 0 <= step < len(steps) else None
     return list(analysis.checks) if analysis is not None else []
 
@@ -112,5 +116,5 @@ def can_promote(state: RunState, rollout: Rollout) -> bool:
         return False
     sdef = state.definition.stages[stage.index]
     assert sdef.strategy is not None
-    steps = sdef.strategy.canary.steps
+    steps = sdef.strategy.steps
     return 0 <= rollout.step < len(steps) and steps[rollout.step].set_weight is None

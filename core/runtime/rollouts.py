@@ -147,27 +147,39 @@ class RolloutDriver:
         if self._unreconciled is None:
             self._unreconciled = {a.run_id for a in actives}
         for active in actives:
-            rollout: Rollout = active.rollout
-            if rollout.status in (RolloutStatus.PENDING,):
+            if active.rollout.status is RolloutStatus.PENDING:
                 continue
-            if self._needs_router(active):
-                await self._drive(active, done)
-            elif self._pause_over(active):
-                decision = await self.handle(AdvanceRollout(run_id=active.run_id))
-                if decision.accepted:
-                    done.advanced.append(active.run_id)
+            try:
+                await self._move_on(active, done)
+            except (asyncio.CancelledError, DatabaseUnreachable):
+                raise
+            except Exception:  # one rollout's trouble must not hold the others up
+                log.exception("driving the rollout of %s failed; retrying", active.run_id)
         return done
+
+    async def _move_on(self, active: Active, done: Round) -> None:
+        if self._needs_router(active):
+            await self._drive(active, done)
+        elif self._pause_over(active):
+            decision = await self.handle(AdvanceRollout(run_id=active.run_id))
+            if decision.accepted:
+                done.advanced.append(active.run_id)
 
     def _needs_router(self, active: Active) -> bool:
         return active.rollout.router_pending or active.run_id in (self._unreconciled or ())
 
     def _pause_over(self, active: Active) -> bool:
+        """A timed pause ended, or a blue/green's old colour is due to be retired."""
         rollout = active.rollout
+        now = self.clock()
+        if rollout.status is RolloutStatus.PROMOTING:
+            due = rollout.retire_at is not None and rollout.retire_at <= now
+            return due and active.run_status is RunStatus.RUNNING
         return (
             rollout.status is RolloutStatus.PROGRESSING
             and rollout.analysis is None
             and rollout.step_until is not None
-            and rollout.step_until <= self.clock()
+            and rollout.step_until <= now
             and active.run_status is not RunStatus.PAUSED
         )
 

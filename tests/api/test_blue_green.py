@@ -1,0 +1,88 @@
+"""Blue/green end to end through a real haproxy: the new version goes on the idle colour, the
+switch moves all traffic in one router change with no failed request under continuous load, the
+old colour is retired by its job after ``scale_down_after``, and the next release goes on the
+other colour; post-switch checks that fail switch back, again without a failed request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.api.conftest import StartApi
+from tests.routing import Haproxy, Load, send
+
+#: haproxy's servers are named stable and canary; here they are the blue and green colours
+POOLS = {"blue": ["stable"], "green": ["canary"]}
+
+
+def _pipeline(name: str, post_checks: str = "") -> str:
+    return f"""name: {name}
+parameters:
+  - {{name: version, required: true}}
+stages:
+  - name: production
+    environment: production
+    strategy:
+      blue_green:
+        router: site
+        auto_promote: 1s
+        {post_checks}
+        scale_down_after: 1s
+        scale_down: [{{name: retire, run: "echo retired=$SHIPYARD_ROLLOUT_RETIRED >> $SHIPYARD_OUTPUT"}}]
+    jobs:
+      - {{name: deploy, run: "echo pool=$SHIPYARD_ROLLOUT_POOL >> $SHIPYARD_OUTPUT"}}
+"""
+
+
+def _environments(haproxy: Haproxy) -> dict[str, Any]:
+    return {
+        "production": {
+            "routers": {"site": haproxy.router(POOLS).model_dump(mode="json", exclude_none=True)},
+            "checks": {"broken": {"command": ["false"], "interval": "1s"}},
+        }
+    }
+
+
+def _jobs(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {j["name"]: j for j in run["stages"][0]["jobs"]}
+
+
+async def test_blue_green_switches_with_no_failed_request_and_the_next_release_takes_the_other_colour(
+    db_url: str, start_api: StartApi, haproxy: Haproxy
+) -> None:
+    pipelines = {
+        "site": _pipeline("site"),
+        "site-checked": _pipeline("site-checked", "post_checks: [broken]"),
+    }
+    api = await start_api(db_url, pipelines, environments=_environments(haproxy))
+    assert (await send(haproxy.port, 200)).share("stable") == 100  # blue serves
+
+    async with Load(haproxy.port) as load:
+        run = await api.trigger("site", parameters={"version": "2.0.0"})
+        done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "succeeded", done["reason"]
+    assert load.tally.failures == [] and load.tally.total > 50, load.tally.failures[:3]
+    assert load.tally.versions["canary"] > 0  # (the switch happened under the load)
+    jobs = _jobs(done)
+    assert jobs["deploy"]["outputs"] == {"pool": "green"}
+    assert jobs["retire"]["outputs"] == {"retired": "blue"}
+    rollout = done["rollout"]
+    assert (rollout["strategy"], rollout["status"], rollout["pools"]) == (
+        "blue_green",
+        "promoted",
+        ["blue", "green"],
+    )
+    assert rollout["applied"] == {"blue": 0, "green": 100}
+    assert (await send(haproxy.port, 200)).share("canary") == 100  # green serves
+
+    # the next release goes on blue; its post-switch check fails: traffic switches back to green
+    async with Load(haproxy.port) as load:
+        run = await api.trigger("site-checked", parameters={"version": "3.0.0"})
+        failed = await api.wait(run["id"], timeout=30)
+    assert failed["status"] == "failed"
+    assert failed["reason"].startswith("analysis at step 3 (blue at 100%) failed: broken"), failed["reason"]
+    assert load.tally.failures == [], load.tally.failures[:3]
+    assert load.tally.versions["stable"] > 0  # (blue served for a while: the switch and the switch back)
+    assert _jobs(failed)["deploy"]["outputs"] == {"pool": "blue"}
+    assert failed["rollout"]["applied"] == {"green": 100, "blue": 0}
+    assert _jobs(failed)["retire"]["status"] != "succeeded"
+    assert (await send(haproxy.port, 200)).share("canary") == 100  # green serves still
