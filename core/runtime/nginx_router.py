@@ -109,7 +109,7 @@ class NginxUpstream:
         try:
             await self._run(self.nginx.test, "refused the new weights")
             await self._run(self.nginx.reload, "did not reload")
-        except RouterError:
+        except (RouterError, asyncio.CancelledError):  # (cancelled: the change ran out of time)
             self._restore(previous)
             raise
         await asyncio.sleep(self.nginx.settle)

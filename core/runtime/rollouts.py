@@ -209,10 +209,16 @@ class RolloutDriver:
             error = f"{active.environment} has no router {rollout.router!r} configured now"
         else:
             router = self.routers(rollout.router, definition)
-            try:  # (setting what is set already changes nothing: no need to read first)
-                applied = await router.apply(desired)
+            # setting what is set already changes nothing: no need to read first. The whole
+            # change (nginx: test, reload, settle) is bounded by the router's timeout, so it
+            # never outlives the lease that keeps other replicas off this router
+            try:
+                async with asyncio.timeout(definition.timeout):
+                    applied = await router.apply(desired)
             except RouterError as exc:
                 error = exc.message
+            except TimeoutError:
+                error = f"the change did not finish within the router's timeout of {definition.timeout:g}s"
         if not rollout.router_pending and not error:
             self._put_right(active.run_id)
             done.reconciled.append(active.run_id)

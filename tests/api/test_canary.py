@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+from core.runtime.routers import router_for
 from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
 from tests.prometheus import Prometheus
 from tests.routing import Nginx, send
@@ -215,3 +216,25 @@ async def test_a_change_nginx_refuses_fails_the_rollout_with_nginx_words_and_tra
 def _analyses(api: Api) -> list[Any]:
     with api.store.reading() as tx:
         return list(tx.conn.exec_driver_sql("SELECT id, kind, status, limits FROM analysis").all())
+
+
+async def test_a_router_change_slower_than_its_timeout_fails_the_rollout_and_nginx_keeps_its_file(
+    db_url: str, start_api: StartApi, nginx: Nginx
+) -> None:
+    """The router's timeout bounds the whole change (test, reload, settle), not each command:
+    the lease that keeps other replicas off the router lasts only that long."""
+    slow = ["sh", "-c", 'sleep 0.7 && exec "$0" "$@"']
+    environments = _environments(nginx)
+    router = environments["production"]["routers"]["web"]
+    router["timeout"] = 1.0
+    router["nginx"]["test"] = [*slow, *router["nginx"]["test"]]
+    router["nginx"]["reload"] = [*slow, *router["nginx"]["reload"]]
+    await router_for("web", nginx.router()).apply({"stable": 50, "canary": 50})  # (by hand, fast)
+    before = nginx.include.read_text()
+    api = await start_api(db_url, {"web": CANARY}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "failed"
+    assert "did not finish within the router's timeout of 1s" in done["reason"], done["reason"]
+    assert nginx.include.read_text() == before  # the change to all-stable was put back
+    assert abs(await _share(nginx) - 50) <= 3
