@@ -8,6 +8,7 @@ from datetime import datetime
 from core.duration import format_duration
 from core.events import Event
 from core.model import Job, RunState
+from core.rollout import describe_weights
 
 MARK = {
     "queued": "·",
@@ -25,7 +26,24 @@ MARK = {
     "rejected": "✗",
     "paused": "‖",
     "pending": " ",
+    "verifying": "…",
+    "rolling_out": "⇄",
 }
+
+
+def _rollout_line(event: Event) -> str | None:
+    """A rollout's moves, for people watching ``shipyard run``: weights confirmed, and how it ended."""
+    d = event.data
+    where = f"{d.get('stage')} via {d.get('router')}"
+    applied = d.get("applied")
+    if event.name == "rollout.weights_applied" and isinstance(applied, dict):
+        return f"  ⇄ {where}: {describe_weights(applied)}"
+    if event.name in ("rollout.promoted", "rollout.aborted", "rollout.failed"):
+        why = f" — {d['reason']}" if d.get("reason") else ""
+        return f"⇄ rollout of {where} {event.name.removeprefix('rollout.')}{why}"
+    if event.name == "rollout.waiting":
+        return f"⏸ rollout of {where} waits: {d.get('reason')}"
+    return None
 
 
 def _took(start: datetime | None, end: datetime | None) -> str:
@@ -50,7 +68,9 @@ def describe_event(event: Event, state: RunState | None = None) -> str | None:
         return f"  {MARK[to]} {d.get('stage')}/{d.get('job')} {to}{tries} {took}{reason}".rstrip()
     if event.subject == "job" and to == "queued" and str(d.get("reason", "")).startswith("retry"):
         return f"  ↻ {d.get('stage')}/{d.get('job')} {d['reason']}"
-    if event.subject == "stage" and to in ("running", "succeeded", "partial", "failed"):
+    if event.name.startswith("rollout."):
+        return _rollout_line(event)
+    if event.subject == "stage" and to in ("running", "rolling_out", "succeeded", "partial", "failed"):
         reason = f" — {d['reason']}" if d.get("reason") and to != "succeeded" else ""
         return f"{MARK[to]} stage {d.get('stage')} {to}{reason}"
     if event.subject == "gate" and to == "open":

@@ -29,6 +29,7 @@ EMOJI = {
     "running": ":arrows_counterclockwise:",
     "waiting": ":double_vertical_bar:",
     "verifying": ":mag:",
+    "rolling_out": ":twisted_rightwards_arrows:",
     "paused": ":double_vertical_bar:",
     "succeeded": ":white_check_mark:",
     "partial": ":warning:",
