@@ -61,6 +61,8 @@ class Role(StrEnum):
     DEPLOYER = "deployer"
     APPROVER = "approver"
     ADMIN = "admin"
+    #: a remote ``shipyard runner``: claims jobs and reports them, nothing else
+    RUNNER = "runner"
 
 
 class Action(StrEnum):
@@ -69,13 +71,16 @@ class Action(StrEnum):
     CONTROL = "control"  #: cancel, pause, resume, retry (deployers: their own runs)
     APPROVE = "approve"  #: approve or reject gates
     MANAGE = "manage"  #: pipeline definitions, tokens, the audit log
+    RUN_JOBS = "run_jobs"  #: claim jobs, renew their leases, store their logs, report them
 
 
 ALLOWED: dict[Role, frozenset[Action]] = {
     Role.VIEWER: frozenset({Action.READ}),
     Role.DEPLOYER: frozenset({Action.READ, Action.TRIGGER, Action.CONTROL}),
     Role.APPROVER: frozenset({Action.READ, Action.APPROVE}),
-    Role.ADMIN: frozenset(Action),
+    #: (an admin runs no jobs: a runner acts only as itself, with a token of its own)
+    Role.ADMIN: frozenset(Action) - {Action.RUN_JOBS},
+    Role.RUNNER: frozenset({Action.RUN_JOBS}),
 }
 
 

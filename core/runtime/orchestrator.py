@@ -202,6 +202,10 @@ class Orchestrator:
         self._listeners.append(flag)
         return flag
 
+    def unlisten(self, flag: asyncio.Event) -> None:
+        """Stop setting ``flag`` (from ``listen``)."""
+        self._listeners.remove(flag)
+
     async def wait_for_events(self, timeout: float) -> None:
         """Return when events are appended by this process, or after ``timeout`` (for a
         one-off wait; a follower that loops should ``listen``)."""
@@ -209,7 +213,7 @@ class Orchestrator:
         try:
             await wait_event(flag, timeout)
         finally:
-            self._listeners.remove(flag)
+            self.unlisten(flag)
 
     # -- timers -------------------------------------------------------------------------------
     def wake(self) -> None:

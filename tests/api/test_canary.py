@@ -128,7 +128,8 @@ stages:
         router: web
         steps:
           - set_weight: 20
-          - analysis: {checks: [error-rate], duration: 60s, failure_limit: 2}
+          # (an error rate that rises passes through the band between pass_if and fail_if)
+          - analysis: {checks: [error-rate], duration: 60s, failure_limit: 2, inconclusive_limit: 3}
           - set_weight: 100
         abort: [{name: remove-canary, run: "true"}]
     jobs:

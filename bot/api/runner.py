@@ -1,0 +1,294 @@
+"""The runner protocol over HTTP: what a remote ``shipyard runner`` calls (``core.runtime.http_link``
+is its client). The same operations as the built-in runner's ``LocalLink``, so a job runs the
+same way wherever its runner is: claim (a long poll), renew leases, store log chunks, report.
+
+Only principals holding the ``runner`` role may call these, and a runner acts as itself: the
+``runner`` it names is its token's principal. Every call carries the protocol version in
+``Shipyard-Runner-Protocol``; a runner of another version is refused with the versions this
+server takes. Stale attempts (the lease expired and the job moved on) are refused with 409, so a
+runner that comes back from a partition kills its copy and its late log and result are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from bot.api.common import reply
+from bot.api.gateway import gw
+from bot.api.problems import Problem
+from bot.api.routing import Call
+from bot.api.schemas import Strict
+from bot.api.spec import API
+from core.access import Action
+from core.assignment import Assignment
+from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
+from core.model import Actor
+
+#: the protocol versions this server speaks (a runner sends its own in the header)
+PROTOCOLS = frozenset({1})
+HEADER = "Shipyard-Runner-Protocol"
+#: the longest a claim waits for a job to become ready
+MAX_WAIT_S = 30.0
+
+_RESPONSES = {409: ("the attempt is stale: its lease expired and the job moved on", None)}
+
+
+class ClaimIn(Strict):
+    runner: str = Field(min_length=1, max_length=200)
+    limit: int = Field(ge=1, le=100)
+    lease_s: float = Field(ge=1, le=3600)
+    #: wait up to this long for a job to become ready (a long poll); 0: answer at once
+    wait_s: float = Field(0.0, ge=0, le=MAX_WAIT_S)
+
+
+class AssignmentOut(BaseModel):
+    run_id: str
+    job_id: str
+    attempt: int
+    pipeline: str
+    stage: str
+    name: str
+    command: str | list[str]
+    env: dict[str, str]
+    timeout_s: float
+
+    @classmethod
+    def of(cls, a: Assignment) -> AssignmentOut:
+        command = a.command if isinstance(a.command, str) else list(a.command)
+        return cls(
+            run_id=a.run_id,
+            job_id=a.job_id,
+            attempt=a.attempt,
+            pipeline=a.pipeline,
+            stage=a.stage,
+            name=a.name,
+            command=command,
+            env=a.env,
+            timeout_s=a.timeout_s,
+        )
+
+
+class ClaimOut(BaseModel):
+    assignments: list[AssignmentOut]
+
+
+class HeldIn(Strict):
+    runner: str = Field(min_length=1, max_length=200)
+    #: (job id, attempt) pairs
+    held: list[tuple[str, int]] = Field(max_length=1000)
+    lease_s: float = Field(30.0, ge=1, le=3600)
+
+
+class KeptOut(BaseModel):
+    #: the job ids of ``held`` this runner still holds: kill the others
+    kept: list[str]
+
+
+class HoldingOut(BaseModel):
+    #: (run id, job id, attempt) of every attempt the server thinks this runner holds
+    held: list[tuple[str, str, int]]
+
+
+class LogIn(Strict):
+    runner: str = Field(min_length=1, max_length=200)
+    job_id: str = Field(min_length=1, max_length=90)
+    attempt: int = Field(ge=1)
+    #: (stream, text) chunks in order
+    chunks: list[tuple[str, str]] = Field(max_length=10_000)
+
+
+class ReportIn(Strict):
+    runner: str = Field(min_length=1, max_length=200)
+    kind: Literal["complete", "interrupt", "expire", "late"]
+    run_id: str = Field(min_length=1, max_length=64)
+    job_id: str = Field(min_length=1, max_length=90)
+    attempt: int = Field(ge=0)
+    outcome: Literal["succeeded", "failed", "timed_out"] = "succeeded"
+    exit_code: int | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    detail: str = Field("", max_length=10_000)
+    force: bool = False
+
+
+class ReportOut(BaseModel):
+    accepted: bool
+    reason: str
+
+
+def _runner(call: Call, named: str) -> str:
+    """The runner the call acts as: its token's principal, named the same in the body."""
+    version = call.request.headers.get(HEADER, "")
+    if not version.isdigit() or int(version) not in PROTOCOLS:
+        takes = ", ".join(str(v) for v in sorted(PROTOCOLS))
+        raise Problem(
+            409,
+            f"this server takes runner protocol version {takes}; the runner sent {version or 'none'} "
+            f"in {HEADER}: upgrade the runner (or the server)",
+        )
+    if named != call.principal.name:
+        raise Problem(403, f"{call.principal.name} may act only as runner {call.principal.name}, not {named}")
+    return named
+
+
+@API.op(
+    "POST",
+    "/runner/claim",
+    summary="Claim ready jobs (a long poll)",
+    action=Action.RUN_JOBS,
+    tag="runners",
+    body=ClaimIn,
+    responses={200: ("the jobs claimed, each under a lease with its attempt as fencing token", ClaimOut)},
+)
+async def claim(call: Call) -> web.Response:
+    """Answers as soon as jobs are claimed, or after `wait_s` with none."""
+    runner = _runner(call, call.body.runner)
+    orchestrator = gw(call).shipyard.orchestrator
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + call.body.wait_s
+    while True:
+        flag = orchestrator.listen()  # (listening before the claim: no wake-up falls between)
+        try:
+            taken = await orchestrator.claim(runner, call.body.limit, call.body.lease_s)
+            left = deadline - loop.time()
+            if taken or left <= 0:
+                return reply(ClaimOut(assignments=[AssignmentOut.of(a) for a in taken]))
+            # woken by this process' events; jobs another replica readied are found by claiming
+            # again every poll interval
+            again = min(left, gw(call).shipyard.settings.poll_interval)
+            try:
+                await asyncio.wait_for(flag.wait(), again)
+            except TimeoutError:
+                pass
+        finally:
+            orchestrator.unlisten(flag)
+
+
+@API.op(
+    "POST",
+    "/runner/renew",
+    summary="Renew the leases of the attempts a runner holds",
+    action=Action.RUN_JOBS,
+    tag="runners",
+    body=HeldIn,
+    responses={200: ("the attempts still held; the runner kills the others", KeptOut)},
+)
+async def renew(call: Call) -> web.Response:
+    runner = _runner(call, call.body.runner)
+    g = gw(call)
+    held = [(job, attempt) for job, attempt in call.body.held]
+    kept = await g.shipyard.orchestrator.db(g.shipyard.service.renew_leases, runner, held, call.body.lease_s)
+    return reply(KeptOut(kept=sorted(kept)))
+
+
+@API.op(
+    "POST",
+    "/runner/still-held",
+    summary="Which attempts a runner still holds (without renewing)",
+    action=Action.RUN_JOBS,
+    tag="runners",
+    body=HeldIn,
+    responses={200: ("the attempts still held; the runner kills the others", KeptOut)},
+)
+async def still_held(call: Call) -> web.Response:
+    runner = _runner(call, call.body.runner)
+    g = gw(call)
+    held = [(job, attempt) for job, attempt in call.body.held]
+    kept = await g.shipyard.orchestrator.db(g.shipyard.service.still_held, runner, held)
+    return reply(KeptOut(kept=sorted(kept)))
+
+
+class HeldQuery(Strict):
+    runner: str = Field(min_length=1, max_length=200)
+
+
+@API.op(
+    "POST",
+    "/runner/held",
+    summary="Every attempt the server thinks a runner holds (on the runner's start)",
+    action=Action.RUN_JOBS,
+    tag="runners",
+    body=HeldQuery,
+    responses={200: ("what the runner held when it stopped", HoldingOut)},
+)
+async def held(call: Call) -> web.Response:
+    runner = _runner(call, call.body.runner)
+    g = gw(call)
+    found = await g.shipyard.orchestrator.db(g.shipyard.service.jobs_held_by, runner)
+    return reply(HoldingOut(held=[tuple(h) for h in found]))
+
+
+@API.op(
+    "POST",
+    "/runner/log",
+    summary="Store a chunk of a job attempt's output",
+    action=Action.RUN_JOBS,
+    tag="runners",
+    body=LogIn,
+    responses={204: ("stored", None), **_RESPONSES},
+)
+async def append_log(call: Call) -> web.Response:
+    runner = _runner(call, call.body.runner)
+    g = gw(call)
+    body = call.body
+    chunks = [(stream, text) for stream, text in body.chunks]
+    stored = await g.write(g.shipyard.store.append_log, body.job_id, body.attempt, runner, chunks)
+    if not stored:
+        raise Problem(409, f"job {body.job_id} attempt {body.attempt} is not held by {runner}: log refused")
+    return web.Response(status=204)
+
+
+@API.op(
+    "POST",
+    "/runner/report",
+    summary="Report how a job attempt ended (or that it was interrupted, lost, or ended late)",
+    action=Action.RUN_JOBS,
+    tag="runners",
+    body=ReportIn,
+    responses={200: ("the engine's answer", ReportOut), **_RESPONSES},
+)
+async def report(call: Call) -> web.Response:
+    runner = _runner(call, call.body.runner)
+    b = call.body
+    actor = Actor(runner, "runner")
+    command: CompleteJob | InterruptJob | ExpireLease | ReportLateResult
+    if b.kind == "complete":
+        command = CompleteJob(
+            run_id=b.run_id,
+            job_id=b.job_id,
+            attempt=b.attempt,
+            runner=runner,
+            outcome=b.outcome,
+            exit_code=b.exit_code,
+            outputs=b.outputs,
+            detail=b.detail,
+            actor=actor,
+        )
+    elif b.kind == "interrupt":
+        command = InterruptJob(
+            run_id=b.run_id, job_id=b.job_id, attempt=b.attempt, runner=runner, actor=actor
+        )
+    elif b.kind == "expire":
+        g = gw(call)
+        mine = await g.shipyard.orchestrator.db(g.shipyard.service.jobs_held_by, runner)
+        if (b.run_id, b.job_id, b.attempt) not in {tuple(h) for h in mine}:
+            raise Problem(409, f"job {b.job_id} attempt {b.attempt} is not held by {runner}")
+        command = ExpireLease(run_id=b.run_id, job_id=b.job_id, attempt=b.attempt, force=b.force)
+    else:
+        command = ReportLateResult(
+            run_id=b.run_id,
+            job_id=b.job_id,
+            attempt=b.attempt,
+            runner=runner,
+            outcome=b.outcome,
+            exit_code=b.exit_code,
+            actor=actor,
+        )
+    decision = await gw(call).shipyard.orchestrator.handle(command)
+    call.audited = True  # (the engine audits runner reports as it is configured to)
+    if not decision.accepted:
+        raise Problem(409, decision.reason)
+    return reply(ReportOut(accepted=True, reason=decision.reason))
