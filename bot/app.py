@@ -21,13 +21,35 @@ from bot.webhooks.service import WEBHOOKS, Config, Webhooks
 from core.analysis import AnalysisStatus, HealthChange
 from core.errors import DatabaseUnreachable
 from core.runtime.analyses import AnalysisLoop
+from core.runtime.rollouts import RolloutDriver
 from core.runtime.verification import verdicts_to
 from storage.analyses import AnalysisStore
+from storage.rollouts import RolloutStore
 
 SHIPYARD = web.AppKey("shipyard", Shipyard)
 CLOCK = web.AppKey("clock", ScheduleLoop)
 #: the analysis loop, when an environment declares checks
 ANALYSES = web.AppKey("analyses", AnalysisLoop)
+#: the router driver, when an environment declares routers
+ROLLOUTS = web.AppKey("rollouts", RolloutDriver)
+
+
+def rollout_driver(running: Shipyard) -> RolloutDriver | None:
+    """The loop that drives the environments' routers for rollouts (``core.runtime.rollouts``),
+    or None when no environment declares a router."""
+    settings = running.settings
+    if not any(policy.routers for policy in settings.environments.root.values()):
+        return None
+    workdir = settings.work_dir.resolve() / "routers"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return RolloutDriver(
+        RolloutStore(running.store),
+        settings.environments,
+        handle=running.orchestrator.handle,
+        db=running.orchestrator.db,
+        clock=running.service.clock,
+        workdir=workdir,
+    )
 
 
 def analysis_loop(running: Shipyard) -> AnalysisLoop | None:
@@ -91,6 +113,10 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         if analyses is not None:
             app[ANALYSES] = analyses
             await analyses.start()
+        rollouts = rollout_driver(running)
+        if rollouts is not None:
+            app[ROLLOUTS] = rollouts
+            await rollouts.start()
         chat = slack_lifecycle(running) if slack_lifecycle is not None else None
         if chat is not None:
             await anext(chat)
@@ -101,6 +127,8 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         yield
         if chat is not None:
             await anext(chat, None)
+        if rollouts is not None:
+            await rollouts.stop()
         if analyses is not None:
             await analyses.stop()
         await housekeeping.stop()

@@ -38,12 +38,14 @@ from enum import StrEnum
 from typing import Final
 
 from core.commands import (
+    AbortRollout,
     ApproveGate,
     CancelRun,
     Command,
     EndVerification,
     FailRun,
     PauseRun,
+    PromoteRollout,
     RejectGate,
     ResumeRun,
     RetryRun,
@@ -51,7 +53,7 @@ from core.commands import (
 )
 from core.errors import Forbidden
 from core.model import Gate, Run, RunState
-from core.states import GateStatus
+from core.states import GateStatus, RolloutStatus, StageStatus
 
 
 class Role(StrEnum):
@@ -166,6 +168,8 @@ NEEDS: Final[Mapping[type[Command], Action]] = {
     ResumeRun: Action.CONTROL,
     RetryRun: Action.CONTROL,
     EndVerification: Action.APPROVE,
+    PromoteRollout: Action.APPROVE,
+    AbortRollout: Action.CONTROL,
 }
 
 
@@ -178,6 +182,8 @@ def authorize(state: RunState | None, command: Command, grants: Iterable[Grant] 
         if state is not None:
             _check_gate(state, command, grants)
         return
+    if isinstance(command, PromoteRollout) and state is not None:
+        _check_pause(state, command, grants)
     if isinstance(command, EndVerification) and command.verdict == "passed" and state is not None:
         if command.actor.channel != "system":  # (separation of duties holds on every channel)
             _check_not_own_release(state.run, command.actor.name)
@@ -185,12 +191,43 @@ def authorize(state: RunState | None, command: Command, grants: Iterable[Grant] 
     action = NEEDS.get(type(command))
     if principal is None or action is None:
         return
+    if isinstance(command, AbortRollout) and principal.may(Action.APPROVE):
+        return  # (approvers may stop anyone's canary: it only puts traffic back on stable)
     glass = isinstance(command, TriggerRun) and command.break_glass is not None
     if glass and not principal.may(Action.MANAGE):
         raise Forbidden("only admins may break the glass (push a run through freezes and required approvals)")
     if isinstance(command, RetryRun) and command.ignore_failure and not principal.may(Action.APPROVE):
         raise Forbidden("Ignoring a failure needs the approver role, like clearing a gate.")
     principal.require(action, state.run if state is not None and action is Action.CONTROL else None)
+
+
+def _check_pause(state: RunState, command: PromoteRollout, grants: Iterable[Grant]) -> None:
+    """An open-ended pause in a rollout is a gate: its approvers (the pause's own, else the
+    environment's rule when the stage started) clear it, and separation of duties holds."""
+    stage = next((s for s in state.stages if s.status is StageStatus.ROLLING_OUT), None)
+    rollout = stage.rollout if stage is not None else None
+    if stage is None or rollout is None or rollout.status is not RolloutStatus.WAITING:
+        return  # (the engine says what is wrong)
+    strategy = state.definition.stages[stage.index].strategy
+    steps = strategy.steps if strategy is not None else []
+    pause = steps[rollout.step].pause if 0 <= rollout.step < len(steps) else None
+    own = pause if pause is not None and pause.approvers else None
+    gate = Gate(
+        id=f"{stage.id}.pause",
+        run_id=state.run.id,
+        stage_index=stage.index,
+        stage_name=f"{stage.name} (canary pause)",
+        kind="manual",
+        approvers=tuple(a.removeprefix("role:") for a in own.approvers)
+        if own is not None
+        else rollout.approvers,
+        min_approvals=1,
+        allow_self_approval=own.allow_self_approval if own is not None else rollout.allow_self_approval,
+        opened_at=rollout.step_started_at,
+    )
+    check_not_self_approval(state.run, gate, command.actor.name)
+    if command.actor.channel in AUTHENTICATED:
+        check_approver(command.actor.name, grants, gate, state.run)
 
 
 def _check_not_own_release(run: Run, name: str) -> None:

@@ -11,7 +11,8 @@ unique index on running deploy stages settles any race.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -39,6 +40,12 @@ class EnvironmentView:
     #: whether a failed verification rolls back
     verify_for: float | None = None
     verify_rollback: bool = False
+    #: each router's pools: the one serving now, then the idle one (blue/green's colours)
+    router_pools: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: the environment's approval rule (who may promote a rollout past an open-ended pause)
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    allow_self_approval: bool = False
     #: "production is unhealthy since 12:03: …" while it is unhealthy and declares
     #: ``block_when_unhealthy``
     unhealthy: str | None = None

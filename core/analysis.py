@@ -28,6 +28,7 @@ KEEP_FAILURES = 3
 class AnalysisKind(StrEnum):
     HEALTH = "health"  #: an environment's checks, watched all the time
     VERIFY = "verify"  #: a deployment's verification, for a while
+    ROLLOUT = "rollout"  #: a canary step's analysis (``core.rollout``), with the step's own limits
 
 
 class AnalysisStatus(StrEnum):
@@ -219,6 +220,9 @@ class Analysis:
     ended_at: datetime | None = None
     ended_by: str | None = None
     version: int = 1
+    #: a canary step's limits (``failure_limit``, ``inconclusive_limit``,
+    #: ``consecutive_error_limit``); None: the environment's ``verify`` says
+    limits: Mapping[str, int] | None = None
 
 
 def health_analysis_id(environment: str) -> str:

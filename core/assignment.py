@@ -71,13 +71,16 @@ def run_artifact(state: RunState) -> ArtifactSpec | None:
 def for_job(state: RunState, job: Job, artifact: ArtifactSpec | None = None) -> Assignment:
     """``artifact``: what a deploy stage deploys (the run's promoted artifact, or the one it
     built), passed as ``SHIPYARD_ARTIFACT_*``."""
-    jdef = state.definition.stages[job.stage_index].jobs[job.index]
+    jdef = state.definition.stages[job.stage_index].all_jobs[job.index]
     env = {**jdef.env, **base_env(state, job.stage_index)}
     if artifact is not None and state.stages[job.stage_index].environment is not None:
         env["SHIPYARD_ARTIFACT_NAME"] = artifact.name
         env["SHIPYARD_ARTIFACT_VERSION"] = artifact.version
         env["SHIPYARD_ARTIFACT_DIGEST"] = artifact.digest
         env["SHIPYARD_ARTIFACT_URI"] = artifact.uri
+    rollout = state.stages[job.stage_index].rollout
+    if rollout is not None:  # the pool the new version goes on, and the one serving before it
+        env["SHIPYARD_ROLLOUT_POOL"], env["SHIPYARD_ROLLOUT_RETIRED"] = rollout.pools[1], rollout.pools[0]
     env["SHIPYARD_JOB"] = job.name
     env["SHIPYARD_JOB_ID"] = job.id
     env["SHIPYARD_ATTEMPT"] = str(job.attempt)

@@ -238,6 +238,58 @@ class EndVerification:
     actor: Actor = SYSTEM
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConfirmWeights:
+    """The router driver set a rollout's router to ``desired`` and read back ``applied`` (or
+    could not: ``error``, in the router's own words). Refused when the rollout wants other
+    weights by now (a stale report)."""
+
+    run_id: str
+    desired: Mapping[str, int]
+    applied: Mapping[str, int] | None = None
+    error: str = ""
+    actor: Actor = SYSTEM
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdvanceRollout:
+    """A rollout's timed pause came to its end (the clock)."""
+
+    run_id: str
+    actor: Actor = SYSTEM
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndStepAnalysis:
+    """A canary step's analysis reached a verdict: passed goes on, failed aborts,
+    inconclusive waits for a person."""
+
+    run_id: str
+    analysis_id: str
+    verdict: Literal["passed", "failed", "inconclusive"]
+    reason: str = ""
+    actor: Actor = SYSTEM
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteRollout:
+    """Go past the step the rollout waits in (``full``: past every step left, to promotion)."""
+
+    run_id: str
+    actor: Actor
+    full: bool = False
+    comment: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbortRollout:
+    """Return all traffic to stable, run the abort jobs, and end the run canceled."""
+
+    run_id: str
+    actor: Actor
+    reason: str = ""
+
+
 RunCommand = (
     CancelRun
     | AdmitRun
@@ -255,6 +307,11 @@ RunCommand = (
     | TimeoutGate
     | RecordGateCheck
     | EndVerification
+    | ConfirmWeights
+    | AdvanceRollout
+    | EndStepAnalysis
+    | PromoteRollout
+    | AbortRollout
 )
 Command = TriggerRun | RetryRun | RunCommand
 

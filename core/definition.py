@@ -143,6 +143,168 @@ class GateDef(_Strict):
         return self
 
 
+class PauseDef(_Strict):
+    """Hold the traffic where it is: for ``duration``, or (none given) until a person promotes.
+    An open-ended pause is a gate: ``approvers`` (default: the environment's approval rule)
+    clear it, and separation of duties applies."""
+
+    duration: Duration | None = None
+    approvers: list[str] = Field(default_factory=list)
+    allow_self_approval: bool = False
+
+    @model_validator(mode="after")
+    def _approvers_wait(self) -> PauseDef:
+        if self.duration is not None and self.approvers:
+            raise ValueError("approvers clear an open-ended pause: drop duration or approvers")
+        return self
+
+
+class AnalysisStepDef(_Strict):
+    """Measure the environment's ``checks`` (declared in the service configuration) for
+    ``duration``, with Argo Rollouts' limits (``core/analysis.py``)."""
+
+    checks: list[str] = Field(min_length=1)
+    duration: Duration
+    failure_limit: int = Field(default=1, ge=1, le=100)
+    inconclusive_limit: int = Field(default=1, ge=1, le=100)
+    consecutive_error_limit: int = Field(default=5, ge=1, le=100)
+
+
+class CanaryStepDef(_Strict):
+    """One step of a canary: exactly one of ``set_weight`` (the canary's share of traffic, in
+    percent), ``pause`` or ``analysis``."""
+
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    pause: PauseDef | None = None
+    analysis: AnalysisStepDef | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CanaryStepDef:
+        kinds = [k for k in ("set_weight", "pause", "analysis") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a canary step is exactly one of set_weight, pause or analysis")
+        return self
+
+    @property
+    def kind(self) -> Literal["set_weight", "pause", "analysis"]:
+        if self.set_weight is not None:
+            return "set_weight"
+        return "pause" if self.pause is not None else "analysis"
+
+
+class CanaryDef(_Strict):
+    """Move traffic to the new version step by step through ``router`` (an environment's
+    router, declared in the service configuration): the stage's jobs put the new version on
+    the router's ``canary`` servers; ``promote`` jobs put it on the ``stable`` ones once every
+    step passed; ``abort`` jobs clean up after traffic went back to stable."""
+
+    router: str = Field(pattern=NAME)
+    steps: list[CanaryStepDef] = Field(min_length=1)
+    promote: list[JobDef] = Field(default_factory=list)
+    abort: list[JobDef] = Field(default_factory=list)
+
+    @field_validator("steps")
+    @classmethod
+    def _weights_increase(cls, steps: list[CanaryStepDef]) -> list[CanaryStepDef]:
+        last = 0
+        for i, step in enumerate(steps, 1):
+            if step.set_weight is None:
+                continue
+            if step.set_weight <= last:
+                raise ValueError(
+                    f"step {i}: set_weight {step.set_weight} does not increase the canary's weight "
+                    f"(it is {last} before this step); weights go up, 1 to 100"
+                )
+            last = step.set_weight
+        if last == 0:
+            raise ValueError("no step sends the canary any traffic: add a set_weight above 0")
+        return steps
+
+
+class BlueGreenDef(_Strict):
+    """Two colours behind ``router`` (pools such as ``blue`` and ``green``): the stage's jobs put
+    the new version on the idle colour (``SHIPYARD_ROLLOUT_POOL`` names it); ``preview_checks``
+    measure it for ``preview_for``; the switch moves all traffic in one router change, after
+    ``auto_promote`` or when a person promotes; ``post_checks`` measure it for ``post_for`` and a
+    failure switches back; ``scale_down`` jobs retire the old colour ``scale_down_after`` the
+    switch (``SHIPYARD_ROLLOUT_RETIRED`` names it)."""
+
+    router: str = Field(pattern=NAME)
+    preview_checks: list[str] = Field(default_factory=list)
+    preview_for: Duration = 60.0
+    #: switch this long after the preview passed; none: a person promotes (a gate)
+    auto_promote: Duration | None = None
+    post_checks: list[str] = Field(default_factory=list)
+    post_for: Duration = 300.0
+    scale_down_after: Duration = 0.0
+    scale_down: list[JobDef] = Field(default_factory=list)
+    #: who may promote when nothing promotes automatically (default: the environment's rule)
+    approvers: list[str] = Field(default_factory=list)
+    allow_self_approval: bool = False
+
+    def steps(self) -> list[CanaryStepDef]:
+        """The rollout's steps: the canary's machinery with the new colour as the canary."""
+        steps: list[CanaryStepDef] = []
+        if self.preview_checks:
+            steps.append(
+                CanaryStepDef(analysis=AnalysisStepDef(checks=self.preview_checks, duration=self.preview_for))
+            )
+        if self.auto_promote is not None:
+            steps.append(CanaryStepDef(pause=PauseDef(duration=self.auto_promote)))
+        else:
+            pause = PauseDef(approvers=self.approvers, allow_self_approval=self.allow_self_approval)
+            steps.append(CanaryStepDef(pause=pause))
+        steps.append(CanaryStepDef(set_weight=100))
+        if self.post_checks:
+            steps.append(
+                CanaryStepDef(analysis=AnalysisStepDef(checks=self.post_checks, duration=self.post_for))
+            )
+        return steps
+
+
+class StrategyDef(_Strict):
+    """How a deploy stage moves traffic to the new version (none: all at once): exactly one of
+    ``canary`` or ``blue_green``."""
+
+    canary: CanaryDef | None = None
+    blue_green: BlueGreenDef | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StrategyDef:
+        if (self.canary is None) == (self.blue_green is None):
+            raise ValueError("a strategy is exactly one of canary or blue_green")
+        return self
+
+    @property
+    def kind(self) -> Literal["canary", "blue_green"]:
+        return "canary" if self.canary is not None else "blue_green"
+
+    @property
+    def router(self) -> str:
+        chosen = self.canary or self.blue_green
+        assert chosen is not None
+        return chosen.router
+
+    @property
+    def steps(self) -> list[CanaryStepDef]:
+        if self.canary is not None:
+            return self.canary.steps
+        assert self.blue_green is not None
+        return self.blue_green.steps()
+
+    @property
+    def promote_jobs(self) -> list[JobDef]:
+        """Run once every step passed: the canary's ``promote``, blue/green's ``scale_down``."""
+        if self.canary is not None:
+            return self.canary.promote
+        assert self.blue_green is not None
+        return self.blue_green.scale_down
+
+    @property
+    def abort_jobs(self) -> list[JobDef]:
+        return self.canary.abort if self.canary is not None else []
+
+
 class StageDef(_Strict):
     """A phase of the pipeline; stages run one after another."""
 
@@ -150,12 +312,36 @@ class StageDef(_Strict):
     environment: str | None = Field(default=None, pattern=NAME)
     gate: GateDef | None = None
     jobs: list[JobDef] = Field(min_length=1)
+    #: a progressive rollout through a traffic router (``core/rollout.py``)
+    strategy: StrategyDef | None = None
 
     @field_validator("jobs")
     @classmethod
     def _unique_jobs(cls, jobs: list[JobDef]) -> list[JobDef]:
         _no_duplicates("job", [j.name for j in jobs])
         return jobs
+
+    @model_validator(mode="after")
+    def _strategy_deploys(self) -> StageDef:
+        if self.strategy is not None:
+            if self.environment is None:
+                raise ValueError("strategy: a rollout needs the stage's environment (its router lives there)")
+            _no_duplicates("job", [j.name for j in self.all_jobs])
+        return self
+
+    @property
+    def all_jobs(self) -> list[JobDef]:
+        """The stage's jobs, then its strategy's ``promote`` (or ``scale_down``) and ``abort``
+        jobs, as runs lay them out (``core.model.new_run_state``: a job's index points in here)."""
+        if self.strategy is None:
+            return self.jobs
+        return [*self.jobs, *self.strategy.promote_jobs, *self.strategy.abort_jobs]
+
+    def phase_of(self, index: int) -> Literal["", "promote", "abort"]:
+        """Which part of the stage job ``index`` belongs to ("": its own jobs)."""
+        if index < len(self.jobs) or self.strategy is None:
+            return ""
+        return "promote" if index < len(self.jobs) + len(self.strategy.promote_jobs) else "abort"
 
 
 class ScheduleDef(_Strict):
@@ -253,7 +439,11 @@ class PipelineDef(_Strict):
 
     def digest(self) -> str:
         """Content hash: equal definitions are the same pipeline version."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dumped = self.model_dump(mode="json")
+        for stage in dumped["stages"]:  # (pipelines from before strategies keep their digest)
+            if stage.get("strategy") is None:
+                stage.pop("strategy", None)
+        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def parameter(self, name: str) -> ParameterDef | None:

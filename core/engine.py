@@ -20,18 +20,24 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
+from core import canary
 from core.admission import Known, admit
 from core.commands import (
+    AbortRollout,
     AdmitRun,
+    AdvanceRollout,
     ApproveGate,
     CancelRun,
     CompleteJob,
+    ConfirmWeights,
+    EndStepAnalysis,
     EndVerification,
     ExpireLease,
     FailRun,
     InterruptJob,
     MoveToFront,
     PauseRun,
+    PromoteRollout,
     RecordGateCheck,
     RejectGate,
     ReportLateResult,
@@ -283,7 +289,7 @@ def needs(state: RunState, command: RunCommand) -> frozenset[str]:
     if isinstance(command, _STOPPING):
         return frozenset()
     reported = command.job_id if isinstance(command, CompleteJob | InterruptJob | ExpireLease) else None
-    return _next_environments(state, reported, isinstance(command, EndVerification))
+    return _next_environments(state, reported, isinstance(command, EndVerification | ConfirmWeights))
 
 
 def needs_to_start(
@@ -303,12 +309,13 @@ def needs_to_start(
 def _next_environments(state: RunState, reported: str | None, verified: bool = False) -> frozenset[str]:
     """Walk the stages not yet done, in order, as far as one decision can advance: past a
     running stage only if its jobs may all be done now (``reported`` is the job a command
-    reports on), past a verifying one only if the command ends its verification (``verified``),
+    reports on), past a verifying one only if the command ends its verification (``verified``;
+    likewise a rolling-out one, which only a router's confirmation ends),
     stopping at a gate that must open first or at a stage whose jobs must run."""
     found: set[str] = set()
     for stage in (s for s in state.stages if s.status not in STAGE_DONE):
         jobs = state.jobs_of(stage.index)
-        if stage.status is StageStatus.VERIFYING:
+        if stage.status in (StageStatus.VERIFYING, StageStatus.ROLLING_OUT):
             if not verified:
                 break
             continue
@@ -365,7 +372,9 @@ def _timeout_run(plan: _Plan, command: TimeoutRun) -> None:
     if run.deadline is None or run.deadline > plan.now:
         raise CommandRefused(f"{run.ref} has not reached its deadline")
     took = format_duration(plan.definition.timeout or 0)
-    _finish(plan, RunStatus.FAILED, f"timed out: the run took longer than its timeout of {took}")
+    why = f"timed out: the run took longer than its timeout of {took}"
+    if not canary.abort_instead(plan, "failed", why):
+        _finish(plan, RunStatus.FAILED, why)
 
 
 def _cancel_run(plan: _Plan, command: CancelRun) -> None:
@@ -374,7 +383,8 @@ def _cancel_run(plan: _Plan, command: CancelRun) -> None:
     if command.only_if_queued and run.status is not RunStatus.QUEUED:
         raise CommandRefused(f"{run.ref} is {run.status}, no longer queued")
     why = f"canceled by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
-    _finish(plan, RunStatus.CANCELED, why)
+    if not canary.abort_instead(plan, "canceled", why):
+        _finish(plan, RunStatus.CANCELED, why)
 
 
 def _admit_run(plan: _Plan, command: AdmitRun) -> None:
@@ -403,7 +413,8 @@ def _move_to_front(plan: _Plan, command: MoveToFront) -> None:
 def _fail_run(plan: _Plan, command: FailRun) -> None:
     _require_active(plan.run, "mark failed")
     why = f"marked failed by {command.actor.name}" + (f": {command.reason}" if command.reason else "")
-    _finish(plan, RunStatus.FAILED, why)
+    if not canary.abort_instead(plan, "failed", why):
+        _finish(plan, RunStatus.FAILED, why)
 
 
 def _pause_run(plan: _Plan, command: PauseRun) -> None:
@@ -411,6 +422,7 @@ def _pause_run(plan: _Plan, command: PauseRun) -> None:
     if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
         raise CommandRefused(f"{run.ref} is {run.status}; only running or waiting runs pause")
     plan.move(run, RunStatus.PAUSED, reason=f"paused by {command.actor.name}")
+    canary.pause_clock(plan, paused=True)
     for job in [j for j in plan.jobs if j.status is JobStatus.QUEUED]:
         plan.move(job, JobStatus.PENDING, reason="run paused")
 
@@ -420,6 +432,7 @@ def _resume_run(plan: _Plan, command: ResumeRun) -> None:
     if run.status is not RunStatus.PAUSED:
         raise CommandRefused(f"{run.ref} is {run.status}, not paused")
     plan.move(run, RunStatus.RUNNING, reason=f"resumed by {command.actor.name}")
+    canary.pause_clock(plan, paused=False)
 
 
 def _approve_gate(plan: _Plan, command: ApproveGate) -> None:
@@ -575,6 +588,11 @@ HANDLERS: Final[Mapping[type[RunCommand], Callable[[_Plan, Any], None]]] = {
     TimeoutGate: _timeout_gate,
     RecordGateCheck: _record_gate_check,
     EndVerification: _end_verification,
+    ConfirmWeights: lambda plan, command: canary.confirm_weights(plan, command, _finish),
+    AdvanceRollout: canary.advance_rollout,
+    EndStepAnalysis: canary.end_step_analysis,
+    PromoteRollout: canary.promote_rollout,
+    AbortRollout: canary.abort_rollout,
 }
 
 
@@ -694,9 +712,9 @@ def _advance(plan: _Plan) -> None:
                 warnings=run.warnings,
             )
             return
-        if stage.status in (StageStatus.RUNNING, StageStatus.VERIFYING):
-            if stage.status is StageStatus.VERIFYING or not _settle_stage(plan, stage):
-                return  # (a stage being verified waits for its verdict: ``EndVerification``)
+        if stage.status in _UNDER_WAY:
+            if not _settle_under_way(plan, stage):
+                return
             continue
         gate = plan.gate_of(stage)
         if gate is not None and gate.status in (GateStatus.REJECTED, GateStatus.TIMED_OUT):
@@ -722,6 +740,19 @@ def _advance(plan: _Plan) -> None:
         return
 
 
+#: stages that started and hold their environment until they finish
+_UNDER_WAY = frozenset({StageStatus.RUNNING, StageStatus.ROLLING_OUT, StageStatus.VERIFYING})
+
+
+def _settle_under_way(plan: _Plan, stage: Stage) -> bool:
+    """Finish a stage under way if it may; True when it finished and the run goes on. A stage
+    being verified waits for its verdict (``EndVerification``); a rollout for its router, its
+    clock, its analysis or a person."""
+    if stage.status is StageStatus.ROLLING_OUT:
+        return canary.settle(plan, stage, _finish, _succeed)
+    return stage.status is StageStatus.RUNNING and _settle_stage(plan, stage)
+
+
 def _admitted(plan: _Plan, stage: Stage) -> bool:
     """May ``stage`` start in its environment now? If not, the stage and the run wait in
     ``queued`` (saying why), or the run fails when a freeze says so."""
@@ -744,7 +775,7 @@ def _admitted(plan: _Plan, stage: Stage) -> bool:
 
 def _settle_stage(plan: _Plan, stage: Stage) -> bool:
     """Finish ``stage`` if its jobs allow it; True when it finished and the run may go on."""
-    jobs = plan.jobs_of(stage)
+    jobs = canary.phase_jobs(plan, stage, "")
     broken = [j for j in jobs if j.status in JOB_FAILURES and not j.allow_failure]
     if broken:
         job = broken[0]
@@ -759,17 +790,27 @@ def _settle_stage(plan: _Plan, stage: Stage) -> bool:
     soft = [j for j in jobs if j.status in JOB_FAILURES]
     if soft:
         warnings = tuple(f"stage {stage.name}: job {j.name} {j.reason} (allowed to fail)" for j in soft)
-        plan.move(stage, StageStatus.PARTIAL, finished_at=plan.now, reason="; ".join(warnings))
         plan.set(plan.run, warnings=(*plan.run.warnings, *warnings))
-    elif stage.verify_for is not None:
+        if stage.rollout is None:
+            plan.move(stage, StageStatus.PARTIAL, finished_at=plan.now, reason="; ".join(warnings))
+            return True
+    if stage.rollout is not None:
+        canary.enter(plan, stage)
+        return False
+    return _succeed(plan, stage)
+
+
+def _succeed(plan: _Plan, stage: Stage) -> bool:
+    """The stage's work is done: verify its environment if it says so, else it succeeded. True
+    when the run may go on at once."""
+    if stage.verify_for is not None:
         until = plan.now + timedelta(seconds=stage.verify_for)
         why = f"verifying {stage.environment} for {format_duration(stage.verify_for)}"
         plan.move(stage, StageStatus.VERIFYING, verify_until=until, reason=why)
         if plan.run.status is RunStatus.RUNNING:
             plan.move(plan.run, RunStatus.VERIFYING, reason=why)
         return False
-    else:
-        plan.move(stage, StageStatus.SUCCEEDED, finished_at=plan.now)
+    plan.move(stage, StageStatus.SUCCEEDED, finished_at=plan.now)
     return True
 
 
@@ -791,16 +832,26 @@ def _start_stage(plan: _Plan, stage: Stage) -> None:
     if plan.run.status in (RunStatus.WAITING, RunStatus.QUEUED):
         plan.move(plan.run, RunStatus.RUNNING, reason="")
     verify: dict[str, Any] = {}
+    view = None
     if stage.environment is not None and plan.known is not None:
         view = plan.known.view(stage.environment)
         verify = {"verify_for": view.verify_for, "verify_rollback": view.verify_rollback}
-    plan.move(stage, StageStatus.RUNNING, started_at=plan.now, reason="", **verify)
-    for job in plan.jobs_of(stage):
+    rollout = canary.prepare(plan.definition.stages[stage.index], view)
+    plan.move(stage, StageStatus.RUNNING, started_at=plan.now, reason="", rollout=rollout, **verify)
+    for job in canary.phase_jobs(plan, stage, ""):
         plan.move(job, JobStatus.QUEUED, queued_at=plan.now)
 
 
 #: stage statuses a run that ends cancels (they started, or wait in a gate or a queue)
-_HOLDING = frozenset({StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED, StageStatus.VERIFYING})
+_HOLDING = frozenset(
+    {
+        StageStatus.RUNNING,
+        StageStatus.WAITING,
+        StageStatus.QUEUED,
+        StageStatus.VERIFYING,
+        StageStatus.ROLLING_OUT,
+    }
+)
 
 
 def _finish(plan: _Plan, status: RunStatus, reason: str, *, failed_stage: Stage | None = None) -> None:

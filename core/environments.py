@@ -24,6 +24,8 @@ whose order is the promotion path: here ``staging → production``::
           smoke: {http: {url: "http://127.0.0.1:8080/healthz", status: 200}, interval: 30s}
         health: [smoke]                # watched all the time
         verify: {checks: [smoke], for: 10m, failure_limit: 2, on_failure: rollback}
+        routers:                       # canary and blue/green traffic: see core/routing.py
+          web: {haproxy: {socket: /run/haproxy/admin.sock, backend: web}, stable: [web1], canary: [web2]}
 
 An environment a stage names but the configuration does not declare gets the default policy
 and stands outside the promotion path. Approvers (``from``) are principals or Slack users
@@ -43,6 +45,7 @@ from core.access import Role
 from core.checks import EnvironmentChecks
 from core.definition import NAME, Duration, _Strict
 from core.freeze import Freeze
+from core.routing import EnvironmentRouters
 
 _ROLE_PREFIX = "role:"
 
@@ -76,9 +79,9 @@ class ApprovalRule(_Strict):
         return tuple(who.removeprefix(_ROLE_PREFIX) for who in self.approvers)
 
 
-class EnvironmentPolicy(EnvironmentChecks):
+class EnvironmentPolicy(EnvironmentChecks, EnvironmentRouters):
     """What holds for every deployment to one environment, whichever pipeline asks (its checks,
-    health and verification: ``core/checks.py``)."""
+    health and verification: ``core/checks.py``; its traffic routers: ``core/routing.py``)."""
 
     #: a /deploy that would deploy here asks its author to confirm first
     confirm: bool = False

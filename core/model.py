@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from core.definition import PipelineDef
+from core.rollout import Rollout
 from core.states import (
     JOB_DONE,
     JOB_FAILURES,
@@ -118,6 +119,8 @@ class Stage:
     verify_rollback: bool = False
     #: when its verification passes if nothing failed (set on entering ``verifying``)
     verify_until: datetime | None = None
+    #: a stage with a ``strategy``: where its rollout stands (``core.rollout``)
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +334,7 @@ def new_run_state(
                 id=stage_id(run_id, i), run_id=run_id, index=i, name=sdef.name, environment=sdef.environment
             )
         )
-        for k, jdef in enumerate(sdef.jobs):
+        for k, jdef in enumerate(sdef.all_jobs):
             jobs.append(
                 Job(
                     id=job_id(run_id, i, k),

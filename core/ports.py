@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from core.access import Grant
-from core.analysis import Analysis, AnalysisStatus, EnvironmentHealth
+from core.analysis import Analysis, AnalysisKind, AnalysisStatus, EnvironmentHealth
 from core.artifacts import Artifact, ArtifactSpec
 from core.checks import VerifyPolicy
 from core.commands import ReportTarget
@@ -146,9 +146,10 @@ class Tx(Protocol):
         stage_index: int,
         policy: VerifyPolicy,
         now: datetime,
+        kind: AnalysisKind = AnalysisKind.VERIFY,
     ) -> Analysis:
-        """Start verifying a run's deployment (``core.analysis``): its checks due at once, its
-        deadline ``now + policy.for``."""
+        """Start verifying a run's deployment, or measuring a canary step (``kind``;
+        ``core.analysis``): its checks due at once, its deadline ``now + policy.for``."""
         ...
 
     def end_analysis(
@@ -160,6 +161,15 @@ class Tx(Protocol):
     def open_review(self, review: Review) -> None: ...
     def environment_lock(self, env: str, now: datetime) -> str | None:
         """Who holds ``env``'s lock, since when and why, for people; None when it is free."""
+        ...
+
+    def live_pools(self, env: str) -> dict[str, str]:
+        """Router name → the pool a blue/green promotion left serving in ``env`` (routers never
+        switched are not named)."""
+        ...
+
+    def set_live_pool(self, env: str, router: str, pool: str, now: datetime) -> None:
+        """Record that ``pool`` of ``env``'s ``router`` serves now (a blue/green promotion)."""
         ...
 
     def environment_health(self, env: str) -> EnvironmentHealth | None:

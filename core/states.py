@@ -1,6 +1,6 @@
 """Every state machine in Shipyard: one transition table per resource that has states.
 
-Runs, stages, jobs and gates, and beside them environment locks, artifacts, webhook
+Runs, stages, jobs, gates and a stage's rollout, and beside them environment locks, artifacts, webhook
 subscriptions and deliveries, and the Slack notifier's thread posts. Each table has the same
 shape (a status enum mapped to the statuses it may move to). Every status change is checked
 here (``check``, raising ``IllegalTransition``) and then written to the database as a
@@ -36,6 +36,7 @@ class StageStatus(StrEnum):
     WAITING = "waiting"  #: its gate is open
     QUEUED = "queued"  #: waits for its environment: a deployment there, a lock, a freeze, the queue
     RUNNING = "running"  #: its jobs are queued or running
+    ROLLING_OUT = "rolling_out"  #: its jobs succeeded; its strategy moves traffic step by step
     VERIFYING = "verifying"  #: its jobs succeeded; its environment's checks are measured (``verify``)
     SUCCEEDED = "succeeded"  #: every job succeeded (and, where it is verified, verification passed)
     PARTIAL = "partial"  #: only ``allow_failure`` jobs failed; the run goes on with a warning
@@ -64,6 +65,17 @@ class GateStatus(StrEnum):
     TIMED_OUT = "timed_out"  #: nobody cleared it in time (or its check never passed)
     CANCELED = "canceled"  #: the run ended while it was open
     SKIPPED = "skipped"  #: never reached
+
+
+class RolloutStatus(StrEnum):
+    PENDING = "pending"  #: its stage's jobs put the new version on the canary servers; no traffic yet
+    PROGRESSING = "progressing"  #: taking its steps: moving traffic, pausing, measuring
+    WAITING = "waiting"  #: an open-ended pause, or an inconclusive analysis: a person promotes or aborts
+    PROMOTING = "promoting"  #: every step passed: the promote jobs run, then traffic returns to stable
+    ABORTING = "aborting"  #: traffic goes back to stable, then the abort jobs run
+    PROMOTED = "promoted"  #: the new version is stable and takes all the traffic
+    ABORTED = "aborted"  #: all traffic is back on stable; the run failed or was canceled
+    FAILED = "failed"  #: the router could not be driven; traffic stays where it was last confirmed
 
 
 class LockState(StrEnum):
@@ -97,7 +109,7 @@ class PostStatus(StrEnum):
     GAVE_UP = "gave_up"  #: not sent: Slack refused it for good, retries ran out, or no longer called for
 
 
-R, S, J, G = RunStatus, StageStatus, JobStatus, GateStatus
+R, S, J, G, RO = RunStatus, StageStatus, JobStatus, GateStatus, RolloutStatus
 L, A, W, D, P = LockState, ArtifactStatus, WebhookStatus, DeliveryStatus, PostStatus
 
 RUN_TRANSITIONS: Final[Mapping[RunStatus, frozenset[RunStatus]]] = {
@@ -116,7 +128,8 @@ STAGE_TRANSITIONS: Final[Mapping[StageStatus, frozenset[StageStatus]]] = {
     S.PENDING: frozenset({S.WAITING, S.QUEUED, S.RUNNING, S.CANCELED, S.SKIPPED}),
     S.WAITING: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELED}),
     S.QUEUED: frozenset({S.RUNNING, S.CANCELED}),
-    S.RUNNING: frozenset({S.VERIFYING, S.SUCCEEDED, S.PARTIAL, S.FAILED, S.CANCELED}),
+    S.RUNNING: frozenset({S.ROLLING_OUT, S.VERIFYING, S.SUCCEEDED, S.PARTIAL, S.FAILED, S.CANCELED}),
+    S.ROLLING_OUT: frozenset({S.VERIFYING, S.SUCCEEDED, S.FAILED, S.CANCELED}),
     S.VERIFYING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED}),
     S.SUCCEEDED: frozenset(),
     S.PARTIAL: frozenset(),
@@ -145,6 +158,17 @@ GATE_TRANSITIONS: Final[Mapping[GateStatus, frozenset[GateStatus]]] = {
     G.TIMED_OUT: frozenset(),
     G.CANCELED: frozenset(),
     G.SKIPPED: frozenset(),
+}
+
+ROLLOUT_TRANSITIONS: Final[Mapping[RolloutStatus, frozenset[RolloutStatus]]] = {
+    RO.PENDING: frozenset({RO.PROGRESSING}),
+    RO.PROGRESSING: frozenset({RO.WAITING, RO.PROMOTING, RO.ABORTING, RO.FAILED}),
+    RO.WAITING: frozenset({RO.PROGRESSING, RO.PROMOTING, RO.ABORTING, RO.FAILED}),
+    RO.PROMOTING: frozenset({RO.PROMOTED, RO.ABORTING, RO.FAILED}),
+    RO.ABORTING: frozenset({RO.ABORTED, RO.FAILED}),
+    RO.PROMOTED: frozenset(),
+    RO.ABORTED: frozenset(),
+    RO.FAILED: frozenset(),
 }
 
 LOCK_TRANSITIONS: Final[Mapping[LockState, frozenset[LockState]]] = {
@@ -189,6 +213,16 @@ NOTES: Final[Mapping[tuple[str, str, str], str]] = {
     ("stage", "running", "verifying"): "its jobs succeeded and its environment declares `verify`",
     ("stage", "verifying", "succeeded"): "verification passed, or a person said it looks good",
     ("stage", "verifying", "failed"): "verification failed, or a person chose to roll back",
+    ("stage", "running", "rolling_out"): "its jobs succeeded and it declares a `strategy`",
+    ("stage", "rolling_out", "succeeded"): "the rollout was promoted: the new version is stable",
+    ("stage", "rolling_out", "failed"): "the rollout was aborted by its analysis, or its router failed",
+    ("stage", "rolling_out", "canceled"): "a person aborted the rollout (traffic went back to stable first)",
+    ("rollout", "progressing", "waiting"): "an open-ended pause, or an inconclusive analysis",
+    ("rollout", "waiting", "progressing"): "a person promoted it past the pause",
+    ("rollout", "progressing", "promoting"): "every step passed, or a person promoted it fully",
+    ("rollout", "progressing", "aborting"): "an analysis failed, or a person aborted (or canceled the run)",
+    ("rollout", "promoting", "aborting"): "a promote job failed",
+    ("rollout", "progressing", "failed"): "the router could not be reached or did not apply the weights",
     ("run", "running", "verifying"): "a deploy stage is being verified (it keeps its environment)",
     ("run", "verifying", "running"): "verification passed; the next stage goes on",
     ("run", "pending", "canceled"): "canceled before it started; nothing ran",
@@ -230,6 +264,7 @@ TABLES: Final[Mapping[str, Mapping[Any, frozenset[Any]]]] = {
     "stage": STAGE_TRANSITIONS,
     "job": JOB_TRANSITIONS,
     "gate": GATE_TRANSITIONS,
+    "rollout": ROLLOUT_TRANSITIONS,
     "lock": LOCK_TRANSITIONS,
     "artifact": ARTIFACT_TRANSITIONS,
     "webhook": WEBHOOK_TRANSITIONS,
@@ -242,6 +277,7 @@ ENUMS: Final[Mapping[str, type[StrEnum]]] = {
     "stage": StageStatus,
     "job": JobStatus,
     "gate": GateStatus,
+    "rollout": RolloutStatus,
     "lock": LockState,
     "artifact": ArtifactStatus,
     "webhook": WebhookStatus,
@@ -254,6 +290,7 @@ TITLES: Final[Mapping[str, str]] = {
     "stage": "Stage",
     "job": "Job",
     "gate": "Gate",
+    "rollout": "Rollout (a stage's canary)",
     "lock": "Environment lock",
     "artifact": "Artifact",
     "webhook": "Webhook subscription",

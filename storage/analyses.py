@@ -90,7 +90,7 @@ _KEPT_KEYS = ("analysis_id", "environment", "check", "at", "result", "value", "d
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What ``record`` stored: the analysis, every check's tally (verifications only: a health
+    """What ``record`` stored: the analysis, every check's tally (all but health watches: a health
     watch is not judged on them), and the environment's health change the measurement made
     (health watches only)."""
 
@@ -115,6 +115,7 @@ def _analysis(r: Any) -> Analysis:
         ended_at=r["ended_at"],
         ended_by=r["ended_by"],
         version=r["version"],
+        limits=r["limits"],
     )
 
 
@@ -176,6 +177,7 @@ def _check_row(a: Analysis, check: str, next_at: datetime) -> dict[str, Any]:
 def _analysis_row(a: Analysis) -> dict[str, Any]:
     values = {f.name: getattr(a, f.name) for f in fields(a)}
     values.update(kind=a.kind.value, status=a.status.value, checks=list(a.checks))
+    values["limits"] = dict(a.limits) if a.limits is not None else None
     return values
 
 
@@ -224,14 +226,24 @@ def start(
     stage_index: int | None,
     policy: VerifyPolicy,
     now: datetime,
+    kind: AnalysisKind = AnalysisKind.VERIFY,
 ) -> Analysis:
-    """Start verifying a deployment in the caller's transaction (a run's, so the run enters
-    ``verifying`` exactly when its verification exists). Every check is due at once; the
-    deadline is ``now + policy.for``."""
+    """Start verifying a deployment (or measuring a canary step: ``kind``, with the policy's
+    limits kept) in the caller's transaction (a run's, so the run enters ``verifying`` exactly
+    when its verification exists). Every check is due at once; the deadline is
+    ``now + policy.for``."""
+    limits = None
+    if kind is AnalysisKind.ROLLOUT:
+        limits = {
+            "failure_limit": policy.failure_limit,
+            "inconclusive_limit": policy.inconclusive_limit,
+            "consecutive_error_limit": policy.consecutive_error_limit,
+        }
     a = Analysis(
         id=analysis_id,
         environment=environment,
-        kind=AnalysisKind.VERIFY,
+        kind=kind,
+        limits=limits,
         checks=tuple(policy.checks),
         started_at=now,
         run_id=run_id,
@@ -529,7 +541,9 @@ class AnalysisStore:
                 raise Conflict("a check held for recording changed under its holder")
             change = self._keep(tx, mine)
             analyses = {row["analysis_id"]: _analysis(_prefixed(row, "a_")) for _, row in mine}
-            counts = {aid: tallies(conn, aid) for aid, a in analyses.items() if a.kind is AnalysisKind.VERIFY}
+            counts = {
+                aid: tallies(conn, aid) for aid, a in analyses.items() if a.kind is not AnalysisKind.HEALTH
+            }
         done: dict[tuple[str, str], Recorded] = {
             (t.analysis_id, t.check): Recorded(
                 analyses[t.analysis_id], counts.get(t.analysis_id, {}), change.get((t.analysis_id, t.check))
@@ -595,13 +609,13 @@ class AnalysisStore:
             return end(tx.conn, analysis_id, status, reason, by, now)
 
     def past_deadline(self, now: datetime, limit: int = 100) -> list[tuple[Analysis, dict[str, CheckTally]]]:
-        """Running verifications whose deadline has come, with their tallies: their verdict is
-        due even if no measurement comes to trigger it."""
+        """Running verifications (and canary steps' analyses) whose deadline has come, with their
+        tallies: their verdict is due even if no measurement comes to trigger it."""
         query = (
             sa.select(ANALYSIS)
             .where(
                 A.status == AnalysisStatus.RUNNING.value,
-                A.kind == AnalysisKind.VERIFY.value,
+                A.kind != AnalysisKind.HEALTH.value,
                 A.deadline <= now,
             )
             .order_by(A.deadline)

@@ -13,6 +13,7 @@ from core.engine import Change
 from core.events import Event
 from core.model import Approval, Gate, Job, LostAttempt, Run, Stage
 from core.ports import PipelineVersion
+from core.rollout import Rollout
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
 
 
@@ -66,6 +67,7 @@ def stage_from_row(r: Mapping[Any, Any]) -> Stage:
         verify_for=r["verify_for"],
         verify_rollback=r["verify_rollback"],
         verify_until=r["verify_until"],
+        rollout=Rollout.from_json(r["rollout"]) if r["rollout"] is not None else None,
     )
 
 
@@ -137,6 +139,8 @@ def _value(key: str, value: Any) -> tuple[str, Any]:
         return key, dict(value)
     if key == "lost":
         return key, [asdict(a) for a in value]
+    if key == "rollout":
+        return key, value.to_json() if value is not None else None
     return key, value
 
 

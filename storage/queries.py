@@ -187,7 +187,7 @@ class Q:
     environment_running = (
         sa.select(STAGE.c.run_id, RUN.c.pipeline, RUN.c.number)
         .join(RUN, RUN.c.id == STAGE.c.run_id)
-        .where(STAGE.c.environment == b("env"), STAGE.c.status.in_(("running", "verifying")))
+        .where(STAGE.c.environment == b("env"), STAGE.c.status.in_(("running", "rolling_out", "verifying")))
         .limit(1)
     )
     environment_queued = (

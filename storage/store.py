@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core.access import Grant
-from core.analysis import Analysis, AnalysisStatus, EnvironmentHealth
+from core.analysis import Analysis, AnalysisKind, AnalysisStatus, EnvironmentHealth
 from core.artifacts import Artifact, ArtifactSpec
 from core.audit import entry_hash
 from core.checks import VerifyPolicy
@@ -660,6 +660,16 @@ class SqlTx:
         lock = current_lock(self.conn, env, now)
         return describe_lock(lock, now) if lock is not None else None
 
+    def live_pools(self, env: str) -> dict[str, str]:
+        from storage.rollouts import live_pools
+
+        return live_pools(self.conn, env)
+
+    def set_live_pool(self, env: str, router: str, pool: str, now: datetime) -> None:
+        from storage.rollouts import set_live_pool
+
+        set_live_pool(self.conn, env, router, pool, now)
+
     def environment_health(self, env: str) -> EnvironmentHealth | None:
         from storage import analyses
 
@@ -678,8 +688,10 @@ class SqlTx:
         stage_index: int,
         policy: VerifyPolicy,
         now: datetime,
+        kind: AnalysisKind = AnalysisKind.VERIFY,
     ) -> Analysis:
-        """Start verifying a run's deployment in this transaction (``storage.analyses.start``)."""
+        """Start verifying a run's deployment (or measuring a canary step) in this transaction
+        (``storage.analyses.start``)."""
         from storage import analyses
 
         return analyses.start(
@@ -690,6 +702,7 @@ class SqlTx:
             stage_index=stage_index,
             policy=policy,
             now=now,
+            kind=kind,
         )
 
     def end_analysis(

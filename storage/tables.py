@@ -96,7 +96,7 @@ class RunRow(SQLModel, table=True):
 
 
 #: the stage statuses that hold an environment
-DEPLOYING = "status IN ('running', 'verifying')"
+DEPLOYING = "status IN ('running', 'rolling_out', 'verifying')"
 
 
 class StageRow(SQLModel, table=True):
@@ -128,6 +128,8 @@ class StageRow(SQLModel, table=True):
     verify_for: float | None = None
     verify_rollback: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     verify_until: datetime | None = _ts()
+    #: a stage with a strategy: its rollout (``core.rollout.Rollout``), as JSON
+    rollout: dict[str, Any] | None = Field(default=None, sa_column=Column(sa.JSON(), nullable=True))
 
 
 class JobRow(SQLModel, table=True):
@@ -570,6 +572,8 @@ class AnalysisRow(SQLModel, table=True):
     run_id: str | None = Field(default=None, max_length=64, index=True)
     stage_index: int | None = None
     checks: list[str] = _json([])
+    #: a canary step's own limits (failure_limit, …); none: the environment's ``verify``
+    limits: dict[str, int] | None = Field(default=None, sa_column=Column(sa.JSON(), nullable=True))
     started_at: datetime = _ts(nullable=False)
     deadline: datetime | None = _ts()
     status: str = Field(max_length=16)
@@ -642,3 +646,25 @@ class HealthChangeRow(SQLModel, table=True):
     from_state: str = Field(max_length=12)
     to_state: str = Field(max_length=12)
     reason: str = _text()
+
+
+class RouterStateRow(SQLModel, table=True):
+    """Which pool of a blue/green router serves now: written in the transaction that promotes
+    the rollout, read when the next one starts (it deploys to the other)."""
+
+    __tablename__ = "router_state"
+    #: ``<environment>/<router>``
+    key: str = Field(primary_key=True, max_length=130)
+    live_pool: str = Field(max_length=63)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class RouterLeaseRow(SQLModel, table=True):
+    """Who drives an environment's router now (``core.runtime.rollouts``): taken by a
+    conditional update when free or lapsed, so two replicas never set one router at once."""
+
+    __tablename__ = "router_lease"
+    #: ``<environment>/<router>``
+    key: str = Field(primary_key=True, max_length=130)
+    holder: str = Field(max_length=200)
+    until: datetime = _ts(nullable=False)

@@ -27,6 +27,7 @@ from storage.store import SqlStore
 from tests.checks.services import WebService
 from tests.outage import Outage
 from tests.prometheus import Prometheus
+from tests.routing import Haproxy, Nginx, Versions
 from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN_URL = os.environ.get(
@@ -150,3 +151,27 @@ def web_service() -> Iterator[WebService]:
     ``/metrics`` with ``http_requests_total{code}`` that rises by itself; ``fail(ratio)``."""
     with WebService() as service:
         yield service
+
+
+@pytest.fixture
+def versions() -> Iterator[Versions]:
+    """Two versions of a service for routers to route to (``tests/routing.py``): ``/`` answers
+    ``stable`` or ``canary``."""
+    with WebService(version="stable") as stable, WebService(version="canary") as canary:
+        yield Versions(stable, canary)
+
+
+@pytest.fixture
+def nginx(tmp_path: Path, versions: Versions) -> Iterator[Nginx]:
+    """A real nginx in front of ``versions``, all traffic on stable; ``nginx.router()`` is its
+    router. Skipped without nginx unless ``SHIPYARD_REQUIRE_ROUTERS=1``."""
+    with Nginx(tmp_path / "nginx", versions) as server:
+        yield server
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path, versions: Versions) -> Iterator[Haproxy]:
+    """A real haproxy in front of ``versions``, all traffic on stable; ``haproxy.router()`` is
+    its router. Skipped without haproxy unless ``SHIPYARD_REQUIRE_ROUTERS=1``."""
+    with Haproxy(tmp_path / "haproxy", versions) as server:
+        yield server

@@ -14,6 +14,7 @@ from core.access import Action
 from core.definition import PipelineDef, parse_pipeline
 from core.errors import DefinitionError
 from core.ports import PipelineVersion
+from core.strategies import strategy_problems
 from storage.reads import PipelineInfo
 
 DEFINITION_TYPES = ("application/json", "application/yaml", "application/x-yaml", "text/yaml")
@@ -114,6 +115,13 @@ async def _definition(call: Call) -> tuple[PipelineDef, str]:
 
 async def _register(call: Call, definition: PipelineDef, text: str) -> tuple[PipelineOut, bool]:
     g = gw(call)
+    problems = strategy_problems(definition, g.shipyard.service.environments)
+    if problems:
+        raise Problem(
+            422,
+            "invalid pipeline definition: " + "; ".join(problems),
+            errors=[{"problem": p} for p in problems],
+        )
     _, created = await g.write(g.shipyard.service.register_pipeline, definition, text, None)
     info = await g.read(g.reads.pipeline, definition.name)
     assert info is not None

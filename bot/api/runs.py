@@ -13,11 +13,13 @@ from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
 from bot.api.schemas import (
+    AbortIn,
     ApproveIn,
     CancelIn,
     EmptyIn,
     LogQuery,
     MeasurementOut,
+    PromoteIn,
     RejectIn,
     RunOut,
     RunPage,
@@ -33,12 +35,14 @@ from bot.api.schemas import (
 from bot.api.spec import API
 from core.access import Action
 from core.commands import (
+    AbortRollout,
     ApproveGate,
     CancelRun,
     Command,
     EndVerification,
     FailRun,
     PauseRun,
+    PromoteRollout,
     RejectGate,
     ResumeRun,
     RetryRun,
@@ -275,6 +279,92 @@ async def end_verification(call: Call) -> web.Response:
         actor=actor(call),
     )
     return await _control(call, command, state)
+
+
+_ROLLOUT_RESPONSES = CONTROL_RESPONSES
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/rollout/promote",
+    summary="Promote a rollout past the step it waits in",
+    action=Action.APPROVE,
+    tag="runs",
+    body=PromoteIn,
+    responses=_ROLLOUT_RESPONSES,
+)
+async def promote_rollout(call: Call) -> web.Response:
+    """Past an open-ended pause (a gate: its approvers, and not who triggered the run), an
+    inconclusive analysis, a timed pause or an analysis still measuring. Answers 409 when the
+    rollout is setting its router or is not under way."""
+    state = await find_run(call)
+    command = PromoteRollout(run_id=state.run.id, actor=actor(call), comment=call.body.comment)
+    return await _control(call, command, state)
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/rollout/promote-full",
+    summary="Promote a rollout past every step left",
+    action=Action.APPROVE,
+    tag="runs",
+    body=PromoteIn,
+    responses=_ROLLOUT_RESPONSES,
+)
+async def promote_rollout_fully(call: Call) -> web.Response:
+    """Skip the steps left: the promote jobs run, then all traffic goes to the stable servers."""
+    state = await find_run(call)
+    command = PromoteRollout(run_id=state.run.id, actor=actor(call), full=True, comment=call.body.comment)
+    return await _control(call, command, state)
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/rollout/pause",
+    summary="Pause a rollout (its run)",
+    action=Action.CONTROL,
+    tag="runs",
+    body=EmptyIn,
+    responses=_ROLLOUT_RESPONSES,
+)
+async def pause_rollout(call: Call) -> web.Response:
+    """The run pauses: a timed pause keeps the time it had left until it is resumed."""
+    state = await find_run(call)
+    return await _control(call, PauseRun(run_id=state.run.id, actor=actor(call)), state)
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/rollout/resume",
+    summary="Resume a paused rollout (its run)",
+    action=Action.CONTROL,
+    tag="runs",
+    body=EmptyIn,
+    responses=_ROLLOUT_RESPONSES,
+)
+async def resume_rollout(call: Call) -> web.Response:
+    state = await find_run(call)
+    return await _control(call, ResumeRun(run_id=state.run.id, actor=actor(call)), state)
+
+
+@API.op(
+    "POST",
+    "/runs/{run_id}/rollout/abort",
+    summary="Abort a rollout",
+    # (deployers their own runs, approvers any: the command's own rule, ``core.access``)
+    action=Action.READ,
+    tag="runs",
+    body=AbortIn,
+    responses=_ROLLOUT_RESPONSES,
+)
+async def abort_rollout(call: Call) -> web.Response:
+    """All traffic goes back to the stable servers at once, then the abort jobs run, then the
+    run ends `canceled` with the reason. Approvers may abort anyone's rollout; deployers their
+    own."""
+    state = await find_run(call)
+    return await _control(
+        call, AbortRollout(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
+    )
 
 
 @API.op(

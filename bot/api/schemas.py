@@ -14,7 +14,8 @@ from core.checks import CheckResult, Measurement
 from core.definition import PipelineDef
 from core.model import Gate, Job, RunState, Stage
 from core.ports import Deployment, PipelineVersion
-from core.states import GateStatus, JobStatus, RunStatus, StageStatus
+from core.rollout import step_words
+from core.states import GateStatus, JobStatus, RolloutStatus, RunStatus, StageStatus
 
 Name = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)
 
@@ -80,6 +81,18 @@ class VerificationIn(Strict):
 
     #: ``passed``: it looks good (not by who triggered the run); ``failed``: roll it back
     verdict: Literal["passed", "failed"]
+    reason: str = Field("", max_length=1000)
+
+
+class PromoteIn(Strict):
+    """Promote a rollout past the step it waits in."""
+
+    comment: str = Field("", max_length=1000)
+
+
+class AbortIn(Strict):
+    """Abort a rollout: all traffic back to stable, the abort jobs run, the run ends canceled."""
+
     reason: str = Field("", max_length=1000)
 
 
@@ -262,6 +275,56 @@ class JobOut(BaseModel):
         )
 
 
+class RolloutOut(BaseModel):
+    """Where a stage's canary rollout stands (``docs/rollouts.md``)."""
+
+    stage: str
+    strategy: Literal["canary", "blue_green"]
+    pools: list[str] = Field(description="the pool serving before the rollout, then the one it moves to")
+    router: str
+    status: RolloutStatus
+    step: int | None = Field(
+        description="the step being taken, from 1; null before the first and after the last"
+    )
+    steps: int
+    action: str = Field(description="what the current step does, in words")
+    step_until: datetime | None = Field(description="when a timed pause or an analysis step ends")
+    desired: dict[str, int] = Field(
+        description="the weights the rollout wants, recorded before the router is set"
+    )
+    applied: dict[str, int] | None = Field(
+        description="what the router confirmed last (read back); null: never"
+    )
+    analysis: str | None = Field(
+        description="the analysis measuring this step (GET /runs/{run}/verification)"
+    )
+    reason: str
+
+    @classmethod
+    def of(cls, s: Stage, state: RunState) -> RolloutOut | None:
+        r = s.rollout
+        strategy = state.definition.stages[s.index].strategy
+        if r is None or strategy is None:
+            return None
+        steps = strategy.steps
+        current = 0 <= r.step < len(steps)
+        return cls(
+            stage=s.name,
+            strategy=strategy.kind,
+            pools=list(r.pools),
+            router=r.router,
+            status=r.status,
+            step=r.step + 1 if current else None,
+            steps=len(steps),
+            action=step_words(strategy, r.step) if r.step >= 0 else "waiting for the stage's jobs",
+            step_until=r.step_until,
+            desired=dict(r.desired),
+            applied=dict(r.applied) if r.applied is not None else None,
+            analysis=r.analysis,
+            reason=r.reason,
+        )
+
+
 class StageOut(BaseModel):
     id: str
     name: str
@@ -276,6 +339,7 @@ class StageOut(BaseModel):
     finished_at: datetime | None
     gate: GateOut | None
     jobs: list[JobOut]
+    rollout: RolloutOut | None = Field(None, description="a stage with a strategy: its rollout")
 
     @classmethod
     def of(cls, s: Stage, state: RunState) -> StageOut:
@@ -292,6 +356,7 @@ class StageOut(BaseModel):
             finished_at=s.finished_at,
             gate=GateOut.of(gate) if gate is not None else None,
             jobs=[JobOut.of(j) for j in state.jobs_of(s.index)],
+            rollout=RolloutOut.of(s, state),
         )
 
 
@@ -370,10 +435,15 @@ class StuckRunSummary(RunSummary):
 
 class RunOut(RunSummary):
     stages: list[StageOut]
+    rollout: RolloutOut | None = Field(
+        None, description="the run's rollout (its latest stage with a strategy that started), if any"
+    )
 
     @classmethod
     def of(cls, state: RunState) -> RunOut:
-        return cls(**cls.fields_of(state), stages=[StageOut.of(s, state) for s in state.stages])
+        stages = [StageOut.of(s, state) for s in state.stages]
+        rollout = next((s.rollout for s in reversed(stages) if s.rollout is not None), None)
+        return cls(**cls.fields_of(state), stages=stages, rollout=rollout)
 
 
 class RunPage(Page):

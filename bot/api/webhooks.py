@@ -35,6 +35,9 @@ EventType = Literal[
     "gate.decided",
     "deployment.finished",
     "environment.health_changed",
+    "rollout.step",
+    "rollout.promoted",
+    "rollout.aborted",
 ]
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: how long registration waits for the URL's host name to resolve
@@ -49,7 +52,7 @@ class WebhookIn(Strict):
         pattern=r"^https?://[^\s/?#@]+(/\S*)?$",
         description="where deliveries are POSTed; http(s), no credentials in it",
     )
-    events: list[EventType] = Field(min_length=1, max_length=7)
+    events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES))
     pipeline: str | None = Field(None, pattern=NAME, max_length=63, description="only this pipeline's runs")
     environment: str | None = Field(
         None,

@@ -11,8 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from bot.chat.health import line as health_line
+from bot.chat.rollout_blocks import PAUSABLE, STEERABLE, can_promote, rolling_stage, rollout_lines
 from core.admission import QueueEntry
 from core.analysis import EnvironmentHealth
+from core.checks import Measurement
 from core.duration import format_duration
 from core.model import Gate, Job, Run, RunState, Stage
 from core.ports import Deployment
@@ -46,6 +48,10 @@ APPROVE, REJECT, CANCEL, RETRY = "gate_approve", "gate_reject", "run_cancel", "r
 IGNORE, FAIL = "run_ignore_failure", "run_fail"
 #: an approver's verdict on a deployment being verified
 LOOKS_GOOD, VERIFY_ROLLBACK = "verify_looks_good", "verify_roll_back"
+#: a canary rollout's controls: past the step it is in, past every step, the run's clock, abort
+#: (Slack asks for the abort's reason in a form first)
+PROMOTE, PROMOTE_FULLY = "rollout_promote", "rollout_promote_fully"
+PAUSE, RESUME, ABORT = "run_pause", "run_resume", "rollout_abort"
 #: "Roll back <env>": asks first (``bot.chat.environments``), then rolls back
 ROLLBACK_ASK = "env_rollback_ask"
 CONFIRM = "run_confirm"
@@ -140,9 +146,16 @@ def run_summary(state: RunState) -> str:
     return f"{EMOJI.get(run.status, '')} {run.ref} {run.status}"
 
 
-def run_message(state: RunState, place: QueueEntry | None = None) -> tuple[str, list[Block]]:
+def run_message(
+    state: RunState,
+    place: QueueEntry | None = None,
+    *,
+    now: datetime | None = None,
+    measured: Sequence[Measurement] | None = None,
+) -> tuple[str, list[Block]]:
     """The one message per run, edited in place as it moves. ``place``: where it waits in its
-    environment's queue, when it waits in one."""
+    environment's queue, when it waits in one; ``now``: to say how long a rollout's timed step
+    has left; ``measured``: its analysis step's newest measurements (``rollout_blocks``)."""
     run = state.run
     blocks = [text(_run_head(run))]
     if run.break_glass:
@@ -158,6 +171,9 @@ def run_message(state: RunState, place: QueueEntry | None = None) -> tuple[str, 
         blocks.append(context(f":mag: {run.reason}"))
     for warning in run.warnings[:5]:
         blocks.append(context(f":warning: {warning}"))
+    stage = rolling_stage(state)
+    if stage is not None:
+        blocks.append(text("\n".join(rollout_lines(state, stage, now, measured))))
     buttons = _run_buttons(state)
     if buttons:
         blocks.append(actions(f"run-{run.id}-{run.version}", *buttons))
@@ -213,6 +229,8 @@ def _run_buttons(state: RunState) -> list[Block]:
         )
     if run.status is RunStatus.VERIFYING:
         buttons += _verify_buttons(state)
+    if run.status not in RUN_TERMINAL:
+        buttons += _rollout_buttons(state)
     if run.status in (RunStatus.FAILED, RunStatus.CANCELED):
         buttons.append(button("Retry", RETRY, ref_value(state), "primary"))
     return buttons
@@ -231,6 +249,32 @@ def _verify_buttons(state: RunState) -> list[Block]:
         button("Looks good", LOOKS_GOOD, ref_value(state), "primary"),
         button(f"Roll back {env}"[:75], VERIFY_ROLLBACK, ref_value(state), "danger", back),
     ]
+
+
+def _rollout_buttons(state: RunState) -> list[Block]:
+    """While a rollout can be steered: Promote (where it can go through), Promote fully, the
+    run's Pause or Resume, and Abort (Slack asks why first)."""
+    stage = rolling_stage(state)
+    rollout = stage.rollout if stage is not None else None
+    if stage is None or rollout is None or rollout.status not in STEERABLE:
+        return []
+    value, run = ref_value(state), state.run
+    buttons = []
+    if can_promote(state, rollout):
+        buttons.append(button("Promote", PROMOTE, value, "primary"))
+    fully = confirm(
+        "Promote fully?",
+        f"{run.ref} skips the steps left: the promote jobs put the new version on the stable servers.",
+        "Promote fully",
+        "primary",
+    )
+    buttons.append(button("Promote fully", PROMOTE_FULLY, value, None, fully))
+    if run.status in PAUSABLE:
+        buttons.append(button("Pause", PAUSE, value))
+    elif run.status is RunStatus.PAUSED:
+        buttons.append(button("Resume", RESUME, value))
+    buttons.append(button("Abort", ABORT, value, "danger"))
+    return buttons
 
 
 # -- gates ---------------------------------------------------------------------------------------

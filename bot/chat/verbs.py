@@ -22,13 +22,17 @@ from bot.chat import block_kit, forms
 from bot.chat.parse import Line, did_you_mean, parse
 from core.access import Action, Principal
 from core.commands import (
+    AbortRollout,
     ApproveGate,
     CancelRun,
     Command,
     EndVerification,
     FailRun,
+    PauseRun,
+    PromoteRollout,
     RejectGate,
     ReportTarget,
+    ResumeRun,
     RetryRun,
     TriggerRun,
 )
@@ -148,6 +152,8 @@ def verb(
     name: str, usage: str, summary: str, action: Action | None = Action.READ
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
+        if name in VERBS:  # (a second one would silently replace the first)
+            raise ValueError(f"two chat verbs are named {name!r}")
         VERBS[name] = Verb(name, usage, summary, action, handler)
         return handler
 
@@ -260,20 +266,33 @@ async def _button_command(
         if not reason.strip():
             return Reply(":warning: Say why you reject it.")
         return RejectGate(run_id=run_id, gate=gate, actor=who.actor, reason=reason)
-    if action_id == block_kit.CANCEL:
-        return CancelRun(run_id=run_id, actor=who.actor, reason="canceled from chat")
-    if action_id == block_kit.FAIL:
-        return FailRun(run_id=run_id, actor=who.actor, reason="marked failed from chat")
-    if action_id == block_kit.LOOKS_GOOD:
-        return EndVerification(run_id=run_id, verdict="passed", actor=who.actor)
-    if action_id == block_kit.VERIFY_ROLLBACK:
-        return EndVerification(run_id=run_id, verdict="failed", rollback=True, actor=who.actor)
+    if (make := RUN_BUTTONS.get(action_id)) is not None:
+        return make(run_id, who.actor, reason)
     if action_id == block_kit.RETRY:
         return RetryRun(run_id=run_id, actor=who.actor, report_to=await _reported(backend, who, run_id))
     if action_id == block_kit.IGNORE:
         report_to = await _reported(backend, who, run_id)
         return RetryRun(run_id=run_id, actor=who.actor, ignore_failure=True, report_to=report_to)
     return Reply(f":warning: Unknown button {action_id!r}.")
+
+
+#: the run buttons that stand for one command each (action id → the command, given the run,
+#: the presser and the reason a form asked for, if any)
+RUN_BUTTONS: dict[str, Callable[[str, Actor, str], Command]] = {
+    block_kit.CANCEL: lambda run, actor, why: CancelRun(run_id=run, actor=actor, reason="canceled from chat"),
+    block_kit.FAIL: lambda run, actor, why: FailRun(
+        run_id=run, actor=actor, reason="marked failed from chat"
+    ),
+    block_kit.LOOKS_GOOD: lambda run, actor, why: EndVerification(run_id=run, verdict="passed", actor=actor),
+    block_kit.VERIFY_ROLLBACK: lambda run, actor, why: EndVerification(
+        run_id=run, verdict="failed", rollback=True, actor=actor
+    ),
+    block_kit.PROMOTE: lambda run, actor, why: PromoteRollout(run_id=run, actor=actor),
+    block_kit.PROMOTE_FULLY: lambda run, actor, why: PromoteRollout(run_id=run, actor=actor, full=True),
+    block_kit.PAUSE: lambda run, actor, why: PauseRun(run_id=run, actor=actor),
+    block_kit.RESUME: lambda run, actor, why: ResumeRun(run_id=run, actor=actor),
+    block_kit.ABORT: lambda run, actor, why: AbortRollout(run_id=run, actor=actor, reason=why.strip()),
+}
 
 
 def _run_ref(value: str) -> tuple[str, str] | None:

@@ -34,13 +34,14 @@ from core.errors import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
 REJECT_FORM = "gate_reject_form"
+ABORT_FORM = "rollout_abort_form"
 
 
 def pressable() -> tuple[str, ...]:
     """The buttons answered by ``verbs.press``, as the console answers them too: the run and
     gate buttons and every button another chat module registered (``BUTTONS``: the deploy
-    question, locks, rollbacks, reviews). Reject is the one more, since Slack asks for its
-    reason in a form."""
+    question, locks, rollbacks, reviews). Reject and a rollout's Abort are the ones more, since
+    Slack asks for their reason in a form."""
     return (
         block_kit.APPROVE,
         block_kit.CANCEL,
@@ -49,6 +50,10 @@ def pressable() -> tuple[str, ...]:
         block_kit.FAIL,
         block_kit.LOOKS_GOOD,
         block_kit.VERIFY_ROLLBACK,
+        block_kit.PROMOTE,
+        block_kit.PROMOTE_FULLY,
+        block_kit.PAUSE,
+        block_kit.RESUME,
         *BUTTONS,
     )
 
@@ -120,6 +125,7 @@ def build_bolt(settings: Settings, backend: ChatBackend, work: Backlog) -> Async
     _listen_to_trigger_form(app, backend, client, work)
     _listen_to_buttons(app, backend, client, work)
     _listen_to_reject(app, backend, client)
+    _listen_to_abort(app, backend, client)
     _listen_to_home(app, backend, client)
     return app
 
@@ -232,6 +238,31 @@ def _listen_to_reject(app: AsyncApp, backend: ChatBackend, client: AsyncWebClien
             )
 
 
+def _listen_to_abort(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient) -> None:
+    """A rollout's Abort asks why in a form (the reason ends the run and is audited), then goes
+    to ``verbs.press``; a refusal is shown in the form."""
+
+    @app.action(block_kit.ABORT)
+    async def on_abort(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        await client.views_open(trigger_id=body["trigger_id"], view=_abort_form(body["actions"][0]["value"]))
+
+    @app.view(ABORT_FORM)
+    async def on_abort_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        reason = (view["state"]["values"].get("reason", {}).get("value") or {}).get("value") or ""
+        if not reason.strip():
+            await ack(response_action="errors", errors={"reason": "Say why, for the people who deploy"})
+            return
+        who = Who(body["user"]["id"], "")
+        reply = await press(backend, who, block_kit.ABORT, view["private_metadata"], reason)
+        if reply is None:
+            await ack()
+        else:
+            await ack(
+                response_action="errors", errors={"reason": reply.text.removeprefix(":warning: ")[:150]}
+            )
+
+
 def _listen_to_home(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient) -> None:
     """App Home: published for whoever opens it, once per event Slack may deliver twice."""
     seen_events: OrderedDict[str, None] = OrderedDict()
@@ -278,12 +309,21 @@ async def _tell(client: AsyncWebClient, who: Who, reply: Reply) -> None:
 
 
 def _reject_form(ref: str) -> dict[str, Any]:
+    return _reason_form(REJECT_FORM, ref, "Reject")
+
+
+def _abort_form(ref: str) -> dict[str, Any]:
+    return _reason_form(ABORT_FORM, ref, "Abort rollout")
+
+
+def _reason_form(callback_id: str, ref: str, verb: str) -> dict[str, Any]:
+    """A modal asking why, for the button ``ref`` (its value) stands for."""
     return {
         "type": "modal",
-        "callback_id": REJECT_FORM,
+        "callback_id": callback_id,
         "private_metadata": ref,
-        "title": {"type": "plain_text", "text": "Reject"},
-        "submit": {"type": "plain_text", "text": "Reject"},
+        "title": {"type": "plain_text", "text": verb},
+        "submit": {"type": "plain_text", "text": verb},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             {

@@ -44,21 +44,24 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.backend import now
-from bot.chat import block_kit, cards, threads
+from bot.chat import block_kit, cards, rollout_blocks, threads
 from bot.chat import health as health_words
 from bot.chat.environments import review_reminder
 from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
 from core.analysis import Health, HealthChange
+from core.checks import Measurement
 from core.errors import DatabaseUnreachable
 from core.events import NO_RUN, Event
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
 from core.states import RUN_TERMINAL
+from storage import analyses
 from storage.reviews import ReviewStore
 from storage.slack import PendingPost, SlackState
+from storage.store import SqlStore
 
 log = logging.getLogger(__name__)
 CURSOR = "slack"
@@ -76,6 +79,9 @@ CRASH_EXIT_CODE = 86
 FINISHED = threads.FINISHED
 #: the least time between two edits of one run's message
 EDIT_EVERY_S = 1.0
+#: how often the message of a run in a timed rollout step is edited with no event (its time
+#: left and the step analysis' newest measurements)
+ROLLOUT_REFRESH_S = 15.0
 #: the waits before each new try of a thread post whose send failed (about an hour in all),
 #: after which it is given up
 POST_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0] + [300.0] * 11
@@ -121,6 +127,7 @@ class Notifier:
         self.default_channel = default_channel
         self.state = SlackState(backend.shipyard.store)
         self._dirty: dict[str, float] = {}  # run id -> when its message may next be edited
+        self._refreshes: set[str] = set()  # runs in _dirty only to refresh a rollout's clock
         self._edited: dict[str, float] = {}
         self._cards: dict[str, set[str]] = {}  # run id -> gates whose cards to edit with it
         self._edit_failures: dict[str, int] = {}
@@ -216,7 +223,7 @@ class Notifier:
         await self.backend.write(self.state.retry_now, now())
         self._pending_due = 0.0
         for run_id in self._stale:
-            self._dirty.setdefault(run_id, 0.0)
+            self._due(run_id, 0.0)
         self._stale.clear()
 
     async def step(self) -> bool:
@@ -257,6 +264,14 @@ class Notifier:
             self._next_reminders = time.monotonic() + min(max(wait, 0.5), REMIND_IDLE_S)
         return len(events) == 500
 
+    def _due(self, run_id: str, at: float) -> None:
+        """Edit the run's message at ``at`` (monotonic) unless an edit is planned already (one
+        planned after a failed edit keeps its backoff); a rollout's mere refresh gives way."""
+        if run_id in self._refreshes:
+            self._refreshes.discard(run_id)
+            self._dirty.pop(run_id, None)
+        self._dirty.setdefault(run_id, at)
+
     async def _on_events(self, events: list[Event]) -> None:
         state = await self.backend.read(self.backend.reads.run, events[0].run_id, quick=True)
         if state is None:
@@ -270,13 +285,13 @@ class Notifier:
     async def _on_event(self, state: RunState, message: tuple[str, str], event: Event) -> None:
         channel, ts = message
         run_id = state.run.id
-        self._dirty.setdefault(run_id, self._edited.get(run_id, 0.0) + EDIT_EVERY_S)
+        self._due(run_id, self._edited.get(run_id, 0.0) + EDIT_EVERY_S)
         if event.subject == "stage" and event.to_status in ("running", "queued", "canceled"):
             stage = next((s for s in state.stages if s.id == event.subject_id), None)
             if stage is not None and stage.environment is not None:  # the others' places moved
                 queue = await self.backend.read(self.backend.shipyard.service.queue, stage.environment)
                 for entry in queue.waiting:
-                    self._dirty.setdefault(entry.run_id, self._edited.get(entry.run_id, 0.0) + EDIT_EVERY_S)
+                    self._due(entry.run_id, self._edited.get(entry.run_id, 0.0) + EDIT_EVERY_S)
         if event.subject == "gate" and event.to_status == "open":
             self._next_reminders = 0.0  # its reminders are to be planned
         elif event.subject == "gate" and (
@@ -497,13 +512,22 @@ class Notifier:
         due = [run_id for run_id, at in self._dirty.items() if at <= time.monotonic()]
         for run_id in due:
             del self._dirty[run_id]
+            self._refreshes.discard(run_id)
             cards = self._cards.pop(run_id, set())
             state = await self.backend.read(self.backend.reads.run, run_id, quick=True)
             message = await self.backend.read(self.state.message, run_id, quick=True)
             if state is None or message is None or message.ts is None:
                 continue
-            summary, blocks = block_kit.run_message(state, await self._place(state))
+            measured = await self._measured(state)
+            clock = self.backend.shipyard.service.clock()
+            summary, blocks = block_kit.run_message(
+                state, await self._place(state), now=clock, measured=measured
+            )
             done = await self._edit(message.channel, message.ts, summary, blocks)
+            if _rollout_ticking(state) and run_id not in self._dirty:
+                # its time left and measurements move without events
+                self._dirty[run_id] = time.monotonic() + ROLLOUT_REFRESH_S
+                self._refreshes.add(run_id)
             failed_cards = {g for g in cards if not await self._update_gate_card(state, message.channel, g)}
             self._edited[run_id] = time.monotonic()
             if done and not failed_cards:
@@ -520,6 +544,16 @@ class Notifier:
                 self._cards.setdefault(run_id, set()).update(failed_cards)
             if state.run.status in RUN_TERMINAL:
                 self._edited.pop(run_id, None)
+
+    async def _measured(self, state: RunState) -> list[Measurement] | None:
+        """The newest measurement of each check of the rollout step being analysed, if one is."""
+        stage = rollout_blocks.rolling_stage(state)
+        rollout = stage.rollout if stage is not None else None
+        if stage is None or rollout is None or rollout.analysis is None or stage.environment is None:
+            return None
+        checks = rollout_blocks.step_checks(state, stage, rollout.step)
+        store = self.backend.shipyard.store
+        return await self.backend.read(_newest, store, stage.environment, checks, rollout.analysis)
 
     async def _place(self, state: RunState) -> QueueEntry | None:
         """Where a queued run waits in its environment's queue."""
@@ -541,6 +575,25 @@ class Notifier:
         except SEND_FAILED as exc:
             log.warning("could not edit Slack message %s in %s: %r", ts, channel, exc)
             return False
+
+
+def _newest(store: SqlStore, environment: str, checks: list[str], analysis_id: str) -> list[Measurement]:
+    """Each check's newest measurement in one analysis."""
+    with store.reading() as tx:
+        found = analyses.recent(tx.conn, environment, checks, 1, analysis_id)
+    return [measured[0] for measured in found.values() if measured]
+
+
+def _rollout_ticking(state: RunState) -> bool:
+    """Whether the run's message shows a rollout step's clock (a timed pause, an analysis)."""
+    stage = rollout_blocks.rolling_stage(state)
+    rollout = stage.rollout if stage is not None else None
+    return (
+        rollout is not None
+        and rollout.status in rollout_blocks.STEERABLE
+        and rollout.step_until is not None
+        and state.run.status not in RUN_TERMINAL
+    )
 
 
 def _changes_home(event: Event) -> bool:

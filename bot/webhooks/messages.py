@@ -11,6 +11,9 @@ transaction that moves its cursor.
 | ``gate.waiting`` | a gate opened |
 | ``gate.decided`` | an open gate was approved, rejected, timed out or canceled |
 | ``environment.health_changed`` | an environment's health changed (``storage.analyses``) |
+| ``rollout.step`` | a canary rollout took a step (``core.canary``) |
+| ``rollout.promoted`` | a rollout's new version is stable and takes all the traffic |
+| ``rollout.aborted`` | a rollout put all traffic back on stable and ran its abort jobs |
 
 A message's ``position`` (the event's sequence number, then a rank for the two messages one
 stage event can make) orders a run's messages for one subscriber. Health changes belong to no
@@ -37,8 +40,16 @@ EVENT_TYPES = (
     "gate.decided",
     "run.finished",
     "environment.health_changed",
+    "rollout.step",
+    "rollout.promoted",
+    "rollout.aborted",
 )
-RANK = {name: i for i, name in enumerate(EVENT_TYPES)}
+#: a rollout's events, sent under their own names (each is one message: it needs no rank of its own)
+ROLLOUT_TYPES = frozenset({"rollout.step", "rollout.promoted", "rollout.aborted"})
+#: orders the messages one event makes (a position is ``seq * 8 + rank``: ranks stay under 8)
+RANK = {name: i for i, name in enumerate(EVENT_TYPES) if name not in ROLLOUT_TYPES} | dict.fromkeys(
+    ROLLOUT_TYPES, 7
+)
 FINISHED_RUN = frozenset(str(s) for s in RUN_TERMINAL)
 FINISHED_STAGE = frozenset(str(s) for s in STAGE_DONE) - {"skipped"}
 HEALTH_CHANGED = "environment.health_changed"
@@ -47,6 +58,8 @@ HEALTH_CHANGED = "environment.health_changed"
 def types_of(event: Event) -> list[str]:
     """The webhook event types an engine event is (most are none)."""
     to, before = event.to_status, event.from_status
+    if event.name in ROLLOUT_TYPES and event.subject == "stage":
+        return [event.name]
     if event.subject == "run":
         if to == "running" and before in ("pending", "queued"):
             return ["run.started"]
@@ -215,10 +228,13 @@ def _payload(event_type: str, event: Event, state: RunState, base_url: str) -> d
     }
     stage = _stage(state, event)
     if stage is not None:
-        data["stage"] = _stage_out(stage, event if event.subject == "stage" else None)
+        moved = event.subject == "stage" and event.to_status is not None  # (not a rollout's note)
+        data["stage"] = _stage_out(stage, event if moved else None)
     gate = _gate(state, event)
     if gate is not None:
         data["gate"] = _gate_out(gate, event)
+    if event_type in ROLLOUT_TYPES:
+        data["rollout"] = _rollout_out(event)
     if event_type == "deployment.finished" and stage is not None:
         run = state.run
         data["deployment"] = {
@@ -270,6 +286,13 @@ def _stage_out(stage: Stage, event: Event | None) -> dict[str, Any]:
         "started_at": stage.started_at,
         "finished_at": stage.finished_at,
     }
+
+
+def _rollout_out(event: Event) -> dict[str, Any]:
+    """The rollout as the event recorded it: router, status, desired and applied weights, the
+    canary's share, the step (``rollout.step``: its number, of how many, and what it does)."""
+    keys = ("router", "status", "desired", "applied", "canary", "analysis", "step", "steps", "action")
+    return {key: event.data[key] for key in keys if key in event.data}
 
 
 def _gate_out(gate: Gate, event: Event) -> dict[str, Any]:

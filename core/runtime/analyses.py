@@ -50,7 +50,7 @@ from core.analysis import (
     Taken,
     verdict,
 )
-from core.checks import CheckDef, CheckResult, HealthWatch, Measurement
+from core.checks import CheckDef, CheckResult, HealthWatch, Measurement, VerifyPolicy
 from core.environments import Environments
 from core.errors import DatabaseUnreachable
 from core.runtime.clock import Clock, utcnow
@@ -330,7 +330,7 @@ class AnalysisLoop:
             )
             if self.on_health_change is not None:
                 await self.on_health_change(recorded.health_change)
-        if recorded.analysis.kind is AnalysisKind.VERIFY and outcome.judge_at is not None:
+        if recorded.analysis.kind is not AnalysisKind.HEALTH and outcome.judge_at is not None:
             await self._judge(recorded.analysis, recorded.tallies, outcome.judge_at, done)
 
     # -- recording, in batches ----------------------------------------------------------------
@@ -363,7 +363,7 @@ class AnalysisLoop:
             judge_at: dict[str, datetime] = {}
             last: dict[str, int] = {}
             for i, ((taken, _), recorded) in enumerate(zip(batch, found, strict=True)):
-                if recorded is not None and recorded.analysis.kind is AnalysisKind.VERIFY:
+                if recorded is not None and recorded.analysis.kind is not AnalysisKind.HEALTH:
                     aid = taken.analysis_id
                     judge_at[aid] = max(judge_at.get(aid, taken.measurement.at), taken.measurement.at)
                     last[aid] = i
@@ -391,14 +391,13 @@ class AnalysisLoop:
         """End a verification the tallies decide, and act on it if this process ended it."""
         if analysis.status is not AnalysisStatus.RUNNING or analysis.deadline is None:
             return
-        policy = self.environments.policy(analysis.environment).verify
+        policy = self._policy(analysis)
         if policy is None:
             status, reason = (
                 AnalysisStatus.INCONCLUSIVE,
                 f"{analysis.environment} has no verification configured now",
             )
         else:
-            policy = policy.model_copy(update={"checks": list(analysis.checks)})
             status, reason = verdict(policy, tallies, now, analysis.deadline)
         if status is AnalysisStatus.RUNNING:
             return
@@ -412,6 +411,14 @@ class AnalysisLoop:
             return  # another process (or a person) ended it
         log.info("verification of %s in %s %s: %s", analysis.run_id, analysis.environment, status, reason)
         done.verdicts.append((analysis, status, reason))
+
+    def _policy(self, analysis: Analysis) -> VerifyPolicy | None:
+        """The limits an analysis is judged by: a canary step's own, or its environment's
+        ``verify`` (None: removed from the configuration since)."""
+        if analysis.limits is not None:
+            return VerifyPolicy.model_validate({"checks": list(analysis.checks), "for": 1, **analysis.limits})
+        policy = self.environments.policy(analysis.environment).verify
+        return policy.model_copy(update={"checks": list(analysis.checks)}) if policy is not None else None
 
     # -- figures ------------------------------------------------------------------------------
     def lateness_quantile(self, q: float) -> float | None:

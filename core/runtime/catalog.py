@@ -76,7 +76,11 @@ class Catalog:
             return report
         good, report.problems = check_files(files)
         for path, definition, text in good:
-            version, created = self.service.register_pipeline(definition, text, str(path))
+            try:
+                version, created = self.service.register_pipeline(definition, text, str(path))
+            except DefinitionError as exc:
+                report.problems.extend(f"{path}: {problem}" for problem in exc.problems)
+                continue
             if created:
                 report.added.append(f"{version.pipeline} v{version.version}")
         for problem in report.problems:

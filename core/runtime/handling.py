@@ -22,6 +22,7 @@ from core.commands import (
     Command,
     CompleteJob,
     MoveToFront,
+    PromoteRollout,
     RejectGate,
     RetryRun,
     RunCommand,
@@ -46,7 +47,7 @@ def handle(tx: Tx, command: Command, now: datetime, environments: Environments) 
         if state is None:
             return engine.reject(f"no run {command.run_id!r}", kind="not_found")
     try:
-        gated = isinstance(command, ApproveGate | RejectGate)
+        gated = isinstance(command, ApproveGate | RejectGate | PromoteRollout)
         authorize(state, command, tx.grants_of(command.actor.name) if gated else ())
     except Forbidden as exc:
         return engine.reject(exc.message, state, exc.kind)

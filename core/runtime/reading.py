@@ -15,7 +15,7 @@ from core.admission import EnvironmentView, Known
 from core.analysis import Health
 from core.artifacts import ArtifactSpec, to_spec
 from core.assignment import run_artifact
-from core.environments import Environments
+from core.environments import EnvironmentPolicy, Environments
 from core.freeze import active_freeze
 from core.model import RunState
 from core.ports import Tx
@@ -50,8 +50,24 @@ def view(tx: Tx, environments: Environments, env: str, run_id: str | None, now: 
         bad_artifact=bad,
         verify_for=policy.verify.duration if policy.verify is not None else None,
         verify_rollback=policy.verify is not None and policy.verify.on_failure == "rollback",
+        router_pools=_router_pools(tx, env, policy) if policy.routers else {},
+        approvers=policy.approvals.gate_approvers if policy.approvals is not None else (),
+        min_approvals=policy.approvals.count if policy.approvals is not None else 1,
+        allow_self_approval=policy.approvals is not None and policy.approvals.allow_self_approval,
         unhealthy=unhealthy(tx, environments, env),
     )
+
+
+def _router_pools(tx: Tx, env: str, policy: EnvironmentPolicy) -> dict[str, tuple[str, str]]:
+    """Each router's pools: the serving one first (a blue/green router's last promoted colour;
+    before any, the pool that is not the candidate), then the idle one."""
+    live = tx.live_pools(env)
+    found = {}
+    for name, router in policy.routers.items():
+        first, second = router.pool_names
+        serving = live.get(name) or (first if router.candidate == second else second)
+        found[name] = (serving, second if serving == first else first)
+    return found
 
 
 def unhealthy(tx: Tx, environments: Environments, env: str) -> str | None:

@@ -24,7 +24,7 @@ from core.commands import Command, EndVerification, RetryRun, TriggerRun, comman
 from core.definition import PipelineDef
 from core.engine import Decision
 from core.environments import Environments
-from core.errors import Conflict
+from core.errors import Conflict, DefinitionError
 from core.model import RunState
 from core.ports import PipelineVersion, Store, Tx
 from core.rollback import RollbackPlan
@@ -36,6 +36,7 @@ from core.runtime.queries import Queries
 from core.runtime.timers import Timers
 from core.runtime.verification import rollback_after
 from core.runtime.writes import write
+from core.strategies import strategy_problems
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,11 @@ class Service:
     def register_pipeline(
         self, definition: PipelineDef, source: str, source_path: str | None = None
     ) -> tuple[PipelineVersion, bool]:
-        """Store ``definition`` as a new version unless that exact content is already the latest."""
+        """Store ``definition`` as a new version unless that exact content is already the latest.
+        Raises ``DefinitionError`` when its rollout strategies do not fit the configuration."""
+        problems = strategy_problems(definition, self.environments)
+        if problems:
+            raise DefinitionError(problems)
         with self.store.transaction() as tx:
             return tx.add_version(definition, source, source_path, self.clock())
 

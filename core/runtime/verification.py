@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Literal
 
-from core.analysis import Analysis, AnalysisStatus
-from core.commands import EndVerification, TriggerRun
+from core.analysis import Analysis, AnalysisKind, AnalysisStatus
+from core.commands import EndStepAnalysis, EndVerification, RunCommand, TriggerRun
 from core.engine import Decision
 from core.environments import Environments
 from core.errors import InvalidInput, NotFound
@@ -39,7 +39,7 @@ _VERDICTS: dict[AnalysisStatus, Literal["passed", "failed", "inconclusive"]] = {
 
 
 def verdicts_to(
-    handle_command: Callable[[EndVerification], Awaitable[Decision]],
+    handle_command: Callable[[RunCommand], Awaitable[Decision]],
     end: Callable[[str, AnalysisStatus, str], Awaitable[bool]],
 ) -> Callable[[Analysis, AnalysisStatus, str], Awaitable[None]]:
     """The analysis loop's ``on_verdict``: the verdict as ``EndVerification`` to the engine. A
@@ -49,6 +49,14 @@ def verdicts_to(
     async def on_verdict(analysis: Analysis, status: AnalysisStatus, reason: str) -> None:
         verdict = _VERDICTS.get(status)
         if analysis.run_id is None or verdict is None:
+            return
+        if analysis.kind is AnalysisKind.ROLLOUT:
+            step = EndStepAnalysis(
+                run_id=analysis.run_id, analysis_id=analysis.id, verdict=verdict, reason=reason
+            )
+            if not (await handle_command(step)).accepted:
+                # the rollout moved past this step (a person promoted or aborted): stop measuring
+                await end(analysis.id, AnalysisStatus.CANCELED, "the rollout no longer measures this step")
             return
         decision = await handle_command(
             EndVerification(run_id=analysis.run_id, verdict=verdict, reason=reason)

@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 from datetime import datetime
 
-from core.analysis import AnalysisStatus
+from core.analysis import AnalysisKind, AnalysisStatus
 from core.commands import Command, ReportTarget, RetryRun, TriggerRun, command_name
 from core.engine import Decision
 from core.environments import Environments
@@ -20,6 +20,7 @@ from core.events import Event
 from core.model import RunState
 from core.ports import AuditEntry, Deployment, Tx
 from core.review import open_review
+from core.rollout import step_policy
 from core.runtime.reading import artifact_for
 from core.states import STAGE_DONE, StageStatus
 
@@ -93,6 +94,31 @@ def _verifications(
             tx.end_analysis(ident, ended, stage.reason, by, now)
         elif event.name == "stage.verification_inconclusive":
             tx.end_analysis(ident, AnalysisStatus.INCONCLUSIVE, str(event.data.get("reason", "")), by, now)
+        elif event.name in ("rollout.step", "rollout.analysis_ended"):
+            _step_analysis(tx, event, state, stage.index, stage.environment, by, now)
+        elif event.name == "rollout.promoted" and isinstance(live := event.data.get("live"), str):
+            tx.set_live_pool(stage.environment, str(event.data["router"]), live, now)
+
+
+def _step_analysis(
+    tx: Tx, event: Event, state: RunState, stage_index: int, env: str, by: str, now: datetime
+) -> None:
+    """Start a canary step's analysis with the step (``core.canary``), and end it with the step."""
+    ident = event.data.get("analysis")
+    if not isinstance(ident, str):
+        return
+    if event.name == "rollout.analysis_ended":
+        status = AnalysisStatus(str(event.data.get("status", "canceled")))
+        tx.end_analysis(ident, status, str(event.data.get("reason", "")), by, now)
+        return
+    strategy = state.definition.stages[stage_index].strategy
+    step = int(event.data.get("step", 0)) - 1  # type: ignore[call-overload]
+    assert strategy is not None and step >= 0
+    measured = strategy.steps[step].analysis
+    assert measured is not None
+    tx.start_analysis(
+        ident, env, state.run.id, stage_index, step_policy(measured), now, kind=AnalysisKind.ROLLOUT
+    )
 
 
 def _insert(

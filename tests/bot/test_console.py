@@ -242,8 +242,8 @@ def test_the_lock_buttons_work_in_the_console(tmp_path: Path) -> None:
 
 
 def test_every_button_the_slack_app_answers_goes_through_the_shared_press() -> None:
-    # the Slack app listens for exactly these (and Reject, which asks for a reason in a form);
-    # the console presses them through the same verbs.press
+    # the Slack app listens for exactly these (and Reject and a rollout's Abort, which ask for a
+    # reason in a form); the console presses them through the same verbs.press
     answered_by_press = {
         block_kit.APPROVE,
         block_kit.CANCEL,
@@ -252,6 +252,10 @@ def test_every_button_the_slack_app_answers_goes_through_the_shared_press() -> N
         block_kit.FAIL,
         block_kit.LOOKS_GOOD,
         block_kit.VERIFY_ROLLBACK,
+        block_kit.PROMOTE,
+        block_kit.PROMOTE_FULLY,
+        block_kit.PAUSE,
+        block_kit.RESUME,
         block_kit.CONFIRM,
         *BUTTONS,
     }

@@ -1,4 +1,5 @@
-"""A small web service for checks to measure: ``/healthz`` and Prometheus ``/metrics``.
+"""A small web service for checks to measure: ``/healthz`` and Prometheus ``/metrics``; and for
+routers to route to: ``/`` answers its ``version`` (``stable``, ``canary``) with ``status``.
 
 ``WebService`` serves on a free loopback port from a thread of the test process (its own event
 loop), so it keeps answering while a test blocks. ``/healthz`` answers with ``health_status``
@@ -14,6 +15,7 @@ The same controls over HTTP, for a service in another process
 
     GET /control?fail=1           every request fails (fail=0.25: a quarter; fail=0: none)
     GET /control?status=503&delay=0.8&body={"status":"degraded"}
+    GET /control?version_status=500  ``/`` answers 500 (its version is broken)
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ TICK = 0.1
 
 
 class WebService:
-    def __init__(self, *, requests_per_second: float = 100.0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        requests_per_second: float = 100.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        version: str = "stable",
+    ) -> None:
         self.requests_per_second = requests_per_second
+        #: what ``/`` answers, and with which status (500: this version is broken)
+        self.version = version
+        self.status = 200
         self.host, self.port = host, port
         #: what ``/healthz`` answers
         self.health_status = 200
@@ -69,10 +81,14 @@ class WebService:
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.router.add_get("/", self._version)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/control", self._control)
         return app
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.Response(status=self.status, text=self.version)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.health_delay:
@@ -92,6 +108,8 @@ class WebService:
             self.fail(float(query["fail"]))
         if "status" in query:
             self.health_status = int(query["status"])
+        if "version_status" in query:
+            self.status = int(query["version_status"])
         if "delay" in query:
             self.health_delay = float(query["delay"])
         if "body" in query:

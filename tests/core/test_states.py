@@ -21,6 +21,7 @@ INITIAL = {
     "stage": "pending",
     "job": "pending",
     "gate": "pending",
+    "rollout": "pending",
     "lock": "free",
     "artifact": "registered",
     "webhook": "active",
@@ -72,7 +73,7 @@ def test_every_status_is_reachable_from_the_initial_one(kind: str) -> None:
 
 
 def test_the_pair_lists_cover_every_pair_of_every_table() -> None:
-    assert len(ALL_PAIRS) == 9 * 9 + 10 * 10 + 9 * 9 + 7 * 7 + 3 * 3 + 2 * 2 + 3 * 3 + 4 * 4 + 4 * 4
+    assert len(ALL_PAIRS) == 9 * 9 + 11 * 11 + 9 * 9 + 7 * 7 + 8 * 8 + 3 * 3 + 2 * 2 + 3 * 3 + 4 * 4 + 4 * 4
     assert len(ALLOWED) + len(REFUSED) == len(ALL_PAIRS)
     assert len(ALLOWED) == sum(len(t) for table in states.TABLES.values() for t in table.values())
 
@@ -110,6 +111,7 @@ FINAL = {
     "stage": {"succeeded", "partial", "failed", "canceled", "skipped"},
     "job": {"succeeded", "canceled", "skipped"},
     "gate": {"approved", "rejected", "timed_out", "canceled", "skipped"},
+    "rollout": {"promoted", "aborted", "failed"},
     "lock": set(),
     "artifact": {"bad"},
     "webhook": {"deleted"},

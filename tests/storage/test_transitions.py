@@ -144,10 +144,11 @@ def _move(store: SqlStore, kind: str, old: str, new: str) -> int:
         return move(conn, kind, str(ident), COLUMNS[kind].table.c[key] == ident, old, new)
 
 
-def test_every_status_column_has_a_table_and_every_table_but_the_lock_a_status_column() -> None:
+def test_every_status_column_has_a_table_and_every_table_but_the_lock_and_rollout_a_status_column() -> None:
     assert set(COLUMNS) == set(ROWS)
-    # a lock has no status column: its state is the row's presence and expiry
-    assert set(states.TABLES) - set(COLUMNS) == {"lock"}
+    # a lock has no status column: its state is the row's presence and expiry; a rollout's
+    # status lives in its stage's JSON, changed with the stage (guarded by the run's version)
+    assert set(states.TABLES) - set(COLUMNS) == {"lock", "rollout"}
     assert issubclass(IllegalTransition, ShipyardError)
 
 

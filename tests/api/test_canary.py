@@ -1,0 +1,217 @@
+"""Canary rollouts end to end: a served Shipyard drives a real nginx in front of two real
+versions of a service. Traffic follows the steps (2,000 requests per step land on the canary
+within ±3 points of its weight), an open-ended pause is a gate (not the run's author; an
+approver promotes it), promotion returns all traffic to stable after the promote jobs, and a
+person's abort puts all traffic back on stable before the abort jobs run and the run ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
+from tests.prometheus import Prometheus
+from tests.routing import Nginx, send
+
+#: the promote and abort jobs leave a mark the test reads (the real jobs would deploy)
+CANARY = """name: web
+parameters:
+  - {name: version, required: true}
+stages:
+  - name: production
+    environment: production
+    strategy:
+      canary:
+        router: web
+        steps:
+          - set_weight: 10
+          - pause: {duration: 1s}
+          - set_weight: 50
+          - pause: {approvers: ["role:approver"]}
+          - set_weight: 100
+        promote: [{name: promote, run: "echo promoted=$SHIPYARD_PARAM_VERSION >> $SHIPYARD_OUTPUT"}]
+        abort: [{name: remove-canary, run: "echo removed=yes >> $SHIPYARD_OUTPUT"}]
+    jobs:
+      - {name: deploy-canary, run: "true"}
+"""
+
+
+def _environments(nginx: Nginx) -> dict[str, Any]:
+    return {
+        "production": {
+            "routers": {"web": nginx.router().model_dump(mode="json", exclude_none=True)},
+        }
+    }
+
+
+def _rollout(run: dict[str, Any]) -> dict[str, Any]:
+    rollout = run["rollout"]
+    assert rollout is not None, (run["status"], run["reason"], run["stages"])
+    return dict(rollout)
+
+
+async def _share(nginx: Nginx) -> float:
+    tally = await send(nginx.port, 2000)
+    assert tally.failures == [], tally.failures[:3]
+    return tally.share("canary")
+
+
+async def test_a_canary_moves_real_traffic_step_by_step_and_is_promoted(
+    db_url: str, start_api: StartApi, nginx: Nginx
+) -> None:
+    api = await start_api(db_url, {"web": CANARY}, environments=_environments(nginx))
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+
+    waiting = await api.wait(run["id"], lambda r: r["status"] == "waiting", timeout=30)
+    rollout = _rollout(waiting)
+    assert (rollout["status"], rollout["step"], rollout["steps"]) == ("waiting", 4, 5), rollout
+    assert rollout["desired"] == rollout["applied"] == {"stable": 50, "canary": 50}
+    assert abs(await _share(nginx) - 50) <= 3
+
+    # the pause is a gate: not who triggered the run, and only approvers
+    mine = await api.post(f"/runs/{run['id']}/rollout/promote", who="deployer", json={})
+    assert_problem(mine, 403)
+    promoted = await api.post(f"/runs/{run['id']}/rollout/promote", who="approver", json={"comment": "ok"})
+    assert promoted.status == 200, promoted.json
+
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "succeeded", done["reason"]
+    rollout = _rollout(done)
+    assert rollout["status"] == "promoted" and rollout["applied"] == {"stable": 100, "canary": 0}
+    jobs = {j["name"]: j for j in done["stages"][0]["jobs"]}
+    assert jobs["promote"]["status"] == "succeeded" and jobs["promote"]["outputs"] == {"promoted": "2.0.0"}
+    assert jobs["remove-canary"]["status"] in ("pending", "skipped", "canceled")
+    assert await _share(nginx) == 0  # the new version is stable now: the canary takes nothing
+
+    events = parse_sse((await api.stream(f"/runs/{run['id']}/events")).text)
+    steps = [e["data"]["data"]["canary"] for e in events if e["event"] == "rollout.weights_applied"]
+    assert steps == [10, 50, 100, 0], steps
+
+
+async def test_an_abort_puts_all_traffic_back_on_stable_then_runs_the_abort_jobs(
+    db_url: str, start_api: StartApi, nginx: Nginx
+) -> None:
+    api = await start_api(db_url, {"web": CANARY}, environments=_environments(nginx))
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(run["id"], lambda r: r["status"] == "waiting", timeout=30)
+    assert abs(await _share(nginx) - 50) <= 3
+
+    aborted = await api.post(
+        f"/runs/{run['id']}/rollout/abort", who="approver", json={"reason": "latency looks off"}
+    )
+    assert aborted.status == 200, aborted.json
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "canceled"
+    assert done["reason"] == "rollout aborted by approver: latency looks off"
+    rollout = _rollout(done)
+    assert rollout["status"] == "aborted" and rollout["applied"] == {"stable": 100, "canary": 0}
+    jobs = {j["name"]: j for j in done["stages"][0]["jobs"]}
+    assert jobs["remove-canary"]["outputs"] == {"removed": "yes"}
+    assert jobs["promote"]["status"] != "succeeded"
+    assert await _share(nginx) == 0
+
+    again = await api.post(f"/runs/{run['id']}/rollout/abort", who="approver", json={})
+    assert_problem(again, 409, "no rollout under way")
+
+
+ERRORS = 'sum(rate(http_requests_total{code=~"5.."}[5s])) / sum(rate(http_requests_total[5s]))'
+ANALYZED = """name: web
+parameters:
+  - {name: version, required: true}
+stages:
+  - name: production
+    environment: production
+    strategy:
+      canary:
+        router: web
+        steps:
+          - set_weight: 20
+          - analysis: {checks: [error-rate], duration: 60s, failure_limit: 2}
+          - set_weight: 100
+        abort: [{name: remove-canary, run: "true"}]
+    jobs:
+      - {name: deploy-canary, run: "true"}
+"""
+
+
+async def test_a_canary_whose_service_fails_is_aborted_by_its_analysis(
+    db_url: str, start_api: StartApi, nginx: Nginx, prometheus: Prometheus
+) -> None:
+    canary = nginx.versions.canary
+    await asyncio.to_thread(prometheus.scrape, canary.target)
+    await asyncio.to_thread(prometheus.wait_for, ERRORS, lambda v: v is not None and v < 0.01)
+    environments = _environments(nginx)
+    environments["production"]["checks"] = {
+        "error-rate": {
+            "prometheus": {"url": prometheus.url, "query": ERRORS},
+            "fail_if": "> 0.05",
+            "pass_if": "< 0.01",
+            "interval": "1s",
+        }
+    }
+    api = await start_api(db_url, {"web": ANALYZED}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    measuring = await api.wait(
+        run["id"], lambda r: (r["rollout"] or {}).get("analysis") is not None, timeout=30
+    )
+    assert _rollout(measuring)["applied"] == {"stable": 80, "canary": 20}
+
+    analyses = await api.db(_analyses, api)
+    assert analyses, "the analysis step started no analysis"
+    canary.fail()  # the canary starts answering 5xx
+    await asyncio.to_thread(prometheus.wait_for, ERRORS, lambda v: v is not None and v > 0.05)
+    seen = time.monotonic()
+    done = await api.wait(run["id"], timeout=20)
+    took = time.monotonic() - seen
+    assert done["status"] == "failed"
+    assert done["reason"].startswith("analysis at step 2 (canary at 20%) failed: error-rate = "), done
+    assert "twice" in done["reason"], done["reason"]
+    assert _rollout(done)["applied"] == {"stable": 100, "canary": 0}
+    assert took <= 1 * 2 + 2, took  # interval x failure_limit + 2 s
+    assert await _share(nginx) == 0
+    measured = (await api.get(f"/runs/{run['id']}/verification")).json["items"]
+    assert [(a["status"]) for a in measured] == ["failed"]
+
+
+async def test_a_rollout_that_does_not_fit_the_configuration_is_refused_naming_the_field(
+    db_url: str, start_api: StartApi, nginx: Nginx
+) -> None:
+    api = await start_api(db_url, {}, environments=_environments(nginx))
+    cases = {
+        "router: web": ("router: nope", "has no router 'nope' (routers: web)"),
+        "- set_weight: 50": ("- set_weight: 5", "set_weight 5 does not increase"),
+        "- set_weight: 100": ("- set_weight: 101", "less than or equal to 100"),
+        'pause: {approvers: ["role:approver"]}': ("pause: {}", "names approvers"),
+    }
+    fresh = CANARY.replace("name: web", "name: fresh")
+    for old, (new, words) in cases.items():
+        reply = await api.post(
+            "/pipelines", data=fresh.replace(old, new), headers={"Content-Type": "application/yaml"}
+        )
+        assert_problem(reply, 422, words)
+    analysis = fresh.replace("- pause: {duration: 1s}", "- analysis: {checks: [latency], duration: 1m}")
+    reply = await api.post("/pipelines", data=analysis, headers={"Content-Type": "application/yaml"})
+    assert_problem(reply, 422, "production declares no check 'latency'")
+
+
+async def test_a_change_nginx_refuses_fails_the_rollout_with_nginx_words_and_traffic_stays(
+    db_url: str, start_api: StartApi, nginx: Nginx
+) -> None:
+    environments = _environments(nginx)
+    # the canary's pool names a server nginx refuses: the first change fails its nginx -t
+    environments["production"]["routers"]["web"]["pools"]["canary"] = ["127.0.0.1:99999"]
+    api = await start_api(db_url, {"web": CANARY}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "failed"
+    assert done["reason"].startswith("router web failed: "), done["reason"]
+    assert 'invalid port in upstream "127.0.0.1:99999"' in done["reason"]
+    assert done["reason"].endswith("no weights were confirmed yet: traffic stays as the router had it")
+    assert _rollout(done)["status"] == "failed"
+    assert await _share(nginx) == 0  # still all on stable, as nginx had it
+
+
+def _analyses(api: Api) -> list[Any]:
+    with api.store.reading() as tx:
+        return list(tx.conn.exec_driver_sql("SELECT id, kind, status, limits FROM analysis").all())

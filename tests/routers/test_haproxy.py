@@ -1,0 +1,92 @@
+"""The haproxy router against a real haproxy: weights over the admin socket move the traffic,
+switching it under load fails no request, and haproxy's refusals come back in its own words."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from core.routing import RouterDef
+from core.runtime.routers import RouterError, router_for
+from tests.routing import Haproxy, Load, send
+
+
+@pytest.mark.parametrize("weight", [0, 10, 25, 50, 75, 100])
+async def test_the_canary_gets_its_weight_of_the_traffic(haproxy: Haproxy, weight: int) -> None:
+    router = router_for("web", haproxy.router())
+    applied = await router.apply({"stable": 100 - weight, "canary": weight})
+
+    tally = await send(haproxy.port, 2000)
+    assert tally.failures == []
+    assert abs(tally.share("canary") - weight) <= 3, tally.versions
+    # read back from haproxy itself, by a router that never set anything
+    fresh = router_for("web", haproxy.router())
+    assert applied == await fresh.read() == {"stable": 100 - weight, "canary": weight}
+
+
+async def test_switching_all_traffic_under_load_fails_no_request(haproxy: Haproxy) -> None:
+    router = router_for("web", haproxy.router())
+    async with Load(haproxy.port) as load:
+        for weight in (100, 0, 100, 0):
+            await router.apply({"stable": 100 - weight, "canary": weight})
+            await load.until(50)
+            everyone = "canary" if weight else "stable"
+            assert (await send(haproxy.port, 50)).versions == {everyone: 50}
+    assert load.tally.failures == []
+    assert load.tally.versions["canary"] > 100 and load.tally.versions["stable"] > 100
+
+
+async def test_an_unreachable_socket_is_named(haproxy: Haproxy, tmp_path: Path) -> None:
+    nowhere = tmp_path / "nowhere.sock"
+    router = router_for("web", haproxy.router(socket=str(nowhere)))
+    with pytest.raises(RouterError) as refused:
+        await router.apply({"stable": 50, "canary": 50})
+    assert refused.value.message == f"cannot connect to haproxy at {nowhere}: No such file or directory"
+    with pytest.raises(RouterError, match="cannot connect to haproxy at"):
+        await router.read()
+
+
+async def test_a_refused_tcp_socket_is_named(haproxy: Haproxy) -> None:
+    from tests.e2e.server import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    router = router_for("web", haproxy.router(socket=address))
+    with pytest.raises(RouterError, match=f"cannot connect to haproxy at {address}: Connect call failed"):
+        await router.read()
+
+
+async def test_an_unknown_server_is_refused_in_haproxys_words(haproxy: Haproxy) -> None:
+    router = router_for("web", haproxy.router({"stable": ["stable"], "canary": ["canary-2"]}))
+    with pytest.raises(RouterError) as refused:
+        await router.apply({"stable": 90, "canary": 10})
+    assert "server canary-2 of backend web" in refused.value.message
+    assert "No such server." in refused.value.message
+    with pytest.raises(RouterError, match=r"No such server\."):
+        await router.read()
+    # stable's servers were raised first; nothing was switched off
+    assert await router_for("web", haproxy.router()).read() == {"stable": 100, "canary": 0}
+
+
+async def test_an_unknown_backend_is_refused_in_haproxys_words(haproxy: Haproxy) -> None:
+    router = router_for("web", haproxy.router(backend="api"))
+    with pytest.raises(RouterError, match=r"No such backend\."):
+        await router.apply({"stable": 90, "canary": 10})
+
+
+async def test_a_socket_that_never_answers_is_given_up_at_the_timeout(tmp_path: Path) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the command, answers nothing, never closes
+
+    path = tmp_path / "silent.sock"
+    server = await asyncio.start_unix_server(silent, path)
+    definition = RouterDef.model_validate(
+        {"haproxy": {"socket": str(path), "backend": "web"}, "stable": ["a"], "canary": ["b"], "timeout": 1}
+    )
+    try:
+        with pytest.raises(RouterError) as gave_up:
+            await router_for("web", definition).read()
+    finally:
+        server.close()
+    assert gave_up.value.message == f"haproxy at {path} did not answer within 1s"
