@@ -9,7 +9,8 @@ resumes a verification with the same deadline and counts. Measuring is claimed, 
   that died) with one conditional UPDATE (on PostgreSQL over ``SKIP LOCKED`` rows), so of two
   processes exactly one measures each check;
 * ``record`` stores a measurement only while its caller still holds the check and the tally is
-  the one it read (a compare-and-set), moves the check to its next due time and lets it go;
+  the one it read (a compare-and-set), moves the check to its next due time and lets it go
+  (``record_many``: a batch of them in one transaction, with a few statements in all);
 * ``end`` ends a running analysis with a conditional update on ``status = 'running'``: of two
   processes (or a verdict and a person) one ends it, and the other is told it did not.
 
