@@ -242,6 +242,19 @@ class DueCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class Taken:
+    """A claimed check's measurement, to record: the check is next due at ``next_at``;
+    ``watch`` is its environment's health watch (a health watch's measurement may change the
+    environment's health, recomputed from it)."""
+
+    analysis_id: str
+    check: str
+    measurement: Measurement
+    next_at: datetime
+    watch: HealthWatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EnvironmentHealth:
     environment: str
     state: Health

@@ -102,6 +102,9 @@ class EnvironmentPolicy(EnvironmentChecks, EnvironmentRouters):
     break_glass_review: Duration = 24 * 3600.0
     #: remind a lock's holder this long before the lock expires
     lock_reminder: Duration = 15 * 60.0
+    #: where its health changes are posted: a channel ID (C0123ABCD) or name (#deploys-prod);
+    #: none: the default channel (``slack_channel`` of the service)
+    slack_channel: str | None = None
 
     @field_validator("pipelines", "branches")
     @classmethod
@@ -110,6 +113,16 @@ class EnvironmentPolicy(EnvironmentChecks, EnvironmentRouters):
             if not pattern.strip() or pattern != pattern.strip():
                 raise ValueError(f"{pattern!r}: a pattern cannot be empty or start or end with spaces")
         return value
+
+    @field_validator("slack_channel")
+    @classmethod
+    def _slack_channel(cls, value: str | None) -> str | None:
+        if value is None or re.fullmatch(r"[CGD][A-Z0-9]{2,20}|#[a-z0-9_-]{1,80}", value):
+            return value
+        raise ValueError(
+            f"{value!r} is not a Slack channel: give its ID (C0123ABCD) or its name (#deploys-prod: "
+            "lowercase letters, digits, '-' and '_')"
+        )
 
 
 def _environment_name(name: str) -> str:

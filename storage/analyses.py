@@ -9,7 +9,8 @@ resumes a verification with the same deadline and counts. Measuring is claimed, 
   that died) with one conditional UPDATE (on PostgreSQL over ``SKIP LOCKED`` rows), so of two
   processes exactly one measures each check;
 * ``record`` stores a measurement only while its caller still holds the check and the tally is
-  the one it read (a compare-and-set), moves the check to its next due time and lets it go;
+  the one it read (a compare-and-set), moves the check to its next due time and lets it go
+  (``record_many``: a batch of them in one transaction, with a few statements in all);
 * ``end`` ends a running analysis with a conditional update on ``status = 'running'``: of two
   processes (or a verdict and a person) one ends it, and the other is told it did not.
 
@@ -40,12 +41,14 @@ from core.analysis import (
     Health,
     HealthChange,
     Seen,
+    Taken,
     health_analysis_id,
     health_of,
     spread,
     tally,
 )
 from core.checks import CheckResult, HealthWatch, Measurement, VerifyPolicy
+from core.errors import Conflict
 from core.events import NO_RUN, Event
 from storage.store import SqlStore, SqlTx
 from storage.tables import metadata
@@ -57,11 +60,38 @@ HEALTH = metadata.tables["environment_health"]
 CHANGE = metadata.tables["health_change"]
 A, C, M = ANALYSIS.c, CHECK.c, MEASUREMENT.c
 COUNTS = ("measured", "passed", "failed", "inconclusive", "errors", "consecutive_errors")
+b = sa.bindparam
+
+# ``record_many``'s statements, sent through the driver (``storage.fastpath``): the checks a
+# holder holds that were due by then, with their analyses; each check counted and let go
+# (a compare-and-set on its tally); each measurement kept
+_HELD = (
+    sa.select(*CHECK.c, *[c.label(f"a_{c.name}") for c in ANALYSIS.c])
+    .select_from(CHECK.join(ANALYSIS, A.id == C.analysis_id))
+    .where(C.holder == b("holder"), C.next_at <= b("upto"))
+)
+_HELD_LOCKED = _HELD.with_for_update(of=CHECK)  # (PostgreSQL: the rows stay ours until commit)
+_COUNTED = (
+    sa.update(CHECK)
+    .where(
+        C.analysis_id == b("k_analysis"),
+        C.check == b("k_check"),
+        C.holder == b("k_holder"),
+        C.measured == b("k_measured"),
+    )
+    .values(
+        **{k: b(f"v_{k}") for k in (*COUNTS, "recent", "next_at", "last_result", "last_value", "last_at")},
+        holder=sa.null(),
+        lease_until=sa.null(),
+    )
+)
+_KEPT = sa.insert(MEASUREMENT)
+_KEPT_KEYS = ("analysis_id", "environment", "check", "at", "result", "value", "detail", "took")
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What ``record`` stored: the analysis, every check's tally (verifications only: a health
+    """What ``record`` stored: the analysis, every check's tally (all but health watches: a health
     watch is not judged on them), and the environment's health change the measurement made
     (health watches only)."""
 
@@ -150,6 +180,41 @@ def _analysis_row(a: Analysis) -> dict[str, Any]:
     values.update(kind=a.kind.value, status=a.status.value, checks=list(a.checks))
     values["limits"] = dict(a.limits) if a.limits is not None else None
     return values
+
+
+def _prefixed(row: Any, prefix: str) -> dict[str, Any]:
+    return {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix)}
+
+
+def _counted(holder: str, t: Taken, row: Any) -> dict[str, Any]:
+    """``_COUNTED``'s parameters: the check's tally after ``t``, if it is still as read."""
+    m = t.measurement
+    values = _tally_values(tally(_tally(row), m))
+    return {
+        "k_analysis": t.analysis_id,
+        "k_check": t.check,
+        "k_holder": holder,
+        "k_measured": row["measured"],
+        **{f"v_{k}": v for k, v in values.items()},
+        "v_next_at": t.next_at,
+        "v_last_result": m.result.value,
+        "v_last_value": m.value,
+        "v_last_at": m.at,
+    }
+
+
+def _kept(t: Taken, environment: str) -> dict[str, Any]:
+    m = t.measurement
+    return {
+        "analysis_id": t.analysis_id,
+        "environment": environment,
+        "check": t.check,
+        "at": m.at,
+        "result": m.result.value,
+        "value": m.value,
+        "detail": m.detail,
+        "took": m.took,
+    }
 
 
 # -- in a caller's transaction ------------------------------------------------------------------
@@ -444,54 +509,73 @@ class AnalysisStore:
         ``next_at`` and let it go; None (and nothing stored) if ``holder`` no longer holds it
         (its lease ran out and another took it, or the analysis ended). For a health watch the
         environment's health is recomputed (``watch``: its configuration) in the same
-        transaction."""
-        key = sa.and_(C.analysis_id == analysis_id, C.check == check, C.holder == holder)
+        transaction. ``record_many`` of one."""
+        return self.record_many(holder, [Taken(analysis_id, check, measurement, next_at, watch)])[0]
+
+    def record_many(self, holder: str, taken: Sequence[Taken]) -> list[Recorded | None]:
+        """``record`` each of ``taken`` (measurements of checks ``holder`` claimed) in one
+        transaction, with a few statements whatever their number: one read of the checks
+        ``holder`` holds (locked on PostgreSQL), one ``executemany`` counting them, one
+        inserting the measurements. What each recorded, in order; None for a check ``holder``
+        no longer holds (nothing of it stored).
+
+        A health measurement that can change its environment's health (all but a pass after a
+        pass: that adds nothing to the state or its reason) recomputes it after its own
+        measurement is stored and before the next one of that environment is, so every change
+        is written as when each is recorded alone; environments go in name order, so two
+        processes lock their health rows in one order. A verification's tallies are read once
+        the whole batch is counted."""
+        if not taken:
+            return []
+        upto = max(t.next_at for t in taken)  # (a held check was due by its claim: before this)
         with self.store.transaction() as tx:
             conn = tx.conn
-            row = conn.execute(sa.select(CHECK).where(key)).mappings().first()
-            if row is None:
-                return None
-            counted = tally(_tally(row), measurement)
-            moved = conn.execute(
-                sa.update(CHECK)
-                .where(key, C.measured == row["measured"])
-                .values(
-                    **_tally_values(counted),
-                    next_at=next_at,
-                    holder=None,
-                    lease_until=None,
-                    last_result=measurement.result.value,
-                    last_value=measurement.value,
-                    last_at=measurement.at,
-                )
+            held = self.store.driver.get(_HELD if self.store.sqlite else _HELD_LOCKED)
+            rows = {
+                (r["analysis_id"], r["check"]): r
+                for r in held.fetch_mappings(conn, {"holder": holder, "upto": upto})
+            }
+            mine = [(t, rows[t.analysis_id, t.check]) for t in taken if (t.analysis_id, t.check) in rows]
+            counted = [_counted(holder, t, row) for t, row in mine]
+            if counted and self.store.driver.get(_COUNTED).execute_many(conn, counted) != len(counted):
+                # (the rows are ours until commit: locked, or SQLite's single writer)
+                raise Conflict("a check held for recording changed under its holder")
+            change = self._keep(tx, mine)
+            analyses = {row["analysis_id"]: _analysis(_prefixed(row, "a_")) for _, row in mine}
+            counts = {
+                aid: tallies(conn, aid) for aid, a in analyses.items() if a.kind is not AnalysisKind.HEALTH
+            }
+        done: dict[tuple[str, str], Recorded] = {
+            (t.analysis_id, t.check): Recorded(
+                analyses[t.analysis_id], counts.get(t.analysis_id, {}), change.get((t.analysis_id, t.check))
             )
-            if moved.rowcount != 1:
-                return None
-            conn.execute(
-                sa.insert(MEASUREMENT).values(
-                    analysis_id=analysis_id,
-                    environment=row["environment"],
-                    check=check,
-                    at=measurement.at,
-                    result=measurement.result.value,
-                    value=measurement.value,
-                    detail=measurement.detail,
-                    took=measurement.took,
-                )
-            )
-            found = conn.execute(sa.select(ANALYSIS).where(A.id == analysis_id)).mappings().one()
-            analysis = _analysis(found)
-            change = None
+            for t, _ in mine
+        }
+        return [done.get((t.analysis_id, t.check)) for t in taken]
+
+    def _keep(self, tx: SqlTx, mine: Sequence[tuple[Taken, Any]]) -> dict[tuple[str, str], HealthChange]:
+        """Insert the measurements; recompute the health each may change, after its own is in."""
+        kept = self.store.driver.get(_KEPT, _KEPT_KEYS)
+        rehealth: list[tuple[str, int, Taken]] = []
+        plain: list[dict[str, Any]] = []
+        for index, (t, row) in enumerate(mine):
             # a check that passed and had passed before leaves its environment's health as it was
             # (a passing check adds nothing to the state or its reason, and the other checks are
             # as they were): most health measurements need no recomputation
-            unchanged = measurement.result is CheckResult.PASSED and row["last_result"] == "passed"
-            if analysis.kind is AnalysisKind.HEALTH and not unchanged:
-                change = _rehealth(tx, analysis.environment, watch, measurement.at)
-            # (verifications and canary steps are judged on their tallies; a health watch's are
-            # not read)
-            counts = tallies(conn, analysis_id) if analysis.kind is not AnalysisKind.HEALTH else {}
-            return Recorded(analysis, counts, change)
+            unchanged = t.measurement.result is CheckResult.PASSED and row["last_result"] == "passed"
+            if row["kind"] == AnalysisKind.HEALTH.value and not unchanged:
+                rehealth.append((row["environment"], index, t))
+            else:
+                plain.append(_kept(t, row["environment"]))
+        if plain:
+            kept.execute_many(tx.conn, plain)
+        changes: dict[tuple[str, str], HealthChange] = {}
+        for environment, _, t in sorted(rehealth, key=lambda e: (e[0], e[1])):
+            kept.execute_many(tx.conn, [_kept(t, environment)])
+            change = _rehealth(tx, environment, t.watch, t.measurement.at)
+            if change is not None:
+                changes[t.analysis_id, t.check] = change
+        return changes
 
     def prune_health(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` health-watch measurements taken before ``before``; returns how

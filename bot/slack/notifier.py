@@ -22,8 +22,8 @@ when the Socket Mode connection is made (``slack_is_back``), it catches up at on
 posts waiting for a retry are due now, and run messages whose edits were given up are edited.
 
 A change of an environment's health (``environment.health_changed`` in the event log) is posted
-in the default channel (``slack_channel``; environments name no channel of their own), claimed
-and retried like a thread post (its key: ``health:<env>:<event seq>``, of no run).
+in the environment's channel (its ``slack_channel``; the default ``slack_channel`` when it names
+none), claimed and retried like a thread post (its key: ``health:<env>:<event seq>``, of no run).
 
 App Home views of the people who opened them are published again when what they show
 changes: runs, gates, deployments, environment locks and health, all read from the event log
@@ -394,10 +394,11 @@ class Notifier:
         await self.backend.write(self.state.post_sent, run_id, key, str(answer["ts"]))
 
     async def _on_health(self, event: Event) -> None:
-        """An environment's health changed: say so in its channel (the default one: environments
-        name none), once, whatever the restarts and replicas (the post is claimed by the event's
+        """An environment's health changed: say so in its channel (its ``slack_channel``, else the
+        default one), once, whatever the restarts and replicas (the post is claimed by the event's
         number); nothing when there is no channel."""
-        channel = self.default_channel
+        policy = self.backend.shipyard.settings.environment(event.subject_id)
+        channel = policy.slack_channel or self.default_channel
         if channel is None or event.name != HEALTH_CHANGED:
             return
         change = HealthChange(

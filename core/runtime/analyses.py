@@ -3,7 +3,10 @@ measurements say (``core.analysis`` decides; ``storage.analyses`` claims and kee
 
 Every ``every_s`` it claims the due checks nobody holds (a lease in the database, so of several
 replicas one measures each check, and a dead one's lease lapses), measures them concurrently (at
-most ``concurrency`` at once; it claims no more than it has room for), and records each:
+most ``concurrency`` at once; it claims no more than it has room for), and records them: the
+measurements that finish while others are under way (a round's, usually) are recorded together
+in one transaction (``record_many``; a measurement waits ``LINGER_S`` at most for the others),
+then each is acted on:
 
 * a health watch's measurement recomputes its environment's health in the same transaction; a
   change is handed to ``on_health_change`` (Slack, webhooks);
@@ -44,6 +47,7 @@ from core.analysis import (
     CheckTally,
     DueCheck,
     HealthChange,
+    Taken,
     verdict,
 )
 from core.checks import CheckDef, CheckResult, HealthWatch, Measurement, VerifyPolicy
@@ -58,6 +62,8 @@ T = TypeVar("T")
 EVERY_S = 0.5
 #: measurements under way at most, per process
 CONCURRENCY = 64
+#: the longest a finished measurement waits for those still under way, to be recorded with them
+LINGER_S = 0.05
 #: a claim outlives the longest check timeout by this much (then another process may take it)
 LEASE_SLACK_S = 30.0
 #: who ends a verification the measurements decided
@@ -89,15 +95,7 @@ class AnalysisPort(Protocol):
         intervals: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None: ...
     def claim_due(self, now: datetime, holder: str, lease_s: float, limit: int) -> list[DueCheck]: ...
-    def record(
-        self,
-        analysis_id: str,
-        check: str,
-        holder: str,
-        measurement: Measurement,
-        next_at: datetime,
-        watch: HealthWatch | None = None,
-    ) -> Recorded | None: ...
+    def record_many(self, holder: str, taken: Sequence[Taken]) -> Sequence[Recorded | None]: ...
     def end(self, analysis_id: str, status: AnalysisStatus, reason: str, by: str, now: datetime) -> bool: ...
     def past_deadline(
         self, now: datetime, limit: int = 100
@@ -125,6 +123,15 @@ OnHealthChange = Callable[[HealthChange], Awaitable[None]]
 def holder_name() -> str:
     """This process's name on the leases it takes (unique per loop)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Recording:
+    """What recording one measurement came to: ``judge_at`` is set on the last measurement of a
+    verification in its batch (its tallies are judged once a batch, at the latest ``at``)."""
+
+    recorded: Recorded | None
+    judge_at: datetime | None = None
 
 
 def next_due(due_at: datetime, interval_s: float, now: datetime) -> datetime:
@@ -160,6 +167,7 @@ class AnalysisLoop:
         holder: str | None = None,
         every_s: float = EVERY_S,
         concurrency: int = CONCURRENCY,
+        linger_s: float = LINGER_S,
         clock: Clock = utcnow,
     ) -> None:
         self.analyses = analyses
@@ -175,6 +183,7 @@ class AnalysisLoop:
         self.holder = holder or holder_name()
         self.every_s = every_s
         self.concurrency = concurrency
+        self.linger_s = linger_s
         self.clock = clock
         timeouts = [c.timeout for p in environments.root.values() for c in p.checks.values()]
         self.lease_s = max(timeouts, default=0.0) + LEASE_SLACK_S
@@ -182,6 +191,11 @@ class AnalysisLoop:
         self.lateness: deque[float] = deque(maxlen=100_000)
         self._task: asyncio.Task[None] | None = None
         self._measuring: set[asyncio.Task[None]] = set()
+        #: measurements taken, waiting to be recorded together; the task recording them
+        self._taken: list[tuple[Taken, asyncio.Future[_Recording]]] = []
+        self._recorder: asyncio.Task[None] | None = None
+        self._in_flight = 0  #: measurements under way (not yet taken)
+        self._settled = asyncio.Event()  #: set when one is taken
 
     @property
     def watched(self) -> dict[str, HealthWatch | None]:
@@ -202,11 +216,12 @@ class AnalysisLoop:
     async def stop(self) -> None:
         """Stop measuring: measurements under way are dropped and their checks let go, so
         another process takes them at once instead of when their leases run out."""
-        tasks = [t for t in (self._task, *self._measuring) if t is not None]
+        tasks = [t for t in (self._task, self._recorder, *self._measuring) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._task = None
+        self._task = self._recorder = None
+        self._taken.clear()
         if self._own_session and self.session is not None:
             await self.session.close()
             self.session, self._own_session = None, False
@@ -289,14 +304,17 @@ class AnalysisLoop:
             )
         else:
             interval = check.interval
-            m = await self.measure(
-                due.check, check, now=self.clock, workdir=self.workdir, session=self.session
-            )
+            self._in_flight += 1
+            try:
+                m = await self.measure(
+                    due.check, check, now=self.clock, workdir=self.workdir, session=self.session
+                )
+            finally:
+                self._in_flight -= 1
         watch = policy.health if due.kind is AnalysisKind.HEALTH else None
         next_at = next_due(due.due_at, interval, self.clock())
-        recorded = await self.db(
-            self.analyses.record, due.analysis_id, due.check, self.holder, m, next_at, watch
-        )
+        outcome = await self._record(Taken(due.analysis_id, due.check, m, next_at, watch))
+        recorded = outcome.recorded
         if recorded is None:
             done.lost.append(due)
             return
@@ -312,8 +330,60 @@ class AnalysisLoop:
             )
             if self.on_health_change is not None:
                 await self.on_health_change(recorded.health_change)
-        if recorded.analysis.kind in (AnalysisKind.VERIFY, AnalysisKind.ROLLOUT):
-            await self._judge(recorded.analysis, recorded.tallies, m.at, done)
+        if recorded.analysis.kind is not AnalysisKind.HEALTH and outcome.judge_at is not None:
+            await self._judge(recorded.analysis, recorded.tallies, outcome.judge_at, done)
+
+    # -- recording, in batches ----------------------------------------------------------------
+    async def _record(self, taken: Taken) -> _Recording:
+        """Record ``taken`` with the others taken meanwhile (``_record_batches``)."""
+        recording: asyncio.Future[_Recording] = asyncio.get_running_loop().create_future()
+        self._taken.append((taken, recording))
+        self._settled.set()
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_batches(), name="shipyard-analyses-record")
+        return await recording
+
+    async def _record_batches(self) -> None:
+        """Record what is taken, a batch a transaction, until nothing is left; each batch once
+        the measurements under way are taken too, or ``linger_s`` after it began to wait."""
+        while self._taken:
+            await self._linger()
+            batch, self._taken = self._taken, []
+            try:
+                found = await self.db(self.analyses.record_many, self.holder, [t for t, _ in batch])
+            except asyncio.CancelledError:
+                for _, recording in batch:
+                    recording.cancel()
+                raise
+            except Exception as exc:  # each measurement's task reports it
+                for _, recording in batch:
+                    if not recording.done():
+                        recording.set_exception(exc)
+                continue
+            judge_at: dict[str, datetime] = {}
+            last: dict[str, int] = {}
+            for i, ((taken, _), recorded) in enumerate(zip(batch, found, strict=True)):
+                if recorded is not None and recorded.analysis.kind is not AnalysisKind.HEALTH:
+                    aid = taken.analysis_id
+                    judge_at[aid] = max(judge_at.get(aid, taken.measurement.at), taken.measurement.at)
+                    last[aid] = i
+            for i, ((taken, recording), recorded) in enumerate(zip(batch, found, strict=True)):
+                if not recording.done():  # (its task may have been cancelled)
+                    at = judge_at[taken.analysis_id] if last.get(taken.analysis_id) == i else None
+                    recording.set_result(_Recording(recorded, at))
+
+    async def _linger(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.linger_s
+        while self._in_flight > 0:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            self._settled.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._settled.wait()
+            except TimeoutError:
+                return
 
     async def _judge(
         self, analysis: Analysis, tallies: dict[str, CheckTally], now: datetime, done: Round

@@ -144,11 +144,19 @@ def test_a_policy_survives_a_json_round_trip_with_its_aliases() -> None:
             "unknown time zone",
         ),
         ({"freezes": [{"from": "2026-12-27", "to": "2026-12-24"}]}, "must be after `from`"),
+        ({"slack_channel": "deploys-prod"}, r"slack_channel\n.*'deploys-prod' is not a Slack channel"),
+        ({"slack_channel": "#Deploys Prod"}, "is not a Slack channel: give its ID .* or its name"),
     ],
 )
 def test_a_bad_policy_is_refused_saying_what_is_wrong(fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         EnvironmentPolicy.model_validate(fields)
+
+
+@pytest.mark.parametrize("channel", ["C0123ABCD", "G01PRIVATE", "#deploys-prod", "#ops_alerts"])
+def test_an_environment_may_name_the_slack_channel_of_its_health_posts(channel: str) -> None:
+    assert EnvironmentPolicy.model_validate({"slack_channel": channel}).slack_channel == channel
+    assert EnvironmentPolicy().slack_channel is None  # (the default channel)
 
 
 def test_environment_names_follow_the_pipeline_file_rules() -> None:

@@ -82,3 +82,32 @@ async def test_health_shows_where_people_look(start_bot: StartBot, fake: FakeSla
 
 def _runs(bot: Bot) -> list[RunState]:
     return Reads(bot.store).runs(RunFilter(pipeline="shop"), None, 5)
+
+
+async def test_a_health_change_is_posted_in_the_environments_channel_else_the_default(
+    start_bot: StartBot, fake: FakeSlack, tmp_path: Path
+) -> None:
+    """``production`` names its channel (``slack_channel``): its changes go there, and only
+    there; ``staging`` names none: its changes go to the default channel."""
+    smoke = {"command": ["sh", "-c", "exit 0"], "interval": "1s", "timeout": "1s"}
+    environments = {
+        "staging": {"checks": {"smoke": smoke}, "health": ["smoke"]},
+        "production": {"checks": {"smoke": smoke}, "health": ["smoke"], "slack_channel": "C0PRODOPS"},
+    }
+    await start_bot(
+        {"shop": ship(name="shop", compare=False)},
+        {ALICE: [Role.ADMIN]},
+        environments=environments,
+        slack_channel=CHANNEL,
+    )
+
+    def posted(env: str) -> list[Any]:
+        return [
+            c
+            for c in fake.calls_to("chat.postMessage")
+            if c.ok and c.args.get("text") == f"{env} is healthy (was unknown)"
+        ]
+
+    await until(lambda: posted("production") and posted("staging"), what="both healthy posts")
+    assert [c.args["channel"] for c in posted("production")] == ["C0PRODOPS"]
+    assert [c.args["channel"] for c in posted("staging")] == [CHANNEL]

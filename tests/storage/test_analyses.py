@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from core.analysis import AnalysisStatus, Health, health_analysis_id, spread
+from core.analysis import AnalysisStatus, Health, Taken, health_analysis_id, spread
 from core.checks import CheckDef, CheckResult, HealthWatch, Measurement
 from core.environments import Environments
 from core.runtime.analyses import AnalysisLoop
@@ -20,6 +20,7 @@ from core.runtime.clock import utcnow
 from core.runtime.measure import measure
 from storage.analyses import MEASUREMENT, AnalysisStore
 from storage.store import SqlStore
+from tests.checks.services import WebService
 
 T0 = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
 
@@ -338,3 +339,124 @@ def test_pruning_drops_old_health_measurements_and_keeps_every_verifications(
     assert [m.at for m in store.measurements("health:production")] == [T0]
     assert [m.at for m in store.measurements("verify:run-1:0")] == [old, T0]  # the run's evidence
     assert store.prune_health(T0 - timedelta(days=14), 1000) == 0
+
+
+def test_a_batch_recorded_at_once_stores_and_changes_what_one_by_one_would(
+    open_stores: Callable[[], AnalysisStore],
+) -> None:
+    """``record_many``: every measurement of the checks still held is stored and counted, each
+    health change is written as when each measurement is recorded alone (``production`` goes
+    unknown → degraded → healthy within the batch), and a check no longer held stores nothing."""
+    store = open_stores()
+    two = HealthWatch(checks=["smoke", "ready"])
+    store.ensure_health({"production": two, "staging": HealthWatch(checks=["smoke"])}, T0)
+    held = store.claim_due(T0, "me", 30, 10)
+    assert sorted((d.environment, d.check) for d in held) == [
+        ("production", "ready"),
+        ("production", "smoke"),
+        ("staging", "smoke"),
+    ]
+    store.release("me")
+    mine = store.claim_due(T0, "me", 30, 2)  # production's two; staging's goes to another
+    assert {d.environment for d in mine} == {"production"}
+    (theirs,) = store.claim_due(T0, "them", 30, 10)
+    at = T0 + timedelta(seconds=1)
+    passed = [
+        Measurement(d.check, at + timedelta(milliseconds=i), CheckResult.PASSED, "1", "ok")
+        for i, d in enumerate(mine)
+    ]
+    taken = [
+        Taken(d.analysis_id, d.check, m, T0 + timedelta(seconds=10), two)
+        for d, m in zip(mine, passed, strict=True)
+    ]
+    stolen = Taken(
+        theirs.analysis_id, "smoke", passed[0], T0 + timedelta(seconds=10), HealthWatch(checks=["smoke"])
+    )
+    done = store.record_many("me", [taken[0], stolen, taken[1]])
+    assert done[1] is None  # (not ours: nothing of it is stored)
+    first, second = done[0], done[2]
+    assert first is not None and second is not None
+    assert first.health_change is not None and second.health_change is not None
+    assert (first.health_change.from_state, first.health_change.to_state) == (Health.UNKNOWN, Health.DEGRADED)
+    assert (second.health_change.from_state, second.health_change.to_state) == (
+        Health.DEGRADED,
+        Health.HEALTHY,
+    )
+    assert [(c.from_state, c.to_state) for c in store.history("production")] == [
+        (Health.DEGRADED, Health.HEALTHY),
+        (Health.UNKNOWN, Health.DEGRADED),
+    ]
+    events = [
+        e.data["to_state"] for e in store.store.events_after(0) if e.name == "environment.health_changed"
+    ]
+    assert events == ["degraded", "healthy"]
+    assert len(store.measurements(health_analysis_id("production"))) == 2
+    assert store.measurements(health_analysis_id("staging")) == []
+    found = store.analysis(health_analysis_id("production"))
+    assert found is not None and {c: t.measured for c, t in found[1].items()} == {"smoke": 1, "ready": 1}
+    # let go, and due again at their next time (staging's is still held by the other)
+    assert store.claim_due(T0 + timedelta(seconds=9), "me", 30, 10) == []
+    assert len(store.claim_due(T0 + timedelta(seconds=10), "me", 30, 10)) == 2
+
+
+async def test_a_round_is_recorded_in_one_transaction_not_one_per_measurement(
+    open_stores: Callable[[], AnalysisStore], workdir: Path, web_service: WebService
+) -> None:
+    """20 http checks due together are recorded in one transaction (the loop waits for the
+    measurements under way), and every one of them is stored."""
+    check = {"http": {"url": f"{web_service.url}/healthz"}, "interval": "10s", "timeout": "5s"}
+    envs = Environments.model_validate(
+        {f"env-{i}": {"checks": {"smoke": check}, "health": ["smoke"]} for i in range(20)}
+    )
+    store = Batches(open_stores().store)
+    store.ensure_health({env: policy.health for env, policy in envs.root.items()}, T0)
+    clock = Clock()
+    watcher = AnalysisLoop(store, envs, db=in_thread, workdir=workdir, clock=clock, linger_s=5.0)
+    clock.now = T0 + timedelta(seconds=1)
+    done = await watcher.tick()
+    await watcher.stop()
+    assert len(done.measured) == 20 and store.batches == [20]
+    assert all(h.state is Health.HEALTHY for h in store.healths().values())
+
+
+class Batches(AnalysisStore):
+    """The store, noting the size of each batch it records."""
+
+    def __init__(self, store: SqlStore) -> None:
+        super().__init__(store)
+        self.batches: list[int] = []
+
+    def record_many(self, holder: str, taken: Any) -> Any:
+        self.batches.append(len(taken))
+        return super().record_many(holder, taken)
+
+
+async def test_a_verification_judged_from_a_batch_is_judged_once(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """Two checks of one verification failing in one batch make one verdict (one rollback)."""
+    smoke = {"command": ["sh", "-c", "exit $(cat smoke)"], "interval": "10s", "timeout": "5s"}
+    envs = Environments.model_validate(
+        {
+            "production": {
+                "checks": {"smoke": smoke, "again": smoke},
+                "verify": {"checks": ["smoke", "again"], "for": "60s", "failure_limit": 1},
+            }
+        }
+    )
+    (workdir / "smoke").write_text("1")
+    store, clock, verdicts = open_stores(), Clock(), []
+
+    async def on_verdict(analysis: Any, status: AnalysisStatus, reason: str) -> None:
+        verdicts.append(status)
+        store.end(analysis.id, status, reason, "shipyard", clock.now)
+
+    policy = envs.policy("production").verify
+    assert policy is not None
+    with store.store.transaction() as tx:
+        analysis_id = tx.start_analysis("v-1", "production", "run-1", 0, policy, T0).id
+    store = Batches(store.store)
+    verifier = loop(store, envs, workdir, clock, Probe(), on_verdict=on_verdict, linger_s=5.0)
+    await verifier.tick()
+    assert store.batches == [2] and verdicts == [AnalysisStatus.FAILED]
+    assert len(store.measurements(analysis_id)) == 2
