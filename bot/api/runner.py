@@ -152,6 +152,11 @@ async def claim(call: Call) -> web.Response:
     while True:
         flag = orchestrator.listen()  # (listening before the claim: no wake-up falls between)
         try:
+            transport = call.request.transport
+            if transport is None or transport.is_closing():
+                # the runner went away (killed, partitioned): what it would take now would only
+                # wait for its lease to run out and count as a lost attempt
+                return reply(ClaimOut(assignments=[]))
             taken = await orchestrator.claim(runner, call.body.limit, call.body.lease_s)
             left = deadline - loop.time()
             if taken or left <= 0:

@@ -262,6 +262,18 @@ class Runner:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
 
+    async def drain(self) -> None:
+        """Claim nothing new and let the running jobs finish (a remote runner's SIGTERM): each
+        is reported as it ends, then the runner stops."""
+        self._closing = True
+        self._wake.set()
+        if self._claimer is not None:
+            await asyncio.gather(self._claimer, return_exceptions=True)
+        await asyncio.gather(*(a.task for a in list(self.jobs.values()) if a.task), return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+
     def wake(self) -> None:
         self._wake.set()
 

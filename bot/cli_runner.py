@@ -1,0 +1,84 @@
+"""``shipyard runner``: run jobs on this machine for a Shipyard server elsewhere.
+
+The runner speaks to its server over HTTP only (no database access) with a token of the
+``runner`` role (``shipyard token create eu-1 --role runner``), given in ``SHIPYARD_RUNNER_TOKEN``
+so it shows in no process list. It runs the built-in runner's loop (``core.runtime.runner``)
+through ``HttpLink``: the same claims, leases, records and supervisor. SIGTERM drains it: it
+claims nothing new, lets its jobs finish and report, then exits; SIGINT likewise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.runtime.executor import SubprocessExecutor
+from core.runtime.http_link import HttpLink, Refused, ServerUnreachable
+from core.runtime.runner import Runner
+
+log = logging.getLogger("shipyard.runner")
+TOKEN_ENV = "SHIPYARD_RUNNER_TOKEN"
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser("runner", help="run jobs here for a Shipyard server elsewhere (over HTTP)")
+    s.add_argument("--url", required=True, help="the server, e.g. https://shipyard.internal")
+    s.add_argument("--name", default=socket.gethostname(), help="this runner: its token's principal")
+    s.add_argument("--capacity", type=int, default=4, help="jobs at once (default 4)")
+    s.add_argument("--workdir", type=Path, default=Path("shipyard-runner"), help="where jobs run")
+    s.add_argument("--lease", type=float, default=30.0, help="seconds a claim holds without renewal")
+    s.add_argument("--poll", type=float, default=1.0, help="seconds between lease checks")
+    s.set_defaults(func=cmd_runner)
+
+
+def cmd_runner(args: argparse.Namespace) -> int:
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        print(f"set {TOKEN_ENV} to a token of the runner role (shipyard token create NAME --role runner)")
+        return 2
+    if args.capacity < 1 or args.lease < 3:
+        print("--capacity must be at least 1 and --lease at least 3 seconds")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(args, token))
+
+
+async def _serve(args: argparse.Namespace, token: str) -> int:
+    link = HttpLink(args.url, token, args.name)
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(
+        link,
+        SubprocessExecutor(),
+        name=args.name,
+        workdir=workdir,
+        capacity=args.capacity,
+        lease_s=args.lease,
+        poll_interval=args.poll,
+    )
+    try:
+        await link.held(args.name)  # (says at once whether the server takes this runner)
+    except Refused as exc:
+        print(exc.message, file=sys.stderr)
+        await link.close()
+        return 2
+    except ServerUnreachable as exc:
+        log.warning("server not reachable yet (%s); the runner keeps trying", exc.message)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runner.start()
+    print(f"shipyard runner {args.name} working for {args.url} ({args.capacity} at once)", flush=True)
+    await stop.wait()
+    log.info("draining: no new jobs; waiting for %d running", len(runner.jobs))
+    await runner.drain()
+    await link.close()
+    return 0

@@ -1,0 +1,150 @@
+"""The runner protocol's client: a remote ``shipyard runner`` talks to its server over HTTP
+(``bot.api.runner`` serves it) through the same ``RunnerLink`` the built-in runner uses in
+process, so the runner's loop, its records and its guarantees are the same code.
+
+A server that cannot be reached, or answers 5xx or 503, is an outage (``ServerUnreachable``, a
+``DatabaseUnreachable``): the runner rides it out as it rides out a database outage, retrying
+reports and keeping its jobs; their leases run on the server meanwhile, and an attempt whose
+lease expired is refused when the runner comes back (409: it kills its copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from core.assignment import Assignment
+from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
+from core.engine import Decision, Outcome
+from core.errors import DatabaseUnreachable, InvalidInput
+
+#: the protocol version this runner speaks (the server says which it takes)
+PROTOCOL = 1
+HEADER = "Shipyard-Runner-Protocol"
+#: how long a claim waits on the server for a job to become ready
+CLAIM_WAIT_S = 10.0
+
+RunnerReport = CompleteJob | InterruptJob | ExpireLease | ReportLateResult
+
+
+class ServerUnreachable(DatabaseUnreachable):
+    """The server did not answer (or answered 5xx): try again later."""
+
+
+class Refused(InvalidInput):
+    """The server refused the runner itself (its token, its role, its protocol version)."""
+
+
+class HttpLink:
+    """``RunnerLink`` over HTTP with a bearer token (a principal holding the ``runner`` role)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        runner: str,
+        *,
+        timeout_s: float = 30.0,
+        claim_wait_s: float = CLAIM_WAIT_S,
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/runner"
+        #: the runner this link speaks for (its token's principal)
+        self.runner = runner
+        self.headers = {"Authorization": f"Bearer {token}", HEADER: str(PROTOCOL)}
+        self.timeout_s = timeout_s
+        self.claim_wait_s = claim_wait_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, path: str, body: dict[str, Any], *, wait_s: float = 0.0) -> tuple[int, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self.headers)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s + wait_s)
+        try:
+            async with self._session.post(self.url + path, json=body, timeout=timeout) as answer:
+                data = await answer.json(content_type=None) if answer.status != 204 else None
+                status = answer.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ServerUnreachable(f"{self.url}{path}: {exc or type(exc).__name__}") from None
+        if status >= 500:
+            raise ServerUnreachable(f"{self.url}{path} answered {status}: {_detail(data)}")
+        if status in (401, 403) or (status == 409 and "protocol" in _detail(data)):
+            raise Refused(f"the server refused this runner ({status}): {_detail(data)}")
+        if status >= 400 and status != 409:
+            raise Refused(f"{self.url}{path} answered {status}: {_detail(data)}")
+        return status, data
+
+    # -- RunnerLink --------------------------------------------------------------------------
+    async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
+        body = {"runner": runner, "limit": limit, "lease_s": lease_s, "wait_s": self.claim_wait_s}
+        _, data = await self._post("/claim", body, wait_s=self.claim_wait_s)
+        return [_assignment(a) for a in data["assignments"]]
+
+    async def renew(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
+        _, data = await self._post("/renew", {"runner": runner, "held": list(held), "lease_s": lease_s})
+        return set(data["kept"])
+
+    async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
+        _, data = await self._post("/still-held", {"runner": runner, "held": list(held)})
+        return set(data["kept"])
+
+    async def held(self, runner: str) -> list[tuple[str, str, int]]:
+        _, data = await self._post("/held", {"runner": runner})
+        return [(run, job, int(attempt)) for run, job, attempt in data["held"]]
+
+    async def append_log(self, job_id: str, attempt: int, runner: str, chunks: list[tuple[str, str]]) -> bool:
+        body = {"runner": runner, "job_id": job_id, "attempt": attempt, "chunks": chunks}
+        status, _ = await self._post("/log", body)
+        return status == 204
+
+    async def report(self, command: RunnerReport) -> Decision:
+        status, data = await self._post("/report", {"runner": self.runner, **_report_body(command)})
+        if status == 409:
+            return Decision(Outcome.REJECTED, reason=_detail(data), refusal="conflict")
+        return Decision(Outcome.ACCEPTED, reason=str(data.get("reason", "")))
+
+
+def _report_body(command: RunnerReport) -> dict[str, Any]:
+    body: dict[str, Any] = {"run_id": command.run_id, "job_id": command.job_id, "attempt": command.attempt}
+    if isinstance(command, CompleteJob):
+        body.update(
+            kind="complete",
+            outcome=command.outcome,
+            exit_code=command.exit_code,
+            outputs=dict(command.outputs),
+            detail=command.detail,
+        )
+    elif isinstance(command, InterruptJob):
+        body.update(kind="interrupt")
+    elif isinstance(command, ReportLateResult):
+        body.update(kind="late", outcome=command.outcome, exit_code=command.exit_code)
+    else:
+        body.update(kind="expire", force=command.force)
+    return body
+
+
+def _assignment(data: dict[str, Any]) -> Assignment:
+    command = data["command"]
+    return Assignment(
+        run_id=data["run_id"],
+        job_id=data["job_id"],
+        attempt=int(data["attempt"]),
+        pipeline=data["pipeline"],
+        stage=data["stage"],
+        name=data["name"],
+        command=command if isinstance(command, str) else tuple(command),
+        env=dict(data["env"]),
+        timeout_s=float(data["timeout_s"]),
+    )
+
+
+def _detail(data: Any) -> str:
+    if isinstance(data, dict):
+        return str(data.get("detail") or data.get("title") or data)
+    return str(data)

@@ -1,0 +1,208 @@
+"""Remote runners for real: ``shipyard runner`` processes talking HTTP to a ``shipyard serve``
+that runs no job itself. Every job runs exactly once across runners; a runner SIGKILLed mid-job
+loses it and another runner retries it; SIGTERM drains a runner (its job finishes, nothing new is
+claimed); a runner of another protocol version, or a token without the runner role, is refused
+with words that say why, and a runner token can do nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.access import Role
+from storage.directory import Directory
+from storage.store import SqlStore
+from tests.e2e.server import Server, wait_until
+
+ADMIN = "remote-admin-token"
+
+
+class RemoteRunner:
+    """One ``shipyard runner`` process."""
+
+    def __init__(self, root: Path, server: Server, name: str, token: str, capacity: int = 2) -> None:
+        self.name = name
+        self.log = root / f"runner-{name}.log"
+        self.argv = [
+            sys.executable, "-m", "bot.cli", "runner", "--url", f"http://127.0.0.1:{server.port}",
+            "--name", name, "--capacity", str(capacity), "--workdir", str(root / f"runner-{name}"),
+            "--lease", "3", "--poll", "0.2",
+        ]  # fmt: skip
+        self.env = {**os.environ, "SHIPYARD_RUNNER_TOKEN": token}
+        self.env.pop("SHIPYARD_DATABASE_URL", None)  # (a runner has no database)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RemoteRunner:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: "working for" in self.log.read_text(), 20, what=f"runner {self.name} to start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _tokens(db_url: str, *names: str, role: Role = Role.RUNNER) -> dict[str, str]:
+    store = SqlStore(db_url)
+    try:
+        directory = Directory(store)
+        return {n: directory.create_token(n, [role], datetime.now(UTC), by="tests") for n in names}
+    finally:
+        store.dispose()
+
+
+def _call(
+    server: Server, method: str, path: str, token: str, body: Any = None, **headers: str
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/api/v1{path}", data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    for key, value in headers.items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            text = answer.read().decode()
+            return answer.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read().decode() or "null")
+
+
+def _trigger(server: Server, pipeline: str) -> str:
+    status, run = _call(server, "POST", f"/pipelines/{pipeline}/runs", ADMIN, {})
+    assert status == 202, run
+    return str(run["id"])
+
+
+def _run(server: Server, run_id: str) -> dict[str, Any]:
+    status, run = _call(server, "GET", f"/runs/{run_id}", ADMIN)
+    assert status == 200, run
+    return dict(run)
+
+
+def _done(server: Server, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    finished = ("succeeded", "failed", "canceled")
+    return wait_until(
+        lambda: (r := _run(server, run_id))["status"] in finished and r, timeout, 0.1, what=f"run {run_id}"
+    )
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Any:
+    running: list[Any] = []
+    yield running
+    for thing in reversed(running):
+        thing.stop()
+
+
+def _server(tmp_path: Path, db_url: str, started: list[Any], pipelines: dict[str, str]) -> Server:
+    server = Server(tmp_path, db_url, capacity=0, admin_token=ADMIN)
+    for name, text in pipelines.items():
+        server.pipeline(name, text)
+    started.append(server)
+    server.start()
+    return server
+
+
+def _ledger_pipeline(ledger: Path) -> str:
+    step = f'echo "$SHIPYARD_JOB_ID $SHIPYARD_ATTEMPT $(hostname)" >> {ledger}'
+    jobs = ", ".join(f"{{name: j{k}, run: '{step}'}}" for k in range(3))
+    return "name: fanout\nstages:\n" + "".join(f"  - name: s{i}\n    jobs: [{jobs}]\n" for i in range(3))
+
+
+def test_remote_runners_run_every_job_exactly_once(tmp_path: Path, db_url: str, started: list[Any]) -> None:
+    ledger = tmp_path / "ledger.txt"
+    server = _server(tmp_path, db_url, started, {"fanout": _ledger_pipeline(ledger)})
+    tokens = _tokens(db_url, "eu-1", "eu-2")
+    for name, token in tokens.items():
+        started.append(RemoteRunner(tmp_path, server, name, token).start())
+    runs = [_trigger(server, "fanout") for _ in range(8)]
+    for run_id in runs:
+        assert _done(server, run_id)["status"] == "succeeded"
+    lines = ledger.read_text().splitlines()
+    assert len(lines) == 8 * 9 and len({line.split()[0] for line in lines}) == 8 * 9  # once each
+    runners = {j["runner"] for run_id in runs for s in _run(server, run_id)["stages"] for j in s["jobs"]}
+    assert runners == {"eu-1", "eu-2"}  # both took work; none ran in the server
+
+
+def test_a_runner_killed_mid_job_loses_it_and_another_runner_runs_it_again(
+    tmp_path: Path, db_url: str, started: list[Any]
+) -> None:
+    marker = tmp_path / "first-attempt"
+    slow = f"if [ -e {marker} ]; then echo again; else touch {marker}; sleep 60; fi"
+    pipeline = f"name: slow\nstages:\n  - name: only\n    jobs: [{{name: work, retries: 1, run: '{slow}'}}]\n"
+    server = _server(tmp_path, db_url, started, {"slow": pipeline})
+    tokens = _tokens(db_url, "eu-1", "eu-2")
+    first = RemoteRunner(tmp_path, server, "eu-1", tokens["eu-1"]).start()
+    started.append(first)
+    run_id = _trigger(server, "slow")
+    wait_until(marker.exists, 20, what="the job to start on eu-1")
+    assert first.proc is not None
+    first.proc.kill()  # SIGKILL: no goodbye, the lease simply stops being renewed
+    first.proc.wait()
+    started.append(RemoteRunner(tmp_path, server, "eu-2", tokens["eu-2"]).start())
+    run = _done(server, run_id)
+    job = run["stages"][0]["jobs"][0]
+    assert run["status"] == "succeeded", (run["reason"], job)
+    assert job["runner"] == "eu-2" and job["attempt"] == 2
+    assert [a["attempt"] for a in job["lost_attempts"]] == [1]
+
+
+def test_sigterm_drains_a_runner_its_job_finishes_and_nothing_new_is_claimed(
+    tmp_path: Path, db_url: str, started: list[Any]
+) -> None:
+    began = tmp_path / "began"
+    job = f"touch {began}; sleep 2; echo done"
+    pipeline = f"name: drain\nstages:\n  - name: only\n    jobs: [{{name: work, run: '{job}'}}]\n"
+    server = _server(tmp_path, db_url, started, {"drain": pipeline})
+    runner = RemoteRunner(tmp_path, server, "eu-1", _tokens(db_url, "eu-1")["eu-1"]).start()
+    started.append(runner)
+    first = _trigger(server, "drain")
+    wait_until(began.exists, 20, what="the job to start")
+    assert runner.proc is not None
+    runner.proc.send_signal(signal.SIGTERM)
+    second = _trigger(server, "drain")
+    assert runner.proc.wait(20) == 0
+    assert _done(server, first)["status"] == "succeeded"
+    time.sleep(0.5)
+    assert _run(server, second)["status"] in ("running", "pending")  # nobody claimed it
+    assert _run(server, second)["stages"][0]["jobs"][0]["status"] == "queued"
+
+
+def test_only_runners_of_a_known_protocol_with_a_runner_token_may_claim(
+    tmp_path: Path, db_url: str, started: list[Any]
+) -> None:
+    server = _server(tmp_path, db_url, started, {})
+    runner = _tokens(db_url, "eu-1")["eu-1"]
+    viewer = _tokens(db_url, "watcher", role=Role.VIEWER)["watcher"]
+    body = {"runner": "eu-1", "limit": 1, "lease_s": 30}
+    status, problem = _call(
+        server, "POST", "/runner/claim", runner, body, **{"Shipyard-Runner-Protocol": "99"}
+    )
+    assert status == 409 and "takes runner protocol version 1" in problem["detail"], problem
+    ok = {"Shipyard-Runner-Protocol": "1"}
+    assert _call(server, "POST", "/runner/claim", runner, body, **ok) == (200, {"assignments": []})
+    status, problem = _call(server, "POST", "/runner/claim", runner, {**body, "runner": "eu-2"}, **ok)
+    assert status == 403 and "may act only as runner eu-1" in problem["detail"]
+    for token in (ADMIN, viewer):  # an admin runs no jobs; a viewer neither
+        assert _call(server, "POST", "/runner/claim", token, {**body, "runner": "x"}, **ok)[0] == 403
+    assert _call(server, "GET", "/runs", runner)[0] == 403  # a runner token reads nothing
+    # the runner process says so and exits when its token is refused
+    bad = RemoteRunner(tmp_path, server, "eu-9", viewer)
+    with bad.log.open("ab") as out:
+        code = subprocess.run(
+            bad.argv, env=bad.env, stdout=out, stderr=subprocess.STDOUT, timeout=30
+        ).returncode
+    assert code == 2 and "the server refused this runner (403)" in bad.log.read_text()
