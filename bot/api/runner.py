@@ -76,10 +76,14 @@ class ClaimOut(BaseModel):
     assignments: list[AssignmentOut]
 
 
+class Attempt(Strict):
+    job_id: str = Field(min_length=1, max_length=90)
+    attempt: int = Field(ge=0)
+
+
 class HeldIn(Strict):
     runner: str = Field(min_length=1, max_length=200)
-    #: (job id, attempt) pairs
-    held: list[tuple[str, int]] = Field(max_length=1000)
+    held: list[Attempt] = Field(max_length=1000)
     lease_s: float = Field(30.0, ge=1, le=3600)
 
 
@@ -88,17 +92,28 @@ class KeptOut(BaseModel):
     kept: list[str]
 
 
+class Holding(BaseModel):
+    run_id: str
+    job_id: str
+    attempt: int
+
+
 class HoldingOut(BaseModel):
-    #: (run id, job id, attempt) of every attempt the server thinks this runner holds
-    held: list[tuple[str, str, int]]
+    #: every attempt the server thinks this runner holds
+    held: list[Holding]
+
+
+class Chunk(Strict):
+    stream: Literal["stdout", "stderr", "system"]
+    text: str
 
 
 class LogIn(Strict):
     runner: str = Field(min_length=1, max_length=200)
     job_id: str = Field(min_length=1, max_length=90)
     attempt: int = Field(ge=1)
-    #: (stream, text) chunks in order
-    chunks: list[tuple[str, str]] = Field(max_length=10_000)
+    #: the output in order
+    chunks: list[Chunk] = Field(max_length=10_000)
 
 
 class ReportIn(Strict):
@@ -184,7 +199,7 @@ async def claim(call: Call) -> web.Response:
 async def renew(call: Call) -> web.Response:
     runner = _runner(call, call.body.runner)
     g = gw(call)
-    held = [(job, attempt) for job, attempt in call.body.held]
+    held = [(a.job_id, a.attempt) for a in call.body.held]
     kept = await g.shipyard.orchestrator.db(g.shipyard.service.renew_leases, runner, held, call.body.lease_s)
     return reply(KeptOut(kept=sorted(kept)))
 
@@ -201,7 +216,7 @@ async def renew(call: Call) -> web.Response:
 async def still_held(call: Call) -> web.Response:
     runner = _runner(call, call.body.runner)
     g = gw(call)
-    held = [(job, attempt) for job, attempt in call.body.held]
+    held = [(a.job_id, a.attempt) for a in call.body.held]
     kept = await g.shipyard.orchestrator.db(g.shipyard.service.still_held, runner, held)
     return reply(KeptOut(kept=sorted(kept)))
 
@@ -223,7 +238,7 @@ async def held(call: Call) -> web.Response:
     runner = _runner(call, call.body.runner)
     g = gw(call)
     found = await g.shipyard.orchestrator.db(g.shipyard.service.jobs_held_by, runner)
-    return reply(HoldingOut(held=[tuple(h) for h in found]))
+    return reply(HoldingOut(held=[Holding(run_id=r, job_id=j, attempt=a) for r, j, a in found]))
 
 
 @API.op(
@@ -239,7 +254,7 @@ async def append_log(call: Call) -> web.Response:
     runner = _runner(call, call.body.runner)
     g = gw(call)
     body = call.body
-    chunks = [(stream, text) for stream, text in body.chunks]
+    chunks = [(c.stream, c.text) for c in body.chunks]
     stored = await g.write(g.shipyard.store.append_log, body.job_id, body.attempt, runner, chunks)
     if not stored:
         raise Problem(409, f"job {body.job_id} attempt {body.attempt} is not held by {runner}: log refused")

@@ -87,19 +87,21 @@ class HttpLink:
         return [_assignment(a) for a in data["assignments"]]
 
     async def renew(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
-        _, data = await self._post("/renew", {"runner": runner, "held": list(held), "lease_s": lease_s})
+        body = {"runner": runner, "held": _attempts(held), "lease_s": lease_s}
+        _, data = await self._post("/renew", body)
         return set(data["kept"])
 
     async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
-        _, data = await self._post("/still-held", {"runner": runner, "held": list(held)})
+        _, data = await self._post("/still-held", {"runner": runner, "held": _attempts(held)})
         return set(data["kept"])
 
     async def held(self, runner: str) -> list[tuple[str, str, int]]:
         _, data = await self._post("/held", {"runner": runner})
-        return [(run, job, int(attempt)) for run, job, attempt in data["held"]]
+        return [(h["run_id"], h["job_id"], int(h["attempt"])) for h in data["held"]]
 
     async def append_log(self, job_id: str, attempt: int, runner: str, chunks: list[tuple[str, str]]) -> bool:
-        body = {"runner": runner, "job_id": job_id, "attempt": attempt, "chunks": chunks}
+        texts = [{"stream": stream, "text": text} for stream, text in chunks]
+        body = {"runner": runner, "job_id": job_id, "attempt": attempt, "chunks": texts}
         status, _ = await self._post("/log", body)
         return status == 204
 
@@ -108,6 +110,10 @@ class HttpLink:
         if status == 409:
             return Decision(Outcome.REJECTED, reason=_detail(data), refusal="conflict")
         return Decision(Outcome.ACCEPTED, reason=str(data.get("reason", "")))
+
+
+def _attempts(held: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    return [{"job_id": job_id, "attempt": attempt} for job_id, attempt in held]
 
 
 def _report_body(command: RunnerReport) -> dict[str, Any]:

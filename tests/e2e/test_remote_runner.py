@@ -23,6 +23,7 @@ from core.access import Role
 from storage.directory import Directory
 from storage.store import SqlStore
 from tests.e2e.server import Server, wait_until
+from tests.tcp_proxy import TcpProxy
 
 ADMIN = "remote-admin-token"
 
@@ -30,11 +31,13 @@ ADMIN = "remote-admin-token"
 class RemoteRunner:
     """One ``shipyard runner`` process."""
 
-    def __init__(self, root: Path, server: Server, name: str, token: str, capacity: int = 2) -> None:
+    def __init__(
+        self, root: Path, server: Server, name: str, token: str, capacity: int = 2, port: int | None = None
+    ) -> None:
         self.name = name
         self.log = root / f"runner-{name}.log"
         self.argv = [
-            sys.executable, "-m", "bot.cli", "runner", "--url", f"http://127.0.0.1:{server.port}",
+            sys.executable, "-m", "bot.cli", "runner", "--url", f"http://127.0.0.1:{port or server.port}",
             "--name", name, "--capacity", str(capacity), "--workdir", str(root / f"runner-{name}"),
             "--lease", "3", "--poll", "0.2",
         ]  # fmt: skip
@@ -117,7 +120,7 @@ def _server(tmp_path: Path, db_url: str, started: list[Any], pipelines: dict[str
 
 
 def _ledger_pipeline(ledger: Path) -> str:
-    step = f'echo "$SHIPYARD_JOB_ID $SHIPYARD_ATTEMPT $(hostname)" >> {ledger}'
+    step = f'echo "$SHIPYARD_JOB_ID $SHIPYARD_ATTEMPT $(hostname)" | tee -a {ledger}'
     jobs = ", ".join(f"{{name: j{k}, run: '{step}'}}" for k in range(3))
     return "name: fanout\nstages:\n" + "".join(f"  - name: s{i}\n    jobs: [{jobs}]\n" for i in range(3))
 
@@ -135,6 +138,9 @@ def test_remote_runners_run_every_job_exactly_once(tmp_path: Path, db_url: str, 
     assert len(lines) == 8 * 9 and len({line.split()[0] for line in lines}) == 8 * 9  # once each
     runners = {j["runner"] for run_id in runs for s in _run(server, run_id)["stages"] for j in s["jobs"]}
     assert runners == {"eu-1", "eu-2"}  # both took work; none ran in the server
+    job = _run(server, runs[0])["stages"][0]["jobs"][0]
+    status, text = server.get(f"/api/v1/runs/{runs[0]}/jobs/{job['id']}/log", ADMIN)
+    assert status == 200 and text.startswith(f"{job['id']} 1 "), text  # its output came over HTTP
 
 
 def test_a_runner_killed_mid_job_loses_it_and_another_runner_runs_it_again(
@@ -206,3 +212,28 @@ def test_only_runners_of_a_known_protocol_with_a_runner_token_may_claim(
             bad.argv, env=bad.env, stdout=out, stderr=subprocess.STDOUT, timeout=30
         ).returncode
     assert code == 2 and "the server refused this runner (403)" in bad.log.read_text()
+
+
+def test_a_partition_longer_than_the_lease_runs_the_job_elsewhere_and_kills_the_stale_copy(
+    tmp_path: Path, db_url: str, started: list[Any]
+) -> None:
+    pids = tmp_path / "pids"
+    job = f"echo $$ >> {pids}; if [ $SHIPYARD_ATTEMPT = 1 ]; then sleep 60; fi; echo done"
+    pipeline = f"name: part\nstages:\n  - name: only\n    jobs: [{{name: work, retries: 1, run: '{job}'}}]\n"
+    server = _server(tmp_path, db_url, started, {"part": pipeline})
+    tokens = _tokens(db_url, "eu-1", "eu-2")
+    with TcpProxy(("127.0.0.1", server.port)) as proxy:
+        far = RemoteRunner(tmp_path, server, "eu-1", tokens["eu-1"], port=proxy.port).start()
+        started.append(far)
+        run_id = _trigger(server, "part")
+        wait_until(pids.exists, 20, what="the job to start on eu-1")
+        stale = int(pids.read_text().split()[0])
+        proxy.cut()  # eu-1 can no longer reach its server; its job goes on running there
+        started.append(RemoteRunner(tmp_path, server, "eu-2", tokens["eu-2"]).start())
+        run = _done(server, run_id)  # the lease ran out: lost, and retried on eu-2
+        job_out = run["stages"][0]["jobs"][0]
+        assert run["status"] == "succeeded" and job_out["runner"] == "eu-2", (run["reason"], job_out)
+        assert os.path.exists(f"/proc/{stale}")  # (the stale copy still runs behind the partition)
+        proxy.start()  # eu-1 comes back: it learns its attempt is stale and kills its copy
+        wait_until(lambda: not os.path.exists(f"/proc/{stale}"), 20, what="the stale copy to be killed")
+    assert _run(server, run_id)["stages"][0]["jobs"][0]["attempt"] == 2
