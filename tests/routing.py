@@ -290,6 +290,8 @@ async def request(port: int, tally: Tally, timeout: float = 5.0) -> None:
                 answer = await reader.read()
             finally:
                 writer.close()
+                with contextlib.suppress(OSError):  # (closed here, not by the collector later)
+                    await writer.wait_closed()
     except (OSError, TimeoutError) as exc:
         tally.failures.append(f"{type(exc).__name__}: {exc}")
         return

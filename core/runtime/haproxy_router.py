@@ -101,4 +101,6 @@ class HaproxyBackend:
             raise RouterError(f"haproxy at {socket} dropped the connection: {exc.strerror or exc}") from None
         finally:
             writer.close()
+            with contextlib.suppress(OSError):  # (closed before the loop moves on: nothing leaks)
+                await writer.wait_closed()
         return answer.decode(errors="replace").strip()

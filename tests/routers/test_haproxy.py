@@ -77,7 +77,10 @@ async def test_an_unknown_backend_is_refused_in_haproxys_words(haproxy: Haproxy)
 
 async def test_a_socket_that_never_answers_is_given_up_at_the_timeout(tmp_path: Path) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # reads the command, answers nothing, never closes
+        try:
+            await reader.read()  # reads the command, answers nothing, keeps it open till the router leaves
+        finally:
+            writer.close()
 
     path = tmp_path / "silent.sock"
     server = await asyncio.start_unix_server(silent, path)
