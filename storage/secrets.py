@@ -136,12 +136,15 @@ class SecretStore:
             tx.audit(_entry(now, actor, channel, "secret_set", environment, name, {"created": created}))
         return created
 
-    def delete(self, environment: str, name: str, actor: str, now: datetime, channel: str) -> None:
+    def delete(self, environment: str, name: str, actor: str, now: datetime, channel: str) -> SecretInfo:
+        """Delete ``name`` of ``environment``; returns what it was (never the value)."""
         with self.store.transaction() as tx:
             key = sa.and_(C.environment == environment, C.name == name)
-            if tx.conn.execute(sa.delete(SECRET).where(key)).rowcount == 0:
+            row = tx.conn.execute(sa.select(C.updated_at, C.updated_by).where(key)).first()
+            if row is None or tx.conn.execute(sa.delete(SECRET).where(key)).rowcount == 0:
                 raise NotFound(f"{environment} has no secret {name}")
             tx.audit(_entry(now, actor, channel, "secret_delete", environment, name, {}))
+        return SecretInfo(environment, name, row.updated_at, row.updated_by)
 
     def names(self, environment: str) -> list[SecretInfo]:
         with self.store.reading() as tx:

@@ -11,7 +11,7 @@ from importlib import resources
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from bot.api import artifacts, deploys, environments, locks, pipelines, runs, schedules, webhooks  # noqa: F401  (they register their operations)
+from bot.api import artifacts, deploys, environments, locks, pipelines, runs, schedules, secrets, webhooks  # noqa: F401  (they register their operations)
 from bot.api.gateway import ApiGateway
 from bot.api.problems import Problem, unavailable
 from bot.api.routing import PREFIX, SAFE_METHODS, audit_request
