@@ -122,20 +122,29 @@ class Masker:
         return self.pattern.sub(MASK, text) if self.pattern is not None else text
 
     def feed(self, stream: str, text: str) -> str:
-        """The part of ``stream``'s output so far that can be told now, masked."""
+        """The part of ``stream``'s output so far that can be told now, masked. What could
+        still grow into a value (or into a longer form of one, as padding completes base64) is
+        held back until more output decides it."""
         if self.pattern is None:
             return text
-        masked = self.mask(self.held.pop(stream, "") + text)
-        keep = self._undecided(masked)
-        if keep:
-            self.held[stream] = masked[-keep:]
-            return masked[:-keep]
-        return masked
+        text = self.held.pop(stream, "") + text
+        cut = len(text) - self._undecided(text)
+        told, at = [], 0
+        for match in self.pattern.finditer(text):
+            if match.end() > cut or match.end() == len(text):
+                cut = min(cut, match.start())
+                break
+            told += [text[at : match.start()], MASK]
+            at = match.end()
+        told.append(text[at:cut])
+        if cut < len(text):
+            self.held[stream] = text[cut:]
+        return "".join(told)
 
     def flush(self) -> list[tuple[str, str]]:
-        """What is still held back, per stream (the output ended: it is no value)."""
+        """What is still held back, per stream, masked (the output ended)."""
         held, self.held = self.held, {}
-        return [(stream, text) for stream, text in held.items() if text]
+        return [(stream, self.mask(text)) for stream, text in held.items() if text]
 
     def _undecided(self, text: str) -> int:
         """The length of the longest end of ``text`` that begins some variant."""
