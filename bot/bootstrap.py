@@ -4,7 +4,8 @@ from ``Settings``. ``shipyard serve``, ``shipyard run``, tests and benchmarks al
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 from bot.config import Settings
 from core.runtime.catalog import Catalog
@@ -13,6 +14,7 @@ from core.runtime.orchestrator import Orchestrator
 from core.runtime.runner import LocalLink, Runner
 from core.runtime.service import Service
 from storage.migrate import upgrade
+from storage.secrets import SecretBox, open_assignment
 from storage.store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ class Shipyard:
     orchestrator: Orchestrator
     catalog: Catalog
     runner: Runner | None
+    #: seals and opens environment secrets; None without ``SHIPYARD_SECRET_KEY`` (no secrets)
+    secret_box: SecretBox | None = field(default=None)
 
     async def start(self) -> None:
         report = await self.orchestrator.db(self.catalog.refresh)
@@ -56,10 +60,12 @@ def build(
     orchestrator = Orchestrator(
         service, workdir=workdir, gate_executor=executor, poll_interval=settings.poll_interval
     )
+    key = settings.secret_key
+    box = SecretBox(key.get_secret_value()) if key is not None else None
     runner = None
     if with_runner and settings.runner_capacity > 0:
         runner = Runner(
-            LocalLink(orchestrator),
+            LocalLink(orchestrator, partial(open_assignment, box=box)),
             executor,
             name=settings.runner,
             workdir=workdir,
@@ -69,4 +75,6 @@ def build(
             max_log_bytes=settings.max_log_bytes,
             kill_grace_s=settings.kill_grace_seconds,
         )
-    return Shipyard(settings, store, service, orchestrator, Catalog(service, settings.pipelines_dir), runner)
+    return Shipyard(
+        settings, store, service, orchestrator, Catalog(service, settings.pipelines_dir), runner, box
+    )

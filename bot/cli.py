@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from bot import cli_access, cli_runner, cli_slack
+from bot import cli_access, cli_runner, cli_secrets, cli_slack
 from bot.bootstrap import Shipyard, build
 from bot.config import ConfigError, Settings, load_settings
 from bot.progress import describe_event, render_state
@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_access.register(sub)
     cli_slack.register(sub)
     cli_runner.register(sub)
+    cli_secrets.register(sub)
     return p
 
 

@@ -21,6 +21,11 @@ from pydantic_settings import (
 
 from core.environments import EnvironmentPolicy, Environments
 
+#: settings whose values an error message never quotes
+SECRETS = frozenset(
+    {"secret_key", "admin_token", "slack_bot_token", "slack_signing_secret", "slack_app_token"}
+)
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message lists every problem."""
@@ -48,6 +53,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     admin_token: SecretStr | None = Field(
         None, description="bootstraps an admin API token (the principal `admin`) at start-up"
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="encrypts environment secrets (docs/secrets.md): 32 random bytes in URL-safe "
+        "base64, from `shipyard secret generate-key`; without it there are no secrets",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
     idempotency_hours: float = Field(24.0, ge=24.0, description="how long Idempotency-Key responses are kept")
@@ -148,6 +158,15 @@ class Settings(BaseSettings):
             raise ValueError("at most 30 waits, each more than 0 and at most a week (in seconds)")
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from storage.secrets import check_key
+
+        return SecretStr(check_key(value.get_secret_value()))
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -222,7 +241,7 @@ def load_settings(**overrides: Any) -> Settings:
             name = ".".join([f"SHIPYARD_{setting.upper()}", *inside]) if setting else "configuration"
             got = (
                 f" (got {error['input']!r})"
-                if "input" in error and not isinstance(error["input"], dict)
+                if "input" in error and not isinstance(error["input"], dict) and setting not in SECRETS
                 else ""
             )
             message = str(error["msg"]).removeprefix("Value error, ")

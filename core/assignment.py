@@ -6,7 +6,7 @@ variables; they are never pasted into a command string.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.artifacts import ArtifactSpec, parse_artifact_output
 from core.definition import env_key
@@ -24,8 +24,18 @@ class Assignment:
     stage: str
     name: str
     command: str | tuple[str, ...]
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)
     timeout_s: float
+    #: the environment whose secrets the job gets (``core.secrets``), and those secrets by
+    #: name, still encrypted: they are decrypted only when the job is handed to its runner
+    secrets_from: str | None = None
+    sealed: dict[str, str] = field(default_factory=dict, repr=False)
+    #: the decrypted values in ``env``: masked in everything the job writes
+    masked: tuple[str, ...] = field(default=(), repr=False)
+    #: why the job must not run (its secrets cannot be decrypted): the runner fails it with this
+    refusal: str = ""
+    #: a note for the top of the job's log
+    notice: str = ""
 
     @property
     def label(self) -> str:

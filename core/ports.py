@@ -172,6 +172,10 @@ class Tx(Protocol):
         """Record that ``pool`` of ``env``'s ``router`` serves now (a blue/green promotion)."""
         ...
 
+    def sealed_secrets(self, env: str) -> dict[str, str]:
+        """``env``'s secrets by name, encrypted as stored (``storage.secrets``)."""
+        ...
+
     def environment_health(self, env: str) -> EnvironmentHealth | None:
         """``env``'s health now (``storage.analyses`` keeps it); None before it has any."""
         ...

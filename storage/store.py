@@ -670,6 +670,11 @@ class SqlTx:
 
         set_live_pool(self.conn, env, router, pool, now)
 
+    def sealed_secrets(self, env: str) -> dict[str, str]:
+        from storage.secrets import sealed_secrets
+
+        return sealed_secrets(self.conn, env)
+
     def environment_health(self, env: str) -> EnvironmentHealth | None:
         from storage import analyses
 

@@ -668,3 +668,16 @@ class RouterLeaseRow(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=130)
     holder: str = Field(max_length=200)
     until: datetime = _ts(nullable=False)
+
+
+class EnvironmentSecretRow(SQLModel, table=True):
+    """A secret of an environment (``core.secrets``), encrypted (``storage.secrets``): the value
+    is never stored in the clear, and nothing in the service ever answers with it."""
+
+    __tablename__ = "environment_secret"
+    environment: str = Field(primary_key=True, max_length=63)
+    name: str = Field(primary_key=True, max_length=128)
+    #: a Fernet token (AES-128-CBC with HMAC-SHA256) under ``SHIPYARD_SECRET_KEY``
+    ciphertext: str = _text()
+    updated_at: datetime = _ts(nullable=False)
+    updated_by: str = Field(max_length=200)

@@ -11,7 +11,18 @@ from importlib import resources
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from bot.api import artifacts, deploys, environments, locks, pipelines, runner, runs, schedules, webhooks  # noqa: F401  (they register their operations)
+from bot.api import (  # (imported for the operations they register)
+    artifacts,
+    deploys,
+    environments,
+    locks,
+    pipelines,
+    runner,
+    runs,
+    schedules,
+    secrets,
+    webhooks,
+)
 from bot.api.gateway import ApiGateway
 from bot.api.problems import Problem, unavailable
 from bot.api.routing import PREFIX, SAFE_METHODS, audit_request

@@ -27,6 +27,7 @@ from core.access import Action
 from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.model import Actor
+from storage.secrets import open_assignment
 
 #: the protocol versions this server speaks (a runner sends its own in the header)
 PROTOCOLS = frozenset({1})
@@ -55,6 +56,12 @@ class AssignmentOut(BaseModel):
     command: str | list[str]
     env: dict[str, str]
     timeout_s: float
+    #: secret values in ``env``: the runner masks them in everything the job writes
+    masked: list[str] = Field(default_factory=list)
+    #: why the job must not run (its secrets cannot be opened): the runner fails it with this
+    refusal: str = ""
+    #: a note for the top of the job's log
+    notice: str = ""
 
     @classmethod
     def of(cls, a: Assignment) -> AssignmentOut:
@@ -69,6 +76,9 @@ class AssignmentOut(BaseModel):
             command=command,
             env=a.env,
             timeout_s=a.timeout_s,
+            masked=list(a.masked),
+            refusal=a.refusal,
+            notice=a.notice,
         )
 
 
@@ -172,7 +182,9 @@ async def claim(call: Call) -> web.Response:
                 # the runner went away (killed, partitioned): what it would take now would only
                 # wait for its lease to run out and count as a lost attempt
                 return reply(ClaimOut(assignments=[]))
-            taken = await orchestrator.claim(runner, call.body.limit, call.body.lease_s)
+            claimed = await orchestrator.claim(runner, call.body.limit, call.body.lease_s)
+            # secrets are opened here, as the assignment leaves for its runner (over TLS)
+            taken = [open_assignment(a, gw(call).shipyard.secret_box) for a in claimed]
             left = deadline - loop.time()
             if taken or left <= 0:
                 return reply(ClaimOut(assignments=[AssignmentOut.of(a) for a in taken]))

@@ -8,7 +8,7 @@ commit (``claim``) or take a transaction of their own (``Claims.claim_jobs``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from core import engine
@@ -18,6 +18,7 @@ from core.model import RunState
 from core.ports import Store, Tx
 from core.runtime.clock import Clock
 from core.runtime.reading import artifact_for
+from core.secrets import secrets_environment
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,7 +49,11 @@ def claim(tx: Tx, request: ClaimJobs, now: datetime) -> list[Assignment]:
         claimed = state.job(change.id) if state is not None else None
         assert state is not None and claimed is not None
         events.append(engine.claimed(claimed, state.definition.stages[claimed.stage_index].name))
-        assignments.append(for_job(state, claimed, artifact_for(tx, state)))
+        assignment = for_job(state, claimed, artifact_for(tx, state))
+        if (environment := secrets_environment(state, claimed, request.runner)) is not None:
+            sealed = tx.sealed_secrets(environment)
+            assignment = replace(assignment, secrets_from=environment, sealed=sealed)
+        assignments.append(assignment)
     tx.append_events(events)
     return assignments
 

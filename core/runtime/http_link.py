@@ -147,6 +147,9 @@ def _assignment(data: dict[str, Any]) -> Assignment:
         command=command if isinstance(command, str) else tuple(command),
         env=dict(data["env"]),
         timeout_s=float(data["timeout_s"]),
+        masked=tuple(data.get("masked") or ()),
+        refusal=str(data.get("refusal", "")),
+        notice=str(data.get("notice", "")),
     )
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -25,6 +25,7 @@ from core.runtime.executor import ExecResult, Executor, kill_orphans
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.records import JobRecords, Recorded
 from core.runtime.waiting import wait_event
+from core.secrets import Masker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,15 +45,25 @@ class RunnerLink(Protocol):
     async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]: ...
 
 
-class LocalLink:
-    """The runner protocol inside the server process."""
+#: an assignment as its runner gets it: its secrets decrypted (``storage.secrets.open_assignment``)
+Opener = Callable[[Assignment], Assignment]
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+
+class LocalLink:
+    """The runner protocol inside the server process. Claimed assignments carry their secrets
+    encrypted; ``opener`` decrypts them here, as the runner takes them (a remote link will do
+    so on the server, just before it sends the assignment over TLS)."""
+
+    def __init__(self, orchestrator: Orchestrator, opener: Opener | None = None) -> None:
         self.orch = orchestrator
         self.service = orchestrator.service
+        self.opener = opener
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
-        return await self.orch.claim(runner, limit, lease_s)
+        claimed = await self.orch.claim(runner, limit, lease_s)
+        if self.opener is None:
+            return [replace(a, sealed={}) if a.sealed else a for a in claimed]
+        return [self.opener(a) if a.sealed else a for a in claimed]
 
     async def renew(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
         return await self.orch.db(self.service.renew_leases, runner, held, lease_s)
@@ -76,8 +87,10 @@ class LogBuffer:
     The first ``limit`` bytes are kept as they come; after that only the last ``tail``
     characters are, behind a marker saying how much was left out."""
 
-    def __init__(self, limit: int, tail: int = 65536) -> None:
+    def __init__(self, limit: int, tail: int = 65536, masker: Masker | None = None) -> None:
         self.limit = limit
+        #: secret values become ``***`` before anything is kept (``core.secrets``)
+        self.masker = masker or Masker()
         self.tail_limit = tail
         self.pending: list[tuple[str, str]] = []
         self.kept = 0
@@ -86,6 +99,11 @@ class LogBuffer:
         self.tail_size = 0
 
     def add(self, stream: str, text: str) -> None:
+        self._keep(stream, self.masker.feed(stream, text))
+
+    def _keep(self, stream: str, text: str) -> None:
+        if not text:
+            return
         room = self.limit - self.kept
         if room > 0:
             head = text.encode()[:room].decode(errors="ignore")  # the limit is in bytes
@@ -109,6 +127,9 @@ class LogBuffer:
             self.omitted += cut
 
     def take(self, final: bool = False) -> list[tuple[str, str]]:
+        if final:
+            for stream, text in self.masker.flush():
+                self._keep(stream, text)
         chunks, self.pending = self.pending, []
         if final and self.tail:
             if self.omitted:
@@ -297,7 +318,8 @@ class Runner:
             return 0
         assignments = await self.link.claim(self.name, free, self.lease_s)
         for assignment in assignments:
-            active = _Active(assignment, logs=LogBuffer(self.max_log_bytes))
+            masker = Masker(assignment.masked)
+            active = _Active(assignment, logs=LogBuffer(self.max_log_bytes, masker=masker))
             key = (assignment.job_id, assignment.attempt)
             self.jobs[key] = active
             if key in self._stop_early or self._closing:
@@ -356,8 +378,15 @@ class Runner:
             self.log_flush_s, lambda: flusher.append(asyncio.create_task(self._flush_periodically(active)))
         )
         try:
-            record = self.records.path(a.run_id, a.job_id, a.attempt)
-            result = await self.executor.execute(a, self.workdir / a.run_id, active.logs.add, record)
+            if a.notice:
+                active.logs.add("system", a.notice)
+            if a.refusal:  # (its secrets cannot be decrypted: it must not run without them)
+                active.logs.add("system", f"shipyard: this job was not started: {a.refusal}\n")
+                result = ExecResult("failed", None, detail=a.refusal)
+            else:
+                record = self.records.path(a.run_id, a.job_id, a.attempt)
+                result = await self.executor.execute(a, self.workdir / a.run_id, active.logs.add, record)
+                result = _masked(result, active.logs.masker)
         except Exception as exc:
             log.exception("job %s could not be executed", a.label)
             active.logs.add("system", f"shipyard: the runner failed to execute this job: {exc}\n")
@@ -464,6 +493,15 @@ class Runner:
                         self.executor.kill(a.job_id, a.attempt)
                         return
             await wait_event(active.finished, self.log_flush_s)
+
+
+def _masked(result: ExecResult, masker: Masker) -> ExecResult:
+    """``result`` with secret values masked in its outputs (they are stored, shown in the run
+    and passed on to later stages) and its detail."""
+    if not masker:
+        return result
+    outputs = {key: masker.mask(value) for key, value in result.outputs.items()}
+    return replace(result, outputs=outputs, detail=masker.mask(result.detail))
 
 
 def _trouble(exc: Exception, message: str, *args: object) -> None:

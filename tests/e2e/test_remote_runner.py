@@ -6,6 +6,7 @@ with words that say why, and a runner token can do nothing else."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 from core.access import Role
 from storage.directory import Directory
+from storage.secrets import SecretBox, SecretStore, generate_key
 from storage.store import SqlStore
 from tests.e2e.server import Server, wait_until
 from tests.tcp_proxy import TcpProxy
@@ -110,8 +112,10 @@ def started(tmp_path: Path) -> Any:
         thing.stop()
 
 
-def _server(tmp_path: Path, db_url: str, started: list[Any], pipelines: dict[str, str]) -> Server:
-    server = Server(tmp_path, db_url, capacity=0, admin_token=ADMIN)
+def _server(
+    tmp_path: Path, db_url: str, started: list[Any], pipelines: dict[str, str], **settings: object
+) -> Server:
+    server = Server(tmp_path, db_url, capacity=0, admin_token=ADMIN, **settings)
     for name, text in pipelines.items():
         server.pipeline(name, text)
     started.append(server)
@@ -237,3 +241,30 @@ def test_a_partition_longer_than_the_lease_runs_the_job_elsewhere_and_kills_the_
         proxy.start()  # eu-1 comes back: it learns its attempt is stale and kills its copy
         wait_until(lambda: not os.path.exists(f"/proc/{stale}"), 20, what="the stale copy to be killed")
     assert _run(server, run_id)["stages"][0]["jobs"][0]["attempt"] == 2
+
+
+def test_a_remote_runner_gets_its_environments_secrets_and_masks_them(
+    tmp_path: Path, db_url: str, started: list[Any]
+) -> None:
+    key, value = generate_key(), "s3cr3t-deploy-key-value"
+    store = SqlStore(db_url)
+    try:
+        SecretStore(store, SecretBox(key)).set(
+            "production", "DEPLOY_KEY", value, "ops", datetime.now(UTC), "cli"
+        )
+    finally:
+        store.dispose()
+    digest = "$(printf %s $DEPLOY_KEY | sha256sum | cut -c1-12)"
+    job = f"echo key=$DEPLOY_KEY; echo sum={digest} >> $SHIPYARD_OUTPUT"
+    pipeline = (
+        "name: sealed\nstages:\n  - name: production\n    environment: production\n"
+        f"    jobs: [{{name: deploy, run: '{job}'}}]\n"
+    )
+    server = _server(tmp_path, db_url, started, {"sealed": pipeline}, secret_key=key)
+    started.append(RemoteRunner(tmp_path, server, "eu-1", _tokens(db_url, "eu-1")["eu-1"]).start())
+    run = _done(server, _trigger(server, "sealed"))
+    done = run["stages"][0]["jobs"][0]
+    assert run["status"] == "succeeded", run["reason"]
+    assert done["outputs"] == {"sum": hashlib.sha256(value.encode()).hexdigest()[:12]}  # the job had it
+    status, text = server.get(f"/api/v1/runs/{run['id']}/jobs/{done['id']}/log", ADMIN)
+    assert status == 200 and "key=***" in text and value not in text, text  # masked by the remote runner

@@ -1,0 +1,95 @@
+"""The secrets endpoints over real HTTP: admins only, values write-only, refusals that never
+quote a value; and what a job gets without a key, or with the wrong one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from storage.secrets import SecretBox, SecretStore, generate_key
+from storage.store import SqlStore
+from tests.api.conftest import StartApi, assert_problem
+from tests.pipelines import one_deploy
+
+KEY = generate_key()
+VALUE = "s3cret-Value-123"
+#: a production deploy that says whether it got $DEPLOY_KEY
+SAYS = one_deploy("says", """'echo "got=${DEPLOY_KEY:+yes}" >> "$SHIPYARD_OUTPUT"'""")
+PATH = "/environments/production/secrets"
+
+
+async def test_admins_set_list_and_delete_secrets_and_never_see_a_value(
+    db_url: str, start_api: StartApi
+) -> None:
+    api = await start_api(db_url, secret_key=KEY)
+    made = await api.call("PUT", f"{PATH}/DEPLOY_KEY", json={"value": VALUE})
+    assert made.status == 201 and made.headers["Location"] == f"/api/v1{PATH}"
+    assert made.json["name"] == "DEPLOY_KEY" and made.json["updated_by"] == "admin"
+    again = await api.call("PUT", f"{PATH}/DEPLOY_KEY", json={"value": VALUE + "x"})
+    assert again.status == 200
+    assert VALUE not in made.text + again.text
+
+    for who in ("viewer", "deployer", "approver"):
+        assert_problem(await api.get(PATH, who), 403)
+        assert_problem(await api.call("PUT", f"{PATH}/OTHER", who, json={"value": VALUE}), 403)
+    listed = await api.get(PATH, "admin")
+    assert [i["name"] for i in listed.json["items"]] == ["DEPLOY_KEY"] and VALUE not in listed.text
+    assert (await api.get("/environments/staging/secrets", "admin")).json["items"] == []
+
+    short = assert_problem(await api.call("PUT", f"{PATH}/SHORT", json={"value": "ab"}), 422, "SHORT")
+    assert "ab" not in short["detail"].replace("able", "")
+    assert_problem(await api.call("PUT", f"{PATH}/lower", json={"value": VALUE}), 422, "secret name")
+    assert_problem(await api.call("PUT", f"{PATH}/SHIPYARD_X", json={"value": VALUE}), 422, "reserved")
+    assert_problem(await api.call("PUT", f"{PATH}/X1", json={"value": 5}), 422)
+
+    gone = await api.call("DELETE", f"{PATH}/DEPLOY_KEY")
+    assert gone.status == 200 and gone.json["name"] == "DEPLOY_KEY"
+    assert_problem(await api.call("DELETE", f"{PATH}/DEPLOY_KEY"), 404, "no secret DEPLOY_KEY")
+
+    audit = await api.get("/audit?limit=50", "admin")
+    actions = [(e["action"], e["target"]) for e in audit.json["items"]]
+    assert ("secret_set", f"{PATH}/DEPLOY_KEY") in actions
+    assert ("secret_delete", f"{PATH}/DEPLOY_KEY") in actions
+    assert VALUE not in audit.text
+
+
+def _stored(url: str, key: str) -> None:
+    """DEPLOY_KEY of production, stored under ``key`` (as another server did)."""
+    store = SqlStore(url)
+    try:
+        SecretStore(store, SecretBox(key)).set(
+            "production", "DEPLOY_KEY", VALUE, "ops", datetime.now(UTC), "cli"
+        )
+    finally:
+        store.dispose()
+
+
+async def test_without_a_key_secrets_are_refused_and_jobs_run_without_them(
+    sqlite_url: str, start_api: StartApi
+) -> None:
+    _stored(sqlite_url, KEY)
+    api = await start_api(sqlite_url, {"says": SAYS})
+    assert_problem(await api.call("PUT", f"{PATH}/OTHER", json={"value": VALUE}), 409, "SHIPYARD_SECRET_KEY")
+    run = await api.wait((await api.trigger("says"))["id"])
+    assert run["status"] == "succeeded", run
+    assert run["stages"][0]["jobs"][0]["outputs"] == {"got": ""}
+    log = await api.get(f"/runs/{run['id']}/jobs/production%2Fdeploy/log")
+    assert "not given to this job: SHIPYARD_SECRET_KEY is not set" in log.text
+
+
+async def test_a_wrong_key_fails_the_job_clearly_without_running_it(
+    sqlite_url: str, start_api: StartApi
+) -> None:
+    _stored(sqlite_url, KEY)
+    api = await start_api(sqlite_url, {"says": SAYS}, secret_key=generate_key())
+    run = await api.wait((await api.trigger("says"))["id"])
+    assert run["status"] == "failed", run
+    job = run["stages"][0]["jobs"][0]
+    assert job["outputs"] == {} and "does not decrypt secret DEPLOY_KEY of production" in str(job)
+    log = await api.get(f"/runs/{run['id']}/jobs/production%2Fdeploy/log")
+    assert "this job was not started" in log.text and "Traceback" not in log.text
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert VALUE not in str(conn.execute(sa.text("SELECT * FROM environment_secret")).all())
+    engine.dispose()

@@ -1,0 +1,49 @@
+"""The pure rules of secrets: what masks a value (however the output is cut up), which names
+and values are accepted, and which jobs get an environment's secrets."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from core.errors import InvalidInput
+from core.secrets import MASK, Masker, check_name, check_value, mask_variants
+
+VALUE = "pr0d-Key/with+chars=7Xq"
+
+
+def test_every_base64_form_of_a_value_is_masked() -> None:
+    masker = Masker([VALUE])
+    for raw in (VALUE, VALUE + "\n"):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(raw.encode()).decode()
+            assert masker.mask(f"a {text} b") == f"a {MASK} b"
+    assert masker.mask(f"x{VALUE}y{VALUE}") == f"x{MASK}y{MASK}"
+
+
+def test_a_value_split_between_reads_is_still_masked() -> None:
+    text = f"start {VALUE} middle {base64.b64encode(VALUE.encode()).decode()} end {VALUE[:5]}"
+    for size in (1, 2, 3, 7, 11):
+        masker = Masker([VALUE])
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        out = "".join(masker.feed("stdout", p) for p in pieces) + "".join(t for _, t in masker.flush())
+        assert out == f"start {MASK} middle {MASK} end {VALUE[:5]}", size
+
+
+def test_lines_of_a_multiline_value_are_masked_alone() -> None:
+    masker = Masker(["-----BEGIN KEY-----\nabcdefgh\nxy\n"])
+    assert masker.mask("abcdefgh xy") == f"{MASK} xy"  # (too short to mask alone: "xy")
+    assert "xy" not in mask_variants(["xy\nabcd"])
+
+
+def test_names_and_values_are_checked_without_quoting_the_value() -> None:
+    assert check_name("DEPLOY_KEY") == "DEPLOY_KEY"
+    for bad in ("deploy_key", "1KEY", "SHIPYARD_TOKEN", "SLACK_X", "A-B", ""):
+        with pytest.raises(InvalidInput):
+            check_name(bad)
+    with pytest.raises(InvalidInput) as short:
+        check_value("K", " ab ")
+    assert " ab " not in short.value.message
+    with pytest.raises(InvalidInput):
+        check_value("K", "abcd\x00")
