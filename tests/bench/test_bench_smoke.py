@@ -4,6 +4,13 @@ rows it writes must keep fitting the schema, or the bench fails before it measur
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 
@@ -13,6 +20,7 @@ from core.runtime.service import Service
 from core.states import RunStatus
 from storage.reads import Reads
 from storage.store import SqlStore
+from tests.factory import ROOT
 
 
 def test_seeding_writes_runs_the_application_reads(sqlite_url: str) -> None:
@@ -61,3 +69,23 @@ def test_a_new_column_without_any_default_stops_the_bench_by_name() -> None:
     assert str(statement) == "INSERT INTO probe (id, needed, kind) SELECT 'x', 1, :default_kind "
     with pytest.raises(SystemExit, match=r"it writes \['gone'\], which are gone"):
         insert_select(table, {"id": "'x'", "needed": "1", "gone": "2"}, "")
+
+
+def test_the_rollout_bench_aborts_a_canary_through_real_nginx_and_prometheus(tmp_path: Path) -> None:
+    """``bench/rollout.py`` with one abort: it starts everything it needs and prints its figures."""
+    nginx, prometheus = "/usr/sbin/nginx", shutil.which("prometheus") or "/usr/bin/prometheus"
+    for binary in (nginx, prometheus):
+        if not os.access(binary, os.X_OK):
+            pytest.skip(f"{binary} is not installed")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.rollout", "--aborts", "1", "--rate", "100", "--quiet", "0.5"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode in (0, 1), result.stdout + result.stderr  # 1: over target on a busy machine
+    assert "analysis at step 2 (canary at 20%) failed: error-rate = " in result.stdout, result.stdout
+    assert re.search(r"traffic .* p99 \d+\.\d+ s", result.stdout), result.stdout
