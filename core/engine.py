@@ -550,10 +550,10 @@ def _end_verification(plan: _Plan, command: EndVerification) -> None:
     person = command.actor.channel != "system"
     who = f" by {command.actor.name}" if person else ""
     if command.verdict == "inconclusive":
-        if plan.run.reason.startswith(f"verification of {stage.environment} inconclusive"):
+        if stage.verify_until is None:  # (no deadline left: a person decides)
             raise CommandRefused(f"{plan.run.ref} already waits for an approver to decide its verification")
         why = f"verification of {stage.environment} inconclusive: {command.reason}; an approver decides"
-        plan.set(stage, reason=why)
+        plan.set(stage, reason=why, verify_until=None)
         plan.set(plan.run, reason=why)
         plan.note("stage.verification_inconclusive", stage, stage=stage.name, reason=command.reason)
         return

@@ -117,7 +117,8 @@ class Stage:
     #: rolls back), kept so the rule a deployment began under is the one it ends under
     verify_for: float | None = None
     verify_rollback: bool = False
-    #: when its verification passes if nothing failed (set on entering ``verifying``)
+    #: when its verification passes if nothing failed (set on entering ``verifying``); None
+    #: while verifying once its analysis was inconclusive: then a person decides
     verify_until: datetime | None = None
     #: a stage with a ``strategy``: where its rollout stands (``core.rollout``)
     rollout: Rollout | None = None

@@ -112,6 +112,9 @@ async def test_people_end_verification_early_within_separation_of_duties(
     paused = await wait_for(yard, run.run.id, lambda s: "inconclusive" in s.run.reason)
     assert paused.run.status is RunStatus.VERIFYING
     assert paused.run.reason == "verification of production inconclusive: smoke: no data; an approver decides"
+    assert paused.stages[1].verify_until is None  # (no deadline any more: a person decides)
+    again = await send(yard, EndVerification(run_id=run.run.id, verdict="inconclusive", reason="still none"))
+    assert not again.accepted and "already waits for an approver" in again.reason
 
     own = await send(yard, EndVerification(run_id=run.run.id, verdict="passed", actor=ALICE))
     assert not own.accepted and "separation of duties" in own.reason
