@@ -127,7 +127,7 @@ def _begin(plan: _Plan, stage: Stage, index: int, how: str = "passed") -> None:
             rollout = moved(rollout, RO.WAITING, stage.id, reason=f"paused at {step_words(strategy, index)}")
         else:
             assert step.analysis is not None
-            until = plan.now + timedelta(seconds=step.analysis.duration)
+            until = plan.now + timedelta(seconds=step.analysis.initial_delay + step.analysis.duration)
             rollout = replace(
                 rollout, analysis=analysis_id(plan.run.id, stage.index, index), step_until=until
             )

@@ -167,6 +167,10 @@ class VerifyPolicy(_Strict):
     #: instead of ``for``: this many measurements of each check (Argo's ``count``); ``for`` is
     #: then ``count`` times the longest interval among the checks
     count: int | None = Field(default=None, ge=1, le=10_000)
+    #: wait this long before the first measurement (Argo's ``initialDelay``): a rate over a
+    #: window longer than the interval would otherwise still see the release before this one;
+    #: the verification then lasts ``initial_delay`` plus ``for``
+    initial_delay: Duration = 0.0
     #: this many failed measurements (of any one check) fail the verification
     failure_limit: int = Field(default=1, ge=1, le=100)
     #: this many inconclusive ones pause it for a person to decide

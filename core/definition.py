@@ -165,6 +165,8 @@ class AnalysisStepDef(_Strict):
 
     checks: list[str] = Field(min_length=1)
     duration: Duration
+    #: wait this long before the first measurement (then measure for ``duration``)
+    initial_delay: Duration = 0.0
     failure_limit: int = Field(default=1, ge=1, le=100)
     inconclusive_limit: int = Field(default=1, ge=1, le=100)
     consecutive_error_limit: int = Field(default=5, ge=1, le=100)

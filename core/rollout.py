@@ -164,6 +164,7 @@ def step_policy(step: AnalysisStepDef) -> VerifyPolicy:
         {
             "checks": list(step.checks),
             "for": step.duration,
+            "initial_delay": step.initial_delay,
             "failure_limit": step.failure_limit,
             "inconclusive_limit": step.inconclusive_limit,
             "consecutive_error_limit": step.consecutive_error_limit,

@@ -231,8 +231,8 @@ def start(
 ) -> Analysis:
     """Start verifying a deployment (or measuring a canary step: ``kind``, with the policy's
     limits kept) in the caller's transaction (a run's, so the run enters ``verifying`` exactly
-    when its verification exists). Every check is due at once; the deadline is
-    ``now + policy.for``."""
+    when its verification exists). Every check is first due after ``policy.initial_delay``; the
+    deadline is that plus ``policy.for``."""
     limits = None
     if kind is AnalysisKind.ROLLOUT:
         limits = {
@@ -249,10 +249,11 @@ def start(
         started_at=now,
         run_id=run_id,
         stage_index=stage_index,
-        deadline=now + timedelta(seconds=policy.duration),
+        deadline=now + timedelta(seconds=policy.initial_delay + policy.duration),
     )
+    first = now + timedelta(seconds=policy.initial_delay)
     tx.conn.execute(sa.insert(ANALYSIS).values(**_analysis_row(a)))
-    tx.conn.execute(sa.insert(CHECK), [_check_row(a, check, now) for check in a.checks])
+    tx.conn.execute(sa.insert(CHECK), [_check_row(a, check, first) for check in a.checks])
     return a
 
 

@@ -48,7 +48,7 @@ def view(tx: Tx, environments: Environments, env: str, run_id: str | None, now: 
         freeze=freeze.describe() if freeze is not None else None,
         freeze_fails=policy.on_freeze == "fail",
         bad_artifact=bad,
-        verify_for=policy.verify.duration if policy.verify is not None else None,
+        verify_for=_verify_for(policy),
         verify_rollback=policy.verify is not None and policy.verify.on_failure == "rollback",
         router_pools=_router_pools(tx, env, policy) if policy.routers else {},
         approvers=policy.approvals.gate_approvers if policy.approvals is not None else (),
@@ -56,6 +56,12 @@ def view(tx: Tx, environments: Environments, env: str, run_id: str | None, now: 
         allow_self_approval=policy.approvals is not None and policy.approvals.allow_self_approval,
         unhealthy=unhealthy(tx, environments, env),
     )
+
+
+def _verify_for(policy: EnvironmentPolicy) -> float | None:
+    """How long a deployment here stays verifying: its first measurement waits ``initial_delay``."""
+    verify = policy.verify
+    return verify.initial_delay + verify.duration if verify is not None else None
 
 
 def _router_pools(tx: Tx, env: str, policy: EnvironmentPolicy) -> dict[str, tuple[str, str]]:

@@ -460,3 +460,20 @@ async def test_a_verification_judged_from_a_batch_is_judged_once(
     await verifier.tick()
     assert store.batches == [2] and verdicts == [AnalysisStatus.FAILED]
     assert len(store.measurements(analysis_id)) == 2
+
+
+async def test_an_initial_delay_holds_the_first_measurement_and_moves_the_deadline(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """A rate over a window longer than the interval would still see the release before: the
+    first measurement waits ``initial_delay``, and the verification lasts that plus ``for``."""
+    envs, clock, probe = environments({**VERIFY, "initial_delay": "15s"}, health=False), Clock(), Probe()
+    store = open_stores()
+    analysis_id = start_verification(store, envs, T0)
+    found = store.analysis(analysis_id)
+    assert found is not None and found[0].deadline == T0 + timedelta(seconds=75)
+    verifier = loop(store, envs, workdir, clock, probe)
+    clock.now = T0 + timedelta(seconds=14)
+    assert (await verifier.tick()).measured == [] and probe.calls == []
+    clock.now = T0 + timedelta(seconds=15)
+    assert len((await verifier.tick()).measured) == 1 and probe.calls == ["smoke"]
