@@ -108,6 +108,11 @@ def _begin(plan: _Plan, stage: Stage, index: int, how: str = "passed") -> None:
     rollout = _leave_step(plan, stage, stage.rollout, how)
     while index < len(strategy.steps):
         step = strategy.steps[index]
+        if plan.run.kind == "rollback" and not (
+            step.set_weight is not None and strategy.kind == "blue_green"
+        ):
+            index += 1  # a rollback goes straight back: no pauses, no analyses, no canary share
+            continue
         rollout = replace(
             rollout,
             step=index,

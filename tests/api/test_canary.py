@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from core.runtime.routers import router_for
 from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
+from tests.pipelines import built_and_deployed
 from tests.prometheus import Prometheus
 from tests.routing import Nginx, send
 
@@ -239,3 +241,46 @@ async def test_a_router_change_slower_than_its_timeout_fails_the_rollout_and_ngi
     assert "did not finish within the router's timeout of 1s" in done["reason"], done["reason"]
     assert nginx.include.read_text() == before  # the change to all-stable was put back
     assert abs(await _share(nginx) - 50) <= 3
+
+
+def _shop_canary(weights_file: Path) -> tuple[str, dict[str, Any]]:
+    """A pipeline that builds ``shop@<version>`` and rolls it out to production through a
+    command router that writes the weights it is given to ``weights_file``."""
+    pipeline = built_and_deployed().replace(
+        '    jobs: [{name: deploy, run: "true"}]',
+        """    strategy:
+      canary:
+        router: web
+        steps:
+          - set_weight: 20
+          - pause: {approvers: ["role:approver"]}
+          - set_weight: 100
+        promote: [{name: promote, run: "true"}]
+    jobs: [{name: deploy, run: "true"}]""",
+    )
+    router = {
+        "command": ["sh", "-c", f'echo "$SHIPYARD_ROUTER_WEIGHTS" >> {weights_file}'],
+        "pools": {"stable": ["a"], "canary": ["b"]},
+    }
+    return pipeline, {"production": {"routers": {"web": router}}}
+
+
+async def test_a_rollback_through_a_canary_stage_goes_straight_back_without_pauses_or_people(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights"
+    pipeline, environments = _shop_canary(weights)
+    api = await start_api(db_url, {"shop": pipeline}, environments=environments)
+    for version in ("1.0.0", "2.0.0"):
+        run = await api.trigger("shop", parameters={"version": version})
+        await api.wait(run["id"], lambda r: r["status"] == "waiting", timeout=30)
+        promoted = await api.post(f"/runs/{run['id']}/rollout/promote", who="approver", json={})
+        assert promoted.status == 200, promoted.json
+        assert (await api.wait(run["id"], timeout=30))["status"] == "succeeded"
+    weights.write_text("")
+    rolled = await api.post("/environments/production/rollback", who="deployer", json={})
+    assert rolled.status == 202, rolled.json
+    done = await api.wait(rolled.json["id"], timeout=30)
+    assert done["status"] == "succeeded", done["reason"]  # no pause stopped it, nobody promoted
+    assert done["rollout"]["status"] == "promoted"
+    assert weights.read_text().split() == ["stable=100,canary=0"]  # the canary never took traffic
