@@ -25,6 +25,7 @@ from bot.api.schemas import ProblemOut
 from core.access import Action, Principal
 from core.errors import CommandRefused, DatabaseUnreachable
 from core.ports import AuditEntry
+from core.secrets import NAME as SECRET_NAME
 
 log = logging.getLogger(__name__)
 PREFIX = "/api/v1"
@@ -206,13 +207,18 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     return doc
 
 
+#: path parameters whose form the document states (the rest are strings up to 200 characters)
+PATH_PATTERNS: dict[str, str] = {"secret": r"^(?!SHIPYARD_|SLACK_)" + SECRET_NAME.pattern.removeprefix("^")}
+
+
 def _parameters(op: Operation) -> list[dict[str, Any]]:
     """Path names, the query model's fields and, on a mutating operation, Idempotency-Key."""
     params: list[dict[str, Any]] = []
     for name in _path_names(op.path):
-        params.append(
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
-        )
+        schema: dict[str, Any] = {"type": "string", "maxLength": 200}
+        if name in PATH_PATTERNS:
+            schema["pattern"] = PATH_PATTERNS[name]
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
     if op.query is not None:
         schema = op.query.model_json_schema(ref_template=REF)
         for name, prop in schema.get("properties", {}).items():

@@ -21,15 +21,18 @@ from bot.api.spec import API
 from bot.backend import now
 from core.access import Action
 from core.definition import NAME
-from core.secrets import MAX_LENGTH
+from core.secrets import MAX_LENGTH, MIN_LENGTH
 from core.secrets import NAME as SECRET_NAME
 from storage.secrets import SecretInfo, SecretStore
 
 
 class SecretIn(Strict):
     value: str = Field(
-        min_length=1,
+        min_length=MIN_LENGTH,
         max_length=MAX_LENGTH,
+        # the document says what ``core.secrets`` checks (and says, in words, when it refuses):
+        # at least MIN_LENGTH characters between the first and last that are not blank, no NUL
+        json_schema_extra={"pattern": rf"^\s*[^\s\x00][^\x00]{{{MIN_LENGTH - 2},}}[^\s\x00]\s*$"},
         description="the value, given to the jobs of the stages that deploy to this environment; "
         "never shown again",
     )
@@ -62,9 +65,9 @@ def _secrets(call: Call) -> SecretStore:
 
 def _where(call: Call) -> tuple[str, str]:
     """The environment and secret name of the path, each checked."""
-    env, name = call.params["env_id"], call.params.get("name", "")
-    if not re.match(NAME, env):
-        raise Problem(422, f"environment {env!r}: use lower-case letters, digits and '-'")
+    env, name = call.params["env_id"], call.params.get("secret", "")
+    if not re.match(NAME, env):  # (as every environment route: a name that cannot be is not found)
+        raise Problem(404, f"no environment {env!r}: names are lower-case letters, digits and '-'")
     if name and not SECRET_NAME.match(name):
         raise Problem(422, f"secret name {name!r}: use A-Z, 0-9 and _, not starting with a digit")
     return env, name
@@ -86,7 +89,7 @@ async def list_secrets(call: Call) -> web.Response:
 
 @API.op(
     "PUT",
-    "/environments/{env_id}/secrets/{name}",
+    "/environments/{env_id}/secrets/{secret}",
     summary="Set a secret",
     action=Action.MANAGE,
     tag="secrets",
@@ -114,7 +117,7 @@ async def set_secret(call: Call) -> web.Response:
 
 @API.op(
     "DELETE",
-    "/environments/{env_id}/secrets/{name}",
+    "/environments/{env_id}/secrets/{secret}",
     summary="Delete a secret",
     action=Action.MANAGE,
     tag="secrets",

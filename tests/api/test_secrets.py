@@ -37,7 +37,9 @@ async def test_admins_set_list_and_delete_secrets_and_never_see_a_value(
     assert [i["name"] for i in listed.json["items"]] == ["DEPLOY_KEY"] and VALUE not in listed.text
     assert (await api.get("/environments/staging/secrets", "admin")).json["items"] == []
 
-    short = assert_problem(await api.call("PUT", f"{PATH}/SHORT", json={"value": "ab"}), 422, "SHORT")
+    short = assert_problem(
+        await api.call("PUT", f"{PATH}/SHORT", json={"value": "ab"}), 422, "value", "at least 4"
+    )
     assert "ab" not in short["detail"].replace("able", "")
     assert_problem(await api.call("PUT", f"{PATH}/lower", json={"value": VALUE}), 422, "secret name")
     assert_problem(await api.call("PUT", f"{PATH}/SHIPYARD_X", json={"value": VALUE}), 422, "reserved")
