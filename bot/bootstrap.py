@@ -26,6 +26,8 @@ class Shipyard:
     orchestrator: Orchestrator
     catalog: Catalog
     runner: Runner | None
+    #: runs the jobs (and gate commands); closed last
+    executor: Executor
 
     async def start(self) -> None:
         report = await self.orchestrator.db(self.catalog.refresh)
@@ -41,6 +43,7 @@ class Shipyard:
         if self.runner is not None:
             await self.runner.shutdown()
         await self.orchestrator.stop()
+        self.executor.close()
         self.store.dispose()
 
 
@@ -69,4 +72,5 @@ def build(
             max_log_bytes=settings.max_log_bytes,
             kill_grace_s=settings.kill_grace_seconds,
         )
-    return Shipyard(settings, store, service, orchestrator, Catalog(service, settings.pipelines_dir), runner)
+    catalog = Catalog(service, settings.pipelines_dir)
+    return Shipyard(settings, store, service, orchestrator, catalog, runner, executor)
