@@ -32,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file against another checkout
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from bench.engine import PIPELINE, _settings  # noqa: E402
+from bench.engine import PIPELINE, _settings
 
 TARGET_START_MS = 3.0
 TARGET_RUN_MS = 20.0
@@ -70,7 +70,8 @@ async def job_start(jobs: int) -> dict[str, float]:
         for n in range(jobs + 10):  # (the first ones start the spawner and warm the caches)
             out: list[str] = []
             before = time.time_ns()
-            result = await executor.execute(_job(("date", "+%s%N"), n), work, lambda _s, t: out.append(t))
+            date = _job(("date", "+%s%N"), n)
+            result = await executor.execute(date, work, lambda _s, t, o=out: o.append(t))
             assert result.outcome == "succeeded", result
             if n >= 10:
                 starts.append((int("".join(out)) - before) / 1e6)
@@ -110,7 +111,8 @@ async def three_stage(runs: int, executor_name: str) -> float:
         try:
             for n in range(runs + 3):
                 started = datetime.now(UTC)
-                decision = await shipyard.orchestrator.handle(TriggerRun(pipeline="bench", actor=Actor("b", "cli")))
+                trigger = TriggerRun(pipeline="bench", actor=Actor("bench", "cli"))
+                decision = await shipyard.orchestrator.handle(trigger)
                 assert decision.state is not None, decision.reason
                 run_id = decision.state.run.id
                 while True:

@@ -120,7 +120,7 @@ def _job_of(spawner: int) -> int:
     return wait_until(lambda: (_children(spawner) or [None])[0], what="the job")
 
 
-def test_a_job_running_when_its_server_is_killed_dies_with_everything_it_started(tmp_path: Path, server) -> None:
+def test_a_job_running_when_its_server_is_killed_dies_with_all_it_started(tmp_path: Path, server) -> None:
     left = tmp_path / "left"
     proc, spawner = server(f"sleep 60 & echo $! > {left}; sleep 60")
     job_pid = _job_of(spawner)
@@ -137,11 +137,12 @@ def test_a_job_running_when_its_server_is_killed_dies_with_everything_it_started
     assert list(tmp_path.glob("record~*")) == []  # it did not end by itself: not recorded
 
 
-def test_a_job_that_exited_while_the_spawner_was_stopped_is_recorded_not_killed(tmp_path: Path, server) -> None:
+def test_a_job_that_exited_while_the_spawner_was_stopped_is_recorded(tmp_path: Path, server) -> None:
     fifo = tmp_path / "go"
     os.mkfifo(fifo)
     left = tmp_path / "left"
-    proc, spawner = server(f"echo version=7 > $SHIPYARD_OUTPUT; sleep 60 & echo $! > {left}; read x < {fifo}; exit 5")
+    command = f"echo version=7 > $SHIPYARD_OUTPUT; sleep 60 & echo $! > {left}; read x < {fifo}; exit 5"
+    proc, spawner = server(command)
     job_pid = _job_of(spawner)
     wait_until(lambda: left.exists() and left.read_text().strip(), what="the job's background process")
     background = int(left.read_text())
@@ -187,7 +188,7 @@ async def test_many_jobs_start_at_once_and_each_gets_its_own_result(tmp_path: Pa
         results = await asyncio.gather(
             *(
                 executor.execute(
-                    job(f"echo n={i} > $SHIPYARD_OUTPUT; echo out {i}; exit $(({i} % 3))", job_id=f"r.s0.j{i}"),
+                    job(f"echo n={i} > $SHIPYARD_OUTPUT; echo out {i}; exit $(({i} % 3))", f"r.s0.j{i}"),
                     tmp_path,
                     lambda _s, text, i=i: logs[i].append(text),  # type: ignore[misc]
                     tmp_path / f"record-{i}",
@@ -214,7 +215,8 @@ async def test_a_killed_spawner_fails_its_running_jobs_kills_them_and_is_replace
         task = asyncio.create_task(
             executor.execute(job(f"sleep 60 & echo $! > {left}; sleep 60"), tmp_path, lambda _s, _t: None)
         )
-        await asyncio.to_thread(wait_until, lambda: left.exists() and left.read_text().strip(), what="the job")
+        started = lambda: left.exists() and left.read_text().strip()  # noqa: E731
+        await asyncio.to_thread(wait_until, started, what="the job")
         background = int(left.read_text())
         spawner = executor.spawner.pid
         assert spawner is not None
@@ -222,7 +224,8 @@ async def test_a_killed_spawner_fails_its_running_jobs_kills_them_and_is_replace
 
         result = await asyncio.wait_for(task, 10)
         assert result.outcome == "failed" and "spawner died" in result.detail
-        await asyncio.to_thread(wait_until, lambda: not _alive(background), what="the orphaned job to be killed")
+        gone = lambda: not _alive(background)  # noqa: E731
+        await asyncio.to_thread(wait_until, gone, what="the orphaned job to be killed")
 
         again = await executor.execute(job(("true",), job_id="r.s0.j1"), tmp_path, lambda _s, _t: None)
         assert again.outcome == "succeeded" and executor.spawner.pid not in (None, spawner)
