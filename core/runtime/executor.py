@@ -138,8 +138,7 @@ class SubprocessExecutor:
     ) -> ExecResult:
         workdir = workdir.absolute()  # (the spawner changes directory for every job)
         (workdir / META_DIR).mkdir(parents=True, exist_ok=True)
-        output_file = _meta(workdir, job.job_id, job.attempt, "out")
-        output_file.write_text("")
+        output_file = _meta(workdir, job.job_id, job.attempt, "out")  # (the spawner creates it)
         env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_PREFIXES)}
         env.update(job.env)
         env["SHIPYARD_OUTPUT"] = str(output_file)
@@ -179,21 +178,16 @@ class SubprocessExecutor:
     ) -> tuple[int, bool]:
         """Start the job, stream its output, enforce its timeout: ``(exit code, timed out)``."""
         loop = asyncio.get_running_loop()
-        pumps: list[tuple[asyncio.BaseTransport, asyncio.Future[None]]] = []
-        fds: list[int] = []
+        pumps = [_Pump(loop, "stdout", sink), _Pump(loop, "stderr", sink)]
         try:
-            for name in ("stdout", "stderr"):
-                read, write = os.pipe()
-                fds.append(write)
-                pumps.append(await _pump(loop, read, name, sink))
-            proc = await self.spawner.start(argv, env, workdir, record, *fds)
+            proc = await self.spawner.start(argv, env, workdir, record, pumps[0].write, pumps[1].write)
         except BaseException:
-            for transport, _ in pumps:
-                transport.close()
+            for pump in pumps:
+                pump.close()
             raise
         finally:
-            for fd in fds:
-                os.close(fd)
+            for pump in pumps:
+                os.close(pump.write)
         self._procs[key] = proc
         try:
             if key in self._killed:  # asked to stop while the process was starting
@@ -203,7 +197,7 @@ class SubprocessExecutor:
             if not exited:
                 await self._terminate(proc)
             code = await proc.exited
-            await asyncio.gather(*(done for _, done in pumps))
+            await asyncio.gather(*(pump.done for pump in pumps))
         except asyncio.CancelledError:
             self.spawner.kill(proc, signal.SIGKILL)
             raise
@@ -214,8 +208,8 @@ class SubprocessExecutor:
             self._procs.pop(key, None)
             if (handle := self._final_kill.pop(key, None)) is not None:
                 handle.cancel()
-            for transport, _ in pumps:
-                transport.close()  # (no-op at the pipe's end)
+            for pump in pumps:
+                pump.close()  # (nothing left to do at the pipe's end)
         return code, not exited
 
     def ended(self, outputs: Path, exit_code: int) -> ExecResult:
@@ -247,39 +241,39 @@ def _exited_with(code: int | None, output_file: Path, sink: OutputSink) -> ExecR
     return ExecResult("failed", code, detail=detail)
 
 
-class _Output(asyncio.Protocol):
-    """One of a job's output pipes, decoded as it comes (split characters kept whole)."""
+class _Pump:
+    """One of a job's output pipes, read as it comes (a reader on the loop: nothing to await
+    before the job starts) and decoded with split characters kept whole."""
 
-    def __init__(self, name: str, sink: OutputSink, done: asyncio.Future[None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str, sink: OutputSink) -> None:
+        self.loop = loop
         self.name = name
         self.sink = sink
-        self.done = done
+        self.read, self.write = os.pipe()
+        os.set_blocking(self.read, False)
+        self.done: asyncio.Future[None] = loop.create_future()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        loop.add_reader(self.read, self._readable)
 
-    def data_received(self, data: bytes) -> None:
-        self._emit(self.decoder.decode(data))
-
-    def eof_received(self) -> bool:
-        self._emit(self.decoder.decode(b"", final=True))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def _emit(self, text: str) -> None:
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.read, 65536)
+        except BlockingIOError:
+            return
+        text = self.decoder.decode(chunk, final=not chunk)
         if text:
             self.sink(self.name, text.replace("\x00", "\ufffd"))  # NUL cannot be stored (PostgreSQL)
+        if not chunk:
+            self.close()
 
-
-async def _pump(
-    loop: asyncio.AbstractEventLoop, fd: int, name: str, sink: OutputSink
-) -> tuple[asyncio.BaseTransport, asyncio.Future[None]]:
-    """Stream the pipe ``fd`` to ``sink``; the future is done at the pipe's end."""
-    done: asyncio.Future[None] = loop.create_future()
-    pipe = open(fd, "rb", buffering=0)  # (the transport closes it)
-    transport, _ = await loop.connect_read_pipe(lambda: _Output(name, sink, done), pipe)
-    return transport, done
+    def close(self) -> None:
+        """Stop reading (at the pipe's end, or when the job is abandoned)."""
+        if self.read >= 0:
+            self.loop.remove_reader(self.read)
+            os.close(self.read)
+            self.read = -1
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 def read_outputs(lines: Iterable[str]) -> tuple[dict[str, str], list[str]]:

@@ -6,7 +6,8 @@ a Python supervisor per job cost ~17 ms; a ``posix_spawn`` from here costs a fra
 Requests (``marshal``-encoded tuples), answered in order of events:
 
 * ``("start", id, argv, env, cwd, record)`` with the job's stdout and stderr pipes attached
-  (``SCM_RIGHTS``). The job is started (``posix_spawn``) in a session (and process group) of
+  (``SCM_RIGHTS``). Its outputs file (``$SHIPYARD_OUTPUT`` in ``env``) is created empty. The job
+  is started (``posix_spawn``) in a session (and process group) of
   its own, with default signal dispositions, stdin on ``/dev/null``. Answer ``("pid", id,
   pid)``; a command that cannot be executed is answered ``("pid", id, 0)`` and ends at once
   with 127 (not found) or 126, said on its stderr.
@@ -124,6 +125,8 @@ class Spawner:
         out, err = fds
         job = Job(job_id, 0, record, env.get("SHIPYARD_OUTPUT"))
         try:
+            if job.outputs:  # (here, not in the server: creating a file can take a millisecond)
+                os.close(os.open(job.outputs, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666))
             job.pid = _spawn(argv, env, cwd, out, err)
         except OSError as exc:  # as a shell says it: the job "exits" 127 or 126
             try:
