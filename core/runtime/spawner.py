@@ -113,6 +113,8 @@ class Spawner:
         self.conn = conn
         self.jobs: dict[int, Job] = {}  # by pid
         self.by_id: dict[int, Job] = {}
+        #: one buffer for every request (a fresh one per read would be allocated and freed)
+        self.buffer = bytearray(MAX_REQUEST)
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -185,21 +187,21 @@ class Spawner:
         """Handle the requests waiting on the socket; False when the server has gone."""
         while True:
             try:
-                data, ancdata, _flags, _addr = self.conn.recvmsg(
-                    MAX_REQUEST, socket.CMSG_SPACE(2 * 4), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                size, ancdata, flags, _addr = self.conn.recvmsg_into(
+                    [self.buffer], socket.CMSG_SPACE(2 * 4), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 return True
             except OSError:
                 return False
-            if not data:
+            if not size:
                 return False
             fds: list[int] = []
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(memoryview(payload).cast("i"))
-            request = marshal.loads(data)
-            if request[0] == "start" and len(fds) == 2:
+            request = marshal.loads(memoryview(self.buffer)[:size])
+            if request[0] == "start" and len(fds) == 2 and not flags & socket.MSG_TRUNC:
                 self.start(request, fds)
             elif request[0] == "kill":
                 self.kill(request[1], request[2])
