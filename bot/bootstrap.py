@@ -28,6 +28,8 @@ class Shipyard:
     orchestrator: Orchestrator
     catalog: Catalog
     runner: Runner | None
+    #: runs the jobs (and gate commands); closed last
+    executor: Executor
     #: seals and opens environment secrets; None without ``SHIPYARD_SECRET_KEY`` (no secrets)
     secret_box: SecretBox | None = field(default=None)
 
@@ -45,6 +47,7 @@ class Shipyard:
         if self.runner is not None:
             await self.runner.shutdown()
         await self.orchestrator.stop()
+        self.executor.close()
         self.store.dispose()
 
 
@@ -75,6 +78,5 @@ def build(
             max_log_bytes=settings.max_log_bytes,
             kill_grace_s=settings.kill_grace_seconds,
         )
-    return Shipyard(
-        settings, store, service, orchestrator, Catalog(service, settings.pipelines_dir), runner, box
-    )
+    catalog = Catalog(service, settings.pipelines_dir)
+    return Shipyard(settings, store, service, orchestrator, catalog, runner, executor, box)

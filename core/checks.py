@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from core.conditions import Condition
-from core.definition import NAME, Duration, _Strict
+from core.definition import NAME, Delay, Duration, _Strict
 from core.duration import parse_duration
 
 
@@ -170,7 +170,7 @@ class VerifyPolicy(_Strict):
     #: wait this long before the first measurement (Argo's ``initialDelay``): a rate over a
     #: window longer than the interval would otherwise still see the release before this one;
     #: the verification then lasts ``initial_delay`` plus ``for``
-    initial_delay: Duration = 0.0
+    initial_delay: Delay = 0.0
     #: this many failed measurements (of any one check) fail the verification
     failure_limit: int = Field(default=1, ge=1, le=100)
     #: this many inconclusive ones pause it for a person to decide

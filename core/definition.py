@@ -43,6 +43,19 @@ def _seconds(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(_seconds)]
 
 
+def _delay(value: Any) -> float:
+    """A ``Duration`` that may also be none at all: ``0``, ``0s``."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    if isinstance(value, str) and value.strip().lower() in ("0", "0s"):
+        return 0.0
+    return parse_duration(value)
+
+
+#: a wait that may be zero (a delay before something starts)
+Delay = Annotated[float, BeforeValidator(_delay)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -166,7 +179,7 @@ class AnalysisStepDef(_Strict):
     checks: list[str] = Field(min_length=1)
     duration: Duration
     #: wait this long before the first measurement (then measure for ``duration``)
-    initial_delay: Duration = 0.0
+    initial_delay: Delay = 0.0
     failure_limit: int = Field(default=1, ge=1, le=100)
     inconclusive_limit: int = Field(default=1, ge=1, le=100)
     consecutive_error_limit: int = Field(default=5, ge=1, le=100)
@@ -238,7 +251,7 @@ class BlueGreenDef(_Strict):
     auto_promote: Duration | None = None
     post_checks: list[str] = Field(default_factory=list)
     post_for: Duration = 300.0
-    scale_down_after: Duration = 0.0
+    scale_down_after: Delay = 0.0
     scale_down: list[JobDef] = Field(default_factory=list)
     #: who may promote when nothing promotes automatically (default: the environment's rule)
     approvers: list[str] = Field(default_factory=list)

@@ -15,13 +15,13 @@ import os
 import re
 import shutil
 import signal
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 from core.assignment import Assignment
+from core.runtime.spawning import Spawned, Spawner, SpawnerGone, SpawnError, killpg
 from core.runtime.waiting import within
 
 OutputSink = Callable[[str, str], None]
@@ -42,11 +42,15 @@ class Executor(Protocol):
     async def execute(
         self, job: Assignment, workdir: Path, sink: OutputSink, record: Path | None = None
     ) -> ExecResult:
-        """Run ``job``; when it exits, its supervisor moves its outputs file to
-        ``<record>~<exit code>`` (``core/runtime/records.py``)."""
+        """Run ``job``; when it exits (by itself, not killed), its outputs file is moved to
+        ``<record>~<exit code>`` (``core/runtime/records.py``) before the result is returned."""
         ...
 
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool: ...
+
+    def close(self) -> None:
+        """Release what the executor holds (its spawner); it may be used again after."""
+        ...
 
     def ended(self, outputs: Path, exit_code: int) -> ExecResult:
         """The result of an attempt that exited with ``exit_code``, its outputs file at
@@ -65,27 +69,24 @@ class NoopExecutor:
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
     def ended(self, outputs: Path, exit_code: int) -> ExecResult:
         return ExecResult("succeeded" if exit_code == 0 else "failed", exit_code)
 
 
-#: every job runs under this supervisor (see core/runtime/supervise.py)
-SUPERVISOR = [sys.executable, "-S", "-E", str(Path(__file__).with_name("supervise.py"))]
-
-
-#: what these exit codes mean (the supervisor uses them too)
+#: what these exit codes mean (the spawner uses them too)
 _EXIT_MEANING = {126: "command not executable", 127: "command not found"}
 
 
-def shell_argv(command: str | tuple[str, ...], record: Path | None = None) -> list[str]:
-    """The supervisor's command line: it records the job's end beside ``record`` (if any)."""
+def shell_argv(command: str | tuple[str, ...]) -> list[str]:
+    """The job's command line: an argv as given, a string through bash (or sh)."""
     if isinstance(command, tuple):
-        argv = list(command)
-    elif shutil.which("bash"):
-        argv = ["bash", "-eo", "pipefail", "-c", command]
-    else:
-        argv = ["sh", "-ec", command]
-    return [*SUPERVISOR, str(os.getpid()), str(record or ""), *argv]
+        return list(command)
+    if shutil.which("bash"):
+        return ["bash", "-eo", "pipefail", "-c", command]
+    return ["sh", "-ec", command]
 
 
 #: where a job's outputs file lives in its run's directory: ``<job id>.<attempt>.out``
@@ -97,41 +98,47 @@ def _meta(workdir: Path, job_id: str, attempt: int, kind: str) -> Path:
 
 
 class SubprocessExecutor:
+    """Jobs start through this executor's spawner (``core/runtime/spawner.py``), which records
+    their ends and kills them all if the server dies."""
+
     def __init__(self, kill_grace_s: float = 5.0) -> None:
         self.kill_grace_s = kill_grace_s
-        self._procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
+        self.spawner = Spawner()
+        self._procs: dict[tuple[str, int], Spawned] = {}
         #: attempts asked to stop while they had not exited: their result is "killed"
         self._killed: set[tuple[str, int]] = set()
-        #: attempts whose process has exited (a kill now only sweeps up what it left behind)
-        self._exited: set[tuple[str, int]] = set()
         self._final_kill: dict[tuple[str, int], asyncio.TimerHandle] = {}
+
+    def close(self) -> None:
+        """End the spawner (a new one starts with the next job)."""
+        self.spawner.close()
 
     def kill(self, job_id: str, attempt: int, grace_s: float = 0.0) -> bool:
         """Kill the attempt's whole process group: at once, or with SIGTERM first and SIGKILL
-        after ``grace_s``. An attempt whose process is still starting never starts. An attempt
-        whose process already exited keeps its result; only what it left running is killed."""
+        after ``grace_s``. An attempt whose process is still starting never runs. An attempt
+        whose process already exited keeps its result."""
         key = (job_id, attempt)
         proc = self._procs.get(key)
-        if key not in self._exited:
-            self._killed.add(key)
+        if proc is not None and proc.exited.done():
+            return True
+        self._killed.add(key)
         if proc is None:
             return False
-        if grace_s > 0 and key not in self._exited:
-            _killpg(proc.pid, signal.SIGTERM)
+        if grace_s > 0:
+            self.spawner.kill(proc, signal.SIGTERM)
             self._final_kill[key] = asyncio.get_running_loop().call_later(
-                grace_s, _killpg, proc.pid, signal.SIGKILL
+                grace_s, self.spawner.kill, proc, signal.SIGKILL
             )
         else:
-            _killpg(proc.pid, signal.SIGKILL)
+            self.spawner.kill(proc, signal.SIGKILL)
         return True
 
     async def execute(
         self, job: Assignment, workdir: Path, sink: OutputSink, record: Path | None = None
     ) -> ExecResult:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / META_DIR).mkdir(exist_ok=True)
-        output_file = _meta(workdir, job.job_id, job.attempt, "out")
-        output_file.write_text("")
+        workdir = workdir.absolute()  # (the spawner changes directory for every job)
+        (workdir / META_DIR).mkdir(parents=True, exist_ok=True)
+        output_file = _meta(workdir, job.job_id, job.attempt, "out")  # (the spawner creates it)
         env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_PREFIXES)}
         env.update(job.env)
         env["SHIPYARD_OUTPUT"] = str(output_file)
@@ -141,66 +148,79 @@ class SubprocessExecutor:
             self._killed.discard(key)
             return ExecResult("killed", None, detail="killed before it started")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *shell_argv(job.command, record),
-                cwd=workdir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                # no preexec_fn: it would force a full fork() of this process, ~10 ms of a
-                # blocked event loop per job; the supervisor arranges its own death signal
-                start_new_session=True,
-            )
-        except OSError as exc:
+            code, timed_out = await self._run(key, job, shell_argv(job.command), env, workdir, record, sink)
+        except SpawnerGone as exc:
+            self._killed.discard(key)
+            sink("stderr", f"shipyard: {exc}\n")
+            return ExecResult("failed", None, detail=str(exc))
+        except SpawnError as exc:
+            self._killed.discard(key)
             sink("stderr", f"shipyard: cannot start {job.command!r}: {exc}\n")
-            return ExecResult("failed", 127, detail=f"cannot start: {exc.strerror}")
-        self._procs[key] = proc
-        if key in self._killed:  # asked to stop while the process was starting
-            _killpg(proc.pid, signal.SIGKILL)
-        assert proc.stdout is not None and proc.stderr is not None
-        pumps = [
-            asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
-            asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
-        ]
-        timed_out = False
-        try:
-            exited, _ = await within(_exited(proc), job.timeout_s)
-            if not exited:
-                timed_out = True
-                await self._terminate(proc)
-            self._exited.add(key)
-            # background processes the job left behind would hold its output open: end them
-            _killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            await asyncio.gather(*pumps)
-        except asyncio.CancelledError:
-            _killpg(proc.pid, signal.SIGKILL)
-            raise
-        finally:
-            self._procs.pop(key, None)
-            self._exited.discard(key)
-            if (handle := self._final_kill.pop(key, None)) is not None:
-                handle.cancel()
-        code = proc.returncode
+            return ExecResult("failed", 127, detail=f"cannot start: {exc}")
         if key in self._killed:
             self._killed.discard(key)
             return ExecResult("killed", code, detail="killed")
         if timed_out:
             return ExecResult("timed_out", code)
-        if record is not None:  # (the supervisor moved the outputs file there)
+        if record is not None:  # (the spawner moved the outputs file there)
             output_file = record.with_name(f"{record.name}~{code}")
         return _exited_with(code, output_file, sink)
+
+    async def _run(
+        self,
+        key: tuple[str, int],
+        job: Assignment,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        record: Path | None,
+        sink: OutputSink,
+    ) -> tuple[int, bool]:
+        """Start the job, stream its output, enforce its timeout: ``(exit code, timed out)``."""
+        loop = asyncio.get_running_loop()
+        pumps = [_Pump(loop, "stdout", sink), _Pump(loop, "stderr", sink)]
+        try:
+            proc = await self.spawner.start(argv, env, workdir, record, pumps[0].write, pumps[1].write)
+        except BaseException:
+            for pump in pumps:
+                pump.close()
+            raise
+        finally:
+            for pump in pumps:
+                os.close(pump.write)
+        self._procs[key] = proc
+        try:
+            if key in self._killed:  # asked to stop while the process was starting
+                self.spawner.kill(proc, signal.SIGKILL)
+            await proc.pid
+            exited, _ = await within(asyncio.shield(proc.exited), job.timeout_s)
+            if not exited:
+                await self._terminate(proc)
+            code = await proc.exited
+            await asyncio.gather(*(pump.done for pump in pumps))
+        except asyncio.CancelledError:
+            self.spawner.kill(proc, signal.SIGKILL)
+            raise
+        except SpawnerGone:
+            killpg(proc.started(), signal.SIGKILL)
+            raise
+        finally:
+            self._procs.pop(key, None)
+            if (handle := self._final_kill.pop(key, None)) is not None:
+                handle.cancel()
+            for pump in pumps:
+                pump.close()  # (nothing left to do at the pipe's end)
+        return code, not exited
 
     def ended(self, outputs: Path, exit_code: int) -> ExecResult:
         return _exited_with(exit_code, outputs, lambda _stream, _text: None)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, proc: Spawned) -> None:
         """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
-        _killpg(proc.pid, signal.SIGTERM)
-        await within(proc.wait(), self.kill_grace_s)
-        _killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        self.spawner.kill(proc, signal.SIGTERM)
+        ended, _ = await within(asyncio.shield(proc.exited), self.kill_grace_s)
+        if not ended:
+            self.spawner.kill(proc, signal.SIGKILL)
 
 
 def _exited_with(code: int | None, output_file: Path, sink: OutputSink) -> ExecResult:
@@ -221,44 +241,39 @@ def _exited_with(code: int | None, output_file: Path, sink: OutputSink) -> ExecR
     return ExecResult("failed", code, detail=detail)
 
 
-async def _exited(proc: asyncio.subprocess.Process) -> None:
-    """Return when the process itself exits. ``Process.wait()`` also waits for its output pipes
-    to close, which a background child can hold open for as long as it likes."""
-    loop = asyncio.get_running_loop()
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (ProcessLookupError, AttributeError, OSError):  # gone already, or no pidfd here
-        if proc.returncode is None:
-            await proc.wait()
-        return
-    exited: asyncio.Future[None] = loop.create_future()
+class _Pump:
+    """One of a job's output pipes, read as it comes (a reader on the loop: nothing to await
+    before the job starts) and decoded with split characters kept whole."""
 
-    def readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str, sink: OutputSink) -> None:
+        self.loop = loop
+        self.name = name
+        self.sink = sink
+        self.read, self.write = os.pipe()
+        os.set_blocking(self.read, False)
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        loop.add_reader(self.read, self._readable)
 
-    loop.add_reader(fd, readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-async def _pump(stream: asyncio.StreamReader, name: str, sink: OutputSink) -> None:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # keeps split characters whole
-    while True:
-        chunk = await stream.read(65536)
-        text = decoder.decode(chunk, final=not chunk)
-        if text:
-            sink(name, text.replace("\x00", "\ufffd"))  # NUL cannot be stored (PostgreSQL text)
-        if not chunk:
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.read, 65536)
+        except BlockingIOError:
             return
+        text = self.decoder.decode(chunk, final=not chunk)
+        if text:
+            self.sink(self.name, text.replace("\x00", "\ufffd"))  # NUL cannot be stored (PostgreSQL)
+        if not chunk:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading (at the pipe's end, or when the job is abandoned)."""
+        if self.read >= 0:
+            self.loop.remove_reader(self.read)
+            os.close(self.read)
+            self.read = -1
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 def read_outputs(lines: Iterable[str]) -> tuple[dict[str, str], list[str]]:
@@ -294,6 +309,6 @@ def kill_orphans(job_ids: Iterable[str]) -> list[int]:
             pid = int(entry.name)
             with contextlib.suppress(OSError):
                 pgid = os.getpgid(pid)
-                _killpg(pgid, signal.SIGKILL)
+                killpg(pgid, signal.SIGKILL)
                 killed.append(pgid)
     return killed

@@ -25,7 +25,8 @@ import aiohttp
 
 from core.checks import CheckDef, CheckResult, HttpProbe, Measurement, PrometheusProbe
 from core.conditions import Condition
-from core.runtime.executor import PRIVATE_PREFIXES, _exited, _killpg
+from core.runtime.executor import PRIVATE_PREFIXES
+from core.runtime.spawning import killpg
 from core.runtime.waiting import within
 
 log = logging.getLogger(__name__)
@@ -298,12 +299,12 @@ async def _command(argv: list[str], timeout: float, workdir: Path, env: Mapping[
         exited, _ = await within(_exited(proc), timeout)
         # at the timeout the whole group goes; after an exit, what it left running in the
         # background (which would hold its output open)
-        _killpg(proc.pid, signal.SIGKILL)
+        killpg(proc.pid, signal.SIGKILL)
         # bounded: a grandchild that left the group (setsid) could hold the output open
         await within(pump, 2.0)
         await within(proc.wait(), 2.0)
     except asyncio.CancelledError:
-        _killpg(proc.pid, signal.SIGKILL)
+        killpg(proc.pid, signal.SIGKILL)
         pump.cancel()
         raise
     last = _last_line(bytes(tail))
@@ -330,3 +331,27 @@ def _last_line(output: bytes) -> str | None:
         if line.strip():
             return line.strip().replace("\x00", "\ufffd")
     return None
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Return when the process itself exits. ``Process.wait()`` also waits for its output pipes
+    to close, which a background child can hold open for as long as it likes."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (ProcessLookupError, AttributeError, OSError):  # gone already, or no pidfd here
+        if proc.returncode is None:
+            await proc.wait()
+        return
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

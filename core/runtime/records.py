@@ -1,6 +1,6 @@
 """Where a runner keeps how its jobs ended until the results are committed.
 
-When a job exits, its supervisor (``core/runtime/supervise.py``) moves the job's outputs file
+When a job exits, the runner's job spawner (``core/runtime/spawner.py``) moves the job's outputs file
 to ``<work dir>/.runners/<runner>/<run id>~<job id>~<attempt>~<exit code>`` (a rename: whole
 or not at all, and no new file to create); the runner reads the outputs from there and removes
 the record once the result is reported. A runner that starts again under the same name reads
@@ -38,7 +38,7 @@ class JobRecords:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, run_id: str, job_id: str, attempt: int) -> Path:
-        """What the supervisor of this attempt names its record after (``~<exit code>`` added)."""
+        """What the spawner names this attempt's record after (``~<exit code>`` added)."""
         return self.dir / f"{run_id}~{job_id}~{attempt}"
 
     def found(self) -> list[Recorded]:

@@ -496,3 +496,32 @@ def test_digest_differs_for_different_content(old: str, new: str) -> None:
 )
 def test_env_key(name: str, key: str) -> None:
     assert env_key(name) == key
+
+
+def test_pipelines_with_strategies_survive_the_round_trip_through_the_database() -> None:
+    """Versions are stored as their dumped definition and read back by validating it again: the
+    defaults of a strategy (no initial delay, no scale-down wait) must validate as well."""
+    canary = parse_pipeline(
+        """name: web
+stages:
+  - name: production
+    environment: production
+    strategy:
+      canary:
+        router: web
+        steps: [{set_weight: 10}, {analysis: {checks: [error-rate], duration: 1m}}, {pause: {}}]
+    jobs: [{name: deploy, run: "true"}]
+"""
+    )
+    blue_green = parse_pipeline(
+        """name: site
+stages:
+  - name: production
+    environment: production
+    strategy: {blue_green: {router: site, preview_checks: [smoke], post_checks: [smoke]}}
+    jobs: [{name: deploy, run: "true"}]
+"""
+    )
+    for definition in (canary, blue_green):
+        again = PipelineDef.model_validate(definition.model_dump())
+        assert again == definition and again.digest() == definition.digest()
