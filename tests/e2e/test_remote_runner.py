@@ -203,7 +203,7 @@ def test_only_runners_of_a_known_protocol_with_a_runner_token_may_claim(
     )
     assert status == 409 and "takes runner protocol version 1" in problem["detail"], problem
     ok = {"Shipyard-Runner-Protocol": "1"}
-    assert _call(server, "POST", "/runner/claim", runner, body, **ok) == (200, {"assignments": []})
+    assert _call(server, "POST", "/runner/claim", runner, body, **ok) == (200, {"assignments": [], "draining": False})
     status, problem = _call(server, "POST", "/runner/claim", runner, {**body, "runner": "eu-2"}, **ok)
     assert status == 403 and "may act only as runner eu-1" in problem["detail"]
     for token in (ADMIN, viewer):  # an admin runs no jobs; a viewer neither
