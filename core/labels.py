@@ -9,7 +9,7 @@ a job iff the job's labels are a subset of the runner's; a job with no labels ru
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -87,3 +87,25 @@ def waiting_for_runner(labels: Iterable[str], runners: Iterable[RunnerSeen], now
         return f"waiting for {what}: none has ever connected"
     last = max(seen)
     return f"waiting for {what}: none online since {last.strftime('%H:%M')} UTC"
+
+
+#: a queued job is said to wait for a runner only after this long (a runner may be about to claim)
+WAIT_S = 3.0
+
+
+def queued_too_long(queued_at: datetime | None, now: datetime) -> bool:
+    return queued_at is not None and now - queued_at > timedelta(seconds=WAIT_S)
+
+
+def runner_waits(
+    jobs: Iterable[tuple[str, tuple[str, ...], datetime | None]],
+    runners: Sequence[RunnerSeen],
+    now: datetime,
+) -> dict[str, str]:
+    """For queued jobs (id, labels, queued at): why each that has waited a while waits, when no
+    online runner could take it (``waiting_for_runner``)."""
+    found = {}
+    for job_id, labels, queued_at in jobs:
+        if queued_too_long(queued_at, now) and (why := waiting_for_runner(labels, runners, now)):
+            found[job_id] = why
+    return found
