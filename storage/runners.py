@@ -84,7 +84,7 @@ class RunnerRegistry:
             c = tx.conn
             if c.execute(sa.update(RUNNER).where(C.name == name).values(draining=False)).rowcount == 0:
                 raise NotFound(_unknown(c, name))
-            tx.audit(_entry(now, actor, channel, "runner_resume", name))
+            tx.audit(_entry(now, actor, channel, "resume_runner", name))
             return _one(c, name)
 
     def get(self, name: str) -> RunnerSeen:
@@ -97,7 +97,7 @@ class RunnerRegistry:
             c = tx.conn
             if c.execute(sa.update(RUNNER).where(C.name == name).values(draining=True)).rowcount == 0:
                 raise NotFound(_unknown(c, name))
-            tx.audit(_entry(now, actor, channel, "runner_drain", name))
+            tx.audit(_entry(now, actor, channel, "drain_runner", name))
             return _one(c, name)
 
     def delete(self, name: str, actor: str, now: datetime, channel: str) -> RunnerSeen:
@@ -112,7 +112,7 @@ class RunnerRegistry:
             if runner.online(now) and not runner.draining:
                 raise CommandRefused(f"runner {name} is online: drain it (or stop it) first")
             c.execute(sa.delete(RUNNER).where(C.name == name))
-            tx.audit(_entry(now, actor, channel, "runner_delete", name))
+            tx.audit(_entry(now, actor, channel, "delete_runner", name))
             return runner
 
 

@@ -98,8 +98,8 @@ async def drain_runner(call: Call) -> web.Response:
     claim and exits once its jobs have ended. It stays drained (started again, it claims
     nothing) until resumed."""
     shipyard, name = gw(call).shipyard, _name(call)
-    call.audited = True
     found = await gw(call).write(shipyard.runners.drain, name, call.principal.name, now(), "rest")
+    call.audited = True  # (the registry audited it; a refusal is audited as any other)
     shipyard.attendance.forget(name)
     return reply(RunnerOut.of(found, now()))
 
@@ -114,8 +114,8 @@ async def drain_runner(call: Call) -> web.Response:
 )
 async def resume_runner(call: Call) -> web.Response:
     shipyard, name = gw(call).shipyard, _name(call)
-    call.audited = True
     found = await gw(call).write(shipyard.runners.resume, name, call.principal.name, now(), "rest")
+    call.audited = True
     shipyard.attendance.forget(name)
     return reply(RunnerOut.of(found, now()))
 
@@ -131,7 +131,7 @@ async def resume_runner(call: Call) -> web.Response:
 async def delete_runner(call: Call) -> web.Response:
     """Admins. `409` while it holds jobs, or is online and not draining."""
     shipyard, name = gw(call).shipyard, _name(call)
-    call.audited = True
     found = await gw(call).write(shipyard.runners.delete, name, call.principal.name, now(), "rest")
+    call.audited = True
     shipyard.attendance.forget(name)
     return reply(RunnerOut.of(found, now()))

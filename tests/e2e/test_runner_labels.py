@@ -148,4 +148,4 @@ def test_drain_list_and_delete_runners(tmp_path: Path, db_url: str, started: lis
     assert _runners(server) == {}
     audit = _call(server, "GET", "/audit?limit=50", ADMIN)[1]
     actions = {e["action"] for e in audit["items"]}
-    assert {"runner_drain", "runner_resume", "runner_delete"} <= actions, actions
+    assert {"drain_runner", "resume_runner", "delete_runner"} <= actions, actions
