@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from bot.config import Settings
+from core.runtime.attendance import Attendance
 from core.runtime.catalog import Catalog
 from core.runtime.executor import Executor, SubprocessExecutor
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.runner import LocalLink, Runner
 from core.runtime.service import Service
 from storage.migrate import upgrade
+from storage.runners import RunnerRegistry
 from storage.secrets import SecretBox, open_assignment
 from storage.store import SqlStore
 
@@ -30,6 +32,9 @@ class Shipyard:
     runner: Runner | None
     #: runs the jobs (and gate commands); closed last
     executor: Executor
+    #: the runners seen (``GET /api/v1/runners``) and the record of their calls
+    runners: RunnerRegistry
+    attendance: Attendance
     #: seals and opens environment secrets; None without ``SHIPYARD_SECRET_KEY`` (no secrets)
     secret_box: SecretBox | None = field(default=None)
 
@@ -65,10 +70,19 @@ def build(
     )
     key = settings.secret_key
     box = SecretBox(key.get_secret_value()) if key is not None else None
+    runners = RunnerRegistry(store)
+    attendance = Attendance(runners, orchestrator, service.clock)
     runner = None
     if with_runner and settings.runner_capacity > 0:
+        link = LocalLink(
+            orchestrator,
+            partial(open_assignment, box=box),
+            labels=settings.builtin_labels,
+            attendance=attendance,
+            capacity=settings.runner_capacity,
+        )
         runner = Runner(
-            LocalLink(orchestrator, partial(open_assignment, box=box)),
+            link,
             executor,
             name=settings.runner,
             workdir=workdir,
@@ -79,4 +93,6 @@ def build(
             kill_grace_s=settings.kill_grace_seconds,
         )
     catalog = Catalog(service, settings.pipelines_dir)
-    return Shipyard(settings, store, service, orchestrator, catalog, runner, executor, box)
+    return Shipyard(
+        settings, store, service, orchestrator, catalog, runner, executor, runners, attendance, box
+    )

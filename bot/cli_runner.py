@@ -4,7 +4,9 @@ The runner speaks to its server over HTTP only (no database access) with a token
 ``runner`` role (``shipyard token create eu-1 --role runner``), given in ``SHIPYARD_RUNNER_TOKEN``
 so it shows in no process list. It runs the built-in runner's loop (``core.runtime.runner``)
 through ``HttpLink``: the same claims, leases, records and supervisor. SIGTERM drains it: it
-claims nothing new, lets its jobs finish and report, then exits; SIGINT likewise.
+claims nothing new, lets its jobs finish and report, then exits; SIGINT likewise, and so does a
+drain from the server (``POST /api/v1/runners/{name}/drain``). ``--labels`` says which jobs it
+may take: those whose labels it all carries (docs/runners.md).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import os
 import signal
 import socket
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from core.labels import parse_labels
 from core.runtime.executor import SubprocessExecutor
 from core.runtime.http_link import HttpLink, Refused, ServerUnreachable
 from core.runtime.runner import Runner
@@ -32,6 +36,11 @@ def register(sub: Any) -> None:
     s.add_argument("--url", required=True, help="the server, e.g. https://shipyard.internal")
     s.add_argument("--name", default=socket.gethostname(), help="this runner: its token's principal")
     s.add_argument("--capacity", type=int, default=4, help="jobs at once (default 4)")
+    s.add_argument(
+        "--labels",
+        default="",
+        help="comma-separated labels (linux,prod-eu): jobs that need only these may run here",
+    )
     s.add_argument("--workdir", type=Path, default=Path("shipyard-runner"), help="where jobs run")
     s.add_argument("--lease", type=float, default=30.0, help="seconds a claim holds without renewal")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between lease checks")
@@ -46,12 +55,19 @@ def cmd_runner(args: argparse.Namespace) -> int:
     if args.capacity < 1 or args.lease < 3:
         print("--capacity must be at least 1 and --lease at least 3 seconds")
         return 2
+    try:
+        args.labels = parse_labels(args.labels)
+    except ValueError as exc:
+        print(f"--labels: {exc}")
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(_serve(args, token))
 
 
 async def _serve(args: argparse.Namespace, token: str) -> int:
-    link = HttpLink(args.url, token, args.name)
+    link = HttpLink(
+        args.url, token, args.name, labels=args.labels, capacity=args.capacity, version=_version()
+    )
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     runner = Runner(
@@ -76,9 +92,24 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runner.start()
-    print(f"shipyard runner {args.name} working for {args.url} ({args.capacity} at once)", flush=True)
-    await stop.wait()
-    log.info("draining: no new jobs; waiting for %d running", len(runner.jobs))
+    labels = ", ".join(args.labels) or "no labels"
+    print(
+        f"shipyard runner {args.name} working for {args.url} ({args.capacity} at once; {labels})", flush=True
+    )
+    stopped, drained = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(link.drained.wait())
+    await asyncio.wait([stopped, drained], return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (stopped, drained):
+        waiter.cancel()
+    why = "the server drained this runner" if link.drained.is_set() else "asked to stop"
+    print(f"draining ({why}): no new jobs; waiting for {len(runner.jobs)} running", flush=True)
     await runner.drain()
     await link.close()
+    print(f"shipyard runner {args.name} stopped", flush=True)
     return 0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("shipyard")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from core.environments import EnvironmentPolicy, Environments
+from core.labels import BUILTIN, check_labels, parse_labels
 
 #: settings whose values an error message never quotes
 SECRETS = frozenset(
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
     runner_name: str | None = Field(None, description="default: <hostname>:<port>")
     runner_capacity: int = Field(
         4, ge=0, le=256, description="jobs the built-in runner runs at once; 0 disables it"
+    )
+    runner_labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="labels of the built-in runner besides `builtin` (comma-separated; docs/runners.md)",
     )
     lease_seconds: float = Field(30.0, ge=1.0, le=3600.0)
     stuck_after_seconds: float = Field(
@@ -136,6 +141,16 @@ class Settings(BaseSettings):
         30.0, gt=0, description="finished deliveries (and their attempts) older than this are deleted"
     )
 
+    @field_validator("runner_labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        return parse_labels(value) if isinstance(value, str) else value
+
+    @field_validator("runner_labels")
+    @classmethod
+    def _checked_labels(cls, value: list[str]) -> list[str]:
+        return check_labels(value)
+
     @field_validator("webhook_allow", "webhook_retry_seconds", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -209,6 +224,11 @@ class Settings(BaseSettings):
     @property
     def runner(self) -> str:
         return self.runner_name or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def builtin_labels(self) -> list[str]:
+        """The built-in runner's labels: ``builtin`` and ``runner_labels``."""
+        return check_labels([BUILTIN, *self.runner_labels])
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +29,7 @@ from pydantic import (
 
 from core.duration import parse_duration
 from core.errors import DefinitionError, InvalidInput, ShipyardError
+from core.labels import check_labels
 from core.schedule import check_cron, zone
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -41,6 +43,7 @@ def _seconds(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_seconds)]
+Labels = Annotated[list[str], AfterValidator(check_labels)]
 
 
 def _delay(value: Any) -> float:
@@ -104,6 +107,8 @@ class JobDef(_Strict):
     retries: int = Field(default=0, ge=0, le=10)
     allow_failure: bool = False
     env: dict[str, str] = Field(default_factory=dict)
+    #: labels a runner must carry to take this job (``core.labels``)
+    runs_on: Labels = Field(default_factory=list)
 
     @field_validator("env")
     @classmethod
@@ -329,6 +334,8 @@ class StageDef(_Strict):
     jobs: list[JobDef] = Field(min_length=1)
     #: a progressive rollout through a traffic router (``core/rollout.py``)
     strategy: StrategyDef | None = None
+    #: labels a runner must carry to take any job of this stage (``core.labels``)
+    runs_on: Labels = Field(default_factory=list)
 
     @field_validator("jobs")
     @classmethod
@@ -458,11 +465,23 @@ class PipelineDef(_Strict):
         for stage in dumped["stages"]:  # (pipelines from before strategies keep their digest)
             if stage.get("strategy") is None:
                 stage.pop("strategy", None)
+        _drop_empty_runs_on(dumped)  # (nor do pipelines from before runner labels)
         canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def parameter(self, name: str) -> ParameterDef | None:
         return next((p for p in self.parameters if p.name == name), None)
+
+
+def _drop_empty_runs_on(value: Any) -> None:
+    if isinstance(value, dict):
+        if value.get("runs_on") == []:
+            del value["runs_on"]
+        for inner in value.values():
+            _drop_empty_runs_on(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _drop_empty_runs_on(inner)
 
 
 def _no_duplicates(what: str, names: list[str]) -> None:

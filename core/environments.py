@@ -20,6 +20,7 @@ whose order is the promotion path: here ``staging → production``::
         requires_previous: true        # promote only what succeeded in staging first
         break_glass_review: 24h        # how long the follow-up review of a break-glass may wait
         lock_reminder: 15m             # remind a lock's holder this long before it expires
+        runner_labels: [prod-eu]       # its deploy jobs run only on runners with these labels
         checks:                        # health and verification: see core/checks.py
           smoke: {http: {url: "http://127.0.0.1:8080/healthz", status: 200}, interval: 30s}
         health: [smoke]                # watched all the time
@@ -43,7 +44,7 @@ from pydantic import AfterValidator, ConfigDict, Field, RootModel, field_validat
 
 from core.access import Role
 from core.checks import EnvironmentChecks
-from core.definition import NAME, Duration, _Strict
+from core.definition import NAME, Duration, Labels, _Strict
 from core.freeze import Freeze
 from core.routing import EnvironmentRouters
 
@@ -105,6 +106,9 @@ class EnvironmentPolicy(EnvironmentChecks, EnvironmentRouters):
     #: where its health changes are posted: a channel ID (C0123ABCD) or name (#deploys-prod);
     #: none: the default channel (``slack_channel`` of the service)
     slack_channel: str | None = None
+    #: labels every runner of its deploy jobs must carry, added to what the pipeline asks for
+    #: (``core.labels``): production deploys run only on production runners
+    runner_labels: Labels = Field(default_factory=list)
 
     @field_validator("pipelines", "branches")
     @classmethod

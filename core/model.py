@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from core.definition import PipelineDef
+from core.labels import needed
 from core.rollout import Rollout
 from core.states import (
     JOB_DONE,
@@ -166,6 +167,8 @@ class Job:
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: labels a runner must carry to claim it (``core.labels``), fixed when the run is laid out
+    labels: tuple[str, ...] = ()
 
     @property
     def is_done(self) -> bool:
@@ -346,6 +349,7 @@ def new_run_state(
                     retries=jdef.retries,
                     allow_failure=jdef.allow_failure,
                     timeout_s=jdef.timeout,
+                    labels=needed(jdef.runs_on, sdef.runs_on),
                 )
             )
         if sdef.gate is not None:

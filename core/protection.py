@@ -4,13 +4,16 @@ A pipeline file cannot weaken them: an environment's allowed pipelines and branc
 checked before the run exists, and its required approvals become the deploy stage's gate (the
 stricter of the two when the pipeline has its own manual gate). Promotions and rollbacks run
 only the stages that deploy to their target. Break glass (an admin's, with a reason) drops the
-approval gates of deploy stages; freezes it passes at admission (``core.admission``).
+approval gates of deploy stages; freezes it passes at admission (``core.admission``). An
+environment's ``runner_labels`` are added to the labels of its deploy stage's jobs, so a pipeline
+cannot send a production deploy to a runner that is not a production runner (``core.labels``).
 """
 
 from __future__ import annotations
 
 from core.environments import Environments, branch_refusal, pipeline_refusal
 from core.errors import Forbidden, InvalidInput
+from core.labels import needed
 from core.model import Gate, RunState, evolve, gate_id
 from core.states import GateStatus, JobStatus, StageStatus
 
@@ -24,6 +27,8 @@ def protect(state: RunState, config: Environments) -> RunState:
         if env is None or stage.status is StageStatus.SKIPPED:
             continue
         policy = config.policy(env)
+        if policy.runner_labels:  # (break glass or not: a deploy runs only where it may)
+            state = _require_labels(state, stage.index, policy.runner_labels)
         refusal = pipeline_refusal(policy, env, run.pipeline) or branch_refusal(policy, env, run.branch)
         if refusal:
             raise Forbidden(refusal)
@@ -53,6 +58,14 @@ def protect(state: RunState, config: Environments) -> RunState:
             interval_s=own.interval_s if own else 30.0,
         )
     return evolve(state, gates=tuple(gates[i] for i in sorted(gates)))
+
+
+def _require_labels(state: RunState, stage_index: int, labels: list[str]) -> RunState:
+    """``state`` with every job of stage ``stage_index`` needing ``labels`` as well."""
+    jobs = tuple(
+        evolve(j, labels=needed(j.labels, labels)) if j.stage_index == stage_index else j for j in state.jobs
+    )
+    return evolve(state, jobs=jobs)
 
 
 def only_deploy_to(state: RunState, environment: str, why: str) -> RunState:

@@ -94,6 +94,7 @@ def job_from_row(r: Mapping[Any, Any]) -> Job:
         queued_at=r["queued_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        labels=tuple(r["labels"] or ()),
     )
 
 
@@ -133,7 +134,7 @@ def _value(key: str, value: Any) -> tuple[str, Any]:
         return "position", value
     if key == "approvals":
         return key, [{"actor": a.actor, "at": a.at.isoformat(), "comment": a.comment} for a in value]
-    if key in ("warnings", "approvers", "requested_by"):
+    if key in ("warnings", "approvers", "requested_by", "labels"):
         return key, list(value)
     if key in ("outputs", "parameters"):
         return key, dict(value)

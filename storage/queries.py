@@ -27,6 +27,7 @@ EVENT, AUDIT, LOG, PIPELINE, VERSION = (
 )
 DEPLOYMENT, TOKEN, GRANT, IDEMPOTENCY = T["deployment"], T["access_token"], T["grant"], T["idempotency"]
 SLACK_MESSAGE = T["slack_message"]
+RUNNER = metadata.tables["runner"]
 LOCK = metadata.tables["environment_lock"]
 TABLE_OF = {"run": RUN, "stage": STAGE, "job": JOB, "gate": GATE}
 b = sa.bindparam
@@ -67,16 +68,36 @@ class Q:
     insert_audit = sa.insert(AUDIT)
     insert_log = sa.insert(LOG)
 
+    #: queued jobs whose labels the runner (``runner``, with ``labels``: a JSON array) carries
+    #: all of, unless it is draining (``core.labels``)
     claimable = (
         sa.select(JOB.c.id, JOB.c.run_id, RUN.c.version)
         .join(RUN, RUN.c.id == JOB.c.run_id)
-        .where(JOB.c.status == "queued")
+        .where(
+            JOB.c.status == "queued",
+            ~sa.exists().where(RUNNER.c.name == b("runner"), RUNNER.c.draining.is_(True)),
+            sa.text(
+                "NOT EXISTS (SELECT 1 FROM json_each(job.labels) AS need "
+                "WHERE need.value NOT IN (SELECT value FROM json_each(:labels)))"
+            ),
+        )
         .order_by(JOB.c.queued_at, JOB.c.id)
         .limit(b("limit"))
     )
     #: locks the job and its run without ever waiting: a run another transaction is changing is
     #: skipped for now, so a claim never holds a lock while waiting for one (no deadlocks)
-    claimable_pg = claimable.with_for_update(skip_locked=True, of=[JOB, RUN])
+    claimable_pg = (
+        sa.select(JOB.c.id, JOB.c.run_id, RUN.c.version)
+        .join(RUN, RUN.c.id == JOB.c.run_id)
+        .where(
+            JOB.c.status == "queued",
+            ~sa.exists().where(RUNNER.c.name == b("runner"), RUNNER.c.draining.is_(True)),
+            sa.text("CAST(job.labels AS jsonb) <@ CAST(:labels AS jsonb)"),
+        )
+        .order_by(JOB.c.queued_at, JOB.c.id)
+        .limit(b("limit"))
+        .with_for_update(skip_locked=True, of=[JOB, RUN])
+    )
     renew = (
         sa.update(JOB)
         .where(

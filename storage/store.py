@@ -17,6 +17,7 @@ transaction, that the row's version has not moved. Anything that changes a run's
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -606,11 +607,15 @@ class SqlTx:
         self._audit.append(replace(entry, detail=mappers.jsonable(entry.detail)))
 
     # -- work -------------------------------------------------------------------------------
-    def claimable_jobs(self, limit: int) -> list[tuple[str, str, int]]:
-        """Queued jobs, oldest first, as (job id, run id, run version). The versions also serve
-        the loads that follow, so a cached run costs no further query."""
+    def claimable_jobs(
+        self, limit: int, runner: str = "", labels: Sequence[str] = ()
+    ) -> list[tuple[str, str, int]]:
+        """Queued jobs ``runner`` may take (it carries all their labels and is not draining),
+        oldest first, as (job id, run id, run version). The versions also serve the loads that
+        follow, so a cached run costs no further query."""
         query = Q.claimable_pg if self._pg else Q.claimable
-        rows = self.store.driver.get(query).fetch_all(self.conn, {"limit": limit})
+        params = {"limit": limit, "runner": runner, "labels": json.dumps(sorted(set(labels)))}
+        rows = self.store.driver.get(query).fetch_all(self.conn, params)
         self._versions.update((run_id, version) for _, run_id, version in rows)
         return [(job_id, run_id, version) for job_id, run_id, version in rows]
 

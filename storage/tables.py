@@ -160,6 +160,8 @@ class JobRow(SQLModel, table=True):
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
+    #: labels a runner must carry to claim it (``core.labels``), sorted
+    labels: list[str] = _json([])
 
 
 class GateRow(SQLModel, table=True):
@@ -681,3 +683,19 @@ class EnvironmentSecretRow(SQLModel, table=True):
     ciphertext: str = _text()
     updated_at: datetime = _ts(nullable=False)
     updated_by: str = Field(max_length=200)
+
+
+class RunnerRow(SQLModel, table=True):
+    """A runner as the server last saw it (``storage.runners``): written as it claims and renews,
+    so ``GET /api/v1/runners`` can tell online from offline, and a drain reaches it."""
+
+    __tablename__ = "runner"
+    name: str = Field(primary_key=True, max_length=200)
+    labels: list[str] = _json([])
+    version: str = Field(default="", max_length=64)
+    capacity: int = 0
+    lease_s: float = 30.0
+    first_seen: datetime = _ts(nullable=False)
+    last_seen: datetime = _ts(nullable=False)
+    #: told to claim nothing more: it finishes its jobs and stops
+    draining: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})

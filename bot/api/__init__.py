@@ -18,6 +18,7 @@ from bot.api import (  # (imported for the operations they register)
     locks,
     pipelines,
     runner,
+    runners,
     runs,
     schedules,
     secrets,

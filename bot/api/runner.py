@@ -15,7 +15,7 @@ import asyncio
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from bot.api.common import reply
 from bot.api.gateway import gw
@@ -26,6 +26,7 @@ from bot.api.spec import API
 from core.access import Action
 from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
+from core.labels import check_labels
 from core.model import Actor
 from storage.secrets import open_assignment
 
@@ -44,6 +45,17 @@ class ClaimIn(Strict):
     lease_s: float = Field(ge=1, le=3600)
     #: wait up to this long for a job to become ready (a long poll); 0: answer at once
     wait_s: float = Field(0.0, ge=0, le=MAX_WAIT_S)
+    #: the labels this runner carries: it is handed only jobs that need no others
+    labels: list[str] = Field(default_factory=list, max_length=50)
+    #: the runner's own version, as listed by ``GET /api/v1/runners``
+    version: str = Field("", max_length=64)
+    #: jobs it runs at once (listed; it asks for no more than it has room for)
+    capacity: int = Field(0, ge=0, le=10_000)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return check_labels(value)
 
 
 class AssignmentOut(BaseModel):
@@ -84,6 +96,8 @@ class AssignmentOut(BaseModel):
 
 class ClaimOut(BaseModel):
     assignments: list[AssignmentOut]
+    #: the runner was drained: it claims nothing more, finishes its jobs and stops
+    draining: bool = False
 
 
 class Attempt(Strict):
@@ -169,11 +183,14 @@ def _runner(call: Call, named: str) -> str:
     responses={200: ("the jobs claimed, each under a lease with its attempt as fencing token", ClaimOut)},
 )
 async def claim(call: Call) -> web.Response:
-    """Answers as soon as jobs are claimed, or after `wait_s` with none."""
+    """Answers as soon as jobs are claimed, or after `wait_s` with none. A runner is handed only
+    jobs whose labels it all carries; a drained runner is handed none and told `draining`."""
     runner = _runner(call, call.body.runner)
-    orchestrator = gw(call).shipyard.orchestrator
+    body: ClaimIn = call.body
+    shipyard = gw(call).shipyard
+    orchestrator = shipyard.orchestrator
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + call.body.wait_s
+    deadline = loop.time() + body.wait_s
     while True:
         flag = orchestrator.listen()  # (listening before the claim: no wake-up falls between)
         try:
@@ -182,7 +199,12 @@ async def claim(call: Call) -> web.Response:
                 # the runner went away (killed, partitioned): what it would take now would only
                 # wait for its lease to run out and count as a lost attempt
                 return reply(ClaimOut(assignments=[]))
-            claimed = await orchestrator.claim(runner, call.body.limit, call.body.lease_s)
+            attendance = shipyard.attendance
+            if await attendance.claiming(
+                runner, labels=body.labels, version=body.version, capacity=body.capacity, lease_s=body.lease_s
+            ):
+                return reply(ClaimOut(assignments=[], draining=True))
+            claimed = await orchestrator.claim(runner, body.limit, body.lease_s, body.labels)
             # secrets are opened here, as the assignment leaves for its runner (over TLS)
             taken = [open_assignment(a, gw(call).shipyard.secret_box) for a in claimed]
             left = deadline - loop.time()
@@ -211,6 +233,7 @@ async def claim(call: Call) -> web.Response:
 async def renew(call: Call) -> web.Response:
     runner = _runner(call, call.body.runner)
     g = gw(call)
+    await g.shipyard.attendance.renewing(runner, call.body.lease_s)
     held = [(a.job_id, a.attempt) for a in call.body.held]
     kept = await g.shipyard.orchestrator.db(g.shipyard.service.renew_leases, runner, held, call.body.lease_s)
     return reply(KeptOut(kept=sorted(kept)))

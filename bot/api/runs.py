@@ -33,6 +33,7 @@ from bot.api.schemas import (
     VerificationsOut,
 )
 from bot.api.spec import API
+from bot.backend import now
 from core.access import Action
 from core.commands import (
     AbortRollout,
@@ -50,8 +51,9 @@ from core.commands import (
 )
 from core.engine import Decision
 from core.errors import DatabaseUnreachable
+from core.labels import queued_too_long, runner_waits
 from core.model import Actor, RunState
-from core.states import RUN_TERMINAL
+from core.states import RUN_TERMINAL, JobStatus
 from storage.reads import RunFilter
 
 RUN_CREATED = {"Location": "where the run can be read: /api/v1/runs/{run_id}"}
@@ -162,10 +164,24 @@ async def get_run(call: Call) -> web.Response:
     """`run_id` is the run's id or `pipeline#number` (URL-encoded: `web%2342`). Send the ETag
     back in `If-None-Match` to poll cheaply."""
     state = await find_run(call)
-    etag = f'"{state.run.id}.{state.run.version}"'
+    waits = await runner_waits_of(call, state)
+    # (why jobs wait for a runner changes without the run changing: it is part of the tag)
+    waited = hashlib.sha256(json.dumps(waits, sort_keys=True).encode()).hexdigest()[:8] if waits else ""
+    etag = f'"{state.run.id}.{state.run.version}{"." + waited if waited else ""}"'
     if {etag, "*"} & _etags(call.request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers={"ETag": etag})
-    return reply(RunOut.of(state), headers={"ETag": etag})
+    return reply(RunOut.of(state, waits), headers={"ETag": etag})
+
+
+async def runner_waits_of(call: Call, state: RunState) -> dict[str, str]:
+    """Why this run's queued jobs wait for a runner, if they have waited a while (the runners
+    are read only then)."""
+    at = now()
+    queued = [(j.id, j.labels, j.queued_at) for j in state.jobs if j.status is JobStatus.QUEUED]
+    if not any(queued_too_long(q, at) for _, _, q in queued):
+        return {}
+    runners = await gw(call).read(gw(call).shipyard.runners.all)
+    return runner_waits(queued, runners, at)
 
 
 def _etags(header: str) -> set[str]:

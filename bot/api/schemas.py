@@ -3,6 +3,7 @@ from these, so what is documented is what is validated and sent."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
@@ -254,6 +255,14 @@ class JobOut(BaseModel):
     )
     started_at: datetime | None
     finished_at: datetime | None
+    labels: list[str] = Field(
+        default_factory=list,
+        description="a runner must carry all of these to take it: its own, its stage's and its "
+        "environment's `runner_labels`",
+    )
+    waiting_for: str = Field(
+        "", description="queued a while and no online runner can take it: which runner it waits for"
+    )
 
     @classmethod
     def of(cls, j: Job) -> JobOut:
@@ -272,6 +281,7 @@ class JobOut(BaseModel):
             lost_attempts=[LostAttemptOut(**asdict(a)) for a in j.lost],
             started_at=j.started_at,
             finished_at=j.finished_at,
+            labels=list(j.labels),
         )
 
 
@@ -438,12 +448,23 @@ class RunOut(RunSummary):
     rollout: RolloutOut | None = Field(
         None, description="the run's rollout (its latest stage with a strategy that started), if any"
     )
+    waiting_for: str = Field(
+        "",
+        description="a job of it has been queued a while and no online runner can take it: why "
+        "(`waiting for a runner with prod-eu: none online since 12:03 UTC`)",
+    )
 
     @classmethod
-    def of(cls, state: RunState) -> RunOut:
+    def of(cls, state: RunState, waits: Mapping[str, str] | None = None) -> RunOut:
+        """``waits``: why queued jobs wait for a runner, by job id (``core.labels.runner_waits``)."""
         stages = [StageOut.of(s, state) for s in state.stages]
         rollout = next((s.rollout for s in reversed(stages) if s.rollout is not None), None)
-        return cls(**cls.fields_of(state), stages=stages, rollout=rollout)
+        waits = waits or {}
+        for stage in stages:
+            for job in stage.jobs:
+                job.waiting_for = waits.get(job.id, "")
+        waiting = next((w for j in state.jobs if (w := waits.get(j.id))), "")
+        return cls(**cls.fields_of(state), stages=stages, rollout=rollout, waiting_for=waiting)
 
 
 class RunPage(Page):

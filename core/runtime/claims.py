@@ -28,11 +28,14 @@ class ClaimJobs:
     runner: str
     limit: int
     lease_s: float
+    #: the labels it carries: it is handed only jobs that need no others (``core.labels``)
+    labels: tuple[str, ...] = ()
 
 
 def claim(tx: Tx, request: ClaimJobs, now: datetime) -> list[Assignment]:
     """Hand the oldest claimable jobs to the runner, in ``tx``."""
-    candidates = tx.claimable_jobs(request.limit)  # (job id, run id, run version), oldest first
+    # (job id, run id, run version), oldest first
+    candidates = tx.claimable_jobs(request.limit, request.runner, request.labels)
     states: dict[str, RunState] = {}
     for _, run_id, _ in candidates:
         if run_id not in states and (loaded := tx.load_run(run_id)) is not None:
@@ -65,12 +68,15 @@ class Claims:
         self.store = store
         self.clock = clock
 
-    def claim_jobs(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
-        """Hand up to ``limit`` queued jobs to ``runner`` under a lease."""
+    def claim_jobs(
+        self, runner: str, limit: int, lease_s: float, labels: Sequence[str] = ()
+    ) -> list[Assignment]:
+        """Hand up to ``limit`` queued jobs that ``labels`` satisfy to ``runner`` under a lease."""
         if limit <= 0:
             return []
+        request = ClaimJobs(runner=runner, limit=limit, lease_s=lease_s, labels=tuple(labels))
         with self.store.transaction() as tx:
-            return claim(tx, ClaimJobs(runner=runner, limit=limit, lease_s=lease_s), self.clock())
+            return claim(tx, request, self.clock())
 
     def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
         """Extend the leases ``runner`` still rightfully holds; the rest must be killed. One

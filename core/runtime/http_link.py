@@ -10,6 +10,7 @@ lease expired is refused when the runner comes back (409: it kills its copy).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,10 +49,17 @@ class HttpLink:
         *,
         timeout_s: float = 30.0,
         claim_wait_s: float = CLAIM_WAIT_S,
+        labels: Sequence[str] = (),
+        capacity: int = 0,
+        version: str = "",
     ) -> None:
         self.url = url.rstrip("/") + "/api/v1/runner"
         #: the runner this link speaks for (its token's principal)
         self.runner = runner
+        #: how the runner describes itself as it claims: it is handed only jobs these labels satisfy
+        self.described = {"labels": list(labels), "capacity": capacity, "version": version}
+        #: set when the server says this runner was drained: it claims nothing more and stops
+        self.drained = asyncio.Event()
         self.headers = {"Authorization": f"Bearer {token}", HEADER: str(PROTOCOL)}
         self.timeout_s = timeout_s
         self.claim_wait_s = claim_wait_s
@@ -83,7 +91,9 @@ class HttpLink:
     # -- RunnerLink --------------------------------------------------------------------------
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
         body = {"runner": runner, "limit": limit, "lease_s": lease_s, "wait_s": self.claim_wait_s}
-        _, data = await self._post("/claim", body, wait_s=self.claim_wait_s)
+        _, data = await self._post("/claim", {**body, **self.described}, wait_s=self.claim_wait_s)
+        if data.get("draining"):
+            self.drained.set()
         return [_assignment(a) for a in data["assignments"]]
 
     async def renew(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:

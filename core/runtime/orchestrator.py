@@ -127,10 +127,13 @@ class Orchestrator:
         await self._queue.put(_Pending(command, future, then))
         return await future
 
-    async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
-        """Claim jobs for a runner of this process; rides along with the next group commit."""
+    async def claim(
+        self, runner: str, limit: int, lease_s: float, labels: Sequence[str] = ()
+    ) -> list[Assignment]:
+        """Claim jobs for a runner carrying ``labels``; rides along with the next group commit."""
         future: asyncio.Future[list[Assignment]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(ClaimJobs(runner=runner, limit=limit, lease_s=lease_s), future))
+        request = ClaimJobs(runner=runner, limit=limit, lease_s=lease_s, labels=tuple(labels))
+        await self._queue.put(_Pending(request, future))
         return await future
 
     async def _commit_loop(self) -> None:

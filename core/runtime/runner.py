@@ -21,6 +21,7 @@ from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.engine import Decision
 from core.errors import DatabaseUnreachable
+from core.runtime.attendance import Attendance
 from core.runtime.executor import ExecResult, Executor, kill_orphans
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.records import JobRecords, Recorded
@@ -54,13 +55,30 @@ class LocalLink:
     encrypted; ``opener`` decrypts them here, as the runner takes them (a remote link will do
     so on the server, just before it sends the assignment over TLS)."""
 
-    def __init__(self, orchestrator: Orchestrator, opener: Opener | None = None) -> None:
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        opener: Opener | None = None,
+        *,
+        labels: Sequence[str] = (),
+        attendance: Attendance | None = None,
+        capacity: int = 0,
+    ) -> None:
         self.orch = orchestrator
         self.service = orchestrator.service
         self.opener = opener
+        #: the runner's labels (``core.labels``): it is handed only jobs that need no others
+        self.labels = tuple(labels)
+        #: where the runner is recorded as it claims, so it is listed like a remote one
+        self.attendance = attendance
+        self.capacity = capacity
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
-        claimed = await self.orch.claim(runner, limit, lease_s)
+        if self.attendance is not None:
+            await self.attendance.claiming(
+                runner, labels=self.labels, version="builtin", capacity=self.capacity, lease_s=lease_s
+            )
+        claimed = await self.orch.claim(runner, limit, lease_s, self.labels)
         if self.opener is None:
             return [replace(a, sealed={}) if a.sealed else a for a in claimed]
         return [self.opener(a) if a.sealed else a for a in claimed]

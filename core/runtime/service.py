@@ -151,13 +151,15 @@ class Service:
 
     def _claim_alone(self, request: ClaimJobs) -> list[Assignment] | Exception:
         try:
-            return self.claims.claim_jobs(request.runner, request.limit, request.lease_s)
+            return self.claims.claim_jobs(request.runner, request.limit, request.lease_s, request.labels)
         except Exception as exc:  # handed to that runner
             return exc
 
     # -- runners (``core.runtime.claims``) -----------------------------------------------------
-    def claim_jobs(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
-        return self.claims.claim_jobs(runner, limit, lease_s)
+    def claim_jobs(
+        self, runner: str, limit: int, lease_s: float, labels: Sequence[str] = ()
+    ) -> list[Assignment]:
+        return self.claims.claim_jobs(runner, limit, lease_s, labels)
 
     def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
         return self.claims.renew_leases(runner, held, lease_s)

@@ -34,14 +34,21 @@ class RemoteRunner:
     """One ``shipyard runner`` process."""
 
     def __init__(
-        self, root: Path, server: Server, name: str, token: str, capacity: int = 2, port: int | None = None
+        self,
+        root: Path,
+        server: Server,
+        name: str,
+        token: str,
+        capacity: int = 2,
+        port: int | None = None,
+        labels: str = "",
     ) -> None:
         self.name = name
         self.log = root / f"runner-{name}.log"
         self.argv = [
             sys.executable, "-m", "bot.cli", "runner", "--url", f"http://127.0.0.1:{port or server.port}",
             "--name", name, "--capacity", str(capacity), "--workdir", str(root / f"runner-{name}"),
-            "--lease", "3", "--poll", "0.2",
+            "--lease", "3", "--poll", "0.2", "--labels", labels,
         ]  # fmt: skip
         self.env = {**os.environ, "SHIPYARD_RUNNER_TOKEN": token}
         self.env.pop("SHIPYARD_DATABASE_URL", None)  # (a runner has no database)
@@ -203,7 +210,8 @@ def test_only_runners_of_a_known_protocol_with_a_runner_token_may_claim(
     )
     assert status == 409 and "takes runner protocol version 1" in problem["detail"], problem
     ok = {"Shipyard-Runner-Protocol": "1"}
-    assert _call(server, "POST", "/runner/claim", runner, body, **ok) == (200, {"assignments": []})
+    nothing = {"assignments": [], "draining": False}
+    assert _call(server, "POST", "/runner/claim", runner, body, **ok) == (200, nothing)
     status, problem = _call(server, "POST", "/runner/claim", runner, {**body, "runner": "eu-2"}, **ok)
     assert status == 403 and "may act only as runner eu-1" in problem["detail"]
     for token in (ADMIN, viewer):  # an admin runs no jobs; a viewer neither
