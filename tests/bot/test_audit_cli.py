@@ -102,8 +102,9 @@ def test_refused_access_commands_are_audited_with_their_reason(db: Path) -> None
         "token_revoke nosuch rejected (no active token named 'nosuch')",
         "access_grant bob accepted",
         "access_grant bob rejected "
-        "('wizard' is neither a role (viewer, deployer, approver, admin) nor group:NAME)",
-        "token_create ci-viewer rejected (unknown role 'bogus' (roles: viewer, deployer, approver, admin))",
+        "('wizard' is neither a role (viewer, deployer, approver, admin, runner) nor group:NAME)",
+        "token_create ci-viewer rejected "
+        "(unknown role 'bogus' (roles: viewer, deployer, approver, admin, runner))",
         "token_revoke ci-deployer accepted",
     ]
 

@@ -73,7 +73,8 @@ def group(name: str, value: str, granted: int, revoked: int | None = None) -> Gr
         ({Role.VIEWER}, {Action.READ}),
         ({Role.DEPLOYER}, {Action.READ, Action.TRIGGER, Action.CONTROL}),
         ({Role.APPROVER}, {Action.READ, Action.APPROVE}),
-        ({Role.ADMIN}, set(Action)),
+        ({Role.ADMIN}, set(Action) - {Action.RUN_JOBS}),  # an admin runs no jobs
+        ({Role.RUNNER}, {Action.RUN_JOBS}),  # and a runner does nothing else
         (set(), set()),
     ],
 )
