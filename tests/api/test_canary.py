@@ -284,3 +284,70 @@ async def test_a_rollback_through_a_canary_stage_goes_straight_back_without_paus
     assert done["status"] == "succeeded", done["reason"]  # no pause stopped it, nobody promoted
     assert done["rollout"]["status"] == "promoted"
     assert weights.read_text().split() == ["stable=100,canary=0"]  # the canary never took traffic
+
+
+CONTROLLED = """name: web
+parameters:
+  - {name: version, required: true}
+stages:
+  - name: production
+    environment: production
+    strategy:
+      canary:
+        router: web
+        steps:
+          - set_weight: 10
+          - pause: {duration: 30s}
+          - set_weight: 50
+          - pause: {approvers: ["role:approver"]}
+          - set_weight: 100
+        promote: [{name: promote, run: "echo promoted=yes >> $SHIPYARD_OUTPUT"}]
+        abort: [{name: remove-canary, run: "echo removed=yes >> $SHIPYARD_OUTPUT"}]
+    jobs: [{name: deploy-canary, run: "true"}]
+"""
+
+
+def _command_router(weights_file: Path) -> dict[str, Any]:
+    router = {
+        "command": ["sh", "-c", f'echo "$SHIPYARD_ROUTER_WEIGHTS" >> {weights_file}'],
+        "pools": {"stable": ["a"], "canary": ["b"]},
+    }
+    return {"production": {"routers": {"web": router}}}
+
+
+async def test_a_paused_rollout_keeps_its_time_left_and_promote_fully_skips_every_step(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await start_api(db_url, {"web": CONTROLLED}, environments=_command_router(tmp_path / "w"))
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    paused = await api.wait(run["id"], lambda r: (r["rollout"] or {}).get("step") == 2, timeout=30)
+    assert _rollout(paused)["step_until"] is not None
+    assert (await api.post(f"/runs/{run['id']}/rollout/pause", who="deployer", json={})).status == 200
+    held = await api.run(run["id"])
+    assert held["status"] == "paused" and _rollout(held)["step_until"] is None  # the clock stopped
+    assert (await api.post(f"/runs/{run['id']}/rollout/resume", who="deployer", json={})).status == 200
+    resumed = await api.run(run["id"])
+    assert resumed["status"] == "running" and _rollout(resumed)["step_until"] is not None
+    full = await api.post(f"/runs/{run['id']}/rollout/promote-full", who="approver", json={"comment": "fine"})
+    assert full.status == 200, full.json
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "succeeded" and _rollout(done)["status"] == "promoted"
+    # (10 %, then promoted fully: no 50 %, no 100 % on the canary; all back to stable)
+    assert (tmp_path / "w").read_text().split() == ["stable=90,canary=10", "stable=100,canary=0"]
+
+
+async def test_canceling_a_run_with_canary_traffic_aborts_its_rollout_first(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await start_api(db_url, {"web": CONTROLLED}, environments=_command_router(tmp_path / "w"))
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(run["id"], lambda r: (r["rollout"] or {}).get("step") == 2, timeout=30)
+    canceled = await api.post(f"/runs/{run['id']}/cancel", who="deployer", json={"reason": "wrong build"})
+    assert canceled.status == 200, canceled.json
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "canceled" and done["reason"] == "canceled by deployer: wrong build"
+    assert _rollout(done)["status"] == "aborted" and _rollout(done)["applied"] == {"stable": 100, "canary": 0}
+    jobs = {j["name"]: j for j in done["stages"][0]["jobs"]}
+    assert jobs["remove-canary"]["outputs"] == {"removed": "yes"}  # the abort jobs ran first
+    early = await api.post(f"/runs/{run['id']}/rollout/promote", who="approver", json={})
+    assert_problem(early, 409, "no rollout under way")
