@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from bot.api.common import find_run, reply, run_cursor, run_position
 from bot.api.gateway import gw
@@ -188,50 +191,125 @@ def _etags(header: str) -> set[str]:
     return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
 
 
-async def _control(call: Call, command: Command, state: RunState, status: int = 200) -> web.Response:
-    if isinstance(command, RetryRun):
-        return await gw(call).respond(call, command, lambda decision: _created(_state(decision), status))
-    return await gw(call).respond(call, command, _run)
-
-
 CONTROL_RESPONSES: dict[int, tuple[str, type[RunOut] | str | None]] = {
     200: ("the run after the change", RunOut)
 }
 
 
-@API.op(
-    "POST",
-    "/runs/{run_id}/cancel",
-    summary="Cancel a run",
-    action=Action.CONTROL,
-    tag="runs",
-    body=CancelIn,
-    responses=CONTROL_RESPONSES,
-)
-async def cancel_run(call: Call) -> web.Response:
-    """Running jobs are killed. Deployers may cancel their own runs; admins any."""
-    state = await find_run(call)
-    return await _control(
-        call, CancelRun(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
+@dataclass(frozen=True)
+class RunControl:
+    """One ``POST /runs/{run_id}/<verb>``: find the run, build the command, answer with the run
+    (or, for a retry, the new run). The operation's id and description are ``name`` and ``doc``."""
+
+    name: str
+    verb: str
+    summary: str
+    action: Action
+    body: type[BaseModel]
+    command: Callable[[Call, str], Command]
+    doc: str = ""
+
+    def register(self) -> None:
+        retry = self.verb == "retry"
+
+        async def handler(call: Call) -> web.Response:
+            state = await find_run(call)
+            command = self.command(call, state.run.id)
+            if retry:
+                return await gw(call).respond(call, command, lambda d: _created(_state(d), 202))
+            return await gw(call).respond(call, command, _run)
+
+        handler.__name__ = handler.__qualname__ = self.name
+        handler.__doc__ = self.doc
+        API.op(
+            "POST",
+            f"/runs/{{run_id}}/{self.verb}",
+            summary=self.summary,
+            action=self.action,
+            tag="runs",
+            body=self.body,
+            responses={202: ("the new run, starting from the stage that failed", RunOut)}
+            if retry
+            else CONTROL_RESPONSES,
+            headers={202: RUN_CREATED} if retry else None,
+        )(handler)
+
+
+def _verdict(call: Call, run_id: str) -> EndVerification:
+    verdict = call.body.verdict
+    rollback = True if verdict == "failed" else None
+    return EndVerification(
+        run_id=run_id, verdict=verdict, reason=call.body.reason, rollback=rollback, actor=actor(call)
     )
 
 
-@API.op(
-    "POST",
-    "/runs/{run_id}/fail",
-    summary="Mark a run failed",
-    action=Action.CONTROL,
-    tag="runs",
-    body=CancelIn,
-    responses=CONTROL_RESPONSES,
-)
-async def fail_run(call: Call) -> web.Response:
-    """Like cancel, but the run ends `failed` (e.g. a runner was lost mid-deploy and you judge
-    the deployment broken): history and rollback count it as a failure."""
-    state = await find_run(call)
-    return await _control(
-        call, FailRun(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
-    )
+RUN_CONTROLS = (
+    RunControl(
+        "cancel_run", "cancel", "Cancel a run", Action.CONTROL, CancelIn,
+        lambda c, r: CancelRun(run_id=r, actor=actor(c), reason=c.body.reason),
+        "Running jobs are killed. Deployers may cancel their own runs; admins any.",
+    ),
+    RunControl(
+        "fail_run", "fail", "Mark a run failed", Action.CONTROL, CancelIn,
+        lambda c, r: FailRun(run_id=r, actor=actor(c), reason=c.body.reason),
+        "Like cancel, but the run ends `failed` (e.g. a runner was lost mid-deploy and you judge\n"
+        "the deployment broken): history and rollback count it as a failure.",
+    ),
+    RunControl(
+        "end_verification", "verification", "End a deployment's verification early", Action.APPROVE,
+        VerificationIn, _verdict,
+        "For a run that is `verifying`: `passed` (\"looks good\") ends verification and the run goes\n"
+        "on; `failed` (\"roll back\") fails the run and starts the rollback run at once, whatever the\n"
+        "environment's `on_failure`. Approvers only; who triggered the run may roll it back but not\n"
+        "pass it (separation of duties). Answers 409 when nothing is being verified.",
+    ),
+    RunControl(
+        "promote_rollout", "rollout/promote", "Promote a rollout past the step it waits in", Action.APPROVE,
+        PromoteIn, lambda c, r: PromoteRollout(run_id=r, actor=actor(c), comment=c.body.comment),
+        "Past an open-ended pause (a gate: its approvers, and not who triggered the run), an\n"
+        "inconclusive analysis, a timed pause or an analysis still measuring. Answers 409 when the\n"
+        "rollout is setting its router or is not under way.",
+    ),
+    RunControl(
+        "promote_rollout_fully", "rollout/promote-full", "Promote a rollout past every step left",
+        Action.APPROVE, PromoteIn,
+        lambda c, r: PromoteRollout(run_id=r, actor=actor(c), full=True, comment=c.body.comment),
+        "Skip the steps left: the promote jobs run, then all traffic goes to the stable servers.",
+    ),
+    RunControl(
+        "pause_rollout", "rollout/pause", "Pause a rollout (its run)", Action.CONTROL, EmptyIn,
+        lambda c, r: PauseRun(run_id=r, actor=actor(c)),
+        "The run pauses: a timed pause keeps the time it had left until it is resumed.",
+    ),
+    RunControl(
+        "resume_rollout", "rollout/resume", "Resume a paused rollout (its run)", Action.CONTROL, EmptyIn,
+        lambda c, r: ResumeRun(run_id=r, actor=actor(c)),
+    ),
+    # (deployers their own runs, approvers any: the command's own rule, ``core.access``)
+    RunControl(
+        "abort_rollout", "rollout/abort", "Abort a rollout", Action.READ, AbortIn,
+        lambda c, r: AbortRollout(run_id=r, actor=actor(c), reason=c.body.reason),
+        "All traffic goes back to the stable servers at once, then the abort jobs run, then the\n"
+        "run ends `canceled` with the reason. Approvers may abort anyone's rollout; deployers their\n"
+        "own.",
+    ),
+    RunControl(
+        "pause_run", "pause", "Pause a run", Action.CONTROL, EmptyIn,
+        lambda c, r: PauseRun(run_id=r, actor=actor(c)),
+        "Running jobs finish; nothing new starts until the run is resumed.",
+    ),
+    RunControl(
+        "resume_run", "resume", "Resume a paused run", Action.CONTROL, EmptyIn,
+        lambda c, r: ResumeRun(run_id=r, actor=actor(c)),
+    ),
+    RunControl(
+        "retry_run", "retry", "Retry a failed or canceled run", Action.CONTROL, EmptyIn,
+        lambda c, r: RetryRun(run_id=r, actor=actor(c)),
+        "A new run of the same pipeline version and parameters; finished stages are reused.",
+    ),
+)  # fmt: skip
+for _row in RUN_CONTROLS:
+    _row.register()
 
 
 @API.op(
@@ -269,163 +347,6 @@ async def get_verification(call: Call) -> web.Response:
         return found
 
     return reply(VerificationsOut(run_id=state.run.id, items=await g.read(read)))
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/verification",
-    summary="End a deployment's verification early",
-    action=Action.APPROVE,
-    tag="runs",
-    body=VerificationIn,
-    responses=CONTROL_RESPONSES,
-)
-async def end_verification(call: Call) -> web.Response:
-    """For a run that is `verifying`: `passed` ("looks good") ends verification and the run goes
-    on; `failed` ("roll back") fails the run and starts the rollback run at once, whatever the
-    environment's `on_failure`. Approvers only; who triggered the run may roll it back but not
-    pass it (separation of duties). Answers 409 when nothing is being verified."""
-    state = await find_run(call)
-    verdict = call.body.verdict
-    command = EndVerification(
-        run_id=state.run.id,
-        verdict=verdict,
-        reason=call.body.reason,
-        rollback=True if verdict == "failed" else None,
-        actor=actor(call),
-    )
-    return await _control(call, command, state)
-
-
-_ROLLOUT_RESPONSES = CONTROL_RESPONSES
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/rollout/promote",
-    summary="Promote a rollout past the step it waits in",
-    action=Action.APPROVE,
-    tag="runs",
-    body=PromoteIn,
-    responses=_ROLLOUT_RESPONSES,
-)
-async def promote_rollout(call: Call) -> web.Response:
-    """Past an open-ended pause (a gate: its approvers, and not who triggered the run), an
-    inconclusive analysis, a timed pause or an analysis still measuring. Answers 409 when the
-    rollout is setting its router or is not under way."""
-    state = await find_run(call)
-    command = PromoteRollout(run_id=state.run.id, actor=actor(call), comment=call.body.comment)
-    return await _control(call, command, state)
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/rollout/promote-full",
-    summary="Promote a rollout past every step left",
-    action=Action.APPROVE,
-    tag="runs",
-    body=PromoteIn,
-    responses=_ROLLOUT_RESPONSES,
-)
-async def promote_rollout_fully(call: Call) -> web.Response:
-    """Skip the steps left: the promote jobs run, then all traffic goes to the stable servers."""
-    state = await find_run(call)
-    command = PromoteRollout(run_id=state.run.id, actor=actor(call), full=True, comment=call.body.comment)
-    return await _control(call, command, state)
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/rollout/pause",
-    summary="Pause a rollout (its run)",
-    action=Action.CONTROL,
-    tag="runs",
-    body=EmptyIn,
-    responses=_ROLLOUT_RESPONSES,
-)
-async def pause_rollout(call: Call) -> web.Response:
-    """The run pauses: a timed pause keeps the time it had left until it is resumed."""
-    state = await find_run(call)
-    return await _control(call, PauseRun(run_id=state.run.id, actor=actor(call)), state)
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/rollout/resume",
-    summary="Resume a paused rollout (its run)",
-    action=Action.CONTROL,
-    tag="runs",
-    body=EmptyIn,
-    responses=_ROLLOUT_RESPONSES,
-)
-async def resume_rollout(call: Call) -> web.Response:
-    state = await find_run(call)
-    return await _control(call, ResumeRun(run_id=state.run.id, actor=actor(call)), state)
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/rollout/abort",
-    summary="Abort a rollout",
-    # (deployers their own runs, approvers any: the command's own rule, ``core.access``)
-    action=Action.READ,
-    tag="runs",
-    body=AbortIn,
-    responses=_ROLLOUT_RESPONSES,
-)
-async def abort_rollout(call: Call) -> web.Response:
-    """All traffic goes back to the stable servers at once, then the abort jobs run, then the
-    run ends `canceled` with the reason. Approvers may abort anyone's rollout; deployers their
-    own."""
-    state = await find_run(call)
-    return await _control(
-        call, AbortRollout(run_id=state.run.id, actor=actor(call), reason=call.body.reason), state
-    )
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/pause",
-    summary="Pause a run",
-    action=Action.CONTROL,
-    tag="runs",
-    body=EmptyIn,
-    responses=CONTROL_RESPONSES,
-)
-async def pause_run(call: Call) -> web.Response:
-    """Running jobs finish; nothing new starts until the run is resumed."""
-    state = await find_run(call)
-    return await _control(call, PauseRun(run_id=state.run.id, actor=actor(call)), state)
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/resume",
-    summary="Resume a paused run",
-    action=Action.CONTROL,
-    tag="runs",
-    body=EmptyIn,
-    responses=CONTROL_RESPONSES,
-)
-async def resume_run(call: Call) -> web.Response:
-    state = await find_run(call)
-    return await _control(call, ResumeRun(run_id=state.run.id, actor=actor(call)), state)
-
-
-@API.op(
-    "POST",
-    "/runs/{run_id}/retry",
-    summary="Retry a failed or canceled run",
-    action=Action.CONTROL,
-    tag="runs",
-    body=EmptyIn,
-    responses={202: ("the new run, starting from the stage that failed", RunOut)},
-    headers={202: RUN_CREATED},
-)
-async def retry_run(call: Call) -> web.Response:
-    """A new run of the same pipeline version and parameters; finished stages are reused."""
-    state = await find_run(call)
-    return await _control(call, RetryRun(run_id=state.run.id, actor=actor(call)), state, 202)
 
 
 @API.op(
