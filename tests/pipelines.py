@@ -298,3 +298,39 @@ stages:
     environment: production
     jobs: [{{name: deploy, run: {deploy}}}]
 """
+
+
+def canary(
+    name: str,
+    steps: list[str],
+    *,
+    router: str = "web",
+    promote: str = '"true"',
+    abort: str | None = '"true"',
+    job: str = "deploy-canary",
+    head: str = "",
+) -> str:
+    """``name``: a ``production`` stage rolled out through ``router`` as a canary taking
+    ``steps`` (each a step as YAML: ``"set_weight: 10"``, ``'pause: {approvers: ["role:approver"]}'``),
+    whose ``promote`` job runs ``promote`` and ``remove-canary`` abort job runs ``abort`` (none
+    when ``None``); the stage's own ``job`` runs ``true``."""
+    stage = [
+        "  - name: production",
+        "    environment: production",
+        "    strategy:",
+        "      canary:",
+        f"        router: {router}",
+        "        steps:",
+        *(f"          - {step}" for step in steps),
+        f"        promote: [{{name: promote, run: {promote}}}]",
+        *([f"        abort: [{{name: remove-canary, run: {abort}}}]"] if abort is not None else []),
+        f'    jobs: [{{name: {job}, run: "true"}}]',
+    ]
+    return _pipeline(name, head, stage, "")
+
+
+#: a canary step: an open-ended pause that an approver ends
+APPROVER_PAUSE = 'pause: {approvers: ["role:approver"]}'
+
+#: the required ``version`` parameter of pipelines whose jobs deploy a version
+VERSION_PARAMETER = "parameters:\n  - {name: version, required: true}"

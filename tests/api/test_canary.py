@@ -13,31 +13,24 @@ from typing import Any
 
 from core.runtime.routers import router_for
 from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
-from tests.pipelines import built_and_deployed
+from tests.pipelines import APPROVER_PAUSE, VERSION_PARAMETER, built_and_deployed, canary
 from tests.prometheus import Prometheus
 from tests.routing import Nginx, send
 
 #: the promote and abort jobs leave a mark the test reads (the real jobs would deploy)
-CANARY = """name: web
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: production
-    environment: production
-    strategy:
-      canary:
-        router: web
-        steps:
-          - set_weight: 10
-          - pause: {duration: 1s}
-          - set_weight: 50
-          - pause: {approvers: ["role:approver"]}
-          - set_weight: 100
-        promote: [{name: promote, run: "echo promoted=$SHIPYARD_PARAM_VERSION >> $SHIPYARD_OUTPUT"}]
-        abort: [{name: remove-canary, run: "echo removed=yes >> $SHIPYARD_OUTPUT"}]
-    jobs:
-      - {name: deploy-canary, run: "true"}
-"""
+CANARY = canary(
+    "web",
+    [
+        "set_weight: 10",
+        "pause: {duration: 1s}",
+        "set_weight: 50",
+        APPROVER_PAUSE,
+        "set_weight: 100",
+    ],
+    promote='"echo promoted=$SHIPYARD_PARAM_VERSION >> $SHIPYARD_OUTPUT"',
+    abort='"echo removed=yes >> $SHIPYARD_OUTPUT"',
+    head=VERSION_PARAMETER,
+)
 
 
 def _environments(nginx: Nginx) -> dict[str, Any]:
@@ -186,7 +179,7 @@ async def test_a_rollout_that_does_not_fit_the_configuration_is_refused_naming_t
         "router: web": ("router: nope", "has no router 'nope' (routers: web)"),
         "- set_weight: 50": ("- set_weight: 5", "set_weight 5 does not increase"),
         "- set_weight: 100": ("- set_weight: 101", "less than or equal to 100"),
-        'pause: {approvers: ["role:approver"]}': ("pause: {}", "names approvers"),
+        APPROVER_PAUSE: ("pause: {}", "names approvers"),
     }
     fresh = CANARY.replace("name: web", "name: fresh")
     for old, (new, words) in cases.items():
@@ -286,25 +279,19 @@ async def test_a_rollback_through_a_canary_stage_goes_straight_back_without_paus
     assert weights.read_text().split() == ["stable=100,canary=0"]  # the canary never took traffic
 
 
-CONTROLLED = """name: web
-parameters:
-  - {name: version, required: true}
-stages:
-  - name: production
-    environment: production
-    strategy:
-      canary:
-        router: web
-        steps:
-          - set_weight: 10
-          - pause: {duration: 30s}
-          - set_weight: 50
-          - pause: {approvers: ["role:approver"]}
-          - set_weight: 100
-        promote: [{name: promote, run: "echo promoted=yes >> $SHIPYARD_OUTPUT"}]
-        abort: [{name: remove-canary, run: "echo removed=yes >> $SHIPYARD_OUTPUT"}]
-    jobs: [{name: deploy-canary, run: "true"}]
-"""
+CONTROLLED = canary(
+    "web",
+    [
+        "set_weight: 10",
+        "pause: {duration: 30s}",
+        "set_weight: 50",
+        APPROVER_PAUSE,
+        "set_weight: 100",
+    ],
+    promote='"echo promoted=yes >> $SHIPYARD_OUTPUT"',
+    abort='"echo removed=yes >> $SHIPYARD_OUTPUT"',
+    head=VERSION_PARAMETER,
+)
 
 
 def _command_router(weights_file: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -30,27 +30,24 @@ from core.runtime.routers import router_for
 from core.runtime.service import Service
 from core.states import RUN_TERMINAL, RunStatus
 from tests.e2e.server import Server, wait_until
+from tests.pipelines import canary
 from tests.routing import Haproxy, Nginx, send
 
 TOKEN = "rollout-admin-token"
 
 
-def _canary(steps: str, count: Path) -> str:
+def _canary(steps: list[str], count: Path) -> str:
     """A canary pipeline with ``steps``; its promote job adds a line to ``count`` each time it runs."""
-    return f"""name: web
-stages:
-  - name: production
-    environment: production
-    strategy:
-      canary:
-        router: web
-        steps:
-{steps}
-        promote: [{{name: promote, run: "echo promoted >> {count}"}}]
-        abort: [{{name: remove-canary, run: "true"}}]
-    jobs:
-      - {{name: deploy-canary, run: "true"}}
-"""
+    return canary("web", steps, promote=f'"echo promoted >> {count}"')
+
+
+class Started(NamedTuple):
+    """A served canary run: its server, a service on its database, the run and its promote count."""
+
+    server: Server
+    svc: Service
+    run_id: str
+    count: Path
 
 
 def _environments(router: dict[str, Any]) -> str:
@@ -86,6 +83,23 @@ def servers() -> Iterator[list[Server]]:
 
 def _server(root: Path, url: str, environments: str, **settings: object) -> Server:
     return Server(root, url, environments=environments, admin_token=TOKEN, **settings)
+
+
+def _start(
+    root: Path,
+    url: str,
+    environments: str,
+    steps: list[str],
+    servers: list[Server],
+    make_service: Callable[..., Service],
+) -> Started:
+    """A server for ``environments`` with the canary of ``steps``, started, and a run of it."""
+    count = root / "promoted"
+    server = _server(root, url, environments)
+    server.pipeline("web", _canary(steps, count))
+    servers.append(server)
+    server.start()
+    return Started(server, make_service(url), _trigger(server, "web"), count)
 
 
 def _trigger(server: Server, pipeline: str) -> str:
@@ -166,18 +180,8 @@ def test_a_kill_during_a_weight_change_ends_at_the_recorded_weights_and_finishes
     wrapper, marker = _slow(tmp_path, nginx.include, 1.5)
     router = _nginx_router(nginx, test=[str(wrapper), *nginx.argv("-t")])
     config = _environments(router)
-    count = tmp_path / "promoted"
-    steps = """\
-          - set_weight: 20
-          - set_weight: 60
-          - pause: {duration: 3s}
-"""
-    server = _server(tmp_path, db_url, config)
-    server.pipeline("web", _canary(steps, count))
-    servers.append(server)
-    server.start()
-    svc = make_service(db_url)
-    run_id = _trigger(server, "web")
+    steps = ["set_weight: 20", "set_weight: 60", "pause: {duration: 3s}"]
+    server, svc, run_id, count = _start(tmp_path, db_url, config, steps, servers, make_service)
 
     # the change to 60 is under way: its weights are recorded and the include file written,
     # nginx is not yet tested nor reloaded
@@ -200,11 +204,7 @@ def test_a_kill_during_a_weight_change_ends_at_the_recorded_weights_and_finishes
     assert _share(nginx) == 0  # promoted: the new version is stable, the canary takes nothing
 
 
-_PAUSE = """\
-          - set_weight: 30
-          - pause: {duration: 7s}
-          - set_weight: 70
-"""
+_PAUSE = ["set_weight: 30", "pause: {duration: 7s}", "set_weight: 70"]
 
 
 def _paused(svc: Service, run_id: str) -> Rollout:
@@ -217,13 +217,7 @@ def test_a_kill_during_a_pause_keeps_its_deadline_and_the_router_its_weights(
     db_url: str, make_service: Callable[..., Service], tmp_path: Path, nginx: Nginx, servers: list[Server]
 ) -> None:
     config = _environments(_nginx_router(nginx))
-    count = tmp_path / "promoted"
-    server = _server(tmp_path, db_url, config)
-    server.pipeline("web", _canary(_PAUSE, count))
-    servers.append(server)
-    server.start()
-    svc = make_service(db_url)
-    run_id = _trigger(server, "web")
+    server, svc, run_id, count = _start(tmp_path, db_url, config, _PAUSE, servers, make_service)
     until = _paused(svc, run_id).step_until
     assert until is not None
     shown = _run_json(server, run_id)["rollout"]["step_until"]
@@ -250,13 +244,7 @@ def test_a_router_changed_by_hand_while_down_is_set_back_before_the_rollout_goes
     db_url: str, make_service: Callable[..., Service], tmp_path: Path, nginx: Nginx, servers: list[Server]
 ) -> None:
     config = _environments(_nginx_router(nginx))
-    count = tmp_path / "promoted"
-    server = _server(tmp_path, db_url, config)
-    server.pipeline("web", _canary(_PAUSE, count))
-    servers.append(server)
-    server.start()
-    svc = make_service(db_url)
-    run_id = _trigger(server, "web")
+    server, svc, run_id, count = _start(tmp_path, db_url, config, _PAUSE, servers, make_service)
     until = _paused(svc, run_id).step_until
     assert until is not None
     _kill(server)
@@ -306,12 +294,7 @@ def test_two_replicas_set_each_weight_once_one_change_at_a_time(
     router = {"command": [str(script)], "pools": {"stable": ["old"], "canary": ["new"]}, "timeout": "4s"}
     config = _environments(router)
     count = tmp_path / "promoted"
-    steps = """\
-          - set_weight: 10
-          - pause: {duration: 1s}
-          - set_weight: 50
-          - set_weight: 100
-"""
+    steps = ["set_weight: 10", "pause: {duration: 1s}", "set_weight: 50", "set_weight: 100"]
     for name in ("east", "west"):
         servers.append(_server(tmp_path, pg_url, config, runner=name))
     servers[0].pipeline("web", _canary(steps, count))
@@ -339,18 +322,8 @@ def test_a_router_that_cannot_be_reached_fails_the_run_with_its_words_and_where_
 ) -> None:
     router = {**haproxy.router().model_dump(mode="json", exclude_none=True), "timeout": "2s"}
     config = _environments(router)
-    count = tmp_path / "promoted"
-    steps = """\
-          - set_weight: 10
-          - pause: {duration: 2s}
-          - set_weight: 50
-"""
-    server = _server(tmp_path, db_url, config)
-    server.pipeline("web", _canary(steps, count))
-    servers.append(server)
-    server.start()
-    svc = make_service(db_url)
-    run_id = _trigger(server, "web")
+    steps = ["set_weight: 10", "pause: {duration: 2s}", "set_weight: 50"]
+    server, svc, run_id, count = _start(tmp_path, db_url, config, steps, servers, make_service)
     _rollout(svc, run_id, lambda r: r.step == 1, "the canary at 10")
     assert abs(_share(haproxy) - 10) <= 5
     haproxy.stop()  # the router goes away during the pause
@@ -373,13 +346,9 @@ def test_a_router_that_fails_its_first_change_fails_the_run_with_its_words(
     script.write_text("#!/bin/sh\necho 'lb-api: 503 Service Unavailable' >&2\nexit 1\n")
     script.chmod(0o755)
     router = {"command": [str(script)], "pools": {"stable": ["old"], "canary": ["new"]}}
-    count = tmp_path / "promoted"
-    server = _server(tmp_path, db_url, _environments(router))
-    server.pipeline("web", _canary("          - set_weight: 10\n", count))
-    servers.append(server)
-    server.start()
-    svc = make_service(db_url)
-    run_id = _trigger(server, "web")
+    _, svc, run_id, count = _start(
+        tmp_path, db_url, _environments(router), ["set_weight: 10"], servers, make_service
+    )
 
     failed = _ended(svc, run_id)
     assert failed.run.status is RunStatus.FAILED

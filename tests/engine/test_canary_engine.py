@@ -20,23 +20,21 @@ from core.rollout import Rollout
 from core.states import RolloutStatus, RunStatus
 from tests.engine.conftest import StartYard, send, trigger, wait_for
 from tests.helpers import ALICE, CAROL
+from tests.pipelines import canary
 
-PIPELINE = """name: shop
-stages:
-  - name: production
-    environment: production
-    strategy:
-      canary:
-        router: web
-        steps:
-          - set_weight: 10
-          - pause: {duration: 30s}
-          - set_weight: 50
-          - analysis: {checks: [smoke], duration: 1m}
-          - set_weight: 100
-        promote: [{name: promote, run: "echo broken >&2; exit 3"}]
-    jobs: [{name: deploy, run: "true"}]
-"""
+PIPELINE = canary(
+    "shop",
+    [
+        "set_weight: 10",
+        "pause: {duration: 30s}",
+        "set_weight: 50",
+        "analysis: {checks: [smoke], duration: 1m}",
+        "set_weight: 100",
+    ],
+    promote='"echo broken >&2; exit 3"',
+    abort=None,
+    job="deploy",
+)
 
 ENVIRONMENTS: dict[str, Any] = {
     "production": {

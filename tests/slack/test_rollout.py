@@ -14,26 +14,14 @@ import pytest
 
 from bot.slack import notifier
 from core.access import Role
+from tests.pipelines import APPROVER_PAUSE, canary
 from tests.slack import signing
 from tests.slack.harness import ALICE, BOB, Bot, StartBot, button, buttons_of, until
 
-CANARY = """name: web
-stages:
-  - name: production
-    environment: production
-    strategy:
-      canary:
-        router: web
-        steps:
-          - set_weight: 10
-          - pause: {approvers: ["role:approver"]}
-          - set_weight: 50
-          - pause: {duration: 10m}
-        promote: [{name: promote, run: "true"}]
-        abort: [{name: remove-canary, run: "true"}]
-    jobs:
-      - {name: deploy-canary, run: "true"}
-"""
+CANARY = canary(
+    "web",
+    ["set_weight: 10", APPROVER_PAUSE, "set_weight: 50", "pause: {duration: 10m}"],
+)
 ROUTED = {
     "production": {
         "routers": {"web": {"command": ["true"], "pools": {"stable": ["web-1"], "canary": ["web-2"]}}}

@@ -10,24 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from tests.api.conftest import StartApi
+from tests.pipelines import APPROVER_PAUSE, canary
 from tests.webhooks.conftest import Receiver, drain, subscribe
 
-CANARY = """name: shop
-stages:
-  - name: production
-    environment: production
-    strategy:
-      canary:
-        router: shop
-        steps:
-          - set_weight: 10
-          - pause: {approvers: ["role:approver"]}
-          - set_weight: 50
-        promote: [{name: promote, run: "true"}]
-        abort: [{name: remove-canary, run: "true"}]
-    jobs:
-      - {name: deploy-canary, run: "true"}
-"""
+CANARY = canary("shop", ["set_weight: 10", APPROVER_PAUSE, "set_weight: 50"], router="shop")
 ROUTED = {
     "production": {
         "routers": {"shop": {"command": ["true"], "pools": {"stable": ["shop-1"], "canary": ["shop-2"]}}}
