@@ -49,9 +49,12 @@ Ask = Callable[[str, str, str], Awaitable[Answer]]
 
 
 @pytest.fixture
-async def bot(start_bot: StartBot) -> Bot:
+async def bot(start_bot: StartBot, db_url: str) -> Bot:
+    """On both databases: the policy's answers must not depend on the store's."""
     return await start_bot(
-        {"gated": gated(environment=None), "broken": one_build("broken", '"false"')}, GRANTS
+        {"gated": gated(environment=None), "broken": one_build("broken", '"false"')},
+        GRANTS,
+        database_url=db_url,
     )
 
 
