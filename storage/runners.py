@@ -8,15 +8,17 @@ claim endpoint tells it to finish its jobs and stop. Drains and deletions are au
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from core.errors import CommandRefused, Conflict, NotFound
-from core.labels import RunnerSeen
+from core.labels import RunnerSeen, queued_too_long, runner_waits
+from core.model import Job
 from core.ports import AuditEntry
+from core.states import JobStatus
 from storage.store import SqlStore
 from storage.tables import metadata
 
@@ -76,6 +78,15 @@ class RunnerRegistry:
         """Every runner seen, by name, with the jobs each holds now."""
         with self.store.transaction() as tx:
             return _runners(tx.conn)
+
+    def waits(self, jobs: Iterable[Job], at: datetime) -> dict[str, str]:
+        """What each queued job of ``jobs`` that has waited a while waits for, when no online
+        runner carries its labels (``core.labels.runner_waits``: the one wording for REST, the
+        CLI and Slack). The runners are read only when some job has waited that long."""
+        queued = [(j.id, j.labels, j.queued_at) for j in jobs if j.status is JobStatus.QUEUED]
+        if not any(queued_too_long(q, at) for _, _, q in queued):
+            return {}
+        return runner_waits(queued, self.all(), at)
 
     def resume(self, name: str, actor: str, now: datetime, channel: str) -> RunnerSeen:
         """Undo a drain: ``name`` may claim again (a drained runner that was stopped, started
