@@ -1,0 +1,84 @@
+"""A job no online runner can take says why in its run message and in ``/deploy status``; the
+message is edited when that changes (and not again while it does not), and the line goes when
+a runner carrying the job's labels takes it. Through the real Bolt endpoint and the fake Slack."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bot.chat.block_kit import Block
+from core.access import Role
+from core.runtime.executor import SubprocessExecutor
+from core.runtime.runner import LocalLink, Runner
+from tests.slack.harness import ALICE, Bot, StartBot, blocks_of, until
+
+EU = """
+name: eu
+stages:
+  - name: deploy
+    runs_on: [prod-eu]
+    jobs: [{name: ship, run: 'echo shipped'}]
+"""
+WAITS = "waiting for a runner with prod-eu: none has ever connected (deploy/ship)"
+
+
+@pytest.fixture
+async def bot(start_bot: StartBot) -> Bot:
+    return await start_bot({"eu": EU}, {ALICE: [Role.DEPLOYER]})
+
+
+def said(blocks: list[Block]) -> str:
+    return "\n".join(
+        e["text"] for b in blocks if b["type"] == "context" for e in b["elements"] if "text" in e
+    )
+
+
+async def test_the_run_message_and_status_say_what_a_job_waits_for(bot: Bot, tmp_path: Path) -> None:
+    ref = (await bot.say(ALICE, "run eu"))["text"].split("*")[1]
+    await bot.run_post(ref)
+    message = await until(
+        lambda: next(
+            (
+                m
+                for m in bot.fake.messages.values()
+                if ref in m.get("text", "") and WAITS in said(blocks_of(m))
+            ),
+            None,
+        ),
+        15,
+        "the run message to say why its job waits",
+    )
+    assert ":hourglass_flowing_sand: " + WAITS in said(blocks_of(message))
+    edits = len(bot.fake.calls_to("chat.update"))
+    await asyncio.sleep(2.0)  # (nothing changed: the message is not edited again)
+    assert len(bot.fake.calls_to("chat.update")) == edits
+    status = await bot.say(ALICE, f"status {ref}")
+    assert WAITS in said(blocks_of(status))
+    # a runner carrying prod-eu comes: it takes the job, and the line goes
+    link = LocalLink(
+        bot.shipyard.orchestrator, labels=["prod-eu"], attendance=bot.shipyard.attendance, capacity=1
+    )
+    runner = Runner(
+        link, SubprocessExecutor(), name="eu-1", workdir=tmp_path / "eu-1", capacity=1, poll_interval=0.1
+    )
+    await runner.start()
+    try:
+        await bot.until_status(ref, "succeeded", timeout=20)
+    finally:
+        await runner.drain()
+    final = await until(
+        lambda: next(
+            (
+                m
+                for m in bot.fake.messages.values()
+                if ref in m.get("text", "") and "succeeded" in m.get("text", "")
+            ),
+            None,
+        ),
+        10,
+        "the final run message",
+    )
+    assert "waiting for a runner" not in said(blocks_of(final))
