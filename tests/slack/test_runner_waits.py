@@ -13,7 +13,8 @@ from bot.chat.block_kit import Block
 from core.access import Role
 from core.runtime.executor import SubprocessExecutor
 from core.runtime.runner import LocalLink, Runner
-from tests.slack.harness import ALICE, Bot, StartBot, blocks_of, until
+from tests.pipelines import gated
+from tests.slack.harness import ALICE, BOB, Bot, StartBot, blocks_of, until
 
 EU = """
 name: eu
@@ -57,6 +58,12 @@ async def test_the_run_message_and_status_say_what_a_job_waits_for(bot: Bot, tmp
     assert len(bot.fake.calls_to("chat.update")) == edits
     status = await bot.say(ALICE, f"status {ref}")
     assert WAITS in said(blocks_of(status))
+    why = (await bot.say(ALICE, f"why {ref}"))["text"]
+    assert why.startswith(f"*{ref}* is running, waiting for:")
+    assert (
+        "• *runner*: deploy/ship is waiting for a runner with prod-eu: none has ever connected — clears: "
+        "when one comes online (start one: `shipyard runner --labels prod-eu`; docs/runners.md)"
+    ) in why
     # a runner carrying prod-eu comes: it takes the job, and the line goes
     link = LocalLink(
         bot.shipyard.orchestrator, labels=["prod-eu"], attendance=bot.shipyard.attendance, capacity=1
@@ -82,3 +89,18 @@ async def test_the_run_message_and_status_say_what_a_job_waits_for(bot: Bot, tmp
         "the final run message",
     )
     assert "waiting for a runner" not in said(blocks_of(final))
+    assert (await bot.say(ALICE, f"why {ref}"))["text"] == f"*{ref}* waits for nothing: it succeeded."
+
+
+async def test_why_a_run_names_its_gate_and_who_may_approve_it(start_bot: StartBot) -> None:
+    bot = await start_bot({"gated": gated(approvers=BOB)}, {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER]})
+    ref = (await bot.say(ALICE, "run gated"))["text"].split("*")[1]
+    await bot.gate_card(ref)
+    why = (await bot.say(ALICE, f"why {ref}"))["text"]
+    assert (
+        f"• *approvals*: gate production needs 1 approval(s) from {BOB} (0 so far) — clears: "
+        f"when they approve it (`/deploy approve {ref}`)"
+    ) in why
+    assert (await bot.say(ALICE, "why nope#9"))["text"] == (
+        ":warning: No run `nope#9`. Name it like `web#42` (see `/deploy runs`)."
+    )
