@@ -104,3 +104,29 @@ async def test_why_a_run_names_its_gate_and_who_may_approve_it(start_bot: StartB
     assert (await bot.say(ALICE, "why nope#9"))["text"] == (
         ":warning: No run `nope#9`. Name it like `web#42` (see `/deploy runs`)."
     )
+
+
+async def test_deploy_runners_lists_them_and_says_how_to_start_one(
+    start_bot: StartBot, tmp_path: Path
+) -> None:
+    bot = await start_bot({"eu": EU}, {ALICE: [Role.DEPLOYER]}, runner_capacity=0)
+    none = await bot.say(ALICE, "runners")
+    assert none["text"].startswith("No runner has connected yet.")
+    assert "`shipyard token create eu-1 --role runner`" in blocks_of(none)[0]["text"]["text"]
+    link = LocalLink(
+        bot.shipyard.orchestrator, labels=["linux", "prod-eu"], attendance=bot.shipyard.attendance, capacity=2
+    )
+    runner = Runner(
+        link, SubprocessExecutor(), name="eu-1", workdir=tmp_path / "eu-1", capacity=2, poll_interval=0.1
+    )
+    await runner.start()
+    try:
+        await until(lambda: bot.shipyard.runners.all(), 10, "eu-1 to be seen")
+        listed = await bot.say(ALICE, "runners")
+    finally:
+        await runner.drain()
+    lines = [b["text"]["text"] for b in blocks_of(listed)]
+    assert lines[0] == "1 runner(s):"
+    assert lines[1].startswith(
+        ":large_green_circle: *eu-1* — online · labels: linux, prod-eu · 0/2 job(s) running · last seen "
+    )
