@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from core.errors import CommandRefused, Conflict, NotFound
-from core.labels import RunnerSeen, queued_too_long, runner_waits
+from core.labels import RunnerSeen, queued_too_long, runner_waits, satisfies
 from core.model import Job
 from core.ports import AuditEntry
 from core.states import JobStatus
@@ -87,6 +87,28 @@ class RunnerRegistry:
         if not any(queued_too_long(q, at) for _, _, q in queued):
             return {}
         return runner_waits(queued, self.all(), at)
+
+    def stranded(self, at: datetime) -> list[tuple[RunnerSeen, int]]:
+        """Runners that are offline or draining while jobs they could take wait for a runner
+        (``waits``), each with how many; App Home lists them."""
+        with self.store.transaction() as tx:
+            c = tx.conn
+            rows = c.execute(
+                sa.select(JOB.c.id, JOB.c.labels, JOB.c.queued_at).where(
+                    JOB.c.status == JobStatus.QUEUED.value
+                )
+            ).all()
+            queued = [(r.id, tuple(r.labels or ()), r.queued_at) for r in rows]
+            if not any(queued_too_long(q, at) for _, _, q in queued):
+                return []
+            runners = _runners(c)
+        waiting = runner_waits(queued, runners, at)
+        needs = [labels for job_id, labels, _ in queued if job_id in waiting]
+        return [
+            (r, n)
+            for r in runners
+            if (r.draining or not r.online(at)) and (n := sum(satisfies(r.labels, ls) for ls in needs))
+        ]
 
     def resume(self, name: str, actor: str, now: datetime, channel: str) -> RunnerSeen:
         """Undo a drain: ``name`` may claim again (a drained runner that was stopped, started

@@ -299,6 +299,7 @@ class Notifier:
         """Runs with queued jobs: edit the message when why they wait for a runner changed
         (a runner went offline or came back, which is no event); look again slowly meanwhile."""
         due = [run_id for run_id, at in self._wait_checks.items() if at <= time.monotonic()]
+        changed = False
         for run_id in due:
             state = await self.backend.read(self.backend.reads.run, run_id, quick=True)
             if state is None or not any(j.status is JobStatus.QUEUED for j in state.jobs):
@@ -309,6 +310,10 @@ class Notifier:
             waits = await self.backend.read(self.backend.shipyard.runners.waits, state.jobs, now())
             if tuple(sorted(waits.items())) != self._waits_said.get(run_id, ()):
                 self._due(run_id, self._edited.get(run_id, 0.0) + EDIT_EVERY_S)
+                changed = True
+        if changed:  # (App Home lists the runners jobs wait for)
+            viewers = sorted(self.backend.home_viewers)[:HOME_REFRESH_MAX]
+            await asyncio.gather(*(self._home(user) for user in viewers))
 
     async def _on_event(self, state: RunState, message: tuple[str, str], event: Event) -> None:
         channel, ts = message

@@ -15,6 +15,7 @@ from core.runtime.executor import SubprocessExecutor
 from core.runtime.runner import LocalLink, Runner
 from tests.pipelines import gated
 from tests.slack.harness import ALICE, BOB, Bot, StartBot, blocks_of, until
+from tests.slack.test_cards_home import _dump, _open_home
 
 EU = """
 name: eu
@@ -130,3 +131,34 @@ async def test_deploy_runners_lists_them_and_says_how_to_start_one(
     assert lines[1].startswith(
         ":large_green_circle: *eu-1* — online · labels: linux, prod-eu · 0/2 job(s) running · last seen "
     )
+
+
+async def test_app_home_lists_offline_runners_that_jobs_wait_for(bot: Bot, tmp_path: Path) -> None:
+    link = LocalLink(
+        bot.shipyard.orchestrator, labels=["prod-eu"], attendance=bot.shipyard.attendance, capacity=1
+    )
+    runner = Runner(
+        link,
+        SubprocessExecutor(),
+        name="eu-1",
+        workdir=tmp_path / "eu-1",
+        capacity=1,
+        lease_s=0.5,
+        poll_interval=0.1,
+    )
+    await runner.start()
+    await until(lambda: "eu-1" in {r.name for r in bot.shipyard.runners.all()}, 10, "eu-1 to be seen")
+    await runner.drain()  # (it stops: offline after two of its leases)
+    home = _dump((await _open_home(bot, ALICE))["blocks"])
+    assert '"Runners"' not in home  # all is well: no job waits
+    ref = (await bot.say(ALICE, "run eu"))["text"].split("*")[1]
+    # the view is published again, unopened, once the job waits for a runner
+    home = await until(
+        lambda: "job(s) wait for it" in (h := _dump(bot.fake.home_views[ALICE]["blocks"])) and h,
+        20,
+        "App Home to list eu-1",
+    )
+    assert '"Runners"' in home
+    assert ":red_circle: *eu-1* — offline · labels: prod-eu · 0/1 job(s) running · last seen " in home
+    assert ":hourglass_flowing_sand: 1 job(s) wait for it" in home
+    assert bot.run(ref).jobs[0].status == "queued"
