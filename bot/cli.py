@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
@@ -414,7 +415,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if state is None:
             print(f"shipyard: no run {args.run!r}", file=sys.stderr)
             return EXIT_FAILED
-        print(render_state(state, tail=lambda job: service.store.tail_log(job.id, 10)))
+        from storage.runners import RunnerRegistry
+        from storage.store import SqlStore
+
+        store = service.store
+        assert isinstance(store, SqlStore)  # (what ``_service`` makes)
+        waits = RunnerRegistry(store).waits(state.jobs, datetime.now(UTC))
+        print(render_state(state, tail=lambda job: service.store.tail_log(job.id, 10), waits=waits))
         return EXIT_OK
     for state in service.store.list_runs(args.pipeline, 20):
         run = state.run

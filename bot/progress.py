@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from core.duration import format_duration
@@ -85,8 +85,14 @@ def describe_event(event: Event, state: RunState | None = None) -> str | None:
     return None
 
 
-def render_state(state: RunState, tail: Callable[[Job], list[str]] | None = None) -> str:
+def render_state(
+    state: RunState,
+    tail: Callable[[Job], list[str]] | None = None,
+    waits: Mapping[str, str] | None = None,
+) -> str:
+    """``waits``: why queued jobs wait for a runner, by job id (``RunnerRegistry.waits``)."""
     run = state.run
+    waits = waits or {}
     lines = [
         f"{run.ref}  {run.status}  (id {run.id}, {run.pipeline} v{run.pipeline_version})",
         f"  triggered by {run.triggered_by} via {run.trigger_channel} at {run.created_at:%Y-%m-%d %H:%M:%S}Z"
@@ -109,7 +115,9 @@ def render_state(state: RunState, tail: Callable[[Job], list[str]] | None = None
         for job in state.jobs_of(stage.index):
             took = _took(job.started_at, job.finished_at)
             extra = f" — {job.reason}" if job.reason and job.status != "succeeded" else ""
-            lines.append(f"    {MARK.get(job.status, ' ')} {job.name}: {job.status} {took}{extra}".rstrip())
+            if job.id in waits:
+                extra = f" — {waits[job.id]}"
+            lines.append(f"    {MARK.get(job.status, ' ')} {job.name}: {job.status} {took}".rstrip() + extra)
             if tail is not None and job.failed:
                 lines.extend(f"        | {line}" for line in tail(job))
     return "\n".join(lines)

@@ -3,11 +3,14 @@ right now, all at once, each with what (or when) clears it. Pure: the service ga
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from core.admission import EnvironmentView
 from core.environments import EnvironmentPolicy, branch_refusal, pipeline_refusal
+from core.model import RunState
+from core.states import GateStatus, RunStatus, StageStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,5 +97,47 @@ def blockers(f: Facts) -> list[Blocker]:
                     f"{artifact} has not been deployed successfully to {previous}",
                     f"when it succeeds in {previous} (`/deploy promote {artifact} to {previous}`)",
                 )
+            )
+    return found
+
+
+#: what an environment holds that keeps a run queued for it there
+HOLDS = ("lock", "freeze", "health", "busy", "queue")
+
+
+def run_blockers(
+    state: RunState, environment: Sequence[Blocker] = (), waits: Mapping[str, str] | None = None
+) -> list[Blocker]:
+    """What a run waits for now, in the words above: paused, a gate and who may clear it, what
+    holds the environment it queues for (``environment``: ``blockers`` of it), and jobs no
+    online runner can take (``waits``: ``core.labels.runner_waits``, by job id)."""
+    run, ref, found = state.run, state.run.ref, []
+    if run.status is RunStatus.PAUSED:
+        said = f"{ref} is paused" + (f": {run.reason}" if run.reason else "")
+        found.append(Blocker("paused", said, f"when someone resumes it (`/deploy resume {ref}`)"))
+    for gate in state.gates:
+        if gate.status is not GateStatus.OPEN:
+            continue
+        if gate.kind == "manual":
+            who = ", ".join(gate.approvers) or "anyone with the approver role"
+            what = (
+                f"gate {gate.stage_name} needs {gate.min_approvals} approval(s) from {who} "
+                f"({len(gate.approvals)} so far)"
+            )
+            found.append(Blocker("approvals", what, f"when they approve it (`/deploy approve {ref}`)"))
+        else:
+            found.append(
+                Blocker("check", f"gate {gate.stage_name} waits for its {gate.kind} check", "when it passes")
+            )
+    if any(s.status is StageStatus.QUEUED for s in state.stages) or run.status is RunStatus.QUEUED:
+        found.extend(b for b in environment if b.kind in HOLDS)
+    for job in state.jobs:
+        if waits and job.id in waits:
+            start = (
+                f"`shipyard runner --labels {','.join(job.labels)}`" if job.labels else "`shipyard runner`"
+            )
+            what = f"{state.stages[job.stage_index].name}/{job.name} is {waits[job.id]}"
+            found.append(
+                Blocker("runner", what, f"when one comes online (start one: {start}; docs/runners.md)")
             )
     return found

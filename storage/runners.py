@@ -8,15 +8,17 @@ claim endpoint tells it to finish its jobs and stop. Drains and deletions are au
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from core.errors import CommandRefused, Conflict, NotFound
-from core.labels import RunnerSeen
+from core.labels import RunnerSeen, queued_too_long, runner_waits, satisfies
+from core.model import Job
 from core.ports import AuditEntry
+from core.states import JobStatus
 from storage.store import SqlStore
 from storage.tables import metadata
 
@@ -76,6 +78,37 @@ class RunnerRegistry:
         """Every runner seen, by name, with the jobs each holds now."""
         with self.store.transaction() as tx:
             return _runners(tx.conn)
+
+    def waits(self, jobs: Iterable[Job], at: datetime) -> dict[str, str]:
+        """What each queued job of ``jobs`` that has waited a while waits for, when no online
+        runner carries its labels (``core.labels.runner_waits``: the one wording for REST, the
+        CLI and Slack). The runners are read only when some job has waited that long."""
+        queued = [(j.id, j.labels, j.queued_at) for j in jobs if j.status is JobStatus.QUEUED]
+        if not any(queued_too_long(q, at) for _, _, q in queued):
+            return {}
+        return runner_waits(queued, self.all(), at)
+
+    def stranded(self, at: datetime) -> list[tuple[RunnerSeen, int]]:
+        """Runners that are offline or draining while jobs they could take wait for a runner
+        (``waits``), each with how many; App Home lists them."""
+        with self.store.transaction() as tx:
+            c = tx.conn
+            rows = c.execute(
+                sa.select(JOB.c.id, JOB.c.labels, JOB.c.queued_at).where(
+                    JOB.c.status == JobStatus.QUEUED.value
+                )
+            ).all()
+            queued = [(r.id, tuple(r.labels or ()), r.queued_at) for r in rows]
+            if not any(queued_too_long(q, at) for _, _, q in queued):
+                return []
+            runners = _runners(c)
+        waiting = runner_waits(queued, runners, at)
+        needs = [labels for job_id, labels, _ in queued if job_id in waiting]
+        return [
+            (r, n)
+            for r in runners
+            if (r.draining or not r.online(at)) and (n := sum(satisfies(r.labels, ls) for ls in needs))
+        ]
 
     def resume(self, name: str, actor: str, now: datetime, channel: str) -> RunnerSeen:
         """Undo a drain: ``name`` may claim again (a drained runner that was stopped, started

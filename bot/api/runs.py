@@ -54,9 +54,8 @@ from core.commands import (
 )
 from core.engine import Decision
 from core.errors import DatabaseUnreachable
-from core.labels import queued_too_long, runner_waits
 from core.model import Actor, RunState
-from core.states import RUN_TERMINAL, JobStatus
+from core.states import RUN_TERMINAL
 from storage.reads import RunFilter
 
 RUN_CREATED = {"Location": "where the run can be read: /api/v1/runs/{run_id}"}
@@ -179,12 +178,7 @@ async def get_run(call: Call) -> web.Response:
 async def runner_waits_of(call: Call, state: RunState) -> dict[str, str]:
     """Why this run's queued jobs wait for a runner, if they have waited a while (the runners
     are read only then)."""
-    at = now()
-    queued = [(j.id, j.labels, j.queued_at) for j in state.jobs if j.status is JobStatus.QUEUED]
-    if not any(queued_too_long(q, at) for _, _, q in queued):
-        return {}
-    runners = await gw(call).read(gw(call).shipyard.runners.all)
-    return runner_waits(queued, runners, at)
+    return await gw(call).read(gw(call).shipyard.runners.waits, state.jobs, now())
 
 
 def _etags(header: str) -> set[str]:

@@ -153,16 +153,19 @@ def run_message(
     *,
     now: datetime | None = None,
     measured: Sequence[Measurement] | None = None,
+    waits: Mapping[str, str] | None = None,
 ) -> tuple[str, list[Block]]:
     """The one message per run, edited in place as it moves. ``place``: where it waits in its
     environment's queue, when it waits in one; ``now``: to say how long a rollout's timed step
-    has left; ``measured``: its analysis step's newest measurements (``rollout_blocks``)."""
+    has left; ``measured``: its analysis step's newest measurements (``rollout_blocks``);
+    ``waits``: why queued jobs wait for a runner, by job id (``RunnerRegistry.waits``)."""
     run = state.run
     blocks = [text(_run_head(run))]
     if run.break_glass:
         blocks.append(context(f":rotating_light: break glass: {run.break_glass}"))
     if run.status is RunStatus.QUEUED:
         blocks.append(context(_queue_note(run, place)))
+    blocks.extend(context(line) for line in runner_wait_lines(state, waits or {}))
     if run.parameters:
         blocks.append(context(" ".join(f"`{k}={v}`" for k, v in run.parameters.items())))
     blocks.append(text("\n".join(_stage_line(state, stage) for stage in state.stages)))
@@ -179,6 +182,15 @@ def run_message(
     if buttons:
         blocks.append(actions(f"run-{run.id}-{run.version}", *buttons))
     return run_summary(state), blocks
+
+
+def runner_wait_lines(state: RunState, waits: Mapping[str, str]) -> list[str]:
+    """One line per reason jobs wait for a runner, naming the jobs (three reasons at most)."""
+    jobs: dict[str, list[str]] = {}
+    for job in state.jobs:
+        if job.id in waits:
+            jobs.setdefault(waits[job.id], []).append(f"{state.stages[job.stage_index].name}/{job.name}")
+    return [f":hourglass_flowing_sand: {why} ({', '.join(names)})" for why, names in list(jobs.items())[:3]]
 
 
 def _run_head(run: Run) -> str:

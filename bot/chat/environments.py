@@ -15,11 +15,13 @@ from bot.chat.health import EMOJI, said
 from bot.chat.parse import Line
 from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who, _usage, verb
 from core.access import Action
+from core.blockers import run_blockers
 from core.commands import MoveToFront, TriggerRun
 from core.errors import CommandRefused
 from core.model import RunState
 from core.review import Review
 from core.rollback import RollbackPlan
+from core.states import RUN_TERMINAL
 from storage.artifacts import ArtifactStore
 from storage.reviews import ReviewStore
 
@@ -117,10 +119,21 @@ async def front(backend: ChatBackend, who: Who, line: Line) -> Reply:
     )
 
 
-@verb("why", "why <environment> [pipeline]", "every reason a deployment there would wait or be refused now")
+@verb(
+    "why",
+    "why <environment> [pipeline] | why <run>",
+    "every reason a deployment there would wait or be refused now; or what a run waits for",
+)
 async def why(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("why"))
+    word = line.words[0]
+    if "#" in word or (len(line.words) == 1 and word not in await _environments(backend)):
+        state = await backend.read(backend.reads.run, word, quick=True)
+        if state is not None:
+            return await why_run(backend, state)
+        if "#" in word:
+            raise Refusal(f"No run `{word}`. Name it like `web#42` (see `/deploy runs`).")
     env, pipeline = line.words[0], (line.words[1] if len(line.words) > 1 else None)
     found = await backend.read(backend.shipyard.service.why, env, pipeline)
     if not found:
@@ -130,6 +143,24 @@ async def why(backend: ChatBackend, who: Who, line: Line) -> Reply:
         )
     rows = [f"• *{b.kind}*: {b.what} — clears: {b.clears}" for b in found]
     return Reply(f"A deployment to *{env}* would wait or be refused:\n" + "\n".join(rows))
+
+
+async def why_run(backend: ChatBackend, state: RunState) -> Reply:
+    """What a run waits for, in the words of ``core.blockers`` (environments') and
+    ``core.labels`` (runners')."""
+    ref = state.run.ref
+    if state.run.status in RUN_TERMINAL:
+        return Reply(f"*{ref}* waits for nothing: it {state.run.status}.")
+    queued_for = next((s.environment for s in state.stages if s.status == "queued" and s.environment), None)
+    held = []
+    if queued_for is not None:
+        held = await backend.read(backend.shipyard.service.why, queued_for, state.run.pipeline)
+    waits = await backend.read(backend.shipyard.runners.waits, state.jobs, now())
+    found = run_blockers(state, held, waits)
+    if not found:
+        return Reply(f"*{ref}* is {state.run.status}: nothing holds it up now.")
+    rows = [f"• *{b.kind}*: {b.what} — clears: {b.clears}" for b in found]
+    return Reply(f"*{ref}* is {state.run.status}, waiting for:\n" + "\n".join(rows))
 
 
 @verb(

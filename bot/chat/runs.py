@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bot.backend import now
 from bot.chat import block_kit
 from bot.chat.confirm import ask_to_confirm, guarded_environments, start_run
 from bot.chat.parse import Line, did_you_mean
@@ -110,7 +111,8 @@ async def status(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("status"))
     state = await backend.find(line.words[0])
-    summary, blocks = block_kit.run_message(state)
+    waits = await backend.read(backend.shipyard.runners.waits, state.jobs, now())
+    summary, blocks = block_kit.run_message(state, waits=waits)
     return Reply(summary, blocks)
 
 

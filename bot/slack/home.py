@@ -18,6 +18,7 @@ from bot.backend import now
 from bot.chat import block_kit, lock_blocks
 from bot.chat.cards import gate_card, healths, watched
 from bot.chat.health import line as health_line
+from bot.chat.runners import runner_line
 from bot.chat.verbs import ChatBackend
 from core.access import Grant, authorize
 from core.commands import ApproveGate
@@ -29,6 +30,8 @@ from storage.reads import RunFilter
 
 #: gates and runs shown at most (a home view holds 100 blocks)
 GATES_SHOWN, RUNS_SHOWN = 10, 10
+#: runners listed at most
+RUNNERS_SHOWN = 10
 
 
 async def publish_home(backend: ChatBackend, client: AsyncWebClient, user: str) -> None:
@@ -38,6 +41,7 @@ async def publish_home(backend: ChatBackend, client: AsyncWebClient, user: str) 
 async def home_view(backend: ChatBackend, user: str) -> dict[str, object]:
     at = now()
     blocks = [_header("Environments"), *await _environments(backend, at)]
+    blocks.extend(await _stranded_runners(backend, at))
     blocks.append(_header("Waiting for your approval"))
     grants = await _grants(backend, user)
     gates = [(s, g) for s, g in await _waiting(backend) if may_approve(grants, user, s, g)]
@@ -85,6 +89,15 @@ async def _environments(backend: ChatBackend, at: datetime) -> list[block_kit.Bl
             line += f"\n{health_line(health[name])}"
         blocks.append(block_kit.text(line))
     return blocks
+
+
+async def _stranded_runners(backend: ChatBackend, at: datetime) -> list[block_kit.Block]:
+    """Offline (or draining) runners that jobs wait for; nothing when all is well."""
+    found = await backend.read(backend.shipyard.runners.stranded, at)
+    if not found:
+        return []
+    lines = [f"{runner_line(r, at)}\n:hourglass_flowing_sand: {n} job(s) wait for it" for r, n in found]
+    return [_header("Runners"), *(block_kit.text(line) for line in lines[:RUNNERS_SHOWN])]
 
 
 async def _waiting(backend: ChatBackend) -> list[tuple[RunState, Gate]]:

@@ -54,10 +54,11 @@ from core.analysis import Health, HealthChange
 from core.checks import Measurement
 from core.errors import DatabaseUnreachable
 from core.events import NO_RUN, Event
+from core.labels import WAIT_S
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
-from core.states import RUN_TERMINAL
+from core.states import RUN_TERMINAL, JobStatus
 from storage import analyses
 from storage.reviews import ReviewStore
 from storage.slack import PendingPost, SlackState
@@ -82,6 +83,9 @@ EDIT_EVERY_S = 1.0
 #: how often the message of a run in a timed rollout step is edited with no event (its time
 #: left and the step analysis' newest measurements)
 ROLLOUT_REFRESH_S = 15.0
+#: how often the message of a run with a job waiting for a runner is looked at again with no
+#: event (a runner going offline is no event); it is edited only when what it says changes
+RUNNER_RECHECK_S = 30.0
 #: the waits before each new try of a thread post whose send failed (about an hour in all),
 #: after which it is given up
 POST_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0] + [300.0] * 11
@@ -130,6 +134,10 @@ class Notifier:
         self._refreshes: set[str] = set()  # runs in _dirty only to refresh a rollout's clock
         self._edited: dict[str, float] = {}
         self._cards: dict[str, set[str]] = {}  # run id -> gates whose cards to edit with it
+        #: runs with queued jobs -> when to look again at what they wait for (monotonic)
+        self._wait_checks: dict[str, float] = {}
+        #: run id -> why its jobs wait for a runner, as its message last said (or a look found)
+        self._waits_said: dict[str, tuple[tuple[str, str], ...]] = {}
         self._edit_failures: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -192,6 +200,8 @@ class Notifier:
             if self._dirty:
                 wait = min(wait, max(0.01, min(self._dirty.values()) - time.monotonic()))
             wait = min(wait, max(0.01, self._pending_due - time.time()))
+            if self._wait_checks:
+                wait = min(wait, max(0.01, min(self._wait_checks.values()) - time.monotonic()))
             await wait_event(appended, wait)
 
     def _failed(self, exc: Exception) -> None:
@@ -257,6 +267,7 @@ class Notifier:
             await asyncio.gather(*(self._home(user) for user in viewers))
         if events and not await self.backend.write(self.state.advance, CURSOR, cursor, events[-1].seq):
             log.info("another process moved the slack cursor; following it")
+        await self._look_at_waits()
         await self._flush()
         await self._retry_posts()
         if time.monotonic() >= self._next_reminders:
@@ -279,8 +290,30 @@ class Notifier:
         message = await self._message(state)
         if message is None:
             return
+        if any(j.status is JobStatus.QUEUED for j in state.jobs):  # (shortly: before it is said)
+            self._wait_checks[state.run.id] = time.monotonic() + WAIT_S + 0.5
         for event in events:
             await self._on_event(state, message, event)
+
+    async def _look_at_waits(self) -> None:
+        """Runs with queued jobs: edit the message when why they wait for a runner changed
+        (a runner went offline or came back, which is no event); look again slowly meanwhile."""
+        due = [run_id for run_id, at in self._wait_checks.items() if at <= time.monotonic()]
+        changed = False
+        for run_id in due:
+            state = await self.backend.read(self.backend.reads.run, run_id, quick=True)
+            if state is None or not any(j.status is JobStatus.QUEUED for j in state.jobs):
+                self._wait_checks.pop(run_id, None)
+                self._waits_said.pop(run_id, None)
+                continue
+            self._wait_checks[run_id] = time.monotonic() + RUNNER_RECHECK_S
+            waits = await self.backend.read(self.backend.shipyard.runners.waits, state.jobs, now())
+            if tuple(sorted(waits.items())) != self._waits_said.get(run_id, ()):
+                self._due(run_id, self._edited.get(run_id, 0.0) + EDIT_EVERY_S)
+                changed = True
+        if changed:  # (App Home lists the runners jobs wait for)
+            viewers = sorted(self.backend.home_viewers)[:HOME_REFRESH_MAX]
+            await asyncio.gather(*(self._home(user) for user in viewers))
 
     async def _on_event(self, state: RunState, message: tuple[str, str], event: Event) -> None:
         channel, ts = message
@@ -520,8 +553,10 @@ class Notifier:
                 continue
             measured = await self._measured(state)
             clock = self.backend.shipyard.service.clock()
+            waits = await self.backend.read(self.backend.shipyard.runners.waits, state.jobs, now())
+            self._waits_said[run_id] = tuple(sorted(waits.items()))
             summary, blocks = block_kit.run_message(
-                state, await self._place(state), now=clock, measured=measured
+                state, await self._place(state), now=clock, measured=measured, waits=waits
             )
             done = await self._edit(message.channel, message.ts, summary, blocks)
             if _rollout_ticking(state) and run_id not in self._dirty:

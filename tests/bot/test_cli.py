@@ -270,3 +270,28 @@ def test_an_idle_server_does_not_log_its_scheduler_ticks(tmp_path: Path) -> None
     log = server.log.read_text()
     assert "shipyard serving on" in log
     assert "apscheduler.executors" not in log, log[-2000:]
+
+
+def test_status_says_what_a_queued_job_waits_for(tmp_path: Path) -> None:
+    """No runner carries the job's label: after a few seconds queued, ``status`` says so (the
+    wording of ``GET /api/v1/runs/{id}``'s ``waiting_for``)."""
+    write(
+        tmp_path / "pipes" / "eu.yml",
+        """
+        name: eu
+        stages:
+          - name: deploy
+            runs_on: [prod-eu]
+            jobs: [{name: ship, run: 'true'}]
+        """,
+    )
+    env = {
+        "SHIPYARD_DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+        "SHIPYARD_PIPELINES_DIR": f"{tmp_path}/pipes",
+    }
+    triggered = shipyard("trigger", "eu", cwd=tmp_path, env=env)
+    assert triggered.returncode == 0, triggered.stderr
+    time.sleep(3.2)  # (a job is said to wait once queued a few seconds: a runner may be about to claim)
+    status = shipyard("status", "eu#1", cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "ship: queued — waiting for a runner with prod-eu: none has ever connected" in status.stdout
