@@ -3,6 +3,7 @@ from ``Settings``. ``shipyard serve``, ``shipyard run``, tests and benchmarks al
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,6 +19,7 @@ from storage.migrate import upgrade
 from storage.runners import RunnerRegistry
 from storage.secrets import SecretBox, open_assignment
 from storage.store import SqlStore
+from storage.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class Shipyard:
     attendance: Attendance
     #: seals and opens environment secrets; None without ``SHIPYARD_SECRET_KEY`` (no secrets)
     secret_box: SecretBox | None = field(default=None)
+    #: hears of jobs other replicas made ready (PostgreSQL only; None on SQLite)
+    wakeups: Wakeups | None = field(default=None)
 
     async def start(self) -> None:
         report = await self.orchestrator.db(self.catalog.refresh)
@@ -46,9 +50,21 @@ class Shipyard:
         if self.runner is not None:
             self.orchestrator.runners.append(self.runner)
             await self.runner.start()
+        if not self.store.sqlite:
+            loop = asyncio.get_running_loop()
+            orchestrator = self.orchestrator
+
+            def jobs_ready() -> None:  # (on the listener's thread)
+                loop.call_soon_threadsafe(orchestrator.jobs_ready)
+
+            self.wakeups = Wakeups(self.store.url, jobs_ready, ignore=self.store.wakeup_id)
+            self.wakeups.start()
 
     async def stop(self) -> None:
         """Hand running jobs back to the queue, finish pending commits, close the database."""
+        if self.wakeups is not None:
+            self.wakeups.stop()
+            self.wakeups = None
         if self.runner is not None:
             await self.runner.shutdown()
         await self.orchestrator.stop()

@@ -43,6 +43,12 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--workdir", type=Path, default=Path("shipyard-runner"), help="where jobs run")
     s.add_argument("--lease", type=float, default=30.0, help="seconds a claim holds without renewal")
+    s.add_argument(
+        "--max-log-bytes",
+        type=int,
+        default=1 << 20,
+        help="output kept per job attempt (default 1 MiB; beyond it the head and the last 64 KiB)",
+    )
     s.add_argument("--poll", type=float, default=1.0, help="seconds between lease checks")
     s.set_defaults(func=cmd_runner)
 
@@ -78,6 +84,7 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
         capacity=args.capacity,
         lease_s=args.lease,
         poll_interval=args.poll,
+        max_log_bytes=args.max_log_bytes,
     )
     try:
         await link.held(args.name)  # (says at once whether the server takes this runner)

@@ -239,6 +239,8 @@ class Q:
     insert_deployment = sa.insert(DEPLOYMENT)
 
     event_lock = sa.text("SELECT pg_advisory_xact_lock(:k)")
+    #: a ready-job hint to the other replicas, sent when the transaction commits
+    notify_jobs = sa.text("SELECT pg_notify(:channel, :sender)")
     named_lock = sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))")
     #: several named locks, in the order given (unnest keeps the array's order)
     named_locks = sa.text("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:ks AS text[])) AS k")

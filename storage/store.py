@@ -48,8 +48,8 @@ from core.locks import describe as describe_lock
 from core.model import Gate, Job, Run, RunState, evolve
 from core.ports import AuditEntry, Deployment, LogChunk, PipelineVersion
 from core.review import Review
-from core.states import LockState
-from storage import db, mappers
+from core.states import JobStatus, LockState
+from storage import db, mappers, wakeups
 from storage.db import is_sqlite, make_engine, unreachable
 from storage.fastpath import DriverStatements
 from storage.queries import Q
@@ -103,6 +103,9 @@ class SqlStore:
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.driver = DriverStatements(self.engine.dialect)
+        #: this store's name in the ready-job notifications it sends (``storage.wakeups``): its
+        #: own process acted on them already and skips them
+        self.wakeup_id = uuid.uuid4().hex
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
@@ -303,6 +306,10 @@ def _update_params(change: Change) -> dict[str, Any]:
 
 #: deadlock, serialization failure, lock not available, unique violation (a concurrent insert)
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03", "23505"})
+
+
+def _readies_job(event: Event) -> bool:
+    return event.subject == "job" and event.to_status == JobStatus.QUEUED
 
 
 def _retryable(exc: Exception) -> bool:
@@ -600,6 +607,9 @@ class SqlTx:
             return
         rows = [mappers.event_values(e) for e in self._events]
         self.store.driver.get(Q.insert_event, EVENT_KEYS).execute_many(self.conn, rows)
+        if self._pg and any(_readies_job(e) for e in self._events):
+            # delivered to the other replicas if and when this transaction commits (``storage.wakeups``)
+            self.conn.execute(Q.notify_jobs, {"channel": wakeups.CHANNEL, "sender": self.store.wakeup_id})
         self._events = []
 
     def audit(self, entry: AuditEntry) -> None:

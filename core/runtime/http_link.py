@@ -11,6 +11,8 @@ lease expired is refused when the runner comes back (409: it kills its copy).
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +28,11 @@ PROTOCOL = 1
 HEADER = "Shipyard-Runner-Protocol"
 #: how long a claim waits on the server for a job to become ready
 CLAIM_WAIT_S = 10.0
+#: the most job output one request carries (JSON-encoded); halved after a 413, down to the least
+LOG_REQUEST_BYTES = 256 << 10
+LOG_REQUEST_LEAST = 4 << 10
 
+log = logging.getLogger(__name__)
 RunnerReport = CompleteJob | InterruptJob | ExpireLease | ReportLateResult
 
 
@@ -63,6 +69,9 @@ class HttpLink:
         self.headers = {"Authorization": f"Bearer {token}", HEADER: str(PROTOCOL)}
         self.timeout_s = timeout_s
         self.claim_wait_s = claim_wait_s
+        #: output per log request: bounded, so a job writing fast never makes a body the server
+        #: (or a proxy before it) refuses; lowered for good when one answers 413
+        self.log_request_bytes = LOG_REQUEST_BYTES
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -76,8 +85,9 @@ class HttpLink:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s + wait_s)
         try:
             async with self._session.post(self.url + path, json=body, timeout=timeout) as answer:
-                data = await answer.json(content_type=None) if answer.status != 204 else None
+                raw = await answer.read() if answer.status != 204 else b""
                 status = answer.status
+            data = _parsed(raw, status)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise ServerUnreachable(f"{self.url}{path}: {exc or type(exc).__name__}") from None
         if status >= 500:
@@ -110,16 +120,57 @@ class HttpLink:
         return [(h["run_id"], h["job_id"], int(h["attempt"])) for h in data["held"]]
 
     async def append_log(self, job_id: str, attempt: int, runner: str, chunks: list[tuple[str, str]]) -> bool:
-        texts = [{"stream": stream, "text": text} for stream, text in chunks]
-        body = {"runner": runner, "job_id": job_id, "attempt": attempt, "chunks": texts}
-        status, _ = await self._post("/log", body)
-        return status == 204
+        """Send ``chunks`` in order, in requests of at most ``log_request_bytes``; what was stored
+        is removed from ``chunks`` as it goes, so after a failure the caller keeps only the rest."""
+        while chunks:
+            batch, count = _log_batch(chunks, self.log_request_bytes)
+            texts = [{"stream": stream, "text": text} for stream, text in batch]
+            body = {"runner": runner, "job_id": job_id, "attempt": attempt, "chunks": texts}
+            try:
+                status, _ = await self._post("/log", body)
+            except Refused as exc:
+                if " 413:" not in exc.message or self.log_request_bytes <= LOG_REQUEST_LEAST:
+                    raise
+                self.log_request_bytes //= 2
+                log.info(
+                    "the server refused a log request (413); sending at most %d bytes a request",
+                    self.log_request_bytes,
+                )
+                continue
+            if status != 204:
+                return False
+            del chunks[:count]
+            if len(batch) > count:  # (the first chunk was split: its head is stored, keep its rest)
+                stream, text = chunks[0]
+                chunks[0] = (stream, text[len(batch[-1][1]) :])
+        return True
 
     async def report(self, command: RunnerReport) -> Decision:
         status, data = await self._post("/report", {"runner": self.runner, **_report_body(command)})
         if status == 409:
             return Decision(Outcome.REJECTED, reason=_detail(data), refusal="conflict")
         return Decision(Outcome.ACCEPTED, reason=str(data.get("reason", "")))
+
+
+def _log_batch(chunks: list[tuple[str, str]], limit: int) -> tuple[list[tuple[str, str]], int]:
+    """The first request's worth of ``chunks``: whole chunks while they fit in ``limit`` bytes of
+    JSON, and how many; a first chunk larger than that alone is cut (returned as one more piece
+    than the count, the cut chunk's head)."""
+    batch: list[tuple[str, str]] = []
+    size = 200  # (the body around the chunks)
+    for stream, text in chunks:
+        cost = len(json.dumps(text)) + 40
+        if size + cost > limit:
+            break
+        batch.append((stream, text))
+        size += cost
+    if batch:
+        return batch, len(batch)
+    stream, text = chunks[0]
+    n = max(1, (limit - 300) // 2)
+    while n > 1 and len(json.dumps(text[:n])) > limit - 300:
+        n //= 2
+    return [(stream, text[:n])], 0
 
 
 def _attempts(held: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
@@ -161,6 +212,18 @@ def _assignment(data: dict[str, Any]) -> Assignment:
         refusal=str(data.get("refusal", "")),
         notice=str(data.get("notice", "")),
     )
+
+
+def _parsed(raw: bytes, status: int) -> Any:
+    """The answer's JSON; an error page that is not JSON (a proxy's 413 or 502) as its text."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        if status < 400:
+            raise
+        return raw.decode(errors="replace")[:200]
 
 
 def _detail(data: Any) -> str:

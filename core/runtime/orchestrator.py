@@ -6,6 +6,8 @@
 * Database work runs on a dedicated thread pool (a single thread on SQLite, its one writer).
 * After each commit it wakes whoever cares: local runners (new work, jobs to kill) and
   readers of the event log (``wait_for_events``).
+* ``jobs_ready`` is the same wake-up for jobs another replica readied (``storage.wakeups``
+  calls it on PostgreSQL).
 * ``tick`` turns what the clock made due into commands: expired job leases, gate deadlines,
   automated gate checks.
 * Every trip to the database reports to ``health`` (``core.runtime.health``): a failure to
@@ -191,6 +193,13 @@ class Orchestrator:
                 runner.stop_jobs(stop)
             if queued:
                 runner.wake()
+        self.notify()
+
+    def jobs_ready(self) -> None:
+        """Another process made jobs ready (a hint, e.g. PostgreSQL ``NOTIFY``): wake this
+        process's runners and its claim long polls, which claim what is there."""
+        for runner in self.runners:
+            runner.wake()
         self.notify()
 
     def notify(self) -> None:

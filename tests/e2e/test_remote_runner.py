@@ -276,3 +276,33 @@ def test_a_remote_runner_gets_its_environments_secrets_and_masks_them(
     assert done["outputs"] == {"sum": hashlib.sha256(value.encode()).hexdigest()[:12]}  # the job had it
     status, text = server.get(f"/api/v1/runs/{run['id']}/jobs/{done['id']}/log", ADMIN)
     assert status == 200 and "key=***" in text and value not in text, text  # masked by the remote runner
+
+
+def test_a_job_writing_megabytes_fast_has_every_byte_stored_in_bounded_requests(
+    tmp_path: Path, db_url: str, started: list[Any]
+) -> None:
+    """A job writes ~4 MB at once to a server that takes bodies of at most 100 kB: the runner sends
+    its output in requests of at most 256 KiB, halves them on each 413, and the stored log is
+    exactly what the job wrote."""
+    wrote = tmp_path / "wrote.txt"
+    job = f"head -c 3000000 /dev/urandom | base64 | tee {wrote}"
+    pipeline = f"name: loud\nstages:\n  - name: only\n    jobs: [{{name: work, run: '{job}'}}]\n"
+    server = _server(tmp_path, db_url, started, {"loud": pipeline}, max_body_bytes=100_000)
+    runner = RemoteRunner(tmp_path, server, "eu-1", _tokens(db_url, "eu-1")["eu-1"])
+    runner.argv += ["--max-log-bytes", str(16 << 20)]
+    started.append(runner.start())
+    run = _done(server, _trigger(server, "loud"))
+    assert run["status"] == "succeeded", run["reason"]
+    job_id = run["stages"][0]["jobs"][0]["id"]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/api/v1/runs/{run['id']}/jobs/{job_id}/log"
+    )
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        stored = answer.read()
+    expected = wrote.read_bytes()
+    assert len(expected) > 4_000_000
+    assert len(stored) == len(expected) and stored == expected
+    said = runner.log.read_text()
+    assert "refused a log request (413); sending at most 65536 bytes" in said, said  # (it shrank)
+    assert "answered 413" not in said  # (and nothing was refused for good)
