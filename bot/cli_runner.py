@@ -29,6 +29,8 @@ from core.runtime.runner import Runner
 
 log = logging.getLogger("shipyard.runner")
 TOKEN_ENV = "SHIPYARD_RUNNER_TOKEN"
+#: the longest a lease check waits on the server for a cancel (a long poll)
+WATCH_S = 10.0
 
 
 def register(sub: Any) -> None:
@@ -43,7 +45,9 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--workdir", type=Path, default=Path("shipyard-runner"), help="where jobs run")
     s.add_argument("--lease", type=float, default=30.0, help="seconds a claim holds without renewal")
-    s.add_argument("--poll", type=float, default=1.0, help="seconds between lease checks")
+    s.add_argument(
+        "--poll", type=float, default=1.0, help="seconds between tries while the server is unreachable"
+    )
     s.set_defaults(func=cmd_runner)
 
 
@@ -78,6 +82,7 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
         capacity=args.capacity,
         lease_s=args.lease,
         poll_interval=args.poll,
+        watch_s=WATCH_S,
     )
     try:
         await link.held(args.name)  # (says at once whether the server takes this runner)
