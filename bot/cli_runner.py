@@ -29,6 +29,8 @@ from core.runtime.runner import Runner
 
 log = logging.getLogger("shipyard.runner")
 TOKEN_ENV = "SHIPYARD_RUNNER_TOKEN"
+#: the longest a lease check waits on the server for a cancel (a long poll)
+WATCH_S = 10.0
 
 
 def register(sub: Any) -> None:
@@ -49,7 +51,9 @@ def register(sub: Any) -> None:
         default=1 << 20,
         help="output kept per job attempt (default 1 MiB; beyond it the head and the last 64 KiB)",
     )
-    s.add_argument("--poll", type=float, default=1.0, help="seconds between lease checks")
+    s.add_argument(
+        "--poll", type=float, default=1.0, help="seconds between tries while the server is unreachable"
+    )
     s.set_defaults(func=cmd_runner)
 
 
@@ -85,6 +89,7 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
         lease_s=args.lease,
         poll_interval=args.poll,
         max_log_bytes=args.max_log_bytes,
+        watch_s=WATCH_S,
     )
     try:
         await link.held(args.name)  # (says at once whether the server takes this runner)

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from core.errors import CommandRefused, InvalidInput
+from core.labels import satisfies
 from core.model import Job, RunState
 from core.states import StageStatus
 
@@ -62,20 +63,23 @@ def check_value(name: str, value: str) -> str:
     return value
 
 
-def runner_may_receive(runner: str, environment: str) -> bool:
-    """Whether ``runner`` may hold ``environment``'s secrets. Every runner may for now: the only
-    runner is the server's own. When remote runners carry labels, this is where an environment's
-    required labels are checked against the runner's."""
-    return True
+def runner_may_receive(runner_labels: Iterable[str], required: Iterable[str]) -> bool:
+    """Whether a runner carrying ``runner_labels`` may hold the secrets of an environment that
+    requires ``required`` (its ``runner_labels`` as configured now, not as they were when the
+    run was laid out): it must carry every one of them."""
+    return satisfies(runner_labels, required)
 
 
-def secrets_environment(state: RunState, job: Job, runner: str) -> str | None:
-    """The environment whose secrets ``job`` gets when ``runner`` claims it, or None: its stage
-    deploys to that environment, has been admitted, and the runner may hold them."""
+def secrets_environment(
+    state: RunState, job: Job, runner_labels: Iterable[str], required: Iterable[str]
+) -> str | None:
+    """The environment whose secrets ``job`` gets when a runner carrying ``runner_labels``
+    claims it, or None: its stage deploys to that environment, has been admitted, and the
+    runner carries the environment's ``required`` labels and the job's own."""
     stage = state.stages[job.stage_index]
     if stage.environment is None or stage.status not in ADMITTED:
         return None
-    if not runner_may_receive(runner, stage.environment):
+    if not runner_may_receive(runner_labels, [*required, *job.labels]):
         return None
     return stage.environment
 

@@ -109,6 +109,9 @@ class HeldIn(Strict):
     runner: str = Field(min_length=1, max_length=200)
     held: list[Attempt] = Field(max_length=1000)
     lease_s: float = Field(30.0, ge=1, le=3600)
+    #: (``still-held``) wait up to this long for one of ``held`` to be taken away (a long
+    #: poll, so a cancel reaches the runner at once); 0: answer at once
+    wait_s: float = Field(0.0, ge=0, le=MAX_WAIT_S)
 
 
 class KeptOut(BaseModel):
@@ -249,11 +252,33 @@ async def renew(call: Call) -> web.Response:
     responses={200: ("the attempts still held; the runner kills the others", KeptOut)},
 )
 async def still_held(call: Call) -> web.Response:
+    """With `wait_s`, answers as soon as one of the attempts is no longer held (its run was
+    canceled, a sibling failed, its lease moved on), or after `wait_s` with all of them."""
     runner = _runner(call, call.body.runner)
-    g = gw(call)
-    held = [(a.job_id, a.attempt) for a in call.body.held]
-    kept = await g.shipyard.orchestrator.db(g.shipyard.service.still_held, runner, held)
-    return reply(KeptOut(kept=sorted(kept)))
+    body: HeldIn = call.body
+    shipyard = gw(call).shipyard
+    orchestrator = shipyard.orchestrator
+    held = [(a.job_id, a.attempt) for a in body.held]
+    everything = {job_id for job_id, _ in held}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait_s
+    while True:
+        flag = orchestrator.listen()  # (listening before the read: no change falls between)
+        try:
+            kept = await orchestrator.db(shipyard.service.still_held, runner, held)
+            left = deadline - loop.time()
+            transport = call.request.transport
+            gone = transport is None or transport.is_closing()  # (the runner asks again)
+            if kept != everything or left <= 0 or gone:
+                return reply(KeptOut(kept=sorted(kept)))
+            # woken by this process' events; a cancel on another replica is found by reading
+            # again every poll interval
+            try:
+                await asyncio.wait_for(flag.wait(), min(left, shipyard.settings.poll_interval))
+            except TimeoutError:
+                pass
+        finally:
+            orchestrator.unlisten(flag)
 
 
 class HeldQuery(Strict):

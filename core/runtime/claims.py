@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from core import engine
 from core.assignment import Assignment, for_job
+from core.environments import Environments
 from core.errors import Conflict
 from core.model import RunState
 from core.ports import Store, Tx
@@ -32,8 +33,12 @@ class ClaimJobs:
     labels: tuple[str, ...] = ()
 
 
-def claim(tx: Tx, request: ClaimJobs, now: datetime) -> list[Assignment]:
-    """Hand the oldest claimable jobs to the runner, in ``tx``."""
+def claim(
+    tx: Tx, request: ClaimJobs, now: datetime, environments: Environments | None = None
+) -> list[Assignment]:
+    """Hand the oldest claimable jobs to the runner, in ``tx``; ``environments``' required
+    runner labels decide whether it may hold a deploy job's secrets."""
+    config = environments or Environments()
     # (job id, run id, run version), oldest first
     candidates = tx.claimable_jobs(request.limit, request.runner, request.labels)
     states: dict[str, RunState] = {}
@@ -53,7 +58,9 @@ def claim(tx: Tx, request: ClaimJobs, now: datetime) -> list[Assignment]:
         assert state is not None and claimed is not None
         events.append(engine.claimed(claimed, state.definition.stages[claimed.stage_index].name))
         assignment = for_job(state, claimed, artifact_for(tx, state))
-        if (environment := secrets_environment(state, claimed, request.runner)) is not None:
+        stage_env = state.stages[claimed.stage_index].environment
+        required = config.policy(stage_env).runner_labels if stage_env else []
+        if (environment := secrets_environment(state, claimed, request.labels, required)) is not None:
             sealed = tx.sealed_secrets(environment)
             assignment = replace(assignment, secrets_from=environment, sealed=sealed)
         assignments.append(assignment)
@@ -64,9 +71,10 @@ def claim(tx: Tx, request: ClaimJobs, now: datetime) -> list[Assignment]:
 class Claims:
     """Claims and leases, each in a transaction of its own."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, environments: Environments | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.environments = environments or Environments()
 
     def claim_jobs(
         self, runner: str, limit: int, lease_s: float, labels: Sequence[str] = ()
@@ -76,7 +84,7 @@ class Claims:
             return []
         request = ClaimJobs(runner=runner, limit=limit, lease_s=lease_s, labels=tuple(labels))
         with self.store.transaction() as tx:
-            return claim(tx, request, self.clock())
+            return claim(tx, request, self.clock(), self.environments)
 
     def renew_leases(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]:
         """Extend the leases ``runner`` still rightfully holds; the rest must be killed. One

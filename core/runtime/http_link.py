@@ -111,8 +111,9 @@ class HttpLink:
         _, data = await self._post("/renew", body)
         return set(data["kept"])
 
-    async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
-        _, data = await self._post("/still-held", {"runner": runner, "held": _attempts(held)})
+    async def still_held(self, runner: str, held: Sequence[tuple[str, int]], wait_s: float = 0.0) -> set[str]:
+        body = {"runner": runner, "held": _attempts(held), "wait_s": wait_s}
+        _, data = await self._post("/still-held", body, wait_s=wait_s)
         return set(data["kept"])
 
     async def held(self, runner: str) -> list[tuple[str, str, int]]:

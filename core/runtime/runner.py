@@ -43,7 +43,9 @@ class RunnerLink(Protocol):
     ) -> bool: ...
     async def report(self, command: RunnerReport) -> Decision: ...
     async def held(self, runner: str) -> list[tuple[str, str, int]]: ...
-    async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]: ...
+    async def still_held(
+        self, runner: str, held: Sequence[tuple[str, int]], wait_s: float = 0.0
+    ) -> set[str]: ...
 
 
 #: an assignment as its runner gets it: its secrets decrypted (``storage.secrets.open_assignment``)
@@ -95,7 +97,9 @@ class LocalLink:
     async def held(self, runner: str) -> list[tuple[str, str, int]]:
         return await self.orch.db(self.service.jobs_held_by, runner)
 
-    async def still_held(self, runner: str, held: Sequence[tuple[str, int]]) -> set[str]:
+    async def still_held(self, runner: str, held: Sequence[tuple[str, int]], wait_s: float = 0.0) -> set[str]:
+        """Answers at once: the built-in runner is told of stops in process (the orchestrator's
+        ``_after_commit``), so it does not wait here (``Runner.watch_s`` is 0)."""
         return await self.orch.db(self.service.still_held, runner, held)
 
 
@@ -183,6 +187,7 @@ class Runner:
         log_flush_s: float = 1.0,
         max_log_bytes: int = 1 << 20,
         kill_grace_s: float = 5.0,
+        watch_s: float = 0.0,
     ) -> None:
         self.link = link
         self.executor = executor
@@ -195,6 +200,12 @@ class Runner:
         self.log_flush_s = log_flush_s
         self.max_log_bytes = max_log_bytes
         self.kill_grace_s = kill_grace_s
+        #: a remote runner's lease check waits on the server up to this long for one of its
+        #: attempts to be taken away (a long poll: a cancel reaches it at once); 0: it asks
+        #: every ``poll_interval``
+        self.watch_s = watch_s
+        #: set when this runner starts jobs: a long poll in flight asks again, with them
+        self._started = asyncio.Event()
         #: by (job id, attempt): an old attempt still reporting and its retry can both be here
         self.jobs: dict[tuple[str, int], _Active] = {}
         #: stop requests for attempts this runner has not started yet (a claim was in flight)
@@ -211,7 +222,8 @@ class Runner:
     async def start(self) -> None:
         await self.recover()
         self._claimer = asyncio.create_task(self._claim_loop(), name=f"runner-{self.name}")
-        self._watcher = asyncio.create_task(self._watch_loop(), name=f"runner-{self.name}-leases")
+        watch = self._watch_long_loop() if self.watch_s > 0 else self._watch_loop()
+        self._watcher = asyncio.create_task(watch, name=f"runner-{self.name}-leases")
 
     async def recover(self) -> int:
         """What this runner held before its server restarted: a job whose end was recorded
@@ -345,6 +357,8 @@ class Runner:
                 active.stopping = not self._closing
                 self.executor.kill(*key)
             active.task = asyncio.create_task(self._execute(active), name=f"job-{assignment.label}")
+        if assignments:
+            self._started.set()
         return len(assignments)
 
     def _busy(self) -> int:
@@ -387,6 +401,46 @@ class Runner:
                 _trouble(exc, "runner %s could not check its leases; trying again", self.name)
                 continue
             self.stop_jobs([(job_id, attempt) for job_id, attempt in held if job_id not in kept])
+
+    async def _watch_long_loop(self) -> None:
+        """Renew the leases every third of the lease; in between, wait on the server (a long
+        poll) for an attempt to be taken away, and kill it as soon as it is. Jobs started
+        meanwhile end the wait, so the next one watches them too."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        while True:
+            held = [key for key, a in self.jobs.items() if not a.stopping]
+            self._started.clear()
+            if not held:
+                await wait_event(self._started, self.poll_interval)
+                continue
+            renew_in = renewed + self.lease_s / 3 - loop.time()
+            try:
+                if renew_in <= 0:
+                    renewed = loop.time()
+                    kept: set[str] | None = await self.link.renew(self.name, held, self.lease_s)
+                else:
+                    kept = await self._watch(held, min(renew_in, self.watch_s))
+            except Exception as exc:
+                _trouble(exc, "runner %s could not check its leases; trying again", self.name)
+                await asyncio.sleep(self.poll_interval)
+                continue
+            if kept is not None:
+                self.stop_jobs([(job_id, attempt) for job_id, attempt in held if job_id not in kept])
+
+    async def _watch(self, held: list[tuple[str, int]], wait_s: float) -> set[str] | None:
+        """The attempts of ``held`` still ours, once one is not or after ``wait_s``; None when
+        this runner started jobs meanwhile (ask again, with them)."""
+        asking = asyncio.ensure_future(self.link.still_held(self.name, held, wait_s))
+        started = asyncio.ensure_future(self._started.wait())
+        try:
+            await asyncio.wait((asking, started), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()
+            if not asking.done():
+                asking.cancel()
+            await asyncio.gather(asking, started, return_exceptions=True)
+        return asking.result() if not asking.cancelled() else None
 
     async def _execute(self, active: _Active) -> None:
         a = active.assignment

@@ -65,7 +65,7 @@ class Service:
         self.audit_runner_reports = audit_runner_reports
         #: the environments' rules (configuration, not pipeline files)
         self.environments = environments or Environments()
-        self.claims = Claims(store, clock)
+        self.claims = Claims(store, clock, self.environments)
         self.queries = Queries(store, clock, self.environments)
 
     # -- commands -------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class Service:
                         then(tx, decided[i])
                 if claims:
                     tx.flush_writes()
-                    taken = [claim(tx, request, now) for request in claims]
+                    taken = [claim(tx, request, now, self.environments) for request in claims]
             results: list[list[Assignment] | Exception] = list(taken) if claims else []
             return [decided[i] for i in range(len(commands))], results
         except Exception as exc:  # one command's trouble must not sink the others

@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from core.errors import InvalidInput
-from core.secrets import MASK, Masker, check_name, check_value, mask_variants
+from core.secrets import MASK, Masker, check_name, check_value, mask_variants, runner_may_receive
 
 VALUE = "pr0d-Key/with+chars=7Xq"
 
@@ -47,3 +47,10 @@ def test_names_and_values_are_checked_without_quoting_the_value() -> None:
     assert " ab " not in short.value.message
     with pytest.raises(InvalidInput):
         check_value("K", "abcd\x00")
+
+
+def test_a_runner_may_hold_an_environments_secrets_only_with_its_required_labels() -> None:
+    assert runner_may_receive(["linux", "prod-eu"], ["prod-eu"])
+    assert not runner_may_receive(["linux"], ["prod-eu"])  # not a production runner
+    assert not runner_may_receive([], ["prod-eu", "linux"])
+    assert runner_may_receive([], [])  # an environment that requires none

@@ -42,13 +42,14 @@ class RemoteRunner:
         capacity: int = 2,
         port: int | None = None,
         labels: str = "",
+        poll: float = 0.2,
     ) -> None:
         self.name = name
         self.log = root / f"runner-{name}.log"
         self.argv = [
             sys.executable, "-m", "bot.cli", "runner", "--url", f"http://127.0.0.1:{port or server.port}",
             "--name", name, "--capacity", str(capacity), "--workdir", str(root / f"runner-{name}"),
-            "--lease", "3", "--poll", "0.2", "--labels", labels,
+            "--lease", "3", "--poll", str(poll), "--labels", labels,
         ]  # fmt: skip
         self.env = {**os.environ, "SHIPYARD_RUNNER_TOKEN": token}
         self.env.pop("SHIPYARD_DATABASE_URL", None)  # (a runner has no database)
