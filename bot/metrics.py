@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
@@ -34,6 +34,9 @@ from core.engine import LEASE_EXPIRED
 from core.events import NO_RUN, Event
 from core.model import RunState
 from core.states import RUN_TERMINAL, GateStatus, JobStatus, StageStatus
+
+# no ``*_created`` series: Prometheus' text format gives them no meaning, and they double a scrape
+disable_created_metrics()
 
 #: the process's own metrics; the scrape-time gauges live in each server's ``Exporter``
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -5,7 +5,10 @@ own)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 
@@ -174,3 +177,39 @@ async def test_a_metrics_port_with_a_token_asks_for_it_too(sqlite_url: str, star
             assert (await response.json())["status"] == 401
         async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
             assert response.status == 200
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "info": ("_info",),
+    "gauge": ("",),
+}
+
+
+async def test_every_metric_the_dashboard_queries_is_exported(sqlite_url: str, start_api: StartApi) -> None:
+    api = await start_api(sqlite_url, PIPELINES, metrics_token=TOKEN)
+    assert (await api.wait((await api.trigger("ok"))["id"]))["status"] == "succeeded"
+    seen = await scrape(api)
+    exported = seen.names() | {
+        family + suffix for family, kind in seen.families.items() for suffix in SUFFIXES.get(kind, ("",))
+    }
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(queries) >= 20
+    used = set()
+    for query in queries:
+        bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", "", query)  # (label matchers, ranges, strings)
+        used |= {
+            word
+            for word in re.findall(r"[a-z_][a-z0-9_]*", bare)
+            if word.startswith(("shipyard_", "process_"))
+        }
+    assert used - exported == set(), "the dashboard queries metrics that do not exist"
+    # and it covers every family Shipyard defines
+    ours = {f for f in seen.families if f.startswith("shipyard_")}
+    assert {f for f in ours if not any(u.startswith(f) for u in used)} == set()
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "job"]
+    assert "shipyard_build_info" in variable["query"]
