@@ -36,7 +36,7 @@ from core.model import RunState
 from core.states import RUN_TERMINAL, GateStatus, JobStatus, StageStatus
 
 # no ``*_created`` series: Prometheus' text format gives them no meaning, and they double a scrape
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: the process's own metrics; the scrape-time gauges live in each server's ``Exporter``
 REGISTRY = CollectorRegistry(auto_describe=True)
