@@ -14,6 +14,7 @@ N concurrent aiohttp clients (``--clients``) then drive three scenarios:
   runs         GET  /api/v1/runs/{id}                      (random seeded runs: uncached reads)
   deployments  GET  /api/v1/environments/production/deployments   (first page, 50 rows)
   triggers     POST /api/v1/pipelines/bench/runs  with {}  (the built-in runner executes them)
+  metrics      GET  /metrics  (with SHIPYARD_METRICS_TOKEN; only with --scenarios metrics)
 
 each in two modes: ``max`` (closed loop: every client sends its next request as soon as the
 last one is answered; gives the throughput) and ``paced`` (open loop at a fixed rate, the
@@ -34,7 +35,11 @@ of the API on its own.
     python -m bench.api --quick --scenarios triggers --capacity 0
 
 Targets: GET /runs/{id} >= 1,000 req/s with p99 <= 25 ms; triggers >= 200/s with p99 <= 50 ms;
-deployments p99 <= 10 ms with 1,000,000 runs in the database.
+deployments p99 <= 10 ms with 1,000,000 runs in the database; /metrics p99 <= 50 ms with
+1,000,000 runs. With the metrics scenario the bench then measures the server's CPU while idle
+(``--idle`` seconds, a scrape every 15 s), to compare with ``bench.engine``'s idle figure.
+
+    python -m bench.api --scenarios metrics --runs 1000000 --duration 10 --idle 60
 """
 
 from __future__ import annotations
@@ -92,8 +97,12 @@ TARGETS = {
     "runs": Target(rate=1000.0, p99_ms=25.0, min_rps=1000.0),
     "triggers": Target(rate=200.0, p99_ms=50.0, min_rps=200.0),
     "deployments": Target(rate=100.0, p99_ms=10.0, min_rps=0.0),
+    # a scraper asks every few seconds: 10/s stands for many scrapers and replicas' dashboards
+    "metrics": Target(rate=10.0, p99_ms=50.0, min_rps=0.0),
 }
-SCENARIOS = ("runs", "deployments", "triggers")
+SCENARIOS = ("runs", "deployments", "triggers", "metrics")
+#: what runs unless --scenarios says otherwise
+DEFAULT_SCENARIOS = ("runs", "deployments", "triggers")
 
 # -- small helpers ---------------------------------------------------------------------------------
 
@@ -226,6 +235,7 @@ class Server:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "SHIPYARD_DATABASE_URL": self.database_url,
             "SHIPYARD_ADMIN_TOKEN": TOKEN,
+            "SHIPYARD_METRICS_TOKEN": TOKEN,
             "SHIPYARD_PIPELINES_DIR": str(self.work / "pipelines"),
             "SHIPYARD_WORK_DIR": str(self.work / "work"),
             "SHIPYARD_RUNNER_NAME": "bench-runner",
@@ -676,6 +686,14 @@ def make_sender(scenario: str, base: str, run_ids: list[str]) -> tuple[Send, int
                 return response.status
 
         return get_run, 200
+    if scenario == "metrics":
+
+        async def scrape(session: aiohttp.ClientSession, i: int) -> int:
+            async with session.get(f"{base}/metrics") as response:  # (the session sends the token)
+                await response.read()
+                return response.status
+
+        return scrape, 200
     if scenario == "deployments":
         url = f"{base}/api/v1/environments/{ENVIRONMENT}/deployments"
 
@@ -782,7 +800,7 @@ async def drive(args: argparse.Namespace, server: Server, run_ids: list[str]) ->
         for scenario in args.scenarios:
             send, ok = make_sender(scenario, server.base, run_ids)
             target = TARGETS[scenario]
-            rate = {"runs": args.runs_rate, "triggers": args.triggers_rate}.get(
+            rate = {"runs": args.runs_rate, "triggers": args.triggers_rate, "metrics": args.metrics_rate}.get(
                 scenario, args.deployments_rate
             )
             # triggers: paced first, so the backlog the max phase leaves does not load the paced one
@@ -811,6 +829,28 @@ async def drive(args: argparse.Namespace, server: Server, run_ids: list[str]) ->
                 phases.append(phase)
                 print_phase(phase, target)
     return phases
+
+
+async def idle(server: Server, seconds: float) -> None:
+    """The server's CPU while nothing happens but a scrape every 15 s (metrics on)."""
+    await asyncio.sleep(min(5.0, seconds / 4))  # (let the phases' work drain)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    cpu0, t0 = server.cpu(), time.monotonic()
+    scrapes = 0
+    async with aiohttp.ClientSession(headers=headers) as session:
+        while (left := seconds - (time.monotonic() - t0)) > 0:
+            async with session.get(f"{server.base}/metrics") as response:
+                await response.read()
+                scrapes += response.status == 200
+            await asyncio.sleep(min(15.0, left))
+    wall = time.monotonic() - t0
+    cpu = server.cpu() - cpu0
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(
+        f"  idle {wall:.0f} s with metrics on ({scrapes} scrapes): server CPU {100 * cpu / wall:.2f} % "
+        f"of a core ({cpu:.2f} s CPU); load average {load}",
+        flush=True,
+    )
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -853,6 +893,7 @@ def print_summary(phases: list[Phase]) -> None:
         "runs": "GET /runs/{id}",
         "deployments": f"GET /environments/{ENVIRONMENT}/deployments",
         "triggers": "POST /pipelines/{id}/runs",
+        "metrics": "GET /metrics",
     }
     rows = []
     for p in phases:
@@ -894,7 +935,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 runs, 2 s per phase")
     parser.add_argument(
-        "--seed-runs", type=int, help="finished runs to seed (default 1,000,000; quick 10,000)"
+        "--seed-runs",
+        "--runs",
+        dest="seed_runs",
+        type=int,
+        help="finished runs to seed (default 1,000,000; quick 10,000)",
     )
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--duration", type=float, help="seconds per phase (default 10; quick 2)")
@@ -903,7 +948,19 @@ def main(argv: list[str] | None = None) -> None:
         "--warmup", type=float, help="seconds of unrecorded load before each phase (1; quick 0.3)"
     )
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help="comma-separated: runs,deployments,triggers"
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated: runs,deployments,triggers,metrics (default the first three)",
+    )
+    parser.add_argument(
+        "--metrics-rate", type=float, default=TARGETS["metrics"].rate, help="paced scrapes/s (10)"
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=None,
+        help="seconds to measure the server's CPU idle after the phases, scraped every 15 s as "
+        "Prometheus would (default: 60 with the metrics scenario, else 0)",
     )
     parser.add_argument("--modes", default="max,paced", help="comma-separated: max (closed loop), paced")
     parser.add_argument(
@@ -943,6 +1000,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("the runs scenario needs --seed-runs >= 1")
     if args.analyze is None:
         args.analyze = args.database_url is not None
+    if args.idle is None:
+        args.idle = 60.0 if "metrics" in args.scenarios else 0.0
 
     command = "python -m bench.api" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     backend = "PostgreSQL" if args.database_url else f"SQLite {sqlite3.sqlite_version}"
@@ -974,6 +1033,8 @@ def main(argv: list[str] | None = None) -> None:
             took = server.start()
             print(f"== server restarted on {server.base} (ready after {took:.1f} s)\n")
             phases = asyncio.run(drive(args, server, seeded.sample_ids))
+            if args.idle > 0:
+                asyncio.run(idle(server, args.idle))
             took = server.stop()
             print(f"\n(server stopped in {took:.1f} s)")
             server = None

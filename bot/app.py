@@ -16,6 +16,7 @@ from bot.bootstrap import Shipyard, build
 from bot.config import Settings
 from bot.housekeeping import HOUSEKEEPING, Housekeeping
 from bot.locks_keeper import KEEPER, LockKeeper
+from bot.metrics_http import EXPORTER, Exporter, MetricsPort, handler
 from bot.scheduler import ScheduleLoop
 from bot.webhooks.service import WEBHOOKS, Config, Webhooks
 from core.analysis import AnalysisStatus, HealthChange
@@ -94,7 +95,12 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         running = shipyard or build(settings)
         app[SHIPYARD] = running
+        exporter = app[EXPORTER] = Exporter(running)
+        exporter.attach()
         await running.start()
+        metrics_port = MetricsPort(settings, exporter) if settings.metrics_port is not None else None
+        if metrics_port is not None:
+            await metrics_port.start()
         gateway.bind(running)
         await gateway.start()
         clock = ScheduleLoop(gateway, settings.schedule_owner)
@@ -136,11 +142,15 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         await keeper.stop()
         await clock.stop()
         gateway.close()
+        if metrics_port is not None:
+            await metrics_port.stop()
         await running.stop()
+        exporter.detach()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", handler(settings, on_metrics_port=False))
     return app
 
 

@@ -24,7 +24,14 @@ from core.labels import BUILTIN, check_labels, parse_labels
 
 #: settings whose values an error message never quotes
 SECRETS = frozenset(
-    {"secret_key", "admin_token", "slack_bot_token", "slack_signing_secret", "slack_app_token"}
+    {
+        "secret_key",
+        "admin_token",
+        "metrics_token",
+        "slack_bot_token",
+        "slack_signing_secret",
+        "slack_app_token",
+    }
 )
 
 
@@ -63,6 +70,15 @@ class Settings(BaseSettings):
         None,
         description="encrypts environment secrets (docs/secrets.md): 32 random bytes in URL-safe "
         "base64, from `shipyard secret generate-key`; without it there are no secrets",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="bearer token a scraper sends to GET /metrics on the main port (docs/operations.md)"
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="serve GET /metrics on this port of its own (on `host`) instead of the main port",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
     idempotency_hours: float = Field(24.0, ge=24.0, description="how long Idempotency-Key responses are kept")

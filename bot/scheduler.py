@@ -22,6 +22,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bot import metrics
 from bot.backend import Backend, now
 from core import schedule as cron
 from core.access import Action
@@ -232,6 +233,7 @@ class ScheduleLoop:
         fired = []
         for entry in claimed:
             schedule, plan = entry.schedule, entry.plan
+            metrics.schedule_fired(None, missed=len(plan.missed))
             if entry.trigger is None:
                 fired.append(Fired(schedule, plan.fire_at, None, plan.missed, entry.refused))
                 continue
@@ -247,6 +249,8 @@ class ScheduleLoop:
                 fired.append(Fired(schedule, plan.fire_at, None, plan.missed, decision.reason))
             else:
                 fired.append(Fired(schedule, plan.fire_at, decision.state.run.ref, plan.missed))
+                if plan.fire_at is not None and not decision.duplicate:  # (once, by who made it)
+                    metrics.schedule_fired((decision.state.run.created_at - plan.fire_at).total_seconds())
         return fired
 
     async def _sync(self) -> None:

@@ -223,6 +223,9 @@ class _Plan:
         )
 
 
+#: how a lost job's reason ends when its lease ran out (rather than its server restarting)
+LEASE_EXPIRED = "stopped renewing its lease"
+
 _EVENT_FIELDS = frozenset({"reason", "exit_code", "outputs", "warnings", "decided_by"})
 
 
@@ -468,7 +471,7 @@ def _expire_lease(plan: _Plan, command: ExpireLease) -> None:
     job = _fenced(plan, command.job_id, command.attempt, None)
     if not command.force and job.lease_expires_at is not None and job.lease_expires_at > plan.now:
         raise CommandRefused(f"job {job.name}'s lease is still valid")
-    why = "its server restarted" if command.force else "stopped renewing its lease"
+    why = "its server restarted" if command.force else LEASE_EXPIRED
     reason = f"lost: runner {job.runner} {why}"
     lost = (*job.lost, LostAttempt(job.attempt, job.runner, reason))
     _job_failed(plan, job, JobStatus.LOST, reason=reason, lost=lost)

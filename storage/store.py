@@ -18,12 +18,13 @@ transaction, that the row's version has not moved. Anything that changes a run's
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -53,6 +54,11 @@ from storage import db, mappers, wakeups
 from storage.db import is_sqlite, make_engine, unreachable
 from storage.fastpath import DriverStatements
 from storage.queries import Q
+
+log = logging.getLogger(__name__)
+
+#: what a store tells of each commit that appended events (``SqlStore.observers``)
+Observer = Callable[[Sequence[Event], Mapping[str, RunState]], None]
 
 EVENT_KEYS = ("name", "run_id", "subject", "subject_id", "from_status", "to_status", "at", "data")
 AUDIT_KEYS = (
@@ -106,6 +112,10 @@ class SqlStore:
         #: this store's name in the ready-job notifications it sends (``storage.wakeups``): its
         #: own process acted on them already and skips them
         self.wakeup_id = uuid.uuid4().hex
+        #: called after each commit that appended events, with those events and the runs the
+        #: transaction wrote as they now stand (the one place every committed transition passes:
+        #: the metrics count there). Called on the committing thread; must be quick, never raise.
+        self.observers: list[Observer] = []
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
@@ -130,6 +140,15 @@ class SqlStore:
             raise
         for hook in tx.on_commit:
             hook()
+        if tx.committed_events and self.observers:
+            self._tell(tx.committed_events, tx._written)
+
+    def _tell(self, events: Sequence[Event], runs: Mapping[str, RunState]) -> None:
+        for observer in self.observers:
+            try:
+                observer(events, runs)
+            except Exception:  # an observer's bug must not look like a failed commit
+                log.exception("a commit observer failed")
 
     def _waited_out(self, started: float) -> bool:
         return self.busy_timeout_s is not None and time.monotonic() - started >= self.busy_timeout_s
@@ -342,6 +361,8 @@ class SqlTx:
         #: runs written in this transaction, as they now stand
         self._written: dict[str, RunState] = {}
         self._events: list[Event] = []
+        #: the events written so far (handed to the store's observers once committed)
+        self.committed_events: list[Event] = []
         self._audit: list[AuditEntry] = []
         self._bumps: dict[str, _Bump] = {}
         #: current versions read ahead for a batch of commands (one query instead of one each)
@@ -610,6 +631,7 @@ class SqlTx:
         if self._pg and any(_readies_job(e) for e in self._events):
             # delivered to the other replicas if and when this transaction commits (``storage.wakeups``)
             self.conn.execute(Q.notify_jobs, {"channel": wakeups.CHANNEL, "sender": self.store.wakeup_id})
+        self.committed_events.extend(self._events)
         self._events = []
 
     def audit(self, entry: AuditEntry) -> None:

@@ -134,6 +134,8 @@ class Claimed:
     msg_id: str = ""
     body: str = ""
     run_id: str = ""
+    #: when the delivery entered the outbox (its lag is measured from there)
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +449,7 @@ class WebhookStore:
                     DELIVERY.c.msg_id,
                     DELIVERY.c.body,
                     DELIVERY.c.run_id,
+                    DELIVERY.c.created_at,
                     WEBHOOK.c.url,
                     WEBHOOK.c.secret,
                 )
@@ -464,6 +467,7 @@ class WebhookStore:
                     msg_id=r["msg_id"],
                     body=r["body"],
                     run_id=r["run_id"],
+                    created_at=r["created_at"],
                 )
                 for r in rows
             ]

@@ -28,6 +28,7 @@ from bot.chat.locks import tell_with
 from bot.chat.trigger_form import TRIGGER_FORM, TRIGGER_PICK, submit_trigger_view, trigger_form_picked
 from bot.chat.verbs import BUTTONS, ChatBackend, Reply, Who, already_decided, dispatch, press
 from bot.config import Settings
+from bot.metrics import SlackCalls
 from bot.slack.home import publish_home
 from bot.slack.manifest import COMMAND, EVENTS_PATH
 from core.errors import DatabaseUnreachable
@@ -102,6 +103,7 @@ def configure(client: AsyncWebClient, settings: Settings) -> AsyncWebClient:
     worth retrying: rate limits (after ``Retry-After``) and connection errors."""
     client.base_url = settings.slack_api_url or AsyncWebClient.BASE_URL
     client.retry_handlers = [
+        SlackCalls(),  # (counts every request; retries nothing)
         AsyncRateLimitErrorRetryHandler(max_retry_count=5),
         AsyncConnectionErrorRetryHandler(max_retry_count=3),
     ]

@@ -43,6 +43,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import metrics
 from bot.backend import now
 from bot.chat import block_kit, cards, rollout_blocks, threads
 from bot.chat import health as health_words
@@ -139,6 +140,8 @@ class Notifier:
         #: run id -> why its jobs wait for a runner, as its message last said (or a look found)
         self._waits_said: dict[str, tuple[tuple[str, str], ...]] = {}
         self._edit_failures: dict[str, int] = {}
+        #: run id -> when the oldest change its message does not show yet happened (edit lag)
+        self._changed: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
@@ -319,6 +322,7 @@ class Notifier:
         channel, ts = message
         run_id = state.run.id
         self._due(run_id, self._edited.get(run_id, 0.0) + EDIT_EVERY_S)
+        self._changed.setdefault(run_id, event.at)
         if event.subject == "stage" and event.to_status in ("running", "queued", "canceled"):
             stage = next((s for s in state.stages if s.id == event.subject_id), None)
             if stage is not None and stage.environment is not None:  # the others' places moved
@@ -550,6 +554,7 @@ class Notifier:
             state = await self.backend.read(self.backend.reads.run, run_id, quick=True)
             message = await self.backend.read(self.state.message, run_id, quick=True)
             if state is None or message is None or message.ts is None:
+                self._changed.pop(run_id, None)
                 continue
             measured = await self._measured(state)
             clock = self.backend.shipyard.service.clock()
@@ -559,6 +564,9 @@ class Notifier:
                 state, await self._place(state), now=clock, measured=measured, waits=waits
             )
             done = await self._edit(message.channel, message.ts, summary, blocks)
+            if done and (changed := self._changed.pop(run_id, None)) is not None:
+                lag = self.backend.shipyard.service.clock() - changed
+                metrics.slack_message_edited(lag.total_seconds())
             if _rollout_ticking(state) and run_id not in self._dirty:
                 # its time left and measurements move without events
                 self._dirty[run_id] = time.monotonic() + ROLLOUT_REFRESH_S

@@ -35,6 +35,7 @@ from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.metrics import SlackCalls
 from core.runtime.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class SocketLink:
         # apps.connections.open without the client's retries on connection errors: the link retries
         web = AsyncWebClient(
             base_url=api_url or AsyncWebClient.BASE_URL,
-            retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+            retry_handlers=[SlackCalls(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
         )
         self.client = _Client(app_token, web, self._woken)
         self.client.socket_mode_request_listeners.append(self._handle)

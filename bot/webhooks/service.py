@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from bot import metrics
 from bot.backend import Backend, now
 from bot.config import Settings
 from bot.webhooks import messages, signing
@@ -252,6 +253,7 @@ class Webhooks:
             error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
         delay = None if ok else retry_delay(claimed.attempt, self.config.schedule, self.rng)
         ended = at + timedelta(seconds=took)
+        _count(ok, status, claimed, self.clock())
         return Outcome(
             delivery_id=claimed.delivery_id,
             attempt=claimed.attempt,
@@ -361,6 +363,16 @@ class Webhooks:
                 "webhook %s disabled: %s (owner %s told in the audit log)", d.webhook_id, d.reason, d.owner
             )
         self.disabled += disabled
+
+
+def _count(ok: bool, status: int | None, claimed: Claimed, now: datetime) -> None:
+    """One attempt in the metrics; a delivered one with how long it waited in the outbox."""
+    if not ok:
+        metrics.webhook_attempted("unreachable" if status is None else "http_error")
+        return
+    queued = claimed.created_at
+    lag = (now - queued.replace(tzinfo=now.tzinfo)).total_seconds() if queued is not None else None
+    metrics.webhook_attempted("delivered", lag)
 
 
 def _wanted(event: Event) -> bool:

@@ -89,6 +89,8 @@ class Orchestrator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._checks: set[asyncio.Task[Any]] = set()
+        #: told of each group commit: how many requests it applied and how long it took (s)
+        self.on_commit: list[Callable[[int, float], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,6 +166,8 @@ class Orchestrator:
                 continue
             outcomes = [*decisions, *taken]
             self._report_health(outcomes, started)
+            for told in self.on_commit:
+                told(len(batch), self.health.now() - started)
             for pending, outcome in zip([*commands, *claims], outcomes, strict=True):
                 if pending.future.done():
                     continue
