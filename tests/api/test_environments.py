@@ -54,3 +54,27 @@ async def test_a_stage_that_never_started_deployed_nothing(api: Api) -> None:
     assert (await api.wait(run["id"]))["status"] == "failed"
     assert (await api.get("/environments/production/deployments")).json["items"] == []
     assert (await api.get("/environments/production")).json["current"] is None
+
+
+async def test_dora_keys_of_an_environment_and_bad_requests(api: Api) -> None:
+    first = await api.trigger("web", parameters={"ref": "aaaaaaa"}, revision="rev-1")
+    assert (await api.wait(first["id"]))["status"] == "succeeded"
+    second = await api.trigger("web", parameters={"ref": "bbbbbbb"}, revision="rev-2")
+    assert (await api.wait(second["id"]))["status"] == "succeeded"
+
+    got = await api.get("/environments/staging/dora?window=30d")
+    assert got.status == 200, got.text
+    keys = got.json
+    assert keys["environment"] == "staging" and keys["window"] == "30d"
+    assert keys["deployment_frequency"]["deployments"] == 2
+    assert keys["deployment_frequency"]["per_week"] == 2 * 7 / 30
+    # no commit time was sent: unknown, not guessed
+    assert keys["lead_time"] == {"median_seconds": None, "deployments": 0, "unknown": 2}
+    assert keys["change_failure_rate"]["rate"] == 0 and keys["change_failure_rate"]["deployments"] == 2
+    assert keys["time_to_restore"]["median_seconds"] is None
+    other = (await api.get("/environments/staging/dora?pipeline=other")).json
+    assert other["deployment_frequency"]["deployments"] == 0 and other["window"] == "30d"
+
+    assert_problem(await api.get("/environments/staging/dora?window=month"), 400, "window")
+    assert_problem(await api.get("/environments/staging/dora?window=400d"), 400, "365d")
+    assert_problem(await api.get("/environments/moon/dora"), 404, "moon", "staging")
