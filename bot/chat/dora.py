@@ -49,13 +49,19 @@ def figures(keys: FourKeys) -> list[str]:
 
 
 def home_line(keys: FourKeys, window: str = DEFAULT_WINDOW) -> str:
-    """One App Home line: ``production (30d): 1.4/week · lead 2h · CFR 20% · restore 1h``."""
-    f, cfr = keys.deployment_frequency, keys.change_failure_rate
+    """The App Home line under an environment, each figure with what it rests on:
+    ``:bar_chart: 30d: 1.4/week (6) · lead 1h15m (4 of 6) · failure rate 20% (5) · restore 1h (3)``."""
+    f, lead, cfr, ttr = (
+        keys.deployment_frequency,
+        keys.lead_time,
+        keys.change_failure_rate,
+        keys.time_to_restore,
+    )
     rate = "n/a" if cfr.rate is None else f"{cfr.rate:.0%}"
     return (
-        f"*{keys.environment}* ({window}): {f.per_week:.1f}/week ({f.deployments}) · lead "
-        f"{_time(keys.lead_time.median_s)} · failure rate {rate} ({cfr.deployments}) · restore "
-        f"{_time(keys.time_to_restore.median_s)} ({keys.time_to_restore.restores})"
+        f":bar_chart: {window}: {f.per_week:.1f}/week ({f.deployments}) · lead {_time(lead.median_s)} "
+        f"({lead.deployments} of {lead.deployments + lead.unknown}) · failure rate {rate} "
+        f"({cfr.deployments}) · restore {_time(ttr.median_s)} ({ttr.restores})"
     )
 
 
