@@ -204,6 +204,7 @@ class Reads:
                 DEPLOYMENT.c.pipeline,
                 DEPLOYMENT.c.kind,
                 DEPLOYMENT.c.verification,
+                DEPLOYMENT.c.revision_time,
                 sa.func.coalesce(ARTIFACT.c.bad, sa.false()),
             )
             .outerjoin(ARTIFACT, ARTIFACT.c.id == DEPLOYMENT.c.artifact_id)
@@ -216,10 +217,9 @@ class Reads:
         )
         with self.store.reading() as tx:
             rows = tx.conn.execute(query).all()
-        # the commit's time is not recorded yet: unknown, never guessed
         return [
-            DeploymentFacts(at, status, pipeline, kind, verification, bool(bad))
-            for at, status, pipeline, kind, verification, bad in rows
+            DeploymentFacts(at, status, pipeline, kind, verification, bool(bad), committed)
+            for at, status, pipeline, kind, verification, committed, bad in rows
         ]
 
     # -- audit --------------------------------------------------------------------------------
@@ -268,6 +268,7 @@ def deployment_from_row(r: Any) -> Deployment:
         artifact=r["artifact"],
         kind=r["kind"],
         verification=r["verification"],
+        revision_time=r["revision_time"],
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from core.analysis import Health
 from core.checks import CheckResult, Measurement
@@ -65,6 +65,11 @@ class TriggerIn(Strict):
         min_length=1,
         max_length=255,
         description="the branch the revision is on (environments may allow only some)",
+    )
+    revision_time: AwareDatetime | None = Field(
+        None,
+        strict=False,  # (JSON has no datetime: an ISO 8601 string)
+        description="when the revision's commit was made (ISO 8601 with an offset): DORA's lead time",
     )
     break_glass: str | None = Field(
         None,

@@ -3,6 +3,8 @@ of deployments, newest first."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from tests.api.conftest import Api, assert_problem
 
 
@@ -78,3 +80,19 @@ async def test_dora_keys_of_an_environment_and_bad_requests(api: Api) -> None:
     assert_problem(await api.get("/environments/staging/dora?window=month"), 400, "window")
     assert_problem(await api.get("/environments/staging/dora?window=400d"), 400, "365d")
     assert_problem(await api.get("/environments/moon/dora"), 404, "moon", "staging")
+
+
+async def test_dora_lead_time_from_the_revision_time_a_trigger_sends(api: Api) -> None:
+    committed = datetime.now(UTC) - timedelta(hours=2)
+    run = await api.trigger(
+        "web", parameters={"ref": "aaaaaaa"}, revision="rev-1", revision_time=committed.isoformat()
+    )
+    assert (await api.wait(run["id"]))["status"] == "succeeded"
+    unknown = await api.trigger("web", parameters={"ref": "bbbbbbb"}, revision="rev-2")
+    assert (await api.wait(unknown["id"]))["status"] == "succeeded"
+
+    lead = (await api.get("/environments/staging/dora")).json["lead_time"]
+    assert (lead["deployments"], lead["unknown"]) == (1, 1)
+    assert 2 * 3600 <= lead["median_seconds"] < 2 * 3600 + 60
+    naive = await api.post("/pipelines/web/runs", "deployer", json={"revision_time": "2026-12-01T10:00:00"})
+    assert_problem(naive, 422, "revision_time")
