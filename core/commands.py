@@ -31,6 +31,8 @@ class TriggerRun:
     actor: Actor
     parameters: Mapping[str, object] = field(default_factory=dict)
     source_revision: str | None = None
+    #: when the revision's commit was made (None: unknown; never guessed)
+    revision_time: datetime | None = None
     #: a second trigger with the same key returns the first run instead of starting another
     idempotency_key: str | None = None
     #: run this version of the pipeline instead of the latest

@@ -86,6 +86,9 @@ class Run:
     #: the one environment a promotion or rollback deploys to (its other stages are skipped);
     #: a retry deploys there again (None: a deploy, which runs every stage)
     deploy_to: str | None = None
+    #: when the revision's commit was made (a push's head commit, ``revision_time`` on a trigger);
+    #: None: unknown. DORA's lead time for changes starts there (``core.dora``)
+    revision_time: datetime | None = None
     #: optimistic-lock counter: every accepted command bumps it with a compare-and-set
     version: int = 0
 
@@ -309,6 +312,7 @@ def new_run_state(
     kind: str = "deploy",
     artifact_id: str | None = None,
     break_glass: str | None = None,
+    revision_time: datetime | None = None,
 ) -> RunState:
     """Every part of a fresh run, all pending, laid out from its pipeline version."""
     run = Run(
@@ -320,6 +324,7 @@ def new_run_state(
         status=RunStatus.PENDING,
         parameters=dict(parameters),
         source_revision=source_revision,
+        revision_time=revision_time,
         triggered_by=actor.name,
         trigger_channel=actor.channel,
         idempotency_key=idempotency_key,

@@ -74,6 +74,8 @@ class Deployment:
     kind: str = "deploy"
     #: ``verified`` or ``failed`` when its environment verified it (``verify``); None: not verified
     verification: str | None = None
+    #: when the deployed commit was made (None: unknown)
+    revision_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ def run_from_row(r: Mapping[Any, Any]) -> Run:
         artifact_id=r["artifact_id"],
         break_glass=r["break_glass"],
         deploy_to=r["deploy_to"],
+        revision_time=r["revision_time"],
         version=r["version"],
     )
 

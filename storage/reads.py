@@ -16,15 +16,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from core.audit import ChainedEntry
+from core.dora import DeploymentFacts
 from core.model import RunState
 from core.ports import AuditEntry, Deployment, PipelineVersion
 from core.states import RUN_TERMINAL, RunStatus
 from storage import mappers
 from storage.store import SqlStore
-from storage.tables import T
+from storage.tables import T, metadata
 
 RUN, STAGE, PIPELINE, VERSION = T["run"], T["stage"], T["pipeline"], T["pipeline_version"]
 GATE, EVENT = T["gate"], T["event"]
+ARTIFACT = metadata.tables["artifact"]
 DEPLOYMENT, AUDIT = T["deployment"], T["audit"]
 ALL_VERSION_IDS = sa.select(VERSION.c.id)
 DEPLOYMENTS = (
@@ -191,6 +193,35 @@ class Reads:
             row = tx.conn.execute(query).mappings().first()
         return deployment_from_row(row) if row is not None else None
 
+    def dora_facts(self, environment: str, since: datetime, until: datetime) -> list[DeploymentFacts]:
+        """What ``core.dora.four_keys`` needs: the deployments to ``environment`` that finished in
+        [since, until], in the order recorded, each with whether its artifact is marked bad. Read
+        by ``ix_deployment_env_seq`` (the environment's rows only) and the artifact's key."""
+        query = (
+            sa.select(
+                DEPLOYMENT.c.finished_at,
+                DEPLOYMENT.c.status,
+                DEPLOYMENT.c.pipeline,
+                DEPLOYMENT.c.kind,
+                DEPLOYMENT.c.verification,
+                DEPLOYMENT.c.revision_time,
+                sa.func.coalesce(ARTIFACT.c.bad, sa.false()),
+            )
+            .outerjoin(ARTIFACT, ARTIFACT.c.id == DEPLOYMENT.c.artifact_id)
+            .where(
+                DEPLOYMENT.c.environment == environment,
+                DEPLOYMENT.c.finished_at >= since,
+                DEPLOYMENT.c.finished_at <= until,
+            )
+            .order_by(DEPLOYMENT.c.id)
+        )
+        with self.store.reading() as tx:
+            rows = tx.conn.execute(query).all()
+        return [
+            DeploymentFacts(at, status, pipeline, kind, verification, bool(bad), committed)
+            for at, status, pipeline, kind, verification, committed, bad in rows
+        ]
+
     # -- audit --------------------------------------------------------------------------------
     def audit(
         self, before: int | None, limit: int, actor: str | None = None, action: str | None = None
@@ -237,6 +268,7 @@ def deployment_from_row(r: Any) -> Deployment:
         artifact=r["artifact"],
         kind=r["kind"],
         verification=r["verification"],
+        revision_time=r["revision_time"],
     )
 
 

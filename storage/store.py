@@ -89,6 +89,7 @@ DEPLOYMENT_KEYS = (
     "artifact",
     "kind",
     "verification",
+    "revision_time",
 )
 #: advisory lock key that orders event appends on PostgreSQL
 EVENT_LOCK = 0x5348_4950_4556

@@ -92,6 +92,8 @@ class RunRow(SQLModel, table=True):
     artifact_id: str | None = Field(default=None, max_length=64, index=True)
     break_glass: str | None = None
     deploy_to: str | None = Field(default=None, max_length=63)
+    #: when the revision's commit was made (None: unknown)
+    revision_time: datetime | None = _ts()
     version: int = 0
 
 
@@ -239,7 +241,10 @@ class DeploymentRow(SQLModel, table=True):
     """One deploy stage that finished: what went where, when, by whom, and how it ended."""
 
     __tablename__ = "deployment"
-    __table_args__ = (sa.Index("ix_deployment_env_seq", "environment", "id"),)
+    __table_args__ = (
+        sa.Index("ix_deployment_env_seq", "environment", "id"),
+        sa.Index("ix_deployment_env_finished", "environment", "finished_at"),
+    )
     id: int | None = Field(
         default=None,
         sa_column=Column(
@@ -262,6 +267,8 @@ class DeploymentRow(SQLModel, table=True):
     kind: str = Field(default="deploy", max_length=16)
     #: ``verified`` or ``failed`` when its environment verified it; None: not verified
     verification: str | None = Field(default=None, max_length=16)
+    #: when the deployed commit was made (None: unknown): DORA's lead time starts there
+    revision_time: datetime | None = _ts()
 
 
 class AccessTokenRow(SQLModel, table=True):

@@ -15,6 +15,8 @@ from bot.api.schemas import (
     CheckHealthOut,
     DeploymentOut,
     DeploymentPage,
+    DoraOut,
+    DoraQuery,
     EnvironmentList,
     EnvironmentOut,
     HealthChangeOut,
@@ -24,9 +26,11 @@ from bot.api.schemas import (
     PageQuery,
 )
 from bot.api.spec import API
+from bot.backend import now
 from core.access import Action
 from core.analysis import EnvironmentHealth, Health, HealthChange
 from core.checks import Measurement
+from core.dora import FourKeys, four_keys, parse_window
 from core.environments import EnvironmentPolicy
 from core.ports import Deployment
 
@@ -170,6 +174,40 @@ async def list_deployments(call: Call) -> web.Response:
     found = found[: q.limit]
     cursor = str(found[-1].id) if more else None
     return reply(DeploymentPage(items=[DeploymentOut.of(d) for d in found], next_cursor=cursor))
+
+
+@API.op(
+    "GET",
+    "/environments/{env_id}/dora",
+    summary="DORA's four keys for an environment over a window",
+    action=Action.READ,
+    tag="environments",
+    query=DoraQuery,
+    responses={200: ("the four keys, each with the deployments it rests on", DoraOut)},
+)
+async def get_dora(call: Call) -> web.Response:
+    """Deployment frequency, lead time for changes, change failure rate and time to restore,
+    as defined in docs/dora.md. A commit time that was not recorded is counted as unknown."""
+    name = call.params["env_id"]
+    q: DoraQuery = call.query
+    try:
+        window = parse_window(q.window)
+    except ValueError as e:
+        raise Problem(400, str(e)) from None
+    reads = gw(call).reads
+    until = now()
+    since = until - window
+
+    def read() -> tuple[list[str], FourKeys | None]:
+        names = reads.environment_names()
+        if name not in names:
+            return names, None
+        return names, four_keys(name, reads.dora_facts(name, since, until), since, until, q.pipeline)
+
+    names, keys = await gw(call).read(read)
+    if keys is None:
+        raise Problem(404, f"no environment {name!r} (environments: {', '.join(names) or 'none yet'})")
+    return reply(DoraOut.of(keys, q.window))
 
 
 @API.op(

@@ -212,6 +212,7 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         requested_by=_owner(trigger),
         parameters=push.parameters,
         source_revision=push.revision,
+        revision_time=push.committed_at,
         idempotency_key=f"github:{delivery}",
     )
     return await _start(gateway, command)
@@ -236,6 +237,7 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
         requested_by=_owner(trigger),
         parameters=body.parameters,
         source_revision=body.revision,
+        revision_time=body.revision_time,
         idempotency_key=f"hook:{trigger.id}:{key}",
         pipeline_version=body.pipeline_version,
     )

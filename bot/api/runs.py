@@ -103,6 +103,7 @@ async def trigger_run(call: Call) -> web.Response:
             actor=actor(call),
             parameters=body.parameters,
             source_revision=body.revision,
+            revision_time=body.revision_time,
             idempotency_key=key,
             pipeline_version=body.pipeline_version,
             branch=body.branch,

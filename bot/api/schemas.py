@@ -8,11 +8,12 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from core.analysis import Health
 from core.checks import CheckResult, Measurement
 from core.definition import PipelineDef
+from core.dora import FourKeys
 from core.model import Gate, Job, RunState, Stage
 from core.ports import Deployment, PipelineVersion
 from core.rollout import step_words
@@ -64,6 +65,11 @@ class TriggerIn(Strict):
         min_length=1,
         max_length=255,
         description="the branch the revision is on (environments may allow only some)",
+    )
+    revision_time: AwareDatetime | None = Field(
+        None,
+        strict=False,  # (JSON has no datetime: an ISO 8601 string)
+        description="when the revision's commit was made (ISO 8601 with an offset): DORA's lead time",
     )
     break_glass: str | None = Field(
         None,
@@ -607,3 +613,87 @@ class AuditOut(BaseModel):
 
 class AuditPage(Page):
     items: list[AuditOut]
+
+
+# -- DORA's four keys --------------------------------------------------------------------------
+class DoraQuery(QueryModel):
+    window: str = Field("30d", pattern=r"^[0-9smhd]{1,12}$", description="e.g. 7d, 30d, 90d (at most 365d)")
+    pipeline: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="only this pipeline")
+
+
+class FrequencyOut(BaseModel):
+    deployments: int = Field(description="successful changes in the window")
+    per_day: float
+    per_week: float
+
+
+class LeadTimeOut(BaseModel):
+    median_seconds: float | None = Field(description="null: no commit time was known")
+    deployments: int = Field(description="successful changes whose commit time is known")
+    unknown: int = Field(description="successful changes whose commit time is unknown")
+
+
+class FailureRateOut(BaseModel):
+    rate: float | None = Field(description="failures / deployments; null: nothing deployed")
+    failures: int
+    deployments: int
+    failed: int
+    failed_verification: int
+    rolled_back: int
+    marked_bad: int
+
+
+class RestoreOut(BaseModel):
+    median_seconds: float | None = Field(description="null: nothing was restored")
+    restores: int
+    deployments: int = Field(description="failed deployments those restores ended")
+    unrestored: int = Field(description="failed deployments not followed by a healthy one yet")
+
+
+class DoraOut(BaseModel):
+    environment: str
+    pipeline: str | None
+    window: str
+    since: datetime
+    until: datetime
+    deployment_frequency: FrequencyOut
+    lead_time: LeadTimeOut
+    change_failure_rate: FailureRateOut
+    time_to_restore: RestoreOut
+
+    @classmethod
+    def of(cls, keys: FourKeys, window: str) -> DoraOut:
+        f, lead, cfr, ttr = (
+            keys.deployment_frequency,
+            keys.lead_time,
+            keys.change_failure_rate,
+            keys.time_to_restore,
+        )
+        return cls(
+            environment=keys.environment,
+            pipeline=keys.pipeline,
+            window=window,
+            since=keys.since,
+            until=keys.until,
+            deployment_frequency=FrequencyOut(
+                deployments=f.deployments, per_day=f.per_day, per_week=f.per_week
+            ),
+            lead_time=LeadTimeOut(
+                median_seconds=lead.median_s, deployments=lead.deployments, unknown=lead.unknown
+            ),
+            change_failure_rate=FailureRateOut(
+                rate=cfr.rate,
+                failures=cfr.failures,
+                deployments=cfr.deployments,
+                failed=cfr.failed,
+                failed_verification=cfr.failed_verification,
+                rolled_back=cfr.rolled_back,
+                marked_bad=cfr.marked_bad,
+            ),
+            time_to_restore=RestoreOut(
+                median_seconds=ttr.median_s,
+                restores=ttr.restores,
+                deployments=ttr.deployments,
+                unrestored=ttr.unrestored,
+            ),
+        )

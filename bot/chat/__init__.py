@@ -7,5 +7,6 @@ from __future__ import annotations
 # each family registers its verbs and buttons on import; ``/deploy help`` lists the verbs in the
 # order they were registered (``verbs`` itself first: help, whoami), so keep this order
 # isort: off
-from bot.chat import runs, gates, rollouts, schedules, confirm, artifacts, environments, locks, runners  # noqa: F401
+from bot.chat import runs, gates, rollouts, schedules, confirm, artifacts, environments, locks  # noqa: F401
+from bot.chat import runners, dora  # noqa: F401
 # isort: on

@@ -1,6 +1,7 @@
-"""App Home: what runs where (whether it is locked, how healthy it is), the gates waiting for the viewer, the
-viewer's recent runs. Published when the viewer opens it and again when something it shows
-changes (the notifier: runs, gates, deployments and locks).
+"""App Home: what runs where (whether it is locked, how healthy it is, DORA's four keys over
+30 days), the gates waiting for the viewer, the viewer's recent runs. Published when the
+viewer opens it and again when something it shows changes (the notifier: runs, gates,
+deployments and locks).
 
 "Waiting for you" lists only gates the viewer could clear (``core.access.authorize``: the
 approver role and, when the gate names approvers, one of them by name, group or role, as held
@@ -17,11 +18,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.backend import now
 from bot.chat import block_kit, lock_blocks
 from bot.chat.cards import gate_card, healths, watched
+from bot.chat.dora import home_line, read_keys
 from bot.chat.health import line as health_line
 from bot.chat.runners import runner_line
 from bot.chat.verbs import ChatBackend
 from core.access import Grant, authorize
 from core.commands import ApproveGate
+from core.dora import DEFAULT_WINDOW, parse_window
 from core.errors import Forbidden
 from core.model import Actor, Gate, RunState
 from core.states import GateStatus
@@ -87,6 +90,7 @@ async def _environments(backend: ChatBackend, at: datetime) -> list[block_kit.Bl
         line += f"\n:lock: {lock_blocks.told(lock, at)}" if lock is not None else "\n:unlock: not locked"
         if name in health:
             line += f"\n{health_line(health[name])}"
+        line += "\n" + home_line(await read_keys(backend, name, parse_window(DEFAULT_WINDOW)))
         blocks.append(block_kit.text(line))
     return blocks
 

@@ -13,6 +13,7 @@ import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from core.definition import PipelineDef, parameter_text
 
@@ -31,6 +32,8 @@ class Push:
     branch: str
     revision: str
     parameters: dict[str, str]
+    #: the head commit's timestamp (None when the payload has none that reads as one)
+    committed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,20 @@ def match_push(definition: PipelineDef, payload: object) -> Push | Ignored:
                 parameters[rule.revision_parameter] = after
             if rule.branch_parameter:
                 parameters[rule.branch_parameter] = branch
-            return Push(branch, after, parameters)
+            return Push(branch, after, parameters, commit_time(payload))
     patterns = ", ".join(p for rule in definition.push for p in rule.branches)
     return Ignored(f"branch {branch} matches no push trigger of {definition.name} (branches: {patterns})")
+
+
+def commit_time(payload: Mapping[str, object]) -> datetime | None:
+    """``head_commit.timestamp`` (ISO 8601 with its offset), for DORA's lead time; anything else
+    is unknown, never guessed."""
+    head = payload.get("head_commit")
+    stamp = head.get("timestamp") if isinstance(head, Mapping) else None
+    if not isinstance(stamp, str):
+        return None
+    try:
+        at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None

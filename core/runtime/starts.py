@@ -51,6 +51,7 @@ def trigger(tx: Tx, _: None, command: TriggerRun, now: datetime, environments: E
             version_id=version.id,
             parameters=resolve_parameters(version.definition, command.parameters),
             source_revision=command.source_revision,
+            revision_time=command.revision_time,
             actor=command.actor,
             idempotency_key=command.idempotency_key,
             retry_of=None,

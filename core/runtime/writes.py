@@ -180,6 +180,7 @@ def _deployments(decision: Decision, state: RunState) -> list[Deployment]:
                 stage=stage.name,
                 status=str(stage.status),
                 revision=run.source_revision,
+                revision_time=run.revision_time,
                 parameters=dict(run.parameters),
                 triggered_by=run.triggered_by,
                 started_at=stage.started_at,

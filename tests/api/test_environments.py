@@ -3,6 +3,8 @@ of deployments, newest first."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from tests.api.conftest import Api, assert_problem
 
 
@@ -54,3 +56,43 @@ async def test_a_stage_that_never_started_deployed_nothing(api: Api) -> None:
     assert (await api.wait(run["id"]))["status"] == "failed"
     assert (await api.get("/environments/production/deployments")).json["items"] == []
     assert (await api.get("/environments/production")).json["current"] is None
+
+
+async def test_dora_keys_of_an_environment_and_bad_requests(api: Api) -> None:
+    first = await api.trigger("web", parameters={"ref": "aaaaaaa"}, revision="rev-1")
+    assert (await api.wait(first["id"]))["status"] == "succeeded"
+    second = await api.trigger("web", parameters={"ref": "bbbbbbb"}, revision="rev-2")
+    assert (await api.wait(second["id"]))["status"] == "succeeded"
+
+    got = await api.get("/environments/staging/dora?window=30d")
+    assert got.status == 200, got.text
+    keys = got.json
+    assert keys["environment"] == "staging" and keys["window"] == "30d"
+    assert keys["deployment_frequency"]["deployments"] == 2
+    assert keys["deployment_frequency"]["per_week"] == 2 * 7 / 30
+    # no commit time was sent: unknown, not guessed
+    assert keys["lead_time"] == {"median_seconds": None, "deployments": 0, "unknown": 2}
+    assert keys["change_failure_rate"]["rate"] == 0 and keys["change_failure_rate"]["deployments"] == 2
+    assert keys["time_to_restore"]["median_seconds"] is None
+    other = (await api.get("/environments/staging/dora?pipeline=other")).json
+    assert other["deployment_frequency"]["deployments"] == 0 and other["window"] == "30d"
+
+    assert_problem(await api.get("/environments/staging/dora?window=month"), 400, "window")
+    assert_problem(await api.get("/environments/staging/dora?window=400d"), 400, "365d")
+    assert_problem(await api.get("/environments/moon/dora"), 404, "moon", "staging")
+
+
+async def test_dora_lead_time_from_the_revision_time_a_trigger_sends(api: Api) -> None:
+    committed = datetime.now(UTC) - timedelta(hours=2)
+    run = await api.trigger(
+        "web", parameters={"ref": "aaaaaaa"}, revision="rev-1", revision_time=committed.isoformat()
+    )
+    assert (await api.wait(run["id"]))["status"] == "succeeded"
+    unknown = await api.trigger("web", parameters={"ref": "bbbbbbb"}, revision="rev-2")
+    assert (await api.wait(unknown["id"]))["status"] == "succeeded"
+
+    lead = (await api.get("/environments/staging/dora")).json["lead_time"]
+    assert (lead["deployments"], lead["unknown"]) == (1, 1)
+    assert 2 * 3600 <= lead["median_seconds"] < 2 * 3600 + 60
+    naive = await api.post("/pipelines/web/runs", "deployer", json={"revision_time": "2026-12-01T10:00:00"})
+    assert_problem(naive, 422, "revision_time")

@@ -183,6 +183,9 @@ async def test_app_home_shows_deployments_locks_gates_for_their_approvers_and_ow
     assert f"*staging*: `ship@1.0.0` (revision `{OLD}`) · {first} since " in bob
     assert f"by <@{ALICE}>" in bob and ":unlock: not locked" in bob
     assert "*production*: nothing deployed yet" in bob
+    # DORA's four keys over 30 days under each environment, each with what it rests on
+    assert ":bar_chart: 30d: 0.2/week (1) · lead n/a (0 of 1) · failure rate 0% (1) · restore n/a (0)" in bob
+    assert ":bar_chart: 30d: 0.0/week (0) · lead n/a (0 of 0) · failure rate n/a (0) · restore n/a (0)" in bob
     assert f"*{first}* waits for approval before *production*" in bob and "gate_approve" in bob
     assert f"approvers: release-managers, {MAPPED}" in bob
     assert "You have not started a run yet" in bob

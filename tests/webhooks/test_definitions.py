@@ -92,6 +92,24 @@ def test_a_push_matches_the_first_rule_naming_its_branch() -> None:
         match_push(web, ["not", "an", "object"])
 
 
+@pytest.mark.parametrize(
+    ("head_commit", "committed_at"),
+    [
+        ({"timestamp": "2026-11-26T12:00:00-08:00"}, datetime(2026, 11, 26, 20, 0, tzinfo=UTC)),
+        ({"timestamp": "2026-11-26T20:00:00Z"}, datetime(2026, 11, 26, 20, 0, tzinfo=UTC)),
+        ({"timestamp": "2026-11-26T20:00:00"}, None),  # no offset: unknown, not guessed
+        ({"timestamp": "yesterday"}, None),
+        (None, None),
+    ],
+)
+def test_a_push_carries_its_head_commits_time_when_it_reads_as_one(
+    head_commit: dict[str, str] | None, committed_at: datetime | None
+) -> None:
+    sha = "f" * 40
+    push = match_push(parse(PUSHED), {"ref": "refs/heads/main", "after": sha, "head_commit": head_commit})
+    assert isinstance(push, Push) and push.committed_at == committed_at
+
+
 def _event(subject: str, before: str | None, to: str | None, name: str = "") -> Event:
     return Event(
         name=name or f"{subject}.{to}",
