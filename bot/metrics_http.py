@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from bot import metrics
 from bot.api.problems import Problem, unauthorized
+from bot.dora_metrics import DoraCollector
 from core.errors import DatabaseUnreachable
 from storage.gauges import Live, live
 from storage.reads import Reads
@@ -82,6 +83,8 @@ class Exporter:
         self.reads = Reads(shipyard.store)
         self.registry.register(self.live)
         self._refreshes: list[Refresh] = [self._read_live]
+        self.dora = DoraCollector(self.reads)
+        self.add(self.dora, self._read_dora)
 
     def add(self, collector: Collector, refresh: Refresh | None = None) -> None:
         """Export ``collector`` too; ``refresh``, if given, runs before each scrape (reads what
@@ -99,6 +102,9 @@ class Exporter:
             self.live.now = await self.shipyard.orchestrator.db(self._live)
         except DatabaseUnreachable:  # (said once by the engine's health): counters still go out
             self.live.now = None
+
+    async def _read_dora(self) -> None:
+        await self.shipyard.orchestrator.db(self.dora.read)
 
     async def render(self) -> bytes:
         for refresh in self._refreshes:

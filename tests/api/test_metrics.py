@@ -213,3 +213,20 @@ async def test_every_metric_the_dashboard_queries_is_exported(sqlite_url: str, s
     assert {f for f in ours if not any(u.startswith(f) for u in used)} == set()
     (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "job"]
     assert "shipyard_build_info" in variable["query"]
+
+
+async def test_doras_four_keys_are_gauges_per_environment(db_url: str, start_api: StartApi) -> None:
+    """A good and a failed deployment to production: two changes, half of them failed, one
+    success in 30 days; no commit time was sent, so no lead time is claimed."""
+    pipelines = {"ship": one_deploy("ship"), "broken": one_deploy("broken", '["sh", "-c", "exit 1"]')}
+    api = await start_api(db_url, pipelines, metrics_token=TOKEN)
+    assert (await api.wait((await api.trigger("ship"))["id"]))["status"] == "succeeded"
+    assert (await api.wait((await api.trigger("broken"))["id"]))["status"] == "failed"
+
+    seen = await scrape(api)
+    at = {"environment": "production", "window": "30d"}
+    assert seen.value("shipyard_dora_changes", **at) == 2
+    assert seen.value("shipyard_dora_change_failure_ratio", **at) == 0.5
+    assert abs(seen.value("shipyard_dora_deployments_per_day", **at) - 1 / 30) < 1e-9
+    assert seen.labelled("shipyard_dora_lead_time_seconds") == {}  # never guessed
+    assert seen.labelled("shipyard_dora_time_to_restore_seconds") == {}  # not restored yet
