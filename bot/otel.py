@@ -35,6 +35,8 @@ from core.states import GATE_DONE, JOB_DONE, RUN_TERMINAL, STAGE_DONE
 log = logging.getLogger(__name__)
 SCOPE = InstrumentationScope("shipyard")
 FAILED = {"failed", "timed_out", "lost", "canceled", "rejected", "expired"}
+#: health probes arrive every few seconds and say nothing about runs
+UNTRACED = frozenset({"/healthz", "/readyz"})
 Timed = tuple[datetime | None, datetime | None]
 
 
@@ -175,6 +177,8 @@ def http_middleware(tracer: trace.Tracer) -> Middleware:
 
     @web.middleware
     async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in UNTRACED:
+            return await handler(request)
         parent = propagator.extract(dict(request.headers))
         route = request.match_info.route.resource
         name = f"{request.method} {route.canonical if route is not None else request.path}"
