@@ -93,7 +93,13 @@ def _traces(app: web.Application) -> Callable[[Backend], tracing.Follower]:
     span_processor = otel.processor()
     tracer = otel.provider(span_processor).get_tracer("shipyard")
     app.middlewares.append(otel.http_middleware(tracer))
-    return lambda backend: otel.RunTraces(backend, span_processor)
+    commands = otel.command_span(tracer)
+
+    def follower(backend: Backend) -> tracing.Follower:
+        backend.traced = commands
+        return otel.RunTraces(backend, span_processor)
+
+    return follower
 
 
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from bot.backend import Backend
 from core import tracing
+from core.commands import Command
 from core.events import Event
 from core.model import Gate, Job, RunState, Stage
 from core.states import GATE_DONE, JOB_DONE, RUN_TERMINAL, STAGE_DONE
@@ -192,6 +194,24 @@ def http_middleware(tracer: trace.Tracer) -> Middleware:
     return traced
 
 
+def command_span(tracer: trace.Tracer) -> Callable[[Command], AbstractContextManager[object]]:
+    """A span per command handled, a child of its run's root span (a new run's own command,
+    which names no run yet, starts a trace of its own)."""
+
+    def span(command: Command) -> AbstractContextManager[object]:
+        run_id = getattr(command, "run_id", "")
+        parent = None
+        if run_id:
+            root = _context(tracing.trace_id(run_id), tracing.run_span_id(run_id))
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(root))
+        attrs = {"shipyard.run.id": run_id} if run_id else {}
+        return tracer.start_as_current_span(
+            f"command {type(command).__name__}", context=parent, attributes=attrs
+        )
+
+    return span
+
+
 def processor() -> SpanProcessor:
     """Batches spans to the OTLP/HTTP endpoint the standard ``OTEL_EXPORTER_OTLP_*`` variables name."""
     return BatchSpanProcessor(OTLPSpanExporter())
@@ -203,4 +223,11 @@ def provider(span_processor: SpanProcessor) -> TracerProvider:
     return made
 
 
-__all__: Sequence[str] = ("RunTraces", "http_middleware", "processor", "provider", "spans_for")
+__all__: Sequence[str] = (
+    "RunTraces",
+    "command_span",
+    "http_middleware",
+    "processor",
+    "provider",
+    "spans_for",
+)

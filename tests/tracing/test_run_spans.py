@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bot.otel import RunTraces
+from bot.otel import RunTraces, command_span, provider
 
 
 def _ns(at: str) -> int:
@@ -29,7 +29,10 @@ def _ns(at: str) -> int:
 async def test_a_gated_run_is_one_trace_of_stages_jobs_and_its_gate(db_url: str, start_api: StartApi) -> None:
     api = await start_api(db_url, API_PIPELINES)
     exporter = InMemorySpanExporter()
-    traces = RunTraces(api.client.app[GATEWAY], SimpleSpanProcessor(exporter))
+    gateway = api.client.app[GATEWAY]
+    span_processor = SimpleSpanProcessor(exporter)
+    traces = RunTraces(gateway, span_processor)
+    gateway.traced = command_span(provider(span_processor).get_tracer("test"))
     run = await api.trigger("gated")
     await api.wait_status(run["id"], "waiting")
     assert (await api.post(f"/runs/{run['id']}/gates/production/approve", "approver")).status == 200
@@ -37,7 +40,14 @@ async def test_a_gated_run_is_one_trace_of_stages_jobs_and_its_gate(db_url: str,
     assert done["status"] == "succeeded"
     await traces.step()
 
-    spans = exporter.get_finished_spans()
+    everything = exporter.get_finished_spans()
+    commands = [s for s in everything if s.name.startswith("command ")]
+    spans = [s for s in everything if s not in commands]
+    approve = [s for s in commands if s.name == "command ApproveGate"]
+    assert len(approve) == 1 and approve[0].parent is not None
+    assert approve[0].context is not None
+    assert approve[0].context.trace_id == int(tracing.trace_id(run["id"]), 16)
+    assert approve[0].parent.span_id == int(tracing.run_span_id(run["id"]), 16)
     trace_id = int(tracing.trace_id(run["id"]), 16)
     assert {s.context.trace_id for s in spans if s.context} == {trace_id}
     by_id: dict[int, ReadableSpan] = {s.context.span_id: s for s in spans if s.context}
