@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime
 
 from aiohttp import web
@@ -32,7 +33,7 @@ from core import tracing
 from core.commands import Command
 from core.events import Event
 from core.model import Gate, Job, RunState, Stage
-from core.states import GATE_DONE, JOB_DONE, RUN_TERMINAL, STAGE_DONE
+from core.states import GATE_DONE, JOB_DONE, RUN_TERMINAL, STAGE_DONE, JobStatus
 
 log = logging.getLogger(__name__)
 SCOPE = InstrumentationScope("shipyard")
@@ -70,8 +71,11 @@ def _span(
     )
 
 
-def spans_for(state: RunState, event: Event) -> list[ReadableSpan]:
-    """The span ``event`` finished, if it finished one (else none)."""
+def spans_for(
+    state: RunState, event: Event, started_at: dict[tuple[str, int], datetime] | None = None
+) -> list[ReadableSpan]:
+    """The span ``event`` finished, if it finished one (else none). ``started_at``: when job
+    attempts started, for an attempt the run's state has moved past."""
     if event.to_status is None:
         return []
     run, at, root = state.run, event.at, tracing.run_span_id(state.run.id)
@@ -83,7 +87,15 @@ def spans_for(state: RunState, event: Event) -> list[ReadableSpan]:
         return [] if stage is None else [_stage_span(state, stage, at)]
     if event.subject == "job" and event.to_status in JOB_DONE:
         job = state.job(event.subject_id)
-        return [] if job is None or job.started_at is None else [_job_span(state, job, at)]
+        if job is None:
+            return []
+        attempt = int(str(event.data.get("attempt", job.attempt)))
+        if attempt != job.attempt:  # retried since: this attempt's times are the events'
+            started = (started_at or {}).get((job.id, attempt), at)
+            job = replace(
+                job, attempt=attempt, status=JobStatus(event.to_status), started_at=started, finished_at=at
+            )
+        return [] if job.started_at is None else [_job_span(state, job, at)]
     if event.subject == "gate" and event.to_status in GATE_DONE:
         gate = next((g for g in state.gates if g.id == event.subject_id), None)
         return [] if gate is None else [_gate_span(state, gate, at)]
@@ -130,6 +142,8 @@ class RunTraces:
         self.processor = processor
         self.interval_s = interval_s
         self.cursor = 0
+        #: when job attempts started, as their events said (for attempts retried since)
+        self.started_at: dict[tuple[str, int], datetime] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -150,13 +164,18 @@ class RunTraces:
         exported = 0
         states: dict[str, RunState | None] = {}
         for event in events:
+            if event.subject == "job" and event.to_status == "running":
+                key = (event.subject_id, int(str(event.data.get("attempt", 0))))
+                self.started_at[key] = event.at
             if event.run_id and event.subject in ("run", "stage", "job", "gate") and event.to_status:
                 if event.run_id not in states:
                     states[event.run_id] = await self.backend.read(self.backend.reads.run, event.run_id)
                 state = states[event.run_id]
-                for span in spans_for(state, event) if state is not None else []:
+                for span in spans_for(state, event, self.started_at) if state is not None else []:
                     self.processor.on_end(span)
                     exported += 1
+                if event.subject == "job" and event.to_status in JOB_DONE:
+                    self.started_at.pop((event.subject_id, int(str(event.data.get("attempt", 0)))), None)
         if events:
             self.cursor = events[-1].seq
         return exported

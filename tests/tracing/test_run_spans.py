@@ -11,7 +11,7 @@ import pytest
 from bot.api import GATEWAY
 from core import tracing
 from tests.api.conftest import StartApi
-from tests.pipelines import API_PIPELINES
+from tests.pipelines import API_PIPELINES, one_job
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -75,3 +75,23 @@ async def test_a_gated_run_is_one_trace_of_stages_jobs_and_its_gate(db_url: str,
     assert root.start_time is not None and root.end_time is not None
     assert all(root.start_time <= (s.start_time or 0) and (s.end_time or 0) <= root.end_time for s in spans)
     assert len(spans) == 1 + len(done["stages"]) + sum(len(s["jobs"]) for s in done["stages"]) + 1
+
+
+async def test_a_retried_job_is_a_span_per_attempt(db_url: str, start_api: StartApi) -> None:
+    flaky = one_job("flaky", """'test "$SHIPYARD_ATTEMPT" != 1'""", retries=1)
+    api = await start_api(db_url, {**API_PIPELINES, "flaky": flaky})
+    exporter = InMemorySpanExporter()
+    traces = RunTraces(api.client.app[GATEWAY], SimpleSpanProcessor(exporter))
+    run = await api.trigger("flaky")
+    done = await api.wait(run["id"])
+    assert done["status"] == "succeeded"
+    await traces.step()
+
+    job_id = done["stages"][0]["jobs"][0]["id"]
+    jobs = {s.context.span_id: s for s in exporter.get_finished_spans() if s.name == "job s/j" and s.context}
+    first, second = (jobs[int(tracing.job_span_id(job_id, attempt), 16)] for attempt in (1, 2))
+    assert first.attributes is not None and first.attributes["shipyard.status"] == "failed"
+    assert second.attributes is not None and second.attributes["shipyard.status"] == "succeeded"
+    assert first.parent == second.parent  # siblings under the stage
+    assert (first.end_time or 0) <= (second.start_time or 0) and len(jobs) == 2
+    assert traces.started_at == {}  # forgotten once their attempts ended
