@@ -91,7 +91,9 @@ def _traces(app: web.Application) -> Callable[[Backend], tracing.Follower]:
     from bot import otel  # only here: without the extra nothing of OpenTelemetry is imported
 
     span_processor = otel.processor()
-    tracer = otel.provider(span_processor).get_tracer("shipyard")
+    made = otel.provider(span_processor)
+    otel.install(made)  # (the Slack client's spans find it through the global)
+    tracer = made.get_tracer("shipyard")
     app.middlewares.append(otel.http_middleware(tracer))
     commands = otel.command_span(tracer)
 

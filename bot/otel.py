@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -27,6 +28,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.backend import Backend
 from core import tracing
@@ -231,6 +234,27 @@ def command_span(tracer: trace.Tracer) -> Callable[[Command], AbstractContextMan
     return span
 
 
+def trace_slack(client: AsyncWebClient, tracer: trace.Tracer) -> None:
+    """Each Web API call of ``client`` a client span, a child of the span current when it is made
+    (the command or request that caused it)."""
+    call = client.api_call
+
+    async def traced(api_method: str, **kwargs: Any) -> AsyncSlackResponse:
+        with tracer.start_as_current_span(f"slack {api_method}", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("slack.method", api_method)
+            reply = await call(api_method, **kwargs)
+            span.set_attribute("http.response.status_code", reply.status_code)
+            return reply
+
+    client.api_call = traced  # type: ignore[method-assign]
+
+
+def trace_slack_globally(client: AsyncWebClient) -> None:
+    """``trace_slack`` with the process's tracer provider (``provider`` installs it), for the
+    Slack client, which is built before the application knows its provider."""
+    trace_slack(client, trace.get_tracer("shipyard"))
+
+
 def processor() -> SpanProcessor:
     """Batches spans to the OTLP/HTTP endpoint the standard ``OTEL_EXPORTER_OTLP_*`` variables name."""
     return BatchSpanProcessor(OTLPSpanExporter())
@@ -242,11 +266,19 @@ def provider(span_processor: SpanProcessor) -> TracerProvider:
     return made
 
 
+def install(made: TracerProvider) -> None:
+    """The process's provider: what ``trace_slack_globally`` finds."""
+    trace.set_tracer_provider(made)
+
+
 __all__: Sequence[str] = (
     "RunTraces",
     "command_span",
     "http_middleware",
+    "install",
     "processor",
     "provider",
     "spans_for",
+    "trace_slack",
+    "trace_slack_globally",
 )

@@ -7,6 +7,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.api import GATEWAY
 from core import tracing
@@ -19,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bot.otel import RunTraces, command_span, provider
+from bot.otel import RunTraces, command_span, provider, trace_slack
 
 
 def _ns(at: str) -> int:
@@ -95,3 +98,27 @@ async def test_a_retried_job_is_a_span_per_attempt(db_url: str, start_api: Start
     assert first.parent == second.parent  # siblings under the stage
     assert (first.end_time or 0) <= (second.start_time or 0) and len(jobs) == 2
     assert traces.started_at == {}  # forgotten once their attempts ended
+
+
+async def test_a_slack_call_is_a_child_span_of_what_made_it() -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "channel": "C1", "ts": "1.1"})
+
+    app = web.Application()
+    app.router.add_post("/api/chat.postMessage", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        exporter = InMemorySpanExporter()
+        tracer = provider(SimpleSpanProcessor(exporter)).get_tracer("test")
+        client = AsyncWebClient(token="xoxb-test", base_url=f"http://127.0.0.1:{server.port}/api/")
+        trace_slack(client, tracer)
+        with tracer.start_as_current_span("command ApproveGate") as parent:
+            reply = await client.chat_postMessage(channel="C1", text="hello")
+        assert reply["ok"]
+    finally:
+        await server.close()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    call = spans["slack chat.postMessage"]
+    assert call.parent is not None and call.parent.span_id == parent.get_span_context().span_id
+    assert call.attributes is not None and call.attributes["http.response.status_code"] == 200
