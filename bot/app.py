@@ -5,13 +5,14 @@ app under a typed key and is started and stopped by ``cleanup_ctx`` (no globals)
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from bot import api, slack
+from bot import api, slack, tracing
 from bot.api import hooks
 from bot.api.problems import RETRY_AFTER_S
+from bot.backend import Backend
 from bot.bootstrap import Shipyard, build
 from bot.config import Settings
 from bot.housekeeping import HOUSEKEEPING, Housekeeping
@@ -86,11 +87,30 @@ def analysis_loop(running: Shipyard) -> AnalysisLoop | None:
     )
 
 
+def _traces(app: web.Application) -> Callable[[Backend], tracing.Follower]:
+    """Span every HTTP request; the returned factory builds the run-span follower."""
+    from bot import otel  # only here: without the extra nothing of OpenTelemetry is imported
+
+    span_processor = otel.processor()
+    made = otel.provider(span_processor)
+    otel.install(made)  # (the Slack client's spans find it through the global)
+    tracer = made.get_tracer("shipyard")
+    app.middlewares.append(otel.http_middleware(tracer))
+    commands = otel.command_span(tracer)
+
+    def follower(backend: Backend) -> tracing.Follower:
+        backend.traced = commands
+        return otel.RunTraces(backend, span_processor)
+
+    return follower
+
+
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     gateway = api.setup(app)
     hooks.setup(app, gateway)
     slack_lifecycle = slack.setup(app, settings)
+    traces = _traces(app) if tracing.wanted() else None
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         running = shipyard or build(settings)
@@ -123,6 +143,9 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         if rollouts is not None:
             app[ROLLOUTS] = rollouts
             await rollouts.start()
+        run_traces = traces(gateway) if traces is not None else None
+        if run_traces is not None:
+            await run_traces.start()
         chat = slack_lifecycle(running) if slack_lifecycle is not None else None
         if chat is not None:
             await anext(chat)
@@ -133,6 +156,8 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         yield
         if chat is not None:
             await anext(chat, None)
+        if run_traces is not None:
+            await run_traces.stop()
         if rollouts is not None:
             await rollouts.stop()
         if analyses is not None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.bootstrap import Shipyard
 from core.commands import Command
 from core.engine import Decision
+from core.runtime.service import Then
 from core.zombies import Stuck, diagnose
 from storage.analyses import AnalysisStore
 from storage.directory import Directory
@@ -29,6 +31,9 @@ class Backend:
     directory: Directory
     analyses: AnalysisStore
     pool: ThreadPoolExecutor
+    #: wraps each command a person gave in a span of its run's trace (``bot.otel``), when
+    #: traces are exported
+    traced: Callable[[Command], AbstractContextManager[object]] | None = None
 
     def bind(self, shipyard: Shipyard) -> None:
         self.shipyard = shipyard
@@ -61,7 +66,14 @@ class Backend:
         return await self.shipyard.orchestrator.db(fn, *args)
 
     async def decide(self, command: Command) -> Decision:
-        return await self.shipyard.orchestrator.handle(command)
+        return await self.handle(command)
+
+    async def handle(self, command: Command, then: Then | None = None) -> Decision:
+        """Hand ``command`` to the engine (in a span when traces are exported)."""
+        if self.traced is None:
+            return await self.shipyard.orchestrator.handle(command, then)
+        with self.traced(command):
+            return await self.shipyard.orchestrator.handle(command, then)
 
     async def stuck(self, limit: int = 50) -> list[Stuck]:
         """Zombie runs, oldest change first (``core.zombies``)."""

@@ -13,6 +13,7 @@ from core.definition import env_key
 from core.errors import CommandRefused
 from core.model import Gate, Job, RunState
 from core.states import JobStatus
+from core.tracing import gate_traceparent, job_traceparent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +95,7 @@ def for_job(state: RunState, job: Job, artifact: ArtifactSpec | None = None) -> 
     env["SHIPYARD_JOB"] = job.name
     env["SHIPYARD_JOB_ID"] = job.id
     env["SHIPYARD_ATTEMPT"] = str(job.attempt)
+    env["TRACEPARENT"] = job_traceparent(job.run_id, job.id, job.attempt)
     command = jdef.run if isinstance(jdef.run, str) else tuple(jdef.run)
     return Assignment(
         run_id=job.run_id,
@@ -113,6 +115,7 @@ def for_gate_check(state: RunState, gate: Gate) -> Assignment:
     assert gdef is not None and gdef.run is not None
     env = base_env(state, gate.stage_index)
     env["SHIPYARD_GATE"] = gate.stage_name
+    env["TRACEPARENT"] = gate_traceparent(gate.run_id, gate.id)
     command = gdef.run if isinstance(gdef.run, str) else tuple(gdef.run)
     return Assignment(
         run_id=gate.run_id,

@@ -60,7 +60,7 @@ class ApiGateway(Backend, Gateway):
         if call.key_holder is not None and (hold := os.environ.get(HOLD_KEYED_COMMAND)):
             await asyncio.sleep(float(hold))
         try:
-            decision = await self.shipyard.orchestrator.handle(command, then)
+            decision = await self.handle(command, then)
         except BaseException as exc:
             call.settled = False  # what an attempt that rolled back stored is gone with it
             if isinstance(exc, ClaimLost):  # another request took the key over and does the work

@@ -106,7 +106,7 @@ class ChatBackend(Backend):
         actor = command.actor
         if actor.principal is None and actor.channel in ("slack", "console"):
             command = replace(command, actor=replace(actor, principal=await self.principal(actor.name)))
-        return await self.shipyard.orchestrator.handle(command)
+        return await self.handle(command)
 
     async def start(self, command: TriggerRun) -> RunState:
         """Start a run from chat: refused ones raise ``Refusal`` with the engine's reason."""

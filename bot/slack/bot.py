@@ -23,6 +23,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import tracing
 from bot.chat import block_kit
 from bot.chat.locks import tell_with
 from bot.chat.trigger_form import TRIGGER_FORM, TRIGGER_PICK, submit_trigger_view, trigger_form_picked
@@ -107,6 +108,10 @@ def configure(client: AsyncWebClient, settings: Settings) -> AsyncWebClient:
         AsyncRateLimitErrorRetryHandler(max_retry_count=5),
         AsyncConnectionErrorRetryHandler(max_retry_count=3),
     ]
+    if tracing.wanted():
+        from bot import otel  # only here: without the extra nothing of OpenTelemetry is imported
+
+        otel.trace_slack_globally(client)
     return client
 
 

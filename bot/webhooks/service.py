@@ -37,6 +37,7 @@ from core.commands import TimeoutGate
 from core.errors import DatabaseUnreachable
 from core.events import Event
 from core.model import RunState
+from core.tracing import run_traceparent
 from storage.webhooks import Claimed, Disabled, NewDelivery, Outcome, Webhook, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ class Webhooks:
             "user-agent": USER_AGENT,
             **signing.headers(claimed.secret, claimed.msg_id, int(self.wall()), body),
         }
+        if claimed.run_id:  # the receiver's own spans join the run's trace
+            headers["traceparent"] = run_traceparent(claimed.run_id)
         status: int | None = None
         error = response = ""
         started = time.monotonic()
