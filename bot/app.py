@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot import api, slack
+from bot import api, logs, slack
 from bot.api import hooks
 from bot.api.problems import RETRY_AFTER_S
 from bot.bootstrap import Shipyard, build
@@ -87,6 +87,7 @@ def analysis_loop(running: Shipyard) -> AnalysisLoop | None:
 
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(logs.request_id)
     gateway = api.setup(app)
     hooks.setup(app, gateway)
     slack_lifecycle = slack.setup(app, settings)

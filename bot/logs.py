@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
@@ -50,7 +52,7 @@ class AccessLog(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         if request.path in PROBES and response.status < 400:
             return
-        request_id = request.headers.get("X-Request-Id")
+        request_id = response.headers.get("X-Request-Id") or request.headers.get("X-Request-Id")
         self.logger.info(
             "%s %s %s %d %.1f ms",
             request.remote,
@@ -60,6 +62,15 @@ class AccessLog(AbstractAccessLogger):
             time * 1000,
             extra={"request_id": request_id[:200]} if request_id else {},
         )
+
+
+async def request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names its request: the client's ``X-Request-Id`` (printable, at most 200
+    characters) or, without one, a new id, returned in ``X-Request-Id`` (which ``AccessLog``
+    puts on the request's line); an ``on_response_prepare`` signal, so refusals carry it too."""
+    given = request.headers.get("X-Request-Id", "")
+    usable = 0 < len(given) <= 200 and given.isprintable()
+    response.headers["X-Request-Id"] = given if usable else uuid.uuid4().hex
 
 
 def setup(level: str, fmt: str = "text") -> None:

@@ -1,7 +1,8 @@
 """A real ``shipyard serve`` left idle writes nothing at the default level (health probes and
-the scheduler's ticks included), and ``SHIPYARD_LOG_FORMAT=json`` writes JSON lines whose
-access lines carry the request's ``X-Request-Id``. The idle window is
-``SHIPYARD_TEST_IDLE_SECONDS`` (3 s by default; the issue's check is 60)."""
+the scheduler's ticks included), and ``SHIPYARD_LOG_FORMAT=json`` writes JSON lines: a run's
+carry its run, stage and job, and an access line its request's ``X-Request-Id`` (returned on
+the answer, made up if none came). The idle window is ``SHIPYARD_TEST_IDLE_SECONDS`` (3 s by
+default; the issue's check is 60)."""
 
 from __future__ import annotations
 
@@ -69,12 +70,17 @@ def _serving(tmp_path: Path, **settings: str) -> Iterator[tuple[str, Path]]:
 
 
 def _get(url: str, request_id: str | None = None) -> int:
+    return _answer(url, request_id)[0]
+
+
+def _answer(url: str, request_id: str | None = None) -> tuple[int, str | None]:
+    """The status and the ``X-Request-Id`` of the answer to a GET."""
     headers = {"X-Request-Id": request_id} if request_id else {}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
-            return int(r.status)
+            return int(r.status), r.headers.get("X-Request-Id")
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return int(exc.code), exc.headers.get("X-Request-Id")
 
 
 def _call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -104,12 +110,15 @@ def test_an_idle_server_probed_for_health_writes_nothing(tmp_path: Path) -> None
 
 def test_json_lines_carry_the_request_id_of_their_request(tmp_path: Path) -> None:
     with _serving(tmp_path, log_format="json") as (base, log):
-        assert _get(f"{base}/api/v1/runs", "req-4711") == 401  # (no token: refused, and logged)
+        assert _answer(f"{base}/api/v1/runs", "req-4711") == (401, "req-4711")  # refused, and logged
+        status, made = _answer(f"{base}/api/v1/pipelines")  # without one, the server names it
+        assert status == 401 and made and len(made) == 32
         time.sleep(0.3)
         lines = _json_lines(log)
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     access = [line for line in lines if line.get("request_id") == "req-4711"]
     assert len(access) == 1 and "/api/v1/runs" in access[0]["message"] and " 401 " in access[0]["message"]
+    assert next(line["message"] for line in lines if line.get("request_id") == made).endswith(" ms")
 
 
 def test_json_lines_of_a_run_carry_its_run_stage_and_job(tmp_path: Path) -> None:
