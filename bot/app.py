@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from bot import api, slack, tracing
+from bot import api, logs, slack, tracing
 from bot.api import hooks
 from bot.api.problems import RETRY_AFTER_S
 from bot.backend import Backend
@@ -107,6 +107,7 @@ def _traces(app: web.Application) -> Callable[[Backend], tracing.Follower]:
 
 def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(logs.request_id)
     gateway = api.setup(app)
     hooks.setup(app, gateway)
     slack_lifecycle = slack.setup(app, settings)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from bot import cli_access, cli_runner, cli_secrets, cli_slack
+from bot import cli_access, cli_runner, cli_secrets, cli_slack, logs
 from bot.bootstrap import Shipyard, build
 from bot.config import ConfigError, Settings, load_settings
 from bot.progress import describe_event, render_state
@@ -162,9 +162,7 @@ def _me() -> Actor:
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # APScheduler logs every run of every job at INFO: two lines a second from an idle server
-    logging.getLogger("apscheduler.executors.default").setLevel(max(logging.WARNING, logging.root.level))
+    logs.setup(settings.log_level, settings.log_format)
 
 
 # -- serve / validate / migrate ------------------------------------------------------------
@@ -183,6 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.kill_grace_seconds + 5,
+        access_log_class=logs.AccessLog,
         print=lambda _m: print(f"shipyard serving on http://{settings.host}:{settings.port}", flush=True),
     )
     return EXIT_OK

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_log_bytes: int = Field(1 << 20, ge=1024)
     kill_grace_seconds: float = Field(5.0, ge=0.0, le=300.0)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: a line for a person; json: a JSON object a line (bot/logs.py)"
+    )
     admin_token: SecretStr | None = Field(
         None, description="bootstraps an admin API token (the principal `admin`) at start-up"
     )

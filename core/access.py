@@ -108,11 +108,16 @@ class Principal:
 
     @classmethod
     def from_grants(cls, name: str, grants: Iterable[Grant], at: datetime) -> Principal:
-        """What ``name`` held at ``at``: its own roles, its groups, and the roles its groups
-        held then (a Slack user group mapped to a role gives that role to its members)."""
+        """What ``name`` held at ``at``: its own roles, its groups, and the roles and groups
+        its groups held then (a Slack user group mapped to a role gives that role to its
+        members; one put in an access group such as ``release-managers`` puts them in it too)."""
         grants = list(grants)
         own = [g for g in grants if g.principal == name and g.held_at(at)]
-        groups = frozenset(g.value for g in own if g.kind == "group")
+        direct = {g.value for g in own if g.kind == "group"}
+        groups = frozenset(
+            direct
+            | {g.value for g in grants if g.principal in direct and g.kind == "group" and g.held_at(at)}
+        )
         roles = {Role(g.value) for g in own if g.kind == "role"}
         roles.update(
             Role(g.value) for g in grants if g.principal in groups and g.kind == "role" and g.held_at(at)

@@ -162,12 +162,34 @@ class Directory:
                 return None
             return Principal.from_grants(name, self._grants(conn, name), now)
 
+    def members(self, group: str, at: datetime) -> list[Principal]:
+        """Who was in ``group`` at ``at`` by their own membership (a Slack user group put in
+        it, not its members), each with what they held then: to mention who may clear a gate."""
+        with self.store.engine.connect() as conn:
+            names = conn.execute(
+                sa.select(GRANT.c.principal)
+                .where(
+                    GRANT.c.kind == "group",
+                    GRANT.c.value == group,
+                    GRANT.c.granted_at <= at,
+                    sa.or_(GRANT.c.revoked_at.is_(None), GRANT.c.revoked_at > at),
+                )
+                .distinct()
+                .order_by(GRANT.c.principal)
+            ).scalars()
+            return [Principal.from_grants(n, self._grants(conn, n), at) for n in list(names)]
+
     def _grants(self, conn: sa.Connection, principal: str) -> list[Grant]:
-        """The principal's grants and its groups' (whose roles it holds while a member)."""
-        rows = conn.execute(sa.select(GRANT).where(GRANT.c.principal == principal)).mappings().all()
-        groups = sorted({r["value"] for r in rows if r["kind"] == "group"})
-        if groups:
-            rows = [*rows, *conn.execute(sa.select(GRANT).where(GRANT.c.principal.in_(groups))).mappings()]
+        """The principal's grants, its groups' (whose roles it holds while a member) and those
+        of the groups its groups are in (``Principal.from_grants``)."""
+        rows = list(conn.execute(sa.select(GRANT).where(GRANT.c.principal == principal)).mappings())
+        seen = {principal}
+        for _ in range(2):
+            groups = sorted({r["value"] for r in rows if r["kind"] == "group"} - seen)
+            if not groups:
+                break
+            seen.update(groups)
+            rows += conn.execute(sa.select(GRANT).where(GRANT.c.principal.in_(groups))).mappings()
         return [Grant(r["principal"], r["kind"], r["value"], r["granted_at"], r["revoked_at"]) for r in rows]
 
     def sync_members(self, group: str, members: set[str], now: datetime) -> tuple[int, int]:

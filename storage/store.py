@@ -886,11 +886,16 @@ class SqlTx:
 
     # -- access and deployments -------------------------------------------------------------
     def grants_of(self, principal: str) -> list[Grant]:
-        """The principal's grants and those of every group it was ever in."""
-        rows = self.conn.execute(Q.grants_of, {"p": principal}).mappings().all()
-        groups = sorted({r["value"] for r in rows if r["kind"] == "group"})
-        if groups:
-            rows = [*rows, *self.conn.execute(Q.grants_of_all, {"ps": groups}).mappings()]
+        """The principal's grants, those of every group it was ever in and of the groups those
+        were in (a Slack user group put in an access group: ``Principal.from_grants``)."""
+        rows = list(self.conn.execute(Q.grants_of, {"p": principal}).mappings())
+        seen = {principal}
+        for _ in range(2):
+            groups = sorted({r["value"] for r in rows if r["kind"] == "group"} - seen)
+            if not groups:
+                break
+            seen.update(groups)
+            rows += self.conn.execute(Q.grants_of_all, {"ps": groups}).mappings()
         return [Grant(r["principal"], r["kind"], r["value"], r["granted_at"], r["revoked_at"]) for r in rows]
 
     def record_deployment(self, deployment: Deployment) -> None:

@@ -240,7 +240,7 @@ API_PIPELINES = {
 }
 
 #: what the webhook tests add to ``API_PIPELINES``: a deploy to staging, gates an outside
-#: service decides (``external``), and a pipeline a push starts
+#: service decides (``external``), a pipeline a push starts and one a push deploys to production
 WEBHOOK_PIPELINES = {
     "deploy": """
         name: deploy
@@ -274,6 +274,17 @@ WEBHOOK_PIPELINES = {
         stages:
           - name: build
             jobs: [{name: compile, run: ["true"]}]
+    """,
+    "released": """
+        name: released
+        triggers:
+          - push: {branches: [main, "release/*"]}
+        stages:
+          - name: build
+            jobs: [{name: compile, run: ["true"]}]
+          - name: production
+            environment: production
+            jobs: [{name: ship, run: ["true"]}]
     """,
 }
 

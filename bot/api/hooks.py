@@ -2,7 +2,9 @@
 
 * ``POST /api/v1/hooks/{trigger_id}`` starts a run from an external event: a GitHub ``push``
   (``X-Hub-Signature-256``; its ``X-GitHub-Delivery`` is the idempotency key, so a redelivered
-  event never starts a second run) or a generic JSON ``{"parameters", "revision"}`` signed the
+  event never starts a second run; the run carries the pushed branch, ``refs/heads/main`` being
+  ``main``, for environments that take only some branches; a tag push starts nothing) or a
+  generic JSON ``{"parameters", "revision", "branch"}`` signed the
   Standard Webhooks way (``webhook-id`` is the key; a timestamp more than five minutes off is a
   replay and refused). The run is triggered by ``trigger:<id>`` on behalf of the trigger's
   owner, who therefore cannot approve its gates (unless a gate allows self-approval). The
@@ -213,6 +215,7 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         parameters=push.parameters,
         source_revision=push.revision,
         revision_time=push.committed_at,
+        branch=push.branch,
         idempotency_key=f"github:{delivery}",
     )
     return await _start(gateway, command)
@@ -238,6 +241,7 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
         parameters=body.parameters,
         source_revision=body.revision,
         revision_time=body.revision_time,
+        branch=body.branch,
         idempotency_key=f"hook:{trigger.id}:{key}",
         pipeline_version=body.pipeline_version,
     )

@@ -102,9 +102,18 @@ _SUBTEAM = re.compile(r"S(?=[A-Z0-9]*[0-9])[A-Z0-9]{2,}")
 
 def who(name: str) -> str:
     """A principal as Slack shows it: a mention for Slack user and user-group IDs."""
-    if name[:1] in ("U", "W") and name.isalnum():
+    if _slack_user(name):
         return f"<@{name}>"
     return f"<!subteam^{name}>" if _SUBTEAM.fullmatch(name) else name
+
+
+def _slack_user(name: str) -> bool:
+    return name[:1] in ("U", "W") and name.isalnum()
+
+
+def mentionable(name: str) -> bool:
+    """Whether ``name`` is a Slack user or user-group ID (``who`` mentions it)."""
+    return _slack_user(name) or _SUBTEAM.fullmatch(name) is not None
 
 
 def role_groups(slack_roles: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
@@ -118,9 +127,10 @@ def role_groups(slack_roles: Mapping[str, Sequence[str]]) -> dict[str, list[str]
 
 
 def approvers_line(approvers: Iterable[str], groups: Mapping[str, Sequence[str]] | None = None) -> str:
-    """Who may clear a gate, as mentions: users and user groups by ID, and a role by the Slack
-    user groups mapped to it (``groups``, from ``role_groups``); anything else (a role or a
-    group with no Slack mapping) stays plain text. Each mention appears once."""
+    """Who may clear a gate, as mentions: users and user groups by ID, a role by the Slack
+    user groups mapped to it and an access group by its Slack members (``groups``: from
+    ``role_groups`` and ``bot.chat.cards.approver_mentions``); anything else (a role or a group
+    with no one in Slack) stays plain text. Each mention appears once."""
     shown: dict[str, None] = {}
     for name in approvers:
         for shown_as in [who(g) for g in (groups or {}).get(name, ())] or [who(name)]:
@@ -304,20 +314,22 @@ def gate_card(
     the run's, when known, and its revision), what is ``live`` in the environment now (and a
     compare link between the two), the gates already passed and the approvals so far. Once
     decided it keeps all of that and shows who decided, when and why instead of the buttons.
-    ``groups``: role → Slack user groups, so approvers can be mentioned (``approvers_line``);
+    ``groups``: whom a role or group mentions, so approvers are notified (``approvers_line``);
     ``health``: the environment's health now, shown under it while the gate is open."""
     run = state.run
     stage = state.stages[gate.stage_index]
     target = f" to *{stage.environment}*" if stage.environment else ""
+    approvers = approvers_line(gate.approvers, groups)
     if gate.status is GateStatus.OPEN:
         head = f":raised_hand: *{run.ref}* waits for approval before *{stage.name}*{target}"
-        summary = f"{run.ref} waits for approval before {stage.name}"
+        # (the top-level text is what a notification shows: it mentions the approvers too)
+        summary = f"{run.ref} waits for approval before {stage.name}; approvers: {approvers}"
     else:
         head = (
             f"{EMOJI.get(gate.status, '')} *{run.ref}*: the gate before *{stage.name}*{target} {gate.status}"
         )
         summary = f"{run.ref}: gate {stage.name} {gate.status}"
-    lines = [head, f"asked by {who(run.triggered_by)}; approvers: {approvers_line(gate.approvers, groups)}"]
+    lines = [head, f"asked by {who(run.triggered_by)}; approvers: {approvers}"]
     lines.append("deploys " + version(artifact, run.source_revision, f"what {run.ref} builds"))
     if stage.environment:
         if live is None:
@@ -386,13 +398,14 @@ def gate_reminder(
     state: RunState, gate: Gate, waited_s: float, groups: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[str, list[Block]]:
     stage = state.stages[gate.stage_index]
+    approvers = approvers_line(gate.approvers, groups)
     line = (
         f":alarm_clock: *{state.run.ref}* still waits for approval before *{stage.name}* "
-        f"(for {format_duration(waited_s)}); approvers: {approvers_line(gate.approvers, groups)}"
+        f"(for {format_duration(waited_s)}); approvers: {approvers}"
     )
     if gate.deadline is not None:
         line += f"; it times out at {gate.deadline:%Y-%m-%d %H:%M} UTC"
-    return f"{state.run.ref} still waits for approval", [text(line)]
+    return f"{state.run.ref} still waits for approval; approvers: {approvers}", [text(line)]
 
 
 def gate_outcome(gate: Gate) -> str:

@@ -5,9 +5,10 @@ here once for every face (Slack's thread posts and App Home, the console), throu
 
 from __future__ import annotations
 
-from bot.backend import now
+from bot.backend import Backend, now
 from bot.chat import block_kit, threads
 from bot.chat.verbs import ChatBackend
+from core.access import Action, Role
 from core.analysis import EnvironmentHealth, Health
 from core.assignment import run_artifact
 from core.model import Gate, RunState
@@ -16,6 +17,8 @@ from storage.analyses import AnalysisStore
 from storage.artifacts import ArtifactStore
 from storage.locks import LockStore
 
+#: role names, which a gate's approvers may name besides principals and groups
+ROLES = frozenset(str(r) for r in Role)
 #: how many of an environment's latest deployments are looked through for what is live
 LIVE_LOOK = 20
 #: a failed job's log lines shown
@@ -24,7 +27,7 @@ TAIL_LINES = 10
 
 async def gate_card(backend: ChatBackend, state: RunState, gate: Gate) -> tuple[str, list[block_kit.Block]]:
     """``blocks.gate_card`` with what it shows read: the run's artifact, what is live beside it
-    and the Slack user groups its approvers' roles map to."""
+    and whom its approvers' roles and groups mention (``approver_mentions``)."""
     shown = await _shown(backend, state, threads.GateCard(gate))
     return block_kit.gate_card(
         state, gate, shown.live, artifact=shown.artifact, groups=shown.groups, health=shown.health
@@ -72,7 +75,7 @@ async def _shown(backend: ChatBackend, state: RunState, post: threads.ThreadPost
                 at,
                 live=await live_beside(backend, state, gate),
                 artifact=await artifact_of(backend, state),
-                groups=block_kit.role_groups(backend.shipyard.settings.slack_roles),
+                groups=await approver_mentions(backend, gate),
                 health=await _gate_health(backend, state, gate),
             )
         case threads.JobFailed(job=job, attempt=attempt):
@@ -84,6 +87,23 @@ async def _shown(backend: ChatBackend, state: RunState, post: threads.ThreadPost
             )
         case _:
             return threads.Shown(at)
+
+
+async def approver_mentions(backend: Backend, gate: Gate) -> dict[str, list[str]]:
+    """Whom to mention for each of ``gate``'s approvers (``block_kit.approvers_line``): a
+    role's Slack user groups (configuration), and for an access group such as
+    ``release-managers`` its members who are Slack users or user groups and held the approver
+    role when the gate opened: the people who can clear it, so Slack notifies them."""
+    mentions = block_kit.role_groups(backend.shipyard.settings.slack_roles)
+    at = gate.opened_at or now()
+    for name in gate.approvers:
+        if name in mentions or name in ROLES or block_kit.mentionable(name):
+            continue
+        members = await backend.read(backend.directory.members, name, at)
+        found = [m.name for m in members if block_kit.mentionable(m.name) and m.may(Action.APPROVE)]
+        if found:
+            mentions[name] = found
+    return mentions
 
 
 def watched(backend: ChatBackend, env: str) -> bool:

@@ -152,8 +152,6 @@ class Notifier:
         self._unreachable: str | None = None  # why the last step could not reach Slack
         self._back = False  # Slack answers again: catch up (``slack_is_back``)
         self._nudge = asyncio.Event()  # ends the pause after a failed step
-        #: role -> Slack user groups, to mention a gate's approvers
-        self.groups = block_kit.role_groups(backend.shipyard.settings.slack_roles)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="shipyard-slack-notifier")
@@ -523,8 +521,9 @@ class Notifier:
                     continue
                 channel, ts = message
                 key = f"remind:{gate.id}:{count}"
+                mentions = await cards.approver_mentions(self.backend, gate)
                 await self._thread(
-                    state, channel, ts, key, *block_kit.gate_reminder(state, gate, waited, self.groups)
+                    state, channel, ts, key, *block_kit.gate_reminder(state, gate, waited, mentions)
                 )
         for review in await self.backend.read(ReviewStore(self.backend.shipyard.store).pending):
             number = reminder_number(review, at)

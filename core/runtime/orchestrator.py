@@ -36,6 +36,7 @@ from core.commands import (
 )
 from core.engine import Decision
 from core.errors import DatabaseUnreachable
+from core.events import Event
 from core.model import SYSTEM
 from core.runtime.claims import ClaimJobs
 from core.runtime.executor import Executor
@@ -190,6 +191,9 @@ class Orchestrator:
         accepted = [d for d in decisions if d.accepted and d.events]
         if not accepted:
             return
+        if log.isEnabledFor(logging.INFO):
+            for event in (e for d in accepted for e in d.events):
+                _log_event(event)
         stop = [job for d in accepted for job in d.jobs_to_stop]
         queued = any(e.to_status == JobStatus.QUEUED for d in accepted for e in d.events)
         for runner in self.runners:
@@ -288,3 +292,19 @@ class Orchestrator:
             )
         except DatabaseUnreachable:  # its claim runs out and the check is run again
             log.debug("the result of gate check %s waits for the database", check.label)
+
+
+def _log_event(event: Event) -> None:
+    """One INFO line per committed state change, carrying what it is about (``bot.logs``
+    writes these as JSON fields): the run, the stage's name, the job's or gate's id and, when
+    the change names one, the principal."""
+    data = event.data
+    context: dict[str, object] = {"run": event.run_id}
+    if isinstance(stage := data.get("stage"), str):
+        context["stage"] = stage
+    if event.subject in ("job", "gate"):
+        context[event.subject] = event.subject_id
+    if isinstance(who := data.get("by") or data.get("actor"), str):
+        context["principal"] = who
+    moved = f": {event.from_status} -> {event.to_status}" if event.to_status else ""
+    log.info("%s %s%s", event.name, event.subject_id, moved, extra=context)

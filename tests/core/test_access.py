@@ -100,6 +100,16 @@ def test_an_approver_in_the_gates_group_when_it_opened_may_clear_it() -> None:
     check_approver("bob", grants, gate(), RUN)
 
 
+def test_a_slack_user_group_in_the_gates_group_puts_its_members_in_it_while_both_hold() -> None:
+    """``U0DAVE`` is in the Slack user group ``S0ONCALL`` (an approver), which an admin put in
+    release-managers: Dave clears a release-managers gate, as its card's mention promised."""
+    grants = [group("U0DAVE", "S0ONCALL", 0), role("S0ONCALL", "approver", 0)]
+    check_approver("U0DAVE", [*grants, group("S0ONCALL", "release-managers", 0)], gate(opened=10), RUN)
+    later = [*grants, group("S0ONCALL", "release-managers", 15)]
+    with pytest.raises(Forbidden, match="U0DAVE was not one of them when it opened"):
+        check_approver("U0DAVE", later, gate(opened=10), RUN)
+
+
 def test_being_named_by_the_gate_is_enough_without_a_group() -> None:
     check_approver("bob", [role("bob", "approver", 0)], gate(approvers=("bob",)), RUN)
 

@@ -225,4 +225,5 @@ async def test_a_waiting_gate_reminds_its_approvers_in_the_thread(bot: Bot) -> N
     )
     assert reminder.args["thread_ts"] == card.args["thread_ts"]
     body = json.dumps(reminder.args["blocks"])
-    assert "approvers: release-managers" in body and "it times out at" in body
+    assert f"approvers: <@{BOB}>" in body and "it times out at" in body  # release-managers' Bob
+    assert f"approvers: <@{BOB}>" in reminder.args["text"]

@@ -1,5 +1,6 @@
 """Gate cards and App Home end to end (signed requests to the real Bolt endpoint, the fake Slack):
-a card mentions its approvers' Slack user groups, shows what it deploys, what is live now and
+a card mentions its approvers' Slack user groups and the Slack members of an access group
+named as approvers (who are then notified, and may clear it), shows what it deploys, what is live now and
 the compare link between them, the gates passed and the approvals so far (edited after each),
 and keeps all of that once decided; App Home shows each environment's deployment and lock
 (refreshed when a lock is taken or released over the REST API), only the gates the viewer may
@@ -36,6 +37,8 @@ OLD, NEW = "aaaaaaa1111111", "bbbbbbb2222222"
 #: its first attempt fails (a network blip), the second runs on
 BLIP = """'if [ "$SHIPYARD_ATTEMPT" = 1 ]; then echo "network blip" >&2; exit 1; fi; sleep 30'"""
 MAPPED = "<!subteam^S0RELEASE>, <!subteam^S0ADMINS>"
+#: release-managers as the card mentions it: Bob, its one member who is a Slack user
+MANAGERS = f"<@{BOB}>"
 
 
 @pytest.fixture
@@ -86,7 +89,7 @@ async def _approve(bot: Bot, user: str, card: Call) -> None:
 async def test_a_gate_card_shows_what_goes_where_and_keeps_it_once_decided(bot: Bot) -> None:
     first, card = await _through_staging(bot, "1.0.0", OLD)
     shown = _card_text(blocks_of(card))
-    assert f"approvers: release-managers, {MAPPED}" in shown  # a group with no Slack mapping is text
+    assert f"approvers: {MANAGERS}, {MAPPED}" in shown
     assert f"deploys `ship@1.0.0` (revision `{OLD}`)" in shown
     assert "live in production now: nothing yet" in shown and "compare" not in shown
     await _approve(bot, BOB, card)
@@ -98,7 +101,7 @@ async def test_a_gate_card_shows_what_goes_where_and_keeps_it_once_decided(bot: 
     assert shown.startswith(
         f":raised_hand: *{second}* waits for approval before *production* to *production*"
     )
-    assert f"asked by <@{ALICE}>; approvers: release-managers, {MAPPED}" in shown
+    assert f"asked by <@{ALICE}>; approvers: {MANAGERS}, {MAPPED}" in shown
     assert f"deploys `ship@2.0.0` (revision `{NEW}`)" in shown
     live = f"live in production now: `ship@1.0.0` (revision `{OLD}`) · {first} since "
     assert live in shown and f"by <@{ALICE}>" in shown
@@ -187,7 +190,7 @@ async def test_app_home_shows_deployments_locks_gates_for_their_approvers_and_ow
     assert ":bar_chart: 30d: 0.2/week (1) · lead n/a (0 of 1) · failure rate 0% (1) · restore n/a (0)" in bob
     assert ":bar_chart: 30d: 0.0/week (0) · lead n/a (0 of 0) · failure rate n/a (0) · restore n/a (0)" in bob
     assert f"*{first}* waits for approval before *production*" in bob and "gate_approve" in bob
-    assert f"approvers: release-managers, {MAPPED}" in bob
+    assert f"approvers: {MANAGERS}, {MAPPED}" in bob
     assert "You have not started a run yet" in bob
 
     dave = _dump((await _open_home(bot, DAVE))["blocks"])  # an approver by his Slack group
@@ -215,3 +218,32 @@ async def test_app_home_shows_deployments_locks_gates_for_their_approvers_and_ow
     await until(lambda: "gate_approve" not in _home(bot, BOB), what="the gate gone from Bob's home")
     assert "Nothing is waiting for you." in _home(bot, BOB)
     await until(lambda: "1 of 2" in _home(bot, DAVE), what="the progress on Dave's home")
+
+
+async def test_a_gate_for_an_access_group_mentions_its_members_in_slack_who_may_clear_it(
+    start_bot: StartBot, fake: FakeSlack
+) -> None:
+    fake.usergroups["S0ONCALL"] = [DAVE]  # the on-call user group is in release-managers
+    bot = await start_bot(
+        {"ship": ship(gates=False)},
+        {
+            ALICE: [Role.DEPLOYER],
+            BOB: [Role.APPROVER, RELEASE_MANAGERS],
+            CAROL: [RELEASE_MANAGERS],  # in the group, without the approver role: cannot clear it
+            "ci-bot": [Role.APPROVER, RELEASE_MANAGERS],  # an API token: no one to mention
+            "S0ONCALL": [RELEASE_MANAGERS],
+        },
+        slack_roles={"S0ONCALL": ["approver"]},
+        environments={"production": {"approvals": {"from": ["release-managers"]}}},
+    )
+    ref = await bot.trigger(ALICE, "run ship version=1.0.0")
+    card = await bot.gate_card(ref)
+    mentioned = f"approvers: <!subteam^S0ONCALL>, <@{BOB}>"
+    assert mentioned in card.args["text"], card.args["text"]  # the notification's own text
+    shown = _card_text(blocks_of(card))
+    assert mentioned in shown
+    for not_mentioned in ("release-managers", CAROL, "ci-bot"):
+        assert not_mentioned not in card.args["text"] and not_mentioned not in shown
+
+    await _approve(bot, DAVE, card)  # notified through the on-call group, and may clear the gate
+    await bot.until_status(ref, "succeeded", timeout=15)

@@ -15,7 +15,7 @@ from typing import Any
 import standardwebhooks
 
 from tests.api.conftest import Api, Reply, assert_problem
-from tests.webhooks.conftest import StartHooks
+from tests.webhooks.conftest import StartHooks, settle
 
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 
@@ -261,3 +261,42 @@ async def test_text_a_database_cannot_store_is_refused_not_a_500(
     assert_problem(await api.call("POST", "/hooks/tr_%00x", None, json={}), 400, "NUL")
     callback = "/runs/web%231/gates/production/callback?webhook=wh_%00"
     assert_problem(await api.call("POST", callback, None, json={}), 400, "NUL")
+
+
+async def test_a_push_carries_its_branch_to_an_environment_that_takes_only_main(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(db_url, environments={"production": {"branches": ["main"]}})
+    trigger = await make_trigger(api, "released", "github")
+
+    main = await github(api, trigger, push_payload("refs/heads/main"))
+    assert main.status == 202, main.text
+    assert main.json["run"]["branch"] == "main" and main.json["run"]["revision"] == SHA
+    assert (await settle(api, main.json["run"]["id"]))["branch"] == "main"
+
+    delivery, elsewhere = str(uuid.uuid4()), push_payload("refs/heads/release/1.2", after="b" * 40)
+    release = await github(api, trigger, elsewhere, delivery=delivery)
+    body = assert_problem(release, 403, "branch release/1.2 may not be deployed to production", "main")
+    assert body["instance"] == f"/api/v1/hooks/{trigger['id']}"
+    assert [r["branch"] for r in await runs_of(api, "released")] == ["main"]  # nothing half-made
+    again = await github(api, trigger, elsewhere, delivery=delivery)
+    assert_problem(again, 403, "release/1.2")  # a redelivery is refused again, not a duplicate
+    audit = (await api.get(f"/audit?actor=trigger:{trigger['id']}", "admin")).json["items"]
+    refused = [a for a in audit if a["outcome"] == "rejected"]
+    assert len(refused) == 2 and all("release/1.2" in a["reason"] for a in refused), audit
+
+    tag = await github(api, trigger, push_payload("refs/tags/v1.2.0"))
+    assert tag.status == 200 and tag.json["outcome"] == "ignored" and "not a branch" in tag.json["reason"]
+    assert len(await runs_of(api, "released")) == 1
+
+
+async def test_a_generic_trigger_passes_the_branch_it_is_given(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(sqlite_url, environments={"production": {"branches": ["main"]}})
+    trigger = await make_trigger(api, "released", "generic")
+    main = await generic(api, trigger, {"revision": SHA, "branch": "main"})
+    assert main.status == 202 and main.json["run"]["branch"] == "main", main.text
+    assert_problem(await generic(api, trigger, {"revision": SHA, "branch": "feature/x"}), 403, "feature/x")
+    assert_problem(await generic(api, trigger, {"revision": SHA}), 403, "names no branch")
+    assert len(await runs_of(api, "released")) == 1
