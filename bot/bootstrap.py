@@ -17,7 +17,7 @@ from core.runtime.runner import LocalLink, Runner
 from core.runtime.service import Service
 from storage.migrate import upgrade
 from storage.runners import RunnerRegistry
-from storage.secrets import SecretBox, open_assignment
+from storage.secrets import SecretBox, mask_report, open_assignment
 from storage.store import SqlStore
 from storage.wakeups import Wakeups
 
@@ -96,6 +96,7 @@ def build(
             labels=settings.builtin_labels,
             attendance=attendance,
             capacity=settings.runner_capacity,
+            masks=partial(mask_report, store, box),
         )
         runner = Runner(
             link,

@@ -21,9 +21,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.engine import Connection
 
 from core.assignment import Assignment
+from core.commands import CompleteJob
 from core.errors import NotFound
 from core.ports import AuditEntry
-from core.secrets import SecretKeyMismatch, SecretsDisabled, check_name, check_value
+from core.secrets import Masker, SecretKeyMismatch, SecretsDisabled, check_name, check_value
 from storage.store import SqlStore
 from storage.tables import metadata
 
@@ -107,6 +108,34 @@ def open_assignment(assignment: Assignment, box: SecretBox | None) -> Assignment
         return replace(assignment, sealed={}, refusal=exc.message)
     env.update(opened)
     return replace(assignment, env=env, sealed={}, masked=tuple(opened.values()))
+
+
+def mask_report(store: SqlStore, box: SecretBox | None, report: CompleteJob) -> CompleteJob:
+    """``report`` with the secrets of its job's environment masked in its outputs (names and
+    values) and its detail, before anything of it is stored. The runner masks what a job writes
+    as it runs; this is the server's own line behind it, and the only one for a result recovered
+    after a restart, when the runner no longer holds the values it was given."""
+    if box is None or not (report.outputs or report.detail):
+        return report
+    stage, job = metadata.tables["stage"].c, metadata.tables["job"].c
+    with store.reading() as tx:
+        environment = tx.conn.execute(
+            sa.select(stage.environment)
+            .join_from(metadata.tables["job"], metadata.tables["stage"], stage.run_id == job.run_id)
+            .where(job.id == report.job_id, stage.position == job.stage_index)
+        ).scalar()
+        sealed = sealed_secrets(tx.conn, environment) if environment else {}
+    values = []
+    for name, token in sealed.items():
+        try:
+            values.append(box.open(environment or "", name, token))
+        except SecretKeyMismatch:  # (sealed under another key: that job was given none of it)
+            continue
+    if not values:
+        return report
+    masker = Masker(values)
+    outputs = {masker.mask(k): masker.mask(v) for k, v in report.outputs.items()}
+    return replace(report, outputs=outputs, detail=masker.mask(report.detail))
 
 
 class SecretStore:

@@ -28,7 +28,7 @@ from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.labels import check_labels
 from core.model import Actor
-from storage.secrets import open_assignment
+from storage.secrets import mask_report, open_assignment
 
 #: the protocol versions this server speaks (a runner sends its own in the header)
 PROTOCOLS = frozenset({1})
@@ -347,6 +347,8 @@ async def report(call: Call) -> web.Response:
             detail=b.detail,
             actor=actor,
         )
+        g = gw(call)  # (masked here too: a result recovered after a restart was not, by its runner)
+        command = await g.read(mask_report, g.shipyard.store, g.shipyard.secret_box, command)
     elif b.kind == "interrupt":
         command = InterruptJob(
             run_id=b.run_id, job_id=b.job_id, attempt=b.attempt, runner=runner, actor=actor

@@ -50,6 +50,8 @@ class RunnerLink(Protocol):
 
 #: an assignment as its runner gets it: its secrets decrypted (``storage.secrets.open_assignment``)
 Opener = Callable[[Assignment], Assignment]
+#: a job's report with its environment's secrets masked (``storage.secrets.mask_report``)
+Masks = Callable[[CompleteJob], CompleteJob]
 
 
 class LocalLink:
@@ -65,6 +67,7 @@ class LocalLink:
         labels: Sequence[str] = (),
         attendance: Attendance | None = None,
         capacity: int = 0,
+        masks: Masks | None = None,
     ) -> None:
         self.orch = orchestrator
         self.service = orchestrator.service
@@ -74,6 +77,7 @@ class LocalLink:
         #: where the runner is recorded as it claims, so it is listed like a remote one
         self.attendance = attendance
         self.capacity = capacity
+        self.masks = masks
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
         if self.attendance is not None:
@@ -92,6 +96,8 @@ class LocalLink:
         return await self.orch.db(self.service.store.append_log, job_id, attempt, runner, chunks)
 
     async def report(self, command: RunnerReport) -> Decision:
+        if self.masks is not None and isinstance(command, CompleteJob):
+            command = await self.orch.db(self.masks, command)
         return await self.orch.handle(command)
 
     async def held(self, runner: str) -> list[tuple[str, str, int]]:

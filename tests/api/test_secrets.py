@@ -3,13 +3,18 @@ quote a value; and what a job gets without a key, or with the wrong one."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from core.access import Role
+from core.commands import CompleteJob
+from core.runtime.http_link import HttpLink
+from storage.directory import Directory
 from storage.secrets import SecretBox, SecretStore, generate_key
 from storage.store import SqlStore
-from tests.api.conftest import StartApi, assert_problem
+from tests.api.conftest import Api, StartApi, assert_problem
 from tests.pipelines import one_deploy
 
 KEY = generate_key()
@@ -95,3 +100,55 @@ async def test_a_wrong_key_fails_the_job_clearly_without_running_it(
     with engine.connect() as conn:
         assert VALUE not in str(conn.execute(sa.text("SELECT * FROM environment_secret")).all())
     engine.dispose()
+
+
+async def test_a_report_a_runner_did_not_mask_is_masked_by_the_server(
+    db_url: str, start_api: StartApi
+) -> None:
+    """A runner that restarted reports a finished job from its records, without the values it was
+    given (they were only in the old process' memory): the server masks the environment's
+    secrets in the outputs' names and values and in the detail before anything is stored."""
+    _stored(db_url, KEY)
+    api = await start_api(db_url, {"says": SAYS}, secret_key=KEY, runner_capacity=0)
+    link = HttpLink(_url(api), await api.db(_runner_token, api, "eu-1"), "eu-1", claim_wait_s=0.5)
+    try:
+        run = await api.trigger("says")
+        (claimed,) = await link.claim("eu-1", 1, 30)
+        assert claimed.env["DEPLOY_KEY"] == VALUE  # (so the job could leak it)
+        encoded = base64.b64encode(VALUE.encode()).decode()
+        report = CompleteJob(
+            run_id=run["id"],
+            job_id=claimed.job_id,
+            attempt=claimed.attempt,
+            runner="eu-1",
+            outcome="succeeded",
+            exit_code=0,
+            outputs={"key": VALUE, f"k{VALUE}": "x", "b64": encoded},
+            detail=f"reported after its server restarted; last line {VALUE}",
+        )
+        assert (await link.report(report)).accepted
+    finally:
+        await link.close()
+    done = await api.wait(run["id"])
+    (job,) = done["stages"][0]["jobs"]
+    assert job["outputs"] == {"key": "***", "k***": "x", "b64": "***"}
+    assert done["status"] == "succeeded"
+    dumped = await api.db(_every_row, api)
+    assert VALUE not in dumped and encoded not in dumped
+
+
+def _runner_token(api: Api, name: str) -> str:
+    return Directory(api.store).create_token(name, [Role.RUNNER], datetime.now(UTC), by="tests")
+
+
+def _url(api: Api) -> str:
+    return str(api.client.make_url("/")).rstrip("/")
+
+
+def _every_row(api: Api) -> str:
+    """Every row of every table, as text."""
+    with api.store.engine.connect() as conn:
+        tables = sa.inspect(conn).get_table_names()
+        return "\n".join(
+            str(tuple(row)) for t in tables for row in conn.execute(sa.text(f'SELECT * FROM "{t}"'))
+        )
