@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
@@ -15,6 +16,8 @@ from sqlalchemy.engine import Engine
 from storage.db import make_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: the PostgreSQL advisory lock replicas take to upgrade one at a time ("shipyard" in ASCII)
+UPGRADE_LOCK = 0x73686970796172
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -30,6 +33,10 @@ def upgrade(url: str, engine: Engine | None = None) -> None:
     engine = engine or make_engine(url, pool_size=1)
     try:
         with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # replicas started together upgrade one after the other: the next finds the
+                # schema at head and does nothing (held until this transaction commits)
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
             config = alembic_config(engine)
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
