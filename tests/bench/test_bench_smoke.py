@@ -89,3 +89,24 @@ def test_the_rollout_bench_aborts_a_canary_through_real_nginx_and_prometheus(tmp
     assert result.returncode in (0, 1), result.stdout + result.stderr  # 1: over target on a busy machine
     assert "analysis at step 2 (canary at 20%) failed: error-rate = " in result.stdout, result.stdout
     assert re.search(r"traffic .* p99 \d+\.\d+ s", result.stdout), result.stdout
+
+
+def test_the_runner_bench_runs_jobs_on_runner_processes_and_streams_a_log(tmp_path: Path) -> None:
+    """``bench/runners.py``, tiny: real runner processes take every job, claims are timed from
+    the database's own events, and a job's megabyte of output is stored whole."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.runners", "--runners", "1", "--jobs", "20", "--width", "10",
+         "--capacity", "4", "--samples", "3", "--log-mb", "1"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"1 runner\(s\): +\d+\.\d jobs/s", result.stdout), result.stdout
+    assert re.search(r"claim latency, one server: +p50 +\d+\.\d ms +p99 +\d+\.\d ms +\(n=3\)", result.stdout)
+    stored = re.search(r"1 MB log: +\d+\.\d MB/s, (\d+\.\d) MB stored", result.stdout)
+    assert stored is not None, result.stdout
+    assert float(stored.group(1)) >= 1.04  # 1 MiB of base64 and its line ends: nothing cut or lost
