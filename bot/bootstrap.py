@@ -96,7 +96,7 @@ def build(
             labels=settings.builtin_labels,
             attendance=attendance,
             capacity=settings.runner_capacity,
-            masks=partial(mask_report, store, box),
+            masks=partial(mask_report, store, box) if box is not None else None,
         )
         runner = Runner(
             link,

@@ -32,11 +32,13 @@ class DoraCollector(Collector):
         self.keys: list[FourKeys] = []
         self._read_at: float | None = None
 
+    @property
+    def due(self) -> bool:
+        """Whether the last read is older than ``REFRESH_S``."""
+        return self._read_at is None or time.monotonic() - self._read_at >= REFRESH_S
+
     def read(self) -> None:
-        """Read the figures again if the last read is older than ``REFRESH_S`` (blocking: run it
-        off the event loop)."""
-        if self._read_at is not None and time.monotonic() - self._read_at < REFRESH_S:
-            return
+        """Read the figures again (blocking: run it off the event loop)."""
         until = datetime.now(UTC)
         since = until - self.window
         try:

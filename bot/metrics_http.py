@@ -104,7 +104,8 @@ class Exporter:
             self.live.now = None
 
     async def _read_dora(self) -> None:
-        await self.shipyard.orchestrator.db(self.dora.read)
+        if self.dora.due:  # (a trip that does not reach the database would end an outage)
+            await self.shipyard.orchestrator.db(self.dora.read)
 
     async def render(self) -> bytes:
         for refresh in self._refreshes:

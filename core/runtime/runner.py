@@ -96,7 +96,12 @@ class LocalLink:
         return await self.orch.db(self.service.store.append_log, job_id, attempt, runner, chunks)
 
     async def report(self, command: RunnerReport) -> Decision:
-        if self.masks is not None and isinstance(command, CompleteJob):
+        if (
+            self.masks is not None
+            and isinstance(command, CompleteJob)
+            and (command.outputs or command.detail)
+        ):
+            # (only then: a trip that does not reach the database would end an outage it is in)
             command = await self.orch.db(self.masks, command)
         return await self.orch.handle(command)
 
