@@ -107,6 +107,6 @@ def test_the_runner_bench_runs_jobs_on_runner_processes_and_streams_a_log(tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"1 runner\(s\): +\d+\.\d jobs/s", result.stdout), result.stdout
     assert re.search(r"claim latency, one server: +p50 +\d+\.\d ms +p99 +\d+\.\d ms +\(n=3\)", result.stdout)
-    stored = re.search(r"1 MB log: +\d+\.\d MB/s, (\d+\.\d) MB stored", result.stdout)
+    stored = re.search(r"1 MB log: +\d+\.\d MB/s, (\d+) bytes stored", result.stdout)
     assert stored is not None, result.stdout
-    assert float(stored.group(1)) >= 1.04  # 1 MiB of base64 and its line ends: nothing cut or lost
+    assert int(stored.group(1)) == 1024 * 1024 + 255  # 1 MiB of base64 in 256 lines of 4 KiB: all of it
