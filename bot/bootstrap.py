@@ -46,10 +46,13 @@ class Shipyard:
         report = await self.orchestrator.db(self.catalog.refresh)
         for added in report.added:
             log.info("pipeline %s registered", added)
-        await self.orchestrator.start()
+        # the built-in runner recovers before the first timer tick: a job whose end it recorded
+        # before a restart is reported as it ended, not expired as lost and run again
+        await self.orchestrator.start(timers=False)
         if self.runner is not None:
             self.orchestrator.runners.append(self.runner)
             await self.runner.start()
+        self.orchestrator.start_timers()
         if not self.store.sqlite:
             loop = asyncio.get_running_loop()
             orchestrator = self.orchestrator

@@ -94,11 +94,15 @@ class Orchestrator:
         self.on_commit: list[Callable[[int, float], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._commit_loop(), name="shipyard-commits"),
-            asyncio.create_task(self._timer_loop(), name="shipyard-timers"),
-        ]
+    async def start(self, *, timers: bool = True) -> None:
+        """Start committing; and acting on the clock unless ``timers`` is False (then
+        ``start_timers`` does, once what must come first has been done)."""
+        self._tasks = [asyncio.create_task(self._commit_loop(), name="shipyard-commits")]
+        if timers:
+            self.start_timers()
+
+    def start_timers(self) -> None:
+        self._tasks.append(asyncio.create_task(self._timer_loop(), name="shipyard-timers"))
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._checks]:

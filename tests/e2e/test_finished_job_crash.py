@@ -100,6 +100,10 @@ def test_a_job_that_finished_before_its_server_died_is_reported_not_run_again(
     _kill_after_the_job_ends(first, db_url, run_id, ledger)
     state = svc.find_run(run_id)
     assert state is not None and state.jobs[0].status is JobStatus.RUNNING  # (the report was lost)
+    lease = state.jobs[0].lease_expires_at
+    assert lease is not None
+    # it comes back after its lease expired (a slow start): what it recorded still comes first
+    wait_until(lambda: svc.clock() > lease, what="the lease to expire", timeout=10)
 
     again = Server(tmp_path, db_url, runner="solo")
     servers.append(again)
