@@ -204,7 +204,8 @@ def test_a_kill_during_a_weight_change_ends_at_the_recorded_weights_and_finishes
     assert _share(nginx) == 0  # promoted: the new version is stable, the canary takes nothing
 
 
-_PAUSE = ["set_weight: 30", "pause: {duration: 7s}", "set_weight: 70"]
+# long enough that a slow restart and the traffic measured after it both fit in the pause
+_PAUSE = ["set_weight: 30", "pause: {duration: 12s}", "set_weight: 70"]
 
 
 def _paused(svc: Service, run_id: str) -> Rollout:
@@ -229,6 +230,7 @@ def test_a_kill_during_a_pause_keeps_its_deadline_and_the_router_its_weights(
     assert _run_json(server, run_id)["rollout"]["step_until"] == shown
     assert datetime.now(until.tzinfo) < until  # still in the pause...
     assert abs(_share(nginx) - 30) <= 5  # ...and the router still at its weights
+    assert datetime.now(until.tzinfo) < until, "the pause ended while its traffic was measured"
 
     _finished_once(svc, run_id, count)
     assert _applied(svc, run_id) == [30, 70, 0]
