@@ -34,6 +34,9 @@ class Backend:
     #: wraps each command a person gave in a span of its run's trace (``bot.otel``), when
     #: traces are exported
     traced: Callable[[Command], AbstractContextManager[object]] | None = None
+    #: told when this process adds a schedule (the clock, resting until the next fire time
+    #: it knows, looks again)
+    schedule_added: Callable[[], None] = staticmethod(lambda: None)
 
     def bind(self, shipyard: Shipyard) -> None:
         self.shipyard = shipyard

@@ -42,6 +42,9 @@ SYNC_EVERY_S = 60
 BATCH = 250
 #: while a burst is still firing, how often the busy beat looks for what has come due since
 RECHECK_S = 0.2
+#: with nothing due, the beats rest until the next stored fire time, reading the table again
+#: at least this often (for schedules other replicas add; this process's own say so at once)
+QUIET_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +75,16 @@ class ScheduleLoop:
         self.scheduler: AsyncIOScheduler | None = None
         self._busy: set[asyncio.Future[Any]] = set()  #: beats and the fires they started
         self._beating: asyncio.Future[None] | None = None
+        #: nothing is due before this (the next stored fire time, or a re-read): beats until
+        #: then read nothing, so an idle clock costs nothing but its ticks
+        self._quiet_until: datetime | None = None
+
+    def poke(self) -> None:
+        """A schedule was added here: the next beat reads the table again."""
+        self._quiet_until = None
 
     async def start(self) -> None:
+        self.backend.schedule_added = self.poke
         await self.sync_files()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         # on the whole second: cron fires fall on whole minutes, so a tick right after one
@@ -108,7 +119,7 @@ class ScheduleLoop:
     async def _beat(self) -> None:
         """The clock's job: claim what is due and start its triggers, without waiting for the
         last of them. A beat still busy with a burst takes what comes due meanwhile itself."""
-        if self._beating is not None:
+        if self._beating is not None or (self._quiet_until is not None and now() < self._quiet_until):
             return
         beating = self._beating = asyncio.get_running_loop().create_future()
         self._busy.add(beating)  # (a stop waits for it)
@@ -116,6 +127,11 @@ class ScheduleLoop:
             claimed = await self._claim_due(None)
             if claimed:
                 self._finish_later(claimed)
+            else:
+                at = now()
+                upcoming = await self.backend.read(self.schedule_store.next_due_at)
+                rest = at + timedelta(seconds=QUIET_S)
+                self._quiet_until = rest if upcoming is None else min(upcoming, rest)
         except DatabaseUnreachable as exc:  # (said once by the engine's health): the next beat
             log.debug("schedules not read: %s", exc.__cause__ or exc)
         finally:
@@ -264,6 +280,7 @@ class ScheduleLoop:
         ``ScheduleStore.sync_file``). Only pipelines whose declarations changed are written."""
         reads = self.backend.reads
         at = now()
+        self._quiet_until = None  # (a declaration may have changed)
         stored = await self.backend.read(self.schedule_store.file_schedule_ids)
         for info in await self.backend.read(reads.pipelines, None, 10_000, False):
             have = stored.get(info.name, set())

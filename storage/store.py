@@ -670,6 +670,9 @@ class SqlTx:
     def jobs_held_by(self, runner: str) -> list[Job]:
         return [mappers.job_from_row(r) for r in self.conn.execute(Q.held_by, {"runner": runner}).mappings()]
 
+    def in_flight(self) -> bool:
+        return bool(self.conn.execute(Q.in_flight).scalar())
+
     def overdue_runs(self, now: datetime, limit: int) -> list[str]:
         return list(self.conn.execute(Q.overdue_runs, {"now": now, "limit": limit}).scalars())
 

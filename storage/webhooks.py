@@ -696,17 +696,6 @@ class WebhookStore:
             ).first()
             return found is not None
 
-    # -- external gates -----------------------------------------------------------------------
-    def overdue_external_gates(self, now: datetime, limit: int = 100) -> list[tuple[str, str]]:
-        """(run id, gate id) of open external gates past their deadline."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(GATE.c.run_id, GATE.c.id)
-                .where(GATE.c.kind == "external", GATE.c.status == "open", GATE.c.deadline <= now)
-                .limit(limit)
-            )
-            return [(r.run_id, r.id) for r in rows]
-
     # -- incoming triggers --------------------------------------------------------------------
     def prune(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` deliveries that finished (delivered or given up) before

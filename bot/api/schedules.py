@@ -120,6 +120,7 @@ async def create_schedule(call: Call) -> web.Response:
             now=at,
         )
     )
+    gw(call).schedule_added()
     return reply(ScheduleOut.of(created), 201, {"Location": f"/api/v1/schedules/{created.id}"})
 
 

@@ -47,6 +47,7 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
             now=at,
         )
     )
+    backend.schedule_added()
     return Reply(
         f"Scheduled `{created.id[:8]}`: {created.describe()}; next run "
         f"{created.next_fire_at:%Y-%m-%d %H:%M} UTC. Remove it with `/deploy unschedule {created.id[:8]}`.",

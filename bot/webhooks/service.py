@@ -1,6 +1,7 @@
 """The webhook worker inside ``shipyard serve``: it moves the event log into the outbox, sends
 what is due, records each attempt, retries with backoff and disables subscriptions that keep
-failing; it also times out external gates nobody called back.
+failing. (External gates nobody called back are timed out by the engine's clock, with the
+other gate deadlines.)
 
 One loop does it all, without waiting for slow receivers: up to ``CONCURRENCY`` deliveries are
 in flight (at most ``PER_WEBHOOK`` per subscription, so one dead receiver cannot take every
@@ -33,7 +34,6 @@ from bot.backend import Backend, now
 from bot.config import Settings
 from bot.webhooks import messages, signing
 from bot.webhooks.policy import AddressRefused, AllowList, GuardedResolver, Policy
-from core.commands import TimeoutGate
 from core.errors import DatabaseUnreachable
 from core.events import Event
 from core.model import RunState
@@ -47,8 +47,9 @@ CONCURRENCY = 64
 PER_WEBHOOK = 16
 #: events moved into the outbox per transaction
 BATCH = 500
-#: how often overdue external gates are looked for
-GATE_SWEEP_S = 1.0
+#: with no active subscription, how often the table is read again for one another replica
+#: added (this process's own changes ``poke`` the loop; the cursor catching up loses nothing)
+LISTEN_RECHECK_S = 10.0
 
 
 def retry_delay(failed_attempt: int, schedule: Sequence[float], rng: random.Random) -> float | None:
@@ -121,7 +122,6 @@ class Webhooks:
         self._flights: dict[int, _Flight] = {}
         self._done: list[Outcome] = []
         self._wake = asyncio.Event()
-        self._swept = 0.0
         self._moved = -1  #: the outbox cursor as this process last saw it
         self._listening = False  #: whether any subscription is active (looked up once a second)
         self._listening_checked = 0.0
@@ -164,7 +164,8 @@ class Webhooks:
     # -- one round, at a given time -----------------------------------------------------------
     def poke(self) -> None:
         """Subscriptions changed: look again at once (another replica's changes are seen within
-        a second; the cursor catching up later loses nothing, see ``WebhookStore.move``)."""
+        ``LISTEN_RECHECK_S``; the cursor catching up later loses nothing, see
+        ``WebhookStore.move``)."""
         self._listening_checked = 0.0
         self._wake.set()
 
@@ -172,7 +173,7 @@ class Webhooks:
         """Move every new event into the outbox; returns how many deliveries were queued. Quick
         reads first: with no active subscription, or no new event, nothing takes a write lock."""
         at = at or self.clock()
-        if time.monotonic() - self._listening_checked >= 1.0:
+        if time.monotonic() - self._listening_checked >= (1.0 if self._listening else LISTEN_RECHECK_S):
             self._listening = await self.backend.read(self.webhook_store.listening, quick=True)
             self._listening_checked = time.monotonic()
         if not self._listening:
@@ -193,7 +194,6 @@ class Webhooks:
         """Fill the outbox, send everything due at ``at`` (each run's next message), record it."""
         at = at or self.clock()
         await self.pump(at)
-        await self.expire_gates(at)
         claimed = await self.backend.write(
             self.webhook_store.claim, at, 10_000, self.config.lease, (), self.clock
         )
@@ -272,14 +272,6 @@ class Webhooks:
             gone=status == 410,
         )
 
-    async def expire_gates(self, at: datetime) -> int:
-        """Time out external gates nobody called back (the engine checks the deadline itself,
-        against its own clock, and a second replica's try is refused)."""
-        overdue = await self.backend.read(self.webhook_store.overdue_external_gates, at)
-        for run_id, gate_id in overdue:
-            await self.backend.decide(TimeoutGate(run_id=run_id, gate=gate_id))
-        return len(overdue)
-
     # -- the loop -----------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
@@ -288,9 +280,6 @@ class Webhooks:
             try:
                 at = self.clock()
                 await self.pump(at)
-                if time.monotonic() - self._swept >= GATE_SWEEP_S:
-                    self._swept = time.monotonic()
-                    await self.expire_gates(at)
                 full = await self._launch(at)
                 await self._record(at)
             except asyncio.CancelledError:
@@ -329,7 +318,7 @@ class Webhooks:
     async def _launch(self, at: datetime) -> bool:
         """Claim what is due into the free slots; True if every slot asked for was filled."""
         free = self.config.concurrency - len(self._flights)
-        if free <= 0:
+        if free <= 0 or not self._listening:  # (no active subscription: nothing is claimable)
             return False
         per = Counter(f.claimed.webhook_id for f in self._flights.values())
         busy = sorted(w for w, n in per.items() if n >= self.config.per_webhook)

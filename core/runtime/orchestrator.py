@@ -47,6 +47,8 @@ from core.states import JobStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: the longest an idle timer rests (``Orchestrator.idle_wait``)
+IDLE_WAIT_S = 5.0
 
 
 class LocalRunner(Protocol):
@@ -81,6 +83,9 @@ class Orchestrator:
         #: requests applied in one transaction at most: a burst (a second's schedules, a flood
         #: of API triggers) pays per-transaction costs once per this many
         self.batch_size = batch_size
+        #: how long an idle timer rests: ten polls, five seconds at most (what another process
+        #: starts without a wake-up is found within it)
+        self.idle_wait = min(IDLE_WAIT_S, 10 * poll_interval)
         self.pool = ThreadPoolExecutor(max_workers=self.store.max_workers, thread_name_prefix="shipyard-db")
         #: whether the database answers: shared by everything in this process that uses it
         self.health = DatabaseHealth(self.store.unreachable)
@@ -88,6 +93,11 @@ class Orchestrator:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._listeners: list[asyncio.Event] = []
         self._wake = asyncio.Event()
+        #: the timer rests ``idle_wait`` (the last tick found nothing in flight) until a commit,
+        #: or another process's jobs, wake it; ``_stirred`` counts those, for the ones that come
+        #: while a tick is reading
+        self._idle = False
+        self._stirred = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._checks: set[asyncio.Task[Any]] = set()
         #: told of each group commit: how many requests it applied and how long it took (s)
@@ -198,6 +208,7 @@ class Orchestrator:
         if log.isEnabledFor(logging.INFO):
             for event in (e for d in accepted for e in d.events):
                 _log_event(event)
+        self._stir()
         stop = [job for d in accepted for job in d.jobs_to_stop]
         queued = any(e.to_status == JobStatus.QUEUED for d in accepted for e in d.events)
         for runner in self.runners:
@@ -210,6 +221,7 @@ class Orchestrator:
     def jobs_ready(self) -> None:
         """Another process made jobs ready (a hint, e.g. PostgreSQL ``NOTIFY``): wake this
         process's runners and its claim long polls, which claim what is there."""
+        self._stir()
         for runner in self.runners:
             runner.wake()
         self.notify()
@@ -243,20 +255,29 @@ class Orchestrator:
     def wake(self) -> None:
         self._wake.set()
 
+    def _stir(self) -> None:
+        """Something may be in flight now: an idle timer looks at once."""
+        self._stirred += 1
+        if self._idle:
+            self._wake.set()
+
     async def _timer_loop(self) -> None:
         while True:
+            self._idle, stirred = False, self._stirred
             try:
                 await self.tick()
             except DatabaseUnreachable as exc:  # (said once by ``health``)
                 log.debug("timer tick skipped: %s", exc.__cause__ or exc)
             except Exception:
                 log.exception("timer tick failed; trying again in %.1fs", self.poll_interval)
-            await wait_event(self._wake, self.poll_interval)
+            self._idle = self._idle and self._stirred == stirred
+            await wait_event(self._wake, self.idle_wait if self._idle else self.poll_interval)
             self._wake.clear()
 
     async def tick(self) -> int:
         """Act on everything the clock has made due; returns how many commands it issued."""
         timers = await self.db(self.service.due, self.check_lease_s)
+        self._idle = timers.idle
         expired = [ExpireLease(run_id=r, job_id=j, attempt=a) for r, j, a in timers.expired]
         commands: list[Command] = list(expired)
         commands += [TimeoutGate(run_id=r, gate=g) for r, g in timers.gate_deadlines]

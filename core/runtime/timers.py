@@ -1,9 +1,10 @@
 """What the clock has made due, read in one transaction: the orchestrator turns each item
 into a command (``Orchestrator.tick``).
 
-Expired job leases, gate deadlines, automated gate checks (each claimed by moving its next
-check time, so one process runs it), runs past their timeout, and the environments' queues:
-runs a newer one supersedes, and the heads that may now go.
+Expired job leases, gate deadlines (manual and external gates), automated gate checks (each
+claimed by moving its next check time, so one process runs it), runs past their timeout, and
+the environments' queues: runs a newer one supersedes, and the heads that may now go. An idle
+database answers with one probe (``Tx.in_flight``).
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ class Timers:
     admissions: list[str] = field(default_factory=list)
     #: (run id, ref of the newer run) for queued runs a newer one supersedes
     superseded: list[tuple[str, str]] = field(default_factory=list)
+    #: nothing exists that time could make due (``Tx.in_flight``)
+    idle: bool = False
 
 
 def due(tx: Tx, environments: Environments, now: datetime, check_lease_s: float, limit: int) -> Timers:
+    if not tx.in_flight():  # (an idle server asks once a second: one probe, not four queries)
+        return Timers([], [], [], idle=True)
     expired = [(j.run_id, j.id, j.attempt) for j in tx.expired_leases(now, limit)]
     deadlines, checks = [], []
     for gate in tx.due_gates(now, limit):
-        if gate.deadline is not None and gate.deadline <= now and gate.kind == "manual":
+        if gate.deadline is not None and gate.deadline <= now and gate.kind in ("manual", "external"):
             deadlines.append((gate.run_id, gate.id))
         elif gate.kind == "automated" and tx.claim_gate_check(
             gate, now + timedelta(seconds=gate.interval_s + check_lease_s)

@@ -13,6 +13,7 @@ from bot.app import CLOCK
 from bot.backend import Backend
 from bot.scheduler import ScheduleLoop
 from core.access import Role
+from core.schedule import next_fire
 from storage.directory import Directory
 from storage.schedules import ScheduleStore
 from tests.api.conftest import Api, assert_problem
@@ -188,3 +189,31 @@ async def test_a_schedule_whose_owner_has_every_token_revoked_does_not_run(lite:
     (fired,) = await clock.tick(datetime.fromisoformat(made["next_fire_at"]) + timedelta(seconds=1))
     assert fired.run_ref is None and "every API token revoked" in fired.refused
     assert (await lite.get("/runs?pipeline=quick", "admin")).json["items"] == []
+
+
+async def test_a_schedule_added_over_rest_wakes_a_resting_clock(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing due the clock rests (``QUIET_S``); a schedule added here makes it look again,
+    so an occurrence due before the rest would have ended still fires on time."""
+    real = datetime.now(UTC)
+    hour = 3 if real.hour == 1 and real.minute == 59 else 2  # (not crossing the fire time meanwhile)
+    due = next_fire(f"0 {hour} * * *", "UTC", real)
+    clock = api.client.app[CLOCK]  # type: ignore[index]
+    moment = [due - timedelta(seconds=10)]
+    monkeypatch.setattr("bot.scheduler.now", lambda: moment[0], raising=True)
+    await clock._beat()  # nothing stored: it rests until QUIET_S after the moment given
+    made = await api.post(
+        "/schedules",
+        "deployer",
+        json={"pipeline": "web", "cron": f"0 {hour} * * *", "parameters": {"ref": "abc1234"}},
+    )
+    assert made.status == 201 and datetime.fromisoformat(made.json["next_fire_at"]) == due
+    moment[0] = due + timedelta(seconds=1)
+    await clock._beat()
+    for _ in range(100):
+        if (await api.get("/runs/web%231")).status == 200:
+            break
+        await asyncio.sleep(0.05)
+    run = await api.run("web#1")
+    assert run["triggered_by"] == {"principal": "deployer", "channel": "schedule"}

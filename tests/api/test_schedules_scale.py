@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from bot.backend import Backend
 from bot.bootstrap import Shipyard
-from bot.scheduler import ScheduleLoop
+from bot.scheduler import QUIET_S, ScheduleLoop
 from core.access import Role
 from core.commands import Command, TriggerRun
 from core.engine import Decision
@@ -271,3 +271,64 @@ async def test_a_beat_busy_with_a_burst_fires_what_comes_due_meanwhile(
         [s.idempotency_key(due) for s in first]
         + [s.idempotency_key(due + timedelta(minutes=1)) for s in later]
     )
+
+
+async def test_an_idle_clock_reads_nothing_until_its_next_fire_or_a_while_has_passed(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The beats of a clock with nothing due read no table: it rests until the next stored fire
+    time, or ``QUIET_S`` for schedules another replica adds, whichever comes first."""
+    # (owners' roles are read at the moments given: they must come after the grant)
+    due = (datetime.now(UTC) + timedelta(minutes=15)).replace(second=0, microsecond=0)
+    (nightly,) = clock.add(1, due=due, cron="0 * * * *")
+    moment = [due - timedelta(minutes=10)]
+    monkeypatch.setattr("bot.scheduler.now", lambda: moment[0], raising=True)
+    ticking = clock.clockwork()
+    reads: list[datetime] = []
+    read = ticking.schedule_store.due
+
+    def counted(at: datetime, *args: object) -> list[Schedule]:
+        reads.append(at)
+        return read(at, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ticking.schedule_store, "due", counted, raising=True)
+
+    async def beats(seconds: int) -> None:
+        for _ in range(seconds):
+            moment[0] += timedelta(seconds=1)
+            await ticking._beat()
+
+    await ticking._beat()
+    assert len(reads) == 1
+    await beats(int(QUIET_S) - 1)
+    assert len(reads) == 1  # at rest: nothing is due for ten minutes
+    await beats(1)
+    assert len(reads) == 2  # looked again for schedules added elsewhere
+
+    moment[0] = due - timedelta(seconds=2)
+    await ticking._beat()  # the rest now ends at the nightly fire time, not later
+    assert len(reads) == 3 and clock.scheduled_runs() == []
+    await beats(1)
+    assert len(reads) == 3
+    await beats(1)
+    await ticking.stop()  # (waits for the runs it claimed)
+    assert [key for key, _ in clock.scheduled_runs()] == [nightly.idempotency_key(due)]
+
+
+async def test_a_schedule_added_here_wakes_a_resting_clock(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    due = (datetime.now(UTC) + timedelta(minutes=15)).replace(second=0, microsecond=0)
+    moment = [due - timedelta(seconds=10)]
+    monkeypatch.setattr("bot.scheduler.now", lambda: moment[0], raising=True)
+    ticking = clock.clockwork()
+    await ticking.start()  # (its own beats run at the moment given too)
+    try:
+        await ticking._beat()  # nothing stored: it rests for QUIET_S
+        (added,) = clock.add(1, due=due, cron="0 * * * *")  # due ten seconds from now...
+        clock.backend.schedule_added()  # ...added the way REST and Slack add one
+        moment[0] = due + timedelta(seconds=1)
+        await ticking._beat()
+    finally:
+        await ticking.stop()
+    assert [key for key, _ in clock.scheduled_runs()] == [added.idempotency_key(due)]
