@@ -253,3 +253,90 @@ def test_rollback_with_nothing_to_go_back_to_says_so() -> None:
         plan_rollback("production", [_deployment("1.0.0")], _registry())
     with pytest.raises(NotFound, match="nothing with an artifact was ever deployed"):
         plan_rollback("production", [], _registry())
+
+
+def _known(
+    *versions: str, bad: tuple[str, ...] = (), pipeline: str | None = "web"
+) -> Callable[[str], Artifact | None]:
+    """A registry holding only ``versions`` (by id or ref); ``pipeline`` None: registered over
+    the API, by no pipeline's run."""
+    everything = _registry(*bad)
+
+    def find(ref: str) -> Artifact | None:
+        found = everything(ref)
+        if found is None or found.version not in versions:
+            return None
+        return Artifact(**{**{k: getattr(found, k) for k in Artifact.__slots__}, "pipeline": pipeline})
+
+    return find
+
+
+def _history(*items: str) -> list[Deployment]:
+    """Newest first, as ``deployments_to`` reads them; ``!`` failed, ``<`` a rollback."""
+    deployments = [
+        _deployment(
+            item.strip("<!") if item != "-" else None,
+            "failed" if item.endswith("!") else "succeeded",
+            "rollback" if item.startswith("<") else "deploy",
+            i,
+        )
+        for i, item in enumerate(items)
+    ]
+    return list(reversed(deployments))
+
+
+def test_a_rollback_plan_says_what_it_replaces_with_what() -> None:
+    plan = plan_rollback("production", _history("1.0.0", "1.1.0"), _registry())
+    assert (plan.environment, plan.pipeline, plan.target.ref) == ("production", "web", "web@1.0.0")
+    assert plan.current is not None and plan.current.artifact == "web@1.1.0"
+    assert plan.describe() == "roll production back from web@1.1.0 to web@1.0.0"
+    # the latest deployment named no artifact: it is what runs now, whatever it is
+    unnamed = plan_rollback("production", _history("1.0.0", "1.1.0", "-"), _registry())
+    assert unnamed.describe() == "roll production back from what runs now to web@1.1.0"
+
+
+@pytest.mark.parametrize("to", ["1.0.0", "web@1.0.0"])
+def test_rollback_to_a_version_by_hand_takes_a_bare_version_or_a_ref(to: str) -> None:
+    """A bare version is of the artifact deployed last (``/deploy rollback production to 1.0.0``);
+    it may be one that never left another environment, or the one there now."""
+    plan = plan_rollback("production", _history("1.0.0", "1.1.0", "1.2.0!"), _known("1.0.0"), to)
+    assert plan.target.ref == "web@1.0.0" and plan.pipeline == "web"
+    assert plan.describe() == "roll production back from web@1.2.0 to web@1.0.0"
+
+
+def test_rollback_to_an_unknown_or_bad_version_is_refused_saying_which() -> None:
+    history = _history("1.0.0", "1.1.0")
+    with pytest.raises(
+        NotFound, match=r"^no artifact web@9\.9\.9 is registered: it cannot be deployed again$"
+    ):
+        plan_rollback("production", history, _known("1.0.0", "1.1.0"), "9.9.9")
+    with pytest.raises(InvalidInput, match=r"^web@1\.0\.0 is marked bad \(broken\); pick another version$"):
+        plan_rollback("production", history, _known("1.0.0", "1.1.0", bad=("1.0.0",)), "1.0.0")
+
+
+def test_an_artifact_registered_over_the_api_rolls_back_with_the_pipeline_that_deployed_it() -> None:
+    history = _history("1.0.0", "1.1.0")
+    unowned = _known("1.0.0", "1.1.0", "2.0.0", pipeline=None)
+    assert plan_rollback("production", history, unowned, "1.0.0").pipeline == "web"
+    # never deployed here: the pipeline of the latest deployment
+    assert plan_rollback("production", history, unowned, "2.0.0").pipeline == "web"
+    owned = _known("1.0.0", pipeline="web-legacy")
+    assert plan_rollback("production", history, owned, "1.0.0").pipeline == "web-legacy"
+
+
+def test_a_failed_rollback_is_not_retried_once_its_target_is_marked_bad() -> None:
+    history = _history("1.0.0", "1.0.1", "1.0.2", "<1.0.1!")
+    assert plan_rollback("production", history, _registry()).target.ref == "web@1.0.1"  # (retried)
+    plan = plan_rollback("production", history, _registry("1.0.1"))
+    assert plan.target.ref != "web@1.0.1" and not plan.target.bad
+
+
+def test_artifacts_no_longer_deployable_are_named_when_nothing_is_left() -> None:
+    """Marked bad, or gone from the registry: a rollback says what it passed over."""
+    history = _history("1.0.0", "1.1.0", "1.2.0")
+    with pytest.raises(NotFound) as refused:
+        plan_rollback("production", history, _known("1.1.0", "1.2.0", bad=("1.1.0",)))
+    assert refused.value.message == (
+        "no earlier good deployment to production to roll back to "
+        "(passed over, no longer deployable: web@1.1.0, web@1.0.0)"
+    )

@@ -4,6 +4,7 @@ checks (subprocesses, exiting with what the test wrote in the file ``smoke``).""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from core.analysis import AnalysisStatus, Health, Taken, health_analysis_id, spread
-from core.checks import CheckDef, CheckResult, HealthWatch, Measurement
+from core.analysis import AnalysisKind, AnalysisStatus, Health, Taken, health_analysis_id, spread
+from core.checks import CheckDef, CheckResult, HealthWatch, Measurement, VerifyPolicy
 from core.environments import Environments
+from core.errors import DatabaseUnreachable
 from core.runtime.analyses import AnalysisLoop
 from core.runtime.clock import utcnow
 from core.runtime.measure import measure
@@ -477,3 +479,218 @@ async def test_an_initial_delay_holds_the_first_measurement_and_moves_the_deadli
     assert (await verifier.tick()).measured == [] and probe.calls == []
     clock.now = T0 + timedelta(seconds=15)
     assert len((await verifier.tick()).measured) == 1 and probe.calls == ["smoke"]
+
+
+# -- the configuration changed under a running analysis ------------------------------------------
+
+
+async def test_a_verification_whose_checks_left_the_configuration_ends_inconclusive_not_blind(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """A restart with ``verify`` and its check removed: the due check is recorded as an error
+    saying so (nothing is measured), and the verification is ended inconclusive by the loop
+    itself (no engine here), for a person to decide."""
+    store, clock, probe = open_stores(), Clock(), Probe()
+    analysis_id = start_verification(store, environments(VERIFY, health=False), T0)
+    bare = Environments.model_validate({"production": {}})
+    verifier = loop(store, bare, workdir, clock, probe)
+    clock.now = T0 + timedelta(seconds=1)
+    done = await verifier.tick()
+    assert probe.calls == []
+    (m,) = store.measurements(analysis_id)
+    assert (m.result, m.detail) == (CheckResult.ERROR, "smoke: no such check is configured now")
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.INCONCLUSIVE, "production has no verification configured now")
+    ]
+    found = store.analysis(analysis_id)
+    assert found is not None and found[0].status is AnalysisStatus.INCONCLUSIVE
+    assert found[0].ended_by == "shipyard"
+
+
+async def test_a_canary_steps_analysis_is_judged_by_the_steps_limits_not_the_environments(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """A rollout's analysis keeps its step's limits: it fails on the first failed measurement
+    though the environment verifies nothing (whose rule would end it inconclusive)."""
+    store, clock, probe = open_stores(), Clock(), Probe()
+    envs = environments(health=False)
+    step = VerifyPolicy.model_validate({"checks": ["smoke"], "for": "60s", "failure_limit": 1})
+    with store.store.transaction() as tx:
+        analysis_id = tx.start_analysis("c-1", "production", "run-1", 0, step, T0, AnalysisKind.ROLLOUT).id
+    (workdir / "smoke").write_text("1")
+    canary = loop(store, envs, workdir, clock, probe)
+    clock.now = T0 + timedelta(seconds=2)
+    done = await canary.tick()
+    assert probe.calls == ["smoke"]
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.FAILED, "smoke: exit 1 at 12:00:02, once")
+    ]
+
+
+async def test_a_verification_a_person_ends_while_it_is_judged_is_left_as_they_ended_it(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """The deadline came, and in the moment between the loop reading the verification and
+    ending it, alice canceled the run: her ending stands and the loop reports no verdict."""
+    store, clock = open_stores(), Clock()
+    envs = environments({**VERIFY, "for": "10s"}, health=False)
+    analysis_id = start_verification(store, envs, T0)
+
+    async def alice_meanwhile(fn: Callable[..., Any], *args: Any) -> Any:
+        found = await in_thread(fn, *args)
+        if fn == store.past_deadline:
+            assert [a.id for a, _ in found] == [analysis_id]  # (read while it ran)
+            assert store.end(analysis_id, AnalysisStatus.CANCELED, "run canceled", "alice", clock.now)
+        return found
+
+    verifier = AnalysisLoop(store, envs, db=alice_meanwhile, workdir=workdir, measure=Probe(), clock=clock)
+    clock.now = T0 + timedelta(seconds=10)
+    done = await verifier.tick()
+    assert done.verdicts == []
+    found = store.analysis(analysis_id)
+    assert found is not None
+    assert (found[0].status, found[0].ended_by) == (AnalysisStatus.CANCELED, "alice")
+
+
+# -- what the loop tells and keeps -------------------------------------------------------------------
+
+
+async def test_each_health_change_is_handed_on_as_it_is_recorded(
+    open_stores: Callable[[], AnalysisStore], workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    envs, clock, store = environments(), Clock(), open_stores()
+    told: list[tuple[str, Health, Health, str]] = []
+
+    async def on_health_change(change: Any) -> None:
+        told.append((change.environment, change.from_state, change.to_state, change.reason))
+
+    watcher = loop(store, envs, workdir, clock, Probe(), on_health_change=on_health_change)
+    await watcher.db(store.ensure_health, watcher.watched, T0)
+    with caplog.at_level(logging.INFO, logger="core.runtime.analyses"):
+        for step, code in enumerate(["0", "0", "1"]):
+            (workdir / "smoke").write_text(code)
+            clock.now = T0 + timedelta(seconds=10 * step)
+            await watcher.tick()
+    assert told == [
+        ("production", Health.UNKNOWN, Health.HEALTHY, told[0][3]),
+        ("production", Health.HEALTHY, Health.DEGRADED, "smoke: exit 1 (1 of 2 in a row)"),
+    ]
+    assert [c.to_state for c in store.history("production")] == [Health.DEGRADED, Health.HEALTHY]
+    assert "production is degraded (was healthy): smoke: exit 1 (1 of 2 in a row)" in caplog.messages
+
+
+async def test_lateness_quantiles_come_from_when_measurements_were_taken_against_when_due(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    envs, clock, store = environments(), Clock(), open_stores()
+    watcher = loop(store, envs, workdir, clock, Probe())
+    assert watcher.lateness_quantile(0.5) is None  # nothing measured yet
+    await watcher.db(store.ensure_health, watcher.watched, T0)
+    for step, late_ms in enumerate([400, 100, 300, 200]):
+        clock.now = T0 + timedelta(seconds=10 * step, milliseconds=late_ms)
+        await watcher.tick()
+    assert [watcher.lateness_quantile(q) for q in (0, 0.25, 0.5, 0.75, 1)] == [
+        pytest.approx(s) for s in (0.1, 0.1, 0.2, 0.3, 0.4)
+    ]
+
+
+# -- faults ------------------------------------------------------------------------------------------
+
+
+class Faults:
+    """Runs store calls off the loop as ``in_thread`` does, but fails the next calls of the
+    methods named (each raising what it was given, once), noting each fault it caused."""
+
+    def __init__(self, **planned: list[Exception]) -> None:
+        self.planned = planned
+        self.raised: list[tuple[str, str]] = []
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        name = getattr(fn, "__name__", "")
+        if self.planned.get(name):
+            exc = self.planned[name].pop(0)
+            self.raised.append((name, type(exc).__name__))
+            raise exc
+        return await in_thread(fn, *args)
+
+
+async def test_a_measurement_whose_recording_fails_is_measured_again_once_its_claim_lapses(
+    open_stores: Callable[[], AnalysisStore], workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    envs, clock, probe, store = environments(), Clock(), Probe(), open_stores()
+    faults = Faults(record_many=[RuntimeError("disk full"), DatabaseUnreachable("database is down")])
+    watcher = AnalysisLoop(store, envs, db=faults, workdir=workdir, measure=probe, clock=clock)
+    await watcher.db(store.ensure_health, watcher.watched, T0)
+    with caplog.at_level(logging.DEBUG, logger="core.runtime.analyses"):
+        clock.now = T0 + timedelta(seconds=1)
+        assert (await watcher.tick()).measured == []  # measured, but not recorded
+        assert "measuring smoke in production failed" in caplog.messages
+        clock.now += timedelta(seconds=watcher.lease_s + 1)  # the claim lapsed: due again
+        assert (await watcher.tick()).measured == []
+        assert "a measurement of smoke waits for the database (its claim lapses)" in caplog.messages
+    assert faults.raised == [("record_many", "RuntimeError"), ("record_many", "DatabaseUnreachable")]
+    assert store.measurements(health_analysis_id("production")) == []
+    clock.now += timedelta(seconds=watcher.lease_s + 1)
+    assert len((await watcher.tick()).measured) == 1
+    assert probe.calls == ["smoke"] * 3
+    assert len(store.measurements(health_analysis_id("production"))) == 1
+
+
+async def test_a_failed_round_is_retried_and_the_loop_goes_on_measuring(
+    open_stores: Callable[[], AnalysisStore], workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    envs, store = environments(), open_stores()
+    faults = Faults(claim_due=[RuntimeError("deadlock detected"), DatabaseUnreachable("database is down")])
+    store.ensure_health({"production": envs.policy("production").health}, utcnow())
+    watcher = AnalysisLoop(store, envs, db=faults, workdir=workdir, every_s=0.02)
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level(logging.DEBUG, logger="core.runtime.analyses"):
+        await watcher.start()
+        try:
+            while (h := store.health("production")) is None or h.state is not Health.HEALTHY:
+                assert asyncio.get_running_loop().time() - started < 5.0, "not measured after the faults"
+                await asyncio.sleep(0.02)
+        finally:
+            await watcher.stop()
+    assert faults.raised == [("claim_due", "RuntimeError"), ("claim_due", "DatabaseUnreachable")]
+    failed = [r for r in caplog.records if r.getMessage() == "analysis round failed; retrying"]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert str(failed[0].exc_info[1]) == "deadlock detected"
+    assert "analysis loop waits for the database" in caplog.messages
+
+
+async def test_stopping_when_the_checks_cannot_be_let_go_leaves_them_to_lapse(
+    open_stores: Callable[[], AnalysisStore], workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    envs, clock, store = environments(), Clock(), open_stores()
+    faults = Faults(claim_due=[], release=[DatabaseUnreachable("database is down")])
+    watcher = AnalysisLoop(store, envs, db=faults, workdir=workdir, measure=Probe(), clock=clock)
+    await watcher.db(store.ensure_health, watcher.watched, T0)
+    held = store.claim_due(T0, watcher.holder, 35, 10)  # (as a round under way would hold it)
+    assert [d.check for d in held] == ["smoke"]
+    with caplog.at_level(logging.WARNING, logger="core.runtime.analyses"):
+        await watcher.stop()  # does not raise
+    assert faults.raised == [("release", "DatabaseUnreachable")]
+    assert caplog.messages == ["could not release the checks this process held"]
+    assert store.claim_due(T0 + timedelta(seconds=34), "other", 35, 10) == []  # still held ...
+    assert len(store.claim_due(T0 + timedelta(seconds=36), "other", 35, 10)) == 1  # ... until it lapses
+
+
+async def test_a_slow_measurement_does_not_hold_back_the_recording_of_the_others(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """Measurements finishing together are recorded together, but one still under way is waited
+    for ``linger_s`` at most: the fast check's measurement is recorded (and counted) first."""
+    fast = {"command": ["true"], "interval": "10s", "timeout": "5s"}
+    slow = {"command": ["sleep", "0.4"], "interval": "10s", "timeout": "5s"}
+    envs = Environments.model_validate(
+        {"production": {"checks": {"fast": fast, "slow": slow}, "health": ["fast", "slow"]}}
+    )
+    store, clock = Batches(open_stores().store), Clock()
+    store.ensure_health({"production": envs.policy("production").health}, T0)
+    watcher = AnalysisLoop(store, envs, db=in_thread, workdir=workdir, clock=clock, linger_s=0.05)
+    clock.now = T0 + timedelta(seconds=10)
+    done = await watcher.tick()
+    assert store.batches == [1, 1]
+    assert [m.check for m in done.measured] == ["fast", "slow"]
+    assert len(store.measurements(health_analysis_id("production"))) == 2
