@@ -67,6 +67,7 @@ class HttpLink:
         #: set when the server says this runner was drained: it claims nothing more and stops
         self.drained = asyncio.Event()
         self.headers = {"Authorization": f"Bearer {token}", HEADER: str(PROTOCOL)}
+        self.woken = False  # (its claims are long polls)
         self.timeout_s = timeout_s
         self.claim_wait_s = claim_wait_s
         #: output per log request: bounded, so a job writing fast never makes a body the server

@@ -42,13 +42,11 @@ from core.runtime.claims import ClaimJobs
 from core.runtime.executor import Executor
 from core.runtime.health import DatabaseHealth
 from core.runtime.service import Service, Then
-from core.runtime.waiting import wait_event
+from core.runtime.waiting import idle_wait, wait_event
 from core.states import JobStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: the longest an idle timer rests (``Orchestrator.idle_wait``)
-IDLE_WAIT_S = 5.0
 
 
 class LocalRunner(Protocol):
@@ -83,9 +81,7 @@ class Orchestrator:
         #: requests applied in one transaction at most: a burst (a second's schedules, a flood
         #: of API triggers) pays per-transaction costs once per this many
         self.batch_size = batch_size
-        #: how long an idle timer rests: ten polls, five seconds at most (what another process
-        #: starts without a wake-up is found within it)
-        self.idle_wait = min(IDLE_WAIT_S, 10 * poll_interval)
+        self.idle_wait = idle_wait(poll_interval)
         self.pool = ThreadPoolExecutor(max_workers=self.store.max_workers, thread_name_prefix="shipyard-db")
         #: whether the database answers: shared by everything in this process that uses it
         self.health = DatabaseHealth(self.store.unreachable)

@@ -25,7 +25,7 @@ from core.runtime.attendance import Attendance
 from core.runtime.executor import ExecResult, Executor, kill_orphans
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.records import JobRecords, Recorded
-from core.runtime.waiting import wait_event
+from core.runtime.waiting import idle_wait, wait_event
 from core.secrets import Masker
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ RunnerReport = CompleteJob | InterruptJob | ExpireLease | ReportLateResult
 
 
 class RunnerLink(Protocol):
+    #: whether the server wakes the runner when jobs are made ready (in process); a runner over
+    #: HTTP long-polls its claims instead
+    woken: bool
+
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]: ...
     async def renew(self, runner: str, held: Sequence[tuple[str, int]], lease_s: float) -> set[str]: ...
     async def append_log(
@@ -78,6 +82,7 @@ class LocalLink:
         self.attendance = attendance
         self.capacity = capacity
         self.masks = masks
+        self.woken = True  # (``Orchestrator._after_commit`` and ``jobs_ready``)
 
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
         if self.attendance is not None:
@@ -388,7 +393,11 @@ class Runner:
                 started = 0
             if started and self._busy() < self.capacity:
                 continue
-            await wait_event(self._wake, self.poll_interval)
+            # with nothing claimed and nothing running, a woken runner rests until a job is made
+            # ready (a wake), looking now and then for what another process readied without one
+            resting = self.link.woken and not started and not self.jobs
+            rest = idle_wait(self.poll_interval) if resting else self.poll_interval
+            await wait_event(self._wake, rest)
             self._wake.clear()
 
     async def _watch_loop(self) -> None:

@@ -13,6 +13,15 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 T = TypeVar("T")
+#: the longest a loop with nothing to do rests between looks (``idle_wait``)
+IDLE_WAIT_S = 5.0
+
+
+def idle_wait(poll_interval: float) -> float:
+    """How long a loop that found nothing to do rests before it looks again, unless woken: ten
+    polls, five seconds at most. Its own process wakes it at once (a commit, a job made ready);
+    what another process does without a wake-up is found within this."""
+    return min(IDLE_WAIT_S, 10 * poll_interval)
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
