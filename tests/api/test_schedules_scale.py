@@ -39,7 +39,7 @@ class Clock:
     backend: Backend
     schedule_store: ScheduleStore
 
-    def clockwork(self, batch: int = 1000) -> ScheduleLoop:
+    def schedule_loop(self, batch: int = 1000) -> ScheduleLoop:
         return ScheduleLoop(self.backend, "scheduler", batch=batch)
 
     def add(
@@ -104,7 +104,7 @@ async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tic
     gone = clock.add(1, owner="alice", due=DUE - timedelta(minutes=1))[0]
     clock.schedule_store.remove(gone.id, DUE)
     refused = clock.add(2, owner="mallory")  # holds no role: refused, and the refusal audited
-    ticking = clock.clockwork(batch=50)
+    ticking = clock.schedule_loop(batch=50)
 
     fired = await ticking.tick(DUE + timedelta(milliseconds=5))
 
@@ -146,7 +146,7 @@ async def test_the_clock_ticks_on_the_whole_second_and_its_fires_outlive_a_stop(
         await asyncio.sleep(60.5 - now.second - now.microsecond / 1e6)
     due = datetime.now(UTC).replace(second=0, microsecond=0)  # a time "* * * * *" fires at
     clock.add(40, due=due, cron="* * * * *")
-    ticking = clock.clockwork(batch=25)
+    ticking = clock.schedule_loop(batch=25)
     await ticking.start()
     job = ticking.scheduler.get_job("tick") if ticking.scheduler else None
     assert job is not None and job.next_run_time.microsecond == 0
@@ -164,7 +164,7 @@ async def test_declarations_in_files_keep_their_next_fire_when_synced_again(
     nightly = f"triggers:\n  - schedule: {{cron: '{NIGHTLY}', timezone: UTC}}"
     write_pipelines(tmp_path, {"tick": one_job("tick", head=nightly)})
     await clock.backend.write(clock.shipyard.catalog.refresh)
-    ticking = clock.clockwork()
+    ticking = clock.schedule_loop()
     await ticking.sync_files()
     (first,) = clock.schedule_store.all("tick")
     assert first.source == "file" and first.next_fire_at == next_fire(NIGHTLY, "UTC", first.created_at)
@@ -203,7 +203,7 @@ async def test_a_process_that_died_after_triggering_loses_nothing_and_doubles_no
         assert decision.accepted and decision.state is not None
     assert {s.next_fire_at for s in clock.schedule_store.all()} == {DUE}  # still due
 
-    fired = await clock.clockwork().tick(DUE + timedelta(seconds=1))
+    fired = await clock.schedule_loop().tick(DUE + timedelta(seconds=1))
 
     assert len([f for f in fired if f.run_ref]) == 5
     runs = clock.scheduled_runs()
@@ -228,7 +228,7 @@ async def test_an_occurrence_whose_trigger_failed_stays_due_and_fires_on_the_nex
         return await real(command)
 
     monkeypatch.setattr(clock.backend, "decide", outage_once, raising=True)
-    ticking = clock.clockwork()
+    ticking = clock.schedule_loop()
     first = await ticking.tick(DUE + timedelta(seconds=1))
     assert [c.idempotency_key for c in failures] == [flaky]  # the outage happened
     assert sorted(f.schedule.id for f in first if f.run_ref) == sorted(s.id for s in made[1:])
@@ -262,7 +262,7 @@ async def test_a_beat_busy_with_a_burst_fires_what_comes_due_meanwhile(
         return await real(command)
 
     monkeypatch.setattr(clock.backend, "decide", slow_burst, raising=True)
-    claimed = await clock.clockwork()._claim_due(None)
+    claimed = await clock.schedule_loop()._claim_due(None)
 
     assert len(slowed) == 1  # the burst was slow, and the next occurrence came due during it
 
@@ -283,7 +283,7 @@ async def test_an_idle_clock_reads_nothing_until_its_next_fire_or_a_while_has_pa
     (nightly,) = clock.add(1, due=due, cron="0 * * * *")
     moment = [due - timedelta(minutes=10)]
     monkeypatch.setattr("bot.scheduler.now", lambda: moment[0], raising=True)
-    ticking = clock.clockwork()
+    ticking = clock.schedule_loop()
     reads: list[datetime] = []
     read = ticking.schedule_store.due
 
@@ -321,7 +321,7 @@ async def test_a_schedule_added_here_wakes_a_resting_clock(
     due = (datetime.now(UTC) + timedelta(minutes=15)).replace(second=0, microsecond=0)
     moment = [due - timedelta(seconds=10)]
     monkeypatch.setattr("bot.scheduler.now", lambda: moment[0], raising=True)
-    ticking = clock.clockwork()
+    ticking = clock.schedule_loop()
     await ticking.start()  # (its own beats run at the moment given too)
     try:
         await ticking._beat()  # nothing stored: it rests for QUIET_S

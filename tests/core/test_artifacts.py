@@ -327,8 +327,16 @@ def test_an_artifact_registered_over_the_api_rolls_back_with_the_pipeline_that_d
 def test_a_failed_rollback_is_not_retried_once_its_target_is_marked_bad() -> None:
     history = _history("1.0.0", "1.0.1", "1.0.2", "<1.0.1!")
     assert plan_rollback("production", history, _registry()).target.ref == "web@1.0.1"  # (retried)
+    # nor reversed: 1.0.2 is what people were escaping; the good one before both is next
     plan = plan_rollback("production", history, _registry("1.0.1"))
-    assert plan.target.ref != "web@1.0.1" and not plan.target.bad
+    assert plan.target.ref == "web@1.0.0"
+    assert plan.describe() == "roll production back from web@1.0.1 to web@1.0.0"
+    with pytest.raises(NotFound) as refused:  # and with nothing before them, it says so
+        plan_rollback("production", _history("1.0.1", "1.0.2", "<1.0.1!"), _registry("1.0.1"))
+    assert refused.value.message == (
+        "no earlier good deployment to production to roll back to "
+        "(passed over: web@1.0.2, being rolled back from; no longer deployable: web@1.0.1)"
+    )
 
 
 def test_artifacts_no_longer_deployable_are_named_when_nothing_is_left() -> None:

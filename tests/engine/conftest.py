@@ -17,12 +17,12 @@ from core.states import RUN_TERMINAL
 from tests.factory import QUICK_LEASE, make_shipyard
 from tests.helpers import ALICE
 
-StartYard = Callable[..., Awaitable[Shipyard]]
+StartShipyard = Callable[..., Awaitable[Shipyard]]
 
 
 @pytest.fixture
-async def start_yard(tmp_path: Path) -> AsyncIterator[StartYard]:
-    """``await start_yard(url, {"name": yaml, …}, **settings)`` starts a Shipyard; all are
+async def start_shipyard(tmp_path: Path) -> AsyncIterator[StartShipyard]:
+    """``await start_shipyard(url, {"name": yaml, …}, **settings)`` starts a Shipyard; all are
     stopped after the test."""
     started: list[Shipyard] = []
 

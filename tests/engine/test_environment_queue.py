@@ -17,7 +17,7 @@ from core.model import Actor
 from core.runtime.service import Service
 from core.states import RunStatus
 from storage.store import SqlStore
-from tests.engine.conftest import StartYard, send, wait_for
+from tests.engine.conftest import StartShipyard, send, wait_for
 from tests.helpers import ALICE, CAROL
 from tests.pipelines import one_deploy
 
@@ -52,10 +52,12 @@ def _spans(ledger: Path) -> list[tuple[int, float, float]]:
 
 
 async def test_twenty_concurrent_runs_deploy_one_at_a_time_in_arrival_order(
-    db_url: str, start_yard: StartYard, tmp_path: Path
+    db_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger"
-    shipyard = await start_yard(db_url, {"web": DEPLOY.format(name="web", ledger=ledger)}, runner_capacity=8)
+    shipyard = await start_shipyard(
+        db_url, {"web": DEPLOY.format(name="web", ledger=ledger)}, runner_capacity=8
+    )
     runs = []
     for _ in range(20):  # one after another: their arrival order is their number order
         decision = await send(shipyard, TriggerRun(pipeline="web", actor=ALICE))
@@ -108,11 +110,11 @@ async def _queued(shipyard, count: int) -> list[str]:  # type: ignore[no-untyped
 
 
 async def test_supersede_cancels_older_queued_runs_of_the_same_pipeline(
-    db_url: str, start_yard: StartYard, tmp_path: Path
+    db_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     release, ledger = tmp_path / "release", tmp_path / "ledger"
     config = Environments.model_validate({"production": {"concurrency": "supersede"}})
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         db_url, {"web": HOLDING.format(release=release, ledger=ledger)}, environments=config
     )
     first, second, third, fourth = await _queued(shipyard, 4)
@@ -130,7 +132,7 @@ async def test_supersede_cancels_older_queued_runs_of_the_same_pipeline(
 
 
 async def test_a_run_waits_through_a_freeze_and_starts_when_it_ends_unless_it_breaks_glass(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     release, ledger = tmp_path / "release", tmp_path / "ledger"
     release.touch()
@@ -142,7 +144,7 @@ async def test_a_run_waits_through_a_freeze_and_starts_when_it_ends_unless_it_br
         "reason": "release party",
     }
     config = Environments.model_validate({"production": {"freezes": [freeze]}})
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url, {"web": HOLDING.format(release=release, ledger=ledger)}, environments=config
     )
     [frozen] = await _queued(shipyard, 1)
@@ -162,11 +164,11 @@ async def test_a_run_waits_through_a_freeze_and_starts_when_it_ends_unless_it_br
 
 
 async def test_a_freeze_that_fails_runs_fails_them_saying_until_when(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     freeze = {"every": "* * * * *", "until": "0 0 1 1 *", "reason": "year-end"}
     config = Environments.model_validate({"production": {"freezes": [freeze], "on_freeze": "fail"}})
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url, {"web": HOLDING.format(release=tmp_path, ledger=tmp_path / "l")}, environments=config
     )
     [run] = await _queued(shipyard, 1)
@@ -177,7 +179,7 @@ async def test_a_freeze_that_fails_runs_fails_them_saying_until_when(
 
 
 async def test_environment_rules_hold_whatever_the_pipeline_file_says(
-    sqlite_url: str, start_yard: StartYard
+    sqlite_url: str, start_shipyard: StartShipyard
 ) -> None:
     config = Environments.model_validate(
         {
@@ -189,7 +191,7 @@ async def test_environment_rules_hold_whatever_the_pipeline_file_says(
         }
     )
     pipelines = {n: one_deploy(n) for n in ("web", "batch")}
-    shipyard = await start_yard(sqlite_url, pipelines, environments=config)
+    shipyard = await start_shipyard(sqlite_url, pipelines, environments=config)
 
     other = await send(shipyard, TriggerRun(pipeline="batch", actor=ALICE, branch="main"))
     assert not other.accepted and other.refusal == "forbidden"
@@ -216,20 +218,20 @@ async def test_environment_rules_hold_whatever_the_pipeline_file_says(
 
 @pytest.mark.parametrize("gate", ["{type: automated, run: 'true', timeout: 1m}"])
 async def test_an_automated_gate_cannot_stand_in_for_required_approvals(
-    sqlite_url: str, start_yard: StartYard, gate: str
+    sqlite_url: str, start_shipyard: StartShipyard, gate: str
 ) -> None:
     config = Environments.model_validate({"production": {"approvals": {"from": ["release-managers"]}}})
-    shipyard = await start_yard(sqlite_url, {"web": one_deploy("web", gate=gate)}, environments=config)
+    shipyard = await start_shipyard(sqlite_url, {"web": one_deploy("web", gate=gate)}, environments=config)
     refused = await send(shipyard, TriggerRun(pipeline="web", actor=ALICE))
     assert not refused.accepted and refused.refusal == "invalid"
     assert "requires approvals" in refused.reason and "move that check to a stage before it" in refused.reason
 
 
 async def test_queue_positions_and_an_admin_moving_a_run_to_the_front(
-    db_url: str, start_yard: StartYard, tmp_path: Path
+    db_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     release, ledger = tmp_path / "release", tmp_path / "ledger"
-    shipyard = await start_yard(db_url, {"web": HOLDING.format(release=release, ledger=ledger)})
+    shipyard = await start_shipyard(db_url, {"web": HOLDING.format(release=release, ledger=ledger)})
     first, second, third, fourth = await _queued(shipyard, 4)
     await wait_for(shipyard, fourth, lambda s: s.run.status is RunStatus.QUEUED)
     queue = await shipyard.orchestrator.db(shipyard.service.queue, "production")

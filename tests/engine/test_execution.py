@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.commands import ApproveGate, CancelRun, PauseRun, RejectGate, ResumeRun, RetryRun
 from core.states import GateStatus, JobStatus, RunStatus, StageStatus
-from tests.engine.conftest import StartYard, send, trigger, wait_for
+from tests.engine.conftest import StartShipyard, send, trigger, wait_for
 from tests.helpers import ALICE, BOB, CAROL, DAVE, alive, written
 from tests.pipelines import gated, one_job
 
@@ -34,11 +34,11 @@ stages:
 
 
 async def test_parameters_and_outputs_reach_later_jobs_as_environment_variables(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     os.environ["SLACK_SIGNING_SECRET"] = "s3cret"  # a server secret jobs must not see
     try:
-        shipyard = await start_yard(sqlite_url, {"envs": ENV_PIPELINE})
+        shipyard = await start_shipyard(sqlite_url, {"envs": ENV_PIPELINE})
         run = await trigger(shipyard, "envs", ref="abc; rm -rf /")
         state = await wait_for(shipyard, run.run.id)
     finally:
@@ -62,10 +62,10 @@ async def test_parameters_and_outputs_reach_later_jobs_as_environment_variables(
 
 
 async def test_a_timed_out_job_has_its_whole_process_group_killed(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "child.pid"
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {
             "slow": f"""
@@ -90,10 +90,10 @@ async def test_a_timed_out_job_has_its_whole_process_group_killed(
 
 
 async def test_cancel_kills_the_running_job_at_once(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     started = tmp_path / "started"
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {
             "long": f"""
@@ -126,10 +126,10 @@ async def test_cancel_kills_the_running_job_at_once(
 
 
 async def test_a_failing_job_is_retried_then_succeeds(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     marker = tmp_path / "tried"
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {
             "flaky": f"""
@@ -156,9 +156,9 @@ async def test_a_failing_job_is_retried_then_succeeds(
 
 
 async def test_a_required_failure_fails_the_run_and_an_allowed_one_only_warns(
-    sqlite_url: str, start_yard: StartYard
+    sqlite_url: str, start_shipyard: StartShipyard
 ) -> None:
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {
             "warns": """
@@ -188,10 +188,10 @@ async def test_a_required_failure_fails_the_run_and_an_allowed_one_only_warns(
 
 
 async def test_pause_lets_running_jobs_finish_and_starts_nothing_until_resumed(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     go = tmp_path / "go"
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {
             "two": f"""
@@ -222,8 +222,8 @@ GATED = gated(
 )
 
 
-async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: StartYard) -> None:
-    shipyard = await start_yard(sqlite_url, {"gated": GATED})
+async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_shipyard: StartShipyard) -> None:
+    shipyard = await start_shipyard(sqlite_url, {"gated": GATED})
     run = await trigger(shipyard, "gated")
     waiting = await wait_for(shipyard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
     assert waiting.gates[0].status is GateStatus.OPEN
@@ -237,9 +237,11 @@ async def test_a_gate_waits_for_enough_approvals(sqlite_url: str, start_yard: St
 
 
 async def test_a_rejected_gate_fails_the_run_and_retry_resumes_from_the_failed_stage(
-    sqlite_url: str, start_yard: StartYard
+    sqlite_url: str, start_shipyard: StartShipyard
 ) -> None:
-    shipyard = await start_yard(sqlite_url, {"gated": GATED.replace("min_approvals: 2", "min_approvals: 1")})
+    shipyard = await start_shipyard(
+        sqlite_url, {"gated": GATED.replace("min_approvals: 2", "min_approvals: 1")}
+    )
     run = await trigger(shipyard, "gated")
     await wait_for(shipyard, run.run.id, lambda s: s.run.status is RunStatus.WAITING)
     await send(shipyard, RejectGate(run_id=run.run.id, gate="production", actor=DAVE, reason="freeze"))
@@ -258,10 +260,10 @@ async def test_a_rejected_gate_fails_the_run_and_retry_resumes_from_the_failed_s
 
 
 async def test_an_automated_gate_polls_its_check_until_it_passes(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     healthy = tmp_path / "healthy"
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {
             "auto": f"""
@@ -285,9 +287,9 @@ async def test_an_automated_gate_polls_its_check_until_it_passes(
 
 
 async def test_output_beyond_the_log_limit_keeps_the_head_and_the_tail(
-    sqlite_url: str, start_yard: StartYard
+    sqlite_url: str, start_shipyard: StartShipyard
 ) -> None:
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {"noisy": one_job("noisy", '"seq 1 20000; echo last-line"', job="spam")},
         max_log_bytes=4096,
@@ -304,9 +306,9 @@ async def test_output_beyond_the_log_limit_keeps_the_head_and_the_tail(
 
 
 async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
-    sqlite_url: str, start_yard: StartYard
+    sqlite_url: str, start_shipyard: StartShipyard
 ) -> None:
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {"argv": one_job("argv", '["/nonexistent/tool", "--flag"]', job="missing")},
     )
@@ -316,8 +318,8 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_reason(
     assert "/nonexistent/tool" in "\n".join(shipyard.store.tail_log(state.jobs[0].id))
 
 
-async def test_binary_output_is_stored_on_every_database(db_url: str, start_yard: StartYard) -> None:
-    shipyard = await start_yard(
+async def test_binary_output_is_stored_on_every_database(db_url: str, start_shipyard: StartShipyard) -> None:
+    shipyard = await start_shipyard(
         db_url,
         {
             "binary": """
@@ -334,10 +336,10 @@ async def test_binary_output_is_stored_on_every_database(db_url: str, start_yard
 
 
 async def test_a_run_past_its_pipeline_timeout_fails_and_its_job_processes_die(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "job.pid"
-    shipyard = await start_yard(
+    shipyard = await start_shipyard(
         sqlite_url,
         {
             "stuck": f"""
@@ -377,14 +379,16 @@ stages:
 
 
 async def test_a_runner_never_runs_more_jobs_at_once_than_its_capacity(
-    sqlite_url: str, start_yard: StartYard, tmp_path: Path
+    sqlite_url: str, start_shipyard: StartShipyard, tmp_path: Path
 ) -> None:
     """A finished job's slot is handed on while its report is still on its way (the next claim
     rides in the same commit), but its process has ended: processes alive never exceed it."""
     ledger = tmp_path / "ledger.txt"
     step = f"echo start $(date +%s%N) >> {ledger}; sleep 0.2; echo end $(date +%s%N) >> {ledger}"
     jobs = "\n".join(f'      - {{name: j{i}, run: "{step}"}}' for i in range(6))
-    shipyard = await start_yard(sqlite_url, {"wide": WIDE.format(jobs=jobs, step=step)}, runner_capacity=2)
+    shipyard = await start_shipyard(
+        sqlite_url, {"wide": WIDE.format(jobs=jobs, step=step)}, runner_capacity=2
+    )
     runs = [await trigger(shipyard, "wide") for _ in range(2)]
     for run in runs:
         assert (await wait_for(shipyard, run.run.id)).run.status is RunStatus.SUCCEEDED

@@ -14,7 +14,7 @@ from core.model import Actor
 from core.ports import Deployment
 from core.runtime.verification import rollback_key
 from core.states import RunStatus, StageStatus
-from tests.engine.conftest import StartYard, send, trigger, wait_for
+from tests.engine.conftest import StartShipyard, send, trigger, wait_for
 from tests.helpers import ALICE, CAROL
 from tests.pipelines import built_and_deployed
 
@@ -30,8 +30,8 @@ def _environments(on_failure: str = "rollback") -> dict[str, Any]:
     }
 
 
-def _history(yard: Shipyard) -> list[Deployment]:
-    with yard.service.store.reading() as tx:
+def _history(shipyard: Shipyard) -> list[Deployment]:
+    with shipyard.service.store.reading() as tx:
         return tx.deployments_to("production", 5)
 
 
@@ -40,126 +40,134 @@ def _verifying(state: Any) -> bool:
 
 
 async def test_a_verified_deployment_holds_its_environment_until_it_passes(
-    db_url: str, start_yard: StartYard
+    db_url: str, start_shipyard: StartShipyard
 ) -> None:
-    yard = await start_yard(db_url, {"shop": SHOP}, environments=_environments())
-    first = await trigger(yard, "shop", version="1.0.0")
-    state = await wait_for(yard, first.run.id, _verifying)
+    shipyard = await start_shipyard(db_url, {"shop": SHOP}, environments=_environments())
+    first = await trigger(shipyard, "shop", version="1.0.0")
+    state = await wait_for(shipyard, first.run.id, _verifying)
     stage = state.stages[1]
     assert stage.status is StageStatus.VERIFYING
     assert stage.verify_until is not None and stage.started_at is not None
     assert timedelta(minutes=10) <= stage.verify_until - stage.started_at < timedelta(minutes=11)
     assert state.run.reason == "verifying production for 10m"
 
-    second = await trigger(yard, "shop", version="1.0.1")
-    waiting = await wait_for(yard, second.run.id, lambda s: s.run.status is RunStatus.QUEUED)
+    second = await trigger(shipyard, "shop", version="1.0.1")
+    waiting = await wait_for(shipyard, second.run.id, lambda s: s.run.status is RunStatus.QUEUED)
     assert waiting.run.reason == f"waiting for production: {first.run.ref} is deploying there"
 
     passed = await send(
-        yard, EndVerification(run_id=first.run.id, verdict="passed", reason="smoke passed 600 times")
+        shipyard, EndVerification(run_id=first.run.id, verdict="passed", reason="smoke passed 600 times")
     )
     assert passed.accepted, passed.reason
-    done = await wait_for(yard, first.run.id)
+    done = await wait_for(shipyard, first.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
     assert done.stages[1].reason == "verified: smoke passed 600 times"
-    history = await yard.orchestrator.db(_history, yard)
+    history = await shipyard.orchestrator.db(_history, shipyard)
     assert [(d.artifact, d.status, d.verification) for d in history] == [
         ("shop@1.0.0", "succeeded", "verified")
     ]
-    await wait_for(yard, second.run.id, _verifying)  # the next one went in once verification ended
+    await wait_for(shipyard, second.run.id, _verifying)  # the next one went in once verification ended
 
 
 async def test_a_failed_verification_fails_the_run_and_rolls_back_once(
-    db_url: str, start_yard: StartYard
+    db_url: str, start_shipyard: StartShipyard
 ) -> None:
-    yard = await start_yard(db_url, {"shop": SHOP}, environments=_environments())
-    good = await trigger(yard, "shop", version="1.0.0")
-    await wait_for(yard, good.run.id, _verifying)
-    assert (await send(yard, EndVerification(run_id=good.run.id, verdict="passed"))).accepted
-    await wait_for(yard, good.run.id)
+    shipyard = await start_shipyard(db_url, {"shop": SHOP}, environments=_environments())
+    good = await trigger(shipyard, "shop", version="1.0.0")
+    await wait_for(shipyard, good.run.id, _verifying)
+    assert (await send(shipyard, EndVerification(run_id=good.run.id, verdict="passed"))).accepted
+    await wait_for(shipyard, good.run.id)
 
-    bad = await trigger(yard, "shop", version="2.0.0")
-    await wait_for(yard, bad.run.id, _verifying)
+    bad = await trigger(shipyard, "shop", version="2.0.0")
+    await wait_for(shipyard, bad.run.id, _verifying)
     why = "error-rate = 0.034 > 0.01 at 12:04:10, twice"
-    failed = await send(yard, EndVerification(run_id=bad.run.id, verdict="failed", reason=why))
+    failed = await send(shipyard, EndVerification(run_id=bad.run.id, verdict="failed", reason=why))
     assert failed.accepted, failed.reason
     rollback = failed.extra["rollback"].state
     assert rollback.run.kind == "rollback" and rollback.run.idempotency_key == rollback_key(bad.run.id)
 
-    again = await send(yard, EndVerification(run_id=bad.run.id, verdict="failed", reason=why))
+    again = await send(shipyard, EndVerification(run_id=bad.run.id, verdict="failed", reason=why))
     assert not again.accepted and "nothing is being verified" in again.reason
 
-    done = await wait_for(yard, bad.run.id)
+    done = await wait_for(shipyard, bad.run.id)
     assert done.run.status is RunStatus.FAILED
     assert done.run.reason == f"verification of production failed: {why}"
-    rolled = await wait_for(yard, rollback.run.id, _verifying)  # the rollback is verified too
+    rolled = await wait_for(shipyard, rollback.run.id, _verifying)  # the rollback is verified too
     assert rolled.run.artifact_id is not None
-    runs = await yard.orchestrator.db(yard.service.store.list_runs, "shop", 10)
+    runs = await shipyard.orchestrator.db(shipyard.service.store.list_runs, "shop", 10)
     assert sum(1 for s in runs if s.run.kind == "rollback") == 1
 
 
 async def test_people_end_verification_early_within_separation_of_duties(
-    db_url: str, start_yard: StartYard
+    db_url: str, start_shipyard: StartShipyard
 ) -> None:
-    yard = await start_yard(db_url, {"shop": SHOP}, environments=_environments(on_failure="fail"))
-    run = await trigger(yard, "shop", version="1.0.0")
-    await wait_for(yard, run.run.id, _verifying)
+    shipyard = await start_shipyard(db_url, {"shop": SHOP}, environments=_environments(on_failure="fail"))
+    run = await trigger(shipyard, "shop", version="1.0.0")
+    await wait_for(shipyard, run.run.id, _verifying)
 
     inconclusive = await send(
-        yard, EndVerification(run_id=run.run.id, verdict="inconclusive", reason="smoke: no data")
+        shipyard, EndVerification(run_id=run.run.id, verdict="inconclusive", reason="smoke: no data")
     )
     assert inconclusive.accepted
-    paused = await wait_for(yard, run.run.id, lambda s: "inconclusive" in s.run.reason)
+    paused = await wait_for(shipyard, run.run.id, lambda s: "inconclusive" in s.run.reason)
     assert paused.run.status is RunStatus.VERIFYING
     assert paused.run.reason == "verification of production inconclusive: smoke: no data; an approver decides"
     assert paused.stages[1].verify_until is None  # (no deadline any more: a person decides)
-    again = await send(yard, EndVerification(run_id=run.run.id, verdict="inconclusive", reason="still none"))
+    again = await send(
+        shipyard, EndVerification(run_id=run.run.id, verdict="inconclusive", reason="still none")
+    )
     assert not again.accepted and "already waits for an approver" in again.reason
 
-    own = await send(yard, EndVerification(run_id=run.run.id, verdict="passed", actor=ALICE))
+    own = await send(shipyard, EndVerification(run_id=run.run.id, verdict="passed", actor=ALICE))
     assert not own.accepted and "separation of duties" in own.reason
-    by_carol = await send(yard, EndVerification(run_id=run.run.id, verdict="passed", actor=CAROL))
+    by_carol = await send(shipyard, EndVerification(run_id=run.run.id, verdict="passed", actor=CAROL))
     assert by_carol.accepted, by_carol.reason
-    done = await wait_for(yard, run.run.id)
+    done = await wait_for(shipyard, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED and done.stages[1].reason == "verified by carol"
 
 
-async def test_a_person_rolls_back_even_where_failures_only_fail(db_url: str, start_yard: StartYard) -> None:
-    yard = await start_yard(db_url, {"shop": SHOP}, environments=_environments(on_failure="fail"))
-    good = await trigger(yard, "shop", version="1.0.0")
-    await wait_for(yard, good.run.id, _verifying)
-    await send(yard, EndVerification(run_id=good.run.id, verdict="passed"))
-    bad = await trigger(yard, "shop", version="2.0.0")
-    await wait_for(yard, bad.run.id, _verifying)
+async def test_a_person_rolls_back_even_where_failures_only_fail(
+    db_url: str, start_shipyard: StartShipyard
+) -> None:
+    shipyard = await start_shipyard(db_url, {"shop": SHOP}, environments=_environments(on_failure="fail"))
+    good = await trigger(shipyard, "shop", version="1.0.0")
+    await wait_for(shipyard, good.run.id, _verifying)
+    await send(shipyard, EndVerification(run_id=good.run.id, verdict="passed"))
+    bad = await trigger(shipyard, "shop", version="2.0.0")
+    await wait_for(shipyard, bad.run.id, _verifying)
     # a failure from the analysis alone would only fail the run here; a person's "Roll back" rolls back
     decision = await send(
-        yard,
+        shipyard,
         EndVerification(run_id=bad.run.id, verdict="failed", rollback=True, actor=Actor("carol", "slack")),
     )
     assert decision.accepted
     assert decision.extra["rollback"].state.run.kind == "rollback"
-    done = await wait_for(yard, bad.run.id)
+    done = await wait_for(shipyard, bad.run.id)
     assert done.run.reason == "verification of production failed by carol"
 
 
-async def test_an_environment_without_verify_is_not_verified(db_url: str, start_yard: StartYard) -> None:
-    yard = await start_yard(db_url, {"shop": SHOP})
-    run = await trigger(yard, "shop", version="1.0.0")
-    done = await wait_for(yard, run.run.id)
+async def test_an_environment_without_verify_is_not_verified(
+    db_url: str, start_shipyard: StartShipyard
+) -> None:
+    shipyard = await start_shipyard(db_url, {"shop": SHOP})
+    run = await trigger(shipyard, "shop", version="1.0.0")
+    done = await wait_for(shipyard, run.run.id)
     assert done.run.status is RunStatus.SUCCEEDED
-    refused = await send(yard, EndVerification(run_id=run.run.id, verdict="passed"))
+    refused = await send(shipyard, EndVerification(run_id=run.run.id, verdict="passed"))
     assert not refused.accepted and "nothing is being verified" in refused.reason
 
 
 async def test_the_first_deployment_failing_verification_has_nothing_to_roll_back_to(
-    db_url: str, start_yard: StartYard
+    db_url: str, start_shipyard: StartShipyard
 ) -> None:
-    yard = await start_yard(db_url, {"shop": SHOP}, environments=_environments())
-    run = await trigger(yard, "shop", version="1.0.0")
-    await wait_for(yard, run.run.id, _verifying)
-    decision = await send(yard, EndVerification(run_id=run.run.id, verdict="failed", reason="smoke failed"))
+    shipyard = await start_shipyard(db_url, {"shop": SHOP}, environments=_environments())
+    run = await trigger(shipyard, "shop", version="1.0.0")
+    await wait_for(shipyard, run.run.id, _verifying)
+    decision = await send(
+        shipyard, EndVerification(run_id=run.run.id, verdict="failed", reason="smoke failed")
+    )
     assert decision.accepted and "rollback" not in decision.extra
-    entries = await yard.orchestrator.db(yard.service.store.audit_entries, 20)
+    entries = await shipyard.orchestrator.db(shipyard.service.store.audit_entries, 20)
     refused = [e for e in entries if e.action == "rollback"]
     assert refused and refused[0].outcome == "rejected"
     assert refused[0].reason.endswith("no rollback: no earlier good deployment to production to roll back to")
