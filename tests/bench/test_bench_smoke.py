@@ -110,3 +110,4 @@ def test_the_runner_bench_runs_jobs_on_runner_processes_and_streams_a_log(tmp_pa
     stored = re.search(r"1 MB log: +\d+\.\d MB/s, (\d+) bytes stored", result.stdout)
     assert stored is not None, result.stdout
     assert int(stored.group(1)) == 1024 * 1024 + 255  # 1 MiB of base64 in 256 lines of 4 KiB: all of it
+    assert re.search(r"MB peak while written, \d+ MB peak while read back", result.stdout), result.stdout
