@@ -111,3 +111,21 @@ def test_the_runner_bench_runs_jobs_on_runner_processes_and_streams_a_log(tmp_pa
     assert stored is not None, result.stdout
     assert int(stored.group(1)) == 1024 * 1024 + 255  # 1 MiB of base64 in 256 lines of 4 KiB: all of it
     assert re.search(r"MB peak while written, \d+ MB peak while read back", result.stdout), result.stdout
+
+
+def test_the_idle_bench_measures_a_server_with_metrics_off_and_on(tmp_path: Path) -> None:
+    """``bench/idle.py``, for two seconds each: both servers start, the one with metrics is
+    scraped, and each line says its figure against the target."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.idle", "--seconds", "2"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figure = r" +\d+\.\d\d % of a core \(\d+\.\d\d s CPU\) +target <= 0\.2 %: (met|NOT met)"
+    assert re.search(r"metrics off" + figure, result.stdout), result.stdout
+    assert re.search(r"metrics on \(1 scrapes\)" + figure, result.stdout), result.stdout
