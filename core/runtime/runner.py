@@ -442,6 +442,9 @@ class Runner:
         reclaimed). Every third of the lease: renew the leases of the rest."""
         renewed = asyncio.get_running_loop().time()
         while True:
+            if not any(not a.stopping for a in self.jobs.values()):
+                self._started.clear()  # (nothing to watch: until jobs start)
+                await self._started.wait()
             await asyncio.sleep(self.poll_interval)
             held = [key for key, a in self.jobs.items() if not a.stopping]
             if not held:
