@@ -203,11 +203,19 @@ class Server:
     """``shipyard serve`` in a subprocess, its output in a log file."""
 
     def __init__(
-        self, work: Path, database_url: str, capacity: int, env: dict[str, str] | None = None
+        self,
+        work: Path,
+        database_url: str,
+        capacity: int,
+        env: dict[str, str] | None = None,
+        *,
+        metrics: bool = True,
     ) -> None:
         self.work = work
         self.database_url = database_url
         self.capacity = capacity
+        #: serve ``/metrics`` (with ``SHIPYARD_METRICS_TOKEN``)
+        self.metrics = metrics
         #: more variables for the server (``SHIPYARD_CONFIG``, ...)
         self.env = env or {}
         self.port = 0
@@ -235,7 +243,7 @@ class Server:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "SHIPYARD_DATABASE_URL": self.database_url,
             "SHIPYARD_ADMIN_TOKEN": TOKEN,
-            "SHIPYARD_METRICS_TOKEN": TOKEN,
+            **({"SHIPYARD_METRICS_TOKEN": TOKEN} if self.metrics else {}),
             "SHIPYARD_PIPELINES_DIR": str(self.work / "pipelines"),
             "SHIPYARD_WORK_DIR": str(self.work / "work"),
             "SHIPYARD_RUNNER_NAME": "bench-runner",

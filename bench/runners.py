@@ -256,8 +256,9 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def big_log(kind: str, args: argparse.Namespace) -> tuple[float, int, int, int, int]:
-    """(MB/s, bytes stored, RSS before, peak, after in KiB) for a job writing ``--log-mb`` MB."""
+def big_log(kind: str, args: argparse.Namespace) -> tuple[float, int, int, int, int, int]:
+    """(MB/s, bytes stored, server RSS in KiB: before, peak while written, peak while read back
+    over REST, after) for a job writing ``--log-mb`` MB."""
     limit = str(args.log_mb * 1024 * 1024 * 2)
     with tempfile.TemporaryDirectory(prefix="bench-runners-") as tmp, database(kind, Path(tmp)) as url:
         work = Path(tmp)
@@ -278,18 +279,18 @@ def big_log(kind: str, args: argparse.Namespace) -> tuple[float, int, int, int, 
                 sampler.start()
                 run_id = _trigger(server, "log")
                 run = _wait(lambda: _finished(server, run_id), 600, "the log job", interval=0.1)
+                written, peak[0] = peak[0], _rss_kib(pid)
+                job = run["stages"][0]["jobs"][0]
+                size = _stored_bytes(server, run_id, job["id"])
                 stop.set()
                 sampler.join()
                 after = _rss_kib(pid)
-                job = run["stages"][0]["jobs"][0]
                 took = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
-                size = _stored_bytes(server, run_id, job["id"])
-    return size / 1e6 / took.total_seconds(), size, before, peak[0], after
+    return size / 1e6 / took.total_seconds(), size, before, written, peak[0], after
 
 
 def _stored_bytes(server: Server, run_id: str, job_id: str) -> int:
-    """The length of the job's stored output (read after the memory figures: this read holds
-    the whole log in the server)."""
+    """The length of the job's stored output, read back as a client would (streamed)."""
     request = urllib.request.Request(
         f"{server.base}/api/v1/runs/{run_id}/jobs/{job_id}/log", headers={"Authorization": f"Bearer {TOKEN}"}
     )
@@ -333,10 +334,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  claim latency, two replicas: {_ms(claim_latency(args.db, args, replicas=True))}")
         print(f"  target p99 <= {TARGET_CLAIM_P99_MS:.0f} ms")
     if "log" not in skip:
-        rate, size, before, peak, after = big_log(args.db, args)
+        rate, size, before, written, read, after = big_log(args.db, args)
         print(
             f"  {args.log_mb} MB log: {rate:6.1f} MB/s, {size} bytes stored; server RSS "
-            f"{before / 1024:.0f} MB before, {peak / 1024:.0f} MB peak, {after / 1024:.0f} MB after"
+            f"{before / 1024:.0f} MB before, {written / 1024:.0f} MB peak while written, "
+            f"{read / 1024:.0f} MB peak while read back, {after / 1024:.0f} MB after"
         )
 
 

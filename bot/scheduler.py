@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -80,8 +80,18 @@ class ScheduleLoop:
         self._quiet_until: datetime | None = None
 
     def poke(self) -> None:
-        """A schedule was added here: the next beat reads the table again."""
+        """A schedule was added here: the clock beats at once and reads the table again."""
         self._quiet_until = None
+        self._next_beat(None)
+
+    def _next_beat(self, at: datetime | None) -> None:
+        """Move the beat job's next run to ``at`` (None: now): a resting clock does not wake
+        every second for nothing. It beats on the whole second again after."""
+        job = (
+            self.scheduler.get_job("tick") if self.scheduler is not None and self.scheduler.running else None
+        )
+        if job is not None:
+            job.modify(next_run_time=at or datetime.now(UTC))
 
     async def start(self) -> None:
         self.backend.schedule_added = self.poke
@@ -130,8 +140,9 @@ class ScheduleLoop:
             else:
                 at = now()
                 upcoming = await self.backend.read(self.schedule_store.next_due_at)
-                rest = at + timedelta(seconds=QUIET_S)
+                rest = (at + timedelta(seconds=QUIET_S)).replace(microsecond=0)  # (a whole second)
                 self._quiet_until = rest if upcoming is None else min(upcoming, rest)
+                self._next_beat(self._quiet_until)
         except DatabaseUnreachable as exc:  # (said once by the engine's health): the next beat
             log.debug("schedules not read: %s", exc.__cause__ or exc)
         finally:
@@ -280,7 +291,6 @@ class ScheduleLoop:
         ``ScheduleStore.sync_file``). Only pipelines whose declarations changed are written."""
         reads = self.backend.reads
         at = now()
-        self._quiet_until = None  # (a declaration may have changed)
         stored = await self.backend.read(self.schedule_store.file_schedule_ids)
         for info in await self.backend.read(reads.pipelines, None, 10_000, False):
             have = stored.get(info.name, set())
@@ -304,6 +314,7 @@ class ScheduleLoop:
                 )
             if {s.id for s in wanted} != have:
                 await self.backend.write(self.schedule_store.sync_file, info.name, wanted, at)
+                self.poke()  # (a declaration changed: its first fire may come before the rest ends)
 
 
 def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:

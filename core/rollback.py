@@ -3,8 +3,9 @@
 The target is the artifact of the most recent successful deployment to the environment whose
 artifact differs from the latest deployment's (so a rollback after a failed deploy goes back to
 what last worked, and after a suspicious success to what came before it), skipping artifacts
-marked bad. After a rollback that failed, it is that rollback's target again (not the version
-people were escaping). ``to`` picks a version by hand.
+marked bad. After a rollback that failed, it is that rollback's target again, and never the
+version people were escaping (even once that target is marked bad). ``to`` picks a version by
+hand.
 """
 
 from __future__ import annotations
@@ -58,15 +59,36 @@ def plan_rollback(
         again = artifact(current.artifact_id or "")  # a rollback that failed: its target again
         if again is not None and not again.bad:
             return RollbackPlan(environment, current.pipeline, current, again)
-    avoid = current.artifact_id if current is not None else None  # what is there now
+    avoid = {current.artifact_id if current is not None else None}  # what is there now
+    escaping = _escaping(current, with_artifacts)
+    if escaping is not None:
+        avoid.add(escaping.artifact_id)
     skipped = []
     for deployment in with_artifacts:
-        if deployment.status != "succeeded" or deployment.artifact_id == avoid:
+        if deployment.status != "succeeded" or deployment.artifact_id in avoid:
             continue
         found = artifact(deployment.artifact_id or "")
         if found is None or found.bad:
             skipped.append(deployment.artifact or "?")
             continue
         return RollbackPlan(environment, deployment.pipeline, current, found)
-    also = f" (passed over, no longer deployable: {', '.join(skipped)})" if skipped else ""
-    raise NotFound(f"no earlier good deployment to {environment} to roll back to{also}")
+    raise NotFound(
+        f"no earlier good deployment to {environment} to roll back to{_passed_over(escaping, skipped)}"
+    )
+
+
+def _escaping(current: Deployment | None, with_artifacts: Sequence[Deployment]) -> Deployment | None:
+    """After a rollback that failed, the deployment it was rolling back from: never the way
+    forward (its target marked bad since, the one before goes in, not the one people fled)."""
+    if current is None or current.kind != "rollback" or current.status == "succeeded":
+        return None
+    return next((d for d in with_artifacts if d.kind != "rollback"), None)
+
+
+def _passed_over(escaping: Deployment | None, skipped: Sequence[str]) -> str:
+    if escaping is None:
+        return f" (passed over, no longer deployable: {', '.join(skipped)})" if skipped else ""
+    parts = [f"{escaping.artifact or '?'}, being rolled back from"]
+    if skipped:
+        parts.append(f"no longer deployable: {', '.join(skipped)}")
+    return f" (passed over: {'; '.join(parts)})"

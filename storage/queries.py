@@ -145,7 +145,12 @@ class Q:
         .values(next_check_at=b("_until"))
     )
     job_attempt = sa.select(JOB.c.attempt).where(JOB.c.id == b("id"))
-    log_of = sa.select(LOG).where(LOG.c.job_id == b("id"), LOG.c.attempt == b("attempt")).order_by(LOG.c.id)
+    log_of = (
+        sa.select(LOG)
+        .where(LOG.c.job_id == b("id"), LOG.c.attempt == b("attempt"), LOG.c.id > b("after"))
+        .order_by(LOG.c.id)
+        .limit(b("limit"))
+    )
     log_tail = (
         sa.select(LOG.c.text)
         .where(LOG.c.job_id == b("id"), LOG.c.attempt == b("attempt"))

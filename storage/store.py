@@ -93,6 +93,9 @@ DEPLOYMENT_KEYS = (
 )
 #: advisory lock key that orders event appends on PostgreSQL
 EVENT_LOCK = 0x5348_4950_4556
+#: log chunks read at a time (``SqlStore.log_pages``): a chunk is at most a runner's request
+#: (256 KiB), so a page is a few MiB at most
+LOG_PAGE = 16
 
 
 class SqlStore:
@@ -228,12 +231,28 @@ class SqlStore:
             return True
 
     def read_log(self, job_id: str, attempt: int | None = None) -> Iterator[LogChunk]:
-        with self._read() as conn:
-            if attempt is None:
+        for page in self.log_pages(job_id, attempt):
+            yield from page
+
+    def log_pages(
+        self, job_id: str, attempt: int | None = None, size: int = LOG_PAGE
+    ) -> Iterator[list[LogChunk]]:
+        """An attempt's output (the latest by default), ``size`` chunks at a time, each page read
+        on its own: a big log is never all in memory, and the pages may be read on different
+        threads one after another (the REST API streams them)."""
+        if attempt is None:
+            with self._read() as conn:
                 attempt = conn.execute(Q.job_attempt, {"id": job_id}).scalar() or 0
-            rows = conn.execute(Q.log_of, {"id": job_id, "attempt": attempt}).mappings().all()
-        for r in rows:
-            yield LogChunk(r["job_id"], r["attempt"], r["id"], r["stream"], r["text"])
+        after = 0
+        while True:
+            params = {"id": job_id, "attempt": attempt, "after": after, "limit": size}
+            with self._read() as conn:
+                rows = conn.execute(Q.log_of, params).mappings().all()
+            if rows:
+                yield [LogChunk(r["job_id"], r["attempt"], r["id"], r["stream"], r["text"]) for r in rows]
+            if len(rows) < size:
+                return
+            after = rows[-1]["id"]
 
     def tail_log(self, job_id: str, lines: int = 20, attempt: int | None = None) -> list[str]:
         """The last ``lines`` lines of an attempt (the latest by default), reading only the

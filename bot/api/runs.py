@@ -391,9 +391,9 @@ async def reject_gate(call: Call) -> web.Response:
     query=LogQuery,
     responses={200: ("the output, as text", "text/plain")},
 )
-async def job_log(call: Call) -> web.Response:
+async def job_log(call: Call) -> web.StreamResponse:
     """`job_id` is the job's id or `stage/job` (URL-encoded). The whole output of the latest
-    attempt, or its last `tail` lines."""
+    attempt (streamed, a few chunks at a time), or its last `tail` lines."""
     state = await find_run(call)
     wanted = call.params["job_id"]
     job = state.job(wanted) or next(
@@ -406,11 +406,19 @@ async def job_log(call: Call) -> web.Response:
     store = gw(call).shipyard.store
     if q.tail is not None:
         lines = await gw(call).read(store.tail_log, job.id, q.tail, q.attempt)
-        text = "".join(line + "\n" for line in lines)
-    else:
-        chunks = await gw(call).read(lambda: list(store.read_log(job.id, q.attempt)))
-        text = "".join(c.text for c in chunks)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return web.Response(
+            text="".join(line + "\n" for line in lines), content_type="text/plain", charset="utf-8"
+        )
+    pages = store.log_pages(job.id, q.attempt)
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    while (page := await gw(call).read(next, pages, None)) is not None:
+        if not response.prepared:
+            await response.prepare(call.request)
+        await response.write("".join(c.text for c in page).encode())
+    if not response.prepared:
+        await response.prepare(call.request)
+    await response.write_eof()
+    return response
 
 
 @API.op(

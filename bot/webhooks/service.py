@@ -294,7 +294,10 @@ class Webhooks:
                 continue
             if full:
                 continue
-            wait = await self._wait(self.config.poll_interval)
+            # (with no active subscription there is nothing to send: look again for one now and
+            # then, or when this process changes them)
+            rest = self.config.poll_interval if self._listening or self._flights else LISTEN_RECHECK_S
+            wait = await self._wait(rest)
             if wait > 0:
                 try:
                     async with asyncio.timeout(wait):

@@ -18,13 +18,28 @@ import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from core.assignment import Assignment
 from core.runtime.spawning import Spawned, Spawner, SpawnerGone, SpawnError, killpg
 from core.runtime.waiting import within
 
 OutputSink = Callable[[str, str], None]
+
+
+@runtime_checkable
+class PacedSink(Protocol):
+    """An output sink that can make a job wait: while it is full, the job's pipes are not read,
+    so a job writing faster than its output can be stored blocks on its own writes instead of
+    the runner holding what it wrote (back-pressure)."""
+
+    def __call__(self, stream: str, text: str) -> None: ...
+    def is_full(self) -> bool: ...
+    async def room(self) -> None:
+        """Return once the sink takes output again."""
+        ...
+
+
 #: environment variables of the server that jobs must not inherit
 PRIVATE_PREFIXES = ("SHIPYARD_", "SLACK_")
 OUTPUT_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
@@ -243,16 +258,19 @@ def _exited_with(code: int | None, output_file: Path, sink: OutputSink) -> ExecR
 
 class _Pump:
     """One of a job's output pipes, read as it comes (a reader on the loop: nothing to await
-    before the job starts) and decoded with split characters kept whole."""
+    before the job starts) and decoded with split characters kept whole. A ``PacedSink`` that
+    is full stops the reading until it has room."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str, sink: OutputSink) -> None:
         self.loop = loop
         self.name = name
         self.sink = sink
+        self.paced = sink if isinstance(sink, PacedSink) else None
         self.read, self.write = os.pipe()
         os.set_blocking(self.read, False)
         self.done: asyncio.Future[None] = loop.create_future()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._resuming: asyncio.Task[None] | None = None
         loop.add_reader(self.read, self._readable)
 
     def _readable(self) -> None:
@@ -265,9 +283,19 @@ class _Pump:
             self.sink(self.name, text.replace("\x00", "\ufffd"))  # NUL cannot be stored (PostgreSQL)
         if not chunk:
             self.close()
+        elif self.paced is not None and self.paced.is_full():
+            self.loop.remove_reader(self.read)
+            self._resuming = self.loop.create_task(self._resume(self.paced))
+
+    async def _resume(self, paced: PacedSink) -> None:
+        await paced.room()
+        if self.read >= 0:
+            self.loop.add_reader(self.read, self._readable)
 
     def close(self) -> None:
         """Stop reading (at the pipe's end, or when the job is abandoned)."""
+        if self._resuming is not None:
+            self._resuming.cancel()
         if self.read >= 0:
             self.loop.remove_reader(self.read)
             os.close(self.read)

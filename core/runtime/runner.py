@@ -33,6 +33,8 @@ T = TypeVar("T")
 #: said in a job's log when its end was found in its record after the server restarted
 RESTARTED_NOTE = "\n[shipyard: the server restarted after this job ended; its last output may be missing]\n"
 RunnerReport = CompleteJob | InterruptJob | ExpireLease | ReportLateResult
+#: output waiting to be stored, in bytes, past which a job's pipes are no longer read
+HIGH_WATER = 4 * 1024 * 1024
 
 
 class RunnerLink(Protocol):
@@ -123,21 +125,45 @@ class LogBuffer:
     """Output of one job attempt on its way to the store: flushed in chunks, bounded in size.
 
     The first ``limit`` bytes are kept as they come; after that only the last ``tail``
-    characters are, behind a marker saying how much was left out."""
+    characters are, behind a marker saying how much was left out. What waits to be stored is
+    bounded too: past ``high_water`` bytes the buffer is full (``executor.PacedSink``), the
+    job's pipes are not read until a flush takes it, and the flusher is asked to flush now."""
 
-    def __init__(self, limit: int, tail: int = 65536, masker: Masker | None = None) -> None:
+    def __init__(
+        self, limit: int, tail: int = 65536, masker: Masker | None = None, high_water: int = HIGH_WATER
+    ) -> None:
         self.limit = limit
         #: secret values become ``***`` before anything is kept (``core.secrets``)
         self.masker = masker or Masker()
         self.tail_limit = tail
+        self.high_water = high_water
         self.pending: list[tuple[str, str]] = []
+        self.pending_bytes = 0
         self.kept = 0
         self.omitted = 0
         self.tail: deque[tuple[str, str]] = deque()
         self.tail_size = 0
+        #: set when a flush should not wait for its interval (the buffer is full)
+        self.flush_soon = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __call__(self, stream: str, text: str) -> None:
+        self.add(stream, text)
 
     def add(self, stream: str, text: str) -> None:
         self._keep(stream, self.masker.feed(stream, text))
+
+    def is_full(self) -> bool:
+        return self.pending_bytes >= self.high_water
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    def put_back(self, chunks: list[tuple[str, str]]) -> None:
+        """Chunks a flush could not store, first in line for the next one."""
+        self.pending[:0] = chunks
+        self._pending_changed(sum(len(t.encode()) for _, t in chunks))
 
     def _keep(self, stream: str, text: str) -> None:
         if not text:
@@ -147,7 +173,9 @@ class LogBuffer:
             head = text.encode()[:room].decode(errors="ignore")  # the limit is in bytes
             text = text[len(head) :]
             self.pending.append((stream, head))
-            self.kept += len(head.encode())
+            size = len(head.encode())
+            self.kept += size
+            self._pending_changed(size)
         if not text:
             return
         self.tail.append((stream, text))
@@ -169,12 +197,21 @@ class LogBuffer:
             for stream, text in self.masker.flush():
                 self._keep(stream, text)
         chunks, self.pending = self.pending, []
+        self._pending_changed(-self.pending_bytes)
         if final and self.tail:
             if self.omitted:
                 chunks.append(("system", f"\n[shipyard: {self.omitted} characters of output omitted]\n"))
             chunks.extend(self.tail)
             self.tail.clear()
         return chunks
+
+    def _pending_changed(self, by: int) -> None:
+        self.pending_bytes += by
+        if self.is_full():
+            self._room.clear()
+            self.flush_soon.set()
+        else:
+            self._room.set()
 
 
 @dataclass
@@ -405,6 +442,9 @@ class Runner:
         reclaimed). Every third of the lease: renew the leases of the rest."""
         renewed = asyncio.get_running_loop().time()
         while True:
+            if not any(not a.stopping for a in self.jobs.values()):
+                self._started.clear()  # (nothing to watch: until jobs start)
+                await self._started.wait()
             await asyncio.sleep(self.poll_interval)
             held = [key for key, a in self.jobs.items() if not a.stopping]
             if not held:
@@ -477,7 +517,7 @@ class Runner:
                 result = ExecResult("failed", None, detail=a.refusal)
             else:
                 record = self.records.path(a.run_id, a.job_id, a.attempt)
-                result = await self.executor.execute(a, self.workdir / a.run_id, active.logs.add, record)
+                result = await self.executor.execute(a, self.workdir / a.run_id, active.logs, record)
                 result = _masked(result, active.logs.masker)
         except Exception as exc:
             log.exception("job %s could not be executed", a.label)
@@ -486,6 +526,7 @@ class Runner:
         finally:
             start_flusher.cancel()
             active.finished.set()
+            active.logs.flush_soon.set()
             await asyncio.gather(*flusher, return_exceptions=True)  # lets a flush in progress land
         try:
             remaining = active.logs.take(final=True)
@@ -572,19 +613,20 @@ class Runner:
         """Store output every ``log_flush_s`` while the job runs (started once it has run that long)."""
         a = active.assignment
         while not active.finished.is_set():
+            active.logs.flush_soon.clear()
             chunks = active.logs.take()
             if chunks:
                 try:
                     held = await self.link.append_log(a.job_id, a.attempt, self.name, chunks)
                 except Exception as exc:
                     _trouble(exc, "runner %s could not store output of %s", self.name, a.label)
-                    active.logs.pending[:0] = chunks  # keep them for the next flush
+                    active.logs.put_back(chunks)  # for the next flush
                 else:
                     if not held:  # fenced out: someone else owns this attempt now
                         active.stopping = True
                         self.executor.kill(a.job_id, a.attempt)
                         return
-            await wait_event(active.finished, self.log_flush_s)
+            await wait_event(active.logs.flush_soon, self.log_flush_s)
 
 
 def _masked(result: ExecResult, masker: Masker) -> ExecResult:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import sqlalchemy as sa
+
+from storage.store import LOG_PAGE
+from storage.tables import T
 from tests.api.conftest import Api, assert_problem
 
 REF = "abc1234"
@@ -133,6 +137,24 @@ async def test_a_job_log_is_served_whole_or_its_last_lines(api: Api) -> None:
     assert tail.status == 200 and tail.text == "line4\nline5\n"
     assert_problem(await api.get(f"/runs/{run['id']}/jobs/build%2Fnope/log"), 404, "build/compile")
     assert_problem(await api.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log?tail=0"), 400, "tail")
+
+
+async def test_a_log_of_many_chunks_is_streamed_whole_and_in_order(api: Api) -> None:
+    """Read a few chunks at a time (never the whole log in memory), it still arrives whole."""
+    run = await api.trigger("web", parameters={"ref": REF})
+    done = await api.wait(run["id"])
+    job = done["stages"][0]["jobs"][0]
+    more = [f"more {i} " + "x" * 1000 + "\n" for i in range(LOG_PAGE * 3 + 5)]
+
+    def append() -> None:
+        rows = [{"job_id": job["id"], "attempt": job["attempt"], "stream": "stdout", "text": t} for t in more]
+        with api.shipyard.store.engine.begin() as conn:
+            conn.execute(sa.insert(T["log_chunk"]), rows)
+
+    await api.db(append)
+    whole = await api.get(f"/runs/{run['id']}/jobs/build%2Fcompile/log")
+    assert whole.status == 200
+    assert whole.text == "".join(f"line{i}\n" for i in range(1, 6)) + "".join(more)
 
 
 async def test_the_log_of_an_earlier_attempt_is_served_too(api: Api) -> None:

@@ -77,15 +77,7 @@ def test_the_rollout_bench_aborts_a_canary_through_real_nginx_and_prometheus(tmp
     for binary in (nginx, prometheus):
         if not os.access(binary, os.X_OK):
             pytest.skip(f"{binary} is not installed")
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.rollout", "--aborts", "1", "--rate", "100", "--quiet", "0.5"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    result = _bench(tmp_path, 180, "bench.rollout", "--aborts", "1", "--rate", "100", "--quiet", "0.5")
     assert result.returncode in (0, 1), result.stdout + result.stderr  # 1: over target on a busy machine
     assert "analysis at step 2 (canary at 20%) failed: error-rate = " in result.stdout, result.stdout
     assert re.search(r"traffic .* p99 \d+\.\d+ s", result.stdout), result.stdout
@@ -94,15 +86,9 @@ def test_the_rollout_bench_aborts_a_canary_through_real_nginx_and_prometheus(tmp
 def test_the_runner_bench_runs_jobs_on_runner_processes_and_streams_a_log(tmp_path: Path) -> None:
     """``bench/runners.py``, tiny: real runner processes take every job, claims are timed from
     the database's own events, and a job's megabyte of output is stored whole."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.runners", "--runners", "1", "--jobs", "20", "--width", "10",
-         "--capacity", "4", "--samples", "3", "--log-mb", "1"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
+    result = _bench(
+        tmp_path, 240, "bench.runners", "--runners", "1", "--jobs", "20", "--width", "10",
+        "--capacity", "4", "--samples", "3", "--log-mb", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"1 runner\(s\): +\d+\.\d jobs/s", result.stdout), result.stdout
@@ -110,3 +96,27 @@ def test_the_runner_bench_runs_jobs_on_runner_processes_and_streams_a_log(tmp_pa
     stored = re.search(r"1 MB log: +\d+\.\d MB/s, (\d+) bytes stored", result.stdout)
     assert stored is not None, result.stdout
     assert int(stored.group(1)) == 1024 * 1024 + 255  # 1 MiB of base64 in 256 lines of 4 KiB: all of it
+    assert re.search(r"MB peak while written, \d+ MB peak while read back", result.stdout), result.stdout
+
+
+def test_the_idle_bench_measures_a_server_with_metrics_off_and_on(tmp_path: Path) -> None:
+    """``bench/idle.py``, for two seconds each: both servers start, the one with metrics is
+    scraped, and each line says its figure against the target."""
+    result = _bench(tmp_path, 120, "bench.idle", "--seconds", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    figure = r" +\d+\.\d\d % of a core \(\d+\.\d\d s CPU\) +target <= 0\.2 %: (met|NOT met)"
+    assert re.search(r"metrics off" + figure, result.stdout), result.stdout
+    assert re.search(r"metrics on \(1 scrapes\)" + figure, result.stdout), result.stdout
+
+
+def _bench(tmp_path: Path, timeout: float, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args``, from the repository, its temporary files under ``tmp_path``."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

@@ -335,7 +335,12 @@ def test_a_failed_rollback_is_not_retried_once_its_target_is_marked_bad() -> Non
         plan_rollback("production", _history("1.0.1", "1.0.2", "<1.0.1!"), _registry("1.0.1"))
     assert refused.value.message == (
         "no earlier good deployment to production to roll back to "
-        "(passed over: web@1.0.2, being rolled back from; no longer deployable: web@1.0.1)"
+        "(passed over: web@1.0.2, being rolled back from)"
+    )
+    with pytest.raises(NotFound) as refused:
+        plan_rollback("production", history, _registry("1.0.0", "1.0.1"))
+    assert refused.value.message.endswith(
+        "(passed over: web@1.0.2, being rolled back from; no longer deployable: web@1.0.0)"
     )
 
 

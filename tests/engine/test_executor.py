@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.assignment import Assignment
 from core.runtime.executor import SubprocessExecutor, read_outputs
+from core.runtime.runner import LogBuffer
 
 
 def job(command: str | tuple[str, ...], attempt: int = 1, timeout: float = 30) -> Assignment:
@@ -106,3 +107,30 @@ async def test_nul_bytes_in_output_are_replaced(tmp_path: Path) -> None:
     out: list[str] = []
     await SubprocessExecutor().execute(job("printf 'a\\000b\\n'"), tmp_path, lambda _s, t: out.append(t))
     assert "".join(out) == "a\ufffdb\n"
+
+
+async def test_a_job_writing_faster_than_its_output_is_stored_waits_for_it(tmp_path: Path) -> None:
+    """Back-pressure: while the runner's buffer is full (its server slow or away), the job's pipes
+    are not read and the job blocks on its own writes; the buffer never holds much more than its
+    high-water mark, and once output is taken again every byte arrives."""
+    size, high_water = 32 * 1024 * 1024, 1024 * 1024
+    logs = LogBuffer(limit=2 * size, high_water=high_water)
+    executor = SubprocessExecutor()
+    command = f"head -c {size} /dev/zero | tr '\\0' x; echo; echo done"
+    running = asyncio.create_task(executor.execute(job(command), tmp_path, logs))
+    most = 0
+    for _ in range(100):  # a second in which nobody stores anything
+        await asyncio.sleep(0.01)
+        most = max(most, logs.pending_bytes)
+    assert not running.done()  # blocked on its writes
+    assert logs.is_full() and most <= high_water + 2 * 65536  # (one read per pipe past the mark)
+
+    taken = []
+    while not running.done() or logs.pending:
+        taken += logs.take()
+        await asyncio.sleep(0.001)
+    result = await running
+    executor.close()
+    text = "".join(t for _, t in taken)
+    assert result.outcome == "succeeded"
+    assert len(text) == size + len("\ndone\n") and text.endswith("x\ndone\n")
