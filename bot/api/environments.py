@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from bot.api.common import id_cursor, reply
@@ -9,6 +11,8 @@ from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
 from bot.api.schemas import (
+    DORA_WINDOW,
+    DORA_WINDOW_WORDS,
     AuditOut,
     AuditPage,
     AuditQuery,
@@ -190,10 +194,9 @@ async def get_dora(call: Call) -> web.Response:
     as defined in docs/dora.md. A commit time that was not recorded is counted as unknown."""
     name = call.params["env_id"]
     q: DoraQuery = call.query
-    try:
-        window = parse_window(q.window)
-    except ValueError as e:
-        raise Problem(400, str(e)) from None
+    if re.fullmatch(DORA_WINDOW, q.window) is None:
+        raise Problem(400, f"invalid window {q.window!r}: {DORA_WINDOW_WORDS}")
+    window = parse_window(q.window)
     reads = gw(call).reads
     until = now()
     since = until - window

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from core.analysis import Health
 from core.checks import CheckResult, Measurement
@@ -20,6 +20,17 @@ from core.rollout import step_words
 from core.states import GateStatus, JobStatus, RolloutStatus, RunStatus, StageStatus
 
 Name = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)
+
+
+def _iso_text(value: object) -> object:
+    """A time in a body is an ISO 8601 string, as documented, never a bare number."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("expected an ISO 8601 date and time with an offset, e.g. 2026-12-01T09:30:00Z")
+    return value
+
+
+#: an ISO 8601 date and time with an offset (numbers refused: the document says string)
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 
 
 class Strict(BaseModel):
@@ -66,7 +77,7 @@ class TriggerIn(Strict):
         max_length=255,
         description="the branch the revision is on (environments may allow only some)",
     )
-    revision_time: AwareDatetime | None = Field(
+    revision_time: IsoTime | None = Field(
         None,
         strict=False,  # (JSON has no datetime: an ISO 8601 string)
         description="when the revision's commit was made (ISO 8601 with an offset): DORA's lead time",
@@ -616,8 +627,18 @@ class AuditPage(Page):
 
 
 # -- DORA's four keys --------------------------------------------------------------------------
+#: a DORA window over REST: whole days up to a year, or hours
+DORA_WINDOW = r"^(?:(?:36[0-5]|3[0-5][0-9]|[12][0-9]{2}|[1-9][0-9]?)d|[1-9][0-9]{0,2}h)$"
+DORA_WINDOW_WORDS = "whole days (1d to 365d) or hours (1h to 999h), for example 7d, 30d, 90d or 12h"
+
+
 class DoraQuery(QueryModel):
-    window: str = Field("30d", pattern=r"^[0-9smhd]{1,12}$", description="e.g. 7d, 30d, 90d (at most 365d)")
+    window: str = Field(
+        "30d",
+        max_length=12,
+        json_schema_extra={"pattern": DORA_WINDOW},  # (checked by the handler, which says how)
+        description=DORA_WINDOW_WORDS,
+    )
     pipeline: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="only this pipeline")
 
 

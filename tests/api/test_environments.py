@@ -79,6 +79,8 @@ async def test_dora_keys_of_an_environment_and_bad_requests(api: Api) -> None:
 
     assert_problem(await api.get("/environments/staging/dora?window=month"), 400, "window")
     assert_problem(await api.get("/environments/staging/dora?window=400d"), 400, "365d")
+    assert_problem(await api.get("/environments/staging/dora?window=s"), 400, "window")
+    assert (await api.get("/environments/staging/dora?window=12h")).json["window"] == "12h"
     assert_problem(await api.get("/environments/moon/dora"), 404, "moon", "staging")
 
 
@@ -96,3 +98,5 @@ async def test_dora_lead_time_from_the_revision_time_a_trigger_sends(api: Api) -
     assert 2 * 3600 <= lead["median_seconds"] < 2 * 3600 + 60
     naive = await api.post("/pipelines/web/runs", "deployer", json={"revision_time": "2026-12-01T10:00:00"})
     assert_problem(naive, 422, "revision_time")
+    number = await api.post("/pipelines/web/runs", "deployer", json={"revision_time": 0})
+    assert_problem(number, 422, "revision_time", "ISO 8601")
