@@ -21,7 +21,18 @@ from tests.factory import make_shipyard
 from tests.pipelines import one_job
 
 
+def _by_hand(api: Api) -> ScheduleLoop:
+    """The app's clock, its own beat paused: the test ticks it past an occurrence by hand, and a
+    real beat reaching that occurrence first (a test crossing a whole minute or hour) would have
+    fired it already, leaving the test's tick nothing."""
+    clock = api.client.app[CLOCK]  # type: ignore[index]
+    assert clock.scheduler is not None and clock.scheduler.running
+    clock.scheduler.pause()
+    return clock
+
+
 async def test_a_schedule_is_created_listed_fired_once_per_occurrence_and_removed(api: Api) -> None:
+    clock = _by_hand(api)
     made = await api.post(
         "/schedules",
         "deployer",
@@ -40,7 +51,6 @@ async def test_a_schedule_is_created_listed_fired_once_per_occurrence_and_remove
     listed = (await api.get("/schedules")).json["items"]
     assert [s["id"] for s in listed] == [schedule["id"]]
 
-    clock = api.client.app[CLOCK]  # type: ignore[index]
     due = datetime.fromisoformat(schedule["next_fire_at"])
     assert await clock.tick(due - timedelta(seconds=1)) == []
     fired = await clock.tick(due + timedelta(seconds=3))
@@ -77,6 +87,7 @@ async def test_bad_schedules_are_refused_with_what_to_fix(lite: Api) -> None:
 async def test_after_downtime_only_a_fire_within_grace_runs_and_older_ones_are_recorded_missed(
     lite: Api,
 ) -> None:
+    clock = _by_hand(lite)
     made = (
         await lite.post(
             "/schedules",
@@ -84,7 +95,6 @@ async def test_after_downtime_only_a_fire_within_grace_runs_and_older_ones_are_r
             json={"pipeline": "quick", "cron": "0 * * * *", "grace_seconds": 600},
         )
     ).json
-    clock = lite.client.app[CLOCK]  # type: ignore[index]
     due = datetime.fromisoformat(made["next_fire_at"])
     late = await clock.tick(due + timedelta(hours=3, minutes=20))  # down for hours: all beyond grace
     assert [(f.fire_at, len(f.missed)) for f in late] == [(None, 4)]
@@ -170,18 +180,11 @@ async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api)
     assert (await lite.get("/schedules")).json["items"] == []
 
 
-def _far_cron() -> str:
-    """A daily cron two hours from now: the running clock's own beats (real time) never reach
-    it while the test ticks the clock past it by hand. (With every minute, a test that crossed
-    a whole minute saw the clock fire the occurrence first, and its own tick found nothing.)"""
-    return f"0 {(datetime.now(UTC).hour + 2) % 24} * * *"
-
-
 async def test_a_schedule_whose_owner_lost_the_right_to_deploy_does_not_run(lite: Api) -> None:
-    made = (await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": _far_cron()})).json
+    clock = _by_hand(lite)
+    made = (await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "* * * * *"})).json
     directory = Directory(lite.store)
     await lite.db(directory.revoke_grant, "deployer", "role", "deployer", datetime.now(UTC))
-    clock = lite.client.app[CLOCK]  # type: ignore[index]
     (fired,) = await clock.tick(datetime.fromisoformat(made["next_fire_at"]) + timedelta(seconds=1))
     assert fired.run_ref is None and "may no longer start runs" in fired.refused
     assert (await lite.get("/runs?pipeline=quick")).json["items"] == []
@@ -189,10 +192,10 @@ async def test_a_schedule_whose_owner_lost_the_right_to_deploy_does_not_run(lite
 
 async def test_a_schedule_whose_owner_has_every_token_revoked_does_not_run(lite: Api) -> None:
     """Roles still granted, but the owner cannot act any more: as for an incoming trigger."""
-    made = (await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": _far_cron()})).json
+    clock = _by_hand(lite)
+    made = (await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "* * * * *"})).json
     directory = Directory(lite.store)
     await lite.db(directory.revoke_token, "deployer", datetime.now(UTC))
-    clock = lite.client.app[CLOCK]  # type: ignore[index]
     (fired,) = await clock.tick(datetime.fromisoformat(made["next_fire_at"]) + timedelta(seconds=1))
     assert fired.run_ref is None and "every API token revoked" in fired.refused
     assert (await lite.get("/runs?pipeline=quick", "admin")).json["items"] == []
