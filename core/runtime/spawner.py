@@ -11,6 +11,8 @@ Requests (``marshal``-encoded tuples), answered in order of events:
   its own, with default signal dispositions, stdin on ``/dev/null``. Answer ``("pid", id,
   pid)``; a command that cannot be executed is answered ``("pid", id, 0)`` and ends at once
   with 127 (not found) or 126, said on its stderr.
+* ``("start-large", id)``: the same, for a request larger than a message may be: the ``start``
+  request is in a memory file passed as a third descriptor.
 * ``("kill", id, signal)``: signal the job's whole group. A job killed with SIGKILL is not
   recorded: it did not end by itself.
 
@@ -46,8 +48,8 @@ DEFAULTS = (
     signal.SIGHUP,
     signal.SIGCHLD,
 )
-#: the largest request: argv and environment (exec itself takes no more than a few MB)
-MAX_REQUEST = 1 << 22
+#: the largest message (a larger request comes in a memory file: ``start-large``)
+MAX_REQUEST = 1 << 17
 
 
 class Job:
@@ -188,7 +190,7 @@ class Spawner:
         while True:
             try:
                 size, ancdata, flags, _addr = self.conn.recvmsg_into(
-                    [self.buffer], socket.CMSG_SPACE(2 * 4), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                    [self.buffer], socket.CMSG_SPACE(3 * 4), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 return True
@@ -201,6 +203,8 @@ class Spawner:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(memoryview(payload).cast("i"))
             request = marshal.loads(memoryview(self.buffer)[:size])
+            if request[0] == "start-large" and len(fds) == 3:
+                request = _read_whole(fds.pop())
             if request[0] == "start" and len(fds) == 2 and not flags & socket.MSG_TRUNC:
                 self.start(request, fds)
             elif request[0] == "kill":
@@ -208,6 +212,22 @@ class Spawner:
             else:
                 for fd in fds:
                     os.close(fd)
+
+
+def _read_whole(fd: int) -> tuple[Any, ...]:
+    """The request held in the memory file ``fd`` (closed here)."""
+    try:
+        size = os.fstat(fd).st_size
+        data = bytearray()
+        while len(data) < size:
+            chunk = os.pread(fd, size - len(data), len(data))
+            if not chunk:
+                break
+            data += chunk
+        request: tuple[Any, ...] = marshal.loads(data)
+        return request
+    finally:
+        os.close(fd)
 
 
 def main() -> int:

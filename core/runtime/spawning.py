@@ -11,7 +11,6 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import errno
 import marshal
 import os
 import socket
@@ -22,8 +21,11 @@ from pathlib import Path
 
 #: the spawner's command line (``-S -E``: no site packages, no PYTHON* variables: it starts fast)
 SPAWNER = [sys.executable, "-S", "-E", str(Path(__file__).with_name("spawner.py"))]
-#: what a request may hold at most (the kernel may allow less: ``SO_SNDBUF``)
+#: the socket's send buffer asked for (the kernel may give less: ``net.core.wmem_max``)
 SEND_BUFFER = 1 << 22
+#: a start request larger than this goes in a memory file passed with it, not in the message:
+#: a message cannot exceed the socket's buffer (~400 KB here), and exec takes more (~2 MB)
+INLINE = 1 << 16
 
 
 class SpawnError(Exception):
@@ -95,20 +97,26 @@ class Spawner:
         job_id = self._next
         where = str(record.absolute()) if record is not None else ""
         request = marshal.dumps(("start", job_id, argv, env, str(cwd.absolute()), where))
-        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (out, err)).tobytes())]
+        large = _memory_file(request) if len(request) > INLINE else None
+        if large is not None:
+            request = marshal.dumps(("start-large", job_id))
+        passed = (out, err) if large is None else (out, err, large)
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed).tobytes())]
         spawned = Spawned(job_id, asyncio.get_running_loop())
         self._jobs[job_id] = spawned
-        while True:
-            try:
-                sock.sendmsg([request], fds)
-                return spawned
-            except BlockingIOError:  # the spawner is behind: wait until it reads
-                await _writable(sock)
-            except OSError as exc:
-                self._jobs.pop(job_id, None)
-                if exc.errno == errno.EMSGSIZE:
-                    raise SpawnError(f"command and environment too large ({len(request)} bytes)") from exc
-                raise SpawnerGone(f"the job spawner is gone: {exc.strerror}") from exc
+        try:
+            while True:
+                try:
+                    sock.sendmsg([request], fds)
+                    return spawned
+                except BlockingIOError:  # the spawner is behind: wait until it reads
+                    await _writable(sock)
+                except OSError as exc:
+                    self._jobs.pop(job_id, None)
+                    raise SpawnerGone(f"the job spawner is gone: {exc.strerror}") from exc
+        finally:
+            if large is not None:  # (the spawner holds its own copy once sent)
+                os.close(large)
 
     def kill(self, spawned: Spawned, sig: int) -> None:
         """Signal the job's whole process group. Through the spawner, so that a job killed with
@@ -170,6 +178,19 @@ def _end(sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _memory_file(data: bytes) -> int:
+    """A file in memory holding ``data``, to pass to the spawner with its request."""
+    fd = os.memfd_create("shipyard-job", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 async def _writable(sock: socket.socket) -> None:

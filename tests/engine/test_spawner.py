@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from core.assignment import Assignment
+from core.runtime import spawning
 from core.runtime.executor import SubprocessExecutor
 from tests.e2e.server import wait_until
 
@@ -264,3 +267,41 @@ async def test_a_job_starts_with_default_signal_dispositions_in_its_own_session(
     fields = dict(line.split(":", 1) for line in status if ":" in line)
     standard = (1 << 31) - 1  # signals 1-31 (the real-time ones are as this test was started)
     assert int(fields["SigIgn"], 16) & standard == 0 and int(fields["SigBlk"], 16) & standard == 0
+
+
+async def test_a_job_with_more_environment_than_a_message_holds_starts_with_all_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request larger than the spawner's socket takes goes in a memory file: the job gets
+    1.5 MB of environment, as exec allows, and jobs before and after start as ever. (The
+    socket's buffer as on a machine with the kernel's default ``net.core.wmem_max``.)"""
+    monkeypatch.setattr(spawning, "SEND_BUFFER", 212_992, raising=True)
+    values = {f"BIG_{i}": chr(97 + i) * 100_000 for i in range(15)}  # (exec takes 128 KB a variable)
+    count = 'env | grep -c "^BIG_"; printf %s "$BIG_14" | wc -c'
+    big = replace(job(("sh", "-c", count), "r.s0.j1"), env=values)
+    out: list[str] = []
+    executor = SubprocessExecutor()
+    try:
+        before = await executor.execute(job(("true",), "r.s0.j0"), tmp_path, lambda _s, _t: None)
+        sock = executor.spawner._sock
+        assert sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 1_000_000
+        result = await executor.execute(big, tmp_path, lambda _s, t: out.append(t))
+        after = await executor.execute(job(("true",), "r.s0.j2"), tmp_path, lambda _s, _t: None)
+    finally:
+        executor.close()
+    assert (before.outcome, result.outcome, after.outcome) == ("succeeded",) * 3, out
+    assert "".join(out).split() == ["15", "100000"]
+
+
+async def test_a_job_with_more_environment_than_exec_takes_fails_saying_so(tmp_path: Path) -> None:
+    values = {f"BIG_{i}": "x" * 100_000 for i in range(40)}  # 4 MB: beyond exec's limit
+    out: list[str] = []
+    executor = SubprocessExecutor()
+    try:
+        result = await executor.execute(
+            replace(job(("true",)), env=values), tmp_path, lambda _s, t: out.append(t), tmp_path / "record"
+        )
+    finally:
+        executor.close()
+    assert result.outcome == "failed" and result.exit_code == 126
+    assert "Argument list too long" in "".join(out)
