@@ -82,11 +82,17 @@ def waiting_for_runner(labels: Iterable[str], runners: Iterable[RunnerSeen], now
     if any(r.online(now) and not r.draining for r in able):
         return ""
     what = f"a runner with {describe(labels)}" if labels else "a runner"
-    seen = [r.last_seen for r in able]
-    if not seen:
+    if not able:
         return f"waiting for {what}: none has ever connected"
-    last = max(seen)
-    return f"waiting for {what}: none online since {last.strftime('%H:%M')} UTC"
+    draining = sorted(r.name for r in able if r.online(now))  # (online ones left here all drain)
+    offline = [r.last_seen for r in able if not r.online(now)]
+    since = f"since {max(offline).strftime('%H:%M')} UTC" if offline else ""
+    if not draining:
+        return f"waiting for {what}: none online {since}"
+    them = "it" if len(draining) == 1 else "them"
+    verb = "is" if len(draining) == 1 else "are"
+    others = f"; any other offline {since}" if offline else ""
+    return f"waiting for {what}: {', '.join(draining)} {verb} draining (an admin may resume {them}){others}"
 
 
 #: a queued job is said to wait for a runner only after this long (a runner may be about to claim)

@@ -35,8 +35,16 @@ def test_a_job_waits_for_a_runner_only_when_none_online_could_take_it() -> None:
     draining = _runner("eu-3", ("linux", "prod-eu"), seen_ago=1, draining=True)
     assert waiting_for_runner(("prod-eu",), [eu], NOW) == ""  # (busy, or about to claim)
     assert eu.state(NOW) == "online" and gone.state(NOW) == "offline" and draining.state(NOW) == "draining"
+    assert waiting_for_runner(("prod-eu",), [gone], NOW) == (
+        "waiting for a runner with prod-eu: none online since 11:30 UTC"
+    )
     assert waiting_for_runner(("prod-eu",), [gone, draining], NOW) == (
-        "waiting for a runner with prod-eu: none online since 12:29 UTC"
+        "waiting for a runner with prod-eu: eu-3 is draining (an admin may resume it); "
+        "any other offline since 11:30 UTC"
+    )
+    eu_4 = _runner("eu-4", ("prod-eu",), seen_ago=2, draining=True)
+    assert waiting_for_runner(("prod-eu",), [eu_4, draining], NOW) == (
+        "waiting for a runner with prod-eu: eu-3, eu-4 are draining (an admin may resume them)"
     )
     assert waiting_for_runner(("gpu",), [eu], NOW) == "waiting for a runner with gpu: none has ever connected"
     assert waiting_for_runner((), [], NOW) == "waiting for a runner: none has ever connected"

@@ -123,6 +123,8 @@ def test_drain_list_and_delete_runners(tmp_path: Path, db_url: str, started: lis
     assert status == 200 and drained["state"] == "draining", drained
     second = _trigger(server, "long")
     wait_until(lambda: "draining (the server drained this runner)" in runner.log.read_text(), 20, 0.1)
+    job = wait_until(lambda: (j := _job(server, second))["waiting_for"] and j, 20, 0.2, what="a wait")
+    assert job["waiting_for"] == "waiting for a runner: eu-1 is draining (an admin may resume it)"
     release.touch()
     assert runner.proc is not None and runner.proc.wait(30) == 0  # its job finished, then it exited
     assert _done(server, first)["status"] == "succeeded"
