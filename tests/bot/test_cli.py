@@ -272,7 +272,7 @@ def test_an_idle_server_does_not_log_its_scheduler_ticks(tmp_path: Path) -> None
     assert "apscheduler.executors" not in log, log[-2000:]
 
 
-def test_status_says_what_a_queued_job_waits_for(tmp_path: Path) -> None:
+def test_status_says_what_a_queued_job_waits_for(tmp_path: Path, db_url: str) -> None:
     """No runner carries the job's label: after a few seconds queued, ``status`` says so (the
     wording of ``GET /api/v1/runs/{id}``'s ``waiting_for``)."""
     write(
@@ -286,7 +286,7 @@ def test_status_says_what_a_queued_job_waits_for(tmp_path: Path) -> None:
         """,
     )
     env = {
-        "SHIPYARD_DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+        "SHIPYARD_DATABASE_URL": db_url,
         "SHIPYARD_PIPELINES_DIR": f"{tmp_path}/pipes",
     }
     triggered = shipyard("trigger", "eu", cwd=tmp_path, env=env)

@@ -28,8 +28,8 @@ WAITS = "waiting for a runner with prod-eu: none has ever connected (deploy/ship
 
 
 @pytest.fixture
-async def bot(start_bot: StartBot) -> Bot:
-    return await start_bot({"eu": EU}, {ALICE: [Role.DEPLOYER]})
+async def bot(start_bot: StartBot, db_url: str) -> Bot:
+    return await start_bot({"eu": EU}, {ALICE: [Role.DEPLOYER]}, database_url=db_url)
 
 
 def said(blocks: list[Block]) -> str:
