@@ -95,10 +95,31 @@ class NoopExecutor:
 _EXIT_MEANING = {126: "command not executable", 127: "command not found"}
 
 
+#: a command of plain words (no quotes, variables, globs, redirections, pipes, separators,
+#: comments or tildes) means the same run directly as through a shell: like make, Shipyard then
+#: starts it without one (a shell's start-up is most of a short job's cost)
+_PLAIN = re.compile(r"[A-Za-z0-9_./:,@+=-]+(?:[ \t]+[A-Za-z0-9_./:,@+=-]+)*")
+#: first words a shell acts on itself (keywords, and builtins with no program of their own or
+#: one that differs): such a command still goes through the shell
+_SHELL_WORDS = frozenset(
+    """
+    ! [[ ]] { } case coproc do done elif else esac fi for function if in select then time until while
+    alias bg bind break builtin caller cd command compgen complete compopt continue declare dirs
+    disown echo enable eval exec exit export fc fg getopts hash help history jobs kill let local
+    logout mapfile popd printf pushd pwd read readarray readonly return set shift shopt source
+    suspend test times trap type typeset ulimit umask unalias unset wait . :
+    """.split()
+)
+
+
 def shell_argv(command: str | tuple[str, ...]) -> list[str]:
-    """The job's command line: an argv as given, a string through bash (or sh)."""
+    """The job's command line: an argv as given; a string of plain words split into one; any
+    other string through bash (or sh)."""
     if isinstance(command, tuple):
         return list(command)
+    words = command.split()
+    if _PLAIN.fullmatch(command.strip()) and "=" not in words[0] and words[0] not in _SHELL_WORDS:
+        return words
     if shutil.which("bash"):
         return ["bash", "-eo", "pipefail", "-c", command]
     return ["sh", "-ec", command]
@@ -158,6 +179,7 @@ class SubprocessExecutor:
         env.update(job.env)
         env["SHIPYARD_OUTPUT"] = str(output_file)
         env["SHIPYARD_WORKSPACE"] = str(workdir)
+        env["PWD"] = str(workdir)  # (as a shell would say it, whether or not one starts the job)
         key = (job.job_id, job.attempt)
         if key in self._killed:
             self._killed.discard(key)

@@ -30,6 +30,7 @@ of the whole service signals every process): it goes when its server does.
 
 from __future__ import annotations
 
+import errno
 import marshal
 import os
 import selectors
@@ -81,9 +82,27 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str, out: int, err: int) -
         (os.POSIX_SPAWN_DUP2, out, 1),
         (os.POSIX_SPAWN_DUP2, err, 2),
     ]
-    return os.posix_spawnp(
-        argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=DEFAULTS, setsigmask=()
-    )
+    try:
+        return os.posix_spawnp(
+            argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=DEFAULTS, setsigmask=()
+        )
+    except OSError as exc:  # a script with no #! line: run by sh, as execvp and shells do
+        if exc.errno != errno.ENOEXEC:
+            raise
+        script = argv[0] if "/" in argv[0] else _found(argv[0], path or "")
+        return os.posix_spawn(
+            "/bin/sh", ["sh", script, *argv[1:]], env, file_actions=actions, setsid=True, setsigdef=DEFAULTS,
+            setsigmask=(),
+        )  # fmt: skip
+
+
+def _found(name: str, path: str) -> str:
+    """Where ``name`` is on ``path``, as ``posix_spawnp`` found it."""
+    for folder in path.split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.access(candidate, os.X_OK) and os.path.isfile(candidate):
+            return candidate
+    return name
 
 
 def record_end(job: Job, code: int) -> None:

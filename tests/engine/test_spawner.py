@@ -18,7 +18,7 @@ import pytest
 
 from core.assignment import Assignment
 from core.runtime import spawning
-from core.runtime.executor import SubprocessExecutor
+from core.runtime.executor import SubprocessExecutor, shell_argv
 from tests.e2e.server import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ SERVER = """
 import asyncio, sys
 from pathlib import Path
 from core.assignment import Assignment
-from core.runtime.executor import SubprocessExecutor
+from core.runtime.executor import SubprocessExecutor, shell_argv
 
 async def main() -> None:
     command, workdir, record = sys.argv[1:]
@@ -305,3 +305,56 @@ async def test_a_job_with_more_environment_than_exec_takes_fails_saying_so(tmp_p
         executor.close()
     assert result.outcome == "failed" and result.exit_code == 126
     assert "Argument list too long" in "".join(out)
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("true", ["true"]),
+        ("./deploy.sh --env prod-eu", ["./deploy.sh", "--env", "prod-eu"]),
+        ("make -C build all\n", ["make", "-C", "build", "all"]),
+        ("echo $HOME", None),  # a variable
+        ("ls *.py", None),  # a glob
+        ("deploy > out.txt", None),  # a redirection
+        ("true\nfalse", None),  # two commands
+        ("cd build", None),  # a builtin
+        ("exit 3", None),
+        ("FOO=1 deploy", None),  # an assignment
+        ("deploy 'a b'", None),  # quotes
+        ("deploy ~/x", None),  # a tilde
+    ],
+)
+def test_a_command_of_plain_words_starts_without_a_shell(command: str, argv: list[str] | None) -> None:
+    assert shell_argv(command) == (argv or ["bash", "-eo", "pipefail", "-c", command])
+
+
+async def test_plain_commands_scripts_without_a_shebang_and_shell_lines_all_run(tmp_path: Path) -> None:
+    """What a job is told (its arguments, ``PWD``) is the same with or without a shell; a script
+    with no ``#!`` line is run by ``sh`` (as execvp does); a missing program exits 127."""
+    script = tmp_path / "bare.sh"
+    script.write_text('echo "bare $1 in $PWD"\n')
+    script.chmod(0o755)
+    outs: dict[str, list[str]] = {}
+    commands = {
+        "plain": "./bare.sh one",
+        "shell": "./bare.sh one | cat",
+        "pwd": "printenv PWD",
+        "missing": "no-such-program-here --flag",
+    }
+    executor = SubprocessExecutor()
+    try:
+        results = {
+            name: await executor.execute(
+                job(command, f"r.s0.{name}"),
+                tmp_path,
+                lambda _s, t, name=name: outs.setdefault(name, []).append(t),
+            )
+            for name, command in commands.items()
+        }
+    finally:
+        executor.close()
+    assert shell_argv(commands["plain"])[0] == "./bare.sh"  # (no shell asked for it)
+    assert "".join(outs["plain"]) == "".join(outs["shell"]) == f"bare one in {tmp_path}\n"
+    assert "".join(outs["pwd"]) == f"{tmp_path}\n"
+    assert results["missing"].exit_code == 127 and results["missing"].detail == "command not found"
+    assert "cannot run 'no-such-program-here'" in "".join(outs["missing"])
