@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from bot import api, logs, slack, tracing
+from bot import web as web_view
 from bot.api import hooks
 from bot.api.problems import RETRY_AFTER_S
 from bot.backend import Backend
@@ -110,6 +111,7 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
     app.on_response_prepare.append(logs.request_id)
     gateway = api.setup(app)
     hooks.setup(app, gateway)
+    web_view.setup(app, gateway)
     slack_lifecycle = slack.setup(app, settings)
     traces = _traces(app) if tracing.wanted() else None
 

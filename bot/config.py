@@ -138,6 +138,14 @@ class Settings(BaseSettings):
         description="the URL receivers reach this server at, for links and gate callbacks "
         "(default http://<host>:<port>)",
     )
+    @property
+    def base_url(self) -> str:
+        """Where people and receivers reach this server: ``public_url``, else its host and port."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    web_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="how long a web view sign-in lasts (docs/web.md)"
+    )
     webhook_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDRs and host names webhooks may reach although they are private, loopback "

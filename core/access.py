@@ -167,7 +167,7 @@ def check_approver(name: str, grants: Iterable[Grant], gate: Gate, run: Run) -> 
 #: doors whose callers are authenticated principals: the gate's approver rule is checked for
 #: them. The CLI runs with direct database access (an operator); the system and runners are
 #: Shipyard itself.
-AUTHENTICATED: Final = frozenset({"rest", "slack", "console", "webhook", "schedule"})
+AUTHENTICATED: Final = frozenset({"rest", "slack", "console", "web", "webhook", "schedule"})
 
 #: the action each command needs of the principal its door resolved
 NEEDS: Final[Mapping[type[Command], Action]] = {

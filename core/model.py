@@ -29,7 +29,7 @@ from core.states import (
 if TYPE_CHECKING:  # core.access reads the model, so the model names Principal for typing only
     from core.access import Principal
 
-Channel = Literal["cli", "slack", "console", "rest", "schedule", "webhook", "system", "runner"]
+Channel = Literal["cli", "slack", "console", "rest", "web", "schedule", "webhook", "system", "runner"]
 
 
 @dataclass(frozen=True, slots=True)

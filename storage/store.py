@@ -235,15 +235,14 @@ class SqlStore:
             yield from page
 
     def log_pages(
-        self, job_id: str, attempt: int | None = None, size: int = LOG_PAGE
+        self, job_id: str, attempt: int | None = None, size: int = LOG_PAGE, after: int = 0
     ) -> Iterator[list[LogChunk]]:
-        """An attempt's output (the latest by default), ``size`` chunks at a time, each page read
-        on its own: a big log is never all in memory, and the pages may be read on different
-        threads one after another (the REST API streams them)."""
+        """An attempt's output (the latest by default) after the chunk ``after``, ``size`` chunks
+        at a time, each page read on its own: a big log is never all in memory, and the pages may
+        be read on different threads one after another (the REST API streams them)."""
         if attempt is None:
             with self._read() as conn:
                 attempt = conn.execute(Q.job_attempt, {"id": job_id}).scalar() or 0
-        after = 0
         while True:
             params = {"id": job_id, "attempt": attempt, "after": after, "limit": size}
             with self._read() as conn:

@@ -706,3 +706,30 @@ class RunnerRow(SQLModel, table=True):
     last_seen: datetime = _ts(nullable=False)
     #: told to claim nothing more: it finishes its jobs and stops
     draining: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+
+
+class WebLoginRow(SQLModel, table=True):
+    """A one-time sign-in link for the web view (``/deploy login``): only the SHA-256 of its
+    secret is kept; it is used once (``used_at``) before ``expires_at`` or never."""
+
+    __tablename__ = "web_login"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    principal: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False)
+    used_at: datetime | None = _ts()
+
+
+class WebSessionRow(SQLModel, table=True):
+    """A signed-in browser (``storage.web``): the cookie's SHA-256, who, the session's CSRF
+    token, and until when; ``ended_at`` once signed out."""
+
+    __tablename__ = "web_session"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    principal: str = Field(max_length=200)
+    #: how the person signed in: ``slack`` (a login link) or ``token`` (an API token)
+    via: str = Field(max_length=16)
+    csrf: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False, index=True)
+    ended_at: datetime | None = _ts()

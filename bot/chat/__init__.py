@@ -8,5 +8,5 @@ from __future__ import annotations
 # order they were registered (``verbs`` itself first: help, whoami), so keep this order
 # isort: off
 from bot.chat import runs, gates, rollouts, schedules, confirm, artifacts, environments, locks  # noqa: F401
-from bot.chat import runners, dora  # noqa: F401
+from bot.chat import runners, dora, web_view  # noqa: F401
 # isort: on

@@ -76,10 +76,9 @@ class Config:
 
     @classmethod
     def of(cls, settings: Settings) -> Config:
-        base = settings.public_url or f"http://{settings.host}:{settings.port}"
         return cls(
             policy=Policy(AllowList.parse(settings.webhook_allow)),
-            base_url=base.rstrip("/"),
+            base_url=settings.base_url,
             timeout_s=settings.webhook_timeout_seconds,
             schedule=tuple(settings.webhook_retry_seconds),
             max_failures=settings.webhook_disable_after_failures,

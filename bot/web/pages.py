@@ -1,0 +1,178 @@
+"""The web view's pages, built from the REST API's own views of runs and environments
+(``bot.api.schemas``): what a page shows is what ``GET /api/v1/...`` answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from bot.api.schemas import DeploymentOut, RunOut, RunSummary
+from bot.backend import now
+from bot.web.render import Answer, message, page
+from bot.web.signin import WEB, Viewer, required
+from core.access import Action
+from core.model import RunState
+from core.states import RUN_TERMINAL
+from storage.reads import RunFilter
+
+#: runs on the list page
+LIST_LIMIT = 50
+#: chunks of log sent at a time to a page following a job
+LOG_CHUNKS = 64
+FILTERS = ("pipeline", "status", "environment", "triggered_by")
+
+
+def _may_read(who: Viewer) -> None:
+    if not who.principal.may(Action.READ):
+        raise Answer(message("Not allowed", f"{who.name} holds no role that may see runs.", 403, who))
+
+
+async def runs(request: web.Request) -> web.Response:
+    who = await required(request)
+    _may_read(who)
+    chosen = {k: request.query.get(k, "").strip() for k in FILTERS}
+    where = RunFilter(**{k: (v or None) for k, v in chosen.items()})
+    g = request.app[WEB].gateway
+    states = await g.read(g.reads.runs, where, None, LIST_LIMIT)
+    items = [RunSummary.of(s) for s in states]
+    pipelines = [p.name for p in await g.read(g.reads.pipelines, None, 500)]
+    return page("runs.html", viewer=who, runs=items, chosen=chosen, pipelines=pipelines)
+
+
+async def find(request: web.Request, who: Viewer) -> RunState:
+    """The run the path names (``/ui/runs/web/42``), or a page saying there is none."""
+    pipeline, number = request.match_info["pipeline"], request.match_info["number"]
+    g = request.app[WEB].gateway
+    state = await g.read(g.reads.run, f"{pipeline}#{number}") if number.isdigit() else None
+    if state is None:
+        raise Answer(message("No such run", f"There is no run {pipeline}#{number}.", 404, who))
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One stage or job on the run's timeline, in thousandths of the run's span."""
+
+    label: str
+    status: str
+    x: int
+    width: int
+    took: str
+
+
+def timeline(run: RunOut, at: datetime) -> list[Bar]:
+    """The stages and their jobs as bars to scale, from the run's start to its end (or now)."""
+    start = run.started_at or run.created_at
+    end = run.finished_at or at
+    span = max((end - start).total_seconds(), 0.001)
+
+    def bar(label: str, status: str, began: datetime | None, ended: datetime | None) -> Bar:
+        if began is None:
+            return Bar(label, status, 0, 0, "")
+        x = int(1000 * (began - start).total_seconds() / span)
+        width = max(2, int(1000 * ((ended or end) - began).total_seconds() / span))
+        took = f"{((ended or end) - began).total_seconds():.1f} s"
+        return Bar(label, status, max(0, min(x, 998)), min(width, 1000 - max(0, min(x, 998))), took)
+
+    bars = []
+    for stage in run.stages:
+        bars.append(bar(stage.name, str(stage.status), stage.started_at, stage.finished_at))
+        for j in stage.jobs:
+            bars.append(bar(f"  {stage.name}/{j.name}", str(j.status), j.started_at, j.finished_at))
+    return bars
+
+
+async def run_page(request: web.Request) -> web.Response:
+    who = await required(request)
+    _may_read(who)
+    state = await find(request, who)
+    g = request.app[WEB].gateway
+    view = RunOut.of(state, await g.read(g.shipyard.runners.waits, state.jobs, now()))
+    return page(
+        "run.html",
+        viewer=who,
+        run=view,
+        bars=timeline(view, datetime.now(UTC)),
+        base=f"/ui/runs/{state.run.pipeline}/{state.run.number}",
+        may_approve=who.principal.may(Action.APPROVE),
+        may_control=who.principal.may(Action.CONTROL),
+    )
+
+
+def _job(state: RunState, name: str) -> Any:
+    job = next((j for j in state.jobs if f"{state.stages[j.stage_index].name}/{j.name}" == name), None)
+    return job
+
+
+async def job_log(request: web.Request) -> web.StreamResponse:
+    """The whole log of a job's latest attempt, as a file (streamed a page at a time)."""
+    who = await required(request)
+    _may_read(who)
+    state = await find(request, who)
+    name = f"{request.match_info['stage']}/{request.match_info['job']}"
+    job = _job(state, name)
+    if job is None:
+        raise Answer(message("No such job", f"{state.run.ref} has no job {name}.", 404, who))
+    g = request.app[WEB].gateway
+    pages = g.shipyard.store.log_pages(job.id)
+    filename = f"{state.run.pipeline}-{state.run.number}-{name.replace('/', '-')}.log"
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    await response.prepare(request)
+    while (chunk := await g.read(next, pages, None)) is not None:
+        await response.write("".join(c.text for c in chunk).encode())
+    await response.write_eof()
+    return response
+
+
+async def job_log_after(request: web.Request) -> web.Response:
+    """What a job wrote after the chunk ``after`` (JSON), for the page following it live."""
+    who = await required(request)
+    _may_read(who)
+    state = await find(request, who)
+    job = _job(state, f"{request.match_info['stage']}/{request.match_info['job']}")
+    if job is None:
+        return web.json_response({"error": "no such job"}, status=404)
+    after = request.query.get("after", "0")
+    g = request.app[WEB].gateway
+    pages = g.shipyard.store.log_pages(job.id, None, LOG_CHUNKS, int(after) if after.isdigit() else 0)
+    chunk = await g.read(next, pages, [])
+    running = state.run.status not in RUN_TERMINAL
+    return web.json_response(
+        {
+            "text": "".join(c.text for c in chunk),
+            "after": chunk[-1].seq if chunk else int(after) if after.isdigit() else 0,
+            "more": len(chunk) == LOG_CHUNKS or running,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def environments(request: web.Request) -> web.Response:
+    """The board: what runs where (artifact, revision, since when, by whom)."""
+    who = await required(request)
+    _may_read(who)
+    g = request.app[WEB].gateway
+    names = await g.read(g.reads.environment_names)
+    configured = g.shipyard.settings.environments
+    names = list(configured.path) + sorted(set(names) - set(configured.path))
+    rows = []
+    for name in names:
+        current = await g.read(g.reads.current_deployment, name)
+        history = await g.read(g.reads.deployments, name, None, 10)
+        rows.append(
+            {
+                "name": name,
+                "current": DeploymentOut.of(current) if current else None,
+                "history": [DeploymentOut.of(d) for d in history],
+            }
+        )
+    return page("environments.html", viewer=who, environments=rows)

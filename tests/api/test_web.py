@@ -1,0 +1,202 @@
+"""The web view (``/ui/``) over real HTTP on loopback, each "browser" an aiohttp session with its
+own cookie jar: signing in with a one-time link or an API token, sessions and signing out,
+CSRF, the security headers, and actions that go through the engine's own rules and audit."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+from yarl import URL
+
+from bot.web.signin import COOKIE, web_sessions
+from tests.api.conftest import Api, StartApi
+from tests.pipelines import gated, one_job
+
+SCRIPT = "<script>alert(1)</script>"
+NOISY = one_job(
+    "noisy", f"""["sh", "-c", "echo '{SCRIPT}'; echo done"]""", head="parameters:\n  - {name: note}"
+)
+
+
+class Browser:
+    """A browser of the web view: its own cookies, no token."""
+
+    def __init__(self, api: Api) -> None:
+        self.base = str(api.client.make_url("")).rstrip("/")
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, str, aiohttp.ClientResponse]:
+        async with self.session.get(self.base + path, allow_redirects=False, **kw) as r:
+            return r.status, await r.text(), r
+
+    async def post(
+        self, path: str, form: dict[str, str], **kw: Any
+    ) -> tuple[int, str, aiohttp.ClientResponse]:
+        async with self.session.post(self.base + path, data=form, allow_redirects=False, **kw) as r:
+            return r.status, await r.text(), r
+
+    async def csrf(self, path: str) -> str:
+        status, html, _ = await self.get(path)
+        assert status == 200, html
+        found = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert found is not None, html
+        return found.group(1)
+
+    async def sign_in_with(self, api: Api, who: str) -> None:
+        status, _, answer = await self.post("/ui/sign-in", {"token": api.tokens[who], "next": "/ui/runs"})
+        assert status == 303 and answer.headers["Location"] == "/ui/runs"
+
+
+@pytest.fixture
+async def browsers(lite: Api) -> AsyncIterator[Callable[[], Browser]]:
+    made: list[Browser] = []
+
+    def new() -> Browser:
+        made.append(Browser(lite))
+        return made[-1]
+
+    yield new
+    for b in made:
+        await b.session.close()
+
+
+async def _link(api: Api, who: str, at: datetime | None = None) -> str:
+    return str(await api.db(web_sessions(api.shipyard).new_link, who, at or datetime.now(UTC)))
+
+
+def _audit(api: Api, action: str) -> list[dict[str, Any]]:
+    with api.store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM audit WHERE action = :a ORDER BY id"), {"a": action})
+        return [dict(r._mapping) for r in rows]
+
+
+async def test_a_login_link_signs_in_once_with_a_safe_cookie(
+    lite: Api, browsers: Callable[[], Browser]
+) -> None:
+    secret = await _link(lite, "approver")
+    first = browsers()
+    assert (await first.get("/ui/runs"))[2].headers["Location"] == "/ui/sign-in?next=/ui/runs"
+    status, html, _ = await first.get(f"/ui/login/{secret}")  # (a link preview spends nothing)
+    assert status == 200 and "Sign in" in html
+    status, _, answer = await first.post(f"/ui/login/{secret}", {})
+    assert status == 303 and answer.headers["Location"] == "/ui/runs"
+    cookie = answer.cookies[COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/ui"
+    assert not cookie["secure"]  # (plain http here; set over https)
+    status, html, page = await first.get("/ui/runs")
+    assert status == 200 and "approver" in html
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["X-Frame-Options"] == "DENY"
+
+    second = browsers()
+    status, html, _ = await second.post(f"/ui/login/{secret}", {})
+    assert status == 410 and "used already" in html
+    assert (await second.get("/ui/runs"))[0] == 303
+    old = await _link(lite, "approver", datetime.now(UTC) - timedelta(minutes=6))
+    status, html, _ = await second.post(f"/ui/login/{old}", {})
+    assert status == 410 and "expired" in html and "/deploy login" in html
+    status, html, _ = await second.post("/ui/login/not-a-link", {})
+    assert status == 410 and "not one of ours" in html
+    refused = [(a["actor"], a["outcome"], a["reason"]) for a in _audit(lite, "web_sign_in")]
+    assert refused == [
+        ("approver", "accepted", "with a Slack login link"),
+        ("approver", "refused", "this sign-in link was used already"),
+        ("approver", "refused", "this sign-in link expired"),
+        ("unknown", "refused", "this sign-in link is not one of ours"),
+    ]
+    assert all(a["channel"] == "web" for a in _audit(lite, "web_sign_in"))
+
+
+async def test_signing_out_ends_the_session_for_good(lite: Api, browsers: Callable[[], Browser]) -> None:
+    me = browsers()
+    status, html, _ = await me.post("/ui/sign-in", {"token": "wrong", "next": "/ui/runs"})
+    assert status == 401 and "not valid" in html
+    await me.sign_in_with(lite, "viewer")
+    kept = me.session.cookie_jar.filter_cookies(URL(me.base + "/ui/runs"))[COOKIE].value
+    assert (await me.post("/ui/sign-out", {"csrf": "forged"}))[0] == 403  # still signed in
+    assert (await me.get("/ui/runs"))[0] == 200
+    status, _, answer = await me.post("/ui/sign-out", {"csrf": await me.csrf("/ui/runs")})
+    assert status == 303 and answer.headers["Location"] == "/ui/sign-in"
+    replay = browsers()
+    status, _, _ = await replay.get("/ui/runs", cookies={COOKIE: kept})
+    assert status == 303  # the old cookie opens nothing
+    assert [a["outcome"] for a in _audit(lite, "web_sign_out")] == ["accepted"]
+
+
+async def test_a_gate_is_approved_from_the_run_page_with_the_same_rules_as_slack(
+    start_api: StartApi, sqlite_url: str
+) -> None:
+    api = await start_api(sqlite_url, {"gated": gated()})
+    run = await api.trigger("gated")
+    ref = run["ref"]
+    await api.wait(ref, lambda r: r["status"] == "waiting")
+    page = f"/ui/runs/gated/{run['number']}"
+    deployer, viewer, approver = Browser(api), Browser(api), Browser(api)
+    try:
+        for browser, who in ((deployer, "deployer"), (viewer, "viewer"), (approver, "approver")):
+            await browser.sign_in_with(api, who)
+        status, html, _ = await viewer.get(page)
+        assert status == 200 and "Approve" not in html  # a viewer sees no button...
+        form = {"csrf": await viewer.csrf(page), "gate": "production"}
+        status, html, _ = await viewer.post(page + "/approve", form)  # ...and pressing it anyway
+        assert status == 403 and "viewer did not hold the approver role" in html
+        form = {"csrf": await deployer.csrf(page), "gate": "production"}
+        status, html, _ = await deployer.post(page + "/approve", form)  # separation of duties
+        assert status == 403 and "triggered" in html
+        status, _, _ = await approver.post(page + "/approve", {"gate": "production", "comment": "ok"})
+        assert status == 403  # no CSRF token: nothing changes
+        assert (await api.run(ref))["status"] == "waiting"
+
+        form = {"csrf": await approver.csrf(page), "gate": "production", "comment": "looks right"}
+        status, _, answer = await approver.post(page + "/approve", form)
+        assert status == 303 and answer.headers["Location"] == page
+        done = await api.wait(ref)
+        gate = done["stages"][1]["gate"]
+        assert done["status"] == "succeeded" and gate["approvals"][0]["by"] == "approver"
+        status, html, _ = await approver.get(page)
+        assert "Approved by approver" in html and "looks right" in html
+    finally:
+        for browser in (deployer, viewer, approver):
+            await browser.session.close()
+    audited = [(a["actor"], a["channel"], a["outcome"]) for a in _audit(api, "approve_gate")]
+    assert audited == [
+        ("viewer", "web", "rejected"),
+        ("deployer", "web", "rejected"),
+        ("approver", "web", "accepted"),
+    ]
+
+
+async def test_what_people_typed_and_jobs_wrote_is_escaped(start_api: StartApi, sqlite_url: str) -> None:
+    api = await start_api(sqlite_url, {"noisy": NOISY})
+    reply = await api.post("/pipelines/noisy/runs", "deployer", json={"parameters": {"note": SCRIPT}})
+    assert reply.status == 202, reply.text
+    run = await api.wait(reply.json["ref"])
+    me = Browser(api)
+    try:
+        await me.sign_in_with(api, "viewer")
+        page = f"/ui/runs/noisy/{run['number']}"
+        status, html, _ = await me.get(page)
+        assert status == 200 and SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        status, text, answer = await me.get(page + "/jobs/s/j/log.json?after=0")
+        assert status == 200 and answer.content_type == "application/json"
+        followed = json.loads(text)
+        assert followed["text"] == f"{SCRIPT}\ndone\n" and followed["more"] is False
+        status, text, answer = await me.get(page + f"/jobs/s/j/log.json?after={followed['after']}")
+        assert json.loads(text)["text"] == ""  # nothing after the last chunk
+        status, text, answer = await me.get(page + "/jobs/s/j/log")
+        assert status == 200 and text == f"{SCRIPT}\ndone\n"
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert "attachment" in answer.headers["Content-Disposition"]
+        status, html, _ = await me.get("/ui/runs/noisy/999")
+        assert status == 404 and "no run noisy#999" in html
+    finally:
+        await me.session.close()
