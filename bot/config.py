@@ -138,6 +138,7 @@ class Settings(BaseSettings):
         description="the URL receivers reach this server at, for links and gate callbacks "
         "(default http://<host>:<port>)",
     )
+
     @property
     def base_url(self) -> str:
         """Where people and receivers reach this server: ``public_url``, else its host and port."""

@@ -150,6 +150,7 @@ async def job_log_after(request: web.Request) -> web.Response:
         {
             "text": "".join(c.text for c in chunk),
             "after": chunk[-1].seq if chunk else int(after) if after.isdigit() else 0,
+            "full": len(chunk) == LOG_CHUNKS,  # (more is there already: ask again at once)
             "more": len(chunk) == LOG_CHUNKS or running,
         },
         headers={"Cache-Control": "no-store"},

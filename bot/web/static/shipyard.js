@@ -7,6 +7,7 @@ function follow(pre) {
   const url = pre.dataset.follow;
   async function more() {
     let again = true;
+    let wait = 500;
     try {
       const answer = await fetch(url + "?after=" + after, { credentials: "same-origin" });
       if (!answer.ok) return;
@@ -17,10 +18,11 @@ function follow(pre) {
       }
       after = data.after;
       again = data.more;
+      if (data.full) wait = 0;
     } catch (e) {
       again = true; // (the server restarting: try again)
     }
-    if (again) setTimeout(more, 500);
+    if (again) setTimeout(more, wait);
   }
   more();
 }
