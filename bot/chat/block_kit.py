@@ -164,11 +164,13 @@ def run_message(
     now: datetime | None = None,
     measured: Sequence[Measurement] | None = None,
     waits: Mapping[str, str] | None = None,
+    link: str | None = None,
 ) -> tuple[str, list[Block]]:
     """The one message per run, edited in place as it moves. ``place``: where it waits in its
     environment's queue, when it waits in one; ``now``: to say how long a rollout's timed step
     has left; ``measured``: its analysis step's newest measurements (``rollout_blocks``);
-    ``waits``: why queued jobs wait for a runner, by job id (``RunnerRegistry.waits``)."""
+    ``waits``: why queued jobs wait for a runner, by job id (``RunnerRegistry.waits``);
+    ``link``: its page in the web view (``run_page``)."""
     run = state.run
     blocks = [text(_run_head(run))]
     if run.break_glass:
@@ -188,10 +190,22 @@ def run_message(
     stage = rolling_stage(state)
     if stage is not None:
         blocks.append(text("\n".join(rollout_lines(state, stage, now, measured))))
+    if link:
+        blocks.append(context(view_run(link)))
     buttons = _run_buttons(state)
     if buttons:
         blocks.append(actions(f"run-{run.id}-{run.version}", *buttons))
     return run_summary(state), blocks
+
+
+def run_page(public_url: str | None, run: Run) -> str | None:
+    """The run's page in the web view, when Shipyard knows the address people reach it at
+    (``SHIPYARD_PUBLIC_URL``)."""
+    return f"{public_url.rstrip('/')}/ui/runs/{run.pipeline}/{run.number}" if public_url else None
+
+
+def view_run(link: str) -> str:
+    return f":globe_with_meridians: <{link}|View run>: its timeline, gates and whole logs"
 
 
 def runner_wait_lines(state: RunState, waits: Mapping[str, str]) -> list[str]:
@@ -309,13 +323,15 @@ def gate_card(
     artifact: str | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     health: EnvironmentHealth | None = None,
+    link: str | None = None,
 ) -> tuple[str, list[Block]]:
     """What the approvers see while a gate waits for them: what will be deployed (``artifact``,
     the run's, when known, and its revision), what is ``live`` in the environment now (and a
     compare link between the two), the gates already passed and the approvals so far. Once
     decided it keeps all of that and shows who decided, when and why instead of the buttons.
     ``groups``: whom a role or group mentions, so approvers are notified (``approvers_line``);
-    ``health``: the environment's health now, shown under it while the gate is open."""
+    ``health``: the environment's health now, shown under it while the gate is open; ``link``:
+    the run's page in the web view."""
     run = state.run
     stage = state.stages[gate.stage_index]
     target = f" to *{stage.environment}*" if stage.environment else ""
@@ -350,6 +366,8 @@ def gate_card(
     blocks = [text("\n".join(lines))]
     if health is not None and gate.status is GateStatus.OPEN:
         blocks.append(context(health_line(health)))
+    if link:
+        blocks.append(context(view_run(link)))
     if gate.status is GateStatus.OPEN:
         value = ref_value(state, gate)
         blocks.append(

@@ -28,10 +28,11 @@ TAIL_LINES = 10
 async def gate_card(backend: ChatBackend, state: RunState, gate: Gate) -> tuple[str, list[block_kit.Block]]:
     """``blocks.gate_card`` with what it shows read: the run's artifact, what is live beside it
     and whom its approvers' roles and groups mention (``approver_mentions``)."""
-    shown = await _shown(backend, state, threads.GateCard(gate))
-    return block_kit.gate_card(
-        state, gate, shown.live, artifact=shown.artifact, groups=shown.groups, health=shown.health
+    rendered = threads.render(
+        state, threads.GateCard(gate), await _shown(backend, state, threads.GateCard(gate))
     )
+    assert rendered is not None  # (a gate card always has something to say)
+    return rendered
 
 
 async def compose(
@@ -77,6 +78,7 @@ async def _shown(backend: ChatBackend, state: RunState, post: threads.ThreadPost
                 artifact=await artifact_of(backend, state),
                 groups=await approver_mentions(backend, gate),
                 health=await _gate_health(backend, state, gate),
+                link=block_kit.run_page(backend.shipyard.settings.public_url, state.run),
             )
         case threads.JobFailed(job=job, attempt=attempt):
             tail = await backend.read(backend.shipyard.store.tail_log, job.id, TAIL_LINES, attempt)

@@ -119,6 +119,8 @@ class Shown:
     tail: Sequence[str] = ()
     #: a succeeded rollback: its environment's lock now
     lock: Lock | None = None
+    #: a gate card: the run's page in the web view (when the public address is known)
+    link: str | None = None
     #: a gate card: its environment's health now (when it watches health checks)
     health: EnvironmentHealth | None = None
 
@@ -161,7 +163,13 @@ def render(state: RunState, post: ThreadPost, shown: Shown) -> tuple[str, list[b
     match post:
         case GateCard(gate=gate):
             return block_kit.gate_card(
-                state, gate, shown.live, artifact=shown.artifact, groups=shown.groups, health=shown.health
+                state,
+                gate,
+                shown.live,
+                artifact=shown.artifact,
+                groups=shown.groups,
+                health=shown.health,
+                link=shown.link,
             )
         case JobFailed(job=job, attempt=attempt, status=status, reason=reason):
             summary, blocks = block_kit.job_failed(state, job, list(shown.tail), attempt, status, reason)

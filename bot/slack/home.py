@@ -44,6 +44,13 @@ async def publish_home(backend: ChatBackend, client: AsyncWebClient, user: str) 
 async def home_view(backend: ChatBackend, user: str) -> dict[str, object]:
     at = now()
     blocks = [_header("Environments"), *await _environments(backend, at)]
+    if (public := backend.shipyard.settings.public_url) is not None:
+        board = f"{public.rstrip('/')}/ui/environments"
+        blocks.append(
+            block_kit.context(
+                f":globe_with_meridians: <{board}|Open board>: what runs where, and the history"
+            )
+        )
     blocks.extend(await _stranded_runners(backend, at))
     blocks.append(_header("Waiting for your approval"))
     grants = await _grants(backend, user)

@@ -356,7 +356,7 @@ class Notifier:
             return found.channel, found.thread or found.ts
         if found.gave_up_at is not None:
             return None  # (Slack refused it for good: the run is not reported there)
-        summary, blocks = block_kit.run_message(state)
+        summary, blocks = block_kit.run_message(state, link=self._link(state))
         if os.environ.get(CRASH_BEFORE_POST):
             os._exit(CRASH_EXIT_CODE)
         try:
@@ -560,7 +560,12 @@ class Notifier:
             waits = await self.backend.read(self.backend.shipyard.runners.waits, state.jobs, now())
             self._waits_said[run_id] = tuple(sorted(waits.items()))
             summary, blocks = block_kit.run_message(
-                state, await self._place(state), now=clock, measured=measured, waits=waits
+                state,
+                await self._place(state),
+                now=clock,
+                measured=measured,
+                waits=waits,
+                link=self._link(state),
             )
             done = await self._edit(message.channel, message.ts, summary, blocks)
             if done and (changed := self._changed.pop(run_id, None)) is not None:
@@ -604,6 +609,9 @@ class Notifier:
             return None
         queue = await self.backend.read(self.backend.shipyard.service.queue, env)
         return next((e for e in queue.waiting if e.run_id == state.run.id), None)
+
+    def _link(self, state: RunState) -> str | None:
+        return block_kit.run_page(self.backend.shipyard.settings.public_url, state.run)
 
     async def _edit(self, channel: str, ts: str, summary: str, blocks: Any) -> bool:
         """Edit a message; False when it is worth trying again (Slack down or failing)."""
