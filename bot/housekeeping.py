@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.backend import Backend, now
 from bot.config import Settings
+from bot.web.signin import web_sessions
 from bot.webhooks.service import Config
 from core.errors import DatabaseUnreachable
 from storage.analyses import AnalysisStore
@@ -40,6 +41,7 @@ class Swept:
     idempotency_keys: int
     webhook_deliveries: int
     health_measurements: int = 0
+    web_sign_ins: int = 0
 
 
 class Housekeeping:
@@ -51,6 +53,7 @@ class Housekeeping:
         self.delivery_keep = Config.of(settings).keep
         self.analyses = AnalysisStore(store)
         self.measurement_keep = timedelta(days=settings.measurement_keep_days)
+        self.web = web_sessions(backend.shipyard)
         self.scheduler: AsyncIOScheduler | None = None
 
     async def start(self) -> None:
@@ -72,7 +75,13 @@ class Housekeeping:
         deliveries = await self._drain(lambda: self.backend.write(self.deliveries.prune, before, BATCH))
         old = at - self.measurement_keep
         measured = await self._drain(lambda: self.backend.write(self.analyses.prune_health, old, BATCH))
-        return Swept(idempotency_keys=keys, webhook_deliveries=deliveries, health_measurements=measured)
+        signed = await self._drain(lambda: self.backend.write(self.web.purge, at, BATCH))
+        return Swept(
+            idempotency_keys=keys,
+            webhook_deliveries=deliveries,
+            health_measurements=measured,
+            web_sign_ins=signed,
+        )
 
     async def _pass(self) -> None:
         try:

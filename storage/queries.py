@@ -156,6 +156,11 @@ class Q:
         .where(LOG.c.job_id == b("id"), LOG.c.attempt == b("attempt"))
         .order_by(LOG.c.id.desc())
     )
+    log_sizes = (
+        sa.select(LOG.c.id, sa.func.length(LOG.c.text))
+        .where(LOG.c.job_id == b("id"), LOG.c.attempt == b("attempt"))
+        .order_by(LOG.c.id.desc())
+    )
     events_after = sa.select(EVENT).where(EVENT.c.seq > b("seq")).order_by(EVENT.c.seq).limit(b("limit"))
     events_of_run_after = (
         sa.select(EVENT)

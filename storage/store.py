@@ -268,6 +268,22 @@ class SqlStore:
                     break
         return "".join(reversed(texts)).splitlines()[-lines:]
 
+    def log_tail_start(self, job_id: str, keep: int, attempt: int | None = None) -> tuple[int, int]:
+        """Where to start reading an attempt's log (the latest by default) to get its last
+        ``keep`` characters or a little more, whole chunks: the chunk to read after (0: from the
+        start) and how many characters come before it."""
+        with self._read() as conn:
+            if attempt is None:
+                attempt = conn.execute(Q.job_attempt, {"id": job_id}).scalar() or 0
+            kept, start, skipped = 0, 0, 0
+            for seq, size in conn.execute(Q.log_sizes, {"id": job_id, "attempt": attempt}):
+                if kept >= keep:
+                    start = start or seq
+                    skipped += size
+                else:
+                    kept += size
+        return start, skipped
+
     # -- reading ----------------------------------------------------------------------------
     def events_after(self, seq: int, limit: int = 500, run_id: str | None = None) -> list[Event]:
         with self._read() as conn:

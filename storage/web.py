@@ -137,12 +137,17 @@ class WebSessions:
                 tx.audit(_entry(now, row.principal, "web_sign_out", "accepted", ""))
         return row is not None
 
-    def purge(self, now: datetime) -> int:
-        """Forget links and sessions that can no longer be used (the hourly housekeeping)."""
+    def purge(self, now: datetime, limit: int) -> int:
+        """Forget up to ``limit`` links and ``limit`` sessions that can no longer be used (the
+        hourly housekeeping); the audit log keeps who signed in and out."""
+        dead_links = sa.select(LOGIN.c.token_hash).where(LOGIN.c.expires_at <= now).limit(limit)
+        ended = sa.or_(SESSION.c.expires_at <= now, SESSION.c.ended_at.is_not(None))
+        dead_sessions = sa.select(SESSION.c.token_hash).where(ended).limit(limit)
         with self.store.transaction() as tx:
-            links = tx.conn.execute(sa.delete(LOGIN).where(LOGIN.c.expires_at <= now)).rowcount
-            ended = sa.or_(SESSION.c.expires_at <= now, SESSION.c.ended_at.is_not(None))
-            sessions = tx.conn.execute(sa.delete(SESSION).where(ended)).rowcount
+            links = tx.conn.execute(sa.delete(LOGIN).where(LOGIN.c.token_hash.in_(dead_links))).rowcount
+            sessions = tx.conn.execute(
+                sa.delete(SESSION).where(SESSION.c.token_hash.in_(dead_sessions))
+            ).rowcount
         return int(links) + int(sessions)
 
     def _open(self, conn: sa.Connection, principal: str, via: str, now: datetime) -> SignedIn:

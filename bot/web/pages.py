@@ -22,6 +22,8 @@ from storage.reads import RunFilter
 LIST_LIMIT = 50
 #: chunks of log sent at a time to a page following a job
 LOG_CHUNKS = 64
+#: a page shows the last this many characters of a log (the whole of it is a download away)
+SHOWN_CHARS = 1 << 20
 FILTERS = ("pipeline", "status", "environment", "triggered_by")
 
 
@@ -141,15 +143,20 @@ async def job_log_after(request: web.Request) -> web.Response:
     job = _job(state, f"{request.match_info['stage']}/{request.match_info['job']}")
     if job is None:
         return web.json_response({"error": "no such job"}, status=404)
-    after = request.query.get("after", "0")
+    asked = request.query.get("after", "0")
+    after = int(asked) if asked.isdigit() and len(asked) < 19 else 0
     g = request.app[WEB].gateway
-    pages = g.shipyard.store.log_pages(job.id, None, LOG_CHUNKS, int(after) if after.isdigit() else 0)
-    chunk = await g.read(next, pages, [])
+    store = g.shipyard.store
+    skipped = 0
+    if after == 0:  # (the page's first look: a long log is shown from its last part)
+        after, skipped = await g.read(store.log_tail_start, job.id, SHOWN_CHARS)
+    chunk = await g.read(next, store.log_pages(job.id, None, LOG_CHUNKS, after), [])
     running = state.run.status not in RUN_TERMINAL
     return web.json_response(
         {
             "text": "".join(c.text for c in chunk),
-            "after": chunk[-1].seq if chunk else int(after) if after.isdigit() else 0,
+            "skipped": skipped,
+            "after": chunk[-1].seq if chunk else after,
             "full": len(chunk) == LOG_CHUNKS,  # (more is there already: ask again at once)
             "more": len(chunk) == LOG_CHUNKS or running,
         },

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from yarl import URL
 
+from bot.housekeeping import HOUSEKEEPING
 from bot.web.signin import COOKIE, web_sessions
 from tests.api.conftest import Api, StartApi
 from tests.pipelines import gated, one_job
@@ -198,5 +199,54 @@ async def test_what_people_typed_and_jobs_wrote_is_escaped(start_api: StartApi, 
         assert "attachment" in answer.headers["Content-Disposition"]
         status, html, _ = await me.get("/ui/runs/noisy/999")
         assert status == 404 and "no run noisy#999" in html
+    finally:
+        await me.session.close()
+
+
+async def test_housekeeping_forgets_spent_links_and_ended_sessions_but_not_the_audit(
+    lite: Api, browsers: Callable[[], Browser]
+) -> None:
+    me = browsers()
+    await me.sign_in_with(lite, "viewer")
+    await me.post("/ui/sign-out", {"csrf": await me.csrf("/ui/runs")})
+    await _link(lite, "approver")  # never used
+    other = browsers()
+    await other.sign_in_with(lite, "approver")  # still signed in
+    keeping = lite.client.app[HOUSEKEEPING]  # type: ignore[index]
+    assert (await keeping.sweep()).web_sign_ins == 1  # the ended session (the link is still valid)
+    swept = await keeping.sweep(datetime.now(UTC) + timedelta(days=2))
+    assert swept.web_sign_ins == 2  # the link and the expired session
+    with lite.store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM web_login")).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM web_session")).scalar() == 0
+    assert len(_audit(lite, "web_sign_in")) == 2 and len(_audit(lite, "web_sign_out")) == 1
+
+
+async def test_a_long_log_is_shown_from_its_last_mebibyte_and_downloaded_whole(
+    start_api: StartApi, sqlite_url: str
+) -> None:
+    """3 MB of output: the page follows only its last part (and says how much it left out);
+    the download has all of it."""
+    writer = one_job("long", """["python3", "-c", "print(('x' * 99 + '\\\\n') * 30000, end='')"]""")
+    api = await start_api(sqlite_url, {"long": writer}, max_log_bytes=8 << 20)
+    run = await api.wait((await api.trigger("long"))["ref"])
+    assert run["status"] == "succeeded", run
+    me = Browser(api)
+    try:
+        await me.sign_in_with(api, "viewer")
+        page = f"/ui/runs/long/{run['number']}/jobs/s/j"
+        shown, after, skipped = "", 0, None
+        while True:
+            status, text, _ = await me.get(f"{page}/log.json?after={after}")
+            data = json.loads(text)
+            skipped = data["skipped"] if skipped is None else skipped
+            shown += data["text"]
+            if not data["more"]:
+                break
+            after = data["after"]
+        assert 1 << 20 <= len(shown) < (1 << 20) + (256 << 10) and shown.endswith("x\n")
+        assert skipped + len(shown) == 3_000_000
+        status, whole, _ = await me.get(f"{page}/log")
+        assert status == 200 and len(whole) == 3_000_000
     finally:
         await me.session.close()

@@ -12,6 +12,10 @@ function follow(pre) {
       const answer = await fetch(url + "?after=" + after, { credentials: "same-origin" });
       if (!answer.ok) return;
       const data = await answer.json();
+      if (data.skipped) {
+        const mb = (data.skipped / 1048576).toFixed(1);
+        pre.append(document.createTextNode("[… " + mb + " MB before this not shown: download the whole log]\n"));
+      }
       if (data.text) {
         pre.append(document.createTextNode(data.text)); // text, never HTML
         pre.dispatchEvent(new Event("grew"));
