@@ -9,11 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.api.schemas import DeploymentOut, RunOut, RunSummary
+from bot.api.schemas import RunOut, RunSummary
 from bot.backend import now
+from bot.web import board
 from bot.web.render import Answer, message, page
 from bot.web.signin import WEB, Viewer, required
 from core.access import Action
+from core.dora import DEFAULT_WINDOW
 from core.model import RunState
 from core.states import RUN_TERMINAL
 from storage.reads import RunFilter
@@ -165,22 +167,8 @@ async def job_log_after(request: web.Request) -> web.Response:
 
 
 async def environments(request: web.Request) -> web.Response:
-    """The board: what runs where (artifact, revision, since when, by whom)."""
+    """The board: what runs where, health, locks, queues, freezes, history and DORA's keys."""
     who = await required(request)
     _may_read(who)
-    g = request.app[WEB].gateway
-    names = await g.read(g.reads.environment_names)
-    configured = g.shipyard.settings.environments
-    names = list(configured.path) + sorted(set(names) - set(configured.path))
-    rows = []
-    for name in names:
-        current = await g.read(g.reads.current_deployment, name)
-        history = await g.read(g.reads.deployments, name, None, 10)
-        rows.append(
-            {
-                "name": name,
-                "current": DeploymentOut.of(current) if current else None,
-                "history": [DeploymentOut.of(d) for d in history],
-            }
-        )
-    return page("environments.html", viewer=who, environments=rows)
+    found = await board.rows(request.app[WEB].gateway, now())
+    return page("environments.html", viewer=who, environments=found, window=DEFAULT_WINDOW)

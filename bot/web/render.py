@@ -11,6 +11,8 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from core.duration import format_duration
+
 HERE = Path(__file__).parent
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -50,6 +52,12 @@ def run_link(ref: str) -> str:
     return f"/ui/runs/{pipeline}/{number}"
 
 
+def _minutes(seconds: float | None) -> str:
+    """A duration as people read it (``n/a``: nothing to measure)."""
+    return format_duration(seconds) if seconds is not None else "n/a"
+
+
+TEMPLATES.globals["minutes"] = _minutes
 TEMPLATES.filters["when"] = _when
 TEMPLATES.filters["run_link"] = run_link
 TEMPLATES.globals["took"] = _took

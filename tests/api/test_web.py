@@ -250,3 +250,39 @@ async def test_a_long_log_is_shown_from_its_last_mebibyte_and_downloaded_whole(
         assert status == 200 and len(whole) == 3_000_000
     finally:
         await me.session.close()
+
+
+async def test_the_board_says_what_runs_where_with_its_lock_freeze_history_and_dora(
+    start_api: StartApi, sqlite_url: str
+) -> None:
+    soon = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    environments = {
+        "staging": {},
+        "production": {"freezes": [{"from": soon.isoformat(), "to": (soon + timedelta(days=1)).isoformat(),
+                                    "reason": "launch week"}]},
+    }  # fmt: skip
+    deploy = one_job("ship", '["true"]', environment="production", head="parameters:\n  - {name: ref}")
+    api = await start_api(sqlite_url, {"ship": deploy}, environments=environments)
+    for ref in ("1111111", "2222222"):
+        reply = await api.post(
+            "/pipelines/ship/runs", "deployer", json={"parameters": {"ref": ref}, "revision": ref}
+        )
+        assert (await api.wait(reply.json["ref"]))["status"] == "succeeded"
+    locked = await api.post("/environments/production/lock", "deployer", json={"reason": "db <migration>"})
+    assert locked.status in (200, 201), locked.text
+    me = Browser(api)
+    try:
+        await me.sign_in_with(api, "viewer")
+        status, html, _ = await me.get("/ui/environments")
+    finally:
+        await me.session.close()
+    assert status == 200
+    production = html[html.index('id="env-production"') :]
+    assert 'href="/ui/runs/ship/2"' in production and "<code>2222222</code>" in production
+    assert "deployed by deployer" in production
+    assert "locked by deployer" in production and "db &lt;migration&gt;" in production
+    assert "next freeze from" in production and "launch week" in production
+    assert "2 deployments" in production and "0 of 2 deployments" in production
+    assert production.count('class="bar succeeded" x=') >= 2  # the history, two green bars
+    staging = html[html.index('id="env-staging"') : html.index('id="env-production"')]
+    assert "Nothing deployed yet." in staging and "no freeze within 14 days" in staging
