@@ -56,6 +56,7 @@ from core.engine import Decision
 from core.errors import DatabaseUnreachable
 from core.model import Actor, RunState
 from core.states import RUN_TERMINAL
+from storage.analyses import AnalysisStore
 from storage.reads import RunFilter
 
 RUN_CREATED = {"Location": "where the run can be read: /api/v1/runs/{run_id}"}
@@ -321,27 +322,28 @@ async def get_verification(call: Call) -> web.Response:
     run that deployed nowhere verified."""
     state = await find_run(call)
     g = gw(call)
+    return reply(
+        VerificationsOut(run_id=state.run.id, items=await g.read(verifications_of, g.analyses, state))
+    )
 
-    def read() -> list[VerificationOut]:
-        found = []
-        for a in g.analyses.of_run(state.run.id):
-            found.append(
-                VerificationOut(
-                    environment=a.environment,
-                    stage_index=a.stage_index,
-                    checks=list(a.checks),
-                    started_at=a.started_at,
-                    deadline=a.deadline,
-                    status=a.status.value,
-                    reason=a.reason,
-                    ended_at=a.ended_at,
-                    ended_by=a.ended_by,
-                    measurements=[MeasurementOut.of(m) for m in g.analyses.measurements(a.id)],
-                )
-            )
-        return found
 
-    return reply(VerificationsOut(run_id=state.run.id, items=await g.read(read)))
+def verifications_of(analyses: AnalysisStore, state: RunState) -> list[VerificationOut]:
+    """The run's analyses (verifications and rollout steps), each with every measurement."""
+    return [
+        VerificationOut(
+            environment=a.environment,
+            stage_index=a.stage_index,
+            checks=list(a.checks),
+            started_at=a.started_at,
+            deadline=a.deadline,
+            status=a.status.value,
+            reason=a.reason,
+            ended_at=a.ended_at,
+            ended_by=a.ended_by,
+            measurements=[MeasurementOut.of(m) for m in analyses.measurements(a.id)],
+        )
+        for a in analyses.of_run(state.run.id)
+    ]
 
 
 @API.op(

@@ -9,12 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.api.runs import verifications_of
 from bot.api.schemas import RunOut, RunSummary
 from bot.backend import now
 from bot.web import board
 from bot.web.render import Answer, message, page
 from bot.web.signin import WEB, Viewer, required
 from core.access import Action
+from core.assignment import run_artifact
 from core.dora import DEFAULT_WINDOW
 from core.model import RunState
 from core.states import RUN_TERMINAL
@@ -95,11 +97,15 @@ async def run_page(request: web.Request) -> web.Response:
     state = await find(request, who)
     g = request.app[WEB].gateway
     view = RunOut.of(state, await g.read(g.shipyard.runners.waits, state.jobs, now()))
+    built = run_artifact(state)
+    analyses = await g.read(verifications_of, g.analyses, state)
     return page(
         "run.html",
         viewer=who,
         run=view,
         bars=timeline(view, datetime.now(UTC)),
+        built=built.ref if built is not None else None,
+        analyses=analyses,
         base=f"/ui/runs/{state.run.pipeline}/{state.run.number}",
         may_approve=who.principal.may(Action.APPROVE),
         may_control=who.principal.may(Action.CONTROL),

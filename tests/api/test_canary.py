@@ -7,12 +7,14 @@ person's abort puts all traffic back on stable before the abort jobs run and the
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from pathlib import Path
 from typing import Any
 
 from core.runtime.routers import router_for
 from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
+from tests.api.test_web import web_page
 from tests.pipelines import APPROVER_PAUSE, VERSION_PARAMETER, built_and_deployed, canary
 from tests.prometheus import Prometheus
 from tests.routing import Nginx, send
@@ -64,6 +66,8 @@ async def test_a_canary_moves_real_traffic_step_by_step_and_is_promoted(
     assert (rollout["status"], rollout["step"], rollout["steps"]) == ("waiting", 4, 5), rollout
     assert rollout["desired"] == rollout["applied"] == {"stable": 50, "canary": 50}
     assert abs(await _share(nginx) - 50) <= 3
+    page = await web_page(api, f"/ui/runs/web/{run['number']}")  # the web view says the same
+    assert "step 4 of 5" in page and "stable 50 %" in page and "canary 50 %" in page
 
     # the pause is a gate: not who triggered the run, and only approvers
     mine = await api.post(f"/runs/{run['id']}/rollout/promote", who="deployer", json={})
@@ -169,6 +173,9 @@ async def test_a_canary_whose_service_fails_is_aborted_by_its_analysis(
     assert await _share(nginx) == 0
     measured = (await api.get(f"/runs/{run['id']}/verification")).json["items"]
     assert [(a["status"]) for a in measured] == ["failed"]
+    page = await web_page(api, f"/ui/runs/web/{run['number']}")  # each measurement, on the run's page
+    last = measured[0]["measurements"][-1]
+    assert "Measurements" in page and html.escape(last["detail"]) in page and " &gt; 0.05" in page
 
 
 async def test_a_rollout_that_does_not_fit_the_configuration_is_refused_naming_the_field(

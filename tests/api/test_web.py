@@ -55,6 +55,18 @@ class Browser:
         assert status == 303 and answer.headers["Location"] == "/ui/runs"
 
 
+async def web_page(api: Api, path: str, who: str = "viewer") -> str:
+    """The web view's page at ``path`` as ``who`` sees it."""
+    browser = Browser(api)
+    try:
+        await browser.sign_in_with(api, who)
+        status, html, _ = await browser.get(path)
+    finally:
+        await browser.session.close()
+    assert status == 200, html
+    return html
+
+
 @pytest.fixture
 async def browsers(lite: Api) -> AsyncIterator[Callable[[], Browser]]:
     made: list[Browser] = []
