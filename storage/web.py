@@ -108,10 +108,11 @@ class WebSessions:
             tx.audit(_entry(now, principal, "web_sign_in", "accepted", "with an API token"))
         return signed
 
-    def refuse(self, who: str, reason: str, now: datetime) -> None:
-        """Audit a sign-in refused before any session (a wrong token)."""
+    def refused(self, who: str, action: str, target: str, reason: str, now: datetime) -> None:
+        """Audit what the web view refused before anything else could (a wrong token at sign-in,
+        a role that may not lock)."""
         with self.store.transaction() as tx:
-            tx.audit(_entry(now, who, "web_sign_in", "refused", reason))
+            tx.audit(_entry(now, who, action, "refused", reason, target))
 
     def session(self, cookie: str, now: datetime) -> WebSession | None:
         """The live session ``cookie`` names, or None (unknown, expired, or signed out)."""
@@ -166,7 +167,9 @@ class WebSessions:
         return SignedIn(cookie, WebSession(principal, via, csrf, expires))
 
 
-def _entry(at: datetime, actor: str, action: str, outcome: str, reason: str) -> AuditEntry:
+def _entry(
+    at: datetime, actor: str, action: str, outcome: str, reason: str, target: str = "/ui"
+) -> AuditEntry:
     return AuditEntry(
-        at=at, actor=actor, channel="web", action=action, target="/ui", outcome=outcome, reason=reason
+        at=at, actor=actor, channel="web", action=action, target=target, outcome=outcome, reason=reason
     )

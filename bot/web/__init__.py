@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.api.gateway import ApiGateway
-from bot.web import actions, pages, signin
+from bot.web import actions, environment_actions, pages, signin
 from bot.web.render import HERE, answers
 
 
@@ -38,6 +38,10 @@ def setup(app: web.Application, gateway: ApiGateway) -> None:
             web.get(job + "/log.json", pages.job_log_after),
             web.post(run + "/{action}", actions.act),
             web.get("/environments", pages.environments),
+            web.post("/environments/{env}/rollback", environment_actions.rollback),
+            web.post("/environments/{env}/promote", environment_actions.promote),
+            web.post("/environments/{env}/lock", environment_actions.lock),
+            web.post("/environments/{env}/unlock", environment_actions.unlock),
             web.static("/static", HERE / "static", append_version=True),
         ]
     )

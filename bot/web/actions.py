@@ -12,7 +12,15 @@ from aiohttp import web
 from bot.web.pages import find
 from bot.web.render import message, see_other
 from bot.web.signin import WEB, Viewer, checked_form
-from core.commands import ApproveGate, CancelRun, Command, RejectGate, RetryRun
+from core.commands import (
+    AbortRollout,
+    ApproveGate,
+    CancelRun,
+    Command,
+    PromoteRollout,
+    RejectGate,
+    RetryRun,
+)
 from core.model import Actor
 
 #: each action: the command it sends, from the run, the viewer's actor and the form
@@ -27,6 +35,12 @@ ACTIONS: dict[str, Callable[[str, Actor, dict[str, str]], Command | str]] = {
     ),
     "cancel": lambda run, actor, form: CancelRun(run_id=run, actor=actor, reason="canceled from the web"),
     "retry": lambda run, actor, form: RetryRun(run_id=run, actor=actor),
+    "promote-canary": lambda run, actor, form: PromoteRollout(run_id=run, actor=actor),
+    "abort": lambda run, actor, form: (
+        AbortRollout(run_id=run, actor=actor, reason=form["reason"].strip())
+        if form.get("reason", "").strip()
+        else "Say why you abort it."
+    ),
 }
 
 

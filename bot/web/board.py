@@ -35,6 +35,9 @@ class Row:
     keys: FourKeys
     #: deployments a week over the window, oldest week first (the small chart)
     weekly: list[int]
+    #: the environment after it on the promotion path
+    next: str | None
+    locked: bool
 
 
 def _health_words(health: EnvironmentHealth | None) -> str:
@@ -71,9 +74,16 @@ async def rows(g: ApiGateway, at: datetime) -> list[Row]:
                 freeze=_freeze_words(policy.freezes, at),
                 keys=keys,
                 weekly=_weekly([d.finished_at for d in history], at, window),
+                next=after(settings.environments.path, name),
+                locked=lock is not None,
             )
         )
     return found
+
+
+def after(path: list[str], name: str) -> str | None:
+    """The environment after ``name`` on the promotion ``path`` (None: last, or not on it)."""
+    return path[path.index(name) + 1] if name in path[:-1] else None
 
 
 def _queue_words(running: tuple[str, str] | None, waiting: int) -> str:

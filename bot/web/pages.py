@@ -177,4 +177,5 @@ async def environments(request: web.Request) -> web.Response:
     who = await required(request)
     _may_read(who)
     found = await board.rows(request.app[WEB].gateway, now())
-    return page("environments.html", viewer=who, environments=found, window=DEFAULT_WINDOW)
+    may_act = who.principal.may(Action.TRIGGER) or who.principal.may(Action.CONTROL)
+    return page("environments.html", viewer=who, environments=found, window=DEFAULT_WINDOW, may_act=may_act)

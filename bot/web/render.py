@@ -11,7 +11,9 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from bot.api.problems import REFUSAL_STATUS
 from core.duration import format_duration
+from core.errors import CommandRefused
 
 HERE = Path(__file__).parent
 CSP = (
@@ -89,9 +91,12 @@ class Answer(Exception):
 
 @web.middleware
 async def answers(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Pages under /ui/ answer an ``Answer`` raised by their handler."""
+    """Pages under /ui/ answer an ``Answer`` raised by their handler, and a refusal from below
+    with a page saying why (never a traceback)."""
     try:
         response: web.StreamResponse = await handler(request)
     except Answer as answer:
         return answer.response
+    except CommandRefused as exc:  # (what a handler did not turn into a page itself)
+        return message("Refused", exc.message, REFUSAL_STATUS.get(exc.kind, 409))
     return response

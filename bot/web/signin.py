@@ -130,7 +130,10 @@ async def sign_in_with_token(request: web.Request) -> web.StreamResponse:
     g = request.app[WEB].gateway
     principal = await g.authenticate(token) if token else None
     if principal is None:
-        await g.write(request.app[WEB].sessions.refuse, "unknown", "an API token that is not valid", now())
+        reason = "an API token that is not valid"
+        await g.write(
+            request.app[WEB].sessions.refused, "unknown", "web_sign_in", "/ui/sign-in", reason, now()
+        )
         error = "That token is not valid (or was revoked): paste an API token, or type /deploy login in Slack"
         return page("sign_in.html", 401, viewer=None, next=target, error=error)
     sessions = request.app[WEB].sessions

@@ -18,6 +18,7 @@ from yarl import URL
 from bot.housekeeping import HOUSEKEEPING
 from bot.web.signin import COOKIE, web_sessions
 from tests.api.conftest import Api, StartApi
+from tests.api.test_deploys import SHOP
 from tests.pipelines import gated, one_job
 
 SCRIPT = "<script>alert(1)</script>"
@@ -298,3 +299,67 @@ async def test_the_board_says_what_runs_where_with_its_lock_freeze_history_and_d
     assert production.count('class="bar succeeded" x=') >= 2  # the history, two green bars
     staging = html[html.index('id="env-staging"') : html.index('id="env-production"')]
     assert "Nothing deployed yet." in staging and "no freeze within 14 days" in staging
+
+
+async def test_roll_back_promote_and_lock_from_the_board(
+    start_api: StartApi, sqlite_url: str, tmp_path: Any
+) -> None:
+    shop = SHOP.replace("{ledger}", str(tmp_path / "ledger"))
+    api = await start_api(sqlite_url, {"shop": shop}, environments={"staging": {}, "production": {}})
+    for version in ("1.0.0", "2.0.0"):
+        run = await api.trigger("shop", parameters={"version": version})
+        assert (await api.wait(run["id"]))["status"] == "succeeded"
+    deployer, viewer = Browser(api), Browser(api)
+    try:
+        await deployer.sign_in_with(api, "deployer")
+        await viewer.sign_in_with(api, "viewer")
+        board = "/ui/environments"
+        status, html, _ = await viewer.get(board)
+        assert "Roll back" not in html and "Lock</button>" not in html  # a viewer acts on nothing
+        status, html, _ = await viewer.post(
+            "/ui/environments/production/lock", {"csrf": await viewer.csrf(board), "reason": "x"}
+        )
+        assert status == 403 and "may not lock environments" in html
+
+        # a rollback asks first: what it goes back to, then the run
+        csrf = await deployer.csrf(board)
+        status, html, _ = await deployer.post("/ui/environments/production/rollback", {"csrf": csrf})
+        assert status == 200 and "Roll back to shop@1.0.0" in html and "shop@2.0.0" in html
+        status, _, answer = await deployer.post(
+            "/ui/environments/production/rollback", {"csrf": csrf, "to": "shop@1.0.0"}
+        )
+        assert status == 303
+        rolled = await api.wait(answer.headers["Location"].rsplit("/", 1)[-1].join(["shop#", ""]))
+        assert (rolled["kind"], rolled["status"]) == ("rollback", "succeeded")
+        status, html, _ = await deployer.get(board)
+        assert "shop@1.0.0</a>" in html[html.index('id="env-production"') :]
+        assert "rolled back" in html or "locked by" in html  # the rollback's lock
+        assert (await deployer.post("/ui/environments/production/unlock", {"csrf": csrf}))[0] == 303
+
+        # what runs in staging goes to production, without a rebuild
+        status, html, _ = await deployer.get(board)
+        assert "Promote shop@2.0.0 to production" in html
+        status, _, answer = await deployer.post("/ui/environments/staging/promote", {"csrf": csrf})
+        assert status == 303
+        promoted = await api.wait(answer.headers["Location"].rsplit("/", 1)[-1].join(["shop#", ""]))
+        assert (promoted["kind"], promoted["status"]) == ("promotion", "succeeded")
+        status, html, _ = await deployer.get(board)
+        assert "shop@2.0.0</a>" in html[html.index('id="env-production"') :]
+
+        form = {"csrf": csrf, "reason": "db migration", "duration": "2h"}
+        assert (await deployer.post("/ui/environments/production/lock", form))[0] == 303
+        status, html, _ = await deployer.get(board)
+        assert "production is locked by deployer" in html and "Unlock</button>" in html
+        form = {"csrf": csrf, "reason": "me too", "duration": "forever"}
+        status, html, _ = await deployer.post("/ui/environments/staging/lock", form)
+        assert status == 400 and "forever" in html
+    finally:
+        await deployer.session.close()
+        await viewer.session.close()
+    assert [(a["actor"], a["outcome"]) for a in _audit(api, "web_lock_environments")] == [
+        ("viewer", "refused")
+    ]
+    assert [a["channel"] for a in _audit(api, "trigger_run") if a["actor"] == "deployer"][-2:] == [
+        "web",
+        "web",
+    ]
