@@ -237,7 +237,7 @@ class Runner:
         capacity: int = 4,
         lease_s: float = 30.0,
         poll_interval: float = 1.0,
-        log_flush_s: float = 1.0,
+        log_flush_s: float = 0.5,
         max_log_bytes: int = 1 << 20,
         kill_grace_s: float = 5.0,
         watch_s: float = 0.0,

@@ -20,6 +20,7 @@ from core.runtime.service import Service
 from core.states import RunStatus
 from storage.reads import Reads
 from storage.store import SqlStore
+from tests.browser import chromium_path
 from tests.factory import ROOT
 
 
@@ -107,6 +108,21 @@ def test_the_idle_bench_measures_a_server_with_metrics_off_and_on(tmp_path: Path
     figure = r" +\d+\.\d\d % of a core \(\d+\.\d\d s CPU\) +target <= 0\.2 %: (met|NOT met)"
     assert re.search(r"metrics off" + figure, result.stdout), result.stdout
     assert re.search(r"metrics on \(1 scrapes\)" + figure, result.stdout), result.stdout
+
+
+def test_the_web_bench_loads_a_run_page_with_a_megabyte_of_log_and_follows_a_live_one(
+    tmp_path: Path,
+) -> None:
+    """``bench/web.py``, tiny, in the real Chromium: the page gets all of the 1 MB log, and the
+    live lines reach it (each line says its figure against the target)."""
+    browser = chromium_path()
+    result = _bench(
+        tmp_path, 180, "bench.web", "--loads", "2", "--lines", "3", "--every", "0.4", "--chromium", browser
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    load = r"\| run page with a 1 MB log, loaded with all of it \(2 loads\) \| \d+ ms \| \d+ ms \| <= 300 ms"
+    assert re.search(load, result.stdout), result.stdout
+    assert re.search(r"\| a new log line on the page \(2 lines\) \| \d+ ms", result.stdout), result.stdout
 
 
 def _bench(tmp_path: Path, timeout: float, module: str, *args: str) -> subprocess.CompletedProcess[str]:

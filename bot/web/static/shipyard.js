@@ -7,7 +7,7 @@ function follow(pre) {
   const url = pre.dataset.follow;
   async function more() {
     let again = true;
-    let wait = 500;
+    let wait = 250;
     try {
       const answer = await fetch(url + "?after=" + after, { credentials: "same-origin" });
       if (!answer.ok) return;
