@@ -67,6 +67,8 @@ class Bar:
     x: int
     width: int
     took: str
+    #: a job (indented under its stage)
+    job: bool = False
 
 
 def timeline(run: RunOut, at: datetime) -> list[Bar]:
@@ -75,19 +77,19 @@ def timeline(run: RunOut, at: datetime) -> list[Bar]:
     end = run.finished_at or at
     span = max((end - start).total_seconds(), 0.001)
 
-    def bar(label: str, status: str, began: datetime | None, ended: datetime | None) -> Bar:
+    def bar(label: str, status: str, began: datetime | None, ended: datetime | None, job: bool) -> Bar:
         if began is None:
-            return Bar(label, status, 0, 0, "")
-        x = int(1000 * (began - start).total_seconds() / span)
-        width = max(2, int(1000 * ((ended or end) - began).total_seconds() / span))
+            return Bar(label, status, 0, 0, "", job)
+        x = max(0, min(int(1000 * (began - start).total_seconds() / span), 998))
+        width = min(max(2, int(1000 * ((ended or end) - began).total_seconds() / span)), 1000 - x)
         took = f"{((ended or end) - began).total_seconds():.1f} s"
-        return Bar(label, status, max(0, min(x, 998)), min(width, 1000 - max(0, min(x, 998))), took)
+        return Bar(label, status, x, width, took, job)
 
     bars = []
     for stage in run.stages:
-        bars.append(bar(stage.name, str(stage.status), stage.started_at, stage.finished_at))
+        bars.append(bar(stage.name, str(stage.status), stage.started_at, stage.finished_at, False))
         for j in stage.jobs:
-            bars.append(bar(f"  {stage.name}/{j.name}", str(j.status), j.started_at, j.finished_at))
+            bars.append(bar(j.name, str(j.status), j.started_at, j.finished_at, True))
     return bars
 
 

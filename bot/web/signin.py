@@ -108,7 +108,8 @@ def _with_cookie(
         max_age=int(lifetime.total_seconds()),
         path="/ui",
         httponly=True,
-        secure=request.secure,
+        secure=request.secure
+        or (request.app[WEB].gateway.shipyard.settings.public_url or "").startswith("https://"),
         samesite="Lax",
     )
 

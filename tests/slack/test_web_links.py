@@ -25,8 +25,9 @@ async def test_login_gives_a_private_one_time_link_that_signs_in_as_the_slack_us
     assert link is not None and "works once" in reply["text"], reply
     assert bot.client is not None
     answer = await bot.client.post(f"/ui/login/{link.group(1)}", allow_redirects=False)
-    assert answer.status == 303
-    page = await bot.client.get("/ui/runs")
+    cookie = answer.cookies["shipyard_session"]
+    assert answer.status == 303 and cookie["secure"]  # (its public address is https: only sent back there)
+    page = await bot.client.get("/ui/runs", cookies={"shipyard_session": cookie.value})
     assert page.status == 200 and ALICE in await page.text()
     again = await bot.client.post(f"/ui/login/{link.group(1)}", allow_redirects=False)
     assert again.status == 410  # once only
