@@ -89,6 +89,9 @@ async def checked_form(request: web.Request) -> tuple[Viewer, dict[str, str]]:
         raise web.HTTPSeeOther("/ui/sign-in")
     form = {k: str(v) for k, v in (await request.post()).items()}
     if not hmac.compare_digest(form.get("csrf", ""), who.csrf) or not _same_origin(request):
+        state = request.app[WEB]
+        why = "a form without this session's CSRF token, or from another origin"
+        await state.gateway.write(state.sessions.refused, who.name, "web_form", request.path, why, now())
         stale = "This form is stale or came from another site: reload the page and try again."
         raise Answer(message("Refused", stale, 403, who))
     return who, form

@@ -193,6 +193,8 @@ async def test_a_gate_is_approved_from_the_run_page_with_the_same_rules_as_slack
         ("deployer", "web", "rejected"),
         ("approver", "web", "accepted"),
     ]
+    forged = [(a["actor"], a["outcome"], a["target"]) for a in _audit(api, "web_form")]
+    assert forged == [("approver", "refused", f"/ui/runs/gated/{run['number']}/approve")]
 
 
 async def test_what_people_typed_and_jobs_wrote_is_escaped(start_api: StartApi, sqlite_url: str) -> None:
@@ -292,8 +294,14 @@ async def test_the_board_says_what_runs_where_with_its_lock_freeze_history_and_d
     try:
         await me.sign_in_with(api, "viewer")
         status, html, _ = await me.get("/ui/environments")
+        _, mine, _ = await me.get(
+            "/ui/runs?pipeline=ship&status=succeeded&environment=production&triggered_by=deployer"
+        )
+        _, nobody, _ = await me.get("/ui/runs?triggered_by=nobody")
     finally:
         await me.session.close()
+    assert 'href="/ui/runs/ship/1"' in mine and 'href="/ui/runs/ship/2"' in mine
+    assert "No runs match these filters." in nobody
     assert status == 200
     production = html[html.index('id="env-production"') :]
     assert 'href="/ui/runs/ship/2"' in production and "<code>2222222</code>" in production

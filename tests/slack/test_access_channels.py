@@ -2,7 +2,8 @@
 
 Each rule is asked through REST (real HTTP on loopback, a bearer token), Slack (a signed
 ``/deploy`` command or button to the real Bolt endpoint, answered through the fake Slack API),
-the console (its own ``Console`` on the same service) and the CLI (a real ``shipyard``
+the console (its own ``Console`` on the same service), the web view (signed in with a login
+link, the run page's form posted with its CSRF token) and the CLI (a real ``shipyard``
 subprocess on the same database). The CLI runs with database access, so it carries no
 principal: the role rules trust it and only the gate's separation of duties holds there, which
 the table says explicitly.
@@ -11,17 +12,21 @@ the table says explicitly.
 from __future__ import annotations
 
 import asyncio
+import html
 import io
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import aiohttp
 import pytest
 
 from bot.chat import block_kit
 from bot.console import Console, ConsoleDesk
+from bot.web.signin import web_sessions
 from core.access import Role
 from core.commands import TriggerRun
 from core.model import Actor
@@ -36,7 +41,7 @@ GRANTS = {
     CAROL: [Role.VIEWER],
     DAVE: [Role.DEPLOYER],
 }
-DOORS = ["rest", "slack", "console", "cli"]
+DOORS = ["rest", "slack", "console", "web", "cli"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,25 @@ async def via_console(bot: Bot, user: str, verb: str, ref: str) -> Answer:
     return Answer(refused is None, refused.removeprefix("! ") if refused else said)
 
 
+async def via_web(bot: Bot, user: str, verb: str, ref: str) -> Answer:
+    """Signed in with a login link as ``/deploy login`` gives it, the run page's button pressed."""
+    assert bot.client is not None
+    base = str(bot.client.make_url("")).rstrip("/")
+    link = await bot.shipyard.orchestrator.db(web_sessions(bot.shipyard).new_link, user, datetime.now(UTC))
+    pipeline, number = ref.split("#")
+    page = f"{base}/ui/runs/{pipeline}/{number}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.post(f"{base}/ui/login/{link}", allow_redirects=False) as signed:
+            assert signed.status == 303
+        async with browser.get(page) as shown:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await shown.text())
+        assert csrf is not None
+        form = {"csrf": csrf.group(1), "gate": "production"}
+        async with browser.post(f"{page}/{verb}", data=form, allow_redirects=False) as pressed:
+            said = re.search(r'<p class="message">(.*?)</p>', await pressed.text(), re.S)
+            return Answer(pressed.status == 303, html.unescape(said.group(1)) if said else "")
+
+
 async def via_cli(bot: Bot, user: str, verb: str, run_id: str) -> Answer:
     env = cli_environment(database_url=bot.settings.database_url)
     env |= {"USER": user, "LOGNAME": user}  # the CLI acts as the operator's login name
@@ -124,6 +148,8 @@ async def ask(bot: Bot, door: str, user: str, verb: str, ref: str, run_id: str) 
         return await via_slack(bot, user, verb, ref)
     if door == "console":
         return await via_console(bot, user, verb, ref)
+    if door == "web":
+        return await via_web(bot, user, verb, ref)
     return await via_cli(bot, user, verb, run_id)
 
 
