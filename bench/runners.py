@@ -137,7 +137,7 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: flo
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _call(server: Server, method: str, path: str, body: Any = None) -> Any:
+def call(server: Server, method: str, path: str, body: Any = None) -> Any:
     request = urllib.request.Request(
         f"{server.base}/api/v1{path}",
         data=json.dumps(body).encode() if body is not None else None,
@@ -150,11 +150,11 @@ def _call(server: Server, method: str, path: str, body: Any = None) -> Any:
 
 
 def _trigger(server: Server, pipeline: str) -> str:
-    return str(_call(server, "POST", f"/pipelines/{pipeline}/runs", {})["id"])
+    return str(call(server, "POST", f"/pipelines/{pipeline}/runs", {})["id"])
 
 
 def _finished(server: Server, run_id: str) -> dict[str, Any] | None:
-    run = _call(server, "GET", f"/runs/{run_id}")
+    run = call(server, "GET", f"/runs/{run_id}")
     return run if run["status"] in ("succeeded", "failed", "canceled") else None
 
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -29,6 +27,7 @@ if __package__ in (None, ""):
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from bench.api import TOKEN, Server
+from bench.runners import call
 
 #: the page's log text (its job is folded away when it succeeded: read, not looked at)
 TEXT = "() => document.querySelector('pre.log').textContent"
@@ -51,25 +50,14 @@ def _live(lines: int, every: float) -> str:
     return f'name: live\nstages:\n  - name: s\n    jobs: [{{name: j, run: ["python3", "-c", "{script}"]}}]\n'
 
 
-def _call(server: Server, method: str, path: str, body: object = None) -> dict[str, object]:
-    request = urllib.request.Request(
-        f"{server.base}/api/v1{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return dict(json.loads(answer.read()))
-
-
 def _trigger(server: Server, pipeline: str) -> dict[str, object]:
-    return _call(server, "POST", f"/pipelines/{pipeline}/runs", {})
+    return dict(call(server, "POST", f"/pipelines/{pipeline}/runs", {}))
 
 
 def _wait_done(server: Server, run_id: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _call(server, "GET", f"/runs/{run_id}")["status"] in ("succeeded", "failed", "canceled"):
+        if call(server, "GET", f"/runs/{run_id}")["status"] in ("succeeded", "failed", "canceled"):
             return
         time.sleep(0.1)
     raise SystemExit(f"run {run_id} did not finish within {timeout:.0f} s")
