@@ -198,10 +198,14 @@ async def test_a_gate_is_approved_from_the_run_page_with_the_same_rules_as_slack
 
 
 async def test_what_people_typed_and_jobs_wrote_is_escaped(start_api: StartApi, sqlite_url: str) -> None:
-    api = await start_api(sqlite_url, {"noisy": NOISY})
+    api = await start_api(sqlite_url, {"noisy": NOISY, "gated": gated()})
     reply = await api.post("/pipelines/noisy/runs", "deployer", json={"parameters": {"note": SCRIPT}})
     assert reply.status == 202, reply.text
     run = await api.wait(reply.json["ref"])
+    gate = await api.trigger("gated")
+    await api.wait(gate["ref"], lambda r: r["status"] == "waiting")
+    path = f"/runs/{gate['id']}/gates/production/reject"
+    assert (await api.post(path, "approver", json={"comment": SCRIPT})).status == 200
     me = Browser(api)
     try:
         await me.sign_in_with(api, "viewer")
@@ -219,6 +223,8 @@ async def test_what_people_typed_and_jobs_wrote_is_escaped(start_api: StartApi, 
         assert answer.headers["Content-Type"].startswith("text/plain")
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
         assert "attachment" in answer.headers["Content-Disposition"]
+        status, html, _ = await me.get(f"/ui/runs/gated/{gate['number']}")  # the rejection's reason
+        assert status == 200 and SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
         status, html, _ = await me.get("/ui/runs/noisy/999")
         assert status == 404 and "no run noisy#999" in html
     finally:
