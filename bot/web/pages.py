@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.api.runs import verifications_of
-from bot.api.schemas import RunOut, RunSummary
+from bot.api.schemas import MeasurementOut, RunOut, RunSummary
 from bot.backend import now
 from bot.web import board
 from bot.web.render import Answer, message, page
@@ -93,6 +94,30 @@ def timeline(run: RunOut, at: datetime) -> list[Bar]:
     return bars
 
 
+def sparklines(measurements: list[MeasurementOut]) -> dict[str, str]:
+    """Each check's numeric values over time as SVG polyline points in a 300 x 40 box (a check
+    with fewer than two numbers draws none)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for m in measurements:
+        try:
+            value = float(m.value) if m.value is not None else None
+        except ValueError:
+            value = None
+        if value is not None and math.isfinite(value):
+            series.setdefault(m.check, []).append((m.at.timestamp(), value))
+    lines = {}
+    for check, points in series.items():
+        if len(points) < 2:
+            continue
+        t0, t1 = points[0][0], max(points[-1][0], points[0][0] + 1e-3)
+        low, high = min(v for _, v in points), max(v for _, v in points)
+        high = high if high > low else low + 1
+        lines[check] = " ".join(
+            f"{300 * (t - t0) / (t1 - t0):.1f},{38 - 36 * (v - low) / (high - low):.1f}" for t, v in points
+        )
+    return lines
+
+
 async def run_page(request: web.Request) -> web.Response:
     who = await required(request)
     _may_read(who)
@@ -108,6 +133,7 @@ async def run_page(request: web.Request) -> web.Response:
         bars=timeline(view, datetime.now(UTC)),
         built=built.ref if built is not None else None,
         analyses=analyses,
+        sparklines=sparklines,
         base=f"/ui/runs/{state.run.pipeline}/{state.run.number}",
         may_approve=who.principal.may(Action.APPROVE),
         may_control=who.principal.may(Action.CONTROL),

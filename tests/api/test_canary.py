@@ -176,6 +176,7 @@ async def test_a_canary_whose_service_fails_is_aborted_by_its_analysis(
     page = await web_page(api, f"/ui/runs/web/{run['number']}")  # each measurement, on the run's page
     last = measured[0]["measurements"][-1]
     assert "Measurements" in page and html.escape(last["detail"]) in page and " &gt; 0.05" in page
+    assert "error-rate over time" in page and "<polyline points=" in page  # the error rate, drawn
 
 
 async def test_a_rollout_that_does_not_fit_the_configuration_is_refused_naming_the_field(
