@@ -53,7 +53,7 @@ async def find(request: web.Request, who: Viewer) -> RunState:
     """The run the path names (``/ui/runs/web/42``), or a page saying there is none."""
     pipeline, number = request.match_info["pipeline"], request.match_info["number"]
     g = request.app[WEB].gateway
-    state = await g.read(g.reads.run, f"{pipeline}#{number}") if number.isdigit() else None
+    state = await g.read(g.reads.run, f"{pipeline}#{number}") if len(number) <= 12 else None
     if state is None:
         raise Answer(message("No such run", f"There is no run {pipeline}#{number}.", 404, who))
     return state

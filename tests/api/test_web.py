@@ -227,6 +227,8 @@ async def test_what_people_typed_and_jobs_wrote_is_escaped(start_api: StartApi, 
         assert status == 200 and SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
         status, html, _ = await me.get("/ui/runs/noisy/999")
         assert status == 404 and "no run noisy#999" in html
+        status, html, _ = await me.get("/ui/runs/noisy/99999999999999999999999")
+        assert status == 404 and "no run noisy#99999999999999999999999" in html
     finally:
         await me.session.close()
 
