@@ -8,10 +8,12 @@ over several passes instead of holding the database in one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -55,6 +57,9 @@ class Housekeeping:
         self.measurement_keep = timedelta(days=settings.measurement_keep_days)
         self.web = web_sessions(backend.shipyard)
         self.scheduler: AsyncIOScheduler | None = None
+        #: the pass under way, if one is (a stop ends it rather than leave it to be cancelled
+        #: when the event loop closes, which APScheduler would log as a failed job)
+        self._running: asyncio.Task[Any] | None = None
 
     async def start(self) -> None:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
@@ -64,8 +69,12 @@ class Housekeeping:
         self.scheduler.start()
 
     async def stop(self) -> None:
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        running = self._running
+        if running is not None and not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
 
     async def sweep(self, at: datetime | None = None) -> Swept:
         """One pass at ``at`` (now by default): what the hourly job runs; tests call it with a time."""
@@ -84,14 +93,20 @@ class Housekeeping:
         )
 
     async def _pass(self) -> None:
+        self._running = asyncio.current_task()
         try:
             swept = await self.sweep()
+        except asyncio.CancelledError:  # (``stop``: the service stops; the next start sweeps)
+            log.debug("housekeeping pass stopped with the service")
+            return
         except DatabaseUnreachable:  # (said once by the engine's health): the next pass
             log.info("housekeeping pass skipped: the database is unreachable")
             return
         except Exception:
             log.exception("housekeeping pass failed")
             return
+        finally:
+            self._running = None
         log.info("housekeeping: %s", swept)
 
     @staticmethod

@@ -281,6 +281,10 @@ class ScheduleLoop:
         return fired
 
     async def _sync(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # (a stop waits for it, as for a beat)
+            self._busy.add(task)
+            task.add_done_callback(self._busy.discard)
         try:
             await self.sync_files()
         except DatabaseUnreachable as exc:  # (said once by the engine's health): the next sync
