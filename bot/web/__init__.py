@@ -35,7 +35,7 @@ def setup(app: web.Application, gateway: ApiGateway) -> None:
             web.get("/runs", pages.runs),
             web.get(run, pages.run_page),
             web.get(job + "/log", pages.job_log),
-            web.get(job + "/log.json", pages.job_log_after),
+            web.get(job + "/log.events", pages.job_log_events),
             web.post(run + "/{action}", actions.act),
             web.get("/environments", pages.environments),
             web.post("/environments/{env}/rollback", environment_actions.rollback),

@@ -85,6 +85,25 @@ async def _link(api: Api, who: str, at: datetime | None = None) -> str:
     return str(await api.db(web_sessions(api.shipyard).new_link, who, at or datetime.now(UTC)))
 
 
+def _events(stream: str) -> list[tuple[str, str, str]]:
+    """A followed log's Server-Sent Events: (event, id, data), a ``text`` message's data
+    decoded (the output it carries)."""
+    found = []
+    for block in stream.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            data = fields.get("data", "")
+            found.append(
+                (
+                    fields["event"],
+                    fields.get("id", ""),
+                    json.loads(data) if fields["event"] == "text" else data,
+                )
+            )
+
+    return found
+
+
 def _rows(api: Api) -> tuple[int, int]:
     """Login links and sessions stored."""
     with api.store.engine.connect() as conn:
@@ -212,12 +231,13 @@ async def test_what_people_typed_and_jobs_wrote_is_escaped(start_api: StartApi, 
         page = f"/ui/runs/noisy/{run['number']}"
         status, html, _ = await me.get(page)
         assert status == 200 and SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-        status, text, answer = await me.get(page + "/jobs/s/j/log.json?after=0")
-        assert status == 200 and answer.content_type == "application/json"
-        followed = json.loads(text)
-        assert followed["text"] == f"{SCRIPT}\ndone\n" and followed["more"] is False
-        status, text, answer = await me.get(page + f"/jobs/s/j/log.json?after={followed['after']}")
-        assert json.loads(text)["text"] == ""  # nothing after the last chunk
+        status, text, answer = await me.get(page + "/jobs/s/j/log.events")
+        assert status == 200 and answer.content_type == "text/event-stream"
+        followed = _events(text)  # (the run has finished: all of it, then the end)
+        assert [e for e, _, _ in followed] == ["text", "end"] and followed[0][2] == f"{SCRIPT}\ndone\n"
+        again = {"Last-Event-ID": followed[0][1]}  # a reconnect goes on after what it had
+        status, text, _ = await me.get(page + "/jobs/s/j/log.events", headers=again)
+        assert [e for e, _, _ in _events(text)] == ["end"]
         status, text, answer = await me.get(page + "/jobs/s/j/log")
         assert status == 200 and text == f"{SCRIPT}\ndone\n"
         assert answer.headers["Content-Type"].startswith("text/plain")
@@ -263,15 +283,11 @@ async def test_a_long_log_is_shown_from_its_last_mebibyte_and_downloaded_whole(
     try:
         await me.sign_in_with(api, "viewer")
         page = f"/ui/runs/long/{run['number']}/jobs/s/j"
-        shown, after, skipped = "", 0, None
-        while True:
-            status, text, _ = await me.get(f"{page}/log.json?after={after}")
-            data = json.loads(text)
-            skipped = data["skipped"] if skipped is None else skipped
-            shown += data["text"]
-            if not data["more"]:
-                break
-            after = data["after"]
+        status, text, _ = await me.get(f"{page}/log.events")
+        followed = _events(text)
+        assert followed[0][0] == "skipped" and followed[-1][0] == "end"
+        skipped = int(json.loads(followed[0][2]))
+        shown = "".join(data for event, _, data in followed if event == "text")
         assert 1 << 20 <= len(shown) < (1 << 20) + (256 << 10) and shown.endswith("x\n")
         assert skipped + len(shown) == 3_000_000
         status, whole, _ = await me.get(f"{page}/log")
