@@ -11,7 +11,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -98,8 +98,13 @@ async def checked_form(request: web.Request) -> tuple[Viewer, dict[str, str]]:
 
 
 def _same_origin(request: web.Request) -> bool:
+    """Whether a POST came from Shipyard's own pages: the browser's ``Origin`` is this server as
+    the request reached it, or its public address (behind a proxy that ends TLS)."""
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    if origin is None:
+        return True
+    public = urlsplit(request.app[WEB].gateway.shipyard.settings.public_url or "")
+    return origin in (f"{request.scheme}://{request.host}", f"{public.scheme}://{public.netloc}")
 
 
 def _with_cookie(

@@ -31,6 +31,17 @@ async def test_login_gives_a_private_one_time_link_that_signs_in_as_the_slack_us
     assert page.status == 200 and ALICE in await page.text()
     again = await bot.client.post(f"/ui/login/{link.group(1)}", allow_redirects=False)
     assert again.status == 410  # once only
+    # behind a proxy that ends TLS, the browser's Origin is the public address: a form is taken
+    html = await page.text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert csrf is not None
+    form, cookies = {"csrf": csrf.group(1)}, {"shipyard_session": cookie.value}
+    for origin, status in (("https://evil.example", 403), (PUBLIC, 303)):  # (the second signs out)
+        headers = {"Origin": origin}
+        out = await bot.client.post(
+            "/ui/sign-out", data=form, headers=headers, cookies=cookies, allow_redirects=False
+        )
+        assert out.status == status, origin
 
 
 async def test_run_messages_cards_and_the_home_link_to_the_web_view(start_bot: StartBot) -> None:
