@@ -9,9 +9,11 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from bot.api.common import run_cursor, run_position
 from bot.api.runs import verifications_of
 from bot.api.schemas import MeasurementOut, RunOut, RunSummary
 from bot.backend import now
@@ -50,11 +52,23 @@ async def runs(request: web.Request) -> web.Response:
     _may_read(who)
     chosen = {k: request.query.get(k, "").strip() for k in FILTERS}
     where = RunFilter(**{k: (v or None) for k, v in chosen.items()})
+    try:
+        position = run_position(request.query.get("before", ""))
+    except ValueError:
+        raise Answer(
+            message("Not a page", "That link to older runs is broken: start again.", 400, who)
+        ) from None
     g = request.app[WEB].gateway
-    states = await g.read(g.reads.runs, where, None, LIST_LIMIT)
+    states = await g.read(g.reads.runs, where, position, LIST_LIMIT + 1)
+    older = None
+    if len(states) > LIST_LIMIT:
+        states = states[:LIST_LIMIT]
+        older = "/ui/runs?" + urlencode(
+            {**{k: v for k, v in chosen.items() if v}, "before": run_cursor(states[-1])}
+        )
     items = [RunSummary.of(s) for s in states]
     pipelines = [p.name for p in await g.read(g.reads.pipelines, None, 500)]
-    return page("runs.html", viewer=who, runs=items, chosen=chosen, pipelines=pipelines)
+    return page("runs.html", viewer=who, runs=items, chosen=chosen, pipelines=pipelines, older=older)
 
 
 async def find(request: web.Request, who: Viewer) -> RunState:

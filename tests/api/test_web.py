@@ -325,7 +325,7 @@ async def test_the_board_says_what_runs_where_with_its_lock_freeze_history_and_d
     finally:
         await me.session.close()
     assert 'href="/ui/runs/ship/1"' in mine and 'href="/ui/runs/ship/2"' in mine
-    assert "No runs match these filters." in nobody
+    assert "No runs match these filters." in nobody and "Older runs" not in mine
     assert status == 200
     production = html[html.index('id="env-production"') :]
     assert 'href="/ui/runs/ship/2"' in production and "<code>2222222</code>" in production
@@ -400,3 +400,22 @@ async def test_roll_back_promote_and_lock_from_the_board(
         "web",
         "web",
     ]
+
+
+async def test_the_run_list_pages_back_through_older_runs_keeping_its_filters(
+    lite: Api, browsers: Callable[[], Browser], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.web.pages.LIST_LIMIT", 1, raising=True)
+    for _ in range(2):
+        await lite.wait((await lite.trigger("quick"))["ref"])
+    me = browsers()
+    await me.sign_in_with(lite, "viewer")
+    _, first, _ = await me.get("/ui/runs?pipeline=quick")
+    older = re.search(r'<a href="([^"]+)">Older runs</a>', first)
+    assert 'href="/ui/runs/quick/2"' in first and older is not None
+    link = older.group(1).replace("&amp;", "&")
+    assert "pipeline=quick" in link
+    _, second, _ = await me.get(link)
+    assert 'href="/ui/runs/quick/1"' in second and "quick/2" not in second and "Older runs" not in second
+    status, broken, _ = await me.get("/ui/runs?before=not-a-cursor")
+    assert status == 400 and "broken" in broken
