@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.api.gateway import ApiGateway
-from bot.web import actions, environment_actions, pages, signin
+from bot.web import actions, environment_actions, logs, pages, signin
 from bot.web.render import HERE, answers
 
 
@@ -34,8 +34,8 @@ def setup(app: web.Application, gateway: ApiGateway) -> None:
             web.post("/sign-out", signin.sign_out),
             web.get("/runs", pages.runs),
             web.get(run, pages.run_page),
-            web.get(job + "/log", pages.job_log),
-            web.get(job + "/log.events", pages.job_log_events),
+            web.get(job + "/log", logs.job_log),
+            web.get(job + "/log.events", logs.job_log_events),
             web.post(run + "/{action}", actions.act),
             web.get("/environments", pages.environments),
             web.post("/environments/{env}/rollback", environment_actions.rollback),

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -24,32 +21,21 @@ from core.access import Action
 from core.assignment import run_artifact
 from core.dora import DEFAULT_WINDOW
 from core.model import RunState
-from core.ports import LogChunk
-from core.states import RUN_TERMINAL
 from storage.reads import RunFilter
 
 #: runs on the list page
 LIST_LIMIT = 50
-#: chunks of log read at a time for a page following a job
-LOG_CHUNKS = 64
-#: a message to that page holds about this much output (browsers parse big ones slowly)
-MESSAGE_CHARS = 64 << 10
-#: a page shows the last this many characters of a log (the whole of it is a download away)
-SHOWN_CHARS = 1 << 20
-#: how often a followed log is read again while its run goes on (the runner sends output every
-#: half second: a new line reaches the page within about a second)
-FOLLOW_S = 0.25
 FILTERS = ("pipeline", "status", "environment", "triggered_by")
 
 
-def _may_read(who: Viewer) -> None:
+def may_read(who: Viewer) -> None:
     if not who.principal.may(Action.READ):
         raise Answer(message("Not allowed", f"{who.name} holds no role that may see runs.", 403, who))
 
 
 async def runs(request: web.Request) -> web.Response:
     who = await required(request)
-    _may_read(who)
+    may_read(who)
     chosen = {k: request.query.get(k, "").strip() for k in FILTERS}
     where = RunFilter(**{k: (v or None) for k, v in chosen.items()})
     try:
@@ -142,7 +128,7 @@ def sparklines(measurements: list[MeasurementOut]) -> dict[str, str]:
 
 async def run_page(request: web.Request) -> web.Response:
     who = await required(request)
-    _may_read(who)
+    may_read(who)
     state = await find(request, who)
     g = request.app[WEB].gateway
     view = RunOut.of(state, await g.read(g.shipyard.runners.waits, state.jobs, now()))
@@ -162,94 +148,10 @@ async def run_page(request: web.Request) -> web.Response:
     )
 
 
-def _job(state: RunState, name: str) -> Any:
-    job = next((j for j in state.jobs if f"{state.stages[j.stage_index].name}/{j.name}" == name), None)
-    return job
-
-
-async def job_log(request: web.Request) -> web.StreamResponse:
-    """The whole log of a job's latest attempt, as a file (streamed a page at a time)."""
-    who = await required(request)
-    _may_read(who)
-    state = await find(request, who)
-    name = f"{request.match_info['stage']}/{request.match_info['job']}"
-    job = _job(state, name)
-    if job is None:
-        raise Answer(message("No such job", f"{state.run.ref} has no job {name}.", 404, who))
-    g = request.app[WEB].gateway
-    pages = g.shipyard.store.log_pages(job.id)
-    filename = f"{state.run.pipeline}-{state.run.number}-{name.replace('/', '-')}.log"
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/plain; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "X-Content-Type-Options": "nosniff",
-        }
-    )
-    await response.prepare(request)
-    while (chunk := await g.read(next, pages, None)) is not None:
-        await response.write("".join(c.text for c in chunk).encode())
-    await response.write_eof()
-    return response
-
-
-def _messages(chunks: list[LogChunk]) -> bytes:
-    """``chunks`` as ``text`` messages of about ``MESSAGE_CHARS`` each, every one with its last
-    chunk's number as its id."""
-    out, texts, size = [], [], 0
-    for i, c in enumerate(chunks):
-        texts.append(c.text)
-        size += len(c.text)
-        if size >= MESSAGE_CHARS or i == len(chunks) - 1:
-            out.append(f"id: {c.seq}\nevent: text\ndata: {json.dumps(''.join(texts))}\n\n")
-            texts, size = [], 0
-    return "".join(out).encode()
-
-
-async def job_log_events(request: web.Request) -> web.StreamResponse:
-    """A job's log as Server-Sent Events while the page is open: ``text`` messages (the output,
-    each with the last chunk's number as its id, so a reconnect with ``Last-Event-ID`` goes on
-    from there), one ``skipped`` first when only the last MiB is shown, and ``end`` once the run
-    has finished and everything was sent."""
-    who = await required(request)
-    _may_read(who)
-    state = await find(request, who)
-    job = _job(state, f"{request.match_info['stage']}/{request.match_info['job']}")
-    if job is None:
-        raise Answer(message("No such job", f"{state.run.ref} has no such job.", 404, who))
-    g = request.app[WEB].gateway
-    store = g.shipyard.store
-    last = request.headers.get("Last-Event-ID", "")
-    after = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else 0
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    )
-    await response.prepare(request)
-    if after == 0:  # (the page's first look: a long log is shown from its last part)
-        after, skipped = await g.read(store.log_tail_start, job.id, SHOWN_CHARS)
-        if skipped:
-            await response.write(f"event: skipped\ndata: {skipped}\n\n".encode())
-    finished = False
-    while True:
-        chunk = await g.read(next, store.log_pages(job.id, None, LOG_CHUNKS, after), [])
-        if chunk:
-            after = chunk[-1].seq
-            await response.write(_messages(chunk))
-            continue
-        if finished:  # (read before the last look at the log: nothing came after it)
-            await response.write(b"event: end\ndata: {}\n\n")
-            break
-        finished = (await g.read(g.reads.run, state.run.id, quick=True)).run.status in RUN_TERMINAL  # type: ignore[union-attr]
-        if not finished:
-            await asyncio.sleep(FOLLOW_S)
-    await response.write_eof()
-    return response
-
-
 async def environments(request: web.Request) -> web.Response:
     """The board: what runs where, health, locks, queues, freezes, history and DORA's keys."""
     who = await required(request)
-    _may_read(who)
+    may_read(who)
     found = await board.rows(request.app[WEB].gateway, now())
     may_act = who.principal.may(Action.TRIGGER) or who.principal.may(Action.CONTROL)
     return page("environments.html", viewer=who, environments=found, window=DEFAULT_WINDOW, may_act=may_act)
