@@ -9,7 +9,6 @@ sign-in, refused sign-in and sign-out is audited with channel ``web``.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +16,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from core.ports import AuditEntry
+from storage.directory import token_hash
 from storage.store import SqlStore
 from storage.tables import metadata
 
@@ -24,10 +24,6 @@ LOGIN = metadata.tables["web_login"]
 SESSION = metadata.tables["web_session"]
 #: how long a login link may wait to be opened
 LINK_TTL = timedelta(minutes=5)
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +63,10 @@ class WebSessions:
         with self.store.transaction() as tx:
             tx.conn.execute(
                 sa.insert(LOGIN).values(
-                    token_hash=digest(secret), principal=principal, created_at=now, expires_at=now + LINK_TTL
+                    token_hash=token_hash(secret),
+                    principal=principal,
+                    created_at=now,
+                    expires_at=now + LINK_TTL,
                 )
             )
             tx.audit(_entry(now, principal, "web_login_link", "accepted", "a link to sign in was made"))
@@ -76,7 +75,7 @@ class WebSessions:
     def redeem(self, secret: str, now: datetime) -> SignedIn:
         """Spend a login link: a new session for its person, or ``LinkRefused`` (unknown,
         already used, or expired), audited either way."""
-        key = digest(secret)
+        key = token_hash(secret)
         with self.store.transaction() as tx:
             spent = tx.conn.execute(
                 sa.update(LOGIN)
@@ -119,7 +118,7 @@ class WebSessions:
         with self.store.reading() as tx:
             row = tx.conn.execute(
                 sa.select(SESSION.c.principal, SESSION.c.via, SESSION.c.csrf, SESSION.c.expires_at).where(
-                    SESSION.c.token_hash == digest(cookie),
+                    SESSION.c.token_hash == token_hash(cookie),
                     SESSION.c.ended_at.is_(None),
                     SESSION.c.expires_at > now,
                 )
@@ -130,7 +129,7 @@ class WebSessions:
         with self.store.transaction() as tx:
             row = tx.conn.execute(
                 sa.update(SESSION)
-                .where(SESSION.c.token_hash == digest(cookie), SESSION.c.ended_at.is_(None))
+                .where(SESSION.c.token_hash == token_hash(cookie), SESSION.c.ended_at.is_(None))
                 .values(ended_at=now)
                 .returning(SESSION.c.principal)
             ).first()
@@ -156,7 +155,7 @@ class WebSessions:
         expires = now + self.lifetime
         conn.execute(
             sa.insert(SESSION).values(
-                token_hash=digest(cookie),
+                token_hash=token_hash(cookie),
                 principal=principal,
                 via=via,
                 csrf=csrf,
