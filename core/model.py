@@ -261,6 +261,12 @@ class RunState:
     def job(self, job_id: str) -> Job | None:
         return next((j for j in self.jobs if j.id == job_id), None)
 
+    def find_job(self, name: str) -> Job | None:
+        """A job by id or by ``stage/job``."""
+        return self.job(name) or next(
+            (j for j in self.jobs if f"{self.stages[j.stage_index].name}/{j.name}" == name), None
+        )
+
     def find_gate(self, name: str) -> Gate | None:
         """A gate by id or by its stage's name."""
         return next((g for g in self.gates if name in (g.id, g.stage_name)), None)

@@ -398,9 +398,7 @@ async def job_log(call: Call) -> web.StreamResponse:
     attempt (streamed, a few chunks at a time), or its last `tail` lines."""
     state = await find_run(call)
     wanted = call.params["job_id"]
-    job = state.job(wanted) or next(
-        (j for j in state.jobs if f"{state.stages[j.stage_index].name}/{j.name}" == wanted), None
-    )
+    job = state.find_job(wanted)
     if job is None:
         names = ", ".join(f"{state.stages[j.stage_index].name}/{j.name}" for j in state.jobs)
         raise Problem(404, f"{state.run.ref} has no job {wanted!r} (jobs: {names})")

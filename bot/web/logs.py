@@ -11,7 +11,6 @@ from aiohttp import web
 from bot.web.pages import find, may_read
 from bot.web.render import Answer, message
 from bot.web.signin import WEB, required
-from core.model import Job, RunState
 from core.ports import LogChunk
 from core.states import RUN_TERMINAL
 
@@ -26,18 +25,13 @@ SHOWN_CHARS = 1 << 20
 FOLLOW_S = 0.25
 
 
-def _job(state: RunState, name: str) -> Job | None:
-    """The job ``stage/job`` names in ``state``."""
-    return next((j for j in state.jobs if f"{state.stages[j.stage_index].name}/{j.name}" == name), None)
-
-
 async def job_log(request: web.Request) -> web.StreamResponse:
     """The whole log of a job's latest attempt, as a file (streamed a page at a time)."""
     who = await required(request)
     may_read(who)
     state = await find(request, who)
     name = f"{request.match_info['stage']}/{request.match_info['job']}"
-    job = _job(state, name)
+    job = state.find_job(name)
     if job is None:
         raise Answer(message("No such job", f"{state.run.ref} has no job {name}.", 404, who))
     g = request.app[WEB].gateway
@@ -78,7 +72,7 @@ async def job_log_events(request: web.Request) -> web.StreamResponse:
     who = await required(request)
     may_read(who)
     state = await find(request, who)
-    job = _job(state, f"{request.match_info['stage']}/{request.match_info['job']}")
+    job = state.find_job(f"{request.match_info['stage']}/{request.match_info['job']}")
     if job is None:
         raise Answer(message("No such job", f"{state.run.ref} has no such job.", 404, who))
     g = request.app[WEB].gateway

@@ -64,12 +64,10 @@ async def test_sign_in_from_slack_watch_the_log_and_approve_the_gate(bot: Bot, c
     assert "tick-6" not in first  # the line arrived after the page was loaded
     assert await _axe(page) == []
 
+    await bot.until_status(ref, "waiting", timeout=20)  # the gate opens once the build has ended
+    await page.reload()
     approve = page.locator("button.approve")
-    for _ in range(40):  # the gate opens once the build has ended
-        if await approve.count():
-            break
-        await page.wait_for_timeout(250)
-        await page.reload()
+    assert await approve.count() == 1
     await page.fill("input[name=comment]", "ship it")
     await approve.click()
     await page.wait_for_url(f"{base}/ui/runs/{pipeline}/{number}")
