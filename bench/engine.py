@@ -347,6 +347,8 @@ async def scenario_throughput(
             return await original_db(db_prof.wrap(fn), *args)
 
         shipyard.orchestrator.db = profiled_db  # type: ignore[method-assign]
+        service = shipyard.orchestrator.service  # (group commits run it on the pool directly)
+        service.commit = db_prof.wrap(service.commit)  # type: ignore[method-assign]
         loop_prof.enable()
 
     counter.reset()

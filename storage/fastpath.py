@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
 
 _NAMED = re.compile(r"%\((\w+)\)s")
@@ -29,7 +31,10 @@ COPY_FROM_ROWS = 16
 
 class DriverStatement:
     def __init__(
-        self, statement: Insert | Update | Select[Any], dialect: Dialect, keys: Sequence[str] | None = None
+        self,
+        statement: Insert | Update | Select[Any] | TextClause,
+        dialect: Dialect,
+        keys: Sequence[str] | None = None,
     ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
         assert isinstance(compiled, SQLCompiler)
@@ -71,14 +76,25 @@ class DriverStatement:
 
     def fetch_all(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run a read whose result columns need no conversion; rows as plain tuples."""
-        dbapi = conn.connection.driver_connection
-        assert dbapi is not None
-        cursor = dbapi.cursor()
+        return self.send(conn, params)()
+
+    def send(self, conn: Connection, params: dict[str, Any]) -> Callable[[], list[tuple[Any, ...]]]:
+        """Send the statement; its rows (as plain tuples) are read when the returned function is
+        called: inside ``pipelined``, after the pipeline ends."""
+        cursor = _cursor(conn)
         try:
             cursor.execute(self.sql, self._row(dict(self.compiled.construct_params(params))))
-            return [tuple(row) for row in cursor.fetchall()]
-        finally:
+        except BaseException:
             cursor.close()
+            raise
+
+        def rows() -> list[tuple[Any, ...]]:
+            try:
+                return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+            finally:
+                cursor.close()
+
+        return rows
 
     def fetch_mappings(self, conn: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run a read; rows as dicts of converted values (what ``.mappings()`` would give)."""
@@ -117,21 +133,55 @@ class DriverStatement:
 
     def execute_many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Run for every row in the connection's current transaction; returns rows matched."""
-        dbapi = conn.connection.driver_connection
-        assert dbapi is not None
-        cursor = dbapi.cursor()
+        return self.send_many(conn, rows)()
+
+    def send_many(
+        self, conn: Connection, rows: Sequence[dict[str, Any]], copy: bool = True
+    ) -> Callable[[], int]:
+        """Send the statement for every row; the returned function gives the rows matched
+        (inside ``pipelined``, once the pipeline has ended; so there ``copy`` must be False:
+        PostgreSQL's ``COPY`` cannot run in a pipeline)."""
+        cursor = _cursor(conn)
         try:
-            if self._copy is not None and len(rows) >= COPY_FROM_ROWS:
+            if copy and self._copy is not None and len(rows) >= COPY_FROM_ROWS:
                 sql, names = self._copy
-                with cursor.copy(sql) as copy:
+                with cursor.copy(sql) as writer:
                     for r in rows:
                         row = self._row(r)
-                        copy.write_row([row[name] for name in names])
-                return len(rows)
+                        writer.write_row([row[name] for name in names])
+                cursor.close()
+                return lambda: len(rows)
             cursor.executemany(self.sql, [self._row(r) for r in rows])
-            return int(cursor.rowcount)
-        finally:
+        except BaseException:
             cursor.close()
+            raise
+
+        def matched() -> int:
+            try:
+                return int(cursor.rowcount)
+            finally:
+                cursor.close()
+
+        return matched
+
+
+def _cursor(conn: Connection) -> Any:
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    return dbapi.cursor()
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """Statements sent inside (``send``, ``send_many``) reach PostgreSQL in one round trip
+    (psycopg's pipeline mode): read their results after the block. SQLite runs each at once."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    with dbapi.pipeline():
+        yield
 
 
 def _picker(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -149,7 +199,7 @@ class DriverStatements:
         self._cache: dict[tuple[Any, tuple[str, ...] | None], DriverStatement] = {}
 
     def get(
-        self, statement: Insert | Update | Select[Any], keys: Sequence[str] | None = None
+        self, statement: Insert | Update | Select[Any] | TextClause, keys: Sequence[str] | None = None
     ) -> DriverStatement:
         key = (statement, tuple(keys) if keys is not None else None)
         found = self._cache.get(key)

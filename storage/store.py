@@ -52,7 +52,7 @@ from core.review import Review
 from core.states import JobStatus, LockState
 from storage import db, mappers, wakeups
 from storage.db import is_sqlite, make_engine, unreachable
-from storage.fastpath import DriverStatements
+from storage.fastpath import COPY_FROM_ROWS, DriverStatements, pipelined
 from storage.queries import Q
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ class SqlStore:
             with self.engine.begin() as conn:
                 tx = SqlTx(self, conn)
                 yield tx
-                tx.flush_writes()
-                tx.flush_events()
+                tx.flush()
         except (Conflict, CommandRefused):
             raise
         except Exception as exc:  # also raw driver errors: the fast path and BEGIN bypass SQLAlchemy
@@ -403,6 +402,8 @@ class SqlTx:
         #: current versions read ahead for a batch of commands (one query instead of one each)
         self._versions: dict[str, int] = {}
         self._rows: dict[tuple[str, str], Change] = {}
+        #: claimed jobs and their runs' version bumps, sent with the next writes
+        self._claimed: list[tuple[Any, dict[str, Any]]] = []
         #: new runs' rows, per statement shape, sent before anything else touches the database
         self._inserts: dict[tuple[Any, tuple[str, ...]], list[dict[str, Any]]] = {}
         #: read ahead for a batch of triggers (``prepare_triggers``): the last run number of each
@@ -413,10 +414,13 @@ class SqlTx:
 
     @property
     def conn(self) -> Connection:
-        """The transaction's connection, with new runs' rows sent first: whatever reads or
-        writes next sees them (and their foreign keys hold)."""
+        """The transaction's connection, with new runs' rows and claims sent first: whatever
+        reads or writes next sees them (and their foreign keys hold)."""
         if self._inserts:
             self._send_inserts()
+        if self._claimed:
+            claimed, self._claimed = self._claimed, []
+            self._execute_many(claimed, what="claimed jobs")
         return self._conn
 
     def _send_inserts(self) -> None:
@@ -450,9 +454,9 @@ class SqlTx:
 
     # -- runs -------------------------------------------------------------------------------
     def load_run(self, run_id: str) -> RunState | None:
-        c = self.conn
         if run_id in self._written:
             return self._written[run_id]
+        c = self.conn
         cached = self.store._runs.get(run_id)
         if cached is not None:
             current = self._versions.pop(run_id, None)
@@ -588,15 +592,16 @@ class SqlTx:
     def apply_claims(self, claims: Sequence[Change], run_versions: dict[str, int]) -> None:
         """Apply claims on rows this transaction holds (SKIP LOCKED on PostgreSQL, the write lock
         on SQLite) and bump each run's version, so cached copies and concurrent deciders see the
-        jobs move."""
+        jobs move. The writes go with the transaction's next ones (the next claim's read, or
+        the last flush): they cannot fail on rows held."""
         if not claims:
             return
-        self._execute_many([(_update_statement(c), _update_params(c)) for c in claims], what="claimed jobs")
+        self._claimed.extend((_update_statement(c), _update_params(c)) for c in claims)
         runs = sorted({c.id.split(".", 1)[0] for c in claims})
         for run_id in runs:  # read before the bump: must not vouch for a cached copy any more
             self._versions.pop(run_id, None)
         bumps = [{"_id": r, "_version": run_versions[r], "_new_version": run_versions[r] + 1} for r in runs]
-        self._execute_many([(Q.bump_run(()), b) for b in bumps], what="claimed runs")
+        self._claimed.extend((Q.bump_run(()), b) for b in bumps)
         for run_id in runs:
             cached = self._written.get(run_id) or self.store._runs.get(run_id)
             if cached is not None and cached.run.version == run_versions[run_id]:
@@ -612,6 +617,9 @@ class SqlTx:
         """Send the deferred writes: run versions first (in id order, the global lock order),
         then the rows, one ``executemany`` per statement shape (new runs' rows before all)."""
         self._send_inserts()
+        self._execute_many(self._take_decided(), what="decided changes")
+
+    def _take_decided(self) -> list[tuple[Any, dict[str, Any]]]:
         work: list[tuple[Any, dict[str, Any]]] = []
         for run_id in sorted(self._bumps):
             bump = self._bumps[run_id]
@@ -620,54 +628,107 @@ class SqlTx:
         for key in sorted(self._rows):
             change = self._rows[key]
             work.append((_update_statement(change), _update_params(change)))
-        self._bumps, self._rows = {}, {}
-        self._execute_many(work, what="decided changes")
+        work.extend(self._claimed)  # (rows this transaction holds already)
+        self._bumps, self._rows, self._claimed = {}, {}, []
+        return work
 
     def _execute_many(self, work: list[tuple[Any, dict[str, Any]]], what: str) -> None:
+        """Conditional writes, one ``executemany`` per statement shape, all in one round trip
+        on PostgreSQL; a row that no longer matched raises ``Conflict``."""
+        with pipelined(self.conn):
+            sent = self._send_many(work)
+        self._check(sent, what)
+
+    def _send_many(
+        self, work: list[tuple[Any, dict[str, Any]]]
+    ) -> list[tuple[Callable[[], int], list[dict[str, Any]]]]:
         groups: dict[Any, list[dict[str, Any]]] = {}
         for stmt, params in work:
             groups.setdefault(stmt, []).append(params)
-        for stmt, rows in groups.items():
-            matched = self.store.driver.get(stmt).execute_many(self.conn, rows)
-            if matched != len(rows):
-                for params in rows:
-                    self.store.forget(str(params["_id"]).split(".", 1)[0])
-                raise Conflict(f"{what}: {len(rows) - matched} row(s) changed since they were read")
+        driver = self.store.driver
+        return [
+            (driver.get(stmt).send_many(self._conn, rows, copy=False), rows) for stmt, rows in groups.items()
+        ]
+
+    def _check(self, sent: list[tuple[Callable[[], int], list[dict[str, Any]]]], what: str) -> None:
+        counted = [(rows, matched()) for matched, rows in sent]  # (each closes its cursor)
+        missed = [(rows, len(rows) - matched) for rows, matched in counted if matched != len(rows)]
+        if missed:
+            for params in (p for rows, _ in missed for p in rows):
+                self.store.forget(str(params["_id"]).split(".", 1)[0])
+            raise Conflict(f"{what}: {sum(n for _, n in missed)} row(s) changed since they were read")
 
     def append_events(self, events: Sequence[Event]) -> None:
         """Queue events; they are written when the transaction is about to commit."""
         self._events.extend(events)
 
-    def flush_events(self) -> None:
-        """Write the queued audit entries and events: the last writes of the transaction."""
+    def flush(self) -> None:
+        """The transaction's last writes: the decided changes, then the audit entries and
+        events (so the event-log lock is the last lock taken). On PostgreSQL two round trips:
+        the changes with the lock and the audit chain's head, then the appends."""
+        self._send_inserts()
+        work = self._take_decided()
         if not self._events and not self._audit:
+            if work:
+                self._execute_many(work, what="decided changes")
             return
-        if self._pg:  # orders event sequence numbers and the audit chain alike
-            self.conn.execute(Q.event_lock, {"k": EVENT_LOCK})
-        if self._audit:
-            from storage import audit_head as head
+        from storage import audit_head as head
 
-            found = self.store.driver.get(head.read).fetch_all(self.conn, {})
-            prev = found[0][0] if found else (self.conn.execute(Q.audit_last_hash).scalar() or "")
-            rows = []
-            for entry in self._audit:
-                digest = entry_hash(prev, entry)
-                rows.append({**_audit_values(entry), "prev_hash": prev, "hash": digest})
-                prev = digest
-            self.store.driver.get(Q.insert_audit, AUDIT_KEYS).execute_many(self.conn, rows)
-            moved = {"h": prev, "n": len(rows)}
-            if not self.store.driver.get(head.move).execute_many(self.conn, [moved]):
-                self.store.driver.get(head.start).execute_many(self.conn, [moved])
-            self._audit = []
-        if not self._events:
-            return
-        rows = [mappers.event_values(e) for e in self._events]
-        self.store.driver.get(Q.insert_event, EVENT_KEYS).execute_many(self.conn, rows)
-        if self._pg and any(_readies_job(e) for e in self._events):
-            # delivered to the other replicas if and when this transaction commits (``storage.wakeups``)
-            self.conn.execute(Q.notify_jobs, {"channel": wakeups.CHANNEL, "sender": self.store.wakeup_id})
+        driver, conn = self.store.driver, self._conn
+        with pipelined(conn):
+            sent = self._send_many(work)
+            # orders event sequence numbers and the audit chain alike
+            locked = driver.get(Q.event_lock).send(conn, {"k": EVENT_LOCK}) if self._pg else None
+            heads = driver.get(head.read).send(conn, {}) if self._audit else None
+        self._check(sent, "decided changes")
+        if locked is not None:
+            locked()
+        appended: list[Callable[[], object]] = []
+        with pipelined(conn):
+            if heads is not None:
+                appended.extend(self._send_audit(heads()))
+            rows = [mappers.event_values(e) for e in self._events]
+            many = len(rows) >= COPY_FROM_ROWS  # (by COPY after the pipeline: it cannot be in one)
+            if rows and not many:
+                appended.append(driver.get(Q.insert_event, EVENT_KEYS).send_many(conn, rows, copy=False))
+            if self._pg and any(_readies_job(e) for e in self._events):
+                # delivered to the other replicas if and when this transaction commits (``storage.wakeups``)
+                params = {"channel": wakeups.CHANNEL, "sender": self.store.wakeup_id}
+                appended.append(driver.get(Q.notify_jobs).send(conn, params))
+        for result in appended:
+            result()
+        if many:
+            driver.get(Q.insert_event, EVENT_KEYS).execute_many(conn, rows)
         self.committed_events.extend(self._events)
         self._events = []
+
+    def _send_audit(self, heads: list[tuple[Any, ...]]) -> list[Callable[[], object]]:
+        """Link the queued audit entries to the chain's head (``storage.audit_head``) and send
+        them with the head's move; a missing head row starts again from the last entry."""
+        from storage import audit_head as head
+
+        driver, conn = self.store.driver, self._conn
+        if heads:
+            prev = heads[0][0]
+        else:
+            prev = driver.get(Q.audit_last_hash).send(conn, {})()
+            prev = prev[0][0] if prev else ""
+        rows = []
+        for entry in self._audit:
+            digest = entry_hash(prev, entry)
+            rows.append({**_audit_values(entry), "prev_hash": prev, "hash": digest})
+            prev = digest
+        self._audit = []
+        moved = {"h": prev, "n": len(rows)}
+        inserted = driver.get(Q.insert_audit, AUDIT_KEYS).send_many(conn, rows, copy=False)
+        # (after the entries: the head reads the newest id)
+        moving = driver.get(head.move if heads else head.start).send_many(conn, [moved], copy=False)
+
+        def moved_or_started() -> None:
+            if not moving():  # (the row was deleted since it was read)
+                driver.get(head.start).execute_many(conn, [moved])
+
+        return [inserted, moved_or_started]
 
     def audit(self, entry: AuditEntry) -> None:
         """Queue an audit entry; written with the events when the transaction commits."""
@@ -682,7 +743,13 @@ class SqlTx:
         follow, so a cached run costs no further query."""
         query = Q.claimable_pg if self._pg else Q.claimable
         params = {"limit": limit, "runner": runner, "labels": json.dumps(sorted(set(labels)))}
-        rows = self.store.driver.get(query).fetch_all(self.conn, params)
+        self._send_inserts()
+        conn, work = self._conn, self._take_decided()
+        with pipelined(conn):  # what this transaction decided and claimed so far, then the read
+            sent = self._send_many(work)
+            found = self.store.driver.get(query).send(conn, params)
+        self._check(sent, "decided changes")
+        rows = found()
         self._versions.update((run_id, version) for _, run_id, version in rows)
         return [(job_id, run_id, version) for job_id, run_id, version in rows]
 

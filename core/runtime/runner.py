@@ -327,7 +327,7 @@ class Runner:
                 detail="; ".join(x for x in (ended.detail, "reported after its server restarted") if x),
             )
         )
-        self.records.forget(r.run_id, r.job_id, r.attempt)
+        self.records.forget(r.run_id, r.job_id, r.attempt, r.exit_code)
 
     async def _report_late(self, r: Recorded) -> None:
         late = ReportLateResult(
@@ -348,7 +348,7 @@ class Runner:
                 r.exit_code,
                 self.name,
             )
-        self.records.forget(r.run_id, r.job_id, r.attempt)
+        self.records.forget(r.run_id, r.job_id, r.attempt, r.exit_code)
 
     async def shutdown(self) -> None:
         """Stop claiming (letting a claim in flight finish, so nothing it took is orphaned),
@@ -569,7 +569,7 @@ class Runner:
             )
             # (until here a restart finds the record and reports it; a crash between the
             # commit and this line makes that report a refused duplicate, nothing more)
-            self.records.forget(a.run_id, a.job_id, a.attempt)
+            self.records.forget(a.run_id, a.job_id, a.attempt, result.exit_code)
         except Exception:
             log.exception("runner %s could not report job %s; its lease will expire", self.name, a.label)
         finally:

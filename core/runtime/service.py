@@ -108,8 +108,7 @@ class Service:
                     decided[i] = self._apply(tx, command, at)
                     if (then := thens[i]) is not None:
                         then(tx, decided[i])
-                if claims:
-                    tx.flush_writes()
+                if claims:  # (each claim's read sends what was decided before it)
                     taken = [claim(tx, request, now, self.environments) for request in claims]
             results: list[list[Assignment] | Exception] = list(taken) if claims else []
             return [decided[i] for i in range(len(commands))], results
