@@ -169,7 +169,7 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         await webhooks.stop()
         await keeper.stop()
         await clock.stop()
-        gateway.close()
+        await gateway.close()
         if metrics_port is not None:
             await metrics_port.stop()
         await running.stop()

@@ -5,6 +5,7 @@ through the orchestrator's database thread, and the directory of principals."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -21,6 +22,7 @@ from storage.directory import Directory
 from storage.reads import Reads
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Backend:
@@ -46,8 +48,15 @@ class Backend:
         workers = 4 if shipyard.store.sqlite else shipyard.store.max_workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shipyard-read")
 
-    def close(self) -> None:
+    async def close(self, wait_s: float = 5.0) -> None:
+        """Take no more reads and give those in flight up to ``wait_s`` to end. The store is
+        disposed next: a read still holding a pooled connection then leaves it to the garbage
+        collector (psycopg warns of a connection deleted while open)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.pool.shutdown, True), wait_s)
+        except TimeoutError:
+            log.warning("a database read was still running %.0f s into the shutdown; not waiting", wait_s)
 
     async def read(self, fn: Callable[..., T], *args: Any, quick: bool = False) -> T:
         """Run a read on the read pool. A ``quick`` one (a lookup by key, well under a

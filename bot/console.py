@@ -385,7 +385,7 @@ async def run_console(
         if watching is not None and not watching.done():
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
-        backend.close()
+        await backend.close()
         await shipyard.stop()
 
 

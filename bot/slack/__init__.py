@@ -99,6 +99,6 @@ def setup(app: web.Application, settings: Settings) -> Callable[[Any], AsyncIter
             if syncing is not None:
                 syncing.cancel()
                 await asyncio.gather(syncing, return_exceptions=True)
-            backend.close()
+            await backend.close()
 
     return lifecycle

@@ -153,7 +153,7 @@ async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
         assert len(keys) == 200 and all(k and k.startswith("schedule:") for k in keys)
     finally:
         for shipyard, backend in yards:
-            backend.close()
+            await backend.close()
             await shipyard.stop()
 
 

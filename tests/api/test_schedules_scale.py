@@ -95,7 +95,7 @@ async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
     try:
         yield Clock(shipyard, backend, ScheduleStore(shipyard.store))
     finally:
-        backend.close()
+        await backend.close()
         await shipyard.stop()
 
 

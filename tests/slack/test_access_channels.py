@@ -105,7 +105,7 @@ async def via_console(bot: Bot, user: str, verb: str, ref: str) -> Answer:
         else:
             await console.line(f"/deploy {verb} {ref}")
     finally:
-        backend.close()
+        await backend.close()
     said = out.getvalue()
     refused = next((line for line in said.splitlines() if line.startswith("! ")), None)  # ":warning:"
     return Answer(refused is None, refused.removeprefix("! ") if refused else said)

@@ -57,7 +57,7 @@ async def _edit_roles_after_the_gate_opened(bot: Bot) -> None:
     try:
         await roles.sync(backend, AsyncWebClient(token="xoxb-test", base_url=bot.fake.base_url), SLACK_ROLES)
     finally:
-        backend.close()
+        await backend.close()
     for user in (BOB, DAVE, ERIN):
         assert "Roles: none" in (await bot.say(user, "whoami"))["text"], user
     assert "Roles: approver." in (await bot.say(CAROL, "whoami"))["text"]

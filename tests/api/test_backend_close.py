@@ -1,0 +1,68 @@
+"""Shutting down waits for the reads in flight (a few seconds at most), on SQLite and PostgreSQL:
+the store is disposed right after, and a read still holding one of its pooled connections then
+left that connection to the garbage collector (psycopg's "connection deleted while still open",
+which surfaced in whatever test ran next)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.backend import Backend
+from tests.factory import make_shipyard
+
+
+async def test_close_waits_for_a_read_in_flight_so_no_connection_outlives_the_store(
+    db_url: str, tmp_path: Path
+) -> None:
+    shipyard = make_shipyard(db_url, tmp_path, with_runner=False, runner_capacity=0)
+    await shipyard.start()
+    backend = Backend()
+    backend.bind(shipyard)
+    inside, ended = threading.Event(), threading.Event()
+
+    def slow_read() -> None:  # (a page of a long log, a board of many environments)
+        with shipyard.store.reading() as tx:
+            tx.conn.exec_driver_sql("SELECT 1")
+            inside.set()
+            time.sleep(0.5)
+        ended.set()
+
+    try:
+        asking = asyncio.ensure_future(backend.read(slow_read))
+        assert await asyncio.to_thread(inside.wait, 5), "the read never started"
+        asking.cancel()  # the request that asked went away, as at shutdown
+        assert not ended.is_set()  # (the read holds its connection for 0.5 s more)
+
+        await backend.close()
+
+        assert ended.is_set()  # its connection went back to the pool before the store is disposed
+    finally:
+        await shipyard.stop()
+
+
+async def test_close_does_not_wait_for_ever_on_a_read_that_hangs(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shipyard = make_shipyard(sqlite_url, tmp_path, with_runner=False, runner_capacity=0)
+    await shipyard.start()
+    backend = Backend()
+    backend.bind(shipyard)
+    release = threading.Event()
+    try:
+        asking = asyncio.ensure_future(backend.read(release.wait, 10))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="bot.backend"):
+            await backend.close(wait_s=0.2)
+        assert time.monotonic() - started < 2
+        assert "still running" in caplog.text
+    finally:
+        release.set()
+        await asyncio.gather(asking, return_exceptions=True)
+        await shipyard.stop()
