@@ -99,6 +99,8 @@ class RunRow(SQLModel, table=True):
 
 #: the stage statuses that hold an environment
 DEPLOYING = "status IN ('running', 'rolling_out', 'verifying')"
+#: the job statuses a query looks jobs up by (partial indexes on ``job``)
+QUEUED, RUNNING = "status = 'queued'", "status = 'running'"
 
 
 class StageRow(SQLModel, table=True):
@@ -136,9 +138,25 @@ class StageRow(SQLModel, table=True):
 
 class JobRow(SQLModel, table=True):
     __tablename__ = "job"
+    # Only jobs waiting or running are looked up by status (claims, expired leases, what a
+    # runner holds): partial indexes hold just those, so they stay as small as the work in
+    # flight, and a job's last update (to succeeded, failed, …) writes none of them.
     __table_args__ = (
-        sa.Index("ix_job_status_queued_at", "status", "queued_at"),
-        sa.Index("ix_job_status_lease", "status", "lease_expires_at"),
+        sa.Index(
+            "ix_job_queued", "queued_at", "id", sqlite_where=sa.text(QUEUED), postgresql_where=sa.text(QUEUED)
+        ),
+        sa.Index(
+            "ix_job_running_lease",
+            "lease_expires_at",
+            sqlite_where=sa.text(RUNNING),
+            postgresql_where=sa.text(RUNNING),
+        ),
+        sa.Index(
+            "ix_job_running_runner",
+            "runner",
+            sqlite_where=sa.text(RUNNING),
+            postgresql_where=sa.text(RUNNING),
+        ),
     )
     id: str = Field(primary_key=True, max_length=90)
     run_id: str = Field(foreign_key="run.id", index=True, max_length=64)
@@ -151,7 +169,7 @@ class JobRow(SQLModel, table=True):
     retries: int = 0
     allow_failure: bool = False
     timeout_s: float = 3600.0
-    runner: str | None = Field(default=None, index=True, max_length=200)
+    runner: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = _ts()
     exit_code: int | None = None
     outputs: dict[str, str] = _json({})
