@@ -725,7 +725,7 @@ class SqlTx:
         moving = driver.get(head.move if heads else head.start).send_many(conn, [moved], copy=False)
 
         def moved_or_started() -> None:
-            if not moving():  # (the row was deleted since it was read)
+            if not moving() and heads:  # (the row was deleted since it was read)
                 driver.get(head.start).execute_many(conn, [moved])
 
         return [inserted, moved_or_started]
