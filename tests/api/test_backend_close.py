@@ -53,10 +53,15 @@ async def test_close_does_not_wait_for_ever_on_a_read_that_hangs(
     await shipyard.start()
     backend = Backend()
     backend.bind(shipyard)
-    release = threading.Event()
+    inside, release = threading.Event(), threading.Event()
+
+    def hangs() -> None:
+        inside.set()
+        release.wait(10)
+
     try:
-        asking = asyncio.ensure_future(backend.read(release.wait, 10))
-        await asyncio.sleep(0.05)
+        asking = asyncio.ensure_future(backend.read(hangs))
+        assert await asyncio.to_thread(inside.wait, 5), "the read never started"
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="bot.backend"):
             await backend.close(wait_s=0.2)
