@@ -335,13 +335,15 @@ def _last_line(output: bytes) -> str | None:
 
 async def _exited(proc: asyncio.subprocess.Process) -> None:
     """Return when the process itself exits. ``Process.wait()`` also waits for its output pipes
-    to close, which a background child can hold open for as long as it likes."""
+    to close, which a background child can hold open for as long as it likes, so it is never
+    used: without a pidfd (the child watcher reaped the process first, or the platform has
+    none) the return code the watcher sets is polled instead."""
     loop = asyncio.get_running_loop()
     try:
         fd = os.pidfd_open(proc.pid)
-    except (ProcessLookupError, AttributeError, OSError):  # gone already, or no pidfd here
-        if proc.returncode is None:
-            await proc.wait()
+    except (ProcessLookupError, AttributeError, OSError):  # reaped already, or no pidfd here
+        while proc.returncode is None:
+            await asyncio.sleep(0.01)
         return
     exited: asyncio.Future[None] = loop.create_future()
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import core.runtime.measure as measure_module
 from core.checks import CheckDef, CheckResult, Measurement
 from core.runtime.clock import utcnow
 from core.runtime.measure import measure
@@ -350,6 +351,38 @@ async def test_command_timeout_kills_its_process_group(tmp_path: Path) -> None:
 
 async def test_command_does_not_wait_for_what_it_left_in_the_background(tmp_path: Path) -> None:
     measured = await run(command("sh", "-c", "sleep 60 & echo $! > child.pid; echo ok"), tmp_path)
+    assert (measured.result, measured.value) == (CheckResult.PASSED, "ok")
+    assert measured.took < 3
+    await _wait_gone(int((tmp_path / "child.pid").read_text()))
+
+
+async def test_a_command_reaped_before_its_pidfd_opens_does_not_wait_for_its_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child watcher's thread can reap the shell before the pidfd opens, while the loop has
+    not yet heard of the exit: the measurement must still end when the shell does, not when the
+    background child lets go of the output pipe."""
+    seen: list[str] = []
+
+    def after_the_reap(pid: int, flags: int = 0) -> int:
+        # hold the loop while the shell runs and until the watcher has reaped it: the window
+        # the race opens, with the exit not yet delivered to the loop
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                seen.append("reaped")
+                break
+            if not seen:
+                seen.append("running")
+            time.sleep(0.001)
+        raise ProcessLookupError(pid)
+
+    monkeypatch.setattr(measure_module.os, "pidfd_open", after_the_reap, raising=True)
+    shell = "sleep 60 & echo $! > child.pid; echo ok; sleep 0.2"
+    measured = await run(command("sh", "-c", shell), tmp_path)
+    assert seen == ["running", "reaped"]  # the loop heard of the exit only after the reap
     assert (measured.result, measured.value) == (CheckResult.PASSED, "ok")
     assert measured.took < 3
     await _wait_gone(int((tmp_path / "child.pid").read_text()))
