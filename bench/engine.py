@@ -119,6 +119,29 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine has spent busy since boot (``/proc/stat``): the
+    database server's share is what is left after this process' and its spawner's."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return float("nan")
+
+
+def process_tree_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` and of the children it has reaped (a spawner
+    and the jobs it started), from ``/proc/<pid>/stat``; NaN when it cannot be read."""
+    if pid is None:
+        return float("nan")
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # (after the command name, which may hold spaces)
+        utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+        return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+    return float("nan")
+
+
 def nproc() -> int:
     with contextlib.suppress(AttributeError):
         return len(os.sched_getaffinity(0))
@@ -353,13 +376,17 @@ async def scenario_throughput(
 
     counter.reset()
     started_at = datetime.now(UTC)
-    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    t0, cpu0, busy0 = time.perf_counter(), cpu_seconds(), machine_busy_seconds()
     await _trigger(shipyard.orchestrator.handle, "bench", runs)
     t_triggered = time.perf_counter() - t0
     timeout = 60 + runs * (1.0 if executor_name == "subprocess" else 0.2)
     done = await _wait_until(terminal_runs, runs, timeout)
     t_seen = time.perf_counter() - t0
     cpu = cpu_seconds() - cpu0
+    machine_busy = machine_busy_seconds() - busy0
+    # the spawner starts with the first job, after t0: all its time and its jobs' is in the run
+    spawner = getattr(executor, "spawner", None)
+    spawner_cpu = process_tree_cpu_seconds(spawner.pid) if spawner is not None else 0.0
     if profile is not None:
         loop_prof.disable()
     transactions, statement_count = counter.transactions, counter.statements
@@ -394,6 +421,10 @@ async def scenario_throughput(
         "wall_s": wall,
         "trigger_s": t_triggered,
         "cpu_s": cpu,
+        "seen_s": t_seen,
+        "machine_busy_s": machine_busy,
+        "spawner_cpu_s": spawner_cpu,
+        "cores": nproc(),
         "transitions": transitions,
         "events": events,
         "transactions": transactions,
@@ -605,6 +636,14 @@ def print_throughput(r: dict) -> None:
         f"{r['us_per_transition'] / r['us_per_driver_write']:.1f}x a write through the bare DB-API driver "
         f"({r['us_per_driver_write']:.0f} us)"
     )
+    if "machine_busy_s" in r:
+        offered = r["cores"] * r["seen_s"]
+        rest = r["machine_busy_s"] - r["cpu_s"] - r["spawner_cpu_s"]
+        print(
+            f"  CPU:    the machine was busy {r['machine_busy_s']:.2f} of {offered:.2f} CPU-s "
+            f"({r['cores']} cores x {r['seen_s']:.2f} s): this process {r['cpu_s']:.2f}, "
+            f"the spawner and its jobs {r['spawner_cpu_s']:.2f}, the database and the rest {rest:.2f}"
+        )
     if r["scenario"] == "noop" and r["backend"] == "sqlite":
         verdict = "PASS" if r["runs_per_s"] >= TARGET_RUNS_PER_S else "FAIL"
         print(f"  runs/s: [{verdict}: target >= {TARGET_RUNS_PER_S:.0f} runs/s, no-op executor, SQLite]")
