@@ -124,6 +124,10 @@ class Q:
         JOB.c.id.in_(b("ids", expanding=True)), JOB.c.runner == b("runner"), JOB.c.status == "running"
     )
     held_by = sa.select(JOB).where(JOB.c.status == "running", JOB.c.runner == b("runner"))
+    #: those of the runs ``ids`` that have not ended
+    going_on = sa.select(RUN.c.id).where(
+        RUN.c.id.in_(b("ids", expanding=True)), RUN.c.status.not_in(("succeeded", "failed", "canceled"))
+    )
     #: manual and external gates past their deadline; automated gates whose next check is due
     #: (a check that fails after the deadline times the gate out, so the deadline alone is not a
     #: reason to look)

@@ -768,6 +768,9 @@ class SqlTx:
         rows = self.conn.execute(Q.attempts_of, {"ids": list(attempts), "runner": runner}).all()
         return {job_id for job_id, attempt in rows if attempts.get(job_id) == attempt}
 
+    def runs_going_on(self, run_ids: Sequence[str]) -> set[str]:
+        return set(self.conn.execute(Q.going_on, {"ids": list(run_ids)}).scalars())
+
     def jobs_held_by(self, runner: str) -> list[Job]:
         return [mappers.job_from_row(r) for r in self.conn.execute(Q.held_by, {"runner": runner}).mappings()]
 

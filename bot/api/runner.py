@@ -12,7 +12,7 @@ runner that comes back from a partition kills its copy and its late log and resu
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Annotated, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
@@ -28,6 +28,7 @@ from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.labels import check_labels
 from core.model import Actor
+from core.runtime.workspaces import MAX_RUN_ID, RUNS_PER_ASK
 from storage.secrets import mask_report, open_assignment
 
 #: the protocol versions this server speaks (a runner sends its own in the header)
@@ -128,6 +129,17 @@ class Holding(BaseModel):
 class HoldingOut(BaseModel):
     #: every attempt the server thinks this runner holds
     held: list[Holding]
+
+
+class RunsIn(Strict):
+    runner: str = Field(min_length=1, max_length=200)
+    #: the runs the runner keeps workspaces for
+    run_ids: list[Annotated[str, Field(min_length=1, max_length=MAX_RUN_ID)]] = Field(max_length=RUNS_PER_ASK)
+
+
+class OverOut(BaseModel):
+    #: those of ``run_ids`` that are over (ended, or unknown here): remove their workspaces
+    over: list[str]
 
 
 class Chunk(Strict):
@@ -299,6 +311,22 @@ async def held(call: Call) -> web.Response:
     g = gw(call)
     found = await g.shipyard.orchestrator.db(g.shipyard.service.jobs_held_by, runner)
     return reply(HoldingOut(held=[Holding(run_id=r, job_id=j, attempt=a) for r, j, a in found]))
+
+
+@API.op(
+    "POST",
+    "/runner/runs-over",
+    summary="Which runs are over, so their workspaces can go",
+    action=Action.RUN_JOBS,
+    tag="runners",
+    body=RunsIn,
+    responses={200: ("the runs that are over: ended, or unknown to this server", OverOut)},
+)
+async def runs_over(call: Call) -> web.Response:
+    _runner(call, call.body.runner)
+    g = gw(call)
+    over = await g.shipyard.orchestrator.db(g.shipyard.service.runs_over, call.body.run_ids)
+    return reply(OverOut(over=sorted(over)))
 
 
 @API.op(

@@ -109,3 +109,11 @@ class Claims:
     def jobs_held_by(self, runner: str) -> list[tuple[str, str, int]]:
         with self.store.transaction() as tx:
             return [(j.run_id, j.id, j.attempt) for j in tx.jobs_held_by(runner)]
+
+    def runs_over(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs are over (ended, or unknown here): a runner removes their
+        workspaces (``core.runtime.workspaces``)."""
+        if not run_ids:
+            return set()
+        with self.store.reading() as tx:
+            return set(run_ids) - tx.runs_going_on(run_ids)

@@ -117,6 +117,10 @@ class HttpLink:
         _, data = await self._post("/still-held", body, wait_s=wait_s)
         return set(data["kept"])
 
+    async def runs_over(self, runner: str, run_ids: Sequence[str]) -> set[str]:
+        _, data = await self._post("/runs-over", {"runner": runner, "run_ids": list(run_ids)})
+        return set(data["over"])
+
     async def held(self, runner: str) -> list[tuple[str, str, int]]:
         _, data = await self._post("/held", {"runner": runner})
         return [(h["run_id"], h["job_id"], int(h["attempt"])) for h in data["held"]]

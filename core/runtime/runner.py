@@ -26,6 +26,7 @@ from core.runtime.executor import ExecResult, Executor, kill_orphans
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.records import JobRecords, Recorded
 from core.runtime.waiting import idle_wait, wait_event
+from core.runtime.workspaces import SWEEP_EVERY_S, Workspaces
 from core.secrets import Masker
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class RunnerLink(Protocol):
     async def still_held(
         self, runner: str, held: Sequence[tuple[str, int]], wait_s: float = 0.0
     ) -> set[str]: ...
+    async def runs_over(self, runner: str, run_ids: Sequence[str]) -> set[str]: ...
 
 
 #: an assignment as its runner gets it: its secrets decrypted (``storage.secrets.open_assignment``)
@@ -119,6 +121,9 @@ class LocalLink:
         """Answers at once: the built-in runner is told of stops in process (the orchestrator's
         ``_after_commit``), so it does not wait here (``Runner.watch_s`` is 0)."""
         return await self.orch.db(self.service.still_held, runner, held)
+
+    async def runs_over(self, runner: str, run_ids: Sequence[str]) -> set[str]:
+        return await self.orch.db(self.service.runs_over, run_ids)
 
 
 class LogBuffer:
@@ -241,12 +246,16 @@ class Runner:
         max_log_bytes: int = 1 << 20,
         kill_grace_s: float = 5.0,
         watch_s: float = 0.0,
+        sweep_every_s: float = SWEEP_EVERY_S,
     ) -> None:
         self.link = link
         self.executor = executor
         self.name = name
         self.workdir = workdir
         self.records = JobRecords(workdir, name)
+        #: the runs' workspaces, removed once their runs are over (every ``sweep_every_s``)
+        self.workspaces = Workspaces(workdir)
+        self.sweep_every_s = sweep_every_s
         self.capacity = capacity
         self.lease_s = lease_s
         self.poll_interval = poll_interval
@@ -265,7 +274,8 @@ class Runner:
         self._stop_early: set[tuple[str, int]] = set()
         self._wake = asyncio.Event()
         self._claimer: asyncio.Task[Any] | None = None
-        self._watcher: asyncio.Task[Any] | None = None
+        #: the lease watcher and the workspace sweeper: they end when the runner does
+        self._background: list[asyncio.Task[Any]] = []
         self._closing = False
 
     @property
@@ -276,7 +286,10 @@ class Runner:
         await self.recover()
         self._claimer = asyncio.create_task(self._claim_loop(), name=f"runner-{self.name}")
         watch = self._watch_long_loop() if self.watch_s > 0 else self._watch_loop()
-        self._watcher = asyncio.create_task(watch, name=f"runner-{self.name}-leases")
+        self._background = [
+            asyncio.create_task(watch, name=f"runner-{self.name}-leases"),
+            asyncio.create_task(self._sweep_loop(), name=f"runner-{self.name}-workspaces"),
+        ]
 
     async def recover(self) -> int:
         """What this runner held before its server restarted: a job whose end was recorded
@@ -362,9 +375,7 @@ class Runner:
             a = active.assignment
             self.executor.kill(a.job_id, a.attempt, grace_s=self.kill_grace_s)
         await asyncio.gather(*(a.task for a in self.jobs.values() if a.task), return_exceptions=True)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self._stop_background()
 
     async def drain(self) -> None:
         """Claim nothing new and let the running jobs finish (a remote runner's SIGTERM): each
@@ -374,12 +385,32 @@ class Runner:
         if self._claimer is not None:
             await asyncio.gather(self._claimer, return_exceptions=True)
         await asyncio.gather(*(a.task for a in list(self.jobs.values()) if a.task), return_exceptions=True)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self._stop_background()
+
+    async def _stop_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def sweep_workspaces(self) -> int:
+        """Remove the workspaces of runs that are over (none of a run this runner still runs a
+        job of); returns how many went."""
+        return await self.workspaces.sweep(
+            lambda run_ids: self.link.runs_over(self.name, run_ids),
+            lambda: {active.assignment.run_id for active in self.jobs.values()},
+        )
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep_workspaces()
+            except Exception as exc:
+                _trouble(exc, "runner %s could not remove the workspaces of ended runs", self.name)
+            await asyncio.sleep(self.sweep_every_s)
 
     def stop_jobs(self, attempts: Sequence[tuple[str, int]]) -> None:
         """Kill attempts the engine no longer wants (the run was canceled, a sibling failed),
@@ -517,7 +548,7 @@ class Runner:
                 result = ExecResult("failed", None, detail=a.refusal)
             else:
                 record = self.records.path(a.run_id, a.job_id, a.attempt)
-                result = await self.executor.execute(a, self.workdir / a.run_id, active.logs, record)
+                result = await self.executor.execute(a, self.workspaces.of(a.run_id), active.logs, record)
                 result = _masked(result, active.logs.masker)
         except Exception as exc:
             log.exception("job %s could not be executed", a.label)

@@ -169,6 +169,9 @@ class Service:
     def jobs_held_by(self, runner: str) -> list[tuple[str, str, int]]:
         return self.claims.jobs_held_by(runner)
 
+    def runs_over(self, run_ids: Sequence[str]) -> set[str]:
+        return self.claims.runs_over(run_ids)
+
     # -- clocks (``core.runtime.timers``) ------------------------------------------------------
     def due(self, check_lease_s: float, limit: int = 100) -> Timers:
         """Everything the clock has made due (an automated gate check is claimed here)."""
