@@ -1,7 +1,8 @@
 """What is going on right now, for the metrics' gauges: each environment's queue and running
 deployments, each runner's running jobs. Two grouped counts that go through the status indexes
-(``ix_stage_status_queued_at``, ``ix_job_status_queued_at``) and touch only the rows of live
-stages and jobs, so a scrape costs the same with a million finished runs as with none."""
+(``ix_stage_status_queued_at``; ``ix_job_running_runner``, partial: running jobs only) and touch
+only the rows of live stages and jobs, so a scrape costs the same with a million finished runs
+as with none."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from core.states import JobStatus, StageStatus
-from storage.queries import JOB, STAGE
+from storage.queries import JOB, STAGE, status_is
 from storage.store import SqlStore
 
 #: stage statuses that hold their environment (a deployment under way there)
@@ -23,7 +24,7 @@ _stages = (
 )
 _jobs = (
     sa.select(JOB.c.runner, sa.func.count())
-    .where(JOB.c.status == JobStatus.RUNNING, JOB.c.runner.is_not(None))
+    .where(status_is(JOB.c.status, JobStatus.RUNNING.value), JOB.c.runner.is_not(None))
     .group_by(JOB.c.runner)
 )
 

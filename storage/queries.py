@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.selectable import Select
 
-from storage.tables import T, metadata
+from storage.tables import DEPLOYING_STATUSES, T, metadata
 
 RUN, STAGE, JOB, GATE = T["run"], T["stage"], T["job"], T["gate"]
 EVENT, AUDIT, LOG, PIPELINE, VERSION = (
@@ -31,6 +31,16 @@ RUNNER = metadata.tables["runner"]
 LOCK = metadata.tables["environment_lock"]
 TABLE_OF = {"run": RUN, "stage": STAGE, "job": JOB, "gate": GATE}
 b = sa.bindparam
+
+
+def status_is(column: sa.Column[Any], *statuses: str) -> sa.ColumnElement[bool]:
+    """``column`` is one of ``statuses``, written into the statement as literals, not bound:
+    a partial index (``storage.tables``: queued and running jobs, deploying stages) serves a
+    query only when the planner can see that the query's condition implies the index's own,
+    which SQLite cannot through a list of parameters and PostgreSQL cannot in a generic plan
+    (the one it keeps for a prepared statement); it then reads every stage or job ever run."""
+    words: list[sa.ColumnElement[Any]] = [sa.literal_column(f"'{s}'") for s in statuses]  # (our own words)
+    return column == words[0] if len(words) == 1 else column.in_(words)
 
 
 class Q:
@@ -74,7 +84,7 @@ class Q:
         sa.select(JOB.c.id, JOB.c.run_id, RUN.c.version)
         .join(RUN, RUN.c.id == JOB.c.run_id)
         .where(
-            JOB.c.status == "queued",
+            status_is(JOB.c.status, "queued"),
             ~sa.exists().where(RUNNER.c.name == b("runner"), RUNNER.c.draining.is_(True)),
             sa.text(
                 "NOT EXISTS (SELECT 1 FROM json_each(job.labels) AS need "
@@ -90,7 +100,7 @@ class Q:
         sa.select(JOB.c.id, JOB.c.run_id, RUN.c.version)
         .join(RUN, RUN.c.id == JOB.c.run_id)
         .where(
-            JOB.c.status == "queued",
+            status_is(JOB.c.status, "queued"),
             ~sa.exists().where(RUNNER.c.name == b("runner"), RUNNER.c.draining.is_(True)),
             sa.text("CAST(job.labels AS jsonb) <@ CAST(:labels AS jsonb)"),
         )
@@ -116,14 +126,14 @@ class Q:
     )
     expired = (
         sa.select(JOB)
-        .where(JOB.c.status == "running", JOB.c.lease_expires_at <= b("now"))
+        .where(status_is(JOB.c.status, "running"), JOB.c.lease_expires_at <= b("now"))
         .order_by(JOB.c.lease_expires_at)
         .limit(b("limit"))
     )
     attempts_of = sa.select(JOB.c.id, JOB.c.attempt).where(
         JOB.c.id.in_(b("ids", expanding=True)), JOB.c.runner == b("runner"), JOB.c.status == "running"
     )
-    held_by = sa.select(JOB).where(JOB.c.status == "running", JOB.c.runner == b("runner"))
+    held_by = sa.select(JOB).where(status_is(JOB.c.status, "running"), JOB.c.runner == b("runner"))
     #: those of the runs ``ids`` that have not ended
     going_on = sa.select(RUN.c.id).where(
         RUN.c.id.in_(b("ids", expanding=True)), RUN.c.status.not_in(("succeeded", "failed", "canceled"))
@@ -223,7 +233,7 @@ class Q:
     environment_running = (
         sa.select(STAGE.c.run_id, RUN.c.pipeline, RUN.c.number)
         .join(RUN, RUN.c.id == STAGE.c.run_id)
-        .where(STAGE.c.environment == b("env"), STAGE.c.status.in_(("running", "rolling_out", "verifying")))
+        .where(STAGE.c.environment == b("env"), status_is(STAGE.c.status, *DEPLOYING_STATUSES))
         .limit(1)
     )
     environment_queued = (
@@ -246,7 +256,7 @@ class Q:
     #: database answers the timer with one indexed probe instead of four queries
     in_flight = sa.select(
         sa.or_(
-            sa.exists().where(JOB.c.status == "running"),
+            sa.exists().where(status_is(JOB.c.status, "running")),
             sa.exists().where(GATE.c.status == "open"),
             sa.exists().where(STAGE.c.status == "queued"),
             sa.exists().where(

@@ -19,12 +19,22 @@ from core.labels import RunnerSeen, queued_too_long, runner_waits, satisfies
 from core.model import Job
 from core.ports import AuditEntry
 from core.states import JobStatus
+from storage.queries import status_is
 from storage.store import SqlStore
 from storage.tables import metadata
 
 RUNNER = metadata.tables["runner"]
 JOB = metadata.tables["job"]
 C = RUNNER.c
+#: the jobs waiting for a runner, and each runner's running jobs (through the partial indexes)
+QUEUED_JOBS = sa.select(JOB.c.id, JOB.c.labels, JOB.c.queued_at).where(
+    status_is(JOB.c.status, JobStatus.QUEUED.value)
+)
+RUNNING_BY_RUNNER = (
+    sa.select(JOB.c.runner, sa.func.count())
+    .where(status_is(JOB.c.status, JobStatus.RUNNING.value))
+    .group_by(JOB.c.runner)
+)
 
 
 class RunnerRegistry:
@@ -93,11 +103,7 @@ class RunnerRegistry:
         (``waits``), each with how many; App Home lists them."""
         with self.store.transaction() as tx:
             c = tx.conn
-            rows = c.execute(
-                sa.select(JOB.c.id, JOB.c.labels, JOB.c.queued_at).where(
-                    JOB.c.status == JobStatus.QUEUED.value
-                )
-            ).all()
+            rows = c.execute(QUEUED_JOBS).all()
             queued = [(r.id, tuple(r.labels or ()), r.queued_at) for r in rows]
             if not any(queued_too_long(q, at) for _, _, q in queued):
                 return []
@@ -150,7 +156,7 @@ class RunnerRegistry:
 
 
 def _runners(c: Connection, name: str | None = None) -> list[RunnerSeen]:
-    running = sa.select(JOB.c.runner, sa.func.count()).where(JOB.c.status == "running").group_by(JOB.c.runner)
+    running = RUNNING_BY_RUNNER
     query = sa.select(RUNNER).order_by(C.name)
     if name is not None:
         running = running.where(JOB.c.runner == name)

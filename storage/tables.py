@@ -98,6 +98,7 @@ class RunRow(SQLModel, table=True):
 
 
 #: the stage statuses that hold an environment
+DEPLOYING_STATUSES = ("running", "rolling_out", "verifying")
 DEPLOYING = "status IN ('running', 'rolling_out', 'verifying')"
 #: the job statuses a query looks jobs up by (partial indexes on ``job``)
 QUEUED, RUNNING = "status = 'queued'", "status = 'running'"
