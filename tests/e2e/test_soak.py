@@ -42,8 +42,10 @@ KEY_SLACK_S = 6
 
 
 def _job(ledger: Path) -> str:
-    line = f"$SHIPYARD_JOB_ID $SHIPYARD_ATTEMPT >> {ledger}"
-    return f'"echo start {line}; sleep 0.$((RANDOM % 4)); echo done {line}"'
+    # a line when it starts and when it finishes; the second names the job's process, so the
+    # killer can tell a job that finished (its process exited) from one still on its way out
+    line = "$SHIPYARD_JOB_ID $SHIPYARD_ATTEMPT"
+    return f'"echo start {line} >> {ledger}; sleep 0.$((RANDOM % 4)); echo done {line} $$ >> {ledger}"'
 
 
 def _pipeline(ledger: Path) -> str:
@@ -142,27 +144,50 @@ def _client(cluster: Cluster, keys: Keys, until: float) -> None:
 
 
 def _lines(ledger: Path) -> list[tuple[str, str, int]]:
+    return [(kind, job, attempt) for kind, job, attempt, _ in _entries(ledger)]
+
+
+def _entries(ledger: Path) -> list[tuple[str, str, int, int | None]]:
+    """(kind, job id, attempt, the job's pid on a done line) for each whole line."""
     if not ledger.exists():
         return []
     found = []
     for line in ledger.read_text().splitlines():
         parts = line.split()
-        if len(parts) == 3:
-            found.append((parts[0], parts[1], int(parts[2])))
+        if len(parts) in (3, 4):
+            pid = int(parts[3]) if len(parts) == 4 else None
+            found.append((parts[0], parts[1], int(parts[2]), pid))
     return found
+
+
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie its spawner has not reaped yet, or gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def _done_jobs(ledger: Path) -> list[int | None]:
+    return [pid for kind, _, _, pid in _entries(ledger) if kind == "done"]
 
 
 def _killer(cluster: Cluster, ledger: Path, until: float) -> None:
     while time.monotonic() < until:
         time.sleep(random.uniform(0.3, 1.5))
         if random.random() < 0.5:  # right after a job ended, before its report may commit
-            seen = sum(1 for kind, _, _ in _lines(ledger) if kind == "done")
+            seen = len(_done_jobs(ledger))
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline:
-                if sum(1 for kind, _, _ in _lines(ledger) if kind == "done") > seen:
+                if len(done := _done_jobs(ledger)) > seen:
+                    # ended means its process exited, not only that it wrote its last line: a
+                    # job killed between the two had not finished and runs again (by design)
+                    pid = done[-1]
+                    while pid is not None and not _exited(pid) and time.monotonic() < deadline:
+                        time.sleep(0.001)
                     break
                 time.sleep(0.002)
-            time.sleep(0.01)  # (the job's shell exits just after its last line)
         cluster.kill_and_restart(random.randrange(len(cluster.servers)))
 
 
