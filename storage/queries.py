@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.selectable import Select
 
+from core.states import RUN_TERMINAL
 from storage.tables import DEPLOYING_STATUSES, T, metadata
 
 RUN, STAGE, JOB, GATE = T["run"], T["stage"], T["job"], T["gate"]
@@ -136,7 +137,7 @@ class Q:
     held_by = sa.select(JOB).where(status_is(JOB.c.status, "running"), JOB.c.runner == b("runner"))
     #: those of the runs ``ids`` that have not ended
     going_on = sa.select(RUN.c.id).where(
-        RUN.c.id.in_(b("ids", expanding=True)), RUN.c.status.not_in(("succeeded", "failed", "canceled"))
+        RUN.c.id.in_(b("ids", expanding=True)), RUN.c.status.not_in([str(s) for s in RUN_TERMINAL])
     )
     #: manual and external gates past their deadline; automated gates whose next check is due
     #: (a check that fails after the deadline times the gate out, so the deadline alone is not a

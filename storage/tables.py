@@ -99,7 +99,7 @@ class RunRow(SQLModel, table=True):
 
 #: the stage statuses that hold an environment
 DEPLOYING_STATUSES = ("running", "rolling_out", "verifying")
-DEPLOYING = "status IN ('running', 'rolling_out', 'verifying')"
+DEPLOYING = "status IN ({})".format(", ".join(f"'{s}'" for s in DEPLOYING_STATUSES))
 #: the job statuses a query looks jobs up by (partial indexes on ``job``)
 QUEUED, RUNNING = "status = 'queued'", "status = 'running'"
 
