@@ -52,7 +52,9 @@ class Q:
     gates_of = sa.select(GATE).where(GATE.c.run_id == b("id")).order_by(GATE.c.stage_index)
     run_by_number = sa.select(RUN.c.id).where(RUN.c.pipeline == b("p"), RUN.c.number == b("n"))
     run_by_key = sa.select(RUN.c.id).where(RUN.c.pipeline == b("p"), RUN.c.idempotency_key == b("k"))
-    runs_by_prefix = sa.select(RUN.c.id).where(RUN.c.id.startswith(b("prefix"))).limit(2)
+    #: ids from ``low`` (a prefix) up to ``high`` (the prefix and "g", past every hex digit): a
+    #: range the run-id index serves on both databases, where ``LIKE 'prefix%'`` reads all of it
+    runs_by_prefix = sa.select(RUN.c.id).where(RUN.c.id >= b("low"), RUN.c.id < b("high")).limit(2)
     max_number = sa.select(sa.func.max(RUN.c.number)).where(RUN.c.pipeline == b("p"))
     #: for a batch of triggers (``ps``: pipeline names): each pipeline's last run number and
     #: latest version (None when archived), each by its index

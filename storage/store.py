@@ -96,6 +96,8 @@ EVENT_LOCK = 0x5348_4950_4556
 #: log chunks read at a time (``SqlStore.log_pages``): a chunk is at most a runner's request
 #: (256 KiB), so a page is a few MiB at most
 LOG_PAGE = 16
+#: the characters of a run id (``uuid4().hex``): a reference with any other is no id prefix
+_HEX = frozenset("0123456789abcdef")
 
 
 class SqlStore:
@@ -505,8 +507,9 @@ class SqlTx:
             run_id = self.conn.execute(Q.run_by_number, {"p": pipeline, "n": int(number)}).scalar()
             return self.load_run(run_id) if run_id else None
         state = self.load_run(ref)
-        if state is None and len(ref) >= 6 and ref.isascii() and ref.isalnum():
-            ids = self.conn.execute(Q.runs_by_prefix, {"prefix": ref}).scalars().all()
+        prefix = ref.lower()
+        if state is None and len(prefix) >= 6 and set(prefix) <= _HEX:  # run ids are hex
+            ids = self.conn.execute(Q.runs_by_prefix, {"low": prefix, "high": prefix + "g"}).scalars().all()
             if len(ids) == 1:
                 return self.load_run(ids[0])
         return state

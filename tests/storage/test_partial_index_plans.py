@@ -92,3 +92,23 @@ def test_status_lookups_use_the_partial_indexes(history: sa.Connection, lookup: 
     plan = _plan(history, statement, params)
     assert index in plan, plan
     assert not re.search(r"(?m)^SCAN job$|Seq Scan on job\b|ix_stage_environment \(", plan), plan
+
+
+def test_an_id_prefix_reads_a_range_of_the_run_id_index(history: sa.Connection) -> None:
+    """``/deploy status 3f9a2c`` must not read every run id there is."""
+    plan = _plan(history, Q.runs_by_prefix, {"low": "3f9a2c", "high": "3f9a2cg"})
+    sqlite = r"SEARCH run USING (COVERING )?INDEX \w+ \(id>\? AND id<\?\)"
+    assert re.search(sqlite + "|Index Only Scan using run_pkey", plan), plan
+
+
+@pytest.mark.parametrize("prefix", ["0", "9", "a", "f", "09", "9f", "f9", "ff"])
+def test_an_id_prefix_finds_exactly_the_runs_whose_ids_begin_with_it(
+    history: sa.Connection, prefix: str
+) -> None:
+    """The range ends at the prefix and "g": whatever hex digit ends the prefix, the ids found
+    are exactly those that begin with it (in the database's own collation)."""
+    ids = history.execute(sa.select(Q.runs_by_prefix.selected_columns.id)).scalars().all()
+    bounds = {"low": prefix, "high": prefix + "g"}
+    found = history.execute(Q.runs_by_prefix.limit(None), bounds).scalars().all()
+    assert sorted(found) == sorted(i for i in ids if i.startswith(prefix))
+    assert found, f"3,000 random ids and none begins with {prefix!r}"

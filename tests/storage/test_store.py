@@ -211,7 +211,9 @@ def test_runs_are_found_by_id_prefix_and_by_number(db_url: str, make_service: Ma
     assert run is not None
     assert svc.find_run("gated#1").run.id == run.run.id  # type: ignore[union-attr]
     assert svc.find_run(run.run.id[:8]).run.id == run.run.id  # type: ignore[union-attr]
+    assert svc.find_run(run.run.id[:6].upper()).run.id == run.run.id  # type: ignore[union-attr]
     assert svc.find_run("gated#2") is None
+    assert svc.find_run(run.run.id[:7] + "g") is None  # not hex: no run's id starts so
 
 
 def test_expired_leases_are_found_and_expire_only_once(db_url: str, make_service: MakeService) -> None:
