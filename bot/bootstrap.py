@@ -51,7 +51,9 @@ class Shipyard:
         await self.orchestrator.start(timers=False)
         if self.runner is not None:
             self.orchestrator.runners.append(self.runner)
-            await self.runner.start()
+            await self.runner.start()  # (it sweeps the gate checks' workspaces with its own)
+        else:
+            self.orchestrator.start_sweeping()
         self.orchestrator.start_timers()
         if not self.store.sqlite:
             loop = asyncio.get_running_loop()

@@ -43,6 +43,7 @@ from core.runtime.executor import Executor
 from core.runtime.health import DatabaseHealth
 from core.runtime.service import Service, Then
 from core.runtime.waiting import idle_wait, wait_event
+from core.runtime.workspaces import SWEEP_EVERY_S, Workspaces
 from core.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class Orchestrator:
     ) -> None:
         self.service = service
         self.store = service.store
-        self.workdir = workdir
+        #: where automated gate checks run, a folder per run (``sweep_workspaces``)
+        self.workspaces = Workspaces(workdir)
         self.gate_executor = gate_executor
         self.poll_interval = poll_interval
         self.check_lease_s = check_lease_s
@@ -95,7 +97,8 @@ class Orchestrator:
         self._idle = False
         self._stirred = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self._checks: set[asyncio.Task[Any]] = set()
+        #: the automated gate checks being measured, with their runs
+        self._checks: dict[asyncio.Task[Any], str] = {}
         #: told of each group commit: how many requests it applied and how long it took (s)
         self.on_commit: list[Callable[[int, float], None]] = []
 
@@ -109,6 +112,22 @@ class Orchestrator:
 
     def start_timers(self) -> None:
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="shipyard-timers"))
+
+    def start_sweeping(self, every_s: float = SWEEP_EVERY_S) -> None:
+        """Remove the gate checks' workspaces of ended runs now and every ``every_s``: for a
+        server whose built-in runner does not (it has none: it sweeps the same folder)."""
+        sweeping = self.workspaces.sweep_every(every_s, self._runs_over, self._checked_runs)
+        self._tasks.append(asyncio.create_task(sweeping, name="shipyard-workspaces"))
+
+    async def sweep_workspaces(self) -> int:
+        """Remove the gate checks' workspaces of runs that are over; returns how many went."""
+        return await self.workspaces.sweep(self._runs_over, self._checked_runs)
+
+    async def _runs_over(self, run_ids: list[str]) -> set[str]:
+        return await self.db(self.service.runs_over, run_ids)
+
+    def _checked_runs(self) -> set[str]:
+        return set(self._checks.values())
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._checks]:
@@ -292,8 +311,8 @@ class Orchestrator:
                     log.warning("run %s job %s attempt %d declared %s", run, job, attempt, why[0])
         for check in timers.gate_checks:
             task = asyncio.create_task(self._check_gate(check))
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            self._checks[task] = check.run_id
+            task.add_done_callback(self._checks.pop)
         return len(commands) + len(timers.gate_checks)
 
     async def _check_gate(self, check: Assignment) -> None:
@@ -302,7 +321,7 @@ class Orchestrator:
             return
         lines: list[str] = []
         result = await executor.execute(
-            check, self.workdir / check.run_id, lambda _s, text: lines.append(text)
+            check, self.workspaces.of(check.run_id), lambda _s, text: lines.append(text)
         )
         tail = "".join(lines).strip().splitlines()[-1:] or [""]
         passed = result.outcome == "succeeded"

@@ -288,7 +288,10 @@ class Runner:
         watch = self._watch_long_loop() if self.watch_s > 0 else self._watch_loop()
         self._background = [
             asyncio.create_task(watch, name=f"runner-{self.name}-leases"),
-            asyncio.create_task(self._sweep_loop(), name=f"runner-{self.name}-workspaces"),
+            asyncio.create_task(
+                self.workspaces.sweep_every(self.sweep_every_s, self._runs_over, self._busy_runs),
+                name=f"runner-{self.name}-workspaces",
+            ),
         ]
 
     async def recover(self) -> int:
@@ -399,18 +402,13 @@ class Runner:
     async def sweep_workspaces(self) -> int:
         """Remove the workspaces of runs that are over (none of a run this runner still runs a
         job of); returns how many went."""
-        return await self.workspaces.sweep(
-            lambda run_ids: self.link.runs_over(self.name, run_ids),
-            lambda: {active.assignment.run_id for active in self.jobs.values()},
-        )
+        return await self.workspaces.sweep(self._runs_over, self._busy_runs)
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            try:
-                await self.sweep_workspaces()
-            except Exception as exc:
-                _trouble(exc, "runner %s could not remove the workspaces of ended runs", self.name)
-            await asyncio.sleep(self.sweep_every_s)
+    async def _runs_over(self, run_ids: list[str]) -> set[str]:
+        return await self.link.runs_over(self.name, run_ids)
+
+    def _busy_runs(self) -> set[str]:
+        return {active.assignment.run_id for active in self.jobs.values()}
 
     def stop_jobs(self, attempts: Sequence[tuple[str, int]]) -> None:
         """Kill attempts the engine no longer wants (the run was canceled, a sibling failed),

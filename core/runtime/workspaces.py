@@ -7,6 +7,10 @@ it, so the runner removes it: when it starts and every ``SWEEP_EVERY_S`` after, 
 server which of the runs it keeps workspaces for are over, and leaves alone any run it is still
 running a job of. Dot-named entries (``.runners``: the runner's job records) and plain files are
 not workspaces and stay.
+
+The server's automated gate checks run in the same kind of folder under its own work directory:
+the built-in runner sweeps them with its own; a server without one sweeps them itself
+(``Orchestrator.sweep_workspaces``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
+
+from core.errors import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +71,18 @@ class Workspaces:
         if removed:
             log.info("removed the workspaces of %d runs that are over from %s", removed, self.root)
         return removed
+
+    async def sweep_every(
+        self, every_s: float, ask_over: AskOver, busy: Callable[[], Collection[str]]
+    ) -> None:
+        """``sweep`` now and every ``every_s`` until cancelled; a sweep that fails is tried
+        again the next time (quietly while the database is unreachable: that is logged once,
+        by the database's health)."""
+        while True:
+            try:
+                await self.sweep(ask_over, busy)
+            except DatabaseUnreachable as exc:
+                log.debug("the workspaces in %s wait for the database: %s", self.root, exc.__cause__ or exc)
+            except Exception:
+                log.warning("could not remove the workspaces of ended runs from %s", self.root, exc_info=True)
+            await asyncio.sleep(every_s)

@@ -164,3 +164,54 @@ async def test_the_built_in_runner_removes_them_in_process(
             await asyncio.sleep(0.02)
     assert await runner.sweep_workspaces() == 1
     assert not workspace.exists()
+
+
+CHECKED = """
+name: checked
+stages:
+  - name: prod
+    gate: {type: automated, run: "echo ok > checked.txt", interval: 1s, timeout: 60s}
+    jobs: [{name: deploy, run: "true"}]
+"""
+
+
+async def test_a_server_without_a_runner_removes_its_gate_checks_workspaces(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """Automated gate checks run on the server, in ``<work dir>/runs/<run id>``: with no
+    built-in runner to sweep that folder, the server does, at start and on its sweep."""
+    runs = tmp_path / "work" / "runs"
+    unknown = runs / "0123456789abcdef0123456789abcdef"  # (a run this server never had)
+    unknown.mkdir(parents=True)
+    api = await start_api(db_url, {"checked": CHECKED}, runner_capacity=0)
+    assert api.shipyard.runner is None
+    async with asyncio.timeout(10):  # (the sweep at start)
+        while unknown.exists():
+            await asyncio.sleep(0.02)
+    run = (await api.trigger("checked"))["id"]
+    async with asyncio.timeout(30):  # the check passes; the job waits: no runner here
+        while (await api.get(f"/runs/{run}")).json["stages"][0]["status"] != "running":
+            await asyncio.sleep(0.05)
+    assert (runs / run / "checked.txt").read_text() == "ok\n"
+    orchestrator = api.shipyard.orchestrator
+    assert await orchestrator.sweep_workspaces() == 0  # (the run goes on)
+    assert (await api.post(f"/runs/{run}/cancel", "deployer")).status == 200
+    await api.wait(run)
+    assert await orchestrator.sweep_workspaces() == 1
+    assert not (runs / run).exists()
+
+
+async def test_a_gate_check_still_running_keeps_its_workspace(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    slow = CHECKED.replace("checked", "slow").replace("echo ok > slow.txt", "touch started; sleep 30")
+    api = await start_api(db_url, {"slow": slow}, runner_capacity=0)
+    run = (await api.trigger("slow"))["id"]
+    started = tmp_path / "work" / "runs" / run / "started"
+    async with asyncio.timeout(30):
+        while not started.exists():
+            await asyncio.sleep(0.02)
+    assert (await api.post(f"/runs/{run}/cancel", "deployer")).status == 200
+    assert (await api.wait(run))["status"] == "canceled"
+    assert await api.shipyard.orchestrator.sweep_workspaces() == 0  # (its check is still running)
+    assert started.exists()
