@@ -15,7 +15,7 @@ from core.runtime.runner import Runner
 from core.runtime.workspaces import RUNS_PER_ASK, Workspaces
 from storage.directory import Directory
 from tests.api.conftest import Api, StartApi, assert_problem
-from tests.pipelines import gated, one_build
+from tests.pipelines import gated, one_build, one_deploy
 
 PIPELINES = {
     "quick": one_build("quick", '"echo built > made.txt"'),
@@ -166,13 +166,9 @@ async def test_the_built_in_runner_removes_them_in_process(
     assert not workspace.exists()
 
 
-CHECKED = """
-name: checked
-stages:
-  - name: prod
-    gate: {type: automated, run: "echo ok > checked.txt", interval: 1s, timeout: 60s}
-    jobs: [{name: deploy, run: "true"}]
-"""
+def _checked(name: str, check: str) -> str:
+    """``name``: one deploy behind an automated gate that runs ``check`` every second."""
+    return one_deploy(name, gate=f'{{type: automated, run: "{check}", interval: 1s, timeout: 60s}}')
 
 
 async def test_a_server_without_a_runner_removes_its_gate_checks_workspaces(
@@ -183,7 +179,8 @@ async def test_a_server_without_a_runner_removes_its_gate_checks_workspaces(
     runs = tmp_path / "work" / "runs"
     unknown = runs / "0123456789abcdef0123456789abcdef"  # (a run this server never had)
     unknown.mkdir(parents=True)
-    api = await start_api(db_url, {"checked": CHECKED}, runner_capacity=0)
+    checked = _checked("checked", "echo ok > checked.txt")
+    api = await start_api(db_url, {"checked": checked}, runner_capacity=0)
     assert api.shipyard.runner is None
     async with asyncio.timeout(10):  # (the sweep at start)
         while unknown.exists():
@@ -204,8 +201,7 @@ async def test_a_server_without_a_runner_removes_its_gate_checks_workspaces(
 async def test_a_gate_check_still_running_keeps_its_workspace(
     db_url: str, start_api: StartApi, tmp_path: Path
 ) -> None:
-    slow = CHECKED.replace("checked", "slow").replace("echo ok > slow.txt", "touch started; sleep 30")
-    api = await start_api(db_url, {"slow": slow}, runner_capacity=0)
+    api = await start_api(db_url, {"slow": _checked("slow", "touch started; sleep 30")}, runner_capacity=0)
     run = (await api.trigger("slow"))["id"]
     started = tmp_path / "work" / "runs" / run / "started"
     async with asyncio.timeout(30):
