@@ -41,6 +41,8 @@ def _in_utc(value: datetime) -> datetime:
 
 #: an ISO 8601 date and time with an offset (numbers refused: the document says string), in UTC
 IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_in_utc)]
+#: an integer the database's INTEGER columns hold (32 bits on PostgreSQL)
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class Strict(BaseModel):

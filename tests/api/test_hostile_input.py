@@ -1,20 +1,27 @@
 """Well-typed input the OpenAPI document allows in form but a database cannot hold: a time whose
-offset carries it out of the years a datetime holds. Each is a 4xx problem naming what was
-wrong, and nothing is changed."""
+offset carries it out of the years a datetime holds, integers beyond the database's columns,
+a header digit that is not ASCII. Each is a 4xx problem naming what was wrong, and nothing is
+changed."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from bot.webhooks import signing
-from tests.api.conftest import Api, assert_problem
+from core.access import Role
+from storage.directory import Directory
+from tests.api.conftest import Api, StartApi, assert_problem
 
 #: well-formed times with an offset that are out of range once in UTC, as they are stored
 EDGE_TIMES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
+#: integers beyond a 32-bit column (PostgreSQL) and beyond a 64-bit one (SQLite)
+TOO_BIG = [2**31, 2**63, -(2**63) - 1]
+PROTOCOL = {"Shipyard-Runner-Protocol": "1"}
 
 
 async def runs_of(api: Api, pipeline: str) -> list[dict[str, Any]]:
@@ -44,3 +51,57 @@ async def test_a_generic_trigger_with_a_revision_time_out_of_range_is_422(api: A
     reply = await api.call("POST", f"/hooks/{trigger['id']}", None, data=raw, headers=headers)
     assert_problem(reply, 422, "revision_time", "out of range")
     assert await runs_of(api, "web") == []
+
+
+# -- the runner protocol -----------------------------------------------------------------------
+async def held_job(db_url: str, start_api: StartApi) -> tuple[Api, dict[str, Any]]:
+    """The API without a built-in runner, and the assignment of a ``quick`` job that runner
+    ``eu-1`` (token ``runner``) claimed over HTTP."""
+    api = await start_api(db_url, runner_capacity=0)
+    api.tokens["runner"] = await api.db(
+        lambda: Directory(api.store).create_token("eu-1", [Role.RUNNER], datetime.now(UTC), by="tests")
+    )
+    await api.trigger("quick")
+    claim = {"runner": "eu-1", "limit": 1, "lease_s": 30.0, "wait_s": 5.0}
+    reply = await api.post("/runner/claim", "runner", json=claim, headers=PROTOCOL)
+    assert reply.status == 200, reply.text
+    (assignment,) = reply.json["assignments"]
+    return api, assignment
+
+
+async def test_a_protocol_version_of_non_ascii_digits_is_409_naming_the_header(lite: Api) -> None:
+    lite.tokens["runner"] = await lite.db(
+        lambda: Directory(lite.store).create_token("eu-1", [Role.RUNNER], datetime.now(UTC), by="tests")
+    )
+    claim = {"runner": "eu-1", "limit": 1, "lease_s": 30.0}
+    for version in ("²", "\uff11"):  # (str.isdigit says yes to both; int() to neither or to 1)
+        reply = await lite.post(
+            "/runner/claim", "runner", json=claim, headers={"Shipyard-Runner-Protocol": version}
+        )
+        assert_problem(reply, 409, "Shipyard-Runner-Protocol")
+
+
+@pytest.mark.parametrize("number", TOO_BIG)
+async def test_attempt_numbers_and_exit_codes_beyond_the_database_are_422(
+    db_url: str, start_api: StartApi, number: int
+) -> None:
+    """A runner's log, lease renewal and report naming an attempt, or an exit code, no column
+    holds: refused naming the field, and the job is still held and its report still taken."""
+    api, a = await held_job(db_url, start_api)
+    job = {"runner": "eu-1", "job_id": a["job_id"]}
+    log = {**job, "attempt": number, "chunks": [{"stream": "stdout", "text": "x"}]}
+    renew = {"runner": "eu-1", "held": [{"job_id": a["job_id"], "attempt": number}]}
+    report = {**job, "kind": "complete", "run_id": a["run_id"], "attempt": a["attempt"], "exit_code": 0}
+    requests = [
+        ("/runner/log", log, "attempt"),
+        ("/runner/renew", renew, "attempt"),
+        ("/runner/still-held", renew, "attempt"),
+        ("/runner/report", {**report, "attempt": number}, "attempt"),
+        ("/runner/report", {**report, "outcome": "failed", "exit_code": number}, "exit_code"),
+        ("/runner/report", {**report, "kind": "late", "exit_code": number}, "exit_code"),
+    ]
+    for path, body, field in requests:
+        assert_problem(await api.post(path, "runner", json=body, headers=PROTOCOL), 422, field)
+    reply = await api.post("/runner/report", "runner", json=report, headers=PROTOCOL)
+    assert reply.status == 200 and reply.json["accepted"], reply.text
+    assert (await api.wait(a["run_id"]))["status"] == "succeeded"
