@@ -1,7 +1,7 @@
 """Well-typed input the OpenAPI document allows in form but a database cannot hold: a time whose
 offset carries it out of the years a datetime holds, integers beyond the database's columns,
-a header digit that is not ASCII. Each is a 4xx problem naming what was wrong, and nothing is
-changed."""
+a header digit that is not ASCII, a NUL in a refused request's path. Each is a 4xx problem
+naming what was wrong, nothing is changed, and the refusal is on the record."""
 
 from __future__ import annotations
 
@@ -105,3 +105,25 @@ async def test_attempt_numbers_and_exit_codes_beyond_the_database_are_422(
     reply = await api.post("/runner/report", "runner", json=report, headers=PROTOCOL)
     assert reply.status == 200 and reply.json["accepted"], reply.text
     assert (await api.wait(a["run_id"]))["status"] == "succeeded"
+
+
+# -- the audit log -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "path", "action"),
+    [
+        ("DELETE", "/environments/st%00ag/lock", "unlock_environment"),
+        ("POST", "/runs/%00/cancel", "cancel_run"),
+        ("POST", "/nowhere%00", "no_such_endpoint"),
+    ],
+)
+async def test_a_request_refused_for_a_nul_in_its_path_is_still_audited(
+    api: Api, method: str, path: str, action: str
+) -> None:
+    """PostgreSQL stores no NUL in text: the entry records the path with U+FFFD in its place
+    instead of being lost."""
+    reply = await api.call(method, path, "deployer", json={})
+    assert 400 <= reply.status < 500
+    assert_problem(reply, reply.status)
+    entries = (await api.get("/audit", "admin")).json["items"]
+    assert [(e["action"], e["outcome"]) for e in entries] == [(action, "rejected")]
+    assert "\ufffd" in entries[0]["target"] and "\x00" not in json.dumps(entries[0])
