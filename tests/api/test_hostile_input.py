@@ -1,6 +1,7 @@
 """Well-typed input the OpenAPI document allows in form but a database cannot hold: a time whose
 offset carries it out of the years a datetime holds, integers beyond the database's columns,
-a header digit that is not ASCII, a NUL in a refused request's path. Each is a 4xx problem
+a header digit that is not ASCII, a NUL in a refused request's path, a cron expression that
+never fires, a time zone name that is a directory of the zone database. Each is a 4xx problem
 naming what was wrong, nothing is changed, and the refusal is on the record."""
 
 from __future__ import annotations
@@ -51,6 +52,23 @@ async def test_a_generic_trigger_with_a_revision_time_out_of_range_is_422(api: A
     reply = await api.call("POST", f"/hooks/{trigger['id']}", None, data=raw, headers=headers)
     assert_problem(reply, 422, "revision_time", "out of range")
     assert await runs_of(api, "web") == []
+
+
+@pytest.mark.parametrize(
+    ("cron", "timezone", "problem"),
+    [
+        ("0 0 30 2 *", "UTC", "never fires"),
+        ("0 0 31 4 *", "UTC", "never fires"),
+        ("0 2 * * *", "Europe", "unknown time zone 'Europe'"),
+        ("0 2 * * *", "America", "unknown time zone 'America'"),
+    ],
+)
+async def test_a_schedule_that_could_never_fire_is_422_and_not_added(
+    lite: Api, cron: str, timezone: str, problem: str
+) -> None:
+    body = {"pipeline": "quick", "cron": cron, "timezone": timezone}
+    assert_problem(await lite.post("/schedules", "deployer", json=body), 422, problem)
+    assert (await lite.get("/schedules")).json["items"] == []
 
 
 # -- the runner protocol -----------------------------------------------------------------------
