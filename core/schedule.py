@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from core.errors import InvalidInput
 
@@ -26,16 +26,20 @@ DEFAULT_GRACE_S = 3600.0
 
 
 def zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; ``InvalidInput`` for anything else, including a name that is a
+    directory of the zone database (``Europe``), which ``ZoneInfo`` answers with ``OSError``."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidInput(
             f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)"
         ) from None
 
 
 def check_cron(expression: str) -> str:
-    """The expression, if it is a valid five-field cron expression; else ``InvalidInput``."""
+    """The expression, if it is a valid five-field cron expression that fires at all; else
+    ``InvalidInput``. One that names no real date (``0 0 30 2 *``) parses, but asking it for its
+    next fire raises, so it is refused here rather than wherever it is next evaluated."""
     fields = expression.split()
     if len(fields) != 5:
         raise InvalidInput(
@@ -46,6 +50,12 @@ def check_cron(expression: str) -> str:
         croniter(expression)
     except (CroniterBadCronError, ValueError, KeyError) as exc:
         raise InvalidInput(f"cron {expression!r} is not valid: {exc}") from None
+    try:
+        croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidInput(
+            f"cron {expression!r} never fires: no month it names has that day (like 30 February)"
+        ) from None
     return " ".join(fields)
 
 

@@ -568,19 +568,21 @@ async def audit_request(
     response: web.StreamResponse,
 ) -> None:
     """Mutating requests that did not become an engine command are audited here, allowed or not
-    (the engine audits its commands itself)."""
-    detail: dict[str, Any] = {"method": request.method, "path": request.path, "status": response.status}
+    (the engine audits its commands itself). The path and the refusal are stored as a database
+    can store them: a request refused for a NUL in its path is still on the record."""
+    path = _storable(request.path)
+    detail: dict[str, Any] = {"method": request.method, "path": path, "status": response.status}
     if response.status < 400 and "Location" in response.headers:  # what the request made
         detail["location"] = response.headers["Location"].removeprefix(PREFIX)
     reason = ""
     if isinstance(response, web.Response) and response.content_type == PROBLEM_TYPE and response.text:
-        reason = str(json.loads(response.text).get("detail", ""))
+        reason = _storable(str(json.loads(response.text).get("detail", "")))
     entry = AuditEntry(
         at=datetime.now(UTC),
         actor=principal.name if principal else "(unauthenticated)",
         channel="rest",
         action=action,
-        target=request.path.removeprefix(PREFIX),
+        target=path.removeprefix(PREFIX),
         outcome="duplicate"
         if "Idempotent-Replayed" in response.headers
         else "accepted"

@@ -21,7 +21,7 @@ from bot.api.common import reply
 from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
-from bot.api.schemas import Strict
+from bot.api.schemas import INT32_MAX, INT32_MIN, Strict
 from bot.api.spec import API
 from core.access import Action
 from core.assignment import Assignment
@@ -101,9 +101,13 @@ class ClaimOut(BaseModel):
     draining: bool = False
 
 
+#: a job attempt's number, as the database stores it (a larger one was never handed out)
+AttemptNo = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
 class Attempt(Strict):
     job_id: str = Field(min_length=1, max_length=90)
-    attempt: int = Field(ge=0)
+    attempt: AttemptNo
 
 
 class HeldIn(Strict):
@@ -150,7 +154,7 @@ class Chunk(Strict):
 class LogIn(Strict):
     runner: str = Field(min_length=1, max_length=200)
     job_id: str = Field(min_length=1, max_length=90)
-    attempt: int = Field(ge=1)
+    attempt: AttemptNo = Field(ge=1)
     #: the output in order
     chunks: list[Chunk] = Field(max_length=10_000)
 
@@ -160,9 +164,10 @@ class ReportIn(Strict):
     kind: Literal["complete", "interrupt", "expire", "late"]
     run_id: str = Field(min_length=1, max_length=64)
     job_id: str = Field(min_length=1, max_length=90)
-    attempt: int = Field(ge=0)
+    attempt: AttemptNo
     outcome: Literal["succeeded", "failed", "timed_out"] = "succeeded"
-    exit_code: int | None = None
+    #: a process's exit status: a 32-bit integer, as the database stores it
+    exit_code: int | None = Field(None, ge=INT32_MIN, le=INT32_MAX)
     outputs: dict[str, str] = Field(default_factory=dict)
     detail: str = Field("", max_length=10_000)
     force: bool = False
@@ -176,7 +181,7 @@ class ReportOut(BaseModel):
 def _runner(call: Call, named: str) -> str:
     """The runner the call acts as: its token's principal, named the same in the body."""
     version = call.request.headers.get(HEADER, "")
-    if not version.isdigit() or int(version) not in PROTOCOLS:
+    if not (version.isascii() and version.isdigit()) or int(version) not in PROTOCOLS:  # (not ²)
         takes = ", ".join(str(v) for v in sorted(PROTOCOLS))
         raise Problem(
             409,

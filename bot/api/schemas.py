@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from core.analysis import Health
 from core.checks import CheckResult, Measurement
@@ -29,8 +29,20 @@ def _iso_text(value: object) -> object:
     return value
 
 
-#: an ISO 8601 date and time with an offset (numbers refused: the document says string)
-IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC, as it is stored: an offset can carry a time at the calendar's edge
+    (0001-01-01T00:00:00+14:00) out of the years a datetime holds, which is refused here
+    instead of failing when the run is written."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range: in UTC it falls outside the years 1 to 9999") from None
+
+
+#: an ISO 8601 date and time with an offset (numbers refused: the document says string), in UTC
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_in_utc)]
+#: an integer the database's INTEGER columns hold (32 bits on PostgreSQL)
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class Strict(BaseModel):

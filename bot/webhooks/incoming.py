@@ -13,7 +13,7 @@ import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from core.definition import PipelineDef, parameter_text
 
@@ -70,14 +70,15 @@ def match_push(definition: PipelineDef, payload: object) -> Push | Ignored:
 
 
 def commit_time(payload: Mapping[str, object]) -> datetime | None:
-    """``head_commit.timestamp`` (ISO 8601 with its offset), for DORA's lead time; anything else
-    is unknown, never guessed."""
+    """``head_commit.timestamp`` (ISO 8601 with its offset), for DORA's lead time, in UTC;
+    anything else is unknown, never guessed (also a time whose offset carries it out of the
+    years a datetime holds, which could not be stored)."""
     head = payload.get("head_commit")
     stamp = head.get("timestamp") if isinstance(head, Mapping) else None
     if not isinstance(stamp, str):
         return None
     try:
         at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
+        return at.astimezone(UTC) if at.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    return at if at.tzinfo is not None else None

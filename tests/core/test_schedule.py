@@ -21,6 +21,8 @@ BERLIN = ZoneInfo("Europe/Berlin")
         ("61 * * * *", "is not valid"),
         ("0 2 * * mon-frii", "is not valid"),
         ("* * * * * *", "must have five fields"),
+        ("0 0 30 2 *", "never fires"),  # (parses; only asking for its next fire raised)
+        ("* * 31 4,6 *", "never fires"),
     ],
 )
 def test_bad_cron_expressions_are_refused_with_what_is_wrong(expression: str, problem: str) -> None:
@@ -31,6 +33,12 @@ def test_bad_cron_expressions_are_refused_with_what_is_wrong(expression: str, pr
 def test_an_unknown_time_zone_is_refused() -> None:
     with pytest.raises(InvalidInput, match="unknown time zone 'Mars/Base'"):
         zone("Mars/Base")
+    with pytest.raises(InvalidInput, match="unknown time zone 'Europe'"):  # (a directory: OSError)
+        zone("Europe")
+
+
+def test_a_cron_that_fires_only_on_29_february_is_taken() -> None:
+    assert check_cron("0 0 29 2 *") == "0 0 29 2 *"
 
 
 def test_a_weekday_schedule_fires_at_local_time() -> None:

@@ -99,6 +99,9 @@ def test_a_push_matches_the_first_rule_naming_its_branch() -> None:
         ({"timestamp": "2026-11-26T20:00:00Z"}, datetime(2026, 11, 26, 20, 0, tzinfo=UTC)),
         ({"timestamp": "2026-11-26T20:00:00"}, None),  # no offset: unknown, not guessed
         ({"timestamp": "yesterday"}, None),
+        # in range as written, out of the years a datetime holds in UTC: unknown, not a 500
+        ({"timestamp": "0001-01-01T00:00:00+14:00"}, None),
+        ({"timestamp": "9999-12-31T23:59:59-14:00"}, None),
         (None, None),
     ],
 )
