@@ -51,3 +51,19 @@ async def test_a_signed_lock_duration_is_refused_not_read_as_part_of_the_reason(
     said = _ephemeral(await bot.say(ALICE, f'lock staging "db migration" for {duration}'))
     assert f"invalid lock duration '{duration}'" in said, said
     assert "No environment is locked" in _ephemeral(await bot.say(ALICE, "locks"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("why prodcution", "Unknown environment `prodcution`. Did you mean `production`?"),
+        ("why production shpo", "Unknown pipeline `shpo`. Did you mean `shop`?"),
+        ("why staging for 2h", "Unknown pipeline `for`."),
+        ("queue prodcution", "Unknown environment `prodcution`. Did you mean `production`?"),
+    ],
+)
+async def test_why_and_queue_name_an_environment_or_pipeline_that_does_not_exist(
+    bot: Bot, text: str, expected: str
+) -> None:
+    """Before, each said all was clear ("Nothing stands in the way", "nothing deploying")."""
+    assert expected in _ephemeral(await bot.say(ALICE, text))
