@@ -316,7 +316,7 @@ def split_for(words: list[str]) -> tuple[list[str], float | None]:
         return words, None
     at = len(lowered) - 1 - lowered[::-1].index("for")
     tail = words[at + 1 :]
-    if not tail or not tail[0][:1].isdigit():
+    if not tail or not tail[0].lstrip("+-")[:1].isdigit():  # (``for -5m`` is a wrong duration)
         return words, None
     return words[:at], lock_duration("".join(tail))
 

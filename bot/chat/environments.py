@@ -12,7 +12,7 @@ from bot.chat import block_kit
 from bot.chat.cards import healths
 from bot.chat.confirm import ask_first
 from bot.chat.health import EMOJI, said
-from bot.chat.parse import Line
+from bot.chat.parse import Line, did_you_mean
 from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who, _usage, verb
 from core.access import Action
 from core.blockers import run_blockers
@@ -37,6 +37,20 @@ async def _environments(backend: ChatBackend) -> list[str]:
     known = await backend.read(backend.reads.environment_names)
     declared = backend.shipyard.settings.environments.path
     return declared + sorted(set(known) - set(declared))
+
+
+async def _known(backend: ChatBackend, env: str, or_else: str = "") -> None:
+    """Refuses an environment nothing declares or deploys to: a typo must not be answered as
+    an environment where nothing waits."""
+    names = await _environments(backend)
+    if env not in names:
+        raise Refusal(did_you_mean("environment", env, names) + or_else)
+
+
+async def _known_pipeline(backend: ChatBackend, name: str) -> None:
+    if await backend.read(backend.reads.pipeline, name) is None:
+        names = [p.name for p in await backend.read(backend.reads.pipelines, None, 200)]
+        raise Refusal(did_you_mean("pipeline", name, names))
 
 
 @verb("envs", "envs", "what runs where, how healthy it is, and what holds each environment")
@@ -84,6 +98,7 @@ async def history(backend: ChatBackend, who: Who, line: Line) -> Reply:
 async def queue(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("queue"))
+    await _known(backend, line.words[0])
     q = await backend.read(backend.shipyard.service.queue, line.words[0])
     head = f"*{q.environment}*: " + (
         f"{q.running[1]} is deploying (since {_at(q.running_since)})" if q.running else "nothing deploying"
@@ -135,6 +150,9 @@ async def why(backend: ChatBackend, who: Who, line: Line) -> Reply:
         if "#" in word:
             raise Refusal(f"No run `{word}`. Name it like `web#42` (see `/deploy runs`).")
     env, pipeline = line.words[0], (line.words[1] if len(line.words) > 1 else None)
+    await _known(backend, env, " Or name a run like `web#42`." if pipeline is None else "")
+    if pipeline is not None:
+        await _known_pipeline(backend, pipeline)
     found = await backend.read(backend.shipyard.service.why, env, pipeline)
     if not found:
         return Reply(

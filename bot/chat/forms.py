@@ -328,6 +328,8 @@ class Question:
         """The question a button carries; ``ValueError``/``KeyError``/``TypeError`` when it is
         not one of ours."""
         asked = json.loads(value)
+        if not isinstance(asked, dict):  # (``null``, a list, a string: JSON, but not a question)
+            raise TypeError(f"a question is a JSON object, not {type(asked).__name__}")
 
         def text(key: str) -> str | None:
             found = asked.get(key)

@@ -4,6 +4,7 @@ words that are almost right."""
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -11,6 +12,9 @@ from core.errors import InvalidInput
 
 #: typographic quotes (phones type them) as the plain ones shlex understands
 SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+#: what no database keeps as text: NUL, and half of a surrogate pair (JSON, as Socket Mode
+#: and interactive payloads carry text, can escape either)
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,7 @@ class Line:
 
 def parse(text: str) -> Line:
     """``run web ref=abc "note=two words"`` → verb ``run``, words ``[web]``, params."""
+    refuse_unstorable(text, "that")
     # Slack sends typographic quotes when people type them on phones
     text = text.translate(SMART_QUOTES)
     try:
@@ -39,6 +44,21 @@ def parse(text: str) -> Line:
         else:
             words.append(token)
     return Line(verb, words, params)
+
+
+def unstorable(text: str) -> str | None:
+    """The first character in ``text`` a database cannot store, said for people; None if none."""
+    found = UNSTORABLE.search(text)
+    if found is None:
+        return None
+    return "a NUL character" if found.group() == "\x00" else "half of an emoji (a lone surrogate)"
+
+
+def refuse_unstorable(text: str, what: str) -> None:
+    """Raises ``InvalidInput`` naming the character when ``text`` holds one a database cannot
+    store, instead of the database failing on it with nobody told."""
+    if (char := unstorable(text)) is not None:
+        raise InvalidInput(f"cannot read {what}: it contains {char}; type it again without")
 
 
 def closest(word: str, choices: list[str]) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from bot.chat import forms
 from bot.chat.confirm import ask_to_confirm, environments_of, guarded_environments, start_run
+from bot.chat.parse import unstorable
 from bot.chat.verbs import ChatBackend, Refusal, Reply, Who
 from core.access import Action
 from core.commands import TriggerRun
@@ -59,6 +60,10 @@ async def submit_trigger_view(backend: ChatBackend, who: Who, view: dict[str, An
     """Start the run the submitted form describes, or ask first (as ``/deploy run`` does), or
     say what is wrong, field by field. ``who.slack_channel``: the form's ``private_metadata``."""
     values = forms.form_values(view)
+    if unreadable := _unreadable(values):
+        return FormOutcome(unreadable)
+    if unstorable(who.slack_channel):  # (the form's private_metadata: not one of ours)
+        return FormOutcome({forms.PIPELINE: "This form is not one of mine; open it again with /deploy"})
     picked = values.get(forms.PIPELINE)
     if picked is None:
         return FormOutcome({forms.PIPELINE: "Pick a pipeline"})
@@ -91,3 +96,10 @@ async def submit_trigger_view(backend: ChatBackend, who: Who, view: dict[str, An
     except ShipyardError as exc:
         return FormOutcome({forms.PIPELINE: exc.message[:150]})
     return FormOutcome()
+
+
+def _unreadable(values: dict[str, str | None]) -> dict[str, str]:
+    """Fields holding a character no database stores, each told which (the database would
+    fail on it, and the form would close with nothing said)."""
+    found = {block: unstorable(value) for block, value in values.items() if value}
+    return {block: f"Type it again without {char}" for block, char in found.items() if char}

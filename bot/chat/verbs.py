@@ -13,13 +13,13 @@ command it then hands over carries the caller's principal (``ChatBackend.decide`
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.backend import Backend, now
 from bot.chat import block_kit, forms
-from bot.chat.parse import Line, did_you_mean, parse
+from bot.chat.parse import Line, did_you_mean, parse, unstorable
 from core.access import Action, Principal
 from core.commands import (
     AbortRollout,
@@ -229,6 +229,10 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     """A button on a run message or gate card. The engine decides; a refusal (your own run,
     not an approver, the gate already decided) is a Reply for the presser alone; None when
     the press went through (the run's message shows the result)."""
+    if _foreign(value) or unstorable(who.slack_channel):
+        return Reply(":warning: That button is not one of mine.")
+    if (char := unstorable(reason)) is not None:
+        return Reply(f":warning: Cannot read the reason: it contains {char}; type it again without.")
     if action_id in BUTTONS:
         try:
             return await BUTTONS[action_id](backend, who, value)
@@ -298,11 +302,36 @@ RUN_BUTTONS: dict[str, Callable[[str, Actor, str], Command]] = {
 def _run_ref(value: str) -> tuple[str, str] | None:
     """The run id and gate id ("" for none) a run or gate button carries; None when the value
     is not one of ours."""
+    if _foreign(value):
+        return None
     try:
         ref = json.loads(value)
         return str(ref["run"]), str(ref.get("gate", ""))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _foreign(value: str) -> bool:
+    """A value no button of ours carries: one holding a character no database stores, as it
+    is or escaped in the JSON it holds (the database would fail on it, with nobody told)."""
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        decoded = value
+    return unstorable(value) is not None or any(unstorable(s) for s in _strings(decoded))
+
+
+def _strings(data: object) -> Iterator[str]:
+    """Every string in decoded JSON, keys included."""
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for key, item in data.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(data, list):
+        for item in data:
+            yield from _strings(item)
 
 
 def _warning(exc: Refusal | ShipyardError) -> Reply:
@@ -328,10 +357,11 @@ def _decided(state: RunState, gate: str) -> Reply | None:
 
 
 async def already_decided(backend: ChatBackend, value: str) -> Reply | None:
-    """For a gate card's button: the gate's outcome if it was decided meanwhile, else None."""
+    """For a gate card's button, before it asks for a reason: the gate's outcome if it was
+    decided meanwhile, or that the button is not one of ours; else None."""
     ref = _run_ref(value)
     if ref is None:
-        return None
+        return Reply(":warning: That button is not one of mine.")
     run_id, gate = ref
     state = await backend.read(backend.reads.run, run_id, quick=True)
     return _decided(state, gate) if state is not None else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
@@ -134,6 +135,7 @@ def build_bolt(settings: Settings, backend: ChatBackend, work: Backlog) -> Async
     _listen_to_reject(app, backend, client)
     _listen_to_abort(app, backend, client)
     _listen_to_home(app, backend, client)
+    _listen_to_strangers(app, work)  # (last: Bolt answers with the first listener that matches)
     return app
 
 
@@ -217,7 +219,7 @@ def _listen_to_reject(app: AsyncApp, backend: ChatBackend, client: AsyncWebClien
     @app.action(block_kit.REJECT)
     async def on_reject(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        value = body["actions"][0]["value"]
+        value = body["actions"][0].get("value", "")
         # a gate decided meanwhile: say so at once instead of asking for a reason first
         try:
             decided = await already_decided(backend, value)
@@ -252,7 +254,9 @@ def _listen_to_abort(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient
     @app.action(block_kit.ABORT)
     async def on_abort(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        await client.views_open(trigger_id=body["trigger_id"], view=_abort_form(body["actions"][0]["value"]))
+        await client.views_open(
+            trigger_id=body["trigger_id"], view=_abort_form(body["actions"][0].get("value", ""))
+        )
 
     @app.view(ABORT_FORM)
     async def on_abort_form(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -289,6 +293,19 @@ def _listen_to_home(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient)
                 await publish_home(backend, client, event["user"])
             except DatabaseUnreachable:  # (said once by the engine's health): the next opening
                 log.debug("App Home of %s not published: the database is unreachable", event["user"])
+
+
+def _listen_to_strangers(app: AsyncApp, work: Backlog) -> None:
+    """A button none of the listeners above knows (a message from an older Shipyard, a forged
+    press): Bolt would answer ``404`` and the person would see a bare error on the button."""
+
+    @app.action(re.compile(".*"))
+    async def on_unknown(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        action_id = body["actions"][0].get("action_id", "")
+        log.info("a press of a button Shipyard does not know: %r", action_id)
+        if body.get("response_url"):  # (a press in a modal or App Home has none to answer through)
+            work.add(_respond(respond, Reply(":warning: That button is not one of mine any more.")))
 
 
 async def _respond(respond: AsyncRespond, reply: Reply) -> None:
