@@ -71,6 +71,15 @@ class Reads:
             rows = tx.conn.execute(query).mappings().all()
             return [info for r in rows if (info := self._info(tx.conn, r)) is not None]
 
+    def pipeline_names(self, archived: bool = False) -> list[str]:
+        """Every pipeline's name, in order (``archived``: the archived ones too): what a typo is
+        matched against, however many there are."""
+        query = sa.select(PIPELINE.c.name).order_by(PIPELINE.c.name)
+        if not archived:
+            query = query.where(PIPELINE.c.archived.is_(False))
+        with self.store.reading() as tx:
+            return list(tx.conn.execute(query).scalars())
+
     def pipeline(self, name: str) -> PipelineInfo | None:
         with self.store.reading() as tx:
             row = tx.conn.execute(sa.select(PIPELINE).where(PIPELINE.c.name == name)).mappings().first()

@@ -47,12 +47,6 @@ async def _known(backend: ChatBackend, env: str, or_else: str = "") -> None:
         raise Refusal(did_you_mean("environment", env, names) + or_else)
 
 
-async def _known_pipeline(backend: ChatBackend, name: str) -> None:
-    if await backend.read(backend.reads.pipeline, name) is None:
-        names = [p.name for p in await backend.read(backend.reads.pipelines, None, 200)]
-        raise Refusal(did_you_mean("pipeline", name, names))
-
-
 @verb("envs", "envs", "what runs where, how healthy it is, and what holds each environment")
 async def envs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     names = await _environments(backend)
@@ -152,7 +146,7 @@ async def why(backend: ChatBackend, who: Who, line: Line) -> Reply:
     env, pipeline = line.words[0], (line.words[1] if len(line.words) > 1 else None)
     await _known(backend, env, " Or name a run like `web#42`." if pipeline is None else "")
     if pipeline is not None:
-        await _known_pipeline(backend, pipeline)
+        await backend.pipeline(pipeline)  # (an archived one: it would start nothing)
     found = await backend.read(backend.shipyard.service.why, env, pipeline)
     if not found:
         return Reply(

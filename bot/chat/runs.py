@@ -40,9 +40,7 @@ async def list_runs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     pipeline = line.words[0] if line.words else None
     states = await backend.read(backend.reads.runs, RunFilter(pipeline=pipeline), None, 10)
     if not states and pipeline is not None:
-        names = [p.name for p in await backend.read(backend.reads.pipelines, None, 200, True)]
-        if pipeline not in names:
-            raise Refusal(did_you_mean("pipeline", pipeline, names))
+        await backend.pipeline(pipeline, archived=True)
     if not states:
         return Reply("No runs yet." if pipeline is None else f"No runs of `{pipeline}` yet.")
     rows = [
@@ -73,9 +71,7 @@ async def run(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("run"))
     pipeline = line.words[0]
-    found = {p.name: p for p in await backend.read(backend.reads.pipelines, None, 200)}
-    if pipeline not in found:
-        raise Refusal(did_you_mean("pipeline", pipeline, list(found)))
+    info = await backend.pipeline(pipeline)
     words = line.words[1:]
     glass = None
     if "--break-glass" in words:
@@ -86,7 +82,7 @@ async def run(backend: ChatBackend, who: Who, line: Line) -> Reply:
         del words[at : at + 2]
     if words:
         raise Refusal(f"Parameters look like `key=value`; what is `{words[0]}`? {_usage('run')}")
-    latest = found[pipeline].latest
+    latest = info.latest
     declared = {p.name for p in latest.definition.parameters}
     # `revision=` and `branch=` are the run's own, unless the pipeline has parameters so named
     revision = None if "revision" in declared else line.params.pop("revision", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bot.backend import now
 from bot.chat import block_kit
-from bot.chat.parse import Line, did_you_mean
+from bot.chat.parse import Line
 from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _usage, verb
 from core import schedule as timing
 from core.access import Action, Role
@@ -26,9 +26,7 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
             'Put the cron expression in quotes: `/deploy schedule web "0 2 * * 1-5" tz=Europe/Berlin`'
         )
     pipeline, expression = line.words
-    names = [p.name for p in await backend.read(backend.reads.pipelines, None, 200)]
-    if pipeline not in names:
-        raise Refusal(did_you_mean("pipeline", pipeline, names))
+    await backend.pipeline(pipeline)
     tz = line.params.pop("tz", "UTC")
     expression = timing.check_cron(expression)
     timing.zone(tz)

@@ -40,6 +40,7 @@ from core.engine import Decision
 from core.errors import ShipyardError
 from core.model import Actor, Channel, RunState
 from core.states import GateStatus
+from storage.reads import PipelineInfo
 from storage.slack import SlackState
 
 
@@ -116,6 +117,17 @@ class ChatBackend(Backend):
         if self.on_run_started is not None:
             await self.on_run_started(decision.state.run.id)
         return decision.state
+
+    async def pipeline(self, name: str, *, archived: bool = False) -> PipelineInfo:
+        """The pipeline ``name`` (``archived``: an archived one too), or ``Refusal`` naming the
+        closest of all the pipelines there are."""
+        info = await self.read(self.reads.pipeline, name)
+        if info is not None and info.archived and not archived:
+            raise Refusal(f"Pipeline `{name}` is archived: it starts no runs.")
+        if info is None:
+            names = await self.read(self.reads.pipeline_names, archived)
+            raise Refusal(did_you_mean("pipeline", name, names))
+        return info
 
     async def find(self, ref: str) -> RunState:
         state = await self.read(self.reads.run, ref, quick=True)

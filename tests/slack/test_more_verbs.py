@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from core.access import Role
-from tests.pipelines import SHOP, one_job
+from tests.pipelines import SHOP, one_build, one_job
 from tests.slack.harness import ALICE, BOB, CAROL, CHANNEL, ROOT, Bot, StartBot, run_named, until
 
 #: Alice deploys, Bob approves, Root administers; Carol holds nothing
@@ -179,3 +179,17 @@ async def test_ack_settles_a_break_glass_review_by_someone_else(bot: Bot) -> Non
     assert done == f":white_check_mark: <@{BOB}> acknowledged the break-glass review of *shop#1*."
     again = _ephemeral(await bot.say(BOB, "ack shop#1"))
     assert f"already acknowledged by {BOB}" in again
+
+
+async def test_every_pipeline_is_known_to_the_verbs_however_many_there_are(start_bot: StartBot) -> None:
+    """Verbs that take a pipeline look it up by name: the 205th of 205 runs and is suggested
+    for a typo; an archived one is said to be archived, not unknown."""
+    names = [f"p{n:03}" for n in range(205)]
+    bot = await start_bot({name: one_build(name) for name in names}, {ALICE: [Role.DEPLOYER]})
+    assert "Started *p204#1*" in (await bot.say(ALICE, "run p204"))["text"]
+    assert "Did you mean `p204`?" in (await bot.say(ALICE, "run p2044"))["text"]
+    assert "p204#1" in (await bot.say(ALICE, "runs p204"))["text"]
+    assert "Scheduled" in (await bot.say(ALICE, 'schedule p204 "0 2 * * *"'))["text"]
+    await bot.shipyard.orchestrator.db(bot.shipyard.service.set_archived, "p204", True)
+    assert "`p204` is archived" in (await bot.say(ALICE, "run p204"))["text"]
+    assert "p204#1" in (await bot.say(ALICE, "runs p204"))["text"]  # (its runs stay readable)
