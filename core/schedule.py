@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from core.errors import InvalidInput
 
@@ -35,7 +35,9 @@ def zone(name: str) -> ZoneInfo:
 
 
 def check_cron(expression: str) -> str:
-    """The expression, if it is a valid five-field cron expression; else ``InvalidInput``."""
+    """The expression, if it is a valid five-field cron expression that fires at all; else
+    ``InvalidInput``. One naming a day no month has (30 February) parses, but finding its next
+    fire raises: refused here, it cannot reach the clock."""
     fields = expression.split()
     if len(fields) != 5:
         raise InvalidInput(
@@ -43,7 +45,11 @@ def check_cron(expression: str) -> str:
             '(e.g. "0 2 * * 1-5" for 02:00 on weekdays)'
         )
     try:
-        croniter(expression)
+        croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidInput(
+            f"cron {expression!r} never fires: no month has that day (e.g. 30 February)"
+        ) from None
     except (CroniterBadCronError, ValueError, KeyError) as exc:
         raise InvalidInput(f"cron {expression!r} is not valid: {exc}") from None
     return " ".join(fields)

@@ -62,6 +62,24 @@ def test_validate_names_file_line_field_and_problem(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_validate_refuses_a_schedule_that_never_fires(tmp_path: Path) -> None:
+    """Accepted, it would reach the clock, whose sync of pipeline files raised on it."""
+    bad = write(
+        tmp_path / "nightly.yml",
+        """
+        name: nightly
+        triggers:
+          - schedule: {cron: "0 0 30 2 *", timezone: America/New_York}
+        stages:
+          - name: s
+            jobs: [{name: j, run: "true"}]
+    """,
+    )
+    result = shipyard("validate", str(bad), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{bad}:4: triggers[0].schedule.cron: cron '0 0 30 2 *' never fires" in result.stderr
+
+
 def test_run_shows_progress_and_exits_with_the_result(tmp_path: Path) -> None:
     ok = write(tmp_path / "ok.yml", one_job("ok", '"echo hello there"', stage="greet", job="hello"))
     result = shipyard("run", str(ok), cwd=tmp_path)

@@ -21,11 +21,18 @@ BERLIN = ZoneInfo("Europe/Berlin")
         ("61 * * * *", "is not valid"),
         ("0 2 * * mon-frii", "is not valid"),
         ("* * * * * *", "must have five fields"),
+        ("0 0 30 2 *", "never fires"),
+        ("0 0 31 2 *", "never fires"),
+        ("0 0 31 4,6,9,11 *", "never fires"),
     ],
 )
 def test_bad_cron_expressions_are_refused_with_what_is_wrong(expression: str, problem: str) -> None:
     with pytest.raises(InvalidInput, match=problem):
         check_cron(expression)
+
+
+def test_a_day_that_exists_only_in_leap_years_is_accepted() -> None:
+    assert next_fire(check_cron("0 0 29 2 *"), "UTC", datetime(2026, 1, 1, tzinfo=UTC)).year == 2028
 
 
 def test_an_unknown_time_zone_is_refused() -> None:
