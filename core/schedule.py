@@ -23,6 +23,8 @@ from core.errors import InvalidInput
 
 #: a missed fire still runs if the service comes back within this long after it was due
 DEFAULT_GRACE_S = 3600.0
+#: missed occurrences listed (and audited) per schedule after a downtime, at most
+MAX_MISSED = 10_000
 
 
 def zone(name: str) -> ZoneInfo:
@@ -135,14 +137,15 @@ class Due:
 def due(expression: str, tz: str, next_at: datetime, now: datetime, grace_s: float) -> Due:
     """Given a schedule's stored next fire time (``next_at`` ≤ ``now``): the newest occurrence
     up to now runs if it is within the grace period; every other one is skipped. A backlog of
-    missed fires never runs."""
+    missed fires never runs. After a downtime longer than ``MAX_MISSED`` occurrences only the
+    first are listed, and the newest is found from ``now`` (not taken to be the last listed)."""
     occurrences = [next_at]
-    while len(occurrences) < 10_000:
-        following = next_fire(expression, tz, occurrences[-1])
-        if following > now:
-            break
+    following = next_fire(expression, tz, next_at)
+    while following <= now and len(occurrences) < MAX_MISSED:
         occurrences.append(following)
-    else:
+        following = next_fire(expression, tz, following)
+    if following <= now:  # more missed than are listed
+        occurrences.append(previous_fire(expression, tz, now))
         following = next_fire(expression, tz, now)
     latest = occurrences[-1]
     if (now - latest).total_seconds() <= grace_s:
