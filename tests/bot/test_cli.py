@@ -171,6 +171,18 @@ def test_an_unusable_database_is_one_clear_line(tmp_path: Path, url: str) -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_a_database_server_that_never_answers_is_one_clear_line_not_a_hang(tmp_path: Path) -> None:
+    """It accepts the connection (the kernel does, for a listening socket) and then says nothing."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/x"
+        result = shipyard("status", cwd=tmp_path, env={"SHIPYARD_DATABASE_URL": url}, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("shipyard: the database is not usable: connection timeout expired")
+    assert "Traceback" not in result.stderr
+
+
 SLACK_OFF = (
     "Slack is off: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (HTTP) or SLACK_APP_TOKEN "
     "(Socket Mode) to turn it on; `shipyard console` speaks the same commands"
