@@ -66,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # left to flush at exit either (Python would print a second error then)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a port in use, no usable temporary directory: one line, no traceback
+        print(f"shipyard: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 #: how a command ends whose output nobody reads any more (128 + SIGPIPE, as a shell reports it)
@@ -148,11 +151,13 @@ def _trigger_args(s: argparse.ArgumentParser) -> None:
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
+    """``-p NAME=VALUE`` pairs; a malformed one is a usage error (exit 2), as argparse's are."""
     params = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise SystemExit(f"shipyard: parameter {pair!r} must look like NAME=VALUE")
+            print(f"shipyard: parameter {pair!r} must look like NAME=VALUE", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
         params[name] = value
     return params
 
@@ -165,6 +170,18 @@ def _setup_logging(settings: Settings) -> None:
     logs.setup(settings.log_level, settings.log_format)
 
 
+def _check_work_dir(settings: Settings) -> None:
+    """The work directory can be made and written to: said once, by its setting's name, before
+    the service starts, instead of a traceback from whichever part of it gets there first."""
+    path = settings.work_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"SHIPYARD_WORK_DIR: cannot use {path}: {exc.strerror or exc}") from None
+
+
 # -- serve / validate / migrate ------------------------------------------------------------
 
 
@@ -174,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bot.app import create_app
 
     settings = load_settings(host=args.host, port=args.port)
+    _check_work_dir(settings)
     _setup_logging(settings)
     app = create_app(settings)
     web.run_app(
@@ -244,6 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.database_url:
             overrides["work_dir"] = Path(tmp) / "work"
         settings = load_settings(**overrides)
+        _check_work_dir(settings)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("core.runtime.catalog").setLevel(logging.ERROR)  # printed below, once
         # on a throwaway database nobody else is there to approve: gates are cleared by a

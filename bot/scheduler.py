@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,6 +78,7 @@ class ScheduleLoop:
         #: nothing is due before this (the next stored fire time, or a re-read): beats until
         #: then read nothing, so an idle clock costs nothing but its ticks
         self._quiet_until: datetime | None = None
+        self._syncing: asyncio.Task[None] | None = None
 
     def poke(self) -> None:
         """A schedule was added here: the clock beats at once and reads the table again."""
@@ -102,7 +103,7 @@ class ScheduleLoop:
         # the first still busy with a burst and returns: no skipped-tick warnings.)
         first = now().replace(microsecond=0) + timedelta(seconds=1)
         self.scheduler.add_job(
-            self._beat,
+            self._start_beat,
             "interval",
             seconds=1,
             start_date=first,
@@ -110,8 +111,25 @@ class ScheduleLoop:
             coalesce=True,
             id="tick",
         )
-        self.scheduler.add_job(self._sync, "interval", seconds=SYNC_EVERY_S, max_instances=1, id="sync")
+        self.scheduler.add_job(self._start_sync, "interval", seconds=SYNC_EVERY_S, id="sync")
         self.scheduler.start()
+
+    # APScheduler's asyncio executor cancels the jobs still running when it shuts down: a beat
+    # cut short there is logged as a failed job and loses what it claimed (no report, no metric).
+    # So the jobs only start the work, as tasks of this loop's own that ``stop`` waits for.
+    async def _start_beat(self) -> None:
+        if self._beating is None:  # (the beat sets it at once: a second start returns)
+            self._spawn(self._beat(), "shipyard-schedule-beat")
+
+    async def _start_sync(self) -> None:
+        if self._syncing is None or self._syncing.done():  # (one at a time)
+            self._syncing = self._spawn(self._sync(), "shipyard-schedule-sync")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._busy.add(task)
+        task.add_done_callback(self._busy.discard)
+        return task
 
     async def stop(self) -> None:
         """Stop ticking; a beat under way finishes, and the runs of the occurrences it claimed
@@ -281,10 +299,6 @@ class ScheduleLoop:
         return fired
 
     async def _sync(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:  # (a stop waits for it, as for a beat)
-            self._busy.add(task)
-            task.add_done_callback(self._busy.discard)
         try:
             await self.sync_files()
         except DatabaseUnreachable as exc:  # (said once by the engine's health): the next sync

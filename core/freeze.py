@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from croniter import CroniterBadDateError
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from core.definition import _Strict
@@ -74,13 +73,9 @@ class Freeze(_Strict):
         if value is None:
             return None
         try:
-            expression = check_cron(value)
-            next_fire(expression, "UTC", datetime(2000, 1, 1, tzinfo=UTC))
+            return check_cron(value)
         except ShipyardError as exc:
             raise ValueError(exc.message) from None
-        except CroniterBadDateError:
-            raise ValueError(f"cron {value!r} never fires (no such date)") from None
-        return expression
 
     @field_validator("timezone")
     @classmethod

@@ -23,6 +23,8 @@ from core.errors import InvalidInput
 
 #: a missed fire still runs if the service comes back within this long after it was due
 DEFAULT_GRACE_S = 3600.0
+#: missed occurrences listed (and audited) per schedule after a downtime, at most
+MAX_MISSED = 10_000
 
 
 def zone(name: str) -> ZoneInfo:
@@ -38,8 +40,8 @@ def zone(name: str) -> ZoneInfo:
 
 def check_cron(expression: str) -> str:
     """The expression, if it is a valid five-field cron expression that fires at all; else
-    ``InvalidInput``. One that names no real date (``0 0 30 2 *``) parses, but asking it for its
-    next fire raises, so it is refused here rather than wherever it is next evaluated."""
+    ``InvalidInput``. One naming a day no month has (30 February) parses, but finding its next
+    fire raises: refused here, it cannot reach the clock."""
     fields = expression.split()
     if len(fields) != 5:
         raise InvalidInput(
@@ -47,15 +49,13 @@ def check_cron(expression: str) -> str:
             '(e.g. "0 2 * * 1-5" for 02:00 on weekdays)'
         )
     try:
-        croniter(expression)
-    except (CroniterBadCronError, ValueError, KeyError) as exc:
-        raise InvalidInput(f"cron {expression!r} is not valid: {exc}") from None
-    try:
         croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
     except CroniterBadDateError:
         raise InvalidInput(
-            f"cron {expression!r} never fires: no month it names has that day (like 30 February)"
+            f"cron {expression!r} never fires: no month has that day (e.g. 30 February)"
         ) from None
+    except (CroniterBadCronError, ValueError, KeyError) as exc:
+        raise InvalidInput(f"cron {expression!r} is not valid: {exc}") from None
     return " ".join(fields)
 
 
@@ -139,14 +139,15 @@ class Due:
 def due(expression: str, tz: str, next_at: datetime, now: datetime, grace_s: float) -> Due:
     """Given a schedule's stored next fire time (``next_at`` ≤ ``now``): the newest occurrence
     up to now runs if it is within the grace period; every other one is skipped. A backlog of
-    missed fires never runs."""
+    missed fires never runs. After a downtime longer than ``MAX_MISSED`` occurrences only the
+    first are listed, and the newest is found from ``now`` (not taken to be the last listed)."""
     occurrences = [next_at]
-    while len(occurrences) < 10_000:
-        following = next_fire(expression, tz, occurrences[-1])
-        if following > now:
-            break
+    following = next_fire(expression, tz, next_at)
+    while following <= now and len(occurrences) < MAX_MISSED:
         occurrences.append(following)
-    else:
+        following = next_fire(expression, tz, following)
+    if following <= now:  # more missed than are listed
+        occurrences.append(previous_fire(expression, tz, now))
         following = next_fire(expression, tz, now)
     latest = occurrences[-1]
     if (now - latest).total_seconds() <= grace_s:

@@ -17,6 +17,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 BUSY_TIMEOUT_MS = 30_000
+#: how long connecting to PostgreSQL may take, unless the URL says (``?connect_timeout=``): a
+#: server that accepts the connection but never answers would otherwise hang the caller forever
+CONNECT_TIMEOUT_S = 5
 #: PostgreSQL shutting down or not yet taking connections (class 08, connection exceptions, too)
 GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 #: SQLite failing on the database file itself rather than on a statement (lowercase prefixes)
@@ -46,7 +49,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     # no pre-ping (a round trip per transaction): a dropped connection surfaces as a retryable
     # error instead, and connections are recycled before server-side idle timeouts
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=2, pool_recycle=1800)
+    timeout = {} if "connect_timeout" in sa.make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=2, pool_recycle=1800, connect_args=timeout)
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -231,3 +231,9 @@ async def test_a_schedule_added_over_rest_wakes_a_resting_clock(
         await asyncio.sleep(0.05)
     run = await api.run("web#1")
     assert run["triggered_by"] == {"principal": "deployer", "channel": "schedule"}
+
+
+async def test_a_cron_expression_that_never_fires_is_refused_not_an_internal_error(lite: Api) -> None:
+    made = await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "0 0 30 2 *"})
+    assert_problem(made, 422, "never fires")
+    assert (await lite.get("/schedules")).json["items"] == []

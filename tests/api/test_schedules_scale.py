@@ -6,6 +6,7 @@ their next fire time when they are synced again. Fire times are given (no real m
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -332,3 +333,26 @@ async def test_a_schedule_added_here_wakes_a_resting_clock(
     finally:
         await ticking.stop()
     assert [key for key, _ in clock.scheduled_runs()] == [added.idempotency_key(due)]
+
+
+async def test_a_stop_lets_the_beat_under_way_finish_instead_of_cutting_it_short(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """APScheduler's executor cancels the jobs it is running when it shuts down: a beat that was
+    its job ended half-way, logged as a failed job, and what it claimed went unreported."""
+    ticking = clock.schedule_loop()
+    entered, finished = asyncio.Event(), []
+
+    async def slow_claim(at: datetime | None) -> list[object]:
+        entered.set()
+        await asyncio.sleep(0.2)  # (a burst being claimed)
+        finished.append(at)
+        return []
+
+    monkeypatch.setattr(ticking, "_claim_due", slow_claim, raising=True)
+    await ticking.start()
+    ticking.poke()  # beat now
+    await asyncio.wait_for(entered.wait(), 5)
+    await ticking.stop()
+    assert finished == [None]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

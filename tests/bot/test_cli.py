@@ -62,6 +62,24 @@ def test_validate_names_file_line_field_and_problem(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_validate_refuses_a_schedule_that_never_fires(tmp_path: Path) -> None:
+    """Accepted, it would reach the clock, whose sync of pipeline files raised on it."""
+    bad = write(
+        tmp_path / "nightly.yml",
+        """
+        name: nightly
+        triggers:
+          - schedule: {cron: "0 0 30 2 *", timezone: America/New_York}
+        stages:
+          - name: s
+            jobs: [{name: j, run: "true"}]
+    """,
+    )
+    result = shipyard("validate", str(bad), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{bad}:4: triggers[0].schedule.cron: cron '0 0 30 2 *' never fires" in result.stderr
+
+
 def test_run_shows_progress_and_exits_with_the_result(tmp_path: Path) -> None:
     ok = write(tmp_path / "ok.yml", one_job("ok", '"echo hello there"', stage="greet", job="hello"))
     result = shipyard("run", str(ok), cwd=tmp_path)
@@ -92,6 +110,19 @@ def test_run_refuses_bad_parameters_with_a_clear_message(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "ref='not-a-sha' does not match" in result.stderr
     assert "unknown parameter 'colour' (web takes: dry_run, ref)" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "trigger"])
+@pytest.mark.parametrize("pair", ["ref", "=abc1234"])
+def test_a_parameter_without_a_name_and_value_is_a_usage_error(
+    tmp_path: Path, command: str, pair: str
+) -> None:
+    env = {"SHIPYARD_PIPELINES_DIR": str(ROOT / "examples" / "pipelines")}
+    result = shipyard(command, "web", "-p", pair, cwd=tmp_path, env=env)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"shipyard: parameter {pair!r} must look like NAME=VALUE\n",
+    )
 
 
 def test_run_without_a_terminal_does_not_approve_gates_unless_told(tmp_path: Path) -> None:
@@ -151,6 +182,50 @@ def test_an_unusable_database_is_one_clear_line(tmp_path: Path, url: str) -> Non
     assert result.returncode == 2
     assert result.stderr.startswith("shipyard: the database is not usable: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_database_server_that_never_answers_is_one_clear_line_not_a_hang(tmp_path: Path) -> None:
+    """It accepts the connection (the kernel does, for a listening socket) and then says nothing."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/x"
+        result = shipyard("status", cwd=tmp_path, env={"SHIPYARD_DATABASE_URL": url}, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("shipyard: the database is not usable: connection timeout expired")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["run", "quick", "--database-url", "DB"]])
+def test_a_work_dir_that_cannot_be_made_is_named_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = cli_environment(
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+        pipelines_dir=write_pipelines(tmp_path, {"quick": one_job("quick")}),
+        work_dir=tmp_path / "a-file" / "work",
+    )
+    args = [f"sqlite:///{tmp_path}/db.sqlite" if a == "DB" else a for a in command]
+    result = shipyard(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"shipyard: SHIPYARD_WORK_DIR: cannot use {tmp_path}/a-file/work: Not a directory\n"
+    )
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = cli_environment(
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+        pipelines_dir=write_pipelines(tmp_path, {}),
+        work_dir=tmp_path / "work",
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = shipyard("serve", "--host", "127.0.0.1", "--port", port, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("address already in use")
 
 
 SLACK_OFF = (

@@ -22,12 +22,17 @@ BERLIN = ZoneInfo("Europe/Berlin")
         ("0 2 * * mon-frii", "is not valid"),
         ("* * * * * *", "must have five fields"),
         ("0 0 30 2 *", "never fires"),  # (parses; only asking for its next fire raised)
-        ("* * 31 4,6 *", "never fires"),
+        ("0 0 31 2 *", "never fires"),
+        ("* * 31 4,6,9,11 *", "never fires"),
     ],
 )
 def test_bad_cron_expressions_are_refused_with_what_is_wrong(expression: str, problem: str) -> None:
     with pytest.raises(InvalidInput, match=problem):
         check_cron(expression)
+
+
+def test_a_day_that_exists_only_in_leap_years_is_accepted() -> None:
+    assert next_fire(check_cron("0 0 29 2 *"), "UTC", datetime(2026, 1, 1, tzinfo=UTC)).year == 2028
 
 
 def test_an_unknown_time_zone_is_refused() -> None:
@@ -87,3 +92,15 @@ def test_a_fire_on_time_has_nothing_missed() -> None:
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     plan = due("*/5 * * * *", "UTC", due_at, due_at + timedelta(seconds=1), grace_s=3600)
     assert (plan.fire_at, plan.missed, plan.next_fire) == (due_at, (), due_at + timedelta(minutes=5))
+
+
+def test_after_a_downtime_longer_than_the_missed_list_the_newest_fire_still_runs() -> None:
+    """A minutely schedule down for eight days misses more fires than are listed: the one due
+    a minute ago is still within grace and runs, and the next fire is after now."""
+    due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    now = due_at + timedelta(days=8, seconds=30)
+    plan = due("* * * * *", "UTC", due_at, now, grace_s=3600)
+    assert plan.fire_at == datetime(2026, 1, 9, 0, 0, tzinfo=UTC)
+    assert plan.next_fire == datetime(2026, 1, 9, 0, 1, tzinfo=UTC)
+    assert plan.missed[0] == due_at and plan.fire_at not in plan.missed
+    assert len(plan.missed) == len(set(plan.missed))
