@@ -210,7 +210,9 @@ class ScheduleLoop:
         return claimed
 
     async def _claim(self, due: Sequence[Schedule], at: datetime) -> list[_Claimed]:
-        entries = [_Claimed(s, p) for s, p in _plans(due, at)]
+        # (off the event loop: after a long downtime a minutely schedule has thousands of
+        # missed fires to work out, most of a second of CPU, and Slack must still be answered)
+        entries = [_Claimed(s, p) for s, p in await asyncio.to_thread(_plans, due, at)]
         await self.backend.read(self._judge, entries)
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
