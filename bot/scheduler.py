@@ -308,14 +308,16 @@ class ScheduleLoop:
 
     async def sync_files(self) -> None:
         """Store the schedules pipeline files declare (new ones start from now; see
-        ``ScheduleStore.sync_file``). Only pipelines whose declarations changed are written."""
+        ``ScheduleStore.sync_file``). Only pipelines whose declarations changed are written. An
+        archived pipeline declares none (it starts no runs): its come back, from then on, when
+        it is restored."""
         reads = self.backend.reads
         at = now()
         stored = await self.backend.read(self.schedule_store.file_schedule_ids)
-        for info in await self.backend.read(reads.pipelines, None, 10_000, False):
+        for info in await self.backend.read(reads.pipelines, None, 10_000, True):
             have = stored.get(info.name, set())
             wanted = []
-            for trigger in info.latest.definition.triggers:
+            for trigger in [] if info.archived else info.latest.definition.triggers:
                 spec = trigger.schedule
                 params = parameter_text(spec.parameters)
                 wanted.append(

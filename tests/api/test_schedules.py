@@ -203,6 +203,13 @@ async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api)
     assert_problem(await lite.call("DELETE", f"/schedules/{declared['id']}", "admin"), 409, "edit the file")
     await clock.sync_files()  # unchanged: the same schedule, not a new one
     assert [s["id"] for s in (await lite.get("/schedules")).json["items"]] == [declared["id"]]
+    # archived, it starts no runs: its schedules go, and come back once it is restored
+    assert (await lite.call("DELETE", "/pipelines/nightly", "admin")).status == 200
+    await clock.sync_files()
+    assert (await lite.get("/schedules")).json["items"] == []
+    assert (await lite.post("/pipelines", "admin", data=text, headers=yaml)).status == 201  # (restored)
+    await clock.sync_files()
+    assert [s["id"] for s in (await lite.get("/schedules")).json["items"]] == [declared["id"]]
     without = text.replace(trigger, "")
     assert (await lite.call("PUT", "/pipelines/nightly", "admin", data=without, headers=yaml)).status == 200
     await clock.sync_files()
