@@ -75,7 +75,10 @@ async def lock(backend: ChatBackend, who: Who, line: Line) -> Reply:
 async def unlock(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if len(line.words) != 1:
         raise Refusal(f"Usage: `/deploy {VERBS['unlock'].usage}`")
-    return await _release(backend, who, line.words[0])
+    env = line.words[0]
+    if await backend.read(_locks(backend).current, env, now()) is None:  # (a typo: not "not locked")
+        await _known(backend, env)
+    return await _release(backend, who, env)
 
 
 async def _release(backend: ChatBackend, who: Who, env: str) -> Reply:

@@ -75,6 +75,8 @@ async def test_lock_unlock_and_locks_in_the_channel(bot: Bot) -> None:
     assert f"locked by <@{ALICE}>" in not_yours["text"]
     assert "deployer" in (await bot.say(CAROL, 'lock staging "x"'))["text"]  # no role, no lock
     assert "Did you mean `production`?" in (await bot.say(ALICE, 'lock prodution "x"'))["text"]
+    assert "Did you mean `production`?" in (await bot.say(ALICE, "unlock prodution"))["text"]
+    assert "staging is not locked" in (await bot.say(ALICE, "unlock staging"))["text"]
     assert "Say which environment and why" in (await bot.say(BOB, "lock staging"))["text"]
     assert "give '2' a unit" in (await bot.say(BOB, 'lock staging "load test" for 2'))["text"]
     assert current(bot, "staging") is None
@@ -95,6 +97,7 @@ async def test_lock_unlock_and_locks_in_the_channel(bot: Bot) -> None:
         ("lock_environment", ALICE, "accepted"),
         ("lock_environment", BOB, "rejected"),
         ("unlock_environment", BOB, "rejected"),
+        ("unlock_environment", ALICE, "rejected"),  # (staging was not locked; the typo is no entry)
         ("unlock_environment", ALICE, "accepted"),
         ("lock_environment", BOB, "accepted"),
         ("unlock_environment", ROOT, "accepted"),
