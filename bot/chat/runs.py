@@ -18,19 +18,27 @@ from core.commands import CancelRun, Command, FailRun, PauseRun, ResumeRun, Retr
 from core.duration import format_duration
 from storage.reads import RunFilter
 
+#: pipelines ``/deploy list`` shows (a message stays readable; ``run`` takes any pipeline)
+LISTED = 100
+
 
 @verb("list", "list", "the pipelines you can run")
 async def list_pipelines(backend: ChatBackend, who: Who, line: Line) -> Reply:
-    found = await backend.read(backend.reads.pipelines, None, 100)
+    found = await backend.read(backend.reads.pipelines, None, LISTED + 1)
     if not found:
         return Reply("No pipelines yet.")
+    more = ""
+    if len(found) > LISTED:
+        found = found[:LISTED]
+        count = len(await backend.read(backend.reads.pipeline_names))
+        more = f"\n…and {count - LISTED} more, after *{found[-1].name}* (the first {LISTED} by name)"
     rows = []
     for p in found:
         params = " ".join(
             f"{q.name}=…" if q.required else f"[{q.name}=…]" for q in p.latest.definition.parameters
         )
         rows.append(f"• *{p.name}* v{p.latest.version} — {p.latest.definition.description or ''} `{params}`")
-    return Reply("\n".join(rows))
+    return Reply("\n".join(rows) + more)
 
 
 @verb("runs", "runs [pipeline] [--stuck]", "the latest runs; --stuck: the zombies, with a Cancel button each")

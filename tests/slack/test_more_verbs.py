@@ -186,6 +186,9 @@ async def test_every_pipeline_is_known_to_the_verbs_however_many_there_are(start
     for a typo; an archived one is said to be archived, not unknown."""
     names = [f"p{n:03}" for n in range(205)]
     bot = await start_bot({name: one_build(name) for name in names}, {ALICE: [Role.DEPLOYER]})
+    listed = (await bot.say(ALICE, "list"))["text"]
+    assert "*p099*" in listed and "*p100*" not in listed
+    assert "…and 105 more, after *p099*" in listed
     assert "Started *p204#1*" in (await bot.say(ALICE, "run p204"))["text"]
     assert "Did you mean `p204`?" in (await bot.say(ALICE, "run p2044"))["text"]
     assert "p204#1" in (await bot.say(ALICE, "runs p204"))["text"]
