@@ -86,3 +86,12 @@ def _unreachable(cause: BaseException) -> DatabaseUnreachable:
     down = DatabaseUnreachable()
     down.__cause__ = cause
     return down
+
+
+def log_trouble(logger: logging.Logger, exc: Exception, message: str, *args: object) -> None:
+    """A failure a loop tries again after: at DEBUG while the database is unreachable (its
+    ``DatabaseHealth`` says that once), else a warning with its traceback."""
+    if isinstance(exc, DatabaseUnreachable):
+        logger.debug(message + ": %s", *args, exc.__cause__ or exc)
+    else:
+        logger.warning(message, *args, exc_info=exc)

@@ -23,6 +23,7 @@ from core.engine import Decision
 from core.errors import DatabaseUnreachable
 from core.runtime.attendance import Attendance
 from core.runtime.executor import ExecResult, Executor, kill_orphans
+from core.runtime.health import log_trouble
 from core.runtime.orchestrator import Orchestrator
 from core.runtime.records import JobRecords, Recorded
 from core.runtime.waiting import idle_wait, wait_event
@@ -487,7 +488,7 @@ class Runner:
                 else:
                     kept = await self.link.still_held(self.name, held)
             except Exception as exc:
-                _trouble(exc, "runner %s could not check its leases; trying again", self.name)
+                log_trouble(log, exc, "runner %s could not check its leases; trying again", self.name)
                 continue
             self.stop_jobs([(job_id, attempt) for job_id, attempt in held if job_id not in kept])
 
@@ -511,7 +512,7 @@ class Runner:
                 else:
                     kept = await self._watch(held, min(renew_in, self.watch_s))
             except Exception as exc:
-                _trouble(exc, "runner %s could not check its leases; trying again", self.name)
+                log_trouble(log, exc, "runner %s could not check its leases; trying again", self.name)
                 await asyncio.sleep(self.poll_interval)
                 continue
             if kept is not None:
@@ -648,7 +649,7 @@ class Runner:
                 try:
                     held = await self.link.append_log(a.job_id, a.attempt, self.name, chunks)
                 except Exception as exc:
-                    _trouble(exc, "runner %s could not store output of %s", self.name, a.label)
+                    log_trouble(log, exc, "runner %s could not store output of %s", self.name, a.label)
                     active.logs.put_back(chunks)  # for the next flush
                 else:
                     if not held:  # fenced out: someone else owns this attempt now
@@ -665,12 +666,3 @@ def _masked(result: ExecResult, masker: Masker) -> ExecResult:
         return result
     outputs = {key: masker.mask(value) for key, value in result.outputs.items()}
     return replace(result, outputs=outputs, detail=masker.mask(result.detail))
-
-
-def _trouble(exc: Exception, message: str, *args: object) -> None:
-    """A failure a loop tries again after: at DEBUG while the database is unreachable (the
-    orchestrator's ``health`` says that once), else a warning with its traceback."""
-    if isinstance(exc, DatabaseUnreachable):
-        log.debug(message + ": %s", *args, exc.__cause__ or exc)
-    else:
-        log.warning(message, *args, exc_info=exc)

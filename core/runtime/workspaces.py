@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
-from core.errors import DatabaseUnreachable
+from core.runtime.health import log_trouble
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,6 @@ class Workspaces:
         while True:
             try:
                 await self.sweep(ask_over, busy)
-            except DatabaseUnreachable as exc:
-                log.debug("the workspaces in %s wait for the database: %s", self.root, exc.__cause__ or exc)
-            except Exception:
-                log.warning("could not remove the workspaces of ended runs from %s", self.root, exc_info=True)
+            except Exception as exc:
+                log_trouble(log, exc, "could not remove the workspaces of ended runs from %s", self.root)
             await asyncio.sleep(every_s)
