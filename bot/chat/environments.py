@@ -12,7 +12,7 @@ from bot.chat import block_kit
 from bot.chat.cards import healths
 from bot.chat.confirm import ask_first
 from bot.chat.health import EMOJI, said
-from bot.chat.parse import Line, did_you_mean
+from bot.chat.parse import Line
 from bot.chat.verbs import BUTTONS, ChatBackend, Refusal, Reply, Who, _usage, verb
 from core.access import Action
 from core.blockers import run_blockers
@@ -33,23 +33,9 @@ def _at(when: datetime | None) -> str:
     return f"{when:%Y-%m-%d %H:%M} UTC" if when else "?"
 
 
-async def _environments(backend: ChatBackend) -> list[str]:
-    known = await backend.read(backend.reads.environment_names)
-    declared = backend.shipyard.settings.environments.path
-    return declared + sorted(set(known) - set(declared))
-
-
-async def _known(backend: ChatBackend, env: str, or_else: str = "") -> None:
-    """Refuses an environment nothing declares or deploys to: a typo must not be answered as
-    an environment where nothing waits."""
-    names = await _environments(backend)
-    if env not in names:
-        raise Refusal(did_you_mean("environment", env, names) + or_else)
-
-
 @verb("envs", "envs", "what runs where, how healthy it is, and what holds each environment")
 async def envs(backend: ChatBackend, who: Who, line: Line) -> Reply:
-    names = await _environments(backend)
+    names = await backend.environments()
     if not names:
         return Reply("No environments yet: a pipeline stage with `environment:` makes one.")
     rows = []
@@ -78,7 +64,7 @@ async def history(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await backend.read(backend.reads.deployments, env, 2**63 - 1, 10)
     if not found:
         raise Refusal(
-            f"Nothing was deployed to `{env}` yet (environments: {', '.join(await _environments(backend))})."
+            f"Nothing was deployed to `{env}` yet (environments: {', '.join(await backend.environments())})."
         )
     rows = [
         f"{'✅' if d.status == 'succeeded' else '❌'} {d.artifact or d.revision or '?'} — {d.kind}, "
@@ -92,7 +78,7 @@ async def history(backend: ChatBackend, who: Who, line: Line) -> Reply:
 async def queue(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("queue"))
-    await _known(backend, line.words[0])
+    await backend.require_environment(line.words[0])
     q = await backend.read(backend.shipyard.service.queue, line.words[0])
     head = f"*{q.environment}*: " + (
         f"{q.running[1]} is deploying (since {_at(q.running_since)})" if q.running else "nothing deploying"
@@ -137,14 +123,14 @@ async def why(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("why"))
     word = line.words[0]
-    if "#" in word or (len(line.words) == 1 and word not in await _environments(backend)):
+    if "#" in word or (len(line.words) == 1 and word not in await backend.environments()):
         state = await backend.read(backend.reads.run, word, quick=True)
         if state is not None:
             return await why_run(backend, state)
         if "#" in word:
             raise Refusal(f"No run `{word}`. Name it like `web#42` (see `/deploy runs`).")
     env, pipeline = line.words[0], (line.words[1] if len(line.words) > 1 else None)
-    await _known(backend, env, " Or name a run like `web#42`." if pipeline is None else "")
+    await backend.require_environment(env, " Or name a run like `web#42`." if pipeline is None else "")
     if pipeline is not None:
         await backend.pipeline(pipeline)  # (an archived one: it would start nothing)
     found = await backend.read(backend.shipyard.service.why, env, pipeline)

@@ -12,7 +12,7 @@ import logging
 
 from bot.backend import now
 from bot.chat import block_kit, lock_blocks
-from bot.chat.parse import Line, did_you_mean
+from bot.chat.parse import Line
 from bot.chat.verbs import BUTTONS, VERBS, Button, ChatBackend, Refusal, Reply, Tell, Who, verb
 from core.access import Action, Role
 from core.errors import ShipyardError
@@ -32,16 +32,6 @@ def _locks(backend: ChatBackend) -> LockStore:
     return LockStore(backend.shipyard.store)
 
 
-async def _known(backend: ChatBackend, env: str) -> None:
-    """Only an environment that exists may be locked: a typo must not lock nothing."""
-    declared = backend.shipyard.settings.environments.path
-    if env in declared:
-        return
-    deployed = await backend.read(backend.reads.environment_names)
-    if env not in deployed:
-        raise Refusal(did_you_mean("environment", env, sorted({*declared, *deployed})))
-
-
 @verb(
     "lock",
     'lock <environment> "<reason>" [for 2h]',
@@ -55,7 +45,7 @@ async def lock(backend: ChatBackend, who: Who, line: Line) -> Reply:
         raise Refusal(f"Say which environment and why: `/deploy {VERBS['lock'].usage}`")
     env = line.words[0]
     if await backend.read(_locks(backend).current, env, now()) is None:  # (a held one is refused by name)
-        await _known(backend, env)
+        await backend.require_environment(env)
     at = now()
     store = _locks(backend)
     try:
@@ -77,7 +67,7 @@ async def unlock(backend: ChatBackend, who: Who, line: Line) -> Reply:
         raise Refusal(f"Usage: `/deploy {VERBS['unlock'].usage}`")
     env = line.words[0]
     if await backend.read(_locks(backend).current, env, now()) is None:  # (a typo: not "not locked")
-        await _known(backend, env)
+        await backend.require_environment(env)
     return await _release(backend, who, env)
 
 

@@ -118,6 +118,20 @@ class ChatBackend(Backend):
             await self.on_run_started(decision.state.run.id)
         return decision.state
 
+    async def environments(self) -> list[str]:
+        """Every environment: the declared ones in their path's order, then the others
+        deployed to, by name."""
+        known = await self.read(self.reads.environment_names)
+        declared = self.shipyard.settings.environments.path
+        return declared + sorted(set(known) - set(declared))
+
+    async def require_environment(self, name: str, or_else: str = "") -> None:
+        """Refuses an environment nothing declares or deploys to, naming the closest: a typo
+        must not be answered as an environment where nothing waits, nor locked."""
+        names = await self.environments()
+        if name not in names:
+            raise Refusal(did_you_mean("environment", name, names) + or_else)
+
     async def pipeline(self, name: str, *, archived: bool = False) -> PipelineInfo:
         """The pipeline ``name`` (``archived``: an archived one too), or ``Refusal`` naming the
         closest of all the pipelines there are."""
