@@ -10,6 +10,10 @@ field's block id names the pipeline (``param:web:ref``): Slack keeps what was ty
 whose block and action ids survive an update, so a value typed for one pipeline never lands in
 another's field, and ``response_action: errors`` can point at the one field that is wrong.
 
+Past Slack's 100 options a menu may hold, the picker is an ``external_select``: Slack asks for
+the names matching what the person types (``pipeline_options``, at the interactivity options
+URL, the same endpoint as everything else).
+
 **The deploy question.** A run that deploys to an environment marked ``confirm: true`` starts
 only after its author presses Deploy under exactly what will go where: the pipeline, the
 revision, the artifact when it is known (promotion, rollback), the environment and what is live
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +93,7 @@ class Chosen:
     environments: tuple[str, ...] = ()
 
 
-def trigger_view(names: list[str], channel: str, chosen: Chosen | None) -> dict[str, Any]:
+def trigger_view(names: Sequence[str], channel: str, chosen: Chosen | None) -> dict[str, Any]:
     """The modal: the picker, then (once a pipeline is chosen) its fields.
 
     ``private_metadata`` is the channel the form was opened from (where the run reports); the
@@ -163,14 +167,14 @@ def check_fields(
     return params, errors
 
 
-def _picker(names: list[str], chosen: str | None) -> block_kit.Block:
-    options = [_option(name, name) for name in names[:MAX_OPTIONS]]
-    element: block_kit.Block = {
-        "type": "static_select",
-        "action_id": PICK,
-        "placeholder": _plain("Which pipeline?"),
-        "options": options,
-    }
+def _picker(names: Sequence[str], chosen: str | None) -> block_kit.Block:
+    """A menu of every pipeline; past Slack's 100 options, a menu that asks Shipyard for the
+    names matching what the person types (``pipeline_options``)."""
+    element: block_kit.Block = {"action_id": PICK, "placeholder": _plain("Which pipeline?")}
+    if len(names) > MAX_OPTIONS:
+        element = {"type": "external_select", **element, "min_query_length": 0}
+    else:
+        element = {"type": "static_select", **element, "options": [_option(n, n) for n in names]}
     if chosen is not None:
         element["initial_option"] = _option(chosen, chosen)
     return {
@@ -181,6 +185,16 @@ def _picker(names: list[str], chosen: str | None) -> block_kit.Block:
         "label": _plain("Pipeline"),
         "element": element,
     }
+
+
+def pipeline_options(names: Sequence[str], typed: str) -> list[block_kit.Block]:
+    """The picker's options while the person types (past 100 pipelines): the names that contain
+    what was typed, in any case, those that begin with it first; at most 100."""
+    typed = typed.strip().casefold()
+    found = sorted(
+        (n for n in names if typed in n.casefold()), key=lambda n: not n.casefold().startswith(typed)
+    )
+    return [_option(n, n) for n in found[:MAX_OPTIONS]]
 
 
 def _fields(chosen: Chosen) -> list[block_kit.Block]:

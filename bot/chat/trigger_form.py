@@ -35,9 +35,14 @@ class FormOutcome:
 
 async def trigger_form_picked(backend: ChatBackend, view: dict[str, Any], picked: str) -> dict[str, Any]:
     """``view`` rebuilt for the pipeline just picked in it, to put in its place (``views.update``)."""
-    names = [p.name for p in await backend.read(backend.reads.pipelines, None, forms.MAX_OPTIONS)]
+    names = await backend.read(backend.reads.pipeline_names)
     channel = str(view.get("private_metadata") or "")
     return forms.trigger_view(names, channel, await _chosen(backend, picked))
+
+
+async def pipeline_options(backend: ChatBackend, typed: str) -> list[dict[str, Any]]:
+    """What the picker offers once the person has typed ``typed`` (past 100 pipelines)."""
+    return forms.pipeline_options(await backend.read(backend.reads.pipeline_names), typed)
 
 
 async def _chosen(backend: ChatBackend, name: str) -> forms.Chosen | None:

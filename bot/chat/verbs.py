@@ -240,7 +240,7 @@ async def whoami(backend: ChatBackend, who: Who, line: Line) -> Reply:
 # -- ``/deploy`` alone -----------------------------------------------------------------------------
 async def open_trigger_modal(backend: ChatBackend, who: Who) -> Reply:
     """``/deploy`` alone: a form to pick a pipeline; picking one shows its parameters."""
-    names = [p.name for p in await backend.read(backend.reads.pipelines, None, forms.MAX_OPTIONS)]
+    names = await backend.read(backend.reads.pipeline_names)
     if not names:
         return Reply("No pipelines yet.")
     return Reply(

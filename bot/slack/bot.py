@@ -27,7 +27,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import tracing
 from bot.chat import block_kit
 from bot.chat.locks import tell_with
-from bot.chat.trigger_form import TRIGGER_FORM, TRIGGER_PICK, submit_trigger_view, trigger_form_picked
+from bot.chat.trigger_form import (
+    TRIGGER_FORM,
+    TRIGGER_PICK,
+    pipeline_options,
+    submit_trigger_view,
+    trigger_form_picked,
+)
 from bot.chat.verbs import BUTTONS, ChatBackend, Reply, Who, already_decided, dispatch, press
 from bot.config import Settings
 from bot.metrics import SlackCalls
@@ -188,6 +194,11 @@ def _listen_to_trigger_form(
                     raise
 
         work.add(answer())
+
+    @app.options(TRIGGER_PICK)
+    async def on_trigger_search(ack: AsyncAck, payload: dict[str, Any]) -> None:
+        """Past 100 pipelines the picker asks as the person types (a ``block_suggestion``)."""
+        await ack(options=await pipeline_options(backend, str(payload.get("value") or "")))
 
 
 def _listen_to_buttons(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient, work: Backlog) -> None:

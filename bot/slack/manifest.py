@@ -121,6 +121,7 @@ def build(
     url = events_url(base_url) if base_url is not None else None
     at_url: dict[str, str] = {"url": url} if url else {}
     at_request_url: dict[str, str] = {"request_url": url} if url else {}
+    at_options_url: dict[str, str] = {"message_menu_options_url": url} if url else {}
     return {
         "display_information": {
             "name": name,
@@ -147,7 +148,8 @@ def build(
         "oauth_config": {"scopes": {"bot": list(SCOPES)}},
         "settings": {
             "event_subscriptions": {**at_request_url, "bot_events": list(BOT_EVENTS)},
-            "interactivity": {"is_enabled": True, **at_request_url},
+            # (options: the trigger form's pipeline picker past 100 pipelines, an external_select)
+            "interactivity": {"is_enabled": True, **at_request_url, **at_options_url},
             "org_deploy_enabled": False,
             "socket_mode_enabled": socket_mode,
             "token_rotation_enabled": False,

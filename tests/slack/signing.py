@@ -298,6 +298,26 @@ def block_actions(
     return interaction(secret, payload, timestamp=timestamp)
 
 
+def block_suggestion_payload(
+    *, user_id: str, action_id: str, block_id: str, value: str, view: JSON, team_id: str = TEAM_ID
+) -> JSON:
+    """A ``block_suggestion`` payload like Slack's: an ``external_select`` in a modal asking for
+    the options that match ``value``, what the person has typed so far (the shape of
+    slack-bolt's own block-suggestion tests)."""
+    return {
+        "type": "block_suggestion",
+        "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(), "team_id": team_id},
+        "container": {"type": "view", "view_id": view.get("id")},
+        "api_app_id": API_APP_ID,
+        "token": VERIFICATION_TOKEN,
+        "action_id": action_id,
+        "block_id": block_id,
+        "value": value,
+        "team": {"id": team_id, "domain": TEAM_DOMAIN},
+        "view": view,
+    }
+
+
 def view_submission_payload(
     *,
     user_id: str,

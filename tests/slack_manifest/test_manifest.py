@@ -159,6 +159,7 @@ def test_render_is_a_valid_manifest_with_everything_shipyard_needs(
     if events_url:
         assert settings["event_subscriptions"]["request_url"] == events_url
         assert settings["interactivity"]["request_url"] == events_url
+        assert settings["interactivity"]["message_menu_options_url"] == events_url
         assert set(urls(data)) == {events_url}
     else:
         assert urls(data) == []
