@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,11 +33,14 @@ from core.errors import DatabaseUnreachable
 from core.model import Actor
 from core.ports import AuditEntry
 from core.schedule import Due, Schedule
+from storage.reads import PipelineInfo
 from storage.schedules import ScheduleStore, file_schedule_id
 
 log = logging.getLogger(__name__)
 #: how often the declarations in pipeline files are compared with the stored schedules
 SYNC_EVERY_S = 60
+#: pipelines read at a time when syncing their files' schedules
+SYNC_PAGE = 500
 #: due schedules read and claimed per transaction; a larger burst takes several
 BATCH = 250
 #: while a burst is still firing, how often the busy beat looks for what has come due since
@@ -311,10 +314,9 @@ class ScheduleLoop:
         ``ScheduleStore.sync_file``). Only pipelines whose declarations changed are written. An
         archived pipeline declares none (it starts no runs): its come back, from then on, when
         it is restored."""
-        reads = self.backend.reads
         at = now()
         stored = await self.backend.read(self.schedule_store.file_schedule_ids)
-        for info in await self.backend.read(reads.pipelines, None, 10_000, True):
+        async for info in self._every_pipeline():
             have = stored.get(info.name, set())
             wanted = []
             for trigger in [] if info.archived else info.latest.definition.triggers:
@@ -337,6 +339,14 @@ class ScheduleLoop:
             if {s.id for s in wanted} != have:
                 await self.backend.write(self.schedule_store.sync_file, info.name, wanted, at)
                 self.poke()  # (a declaration changed: its first fire may come before the rest ends)
+
+    async def _every_pipeline(self) -> AsyncIterator[PipelineInfo]:
+        """Every pipeline, archived ones too, read a page at a time however many there are."""
+        after: str | None = None
+        while page := await self.backend.read(self.backend.reads.pipelines, after, SYNC_PAGE, True):
+            for info in page:
+                yield info
+            after = page[-1].name
 
 
 def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bot import scheduler
 from bot.app import CLOCK
 from bot.backend import Backend
 from bot.scheduler import ScheduleLoop
@@ -214,6 +215,28 @@ async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api)
     assert (await lite.call("PUT", "/pipelines/nightly", "admin", data=without, headers=yaml)).status == 200
     await clock.sync_files()
     assert (await lite.get("/schedules")).json["items"] == []
+
+
+async def test_every_pipelines_file_schedules_are_synced_however_many_pipelines_there_are(
+    lite: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelines are read a page at a time: the ones past the first page count too."""
+    monkeypatch.setattr(scheduler, "SYNC_PAGE", 2)
+    trigger = "triggers:\n  - schedule: {cron: '0 3 * * *'}\n"
+    yaml = {"Content-Type": "application/yaml"}
+    names = [f"nightly-{i}" for i in range(5)]
+    for name in names:
+        assert (
+            await lite.post("/pipelines", "admin", data=one_job(name, head=trigger), headers=yaml)
+        ).status == 201
+    clock = lite.client.app[CLOCK]  # type: ignore[index]
+    pages = []
+    read = clock.backend.reads.pipelines
+    monkeypatch.setattr(clock.backend.reads, "pipelines", lambda *a: pages.append(a[0]) or read(*a))
+    await clock.sync_files()
+    assert len(pages) >= 3  # (the fixture's own pipelines come first: more pages, not fewer)
+    synced = {s["pipeline"] for s in (await lite.get("/schedules")).json["items"] if s["source"] == "file"}
+    assert synced == set(names)
 
 
 async def test_a_schedule_whose_owner_lost_the_right_to_deploy_does_not_run(lite: Api) -> None:
