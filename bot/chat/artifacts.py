@@ -30,7 +30,12 @@ def artifact_line(a: Artifact) -> str:
     return f":no_entry_sign: {line} — *marked bad* by {block_kit.who(a.bad_by or '?')}{at}: {a.bad_reason}"
 
 
-@verb("artifacts", "artifacts [name]", "recent artifact versions: digest, who registered them, bad marks")
+@verb(
+    "artifacts",
+    "artifacts [name]",
+    "recent artifact versions: digest, who registered them, bad marks",
+    words=1,
+)
 async def artifacts(backend: ChatBackend, who: Who, line: Line) -> Reply:
     artifact_store = ArtifactStore(backend.shipyard.store)
     name = line.words[0] if line.words else None

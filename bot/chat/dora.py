@@ -72,7 +72,12 @@ async def read_keys(backend: ChatBackend, env: str, window: timedelta) -> FourKe
     return four_keys(env, facts, since, until)
 
 
-@verb("dora", "dora <environment> [window]", "DORA's four keys for an environment (window: 30d unless given)")
+@verb(
+    "dora",
+    "dora <environment> [window]",
+    "DORA's four keys for an environment (window: 30d unless given)",
+    words=2,
+)
 async def dora(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words or len(line.words) > 2:
         raise Refusal(_usage("dora"))

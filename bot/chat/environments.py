@@ -33,7 +33,7 @@ def _at(when: datetime | None) -> str:
     return f"{when:%Y-%m-%d %H:%M} UTC" if when else "?"
 
 
-@verb("envs", "envs", "what runs where, how healthy it is, and what holds each environment")
+@verb("envs", "envs", "what runs where, how healthy it is, and what holds each environment", words=0)
 async def envs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     names = await backend.environments()
     if not names:
@@ -56,7 +56,7 @@ async def envs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return Reply("\n".join(rows))
 
 
-@verb("history", "history <environment>", "recent deployments to an environment")
+@verb("history", "history <environment>", "recent deployments to an environment", words=1)
 async def history(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("history"))
@@ -74,7 +74,12 @@ async def history(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return Reply(f"*{env}*, newest first:\n" + "\n".join(rows))
 
 
-@verb("queue", "queue <environment>", "what deploys to an environment now and what waits, with estimates")
+@verb(
+    "queue",
+    "queue <environment>",
+    "what deploys to an environment now and what waits, with estimates",
+    words=1,
+)
 async def queue(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("queue"))
@@ -118,6 +123,7 @@ async def front(backend: ChatBackend, who: Who, line: Line) -> Reply:
     "why",
     "why <environment> [pipeline] | why <run>",
     "every reason a deployment there would wait or be refused now; or what a run waits for",
+    words=2,
 )
 async def why(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
@@ -278,6 +284,7 @@ async def acknowledge(backend: ChatBackend, who: Who, ref: str) -> Reply:
     "ack <run>",
     "acknowledge the follow-up review of a break-glass run (not its admin)",
     Action.APPROVE,
+    words=1,
 )
 async def ack(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:

@@ -61,7 +61,13 @@ async def lock(backend: ChatBackend, who: Who, line: Line) -> Reply:
     )
 
 
-@verb("unlock", "unlock <environment>", "unlock an environment you locked (admins: any)", Action.CONTROL)
+@verb(
+    "unlock",
+    "unlock <environment>",
+    "unlock an environment you locked (admins: any)",
+    Action.CONTROL,
+    words=1,
+)
 async def unlock(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if len(line.words) != 1:
         raise Refusal(f"Usage: `/deploy {VERBS['unlock'].usage}`")
@@ -95,7 +101,7 @@ def released(lock: Lock, by: str) -> str:
     return f":unlock: {block_kit.who(by)} unlocked *{lock.environment}*{whose}: {lock.reason}."
 
 
-@verb("locks", "locks", "the locked environments: who holds each, why and until when")
+@verb("locks", "locks", "the locked environments: who holds each, why and until when", words=0)
 async def locks(backend: ChatBackend, who: Who, line: Line) -> Reply:
     at = now()
     found = await backend.read(_locks(backend).all, at)

@@ -32,7 +32,7 @@ def runner_line(r: RunnerSeen, at: datetime) -> str:
     )
 
 
-@verb("runners", "runners", "the runners: labels, online/offline/draining, jobs running, last seen")
+@verb("runners", "runners", "the runners: labels, online/offline/draining, jobs running, last seen", words=0)
 async def runners(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await backend.read(backend.shipyard.runners.all)
     if not found:

@@ -22,7 +22,7 @@ from storage.reads import RunFilter
 LISTED = 100
 
 
-@verb("list", "list", "the pipelines you can run")
+@verb("list", "list", "the pipelines you can run", words=0)
 async def list_pipelines(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await backend.read(backend.reads.pipelines, None, LISTED + 1)
     if not found:
@@ -41,7 +41,12 @@ async def list_pipelines(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return Reply("\n".join(rows) + more)
 
 
-@verb("runs", "runs [pipeline] [--stuck]", "the latest runs; --stuck: the zombies, with a Cancel button each")
+@verb(
+    "runs",
+    "runs [pipeline] [--stuck]",
+    "the latest runs; --stuck: the zombies, with a Cancel button each",
+    words=2,
+)
 async def list_runs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if "--stuck" in line.words:
         return await _stuck_runs(backend)
@@ -110,7 +115,7 @@ async def run(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return await start_run(backend, who, command)
 
 
-@verb("status", "status <run>", "where a run is")
+@verb("status", "status <run>", "where a run is", words=1)
 async def status(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("status"))
@@ -120,7 +125,7 @@ async def status(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return Reply(summary, blocks)
 
 
-@verb("logs", "logs <run> [stage/job]", "the last lines of a job's output")
+@verb("logs", "logs <run> [stage/job]", "the last lines of a job's output", words=2)
 async def logs(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("logs"))
@@ -154,8 +159,9 @@ def _control(name: str, make: Callable[[str, Who, str], Command], done: str) -> 
 
     handler.__name__ = name
     summary = CONTROL_SUMMARIES[name]
-    reason = " [reason]" if name in ("cancel", "fail") else ""
-    verb(name, f"{name} <run>{reason}", summary, Action.CONTROL)(handler)
+    reason = name in ("cancel", "fail")
+    usage = f"{name} <run>{' [reason]' if reason else ''}"
+    verb(name, usage, summary, Action.CONTROL, words=None if reason else 1)(handler)
 
 
 CONTROL_SUMMARIES = {

@@ -53,7 +53,7 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     )
 
 
-@verb("schedules", "schedules [pipeline]", "the schedules and when each fires next")
+@verb("schedules", "schedules [pipeline]", "the schedules and when each fires next", words=1)
 async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await backend.read(
         ScheduleStore(backend.shipyard.store).all, line.words[0] if line.words else None
@@ -68,7 +68,7 @@ async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return Reply("\n".join(rows))
 
 
-@verb("unschedule", "unschedule <id>", "remove a schedule you own", Action.TRIGGER)
+@verb("unschedule", "unschedule <id>", "remove a schedule you own", Action.TRIGGER, words=1)
 async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if not line.words:
         raise Refusal(_usage("unschedule"))

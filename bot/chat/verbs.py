@@ -166,6 +166,8 @@ class Verb:
     #: approve and reject, which the engine decides by what the caller held when the gate opened
     action: Action | None
     handler: Handler
+    #: the most words it takes, and no ``key=value``; None: any (a reason, a comment, parameters)
+    words: int | None = None
 
 
 VERBS: dict[str, Verb] = {}
@@ -175,12 +177,12 @@ BUTTONS: dict[str, Button] = {}
 
 
 def verb(
-    name: str, usage: str, summary: str, action: Action | None = Action.READ
+    name: str, usage: str, summary: str, action: Action | None = Action.READ, *, words: int | None = None
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         if name in VERBS:  # (a second one would silently replace the first)
             raise ValueError(f"two chat verbs are named {name!r}")
-        VERBS[name] = Verb(name, usage, summary, action, handler)
+        VERBS[name] = Verb(name, usage, summary, action, handler, words)
         return handler
 
     return register
@@ -197,6 +199,7 @@ async def dispatch(backend: ChatBackend, who: Who, text: str) -> Reply:
             raise Refusal(did_you_mean("command", line.verb, list(VERBS)) + " Try `/deploy help`.")
         if line.words[:1] == ["help"]:
             return Reply(f"`/deploy {found.usage}` — {found.summary}")
+        _refuse_extra(found, line)
         if found.action is not None:
             principal = await backend.principal(who.user)
             if not principal.may(found.action):
@@ -206,6 +209,16 @@ async def dispatch(backend: ChatBackend, who: Who, text: str) -> Reply:
         return Reply(f":warning: {exc}")
     except ShipyardError as exc:
         return Reply(f":warning: {exc.message}")
+
+
+def _refuse_extra(found: Verb, line: Line) -> None:
+    """Words a verb would ignore are refused: ``status web#1 web#2`` must not answer for web#1
+    alone as if that were all that was asked."""
+    if found.words is None:
+        return
+    extra = [*line.words[found.words :], *(f"{k}={v}" for k, v in line.params.items())]
+    if extra:
+        raise Refusal(f"`{found.name}` does not take `{' '.join(extra)}`. {_usage(found.name)}")
 
 
 def _usage(name: str) -> str:
@@ -220,7 +233,7 @@ async def _decide(backend: ChatBackend, command: Command) -> Decision:
 
 
 # -- the verbs -------------------------------------------------------------------------------------
-@verb("help", "help [command]", "what you can say", None)
+@verb("help", "help [command]", "what you can say", None, words=1)
 async def help_(backend: ChatBackend, who: Who, line: Line) -> Reply:
     if line.words and line.words[0] in VERBS:
         v = VERBS[line.words[0]]
@@ -229,7 +242,7 @@ async def help_(backend: ChatBackend, who: Who, line: Line) -> Reply:
     return Reply("Shipyard commands:\n" + rows + "\n`/deploy` alone opens a form to start a run.")
 
 
-@verb("whoami", "whoami", "your roles and groups", None)
+@verb("whoami", "whoami", "your roles and groups", None, words=0)
 async def whoami(backend: ChatBackend, who: Who, line: Line) -> Reply:
     p = await backend.principal(who.user)
     roles = ", ".join(sorted(p.roles)) or "none (ask an admin: `shipyard access grant <your id> deployer`)"

@@ -10,7 +10,7 @@ from bot.web.signin import web_sessions
 from storage.web import LINK_TTL
 
 
-@verb("login", "login", "a link that signs you in to the web view (for you alone, 5 minutes, once)")
+@verb("login", "login", "a link that signs you in to the web view (for you alone, 5 minutes, once)", words=0)
 async def login(backend: ChatBackend, who: Who, line: Line) -> Reply:
     secret = await backend.write(web_sessions(backend.shipyard).new_link, who.user, now())
     url = f"{backend.shipyard.settings.base_url}/ui/login/{secret}"

@@ -370,3 +370,29 @@ def test_a_named_user_without_a_role_is_refused_and_told_how_to_get_one(tmp_path
         "`shipyard access grant dave deployer`)",
     ]
     assert shipyard(tmp_path, "access", "show", "carol").stdout.strip() == "carol: roles none; groups none"
+
+
+def test_words_a_command_would_ignore_are_refused_with_its_usage(tmp_path: Path) -> None:
+    """``status quick#1 quick#2`` must not answer for quick#1 alone as if that were all that
+    was asked; verbs that take a reason still take every word of it."""
+    write_pipelines(tmp_path, {"quick": QUICK})
+    script = "\n".join(
+        [
+            "/deploy run quick",
+            "/deploy status quick#1 quick#2",
+            "/deploy whoami please",
+            "/deploy envs region=eu",
+            "/deploy retry quick#1 now",
+            "/deploy status quick#1",
+            "/deploy cancel quick#9 because it is wrong",
+        ]
+    )
+    done = shipyard(tmp_path, "console", stdin=script + "\n")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "`status` does not take `quick#2`. Usage: `/deploy status <run>`" in out
+    assert "`whoami` does not take `please`. Usage: `/deploy whoami`" in out
+    assert "`envs` does not take `region=eu`. Usage: `/deploy envs`" in out
+    assert "`retry` does not take `now`. Usage: `/deploy retry <run>`" in out
+    assert "Retrying" not in out and "quick#1" in out.split("`retry` does not take")[1]  # status said
+    assert "No run `quick#9`" in out  # the reason's words are its own
