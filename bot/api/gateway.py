@@ -101,6 +101,8 @@ class ApiGateway(Backend, Gateway):
 
     # -- Gateway ----------------------------------------------------------------------------
     async def authenticate(self, token: str) -> Principal | None:
+        if not token.isascii():  # (ours are; other bytes arrive as surrogates, which cannot be hashed)
+            return None
         digest = token_hash(token)
         hit = self._auth.get(digest)
         if hit is not None and hit[0] > time.monotonic():

@@ -6,6 +6,7 @@ naming what was wrong, nothing is changed, and the refusal is on the record."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -145,3 +146,24 @@ async def test_a_request_refused_for_a_nul_in_its_path_is_still_audited(
     entries = (await api.get("/audit", "admin")).json["items"]
     assert [(e["action"], e["outcome"]) for e in entries] == [(action, "rejected")]
     assert "\ufffd" in entries[0]["target"] and "\x00" not in json.dumps(entries[0])
+
+
+async def test_a_bearer_token_that_is_not_utf8_is_refused_like_any_unknown_one(api: Api) -> None:
+    """A client sending stray bytes in its token is told the token is unknown, not a 500 (the
+    audit of a refused write names no caller for it either)."""
+    assert api.client.port is not None
+    for method, path, body in [
+        (b"GET", b"/api/v1/runs", b""),
+        (b"POST", b"/api/v1/pipelines/quick/runs", b"{}"),
+    ]:
+        reader, writer = await asyncio.open_connection(api.client.host, api.client.port)
+        try:
+            writer.write(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+            writer.write(b"Authorization: Bearer shy_\xff\xfe\r\nContent-Type: application/json\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answer = await reader.read()
+        finally:
+            writer.close()
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), answer
+        assert b"unknown or revoked token" in text, answer

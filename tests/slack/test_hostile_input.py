@@ -135,7 +135,7 @@ async def test_a_signed_lock_duration_is_refused_not_read_as_part_of_the_reason(
     [
         ("why prodcution", "Unknown environment `prodcution`. Did you mean `production`?"),
         ("why production shpo", "Unknown pipeline `shpo`. Did you mean `shop`?"),
-        ("why staging for 2h", "Unknown pipeline `for`."),
+        ("why staging for 2h", "`why` does not take `2h`. Usage: `/deploy why <environment> [pipeline]"),
         ("queue prodcution", "Unknown environment `prodcution`. Did you mean `production`?"),
     ],
 )
