@@ -3,15 +3,17 @@
 The target is the artifact of the most recent successful deployment to the environment whose
 artifact differs from the latest deployment's (so a rollback after a failed deploy goes back to
 what last worked, and after a suspicious success to what came before it), skipping artifacts
-marked bad. After a rollback that failed, it is that rollback's target again, and never the
-version people were escaping (even once that target is marked bad). ``to`` picks a version by
-hand.
+marked bad and deployments a rollback replaced: a version people rolled back from was not
+known to be good, so a second rollback goes further back rather than forward to it. After a
+rollback that failed, it is that rollback's target again, and never the version people were
+escaping (even once that target is marked bad). ``to`` picks a version by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from core.artifacts import Artifact
 from core.errors import InvalidInput, NotFound
@@ -63,9 +65,14 @@ def plan_rollback(
     escaping = _escaping(current, with_artifacts)
     if escaping is not None:
         avoid.add(escaping.artifact_id)
-    skipped = []
+    replaced = [d for newer, d in pairwise(history) if newer.kind == "rollback"]
+    skipped: list[str] = []
+    fled: list[str] = []
     for deployment in with_artifacts:
         if deployment.status != "succeeded" or deployment.artifact_id in avoid:
+            continue
+        if any(deployment is d for d in replaced):
+            fled.append(deployment.artifact or "?")
             continue
         found = artifact(deployment.artifact_id or "")
         if found is None or found.bad:
@@ -73,7 +80,7 @@ def plan_rollback(
             continue
         return RollbackPlan(environment, deployment.pipeline, current, found)
     raise NotFound(
-        f"no earlier good deployment to {environment} to roll back to{_passed_over(escaping, skipped)}"
+        f"no earlier good deployment to {environment} to roll back to{_passed_over(escaping, fled, skipped)}"
     )
 
 
@@ -85,10 +92,11 @@ def _escaping(current: Deployment | None, with_artifacts: Sequence[Deployment]) 
     return next((d for d in with_artifacts if d.kind != "rollback"), None)
 
 
-def _passed_over(escaping: Deployment | None, skipped: Sequence[str]) -> str:
-    if escaping is None:
+def _passed_over(escaping: Deployment | None, fled: Sequence[str], skipped: Sequence[str]) -> str:
+    if escaping is None and not fled:
         return f" (passed over, no longer deployable: {', '.join(skipped)})" if skipped else ""
-    parts = [f"{escaping.artifact or '?'}, being rolled back from"]
+    parts = [f"{escaping.artifact or '?'}, being rolled back from"] if escaping is not None else []
+    parts += [f"{ref}, rolled back from" for ref in fled]
     if skipped:
         parts.append(f"no longer deployable: {', '.join(skipped)}")
     return f" (passed over: {'; '.join(parts)})"

@@ -15,7 +15,7 @@ from bot.api.common import find_run, reply
 from bot.api.gateway import gw
 from bot.api.problems import REFUSAL_STATUS, Problem
 from bot.api.routing import Call
-from bot.api.runs import _created, actor
+from bot.api.runs import _created, _state, actor, run_key
 from bot.api.schemas import EmptyIn, ParamValue, RunOut, Strict
 from bot.api.spec import API
 from core.access import Action
@@ -158,19 +158,16 @@ async def promote(call: Call) -> web.Response:
     pipeline = body.pipeline or found.pipeline
     if pipeline is None:
         raise Problem(422, f"{found.ref} was registered over the API: say which pipeline deploys it")
-    decision = await g.command(
-        call,
-        TriggerRun(
-            pipeline=pipeline,
-            actor=actor(call),
-            kind="promotion",
-            parameters=body.parameters,
-            artifact_id=found.id,
-            deploy_to=body.environment,
-        ),
+    command = TriggerRun(
+        pipeline=pipeline,
+        actor=actor(call),
+        kind="promotion",
+        parameters=body.parameters,
+        artifact_id=found.id,
+        deploy_to=body.environment,
+        idempotency_key=run_key(call, "promotion", found.id, body.environment),
     )
-    assert decision.state is not None
-    return _created(decision.state, 202)
+    return await g.respond(call, command, lambda decision: _created(_state(decision), 202))
 
 
 @API.op(
@@ -200,18 +197,15 @@ async def rollback(call: Call) -> web.Response:
     current one (or `to`). When it succeeds the environment is locked until someone
     acknowledges the rollback (`DELETE /environments/{env}/lock`)."""
     plan = await _plan(call, call.body.to)
-    decision = await gw(call).command(
-        call,
-        TriggerRun(
-            pipeline=plan.pipeline,
-            actor=actor(call),
-            kind="rollback",
-            artifact_id=plan.target.id,
-            deploy_to=plan.environment,
-        ),
+    command = TriggerRun(
+        pipeline=plan.pipeline,
+        actor=actor(call),
+        kind="rollback",
+        artifact_id=plan.target.id,
+        deploy_to=plan.environment,
+        idempotency_key=run_key(call, "rollback", plan.environment),
     )
-    assert decision.state is not None
-    return _created(decision.state, 202)
+    return await gw(call).respond(call, command, lambda decision: _created(_state(decision), 202))
 
 
 @API.op(

@@ -94,9 +94,6 @@ def _run(decision: Decision) -> web.Response:
 async def trigger_run(call: Call) -> web.Response:
     """Answers at once; follow the run with GET /runs/{run_id} or its event stream."""
     body: TriggerIn = call.body
-    key = None
-    if call.idempotency_key is not None:
-        key = "api:" + _digest(call.principal.name, call.idempotency_key)
     return await gw(call).respond(
         call,
         TriggerRun(
@@ -105,7 +102,7 @@ async def trigger_run(call: Call) -> web.Response:
             parameters=body.parameters,
             source_revision=body.revision,
             revision_time=body.revision_time,
-            idempotency_key=key,
+            idempotency_key=run_key(call),
             pipeline_version=body.pipeline_version,
             branch=body.branch,
             break_glass=body.break_glass,
@@ -116,6 +113,16 @@ async def trigger_run(call: Call) -> web.Response:
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
+
+
+def run_key(call: Call, *scope: str) -> str | None:
+    """What a run started under an ``Idempotency-Key`` carries, so that one key never makes two
+    runs, even when the request's claim on the key lapsed and a retry took it over. Scoped to
+    the caller, as the key is, and to ``scope`` for the endpoints other than a trigger that
+    start runs of a pipeline (a rollback and a trigger of one pipeline never share a run)."""
+    if call.idempotency_key is None:
+        return None
+    return "api:" + _digest(call.principal.name, call.idempotency_key, *scope)
 
 
 @API.op(

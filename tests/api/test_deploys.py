@@ -4,13 +4,17 @@ a series of successes and failures, and the lock a rollback leaves behind."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
-from tests.api.conftest import Api, StartApi, assert_problem
+from bot.api import GATEWAY
+from bot.api.gateway import HOLD_KEYED_COMMAND
+from tests.api.conftest import Api, Reply, StartApi, assert_problem
 
 SHOP = """
 name: shop
@@ -43,10 +47,14 @@ ENVIRONMENTS = {"staging": {}, "production": {}}
 
 
 async def _shop(
-    start_api: StartApi, db_url: str, tmp_path: Path, environments: Mapping[str, Any] = ENVIRONMENTS
+    start_api: StartApi,
+    db_url: str,
+    tmp_path: Path,
+    environments: Mapping[str, Any] = ENVIRONMENTS,
+    **settings: Any,
 ) -> Api:
     shop = SHOP.replace("{ledger}", str(tmp_path / "ledger"))
-    return await start_api(db_url, {"shop": shop}, environments=environments)
+    return await start_api(db_url, {"shop": shop}, environments=environments, **settings)
 
 
 async def _release(api: Api, version: str, status: str = "succeeded") -> dict[str, Any]:
@@ -209,6 +217,49 @@ async def test_rollback_picks_the_last_good_artifact_and_locks_the_environment(
     assert_problem(nothing, 404, "no earlier good deployment", "shop@1.0.0")
     chosen = (await api.get("/environments/production/rollback?to=2.0.0")).json
     assert chosen["target"] == "shop@2.0.0"
+
+
+async def test_a_keyed_rollback_or_promotion_whose_claim_lapsed_starts_one_run(
+    db_url: str, start_api: StartApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a trigger, a rollback or promotion under an ``Idempotency-Key`` whose request stalled
+    past its lease and was taken over by a retry is fenced out: the key makes one run."""
+    api = await _shop(start_api, db_url, tmp_path, idempotency_lease_seconds=1.0)
+    await _release(api, "1.0.0")
+    await _release(api, "2.0.0")
+    stalled: list[str] = []
+
+    async def stalled_renewal(caller: str, key: str, holder: str) -> bool:
+        stalled.append(holder)
+        return True  # as if renewed, but nothing reached the database
+
+    monkeypatch.setattr(api.client.app[GATEWAY], "renew_key", stalled_renewal, raising=True)
+
+    async def send(path: str, body: dict[str, Any]) -> Reply:
+        return await api.post(path, "deployer", json=body, headers={"Idempotency-Key": f"once{path}"})
+
+    cases = [
+        ("/environments/production/rollback", {}, "rollback"),
+        ("/artifacts/shop@2.0.0/promote", {"environment": "staging"}, "promotion"),
+    ]
+    for path, body, kind in cases:
+        stalled.clear()
+        monkeypatch.setenv(HOLD_KEYED_COMMAND, "6")  # the first request works well past its lease
+        first = asyncio.ensure_future(send(path, body))
+        while not stalled:  # it claimed the key and tried to renew it
+            await asyncio.sleep(0.05)
+        monkeypatch.delenv(HOLD_KEYED_COMMAND)
+        retry = await send(path, body)
+        while retry.status == 409 and not first.done():  # until the first claim's lease ran out
+            await asyncio.sleep(0.1)
+            retry = await send(path, body)
+        assert retry.status == 202 and "Idempotent-Replayed" not in retry.headers, retry.text
+        assert_problem(await first, 409, "still being processed")
+        runs = (await api.get("/runs?pipeline=shop&limit=200")).json["items"]
+        assert [r["id"] for r in runs if r["kind"] == kind] == [retry.json["id"]]
+        again = await send(path, body)
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json["id"] == retry.json["id"]
+        await api.wait(retry.json["id"])
 
 
 async def test_break_glass_goes_through_a_freeze_and_someone_else_must_review_it(

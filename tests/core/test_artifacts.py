@@ -236,6 +236,15 @@ def _registry(*bad: str) -> Callable[[str], Artifact | None]:
             ["1.0.1", "1.0.2", "<1.0.1!"], (), "1.0.1", id="a-failed-rollback-is-retried-not-reversed"
         ),
         pytest.param(["1.0.0", "1.1.0", "-"], (), "1.1.0", id="latest-without-artifact"),
+        pytest.param(
+            ["0.9.0", "1.0.0", "1.1.0", "<1.0.0"],
+            (),
+            "0.9.0",
+            id="never-forward-to-what-was-rolled-back-from",
+        ),
+        pytest.param(
+            ["1.0.0", "1.1.0", "<1.0.0", "1.1.0"], (), "1.0.0", id="a-version-deployed-again-since-counts"
+        ),
     ],
 )
 def test_rollback_chooses_the_right_artifact(history: list[str], bad: tuple[str, ...], expected: str) -> None:
@@ -251,6 +260,11 @@ def test_rollback_chooses_the_right_artifact(history: list[str], bad: tuple[str,
 def test_rollback_with_nothing_to_go_back_to_says_so() -> None:
     with pytest.raises(NotFound, match="no earlier good deployment to production"):
         plan_rollback("production", [_deployment("1.0.0")], _registry())
+    with pytest.raises(NotFound) as refused:  # a second rollback does not undo the first
+        plan_rollback("production", _history("1.0.0", "1.1.0", "<1.0.0"), _registry())
+    assert refused.value.message == (
+        "no earlier good deployment to production to roll back to (passed over: web@1.1.0, rolled back from)"
+    )
     with pytest.raises(NotFound, match="nothing with an artifact was ever deployed"):
         plan_rollback("production", [], _registry())
 
