@@ -419,3 +419,25 @@ async def test_the_run_list_pages_back_through_older_runs_keeping_its_filters(
     assert 'href="/ui/runs/quick/1"' in second and "quick/2" not in second and "Older runs" not in second
     status, broken, _ = await me.get("/ui/runs?before=not-a-cursor")
     assert status == 400 and "broken" in broken
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/runs?pipeline=%00",
+        "/ui/runs?triggered_by=%C3%A9%00",
+        "/ui/runs?before=1.%00",
+        "/ui/runs/quick%00/1",
+        "/ui/runs/quick%00/1/jobs/s/j/log.events",
+    ],
+)
+async def test_an_address_holding_nul_is_a_page_saying_so_not_a_server_error(api: Api, path: str) -> None:
+    """PostgreSQL refuses NUL in text: such a filter, cursor or run name would fail the query."""
+    me = Browser(api)
+    try:
+        await me.sign_in_with(api, "viewer")
+        status, html, answer = await me.get(path)
+    finally:
+        await me.session.close()
+    assert status == 400 and "NUL" in html, html
+    assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'")
