@@ -441,3 +441,23 @@ async def test_an_address_holding_nul_is_a_page_saying_so_not_a_server_error(api
         await me.session.close()
     assert status == 400 and "NUL" in html, html
     assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+async def test_the_weekly_chart_counts_what_the_deployment_frequency_counts(
+    start_api: StartApi, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every successful change in the window, not the drawn history's last few deployments (of
+    any outcome): the bars add up to the frequency beside them."""
+    monkeypatch.setattr("bot.web.board.HISTORY", 1, raising=True)
+    ship = one_job("ship", '["true"]', environment="production")
+    broken = one_job("broken", '["false"]', environment="production")
+    api = await start_api(sqlite_url, {"ship": ship, "broken": broken})
+    for pipeline in ("ship", "ship", "broken"):
+        await api.wait((await api.trigger(pipeline))["ref"])
+    html = await web_page(api, "/ui/environments")
+    production = html[html.index('id="env-production"') :]
+    chart = re.search(r'aria-label="deployments per week: ([0-9, ]+)"', production)
+    assert chart is not None, production
+    weekly = [int(n) for n in chart.group(1).split(", ")]
+    assert weekly[-1] == 2 and sum(weekly) == 2 and len(weekly) == 5  # (30 days: 4 weeks and 2 days)
+    assert "(2 deployments)" in production and "1 of 3 deployments" in production
