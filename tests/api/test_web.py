@@ -4,6 +4,7 @@ CSRF, the security headers, and actions that go through the engine's own rules a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -461,3 +462,17 @@ async def test_the_weekly_chart_counts_what_the_deployment_frequency_counts(
     weekly = [int(n) for n in chart.group(1).split(", ")]
     assert weekly[-1] == 2 and sum(weekly) == 2 and len(weekly) == 5  # (30 days: 4 weeks and 2 days)
     assert "(2 deployments)" in production and "1 of 3 deployments" in production
+
+
+async def test_a_cookie_holding_bytes_that_are_not_utf8_is_sent_to_sign_in(lite: Api) -> None:
+    """Such a cookie (a stray one from another app on the host, or forged) is no session: the
+    page asks to sign in rather than failing while hashing it."""
+    assert lite.client.port is not None
+    reader, writer = await asyncio.open_connection(lite.client.host, lite.client.port)
+    try:
+        writer.write(b"GET /ui/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        writer.write(b"Cookie: " + COOKIE.encode() + b"=\xff\xfe\r\n\r\n")
+        answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 303 ") and b"Location: /ui/sign-in?next=/ui/runs" in answer, answer
