@@ -370,3 +370,17 @@ def test_a_named_user_without_a_role_is_refused_and_told_how_to_get_one(tmp_path
         "`shipyard access grant dave deployer`)",
     ]
     assert shipyard(tmp_path, "access", "show", "carol").stdout.strip() == "carol: roles none; groups none"
+
+
+def test_control_characters_a_job_wrote_reach_the_terminal_as_text(tmp_path: Path) -> None:
+    """A job's output in a failure post could otherwise clear the screen, retitle the window or
+    rewrite the clipboard (OSC 52) of the person at the console."""
+    evil = one_build("evil", r'["sh", "-c", "printf \"a\\033]52;c;Zm9v\\007b\\033[2Jc\\n\"; exit 1"]')
+    write_pipelines(tmp_path, {"evil": evil})
+    grant(tmp_path, ("alice", "deployer"))
+    with Console(tmp_path, "alice") as console:
+        console.type("/deploy run evil")
+        told = "".join(console.until("evil#1 failed"))
+        console.close()
+    assert "\x1b" not in told and "\x07" not in told
+    assert r"a\x1b]52;c;Zm9v\x07b\x1b[2Jc" in told
