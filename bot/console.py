@@ -272,7 +272,7 @@ class Console:
             self.user = words[1]
             self.say(f"(you are now {self.user})")
             await self.introduce()
-        elif head == "press" and len(words) > 1 and words[1].isdigit():
+        elif head == "press" and len(words) > 1 and words[1].isascii() and words[1].isdigit():
             index = int(words[1])
             if not 1 <= index <= len(self.buttons):
                 self.say(f"no button {index}")

@@ -384,3 +384,14 @@ def test_control_characters_a_job_wrote_reach_the_terminal_as_text(tmp_path: Pat
         console.close()
     assert "\x1b" not in told and "\x07" not in told
     assert r"a\x1b]52;c;Zm9v\x07b\x1b[2Jc" in told
+
+
+def test_a_button_number_that_is_not_plain_digits_is_a_hint_not_the_end_of_the_console(
+    tmp_path: Path,
+) -> None:
+    """Superscripts and other scripts' digits count as digits to Python; the console must not
+    stop on them."""
+    done = shipyard(tmp_path, "console", stdin="press \u00b2\npress \u0661\n/deploy whoami\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("say `/deploy help`, `press N [reason]`") == 2
+    assert "Roles: deployer" in done.stdout
