@@ -82,6 +82,9 @@ EMOJI_TEXT = {
 }
 
 Number = Callable[[str, str], int]
+#: what a terminal would obey rather than show (escape sequences, carriage returns, bells):
+#: C0 controls but newline and tab, DEL and C1 controls
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def render(blocks: list[block_kit.Block], number: Number) -> str:
@@ -143,7 +146,9 @@ class Console:
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        """Print ``text``, its control characters as ``\\xNN`` (a job's output in a failure post
+        must not move the cursor, retitle the window or write the clipboard)."""
+        print(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text), file=self.out, flush=True)
 
     def number(self, action_id: str, value: str) -> int:
         key = (action_id, value)
@@ -267,7 +272,7 @@ class Console:
             self.user = words[1]
             self.say(f"(you are now {self.user})")
             await self.introduce()
-        elif head == "press" and len(words) > 1 and words[1].isdigit():
+        elif head == "press" and len(words) > 1 and words[1].isascii() and words[1].isdigit():
             index = int(words[1])
             if not 1 <= index <= len(self.buttons):
                 self.say(f"no button {index}")

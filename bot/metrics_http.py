@@ -134,7 +134,8 @@ def authorized(request: web.Request, settings: Settings) -> None:
     if scheme.lower() != "bearer" or not given.strip():
         raise unauthorized("send the metrics token: Authorization: Bearer <SHIPYARD_METRICS_TOKEN>")
     expected = settings.metrics_token.get_secret_value().encode()
-    if not hmac.compare_digest(given.strip().encode(), expected):
+    # (bytes that are not UTF-8 arrive as surrogates: back to the bytes sent, never an error)
+    if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
         raise unauthorized("the metrics token is not valid")
 
 

@@ -4,6 +4,7 @@ days, read the way the REST API and the App Home read them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +13,15 @@ from bot.api.gateway import ApiGateway
 from bot.api.schemas import DeploymentOut
 from bot.chat.health import said
 from core.analysis import EnvironmentHealth, Health
-from core.dora import DEFAULT_WINDOW, FourKeys, four_keys, parse_window
+from core.dora import (
+    DEFAULT_WINDOW,
+    DeploymentFacts,
+    FourKeys,
+    four_keys,
+    is_change,
+    is_successful,
+    parse_window,
+)
 from core.freeze import Freeze, active_freeze, local_text, next_freeze
 from core.locks import describe as lock_words
 from storage.locks import LockStore
@@ -33,7 +42,8 @@ class Row:
     queue: str
     freeze: str
     keys: FourKeys
-    #: deployments a week over the window, oldest week first (the small chart)
+    #: successful changes a week over the window, oldest week first (the small chart: what the
+    #: deployment frequency counts)
     weekly: list[int]
     #: the environment after it on the promotion path
     next: str | None
@@ -73,7 +83,7 @@ async def rows(g: ApiGateway, at: datetime) -> list[Row]:
                 queue=_queue_words(queue.running, len(queue.waiting)),
                 freeze=_freeze_words(policy.freezes, at),
                 keys=keys,
-                weekly=_weekly([d.finished_at for d in history], at, window),
+                weekly=_weekly(facts, at, window),
                 next=after(settings.environments.path, name),
                 locked=lock is not None,
             )
@@ -101,11 +111,13 @@ def _freeze_words(freezes: Sequence[Freeze], at: datetime) -> str:
     return f"next freeze from {local_text(upcoming.starts, upcoming.timezone)}: {upcoming.describe()}"
 
 
-def _weekly(finished: list[datetime], at: datetime, window: timedelta) -> list[int]:
-    weeks = max(1, round(window / timedelta(weeks=1)))
+def _weekly(facts: Sequence[DeploymentFacts], at: datetime, window: timedelta) -> list[int]:
+    """The successful changes of each week back from ``at``, over the whole window (every
+    deployment in it, not only the last ``HISTORY``), so the bars add up to the frequency."""
+    weeks = max(1, math.ceil(window / timedelta(weeks=1)))
     counts = [0] * weeks
-    for when in finished:
-        age = at - when
-        if timedelta(0) <= age < timedelta(weeks=weeks):
+    for d in facts:
+        age = at - d.finished_at
+        if is_change(d) and is_successful(d) and timedelta(0) <= age < timedelta(weeks=weeks):
             counts[weeks - 1 - int(age / timedelta(weeks=1))] += 1
     return counts

@@ -12,6 +12,7 @@ import jinja2
 from aiohttp import web
 
 from bot.api.problems import REFUSAL_STATUS
+from bot.api.routing import _clean
 from core.duration import format_duration
 from core.errors import CommandRefused
 
@@ -92,7 +93,10 @@ class Answer(Exception):
 @web.middleware
 async def answers(request: web.Request, handler: Any) -> web.StreamResponse:
     """Pages under /ui/ answer an ``Answer`` raised by their handler, and a refusal from below
-    with a page saying why (never a traceback)."""
+    with a page saying why (never a traceback); a path or query a database cannot store (NUL, a
+    lone surrogate) with a 400 page before it reaches one, as the REST API does."""
+    if not _clean(request.path) or not all(_clean(k + v) for k, v in request.query.items()):
+        return message("Not a page", "Addresses may not hold NUL characters or broken UTF-8.", 400)
     try:
         response: web.StreamResponse = await handler(request)
     except Answer as answer:

@@ -59,9 +59,10 @@ class Viewer:
 
 async def viewer(request: web.Request) -> Viewer | None:
     """The signed-in person, with the roles they hold now (a revoked role or token counts at
-    once), or None."""
+    once), or None. A cookie Shipyard did not set (not ASCII: other bytes arrive as surrogates,
+    which cannot be hashed) names no session."""
     cookie = request.cookies.get(COOKIE)
-    if not cookie:
+    if not cookie or not cookie.isascii():
         return None
     g = request.app[WEB].gateway
     session: WebSession | None = await g.read(request.app[WEB].sessions.session, cookie, now(), quick=True)

@@ -147,6 +147,24 @@ async def test_the_main_port_asks_for_the_metrics_token(sqlite_url: str, start_a
     assert (await scrape(api)).value("shipyard_environment_queued_runs", environment="production") == 0
 
 
+async def test_a_token_that_is_not_utf8_is_refused_like_any_wrong_one(
+    sqlite_url: str, start_api: StartApi
+) -> None:
+    """A scraper misconfigured with stray bytes is told its token is not valid, not a 500."""
+    api = await start_api(sqlite_url, PIPELINES, metrics_token=TOKEN)
+    assert api.client.port is not None
+    reader, writer = await asyncio.open_connection(api.client.host, api.client.port)
+    try:
+        token = TOKEN.encode() + b"\xff"
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        writer.write(b"Authorization: Bearer " + token + b"\r\n\r\n")
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ") and b"not valid" in body, answer
+
+
 async def test_without_a_token_or_a_port_the_metrics_are_not_served(
     sqlite_url: str, start_api: StartApi
 ) -> None:

@@ -4,6 +4,7 @@ CSRF, the security headers, and actions that go through the engine's own rules a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -419,3 +420,59 @@ async def test_the_run_list_pages_back_through_older_runs_keeping_its_filters(
     assert 'href="/ui/runs/quick/1"' in second and "quick/2" not in second and "Older runs" not in second
     status, broken, _ = await me.get("/ui/runs?before=not-a-cursor")
     assert status == 400 and "broken" in broken
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/runs?pipeline=%00",
+        "/ui/runs?triggered_by=%C3%A9%00",
+        "/ui/runs?before=1.%00",
+        "/ui/runs/quick%00/1",
+        "/ui/runs/quick%00/1/jobs/s/j/log.events",
+    ],
+)
+async def test_an_address_holding_nul_is_a_page_saying_so_not_a_server_error(api: Api, path: str) -> None:
+    """PostgreSQL refuses NUL in text: such a filter, cursor or run name would fail the query."""
+    me = Browser(api)
+    try:
+        await me.sign_in_with(api, "viewer")
+        status, html, answer = await me.get(path)
+    finally:
+        await me.session.close()
+    assert status == 400 and "NUL" in html, html
+    assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+async def test_the_weekly_chart_counts_what_the_deployment_frequency_counts(
+    start_api: StartApi, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every successful change in the window, not the drawn history's last few deployments (of
+    any outcome): the bars add up to the frequency beside them."""
+    monkeypatch.setattr("bot.web.board.HISTORY", 1, raising=True)
+    ship = one_job("ship", '["true"]', environment="production")
+    broken = one_job("broken", '["false"]', environment="production")
+    api = await start_api(sqlite_url, {"ship": ship, "broken": broken})
+    for pipeline in ("ship", "ship", "broken"):
+        await api.wait((await api.trigger(pipeline))["ref"])
+    html = await web_page(api, "/ui/environments")
+    production = html[html.index('id="env-production"') :]
+    chart = re.search(r'aria-label="deployments per week: ([0-9, ]+)"', production)
+    assert chart is not None, production
+    weekly = [int(n) for n in chart.group(1).split(", ")]
+    assert weekly[-1] == 2 and sum(weekly) == 2 and len(weekly) == 5  # (30 days: 4 weeks and 2 days)
+    assert "(2 deployments)" in production and "1 of 3 deployments" in production
+
+
+async def test_a_cookie_holding_bytes_that_are_not_utf8_is_sent_to_sign_in(lite: Api) -> None:
+    """Such a cookie (a stray one from another app on the host, or forged) is no session: the
+    page asks to sign in rather than failing while hashing it."""
+    assert lite.client.port is not None
+    reader, writer = await asyncio.open_connection(lite.client.host, lite.client.port)
+    try:
+        writer.write(b"GET /ui/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        writer.write(b"Cookie: " + COOKIE.encode() + b"=\xff\xfe\r\n\r\n")
+        answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 303 ") and b"Location: /ui/sign-in?next=/ui/runs" in answer, answer

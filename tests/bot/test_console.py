@@ -396,3 +396,28 @@ def test_words_a_command_would_ignore_are_refused_with_its_usage(tmp_path: Path)
     assert "`retry` does not take `now`. Usage: `/deploy retry <run>`" in out
     assert "Retrying" not in out and "quick#1" in out.split("`retry` does not take")[1]  # status said
     assert "No run `quick#9`" in out  # the reason's words are its own
+
+
+def test_control_characters_a_job_wrote_reach_the_terminal_as_text(tmp_path: Path) -> None:
+    """A job's output in a failure post could otherwise clear the screen, retitle the window or
+    rewrite the clipboard (OSC 52) of the person at the console."""
+    evil = one_build("evil", r'["sh", "-c", "printf \"a\\033]52;c;Zm9v\\007b\\033[2Jc\\n\"; exit 1"]')
+    write_pipelines(tmp_path, {"evil": evil})
+    grant(tmp_path, ("alice", "deployer"))
+    with Console(tmp_path, "alice") as console:
+        console.type("/deploy run evil")
+        told = "".join(console.until("evil#1 failed"))
+        console.close()
+    assert "\x1b" not in told and "\x07" not in told
+    assert r"a\x1b]52;c;Zm9v\x07b\x1b[2Jc" in told
+
+
+def test_a_button_number_that_is_not_plain_digits_is_a_hint_not_the_end_of_the_console(
+    tmp_path: Path,
+) -> None:
+    """Superscripts and other scripts' digits count as digits to Python; the console must not
+    stop on them."""
+    done = shipyard(tmp_path, "console", stdin="press \u00b2\npress \u0661\n/deploy whoami\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("say `/deploy help`, `press N [reason]`") == 2
+    assert "Roles: deployer" in done.stdout
