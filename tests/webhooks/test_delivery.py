@@ -311,6 +311,25 @@ async def test_urls_that_lead_inside_are_refused_at_registration(
     assert (await api.get("/webhooks", "admin")).json["items"] == []
 
 
+async def test_a_url_that_does_not_parse_is_refused_not_a_server_error(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    """Bracketed addresses, ports and IDNA labels pass the body's pattern and are only checked
+    as the URL is parsed."""
+    api = await start_hooks(sqlite_url)
+    for url, why in (
+        ("http://[not-an-address]/hook", "not a valid URL"),
+        ("http://127.0.0.1:99999/hook", "not a valid URL"),
+        ("http://127.0.0.1:-1/hook", "not a valid URL"),
+        ("http://hooks.example:https/hook", "not a valid URL"),
+        ("http://xn--/hook", "not a valid URL"),
+        ("http://127.0.0.1:0/hook", "port 0"),
+    ):
+        reply = await api.post("/webhooks", json={"url": url, "events": ["run.finished"]})
+        assert_problem(reply, 422, why)
+    assert (await api.get("/webhooks", "admin")).json["items"] == []
+
+
 async def test_the_policy_holds_at_connect_time_too(
     sqlite_url: str, start_hooks: StartHooks, receivers: Receivers
 ) -> None:
