@@ -502,7 +502,7 @@ class WebhookStore:
                 state = "delivered" if o.ok else "pending" if o.retry_at is not None else "failed"
                 values: dict[str, Any] = {
                     "last_status": o.status,
-                    "last_error": o.error[:1000],
+                    "last_error": _text(o.error, 1000),
                 }
                 if state == "pending":
                     values["next_attempt_at"] = o.retry_at
@@ -523,9 +523,9 @@ class WebhookStore:
                         "at": o.at,
                         "duration_ms": round(o.duration_ms, 3),
                         "status": o.status,
-                        "error": o.error[:1000],
+                        "error": _text(o.error, 1000),
                         "request_headers": o.request_headers,
-                        "response": o.response[:1024],
+                        "response": _text(o.response, 1024),
                     }
                     for o in kept
                 ],
@@ -764,6 +764,12 @@ class WebhookStore:
                 return False
             tx.append_events([resource_event("trigger", "deleted", trigger_id, now)])
             return True
+
+
+def _text(said: str, limit: int) -> str:
+    """What a receiver said, as text columns store it: PostgreSQL refuses NUL, and one answer it
+    refuses would keep every outcome recorded with it from being written."""
+    return said[:limit].replace("\x00", "\ufffd")
 
 
 def _last_error(failures: list[Outcome]) -> str:

@@ -10,6 +10,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from bot.webhooks.service import retry_delay
 from storage.webhooks import WebhookStore
 from tests.api.conftest import Api, assert_problem
@@ -257,6 +260,40 @@ async def test_a_delivery_is_redelivered_with_the_same_message_id(
     assert [d["state"] for d in await _deliveries(api, hook)] == ["delivered", "delivered"]
     assert_problem(await api.post(f"/webhooks/{hook['id']}/deliveries/999999/redeliver", "admin"), 404)
     assert_problem(await api.get(f"/webhooks/{hook['id']}/deliveries/nope", "admin"), 404)
+
+
+async def test_an_answer_with_nul_bytes_is_recorded_and_does_not_hold_up_the_others(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    """PostgreSQL stores no NUL in text: the attempt is recorded with U+FFFD instead, and so are
+    the other subscriptions' attempts written in the same transaction."""
+    api = await start_hooks(db_url)
+
+    async def garbled(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=500, body=b"oops\x00\xff")
+
+    app = web.Application()
+    app.router.add_post("/hook", garbled)
+    hostile = TestServer(app, host="127.0.0.1")
+    await hostile.start_server()
+    try:
+        made = await api.post(
+            "/webhooks", json={"url": str(hostile.make_url("/hook")), "events": ["run.started"]}
+        )
+        assert made.status == 201, made.text
+        receiver = await receivers()
+        polite = await subscribe(api, receiver, ["run.started"])
+        await settle(api, (await api.trigger("quick"))["id"])
+        assert len(await worker(api).step(utc())) == 2
+    finally:
+        await hostile.close()
+    (failed,) = await _deliveries(api, made.json)
+    assert (failed["state"], failed["attempts"], failed["last_status"]) == ("pending", 1, 500)
+    detail = await api.get(f"/webhooks/{made.json['id']}/deliveries/{failed['id']}", "admin")
+    assert [a["response"] for a in detail.json["attempt_log"]] == ["oops\ufffd\ufffd"]
+    assert [d["state"] for d in await _deliveries(api, polite)] == ["delivered"]
+    assert receiver.types() == ["run.started"]
 
 
 async def test_a_silent_receiver_times_out_and_is_retried_when_it_comes_back(
