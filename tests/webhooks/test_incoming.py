@@ -349,3 +349,17 @@ async def test_signature_headers_that_are_not_text_are_refused_not_a_500(
         assert (status, problem["status"]) == (401, 401) and why in problem["detail"], problem
     assert len(await rejected(api, "hook_trigger")) == 3
     assert await runs_of(api, "pushed") == [] and await runs_of(api, "web") == []
+
+
+async def test_a_push_to_a_branch_longer_than_a_run_stores_is_refused_not_a_500(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(db_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    longest = "release/" + "é" * 247
+    too_long = await github(api, trigger, push_payload(f"refs/heads/{longest}x"))
+    assert_problem(too_long, 422, "256 characters", "at most 255")
+    assert await runs_of(api, "pushed") == []
+    assert "at most 255" in (await rejected(api, "hook_trigger"))[0]["reason"]
+    started = await github(api, trigger, push_payload(f"refs/heads/{longest}"))
+    assert started.status == 202 and started.json["run"]["parameters"]["branch"] == longest
