@@ -10,10 +10,13 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pydantic import ValidationError
 
-from bot.webhooks.service import retry_delay
+from bot.config import Settings
+from bot.webhooks.service import Config, retry_delay
 from storage.webhooks import WebhookStore
 from tests.api.conftest import Api, assert_problem
 from tests.webhooks.conftest import (
@@ -80,6 +83,20 @@ async def test_every_event_type_arrives_signed_and_in_order(
     assert json.loads(detail["body"]) == receiver.delivered[-1].payload  # exactly what was signed
     assert [a["status"] for a in detail["attempt_log"]] == [200]
     assert detail["attempt_log"][0]["request_headers"]["webhook-id"] == detail["msg_id"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "largest"), [("webhook_keep_days", 3650), ("webhook_disable_after_hours", 87600)]
+)
+def test_a_time_too_long_to_count_with_is_a_settings_error_not_a_crash_at_startup(
+    setting: str, largest: int
+) -> None:
+    """A huge number meant as "keep them forever" overflowed ``timedelta`` when the worker started."""
+    for huge in (1e9, float("inf")):
+        with pytest.raises(ValidationError, match=setting):
+            Settings(**{setting: huge})
+    config = Config.of(Settings(**{setting: largest}))
+    assert utc() - config.keep < utc() and utc() - config.failing_for < utc()
 
 
 async def test_a_failing_receiver_is_retried_with_growing_jittered_waits(
