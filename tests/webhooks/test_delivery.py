@@ -4,8 +4,11 @@ redelivered; the worker is stepped at chosen times, so hours of backoff take no 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -138,6 +141,32 @@ def test_the_retry_schedule_is_full_jitter_below_each_step_then_gives_up() -> No
         mean = sum(w for w in waits if w is not None) / len(waits)
         assert 0.4 * cap < mean < 0.6 * cap  # spread over the whole range, not bunched at the top
     assert retry_delay(len(schedule) + 1, schedule, rng) is None
+
+
+async def test_one_subscriptions_backlog_takes_no_more_than_its_share_of_the_slots(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    api = await start_hooks(db_url)
+    sender = worker(api)
+    sender.config = dataclasses.replace(sender.config, concurrency=4, per_webhook=2)
+    dead, alive = await receivers(), await receivers()
+    dead.default = "silent"
+    await subscribe(api, dead, ["run.finished"])
+    for _ in range(6):  # six runs: six messages due at once, each the head of its run
+        await settle(api, (await api.trigger("quick"))["id"])
+    await sender.pump(utc())
+    await subscribe(api, alive, ["run.finished"])
+    for _ in range(2):
+        await settle(api, (await api.trigger("quick"))["id"])
+
+    await sender.pump(utc())
+    await sender._launch(utc())  # the dead receiver's messages are due first
+    await sender._launch(utc())
+    in_flight = Counter(f.claimed.url for f in sender._flights.values())
+    assert in_flight == {dead.url: 2, alive.url: 2}
+    await alive.wait_for(2)
+    dead.release.set()
+    await asyncio.gather(*(f.task for f in list(sender._flights.values())))
 
 
 async def test_a_runs_messages_wait_for_the_one_before_them_but_other_runs_go_on(
