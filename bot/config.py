@@ -162,11 +162,14 @@ class Settings(BaseSettings):
         100, ge=1, description="a subscription is disabled after this many failed attempts in a row"
     )
     webhook_disable_after_hours: float = Field(
-        24.0, gt=0, description="…or when every attempt failed for this long"
+        24.0, gt=0, le=24 * 3650, description="…or when every attempt failed for this long"
     )
     webhook_deliver: bool = Field(True, description="run the webhook outbox and deliveries in this process")
     webhook_keep_days: float = Field(
-        30.0, gt=0, description="finished deliveries (and their attempts) older than this are deleted"
+        30.0,
+        gt=0,
+        le=3650,  # (as measurement_keep_days: a longer one overflows the date arithmetic)
+        description="finished deliveries (and their attempts) older than this are deleted",
     )
 
     @field_validator("runner_labels", mode="before")

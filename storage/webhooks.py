@@ -26,6 +26,7 @@ deliveries) appends none: it follows the log, and events about it would only fee
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -412,14 +413,16 @@ class WebhookStore:
         lease: timedelta,
         busy: Sequence[str] = (),
         clock: Callable[[], datetime] | None = None,
+        room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
-        """Take up to ``limit`` deliveries due at ``now`` (none of subscriptions in ``busy``) for
-        ``lease``, counted from when the claim is written (``clock``, if later than ``now``): a
-        claim that waited for the database must not start with its lease half gone."""
+        """Take up to ``limit`` deliveries due at ``now`` (none of subscriptions in ``busy``, at
+        most ``room(webhook_id)`` of each) for ``lease``, counted from when the claim is written
+        (``clock``, if later than ``now``): a claim that waited for the database must not start
+        with its lease half gone."""
         if limit <= 0:
             return []
         query = (
-            sa.select(DELIVERY.c.id)
+            sa.select(DELIVERY.c.id, DELIVERY.c.webhook_id)
             .join(WEBHOOK, WEBHOOK.c.id == DELIVERY.c.webhook_id)
             .where(CLAIMABLE, DELIVERY.c.next_attempt_at <= now)
             .order_by(DELIVERY.c.next_attempt_at, DELIVERY.c.id)
@@ -430,7 +433,7 @@ class WebhookStore:
         if self._pg:
             query = query.with_for_update(of=DELIVERY, skip_locked=True)
         with self.store.transaction() as tx:
-            ids = list(tx.conn.execute(query).scalars())
+            ids = _within(tx.conn.execute(query).all(), room)
             if not ids:
                 return []
             lease_until = max(now, clock() if clock is not None else now) + lease
@@ -502,7 +505,7 @@ class WebhookStore:
                 state = "delivered" if o.ok else "pending" if o.retry_at is not None else "failed"
                 values: dict[str, Any] = {
                     "last_status": o.status,
-                    "last_error": o.error[:1000],
+                    "last_error": _text(o.error, 1000),
                 }
                 if state == "pending":
                     values["next_attempt_at"] = o.retry_at
@@ -523,9 +526,9 @@ class WebhookStore:
                         "at": o.at,
                         "duration_ms": round(o.duration_ms, 3),
                         "status": o.status,
-                        "error": o.error[:1000],
+                        "error": _text(o.error, 1000),
                         "request_headers": o.request_headers,
-                        "response": o.response[:1024],
+                        "response": _text(o.response, 1024),
                     }
                     for o in kept
                 ],
@@ -764,6 +767,26 @@ class WebhookStore:
                 return False
             tx.append_events([resource_event("trigger", "deleted", trigger_id, now)])
             return True
+
+
+def _within(rows: Sequence[Any], room: Callable[[str], int] | None) -> list[int]:
+    """The ids of ``rows`` (due order), at most ``room(webhook_id)`` of each subscription: the
+    rest stay due for the next claim, so one subscription's backlog cannot fill every slot."""
+    if room is None:
+        return [r.id for r in rows]
+    taken: Counter[str] = Counter()
+    ids = []
+    for r in rows:
+        if taken[r.webhook_id] < room(r.webhook_id):
+            taken[r.webhook_id] += 1
+            ids.append(r.id)
+    return ids
+
+
+def _text(said: str, limit: int) -> str:
+    """What a receiver said, as text columns store it: PostgreSQL refuses NUL, and one answer it
+    refuses would keep every outcome recorded with it from being written."""
+    return said[:limit].replace("\x00", "\ufffd")
 
 
 def _last_error(failures: list[Outcome]) -> str:

@@ -117,7 +117,9 @@ def _audited(
 
 
 def _header(request: web.Request, name: str) -> str:
-    return request.headers.get(name, "")[:200]
+    """A header for the audit entry: bytes that were not UTF-8 arrive as surrogates, which the
+    audit log cannot hash or store."""
+    return str(_storable(request.headers.get(name, "")[:200]))
 
 
 async def _body(request: web.Request) -> bytes:

@@ -238,16 +238,22 @@ async def _webhook(call: Call) -> Webhook:
 
 async def _check_url(call: Call, text: str) -> str:
     """A URL the policy lets deliveries reach (resolved now; checked again at every connect)."""
-    url = URL(text)
-    if url.scheme not in ("http", "https") or not url.host:
+    try:  # yarl checks ports, bracketed addresses and IDNA labels only as it parses them
+        url = URL(text)
+        host, port = url.host, url.port
+    except ValueError as exc:  # (UnicodeError included)
+        raise Problem(422, f"url is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not host:
         raise Problem(422, "url must be an http:// or https:// URL with a host")
+    if not port:
+        raise Problem(422, "url must not name port 0: nothing can be reached there")
     if url.user is not None or url.password is not None:
         raise Problem(422, "url must not carry credentials: deliveries are signed instead")
     try:
         async with asyncio.timeout(RESOLVE_S):
-            why = await check_name(_config(call).policy, url.host)
+            why = await check_name(_config(call).policy, host)
     except TimeoutError:
-        why = f"{url.host} did not resolve within {RESOLVE_S:g} s"
+        why = f"{host} did not resolve within {RESOLVE_S:g} s"
     if why is not None:
         raise Problem(422, f"url refused: {why}")
     return str(url)

@@ -19,6 +19,8 @@ from core.definition import PipelineDef, parameter_text
 
 SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 ZERO = re.compile(r"^0+$")
+#: the longest branch a run stores (the generic trigger's ``branch`` takes as many)
+MAX_BRANCH = 255
 
 
 class NotAPush(ValueError):
@@ -59,6 +61,10 @@ def match_push(definition: PipelineDef, payload: object) -> Push | Ignored:
     branch = ref.removeprefix("refs/heads/")
     for rule in definition.push:
         if any(fnmatch.fnmatchcase(branch, pattern) for pattern in rule.branches):
+            if len(branch) > MAX_BRANCH:
+                raise NotAPush(
+                    f"branch {branch[:80]}… has {len(branch)} characters; a run takes at most {MAX_BRANCH}"
+                )
             parameters = parameter_text(rule.parameters)
             if rule.revision_parameter:
                 parameters[rule.revision_parameter] = after

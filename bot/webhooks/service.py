@@ -325,7 +325,13 @@ class Webhooks:
         per = Counter(f.claimed.webhook_id for f in self._flights.values())
         busy = sorted(w for w, n in per.items() if n >= self.config.per_webhook)
         claimed = await self.backend.write(
-            self.webhook_store.claim, at, free, self.config.lease, busy, self.clock
+            self.webhook_store.claim,
+            at,
+            free,
+            self.config.lease,
+            busy,
+            self.clock,
+            lambda webhook_id: self.config.per_webhook - per[webhook_id],
         )
         for c in claimed:
             task = asyncio.create_task(self.send(c, at))

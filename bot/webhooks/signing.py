@@ -64,6 +64,8 @@ def verify(secret: str, sent: Mapping[str, str], body: bytes, now: float) -> str
     given = sent.get("webhook-signature", "")
     if not (msg_id and stamp and given):
         raise BadSignature("unsigned: send webhook-id, webhook-timestamp and webhook-signature")
+    if not (msg_id.isascii() and given.isascii()):  # (other bytes arrive as surrogates: unsignable)
+        raise BadSignature("webhook-id and webhook-signature must be ASCII")
     if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise BadSignature("webhook-timestamp must be Unix seconds")
     if abs(now - int(stamp)) > TOLERANCE_S:
@@ -87,7 +89,9 @@ def verify_github(secret: str, given: str | None, body: bytes) -> None:
     """Check ``X-Hub-Signature-256``; raises ``BadSignature``."""
     if not given:
         raise BadSignature("unsigned: GitHub sends X-Hub-Signature-256 when the webhook has a secret")
-    if not hmac.compare_digest(given.strip().encode(), github_signature(secret, body).encode()):
+    if not given.isascii() or not hmac.compare_digest(
+        given.strip().encode(), github_signature(secret, body).encode()
+    ):
         raise BadSignature("X-Hub-Signature-256 does not match the body and the secret")
 
 

@@ -4,13 +4,22 @@ redelivered; the worker is stepped at chosen times, so hours of backoff take no 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.webhooks.service import retry_delay
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import ValidationError
+
+from bot.config import Settings
+from bot.webhooks.service import Config, retry_delay
 from storage.webhooks import WebhookStore
 from tests.api.conftest import Api, assert_problem
 from tests.webhooks.conftest import (
@@ -79,6 +88,20 @@ async def test_every_event_type_arrives_signed_and_in_order(
     assert detail["attempt_log"][0]["request_headers"]["webhook-id"] == detail["msg_id"]
 
 
+@pytest.mark.parametrize(
+    ("setting", "largest"), [("webhook_keep_days", 3650), ("webhook_disable_after_hours", 87600)]
+)
+def test_a_time_too_long_to_count_with_is_a_settings_error_not_a_crash_at_startup(
+    setting: str, largest: int
+) -> None:
+    """A huge number meant as "keep them forever" overflowed ``timedelta`` when the worker started."""
+    for huge in (1e9, float("inf")):
+        with pytest.raises(ValidationError, match=setting):
+            Settings(**{setting: huge})
+    config = Config.of(Settings(**{setting: largest}))
+    assert utc() - config.keep < utc() and utc() - config.failing_for < utc()
+
+
 async def test_a_failing_receiver_is_retried_with_growing_jittered_waits(
     sqlite_url: str, start_hooks: StartHooks, receivers: Receivers
 ) -> None:
@@ -118,6 +141,32 @@ def test_the_retry_schedule_is_full_jitter_below_each_step_then_gives_up() -> No
         mean = sum(w for w in waits if w is not None) / len(waits)
         assert 0.4 * cap < mean < 0.6 * cap  # spread over the whole range, not bunched at the top
     assert retry_delay(len(schedule) + 1, schedule, rng) is None
+
+
+async def test_one_subscriptions_backlog_takes_no_more_than_its_share_of_the_slots(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    api = await start_hooks(db_url)
+    sender = worker(api)
+    sender.config = dataclasses.replace(sender.config, concurrency=4, per_webhook=2)
+    dead, alive = await receivers(), await receivers()
+    dead.default = "silent"
+    await subscribe(api, dead, ["run.finished"])
+    for _ in range(6):  # six runs: six messages due at once, each the head of its run
+        await settle(api, (await api.trigger("quick"))["id"])
+    await sender.pump(utc())
+    await subscribe(api, alive, ["run.finished"])
+    for _ in range(2):
+        await settle(api, (await api.trigger("quick"))["id"])
+
+    await sender.pump(utc())
+    await sender._launch(utc())  # the dead receiver's messages are due first
+    await sender._launch(utc())
+    in_flight = Counter(f.claimed.url for f in sender._flights.values())
+    assert in_flight == {dead.url: 2, alive.url: 2}
+    await alive.wait_for(2)
+    dead.release.set()
+    await asyncio.gather(*(f.task for f in list(sender._flights.values())))
 
 
 async def test_a_runs_messages_wait_for_the_one_before_them_but_other_runs_go_on(
@@ -259,6 +308,40 @@ async def test_a_delivery_is_redelivered_with_the_same_message_id(
     assert_problem(await api.get(f"/webhooks/{hook['id']}/deliveries/nope", "admin"), 404)
 
 
+async def test_an_answer_with_nul_bytes_is_recorded_and_does_not_hold_up_the_others(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    """PostgreSQL stores no NUL in text: the attempt is recorded with U+FFFD instead, and so are
+    the other subscriptions' attempts written in the same transaction."""
+    api = await start_hooks(db_url)
+
+    async def garbled(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=500, body=b"oops\x00\xff")
+
+    app = web.Application()
+    app.router.add_post("/hook", garbled)
+    hostile = TestServer(app, host="127.0.0.1")
+    await hostile.start_server()
+    try:
+        made = await api.post(
+            "/webhooks", json={"url": str(hostile.make_url("/hook")), "events": ["run.started"]}
+        )
+        assert made.status == 201, made.text
+        receiver = await receivers()
+        polite = await subscribe(api, receiver, ["run.started"])
+        await settle(api, (await api.trigger("quick"))["id"])
+        assert len(await worker(api).step(utc())) == 2
+    finally:
+        await hostile.close()
+    (failed,) = await _deliveries(api, made.json)
+    assert (failed["state"], failed["attempts"], failed["last_status"]) == ("pending", 1, 500)
+    detail = await api.get(f"/webhooks/{made.json['id']}/deliveries/{failed['id']}", "admin")
+    assert [a["response"] for a in detail.json["attempt_log"]] == ["oops\ufffd\ufffd"]
+    assert [d["state"] for d in await _deliveries(api, polite)] == ["delivered"]
+    assert receiver.types() == ["run.started"]
+
+
 async def test_a_silent_receiver_times_out_and_is_retried_when_it_comes_back(
     sqlite_url: str, start_hooks: StartHooks, receivers: Receivers
 ) -> None:
@@ -305,6 +388,25 @@ async def test_urls_that_lead_inside_are_refused_at_registration(
         ("http://[::ffff:192.168.0.1]/hook", "private"),
         ("http://localhost:9/hook", "loopback"),
         ("http://user:pw@example.com/hook", "url"),
+    ):
+        reply = await api.post("/webhooks", json={"url": url, "events": ["run.finished"]})
+        assert_problem(reply, 422, why)
+    assert (await api.get("/webhooks", "admin")).json["items"] == []
+
+
+async def test_a_url_that_does_not_parse_is_refused_not_a_server_error(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    """Bracketed addresses, ports and IDNA labels pass the body's pattern and are only checked
+    as the URL is parsed."""
+    api = await start_hooks(sqlite_url)
+    for url, why in (
+        ("http://[not-an-address]/hook", "not a valid URL"),
+        ("http://127.0.0.1:99999/hook", "not a valid URL"),
+        ("http://127.0.0.1:-1/hook", "not a valid URL"),
+        ("http://hooks.example:https/hook", "not a valid URL"),
+        ("http://xn--/hook", "not a valid URL"),
+        ("http://127.0.0.1:0/hook", "port 0"),
     ):
         reply = await api.post("/webhooks", json={"url": url, "events": ["run.finished"]})
         assert_problem(reply, 422, why)

@@ -5,9 +5,11 @@ and refused (with an audit entry) when unsigned, badly signed, stale or unknown.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -300,3 +302,64 @@ async def test_a_generic_trigger_passes_the_branch_it_is_given(
     assert_problem(await generic(api, trigger, {"revision": SHA, "branch": "feature/x"}), 403, "feature/x")
     assert_problem(await generic(api, trigger, {"revision": SHA}), 403, "names no branch")
     assert len(await runs_of(api, "released")) == 1
+
+
+async def raw_post(api: Api, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, Any]:
+    """POST with header bytes as given (an HTTP client would refuse to send what is not text);
+    the status and the JSON answer."""
+    assert api.client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.client.server.port)
+    head = [f"POST /api/v1{path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines = [line.encode() for line in [*head, "Content-Type: application/json", "Connection: close"]]
+    writer.write(b"\r\n".join(lines + [k + b": " + v for k, v in headers]) + b"\r\n\r\n" + body)
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+async def test_signature_headers_that_are_not_text_are_refused_not_a_500(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    """Header bytes that are not UTF-8 reach the handler as surrogates, which cannot be signed."""
+    api = await start_hooks(sqlite_url)
+    pushed = await make_trigger(api, "pushed", "github")
+    plain = await make_trigger(api, "web", "generic")
+    stamp = str(int(time.time())).encode()
+    cases = [
+        (
+            pushed,
+            [(b"X-GitHub-Event", b"push"), (b"X-Hub-Signature-256", b"sha256=\xff\xfe")],
+            "does not match",
+        ),
+        (
+            plain,
+            [(b"webhook-id", b"msg_\xff"), (b"webhook-timestamp", stamp), (b"webhook-signature", b"v1,x")],
+            "ASCII",
+        ),
+        (
+            plain,
+            [(b"webhook-id", b"msg_1"), (b"webhook-timestamp", stamp), (b"webhook-signature", b"v1,\xff")],
+            "ASCII",
+        ),
+    ]
+    for trigger, headers, why in cases:
+        status, problem = await raw_post(api, f"/hooks/{trigger['id']}", headers, b"{}")
+        assert (status, problem["status"]) == (401, 401) and why in problem["detail"], problem
+    assert len(await rejected(api, "hook_trigger")) == 3
+    assert await runs_of(api, "pushed") == [] and await runs_of(api, "web") == []
+
+
+async def test_a_push_to_a_branch_longer_than_a_run_stores_is_refused_not_a_500(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    api = await start_hooks(db_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    longest = "release/" + "é" * 247
+    too_long = await github(api, trigger, push_payload(f"refs/heads/{longest}x"))
+    assert_problem(too_long, 422, "256 characters", "at most 255")
+    assert await runs_of(api, "pushed") == []
+    assert "at most 255" in (await rejected(api, "hook_trigger"))[0]["reason"]
+    started = await github(api, trigger, push_payload(f"refs/heads/{longest}"))
+    assert started.status == 202 and started.json["run"]["parameters"]["branch"] == longest
