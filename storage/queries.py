@@ -215,7 +215,9 @@ class Q:
         sa.select(PIPELINE.c.name).where(PIPELINE.c.archived.is_(False)).order_by(PIPELINE.c.name)
     )
 
-    delete_lock = sa.delete(LOCK).where(LOCK.c.environment == b("env"))
+    #: an expired lock only: one taken since it was read (a committed row PostgreSQL's delete
+    #: would see) stays, and the insert after this meets the key instead
+    delete_expired_lock = sa.delete(LOCK).where(LOCK.c.environment == b("env"), LOCK.c.expires_at <= b("now"))
     insert_lock = sa.insert(LOCK)
     deployments_to = (
         sa.select(DEPLOYMENT)

@@ -874,7 +874,7 @@ class SqlTx:
 
         if current_lock(self.conn, env, now) is not None:
             return False
-        swept = self.conn.execute(Q.delete_lock, {"env": env}).rowcount  # an expired one
+        swept = self.conn.execute(Q.delete_expired_lock, {"env": env, "now": now}).rowcount
         lock = Lock(environment=env, holder="shipyard", reason=reason, since=now, kind="rollback")
         self.conn.execute(Q.insert_lock, [lock_values(lock)])
         was = LockState.EXPIRED if swept else LockState.FREE

@@ -8,11 +8,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
-from core.errors import InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
 from core.events import NO_RUN
 from core.locks import EnvironmentLocked, Lock, NotLockHolder, describe
 from core.ports import AuditEntry
@@ -344,3 +344,33 @@ def test_the_rollback_lock_appends_its_event_in_the_engines_transaction(locks: L
         ("lock.acquired", "free", "held", "manual"),
         ("lock.acquired", "expired", "held", "rollback"),
     ]
+
+
+@pytest.mark.postgres
+def test_a_rollback_never_sweeps_away_a_lock_someone_took_while_it_finished(
+    pg_url: str, stores: list[SqlStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine reads the environment free (alice's lock ran out); before it writes the
+    rollback lock, bob takes the expired lock over on another replica. Bob keeps his lock: the
+    engine's transaction loses the race and, decided again, leaves bob's lock standing."""
+    engine, person = LockStore(SqlStore(pg_url)), LockStore(SqlStore(pg_url))
+    stores.extend((engine.store, person.store))
+    engine.acquire("production", "alice", "load test", 60.0, NOW)
+    import storage.locks
+
+    read = storage.locks.current_lock
+    taken: list[Lock] = []
+
+    def current_then_bob_locks(conn: Any, environment: str, now: datetime) -> Lock | None:
+        found = read(conn, environment, now)
+        if not taken:  # committed by the other replica between the engine's read and its write
+            taken.append(person.acquire("production", "bob", "hotfix", None, now))
+        return found
+
+    monkeypatch.setattr(storage.locks, "current_lock", current_then_bob_locks)
+    with pytest.raises(Conflict), engine.store.transaction() as tx:
+        tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(120))
+    assert taken and taken[0].holder == "bob"
+    with engine.store.transaction() as tx:  # decided again: bob's lock stays
+        assert not tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(121))
+    assert engine.current("production", at(121)) == taken[0]
