@@ -12,7 +12,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from bot.api.common import find_run, reply
+from bot.api.environments import _known
 from bot.api.gateway import gw
+from bot.api.pipelines import _info
 from bot.api.problems import REFUSAL_STATUS, Problem
 from bot.api.routing import Call
 from bot.api.runs import _created, _state, actor, run_key
@@ -219,6 +221,9 @@ async def rollback(call: Call) -> web.Response:
 )
 async def list_blockers(call: Call) -> web.Response:
     g, env, pipeline = gw(call), _env(call), call.query.pipeline
+    await _known(call, env)  # (nothing stands in front of a typo: it must not read "clear")
+    if pipeline is not None:
+        await _info(call, pipeline)
     found = await g.read(g.shipyard.service.why, env, pipeline)
     items = [BlockerOut(kind=b.kind, what=b.what, clears=b.clears) for b in found]
     return reply(BlockersOut(environment=env, pipeline=pipeline, clear=not items, blockers=items))
@@ -233,8 +238,9 @@ async def list_blockers(call: Call) -> web.Response:
     responses={200: ("the queue, in order, with estimated starts", QueueOut)},
 )
 async def get_queue(call: Call) -> web.Response:
-    g = gw(call)
-    q = await g.read(g.shipyard.service.queue, _env(call))
+    g, env = gw(call), _env(call)
+    await _known(call, env)
+    q = await g.read(g.shipyard.service.queue, env)
     waiting = [
         QueuedOut(run_id=e.run_id, ref=e.ref, position=e.position, estimated_start=e.eta) for e in q.waiting
     ]

@@ -303,4 +303,9 @@ async def test_environment_paths_refuse_what_cannot_be_an_environment_name(lite:
         "/environments/Prod!/rollback",
     ):
         assert_problem(await lite.get(path), 404, "no environment")
-    assert (await lite.get("/environments/nowhere/queue")).json["waiting"] == []
+    # a name nothing deploys to and nobody declared is a typo: not an empty queue, nor "clear"
+    for path in ("/environments/nowhere/queue", "/environments/nowhere/blockers"):
+        assert_problem(await lite.get(path), 404, "no environment 'nowhere' (environments: ")
+    unknown = await lite.get("/environments/production/blockers?pipeline=nope")
+    assert_problem(unknown, 404, "no pipeline 'nope'")
+    assert (await lite.get("/environments/production/queue")).json["waiting"] == []
