@@ -475,14 +475,18 @@ class WebhookStore:
                 for r in rows
             ]
 
-    def next_due(self) -> datetime | None:
-        """When the next delivery that could be claimed is due."""
+    def next_due(self, busy: Sequence[str] = ()) -> datetime | None:
+        """When the next delivery that could be claimed is due, leaving out the subscriptions in
+        ``busy`` (their share of the slots is taken: one that lands wakes the sender)."""
+        query = (
+            sa.select(sa.func.min(DELIVERY.c.next_attempt_at))
+            .join(WEBHOOK, WEBHOOK.c.id == DELIVERY.c.webhook_id)
+            .where(CLAIMABLE)
+        )
+        if busy:
+            query = query.where(DELIVERY.c.webhook_id.not_in(list(busy)))
         with self.store.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.min(DELIVERY.c.next_attempt_at))
-                .join(WEBHOOK, WEBHOOK.c.id == DELIVERY.c.webhook_id)
-                .where(CLAIMABLE)
-            ).scalar()
+            return conn.execute(query).scalar()
 
     def record(
         self,

@@ -310,7 +310,7 @@ class Webhooks:
             return 0.0
         if self._listening and len(self._flights) < self.config.concurrency:
             try:
-                due = await self.backend.read(self.webhook_store.next_due)
+                due = await self.backend.read(self.webhook_store.next_due, self._busy())
             except DatabaseUnreachable:
                 return wait
             if due is not None:
@@ -323,7 +323,7 @@ class Webhooks:
         if free <= 0 or not self._listening:  # (no active subscription: nothing is claimable)
             return False
         per = Counter(f.claimed.webhook_id for f in self._flights.values())
-        busy = sorted(w for w, n in per.items() if n >= self.config.per_webhook)
+        busy = self._busy()
         claimed = await self.backend.write(
             self.webhook_store.claim,
             at,
@@ -338,6 +338,11 @@ class Webhooks:
             self._flights[c.delivery_id] = _Flight(c, task)
             task.add_done_callback(functools.partial(self._landed, c))
         return len(claimed) == free
+
+    def _busy(self) -> list[str]:
+        """The subscriptions whose share of the slots (``per_webhook``) is in flight."""
+        per = Counter(f.claimed.webhook_id for f in self._flights.values())
+        return sorted(w for w, n in per.items() if n >= self.config.per_webhook)
 
     def _landed(self, claimed: Claimed, task: asyncio.Task[Outcome]) -> None:
         self._flights.pop(claimed.delivery_id, None)

@@ -169,6 +169,28 @@ async def test_one_subscriptions_backlog_takes_no_more_than_its_share_of_the_slo
     await asyncio.gather(*(f.task for f in list(sender._flights.values())))
 
 
+async def test_a_subscription_at_its_share_of_the_slots_lets_the_sender_rest(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    """Its other due deliveries cannot be claimed until one of its own lands (which wakes the
+    sender): looking again every 20 ms meant an empty claim transaction 50 times a second."""
+    api = await start_hooks(db_url)
+    sender = worker(api)
+    sender.config = dataclasses.replace(sender.config, concurrency=4, per_webhook=2)
+    dead = await receivers()
+    dead.default = "silent"
+    await subscribe(api, dead, ["run.finished"])
+    for _ in range(4):
+        await settle(api, (await api.trigger("quick"))["id"])
+    await sender.pump(utc())
+    await sender._launch(utc())
+    assert len(sender._flights) == 2  # its share, with two more of its deliveries due now
+    assert await sender._wait(5.0) == 5.0
+    dead.release.set()
+    await asyncio.gather(*(f.task for f in list(sender._flights.values())))
+    assert not sender._flights and await sender._wait(5.0) < 1  # landed: the rest are due at once
+
+
 async def test_a_runs_messages_wait_for_the_one_before_them_but_other_runs_go_on(
     db_url: str, start_hooks: StartHooks, receivers: Receivers
 ) -> None:
