@@ -92,7 +92,8 @@ class Decision:
     created: bool = False
     #: an idempotent replay: the run already existed and nothing changed
     duplicate: bool = False
-    #: version the run row must still have for the changes to apply
+    #: version the run row must still have for the changes to apply; for a new run that retries
+    #: another, the version the retried run must still have (a retry elsewhere moved it)
     expect_version: int | None = None
     #: for a refusal, what kind (``CommandRefused.kind``): conflict, not_found, forbidden, invalid
     refusal: str = ""
@@ -265,7 +266,8 @@ def start(
     deadline = now + timedelta(seconds=timeout) if timeout else None
     plan.move(plan.run, RunStatus.RUNNING, started_at=now, deadline=deadline)
     _advance(plan)
-    return plan.accept(created=True)
+    started = plan.accept(created=True)
+    return started if reuse is None else replace(started, expect_version=reuse.run.version)
 
 
 def decide(state: RunState, command: RunCommand, now: datetime, known: Known | None = None) -> Decision:

@@ -54,6 +54,8 @@ class Q:
     run_by_key = sa.select(RUN.c.id).where(RUN.c.pipeline == b("p"), RUN.c.idempotency_key == b("k"))
     #: ids from ``low`` (a prefix) up to ``high`` (the prefix and "g", past every hex digit): a
     #: range the run-id index serves on both databases, where ``LIKE 'prefix%'`` reads all of it
+    #: the run that retried ``:id`` (there is at most one)
+    retry_of_run = sa.select(RUN.c.pipeline, RUN.c.number).where(RUN.c.retry_of == b("id")).limit(1)
     runs_by_prefix = sa.select(RUN.c.id).where(RUN.c.id >= b("low"), RUN.c.id < b("high")).limit(2)
     max_number = sa.select(sa.func.max(RUN.c.number)).where(RUN.c.pipeline == b("p"))
     #: for a batch of triggers (``ps``: pipeline names): each pipeline's last run number and

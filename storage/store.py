@@ -514,6 +514,10 @@ class SqlTx:
                 return self.load_run(ids[0])
         return state
 
+    def retried_as(self, run_id: str) -> str | None:
+        found = self.conn.execute(Q.retry_of_run, {"id": run_id}).first()  # (``conn``: ours too)
+        return f"{found[0]}#{found[1]}" if found is not None else None
+
     def run_by_idempotency_key(self, pipeline: str, key: str) -> RunState | None:
         if (pipeline, key) in self._keys:
             run_id = self._keys[(pipeline, key)]

@@ -62,11 +62,16 @@ class PipelineVersionRow(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
 
 
+RETRIES = sa.text("retry_of IS NOT NULL")
+
+
 class RunRow(SQLModel, table=True):
     __tablename__ = "run"
     __table_args__ = (
         sa.UniqueConstraint("pipeline", "number"),
         sa.UniqueConstraint("pipeline", "idempotency_key"),
+        # which run retried a run (a run is retried once): the retries alone
+        sa.Index("ix_run_retry_of", "retry_of", sqlite_where=RETRIES, postgresql_where=RETRIES),
     )
     id: str = Field(primary_key=True, max_length=64)
     number: int

@@ -114,6 +114,8 @@ def retry(tx: Tx, old: RunState, command: RetryRun, now: datetime, environments:
         return engine.reject(
             f"{old.run.ref} is {old.run.status}; only failed or canceled runs can be retried"
         )
+    if (newer := tx.retried_as(old.run.id)) is not None:  # (a second retry would deploy twice)
+        return engine.reject(f"{old.run.ref} was retried already, as {newer}: retry that one if it failed")
     version = tx.version_by_id(old.run.version_id)
     assert version is not None
     fresh = new_run_state(

@@ -46,6 +46,10 @@ def write(
         if decision.created:
             assert isinstance(command, TriggerRun | RetryRun)  # only they create runs
             _insert(tx, state, command.report_to, environments, now)
+            if isinstance(command, RetryRun):  # the retried run moves too: a retry elsewhere conflicts
+                retried = tx.load_run(command.run_id)
+                assert retried is not None and decision.expect_version is not None
+                tx.apply(retried, decision.expect_version, ())
         else:
             assert decision.expect_version is not None
             tx.apply(state, decision.expect_version, decision.changes)

@@ -65,6 +65,25 @@ async def test_retry_starts_a_new_run_of_a_failed_one_and_refuses_a_succeeded_on
     assert_problem(await api.post(f"/runs/{ok['id']}/retry", "deployer"), 409, "succeeded")
 
 
+async def test_a_run_is_retried_once_even_by_two_at_the_same_moment(api: Api) -> None:
+    """Two retries of one failed run would deploy it twice: the second is refused, naming the
+    first, which may be retried in its turn."""
+    failed = await api.wait((await api.trigger("broken"))["id"])
+    path = f"/runs/{failed['id']}/retry"
+    answers = await asyncio.gather(*(api.post(path, "deployer") for _ in range(4)))
+    assert sorted(a.status for a in answers) == [202, 409, 409, 409], [a.text for a in answers]
+    (first,) = [a.json for a in answers if a.status == 202]
+    for refused in (a for a in answers if a.status == 409):
+        assert_problem(refused, 409, "retried already", first["ref"])
+    assert_problem(await api.post(path, "deployer"), 409, f"as {first['ref']}")
+    assert (await api.wait(first["id"]))["status"] == "failed"
+    again = await api.post(f"/runs/{first['id']}/retry", "deployer")
+    assert again.status == 202, again.text
+    assert again.json["retry_of"] == first["id"]
+    runs = (await api.get("/runs?pipeline=broken")).json["items"]
+    assert sorted(r["ref"] for r in runs) == ["broken#1", "broken#2", "broken#3"]
+
+
 async def test_control_of_an_unknown_run_is_404(api: Api) -> None:
     for verb in ("cancel", "pause", "resume", "retry"):
         assert_problem(await api.post(f"/runs/nosuchrun/{verb}", "admin"), 404, "nosuchrun")
