@@ -28,6 +28,7 @@ from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.labels import check_labels
 from core.model import Actor
+from core.runtime.http_link import PROTOCOL_REFUSAL
 from core.runtime.workspaces import MAX_RUN_ID, RUNS_PER_ASK
 from storage.secrets import mask_report, open_assignment
 
@@ -191,7 +192,7 @@ def _runner(call: Call, named: str) -> str:
         takes = ", ".join(str(v) for v in sorted(PROTOCOLS))
         raise Problem(
             409,
-            f"this server takes runner protocol version {takes}; the runner sent {version or 'none'} "
+            f"{PROTOCOL_REFUSAL} {takes}; the runner sent {version or 'none'} "
             f"in {HEADER}: upgrade the runner (or the server)",
         )
     if named != call.principal.name:

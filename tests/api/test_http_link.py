@@ -110,3 +110,23 @@ async def test_a_server_that_does_not_answer_is_an_outage_not_a_refusal() -> Non
         await with_nothing.claim("eu-1", 1, 30)
     await with_nothing.close()
     await asyncio.sleep(0)
+
+
+async def test_a_stale_report_of_a_job_named_protocol_is_a_refused_report_not_a_refused_runner(
+    sqlite_url: str, start_api: StartApi
+) -> None:
+    """Only the server's protocol refusal stops the runner: a 409 whose detail merely names a
+    job (or runner) with "protocol" in it is a stale report, answered as one."""
+    pipeline = 'name: remote\nstages:\n  - name: build\n    jobs: [{name: protocol-check, run: "true"}]\n'
+    api = await start_api(sqlite_url, {"remote": pipeline}, runner_capacity=0)
+    link = HttpLink(_url(api), await api.db(_token, api, "eu-1"), "eu-1", claim_wait_s=0)
+    try:
+        run = await api.trigger("remote")
+        (claimed,) = await link.claim("eu-1", 1, 30)
+        job = {"run_id": run["id"], "job_id": claimed.job_id, "attempt": 1, "runner": "eu-1"}
+        done = CompleteJob(**job, outcome="succeeded", exit_code=0)
+        assert (await link.report(done)).accepted
+        again = await link.report(done)
+        assert not again.accepted and "stale report for job protocol-check" in again.reason
+    finally:
+        await link.close()
