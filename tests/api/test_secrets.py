@@ -49,6 +49,10 @@ async def test_admins_set_list_and_delete_secrets_and_never_see_a_value(
     assert_problem(await api.call("PUT", f"{PATH}/lower", json={"value": VALUE}), 422, "secret name")
     assert_problem(await api.call("PUT", f"{PATH}/SHIPYARD_X", json={"value": VALUE}), 422, "reserved")
     assert_problem(await api.call("PUT", f"{PATH}/X1", json={"value": 5}), 422)
+    for escaped in ("\\u0000", "\\ud800"):  # (read as U+FFFD elsewhere: here another value)
+        raw = f'{{"value": "{VALUE}{escaped}"}}'
+        sent = await api.call("PUT", f"{PATH}/X2", data=raw, headers={"Content-Type": "application/json"})
+        assert_problem(sent, 422, "X2", "NUL character or an unpaired surrogate")
 
     gone = await api.call("DELETE", f"{PATH}/DEPLOY_KEY")
     assert gone.status == 200 and gone.json["name"] == "DEPLOY_KEY"
