@@ -60,7 +60,20 @@ def check_value(name: str, value: str) -> str:
         raise InvalidInput(f"secret {name}: the value is longer than {MAX_LENGTH} characters")
     if "\x00" in value:
         raise InvalidInput(f"secret {name}: the value contains a NUL character")
+    if not is_utf8(value):  # (bytes read from stdin as surrogates)
+        raise InvalidInput(f"secret {name}: the value is not UTF-8 text (set a binary value base64-encoded)")
     return value
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text: a runner is sent it as JSON, which holds no lone surrogate."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def runner_may_receive(runner_labels: Iterable[str], required: Iterable[str]) -> bool:

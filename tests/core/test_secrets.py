@@ -47,6 +47,9 @@ def test_names_and_values_are_checked_without_quoting_the_value() -> None:
     assert " ab " not in short.value.message
     with pytest.raises(InvalidInput):
         check_value("K", "abcd\x00")
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        check_value("K", "abcd\udcff")  # (a byte that is not UTF-8, read from stdin)
+    assert check_value("K", "clé-secrète") == "clé-secrète"
 
 
 def test_a_runner_may_hold_an_environments_secrets_only_with_its_required_labels() -> None:
