@@ -24,7 +24,7 @@ from typing import Any
 
 from core.labels import parse_labels
 from core.runtime.executor import SubprocessExecutor
-from core.runtime.http_link import HttpLink, Refused, ServerUnreachable
+from core.runtime.http_link import MAX_LEASE_S, HttpLink, Refused, ServerUnreachable
 from core.runtime.runner import Runner
 from core.runtime.waiting import wait_event
 
@@ -63,8 +63,8 @@ def cmd_runner(args: argparse.Namespace) -> int:
     if not token:
         print(f"set {TOKEN_ENV} to a token of the runner role (shipyard token create NAME --role runner)")
         return 2
-    if args.capacity < 1 or args.lease < 3:
-        print("--capacity must be at least 1 and --lease at least 3 seconds")
+    if (problem := _bad_numbers(args)) is not None:
+        print(problem)
         return 2
     try:
         args.labels = parse_labels(args.labels)
@@ -73,6 +73,18 @@ def cmd_runner(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(_serve(args, token))
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numbers given, if anything: the server would refuse every claim
+    under a lease it does not grant, and a poll of 0 (or NaN) would ask it without pause."""
+    if args.capacity < 1:
+        return "--capacity must be at least 1"
+    if not 3 <= args.lease <= MAX_LEASE_S:
+        return f"--lease must be from 3 to {MAX_LEASE_S} seconds"
+    if not 0 < args.poll <= 3600:
+        return "--poll must be more than 0 seconds (at most 3600)"
+    return None
 
 
 async def _serve(args: argparse.Namespace, token: str) -> int:

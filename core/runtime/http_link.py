@@ -29,6 +29,8 @@ HEADER = "Shipyard-Runner-Protocol"
 #: how the server's refusal of a protocol version begins (a stale report's 409 names the job,
 #: whose name may say "protocol": only this beginning stops the runner)
 PROTOCOL_REFUSAL = "this server takes runner protocol version"
+#: the longest lease a server grants (a claim or renewal asking for more is refused)
+MAX_LEASE_S = 3600
 #: how long a claim waits on the server for a job to become ready
 CLAIM_WAIT_S = 10.0
 #: the most job output one request carries (JSON-encoded); halved after a 413, down to the least
