@@ -24,8 +24,9 @@ from typing import Any
 
 from core.labels import parse_labels
 from core.runtime.executor import SubprocessExecutor
-from core.runtime.http_link import HttpLink, Refused, ServerUnreachable
+from core.runtime.http_link import MAX_LEASE_S, HttpLink, Refused, ServerUnreachable
 from core.runtime.runner import Runner
+from core.runtime.waiting import wait_event
 
 log = logging.getLogger("shipyard.runner")
 TOKEN_ENV = "SHIPYARD_RUNNER_TOKEN"
@@ -62,8 +63,8 @@ def cmd_runner(args: argparse.Namespace) -> int:
     if not token:
         print(f"set {TOKEN_ENV} to a token of the runner role (shipyard token create NAME --role runner)")
         return 2
-    if args.capacity < 1 or args.lease < 3:
-        print("--capacity must be at least 1 and --lease at least 3 seconds")
+    if (problem := _bad_numbers(args)) is not None:
+        print(problem)
         return 2
     try:
         args.labels = parse_labels(args.labels)
@@ -72,6 +73,18 @@ def cmd_runner(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(_serve(args, token))
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numbers given, if anything: the server would refuse every claim
+    under a lease it does not grant, and a poll of 0 (or NaN) would ask it without pause."""
+    if args.capacity < 1:
+        return "--capacity must be at least 1"
+    if not 3 <= args.lease <= MAX_LEASE_S:
+        return f"--lease must be from 3 to {MAX_LEASE_S} seconds"
+    if not 0 < args.poll <= 3600:
+        return "--poll must be more than 0 seconds (at most 3600)"
+    return None
 
 
 async def _serve(args: argparse.Namespace, token: str) -> int:
@@ -91,19 +104,13 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
         max_log_bytes=args.max_log_bytes,
         watch_s=WATCH_S,
     )
-    try:
-        await link.held(args.name)  # (says at once whether the server takes this runner)
-    except Refused as exc:
-        print(exc.message, file=sys.stderr)
-        await link.close()
-        return 2
-    except ServerUnreachable as exc:
-        log.warning("server not reachable yet (%s); the runner keeps trying", exc.message)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runner.start()
+    if (code := await _started(runner, args.poll, stop)) is not None:
+        await link.close()
+        return code
     labels = ", ".join(args.labels) or "no labels"
     print(
         f"shipyard runner {args.name} working for {args.url} ({args.capacity} at once; {labels})", flush=True
@@ -117,6 +124,25 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
     await runner.drain()
     await link.close()
     print(f"shipyard runner {args.name} stopped", flush=True)
+    return 0
+
+
+async def _started(runner: Runner, poll: float, stop: asyncio.Event) -> int | None:
+    """Start ``runner`` once its server answers (a runner may come up before its server), or
+    the exit code: 2 when the server refuses it (its token, its protocol), 0 when stopped first."""
+    said = False
+    while not stop.is_set():
+        try:
+            await runner.start()  # (asks at once what it held: says whether the server takes it)
+            return None
+        except Refused as exc:
+            print(exc.message, file=sys.stderr)
+            return 2
+        except ServerUnreachable as exc:
+            if not said:
+                log.warning("server not reachable yet (%s); the runner keeps trying", exc.message)
+                said = True
+            await wait_event(stop, poll)
     return 0
 
 

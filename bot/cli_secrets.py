@@ -72,9 +72,11 @@ def cmd_secret_set(args: argparse.Namespace) -> int:
         return _fail(SecretsDisabled().message)
     if sys.stdin.isatty():
         print(f"value for {args.name} (then Enter):", file=sys.stderr)
-        value = sys.stdin.readline().removesuffix("\n")
+        raw = sys.stdin.buffer.readline()
     else:
-        value = sys.stdin.read().removesuffix("\n")  # (``echo x |`` adds one; a file may too)
+        raw = sys.stdin.buffer.read()
+    # (bytes that are not UTF-8 stay surrogates, whatever the locale, for ``set`` to refuse)
+    value = raw.decode(errors="surrogateescape").removesuffix("\n")  # (``echo x |`` adds one)
     try:
         created = secrets.set(args.environment, args.name, value, getpass.getuser(), _now(), "cli")
     except ShipyardError as exc:

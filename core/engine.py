@@ -491,6 +491,10 @@ def _report_late_result(plan: _Plan, command: ReportLateResult) -> None:
         raise CommandRefused(
             f"job {job.name} attempt {command.attempt} was not declared lost, or its result is recorded"
         )
+    if lost.runner != command.runner:  # (a runner reports only what it ran itself)
+        raise CommandRefused(
+            f"job {job.name} attempt {command.attempt} was held by {lost.runner}, not {command.runner}"
+        )
     late = replace(lost, late_outcome=command.outcome, late_exit_code=command.exit_code)
     plan.set(job, lost=tuple(late if a is lost else a for a in job.lost))
     plan.note(

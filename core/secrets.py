@@ -15,6 +15,7 @@ REST API, Slack and webhooks. The values themselves live only encrypted in the d
 from __future__ import annotations
 
 import base64
+import os
 import re
 from collections.abc import Iterable
 from typing import Final
@@ -60,7 +61,20 @@ def check_value(name: str, value: str) -> str:
         raise InvalidInput(f"secret {name}: the value is longer than {MAX_LENGTH} characters")
     if "\x00" in value:
         raise InvalidInput(f"secret {name}: the value contains a NUL character")
+    if not is_utf8(value):  # (bytes read from stdin as surrogates)
+        raise InvalidInput(f"secret {name}: the value is not UTF-8 text (set a binary value base64-encoded)")
     return value
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text: a runner is sent it as JSON, which holds no lone surrogate."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def runner_may_receive(runner_labels: Iterable[str], required: Iterable[str]) -> bool:
@@ -115,7 +129,7 @@ class Masker:
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self.variants = mask_variants(values)
-        self.pattern = re.compile("|".join(map(re.escape, self.variants))) if self.variants else None
+        self.pattern = _trie_pattern(sorted(self.variants)) if self.variants else None
         self.held: dict[str, str] = {}
 
     def __bool__(self) -> bool:
@@ -152,13 +166,57 @@ class Masker:
 
     def _undecided(self, text: str) -> int:
         """The length of the longest end of ``text`` that begins some variant."""
-        longest = 0
-        for variant in self.variants:
-            for size in range(min(len(variant) - 1, len(text)), longest, -1):
-                if text.endswith(variant[:size]):
-                    longest = size
-                    break
-        return longest
+        return max((_overlap(text, variant) for variant in self.variants), default=0)
+
+
+def _trie_pattern(words: list[str]) -> re.Pattern[str]:
+    """One regex for ``words`` (sorted), shaped as their trie: its cost at each place in a text is
+    the trie's depth, not the number of words (a value of many lines has thousands of forms), and
+    the longest word there wins, as a longer way on is tried before ending. Pathologically deep
+    tries fall back to the plain alternation, longest first."""
+    try:
+        return re.compile(_trie(words))
+    except RecursionError:
+        return re.compile("|".join(map(re.escape, sorted(words, key=lambda w: (-len(w), w)))))
+
+
+def _trie(words: list[str]) -> str:
+    """The pattern of sorted ``words`` (an empty one: the trie may end here), common beginnings
+    written once."""
+    branches, ends, i = [], False, 0
+    while i < len(words):
+        if not words[i]:
+            ends, i = True, i + 1
+            continue
+        j = i
+        while j < len(words) and words[j][0] == words[i][0]:  # (sorted: a first letter's are together)
+            j += 1
+        common = os.path.commonprefix([words[i], words[j - 1]])  # noqa: RUF071 (characters are meant)
+        branches.append(re.escape(common) + _trie([w[len(common) :] for w in words[i:j]]))
+        i = j
+    if not branches:
+        return ""
+    either = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+    return f"(?:{either})?" if ends else either
+
+
+#: how much of a variant's beginning is looked for in a text: where it occurs is rare enough to
+#: check each place in full
+HEAD: Final = 16
+
+
+def _overlap(text: str, variant: str) -> int:
+    """The length of the longest end of ``text`` that begins ``variant`` (and is shorter)."""
+    head = variant[:HEAD]
+    at = text.find(head, max(0, len(text) - len(variant) + 1))
+    while at != -1:
+        if variant.startswith(text[at:]):
+            return len(text) - at
+        at = text.find(head, at + 1)
+    for size in range(min(len(head), len(variant) - 1, len(text)), 0, -1):  # ends shorter than the head
+        if text.endswith(variant[:size]):
+            return size
+    return 0
 
 
 class SecretsDisabled(CommandRefused):

@@ -24,7 +24,7 @@ from core.assignment import Assignment
 from core.commands import CompleteJob
 from core.errors import NotFound
 from core.ports import AuditEntry
-from core.secrets import Masker, SecretKeyMismatch, SecretsDisabled, check_name, check_value
+from core.secrets import Masker, SecretKeyMismatch, SecretsDisabled, check_name, check_value, is_utf8
 from storage.store import SqlStore
 from storage.tables import metadata
 
@@ -106,6 +106,10 @@ def open_assignment(assignment: Assignment, box: SecretBox | None) -> Assignment
         opened = {name: box.open(env_name, name, token) for name, token in assignment.sealed.items()}
     except SecretKeyMismatch as exc:
         return replace(assignment, sealed={}, refusal=exc.message)
+    if unsendable := sorted(name for name, value in opened.items() if not is_utf8(value)):
+        # (stored before ``check_value`` refused them; the claim would fail as it is answered)
+        refusal = f"secrets {', '.join(unsendable)} of {env_name} are not UTF-8 text: set them again"
+        return replace(assignment, sealed={}, refusal=refusal)
     env.update(opened)
     return replace(assignment, env=env, sealed={}, masked=tuple(opened.values()))
 

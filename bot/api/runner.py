@@ -28,6 +28,7 @@ from core.assignment import Assignment
 from core.commands import CompleteJob, ExpireLease, InterruptJob, ReportLateResult
 from core.labels import check_labels
 from core.model import Actor
+from core.runtime.http_link import MAX_LEASE_S, PROTOCOL_REFUSAL
 from core.runtime.workspaces import MAX_RUN_ID, RUNS_PER_ASK
 from storage.secrets import mask_report, open_assignment
 
@@ -43,7 +44,7 @@ _RESPONSES = {409: ("the attempt is stale: its lease expired and the job moved o
 class ClaimIn(Strict):
     runner: str = Field(min_length=1, max_length=200)
     limit: int = Field(ge=1, le=100)
-    lease_s: float = Field(ge=1, le=3600)
+    lease_s: float = Field(ge=1, le=MAX_LEASE_S)
     #: wait up to this long for a job to become ready (a long poll); 0: answer at once
     wait_s: float = Field(0.0, ge=0, le=MAX_WAIT_S)
     #: the labels this runner carries: it is handed only jobs that need no others
@@ -113,7 +114,7 @@ class Attempt(Strict):
 class HeldIn(Strict):
     runner: str = Field(min_length=1, max_length=200)
     held: list[Attempt] = Field(max_length=1000)
-    lease_s: float = Field(30.0, ge=1, le=3600)
+    lease_s: float = Field(30.0, ge=1, le=MAX_LEASE_S)
     #: (``still-held``) wait up to this long for one of ``held`` to be taken away (a long
     #: poll, so a cancel reaches the runner at once); 0: answer at once
     wait_s: float = Field(0.0, ge=0, le=MAX_WAIT_S)
@@ -178,14 +179,20 @@ class ReportOut(BaseModel):
     reason: str
 
 
+def _speaks(version: str) -> bool:
+    """Whether the header names a protocol this server takes: ASCII digits only (``isdigit``
+    says yes to ``²``), and few of them (``int`` refuses more than 4300)."""
+    return version.isascii() and version.isdigit() and len(version) <= 9 and int(version) in PROTOCOLS
+
+
 def _runner(call: Call, named: str) -> str:
     """The runner the call acts as: its token's principal, named the same in the body."""
     version = call.request.headers.get(HEADER, "")
-    if not (version.isascii() and version.isdigit()) or int(version) not in PROTOCOLS:  # (not ²)
+    if not _speaks(version):
         takes = ", ".join(str(v) for v in sorted(PROTOCOLS))
         raise Problem(
             409,
-            f"this server takes runner protocol version {takes}; the runner sent {version or 'none'} "
+            f"{PROTOCOL_REFUSAL} {takes}; the runner sent {version or 'none'} "
             f"in {HEADER}: upgrade the runner (or the server)",
         )
     if named != call.principal.name:

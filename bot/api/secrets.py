@@ -6,6 +6,7 @@ environment and name."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 
@@ -73,6 +74,14 @@ def _where(call: Call) -> tuple[str, str]:
     return env, name
 
 
+async def _as_sent(call: Call, name: str, value: str) -> None:
+    """422 unless ``value`` is the one sent: the API reads a NUL or an unpaired surrogate as
+    U+FFFD (text a database can store), which would silently store another secret."""
+    sent = json.loads(await call.request.read()).get("value")
+    if sent != value:
+        raise Problem(422, f"secret {name}: the value contains a NUL character or an unpaired surrogate")
+
+
 @API.op(
     "GET",
     "/environments/{env_id}/secrets",
@@ -107,6 +116,7 @@ async def set_secret(call: Call) -> web.Response:
     has no `SHIPYARD_SECRET_KEY`."""
     body: SecretIn = call.body
     env, name = _where(call)
+    await _as_sent(call, name, body.value)
     store, at = _secrets(call), now()
     call.audited = True  # the store audits the change (the name, never the value)
     created = await gw(call).write(store.set, env, name, body.value, call.principal.name, at, "rest")

@@ -26,6 +26,11 @@ from core.errors import DatabaseUnreachable, InvalidInput
 #: the protocol version this runner speaks (the server says which it takes)
 PROTOCOL = 1
 HEADER = "Shipyard-Runner-Protocol"
+#: how the server's refusal of a protocol version begins (a stale report's 409 names the job,
+#: whose name may say "protocol": only this beginning stops the runner)
+PROTOCOL_REFUSAL = "this server takes runner protocol version"
+#: the longest lease a server grants (a claim or renewal asking for more is refused)
+MAX_LEASE_S = 3600
 #: how long a claim waits on the server for a job to become ready
 CLAIM_WAIT_S = 10.0
 #: the most job output one request carries (JSON-encoded); halved after a 413, down to the least
@@ -93,7 +98,7 @@ class HttpLink:
             raise ServerUnreachable(f"{self.url}{path}: {exc or type(exc).__name__}") from None
         if status >= 500:
             raise ServerUnreachable(f"{self.url}{path} answered {status}: {_detail(data)}")
-        if status in (401, 403) or (status == 409 and "protocol" in _detail(data)):
+        if status in (401, 403) or (status == 409 and _detail(data).startswith(PROTOCOL_REFUSAL)):
             raise Refused(f"the server refused this runner ({status}): {_detail(data)}")
         if status >= 400 and status != 409:
             raise Refused(f"{self.url}{path} answered {status}: {_detail(data)}")

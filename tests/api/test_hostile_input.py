@@ -89,11 +89,12 @@ async def held_job(db_url: str, start_api: StartApi) -> tuple[Api, dict[str, Any
 
 
 async def test_a_protocol_version_of_non_ascii_digits_is_409_naming_the_header(lite: Api) -> None:
+    """Also one of more digits than ``int()`` converts (4300): refused, not a 500."""
     lite.tokens["runner"] = await lite.db(
         lambda: Directory(lite.store).create_token("eu-1", [Role.RUNNER], datetime.now(UTC), by="tests")
     )
     claim = {"runner": "eu-1", "limit": 1, "lease_s": 30.0}
-    for version in ("²", "\uff11"):  # (str.isdigit says yes to both; int() to neither or to 1)
+    for version in ("²", "\uff11", "1" * 5000):  # (isdigit says yes to all; int() to none or to 1)
         reply = await lite.post(
             "/runner/claim", "runner", json=claim, headers={"Shipyard-Runner-Protocol": version}
         )

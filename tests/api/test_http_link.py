@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.access import Role
-from core.commands import CompleteJob
+from core.commands import CompleteJob, ExpireLease, ReportLateResult
 from core.runtime.executor import SubprocessExecutor
 from core.runtime.http_link import HttpLink, Refused, ServerUnreachable
 from core.runtime.runner import Runner
@@ -110,3 +110,45 @@ async def test_a_server_that_does_not_answer_is_an_outage_not_a_refusal() -> Non
         await with_nothing.claim("eu-1", 1, 30)
     await with_nothing.close()
     await asyncio.sleep(0)
+
+
+async def test_a_stale_report_of_a_job_named_protocol_is_a_refused_report_not_a_refused_runner(
+    sqlite_url: str, start_api: StartApi
+) -> None:
+    """Only the server's protocol refusal stops the runner: a 409 whose detail merely names a
+    job (or runner) with "protocol" in it is a stale report, answered as one."""
+    pipeline = 'name: remote\nstages:\n  - name: build\n    jobs: [{name: protocol-check, run: "true"}]\n'
+    api = await start_api(sqlite_url, {"remote": pipeline}, runner_capacity=0)
+    link = HttpLink(_url(api), await api.db(_token, api, "eu-1"), "eu-1", claim_wait_s=0)
+    try:
+        run = await api.trigger("remote")
+        (claimed,) = await link.claim("eu-1", 1, 30)
+        job = {"run_id": run["id"], "job_id": claimed.job_id, "attempt": 1, "runner": "eu-1"}
+        done = CompleteJob(**job, outcome="succeeded", exit_code=0)
+        assert (await link.report(done)).accepted
+        again = await link.report(done)
+        assert not again.accepted and "stale report for job protocol-check" in again.reason
+    finally:
+        await link.close()
+
+
+async def test_only_the_runner_that_lost_an_attempt_may_report_its_late_result(
+    sqlite_url: str, start_api: StartApi
+) -> None:
+    """A runner acts only as itself: another runner's token cannot write how an attempt it
+    never held ended beside the run (where a person checks what the lost attempt did)."""
+    api = await start_api(sqlite_url, {"remote": PIPELINE}, runner_capacity=0)
+    eu1 = HttpLink(_url(api), await api.db(_token, api, "eu-1"), "eu-1", claim_wait_s=0)
+    eu2 = HttpLink(_url(api), await api.db(_token, api, "eu-2"), "eu-2", claim_wait_s=0)
+    try:
+        run = await api.trigger("remote")
+        (claimed,) = await eu1.claim("eu-1", 1, 30)
+        job = {"run_id": run["id"], "job_id": claimed.job_id, "attempt": 1}
+        assert (await eu1.report(ExpireLease(**job, force=True))).accepted  # (eu-1 restarted)
+        late = {**job, "outcome": "succeeded", "exit_code": 0}
+        forged = await eu2.report(ReportLateResult(**late, runner="eu-2"))
+        assert not forged.accepted and "eu-1" in forged.reason, forged.reason
+        assert (await eu1.report(ReportLateResult(**late, runner="eu-1"))).accepted
+    finally:
+        await eu1.close()
+        await eu2.close()

@@ -49,6 +49,10 @@ async def test_admins_set_list_and_delete_secrets_and_never_see_a_value(
     assert_problem(await api.call("PUT", f"{PATH}/lower", json={"value": VALUE}), 422, "secret name")
     assert_problem(await api.call("PUT", f"{PATH}/SHIPYARD_X", json={"value": VALUE}), 422, "reserved")
     assert_problem(await api.call("PUT", f"{PATH}/X1", json={"value": 5}), 422)
+    for escaped in ("\\u0000", "\\ud800"):  # (read as U+FFFD elsewhere: here another value)
+        raw = f'{{"value": "{VALUE}{escaped}"}}'
+        sent = await api.call("PUT", f"{PATH}/X2", data=raw, headers={"Content-Type": "application/json"})
+        assert_problem(sent, 422, "X2", "NUL character or an unpaired surrogate")
 
     gone = await api.call("DELETE", f"{PATH}/DEPLOY_KEY")
     assert gone.status == 200 and gone.json["name"] == "DEPLOY_KEY"
@@ -100,6 +104,35 @@ async def test_a_wrong_key_fails_the_job_clearly_without_running_it(
     with engine.connect() as conn:
         assert VALUE not in str(conn.execute(sa.text("SELECT * FROM environment_secret")).all())
     engine.dispose()
+
+
+async def test_a_stored_value_that_is_not_utf8_fails_the_job_and_the_claim_still_answers(
+    sqlite_url: str, start_api: StartApi
+) -> None:
+    """A value stored before such values were refused (bytes read from stdin as surrogates)
+    cannot be sent to a runner as JSON: the job fails saying which secret, instead of a claim
+    answered 500 while the attempt it took waits for its lease to run out."""
+    token = SecretBox(KEY).seal("production", "DEPLOY_KEY", "abc\udcffdef")
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO environment_secret (environment, name, ciphertext, updated_at, updated_by) "
+                "VALUES ('production', 'DEPLOY_KEY', :token, :at, 'ops')"
+            ),
+            {"token": token, "at": datetime.now(UTC)},
+        )
+    engine.dispose()
+    api = await start_api(sqlite_url, {"says": SAYS}, secret_key=KEY, runner_capacity=0)
+    link = HttpLink(_url(api), await api.db(_runner_token, api, "eu-1"), "eu-1", claim_wait_s=0.5)
+    try:
+        run = await api.trigger("says")
+        (claimed,) = await link.claim("eu-1", 1, 30)
+    finally:
+        await link.close()
+    assert "DEPLOY_KEY" not in claimed.env and claimed.masked == ()
+    assert claimed.run_id == run["id"]
+    assert claimed.refusal == "secrets DEPLOY_KEY of production are not UTF-8 text: set them again"
 
 
 async def test_a_report_a_runner_did_not_mask_is_masked_by_the_server(

@@ -212,6 +212,25 @@ def test_a_work_dir_that_cannot_be_made_is_named_in_one_line(tmp_path: Path, com
     )
 
 
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--capacity", "0"], "--capacity must be at least 1"),
+        (["--lease", "2"], "--lease must be from 3 to 3600"),
+        (["--lease", "4000"], "--lease must be from 3 to 3600"),  # (every claim would be refused)
+        (["--lease", "nan"], "--lease must be from 3 to 3600"),
+        (["--poll", "0"], "--poll must be more than 0"),  # (it would ask without pause)
+        (["--poll", "nan"], "--poll must be more than 0"),
+    ],
+)
+def test_a_runner_given_numbers_its_server_would_refuse_says_so_and_exits(
+    tmp_path: Path, option: list[str], said: str
+) -> None:
+    argv = ["runner", "--url", "http://127.0.0.1:9", "--workdir", str(tmp_path / "w"), *option]
+    done = shipyard(*argv, cwd=tmp_path, env={"SHIPYARD_RUNNER_TOKEN": "t"}, timeout=20)
+    assert done.returncode == 2 and said in done.stdout, done.stdout + done.stderr
+
+
 def test_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     env = cli_environment(
         database_url=f"sqlite:///{tmp_path}/db.sqlite",

@@ -90,3 +90,28 @@ def test_set_reads_stdin_list_names_rotate_reencrypts(db_url: str, tmp_path: Pat
     ).stdout
     assert "secret_set /environments/production/secrets/DEPLOY_KEY" in audit
     assert "secret_rotate_key" in audit and "secret_delete" in audit and VALUE not in audit
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_a_value_that_is_not_utf8_is_refused_whatever_the_locale(
+    sqlite_url: str, tmp_path: Path, locale: str
+) -> None:
+    """Bytes that are not UTF-8 (a binary key piped in) could not be sent to a runner: refused,
+    with no traceback, and nothing stored."""
+    env = {**cli_environment(database_url=sqlite_url, secret_key=generate_key()), "LC_ALL": locale}
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "secret", "set", "production", "DEPLOY_KEY"],
+        cwd=tmp_path,
+        env={**env, "PYTHONUTF8": "0"},
+        capture_output=True,
+        timeout=60,
+        input=b"\xffkey-bytes\x80\n",
+    )
+    assert done.returncode == 2 and b"not UTF-8 text" in done.stderr, done.stderr
+    assert b"Traceback" not in done.stderr
+    engine = sa.create_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM environment_secret")).scalar_one() == 0
+    finally:
+        engine.dispose()

@@ -227,6 +227,27 @@ def test_only_runners_of_a_known_protocol_with_a_runner_token_may_claim(
     assert code == 2 and "the server refused this runner (403)" in bad.log.read_text()
 
 
+def test_a_runner_started_before_its_server_waits_for_it_then_runs_jobs(
+    tmp_path: Path, db_url: str, started: list[Any]
+) -> None:
+    server = Server(tmp_path, db_url, capacity=0, admin_token=ADMIN)
+    server.pipeline(
+        "early", "name: early\nstages:\n  - name: only\n    jobs: [{name: one, run: 'echo hi'}]\n"
+    )
+    started.append(server)
+    runner = RemoteRunner(tmp_path, server, "eu-1", _tokens(db_url, "eu-1")["eu-1"])
+    with runner.log.open("ab") as out:
+        runner.proc = subprocess.Popen(runner.argv, env=runner.env, stdout=out, stderr=subprocess.STDOUT)
+    started.append(runner)
+    wait_until(lambda: "server not reachable yet" in runner.log.read_text(), 20, what="the runner to wait")
+    time.sleep(1)  # (several tries at --poll 0.2)
+    assert runner.proc.poll() is None, runner.log.read_text()
+    server.start()
+    wait_until(lambda: "working for" in runner.log.read_text(), 20, what="the runner to start")
+    assert _done(server, _trigger(server, "early"))["status"] == "succeeded"
+    assert "Traceback" not in runner.log.read_text()
+
+
 def test_a_partition_longer_than_the_lease_runs_the_job_elsewhere_and_kills_the_stale_copy(
     tmp_path: Path, db_url: str, started: list[Any]
 ) -> None:
