@@ -245,7 +245,13 @@ class Directory:
     def _grant(
         self, conn: sa.Connection, principal: str, grants: list[tuple[str, str]], now: datetime
     ) -> None:
-        held = {(g.kind, g.value) for g in self._grants(conn, principal) if g.revoked_at is None}
+        # (its own grants only: a role it also holds through a group is still granted to it, so
+        # that leaving the group does not take the role away)
+        held = {
+            (g.kind, g.value)
+            for g in self._grants(conn, principal)
+            if g.principal == principal and g.revoked_at is None
+        }
         for kind, value in grants:
             if kind == "role":
                 Role(value)  # raises ValueError for an unknown role

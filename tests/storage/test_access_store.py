@@ -156,3 +156,14 @@ def test_whoever_asked_for_a_run_cannot_approve_its_retry_either(
     assert svc.handle(
         ApproveGate(run_id=retry.run.id, gate="production", actor=Actor("carol", "cli"))
     ).accepted
+
+
+def test_a_role_granted_while_also_held_through_a_group_outlasts_the_membership(
+    db_url: str, make_service: MakeService
+) -> None:
+    directory = Directory(make_service(db_url).store)  # type: ignore[arg-type]
+    directory.grant("release-managers", "role", "approver", now())
+    directory.grant("alice", "group", "release-managers", now())
+    directory.grant("alice", "role", "approver", now())
+    assert directory.revoke_grant("alice", "group", "release-managers", now())
+    assert directory.principal("alice", now()).roles == {Role.APPROVER}
