@@ -58,8 +58,19 @@ def register(sub: Any) -> None:
     s = ausub.add_parser("verify", help="check the hash chain; exits 1 at the first altered or removed entry")
     s.set_defaults(func=cmd_audit_verify)
     s = ausub.add_parser("list", help="the latest entries")
-    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--limit", type=_count, default=20, help=f"how many (1-{MOST_LISTED}, default 20)")
     s.set_defaults(func=cmd_audit_list)
+
+
+#: the most entries ``audit list`` prints (more would not fit a database's integer either)
+MOST_LISTED = 1_000_000
+
+
+def _count(text: str) -> int:
+    n = int(text) if text.strip().lstrip("+-").isdecimal() else 0
+    if not 1 <= n <= MOST_LISTED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MOST_LISTED}")
+    return n
 
 
 def _store() -> SqlStore:
@@ -237,7 +248,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_list(args: argparse.Namespace) -> int:
-    for c in reversed(Reads(_store()).audit(None, max(1, args.limit))):
+    for c in reversed(Reads(_store()).audit(None, args.limit)):
         e = c.entry
         why = f" ({e.reason})" if e.reason else ""
         print(

@@ -280,3 +280,11 @@ def test_names_no_database_can_store_are_refused_in_one_line_and_audited(tmp_pat
     ]
     assert shipyard(db, "audit", "verify").returncode == 0
     assert shipyard(db, "token", "list").stdout == "no tokens yet (shipyard token create NAME --role ROLE)\n"
+
+
+def test_audit_list_refuses_a_limit_that_is_not_a_positive_number(db: Path) -> None:
+    for limit in ("99999999999999999999", "0", "-3", "x"):
+        result = shipyard(db, "audit", "list", "--limit", limit)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (limit, result.stderr)
+        assert f"argument --limit: '{limit}' is not a whole number from 1 to" in result.stderr
+    assert len(shipyard(db, "audit", "list", "--limit", "2").stdout.splitlines()) == 2
