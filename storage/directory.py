@@ -67,8 +67,11 @@ class Directory:
             check_name("group", group, GROUP_LEN)
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.store.engine.begin() as conn:
-            if conn.execute(sa.select(TOKEN.c.name).where(TOKEN.c.name == name)).first():
-                raise Conflict(f"a token named {name!r} exists; revoke it first or pick another name")
+            found = conn.execute(sa.select(TOKEN.c.revoked_at).where(TOKEN.c.name == name)).first()
+            if found is not None:
+                # (a revoked token's row stays for the audit, so its name stays taken)
+                was = "was revoked" if found[0] is not None else "exists"
+                raise Conflict(f"a token named {name!r} {was}; token names are not reused: pick another name")
             conn.execute(
                 sa.insert(TOKEN).values(
                     name=name,

@@ -99,7 +99,7 @@ def test_refused_access_commands_are_audited_with_their_reason(db: Path) -> None
     assert [line.split(": ", 1)[1] for line in lines] == [
         "token_create ci-deployer accepted",
         "token_create ci-deployer rejected "
-        "(a token named 'ci-deployer' exists; revoke it first or pick another name)",
+        "(a token named 'ci-deployer' exists; token names are not reused: pick another name)",
         "token_revoke nosuch rejected (no active token named 'nosuch')",
         "access_grant bob accepted",
         "access_grant bob rejected "
