@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -16,12 +17,14 @@ from core.audit import verify
 from core.errors import ShipyardError
 from core.ports import AuditEntry
 from storage.audit_head import checkpoint
-from storage.directory import Directory
+from storage.directory import PRINCIPAL_LEN, Directory, check_name
 from storage.migrate import upgrade
 from storage.reads import Reads
 from storage.store import SqlStore
 
 ROLES = [str(r) for r in Role]
+#: what no database stores as text: NUL, and the surrogates standing for bytes that were not UTF-8
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def register(sub: Any) -> None:
@@ -55,8 +58,19 @@ def register(sub: Any) -> None:
     s = ausub.add_parser("verify", help="check the hash chain; exits 1 at the first altered or removed entry")
     s.set_defaults(func=cmd_audit_verify)
     s = ausub.add_parser("list", help="the latest entries")
-    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--limit", type=_count, default=20, help=f"how many (1-{MOST_LISTED}, default 20)")
     s.set_defaults(func=cmd_audit_list)
+
+
+#: the most entries ``audit list`` prints (more would not fit a database's integer either)
+MOST_LISTED = 1_000_000
+
+
+def _count(text: str) -> int:
+    n = int(text) if text.strip().lstrip("+-").isdecimal() else 0
+    if not 1 <= n <= MOST_LISTED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MOST_LISTED}")
+    return n
 
 
 def _store() -> SqlStore:
@@ -67,6 +81,19 @@ def _store() -> SqlStore:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as a database can store it: the bytes of an argument that were not UTF-8
+    arrive as surrogates, which no database stores, so a refusal of them is recorded with
+    U+FFFD in their place."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    return value
 
 
 def _audit(
@@ -83,10 +110,10 @@ def _audit(
             actor=getpass.getuser(),
             channel="cli",
             action=action,
-            target=target,
+            target=_storable(target),
             outcome=outcome,
-            reason=reason,
-            detail=detail,
+            reason=_storable(reason),
+            detail=_storable(detail),
         )
     )
 
@@ -161,11 +188,14 @@ def cmd_access(args: argparse.Namespace) -> int:
         return _refuse(store, f"access_{args.verb}", args.principal, {"what": args.what}, reason)
     kind, value = parsed
     directory = Directory(store)
-    if args.verb == "grant":
-        directory.grant(args.principal, kind, value, _now())
-    elif not directory.revoke_grant(args.principal, kind, value, _now()):
-        reason = _not_held(directory, args.principal, kind, value)
-        return _refuse(store, "access_revoke", args.principal, {kind: value}, reason)
+    try:
+        if args.verb == "grant":
+            directory.grant(args.principal, kind, value, _now())
+        elif not directory.revoke_grant(args.principal, kind, value, _now()):
+            reason = _not_held(directory, args.principal, kind, value)
+            return _refuse(store, "access_revoke", args.principal, {kind: value}, reason)
+    except ShipyardError as exc:
+        return _refuse(store, f"access_{args.verb}", args.principal, {kind: value}, exc.message)
     _audit(store, f"access_{args.verb}", args.principal, {kind: value})
     done = "granted" if args.verb == "grant" else "revoked"
     print(f"{args.principal}: {done} {args.what} (gates already open keep the approvers they had)")
@@ -190,6 +220,11 @@ def _not_held(directory: Directory, name: str, kind: str, value: str) -> str:
 
 
 def cmd_access_show(args: argparse.Namespace) -> int:
+    try:
+        check_name("principal", args.principal, PRINCIPAL_LEN)
+    except ShipyardError as exc:
+        print(f"shipyard: {exc.message}", file=sys.stderr)
+        return 2
     p = Directory(_store()).principal(args.principal, _now())
     print(
         f"{p.name}: roles {', '.join(sorted(p.roles)) or 'none'}; "
@@ -213,7 +248,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_list(args: argparse.Namespace) -> int:
-    for c in reversed(Reads(_store()).audit(None, max(1, args.limit))):
+    for c in reversed(Reads(_store()).audit(None, args.limit)):
         e = c.entry
         why = f" ({e.reason})" if e.reason else ""
         print(

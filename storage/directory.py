@@ -20,6 +20,24 @@ TOKEN, GRANT = T["access_token"], T["grant"]
 TOKEN_PREFIX = "shy_"
 
 
+#: the longest principal and group names (their columns' widths)
+PRINCIPAL_LEN, GROUP_LEN = 200, 100
+
+
+def check_name(what: str, name: str, longest: int) -> None:
+    """Raise ``InvalidInput`` unless ``name`` can be stored and read back as typed: 1 to
+    ``longest`` printable characters (no NUL or other control character, and no bytes that
+    were not UTF-8, which arrive from a command line as surrogates)."""
+    if not name.strip() or len(name) > longest or not name.isprintable():
+        raise InvalidInput(f"{what} {name!r}: use 1-{longest} printable characters")
+
+
+def _check_grant(principal: str, kind: str, value: str) -> None:
+    check_name("principal", principal, PRINCIPAL_LEN)
+    if kind == "group":
+        check_name("group", value, GROUP_LEN)
+
+
 def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -45,10 +63,15 @@ class Directory:
         """A new token for the principal ``name``; returns the secret, which is not kept."""
         if not name or len(name) > 100 or not all(c.isalnum() or c in "-_.@" for c in name):
             raise InvalidInput(f"token name {name!r}: use 1-100 letters, digits, '-', '_', '.', '@'")
+        for group in groups or []:
+            check_name("group", group, GROUP_LEN)
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.store.engine.begin() as conn:
-            if conn.execute(sa.select(TOKEN.c.name).where(TOKEN.c.name == name)).first():
-                raise Conflict(f"a token named {name!r} exists; revoke it first or pick another name")
+            found = conn.execute(sa.select(TOKEN.c.revoked_at).where(TOKEN.c.name == name)).first()
+            if found is not None:
+                # (a revoked token's row stays for the audit, so its name stays taken)
+                was = "was revoked" if found[0] is not None else "exists"
+                raise Conflict(f"a token named {name!r} {was}; token names are not reused: pick another name")
             conn.execute(
                 sa.insert(TOKEN).values(
                     name=name,
@@ -64,6 +87,7 @@ class Directory:
         return secret
 
     def revoke_token(self, name: str, now: datetime) -> None:
+        check_name("token name", name, 100)
         with self.store.engine.begin() as conn:
             done = conn.execute(
                 sa.update(TOKEN)
@@ -128,11 +152,13 @@ class Directory:
 
     # -- grants -----------------------------------------------------------------------------
     def grant(self, principal: str, kind: str, value: str, now: datetime) -> None:
+        _check_grant(principal, kind, value)
         with self.store.engine.begin() as conn:
             self._grant(conn, principal, [(kind, value)], now)
 
     def revoke_grant(self, principal: str, kind: str, value: str, now: datetime) -> bool:
         """Whether ``principal`` held the grant itself (one held through a group is not revoked)."""
+        _check_grant(principal, kind, value)
         with self.store.engine.begin() as conn:
             done = conn.execute(
                 sa.update(GRANT)
@@ -245,7 +271,13 @@ class Directory:
     def _grant(
         self, conn: sa.Connection, principal: str, grants: list[tuple[str, str]], now: datetime
     ) -> None:
-        held = {(g.kind, g.value) for g in self._grants(conn, principal) if g.revoked_at is None}
+        # (its own grants only: a role it also holds through a group is still granted to it, so
+        # that leaving the group does not take the role away)
+        held = {
+            (g.kind, g.value)
+            for g in self._grants(conn, principal)
+            if g.principal == principal and g.revoked_at is None
+        }
         for kind, value in grants:
             if kind == "role":
                 Role(value)  # raises ValueError for an unknown role

@@ -3,8 +3,14 @@ admins do everything; refusals are 403 with the reason."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from bot.api import gateway
+from storage.directory import Directory
 from tests.api.conftest import Api, assert_problem
 from tests.pipelines import one_job
 
@@ -82,3 +88,17 @@ async def test_an_admin_may_do_everything(lite: Api) -> None:
     assert (await lite.wait(run["id"]))["status"] == "succeeded"
     assert (await lite.get("/audit", "admin")).status == 200
     assert (await lite.call("DELETE", "/pipelines/by-role", "admin")).status == 200
+
+
+async def test_revoking_a_token_or_a_role_takes_effect_once_the_short_auth_cache_lapses(
+    lite: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "AUTH_CACHE_S", 0.2)  # (5 s in service: docs/rest.md)
+    for who in ("viewer", "deployer"):  # (each principal as the cache now holds it)
+        assert (await lite.get("/runs", who)).status == 200
+    directory = Directory(lite.store)
+    await lite.db(directory.revoke_token, "viewer", datetime.now(UTC))
+    await lite.db(directory.revoke_grant, "deployer", "role", "deployer", datetime.now(UTC))
+    await asyncio.sleep(0.3)
+    assert_problem(await lite.get("/runs", "viewer"), 401, "unknown or revoked token")
+    assert_problem(await lite.post("/pipelines/quick/runs", "deployer"), 403, "deployer has no role")

@@ -6,6 +6,7 @@ would."""
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -98,7 +99,7 @@ def test_refused_access_commands_are_audited_with_their_reason(db: Path) -> None
     assert [line.split(": ", 1)[1] for line in lines] == [
         "token_create ci-deployer accepted",
         "token_create ci-deployer rejected "
-        "(a token named 'ci-deployer' exists; revoke it first or pick another name)",
+        "(a token named 'ci-deployer' exists; token names are not reused: pick another name)",
         "token_revoke nosuch rejected (no active token named 'nosuch')",
         "access_grant bob accepted",
         "access_grant bob rejected "
@@ -245,3 +246,45 @@ def test_revoking_what_a_principal_does_not_hold_is_refused_and_audited(tmp_path
         "(groups: none))",
     ]
     assert shipyard(db, "audit", "verify").returncode == 0
+
+
+def test_names_no_database_can_store_are_refused_in_one_line_and_audited(tmp_path: Path) -> None:
+    db = tmp_path / "shipyard.db"
+    not_utf8 = os.fsdecode(b"bo\xffb")  # (as a shell hands over bytes that are not UTF-8)
+    refusals = [
+        (("access", "grant", not_utf8, "viewer"), r"principal 'bo\udcffb'"),
+        (("access", "grant", "", "viewer"), "principal ''"),
+        (("access", "grant", "a\tb", "viewer"), r"principal 'a\tb'"),
+        (("access", "grant", "bob", "group:" + "g" * 101), "group 'ggg"),
+        (("access", "revoke", not_utf8, "viewer"), r"principal 'bo\udcffb'"),
+        (("token", "create", "ci", "--role", "viewer", "--group", "\x01"), r"group '\x01'"),
+        (("token", "create", not_utf8, "--role", "viewer"), r"token name 'bo\udcffb'"),
+        (("token", "revoke", not_utf8), r"token name 'bo\udcffb'"),
+        (("access", "show", not_utf8), r"principal 'bo\udcffb'"),
+    ]
+    for args, named in refusals:
+        result = shipyard(db, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith(f"shipyard: {named}") and result.stderr.count("\n") == 1, args
+
+    lines = shipyard(db, "audit", "list").stdout.splitlines()
+    assert [line.split(" via cli: ", 1)[1].split(" (")[0] for line in lines] == [
+        "access_grant bo\ufffdb rejected",
+        "access_grant  rejected",
+        "access_grant a\tb rejected",
+        "access_grant bob rejected",
+        "access_revoke bo\ufffdb rejected",
+        "token_create ci rejected",
+        "token_create bo\ufffdb rejected",
+        "token_revoke bo\ufffdb rejected",
+    ]
+    assert shipyard(db, "audit", "verify").returncode == 0
+    assert shipyard(db, "token", "list").stdout == "no tokens yet (shipyard token create NAME --role ROLE)\n"
+
+
+def test_audit_list_refuses_a_limit_that_is_not_a_positive_number(db: Path) -> None:
+    for limit in ("99999999999999999999", "0", "-3", "x"):
+        result = shipyard(db, "audit", "list", "--limit", limit)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (limit, result.stderr)
+        assert f"argument --limit: '{limit}' is not a whole number from 1 to" in result.stderr
+    assert len(shipyard(db, "audit", "list", "--limit", "2").stdout.splitlines()) == 2

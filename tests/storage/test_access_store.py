@@ -7,11 +7,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from core.access import Role
 from core.audit import verify
 from core.commands import ApproveGate, CancelRun, CompleteJob, RetryRun, TriggerRun
+from core.errors import Conflict
 from core.model import Actor
 from core.runtime.service import Service
 from storage.directory import Directory
@@ -156,3 +158,27 @@ def test_whoever_asked_for_a_run_cannot_approve_its_retry_either(
     assert svc.handle(
         ApproveGate(run_id=retry.run.id, gate="production", actor=Actor("carol", "cli"))
     ).accepted
+
+
+def test_a_role_granted_while_also_held_through_a_group_outlasts_the_membership(
+    db_url: str, make_service: MakeService
+) -> None:
+    directory = Directory(make_service(db_url).store)  # type: ignore[arg-type]
+    directory.grant("release-managers", "role", "approver", now())
+    directory.grant("alice", "group", "release-managers", now())
+    directory.grant("alice", "role", "approver", now())
+    assert directory.revoke_grant("alice", "group", "release-managers", now())
+    assert directory.principal("alice", now()).roles == {Role.APPROVER}
+
+
+def test_a_revoked_tokens_name_is_refused_as_revoked_not_as_one_to_revoke(
+    db_url: str, make_service: MakeService
+) -> None:
+    directory = Directory(make_service(db_url).store)  # type: ignore[arg-type]
+    directory.create_token("ci", [Role.DEPLOYER], now(), by="test")
+    directory.revoke_token("ci", now())
+    with pytest.raises(Conflict) as refused:
+        directory.create_token("ci", [Role.DEPLOYER], now(), by="test")
+    assert refused.value.message == (
+        "a token named 'ci' was revoked; token names are not reused: pick another name"
+    )
