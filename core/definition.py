@@ -495,10 +495,28 @@ def _no_duplicates(what: str, names: list[str]) -> None:
 # -- parsing -------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping: YAML forbids it, and
+    PyYAML would silently keep the last one (a second ``stages:`` drops the first's stages).
+    Checked as the text is composed, before merge keys (``<<: *job``) add theirs."""
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:  # (the stubs misname anchor's type)
+        node = super().compose_mapping_node(anchor)
+        lines: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (first := lines.get((key.tag, key.value))) is not None:
+                problem = f"key {key.value!r} is written twice (first on line {first})"
+                raise yaml.composer.ComposerError(None, None, problem, key.start_mark)
+            lines[key.tag, key.value] = key.start_mark.line + 1
+        return node
+
+
 def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
     """Parse YAML (or JSON) text into a definition, or raise ``DefinitionError``."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # (a SafeLoader)
     except RecursionError:
         raise DefinitionError([f"{source}: nested too deeply to be a pipeline"]) from None
     except yaml.YAMLError as exc:

@@ -288,6 +288,45 @@ def test_invalid_yaml_names_the_line(text: str, expected: str) -> None:
     assert problems(text) == [expected]
 
 
+def test_a_key_written_twice_is_refused_not_silently_overwritten() -> None:
+    """PyYAML keeps the last of two equal keys: the second ``stages:`` dropped the first's."""
+    text = """
+        name: web
+        stages:
+          - name: build
+            jobs: [{name: compile, run: make}]
+        stages:
+          - name: deploy
+            jobs: [{name: ship, run: ./ship}]
+        """
+    assert problems(text) == ["web.yml:5: not valid YAML: key 'stages' is written twice (first on line 2)"]
+    assert problems('{"name": "web", "stages": [{"name": "a", "jobs": [], "name": "b"}]}') == [
+        "web.yml:1: not valid YAML: key 'name' is written twice (first on line 1)"
+    ]
+
+
+def test_anchors_and_merge_keys_may_still_override_what_they_merge() -> None:
+    pipeline = parse(
+        """
+        name: web
+        stages:
+          - name: build
+            jobs:
+              - &job {name: compile, run: make, timeout: 10m}
+              - {<<: *job, name: lint}
+              - &test {<<: *job, name: test, run: make test}
+              - {<<: *test, name: test-again}
+        """
+    )
+    jobs = pipeline.stages[0].jobs
+    assert [(j.name, j.run, j.timeout) for j in jobs] == [
+        ("compile", "make", 600.0),
+        ("lint", "make", 600.0),
+        ("test", "make test", 600.0),
+        ("test-again", "make test", 600.0),
+    ]
+
+
 @pytest.mark.parametrize(
     "text", ["", "- name: web\n", "just a string\n", "42\n"], ids=["empty", "list", "string", "number"]
 )
