@@ -495,6 +495,10 @@ def _no_duplicates(what: str, names: list[str]) -> None:
 # -- parsing -------------------------------------------------------------------------------
 
 
+#: the most values (mappings, lists and scalars) a pipeline may hold once its aliases are expanded
+MAX_VALUES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
     """``yaml.safe_load`` that refuses a key written twice in one mapping: YAML forbids it, and
     PyYAML would silently keep the last one (a second ``stages:`` drops the first's stages).
@@ -526,12 +530,27 @@ def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
         raise DefinitionError([f"{where}: not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise DefinitionError([f"{source}: a pipeline must be a mapping with name and stages"])
+    if _values(data, {}) > MAX_VALUES:
+        raise DefinitionError(
+            [f"{source}: too large: more than {MAX_VALUES} values once its aliases are expanded"]
+        )
     if not _storable(data):
         raise DefinitionError([f"{source}: text that is not valid Unicode (an unpaired surrogate escape)"])
     try:
         return PipelineDef.model_validate(data)
     except ValidationError as exc:
         raise DefinitionError(_describe(exc, text, source)) from None
+
+
+def _values(value: object, counted: dict[int, int]) -> int:
+    """How many values ``value`` holds with its aliases expanded. A container that aliases repeat
+    is counted once (``counted``), so a "billion laughs" costs no more than its text."""
+    if not isinstance(value, dict | list):
+        return 1
+    if id(value) not in counted:
+        inner = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        counted[id(value)] = min(1 + sum(_values(v, counted) for v in inner), MAX_VALUES + 1)
+    return counted[id(value)]
 
 
 def _storable(value: object) -> bool:

@@ -305,6 +305,25 @@ def test_a_key_written_twice_is_refused_not_silently_overwritten() -> None:
     ]
 
 
+def test_aliases_that_expand_beyond_any_pipeline_are_refused_at_once() -> None:
+    """A "billion laughs": a few lines of aliases of aliases took minutes to walk (one of ten
+    levels hung ``shipyard validate`` and the server's reading of the pipelines directory)."""
+    levels = ["name: web", 'x0: &x0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, 7)]
+    assert problems("\n".join(levels)) == [
+        "web.yml: too large: more than 100000 values once its aliases are expanded"
+    ]
+
+
+def test_a_job_list_shared_by_many_stages_cannot_make_a_pipeline_of_countless_jobs() -> None:
+    """Every entry valid and each stage named apart: 200 stages sharing 200 jobs are 40000 jobs,
+    which every run of it would lay out and store."""
+    jobs = "\n".join(f"      - {{name: j{i}, run: make}}" for i in range(200))
+    stages = "\n".join(f"  - {{name: s{i}, jobs: *jobs}}" for i in range(1, 200))
+    text = f"name: web\nstages:\n  - name: s0\n    jobs: &jobs\n{jobs}\n{stages}\n"
+    assert problems(text) == ["web.yml: too large: more than 100000 values once its aliases are expanded"]
+
+
 def test_anchors_and_merge_keys_may_still_override_what_they_merge() -> None:
     pipeline = parse(
         """
