@@ -520,9 +520,14 @@ class _Loader(yaml.SafeLoader):
 def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
     """Parse YAML (or JSON) text into a definition, or raise ``DefinitionError``."""
     try:
-        data = yaml.load(text, Loader=_Loader)  # (a SafeLoader)
-    except RecursionError:
+        return _parse(text, source)
+    except RecursionError:  # (the parser, or any walk of what it made: nesting the parser just took)
         raise DefinitionError([f"{source}: nested too deeply to be a pipeline"]) from None
+
+
+def _parse(text: str, source: str) -> PipelineDef:
+    try:
+        data = yaml.load(text, Loader=_Loader)  # (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

@@ -324,6 +324,14 @@ def test_a_job_list_shared_by_many_stages_cannot_make_a_pipeline_of_countless_jo
     assert problems(text) == ["web.yml: too large: more than 100000 values once its aliases are expanded"]
 
 
+def test_nesting_the_parser_takes_but_no_pipeline_has_is_a_problem_not_a_crash() -> None:
+    """Lists a few hundred deep parsed, then overflowed the stack in the checks after parsing:
+    ``shipyard validate`` ended in a traceback. Whatever the depth, it is one problem."""
+    for depth in range(160, 640, 40):
+        found = problems(f"name: web\nstages: {'[' * depth}{']' * depth}\n")
+        assert len(found) == 1 and found[0].startswith("web.yml:"), depth
+
+
 def test_anchors_and_merge_keys_may_still_override_what_they_merge() -> None:
     pipeline = parse(
         """
