@@ -235,8 +235,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from storage.migrate import upgrade
 
     settings = load_settings()
-    upgrade(settings.database_url)
-    print("database is up to date")
+    if newer := upgrade(settings.database_url):
+        print(f"the database schema is at {newer}, from a newer release of Shipyard: left as it is")
+    else:
+        print("database is up to date")
     return EXIT_OK
 
 

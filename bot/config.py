@@ -57,7 +57,10 @@ class Settings(BaseSettings):
     )
     lease_seconds: float = Field(30.0, ge=1.0, le=3600.0)
     stuck_after_seconds: float = Field(
-        3600.0, ge=1.0, description="an unfinished run unchanged this long is reported stuck (a zombie)"
+        3600.0,
+        ge=1.0,
+        le=3650 * 86400,  # (a longer one overflows the date arithmetic of /deploy runs --stuck)
+        description="an unfinished run unchanged this long is reported stuck (a zombie)",
     )
     poll_interval: float = Field(1.0, ge=0.05, le=60.0)
     max_log_bytes: int = Field(1 << 20, ge=1024)
@@ -84,7 +87,12 @@ class Settings(BaseSettings):
         description="serve GET /metrics on this port of its own (on `host`) instead of the main port",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
-    idempotency_hours: float = Field(24.0, ge=24.0, description="how long Idempotency-Key responses are kept")
+    idempotency_hours: float = Field(
+        24.0,
+        ge=24.0,
+        le=24 * 3650,  # (a longer one overflows the date arithmetic of the hourly purge)
+        description="how long Idempotency-Key responses are kept",
+    )
     measurement_keep_days: float = Field(
         14.0,
         gt=0,

@@ -495,12 +495,39 @@ def _no_duplicates(what: str, names: list[str]) -> None:
 # -- parsing -------------------------------------------------------------------------------
 
 
+#: the most values (mappings, lists and scalars) a pipeline may hold once its aliases are expanded
+MAX_VALUES = 100_000
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping: YAML forbids it, and
+    PyYAML would silently keep the last one (a second ``stages:`` drops the first's stages).
+    Checked as the text is composed, before merge keys (``<<: *job``) add theirs."""
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:  # (the stubs misname anchor's type)
+        node = super().compose_mapping_node(anchor)
+        lines: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (first := lines.get((key.tag, key.value))) is not None:
+                problem = f"key {key.value!r} is written twice (first on line {first})"
+                raise yaml.composer.ComposerError(None, None, problem, key.start_mark)
+            lines[key.tag, key.value] = key.start_mark.line + 1
+        return node
+
+
 def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
     """Parse YAML (or JSON) text into a definition, or raise ``DefinitionError``."""
     try:
-        data = yaml.safe_load(text)
-    except RecursionError:
+        return _parse(text, source)
+    except RecursionError:  # (the parser, or any walk of what it made: nesting the parser just took)
         raise DefinitionError([f"{source}: nested too deeply to be a pipeline"]) from None
+
+
+def _parse(text: str, source: str) -> PipelineDef:
+    try:
+        data = yaml.load(text, Loader=_Loader)  # (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -508,12 +535,27 @@ def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
         raise DefinitionError([f"{where}: not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise DefinitionError([f"{source}: a pipeline must be a mapping with name and stages"])
+    if _values(data, {}) > MAX_VALUES:
+        raise DefinitionError(
+            [f"{source}: too large: more than {MAX_VALUES} values once its aliases are expanded"]
+        )
     if not _storable(data):
         raise DefinitionError([f"{source}: text that is not valid Unicode (an unpaired surrogate escape)"])
     try:
         return PipelineDef.model_validate(data)
     except ValidationError as exc:
         raise DefinitionError(_describe(exc, text, source)) from None
+
+
+def _values(value: object, counted: dict[int, int]) -> int:
+    """How many values ``value`` holds with its aliases expanded. A container that aliases repeat
+    is counted once (``counted``), so a "billion laughs" costs no more than its text."""
+    if not isinstance(value, dict | list):
+        return 1
+    if id(value) not in counted:
+        inner = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        counted[id(value)] = min(1 + sum(_values(v, counted) for v in inner), MAX_VALUES + 1)
+    return counted[id(value)]
 
 
 def _storable(value: object) -> bool:

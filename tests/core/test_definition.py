@@ -288,6 +288,72 @@ def test_invalid_yaml_names_the_line(text: str, expected: str) -> None:
     assert problems(text) == [expected]
 
 
+def test_a_key_written_twice_is_refused_not_silently_overwritten() -> None:
+    """PyYAML keeps the last of two equal keys: the second ``stages:`` dropped the first's."""
+    text = """
+        name: web
+        stages:
+          - name: build
+            jobs: [{name: compile, run: make}]
+        stages:
+          - name: deploy
+            jobs: [{name: ship, run: ./ship}]
+        """
+    assert problems(text) == ["web.yml:5: not valid YAML: key 'stages' is written twice (first on line 2)"]
+    assert problems('{"name": "web", "stages": [{"name": "a", "jobs": [], "name": "b"}]}') == [
+        "web.yml:1: not valid YAML: key 'name' is written twice (first on line 1)"
+    ]
+
+
+def test_aliases_that_expand_beyond_any_pipeline_are_refused_at_once() -> None:
+    """A "billion laughs": a few lines of aliases of aliases took minutes to walk (one of ten
+    levels hung ``shipyard validate`` and the server's reading of the pipelines directory)."""
+    levels = ["name: web", 'x0: &x0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, 7)]
+    assert problems("\n".join(levels)) == [
+        "web.yml: too large: more than 100000 values once its aliases are expanded"
+    ]
+
+
+def test_a_job_list_shared_by_many_stages_cannot_make_a_pipeline_of_countless_jobs() -> None:
+    """Every entry valid and each stage named apart: 200 stages sharing 200 jobs are 40000 jobs,
+    which every run of it would lay out and store."""
+    jobs = "\n".join(f"      - {{name: j{i}, run: make}}" for i in range(200))
+    stages = "\n".join(f"  - {{name: s{i}, jobs: *jobs}}" for i in range(1, 200))
+    text = f"name: web\nstages:\n  - name: s0\n    jobs: &jobs\n{jobs}\n{stages}\n"
+    assert problems(text) == ["web.yml: too large: more than 100000 values once its aliases are expanded"]
+
+
+def test_nesting_the_parser_takes_but_no_pipeline_has_is_a_problem_not_a_crash() -> None:
+    """Lists a few hundred deep parsed, then overflowed the stack in the checks after parsing:
+    ``shipyard validate`` ended in a traceback. Whatever the depth, it is one problem."""
+    for depth in range(160, 640, 40):
+        found = problems(f"name: web\nstages: {'[' * depth}{']' * depth}\n")
+        assert len(found) == 1 and found[0].startswith("web.yml:"), depth
+
+
+def test_anchors_and_merge_keys_may_still_override_what_they_merge() -> None:
+    pipeline = parse(
+        """
+        name: web
+        stages:
+          - name: build
+            jobs:
+              - &job {name: compile, run: make, timeout: 10m}
+              - {<<: *job, name: lint}
+              - &test {<<: *job, name: test, run: make test}
+              - {<<: *test, name: test-again}
+        """
+    )
+    jobs = pipeline.stages[0].jobs
+    assert [(j.name, j.run, j.timeout) for j in jobs] == [
+        ("compile", "make", 600.0),
+        ("lint", "make", 600.0),
+        ("test", "make test", 600.0),
+        ("test-again", "make test", 600.0),
+    ]
+
+
 @pytest.mark.parametrize(
     "text", ["", "- name: web\n", "just a string\n", "42\n"], ids=["empty", "list", "string", "number"]
 )

@@ -1,0 +1,37 @@
+"""Settings an operator writes: a value the service cannot work with is refused by name at start-up,
+never accepted to crash a worker or a command later."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from bot.config import Settings
+from core.zombies import diagnose
+from storage.idempotency import IdempotencyStore
+from storage.reads import Reads
+from storage.store import SqlStore
+from tests.core.test_engine import WEB, started
+
+
+@pytest.mark.parametrize("huge", [1e9, float("inf")])
+@pytest.mark.parametrize("setting", ["idempotency_hours", "stuck_after_seconds"])
+def test_a_time_too_long_to_count_with_is_refused(setting: str, huge: float) -> None:
+    """Meant as "forever", such a value overflowed the date arithmetic: the hourly purge of
+    Idempotency-Keys, and every ``/deploy runs --stuck``."""
+    with pytest.raises(ValidationError, match=setting):
+        Settings(**{setting: huge})
+
+
+def test_the_longest_times_accepted_still_count(sqlite_url: str) -> None:
+    settings = Settings(idempotency_hours=24 * 3650, stuck_after_seconds=3650 * 86400)
+    at = datetime.now(UTC)
+    store = SqlStore(sqlite_url)
+    try:
+        assert IdempotencyStore(store, timedelta(hours=settings.idempotency_hours)).purge(at, 100) == 0
+        assert Reads(store).unchanged_since(at - timedelta(seconds=settings.stuck_after_seconds)) == []
+    finally:
+        store.dispose()
+    assert diagnose(started(WEB), at - timedelta(days=1), at, settings.stuck_after_seconds) is None
