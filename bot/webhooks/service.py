@@ -310,7 +310,7 @@ class Webhooks:
             return 0.0
         if self._listening and len(self._flights) < self.config.concurrency:
             try:
-                due = await self.backend.read(self.webhook_store.next_due, self._busy())
+                due = await self.backend.read(self.webhook_store.next_due, self._busy(self._in_flight()))
             except DatabaseUnreachable:
                 return wait
             if due is not None:
@@ -322,8 +322,8 @@ class Webhooks:
         free = self.config.concurrency - len(self._flights)
         if free <= 0 or not self._listening:  # (no active subscription: nothing is claimable)
             return False
-        per = Counter(f.claimed.webhook_id for f in self._flights.values())
-        busy = self._busy()
+        per = self._in_flight()
+        busy = self._busy(per)
         claimed = await self.backend.write(
             self.webhook_store.claim,
             at,
@@ -339,9 +339,12 @@ class Webhooks:
             task.add_done_callback(functools.partial(self._landed, c))
         return len(claimed) == free
 
-    def _busy(self) -> list[str]:
+    def _in_flight(self) -> Counter[str]:
+        """How many of each subscription's deliveries are being sent."""
+        return Counter(f.claimed.webhook_id for f in self._flights.values())
+
+    def _busy(self, per: Counter[str]) -> list[str]:
         """The subscriptions whose share of the slots (``per_webhook``) is in flight."""
-        per = Counter(f.claimed.webhook_id for f in self._flights.values())
         return sorted(w for w, n in per.items() if n >= self.config.per_webhook)
 
     def _landed(self, claimed: Claimed, task: asyncio.Task[Outcome]) -> None:
