@@ -79,7 +79,7 @@ async def read_keys(backend: ChatBackend, env: str, window: timedelta) -> FourKe
     words=2,
 )
 async def dora(backend: ChatBackend, who: Who, line: Line) -> Reply:
-    if not line.words or len(line.words) > 2:
+    if not line.words:  # (more than two words: refused by dispatch, as for every verb)
         raise Refusal(_usage("dora"))
     env, text = line.words[0], line.words[1] if len(line.words) > 1 else DEFAULT_WINDOW
     try:

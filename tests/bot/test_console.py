@@ -382,6 +382,7 @@ def test_words_a_command_would_ignore_are_refused_with_its_usage(tmp_path: Path)
             "/deploy status quick#1 quick#2",
             "/deploy whoami please",
             "/deploy envs region=eu",
+            "/deploy dora production 30d extra",
             "/deploy retry quick#1 now",
             "/deploy status quick#1",
             "/deploy cancel quick#9 because it is wrong",
@@ -393,6 +394,7 @@ def test_words_a_command_would_ignore_are_refused_with_its_usage(tmp_path: Path)
     assert "`status` does not take `quick#2`. Usage: `/deploy status <run>`" in out
     assert "`whoami` does not take `please`. Usage: `/deploy whoami`" in out
     assert "`envs` does not take `region=eu`. Usage: `/deploy envs`" in out
+    assert "`dora` does not take `extra`. Usage: `/deploy dora <environment> [window]`" in out
     assert "`retry` does not take `now`. Usage: `/deploy retry <run>`" in out
     assert "Retrying" not in out and "quick#1" in out.split("`retry` does not take")[1]  # status said
     assert "No run `quick#9`" in out  # the reason's words are its own
