@@ -182,7 +182,10 @@ async def test_runs_started_outside_slack_report_in_their_pipelines_channel(bot:
     assert scheduled.args["channel"] == PIPELINE_CHANNEL
     assert "triggered by nightly via schedule" in str(scheduled.args["blocks"])
     result = await bot.fake.wait_for(
-        "chat.postMessage", lambda c: "routed#2 succeeded" in c.args.get("text", ""), timeout=10
+        # (in the thread: the run's message says "succeeded" too when the run ends before it is posted)
+        "chat.postMessage",
+        lambda c: "routed#2 succeeded" in c.args.get("text", "") and "thread_ts" in c.args,
+        timeout=10,
     )
     assert result.args["channel"] == PIPELINE_CHANNEL and result.args["thread_ts"] == scheduled.response["ts"]
 
@@ -239,7 +242,9 @@ async def test_a_run_whose_channel_slack_refuses_holds_up_no_other_run(
     )
     assert message.args["channel"] == PIPELINE_CHANNEL
     result = await bot.fake.wait_for(
-        "chat.postMessage", lambda c: c.ok and "routed#1 succeeded" in c.args.get("text", ""), timeout=10
+        "chat.postMessage",
+        lambda c: c.ok and "routed#1 succeeded" in c.args.get("text", "") and "thread_ts" in c.args,
+        timeout=10,
     )
     assert result.args["thread_ts"] == message.response["ts"]
 
