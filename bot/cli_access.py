@@ -35,6 +35,12 @@ def register(sub: Any) -> None:
     # (roles are checked by the command, not by choices=, so that a refused one is audited)
     s.add_argument("--role", action="append", required=True, help=f"{', '.join(ROLES)}; repeat for several")
     s.add_argument("--group", action="append", default=[], help="a group, e.g. release-managers")
+    s.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="a label its runner may carry, e.g. production; repeat for several (runners only)",
+    )
     s.set_defaults(func=cmd_token_create)
     s = tsub.add_parser("list", help="tokens and their roles (never the secrets)")
     s.set_defaults(func=cmd_token_list)
@@ -45,9 +51,13 @@ def register(sub: Any) -> None:
     access = sub.add_parser("access", help="roles and groups of any principal (tokens, Slack users)")
     asub = access.add_subparsers(metavar="ACTION", required=True)
     for verb in ("grant", "revoke"):
-        s = asub.add_parser(verb, help=f"{verb} a role or a group membership")
+        s = asub.add_parser(verb, help=f"{verb} a role, a group membership or a runner label")
         s.add_argument("principal")
-        s.add_argument("what", metavar="ROLE|group:NAME", help=f"one of {', '.join(ROLES)}, or group:NAME")
+        s.add_argument(
+            "what",
+            metavar="ROLE|group:NAME|label:NAME",
+            help=f"one of {', '.join(ROLES)}, group:NAME, or label:NAME (a label its runner may carry)",
+        )
         s.set_defaults(func=cmd_access, verb=verb)
     s = asub.add_parser("show", help="what a principal holds now")
     s.add_argument("principal")
@@ -127,21 +137,30 @@ def _refuse(store: SqlStore, action: str, target: str, detail: dict[str, Any], r
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     store = _store()
-    detail = {"roles": args.role, "groups": args.group}
+    detail = {"roles": args.role, "groups": args.group, "labels": args.label}
     unknown = [r for r in args.role if r not in ROLES]
     if unknown:
         reason = f"unknown role {', '.join(map(repr, unknown))} (roles: {', '.join(ROLES)})"
         return _refuse(store, "token_create", args.name, detail, reason)
+    if args.label and "runner" not in args.role:
+        reason = "--label is for runner tokens: add --role runner (labels say which jobs a runner may claim)"
+        return _refuse(store, "token_create", args.name, detail, reason)
     try:
         secret = Directory(store).create_token(
-            args.name, [Role(r) for r in args.role], _now(), by=getpass.getuser(), groups=args.group
+            args.name,
+            [Role(r) for r in args.role],
+            _now(),
+            by=getpass.getuser(),
+            groups=args.group,
+            labels=args.label,
         )
     except ShipyardError as exc:
         return _refuse(store, "token_create", args.name, detail, exc.message)
     _audit(store, "token_create", args.name, detail)
     print(secret)
+    labels = f"; labels {', '.join(sorted(set(args.label)))}" if args.label else ""
     print(
-        f"token for {args.name} ({', '.join(args.role)}); it is shown only now: "
+        f"token for {args.name} ({', '.join(args.role)}{labels}); it is shown only now: "
         "store it in your CI's secrets",
         file=sys.stderr,
     )
@@ -154,9 +173,10 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         print("no tokens yet (shipyard token create NAME --role ROLE)")
     for t in tokens:
         state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
+        labels = f" labels {','.join(t.labels)}" if t.labels else ""
         print(
             f"{t.name:24} {','.join(t.roles) or '-':28} {state:24} "
-            f"created {t.created_at:%Y-%m-%d} by {t.created_by}"
+            f"created {t.created_at:%Y-%m-%d} by {t.created_by}{labels}"
         )
     return 0
 
@@ -173,8 +193,9 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def _parse_what(what: str) -> tuple[str, str] | None:
-    if what.startswith("group:") and len(what) > 6:
-        return "group", what[6:]
+    for kind in ("group", "label"):
+        if what.startswith(f"{kind}:") and len(what) > len(kind) + 1:
+            return kind, what[len(kind) + 1 :]
     if what in ROLES:
         return "role", what
     return None
@@ -184,7 +205,7 @@ def cmd_access(args: argparse.Namespace) -> int:
     store = _store()
     parsed = _parse_what(args.what)
     if parsed is None:
-        reason = f"{args.what!r} is neither a role ({', '.join(ROLES)}) nor group:NAME"
+        reason = f"{args.what!r} is neither a role ({', '.join(ROLES)}), group:NAME nor label:NAME"
         return _refuse(store, f"access_{args.verb}", args.principal, {"what": args.what}, reason)
     kind, value = parsed
     directory = Directory(store)
@@ -198,7 +219,12 @@ def cmd_access(args: argparse.Namespace) -> int:
         return _refuse(store, f"access_{args.verb}", args.principal, {kind: value}, exc.message)
     _audit(store, f"access_{args.verb}", args.principal, {kind: value})
     done = "granted" if args.verb == "grant" else "revoked"
-    print(f"{args.principal}: {done} {args.what} (gates already open keep the approvers they had)")
+    after = (
+        "from its runner's next claim (jobs it holds run to their end)"
+        if kind == "label"
+        else "gates already open keep the approvers they had"
+    )
+    print(f"{args.principal}: {done} {args.what} ({after})")
     return 0
 
 
@@ -209,6 +235,15 @@ def _not_held(directory: Directory, name: str, kind: str, value: str) -> str:
     if kind == "group":
         groups = ", ".join(sorted(held.groups)) or "none"
         return f"{name} is not in group {value}, so there is nothing to revoke (groups: {groups})"
+    if kind == "label":
+        via = sorted(g for g in held.groups if value in directory.principal(g, at).labels)
+        if via:
+            return (
+                f"{name} may carry label {value} only through group {via[0]}: "
+                f"revoke label:{value} from {via[0]}"
+            )
+        labels = ", ".join(sorted(held.labels)) or "none"
+        return f"{name} may not carry label {value}, so there is nothing to revoke (labels: {labels})"
     via = sorted(g for g in held.groups if value in directory.principal(g, at).roles)
     if via:
         return (
@@ -228,7 +263,8 @@ def cmd_access_show(args: argparse.Namespace) -> int:
     p = Directory(_store()).principal(args.principal, _now())
     print(
         f"{p.name}: roles {', '.join(sorted(p.roles)) or 'none'}; "
-        f"groups {', '.join(sorted(p.groups)) or 'none'}"
+        f"groups {', '.join(sorted(p.groups)) or 'none'}; "
+        f"runner labels {', '.join(sorted(p.labels)) or 'none'}"
     )
     return 0
 

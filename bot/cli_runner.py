@@ -120,11 +120,14 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
     for waiter in (stopped, drained):
         waiter.cancel()
     why = "the server drained this runner" if link.drained.is_set() else "asked to stop"
+    if link.refusal:
+        print(link.refusal, file=sys.stderr, flush=True)
+        why = "the server refuses its claims"
     print(f"draining ({why}): no new jobs; waiting for {len(runner.jobs)} running", flush=True)
     await runner.drain()
     await link.close()
     print(f"shipyard runner {args.name} stopped", flush=True)
-    return 0
+    return 2 if link.refusal else 0
 
 
 async def _started(runner: Runner, poll: float, stop: asyncio.Event) -> int | None:

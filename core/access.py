@@ -86,7 +86,8 @@ ALLOWED: dict[Role, frozenset[Action]] = {
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A role (``kind="role"``) or group membership (``kind="group"``) held for a while."""
+    """A role (``kind="role"``), a group membership (``kind="group"``) or a runner label
+    (``kind="label"``: a runner acting as this principal may carry it) held for a while."""
 
     principal: str
     kind: str
@@ -105,6 +106,9 @@ class Principal:
     name: str
     roles: frozenset[Role]
     groups: frozenset[str] = frozenset()
+    #: the labels a runner acting as this principal may claim with: granted, never
+    #: self-declared, since an environment's secrets go to runners by their labels
+    labels: frozenset[str] = frozenset()
 
     @classmethod
     def from_grants(cls, name: str, grants: Iterable[Grant], at: datetime) -> Principal:
@@ -118,11 +122,13 @@ class Principal:
             direct
             | {g.value for g in grants if g.principal in direct and g.kind == "group" and g.held_at(at)}
         )
-        roles = {Role(g.value) for g in own if g.kind == "role"}
-        roles.update(
-            Role(g.value) for g in grants if g.principal in groups and g.kind == "role" and g.held_at(at)
-        )
-        return cls(name, frozenset(roles), groups)
+        held = own + [g for g in grants if g.principal in groups and g.held_at(at)]
+        roles = frozenset(Role(g.value) for g in held if g.kind == "role")
+        return cls(name, roles, groups, frozenset(g.value for g in held if g.kind == "label"))
+
+    def ungranted(self, labels: Iterable[str]) -> list[str]:
+        """The ``labels`` this principal may not carry as a runner (sorted)."""
+        return sorted(set(labels) - self.labels)
 
     def may(self, action: Action) -> bool:
         return any(action in ALLOWED[role] for role in self.roles)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from core.access import Grant, Principal, Role
 from core.errors import Conflict, InvalidInput, NotFound
+from core.labels import check_labels
 from storage.store import SqlStore
 from storage.tables import T
 
@@ -36,6 +37,15 @@ def _check_grant(principal: str, kind: str, value: str) -> None:
     check_name("principal", principal, PRINCIPAL_LEN)
     if kind == "group":
         check_name("group", value, GROUP_LEN)
+    elif kind == "label":
+        _check_label(value)
+
+
+def _check_label(label: str) -> None:
+    try:
+        check_labels([label])
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def token_hash(secret: str) -> str:
@@ -50,6 +60,8 @@ class TokenInfo:
     created_at: datetime
     created_by: str
     revoked_at: datetime | None
+    #: the labels its runner may carry (its own label grants)
+    labels: tuple[str, ...] = ()
 
 
 class Directory:
@@ -58,13 +70,23 @@ class Directory:
 
     # -- tokens -----------------------------------------------------------------------------
     def create_token(
-        self, name: str, roles: list[Role], now: datetime, *, by: str, groups: list[str] | None = None
+        self,
+        name: str,
+        roles: list[Role],
+        now: datetime,
+        *,
+        by: str,
+        groups: list[str] | None = None,
+        labels: list[str] | None = None,
     ) -> str:
-        """A new token for the principal ``name``; returns the secret, which is not kept."""
+        """A new token for the principal ``name``; returns the secret, which is not kept.
+        ``labels``: those a runner holding it may carry (granted with it)."""
         if not name or len(name) > 100 or not all(c.isalnum() or c in "-_.@" for c in name):
             raise InvalidInput(f"token name {name!r}: use 1-100 letters, digits, '-', '_', '.', '@'")
         for group in groups or []:
             check_name("group", group, GROUP_LEN)
+        for label in labels or []:
+            _check_label(label)
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.store.engine.begin() as conn:
             found = conn.execute(sa.select(TOKEN.c.revoked_at).where(TOKEN.c.name == name)).first()
@@ -81,9 +103,8 @@ class Directory:
                     created_by=by,
                 )
             )
-            self._grant(
-                conn, name, [("role", str(r)) for r in roles] + [("group", g) for g in groups or []], now
-            )
+            grants = [("role", str(r)) for r in roles] + [("group", g) for g in groups or []]
+            self._grant(conn, name, grants + [("label", label) for label in labels or []], now)
         return secret
 
     def revoke_token(self, name: str, now: datetime) -> None:
@@ -101,18 +122,18 @@ class Directory:
         with self.store.engine.connect() as conn:
             rows = conn.execute(sa.select(TOKEN).order_by(TOKEN.c.name)).mappings().all()
             grants = conn.execute(sa.select(GRANT).where(GRANT.c.revoked_at.is_(None))).mappings().all()
-        roles: dict[str, list[str]] = {}
+        held: dict[tuple[str, str], list[str]] = {}
         for g in grants:
-            if g["kind"] == "role":
-                roles.setdefault(g["principal"], []).append(g["value"])
+            held.setdefault((g["kind"], g["principal"]), []).append(g["value"])
         return [
             TokenInfo(
                 r["name"],
                 r["principal"],
-                tuple(sorted(roles.get(r["principal"], []))),
+                tuple(sorted(held.get(("role", r["principal"]), []))),
                 r["created_at"],
                 r["created_by"],
                 r["revoked_at"],
+                tuple(sorted(held.get(("label", r["principal"]), []))),
             )
             for r in rows
         ]

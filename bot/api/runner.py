@@ -211,9 +211,20 @@ def _runner(call: Call, named: str) -> str:
 )
 async def claim(call: Call) -> web.Response:
     """Answers as soon as jobs are claimed, or after `wait_s` with none. A runner is handed only
-    jobs whose labels it all carries; a drained runner is handed none and told `draining`."""
+    jobs whose labels it all carries; a drained runner is handed none and told `draining`. It
+    may carry only the labels granted to its token's principal (`label:NAME`): a claim with
+    another is refused (403, naming them in `ungranted_labels`)."""
     runner = _runner(call, call.body.runner)
     body: ClaimIn = call.body
+    if ungranted := call.principal.ungranted(body.labels):
+        # (an environment's secrets go to runners by their labels, so a label is granted to
+        # the runner's principal, not taken on its word)
+        raise Problem(
+            403,
+            f"runner {runner} may not carry label {', '.join(ungranted)}: an operator grants "
+            f"one with `shipyard access grant {runner} label:{ungranted[0]}`",
+            ungranted_labels=ungranted,
+        )
     shipyard = gw(call).shipyard
     orchestrator = shipyard.orchestrator
     loop = asyncio.get_running_loop()

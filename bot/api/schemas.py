@@ -69,6 +69,9 @@ class ProblemOut(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[dict[str, Any]] | None = Field(None, description="each invalid field, for 400 and 422")
+    ungranted_labels: list[str] | None = Field(
+        None, description="the labels a runner's claim carried that were not granted to it (403)"
+    )
 
 
 # -- requests ----------------------------------------------------------------------------------

@@ -69,8 +69,12 @@ class HttpLink:
         self.runner = runner
         #: how the runner describes itself as it claims: it is handed only jobs these labels satisfy
         self.described = {"labels": list(labels), "capacity": capacity, "version": version}
-        #: set when the server says this runner was drained: it claims nothing more and stops
+        #: set when the server says this runner was drained, or refuses its claims: it claims
+        #: nothing more and stops
         self.drained = asyncio.Event()
+        #: why the server refused its claim (its token revoked, a label not granted to it):
+        #: claiming again cannot help, so the runner finishes its jobs and exits saying this
+        self.refusal = ""
         self.headers = {"Authorization": f"Bearer {token}", HEADER: str(PROTOCOL)}
         self.woken = False  # (its claims are long polls)
         self.timeout_s = timeout_s
@@ -107,7 +111,12 @@ class HttpLink:
     # -- RunnerLink --------------------------------------------------------------------------
     async def claim(self, runner: str, limit: int, lease_s: float) -> list[Assignment]:
         body = {"runner": runner, "limit": limit, "lease_s": lease_s, "wait_s": self.claim_wait_s}
-        _, data = await self._post("/claim", {**body, **self.described}, wait_s=self.claim_wait_s)
+        try:
+            _, data = await self._post("/claim", {**body, **self.described}, wait_s=self.claim_wait_s)
+        except Refused as exc:
+            self.refusal = exc.message
+            self.drained.set()
+            return []
         if data.get("draining"):
             self.drained.set()
         return [_assignment(a) for a in data["assignments"]]

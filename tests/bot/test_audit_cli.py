@@ -103,7 +103,7 @@ def test_refused_access_commands_are_audited_with_their_reason(db: Path) -> None
         "token_revoke nosuch rejected (no active token named 'nosuch')",
         "access_grant bob accepted",
         "access_grant bob rejected "
-        "('wizard' is neither a role (viewer, deployer, approver, admin, runner) nor group:NAME)",
+        "('wizard' is neither a role (viewer, deployer, approver, admin, runner), group:NAME nor label:NAME)",
         "token_create ci-viewer rejected "
         "(unknown role 'bogus' (roles: viewer, deployer, approver, admin, runner))",
         "token_revoke ci-deployer accepted",
@@ -226,7 +226,7 @@ def test_revoking_what_a_principal_does_not_hold_is_refused_and_audited(tmp_path
         result = shipyard(db, "access", "revoke", "bob", what)
         assert (result.returncode, result.stdout, result.stderr) == (2, "", f"shipyard: {reason}\n")
     assert shipyard(db, "access", "show", "bob").stdout == (
-        "bob: roles approver, viewer; groups release-managers\n"
+        "bob: roles approver, viewer; groups release-managers; runner labels none\n"
     )
 
     done = shipyard(db, "access", "revoke", "bob", "group:release-managers")
@@ -236,7 +236,9 @@ def test_revoking_what_a_principal_does_not_hold_is_refused_and_audited(tmp_path
     )
     again = shipyard(db, "access", "revoke", "bob", "group:release-managers")
     assert again.returncode == 2 and "bob is not in group release-managers" in again.stderr
-    assert shipyard(db, "access", "show", "bob").stdout == "bob: roles viewer; groups none\n"
+    assert (
+        shipyard(db, "access", "show", "bob").stdout == "bob: roles viewer; groups none; runner labels none\n"
+    )
 
     lines = shipyard(db, "audit", "list").stdout.splitlines()
     assert [line.split(" via cli: ", 1)[1] for line in lines[3:]] == [
@@ -288,3 +290,56 @@ def test_audit_list_refuses_a_limit_that_is_not_a_positive_number(db: Path) -> N
         assert result.returncode == 2 and "Traceback" not in result.stderr, (limit, result.stderr)
         assert f"argument --limit: '{limit}' is not a whole number from 1 to" in result.stderr
     assert len(shipyard(db, "audit", "list", "--limit", "2").stdout.splitlines()) == 2
+
+
+def test_runner_labels_are_granted_with_the_token_or_later_and_audited(tmp_path: Path) -> None:
+    """A runner carries only labels granted to it (an environment's secrets go by them)."""
+    db = tmp_path / "shipyard.db"
+    made = shipyard(
+        db, "token", "create", "prod-1", "--role", "runner", "--label", "prod-eu", "--label", "linux"
+    )
+    assert made.returncode == 0 and made.stdout.startswith("shy_"), made.stderr
+    assert "token for prod-1 (runner; labels linux, prod-eu)" in made.stderr
+    assert shipyard(db, "access", "show", "prod-1").stdout == (
+        "prod-1: roles runner; groups none; runner labels linux, prod-eu\n"
+    )
+    listed = shipyard(db, "token", "list").stdout
+    assert "prod-1" in listed and listed.rstrip().endswith("labels linux,prod-eu")
+
+    refused = [
+        (
+            ("token", "create", "ci", "--role", "deployer", "--label", "prod-eu"),
+            "--label is for runner tokens",
+        ),
+        (
+            ("token", "create", "eu-2", "--role", "runner", "--label", "Prod EU"),
+            "'Prod EU' is not a runner label",
+        ),
+        (("access", "grant", "prod-1", "label:-x"), "'-x' is not a runner label"),
+        (
+            ("access", "revoke", "prod-1", "label:gpu"),
+            "prod-1 may not carry label gpu, so there is nothing to revoke",
+        ),
+    ]
+    for args, reason in refused:
+        result = shipyard(db, *args)
+        assert result.returncode == 2 and reason in result.stderr, (args, result.stderr)
+
+    granted = shipyard(db, "access", "grant", "prod-1", "label:gpu")
+    assert (
+        granted.stdout
+        == "prod-1: granted label:gpu (from its runner's next claim (jobs it holds run to their end))\n"
+    )
+    assert shipyard(db, "access", "revoke", "prod-1", "label:prod-eu").returncode == 0
+    assert shipyard(db, "access", "show", "prod-1").stdout.endswith("runner labels gpu, linux\n")
+    lines = [line.split(" via cli: ", 1)[1] for line in shipyard(db, "audit", "list").stdout.splitlines()]
+    assert lines[0] == "token_create prod-1 accepted" and lines[-2:] == [
+        "access_grant prod-1 accepted",
+        "access_revoke prod-1 accepted",
+    ]
+    assert [line.split(" (")[0] for line in lines[1:5]] == [
+        "token_create ci rejected",
+        "token_create eu-2 rejected",
+        "access_grant prod-1 rejected",
+        "access_revoke prod-1 rejected",
+    ]

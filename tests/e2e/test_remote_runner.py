@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from core.access import Role
+from core.labels import parse_labels
 from storage.directory import Directory
 from storage.secrets import SecretBox, SecretStore, generate_key
 from storage.store import SqlStore
@@ -67,11 +69,16 @@ class RemoteRunner:
             self.proc.wait()
 
 
-def _tokens(db_url: str, *names: str, role: Role = Role.RUNNER) -> dict[str, str]:
+def _tokens(
+    db_url: str, *names: str, role: Role = Role.RUNNER, labels: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A token for each of ``names``; ``labels``: those each runner is granted (``a,b``)."""
     store = SqlStore(db_url)
     try:
         directory = Directory(store)
-        return {n: directory.create_token(n, [role], datetime.now(UTC), by="tests") for n in names}
+        now = datetime.now(UTC)
+        granted = {n: parse_labels((labels or {}).get(n, "")) for n in names}
+        return {n: directory.create_token(n, [role], now, by="tests", labels=granted[n]) for n in names}
     finally:
         store.dispose()
 

@@ -1,9 +1,10 @@
 """Runner labels and runners as resources, for real: a ``shipyard serve`` that runs no job
-itself and ``shipyard runner`` processes with ``--labels``. A job goes only to a runner carrying
-all its labels; an environment's ``runner_labels`` hold even when the pipeline asks for none,
-and a run whose job no online runner can take says why it waits. ``GET /api/v1/runners`` lists
-runners with their state and jobs; a drain makes a runner finish its job and exit; an offline
-runner can be forgotten, one holding jobs cannot."""
+itself and ``shipyard runner`` processes with ``--labels``, each granted to its token. A job goes
+only to a runner carrying all its labels, and a runner carries only labels granted to it; an
+environment's ``runner_labels`` hold even when the pipeline asks for none, and a run whose job no
+online runner can take says why it waits. ``GET /api/v1/runners`` lists runners with their state
+and jobs; a drain makes a runner finish its job and exit; an offline runner can be forgotten, one
+holding jobs cannot."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_a_job_runs_only_on_a_runner_carrying_its_labels(
         "  - name: fit\n    runs_on: [linux]\n    jobs: [{name: fit, runs_on: [gpu], run: 'echo fit'}]\n"
     )
     server = _server(tmp_path, db_url, started, {"train": pipeline})
-    tokens = _tokens(db_url, "cpu-1", "gpu-1")
+    tokens = _tokens(db_url, "cpu-1", "gpu-1", labels={"cpu-1": "linux", "gpu-1": "linux,gpu"})
     cpu = RemoteRunner(tmp_path, server, "cpu-1", tokens["cpu-1"], labels="linux").start()
     started.append(cpu)
     run_id = _trigger(server, "train")
@@ -78,9 +79,17 @@ def test_an_environments_runner_labels_hold_whatever_the_pipeline_says(
     )
     environments = json.dumps({"production": {"runner_labels": ["prod-eu"]}})
     server = _server(tmp_path, db_url, started, {"web": pipeline}, environments=environments)
-    tokens = _tokens(db_url, "dev-1", "prod-1")
+    tokens = _tokens(db_url, "dev-1", "prod-1", labels={"dev-1": "linux,staging", "prod-1": "prod-eu"})
     dev = RemoteRunner(tmp_path, server, "dev-1", tokens["dev-1"], labels="linux,staging").start()
     started.append(dev)
+    # a runner saying it carries prod-eu, which its token was not granted, is refused and exits
+    # (production's secrets go to runners by that label)
+    rogue = RemoteRunner(
+        tmp_path, server, "rogue", _tokens(db_url, "rogue")["rogue"], labels="prod-eu"
+    ).start()
+    started.append(rogue)
+    assert rogue.proc is not None and rogue.proc.wait(20) == 2
+    assert "runner rogue may not carry label prod-eu" in rogue.log.read_text()
     wait_until(lambda: "dev-1" in _runners(server), 20, what="dev-1 to be listed")
     run_id = _trigger(server, "web")
     job = wait_until(lambda: (j := _job(server, run_id))["waiting_for"] and j, 20, 0.2, what="a wait")
@@ -107,7 +116,7 @@ def test_drain_list_and_delete_runners(tmp_path: Path, db_url: str, started: lis
     work = f"touch {began}; while [ ! -e {release} ]; do sleep 0.1; done; echo done"
     pipeline = f"name: long\nstages:\n  - name: only\n    jobs: [{{name: work, run: '{work}'}}]\n"
     server = _server(tmp_path, db_url, started, {"long": pipeline})
-    token = _tokens(db_url, "eu-1")["eu-1"]
+    token = _tokens(db_url, "eu-1", labels={"eu-1": "linux"})["eu-1"]
     runner = RemoteRunner(tmp_path, server, "eu-1", token, labels="linux").start()
     started.append(runner)
     first = _trigger(server, "long")
