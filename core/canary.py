@@ -234,15 +234,20 @@ def settle(plan: _Plan, stage: Stage, finish: Finish, succeed: Succeed) -> bool:
 
 def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succeed) -> bool:
     """A canary: the promote jobs put the new version on stable, then all traffic returns to
-    stable. Blue/green: traffic is on the new colour already; the scale-down jobs retire the
-    old one ``scale_down_after`` the switch."""
+    stable. Blue/green: traffic is on the new colour already (promoted before the switch: it
+    switches first); the scale-down jobs retire the old one ``scale_down_after`` the switch."""
     jobs = phase_jobs(plan, stage, "promote")
     broken = next((j for j in jobs if j.status in JOB_FAILURES and not j.allow_failure), None)
     if broken is not None:
         _abort(plan, stage, rollout, "failed", f"promote job {stage.name}/{broken.name} {broken.reason}")
         return False
-    if rollout.kind == "blue_green" and not _retired(plan, stage, rollout, jobs):
-        return False
+    if rollout.kind == "blue_green":
+        if dict(rollout.desired) != rollout.final:
+            stage = plan.set(stage, rollout=replace(rollout, desired=rollout.final))
+            _note(plan, "rollout.step", stage, action=f"all traffic to {rollout.pools[1]}")
+            return False
+        if rollout.router_pending or not _retired(plan, stage, rollout, jobs):
+            return False
     if not _jobs_done(plan, jobs):
         return False
     if dict(rollout.desired) != rollout.final:

@@ -247,19 +247,30 @@ def server_weights(
 ) -> dict[str, int]:
     """Each server's weight so that each pool gets its share whatever its size: a pool's weight
     is split evenly among its servers; 0 means the server takes no traffic. Exact (the smallest
-    such whole numbers) unless that needs a weight above ``limit``; then rounded within it."""
+    such whole numbers) unless that needs a weight above ``limit``; then rounded within it, to
+    the largest weights whose ``pool_weights`` are ``weights`` again when there are such (the
+    router reads them back and must find what it was asked for), else to ``limit``."""
     size = math.lcm(*(len(members) for members in pools.values()))
     exact = {pool: weights[pool] * size // len(members) for pool, members in pools.items()}
     common = math.gcd(*exact.values()) or 1
     per_server: dict[str, float] = {pool: w / common for pool, w in exact.items()}
     top = max(per_server.values())
-    if limit is not None and top > limit:
-        per_server = {pool: w * limit / top for pool, w in per_server.items()}
+    if limit is None or top <= limit:
+        return _rounded(pools, weights, per_server, 1.0)
+    for largest in range(limit, 0, -1):
+        servers = _rounded(pools, weights, per_server, largest / top)
+        if pool_weights(pools, servers) == dict(weights):
+            return servers
+    return _rounded(pools, weights, per_server, limit / top)
+
+
+def _rounded(
+    pools: Mapping[str, list[str]], weights: Mapping[str, int], per_server: Mapping[str, float], scale: float
+) -> dict[str, int]:
     out: dict[str, int] = {}
     for pool, members in pools.items():
-        value = per_server[pool]
         # a pool with some weight keeps at least 1, so it is never switched off by rounding
-        rounded = max(1, round(value)) if weights[pool] > 0 else 0
+        rounded = max(1, round(per_server[pool] * scale)) if weights[pool] > 0 else 0
         out.update(dict.fromkeys(members, rounded))
     return out
 

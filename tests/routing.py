@@ -201,18 +201,22 @@ frontend web
     default_backend {backend}
 backend {backend}
     balance roundrobin
-    server stable {stable} weight 100
+{stable_servers}
     server canary {canary} weight 0
 """
 
 
 class Haproxy:
-    """One haproxy on ``127.0.0.1:port``; its backend's servers are ``stable`` and ``canary``."""
+    """One haproxy on ``127.0.0.1:port``; its backend's servers are ``stable`` and ``canary``
+    (with ``stable_servers`` > 1, ``stable``, ``stable-2``, …: all the stable version)."""
 
-    def __init__(self, root: Path, versions: Versions, *, backend: str = "web") -> None:
+    def __init__(
+        self, root: Path, versions: Versions, *, backend: str = "web", stable_servers: int = 1
+    ) -> None:
         self.root = root
         self.versions = versions
         self.backend = backend
+        self.stable_servers = ["stable", *(f"stable-{n}" for n in range(2, stable_servers + 1))]
         self.port = free_port()
         self.socket = root / "admin.sock"
         self.log = root / "haproxy.log"
@@ -233,7 +237,10 @@ class Haproxy:
                 root=self.root,
                 port=self.port,
                 backend=self.backend,
-                stable=self.versions.stable.target,
+                stable_servers="\n".join(
+                    f"    server {name} {self.versions.stable.target} weight 100"
+                    for name in self.stable_servers
+                ),
                 canary=self.versions.canary.target,
             )
         )

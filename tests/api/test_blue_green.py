@@ -86,3 +86,39 @@ async def test_blue_green_switches_with_no_failed_request_and_the_next_release_t
     assert failed["rollout"]["applied"] == {"green": 100, "blue": 0}
     assert _jobs(failed)["retire"]["status"] != "succeeded"
     assert (await send(haproxy.port, 200)).share("canary") == 100  # green serves still
+
+
+PROMOTED_BY_HAND = """name: site
+parameters:
+  - {name: version, required: true}
+stages:
+  - name: production
+    environment: production
+    strategy:
+      blue_green:
+        router: site
+        approvers: ["role:approver"]
+        scale_down: [{name: retire, run: "sleep 2"}]
+    jobs:
+      - {name: deploy, run: "true"}
+"""
+
+
+async def test_promoting_fully_before_the_switch_switches_before_the_old_colour_is_retired(
+    db_url: str, start_api: StartApi, haproxy: Haproxy
+) -> None:
+    api = await start_api(db_url, {"site": PROMOTED_BY_HAND}, environments=_environments(haproxy))
+    run = await api.trigger("site", parameters={"version": "2.0.0"})
+    await api.wait(run["id"], lambda r: r["status"] == "waiting", timeout=30)
+    promoted = await api.post(f"/runs/{run['id']}/rollout/promote-full", who="approver", json={})
+    assert promoted.status == 200, promoted.json
+
+    retiring = await api.wait(
+        run["id"], lambda r: _jobs(r)["retire"]["status"] in ("running", "succeeded"), timeout=30
+    )
+    # blue is retired only once green serves all traffic
+    assert retiring["rollout"]["applied"] == {"blue": 0, "green": 100}, retiring["rollout"]
+    assert (await send(haproxy.port, 100)).share("canary") == 100
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "succeeded", done["reason"]
+    assert done["rollout"]["status"] == "promoted"

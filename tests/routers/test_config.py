@@ -202,6 +202,7 @@ def test_weights_for_the_candidate_or_a_named_pool() -> None:
         ((2, 1), (75, 25), None, ((3, 3), (2,))),
         ((3, 2), (50, 50), None, ((2, 2, 2), (3, 3))),
         ((1, 3), (99, 1), 256, ((256,), (1, 1, 1))),  # rounded, but canary is not switched off
+        ((4, 1), (13, 87), 256, ((9, 9, 9, 9), (252,))),  # rounded to what still reads back as 13/87
     ],
 )
 def test_a_pools_weight_is_split_among_its_servers(

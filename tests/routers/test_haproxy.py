@@ -10,7 +10,7 @@ import pytest
 
 from core.routing import RouterDef
 from core.runtime.routers import RouterError, router_for
-from tests.routing import Haproxy, Load, send
+from tests.routing import Haproxy, Load, Versions, send
 
 
 @pytest.mark.parametrize("weight", [0, 10, 25, 50, 75, 100])
@@ -93,3 +93,19 @@ async def test_a_socket_that_never_answers_is_given_up_at_the_timeout(tmp_path: 
     finally:
         server.close()
     assert gave_up.value.message == f"haproxy at {path} did not answer within 1s"
+
+
+async def test_a_large_pool_beside_a_small_one_gets_its_weight_within_haproxys_limit(
+    tmp_path: Path, versions: Versions
+) -> None:
+    # five stable servers and one canary: 87 % on the canary is a canary weight above haproxy's
+    # 256 in exact terms; the weights set in its stead still read back as 87 %
+    with Haproxy(tmp_path / "haproxy", versions, stable_servers=5) as haproxy:
+        pools = {"stable": haproxy.stable_servers, "canary": ["canary"]}
+        router = router_for("web", haproxy.router(pools))
+        for weight in (83, 89, 87):
+            asked = {"stable": 100 - weight, "canary": weight}
+            assert await router.apply(asked) == asked
+        tally = await send(haproxy.port, 2000)
+        assert tally.failures == []
+        assert abs(tally.share("canary") - 87) <= 3, tally.versions
