@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -375,9 +376,11 @@ class ScheduleDef(_Strict):
 
     @field_validator("cron")
     @classmethod
-    def _cron(cls, value: str) -> str:
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        # a definition read back from the database keeps the expression it was stored with
+        stored = not (info.context or {}).get("new")
         try:
-            return check_cron(value)
+            return check_cron(value, stored=stored)
         except ShipyardError as exc:
             raise ValueError(exc.message) from None
 
@@ -542,7 +545,7 @@ def _parse(text: str, source: str) -> PipelineDef:
     if not _storable(data):
         raise DefinitionError([f"{source}: text that is not valid Unicode (an unpaired surrogate escape)"])
     try:
-        return PipelineDef.model_validate(data)
+        return PipelineDef.model_validate(data, context={"new": True})
     except ValidationError as exc:
         raise DefinitionError(_describe(exc, text, source)) from None
 

@@ -13,6 +13,7 @@ So a daily 02:30 schedule makes exactly one run every night.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,16 +39,22 @@ def zone(name: str) -> ZoneInfo:
         ) from None
 
 
-def check_cron(expression: str) -> str:
+def check_cron(expression: str, *, stored: bool = False) -> str:
     """The expression, if it is a valid five-field cron expression that fires at all; else
     ``InvalidInput``. One naming a day no month has (30 February) parses, but finding its next
-    fire raises: refused here, it cannot reach the clock."""
+    fire raises: refused here, it cannot reach the clock. So are ranges and steps croniter
+    accepts but reads unlike cron (``_odd_term``); a ``stored`` expression, taken before they
+    were refused, keeps croniter's reading (a pipeline saved with one must still load)."""
     fields = expression.split()
     if len(fields) != 5:
         raise InvalidInput(
             f"cron {expression!r} must have five fields: minute hour day-of-month month day-of-week "
             '(e.g. "0 2 * * 1-5" for 02:00 on weekdays)'
         )
+    for index, field in enumerate([] if stored else fields):
+        for term in field.lower().split(","):
+            if problem := _odd_term(term, index):
+                raise InvalidInput(f"cron {expression!r} is not valid: {problem}")
     try:
         croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
     except CroniterBadDateError:
@@ -57,6 +64,51 @@ def check_cron(expression: str) -> str:
     except (CroniterBadCronError, ValueError, KeyError) as exc:
         raise InvalidInput(f"cron {expression!r} is not valid: {exc}") from None
     return " ".join(fields)
+
+
+_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_TERM = re.compile(r"^(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?$")
+
+
+def _odd_term(term: str, index: int) -> str:
+    """What is wrong with one comma-separated term of field ``index`` that croniter takes but
+    reads unlike cron ("": nothing, or nothing this knows; croniter judges the rest): a range
+    that runs backwards (croniter wraps ``5-1`` round the end), one from a value to itself
+    (croniter makes ``5-5`` the whole field), and a step too large to repeat within its range
+    (``*/61`` in the minute field fires once an hour, not every 61 minutes)."""
+    match = _TERM.match(term)
+    if match is None:
+        return ""
+    first, last, step = match.groups()
+    lowest, highest = croniter.RANGES[index]
+    names = croniter.ALPHACONV[index]
+
+    def value(text: str) -> int:
+        named = names.get(text)
+        return named if isinstance(named, int) else int(text)
+
+    try:
+        low = lowest if first == "*" else value(first)
+        if last is not None and first != "*":
+            high = value(last)
+        elif step is not None:
+            high = highest  # (croniter reads "5/15" as "5-59/15")
+        else:
+            return ""  # (one value, or a "*" croniter judges)
+    except ValueError:  # (L, H and the like: croniter's own)
+        return ""
+    where = f"in the {_FIELDS[index]} field"
+    if last is not None and low == high:
+        return f"the range {first}-{last} {where} does not go up (write {low} for that one value)"
+    if last is not None and low > high:
+        wrap = f"{lowest}-{high}" if low > highest else f"{low}-{highest},{lowest}-{high}"  # (7: Sunday)
+        return f"the range {first}-{last} {where} runs backwards (write {wrap} instead)"
+    if step is not None and low + int(step) > high:
+        return (
+            f"the step /{step} {where} does not fit in {low}-{high}, so it would fire only at {low} "
+            f"(cron cannot repeat every {step}; write {low} if that is what is meant)"
+        )
+    return ""
 
 
 def next_fire(expression: str, tz: str, after: datetime) -> datetime:

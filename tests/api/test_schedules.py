@@ -75,6 +75,10 @@ async def test_a_schedule_is_created_listed_fired_once_per_occurrence_and_remove
 async def test_bad_schedules_are_refused_with_what_to_fix(lite: Api) -> None:
     bad_cron = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "0 2 * *"})
     assert_problem(bad_cron, 422, "cron")
+    backwards = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "5-1 * * * *"})
+    assert_problem(backwards, 422, "runs backwards")
+    too_far = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "*/61 * * * *"})
+    assert_problem(too_far, 422, "would fire only at 0")
     bad_zone = await lite.post(
         "/schedules", "deployer", json={"pipeline": "web", "cron": "0 2 * * *", "timezone": "X/Y"}
     )

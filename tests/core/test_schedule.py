@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.errors import InvalidInput
+from core.definition import PipelineDef, parse_pipeline
+from core.errors import DefinitionError, InvalidInput
 from core.schedule import check_cron, due, next_fire, zone
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -24,11 +25,51 @@ BERLIN = ZoneInfo("Europe/Berlin")
         ("0 0 30 2 *", "never fires"),  # (parses; only asking for its next fire raised)
         ("0 0 31 2 *", "never fires"),
         ("* * 31 4,6,9,11 *", "never fires"),
+        # croniter takes these, but reads them unlike cron
+        ("5-1 * * * *", r"range 5-1 in the minute field runs backwards \(write 5-59,0-1 instead\)"),
+        ("0 0 * nov-feb *", "range nov-feb in the month field runs backwards"),
+        ("0 0 * * 7-1", r"write 0-1 instead"),  # (7 is Sunday too)
+        ("5-5 * * * *", "range 5-5 in the minute field does not go up"),  # (croniter: every minute)
+        ("*/61 * * * *", "step /61 in the minute field does not fit in 0-59, so it would fire only at 0"),
+        ("*/60 * * * *", "would fire only at 0"),
+        ("0 */25 * * *", "hour field"),
+        ("0 0 */32 * *", "day-of-month field"),
+        ("10/55 * * * *", "does not fit in 10-59"),  # ("10/55" is "10-59/55")
     ],
 )
 def test_bad_cron_expressions_are_refused_with_what_is_wrong(expression: str, problem: str) -> None:
     with pytest.raises(InvalidInput, match=problem):
         check_cron(expression)
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 2 * * 1-5", "*/15 9-17 * * mon-fri", "0 0 * * 5-7", "*/59 * * * *", "0 0 L * *"]
+)
+def test_ranges_and_steps_that_read_as_cron_are_taken(expression: str) -> None:
+    assert check_cron(expression) == expression
+
+
+NIGHTLY = """
+name: nightly
+triggers:
+  - schedule: {cron: "*/61 * * * *"}
+stages:
+  - name: build
+    jobs: [{name: make, run: "true"}]
+"""
+
+
+def test_a_pipeline_file_with_an_odd_cron_is_refused_but_a_stored_one_still_loads() -> None:
+    """A definition stored before such expressions were refused is read back as it was saved
+    (the pipeline and its runs must still load); a file given now is refused."""
+    with pytest.raises(DefinitionError, match=r"triggers\[0\]\.schedule\.cron: .*step /61 in the minute"):
+        parse_pipeline(NIGHTLY)
+    stored = {
+        "name": "nightly",
+        "triggers": [{"schedule": {"cron": "*/61 * * * *"}}],
+        "stages": [{"name": "build", "jobs": [{"name": "make", "run": "true"}]}],
+    }
+    assert PipelineDef.model_validate(stored).triggers[0].schedule.cron == "*/61 * * * *"
 
 
 def test_a_day_that_exists_only_in_leap_years_is_accepted() -> None:
