@@ -32,7 +32,7 @@ from core.engine import Decision
 from core.errors import DatabaseUnreachable
 from core.model import Actor
 from core.ports import AuditEntry
-from core.schedule import Due, Schedule
+from core.schedule import Due, Missed, Schedule
 from storage.reads import PipelineInfo
 from storage.schedules import ScheduleStore, file_schedule_id
 
@@ -55,7 +55,7 @@ class Fired:
     schedule: Schedule
     fire_at: datetime | None
     run_ref: str | None
-    missed: tuple[datetime, ...]
+    missed: Missed | None
     refused: str = ""
 
 
@@ -238,11 +238,11 @@ class ScheduleLoop:
         entries = [e for e in entries if e.schedule.id not in broken]
         mine = await self.backend.write(self._take, entries, at)
         for entry in mine:
-            if entry.plan.fire_at is None:
+            if entry.plan.fire_at is None and entry.plan.missed is not None:
                 log.warning(
-                    "schedule %s missed %d fire(s); next at %s",
+                    "schedule %s %s; next at %s",
                     entry.schedule.id,
-                    len(entry.plan.missed),
+                    entry.plan.missed.describe(),
                     entry.plan.next_fire,
                 )
         return mine
@@ -272,7 +272,7 @@ class ScheduleLoop:
         audits = {}
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
-            records = [_missed(schedule, at, missed) for missed in plan.missed]
+            records = [] if plan.missed is None else [_missed(schedule, at, plan.missed)]
             if entry.refused:
                 records.append(_audit(schedule, "trigger_run", "rejected", entry.refused, at))
             audits[schedule.id] = records
@@ -283,7 +283,7 @@ class ScheduleLoop:
         fired = []
         for entry in claimed:
             schedule, plan = entry.schedule, entry.plan
-            metrics.schedule_fired(None, missed=len(plan.missed))
+            metrics.schedule_fired(None, missed=plan.missed.count if plan.missed else 0)
             if entry.trigger is None:
                 fired.append(Fired(schedule, plan.fire_at, None, plan.missed, entry.refused))
                 continue
@@ -367,15 +367,30 @@ def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:
     return plans
 
 
-def _missed(schedule: Schedule, at: datetime, when: datetime) -> AuditEntry:
-    return _audit(schedule, "schedule_missed", "skipped", f"missed {when.isoformat()}", at)
+def _missed(schedule: Schedule, at: datetime, missed: Missed) -> AuditEntry:
+    """One entry for every occurrence a catch-up skipped (not one each: thousands after a week)."""
+    first, last = missed.first.isoformat(), missed.last.isoformat()
+    return _audit(
+        schedule,
+        "schedule_missed",
+        "skipped",
+        missed.describe(),
+        at,
+        missed=missed.count,
+        exact=missed.exact,
+        first=first,
+        last=last,
+    )
 
 
-def _audit(schedule: Schedule, action: str, outcome: str, reason: str, at: datetime) -> AuditEntry:
+def _audit(
+    schedule: Schedule, action: str, outcome: str, reason: str, at: datetime, **more: Any
+) -> AuditEntry:
     detail: dict[str, Any] = {
         "pipeline": schedule.pipeline,
         "cron": schedule.cron,
         "timezone": schedule.timezone,
+        **more,
     }
     return AuditEntry(
         at=at,

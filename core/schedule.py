@@ -24,7 +24,7 @@ from core.errors import InvalidInput
 
 #: a missed fire still runs if the service comes back within this long after it was due
 DEFAULT_GRACE_S = 3600.0
-#: missed occurrences listed (and audited) per schedule after a downtime, at most
+#: missed occurrences counted per schedule after a downtime, at most (then: "more than")
 MAX_MISSED = 10_000
 
 
@@ -180,28 +180,49 @@ class Schedule:
 
 
 @dataclass(frozen=True, slots=True)
+class Missed:
+    """The occurrences a schedule skipped, summed up: a minutely schedule down for a week skips
+    ten thousand, and one record says so."""
+
+    count: int  #: how many (more than this, when not ``exact``)
+    first: datetime
+    last: datetime
+    exact: bool = True  #: False: more than ``MAX_MISSED``, and counted no further
+
+    def describe(self) -> str:
+        if self.count == 1:
+            return f"missed {self.first.isoformat()}"
+        many = f"{self.count} fires" if self.exact else f"more than {self.count} fires"
+        return f"missed {many}, {self.first.isoformat()} to {self.last.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
 class Due:
     """What to do with a schedule whose next fire time has come."""
 
     fire_at: datetime | None  #: the occurrence to run now, or None if it was missed
-    missed: tuple[datetime, ...]  #: occurrences skipped (beyond the grace period)
+    missed: Missed | None  #: the occurrences skipped (beyond the grace period), if any
     next_fire: datetime  #: the next occurrence after now
 
 
 def due(expression: str, tz: str, next_at: datetime, now: datetime, grace_s: float) -> Due:
     """Given a schedule's stored next fire time (``next_at`` ≤ ``now``): the newest occurrence
     up to now runs if it is within the grace period; every other one is skipped. A backlog of
-    missed fires never runs. After a downtime longer than ``MAX_MISSED`` occurrences only the
-    first are listed, and the newest is found from ``now`` (not taken to be the last listed)."""
-    occurrences = [next_at]
+    missed fires never runs. After a downtime longer than ``MAX_MISSED`` occurrences the count
+    stops there, and the newest is found from ``now`` (not taken to be the last counted)."""
+    earlier, latest, count = None, next_at, 1  # the occurrences up to now: the last two, how many
     following = next_fire(expression, tz, next_at)
-    while following <= now and len(occurrences) < MAX_MISSED:
-        occurrences.append(following)
+    while following <= now and count <= MAX_MISSED:
+        earlier, latest, count = latest, following, count + 1
         following = next_fire(expression, tz, following)
-    if following <= now:  # more missed than are listed
-        occurrences.append(previous_fire(expression, tz, now))
+    exact = following > now
+    if not exact:  # more than are counted: the newest, and the one before it, are found from now
+        latest = previous_fire(expression, tz, now)
+        earlier = previous_fire(expression, tz, latest - timedelta(microseconds=1))
         following = next_fire(expression, tz, now)
-    latest = occurrences[-1]
     if (now - latest).total_seconds() <= grace_s:
-        return Due(latest, tuple(occurrences[:-1]), following)
-    return Due(None, tuple(occurrences), following)
+        fire_at, count, last = latest, count - 1, earlier
+    else:
+        fire_at, last = None, latest
+    missed = None if last is None else Missed(count if exact else MAX_MISSED, next_at, last, exact)
+    return Due(fire_at, missed, following)

@@ -104,9 +104,11 @@ async def test_after_downtime_only_a_fire_within_grace_runs_and_older_ones_are_r
     ).json
     due = datetime.fromisoformat(made["next_fire_at"])
     late = await clock.tick(due + timedelta(hours=3, minutes=20))  # down for hours: all beyond grace
-    assert [(f.fire_at, len(f.missed)) for f in late] == [(None, 4)]
-    audit = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]
-    assert len(audit) == 4
+    assert [(f.fire_at, f.missed and f.missed.count) for f in late] == [(None, 4)]
+    (audit,) = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]  # one for all
+    last = due + timedelta(hours=3)
+    assert audit["reason"] == f"missed 4 fires, {due.isoformat()} to {last.isoformat()}"
+    assert (audit["detail"]["missed"], audit["detail"]["exact"]) == (4, True)
     runs = (await lite.get("/runs?pipeline=quick")).json["items"]
     assert runs == []
     nxt = datetime.fromisoformat((await lite.get(f"/schedules/{made['id']}")).json["next_fire_at"])
@@ -138,6 +140,8 @@ async def test_catching_up_on_a_long_downtime_is_worked_out_off_the_event_loop(
     fired = await clock.tick(at)
     assert [f.run_ref for f in fired] == ["quick#1"]
     assert on_loop == [False]
+    (audit,) = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]  # not 10,000
+    assert audit["reason"].startswith("missed more than 10000 fires")
 
 
 @pytest.mark.postgres

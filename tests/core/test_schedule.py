@@ -10,7 +10,7 @@ import pytest
 
 from core.definition import PipelineDef, parse_pipeline
 from core.errors import DefinitionError, InvalidInput
-from core.schedule import check_cron, due, next_fire, zone
+from core.schedule import MAX_MISSED, Missed, check_cron, due, next_fire, zone
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -118,30 +118,44 @@ def test_a_fire_missed_within_the_grace_period_runs_once_and_older_ones_are_skip
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     plan = due("0 * * * *", "UTC", due_at, due_at + timedelta(hours=5, minutes=10), grace_s=3600)
     assert plan.fire_at == datetime(2026, 1, 1, 5, 0, tzinfo=UTC)  # only the newest, no backlog
-    assert len(plan.missed) == 5
+    assert plan.missed == Missed(5, due_at, datetime(2026, 1, 1, 4, 0, tzinfo=UTC))
     assert plan.next_fire == datetime(2026, 1, 1, 6, 0, tzinfo=UTC)
 
 
 def test_a_fire_missed_beyond_the_grace_period_is_skipped() -> None:
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     plan = due("0 0 * * *", "UTC", due_at, due_at + timedelta(hours=2), grace_s=3600)
-    assert plan.fire_at is None and plan.missed == (due_at,)
+    assert plan.fire_at is None and plan.missed == Missed(1, due_at, due_at)
+    assert plan.missed.describe() == "missed 2026-01-01T00:00:00+00:00"
     assert plan.next_fire == datetime(2026, 1, 2, 0, 0, tzinfo=UTC)
 
 
 def test_a_fire_on_time_has_nothing_missed() -> None:
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     plan = due("*/5 * * * *", "UTC", due_at, due_at + timedelta(seconds=1), grace_s=3600)
-    assert (plan.fire_at, plan.missed, plan.next_fire) == (due_at, (), due_at + timedelta(minutes=5))
+    assert (plan.fire_at, plan.missed, plan.next_fire) == (due_at, None, due_at + timedelta(minutes=5))
 
 
-def test_after_a_downtime_longer_than_the_missed_list_the_newest_fire_still_runs() -> None:
-    """A minutely schedule down for eight days misses more fires than are listed: the one due
-    a minute ago is still within grace and runs, and the next fire is after now."""
+def test_after_a_downtime_longer_than_is_counted_the_newest_fire_still_runs() -> None:
+    """A minutely schedule down for eight days misses more fires than are counted: the one due
+    a minute ago is still within grace and runs, the next fire is after now, and what was
+    missed is said truly: from the first to the one before the fire that runs, more than
+    ``MAX_MISSED`` of them."""
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     now = due_at + timedelta(days=8, seconds=30)
     plan = due("* * * * *", "UTC", due_at, now, grace_s=3600)
     assert plan.fire_at == datetime(2026, 1, 9, 0, 0, tzinfo=UTC)
     assert plan.next_fire == datetime(2026, 1, 9, 0, 1, tzinfo=UTC)
-    assert plan.missed[0] == due_at and plan.fire_at not in plan.missed
-    assert len(plan.missed) == len(set(plan.missed))
+    last = datetime(2026, 1, 8, 23, 59, tzinfo=UTC)
+    assert plan.missed == Missed(MAX_MISSED, due_at, last, exact=False)
+    assert plan.missed.describe() == (
+        f"missed more than {MAX_MISSED} fires, 2026-01-01T00:00:00+00:00 to 2026-01-08T23:59:00+00:00"
+    )
+
+
+def test_a_downtime_of_exactly_what_is_counted_is_counted_exactly() -> None:
+    due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    now = due_at + timedelta(minutes=MAX_MISSED)  # MAX_MISSED + 1 fires; the newest runs
+    plan = due("* * * * *", "UTC", due_at, now, grace_s=3600)
+    assert plan.fire_at == now
+    assert plan.missed == Missed(MAX_MISSED, due_at, now - timedelta(minutes=1))
