@@ -450,6 +450,17 @@ class PipelineDef(_Strict):
                     raise ValueError(f"push trigger: {name!r} is not a parameter of this pipeline")
         return self
 
+    @model_validator(mode="after")
+    def _schedule_parameters(self, info: ValidationInfo) -> PipelineDef:
+        """A schedule's parameters must start a run: else every fire is refused, the first the
+        morning after. (One read back from the database is left as it was stored.)"""
+        for trigger in self.triggers if (info.context or {}).get("new") else []:
+            try:
+                resolve_parameters(self, trigger.schedule.parameters)
+            except ShipyardError as exc:
+                raise ValueError(f"schedule trigger: {exc.message}") from None
+        return self
+
     @field_validator("parameters")
     @classmethod
     def _unique_params(cls, params: list[ParameterDef]) -> list[ParameterDef]:

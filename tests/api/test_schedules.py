@@ -79,6 +79,8 @@ async def test_bad_schedules_are_refused_with_what_to_fix(lite: Api) -> None:
     assert_problem(backwards, 422, "runs backwards")
     too_far = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "*/61 * * * *"})
     assert_problem(too_far, 422, "would fire only at 0")
+    typo = {"pipeline": "web", "cron": "0 2 * * *", "parameters": {"rev": "abc1234"}}  # (every fire refused)
+    assert_problem(await lite.post("/schedules", "deployer", json=typo), 422, "unknown parameter 'rev'")
     bad_zone = await lite.post(
         "/schedules", "deployer", json={"pipeline": "web", "cron": "0 2 * * *", "timezone": "X/Y"}
     )
@@ -198,7 +200,8 @@ async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
 async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api) -> None:
     trigger = "triggers:\n  - schedule: {cron: '30 2 * * *', timezone: Europe/Berlin, "
     trigger += "parameters: {dry_run: true}}\n"
-    text = one_job("nightly", head=trigger)
+    takes = "parameters:\n  - {name: dry_run, type: boolean, default: false}\n"
+    text = one_job("nightly", head=takes + trigger)
     yaml = {"Content-Type": "application/yaml"}
     assert (await lite.post("/pipelines", "admin", data=text, headers=yaml)).status == 201
     clock = lite.client.app[CLOCK]  # type: ignore[index]

@@ -72,6 +72,18 @@ def test_a_pipeline_file_with_an_odd_cron_is_refused_but_a_stored_one_still_load
     assert PipelineDef.model_validate(stored).triggers[0].schedule.cron == "*/61 * * * *"
 
 
+def test_a_pipeline_file_whose_schedule_cannot_start_a_run_is_refused() -> None:
+    """Its parameters are checked as a run's are: else every fire is refused, the first the
+    morning after the file was saved."""
+    text = NIGHTLY.replace('{cron: "*/61 * * * *"}', '{cron: "0 2 * * *", parameters: {rev: main}}')
+    text = text.replace("triggers:", "parameters:\n  - {name: ref, required: true}\ntriggers:")
+    with pytest.raises(DefinitionError, match=r"unknown parameter 'rev' .*; parameter ref is required"):
+        parse_pipeline(text)
+    assert parse_pipeline(text.replace("rev: main", "ref: main")).triggers[0].schedule.parameters == {
+        "ref": "main"
+    }
+
+
 def test_a_day_that_exists_only_in_leap_years_is_accepted() -> None:
     assert next_fire(check_cron("0 0 29 2 *"), "UTC", datetime(2026, 1, 1, tzinfo=UTC)).year == 2028
 

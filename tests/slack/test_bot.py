@@ -210,6 +210,7 @@ async def test_schedules_from_slack(bot: Bot, tmp_path: Path) -> None:
     assert "five fields" in await _said(bot, ALICE, 'schedule gated "0 2 * *"')
     odd = await bot.say(ALICE, 'schedule gated "*/61 * * * *"')  # (croniter: hourly)
     assert odd["response_type"] == "ephemeral" and "would fire only at 0" in odd["text"]
+    assert "unknown parameter 'rev'" in await _said(bot, ALICE, 'schedule gated "0 2 * * *" rev=abc1234')
     assert "unknown time zone" in await _said(bot, ALICE, 'schedule gated "0 2 * * *" tz=Mars/Base')
     listing = await _said(bot, ALICE, "schedules")
     short = listing.split("`")[1]
