@@ -106,6 +106,8 @@ async def create_schedule(call: Call) -> web.Response:
     info = await gw(call).read(gw(call).reads.pipeline, body.pipeline)
     if info is None:
         raise Problem(404, f"no pipeline {body.pipeline!r}")
+    if info.archived:  # (else every fire is refused, as in Slack)
+        raise Problem(409, f"pipeline {body.pipeline!r} is archived: it starts no runs; restore it first")
     params = parameter_text(body.parameters)
     try:  # (else every fire is refused, the first the morning after)
         resolve_parameters(info.latest.definition, params)

@@ -303,6 +303,14 @@ async def test_a_schedule_added_over_rest_wakes_a_resting_clock(
     assert run["triggered_by"] == {"principal": "deployer", "channel": "schedule"}
 
 
+async def test_an_archived_pipeline_cannot_be_scheduled(lite: Api) -> None:
+    """It starts no runs: a schedule of it would be refused at every fire (Slack says so too)."""
+    assert (await lite.call("DELETE", "/pipelines/quick", "admin")).status == 200
+    made = await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "0 2 * * *"})
+    assert_problem(made, 409, "'quick' is archived")
+    assert (await lite.get("/schedules")).json["items"] == []
+
+
 async def test_a_cron_expression_that_never_fires_is_refused_not_an_internal_error(lite: Api) -> None:
     made = await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "0 0 30 2 *"})
     assert_problem(made, 422, "never fires")
