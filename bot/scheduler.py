@@ -32,7 +32,8 @@ from core.engine import Decision
 from core.errors import DatabaseUnreachable
 from core.model import Actor
 from core.ports import AuditEntry
-from core.schedule import Due, Schedule
+from core.runtime.writes import audit_entry
+from core.schedule import Due, Missed, Schedule
 from storage.reads import PipelineInfo
 from storage.schedules import ScheduleStore, file_schedule_id
 
@@ -55,7 +56,7 @@ class Fired:
     schedule: Schedule
     fire_at: datetime | None
     run_ref: str | None
-    missed: tuple[datetime, ...]
+    missed: Missed | None
     refused: str = ""
 
 
@@ -65,8 +66,11 @@ class _Claimed:
 
     schedule: Schedule
     plan: Due
+    command: TriggerRun | None = None
     trigger: asyncio.Task[Decision] | None = None
     refused: str = ""
+    #: the engine's refusal of the trigger, audited with the claim
+    rejected: Decision | None = None
 
 
 class ScheduleLoop:
@@ -220,13 +224,13 @@ class ScheduleLoop:
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
             if plan.fire_at is not None and not entry.refused:
-                command = TriggerRun(
+                entry.command = TriggerRun(
                     pipeline=schedule.pipeline,
                     actor=Actor(schedule.owner, "schedule"),
                     parameters=schedule.parameters,
                     idempotency_key=schedule.idempotency_key(plan.fire_at),
                 )
-                entry.trigger = asyncio.create_task(self.backend.decide(command))
+                entry.trigger = asyncio.create_task(self.backend.decide(entry.command))
         if triggers := [e.trigger for e in entries if e.trigger is not None]:
             await asyncio.wait(triggers)  # the runs exist before their occurrences are marked done
         broken = {
@@ -236,13 +240,16 @@ class ScheduleLoop:
             level = logging.DEBUG if isinstance(error, DatabaseUnreachable) else logging.WARNING
             log.log(level, "schedule %s did not fire (%s); the next tick tries again", schedule_id, error)
         entries = [e for e in entries if e.schedule.id not in broken]
+        for entry in entries:
+            if entry.trigger is not None and not (decision := entry.trigger.result()).accepted:
+                entry.rejected = decision
         mine = await self.backend.write(self._take, entries, at)
         for entry in mine:
-            if entry.plan.fire_at is None:
+            if entry.plan.fire_at is None and entry.plan.missed is not None:
                 log.warning(
-                    "schedule %s missed %d fire(s); next at %s",
+                    "schedule %s %s; next at %s",
                     entry.schedule.id,
-                    len(entry.plan.missed),
+                    entry.plan.missed.describe(),
                     entry.plan.next_fire,
                 )
         return mine
@@ -268,13 +275,16 @@ class ScheduleLoop:
     def _take(self, entries: Sequence[_Claimed], at: datetime) -> list[_Claimed]:
         """On the database thread: claim every occurrence (their runs were triggered already),
         recording missed and refused ones with the claim, so only the process that wins a claim
-        records it. Returns the entries this process won."""
+        records it (the engine leaves the clock's refusals to it: every replica that read the
+        occurrence due triggered it). Returns the entries this process won."""
         audits = {}
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
-            records = [_missed(schedule, at, missed) for missed in plan.missed]
+            records = [] if plan.missed is None else [_missed(schedule, at, plan.missed)]
             if entry.refused:
                 records.append(_audit(schedule, "trigger_run", "rejected", entry.refused, at))
+            elif entry.command is not None and entry.rejected is not None:
+                records.append(audit_entry(entry.command, entry.rejected, at))
             audits[schedule.id] = records
         won = self.schedule_store.claim([(e.schedule, e.plan.next_fire) for e in entries], audits)
         return [e for e in entries if e.schedule.id in won]
@@ -283,7 +293,7 @@ class ScheduleLoop:
         fired = []
         for entry in claimed:
             schedule, plan = entry.schedule, entry.plan
-            metrics.schedule_fired(None, missed=len(plan.missed))
+            metrics.schedule_fired(None, missed=plan.missed.count if plan.missed else 0)
             if entry.trigger is None:
                 fired.append(Fired(schedule, plan.fire_at, None, plan.missed, entry.refused))
                 continue
@@ -367,15 +377,30 @@ def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:
     return plans
 
 
-def _missed(schedule: Schedule, at: datetime, when: datetime) -> AuditEntry:
-    return _audit(schedule, "schedule_missed", "skipped", f"missed {when.isoformat()}", at)
+def _missed(schedule: Schedule, at: datetime, missed: Missed) -> AuditEntry:
+    """One entry for every occurrence a catch-up skipped (not one each: thousands after a week)."""
+    first, last = missed.first.isoformat(), missed.last.isoformat()
+    return _audit(
+        schedule,
+        "schedule_missed",
+        "skipped",
+        missed.describe(),
+        at,
+        missed=missed.count,
+        exact=missed.exact,
+        first=first,
+        last=last,
+    )
 
 
-def _audit(schedule: Schedule, action: str, outcome: str, reason: str, at: datetime) -> AuditEntry:
+def _audit(
+    schedule: Schedule, action: str, outcome: str, reason: str, at: datetime, **more: Any
+) -> AuditEntry:
     detail: dict[str, Any] = {
         "pipeline": schedule.pipeline,
         "cron": schedule.cron,
         "timezone": schedule.timezone,
+        **more,
     }
     return AuditEntry(
         at=at,

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -375,9 +376,11 @@ class ScheduleDef(_Strict):
 
     @field_validator("cron")
     @classmethod
-    def _cron(cls, value: str) -> str:
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        # a definition read back from the database keeps the expression it was stored with
+        stored = not (info.context or {}).get("new")
         try:
-            return check_cron(value)
+            return check_cron(value, stored=stored)
         except ShipyardError as exc:
             raise ValueError(exc.message) from None
 
@@ -445,6 +448,17 @@ class PipelineDef(_Strict):
             for name in (rule.revision_parameter, rule.branch_parameter, *rule.parameters):
                 if name is not None and name not in known:
                     raise ValueError(f"push trigger: {name!r} is not a parameter of this pipeline")
+        return self
+
+    @model_validator(mode="after")
+    def _schedule_parameters(self, info: ValidationInfo) -> PipelineDef:
+        """A schedule's parameters must start a run: else every fire is refused, the first the
+        morning after. (One read back from the database is left as it was stored.)"""
+        for trigger in self.triggers if (info.context or {}).get("new") else []:
+            try:
+                resolve_parameters(self, trigger.schedule.parameters)
+            except ShipyardError as exc:
+                raise ValueError(f"schedule trigger: {exc.message}") from None
         return self
 
     @field_validator("parameters")
@@ -542,7 +556,7 @@ def _parse(text: str, source: str) -> PipelineDef:
     if not _storable(data):
         raise DefinitionError([f"{source}: text that is not valid Unicode (an unpaired surrogate escape)"])
     try:
-        return PipelineDef.model_validate(data)
+        return PipelineDef.model_validate(data, context={"new": True})
     except ValidationError as exc:
         raise DefinitionError(_describe(exc, text, source)) from None
 

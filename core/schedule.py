@@ -13,6 +13,7 @@ So a daily 02:30 schedule makes exactly one run every night.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,7 +24,7 @@ from core.errors import InvalidInput
 
 #: a missed fire still runs if the service comes back within this long after it was due
 DEFAULT_GRACE_S = 3600.0
-#: missed occurrences listed (and audited) per schedule after a downtime, at most
+#: missed occurrences counted per schedule after a downtime, at most (then: "more than")
 MAX_MISSED = 10_000
 
 
@@ -38,16 +39,22 @@ def zone(name: str) -> ZoneInfo:
         ) from None
 
 
-def check_cron(expression: str) -> str:
+def check_cron(expression: str, *, stored: bool = False) -> str:
     """The expression, if it is a valid five-field cron expression that fires at all; else
     ``InvalidInput``. One naming a day no month has (30 February) parses, but finding its next
-    fire raises: refused here, it cannot reach the clock."""
+    fire raises: refused here, it cannot reach the clock. So are ranges and steps croniter
+    accepts but reads unlike cron (``_odd_term``); a ``stored`` expression, taken before they
+    were refused, keeps croniter's reading (a pipeline saved with one must still load)."""
     fields = expression.split()
     if len(fields) != 5:
         raise InvalidInput(
             f"cron {expression!r} must have five fields: minute hour day-of-month month day-of-week "
             '(e.g. "0 2 * * 1-5" for 02:00 on weekdays)'
         )
+    for index, field in enumerate([] if stored else fields):
+        for term in field.lower().split(","):
+            if problem := _odd_term(term, index):
+                raise InvalidInput(f"cron {expression!r} is not valid: {problem}")
     try:
         croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
     except CroniterBadDateError:
@@ -57,6 +64,51 @@ def check_cron(expression: str) -> str:
     except (CroniterBadCronError, ValueError, KeyError) as exc:
         raise InvalidInput(f"cron {expression!r} is not valid: {exc}") from None
     return " ".join(fields)
+
+
+_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_TERM = re.compile(r"^(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?$")
+
+
+def _odd_term(term: str, index: int) -> str:
+    """What is wrong with one comma-separated term of field ``index`` that croniter takes but
+    reads unlike cron ("": nothing, or nothing this knows; croniter judges the rest): a range
+    that runs backwards (croniter wraps ``5-1`` round the end), one from a value to itself
+    (croniter makes ``5-5`` the whole field), and a step too large to repeat within its range
+    (``*/61`` in the minute field fires once an hour, not every 61 minutes)."""
+    match = _TERM.match(term)
+    if match is None:
+        return ""
+    first, last, step = match.groups()
+    lowest, highest = croniter.RANGES[index]
+    names = croniter.ALPHACONV[index]
+
+    def value(text: str) -> int:
+        named = names.get(text)
+        return named if isinstance(named, int) else int(text)
+
+    try:
+        low = lowest if first == "*" else value(first)
+        if last is not None and first != "*":
+            high = value(last)
+        elif step is not None:
+            high = highest  # (croniter reads "5/15" as "5-59/15")
+        else:
+            return ""  # (one value, or a "*" croniter judges)
+    except ValueError:  # (L, H and the like: croniter's own)
+        return ""
+    where = f"in the {_FIELDS[index]} field"
+    if last is not None and low == high:
+        return f"the range {first}-{last} {where} does not go up (write {low} for that one value)"
+    if last is not None and low > high:
+        wrap = f"{lowest}-{high}" if low > highest else f"{low}-{highest},{lowest}-{high}"  # (7: Sunday)
+        return f"the range {first}-{last} {where} runs backwards (write {wrap} instead)"
+    if step is not None and low + int(step) > high:
+        return (
+            f"the step /{step} {where} does not fit in {low}-{high}, so it would fire only at {low} "
+            f"(cron cannot repeat every {step}; write {low} if that is what is meant)"
+        )
+    return ""
 
 
 def next_fire(expression: str, tz: str, after: datetime) -> datetime:
@@ -128,28 +180,49 @@ class Schedule:
 
 
 @dataclass(frozen=True, slots=True)
+class Missed:
+    """The occurrences a schedule skipped, summed up: a minutely schedule down for a week skips
+    ten thousand, and one record says so."""
+
+    count: int  #: how many (more than this, when not ``exact``)
+    first: datetime
+    last: datetime
+    exact: bool = True  #: False: more than ``MAX_MISSED``, and counted no further
+
+    def describe(self) -> str:
+        if self.count == 1:
+            return f"missed {self.first.isoformat()}"
+        many = f"{self.count} fires" if self.exact else f"more than {self.count} fires"
+        return f"missed {many}, {self.first.isoformat()} to {self.last.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
 class Due:
     """What to do with a schedule whose next fire time has come."""
 
     fire_at: datetime | None  #: the occurrence to run now, or None if it was missed
-    missed: tuple[datetime, ...]  #: occurrences skipped (beyond the grace period)
+    missed: Missed | None  #: the occurrences skipped (beyond the grace period), if any
     next_fire: datetime  #: the next occurrence after now
 
 
 def due(expression: str, tz: str, next_at: datetime, now: datetime, grace_s: float) -> Due:
     """Given a schedule's stored next fire time (``next_at`` ≤ ``now``): the newest occurrence
     up to now runs if it is within the grace period; every other one is skipped. A backlog of
-    missed fires never runs. After a downtime longer than ``MAX_MISSED`` occurrences only the
-    first are listed, and the newest is found from ``now`` (not taken to be the last listed)."""
-    occurrences = [next_at]
+    missed fires never runs. After a downtime longer than ``MAX_MISSED`` occurrences the count
+    stops there, and the newest is found from ``now`` (not taken to be the last counted)."""
+    earlier, latest, count = None, next_at, 1  # the occurrences up to now: the last two, how many
     following = next_fire(expression, tz, next_at)
-    while following <= now and len(occurrences) < MAX_MISSED:
-        occurrences.append(following)
+    while following <= now and count <= MAX_MISSED:
+        earlier, latest, count = latest, following, count + 1
         following = next_fire(expression, tz, following)
-    if following <= now:  # more missed than are listed
-        occurrences.append(previous_fire(expression, tz, now))
+    exact = following > now
+    if not exact:  # more than are counted: the newest, and the one before it, are found from now
+        latest = previous_fire(expression, tz, now)
+        earlier = previous_fire(expression, tz, latest - timedelta(microseconds=1))
         following = next_fire(expression, tz, now)
-    latest = occurrences[-1]
     if (now - latest).total_seconds() <= grace_s:
-        return Due(latest, tuple(occurrences[:-1]), following)
-    return Due(None, tuple(occurrences), following)
+        fire_at, count, last = latest, count - 1, earlier
+    else:
+        fire_at, last = None, latest
+    missed = None if last is None else Missed(count if exact else MAX_MISSED, next_at, last, exact)
+    return Due(fire_at, missed, following)

@@ -17,7 +17,7 @@ from bot.api.spec import API
 from bot.backend import now
 from core import schedule as timing
 from core.access import Action, Role
-from core.definition import parameter_text
+from core.definition import parameter_text, resolve_parameters
 from core.errors import ShipyardError
 from core.schedule import Schedule
 from storage.schedules import ScheduleStore
@@ -103,10 +103,17 @@ async def create_schedule(call: Call) -> web.Response:
         timing.zone(body.timezone)
     except ShipyardError as exc:
         raise Problem(422, exc.message) from None
-    if await gw(call).read(gw(call).reads.pipeline, body.pipeline) is None:
+    info = await gw(call).read(gw(call).reads.pipeline, body.pipeline)
+    if info is None:
         raise Problem(404, f"no pipeline {body.pipeline!r}")
-    at = now()
+    if info.archived:  # (else every fire is refused, as in Slack)
+        raise Problem(409, f"pipeline {body.pipeline!r} is archived: it starts no runs; restore it first")
     params = parameter_text(body.parameters)
+    try:  # (else every fire is refused, the first the morning after)
+        resolve_parameters(info.latest.definition, params)
+    except ShipyardError as exc:
+        raise Problem(422, exc.message) from None
+    at = now()
     created = await gw(call).write(
         lambda: _schedule_store(call).new(
             pipeline=body.pipeline,

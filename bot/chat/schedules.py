@@ -11,6 +11,7 @@ from bot.chat.parse import Line
 from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _usage, verb
 from core import schedule as timing
 from core.access import Action, Role
+from core.definition import resolve_parameters
 from storage.schedules import ScheduleStore
 
 
@@ -26,10 +27,11 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
             'Put the cron expression in quotes: `/deploy schedule web "0 2 * * 1-5" tz=Europe/Berlin`'
         )
     pipeline, expression = line.words
-    await backend.pipeline(pipeline)
+    info = await backend.pipeline(pipeline)
     tz = line.params.pop("tz", "UTC")
     expression = timing.check_cron(expression)
     timing.zone(tz)
+    resolve_parameters(info.latest.definition, line.params)  # (else every fire is refused)
     at = now()
     schedule_store = ScheduleStore(backend.shipyard.store)
     created = await backend.write(

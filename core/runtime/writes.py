@@ -3,7 +3,8 @@
 An accepted decision becomes a new run or conditional updates on the run's rows (each naming
 the status it must still have, the run row its version), then its events, the deployments it
 finished (a rollback that succeeded locks its environment until someone acknowledges it) and
-the audit entry. Refusals are audited too. All of it in the command's transaction.
+the audit entry. Refusals are audited too (the clock's by the clock: ``SELF_AUDITED_REFUSALS``).
+All of it in the command's transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from core.states import STAGE_DONE, StageStatus
 
 log = logging.getLogger(__name__)
 
+#: channels whose refused commands their adapter audits itself: the clock triggers an
+#: occurrence on every replica that reads it due, and records a refusal with the claim of the
+#: occurrence (``bot.scheduler``), so once however many replicas tried it
+SELF_AUDITED_REFUSALS = frozenset({"schedule"})
 #: how long a break-glass run's review stays open when no environment says otherwise (a day)
 DEFAULT_REVIEW_S = 86400.0
 
@@ -57,8 +62,11 @@ def write(
         for deployment in _deployments(decision, state):
             _record_deployment(tx, state, deployment, now)
         _verifications(tx, decision, state, environments, command.actor.name, now)
-    if command.actor.channel != "runner" or audit_runner_reports or not decision.accepted:
-        tx.audit(_audit_entry(command, decision, now))
+    if decision.accepted and command.actor.channel == "runner" and not audit_runner_reports:
+        return
+    if not decision.accepted and command.actor.channel in SELF_AUDITED_REFUSALS:
+        return
+    tx.audit(audit_entry(command, decision, now))
 
 
 def analysis_id(run_id: str, stage_index: int) -> str:
@@ -221,7 +229,8 @@ _AUDITED_FIELDS = (
 )
 
 
-def _audit_entry(command: Command, decision: Decision, now: datetime) -> AuditEntry:
+def audit_entry(command: Command, decision: Decision, now: datetime) -> AuditEntry:
+    """The audit log's record of ``command`` and its outcome."""
     target = getattr(command, "run_id", None) or getattr(command, "pipeline", "")
     detail: dict[str, object] = {}
     if decision.state is not None:

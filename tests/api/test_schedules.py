@@ -75,6 +75,12 @@ async def test_a_schedule_is_created_listed_fired_once_per_occurrence_and_remove
 async def test_bad_schedules_are_refused_with_what_to_fix(lite: Api) -> None:
     bad_cron = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "0 2 * *"})
     assert_problem(bad_cron, 422, "cron")
+    backwards = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "5-1 * * * *"})
+    assert_problem(backwards, 422, "runs backwards")
+    too_far = await lite.post("/schedules", "deployer", json={"pipeline": "web", "cron": "*/61 * * * *"})
+    assert_problem(too_far, 422, "would fire only at 0")
+    typo = {"pipeline": "web", "cron": "0 2 * * *", "parameters": {"rev": "abc1234"}}  # (every fire refused)
+    assert_problem(await lite.post("/schedules", "deployer", json=typo), 422, "unknown parameter 'rev'")
     bad_zone = await lite.post(
         "/schedules", "deployer", json={"pipeline": "web", "cron": "0 2 * * *", "timezone": "X/Y"}
     )
@@ -100,9 +106,11 @@ async def test_after_downtime_only_a_fire_within_grace_runs_and_older_ones_are_r
     ).json
     due = datetime.fromisoformat(made["next_fire_at"])
     late = await clock.tick(due + timedelta(hours=3, minutes=20))  # down for hours: all beyond grace
-    assert [(f.fire_at, len(f.missed)) for f in late] == [(None, 4)]
-    audit = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]
-    assert len(audit) == 4
+    assert [(f.fire_at, f.missed and f.missed.count) for f in late] == [(None, 4)]
+    (audit,) = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]  # one for all
+    last = due + timedelta(hours=3)
+    assert audit["reason"] == f"missed 4 fires, {due.isoformat()} to {last.isoformat()}"
+    assert (audit["detail"]["missed"], audit["detail"]["exact"]) == (4, True)
     runs = (await lite.get("/runs?pipeline=quick")).json["items"]
     assert runs == []
     nxt = datetime.fromisoformat((await lite.get(f"/schedules/{made['id']}")).json["next_fire_at"])
@@ -134,6 +142,8 @@ async def test_catching_up_on_a_long_downtime_is_worked_out_off_the_event_loop(
     fired = await clock.tick(at)
     assert [f.run_ref for f in fired] == ["quick#1"]
     assert on_loop == [False]
+    (audit,) = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]  # not 10,000
+    assert audit["reason"].startswith("missed more than 10000 fires")
 
 
 @pytest.mark.postgres
@@ -190,7 +200,8 @@ async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
 async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api) -> None:
     trigger = "triggers:\n  - schedule: {cron: '30 2 * * *', timezone: Europe/Berlin, "
     trigger += "parameters: {dry_run: true}}\n"
-    text = one_job("nightly", head=trigger)
+    takes = "parameters:\n  - {name: dry_run, type: boolean, default: false}\n"
+    text = one_job("nightly", head=takes + trigger)
     yaml = {"Content-Type": "application/yaml"}
     assert (await lite.post("/pipelines", "admin", data=text, headers=yaml)).status == 201
     clock = lite.client.app[CLOCK]  # type: ignore[index]
@@ -290,6 +301,14 @@ async def test_a_schedule_added_over_rest_wakes_a_resting_clock(
         await asyncio.sleep(0.05)
     run = await api.run("web#1")
     assert run["triggered_by"] == {"principal": "deployer", "channel": "schedule"}
+
+
+async def test_an_archived_pipeline_cannot_be_scheduled(lite: Api) -> None:
+    """It starts no runs: a schedule of it would be refused at every fire (Slack says so too)."""
+    assert (await lite.call("DELETE", "/pipelines/quick", "admin")).status == 200
+    made = await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "0 2 * * *"})
+    assert_problem(made, 409, "'quick' is archived")
+    assert (await lite.get("/schedules")).json["items"] == []
 
 
 async def test_a_cron_expression_that_never_fires_is_refused_not_an_internal_error(lite: Api) -> None:

@@ -100,6 +100,51 @@ async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
         await shipyard.stop()
 
 
+@pytest.fixture
+async def replicas(pg_url: str, tmp_path: Path) -> AsyncIterator[list[Clock]]:
+    """Two services on one PostgreSQL database, as two replicas are."""
+    made: list[Clock] = []
+    try:
+        for i in range(2):
+            shipyard = make_shipyard(
+                pg_url,
+                tmp_path,
+                {"tick": one_job("tick")},
+                with_runner=False,
+                work_dir=tmp_path / f"w{i}",
+                runner_capacity=0,
+            )
+            await shipyard.start()
+            backend = Backend()
+            backend.bind(shipyard)
+            made.append(Clock(shipyard, backend, ScheduleStore(shipyard.store)))
+        Directory(made[0].shipyard.store).grant("alice", "role", str(Role.DEPLOYER), datetime.now(UTC))
+        yield made
+    finally:
+        for replica in made:
+            await replica.backend.close()
+            await replica.shipyard.stop()
+
+
+@pytest.mark.postgres
+async def test_a_fire_the_engine_refuses_is_audited_once_however_many_replicas_tried_it(
+    replicas: list[Clock],
+) -> None:
+    """Both replicas trigger the occurrence (the run must exist before it is claimed); only
+    the one that wins the claim records the refusal, as it records a missed fire."""
+    first, second = replicas
+    (schedule,) = first.add(1)
+    await first.shipyard.orchestrator.db(first.shipyard.service.set_archived, "tick", True)
+    loops = [first.schedule_loop(), second.schedule_loop()]
+
+    fired = await asyncio.gather(*(loop.tick(DUE + timedelta(seconds=1)) for loop in loops))
+
+    (refused,) = [f for f in fired[0] + fired[1]]  # the claim's winner reports it
+    assert refused.run_ref is None and "archived" in refused.refused
+    assert first.audited("trigger_run") == ["tick"]  # once, not once per replica
+    assert first.schedule_store.get(schedule.id).next_fire_at == DUE + timedelta(days=1)  # type: ignore[union-attr]
+
+
 async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tick(clock: Clock) -> None:
     burst = clock.add(130)
     gone = clock.add(1, owner="alice", due=DUE - timedelta(minutes=1))[0]

@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.errors import InvalidInput
-from core.schedule import check_cron, due, next_fire, zone
+from core.definition import PipelineDef, parse_pipeline
+from core.errors import DefinitionError, InvalidInput
+from core.schedule import MAX_MISSED, Missed, check_cron, due, next_fire, zone
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -24,11 +25,63 @@ BERLIN = ZoneInfo("Europe/Berlin")
         ("0 0 30 2 *", "never fires"),  # (parses; only asking for its next fire raised)
         ("0 0 31 2 *", "never fires"),
         ("* * 31 4,6,9,11 *", "never fires"),
+        # croniter takes these, but reads them unlike cron
+        ("5-1 * * * *", r"range 5-1 in the minute field runs backwards \(write 5-59,0-1 instead\)"),
+        ("0 0 * nov-feb *", "range nov-feb in the month field runs backwards"),
+        ("0 0 * * 7-1", r"write 0-1 instead"),  # (7 is Sunday too)
+        ("5-5 * * * *", "range 5-5 in the minute field does not go up"),  # (croniter: every minute)
+        ("*/61 * * * *", "step /61 in the minute field does not fit in 0-59, so it would fire only at 0"),
+        ("*/60 * * * *", "would fire only at 0"),
+        ("0 */25 * * *", "hour field"),
+        ("0 0 */32 * *", "day-of-month field"),
+        ("10/55 * * * *", "does not fit in 10-59"),  # ("10/55" is "10-59/55")
     ],
 )
 def test_bad_cron_expressions_are_refused_with_what_is_wrong(expression: str, problem: str) -> None:
     with pytest.raises(InvalidInput, match=problem):
         check_cron(expression)
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 2 * * 1-5", "*/15 9-17 * * mon-fri", "0 0 * * 5-7", "*/59 * * * *", "0 0 L * *"]
+)
+def test_ranges_and_steps_that_read_as_cron_are_taken(expression: str) -> None:
+    assert check_cron(expression) == expression
+
+
+NIGHTLY = """
+name: nightly
+triggers:
+  - schedule: {cron: "*/61 * * * *"}
+stages:
+  - name: build
+    jobs: [{name: make, run: "true"}]
+"""
+
+
+def test_a_pipeline_file_with_an_odd_cron_is_refused_but_a_stored_one_still_loads() -> None:
+    """A definition stored before such expressions were refused is read back as it was saved
+    (the pipeline and its runs must still load); a file given now is refused."""
+    with pytest.raises(DefinitionError, match=r"triggers\[0\]\.schedule\.cron: .*step /61 in the minute"):
+        parse_pipeline(NIGHTLY)
+    stored = {
+        "name": "nightly",
+        "triggers": [{"schedule": {"cron": "*/61 * * * *"}}],
+        "stages": [{"name": "build", "jobs": [{"name": "make", "run": "true"}]}],
+    }
+    assert PipelineDef.model_validate(stored).triggers[0].schedule.cron == "*/61 * * * *"
+
+
+def test_a_pipeline_file_whose_schedule_cannot_start_a_run_is_refused() -> None:
+    """Its parameters are checked as a run's are: else every fire is refused, the first the
+    morning after the file was saved."""
+    text = NIGHTLY.replace('{cron: "*/61 * * * *"}', '{cron: "0 2 * * *", parameters: {rev: main}}')
+    text = text.replace("triggers:", "parameters:\n  - {name: ref, required: true}\ntriggers:")
+    with pytest.raises(DefinitionError, match=r"unknown parameter 'rev' .*; parameter ref is required"):
+        parse_pipeline(text)
+    assert parse_pipeline(text.replace("rev: main", "ref: main")).triggers[0].schedule.parameters == {
+        "ref": "main"
+    }
 
 
 def test_a_day_that_exists_only_in_leap_years_is_accepted() -> None:
@@ -77,30 +130,44 @@ def test_a_fire_missed_within_the_grace_period_runs_once_and_older_ones_are_skip
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     plan = due("0 * * * *", "UTC", due_at, due_at + timedelta(hours=5, minutes=10), grace_s=3600)
     assert plan.fire_at == datetime(2026, 1, 1, 5, 0, tzinfo=UTC)  # only the newest, no backlog
-    assert len(plan.missed) == 5
+    assert plan.missed == Missed(5, due_at, datetime(2026, 1, 1, 4, 0, tzinfo=UTC))
     assert plan.next_fire == datetime(2026, 1, 1, 6, 0, tzinfo=UTC)
 
 
 def test_a_fire_missed_beyond_the_grace_period_is_skipped() -> None:
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     plan = due("0 0 * * *", "UTC", due_at, due_at + timedelta(hours=2), grace_s=3600)
-    assert plan.fire_at is None and plan.missed == (due_at,)
+    assert plan.fire_at is None and plan.missed == Missed(1, due_at, due_at)
+    assert plan.missed.describe() == "missed 2026-01-01T00:00:00+00:00"
     assert plan.next_fire == datetime(2026, 1, 2, 0, 0, tzinfo=UTC)
 
 
 def test_a_fire_on_time_has_nothing_missed() -> None:
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     plan = due("*/5 * * * *", "UTC", due_at, due_at + timedelta(seconds=1), grace_s=3600)
-    assert (plan.fire_at, plan.missed, plan.next_fire) == (due_at, (), due_at + timedelta(minutes=5))
+    assert (plan.fire_at, plan.missed, plan.next_fire) == (due_at, None, due_at + timedelta(minutes=5))
 
 
-def test_after_a_downtime_longer_than_the_missed_list_the_newest_fire_still_runs() -> None:
-    """A minutely schedule down for eight days misses more fires than are listed: the one due
-    a minute ago is still within grace and runs, and the next fire is after now."""
+def test_after_a_downtime_longer_than_is_counted_the_newest_fire_still_runs() -> None:
+    """A minutely schedule down for eight days misses more fires than are counted: the one due
+    a minute ago is still within grace and runs, the next fire is after now, and what was
+    missed is said truly: from the first to the one before the fire that runs, more than
+    ``MAX_MISSED`` of them."""
     due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     now = due_at + timedelta(days=8, seconds=30)
     plan = due("* * * * *", "UTC", due_at, now, grace_s=3600)
     assert plan.fire_at == datetime(2026, 1, 9, 0, 0, tzinfo=UTC)
     assert plan.next_fire == datetime(2026, 1, 9, 0, 1, tzinfo=UTC)
-    assert plan.missed[0] == due_at and plan.fire_at not in plan.missed
-    assert len(plan.missed) == len(set(plan.missed))
+    last = datetime(2026, 1, 8, 23, 59, tzinfo=UTC)
+    assert plan.missed == Missed(MAX_MISSED, due_at, last, exact=False)
+    assert plan.missed.describe() == (
+        f"missed more than {MAX_MISSED} fires, 2026-01-01T00:00:00+00:00 to 2026-01-08T23:59:00+00:00"
+    )
+
+
+def test_a_downtime_of_exactly_what_is_counted_is_counted_exactly() -> None:
+    due_at = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    now = due_at + timedelta(minutes=MAX_MISSED)  # MAX_MISSED + 1 fires; the newest runs
+    plan = due("* * * * *", "UTC", due_at, now, grace_s=3600)
+    assert plan.fire_at == now
+    assert plan.missed == Missed(MAX_MISSED, due_at, now - timedelta(minutes=1))

@@ -208,6 +208,9 @@ async def test_schedules_from_slack(bot: Bot, tmp_path: Path) -> None:
     said = await _said(bot, ALICE, 'schedule gated "0 2 * * 1-5" tz=Europe/Berlin ref=abc1234')
     assert "Scheduled `" in said and "gated '0 2 * * 1-5' (Europe/Berlin) ref=abc1234" in said
     assert "five fields" in await _said(bot, ALICE, 'schedule gated "0 2 * *"')
+    odd = await bot.say(ALICE, 'schedule gated "*/61 * * * *"')  # (croniter: hourly)
+    assert odd["response_type"] == "ephemeral" and "would fire only at 0" in odd["text"]
+    assert "unknown parameter 'rev'" in await _said(bot, ALICE, 'schedule gated "0 2 * * *" rev=abc1234')
     assert "unknown time zone" in await _said(bot, ALICE, 'schedule gated "0 2 * * *" tz=Mars/Base')
     listing = await _said(bot, ALICE, "schedules")
     short = listing.split("`")[1]
