@@ -1,10 +1,11 @@
 """The two doors that take no bearer token, because the signature is the authentication:
 
 * ``POST /api/v1/hooks/{trigger_id}`` starts a run from an external event: a GitHub ``push``
-  (``X-Hub-Signature-256``; its ``X-GitHub-Delivery`` is the idempotency key, so a redelivered
-  event never starts a second run; the run carries the pushed branch, ``refs/heads/main`` being
-  ``main``, for environments that take only some branches; a tag push starts nothing) or a
-  generic JSON ``{"parameters", "revision", "branch"}`` signed the
+  (``X-Hub-Signature-256``; the digest of the signed body is the idempotency key, so a redelivered
+  event never starts a second run, and neither does a captured one sent again under another
+  ``X-GitHub-Delivery``, which the signature does not cover; the run carries the pushed
+  branch, ``refs/heads/main`` being ``main``, for environments that take only some branches; a
+  tag push starts nothing) or a generic JSON ``{"parameters", "revision", "branch"}`` signed the
   Standard Webhooks way (``webhook-id`` is the key; a timestamp more than five minutes off is a
   replay and refused). The run is triggered by ``trigger:<id>`` on behalf of the trigger's
   owner, who therefore cannot approve its gates (unless a gate allows self-approval). The
@@ -23,6 +24,7 @@ commands, which audit themselves.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -210,6 +212,9 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         raise _Refused(422, str(exc), who) from None
     if isinstance(push, Ignored):
         return _answer(HookOut(outcome="ignored", reason=push.reason), 200)
+    legacy = await gateway.read(gateway.reads.run_by_key, trigger.pipeline, f"github:{delivery}", quick=True)
+    if legacy is not None:  # started before runs were keyed by the body: GitHub's "Redeliver" of it
+        return _duplicate(legacy, f"already triggered as {legacy.run.ref}")
     command = TriggerRun(
         pipeline=trigger.pipeline,
         actor=_trigger_actor(trigger),
@@ -218,7 +223,9 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         source_revision=push.revision,
         revision_time=push.committed_at,
         branch=push.branch,
-        idempotency_key=f"github:{delivery}",
+        # the body, not X-GitHub-Delivery: only the body is signed, so a captured push sent
+        # again under a fresh delivery id is still the same push
+        idempotency_key=f"github:sha256:{hashlib.sha256(raw).hexdigest()}",
     )
     return await _start(gateway, command)
 
@@ -256,9 +263,13 @@ async def _start(gateway: ApiGateway, command: TriggerRun) -> web.Response:
         raise Problem(REFUSAL_STATUS.get(decision.refusal, 409), decision.reason)  # audited by the engine
     state = decision.state
     if decision.duplicate:
-        out = HookOut(outcome="duplicate", reason=decision.reason, run=RunOut.of(state))
-        return _answer(out, 200, {"Idempotent-Replayed": "true", "Location": _location(state)})
+        return _duplicate(state, decision.reason)
     return _answer(HookOut(outcome="started", run=RunOut.of(state)), 202, {"Location": _location(state)})
+
+
+def _duplicate(state: RunState, reason: str) -> web.Response:
+    out = HookOut(outcome="duplicate", reason=reason, run=RunOut.of(state))
+    return _answer(out, 200, {"Idempotent-Replayed": "true", "Location": _location(state)})
 
 
 def _location(state: RunState) -> str:
