@@ -568,3 +568,18 @@ async def test_a_deleted_subscriptions_open_deliveries_are_given_up_never_sent_a
     assert await drain(api, at + timedelta(days=2)) == []  # nothing is sent any more
     assert len(waiting.received) == len(in_flight.received) == 1
     assert (await housekeeping(api).sweep(at + timedelta(days=31))).webhook_deliveries == 2
+
+
+async def test_a_subscription_to_an_environment_nothing_deploys_to_is_refused(
+    sqlite_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    """A typo in the filter would otherwise make a subscription that never hears anything."""
+    api = await start_hooks(sqlite_url, environments={"qa": {}})
+    receiver = await receivers()
+    body = {"url": receiver.url, "events": ["run.finished"]}
+    typo = await api.post("/webhooks", json={**body, "environment": "prodution"})
+    assert_problem(typo, 404, "no environment 'prodution'", "production", "staging")
+    assert (await api.get("/webhooks", "admin")).json["items"] == []
+    for known in ("production", "qa"):  # deployed to by a pipeline, or declared in the settings
+        made = await api.post("/webhooks", json={**body, "environment": known})
+        assert made.status == 201 and made.json["environment"] == known, made.text
