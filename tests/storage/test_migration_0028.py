@@ -1,4 +1,4 @@
-"""Upgrading to 0027 gives up the open deliveries of subscriptions deleted before (never sent,
+"""Upgrading to 0028 gives up the open deliveries of subscriptions deleted before (never sent,
 and so far never pruned); other subscriptions' deliveries are untouched."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ AT = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
 
 def test_a_deleted_subscriptions_open_deliveries_are_given_up(db_url: str) -> None:
     SqlStore(db_url).dispose()  # (the schema at head)
-    _migrate(db_url, "0026", down=True)
+    _migrate(db_url, "0027", down=True)
     engine = sa.create_engine(db_url)
     try:
         with engine.begin() as conn:
