@@ -190,7 +190,7 @@ WEBHOOK_TRANSITIONS: Final[Mapping[WebhookStatus, frozenset[WebhookStatus]]] = {
 }
 
 DELIVERY_TRANSITIONS: Final[Mapping[DeliveryStatus, frozenset[DeliveryStatus]]] = {
-    D.PENDING: frozenset({D.SENDING}),
+    D.PENDING: frozenset({D.SENDING, D.FAILED}),
     D.SENDING: frozenset({D.DELIVERED, D.PENDING, D.FAILED, D.SENDING}),
     D.DELIVERED: frozenset(),
     D.FAILED: frozenset(),
@@ -245,7 +245,8 @@ NOTES: Final[Mapping[tuple[str, str, str], str]] = {
     ("webhook", "active", "disabled"): "by its owner, or after failing for too long",
     ("delivery", "sending", "sending"): "another sender takes over after the first one's lease ran out",
     ("delivery", "sending", "pending"): "the attempt failed; tried again later",
-    ("delivery", "sending", "failed"): "retries ran out, or the subscription went away",
+    ("delivery", "pending", "failed"): "its subscription was deleted: it is never sent",
+    ("delivery", "sending", "failed"): "retries ran out, or the subscription was deleted meanwhile",
     ("slack_post", "sending", "waiting"): "the send failed; tried again from its due time",
     ("slack_post", "waiting", "sending"): "a retry that came due is taken over by one replica",
     ("slack_post", "waiting", "gave_up"): "no longer called for",

@@ -115,6 +115,11 @@ class Reads:
         with self.store.reading() as tx:
             return tx.find_run(ref)
 
+    def run_by_key(self, pipeline: str, key: str) -> RunState | None:
+        """The run of ``pipeline`` that idempotency key ``key`` started, if any."""
+        with self.store.reading() as tx:
+            return tx.run_by_idempotency_key(pipeline, key)
+
     def runs(self, where: RunFilter, after: tuple[datetime, str] | None, limit: int) -> list[RunState]:
         """Newest first: ordered by (created_at, id) descending, continued after ``after``."""
         query = sa.select(RUN.c.id).order_by(RUN.c.created_at.desc(), RUN.c.id.desc()).limit(limit)

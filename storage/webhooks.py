@@ -54,6 +54,8 @@ GATE, EVENT, CURSOR = T["gate"], T["event"], T["cursor"]
 CURSOR_NAME = "webhooks"
 
 OPEN = ("pending", "sending")
+#: why the open deliveries of a deleted subscription were given up
+DELETED = "not sent: the subscription was deleted"
 #: what a subscription's event calls each status it moves to
 STATUS_EVENTS = {"active": "enabled", "disabled": "disabled", "deleted": "unsubscribed"}
 
@@ -301,6 +303,10 @@ class WebhookStore:
                     .where(DELIVERY.c.webhook_id == webhook_id, DELIVERY.c.state == "pending")
                     .values(next_attempt_at=now)
                 )
+            elif to == "deleted":  # given up, so they finish and are pruned (one in flight: ``record``)
+                mine = DELIVERY.c.webhook_id == webhook_id
+                values = {"finished_at": now, "last_error": DELETED}
+                move(tx.conn, "delivery", f"{webhook_id}'s pending", mine, "pending", "failed", values)
             return self._any(tx.conn, webhook_id)
 
     def _any(self, conn: Connection, webhook_id: str) -> Webhook | None:
@@ -505,12 +511,14 @@ class WebhookStore:
         with self.store.transaction() as tx:
             conn = tx.conn
             kept: list[Outcome] = []
+            ids = {o.webhook_id for o in outcomes}
+            deleted = set(conn.execute(sa.select(WEBHOOK.c.id).where(WEBHOOK.c.id.in_(ids), ~LIVE)).scalars())
             for o in sorted(outcomes, key=lambda o: o.delivery_id):
                 state = "delivered" if o.ok else "pending" if o.retry_at is not None else "failed"
-                values: dict[str, Any] = {
-                    "last_status": o.status,
-                    "last_error": _text(o.error, 1000),
-                }
+                error = _text(o.error, 1000)
+                if state == "pending" and o.webhook_id in deleted:  # deleted while it was being sent
+                    state, error = "failed", _text(f"{error}; {DELETED}", 1000)
+                values: dict[str, Any] = {"last_status": o.status, "last_error": error}
                 if state == "pending":
                     values["next_attempt_at"] = o.retry_at
                 else:

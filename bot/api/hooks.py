@@ -1,10 +1,11 @@
 """The two doors that take no bearer token, because the signature is the authentication:
 
 * ``POST /api/v1/hooks/{trigger_id}`` starts a run from an external event: a GitHub ``push``
-  (``X-Hub-Signature-256``; its ``X-GitHub-Delivery`` is the idempotency key, so a redelivered
-  event never starts a second run; the run carries the pushed branch, ``refs/heads/main`` being
-  ``main``, for environments that take only some branches; a tag push starts nothing) or a
-  generic JSON ``{"parameters", "revision", "branch"}`` signed the
+  (``X-Hub-Signature-256``; the digest of the signed body is the idempotency key, so a redelivered
+  event never starts a second run, and neither does a captured one sent again under another
+  ``X-GitHub-Delivery``, which the signature does not cover; the run carries the pushed
+  branch, ``refs/heads/main`` being ``main``, for environments that take only some branches; a
+  tag push starts nothing) or a generic JSON ``{"parameters", "revision", "branch"}`` signed the
   Standard Webhooks way (``webhook-id`` is the key; a timestamp more than five minutes off is a
   replay and refused). The run is triggered by ``trigger:<id>`` on behalf of the trigger's
   owner, who therefore cannot approve its gates (unless a gate allows self-approval). The
@@ -13,7 +14,8 @@
   request ``403`` naming the owner, until an admin re-creates it under someone who may.
 * ``POST /api/v1/runs/{run}/gates/{gate}/callback?webhook=<id>`` clears (``"passed": true``) or
   fails an external gate; it is signed with the secret of the subscription that was sent the
-  gate's ``gate.waiting``.
+  gate's ``gate.waiting``, and its ``webhook-id`` is used once (the same callback again gets
+  the first answer; sent to another gate, a refusal).
 
 Every refusal (unknown trigger, unsigned, badly signed, stale, malformed, an owner without the
 standing) is a 4xx problem document and an audit entry; accepted requests become engine
@@ -23,6 +25,7 @@ commands, which audit themselves.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,7 +37,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from bot.api.gateway import ApiGateway
 from bot.api.problems import REFUSAL_STATUS, Problem
-from bot.api.routing import PREFIX, _clean, _storable, field_errors
+from bot.api.routing import PREFIX, _clean, _storable, field_errors, fingerprint, kept, stored
 from bot.api.schemas import RunOut, Strict, TriggerIn
 from bot.backend import now
 from bot.webhooks import signing
@@ -210,6 +213,9 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         raise _Refused(422, str(exc), who) from None
     if isinstance(push, Ignored):
         return _answer(HookOut(outcome="ignored", reason=push.reason), 200)
+    legacy = await gateway.read(gateway.reads.run_by_key, trigger.pipeline, f"github:{delivery}", quick=True)
+    if legacy is not None:  # started before runs were keyed by the body: GitHub's "Redeliver" of it
+        return _duplicate(legacy, f"already triggered as {legacy.run.ref}")
     command = TriggerRun(
         pipeline=trigger.pipeline,
         actor=_trigger_actor(trigger),
@@ -218,7 +224,9 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         source_revision=push.revision,
         revision_time=push.committed_at,
         branch=push.branch,
-        idempotency_key=f"github:{delivery}",
+        # the body, not X-GitHub-Delivery: only the body is signed, so a captured push sent
+        # again under a fresh delivery id is still the same push
+        idempotency_key=f"github:sha256:{hashlib.sha256(raw).hexdigest()}",
     )
     return await _start(gateway, command)
 
@@ -256,9 +264,13 @@ async def _start(gateway: ApiGateway, command: TriggerRun) -> web.Response:
         raise Problem(REFUSAL_STATUS.get(decision.refusal, 409), decision.reason)  # audited by the engine
     state = decision.state
     if decision.duplicate:
-        out = HookOut(outcome="duplicate", reason=decision.reason, run=RunOut.of(state))
-        return _answer(out, 200, {"Idempotent-Replayed": "true", "Location": _location(state)})
+        return _duplicate(state, decision.reason)
     return _answer(HookOut(outcome="started", run=RunOut.of(state)), 202, {"Location": _location(state)})
+
+
+def _duplicate(state: RunState, reason: str) -> web.Response:
+    out = HookOut(outcome="duplicate", reason=reason, run=RunOut.of(state))
+    return _answer(out, 200, {"Idempotent-Replayed": "true", "Location": _location(state)})
 
 
 def _location(state: RunState) -> str:
@@ -286,12 +298,54 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
     if hook is None:
         raise _Refused(401, f"no webhook subscription {webhook_id[:40]!r}")
     try:
-        signing.verify(hook.secret, _lower(request.headers), raw, time.time())
+        msg_id = signing.verify(hook.secret, _lower(request.headers), raw, time.time())
     except signing.BadSignature as exc:
         raise _Refused(401, f"{exc} (sign with the subscription's secret)") from None
     who = f"webhook:{hook.id}"
     if hook.status != "active":
         raise _Refused(403, f"webhook {hook.id} is {hook.status}", who)
+    # The signature covers the webhook-id, the time and the body, not the URL: within its five
+    # minutes a captured callback could be sent to another of the subscription's gates. So a
+    # webhook-id is used once: sent again to the same gate it gets the first answer, elsewhere
+    # a refusal.
+    key = _key(msg_id, "webhook-id", who)
+    claim = await gateway.claim_key(who, key, fingerprint("POST", request.path, raw))
+    if claim.outcome == "mismatch":
+        raise _Refused(409, f"webhook-id {key} was already used for another callback; sign each anew", who)
+    if claim.outcome == "in_progress":
+        raise _Refused(409, f"a callback with webhook-id {key} is still being processed", who)
+    if claim.outcome == "replay":
+        answer = claim.response or {}
+        return web.Response(
+            status=claim.status_code or 200,
+            text=answer.get("body", ""),
+            content_type=answer.get("content_type", "application/json"),
+            headers={"Idempotent-Replayed": "true"},
+        )
+    try:
+        response = await _verdict(gateway, request, hook.id, raw, who)
+    except (Problem, _Refused) as exc:
+        problem = exc.problem if isinstance(exc, _Refused) else exc
+        await _keep(gateway, who, key, claim.holder, problem.response(request.path))
+        raise
+    except BaseException:
+        await gateway.release_key(who, key, claim.holder)
+        raise
+    await _keep(gateway, who, key, claim.holder, response)
+    return response
+
+
+async def _keep(gateway: ApiGateway, who: str, key: str, holder: str, response: web.Response) -> None:
+    if kept(response.status):
+        await gateway.finish_key(who, key, holder, response.status, stored(response))
+    else:
+        await gateway.release_key(who, key, holder)
+
+
+async def _verdict(
+    gateway: ApiGateway, request: web.Request, hook_id: str, raw: bytes, who: str
+) -> web.Response:
+    webhook_store = WebhookStore(gateway.shipyard.store)
     try:
         body = CallbackIn.model_validate(_json(raw, who))
     except ValidationError as exc:
@@ -305,8 +359,8 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
         raise _Refused(404, f"{state.run.ref} has no gate {request.match_info['gate_id']!r}", who)
     if gate.kind != "external":
         raise _Refused(409, f"gate {gate.stage_name} is {gate.kind}; only external gates take callbacks", who)
-    if not await gateway.read(webhook_store.was_told, hook.id, state.run.id, gate.id):
-        raise _Refused(403, f"webhook {hook.id} was not sent gate {gate.stage_name}'s gate.waiting", who)
+    if not await gateway.read(webhook_store.was_told, hook_id, state.run.id, gate.id):
+        raise _Refused(403, f"webhook {hook_id} was not sent gate {gate.stage_name}'s gate.waiting", who)
     decision = await gateway.decide(
         RecordGateCheck(
             run_id=state.run.id,

@@ -14,13 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
 from bot.config import Settings
 from bot.webhooks.service import Config, retry_delay
-from storage.webhooks import WebhookStore
+from storage.webhooks import DELIVERY, WebhookStore
 from tests.api.conftest import Api, assert_problem
 from tests.webhooks.conftest import (
     Receiver,
@@ -538,3 +539,47 @@ async def test_finished_deliveries_are_deleted_after_their_keeping_time_open_one
     assert [d["id"] for d in await _deliveries(api, pending_hook)] == [open_one["id"]]  # kept, attempts too
     detail = (await api.get(f"/webhooks/{pending_hook['id']}/deliveries/{open_one['id']}", "admin")).json
     assert [a["status"] for a in detail["attempt_log"]] == [500]
+
+
+async def test_a_deleted_subscriptions_open_deliveries_are_given_up_never_sent_and_pruned(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    api = await start_hooks(db_url, webhook_keep_days=30)
+    waiting, in_flight = await receivers(), await receivers()
+    waiting_hook = await subscribe(api, waiting, ["run.finished"])
+    in_flight_hook = await subscribe(api, in_flight, ["run.finished"])
+    store = WebhookStore(api.store)
+    waiting.rule = lambda p: 500  # retried later: the delivery waits, pending
+    # deleted while its delivery is being sent: the failed attempt must not queue a retry
+    in_flight.rule = lambda p: store.change_status(in_flight_hook["id"], "deleted", "test", utc()) and 500
+    await settle(api, (await api.trigger("quick"))["id"])
+    at = utc()
+    await drain(api, at)
+    (pending,) = await _deliveries(api, waiting_hook)
+    assert pending["state"] == "pending"
+    assert (await api.call("DELETE", f"/webhooks/{waiting_hook['id']}")).status == 200
+
+    with api.store.engine.connect() as conn:
+        rows = conn.execute(sa.select(DELIVERY.c.webhook_id, DELIVERY.c.state, DELIVERY.c.last_error)).all()
+    assert sorted((w, s) for w, s, _ in rows) == sorted(
+        [(waiting_hook["id"], "failed"), (in_flight_hook["id"], "failed")]
+    ), rows
+    assert all("subscription was deleted" in error for *_, error in rows)
+    assert await drain(api, at + timedelta(days=2)) == []  # nothing is sent any more
+    assert len(waiting.received) == len(in_flight.received) == 1
+    assert (await housekeeping(api).sweep(at + timedelta(days=31))).webhook_deliveries == 2
+
+
+async def test_a_subscription_to_an_environment_nothing_deploys_to_is_refused(
+    sqlite_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    """A typo in the filter would otherwise make a subscription that never hears anything."""
+    api = await start_hooks(sqlite_url, environments={"qa": {}})
+    receiver = await receivers()
+    body = {"url": receiver.url, "events": ["run.finished"]}
+    typo = await api.post("/webhooks", json={**body, "environment": "prodution"})
+    assert_problem(typo, 404, "no environment 'prodution'", "production", "staging")
+    assert (await api.get("/webhooks", "admin")).json["items"] == []
+    for known in ("production", "qa"):  # deployed to by a pipeline, or declared in the settings
+        made = await api.post("/webhooks", json={**body, "environment": known})
+        assert made.status == 201 and made.json["environment"] == known, made.text

@@ -19,10 +19,10 @@ from tests.webhooks.conftest import Receiver, StartHooks, drain, settle, subscri
 Receivers = Callable[[], Awaitable[Receiver]]
 
 
-async def call_back(api: Api, url: str, secret: str, body: Any) -> Reply:
+async def call_back(api: Api, url: str, secret: str, body: Any, msg_id: str | None = None) -> Reply:
     """POST a verdict as a subscriber would: signed with its secret (Standard Webhooks)."""
     text = json.dumps(body)
-    msg_id, at = f"cb_{uuid.uuid4().hex}", datetime.now(UTC)
+    msg_id, at = msg_id or f"cb_{uuid.uuid4().hex}", datetime.now(UTC)
     headers = {
         "Content-Type": "application/json",
         "webhook-id": msg_id,
@@ -119,3 +119,29 @@ async def test_an_external_gate_nobody_calls_back_times_out(
     failed = await settle(api, run["id"], "failed")
     gate = failed["stages"][0]["gate"]
     assert gate["status"] == "timed_out" and "nobody cleared it within 1.0s" in gate["reason"]
+
+
+async def test_a_captured_callback_sent_again_decides_nothing_more(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    """The signature does not cover the URL: within its five minutes the same signed verdict
+    could be sent to another gate the subscription was told of. A webhook-id is used once."""
+    api = await start_hooks(db_url)
+    scanner = await receivers()
+    hook = await subscribe(api, scanner, ["gate.waiting"])
+    first, first_data = await waiting_for_scan(api, scanner)
+    second = await api.trigger("scanned")
+    await api.wait_status(second["id"], "waiting")
+    await drain(api)
+    urls = {r.payload["data"]["run"]["id"]: r.payload["data"]["callback"]["url"] for r in scanner.delivered}
+    assert urls[first["id"]] == first_data["callback"]["url"] and second["id"] in urls
+
+    cleared = await call_back(api, urls[first["id"]], hook["secret"], {"passed": True}, msg_id="cb_once")
+    assert cleared.status == 200, cleared.text
+    again = await call_back(api, urls[first["id"]], hook["secret"], {"passed": True}, msg_id="cb_once")
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json["id"] == first["id"]
+    elsewhere = await call_back(api, urls[second["id"]], hook["secret"], {"passed": True}, msg_id="cb_once")
+    assert_problem(elsewhere, 409, "webhook-id cb_once was already used for another callback")
+    assert (await api.run(second["id"]))["status"] == "waiting"
+    await settle(api, first["id"])

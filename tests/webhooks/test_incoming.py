@@ -14,8 +14,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 import standardwebhooks
 
+from storage.tables import T
 from tests.api.conftest import Api, Reply, assert_problem
 from tests.webhooks.conftest import StartHooks, settle
 
@@ -363,3 +365,38 @@ async def test_a_push_to_a_branch_longer_than_a_run_stores_is_refused_not_a_500(
     assert "at most 255" in (await rejected(api, "hook_trigger"))[0]["reason"]
     started = await github(api, trigger, push_payload(f"refs/heads/{longest}"))
     assert started.status == 202 and started.json["run"]["parameters"]["branch"] == longest
+
+
+async def test_a_captured_push_sent_again_under_a_new_delivery_id_starts_no_second_run(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    """X-GitHub-Delivery is not signed: whoever captured a push can send its signed body again
+    under any delivery id, and that must be the same push."""
+    api = await start_hooks(db_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    first = await github(api, trigger, push_payload(), delivery=str(uuid.uuid4()))
+    assert first.status == 202, first.text
+    replayed = await github(api, trigger, push_payload(), delivery=str(uuid.uuid4()))
+    assert replayed.status == 200 and replayed.json["outcome"] == "duplicate", replayed.text
+    assert replayed.json["run"]["id"] == first.json["run"]["id"]
+    assert [r["id"] for r in await runs_of(api, "pushed")] == [first.json["run"]["id"]]
+    later = await github(api, trigger, push_payload(after="c" * 40))  # another push still starts one
+    assert later.status == 202 and later.json["run"]["revision"] == "c" * 40
+
+
+async def test_a_redelivered_push_of_a_run_keyed_by_its_delivery_id_is_still_a_duplicate(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    """Runs started before pushes were keyed by their body carry ``github:<delivery>``."""
+    api = await start_hooks(sqlite_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    delivery = str(uuid.uuid4())
+    first = await github(api, trigger, push_payload(), delivery=delivery)
+    run_id = first.json["run"]["id"]
+
+    with api.store.engine.begin() as conn:
+        run = T["run"]
+        conn.execute(sa.update(run).where(run.c.id == run_id).values(idempotency_key=f"github:{delivery}"))
+    again = await github(api, trigger, push_payload(), delivery=delivery)
+    assert again.status == 200 and again.json["outcome"] == "duplicate", again.text
+    assert again.json["run"]["id"] == run_id and len(await runs_of(api, "pushed")) == 1
