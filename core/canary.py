@@ -400,6 +400,8 @@ def end_step_analysis(plan: _Plan, command: EndStepAnalysis) -> None:
 def promote_rollout(plan: _Plan, command: PromoteRollout) -> None:
     stage, rollout = rolling(plan)
     strategy = strategy_of(plan, stage)
+    if command.step is not None and command.step != rollout.step:
+        raise CommandRefused(_moved_on(plan, strategy, rollout, command.step))
     if rollout.status not in (RO.PROGRESSING, RO.WAITING):
         raise CommandRefused(f"{plan.run.ref}'s rollout is {rollout.status}: there is nothing to promote")
     who = command.actor.name
@@ -412,6 +414,22 @@ def promote_rollout(plan: _Plan, command: PromoteRollout) -> None:
             f"the router is being set to {describe_weights(rollout.desired)}; promote once it is"
         )
     _begin(plan, stage, rollout.step + 1, "canceled")
+
+
+def _moved_on(plan: _Plan, strategy: StrategyDef, rollout: Rollout, seen: int) -> str:
+    """Why a promote of step ``seen`` is refused: the rollout is at another step now."""
+    steps = len(strategy.steps)
+    if rollout.step >= steps:
+        now = "its promotion (every step is behind it)"
+    else:
+        action = describe_step(strategy.steps[rollout.step], strategy.kind)
+        now = f"step {rollout.step + 1} of {steps} ({action})"
+    if rollout.step < seen:
+        return f"{plan.run.ref}'s rollout is at {now}, not at step {seen + 1}: nothing was promoted"
+    return (
+        f"{plan.run.ref}'s rollout moved on to {now} since step {seen + 1}: nothing was promoted; "
+        "look at it again and promote that step if you mean to"
+    )
 
 
 def abort_rollout(plan: _Plan, command: AbortRollout) -> None:
