@@ -398,3 +398,74 @@ async def test_a_promote_names_the_step_it_saw_so_a_second_press_does_not_skip_t
     assert (await api.post(promote, who="approver", json={})).status == 200
     done = await api.wait(run["id"], timeout=30)
     assert done["status"] == "succeeded" and _rollout(done)["status"] == "promoted"
+
+
+#: a short analysis between two weights, its check's exit status read from a file
+MEASURED = canary(
+    "web",
+    ["set_weight: 10", "analysis: {checks: [smoke], duration: 3s}", "set_weight: 50"],
+    head=VERSION_PARAMETER,
+)
+
+
+async def _paused_while_measuring(
+    db_url: str, start_api: StartApi, tmp_path: Path, exit_status: int
+) -> tuple[Api, str, Path]:
+    """A run of ``MEASURED`` paused while its analysis measures a check exiting ``exit_status``;
+    the run's id and the file its router writes each change to."""
+    (tmp_path / "smoke").write_text(str(exit_status))
+    smoke = {"command": ["sh", "-c", f"exit $(cat {tmp_path / 'smoke'})"], "interval": "1s", "timeout": "1s"}
+    environments = _command_router(tmp_path / "w")
+    environments["production"]["checks"] = {"smoke": smoke}
+    api = await start_api(db_url, {"web": MEASURED}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(run["id"], lambda r: (r["rollout"] or {}).get("analysis") is not None, timeout=30)
+    assert (await api.post(f"/runs/{run['id']}/rollout/pause", who="deployer", json={})).status == 200
+    return api, run["id"], tmp_path / "w"
+
+
+async def _analysis_ended(api: Api, run_id: str) -> str:
+    """The status the run's analysis ended with (waiting for it to end)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        items = (await api.get(f"/runs/{run_id}/verification")).json["items"]
+        if items and items[0]["status"] != "running":
+            return str(items[0]["status"])
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the analysis of {run_id} never ended")
+
+
+async def test_an_analysis_that_passes_while_the_run_is_paused_moves_no_traffic_until_it_resumes(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api, run_id, weights = await _paused_while_measuring(db_url, start_api, tmp_path, 0)
+    assert await _analysis_ended(api, run_id) == "passed"  # kept, not canceled
+    await asyncio.sleep(0.6)  # (the router driver's rounds: nothing to set)
+    held = await api.run(run_id)
+    assert held["status"] == "paused" and weights.read_text().split() == ["stable=90,canary=10"]
+    rollout = _rollout(held)
+    assert (rollout["status"], rollout["step"], rollout["analysis"]) == ("progressing", 2, None), rollout
+    assert rollout["reason"] == (
+        "analysis at step 2 (canary at 10%) passed while the run was paused: "
+        "the rollout goes on when it resumes"
+    )
+
+    assert (await api.post(f"/runs/{run_id}/rollout/resume", who="deployer", json={})).status == 200
+    done = await api.wait(run_id, timeout=30)
+    assert done["status"] == "succeeded" and _rollout(done)["status"] == "promoted"
+    assert weights.read_text().split() == [
+        "stable=90,canary=10",
+        "stable=50,canary=50",
+        "stable=100,canary=0",
+    ]
+
+
+async def test_an_analysis_that_fails_while_the_run_is_paused_still_puts_traffic_back_on_stable(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api, run_id, weights = await _paused_while_measuring(db_url, start_api, tmp_path, 1)
+    done = await api.wait(run_id, timeout=30)
+    assert done["status"] == "failed", done
+    assert done["reason"].startswith("analysis at step 2 (canary at 10%) failed: "), done["reason"]
+    assert _rollout(done)["status"] == "aborted"
+    assert weights.read_text().split() == ["stable=90,canary=10", "stable=100,canary=0"]
