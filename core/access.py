@@ -224,6 +224,8 @@ def _check_pause(state: RunState, command: PromoteRollout, grants: Iterable[Gran
     rollout = stage.rollout if stage is not None else None
     if stage is None or rollout is None or rollout.status is not RolloutStatus.WAITING:
         return  # (the engine says what is wrong)
+    if command.step is not None and command.step != rollout.step:
+        return  # (a promote of a step it left: the engine says it moved on, not who may promote this one)
     strategy = state.definition.stages[stage.index].strategy
     steps = strategy.steps if strategy is not None else []
     pause = steps[rollout.step].pause if 0 <= rollout.step < len(steps) else None

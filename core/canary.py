@@ -120,6 +120,7 @@ def _begin(plan: _Plan, stage: Stage, index: int, how: str = "passed") -> None:
             step_until=None,
             analysis=None,
             paused_left=None,
+            passed_while_paused=False,
             reason="",
         )
         if rollout.status is RO.WAITING:
@@ -382,9 +383,11 @@ def end_step_analysis(plan: _Plan, command: EndStepAnalysis) -> None:
     strategy = strategy_of(plan, stage)
     new = "canary" if rollout.kind == "canary" else rollout.pools[1]
     where = f"step {rollout.step + 1} ({new} at {rollout.canary_weight}%)"
-    if command.verdict == "passed":
+    if command.verdict == "passed" and plan.run.status is RunStatus.PAUSED:
+        _hold_pass(plan, stage, rollout, where)
+    elif command.verdict == "passed":
         _begin(plan, stage, rollout.step + 1)
-    elif command.verdict == "failed":
+    elif command.verdict == "failed":  # (paused or not: traffic back to stable protects users)
         rollout = _leave_step(plan, stage, rollout, "failed")
         _abort(plan, stage, rollout, "failed", f"analysis at {where} failed: {command.reason}")
     else:
@@ -397,9 +400,23 @@ def end_step_analysis(plan: _Plan, command: EndStepAnalysis) -> None:
         _run_follows(plan, rollout)
 
 
+def _hold_pass(plan: _Plan, stage: Stage, rollout: Rollout, where: str) -> None:
+    """The analysis passed while the run is paused: it ends passed (its loop stops measuring
+    it), and the next step waits for the run to resume (``pause_clock``): a paused run moves no
+    traffic."""
+    reason = f"analysis at {where} passed while the run was paused: the rollout goes on when it resumes"
+    rollout = replace(
+        _leave_step(plan, stage, rollout, "passed"), step_until=None, passed_while_paused=True, reason=reason
+    )
+    stage = plan.set(stage, rollout=rollout, reason=reason)
+    _note(plan, "rollout.analysis_held", stage, reason=reason)
+
+
 def promote_rollout(plan: _Plan, command: PromoteRollout) -> None:
     stage, rollout = rolling(plan)
     strategy = strategy_of(plan, stage)
+    if command.step is not None and command.step != rollout.step:
+        raise CommandRefused(_moved_on(plan, strategy, rollout, command.step))
     if rollout.status not in (RO.PROGRESSING, RO.WAITING):
         raise CommandRefused(f"{plan.run.ref}'s rollout is {rollout.status}: there is nothing to promote")
     who = command.actor.name
@@ -414,6 +431,22 @@ def promote_rollout(plan: _Plan, command: PromoteRollout) -> None:
     _begin(plan, stage, rollout.step + 1, "canceled")
 
 
+def _moved_on(plan: _Plan, strategy: StrategyDef, rollout: Rollout, seen: int) -> str:
+    """Why a promote of step ``seen`` is refused: the rollout is at another step now."""
+    steps = len(strategy.steps)
+    if rollout.step >= steps:
+        now = "its promotion (every step is behind it)"
+    else:
+        action = describe_step(strategy.steps[rollout.step], strategy.kind)
+        now = f"step {rollout.step + 1} of {steps} ({action})"
+    if rollout.step < seen:
+        return f"{plan.run.ref}'s rollout is at {now}, not at step {seen + 1}: nothing was promoted"
+    return (
+        f"{plan.run.ref}'s rollout moved on to {now} since step {seen + 1}: nothing was promoted; "
+        "look at it again and promote that step if you mean to"
+    )
+
+
 def abort_rollout(plan: _Plan, command: AbortRollout) -> None:
     stage, rollout = rolling(plan)
     if rollout.status not in _ABORTABLE:
@@ -424,11 +457,15 @@ def abort_rollout(plan: _Plan, command: AbortRollout) -> None:
 
 def pause_clock(plan: _Plan, paused: bool) -> None:
     """A paused run stops its timed pause's clock (the time left is kept); resuming restarts it,
-    and a run whose rollout waits for a person goes back to waiting."""
+    takes the next step if the analysis passed meanwhile, and a run whose rollout waits for a
+    person goes back to waiting."""
     stage = next((s for s in plan.stages if s.status is StageStatus.ROLLING_OUT), None)
     if stage is None or stage.rollout is None:
         return
     rollout = stage.rollout
+    if not paused and rollout.passed_while_paused and rollout.status is RO.PROGRESSING:
+        _begin(plan, stage, rollout.step + 1)
+        return
     if paused and rollout.step_until is not None and rollout.analysis is None:
         left = max(0.0, (rollout.step_until - plan.now).total_seconds())
         plan.set(stage, rollout=replace(rollout, step_until=None, paused_left=left))

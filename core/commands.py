@@ -275,12 +275,16 @@ class EndStepAnalysis:
 
 @dataclass(frozen=True, kw_only=True)
 class PromoteRollout:
-    """Go past the step the rollout waits in (``full``: past every step left, to promotion)."""
+    """Go past the step the rollout waits in (``full``: past every step left, to promotion).
+    ``step``: the step the person saw (``Rollout.step``, from 0); a rollout that moved on since
+    refuses it, so two presses on one pause do not also go past the step the first began. None
+    (older REST clients): whatever step it is in now."""
 
     run_id: str
     actor: Actor
     full: bool = False
     comment: str = ""
+    step: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

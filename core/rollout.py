@@ -13,7 +13,10 @@ the run.
 
 Everything a rollout is lives in this value, stored with its stage: a restart (or another
 replica) reads the recorded desired weights, sets the router to them, and goes on; a pause
-keeps its deadline. Pure: the engine (``core.engine``) moves it, with ``core.states``' table.
+keeps its deadline. A paused run moves no traffic: its analysis keeps measuring, and one that
+passes meanwhile is kept (``passed_while_paused``) until the run resumes; one that fails still
+aborts (traffic back to stable protects users, paused or not). Pure: the engine
+(``core.engine``) moves it, with ``core.states``' table.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class Rollout:
     step_until: datetime | None = None
     #: the run was paused during a timed step: the seconds that step had left
     paused_left: float | None = None
+    #: the step's analysis passed while the run was paused: the next step starts on resume
+    #: (a paused run moves no traffic)
+    passed_while_paused: bool = False
     #: the analysis measuring the current step (``core.analysis``), if it is one
     analysis: str | None = None
     #: blue/green, once switched: when the scale-down jobs retire the old colour

@@ -246,6 +246,12 @@ def _verdict(call: Call, run_id: str) -> EndVerification:
     )
 
 
+def _promote(call: Call, run_id: str, *, full: bool) -> PromoteRollout:
+    body: PromoteIn = call.body
+    step = body.step - 1 if body.step is not None else None  # (the run JSON counts steps from 1)
+    return PromoteRollout(run_id=run_id, actor=actor(call), full=full, comment=body.comment, step=step)
+
+
 RUN_CONTROLS = (
     RunControl(
         "cancel_run", "cancel", "Cancel a run", Action.CONTROL, CancelIn,
@@ -268,16 +274,19 @@ RUN_CONTROLS = (
     ),
     RunControl(
         "promote_rollout", "rollout/promote", "Promote a rollout past the step it waits in", Action.APPROVE,
-        PromoteIn, lambda c, r: PromoteRollout(run_id=r, actor=actor(c), comment=c.body.comment),
+        PromoteIn, lambda c, r: _promote(c, r, full=False),
         "Past an open-ended pause (a gate: its approvers, and not who triggered the run), an\n"
-        "inconclusive analysis, a timed pause or an analysis still measuring. Answers 409 when the\n"
-        "rollout is setting its router or is not under way.",
+        "inconclusive analysis, a timed pause or an analysis still measuring. Send `step`, the\n"
+        "run's `rollout.step` you saw: a rollout that moved on since answers 409 saying where it is\n"
+        "now (two presses on one pause would otherwise also skip the step the first began). Answers\n"
+        "409 too when the rollout is setting its router or is not under way.",
     ),
     RunControl(
         "promote_rollout_fully", "rollout/promote-full", "Promote a rollout past every step left",
         Action.APPROVE, PromoteIn,
-        lambda c, r: PromoteRollout(run_id=r, actor=actor(c), full=True, comment=c.body.comment),
-        "Skip the steps left: the promote jobs run, then all traffic goes to the stable servers.",
+        lambda c, r: _promote(c, r, full=True),
+        "Skip the steps left: the promote jobs run, then all traffic goes to the stable servers.\n"
+        "With `step`, refused (409) once the rollout moved on from that step.",
     ),
     RunControl(
         "pause_rollout", "rollout/pause", "Pause a rollout (its run)", Action.CONTROL, EmptyIn,

@@ -121,6 +121,14 @@ class PromoteIn(Strict):
     """Promote a rollout past the step it waits in."""
 
     comment: str = Field("", max_length=1000)
+    step: int | None = Field(
+        None,
+        ge=1,
+        description="the step you are promoting: the run's `rollout.step` as you saw it (from 1). A rollout "
+        "that moved on since is refused (409) rather than promoted past a step you did not see (two "
+        "presses on one pause). Clients should send it; without it the rollout goes past whatever step "
+        "it is in now",
+    )
 
 
 class AbortIn(Strict):

@@ -147,8 +147,15 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def ref_value(state: RunState, gate: Gate | None = None) -> str:
-    return json.dumps({"run": state.run.id, **({"gate": gate.id} if gate else {})})
+def ref_value(state: RunState, gate: Gate | None = None, step: int | None = None) -> str:
+    """What a run or gate button carries: the run, the gate, and for Promote the rollout's step
+    shown (``Rollout.step``): a press once the rollout moved on is refused, not taken further."""
+    ref: dict[str, object] = {"run": state.run.id}
+    if gate is not None:
+        ref["gate"] = gate.id
+    if step is not None:
+        ref["step"] = step
+    return json.dumps(ref)
 
 
 # -- the run message -----------------------------------------------------------------------------
@@ -296,16 +303,17 @@ def _rollout_buttons(state: RunState) -> list[Block]:
     if stage is None or rollout is None or rollout.status not in STEERABLE:
         return []
     value, run = ref_value(state), state.run
+    seen = ref_value(state, step=rollout.step)  # (Promote names the step it was shown at)
     buttons = []
     if can_promote(state, rollout):
-        buttons.append(button("Promote", PROMOTE, value, "primary"))
+        buttons.append(button("Promote", PROMOTE, seen, "primary"))
     fully = confirm(
         "Promote fully?",
         f"{run.ref} skips the steps left: the promote jobs put the new version on the stable servers.",
         "Promote fully",
         "primary",
     )
-    buttons.append(button("Promote fully", PROMOTE_FULLY, value, None, fully))
+    buttons.append(button("Promote fully", PROMOTE_FULLY, seen, None, fully))
     if run.status in PAUSABLE:
         buttons.append(button("Pause", PAUSE, value))
     elif run.status is RunStatus.PAUSED:

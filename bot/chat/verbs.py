@@ -280,9 +280,9 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     ref = _run_ref(value)
     if ref is None:
         return Reply(":warning: That button is not one of mine.")
-    run_id, gate = ref
+    run_id, gate, _ = ref
     try:
-        command = await _button_command(backend, who, action_id, run_id, gate, reason)
+        command = await _button_command(backend, who, action_id, ref, reason)
         if isinstance(command, Reply):
             return command
         state = await backend.find(run_id)
@@ -299,10 +299,16 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
 
 
 async def _button_command(
-    backend: ChatBackend, who: Who, action_id: str, run_id: str, gate: str, reason: str
+    backend: ChatBackend, who: Who, action_id: str, ref: ButtonRef, reason: str
 ) -> Command | Reply:
     """The command a run or gate button stands for (who may press it is core.access.authorize's
     to say); a Reply when the press cannot become a command."""
+    run_id, gate, step = ref
+    if action_id in (block_kit.PROMOTE, block_kit.PROMOTE_FULLY):
+        # (the step the message showed: the engine refuses it once the rollout moved on; None
+        # from a message posted before buttons carried it)
+        full = action_id == block_kit.PROMOTE_FULLY
+        return PromoteRollout(run_id=run_id, actor=who.actor, full=full, step=step)
     if action_id == block_kit.APPROVE:
         return ApproveGate(run_id=run_id, gate=gate, actor=who.actor)
     if action_id == block_kit.REJECT:
@@ -330,23 +336,28 @@ RUN_BUTTONS: dict[str, Callable[[str, Actor, str], Command]] = {
     block_kit.VERIFY_ROLLBACK: lambda run, actor, why: EndVerification(
         run_id=run, verdict="failed", rollback=True, actor=actor
     ),
-    block_kit.PROMOTE: lambda run, actor, why: PromoteRollout(run_id=run, actor=actor),
-    block_kit.PROMOTE_FULLY: lambda run, actor, why: PromoteRollout(run_id=run, actor=actor, full=True),
     block_kit.PAUSE: lambda run, actor, why: PauseRun(run_id=run, actor=actor),
     block_kit.RESUME: lambda run, actor, why: ResumeRun(run_id=run, actor=actor),
     block_kit.ABORT: lambda run, actor, why: AbortRollout(run_id=run, actor=actor, reason=why.strip()),
 }
 
 
-def _run_ref(value: str) -> tuple[str, str] | None:
-    """The run id and gate id ("" for none) a run or gate button carries; None when the value
-    is not one of ours."""
+#: what a run or gate button carries: the run id, the gate id ("" for none), and the rollout
+#: step a Promote button was shown at (None for the others)
+ButtonRef = tuple[str, str, int | None]
+
+
+def _run_ref(value: str) -> ButtonRef | None:
+    """What a run or gate button carries; None when the value is not one of ours."""
     if _foreign(value):
         return None
     try:
         ref = json.loads(value)
-        return str(ref["run"]), str(ref.get("gate", ""))
-    except (ValueError, KeyError, TypeError):
+        step = ref.get("step")
+        if step is not None and (type(step) is not int or step < 0):
+            return None
+        return str(ref["run"]), str(ref.get("gate", "")), step
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -401,6 +412,6 @@ async def already_decided(backend: ChatBackend, value: str) -> Reply | None:
     ref = _run_ref(value)
     if ref is None:
         return Reply(":warning: That button is not one of mine.")
-    run_id, gate = ref
+    run_id, gate, _ = ref
     state = await backend.read(backend.reads.run, run_id, quick=True)
     return _decided(state, gate) if state is not None else None

@@ -23,6 +23,17 @@ from core.commands import (
 )
 from core.model import Actor
 
+
+def _promote(run: str, actor: Actor, step: str) -> PromoteRollout | str:
+    """Promote the step the page showed (the run JSON's ``rollout.step``, from 1): refused once
+    the rollout moved on from it."""
+    if not step:
+        return PromoteRollout(run_id=run, actor=actor)
+    if not step.isdigit() or int(step) < 1:
+        return f"Step {step!r} is not a step of a rollout."
+    return PromoteRollout(run_id=run, actor=actor, step=int(step) - 1)
+
+
 #: each action: the command it sends, from the run, the viewer's actor and the form
 ACTIONS: dict[str, Callable[[str, Actor, dict[str, str]], Command | str]] = {
     "approve": lambda run, actor, form: ApproveGate(
@@ -35,7 +46,7 @@ ACTIONS: dict[str, Callable[[str, Actor, dict[str, str]], Command | str]] = {
     ),
     "cancel": lambda run, actor, form: CancelRun(run_id=run, actor=actor, reason="canceled from the web"),
     "retry": lambda run, actor, form: RetryRun(run_id=run, actor=actor),
-    "promote-canary": lambda run, actor, form: PromoteRollout(run_id=run, actor=actor),
+    "promote-canary": lambda run, actor, form: _promote(run, actor, form.get("step", "")),
     "abort": lambda run, actor, form: (
         AbortRollout(run_id=run, actor=actor, reason=form["reason"].strip())
         if form.get("reason", "").strip()

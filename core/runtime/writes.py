@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from core.analysis import AnalysisKind, AnalysisStatus
-from core.commands import Command, ReportTarget, RetryRun, TriggerRun, command_name
+from core.commands import Command, PromoteRollout, ReportTarget, RetryRun, TriggerRun, command_name
 from core.engine import Decision
 from core.environments import Environments
 from core.events import Event
@@ -240,6 +240,8 @@ def audit_entry(command: Command, decision: Decision, now: datetime) -> AuditEnt
         value = getattr(command, key, None)
         if value:
             detail[key] = value
+    if isinstance(command, PromoteRollout) and command.step is not None:
+        detail["step"] = command.step + 1  # (the step the person saw, counted from 1 as shown)
     if isinstance(command, TriggerRun):
         detail["parameters"] = {k: str(v) for k, v in command.parameters.items()}
         if command.kind != "deploy":

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.runtime.routers import router_for
 from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
-from tests.api.test_web import web_page
+from tests.api.test_web import Browser, web_page
 from tests.pipelines import APPROVER_PAUSE, VERSION_PARAMETER, built_and_deployed, canary
 from tests.prometheus import Prometheus
 from tests.routing import Nginx, send
@@ -346,3 +346,126 @@ async def test_canceling_a_run_with_canary_traffic_aborts_its_rollout_first(
     assert jobs["remove-canary"]["outputs"] == {"removed": "yes"}  # the abort jobs ran first
     early = await api.post(f"/runs/{run['id']}/rollout/promote", who="approver", json={})
     assert_problem(early, 409, "no rollout under way")
+
+
+#: an open-ended pause, then an analysis: the step a second Promote press would skip
+PAUSE_THEN_ANALYSIS = canary(
+    "web",
+    ["set_weight: 10", APPROVER_PAUSE, "analysis: {checks: [smoke], duration: 10m}", "set_weight: 100"],
+    head=VERSION_PARAMETER,
+)
+
+
+async def test_a_promote_names_the_step_it_saw_so_a_second_press_does_not_skip_the_analysis(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    environments = _command_router(tmp_path / "w")
+    environments["production"]["checks"] = {"smoke": {"command": ["true"], "interval": "1s"}}
+    api = await start_api(db_url, {"web": PAUSE_THEN_ANALYSIS}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    waiting = await api.wait(run["id"], lambda r: r["status"] == "waiting", timeout=30)
+    seen = _rollout(waiting)["step"]
+    assert seen == 2
+    page = f"/ui/runs/web/{run['number']}"
+    browser = Browser(api)  # the web view's Promote names the step it showed too
+    await browser.sign_in_with(api, "approver")
+    _, html, _ = await browser.get(page)
+    assert '<input type="hidden" name="step" value="2">' in html
+
+    # two people (or a double click) promote the pause they both saw: the first starts the
+    # analysis, the second is refused instead of promoting past the analysis unseen
+    promote = f"/runs/{run['id']}/rollout/promote"
+    first = await api.post(promote, who="approver", json={"step": seen})
+    assert first.status == 200, first.json
+    second = await api.post(promote, who="approver", json={"step": seen, "comment": "ok"})
+    assert_problem(second, 409, "moved on to step 3 of 4 (analysis of smoke for 10m)", "since step 2")
+    try:
+        form = {"csrf": await browser.csrf(page), "step": "2"}
+        status, html, _ = await browser.post(page + "/promote-canary", form)
+    finally:
+        await browser.session.close()
+    assert status == 409 and "moved on to step 3 of 4" in html, html
+    measuring = _rollout(await api.run(run["id"]))
+    assert (measuring["status"], measuring["step"]) == ("progressing", 3)
+    assert measuring["analysis"] is not None
+    refused = (await api.get("/audit?limit=50&actor=approver", "admin")).json["items"]
+    entry = next(e for e in refused if e["action"] == "promote_rollout" and e["outcome"] == "rejected")
+    assert "moved on to step 3 of 4" in entry["reason"] and entry["detail"]["step"] == 2, entry
+
+    # steps count from 1, as the run shows them; a promote without one (older clients) goes
+    # past whatever step the rollout is in
+    assert_problem(await api.post(promote, who="approver", json={"step": 0}), 422, "step")
+    assert (await api.post(promote, who="approver", json={})).status == 200
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "succeeded" and _rollout(done)["status"] == "promoted"
+
+
+#: a short analysis between two weights, its check's exit status read from a file
+MEASURED = canary(
+    "web",
+    ["set_weight: 10", "analysis: {checks: [smoke], duration: 3s}", "set_weight: 50"],
+    head=VERSION_PARAMETER,
+)
+
+
+async def _paused_while_measuring(
+    db_url: str, start_api: StartApi, tmp_path: Path, exit_status: int
+) -> tuple[Api, str, Path]:
+    """A run of ``MEASURED`` paused while its analysis measures a check exiting ``exit_status``;
+    the run's id and the file its router writes each change to."""
+    (tmp_path / "smoke").write_text(str(exit_status))
+    smoke = {"command": ["sh", "-c", f"exit $(cat {tmp_path / 'smoke'})"], "interval": "1s", "timeout": "1s"}
+    environments = _command_router(tmp_path / "w")
+    environments["production"]["checks"] = {"smoke": smoke}
+    api = await start_api(db_url, {"web": MEASURED}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(run["id"], lambda r: (r["rollout"] or {}).get("analysis") is not None, timeout=30)
+    assert (await api.post(f"/runs/{run['id']}/rollout/pause", who="deployer", json={})).status == 200
+    return api, run["id"], tmp_path / "w"
+
+
+async def _analysis_ended(api: Api, run_id: str) -> str:
+    """The status the run's analysis ended with (waiting for it to end)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        items = (await api.get(f"/runs/{run_id}/verification")).json["items"]
+        if items and items[0]["status"] != "running":
+            return str(items[0]["status"])
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the analysis of {run_id} never ended")
+
+
+async def test_an_analysis_that_passes_while_the_run_is_paused_moves_no_traffic_until_it_resumes(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api, run_id, weights = await _paused_while_measuring(db_url, start_api, tmp_path, 0)
+    assert await _analysis_ended(api, run_id) == "passed"  # kept, not canceled
+    await asyncio.sleep(0.6)  # (the router driver's rounds: nothing to set)
+    held = await api.run(run_id)
+    assert held["status"] == "paused" and weights.read_text().split() == ["stable=90,canary=10"]
+    rollout = _rollout(held)
+    assert (rollout["status"], rollout["step"], rollout["analysis"]) == ("progressing", 2, None), rollout
+    assert rollout["reason"] == (
+        "analysis at step 2 (canary at 10%) passed while the run was paused: "
+        "the rollout goes on when it resumes"
+    )
+
+    assert (await api.post(f"/runs/{run_id}/rollout/resume", who="deployer", json={})).status == 200
+    done = await api.wait(run_id, timeout=30)
+    assert done["status"] == "succeeded" and _rollout(done)["status"] == "promoted"
+    assert weights.read_text().split() == [
+        "stable=90,canary=10",
+        "stable=50,canary=50",
+        "stable=100,canary=0",
+    ]
+
+
+async def test_an_analysis_that_fails_while_the_run_is_paused_still_puts_traffic_back_on_stable(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    api, run_id, weights = await _paused_while_measuring(db_url, start_api, tmp_path, 1)
+    done = await api.wait(run_id, timeout=30)
+    assert done["status"] == "failed", done
+    assert done["reason"].startswith("analysis at step 2 (canary at 10%) failed: "), done["reason"]
+    assert _rollout(done)["status"] == "aborted"
+    assert weights.read_text().split() == ["stable=90,canary=10", "stable=100,canary=0"]

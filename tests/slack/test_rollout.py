@@ -183,3 +183,33 @@ async def test_an_analysis_step_shows_its_newest_measurements(
     await bot.press(BOB, "rollout_promote", button(measured, "rollout_promote")["value"], ts)
     state = await bot.until_status(ref, "succeeded")
     assert state.stages[0].rollout is not None and state.stages[0].rollout.status == "promoted"
+
+
+async def test_a_second_promote_press_on_the_same_pause_does_not_skip_the_analysis(
+    start_bot: StartBot,
+) -> None:
+    analysis = "analysis: {checks: [smoke], duration: 10m}"
+    paused = canary("web", ["set_weight: 10", APPROVER_PAUSE, analysis, "set_weight: 100"])
+    environments = {
+        "production": {**ROUTED["production"], "checks": {"smoke": {"command": ["true"], "interval": "1s"}}}
+    }
+    bot = await start_bot({"web": paused}, GRANTS, environments=environments)
+    ref = await bot.trigger(ALICE, "run web")
+    await bot.until_status(ref, "waiting")
+    ts = (await bot.run_post(ref)).response["ts"]
+    message = await _shows(bot, ts, "step 2 of 4: pause until a person promotes")
+    promote = button(message, "rollout_promote")["value"]
+
+    # the button names the step it was shown at: pressed again (a double click, or a second
+    # approver on the same message) once the analysis started, it is refused to the presser
+    await bot.press(BOB, "rollout_promote", promote, ts)
+    await bot.until_status(ref, "running")
+    again = await bot.answer(BOB, "rollout_promote", promote, ts)
+    assert again["response_type"] == "ephemeral", again
+    assert "moved on to step 3 of 4 (analysis of smoke for 10m)" in again["text"], again
+    rollout = bot.run(ref).stages[0].rollout
+    assert rollout is not None and rollout.step == 2 and rollout.analysis is not None
+    fully = await bot.answer(BOB, "rollout_promote_fully", promote, ts)
+    assert "moved on to step 3 of 4" in fully["text"], fully
+    by = [e for e in bot.events(ref) if e.name == "rollout.promoted_by"]
+    assert len(by) == 1
