@@ -56,3 +56,15 @@ async def find_run(call: Call, ref: str | None = None) -> RunState:
     if state is None:
         raise Problem(404, f"no run {ref!r} (use the run's id, or pipeline#number such as web#42)")
     return state
+
+
+async def known_environment(call: Call, name: str) -> None:
+    """404 unless ``name`` is an environment: one a pipeline deploys to, or one the configuration
+    declares (watched before anything was deployed there). A typo must not lock, filter or
+    watch nothing."""
+    if name in gw(call).shipyard.settings.environments:
+        return
+    names = await gw(call).read(gw(call).reads.environment_names)
+    if name not in names:
+        known = sorted({*gw(call).shipyard.settings.environments.path, *names})
+        raise Problem(404, f"no environment {name!r} (environments: {', '.join(known) or 'none yet'})")

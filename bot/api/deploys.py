@@ -11,8 +11,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.api.common import find_run, reply
-from bot.api.environments import _known
+from bot.api.common import find_run, known_environment, reply
 from bot.api.gateway import gw
 from bot.api.pipelines import _info
 from bot.api.problems import REFUSAL_STATUS, Problem
@@ -221,7 +220,7 @@ async def rollback(call: Call) -> web.Response:
 )
 async def list_blockers(call: Call) -> web.Response:
     g, env, pipeline = gw(call), _env(call), call.query.pipeline
-    await _known(call, env)  # (nothing stands in front of a typo: it must not read "clear")
+    await known_environment(call, env)  # (nothing stands in front of a typo: it must not read "clear")
     if pipeline is not None:
         await _info(call, pipeline)
     found = await g.read(g.shipyard.service.why, env, pipeline)
@@ -239,7 +238,7 @@ async def list_blockers(call: Call) -> web.Response:
 )
 async def get_queue(call: Call) -> web.Response:
     g, env = gw(call), _env(call)
-    await _known(call, env)
+    await known_environment(call, env)
     q = await g.read(g.shipyard.service.queue, env)
     waiting = [
         QueuedOut(run_id=e.run_id, ref=e.ref, position=e.position, estimated_start=e.eta) for e in q.waiting

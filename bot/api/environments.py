@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from bot.api.common import id_cursor, reply
+from bot.api.common import id_cursor, known_environment, reply
 from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
@@ -87,16 +87,6 @@ async def _health(
     return await g.read(read)
 
 
-async def _known(call: Call, name: str) -> None:
-    """404 unless a pipeline deploys to ``name`` or the configuration declares it (its health
-    is watched before anything was deployed there)."""
-    if name in gw(call).shipyard.settings.environments:
-        return
-    names = await gw(call).read(gw(call).reads.environment_names)
-    if name not in names:
-        raise Problem(404, f"no environment {name!r} (environments: {', '.join(names) or 'none yet'})")
-
-
 @API.op(
     "GET",
     "/environments",
@@ -120,7 +110,7 @@ async def list_environments(call: Call) -> web.Response:
 )
 async def get_environment(call: Call) -> web.Response:
     name = call.params["env_id"]
-    await _known(call, name)
+    await known_environment(call, name)
     found = await _environment(call, name)
     health, _ = await _health(call, name)
     return reply(found.model_copy(update={"health": health}))
@@ -140,7 +130,7 @@ async def get_health(call: Call) -> web.Response:
     check failed its last `failure_limit` measurements) or unknown (no checks, no data)."""
     name = call.params["env_id"]
     q: PageQuery = call.query
-    await _known(call, name)
+    await known_environment(call, name)
     current, found = await _health(call, name, id_cursor(q.cursor, 2**63 - 1), q.limit + 1)
     more = len(found) > q.limit
     found = found[: q.limit]

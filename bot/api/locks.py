@@ -14,7 +14,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.api.common import reply
+from bot.api.common import known_environment, reply
 from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import PREFIX, Call
@@ -105,17 +105,6 @@ def _locked(exc: EnvironmentLocked) -> Problem:
     )
 
 
-async def _known(call: Call, env: str) -> None:
-    """Only an environment that exists may be locked: a typo must not lock nothing."""
-    declared = gw(call).shipyard.settings.environments.path
-    if env in declared:
-        return
-    deployed = await gw(call).read(gw(call).reads.environment_names)
-    if env not in deployed:
-        names = ", ".join(sorted({*declared, *deployed})) or "none yet"
-        raise Problem(404, f"no environment {env!r} (environments: {names})")
-
-
 def _seconds(text: str) -> float:
     seconds = lock_rules.lock_duration(text)
     if seconds is None:
@@ -176,7 +165,7 @@ async def lock_environment(call: Call) -> web.Response:
     if body.duration is not None and not body.duration.strip():
         raise Problem(422, f"duration is empty: {HOW_LONG}, or null for a lock without expiry")
     seconds = lock_rules.lock_duration(body.duration)
-    await _known(call, env)
+    await known_environment(call, env)
     locks, at = _locks(call), now()
     call.audited = True  # the locks audits the outcome, accepted or refused
     try:

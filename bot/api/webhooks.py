@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from yarl import URL
 
-from bot.api.common import id_cursor, reply
+from bot.api.common import id_cursor, known_environment, reply
 from bot.api.gateway import gw
 from bot.api.problems import Problem
 from bot.api.routing import Call
@@ -291,7 +291,7 @@ async def create_webhook(call: Call) -> web.Response:
     if body.pipeline is not None and await gw(call).read(gw(call).reads.pipeline, body.pipeline) is None:
         raise Problem(404, f"no pipeline {body.pipeline!r}")
     if body.environment is not None:
-        await _known_environment(call, body.environment)
+        await known_environment(call, body.environment)
     secret = signing.new_secret()
     created = await gw(call).write(
         lambda: _webhook_store(call).create(
@@ -308,17 +308,6 @@ async def create_webhook(call: Call) -> web.Response:
     call.request.app[WEBHOOKS].poke()
     out = WebhookCreated(**WebhookOut.of(created).model_dump(), secret=secret)
     return reply(out, 201, {"Location": f"/api/v1/webhooks/{created.id}"})
-
-
-async def _known_environment(call: Call, env: str) -> None:
-    """A filter on an environment nothing deploys to (a typo) would hear nothing, ever."""
-    declared = gw(call).shipyard.settings.environments.path
-    if env in declared:
-        return
-    deployed = await gw(call).read(gw(call).reads.environment_names)
-    if env not in deployed:
-        names = ", ".join(sorted({*declared, *deployed})) or "none yet"
-        raise Problem(404, f"no environment {env!r} (environments: {names})")
 
 
 @API.op(
