@@ -348,7 +348,8 @@ def test_the_consoles_own_user_may_deploy_for_the_session_only(tmp_path: Path) -
     )
     assert "Roles: deployer" in done.stdout and "Started quick#1" in done.stdout
     assert (
-        shipyard(tmp_path, "access", "show", "console").stdout.strip() == "console: roles none; groups none"
+        shipyard(tmp_path, "access", "show", "console").stdout.strip()
+        == "console: roles none; groups none; runner labels none"
     )
     audit = shipyard(tmp_path, "audit", "list")
     assert "grant" not in audit.stdout, audit.stdout
@@ -369,7 +370,10 @@ def test_a_named_user_without_a_role_is_refused_and_told_how_to_get_one(tmp_path
         "(dave has no role here, so only what anyone may do works; an admin grants one with "
         "`shipyard access grant dave deployer`)",
     ]
-    assert shipyard(tmp_path, "access", "show", "carol").stdout.strip() == "carol: roles none; groups none"
+    assert (
+        shipyard(tmp_path, "access", "show", "carol").stdout.strip()
+        == "carol: roles none; groups none; runner labels none"
+    )
 
 
 def test_words_a_command_would_ignore_are_refused_with_its_usage(tmp_path: Path) -> None:
