@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import socket
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -19,6 +21,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from core.definition import UniqueKeyLoader
 from core.environments import EnvironmentPolicy, Environments
 from core.labels import BUILTIN, check_labels, parse_labels
 
@@ -37,6 +40,18 @@ SECRETS = frozenset(
 
 class ConfigError(Exception):
     """The configuration is invalid; the message lists every problem."""
+
+
+class _ConfigFile(YamlConfigSettingsSource):
+    """The ``SHIPYARD_CONFIG`` file, read as pipeline files are: a key written twice is refused
+    with its line (PyYAML kept the last one, so a second ``environments:`` dropped the first)."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        with file_path.open(encoding="utf-8") as text:
+            found = yaml.load(text, Loader=UniqueKeyLoader) or {}  # (a SafeLoader)
+        if not isinstance(found, dict):
+            raise ValueError("it must be a mapping of settings (database_url: …)")
+        return found
 
 
 class Settings(BaseSettings):
@@ -281,7 +296,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("SHIPYARD_CONFIG")
         if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            sources.append(_ConfigFile(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
 
@@ -308,5 +323,8 @@ def load_settings(**overrides: Any) -> Settings:
                 message = "unknown setting"
             lines.append(f"{name}: {message}{got}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except yaml.MarkedYAMLError as exc:  # one line: where, and what (a key written twice, …)
+        where = f"{config_file}:{exc.problem_mark.line + 1}" if exc.problem_mark else config_file
+        raise ConfigError(f"SHIPYARD_CONFIG: cannot read {where}: {exc.problem or exc}") from None
     except Exception as exc:  # a YAML file that does not parse
         raise ConfigError(f"SHIPYARD_CONFIG: cannot read {config_file}: {exc}") from None

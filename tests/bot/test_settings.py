@@ -4,11 +4,12 @@ never accepted to crash a worker or a command later."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings, load_settings
 from core.zombies import diagnose
 from storage.idempotency import IdempotencyStore
 from storage.reads import Reads
@@ -35,3 +36,15 @@ def test_the_longest_times_accepted_still_count(sqlite_url: str) -> None:
     finally:
         store.dispose()
     assert diagnose(started(WEB), at - timedelta(days=1), at, settings.stuck_after_seconds) is None
+
+
+def test_a_key_written_twice_in_the_config_file_is_refused_by_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """YAML forbids it and PyYAML silently kept the last one: a second ``environments:``
+    dropped every rule of the first."""
+    config = tmp_path / "shipyard.yml"
+    config.write_text("port: 8081\nlog_level: DEBUG\nport: 8082\n")
+    monkeypatch.setenv("SHIPYARD_CONFIG", str(config))
+    with pytest.raises(ConfigError, match=r"key 'port' is written twice \(first on line 1\)"):
+        load_settings()
