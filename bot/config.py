@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///shipyard.db", description="SQLite file or postgresql+psycopg:// URL")
     pipelines_dir: Path = Field(Path("examples/pipelines"), description="directory of pipeline YAML files")
     work_dir: Path = Field(Path(".shipyard"), description="where runs get their working directories")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="address or host name to listen on; never empty")
     port: int = Field(8080, ge=0, le=65535)
     runner_name: str | None = Field(None, description="default: <hostname>:<port>")
     runner_capacity: int = Field(
@@ -247,6 +247,14 @@ class Settings(BaseSettings):
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # empty, asyncio listens on every interface: never what an unset variable meant
+        if not value.strip():
+            raise ValueError("give an address or host name to listen on (127.0.0.1, 0.0.0.0, ::)")
+        return value.strip()
 
     @field_validator("log_level")
     @classmethod

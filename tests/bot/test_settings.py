@@ -48,3 +48,11 @@ def test_a_key_written_twice_in_the_config_file_is_refused_by_line(
     monkeypatch.setenv("SHIPYARD_CONFIG", str(config))
     with pytest.raises(ConfigError, match=r"key 'port' is written twice \(first on line 1\)"):
         load_settings()
+
+
+@pytest.mark.parametrize("host", ["", "  "])
+def test_an_empty_host_is_refused_by_name(host: str) -> None:
+    """Empty, the server listened on every interface (aiohttp's default), never what was meant."""
+    with pytest.raises(ValidationError, match="host") as refused:
+        Settings(host=host)
+    assert "an address or host name to listen on" in str(refused.value)
