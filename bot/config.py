@@ -5,8 +5,10 @@ Every bad value is reported by name with what was expected; nothing starts half-
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
+from collections.abc import Mapping
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +37,41 @@ SECRETS = frozenset(
         "slack_signing_secret",
         "slack_app_token",
     }
+)
+
+
+#: ``SHIPYARD_*`` variables that are no settings: the config file's name, the CLI's, what a job
+#: is given (``core.assignment``, the executor, rollouts) and the test suite's; never warned of
+OTHER_VARIABLES = frozenset(
+    {
+        "SHIPYARD_CONFIG",
+        "SHIPYARD_RUNNER_TOKEN",
+        "SHIPYARD_NEW_SECRET_KEY",
+        "SHIPYARD_RUN_ID",
+        "SHIPYARD_RUN_NUMBER",
+        "SHIPYARD_PIPELINE",
+        "SHIPYARD_PIPELINE_VERSION",
+        "SHIPYARD_STAGE",
+        "SHIPYARD_ENVIRONMENT",
+        "SHIPYARD_SOURCE_REVISION",
+        "SHIPYARD_TRIGGERED_BY",
+        "SHIPYARD_JOB",
+        "SHIPYARD_JOB_ID",
+        "SHIPYARD_ATTEMPT",
+        "SHIPYARD_GATE",
+        "SHIPYARD_WORKSPACE",
+        "SHIPYARD_OUTPUT",
+    }
+)
+OTHER_PREFIXES = (
+    "SHIPYARD_PARAM_",
+    "SHIPYARD_OUTPUT_",
+    "SHIPYARD_ARTIFACT_",
+    "SHIPYARD_ROUTER",
+    "SHIPYARD_ROLLOUT_",
+    "SHIPYARD_TEST_",
+    "SHIPYARD_REQUIRE_",
+    "SHIPYARD_BENCH_",
 )
 
 
@@ -306,6 +343,28 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(_ConfigFile(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``SHIPYARD_*`` variables no setting reads (names are read whatever their case), each
+    with the variable of the setting it most resembles, if any: a typo is otherwise silently
+    ignored. Warned of, not refused, since other tools may use the prefix."""
+    known: dict[str, str] = {}  # without the prefix -> the variable as people write it
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        spelled = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"SHIPYARD_{name.upper()}"
+        known[spelled.upper().removeprefix("SHIPYARD_")] = spelled
+    found = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("SHIPYARD_") or upper in OTHER_VARIABLES or upper.startswith(OTHER_PREFIXES):
+            continue
+        bare = upper.removeprefix("SHIPYARD_")
+        if f"SHIPYARD_{bare}" == known.get(bare):
+            continue
+        close = difflib.get_close_matches(bare, known, n=1, cutoff=0.75)
+        found.append((variable, known[close[0]] if close else None))
+    return found
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, Settings, load_settings, unknown_variables
 from core.zombies import diagnose
 from storage.idempotency import IdempotencyStore
 from storage.reads import Reads
@@ -56,3 +56,23 @@ def test_an_empty_host_is_refused_by_name(host: str) -> None:
     with pytest.raises(ValidationError, match="host") as refused:
         Settings(host=host)
     assert "an address or host name to listen on" in str(refused.value)
+
+
+def test_a_misspelled_variable_is_named_with_the_setting_it_resembles() -> None:
+    environ = {
+        "SHIPYARD_DATABSE_URL": "sqlite:///x.db",  # misspelled
+        "shipyard_log_levl": "DEBUG",  # (variables are read whatever their case)
+        "SHIPYARD_SLACK_BOT_TOKEN": "xoxb-1",  # Slack's own name has no prefix
+        "SHIPYARD_PORT": "8080",  # known
+        "SHIPYARD_CONFIG": "shipyard.yml",  # read besides the settings
+        "SHIPYARD_RUN_ID": "r1",  # what a job is given
+        "SHIPYARD_PARAM_REGION": "eu",
+        "SHIPYARD_TEST_POSTGRES_URL": "postgresql+psycopg://x",
+        "OTHER": "1",
+    }
+    assert unknown_variables(environ) == [
+        ("SHIPYARD_DATABSE_URL", "SHIPYARD_DATABASE_URL"),
+        ("SHIPYARD_SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN"),
+        ("shipyard_log_levl", "SHIPYARD_LOG_LEVEL"),
+    ]
+    assert unknown_variables({"SHIPYARD_COMPLETELY_ELSE": "1"}) == [("SHIPYARD_COMPLETELY_ELSE", None)]
