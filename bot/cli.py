@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot import cli_access, cli_runner, cli_secrets, cli_slack, logs
 from bot.bootstrap import Shipyard, build
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, Settings, load_settings, unknown_variables
 from bot.progress import describe_event, render_state
 from core.commands import (
     ApproveGate,
@@ -170,6 +170,14 @@ def _setup_logging(settings: Settings) -> None:
     logs.setup(settings.log_level, settings.log_format)
 
 
+def _warn_unknown_variables() -> None:
+    """Once at start-up, in the service's log: a misspelled setting would be ignored unsaid."""
+    log = logging.getLogger("bot.config")
+    for variable, like in unknown_variables(os.environ):
+        hint = f"did you mean {like}?" if like else "no setting is named like it (docs/configuration.md)"
+        log.warning("%s is no setting and is ignored: %s", variable, hint)
+
+
 def _check_work_dir(settings: Settings) -> None:
     """The work directory can be made and written to: said once, by its setting's name, before
     the service starts, instead of a traceback from whichever part of it gets there first."""
@@ -193,6 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(host=args.host, port=args.port)
     _check_work_dir(settings)
     _setup_logging(settings)
+    _warn_unknown_variables()
     app = create_app(settings)
     web.run_app(
         app,

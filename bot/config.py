@@ -5,11 +5,15 @@ Every bad value is reported by name with what was expected; nothing starts half-
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
+from collections.abc import Mapping
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -19,6 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from core.definition import UniqueKeyLoader
 from core.environments import EnvironmentPolicy, Environments
 from core.labels import BUILTIN, check_labels, parse_labels
 
@@ -35,8 +40,55 @@ SECRETS = frozenset(
 )
 
 
+#: ``SHIPYARD_*`` variables that are no settings: the config file's name, the CLI's, what a job
+#: is given (``core.assignment``, the executor, rollouts) and the test suite's; never warned of
+OTHER_VARIABLES = frozenset(
+    {
+        "SHIPYARD_CONFIG",
+        "SHIPYARD_RUNNER_TOKEN",
+        "SHIPYARD_NEW_SECRET_KEY",
+        "SHIPYARD_RUN_ID",
+        "SHIPYARD_RUN_NUMBER",
+        "SHIPYARD_PIPELINE",
+        "SHIPYARD_PIPELINE_VERSION",
+        "SHIPYARD_STAGE",
+        "SHIPYARD_ENVIRONMENT",
+        "SHIPYARD_SOURCE_REVISION",
+        "SHIPYARD_TRIGGERED_BY",
+        "SHIPYARD_JOB",
+        "SHIPYARD_JOB_ID",
+        "SHIPYARD_ATTEMPT",
+        "SHIPYARD_GATE",
+        "SHIPYARD_WORKSPACE",
+        "SHIPYARD_OUTPUT",
+    }
+)
+OTHER_PREFIXES = (
+    "SHIPYARD_PARAM_",
+    "SHIPYARD_OUTPUT_",
+    "SHIPYARD_ARTIFACT_",
+    "SHIPYARD_ROUTER",
+    "SHIPYARD_ROLLOUT_",
+    "SHIPYARD_TEST_",
+    "SHIPYARD_REQUIRE_",
+    "SHIPYARD_BENCH_",
+)
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message lists every problem."""
+
+
+class _ConfigFile(YamlConfigSettingsSource):
+    """The ``SHIPYARD_CONFIG`` file, read as pipeline files are: a key written twice is refused
+    with its line (PyYAML kept the last one, so a second ``environments:`` dropped the first)."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        with file_path.open(encoding="utf-8") as text:
+            found = yaml.load(text, Loader=UniqueKeyLoader) or {}  # (a SafeLoader)
+        if not isinstance(found, dict):
+            raise ValueError("it must be a mapping of settings (database_url: …)")
+        return found
 
 
 class Settings(BaseSettings):
@@ -45,7 +97,7 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///shipyard.db", description="SQLite file or postgresql+psycopg:// URL")
     pipelines_dir: Path = Field(Path("examples/pipelines"), description="directory of pipeline YAML files")
     work_dir: Path = Field(Path(".shipyard"), description="where runs get their working directories")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="address or host name to listen on; never empty")
     port: int = Field(8080, ge=0, le=65535)
     runner_name: str | None = Field(None, description="default: <hostname>:<port>")
     runner_capacity: int = Field(
@@ -233,6 +285,14 @@ class Settings(BaseSettings):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # empty, asyncio listens on every interface: never what an unset variable meant
+        if not value.strip():
+            raise ValueError("give an address or host name to listen on (127.0.0.1, 0.0.0.0, ::)")
+        return value.strip()
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -281,8 +341,30 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("SHIPYARD_CONFIG")
         if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            sources.append(_ConfigFile(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``SHIPYARD_*`` variables no setting reads (names are read whatever their case), each
+    with the variable of the setting it most resembles, if any: a typo is otherwise silently
+    ignored. Warned of, not refused, since other tools may use the prefix."""
+    known: dict[str, str] = {}  # without the prefix -> the variable as people write it
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        spelled = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"SHIPYARD_{name.upper()}"
+        known[spelled.upper().removeprefix("SHIPYARD_")] = spelled
+    found = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("SHIPYARD_") or upper in OTHER_VARIABLES or upper.startswith(OTHER_PREFIXES):
+            continue
+        bare = upper.removeprefix("SHIPYARD_")
+        if f"SHIPYARD_{bare}" == known.get(bare):
+            continue
+        close = difflib.get_close_matches(bare, known, n=1, cutoff=0.75)
+        found.append((variable, known[close[0]] if close else None))
+    return found
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -308,5 +390,8 @@ def load_settings(**overrides: Any) -> Settings:
                 message = "unknown setting"
             lines.append(f"{name}: {message}{got}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except yaml.MarkedYAMLError as exc:  # one line: where, and what (a key written twice, …)
+        where = f"{config_file}:{exc.problem_mark.line + 1}" if exc.problem_mark else config_file
+        raise ConfigError(f"SHIPYARD_CONFIG: cannot read {where}: {exc.problem or exc}") from None
     except Exception as exc:  # a YAML file that does not parse
         raise ConfigError(f"SHIPYARD_CONFIG: cannot read {config_file}: {exc}") from None

@@ -513,7 +513,7 @@ def _no_duplicates(what: str, names: list[str]) -> None:
 MAX_VALUES = 100_000
 
 
-class _Loader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that refuses a key written twice in one mapping: YAML forbids it, and
     PyYAML would silently keep the last one (a second ``stages:`` drops the first's stages).
     Checked as the text is composed, before merge keys (``<<: *job``) add theirs."""
@@ -541,7 +541,7 @@ def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:
 
 def _parse(text: str, source: str) -> PipelineDef:
     try:
-        data = yaml.load(text, Loader=_Loader)  # (a SafeLoader)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

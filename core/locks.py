@@ -6,7 +6,7 @@ it expires by itself, so a forgotten lock does not block deploys for days. Its h
 reminded before it does and may extend it; anyone else may ask the holder to hand it over.
 After a rollback the environment is locked by a ``rollback`` lock with no expiry, released
 when someone acknowledges the rollback, so the next run in the queue does not deploy the bad
-version again.
+version again; a lock someone took while the rollback deployed becomes that lock.
 
 An environment is *free* (no lock), *held*, or *expired* (its time ran out but nobody swept the
 row yet: it counts as free). Every change is one row of this table; the store applies it as a
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, Literal
@@ -201,6 +201,20 @@ def plan_acquire(current: Lock | None, holder: str, kind: LockKind, now: datetim
     if current.holder != holder or (current.kind == "rollback" and kind == "manual"):
         raise EnvironmentLocked(current, now)
     return LockAction.RELOCK
+
+
+def after_rollback(current: Lock | None, environment: str, reason: str, now: datetime) -> Lock | None:
+    """The lock a rollback that succeeded leaves on ``environment``: a new one held by shipyard
+    when it is free; when someone locked it meanwhile, their lock becomes it (same holder and
+    ``since``, no expiry, their reason kept after the rollback's), since a manual lock would
+    expire or be released and the next queued run ship the bad version again; None when a
+    rollback lock holds already (it stays)."""
+    if current is None or state_of(current, now) is not LockState.HELD:
+        return Lock(environment=environment, holder="shipyard", reason=reason, since=now, kind="rollback")
+    if current.kind == "rollback":
+        return None
+    why = f"{reason} (locked by {current.holder} before: {current.reason})"
+    return replace(current, reason=why[:REASON_MAX], expires_at=None, kind="rollback", reminded_at=None)
 
 
 def check_release(

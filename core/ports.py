@@ -21,6 +21,7 @@ from core.commands import ReportTarget
 from core.definition import PipelineDef
 from core.engine import Change
 from core.events import Event
+from core.locks import LockAction
 from core.model import Gate, Job, Run, RunState
 from core.review import Review
 
@@ -157,7 +158,10 @@ class Tx(Protocol):
     def deployed_ok(self, artifact_id: str, env: str) -> bool: ...
     def newest_artifact_of(self, pipeline: str) -> Artifact | None: ...
     def artifacts_of_run(self, run_id: str) -> list[Artifact]: ...
-    def lock_after_rollback(self, env: str, reason: str, now: datetime) -> bool: ...
+    def lock_after_rollback(self, env: str, reason: str, now: datetime) -> LockAction | None:
+        """ACQUIRE: locked a free environment; RELOCK: a manual lock became the rollback lock."""
+        ...
+
     def start_analysis(
         self,
         analysis_id: str,

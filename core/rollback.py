@@ -3,8 +3,9 @@
 The target is the artifact of the most recent successful deployment to the environment whose
 artifact differs from the latest deployment's (so a rollback after a failed deploy goes back to
 what last worked, and after a suspicious success to what came before it), skipping artifacts
-marked bad and deployments a rollback replaced: a version people rolled back from was not
-known to be good, so a second rollback goes further back rather than forward to it. After a
+marked bad and versions a rollback replaced (with their older deployments too): a version
+people rolled back from was not known to be good, so a second or third rollback goes further
+back rather than forward to it, unless it was deployed again since. After a
 rollback that failed, it is that rollback's target again, and never the version people were
 escaping (even once that target is marked bad). ``to`` picks a version by hand.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 
 from core.artifacts import Artifact
 from core.errors import InvalidInput, NotFound
@@ -65,13 +65,13 @@ def plan_rollback(
     escaping = _escaping(current, with_artifacts)
     if escaping is not None:
         avoid.add(escaping.artifact_id)
-    replaced = [d for newer, d in pairwise(history) if newer.kind == "rollback"]
+    fled_from = _fled_from(history)
     skipped: list[str] = []
     fled: list[str] = []
     for deployment in with_artifacts:
         if deployment.status != "succeeded" or deployment.artifact_id in avoid:
             continue
-        if any(deployment is d for d in replaced):
+        if any(deployment is d for d in fled_from):
             fled.append(deployment.artifact or "?")
             continue
         found = artifact(deployment.artifact_id or "")
@@ -82,6 +82,22 @@ def plan_rollback(
     raise NotFound(
         f"no earlier good deployment to {environment} to roll back to{_passed_over(escaping, fled, skipped)}"
     )
+
+
+def _fled_from(history: Sequence[Deployment]) -> list[Deployment]:
+    """The deployments that are no evidence their artifact is good: each one a rollback
+    replaced, and every older deployment of its artifact (so a chain of rollbacks never lands
+    on one). A deployment of it since such a rollback still counts."""
+    gone: set[str | None] = set()
+    found: list[Deployment] = []
+    newer: Deployment | None = None
+    for deployment in history:
+        if newer is not None and newer.kind == "rollback" and deployment.status == "succeeded":
+            gone.add(deployment.artifact_id)
+        if deployment.artifact_id in gone:
+            found.append(deployment)
+        newer = deployment
+    return found
 
 
 def _escaping(current: Deployment | None, with_artifacts: Sequence[Deployment]) -> Deployment | None:
@@ -96,7 +112,7 @@ def _passed_over(escaping: Deployment | None, fled: Sequence[str], skipped: Sequ
     if escaping is None and not fled:
         return f" (passed over, no longer deployable: {', '.join(skipped)})" if skipped else ""
     parts = [f"{escaping.artifact or '?'}, being rolled back from"] if escaping is not None else []
-    parts += [f"{ref}, rolled back from" for ref in fled]
+    parts += [f"{ref}, rolled back from" for ref in dict.fromkeys(fled)]
     if skipped:
         parts.append(f"no longer deployable: {', '.join(skipped)}")
     return f" (passed over: {'; '.join(parts)})"

@@ -221,6 +221,17 @@ class Q:
     #: would see) stays, and the insert after this meets the key instead
     delete_expired_lock = sa.delete(LOCK).where(LOCK.c.environment == b("env"), LOCK.c.expires_at <= b("now"))
     insert_lock = sa.insert(LOCK)
+    #: a manual lock becomes the rollback lock, if it is still the one read
+    relock_after_rollback = (
+        sa.update(LOCK)
+        .where(
+            LOCK.c.environment == b("env"),
+            LOCK.c.holder == b("held_by"),
+            LOCK.c.since == b("held_since"),
+            LOCK.c.kind == "manual",
+        )
+        .values(kind="rollback", reason=b("why"), expires_at=None, reminded_at=None)
+    )
     deployments_to = (
         sa.select(DEPLOYMENT)
         .where(DEPLOYMENT.c.environment == b("env"))

@@ -43,7 +43,7 @@ from core.definition import PipelineDef
 from core.engine import Change
 from core.errors import CommandRefused, Conflict
 from core.events import Event
-from core.locks import Lock, LockAction
+from core.locks import LockAction, after_rollback
 from core.locks import changed as lock_changed
 from core.locks import describe as describe_lock
 from core.model import Gate, Job, Run, RunState, evolve
@@ -870,20 +870,28 @@ class SqlTx:
 
         return analyses.end(self.conn, analysis_id, status, reason, by, now)
 
-    def lock_after_rollback(self, env: str, reason: str, now: datetime) -> bool:
-        """Hold ``env`` after a rollback until someone acknowledges it; False if it is already
-        locked (that lock stays)."""
+    def lock_after_rollback(self, env: str, reason: str, now: datetime) -> LockAction | None:
+        """Hold ``env`` after a rollback until someone acknowledges it (``core.locks.after_rollback``):
+        ``ACQUIRE`` when it was free, ``RELOCK`` when a manual lock became the rollback lock,
+        None when a rollback lock holds already (that lock stays)."""
         from storage.locks import _values as lock_values
         from storage.locks import current_lock
 
-        if current_lock(self.conn, env, now) is not None:
-            return False
+        current = current_lock(self.conn, env, now)
+        lock = after_rollback(current, env, reason, now)
+        if lock is None:
+            return None
+        if current is not None:  # conditional on the lock read, so one taken since decides again
+            read = {"env": env, "held_by": current.holder, "held_since": current.since, "why": lock.reason}
+            if self.conn.execute(Q.relock_after_rollback, read).rowcount != 1:
+                raise Conflict(f"the lock on {env} changed while a rollback locked it")
+            self.append_events([lock_changed(LockAction.RELOCK, lock, "shipyard", now, LockState.HELD)])
+            return LockAction.RELOCK
         swept = self.conn.execute(Q.delete_expired_lock, {"env": env, "now": now}).rowcount
-        lock = Lock(environment=env, holder="shipyard", reason=reason, since=now, kind="rollback")
         self.conn.execute(Q.insert_lock, [lock_values(lock)])
         was = LockState.EXPIRED if swept else LockState.FREE
         self.append_events([lock_changed(LockAction.ACQUIRE, lock, "shipyard", now, was)])
-        return True
+        return LockAction.ACQUIRE
 
     def register_artifact(self, spec: ArtifactSpec, run: Run, now: datetime) -> Artifact:
         from storage import artifacts  # (it builds on this module)

@@ -181,8 +181,9 @@ class RunsQuery(PageQuery):
 
 
 class AuditQuery(PageQuery):
-    actor: str | None = Field(None, max_length=200)
-    action: str | None = Field(None, max_length=40)
+    # (empty is refused, not matched: ``?actor=$WHO`` with WHO unset read as "nobody did anything")
+    actor: str | None = Field(None, min_length=1, max_length=200, description="only this principal's entries")
+    action: str | None = Field(None, min_length=1, max_length=40, description="only entries of this action")
 
 
 class LogQuery(QueryModel):

@@ -18,6 +18,7 @@ from core.commands import Command, PromoteRollout, ReportTarget, RetryRun, Trigg
 from core.engine import Decision
 from core.environments import Environments
 from core.events import Event
+from core.locks import LockAction
 from core.model import RunState
 from core.ports import AuditEntry, Deployment, Tx
 from core.review import open_review
@@ -157,13 +158,14 @@ def _record_deployment(tx: Tx, state: RunState, deployment: Deployment, now: dat
         f"rolled back to {deployment.artifact or 'an earlier artifact'} by "
         f"{deployment.triggered_by} ({state.run.ref}); acknowledge before deploying again"
     )
-    if tx.lock_after_rollback(deployment.environment, why, now):
+    locked = tx.lock_after_rollback(deployment.environment, why, now)
+    if locked is not None:
         tx.audit(
             AuditEntry(
                 at=now,
                 actor="shipyard",
                 channel="system",
-                action="lock_environment",
+                action="relock_environment" if locked is LockAction.RELOCK else "lock_environment",
                 target=deployment.environment,
                 outcome="accepted",
                 reason=why,

@@ -29,6 +29,17 @@ async def test_only_admins_read_the_audit_log(lite: Api) -> None:
     assert (await lite.get("/audit", "admin")).status == 200
 
 
+async def test_an_empty_actor_or_action_filter_is_refused_not_matched_against_nothing(lite: Api) -> None:
+    """``?actor=$WHO`` with ``WHO`` unset asked for the entries of the actor "" and got an empty
+    page, which reads as "nobody did anything"; the whole log would read as everyone's doing."""
+    await lite.post("/pipelines/quick/runs", "viewer")  # one entry at least
+    for name in ("actor", "action"):
+        reply = await lite.get(f"/audit?{name}=", "admin")
+        problem = assert_problem(reply, 400, name)
+        assert problem["errors"][0]["field"] == name
+    assert (await lite.get("/audit?actor=viewer", "admin")).json["items"]
+
+
 async def test_the_log_holds_accepted_and_refused_requests_newest_first(api: Api) -> None:
     run = await api.trigger("gated", who="admin")
     await api.wait_status(run["id"], "waiting")

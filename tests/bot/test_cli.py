@@ -389,3 +389,11 @@ def test_status_says_what_a_queued_job_waits_for(tmp_path: Path, db_url: str) ->
     status = shipyard("status", "eu#1", cwd=tmp_path, env=env)
     assert status.returncode == 0, status.stderr
     assert "ship: queued — waiting for a runner with prod-eu: none has ever connected" in status.stdout
+
+
+def test_serve_warns_once_of_a_misspelled_variable_and_starts(tmp_path: Path) -> None:
+    log, _ = _serve_until_ready(tmp_path, {"SHIPYARD_POLL_INTERVALL": "2"})
+    said = [line for line in log.splitlines() if "SHIPYARD_POLL_INTERVALL" in line]
+    assert len(said) == 1, log
+    assert "WARNING bot.config" in said[0] and "did you mean SHIPYARD_POLL_INTERVAL?" in said[0]
+    assert "shipyard serving on" in log

@@ -245,6 +245,18 @@ def _registry(*bad: str) -> Callable[[str], Artifact | None]:
         pytest.param(
             ["1.0.0", "1.1.0", "<1.0.0", "1.1.0"], (), "1.0.0", id="a-version-deployed-again-since-counts"
         ),
+        pytest.param(
+            ["0.8.0", "0.9.0", "1.0.0", "1.1.0", "<1.0.0", "<0.9.0"],
+            (),
+            "0.8.0",
+            id="a-chain-never-goes-back-to-an-earlier-deployment-of-a-version-rolled-back-from",
+        ),
+        pytest.param(
+            ["1.0.0", "1.1.0", "<1.0.0", "1.1.0", "1.2.0"],
+            (),
+            "1.1.0",
+            id="a-version-rolled-back-from-and-deployed-again-since-counts",
+        ),
     ],
 )
 def test_rollback_chooses_the_right_artifact(history: list[str], bad: tuple[str, ...], expected: str) -> None:

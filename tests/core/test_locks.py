@@ -10,12 +10,14 @@ import pytest
 
 from core.errors import CommandRefused, Forbidden, InvalidInput, NotFound
 from core.locks import (
+    REASON_MAX,
     TRANSITIONS,
     EnvironmentLocked,
     Lock,
     LockAction,
     LockState,
     NotLockHolder,
+    after_rollback,
     check_hand_over,
     check_keep,
     check_reason,
@@ -266,3 +268,29 @@ def test_handover_rules() -> None:
 )
 def test_a_reminder_is_due_once_within_the_lead_of_the_expiry(changes: dict[str, object], due: bool) -> None:
     assert is_reminder_due(lock(**changes), 15 * 60, NOW) is due
+
+
+# -- after a rollback ------------------------------------------------------------------------------
+@pytest.mark.parametrize("current", [None, lock(expires_at=NOW - H)], ids=["free", "expired"])
+def test_a_rollback_locks_a_free_environment_as_shipyard_until_acknowledged(current: Lock | None) -> None:
+    assert after_rollback(current, "production", "rolled back", NOW) == Lock(
+        environment="production", holder="shipyard", reason="rolled back", since=NOW, kind="rollback"
+    )
+
+
+def test_a_rollback_makes_a_held_manual_lock_its_own_and_leaves_a_rollback_lock() -> None:
+    held = lock(reminded_at=NOW, reason="x" * REASON_MAX)
+    became = after_rollback(held, "production", "rolled back", NOW)
+    assert became is not None
+    assert (became.holder, became.since, became.kind, became.expires_at) == (
+        "alice",
+        held.since,
+        "rollback",
+        None,
+    )
+    assert became.reminded_at is None
+    assert (
+        became.reason.startswith("rolled back (locked by alice before: x")
+        and len(became.reason) == REASON_MAX
+    )
+    assert after_rollback(became, "production", "rolled back again", NOW) is None

@@ -346,13 +346,36 @@ def test_the_rollback_lock_appends_its_event_in_the_engines_transaction(locks: L
     ]
 
 
+def test_a_rollback_that_finishes_under_a_manual_lock_leaves_it_a_rollback_lock(locks: LockStore) -> None:
+    """Alice locked production while the rollback deployed: her lock would expire in an hour
+    and the next queued run ship the bad version again. It becomes the rollback lock instead:
+    hers still, with no expiry, until someone acknowledges the rollback."""
+    cursor = locks.store.last_event_seq()
+    locks.acquire("production", "alice", "incident 4711", H, NOW)
+    with locks.store.transaction() as tx:
+        assert tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(120))
+    held = locks.current("production", at(2 * H))
+    assert held is not None
+    assert (held.kind, held.holder, held.since, held.expires_at) == ("rollback", "alice", NOW, None)
+    assert held.reason == "rolled back to api@1.4.1 (locked by alice before: incident 4711)"
+    events = locks.store.events_after(cursor)
+    assert [(e.name, e.from_status, e.to_status, e.data["kind"]) for e in events] == [
+        ("lock.acquired", "free", "held", "manual"),
+        ("lock.relocked", "held", "held", "rollback"),
+    ]
+    with pytest.raises(NotLockHolder):  # acknowledged by a deployer, like any rollback lock
+        locks.release("production", "bob", at(2 * H), admin=False, deployer=False)
+    locks.release("production", "bob", at(2 * H), admin=False, deployer=True)
+    assert locks.current("production", at(2 * H)) is None
+
+
 @pytest.mark.postgres
 def test_a_rollback_never_sweeps_away_a_lock_someone_took_while_it_finished(
     pg_url: str, stores: list[SqlStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The engine reads the environment free (alice's lock ran out); before it writes the
     rollback lock, bob takes the expired lock over on another replica. Bob keeps his lock: the
-    engine's transaction loses the race and, decided again, leaves bob's lock standing."""
+    engine's transaction loses the race and, decided again, makes bob's lock the rollback lock."""
     engine, person = LockStore(SqlStore(pg_url)), LockStore(SqlStore(pg_url))
     stores.extend((engine.store, person.store))
     engine.acquire("production", "alice", "load test", 60.0, NOW)
@@ -371,6 +394,8 @@ def test_a_rollback_never_sweeps_away_a_lock_someone_took_while_it_finished(
     with pytest.raises(Conflict), engine.store.transaction() as tx:
         tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(120))
     assert taken and taken[0].holder == "bob"
-    with engine.store.transaction() as tx:  # decided again: bob's lock stays
-        assert not tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(121))
-    assert engine.current("production", at(121)) == taken[0]
+    with engine.store.transaction() as tx:  # decided again: bob's lock stays, as the rollback's
+        assert tx.lock_after_rollback("production", "rolled back to api@1.4.1", at(121))
+    held = engine.current("production", at(121))
+    assert held is not None and (held.holder, held.since) == (taken[0].holder, taken[0].since)
+    assert held.kind == "rollback" and held.reason.endswith("(locked by bob before: hotfix)")
