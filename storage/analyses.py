@@ -612,13 +612,18 @@ class AnalysisStore:
 
     def past_deadline(self, now: datetime, limit: int = 100) -> list[tuple[Analysis, dict[str, CheckTally]]]:
         """Running verifications (and canary steps' analyses) whose deadline has come, with their
-        tallies: their verdict is due even if no measurement comes to trigger it."""
+        tallies: their verdict is due even if no measurement comes to trigger it. One with a
+        check held for measuring (due before the deadline, under way past it) waits for that
+        measurement, which is judged when it is recorded: the verdict counts it (or the holder's
+        lease lapses)."""
+        measuring = sa.exists().where(C.analysis_id == A.id, C.holder.is_not(None), C.lease_until >= now)
         query = (
             sa.select(ANALYSIS)
             .where(
                 A.status == AnalysisStatus.RUNNING.value,
                 A.kind != AnalysisKind.HEALTH.value,
                 A.deadline <= now,
+                ~measuring,
             )
             .order_by(A.deadline)
             .limit(limit)

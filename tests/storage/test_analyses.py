@@ -535,6 +535,7 @@ async def test_a_verification_a_person_ends_while_it_is_judged_is_left_as_they_e
     store, clock = open_stores(), Clock()
     envs = environments({**VERIFY, "for": "10s"}, health=False)
     analysis_id = start_verification(store, envs, T0)
+    await loop(store, envs, workdir, clock, Probe()).tick()  # (measured, so the deadline alone decides)
 
     async def alice_meanwhile(fn: Callable[..., Any], *args: Any) -> Any:
         found = await in_thread(fn, *args)
@@ -694,3 +695,40 @@ async def test_a_slow_measurement_does_not_hold_back_the_recording_of_the_others
     assert store.batches == [1, 1]
     assert [m.check for m in done.measured] == ["fast", "slow"]
     assert len(store.measurements(health_analysis_id("production"))) == 2
+
+
+async def test_a_measurement_under_way_at_the_deadline_counts_in_the_verdict(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """The last measurement was due before the deadline but is still under way when the deadline
+    comes (a slow target): the verdict waits for it, so its failure is not dropped for a pass."""
+    slow = {
+        "command": ["sh", "-c", "sleep $(cat delay); exit $(cat smoke)"],
+        "interval": "10s",
+        "timeout": "5s",
+    }
+    verify = {"checks": ["smoke"], "for": "25s", "failure_limit": 1}
+    envs = Environments.model_validate({"production": {"checks": {"smoke": slow}, "verify": verify}})
+    (workdir / "delay").write_text("0")
+    store, clock = open_stores(), Clock()
+    analysis_id = start_verification(store, envs, T0)
+    verifier = loop(store, envs, workdir, clock, Probe())
+    for seconds in (0, 10):
+        clock.now = T0 + timedelta(seconds=seconds)
+        assert len((await verifier.tick()).measured) == 1
+    (workdir / "delay").write_text("0.5")
+    (workdir / "smoke").write_text("1")
+    clock.now = T0 + timedelta(seconds=20)
+    last = asyncio.create_task(verifier.tick())  # due at 20 s, under way past the deadline
+    await asyncio.sleep(0.2)
+    clock.now = T0 + timedelta(seconds=25)
+    assert (await verifier.tick()).verdicts == []  # the deadline waits for it ...
+    done = await last
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.FAILED, "smoke: exit 1 at 12:00:20, once")
+    ]  # ... and it decides
+    assert [m.result for m in store.measurements(analysis_id)] == [
+        CheckResult.PASSED,
+        CheckResult.PASSED,
+        CheckResult.FAILED,
+    ]
