@@ -126,6 +126,22 @@ async def test_http_json_condition_fails(
     assert (measured.result, measured.value, measured.detail) == (CheckResult.FAILED, value, detail)
 
 
+async def test_http_status_check_passes_whatever_the_size_of_the_page(
+    web_service: WebService, tmp_path: Path
+) -> None:
+    """Without ``json_path`` only the status and the latency matter: a big status page (more
+    than the most read for a JSON value) is read to its end and passes; one whose value is
+    wanted is refused, naming where."""
+    web_service.health_body = "<html>" + "x" * (2 * measure_module.MAX_BODY) + "</html>"
+    measured = await run(healthz(web_service, max_latency="2s"), tmp_path)
+    assert measured.result is CheckResult.PASSED, measured.detail
+    measured = await run(healthz(web_service, json_path="status", condition='== "ok"'), tmp_path)
+    assert (measured.result, measured.detail) == (
+        CheckResult.ERROR,
+        f"GET {web_service.url}/healthz: the answer is larger than 1024 KiB",
+    )
+
+
 async def test_http_refused_connection_is_an_error(tmp_path: Path) -> None:
     spec = check(http={"url": f"http://127.0.0.1:{free_port()}/healthz"})
     measured = await run(spec, tmp_path)
