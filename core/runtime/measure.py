@@ -148,7 +148,7 @@ async def _http(probe: HttpProbe | None, timeout: float, session: aiohttp.Client
     if probe.json_path is None or probe.condition is None:
         return CheckResult.PASSED, latency, f"status {response.status} in {latency} ms"
     try:
-        document = json.loads(body)
+        document = _json(body, response.charset)
     except ValueError:
         kind = response.content_type or "no content type"
         return CheckResult.FAILED, None, f"the answer is not JSON ({kind}): {_excerpt(body)}"
@@ -160,6 +160,19 @@ async def _http(probe: HttpProbe | None, timeout: float, session: aiohttp.Client
     if probe.condition.holds(value):
         return CheckResult.PASSED, _text(value), f"{shown} ({probe.condition}), {latency} ms"
     return CheckResult.FAILED, _text(value), f"{shown}, expected {probe.condition}"
+
+
+def _json(body: bytes, charset: str | None) -> Any:
+    """The JSON document in ``body``, read in the charset its answer declares (a service may
+    answer in ISO-8859-1, say), else as JSON says (UTF-8, -16 or -32). ``ValueError`` when it
+    is not JSON in it, or the charset is unknown."""
+    if not charset:
+        return json.loads(body)
+    try:
+        text = body.decode(charset)
+    except LookupError:
+        raise ValueError(f"unknown charset {charset!r}") from None
+    return json.loads(text.removeprefix("\ufeff"))
 
 
 def _at_path(document: Any, path: str) -> Any:

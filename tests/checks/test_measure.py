@@ -142,6 +142,37 @@ async def test_http_status_check_passes_whatever_the_size_of_the_page(
     )
 
 
+@pytest.mark.parametrize(
+    ("content_type", "encoding"),
+    [
+        ("application/json; charset=iso-8859-1", "latin-1"),
+        ("application/json; charset=utf-16", "utf-16"),
+        ("application/json", "utf-8"),
+    ],
+)
+async def test_http_json_is_read_in_the_charset_its_answer_declares(
+    web_service: WebService, tmp_path: Path, content_type: str, encoding: str
+) -> None:
+    web_service.health_body = '{"status": "prêt"}'.encode(encoding)
+    web_service.health_content_type = content_type
+    measured = await run(healthz(web_service, json_path="status", condition='== "prêt"'), tmp_path)
+    assert (measured.result, measured.value) == (CheckResult.PASSED, "prêt"), measured.detail
+
+
+async def test_http_json_in_bytes_its_charset_cannot_read_is_not_json(
+    web_service: WebService, tmp_path: Path
+) -> None:
+    web_service.health_body = b'{"status": "\xff\xfe ok"}'
+    web_service.health_content_type = "application/json; charset=utf-8"
+    measured = await run(healthz(web_service, json_path="status", condition='== "ok"'), tmp_path)
+    assert measured.result is CheckResult.FAILED
+    assert measured.detail.startswith("the answer is not JSON (application/json): ")
+    web_service.health_content_type = "application/json; charset=no-such-charset"
+    measured = await run(healthz(web_service, json_path="status", condition='== "ok"'), tmp_path)
+    assert measured.result is CheckResult.FAILED
+    assert measured.detail.startswith("the answer is not JSON (application/json): ")
+
+
 async def test_http_refused_connection_is_an_error(tmp_path: Path) -> None:
     spec = check(http={"url": f"http://127.0.0.1:{free_port()}/healthz"})
     measured = await run(spec, tmp_path)
