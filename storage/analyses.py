@@ -640,10 +640,15 @@ class AnalysisStore:
             return None if row is None else (_analysis(row), tallies(tx.conn, analysis_id))
 
     def measurements(self, analysis_id: str, limit: int = 500) -> list[Measurement]:
-        """An analysis' measurements, oldest first."""
-        query = sa.select(MEASUREMENT).where(M.analysis_id == analysis_id).order_by(M.at, M.id).limit(limit)
+        """An analysis' latest ``limit`` measurements (those that decided it), oldest first."""
+        query = (
+            sa.select(MEASUREMENT)
+            .where(M.analysis_id == analysis_id)
+            .order_by(M.at.desc(), M.id.desc())
+            .limit(limit)
+        )
         with self.store.reading() as tx:
-            return [_measurement(r) for r in tx.conn.execute(query).mappings()]
+            return [_measurement(r) for r in tx.conn.execute(query).mappings()][::-1]
 
     def of_run(self, run_id: str) -> list[Analysis]:
         """A run's verifications, oldest first."""

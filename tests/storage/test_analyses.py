@@ -343,6 +343,32 @@ def test_pruning_drops_old_health_measurements_and_keeps_every_verifications(
     assert store.prune_health(T0 - timedelta(days=14), 1000) == 0
 
 
+def test_a_long_verification_shows_its_latest_measurements_the_ones_that_decided(
+    open_stores: Callable[[], AnalysisStore],
+) -> None:
+    """More measurements than are shown (a 10m verification measured every second): the latest
+    are shown, oldest first, so the failure that ended it is among them."""
+    store = open_stores()
+    rows = [
+        {
+            "analysis_id": "verify:run-1:0",
+            "environment": "production",
+            "check": "smoke",
+            "at": T0 + timedelta(seconds=i),
+            "result": "failed" if i == 600 else "passed",
+            "value": str(i),
+            "detail": "",
+            "took": 0.0,
+        }
+        for i in range(601)
+    ]
+    with store.store.transaction() as tx:
+        tx.conn.execute(sa.insert(MEASUREMENT), rows)
+    shown = store.measurements("verify:run-1:0", limit=500)
+    assert [m.value for m in shown] == [str(i) for i in range(101, 601)]
+    assert shown[-1].result is CheckResult.FAILED
+
+
 def test_a_batch_recorded_at_once_stores_and_changes_what_one_by_one_would(
     open_stores: Callable[[], AnalysisStore],
 ) -> None:
