@@ -393,11 +393,16 @@ class AnalysisLoop:
         if analysis.status is not AnalysisStatus.RUNNING or analysis.deadline is None:
             return
         policy = self._policy(analysis)
+        configured = self.environments.policy(analysis.environment).checks
+        gone = [name for name in analysis.checks if name not in configured]
         if policy is None:
             status, reason = (
                 AnalysisStatus.INCONCLUSIVE,
                 f"{analysis.environment} has no verification configured now",
             )
+        elif gone:
+            # (measured no more, its errors would fail a release they say nothing about)
+            status, reason = AnalysisStatus.INCONCLUSIVE, f"{gone[0]}: no such check is configured now"
         else:
             status, reason = verdict(policy, tallies, now, analysis.deadline)
         if status is AnalysisStatus.RUNNING:

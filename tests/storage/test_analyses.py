@@ -533,6 +533,31 @@ async def test_a_verification_whose_checks_left_the_configuration_ends_inconclus
     assert found[0].ended_by == "shipyard"
 
 
+async def test_a_verification_whose_check_was_renamed_since_ends_inconclusive_not_failed(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """A restart with ``verify`` kept but its check renamed: the old name cannot be measured,
+    which says nothing about the release, so the verification is not left to fail on errors in
+    a row (and roll back): it ends inconclusive at once, for a person to decide."""
+    store, clock, probe = open_stores(), Clock(), Probe()
+    analysis_id = start_verification(store, environments(VERIFY, health=False), T0)
+    renamed = Environments.model_validate(
+        {
+            "production": {
+                "checks": {"probe": {"command": ["true"], "interval": "10s", "timeout": "5s"}},
+                "verify": {**VERIFY, "checks": ["probe"]},
+            }
+        }
+    )
+    verifier = loop(store, renamed, workdir, clock, probe)
+    clock.now = T0 + timedelta(seconds=1)
+    done = await verifier.tick()
+    assert probe.calls == []
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.INCONCLUSIVE, "smoke: no such check is configured now")
+    ]
+
+
 async def test_a_canary_steps_analysis_is_judged_by_the_steps_limits_not_the_environments(
     open_stores: Callable[[], AnalysisStore], workdir: Path
 ) -> None:
