@@ -612,13 +612,18 @@ class AnalysisStore:
 
     def past_deadline(self, now: datetime, limit: int = 100) -> list[tuple[Analysis, dict[str, CheckTally]]]:
         """Running verifications (and canary steps' analyses) whose deadline has come, with their
-        tallies: their verdict is due even if no measurement comes to trigger it."""
+        tallies: their verdict is due even if no measurement comes to trigger it. One with a
+        check held for measuring (due before the deadline, under way past it) waits for that
+        measurement, which is judged when it is recorded: the verdict counts it (or the holder's
+        lease lapses)."""
+        measuring = sa.exists().where(C.analysis_id == A.id, C.holder.is_not(None), C.lease_until >= now)
         query = (
             sa.select(ANALYSIS)
             .where(
                 A.status == AnalysisStatus.RUNNING.value,
                 A.kind != AnalysisKind.HEALTH.value,
                 A.deadline <= now,
+                ~measuring,
             )
             .order_by(A.deadline)
             .limit(limit)
@@ -635,10 +640,15 @@ class AnalysisStore:
             return None if row is None else (_analysis(row), tallies(tx.conn, analysis_id))
 
     def measurements(self, analysis_id: str, limit: int = 500) -> list[Measurement]:
-        """An analysis' measurements, oldest first."""
-        query = sa.select(MEASUREMENT).where(M.analysis_id == analysis_id).order_by(M.at, M.id).limit(limit)
+        """An analysis' latest ``limit`` measurements (those that decided it), oldest first."""
+        query = (
+            sa.select(MEASUREMENT)
+            .where(M.analysis_id == analysis_id)
+            .order_by(M.at.desc(), M.id.desc())
+            .limit(limit)
+        )
         with self.store.reading() as tx:
-            return [_measurement(r) for r in tx.conn.execute(query).mappings()]
+            return [_measurement(r) for r in tx.conn.execute(query).mappings()][::-1]
 
     def of_run(self, run_id: str) -> list[Analysis]:
         """A run's verifications, oldest first."""

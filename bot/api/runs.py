@@ -334,8 +334,8 @@ for _row in RUN_CONTROLS:
 )
 async def get_verification(call: Call) -> web.Response:
     """What was measured after each of the run's deployments to an environment that verifies
-    (time, value, result of every measurement) and how each verification ended. Empty for a
-    run that deployed nowhere verified."""
+    (time, value, result of every measurement; of a long one the latest 500, those that decided
+    it) and how each verification ended. Empty for a run that deployed nowhere verified."""
     state = await find_run(call)
     g = gw(call)
     return reply(

@@ -570,7 +570,7 @@ class MeasurementOut(BaseModel):
 
 
 class VerificationOut(BaseModel):
-    """One deploy stage's verification: its checks, deadline, how it ended, every measurement."""
+    """One deploy stage's verification: its checks, deadline, how it ended, its measurements."""
 
     environment: str
     stage_index: int | None
@@ -581,7 +581,9 @@ class VerificationOut(BaseModel):
     reason: str
     ended_at: datetime | None
     ended_by: str | None
-    measurements: list[MeasurementOut] = Field(description="oldest first")
+    measurements: list[MeasurementOut] = Field(
+        description="every measurement, oldest first (of a long one, the latest 500: those that decided it)"
+    )
 
 
 class VerificationsOut(BaseModel):

@@ -14,7 +14,8 @@ then each is acted on:
   (``core.runtime.verification``: the engine ends the stage's verification, the analysis with
   it, and rolls back, in one transaction; of two replicas judging at once one wins, the other
   is refused). Without ``on_verdict`` the loop ends the analysis itself. Verifications whose
-  deadline has come are judged every round too, with no measurement needed.
+  deadline has come are judged every round too, with no measurement needed (one whose check is
+being measured waits for that measurement, judged when it is recorded).
 
 A check's next measurement is due ``interval`` after the previous one was due (not after it
 was taken), so lateness does not drift; a check later than a whole interval skips the missed
@@ -392,11 +393,16 @@ class AnalysisLoop:
         if analysis.status is not AnalysisStatus.RUNNING or analysis.deadline is None:
             return
         policy = self._policy(analysis)
+        configured = self.environments.policy(analysis.environment).checks
+        gone = [name for name in analysis.checks if name not in configured]
         if policy is None:
             status, reason = (
                 AnalysisStatus.INCONCLUSIVE,
                 f"{analysis.environment} has no verification configured now",
             )
+        elif gone:
+            # (measured no more, its errors would fail a release they say nothing about)
+            status, reason = AnalysisStatus.INCONCLUSIVE, f"{gone[0]}: no such check is configured now"
         else:
             status, reason = verdict(policy, tallies, now, analysis.deadline)
         if status is AnalysisStatus.RUNNING:

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 #: how much of a command's output is kept (its tail): the last line is all that is used
 OUTPUT_TAIL = 64 * 1024
-#: the largest answer read from an HTTP check or Prometheus
+#: the largest answer kept from an HTTP check with ``json_path`` or from Prometheus (an HTTP
+#: check without one reads its answer to the end and keeps none of it)
 MAX_BODY = 1024 * 1024
 #: measured values longer than this are cut (they are stored with every measurement)
 MAX_VALUE = 500
@@ -108,14 +109,20 @@ async def _client_errors(timeout: float, what: str) -> AsyncIterator[None]:
         raise _Refused(f"{what}: {exc or type(exc).__name__}") from None
 
 
-async def _read(response: aiohttp.ClientResponse) -> bytes:
+async def _read(response: aiohttp.ClientResponse, what: str) -> bytes:
     """The body, refusing one larger than ``MAX_BODY``."""
     body = bytearray()
     async for chunk in response.content.iter_chunked(65536):
         body += chunk
         if len(body) > MAX_BODY:
-            raise _Refused(f"the answer is larger than {MAX_BODY // 1024} KiB")
+            raise _Refused(f"{what}: the answer is larger than {MAX_BODY // 1024} KiB")
     return bytes(body)
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read the body to its end (its time is the answer's), keeping none of it."""
+    async for _ in response.content.iter_chunked(65536):
+        pass
 
 
 # --- http ---------------------------------------------------------------------------------------
@@ -124,11 +131,13 @@ async def _read(response: aiohttp.ClientResponse) -> bytes:
 async def _http(probe: HttpProbe | None, timeout: float, session: aiohttp.ClientSession) -> Outcome:
     assert probe is not None
     started = time.monotonic()
-    async with (
-        _client_errors(timeout, f"GET {probe.url}"),
-        session.get(probe.url, allow_redirects=False) as response,
-    ):
-        body = await _read(response)
+    what, body = f"GET {probe.url}", b""
+    async with _client_errors(timeout, what), session.get(probe.url, allow_redirects=False) as response:
+        # only a JSON value needs the answer: a status page of any size is read and dropped
+        if probe.json_path is None:
+            await _drain(response)
+        else:
+            body = await _read(response, what)
     millis = (time.monotonic() - started) * 1000
     latency = f"{millis:.0f}"
     if response.status != probe.status:
@@ -139,7 +148,7 @@ async def _http(probe: HttpProbe | None, timeout: float, session: aiohttp.Client
     if probe.json_path is None or probe.condition is None:
         return CheckResult.PASSED, latency, f"status {response.status} in {latency} ms"
     try:
-        document = json.loads(body)
+        document = _json(body, response.charset)
     except ValueError:
         kind = response.content_type or "no content type"
         return CheckResult.FAILED, None, f"the answer is not JSON ({kind}): {_excerpt(body)}"
@@ -151,6 +160,19 @@ async def _http(probe: HttpProbe | None, timeout: float, session: aiohttp.Client
     if probe.condition.holds(value):
         return CheckResult.PASSED, _text(value), f"{shown} ({probe.condition}), {latency} ms"
     return CheckResult.FAILED, _text(value), f"{shown}, expected {probe.condition}"
+
+
+def _json(body: bytes, charset: str | None) -> Any:
+    """The JSON document in ``body``, read in the charset its answer declares (a service may
+    answer in ISO-8859-1, say), else as JSON says (UTF-8, -16 or -32). ``ValueError`` when it
+    is not JSON in it, or the charset is unknown."""
+    if not charset:
+        return json.loads(body)
+    try:
+        text = body.decode(charset)
+    except LookupError:
+        raise ValueError(f"unknown charset {charset!r}") from None
+    return json.loads(text.removeprefix("\ufeff"))
 
 
 def _at_path(document: Any, path: str) -> Any:
@@ -237,7 +259,7 @@ async def _query(probe: PrometheusProbe, timeout: float, session: aiohttp.Client
         _client_errors(timeout, f"Prometheus at {probe.url}"),
         session.get(url, params={"query": probe.query}, allow_redirects=False) as response,
     ):
-        body = await _read(response)
+        body = await _read(response, f"Prometheus at {probe.url}")
     try:
         answer = json.loads(body)
         status = answer["status"]

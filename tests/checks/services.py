@@ -3,7 +3,8 @@ routers to route to: ``/`` answers its ``version`` (``stable``, ``canary``) with
 
 ``WebService`` serves on a free loopback port from a thread of the test process (its own event
 loop), so it keeps answering while a test blocks. ``/healthz`` answers with ``health_status``
-after ``health_delay`` seconds with ``health_body`` (JSON, or text when it is a string).
+after ``health_delay`` seconds with ``health_body`` (JSON, text when it is a string, or bytes as
+they are, sent as ``health_content_type``).
 ``/metrics`` exposes the counter ``http_requests_total{code}``, which the service raises by
 itself, ``requests_per_second`` worth of counts, as if it served traffic; ``fail(ratio)`` makes
 that share of them ``500`` (so ``sum(rate(http_requests_total{code=~"5.."}[5s])) /
@@ -50,6 +51,7 @@ class WebService:
         self.health_status = 200
         self.health_delay = 0.0
         self.health_body: Any = {"status": "ok", "checks": {"db": {"ok": True}}, "items": [{"state": "up"}]}
+        self.health_content_type = "application/json"
         #: the share of counted requests that are 500s
         self.failing = 0.0
         self.registry = CollectorRegistry()
@@ -93,6 +95,9 @@ class WebService:
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.health_delay:
             await asyncio.sleep(self.health_delay)
+        if isinstance(self.health_body, bytes):
+            headers = {"Content-Type": self.health_content_type}
+            return web.Response(status=self.health_status, body=self.health_body, headers=headers)
         if isinstance(self.health_body, str):
             return web.Response(status=self.health_status, text=self.health_body)
         return web.json_response(self.health_body, status=self.health_status)

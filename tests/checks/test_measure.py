@@ -126,6 +126,53 @@ async def test_http_json_condition_fails(
     assert (measured.result, measured.value, measured.detail) == (CheckResult.FAILED, value, detail)
 
 
+async def test_http_status_check_passes_whatever_the_size_of_the_page(
+    web_service: WebService, tmp_path: Path
+) -> None:
+    """Without ``json_path`` only the status and the latency matter: a big status page (more
+    than the most read for a JSON value) is read to its end and passes; one whose value is
+    wanted is refused, naming where."""
+    web_service.health_body = "<html>" + "x" * (2 * measure_module.MAX_BODY) + "</html>"
+    measured = await run(healthz(web_service, max_latency="2s"), tmp_path)
+    assert measured.result is CheckResult.PASSED, measured.detail
+    measured = await run(healthz(web_service, json_path="status", condition='== "ok"'), tmp_path)
+    assert (measured.result, measured.detail) == (
+        CheckResult.ERROR,
+        f"GET {web_service.url}/healthz: the answer is larger than 1024 KiB",
+    )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding"),
+    [
+        ("application/json; charset=iso-8859-1", "latin-1"),
+        ("application/json; charset=utf-16", "utf-16"),
+        ("application/json", "utf-8"),
+    ],
+)
+async def test_http_json_is_read_in_the_charset_its_answer_declares(
+    web_service: WebService, tmp_path: Path, content_type: str, encoding: str
+) -> None:
+    web_service.health_body = '{"status": "prêt"}'.encode(encoding)
+    web_service.health_content_type = content_type
+    measured = await run(healthz(web_service, json_path="status", condition='== "prêt"'), tmp_path)
+    assert (measured.result, measured.value) == (CheckResult.PASSED, "prêt"), measured.detail
+
+
+async def test_http_json_in_bytes_its_charset_cannot_read_is_not_json(
+    web_service: WebService, tmp_path: Path
+) -> None:
+    web_service.health_body = b'{"status": "\xff\xfe ok"}'
+    web_service.health_content_type = "application/json; charset=utf-8"
+    measured = await run(healthz(web_service, json_path="status", condition='== "ok"'), tmp_path)
+    assert measured.result is CheckResult.FAILED
+    assert measured.detail.startswith("the answer is not JSON (application/json): ")
+    web_service.health_content_type = "application/json; charset=no-such-charset"
+    measured = await run(healthz(web_service, json_path="status", condition='== "ok"'), tmp_path)
+    assert measured.result is CheckResult.FAILED
+    assert measured.detail.startswith("the answer is not JSON (application/json): ")
+
+
 async def test_http_refused_connection_is_an_error(tmp_path: Path) -> None:
     spec = check(http={"url": f"http://127.0.0.1:{free_port()}/healthz"})
     measured = await run(spec, tmp_path)

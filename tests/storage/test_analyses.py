@@ -343,6 +343,32 @@ def test_pruning_drops_old_health_measurements_and_keeps_every_verifications(
     assert store.prune_health(T0 - timedelta(days=14), 1000) == 0
 
 
+def test_a_long_verification_shows_its_latest_measurements_the_ones_that_decided(
+    open_stores: Callable[[], AnalysisStore],
+) -> None:
+    """More measurements than are shown (a 10m verification measured every second): the latest
+    are shown, oldest first, so the failure that ended it is among them."""
+    store = open_stores()
+    rows = [
+        {
+            "analysis_id": "verify:run-1:0",
+            "environment": "production",
+            "check": "smoke",
+            "at": T0 + timedelta(seconds=i),
+            "result": "failed" if i == 600 else "passed",
+            "value": str(i),
+            "detail": "",
+            "took": 0.0,
+        }
+        for i in range(601)
+    ]
+    with store.store.transaction() as tx:
+        tx.conn.execute(sa.insert(MEASUREMENT), rows)
+    shown = store.measurements("verify:run-1:0", limit=500)
+    assert [m.value for m in shown] == [str(i) for i in range(101, 601)]
+    assert shown[-1].result is CheckResult.FAILED
+
+
 def test_a_batch_recorded_at_once_stores_and_changes_what_one_by_one_would(
     open_stores: Callable[[], AnalysisStore],
 ) -> None:
@@ -507,6 +533,31 @@ async def test_a_verification_whose_checks_left_the_configuration_ends_inconclus
     assert found[0].ended_by == "shipyard"
 
 
+async def test_a_verification_whose_check_was_renamed_since_ends_inconclusive_not_failed(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """A restart with ``verify`` kept but its check renamed: the old name cannot be measured,
+    which says nothing about the release, so the verification is not left to fail on errors in
+    a row (and roll back): it ends inconclusive at once, for a person to decide."""
+    store, clock, probe = open_stores(), Clock(), Probe()
+    analysis_id = start_verification(store, environments(VERIFY, health=False), T0)
+    renamed = Environments.model_validate(
+        {
+            "production": {
+                "checks": {"probe": {"command": ["true"], "interval": "10s", "timeout": "5s"}},
+                "verify": {**VERIFY, "checks": ["probe"]},
+            }
+        }
+    )
+    verifier = loop(store, renamed, workdir, clock, probe)
+    clock.now = T0 + timedelta(seconds=1)
+    done = await verifier.tick()
+    assert probe.calls == []
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.INCONCLUSIVE, "smoke: no such check is configured now")
+    ]
+
+
 async def test_a_canary_steps_analysis_is_judged_by_the_steps_limits_not_the_environments(
     open_stores: Callable[[], AnalysisStore], workdir: Path
 ) -> None:
@@ -535,6 +586,7 @@ async def test_a_verification_a_person_ends_while_it_is_judged_is_left_as_they_e
     store, clock = open_stores(), Clock()
     envs = environments({**VERIFY, "for": "10s"}, health=False)
     analysis_id = start_verification(store, envs, T0)
+    await loop(store, envs, workdir, clock, Probe()).tick()  # (measured, so the deadline alone decides)
 
     async def alice_meanwhile(fn: Callable[..., Any], *args: Any) -> Any:
         found = await in_thread(fn, *args)
@@ -694,3 +746,40 @@ async def test_a_slow_measurement_does_not_hold_back_the_recording_of_the_others
     assert store.batches == [1, 1]
     assert [m.check for m in done.measured] == ["fast", "slow"]
     assert len(store.measurements(health_analysis_id("production"))) == 2
+
+
+async def test_a_measurement_under_way_at_the_deadline_counts_in_the_verdict(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """The last measurement was due before the deadline but is still under way when the deadline
+    comes (a slow target): the verdict waits for it, so its failure is not dropped for a pass."""
+    slow = {
+        "command": ["sh", "-c", "sleep $(cat delay); exit $(cat smoke)"],
+        "interval": "10s",
+        "timeout": "5s",
+    }
+    verify = {"checks": ["smoke"], "for": "25s", "failure_limit": 1}
+    envs = Environments.model_validate({"production": {"checks": {"smoke": slow}, "verify": verify}})
+    (workdir / "delay").write_text("0")
+    store, clock = open_stores(), Clock()
+    analysis_id = start_verification(store, envs, T0)
+    verifier = loop(store, envs, workdir, clock, Probe())
+    for seconds in (0, 10):
+        clock.now = T0 + timedelta(seconds=seconds)
+        assert len((await verifier.tick()).measured) == 1
+    (workdir / "delay").write_text("0.5")
+    (workdir / "smoke").write_text("1")
+    clock.now = T0 + timedelta(seconds=20)
+    last = asyncio.create_task(verifier.tick())  # due at 20 s, under way past the deadline
+    await asyncio.sleep(0.2)
+    clock.now = T0 + timedelta(seconds=25)
+    assert (await verifier.tick()).verdicts == []  # the deadline waits for it ...
+    done = await last
+    assert [(a.id, s, r) for a, s, r in done.verdicts] == [
+        (analysis_id, AnalysisStatus.FAILED, "smoke: exit 1 at 12:00:20, once")
+    ]  # ... and it decides
+    assert [m.result for m in store.measurements(analysis_id)] == [
+        CheckResult.PASSED,
+        CheckResult.PASSED,
+        CheckResult.FAILED,
+    ]
