@@ -121,12 +121,24 @@ EVENT_NAMES: Final[dict[LockAction, str]] = {
 }
 
 
-def changed(action: LockAction, lock: Lock, by: str, now: datetime, was: LockState) -> Event:
+def changed(
+    action: LockAction, lock: Lock, by: str, now: datetime, was: LockState, *, took_over: Lock | None = None
+) -> Event:
     """The event a change of ``lock`` (as it now is, or as it was when it is gone) appends in
     its transaction, so readers that follow the log by cursor (the Slack notifier's App Home)
-    learn of it like of any run's change. A lock is no run's: ``run_id`` is ``NO_RUN``."""
+    learn of it like of any run's change. A lock is no run's: ``run_id`` is ``NO_RUN``. An
+    acquire that ``took_over`` an expired lock nobody swept yet names it (``previous_holder``,
+    ``previous_reason``): its expiry is told from this event, since no sweep will tell it."""
     _, to = TRANSITIONS[action]
     expires = lock.expires_at.isoformat() if lock.expires_at is not None else None
+    previous = (
+        {}
+        if took_over is None
+        else {
+            "previous_holder": took_over.holder,
+            "previous_reason": took_over.reason,
+        }
+    )
     return Event(
         name=EVENT_NAMES[action],
         run_id=NO_RUN,
@@ -141,6 +153,7 @@ def changed(action: LockAction, lock: Lock, by: str, now: datetime, was: LockSta
             "kind": lock.kind,
             "reason": lock.reason,
             "expires_at": expires,
+            **previous,
         },
     )
 

@@ -188,6 +188,7 @@ class LockStore:
             current = _get(conn, environment)
             was = state_of(current, now)
             plan = plan_acquire(current, holder, kind, now)
+            took_over = None
             fresh = Lock(
                 environment=environment,
                 holder=holder,
@@ -208,9 +209,10 @@ class LockStore:
             else:  # expired, not swept yet: take it over, and record that it ran out
                 _update(conn, current, C.expires_at <= now, **_values(fresh), handover_told=None)
                 tx.audit(_audit("expire_lock", environment, KEEPER, "system", now, current))
+                took_over = current
             action = "relock_environment" if plan is LockAction.RELOCK else "lock_environment"
             tx.audit(_audit(action, environment, holder, channel, now, fresh))
-            tx.append_events([changed(plan, fresh, holder, now, was)])
+            tx.append_events([changed(plan, fresh, holder, now, was, took_over=took_over)])
             return fresh
 
         return self._change("lock_environment", environment, holder, channel, now, change)

@@ -154,6 +154,22 @@ async def test_an_expired_lock_is_told_to_the_channel_once(bot: Bot) -> None:
     assert "No environment is locked" in (await bot.say(BOB, "locks"))["text"]
 
 
+async def test_an_expired_lock_taken_over_before_it_was_swept_is_told_to_the_channel(bot: Bot) -> None:
+    await keeper(bot).stop()  # (its sweep would tell the expiry itself)
+    LockStore(bot.store).acquire(
+        "production", ALICE, "incident 4711", 3600, datetime.now(UTC) - timedelta(hours=2), channel="slack"
+    )
+    taken = await bot.say(BOB, 'lock production "release 1.4"')
+    assert taken["text"].startswith(f":lock: production is locked by <@{BOB}>")
+    told = await bot.fake.wait_for("chat.postMessage", lambda c: "expired" in c.args.get("text", ""))
+    assert told.args["channel"] == CHANNEL
+    assert told.args["text"] == (
+        f":unlock: production's lock by <@{ALICE}> expired (incident 4711); <@{BOB}> took it over."
+    )
+    entry = next(e for e in bot.store.audit_entries(20) if e.action == "expire_lock")
+    assert (entry.actor, entry.detail["holder"]) == ("shipyard", ALICE)
+
+
 async def test_a_holder_outside_slack_is_reminded_in_the_channel(bot: Bot) -> None:
     at = datetime.now(UTC)
     LockStore(bot.store).acquire("staging", "ci-bot", "load test", 3600, at, channel="rest")
