@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.chat.parse import parse
+from bot.chat.parse import Line, parse
 from core.access import Role
 from core.errors import InvalidInput
 from tests.pipelines import GATED_ON_REF, SHOP
@@ -65,6 +65,21 @@ async def test_a_nul_character_in_a_command_is_named_instead_of_failing_in_the_d
     assert "nothing" in _ephemeral(await bot.say(ROOT, "envs"))  # no run, no lock
     assert "No environment is locked" in _ephemeral(await bot.say(ROOT, "locks"))
     assert not top_level_posts(bot.fake)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "status\u00a0web#1",  # a no-break space (macOS types one with Option-Space)
+        "status web#1\u00a0",
+        "status\u3000web#1",  # an ideographic space
+        "status\u2003 web#1",
+        "\u200bstatus web\u200b#1",  # zero-width spaces pasted along with the text
+        "\ufeffstatus web#1",
+    ],
+)
+def test_unicode_spaces_part_words_like_spaces(text: str) -> None:
+    assert parse(text) == Line("status", ["web#1"])
 
 
 def test_half_an_emoji_is_named_too() -> None:
