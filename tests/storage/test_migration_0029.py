@@ -1,4 +1,4 @@
-"""Migration 0030 adds ``expiry_set_at`` to environment locks and removes it on downgrade, on
+"""Migration 0029 adds ``expiry_set_at`` to environment locks and removes it on downgrade, on
 both databases; a lock written before it (NULL) counts its expiry as set when it was taken."""
 
 from __future__ import annotations

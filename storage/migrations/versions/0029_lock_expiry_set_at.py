@@ -6,8 +6,8 @@ handed over within the lead was never reminded of, though its new holder chose n
 one relocked for a short time was reminded at once. Existing rows keep NULL: their expiry
 counts as set when they were taken, as before.
 
-Revision ID: 0030
-Revises: 0028 (0029 if another migration takes that number first)
+Revision ID: 0029
+Revises: 0028
 Create Date: 2026-12-08 12:00:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 
 import storage.tables
 
-revision = "0030"
+revision = "0029"
 down_revision = "0028"
 branch_labels = None
 depends_on = None
