@@ -96,6 +96,9 @@ class Lock:
     handover_requested_by: str | None = None
     #: when the holder was reminded that this expiry is near (None: not yet)
     reminded_at: datetime | None = None
+    #: when the expiry was set, if not when the lock was taken (None): relocked or extended
+    #: since, or set by the holder who handed the lock over (then before ``since``)
+    expiry_set_at: datetime | None = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -121,12 +124,24 @@ EVENT_NAMES: Final[dict[LockAction, str]] = {
 }
 
 
-def changed(action: LockAction, lock: Lock, by: str, now: datetime, was: LockState) -> Event:
+def changed(
+    action: LockAction, lock: Lock, by: str, now: datetime, was: LockState, *, took_over: Lock | None = None
+) -> Event:
     """The event a change of ``lock`` (as it now is, or as it was when it is gone) appends in
     its transaction, so readers that follow the log by cursor (the Slack notifier's App Home)
-    learn of it like of any run's change. A lock is no run's: ``run_id`` is ``NO_RUN``."""
+    learn of it like of any run's change. A lock is no run's: ``run_id`` is ``NO_RUN``. An
+    acquire that ``took_over`` an expired lock nobody swept yet names it (``previous_holder``,
+    ``previous_reason``): its expiry is told from this event, since no sweep will tell it."""
     _, to = TRANSITIONS[action]
     expires = lock.expires_at.isoformat() if lock.expires_at is not None else None
+    previous = (
+        {}
+        if took_over is None
+        else {
+            "previous_holder": took_over.holder,
+            "previous_reason": took_over.reason,
+        }
+    )
     return Event(
         name=EVENT_NAMES[action],
         run_id=NO_RUN,
@@ -141,6 +156,7 @@ def changed(action: LockAction, lock: Lock, by: str, now: datetime, was: LockSta
             "kind": lock.kind,
             "reason": lock.reason,
             "expires_at": expires,
+            **previous,
         },
     )
 
@@ -277,12 +293,15 @@ def check_keep(lock: Lock | None, environment: str, by: str, now: datetime) -> s
 
 
 def is_reminder_due(lock: Lock, before_s: float, now: datetime) -> bool:
-    """The holder is reminded once, ``before_s`` before the expiry. A lock taken for no longer
-    than that gets no reminder: its holder set the time a moment ago."""
+    """The holder is reminded once, ``before_s`` before the expiry. A lock taken, relocked or
+    extended to expire within that gets no reminder: its holder set the time a moment ago. One
+    handed over gets it, however late: its new holder did not choose the time."""
     if lock.expires_at is None or lock.reminded_at is not None or lock.is_expired(now):
         return False
     lead = timedelta(seconds=before_s)
-    return lock.expires_at - lead <= now and lock.since < lock.expires_at - lead
+    set_at = lock.expiry_set_at or lock.since
+    holder_set_it_late = set_at >= lock.since and set_at >= lock.expires_at - lead
+    return lock.expires_at - lead <= now and not holder_set_it_late
 
 
 # -- input -----------------------------------------------------------------------------------------

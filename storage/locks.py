@@ -76,6 +76,7 @@ def _lock(r: Any) -> Lock:
         kind=r["kind"],
         handover_requested_by=r["handover_requested_by"],
         reminded_at=r["reminded_at"],
+        expiry_set_at=r["expiry_set_at"],
     )
 
 
@@ -89,6 +90,7 @@ def _values(lock: Lock) -> dict[str, Any]:
         "expires_at": lock.expires_at,
         "handover_requested_by": lock.handover_requested_by,
         "reminded_at": lock.reminded_at,
+        "expiry_set_at": lock.expiry_set_at,
     }
 
 
@@ -188,6 +190,7 @@ class LockStore:
             current = _get(conn, environment)
             was = state_of(current, now)
             plan = plan_acquire(current, holder, kind, now)
+            took_over = None
             fresh = Lock(
                 environment=environment,
                 holder=holder,
@@ -203,14 +206,25 @@ class LockStore:
                 except IntegrityError:  # locked at the same moment, and committed first
                     raise _Lost from None
             elif plan is LockAction.RELOCK:
-                fresh = replace(current, reason=why, expires_at=expires_at, kind=kind, reminded_at=None)
-                _update(conn, current, reason=why, expires_at=expires_at, kind=kind, reminded_at=None)
+                fresh = replace(
+                    current, reason=why, kind=kind, expires_at=expires_at, reminded_at=None, expiry_set_at=now
+                )
+                _update(
+                    conn,
+                    current,
+                    reason=why,
+                    kind=kind,
+                    expires_at=expires_at,
+                    reminded_at=None,
+                    expiry_set_at=now,
+                )
             else:  # expired, not swept yet: take it over, and record that it ran out
                 _update(conn, current, C.expires_at <= now, **_values(fresh), handover_told=None)
                 tx.audit(_audit("expire_lock", environment, KEEPER, "system", now, current))
+                took_over = current
             action = "relock_environment" if plan is LockAction.RELOCK else "lock_environment"
             tx.audit(_audit(action, environment, holder, channel, now, fresh))
-            tx.append_events([changed(plan, fresh, holder, now, was)])
+            tx.append_events([changed(plan, fresh, holder, now, was, took_over=took_over)])
             return fresh
 
         return self._change("lock_environment", environment, holder, channel, now, change)
@@ -252,10 +266,15 @@ class LockStore:
             current = _get(tx.conn, environment)
             new_expiry = extended_until(current, environment, by, duration_s, now)
             assert current is not None
+            extended = replace(current, expires_at=new_expiry, reminded_at=None, expiry_set_at=now)
             _update(
-                tx.conn, current, C.expires_at == current.expires_at, expires_at=new_expiry, reminded_at=None
+                tx.conn,
+                current,
+                C.expires_at == current.expires_at,
+                expires_at=new_expiry,
+                reminded_at=None,
+                expiry_set_at=now,
             )
-            extended = replace(current, expires_at=new_expiry, reminded_at=None)
             tx.audit(_audit("extend_lock", environment, by, channel, now, extended))
             tx.append_events([changed(LockAction.EXTEND, extended, by, now, LockState.HELD)])
             return extended
@@ -289,7 +308,15 @@ class LockStore:
             current = _get(tx.conn, environment)
             check_hand_over(current, environment, by_holder, to, now)
             assert current is not None
-            moved = replace(current, holder=to, since=now, handover_requested_by=None, reminded_at=None)
+            set_at = current.expiry_set_at or current.since  # (by the giver: ``to`` is reminded)
+            moved = replace(
+                current,
+                holder=to,
+                since=now,
+                handover_requested_by=None,
+                reminded_at=None,
+                expiry_set_at=set_at,
+            )
             _update(tx.conn, current, _live(now), **_values(moved), handover_told=None)
             entry = _audit("hand_over_lock", environment, by_holder, channel, now, moved, previous=by_holder)
             tx.audit(entry)

@@ -576,6 +576,8 @@ class EnvironmentLockRow(SQLModel, table=True):
     #: the request the holder was told about (a new request differs, and is told again)
     handover_told: str | None = Field(default=None, max_length=200)
     reminded_at: datetime | None = _ts()
+    #: when the expiry was set, if not at ``since`` (``core.locks.Lock.expiry_set_at``)
+    expiry_set_at: datetime | None = _ts()
 
 
 class ReviewRow(SQLModel, table=True):

@@ -102,6 +102,14 @@ def expired(lock: Lock) -> str:
     return f":unlock: {lock.environment}'s lock by {block_kit.who(lock.holder)} expired ({lock.reason})."
 
 
+def taken_over(environment: str, holder: str, reason: str, by: str) -> str:
+    """An expired lock someone locked the environment over before the keeper swept it."""
+    return (
+        f":unlock: {environment}'s lock by {block_kit.who(holder)} expired ({reason}); "
+        f"{block_kit.who(by)} took it over."
+    )
+
+
 def _plain(name: str) -> str:
     """A name for a button label (plain text: no mentions there)."""
     return "the holder" if slack_user(name) else name

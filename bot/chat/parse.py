@@ -12,6 +12,11 @@ from core.errors import InvalidInput
 
 #: typographic quotes (phones type them) as the plain ones shlex understands
 SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+#: spaces shlex does not part words on: a no-break space (macOS types one with Option-Space),
+#: typographic and ideographic spaces, line and paragraph separators (all but ASCII's)
+OTHER_SPACES = re.compile(r"[^\S \t\r\n]")
+#: invisible characters pasted along with text: zero-width space, word joiner, byte-order mark
+INVISIBLE = re.compile("[\u200b\u2060\ufeff]")
 #: what no database keeps as text: NUL, and half of a surrogate pair (JSON, as Socket Mode
 #: and interactive payloads carry text, can escape either)
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -29,6 +34,7 @@ def parse(text: str) -> Line:
     refuse_unstorable(text, "that")
     # Slack sends typographic quotes when people type them on phones
     text = text.translate(SMART_QUOTES)
+    text = INVISIBLE.sub("", OTHER_SPACES.sub(" ", text))
     try:
         tokens = shlex.split(text)
     except ValueError as exc:

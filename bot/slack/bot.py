@@ -141,7 +141,7 @@ def build_bolt(settings: Settings, backend: ChatBackend, work: Backlog) -> Async
     _listen_to_reject(app, backend, client)
     _listen_to_abort(app, backend, client)
     _listen_to_home(app, backend, client)
-    _listen_to_strangers(app, work)  # (last: Bolt answers with the first listener that matches)
+    _listen_to_strangers(app, client, work)  # (last: Bolt answers with the first listener that matches)
     return app
 
 
@@ -212,7 +212,7 @@ def _listen_to_buttons(app: AsyncApp, backend: ChatBackend, client: AsyncWebClie
             who = Who(body["user"]["id"], (body.get("channel") or {}).get("id", ""))
             reply = await press(backend, who, action["action_id"], action.get("value", ""))
             if reply is not None:
-                await _respond(respond, reply)
+                await _answer(client, body, respond, reply)
 
         work.add(answer())
 
@@ -237,7 +237,7 @@ def _listen_to_reject(app: AsyncApp, backend: ChatBackend, client: AsyncWebClien
         except DatabaseUnreachable as exc:
             decided = Reply(f":warning: {exc.message}")
         if decided is not None:
-            await _respond(respond, decided)
+            await _answer(client, body, respond, decided)
             return
         await client.views_open(trigger_id=body["trigger_id"], view=_reject_form(value))
 
@@ -306,17 +306,42 @@ def _listen_to_home(app: AsyncApp, backend: ChatBackend, client: AsyncWebClient)
                 log.debug("App Home of %s not published: the database is unreachable", event["user"])
 
 
-def _listen_to_strangers(app: AsyncApp, work: Backlog) -> None:
-    """A button none of the listeners above knows (a message from an older Shipyard, a forged
-    press): Bolt would answer ``404`` and the person would see a bare error on the button."""
+def _listen_to_strangers(app: AsyncApp, client: AsyncWebClient, work: Backlog) -> None:
+    """A button none of the listeners above knows (a message, modal or App Home from an older
+    Shipyard, a forged press): Bolt would answer ``404`` and the person would see a bare error
+    on the button."""
 
     @app.action(re.compile(".*"))
     async def on_unknown(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         action_id = body["actions"][0].get("action_id", "")
         log.info("a press of a button Shipyard does not know: %r", action_id)
-        if body.get("response_url"):  # (a press in a modal or App Home has none to answer through)
-            work.add(_respond(respond, Reply(":warning: That button is not one of mine any more.")))
+        stale = Reply(":warning: That button is no longer in use: it is not one of mine any more.")
+        work.add(_answer(client, body, respond, stale))
+
+
+async def _answer(client: AsyncWebClient, body: dict[str, Any], respond: AsyncRespond, reply: Reply) -> None:
+    """A press's answer: through its response_url (a button in a message), else (a modal or App
+    Home, which have none) in a small modal over the view, pushed onto a modal's stack; in a
+    direct message when Slack will not show one (its trigger expired, the stack is full)."""
+    if body.get("response_url"):
+        await _respond(respond, reply)
+        return
+    notice = {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": "Shipyard"},
+        "close": {"type": "plain_text", "text": "OK"},
+        "blocks": reply.blocks or [block_kit.text(reply.text)],
+    }
+    trigger = body.get("trigger_id", "")
+    try:
+        if (body.get("view") or {}).get("type") == "modal":
+            await client.views_push(trigger_id=trigger, view=notice)
+        else:
+            await client.views_open(trigger_id=trigger, view=notice)
+    except SlackApiError as exc:
+        log.info("cannot show an answer over the view (%s); telling directly", exc.response.get("error"))
+        await _tell(client, Who(body["user"]["id"], ""), reply)
 
 
 async def _respond(respond: AsyncRespond, reply: Reply) -> None:

@@ -45,7 +45,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import metrics
 from bot.backend import now
-from bot.chat import block_kit, cards, rollout_blocks, threads
+from bot.chat import block_kit, cards, lock_blocks, rollout_blocks, threads
 from bot.chat import health as health_words
 from bot.chat.environments import review_reminder
 from bot.chat.verbs import ChatBackend
@@ -56,6 +56,7 @@ from core.checks import Measurement
 from core.errors import DatabaseUnreachable
 from core.events import NO_RUN, Event
 from core.labels import WAIT_S
+from core.locks import EVENT_NAMES, LockAction
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 CURSOR = "slack"
 #: the event of an environment's health changing, posted in its channel
 HEALTH_CHANGED = "environment.health_changed"
+LOCK_ACQUIRED = EVENT_NAMES[LockAction.ACQUIRE]
 #: the longest the notifier goes without looking for reminders due (a gate opening, which it
 #: sees as an event, makes it look at once)
 REMIND_IDLE_S = 300.0
@@ -259,8 +261,8 @@ class Notifier:
         # again, each post claimed once, and no run's handling is left running behind it
         done = await asyncio.gather(*(one(e) for e in by_run.values()), return_exceptions=True)
         for event in events:
-            if event.name == HEALTH_CHANGED:
-                await self._on_health(event)
+            if event.run_id == NO_RUN:
+                await self._on_environment(event)
         if failures := [e for e in done if isinstance(e, BaseException)]:
             raise failures[0]
         if any(_changes_home(e) for e in events):
@@ -428,6 +430,30 @@ class Notifier:
             return
         await self.backend.write(self.state.post_sent, run_id, key, str(answer["ts"]))
 
+    async def _on_environment(self, event: Event) -> None:
+        if event.name == HEALTH_CHANGED:
+            await self._on_health(event)
+        elif event.name == LOCK_ACQUIRED and event.data.get("previous_holder"):
+            await self._on_lock_taken_over(event)
+
+    async def _on_lock_taken_over(self, event: Event) -> None:
+        """A lock ran out and someone locked the environment before the keeper swept it (which
+        tells the channel of the expiries it makes): the channel is told here instead, with the
+        previous holder mentioned, once (claimed by the event's number)."""
+        if self.default_channel is None:
+            return
+        summary = lock_blocks.taken_over(
+            event.subject_id,
+            str(event.data["previous_holder"]),
+            str(event.data.get("previous_reason", "")),
+            str(event.data.get("holder", "")),
+        )
+        key = f"lock:{event.subject_id}:{event.seq}"
+        blocks = [block_kit.text(summary)]
+        await self._post(
+            NO_RUN, event.subject_id, self.default_channel, None, key, summary, blocks, event.seq
+        )
+
     async def _on_health(self, event: Event) -> None:
         """An environment's health changed: say so in its channel (its ``slack_channel``, else the
         default one), once, whatever the restarts and replicas (the post is claimed by the event's
@@ -481,9 +507,9 @@ class Notifier:
         found = await self.backend.read(
             self.backend.shipyard.store.events_after, post.seq - 1, 1, post.run_id
         )
-        if post.run_id == NO_RUN:  # a post about no run: an environment's health
+        if post.run_id == NO_RUN:  # a post about no run: an environment's health or lock
             if found and found[0].seq == post.seq:
-                await self._on_health(found[0])
+                await self._on_environment(found[0])
             return
         state = await self.backend.read(self.backend.reads.run, post.run_id)
         if not found or found[0].seq != post.seq or state is None:

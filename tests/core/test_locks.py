@@ -264,6 +264,17 @@ def test_handover_rules() -> None:
         ({"expires_at": None}, False),
         # taken for 10 minutes a moment ago: its holder knows when it ends
         ({"since": NOW - timedelta(minutes=1), "expires_at": NOW + timedelta(minutes=9)}, False),
+        # relocked or extended for 10 minutes a moment ago: the same
+        ({"expiry_set_at": NOW - timedelta(minutes=1), "expires_at": NOW + timedelta(minutes=9)}, False),
+        # handed over a moment ago, 10 minutes before the expiry its giver set: its new holder did not
+        (
+            {
+                "since": NOW - timedelta(minutes=1),
+                "expiry_set_at": NOW - 2 * H,
+                "expires_at": NOW + timedelta(minutes=9),
+            },
+            True,
+        ),
     ],
 )
 def test_a_reminder_is_due_once_within_the_lead_of_the_expiry(changes: dict[str, object], due: bool) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.chat.parse import parse
+from bot.chat.parse import Line, parse
 from core.access import Role
 from core.errors import InvalidInput
 from tests.pipelines import GATED_ON_REF, SHOP
@@ -23,6 +23,7 @@ from tests.slack.harness import (
     CHANNEL,
     RELEASE_MANAGERS,
     ROOT,
+    SECRET,
     Bot,
     StartBot,
     button,
@@ -64,6 +65,21 @@ async def test_a_nul_character_in_a_command_is_named_instead_of_failing_in_the_d
     assert "nothing" in _ephemeral(await bot.say(ROOT, "envs"))  # no run, no lock
     assert "No environment is locked" in _ephemeral(await bot.say(ROOT, "locks"))
     assert not top_level_posts(bot.fake)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "status\u00a0web#1",  # a no-break space (macOS types one with Option-Space)
+        "status web#1\u00a0",
+        "status\u3000web#1",  # an ideographic space
+        "status\u2003 web#1",
+        "\u200bstatus web\u200b#1",  # zero-width spaces pasted along with the text
+        "\ufeffstatus web#1",
+    ],
+)
+def test_unicode_spaces_part_words_like_spaces(text: str) -> None:
+    assert parse(text) == Line("status", ["web#1"])
 
 
 def test_half_an_emoji_is_named_too() -> None:
@@ -155,3 +171,67 @@ async def test_approve_pressed_twice_at_once_approves_once(bot: Bot) -> None:
     assert len(approvals) == 1, approvals
     answers = [r.body for t in tokens for r in bot.fake.responses_to(t)]
     assert len(answers) <= 1 and all("approved" in json.dumps(a) for a in answers), answers
+
+
+# -- presses in a modal or App Home (no response_url to answer through) ---------------------------
+def _view(bot: Bot, kind: str) -> dict[str, Any]:
+    """A view as Slack holds it: a modal the bot opened, or ALICE's App Home."""
+    spec = {"type": kind, "blocks": []}
+    if kind == "modal":
+        spec["title"] = {"type": "plain_text", "text": "Old form"}
+    view_id = f"V{kind.upper()}"
+    bot.fake.views[view_id] = {**spec, "id": view_id, "hash": "1.x", "callback_id": "old_form"}
+    return bot.fake.views[view_id]
+
+
+@pytest.mark.parametrize(("kind", "method"), [("modal", "views.push"), ("home", "views.open")])
+async def test_a_stale_button_in_a_modal_or_app_home_is_answered_over_it(
+    bot: Bot, kind: str, method: str
+) -> None:
+    trigger = signing.new_trigger_id()
+    request = signing.block_actions(
+        SECRET,
+        user_id=ALICE,
+        action_id="deploy_everything",
+        value="{}",
+        view=_view(bot, kind),
+        trigger_id=trigger,
+    )
+    status, _, text = await bot.post(request)
+    assert (status, text) == (200, "")
+    shown = await bot.fake.wait_for(method, lambda c: c.args.get("trigger_id") == trigger)
+    assert shown.ok, shown.response
+    assert "no longer in use" in json.dumps(shown.args["view"])
+
+
+async def test_a_refused_press_on_app_home_is_told_to_the_presser(bot: Bot) -> None:
+    value, _ = await _gate_card(bot)  # Alice's own run: she cannot approve it
+    trigger = signing.new_trigger_id()
+    request = signing.block_actions(
+        SECRET,
+        user_id=ALICE,
+        action_id="gate_approve",
+        value=value,
+        view=_view(bot, "home"),
+        trigger_id=trigger,
+    )
+    assert (await bot.post(request))[0] == 200
+    shown = await bot.fake.wait_for("views.open", lambda c: c.args.get("trigger_id") == trigger)
+    assert "cannot approve" in json.dumps(shown.args["view"]), shown.args["view"]
+    assert bot.gate("gated#1").status == "open"
+
+
+async def test_a_press_in_app_home_slack_will_not_show_a_modal_for_is_told_directly(bot: Bot) -> None:
+    trigger = signing.new_trigger_id()
+    bot.fake.expire_trigger(trigger)  # (worked on after more than 3 s)
+    request = signing.block_actions(
+        SECRET,
+        user_id=ALICE,
+        action_id="deploy_everything",
+        value="{}",
+        view=_view(bot, "home"),
+        trigger_id=trigger,
+    )
+    assert (await bot.post(request))[0] == 200
+    told = await bot.fake.wait_for("chat.postMessage", lambda c: c.args.get("channel") == ALICE)
+    assert "no longer in use" in told.args["text"]

@@ -154,6 +154,52 @@ async def test_an_expired_lock_is_told_to_the_channel_once(bot: Bot) -> None:
     assert "No environment is locked" in (await bot.say(BOB, "locks"))["text"]
 
 
+async def test_an_expired_lock_taken_over_before_it_was_swept_is_told_to_the_channel(bot: Bot) -> None:
+    await keeper(bot).stop()  # (its sweep would tell the expiry itself)
+    LockStore(bot.store).acquire(
+        "production", ALICE, "incident 4711", 3600, datetime.now(UTC) - timedelta(hours=2), channel="slack"
+    )
+    taken = await bot.say(BOB, 'lock production "release 1.4"')
+    assert taken["text"].startswith(f":lock: production is locked by <@{BOB}>")
+    told = await bot.fake.wait_for("chat.postMessage", lambda c: "expired" in c.args.get("text", ""))
+    assert told.args["channel"] == CHANNEL
+    assert told.args["text"] == (
+        f":unlock: production's lock by <@{ALICE}> expired (incident 4711); <@{BOB}> took it over."
+    )
+    entry = next(e for e in bot.store.audit_entries(20) if e.action == "expire_lock")
+    assert (entry.actor, entry.detail["holder"]) == ("shipyard", ALICE)
+
+
+async def test_a_lock_handed_over_late_reminds_its_new_holder(bot: Bot) -> None:
+    """Bob did not choose the expiry Alice's lock hands him 5 minutes before it: he is reminded
+    (with Extend 1h) at once, as Alice was, not left to find the environment unlocked."""
+    await bot.say(ALICE, 'lock production "incident 4711" for 2h')
+    held = current(bot)
+    assert held is not None and held.expires_at is not None
+    expiry, locks = held.expires_at, LockStore(bot.store)
+    assert [lock.holder for lock in (await keeper(bot).tick(expiry - timedelta(minutes=9))).reminded] == [
+        ALICE
+    ]
+    locks.request_handover("production", BOB, expiry - timedelta(minutes=6), channel="slack")
+    locks.hand_over("production", ALICE, BOB, expiry - timedelta(minutes=5), channel="slack")
+    due = await keeper(bot).tick(expiry - timedelta(minutes=5))
+    assert [lock.holder for lock in due.reminded] == [BOB]
+    [reminder] = posts_to(bot, BOB)
+    assert f"<@{BOB}>, your lock on *production* expires" in reminder.args["text"]
+    assert lock_blocks.EXTEND in buttons_of(reminder)
+    assert (await keeper(bot).tick(expiry - timedelta(minutes=4))).reminded == []  # once
+
+
+async def test_a_lock_taken_or_relocked_for_less_than_the_reminder_is_not_reminded(bot: Bot) -> None:
+    at, locks = datetime.now(UTC), LockStore(bot.store)
+    locks.acquire("production", ALICE, "quick fix", 300, at)  # production reminds 10m ahead
+    assert (await keeper(bot).tick(at + timedelta(minutes=1))).reminded == []
+    locks.acquire("staging", BOB, "load test", 7200, at)
+    locks.acquire("staging", BOB, "load test, shorter", 300, at + timedelta(hours=1))  # (relocked)
+    assert (await keeper(bot).tick(at + timedelta(hours=1, minutes=1))).reminded == []
+    assert posts_to(bot, ALICE) == posts_to(bot, BOB) == []
+
+
 async def test_a_holder_outside_slack_is_reminded_in_the_channel(bot: Bot) -> None:
     at = datetime.now(UTC)
     LockStore(bot.store).acquire("staging", "ci-bot", "load test", 3600, at, channel="rest")

@@ -399,3 +399,19 @@ def test_a_rollback_never_sweeps_away_a_lock_someone_took_while_it_finished(
     held = engine.current("production", at(121))
     assert held is not None and (held.holder, held.since) == (taken[0].holder, taken[0].since)
     assert held.kind == "rollback" and held.reason.endswith("(locked by bob before: hotfix)")
+
+
+def test_taking_over_an_expired_lock_names_it_in_the_event(locks: LockStore) -> None:
+    """No sweep will tell that alice's lock ran out: the event of bob's lock says it instead."""
+    cursor = locks.store.last_event_seq()
+    locks.acquire("production", "alice", "incident 4711", 60.0, NOW)
+    locks.acquire("production", "bob", "release 1.4", None, at(120))
+    locks.acquire("production", "bob", "release 1.5", None, at(180))  # (his own: no takeover)
+    events = locks.store.events_after(cursor)
+    assert [
+        (e.from_status, e.data.get("previous_holder"), e.data.get("previous_reason")) for e in events
+    ] == [
+        ("free", None, None),
+        ("expired", "alice", "incident 4711"),
+        ("held", None, None),
+    ]
