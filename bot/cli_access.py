@@ -44,6 +44,9 @@ def register(sub: Any) -> None:
     s.set_defaults(func=cmd_token_create)
     s = tsub.add_parser("list", help="tokens and their roles (never the secrets)")
     s.set_defaults(func=cmd_token_list)
+    s = tsub.add_parser("rotate", help="a new secret for a token, printed once; the old one stops working")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_token_rotate)
     s = tsub.add_parser("revoke", help="revoke a token; it stops working within seconds")
     s.add_argument("name")
     s.set_defaults(func=cmd_token_revoke)
@@ -178,6 +181,22 @@ def cmd_token_list(args: argparse.Namespace) -> int:
             f"{t.name:24} {','.join(t.roles) or '-':28} {state:24} "
             f"created {t.created_at:%Y-%m-%d} by {t.created_by}{labels}"
         )
+    return 0
+
+
+def cmd_token_rotate(args: argparse.Namespace) -> int:
+    store = _store()
+    try:
+        secret = Directory(store).rotate_token(args.name)
+    except ShipyardError as exc:
+        return _refuse(store, "token_rotate", args.name, {}, exc.message)
+    _audit(store, "token_rotate", args.name, {})
+    print(secret)
+    print(
+        f"new token for {args.name} (same roles and labels); the old one stops working within "
+        "seconds: store this one in your CI's secrets",
+        file=sys.stderr,
+    )
     return 0
 
 

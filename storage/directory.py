@@ -19,6 +19,8 @@ from storage.tables import T
 TOKEN, GRANT = T["access_token"], T["grant"]
 #: tokens carry a recognisable prefix, so a leaked one is easy to find in logs and scanners
 TOKEN_PREFIX = "shy_"
+#: who "made" the admin token given in ``SHIPYARD_ADMIN_TOKEN``
+ADMIN_FROM_ENV = "SHIPYARD_ADMIN_TOKEN"
 
 
 #: the longest principal and group names (their columns' widths)
@@ -107,6 +109,29 @@ class Directory:
             self._grant(conn, name, grants + [("label", label) for label in labels or []], now)
         return secret
 
+    def rotate_token(self, name: str) -> str:
+        """A new secret for the active token ``name`` (same principal, grants and history); the
+        old secret stops working at once. Returns the new secret, which is not kept."""
+        check_name("token name", name, 100)
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.store.engine.begin() as conn:
+            done = conn.execute(
+                sa.update(TOKEN)
+                .where(
+                    TOKEN.c.name == name, TOKEN.c.revoked_at.is_(None), TOKEN.c.created_by != ADMIN_FROM_ENV
+                )
+                .values(token_hash=token_hash(secret))
+            )
+            if done.rowcount == 1:
+                return secret
+            found = conn.execute(sa.select(TOKEN.c.created_by).where(TOKEN.c.name == name)).first()
+        if found is not None and found[0] == ADMIN_FROM_ENV:
+            # (each start makes the variable's secret the admin's again)
+            raise InvalidInput(
+                f"{name!r} is SHIPYARD_ADMIN_TOKEN's: set the variable anew and restart the service"
+            )
+        raise NotFound(f"no active token named {name!r}")
+
     def revoke_token(self, name: str, now: datetime) -> None:
         check_name("token name", name, 100)
         with self.store.engine.begin() as conn:
@@ -164,7 +189,7 @@ class Directory:
                     token_hash=digest,
                     principal=name,
                     created_at=now,
-                    created_by="SHIPYARD_ADMIN_TOKEN",
+                    created_by=ADMIN_FROM_ENV,
                 )
             )
             held = Principal.from_grants(name, self._grants(conn, name), now)

@@ -343,3 +343,11 @@ def test_runner_labels_are_granted_with_the_token_or_later_and_audited(tmp_path:
         "access_grant prod-1 rejected",
         "access_revoke prod-1 rejected",
     ]
+
+    # a new secret for the same runner: its labels stay, and the change is audited
+    rotated = shipyard(db, "token", "rotate", "prod-1")
+    assert rotated.returncode == 0 and rotated.stdout.startswith("shy_") and rotated.stdout != made.stdout
+    assert "new token for prod-1 (same roles and labels)" in rotated.stderr
+    assert shipyard(db, "access", "show", "prod-1").stdout.endswith("runner labels gpu, linux\n")
+    last = shipyard(db, "audit", "list", "--limit", "1").stdout
+    assert last.rstrip().endswith("via cli: token_rotate prod-1 accepted")

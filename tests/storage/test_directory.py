@@ -1,6 +1,6 @@
 """Tokens and who they are: a token acts as its principal with the roles granted; a revoked one
 stops working; the configured admin token is installed once, idempotently, and a new secret for
-it replaces the old one; bad names are refused."""
+it replaces the old one; a rotated token keeps its principal; bad names are refused."""
 
 from __future__ import annotations
 
@@ -50,5 +50,30 @@ def test_the_configured_admin_token_is_installed_once_and_a_new_secret_replaces_
         assert directory.authenticate("first-secret", T0 + timedelta(seconds=4)) is None
         again = directory.authenticate("second-secret", T0 + timedelta(seconds=4))
         assert again is not None and Role.ADMIN in again.roles
+    finally:
+        store.dispose()
+
+
+def test_a_rotated_token_keeps_its_principal_and_grants_and_the_old_secret_stops(db_url: str) -> None:
+    store = SqlStore(db_url)
+    try:
+        directory = Directory(store)
+        old = directory.create_token("ci", [Role.RUNNER], T0, by="ops", labels=["prod-eu"])
+        new = directory.rotate_token("ci")
+        assert new != old and new.startswith("shy_")
+        assert directory.authenticate(old, T0 + timedelta(seconds=1)) is None
+        found = directory.authenticate(new, T0 + timedelta(seconds=1))
+        assert found is not None and found.name == "ci"
+        assert found.roles == frozenset({Role.RUNNER}) and found.labels == frozenset({"prod-eu"})
+        assert [(t.name, t.revoked_at) for t in directory.tokens()] == [("ci", None)]
+
+        directory.ensure_admin_token("from-the-variable", T0)
+        with pytest.raises(InvalidInput, match="SHIPYARD_ADMIN_TOKEN's: set the variable anew"):
+            directory.rotate_token("admin")
+        assert directory.authenticate("from-the-variable", T0 + timedelta(seconds=1)) is not None
+        directory.revoke_token("ci", T0 + timedelta(seconds=2))
+        for gone in ("ci", "nosuch"):
+            with pytest.raises(NotFound, match=f"no active token named '{gone}'"):
+                directory.rotate_token(gone)
     finally:
         store.dispose()
