@@ -36,6 +36,7 @@ METHOD_SCOPES: dict[str, str | None] = {
     "chat.postEphemeral": "chat:write",
     "chat.delete": "chat:write",  # a bot token deletes only its own messages
     "views.open": None,
+    "views.push": None,
     "views.update": None,
     "views.publish": None,
     "usergroups.users.list": "usergroups:read",
