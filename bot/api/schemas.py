@@ -117,13 +117,19 @@ class VerificationIn(Strict):
     reason: str = Field("", max_length=1000)
 
 
+def _whole(value: Any) -> Any:
+    """JSON Schema counts ``2.0`` as an integer, so a client may send one; strict mode would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class PromoteIn(Strict):
     """Promote a rollout past the step it waits in."""
 
     comment: str = Field("", max_length=1000)
-    step: int | None = Field(
+    step: Annotated[int, BeforeValidator(_whole)] | None = Field(
         None,
         ge=1,
+        le=10_000,
         description="the step you are promoting: the run's `rollout.step` as you saw it (from 1). A rollout "
         "that moved on since is refused (409) rather than promoted past a step you did not see (two "
         "presses on one pause). Clients should send it; without it the rollout goes past whatever step "

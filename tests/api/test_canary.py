@@ -377,7 +377,8 @@ async def test_a_promote_names_the_step_it_saw_so_a_second_press_does_not_skip_t
     promote = f"/runs/{run['id']}/rollout/promote"
     first = await api.post(promote, who="approver", json={"step": seen})
     assert first.status == 200, first.json
-    second = await api.post(promote, who="approver", json={"step": seen, "comment": "ok"})
+    # (2.0 is the integer 2 to JSON Schema, as to the API)
+    second = await api.post(promote, who="approver", json={"step": float(seen), "comment": "ok"})
     assert_problem(second, 409, "moved on to step 3 of 4 (analysis of smoke for 10m)", "since step 2")
     try:
         form = {"csrf": await browser.csrf(page), "step": "2"}
