@@ -126,10 +126,8 @@ class PromoteIn(Strict):
     """Promote a rollout past the step it waits in."""
 
     comment: str = Field("", max_length=1000)
-    step: Annotated[int, BeforeValidator(_whole)] | None = Field(
+    step: Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_whole)] | None = Field(
         None,
-        ge=1,
-        le=10_000,
         description="the step you are promoting: the run's `rollout.step` as you saw it (from 1). A rollout "
         "that moved on since is refused (409) rather than promoted past a step you did not see (two "
         "presses on one pause). Clients should send it; without it the rollout goes past whatever step "
