@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from bot.api.gateway import ApiGateway
 from bot.api.problems import REFUSAL_STATUS, Problem
-from bot.api.routing import PREFIX, _clean, _storable, field_errors, fingerprint, kept, stored
+from bot.api.routing import PREFIX, _clean, _storable, field_errors, fingerprint, kept, replayed, stored
 from bot.api.schemas import RunOut, Strict, TriggerIn
 from bot.backend import now
 from bot.webhooks import signing
@@ -315,13 +315,7 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
     if claim.outcome == "in_progress":
         raise _Refused(409, f"a callback with webhook-id {key} is still being processed", who)
     if claim.outcome == "replay":
-        answer = claim.response or {}
-        return web.Response(
-            status=claim.status_code or 200,
-            text=answer.get("body", ""),
-            content_type=answer.get("content_type", "application/json"),
-            headers={"Idempotent-Replayed": "true"},
-        )
+        return replayed(claim.status_code, claim.response)
     try:
         response = await _verdict(gateway, request, hook.id, raw, who)
     except (Problem, _Refused) as exc:

@@ -504,13 +504,7 @@ async def _idempotent(
     if claim.outcome == "in_progress":
         raise Problem(409, "a request with this Idempotency-Key is still being processed; retry shortly")
     if claim.outcome == "replay":
-        answer = claim.response or {}
-        return web.Response(
-            status=claim.status_code or 200,
-            text=answer.get("body", ""),
-            content_type=answer.get("content_type", "application/json"),
-            headers={**answer.get("headers", {}), "Idempotent-Replayed": "true"},
-        )
+        return replayed(claim.status_code, claim.response)
     call.idempotency_key, call.key_holder = key, claim.holder
     response: web.StreamResponse
     renewing = asyncio.create_task(_renew(gateway, caller, key, claim.holder))
@@ -553,6 +547,17 @@ def stored(response: web.Response) -> dict[str, Any]:
     """What a key keeps of an answer to replay it: body, media type, Location and ETag."""
     keep = {h: response.headers[h] for h in ("Location", "ETag") if h in response.headers}
     return {"body": response.text or "", "content_type": response.content_type, "headers": keep}
+
+
+def replayed(status: int | None, answer: dict[str, Any] | None) -> web.Response:
+    """The answer a key kept (``stored``), sent again, marked ``Idempotent-Replayed``."""
+    answer = answer or {}
+    return web.Response(
+        status=status or 200,
+        text=answer.get("body", ""),
+        content_type=answer.get("content_type", "application/json"),
+        headers={**answer.get("headers", {}), "Idempotent-Replayed": "true"},
+    )
 
 
 def kept(status: int) -> bool:
