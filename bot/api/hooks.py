@@ -3,7 +3,9 @@
 * ``POST /api/v1/hooks/{trigger_id}`` starts a run from an external event: a GitHub ``push``
   (``X-Hub-Signature-256``; the digest of the signed body is the idempotency key, so a redelivered
   event never starts a second run, and neither does a captured one sent again under another
-  ``X-GitHub-Delivery``, which the signature does not cover; the run carries the pushed
+  ``X-GitHub-Delivery``, which the signature does not cover; a push refused or ignored is
+  answered the same again, kept under that digest, even after the rules changed; one pushed
+  longer ago than answers are kept is refused; the run carries the pushed
   branch, ``refs/heads/main`` being ``main``, for environments that take only some branches; a
   tag push starts nothing) or a generic JSON ``{"parameters", "revision", "branch"}`` signed the
   Standard Webhooks way (``webhook-id`` is the key; a timestamp more than five minutes off is a
@@ -15,7 +17,8 @@
 * ``POST /api/v1/runs/{run}/gates/{gate}/callback?webhook=<id>`` clears (``"passed": true``) or
   fails an external gate; it is signed with the secret of the subscription that was sent the
   gate's ``gate.waiting``, and its ``webhook-id`` is used once (the same callback again gets
-  the first answer; sent to another gate, a refusal).
+  the first answer, however the URL names the run and the gate; sent to another gate, a
+  refusal).
 
 Every refusal (unknown trigger, unsigned, badly signed, stale, malformed, an owner without the
 standing) is a 4xx problem document and an audit entry; accepted requests become engine
@@ -29,7 +32,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
@@ -41,7 +44,7 @@ from bot.api.routing import PREFIX, _clean, _storable, field_errors, fingerprint
 from bot.api.schemas import RunOut, Strict, TriggerIn
 from bot.backend import now
 from bot.webhooks import signing
-from bot.webhooks.incoming import Ignored, NotAPush, match_push
+from bot.webhooks.incoming import Ignored, NotAPush, Push, match_push
 from core.access import Action
 from core.commands import RecordGateCheck, TriggerRun
 from core.model import Actor, RunState
@@ -74,6 +77,16 @@ class _Refused(Exception):
         self.who = who
         #: told to the sender (problem extension members) and recorded in the audit entry
         self.extra = extra
+
+
+class _Replayed(_Refused):
+    """A refusal kept under the request's key, answered again as it was the first time (and
+    audited again: a replay is worth seeing)."""
+
+    def __init__(self, response: web.Response, who: str) -> None:
+        kept_problem = json.loads(response.text or "{}")
+        super().__init__(response.status, str(kept_problem.get("detail", "")), who, replayed="true")
+        self.response = response
 
 
 Handler = Callable[[ApiGateway, web.Request], Awaitable[web.Response]]
@@ -114,6 +127,8 @@ def _audited(
                     },
                 )
             )
+            if isinstance(refused, _Replayed):
+                return refused.response
             return refused.problem.response(request.path)
 
     return handle
@@ -203,6 +218,34 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
     if request.content_type != "application/json":
         raise _Refused(415, "set the GitHub webhook's content type to application/json", who)
     delivery = _key(request.headers.get("X-GitHub-Delivery", ""), "X-GitHub-Delivery", who)
+    # The body, not X-GitHub-Delivery, is the push: only the body is signed, so a captured push
+    # sent again under a fresh delivery id is still the same push. What the first delivery was
+    # answered is kept under its digest (the answers above depend on unsigned headers and are
+    # not): a push refused or ignored stays so when sent again after the rules changed.
+    digest = hashlib.sha256(raw).hexdigest()
+    key = f"github:sha256:{digest}"
+    return await _once(
+        gateway,
+        request.path,
+        who,
+        key,
+        digest,
+        lambda: _push(gateway, trigger, raw, delivery, key),
+        keep=_kept_push,
+        busy=f"a delivery of this push ({key}) is still being processed",
+        mismatch="this push was already delivered",
+    )
+
+
+def _kept_push(response: web.Response) -> bool:
+    """A push's answer is kept when it refused or ignored the push; a run it started is found
+    again by its idempotency key (forever, where kept answers are purged), and answered as a
+    duplicate."""
+    return kept(response.status) and response.status != 202 and "Idempotent-Replayed" not in response.headers
+
+
+async def _push(gateway: ApiGateway, trigger: Trigger, raw: bytes, delivery: str, key: str) -> web.Response:
+    who = _trigger_actor(trigger).name
     payload = _json(raw, who)
     info = await gateway.read(gateway.reads.pipeline, trigger.pipeline)
     if info is None:
@@ -213,9 +256,11 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         raise _Refused(422, str(exc), who) from None
     if isinstance(push, Ignored):
         return _answer(HookOut(outcome="ignored", reason=push.reason), 200)
-    legacy = await gateway.read(gateway.reads.run_by_key, trigger.pipeline, f"github:{delivery}", quick=True)
-    if legacy is not None:  # started before runs were keyed by the body: GitHub's "Redeliver" of it
-        return _duplicate(legacy, f"already triggered as {legacy.run.ref}")
+    for started_as in (f"github:{delivery}", key):  # the first: keyed before runs were keyed by the body
+        earlier = await gateway.read(gateway.reads.run_by_key, trigger.pipeline, started_as, quick=True)
+        if earlier is not None:  # GitHub's "Redeliver" of a push that started a run
+            return _duplicate(earlier, f"already triggered as {earlier.run.ref}")
+    _check_age(gateway, push, who)
     command = TriggerRun(
         pipeline=trigger.pipeline,
         actor=_trigger_actor(trigger),
@@ -224,11 +269,60 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         source_revision=push.revision,
         revision_time=push.committed_at,
         branch=push.branch,
-        # the body, not X-GitHub-Delivery: only the body is signed, so a captured push sent
-        # again under a fresh delivery id is still the same push
-        idempotency_key=f"github:sha256:{hashlib.sha256(raw).hexdigest()}",
+        idempotency_key=key,
     )
     return await _start(gateway, command)
+
+
+def _check_age(gateway: ApiGateway, push: Push, who: str) -> None:
+    """A push older than Shipyard keeps answers (``SHIPYARD_IDEMPOTENCY_HOURS``) could have been
+    refused once and forgotten since: it is refused, so no captured push ever starts a run of
+    its old commit. The time is the signed ``repository.pushed_at``."""
+    keep = timedelta(hours=gateway.shipyard.settings.idempotency_hours)
+    if push.pushed_at is not None and push.pushed_at < now() - keep:
+        raise _Refused(
+            422,
+            f"this push was made at {push.pushed_at.isoformat()}, longer ago than Shipyard remembers "
+            f"deliveries ({keep.total_seconds() / 3600:g} hours); push again, or start the run by hand",
+            who,
+        )
+
+
+async def _once(
+    gateway: ApiGateway,
+    instance: str,
+    who: str,
+    key: str,
+    fingerprinted: str,
+    work: Callable[[], Awaitable[web.Response]],
+    *,
+    keep: Callable[[web.Response], bool],
+    busy: str,
+    mismatch: str,
+) -> web.Response:
+    """``work`` once for ``who``'s ``key``: what it answered (when ``keep`` says so) is answered
+    again to the same request, and a refusal again is audited again."""
+    claim = await gateway.claim_key(who, key, fingerprinted)
+    if claim.outcome == "mismatch":
+        raise _Refused(409, mismatch, who)
+    if claim.outcome == "in_progress":
+        raise _Refused(409, busy, who)
+    if claim.outcome == "replay":
+        response = replayed(claim.status_code, claim.response)
+        if response.status >= 400:
+            raise _Replayed(response, who)
+        return response
+    try:
+        response = await work()
+    except (Problem, _Refused) as exc:
+        problem = exc.problem if isinstance(exc, _Refused) else exc
+        await _keep(gateway, who, key, claim.holder, problem.response(instance), keep)
+        raise
+    except BaseException:
+        await gateway.release_key(who, key, claim.holder)
+        raise
+    await _keep(gateway, who, key, claim.holder, response, keep)
+    return response
 
 
 async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, raw: bytes) -> web.Response:
@@ -306,31 +400,41 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
         raise _Refused(403, f"webhook {hook.id} is {hook.status}", who)
     # The signature covers the webhook-id, the time and the body, not the URL: within its five
     # minutes a captured callback could be sent to another of the subscription's gates. So a
-    # webhook-id is used once: sent again to the same gate it gets the first answer, elsewhere
-    # a refusal.
+    # webhook-id is used once: sent again to the same gate (by its run's id or its ref, by the
+    # gate's id or its stage's name) it gets the first answer, elsewhere a refusal.
     key = _key(msg_id, "webhook-id", who)
-    claim = await gateway.claim_key(who, key, fingerprint("POST", request.path, raw))
-    if claim.outcome == "mismatch":
-        raise _Refused(409, f"webhook-id {key} was already used for another callback; sign each anew", who)
-    if claim.outcome == "in_progress":
-        raise _Refused(409, f"a callback with webhook-id {key} is still being processed", who)
-    if claim.outcome == "replay":
-        return replayed(claim.status_code, claim.response)
-    try:
-        response = await _verdict(gateway, request, hook.id, raw, who)
-    except (Problem, _Refused) as exc:
-        problem = exc.problem if isinstance(exc, _Refused) else exc
-        await _keep(gateway, who, key, claim.holder, problem.response(request.path))
-        raise
-    except BaseException:
-        await gateway.release_key(who, key, claim.holder)
-        raise
-    await _keep(gateway, who, key, claim.holder, response)
-    return response
+    return await _once(
+        gateway,
+        request.path,
+        who,
+        key,
+        fingerprint("POST", await _gate_path(gateway, request), raw),
+        lambda: _verdict(gateway, request, hook.id, raw, who),
+        keep=lambda response: kept(response.status),
+        busy=f"a callback with webhook-id {key} is still being processed",
+        mismatch=f"webhook-id {key} was already used for another callback; sign each anew",
+    )
 
 
-async def _keep(gateway: ApiGateway, who: str, key: str, holder: str, response: web.Response) -> None:
-    if kept(response.status):
+async def _gate_path(gateway: ApiGateway, request: web.Request) -> str:
+    """The callback's path with the run and the gate named by their ids, however the URL named
+    them: one gate, one request."""
+    state = await gateway.read(gateway.reads.run, request.match_info["run_id"], quick=True)
+    gate = state.find_gate(request.match_info["gate_id"]) if state is not None else None
+    if state is None or gate is None:
+        return request.path  # (refused 404 by ``_verdict``)
+    return CALLBACK_PATH.format(run_id=state.run.id, gate_id=gate.id)
+
+
+async def _keep(
+    gateway: ApiGateway,
+    who: str,
+    key: str,
+    holder: str,
+    response: web.Response,
+    keep: Callable[[web.Response], bool],
+) -> None:
+    if keep(response):
         await gateway.finish_key(who, key, holder, response.status, stored(response))
     else:
         await gateway.release_key(who, key, holder)

@@ -36,6 +36,8 @@ class Push:
     parameters: dict[str, str]
     #: the head commit's timestamp (None when the payload has none that reads as one)
     committed_at: datetime | None = None
+    #: when it was pushed, the signed ``repository.pushed_at`` (None when the payload has none)
+    pushed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,7 @@ def match_push(definition: PipelineDef, payload: object) -> Push | Ignored:
                 parameters[rule.revision_parameter] = after
             if rule.branch_parameter:
                 parameters[rule.branch_parameter] = branch
-            return Push(branch, after, parameters, commit_time(payload))
+            return Push(branch, after, parameters, commit_time(payload), push_time(payload))
     patterns = ", ".join(p for rule in definition.push for p in rule.branches)
     return Ignored(f"branch {branch} matches no push trigger of {definition.name} (branches: {patterns})")
 
@@ -88,3 +90,19 @@ def commit_time(payload: Mapping[str, object]) -> datetime | None:
         return at.astimezone(UTC) if at.tzinfo is not None else None
     except (ValueError, OverflowError):
         return None
+
+
+def push_time(payload: Mapping[str, object]) -> datetime | None:
+    """``repository.pushed_at``: in a push event the Unix time of the push (other events give it
+    as ISO 8601, which is read too), in UTC; anything else is unknown."""
+    repository = payload.get("repository")
+    stamp = repository.get("pushed_at") if isinstance(repository, Mapping) else None
+    try:
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            return datetime.fromtimestamp(stamp, UTC)
+        if isinstance(stamp, str):
+            at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            return at.astimezone(UTC) if at.tzinfo is not None else None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None

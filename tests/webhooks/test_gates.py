@@ -30,7 +30,7 @@ async def call_back(api: Api, url: str, secret: str, body: Any, msg_id: str | No
         "webhook-signature": standardwebhooks.Webhook(secret).sign(msg_id, at, text),
     }
     target = URL(url)
-    path = target.path + (f"?{target.query_string}" if target.query_string else "")
+    path = target.raw_path + (f"?{target.raw_query_string}" if target.raw_query_string else "")
     return await api.call("POST", path, None, data=text, headers=headers)
 
 
@@ -145,3 +145,28 @@ async def test_a_captured_callback_sent_again_decides_nothing_more(
     assert_problem(elsewhere, 409, "webhook-id cb_once was already used for another callback")
     assert (await api.run(second["id"]))["status"] == "waiting"
     await settle(api, first["id"])
+
+
+async def test_a_callback_sent_again_to_the_same_gate_by_another_name_gets_the_first_answer(
+    db_url: str, start_hooks: StartHooks, receivers: Receivers
+) -> None:
+    """A run is named by its id or its ref (``scanned#1``), a gate by its id or its stage's name:
+    however the URL names them, one gate is one request, and a webhook-id sent again to it is
+    answered as the first time."""
+    api = await start_hooks(db_url)
+    scanner = await receivers()
+    hook = await subscribe(api, scanner, ["gate.waiting"])
+    run, data = await waiting_for_scan(api, scanner)
+    url = data["callback"]["url"]
+    ref = run["ref"].replace("#", "%23")
+    by_ref = url.replace(f"/runs/{run['id']}/gates/{data['gate']['id']}/", f"/runs/{ref}/gates/production/")
+    assert by_ref != url and "%23" in by_ref and "?webhook=" in by_ref
+
+    cleared = await call_back(api, by_ref, hook["secret"], {"passed": True}, msg_id="cb_named")
+    assert cleared.status == 200, cleared.text
+    for target in (by_ref, url):
+        again = await call_back(api, target, hook["secret"], {"passed": True}, msg_id="cb_named")
+        assert again.status == 200 and again.headers.get("Idempotent-Replayed") == "true", again.text
+        assert again.json == cleared.json
+    done = await settle(api, run["id"])
+    assert done["stages"][1]["gate"]["decided_by"] == f"webhook:{hook['id']}"

@@ -400,3 +400,82 @@ async def test_a_redelivered_push_of_a_run_keyed_by_its_delivery_id_is_still_a_d
     again = await github(api, trigger, push_payload(), delivery=delivery)
     assert again.status == 200 and again.json["outcome"] == "duplicate", again.text
     assert again.json["run"]["id"] == run_id and len(await runs_of(api, "pushed")) == 1
+
+
+def _late(branches: str | None) -> str:
+    """A pipeline made over the API (so a test can change its push rules), started by pushes to
+    ``branches`` (none: it has no push trigger)."""
+    rules = f"triggers:\n  - push: {{branches: [{branches}]}}\n" if branches else ""
+    return f"name: late\n{rules}stages:\n  - name: build\n    jobs: [{{name: compile, run: ['true']}}]\n"
+
+
+async def test_a_refused_push_sent_again_after_its_rules_changed_gets_the_first_answer_and_no_run(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    """A captured push that was refused (no push trigger) or ignored (no rule for its branch)
+    stays so: sent again once the rules take it, under any delivery id, it gets the answer it
+    got the first time and starts no run of its old commit."""
+    api = await start_hooks(db_url)
+    yaml = {"Content-Type": "application/yaml"}
+    made = await api.call("POST", "/pipelines", "admin", data=_late(None), headers=yaml)
+    assert made.status == 201, made.text
+    trigger = await make_trigger(api, "late", "github")
+
+    unruled, hotfix = push_payload(after="d" * 40), push_payload("refs/heads/hotfix/1", after="e" * 40)
+    first = await github(api, trigger, unruled)
+    assert_problem(first, 422, "has no push trigger")
+    changed = await api.call("PUT", "/pipelines/late", "admin", data=_late("main"), headers=yaml)
+    assert changed.status == 200, changed.text
+    ignored = await github(api, trigger, hotfix)
+    assert ignored.status == 200 and ignored.json["outcome"] == "ignored", ignored.text
+    changed = await api.call("PUT", "/pipelines/late", "admin", data=_late('main, "hotfix/*"'), headers=yaml)
+    assert changed.status == 200, changed.text
+
+    again = await github(api, trigger, unruled)  # GitHub's "Redeliver", or a capture sent again
+    assert_problem(again, 422, "has no push trigger")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    replayed = await github(api, trigger, hotfix)
+    assert replayed.status == 200 and replayed.json == ignored.json, replayed.text
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert await runs_of(api, "late") == []
+    refusals = [a for a in await rejected(api, "hook_trigger") if "no push trigger" in a["reason"]]
+    assert len(refusals) == 2 and refusals[0]["detail"].get("replayed") == "true", refusals  # newest first
+
+    fresh = await github(api, trigger, push_payload(after="f" * 40))  # a new push to main starts one
+    assert fresh.status == 202, fresh.text
+    assert [r["revision"] for r in await runs_of(api, "late")] == ["f" * 40]
+
+
+async def test_a_push_older_than_shipyard_remembers_answers_is_refused_as_stale(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    """A refusal is remembered SHIPYARD_IDEMPOTENCY_HOURS; a captured push older than that
+    (its signed ``repository.pushed_at``) could have been refused and forgotten, so it starts
+    nothing. A recent one starts its run, and one that started a run stays a duplicate."""
+    api = await start_hooks(sqlite_url)
+    trigger = await make_trigger(api, "pushed", "github")
+
+    def pushed(at: datetime, after: str) -> dict[str, Any]:
+        payload = push_payload(after=after)
+        payload["repository"] = {**payload["repository"], "pushed_at": int(at.timestamp())}
+        return payload
+
+    old = await github(api, trigger, pushed(datetime.now(UTC) - timedelta(hours=25), "a" * 40))
+    assert_problem(old, 422, "longer ago than Shipyard remembers deliveries (24 hours)", "push again")
+    assert await runs_of(api, "pushed") == []
+    recent = pushed(datetime.now(UTC) - timedelta(minutes=5), "b" * 40)
+    started = await github(api, trigger, recent)
+    assert started.status == 202, started.text
+    assert started.json["run"]["revision"] == "b" * 40
+
+    # a push that did start a run, delivered again after that long, is still its duplicate
+    stale = pushed(datetime.now(UTC) - timedelta(hours=30), "c" * 40)
+    digest = hashlib.sha256(json.dumps(stale).encode()).hexdigest()
+    run_id = started.json["run"]["id"]
+    with api.store.engine.begin() as conn:
+        run = T["run"]
+        keyed = sa.update(run).where(run.c.id == run_id).values(idempotency_key=f"github:sha256:{digest}")
+        conn.execute(keyed)
+    again = await github(api, trigger, stale)
+    assert again.status == 200 and again.json["outcome"] == "duplicate", again.text
+    assert again.json["run"]["id"] == run_id and len(await runs_of(api, "pushed")) == 1
