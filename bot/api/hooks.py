@@ -238,7 +238,7 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
 
 
 def _kept_push(response: web.Response) -> bool:
-    """A push's answer is kept when it refused or ignored the push; a run it started is found
+    """A trigger's answer is kept when it refused or ignored the request; a run it started is found
     again by its idempotency key (forever, where kept answers are purged), and answered as a
     duplicate."""
     return kept(response.status) and response.status != 202 and "Idempotent-Replayed" not in response.headers
@@ -333,6 +333,23 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
     await _check_owner(gateway, trigger)
     who = _trigger_actor(trigger).name
     key = _key(msg_id, "webhook-id", who)
+    # as a push's, a refusal is kept: sent again in its five minutes after the pipeline changed,
+    # the same request gets the same answer
+    return await _once(
+        gateway,
+        request.path,
+        who,
+        f"hook:{key}",
+        hashlib.sha256(raw).hexdigest(),
+        lambda: _generic_run(gateway, trigger, raw, key),
+        keep=_kept_push,
+        busy=f"a request with webhook-id {key} is still being processed",
+        mismatch=f"webhook-id {key} was already used for another body; sign each request with a new one",
+    )
+
+
+async def _generic_run(gateway: ApiGateway, trigger: Trigger, raw: bytes, key: str) -> web.Response:
+    who = _trigger_actor(trigger).name
     data = _json(raw, who) if raw.strip() else {}
     try:
         body = TriggerIn.model_validate(data)

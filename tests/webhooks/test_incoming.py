@@ -479,3 +479,32 @@ async def test_a_push_older_than_shipyard_remembers_answers_is_refused_as_stale(
     again = await github(api, trigger, stale)
     assert again.status == 200 and again.json["outcome"] == "duplicate", again.text
     assert again.json["run"]["id"] == run_id and len(await runs_of(api, "pushed")) == 1
+
+
+async def test_a_refused_generic_trigger_sent_again_after_the_pipeline_changed_starts_no_run(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    """Within its five minutes, a captured request that was refused is answered as the first
+    time, even once the pipeline would take it; the same webhook-id with another body is
+    refused, and a new request starts its run."""
+    api = await start_hooks(db_url)
+    yaml = {"Content-Type": "application/yaml"}
+    strict = "name: late\nparameters:\n  - {name: version, required: true}\n" + _late(None).removeprefix(
+        "name: late\n"
+    )
+    assert (await api.call("POST", "/pipelines", "admin", data=strict, headers=yaml)).status == 201
+    trigger = await make_trigger(api, "late", "generic")
+    at = datetime.now(UTC)
+    first = await generic(api, trigger, {"revision": SHA}, msg_id="msg_early", at=at)
+    assert_problem(first, 422, "version")
+    loose = strict.replace("required: true", 'default: "1"')
+    assert (await api.call("PUT", "/pipelines/late", "admin", data=loose, headers=yaml)).status == 200
+
+    again = await generic(api, trigger, {"revision": SHA}, msg_id="msg_early", at=at)
+    assert_problem(again, 422, "version")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = await generic(api, trigger, {"revision": "a" * 40}, msg_id="msg_early")
+    assert_problem(other, 409, "webhook-id msg_early was already used for another body")
+    assert await runs_of(api, "late") == []
+    fresh = await generic(api, trigger, {"revision": SHA}, msg_id="msg_later")
+    assert fresh.status == 202, fresh.text
