@@ -130,6 +130,22 @@ class ApiGateway(Backend, Gateway):
     async def audit(self, entry: AuditEntry) -> None:
         await self.write(self.shipyard.store.append_audit, entry)
 
+    async def canonical(self, params: dict[str, str]) -> dict[str, str]:
+        """A run named by its ref (``web#12``) or an id prefix is named by its id, and its gate,
+        named by its stage, by the gate's id. Names that find nothing stay as they were (the
+        handler refuses them)."""
+        ref = params.get("run_id")
+        if ref is None:
+            return params
+        state = await self.read(self.reads.run, ref, quick=True)
+        if state is None:
+            return params
+        named = {**params, "run_id": state.run.id}
+        gate = state.find_gate(params["gate_id"]) if "gate_id" in params else None
+        if gate is not None:
+            named["gate_id"] = gate.id
+        return named
+
 
 def gw(call: Call) -> ApiGateway:
     return cast(ApiGateway, call.gateway)

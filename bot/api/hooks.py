@@ -425,22 +425,12 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
         request.path,
         who,
         key,
-        fingerprint("POST", await _gate_path(gateway, request), raw),
+        fingerprint("POST", CALLBACK_PATH.format_map(await gateway.canonical(dict(request.match_info))), raw),
         lambda: _verdict(gateway, request, hook.id, raw, who),
         keep=lambda response: kept(response.status),
         busy=f"a callback with webhook-id {key} is still being processed",
         mismatch=f"webhook-id {key} was already used for another callback; sign each anew",
     )
-
-
-async def _gate_path(gateway: ApiGateway, request: web.Request) -> str:
-    """The callback's path with the run and the gate named by their ids, however the URL named
-    them: one gate, one request."""
-    state = await gateway.read(gateway.reads.run, request.match_info["run_id"], quick=True)
-    gate = state.find_gate(request.match_info["gate_id"]) if state is not None else None
-    if state is None or gate is None:
-        return request.path  # (refused 404 by ``_verdict``)
-    return CALLBACK_PATH.format(run_id=state.run.id, gate_id=gate.id)
 
 
 async def _keep(

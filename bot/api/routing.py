@@ -324,6 +324,11 @@ class Gateway:
     async def audit(self, entry: AuditEntry) -> None:
         raise NotImplementedError
 
+    async def canonical(self, params: dict[str, str]) -> dict[str, str]:
+        """Path parameters with each resource named by its id, however the path named it (what
+        an ``Idempotency-Key`` compares: one resource, one request)."""
+        return params
+
 
 def _wrap(op: Operation, gateway: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -495,7 +500,8 @@ async def _idempotent(
     if not key or len(key) > MAX_KEY or not all(33 <= ord(c) <= 126 for c in key):
         raise Problem(400, f"Idempotency-Key must be 1-{MAX_KEY} printable ASCII characters without spaces")
     caller = call.principal.name
-    claim = await gateway.claim_key(caller, key, fingerprint(op.method, call.request.path, document))
+    path = PREFIX + op.path.format_map(await gateway.canonical(call.params))
+    claim = await gateway.claim_key(caller, key, fingerprint(op.method, path, document))
     if claim.outcome == "mismatch":
         raise Problem(
             422,

@@ -268,3 +268,44 @@ async def test_a_housekeeping_pass_deletes_a_bounded_number_of_keys(
 
     assert (first.idempotency_keys, second.idempotency_keys) == (4, 1)
     assert await _stored_keys(api) == set()
+
+
+async def test_a_run_and_a_gate_named_another_way_under_one_key_are_the_same_request(api: Api) -> None:
+    """A run is named by its id, an id prefix or its ref, a gate by its id or its stage's name:
+    a retry under the same key that names them another way gets the first answer, not a 422."""
+    run = await api.trigger("gated")
+    run = await api.wait_status(run["id"], "waiting")
+    gate = next(s["gate"] for s in run["stages"] if s["gate"] is not None)
+    ref = run["ref"].replace("#", "%23")
+    body = {"comment": "ship it"}
+    first = await api.post(
+        f"/runs/{run['id']}/gates/{gate['id']}/approve",
+        "approver",
+        json=body,
+        headers={"Idempotency-Key": "approve-once"},
+    )
+    assert first.status == 200, first.text
+    for path in (
+        f"/runs/{ref}/gates/production/approve",
+        f"/runs/{run['id'][:12]}/gates/{gate['id']}/approve",
+    ):
+        again = await api.post(path, "approver", json=body, headers={"Idempotency-Key": "approve-once"})
+        assert again.status == 200, (path, again.text)
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json == first.json
+
+    slow = await api.trigger("slow")
+    stopped = await api.post(
+        f"/runs/{slow['id']}/cancel", "deployer", json={}, headers={"Idempotency-Key": "stop-by-ref"}
+    )
+    assert stopped.status == 200, stopped.text
+    by_ref = await api.post(
+        f"/runs/{slow['ref'].replace('#', '%23')}/cancel",
+        "deployer",
+        json={},
+        headers={"Idempotency-Key": "stop-by-ref"},
+    )
+    assert by_ref.status == 200 and by_ref.headers["Idempotent-Replayed"] == "true", by_ref.text
+    other_run = await api.post(
+        f"/runs/{run['id']}/cancel", "deployer", json={}, headers={"Idempotency-Key": "stop-by-ref"}
+    )
+    assert_problem(other_run, 422, "Idempotency-Key")  # another run is another request
