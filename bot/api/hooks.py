@@ -237,11 +237,31 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
     )
 
 
-def _kept_push(response: web.Response) -> bool:
-    """A trigger's answer is kept when it refused or ignored the request; a run it started is found
-    again by its idempotency key (forever, where kept answers are purged), and answered as a
-    duplicate."""
-    return kept(response.status) and response.status != 202 and "Idempotent-Replayed" not in response.headers
+def _kept_push(response: web.Response) -> web.Response | None:
+    """What of a push's answer is kept: a refusal, or the push ignored; a run it started is
+    found again by its idempotency key (forever, where kept answers are purged), and answered as
+    a duplicate with the run as it is now."""
+    started = response.status == 202 or "Idempotent-Replayed" in response.headers
+    return response if kept(response.status) and not started else None
+
+
+def _kept_generic(response: web.Response) -> web.Response | None:
+    """What of a generic trigger's answer is kept: all of it, a run it started as the duplicate
+    a repeat is, so that its webhook-id with another body is told apart (within the five minutes
+    its signature is good for, as long as answers are kept)."""
+    if response.status != 202:
+        return response if kept(response.status) else None
+    out = HookOut.model_validate_json(response.text or "{}")
+    assert out.run is not None
+    return _answer(
+        HookOut(outcome="duplicate", reason=f"already triggered as {out.run.ref}", run=out.run),
+        200,
+        {"Location": response.headers["Location"]},
+    )
+
+
+def _kept(response: web.Response) -> web.Response | None:
+    return response if kept(response.status) else None
 
 
 async def _push(gateway: ApiGateway, trigger: Trigger, raw: bytes, delivery: str, key: str) -> web.Response:
@@ -296,11 +316,11 @@ async def _once(
     fingerprinted: str,
     work: Callable[[], Awaitable[web.Response]],
     *,
-    keep: Callable[[web.Response], bool],
+    keep: Callable[[web.Response], web.Response | None],
     busy: str,
     mismatch: str,
 ) -> web.Response:
-    """``work`` once for ``who``'s ``key``: what it answered (when ``keep`` says so) is answered
+    """``work`` once for ``who``'s ``key``: what it answered (as ``keep`` keeps it) is answered
     again to the same request, and a refusal again is audited again."""
     claim = await gateway.claim_key(who, key, fingerprinted)
     if claim.outcome == "mismatch":
@@ -342,7 +362,7 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
         f"hook:{key}",
         hashlib.sha256(raw).hexdigest(),
         lambda: _generic_run(gateway, trigger, raw, key),
-        keep=_kept_push,
+        keep=_kept_generic,
         busy=f"a request with webhook-id {key} is still being processed",
         mismatch=f"webhook-id {key} was already used for another body; sign each request with a new one",
     )
@@ -427,7 +447,7 @@ async def gate_callback(gateway: ApiGateway, request: web.Request) -> web.Respon
         key,
         fingerprint("POST", CALLBACK_PATH.format_map(await gateway.canonical(dict(request.match_info))), raw),
         lambda: _verdict(gateway, request, hook.id, raw, who),
-        keep=lambda response: kept(response.status),
+        keep=_kept,
         busy=f"a callback with webhook-id {key} is still being processed",
         mismatch=f"webhook-id {key} was already used for another callback; sign each anew",
     )
@@ -439,10 +459,11 @@ async def _keep(
     key: str,
     holder: str,
     response: web.Response,
-    keep: Callable[[web.Response], bool],
+    keep: Callable[[web.Response], web.Response | None],
 ) -> None:
-    if keep(response):
-        await gateway.finish_key(who, key, holder, response.status, stored(response))
+    kept_as = keep(response)
+    if kept_as is not None:
+        await gateway.finish_key(who, key, holder, kept_as.status, stored(kept_as))
     else:
         await gateway.release_key(who, key, holder)
 

@@ -508,3 +508,27 @@ async def test_a_refused_generic_trigger_sent_again_after_the_pipeline_changed_s
     assert await runs_of(api, "late") == []
     fresh = await generic(api, trigger, {"revision": SHA}, msg_id="msg_later")
     assert fresh.status == 202, fresh.text
+
+
+async def test_a_generic_webhook_id_sent_again_with_another_body_is_refused_not_a_duplicate(
+    sqlite_url: str, start_hooks: StartHooks
+) -> None:
+    """The webhook-id names one message: the same one again is the run it started, another body
+    under it is the sender's mistake, told as such, not answered with the first run."""
+    api = await start_hooks(sqlite_url)
+    trigger = await make_trigger(api, "web", "generic")
+    first = await generic(
+        api, trigger, {"parameters": {"ref": "abc1234"}, "revision": SHA}, msg_id="msg_reused"
+    )
+    assert first.status == 202, first.text
+    again = await generic(
+        api, trigger, {"parameters": {"ref": "abc1234"}, "revision": SHA}, msg_id="msg_reused"
+    )
+    assert again.status == 200 and again.json["outcome"] == "duplicate", again.text
+    assert again.json["run"]["id"] == first.json["run"]["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    other = await generic(
+        api, trigger, {"parameters": {"ref": "abc1234"}, "revision": "a" * 40}, msg_id="msg_reused"
+    )
+    assert_problem(other, 409, "webhook-id msg_reused was already used for another body")
+    assert [r["id"] for r in await runs_of(api, "web")] == [first.json["run"]["id"]]
