@@ -53,6 +53,8 @@ from storage.webhooks import Trigger, WebhookStore
 
 HOOK_PATH = PREFIX + "/hooks/{trigger_id}"
 CALLBACK_PATH = PREFIX + "/runs/{run_id}/gates/{gate_id}/callback"
+#: answers a trigger's request may not get again: a timeout, a rate limit
+TRANSIENT = frozenset({408, 425, 429})
 #: an idempotency key from a header: printable ASCII, as long as the engine stores
 KEY_CHARS = frozenset(chr(c) for c in range(33, 127))
 
@@ -208,12 +210,12 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
         signing.verify_github(trigger.secret, request.headers.get("X-Hub-Signature-256"), raw)
     except signing.BadSignature as exc:
         raise _Refused(401, str(exc)) from None
-    await _check_owner(gateway, trigger)
     who = _trigger_actor(trigger).name
     event = request.headers.get("X-GitHub-Event", "")
-    if event == "ping":
-        return _answer(HookOut(outcome="pong", reason="the webhook reaches Shipyard"), 200)
     if event != "push":
+        await _check_owner(gateway, trigger)
+        if event == "ping":
+            return _answer(HookOut(outcome="pong", reason="the webhook reaches Shipyard"), 200)
         return _answer(HookOut(outcome="ignored", reason=f"only push events start runs (got {event!r})"), 200)
     if request.content_type != "application/json":
         raise _Refused(415, "set the GitHub webhook's content type to application/json", who)
@@ -221,7 +223,8 @@ async def _github(gateway: ApiGateway, request: web.Request, trigger: Trigger, r
     # The body, not X-GitHub-Delivery, is the push: only the body is signed, so a captured push
     # sent again under a fresh delivery id is still the same push. What the first delivery was
     # answered is kept under its digest (the answers above depend on unsigned headers and are
-    # not): a push refused or ignored stays so when sent again after the rules changed.
+    # not): a push refused (its owner's standing too) or ignored stays so when sent again after
+    # the rules changed.
     digest = hashlib.sha256(raw).hexdigest()
     key = f"github:sha256:{digest}"
     return await _once(
@@ -242,7 +245,14 @@ def _kept_push(response: web.Response) -> web.Response | None:
     found again by its idempotency key (forever, where kept answers are purged), and answered as
     a duplicate with the run as it is now."""
     started = response.status == 202 or "Idempotent-Replayed" in response.headers
-    return response if kept(response.status) and not started else None
+    return response if _final(response.status) and not started else None
+
+
+def _final(status: int) -> bool:
+    """Whether a trigger keeps an answer: unlike an ``Idempotency-Key``'s, its 403s too (a
+    branch an environment does not take, an owner who may not start runs), which are about the
+    signed request, not about a caller who could authenticate otherwise next time."""
+    return status < 500 and status not in TRANSIENT
 
 
 def _kept_generic(response: web.Response) -> web.Response | None:
@@ -250,7 +260,7 @@ def _kept_generic(response: web.Response) -> web.Response | None:
     a repeat is, so that its webhook-id with another body is told apart (within the five minutes
     its signature is good for, as long as answers are kept)."""
     if response.status != 202:
-        return response if kept(response.status) else None
+        return response if _final(response.status) else None
     out = HookOut.model_validate_json(response.text or "{}")
     assert out.run is not None
     return _answer(
@@ -265,6 +275,7 @@ def _kept(response: web.Response) -> web.Response | None:
 
 
 async def _push(gateway: ApiGateway, trigger: Trigger, raw: bytes, delivery: str, key: str) -> web.Response:
+    await _check_owner(gateway, trigger)
     who = _trigger_actor(trigger).name
     payload = _json(raw, who)
     info = await gateway.read(gateway.reads.pipeline, trigger.pipeline)
@@ -350,7 +361,6 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
         msg_id = signing.verify(trigger.secret, _lower(request.headers), raw, time.time())
     except signing.BadSignature as exc:
         raise _Refused(401, str(exc)) from None
-    await _check_owner(gateway, trigger)
     who = _trigger_actor(trigger).name
     key = _key(msg_id, "webhook-id", who)
     # as a push's, a refusal is kept: sent again in its five minutes after the pipeline changed,
@@ -369,6 +379,7 @@ async def _generic(gateway: ApiGateway, request: web.Request, trigger: Trigger, 
 
 
 async def _generic_run(gateway: ApiGateway, trigger: Trigger, raw: bytes, key: str) -> web.Response:
+    await _check_owner(gateway, trigger)
     who = _trigger_actor(trigger).name
     data = _json(raw, who) if raw.strip() else {}
     try:

@@ -532,3 +532,35 @@ async def test_a_generic_webhook_id_sent_again_with_another_body_is_refused_not_
     )
     assert_problem(other, 409, "webhook-id msg_reused was already used for another body")
     assert [r["id"] for r in await runs_of(api, "web")] == [first.json["run"]["id"]]
+
+
+async def test_a_push_refused_for_its_branch_stays_refused_once_the_pipeline_would_take_it(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    """A push refused 403 because its run would deploy its branch where that branch may not go,
+    sent again once the pipeline deploys elsewhere, gets the same 403 and starts no run."""
+    api = await start_hooks(db_url, environments={"production": {"branches": ["main"]}})
+    yaml = {"Content-Type": "application/yaml"}
+
+    def late(environment: str) -> str:
+        return (
+            _late('main, "release/*"')
+            + f"  - name: ship\n    environment: {environment}\n    jobs: [{{name: go, run: ['true']}}]\n"
+        )
+
+    assert (
+        await api.call("POST", "/pipelines", "admin", data=late("production"), headers=yaml)
+    ).status == 201
+    trigger = await make_trigger(api, "late", "github")
+    release = push_payload("refs/heads/release/1.2", after="b" * 40)
+    assert_problem(await github(api, trigger, release), 403, "branch release/1.2 may not be deployed")
+    assert (
+        await api.call("PUT", "/pipelines/late", "admin", data=late("staging"), headers=yaml)
+    ).status == 200
+
+    again = await github(api, trigger, release)
+    assert_problem(again, 403, "branch release/1.2 may not be deployed to production")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await runs_of(api, "late") == []
+    fresh = await github(api, trigger, push_payload("refs/heads/release/1.2", after="c" * 40))
+    assert fresh.status == 202, fresh.text

@@ -129,3 +129,24 @@ async def test_a_trigger_whose_owner_token_was_revoked_refuses_pushes_and_pings(
     assert await runs_of(api, "pushed") == []
     reasons = [a["reason"] for a in await rejected(api, "hook_trigger")]
     assert len(reasons) == 3 and sum(why in r for r in reasons) == 2
+
+
+async def test_a_push_refused_for_its_owner_stays_refused_once_the_owner_may_again(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    """A push captured while the owner could not start runs, sent again once they may, gets the
+    refusal it got and starts no run of its old commit; a new push fires."""
+    api = await start_hooks(db_url)
+    directory, trigger = await owned_by_ops(api, "pushed", "github")
+    await api.db(lambda: directory.sync_roles("ops", {"approver"}, datetime.now(UTC)))
+    old = push_payload(after="a" * 40)
+    refused_for(await github(api, trigger, old), trigger, "ops holds approver")
+
+    await api.db(lambda: directory.sync_roles("ops", {"deployer"}, datetime.now(UTC)))
+    again = await github(api, trigger, old)
+    refused_for(again, trigger, "ops holds approver")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await runs_of(api, "pushed") == []
+    fired = await github(api, trigger, push_payload(after="b" * 40))
+    assert fired.status == 202, fired.text
+    assert [r["revision"] for r in await runs_of(api, "pushed")] == ["b" * 40]
