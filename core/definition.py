@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -529,6 +530,16 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.composer.ComposerError(None, None, problem, key.start_mark)
             lines[key.tag, key.value] = key.start_mark.line + 1
         return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value Python cannot make (an integer of more digits than it converts, a date with no
+        such day) is a mistake in the text, told with its line like a syntax error."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            digits = "integer string conversion" in str(exc)
+            problem = f"an integer of more than {sys.get_int_max_str_digits()} digits" if digits else str(exc)
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 def parse_pipeline(text: str, source: str = "<pipeline>") -> PipelineDef:

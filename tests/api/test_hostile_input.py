@@ -168,3 +168,22 @@ async def test_a_bearer_token_that_is_not_utf8_is_refused_like_any_unknown_one(a
         head, _, text = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 401 "), answer
         assert b"unknown or revoked token" in text, answer
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [("1" * 5000, "an integer of more than 4300 digits"), ("2026-02-30", "day is out of range for month")],
+)
+async def test_a_pipeline_whose_yaml_holds_a_value_python_cannot_make_is_422(
+    lite: Api, value: str, named: str
+) -> None:
+    """YAML reads an integer of any length and a date of any day: one Python cannot make is a
+    mistake in the definition, told with its line, not a 500."""
+    text = f"name: odd\ndescription: x\nstages:\n  - name: build\n    jobs: [{{name: c, run: {value}}}]\n"
+    for method, path in (("POST", "/pipelines"), ("PUT", "/pipelines/odd")):
+        reply = await lite.call(
+            method, path, "admin", data=text, headers={"Content-Type": "application/yaml"}
+        )
+        body = assert_problem(reply, 422, "body:5: not valid YAML", named)
+        assert body["errors"] == [{"problem": body["detail"].removeprefix("invalid pipeline definition: ")}]
+    assert (await lite.get("/pipelines/odd")).status == 404
