@@ -564,3 +564,21 @@ async def test_a_push_refused_for_its_branch_stays_refused_once_the_pipeline_wou
     assert await runs_of(api, "late") == []
     fresh = await github(api, trigger, push_payload("refs/heads/release/1.2", after="c" * 40))
     assert fresh.status == 202, fresh.text
+
+
+async def test_the_same_push_delivered_many_times_at_once_starts_one_run(
+    db_url: str, start_hooks: StartHooks
+) -> None:
+    """Concurrent deliveries of one push (a capture sent again while GitHub's is in flight):
+    one run; the others are its duplicate, or told the first is still being processed."""
+    api = await start_hooks(db_url)
+    trigger = await make_trigger(api, "pushed", "github")
+    replies = await asyncio.gather(*(github(api, trigger, push_payload()) for _ in range(8)))
+    started = [r for r in replies if r.status == 202]
+    assert len(started) == 1, [r.text for r in replies]
+    for r in replies:
+        if r.status == 200:
+            assert r.json["outcome"] == "duplicate" and r.json["run"]["id"] == started[0].json["run"]["id"]
+        elif r.status != 202:
+            assert_problem(r, 409, "a delivery of this push", "is still being processed")
+    assert [r["id"] for r in await runs_of(api, "pushed")] == [started[0].json["run"]["id"]]
