@@ -56,6 +56,8 @@ class Call:
     idempotency_key: str | None = None
     #: the claim on ``idempotency_key`` this request holds (``Gateway.claim_key``)
     key_holder: str | None = None
+    #: what makes this request the same as another under its key (``fingerprint``)
+    key_fingerprint: str = ""
     #: set once the answer was stored under the key in the work's own transaction
     #: (``ApiGateway.respond``), so the wrapper stores nothing more
     settled: bool = False
@@ -501,7 +503,8 @@ async def _idempotent(
         raise Problem(400, f"Idempotency-Key must be 1-{MAX_KEY} printable ASCII characters without spaces")
     caller = call.principal.name
     path = PREFIX + op.path.format_map(await gateway.canonical(call.params))
-    claim = await gateway.claim_key(caller, key, fingerprint(op.method, path, document))
+    call.key_fingerprint = fingerprint(op.method, path, document)
+    claim = await gateway.claim_key(caller, key, call.key_fingerprint)
     if claim.outcome == "mismatch":
         raise Problem(
             422,

@@ -116,13 +116,15 @@ def _digest(*parts: str) -> str:
 
 
 def run_key(call: Call, *scope: str) -> str | None:
-    """What a run started under an ``Idempotency-Key`` carries, so that one key never makes two
-    runs, even when the request's claim on the key lapsed and a retry took it over. Scoped to
-    the caller, as the key is, and to ``scope`` for the endpoints other than a trigger that
-    start runs of a pipeline (a rollback and a trigger of one pipeline never share a run)."""
+    """What a run started under an ``Idempotency-Key`` carries, so that one request never makes
+    two runs, even when the request's claim on the key lapsed and a retry took it over. Scoped
+    to the caller, as the key is, to the request (once the key's answer is purged, the key with
+    another body is a new request, never answered with the run of the old one), and to
+    ``scope`` for the endpoints other than a trigger that start runs of a pipeline (a rollback
+    and a trigger of one pipeline never share a run)."""
     if call.idempotency_key is None:
         return None
-    return "api:" + _digest(call.principal.name, call.idempotency_key, *scope)
+    return "api:" + _digest(call.principal.name, call.idempotency_key, call.key_fingerprint, *scope)
 
 
 @API.op(

@@ -309,3 +309,23 @@ async def test_a_run_and_a_gate_named_another_way_under_one_key_are_the_same_req
         f"/runs/{run['id']}/cancel", "deployer", json={}, headers={"Idempotency-Key": "stop-by-ref"}
     )
     assert_problem(other_run, 422, "Idempotency-Key")  # another run is another request
+
+
+async def test_a_key_used_again_after_it_expired_with_another_body_starts_that_run(api: Api) -> None:
+    """Once a key's answer is purged, the key may be used afresh (as Stripe and the IETF draft
+    allow): another body starts the run it asks for, never answered with the old run of other
+    revision; the same body is still the run it started."""
+    first = await trigger(api, "reused-later", {"revision": "abc"})
+    assert first.status == 202, first.text
+    with api.store.engine.begin() as conn:  # (what the hourly housekeeping does after 24 h)
+        forgotten = conn.execute(sa.delete(IDEMPOTENCY).where(IDEMPOTENCY.c.key == "reused-later"))
+        assert forgotten.rowcount == 1
+
+    other = await trigger(api, "reused-later", {"revision": "def"})
+    assert other.status == 202, other.text
+    assert other.json["revision"] == "def" and other.json["id"] != first.json["id"]
+    with api.store.engine.begin() as conn:
+        conn.execute(sa.delete(IDEMPOTENCY).where(IDEMPOTENCY.c.key == "reused-later"))
+    same = await trigger(api, "reused-later", {"revision": "abc"})
+    assert same.json["id"] == first.json["id"] and same.json["revision"] == "abc"
+    assert sorted(await runs_of(api, "quick")) == sorted([first.json["id"], other.json["id"]])
