@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.webhooks.incoming import Ignored, NotAPush, Push, match_push
+from bot.webhooks.incoming import Ignored, NotAPush, Push, match_push, push_time
 from bot.webhooks.messages import types_of
 from core.definition import PipelineDef, parse_pipeline
 from core.errors import DefinitionError
@@ -147,3 +147,26 @@ def _event(subject: str, before: str | None, to: str | None, name: str = "") -> 
 )
 def test_engine_events_map_to_webhook_event_types(event: Event, types: list[str]) -> None:
     assert types_of(event) == types
+
+
+@pytest.mark.parametrize(
+    ("pushed_at", "read"),
+    [
+        (1764158400, datetime(2025, 11, 26, 12, 0, tzinfo=UTC)),  # a push event's Unix time
+        (1764158400.5, datetime(2025, 11, 26, 12, 0, 0, 500000, tzinfo=UTC)),
+        ("2025-11-26T04:00:00-08:00", datetime(2025, 11, 26, 12, 0, tzinfo=UTC)),  # other events' text
+        ("2025-11-26T12:00:00Z", datetime(2025, 11, 26, 12, 0, tzinfo=UTC)),
+        ("2025-11-26T12:00:00", None),  # no offset: unknown, never guessed
+        ("9999-12-31T23:59:59-14:00", None),  # past the years a datetime holds in UTC
+        (10**20, None),
+        (float("nan"), None),
+        (True, None),
+        (None, None),
+        ("yesterday", None),
+    ],
+)
+def test_when_a_push_was_made_is_read_from_its_signed_repository_pushed_at(
+    pushed_at: object, read: object
+) -> None:
+    assert push_time({"repository": {"pushed_at": pushed_at}}) == read
+    assert push_time({"repository": "acme/web"}) is None and push_time({}) is None
