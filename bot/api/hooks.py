@@ -308,9 +308,11 @@ async def _push(gateway: ApiGateway, trigger: Trigger, raw: bytes, delivery: str
 def _check_age(gateway: ApiGateway, push: Push, who: str) -> None:
     """A push older than Shipyard keeps answers (``SHIPYARD_IDEMPOTENCY_HOURS``) could have been
     refused once and forgotten since: it is refused, so no captured push ever starts a run of
-    its old commit. The time is the signed ``repository.pushed_at``."""
+    its old commit. The time is the signed ``repository.pushed_at``, by GitHub's clock: ours
+    may be a little behind it, so the bound is tighter by the tolerance a signed timestamp gets
+    (a refusal is kept from when we made it, which is no earlier than the push by our clock)."""
     keep = timedelta(hours=gateway.shipyard.settings.idempotency_hours)
-    if push.pushed_at is not None and push.pushed_at < now() - keep:
+    if push.pushed_at is not None and push.pushed_at < now() - keep + timedelta(seconds=signing.TOLERANCE_S):
         raise _Refused(
             422,
             f"this push was made at {push.pushed_at.isoformat()}, longer ago than Shipyard remembers "

@@ -463,6 +463,10 @@ async def test_a_push_older_than_shipyard_remembers_answers_is_refused_as_stale(
     old = await github(api, trigger, pushed(datetime.now(UTC) - timedelta(hours=25), "a" * 40))
     assert_problem(old, 422, "longer ago than Shipyard remembers deliveries (24 hours)", "push again")
     assert await runs_of(api, "pushed") == []
+    # by GitHub's clock, which may be a little ahead of ours: a minute short of the bound is
+    # refused too, so a refusal is never forgotten before its push is refused as stale
+    nearly = await github(api, trigger, pushed(datetime.now(UTC) - timedelta(hours=24, minutes=-1), "e" * 40))
+    assert_problem(nearly, 422, "longer ago than Shipyard remembers deliveries")
     recent = pushed(datetime.now(UTC) - timedelta(minutes=5), "b" * 40)
     started = await github(api, trigger, recent)
     assert started.status == 202, started.text
