@@ -170,6 +170,28 @@ async def test_an_expired_lock_taken_over_before_it_was_swept_is_told_to_the_cha
     assert (entry.actor, entry.detail["holder"]) == ("shipyard", ALICE)
 
 
+async def test_an_expired_lock_a_rollback_replaced_before_it_was_swept_is_told_to_the_channel(
+    bot: Bot,
+) -> None:
+    """A rollback locks production over Alice's lock that ran out, before the keeper swept it:
+    the channel hears her lock expired, as when a person takes an expired lock over."""
+    await keeper(bot).stop()  # (its sweep would tell the expiry itself)
+    LockStore(bot.store).acquire(
+        "production", ALICE, "incident 4711", 3600, datetime.now(UTC) - timedelta(hours=2), channel="slack"
+    )
+    with bot.store.transaction() as tx:  # (what a rollback that succeeded does: core.runtime.writes)
+        tx.lock_after_rollback("production", "rolled back to web 1.4.1", datetime.now(UTC))
+    held = current(bot)
+    assert held is not None and (held.holder, held.kind) == ("shipyard", "rollback")
+    told = await bot.fake.wait_for("chat.postMessage", lambda c: "expired" in c.args.get("text", ""))
+    assert told.args["channel"] == CHANNEL
+    assert told.args["text"].startswith(
+        f":unlock: production's lock by <@{ALICE}> expired (incident 4711); "
+    ) and told.args["text"].endswith("took it over.")
+    entry = next(e for e in bot.store.audit_entries(20) if e.action == "expire_lock")
+    assert (entry.actor, entry.detail["holder"]) == ("shipyard", ALICE)
+
+
 async def test_a_lock_handed_over_late_reminds_its_new_holder(bot: Bot) -> None:
     """Bob did not choose the expiry Alice's lock hands him 5 minutes before it: he is reminded
     (with Extend 1h) at once, as Alice was, not left to find the environment unlocked."""
