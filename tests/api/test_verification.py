@@ -3,7 +3,10 @@ when it passes, a clear 409 when nothing is being verified, and "failed" rolls b
 
 from __future__ import annotations
 
-from tests.api.conftest import StartApi
+from pathlib import Path
+
+from tests.api.conftest import API_PIPELINES, Api, StartApi
+from tests.factory import make_settings, serve
 from tests.pipelines import one_deploy
 
 VERIFIED = {
@@ -46,3 +49,37 @@ async def test_approvers_end_verification_early_and_the_triggerer_may_not_pass_i
     ended = (await api.get(f"/runs/{run['id']}/verification")).json["items"]
     assert [(v["status"], v["ended_by"]) for v in ended] == [("passed", "approver")]
     assert (await api.get("/runs/nope/verification")).status == 404
+
+
+async def test_a_verification_whose_checks_all_left_the_configuration_is_decided_after_a_restart(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """The server restarts with no check configured anywhere while a deployment is verified: the
+    verification is not left running for ever (holding production, its deadline long gone); it
+    ends inconclusive at once and an approver decides."""
+    first = await start_api(db_url, {"web": one_deploy("web")}, environments=VERIFIED)
+    run = await first.trigger("web", "admin")
+    await first.wait_status(run["id"], "verifying")
+    await first.client.close()
+
+    settings = make_settings(
+        db_url,
+        tmp_path,
+        {**API_PIPELINES, "web": one_deploy("web")},
+        runner_name="api-test",
+        environments={"production": {}},
+    )
+    client = await serve(settings)
+    try:
+        again = Api(client, first.tokens, db_url)
+        paused = await again.wait(run["id"], lambda r: "inconclusive" in r["reason"])
+        assert paused["status"] == "verifying"
+        assert paused["reason"] == (
+            "verification of production inconclusive: production has no verification configured now; "
+            "an approver decides"
+        )
+        passed = await again.post(f"/runs/{run['id']}/verification", "approver", json={"verdict": "passed"})
+        assert passed.status == 200, passed.text
+        assert (await again.wait(run["id"]))["status"] == "succeeded"
+    finally:
+        await client.close()
