@@ -115,6 +115,14 @@ class VerificationIn(Strict):
     #: ``passed``: it looks good (not by who triggered the run); ``failed``: roll it back
     verdict: Literal["passed", "failed"]
     reason: str = Field("", max_length=1000)
+    stage: int | None = Field(
+        None,
+        ge=0,
+        le=999,
+        description="the index of the stage whose verification you judged (the run's "
+        "stages[].index): refused with 409 once that verification ended, so a verdict on staging "
+        "never ends production's; omitted: whichever stage is verified now",
+    )
 
 
 def _whole(value: Any) -> Any:

@@ -83,3 +83,35 @@ async def test_a_verification_whose_checks_all_left_the_configuration_is_decided
         assert (await again.wait(run["id"]))["status"] == "succeeded"
     finally:
         await client.close()
+
+
+async def test_a_verdict_naming_a_stage_whose_verification_ended_is_refused_not_applied_to_the_next(
+    db_url: str, start_api: StartApi
+) -> None:
+    """A script judged staging (``"stage": 1``) while a person passed it: production verifies
+    now, and the script's "failed" is a 409 naming staging, not production rolled back."""
+    from tests.pipelines import ship
+
+    smoke = {"smoke": {"command": ["true"], "interval": "1s"}}
+    verify = {"checks": ["smoke"], "for": "10m"}
+    environments = {env: {"checks": smoke, "verify": verify} for env in ("staging", "production")}
+    shop = ship(name="shop", staging=True, gates=False, compare=False)
+    api = await start_api(db_url, {"shop": shop}, environments=environments)
+    run = await api.trigger("shop", "admin", parameters={"version": "1.0.0"})
+    verifying = await api.wait_status(run["id"], "verifying")
+    staging = next(s for s in verifying["stages"] if s["status"] == "verifying")
+    assert staging["environment"] == "staging"
+    path = f"/runs/{run['id']}/verification"
+    passed = await api.post(path, "approver", json={"verdict": "passed", "stage": staging["index"]})
+    assert passed.status == 200, passed.text
+    await api.wait(
+        run["id"],
+        lambda r: any(s["environment"] == "production" and s["status"] == "verifying" for s in r["stages"]),
+    )
+    late = await api.post(path, "approver", json={"verdict": "failed", "stage": staging["index"]})
+    assert late.status == 409, late.text
+    assert "the verification of staging ended already" in late.json["detail"]
+    after = await api.run(run["id"])
+    assert after["status"] == "verifying"
+    bad = await api.post(path, "approver", json={"verdict": "failed", "stage": -1})
+    assert bad.status == 422 and bad.json["errors"][0]["field"] == "stage", bad.text
