@@ -232,7 +232,7 @@ class LockStore:
                 took_over = taken_over(tx, current, now)
             action = "relock_environment" if plan is LockAction.RELOCK else "lock_environment"
             tx.audit(_audit(action, environment, holder, channel, now, fresh))
-            tx.append_events([changed(plan, fresh, holder, now, was, took_over=took_over)])
+            tx.append_events([changed(plan, fresh, holder, now, was, took_over=took_over, channel=channel)])
             return fresh
 
         return self._change("lock_environment", environment, holder, channel, now, change)
@@ -259,7 +259,7 @@ class LockStore:
                 raise _Lost
             action = "acknowledge_rollback" if current.kind == "rollback" else "unlock_environment"
             tx.audit(_audit(action, environment, by, channel, now, current))
-            tx.append_events([changed(LockAction.RELEASE, current, by, now, LockState.HELD)])
+            tx.append_events([changed(LockAction.RELEASE, current, by, now, LockState.HELD, channel=channel)])
             return current
 
         return self._change("unlock_environment", environment, by, channel, now, change)

@@ -49,6 +49,7 @@ from bot.backend import now
 from bot.chat import block_kit, cards, lock_blocks, rollout_blocks, threads
 from bot.chat import health as health_words
 from bot.chat.environments import review_reminder
+from bot.chat.locks import released
 from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
@@ -57,7 +58,7 @@ from core.checks import Measurement
 from core.errors import DatabaseUnreachable
 from core.events import NO_RUN, Event
 from core.labels import WAIT_S
-from core.locks import EVENT_NAMES, LockAction
+from core.locks import EVENT_NAMES, Lock, LockAction
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
@@ -72,6 +73,10 @@ CURSOR = "slack"
 #: the event of an environment's health changing, posted in its channel
 HEALTH_CHANGED = "environment.health_changed"
 LOCK_ACQUIRED = EVENT_NAMES[LockAction.ACQUIRE]
+LOCK_RELEASED = EVENT_NAMES[LockAction.RELEASE]
+#: where a lock may be taken or released that the deploy channel does not see (a Slack command
+#: answers in the channel itself): such a change is told there from its event
+OUTSIDE_SLACK = {"rest": "the API", "web": "the web view", "console": "the console"}
 #: the longest the notifier goes without looking for reminders due (a gate opening, which it
 #: sees as an event, makes it look at once)
 REMIND_IDLE_S = 300.0
@@ -438,6 +443,35 @@ class Notifier:
             await self._on_health(event)
         elif event.name == LOCK_ACQUIRED and event.data.get("previous_holder"):
             await self._on_lock_taken_over(event)
+        elif event.name in (LOCK_ACQUIRED, LOCK_RELEASED) and event.data.get("channel") in OUTSIDE_SLACK:
+            await self._on_lock_elsewhere(event)
+
+    async def _on_lock_elsewhere(self, event: Event) -> None:
+        """A lock taken or released over the API, the web view or the console: the deploy
+        channel is told as when it is done with ``/deploy lock`` there, once (claimed by the
+        event's number)."""
+        if self.default_channel is None:
+            return
+        data = event.data
+        expires = data.get("expires_at")
+        lock = Lock(
+            environment=event.subject_id,
+            holder=str(data.get("holder", "")),
+            reason=str(data.get("reason", "")),
+            since=event.at,
+            expires_at=datetime.fromisoformat(str(expires)) if expires else None,
+            kind="rollback" if data.get("kind") == "rollback" else "manual",
+        )
+        where = OUTSIDE_SLACK[str(data["channel"])]
+        if event.name == LOCK_ACQUIRED:
+            summary = f":lock: {lock_blocks.told(lock, event.at)} (from {where})."
+        else:
+            summary = f"{released(lock, str(data.get('by', ''))).rstrip('.')} (from {where})."
+        key = f"lock:{event.subject_id}:{event.seq}"
+        blocks = [block_kit.text(summary)]
+        await self._post(
+            NO_RUN, event.subject_id, self.default_channel, None, key, summary, blocks, event.seq
+        )
 
     async def _on_lock_taken_over(self, event: Event) -> None:
         """A lock ran out and someone locked the environment before the keeper swept it (which

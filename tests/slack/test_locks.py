@@ -192,6 +192,30 @@ async def test_an_expired_lock_a_rollback_replaced_before_it_was_swept_is_told_t
     assert (entry.actor, entry.detail["holder"]) == ("shipyard", ALICE)
 
 
+async def test_a_lock_taken_and_released_over_the_api_is_told_to_the_channel(bot: Bot) -> None:
+    """``/deploy lock`` answers in the channel; a lock taken or released over the API (a script
+    during an incident) is told there too, once, so the channel knows why deploys stop."""
+    assert bot.client is not None
+    await bot.say(ALICE, 'lock production "release 1.4"')  # (told by its own answer, not again)
+    await bot.say(ALICE, "unlock production")
+    auth = bot.api_auth("incident-bot")
+    path = "/api/v1/environments/production/lock"
+    taken = await bot.client.post(path, json={"reason": "incident 4711", "duration": "2h"}, headers=auth)
+    assert taken.status == 201, await taken.text()
+    told = await bot.fake.wait_for("chat.postMessage", lambda c: "incident-bot" in c.args.get("text", ""))
+    assert told.args["channel"] == CHANNEL
+    assert told.args["text"].startswith(":lock: production is locked by incident-bot since ")
+    assert told.args["text"].endswith("(from the API).") and "incident 4711" in told.args["text"]
+    gone = await bot.client.delete(path, headers=auth)
+    assert gone.status == 200, await gone.text()
+    unlocked = await bot.fake.wait_for("chat.postMessage", lambda c: "unlocked" in c.args.get("text", ""))
+    said = ":unlock: incident-bot unlocked *production*: incident 4711 (from the API)."
+    assert unlocked.args["text"] == said
+    # (the notifier follows the log in order: Alice's lock and unlock were handled before these)
+    posted = [c.args["text"] for c in posts_to(bot, CHANNEL)]
+    assert [t for t in posted if "production" in t] == [told.args["text"], unlocked.args["text"]]
+
+
 async def test_a_lock_handed_over_late_reminds_its_new_holder(bot: Bot) -> None:
     """Bob did not choose the expiry Alice's lock hands him 5 minutes before it: he is reminded
     (with Extend 1h) at once, as Alice was, not left to find the environment unlocked."""
