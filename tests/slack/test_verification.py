@@ -108,3 +108,27 @@ async def test_a_verify_button_shown_for_staging_never_ends_productions_verifica
     state = bot.run(ref)
     assert state.run.status == "verifying"
     assert [s.status for s in state.stages if s.environment == "production"] == ["verifying"]
+
+
+async def test_a_failed_verification_is_posted_at_once_whatever_the_health_damping(
+    start_bot: StartBot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Health posts wait for ``health_settle`` (10m here); a release's verification that fails
+    is told in its run's thread as soon as it fails, never damped."""
+    failing = {
+        "production": {
+            "checks": {"smoke": {"command": ["false"], "interval": "1s"}},
+            "health": ["smoke"],
+            "health_settle": "10m",
+            "verify": {"checks": ["smoke"], "for": "10m", "failure_limit": 1, "on_failure": "fail"},
+        }
+    }
+    bot = await start_bot({"web": one_deploy("web")}, {ALICE: [Role.DEPLOYER]}, environments=failing)
+    ref = await bot.trigger(ALICE, "run web")
+    failed = await bot.until_status(ref, "failed", timeout=20)
+    assert failed.run.reason.startswith("verification of production failed: smoke: exit 1")
+    posted = await bot.thread_post(ref, timeout=20)
+    assert "failed" in posted.args["text"]
+    assert not [
+        c for c in bot.fake.calls_to("chat.postMessage") if "production is " in c.args.get("text", "")
+    ]
