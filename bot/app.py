@@ -55,11 +55,13 @@ def rollout_driver(running: Shipyard) -> RolloutDriver | None:
     )
 
 
-def analysis_loop(running: Shipyard) -> AnalysisLoop | None:
+def analysis_loop(running: Shipyard, unfinished: bool = False) -> AnalysisLoop | None:
     """The loop that measures the environments' checks (``core.runtime.analyses``), or None when
-    no environment declares any."""
+    no environment declares any and no verification is ``unfinished`` (one started before the
+    checks left the configuration is still judged: it ends inconclusive, for a person to decide,
+    instead of holding its environment for ever)."""
     settings = running.settings
-    if not any(policy.checks for policy in settings.environments.root.values()):
+    if not any(policy.checks for policy in settings.environments.root.values()) and not unfinished:
         return None
     workdir = settings.work_dir.resolve() / "checks"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,8 @@ def create_app(settings: Settings, shipyard: Shipyard | None = None) -> web.Appl
         housekeeping = Housekeeping(gateway, settings)
         app[HOUSEKEEPING] = housekeeping
         await housekeeping.start()
-        analyses = analysis_loop(running)
+        unfinished = await running.orchestrator.db(AnalysisStore(running.store).unfinished)
+        analyses = analysis_loop(running, unfinished)
         if analyses is not None:
             app[ANALYSES] = analyses
             await analyses.start()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from core.checks import CheckResult, HealthWatch, Measurement, VerifyPolicy
@@ -270,6 +270,31 @@ class HealthChange:
     from_state: Health
     to_state: Health
     reason: str
+
+
+def announced_as(history: Sequence[HealthChange], change: HealthChange, settle_s: float) -> Health | None:
+    """Is ``change`` told to people, and as a change from what? Health that flaps must not flood
+    a channel, so (as Alertmanager's ``for`` or Nagios' soft states do) a change is told only
+    once it *held* for ``settle_s``: the next change (in ``history``, any order) came no sooner.
+    It is then told as a change from the state people last heard: the one the last earlier
+    change that held settled in (else where the history starts). Returns that state, or None
+    when ``change`` is not to be told: it did not hold, or it only came back to what people
+    heard last (healthy, degraded for 20 s, healthy again tells nothing)."""
+    ordered = sorted(history, key=lambda c: (c.at, c.id))
+    window = timedelta(seconds=settle_s)
+
+    def held(c: HealthChange) -> bool:
+        after = next((n for n in ordered if (n.at, n.id) > (c.at, c.id)), None)
+        return after is None or after.at >= c.at + window
+
+    if settle_s <= 0:
+        return change.from_state
+    if not held(change):
+        return None
+    earlier = [c for c in ordered if (c.at, c.id) < (change.at, change.id)]
+    settled = [c for c in earlier if held(c)]
+    heard = settled[-1].to_state if settled else (earlier[0].from_state if earlier else change.from_state)
+    return heard if heard is not change.to_state else None
 
 
 def spread(environment: str, check: str, interval_s: float) -> float:

@@ -33,7 +33,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from core.conditions import Condition
 from core.definition import NAME, Delay, Duration, _Strict
-from core.duration import parse_duration
+from core.duration import format_duration, parse_duration
 
 
 class CheckResult(StrEnum):
@@ -77,6 +77,13 @@ def _latency(value: Any) -> float:
 
 Latency = Annotated[float, BeforeValidator(_latency)]
 _HTTP_URL = r"^https?://[^/?#\s]+(/\S*)?$"
+
+
+def _said(seconds: float) -> str:
+    """``500ms``, ``2s``, ``1m30s``: a duration as the configuration would write it."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s" if seconds < 10 else format_duration(seconds)
 
 
 class HttpProbe(_Strict):
@@ -141,6 +148,14 @@ class CheckDef(_Strict):
             raise ValueError("fail_if and pass_if are for prometheus checks")
         if self.timeout > self.interval:
             raise ValueError("timeout cannot be longer than interval")
+        latency = self.http.max_latency if self.http is not None else None
+        if latency is not None and latency > self.timeout:
+            # (an answer that slow is cut off at the timeout as an error, never failed as slow)
+            raise ValueError(
+                f"max_latency ({_said(latency)}) cannot be longer than timeout "
+                f"({_said(self.timeout)}): an answer that slow would be cut off as an "
+                "error first; raise timeout (at most interval) or lower max_latency"
+            )
         return self
 
     @property

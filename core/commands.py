@@ -238,6 +238,10 @@ class EndVerification:
     #: a failure rolls the environment back (a person's "Roll back" always does)
     rollback: bool | None = None
     actor: Actor = SYSTEM
+    #: the index of the stage whose verification this verdict is about (an analysis knows its
+    #: stage): refused when that stage no longer verifies, so a late verdict on staging never
+    #: ends production's verification; None: whichever stage verifies now (a person's verdict)
+    stage: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -552,10 +552,26 @@ def _record_gate_check(plan: _Plan, command: RecordGateCheck) -> None:
         plan.set(gate, next_check_at=plan.now + timedelta(seconds=gate.interval_s), reason=command.detail)
 
 
-def _end_verification(plan: _Plan, command: EndVerification) -> None:
-    stage = next((s for s in plan.stages if s.status is StageStatus.VERIFYING), None)
-    if stage is None:
+def _verifying_stage(plan: _Plan, command: EndVerification) -> Stage:
+    """The stage ``command`` ends the verification of: the one it names, if that one still
+    verifies (a verdict reached on one stage never ends another's), else the verifying one."""
+    stage = next(
+        (s for s in plan.stages if s.status is StageStatus.VERIFYING and command.stage in (None, s.index)),
+        None,
+    )
+    if stage is not None:
+        return stage
+    if command.stage is None or not 0 <= command.stage < len(plan.stages):
         raise CommandRefused(f"{plan.run.ref} is {plan.run.status}: nothing is being verified")
+    named = plan.stages[command.stage]
+    raise CommandRefused(
+        f"{plan.run.ref}: the verification of {named.environment or named.name} ended already "
+        f"(the stage is {named.status})"
+    )
+
+
+def _end_verification(plan: _Plan, command: EndVerification) -> None:
+    stage = _verifying_stage(plan, command)
     person = command.actor.channel != "system"
     who = f" by {command.actor.name}" if person else ""
     if command.verdict == "inconclusive":

@@ -24,6 +24,7 @@ whose order is the promotion path: here ``staging → production``::
         checks:                        # health and verification: see core/checks.py
           smoke: {http: {url: "http://127.0.0.1:8080/healthz", status: 200}, interval: 30s}
         health: [smoke]                # watched all the time
+        health_settle: 1m              # post a health change once it held this long (0s: at once)
         verify: {checks: [smoke], for: 10m, failure_limit: 2, on_failure: rollback}
         routers:                       # canary and blue/green traffic: see core/routing.py
           web: {haproxy: {socket: /run/haproxy/admin.sock, backend: web}, stable: [web1], canary: [web2]}
@@ -44,7 +45,7 @@ from pydantic import AfterValidator, ConfigDict, Field, RootModel, field_validat
 
 from core.access import Role
 from core.checks import EnvironmentChecks
-from core.definition import NAME, Duration, Labels, _Strict
+from core.definition import NAME, Delay, Duration, Labels, _Strict
 from core.freeze import Freeze
 from core.routing import EnvironmentRouters
 
@@ -103,6 +104,9 @@ class EnvironmentPolicy(EnvironmentChecks, EnvironmentRouters):
     break_glass_review: Duration = 24 * 3600.0
     #: remind a lock's holder this long before the lock expires
     lock_reminder: Duration = 15 * 60.0
+    #: a health change is posted once it held this long (flapping within it posts nothing;
+    #: ``0s``: every change at once)
+    health_settle: Delay = 60.0
     #: where its health changes are posted: a channel ID (C0123ABCD) or name (#deploys-prod);
     #: none: the default channel (``slack_channel`` of the service)
     slack_channel: str | None = None

@@ -125,13 +125,22 @@ EVENT_NAMES: Final[dict[LockAction, str]] = {
 
 
 def changed(
-    action: LockAction, lock: Lock, by: str, now: datetime, was: LockState, *, took_over: Lock | None = None
+    action: LockAction,
+    lock: Lock,
+    by: str,
+    now: datetime,
+    was: LockState,
+    *,
+    took_over: Lock | None = None,
+    channel: str | None = None,
 ) -> Event:
     """The event a change of ``lock`` (as it now is, or as it was when it is gone) appends in
     its transaction, so readers that follow the log by cursor (the Slack notifier's App Home)
     learn of it like of any run's change. A lock is no run's: ``run_id`` is ``NO_RUN``. An
     acquire that ``took_over`` an expired lock nobody swept yet names it (``previous_holder``,
-    ``previous_reason``): its expiry is told from this event, since no sweep will tell it."""
+    ``previous_reason``): its expiry is told from this event, since no sweep will tell it.
+    ``channel`` is where the change was asked (``rest``, ``web``, a Slack channel…): the
+    notifier tells the deploy channel of a lock taken or released outside Slack."""
     _, to = TRANSITIONS[action]
     expires = lock.expires_at.isoformat() if lock.expires_at is not None else None
     previous = (
@@ -157,6 +166,7 @@ def changed(
             "reason": lock.reason,
             "expires_at": expires,
             **previous,
+            **({"channel": channel} if channel is not None else {}),
         },
     )
 

@@ -104,7 +104,7 @@ class DeliveryStatus(StrEnum):
 
 class PostStatus(StrEnum):
     SENDING = "sending"  #: claimed, and a send is under way (or its process died during it)
-    WAITING = "waiting"  #: a send failed; tried again from ``next_try_at``
+    WAITING = "waiting"  #: a send failed, or a health change waits to settle; tried from ``next_try_at``
     SENT = "sent"  #: posted; ``ts`` is where
     GAVE_UP = "gave_up"  #: not sent: Slack refused it for good, retries ran out, or no longer called for
 

@@ -633,6 +633,15 @@ class AnalysisStore:
                 (_analysis(r), tallies(tx.conn, r["id"])) for r in tx.conn.execute(query).mappings().all()
             ]
 
+    def unfinished(self) -> bool:
+        """Is a verification (or a canary step's analysis) still running? Then it must be judged
+        even where no check is configured any more (a restart after removing them all)."""
+        query = sa.select(A.id).where(
+            A.status == AnalysisStatus.RUNNING.value, A.kind != AnalysisKind.HEALTH.value
+        )
+        with self.store.reading() as tx:
+            return tx.conn.execute(query.limit(1)).first() is not None
+
     # -- reads ----------------------------------------------------------------------------------
     def analysis(self, analysis_id: str) -> tuple[Analysis, dict[str, CheckTally]] | None:
         with self.store.reading() as tx:

@@ -143,6 +143,15 @@ def _audit(
     )
 
 
+def taken_over(tx: SqlTx, expired: Lock, now: datetime) -> Lock:
+    """An expired lock replaced (by a person's lock or a rollback's) before the keeper swept it:
+    its expiry is audited as the keeper's sweep would have, and it is returned for the new lock's
+    event to name (``core.locks.changed``'s ``took_over``), which the Slack notifier tells the
+    channel of, since no sweep will."""
+    tx.audit(_audit("expire_lock", expired.environment, KEEPER, "system", now, expired))
+    return expired
+
+
 class LockStore:
     """Every environment's lock: read, changed by people (the API, chat, the CLI) and by the
     keeper, each change a transaction of the store's unit of work."""
@@ -220,11 +229,10 @@ class LockStore:
                 )
             else:  # expired, not swept yet: take it over, and record that it ran out
                 _update(conn, current, C.expires_at <= now, **_values(fresh), handover_told=None)
-                tx.audit(_audit("expire_lock", environment, KEEPER, "system", now, current))
-                took_over = current
+                took_over = taken_over(tx, current, now)
             action = "relock_environment" if plan is LockAction.RELOCK else "lock_environment"
             tx.audit(_audit(action, environment, holder, channel, now, fresh))
-            tx.append_events([changed(plan, fresh, holder, now, was, took_over=took_over)])
+            tx.append_events([changed(plan, fresh, holder, now, was, took_over=took_over, channel=channel)])
             return fresh
 
         return self._change("lock_environment", environment, holder, channel, now, change)
@@ -251,7 +259,7 @@ class LockStore:
                 raise _Lost
             action = "acknowledge_rollback" if current.kind == "rollback" else "unlock_environment"
             tx.audit(_audit(action, environment, by, channel, now, current))
-            tx.append_events([changed(LockAction.RELEASE, current, by, now, LockState.HELD)])
+            tx.append_events([changed(LockAction.RELEASE, current, by, now, LockState.HELD, channel=channel)])
             return current
 
         return self._change("unlock_environment", environment, by, channel, now, change)

@@ -144,6 +144,22 @@ class SlackState:
                 == 1
             )
 
+    def defer_post(self, run_id: str, key: str, seq: int, due: datetime) -> bool:
+        """Plan post ``key`` (told by event ``seq``) for ``due`` rather than now: it waits like a
+        retry (``pending_posts``), then whoever takes it decides again whether it is still to be
+        said. False if it was planned or claimed before (another replica, a restart)."""
+        with self.store.engine.begin() as conn:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        sa.insert(POST).values(
+                            run_id=run_id, key=key, status=PostStatus.WAITING, next_try_at=due, seq=seq
+                        )
+                    )
+                return True
+            except IntegrityError:
+                return False
+
     def post_ts(self, run_id: str, key: str) -> str | None:
         """The posted message's ts; None while it is not posted (or never will be)."""
         with self.store.engine.connect() as conn:

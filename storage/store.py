@@ -874,8 +874,9 @@ class SqlTx:
         """Hold ``env`` after a rollback until someone acknowledges it (``core.locks.after_rollback``):
         ``ACQUIRE`` when it was free, ``RELOCK`` when a manual lock became the rollback lock,
         None when a rollback lock holds already (that lock stays)."""
+        from storage.locks import _get as lock_row
         from storage.locks import _values as lock_values
-        from storage.locks import current_lock
+        from storage.locks import current_lock, taken_over
 
         current = current_lock(self.conn, env, now)
         lock = after_rollback(current, env, reason, now)
@@ -887,10 +888,12 @@ class SqlTx:
                 raise Conflict(f"the lock on {env} changed while a rollback locked it")
             self.append_events([lock_changed(LockAction.RELOCK, lock, "shipyard", now, LockState.HELD)])
             return LockAction.RELOCK
+        expired = lock_row(self.conn, env)  # (one ran out that the keeper has not swept yet)
         swept = self.conn.execute(Q.delete_expired_lock, {"env": env, "now": now}).rowcount
         self.conn.execute(Q.insert_lock, [lock_values(lock)])
         was = LockState.EXPIRED if swept else LockState.FREE
-        self.append_events([lock_changed(LockAction.ACQUIRE, lock, "shipyard", now, was)])
+        replaced = taken_over(self, expired, now) if swept and expired is not None else None
+        self.append_events([lock_changed(LockAction.ACQUIRE, lock, "shipyard", now, was, took_over=replaced)])
         return LockAction.ACQUIRE
 
     def register_artifact(self, spec: ArtifactSpec, run: Run, now: datetime) -> Artifact:

@@ -244,7 +244,12 @@ def _verdict(call: Call, run_id: str) -> EndVerification:
     verdict = call.body.verdict
     rollback = True if verdict == "failed" else None
     return EndVerification(
-        run_id=run_id, verdict=verdict, reason=call.body.reason, rollback=rollback, actor=actor(call)
+        run_id=run_id,
+        verdict=verdict,
+        reason=call.body.reason,
+        rollback=rollback,
+        actor=actor(call),
+        stage=call.body.stage,
     )
 
 

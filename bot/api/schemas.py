@@ -115,6 +115,14 @@ class VerificationIn(Strict):
     #: ``passed``: it looks good (not by who triggered the run); ``failed``: roll it back
     verdict: Literal["passed", "failed"]
     reason: str = Field("", max_length=1000)
+    stage: int | None = Field(
+        None,
+        ge=0,
+        le=999,
+        description="the index of the stage whose verification you judged (the run's "
+        "stages[].index): refused with 409 once that verification ended, so a verdict on staging "
+        "never ends production's; omitted: whichever stage is verified now",
+    )
 
 
 def _whole(value: Any) -> Any:
@@ -161,6 +169,13 @@ class Page(BaseModel):
 NEXT = "the next_cursor of the previous page"
 
 
+def text_filter(max_length: int, description: str | None = None) -> Any:
+    """An optional text filter on a list. Empty is refused (400 naming the parameter), not
+    matched: ``?actor=$WHO`` or ``?pipeline=$P`` with the variable unset would otherwise ask for
+    the entries of "" and get an empty page, which reads as "there are none"."""
+    return Field(None, min_length=1, max_length=max_length, description=description)
+
+
 class PageQuery(QueryModel):
     """A list ordered by a numeric key (deployments, audit entries, versions)."""
 
@@ -175,19 +190,18 @@ class PipelinesQuery(PageQuery):
 
 class RunsQuery(PageQuery):
     cursor: str | None = Field(None, pattern=r"^([0-9]{1,18}\.[0-9a-f]{1,64})?$", description=NEXT)
-    pipeline: str | None = Field(None, max_length=63)
+    pipeline: str | None = text_filter(63, "only this pipeline's runs")
     status: RunStatus | None = None
-    environment: str | None = Field(None, max_length=63)
-    triggered_by: str | None = Field(None, max_length=200)
+    environment: str | None = text_filter(63, "only runs with a stage in this environment")
+    triggered_by: str | None = text_filter(200, "only runs this principal started")
     stuck: bool = Field(
         False, description="only zombies: unfinished runs unchanged longer than the stuck limit, oldest first"
     )
 
 
 class AuditQuery(PageQuery):
-    # (empty is refused, not matched: ``?actor=$WHO`` with WHO unset read as "nobody did anything")
-    actor: str | None = Field(None, min_length=1, max_length=200, description="only this principal's entries")
-    action: str | None = Field(None, min_length=1, max_length=40, description="only entries of this action")
+    actor: str | None = text_filter(200, "only this principal's entries")
+    action: str | None = text_filter(40, "only entries of this action")
 
 
 class LogQuery(QueryModel):

@@ -147,14 +147,20 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def ref_value(state: RunState, gate: Gate | None = None, step: int | None = None) -> str:
-    """What a run or gate button carries: the run, the gate, and for Promote the rollout's step
-    shown (``Rollout.step``): a press once the rollout moved on is refused, not taken further."""
+def ref_value(
+    state: RunState, gate: Gate | None = None, step: int | None = None, stage: int | None = None
+) -> str:
+    """What a run or gate button carries: the run, the gate, for Promote the rollout's step
+    shown (``Rollout.step``): a press once the rollout moved on is refused, not taken further;
+    for Looks good and Roll back the index of the stage being verified, so a press on a message
+    showing staging's verification never ends production's."""
     ref: dict[str, object] = {"run": state.run.id}
     if gate is not None:
         ref["gate"] = gate.id
     if step is not None:
         ref["step"] = step
+    if stage is not None:
+        ref["stage"] = stage
     return json.dumps(ref)
 
 
@@ -289,9 +295,10 @@ def _verify_buttons(state: RunState) -> list[Block]:
         f"{state.run.ref} fails and a rollback run deploys the last known-good artifact to {env}.",
         "Roll back",
     )
+    value = ref_value(state, stage=stage.index if stage is not None else None)
     return [
-        button("Looks good", LOOKS_GOOD, ref_value(state), "primary"),
-        button(f"Roll back {env}"[:75], VERIFY_ROLLBACK, ref_value(state), "danger", back),
+        button("Looks good", LOOKS_GOOD, value, "primary"),
+        button(f"Roll back {env}"[:75], VERIFY_ROLLBACK, value, "danger", back),
     ]
 
 

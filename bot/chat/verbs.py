@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from bot.backend import Backend, now
 from bot.chat import block_kit, forms
@@ -280,7 +280,7 @@ async def press(backend: ChatBackend, who: Who, action_id: str, value: str, reas
     ref = _run_ref(value)
     if ref is None:
         return Reply(":warning: That button is not one of mine.")
-    run_id, gate, _ = ref
+    run_id, gate, *_ = ref
     try:
         command = await _button_command(backend, who, action_id, ref, reason)
         if isinstance(command, Reply):
@@ -303,7 +303,14 @@ async def _button_command(
 ) -> Command | Reply:
     """The command a run or gate button stands for (who may press it is core.access.authorize's
     to say); a Reply when the press cannot become a command."""
-    run_id, gate, step = ref
+    run_id, gate, step, stage = ref
+    if action_id in (block_kit.LOOKS_GOOD, block_kit.VERIFY_ROLLBACK):
+        # (the stage the message showed verifying: refused once its verification ended)
+        passed = action_id == block_kit.LOOKS_GOOD
+        verdict: Literal["passed", "failed"] = "passed" if passed else "failed"
+        return EndVerification(
+            run_id=run_id, verdict=verdict, rollback=None if passed else True, actor=who.actor, stage=stage
+        )
     if action_id in (block_kit.PROMOTE, block_kit.PROMOTE_FULLY):
         # (the step the message showed: the engine refuses it once the rollout moved on; None
         # from a message posted before buttons carried it)
@@ -332,19 +339,23 @@ RUN_BUTTONS: dict[str, Callable[[str, Actor, str], Command]] = {
     block_kit.FAIL: lambda run, actor, why: FailRun(
         run_id=run, actor=actor, reason="marked failed from chat"
     ),
-    block_kit.LOOKS_GOOD: lambda run, actor, why: EndVerification(run_id=run, verdict="passed", actor=actor),
-    block_kit.VERIFY_ROLLBACK: lambda run, actor, why: EndVerification(
-        run_id=run, verdict="failed", rollback=True, actor=actor
-    ),
     block_kit.PAUSE: lambda run, actor, why: PauseRun(run_id=run, actor=actor),
     block_kit.RESUME: lambda run, actor, why: ResumeRun(run_id=run, actor=actor),
     block_kit.ABORT: lambda run, actor, why: AbortRollout(run_id=run, actor=actor, reason=why.strip()),
 }
 
 
-#: what a run or gate button carries: the run id, the gate id ("" for none), and the rollout
-#: step a Promote button was shown at (None for the others)
-ButtonRef = tuple[str, str, int | None]
+#: what a run or gate button carries: the run id, the gate id ("" for none), the rollout
+#: step a Promote button was shown at and the stage a verification's buttons were shown for
+#: (None for the others, and from messages posted before buttons carried them)
+ButtonRef = tuple[str, str, int | None, int | None]
+
+
+def _index(ref: dict[str, object], name: str) -> int | None:
+    value = ref.get(name)
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError(f"{name} is not an index")
+    return value
 
 
 def _run_ref(value: str) -> ButtonRef | None:
@@ -353,10 +364,7 @@ def _run_ref(value: str) -> ButtonRef | None:
         return None
     try:
         ref = json.loads(value)
-        step = ref.get("step")
-        if step is not None and (type(step) is not int or step < 0):
-            return None
-        return str(ref["run"]), str(ref.get("gate", "")), step
+        return str(ref["run"]), str(ref.get("gate", "")), _index(ref, "step"), _index(ref, "stage")
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -412,6 +420,6 @@ async def already_decided(backend: ChatBackend, value: str) -> Reply | None:
     ref = _run_ref(value)
     if ref is None:
         return Reply(":warning: That button is not one of mine.")
-    run_id, gate, _ = ref
+    run_id, gate, *_ = ref
     state = await backend.read(backend.reads.run, run_id, quick=True)
     return _decided(state, gate) if state is not None else None

@@ -36,7 +36,8 @@ import logging
 import math
 import os
 import time
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -48,15 +49,16 @@ from bot.backend import now
 from bot.chat import block_kit, cards, lock_blocks, rollout_blocks, threads
 from bot.chat import health as health_words
 from bot.chat.environments import review_reminder
+from bot.chat.locks import released
 from bot.chat.verbs import ChatBackend
 from bot.slack.home import publish_home
 from core.admission import QueueEntry
-from core.analysis import Health, HealthChange
+from core.analysis import Health, HealthChange, announced_as
 from core.checks import Measurement
 from core.errors import DatabaseUnreachable
 from core.events import NO_RUN, Event
 from core.labels import WAIT_S
-from core.locks import EVENT_NAMES, LockAction
+from core.locks import EVENT_NAMES, Lock, LockAction
 from core.model import RunState
 from core.review import REMIND_EVERY_S, reminder_number
 from core.runtime.waiting import wait_event
@@ -71,6 +73,10 @@ CURSOR = "slack"
 #: the event of an environment's health changing, posted in its channel
 HEALTH_CHANGED = "environment.health_changed"
 LOCK_ACQUIRED = EVENT_NAMES[LockAction.ACQUIRE]
+LOCK_RELEASED = EVENT_NAMES[LockAction.RELEASE]
+#: where a lock may be taken or released that the deploy channel does not see (a Slack command
+#: answers in the channel itself): such a change is told there from its event
+OUTSIDE_SLACK = {"rest": "the API", "web": "the web view", "console": "the console"}
 #: the longest the notifier goes without looking for reminders due (a gate opening, which it
 #: sees as an event, makes it look at once)
 REMIND_IDLE_S = 300.0
@@ -95,6 +101,8 @@ POST_BACKOFF = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0] + [300.0] * 
 #: how often posts waiting for a retry are looked for in the database (another replica's, or
 #: this process's before a restart); this process's own are tried when due
 PENDING_LOOK_S = 30.0
+#: the health changes read to decide whether one held (``_settled``)
+HISTORY = 200
 #: how long a stop waits for the step under way (Slack calls time out after their own limit)
 STOP_GRACE_S = 5.0
 #: the waits before each new try of a run message's edit that failed (kept in memory: after a
@@ -435,6 +443,35 @@ class Notifier:
             await self._on_health(event)
         elif event.name == LOCK_ACQUIRED and event.data.get("previous_holder"):
             await self._on_lock_taken_over(event)
+        elif event.name in (LOCK_ACQUIRED, LOCK_RELEASED) and event.data.get("channel") in OUTSIDE_SLACK:
+            await self._on_lock_elsewhere(event)
+
+    async def _on_lock_elsewhere(self, event: Event) -> None:
+        """A lock taken or released over the API, the web view or the console: the deploy
+        channel is told as when it is done with ``/deploy lock`` there, once (claimed by the
+        event's number)."""
+        if self.default_channel is None:
+            return
+        data = event.data
+        expires = data.get("expires_at")
+        lock = Lock(
+            environment=event.subject_id,
+            holder=str(data.get("holder", "")),
+            reason=str(data.get("reason", "")),
+            since=event.at,
+            expires_at=datetime.fromisoformat(str(expires)) if expires else None,
+            kind="rollback" if data.get("kind") == "rollback" else "manual",
+        )
+        where = OUTSIDE_SLACK[str(data["channel"])]
+        if event.name == LOCK_ACQUIRED:
+            summary = f":lock: {lock_blocks.told(lock, event.at)} (from {where})."
+        else:
+            summary = f"{released(lock, str(data.get('by', ''))).rstrip('.')} (from {where})."
+        key = f"lock:{event.subject_id}:{event.seq}"
+        blocks = [block_kit.text(summary)]
+        await self._post(
+            NO_RUN, event.subject_id, self.default_channel, None, key, summary, blocks, event.seq
+        )
 
     async def _on_lock_taken_over(self, event: Event) -> None:
         """A lock ran out and someone locked the environment before the keeper swept it (which
@@ -470,11 +507,36 @@ class Notifier:
             Health(event.to_status or Health.UNKNOWN),
             str(event.data.get("reason", "")),
         )
-        said = health_words.changed(change)
-        blocks = [block_kit.text(said)]
-        summary = f"{change.environment} is {change.to_state} (was {change.from_state})"
         key = f"health:{change.environment}:{event.seq}"
-        await self._post(NO_RUN, change.environment, channel, None, key, summary, blocks, event.seq)
+        told = await self._settled(change, key, event.seq, policy.health_settle)
+        if told is None:
+            return
+        said = health_words.changed(told)
+        blocks = [block_kit.text(said)]
+        summary = f"{told.environment} is {told.to_state} (was {told.from_state})"
+        await self._post(NO_RUN, told.environment, channel, None, key, summary, blocks, event.seq)
+
+    async def _settled(
+        self, change: HealthChange, key: str, seq: int, settle_s: float
+    ) -> HealthChange | None:
+        """``change`` as it is to be posted once it held for ``settle_s`` (``health_settle``),
+        told as a change from what the channel last heard (``core.analysis.announced_as``); None
+        when it is not posted, or not yet: a change younger than that is planned for when it
+        will have held (a post waiting like a retry, ``_retry_posts``), decided then."""
+        if settle_s <= 0:
+            return change
+        due = change.at + timedelta(seconds=settle_s)
+        if now() < due:
+            if await self.backend.write(self.state.defer_post, NO_RUN, key, seq, due):
+                self._pending_due = min(self._pending_due, due.timestamp())
+            return None
+        history = await self.backend.read(self.backend.analyses.history, change.environment, None, HISTORY)
+        mine = next(
+            (c for c in history if c.at == change.at and c.to_state is change.to_state),
+            change,
+        )
+        was = announced_as(history if mine in history else [*history, mine], mine, settle_s)
+        return None if was is None else replace(change, from_state=was)
 
     async def _retry_posts(self) -> None:
         """Send again the thread posts whose retry is due, by doing again what called for them:

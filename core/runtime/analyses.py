@@ -55,6 +55,7 @@ from core.checks import CheckDef, CheckResult, HealthWatch, Measurement, VerifyP
 from core.environments import Environments
 from core.errors import DatabaseUnreachable
 from core.runtime.clock import Clock, utcnow
+from core.runtime.measure import client_session
 from core.runtime.measure import measure as measure_once
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class AnalysisLoop:
         self.measure: Measure = measure or measure_once
         self.on_verdict = on_verdict
         self.on_health_change = on_health_change
-        #: shared by the http and Prometheus checks (made at start when not given)
+        #: shared by the http and Prometheus checks (made at start when not given, keeping no cookies)
         self.session = session
         self._own_session = False
         self.holder = holder or holder_name()
@@ -211,7 +212,7 @@ class AnalysisLoop:
         }
         await self.db(self.analyses.ensure_health, self.watched, self.clock(), intervals)
         if self.session is None:
-            self.session, self._own_session = aiohttp.ClientSession(), True
+            self.session, self._own_session = client_session(), True
         self._task = asyncio.create_task(self._loop(), name="shipyard-analyses")
 
     async def stop(self) -> None:

@@ -81,13 +81,20 @@ async def measure(
     return Measurement(name, at, result, value, detail, took=time.monotonic() - started)
 
 
+def client_session() -> aiohttp.ClientSession:
+    """A session for measuring checks: it keeps no cookies, so a target that sets one (a session
+    cookie on its first answer) is measured each time as the anonymous client it first saw,
+    never as one it logged in."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+
+
 async def _with_session(
     session: aiohttp.ClientSession | None,
     probe: Callable[[aiohttp.ClientSession], Awaitable[Outcome]],
 ) -> Outcome:
     if session is not None:
         return await probe(session)
-    async with aiohttp.ClientSession() as own:
+    async with client_session() as own:
         return await probe(own)
 
 

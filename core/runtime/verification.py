@@ -25,7 +25,7 @@ from core.ports import AuditEntry, Tx
 from core.rollback import plan_rollback
 from core.runtime.handling import handle
 from core.runtime.writes import write
-from core.states import RunStatus
+from core.states import RunStatus, StageStatus
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,26 @@ def verdicts_to(
                 # the rollout moved past this step (a person promoted or aborted): stop measuring
                 await end(analysis.id, AnalysisStatus.CANCELED, "the rollout no longer measures this step")
             return
-        decision = await handle_command(
-            EndVerification(run_id=analysis.run_id, verdict=verdict, reason=reason)
+        command = EndVerification(
+            run_id=analysis.run_id, verdict=verdict, reason=reason, stage=analysis.stage_index
         )
+        decision = await handle_command(command)
         if decision.accepted:
             log.info(
                 "verification of %s in %s %s: %s", analysis.run_id, analysis.environment, verdict, reason
             )
-        elif decision.state is None or decision.state.run.status is not RunStatus.VERIFYING:
+        elif not _still_verifies(decision, analysis.stage_index):
             await end(analysis.id, AnalysisStatus.CANCELED, f"the run no longer verifies: {decision.reason}")
 
     return on_verdict
+
+
+def _still_verifies(decision: Decision, stage_index: int | None) -> bool:
+    """Does the stage a refused verdict was about still verify (then it is judged again)?"""
+    state = decision.state
+    if state is None or state.run.status is not RunStatus.VERIFYING:
+        return False
+    return any(s.status is StageStatus.VERIFYING and stage_index in (None, s.index) for s in state.stages)
 
 
 def rollback_key(run_id: str) -> str:

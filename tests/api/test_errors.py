@@ -348,3 +348,31 @@ async def test_nul_and_unpaired_surrogate_escapes_are_stored_as_replacement_char
     definition = '{"name": "web2", "description": "\\ud921", "stages": ' + stages + "}"
     reply = await api.post("/pipelines", "admin", data=definition, headers=JSON)
     assert_problem(reply, 422, "not valid Unicode")
+
+
+def _text_filters() -> list[tuple[str, str]]:
+    """Every GET list's text filter (the query parameters that take any text; ``cursor`` is
+    left out: empty is its first page)."""
+    from bot.api.spec import API
+
+    found: list[tuple[str, str]] = []
+    for op in API.operations:
+        if op.method != "GET" or op.query is None:
+            continue
+        path = re.sub(r"\{[^}]+\}", "staging", op.path)
+        for name, info in op.query.model_fields.items():
+            if name != "cursor" and "str" in repr(info.annotation):
+                found.append((path, name))
+    return found
+
+
+async def test_an_empty_text_filter_on_any_list_is_refused_naming_it_not_matched(lite: Api) -> None:
+    """``?pipeline=$P`` with P unset asked for the runs of the pipeline "" and got an empty page
+    (as ``?actor=`` on the audit log once did): every text filter refuses empty with a 400."""
+    filters = _text_filters()
+    assert ("/runs", "pipeline") in filters and ("/runs", "triggered_by") in filters
+    await lite.post("/pipelines/quick/runs", "admin")
+    for path, name in filters:
+        problem = assert_problem(await lite.get(f"{path}?{name}=", "admin"), 400, name)
+        assert problem.get("errors", [{"field": name}])[0]["field"] == name, (path, problem)
+    assert (await lite.get("/runs?pipeline=quick", "admin")).json["items"]

@@ -7,7 +7,16 @@ from functools import reduce
 
 import pytest
 
-from core.analysis import AnalysisStatus, CheckTally, Health, health_of, tally, verdict
+from core.analysis import (
+    AnalysisStatus,
+    CheckTally,
+    Health,
+    HealthChange,
+    announced_as,
+    health_of,
+    tally,
+    verdict,
+)
 from core.checks import CheckResult, HealthWatch, Measurement, VerifyPolicy
 
 T0 = datetime(2026, 12, 6, 12, 4, 0, tzinfo=UTC)
@@ -125,3 +134,25 @@ def test_health_of(
 
 def test_no_watch_is_unknown() -> None:
     assert health_of(None, {}) == (Health.UNKNOWN, "no health checks")
+
+
+# -- which health changes are told (damping) ---------------------------------------------------
+def _changes(*steps: tuple[int, Health, Health]) -> list[HealthChange]:
+    base = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    return [
+        HealthChange(i + 1, "production", base + timedelta(seconds=s), was, to, "")
+        for i, (s, was, to) in enumerate(steps)
+    ]
+
+
+def test_a_health_change_is_told_once_it_held_as_a_change_from_what_was_told_last() -> None:
+    H, D, U, K = Health.HEALTHY, Health.DEGRADED, Health.UNHEALTHY, Health.UNKNOWN
+    first, dip, back, down = _changes((0, K, H), (100, H, D), (120, D, H), (200, H, U))
+    history = [down, back, dip, first]  # (newest first, as the store reads them)
+    assert announced_as(history, first, 60) is K  # held 100 s
+    assert announced_as(history, dip, 60) is None  # back after 20 s: a flap
+    assert announced_as(history, back, 60) is None  # back to what was told: nothing to tell
+    assert announced_as(history, down, 60) is H  # the latest, once its window passed
+    quick = _changes((0, K, H), (10, H, D), (20, D, U))
+    assert announced_as(quick, quick[2], 60) is K  # none before it held: told from the start
+    assert announced_as(quick, quick[1], 0) is H  # 0 s: every change, from what it was

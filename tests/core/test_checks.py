@@ -61,7 +61,8 @@ def test_a_full_declaration() -> None:
     ("latency", "seconds"), [("500ms", 0.5), ("2s", 2.0), (1.5, 1.5), ("1m", 60.0), (" 250 MS ", 0.25)]
 )
 def test_latency(latency: Any, seconds: float) -> None:
-    check = CheckDef.model_validate({"http": {"url": "http://x/", "max_latency": latency}})
+    spec = {"http": {"url": "http://x/", "max_latency": latency}, "interval": "2m", "timeout": "1m"}
+    check = CheckDef.model_validate(spec)
     assert check.http is not None and check.http.max_latency == seconds
 
 
@@ -73,6 +74,14 @@ def test_latency(latency: Any, seconds: float) -> None:
         ({"prometheus": PROM}, "a prometheus check needs fail_if, pass_if or both"),
         ({**SMOKE, "fail_if": "> 1"}, "fail_if and pass_if are for prometheus checks"),
         ({**SMOKE, "timeout": "1m", "interval": "30s"}, "timeout cannot be longer than interval"),
+        (
+            {"http": {"url": "http://x/", "max_latency": "2s"}, "interval": "1s"},
+            "max_latency (2s) cannot be longer than timeout (1s): an answer that slow would be cut off",
+        ),
+        (
+            {"http": {"url": "http://x/", "max_latency": "15s"}},
+            "max_latency (15s) cannot be longer than timeout (10s)",
+        ),
         ({"http": {"url": "ftp://web/healthz"}}, "http.url\n  String should match pattern"),
         ({"http": {"url": "web.internal/healthz"}}, "http.url\n  String should match pattern"),
         ({"prometheus": {**PROM, "url": "file:///etc"}, "fail_if": "> 1"}, "prometheus.url\n  String should"),

@@ -171,3 +171,59 @@ async def test_the_first_deployment_failing_verification_has_nothing_to_roll_bac
     refused = [e for e in entries if e.action == "rollback"]
     assert refused and refused[0].outcome == "rejected"
     assert refused[0].reason.endswith("no rollback: no earlier good deployment to production to roll back to")
+
+
+async def test_a_late_verdict_on_one_stage_never_ends_the_next_stages_verification(
+    db_url: str, start_shipyard: StartShipyard
+) -> None:
+    """Staging's analysis judged its verification failed while a person passed it; by the time
+    its verdict arrives production verifies. The verdict is about staging, which ended already:
+    it is refused, and production is neither failed nor rolled back by it."""
+    from core.analysis import Analysis, AnalysisKind, AnalysisStatus
+    from core.runtime.verification import verdicts_to
+    from core.runtime.writes import analysis_id
+    from tests.pipelines import SHOP as STAGED_SHOP
+
+    verify = {"checks": ["smoke"], "for": "10m", "on_failure": "rollback"}
+    smoke = {"smoke": {"command": ["true"], "interval": "1s"}}
+    envs = {env: {"checks": smoke, "verify": verify} for env in ("staging", "production")}
+    shipyard = await start_shipyard(db_url, {"shop": STAGED_SHOP}, environments=envs)
+    run = await trigger(shipyard, "shop", version="1.0.0")
+    state = await wait_for(shipyard, run.run.id, _verifying)
+    staging = next(s for s in state.stages if s.status is StageStatus.VERIFYING)
+    assert staging.environment == "staging"
+    judged = Analysis(
+        id=analysis_id(run.run.id, staging.index),
+        environment="staging",
+        kind=AnalysisKind.VERIFY,
+        checks=("smoke",),
+        started_at=state.run.created_at,
+        run_id=run.run.id,
+        stage_index=staging.index,
+    )
+    assert (await send(shipyard, EndVerification(run_id=run.run.id, verdict="passed", actor=CAROL))).accepted
+    production = await wait_for(
+        shipyard,
+        run.run.id,
+        lambda s: any(x.environment == "production" and x.status is StageStatus.VERIFYING for x in s.stages),
+    )
+    decisions: list[Any] = []
+    ended: list[tuple[str, AnalysisStatus, str]] = []
+
+    async def handle(command: Any) -> Any:
+        decisions.append(await send(shipyard, command))
+        return decisions[-1]
+
+    async def end(ident: str, status: AnalysisStatus, reason: str) -> bool:
+        ended.append((ident, status, reason))
+        return True
+
+    await verdicts_to(handle, end)(judged, AnalysisStatus.FAILED, "smoke: exit 1 at 12:04:10, twice")
+    assert [d.accepted for d in decisions] == [False]
+    assert "verification of staging ended already" in decisions[0].reason
+    assert [(i, s) for i, s, _ in ended] == [(judged.id, AnalysisStatus.CANCELED)]  # (judged no more)
+    after = await shipyard.orchestrator.db(shipyard.service.find_run, run.run.id)
+    assert after.run.status is RunStatus.VERIFYING
+    assert [s.status for s in after.stages] == [s.status for s in production.stages]
+    runs = await shipyard.orchestrator.db(shipyard.service.store.list_runs, "shop", 10)
+    assert [s.run.kind for s in runs] == ["deploy"]  # no rollback started

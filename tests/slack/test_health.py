@@ -38,6 +38,7 @@ async def test_health_shows_where_people_look(start_bot: StartBot, fake: FakeSla
             "confirm": True,
             "checks": {"smoke": smoke},
             "health": {"checks": ["smoke"], "failure_limit": 1},
+            "health_settle": "0s",  # (every change posted at once: damping is tested below)
             "block_when_unhealthy": True,
         }
     }
@@ -91,8 +92,13 @@ async def test_a_health_change_is_posted_in_the_environments_channel_else_the_de
     there; ``staging`` names none: its changes go to the default channel."""
     smoke = {"command": ["sh", "-c", "exit 0"], "interval": "1s", "timeout": "1s"}
     environments = {
-        "staging": {"checks": {"smoke": smoke}, "health": ["smoke"]},
-        "production": {"checks": {"smoke": smoke}, "health": ["smoke"], "slack_channel": "C0PRODOPS"},
+        "staging": {"checks": {"smoke": smoke}, "health": ["smoke"], "health_settle": "0s"},
+        "production": {
+            "checks": {"smoke": smoke},
+            "health": ["smoke"],
+            "slack_channel": "C0PRODOPS",
+            "health_settle": "0s",
+        },
     }
     await start_bot(
         {"shop": ship(name="shop", compare=False)},
@@ -111,3 +117,55 @@ async def test_a_health_change_is_posted_in_the_environments_channel_else_the_de
     await until(lambda: posted("production") and posted("staging"), what="both healthy posts")
     assert [c.args["channel"] for c in posted("production")] == ["C0PRODOPS"]
     assert [c.args["channel"] for c in posted("staging")] == [CHANNEL]
+
+
+async def test_health_that_flaps_is_not_posted_and_a_change_that_holds_is(
+    start_bot: StartBot, fake: FakeSlack, tmp_path: Path, db_url: str
+) -> None:
+    """``health_settle: 6s``: healthy → unhealthy → healthy within it posts nothing (the channel
+    is not flooded by a flapping check); unhealthy that holds is posted once it held, as a
+    change from what the channel last heard."""
+    import sqlalchemy as sa
+
+    from core.analysis import Health
+    from storage.analyses import AnalysisStore
+    from storage.tables import SlackPostRow
+
+    (tmp_path / "smoke").write_text("0")
+    smoke = {"command": ["sh", "-c", f"exit $(cat {tmp_path / 'smoke'})"], "interval": "1s", "timeout": "1s"}
+    environments = {
+        "production": {
+            "checks": {"smoke": smoke},
+            "health": {"checks": ["smoke"], "failure_limit": 1},
+            "health_settle": "6s",
+        }
+    }
+    bot = await start_bot(
+        {}, {ALICE: [Role.ADMIN]}, environments=environments, slack_channel=CHANNEL, database_url=db_url
+    )
+    analyses = AnalysisStore(bot.store)
+    await until(lambda: _said(fake, GREEN), timeout=30, what="the healthy post, once it held")
+
+    def latest() -> Health | None:
+        changes = analyses.history("production", None, 1)
+        return changes[0].to_state if changes else None
+
+    (tmp_path / "smoke").write_text("1")
+    await until(lambda: latest() is Health.UNHEALTHY, timeout=30, what="unhealthy")
+    (tmp_path / "smoke").write_text("0")
+    await until(lambda: latest() is Health.HEALTHY, timeout=30, what="healthy again")
+    back, dip = analyses.history("production", None, 2)
+    assert (back.at - dip.at).total_seconds() < 6, "the machine was too slow for a flap within 6 s"
+
+    def decided() -> bool:  # the flap's two planned posts were given up, not sent
+        with bot.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(SlackPostRow.status).where(SlackPostRow.key.like("health:%"))).all()
+        return len(rows) == 3 and sorted(r[0] for r in rows) == ["gave_up", "gave_up", "sent"]
+
+    await until(decided, timeout=30, what="the flap's posts decided")
+    assert [c.args["text"] for c in _health_posts(fake) if c.ok] == ["production is healthy (was unknown)"]
+
+    (tmp_path / "smoke").write_text("1")
+    red = await until(lambda: _said(fake, RED), timeout=30, what="the unhealthy post, once it held")
+    assert red.args["text"] == "production is unhealthy (was healthy)"
+    assert len([c for c in _health_posts(fake) if c.ok]) == 2

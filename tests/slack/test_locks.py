@@ -170,6 +170,52 @@ async def test_an_expired_lock_taken_over_before_it_was_swept_is_told_to_the_cha
     assert (entry.actor, entry.detail["holder"]) == ("shipyard", ALICE)
 
 
+async def test_an_expired_lock_a_rollback_replaced_before_it_was_swept_is_told_to_the_channel(
+    bot: Bot,
+) -> None:
+    """A rollback locks production over Alice's lock that ran out, before the keeper swept it:
+    the channel hears her lock expired, as when a person takes an expired lock over."""
+    await keeper(bot).stop()  # (its sweep would tell the expiry itself)
+    LockStore(bot.store).acquire(
+        "production", ALICE, "incident 4711", 3600, datetime.now(UTC) - timedelta(hours=2), channel="slack"
+    )
+    with bot.store.transaction() as tx:  # (what a rollback that succeeded does: core.runtime.writes)
+        tx.lock_after_rollback("production", "rolled back to web 1.4.1", datetime.now(UTC))
+    held = current(bot)
+    assert held is not None and (held.holder, held.kind) == ("shipyard", "rollback")
+    told = await bot.fake.wait_for("chat.postMessage", lambda c: "expired" in c.args.get("text", ""))
+    assert told.args["channel"] == CHANNEL
+    assert told.args["text"].startswith(
+        f":unlock: production's lock by <@{ALICE}> expired (incident 4711); "
+    ) and told.args["text"].endswith("took it over.")
+    entry = next(e for e in bot.store.audit_entries(20) if e.action == "expire_lock")
+    assert (entry.actor, entry.detail["holder"]) == ("shipyard", ALICE)
+
+
+async def test_a_lock_taken_and_released_over_the_api_is_told_to_the_channel(bot: Bot) -> None:
+    """``/deploy lock`` answers in the channel; a lock taken or released over the API (a script
+    during an incident) is told there too, once, so the channel knows why deploys stop."""
+    assert bot.client is not None
+    await bot.say(ALICE, 'lock production "release 1.4"')  # (told by its own answer, not again)
+    await bot.say(ALICE, "unlock production")
+    auth = bot.api_auth("incident-bot")
+    path = "/api/v1/environments/production/lock"
+    taken = await bot.client.post(path, json={"reason": "incident 4711", "duration": "2h"}, headers=auth)
+    assert taken.status == 201, await taken.text()
+    told = await bot.fake.wait_for("chat.postMessage", lambda c: "incident-bot" in c.args.get("text", ""))
+    assert told.args["channel"] == CHANNEL
+    assert told.args["text"].startswith(":lock: production is locked by incident-bot since ")
+    assert told.args["text"].endswith("(from the API).") and "incident 4711" in told.args["text"]
+    gone = await bot.client.delete(path, headers=auth)
+    assert gone.status == 200, await gone.text()
+    unlocked = await bot.fake.wait_for("chat.postMessage", lambda c: "unlocked" in c.args.get("text", ""))
+    said = ":unlock: incident-bot unlocked *production*: incident 4711 (from the API)."
+    assert unlocked.args["text"] == said
+    # (the notifier follows the log in order: Alice's lock and unlock were handled before these)
+    posted = [c.args["text"] for c in posts_to(bot, CHANNEL)]
+    assert [t for t in posted if "production" in t] == [told.args["text"], unlocked.args["text"]]
+
+
 async def test_a_lock_handed_over_late_reminds_its_new_holder(bot: Bot) -> None:
     """Bob did not choose the expiry Alice's lock hands him 5 minutes before it: he is reminded
     (with Extend 1h) at once, as Alice was, not left to find the environment unlocked."""

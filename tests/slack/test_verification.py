@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from core.access import Role
 from tests.pipelines import one_deploy
-from tests.slack.harness import ALICE, BOB, StartBot, button, until
+from tests.slack.harness import ALICE, BOB, CAROL, StartBot, button, until
 
 VERIFIED = {
     "production": {
@@ -74,3 +74,61 @@ async def test_an_inconclusive_verification_waits_for_a_person_in_slack(
     )
     done = await bot.until_status(ref, "succeeded")
     assert done.stages[0].reason == f"verified by {BOB}"
+
+
+async def test_a_verify_button_shown_for_staging_never_ends_productions_verification(
+    start_bot: StartBot,
+) -> None:
+    """Bob passes staging's verification; Carol, on the message as it showed staging verifying,
+    presses Roll back staging a moment later. Production verifies by then: her press is
+    refused, saying staging's verification ended, and production is not failed nor rolled back."""
+    from tests.pipelines import ship
+
+    smoke = {"smoke": {"command": ["true"], "interval": "1s"}}
+    verify = {"checks": ["smoke"], "for": "10m"}
+    environments = {env: {"checks": smoke, "verify": verify} for env in ("staging", "production")}
+    grants = {ALICE: [Role.DEPLOYER], BOB: [Role.APPROVER], CAROL: [Role.APPROVER]}
+    shop = ship(name="shop", staging=True, gates=False, compare=False)
+    bot = await start_bot({"shop": shop}, grants, environments=environments)
+    ref = await bot.trigger(ALICE, "run shop version=1.0.0")
+    await bot.until_status(ref, "verifying")
+    ts = (await bot.run_post(ref)).response["ts"]
+    message = await until(
+        lambda: (m := bot.run_message(ts)) and "Roll back staging" in str(m) and m, what="staging's buttons"
+    )
+    looks_good, roll_back = button(message, "verify_looks_good"), button(message, "verify_roll_back")
+    await bot.press(BOB, "verify_looks_good", looks_good["value"], ts)
+    await until(
+        lambda: any(s.environment == "production" and s.status == "verifying" for s in bot.run(ref).stages),
+        what="production verifying",
+    )
+    refused = await bot.answer(CAROL, "verify_roll_back", roll_back["value"], ts)
+    assert refused["response_type"] == "ephemeral", refused
+    assert "the verification of staging ended already" in refused["text"]
+    state = bot.run(ref)
+    assert state.run.status == "verifying"
+    assert [s.status for s in state.stages if s.environment == "production"] == ["verifying"]
+
+
+async def test_a_failed_verification_is_posted_at_once_whatever_the_health_damping(
+    start_bot: StartBot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Health posts wait for ``health_settle`` (10m here); a release's verification that fails
+    is told in its run's thread as soon as it fails, never damped."""
+    failing = {
+        "production": {
+            "checks": {"smoke": {"command": ["false"], "interval": "1s"}},
+            "health": ["smoke"],
+            "health_settle": "10m",
+            "verify": {"checks": ["smoke"], "for": "10m", "failure_limit": 1, "on_failure": "fail"},
+        }
+    }
+    bot = await start_bot({"web": one_deploy("web")}, {ALICE: [Role.DEPLOYER]}, environments=failing)
+    ref = await bot.trigger(ALICE, "run web")
+    failed = await bot.until_status(ref, "failed", timeout=20)
+    assert failed.run.reason.startswith("verification of production failed: smoke: exit 1")
+    posted = await bot.thread_post(ref, timeout=20)
+    assert "failed" in posted.args["text"]
+    assert not [
+        c for c in bot.fake.calls_to("chat.postMessage") if "production is " in c.args.get("text", "")
+    ]

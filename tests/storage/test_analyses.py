@@ -783,3 +783,50 @@ async def test_a_measurement_under_way_at_the_deadline_counts_in_the_verdict(
         CheckResult.PASSED,
         CheckResult.FAILED,
     ]
+
+
+async def test_the_loops_http_checks_keep_no_cookies_between_measurements(
+    open_stores: Callable[[], AnalysisStore], workdir: Path
+) -> None:
+    """A target that sets a session cookie on its first answer, and answers a client that sends
+    it back as a logged-in one (here: 503), is measured as a fresh client every time. (By a host
+    name: aiohttp's default jar drops cookies from bare IP addresses anyway.)"""
+    from aiohttp import web
+
+    from tests.e2e.server import free_port
+
+    cookies_seen: list[str | None] = []
+
+    async def page(request: web.Request) -> web.Response:
+        cookies_seen.append(request.headers.get("Cookie"))
+        if "session" in request.cookies:
+            return web.Response(status=503, text="logged in")
+        response = web.Response(text="anonymous")
+        response.set_cookie("session", "s3cret")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/healthz", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    smoke = {"http": {"url": f"http://localhost:{port}/healthz"}, "interval": "10s", "timeout": "5s"}
+    envs = Environments.model_validate({"production": {"checks": {"smoke": smoke}, "health": ["smoke"]}})
+    clock, store = Clock(), open_stores()
+    watcher = loop(store, envs, workdir, clock, Probe())
+    await watcher.db(store.ensure_health, watcher.watched, T0)
+    await watcher.start()  # (the loop's own session, shared by its measurements)
+    try:
+        for step in range(3):
+            clock.now = T0 + timedelta(seconds=10 * step)
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(cookies_seen) <= step:
+                assert asyncio.get_running_loop().time() < deadline, "not measured in time"
+                await asyncio.sleep(0.05)
+    finally:
+        await watcher.stop()
+        await runner.cleanup()
+    assert cookies_seen == [None, None, None]
+    results = [m.result for m in store.recent("production", ["smoke"], 10)["smoke"]]
+    assert results == [CheckResult.PASSED] * 3
