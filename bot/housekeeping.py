@@ -30,6 +30,9 @@ from storage.webhooks import WebhookStore
 log = logging.getLogger(__name__)
 #: how often the pass runs (the first one right at start, so short-lived processes clean too)
 EVERY_S = 3600.0
+#: how long a stop lets the batch under way finish before it cancels the pass (a batch is one
+#: short transaction; cancelling its await would leave it to commit after the stop returned)
+STOP_GRACE_S = 5.0
 #: rows deleted per transaction
 BATCH = 1000
 #: transactions per kind and pass: at most ``BATCH * MAX_BATCHES`` rows of a kind go at once
@@ -60,6 +63,8 @@ class Housekeeping:
         #: the pass under way, if one is (a stop ends it rather than leave it to be cancelled
         #: when the event loop closes, which APScheduler would log as a failed job)
         self._running: asyncio.Task[Any] | None = None
+        #: set by ``stop``: a pass not begun yet never begins, one under way ends after its batch
+        self._stopping = False
 
     async def start(self) -> None:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
@@ -69,22 +74,34 @@ class Housekeeping:
         self.scheduler.start()
 
     async def stop(self) -> None:
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        """Once this returns, the pass deletes nothing more: one that APScheduler handed to the
+        event loop but that has not begun yet never begins, and one under way ends after the
+        batch it is in (cancelled only if that batch outlasts ``STOP_GRACE_S``)."""
+        self._stopping = True
         running = self._running
         if running is not None and not running.done():
+            await asyncio.wait({running}, timeout=STOP_GRACE_S)
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)  # (it cancels the job's task: so only after it)
 
     async def sweep(self, at: datetime | None = None) -> Swept:
         """One pass at ``at`` (now by default): what the hourly job runs; tests call it with a time."""
-        at = at or now()
-        keys = await self._drain(lambda: self.backend.write(self.keys.purge, at, BATCH))
+        return await self._sweep(at or now(), lambda: True)
+
+    async def _sweep(self, at: datetime, going: Callable[[], bool]) -> Swept:
+        """A pass that stops between batches once ``going`` says so."""
+
+        async def drain(batch: Callable[[], Awaitable[int]]) -> int:
+            return await self._drain(batch, going)
+
+        keys = await drain(lambda: self.backend.write(self.keys.purge, at, BATCH))
         before = at - self.delivery_keep
-        deliveries = await self._drain(lambda: self.backend.write(self.deliveries.prune, before, BATCH))
+        deliveries = await drain(lambda: self.backend.write(self.deliveries.prune, before, BATCH))
         old = at - self.measurement_keep
-        measured = await self._drain(lambda: self.backend.write(self.analyses.prune_health, old, BATCH))
-        signed = await self._drain(lambda: self.backend.write(self.web.purge, at, BATCH))
+        measured = await drain(lambda: self.backend.write(self.analyses.prune_health, old, BATCH))
+        signed = await drain(lambda: self.backend.write(self.web.purge, at, BATCH))
         return Swept(
             idempotency_keys=keys,
             webhook_deliveries=deliveries,
@@ -93,9 +110,11 @@ class Housekeeping:
         )
 
     async def _pass(self) -> None:
+        if self._stopping:  # (handed to the event loop just before the stop)
+            return
         self._running = asyncio.current_task()
         try:
-            swept = await self.sweep()
+            swept = await self._sweep(now(), lambda: not self._stopping)
         except asyncio.CancelledError:  # (``stop``: the service stops; the next start sweeps)
             log.debug("housekeeping pass stopped with the service")
             return
@@ -110,10 +129,13 @@ class Housekeeping:
         log.info("housekeeping: %s", swept)
 
     @staticmethod
-    async def _drain(batch: Callable[[], Awaitable[int]]) -> int:
-        """Run ``batch`` until it deletes fewer than ``BATCH`` rows, at most ``MAX_BATCHES`` times."""
+    async def _drain(batch: Callable[[], Awaitable[int]], going: Callable[[], bool]) -> int:
+        """Run ``batch`` until it deletes fewer than ``BATCH`` rows, at most ``MAX_BATCHES`` times,
+        while ``going``."""
         gone = 0
         for _ in range(MAX_BATCHES):
+            if not going():
+                break
             deleted = await batch()
             gone += deleted
             if deleted < BATCH:
