@@ -14,6 +14,7 @@ burst takes what comes due meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
@@ -27,15 +28,15 @@ from bot.backend import Backend, now
 from core import schedule as cron
 from core.access import Action
 from core.commands import TriggerRun
-from core.definition import parameter_text
+from core.definition import parameter_text, resolve_parameters
 from core.engine import Decision
-from core.errors import DatabaseUnreachable
+from core.errors import DatabaseUnreachable, ShipyardError
 from core.model import Actor
 from core.ports import AuditEntry
 from core.runtime.writes import audit_entry
 from core.schedule import Due, Missed, Schedule
 from storage.reads import PipelineInfo
-from storage.schedules import ScheduleStore, file_schedule_id
+from storage.schedules import Pause, ScheduleStore, file_schedule_id
 
 log = logging.getLogger(__name__)
 #: how often the declarations in pipeline files are compared with the stored schedules
@@ -71,6 +72,8 @@ class _Claimed:
     refused: str = ""
     #: the engine's refusal of the trigger, audited with the claim
     rejected: Decision | None = None
+    #: why it can no longer start a run: paused (once) instead of fired
+    unable: str = ""
 
 
 class ScheduleLoop:
@@ -223,12 +226,13 @@ class ScheduleLoop:
         await self.backend.read(self._judge, entries)
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
-            if plan.fire_at is not None and not entry.refused:
+            if plan.fire_at is not None and not entry.refused and not entry.unable:
                 entry.command = TriggerRun(
                     pipeline=schedule.pipeline,
                     actor=Actor(schedule.owner, "schedule"),
                     parameters=schedule.parameters,
                     idempotency_key=schedule.idempotency_key(plan.fire_at),
+                    schedule=(schedule.id, schedule.version),
                 )
                 entry.trigger = asyncio.create_task(self.backend.decide(entry.command))
         if triggers := [e.trigger for e in entries if e.trigger is not None]:
@@ -255,15 +259,22 @@ class ScheduleLoop:
         return mine
 
     def _judge(self, entries: Sequence[_Claimed]) -> None:
-        """A person's schedule runs with what that person may do now (as an incoming trigger
-        does: ``Directory.standing``): read each owner once."""
+        """A schedule that can no longer start a run (``unable``) is paused instead of fired. A
+        person's schedule runs with what that person may do now (as an incoming trigger does:
+        ``Directory.standing``): read each owner once."""
+        pipelines = {e.schedule.pipeline for e in entries}
+        infos = {name: self.backend.reads.pipeline(name) for name in pipelines}
+        for entry in entries:
+            entry.unable = unable(entry.schedule, infos[entry.schedule.pipeline])
         owners = {
-            e.schedule.owner for e in entries if e.schedule.source != "file" and e.plan.fire_at is not None
+            e.schedule.owner
+            for e in entries
+            if e.schedule.source != "file" and e.plan.fire_at is not None and not e.unable
         }
         when = now()
         principals = {name: self.backend.directory.standing(name, when) for name in owners}
         for entry in entries:
-            if entry.plan.fire_at is not None and entry.schedule.source != "file":
+            if entry.plan.fire_at is not None and entry.schedule.source != "file" and not entry.unable:
                 owner = principals[entry.schedule.owner]
                 if owner is None:
                     revoked = "every API token revoked"
@@ -278,6 +289,7 @@ class ScheduleLoop:
         records it (the engine leaves the clock's refusals to it: every replica that read the
         occurrence due triggered it). Returns the entries this process won."""
         audits = {}
+        pauses = [Pause(e.schedule, e.unable, at) for e in entries if e.unable]
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
             records = [] if plan.missed is None else [_missed(schedule, at, plan.missed)]
@@ -286,7 +298,8 @@ class ScheduleLoop:
             elif entry.command is not None and entry.rejected is not None:
                 records.append(audit_entry(entry.command, entry.rejected, at))
             audits[schedule.id] = records
-        won = self.schedule_store.claim([(e.schedule, e.plan.next_fire) for e in entries], audits)
+        claims = [(e.schedule, e.plan.next_fire) for e in entries if not e.unable]
+        won = self.schedule_store.claim(claims, audits, pauses)
         return [e for e in entries if e.schedule.id in won]
 
     async def _finish(self, claimed: Sequence[_Claimed]) -> list[Fired]:
@@ -295,7 +308,8 @@ class ScheduleLoop:
             schedule, plan = entry.schedule, entry.plan
             metrics.schedule_fired(None, missed=plan.missed.count if plan.missed else 0)
             if entry.trigger is None:
-                fired.append(Fired(schedule, plan.fire_at, None, plan.missed, entry.refused))
+                why = entry.refused or (entry.unable and f"paused: {entry.unable}")
+                fired.append(Fired(schedule, plan.fire_at, None, plan.missed, why))
                 continue
             try:
                 decision = await entry.trigger
@@ -326,7 +340,9 @@ class ScheduleLoop:
         it is restored."""
         at = now()
         stored = await self.backend.read(self.schedule_store.file_schedule_ids)
+        infos: dict[str, PipelineInfo] = {}
         async for info in self._every_pipeline():
+            infos[info.name] = info
             have = stored.get(info.name, set())
             wanted = []
             for trigger in [] if info.archived else info.latest.definition.triggers:
@@ -349,6 +365,21 @@ class ScheduleLoop:
             if {s.id for s in wanted} != have:
                 await self.backend.write(self.schedule_store.sync_file, info.name, wanted, at)
                 self.poke()  # (a declaration changed: its first fire may come before the rest ends)
+        await self._pause_unable(infos, at)
+
+    async def _pause_unable(self, infos: dict[str, PipelineInfo], at: datetime) -> None:
+        """Pause, once, every schedule that can no longer start a run (``unable``), so that it
+        is shown with the reason before its next fire comes, and its owner told."""
+        every = await self.backend.read(self.schedule_store.all)
+        pauses = [
+            Pause(s, why, at)
+            for s in every
+            if not s.paused_reason and (why := unable(s, infos.get(s.pipeline)))
+        ]
+        if pauses:
+            paused = await self.backend.write(self.schedule_store.claim, [], None, pauses)
+            for schedule_id in sorted(paused):
+                log.warning("schedule %s paused: it can no longer start a run", schedule_id)
 
     async def _every_pipeline(self) -> AsyncIterator[PipelineInfo]:
         """Every pipeline, archived ones too, read a page at a time however many there are."""
@@ -357,6 +388,33 @@ class ScheduleLoop:
             for info in page:
                 yield info
             after = page[-1].name
+
+
+def unable(schedule: Schedule, info: PipelineInfo | None) -> str:
+    """Why ``schedule`` can no longer start a run ("": it can): its pipeline is gone or
+    archived, its cron expression is one refused since it was stored (croniter reads it unlike
+    cron), or the pipeline no longer takes its parameters. Such a schedule is paused, once."""
+    if info is None:
+        return f"pipeline {schedule.pipeline!r} no longer exists"
+    if info.archived:
+        return f"pipeline {schedule.pipeline!r} is archived (restore it, then resume the schedule)"
+    if problem := _cron_problem(schedule.cron):
+        return problem
+    try:
+        resolve_parameters(info.latest.definition, schedule.parameters)
+    except ShipyardError as exc:
+        return f"its parameters no longer start a run of {schedule.pipeline}: {exc.message}"
+    return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _cron_problem(expression: str) -> str:
+    """What the cron checks of today say of a stored expression ("": it passes)."""
+    try:
+        cron.check_cron(expression)
+    except ShipyardError as exc:
+        return f"{exc.message} (it was stored before such expressions were refused; add it again corrected)"
+    return ""
 
 
 def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:

@@ -169,6 +169,12 @@ class Schedule:
     grace_s: float
     next_fire_at: datetime
     created_at: datetime
+    #: bumped by every change: a fire read with this version starts a run only while it holds
+    version: int = 1
+    #: why it is paused ("": it fires): by its owner, or by the clock when it can no longer
+    #: start a run (its pipeline archived, a cron or parameters no longer accepted)
+    paused_reason: str = ""
+    paused_at: datetime | None = None
 
     def describe(self) -> str:
         params = " ".join(f"{k}={v}" for k, v in self.parameters.items())

@@ -435,6 +435,30 @@ class Notifier:
             await self._on_health(event)
         elif event.name == LOCK_ACQUIRED and event.data.get("previous_holder"):
             await self._on_lock_taken_over(event)
+        elif event.name == "schedule.paused" and event.data.get("by") == "clock":
+            await self._on_schedule_paused(event)
+
+    async def _on_schedule_paused(self, event: Event) -> None:
+        """The clock paused a schedule that can no longer start a run: its owner is told, once
+        (the post is claimed by the event's number), in the pipeline's channel (where its runs
+        report), else the default one."""
+        pipeline = str(event.data.get("pipeline", ""))
+        info = await self.backend.read(self.backend.reads.pipeline, pipeline)
+        channel = (info.latest.definition.channel if info is not None else None) or self.default_channel
+        if channel is None:
+            return
+        owner, reason = str(event.data.get("owner", "")), str(event.data.get("reason", ""))
+        short = event.subject_id[:8]
+        if event.data.get("source") == "file":
+            whose, fix = f"The schedule `{short}` in {pipeline}'s pipeline file", "Correct it in the file."
+        else:
+            whose = f"{block_kit.who(owner)}: your schedule `{short}` of {pipeline}"
+            fix = f"`/deploy resume-schedule {short}` once that is fixed, or remove it."
+        summary = f"{whose} is paused, it can no longer start a run: {reason}. See `/deploy schedules`. {fix}"
+        key = f"schedule:{event.subject_id}:{event.seq}"
+        await self._post(
+            NO_RUN, event.subject_id, channel, None, key, summary, [block_kit.text(summary)], event.seq
+        )
 
     async def _on_lock_taken_over(self, event: Event) -> None:
         """A lock ran out and someone locked the environment before the keeper swept it (which
