@@ -57,6 +57,10 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     )
 
 
+#: schedules ``/deploy schedules`` shows (one message); it says how many more there are
+LISTED = 40
+
+
 @verb("schedules", "schedules [pipeline]", "the schedules and when each fires next", words=1)
 async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await backend.read(
@@ -64,7 +68,12 @@ async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
     )
     if not found:
         return Reply('No schedules. Add one: `/deploy schedule web "0 2 * * 1-5" tz=Europe/Berlin`')
-    rows = [_row(s) for s in found[:40]]
+    rows = [_row(s) for s in found[:LISTED]]
+    if len(found) > LISTED:
+        rows.append(
+            f"… and {len(found) - LISTED} more: `/deploy schedules <pipeline>` lists one pipeline's, "
+            "`GET /api/v1/schedules` all."
+        )
     return Reply("\n".join(rows))
 
 

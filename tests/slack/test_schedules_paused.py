@@ -5,6 +5,7 @@ the real Bolt endpoint with signed requests, on SQLite and PostgreSQL, fire time
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -90,3 +91,16 @@ async def test_a_schedule_is_paused_by_hand_and_skips_its_fires_until_resumed(bo
     assert await clock.tick(schedule.next_fire_at + timedelta(seconds=1)) == []
     assert "Resumed schedule" in await _said(bot, ALICE, f"resume-schedule {short}")
     assert _told(bot) == []  # (paused by its owner: nothing to tell)
+
+
+async def test_a_long_list_of_schedules_says_how_many_more_there_are(bot: Bot) -> None:
+    """``/deploy schedules`` shows 40; past that it says how many it left out and how to see them,
+    so Slack and ``GET /schedules`` (every one) do not seem to disagree."""
+    (first,) = [await _said(bot, ALICE, 'schedule nightly "0 2 * * *"')]
+    (made,) = ScheduleStore(bot.store).all()
+    ScheduleStore(bot.store).add_many([replace(made, id=f"more{i:02}") for i in range(44)])
+    listing = await _said(bot, ALICE, "schedules")
+    assert "Scheduled" in first and listing.count("\n`") == 39
+    assert listing.endswith(
+        "… and 5 more: `/deploy schedules <pipeline>` lists one pipeline's, `GET /api/v1/schedules` all."
+    )
