@@ -200,6 +200,17 @@ class ScheduleStore:
         with self.store.reading() as tx:
             return [_schedule(r) for r in tx.conn.execute(query).mappings()]
 
+    def paused_of(self, owner: str, limit: int = 10) -> list[Schedule]:
+        """The live schedules ``owner`` owns that are paused, most recently paused first."""
+        query = (
+            sa.select(SCHEDULE)
+            .where(LIVE, SCHEDULE.c.owner == owner, SCHEDULE.c.paused_at.is_not(None))
+            .order_by(SCHEDULE.c.paused_at.desc(), SCHEDULE.c.id)
+            .limit(limit)
+        )
+        with self.store.reading() as tx:
+            return [_schedule(r) for r in tx.conn.execute(query).mappings()]
+
     def remove(self, schedule_id: str, now: datetime) -> bool:
         with self.store.transaction() as tx:
             return delete(tx, schedule_id, now)

@@ -701,6 +701,8 @@ def _changes_home(event: Event) -> bool:
     where, the viewer's runs, environment locks)?"""
     if event.subject in ("lock", "env"):  # (locks, environment health)
         return True
+    if event.subject == "schedule":  # (the viewer's paused schedules)
+        return event.name in ("schedule.paused", "schedule.resumed", "schedule.deleted")
     if event.subject == "gate":
         return event.to_status == "open" or event.from_status == "open" or event.name == "gate.approval_added"
     if event.subject == "run":

@@ -5,6 +5,7 @@ the real Bolt endpoint with signed requests, on SQLite and PostgreSQL, fire time
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 
@@ -15,7 +16,8 @@ from bot.scheduler import ScheduleLoop
 from core.access import Role
 from storage.schedules import ScheduleStore
 from tests.pipelines import one_job
-from tests.slack.harness import ALICE, BOB, CHANNEL, Bot, StartBot, until
+from tests.slack import signing
+from tests.slack.harness import ALICE, BOB, CHANNEL, SECRET, Bot, StartBot, until
 
 
 @pytest.fixture
@@ -104,3 +106,33 @@ async def test_a_long_list_of_schedules_says_how_many_more_there_are(bot: Bot) -
     assert listing.endswith(
         "… and 5 more: `/deploy schedules <pipeline>` lists one pipeline's, `GET /api/v1/schedules` all."
     )
+
+
+async def test_app_home_shows_the_viewers_paused_schedules_with_why_until_resumed(bot: Bot) -> None:
+    clock = _clock(bot)
+    short = (await _said(bot, ALICE, 'schedule nightly "0 2 * * *"')).split("`")[1]
+    opened = signing.event_callback(
+        SECRET, {"type": "app_home_opened", "user": ALICE, "tab": "home", "event_ts": "1.0"}, event_id="Ev1"
+    )
+    assert (await bot.post(opened))[0] == 200
+    first = await bot.fake.wait_for("views.publish", lambda c: c.args.get("user_id") == ALICE)
+    assert "paused" not in json.dumps(first.args["view"])
+    await bot.shipyard.orchestrator.db(bot.shipyard.service.set_archived, "nightly", True)
+
+    await clock.sync_files()  # (finds it can no longer start a run)
+
+    shown = await bot.fake.wait_for(
+        "views.publish",
+        lambda c: c.args.get("user_id") == ALICE and "Your paused schedules" in json.dumps(c.args["view"]),
+    )
+    view = json.dumps(shown.args["view"])
+    assert f"`{short}` nightly '0 2 * * *' (UTC): paused, pipeline 'nightly' is archived" in view
+    await bot.shipyard.orchestrator.db(bot.shipyard.service.set_archived, "nightly", False)
+    before = len(bot.fake.calls_to("views.publish"))
+    assert "Resumed schedule" in await _said(bot, ALICE, f"resume-schedule {short}")
+
+    def refreshed() -> str | None:
+        later = bot.fake.calls_to("views.publish")[before:]
+        return next((json.dumps(c.args["view"]) for c in later if c.args.get("user_id") == ALICE), None)
+
+    assert "Your paused schedules" not in await until(refreshed, what="App Home refreshed")
