@@ -28,6 +28,9 @@ from core.errors import InvalidInput
 DEFAULT_GRACE_S = 3600.0
 #: missed occurrences counted per schedule after a downtime, at most (then: "more than")
 MAX_MISSED = 10_000
+#: a fire at most this late is on time whatever the schedule's grace (even 0): the clock beats
+#: on the whole second and a burst of fires takes a while to read
+ON_TIME_S = 60.0
 
 
 def zone(name: str) -> ZoneInfo:
@@ -262,7 +265,7 @@ def due(expression: str, tz: str, next_at: datetime, now: datetime, grace_s: flo
         latest = previous_fire(expression, tz, now)
         earlier = previous_fire(expression, tz, latest - timedelta(microseconds=1))
         following = next_fire(expression, tz, now)
-    if (now - latest).total_seconds() <= grace_s:
+    if (now - latest).total_seconds() <= max(grace_s, ON_TIME_S):
         fire_at, count, last = latest, count - 1, earlier
     else:
         fire_at, last = None, latest

@@ -34,7 +34,10 @@ class ScheduleIn(Strict):
     )
     parameters: dict[str, ParamValue] = Field(default_factory=dict, max_length=100)
     grace_seconds: float = Field(
-        timing.DEFAULT_GRACE_S, ge=0, le=7 * 86400, description="a fire missed by less than this still runs"
+        timing.DEFAULT_GRACE_S,
+        ge=0,
+        le=7 * 86400,
+        description="a fire missed by less than this still runs (one under a minute late always does)",
     )
 
 

@@ -199,3 +199,19 @@ async def test_a_schedule_is_paused_and_resumed_by_its_owner_over_rest(lite: Api
     assert (await lite.post(f"/schedules/{made['id']}/resume", "admin")).status == 200
     assert_problem(await lite.post(f"/schedules/{made['id']}/resume", "deployer"), 409, "is not paused")
     assert_problem(await lite.post("/schedules/nope/pause", "deployer"), 404, "no schedule 'nope'")
+
+
+async def test_a_schedule_with_no_grace_still_fires_when_the_clock_is_a_moment_late(lite: Api) -> None:
+    """``grace_seconds: 0`` means "never run a fire late", not "never run": the clock beats on
+    the whole second and a burst takes a while, so a fire read a few seconds after its time is
+    on time. One missed beyond that is skipped as before."""
+    loop = _by_hand(lite)
+    body = {"pipeline": "quick", "cron": "0 * * * *", "grace_seconds": 0}
+    made = (await lite.post("/schedules", "deployer", json=body)).json
+    due = datetime.fromisoformat(made["next_fire_at"])
+
+    (fired,) = await loop.tick(due + timedelta(seconds=2))
+
+    assert fired.run_ref == "quick#1" and fired.missed is None
+    (late,) = await loop.tick(due + timedelta(hours=1, minutes=5))
+    assert late.run_ref is None and late.missed is not None and late.missed.count == 1
