@@ -28,6 +28,8 @@ from core.errors import InvalidInput
 DEFAULT_GRACE_S = 3600.0
 #: missed occurrences counted per schedule after a downtime, at most (then: "more than")
 MAX_MISSED = 10_000
+#: the longest cron expression a schedule keeps (as the REST API's schema says)
+MAX_CRON = 120
 #: a fire at most this late is on time whatever the schedule's grace (even 0): the clock beats
 #: on the whole second and a burst of fires takes a while to read
 ON_TIME_S = 60.0
@@ -51,6 +53,11 @@ def check_cron(expression: str, *, stored: bool = False) -> str:
     accepts but reads unlike cron (``_odd_term``); a ``stored`` expression, taken before they
     were refused, keeps croniter's reading (a pipeline saved with one must still load)."""
     fields = expression.split()
+    if not stored and len(" ".join(fields)) > MAX_CRON:
+        raise InvalidInput(
+            f"cron {expression!r} is too long: at most {MAX_CRON} characters are kept "
+            "(write ranges and steps such as 0-29 or */5 instead of long lists)"
+        )
     if len(fields) != 5:
         raise InvalidInput(
             f"cron {expression!r} must have five fields: minute hour day-of-month month day-of-week "

@@ -136,3 +136,13 @@ async def test_app_home_shows_the_viewers_paused_schedules_with_why_until_resume
         return next((json.dumps(c.args["view"]) for c in later if c.args.get("user_id") == ALICE), None)
 
     assert "Your paused schedules" not in await until(refreshed, what="App Home refreshed")
+
+
+async def test_a_cron_expression_too_long_to_store_is_refused_with_what_to_do(bot: Bot) -> None:
+    """Valid, but longer than a schedule keeps (120 characters, as REST says): refused in words,
+    not an internal error from the database."""
+    every = ",".join(str(m) for m in range(60))
+    said = await bot.say(ALICE, f'schedule nightly "{every} * * * *"')
+    assert said["response_type"] == "ephemeral"
+    assert "too long: at most 120 characters" in said["text"] and "*/5" in said["text"]
+    assert ScheduleStore(bot.store).all() == []
