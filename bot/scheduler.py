@@ -371,11 +371,8 @@ class ScheduleLoop:
         """Pause, once, every schedule that can no longer start a run (``unable``), so that it
         is shown with the reason before its next fire comes, and its owner told."""
         every = await self.backend.read(self.schedule_store.all)
-        pauses = [
-            Pause(s, why, at)
-            for s in every
-            if not s.paused_reason and (why := unable(s, infos.get(s.pipeline)))
-        ]
+        # (off the event loop: ten thousand schedules take a while to judge)
+        pauses = await asyncio.to_thread(_unable_ones, every, infos, at)
         if pauses:
             paused = await self.backend.write(self.schedule_store.claim, [], None, pauses)
             for schedule_id in sorted(paused):
@@ -405,6 +402,12 @@ def unable(schedule: Schedule, info: PipelineInfo | None) -> str:
     except ShipyardError as exc:
         return f"its parameters no longer start a run of {schedule.pipeline}: {exc.message}"
     return ""
+
+
+def _unable_ones(every: Sequence[Schedule], infos: dict[str, PipelineInfo], at: datetime) -> list[Pause]:
+    return [
+        Pause(s, why, at) for s in every if not s.paused_reason and (why := unable(s, infos.get(s.pipeline)))
+    ]
 
 
 @functools.lru_cache(maxsize=1024)
