@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -373,6 +373,11 @@ class ScheduleLoop:
         every = await self.backend.read(self.schedule_store.all)
         # (off the event loop: ten thousand schedules take a while to judge)
         pauses = await asyncio.to_thread(_unable_ones, every, infos, at)
+        if pauses:  # judged again on their pipelines read now: one added or restored since the
+            # pages above were read is not taken for gone or archived
+            names = {p.schedule.pipeline for p in pauses}
+            fresh = await self.backend.read(lambda: {n: self.backend.reads.pipeline(n) for n in names})
+            pauses = _unable_ones([p.schedule for p in pauses], fresh, at)
         if pauses:
             paused = await self.backend.write(self.schedule_store.claim, [], None, pauses)
             for schedule_id in sorted(paused):
@@ -404,7 +409,9 @@ def unable(schedule: Schedule, info: PipelineInfo | None) -> str:
     return ""
 
 
-def _unable_ones(every: Sequence[Schedule], infos: dict[str, PipelineInfo], at: datetime) -> list[Pause]:
+def _unable_ones(
+    every: Sequence[Schedule], infos: Mapping[str, PipelineInfo | None], at: datetime
+) -> list[Pause]:
     return [
         Pause(s, why, at) for s in every if not s.paused_reason and (why := unable(s, infos.get(s.pipeline)))
     ]

@@ -19,6 +19,7 @@ from bot.scheduler import ScheduleLoop
 from core.commands import Command, TriggerRun
 from core.engine import Decision
 from core.schedule import Schedule
+from storage.reads import PipelineInfo
 from storage.tables import T
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_schedules import _by_hand
@@ -215,3 +216,30 @@ async def test_a_schedule_with_no_grace_still_fires_when_the_clock_is_a_moment_l
     assert fired.run_ref == "quick#1" and fired.missed is None
     (late,) = await loop.tick(due + timedelta(hours=1, minutes=5))
     assert late.run_ref is None and late.missed is not None and late.missed.count == 1
+
+
+async def test_a_schedule_of_a_pipeline_added_while_the_sync_read_the_others_is_not_paused(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync reads every pipeline a page at a time, then the schedules: a pipeline added (or
+    restored) in between, and a schedule of it, must not be taken for gone."""
+    (schedule,) = clock.add(1)
+    loop = clock.schedule_loop()
+    pages = loop._every_pipeline
+    skipped: list[str] = []
+
+    async def before_tick_was_added() -> AsyncIterator[PipelineInfo]:
+        async for info in pages():
+            if info.name == "tick":
+                skipped.append(info.name)
+            else:
+                yield info
+
+    monkeypatch.setattr(loop, "_every_pipeline", before_tick_was_added)
+
+    await loop.sync_files()
+
+    assert skipped == ["tick"]  # the sync did not see it among the pipelines
+    stored = clock.schedule_store.get(schedule.id)
+    assert stored is not None and stored.paused_reason == ""
+    assert _audited(clock, "schedule_paused") == []
