@@ -222,7 +222,10 @@ class ScheduleLoop:
     async def _claim(self, due: Sequence[Schedule], at: datetime) -> list[_Claimed]:
         # (off the event loop: after a long downtime a minutely schedule has thousands of
         # missed fires to work out, most of a second of CPU, and Slack must still be answered)
-        entries = [_Claimed(s, p) for s, p in await asyncio.to_thread(_plans, due, at)]
+        entries = [
+            _Claimed(s, p) if isinstance(p, Due) else _Claimed(s, Due(None, None, s.next_fire_at), unable=p)
+            for s, p in await asyncio.to_thread(_plans, due, at)
+        ]
         await self.backend.read(self._judge, entries)
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
@@ -265,7 +268,7 @@ class ScheduleLoop:
         pipelines = {e.schedule.pipeline for e in entries}
         infos = {name: self.backend.reads.pipeline(name) for name in pipelines}
         for entry in entries:
-            entry.unable = unable(entry.schedule, infos[entry.schedule.pipeline])
+            entry.unable = entry.unable or unable(entry.schedule, infos[entry.schedule.pipeline])
         owners = {
             e.schedule.owner
             for e in entries
@@ -400,7 +403,7 @@ def unable(schedule: Schedule, info: PipelineInfo | None) -> str:
         return f"pipeline {schedule.pipeline!r} no longer exists"
     if info.archived:
         return f"pipeline {schedule.pipeline!r} is archived (restore it, then resume the schedule)"
-    if problem := _cron_problem(schedule.cron):
+    if problem := _cron_problem(schedule.cron) or _zone_problem(schedule.timezone):
         return problem
     try:
         resolve_parameters(info.latest.definition, schedule.parameters)
@@ -427,20 +430,33 @@ def _cron_problem(expression: str) -> str:
     return ""
 
 
-def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:
-    """What to do with each due schedule. Schedules that share a cron expression, zone and due
-    time (the usual burst) share one computation."""
-    memo: dict[tuple[str, str, datetime, float], Due] = {}
-    plans = []
+@functools.lru_cache(maxsize=256)
+def _zone_problem(name: str) -> str:
+    try:
+        cron.zone(name)
+    except ShipyardError as exc:
+        return exc.message
+    return ""
+
+
+def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due | str]]:
+    """What to do with each due schedule, or why its fires cannot be worked out (it is paused,
+    not read due again every second). Schedules that share a cron expression, zone and due time
+    (the usual burst) share one computation."""
+    memo: dict[tuple[str, str, datetime, float], Due | str] = {}
+    plans: list[tuple[Schedule, Due | str]] = []
     for schedule in due:
         key = (schedule.cron, schedule.timezone, schedule.next_fire_at, schedule.grace_s)
         plan = memo.get(key)
         if plan is None:
             try:
-                plan = memo[key] = cron.due(*key[:3], at, schedule.grace_s)
-            except Exception:  # one broken schedule must not stop the others
+                plan = cron.due(*key[:3], at, schedule.grace_s)
+            except ShipyardError as exc:
+                plan = f"its fires cannot be worked out: {exc.message}"
+            except Exception as exc:  # one broken schedule must not stop the others
                 log.exception("schedule %s: cannot work out its next fire", schedule.id)
-                continue
+                plan = f"its fires cannot be worked out ({type(exc).__name__}: {exc})"
+            memo[key] = plan
         plans.append((schedule, plan))
     return plans
 

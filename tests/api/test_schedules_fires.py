@@ -243,3 +243,24 @@ async def test_a_schedule_of_a_pipeline_added_while_the_sync_read_the_others_is_
     stored = clock.schedule_store.get(schedule.id)
     assert stored is not None and stored.paused_reason == ""
     assert _audited(clock, "schedule_paused") == []
+
+
+async def test_a_stored_schedule_whose_next_fire_cannot_be_worked_out_is_paused_not_retried_each_second(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A time zone the zone database no longer has: the clock cannot work out its fires. It
+    was left due, and every beat (each second) logged the same traceback, forever."""
+    (schedule,) = clock.add(1)
+    clock.schedule_store.remove(schedule.id, DUE - timedelta(days=1))
+    clock.schedule_store.add(replace(schedule, id="gone-zone", timezone="Mars/Olympus_Mons"))
+    loop = clock.schedule_loop()
+
+    (fired,) = await loop.tick(DUE + timedelta(seconds=1))
+
+    assert fired.run_ref is None and "unknown time zone 'Mars/Olympus_Mons'" in fired.refused
+    assert await loop.tick(DUE + timedelta(seconds=2)) == []
+    assert await loop.tick(DUE + timedelta(days=1)) == []
+    stored = clock.schedule_store.get("gone-zone")
+    assert stored is not None and "unknown time zone" in stored.paused_reason
+    assert _audited(clock, "schedule_paused") == [("schedule gone-zone", "rejected")]
+    assert not [r for r in caplog.records if "cannot work out its next fire" in r.getMessage()]
