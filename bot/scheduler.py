@@ -69,7 +69,6 @@ class _Claimed:
     plan: Due
     command: TriggerRun | None = None
     trigger: asyncio.Task[Decision] | None = None
-    refused: str = ""
     #: the engine's refusal of the trigger, audited with the claim
     rejected: Decision | None = None
     #: why it can no longer start a run: paused (once) instead of fired
@@ -229,7 +228,7 @@ class ScheduleLoop:
         await self.backend.read(self._judge, entries)
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
-            if plan.fire_at is not None and not entry.refused and not entry.unable:
+            if plan.fire_at is not None and not entry.unable:
                 entry.command = TriggerRun(
                     pipeline=schedule.pipeline,
                     actor=Actor(schedule.owner, "schedule"),
@@ -264,7 +263,8 @@ class ScheduleLoop:
     def _judge(self, entries: Sequence[_Claimed]) -> None:
         """A schedule that can no longer start a run (``unable``) is paused instead of fired. A
         person's schedule runs with what that person may do now (as an incoming trigger does:
-        ``Directory.standing``): read each owner once."""
+        ``Directory.standing``), read once per owner: one whose owner may no longer start runs
+        is paused too (said once, instead of refused and audited at every fire)."""
         pipelines = {e.schedule.pipeline for e in entries}
         infos = {name: self.backend.reads.pipeline(name) for name in pipelines}
         for entry in entries:
@@ -281,10 +281,10 @@ class ScheduleLoop:
                 owner = principals[entry.schedule.owner]
                 if owner is None:
                     revoked = "every API token revoked"
-                    entry.refused = f"{entry.schedule.owner} may no longer start runs ({revoked})"
+                    entry.unable = f"{entry.schedule.owner} may no longer start runs ({revoked})"
                 elif not owner.may(Action.TRIGGER):
                     roles = ", ".join(sorted(owner.roles)) or "none"
-                    entry.refused = f"{entry.schedule.owner} may no longer start runs (roles: {roles})"
+                    entry.unable = f"{entry.schedule.owner} may no longer start runs (roles: {roles})"
 
     def _take(self, entries: Sequence[_Claimed], at: datetime) -> list[_Claimed]:
         """On the database thread: claim every occurrence (their runs were triggered already),
@@ -296,9 +296,7 @@ class ScheduleLoop:
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
             records = [] if plan.missed is None else [_missed(schedule, at, plan.missed)]
-            if entry.refused:
-                records.append(_audit(schedule, "trigger_run", "rejected", entry.refused, at))
-            elif entry.command is not None and entry.rejected is not None:
+            if entry.command is not None and entry.rejected is not None:
                 records.append(audit_entry(entry.command, entry.rejected, at))
             audits[schedule.id] = records
         claims = [(e.schedule, e.plan.next_fire) for e in entries if not e.unable]
@@ -311,7 +309,7 @@ class ScheduleLoop:
             schedule, plan = entry.schedule, entry.plan
             metrics.schedule_fired(None, missed=plan.missed.count if plan.missed else 0)
             if entry.trigger is None:
-                why = entry.refused or (entry.unable and f"paused: {entry.unable}")
+                why = entry.unable and f"paused: {entry.unable}"
                 fired.append(Fired(schedule, plan.fire_at, None, plan.missed, why))
                 continue
             try:
