@@ -14,8 +14,9 @@ burst takes what comes due meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,15 +28,15 @@ from bot.backend import Backend, now
 from core import schedule as cron
 from core.access import Action
 from core.commands import TriggerRun
-from core.definition import parameter_text
+from core.definition import parameter_text, resolve_parameters
 from core.engine import Decision
-from core.errors import DatabaseUnreachable
+from core.errors import DatabaseUnreachable, ShipyardError
 from core.model import Actor
 from core.ports import AuditEntry
 from core.runtime.writes import audit_entry
 from core.schedule import Due, Missed, Schedule
 from storage.reads import PipelineInfo
-from storage.schedules import ScheduleStore, file_schedule_id
+from storage.schedules import Pause, ScheduleStore, file_schedule_id
 
 log = logging.getLogger(__name__)
 #: how often the declarations in pipeline files are compared with the stored schedules
@@ -68,9 +69,10 @@ class _Claimed:
     plan: Due
     command: TriggerRun | None = None
     trigger: asyncio.Task[Decision] | None = None
-    refused: str = ""
     #: the engine's refusal of the trigger, audited with the claim
     rejected: Decision | None = None
+    #: why it can no longer start a run: paused (once) instead of fired
+    unable: str = ""
 
 
 class ScheduleLoop:
@@ -219,16 +221,20 @@ class ScheduleLoop:
     async def _claim(self, due: Sequence[Schedule], at: datetime) -> list[_Claimed]:
         # (off the event loop: after a long downtime a minutely schedule has thousands of
         # missed fires to work out, most of a second of CPU, and Slack must still be answered)
-        entries = [_Claimed(s, p) for s, p in await asyncio.to_thread(_plans, due, at)]
+        entries = [
+            _Claimed(s, p) if isinstance(p, Due) else _Claimed(s, Due(None, None, s.next_fire_at), unable=p)
+            for s, p in await asyncio.to_thread(_plans, due, at)
+        ]
         await self.backend.read(self._judge, entries)
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
-            if plan.fire_at is not None and not entry.refused:
+            if plan.fire_at is not None and not entry.unable:
                 entry.command = TriggerRun(
                     pipeline=schedule.pipeline,
                     actor=Actor(schedule.owner, "schedule"),
                     parameters=schedule.parameters,
                     idempotency_key=schedule.idempotency_key(plan.fire_at),
+                    schedule=(schedule.id, schedule.version),
                 )
                 entry.trigger = asyncio.create_task(self.backend.decide(entry.command))
         if triggers := [e.trigger for e in entries if e.trigger is not None]:
@@ -255,22 +261,30 @@ class ScheduleLoop:
         return mine
 
     def _judge(self, entries: Sequence[_Claimed]) -> None:
-        """A person's schedule runs with what that person may do now (as an incoming trigger
-        does: ``Directory.standing``): read each owner once."""
+        """A schedule that can no longer start a run (``unable``) is paused instead of fired. A
+        person's schedule runs with what that person may do now (as an incoming trigger does:
+        ``Directory.standing``), read once per owner: one whose owner may no longer start runs
+        is paused too (said once, instead of refused and audited at every fire)."""
+        pipelines = {e.schedule.pipeline for e in entries}
+        infos = {name: self.backend.reads.pipeline(name) for name in pipelines}
+        for entry in entries:
+            entry.unable = entry.unable or unable(entry.schedule, infos[entry.schedule.pipeline])
         owners = {
-            e.schedule.owner for e in entries if e.schedule.source != "file" and e.plan.fire_at is not None
+            e.schedule.owner
+            for e in entries
+            if e.schedule.source != "file" and e.plan.fire_at is not None and not e.unable
         }
         when = now()
         principals = {name: self.backend.directory.standing(name, when) for name in owners}
         for entry in entries:
-            if entry.plan.fire_at is not None and entry.schedule.source != "file":
+            if entry.plan.fire_at is not None and entry.schedule.source != "file" and not entry.unable:
                 owner = principals[entry.schedule.owner]
                 if owner is None:
                     revoked = "every API token revoked"
-                    entry.refused = f"{entry.schedule.owner} may no longer start runs ({revoked})"
+                    entry.unable = f"{entry.schedule.owner} may no longer start runs ({revoked})"
                 elif not owner.may(Action.TRIGGER):
                     roles = ", ".join(sorted(owner.roles)) or "none"
-                    entry.refused = f"{entry.schedule.owner} may no longer start runs (roles: {roles})"
+                    entry.unable = f"{entry.schedule.owner} may no longer start runs (roles: {roles})"
 
     def _take(self, entries: Sequence[_Claimed], at: datetime) -> list[_Claimed]:
         """On the database thread: claim every occurrence (their runs were triggered already),
@@ -278,15 +292,15 @@ class ScheduleLoop:
         records it (the engine leaves the clock's refusals to it: every replica that read the
         occurrence due triggered it). Returns the entries this process won."""
         audits = {}
+        pauses = [Pause(e.schedule, e.unable, at) for e in entries if e.unable]
         for entry in entries:
             schedule, plan = entry.schedule, entry.plan
             records = [] if plan.missed is None else [_missed(schedule, at, plan.missed)]
-            if entry.refused:
-                records.append(_audit(schedule, "trigger_run", "rejected", entry.refused, at))
-            elif entry.command is not None and entry.rejected is not None:
+            if entry.command is not None and entry.rejected is not None:
                 records.append(audit_entry(entry.command, entry.rejected, at))
             audits[schedule.id] = records
-        won = self.schedule_store.claim([(e.schedule, e.plan.next_fire) for e in entries], audits)
+        claims = [(e.schedule, e.plan.next_fire) for e in entries if not e.unable]
+        won = self.schedule_store.claim(claims, audits, pauses)
         return [e for e in entries if e.schedule.id in won]
 
     async def _finish(self, claimed: Sequence[_Claimed]) -> list[Fired]:
@@ -295,7 +309,8 @@ class ScheduleLoop:
             schedule, plan = entry.schedule, entry.plan
             metrics.schedule_fired(None, missed=plan.missed.count if plan.missed else 0)
             if entry.trigger is None:
-                fired.append(Fired(schedule, plan.fire_at, None, plan.missed, entry.refused))
+                why = entry.unable and f"paused: {entry.unable}"
+                fired.append(Fired(schedule, plan.fire_at, None, plan.missed, why))
                 continue
             try:
                 decision = await entry.trigger
@@ -326,7 +341,9 @@ class ScheduleLoop:
         it is restored."""
         at = now()
         stored = await self.backend.read(self.schedule_store.file_schedule_ids)
+        infos: dict[str, PipelineInfo] = {}
         async for info in self._every_pipeline():
+            infos[info.name] = info
             have = stored.get(info.name, set())
             wanted = []
             for trigger in [] if info.archived else info.latest.definition.triggers:
@@ -349,6 +366,23 @@ class ScheduleLoop:
             if {s.id for s in wanted} != have:
                 await self.backend.write(self.schedule_store.sync_file, info.name, wanted, at)
                 self.poke()  # (a declaration changed: its first fire may come before the rest ends)
+        await self._pause_unable(infos, at)
+
+    async def _pause_unable(self, infos: dict[str, PipelineInfo], at: datetime) -> None:
+        """Pause, once, every schedule that can no longer start a run (``unable``), so that it
+        is shown with the reason before its next fire comes, and its owner told."""
+        every = await self.backend.read(self.schedule_store.all)
+        # (off the event loop: ten thousand schedules take a while to judge)
+        pauses = await asyncio.to_thread(_unable_ones, every, infos, at)
+        if pauses:  # judged again on their pipelines read now: one added or restored since the
+            # pages above were read is not taken for gone or archived
+            names = {p.schedule.pipeline for p in pauses}
+            fresh = await self.backend.read(lambda: {n: self.backend.reads.pipeline(n) for n in names})
+            pauses = _unable_ones([p.schedule for p in pauses], fresh, at)
+        if pauses:
+            paused = await self.backend.write(self.schedule_store.claim, [], None, pauses)
+            for schedule_id in sorted(paused):
+                log.warning("schedule %s paused: it can no longer start a run", schedule_id)
 
     async def _every_pipeline(self) -> AsyncIterator[PipelineInfo]:
         """Every pipeline, archived ones too, read a page at a time however many there are."""
@@ -359,20 +393,68 @@ class ScheduleLoop:
             after = page[-1].name
 
 
-def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due]]:
-    """What to do with each due schedule. Schedules that share a cron expression, zone and due
-    time (the usual burst) share one computation."""
-    memo: dict[tuple[str, str, datetime, float], Due] = {}
-    plans = []
+def unable(schedule: Schedule, info: PipelineInfo | None) -> str:
+    """Why ``schedule`` can no longer start a run ("": it can): its pipeline is gone or
+    archived, its cron expression is one refused since it was stored (croniter reads it unlike
+    cron), or the pipeline no longer takes its parameters. Such a schedule is paused, once."""
+    if info is None:
+        return f"pipeline {schedule.pipeline!r} no longer exists"
+    if info.archived:
+        return f"pipeline {schedule.pipeline!r} is archived (restore it, then resume the schedule)"
+    if problem := _cron_problem(schedule.cron) or _zone_problem(schedule.timezone):
+        return problem
+    try:
+        resolve_parameters(info.latest.definition, schedule.parameters)
+    except ShipyardError as exc:
+        return f"its parameters no longer start a run of {schedule.pipeline}: {exc.message}"
+    return ""
+
+
+def _unable_ones(
+    every: Sequence[Schedule], infos: Mapping[str, PipelineInfo | None], at: datetime
+) -> list[Pause]:
+    return [
+        Pause(s, why, at) for s in every if not s.paused_reason and (why := unable(s, infos.get(s.pipeline)))
+    ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _cron_problem(expression: str) -> str:
+    """What the cron checks of today say of a stored expression ("": it passes)."""
+    try:
+        cron.check_cron(expression)
+    except ShipyardError as exc:
+        return f"{exc.message} (it was stored before such expressions were refused; add it again corrected)"
+    return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _zone_problem(name: str) -> str:
+    try:
+        cron.zone(name)
+    except ShipyardError as exc:
+        return exc.message
+    return ""
+
+
+def _plans(due: Sequence[Schedule], at: datetime) -> list[tuple[Schedule, Due | str]]:
+    """What to do with each due schedule, or why its fires cannot be worked out (it is paused,
+    not read due again every second). Schedules that share a cron expression, zone and due time
+    (the usual burst) share one computation."""
+    memo: dict[tuple[str, str, datetime, float], Due | str] = {}
+    plans: list[tuple[Schedule, Due | str]] = []
     for schedule in due:
         key = (schedule.cron, schedule.timezone, schedule.next_fire_at, schedule.grace_s)
         plan = memo.get(key)
         if plan is None:
             try:
-                plan = memo[key] = cron.due(*key[:3], at, schedule.grace_s)
-            except Exception:  # one broken schedule must not stop the others
+                plan = cron.due(*key[:3], at, schedule.grace_s)
+            except ShipyardError as exc:
+                plan = f"its fires cannot be worked out: {exc.message}"
+            except Exception as exc:  # one broken schedule must not stop the others
                 log.exception("schedule %s: cannot work out its next fire", schedule.id)
-                continue
+                plan = f"its fires cannot be worked out ({type(exc).__name__}: {exc})"
+            memo[key] = plan
         plans.append((schedule, plan))
     return plans
 

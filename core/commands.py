@@ -50,6 +50,10 @@ class TriggerRun:
     requested_by: tuple[str, ...] = ()
     #: where the run reports in Slack (None: the pipeline's channel, else the default one)
     report_to: ReportTarget | None = None
+    #: a schedule's fire: (schedule id, the version the clock read). The run starts only if the
+    #: schedule is still that version, live and not paused, in the trigger's transaction: one
+    #: deleted, paused or changed since it was read due never fires with what it was
+    schedule: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

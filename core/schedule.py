@@ -8,7 +8,9 @@ Daylight-saving rules (docs/schedules.md repeats them):
 * A local time that happens twice (02:30 when clocks fall back from 03:00 to 02:00) fires
   once, at its first occurrence.
 
-So a daily 02:30 schedule makes exactly one run every night.
+So a daily 02:30 schedule makes exactly one run every night. A schedule that fires every hour
+(its hour field is ``*``) runs by the real clock instead, as cron runs it: in both passes of a
+repeated hour, and not at all at times the clock skips.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from core.errors import InvalidInput
 DEFAULT_GRACE_S = 3600.0
 #: missed occurrences counted per schedule after a downtime, at most (then: "more than")
 MAX_MISSED = 10_000
+#: the longest cron expression a schedule keeps (as the REST API's schema says)
+MAX_CRON = 120
+#: a fire at most this late is on time whatever the schedule's grace (even 0): the clock beats
+#: on the whole second and a burst of fires takes a while to read
+ON_TIME_S = 60.0
 
 
 def zone(name: str) -> ZoneInfo:
@@ -46,6 +53,11 @@ def check_cron(expression: str, *, stored: bool = False) -> str:
     accepts but reads unlike cron (``_odd_term``); a ``stored`` expression, taken before they
     were refused, keeps croniter's reading (a pipeline saved with one must still load)."""
     fields = expression.split()
+    if not stored and len(" ".join(fields)) > MAX_CRON:
+        raise InvalidInput(
+            f"cron {expression!r} is too long: at most {MAX_CRON} characters are kept "
+            "(write ranges and steps such as 0-29 or */5 instead of long lists)"
+        )
     if len(fields) != 5:
         raise InvalidInput(
             f"cron {expression!r} must have five fields: minute hour day-of-month month day-of-week "
@@ -114,6 +126,8 @@ def _odd_term(term: str, index: int) -> str:
 def next_fire(expression: str, tz: str, after: datetime) -> datetime:
     """The first fire strictly after ``after`` (aware), as an aware UTC datetime."""
     local = zone(tz)
+    if _every_hour(expression):
+        return _next_by_the_clock(expression, local, after)
     naive = after.astimezone(local).replace(tzinfo=None)
     it = croniter(expression, naive)
     while True:
@@ -121,6 +135,38 @@ def next_fire(expression: str, tz: str, after: datetime) -> datetime:
         fire = _to_instant(candidate, local)
         if fire > after:
             return fire
+
+
+def _every_hour(expression: str) -> bool:
+    """Does it fire every hour (its hour field is ``*``)? Such a schedule runs by the real
+    clock, as cron runs it: through both passes of an hour the clock repeats, and not at all at
+    times the clock skips (no catch-up fire at the first minute after them)."""
+    return expression.split()[1] == "*"
+
+
+def _next_by_the_clock(expression: str, local: ZoneInfo, after: datetime) -> datetime:
+    """``next_fire`` of a schedule that fires every hour: the earliest real instant after
+    ``after`` whose local time the expression names, either pass of a repeated hour counted."""
+    naive = after.astimezone(local).replace(tzinfo=None)
+    # an hour the clock is about to repeat: its second pass reads earlier than ``naive``
+    back = max(_offset(after, local) - _offset(after + timedelta(hours=3), local), timedelta(0))
+    it = croniter(expression, naive - back)
+    best: tuple[datetime, datetime] | None = None  # (instant, local time)
+    while True:
+        candidate: datetime = it.get_next(datetime)
+        if best is not None and candidate > best[1] + back:
+            return best[0]
+        for fold in (0, 1):
+            instant = candidate.replace(tzinfo=local, fold=fold).astimezone(UTC)
+            exists = instant.astimezone(local).replace(tzinfo=None) == candidate
+            if exists and instant > after and (best is None or instant < best[0]):
+                best = (instant, candidate)
+        if best is not None and not back and _offset(best[0], local) == _offset(after, local):
+            return best[0]  # (no clock change between: nothing later can come sooner)
+
+
+def _offset(instant: datetime, local: ZoneInfo) -> timedelta:
+    return instant.astimezone(local).utcoffset() or timedelta(0)
 
 
 def previous_fire(expression: str, tz: str, at: datetime) -> datetime:
@@ -169,6 +215,12 @@ class Schedule:
     grace_s: float
     next_fire_at: datetime
     created_at: datetime
+    #: bumped by every change: a fire read with this version starts a run only while it holds
+    version: int = 1
+    #: why it is paused ("": it fires): by its owner, or by the clock when it can no longer
+    #: start a run (its pipeline archived, a cron or parameters no longer accepted)
+    paused_reason: str = ""
+    paused_at: datetime | None = None
 
     def describe(self) -> str:
         params = " ".join(f"{k}={v}" for k, v in self.parameters.items())
@@ -220,7 +272,7 @@ def due(expression: str, tz: str, next_at: datetime, now: datetime, grace_s: flo
         latest = previous_fire(expression, tz, now)
         earlier = previous_fire(expression, tz, latest - timedelta(microseconds=1))
         following = next_fire(expression, tz, now)
-    if (now - latest).total_seconds() <= grace_s:
+    if (now - latest).total_seconds() <= max(grace_s, ON_TIME_S):
         fire_at, count, last = latest, count - 1, earlier
     else:
         fire_at, last = None, latest

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,8 @@ from storage.tables import T
 
 SCHEDULE = T["schedule"]
 LIVE = SCHEDULE.c.deleted_at.is_(None)
+#: live and not paused: the schedules the clock fires
+ACTIVE = sa.and_(LIVE, SCHEDULE.c.paused_at.is_(None))
 #: schedules claimed per statement (at most three bound values each: far below SQLite's limit)
 CLAIM_CHUNK = 500
 
@@ -41,6 +44,9 @@ def _schedule(r: Any) -> Schedule:
         grace_s=r["grace_s"],
         next_fire_at=r["next_fire_at"],
         created_at=r["created_at"],
+        version=r["version"],
+        paused_reason=r["paused_reason"] or "",
+        paused_at=r["paused_at"],
     )
 
 
@@ -71,13 +77,66 @@ def delete(tx: SqlTx, schedule_id: str, now: datetime) -> bool:
     done = tx.conn.execute(
         sa.update(SCHEDULE)
         .where(SCHEDULE.c.id == schedule_id, LIVE)
-        .values(deleted_at=now)
+        .values(deleted_at=now, version=SCHEDULE.c.version + 1)
         .returning(SCHEDULE.c.pipeline)
     )
     pipeline = done.scalar()
     if pipeline is None:
         return False
     tx.append_events([_deleted(schedule_id, pipeline, now)])
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A schedule to pause, why, and who says so (the clock: it can no longer start a run)."""
+
+    schedule: Schedule
+    reason: str
+    at: datetime
+    by: str = ""  #: a person pausing it by hand; "" for the clock
+
+
+def pause(tx: SqlTx, paused: Pause) -> bool:
+    """Pause a live schedule still at the version it was read with, in the caller's
+    transaction: audited once (``schedule_paused``) and said once (the ``schedule.paused``
+    event, which the Slack notifier tells the owner of when the clock paused it)."""
+    s = paused.schedule
+    done = tx.conn.execute(
+        sa.update(SCHEDULE)
+        .where(SCHEDULE.c.id == s.id, ACTIVE, SCHEDULE.c.version == s.version)
+        .values(paused_at=paused.at, paused_reason=paused.reason, version=SCHEDULE.c.version + 1)
+    )
+    if done.rowcount != 1:
+        return False
+    by = paused.by or "clock"
+    tx.append_events(
+        [
+            resource_event(
+                "schedule",
+                "paused",
+                s.id,
+                paused.at,
+                pipeline=s.pipeline,
+                owner=s.owner,
+                source=s.source,
+                reason=paused.reason,
+                by=by,
+            )
+        ]
+    )
+    tx.audit(
+        AuditEntry(
+            at=paused.at,
+            actor=paused.by or s.owner,
+            channel="schedule",
+            action="schedule_paused",
+            target=f"schedule {s.id}",
+            outcome="accepted" if paused.by else "rejected",
+            reason=paused.reason,
+            detail={"pipeline": s.pipeline, "cron": s.cron, "timezone": s.timezone, "by": by},
+        )
+    )
     return True
 
 
@@ -141,6 +200,17 @@ class ScheduleStore:
         with self.store.reading() as tx:
             return [_schedule(r) for r in tx.conn.execute(query).mappings()]
 
+    def paused_of(self, owner: str, limit: int = 10) -> list[Schedule]:
+        """The live schedules ``owner`` owns that are paused, most recently paused first."""
+        query = (
+            sa.select(SCHEDULE)
+            .where(LIVE, SCHEDULE.c.owner == owner, SCHEDULE.c.paused_at.is_not(None))
+            .order_by(SCHEDULE.c.paused_at.desc(), SCHEDULE.c.id)
+            .limit(limit)
+        )
+        with self.store.reading() as tx:
+            return [_schedule(r) for r in tx.conn.execute(query).mappings()]
+
     def remove(self, schedule_id: str, now: datetime) -> bool:
         with self.store.transaction() as tx:
             return delete(tx, schedule_id, now)
@@ -151,7 +221,7 @@ class ScheduleStore:
         """Live schedules due at ``now``, soonest first; ``after``: past this (fire time, id)."""
         query = (
             sa.select(SCHEDULE)
-            .where(LIVE, SCHEDULE.c.next_fire_at <= now)
+            .where(ACTIVE, SCHEDULE.c.next_fire_at <= now)
             .order_by(SCHEDULE.c.next_fire_at, SCHEDULE.c.id)
             .limit(limit)
         )
@@ -168,50 +238,97 @@ class ScheduleStore:
 
     def next_due_at(self) -> datetime | None:
         with self.store.reading() as tx:
-            return tx.conn.execute(sa.select(sa.func.min(SCHEDULE.c.next_fire_at)).where(LIVE)).scalar()
+            return tx.conn.execute(sa.select(sa.func.min(SCHEDULE.c.next_fire_at)).where(ACTIVE)).scalar()
 
     def claim(
         self,
         claims: Sequence[tuple[Schedule, datetime]],
         audits: Mapping[str, Sequence[AuditEntry]] | None = None,
+        pauses: Sequence[Pause] = (),
     ) -> set[str]:
         """Move each schedule past its due occurrence (to the paired next fire time), in one
-        transaction; returns the ids this process won. A schedule is won only if it still has
-        the next fire time it was read with (the occurrence's compare-and-set); another process
-        that got there first, or on PostgreSQL holds the row right now (``SKIP LOCKED``), keeps
-        it. The audit entries of the schedules won (missed and refused fires) are written in the
-        same transaction: recorded exactly when the occurrence is taken."""
+        transaction; returns the ids this process won. A schedule is won only if it is still as
+        it was read (the same next fire time and version, live and not paused: the
+        occurrence's compare-and-set); another process that got there first, or on PostgreSQL
+        holds the row right now (``SKIP LOCKED``), keeps it. The audit entries of the schedules
+        won (missed and refused fires) are written in the same transaction: recorded exactly
+        when the occurrence is taken. ``pauses``: schedules that can no longer start a run,
+        paused in the same transaction (``pause``); the ones this process paused are won too."""
         won: set[str] = set()
-        if not claims:
+        if not claims and not pauses:
             return won
-        by_due: dict[datetime, list[tuple[str, datetime]]] = defaultdict(list)
+        by_due: dict[tuple[datetime, int], list[tuple[str, datetime]]] = defaultdict(list)
         for schedule, next_fire_at in claims:
-            by_due[schedule.next_fire_at].append((schedule.id, next_fire_at))
-        kind = SCHEDULE.c.next_fire_at.type
+            by_due[(schedule.next_fire_at, schedule.version)].append((schedule.id, next_fire_at))
         with self.store.transaction() as tx:
-            for due_at, moves in by_due.items():
+            for (due_at, version), moves in by_due.items():
                 for i in range(0, len(moves), CLAIM_CHUNK):
-                    chunk = dict(moves[i : i + CLAIM_CHUNK])
-                    taken = sa.and_(SCHEDULE.c.id.in_(list(chunk)), LIVE, SCHEDULE.c.next_fire_at == due_at)
-                    if not self.store.sqlite:  # rows another claimer holds are its: skip them
-                        locked = sa.select(SCHEDULE.c.id).where(taken).with_for_update(skip_locked=True)
-                        taken = SCHEDULE.c.id.in_(locked.scalar_subquery())
-                    distinct = set(chunk.values())
-                    value: Any = (  # (a burst of one cron moves every schedule to the same time)
-                        sa.literal(distinct.pop(), kind)
-                        if len(distinct) == 1
-                        else sa.case(
-                            {sid: sa.literal(n, kind) for sid, n in chunk.items()}, value=SCHEDULE.c.id
-                        )
-                    )
-                    statement = (
-                        sa.update(SCHEDULE).where(taken).values(next_fire_at=value).returning(SCHEDULE.c.id)
-                    )
-                    won.update(tx.conn.execute(statement).scalars())
+                    won |= self._claim_chunk(tx, due_at, version, dict(moves[i : i + CLAIM_CHUNK]))
             for schedule_id in sorted(won):
                 for entry in (audits or {}).get(schedule_id, ()):
                     tx.audit(entry)
+            for paused in pauses:
+                if pause(tx, paused):
+                    won.add(paused.schedule.id)
         return won
+
+    def _claim_chunk(self, tx: SqlTx, due_at: datetime, version: int, chunk: dict[str, datetime]) -> set[str]:
+        kind = SCHEDULE.c.next_fire_at.type
+        taken = sa.and_(
+            SCHEDULE.c.id.in_(list(chunk)),
+            ACTIVE,
+            SCHEDULE.c.next_fire_at == due_at,
+            SCHEDULE.c.version == version,
+        )
+        if not self.store.sqlite:  # rows another claimer holds are its: skip them
+            locked = sa.select(SCHEDULE.c.id).where(taken).with_for_update(skip_locked=True)
+            taken = SCHEDULE.c.id.in_(locked.scalar_subquery())
+        distinct = set(chunk.values())
+        value: Any = (  # (a burst of one cron moves every schedule to the same time)
+            sa.literal(distinct.pop(), kind)
+            if len(distinct) == 1
+            else sa.case({sid: sa.literal(n, kind) for sid, n in chunk.items()}, value=SCHEDULE.c.id)
+        )
+        statement = sa.update(SCHEDULE).where(taken).values(next_fire_at=value).returning(SCHEDULE.c.id)
+        return set(tx.conn.execute(statement).scalars())
+
+    def pause_by_hand(self, schedule: Schedule, by: str, now: datetime) -> bool:
+        """Its owner (or an admin) pauses it: False if it changed since it was read."""
+        with self.store.transaction() as tx:
+            return pause(tx, Pause(schedule, f"paused by {by}", now, by=by))
+
+    def resume(self, schedule: Schedule, next_fire_at: datetime, by: str, now: datetime) -> bool:
+        """Fire it again from ``next_fire_at`` (the fires it missed while paused are not made
+        up); False if it changed since it was read."""
+        with self.store.transaction() as tx:
+            done = tx.conn.execute(
+                sa.update(SCHEDULE)
+                .where(SCHEDULE.c.id == schedule.id, LIVE, SCHEDULE.c.version == schedule.version)
+                .values(
+                    paused_at=None,
+                    paused_reason=None,
+                    next_fire_at=next_fire_at,
+                    version=SCHEDULE.c.version + 1,
+                )
+            )
+            if done.rowcount != 1:
+                return False
+            tx.append_events(
+                [resource_event("schedule", "resumed", schedule.id, now, pipeline=schedule.pipeline, by=by)]
+            )
+            tx.audit(
+                AuditEntry(
+                    at=now,
+                    actor=by,
+                    channel="schedule",
+                    action="schedule_resumed",
+                    target=f"schedule {schedule.id}",
+                    outcome="accepted",
+                    reason=f"next fire {next_fire_at.isoformat()}",
+                    detail={"pipeline": schedule.pipeline, "cron": schedule.cron},
+                )
+            )
+            return True
 
     def file_schedule_ids(self) -> dict[str, set[str]]:
         """The live schedules declared in pipeline files, by pipeline."""
@@ -259,12 +376,22 @@ class ScheduleStore:
                         conn.execute(
                             sa.update(SCHEDULE)
                             .where(SCHEDULE.c.id == schedule.id)
-                            .values(deleted_at=None, next_fire_at=first(schedule))
+                            .values(
+                                deleted_at=None,
+                                next_fire_at=first(schedule),
+                                paused_at=None,
+                                paused_reason=None,
+                                version=SCHEDULE.c.version + 1,
+                            )
                         )
                 tx.append_events([_created(s, now) for s in missing])
             gone = have - {s.id for s in wanted}
             if gone:
-                conn.execute(sa.update(SCHEDULE).where(SCHEDULE.c.id.in_(gone)).values(deleted_at=now))
+                conn.execute(
+                    sa.update(SCHEDULE)
+                    .where(SCHEDULE.c.id.in_(gone))
+                    .values(deleted_at=now, version=SCHEDULE.c.version + 1)
+                )
                 tx.append_events([_deleted(schedule_id, pipeline, now) for schedule_id in sorted(gone)])
 
 
@@ -280,4 +407,7 @@ def _values(s: Schedule) -> dict[str, Any]:
         "grace_s": s.grace_s,
         "next_fire_at": s.next_fire_at,
         "created_at": s.created_at,
+        "version": s.version,
+        "paused_reason": s.paused_reason or None,
+        "paused_at": s.paused_at,
     }

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -54,7 +55,9 @@ from storage import db, mappers, wakeups
 from storage.db import is_sqlite, make_engine, unreachable
 from storage.fastpath import COPY_FROM_ROWS, DriverStatements, pipelined
 from storage.queries import Q
+from storage.tables import T
 
+_SCHEDULE = T["schedule"]
 log = logging.getLogger(__name__)
 
 #: what a store tells of each commit that appended events (``SqlStore.observers``)
@@ -524,6 +527,23 @@ class SqlTx:
         else:
             run_id = self.conn.execute(Q.run_by_key, {"p": pipeline, "k": key}).scalar()
         return self.load_run(run_id) if run_id else None
+
+    def schedule_changed(self, schedule_id: str, version: int) -> str | None:
+        self.flush_writes()
+        schedule = _SCHEDULE
+        query = sa.select(schedule.c.version, schedule.c.deleted_at, schedule.c.paused_reason).where(
+            schedule.c.id == schedule_id
+        )
+        if self._pg:  # (a delete or pause waits for this commit: it comes after the fire)
+            query = query.with_for_update(read=True)
+        row = self.conn.execute(query).first()
+        if row is None or row.deleted_at is not None:
+            return f"schedule {schedule_id} was removed"
+        if row.paused_reason is not None:
+            return f"schedule {schedule_id} is paused: {row.paused_reason}"
+        if row.version != version:
+            return f"schedule {schedule_id} was changed since this fire was read"
+        return None
 
     def next_run_number(self, pipeline: str) -> int:
         if pipeline in self._numbers:  # its lock is held since ``prepare_triggers``

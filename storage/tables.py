@@ -388,6 +388,12 @@ class ScheduleRow(SQLModel, table=True):
     next_fire_at: datetime = _ts(nullable=False, index=True)
     created_at: datetime = _ts(nullable=False)
     deleted_at: datetime | None = _ts()
+    #: bumped by every change: a fire is triggered only if the schedule still has the version
+    #: the clock read it with
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    #: set while paused: by its owner, or by the clock when it can no longer start a run
+    paused_at: datetime | None = _ts()
+    paused_reason: str | None = Field(default=None, max_length=500)
 
 
 class CursorRow(SQLModel, table=True):

@@ -15,6 +15,7 @@ from bot.api.routing import Call
 from bot.api.schemas import ParamValue, Strict
 from bot.api.spec import API
 from bot.backend import now
+from bot.scheduler import unable
 from core import schedule as timing
 from core.access import Action, Role
 from core.definition import parameter_text, resolve_parameters
@@ -33,7 +34,10 @@ class ScheduleIn(Strict):
     )
     parameters: dict[str, ParamValue] = Field(default_factory=dict, max_length=100)
     grace_seconds: float = Field(
-        timing.DEFAULT_GRACE_S, ge=0, le=7 * 86400, description="a fire missed by less than this still runs"
+        timing.DEFAULT_GRACE_S,
+        ge=0,
+        le=7 * 86400,
+        description="a fire missed by less than this still runs (one under a minute late always does)",
     )
 
 
@@ -48,6 +52,13 @@ class ScheduleOut(BaseModel):
     grace_seconds: float
     next_fire_at: datetime
     created_at: datetime
+    paused: bool = Field(description="true: it does not fire until resumed")
+    paused_reason: str | None = Field(
+        None,
+        description="why it is paused: by whom, or why it can no longer start a run (its pipeline "
+        "archived, a cron expression or parameters no longer accepted)",
+    )
+    paused_at: datetime | None = None
 
     @classmethod
     def of(cls, s: Schedule) -> ScheduleOut:
@@ -62,6 +73,9 @@ class ScheduleOut(BaseModel):
             grace_seconds=s.grace_s,
             next_fire_at=s.next_fire_at,
             created_at=s.created_at,
+            paused=bool(s.paused_reason),
+            paused_reason=s.paused_reason or None,
+            paused_at=s.paused_at,
         )
 
 
@@ -156,6 +170,14 @@ async def get_schedule(call: Call) -> web.Response:
 )
 async def delete_schedule(call: Call) -> web.Response:
     """Its owner or an admin. Schedules declared in a pipeline file are removed by editing it."""
+    found = await _own(call, "remove")
+    if not await gw(call).write(_schedule_store(call).remove, found.id, now()):
+        raise Problem(404, f"no schedule {found.id!r}")
+    return reply(ScheduleOut.of(found))
+
+
+async def _own(call: Call, doing: str) -> Schedule:
+    """The schedule of the path, if the caller may change it (its owner or an admin)."""
     found = await gw(call).read(_schedule_store(call).get, call.params["schedule_id"])
     if found is None:
         raise Problem(404, f"no schedule {call.params['schedule_id']!r}")
@@ -165,7 +187,57 @@ async def delete_schedule(call: Call) -> web.Response:
         )
     if found.owner != call.principal.name and Role.ADMIN not in call.principal.roles:
         raise Problem(
-            403, f"schedule {found.id} belongs to {found.owner}; only they or an admin may remove it"
+            403, f"schedule {found.id} belongs to {found.owner}; only they or an admin may {doing} it"
         )
-    await gw(call).write(_schedule_store(call).remove, found.id, now())
-    return reply(ScheduleOut.of(found))
+    return found
+
+
+@API.op(
+    "POST",
+    "/schedules/{schedule_id}/pause",
+    summary="Pause a schedule (it does not fire until resumed)",
+    action=Action.TRIGGER,
+    tag="schedules",
+    responses={200: ("the schedule, paused", ScheduleOut)},
+)
+async def pause_schedule(call: Call) -> web.Response:
+    """Its owner or an admin. A fire read due before the pause does not start a run after it."""
+    found = await _own(call, "pause")
+    if found.paused_reason:
+        raise Problem(409, f"schedule {found.id} is paused already ({found.paused_reason})")
+    store = _schedule_store(call)
+    if not await gw(call).write(store.pause_by_hand, found, call.principal.name, now()):
+        raise Problem(409, f"schedule {found.id} changed meanwhile; read it again")
+    return reply(ScheduleOut.of(await _again(call, found.id)))
+
+
+@API.op(
+    "POST",
+    "/schedules/{schedule_id}/resume",
+    summary="Resume a paused schedule from its next fire (the fires missed while paused do not run)",
+    action=Action.TRIGGER,
+    tag="schedules",
+    responses={200: ("the schedule, firing again", ScheduleOut)},
+)
+async def resume_schedule(call: Call) -> web.Response:
+    """Its owner or an admin; refused while it still cannot start a run (say why)."""
+    found = await _own(call, "resume")
+    if not found.paused_reason:
+        raise Problem(409, f"schedule {found.id} is not paused")
+    info = await gw(call).read(gw(call).reads.pipeline, found.pipeline)
+    if why := unable(found, info):
+        raise Problem(409, f"schedule {found.id} cannot start a run: {why}")
+    at = now()
+    following = timing.next_fire(found.cron, found.timezone, at)
+    store = _schedule_store(call)
+    if not await gw(call).write(store.resume, found, following, call.principal.name, at):
+        raise Problem(409, f"schedule {found.id} changed meanwhile; read it again")
+    gw(call).schedule_added()
+    return reply(ScheduleOut.of(await _again(call, found.id)))
+
+
+async def _again(call: Call, schedule_id: str) -> Schedule:
+    found = await gw(call).read(_schedule_store(call).get, schedule_id)
+    if found is None:  # (removed right after)
+        raise Problem(404, f"no schedule {schedule_id!r}")
+    return found

@@ -9,9 +9,11 @@ from bot.backend import now
 from bot.chat import block_kit
 from bot.chat.parse import Line
 from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _usage, verb
+from bot.scheduler import unable
 from core import schedule as timing
 from core.access import Action, Role
 from core.definition import resolve_parameters
+from core.schedule import Schedule
 from storage.schedules import ScheduleStore
 
 
@@ -55,6 +57,10 @@ async def schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     )
 
 
+#: schedules ``/deploy schedules`` shows (one message); it says how many more there are
+LISTED = 40
+
+
 @verb("schedules", "schedules [pipeline]", "the schedules and when each fires next", words=1)
 async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await backend.read(
@@ -62,18 +68,87 @@ async def schedules(backend: ChatBackend, who: Who, line: Line) -> Reply:
     )
     if not found:
         return Reply('No schedules. Add one: `/deploy schedule web "0 2 * * 1-5" tz=Europe/Berlin`')
-    rows = [
-        f"`{s.id[:8]}` {s.describe()} — next {s.next_fire_at:%Y-%m-%d %H:%M} UTC, by {block_kit.who(s.owner)}"
-        + (" (pipeline file)" if s.source == "file" else "")
-        for s in found[:40]
-    ]
+    rows = [_row(s) for s in found[:LISTED]]
+    if len(found) > LISTED:
+        rows.append(
+            f"… and {len(found) - LISTED} more: `/deploy schedules <pipeline>` lists one pipeline's, "
+            "`GET /api/v1/schedules` all."
+        )
     return Reply("\n".join(rows))
+
+
+def _row(s: Schedule) -> str:
+    """One schedule as ``/deploy schedules`` lists it: a paused one says why, and not when."""
+    source = " (pipeline file)" if s.source == "file" else ""
+    if s.paused_reason:
+        resume = "" if s.source == "file" else f"; `/deploy resume-schedule {s.id[:8]}`"
+        return (
+            f"`{s.id[:8]}` {s.describe()} — :double_vertical_bar: *paused*: {s.paused_reason}{resume}, "
+            f"by {block_kit.who(s.owner)}{source}"
+        )
+    when = f"next {s.next_fire_at:%Y-%m-%d %H:%M} UTC"
+    return f"`{s.id[:8]}` {s.describe()} — {when}, by {block_kit.who(s.owner)}{source}"
 
 
 @verb("unschedule", "unschedule <id>", "remove a schedule you own", Action.TRIGGER, words=1)
 async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
+    found = await _own(backend, who, line, "unschedule", "remove")
+    schedule_store = ScheduleStore(backend.shipyard.store)
+    await backend.write(schedule_store.remove, found.id, now())
+    return Reply(f"Removed schedule `{found.id[:8]}` ({found.describe()}).", public=True)
+
+
+@verb(
+    "pause-schedule",
+    "pause-schedule <id>",
+    "stop a schedule you own firing until resumed",
+    Action.TRIGGER,
+    words=1,
+)
+async def pause_schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
+    found = await _own(backend, who, line, "pause-schedule", "pause")
+    if found.paused_reason:
+        raise Refusal(f"Schedule `{found.id[:8]}` is paused already ({found.paused_reason}).")
+    schedule_store = ScheduleStore(backend.shipyard.store)
+    if not await backend.write(schedule_store.pause_by_hand, found, who.user, now()):
+        raise Refusal(f"Schedule `{found.id[:8]}` changed meanwhile; see `/deploy schedules` and try again.")
+    return Reply(
+        f"Paused schedule `{found.id[:8]}` ({found.describe()}). "
+        f"Resume it with `/deploy resume-schedule {found.id[:8]}`.",
+        public=True,
+    )
+
+
+@verb(
+    "resume-schedule",
+    "resume-schedule <id>",
+    "fire a paused schedule again (from its next fire; what it missed meanwhile does not run)",
+    Action.TRIGGER,
+    words=1,
+)
+async def resume_schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
+    found = await _own(backend, who, line, "resume-schedule", "resume")
+    if not found.paused_reason:
+        raise Refusal(f"Schedule `{found.id[:8]}` is not paused.")
+    info = await backend.read(backend.reads.pipeline, found.pipeline)
+    if why := unable(found, info):
+        raise Refusal(f"Schedule `{found.id[:8]}` cannot start a run: {why}.")
+    at = now()
+    following = timing.next_fire(found.cron, found.timezone, at)
+    schedule_store = ScheduleStore(backend.shipyard.store)
+    if not await backend.write(schedule_store.resume, found, following, who.user, at):
+        raise Refusal(f"Schedule `{found.id[:8]}` changed meanwhile; see `/deploy schedules` and try again.")
+    backend.schedule_added()
+    return Reply(
+        f"Resumed schedule `{found.id[:8]}` ({found.describe()}); next run {following:%Y-%m-%d %H:%M} UTC.",
+        public=True,
+    )
+
+
+async def _own(backend: ChatBackend, who: Who, line: Line, verb_name: str, doing: str) -> Schedule:
+    """The one schedule whose id starts with the line's word, if ``who`` may change it."""
     if not line.words:
-        raise Refusal(_usage("unschedule"))
+        raise Refusal(_usage(verb_name))
     schedule_store = ScheduleStore(backend.shipyard.store)
     matches = [s for s in await backend.read(schedule_store.all, None) if s.id.startswith(line.words[0])]
     if len(matches) != 1:
@@ -84,7 +159,6 @@ async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     principal = await backend.principal(who.user)
     if found.owner != who.user and Role.ADMIN not in principal.roles:
         raise Refusal(
-            f"That schedule belongs to {block_kit.who(found.owner)}; only they or an admin may remove it."
+            f"That schedule belongs to {block_kit.who(found.owner)}; only they or an admin may {doing} it."
         )
-    await backend.write(schedule_store.remove, found.id, now())
-    return Reply(f"Removed schedule `{found.id[:8]}` ({found.describe()}).", public=True)
+    return found

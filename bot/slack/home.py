@@ -1,7 +1,7 @@
 """App Home: what runs where (whether it is locked, how healthy it is, DORA's four keys over
-30 days), the gates waiting for the viewer, the viewer's recent runs. Published when the
-viewer opens it and again when something it shows changes (the notifier: runs, gates,
-deployments and locks).
+30 days), the viewer's paused schedules and why, the gates waiting for the viewer, the viewer's
+recent runs. Published when the viewer opens it and again when something it shows changes (the
+notifier: runs, gates, deployments, locks and schedules paused or resumed).
 
 "Waiting for you" lists only gates the viewer could clear (``core.access.authorize``: the
 approver role and, when the gate names approvers, one of them by name, group or role, as held
@@ -30,11 +30,14 @@ from core.model import Actor, Gate, RunState
 from core.states import GateStatus
 from storage.locks import LockStore
 from storage.reads import RunFilter
+from storage.schedules import ScheduleStore
 
 #: gates and runs shown at most (a home view holds 100 blocks)
 GATES_SHOWN, RUNS_SHOWN = 10, 10
 #: runners listed at most
 RUNNERS_SHOWN = 10
+#: the viewer's paused schedules listed at most
+SCHEDULES_SHOWN = 5
 
 
 async def publish_home(backend: ChatBackend, client: AsyncWebClient, user: str) -> None:
@@ -52,6 +55,7 @@ async def home_view(backend: ChatBackend, user: str) -> dict[str, object]:
             )
         )
     blocks.extend(await _stranded_runners(backend, at))
+    blocks.extend(await _paused_schedules(backend, user))
     blocks.append(_header("Waiting for your approval"))
     grants = await _grants(backend, user)
     gates = [(s, g) for s, g in await _waiting(backend) if may_approve(grants, user, s, g)]
@@ -109,6 +113,19 @@ async def _stranded_runners(backend: ChatBackend, at: datetime) -> list[block_ki
         return []
     lines = [f"{runner_line(r, at)}\n:hourglass_flowing_sand: {n} job(s) wait for it" for r, n in found]
     return [_header("Runners"), *(block_kit.text(line) for line in lines[:RUNNERS_SHOWN])]
+
+
+async def _paused_schedules(backend: ChatBackend, user: str) -> list[block_kit.Block]:
+    """The viewer's schedules that are paused, each with why; nothing when none is."""
+    found = await backend.read(ScheduleStore(backend.shipyard.store).paused_of, user, SCHEDULES_SHOWN)
+    if not found:
+        return []
+    lines = [
+        f":double_vertical_bar: `{s.id[:8]}` {s.describe()}: paused, {s.paused_reason}. "
+        f"`/deploy resume-schedule {s.id[:8]}` once that is fixed."
+        for s in found
+    ]
+    return [_header("Your paused schedules"), *(block_kit.text(line) for line in lines)]
 
 
 async def _waiting(backend: ChatBackend) -> list[tuple[RunState, Gate]]:

@@ -445,6 +445,8 @@ class Notifier:
             await self._on_lock_taken_over(event)
         elif event.name in (LOCK_ACQUIRED, LOCK_RELEASED) and event.data.get("channel") in OUTSIDE_SLACK:
             await self._on_lock_elsewhere(event)
+        elif event.name == "schedule.paused" and event.data.get("by") == "clock":
+            await self._on_schedule_paused(event)
 
     async def _on_lock_elsewhere(self, event: Event) -> None:
         """A lock taken or released over the API, the web view or the console: the deploy
@@ -471,6 +473,28 @@ class Notifier:
         blocks = [block_kit.text(summary)]
         await self._post(
             NO_RUN, event.subject_id, self.default_channel, None, key, summary, blocks, event.seq
+        )
+
+    async def _on_schedule_paused(self, event: Event) -> None:
+        """The clock paused a schedule that can no longer start a run: its owner is told, once
+        (the post is claimed by the event's number), in the pipeline's channel (where its runs
+        report), else the default one."""
+        pipeline = str(event.data.get("pipeline", ""))
+        info = await self.backend.read(self.backend.reads.pipeline, pipeline)
+        channel = (info.latest.definition.channel if info is not None else None) or self.default_channel
+        if channel is None:
+            return
+        owner, reason = str(event.data.get("owner", "")), str(event.data.get("reason", ""))
+        short = event.subject_id[:8]
+        if event.data.get("source") == "file":
+            whose, fix = f"The schedule `{short}` in {pipeline}'s pipeline file", "Correct it in the file."
+        else:
+            whose = f"{block_kit.who(owner)}: your schedule `{short}` of {pipeline}"
+            fix = f"`/deploy resume-schedule {short}` once that is fixed, or remove it."
+        summary = f"{whose} is paused, it can no longer start a run: {reason}. See `/deploy schedules`. {fix}"
+        key = f"schedule:{event.subject_id}:{event.seq}"
+        await self._post(
+            NO_RUN, event.subject_id, channel, None, key, summary, [block_kit.text(summary)], event.seq
         )
 
     async def _on_lock_taken_over(self, event: Event) -> None:
@@ -739,6 +763,8 @@ def _changes_home(event: Event) -> bool:
     where, the viewer's runs, environment locks)?"""
     if event.subject in ("lock", "env"):  # (locks, environment health)
         return True
+    if event.subject == "schedule":  # (the viewer's paused schedules)
+        return event.name in ("schedule.paused", "schedule.resumed", "schedule.deleted")
     if event.subject == "gate":
         return event.to_status == "open" or event.from_status == "open" or event.name == "gate.approval_added"
     if event.subject == "run":

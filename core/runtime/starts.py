@@ -26,6 +26,8 @@ from core.states import RunStatus
 
 
 def trigger(tx: Tx, _: None, command: TriggerRun, now: datetime, environments: Environments) -> Decision:
+    if command.schedule is not None and (changed := tx.schedule_changed(*command.schedule)):
+        return engine.reject(changed)
     try:
         if command.artifact_id is not None:
             command = _deploy_artifact(tx, command, environments)

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 #: channels whose refused commands their adapter audits itself: the clock triggers an
 #: occurrence on every replica that reads it due, and records a refusal with the claim of the
-#: occurrence (``bot.scheduler``), so once however many replicas tried it
+#: occurrence (``bot.scheduler``), so once however many replicas tried it. Their replays of a
+#: run already made (a second replica's trigger of the same fire) are not audited either: one
+#: fire, one entry
 SELF_AUDITED_REFUSALS = frozenset({"schedule"})
 #: how long a break-glass run's review stays open when no environment says otherwise (a day)
 DEFAULT_REVIEW_S = 86400.0
@@ -67,6 +69,8 @@ def write(
         return
     if not decision.accepted and command.actor.channel in SELF_AUDITED_REFUSALS:
         return
+    if decision.duplicate and command.actor.channel in SELF_AUDITED_REFUSALS:
+        return  # (another replica's trigger of the same fire: the run's own entry says it once)
     tx.audit(audit_entry(command, decision, now))
 
 

@@ -255,9 +255,16 @@ async def test_a_schedule_whose_owner_lost_the_right_to_deploy_does_not_run(lite
     made = (await lite.post("/schedules", "deployer", json={"pipeline": "quick", "cron": "* * * * *"})).json
     directory = Directory(lite.store)
     await lite.db(directory.revoke_grant, "deployer", "role", "deployer", datetime.now(UTC))
-    (fired,) = await clock.tick(datetime.fromisoformat(made["next_fire_at"]) + timedelta(seconds=1))
+    due = datetime.fromisoformat(made["next_fire_at"])
+    (fired,) = await clock.tick(due + timedelta(seconds=1))
     assert fired.run_ref is None and "may no longer start runs" in fired.refused
     assert (await lite.get("/runs?pipeline=quick")).json["items"] == []
+    # paused once with why, not refused and audited again at every fire after
+    assert await clock.tick(due + timedelta(minutes=1, seconds=1)) == []
+    shown = (await lite.get(f"/schedules/{made['id']}")).json
+    assert shown["paused_reason"] == "deployer may no longer start runs (roles: none)"
+    audit = (await lite.get("/audit?limit=100", "admin")).json["items"]
+    assert [e["action"] for e in audit if e["target"] == f"schedule {made['id']}"] == ["schedule_paused"]
 
 
 async def test_a_schedule_whose_owner_has_every_token_revoked_does_not_run(lite: Api) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,6 +82,13 @@ class Clock:
 
 @pytest.fixture
 async def clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
+    async with open_clock(db_url, tmp_path) as made:
+        yield made
+
+
+@asynccontextmanager
+async def open_clock(db_url: str, tmp_path: Path) -> AsyncIterator[Clock]:
+    """A service with pipeline ``tick`` and no runner, Alice a deployer (``clock`` and others)."""
     shipyard = make_shipyard(
         db_url,
         tmp_path,
@@ -127,11 +135,11 @@ async def replicas(pg_url: str, tmp_path: Path) -> AsyncIterator[list[Clock]]:
 
 
 @pytest.mark.postgres
-async def test_a_fire_the_engine_refuses_is_audited_once_however_many_replicas_tried_it(
+async def test_a_schedule_of_an_archived_pipeline_is_paused_once_however_many_replicas_read_it(
     replicas: list[Clock],
 ) -> None:
-    """Both replicas trigger the occurrence (the run must exist before it is claimed); only
-    the one that wins the claim records the refusal, as it records a missed fire."""
+    """Both replicas read the fire due; only one pauses the schedule and records it, and no run
+    is triggered or refused (no ``trigger_run`` entry at this fire, nor at any later one)."""
     first, second = replicas
     (schedule,) = first.add(1)
     await first.shipyard.orchestrator.db(first.shipyard.service.set_archived, "tick", True)
@@ -139,17 +147,22 @@ async def test_a_fire_the_engine_refuses_is_audited_once_however_many_replicas_t
 
     fired = await asyncio.gather(*(loop.tick(DUE + timedelta(seconds=1)) for loop in loops))
 
-    (refused,) = [f for f in fired[0] + fired[1]]  # the claim's winner reports it
-    assert refused.run_ref is None and "archived" in refused.refused
-    assert first.audited("trigger_run") == ["tick"]  # once, not once per replica
-    assert first.schedule_store.get(schedule.id).next_fire_at == DUE + timedelta(days=1)  # type: ignore[union-attr]
+    (paused,) = [f for f in fired[0] + fired[1]]  # the pause's winner reports it
+    assert paused.run_ref is None and "paused: pipeline 'tick' is archived" in paused.refused
+    assert first.audited("schedule_paused") == [f"schedule {schedule.id}"]  # once, not per replica
+    assert first.audited("trigger_run") == []
+    stored = first.schedule_store.get(schedule.id)
+    assert stored is not None and "archived" in stored.paused_reason
+    later = await asyncio.gather(*(loop.tick(DUE + timedelta(days=1, seconds=1)) for loop in loops))
+    assert later == [[], []]  # the next night: nothing read due, nothing audited again
+    assert first.audited("schedule_paused") == [f"schedule {schedule.id}"]
 
 
 async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tick(clock: Clock) -> None:
     burst = clock.add(130)
     gone = clock.add(1, owner="alice", due=DUE - timedelta(minutes=1))[0]
     clock.schedule_store.remove(gone.id, DUE)
-    refused = clock.add(2, owner="mallory")  # holds no role: refused, and the refusal audited
+    refused = clock.add(2, owner="mallory")  # holds no role: paused, and the pause audited
     ticking = clock.schedule_loop(batch=50)
 
     fired = await ticking.tick(DUE + timedelta(milliseconds=5))
@@ -158,14 +171,14 @@ async def test_a_burst_bigger_than_a_batch_fires_each_occurrence_once_in_one_tic
     assert len(started) == 130 and len({f.run_ref for f in started}) == 130
     assert {f.schedule.id for f in started} == {s.id for s in burst}
     assert sorted(f.refused for f in fired if not f.run_ref) == 2 * [
-        "mallory may no longer start runs (roles: none)"
+        "paused: mallory may no longer start runs (roles: none)"
     ]
     assert await ticking.tick(DUE + timedelta(seconds=1)) == []  # every occurrence was claimed
     runs = clock.scheduled_runs()
     assert sorted(key for key, _ in runs) == sorted(s.idempotency_key(DUE) for s in burst)
     assert all(created >= DUE for _, created in runs)  # never before the occurrence was due
-    rejected = [t for t in clock.audited("trigger_run") if t.startswith("schedule ")]
-    assert sorted(rejected) == sorted(f"schedule {s.id}" for s in refused)
+    assert sorted(clock.audited("schedule_paused")) == sorted(f"schedule {s.id}" for s in refused)
+    assert [t for t in clock.audited("trigger_run") if t.startswith("schedule ")] == []
     following = {s.next_fire_at for s in clock.schedule_store.all() if s.id.startswith("alice")}
     assert following == {DUE + timedelta(days=1)}
 

@@ -171,3 +171,27 @@ def test_a_downtime_of_exactly_what_is_counted_is_counted_exactly() -> None:
     plan = due("* * * * *", "UTC", due_at, now, grace_s=3600)
     assert plan.fire_at == now
     assert plan.missed == Missed(MAX_MISSED, due_at, now - timedelta(minutes=1))
+
+
+def _every(expression: str, start: datetime, count: int) -> list[datetime]:
+    fires, at = [], start
+    for _ in range(count):
+        at = next_fire(expression, "Europe/Berlin", at)
+        fires.append(at)
+    return fires
+
+
+def test_a_schedule_every_quarter_hour_keeps_firing_through_the_hour_the_clock_repeats() -> None:
+    """Its hour field is ``*``: it runs by the real clock (as cron does), every 15 minutes
+    through both passes of 02:00-03:00 on the night clocks fall back, not silent for 75."""
+    start = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # 02:00 CEST; at 03:00 CEST it is 02:00 CET
+    fires = _every("*/15 * * * *", start, 9)
+    assert fires == [start + timedelta(minutes=15 * i) for i in range(1, 10)]
+
+
+def test_an_hourly_schedule_fires_every_real_hour_on_both_daylight_saving_nights() -> None:
+    autumn = _every("0 * * * *", datetime(2026, 10, 24, 23, 30, tzinfo=UTC), 4)
+    assert autumn == [datetime(2026, 10, 25, h, 0, tzinfo=UTC) for h in range(4)]  # 02:00 twice
+    spring = _every("30 * * * *", datetime(2026, 3, 29, 0, 0, tzinfo=UTC), 3)
+    # 01:30 CET, then 03:30 CEST: 02:30 does not exist, and no extra fire at 03:00
+    assert spring == [datetime(2026, 3, 29, h, 30, tzinfo=UTC) for h in range(3)]
