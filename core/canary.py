@@ -82,6 +82,11 @@ def rolling(plan: _Plan) -> tuple[Stage, Rollout]:
     """The stage rolling out and its rollout, or a refusal saying there is none."""
     stage = next((s for s in plan.stages if s.status is StageStatus.ROLLING_OUT), None)
     if stage is None or stage.rollout is None:
+        if all(s.strategy is None for s in plan.definition.stages):
+            raise CommandRefused(
+                f"{plan.run.ref} has no rollout: none of its stages has a canary or blue/green "
+                "strategy (to pause or resume the run itself, use its pause or resume)"
+            )
         raise CommandRefused(f"{plan.run.ref} has no rollout under way")
     return stage, stage.rollout
 

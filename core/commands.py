@@ -76,18 +76,22 @@ class FailRun:
 
 @dataclass(frozen=True, kw_only=True)
 class PauseRun:
-    """Let running jobs finish but start nothing new."""
+    """Let running jobs finish but start nothing new. ``rollout``: asked for as the pause of its
+    rollout (``POST /runs/{run}/rollout/pause``, the rollout's Pause button): refused when the
+    run has no rollout under way."""
 
     run_id: str
     actor: Actor
+    rollout: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResumeRun:
-    """Continue a paused run."""
+    """Continue a paused run (``rollout``: as for ``PauseRun``)."""
 
     run_id: str
     actor: Actor
+    rollout: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -423,6 +423,8 @@ def _fail_run(plan: _Plan, command: FailRun) -> None:
 
 
 def _pause_run(plan: _Plan, command: PauseRun) -> None:
+    if command.rollout:
+        canary.rolling(plan)  # (refused: the run has no rollout to pause)
     run = plan.run
     if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
         raise CommandRefused(f"{run.ref} is {run.status}; only running or waiting runs pause")
@@ -433,6 +435,8 @@ def _pause_run(plan: _Plan, command: PauseRun) -> None:
 
 
 def _resume_run(plan: _Plan, command: ResumeRun) -> None:
+    if command.rollout:
+        canary.rolling(plan)
     run = plan.run
     if run.status is not RunStatus.PAUSED:
         raise CommandRefused(f"{run.ref} is {run.status}, not paused")

@@ -15,7 +15,7 @@ from typing import Any
 from core.runtime.routers import router_for
 from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
 from tests.api.test_web import Browser, web_page
-from tests.pipelines import APPROVER_PAUSE, VERSION_PARAMETER, built_and_deployed, canary
+from tests.pipelines import APPROVER_PAUSE, VERSION_PARAMETER, built_and_deployed, canary, one_job
 from tests.prometheus import Prometheus
 from tests.routing import Nginx, send
 
@@ -470,3 +470,20 @@ async def test_an_analysis_that_fails_while_the_run_is_paused_still_puts_traffic
     assert done["reason"].startswith("analysis at step 2 (canary at 10%) failed: "), done["reason"]
     assert _rollout(done)["status"] == "aborted"
     assert weights.read_text().split() == ["stable=90,canary=10", "stable=100,canary=0"]
+
+
+async def test_pausing_the_rollout_of_a_run_without_one_is_refused_and_the_run_goes_on(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """``rollout/pause`` is the rollout's control: on a run with no rollout it is a 409 saying
+    so, not a pause of the run (that is ``/runs/{run}/pause``)."""
+    gate = tmp_path / "go"
+    api = await start_api(db_url, {"plain": one_job("plain", f'"while [ ! -f {gate} ]; do sleep 0.1; done"')})
+    run = await api.trigger("plain")
+    await api.wait(run["id"], lambda r: r["status"] == "running", timeout=30)
+    for verb in ("pause", "resume"):
+        refused = await api.post(f"/runs/{run['id']}/rollout/{verb}", who="deployer", json={})
+        assert_problem(refused, 409, f"{run['ref']} has no rollout", "none of its stages")
+    assert (await api.run(run["id"]))["status"] == "running"  # not paused
+    gate.touch()
+    assert (await api.wait(run["id"], timeout=30))["status"] == "succeeded"

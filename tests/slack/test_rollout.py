@@ -8,13 +8,15 @@ given count as applied): the served app's router driver confirms each step's wei
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.slack import notifier
 from core.access import Role
-from tests.pipelines import APPROVER_PAUSE, canary
+from tests.pipelines import APPROVER_PAUSE, canary, one_job
 from tests.slack import signing
 from tests.slack.harness import ALICE, BOB, Bot, StartBot, button, buttons_of, until
 
@@ -213,3 +215,22 @@ async def test_a_second_promote_press_on_the_same_pause_does_not_skip_the_analys
     assert "moved on to step 3 of 4" in fully["text"], fully
     by = [e for e in bot.events(ref) if e.name == "rollout.promoted_by"]
     assert len(by) == 1
+
+
+async def test_the_rollout_pause_button_of_a_run_without_a_rollout_is_refused(
+    start_bot: StartBot, tmp_path: Path
+) -> None:
+    """A Pause from a rollout's message (an old message, or a value made by hand) on a run with no
+    rollout is refused to the presser; the run is not paused."""
+    gate = tmp_path / "go"
+    bot = await start_bot({"plain": one_job("plain", f'"while [ ! -f {gate} ]; do sleep 0.1; done"')}, GRANTS)
+    ref = await bot.trigger(ALICE, "run plain")
+    state = await bot.until_status(ref, "running")
+    value = json.dumps({"run": state.run.id})
+    for action in ("run_pause", "run_resume"):
+        refused = await bot.answer(ALICE, action, value)
+        assert refused["response_type"] == "ephemeral", refused
+        assert f"{ref} has no rollout: none of its stages" in refused["text"], refused
+    assert bot.run(ref).run.status == "running"
+    gate.touch()
+    await bot.until_status(ref, "succeeded")
