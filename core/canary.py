@@ -15,7 +15,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from core.admission import EnvironmentView
-from core.commands import AbortRollout, AdvanceRollout, ConfirmWeights, EndStepAnalysis, PromoteRollout
+from core.commands import (
+    AbortRollout,
+    AdvanceRollout,
+    ConfirmWeights,
+    EndStepAnalysis,
+    NoteRouterWait,
+    PromoteRollout,
+)
 from core.definition import StageDef, StrategyDef
 from core.errors import CommandRefused
 from core.model import Job, Stage
@@ -320,6 +327,7 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
             f"stale router report for {plan.run.ref}: it wants {describe_weights(rollout.desired)} now"
         )
     applied = dict(command.applied) if command.applied is not None else None
+    rollout = replace(rollout, router_wait="")  # (it answered, or the driver gave up on it)
     if command.error or applied != dict(rollout.desired):
         why = command.error or (
             f"it applies {describe_weights(applied)} instead of {describe_weights(rollout.desired)}"
@@ -340,6 +348,18 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
     strategy = strategy_of(plan, stage)
     if rollout.status is RO.PROGRESSING and strategy.steps[rollout.step].set_weight is not None:
         _begin(plan, stage, rollout.step + 1)
+
+
+def note_router_wait(plan: _Plan, command: NoteRouterWait) -> None:
+    stage, rollout = rolling(plan)
+    if rollout.status in ROLLOUT_DONE or dict(command.desired) != dict(rollout.desired):
+        raise CommandRefused(
+            f"stale router report for {plan.run.ref}: it wants {describe_weights(rollout.desired)} now"
+        )
+    if rollout.router_wait == command.waiting:
+        raise CommandRefused(f"{plan.run.ref}'s rollout says so already")
+    stage = plan.set(stage, rollout=replace(rollout, router_wait=command.waiting))
+    _note(plan, "rollout.router_waiting", stage, waiting=command.waiting)
 
 
 def _traffic_stays(rollout: Rollout) -> str:

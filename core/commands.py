@@ -258,6 +258,18 @@ class ConfirmWeights:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NoteRouterWait:
+    """The router driver resumed a rollout (after a restart) and its router does not answer
+    yet: ``waiting`` says what it waits for, shown with the rollout until it answers ("" once
+    it does). Refused when the rollout wants other weights by now."""
+
+    run_id: str
+    desired: Mapping[str, int]
+    waiting: str
+    actor: Actor = SYSTEM
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdvanceRollout:
     """A rollout's timed pause came to its end (the clock)."""
 
@@ -318,6 +330,7 @@ RunCommand = (
     | RecordGateCheck
     | EndVerification
     | ConfirmWeights
+    | NoteRouterWait
     | AdvanceRollout
     | EndStepAnalysis
     | PromoteRollout

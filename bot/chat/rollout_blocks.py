@@ -76,7 +76,9 @@ def rollout_lines(
         f"*{kind}* of _{stage.name}_ through router `{rollout.router}` — {rollout.status}",
         f"`{weight_bar(shown, rollout.pools)}`  {describe_weights(shown)}",
     ]
-    if rollout.router_pending:
+    if rollout.router_wait and rollout.status not in ROLLOUT_DONE:
+        lines.append(f":hourglass_flowing_sand: {rollout.router_wait}")
+    elif rollout.router_pending:
         lines.append(f":hourglass_flowing_sand: setting router… to {describe_weights(rollout.desired)}")
     if rollout.status in STEERABLE and 0 <= rollout.step < len(strategy.steps):
         lines.append(step_words(strategy, rollout.step) + time_left(rollout, now))

@@ -487,3 +487,27 @@ async def test_pausing_the_rollout_of_a_run_without_one_is_refused_and_the_run_g
     assert (await api.run(run["id"]))["status"] == "running"  # not paused
     gate.touch()
     assert (await api.wait(run["id"], timeout=30))["status"] == "succeeded"
+
+
+async def test_a_reload_that_took_but_overran_the_timeout_in_its_settle_is_confirmed(
+    db_url: str, start_api: StartApi, nginx: Nginx
+) -> None:
+    """nginx tested and reloaded the new weights; only its settle ran past the router's timeout.
+    Read back after the settle, the weights are what the rollout wanted: confirmed, not failed."""
+    environments = _environments(nginx)
+    router = environments["production"]["routers"]["web"]
+    router["timeout"] = 1.0
+    router["nginx"]["settle"] = 2.0  # (nginx -t and the reload take far less than the 1s)
+    pipeline = canary("web", ["set_weight: 30", APPROVER_PAUSE], head=VERSION_PARAMETER)
+    api = await start_api(db_url, {"web": pipeline}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    waiting = await api.wait(run["id"], lambda r: r["status"] != "running", timeout=30)
+    assert waiting["status"] == "waiting", waiting["reason"]
+    assert _rollout(waiting)["applied"] == {"stable": 70, "canary": 30}
+    assert abs(await _share(nginx) - 30) <= 3
+
+    # the change did overrun the timeout: confirmed over a second after it was asked for
+    events = await api.db(lambda: api.store.events_after(0, limit=5000, run_id=run["id"]))
+    asked = next(e for e in events if e.name == "rollout.step")
+    applied = next(e for e in events if e.name == "rollout.weights_applied")
+    assert (applied.at - asked.at).total_seconds() > 1.0, (asked.at, applied.at)
