@@ -215,6 +215,10 @@ async def test_a_change_nginx_refuses_fails_the_rollout_with_nginx_words_and_tra
     assert done["reason"].endswith("no weights were confirmed yet: traffic stays as the router had it")
     assert _rollout(done)["status"] == "failed"
     assert await _share(nginx) == 0  # still all on stable, as nginx had it
+    # the web view does not show the weights asked for as if they were the traffic
+    page = await web_page(api, f"/ui/runs/web/{run['number']}")
+    assert "it has confirmed no weights of this rollout" in page
+    assert "canary 10 %" not in page and "stable 90 %" not in page
 
 
 def _analyses(api: Api) -> list[Any]:

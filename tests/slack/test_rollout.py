@@ -282,3 +282,22 @@ async def test_two_typed_promotes_at_one_pause_promote_it_once(start_bot: StartB
     assert named["text"].endswith(": measured enough"), named
     await bot.until_status(ref, "succeeded")
     assert len([e for e in bot.events(ref) if e.name == "rollout.promoted_by"]) == 2
+
+
+async def test_a_router_that_confirmed_nothing_shows_no_weights_as_traffic(start_bot: StartBot) -> None:
+    """The router refuses the first change: the rollout fails with traffic where the router had
+    it. The run's message says so, and does not draw the refused weights as the traffic."""
+    refusing = {
+        "command": ["sh", "-c", "echo 'lb-api: 503' >&2; exit 1"],
+        "pools": {"stable": ["a"], "canary": ["b"]},
+    }
+    bot = await start_bot(
+        {"web": CANARY}, GRANTS, environments={"production": {"routers": {"web": refusing}}}
+    )
+    ref = await bot.trigger(ALICE, "run web")
+    await bot.until_status(ref, "failed")
+    ts = (await bot.run_post(ref)).response["ts"]
+    message = await _shows(bot, ts, "lb-api: 503", "traffic stays as the router had it")
+    text = _text(message)
+    assert "it has confirmed no weights of this rollout" in text, text
+    assert "canary 10" not in text and "▯" not in text, text
