@@ -230,7 +230,7 @@ def settle(plan: _Plan, stage: Stage, finish: Finish, succeed: Succeed) -> bool:
     rollout = stage.rollout
     assert rollout is not None
     if rollout.status is RO.PROMOTING:
-        return _settle_promotion(plan, stage, rollout, succeed)
+        return _settle_promotion(plan, stage, rollout, succeed, finish)
     if rollout.status is RO.ABORTING and not rollout.router_pending:
         jobs = phase_jobs(plan, stage, "abort")
         if not _jobs_done(plan, jobs):
@@ -245,12 +245,15 @@ def settle(plan: _Plan, stage: Stage, finish: Finish, succeed: Succeed) -> bool:
     return False
 
 
-def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succeed) -> bool:
+def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succeed, finish: Finish) -> bool:
     """A canary: the promote jobs put the new version on stable, then all traffic returns to
     stable. Blue/green: traffic is on the new colour already (promoted before the switch: it
     switches first); the scale-down jobs retire the old one ``scale_down_after`` the switch."""
     jobs = phase_jobs(plan, stage, "promote")
     broken = next((j for j in jobs if j.status in JOB_FAILURES and not j.allow_failure), None)
+    if broken is not None and rollout.kind == "blue_green" and dict(rollout.applied or {}) == rollout.final:
+        _retire_failed(plan, stage, rollout, broken, finish)
+        return False
     if broken is not None:
         _abort(plan, stage, rollout, "failed", f"promote job {stage.name}/{broken.name} {broken.reason}")
         return False
@@ -272,6 +275,20 @@ def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succ
     stage = plan.set(stage, rollout=moved(rollout, RO.PROMOTED, stage.id))
     _note(plan, "rollout.promoted", stage, live=rollout.pools[1] if rollout.kind == "blue_green" else None)
     return succeed(plan, stage)
+
+
+def _retire_failed(plan: _Plan, stage: Stage, rollout: Rollout, broken: Job, finish: Finish) -> None:
+    """Blue/green: a scale-down job failed after the switch. The old colour may be partly torn
+    down, so traffic is not switched back to it: the new colour stays live (the next release
+    goes on the old one) and the run fails saying so."""
+    old, new = rollout.pools
+    why = (
+        f"scale-down job {stage.name}/{broken.name} {broken.reason}; {new} serves all traffic "
+        f"(the switch stands), {old} may be partly retired"
+    )
+    stage = plan.set(stage, rollout=moved(rollout, RO.PROMOTED, stage.id, reason=why))
+    _note(plan, "rollout.promoted", stage, live=new)
+    finish(plan, RunStatus.FAILED, why, failed_stage=stage)
 
 
 def _retired(plan: _Plan, stage: Stage, rollout: Rollout, jobs: list[Job]) -> bool:
