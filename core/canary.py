@@ -363,8 +363,19 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
     stage = plan.set(stage, rollout=rollout)
     _note(plan, "rollout.weights_applied", stage, weights=applied)
     strategy = strategy_of(plan, stage)
-    if rollout.status is RO.PROGRESSING and strategy.steps[rollout.step].set_weight is not None:
-        _begin(plan, stage, rollout.step + 1)
+    if rollout.status is not RO.PROGRESSING or strategy.steps[rollout.step].set_weight is None:
+        return
+    if plan.run.status is RunStatus.PAUSED:
+        # (paused while the router was being set: the change is done, the next step waits for
+        # the run to resume, as ``pause_clock`` takes it: a paused run moves no traffic)
+        after = step_words(strategy, rollout.step + 1)
+        reason = f"weights confirmed while the run was paused: {after} when it resumes"
+        stage = plan.set(
+            stage, rollout=replace(rollout, passed_while_paused=True, reason=reason), reason=reason
+        )
+        _note(plan, "rollout.held", stage, reason=reason)
+        return
+    _begin(plan, stage, rollout.step + 1)
 
 
 def note_router_wait(plan: _Plan, command: NoteRouterWait) -> None:

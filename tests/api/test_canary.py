@@ -515,3 +515,43 @@ async def test_a_reload_that_took_but_overran_the_timeout_in_its_settle_is_confi
     asked = next(e for e in events if e.name == "rollout.step")
     applied = next(e for e in events if e.name == "rollout.weights_applied")
     assert (applied.at - asked.at).total_seconds() > 1.0, (asked.at, applied.at)
+
+
+async def test_a_run_paused_while_its_router_is_set_takes_no_further_step_until_it_resumes(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """The router is being set to 10 % when the run is paused: the change finishes (it is
+    confirmed), but the rollout takes no next step, so no traffic moves, until the run resumes."""
+    weights, gate = tmp_path / "w", tmp_path / "go"
+    slow = {  # (each change waits for ``go`` to exist, so the test pauses the run mid-change)
+        "command": [
+            "sh",
+            "-c",
+            f'while [ ! -f {gate} ]; do sleep 0.05; done; echo "$SHIPYARD_ROUTER_WEIGHTS" >> {weights}',
+        ],
+        "pools": {"stable": ["a"], "canary": ["b"]},
+    }
+    pipeline = canary("web", ["set_weight: 10", "set_weight: 50"], head=VERSION_PARAMETER)
+    api = await start_api(db_url, {"web": pipeline}, environments={"production": {"routers": {"web": slow}}})
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(
+        run["id"], lambda r: (r["rollout"] or {}).get("desired", {}).get("canary") == 10, timeout=30
+    )
+    assert (await api.post(f"/runs/{run['id']}/pause", who="deployer", json={})).status == 200
+    gate.touch()
+
+    held = await api.wait(run["id"], lambda r: _rollout(r)["applied"] is not None, timeout=30)
+    assert held["status"] == "paused" and _rollout(held)["applied"] == {"stable": 90, "canary": 10}
+    await asyncio.sleep(1.5)  # (time for a next change, had one been asked for)
+    still = await api.run(run["id"])
+    assert _rollout(still)["desired"] == {"stable": 90, "canary": 10}, _rollout(still)
+    assert weights.read_text().split() == ["stable=90,canary=10"]  # no traffic moved while paused
+
+    assert (await api.post(f"/runs/{run['id']}/resume", who="deployer", json={})).status == 200
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "succeeded", done["reason"]
+    assert weights.read_text().split() == [
+        "stable=90,canary=10",
+        "stable=50,canary=50",
+        "stable=100,canary=0",
+    ]
