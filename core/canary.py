@@ -349,9 +349,11 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
         why = command.error or (
             f"it applies {describe_weights(applied)} instead of {describe_weights(rollout.desired)}"
         )
-        reason = f"router {rollout.router} failed: {why}; {_traffic_stays(rollout)}"
+        reason = f"router {rollout.router} failed: {why}; {_traffic_now(rollout, applied)}"
         if rollout.status is RO.ABORTING:
             reason = f"{rollout.reason}; then {reason}"
+        if applied is not None:  # (what the router read back is the traffic now, whatever it was asked)
+            rollout = replace(rollout, applied=applied)
         stage = plan.set(
             stage,
             rollout=moved(_leave_step(plan, stage, rollout, "canceled"), RO.FAILED, stage.id, reason=reason),
@@ -390,8 +392,11 @@ def note_router_wait(plan: _Plan, command: NoteRouterWait) -> None:
     _note(plan, "rollout.router_waiting", stage, waiting=command.waiting)
 
 
-def _traffic_stays(rollout: Rollout) -> str:
-    """Where a failed change leaves traffic, for the reason."""
+def _traffic_now(rollout: Rollout, read_back: dict[str, int] | None) -> str:
+    """Where a failed change leaves traffic, for the reason: what the router read back after it,
+    else where it was last confirmed."""
+    if read_back is not None:
+        return f"traffic is at {describe_weights(read_back)} (read back from the router)"
     if rollout.applied is None:
         return "no weights were confirmed yet: traffic stays as the router had it"
     return f"traffic stays at {describe_weights(rollout.applied)} (last confirmed)"

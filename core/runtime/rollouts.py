@@ -277,7 +277,7 @@ class RolloutDriver:
         except (RouterError, TimeoutError):
             return None, over
         if applied != desired:
-            return applied, f"{over}; it applies {describe_weights(applied)}"
+            return applied, over  # (the engine says what it applies: the traffic now)
         log.warning("router change to %s overran its timeout but took", describe_weights(desired))
         return applied, ""
 

@@ -555,3 +555,30 @@ async def test_a_run_paused_while_its_router_is_set_takes_no_further_step_until_
         "stable=50,canary=50",
         "stable=100,canary=0",
     ]
+
+
+async def test_a_router_that_applies_other_weights_fails_the_rollout_saying_what_it_applies(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """The router takes 10 %, then, asked for 50 %, reads back 30 % (it rounds, or someone else
+    set it): the rollout fails, and what it says about traffic is what the router read back,
+    not the 10 % confirmed before."""
+    script = tmp_path / "router.sh"
+    script.write_text(
+        '#!/bin/sh\nif [ "$SHIPYARD_ROUTER_WEIGHTS" = "stable=50,canary=50" ]; '
+        'then echo stable=70,canary=30; else echo "$SHIPYARD_ROUTER_WEIGHTS"; fi\n'
+    )
+    script.chmod(0o755)
+    router = {"command": [str(script)], "pools": {"stable": ["a"], "canary": ["b"]}}
+    pipeline = canary("web", ["set_weight: 10", "set_weight: 50"], head=VERSION_PARAMETER, abort=None)
+    api = await start_api(
+        db_url, {"web": pipeline}, environments={"production": {"routers": {"web": router}}}
+    )
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "failed"
+    assert done["reason"] == (
+        "router web failed: it applies stable 70 / canary 30 instead of stable 50 / canary 50; "
+        "traffic is at stable 70 / canary 30 (read back from the router)"
+    ), done["reason"]
+    assert _rollout(done)["applied"] == {"stable": 70, "canary": 30}
