@@ -13,7 +13,9 @@ before it goes on (a process killed between recording and confirming, or a route
 hand, is put right), so a restart or another replica resumes where the database says. A router
 that does not answer then (restarted with Shipyard: nginx not running yet, haproxy's socket not
 up) is tried again every ``RETRY_EVERY_S`` for the router's ``resume_wait``, the rollout saying
-what it waits for (``NoteRouterWait``), before the rollout fails with the router's words.
+what it waits for (``NoteRouterWait``), before the rollout fails with the router's words; so is
+an abort's change (traffic back on stable protects users: a moment's refusal must not leave it
+on the canary).
 
 A change that overruns the router's timeout is not taken as failed blind: the router is read
 back (after nginx's ``settle``), and a change that took is confirmed as one.
@@ -223,10 +225,11 @@ class RolloutDriver:
         applied, error = await self._apply(active, definition, desired)
         if not error and applied != desired:  # (the router said yes but applies something else)
             error = f"it applies {describe_weights(applied)} instead of {describe_weights(desired)}"
-        if error and definition is not None and active.run_id in (self._unreconciled or ()):
-            if await self._wait_more(active, definition, error):
+        why = self._retried(active) if error and definition is not None else None
+        if why is not None and definition is not None:
+            if await self._wait_more(active, definition, error, why):
                 return
-            error += f" (waited {definition.resume_wait:g}s for it to answer after a restart)"
+            error += f" (waited {definition.resume_wait:g}s for it to answer {why[1]})"
         elif rollout.router_wait and not rollout.router_pending:
             await self._note_wait(active, "")  # (it answers again)
         self._waiting.pop(active.run_id, None)
@@ -281,9 +284,22 @@ class RolloutDriver:
         log.warning("router change to %s overran its timeout but took", describe_weights(desired))
         return applied, ""
 
-    async def _wait_more(self, active: Active, definition: RouterDef, error: str) -> bool:
-        """A resumed rollout's router did not answer: True while it is given more time (the
-        rollout says what it waits for), False once ``resume_wait`` is over."""
+    def _retried(self, active: Active) -> tuple[str, str] | None:
+        """Why a change that failed is tried again for the router's ``resume_wait`` (for the
+        rollout's note, and for its reason once given up), or None: a resumed rollout (its router
+        may be restarting with Shipyard), and an abort (traffic back on stable protects users:
+        a moment's refusal must not leave it on the canary)."""
+        if active.run_id in (self._unreconciled or ()):
+            return "Shipyard restarted", "after a restart"
+        if active.rollout.status is RolloutStatus.ABORTING:
+            return f"the abort puts all traffic back on {active.rollout.pools[0]}", "during the abort"
+        return None
+
+    async def _wait_more(
+        self, active: Active, definition: RouterDef, error: str, why: tuple[str, str]
+    ) -> bool:
+        """A resumed or aborting rollout's router did not answer: True while it is given more
+        time (the rollout says what it waits for), False once ``resume_wait`` is over."""
         now = time.monotonic()
         began = self._waiting.get(active.run_id)
         if began is None:
@@ -292,7 +308,7 @@ class RolloutDriver:
             await self._note_wait(
                 active,
                 f"waiting for router {active.rollout.router} to answer before the rollout goes on "
-                f"(Shipyard restarted; up to {format_duration(definition.resume_wait)}, until "
+                f"({why[0]}; up to {format_duration(definition.resume_wait)}, until "
                 f"{until:%H:%M:%S} UTC): {error}",
             )
         if now - began >= definition.resume_wait:

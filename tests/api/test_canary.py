@@ -582,3 +582,40 @@ async def test_a_router_that_applies_other_weights_fails_the_rollout_saying_what
         "traffic is at stable 70 / canary 30 (read back from the router)"
     ), done["reason"]
     assert _rollout(done)["applied"] == {"stable": 70, "canary": 30}
+
+
+async def test_an_abort_whose_router_refuses_for_a_moment_is_retried_until_traffic_is_back(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """The router refuses the abort's change for a moment (a load balancer's API blips): the
+    abort is tried again, saying what it waits for, instead of failing with traffic left on the
+    canary; once the router takes it, traffic is back on stable and the run ends canceled."""
+    weights, down = tmp_path / "w", tmp_path / "down"
+    script = tmp_path / "router.sh"
+    script.write_text(
+        f"#!/bin/sh\nif [ -e {down} ]; then echo 'lb-api: 503' >&2; exit 1; fi\n"
+        f'echo "$SHIPYARD_ROUTER_WEIGHTS" >> {weights}\n'
+    )
+    script.chmod(0o755)
+    router = {"command": [str(script)], "pools": {"stable": ["a"], "canary": ["b"]}, "resume_wait": "1m"}
+    api = await start_api(
+        db_url, {"web": CONTROLLED}, environments={"production": {"routers": {"web": router}}}
+    )
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(run["id"], lambda r: (r["rollout"] or {}).get("step") == 2, timeout=30)
+    down.touch()
+    aborted = await api.post(f"/runs/{run['id']}/rollout/abort", who="deployer", json={"reason": "bad"})
+    assert aborted.status == 200, aborted.json
+
+    waiting = await api.wait(run["id"], lambda r: _rollout(r)["router_wait"] != "", timeout=30)
+    assert waiting["status"] == "running" and _rollout(waiting)["status"] == "aborting", waiting["reason"]
+    said = _rollout(waiting)["router_wait"]
+    assert "the abort puts all traffic back on stable" in said and "lb-api: 503" in said, said
+    await asyncio.sleep(1.5)  # (tried again meanwhile, and still not given up)
+    assert (await api.run(run["id"]))["status"] == "running"
+    down.unlink()
+
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "canceled", done["reason"]
+    assert _rollout(done)["applied"] == {"stable": 100, "canary": 0} and _rollout(done)["router_wait"] == ""
+    assert weights.read_text().split() == ["stable=90,canary=10", "stable=100,canary=0"]
