@@ -15,7 +15,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from core.admission import EnvironmentView
-from core.commands import AbortRollout, AdvanceRollout, ConfirmWeights, EndStepAnalysis, PromoteRollout
+from core.commands import (
+    AbortRollout,
+    AdvanceRollout,
+    ConfirmWeights,
+    EndStepAnalysis,
+    NoteRouterWait,
+    PromoteRollout,
+)
 from core.definition import StageDef, StrategyDef
 from core.errors import CommandRefused
 from core.model import Job, Stage
@@ -82,6 +89,11 @@ def rolling(plan: _Plan) -> tuple[Stage, Rollout]:
     """The stage rolling out and its rollout, or a refusal saying there is none."""
     stage = next((s for s in plan.stages if s.status is StageStatus.ROLLING_OUT), None)
     if stage is None or stage.rollout is None:
+        if all(s.strategy is None for s in plan.definition.stages):
+            raise CommandRefused(
+                f"{plan.run.ref} has no rollout: none of its stages has a canary or blue/green "
+                "strategy (to pause or resume the run itself, use its pause or resume)"
+            )
         raise CommandRefused(f"{plan.run.ref} has no rollout under way")
     return stage, stage.rollout
 
@@ -218,7 +230,7 @@ def settle(plan: _Plan, stage: Stage, finish: Finish, succeed: Succeed) -> bool:
     rollout = stage.rollout
     assert rollout is not None
     if rollout.status is RO.PROMOTING:
-        return _settle_promotion(plan, stage, rollout, succeed)
+        return _settle_promotion(plan, stage, rollout, succeed, finish)
     if rollout.status is RO.ABORTING and not rollout.router_pending:
         jobs = phase_jobs(plan, stage, "abort")
         if not _jobs_done(plan, jobs):
@@ -233,12 +245,15 @@ def settle(plan: _Plan, stage: Stage, finish: Finish, succeed: Succeed) -> bool:
     return False
 
 
-def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succeed) -> bool:
+def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succeed, finish: Finish) -> bool:
     """A canary: the promote jobs put the new version on stable, then all traffic returns to
     stable. Blue/green: traffic is on the new colour already (promoted before the switch: it
     switches first); the scale-down jobs retire the old one ``scale_down_after`` the switch."""
     jobs = phase_jobs(plan, stage, "promote")
     broken = next((j for j in jobs if j.status in JOB_FAILURES and not j.allow_failure), None)
+    if broken is not None and rollout.kind == "blue_green" and dict(rollout.applied or {}) == rollout.final:
+        _retire_failed(plan, stage, rollout, broken, finish)
+        return False
     if broken is not None:
         _abort(plan, stage, rollout, "failed", f"promote job {stage.name}/{broken.name} {broken.reason}")
         return False
@@ -260,6 +275,20 @@ def _settle_promotion(plan: _Plan, stage: Stage, rollout: Rollout, succeed: Succ
     stage = plan.set(stage, rollout=moved(rollout, RO.PROMOTED, stage.id))
     _note(plan, "rollout.promoted", stage, live=rollout.pools[1] if rollout.kind == "blue_green" else None)
     return succeed(plan, stage)
+
+
+def _retire_failed(plan: _Plan, stage: Stage, rollout: Rollout, broken: Job, finish: Finish) -> None:
+    """Blue/green: a scale-down job failed after the switch. The old colour may be partly torn
+    down, so traffic is not switched back to it: the new colour stays live (the next release
+    goes on the old one) and the run fails saying so."""
+    old, new = rollout.pools
+    why = (
+        f"scale-down job {stage.name}/{broken.name} {broken.reason}; {new} serves all traffic "
+        f"(the switch stands), {old} may be partly retired"
+    )
+    stage = plan.set(stage, rollout=moved(rollout, RO.PROMOTED, stage.id, reason=why))
+    _note(plan, "rollout.promoted", stage, live=new)
+    finish(plan, RunStatus.FAILED, why, failed_stage=stage)
 
 
 def _retired(plan: _Plan, stage: Stage, rollout: Rollout, jobs: list[Job]) -> bool:
@@ -315,13 +344,16 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
             f"stale router report for {plan.run.ref}: it wants {describe_weights(rollout.desired)} now"
         )
     applied = dict(command.applied) if command.applied is not None else None
+    rollout = replace(rollout, router_wait="")  # (it answered, or the driver gave up on it)
     if command.error or applied != dict(rollout.desired):
         why = command.error or (
             f"it applies {describe_weights(applied)} instead of {describe_weights(rollout.desired)}"
         )
-        reason = f"router {rollout.router} failed: {why}; {_traffic_stays(rollout)}"
+        reason = f"router {rollout.router} failed: {why}; {_traffic_now(rollout, applied)}"
         if rollout.status is RO.ABORTING:
             reason = f"{rollout.reason}; then {reason}"
+        if applied is not None:  # (what the router read back is the traffic now, whatever it was asked)
+            rollout = replace(rollout, applied=applied)
         stage = plan.set(
             stage,
             rollout=moved(_leave_step(plan, stage, rollout, "canceled"), RO.FAILED, stage.id, reason=reason),
@@ -333,12 +365,38 @@ def confirm_weights(plan: _Plan, command: ConfirmWeights, finish: Finish) -> Non
     stage = plan.set(stage, rollout=rollout)
     _note(plan, "rollout.weights_applied", stage, weights=applied)
     strategy = strategy_of(plan, stage)
-    if rollout.status is RO.PROGRESSING and strategy.steps[rollout.step].set_weight is not None:
-        _begin(plan, stage, rollout.step + 1)
+    if rollout.status is not RO.PROGRESSING or strategy.steps[rollout.step].set_weight is None:
+        return
+    if plan.run.status is RunStatus.PAUSED:
+        # (paused while the router was being set: the change is done, the next step waits for
+        # the run to resume, as ``pause_clock`` takes it: a paused run moves no traffic)
+        after = step_words(strategy, rollout.step + 1)
+        reason = f"weights confirmed while the run was paused: {after} when it resumes"
+        stage = plan.set(
+            stage, rollout=replace(rollout, passed_while_paused=True, reason=reason), reason=reason
+        )
+        _note(plan, "rollout.held", stage, reason=reason)
+        return
+    _begin(plan, stage, rollout.step + 1)
 
 
-def _traffic_stays(rollout: Rollout) -> str:
-    """Where a failed change leaves traffic, for the reason."""
+def note_router_wait(plan: _Plan, command: NoteRouterWait) -> None:
+    stage, rollout = rolling(plan)
+    if rollout.status in ROLLOUT_DONE or dict(command.desired) != dict(rollout.desired):
+        raise CommandRefused(
+            f"stale router report for {plan.run.ref}: it wants {describe_weights(rollout.desired)} now"
+        )
+    if rollout.router_wait == command.waiting:
+        raise CommandRefused(f"{plan.run.ref}'s rollout says so already")
+    stage = plan.set(stage, rollout=replace(rollout, router_wait=command.waiting))
+    _note(plan, "rollout.router_waiting", stage, waiting=command.waiting)
+
+
+def _traffic_now(rollout: Rollout, read_back: dict[str, int] | None) -> str:
+    """Where a failed change leaves traffic, for the reason: what the router read back after it,
+    else where it was last confirmed."""
+    if read_back is not None:
+        return f"traffic is at {describe_weights(read_back)} (read back from the router)"
     if rollout.applied is None:
         return "no weights were confirmed yet: traffic stays as the router had it"
     return f"traffic stays at {describe_weights(rollout.applied)} (last confirmed)"

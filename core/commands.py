@@ -80,18 +80,22 @@ class FailRun:
 
 @dataclass(frozen=True, kw_only=True)
 class PauseRun:
-    """Let running jobs finish but start nothing new."""
+    """Let running jobs finish but start nothing new. ``rollout``: asked for as the pause of its
+    rollout (``POST /runs/{run}/rollout/pause``, the rollout's Pause button): refused when the
+    run has no rollout under way."""
 
     run_id: str
     actor: Actor
+    rollout: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResumeRun:
-    """Continue a paused run."""
+    """Continue a paused run (``rollout``: as for ``PauseRun``)."""
 
     run_id: str
     actor: Actor
+    rollout: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,6 +266,18 @@ class ConfirmWeights:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NoteRouterWait:
+    """The router driver resumed a rollout (after a restart) and its router does not answer
+    yet: ``waiting`` says what it waits for, shown with the rollout until it answers ("" once
+    it does). Refused when the rollout wants other weights by now."""
+
+    run_id: str
+    desired: Mapping[str, int]
+    waiting: str
+    actor: Actor = SYSTEM
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdvanceRollout:
     """A rollout's timed pause came to its end (the clock)."""
 
@@ -322,6 +338,7 @@ RunCommand = (
     | RecordGateCheck
     | EndVerification
     | ConfirmWeights
+    | NoteRouterWait
     | AdvanceRollout
     | EndStepAnalysis
     | PromoteRollout

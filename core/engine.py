@@ -36,6 +36,7 @@ from core.commands import (
     FailRun,
     InterruptJob,
     MoveToFront,
+    NoteRouterWait,
     PauseRun,
     PromoteRollout,
     RecordGateCheck,
@@ -284,8 +285,8 @@ def decide(state: RunState, command: RunCommand, now: datetime, known: Known | N
     return plan.accept()
 
 
-#: commands that only stop, refuse or reorder a run: none of them starts a stage
-_STOPPING = (CancelRun, FailRun, TimeoutRun, PauseRun, RejectGate, MoveToFront)
+#: commands that only stop, refuse, reorder or annotate a run: none of them starts a stage
+_STOPPING = (CancelRun, FailRun, TimeoutRun, PauseRun, RejectGate, MoveToFront, NoteRouterWait)
 
 
 def needs(state: RunState, command: RunCommand) -> frozenset[str]:
@@ -423,6 +424,8 @@ def _fail_run(plan: _Plan, command: FailRun) -> None:
 
 
 def _pause_run(plan: _Plan, command: PauseRun) -> None:
+    if command.rollout:
+        canary.rolling(plan)  # (refused: the run has no rollout to pause)
     run = plan.run
     if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
         raise CommandRefused(f"{run.ref} is {run.status}; only running or waiting runs pause")
@@ -433,6 +436,8 @@ def _pause_run(plan: _Plan, command: PauseRun) -> None:
 
 
 def _resume_run(plan: _Plan, command: ResumeRun) -> None:
+    if command.rollout:
+        canary.rolling(plan)
     run = plan.run
     if run.status is not RunStatus.PAUSED:
         raise CommandRefused(f"{run.ref} is {run.status}, not paused")
@@ -615,6 +620,7 @@ HANDLERS: Final[Mapping[type[RunCommand], Callable[[_Plan, Any], None]]] = {
     EndVerification: _end_verification,
     ConfirmWeights: lambda plan, command: canary.confirm_weights(plan, command, _finish),
     AdvanceRollout: canary.advance_rollout,
+    NoteRouterWait: canary.note_router_wait,
     EndStepAnalysis: canary.end_step_analysis,
     PromoteRollout: canary.promote_rollout,
     AbortRollout: canary.abort_rollout,

@@ -41,7 +41,7 @@ import re
 from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, RootModel, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from core.access import Role
 from core.checks import EnvironmentChecks
@@ -161,6 +161,29 @@ class Environments(RootModel[dict[EnvironmentName, EnvironmentPolicy]]):
         if isinstance(value, dict):
             return {name: {} if policy is None else policy for name, policy in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _one_router_per_target(self) -> Environments:
+        """Two routers may not drive one nginx include or one haproxy backend: each is leased
+        and driven on its own, so two rollouts (one per environment) would overwrite each
+        other's weights."""
+        seen: dict[str, str] = {}
+        for env, policy in self.root.items():
+            for name, router in policy.routers.items():
+                if router.nginx is not None:
+                    target = f"the nginx include {router.nginx.include}"
+                elif router.haproxy is not None:
+                    target = f"haproxy backend {router.haproxy.backend} at {router.haproxy.socket}"
+                else:
+                    continue  # (what a command drives is its own affair)
+                where = f"{env}.routers.{name}"
+                if target in seen:
+                    raise ValueError(
+                        f"{seen[target]} and {where} both drive {target}: two rollouts at once would "
+                        "overwrite each other's weights; give each router its own"
+                    )
+                seen[target] = where
+        return self
 
     @property
     def path(self) -> list[str]:

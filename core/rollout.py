@@ -78,6 +78,9 @@ class Rollout:
     outcome: str = ""
     #: why it waits, aborted or failed (with the measured values)
     reason: str = ""
+    #: a resumed rollout whose router does not answer yet: what the driver waits for ("" when
+    #: it does not wait)
+    router_wait: str = ""
     #: who may promote past an open-ended pause (the environment's approval rule when the
     #: stage started, unless the pause names its own), and whether the run's author may
     approvers: tuple[str, ...] = ()

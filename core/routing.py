@@ -122,6 +122,11 @@ class RouterDef(_Strict):
     pools: dict[str, list[str]]
     #: how long one change (or read) may take, test and reload included
     timeout: Duration = 10.0
+    #: how long Shipyard, started again, waits for the router to answer (retrying every second)
+    #: before it fails the rollouts it resumes: a router restarted at the same time as Shipyard
+    #: (nginx not running yet, haproxy's socket not up) is not a wrong router. An abort's change
+    #: is retried as long
+    resume_wait: Duration = 60.0
 
     @model_validator(mode="before")
     @classmethod

@@ -252,6 +252,10 @@ class Haproxy:
                 stdin=subprocess.DEVNULL,
             )
         _wait_for_port(self.port, self._proc, self.log)
+        # (the admin socket may come up a moment after the port: a test's first command needs it)
+        deadline = time.monotonic() + 10
+        while not self.socket.is_socket() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self
 
     def stop(self) -> None:

@@ -297,12 +297,14 @@ RUN_CONTROLS = (
     ),
     RunControl(
         "pause_rollout", "rollout/pause", "Pause a rollout (its run)", Action.CONTROL, EmptyIn,
-        lambda c, r: PauseRun(run_id=r, actor=actor(c)),
-        "The run pauses: a timed pause keeps the time it had left until it is resumed.",
+        lambda c, r: PauseRun(run_id=r, actor=actor(c), rollout=True),
+        "The run pauses: a timed pause keeps the time it had left until it is resumed. 409 when\n"
+        "the run has no rollout under way (pause the run itself with `POST /runs/{run_id}/pause`).",
     ),
     RunControl(
         "resume_rollout", "rollout/resume", "Resume a paused rollout (its run)", Action.CONTROL, EmptyIn,
-        lambda c, r: ResumeRun(run_id=r, actor=actor(c)),
+        lambda c, r: ResumeRun(run_id=r, actor=actor(c), rollout=True),
+        "409 when the run has no rollout under way.",
     ),
     # (deployers their own runs, approvers any: the command's own rule, ``core.access``)
     RunControl(

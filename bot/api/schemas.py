@@ -368,6 +368,11 @@ class RolloutOut(BaseModel):
         description="the analysis measuring this step (GET /runs/{run}/verification)"
     )
     reason: str
+    router_wait: str = Field(
+        "",
+        description="a rollout resumed after a restart whose router does not answer yet: what it "
+        "waits for, and until when, before it fails; empty otherwise",
+    )
 
     @classmethod
     def of(cls, s: Stage, state: RunState) -> RolloutOut | None:
@@ -391,6 +396,7 @@ class RolloutOut(BaseModel):
             applied=dict(r.applied) if r.applied is not None else None,
             analysis=r.analysis,
             reason=r.reason,
+            router_wait=r.router_wait,
         )
 
 

@@ -70,13 +70,15 @@ def rollout_lines(
     sdef = state.definition.stages[stage.index]
     assert sdef.strategy is not None
     strategy = sdef.strategy
-    shown = rollout.applied if rollout.applied is not None else rollout.desired
     kind = "canary" if strategy.kind == "canary" else "blue/green"
-    lines = [
-        f"*{kind}* of _{stage.name}_ through router `{rollout.router}` — {rollout.status}",
-        f"`{weight_bar(shown, rollout.pools)}`  {describe_weights(shown)}",
-    ]
-    if rollout.router_pending:
+    lines = [f"*{kind}* of _{stage.name}_ through router `{rollout.router}` — {rollout.status}"]
+    if rollout.applied is not None:  # (what the router confirmed: the traffic it serves)
+        lines.append(f"`{weight_bar(rollout.applied, rollout.pools)}`  {describe_weights(rollout.applied)}")
+    else:  # (the weights wanted are not traffic until the router confirms them)
+        lines.append("traffic: as the router had it (it has confirmed no weights of this rollout)")
+    if rollout.router_wait and rollout.status not in ROLLOUT_DONE:
+        lines.append(f":hourglass_flowing_sand: {rollout.router_wait}")
+    elif rollout.router_pending:
         lines.append(f":hourglass_flowing_sand: setting router… to {describe_weights(rollout.desired)}")
     if rollout.status in STEERABLE and 0 <= rollout.step < len(strategy.steps):
         lines.append(step_words(strategy, rollout.step) + time_left(rollout, now))

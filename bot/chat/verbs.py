@@ -339,8 +339,9 @@ RUN_BUTTONS: dict[str, Callable[[str, Actor, str], Command]] = {
     block_kit.FAIL: lambda run, actor, why: FailRun(
         run_id=run, actor=actor, reason="marked failed from chat"
     ),
-    block_kit.PAUSE: lambda run, actor, why: PauseRun(run_id=run, actor=actor),
-    block_kit.RESUME: lambda run, actor, why: ResumeRun(run_id=run, actor=actor),
+    # (the rollout's Pause and Resume: refused for a run with no rollout under way)
+    block_kit.PAUSE: lambda run, actor, why: PauseRun(run_id=run, actor=actor, rollout=True),
+    block_kit.RESUME: lambda run, actor, why: ResumeRun(run_id=run, actor=actor, rollout=True),
     block_kit.ABORT: lambda run, actor, why: AbortRollout(run_id=run, actor=actor, reason=why.strip()),
 }
 

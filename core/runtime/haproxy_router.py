@@ -1,11 +1,13 @@
 """The haproxy router: server weights over the Runtime API (the admin socket).
 
 One command per connection: ``set server <backend>/<server> weight N`` for each server of both
-pools, then ``get weight <backend>/<server>`` (answered ``10 (initial 1)``) to read back what
-haproxy really runs with. No reload is needed, so no connection is dropped. haproxy weights go
-0-256 and a server at 0 takes no new traffic; a pool's percent is split among its servers so the
-pool gets its share whatever its size. Servers that gain weight are set first, so there is no
-moment with every server at 0. The socket needs ``level admin``::
+pools (each server's weight read first: a change refused halfway puts back the servers it had
+set, so a blue/green switch never stays half made), then ``get weight <backend>/<server>``
+(answered ``10 (initial 1)``) to read back what haproxy really runs with. No reload is needed,
+so no connection is dropped. haproxy weights go 0-256 and a server at 0 takes no new traffic; a
+pool's percent is split among its servers so the pool gets its share whatever its size. Servers
+that gain weight are set first, so there is no moment with every server at 0.
+The socket needs ``level admin``::
 
     global
         stats socket /run/haproxy/admin.sock mode 660 level admin
@@ -46,11 +48,17 @@ class HaproxyBackend:
         wanted = server_weights(
             self.definition.pools, check_weights(self.definition, weights), HAPROXY_MAX_WEIGHT
         )
+        changed: list[tuple[str, int]] = []  # (server, its weight before), in the order set
         async with self._within_timeout():
-            for server, weight in sorted(wanted.items(), key=lambda item: -item[1]):
-                answer = await self._ask(f"set server {self.haproxy.backend}/{server} weight {weight}")
-                if answer:
-                    raise RouterError(f"haproxy refused weight {weight} for {self._where(server)}: {answer}")
+            try:
+                for server, weight in sorted(wanted.items(), key=lambda item: -item[1]):
+                    before = await self._weight(server)
+                    await self._set(server, weight)
+                    changed.append((server, before))
+            except RouterError as exc:
+                # a change refused halfway (a blue/green switch: the new colour raised, the old
+                # one not yet lowered) is undone, so traffic stays where it was confirmed
+                raise RouterError(exc.message + await self._put_back(changed)) from None
         return await self.read()
 
     async def read(self) -> dict[str, int]:
@@ -58,14 +66,30 @@ class HaproxyBackend:
         async with self._within_timeout():
             for members in self.definition.pools.values():
                 for server in members:
-                    answer = await self._ask(f"get weight {self.haproxy.backend}/{server}")
-                    match = _WEIGHT.match(answer)
-                    if match is None:
-                        raise RouterError(
-                            f"haproxy has no weight for {self._where(server)}: {answer or 'no answer'}"
-                        )
-                    servers[server] = int(match.group(1))
+                    servers[server] = await self._weight(server)
         return pool_weights(self.definition.pools, servers)
+
+    async def _weight(self, server: str) -> int:
+        answer = await self._ask(f"get weight {self.haproxy.backend}/{server}")
+        match = _WEIGHT.match(answer)
+        if match is None:
+            raise RouterError(f"haproxy has no weight for {self._where(server)}: {answer or 'no answer'}")
+        return int(match.group(1))
+
+    async def _set(self, server: str, weight: int) -> None:
+        answer = await self._ask(f"set server {self.haproxy.backend}/{server} weight {weight}")
+        if answer:
+            raise RouterError(f"haproxy refused weight {weight} for {self._where(server)}: {answer}")
+
+    async def _put_back(self, changed: list[tuple[str, int]]) -> str:
+        """Set the servers ``changed`` back to their weights before; "" when that worked (or
+        nothing changed), else what is left as it was set, for the error."""
+        for server, weight in reversed(changed):
+            try:
+                await self._set(server, weight)
+            except RouterError as exc:
+                return f"; putting the servers changed before it back failed too: {exc.message}"
+        return ""
 
     @contextlib.asynccontextmanager
     async def _within_timeout(self) -> AsyncIterator[None]:

@@ -10,7 +10,15 @@ timed pause that came to its end is reported as ``AdvanceRollout``.
 
 On start it reconciles: every rollout under way has its router set to the recorded weights
 before it goes on (a process killed between recording and confirming, or a router changed by
-hand, is put right), so a restart or another replica resumes where the database says.
+hand, is put right), so a restart or another replica resumes where the database says. A router
+that does not answer then (restarted with Shipyard: nginx not running yet, haproxy's socket not
+up) is tried again every ``RETRY_EVERY_S`` for the router's ``resume_wait``, the rollout saying
+what it waits for (``NoteRouterWait``), before the rollout fails with the router's words; so is
+an abort's change (traffic back on stable protects users: a moment's refusal must not leave it
+on the canary).
+
+A change that overruns the router's timeout is not taken as failed blind: the router is read
+back (after nginx's ``settle``), and a change that took is confirmed as one.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,11 +35,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.commands import AdvanceRollout, ConfirmWeights, RunCommand
+from core.commands import AdvanceRollout, ConfirmWeights, NoteRouterWait, RunCommand
+from core.duration import format_duration
 from core.engine import Decision
 from core.environments import Environments
 from core.errors import DatabaseUnreachable
-from core.rollout import Rollout
+from core.rollout import Rollout, describe_weights
 from core.routing import RouterDef
 from core.runtime.clock import Clock, utcnow
 from core.runtime.routers import Router, RouterError, router_for
@@ -41,6 +51,10 @@ log = logging.getLogger(__name__)
 EVERY_S = 0.2
 #: a router's lease outlives its timeout by this much (then another process may drive it)
 LEASE_SLACK_S = 5.0
+#: how long reading a router back after a change that overran its timeout may take
+READ_BACK_S = 2.0
+#: how often a resumed rollout's router that does not answer is tried again
+RETRY_EVERY_S = 1.0
 
 
 class Active(Protocol):
@@ -108,6 +122,10 @@ class RolloutDriver:
         #: reconciling: their routers are set as their weights change (a replica that did not
         #: set them would only set them again)
         self._unreconciled: set[str] | None = None
+        #: resumed rollouts whose router did not answer: when the driver began waiting (its
+        #: monotonic clock) and when it tries again (by run id)
+        self._waiting: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -159,7 +177,8 @@ class RolloutDriver:
 
     async def _move_on(self, active: Active, done: Round) -> None:
         if self._needs_router(active):
-            await self._drive(active, done)
+            if self._retry_at.get(active.run_id, 0.0) <= time.monotonic():
+                await self._drive(active, done)
         elif self._pause_over(active):
             decision = await self.handle(AdvanceRollout(run_id=active.run_id))
             if decision.accepted:
@@ -186,7 +205,7 @@ class RolloutDriver:
     async def _drive(self, active: Active, done: Round) -> None:
         rollout = active.rollout
         definition = self.environments.policy(active.environment).routers.get(rollout.router)
-        timeout = definition.timeout if definition is not None else 10.0
+        timeout = definition.timeout + _settle(definition) + READ_BACK_S if definition is not None else 10.0
         now = self.clock()
         until = now + timedelta(seconds=timeout + LEASE_SLACK_S)
         if not await self.db(self.rollouts.hold, active.router_key, self.holder, now, until):
@@ -203,27 +222,21 @@ class RolloutDriver:
     async def _set(self, active: Active, definition: RouterDef | None, done: Round) -> None:
         rollout = active.rollout
         desired = dict(rollout.desired)
-        applied: dict[str, int] | None = None
-        error = ""
-        if definition is None:
-            error = f"{active.environment} has no router {rollout.router!r} configured now"
-        else:
-            router = self.routers(rollout.router, definition)
-            # setting what is set already changes nothing: no need to read first. The whole
-            # change (nginx: test, reload, settle) is bounded by the router's timeout, so it
-            # never outlives the lease that keeps other replicas off this router
-            try:
-                async with asyncio.timeout(definition.timeout):
-                    applied = await router.apply(desired)
-            except RouterError as exc:
-                error = exc.message
-            except TimeoutError:
-                error = f"the change did not finish within the router's timeout of {definition.timeout:g}s"
+        applied, error = await self._apply(active, definition, desired)
+        if not error and applied != desired:  # (the router said yes but applies something else)
+            error = f"it applies {describe_weights(applied)} instead of {describe_weights(desired)}"
+        why = self._retried(active) if error and definition is not None else None
+        if why is not None and definition is not None:
+            if await self._wait_more(active, definition, error, why):
+                return
+            error += f" (waited {definition.resume_wait:g}s for it to answer {why[1]})"
+        elif rollout.router_wait and not rollout.router_pending:
+            await self._note_wait(active, "")  # (it answers again)
+        self._waiting.pop(active.run_id, None)
+        self._retry_at.pop(active.run_id, None)
         if not rollout.router_pending and not error:
             self._put_right(active.run_id)
             done.reconciled.append(active.run_id)
-            if applied != dict(rollout.applied or {}):
-                log.warning("router %s was not at %s; set it back", rollout.router, desired)
             return
         command = ConfirmWeights(run_id=active.run_id, desired=desired, applied=applied, error=error)
         decision = await self.handle(command)
@@ -235,6 +248,86 @@ class RolloutDriver:
         else:
             log.info("router report for %s refused: %s", active.run_id, decision.reason)
 
+    async def _apply(
+        self, active: Active, definition: RouterDef | None, desired: dict[str, int]
+    ) -> tuple[dict[str, int] | None, str]:
+        """Set the router to ``desired``: what it applies then, and the error if it failed."""
+        if definition is None:
+            return None, f"{active.environment} has no router {active.rollout.router!r} configured now"
+        router = self.routers(active.rollout.router, definition)
+        # setting what is set already changes nothing: no need to read first. The whole change
+        # (nginx: test, reload, settle) is bounded by the router's timeout, so it never outlives
+        # the lease that keeps other replicas off this router
+        try:
+            async with asyncio.timeout(definition.timeout):
+                return await router.apply(desired), ""
+        except RouterError as exc:
+            return None, exc.message
+        except TimeoutError:
+            return await self._read_back(router, definition, desired)
+
+    async def _read_back(
+        self, router: Router, definition: RouterDef, desired: dict[str, int]
+    ) -> tuple[dict[str, int] | None, str]:
+        """A change that overran the timeout may still have taken (an nginx reload that went
+        through, cut short in its settle): read what the router applies, after the settle, and
+        call it failed only when that is not ``desired``."""
+        over = f"the change did not finish within the router's timeout of {definition.timeout:g}s"
+        try:
+            await asyncio.sleep(_settle(definition))
+            async with asyncio.timeout(min(definition.timeout, READ_BACK_S)):
+                applied = await router.read()
+        except (RouterError, TimeoutError):
+            return None, over
+        if applied != desired:
+            return applied, over  # (the engine says what it applies: the traffic now)
+        log.warning("router change to %s overran its timeout but took", describe_weights(desired))
+        return applied, ""
+
+    def _retried(self, active: Active) -> tuple[str, str] | None:
+        """Why a change that failed is tried again for the router's ``resume_wait`` (for the
+        rollout's note, and for its reason once given up), or None: a resumed rollout (its router
+        may be restarting with Shipyard), and an abort (traffic back on stable protects users:
+        a moment's refusal must not leave it on the canary)."""
+        if active.run_id in (self._unreconciled or ()):
+            return "Shipyard restarted", "after a restart"
+        if active.rollout.status is RolloutStatus.ABORTING:
+            return f"the abort puts all traffic back on {active.rollout.pools[0]}", "during the abort"
+        return None
+
+    async def _wait_more(
+        self, active: Active, definition: RouterDef, error: str, why: tuple[str, str]
+    ) -> bool:
+        """A resumed or aborting rollout's router did not answer: True while it is given more
+        time (the rollout says what it waits for), False once ``resume_wait`` is over."""
+        now = time.monotonic()
+        began = self._waiting.get(active.run_id)
+        if began is None:
+            began = self._waiting[active.run_id] = now
+            until = self.clock() + timedelta(seconds=definition.resume_wait)
+            await self._note_wait(
+                active,
+                f"waiting for router {active.rollout.router} to answer before the rollout goes on "
+                f"({why[0]}; up to {format_duration(definition.resume_wait)}, until "
+                f"{until:%H:%M:%S} UTC): {error}",
+            )
+        if now - began >= definition.resume_wait:
+            return False
+        self._retry_at[active.run_id] = now + RETRY_EVERY_S
+        log.info("router %s does not answer yet (%s); trying again", active.rollout.router, error)
+        return True
+
+    async def _note_wait(self, active: Active, waiting: str) -> None:
+        command = NoteRouterWait(run_id=active.run_id, desired=dict(active.rollout.desired), waiting=waiting)
+        decision = await self.handle(command)
+        if not decision.accepted:
+            log.info("router wait of %s not noted: %s", active.run_id, decision.reason)
+
     def _put_right(self, run_id: str) -> None:
         if self._unreconciled is not None:
             self._unreconciled.discard(run_id)
+
+
+def _settle(definition: RouterDef | None) -> float:
+    """How long the router takes to serve a change it accepted (nginx's ``settle``)."""
+    return definition.nginx.settle if definition is not None and definition.nginx is not None else 0.0

@@ -122,3 +122,30 @@ async def test_promoting_fully_before_the_switch_switches_before_the_old_colour_
     done = await api.wait(run["id"], timeout=30)
     assert done["status"] == "succeeded", done["reason"]
     assert done["rollout"]["status"] == "promoted"
+
+
+async def test_a_scale_down_that_fails_after_the_switch_leaves_traffic_on_the_new_colour(
+    db_url: str, start_api: StartApi, haproxy: Haproxy
+) -> None:
+    """The switch went through and its checks passed; then the job retiring the old colour
+    fails (it may have torn part of it down). Switching all traffic back to that colour would
+    send users to what is being retired: the new colour keeps serving, the run fails saying so,
+    and the next release goes on the old colour."""
+    failing = _pipeline("site").replace(
+        'run: "echo retired=$SHIPYARD_ROLLOUT_RETIRED >> $SHIPYARD_OUTPUT"',
+        'run: "echo half gone >&2; exit 3"',
+    )
+    api = await start_api(db_url, {"site": failing}, environments=_environments(haproxy))
+    async with Load(haproxy.port) as load:
+        run = await api.trigger("site", parameters={"version": "2.0.0"})
+        failed = await api.wait(run["id"], timeout=30)
+    assert failed["status"] == "failed", failed["reason"]
+    assert _jobs(failed)["retire"]["status"] == "failed"  # (the fault this test is about)
+    assert "retire" in failed["reason"] and "green serves all traffic" in failed["reason"], failed["reason"]
+    assert failed["rollout"]["applied"] == {"blue": 0, "green": 100}, failed["rollout"]
+    assert load.tally.failures == [], load.tally.failures[:3]
+    assert (await send(haproxy.port, 200)).share("canary") == 100  # green serves still
+
+    again = await api.trigger("site", parameters={"version": "3.0.0"})
+    await api.wait(again["id"], timeout=30)
+    assert _jobs(await api.run(again["id"]))["deploy"]["outputs"] == {"pool": "blue"}

@@ -15,7 +15,7 @@ from typing import Any
 from core.runtime.routers import router_for
 from tests.api.conftest import Api, StartApi, assert_problem, parse_sse
 from tests.api.test_web import Browser, web_page
-from tests.pipelines import APPROVER_PAUSE, VERSION_PARAMETER, built_and_deployed, canary
+from tests.pipelines import APPROVER_PAUSE, VERSION_PARAMETER, built_and_deployed, canary, one_job
 from tests.prometheus import Prometheus
 from tests.routing import Nginx, send
 
@@ -215,6 +215,10 @@ async def test_a_change_nginx_refuses_fails_the_rollout_with_nginx_words_and_tra
     assert done["reason"].endswith("no weights were confirmed yet: traffic stays as the router had it")
     assert _rollout(done)["status"] == "failed"
     assert await _share(nginx) == 0  # still all on stable, as nginx had it
+    # the web view does not show the weights asked for as if they were the traffic
+    page = await web_page(api, f"/ui/runs/web/{run['number']}")
+    assert "it has confirmed no weights of this rollout" in page
+    assert "canary 10 %" not in page and "stable 90 %" not in page
 
 
 def _analyses(api: Api) -> list[Any]:
@@ -469,4 +473,149 @@ async def test_an_analysis_that_fails_while_the_run_is_paused_still_puts_traffic
     assert done["status"] == "failed", done
     assert done["reason"].startswith("analysis at step 2 (canary at 10%) failed: "), done["reason"]
     assert _rollout(done)["status"] == "aborted"
+    assert weights.read_text().split() == ["stable=90,canary=10", "stable=100,canary=0"]
+
+
+async def test_pausing_the_rollout_of_a_run_without_one_is_refused_and_the_run_goes_on(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """``rollout/pause`` is the rollout's control: on a run with no rollout it is a 409 saying
+    so, not a pause of the run (that is ``/runs/{run}/pause``)."""
+    gate = tmp_path / "go"
+    api = await start_api(db_url, {"plain": one_job("plain", f'"while [ ! -f {gate} ]; do sleep 0.1; done"')})
+    run = await api.trigger("plain")
+    await api.wait(run["id"], lambda r: r["status"] == "running", timeout=30)
+    for verb in ("pause", "resume"):
+        refused = await api.post(f"/runs/{run['id']}/rollout/{verb}", who="deployer", json={})
+        assert_problem(refused, 409, f"{run['ref']} has no rollout", "none of its stages")
+    assert (await api.run(run["id"]))["status"] == "running"  # not paused
+    gate.touch()
+    assert (await api.wait(run["id"], timeout=30))["status"] == "succeeded"
+
+
+async def test_a_reload_that_took_but_overran_the_timeout_in_its_settle_is_confirmed(
+    db_url: str, start_api: StartApi, nginx: Nginx
+) -> None:
+    """nginx tested and reloaded the new weights; only its settle ran past the router's timeout.
+    Read back after the settle, the weights are what the rollout wanted: confirmed, not failed."""
+    environments = _environments(nginx)
+    router = environments["production"]["routers"]["web"]
+    router["timeout"] = 1.0
+    router["nginx"]["settle"] = 2.0  # (nginx -t and the reload take far less than the 1s)
+    pipeline = canary("web", ["set_weight: 30", APPROVER_PAUSE], head=VERSION_PARAMETER)
+    api = await start_api(db_url, {"web": pipeline}, environments=environments)
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    waiting = await api.wait(run["id"], lambda r: r["status"] != "running", timeout=30)
+    assert waiting["status"] == "waiting", waiting["reason"]
+    assert _rollout(waiting)["applied"] == {"stable": 70, "canary": 30}
+    assert abs(await _share(nginx) - 30) <= 3
+
+    # the change did overrun the timeout: confirmed over a second after it was asked for
+    events = await api.db(lambda: api.store.events_after(0, limit=5000, run_id=run["id"]))
+    asked = next(e for e in events if e.name == "rollout.step")
+    applied = next(e for e in events if e.name == "rollout.weights_applied")
+    assert (applied.at - asked.at).total_seconds() > 1.0, (asked.at, applied.at)
+
+
+async def test_a_run_paused_while_its_router_is_set_takes_no_further_step_until_it_resumes(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """The router is being set to 10 % when the run is paused: the change finishes (it is
+    confirmed), but the rollout takes no next step, so no traffic moves, until the run resumes."""
+    weights, gate = tmp_path / "w", tmp_path / "go"
+    slow = {  # (each change waits for ``go`` to exist, so the test pauses the run mid-change)
+        "command": [
+            "sh",
+            "-c",
+            f'while [ ! -f {gate} ]; do sleep 0.05; done; echo "$SHIPYARD_ROUTER_WEIGHTS" >> {weights}',
+        ],
+        "pools": {"stable": ["a"], "canary": ["b"]},
+    }
+    pipeline = canary("web", ["set_weight: 10", "set_weight: 50"], head=VERSION_PARAMETER)
+    api = await start_api(db_url, {"web": pipeline}, environments={"production": {"routers": {"web": slow}}})
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(
+        run["id"], lambda r: (r["rollout"] or {}).get("desired", {}).get("canary") == 10, timeout=30
+    )
+    assert (await api.post(f"/runs/{run['id']}/pause", who="deployer", json={})).status == 200
+    gate.touch()
+
+    held = await api.wait(run["id"], lambda r: _rollout(r)["applied"] is not None, timeout=30)
+    assert held["status"] == "paused" and _rollout(held)["applied"] == {"stable": 90, "canary": 10}
+    await asyncio.sleep(1.5)  # (time for a next change, had one been asked for)
+    still = await api.run(run["id"])
+    assert _rollout(still)["desired"] == {"stable": 90, "canary": 10}, _rollout(still)
+    assert weights.read_text().split() == ["stable=90,canary=10"]  # no traffic moved while paused
+
+    assert (await api.post(f"/runs/{run['id']}/resume", who="deployer", json={})).status == 200
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "succeeded", done["reason"]
+    assert weights.read_text().split() == [
+        "stable=90,canary=10",
+        "stable=50,canary=50",
+        "stable=100,canary=0",
+    ]
+
+
+async def test_a_router_that_applies_other_weights_fails_the_rollout_saying_what_it_applies(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """The router takes 10 %, then, asked for 50 %, reads back 30 % (it rounds, or someone else
+    set it): the rollout fails, and what it says about traffic is what the router read back,
+    not the 10 % confirmed before."""
+    script = tmp_path / "router.sh"
+    script.write_text(
+        '#!/bin/sh\nif [ "$SHIPYARD_ROUTER_WEIGHTS" = "stable=50,canary=50" ]; '
+        'then echo stable=70,canary=30; else echo "$SHIPYARD_ROUTER_WEIGHTS"; fi\n'
+    )
+    script.chmod(0o755)
+    router = {"command": [str(script)], "pools": {"stable": ["a"], "canary": ["b"]}}
+    pipeline = canary("web", ["set_weight: 10", "set_weight: 50"], head=VERSION_PARAMETER, abort=None)
+    api = await start_api(
+        db_url, {"web": pipeline}, environments={"production": {"routers": {"web": router}}}
+    )
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "failed"
+    assert done["reason"] == (
+        "router web failed: it applies stable 70 / canary 30 instead of stable 50 / canary 50; "
+        "traffic is at stable 70 / canary 30 (read back from the router)"
+    ), done["reason"]
+    assert _rollout(done)["applied"] == {"stable": 70, "canary": 30}
+
+
+async def test_an_abort_whose_router_refuses_for_a_moment_is_retried_until_traffic_is_back(
+    db_url: str, start_api: StartApi, tmp_path: Path
+) -> None:
+    """The router refuses the abort's change for a moment (a load balancer's API blips): the
+    abort is tried again, saying what it waits for, instead of failing with traffic left on the
+    canary; once the router takes it, traffic is back on stable and the run ends canceled."""
+    weights, down = tmp_path / "w", tmp_path / "down"
+    script = tmp_path / "router.sh"
+    script.write_text(
+        f"#!/bin/sh\nif [ -e {down} ]; then echo 'lb-api: 503' >&2; exit 1; fi\n"
+        f'echo "$SHIPYARD_ROUTER_WEIGHTS" >> {weights}\n'
+    )
+    script.chmod(0o755)
+    router = {"command": [str(script)], "pools": {"stable": ["a"], "canary": ["b"]}, "resume_wait": "1m"}
+    api = await start_api(
+        db_url, {"web": CONTROLLED}, environments={"production": {"routers": {"web": router}}}
+    )
+    run = await api.trigger("web", parameters={"version": "2.0.0"})
+    await api.wait(run["id"], lambda r: (r["rollout"] or {}).get("step") == 2, timeout=30)
+    down.touch()
+    aborted = await api.post(f"/runs/{run['id']}/rollout/abort", who="deployer", json={"reason": "bad"})
+    assert aborted.status == 200, aborted.json
+
+    waiting = await api.wait(run["id"], lambda r: _rollout(r)["router_wait"] != "", timeout=30)
+    assert waiting["status"] == "running" and _rollout(waiting)["status"] == "aborting", waiting["reason"]
+    said = _rollout(waiting)["router_wait"]
+    assert "the abort puts all traffic back on stable" in said and "lb-api: 503" in said, said
+    await asyncio.sleep(1.5)  # (tried again meanwhile, and still not given up)
+    assert (await api.run(run["id"]))["status"] == "running"
+    down.unlink()
+
+    done = await api.wait(run["id"], timeout=30)
+    assert done["status"] == "canceled", done["reason"]
+    assert _rollout(done)["applied"] == {"stable": 100, "canary": 0} and _rollout(done)["router_wait"] == ""
     assert weights.read_text().split() == ["stable=90,canary=10", "stable=100,canary=0"]

@@ -359,3 +359,79 @@ def test_a_router_that_fails_its_first_change_fails_the_run_with_its_words(
         "no weights were confirmed yet: traffic stays as the router had it"
     ), failed.run.reason
     assert not count.exists()
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_a_router_restarted_with_shipyard_is_waited_for_and_the_rollout_goes_on(
+    kind: str,
+    request: pytest.FixtureRequest,
+    db_url: str,
+    make_service: Callable[..., Service],
+    tmp_path: Path,
+    servers: list[Server],
+) -> None:
+    """Shipyard and its router restart together: the router does not answer when the rollout is
+    resumed (nginx not running, so its reload fails; haproxy's socket not up). Its weights were
+    fine: the rollout says what it waits for, tries again, and goes on once the router is back
+    (set again to the recorded weights), instead of failing."""
+    router_process: Nginx | Haproxy = request.getfixturevalue(kind)
+    if isinstance(router_process, Nginx):
+        router = _nginx_router(router_process, timeout="2s")
+    else:
+        router = {**router_process.router().model_dump(mode="json", exclude_none=True), "timeout": "2s"}
+    config = _environments({**router, "resume_wait": "60s"})
+    steps = ["set_weight: 30", "pause: {duration: 20s}", "set_weight: 70"]
+    server, svc, run_id, count = _start(tmp_path, db_url, config, steps, servers, make_service)
+    _paused(svc, run_id)
+    _kill(server)
+    router_process.stop()
+
+    server = _restart(server, tmp_path, db_url, config, servers)
+    waiting = _rollout(
+        svc, run_id, lambda r: r.router_wait != "", "the rollout to say it waits for its router"
+    )
+    assert waiting.router_wait.startswith("waiting for router web to answer before the rollout goes on"), (
+        waiting
+    )
+    assert "up to 1m" in waiting.router_wait, waiting.router_wait
+    shown = _run_json(server, run_id)
+    assert shown["status"] == "running", shown["reason"]
+    assert shown["rollout"]["router_wait"] == waiting.router_wait
+    time.sleep(2)  # (tried again meanwhile: still waiting, not failed)
+    assert svc.find_run(run_id).run.status is RunStatus.RUNNING  # type: ignore[union-attr]
+
+    router_process.start()  # back, with its own configuration's weights (all on stable)
+    back = _rollout(svc, run_id, lambda r: r.router_wait == "", "the rollout to stop waiting")
+    assert back.step == 1 and dict(back.applied or {}) == {"stable": 70, "canary": 30}
+    assert abs(_share(router_process) - 30) <= 5  # set again to the recorded weights
+    _finished_once(svc, run_id, count)
+    assert _applied(svc, run_id) == [30, 70, 0]
+
+
+def test_a_router_that_stays_away_after_a_restart_fails_the_rollout_once_its_wait_is_over(
+    db_url: str, make_service: Callable[..., Service], tmp_path: Path, servers: list[Server]
+) -> None:
+    down = tmp_path / "router-down"
+    script = tmp_path / "router.sh"
+    script.write_text(
+        f"#!/bin/sh\nif [ -e {down} ]; then echo 'lb-api: connection refused' >&2; exit 1; fi\n"
+    )
+    script.chmod(0o755)
+    router = {"command": [str(script)], "pools": {"stable": ["old"], "canary": ["new"]}, "resume_wait": "3s"}
+    config = _environments(router)
+    server, svc, run_id, count = _start(tmp_path, db_url, config, _PAUSE, servers, make_service)
+    _paused(svc, run_id)
+    _kill(server)
+    down.touch()
+
+    _restart(server, tmp_path, db_url, config, servers)
+    failed = _ended(svc, run_id)
+    assert failed.run.status is RunStatus.FAILED
+    assert failed.run.reason == (
+        f"router web failed: {script} exited with 1: lb-api: connection refused "
+        "(waited 3s for it to answer after a restart); "
+        "traffic stays at stable 70 / canary 30 (last confirmed)"
+    ), failed.run.reason
+    rollout = failed.stages[0].rollout
+    assert rollout is not None and rollout.router_wait == ""
+    assert not count.exists()

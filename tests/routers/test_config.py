@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from bot.config import ConfigError, load_settings
-from core.environments import EnvironmentPolicy
+from core.environments import EnvironmentPolicy, Environments
 from core.routing import (
     InvalidWeights,
     RouterDef,
@@ -236,3 +236,26 @@ def test_read_back_rounds_to_whole_percents_summing_to_100() -> None:
 )
 def test_weights_as_text(text: str, weights: dict[str, int] | None) -> None:
     assert parse_weights(text) == weights
+
+
+@pytest.mark.parametrize(
+    "router",
+    [
+        {"nginx": {"include": "/etc/nginx/shipyard/web.conf", "upstream": "web"}, "pools": POOLS},
+        {"haproxy": HAPROXY, "pools": POOLS},
+    ],
+)
+def test_two_environments_cannot_drive_one_router(router: dict[str, Any]) -> None:
+    """staging and production each lease and drive their own router: were both the same nginx
+    include (or haproxy backend), two rollouts at once would overwrite each other's weights."""
+    with pytest.raises(ValidationError) as refused:
+        Environments.model_validate(
+            {"staging": {"routers": {"web": router}}, "production": {"routers": {"site": router}}}
+        )
+    assert "staging.routers.web and production.routers.site both drive" in str(refused.value)
+    other = {**router, "pools": {"blue": ["x"], "green": ["y"]}}
+    with pytest.raises(ValidationError) as again:
+        Environments.model_validate({"production": {"routers": {"a": router, "b": other}}})
+    assert "production.routers.a and production.routers.b both drive" in str(again.value)
+    alone = Environments.model_validate({"staging": {"routers": {"web": router}}})
+    assert "web" in alone.policy("staging").routers

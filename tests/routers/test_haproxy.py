@@ -109,3 +109,20 @@ async def test_a_large_pool_beside_a_small_one_gets_its_weight_within_haproxys_l
         tally = await send(haproxy.port, 2000)
         assert tally.failures == []
         assert abs(tally.share("canary") - 87) <= 3, tally.versions
+
+
+async def test_a_switch_refused_halfway_puts_back_the_servers_it_had_set(haproxy: Haproxy) -> None:
+    """A blue/green switch raises the new pool first, then lowers the old one; haproxy refuses a
+    server of the old pool. Had the servers set before the refusal stayed set, all traffic would
+    be on the canary while the rollout says it stays where it was."""
+    pools = {"stable": ["stable", "ghost"], "canary": ["canary"]}
+    router = router_for("web", haproxy.router(pools))
+    with pytest.raises(RouterError) as refused:
+        await router.apply({"stable": 0, "canary": 100})
+    assert (
+        "server ghost of backend web" in refused.value.message and "No such server." in refused.value.message
+    )
+    assert "putting" not in refused.value.message  # (put back without trouble)
+    assert await router_for("web", haproxy.router()).read() == {"stable": 100, "canary": 0}
+    tally = await send(haproxy.port, 300)
+    assert tally.failures == [] and tally.versions == {"stable": 300}, tally

@@ -8,15 +8,18 @@ given count as applied): the served app's router driver confirms each step's wei
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.slack import notifier
 from core.access import Role
-from tests.pipelines import APPROVER_PAUSE, canary
+from tests.pipelines import APPROVER_PAUSE, canary, one_job
 from tests.slack import signing
-from tests.slack.harness import ALICE, BOB, Bot, StartBot, button, buttons_of, until
+from tests.slack.harness import ALICE, BOB, CAROL, Bot, StartBot, button, buttons_of, until
 
 CANARY = canary(
     "web",
@@ -135,7 +138,10 @@ async def test_promote_and_abort_verbs(start_bot: StartBot) -> None:
     assert mine["response_type"] == "ephemeral" and "triggered" in mine["text"], mine
     said = await bot.say(BOB, f"promote-canary {ref} looks fine")
     assert said["response_type"] == "in_channel", said
-    assert said["text"] == f"<@{BOB}> promoted {ref} (wants stable 50 / canary 50): looks fine"
+    assert said["text"] == (
+        f"<@{BOB}> promoted {ref} past step 2 of 4 (pause until a person promotes), "
+        "now wanting stable 50 / canary 50: looks fine"
+    )
     await bot.until_status(ref, "running")
 
     aborted = await bot.say(ALICE, f'abort {ref} "latency is off"')
@@ -213,3 +219,85 @@ async def test_a_second_promote_press_on_the_same_pause_does_not_skip_the_analys
     assert "moved on to step 3 of 4" in fully["text"], fully
     by = [e for e in bot.events(ref) if e.name == "rollout.promoted_by"]
     assert len(by) == 1
+
+
+async def test_the_rollout_pause_button_of_a_run_without_a_rollout_is_refused(
+    start_bot: StartBot, tmp_path: Path
+) -> None:
+    """A Pause from a rollout's message (an old message, or a value made by hand) on a run with no
+    rollout is refused to the presser; the run is not paused."""
+    gate = tmp_path / "go"
+    bot = await start_bot({"plain": one_job("plain", f'"while [ ! -f {gate} ]; do sleep 0.1; done"')}, GRANTS)
+    ref = await bot.trigger(ALICE, "run plain")
+    state = await bot.until_status(ref, "running")
+    value = json.dumps({"run": state.run.id})
+    for action in ("run_pause", "run_resume"):
+        refused = await bot.answer(ALICE, action, value)
+        assert refused["response_type"] == "ephemeral", refused
+        assert f"{ref} has no rollout: none of its stages" in refused["text"], refused
+    assert bot.run(ref).run.status == "running"
+    gate.touch()
+    await bot.until_status(ref, "succeeded")
+
+
+async def test_two_typed_promotes_at_one_pause_promote_it_once(start_bot: StartBot) -> None:
+    """``/deploy promote-canary <run>`` names no step: it takes the step the rollout is at when
+    the line is read, and only a step that waits for a person. Two approvers typing it at the
+    same pause (at once, or one after the other) promote the pause once; the analysis after it
+    is cut short only by naming its step."""
+    analysis = "analysis: {checks: [smoke], duration: 10m}"
+    paused = canary("web", ["set_weight: 10", APPROVER_PAUSE, analysis, "set_weight: 100"])
+    environments = {
+        "production": {**ROUTED["production"], "checks": {"smoke": {"command": ["true"], "interval": "1s"}}}
+    }
+    grants = {**GRANTS, CAROL: [Role.APPROVER]}
+    bot = await start_bot({"web": paused}, grants, environments=environments)
+    ref = await bot.trigger(ALICE, "run web")
+    await bot.until_status(ref, "waiting")
+
+    answers = await asyncio.gather(
+        bot.say(BOB, f"promote-canary {ref} ship it"), bot.say(CAROL, f"promote-canary {ref}")
+    )
+    public = [a for a in answers if a["response_type"] == "in_channel"]
+    assert len(public) == 1, answers
+    assert "past step 2 of 4 (pause until a person promotes)" in public[0]["text"], public
+    refused = next(a for a in answers if a["response_type"] == "ephemeral")
+    assert "nothing was promoted" in refused["text"], refused
+    late = await bot.say(CAROL, f"promote-canary {ref}")  # (typed after the first went through)
+    assert late["response_type"] == "ephemeral", late
+    assert "step 3 of 4 (analysis of smoke for 10m), which waits for no one" in late["text"], late
+    assert f"promote-canary {ref} step=3" in late["text"], late
+    rollout = bot.run(ref).stages[0].rollout
+    assert rollout is not None and rollout.step == 2 and rollout.analysis is not None
+    assert len([e for e in bot.events(ref) if e.name == "rollout.promoted_by"]) == 1
+
+    stale = await bot.say(CAROL, f"promote-canary {ref} step=2")
+    assert stale["response_type"] == "ephemeral" and "moved on to step 3 of 4" in stale["text"], stale
+    wrong = await bot.say(CAROL, f"promote-canary {ref} step=two")
+    assert wrong["response_type"] == "ephemeral", wrong
+    assert "`two` is not a step" in wrong["text"] and "step=2" in wrong["text"], wrong
+    named = await bot.say(CAROL, f"promote-canary {ref} step 3 measured enough")
+    assert named["response_type"] == "in_channel", named
+    assert named["text"].startswith(f"<@{CAROL}> promoted {ref} past step 3 of 4 (analysis of smoke for 10m)")
+    assert named["text"].endswith(": measured enough"), named
+    await bot.until_status(ref, "succeeded")
+    assert len([e for e in bot.events(ref) if e.name == "rollout.promoted_by"]) == 2
+
+
+async def test_a_router_that_confirmed_nothing_shows_no_weights_as_traffic(start_bot: StartBot) -> None:
+    """The router refuses the first change: the rollout fails with traffic where the router had
+    it. The run's message says so, and does not draw the refused weights as the traffic."""
+    refusing = {
+        "command": ["sh", "-c", "echo 'lb-api: 503' >&2; exit 1"],
+        "pools": {"stable": ["a"], "canary": ["b"]},
+    }
+    bot = await start_bot(
+        {"web": CANARY}, GRANTS, environments={"production": {"routers": {"web": refusing}}}
+    )
+    ref = await bot.trigger(ALICE, "run web")
+    await bot.until_status(ref, "failed")
+    ts = (await bot.run_post(ref)).response["ts"]
+    message = await _shows(bot, ts, "lb-api: 503", "traffic stays as the router had it")
+    text = _text(message)
+    assert "it has confirmed no weights of this rollout" in text, text
+    assert "canary 10" not in text and "▯" not in text, text
