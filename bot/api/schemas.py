@@ -109,25 +109,23 @@ class CancelIn(Strict):
     reason: str = Field("", max_length=1000)
 
 
+def _whole(value: Any) -> Any:
+    """JSON Schema counts ``2.0`` as an integer, so a client may send one; strict mode would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class VerificationIn(Strict):
     """A person's verdict on a deployment being verified."""
 
     #: ``passed``: it looks good (not by who triggered the run); ``failed``: roll it back
     verdict: Literal["passed", "failed"]
     reason: str = Field("", max_length=1000)
-    stage: int | None = Field(
+    stage: Annotated[int, Field(ge=0, le=999), BeforeValidator(_whole)] | None = Field(
         None,
-        ge=0,
-        le=999,
         description="the index of the stage whose verification you judged (the run's "
         "stages[].index): refused with 409 once that verification ended, so a verdict on staging "
         "never ends production's; omitted: whichever stage is verified now",
     )
-
-
-def _whole(value: Any) -> Any:
-    """JSON Schema counts ``2.0`` as an integer, so a client may send one; strict mode would not."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class PromoteIn(Strict):
