@@ -1,26 +1,21 @@
 """Schedules through the REST API, fired by the clock at given times (no real minutes pass):
-CRUD, ownership, misfires, exactly-once with two replicas on PostgreSQL."""
+CRUD, ownership and misfires (two replicas: test_schedules_scale.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot import scheduler
 from bot.app import CLOCK
-from bot.backend import Backend
 from bot.scheduler import ScheduleLoop
 from core import schedule as schedule_module
-from core.access import Role
 from core.schedule import Due, due, next_fire
 from storage.directory import Directory
-from storage.schedules import ScheduleStore
 from tests.api.conftest import Api, assert_problem
-from tests.factory import make_shipyard
 from tests.pipelines import one_job
 
 
@@ -144,57 +139,6 @@ async def test_catching_up_on_a_long_downtime_is_worked_out_off_the_event_loop(
     assert on_loop == [False]
     (audit,) = (await lite.get("/audit?action=schedule_missed", "admin")).json["items"]  # not 10,000
     assert audit["reason"].startswith("missed more than 10000 fires")
-
-
-@pytest.mark.postgres
-async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
-    pg_url: str, tmp_path: Path
-) -> None:
-    yards, clocks = [], []
-    for i in range(2):
-        shipyard = make_shipyard(
-            pg_url,
-            tmp_path,
-            {"tick": one_job("tick")},
-            with_runner=False,
-            work_dir=tmp_path / f"w{i}",
-            runner_capacity=0,
-        )
-        await shipyard.start()
-        backend = Backend()
-        backend.bind(shipyard)
-        yards.append((shipyard, backend))
-        clocks.append(ScheduleLoop(backend, "scheduler"))
-    try:
-        store = yards[0][0].store
-        Directory(store).grant("scheduler", "role", str(Role.DEPLOYER), datetime.now(UTC))
-        schedule_store = ScheduleStore(store)
-        start = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
-        for _ in range(50):
-            schedule_store.new(
-                pipeline="tick",
-                cron="*/5 * * * *",
-                timezone="UTC",
-                parameters={},
-                owner="scheduler",
-                source="api",
-                grace_s=3600,
-                next_fire_at=start,
-                now=start,
-            )
-        for occurrence in range(4):
-            at = start + timedelta(minutes=5 * occurrence, seconds=1)
-            results = await asyncio.gather(*(c.tick(at) for c in clocks), *(c.tick(at) for c in clocks))
-            fired = [f for r in results for f in r if f.run_ref]
-            assert len(fired) == 50, f"occurrence {occurrence}: {len(fired)} fires"
-        runs = yards[0][0].store.list_runs("tick", limit=1000)
-        assert len(runs) == 200
-        keys = {r.run.idempotency_key for r in runs}
-        assert len(keys) == 200 and all(k and k.startswith("schedule:") for k in keys)
-    finally:
-        for shipyard, backend in yards:
-            await backend.close()
-            await shipyard.stop()
 
 
 async def test_schedules_declared_in_a_pipeline_follow_its_definition(lite: Api) -> None:

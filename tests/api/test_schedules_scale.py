@@ -414,3 +414,34 @@ async def test_a_stop_lets_the_beat_under_way_finish_instead_of_cutting_it_short
     await ticking.stop()
     assert finished == [None]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.postgres
+async def test_two_replicas_fire_every_occurrence_of_50_schedules_exactly_once(
+    replicas: list[Clock],
+) -> None:
+    first = replicas[0]
+    Directory(first.shipyard.store).grant("scheduler", "role", str(Role.DEPLOYER), datetime.now(UTC))
+    loops = [replica.schedule_loop() for replica in replicas]
+    start = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    for _ in range(50):
+        first.schedule_store.new(
+            pipeline="tick",
+            cron="*/5 * * * *",
+            timezone="UTC",
+            parameters={},
+            owner="scheduler",
+            source="api",
+            grace_s=3600,
+            next_fire_at=start,
+            now=start,
+        )
+    for occurrence in range(4):
+        at = start + timedelta(minutes=5 * occurrence, seconds=1)
+        results = await asyncio.gather(*(c.tick(at) for c in loops), *(c.tick(at) for c in loops))
+        fired = [f for r in results for f in r if f.run_ref]
+        assert len(fired) == 50, f"occurrence {occurrence}: {len(fired)} fires"
+    runs = first.shipyard.store.list_runs("tick", limit=1000)
+    assert len(runs) == 200
+    keys = {r.run.idempotency_key for r in runs}
+    assert len(keys) == 200 and all(k and k.startswith("schedule:") for k in keys)
