@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from bot.api.gateway import ApiGateway
 from bot.api.schemas import DeploymentOut
-from bot.chat.health import said
 from core.analysis import EnvironmentHealth, Health
 from core.dora import (
     DEFAULT_WINDOW,
@@ -48,10 +47,6 @@ class Row:
     #: the environment after it on the promotion path
     next: str | None
     locked: bool
-
-
-def _health_words(health: EnvironmentHealth | None) -> str:
-    return said(health) if health is not None else "no health checks"
 
 
 async def rows(g: ApiGateway, at: datetime) -> list[Row]:
