@@ -50,7 +50,10 @@ class ScheduleOut(BaseModel):
     owner: str
     source: str
     grace_seconds: float
-    next_fire_at: datetime
+    next_fire_at: datetime | None = Field(
+        description="when it fires next; null while it is paused (a resume fires from the next "
+        "time after the resume: what it missed meanwhile does not run)"
+    )
     created_at: datetime
     paused: bool = Field(description="true: it does not fire until resumed")
     paused_reason: str | None = Field(
@@ -71,7 +74,7 @@ class ScheduleOut(BaseModel):
             owner=s.owner,
             source=s.source,
             grace_seconds=s.grace_s,
-            next_fire_at=s.next_fire_at,
+            next_fire_at=None if s.paused_reason else s.next_fire_at,
             created_at=s.created_at,
             paused=bool(s.paused_reason),
             paused_reason=s.paused_reason or None,

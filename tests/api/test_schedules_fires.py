@@ -169,6 +169,7 @@ async def test_a_persons_schedule_of_an_archived_pipeline_is_paused_shown_and_re
 
     (listed,) = (await lite.get("/schedules")).json["items"]
     assert listed["paused"] is True and "pipeline 'quick' is archived" in listed["paused_reason"]
+    assert listed["next_fire_at"] is None  # (not the night that was not fired)
     assert (await lite.get(f"/schedules/{made['id']}")).json["paused_reason"] == listed["paused_reason"]
     audit = (await lite.get("/audit?limit=100", "admin")).json["items"]
     assert [e["action"] for e in audit].count("schedule_paused") == 1
@@ -194,6 +195,7 @@ async def test_a_schedule_is_paused_and_resumed_by_its_owner_over_rest(lite: Api
     assert_problem(await lite.post(f"/schedules/{made['id']}/pause", "deployer2"), 403, "belongs to deployer")
     paused = await lite.post(f"/schedules/{made['id']}/pause", "deployer")
     assert paused.status == 200 and paused.json["paused_reason"] == "paused by deployer"
+    assert paused.json["next_fire_at"] is None
     assert_problem(await lite.post(f"/schedules/{made['id']}/pause", "deployer"), 409, "paused already")
     due = datetime.fromisoformat(made["next_fire_at"])
     assert await loop.tick(due + timedelta(seconds=1)) == []
