@@ -94,7 +94,8 @@ def _row(s: Schedule) -> str:
 async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await _own(backend, who, line, "unschedule", "remove")
     schedule_store = ScheduleStore(backend.shipyard.store)
-    await backend.write(schedule_store.remove, found.id, now())
+    if not await backend.write(schedule_store.remove, found.id, now()):
+        raise Refusal(f"Schedule `{found.id[:8]}` was removed meanwhile; see `/deploy schedules`.")
     return Reply(f"Removed schedule `{found.id[:8]}` ({found.describe()}).", public=True)
 
 

@@ -7,11 +7,13 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from core.access import Role
+from storage.schedules import ScheduleStore
 from tests.pipelines import COMMIT_REF, GATED_ON_REF, failing, gated, one_deploy
 from tests.slack import signing
 from tests.slack.fake_slack import FakeSlack
@@ -218,6 +220,24 @@ async def test_schedules_from_slack(bot: Bot, tmp_path: Path) -> None:
     assert "trigger needs one of" in await _said(bot, BOB, f"unschedule {short}")
     assert "Removed schedule" in await _said(bot, ALICE, f"unschedule {short}")
     assert "No schedules" in await _said(bot, ALICE, "schedules")
+
+
+async def test_unschedule_of_a_schedule_removed_meanwhile_says_so(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _said(bot, ALICE, 'schedule gated "0 2 * * 1-5" ref=abc1234')
+    short = (await _said(bot, ALICE, "schedules")).split("`")[1]
+    real = ScheduleStore.remove
+    raced: list[bool] = []
+
+    def remove(self: ScheduleStore, schedule_id: str, at: datetime) -> bool:
+        raced.append(real(self, schedule_id, at))  # another person's removal, a moment before
+        return real(self, schedule_id, at)
+
+    monkeypatch.setattr(ScheduleStore, "remove", remove, raising=True)
+    reply = await bot.say(ALICE, f"unschedule {short}")
+    assert raced == [True]  # the fault: it was gone before this removal
+    assert reply["response_type"] == "ephemeral" and "was removed meanwhile" in reply["text"]
 
 
 async def test_a_waiting_gate_reminds_its_approvers_in_the_thread(bot: Bot) -> None:
