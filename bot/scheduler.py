@@ -30,7 +30,7 @@ from core.access import Action
 from core.commands import TriggerRun
 from core.definition import parameter_text, resolve_parameters
 from core.engine import Decision
-from core.errors import DatabaseUnreachable, ShipyardError
+from core.errors import Conflict, DatabaseUnreachable, ShipyardError
 from core.model import Actor
 from core.ports import AuditEntry
 from core.runtime.writes import audit_entry
@@ -391,6 +391,32 @@ class ScheduleLoop:
             for info in page:
                 yield info
             after = page[-1].name
+
+
+async def pause_by_hand(backend: Backend, schedule: Schedule, by: str) -> None:
+    """Pause ``schedule`` for ``by`` (whose right to, the door checked). Raises ``Conflict``
+    with what the schedule is (a predicate each door words after its name) when it is paused
+    already or changed since it was read."""
+    if schedule.paused_reason:
+        raise Conflict(f"is paused already ({schedule.paused_reason})")
+    if not await backend.write(ScheduleStore(backend.shipyard.store).pause_by_hand, schedule, by, now()):
+        raise Conflict("changed meanwhile: read it again")
+
+
+async def resume_by_hand(backend: Backend, schedule: Schedule, by: str) -> datetime:
+    """Fire a paused ``schedule`` again from its next fire after now (the fires it missed are
+    not made up), which is returned. Raises ``Conflict`` (as ``pause_by_hand``) when it is not
+    paused, still cannot start a run (``unable``), or changed since it was read."""
+    if not schedule.paused_reason:
+        raise Conflict("is not paused")
+    if why := unable(schedule, await backend.read(backend.reads.pipeline, schedule.pipeline)):
+        raise Conflict(f"cannot start a run: {why}")
+    at = now()
+    following = cron.next_fire(schedule.cron, schedule.timezone, at)
+    if not await backend.write(ScheduleStore(backend.shipyard.store).resume, schedule, following, by, at):
+        raise Conflict("changed meanwhile: read it again")
+    backend.schedule_added()
+    return following
 
 
 def unable(schedule: Schedule, info: PipelineInfo | None) -> str:

@@ -15,11 +15,11 @@ from bot.api.routing import Call
 from bot.api.schemas import ParamValue, Strict
 from bot.api.spec import API
 from bot.backend import now
-from bot.scheduler import unable
+from bot.scheduler import pause_by_hand, resume_by_hand
 from core import schedule as timing
 from core.access import Action, Role
 from core.definition import parameter_text, resolve_parameters
-from core.errors import ShipyardError
+from core.errors import Conflict, ShipyardError
 from core.schedule import Schedule
 from storage.schedules import ScheduleStore
 
@@ -206,11 +206,10 @@ async def _own(call: Call, doing: str) -> Schedule:
 async def pause_schedule(call: Call) -> web.Response:
     """Its owner or an admin. A fire read due before the pause does not start a run after it."""
     found = await _own(call, "pause")
-    if found.paused_reason:
-        raise Problem(409, f"schedule {found.id} is paused already ({found.paused_reason})")
-    store = _schedule_store(call)
-    if not await gw(call).write(store.pause_by_hand, found, call.principal.name, now()):
-        raise Problem(409, f"schedule {found.id} changed meanwhile; read it again")
+    try:
+        await pause_by_hand(gw(call), found, call.principal.name)
+    except Conflict as exc:
+        raise Problem(409, f"schedule {found.id} {exc.message}") from None
     return reply(ScheduleOut.of(await _again(call, found.id)))
 
 
@@ -225,17 +224,10 @@ async def pause_schedule(call: Call) -> web.Response:
 async def resume_schedule(call: Call) -> web.Response:
     """Its owner or an admin; refused while it still cannot start a run (say why)."""
     found = await _own(call, "resume")
-    if not found.paused_reason:
-        raise Problem(409, f"schedule {found.id} is not paused")
-    info = await gw(call).read(gw(call).reads.pipeline, found.pipeline)
-    if why := unable(found, info):
-        raise Problem(409, f"schedule {found.id} cannot start a run: {why}")
-    at = now()
-    following = timing.next_fire(found.cron, found.timezone, at)
-    store = _schedule_store(call)
-    if not await gw(call).write(store.resume, found, following, call.principal.name, at):
-        raise Problem(409, f"schedule {found.id} changed meanwhile; read it again")
-    gw(call).schedule_added()
+    try:
+        await resume_by_hand(gw(call), found, call.principal.name)
+    except Conflict as exc:
+        raise Problem(409, f"schedule {found.id} {exc.message}") from None
     return reply(ScheduleOut.of(await _again(call, found.id)))
 
 

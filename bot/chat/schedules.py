@@ -9,10 +9,11 @@ from bot.backend import now
 from bot.chat import block_kit
 from bot.chat.parse import Line
 from bot.chat.verbs import ChatBackend, Refusal, Reply, Who, _usage, verb
-from bot.scheduler import unable
+from bot.scheduler import pause_by_hand, resume_by_hand
 from core import schedule as timing
 from core.access import Action, Role
 from core.definition import resolve_parameters
+from core.errors import Conflict
 from core.schedule import Schedule
 from storage.schedules import ScheduleStore
 
@@ -108,11 +109,10 @@ async def unschedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
 )
 async def pause_schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await _own(backend, who, line, "pause-schedule", "pause")
-    if found.paused_reason:
-        raise Refusal(f"Schedule `{found.id[:8]}` is paused already ({found.paused_reason}).")
-    schedule_store = ScheduleStore(backend.shipyard.store)
-    if not await backend.write(schedule_store.pause_by_hand, found, who.user, now()):
-        raise Refusal(f"Schedule `{found.id[:8]}` changed meanwhile; see `/deploy schedules` and try again.")
+    try:
+        await pause_by_hand(backend, found, who.user)
+    except Conflict as exc:
+        raise Refusal(f"Schedule `{found.id[:8]}` {exc.message}; see `/deploy schedules`.") from None
     return Reply(
         f"Paused schedule `{found.id[:8]}` ({found.describe()}). "
         f"Resume it with `/deploy resume-schedule {found.id[:8]}`.",
@@ -129,17 +129,10 @@ async def pause_schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
 )
 async def resume_schedule(backend: ChatBackend, who: Who, line: Line) -> Reply:
     found = await _own(backend, who, line, "resume-schedule", "resume")
-    if not found.paused_reason:
-        raise Refusal(f"Schedule `{found.id[:8]}` is not paused.")
-    info = await backend.read(backend.reads.pipeline, found.pipeline)
-    if why := unable(found, info):
-        raise Refusal(f"Schedule `{found.id[:8]}` cannot start a run: {why}.")
-    at = now()
-    following = timing.next_fire(found.cron, found.timezone, at)
-    schedule_store = ScheduleStore(backend.shipyard.store)
-    if not await backend.write(schedule_store.resume, found, following, who.user, at):
-        raise Refusal(f"Schedule `{found.id[:8]}` changed meanwhile; see `/deploy schedules` and try again.")
-    backend.schedule_added()
+    try:
+        following = await resume_by_hand(backend, found, who.user)
+    except Conflict as exc:
+        raise Refusal(f"Schedule `{found.id[:8]}` {exc.message}; see `/deploy schedules`.") from None
     return Reply(
         f"Resumed schedule `{found.id[:8]}` ({found.describe()}); next run {following:%Y-%m-%d %H:%M} UTC.",
         public=True,
